@@ -1,0 +1,680 @@
+//! The intermediate representation: what the spec says, in the terms the emitter needs.
+//!
+//! Building the IR is where the spec is checked; every error names the JSON pointer of the
+//! offending part of the bundled document, so a bad spec never turns into a panic or into
+//! code that does not compile.
+
+use anyhow::{Result, anyhow, bail};
+use heck::{ToSnakeCase, ToUpperCamelCase};
+use serde_json::{Map, Value};
+
+use conformance::spec::{deref, escape_pointer};
+
+/// A Rust type a schema maps to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ty {
+    String,
+    I32,
+    I64,
+    F64,
+    Bool,
+    /// Free-form JSON (objects without declared properties).
+    Json,
+    Vec(Box<Ty>),
+    Map(Box<Ty>),
+    /// A generated model.
+    Named(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Wrap {
+    /// Required and not nullable.
+    Plain,
+    /// Required and nullable: serialized as `null` when absent.
+    Nullable,
+    /// Optional and not nullable: skipped when absent.
+    Optional,
+    /// Optional and nullable: absent, `null` and a value are three different things.
+    Tristate,
+}
+
+#[derive(Debug)]
+pub struct Field {
+    pub wire: String,
+    pub rust: String,
+    pub doc: Option<String>,
+    pub ty: Ty,
+    pub wrap: Wrap,
+}
+
+#[derive(Debug)]
+pub enum ModelKind {
+    Struct { fields: Vec<Field>, deny_unknown: bool },
+    Enum { variants: Vec<(String, String)> },
+    Alias(Ty),
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    pub doc: Option<String>,
+    pub kind: ModelKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParamIn {
+    Path,
+    Query,
+    Header,
+}
+
+#[derive(Debug)]
+pub struct Param {
+    pub wire: String,
+    pub rust: String,
+    pub doc: Option<String>,
+    pub location: ParamIn,
+    pub ty: Ty,
+    pub required: bool,
+    pub default: Option<Value>,
+    pub explode: bool,
+}
+
+#[derive(Debug)]
+pub struct Header {
+    pub wire: String,
+    pub required: bool,
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub variant: String,
+    pub doc: String,
+    pub body: Option<Ty>,
+    pub headers: Vec<Header>,
+}
+
+#[derive(Debug)]
+pub struct Operation {
+    pub id: String,
+    pub fn_name: String,
+    pub type_prefix: String,
+    pub method: String,
+    pub path: String,
+    pub poem_path: String,
+    pub tag: String,
+    pub summary: Option<String>,
+    pub description: Option<String>,
+    /// `None` for public operations; the required scopes otherwise.
+    pub scopes: Option<Vec<String>>,
+    pub params: Vec<Param>,
+    pub body: Option<(Ty, bool)>,
+    pub responses: Vec<Response>,
+}
+
+#[derive(Debug)]
+pub struct Tag {
+    pub name: String,
+    pub doc: Option<String>,
+    pub module: String,
+    pub trait_name: String,
+    pub routes_name: String,
+}
+
+#[derive(Debug)]
+pub struct Ir {
+    pub title: String,
+    pub version: String,
+    pub models: Vec<Model>,
+    pub operations: Vec<Operation>,
+    pub tags: Vec<Tag>,
+    /// The model of the error body used by 401/403/503 answers of secured operations.
+    pub error_model: Option<String>,
+}
+
+const RUST_KEYWORDS: &[&str] = &[
+    "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
+    "false", "fn", "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub",
+    "ref", "return", "self", "Self", "static", "struct", "super", "trait", "true", "type", "unsafe",
+    "use", "where", "while", "abstract", "become", "box", "do", "final", "macro", "override",
+    "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
+];
+
+/// A snake_case Rust identifier for a wire name (`filter[created_at][gte]` → `filter_created_at_gte`).
+pub fn field_ident(wire: &str) -> String {
+    let cleaned: String = wire
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut s = cleaned.to_snake_case();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s = format!("f_{s}");
+    }
+    if RUST_KEYWORDS.contains(&s.as_str()) {
+        s.push('_');
+    }
+    s
+}
+
+/// An UpperCamelCase Rust type or variant name for a wire value (`-created_at` → `MinusCreatedAt`).
+pub fn type_ident(wire: &str) -> String {
+    let mut prefix = String::new();
+    let rest = if let Some(r) = wire.strip_prefix('-') {
+        prefix.push_str("Minus");
+        r
+    } else if let Some(r) = wire.strip_prefix('+') {
+        prefix.push_str("Plus");
+        r
+    } else {
+        wire
+    };
+    let cleaned: String = rest
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut s = format!("{prefix}{}", cleaned.to_upper_camel_case());
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s = format!("V{s}");
+    }
+    if s == "Self" {
+        s.push('_');
+    }
+    s
+}
+
+fn variant_for_status(status: u16) -> String {
+    match status {
+        200 => "Ok",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "NoContent",
+        301 => "MovedPermanently",
+        302 => "Found",
+        304 => "NotModified",
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        409 => "Conflict",
+        410 => "Gone",
+        412 => "PreconditionFailed",
+        413 => "PayloadTooLarge",
+        415 => "UnsupportedMediaType",
+        422 => "UnprocessableEntity",
+        428 => "PreconditionRequired",
+        429 => "TooManyRequests",
+        500 => "InternalServerError",
+        502 => "BadGateway",
+        503 => "ServiceUnavailable",
+        504 => "GatewayTimeout",
+        other => return format!("Status{other}"),
+    }
+    .to_string()
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(|s| s.trim().to_string())
+}
+
+struct Builder<'a> {
+    doc: &'a Value,
+    models: Vec<Model>,
+}
+
+/// Builds the IR from a bundled, 3.1 document.
+pub fn build(doc: &Value) -> Result<Ir> {
+    if !conformance::spec::openapi_version(doc).starts_with("3.1") {
+        bail!("#/openapi: codegen reads OpenAPI 3.1 documents (found {:?})", doc.get("openapi"));
+    }
+    let mut b = Builder { doc, models: Vec::new() };
+    if let Some(schemas) = doc.pointer("/components/schemas").and_then(Value::as_object) {
+        for (name, schema) in schemas {
+            let ptr = format!("/components/schemas/{}", escape_pointer(name));
+            b.component(name, schema, &ptr)?;
+        }
+    }
+    let tag_docs: Vec<(String, Option<String>)> = doc
+        .get("tags")
+        .and_then(Value::as_array)
+        .map(|tags| {
+            tags.iter()
+                .filter_map(|t| Some((text(t, "name")?, text(t, "description"))))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut operations = Vec::new();
+    let empty = Map::new();
+    let paths = doc.get("paths").and_then(Value::as_object).unwrap_or(&empty);
+    for (path, item) in paths {
+        let item_ptr = format!("/paths/{}", escape_pointer(path));
+        for method in conformance::METHODS {
+            let Some(op) = item.get(*method) else { continue };
+            let ptr = format!("{item_ptr}/{method}");
+            operations.push(b.operation(path, method, item, op, &ptr)?);
+        }
+    }
+    let mut tags: Vec<Tag> = Vec::new();
+    let mut add_tag = |name: &str| {
+        if !tags.iter().any(|t| t.name == name) {
+            let camel = type_ident(name);
+            tags.push(Tag {
+                name: name.to_string(),
+                doc: tag_docs.iter().find(|(n, _)| n == name).and_then(|(_, d)| d.clone()),
+                module: field_ident(name),
+                trait_name: format!("{camel}Api"),
+                routes_name: format!("{camel}Routes"),
+            });
+        }
+    };
+    for (name, _) in &tag_docs {
+        if operations.iter().any(|o| &o.tag == name) {
+            add_tag(name);
+        }
+    }
+    for op in &operations {
+        add_tag(&op.tag);
+    }
+    let error_model = error_model(&operations)?;
+    Ok(Ir {
+        title: doc.pointer("/info/title").and_then(Value::as_str).unwrap_or("API").to_string(),
+        version: doc.pointer("/info/version").and_then(Value::as_str).unwrap_or("0").to_string(),
+        models: b.models,
+        operations,
+        tags,
+        error_model,
+    })
+}
+
+/// Secured operations answer 401/403/503 from the authentication step with one error model.
+fn error_model(operations: &[Operation]) -> Result<Option<String>> {
+    let mut found: Option<String> = None;
+    for op in operations.iter().filter(|o| o.scopes.is_some()) {
+        for status in [401u16, 403, 503] {
+            let Some(resp) = op.responses.iter().find(|r| r.status == status) else {
+                let needed = status == 401
+                    || status == 503
+                    || (status == 403 && op.scopes.as_ref().is_some_and(|s| !s.is_empty()));
+                if needed {
+                    bail!(
+                        "#/paths/{}/{}/responses: a secured operation must document {status}",
+                        escape_pointer(&op.path),
+                        op.method
+                    );
+                }
+                continue;
+            };
+            let Some(Ty::Named(name)) = &resp.body else {
+                bail!(
+                    "#/paths/{}/{}/responses/{status}: must have an application/json body of a named schema",
+                    escape_pointer(&op.path),
+                    op.method
+                );
+            };
+            match &found {
+                None => found = Some(name.clone()),
+                Some(f) if f == name => {}
+                Some(f) => bail!(
+                    "#/paths/{}/{}/responses/{status}: uses {name} but other operations use {f}",
+                    escape_pointer(&op.path),
+                    op.method
+                ),
+            }
+        }
+    }
+    Ok(found)
+}
+
+impl Builder<'_> {
+    fn component(&mut self, name: &str, schema: &Value, ptr: &str) -> Result<()> {
+        let rust = type_ident(name);
+        let doc = text(schema, "description").or_else(|| text(schema, "title"));
+        if schema.get("enum").is_some() {
+            return self.enum_model(&rust, doc, schema, ptr);
+        }
+        if is_object_like(self.doc, schema) {
+            return self.struct_model(&rust, doc, schema, ptr);
+        }
+        let (ty, _) = self.ty(schema, &rust, ptr)?;
+        self.models.push(Model { name: rust, doc, kind: ModelKind::Alias(ty) });
+        Ok(())
+    }
+
+    fn enum_model(&mut self, name: &str, doc: Option<String>, schema: &Value, ptr: &str) -> Result<()> {
+        let values = schema.get("enum").and_then(Value::as_array).ok_or_else(|| anyhow!("#{ptr}/enum: must be an array"))?;
+        let mut variants = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            match v {
+                Value::String(s) => {
+                    let ident = type_ident(s);
+                    if variants.iter().any(|(r, _): &(String, String)| *r == ident) {
+                        bail!("#{ptr}/enum/{i}: {s:?} maps to the Rust name {ident} twice");
+                    }
+                    variants.push((ident, s.clone()));
+                }
+                Value::Null => {}
+                other => bail!("#{ptr}/enum/{i}: only string enums are supported (found {other})"),
+            }
+        }
+        self.models.push(Model { name: name.to_string(), doc, kind: ModelKind::Enum { variants } });
+        Ok(())
+    }
+
+    /// Merges `allOf` members (and the schema's own properties) into one property list.
+    fn object_parts(&self, schema: &Value, ptr: &str, props: &mut Vec<(String, Value)>, required: &mut Vec<String>, deny: &mut Option<bool>) -> Result<()> {
+        let schema = deref(self.doc, schema);
+        if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+            for (i, member) in all.iter().enumerate() {
+                self.object_parts(member, &format!("{ptr}/allOf/{i}"), props, required, deny)?;
+            }
+        }
+        if let Some(p) = schema.get("properties").and_then(Value::as_object) {
+            for (k, v) in p {
+                if let Some(existing) = props.iter_mut().find(|(n, _)| n == k) {
+                    existing.1 = v.clone();
+                } else {
+                    props.push((k.clone(), v.clone()));
+                }
+            }
+        }
+        if let Some(r) = schema.get("required").and_then(Value::as_array) {
+            for name in r.iter().filter_map(Value::as_str) {
+                if !required.iter().any(|x| x == name) {
+                    required.push(name.to_string());
+                }
+            }
+        }
+        if schema.get("additionalProperties") == Some(&Value::Bool(false)) {
+            *deny = Some(deny.unwrap_or(true));
+        }
+        Ok(())
+    }
+
+    fn struct_model(&mut self, name: &str, doc: Option<String>, schema: &Value, ptr: &str) -> Result<()> {
+        let mut props = Vec::new();
+        let mut required = Vec::new();
+        let mut deny = None;
+        self.object_parts(schema, ptr, &mut props, &mut required, &mut deny)?;
+        for r in &required {
+            if !props.iter().any(|(n, _)| n == r) {
+                bail!("#{ptr}/required: {r:?} is required but not among the properties");
+            }
+        }
+        let mut fields = Vec::new();
+        for (wire, prop) in &props {
+            let fptr = format!("{ptr}/properties/{}", escape_pointer(wire));
+            let ctx = format!("{name}{}", type_ident(wire));
+            let (ty, nullable) = self.ty(prop, &ctx, &fptr)?;
+            let is_required = required.iter().any(|r| r == wire);
+            let wrap = match (is_required, nullable) {
+                (true, false) => Wrap::Plain,
+                (true, true) => Wrap::Nullable,
+                (false, false) => Wrap::Optional,
+                (false, true) => Wrap::Tristate,
+            };
+            let rust = field_ident(wire);
+            if fields.iter().any(|f: &Field| f.rust == rust) {
+                bail!("#{fptr}: {wire:?} maps to the Rust field {rust} twice");
+            }
+            let doc = text(prop, "description").or_else(|| text(deref(self.doc, prop), "description"));
+            fields.push(Field { wire: wire.clone(), rust, doc, ty, wrap });
+        }
+        // A schema whose only additional properties are a typed map is a map, not a struct.
+        self.models.push(Model {
+            name: name.to_string(),
+            doc,
+            kind: ModelKind::Struct { fields, deny_unknown: deny.unwrap_or(false) },
+        });
+        Ok(())
+    }
+
+    /// The Rust type of a schema, and whether it admits `null`.
+    fn ty(&mut self, schema: &Value, ctx: &str, ptr: &str) -> Result<(Ty, bool)> {
+        if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .ok_or_else(|| anyhow!("#{ptr}/$ref: only references to #/components/schemas are supported (found {r})"))?;
+            if self.doc.pointer(&r[1..]).is_none() {
+                bail!("#{ptr}/$ref: {r} does not exist");
+            }
+            let target = deref(self.doc, schema);
+            let nullable = type_list(target).iter().any(|t| t == "null");
+            return Ok((Ty::Named(type_ident(&conformance::spec::unescape_pointer(name))), nullable));
+        }
+        for key in ["oneOf", "anyOf"] {
+            if let Some(alts) = schema.get(key).and_then(Value::as_array) {
+                let non_null: Vec<&Value> = alts
+                    .iter()
+                    .filter(|a| a.get("type").and_then(Value::as_str) != Some("null"))
+                    .collect();
+                let nullable = non_null.len() != alts.len();
+                if non_null.len() == 1 {
+                    let (ty, inner_null) = self.ty(non_null[0], ctx, &format!("{ptr}/{key}/0"))?;
+                    return Ok((ty, nullable || inner_null));
+                }
+                return Ok((Ty::Json, nullable));
+            }
+        }
+        if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+            if all.len() == 1 && schema.get("properties").is_none() {
+                return self.ty(&all[0], ctx, &format!("{ptr}/allOf/0"));
+            }
+            self.struct_model(ctx, text(schema, "description"), schema, ptr)?;
+            return Ok((Ty::Named(ctx.to_string()), false));
+        }
+        let types = type_list(schema);
+        let nullable = types.iter().any(|t| t == "null");
+        let non_null: Vec<&String> = types.iter().filter(|t| *t != "null").collect();
+        if schema.get("enum").is_some() && non_null.iter().all(|t| *t == "string") {
+            self.enum_model(ctx, text(schema, "description"), schema, ptr)?;
+            return Ok((Ty::Named(ctx.to_string()), nullable));
+        }
+        let ty = match non_null.as_slice() {
+            [] => Ty::Json,
+            [t] => match t.as_str() {
+                "string" => Ty::String,
+                "integer" => match schema.get("format").and_then(Value::as_str) {
+                    Some("int32") => Ty::I32,
+                    _ => Ty::I64,
+                },
+                "number" => Ty::F64,
+                "boolean" => Ty::Bool,
+                "array" => {
+                    let items = schema.get("items").ok_or_else(|| anyhow!("#{ptr}: an array needs `items`"))?;
+                    let (item, _) = self.ty(items, &format!("{ctx}Item"), &format!("{ptr}/items"))?;
+                    Ty::Vec(Box::new(item))
+                }
+                "object" => {
+                    if schema.get("properties").is_some() {
+                        self.struct_model(ctx, text(schema, "description"), schema, ptr)?;
+                        Ty::Named(ctx.to_string())
+                    } else {
+                        match schema.get("additionalProperties") {
+                            Some(ap @ Value::Object(_)) if !ap.as_object().is_some_and(Map::is_empty) => {
+                                let (v, _) = self.ty(ap, &format!("{ctx}Value"), &format!("{ptr}/additionalProperties"))?;
+                                Ty::Map(Box::new(v))
+                            }
+                            _ => Ty::Json,
+                        }
+                    }
+                }
+                other => bail!("#{ptr}/type: unsupported type {other:?}"),
+            },
+            _ => Ty::Json,
+        };
+        Ok((ty, nullable))
+    }
+
+    fn operation(&mut self, path: &str, method: &str, item: &Value, op: &Value, ptr: &str) -> Result<Operation> {
+        let id = text(op, "operationId").ok_or_else(|| anyhow!("#{ptr}: every operation needs an operationId"))?;
+        let type_prefix = type_ident(&id);
+        let tag = op
+            .get("tags")
+            .and_then(Value::as_array)
+            .and_then(|t| t.first())
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let security = op.get("security").or_else(|| self.doc.get("security"));
+        let scopes = match security.and_then(Value::as_array) {
+            None => None,
+            Some(reqs) if reqs.is_empty() || reqs.iter().any(|r| r.as_object().is_some_and(Map::is_empty)) => None,
+            Some(reqs) => {
+                let mut scopes: Option<Vec<String>> = None;
+                for (i, r) in reqs.iter().enumerate() {
+                    for (_, s) in r.as_object().into_iter().flatten() {
+                        let these: Vec<String> = s.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
+                        match &scopes {
+                            None => scopes = Some(these),
+                            Some(prev) if *prev == these => {}
+                            Some(_) => bail!("#{ptr}/security/{i}: every alternative must require the same scopes"),
+                        }
+                    }
+                }
+                Some(scopes.unwrap_or_default())
+            }
+        };
+        let mut raw: Vec<(String, Value)> = Vec::new();
+        for (source, list) in [("", item.get("parameters")), ("op", op.get("parameters"))] {
+            let Some(list) = list.and_then(Value::as_array) else { continue };
+            for (i, p) in list.iter().enumerate() {
+                let pptr = if source.is_empty() {
+                    format!("/paths/{}/parameters/{i}", escape_pointer(path))
+                } else {
+                    format!("{ptr}/parameters/{i}")
+                };
+                let resolved = deref(self.doc, p).clone();
+                raw.retain(|(_, q)| (q.get("name"), q.get("in")) != (resolved.get("name"), resolved.get("in")));
+                raw.push((pptr, resolved));
+            }
+        }
+        let mut params = Vec::new();
+        for (pptr, p) in &raw {
+            let wire = text(p, "name").ok_or_else(|| anyhow!("#{pptr}: a parameter needs a name"))?;
+            let location = match p.get("in").and_then(Value::as_str) {
+                Some("path") => ParamIn::Path,
+                Some("query") => ParamIn::Query,
+                Some("header") => ParamIn::Header,
+                other => bail!("#{pptr}/in: {other:?} parameters are not supported by codegen yet"),
+            };
+            let schema = p.get("schema").ok_or_else(|| anyhow!("#{pptr}: a parameter needs a schema"))?;
+            let ctx = format!("{type_prefix}{}", type_ident(&wire));
+            let (ty, _) = self.ty(schema, &ctx, &format!("{pptr}/schema"))?;
+            match &ty {
+                Ty::Json | Ty::Map(_) => bail!("#{pptr}/schema: object parameters are not supported by codegen yet"),
+                Ty::Named(n) => {
+                    if self.models.iter().any(|m| m.name == *n && matches!(m.kind, ModelKind::Struct { .. })) {
+                        bail!("#{pptr}/schema: object parameters are not supported by codegen yet");
+                    }
+                }
+                _ => {}
+            }
+            let required = location == ParamIn::Path || p.get("required").and_then(Value::as_bool).unwrap_or(false);
+            let default = deref(self.doc, schema).get("default").cloned();
+            let style = p.get("style").and_then(Value::as_str).unwrap_or("form");
+            let explode = p.get("explode").and_then(Value::as_bool).unwrap_or(style == "form");
+            params.push(Param {
+                rust: field_ident(&wire),
+                wire,
+                doc: text(p, "description"),
+                location,
+                ty,
+                required,
+                default,
+                explode,
+            });
+        }
+        let body = match op.get("requestBody") {
+            None => None,
+            Some(b) => {
+                let b = deref(self.doc, b);
+                let schema = b
+                    .pointer("/content/application~1json/schema")
+                    .ok_or_else(|| anyhow!("#{ptr}/requestBody: only application/json bodies are supported by codegen yet"))?;
+                let (ty, _) = self.ty(schema, &format!("{type_prefix}Body"), &format!("{ptr}/requestBody/content/application~1json/schema"))?;
+                Some((ty, b.get("required").and_then(Value::as_bool).unwrap_or(false)))
+            }
+        };
+        let mut responses = Vec::new();
+        let rs = op.get("responses").and_then(Value::as_object).ok_or_else(|| anyhow!("#{ptr}/responses: missing"))?;
+        for (code, r) in rs {
+            let rptr = format!("{ptr}/responses/{code}");
+            let status: u16 = code
+                .parse()
+                .map_err(|_| anyhow!("#{rptr}: status {code:?} is not supported; list each status code"))?;
+            let r = deref(self.doc, r);
+            let body = match r.get("content").and_then(Value::as_object) {
+                None => None,
+                Some(c) if c.is_empty() => None,
+                Some(c) => {
+                    let schema = c
+                        .get("application/json")
+                        .and_then(|m| m.get("schema"))
+                        .ok_or_else(|| anyhow!("#{rptr}/content: only application/json responses are supported by codegen yet"))?;
+                    let (ty, _) = self.ty(schema, &format!("{type_prefix}{}", variant_for_status(status)), &format!("{rptr}/content/application~1json/schema"))?;
+                    Some(ty)
+                }
+            };
+            let mut headers = Vec::new();
+            for (name, h) in r.get("headers").and_then(Value::as_object).into_iter().flatten() {
+                let h = deref(self.doc, h);
+                if h.get("x-set-by").and_then(Value::as_str) == Some("middleware") {
+                    continue;
+                }
+                headers.push(Header {
+                    wire: name.clone(),
+                    required: h.get("required").and_then(Value::as_bool).unwrap_or(false),
+                });
+            }
+            responses.push(Response {
+                status,
+                variant: variant_for_status(status),
+                doc: text(r, "description").unwrap_or_default(),
+                body,
+                headers,
+            });
+        }
+        Ok(Operation {
+            fn_name: field_ident(&id),
+            type_prefix,
+            id,
+            method: method.to_string(),
+            path: path.to_string(),
+            poem_path: poem_path(path),
+            tag,
+            summary: text(op, "summary"),
+            description: text(op, "description"),
+            scopes,
+            params,
+            body,
+            responses,
+        })
+    }
+}
+
+fn poem_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name) => format!(":{name}"),
+            None => seg.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn type_list(schema: &Value) -> Vec<String> {
+    match schema.get("type") {
+        Some(Value::String(t)) => vec![t.clone()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn is_object_like(doc: &Value, schema: &Value) -> bool {
+    let schema = deref(doc, schema);
+    schema.get("properties").is_some()
+        || schema.get("allOf").and_then(Value::as_array).is_some_and(|all| all.iter().any(|m| is_object_like(doc, m)))
+        || (type_list(schema).iter().any(|t| t == "object") && schema.get("additionalProperties").is_none_or(|a| !a.is_object()))
+            && schema.get("properties").is_some()
+}

@@ -1,0 +1,16 @@
+//! The spec-agnostic core of the agentplane contract toolkit.
+//!
+//! It reads any OpenAPI 3.0 or 3.1 document (YAML or JSON, one file or many), bundles and
+//! normalizes it ([`spec`]), matches paths against its templates ([`router`]) and validates
+//! requests against it ([`validate`]). The server validates every request with it before a
+//! handler runs; `codegen` bundles with it; the mock and the conformance runner build on it.
+
+pub mod router;
+pub mod spec;
+pub mod validate;
+
+pub use spec::SpecError;
+pub use validate::{Outcome, RequestValidator, Violation};
+
+/// The HTTP methods an OpenAPI path item can hold, in the order the spec lists them.
+pub const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
