@@ -1,1 +1,14 @@
+//! agentplane: the AI-agent platform API server.
+//!
+//! The routes, models and handler traits are generated from `openapi/` into the
+//! `agentplane-api` crate; this crate implements them ([`api`]) over diesel storage ([`db`]),
+//! with authentication ([`auth`]), the error envelope ([`error`]) and the HTTP plumbing
+//! that validates every request against the spec ([`http`]).
 
+pub mod api;
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod server;

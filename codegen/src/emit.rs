@@ -61,7 +61,10 @@ pub fn emit(ir: &Ir) -> Result<Vec<(String, String)>> {
     let mut files = vec![("models.rs".to_string(), format(models(ir))?)];
     for tag in &ir.tags {
         let ops: Vec<&Operation> = ir.operations.iter().filter(|o| o.tag == tag.name).collect();
-        files.push((format!("{}.rs", tag.module), format(tag_module(ir, tag, &ops)?)?));
+        files.push((
+            format!("{}.rs", tag.module),
+            format(tag_module(ir, tag, &ops)?)?,
+        ));
     }
     files.push(("lib.rs".to_string(), format(lib(ir))?));
     Ok(files)
@@ -113,11 +116,24 @@ fn model(m: &Model) -> TokenStream {
                 }
             }
         }
-        ModelKind::Struct { fields, deny_unknown } => {
+        ModelKind::Struct {
+            fields,
+            deny_unknown,
+        } => {
             let fs = fields.iter().map(field);
-            let deny = if *deny_unknown { quote! { , deny_unknown_fields } } else { quote! {} };
-            let all_optional = fields.iter().all(|f| matches!(f.wrap, Wrap::Optional | Wrap::Tristate));
-            let default = if all_optional { quote! { Default, } } else { quote! {} };
+            let deny = if *deny_unknown {
+                quote! { , deny_unknown_fields }
+            } else {
+                quote! {}
+            };
+            let all_optional = fields
+                .iter()
+                .all(|f| matches!(f.wrap, Wrap::Optional | Wrap::Tristate));
+            let default = if all_optional {
+                quote! { Default, }
+            } else {
+                quote! {}
+            };
             quote! {
                 #doc
                 #[derive(Debug, Clone, PartialEq, #default poem_openapi::Object)]
@@ -138,8 +154,14 @@ fn field(f: &Field) -> TokenStream {
     let (ty, attrs) = match f.wrap {
         Wrap::Plain => (inner, quote! {}),
         Wrap::Nullable => (quote! { Option<#inner> }, quote! {}),
-        Wrap::Optional => (quote! { Option<#inner> }, quote! { , skip_serializing_if_is_none }),
-        Wrap::Tristate => (quote! { poem_openapi::types::MaybeUndefined<#inner> }, quote! {}),
+        Wrap::Optional => (
+            quote! { Option<#inner> },
+            quote! { , skip_serializing_if_is_none },
+        ),
+        Wrap::Tristate => (
+            quote! { poem_openapi::types::MaybeUndefined<#inner> },
+            quote! {},
+        ),
     };
     quote! {
         #doc
@@ -152,7 +174,10 @@ fn default_expr(ty: &Ty, default: &serde_json::Value, ir: &Ir) -> Option<TokenSt
     use serde_json::Value;
     match (ty, default) {
         (Ty::I64, Value::Number(n)) => n.as_i64().map(|v| quote! { #v }),
-        (Ty::I32, Value::Number(n)) => n.as_i64().and_then(|v| i32::try_from(v).ok()).map(|v| quote! { #v }),
+        (Ty::I32, Value::Number(n)) => n
+            .as_i64()
+            .and_then(|v| i32::try_from(v).ok())
+            .map(|v| quote! { #v }),
         (Ty::F64, Value::Number(n)) => n.as_f64().map(|v| quote! { #v }),
         (Ty::Bool, Value::Bool(b)) => Some(quote! { #b }),
         (Ty::String, Value::String(s)) => Some(quote! { #s.to_string() }),
@@ -217,24 +242,43 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                 ParamIn::Query => quote! { poem_openapi::param::Query },
                 ParamIn::Header => quote! { poem_openapi::param::Header },
             };
-            let arg_ty = if p.required { inner } else { quote! { Option<#inner> } };
-            let explode = if !p.explode && matches!(p.ty, Ty::Vec(_)) {
-                quote! { , explode = false }
+            if let (false, Ty::Vec(item)) = (p.explode, &p.ty) {
+                // poem-openapi's own `explode = false` panics on an absent optional
+                // parameter, so comma-separated lists arrive as text and are split here.
+                let item = ty_tokens(item);
+                let arg_ty = if p.required {
+                    quote! { String }
+                } else {
+                    quote! { Option<String> }
+                };
+                route_args.push(quote! { #[oai(name = #wire)] #name: #extractor<#arg_ty>, });
+                let parse = quote! { crate::parse_csv::<#item>(#wire, &raw)? };
+                let value = if p.required {
+                    quote! { { let raw = #name.0; #parse } }
+                } else {
+                    quote! { match #name.0 { Some(raw) => Some(#parse), None => None } }
+                };
+                build.pop();
+                build.push(quote! { #name: #value, });
+                continue;
+            }
+            let arg_ty = if p.required {
+                inner
             } else {
-                quote! {}
+                quote! { Option<#inner> }
             };
-            route_args.push(quote! { #[oai(name = #wire #explode)] #name: #extractor<#arg_ty>, });
+            route_args.push(quote! { #[oai(name = #wire)] #name: #extractor<#arg_ty>, });
         }
         if let Some((ty, required)) = &op.body {
             let inner = ty_tokens(ty);
             if *required {
                 pfields.push(quote! { /// The request body.
-                    pub body: #inner, });
+                pub body: #inner, });
                 build.push(quote! { body: body.0, });
                 route_args.push(quote! { body: poem_openapi::payload::Json<#inner>, });
             } else {
                 pfields.push(quote! { /// The request body, when one was sent.
-                    pub body: Option<#inner>, });
+                pub body: Option<#inner>, });
                 build.push(quote! { body: body.map(|b| b.0), });
                 route_args.push(quote! { body: Option<poem_openapi::payload::Json<#inner>>, });
             }
@@ -280,10 +324,18 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
 
         // Trait method and route.
         let (ctx_ty, ctx_name, ctx_get) = match &op.scopes {
-            None => (quote! { Self::Anonymous }, quote! { ctx }, quote! { let ctx = self.0.anonymous(req); }),
+            None => (
+                quote! { Self::Anonymous },
+                quote! { ctx },
+                quote! { let ctx = self.0.anonymous(req); },
+            ),
             Some(scopes) => {
                 let has = |s: u16| op.responses.iter().any(|r| r.status == s);
-                let forbidden = if has(403) { quote! { Forbidden } } else { quote! { Unauthorized } };
+                let forbidden = if has(403) {
+                    quote! { Forbidden }
+                } else {
+                    quote! { Unauthorized }
+                };
                 if !has(401) || !has(503) {
                     bail!("{}: a secured operation must document 401 and 503", op.id);
                 }
@@ -294,9 +346,9 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                         const SCOPES: &[&str] = &[#(#scopes),*];
                         let caller = match self.0.authenticate(req, SCOPES).await {
                             Ok(caller) => caller,
-                            Err(crate::AuthRejection::Unauthorized(e)) => return #resp_name::Unauthorized(poem_openapi::payload::Json(e)),
-                            Err(crate::AuthRejection::Forbidden(e)) => return #resp_name::#forbidden(poem_openapi::payload::Json(e)),
-                            Err(crate::AuthRejection::Unavailable(e)) => return #resp_name::ServiceUnavailable(poem_openapi::payload::Json(e)),
+                            Err(crate::AuthRejection::Unauthorized(e)) => return Ok(#resp_name::Unauthorized(poem_openapi::payload::Json(e))),
+                            Err(crate::AuthRejection::Forbidden(e)) => return Ok(#resp_name::#forbidden(poem_openapi::payload::Json(e))),
+                            Err(crate::AuthRejection::Unavailable(e)) => return Ok(#resp_name::ServiceUnavailable(poem_openapi::payload::Json(e))),
                         };
                     },
                 )
@@ -312,15 +364,17 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
         route_fns.push(quote! {
             #op_doc
             #[oai(path = #path, method = #method, operation_id = #op_id)]
-            async fn #fn_name(&self, req: &poem::Request, #(#route_args)*) -> #resp_name {
-                #ctx_get
+            async fn #fn_name(&self, req: &poem::Request, #(#route_args)*) -> poem::Result<#resp_name> {
                 let params = #params_name { #(#build)* };
-                self.0.#fn_name(#ctx_name, params).await
+                #ctx_get
+                Ok(self.0.#fn_name(#ctx_name, params).await)
             }
         });
     }
     let tag_name = &tag.name;
-    let module_doc = format!(" The `{tag_name}` operations: parameters, responses, the handler trait and its routes.");
+    let module_doc = format!(
+        " The `{tag_name}` operations: parameters, responses, the handler trait and its routes."
+    );
     Ok(quote! {
         #![doc = #module_doc]
         #(#items)*
@@ -436,6 +490,20 @@ fn lib(ir: &Ir) -> TokenStream {
         /// The routes of every operation over one implementation of [`Api`].
         pub fn service<T: Api>(api: std::sync::Arc<T>) -> poem_openapi::OpenApiService<(#(#routes),*), ()> {
             poem_openapi::OpenApiService::new((#(#route_values),*), TITLE, VERSION)
+        }
+
+        /// Parses a comma-separated (`style: form, explode: false`) list parameter.
+        pub fn parse_csv<T: poem_openapi::types::ParseFromParameter>(name: &'static str, raw: &str) -> poem::Result<Vec<T>> {
+            if raw.is_empty() {
+                return Ok(Vec::new());
+            }
+            raw.split(',')
+                .map(|v| {
+                    T::parse_from_parameter(v.trim()).map_err(|e| {
+                        poem::Error::from(poem_openapi::error::ParseParamError { name, reason: e.into_message() })
+                    })
+                })
+                .collect()
         }
 
         /// What the spec says of one operation.

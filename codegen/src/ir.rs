@@ -49,8 +49,13 @@ pub struct Field {
 
 #[derive(Debug)]
 pub enum ModelKind {
-    Struct { fields: Vec<Field>, deny_unknown: bool },
-    Enum { variants: Vec<(String, String)> },
+    Struct {
+        fields: Vec<Field>,
+        deny_unknown: bool,
+    },
+    Enum {
+        variants: Vec<(String, String)>,
+    },
     Alias(Ty),
 }
 
@@ -136,9 +141,9 @@ pub struct Ir {
 const RUST_KEYWORDS: &[&str] = &[
     "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
     "false", "fn", "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub",
-    "ref", "return", "self", "Self", "static", "struct", "super", "trait", "true", "type", "unsafe",
-    "use", "where", "while", "abstract", "become", "box", "do", "final", "macro", "override",
-    "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
+    "ref", "return", "self", "Self", "static", "struct", "super", "trait", "true", "type",
+    "unsafe", "use", "where", "while", "abstract", "become", "box", "do", "final", "macro",
+    "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
 ];
 
 /// A snake_case Rust identifier for a wire name (`filter[created_at][gte]` → `filter_created_at_gte`).
@@ -215,7 +220,9 @@ fn variant_for_status(status: u16) -> String {
 }
 
 fn text(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(|s| s.trim().to_string())
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(|s| s.trim().to_string())
 }
 
 struct Builder<'a> {
@@ -226,10 +233,19 @@ struct Builder<'a> {
 /// Builds the IR from a bundled, 3.1 document.
 pub fn build(doc: &Value) -> Result<Ir> {
     if !conformance::spec::openapi_version(doc).starts_with("3.1") {
-        bail!("#/openapi: codegen reads OpenAPI 3.1 documents (found {:?})", doc.get("openapi"));
+        bail!(
+            "#/openapi: codegen reads OpenAPI 3.1 documents (found {:?})",
+            doc.get("openapi")
+        );
     }
-    let mut b = Builder { doc, models: Vec::new() };
-    if let Some(schemas) = doc.pointer("/components/schemas").and_then(Value::as_object) {
+    let mut b = Builder {
+        doc,
+        models: Vec::new(),
+    };
+    if let Some(schemas) = doc
+        .pointer("/components/schemas")
+        .and_then(Value::as_object)
+    {
         for (name, schema) in schemas {
             let ptr = format!("/components/schemas/{}", escape_pointer(name));
             b.component(name, schema, &ptr)?;
@@ -246,11 +262,16 @@ pub fn build(doc: &Value) -> Result<Ir> {
         .unwrap_or_default();
     let mut operations = Vec::new();
     let empty = Map::new();
-    let paths = doc.get("paths").and_then(Value::as_object).unwrap_or(&empty);
+    let paths = doc
+        .get("paths")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     for (path, item) in paths {
         let item_ptr = format!("/paths/{}", escape_pointer(path));
         for method in conformance::METHODS {
-            let Some(op) = item.get(*method) else { continue };
+            let Some(op) = item.get(*method) else {
+                continue;
+            };
             let ptr = format!("{item_ptr}/{method}");
             operations.push(b.operation(path, method, item, op, &ptr)?);
         }
@@ -261,7 +282,10 @@ pub fn build(doc: &Value) -> Result<Ir> {
             let camel = type_ident(name);
             tags.push(Tag {
                 name: name.to_string(),
-                doc: tag_docs.iter().find(|(n, _)| n == name).and_then(|(_, d)| d.clone()),
+                doc: tag_docs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, d)| d.clone()),
                 module: field_ident(name),
                 trait_name: format!("{camel}Api"),
                 routes_name: format!("{camel}Routes"),
@@ -278,8 +302,16 @@ pub fn build(doc: &Value) -> Result<Ir> {
     }
     let error_model = error_model(&operations)?;
     Ok(Ir {
-        title: doc.pointer("/info/title").and_then(Value::as_str).unwrap_or("API").to_string(),
-        version: doc.pointer("/info/version").and_then(Value::as_str).unwrap_or("0").to_string(),
+        title: doc
+            .pointer("/info/title")
+            .and_then(Value::as_str)
+            .unwrap_or("API")
+            .to_string(),
+        version: doc
+            .pointer("/info/version")
+            .and_then(Value::as_str)
+            .unwrap_or("0")
+            .to_string(),
         models: b.models,
         operations,
         tags,
@@ -337,12 +369,25 @@ impl Builder<'_> {
             return self.struct_model(&rust, doc, schema, ptr);
         }
         let (ty, _) = self.ty(schema, &rust, ptr)?;
-        self.models.push(Model { name: rust, doc, kind: ModelKind::Alias(ty) });
+        self.models.push(Model {
+            name: rust,
+            doc,
+            kind: ModelKind::Alias(ty),
+        });
         Ok(())
     }
 
-    fn enum_model(&mut self, name: &str, doc: Option<String>, schema: &Value, ptr: &str) -> Result<()> {
-        let values = schema.get("enum").and_then(Value::as_array).ok_or_else(|| anyhow!("#{ptr}/enum: must be an array"))?;
+    fn enum_model(
+        &mut self,
+        name: &str,
+        doc: Option<String>,
+        schema: &Value,
+        ptr: &str,
+    ) -> Result<()> {
+        let values = schema
+            .get("enum")
+            .and_then(Value::as_array)
+            .ok_or_else(|| anyhow!("#{ptr}/enum: must be an array"))?;
         let mut variants = Vec::new();
         for (i, v) in values.iter().enumerate() {
             match v {
@@ -357,12 +402,23 @@ impl Builder<'_> {
                 other => bail!("#{ptr}/enum/{i}: only string enums are supported (found {other})"),
             }
         }
-        self.models.push(Model { name: name.to_string(), doc, kind: ModelKind::Enum { variants } });
+        self.models.push(Model {
+            name: name.to_string(),
+            doc,
+            kind: ModelKind::Enum { variants },
+        });
         Ok(())
     }
 
     /// Merges `allOf` members (and the schema's own properties) into one property list.
-    fn object_parts(&self, schema: &Value, ptr: &str, props: &mut Vec<(String, Value)>, required: &mut Vec<String>, deny: &mut Option<bool>) -> Result<()> {
+    fn object_parts(
+        &self,
+        schema: &Value,
+        ptr: &str,
+        props: &mut Vec<(String, Value)>,
+        required: &mut Vec<String>,
+        deny: &mut Option<bool>,
+    ) -> Result<()> {
         let schema = deref(self.doc, schema);
         if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
             for (i, member) in all.iter().enumerate() {
@@ -391,7 +447,13 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn struct_model(&mut self, name: &str, doc: Option<String>, schema: &Value, ptr: &str) -> Result<()> {
+    fn struct_model(
+        &mut self,
+        name: &str,
+        doc: Option<String>,
+        schema: &Value,
+        ptr: &str,
+    ) -> Result<()> {
         let mut props = Vec::new();
         let mut required = Vec::new();
         let mut deny = None;
@@ -417,14 +479,24 @@ impl Builder<'_> {
             if fields.iter().any(|f: &Field| f.rust == rust) {
                 bail!("#{fptr}: {wire:?} maps to the Rust field {rust} twice");
             }
-            let doc = text(prop, "description").or_else(|| text(deref(self.doc, prop), "description"));
-            fields.push(Field { wire: wire.clone(), rust, doc, ty, wrap });
+            let doc =
+                text(prop, "description").or_else(|| text(deref(self.doc, prop), "description"));
+            fields.push(Field {
+                wire: wire.clone(),
+                rust,
+                doc,
+                ty,
+                wrap,
+            });
         }
         // A schema whose only additional properties are a typed map is a map, not a struct.
         self.models.push(Model {
             name: name.to_string(),
             doc,
-            kind: ModelKind::Struct { fields, deny_unknown: deny.unwrap_or(false) },
+            kind: ModelKind::Struct {
+                fields,
+                deny_unknown: deny.unwrap_or(false),
+            },
         });
         Ok(())
     }
@@ -432,15 +504,20 @@ impl Builder<'_> {
     /// The Rust type of a schema, and whether it admits `null`.
     fn ty(&mut self, schema: &Value, ctx: &str, ptr: &str) -> Result<(Ty, bool)> {
         if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-            let name = r
-                .strip_prefix("#/components/schemas/")
-                .ok_or_else(|| anyhow!("#{ptr}/$ref: only references to #/components/schemas are supported (found {r})"))?;
+            let name = r.strip_prefix("#/components/schemas/").ok_or_else(|| {
+                anyhow!(
+                    "#{ptr}/$ref: only references to #/components/schemas are supported (found {r})"
+                )
+            })?;
             if self.doc.pointer(&r[1..]).is_none() {
                 bail!("#{ptr}/$ref: {r} does not exist");
             }
             let target = deref(self.doc, schema);
             let nullable = type_list(target).iter().any(|t| t == "null");
-            return Ok((Ty::Named(type_ident(&conformance::spec::unescape_pointer(name))), nullable));
+            return Ok((
+                Ty::Named(type_ident(&conformance::spec::unescape_pointer(name))),
+                nullable,
+            ));
         }
         for key in ["oneOf", "anyOf"] {
             if let Some(alts) = schema.get(key).and_then(Value::as_array) {
@@ -481,8 +558,11 @@ impl Builder<'_> {
                 "number" => Ty::F64,
                 "boolean" => Ty::Bool,
                 "array" => {
-                    let items = schema.get("items").ok_or_else(|| anyhow!("#{ptr}: an array needs `items`"))?;
-                    let (item, _) = self.ty(items, &format!("{ctx}Item"), &format!("{ptr}/items"))?;
+                    let items = schema
+                        .get("items")
+                        .ok_or_else(|| anyhow!("#{ptr}: an array needs `items`"))?;
+                    let (item, _) =
+                        self.ty(items, &format!("{ctx}Item"), &format!("{ptr}/items"))?;
                     Ty::Vec(Box::new(item))
                 }
                 "object" => {
@@ -491,8 +571,14 @@ impl Builder<'_> {
                         Ty::Named(ctx.to_string())
                     } else {
                         match schema.get("additionalProperties") {
-                            Some(ap @ Value::Object(_)) if !ap.as_object().is_some_and(Map::is_empty) => {
-                                let (v, _) = self.ty(ap, &format!("{ctx}Value"), &format!("{ptr}/additionalProperties"))?;
+                            Some(ap @ Value::Object(_))
+                                if !ap.as_object().is_some_and(Map::is_empty) =>
+                            {
+                                let (v, _) = self.ty(
+                                    ap,
+                                    &format!("{ctx}Value"),
+                                    &format!("{ptr}/additionalProperties"),
+                                )?;
                                 Ty::Map(Box::new(v))
                             }
                             _ => Ty::Json,
@@ -506,8 +592,16 @@ impl Builder<'_> {
         Ok((ty, nullable))
     }
 
-    fn operation(&mut self, path: &str, method: &str, item: &Value, op: &Value, ptr: &str) -> Result<Operation> {
-        let id = text(op, "operationId").ok_or_else(|| anyhow!("#{ptr}: every operation needs an operationId"))?;
+    fn operation(
+        &mut self,
+        path: &str,
+        method: &str,
+        item: &Value,
+        op: &Value,
+        ptr: &str,
+    ) -> Result<Operation> {
+        let id = text(op, "operationId")
+            .ok_or_else(|| anyhow!("#{ptr}: every operation needs an operationId"))?;
         let type_prefix = type_ident(&id);
         let tag = op
             .get("tags")
@@ -519,16 +613,31 @@ impl Builder<'_> {
         let security = op.get("security").or_else(|| self.doc.get("security"));
         let scopes = match security.and_then(Value::as_array) {
             None => None,
-            Some(reqs) if reqs.is_empty() || reqs.iter().any(|r| r.as_object().is_some_and(Map::is_empty)) => None,
+            Some(reqs)
+                if reqs.is_empty()
+                    || reqs
+                        .iter()
+                        .any(|r| r.as_object().is_some_and(Map::is_empty)) =>
+            {
+                None
+            }
             Some(reqs) => {
                 let mut scopes: Option<Vec<String>> = None;
                 for (i, r) in reqs.iter().enumerate() {
                     for (_, s) in r.as_object().into_iter().flatten() {
-                        let these: Vec<String> = s.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
+                        let these: Vec<String> = s
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect();
                         match &scopes {
                             None => scopes = Some(these),
                             Some(prev) if *prev == these => {}
-                            Some(_) => bail!("#{ptr}/security/{i}: every alternative must require the same scopes"),
+                            Some(_) => bail!(
+                                "#{ptr}/security/{i}: every alternative must require the same scopes"
+                            ),
                         }
                     }
                 }
@@ -537,7 +646,9 @@ impl Builder<'_> {
         };
         let mut raw: Vec<(String, Value)> = Vec::new();
         for (source, list) in [("", item.get("parameters")), ("op", op.get("parameters"))] {
-            let Some(list) = list.and_then(Value::as_array) else { continue };
+            let Some(list) = list.and_then(Value::as_array) else {
+                continue;
+            };
             for (i, p) in list.iter().enumerate() {
                 let pptr = if source.is_empty() {
                     format!("/paths/{}/parameters/{i}", escape_pointer(path))
@@ -545,35 +656,50 @@ impl Builder<'_> {
                     format!("{ptr}/parameters/{i}")
                 };
                 let resolved = deref(self.doc, p).clone();
-                raw.retain(|(_, q)| (q.get("name"), q.get("in")) != (resolved.get("name"), resolved.get("in")));
+                raw.retain(|(_, q)| {
+                    (q.get("name"), q.get("in")) != (resolved.get("name"), resolved.get("in"))
+                });
                 raw.push((pptr, resolved));
             }
         }
         let mut params = Vec::new();
         for (pptr, p) in &raw {
-            let wire = text(p, "name").ok_or_else(|| anyhow!("#{pptr}: a parameter needs a name"))?;
+            let wire =
+                text(p, "name").ok_or_else(|| anyhow!("#{pptr}: a parameter needs a name"))?;
             let location = match p.get("in").and_then(Value::as_str) {
                 Some("path") => ParamIn::Path,
                 Some("query") => ParamIn::Query,
                 Some("header") => ParamIn::Header,
                 other => bail!("#{pptr}/in: {other:?} parameters are not supported by codegen yet"),
             };
-            let schema = p.get("schema").ok_or_else(|| anyhow!("#{pptr}: a parameter needs a schema"))?;
+            let schema = p
+                .get("schema")
+                .ok_or_else(|| anyhow!("#{pptr}: a parameter needs a schema"))?;
             let ctx = format!("{type_prefix}{}", type_ident(&wire));
             let (ty, _) = self.ty(schema, &ctx, &format!("{pptr}/schema"))?;
             match &ty {
-                Ty::Json | Ty::Map(_) => bail!("#{pptr}/schema: object parameters are not supported by codegen yet"),
+                Ty::Json | Ty::Map(_) => {
+                    bail!("#{pptr}/schema: object parameters are not supported by codegen yet")
+                }
                 Ty::Named(n) => {
-                    if self.models.iter().any(|m| m.name == *n && matches!(m.kind, ModelKind::Struct { .. })) {
+                    if self
+                        .models
+                        .iter()
+                        .any(|m| m.name == *n && matches!(m.kind, ModelKind::Struct { .. }))
+                    {
                         bail!("#{pptr}/schema: object parameters are not supported by codegen yet");
                     }
                 }
                 _ => {}
             }
-            let required = location == ParamIn::Path || p.get("required").and_then(Value::as_bool).unwrap_or(false);
+            let required = location == ParamIn::Path
+                || p.get("required").and_then(Value::as_bool).unwrap_or(false);
             let default = deref(self.doc, schema).get("default").cloned();
             let style = p.get("style").and_then(Value::as_str).unwrap_or("form");
-            let explode = p.get("explode").and_then(Value::as_bool).unwrap_or(style == "form");
+            let explode = p
+                .get("explode")
+                .and_then(Value::as_bool)
+                .unwrap_or(style == "form");
             params.push(Param {
                 rust: field_ident(&wire),
                 wire,
@@ -592,17 +718,27 @@ impl Builder<'_> {
                 let schema = b
                     .pointer("/content/application~1json/schema")
                     .ok_or_else(|| anyhow!("#{ptr}/requestBody: only application/json bodies are supported by codegen yet"))?;
-                let (ty, _) = self.ty(schema, &format!("{type_prefix}Body"), &format!("{ptr}/requestBody/content/application~1json/schema"))?;
-                Some((ty, b.get("required").and_then(Value::as_bool).unwrap_or(false)))
+                let (ty, _) = self.ty(
+                    schema,
+                    &format!("{type_prefix}Body"),
+                    &format!("{ptr}/requestBody/content/application~1json/schema"),
+                )?;
+                Some((
+                    ty,
+                    b.get("required").and_then(Value::as_bool).unwrap_or(false),
+                ))
             }
         };
         let mut responses = Vec::new();
-        let rs = op.get("responses").and_then(Value::as_object).ok_or_else(|| anyhow!("#{ptr}/responses: missing"))?;
+        let rs = op
+            .get("responses")
+            .and_then(Value::as_object)
+            .ok_or_else(|| anyhow!("#{ptr}/responses: missing"))?;
         for (code, r) in rs {
             let rptr = format!("{ptr}/responses/{code}");
-            let status: u16 = code
-                .parse()
-                .map_err(|_| anyhow!("#{rptr}: status {code:?} is not supported; list each status code"))?;
+            let status: u16 = code.parse().map_err(|_| {
+                anyhow!("#{rptr}: status {code:?} is not supported; list each status code")
+            })?;
             let r = deref(self.doc, r);
             let body = match r.get("content").and_then(Value::as_object) {
                 None => None,
@@ -612,12 +748,21 @@ impl Builder<'_> {
                         .get("application/json")
                         .and_then(|m| m.get("schema"))
                         .ok_or_else(|| anyhow!("#{rptr}/content: only application/json responses are supported by codegen yet"))?;
-                    let (ty, _) = self.ty(schema, &format!("{type_prefix}{}", variant_for_status(status)), &format!("{rptr}/content/application~1json/schema"))?;
+                    let (ty, _) = self.ty(
+                        schema,
+                        &format!("{type_prefix}{}", variant_for_status(status)),
+                        &format!("{rptr}/content/application~1json/schema"),
+                    )?;
                     Some(ty)
                 }
             };
             let mut headers = Vec::new();
-            for (name, h) in r.get("headers").and_then(Value::as_object).into_iter().flatten() {
+            for (name, h) in r
+                .get("headers")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
                 let h = deref(self.doc, h);
                 if h.get("x-set-by").and_then(Value::as_str) == Some("middleware") {
                     continue;
@@ -655,10 +800,12 @@ impl Builder<'_> {
 
 fn poem_path(path: &str) -> String {
     path.split('/')
-        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            Some(name) => format!(":{name}"),
-            None => seg.to_string(),
-        })
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => format!(":{name}"),
+                None => seg.to_string(),
+            },
+        )
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -666,7 +813,11 @@ fn poem_path(path: &str) -> String {
 fn type_list(schema: &Value) -> Vec<String> {
     match schema.get("type") {
         Some(Value::String(t)) => vec![t.clone()],
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -674,7 +825,13 @@ fn type_list(schema: &Value) -> Vec<String> {
 fn is_object_like(doc: &Value, schema: &Value) -> bool {
     let schema = deref(doc, schema);
     schema.get("properties").is_some()
-        || schema.get("allOf").and_then(Value::as_array).is_some_and(|all| all.iter().any(|m| is_object_like(doc, m)))
-        || (type_list(schema).iter().any(|t| t == "object") && schema.get("additionalProperties").is_none_or(|a| !a.is_object()))
+        || schema
+            .get("allOf")
+            .and_then(Value::as_array)
+            .is_some_and(|all| all.iter().any(|m| is_object_like(doc, m)))
+        || (type_list(schema).iter().any(|t| t == "object")
+            && schema
+                .get("additionalProperties")
+                .is_none_or(|a| !a.is_object()))
             && schema.get("properties").is_some()
 }

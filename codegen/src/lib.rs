@@ -14,7 +14,8 @@ use anyhow::{Context, Result};
 
 /// Every file codegen writes: (path relative to the output directory, contents).
 pub fn generate(spec: &Path) -> Result<Vec<(PathBuf, String)>> {
-    let doc = conformance::spec::load(spec).with_context(|| format!("loading {}", spec.display()))?;
+    let doc =
+        conformance::spec::load(spec).with_context(|| format!("loading {}", spec.display()))?;
     let ir = ir::build(&doc)?;
     let mut files = vec![
         (PathBuf::from("openapi.json"), pretty(&doc)?),
@@ -37,7 +38,9 @@ fn pretty(doc: &serde_json::Value) -> Result<String> {
 pub fn drift(files: &[(PathBuf, String)], out: &Path) -> Vec<PathBuf> {
     let mut drifted: Vec<PathBuf> = files
         .iter()
-        .filter(|(rel, text)| std::fs::read_to_string(out.join(rel)).ok().as_deref() != Some(text.as_str()))
+        .filter(|(rel, text)| {
+            std::fs::read_to_string(out.join(rel)).ok().as_deref() != Some(text.as_str())
+        })
         .map(|(rel, _)| rel.clone())
         .collect();
     if let Ok(entries) = std::fs::read_dir(out.join("src")) {

@@ -16,7 +16,9 @@ fn main() -> ExitCode {
             "--spec" => spec = args.next().map(PathBuf::from).unwrap_or(spec),
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             "-h" | "--help" => {
-                println!("usage: codegen [--check] [--spec openapi/openapi.yaml] [--out generated]");
+                println!(
+                    "usage: codegen [--check] [--spec openapi/openapi.yaml] [--out generated]"
+                );
                 return ExitCode::SUCCESS;
             }
             other => {

@@ -13,4 +13,6 @@ pub use spec::SpecError;
 pub use validate::{Outcome, RequestValidator, Violation};
 
 /// The HTTP methods an OpenAPI path item can hold, in the order the spec lists them.
-pub const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+pub const METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];

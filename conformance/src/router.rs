@@ -229,7 +229,10 @@ mod tests {
         assert_eq!(r.find("/a/b/c").map(|m| m.index), Some(a));
         assert_eq!(r.find("/a/b/d").map(|m| m.index), Some(b));
         let m = r.find("/files/report.json").expect("matches");
-        assert_eq!((m.index, m.params), (f, vec![("name", "report".to_string())]));
+        assert_eq!(
+            (m.index, m.params),
+            (f, vec![("name", "report".to_string())])
+        );
     }
 
     #[test]
@@ -237,7 +240,10 @@ mod tests {
         assert_eq!(
             parse_query("filter%5Bcreated_at%5D%5Bgte%5D=2024-01-01T00%3A00%3A00Z&q=a+b&flag"),
             vec![
-                ("filter[created_at][gte]".to_string(), "2024-01-01T00:00:00Z".to_string()),
+                (
+                    "filter[created_at][gte]".to_string(),
+                    "2024-01-01T00:00:00Z".to_string()
+                ),
                 ("q".to_string(), "a b".to_string()),
                 ("flag".to_string(), String::new()),
             ]

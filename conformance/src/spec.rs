@@ -30,7 +30,11 @@ pub enum SpecError {
 }
 
 impl SpecError {
-    pub fn invalid(file: impl Into<String>, pointer: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn invalid(
+        file: impl Into<String>,
+        pointer: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         SpecError::Invalid {
             file: file.into(),
             pointer: pointer.into(),
@@ -121,7 +125,9 @@ pub fn bundle(root: &Path) -> Result<Value, SpecError> {
     // references to the same target then point at the component instead of a copy.
     if let Some(components) = doc.get("components").and_then(Value::as_object) {
         for (kind, entries) in components {
-            let Some(entries) = entries.as_object() else { continue };
+            let Some(entries) = entries.as_object() else {
+                continue;
+            };
             for (name, entry) in entries {
                 if let Some(r) = entry.get("$ref").and_then(Value::as_str) {
                     if !r.starts_with('#') {
@@ -148,7 +154,9 @@ impl Bundler {
             let doc = read_document(path)?;
             self.files.insert(path.to_path_buf(), doc);
         }
-        self.files.get(path).ok_or_else(|| SpecError::invalid(path.display().to_string(), "", "unreadable"))
+        self.files
+            .get(path)
+            .ok_or_else(|| SpecError::invalid(path.display().to_string(), "", "unreadable"))
     }
 
     /// Splits a reference made in `from` into (absolute file, pointer).
@@ -161,7 +169,9 @@ impl Bundler {
             return Err(SpecError::invalid(
                 from.display().to_string(),
                 "",
-                format!("remote reference {reference} is not supported; download it next to the spec"),
+                format!(
+                    "remote reference {reference} is not supported; download it next to the spec"
+                ),
             ));
         }
         let path = if file.is_empty() {
@@ -169,7 +179,10 @@ impl Bundler {
         } else {
             let base = from.parent().unwrap_or(Path::new("."));
             let joined = base.join(file);
-            joined.canonicalize().map_err(|source| SpecError::Io { path: joined, source })?
+            joined.canonicalize().map_err(|source| SpecError::Io {
+                path: joined,
+                source,
+            })?
         };
         Ok((path, pointer))
     }
@@ -246,7 +259,11 @@ impl Bundler {
             SpecError::invalid(
                 file.display().to_string(),
                 pointer,
-                format!("reference target {}#{} does not exist", key.0.display(), key.1),
+                format!(
+                    "reference target {}#{} does not exist",
+                    key.0.display(),
+                    key.1
+                ),
             )
         })?;
         stack.push(key.clone());
@@ -286,7 +303,10 @@ fn normalize_schema_30(schema: &mut Map<String, Value>) {
         match schema.get_mut("type") {
             Some(Value::String(t)) => {
                 let t = t.clone();
-                schema.insert("type".into(), Value::Array(vec![Value::String(t), "null".into()]));
+                schema.insert(
+                    "type".into(),
+                    Value::Array(vec![Value::String(t), "null".into()]),
+                );
             }
             Some(Value::Array(types)) => {
                 if !types.iter().any(|t| t == "null") {
@@ -298,7 +318,10 @@ fn normalize_schema_30(schema: &mut Map<String, Value>) {
                     let inner = std::mem::take(schema);
                     schema.insert(
                         "anyOf".into(),
-                        Value::Array(vec![Value::Object(inner), serde_json::json!({"type": "null"})]),
+                        Value::Array(vec![
+                            Value::Object(inner),
+                            serde_json::json!({"type": "null"}),
+                        ]),
                     );
                 }
             }
@@ -309,7 +332,10 @@ fn normalize_schema_30(schema: &mut Map<String, Value>) {
             }
         }
     }
-    for (flag, bound) in [("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")] {
+    for (flag, bound) in [
+        ("exclusiveMinimum", "minimum"),
+        ("exclusiveMaximum", "maximum"),
+    ] {
         match schema.get(flag) {
             Some(Value::Bool(true)) => {
                 if let Some(b) = schema.remove(bound) {
@@ -397,13 +423,28 @@ fn downconvert_schema(schema: &mut Map<String, Value>) {
     }
     for flag in ["exclusiveMinimum", "exclusiveMaximum"] {
         if let Some(n @ Value::Number(_)) = schema.get(flag).cloned() {
-            let bound = if flag == "exclusiveMinimum" { "minimum" } else { "maximum" };
+            let bound = if flag == "exclusiveMinimum" {
+                "minimum"
+            } else {
+                "maximum"
+            };
             schema.insert(bound.into(), n);
             schema.insert(flag.into(), Value::Bool(true));
         }
     }
     // 2020-12 keywords 3.0 does not know.
-    for key in ["propertyNames", "$schema", "$id", "unevaluatedProperties", "contentMediaType", "contentEncoding", "prefixItems", "dependentRequired", "dependentSchemas", "$comment"] {
+    for key in [
+        "propertyNames",
+        "$schema",
+        "$id",
+        "unevaluatedProperties",
+        "contentMediaType",
+        "contentEncoding",
+        "prefixItems",
+        "dependentRequired",
+        "dependentSchemas",
+        "$comment",
+    ] {
         schema.remove(key);
     }
     // 3.0 forbids siblings next to $ref.
@@ -411,7 +452,10 @@ fn downconvert_schema(schema: &mut Map<String, Value>) {
         let r = schema.remove("$ref").unwrap_or(Value::Null);
         let description = schema.remove("description");
         schema.clear();
-        schema.insert("allOf".into(), Value::Array(vec![serde_json::json!({ "$ref": r })]));
+        schema.insert(
+            "allOf".into(),
+            Value::Array(vec![serde_json::json!({ "$ref": r })]),
+        );
         if let Some(d) = description {
             schema.insert("description".into(), d);
         }
@@ -425,14 +469,31 @@ pub fn walk_schemas_mut(doc: &mut Value, f: &mut dyn FnMut(&mut Map<String, Valu
     fn schema(value: &mut Value, f: &mut dyn FnMut(&mut Map<String, Value>)) {
         let Value::Object(map) = value else { return };
         f(map);
-        for key in ["properties", "patternProperties", "$defs", "definitions", "dependentSchemas"] {
+        for key in [
+            "properties",
+            "patternProperties",
+            "$defs",
+            "definitions",
+            "dependentSchemas",
+        ] {
             if let Some(Value::Object(children)) = map.get_mut(key) {
                 for child in children.values_mut() {
                     schema(child, f);
                 }
             }
         }
-        for key in ["items", "additionalProperties", "not", "propertyNames", "contains", "if", "then", "else", "unevaluatedProperties", "additionalItems"] {
+        for key in [
+            "items",
+            "additionalProperties",
+            "not",
+            "propertyNames",
+            "contains",
+            "if",
+            "then",
+            "else",
+            "unevaluatedProperties",
+            "additionalItems",
+        ] {
             if let Some(child) = map.get_mut(key) {
                 match child {
                     Value::Array(list) => list.iter_mut().for_each(|c| schema(c, f)),
@@ -517,7 +578,8 @@ mod tests {
     use serde_json::json;
 
     fn tmpdir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("conformance-spec-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("conformance-spec-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("schemas")).expect("tmpdir");
         dir
@@ -561,8 +623,13 @@ mod tests {
         )
         .expect("write");
         std::fs::write(dir.join("other.yaml"), "yes: 1\n").expect("write");
-        let err = bundle(&dir.join("root.yaml")).expect_err("fails").to_string();
-        assert!(err.contains("/paths/~1a") && err.contains("#/nope"), "{err}");
+        let err = bundle(&dir.join("root.yaml"))
+            .expect_err("fails")
+            .to_string();
+        assert!(
+            err.contains("/paths/~1a") && err.contains("#/nope"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -156,9 +156,15 @@ impl RequestValidator {
             if operations.len() <= index {
                 operations.resize_with(index + 1, BTreeMap::new);
             }
-            let shared = item.get("parameters").and_then(Value::as_array).cloned().unwrap_or_default();
+            let shared = item
+                .get("parameters")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             for method in crate::METHODS {
-                let Some(op) = item.get(*method) else { continue };
+                let Some(op) = item.get(*method) else {
+                    continue;
+                };
                 let pointer = format!("{item_ptr}/{method}");
                 let compiled = compile_operation(doc, template, method, op, &shared, &pointer)?;
                 operations[index].insert((*method).to_string(), compiled);
@@ -174,7 +180,9 @@ impl RequestValidator {
 
     /// Finds the operation for a method and path, without validating.
     pub fn route(&self, method: &str, path: &str) -> Result<&Operation, Option<Vec<String>>> {
-        let Some(m) = self.router.find(path) else { return Err(None) };
+        let Some(m) = self.router.find(path) else {
+            return Err(None);
+        };
         let by_method = &self.operations[m.index];
         by_method
             .get(&method.to_ascii_lowercase())
@@ -183,7 +191,9 @@ impl RequestValidator {
 
     /// Validates a request.
     pub fn validate(&self, req: &Request<'_>) -> Outcome<'_> {
-        let Some(m) = self.router.find(req.path) else { return Outcome::NoRoute };
+        let Some(m) = self.router.find(req.path) else {
+            return Outcome::NoRoute;
+        };
         let by_method = &self.operations[m.index];
         let method = req.method.to_ascii_lowercase();
         let Some(operation) = by_method.get(&method) else {
@@ -199,7 +209,12 @@ impl RequestValidator {
         self.check(operation, &m.params, req)
     }
 
-    fn check<'a>(&'a self, operation: &'a Operation, path_params: &[(&str, String)], req: &Request<'_>) -> Outcome<'a> {
+    fn check<'a>(
+        &'a self,
+        operation: &'a Operation,
+        path_params: &[(&str, String)],
+        req: &Request<'_>,
+    ) -> Outcome<'a> {
         let mut violations = Vec::new();
         let query = parse_query(req.query);
         for param in &operation.params {
@@ -224,7 +239,11 @@ impl RequestValidator {
                     location: param.location,
                     field: param.name.clone(),
                     code: "required".into(),
-                    message: format!("the {} parameter `{}` is required", param.location.as_str(), param.name),
+                    message: format!(
+                        "the {} parameter `{}` is required",
+                        param.location.as_str(),
+                        param.name
+                    ),
                 }),
                 None => {}
                 Some(value) => {
@@ -235,11 +254,19 @@ impl RequestValidator {
             }
         }
         if !violations.is_empty() {
-            return Outcome::Invalid { operation, status: 400, violations };
+            return Outcome::Invalid {
+                operation,
+                status: 400,
+                violations,
+            };
         }
         if let Some(body) = &operation.body {
             if let Some((status, v)) = check_body(body, req) {
-                return Outcome::Invalid { operation, status, violations: v };
+                return Outcome::Invalid {
+                    operation,
+                    status,
+                    violations: v,
+                };
             }
         }
         Outcome::Valid { operation }
@@ -254,13 +281,24 @@ fn check_body(body: &Body, req: &Request<'_>) -> Option<(u16, Vec<Violation>)> {
         message,
     };
     if req.body.is_empty() {
-        return body
-            .required
-            .then(|| (400, vec![whole("required", "a request body is required".into())]));
+        return body.required.then(|| {
+            (
+                400,
+                vec![whole("required", "a request body is required".into())],
+            )
+        });
     }
     let content_type = (req.header)("content-type").unwrap_or_default();
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let matched = body.media.iter().find(|(mt, _)| media_matches(mt, &essence));
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let matched = body
+        .media
+        .iter()
+        .find(|(mt, _)| media_matches(mt, &essence));
     let Some((media, validator)) = matched else {
         let expected: Vec<&str> = body.media.iter().map(|(m, _)| m.as_str()).collect();
         return Some((
@@ -280,7 +318,13 @@ fn check_body(body: &Body, req: &Request<'_>) -> Option<(u16, Vec<Violation>)> {
     let value: Value = match serde_json::from_slice(req.body) {
         Ok(v) => v,
         Err(e) => {
-            return Some((400, vec![whole("invalid_json", format!("the body is not valid JSON: {e}"))]));
+            return Some((
+                400,
+                vec![whole(
+                    "invalid_json",
+                    format!("the body is not valid JSON: {e}"),
+                )],
+            ));
         }
     };
     let validator = validator.as_ref()?;
@@ -300,11 +344,17 @@ fn media_matches(declared: &str, actual: &str) -> bool {
         return actual.starts_with(prefix) && actual[prefix.len()..].starts_with('/');
     }
     // application/json also accepts application/*+json
-    declared == "application/json" && actual.starts_with("application/") && actual.ends_with("+json")
+    declared == "application/json"
+        && actual.starts_with("application/")
+        && actual.ends_with("+json")
 }
 
 /// Turns a schema error into a violation whose field is a dotted path under `base`.
-fn to_violation(location: Location, base: &str, error: &jsonschema::ValidationError<'_>) -> Violation {
+fn to_violation(
+    location: Location,
+    base: &str,
+    error: &jsonschema::ValidationError<'_>,
+) -> Violation {
     let mut field = base.to_string();
     for segment in error.instance_path().iter() {
         match segment {
@@ -318,19 +368,28 @@ fn to_violation(location: Location, base: &str, error: &jsonschema::ValidationEr
         }
     }
     let join = |field: &str, name: &str| {
-        if field.is_empty() { name.to_string() } else { format!("{field}.{name}") }
+        if field.is_empty() {
+            name.to_string()
+        } else {
+            format!("{field}.{name}")
+        }
     };
     let (field, code) = match error.kind() {
-        ValidationErrorKind::Required { property } => {
-            (join(&field, property.as_str().unwrap_or_default()), "required".to_string())
-        }
+        ValidationErrorKind::Required { property } => (
+            join(&field, property.as_str().unwrap_or_default()),
+            "required".to_string(),
+        ),
         ValidationErrorKind::AdditionalProperties { unexpected } if unexpected.len() == 1 => {
             (join(&field, &unexpected[0]), "unknown_field".to_string())
         }
         ValidationErrorKind::AdditionalProperties { .. } => (field, "unknown_field".to_string()),
         kind => (field, kind.keyword().to_string()),
     };
-    let field = if field.is_empty() { "body".to_string() } else { field };
+    let field = if field.is_empty() {
+        "body".to_string()
+    } else {
+        field
+    };
     let mut message = error.masked().to_string();
     if message.len() > 300 {
         let mut cut = 300;
@@ -340,13 +399,21 @@ fn to_violation(location: Location, base: &str, error: &jsonschema::ValidationEr
         message.truncate(cut);
         message.push('…');
     }
-    Violation { location, field, code, message }
+    Violation {
+        location,
+        field,
+        code,
+        message,
+    }
 }
 
 fn schema_types(schema: &Value) -> Vec<String> {
     match schema.get("type") {
         Some(Value::String(t)) => vec![t.clone()],
-        Some(Value::Array(ts)) => ts.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect(),
         _ => {
             if let Some(Value::Array(values)) = schema.get("enum") {
                 let mut types: Vec<String> = values
@@ -420,13 +487,20 @@ fn query_value(param: &Param, query: &[(String, String)]) -> Option<Value> {
                 props.and_then(|p| p.get(k)).map(|_| k.as_str())
             };
             if let Some(key) = key {
-                let sub = props.and_then(|p| p.get(key)).cloned().unwrap_or(Value::Null);
+                let sub = props
+                    .and_then(|p| p.get(key))
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 obj.insert(key.to_string(), coerce_scalar(v, &sub));
             }
         }
         return (!obj.is_empty()).then_some(Value::Object(obj));
     }
-    let values: Vec<&str> = query.iter().filter(|(k, _)| *k == param.name).map(|(_, v)| v.as_str()).collect();
+    let values: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| *k == param.name)
+        .map(|(_, v)| v.as_str())
+        .collect();
     if values.is_empty() {
         return None;
     }
@@ -435,7 +509,11 @@ fn query_value(param: &Param, query: &[(String, String)]) -> Option<Value> {
         let parts: Vec<Value> = if param.explode && values.len() > 1 {
             values.iter().map(|v| coerce_scalar(v, &items)).collect()
         } else if param.explode {
-            if values[0].is_empty() { vec![] } else { vec![coerce_scalar(values[0], &items)] }
+            if values[0].is_empty() {
+                vec![]
+            } else {
+                vec![coerce_scalar(values[0], &items)]
+            }
         } else {
             return Some(coerce_scalar_or_array(values[0], &param.schema, false));
         };
@@ -460,7 +538,10 @@ fn compile_operation(
     // Operation-level parameters override path-level ones with the same name and location.
     let mut raw: Vec<(String, &Value)> = Vec::new();
     for (i, p) in shared.iter().enumerate() {
-        raw.push((format!("/paths/{}/parameters/{i}", escape_pointer(template)), p));
+        raw.push((
+            format!("/paths/{}/parameters/{i}", escape_pointer(template)),
+            p,
+        ));
     }
     if let Some(ps) = op.get("parameters").and_then(Value::as_array) {
         for (i, p) in ps.iter().enumerate() {
@@ -476,20 +557,26 @@ fn compile_operation(
     let mut params = Vec::new();
     for (ptr, p) in raw {
         let p = deref(doc, p);
-        let name = p.get("name").and_then(Value::as_str).ok_or_else(|| {
-            SpecError::invalid("", ptr.as_str(), "parameter without a name")
-        })?;
+        let name = p
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| SpecError::invalid("", ptr.as_str(), "parameter without a name"))?;
         let location = match p.get("in").and_then(Value::as_str) {
             Some("path") => Location::Path,
             Some("query") => Location::Query,
             Some("header") => Location::Header,
             Some("cookie") => Location::Cookie,
             other => {
-                return Err(SpecError::invalid("", ptr.as_str(), format!("parameter `in` is {other:?}")));
+                return Err(SpecError::invalid(
+                    "",
+                    ptr.as_str(),
+                    format!("parameter `in` is {other:?}"),
+                ));
             }
         };
         if location == Location::Header
-            && ["accept", "content-type", "authorization"].contains(&name.to_ascii_lowercase().as_str())
+            && ["accept", "content-type", "authorization"]
+                .contains(&name.to_ascii_lowercase().as_str())
         {
             continue; // OpenAPI says these are ignored as parameters
         }
@@ -504,15 +591,22 @@ fn compile_operation(
             .cloned()
             .unwrap_or(Value::Bool(true));
         let resolved_schema = deref(doc, &schema).clone();
-        let style = p.get("style").and_then(Value::as_str).unwrap_or(match location {
-            Location::Query | Location::Cookie => "form",
-            _ => "simple",
-        });
-        let explode = p.get("explode").and_then(Value::as_bool).unwrap_or(style == "form");
+        let style = p
+            .get("style")
+            .and_then(Value::as_str)
+            .unwrap_or(match location {
+                Location::Query | Location::Cookie => "form",
+                _ => "simple",
+            });
+        let explode = p
+            .get("explode")
+            .and_then(Value::as_bool)
+            .unwrap_or(style == "form");
         params.push(Param {
             name: name.to_string(),
             location,
-            required: location == Location::Path || p.get("required").and_then(Value::as_bool).unwrap_or(false),
+            required: location == Location::Path
+                || p.get("required").and_then(Value::as_bool).unwrap_or(false),
             explode,
             style: style.to_string(),
             validator: compile_schema(doc, &schema, &format!("{ptr}/schema"))?,
@@ -530,7 +624,10 @@ fn compile_operation(
                         Some(s) => Some(compile_schema(
                             doc,
                             s,
-                            &format!("{pointer}/requestBody/content/{}/schema", escape_pointer(mt)),
+                            &format!(
+                                "{pointer}/requestBody/content/{}/schema",
+                                escape_pointer(mt)
+                            ),
                         )?),
                         None => None,
                     };
@@ -590,50 +687,127 @@ mod tests {
         })
     }
 
-    fn run(v: &RequestValidator, method: &str, path: &str, query: &str, body: &str) -> Result<String, (u16, Vec<(String, String)>)> {
+    fn run(
+        v: &RequestValidator,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: &str,
+    ) -> Result<String, (u16, Vec<(String, String)>)> {
         let header = |name: &str| (name == "content-type").then(|| "application/json".to_string());
-        let req = Request { method, path, query, header: &header, body: body.as_bytes() };
+        let req = Request {
+            method,
+            path,
+            query,
+            header: &header,
+            body: body.as_bytes(),
+        };
         match v.validate(&req) {
             Outcome::Valid { operation } => Ok(operation.id.clone()),
-            Outcome::Invalid { status, violations, .. } => {
-                Err((status, violations.into_iter().map(|v| (v.field, v.code)).collect()))
-            }
+            Outcome::Invalid {
+                status, violations, ..
+            } => Err((
+                status,
+                violations.into_iter().map(|v| (v.field, v.code)).collect(),
+            )),
             Outcome::NoRoute => Err((404, vec![])),
-            Outcome::MethodNotAllowed { allow } => Err((405, allow.into_iter().map(|a| (a, String::new())).collect())),
+            Outcome::MethodNotAllowed { allow } => {
+                Err((405, allow.into_iter().map(|a| (a, String::new())).collect()))
+            }
         }
     }
 
     #[test]
     fn accepts_valid_requests() {
         let v = RequestValidator::new(&spec()).expect("compiles");
-        assert_eq!(run(&v, "GET", "/items", "per_page=5&fields=id,name&filter%5Bcreated_at%5D%5Bgte%5D=2024-01-01T00:00:00Z", ""), Ok("listItems".into()));
-        assert_eq!(run(&v, "POST", "/items", "", r#"{"name":"a","config":{"temperature":1.5}}"#), Ok("createItem".into()));
+        assert_eq!(
+            run(
+                &v,
+                "GET",
+                "/items",
+                "per_page=5&fields=id,name&filter%5Bcreated_at%5D%5Bgte%5D=2024-01-01T00:00:00Z",
+                ""
+            ),
+            Ok("listItems".into())
+        );
+        assert_eq!(
+            run(
+                &v,
+                "POST",
+                "/items",
+                "",
+                r#"{"name":"a","config":{"temperature":1.5}}"#
+            ),
+            Ok("createItem".into())
+        );
         assert_eq!(run(&v, "GET", "/items/abc", "", ""), Ok("getItem".into()));
     }
 
     #[test]
     fn names_each_bad_field() {
         let v = RequestValidator::new(&spec()).expect("compiles");
-        assert_eq!(run(&v, "GET", "/items", "per_page=500", ""), Err((400, vec![("per_page".into(), "maximum".into())])));
-        assert_eq!(run(&v, "GET", "/items", "per_page=x", ""), Err((400, vec![("per_page".into(), "type".into())])));
-        assert_eq!(run(&v, "GET", "/items", "fields=id,nope", ""), Err((400, vec![("fields[1]".into(), "enum".into())])));
-        assert_eq!(run(&v, "GET", "/items", "filter[created_at][gte]=yesterday", ""), Err((400, vec![("filter[created_at][gte]".into(), "format".into())])));
-        assert_eq!(run(&v, "GET", "/items/abcdef", "", ""), Err((400, vec![("id".into(), "maxLength".into())])));
-        let Err((status, fields)) = run(&v, "POST", "/items", "", r#"{"config":{"temperature":3,"x":1},"tags":["ok","toolong"],"extra":true}"#) else {
+        assert_eq!(
+            run(&v, "GET", "/items", "per_page=500", ""),
+            Err((400, vec![("per_page".into(), "maximum".into())]))
+        );
+        assert_eq!(
+            run(&v, "GET", "/items", "per_page=x", ""),
+            Err((400, vec![("per_page".into(), "type".into())]))
+        );
+        assert_eq!(
+            run(&v, "GET", "/items", "fields=id,nope", ""),
+            Err((400, vec![("fields[1]".into(), "enum".into())]))
+        );
+        assert_eq!(
+            run(&v, "GET", "/items", "filter[created_at][gte]=yesterday", ""),
+            Err((
+                400,
+                vec![("filter[created_at][gte]".into(), "format".into())]
+            ))
+        );
+        assert_eq!(
+            run(&v, "GET", "/items/abcdef", "", ""),
+            Err((400, vec![("id".into(), "maxLength".into())]))
+        );
+        let Err((status, fields)) = run(
+            &v,
+            "POST",
+            "/items",
+            "",
+            r#"{"config":{"temperature":3,"x":1},"tags":["ok","toolong"],"extra":true}"#,
+        ) else {
             panic!("must fail")
         };
         assert_eq!(status, 422);
         for expected in ["name", "config.temperature", "config.x", "tags[1]", "extra"] {
-            assert!(fields.iter().any(|(f, _)| f == expected), "{expected} missing from {fields:?}");
+            assert!(
+                fields.iter().any(|(f, _)| f == expected),
+                "{expected} missing from {fields:?}"
+            );
         }
-        assert_eq!(run(&v, "POST", "/items", "", "{nope"), Err((400, vec![("body".into(), "invalid_json".into())])));
-        assert_eq!(run(&v, "POST", "/items", "", ""), Err((400, vec![("body".into(), "required".into())])));
+        assert_eq!(
+            run(&v, "POST", "/items", "", "{nope"),
+            Err((400, vec![("body".into(), "invalid_json".into())]))
+        );
+        assert_eq!(
+            run(&v, "POST", "/items", "", ""),
+            Err((400, vec![("body".into(), "required".into())]))
+        );
     }
 
     #[test]
     fn reports_unknown_routes_and_methods() {
         let v = RequestValidator::new(&spec()).expect("compiles");
         assert_eq!(run(&v, "GET", "/nope", "", ""), Err((404, vec![])));
-        assert_eq!(run(&v, "DELETE", "/items", "", ""), Err((405, vec![("GET".into(), String::new()), ("POST".into(), String::new())])));
+        assert_eq!(
+            run(&v, "DELETE", "/items", "", ""),
+            Err((
+                405,
+                vec![
+                    ("GET".into(), String::new()),
+                    ("POST".into(), String::new())
+                ]
+            ))
+        );
     }
 }

@@ -70,10 +70,8 @@ pub enum CreateAgentResponse {
     #[oai(status = 201u16)]
     Created(
         poem_openapi::payload::Json<crate::models::Agent>,
-        #[oai(header = "Location")]
-        String,
-        #[oai(header = "ETag")]
-        String,
+        #[oai(header = "Location")] String,
+        #[oai(header = "ETag")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
@@ -108,8 +106,7 @@ pub enum GetAgentResponse {
     #[oai(status = 200u16)]
     Ok(
         poem_openapi::payload::Json<crate::models::Agent>,
-        #[oai(header = "ETag")]
-        String,
+        #[oai(header = "ETag")] String,
     ),
     /// The agent has not changed since the `ETag` given in `If-None-Match`.
     #[oai(status = 304u16)]
@@ -149,8 +146,7 @@ pub enum ReplaceAgentResponse {
     #[oai(status = 200u16)]
     Ok(
         poem_openapi::payload::Json<crate::models::Agent>,
-        #[oai(header = "ETag")]
-        String,
+        #[oai(header = "ETag")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
@@ -223,8 +219,7 @@ pub enum UpdateAgentResponse {
     #[oai(status = 200u16)]
     Ok(
         poem_openapi::payload::Json<crate::models::Agent>,
-        #[oai(header = "ETag")]
-        String,
+        #[oai(header = "ETag")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
@@ -318,50 +313,35 @@ impl<T: AgentsApi> AgentsRoutes<T> {
     async fn list_agents(
         &self,
         req: &poem::Request,
-        #[oai(name = "page")]
-        page: poem_openapi::param::Query<Option<i64>>,
-        #[oai(name = "per_page")]
-        per_page: poem_openapi::param::Query<Option<i64>>,
-        #[oai(name = "cursor")]
-        cursor: poem_openapi::param::Query<Option<String>>,
-        #[oai(name = "limit")]
-        limit: poem_openapi::param::Query<Option<i64>>,
-        #[oai(name = "type")]
-        type_: poem_openapi::param::Query<Option<crate::models::AgentType>>,
-        #[oai(name = "status")]
-        status: poem_openapi::param::Query<Option<crate::models::AgentStatus>>,
-        #[oai(name = "search")]
-        search: poem_openapi::param::Query<Option<String>>,
-        #[oai(name = "filter[type]")]
-        filter_type: poem_openapi::param::Query<Option<crate::models::AgentType>>,
-        #[oai(name = "filter[status]")]
-        filter_status: poem_openapi::param::Query<Option<crate::models::AgentStatus>>,
-        #[oai(name = "filter[created_at][gte]")]
-        filter_created_at_gte: poem_openapi::param::Query<Option<String>>,
-        #[oai(name = "filter[created_at][lte]")]
-        filter_created_at_lte: poem_openapi::param::Query<Option<String>>,
-        #[oai(name = "sort")]
-        sort: poem_openapi::param::Query<Option<crate::models::ListAgentsSort>>,
-        #[oai(name = "order")]
-        order: poem_openapi::param::Query<Option<crate::models::ListAgentsOrder>>,
-        #[oai(name = "fields", explode = false)]
-        fields: poem_openapi::param::Query<Option<Vec<crate::models::AgentField>>>,
-    ) -> ListAgentsResponse {
-        const SCOPES: &[&str] = &["read:agents"];
-        let caller = match self.0.authenticate(req, SCOPES).await {
-            Ok(caller) => caller,
-            Err(crate::AuthRejection::Unauthorized(e)) => {
-                return ListAgentsResponse::Unauthorized(poem_openapi::payload::Json(e));
-            }
-            Err(crate::AuthRejection::Forbidden(e)) => {
-                return ListAgentsResponse::Forbidden(poem_openapi::payload::Json(e));
-            }
-            Err(crate::AuthRejection::Unavailable(e)) => {
-                return ListAgentsResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                );
-            }
-        };
+        #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
+        #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
+        #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
+        #[oai(name = "limit")] limit: poem_openapi::param::Query<Option<i64>>,
+        #[oai(name = "type")] type_: poem_openapi::param::Query<Option<crate::models::AgentType>>,
+        #[oai(name = "status")] status: poem_openapi::param::Query<
+            Option<crate::models::AgentStatus>,
+        >,
+        #[oai(name = "search")] search: poem_openapi::param::Query<Option<String>>,
+        #[oai(name = "filter[type]")] filter_type: poem_openapi::param::Query<
+            Option<crate::models::AgentType>,
+        >,
+        #[oai(name = "filter[status]")] filter_status: poem_openapi::param::Query<
+            Option<crate::models::AgentStatus>,
+        >,
+        #[oai(name = "filter[created_at][gte]")] filter_created_at_gte: poem_openapi::param::Query<
+            Option<String>,
+        >,
+        #[oai(name = "filter[created_at][lte]")] filter_created_at_lte: poem_openapi::param::Query<
+            Option<String>,
+        >,
+        #[oai(name = "sort")] sort: poem_openapi::param::Query<
+            Option<crate::models::ListAgentsSort>,
+        >,
+        #[oai(name = "order")] order: poem_openapi::param::Query<
+            Option<crate::models::ListAgentsOrder>,
+        >,
+        #[oai(name = "fields")] fields: poem_openapi::param::Query<Option<String>>,
+    ) -> poem::Result<ListAgentsResponse> {
         let params = ListAgentsParams {
             page: page.0.unwrap_or_else(|| 1i64),
             per_page: per_page.0.unwrap_or_else(|| 20i64),
@@ -376,9 +356,33 @@ impl<T: AgentsApi> AgentsRoutes<T> {
             filter_created_at_lte: filter_created_at_lte.0,
             sort: sort.0,
             order: order.0,
-            fields: fields.0,
+            fields: match fields.0 {
+                Some(raw) => Some(crate::parse_csv::<crate::models::AgentField>(
+                    "fields", &raw,
+                )?),
+                None => None,
+            },
         };
-        self.0.list_agents(caller, params).await
+        const SCOPES: &[&str] = &["read:agents"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(ListAgentsResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(ListAgentsResponse::Forbidden(poem_openapi::payload::Json(
+                    e,
+                )));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(ListAgentsResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.list_agents(caller, params).await)
     }
     /// Create an agent
     ///
@@ -388,92 +392,106 @@ impl<T: AgentsApi> AgentsRoutes<T> {
         &self,
         req: &poem::Request,
         body: poem_openapi::payload::Json<crate::models::AgentInput>,
-    ) -> CreateAgentResponse {
+    ) -> poem::Result<CreateAgentResponse> {
+        let params = CreateAgentParams { body: body.0 };
         const SCOPES: &[&str] = &["write:agents"];
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return CreateAgentResponse::Unauthorized(poem_openapi::payload::Json(e));
+                return Ok(CreateAgentResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return CreateAgentResponse::Forbidden(poem_openapi::payload::Json(e));
+                return Ok(CreateAgentResponse::Forbidden(poem_openapi::payload::Json(
+                    e,
+                )));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return CreateAgentResponse::ServiceUnavailable(
+                return Ok(CreateAgentResponse::ServiceUnavailable(
                     poem_openapi::payload::Json(e),
-                );
+                ));
             }
         };
-        let params = CreateAgentParams { body: body.0 };
-        self.0.create_agent(caller, params).await
+        Ok(self.0.create_agent(caller, params).await)
     }
     /// Get an agent
     ///
     /// Returns the agent with its `ETag`; with a matching `If-None-Match` answers 304 and no body.
-    #[oai(path = "/v1/agents/:agent_id", method = "get", operation_id = "getAgent")]
+    #[oai(
+        path = "/v1/agents/:agent_id",
+        method = "get",
+        operation_id = "getAgent"
+    )]
     async fn get_agent(
         &self,
         req: &poem::Request,
-        #[oai(name = "agent_id")]
-        agent_id: poem_openapi::param::Path<String>,
-        #[oai(name = "If-None-Match")]
-        if_none_match: poem_openapi::param::Header<Option<String>>,
-    ) -> GetAgentResponse {
-        const SCOPES: &[&str] = &["read:agents"];
-        let caller = match self.0.authenticate(req, SCOPES).await {
-            Ok(caller) => caller,
-            Err(crate::AuthRejection::Unauthorized(e)) => {
-                return GetAgentResponse::Unauthorized(poem_openapi::payload::Json(e));
-            }
-            Err(crate::AuthRejection::Forbidden(e)) => {
-                return GetAgentResponse::Forbidden(poem_openapi::payload::Json(e));
-            }
-            Err(crate::AuthRejection::Unavailable(e)) => {
-                return GetAgentResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                );
-            }
-        };
+        #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
+        #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
+    ) -> poem::Result<GetAgentResponse> {
         let params = GetAgentParams {
             agent_id: agent_id.0,
             if_none_match: if_none_match.0,
         };
-        self.0.get_agent(caller, params).await
+        const SCOPES: &[&str] = &["read:agents"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(GetAgentResponse::Unauthorized(poem_openapi::payload::Json(
+                    e,
+                )));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(GetAgentResponse::Forbidden(poem_openapi::payload::Json(e)));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(GetAgentResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.get_agent(caller, params).await)
     }
     /// Replace an agent
     ///
     /// Replaces the agent as a whole; fields left out return to their defaults. With `If-Match`, answers 412 when the agent changed since that `ETag`.
-    #[oai(path = "/v1/agents/:agent_id", method = "put", operation_id = "replaceAgent")]
+    #[oai(
+        path = "/v1/agents/:agent_id",
+        method = "put",
+        operation_id = "replaceAgent"
+    )]
     async fn replace_agent(
         &self,
         req: &poem::Request,
-        #[oai(name = "agent_id")]
-        agent_id: poem_openapi::param::Path<String>,
-        #[oai(name = "If-Match")]
-        if_match: poem_openapi::param::Header<Option<String>>,
+        #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
+        #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::AgentInput>,
-    ) -> ReplaceAgentResponse {
-        const SCOPES: &[&str] = &["write:agents"];
-        let caller = match self.0.authenticate(req, SCOPES).await {
-            Ok(caller) => caller,
-            Err(crate::AuthRejection::Unauthorized(e)) => {
-                return ReplaceAgentResponse::Unauthorized(poem_openapi::payload::Json(e));
-            }
-            Err(crate::AuthRejection::Forbidden(e)) => {
-                return ReplaceAgentResponse::Forbidden(poem_openapi::payload::Json(e));
-            }
-            Err(crate::AuthRejection::Unavailable(e)) => {
-                return ReplaceAgentResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                );
-            }
-        };
+    ) -> poem::Result<ReplaceAgentResponse> {
         let params = ReplaceAgentParams {
             agent_id: agent_id.0,
             if_match: if_match.0,
             body: body.0,
         };
-        self.0.replace_agent(caller, params).await
+        const SCOPES: &[&str] = &["write:agents"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(ReplaceAgentResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(ReplaceAgentResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(ReplaceAgentResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.replace_agent(caller, params).await)
     }
     /// Delete an agent
     #[oai(
@@ -484,62 +502,71 @@ impl<T: AgentsApi> AgentsRoutes<T> {
     async fn delete_agent(
         &self,
         req: &poem::Request,
-        #[oai(name = "agent_id")]
-        agent_id: poem_openapi::param::Path<String>,
-    ) -> DeleteAgentResponse {
+        #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
+    ) -> poem::Result<DeleteAgentResponse> {
+        let params = DeleteAgentParams {
+            agent_id: agent_id.0,
+        };
         const SCOPES: &[&str] = &["write:agents"];
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return DeleteAgentResponse::Unauthorized(poem_openapi::payload::Json(e));
+                return Ok(DeleteAgentResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return DeleteAgentResponse::Forbidden(poem_openapi::payload::Json(e));
+                return Ok(DeleteAgentResponse::Forbidden(poem_openapi::payload::Json(
+                    e,
+                )));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return DeleteAgentResponse::ServiceUnavailable(
+                return Ok(DeleteAgentResponse::ServiceUnavailable(
                     poem_openapi::payload::Json(e),
-                );
+                ));
             }
         };
-        let params = DeleteAgentParams {
-            agent_id: agent_id.0,
-        };
-        self.0.delete_agent(caller, params).await
+        Ok(self.0.delete_agent(caller, params).await)
     }
     /// Update an agent partially
     ///
     /// Changes only the fields given (as CodexOS does). `null` clears a field that may be empty. With `If-Match`, answers 412 when the agent changed since that `ETag`.
-    #[oai(path = "/v1/agents/:agent_id", method = "patch", operation_id = "updateAgent")]
+    #[oai(
+        path = "/v1/agents/:agent_id",
+        method = "patch",
+        operation_id = "updateAgent"
+    )]
     async fn update_agent(
         &self,
         req: &poem::Request,
-        #[oai(name = "agent_id")]
-        agent_id: poem_openapi::param::Path<String>,
-        #[oai(name = "If-Match")]
-        if_match: poem_openapi::param::Header<Option<String>>,
+        #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
+        #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::AgentPatch>,
-    ) -> UpdateAgentResponse {
-        const SCOPES: &[&str] = &["write:agents"];
-        let caller = match self.0.authenticate(req, SCOPES).await {
-            Ok(caller) => caller,
-            Err(crate::AuthRejection::Unauthorized(e)) => {
-                return UpdateAgentResponse::Unauthorized(poem_openapi::payload::Json(e));
-            }
-            Err(crate::AuthRejection::Forbidden(e)) => {
-                return UpdateAgentResponse::Forbidden(poem_openapi::payload::Json(e));
-            }
-            Err(crate::AuthRejection::Unavailable(e)) => {
-                return UpdateAgentResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                );
-            }
-        };
+    ) -> poem::Result<UpdateAgentResponse> {
         let params = UpdateAgentParams {
             agent_id: agent_id.0,
             if_match: if_match.0,
             body: body.0,
         };
-        self.0.update_agent(caller, params).await
+        const SCOPES: &[&str] = &["write:agents"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(UpdateAgentResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(UpdateAgentResponse::Forbidden(poem_openapi::payload::Json(
+                    e,
+                )));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(UpdateAgentResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.update_agent(caller, params).await)
     }
 }

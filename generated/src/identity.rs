@@ -46,8 +46,7 @@ pub enum CreateApiKeyResponse {
     #[oai(status = 201u16)]
     Created(
         poem_openapi::payload::Json<crate::models::ApiKeyCreated>,
-        #[oai(header = "Location")]
-        String,
+        #[oai(header = "Location")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
@@ -168,31 +167,33 @@ impl<T: IdentityApi> IdentityRoutes<T> {
     async fn list_api_keys(
         &self,
         req: &poem::Request,
-        #[oai(name = "page")]
-        page: poem_openapi::param::Query<Option<i64>>,
-        #[oai(name = "per_page")]
-        per_page: poem_openapi::param::Query<Option<i64>>,
-    ) -> ListApiKeysResponse {
-        const SCOPES: &[&str] = &["read:keys"];
-        let caller = match self.0.authenticate(req, SCOPES).await {
-            Ok(caller) => caller,
-            Err(crate::AuthRejection::Unauthorized(e)) => {
-                return ListApiKeysResponse::Unauthorized(poem_openapi::payload::Json(e));
-            }
-            Err(crate::AuthRejection::Forbidden(e)) => {
-                return ListApiKeysResponse::Forbidden(poem_openapi::payload::Json(e));
-            }
-            Err(crate::AuthRejection::Unavailable(e)) => {
-                return ListApiKeysResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                );
-            }
-        };
+        #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
+        #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
+    ) -> poem::Result<ListApiKeysResponse> {
         let params = ListApiKeysParams {
             page: page.0.unwrap_or_else(|| 1i64),
             per_page: per_page.0.unwrap_or_else(|| 20i64),
         };
-        self.0.list_api_keys(caller, params).await
+        const SCOPES: &[&str] = &["read:keys"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(ListApiKeysResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(ListApiKeysResponse::Forbidden(poem_openapi::payload::Json(
+                    e,
+                )));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(ListApiKeysResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.list_api_keys(caller, params).await)
     }
     /// Generate an API key
     ///
@@ -204,24 +205,28 @@ impl<T: IdentityApi> IdentityRoutes<T> {
         &self,
         req: &poem::Request,
         body: poem_openapi::payload::Json<crate::models::ApiKeyInput>,
-    ) -> CreateApiKeyResponse {
+    ) -> poem::Result<CreateApiKeyResponse> {
+        let params = CreateApiKeyParams { body: body.0 };
         const SCOPES: &[&str] = &["write:keys"];
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return CreateApiKeyResponse::Unauthorized(poem_openapi::payload::Json(e));
+                return Ok(CreateApiKeyResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return CreateApiKeyResponse::Forbidden(poem_openapi::payload::Json(e));
+                return Ok(CreateApiKeyResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return CreateApiKeyResponse::ServiceUnavailable(
+                return Ok(CreateApiKeyResponse::ServiceUnavailable(
                     poem_openapi::payload::Json(e),
-                );
+                ));
             }
         };
-        let params = CreateApiKeyParams { body: body.0 };
-        self.0.create_api_key(caller, params).await
+        Ok(self.0.create_api_key(caller, params).await)
     }
     /// Revoke an API key
     ///
@@ -234,54 +239,55 @@ impl<T: IdentityApi> IdentityRoutes<T> {
     async fn revoke_api_key(
         &self,
         req: &poem::Request,
-        #[oai(name = "key_id")]
-        key_id: poem_openapi::param::Path<String>,
-    ) -> RevokeApiKeyResponse {
+        #[oai(name = "key_id")] key_id: poem_openapi::param::Path<String>,
+    ) -> poem::Result<RevokeApiKeyResponse> {
+        let params = RevokeApiKeyParams { key_id: key_id.0 };
         const SCOPES: &[&str] = &["write:keys"];
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return RevokeApiKeyResponse::Unauthorized(poem_openapi::payload::Json(e));
+                return Ok(RevokeApiKeyResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return RevokeApiKeyResponse::Forbidden(poem_openapi::payload::Json(e));
+                return Ok(RevokeApiKeyResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return RevokeApiKeyResponse::ServiceUnavailable(
+                return Ok(RevokeApiKeyResponse::ServiceUnavailable(
                     poem_openapi::payload::Json(e),
-                );
+                ));
             }
         };
-        let params = RevokeApiKeyParams {
-            key_id: key_id.0,
-        };
-        self.0.revoke_api_key(caller, params).await
+        Ok(self.0.revoke_api_key(caller, params).await)
     }
     /// The calling user's profile
     ///
     /// The user the key belongs to, its organization and role, and the scopes this key grants.
     #[oai(path = "/v1/users/me", method = "get", operation_id = "getCurrentUser")]
-    async fn get_current_user(&self, req: &poem::Request) -> GetCurrentUserResponse {
+    async fn get_current_user(&self, req: &poem::Request) -> poem::Result<GetCurrentUserResponse> {
+        let params = GetCurrentUserParams {};
         const SCOPES: &[&str] = &[];
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return GetCurrentUserResponse::Unauthorized(
+                return Ok(GetCurrentUserResponse::Unauthorized(
                     poem_openapi::payload::Json(e),
-                );
+                ));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return GetCurrentUserResponse::Unauthorized(
+                return Ok(GetCurrentUserResponse::Unauthorized(
                     poem_openapi::payload::Json(e),
-                );
+                ));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return GetCurrentUserResponse::ServiceUnavailable(
+                return Ok(GetCurrentUserResponse::ServiceUnavailable(
                     poem_openapi::payload::Json(e),
-                );
+                ));
             }
         };
-        let params = GetCurrentUserParams {};
-        self.0.get_current_user(caller, params).await
+        Ok(self.0.get_current_user(caller, params).await)
     }
 }

@@ -15,13 +15,13 @@
     unused_variables,
     non_camel_case_types
 )]
-pub mod models;
-pub mod system;
 pub mod agents;
 pub mod identity;
-pub use system::*;
+pub mod models;
+pub mod system;
 pub use agents::*;
 pub use identity::*;
+pub use system::*;
 /// The bundled OpenAPI 3.1 document: the spec the server publishes at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// The same document down-converted to OpenAPI 3.0.3, for tools that read only 3.0.
@@ -62,7 +62,11 @@ impl<T: system::SystemApi + agents::AgentsApi + identity::IdentityApi> Api for T
 pub fn service<T: Api>(
     api: std::sync::Arc<T>,
 ) -> poem_openapi::OpenApiService<
-    (system::SystemRoutes<T>, agents::AgentsRoutes<T>, identity::IdentityRoutes<T>),
+    (
+        system::SystemRoutes<T>,
+        agents::AgentsRoutes<T>,
+        identity::IdentityRoutes<T>,
+    ),
     (),
 > {
     poem_openapi::OpenApiService::new(
@@ -74,6 +78,25 @@ pub fn service<T: Api>(
         TITLE,
         VERSION,
     )
+}
+/// Parses a comma-separated (`style: form, explode: false`) list parameter.
+pub fn parse_csv<T: poem_openapi::types::ParseFromParameter>(
+    name: &'static str,
+    raw: &str,
+) -> poem::Result<Vec<T>> {
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    raw.split(',')
+        .map(|v| {
+            T::parse_from_parameter(v.trim()).map_err(|e| {
+                poem::Error::from(poem_openapi::error::ParseParamError {
+                    name,
+                    reason: e.into_message(),
+                })
+            })
+        })
+        .collect()
 }
 /// What the spec says of one operation.
 #[derive(Debug, Clone, Copy)]

@@ -623,9 +623,7 @@ pub struct AgentInput {
     pub resources: Option<crate::models::AgentResources>,
     /// Chat platforms by name; tokens are write-only.
     #[oai(rename = "platforms", skip_serializing_if_is_none)]
-    pub platforms: Option<
-        std::collections::BTreeMap<String, crate::models::PlatformConnection>,
-    >,
+    pub platforms: Option<std::collections::BTreeMap<String, crate::models::PlatformConnection>>,
 }
 /// The fields to change; `null` clears an optional field.
 #[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
@@ -648,9 +646,7 @@ pub struct AgentPatch {
     pub capabilities: Option<Vec<String>>,
     /// Model settings; replaces the whole object.
     #[oai(rename = "configuration")]
-    pub configuration: poem_openapi::types::MaybeUndefined<
-        crate::models::AgentConfiguration,
-    >,
+    pub configuration: poem_openapi::types::MaybeUndefined<crate::models::AgentConfiguration>,
     /// The system prompt.
     #[oai(rename = "system_prompt")]
     pub system_prompt: poem_openapi::types::MaybeUndefined<String>,
@@ -683,9 +679,7 @@ pub struct AgentPatch {
     pub resources: poem_openapi::types::MaybeUndefined<crate::models::AgentResources>,
     /// Chat platforms by name; replaces the whole map.
     #[oai(rename = "platforms", skip_serializing_if_is_none)]
-    pub platforms: Option<
-        std::collections::BTreeMap<String, crate::models::PlatformConnection>,
-    >,
+    pub platforms: Option<std::collections::BTreeMap<String, crate::models::PlatformConnection>>,
 }
 /// An agent with only the fields selected by `fields` (all of them when `fields` is absent).
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
@@ -744,9 +738,7 @@ pub struct AgentFieldset {
     pub resources: Option<crate::models::AgentResources>,
     /// Chat platforms by name; `token_set` tells whether a token is stored.
     #[oai(rename = "platforms", skip_serializing_if_is_none)]
-    pub platforms: Option<
-        std::collections::BTreeMap<String, crate::models::PlatformConnection>,
-    >,
+    pub platforms: Option<std::collections::BTreeMap<String, crate::models::PlatformConnection>>,
     /// Incremented by every change; the `ETag` derives from it.
     #[oai(rename = "version", skip_serializing_if_is_none)]
     pub version: Option<i64>,
@@ -948,7 +940,7 @@ pub struct ApiKeyInput {
     pub user: Option<crate::models::NewUser>,
 }
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
-#[oai(rename = "ApiKey", deny_unknown_fields)]
+#[oai(rename = "ApiKey")]
 pub struct ApiKey {
     /// The key's id.
     #[oai(rename = "id")]
@@ -977,7 +969,7 @@ pub struct ApiKey {
 }
 /// A new key, with its secret.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
-#[oai(rename = "ApiKeyCreated", deny_unknown_fields)]
+#[oai(rename = "ApiKeyCreated")]
 pub struct ApiKeyCreated {
     /// The key's id.
     #[oai(rename = "id")]
@@ -1115,10 +1107,7 @@ pub enum ListAgentsOrder {
 }
 impl ListAgentsOrder {
     /// Every value, in the order the spec lists them.
-    pub const ALL: &'static [ListAgentsOrder] = &[
-        ListAgentsOrder::Asc,
-        ListAgentsOrder::Desc,
-    ];
+    pub const ALL: &'static [ListAgentsOrder] = &[ListAgentsOrder::Asc, ListAgentsOrder::Desc];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {

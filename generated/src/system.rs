@@ -60,18 +60,18 @@ impl<T: SystemApi> SystemRoutes<T> {
     ///
     /// Reports the overall health and the health of each component (the database, with its round-trip latency). Answers 503 when a component is down so load balancers can take the replica out.
     #[oai(path = "/v1/health", method = "get", operation_id = "getHealth")]
-    async fn get_health(&self, req: &poem::Request) -> GetHealthResponse {
-        let ctx = self.0.anonymous(req);
+    async fn get_health(&self, req: &poem::Request) -> poem::Result<GetHealthResponse> {
         let params = GetHealthParams {};
-        self.0.get_health(ctx, params).await
+        let ctx = self.0.anonymous(req);
+        Ok(self.0.get_health(ctx, params).await)
     }
     /// System status
     ///
     /// Version, build and uptime of the answering replica.
     #[oai(path = "/v1/status", method = "get", operation_id = "getStatus")]
-    async fn get_status(&self, req: &poem::Request) -> GetStatusResponse {
-        let ctx = self.0.anonymous(req);
+    async fn get_status(&self, req: &poem::Request) -> poem::Result<GetStatusResponse> {
         let params = GetStatusParams {};
-        self.0.get_status(ctx, params).await
+        let ctx = self.0.anonymous(req);
+        Ok(self.0.get_status(ctx, params).await)
     }
 }

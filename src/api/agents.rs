@@ -1,0 +1,497 @@
+//! The agents resource.
+//!
+//! Rows and API types meet in the wire format: a row becomes the JSON the spec describes and
+//! is parsed into the generated type, and a request body is split back into columns. So a new
+//! field in the spec needs no change here unless it must be a column of its own.
+
+use agentplane_api::models::{Agent, AgentField, AgentFieldset, AgentList, ListAgentsOrder};
+use agentplane_api::*;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use poem_openapi::payload::Json;
+use poem_openapi::types::{ParseFromJSON, ToJSON};
+use serde_json::{Map, Value};
+
+use super::{Handlers, pagination};
+use crate::auth::Caller;
+use crate::db::StoreError;
+use crate::db::agents::{self as store, AgentChanges, AgentRow, ListQuery, SortField};
+use crate::error::{Failure, Kind, detail};
+use crate::failure_response;
+
+failure_response!(ListAgentsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(CreateAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
+failure_response!(GetAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ReplaceAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
+failure_response!(UpdateAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
+failure_response!(DeleteAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+
+const NOT_FOUND: &str = "AGENT_NOT_FOUND";
+/// Fields that are columns of their own; everything else lives in the `body` document.
+const COLUMNS: &[&str] = &[
+    "id",
+    "name",
+    "type",
+    "status",
+    "description",
+    "version",
+    "created_at",
+    "updated_at",
+];
+/// List fields every stored agent has, empty by default.
+const DEFAULT_ARRAYS: &[&str] = &["capabilities", "tools", "topics", "tags", "plugins"];
+const DEFAULT_OBJECTS: &[&str] = &["metadata", "platforms"];
+
+fn etag(row: &AgentRow) -> String {
+    format!("\"{}\"", row.version)
+}
+
+/// Whether an `If-None-Match`/`If-Match` header names this ETag (`*` names every ETag).
+fn etag_matches(header: &str, etag: &str) -> bool {
+    header.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
+    })
+}
+
+fn corrupt(row: &AgentRow, what: &str) -> StoreError {
+    StoreError::Corrupt(format!("agent {}: {what}", row.id))
+}
+
+/// The agent as the spec's JSON.
+fn row_to_json(row: &AgentRow) -> Result<Map<String, Value>, StoreError> {
+    let mut obj: Map<String, Value> =
+        serde_json::from_str(&row.body).map_err(|e| corrupt(row, &e.to_string()))?;
+    obj.insert("id".into(), row.id.clone().into());
+    obj.insert("name".into(), row.name.clone().into());
+    obj.insert("type".into(), row.agent_type.clone().into());
+    obj.insert("status".into(), row.status.clone().into());
+    if let Some(d) = &row.description {
+        obj.insert("description".into(), d.clone().into());
+    }
+    obj.insert("version".into(), row.version.into());
+    obj.insert("created_at".into(), row.created_at.clone().into());
+    obj.insert("updated_at".into(), row.updated_at.clone().into());
+    Ok(obj)
+}
+
+fn row_to_agent(row: &AgentRow) -> Result<Agent, StoreError> {
+    let obj = row_to_json(row)?;
+    Agent::parse_from_json(Some(Value::Object(obj))).map_err(|e| corrupt(row, e.message()))
+}
+
+fn row_to_fieldset(
+    row: &AgentRow,
+    fields: Option<&[AgentField]>,
+) -> Result<AgentFieldset, StoreError> {
+    let mut obj = row_to_json(row)?;
+    if let Some(fields) = fields {
+        obj.retain(|k, _| k == "id" || fields.iter().any(|f| f.as_str() == k));
+    }
+    AgentFieldset::parse_from_json(Some(Value::Object(obj))).map_err(|e| corrupt(row, e.message()))
+}
+
+/// Splits the spec's JSON of an agent (as sent, or merged for a patch) into columns. Platform
+/// tokens move to `secrets`; a platform sent without a token keeps the one stored before.
+fn split(mut obj: Map<String, Value>, previous_secrets: &str) -> Result<AgentChanges, StoreError> {
+    let text = |obj: &mut Map<String, Value>, key: &str| match obj.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let name = text(&mut obj, "name")
+        .ok_or_else(|| StoreError::Corrupt("an agent needs a name".into()))?;
+    let agent_type = text(&mut obj, "type").unwrap_or_else(|| "assistant".to_string());
+    let status = text(&mut obj, "status").unwrap_or_else(|| "active".to_string());
+    let description = text(&mut obj, "description");
+    for key in COLUMNS {
+        obj.remove(*key);
+    }
+    for key in DEFAULT_ARRAYS {
+        obj.entry(key.to_string())
+            .or_insert_with(|| Value::Array(Vec::new()));
+    }
+    for key in DEFAULT_OBJECTS {
+        obj.entry(key.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    let previous: Map<String, Value> = serde_json::from_str(previous_secrets).unwrap_or_default();
+    let mut secrets = Map::new();
+    if let Some(Value::Object(platforms)) = obj.get_mut("platforms") {
+        for (platform, connection) in platforms.iter_mut() {
+            let Value::Object(connection) = connection else {
+                continue;
+            };
+            let token = match connection.remove("token") {
+                Some(Value::String(t)) => Some(Value::String(t)),
+                _ => previous.get(platform).cloned(),
+            };
+            connection.insert("token_set".into(), Value::Bool(token.is_some()));
+            if let Some(token) = token {
+                secrets.insert(platform.clone(), token);
+            }
+        }
+    }
+    Ok(AgentChanges {
+        name,
+        agent_type,
+        status,
+        description,
+        body: Value::Object(obj).to_string(),
+        secrets: Value::Object(secrets).to_string(),
+    })
+}
+
+fn to_object(value: Option<Value>) -> Map<String, Value> {
+    match value {
+        Some(Value::Object(obj)) => obj,
+        _ => Map::new(),
+    }
+}
+
+/// The position a list page ends at, handed out as `next_cursor`.
+#[derive(Debug, PartialEq)]
+struct Cursor {
+    sort: String,
+    value: String,
+    id: String,
+    offset: i64,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        let json =
+            serde_json::json!({"s": self.sort, "v": self.value, "id": self.id, "o": self.offset});
+        URL_SAFE_NO_PAD.encode(json.to_string())
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok()?;
+        let json: Value = serde_json::from_slice(&bytes).ok()?;
+        Some(Cursor {
+            sort: json.get("s")?.as_str()?.to_string(),
+            value: json.get("v")?.as_str()?.to_string(),
+            id: json.get("id")?.as_str()?.to_string(),
+            offset: json.get("o")?.as_i64().filter(|o| *o >= 0)?,
+        })
+    }
+}
+
+/// The sort a list request asks for: field and direction.
+fn sort_of(params: &ListAgentsParams) -> (SortField, bool) {
+    let explicit_desc = params.order.map(|o| o == ListAgentsOrder::Desc);
+    match params.sort {
+        None => (SortField::CreatedAt, explicit_desc.unwrap_or(true)),
+        Some(sort) => {
+            let wire = sort.as_str();
+            match wire.strip_prefix('-') {
+                Some(field) => (
+                    SortField::parse(field).unwrap_or(SortField::CreatedAt),
+                    true,
+                ),
+                None => (
+                    SortField::parse(wire).unwrap_or(SortField::CreatedAt),
+                    explicit_desc.unwrap_or(false),
+                ),
+            }
+        }
+    }
+}
+
+fn sort_key(field: SortField, descending: bool) -> String {
+    format!("{}{}", if descending { "-" } else { "" }, field.as_str())
+}
+
+impl Handlers {
+    async fn list(&self, caller: &Caller, params: ListAgentsParams) -> Result<AgentList, Failure> {
+        let rid = caller.request_id.as_str();
+        let bad = |field: &str, code: &str, message: &str| {
+            Failure::with_details(
+                Kind::BadRequest,
+                "VALIDATION_ERROR",
+                message,
+                vec![detail(field, code, message)],
+                rid,
+            )
+        };
+        let (sort, descending) = sort_of(&params);
+        let per_page = params.limit.unwrap_or(params.per_page);
+        let cursor = match &params.cursor {
+            Some(text) => {
+                let cursor = Cursor::decode(text).ok_or_else(|| {
+                    bad(
+                        "cursor",
+                        "invalid",
+                        "the cursor is not one this server handed out",
+                    )
+                })?;
+                if cursor.sort != sort_key(sort, descending) {
+                    return Err(bad(
+                        "cursor",
+                        "sort_mismatch",
+                        "the cursor belongs to a list with another sort order",
+                    ));
+                }
+                Some(cursor)
+            }
+            None => None,
+        };
+        let time = |field: &str, value: &Option<String>| match value {
+            None => Ok(None),
+            Some(v) => crate::ids::normalize_time(v)
+                .map(Some)
+                .ok_or_else(|| bad(field, "format", "not an RFC 3339 date-time")),
+        };
+        let offset = match &cursor {
+            Some(c) => c.offset,
+            None => (params.page - 1).saturating_mul(per_page),
+        };
+        let query = ListQuery {
+            agent_type: params.type_.clone().or(params.filter_type.clone()),
+            status: params
+                .status
+                .or(params.filter_status)
+                .map(|s| s.as_str().to_string()),
+            search: params.search.clone(),
+            created_gte: time("filter[created_at][gte]", &params.filter_created_at_gte)?,
+            created_lte: time("filter[created_at][lte]", &params.filter_created_at_lte)?,
+            sort,
+            descending,
+            after: cursor.as_ref().map(|c| (c.value.clone(), c.id.clone())),
+            offset,
+            limit: per_page,
+        };
+        let org = caller.org_id.clone();
+        let (rows, total) = self
+            .store
+            .run(move |conn| store::list(conn, &org, &query))
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let end = offset + i64::try_from(rows.len()).unwrap_or(0);
+        let next_cursor = match rows.last() {
+            Some(last) if end < total => Some(
+                Cursor {
+                    sort: sort_key(sort, descending),
+                    value: sort.value_of(last).to_string(),
+                    id: last.id.clone(),
+                    offset: end,
+                }
+                .encode(),
+            ),
+            _ => None,
+        };
+        let data = rows
+            .iter()
+            .map(|row| row_to_fieldset(row, params.fields.as_deref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        Ok(AgentList {
+            data,
+            pagination: pagination(offset / per_page + 1, per_page, total, next_cursor),
+        })
+    }
+
+    async fn create(
+        &self,
+        caller: &Caller,
+        params: CreateAgentParams,
+    ) -> Result<(Agent, AgentRow), Failure> {
+        let rid = caller.request_id.as_str();
+        let changes = split(to_object(params.body.to_json()), "{}")
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let now = crate::ids::now();
+        let row = AgentRow {
+            id: crate::ids::new_id("agent"),
+            org_id: caller.org_id.clone(),
+            name: changes.name,
+            agent_type: changes.agent_type,
+            status: changes.status,
+            description: changes.description,
+            body: changes.body,
+            secrets: changes.secrets,
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let stored = row.clone();
+        self.store
+            .run(move |conn| store::insert(conn, &stored))
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let agent = row_to_agent(&row).map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        Ok((agent, row))
+    }
+
+    async fn get(&self, caller: &Caller, id: String) -> Result<AgentRow, Failure> {
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| store::get(conn, &org, &id))
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, &caller.request_id))
+    }
+
+    /// Applies `merge` (current JSON → new JSON) under the `If-Match` precondition.
+    async fn change(
+        &self,
+        caller: &Caller,
+        id: String,
+        if_match: Option<String>,
+        merge: impl FnOnce(Map<String, Value>) -> Map<String, Value> + Send + 'static,
+    ) -> Result<(Agent, AgentRow), Failure> {
+        let rid = caller.request_id.as_str();
+        let org = caller.org_id.clone();
+        let row = self
+            .store
+            .run(move |conn| {
+                store::update(conn, &org, &id, |current| {
+                    if let Some(header) = &if_match {
+                        if !etag_matches(header, &etag(current)) {
+                            return Err(StoreError::PreconditionFailed);
+                        }
+                    }
+                    let merged = merge(row_to_json(current)?);
+                    split(merged, &current.secrets)
+                })
+                .and_then(|inner| inner)
+            })
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let agent = row_to_agent(&row).map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        Ok((agent, row))
+    }
+}
+
+impl AgentsApi for Handlers {
+    async fn list_agents(&self, caller: Caller, params: ListAgentsParams) -> ListAgentsResponse {
+        match self.list(&caller, params).await {
+            Ok(list) => ListAgentsResponse::Ok(Json(list)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn create_agent(&self, caller: Caller, params: CreateAgentParams) -> CreateAgentResponse {
+        match self.create(&caller, params).await {
+            Ok((agent, row)) => {
+                let location = format!("/v1/agents/{}", row.id);
+                CreateAgentResponse::Created(Json(agent), location, etag(&row))
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn get_agent(&self, caller: Caller, params: GetAgentParams) -> GetAgentResponse {
+        let row = match self.get(&caller, params.agent_id).await {
+            Ok(row) => row,
+            Err(f) => return f.into(),
+        };
+        let tag = etag(&row);
+        if params
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag_matches(h, &tag))
+        {
+            return GetAgentResponse::NotModified(tag);
+        }
+        match row_to_agent(&row) {
+            Ok(agent) => GetAgentResponse::Ok(Json(agent), tag),
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn replace_agent(
+        &self,
+        caller: Caller,
+        params: ReplaceAgentParams,
+    ) -> ReplaceAgentResponse {
+        let replacement = to_object(params.body.to_json());
+        match self
+            .change(&caller, params.agent_id, params.if_match, move |_| {
+                replacement
+            })
+            .await
+        {
+            Ok((agent, row)) => ReplaceAgentResponse::Ok(Json(agent), etag(&row)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn update_agent(&self, caller: Caller, params: UpdateAgentParams) -> UpdateAgentResponse {
+        let patch = to_object(params.body.to_json());
+        let merge = move |mut current: Map<String, Value>| {
+            for (key, value) in patch {
+                if value.is_null() {
+                    current.remove(&key);
+                } else {
+                    current.insert(key, value);
+                }
+            }
+            current
+        };
+        match self
+            .change(&caller, params.agent_id, params.if_match, merge)
+            .await
+        {
+            Ok((agent, row)) => UpdateAgentResponse::Ok(Json(agent), etag(&row)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn delete_agent(&self, caller: Caller, params: DeleteAgentParams) -> DeleteAgentResponse {
+        let org = caller.org_id.clone();
+        let id = params.agent_id;
+        match self
+            .store
+            .run(move |conn| store::delete(conn, &org, &id))
+            .await
+        {
+            Ok(()) => DeleteAgentResponse::NoContent,
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_match_lists_weak_forms_and_stars() {
+        assert!(etag_matches("\"3\"", "\"3\""));
+        assert!(etag_matches("\"1\", W/\"3\"", "\"3\""));
+        assert!(etag_matches("*", "\"3\""));
+        assert!(!etag_matches("\"2\"", "\"3\""));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = Cursor {
+            sort: "-created_at".into(),
+            value: "2026-01-01T00:00:00.000000Z".into(),
+            id: "agent_x".into(),
+            offset: 20,
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        assert_eq!(Cursor::decode("not a cursor"), None);
+        assert_eq!(Cursor::decode(&URL_SAFE_NO_PAD.encode("{\"s\":1}")), None);
+    }
+
+    #[test]
+    fn split_moves_tokens_to_secrets_and_keeps_old_ones() {
+        let input = serde_json::json!({
+            "name": "bot",
+            "platforms": {"discord": {"token": "t1", "guild_id": "g"}, "slack": {}}
+        });
+        let changes = split(to_object(Some(input)), r#"{"slack":"old"}"#).expect("splits");
+        assert!(!changes.body.contains("t1") && !changes.body.contains("old"));
+        let secrets: Value = serde_json::from_str(&changes.secrets).expect("json");
+        assert_eq!(
+            secrets,
+            serde_json::json!({"discord": "t1", "slack": "old"})
+        );
+        let body: Value = serde_json::from_str(&changes.body).expect("json");
+        assert_eq!(body["platforms"]["discord"]["token_set"], true);
+        assert_eq!(body["tags"], serde_json::json!([]));
+        assert_eq!(
+            (changes.agent_type.as_str(), changes.status.as_str()),
+            ("assistant", "active")
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! API keys and the caller's profile.
+
+use std::collections::BTreeSet;
+
+use agentplane_api::models::{ApiKey, ApiKeyCreated, ApiKeyList, Organization, Role, Scope, User};
+use agentplane_api::*;
+use diesel::Connection;
+use poem_openapi::payload::Json;
+
+use super::{Handlers, pagination};
+use crate::auth::{self, Caller};
+use crate::db::StoreError;
+use crate::db::identity::{self as store, ApiKeyRow, UserRow};
+use crate::error::{Failure, Kind, detail};
+use crate::failure_response;
+
+failure_response!(ListApiKeysResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(CreateApiKeyResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Conflict => Conflict, Unprocessable => UnprocessableEntity });
+failure_response!(RevokeApiKeyResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(GetCurrentUserResponse { Unauthorized => Unauthorized });
+
+const NOT_FOUND: &str = "API_KEY_NOT_FOUND";
+
+fn to_api_key(row: &ApiKeyRow) -> ApiKey {
+    ApiKey {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        prefix: row.prefix.clone(),
+        scopes: auth::parse_scopes(&row.scopes).into_iter().collect(),
+        user_id: row.user_id.clone(),
+        created_at: row.created_at.clone(),
+        expires_at: row.expires_at.clone(),
+        last_used_at: row.last_used_at.clone(),
+    }
+}
+
+impl Handlers {
+    async fn create_key(
+        &self,
+        caller: &Caller,
+        params: CreateApiKeyParams,
+    ) -> Result<(ApiKeyRow, String), Failure> {
+        let rid = caller.request_id.as_str();
+        let body = params.body;
+        let forbidden = |message: String| {
+            Failure::new(Kind::Forbidden, "INSUFFICIENT_PERMISSIONS", message, rid)
+        };
+        let expires_at = match &body.expires_at {
+            None => None,
+            Some(t) => {
+                let normalized = crate::ids::normalize_time(t)
+                    .filter(|n| *n > crate::ids::now())
+                    .ok_or_else(|| {
+                        let message = "expires_at must be an RFC 3339 date-time in the future";
+                        Failure::with_details(
+                            Kind::Unprocessable,
+                            "VALIDATION_ERROR",
+                            message,
+                            vec![detail("expires_at", "future", message)],
+                            rid,
+                        )
+                    })?;
+                Some(normalized)
+            }
+        };
+        if body.user.is_some() && !caller.is_admin() {
+            return Err(forbidden("only admins can create users".into()));
+        }
+        let role = body
+            .user
+            .as_ref()
+            .map(|u| u.role.unwrap_or(Role::Member))
+            .unwrap_or(caller.role);
+        // A key never grants more than its user's role allows, nor more than the caller has.
+        let allowed: BTreeSet<Scope> = auth::role_scopes(role)
+            .intersection(&caller.scopes)
+            .copied()
+            .collect();
+        let scopes: BTreeSet<Scope> = match &body.scopes {
+            Some(requested) => {
+                let requested: BTreeSet<Scope> = requested.iter().copied().collect();
+                let excess: Vec<&str> =
+                    requested.difference(&allowed).map(|s| s.as_str()).collect();
+                if !excess.is_empty() {
+                    return Err(forbidden(format!(
+                        "cannot grant {}: beyond what the role or your key allows",
+                        excess.join(", ")
+                    )));
+                }
+                requested
+            }
+            None => allowed,
+        };
+        let caller_user = caller.user_id.clone();
+        let org_id = caller.org_id.clone();
+        let result = self
+            .store
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let user = match &body.user {
+                        Some(new) => {
+                            let user = UserRow {
+                                id: crate::ids::new_id("user"),
+                                org_id: org_id.clone(),
+                                username: new.username.clone(),
+                                email: new.email.clone(),
+                                role: role.as_str().to_string(),
+                                created_at: crate::ids::now(),
+                            };
+                            store::insert_user(conn, &user)?;
+                            user
+                        }
+                        None => store::user(conn, &caller_user)?,
+                    };
+                    auth::insert_key(conn, &user, &body.name, &scopes, expires_at)
+                })
+            })
+            .await;
+        result.map_err(|e| match e {
+            StoreError::Conflict(_) => Failure::with_details(
+                Kind::Conflict,
+                "USER_EXISTS",
+                "a user with this username already exists in the organization",
+                vec![detail("user.username", "unique", "already taken")],
+                rid,
+            ),
+            other => Failure::from_store(other, NOT_FOUND, rid),
+        })
+    }
+}
+
+impl IdentityApi for Handlers {
+    async fn list_api_keys(
+        &self,
+        caller: Caller,
+        params: ListApiKeysParams,
+    ) -> ListApiKeysResponse {
+        let org = caller.org_id.clone();
+        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+        let (page, per_page) = (params.page, params.per_page);
+        let offset = (page - 1).saturating_mul(per_page);
+        let result = self
+            .store
+            .run(move |conn| store::list_keys(conn, &org, only_user.as_deref(), offset, per_page))
+            .await;
+        match result {
+            Ok((rows, total)) => ListApiKeysResponse::Ok(Json(ApiKeyList {
+                data: rows.iter().map(to_api_key).collect(),
+                pagination: pagination(page, per_page, total, None),
+            })),
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn create_api_key(
+        &self,
+        caller: Caller,
+        params: CreateApiKeyParams,
+    ) -> CreateApiKeyResponse {
+        match self.create_key(&caller, params).await {
+            Ok((row, secret)) => {
+                let key = to_api_key(&row);
+                let created = ApiKeyCreated {
+                    id: key.id,
+                    name: key.name,
+                    prefix: key.prefix,
+                    scopes: key.scopes,
+                    user_id: key.user_id,
+                    created_at: key.created_at,
+                    expires_at: key.expires_at,
+                    last_used_at: key.last_used_at,
+                    key: secret,
+                };
+                let location = format!("/v1/auth/keys/{}", row.id);
+                CreateApiKeyResponse::Created(Json(created), location)
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn revoke_api_key(
+        &self,
+        caller: Caller,
+        params: RevokeApiKeyParams,
+    ) -> RevokeApiKeyResponse {
+        let org = caller.org_id.clone();
+        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+        let id = params.key_id;
+        let now = crate::ids::now();
+        match self
+            .store
+            .run(move |conn| store::revoke_key(conn, &org, only_user.as_deref(), &id, &now))
+            .await
+        {
+            Ok(()) => RevokeApiKeyResponse::NoContent,
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn get_current_user(
+        &self,
+        caller: Caller,
+        _params: GetCurrentUserParams,
+    ) -> GetCurrentUserResponse {
+        let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
+        let result = self
+            .store
+            .run(move |conn| {
+                Ok((
+                    store::user(conn, &user_id)?,
+                    store::organization(conn, &org_id)?,
+                ))
+            })
+            .await;
+        match result {
+            Ok((user, org)) => GetCurrentUserResponse::Ok(Json(User {
+                id: user.id,
+                username: user.username,
+                email: user.email,
+                role: caller.role,
+                organization: Organization {
+                    id: org.id,
+                    name: org.name,
+                },
+                scopes: caller.scopes.iter().copied().collect(),
+                created_at: user.created_at,
+            })),
+            Err(e) => Failure::from_store(e, "USER_NOT_FOUND", &caller.request_id).into(),
+        }
+    }
+}

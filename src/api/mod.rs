@@ -1,0 +1,186 @@
+//! The handlers: the generated traits, implemented over the store.
+
+mod agents;
+mod identity;
+mod system;
+
+use std::time::Instant;
+
+use agentplane_api::models::{Pagination, Role};
+use agentplane_api::{AuthRejection, Authenticate};
+
+use crate::auth::{self, Caller};
+use crate::db::{Store, identity as id_db};
+use crate::error::{Kind, envelope};
+use crate::http::RequestId;
+
+/// The context of a public operation.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub request_id: String,
+}
+
+/// The state every handler shares.
+#[derive(Debug, Clone)]
+pub struct Handlers {
+    pub store: Store,
+    pub started: Instant,
+    pub started_at: String,
+}
+
+impl Handlers {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            started: Instant::now(),
+            started_at: crate::ids::now(),
+        }
+    }
+}
+
+fn request_id(req: &poem::Request) -> String {
+    req.extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default()
+}
+
+/// The credential of a request: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+fn credential(req: &poem::Request) -> Option<String> {
+    if let Some(v) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        let mut parts = v.trim().splitn(2, ' ');
+        if let (Some(scheme), Some(token)) = (parts.next(), parts.next()) {
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+                return Some(token.trim().to_string());
+            }
+        }
+    }
+    req.headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+impl Authenticate for Handlers {
+    type Caller = Caller;
+    type Anonymous = RequestMeta;
+
+    fn anonymous(&self, req: &poem::Request) -> RequestMeta {
+        RequestMeta {
+            request_id: request_id(req),
+        }
+    }
+
+    async fn authenticate(
+        &self,
+        req: &poem::Request,
+        scopes: &'static [&'static str],
+    ) -> Result<Caller, AuthRejection> {
+        let rid = request_id(req);
+        let unauthorized = |message: &str| {
+            AuthRejection::Unauthorized(envelope(
+                Kind::Unauthorized,
+                "INVALID_API_KEY",
+                message,
+                Vec::new(),
+                &rid,
+            ))
+        };
+        let Some(secret) = credential(req) else {
+            return Err(unauthorized(
+                "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            ));
+        };
+        let hash = auth::hash_key(&secret);
+        let now = crate::ids::now();
+        let found = self
+            .store
+            .run(move |conn| {
+                let found = id_db::key_by_hash(conn, &hash)?;
+                if let Some((key, _)) = &found {
+                    // Record use at most once a minute, so reads stay reads.
+                    let stale = key
+                        .last_used_at
+                        .as_deref()
+                        .is_none_or(|t| t.get(..16) != now.get(..16));
+                    if stale && key.revoked_at.is_none() {
+                        id_db::touch_key(conn, &key.id, &now)?;
+                    }
+                }
+                Ok(found)
+            })
+            .await;
+        let (key, user) = match found {
+            Ok(Some(found)) => found,
+            Ok(None) => return Err(unauthorized("the API key is not valid")),
+            Err(e) => {
+                tracing::warn!(error = %e, request_id = %rid, "cannot check an API key");
+                return Err(AuthRejection::Unavailable(envelope(
+                    Kind::Unavailable,
+                    "SERVICE_UNAVAILABLE",
+                    "credentials cannot be checked right now; retry later",
+                    Vec::new(),
+                    &rid,
+                )));
+            }
+        };
+        if key.revoked_at.is_some() {
+            return Err(unauthorized("the API key has been revoked"));
+        }
+        if key
+            .expires_at
+            .as_deref()
+            .is_some_and(|t| t <= crate::ids::now().as_str())
+        {
+            return Err(unauthorized("the API key has expired"));
+        }
+        let granted = auth::effective_scopes(&key, &user);
+        let missing: Vec<&str> = scopes
+            .iter()
+            .copied()
+            .filter(|s| !granted.iter().any(|g| g.as_str() == *s))
+            .collect();
+        if !missing.is_empty() {
+            return Err(AuthRejection::Forbidden(envelope(
+                Kind::Forbidden,
+                "INSUFFICIENT_PERMISSIONS",
+                format!("this API key lacks the scope {}", missing.join(", ")),
+                Vec::new(),
+                &rid,
+            )));
+        }
+        Ok(Caller {
+            request_id: rid,
+            org_id: key.org_id,
+            user_id: key.user_id,
+            key_id: key.id,
+            role: Role::from_wire(&user.role).unwrap_or(Role::Viewer),
+            scopes: granted,
+        })
+    }
+}
+
+/// The pagination block of a list answer.
+pub(crate) fn pagination(
+    page: i64,
+    per_page: i64,
+    total: i64,
+    next_cursor: Option<String>,
+) -> Pagination {
+    Pagination {
+        page,
+        per_page,
+        total,
+        pages: if total == 0 {
+            0
+        } else {
+            (total + per_page - 1) / per_page
+        },
+        next_cursor,
+    }
+}

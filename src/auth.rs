@@ -1,0 +1,205 @@
+//! API keys, roles and scopes.
+//!
+//! A key is `ap_` and 40 random base-62 characters. Only its SHA-256 is stored: keys carry
+//! 238 bits of entropy, so a fast hash is as safe as a slow one and keeps the per-request
+//! lookup cheap. What a key may do is the intersection of its own scopes and what its user's
+//! role allows, so demoting a user narrows every key they hold at once.
+
+use std::collections::BTreeSet;
+
+use agentplane_api::models::{Role, Scope};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::db::identity::{self, ApiKeyRow, OrganizationRow, UserRow};
+use crate::db::{DbConnection, StoreError, StoreResult};
+use crate::ids;
+
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A freshly generated key: the secret (shown once) and what is stored of it.
+#[derive(Debug)]
+pub struct NewSecret {
+    pub secret: String,
+    pub prefix: String,
+    pub hash: String,
+}
+
+/// Generates a new random key.
+pub fn generate_key() -> NewSecret {
+    let mut rng = rand::rng();
+    let body: String = (0..40)
+        .map(|_| BASE62[rng.random_range(0..BASE62.len())] as char)
+        .collect();
+    let secret = format!("ap_{body}");
+    NewSecret {
+        prefix: secret[..8].to_string(),
+        hash: hash_key(&secret),
+        secret,
+    }
+}
+
+/// The stored form of a key.
+pub fn hash_key(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// What a role allows.
+pub fn role_scopes(role: Role) -> BTreeSet<Scope> {
+    match role {
+        Role::Admin | Role::Member => Scope::ALL.iter().copied().collect(),
+        Role::Viewer => [Scope::ReadAgents, Scope::ReadKeys].into_iter().collect(),
+    }
+}
+
+/// Parses the JSON array of scope names stored with a key; unknown names are dropped.
+pub fn parse_scopes(stored: &str) -> BTreeSet<Scope> {
+    serde_json::from_str::<Vec<String>>(stored)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| Scope::from_wire(s))
+        .collect()
+}
+
+pub fn format_scopes(scopes: &BTreeSet<Scope>) -> String {
+    serde_json::Value::from(scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>()).to_string()
+}
+
+/// The scopes a key really grants: its own, narrowed by its user's role.
+pub fn effective_scopes(key: &ApiKeyRow, user: &UserRow) -> BTreeSet<Scope> {
+    let role = Role::from_wire(&user.role).unwrap_or(Role::Viewer);
+    parse_scopes(&key.scopes)
+        .intersection(&role_scopes(role))
+        .copied()
+        .collect()
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub request_id: String,
+    pub org_id: String,
+    pub user_id: String,
+    pub key_id: String,
+    pub role: Role,
+    pub scopes: BTreeSet<Scope>,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// Inserts a key for `user` and returns its secret.
+pub fn insert_key(
+    conn: &mut DbConnection,
+    user: &UserRow,
+    name: &str,
+    scopes: &BTreeSet<Scope>,
+    expires_at: Option<String>,
+) -> StoreResult<(ApiKeyRow, String)> {
+    let secret = generate_key();
+    let row = ApiKeyRow {
+        id: ids::new_id("key"),
+        org_id: user.org_id.clone(),
+        user_id: user.id.clone(),
+        name: name.to_string(),
+        prefix: secret.prefix,
+        key_hash: secret.hash,
+        scopes: format_scopes(scopes),
+        created_at: ids::now(),
+        expires_at,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    identity::insert_key(conn, &row)?;
+    Ok((row, secret.secret))
+}
+
+/// Finds or creates an organization by name, and a user in it by name, in the caller's
+/// transaction.
+pub fn ensure_user(
+    conn: &mut DbConnection,
+    org_name: &str,
+    username: &str,
+    email: &str,
+    role: Role,
+) -> StoreResult<UserRow> {
+    let org = match identity::organization_by_name(conn, org_name)? {
+        Some(org) => org,
+        None => {
+            let org = OrganizationRow {
+                id: ids::new_id("org"),
+                name: org_name.to_string(),
+                created_at: ids::now(),
+            };
+            identity::insert_organization(conn, &org)?;
+            org
+        }
+    };
+    match identity::user_by_name(conn, &org.id, username)? {
+        Some(user) => Ok(user),
+        None => {
+            let user = UserRow {
+                id: ids::new_id("user"),
+                org_id: org.id,
+                username: username.to_string(),
+                email: email.to_string(),
+                role: role.as_str().to_string(),
+                created_at: ids::now(),
+            };
+            identity::insert_user(conn, &user)?;
+            Ok(user)
+        }
+    }
+}
+
+/// On an empty database, creates the `default` organization, its `admin` user and an admin
+/// key, and returns the key's secret. Returns `None` when any organization exists.
+pub fn bootstrap(conn: &mut DbConnection) -> StoreResult<Option<String>> {
+    use diesel::Connection;
+    conn.transaction(|conn| {
+        if identity::count_organizations(conn)? > 0 {
+            return Ok(None);
+        }
+        let user = ensure_user(conn, "default", "admin", "admin@localhost", Role::Admin)?;
+        let (_, secret) = insert_key(
+            conn,
+            &user,
+            "bootstrap admin key",
+            &role_scopes(Role::Admin),
+            None,
+        )?;
+        Ok::<_, StoreError>(Some(secret))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_random_and_hashed() {
+        let a = generate_key();
+        let b = generate_key();
+        assert_ne!(a.secret, b.secret);
+        assert!(a.secret.starts_with("ap_") && a.secret.len() == 43);
+        assert_eq!(a.hash, hash_key(&a.secret));
+        assert_eq!(a.hash.len(), 64);
+        assert!(a.secret.starts_with(&a.prefix));
+    }
+
+    #[test]
+    fn roles_narrow_scopes() {
+        let viewer = role_scopes(Role::Viewer);
+        assert!(viewer.contains(&Scope::ReadAgents) && !viewer.contains(&Scope::WriteAgents));
+        let stored = format_scopes(
+            &[Scope::WriteAgents, Scope::ReadAgents]
+                .into_iter()
+                .collect(),
+        );
+        assert_eq!(parse_scopes(&stored).len(), 2);
+        assert!(parse_scopes("not json").is_empty());
+    }
+}

@@ -1,0 +1,270 @@
+//! Agent rows and their queries.
+//!
+//! The columns that lists filter and sort on are real columns; the rest of an agent (the
+//! seeds' union of fields) is one JSON document in `body`. Platform tokens live apart in
+//! `secrets` so that no read path can return them by accident.
+
+use diesel::prelude::*;
+
+use super::schema::agents;
+use super::{DbConnection, MultiBackend, StoreError, StoreResult};
+
+diesel::define_sql_function! {
+    /// SQL `lower()`.
+    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+diesel::define_sql_function! {
+    /// SQL `lower()` of a nullable column.
+    #[sql_name = "lower"]
+    fn lower_nullable(x: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
+}
+
+/// One row of `agents`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = agents)]
+pub struct AgentRow {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub agent_type: String,
+    pub status: String,
+    pub description: Option<String>,
+    pub body: String,
+    pub secrets: String,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The columns an update writes; `version` and `updated_at` are set by [`update`].
+#[derive(Debug, Clone, AsChangeset)]
+#[diesel(table_name = agents, treat_none_as_null = true)]
+pub struct AgentChanges {
+    pub name: String,
+    pub agent_type: String,
+    pub status: String,
+    pub description: Option<String>,
+    pub body: String,
+    pub secrets: String,
+}
+
+/// What lists sort on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortField {
+    Name,
+    CreatedAt,
+    UpdatedAt,
+}
+
+impl SortField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SortField::Name => "name",
+            SortField::CreatedAt => "created_at",
+            SortField::UpdatedAt => "updated_at",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "name" => Some(SortField::Name),
+            "created_at" => Some(SortField::CreatedAt),
+            "updated_at" => Some(SortField::UpdatedAt),
+            _ => None,
+        }
+    }
+
+    /// The value of this field in `row`, as stored.
+    pub fn value_of(self, row: &AgentRow) -> &str {
+        match self {
+            SortField::Name => &row.name,
+            SortField::CreatedAt => &row.created_at,
+            SortField::UpdatedAt => &row.updated_at,
+        }
+    }
+}
+
+/// A filtered, sorted page request.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub agent_type: Option<String>,
+    pub status: Option<String>,
+    /// Lower-cased substring of name or description.
+    pub search: Option<String>,
+    pub created_gte: Option<String>,
+    pub created_lte: Option<String>,
+    pub sort: SortField,
+    pub descending: bool,
+    /// Keyset position: the sort value and id of the last row of the previous page.
+    pub after: Option<(String, String)>,
+    /// Rows to skip when paging by page number (ignored with `after`).
+    pub offset: i64,
+    pub limit: i64,
+}
+
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('%');
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+type Boxed<'a> = agents::BoxedQuery<'a, MultiBackend>;
+
+fn filtered<'a>(org_id: &'a str, q: &'a ListQuery) -> Boxed<'a> {
+    let mut query = agents::table.filter(agents::org_id.eq(org_id)).into_boxed();
+    if let Some(t) = &q.agent_type {
+        query = query.filter(agents::agent_type.eq(t));
+    }
+    if let Some(s) = &q.status {
+        query = query.filter(agents::status.eq(s));
+    }
+    if let Some(search) = &q.search {
+        let pattern = escape_like(&search.to_lowercase());
+        query = query.filter(
+            lower(agents::name)
+                .like(pattern.clone())
+                .escape('\\')
+                .or(lower_nullable(agents::description)
+                    .like(pattern)
+                    .escape('\\')),
+        );
+    }
+    if let Some(t) = &q.created_gte {
+        query = query.filter(agents::created_at.ge(t));
+    }
+    if let Some(t) = &q.created_lte {
+        query = query.filter(agents::created_at.le(t));
+    }
+    query
+}
+
+macro_rules! keyset {
+    ($query:expr, $col:expr, $q:expr) => {{
+        let mut query = $query;
+        if let Some((value, id)) = &$q.after {
+            query = if $q.descending {
+                query.filter($col.lt(value).or($col.eq(value).and(agents::id.lt(id))))
+            } else {
+                query.filter($col.gt(value).or($col.eq(value).and(agents::id.gt(id))))
+            };
+        }
+        if $q.descending {
+            query.order(($col.desc(), agents::id.desc()))
+        } else {
+            query.order(($col.asc(), agents::id.asc()))
+        }
+    }};
+}
+
+/// A page of agents and the number of agents matching the filters.
+pub fn list(
+    conn: &mut DbConnection,
+    org_id: &str,
+    q: &ListQuery,
+) -> StoreResult<(Vec<AgentRow>, i64)> {
+    let total: i64 = filtered(org_id, q)
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let base = filtered(org_id, q);
+    let sorted = match q.sort {
+        SortField::Name => keyset!(base, agents::name, q),
+        SortField::CreatedAt => keyset!(base, agents::created_at, q),
+        SortField::UpdatedAt => keyset!(base, agents::updated_at, q),
+    };
+    let mut query = sorted.limit(q.limit);
+    if q.after.is_none() && q.offset > 0 {
+        query = query.offset(q.offset);
+    }
+    let rows = query
+        .select(AgentRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((rows, total))
+}
+
+pub fn insert(conn: &mut DbConnection, row: &AgentRow) -> StoreResult<()> {
+    diesel::insert_into(agents::table)
+        .values(row)
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<AgentRow> {
+    agents::table
+        .filter(agents::org_id.eq(org_id))
+        .filter(agents::id.eq(id))
+        .select(AgentRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+/// Updates an agent in one transaction: loads it, asks `change` for the new columns (it may
+/// refuse, e.g. on a stale `If-Match`), and writes them with the version bumped, only if no
+/// other writer bumped it meanwhile (412 otherwise).
+pub fn update<E>(
+    conn: &mut DbConnection,
+    org_id: &str,
+    id: &str,
+    change: impl FnOnce(&AgentRow) -> Result<AgentChanges, E>,
+) -> StoreResult<Result<AgentRow, E>> {
+    conn.transaction(|conn| {
+        let current = get(conn, org_id, id)?;
+        let changes = match change(&current) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        let now = crate::ids::now();
+        let written = diesel::update(
+            agents::table
+                .filter(agents::org_id.eq(org_id))
+                .filter(agents::id.eq(id))
+                .filter(agents::version.eq(current.version)),
+        )
+        .set((
+            &changes,
+            agents::version.eq(current.version + 1),
+            agents::updated_at.eq(&now),
+        ))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+        if written == 0 {
+            return Err(StoreError::PreconditionFailed);
+        }
+        get(conn, org_id, id).map(Ok)
+    })
+}
+
+pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
+    let n = diesel::delete(
+        agents::table
+            .filter(agents::org_id.eq(org_id))
+            .filter(agents::id.eq(id)),
+    )
+    .execute(conn)
+    .map_err(StoreError::from_diesel)?;
+    if n == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_like;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(escape_like("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+}

@@ -1,0 +1,217 @@
+//! Storage: diesel over SQLite (embedded default) or PostgreSQL, behind one connection type.
+//!
+//! The schema uses only types both backends share (TEXT, BIGINT), so one `table!` and one
+//! set of queries serve both through diesel's `MultiConnection`. Every call runs on tokio's
+//! blocking pool ([`Store::run`]), never on the async workers.
+
+pub mod agents;
+pub mod identity;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{self, ManageConnection, R2D2Connection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// A connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Sqlite(diesel::SqliteConnection),
+    Postgres(diesel::PgConnection),
+}
+
+/// Which engine the store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// What can go wrong in storage, in terms the domain understands.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Maps diesel's unique violations to [`StoreError::Conflict`].
+    pub fn from_diesel(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            Error::NotFound => StoreError::NotFound,
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                StoreError::Conflict(info.message().to_string())
+            }
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Opens connections for the pool, choosing the backend from the URL.
+#[derive(Debug, Clone)]
+struct Manager {
+    backend: Backend,
+    target: String,
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, r2d2::Error> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = diesel::SqliteConnection::establish(&self.target)
+                    .map_err(r2d2::Error::ConnectionError)?;
+                conn.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                )
+                .map_err(r2d2::Error::QueryError)?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+            Backend::Postgres => diesel::PgConnection::establish(&self.target)
+                .map(DbConnection::Postgres)
+                .map_err(r2d2::Error::ConnectionError),
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
+        conn.ping().map(|_| ()).map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.is_broken()
+    }
+}
+
+/// The database: a pool of connections to one backend.
+#[derive(Clone)]
+pub struct Store {
+    pool: r2d2::Pool<Manager>,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+/// Where the database is: `postgres://…`, `sqlite://path`, `sqlite::memory:` or a file path.
+pub fn parse_url(url: &str) -> (Backend, String) {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        (Backend::Postgres, url.to_string())
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        (Backend::Sqlite, path.to_string())
+    } else if let Some(path) = url.strip_prefix("sqlite:") {
+        (Backend::Sqlite, path.to_string())
+    } else {
+        (Backend::Sqlite, url.to_string())
+    }
+}
+
+impl Store {
+    /// Connects, creating the SQLite file's directory if needed, and runs pending migrations.
+    pub fn open(url: &str, pool_size: u32) -> anyhow::Result<Self> {
+        let (backend, target) = parse_url(url);
+        if backend == Backend::Sqlite && target != ":memory:" {
+            if let Some(dir) = std::path::Path::new(&target).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir)?;
+                }
+            }
+        }
+        let manager = Manager { backend, target };
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size.max(1))
+            .connection_timeout(Duration::from_secs(5))
+            .build(manager)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot connect to the {} database: {e}", backend.as_str())
+            })?;
+        let mut conn = pool.get()?;
+        let applied = match &mut *conn {
+            DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+            DbConnection::Postgres(c) => c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.len()),
+        }
+        .map_err(|e| anyhow::anyhow!("migrations failed: {e}"))?;
+        if applied > 0 {
+            tracing::info!(applied, backend = backend.as_str(), "database migrated");
+        }
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs blocking storage work on tokio's blocking pool with a pooled connection.
+    pub async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> StoreResult<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+    }
+
+    /// Runs blocking storage work on the current thread (CLI commands, start-up).
+    pub fn run_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut DbConnection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut conn = self
+            .pool
+            .get()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        f(&mut conn)
+    }
+
+    /// Round-trips a trivial query; used by the health check.
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.run(|conn| {
+            conn.batch_execute("SELECT 1")
+                .map_err(StoreError::from_diesel)
+        })
+        .await
+    }
+}

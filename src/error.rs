@@ -1,0 +1,182 @@
+//! Errors at the HTTP boundary.
+//!
+//! Storage returns [`StoreError`]; handlers turn domain failures into a [`Failure`] (a kind,
+//! a stable code, a client-facing message and field details); one `From<Failure>` per
+//! response enum ([`failure_response!`]) maps it onto that operation's documented variants.
+//! Internal details are logged, never sent.
+
+use agentplane_api::models::{Error as ErrorBody, ErrorDetail, ErrorEnvelope, ErrorType};
+
+use crate::db::StoreError;
+
+/// The class of a failure; each maps to one documented status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PreconditionFailed,
+    Unprocessable,
+    Unavailable,
+}
+
+impl Kind {
+    pub fn status(self) -> u16 {
+        match self {
+            Kind::BadRequest => 400,
+            Kind::Unauthorized => 401,
+            Kind::Forbidden => 403,
+            Kind::NotFound => 404,
+            Kind::Conflict => 409,
+            Kind::PreconditionFailed => 412,
+            Kind::Unprocessable => 422,
+            Kind::Unavailable => 503,
+        }
+    }
+
+    fn error_type(self) -> ErrorType {
+        match self {
+            Kind::BadRequest | Kind::Unprocessable => ErrorType::InvalidRequestError,
+            Kind::Unauthorized => ErrorType::AuthenticationError,
+            Kind::Forbidden => ErrorType::AuthorizationError,
+            Kind::NotFound => ErrorType::NotFoundError,
+            Kind::Conflict => ErrorType::ConflictError,
+            Kind::PreconditionFailed => ErrorType::PreconditionFailedError,
+            Kind::Unavailable => ErrorType::ServiceUnavailableError,
+        }
+    }
+
+    /// The kind of a framework-level error status.
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            401 => Kind::Unauthorized,
+            403 => Kind::Forbidden,
+            404 | 405 => Kind::NotFound,
+            409 => Kind::Conflict,
+            412 => Kind::PreconditionFailed,
+            422 => Kind::Unprocessable,
+            s if s >= 500 => Kind::Unavailable,
+            _ => Kind::BadRequest,
+        }
+    }
+}
+
+/// A failed request, ready to become an error envelope.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: Kind,
+    pub envelope: ErrorEnvelope,
+}
+
+/// Builds an error envelope.
+pub fn envelope(
+    kind: Kind,
+    code: &str,
+    message: impl Into<String>,
+    details: Vec<ErrorDetail>,
+    request_id: &str,
+) -> ErrorEnvelope {
+    ErrorEnvelope {
+        error: ErrorBody {
+            type_: kind.error_type(),
+            code: code.to_string(),
+            message: message.into(),
+            details,
+            request_id: request_id.to_string(),
+            timestamp: crate::ids::now(),
+            documentation_url: Some("/docs".to_string()),
+        },
+    }
+}
+
+/// One field detail.
+pub fn detail(field: &str, code: &str, message: impl Into<String>) -> ErrorDetail {
+    ErrorDetail {
+        field: field.to_string(),
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+impl Failure {
+    pub fn new(kind: Kind, code: &str, message: impl Into<String>, request_id: &str) -> Self {
+        Failure {
+            kind,
+            envelope: envelope(kind, code, message, Vec::new(), request_id),
+        }
+    }
+
+    pub fn with_details(
+        kind: Kind,
+        code: &str,
+        message: impl Into<String>,
+        details: Vec<ErrorDetail>,
+        request_id: &str,
+    ) -> Self {
+        Failure {
+            kind,
+            envelope: envelope(kind, code, message, details, request_id),
+        }
+    }
+
+    /// Maps a storage error; `not_found` is the code for a missing resource (`AGENT_NOT_FOUND`).
+    pub fn from_store(e: StoreError, not_found: &str, request_id: &str) -> Self {
+        match e {
+            StoreError::NotFound => Failure::new(
+                Kind::NotFound,
+                not_found,
+                "no such resource in this organization",
+                request_id,
+            ),
+            StoreError::Conflict(_) => Failure::new(
+                Kind::Conflict,
+                "CONFLICT",
+                "the resource already exists",
+                request_id,
+            ),
+            StoreError::PreconditionFailed => Failure::new(
+                Kind::PreconditionFailed,
+                "PRECONDITION_FAILED",
+                "the resource changed since the ETag given in If-Match",
+                request_id,
+            ),
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, request_id, "database unavailable");
+                Failure::new(
+                    Kind::Unavailable,
+                    "SERVICE_UNAVAILABLE",
+                    "the database is unavailable; retry later",
+                    request_id,
+                )
+            }
+            e @ (StoreError::Database(_) | StoreError::Corrupt(_)) => {
+                tracing::error!(error = %e, request_id, "storage failure");
+                Failure::new(
+                    Kind::Unavailable,
+                    "INTERNAL_ERROR",
+                    "the request could not be completed; retry later",
+                    request_id,
+                )
+            }
+        }
+    }
+}
+
+/// Implements `From<Failure>` for a response enum, mapping each kind to the variant of its
+/// status; kinds the operation does not document become its 503.
+#[macro_export]
+macro_rules! failure_response {
+    ($resp:ty { $($kind:ident => $variant:ident),* $(,)? }) => {
+        impl From<$crate::error::Failure> for $resp {
+            fn from(f: $crate::error::Failure) -> Self {
+                match f.kind {
+                    $( $crate::error::Kind::$kind => <$resp>::$variant(poem_openapi::payload::Json(f.envelope)), )*
+                    #[allow(unreachable_patterns)]
+                    _ => <$resp>::ServiceUnavailable(poem_openapi::payload::Json(f.envelope)),
+                }
+            }
+        }
+    };
+}

@@ -1,0 +1,315 @@
+//! HTTP plumbing around the generated routes: request ids, validation against the spec,
+//! framework errors in the error envelope, access logs, and the documentation endpoints.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use conformance::{Outcome, RequestValidator};
+use poem::http::{HeaderValue, StatusCode, header};
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+
+use crate::error::{Kind, detail, envelope};
+
+/// The id of the request being handled, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn json_response(status: StatusCode, body: &impl serde_like::ToJsonString) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("application/json; charset=utf-8")
+        .body(body.to_json_string())
+}
+
+/// Bridges generated poem-openapi types to JSON text.
+mod serde_like {
+    pub trait ToJsonString {
+        fn to_json_string(&self) -> String;
+    }
+
+    impl<T: poem_openapi::types::ToJSON> ToJsonString for T {
+        fn to_json_string(&self) -> String {
+            self.to_json().map(|v| v.to_string()).unwrap_or_default()
+        }
+    }
+}
+
+fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    details: Vec<agentplane_api::models::ErrorDetail>,
+    rid: &str,
+) -> Response {
+    let kind = Kind::from_status(status.as_u16());
+    json_response(status, &envelope(kind, code, message, details, rid))
+}
+
+fn valid_incoming_id(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Outermost layer: gives every request an id (its own `X-Request-Id` when sane), puts it on
+/// every response, turns framework errors into error envelopes, and logs the request.
+pub struct RequestContext;
+
+impl<E: Endpoint> Middleware<E> for RequestContext {
+    type Output = RequestContextEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        RequestContextEndpoint(ep)
+    }
+}
+
+pub struct RequestContextEndpoint<E>(E);
+
+impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let started = Instant::now();
+        let rid = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| valid_incoming_id(v))
+            .map(str::to_string)
+            .unwrap_or_else(|| crate::ids::new_id("req"));
+        req.extensions_mut().insert(RequestId(rid.clone()));
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let mut resp = match self.0.call(req).await {
+            Ok(r) => r.into_response(),
+            Err(e) => {
+                let status = e.status();
+                let (code, message) = match status {
+                    StatusCode::NOT_FOUND => ("NOT_FOUND", "no such route".to_string()),
+                    StatusCode::METHOD_NOT_ALLOWED => (
+                        "METHOD_NOT_ALLOWED",
+                        "the method is not allowed on this route".to_string(),
+                    ),
+                    s if s.is_server_error() => {
+                        tracing::error!(error = %e, request_id = %rid, "unhandled error");
+                        (
+                            "INTERNAL_ERROR",
+                            "the request could not be completed".to_string(),
+                        )
+                    }
+                    _ => ("VALIDATION_ERROR", e.to_string()),
+                };
+                // Framework errors are always a client's fault or an outage: never a bare 500.
+                let status = if status.is_server_error() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    status
+                };
+                error_response(status, code, &message, Vec::new(), &rid)
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        tracing::info!(
+            target: "agentplane::access",
+            %method,
+            path,
+            status = resp.status().as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id = %rid,
+        );
+        Ok(resp)
+    }
+}
+
+/// Validates every `/v1` request against the spec before any handler sees it.
+pub struct SpecValidation(pub Arc<RequestValidator>);
+
+impl<E: Endpoint> Middleware<E> for SpecValidation {
+    type Output = SpecValidationEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        SpecValidationEndpoint {
+            inner: ep,
+            validator: self.0.clone(),
+        }
+    }
+}
+
+pub struct SpecValidationEndpoint<E> {
+    inner: E,
+    validator: Arc<RequestValidator>,
+}
+
+/// Bodies larger than this are refused before they are read whole.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+impl<E: Endpoint> Endpoint for SpecValidationEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        if !req.uri().path().starts_with("/v1/") {
+            return self.inner.call(req).await.map(IntoResponse::into_response);
+        }
+        let rid = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let body = match req.take_body().into_bytes_limit(MAX_BODY).await {
+            Ok(b) => b,
+            Err(_) => {
+                let message = format!("the body is unreadable or larger than {MAX_BODY} bytes");
+                return Ok(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "VALIDATION_ERROR",
+                    &message,
+                    vec![detail("body", "size", &message)],
+                    &rid,
+                ));
+            }
+        };
+        let outcome = {
+            let headers = req.headers();
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or("").to_string();
+            let request = conformance::validate::Request {
+                method: req.method().as_str(),
+                path: &path,
+                query: &query,
+                header: &header,
+                body: &body,
+            };
+            match self.validator.validate(&request) {
+                Outcome::Valid { .. } => None,
+                Outcome::NoRoute => Some(error_response(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    "no such route",
+                    Vec::new(),
+                    &rid,
+                )),
+                Outcome::MethodNotAllowed { allow } => {
+                    let mut resp = error_response(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "METHOD_NOT_ALLOWED",
+                        &format!("allowed methods: {}", allow.join(", ")),
+                        Vec::new(),
+                        &rid,
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                        resp.headers_mut().insert(header::ALLOW, v);
+                    }
+                    Some(resp)
+                }
+                Outcome::Invalid {
+                    status, violations, ..
+                } => {
+                    let details = violations
+                        .iter()
+                        .map(|v| detail(&v.field, &v.code, &v.message))
+                        .collect();
+                    let (status, message) = if status == 422 {
+                        (
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "the body does not match its schema",
+                        )
+                    } else {
+                        (
+                            StatusCode::BAD_REQUEST,
+                            "the request contains invalid parameters",
+                        )
+                    };
+                    Some(error_response(
+                        status,
+                        "VALIDATION_ERROR",
+                        message,
+                        details,
+                        &rid,
+                    ))
+                }
+            }
+        };
+        if let Some(resp) = outcome {
+            return Ok(resp);
+        }
+        req.set_body(body);
+        self.inner.call(req).await.map(IntoResponse::into_response)
+    }
+}
+
+/// A handler panicked: answer 503 in the envelope instead of dropping the connection.
+pub fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
+    tracing::error!("a handler panicked");
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "INTERNAL_ERROR",
+        "the request could not be completed",
+        Vec::new(),
+        "",
+    )
+}
+
+/// `GET /openapi.json` and `/openapi-3.0.json`: the bundled hand-written spec.
+#[poem::handler]
+pub fn openapi_31() -> Response {
+    Response::builder()
+        .content_type("application/json")
+        .body(agentplane_api::OPENAPI_JSON)
+}
+
+#[poem::handler]
+pub fn openapi_30() -> Response {
+    Response::builder()
+        .content_type("application/json")
+        .body(agentplane_api::OPENAPI_3_0_JSON)
+}
+
+/// `GET /docs/*`: Swagger UI on the hand-written spec.
+#[poem::handler]
+pub fn docs(req: &Request) -> Response {
+    let path = req.uri().path();
+    let tail = path
+        .strip_prefix("/docs")
+        .unwrap_or("")
+        .trim_start_matches('/');
+    if path == "/docs" {
+        return Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, "/docs/")
+            .finish();
+    }
+    let tail = if tail.is_empty() { "index.html" } else { tail };
+    let config = Arc::new(
+        utoipa_swagger_ui::Config::from("/openapi.json")
+            .try_it_out_enabled(true)
+            .persist_authorization(true),
+    );
+    match utoipa_swagger_ui::serve(tail, config) {
+        Ok(Some(file)) => Response::builder()
+            .content_type(file.content_type)
+            .body(file.bytes.to_vec()),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "swagger ui");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+/// `GET /`: to the documentation.
+#[poem::handler]
+pub fn root() -> Response {
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header(header::LOCATION, "/docs/")
+        .finish()
+}

@@ -1,0 +1,130 @@
+//! Assembling and running the server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{EndpointExt, Route, get};
+
+use crate::api::Handlers;
+use crate::db::Store;
+use crate::http::{RequestContext, SpecValidation};
+
+/// How the server is configured.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `host:port` to listen on; port 0 picks a free one.
+    pub listen: String,
+    /// Database URL: a SQLite path (`./data/agentplane.db`) or `postgres://…`.
+    pub database_url: String,
+    /// Connections in the pool.
+    pub pool_size: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            database_url: "sqlite://./data/agentplane.db".into(),
+            pool_size: u32::try_from(cores * 2).unwrap_or(8).max(4),
+        }
+    }
+}
+
+/// The whole application as one endpoint.
+pub fn app(store: Store) -> anyhow::Result<impl poem::Endpoint> {
+    let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
+        .context("the bundled spec is not JSON")?;
+    let validator = Arc::new(
+        conformance::RequestValidator::new(&spec).context("the bundled spec does not compile")?,
+    );
+    let service = agentplane_api::service(Arc::new(Handlers::new(store)));
+    Ok(Route::new()
+        .at("/", get(crate::http::root))
+        .at("/openapi.json", get(crate::http::openapi_31))
+        .at("/openapi-3.0.json", get(crate::http::openapi_30))
+        .at("/docs", get(crate::http::docs))
+        .at("/docs/*path", get(crate::http::docs))
+        .nest_no_strip("/v1", service)
+        .with(SpecValidation(validator))
+        .with(poem::middleware::CatchPanic::new().with_handler(crate::http::panic_response))
+        .with(RequestContext))
+}
+
+/// A bound server, not yet serving.
+pub struct Bound {
+    acceptor: poem::listener::TcpAcceptor,
+    store: Store,
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+}
+
+/// Opens the database, runs migrations, creates the first admin key on an empty database
+/// (returned so the caller can print it once) and binds the listener.
+pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
+    let url = config.database_url.clone();
+    let pool = config.pool_size;
+    let store = tokio::task::spawn_blocking(move || Store::open(&url, pool)).await??;
+    let bootstrap = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.run_blocking(crate::auth::bootstrap)).await??
+    };
+    let acceptor = TcpListener::bind(config.listen.clone())
+        .into_acceptor()
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .context("the listener has no address")?;
+    Ok((
+        Bound {
+            acceptor,
+            store,
+            addr,
+        },
+        bootstrap,
+    ))
+}
+
+impl Bound {
+    /// Serves until `shutdown` resolves; in-flight requests get 30 seconds to finish.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let app = app(self.store)?;
+        poem::Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
