@@ -47,7 +47,33 @@ fn ty_tokens(ty: &Ty) -> TokenStream {
 
 fn format(tokens: TokenStream) -> Result<String> {
     let file: syn::File = syn::parse2(tokens)?;
-    Ok(format!("{HEADER}{}", prettyplease::unparse(&file)))
+    rustfmt(&format!("{HEADER}{}", prettyplease::unparse(&file)))
+}
+
+/// Passes the code through the pinned toolchain's rustfmt with the repository's settings, so
+/// that `cargo fmt --check` and the drift check agree on every byte.
+fn rustfmt(code: &str) -> Result<String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rustfmt.toml");
+    let mut child = Command::new("rustfmt")
+        .args(["--edition", "2024", "--emit", "stdout", "--config-path"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run rustfmt (rustup component add rustfmt): {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("rustfmt has no stdin"))?
+        .write_all(code.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("rustfmt failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Every generated file: (path relative to `generated/src`, contents).

@@ -248,7 +248,7 @@ impl RequestValidator {
                 None => {}
                 Some(value) => {
                     for error in param.validator.iter_errors(&value) {
-                        violations.push(to_violation(param.location, &param.name, &error));
+                        push_violations(param.location, &param.name, &error, &mut violations);
                     }
                 }
             }
@@ -328,10 +328,10 @@ fn check_body(body: &Body, req: &Request<'_>) -> Option<(u16, Vec<Violation>)> {
         }
     };
     let validator = validator.as_ref()?;
-    let violations: Vec<Violation> = validator
-        .iter_errors(&value)
-        .map(|e| to_violation(Location::Body, "", &e))
-        .collect();
+    let mut violations = Vec::new();
+    for error in validator.iter_errors(&value) {
+        push_violations(Location::Body, "", &error, &mut violations);
+    }
     (!violations.is_empty()).then_some((422, violations))
 }
 
@@ -347,6 +347,38 @@ fn media_matches(declared: &str, actual: &str) -> bool {
     declared == "application/json"
         && actual.starts_with("application/")
         && actual.ends_with("+json")
+}
+
+/// Adds the violations of one schema error. A failed `oneOf`/`anyOf` where only one branch
+/// could have been meant (the others fail on the type alone, like the `null` branch of a
+/// nullable object) reports that branch's errors, which name the real field.
+fn push_violations(
+    location: Location,
+    base: &str,
+    error: &jsonschema::ValidationError<'_>,
+    out: &mut Vec<Violation>,
+) {
+    if let ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } =
+        error.kind()
+    {
+        let parent = error.instance_path().as_str();
+        let plausible: Vec<&Vec<jsonschema::ValidationError<'static>>> = context
+            .iter()
+            .filter(|branch| {
+                !branch.iter().all(|e| {
+                    matches!(e.kind(), ValidationErrorKind::Type { .. })
+                        && e.instance_path().as_str() == parent
+                })
+            })
+            .collect();
+        if let [branch] = plausible.as_slice() {
+            for e in branch.iter() {
+                push_violations(location, base, e, out);
+            }
+            return;
+        }
+    }
+    out.push(to_violation(location, base, error));
 }
 
 /// Turns a schema error into a violation whose field is a dotted path under `base`.

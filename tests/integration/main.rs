@@ -1,1 +1,8 @@
-fn main() {}
+//! Integration tests: real servers on loopback over real databases (one test binary, so
+//! linking happens once).
+
+mod agents;
+mod identity;
+mod support;
+mod system;
+mod validation;

@@ -1,0 +1,254 @@
+//! `TestApp`: a real server on `127.0.0.1:0` over its own fresh database.
+//!
+//! Every test runs on SQLite; with `AGENTPLANE_TEST_POSTGRES` set to a server URL
+//! (`postgres://user@127.0.0.1:5432`) it also runs on a fresh PostgreSQL database.
+//! `AGENTPLANE_REQUIRE_POSTGRES=1` (set by CI) turns a missing URL into a failure.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use agentplane::db::Store;
+use agentplane::server::{self, Config};
+use agentplane_api::models::{Role, Scope};
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    )
+}
+
+/// The PostgreSQL server URL, or `None` when the PostgreSQL run is skipped.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("AGENTPLANE_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("AGENTPLANE_REQUIRE_POSTGRES").is_err(),
+                "AGENTPLANE_REQUIRE_POSTGRES is set but AGENTPLANE_TEST_POSTGRES is not"
+            );
+            None
+        }
+    }
+}
+
+fn fresh_database(backend: Backend) -> Option<String> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join(unique("agentplane_test"));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            Some(format!("sqlite://{}/agentplane.db", dir.display()))
+        }
+        Backend::Postgres => {
+            use diesel::{Connection, PgConnection, RunQueryDsl};
+            let base = postgres_url()?;
+            let name = unique("ap_test");
+            let mut admin =
+                PgConnection::establish(&format!("{}/postgres", base.trim_end_matches('/')))
+                    .expect("connect to the PostgreSQL test server");
+            diesel::sql_query(format!("CREATE DATABASE {name}"))
+                .execute(&mut admin)
+                .expect("create database");
+            Some(format!("{}/{name}", base.trim_end_matches('/')))
+        }
+    }
+}
+
+/// A running server and an authenticated client.
+pub struct TestApp {
+    pub base: String,
+    pub admin_key: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub database_url: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    /// Starts a server on `backend`; `None` when that backend is not configured here.
+    pub async fn start(backend: Backend) -> Option<TestApp> {
+        let database_url = fresh_database(backend)?;
+        let config = Config {
+            listen: "127.0.0.1:0".into(),
+            database_url: database_url.clone(),
+            pool_size: 4,
+        };
+        let (bound, bootstrap) = server::bind(&config).await.expect("server binds");
+        let admin_key = bootstrap.expect("a fresh database prints an admin key");
+        let base = format!("http://{}", bound.addr);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(bound.serve(async move {
+            let _ = rx.await;
+        }));
+        let url = database_url.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&url, 2))
+            .await
+            .expect("join")
+            .expect("store");
+        Some(TestApp {
+            base,
+            admin_key,
+            client: reqwest::Client::new(),
+            store,
+            database_url,
+            shutdown: Some(tx),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request authenticated with the admin key.
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.as_key(&self.admin_key, method, path)
+    }
+
+    pub fn as_key(&self, key: &str, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(key)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.req(Method::GET, path).send().await.expect("request")
+    }
+
+    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> Response {
+        self.req(method, path)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates an agent and returns its JSON.
+    pub async fn create_agent(&self, body: Value) -> Value {
+        let resp = self.send_json(Method::POST, "/v1/agents", &body).await;
+        assert_eq!(resp.status(), 201, "create {body}");
+        resp.json().await.expect("json")
+    }
+
+    /// A key for `user` in organization `org` (both created when missing).
+    pub async fn key_for(
+        &self,
+        org: &str,
+        user: &str,
+        role: Role,
+        scopes: Option<&[Scope]>,
+    ) -> String {
+        let (org, user) = (org.to_string(), user.to_string());
+        let scopes: BTreeSet<Scope> = match scopes {
+            Some(s) => s.iter().copied().collect(),
+            None => agentplane::auth::role_scopes(role),
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.run_blocking(|conn| {
+                let user = agentplane::auth::ensure_user(
+                    conn,
+                    &org,
+                    &user,
+                    &format!("{user}@example.com"),
+                    role,
+                )?;
+                agentplane::auth::insert_key(conn, &user, "test", &scopes, None)
+            })
+        })
+        .await
+        .expect("join")
+        .expect("key")
+        .1
+    }
+}
+
+/// Reads a JSON body, asserting the error envelope's shape when the status is an error.
+pub async fn json(resp: Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    assert!(
+        resp.headers().contains_key("x-request-id"),
+        "every response carries X-Request-Id"
+    );
+    let body: Value = if status == 204 || status == 304 {
+        Value::Null
+    } else {
+        resp.json().await.expect("a JSON body")
+    };
+    if status >= 400 {
+        let error = &body["error"];
+        for key in [
+            "type",
+            "code",
+            "message",
+            "details",
+            "request_id",
+            "timestamp",
+        ] {
+            assert!(
+                error.get(key).is_some(),
+                "error envelope lacks {key}: {body}"
+            );
+        }
+    }
+    (status, body)
+}
+
+/// The `details[].field` values of an error body.
+pub fn fields(body: &Value) -> Vec<String> {
+    body["error"]["details"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|x| x["field"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Declares one test per backend: `NAME::sqlite` and `NAME::postgres`.
+#[macro_export]
+macro_rules! backend_test {
+    ($name:ident, |$app:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($app: $crate::support::TestApp) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let app = $crate::support::TestApp::start($crate::support::Backend::Sqlite).await.expect("sqlite always runs");
+                run(app).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                match $crate::support::TestApp::start($crate::support::Backend::Postgres).await {
+                    Some(app) => run(app).await,
+                    None => eprintln!("skipped: set AGENTPLANE_TEST_POSTGRES to run on PostgreSQL"),
+                }
+            }
+        }
+    };
+}
