@@ -171,6 +171,7 @@ impl<E: Endpoint> Endpoint for SpecValidationEndpoint<E> {
                 ));
             }
         };
+        let mut normalized: Option<String> = None;
         let outcome = {
             let headers = req.headers();
             let header = |name: &str| {
@@ -189,6 +190,16 @@ impl<E: Endpoint> Endpoint for SpecValidationEndpoint<E> {
                 body: &body,
             };
             match self.validator.validate(&request) {
+                Outcome::Valid {
+                    body: Some(mut value),
+                    ..
+                } => {
+                    // Typed decoding downstream reads `26.0` as not-an-integer; the spec says it is.
+                    if conformance::validate::integral_floats_to_integers(&mut value) {
+                        normalized = Some(value.to_string());
+                    }
+                    None
+                }
                 Outcome::Valid { .. } => None,
                 Outcome::NoRoute => Some(error_response(
                     StatusCode::NOT_FOUND,
@@ -241,7 +252,10 @@ impl<E: Endpoint> Endpoint for SpecValidationEndpoint<E> {
         if let Some(resp) = outcome {
             return Ok(resp);
         }
-        req.set_body(body);
+        match normalized {
+            Some(text) => req.set_body(text),
+            None => req.set_body(body),
+        }
         self.inner.call(req).await.map(IntoResponse::into_response)
     }
 }

@@ -611,38 +611,38 @@ impl Builder<'_> {
             .unwrap_or("default")
             .to_string();
         let security = op.get("security").or_else(|| self.doc.get("security"));
-        let scopes = match security.and_then(Value::as_array) {
-            None => None,
-            Some(reqs)
-                if reqs.is_empty()
+        // Security schemes other than OAuth2 cannot list scopes without upsetting linters, so
+        // the scopes an operation needs are in `x-required-scopes`.
+        let public = match security.and_then(Value::as_array) {
+            None => true,
+            Some(reqs) => {
+                reqs.is_empty()
                     || reqs
                         .iter()
-                        .any(|r| r.as_object().is_some_and(Map::is_empty)) =>
-            {
-                None
+                        .any(|r| r.as_object().is_some_and(Map::is_empty))
             }
-            Some(reqs) => {
-                let mut scopes: Option<Vec<String>> = None;
-                for (i, r) in reqs.iter().enumerate() {
-                    for (_, s) in r.as_object().into_iter().flatten() {
-                        let these: Vec<String> = s
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(Value::as_str)
+        };
+        let scopes = if public {
+            if op.get("x-required-scopes").is_some() {
+                bail!(
+                    "#{ptr}/x-required-scopes: a public operation (no security) cannot require scopes"
+                );
+            }
+            None
+        } else {
+            let listed = match op.get("x-required-scopes") {
+                None => Vec::new(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|i| {
+                        i.as_str()
                             .map(str::to_string)
-                            .collect();
-                        match &scopes {
-                            None => scopes = Some(these),
-                            Some(prev) if *prev == these => {}
-                            Some(_) => bail!(
-                                "#{ptr}/security/{i}: every alternative must require the same scopes"
-                            ),
-                        }
-                    }
-                }
-                Some(scopes.unwrap_or_default())
-            }
+                            .ok_or_else(|| anyhow!("#{ptr}/x-required-scopes: scopes are strings"))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                Some(_) => bail!("#{ptr}/x-required-scopes: must be an array of scope names"),
+            };
+            Some(listed)
         };
         let mut raw: Vec<(String, Value)> = Vec::new();
         for (source, list) in [("", item.get("parameters")), ("op", op.get("parameters"))] {

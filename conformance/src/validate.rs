@@ -66,7 +66,11 @@ pub enum Outcome<'a> {
         violations: Vec<Violation>,
     },
     /// The request is valid for `operation`.
-    Valid { operation: &'a Operation },
+    Valid {
+        operation: &'a Operation,
+        /// The parsed JSON body, when there is one.
+        body: Option<Value>,
+    },
 }
 
 #[derive(Debug)]
@@ -260,20 +264,29 @@ impl RequestValidator {
                 violations,
             };
         }
+        let mut parsed = None;
         if let Some(body) = &operation.body {
-            if let Some((status, v)) = check_body(body, req) {
-                return Outcome::Invalid {
-                    operation,
-                    status,
-                    violations: v,
-                };
+            match check_body(body, req) {
+                Ok(value) => parsed = value,
+                Err((status, v)) => {
+                    return Outcome::Invalid {
+                        operation,
+                        status,
+                        violations: v,
+                    };
+                }
             }
         }
-        Outcome::Valid { operation }
+        Outcome::Valid {
+            operation,
+            body: parsed,
+        }
     }
 }
 
-fn check_body(body: &Body, req: &Request<'_>) -> Option<(u16, Vec<Violation>)> {
+type BodyCheck = Result<Option<Value>, (u16, Vec<Violation>)>;
+
+fn check_body(body: &Body, req: &Request<'_>) -> BodyCheck {
     let whole = |code: &str, message: String| Violation {
         location: Location::Body,
         field: "body".into(),
@@ -281,12 +294,13 @@ fn check_body(body: &Body, req: &Request<'_>) -> Option<(u16, Vec<Violation>)> {
         message,
     };
     if req.body.is_empty() {
-        return body.required.then(|| {
-            (
+        if body.required {
+            return Err((
                 400,
                 vec![whole("required", "a request body is required".into())],
-            )
-        });
+            ));
+        }
+        return Ok(None);
     }
     let content_type = (req.header)("content-type").unwrap_or_default();
     let essence = content_type
@@ -301,7 +315,7 @@ fn check_body(body: &Body, req: &Request<'_>) -> Option<(u16, Vec<Violation>)> {
         .find(|(mt, _)| media_matches(mt, &essence));
     let Some((media, validator)) = matched else {
         let expected: Vec<&str> = body.media.iter().map(|(m, _)| m.as_str()).collect();
-        return Some((
+        return Err((
             400,
             vec![Violation {
                 location: Location::Header,
@@ -313,12 +327,12 @@ fn check_body(body: &Body, req: &Request<'_>) -> Option<(u16, Vec<Violation>)> {
     };
     let is_json = media.contains("json") || media == "*/*" && essence.contains("json");
     if !is_json {
-        return None;
+        return Ok(None);
     }
     let value: Value = match serde_json::from_slice(req.body) {
         Ok(v) => v,
         Err(e) => {
-            return Some((
+            return Err((
                 400,
                 vec![whole(
                     "invalid_json",
@@ -327,12 +341,39 @@ fn check_body(body: &Body, req: &Request<'_>) -> Option<(u16, Vec<Violation>)> {
             ));
         }
     };
-    let validator = validator.as_ref()?;
+    let Some(validator) = validator.as_ref() else {
+        return Ok(Some(value));
+    };
     let mut violations = Vec::new();
     for error in validator.iter_errors(&value) {
         push_violations(Location::Body, "", &error, &mut violations);
     }
-    (!violations.is_empty()).then_some((422, violations))
+    if violations.is_empty() {
+        Ok(Some(value))
+    } else {
+        Err((422, violations))
+    }
+}
+
+/// Rewrites numbers with a zero fraction (`26.0`) as integers, in place; true when any
+/// changed. JSON Schema counts `26.0` as an integer, typed decoders often do not.
+pub fn integral_floats_to_integers(value: &mut Value) -> bool {
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                *value = Value::from(f as i64);
+                true
+            }
+            _ => false,
+        },
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |acc, v| integral_floats_to_integers(v) || acc),
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |acc, v| integral_floats_to_integers(v) || acc),
+        _ => false,
+    }
 }
 
 fn media_matches(declared: &str, actual: &str) -> bool {
@@ -735,7 +776,7 @@ mod tests {
             body: body.as_bytes(),
         };
         match v.validate(&req) {
-            Outcome::Valid { operation } => Ok(operation.id.clone()),
+            Outcome::Valid { operation, .. } => Ok(operation.id.clone()),
             Outcome::Invalid {
                 status, violations, ..
             } => Err((
@@ -825,6 +866,14 @@ mod tests {
             run(&v, "POST", "/items", "", ""),
             Err((400, vec![("body".into(), "required".into())]))
         );
+    }
+
+    #[test]
+    fn integral_floats_become_integers() {
+        let mut v = json!({"a": 26.0, "b": [1.5, 2.0], "c": 3});
+        assert!(integral_floats_to_integers(&mut v));
+        assert_eq!(v, json!({"a": 26, "b": [1.5, 2], "c": 3}));
+        assert!(!integral_floats_to_integers(&mut v));
     }
 
     #[test]

@@ -10,7 +10,10 @@ pub struct ListAgentsParams {
     pub page: i64,
     /// Items per page.
     pub per_page: i64,
-    /// The `next_cursor` of the previous page; takes precedence over `page`.
+    /// The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+    /// position (`<offset>.<id of the last item seen>`): the next page starts right after that
+    /// item in the requested order, so items added or removed meanwhile are neither skipped
+    /// nor repeated; if that item is gone, paging resumes at the offset.
     pub cursor: Option<String>,
     /// Items per page when paging with `cursor` (an alias of `per_page`).
     pub limit: Option<i64>,
@@ -284,6 +287,8 @@ pub trait AgentsApi: crate::Authenticate {
         params: ReplaceAgentParams,
     ) -> impl std::future::Future<Output = ReplaceAgentResponse> + Send;
     /// Delete an agent
+    ///
+    /// Deletes the agent; later reads answer 404.
     fn delete_agent(
         &self,
         caller: Self::Caller,
@@ -494,6 +499,8 @@ impl<T: AgentsApi> AgentsRoutes<T> {
         Ok(self.0.replace_agent(caller, params).await)
     }
     /// Delete an agent
+    ///
+    /// Deletes the agent; later reads answer 404.
     #[oai(
         path = "/v1/agents/:agent_id",
         method = "delete",

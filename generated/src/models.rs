@@ -932,9 +932,9 @@ pub struct ApiKeyInput {
     /// The key's scopes; default all that the user's role allows.
     #[oai(rename = "scopes", skip_serializing_if_is_none)]
     pub scopes: Option<Vec<crate::models::Scope>>,
-    /// When the key stops working; never when absent.
-    #[oai(rename = "expires_at", skip_serializing_if_is_none)]
-    pub expires_at: Option<String>,
+    /// Days until the key stops working; never when absent.
+    #[oai(rename = "expires_in_days", skip_serializing_if_is_none)]
+    pub expires_in_days: Option<i64>,
     /// A user to create in the caller's organization, with the key.
     #[oai(rename = "user", skip_serializing_if_is_none)]
     pub user: Option<crate::models::NewUser>,

@@ -12,6 +12,7 @@ use crate::auth::{self, Caller};
 use crate::db::StoreError;
 use crate::db::identity::{self as store, ApiKeyRow, UserRow};
 use crate::error::{Failure, Kind, detail};
+
 use crate::failure_response;
 
 failure_response!(ListApiKeysResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
@@ -45,24 +46,9 @@ impl Handlers {
         let forbidden = |message: String| {
             Failure::new(Kind::Forbidden, "INSUFFICIENT_PERMISSIONS", message, rid)
         };
-        let expires_at = match &body.expires_at {
-            None => None,
-            Some(t) => {
-                let normalized = crate::ids::normalize_time(t)
-                    .filter(|n| *n > crate::ids::now())
-                    .ok_or_else(|| {
-                        let message = "expires_at must be an RFC 3339 date-time in the future";
-                        Failure::with_details(
-                            Kind::Unprocessable,
-                            "VALIDATION_ERROR",
-                            message,
-                            vec![detail("expires_at", "future", message)],
-                            rid,
-                        )
-                    })?;
-                Some(normalized)
-            }
-        };
+        let expires_at = body
+            .expires_in_days
+            .map(|days| crate::ids::format_time(chrono::Utc::now() + chrono::Duration::days(days)));
         if body.user.is_some() && !caller.is_admin() {
             return Err(forbidden("only admins can create users".into()));
         }

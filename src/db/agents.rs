@@ -96,9 +96,10 @@ pub struct ListQuery {
     pub created_lte: Option<String>,
     pub sort: SortField,
     pub descending: bool,
-    /// Keyset position: the sort value and id of the last row of the previous page.
-    pub after: Option<(String, String)>,
-    /// Rows to skip when paging by page number (ignored with `after`).
+    /// Keyset position: the id of the last row of the previous page. When that row is gone,
+    /// paging falls back to `offset`.
+    pub after_id: Option<String>,
+    /// Rows to skip (when paging by page number, or when `after_id` is gone).
     pub offset: i64,
     pub limit: i64,
 }
@@ -147,9 +148,9 @@ fn filtered<'a>(org_id: &'a str, q: &'a ListQuery) -> Boxed<'a> {
 }
 
 macro_rules! keyset {
-    ($query:expr, $col:expr, $q:expr) => {{
+    ($query:expr, $col:expr, $q:expr, $after:expr) => {{
         let mut query = $query;
-        if let Some((value, id)) = &$q.after {
+        if let Some((value, id)) = $after {
             query = if $q.descending {
                 query.filter($col.lt(value).or($col.eq(value).and(agents::id.lt(id))))
             } else {
@@ -174,14 +175,22 @@ pub fn list(
         .count()
         .get_result(conn)
         .map_err(StoreError::from_diesel)?;
+    let anchor = match &q.after_id {
+        Some(id) => match get(conn, org_id, id) {
+            Ok(row) => Some((q.sort.value_of(&row).to_string(), row.id)),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
     let base = filtered(org_id, q);
     let sorted = match q.sort {
-        SortField::Name => keyset!(base, agents::name, q),
-        SortField::CreatedAt => keyset!(base, agents::created_at, q),
-        SortField::UpdatedAt => keyset!(base, agents::updated_at, q),
+        SortField::Name => keyset!(base, agents::name, q, &anchor),
+        SortField::CreatedAt => keyset!(base, agents::created_at, q, &anchor),
+        SortField::UpdatedAt => keyset!(base, agents::updated_at, q, &anchor),
     };
     let mut query = sorted.limit(q.limit);
-    if q.after.is_none() && q.offset > 0 {
+    if anchor.is_none() && q.offset > 0 {
         query = query.offset(q.offset);
     }
     let rows = query

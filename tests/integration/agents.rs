@@ -180,19 +180,40 @@ backend_test!(lists_page_filter_sort_and_select_fields, |app| {
 
     let (status, body) = json(app.get("/v1/agents?cursor=garbage").await).await;
     assert_eq!((status, fields(&body)), (400, vec!["cursor".to_string()]));
+    // A cursor is a position after an item: deleting that item falls back to the offset.
     let (_, first) = json(app.get("/v1/agents?sort=name&limit=2").await).await;
     let cursor = first["pagination"]["next_cursor"]
         .as_str()
         .expect("cursor")
         .to_string();
-    let (status, body) = json(
-        app.get(&format!("/v1/agents?sort=-name&cursor={cursor}"))
+    assert_eq!(
+        cursor,
+        format!("2.{}", first["data"][1]["id"].as_str().expect("id"))
+    );
+    let (_, second) = json(
+        app.get(&format!("/v1/agents?sort=name&limit=2&cursor={cursor}"))
+            .await,
+    )
+    .await;
+    assert_eq!(second["data"][0]["name"], "agent 02");
+    assert_eq!(second["pagination"]["page"], 2);
+    let gone = first["data"][1]["id"].as_str().expect("id");
+    assert_eq!(
+        app.req(Method::DELETE, &format!("/v1/agents/{gone}"))
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        204
+    );
+    let (_, resumed) = json(
+        app.get(&format!("/v1/agents?sort=name&limit=2&cursor={cursor}"))
             .await,
     )
     .await;
     assert_eq!(
-        (status, body["error"]["details"][0]["code"].clone()),
-        (400, json!("sort_mismatch"))
+        resumed["data"][0]["name"], "agent 03",
+        "offset 2 of the 24 left"
     );
 });
 

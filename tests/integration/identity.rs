@@ -289,14 +289,28 @@ backend_test!(key_creation_cannot_escalate, |app| {
         app.send_json(
             Method::POST,
             "/v1/auth/keys",
-            &json!({"name": "old", "expires_at": "2001-01-01T00:00:00Z"}),
+            &json!({"name": "old", "expires_in_days": 0}),
         )
         .await,
     )
     .await;
     assert_eq!(
         (status, crate::support::fields(&err)),
-        (422, vec!["expires_at".to_string()])
+        (422, vec!["expires_in_days".to_string()])
+    );
+    let (status, expiring) = json(
+        app.send_json(
+            Method::POST,
+            "/v1/auth/keys",
+            &json!({"name": "soon", "expires_in_days": 30}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert!(
+        expiring["expires_at"].as_str().is_some_and(|t| t > "2026"),
+        "{expiring}"
     );
     let (status, err) = json(
         app.send_json(
@@ -339,6 +353,46 @@ backend_test!(key_creation_cannot_escalate, |app| {
         .await
         .expect("revoke");
     assert_eq!(resp.status(), 404);
+});
+
+backend_test!(expired_keys_stop_working, |app| {
+    let store = app.store.clone();
+    let secret = tokio::task::spawn_blocking(move || {
+        store.run_blocking(|conn| {
+            let user = agentplane::auth::ensure_user(
+                conn,
+                "default",
+                "admin",
+                "admin@localhost",
+                Role::Admin,
+            )?;
+            let scopes = agentplane::auth::role_scopes(Role::Admin);
+            agentplane::auth::insert_key(
+                conn,
+                &user,
+                "expired",
+                &scopes,
+                Some("2001-01-01T00:00:00.000000Z".into()),
+            )
+        })
+    })
+    .await
+    .expect("join")
+    .expect("key")
+    .1;
+    let (status, body) = json(
+        app.as_key(&secret, Method::GET, "/v1/agents")
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired"))
+    );
 });
 
 backend_test!(the_cli_creates_working_keys, |app| {

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: installs what the tests need (PostgreSQL, Schemathesis,
+# Spectral) when missing, starts a throw-away PostgreSQL on loopback, runs the Rust tests on
+# SQLite and PostgreSQL, lints the spec, runs Schemathesis against a fresh server on each
+# backend, and stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TOOLS=$ROOT/.tools
+WORK=$(mktemp -d /tmp/agentplane-test.XXXXXX)
+chmod 755 "$WORK"
+SCHEMATHESIS_VERSION=4.32.5
+SPECTRAL_VERSION=6.16.3
+PG_PORT=${PG_PORT:-55432}
+PIDS=()
+
+log() { printf '\n==> %s\n' "$*"; }
+
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  if [ -n "${PG_BIN:-}" ] && [ -f "$WORK/pg/postmaster.pid" ]; then
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# ---- tools -------------------------------------------------------------------------------
+apt_updated=""
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then echo "need root to apt-get install $*" >&2; exit 1; fi
+  [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
+  log "installing PostgreSQL"
+  apt_install postgresql libpq-dev
+  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+fi
+if [ ! -x "$TOOLS/venv/bin/schemathesis" ] || ! "$TOOLS/venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  log "installing schemathesis $SCHEMATHESIS_VERSION"
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+if [ ! -x "$TOOLS/node/node_modules/.bin/spectral" ]; then
+  log "installing spectral $SPECTRAL_VERSION"
+  mkdir -p "$TOOLS/node"
+  (cd "$TOOLS/node" && npm install --silent --no-audit --no-fund "@stoplight/spectral-cli@$SPECTRAL_VERSION")
+fi
+
+# ---- PostgreSQL on loopback --------------------------------------------------------------
+log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+mkdir -p "$WORK/pg" && chown postgres "$WORK/pg"
+runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg" -A trust -U postgres >/dev/null
+runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
+  -o "-k $WORK/pg -h 127.0.0.1 -p $PG_PORT -c fsync=off -c max_connections=300" start >/dev/null
+export AGENTPLANE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$PG_PORT"
+export AGENTPLANE_REQUIRE_POSTGRES=1
+
+# ---- Rust tests (unit, codegen drift, integration on both backends) ----------------------
+log "cargo test (SQLite and PostgreSQL)"
+cargo test --workspace --all-targets
+
+# ---- spec lint ---------------------------------------------------------------------------
+log "spectral lint (spectral:oas)"
+"$TOOLS/node/node_modules/.bin/spectral" lint --fail-severity=warn --ruleset "$ROOT/.spectral.yaml" "$ROOT/generated/openapi.json"
+
+# ---- Schemathesis against a fresh server on each backend ---------------------------------
+cargo build --quiet --bin agentplane
+schemathesis_run() {
+  local name=$1 url=$2 port=$3
+  log "schemathesis on $name"
+  "$ROOT/target/debug/agentplane" serve --listen "127.0.0.1:$port" --database "$url" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do grep -q listening "$WORK/$name.out" 2>/dev/null && break; sleep 0.1; done
+  local key
+  key=$(grep -o 'ap_[A-Za-z0-9]*' "$WORK/$name.out" | head -n1)
+  [ -n "$key" ] || { cat "$WORK/$name.err"; echo "no admin key printed" >&2; exit 1; }
+  "$TOOLS/venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
+    --url "http://127.0.0.1:$port" \
+    -H "Authorization: Bearer $key" \
+    --checks all --phases examples,coverage,fuzzing,stateful \
+    --mode all --max-examples "${SCHEMATHESIS_EXAMPLES:-40}" --seed 1 \
+    --suppress-health-check all --no-color \
+    --report junit --report-dir "$ROOT/target/schemathesis/$name"
+}
+createdb_url="$AGENTPLANE_TEST_POSTGRES/schemathesis"
+runuser -u postgres -- "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" schemathesis
+schemathesis_run sqlite "sqlite://$WORK/schemathesis.db" 18181
+schemathesis_run postgres "$createdb_url" 18182
+
+log "all tests passed"
