@@ -39,10 +39,10 @@ if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
   apt_install postgresql libpq-dev
   PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 fi
-if [ ! -x "$TOOLS/venv/bin/schemathesis" ] || ! "$TOOLS/venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+if [ ! -x "$TOOLS/venv/bin/openapi-spec-validator" ] || ! "$TOOLS/venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
   log "installing schemathesis $SCHEMATHESIS_VERSION"
   python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+  "$TOOLS/venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" "openapi-spec-validator==0.9.0"
 fi
 if [ ! -x "$TOOLS/node/node_modules/.bin/spectral" ]; then
   log "installing spectral $SPECTRAL_VERSION"
@@ -64,6 +64,8 @@ log "cargo test (SQLite and PostgreSQL)"
 cargo test --workspace --all-targets
 
 # ---- spec lint ---------------------------------------------------------------------------
+log "openapi-spec-validator (the 3.1 bundle and its 3.0 down-conversion)"
+"$TOOLS/venv/bin/openapi-spec-validator" "$ROOT/generated/openapi.json" "$ROOT/generated/openapi-3.0.json"
 log "spectral lint (spectral:oas)"
 "$TOOLS/node/node_modules/.bin/spectral" lint --fail-severity=warn --ruleset "$ROOT/.spectral.yaml" "$ROOT/generated/openapi.json"
 

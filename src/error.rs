@@ -67,7 +67,7 @@ impl Kind {
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub kind: Kind,
-    pub envelope: ErrorEnvelope,
+    pub envelope: Box<ErrorEnvelope>,
 }
 
 /// Builds an error envelope.
@@ -104,7 +104,7 @@ impl Failure {
     pub fn new(kind: Kind, code: &str, message: impl Into<String>, request_id: &str) -> Self {
         Failure {
             kind,
-            envelope: envelope(kind, code, message, Vec::new(), request_id),
+            envelope: Box::new(envelope(kind, code, message, Vec::new(), request_id)),
         }
     }
 
@@ -117,7 +117,7 @@ impl Failure {
     ) -> Self {
         Failure {
             kind,
-            envelope: envelope(kind, code, message, details, request_id),
+            envelope: Box::new(envelope(kind, code, message, details, request_id)),
         }
     }
 
@@ -172,9 +172,9 @@ macro_rules! failure_response {
         impl From<$crate::error::Failure> for $resp {
             fn from(f: $crate::error::Failure) -> Self {
                 match f.kind {
-                    $( $crate::error::Kind::$kind => <$resp>::$variant(poem_openapi::payload::Json(f.envelope)), )*
+                    $( $crate::error::Kind::$kind => <$resp>::$variant(poem_openapi::payload::Json(*f.envelope)), )*
                     #[allow(unreachable_patterns)]
-                    _ => <$resp>::ServiceUnavailable(poem_openapi::payload::Json(f.envelope)),
+                    _ => <$resp>::ServiceUnavailable(poem_openapi::payload::Json(*f.envelope)),
                 }
             }
         }

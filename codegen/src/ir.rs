@@ -681,14 +681,13 @@ impl Builder<'_> {
                 Ty::Json | Ty::Map(_) => {
                     bail!("#{pptr}/schema: object parameters are not supported by codegen yet")
                 }
-                Ty::Named(n) => {
+                Ty::Named(n)
                     if self
                         .models
                         .iter()
-                        .any(|m| m.name == *n && matches!(m.kind, ModelKind::Struct { .. }))
-                    {
-                        bail!("#{pptr}/schema: object parameters are not supported by codegen yet");
-                    }
+                        .any(|m| m.name == *n && matches!(m.kind, ModelKind::Struct { .. })) =>
+                {
+                    bail!("#{pptr}/schema: object parameters are not supported by codegen yet");
                 }
                 _ => {}
             }

@@ -50,11 +50,11 @@ fn main() -> ExitCode {
         let full = out.join(path);
         match files.iter().find(|(p, _)| p == path) {
             Some((_, text)) => {
-                if let Some(parent) = full.parent() {
-                    if let Err(e) = std::fs::create_dir_all(parent) {
-                        eprintln!("codegen: cannot create {}: {e}", parent.display());
-                        return ExitCode::FAILURE;
-                    }
+                if let Some(parent) = full.parent()
+                    && let Err(e) = std::fs::create_dir_all(parent)
+                {
+                    eprintln!("codegen: cannot create {}: {e}", parent.display());
+                    return ExitCode::FAILURE;
                 }
                 if let Err(e) = std::fs::write(&full, text) {
                     eprintln!("codegen: cannot write {}: {e}", full.display());

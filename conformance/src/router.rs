@@ -140,10 +140,10 @@ fn find_in(node: &Node, segments: &[&str], values: &mut Vec<String>) -> Option<u
     let Some((first, rest)) = segments.split_first() else {
         return node.route;
     };
-    if let Some(child) = node.literals.get(*first) {
-        if let Some(found) = find_in(child, rest, values) {
-            return Some(found);
-        }
+    if let Some(child) = node.literals.get(*first)
+        && let Some(found) = find_in(child, rest, values)
+    {
+        return Some(found);
     }
     for pattern in &node.patterns {
         let Some(value) = first

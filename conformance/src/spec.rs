@@ -129,16 +129,16 @@ pub fn bundle(root: &Path) -> Result<Value, SpecError> {
                 continue;
             };
             for (name, entry) in entries {
-                if let Some(r) = entry.get("$ref").and_then(Value::as_str) {
-                    if !r.starts_with('#') {
-                        let key = bundler.target(&root, r)?;
-                        let local = format!(
-                            "#/components/{}/{}",
-                            escape_pointer(kind),
-                            escape_pointer(name)
-                        );
-                        bundler.hoisted.insert(key, local);
-                    }
+                if let Some(r) = entry.get("$ref").and_then(Value::as_str)
+                    && !r.starts_with('#')
+                {
+                    let key = bundler.target(&root, r)?;
+                    let local = format!(
+                        "#/components/{}/{}",
+                        escape_pointer(kind),
+                        escape_pointer(name)
+                    );
+                    bundler.hoisted.insert(key, local);
                 }
             }
         }
@@ -326,10 +326,10 @@ fn normalize_schema_30(schema: &mut Map<String, Value>) {
                 }
             }
         }
-        if let Some(Value::Array(values)) = schema.get_mut("enum") {
-            if !values.contains(&Value::Null) {
-                values.push(Value::Null);
-            }
+        if let Some(Value::Array(values)) = schema.get_mut("enum")
+            && !values.contains(&Value::Null)
+        {
+            values.push(Value::Null);
         }
     }
     for (flag, bound) in [
@@ -416,10 +416,10 @@ fn downconvert_schema(schema: &mut Map<String, Value>) {
     if let Some(c) = schema.remove("const") {
         schema.insert("enum".into(), Value::Array(vec![c]));
     }
-    if let Some(Value::Array(examples)) = schema.remove("examples") {
-        if let Some(first) = examples.into_iter().next() {
-            schema.insert("example".into(), first);
-        }
+    if let Some(Value::Array(examples)) = schema.remove("examples")
+        && let Some(first) = examples.into_iter().next()
+    {
+        schema.insert("example".into(), first);
     }
     for flag in ["exclusiveMinimum", "exclusiveMaximum"] {
         if let Some(n @ Value::Number(_)) = schema.get(flag).cloned() {

@@ -201,10 +201,10 @@ impl RequestValidator {
         let by_method = &self.operations[m.index];
         let method = req.method.to_ascii_lowercase();
         let Some(operation) = by_method.get(&method) else {
-            if method == "head" {
-                if let Some(get) = by_method.get("get") {
-                    return self.check(get, &m.params, req);
-                }
+            if method == "head"
+                && let Some(get) = by_method.get("get")
+            {
+                return self.check(get, &m.params, req);
             }
             return Outcome::MethodNotAllowed {
                 allow: by_method.keys().map(|k| k.to_ascii_uppercase()).collect(),
@@ -366,12 +366,20 @@ pub fn integral_floats_to_integers(value: &mut Value) -> bool {
             }
             _ => false,
         },
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |acc, v| integral_floats_to_integers(v) || acc),
-        Value::Object(map) => map
-            .values_mut()
-            .fold(false, |acc, v| integral_floats_to_integers(v) || acc),
+        Value::Array(items) => {
+            let mut changed = false;
+            for v in items {
+                changed |= integral_floats_to_integers(v);
+            }
+            changed
+        }
+        Value::Object(map) => {
+            let mut changed = false;
+            for v in map.values_mut() {
+                changed |= integral_floats_to_integers(v);
+            }
+            changed
+        }
         _ => false,
     }
 }
@@ -513,17 +521,16 @@ fn schema_types(schema: &Value) -> Vec<String> {
 pub fn coerce_scalar(raw: &str, schema: &Value) -> Value {
     let types = schema_types(schema);
     let has = |t: &str| types.iter().any(|x| x == t);
-    if has("integer") {
-        if let Ok(n) = raw.parse::<i64>() {
-            return Value::from(n);
-        }
+    if has("integer")
+        && let Ok(n) = raw.parse::<i64>()
+    {
+        return Value::from(n);
     }
-    if has("number") {
-        if let Ok(n) = raw.parse::<f64>() {
-            if let Some(n) = serde_json::Number::from_f64(n) {
-                return Value::Number(n);
-            }
-        }
+    if has("number")
+        && let Ok(n) = raw.parse::<f64>()
+        && let Some(n) = serde_json::Number::from_f64(n)
+    {
+        return Value::Number(n);
     }
     if has("boolean") && (raw == "true" || raw == "false") {
         return Value::Bool(raw == "true");

@@ -315,10 +315,10 @@ impl Handlers {
             .store
             .run(move |conn| {
                 store::update(conn, &org, &id, |current| {
-                    if let Some(header) = &if_match {
-                        if !etag_matches(header, &etag(current)) {
-                            return Err(StoreError::PreconditionFailed);
-                        }
+                    if let Some(header) = &if_match
+                        && !etag_matches(header, &etag(current))
+                    {
+                        return Err(StoreError::PreconditionFailed);
                     }
                     let merged = merge(row_to_json(current)?);
                     split(merged, &current.secrets)

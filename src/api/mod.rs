@@ -53,10 +53,11 @@ fn credential(req: &poem::Request) -> Option<String> {
         .and_then(|v| v.to_str().ok())
     {
         let mut parts = v.trim().splitn(2, ' ');
-        if let (Some(scheme), Some(token)) = (parts.next(), parts.next()) {
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
-                return Some(token.trim().to_string());
-            }
+        if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
+            && scheme.eq_ignore_ascii_case("bearer")
+            && !token.trim().is_empty()
+        {
+            return Some(token.trim().to_string());
         }
     }
     req.headers()

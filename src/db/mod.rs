@@ -144,12 +144,12 @@ impl Store {
     /// Connects, creating the SQLite file's directory if needed, and runs pending migrations.
     pub fn open(url: &str, pool_size: u32) -> anyhow::Result<Self> {
         let (backend, target) = parse_url(url);
-        if backend == Backend::Sqlite && target != ":memory:" {
-            if let Some(dir) = std::path::Path::new(&target).parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir)?;
-                }
-            }
+        if backend == Backend::Sqlite
+            && target != ":memory:"
+            && let Some(dir) = std::path::Path::new(&target).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
         }
         let manager = Manager { backend, target };
         let pool = r2d2::Pool::builder()
