@@ -15,6 +15,7 @@ fn bad_bodies() -> Vec<(Value, &'static str, &'static str)> {
     vec![
         (json!({}), "name", "required"),
         (json!({"name": ""}), "name", "minLength"),
+        (json!({"name": "nul\u{0}byte"}), "name", "pattern"),
         (json!({"name": long(201)}), "name", "maxLength"),
         (json!({"name": 5}), "name", "type"),
         (
