@@ -203,3 +203,114 @@ mod tests {
         assert!(parse_scopes("not json").is_empty());
     }
 }
+
+/// What authentication needs to know of a key.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub key_id: String,
+    pub org_id: String,
+    pub user_id: String,
+    pub role: Role,
+    pub scopes: BTreeSet<Scope>,
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+}
+
+impl KeyRecord {
+    pub fn new(key: &ApiKeyRow, user: &UserRow) -> Self {
+        KeyRecord {
+            key_id: key.id.clone(),
+            org_id: key.org_id.clone(),
+            user_id: key.user_id.clone(),
+            role: Role::from_wire(&user.role).unwrap_or(Role::Viewer),
+            scopes: effective_scopes(key, user),
+            expires_at: key.expires_at.clone(),
+            revoked: key.revoked_at.is_some(),
+        }
+    }
+}
+
+/// Known keys by hash, so that a request costs no key lookup in the database.
+///
+/// Entries live `ttl`: a key revoked on this replica stops at once (the entry is dropped), on
+/// other replicas within `ttl`. Unknown keys are never cached, so random keys cannot fill it.
+pub struct KeyCache {
+    ttl: std::time::Duration,
+    capacity: usize,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, KeyRecord)>>,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").field("ttl", &self.ttl).finish()
+    }
+}
+
+impl KeyCache {
+    pub fn new(ttl: std::time::Duration, capacity: usize) -> Self {
+        Self {
+            ttl,
+            capacity,
+            entries: Default::default(),
+        }
+    }
+
+    pub fn get(&self, hash: &str) -> Option<KeyRecord> {
+        let entries = self.entries.lock().ok()?;
+        let (at, record) = entries.get(hash)?;
+        (at.elapsed() < self.ttl).then(|| record.clone())
+    }
+
+    pub fn put(&self, hash: String, record: KeyRecord) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= self.capacity {
+                let ttl = self.ttl;
+                entries.retain(|_, (at, _)| at.elapsed() < ttl);
+                if entries.len() >= self.capacity {
+                    entries.clear();
+                }
+            }
+            entries.insert(hash, (std::time::Instant::now(), record));
+        }
+    }
+
+    /// Drops the entry of a key (after revocation).
+    pub fn forget(&self, key_id: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|_, (_, r)| r.key_id != key_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn record(id: &str) -> KeyRecord {
+        KeyRecord {
+            key_id: id.into(),
+            org_id: "org".into(),
+            user_id: "user".into(),
+            role: Role::Admin,
+            scopes: BTreeSet::new(),
+            expires_at: None,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn entries_expire_are_forgotten_and_stay_bounded() {
+        let cache = KeyCache::new(std::time::Duration::from_secs(60), 2);
+        cache.put("h1".into(), record("k1"));
+        assert!(cache.get("h1").is_some());
+        cache.forget("k1");
+        assert!(cache.get("h1").is_none());
+        for i in 0..5 {
+            cache.put(format!("h{i}"), record(&format!("k{i}")));
+        }
+        assert!(cache.entries.lock().map(|e| e.len()).unwrap_or(0) <= 2);
+        let short = KeyCache::new(std::time::Duration::from_millis(0), 2);
+        short.put("h".into(), record("k"));
+        assert!(short.get("h").is_none());
+    }
+}

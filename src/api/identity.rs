@@ -172,13 +172,17 @@ impl IdentityApi for Handlers {
         let org = caller.org_id.clone();
         let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
         let id = params.key_id;
+        let forget = id.clone();
         let now = crate::ids::now();
         match self
             .store
             .run(move |conn| store::revoke_key(conn, &org, only_user.as_deref(), &id, &now))
             .await
         {
-            Ok(()) => RevokeApiKeyResponse::NoContent,
+            Ok(()) => {
+                self.keys.forget(&forget);
+                RevokeApiKeyResponse::NoContent
+            }
             Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
         }
     }

@@ -6,10 +6,10 @@ mod system;
 
 use std::time::Instant;
 
-use agentplane_api::models::{Pagination, Role};
+use agentplane_api::models::Pagination;
 use agentplane_api::{AuthRejection, Authenticate};
 
-use crate::auth::{self, Caller};
+use crate::auth::{self, Caller, KeyCache, KeyRecord};
 use crate::db::{Store, identity as id_db};
 use crate::error::{Kind, envelope};
 use crate::http::RequestId;
@@ -26,7 +26,11 @@ pub struct Handlers {
     pub store: Store,
     pub started: Instant,
     pub started_at: String,
+    pub keys: std::sync::Arc<KeyCache>,
 }
+
+/// How long a replica trusts what it read of a key (see [`KeyCache`]).
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Handlers {
     pub fn new(store: Store) -> Self {
@@ -34,7 +38,39 @@ impl Handlers {
             store,
             started: Instant::now(),
             started_at: crate::ids::now(),
+            keys: std::sync::Arc::new(KeyCache::new(KEY_CACHE_TTL, 100_000)),
         }
+    }
+
+    /// The key with this hash: from the cache, else from the database (recording its use).
+    async fn key_record(&self, hash: String) -> Result<Option<KeyRecord>, crate::db::StoreError> {
+        if let Some(record) = self.keys.get(&hash) {
+            return Ok(Some(record));
+        }
+        let now = crate::ids::now();
+        let lookup = hash.clone();
+        let found = self
+            .store
+            .run(move |conn| {
+                let found = id_db::key_by_hash(conn, &lookup)?;
+                if let Some((key, _)) = &found {
+                    // Record use at most once a minute, so reads stay reads.
+                    let stale = key
+                        .last_used_at
+                        .as_deref()
+                        .is_none_or(|t| t.get(..16) != now.get(..16));
+                    if stale && key.revoked_at.is_none() {
+                        id_db::touch_key(conn, &key.id, &now)?;
+                    }
+                }
+                Ok(found)
+            })
+            .await?;
+        Ok(found.map(|(key, user)| {
+            let record = KeyRecord::new(&key, &user);
+            self.keys.put(hash, record.clone());
+            record
+        }))
     }
 }
 
@@ -97,27 +133,8 @@ impl Authenticate for Handlers {
                 "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
             ));
         };
-        let hash = auth::hash_key(&secret);
-        let now = crate::ids::now();
-        let found = self
-            .store
-            .run(move |conn| {
-                let found = id_db::key_by_hash(conn, &hash)?;
-                if let Some((key, _)) = &found {
-                    // Record use at most once a minute, so reads stay reads.
-                    let stale = key
-                        .last_used_at
-                        .as_deref()
-                        .is_none_or(|t| t.get(..16) != now.get(..16));
-                    if stale && key.revoked_at.is_none() {
-                        id_db::touch_key(conn, &key.id, &now)?;
-                    }
-                }
-                Ok(found)
-            })
-            .await;
-        let (key, user) = match found {
-            Ok(Some(found)) => found,
+        let record = match self.key_record(auth::hash_key(&secret)).await {
+            Ok(Some(record)) => record,
             Ok(None) => return Err(unauthorized("the API key is not valid")),
             Err(e) => {
                 tracing::warn!(error = %e, request_id = %rid, "cannot check an API key");
@@ -130,17 +147,17 @@ impl Authenticate for Handlers {
                 )));
             }
         };
-        if key.revoked_at.is_some() {
+        if record.revoked {
             return Err(unauthorized("the API key has been revoked"));
         }
-        if key
+        if record
             .expires_at
             .as_deref()
             .is_some_and(|t| t <= crate::ids::now().as_str())
         {
             return Err(unauthorized("the API key has expired"));
         }
-        let granted = auth::effective_scopes(&key, &user);
+        let granted = &record.scopes;
         let missing: Vec<&str> = scopes
             .iter()
             .copied()
@@ -157,11 +174,11 @@ impl Authenticate for Handlers {
         }
         Ok(Caller {
             request_id: rid,
-            org_id: key.org_id,
-            user_id: key.user_id,
-            key_id: key.id,
-            role: Role::from_wire(&user.role).unwrap_or(Role::Viewer),
-            scopes: granted,
+            org_id: record.org_id,
+            user_id: record.user_id,
+            key_id: record.key_id,
+            role: record.role,
+            scopes: record.scopes,
         })
     }
 }

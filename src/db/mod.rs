@@ -155,6 +155,9 @@ impl Store {
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .connection_timeout(Duration::from_secs(5))
+            // A broken connection shows as a failed query (503) and is then discarded;
+            // pinging on every checkout would double the queries of every request.
+            .test_on_check_out(false)
             .build(manager)
             .map_err(|e| {
                 anyhow::anyhow!("cannot connect to the {} database: {e}", backend.as_str())
