@@ -158,8 +158,7 @@ pub fn ensure_user(
 /// On an empty database, creates the `default` organization, its `admin` user and an admin
 /// key, and returns the key's secret. Returns `None` when any organization exists.
 pub fn bootstrap(conn: &mut DbConnection) -> StoreResult<Option<String>> {
-    use diesel::Connection;
-    conn.transaction(|conn| {
+    let created = crate::db::write_transaction(conn, |conn| {
         if identity::count_organizations(conn)? > 0 {
             return Ok(None);
         }
@@ -171,8 +170,13 @@ pub fn bootstrap(conn: &mut DbConnection) -> StoreResult<Option<String>> {
             &role_scopes(Role::Admin),
             None,
         )?;
-        Ok::<_, StoreError>(Some(secret))
-    })
+        Ok(Some(secret))
+    });
+    match created {
+        // Another replica bootstrapped the same empty database at the same moment.
+        Err(StoreError::Conflict(_)) => Ok(None),
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -129,6 +129,7 @@ async fn serve(listen: String, database: String, pool_size: Option<u32>) -> anyh
         pool_size: pool_size.unwrap_or(defaults.pool_size),
     };
     let (bound, bootstrap) = server::bind(&config).await?;
+    let shutdown = server::shutdown_signal();
     if let Some(secret) = bootstrap {
         // Printed once, on stdout only: the database keeps its hash.
         println!("Created the first admin API key (shown once, store it now):\n\n    {secret}\n");
@@ -138,7 +139,7 @@ async fn serve(listen: String, database: String, pool_size: Option<u32>) -> anyh
         bound.addr, bound.addr
     );
     tracing::info!(addr = %bound.addr, "listening");
-    bound.serve(server::shutdown_signal()).await
+    bound.serve(shutdown).await
 }
 
 fn create_key(

@@ -307,7 +307,7 @@ impl Handlers {
         caller: &Caller,
         id: String,
         if_match: Option<String>,
-        merge: impl FnOnce(Map<String, Value>) -> Map<String, Value> + Send + 'static,
+        merge: impl Fn(Map<String, Value>) -> Map<String, Value> + Send + 'static,
     ) -> Result<(Agent, AgentRow), Failure> {
         let rid = caller.request_id.as_str();
         let org = caller.org_id.clone();
@@ -377,7 +377,7 @@ impl AgentsApi for Handlers {
         let replacement = to_object(params.body.to_json());
         match self
             .change(&caller, params.agent_id, params.if_match, move |_| {
-                replacement
+                replacement.clone()
             })
             .await
         {
@@ -389,7 +389,7 @@ impl AgentsApi for Handlers {
     async fn update_agent(&self, caller: Caller, params: UpdateAgentParams) -> UpdateAgentResponse {
         let patch = to_object(params.body.to_json());
         let merge = move |mut current: Map<String, Value>| {
-            for (key, value) in patch {
+            for (key, value) in patch.clone() {
                 if value.is_null() {
                     current.remove(&key);
                 } else {

@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 
 use agentplane_api::models::{ApiKey, ApiKeyCreated, ApiKeyList, Organization, Role, Scope, User};
 use agentplane_api::*;
-use diesel::Connection;
 use poem_openapi::payload::Json;
 
 use super::{Handlers, pagination};
@@ -82,7 +81,7 @@ impl Handlers {
         let result = self
             .store
             .run(move |conn| {
-                conn.transaction(|conn| {
+                crate::db::write_transaction(conn, |conn| {
                     let user = match &body.user {
                         Some(new) => {
                             let user = UserRow {

@@ -217,40 +217,62 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Agent
         .map_err(StoreError::from_diesel)
 }
 
-/// Updates an agent in one transaction: loads it, asks `change` for the new columns (it may
-/// refuse, e.g. on a stale `If-Match`), and writes them with the version bumped, only if no
-/// other writer bumped it meanwhile (412 otherwise).
+/// How often [`update`] retries when another writer changed the agent between its read and
+/// its write.
+const UPDATE_ATTEMPTS: usize = 8;
+
+/// Updates an agent: loads it, asks `change` for the new columns (it may refuse, e.g. on a
+/// stale `If-Match`), and writes them with the version bumped, only if no other writer bumped
+/// it meanwhile. When one did, the whole step runs again on the newer version, so concurrent
+/// updates all land and `change` always judges the version it replaces.
 pub fn update<E>(
     conn: &mut DbConnection,
     org_id: &str,
     id: &str,
-    change: impl FnOnce(&AgentRow) -> Result<AgentChanges, E>,
+    mut change: impl FnMut(&AgentRow) -> Result<AgentChanges, E>,
 ) -> StoreResult<Result<AgentRow, E>> {
-    conn.transaction(|conn| {
-        let current = get(conn, org_id, id)?;
-        let changes = match change(&current) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let now = crate::ids::now();
-        let written = diesel::update(
-            agents::table
-                .filter(agents::org_id.eq(org_id))
-                .filter(agents::id.eq(id))
-                .filter(agents::version.eq(current.version)),
-        )
-        .set((
-            &changes,
-            agents::version.eq(current.version + 1),
-            agents::updated_at.eq(&now),
-        ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
-        if written == 0 {
-            return Err(StoreError::PreconditionFailed);
+    for _ in 0..UPDATE_ATTEMPTS {
+        let attempt = super::write_transaction(conn, |conn| {
+            if let DbConnection::Postgres(pg) = conn {
+                // Writers queue on the row instead of racing (SQLite's BEGIN IMMEDIATE
+                // already serializes them).
+                diesel::sql_query("SELECT id FROM agents WHERE org_id = $1 AND id = $2 FOR UPDATE")
+                    .bind::<diesel::sql_types::Text, _>(org_id)
+                    .bind::<diesel::sql_types::Text, _>(id)
+                    .execute(pg)
+                    .map_err(StoreError::from_diesel)?;
+            }
+            let current = get(conn, org_id, id)?;
+            let changes = match change(&current) {
+                Ok(c) => c,
+                Err(e) => return Ok(Some(Err(e))),
+            };
+            let now = crate::ids::now();
+            let written = diesel::update(
+                agents::table
+                    .filter(agents::org_id.eq(org_id))
+                    .filter(agents::id.eq(id))
+                    .filter(agents::version.eq(current.version)),
+            )
+            .set((
+                &changes,
+                agents::version.eq(current.version + 1),
+                agents::updated_at.eq(&now),
+            ))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+            if written == 0 {
+                return Ok(None); // lost the race: read again
+            }
+            get(conn, org_id, id).map(|row| Some(Ok(row)))
+        })?;
+        if let Some(done) = attempt {
+            return Ok(done);
         }
-        get(conn, org_id, id).map(Ok)
-    })
+    }
+    Err(StoreError::Unavailable(format!(
+        "agent {id} kept changing under {UPDATE_ATTEMPTS} attempts to update it"
+    )))
 }
 
 pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {

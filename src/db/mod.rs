@@ -74,6 +74,34 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Runs `f` in a transaction that takes the write lock up front. On SQLite a deferred
+/// transaction that reads and then writes fails with "database is locked" when another
+/// writer got in between; `BEGIN IMMEDIATE` waits (up to `busy_timeout`) instead.
+/// `f` must not open transactions of its own.
+pub fn write_transaction<T>(
+    conn: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    if !matches!(conn, DbConnection::Sqlite(_)) {
+        return conn.transaction(f);
+    }
+    conn.batch_execute("BEGIN IMMEDIATE")
+        .map_err(StoreError::from_diesel)?;
+    match f(conn) {
+        Ok(value) => {
+            if let Err(e) = conn.batch_execute("COMMIT") {
+                let _ = conn.batch_execute("ROLLBACK");
+                return Err(StoreError::from_diesel(e));
+            }
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = conn.batch_execute("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 /// Opens connections for the pool, choosing the backend from the URL.
 #[derive(Debug, Clone)]
 struct Manager {

@@ -337,3 +337,26 @@ fn agent_org(conn: &mut agentplane::db::DbConnection) -> String {
         .first::<String>(conn)
         .expect("org")
 }
+
+backend_test!(concurrent_updates_all_land, |app| {
+    let agent = app.create_agent(json!({"name": "contended"})).await;
+    let path = format!("/v1/agents/{}", agent["id"].as_str().expect("id"));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let req = app
+            .req(Method::PATCH, &path)
+            .json(&json!({"tags": [format!("t{i}")]}));
+        tasks.push(tokio::spawn(async move {
+            req.send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    for task in tasks {
+        assert_eq!(
+            task.await.expect("join").expect("response"),
+            200,
+            "no update is refused or lost"
+        );
+    }
+    let (_, after) = json(app.get(&path).await).await;
+    assert_eq!(after["version"], 17);
+});

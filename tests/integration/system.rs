@@ -136,3 +136,82 @@ backend_test!(every_operation_is_routed, |app| {
         assert!(status < 500, "{} {} answered {status}", op.method, op.path);
     }
 });
+
+/// `agentplane serve` prints the admin key once, serves, and exits cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_the_key_once_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = std::env::temp_dir().join(format!("agentplane-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = dir.join("serve.db");
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_agentplane"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+            .arg(&db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start agentplane serve")
+    };
+    let read_until_listening = |child: &mut std::process::Child| {
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("line");
+            let done = line.contains("listening on");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    };
+    let stop = |child: &mut std::process::Child| {
+        let pid = child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("the server did not stop within 5 s of SIGTERM");
+    };
+
+    let mut first = start();
+    let lines = read_until_listening(&mut first);
+    let key = lines
+        .iter()
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("ap_")))
+        .expect("the first start prints an admin key")
+        .to_string();
+    let addr = lines
+        .last()
+        .and_then(|l| l.split("http://").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_string();
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/v1/users/me"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert!(stop(&mut first).success(), "SIGTERM is a clean exit");
+
+    let mut second = start();
+    let lines = read_until_listening(&mut second);
+    assert!(
+        !lines.iter().any(|l| l.contains("ap_")),
+        "the key is printed only once: {lines:?}"
+    );
+    assert!(stop(&mut second).success());
+}
