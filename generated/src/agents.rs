@@ -62,6 +62,10 @@ pub enum ListAgentsResponse {
 /// `POST /v1/agents` (createAgent)
 #[derive(Debug, Clone)]
 pub struct CreateAgentParams {
+    /// A unique key for this request (a UUID, say). Retrying with the same key and body within
+    /// 24 hours answers 201 with the resource the first request created, creating nothing new;
+    /// the same key with a different body answers 409.
+    pub idempotency_key: Option<String>,
     /// The request body.
     pub body: crate::models::AgentInput,
 }
@@ -85,6 +89,9 @@ pub enum CreateAgentResponse {
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
     Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The `Idempotency-Key` was already used with a different request body.
+    #[oai(status = 409u16)]
+    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
     UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
@@ -396,9 +403,15 @@ impl<T: AgentsApi> AgentsRoutes<T> {
     async fn create_agent(
         &self,
         req: &poem::Request,
+        #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
+            Option<String>,
+        >,
         body: poem_openapi::payload::Json<crate::models::AgentInput>,
     ) -> poem::Result<CreateAgentResponse> {
-        let params = CreateAgentParams { body: body.0 };
+        let params = CreateAgentParams {
+            idempotency_key: idempotency_key.0,
+            body: body.0,
+        };
         const SCOPES: &[&str] = &["write:agents"];
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,

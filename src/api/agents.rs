@@ -16,9 +16,11 @@ use crate::db::StoreError;
 use crate::db::agents::{self as store, AgentChanges, AgentRow, ListQuery, SortField};
 use crate::error::{Failure, Kind, detail};
 use crate::failure_response;
+use sha2::Digest;
 
 failure_response!(ListAgentsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreateAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
+failure_response!(CreateAgentResponse {
+    Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
 failure_response!(GetAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(ReplaceAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
 failure_response!(UpdateAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
@@ -145,6 +147,68 @@ fn to_object(value: Option<Value>) -> Map<String, Value> {
     }
 }
 
+/// What a create request did.
+enum Created {
+    New(AgentRow),
+    /// A retry with a known Idempotency-Key: the agent the first request created.
+    Replayed(AgentRow),
+    /// The key was used with another body, or its agent is gone.
+    KeyReused,
+}
+
+const CREATE_OPERATION: &str = "createAgent";
+
+/// Inserts the agent, or replays the one created under the same Idempotency-Key. Two
+/// concurrent requests with one key: the loser's insert of the key conflicts, and its second
+/// pass finds the winner's agent.
+fn create_once(
+    conn: &mut crate::db::DbConnection,
+    row: AgentRow,
+    key: Option<String>,
+    request_hash: String,
+) -> Result<Created, StoreError> {
+    use crate::db::idempotency::{self, IdempotencyRow};
+    let mut last = None;
+    for _ in 0..2 {
+        let attempt = crate::db::write_transaction(conn, |conn| {
+            if let Some(k) = &key
+                && let Some(found) = idempotency::find(conn, &row.org_id, CREATE_OPERATION, k)?
+            {
+                if found.request_hash != request_hash {
+                    return Ok(Created::KeyReused);
+                }
+                return match store::get(conn, &row.org_id, &found.resource_id) {
+                    Ok(existing) => Ok(Created::Replayed(existing)),
+                    Err(StoreError::NotFound) => Ok(Created::KeyReused),
+                    Err(e) => Err(e),
+                };
+            }
+            store::insert(conn, &row)?;
+            if let Some(k) = &key {
+                idempotency::insert(
+                    conn,
+                    &IdempotencyRow {
+                        org_id: row.org_id.clone(),
+                        operation: CREATE_OPERATION.to_string(),
+                        idempotency_key: k.clone(),
+                        request_hash: request_hash.clone(),
+                        resource_id: row.id.clone(),
+                        created_at: row.created_at.clone(),
+                    },
+                )?;
+            }
+            Ok(Created::New(row.clone()))
+        });
+        match attempt {
+            Err(StoreError::Conflict(reason)) if key.is_some() => {
+                last = Some(StoreError::Conflict(reason))
+            }
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or_else(|| StoreError::Unavailable("idempotent create did not settle".into())))
+}
+
 /// The position a list page ends at, handed out as `next_cursor`: `<offset>.<last id>`.
 #[derive(Debug, PartialEq)]
 struct Cursor {
@@ -268,8 +332,12 @@ impl Handlers {
         params: CreateAgentParams,
     ) -> Result<(Agent, AgentRow), Failure> {
         let rid = caller.request_id.as_str();
-        let changes = split(to_object(params.body.to_json()), "{}")
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let body = params.body.to_json();
+        let request_hash = hex::encode(sha2::Sha256::digest(
+            body.as_ref().map(Value::to_string).unwrap_or_default(),
+        ));
+        let changes =
+            split(to_object(body), "{}").map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
         let now = crate::ids::now();
         let row = AgentRow {
             id: crate::ids::new_id("agent"),
@@ -284,11 +352,28 @@ impl Handlers {
             created_at: now.clone(),
             updated_at: now,
         };
-        let stored = row.clone();
-        self.store
-            .run(move |conn| store::insert(conn, &stored))
+        let key = params.idempotency_key;
+        let created = self
+            .store
+            .run(move |conn| create_once(conn, row, key, request_hash))
             .await
             .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let row = match created {
+            Created::New(row) | Created::Replayed(row) => row,
+            Created::KeyReused => {
+                return Err(Failure::with_details(
+                    Kind::Conflict,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "this Idempotency-Key was used with a different request body, or for an agent since deleted",
+                    vec![detail(
+                        "Idempotency-Key",
+                        "reused",
+                        "use a new key for a new request",
+                    )],
+                    rid,
+                ));
+            }
+        };
         let agent = row_to_agent(&row).map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
         Ok((agent, row))
     }

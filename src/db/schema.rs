@@ -54,4 +54,21 @@ diesel::table! {
 diesel::joinable!(users -> organizations (org_id));
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(agents -> organizations (org_id));
-diesel::allow_tables_to_appear_in_same_query!(organizations, users, api_keys, agents);
+diesel::allow_tables_to_appear_in_same_query!(
+    organizations,
+    users,
+    api_keys,
+    agents,
+    idempotency_keys
+);
+
+diesel::table! {
+    idempotency_keys (org_id, operation, idempotency_key) {
+        org_id -> Text,
+        operation -> Text,
+        idempotency_key -> Text,
+        request_hash -> Text,
+        resource_id -> Text,
+        created_at -> Text,
+    }
+}

@@ -360,3 +360,74 @@ backend_test!(concurrent_updates_all_land, |app| {
     let (_, after) = json(app.get(&path).await).await;
     assert_eq!(after["version"], 17);
 });
+
+backend_test!(idempotency_keys_replay_the_first_create, |app| {
+    let body = json!({"name": "once"});
+    let post = |key: &str, body: &Value| {
+        app.req(Method::POST, "/v1/agents")
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+    };
+    let (status, first) = json(post("key-1", &body).await.expect("post")).await;
+    assert_eq!(status, 201);
+    let (status, again) = json(post("key-1", &body).await.expect("post")).await;
+    assert_eq!(
+        (status, &again["id"]),
+        (201, &first["id"]),
+        "a retry creates nothing new"
+    );
+    let (status, err) = json(
+        post("key-1", &json!({"name": "other"}))
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["code"].clone()),
+        (409, json!("IDEMPOTENCY_KEY_REUSED"))
+    );
+
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let req = app
+            .req(Method::POST, "/v1/agents")
+            .header("Idempotency-Key", "key-2")
+            .json(&json!({"name": "racing"}));
+        tasks.push(tokio::spawn(async move {
+            let resp = req.send().await.expect("post");
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("json");
+            (status, body["id"].clone())
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for task in tasks {
+        let (status, id) = task.await.expect("join");
+        assert_eq!(status, 201);
+        ids.insert(id.to_string());
+    }
+    assert_eq!(ids.len(), 1, "concurrent retries agree on one agent");
+    let (_, list) = json(app.get("/v1/agents").await).await;
+    assert_eq!(list["pagination"]["total"], 2);
+
+    // Other organizations have their own key space.
+    let other = app
+        .key_for(
+            "idem-other",
+            "olga",
+            agentplane_api::models::Role::Admin,
+            None,
+        )
+        .await;
+    let resp = app
+        .as_key(&other, Method::POST, "/v1/agents")
+        .header("Idempotency-Key", "key-1")
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    let (status, theirs) = json(resp).await;
+    assert_eq!(status, 201);
+    assert_ne!(theirs["id"], first["id"]);
+});
