@@ -174,11 +174,12 @@ impl<E: Endpoint> Endpoint for SpecValidationEndpoint<E> {
         let mut normalized: Option<String> = None;
         let outcome = {
             let headers = req.headers();
+            // Bytes outside visible ASCII still reach the validator (and fail its patterns)
+            // instead of passing as an absent header.
             let header = |name: &str| {
                 headers
                     .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             };
             let path = req.uri().path().to_string();
             let query = req.uri().query().unwrap_or("").to_string();

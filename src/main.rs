@@ -1,4 +1,5 @@
-//! The `agentplane` command: `serve` runs the API; `keys create` issues API keys.
+//! The `agentplane` command: `serve` runs the API; `keys create` issues API keys; `conform`
+//! contract-tests any server against its OpenAPI spec.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -36,11 +37,50 @@ enum Command {
         #[arg(long)]
         pool_size: Option<u32>,
     },
+    /// Contract-test a server against an OpenAPI spec (exit 0 passed, 1 failures, 2 usage).
+    Conform(ConformArgs),
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ConformArgs {
+    /// The spec: a file (YAML or JSON, may span files) or an http(s) URL.
+    #[arg(long)]
+    spec: String,
+    /// The server's base URL (default: the spec URL's origin or its first server).
+    #[arg(long)]
+    url: Option<String>,
+    /// A header sent with every request, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// More headers, one `Name: value` per line.
+    #[arg(long, env = "AGENTPLANE_CONFORM_HEADERS", hide_env_values = true)]
+    env_headers: Option<String>,
+    /// Seed for the generated data (default: from the clock, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Generated requests per operation and phase.
+    #[arg(long, default_value_t = 20)]
+    max_examples: usize,
+    /// Operations tested concurrently.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Comma-separated phases: examples, fuzzing, negative, stateful (default: all).
+    #[arg(long, value_delimiter = ',')]
+    phases: Vec<String>,
+    /// Comma-separated check names (default: all).
+    #[arg(long, value_delimiter = ',')]
+    checks: Vec<String>,
+    /// Write a JUnit XML report here.
+    #[arg(long)]
+    junit: Option<std::path::PathBuf>,
+    /// Write a JSON report here.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -94,6 +134,7 @@ async fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Conform(args) => return ExitCode::from(conform(args).await),
         Command::Serve {
             listen,
             database,
@@ -140,6 +181,30 @@ async fn serve(listen: String, database: String, pool_size: Option<u32>) -> anyh
     );
     tracing::info!(addr = %bound.addr, "listening");
     bound.serve(shutdown).await
+}
+
+async fn conform(args: ConformArgs) -> u8 {
+    let mut headers = args.headers;
+    headers.extend(
+        args.env_headers
+            .iter()
+            .flat_map(|h| h.lines())
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string),
+    );
+    conformance::conform::run_command(conformance::conform::CommandOptions {
+        spec: args.spec,
+        url: args.url,
+        headers,
+        seed: args.seed,
+        max_examples: args.max_examples,
+        workers: args.workers,
+        phases: args.phases,
+        checks: args.checks,
+        junit: args.junit,
+        report: args.report,
+    })
+    .await
 }
 
 fn create_key(

@@ -4,8 +4,17 @@
 //! normalizes it ([`spec`]), matches paths against its templates ([`router`]) and validates
 //! requests against it ([`validate`]). The server validates every request with it before a
 //! handler runs; `codegen` bundles with it; the mock and the conformance runner build on it.
+//! The conformance harness (`agentplane conform`) generates data from schemas ([`generate`]),
+//! sends it ([`runner`]), judges the responses with named [`checks`] and renders a
+//! [`report`].
 
+pub mod checks;
+pub mod conform;
+pub mod generate;
+pub mod report;
+pub mod response;
 pub mod router;
+pub mod runner;
 pub mod spec;
 pub mod validate;
 

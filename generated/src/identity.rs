@@ -68,6 +68,36 @@ pub enum CreateApiKeyResponse {
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
 /// The parameters and body of
+/// `GET /v1/auth/keys/{key_id}` (getApiKey)
+#[derive(Debug, Clone)]
+pub struct GetApiKeyParams {
+    /// The API key's id.
+    pub key_id: String,
+}
+/// Every documented answer of
+/// `GET /v1/auth/keys/{key_id}` (getApiKey)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum GetApiKeyResponse {
+    /// The key.
+    #[oai(status = 200u16)]
+    Ok(poem_openapi::payload::Json<crate::models::ApiKey>),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// No such resource in the caller's organization.
+    #[oai(status = 404u16)]
+    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+/// The parameters and body of
 /// `DELETE /v1/auth/keys/{key_id}` (revokeApiKey)
 #[derive(Debug, Clone)]
 pub struct RevokeApiKeyParams {
@@ -138,9 +168,17 @@ pub trait IdentityApi: crate::Authenticate {
         caller: Self::Caller,
         params: CreateApiKeyParams,
     ) -> impl std::future::Future<Output = CreateApiKeyResponse> + Send;
+    /// Get an API key
+    ///
+    /// A live key of the caller, or for admins of the whole organization. The secret is never returned; revoked keys answer 404.
+    fn get_api_key(
+        &self,
+        caller: Self::Caller,
+        params: GetApiKeyParams,
+    ) -> impl std::future::Future<Output = GetApiKeyResponse> + Send;
     /// Revoke an API key
     ///
-    /// The key stops working at once. Admins may revoke any key of the organization; others their own.
+    /// The key stops working at once on the replica that revokes it, and within 5 seconds on every other replica (they cache keys that briefly). Admins may revoke any key of the organization; others their own.
     fn revoke_api_key(
         &self,
         caller: Self::Caller,
@@ -228,9 +266,42 @@ impl<T: IdentityApi> IdentityRoutes<T> {
         };
         Ok(self.0.create_api_key(caller, params).await)
     }
+    /// Get an API key
+    ///
+    /// A live key of the caller, or for admins of the whole organization. The secret is never returned; revoked keys answer 404.
+    #[oai(
+        path = "/v1/auth/keys/:key_id",
+        method = "get",
+        operation_id = "getApiKey"
+    )]
+    async fn get_api_key(
+        &self,
+        req: &poem::Request,
+        #[oai(name = "key_id")] key_id: poem_openapi::param::Path<String>,
+    ) -> poem::Result<GetApiKeyResponse> {
+        let params = GetApiKeyParams { key_id: key_id.0 };
+        const SCOPES: &[&str] = &["read:keys"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(GetApiKeyResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(GetApiKeyResponse::Forbidden(poem_openapi::payload::Json(e)));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(GetApiKeyResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.get_api_key(caller, params).await)
+    }
     /// Revoke an API key
     ///
-    /// The key stops working at once. Admins may revoke any key of the organization; others their own.
+    /// The key stops working at once on the replica that revokes it, and within 5 seconds on every other replica (they cache keys that briefly). Admins may revoke any key of the organization; others their own.
     #[oai(
         path = "/v1/auth/keys/:key_id",
         method = "delete",

@@ -170,6 +170,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["write:keys"]),
     },
     OperationInfo {
+        id: "getApiKey",
+        method: "GET",
+        path: "/v1/auth/keys/{key_id}",
+        scopes: Some(&["read:keys"]),
+    },
+    OperationInfo {
         id: "revokeApiKey",
         method: "DELETE",
         path: "/v1/auth/keys/{key_id}",

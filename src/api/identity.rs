@@ -16,6 +16,12 @@ use crate::failure_response;
 
 failure_response!(ListApiKeysResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
 failure_response!(CreateApiKeyResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Conflict => Conflict, Unprocessable => UnprocessableEntity });
+failure_response!(GetApiKeyResponse {
+    BadRequest => BadRequest,
+    Unauthorized => Unauthorized,
+    Forbidden => Forbidden,
+    NotFound => NotFound
+});
 failure_response!(RevokeApiKeyResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(GetCurrentUserResponse { Unauthorized => Unauthorized });
 
@@ -160,6 +166,20 @@ impl IdentityApi for Handlers {
                 CreateApiKeyResponse::Created(Json(created), location)
             }
             Err(f) => f.into(),
+        }
+    }
+
+    async fn get_api_key(&self, caller: Caller, params: GetApiKeyParams) -> GetApiKeyResponse {
+        let org = caller.org_id.clone();
+        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+        let id = params.key_id;
+        match self
+            .store
+            .run(move |conn| store::get_key(conn, &org, only_user.as_deref(), &id))
+            .await
+        {
+            Ok(row) => GetApiKeyResponse::Ok(Json(to_api_key(&row))),
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
         }
     }
 

@@ -194,3 +194,23 @@ pub fn revoke_key(
         Ok(())
     }
 }
+
+/// A live key of the organization (of one user when `user_id` is given).
+pub fn get_key(
+    conn: &mut DbConnection,
+    org_id: &str,
+    user_id: Option<&str>,
+    id: &str,
+) -> StoreResult<ApiKeyRow> {
+    let mut q = api_keys::table
+        .filter(api_keys::org_id.eq(org_id))
+        .filter(api_keys::id.eq(id))
+        .filter(api_keys::revoked_at.is_null())
+        .into_boxed();
+    if let Some(u) = user_id {
+        q = q.filter(api_keys::user_id.eq(u));
+    }
+    q.select(ApiKeyRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}

@@ -204,12 +204,23 @@ backend_test!(api_keys_are_shown_once_stored_hashed_and_revocable, |app| {
         "only the hash is stored"
     );
 
+    let (status, fetched) = json(app.get(&location).await).await;
+    assert_eq!((status, &fetched["id"]), (200, &created["id"]));
+    assert!(
+        fetched.get("key").is_none(),
+        "the secret is shown once: {fetched}"
+    );
     let resp = app
         .req(Method::DELETE, &location)
         .send()
         .await
         .expect("revoke");
     assert_eq!(resp.status(), 204);
+    assert_eq!(
+        app.get(&location).await.status(),
+        404,
+        "revoked keys are gone"
+    );
     let (status, body) = json(
         app.as_key(&secret, Method::GET, "/v1/agents")
             .send()

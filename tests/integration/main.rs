@@ -2,6 +2,7 @@
 //! linking happens once).
 
 mod agents;
+mod conform;
 mod identity;
 mod support;
 mod system;

@@ -233,8 +233,14 @@ backend_test!(every_parameter_constraint_names_its_parameter, |app| {
         assert_eq!(status, 400, "{query}: {err}");
         assert_eq!(fields(&err), vec![field.to_string()], "{query}");
     }
-    let (status, err) = json(app.get(&format!("/v1/agents/{}", "a".repeat(65))).await).await;
-    assert_eq!((status, fields(&err)), (400, vec!["agent_id".to_string()]));
+    for bad_id in ["a".repeat(65), "agent%00x".to_string(), "a%20b".to_string()] {
+        let (status, err) = json(app.get(&format!("/v1/agents/{bad_id}")).await).await;
+        assert_eq!(
+            (status, fields(&err)),
+            (400, vec!["agent_id".to_string()]),
+            "{bad_id}"
+        );
+    }
     let resp = app
         .req(Method::GET, "/v1/agents/agent_x")
         .header("If-None-Match", "x".repeat(300))

@@ -1,0 +1,436 @@
+//! The registry of named conformance checks.
+//!
+//! Every check has the same signature: it looks at one [`CheckContext`] (the operation, what
+//! kind of request was sent, the exchange, and for the stateful checks the follow-up
+//! exchange) and returns a [`Verdict`]. Checks are enabled by name, so a CI job can run
+//! exactly the set it trusts, and the names follow Schemathesis v4 so results compare
+//! one to one. A check that does not apply to a context says so instead of passing, so
+//! the per-check counts in a report mean something.
+
+use crate::response::{Exchange, Responses, header_violation, is_json, media_matches};
+
+/// How bad a failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The server breaks its contract.
+    Error,
+    /// Suspicious, not necessarily wrong.
+    Warning,
+}
+
+impl Severity {
+    /// `error` or `warning`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+/// One thing a server did wrong.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// `METHOD /path/template`.
+    pub operation: String,
+    /// The check's name.
+    pub check: String,
+    /// One line saying what is wrong.
+    pub message: String,
+    pub severity: Severity,
+    /// The request that showed it, as a `curl` command.
+    pub curl: String,
+    /// The response status, when there was a response.
+    pub status: Option<u16>,
+    /// How many requests showed the same failure.
+    pub occurrences: usize,
+}
+
+/// What a request was meant to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseKind {
+    /// Schema-valid data: the server should accept it.
+    Positive,
+    /// Schema-invalid data: the server must reject it.
+    Negative,
+    /// A secured operation called without credentials.
+    Unauthenticated,
+    /// A POST answered 201; `follow_up` reads the created resource.
+    Created,
+    /// A 201 answer's `Location` was followed; `follow_up` is that GET.
+    LocationFollowed,
+    /// A DELETE answered 2xx; `follow_up` reads the deleted resource.
+    Deleted,
+}
+
+/// Everything a check may look at.
+pub struct CheckContext<'a> {
+    /// `METHOD /path/template`.
+    pub operation: &'a str,
+    pub responses: &'a Responses,
+    pub kind: CaseKind,
+    pub exchange: &'a Exchange,
+    pub follow_up: Option<&'a Exchange>,
+    /// Status patterns (`2xx`, `404`) a positive request may get.
+    pub positive_statuses: &'a [String],
+}
+
+/// A check's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail(String),
+    /// The check has nothing to say about this context.
+    NotApplicable,
+}
+
+/// A named check.
+#[derive(Debug, Clone, Copy)]
+pub struct Check {
+    pub name: &'static str,
+    pub severity: Severity,
+    /// One line for `--help`-style listings.
+    pub summary: &'static str,
+    pub run: fn(&CheckContext<'_>) -> Verdict,
+}
+
+/// Every check, in the order reports list them.
+pub const ALL: &[Check] = &[
+    Check {
+        name: "not_a_server_error",
+        severity: Severity::Error,
+        summary: "no 500, and no other undocumented 5xx",
+        run: not_a_server_error,
+    },
+    Check {
+        name: "status_code_conformance",
+        severity: Severity::Error,
+        summary: "the status code is documented for the operation",
+        run: status_code_conformance,
+    },
+    Check {
+        name: "content_type_conformance",
+        severity: Severity::Error,
+        summary: "a body's Content-Type is one the response documents",
+        run: content_type_conformance,
+    },
+    Check {
+        name: "response_headers_conformance",
+        severity: Severity::Error,
+        summary: "required documented headers are present and match their schemas",
+        run: response_headers_conformance,
+    },
+    Check {
+        name: "response_schema_conformance",
+        severity: Severity::Error,
+        summary: "a JSON body matches the documented schema",
+        run: response_schema_conformance,
+    },
+    Check {
+        name: "negative_data_rejection",
+        severity: Severity::Error,
+        summary: "schema-invalid requests are answered 4xx",
+        run: negative_data_rejection,
+    },
+    Check {
+        name: "positive_data_acceptance",
+        severity: Severity::Error,
+        summary: "schema-valid requests are accepted (2xx, 3xx, 401, 403, 404, 409, 412, 429)",
+        run: positive_data_acceptance,
+    },
+    Check {
+        name: "ignored_auth",
+        severity: Severity::Error,
+        summary: "a secured operation called without credentials answers 401",
+        run: ignored_auth,
+    },
+    Check {
+        name: "use_after_free",
+        severity: Severity::Error,
+        summary: "after a successful DELETE, reading the resource answers 404",
+        run: use_after_free,
+    },
+    Check {
+        name: "ensure_resource_availability",
+        severity: Severity::Error,
+        summary: "after a POST answered 201, reading the created resource answers 2xx",
+        run: ensure_resource_availability,
+    },
+    Check {
+        name: "location_on_created",
+        severity: Severity::Error,
+        summary: "a 201 carries a documented Location that answers 2xx",
+        run: location_on_created,
+    },
+];
+
+/// The checks named in `names` (all of them when empty); the unknown name on error.
+pub fn select(names: &[String]) -> Result<Vec<Check>, String> {
+    if names.is_empty() || names.iter().any(|n| n == "all") {
+        return Ok(ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            ALL.iter()
+                .find(|c| c.name == n.as_str())
+                .copied()
+                .ok_or_else(|| {
+                    let known: Vec<&str> = ALL.iter().map(|c| c.name).collect();
+                    format!("unknown check {n:?}; known: {}", known.join(", "))
+                })
+        })
+        .collect()
+}
+
+/// Whether `status` matches a pattern such as `2xx`, `404` or `4XX`.
+pub fn status_matches(pattern: &str, status: u16) -> bool {
+    let p = pattern.to_ascii_lowercase();
+    if let Some(class) = p.strip_suffix("xx") {
+        return class.parse::<u16>().is_ok_and(|c| c == status / 100);
+    }
+    p.parse::<u16>().is_ok_and(|p| p == status)
+}
+
+/// The checks that judge a single exchange of an operation.
+fn is_own_request(kind: CaseKind) -> bool {
+    matches!(
+        kind,
+        CaseKind::Positive | CaseKind::Negative | CaseKind::Unauthenticated
+    )
+}
+
+fn not_a_server_error(ctx: &CheckContext<'_>) -> Verdict {
+    if !is_own_request(ctx.kind) {
+        return Verdict::NotApplicable;
+    }
+    let status = ctx.exchange.status;
+    if status == 500
+        || (status >= 500
+            && ctx
+                .responses
+                .find(status)
+                .is_none_or(|r| r.status == "DEFAULT"))
+    {
+        return Verdict::Fail(format!("server error {status}"));
+    }
+    Verdict::Pass
+}
+
+fn status_code_conformance(ctx: &CheckContext<'_>) -> Verdict {
+    if !is_own_request(ctx.kind) || ctx.responses.entries.is_empty() {
+        return Verdict::NotApplicable;
+    }
+    let status = ctx.exchange.status;
+    if ctx.responses.find(status).is_some() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!(
+            "undocumented status {status} (documented: {})",
+            ctx.responses.documented().join(", ")
+        ))
+    }
+}
+
+fn content_type_conformance(ctx: &CheckContext<'_>) -> Verdict {
+    if !is_own_request(ctx.kind) || ctx.exchange.body.is_empty() {
+        return Verdict::NotApplicable;
+    }
+    let Some(response) = ctx.responses.find(ctx.exchange.status) else {
+        return Verdict::NotApplicable;
+    };
+    if response.content.is_empty() {
+        return Verdict::NotApplicable;
+    }
+    let Some(actual) = ctx.exchange.header("content-type") else {
+        return Verdict::Fail("a body without a Content-Type header".into());
+    };
+    if response
+        .content
+        .iter()
+        .any(|m| media_matches(&m.media_type, actual))
+    {
+        Verdict::Pass
+    } else {
+        let documented: Vec<&str> = response
+            .content
+            .iter()
+            .map(|m| m.media_type.as_str())
+            .collect();
+        Verdict::Fail(format!(
+            "Content-Type {actual} is not documented for {} (documented: {})",
+            ctx.exchange.status,
+            documented.join(", ")
+        ))
+    }
+}
+
+fn response_headers_conformance(ctx: &CheckContext<'_>) -> Verdict {
+    if !is_own_request(ctx.kind) {
+        return Verdict::NotApplicable;
+    }
+    let Some(response) = ctx.responses.find(ctx.exchange.status) else {
+        return Verdict::NotApplicable;
+    };
+    if response.headers.is_empty() {
+        return Verdict::NotApplicable;
+    }
+    let mut missing = Vec::new();
+    for header in &response.headers {
+        match ctx.exchange.header(&header.name) {
+            None if header.required => missing.push(header.name.as_str()),
+            None => {}
+            Some(value) => {
+                if let Some(reason) = header_violation(header, value) {
+                    return Verdict::Fail(reason);
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!(
+            "missing required header(s) {} on {}",
+            missing.join(", "),
+            ctx.exchange.status
+        ))
+    }
+}
+
+fn response_schema_conformance(ctx: &CheckContext<'_>) -> Verdict {
+    if !is_own_request(ctx.kind) {
+        return Verdict::NotApplicable;
+    }
+    let Some(response) = ctx.responses.find(ctx.exchange.status) else {
+        return Verdict::NotApplicable;
+    };
+    let actual = ctx
+        .exchange
+        .header("content-type")
+        .unwrap_or("application/json");
+    if !is_json(actual) {
+        return Verdict::NotApplicable;
+    }
+    let Some(validator) = response
+        .content
+        .iter()
+        .find(|m| media_matches(&m.media_type, actual))
+        .and_then(|m| m.validator.as_ref())
+    else {
+        return Verdict::NotApplicable;
+    };
+    if ctx.exchange.body.is_empty() {
+        return Verdict::Fail(format!(
+            "an empty body where {} documents JSON",
+            ctx.exchange.status
+        ));
+    }
+    let Some(body) = ctx.exchange.json() else {
+        return Verdict::Fail("the body is not valid JSON".into());
+    };
+    match validator.iter_errors(&body).next() {
+        None => Verdict::Pass,
+        Some(e) => {
+            let at = e.instance_path().to_string();
+            let mut message = e.to_string();
+            if message.len() > 200 {
+                let mut cut = 200;
+                while !message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                message.truncate(cut);
+                message.push('…');
+            }
+            Verdict::Fail(format!(
+                "body does not match the {} schema at {}: {message}",
+                ctx.exchange.status,
+                if at.is_empty() { "/" } else { &at }
+            ))
+        }
+    }
+}
+
+fn negative_data_rejection(ctx: &CheckContext<'_>) -> Verdict {
+    if ctx.kind != CaseKind::Negative {
+        return Verdict::NotApplicable;
+    }
+    let status = ctx.exchange.status;
+    if (400..500).contains(&status) {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("schema-invalid data answered {status}, not 4xx"))
+    }
+}
+
+fn positive_data_acceptance(ctx: &CheckContext<'_>) -> Verdict {
+    if ctx.kind != CaseKind::Positive {
+        return Verdict::NotApplicable;
+    }
+    let status = ctx.exchange.status;
+    if ctx
+        .positive_statuses
+        .iter()
+        .any(|p| status_matches(p, status))
+    {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!(
+            "schema-valid data answered {status} (accepted: {})",
+            ctx.positive_statuses.join(", ")
+        ))
+    }
+}
+
+fn ignored_auth(ctx: &CheckContext<'_>) -> Verdict {
+    if ctx.kind != CaseKind::Unauthenticated {
+        return Verdict::NotApplicable;
+    }
+    match ctx.exchange.status {
+        401 => Verdict::Pass,
+        s => Verdict::Fail(format!(
+            "a secured operation without credentials answered {s}, not 401"
+        )),
+    }
+}
+
+fn use_after_free(ctx: &CheckContext<'_>) -> Verdict {
+    match (ctx.kind, ctx.follow_up) {
+        (CaseKind::Deleted, Some(read)) => match read.status {
+            404 | 410 => Verdict::Pass,
+            s => Verdict::Fail(format!(
+                "the resource was deleted ({}) but reading it again answered {s}",
+                ctx.exchange.status
+            )),
+        },
+        _ => Verdict::NotApplicable,
+    }
+}
+
+fn ensure_resource_availability(ctx: &CheckContext<'_>) -> Verdict {
+    match (ctx.kind, ctx.follow_up) {
+        (CaseKind::Created, Some(read)) if (200..300).contains(&read.status) => Verdict::Pass,
+        (CaseKind::Created, Some(read)) => Verdict::Fail(format!(
+            "the resource was created ({}) but reading it answered {}",
+            ctx.exchange.status, read.status
+        )),
+        _ => Verdict::NotApplicable,
+    }
+}
+
+fn location_on_created(ctx: &CheckContext<'_>) -> Verdict {
+    if ctx.kind != CaseKind::LocationFollowed {
+        return Verdict::NotApplicable;
+    }
+    match ctx.follow_up {
+        None => Verdict::Fail(format!(
+            "{} documents a Location header but the response has none",
+            ctx.exchange.status
+        )),
+        Some(read) if (200..300).contains(&read.status) => Verdict::Pass,
+        Some(read) => Verdict::Fail(format!(
+            "a GET on the Location of the created resource answered {}",
+            read.status
+        )),
+    }
+}

@@ -1,0 +1,1303 @@
+//! The conformance runner: generates requests from a spec, sends them, runs the checks.
+//!
+//! It works on any bundled, 3.1-normalized document. Four phases, each optional:
+//! `examples` sends every request example the spec carries, `fuzzing` sends random
+//! schema-valid requests, `negative` sends requests that break exactly one constraint, and
+//! `stateful` follows create → read → update → delete chains (from OpenAPI `links`, or by
+//! convention: a POST on a collection whose response has an `id`, and the operations on
+//! `{collection}/{param}`). Every response goes through the enabled [`checks`](crate::checks).
+//!
+//! Runs are deterministic for a seed: each operation draws its data from its own proptest
+//! RNG seeded from the run seed and the operation's position, so the number of workers
+//! changes the order requests are sent in, never what is sent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use jsonschema::Validator;
+use proptest::strategy::SBoxedStrategy;
+use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
+use serde_json::{Map, Value};
+
+use crate::SpecError;
+use crate::checks::{self, CaseKind, Check, CheckContext, Failure, Severity, Verdict};
+use crate::generate::{Direction, Generator, prepare_doc, sample};
+use crate::response::{Exchange, Responses, is_json};
+use crate::spec::{deref, escape_pointer};
+use crate::validate::{coerce_scalar, compile_schema};
+
+/// A phase of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Examples,
+    Fuzzing,
+    Negative,
+    Stateful,
+}
+
+impl Phase {
+    /// Every phase, in run order.
+    pub const ALL: [Phase; 4] = [
+        Phase::Examples,
+        Phase::Fuzzing,
+        Phase::Negative,
+        Phase::Stateful,
+    ];
+
+    /// The phase's name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Examples => "examples",
+            Phase::Fuzzing => "fuzzing",
+            Phase::Negative => "negative",
+            Phase::Stateful => "stateful",
+        }
+    }
+
+    /// Parses a phase name (`coverage` is accepted as a synonym of `negative`).
+    pub fn parse(name: &str) -> Option<Phase> {
+        match name.trim() {
+            "examples" => Some(Phase::Examples),
+            "fuzzing" => Some(Phase::Fuzzing),
+            "negative" | "coverage" => Some(Phase::Negative),
+            "stateful" => Some(Phase::Stateful),
+            _ => None,
+        }
+    }
+}
+
+/// A progress callback: one line per finished unit of work.
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What to run and against what.
+#[derive(Clone)]
+pub struct Config {
+    /// The server's base URL; operation paths are appended to it.
+    pub base_url: String,
+    /// Headers sent with every request (usually credentials), as name and value.
+    pub headers: Vec<(String, String)>,
+    pub seed: u64,
+    /// Generated requests per operation and phase.
+    pub max_examples: usize,
+    /// Operations worked on at the same time.
+    pub workers: usize,
+    pub phases: Vec<Phase>,
+    /// Check names; empty for all.
+    pub checks: Vec<String>,
+    /// Statuses `positive_data_acceptance` accepts (`2xx`, `404`, ...).
+    pub positive_statuses: Vec<String>,
+    pub request_timeout: Duration,
+    pub progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("base_url", &self.base_url)
+            .field("seed", &self.seed)
+            .field("max_examples", &self.max_examples)
+            .field("workers", &self.workers)
+            .field("phases", &self.phases)
+            .field("checks", &self.checks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Defaults: all phases and checks, 20 examples, 4 workers, seed 0.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            headers: Vec::new(),
+            seed: 0,
+            max_examples: 20,
+            workers: 4,
+            phases: Phase::ALL.to_vec(),
+            checks: Vec::new(),
+            positive_statuses: ["2xx", "3xx", "401", "403", "404", "409", "412", "429"]
+                .iter()
+                .map(|s| (*s).to_string())
+                .collect(),
+            request_timeout: Duration::from_secs(10),
+            progress: None,
+        }
+    }
+}
+
+/// Pass and fail counts of one check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckCount {
+    pub passed: usize,
+    pub failed: usize,
+}
+
+/// What happened to one operation.
+#[derive(Debug, Clone, Default)]
+pub struct OperationReport {
+    /// `METHOD /path/template`.
+    pub operation: String,
+    pub operation_id: String,
+    /// Requests sent for it.
+    pub cases: usize,
+    /// Why it was not tested, when it was not.
+    pub skipped: Option<String>,
+    pub checks: BTreeMap<String, CheckCount>,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub operations: Vec<OperationReport>,
+    /// Distinct failures (same operation, check and message counted once, with occurrences).
+    pub failures: Vec<Failure>,
+    pub cases: usize,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// True when no check failed with [`Severity::Error`].
+    pub fn passed(&self) -> bool {
+        !self.failures.iter().any(|f| f.severity == Severity::Error)
+    }
+}
+
+/// Where a parameter goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loc {
+    Path,
+    Query,
+    Header,
+    Cookie,
+}
+
+struct Param {
+    name: String,
+    loc: Loc,
+    required: bool,
+    explode: bool,
+    /// The schema with `$ref`s and `allOf` resolved at the top level.
+    flat: Value,
+    schema: Value,
+    validator: Validator,
+    examples: Vec<Value>,
+}
+
+struct Body {
+    media_type: String,
+    required: bool,
+    schema: Value,
+    validator: Validator,
+    examples: Vec<Value>,
+}
+
+struct Op {
+    index: usize,
+    id: String,
+    label: String,
+    method: String,
+    template: String,
+    secured: bool,
+    params: Vec<Param>,
+    body: Option<Body>,
+    skipped: Option<String>,
+    responses: Responses,
+    /// Set once the operation has been called without credentials.
+    auth_probed: AtomicBool,
+}
+
+/// One request to send, before serialization.
+#[derive(Debug, Clone, Default)]
+struct Case {
+    values: Vec<(usize, Value)>,
+    body: Option<Value>,
+}
+
+struct Shared {
+    request_doc: Value,
+    ops: Vec<Op>,
+    checks: Vec<Check>,
+    config: Config,
+    client: reqwest::Client,
+    auth_headers: Vec<String>,
+    done: AtomicUsize,
+    total: usize,
+}
+
+#[derive(Default)]
+struct OpOutcome {
+    cases: usize,
+    checks: BTreeMap<String, CheckCount>,
+    failures: Vec<Failure>,
+}
+
+impl OpOutcome {
+    fn merge(&mut self, other: OpOutcome) {
+        self.cases += other.cases;
+        for (k, v) in other.checks {
+            let e = self.checks.entry(k).or_default();
+            e.passed += v.passed;
+            e.failed += v.failed;
+        }
+        self.failures.extend(other.failures);
+    }
+}
+
+/// Runs the conformance suite; `Err` only for a spec or configuration it cannot use.
+pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
+    let started = Instant::now();
+    let checks = checks::select(&config.checks).map_err(|m| SpecError::invalid("", "", m))?;
+    let request_doc = prepare_doc(doc, Direction::Request);
+    let response_doc = prepare_doc(doc, Direction::Response);
+    let ops = compile_ops(doc, &request_doc, &response_doc)?;
+    let client = reqwest::Client::builder()
+        .timeout(config.request_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| SpecError::invalid("", "", format!("HTTP client: {e}")))?;
+    let auth_headers = auth_header_names(doc);
+    let testable = ops.iter().filter(|o| o.skipped.is_none()).count();
+    let per_op_phases = config
+        .phases
+        .iter()
+        .filter(|p| **p != Phase::Stateful)
+        .count();
+    let chains = if config.phases.contains(&Phase::Stateful) {
+        find_chains(&ops).len()
+    } else {
+        0
+    };
+    let total = testable * per_op_phases + chains;
+    let shared = Arc::new(Shared {
+        request_doc,
+        ops,
+        checks,
+        config: config.clone(),
+        client,
+        auth_headers,
+        done: AtomicUsize::new(0),
+        total,
+    });
+    let mut outcomes: Vec<OpOutcome> = shared.ops.iter().map(|_| OpOutcome::default()).collect();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(config.workers.max(1)));
+    let mut phases = config.phases.clone();
+    phases.sort();
+    phases.dedup();
+    for phase in phases {
+        let mut tasks = tokio::task::JoinSet::new();
+        if phase == Phase::Stateful {
+            for chain in find_chains(&shared.ops) {
+                let shared = shared.clone();
+                let semaphore = semaphore.clone();
+                tasks.spawn(async move {
+                    let _permit = semaphore.acquire_owned().await;
+                    run_chain(&shared, &chain).await
+                });
+            }
+        } else {
+            for index in 0..shared.ops.len() {
+                if shared.ops[index].skipped.is_some() {
+                    continue;
+                }
+                let shared = shared.clone();
+                let semaphore = semaphore.clone();
+                tasks.spawn(async move {
+                    let _permit = semaphore.acquire_owned().await;
+                    run_phase(&shared, index, phase).await
+                });
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(results) = joined {
+                for (index, outcome) in results {
+                    if let Some(slot) = outcomes.get_mut(index) {
+                        slot.merge(outcome);
+                    }
+                }
+            }
+        }
+    }
+    let mut report = Report {
+        seed: config.seed,
+        ..Report::default()
+    };
+    let mut distinct: Vec<Failure> = Vec::new();
+    for (op, outcome) in shared.ops.iter().zip(outcomes) {
+        report.cases += outcome.cases;
+        for f in outcome.failures {
+            match distinct.iter_mut().find(|d| {
+                d.operation == f.operation && d.check == f.check && d.message == f.message
+            }) {
+                Some(d) => d.occurrences += 1,
+                None => distinct.push(f),
+            }
+        }
+        report.operations.push(OperationReport {
+            operation: op.label.clone(),
+            operation_id: op.id.clone(),
+            cases: outcome.cases,
+            skipped: op.skipped.clone(),
+            checks: outcome.checks,
+        });
+    }
+    report.failures = distinct;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+fn auth_header_names(doc: &Value) -> Vec<String> {
+    let mut names = vec![
+        "authorization".to_string(),
+        "cookie".to_string(),
+        "x-api-key".to_string(),
+    ];
+    if let Some(schemes) = doc
+        .pointer("/components/securitySchemes")
+        .and_then(Value::as_object)
+    {
+        for scheme in schemes.values() {
+            let scheme = deref(doc, scheme);
+            if scheme.get("type").and_then(Value::as_str) == Some("apiKey")
+                && scheme.get("in").and_then(Value::as_str) == Some("header")
+                && let Some(name) = scheme.get("name").and_then(Value::as_str)
+            {
+                names.push(name.to_ascii_lowercase());
+            }
+        }
+    }
+    names
+}
+
+fn examples_of(holder: &Value, doc: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    if let Some(e) = holder.get("example") {
+        out.push(e.clone());
+    }
+    if let Some(Value::Object(map)) = holder.get("examples") {
+        for e in map.values() {
+            if let Some(v) = deref(doc, e).get("value") {
+                out.push(v.clone());
+            }
+        }
+    }
+    out
+}
+
+fn compile_ops(
+    doc: &Value,
+    request_doc: &Value,
+    response_doc: &Value,
+) -> Result<Vec<Op>, SpecError> {
+    let mut ops = Vec::new();
+    let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+        return Ok(ops);
+    };
+    let global_security = doc.get("security");
+    let generator = Generator::new(request_doc, Direction::Request);
+    for (template, item) in paths {
+        let item = deref(doc, item);
+        let shared_params: Vec<Value> = item
+            .get("parameters")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for method in crate::METHODS {
+            let Some(op) = item.get(*method) else {
+                continue;
+            };
+            let pointer = format!("/paths/{}/{method}", escape_pointer(template));
+            let label = format!("{} {template}", method.to_ascii_uppercase());
+            let id = op
+                .get("operationId")
+                .and_then(Value::as_str)
+                .map_or_else(|| label.clone(), str::to_string);
+            let mut params: Vec<Param> = Vec::new();
+            let own: Vec<Value> = op
+                .get("parameters")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for raw in own.iter().chain(shared_params.iter()) {
+                let p = deref(doc, raw);
+                let Some(name) = p.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                let loc = match p.get("in").and_then(Value::as_str) {
+                    Some("path") => Loc::Path,
+                    Some("query") => Loc::Query,
+                    Some("header") => Loc::Header,
+                    Some("cookie") => Loc::Cookie,
+                    _ => continue,
+                };
+                if params.iter().any(|q| q.name == name && q.loc == loc) {
+                    continue; // operation-level parameters override path-level ones
+                }
+                let schema = p.get("schema").cloned().unwrap_or(Value::Bool(true));
+                let validator = compile_schema(request_doc, &schema, &pointer)?;
+                let style = p.get("style").and_then(Value::as_str).unwrap_or("form");
+                let mut examples = examples_of(p, doc);
+                examples.extend(examples_of(deref(doc, &schema), doc));
+                params.push(Param {
+                    name: name.to_string(),
+                    loc,
+                    required: loc == Loc::Path
+                        || p.get("required").and_then(Value::as_bool) == Some(true),
+                    explode: p
+                        .get("explode")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(style == "form"),
+                    flat: Value::Object(generator.flatten(&schema)),
+                    schema,
+                    validator,
+                    examples,
+                });
+            }
+            let mut skipped = None;
+            let mut body = None;
+            if let Some(rb) = op.get("requestBody") {
+                let rb = deref(doc, rb);
+                let content = rb.get("content").and_then(Value::as_object);
+                let json = content.and_then(|c| c.iter().find(|(mt, _)| is_json(mt)));
+                match json {
+                    Some((media_type, media)) => {
+                        let schema = media.get("schema").cloned().unwrap_or(Value::Bool(true));
+                        let validator = compile_schema(request_doc, &schema, &pointer)?;
+                        let mut examples = examples_of(media, doc);
+                        examples.extend(examples_of(deref(doc, &schema), doc));
+                        body = Some(Body {
+                            media_type: media_type.clone(),
+                            required: rb.get("required").and_then(Value::as_bool) == Some(true),
+                            schema,
+                            validator,
+                            examples,
+                        });
+                    }
+                    None => skipped = Some("the request body is not JSON".to_string()),
+                }
+            }
+            let security = op.get("security").or(global_security);
+            let secured = security.and_then(Value::as_array).is_some_and(|reqs| {
+                !reqs.is_empty()
+                    && !reqs
+                        .iter()
+                        .any(|r| r.as_object().is_some_and(Map::is_empty))
+            });
+            let responses = Responses::compile(response_doc, op, &pointer)?;
+            ops.push(Op {
+                index: ops.len(),
+                id,
+                label,
+                method: method.to_ascii_uppercase(),
+                template: template.clone(),
+                secured,
+                params,
+                body,
+                skipped,
+                responses,
+                auth_probed: AtomicBool::new(false),
+            });
+        }
+    }
+    Ok(ops)
+}
+
+fn seeded_runner(seed: u64, index: usize, phase: u8) -> TestRunner {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&(index as u64).to_le_bytes());
+    bytes[16] = phase;
+    TestRunner::new_with_rng(
+        ProptestConfig::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+    )
+}
+
+/// Serializes a parameter value as it appears in a path, header or non-exploded query.
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => Some(String::new()),
+        Value::Bool(_) | Value::Number(_) => Some(value.to_string()),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| match v {
+                Value::Array(_) | Value::Object(_) => None,
+                other => scalar_text(other),
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(",")),
+        Value::Object(map) => Some(
+            map.iter()
+                .filter_map(|(k, v)| Some(format!("{k},{}", scalar_text(v)?)))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    }
+}
+
+/// Whether a value survives the trip through its location and still means what it meant.
+fn representable(param: &Param, value: &Value) -> bool {
+    let Some(text) = scalar_text(value) else {
+        return false;
+    };
+    match param.loc {
+        Loc::Path => !text.is_empty() && text != "." && text != "..",
+        Loc::Header | Loc::Cookie => {
+            text.bytes().all(|b| (0x20..0x7f).contains(&b))
+                && text.trim() == text
+                && !(param.loc == Loc::Cookie && text.contains([';', '=']))
+        }
+        Loc::Query => true,
+    }
+}
+
+/// What the server will see for a value, re-read from its text as the validator would.
+fn round_trip(param: &Param, value: &Value) -> Option<Value> {
+    if let Value::Array(items) = value {
+        let item_schema = param
+            .flat
+            .get("items")
+            .cloned()
+            .unwrap_or(Value::Bool(true));
+        let flat_items = match item_schema.get("$ref") {
+            Some(_) => item_schema.clone(),
+            None => item_schema,
+        };
+        return Some(Value::Array(
+            items
+                .iter()
+                .map(|i| scalar_text(i).map(|t| coerce_scalar(&t, &flat_items)))
+                .collect::<Option<Vec<_>>>()?,
+        ));
+    }
+    if value.is_object() {
+        return Some(value.clone());
+    }
+    Some(coerce_scalar(&scalar_text(value)?, &param.flat))
+}
+
+/// Whether the server, reading `value` back, sees something the schema accepts.
+fn valid_after_round_trip(param: &Param, value: &Value) -> bool {
+    representable(param, value)
+        && round_trip(param, value).is_some_and(|v| param.validator.is_valid(&v))
+}
+
+struct CaseFactory<'a> {
+    op: &'a Op,
+    param_strategies: Vec<SBoxedStrategy<Value>>,
+    body_strategy: Option<SBoxedStrategy<Value>>,
+}
+
+impl<'a> CaseFactory<'a> {
+    fn new(shared: &'a Shared, op: &'a Op) -> Self {
+        let generator = Generator::new(&shared.request_doc, Direction::Request);
+        Self {
+            op,
+            param_strategies: op
+                .params
+                .iter()
+                .map(|p| generator.strategy(&p.schema))
+                .collect(),
+            body_strategy: op.body.as_ref().map(|b| generator.strategy(&b.schema)),
+        }
+    }
+
+    fn param_value(&self, i: usize, runner: &mut TestRunner) -> Option<Value> {
+        let param = &self.op.params[i];
+        (0..10).find_map(|_| {
+            let v = sample(&self.param_strategies[i], runner)?;
+            valid_after_round_trip(param, &v).then_some(v)
+        })
+    }
+
+    /// A schema-valid case; `None` when generation keeps failing.
+    fn positive(&self, runner: &mut TestRunner, skip: &[String]) -> Option<Case> {
+        let mut case = Case::default();
+        for (i, param) in self.op.params.iter().enumerate() {
+            if skip.iter().any(|s| s.eq_ignore_ascii_case(&param.name)) && param.loc == Loc::Header
+            {
+                continue;
+            }
+            let include = param.required || sample(&coin(), runner) == Some(Value::Bool(true));
+            if !include {
+                continue;
+            }
+            match self.param_value(i, runner) {
+                Some(v) => case.values.push((i, v)),
+                None if param.required => return None,
+                None => {}
+            }
+        }
+        if let (Some(body), Some(strategy)) = (&self.op.body, &self.body_strategy) {
+            let value = (0..10).find_map(|_| {
+                let v = sample(strategy, runner)?;
+                body.validator.is_valid(&v).then_some(v)
+            });
+            match value {
+                Some(v) => case.body = Some(v),
+                None if body.required => return None,
+                None => {}
+            }
+        }
+        Some(case)
+    }
+}
+
+fn coin() -> SBoxedStrategy<Value> {
+    use proptest::prelude::*;
+    any::<bool>().prop_map(Value::Bool).sboxed()
+}
+
+/// Picks `n` items spread evenly over `items`.
+fn spread<T: Clone>(items: &[T], n: usize) -> Vec<T> {
+    if items.len() <= n {
+        return items.to_vec();
+    }
+    (0..n).map(|i| items[i * items.len() / n].clone()).collect()
+}
+
+async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, OpOutcome)> {
+    let op = &shared.ops[index];
+    let phase_no = match phase {
+        Phase::Examples => 1,
+        Phase::Fuzzing => 2,
+        Phase::Negative => 3,
+        Phase::Stateful => 4,
+    };
+    let mut runner = seeded_runner(shared.config.seed, index, phase_no);
+    let factory = CaseFactory::new(shared, op);
+    let max = shared.config.max_examples.max(1);
+    let mut cases: Vec<(Case, CaseKind)> = Vec::new();
+    match phase {
+        Phase::Examples => {
+            let body_examples: Vec<Value> = op
+                .body
+                .as_ref()
+                .map(|b| {
+                    b.examples
+                        .iter()
+                        .filter(|e| b.validator.is_valid(e))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let has_param_examples = op.params.iter().any(|p| !p.examples.is_empty());
+            if !body_examples.is_empty() || has_param_examples {
+                let n = body_examples.len().max(1).min(max);
+                for k in 0..n {
+                    let Some(mut case) = factory.positive(&mut runner, &shared.auth_headers) else {
+                        continue;
+                    };
+                    for (i, param) in op.params.iter().enumerate() {
+                        let usable: Vec<&Value> = param
+                            .examples
+                            .iter()
+                            .filter(|e| valid_after_round_trip(param, e))
+                            .collect();
+                        if let Some(e) = usable.get(k % usable.len().max(1)) {
+                            case.values.retain(|(j, _)| *j != i);
+                            case.values.push((i, (*e).clone()));
+                        }
+                    }
+                    if let Some(b) = body_examples.get(k) {
+                        case.body = Some(b.clone());
+                    }
+                    cases.push((case, CaseKind::Positive));
+                }
+            }
+        }
+        Phase::Fuzzing => {
+            for _ in 0..max {
+                if let Some(case) = factory.positive(&mut runner, &shared.auth_headers) {
+                    cases.push((case, CaseKind::Positive));
+                }
+            }
+        }
+        Phase::Negative => {
+            if let Some(base) = factory.positive(&mut runner, &shared.auth_headers) {
+                let negatives = negative_cases(shared, op, &base, &mut runner);
+                cases.extend(
+                    spread(&negatives, max)
+                        .into_iter()
+                        .map(|c| (c, CaseKind::Negative)),
+                );
+            }
+        }
+        Phase::Stateful => {}
+    }
+    let mut outcome = OpOutcome::default();
+    let mut first_positive: Option<Case> = None;
+    for (case, kind) in &cases {
+        if *kind == CaseKind::Positive && first_positive.is_none() {
+            first_positive = Some(case.clone());
+        }
+        send_and_check(shared, op, case, *kind, true, &mut outcome).await;
+    }
+    if op.secured
+        && shared.checks.iter().any(|c| c.name == "ignored_auth")
+        && let Some(case) = first_positive
+        && !op.auth_probed.swap(true, Ordering::SeqCst)
+    {
+        send_and_check(
+            shared,
+            op,
+            &case,
+            CaseKind::Unauthenticated,
+            false,
+            &mut outcome,
+        )
+        .await;
+    }
+    progress(
+        shared,
+        &format!(
+            "{:<9} {} ({} requests{})",
+            phase.as_str(),
+            op.label,
+            outcome.cases,
+            if outcome.failures.is_empty() {
+                String::new()
+            } else {
+                format!(", {} failures", outcome.failures.len())
+            }
+        ),
+    );
+    vec![(index, outcome)]
+}
+
+fn progress(shared: &Shared, line: &str) {
+    let n = shared.done.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(p) = &shared.config.progress {
+        p(&format!("[{n}/{}] {line}", shared.total));
+    }
+}
+
+fn negative_cases(shared: &Shared, op: &Op, base: &Case, runner: &mut TestRunner) -> Vec<Case> {
+    let generator = Generator::new(&shared.request_doc, Direction::Request);
+    let mut out = Vec::new();
+    if let Some(body) = &op.body {
+        for n in generator.negatives(&body.schema, runner) {
+            if !body.validator.is_valid(&n.value) {
+                let mut case = base.clone();
+                case.body = Some(n.value);
+                out.push(case);
+            }
+        }
+        if body.required {
+            let mut case = base.clone();
+            case.body = None;
+            out.push(case);
+        }
+    }
+    for (i, param) in op.params.iter().enumerate() {
+        if param.loc == Loc::Header
+            && shared
+                .auth_headers
+                .contains(&param.name.to_ascii_lowercase())
+        {
+            continue;
+        }
+        if param.required && param.loc != Loc::Path {
+            let mut case = base.clone();
+            case.values.retain(|(j, _)| *j != i);
+            out.push(case);
+        }
+        for n in generator.negatives(&param.schema, runner) {
+            let rejected = representable(param, &n.value)
+                && round_trip(param, &n.value).is_some_and(|v| !param.validator.is_valid(&v));
+            if rejected {
+                let mut case = base.clone();
+                case.values.retain(|(j, _)| *j != i);
+                case.values.push((i, n.value));
+                out.push(case);
+            }
+        }
+    }
+    out
+}
+
+fn encode_segment(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Builds the request of a case and sends it.
+async fn send(shared: &Shared, op: &Op, case: &Case, with_auth: bool) -> Result<Exchange, String> {
+    let (url, headers) = build_request(shared, op, case, with_auth);
+    exchange(shared, &op.method, url, headers, case.body.clone()).await
+}
+
+/// The URL and headers of a case.
+fn build_request(
+    shared: &Shared,
+    op: &Op,
+    case: &Case,
+    with_auth: bool,
+) -> (String, Vec<(String, String)>) {
+    let mut path = op.template.clone();
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    let mut has_query = false;
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut cookies: Vec<String> = Vec::new();
+    for (i, value) in &case.values {
+        let param = &op.params[*i];
+        match param.loc {
+            Loc::Path => {
+                let text = scalar_text(value).unwrap_or_default();
+                path = path.replace(&format!("{{{}}}", param.name), &encode_segment(&text));
+            }
+            Loc::Query => {
+                has_query = true;
+                match value {
+                    Value::Array(items) if param.explode => {
+                        for item in items {
+                            query.append_pair(&param.name, &scalar_text(item).unwrap_or_default());
+                        }
+                    }
+                    Value::Object(map) if param.explode => {
+                        for (k, v) in map {
+                            query.append_pair(k, &scalar_text(v).unwrap_or_default());
+                        }
+                    }
+                    other => {
+                        query.append_pair(&param.name, &scalar_text(other).unwrap_or_default());
+                    }
+                }
+            }
+            Loc::Header => {
+                headers.push((param.name.clone(), scalar_text(value).unwrap_or_default()))
+            }
+            Loc::Cookie => cookies.push(format!(
+                "{}={}",
+                param.name,
+                scalar_text(value).unwrap_or_default()
+            )),
+        }
+    }
+    let mut url = format!("{}{path}", shared.config.base_url.trim_end_matches('/'));
+    if has_query {
+        url.push('?');
+        url.push_str(&query.finish());
+    }
+    for (name, value) in &shared.config.headers {
+        let secret = shared.auth_headers.contains(&name.to_ascii_lowercase());
+        if with_auth || !secret {
+            headers.push((name.clone(), value.clone()));
+        }
+    }
+    if !cookies.is_empty() {
+        headers.push(("Cookie".into(), cookies.join("; ")));
+    }
+    if let (Some(_), Some(body)) = (&case.body, &op.body) {
+        headers.push(("Content-Type".into(), body.media_type.clone()));
+    }
+    (url, headers)
+}
+
+async fn exchange(
+    shared: &Shared,
+    method: &str,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Option<Value>,
+) -> Result<Exchange, String> {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let mut request = shared.client.request(m, &url);
+    for (name, value) in &headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    if let Some(b) = &body {
+        request = request.body(b.to_string());
+    }
+    let partial = Exchange {
+        method: method.to_string(),
+        url: url.clone(),
+        request_headers: headers.clone(),
+        request_body: body.clone(),
+        status: 0,
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("{e} ({})", partial.curl()))?;
+    let status = response.status().as_u16();
+    let response_headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+    Ok(Exchange {
+        status,
+        headers: response_headers,
+        body: bytes.to_vec(),
+        ..partial
+    })
+}
+
+fn network_failure(op: &Op, message: String) -> Failure {
+    Failure {
+        operation: op.label.clone(),
+        check: "network_error".into(),
+        message: message.lines().next().unwrap_or_default().to_string(),
+        severity: Severity::Error,
+        curl: String::new(),
+        status: None,
+        occurrences: 1,
+    }
+}
+
+async fn send_and_check(
+    shared: &Shared,
+    op: &Op,
+    case: &Case,
+    kind: CaseKind,
+    with_auth: bool,
+    outcome: &mut OpOutcome,
+) -> Option<Exchange> {
+    outcome.cases += 1;
+    match send(shared, op, case, with_auth).await {
+        Ok(ex) => {
+            judge(shared, op, kind, &ex, None, outcome);
+            Some(ex)
+        }
+        Err(e) => {
+            outcome.failures.push(network_failure(op, e));
+            None
+        }
+    }
+}
+
+fn judge(
+    shared: &Shared,
+    op: &Op,
+    kind: CaseKind,
+    exchange: &Exchange,
+    follow_up: Option<&Exchange>,
+    outcome: &mut OpOutcome,
+) {
+    let ctx = CheckContext {
+        operation: &op.label,
+        responses: &op.responses,
+        kind,
+        exchange,
+        follow_up,
+        positive_statuses: &shared.config.positive_statuses,
+    };
+    for check in &shared.checks {
+        match (check.run)(&ctx) {
+            Verdict::NotApplicable => {}
+            Verdict::Pass => outcome.checks.entry(check.name.into()).or_default().passed += 1,
+            Verdict::Fail(message) => {
+                outcome.checks.entry(check.name.into()).or_default().failed += 1;
+                outcome.failures.push(Failure {
+                    operation: op.label.clone(),
+                    check: check.name.into(),
+                    message,
+                    severity: check.severity,
+                    curl: follow_up.map_or_else(
+                        || exchange.curl(),
+                        |f| format!("{}\n{}", exchange.curl(), f.curl()),
+                    ),
+                    status: Some(exchange.status),
+                    occurrences: 1,
+                });
+            }
+        }
+    }
+}
+
+/// A create operation and the operations on what it creates.
+#[derive(Debug, Clone)]
+struct Chain {
+    create: usize,
+    /// Target operation and its parameters filled from the create response:
+    /// (param name → JSON pointer into the response body).
+    targets: Vec<(usize, Vec<(String, String)>)>,
+}
+
+fn find_chains(ops: &[Op]) -> Vec<Chain> {
+    let mut chains = Vec::new();
+    for create in ops
+        .iter()
+        .filter(|o| o.method == "POST" && o.skipped.is_none())
+    {
+        let mut targets: Vec<(usize, Vec<(String, String)>)> = Vec::new();
+        for response in create
+            .responses
+            .entries
+            .iter()
+            .filter(|r| r.status.starts_with('2'))
+        {
+            for link in &response.links {
+                let Some(target) = link
+                    .operation_id
+                    .as_deref()
+                    .and_then(|id| ops.iter().find(|o| o.id == id))
+                else {
+                    continue;
+                };
+                let params: Vec<(String, String)> = link
+                    .parameters
+                    .iter()
+                    .filter_map(|(name, expr)| {
+                        let name = name.rsplit('.').next().unwrap_or(name).to_string();
+                        Some((name, expr.strip_prefix("$response.body#")?.to_string()))
+                    })
+                    .collect();
+                if !params.is_empty() && !targets.iter().any(|(t, _)| *t == target.index) {
+                    targets.push((target.index, params));
+                }
+            }
+        }
+        if targets.is_empty() {
+            // Convention: `{collection}/{param}` with the created body's `id`.
+            let has_id = create.responses.entries.iter().any(|r| r.status == "201");
+            let prefix = format!("{}/{{", create.template.trim_end_matches('/'));
+            for target in ops.iter().filter(|o| o.skipped.is_none()) {
+                let Some(rest) = target.template.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let Some(param) = rest.strip_suffix('}') else {
+                    continue;
+                };
+                if has_id && !param.contains(['/', '{', '}']) {
+                    targets.push((target.index, vec![(param.to_string(), "/id".to_string())]));
+                }
+            }
+        }
+        if !targets.is_empty() {
+            // Reads first, then updates, then deletes.
+            targets.sort_by_key(|(t, _)| match ops[*t].method.as_str() {
+                "GET" => 0,
+                "DELETE" => 2,
+                _ => 1,
+            });
+            chains.push(Chain {
+                create: create.index,
+                targets,
+            });
+        }
+    }
+    chains
+}
+
+fn with_links(op: &Op, base: Case, created: &Value, params: &[(String, String)]) -> Option<Case> {
+    let mut case = base;
+    for (name, pointer) in params {
+        let value = created.pointer(pointer)?.clone();
+        let i = op.params.iter().position(|p| p.name == *name)?;
+        case.values.retain(|(j, _)| *j != i);
+        case.values.push((i, value));
+    }
+    // Conditional headers would only turn reads into 304s and writes into 412s.
+    case.values.retain(|(j, _)| {
+        let name = op.params[*j].name.to_ascii_lowercase();
+        !name.starts_with("if-")
+    });
+    Some(case)
+}
+
+async fn run_chain(shared: &Shared, chain: &Chain) -> Vec<(usize, OpOutcome)> {
+    let create = &shared.ops[chain.create];
+    let mut runner = seeded_runner(shared.config.seed, chain.create, 4);
+    let factories: BTreeMap<usize, CaseFactory<'_>> = std::iter::once(chain.create)
+        .chain(chain.targets.iter().map(|(t, _)| *t))
+        .map(|i| (i, CaseFactory::new(shared, &shared.ops[i])))
+        .collect();
+    let mut outcomes: BTreeMap<usize, OpOutcome> = BTreeMap::new();
+    let rounds = shared.config.max_examples.clamp(1, 3);
+    let read = chain
+        .targets
+        .iter()
+        .find(|(t, _)| shared.ops[*t].method == "GET")
+        .cloned();
+    for _ in 0..rounds {
+        let Some(case) = factories
+            .get(&chain.create)
+            .and_then(|f| f.positive(&mut runner, &shared.auth_headers))
+        else {
+            continue;
+        };
+        let out = outcomes.entry(chain.create).or_default();
+        let Some(created) =
+            send_and_check(shared, create, &case, CaseKind::Positive, true, out).await
+        else {
+            continue;
+        };
+        if !(200..300).contains(&created.status) {
+            continue;
+        }
+        // location_on_created
+        if created.status == 201
+            && shared
+                .checks
+                .iter()
+                .any(|c| c.name == "location_on_created")
+            && create.responses.find(201).is_some_and(|r| {
+                r.headers
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case("location"))
+            })
+        {
+            let followed = match created.header("location") {
+                Some(location) => {
+                    let url = resolve_location(&created.url, location);
+                    exchange(shared, "GET", url, auth_headers(shared), None)
+                        .await
+                        .ok()
+                }
+                None => None,
+            };
+            judge(
+                shared,
+                create,
+                CaseKind::LocationFollowed,
+                &created,
+                followed.as_ref(),
+                out,
+            );
+        }
+        let Some(body) = created.json() else {
+            continue;
+        };
+        // ensure_resource_availability, plus the read's own checks.
+        let read_case = |runner: &mut TestRunner, target: usize, params: &[(String, String)]| {
+            let op = &shared.ops[target];
+            factories
+                .get(&target)
+                .and_then(|f| f.positive(runner, &shared.auth_headers))
+                .and_then(|base| with_links(op, base, &body, params))
+        };
+        if created.status == 201
+            && let Some((target, params)) = &read
+            && let Some(case) = read_case(&mut runner, *target, params)
+        {
+            let op = &shared.ops[*target];
+            let out = outcomes.entry(*target).or_default();
+            if let Some(ex) = send_and_check(shared, op, &case, CaseKind::Positive, true, out).await
+            {
+                judge(
+                    shared,
+                    create,
+                    CaseKind::Created,
+                    &created,
+                    Some(&ex),
+                    outcomes.entry(chain.create).or_default(),
+                );
+            }
+        }
+        for (target, params) in &chain.targets {
+            let op = &shared.ops[*target];
+            if op.method == "GET" {
+                continue;
+            }
+            let Some(case) = read_case(&mut runner, *target, params) else {
+                continue;
+            };
+            let out = outcomes.entry(*target).or_default();
+            let Some(ex) = send_and_check(shared, op, &case, CaseKind::Positive, true, out).await
+            else {
+                continue;
+            };
+            if op.method == "DELETE"
+                && (200..300).contains(&ex.status)
+                && let Some((read_target, read_params)) = &read
+                && let Some(case) = read_case(&mut runner, *read_target, read_params)
+            {
+                let read_op = &shared.ops[*read_target];
+                let read_out = outcomes.entry(*read_target).or_default();
+                if let Some(after) =
+                    send_and_check(shared, read_op, &case, CaseKind::Positive, true, read_out).await
+                {
+                    judge(
+                        shared,
+                        op,
+                        CaseKind::Deleted,
+                        &ex,
+                        Some(&after),
+                        outcomes.entry(*target).or_default(),
+                    );
+                }
+            }
+        }
+    }
+    let total: usize = outcomes.values().map(|o| o.cases).sum();
+    let failures: usize = outcomes.values().map(|o| o.failures.len()).sum();
+    progress(
+        shared,
+        &format!(
+            "stateful  {} → {} linked operations ({total} requests{})",
+            create.label,
+            chain.targets.len(),
+            if failures == 0 {
+                String::new()
+            } else {
+                format!(", {failures} failures")
+            }
+        ),
+    );
+    outcomes.into_iter().collect()
+}
+
+fn auth_headers(shared: &Shared) -> Vec<(String, String)> {
+    shared.config.headers.clone()
+}
+
+/// Resolves a `Location` header against the URL of the request that got it.
+fn resolve_location(request_url: &str, location: &str) -> String {
+    match url::Url::parse(request_url).and_then(|base| base.join(location)) {
+        Ok(u) => u.to_string(),
+        Err(_) => location.to_string(),
+    }
+}
+
+/// Exposes the documented operations of a spec as `METHOD /template` labels (for listings).
+pub fn operation_labels(doc: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(paths) = doc.get("paths").and_then(Value::as_object) {
+        for (template, item) in paths {
+            let item = deref(doc, item);
+            for method in crate::METHODS {
+                if item.get(*method).is_some() {
+                    out.push(format!("{} {template}", method.to_ascii_uppercase()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_patterns_and_spread() {
+        assert!(checks::status_matches("2xx", 204));
+        assert!(checks::status_matches("404", 404));
+        assert!(!checks::status_matches("4XX", 500));
+        assert_eq!(spread(&[1, 2, 3, 4, 5, 6], 3), vec![1, 3, 5]);
+        assert_eq!(
+            resolve_location("http://127.0.0.1:1/v1/a", "/v1/a/x"),
+            "http://127.0.0.1:1/v1/a/x"
+        );
+        assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
+    }
+}

@@ -1,0 +1,52 @@
+//! The conformance harness against a fresh agentplane: every phase, every check, the spec
+//! the server itself publishes.
+
+use conformance::runner::{self, Config};
+
+use crate::backend_test;
+
+/// Failures the harness finds in agentplane today, as (operation, check), each waiting on a
+/// server or spec change. A failure not listed here fails the test; so does a listed one
+/// that no longer occurs, so the list cannot go stale.
+const KNOWN: &[(&str, &str)] = &[];
+
+backend_test!(conform_finds_no_failures, |app| {
+    let doc: serde_json::Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("spec")
+        .json()
+        .await
+        .expect("JSON spec");
+    let mut config = Config::new(app.base.clone());
+    config.headers = vec![("Authorization".into(), format!("Bearer {}", app.admin_key))];
+    config.seed = 20_260_101;
+    config.max_examples = 25;
+    config.workers = 2;
+    let report = runner::run(&doc, config)
+        .await
+        .expect("the published spec is usable");
+    let summary = conformance::report::summary(&report);
+    let unexpected: Vec<_> = report
+        .failures
+        .iter()
+        .filter(|f| !KNOWN.contains(&(f.operation.as_str(), f.check.as_str())))
+        .collect();
+    assert!(unexpected.is_empty(), "{summary}");
+    for (operation, check) in KNOWN {
+        assert!(
+            report
+                .failures
+                .iter()
+                .any(|f| f.operation == *operation && f.check == *check),
+            "{operation} [{check}] no longer fails: remove it from KNOWN\n{summary}"
+        );
+    }
+    assert!(report.cases > 100, "{summary}");
+    assert!(
+        report.operations.iter().all(|o| o.cases > 0),
+        "every operation is exercised\n{summary}"
+    );
+});
