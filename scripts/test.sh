@@ -69,7 +69,7 @@ log "openapi-spec-validator (the 3.1 bundle and its 3.0 down-conversion)"
 log "spectral lint (spectral:oas)"
 "$TOOLS/node/node_modules/.bin/spectral" lint --fail-severity=warn --ruleset "$ROOT/.spectral.yaml" "$ROOT/generated/openapi.json"
 
-# ---- Schemathesis against a fresh server on each backend ---------------------------------
+# ---- Schemathesis and agentplane conform against a fresh server on each backend ----------
 cargo build --quiet --bin agentplane
 schemathesis_run() {
   local name=$1 url=$2 port=$3
@@ -87,6 +87,12 @@ schemathesis_run() {
     --mode all --max-examples "${SCHEMATHESIS_EXAMPLES:-40}" --seed 1 \
     --suppress-health-check all --no-color \
     --report junit --report-dir "$ROOT/target/schemathesis/$name"
+  log "agentplane conform on $name"
+  mkdir -p "$ROOT/target/conform"
+  "$ROOT/target/debug/agentplane" conform --spec "http://127.0.0.1:$port/openapi.json" \
+    --url "http://127.0.0.1:$port" -H "Authorization: Bearer $key" \
+    --seed 1 --max-examples "${CONFORM_EXAMPLES:-40}" \
+    --junit "$ROOT/target/conform/$name.xml" --report "$ROOT/target/conform/$name.json"
 }
 createdb_url="$AGENTPLANE_TEST_POSTGRES/schemathesis"
 runuser -u postgres -- "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" schemathesis
