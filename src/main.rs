@@ -69,7 +69,7 @@ struct ConformArgs {
     /// Operations tested concurrently.
     #[arg(long, default_value_t = 4)]
     workers: usize,
-    /// Comma-separated phases: examples, fuzzing, negative, stateful (default: all).
+    /// Comma-separated phases: examples, coverage, fuzzing, negative, stateful (default: all).
     #[arg(long, value_delimiter = ',')]
     phases: Vec<String>,
     /// Comma-separated check names (default: all).
@@ -81,6 +81,10 @@ struct ConformArgs {
     /// Write a JSON report here.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
+    /// Record every interaction here as a Schemathesis-compatible VCR cassette (YAML;
+    /// credentials redacted).
+    #[arg(long)]
+    cassette: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -203,6 +207,7 @@ async fn conform(args: ConformArgs) -> u8 {
         checks: args.checks,
         junit: args.junit,
         report: args.report,
+        cassette: args.cassette,
     })
     .await
 }

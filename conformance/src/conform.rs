@@ -4,6 +4,7 @@
 //! It lives here rather than in the binary so that the binary's CLI stays a thin clap layer
 //! and tests can drive exactly what users run.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -38,6 +39,8 @@ pub struct CommandOptions {
     pub checks: Vec<String>,
     pub junit: Option<PathBuf>,
     pub report: Option<PathBuf>,
+    /// Record every interaction here as a Schemathesis-compatible VCR cassette.
+    pub cassette: Option<PathBuf>,
 }
 
 /// Parses a `Name: value` header line.
@@ -123,7 +126,7 @@ pub async fn run_command(options: CommandOptions) -> u8 {
             Some(p) => phases.push(p),
             None => {
                 return usage(format!(
-                    "unknown phase {name:?}; known: examples, fuzzing, negative, stateful"
+                    "unknown phase {name:?}; known: examples, coverage, fuzzing, negative, stateful"
                 ));
             }
         }
@@ -154,7 +157,11 @@ pub async fn run_command(options: CommandOptions) -> u8 {
     config.workers = options.workers.max(1);
     config.phases = phases;
     config.checks = checks;
+    config.cassette = options.cassette.clone();
     config.progress = Some(Arc::new(|line: &str| eprintln!("{line}")));
+    // A terminal gets a line per operation and phase; a log file or pipe at most one line
+    // per operation (and per stateful chain).
+    config.progress_per_operation = !std::io::stderr().is_terminal();
     eprintln!(
         "agentplane conform: {} against {base} (seed {seed}, {} examples, {} workers)",
         options.spec, config.max_examples, config.workers

@@ -36,6 +36,19 @@ pub struct Negative {
     pub value: Value,
 }
 
+/// A value its schema accepts, chosen at the edge of one constraint (the coverage phase).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Boundary {
+    /// Which edge it sits on, e.g. `name: maxLength 200`.
+    pub description: String,
+    pub value: Value,
+}
+
+/// How long a string or array boundary may get before it is left out.
+const BOUNDARY_CAP: usize = 4096;
+/// Boundaries kept per property of an object.
+const BOUNDARIES_PER_PROPERTY: usize = 12;
+
 /// How deep generation descends into nested objects and arrays before it keeps to the
 /// required minimum.
 const MAX_DEPTH: usize = 6;
@@ -425,6 +438,245 @@ impl<'d> Generator<'d> {
                 Value::Object(map)
             })
             .sboxed()
+    }
+
+    /// Values `schema` accepts at the edges of its constraints, as Schemathesis's coverage
+    /// phase picks them: every enum member, `minimum`/`maximum` (just inside exclusive
+    /// bounds), the shortest and longest strings and arrays, each optional property present
+    /// and absent, `null` where allowed, recursively into properties and items. Every value
+    /// returned validates against `schema` (candidates that do not, because a pattern or a
+    /// format rules them out, are dropped) and none repeats. `runner` draws the valid values
+    /// the variations start from, so the result is deterministic for its seed.
+    pub fn boundaries(&self, schema: &Value, runner: &mut TestRunner) -> Vec<Boundary> {
+        let mut out = Vec::new();
+        self.boundaries_at(schema, runner, "", 0, &mut out);
+        let Ok(validator) = crate::validate::compile_schema(self.doc, schema, "") else {
+            return Vec::new();
+        };
+        let mut seen: Vec<Value> = Vec::new();
+        out.retain(|b| {
+            if seen.contains(&b.value) || !validator.is_valid(&b.value) {
+                return false;
+            }
+            seen.push(b.value.clone());
+            true
+        });
+        out
+    }
+
+    fn boundaries_at(
+        &self,
+        schema: &Value,
+        runner: &mut TestRunner,
+        at: &str,
+        depth: usize,
+        out: &mut Vec<Boundary>,
+    ) {
+        if depth > 4 {
+            return;
+        }
+        let s = self.flatten(schema);
+        let label = |what: &str| {
+            if at.is_empty() {
+                what.to_string()
+            } else {
+                format!("{at}: {what}")
+            }
+        };
+        let mut push = |what: &str, value: Value| {
+            out.push(Boundary {
+                description: label(what),
+                value,
+            });
+        };
+        if let Some(c) = s.get("const") {
+            push("the const value", c.clone());
+            return;
+        }
+        if let Some(Value::Array(values)) = s.get("enum") {
+            for v in values {
+                push(&format!("enum member {v}"), v.clone());
+            }
+            return;
+        }
+        if s.contains_key("oneOf") || s.contains_key("anyOf") || s.contains_key("not") {
+            return;
+        }
+        let types = inferred_types(&s);
+        let has = |t: &str| types.iter().any(|x| x == t);
+        if has("null") {
+            push("null", Value::Null);
+        }
+        if has("boolean") {
+            push("true", Value::Bool(true));
+            push("false", Value::Bool(false));
+        }
+        if has("integer") || has("number") {
+            let integer = !has("number");
+            let min = f64_of(&s, "minimum");
+            let max = f64_of(&s, "maximum");
+            let ex_min = f64_of(&s, "exclusiveMinimum");
+            let ex_max = f64_of(&s, "exclusiveMaximum");
+            let inside = |from: f64, toward: Option<f64>, up: bool| {
+                if integer {
+                    if up {
+                        from.floor() + 1.0
+                    } else {
+                        from.ceil() - 1.0
+                    }
+                } else {
+                    let step = toward.map_or(1.0, |t| ((t - from).abs() / 2.0).min(1.0));
+                    if up { from + step } else { from - step }
+                }
+            };
+            if let Some(m) = min {
+                push(
+                    &format!("minimum {m}"),
+                    json_number(if integer { m.ceil() } else { m }),
+                );
+            }
+            if let Some(m) = ex_min {
+                push(
+                    &format!("just above exclusiveMinimum {m}"),
+                    json_number(inside(m, max.or(ex_max), true)),
+                );
+            }
+            if let Some(m) = max {
+                push(
+                    &format!("maximum {m}"),
+                    json_number(if integer { m.floor() } else { m }),
+                );
+            }
+            if let Some(m) = ex_max {
+                push(
+                    &format!("just below exclusiveMaximum {m}"),
+                    json_number(inside(m, min.or(ex_min), false)),
+                );
+            }
+        }
+        if has("string") {
+            if (s.contains_key("format") || s.contains_key("pattern"))
+                && let Some(v) = sample(&string_strategy(&s), runner)
+            {
+                push("a value of its format or pattern", v);
+            }
+            let min = usize_of(&s, "minLength").unwrap_or(0);
+            if min == 0 {
+                push("empty string", Value::String(String::new()));
+            } else if min <= BOUNDARY_CAP {
+                push(&format!("minLength {min}"), Value::String("a".repeat(min)));
+            }
+            if let Some(max) = usize_of(&s, "maxLength")
+                && max > min
+                && max <= BOUNDARY_CAP
+            {
+                push(&format!("maxLength {max}"), Value::String("a".repeat(max)));
+            }
+        }
+        if has("array") {
+            let items = s.get("items").cloned().unwrap_or(Value::Bool(true));
+            let item = self.build(&items, depth + 1);
+            let unique = s.get("uniqueItems").and_then(Value::as_bool) == Some(true);
+            let draw = |n: usize, runner: &mut TestRunner| -> Option<Vec<Value>> {
+                let mut v: Vec<Value> = Vec::new();
+                for _ in 0..n.saturating_mul(4).max(4) {
+                    if v.len() >= n {
+                        break;
+                    }
+                    let x = sample(&item, runner)?;
+                    if !unique || !v.contains(&x) {
+                        v.push(x);
+                    }
+                }
+                (v.len() >= n).then_some(v)
+            };
+            let min = usize_of(&s, "minItems").unwrap_or(0);
+            if min <= BOUNDARY_CAP
+                && let Some(v) = draw(min, runner)
+            {
+                push(
+                    &if min == 0 {
+                        "empty array".to_string()
+                    } else {
+                        format!("minItems {min}")
+                    },
+                    Value::Array(v),
+                );
+            }
+            if let Some(max) = usize_of(&s, "maxItems")
+                && max > min
+                && max <= 100
+                && let Some(v) = draw(max, runner)
+            {
+                push(&format!("maxItems {max}"), Value::Array(v));
+            }
+            if let Some(base) = draw(min.max(1), runner) {
+                let mut inner = Vec::new();
+                self.boundaries_at(&items, runner, &format!("{at}[0]"), depth + 1, &mut inner);
+                for b in inner.into_iter().take(BOUNDARIES_PER_PROPERTY) {
+                    let mut v = base.clone();
+                    v[0] = b.value;
+                    out.push(Boundary {
+                        description: b.description,
+                        value: Value::Array(v),
+                    });
+                }
+            }
+        }
+        if has("object") {
+            let Some(Value::Object(base)) =
+                sample(&self.build(&Value::Object(s.clone()), depth), runner)
+            else {
+                return;
+            };
+            let required: Vec<&str> = s
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let empty = Map::new();
+            let props = s
+                .get("properties")
+                .and_then(Value::as_object)
+                .unwrap_or(&empty);
+            let join = |name: &str| {
+                if at.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{at}.{name}")
+                }
+            };
+            for (name, prop) in props {
+                if self.hidden(prop) {
+                    continue;
+                }
+                if !required.contains(&name.as_str()) {
+                    let mut v = base.clone();
+                    if v.remove(name).is_some() {
+                        out.push(Boundary {
+                            description: format!("{} absent", join(name)),
+                            value: Value::Object(v),
+                        });
+                    } else if let Some(x) = sample(&self.build(prop, depth + 1), runner) {
+                        v.insert(name.clone(), x);
+                        out.push(Boundary {
+                            description: format!("{} present", join(name)),
+                            value: Value::Object(v),
+                        });
+                    }
+                }
+                let mut inner = Vec::new();
+                self.boundaries_at(prop, runner, &join(name), depth + 1, &mut inner);
+                for b in inner.into_iter().take(BOUNDARIES_PER_PROPERTY) {
+                    let mut v = base.clone();
+                    v.insert(name.clone(), b.value);
+                    out.push(Boundary {
+                        description: b.description,
+                        value: Value::Object(v),
+                    });
+                }
+            }
+        }
     }
 
     /// Values `schema` rejects: one per constraint it states, each a small change to a valid
@@ -1121,5 +1373,100 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn boundaries_validate_and_their_negatives_do_not() {
+        let schemas = [
+            json!({"type": "integer", "minimum": 1, "maximum": 100}),
+            json!({"type": ["integer", "null"], "exclusiveMinimum": 0, "exclusiveMaximum": 10}),
+            json!({"type": "number", "minimum": -1.5, "exclusiveMaximum": 2.5}),
+            json!({"enum": ["asc", "desc"]}),
+            json!({"type": "string", "minLength": 2, "maxLength": 12}),
+            json!({"type": "string", "maxLength": 5}),
+            json!({"type": ["string", "null"], "pattern": "^[a-z]+$", "maxLength": 8}),
+            json!({"type": "string", "format": "date-time"}),
+            json!({"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "maxItems": 4, "uniqueItems": true}),
+            json!({"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                "id": {"type": "string", "readOnly": true},
+                "name": {"type": "string", "minLength": 1, "maxLength": 10},
+                "count": {"type": "integer", "minimum": 0, "maximum": 100},
+                "kind": {"enum": ["a", "b", "c"]},
+                "note": {"type": ["string", "null"]},
+                "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "maxItems": 2}
+            }}),
+        ];
+        let mut components = Map::new();
+        for (i, schema) in schemas.iter().enumerate() {
+            components.insert(format!("T{i}"), schema.clone());
+        }
+        let doc = json!({"openapi": "3.1.0", "components": {"schemas": components}});
+        let prepared = prepare_doc(&doc, Direction::Request);
+        let g = Generator::new(&prepared, Direction::Request);
+        let mut all = Vec::new();
+        for i in 0..schemas.len() {
+            let schema = json!({"$ref": format!("#/components/schemas/T{i}")});
+            let validator =
+                crate::validate::compile_schema(&prepared, &schema, "").expect("compiles");
+            let mut r = runner(3);
+            let boundaries = g.boundaries(&schema, &mut r);
+            assert!(!boundaries.is_empty(), "T{i} has boundaries");
+            for b in &boundaries {
+                assert!(
+                    validator.is_valid(&b.value),
+                    "T{i}: {} {}",
+                    b.description,
+                    b.value
+                );
+            }
+            let mut r2 = runner(3);
+            assert_eq!(boundaries, g.boundaries(&schema, &mut r2), "deterministic");
+            for n in g.negatives(&schema, &mut r) {
+                assert!(
+                    !validator.is_valid(&n.value),
+                    "T{i}: {} {}",
+                    n.description,
+                    n.value
+                );
+            }
+            all.extend(boundaries.into_iter().map(|b| (i, b.value)));
+        }
+        let has = |i: usize, v: Value| all.contains(&(i, v));
+        assert!(has(0, json!(1)) && has(0, json!(100)));
+        assert!(has(1, json!(1)) && has(1, json!(9)) && has(1, Value::Null));
+        assert!(has(2, json!(-1.5)) && has(2, json!(1.5)));
+        assert!(has(3, json!("asc")) && has(3, json!("desc")));
+        assert!(has(4, json!("aa")) && has(4, json!("a".repeat(12))));
+        assert!(has(5, json!("")) && has(5, json!("aaaaa")));
+        assert!(has(6, Value::Null) && has(6, json!("aaaaaaaa")));
+        let objects: Vec<&Value> = all
+            .iter()
+            .filter(|(i, _)| *i == 9)
+            .map(|(_, v)| v)
+            .collect();
+        for (key, value) in [
+            ("count", json!(0)),
+            ("count", json!(100)),
+            ("kind", json!("c")),
+            ("note", Value::Null),
+            ("name", json!("a".repeat(10))),
+        ] {
+            assert!(
+                objects.iter().any(|o| o[key] == value),
+                "{key} = {value} in {objects:?}"
+            );
+        }
+        assert!(
+            objects.iter().any(|o| o.get("count").is_none()),
+            "count absent"
+        );
+        assert!(
+            objects.iter().any(|o| o.get("count").is_some()),
+            "count present"
+        );
+        assert!(
+            objects.iter().all(|o| o.get("id").is_none()),
+            "readOnly never sent"
+        );
     }
 }

@@ -6,8 +6,10 @@
 //! handler runs; `codegen` bundles with it; the mock and the conformance runner build on it.
 //! The conformance harness (`agentplane conform`) generates data from schemas ([`generate`]),
 //! sends it ([`runner`]), judges the responses with named [`checks`] and renders a
-//! [`report`].
+//! [`report`], and can record every interaction as a Schemathesis-compatible
+//! [`cassette`].
 
+pub mod cassette;
 pub mod checks;
 pub mod conform;
 pub mod generate;

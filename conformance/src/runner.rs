@@ -1,7 +1,10 @@
 //! The conformance runner: generates requests from a spec, sends them, runs the checks.
 //!
-//! It works on any bundled, 3.1-normalized document. Four phases, each optional:
-//! `examples` sends every request example the spec carries, `fuzzing` sends random
+//! It works on any bundled, 3.1-normalized document. Five phases, each optional:
+//! `examples` sends every request example the spec carries, `coverage` sends deterministic
+//! boundary values (each enum member, bounds, shortest and longest strings and arrays,
+//! optional parts present and absent, and the value just outside each constraint as a
+//! negative request), `fuzzing` sends random
 //! schema-valid requests, `negative` sends requests that break exactly one constraint, and
 //! `stateful` follows create → read → update → delete chains (from OpenAPI `links`, or by
 //! convention: a POST on a collection whose response has an `id`, and the operations on
@@ -12,9 +15,10 @@
 //! changes the order requests are sent in, never what is sent.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use jsonschema::Validator;
 use proptest::strategy::SBoxedStrategy;
@@ -22,6 +26,7 @@ use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, Tes
 use serde_json::{Map, Value};
 
 use crate::SpecError;
+use crate::cassette::{CheckRecord, Interaction, RecordedResponse};
 use crate::checks::{self, CaseKind, Check, CheckContext, Failure, Severity, Verdict};
 use crate::generate::{Direction, Generator, prepare_doc, sample};
 use crate::response::{Exchange, Responses, is_json};
@@ -32,6 +37,8 @@ use crate::validate::{coerce_scalar, compile_schema};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     Examples,
+    /// Deterministic boundary values (Schemathesis v4's coverage phase).
+    Coverage,
     Fuzzing,
     Negative,
     Stateful,
@@ -39,8 +46,9 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in run order.
-    pub const ALL: [Phase; 4] = [
+    pub const ALL: [Phase; 5] = [
         Phase::Examples,
+        Phase::Coverage,
         Phase::Fuzzing,
         Phase::Negative,
         Phase::Stateful,
@@ -50,18 +58,20 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Examples => "examples",
+            Phase::Coverage => "coverage",
             Phase::Fuzzing => "fuzzing",
             Phase::Negative => "negative",
             Phase::Stateful => "stateful",
         }
     }
 
-    /// Parses a phase name (`coverage` is accepted as a synonym of `negative`).
+    /// Parses a phase name.
     pub fn parse(name: &str) -> Option<Phase> {
         match name.trim() {
             "examples" => Some(Phase::Examples),
             "fuzzing" => Some(Phase::Fuzzing),
-            "negative" | "coverage" => Some(Phase::Negative),
+            "coverage" => Some(Phase::Coverage),
+            "negative" => Some(Phase::Negative),
             "stateful" => Some(Phase::Stateful),
             _ => None,
         }
@@ -90,6 +100,12 @@ pub struct Config {
     pub positive_statuses: Vec<String>,
     pub request_timeout: Duration,
     pub progress: Option<Progress>,
+    /// When set, the progress callback gets one line per operation (after its last
+    /// per-operation phase, with totals over all phases) and one per stateful chain, instead
+    /// of one per operation and phase. Meant for output that is not a terminal.
+    pub progress_per_operation: bool,
+    /// Record every interaction into this file as a Schemathesis-compatible VCR cassette.
+    pub cassette: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -101,6 +117,7 @@ impl std::fmt::Debug for Config {
             .field("workers", &self.workers)
             .field("phases", &self.phases)
             .field("checks", &self.checks)
+            .field("cassette", &self.cassette)
             .finish_non_exhaustive()
     }
 }
@@ -122,6 +139,8 @@ impl Config {
                 .collect(),
             request_timeout: Duration::from_secs(10),
             progress: None,
+            progress_per_operation: false,
+            cassette: None,
         }
     }
 }
@@ -224,6 +243,12 @@ struct Shared {
     auth_headers: Vec<String>,
     done: AtomicUsize,
     total: usize,
+    /// The phase running now (an index into [`Phase::ALL`]); phases never overlap.
+    phase: AtomicUsize,
+    /// Interactions for the cassette, when one is written.
+    recorder: Option<Mutex<Vec<Interaction>>>,
+    /// Interactions recorded so far (ids).
+    recorded: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -269,7 +294,17 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
     } else {
         0
     };
-    let total = testable * per_op_phases + chains;
+    let total = if config.progress_per_operation {
+        testable + chains
+    } else {
+        testable * per_op_phases + chains
+    };
+    let last_op_phase = config
+        .phases
+        .iter()
+        .copied()
+        .filter(|p| *p != Phase::Stateful)
+        .max();
     let shared = Arc::new(Shared {
         request_doc,
         ops,
@@ -279,6 +314,9 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
         auth_headers,
         done: AtomicUsize::new(0),
         total,
+        phase: AtomicUsize::new(0),
+        recorder: config.cassette.as_ref().map(|_| Mutex::new(Vec::new())),
+        recorded: AtomicUsize::new(0),
     });
     let mut outcomes: Vec<OpOutcome> = shared.ops.iter().map(|_| OpOutcome::default()).collect();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(config.workers.max(1)));
@@ -286,6 +324,8 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
     phases.sort();
     phases.dedup();
     for phase in phases {
+        let phase_index = Phase::ALL.iter().position(|p| *p == phase).unwrap_or(0);
+        shared.phase.store(phase_index, Ordering::SeqCst);
         let mut tasks = tokio::task::JoinSet::new();
         if phase == Phase::Stateful {
             for chain in find_chains(&shared.ops) {
@@ -314,6 +354,12 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
                 for (index, outcome) in results {
                     if let Some(slot) = outcomes.get_mut(index) {
                         slot.merge(outcome);
+                        if shared.config.progress_per_operation
+                            && Some(phase) == last_op_phase
+                            && let Some(op) = shared.ops.get(index)
+                        {
+                            progress(shared.as_ref(), &op_line("", &op.label, slot));
+                        }
                     }
                 }
             }
@@ -344,6 +390,19 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
     }
     report.failures = distinct;
     report.elapsed = started.elapsed();
+    if let (Some(path), Some(recorder)) = (&config.cassette, &shared.recorder) {
+        let interactions = recorder.lock().unwrap_or_else(PoisonError::into_inner);
+        let text = crate::cassette::render(
+            &format!("agentplane conform --url {}", config.base_url),
+            config.seed,
+            &interactions,
+            &shared.auth_headers,
+        );
+        std::fs::write(path, text).map_err(|source| SpecError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
     Ok(report)
 }
 
@@ -662,6 +721,7 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
     let op = &shared.ops[index];
     let phase_no = match phase {
         Phase::Examples => 1,
+        Phase::Coverage => 5,
         Phase::Fuzzing => 2,
         Phase::Negative => 3,
         Phase::Stateful => 4,
@@ -708,6 +768,7 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
                 }
             }
         }
+        Phase::Coverage => cases = coverage_cases(shared, op, &factory, &mut runner),
         Phase::Fuzzing => {
             for _ in 0..max {
                 if let Some(case) = factory.positive(&mut runner, &shared.auth_headers) {
@@ -750,21 +811,24 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
         )
         .await;
     }
-    progress(
-        shared,
-        &format!(
-            "{:<9} {} ({} requests{})",
-            phase.as_str(),
-            op.label,
-            outcome.cases,
-            if outcome.failures.is_empty() {
-                String::new()
-            } else {
-                format!(", {} failures", outcome.failures.len())
-            }
-        ),
-    );
+    if !shared.config.progress_per_operation {
+        progress(shared, &op_line(phase.as_str(), &op.label, &outcome));
+    }
     vec![(index, outcome)]
+}
+
+/// A progress line for one operation: `phase  METHOD /path (N requests, M failures)`.
+fn op_line(phase: &str, label: &str, outcome: &OpOutcome) -> String {
+    let failures = if outcome.failures.is_empty() {
+        String::new()
+    } else {
+        format!(", {} failures", outcome.failures.len())
+    };
+    if phase.is_empty() {
+        format!("{label} ({} requests{failures})", outcome.cases)
+    } else {
+        format!("{phase:<9} {label} ({} requests{failures})", outcome.cases)
+    }
 }
 
 fn progress(shared: &Shared, line: &str) {
@@ -772,6 +836,81 @@ fn progress(shared: &Shared, line: &str) {
     if let Some(p) = &shared.config.progress {
         p(&format!("[{n}/{}] {line}", shared.total));
     }
+}
+
+/// Requests per operation the coverage phase sends at most.
+pub const COVERAGE_MAX_CASES: usize = 60;
+/// Of those, at most this many are positive.
+const COVERAGE_MAX_POSITIVE: usize = 40;
+
+/// The coverage phase's requests: one schema-valid base case, then one variation per
+/// boundary of each parameter and of the body (positive), each optional parameter present
+/// and absent, then the value just outside each constraint (negative). Deterministic for
+/// a seed, and at most [`COVERAGE_MAX_CASES`].
+fn coverage_cases(
+    shared: &Shared,
+    op: &Op,
+    factory: &CaseFactory<'_>,
+    runner: &mut TestRunner,
+) -> Vec<(Case, CaseKind)> {
+    let Some(base) = factory.positive(runner, &shared.auth_headers) else {
+        return Vec::new();
+    };
+    let generator = Generator::new(&shared.request_doc, Direction::Request);
+    let mut positives = vec![base.clone()];
+    for (i, param) in op.params.iter().enumerate() {
+        if param.loc == Loc::Header
+            && shared
+                .auth_headers
+                .contains(&param.name.to_ascii_lowercase())
+        {
+            continue;
+        }
+        if !param.required {
+            let mut case = base.clone();
+            case.values.retain(|(j, _)| *j != i);
+            if case.values.len() != base.values.len() {
+                positives.push(case);
+            } else if let Some(v) = factory.param_value(i, runner) {
+                case.values.push((i, v));
+                positives.push(case);
+            }
+        }
+        for b in generator.boundaries(&param.schema, runner) {
+            if valid_after_round_trip(param, &b.value) {
+                let mut case = base.clone();
+                case.values.retain(|(j, _)| *j != i);
+                case.values.push((i, b.value));
+                positives.push(case);
+            }
+        }
+    }
+    if let Some(body) = &op.body {
+        for b in generator.boundaries(&body.schema, runner) {
+            if body.validator.is_valid(&b.value) && base.body.as_ref() != Some(&b.value) {
+                let mut case = base.clone();
+                case.body = Some(b.value);
+                positives.push(case);
+            }
+        }
+        if !body.required && base.body.is_some() {
+            let mut case = base.clone();
+            case.body = None;
+            positives.push(case);
+        }
+    }
+    let negatives = negative_cases(shared, op, &base, runner);
+    let positives = spread(&positives, COVERAGE_MAX_POSITIVE);
+    let room = COVERAGE_MAX_CASES.saturating_sub(positives.len());
+    positives
+        .into_iter()
+        .map(|c| (c, CaseKind::Positive))
+        .chain(
+            spread(&negatives, room)
+                .into_iter()
+                .map(|c| (c, CaseKind::Negative)),
+        )
+        .collect()
 }
 
 fn negative_cases(shared: &Shared, op: &Op, base: &Case, runner: &mut TestRunner) -> Vec<Case> {
@@ -828,12 +967,6 @@ fn encode_segment(text: &str) -> String {
         }
     }
     out
-}
-
-/// Builds the request of a case and sends it.
-async fn send(shared: &Shared, op: &Op, case: &Case, with_auth: bool) -> Result<Exchange, String> {
-    let (url, headers) = build_request(shared, op, case, with_auth);
-    exchange(shared, &op.method, url, headers, case.body.clone()).await
 }
 
 /// The URL and headers of a case.
@@ -903,6 +1036,7 @@ fn build_request(
     (url, headers)
 }
 
+/// Sends one request and records it for the cassette (without checks).
 async fn exchange(
     shared: &Shared,
     method: &str,
@@ -910,6 +1044,67 @@ async fn exchange(
     headers: Vec<(String, String)>,
     body: Option<Value>,
 ) -> Result<Exchange, String> {
+    exchange_recorded(shared, method, url, headers, body)
+        .await
+        .0
+}
+
+/// Sends one request; when a cassette is being written, records the interaction and
+/// returns its position so that check results can be attached to it.
+async fn exchange_recorded(
+    shared: &Shared,
+    method: &str,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Option<Value>,
+) -> (Result<Exchange, String>, Option<usize>) {
+    let Some(recorder) = &shared.recorder else {
+        return (
+            send_raw(shared, method, url, headers, body)
+                .await
+                .map(|(ex, _)| ex),
+            None,
+        );
+    };
+    let recorded_at = SystemTime::now();
+    let started = Instant::now();
+    let result = send_raw(shared, method, url.clone(), headers.clone(), body.clone()).await;
+    let n = shared.recorded.fetch_add(1, Ordering::SeqCst);
+    let phase = Phase::ALL
+        .get(shared.phase.load(Ordering::SeqCst))
+        .map_or("", |p| p.as_str());
+    let interaction = Interaction {
+        id: format!("{:016x}{:016x}", shared.config.seed, n),
+        phase: phase.to_string(),
+        seed: shared.config.seed,
+        recorded_at,
+        elapsed: started.elapsed(),
+        checks: Vec::new(),
+        method: method.to_string(),
+        uri: url,
+        request_headers: headers,
+        request_body: body.map(|b| b.to_string()),
+        response: result.as_ref().ok().map(|(ex, version)| RecordedResponse {
+            status: ex.status,
+            headers: ex.headers.clone(),
+            body: ex.body.clone(),
+            http_version: version.clone(),
+        }),
+    };
+    let mut interactions = recorder.lock().unwrap_or_else(PoisonError::into_inner);
+    interactions.push(interaction);
+    let slot = interactions.len() - 1;
+    (result.map(|(ex, _)| ex), Some(slot))
+}
+
+/// Sends one request; the exchange and the response's HTTP version (`1.1`, `2`).
+async fn send_raw(
+    shared: &Shared,
+    method: &str,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Option<Value>,
+) -> Result<(Exchange, String), String> {
     let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
     let mut request = shared.client.request(m, &url);
     for (name, value) in &headers {
@@ -932,6 +1127,14 @@ async fn exchange(
         .await
         .map_err(|e| format!("{e} ({})", partial.curl()))?;
     let status = response.status().as_u16();
+    let version = match response.version() {
+        reqwest::Version::HTTP_09 => "0.9",
+        reqwest::Version::HTTP_10 => "1.0",
+        reqwest::Version::HTTP_2 => "2",
+        reqwest::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+    .to_string();
     let response_headers = response
         .headers()
         .iter()
@@ -943,12 +1146,15 @@ async fn exchange(
         })
         .collect();
     let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-    Ok(Exchange {
-        status,
-        headers: response_headers,
-        body: bytes.to_vec(),
-        ..partial
-    })
+    Ok((
+        Exchange {
+            status,
+            headers: response_headers,
+            body: bytes.to_vec(),
+            ..partial
+        },
+        version,
+    ))
 }
 
 fn network_failure(op: &Op, message: String) -> Failure {
@@ -972,9 +1178,20 @@ async fn send_and_check(
     outcome: &mut OpOutcome,
 ) -> Option<Exchange> {
     outcome.cases += 1;
-    match send(shared, op, case, with_auth).await {
+    let (url, headers) = build_request(shared, op, case, with_auth);
+    let (result, slot) =
+        exchange_recorded(shared, &op.method, url, headers, case.body.clone()).await;
+    match result {
         Ok(ex) => {
-            judge(shared, op, kind, &ex, None, outcome);
+            let records = judge(shared, op, kind, &ex, None, outcome);
+            if let (Some(slot), Some(recorder)) = (slot, &shared.recorder)
+                && let Some(i) = recorder
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_mut(slot)
+            {
+                i.checks = records;
+            }
             Some(ex)
         }
         Err(e) => {
@@ -991,7 +1208,8 @@ fn judge(
     exchange: &Exchange,
     follow_up: Option<&Exchange>,
     outcome: &mut OpOutcome,
-) {
+) -> Vec<CheckRecord> {
+    let mut records = Vec::new();
     let ctx = CheckContext {
         operation: &op.label,
         responses: &op.responses,
@@ -1003,9 +1221,21 @@ fn judge(
     for check in &shared.checks {
         match (check.run)(&ctx) {
             Verdict::NotApplicable => {}
-            Verdict::Pass => outcome.checks.entry(check.name.into()).or_default().passed += 1,
+            Verdict::Pass => {
+                outcome.checks.entry(check.name.into()).or_default().passed += 1;
+                records.push(CheckRecord {
+                    name: check.name.into(),
+                    passed: true,
+                    message: None,
+                });
+            }
             Verdict::Fail(message) => {
                 outcome.checks.entry(check.name.into()).or_default().failed += 1;
+                records.push(CheckRecord {
+                    name: check.name.into(),
+                    passed: false,
+                    message: Some(message.clone()),
+                });
                 outcome.failures.push(Failure {
                     operation: op.label.clone(),
                     check: check.name.into(),
@@ -1021,6 +1251,7 @@ fn judge(
             }
         }
     }
+    records
 }
 
 /// A create operation and the operations on what it creates.

@@ -358,3 +358,128 @@ fn reports_render_as_json_and_junit() {
         "credentials never reach a report"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cassette_records_every_interaction_in_schemathesis_format() {
+    let base = start(Fault::ServerErrorOnEdgeValue).await;
+    let path = std::env::temp_dir().join(format!(
+        "agentplane-cassette-{}-{}.yaml",
+        std::process::id(),
+        base.rsplit(':').next().unwrap_or("0")
+    ));
+    let mut config = Config::new(base);
+    config.headers = vec![("Authorization".into(), "Bearer secret".into())];
+    config.seed = 7;
+    config.max_examples = 5;
+    config.workers = 2;
+    config.cassette = Some(path.clone());
+    let report = runner::run(&spec(), config)
+        .await
+        .expect("the spec is usable");
+    let text = std::fs::read_to_string(&path).expect("the cassette is written");
+    let _ = std::fs::remove_file(&path);
+    assert!(!text.contains("Bearer secret"), "credentials are redacted");
+    let doc: Value = yaml_serde::from_str(&text).expect("the cassette is YAML");
+    assert_eq!(doc["seed"], 7);
+    assert!(doc["command"].is_string() && doc["recorded_with"].is_string());
+    let interactions = doc["http_interactions"].as_array().expect("interactions");
+    assert!(
+        interactions.len() >= report.cases,
+        "{} interactions for {} cases",
+        interactions.len(),
+        report.cases
+    );
+    let mut ids = std::collections::BTreeSet::new();
+    let mut phases = std::collections::BTreeSet::new();
+    for i in interactions {
+        assert!(
+            ids.insert(i["id"].as_str().expect("id").to_string()),
+            "ids are unique"
+        );
+        assert!(
+            ["SUCCESS", "FAILURE", "SKIP", "ERROR"]
+                .contains(&i["status"].as_str().expect("status"))
+        );
+        assert_eq!(i["seed"], 7);
+        assert!(
+            i["elapsed"]
+                .as_str()
+                .is_some_and(|e| e.parse::<f64>().is_ok())
+        );
+        assert!(i["recorded_at"].as_str().is_some_and(|t| t.contains('T')));
+        phases.insert(i["phase"]["name"].as_str().expect("phase").to_string());
+        assert!(i["checks"].is_array());
+        let request = &i["request"];
+        assert!(
+            request["uri"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("http://127.0.0.1:"))
+        );
+        assert!(request["method"].is_string());
+        assert!(request["headers"].is_object());
+        let response = &i["response"];
+        assert!(
+            response["status"]["code"]
+                .as_str()
+                .is_some_and(|c| c.parse::<u16>().is_ok())
+        );
+        assert!(response["status"]["message"].is_string());
+        assert!(response["headers"].is_object());
+        assert_eq!(response["body"]["encoding"], "utf-8");
+        assert!(response["body"]["string"].is_string());
+        assert_eq!(response["http_version"], "1.1");
+    }
+    for phase in ["examples", "coverage", "fuzzing", "negative", "stateful"] {
+        assert!(phases.contains(phase), "{phase} recorded: {phases:?}");
+    }
+    // Authenticated requests carry the redacted header; the unauthenticated probe none.
+    assert!(interactions.iter().any(|i| {
+        i["request"]["headers"]["Authorization"][0] == conformance::cassette::REDACTED
+    }));
+    // The edge-value 500 is recorded as a failed check.
+    assert!(interactions.iter().any(|i| {
+        i["status"] == "FAILURE"
+            && i["response"]["status"]["code"] == "500"
+            && i["checks"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["name"] == "not_a_server_error" && c["status"] == "FAILURE")
+            })
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coverage_alone_finds_the_edge_value_fault_deterministically() {
+    let base = start(Fault::ServerErrorOnEdgeValue).await;
+    let mut config = Config::new(base);
+    config.headers = vec![("Authorization".into(), "Bearer secret".into())];
+    config.phases = vec![runner::Phase::Coverage];
+    config.max_examples = 1;
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    config.progress = Some(Arc::new(move |line: &str| {
+        sink.lock().expect("lock").push(line.to_string());
+    }));
+    config.progress_per_operation = true;
+    let report = runner::run(&spec(), config)
+        .await
+        .expect("the spec is usable");
+    assert!(
+        failed_checks(&report).contains(&"not_a_server_error".to_string()),
+        "{}",
+        conformance::report::summary(&report)
+    );
+    for op in &report.operations {
+        assert!(
+            op.cases <= runner::COVERAGE_MAX_CASES + 1,
+            "{}: {} cases",
+            op.operation,
+            op.cases
+        );
+    }
+    let lines = lines.lock().expect("lock");
+    assert_eq!(
+        lines.len(),
+        report.operations.len(),
+        "one line per operation: {lines:?}"
+    );
+}
