@@ -57,6 +57,10 @@ struct ConformArgs {
     /// A header sent with every request, `Name: value` (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// A header of a second identity (another tenant), `Name: value` (repeatable): it
+    /// replaces the credentials for the `cross_tenant_isolation` check.
+    #[arg(long = "other-header")]
+    other_headers: Vec<String>,
     /// More headers, one `Name: value` per line.
     #[arg(long, env = "AGENTPLANE_CONFORM_HEADERS", hide_env_values = true)]
     env_headers: Option<String>,
@@ -200,6 +204,7 @@ async fn conform(args: ConformArgs) -> u8 {
         spec: args.spec,
         url: args.url,
         headers,
+        other_headers: args.other_headers,
         seed: args.seed,
         max_examples: args.max_examples,
         workers: args.workers,

@@ -61,6 +61,22 @@ pub enum CaseKind {
     LocationFollowed,
     /// A DELETE answered 2xx; `follow_up` reads the deleted resource.
     Deleted,
+    /// Schema-valid data without one required header parameter: the server must answer 4xx.
+    MissingHeader,
+    /// A method the spec does not document, on a documented path: the server must answer 405.
+    UnsupportedMethod,
+    /// A re-read with `If-None-Match: <its ETag>`: the server must answer 304.
+    ConditionalRead,
+    /// An update with `If-Match: <a stale ETag>`: the server must answer 412; `before` is
+    /// the resource read before it, `follow_up` the resource read after it.
+    ConditionalUpdate,
+    /// One page of a list; `pages` holds it (per-page invariants).
+    ListPage,
+    /// A walk over the pages of a list; `pages` holds every page fetched, in order.
+    PageWalk,
+    /// A resource of the main identity requested by the other identity (must answer 404);
+    /// `follow_up` reads it with the main identity afterwards (must answer 2xx).
+    CrossTenant,
 }
 
 /// Everything a check may look at.
@@ -73,6 +89,10 @@ pub struct CheckContext<'a> {
     pub follow_up: Option<&'a Exchange>,
     /// Status patterns (`2xx`, `404`) a positive request may get.
     pub positive_statuses: &'a [String],
+    /// For [`CaseKind::ConditionalUpdate`]: the resource as read before the request.
+    pub before: Option<&'a Exchange>,
+    /// For [`CaseKind::ListPage`] and [`CaseKind::PageWalk`]: the pages fetched, in order.
+    pub pages: &'a [Exchange],
 }
 
 /// A check's answer.
@@ -161,6 +181,36 @@ pub const ALL: &[Check] = &[
         severity: Severity::Error,
         summary: "a 201 carries a documented Location that answers 2xx",
         run: location_on_created,
+    },
+    Check {
+        name: "missing_required_header",
+        severity: Severity::Error,
+        summary: "a request without a required header parameter is answered 4xx",
+        run: missing_required_header,
+    },
+    Check {
+        name: "unsupported_method",
+        severity: Severity::Error,
+        summary: "a method the spec does not document on a known path is answered 405 with Allow",
+        run: unsupported_method,
+    },
+    Check {
+        name: "conditional_requests",
+        severity: Severity::Error,
+        summary: "If-None-Match with the current ETag answers 304; If-Match with a stale one 412 and changes nothing",
+        run: conditional_requests,
+    },
+    Check {
+        name: "pagination_totals",
+        severity: Severity::Error,
+        summary: "a page holds at most per_page items, pages = ceil(total / per_page), and the pages add up to total",
+        run: pagination_totals,
+    },
+    Check {
+        name: "cross_tenant_isolation",
+        severity: Severity::Error,
+        summary: "another identity gets 404 for a resource it does not own, and the owner still reads it",
+        run: cross_tenant_isolation,
     },
 ];
 
@@ -432,5 +482,142 @@ fn location_on_created(ctx: &CheckContext<'_>) -> Verdict {
             "a GET on the Location of the created resource answered {}",
             read.status
         )),
+    }
+}
+
+fn missing_required_header(ctx: &CheckContext<'_>) -> Verdict {
+    if ctx.kind != CaseKind::MissingHeader {
+        return Verdict::NotApplicable;
+    }
+    let status = ctx.exchange.status;
+    if (400..500).contains(&status) {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!(
+            "a request without a required header answered {status}, not 4xx"
+        ))
+    }
+}
+
+fn unsupported_method(ctx: &CheckContext<'_>) -> Verdict {
+    if ctx.kind != CaseKind::UnsupportedMethod {
+        return Verdict::NotApplicable;
+    }
+    match ctx.exchange.status {
+        405 if ctx.exchange.header("allow").is_none() => Verdict::Fail(format!(
+            "the undocumented method {} answered 405 without an Allow header (RFC 9110)",
+            ctx.exchange.method
+        )),
+        405 => Verdict::Pass,
+        s => Verdict::Fail(format!(
+            "the undocumented method {} answered {s}, not 405",
+            ctx.exchange.method
+        )),
+    }
+}
+
+fn conditional_requests(ctx: &CheckContext<'_>) -> Verdict {
+    match ctx.kind {
+        CaseKind::ConditionalRead => match ctx.exchange.status {
+            304 => Verdict::Pass,
+            s => Verdict::Fail(format!(
+                "a read with If-None-Match set to the current ETag answered {s}, not 304"
+            )),
+        },
+        CaseKind::ConditionalUpdate => {
+            if ctx.exchange.status != 412 {
+                return Verdict::Fail(format!(
+                    "an update with If-Match set to a stale ETag answered {}, not 412",
+                    ctx.exchange.status
+                ));
+            }
+            match (ctx.before, ctx.follow_up) {
+                (Some(before), Some(after)) if before.json() != after.json() => {
+                    Verdict::Fail("an update refused with 412 still changed the resource".into())
+                }
+                _ => Verdict::Pass,
+            }
+        }
+        _ => Verdict::NotApplicable,
+    }
+}
+
+/// `(data length, total, per_page, pages)` of a paginated list body.
+fn page_numbers(exchange: &Exchange) -> Option<(u64, u64, u64, u64)> {
+    let body = exchange.json()?;
+    let data = body.get("data")?.as_array()?;
+    let p = body.get("pagination")?;
+    let n = |k: &str| p.get(k).and_then(serde_json::Value::as_u64);
+    Some((data.len() as u64, n("total")?, n("per_page")?, n("pages")?))
+}
+
+fn page_violation(exchange: &Exchange) -> Option<String> {
+    let (len, total, per_page, pages) = page_numbers(exchange)?;
+    if len > per_page {
+        return Some(format!(
+            "a page holds {len} items but per_page is {per_page}"
+        ));
+    }
+    let expected = if per_page == 0 {
+        0
+    } else {
+        total.div_ceil(per_page)
+    };
+    // An empty list may report one (empty) page.
+    if pages != expected && !(total == 0 && pages == 1) {
+        return Some(format!(
+            "pages is {pages} but ceil(total {total} / per_page {per_page}) is {expected}"
+        ));
+    }
+    None
+}
+
+fn pagination_totals(ctx: &CheckContext<'_>) -> Verdict {
+    match ctx.kind {
+        CaseKind::ListPage | CaseKind::PageWalk => {}
+        _ => return Verdict::NotApplicable,
+    }
+    if ctx.pages.iter().all(|p| page_numbers(p).is_none()) {
+        return Verdict::NotApplicable;
+    }
+    if let Some(v) = ctx.pages.iter().find_map(page_violation) {
+        return Verdict::Fail(v);
+    }
+    if ctx.kind == CaseKind::PageWalk {
+        let numbers: Vec<_> = ctx.pages.iter().filter_map(page_numbers).collect();
+        let Some(&(_, total, _, pages)) = numbers.first() else {
+            return Verdict::NotApplicable;
+        };
+        if numbers.iter().any(|n| n.1 != total) {
+            return Verdict::Fail("total changed between pages of one walk".into());
+        }
+        if numbers.len() as u64 >= pages {
+            let sum: u64 = numbers.iter().take(pages as usize).map(|n| n.0).sum();
+            if sum != total {
+                return Verdict::Fail(format!(
+                    "the {pages} pages hold {sum} items but total is {total}"
+                ));
+            }
+        }
+    }
+    Verdict::Pass
+}
+
+fn cross_tenant_isolation(ctx: &CheckContext<'_>) -> Verdict {
+    if ctx.kind != CaseKind::CrossTenant {
+        return Verdict::NotApplicable;
+    }
+    if ctx.exchange.status != 404 {
+        return Verdict::Fail(format!(
+            "{} on another identity's resource answered {}, not 404",
+            ctx.exchange.method, ctx.exchange.status
+        ));
+    }
+    match ctx.follow_up {
+        Some(read) if !(200..300).contains(&read.status) => Verdict::Fail(format!(
+            "after {} by another identity, the owner reading it answered {}",
+            ctx.exchange.method, read.status
+        )),
+        _ => Verdict::Pass,
     }
 }

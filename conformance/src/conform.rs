@@ -30,6 +30,9 @@ pub struct CommandOptions {
     pub url: Option<String>,
     /// `Name: value` lines.
     pub headers: Vec<String>,
+    /// `Name: value` lines: the credentials of a second identity (another tenant), for
+    /// `cross_tenant_isolation`.
+    pub other_headers: Vec<String>,
     pub seed: Option<u64>,
     pub max_examples: usize,
     pub workers: usize,
@@ -117,6 +120,13 @@ pub async fn run_command(options: CommandOptions) -> u8 {
             Err(e) => return usage(e),
         }
     }
+    let mut other_headers = Vec::new();
+    for line in &options.other_headers {
+        match parse_header(line) {
+            Ok(h) => other_headers.push(h),
+            Err(e) => return usage(e),
+        }
+    }
     let mut phases = Vec::new();
     for name in options.phases.iter().flat_map(|p| p.split(',')) {
         if name.trim().is_empty() || name.trim() == "all" {
@@ -152,6 +162,7 @@ pub async fn run_command(options: CommandOptions) -> u8 {
     });
     let mut config = Config::new(base.clone());
     config.headers = headers;
+    config.other_headers = other_headers;
     config.seed = seed;
     config.max_examples = options.max_examples.max(1);
     config.workers = options.workers.max(1);

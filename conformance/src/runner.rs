@@ -10,6 +10,13 @@
 //! convention: a POST on a collection whose response has an `id`, and the operations on
 //! `{collection}/{param}`). Every response goes through the enabled [`checks`](crate::checks).
 //!
+//! Some checks send requests of their own: the negative phase probes each path with the
+//! methods it does not document (`unsupported_method`) and leaves out required headers
+//! (`missing_required_header`); the stateful phase sends conditional requests with the
+//! created resource's `ETag` (`conditional_requests`) and, with [`Config::other_headers`],
+//! the same operations as another identity (`cross_tenant_isolation`); after every phase,
+//! list operations with `page`/`per_page` are walked page by page (`pagination_totals`).
+//!
 //! Runs are deterministic for a seed: each operation draws its data from its own proptest
 //! RNG seeded from the run seed and the operation's position, so the number of workers
 //! changes the order requests are sent in, never what is sent.
@@ -88,6 +95,9 @@ pub struct Config {
     pub base_url: String,
     /// Headers sent with every request (usually credentials), as name and value.
     pub headers: Vec<(String, String)>,
+    /// The credentials of a second identity (another tenant), used instead of the secret
+    /// headers of [`Config::headers`] by the `cross_tenant_isolation` check; empty to skip it.
+    pub other_headers: Vec<(String, String)>,
     pub seed: u64,
     /// Generated requests per operation and phase.
     pub max_examples: usize,
@@ -128,6 +138,7 @@ impl Config {
         Self {
             base_url: base_url.into(),
             headers: Vec::new(),
+            other_headers: Vec::new(),
             seed: 0,
             max_examples: 20,
             workers: 4,
@@ -197,6 +208,8 @@ struct Param {
     loc: Loc,
     required: bool,
     explode: bool,
+    /// `style: deepObject`: an object serialized as `name[key]=value`.
+    deep: bool,
     /// The schema with `$ref`s and `allOf` resolved at the top level.
     flat: Value,
     schema: Value,
@@ -365,6 +378,19 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
             }
         }
     }
+    // List walks run alone, after every phase, so no other request changes the totals
+    // under them.
+    if config.phases.contains(&Phase::Fuzzing) {
+        for (index, slot) in outcomes.iter_mut().enumerate() {
+            let op = &shared.ops[index];
+            if op.skipped.is_some() {
+                continue;
+            }
+            let mut runner = seeded_runner(config.seed, index, 6);
+            let factory = CaseFactory::new(&shared, op);
+            walk_pages(&shared, op, &factory, &mut runner, slot).await;
+        }
+    }
     let mut report = Report {
         seed: config.seed,
         ..Report::default()
@@ -503,6 +529,7 @@ fn compile_ops(
                     loc,
                     required: loc == Loc::Path
                         || p.get("required").and_then(Value::as_bool) == Some(true),
+                    deep: style == "deepObject",
                     explode: p
                         .get("explode")
                         .and_then(Value::as_bool)
@@ -608,7 +635,7 @@ fn representable(param: &Param, value: &Value) -> bool {
                 && text.trim() == text
                 && !(param.loc == Loc::Cookie && text.contains([';', '=']))
         }
-        Loc::Query => true,
+        Loc::Query => !param.deep || value.is_object(),
     }
 }
 
@@ -630,6 +657,23 @@ fn round_trip(param: &Param, value: &Value) -> Option<Value> {
                 .map(|i| scalar_text(i).map(|t| coerce_scalar(&t, &flat_items)))
                 .collect::<Option<Vec<_>>>()?,
         ));
+    }
+    if let (true, Value::Object(map)) = (param.deep, value) {
+        let mut out = Map::new();
+        for (k, v) in map {
+            let schema = param
+                .flat
+                .get("properties")
+                .and_then(|p| p.get(k))
+                .cloned()
+                .unwrap_or(Value::Bool(true));
+            let text = match v {
+                Value::Array(_) | Value::Object(_) => return None,
+                other => scalar_text(other)?,
+            };
+            out.insert(k.clone(), coerce_scalar(&text, &schema));
+        }
+        return Some(Value::Object(out));
     }
     if value.is_object() {
         return Some(value.clone());
@@ -778,12 +822,13 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
         }
         Phase::Negative => {
             if let Some(base) = factory.positive(&mut runner, &shared.auth_headers) {
-                let negatives = negative_cases(shared, op, &base, &mut runner);
-                cases.extend(
-                    spread(&negatives, max)
+                let (missing, negatives): (Vec<_>, Vec<_>) =
+                    negative_cases(shared, op, &base, &mut runner)
                         .into_iter()
-                        .map(|c| (c, CaseKind::Negative)),
-                );
+                        .partition(|(_, k)| *k == CaseKind::MissingHeader);
+                let room = max.saturating_sub(missing.len()).max(1);
+                cases.extend(missing);
+                cases.extend(spread(&negatives, room));
             }
         }
         Phase::Stateful => {}
@@ -811,10 +856,158 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
         )
         .await;
     }
+    if phase == Phase::Negative {
+        probe_unsupported_methods(shared, op, &cases, &mut outcome).await;
+    }
     if !shared.config.progress_per_operation {
         progress(shared, &op_line(phase.as_str(), &op.label, &outcome));
     }
     vec![(index, outcome)]
+}
+
+/// Methods `unsupported_method` tries on a path that does not document them.
+const PROBED_METHODS: &[&str] = &["GET", "PUT", "POST", "DELETE", "PATCH"];
+
+/// Sends, once per path (from its first operation), every method of [`PROBED_METHODS`]
+/// the path does not document, with the path parameters of a valid case and no body.
+async fn probe_unsupported_methods(
+    shared: &Shared,
+    op: &Op,
+    cases: &[(Case, CaseKind)],
+    outcome: &mut OpOutcome,
+) {
+    if !shared.checks.iter().any(|c| c.name == "unsupported_method") {
+        return;
+    }
+    let siblings: Vec<&Op> = shared
+        .ops
+        .iter()
+        .filter(|o| o.template == op.template)
+        .collect();
+    if siblings.first().map(|o| o.index) != Some(op.index) {
+        return;
+    }
+    let base = cases
+        .iter()
+        .find(|(_, k)| *k == CaseKind::Positive)
+        .or_else(|| cases.first())
+        .map(|(c, _)| c.clone());
+    let Some(mut case) = base else {
+        return;
+    };
+    // Only the path parameters: the other operations' parameters mean nothing here.
+    case.values.retain(|(i, _)| op.params[*i].loc == Loc::Path);
+    case.body = None;
+    for method in PROBED_METHODS {
+        if siblings.iter().any(|o| o.method == *method) {
+            continue;
+        }
+        outcome.cases += 1;
+        let (url, headers) = build_request(shared, op, &case, true);
+        match exchange(shared, method, url, headers, None).await {
+            Ok(ex) => {
+                judge(shared, op, CaseKind::UnsupportedMethod, &ex, None, outcome);
+            }
+            Err(e) => outcome.failures.push(network_failure(op, e)),
+        }
+    }
+}
+
+/// Pages a list walk fetches at most.
+const MAX_WALKED_PAGES: u64 = 5;
+
+/// For a GET whose 200 answer is `{data: [...], pagination: {total, per_page, pages}}` and
+/// that takes `page` and `per_page` query parameters: reads one page to learn the total,
+/// then walks the pages with a `per_page` that needs at most [`MAX_WALKED_PAGES`], and runs
+/// `pagination_totals` on the walk.
+async fn walk_pages(
+    shared: &Shared,
+    op: &Op,
+    factory: &CaseFactory<'_>,
+    runner: &mut TestRunner,
+    outcome: &mut OpOutcome,
+) {
+    if op.method != "GET" || !shared.checks.iter().any(|c| c.name == "pagination_totals") {
+        return;
+    }
+    let find = |name: &str| {
+        op.params
+            .iter()
+            .position(|p| p.loc == Loc::Query && p.name == name)
+    };
+    let (Some(page), Some(per_page)) = (find("page"), find("per_page")) else {
+        return;
+    };
+    let Some(mut base) = factory.positive(runner, &shared.auth_headers) else {
+        return;
+    };
+    base.values
+        .retain(|(i, _)| op.params[*i].required && *i != page && *i != per_page);
+    let accepts = |i: usize, n: u64| valid_after_round_trip(&op.params[i], &Value::from(n));
+    let fetch = |page_no: u64, size: u64| {
+        let mut case = base.clone();
+        case.values.push((page, Value::from(page_no)));
+        case.values.push((per_page, Value::from(size)));
+        case
+    };
+    let Some(first_size) = (1..=100).find(|n| accepts(per_page, *n)) else {
+        return;
+    };
+    if !accepts(page, 1) {
+        return;
+    }
+    outcome.cases += 1;
+    let (url, headers) = build_request(shared, op, &fetch(1, first_size), true);
+    let first = match exchange(shared, "GET", url, headers, None).await {
+        Ok(ex) => ex,
+        Err(e) => return outcome.failures.push(network_failure(op, e)),
+    };
+    let total = first
+        .json()
+        .and_then(|b| b.pointer("/pagination/total").and_then(Value::as_u64));
+    let Some(total) = total.filter(|_| first.status == 200) else {
+        return;
+    };
+    judge_with(
+        shared,
+        op,
+        CaseKind::ListPage,
+        &first,
+        None,
+        None,
+        std::slice::from_ref(&first),
+        outcome,
+    );
+    let wanted = total.div_ceil(MAX_WALKED_PAGES).max(first_size);
+    let Some(size) = (wanted..wanted + 100).find(|n| accepts(per_page, *n)) else {
+        return;
+    };
+    let pages = total.div_ceil(size).clamp(1, MAX_WALKED_PAGES);
+    let mut walked = Vec::new();
+    for page_no in 1..=pages {
+        if !accepts(page, page_no) {
+            return;
+        }
+        outcome.cases += 1;
+        let (url, headers) = build_request(shared, op, &fetch(page_no, size), true);
+        match exchange(shared, "GET", url, headers, None).await {
+            Ok(ex) if ex.status == 200 => walked.push(ex),
+            Ok(_) => return,
+            Err(e) => return outcome.failures.push(network_failure(op, e)),
+        }
+    }
+    if let Some(last) = walked.last() {
+        judge_with(
+            shared,
+            op,
+            CaseKind::PageWalk,
+            last,
+            None,
+            None,
+            &walked,
+            outcome,
+        );
+    }
 }
 
 /// A progress line for one operation: `phase  METHOD /path (N requests, M failures)`.
@@ -905,15 +1098,16 @@ fn coverage_cases(
     positives
         .into_iter()
         .map(|c| (c, CaseKind::Positive))
-        .chain(
-            spread(&negatives, room)
-                .into_iter()
-                .map(|c| (c, CaseKind::Negative)),
-        )
+        .chain(spread(&negatives, room))
         .collect()
 }
 
-fn negative_cases(shared: &Shared, op: &Op, base: &Case, runner: &mut TestRunner) -> Vec<Case> {
+fn negative_cases(
+    shared: &Shared,
+    op: &Op,
+    base: &Case,
+    runner: &mut TestRunner,
+) -> Vec<(Case, CaseKind)> {
     let generator = Generator::new(&shared.request_doc, Direction::Request);
     let mut out = Vec::new();
     if let Some(body) = &op.body {
@@ -921,13 +1115,13 @@ fn negative_cases(shared: &Shared, op: &Op, base: &Case, runner: &mut TestRunner
             if !body.validator.is_valid(&n.value) {
                 let mut case = base.clone();
                 case.body = Some(n.value);
-                out.push(case);
+                out.push((case, CaseKind::Negative));
             }
         }
         if body.required {
             let mut case = base.clone();
             case.body = None;
-            out.push(case);
+            out.push((case, CaseKind::Negative));
         }
     }
     for (i, param) in op.params.iter().enumerate() {
@@ -941,7 +1135,12 @@ fn negative_cases(shared: &Shared, op: &Op, base: &Case, runner: &mut TestRunner
         if param.required && param.loc != Loc::Path {
             let mut case = base.clone();
             case.values.retain(|(j, _)| *j != i);
-            out.push(case);
+            let kind = if param.loc == Loc::Header {
+                CaseKind::MissingHeader
+            } else {
+                CaseKind::Negative
+            };
+            out.push((case, kind));
         }
         for n in generator.negatives(&param.schema, runner) {
             let rejected = representable(param, &n.value)
@@ -950,7 +1149,7 @@ fn negative_cases(shared: &Shared, op: &Op, base: &Case, runner: &mut TestRunner
                 let mut case = base.clone();
                 case.values.retain(|(j, _)| *j != i);
                 case.values.push((i, n.value));
-                out.push(case);
+                out.push((case, CaseKind::Negative));
             }
         }
     }
@@ -991,6 +1190,14 @@ fn build_request(
             Loc::Query => {
                 has_query = true;
                 match value {
+                    Value::Object(map) if param.deep => {
+                        for (k, v) in map {
+                            query.append_pair(
+                                &format!("{}[{k}]", param.name),
+                                &scalar_text(v).unwrap_or_default(),
+                            );
+                        }
+                    }
                     Value::Array(items) if param.explode => {
                         for item in items {
                             query.append_pair(&param.name, &scalar_text(item).unwrap_or_default());
@@ -1209,6 +1416,21 @@ fn judge(
     follow_up: Option<&Exchange>,
     outcome: &mut OpOutcome,
 ) -> Vec<CheckRecord> {
+    judge_with(shared, op, kind, exchange, follow_up, None, &[], outcome)
+}
+
+/// [`judge`] with the extra context some checks need.
+#[allow(clippy::too_many_arguments)]
+fn judge_with(
+    shared: &Shared,
+    op: &Op,
+    kind: CaseKind,
+    exchange: &Exchange,
+    follow_up: Option<&Exchange>,
+    before: Option<&Exchange>,
+    pages: &[Exchange],
+    outcome: &mut OpOutcome,
+) -> Vec<CheckRecord> {
     let mut records = Vec::new();
     let ctx = CheckContext {
         operation: &op.label,
@@ -1217,6 +1439,8 @@ fn judge(
         exchange,
         follow_up,
         positive_statuses: &shared.config.positive_statuses,
+        before,
+        pages,
     };
     for check in &shared.checks {
         match (check.run)(&ctx) {
@@ -1416,6 +1640,7 @@ async fn run_chain(shared: &Shared, chain: &Chain) -> Vec<(usize, OpOutcome)> {
                 .and_then(|f| f.positive(runner, &shared.auth_headers))
                 .and_then(|base| with_links(op, base, &body, params))
         };
+        let mut first_read: Option<(Case, Exchange)> = None;
         if created.status == 201
             && let Some((target, params)) = &read
             && let Some(case) = read_case(&mut runner, *target, params)
@@ -1424,6 +1649,7 @@ async fn run_chain(shared: &Shared, chain: &Chain) -> Vec<(usize, OpOutcome)> {
             let out = outcomes.entry(*target).or_default();
             if let Some(ex) = send_and_check(shared, op, &case, CaseKind::Positive, true, out).await
             {
+                first_read = Some((case.clone(), ex.clone()));
                 judge(
                     shared,
                     create,
@@ -1433,6 +1659,23 @@ async fn run_chain(shared: &Shared, chain: &Chain) -> Vec<(usize, OpOutcome)> {
                     outcomes.entry(chain.create).or_default(),
                 );
             }
+        }
+        if let (Some((read_target, _)), Some((read_case_fixed, read_ex))) = (&read, &first_read)
+            && (200..300).contains(&read_ex.status)
+        {
+            let reader = Reader {
+                op: &shared.ops[*read_target],
+                case: read_case_fixed,
+                before: read_ex,
+            };
+            let mut cases = Vec::new();
+            for (target, params) in &chain.targets {
+                if let Some(case) = read_case(&mut runner, *target, params) {
+                    cases.push((*target, case));
+                }
+            }
+            conditional_requests(shared, &reader, &cases, &mut outcomes).await;
+            cross_tenant(shared, &reader, &cases, &mut outcomes).await;
         }
         for (target, params) in &chain.targets {
             let op = &shared.ops[*target];
@@ -1485,6 +1728,148 @@ async fn run_chain(shared: &Shared, chain: &Chain) -> Vec<(usize, OpOutcome)> {
         ),
     );
     outcomes.into_iter().collect()
+}
+
+/// How a stateful chain reads the resource it created.
+struct Reader<'a> {
+    op: &'a Op,
+    case: &'a Case,
+    /// The first successful read.
+    before: &'a Exchange,
+}
+
+impl Reader<'_> {
+    /// Reads the resource again with the main identity.
+    async fn read(&self, shared: &Shared, outcome: &mut OpOutcome) -> Option<Exchange> {
+        outcome.cases += 1;
+        let (url, headers) = build_request(shared, self.op, self.case, true);
+        match exchange(shared, "GET", url, headers, None).await {
+            Ok(ex) => Some(ex),
+            Err(e) => {
+                outcome.failures.push(network_failure(self.op, e));
+                None
+            }
+        }
+    }
+}
+
+/// Sends a case with some headers replaced; `None` (and a network failure) when it fails.
+async fn send_with_headers(
+    shared: &Shared,
+    op: &Op,
+    case: &Case,
+    with_auth: bool,
+    replace: &[(String, String)],
+    outcome: &mut OpOutcome,
+) -> Option<Exchange> {
+    outcome.cases += 1;
+    let (url, mut headers) = build_request(shared, op, case, with_auth);
+    headers.retain(|(n, _)| !replace.iter().any(|(r, _)| r.eq_ignore_ascii_case(n)));
+    headers.extend(replace.iter().cloned());
+    match exchange(shared, &op.method, url, headers, case.body.clone()).await {
+        Ok(ex) => Some(ex),
+        Err(e) => {
+            outcome.failures.push(network_failure(op, e));
+            None
+        }
+    }
+}
+
+fn has_header_param(op: &Op, name: &str) -> bool {
+    op.params
+        .iter()
+        .any(|p| p.loc == Loc::Header && p.name.eq_ignore_ascii_case(name))
+}
+
+fn documents(op: &Op, status: &str) -> bool {
+    op.responses.entries.iter().any(|r| r.status == status)
+}
+
+/// The made-up ETag `conditional_requests` sends in `If-Match`.
+const STALE_ETAG: &str = "\"stale-etag-0\"";
+
+/// `conditional_requests`: a re-read with `If-None-Match: <ETag>` must answer 304, and an
+/// update with `If-Match: <stale ETag>` must answer 412 and leave the resource as it was.
+async fn conditional_requests(
+    shared: &Shared,
+    reader: &Reader<'_>,
+    cases: &[(usize, Case)],
+    outcomes: &mut BTreeMap<usize, OpOutcome>,
+) {
+    if !shared
+        .checks
+        .iter()
+        .any(|c| c.name == "conditional_requests")
+    {
+        return;
+    }
+    let Some(etag) = reader.before.header("etag").map(str::to_string) else {
+        return;
+    };
+    let read_op = reader.op;
+    if documents(read_op, "304") || has_header_param(read_op, "If-None-Match") {
+        let out = outcomes.entry(read_op.index).or_default();
+        let replace = [("If-None-Match".to_string(), etag)];
+        if let Some(ex) = send_with_headers(shared, read_op, reader.case, true, &replace, out).await
+        {
+            judge(shared, read_op, CaseKind::ConditionalRead, &ex, None, out);
+        }
+    }
+    for (target, case) in cases {
+        let op = &shared.ops[*target];
+        if !matches!(op.method.as_str(), "PUT" | "PATCH")
+            || op.template != read_op.template
+            || !has_header_param(op, "If-Match")
+            || !documents(op, "412")
+        {
+            continue;
+        }
+        let out = outcomes.entry(*target).or_default();
+        let replace = [("If-Match".to_string(), STALE_ETAG.to_string())];
+        let Some(ex) = send_with_headers(shared, op, case, true, &replace, out).await else {
+            continue;
+        };
+        let after = reader.read(shared, out).await;
+        judge_with(
+            shared,
+            op,
+            CaseKind::ConditionalUpdate,
+            &ex,
+            after.as_ref(),
+            Some(reader.before),
+            &[],
+            out,
+        );
+    }
+}
+
+/// `cross_tenant_isolation`: every operation on the created resource, sent with the other
+/// identity's credentials, must answer 404, and the owner must still read the resource.
+async fn cross_tenant(
+    shared: &Shared,
+    reader: &Reader<'_>,
+    cases: &[(usize, Case)],
+    outcomes: &mut BTreeMap<usize, OpOutcome>,
+) {
+    if shared.config.other_headers.is_empty()
+        || !shared
+            .checks
+            .iter()
+            .any(|c| c.name == "cross_tenant_isolation")
+    {
+        return;
+    }
+    for (target, case) in cases {
+        let op = &shared.ops[*target];
+        let out = outcomes.entry(*target).or_default();
+        let Some(ex) =
+            send_with_headers(shared, op, case, false, &shared.config.other_headers, out).await
+        else {
+            continue;
+        };
+        let after = reader.read(shared, out).await;
+        judge(shared, op, CaseKind::CrossTenant, &ex, after.as_ref(), out);
+    }
 }
 
 fn auth_headers(shared: &Shared) -> Vec<(String, String)> {

@@ -1,12 +1,13 @@
 //! The conformance checks against a catalog of deliberately broken servers.
 //!
-//! Every server implements the same tiny spec (items: list, create, read, delete, behind a
-//! bearer token) and breaks it in exactly one way. The harness must catch each fault with
+//! Every server implements the same tiny spec (items: list, create, read, update, delete,
+//! and a paged list, behind a bearer token per tenant) and breaks it in exactly one way. The harness must catch each fault with
 //! the check meant for it, and must find nothing wrong with the correct server; otherwise
 //! a green conformance run would mean nothing.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use conformance::RequestValidator;
@@ -18,6 +19,7 @@ use poem::{Response, Server};
 use serde_json::{Value, json};
 
 fn spec() -> Value {
+    let etag = json!({"required": true, "schema": {"type": "string"}});
     let error = json!({"description": "An error.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     json!({
         "openapi": "3.1.0",
@@ -27,7 +29,10 @@ fn spec() -> Value {
             "/items": {
                 "get": {
                     "operationId": "listItems",
-                    "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}],
+                    "parameters": [
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                        {"name": "X-Client", "in": "header", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 20, "pattern": "^[a-z]+$"}}
+                    ],
                     "responses": {
                         "200": {
                             "description": "Items.",
@@ -50,6 +55,7 @@ fn spec() -> Value {
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}},
                             "links": {
                                 "GetItem": {"operationId": "getItem", "parameters": {"id": "$response.body#/id"}},
+                                "UpdateItem": {"operationId": "updateItem", "parameters": {"id": "$response.body#/id"}},
                                 "DeleteItem": {"operationId": "deleteItem", "parameters": {"id": "$response.body#/id"}}
                             }
                         },
@@ -61,14 +67,51 @@ fn spec() -> Value {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 40}}],
                 "get": {
                     "operationId": "getItem",
+                    "parameters": [{"name": "If-None-Match", "in": "header", "schema": {"type": "string", "maxLength": 40}}],
                     "responses": {
-                        "200": {"description": "The item.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}}},
+                        "200": {"description": "The item.", "headers": {"ETag": etag}, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}}},
+                        "304": {"description": "Not modified.", "headers": {"ETag": etag}},
                         "400": error, "401": error, "404": error
+                    }
+                },
+                "put": {
+                    "operationId": "updateItem",
+                    "parameters": [{"name": "If-Match", "in": "header", "schema": {"type": "string", "maxLength": 40}}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ItemInput"}}}},
+                    "responses": {
+                        "200": {"description": "The item.", "headers": {"ETag": etag}, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}}},
+                        "400": error, "401": error, "404": error, "412": error, "422": error
                     }
                 },
                 "delete": {
                     "operationId": "deleteItem",
                     "responses": {"204": {"description": "Deleted."}, "400": error, "401": error, "404": error}
+                }
+            },
+            "/pages": {
+                "get": {
+                    "operationId": "pageItems",
+                    "parameters": [
+                        {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                        {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10}},
+                        {"name": "filter", "in": "query", "style": "deepObject", "explode": true, "schema": {
+                            "type": "object", "additionalProperties": false,
+                            "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 10}}
+                        }}
+                    ],
+                    "responses": {
+                        "200": {"description": "A page of items.", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["data", "pagination"], "properties": {
+                                "data": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}},
+                                "pagination": {"type": "object", "required": ["total", "per_page", "pages"], "properties": {
+                                    "total": {"type": "integer", "minimum": 0},
+                                    "per_page": {"type": "integer", "minimum": 1},
+                                    "pages": {"type": "integer", "minimum": 0}
+                                }}
+                            }
+                        }}}},
+                        "400": error, "401": error
+                    }
                 }
             }
         },
@@ -104,11 +147,58 @@ enum Fault {
     DeletedStillReadable,
     CreatedNotReadable,
     NoLocation,
+    IgnoresMissingHeader,
+    UnknownMethodNotFound,
+    IgnoresIfNoneMatch,
+    IgnoresIfMatch,
+    WrongPaginationTotal,
+    LeaksAcrossTenants,
 }
+
+/// Set once a server saw a `filter[...]` (deepObject) query parameter.
+static SAW_DEEP_OBJECT: AtomicBool = AtomicBool::new(false);
+
+fn etag_of(item: &Value) -> String {
+    let mut hasher = DefaultHasher::new();
+    item.to_string().hash(&mut hasher);
+    format!("\"{:x}\"", hasher.finish())
+}
+
+fn with_etag(mut response: Response, item: &Value) -> Response {
+    if let Ok(v) = etag_of(item).parse() {
+        response.headers_mut().insert("etag", v);
+    }
+    response
+}
+
+/// Every fault and the check meant to find it.
+const CATALOG: &[(Fault, &str)] = &[
+    (Fault::UndocumentedStatus, "status_code_conformance"),
+    (Fault::BodyViolatesSchema, "response_schema_conformance"),
+    (Fault::WrongContentType, "content_type_conformance"),
+    (Fault::ServerErrorOnEdgeValue, "not_a_server_error"),
+    (Fault::AcceptsInvalidData, "negative_data_rejection"),
+    (Fault::RejectsValidData, "positive_data_acceptance"),
+    (
+        Fault::MissingDocumentedHeader,
+        "response_headers_conformance",
+    ),
+    (Fault::IgnoresAuth, "ignored_auth"),
+    (Fault::DeletedStillReadable, "use_after_free"),
+    (Fault::CreatedNotReadable, "ensure_resource_availability"),
+    (Fault::NoLocation, "location_on_created"),
+    (Fault::IgnoresMissingHeader, "missing_required_header"),
+    (Fault::UnknownMethodNotFound, "unsupported_method"),
+    (Fault::IgnoresIfNoneMatch, "conditional_requests"),
+    (Fault::IgnoresIfMatch, "conditional_requests"),
+    (Fault::WrongPaginationTotal, "pagination_totals"),
+    (Fault::LeaksAcrossTenants, "cross_tenant_isolation"),
+];
 
 struct State {
     fault: Fault,
-    items: Mutex<BTreeMap<String, Value>>,
+    /// Item id → (owning tenant, item).
+    items: Mutex<BTreeMap<String, (String, Value)>>,
     next: AtomicU64,
     validator: RequestValidator,
 }
@@ -131,17 +221,27 @@ async fn handle(state: Arc<State>, mut req: poem::Request) -> Response {
     let query = req.uri().query().unwrap_or("").to_string();
     let headers = req.headers().clone();
     let body = req.take_body().into_vec().await.unwrap_or_default();
-    let authorized =
-        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer secret");
-    if !authorized && fault != Fault::IgnoresAuth {
-        return error(401, "no credentials");
+    let tenant = match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some("Bearer secret") => "a",
+        Some("Bearer other") => "b",
+        _ if fault == Fault::IgnoresAuth => "a",
+        _ => return error(401, "no credentials"),
+    };
+    // Which items this caller may see.
+    let visible = |owner: &str| owner == tenant || fault == Fault::LeaksAcrossTenants;
+    if query.contains("filter%5B") || query.contains("filter[") {
+        SAW_DEEP_OBJECT.store(true, Ordering::SeqCst);
     }
     if fault != Fault::AcceptsInvalidData {
         let header = |name: &str| {
-            headers
+            let value = headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+                .map(str::to_string);
+            if fault == Fault::IgnoresMissingHeader && name.eq_ignore_ascii_case("x-client") {
+                return value.or_else(|| Some("any".into()));
+            }
+            value
         };
         let request = ValidatedRequest {
             method: &method,
@@ -152,7 +252,16 @@ async fn handle(state: Arc<State>, mut req: poem::Request) -> Response {
         };
         match state.validator.validate(&request) {
             Outcome::NoRoute => return error(404, "no route"),
-            Outcome::MethodNotAllowed { .. } => return error(405, "method"),
+            Outcome::MethodNotAllowed { .. } if fault == Fault::UnknownMethodNotFound => {
+                return error(404, "no route");
+            }
+            Outcome::MethodNotAllowed { allow } => {
+                let mut r = error(405, "method");
+                if let Ok(v) = allow.join(", ").parse() {
+                    r.headers_mut().insert("allow", v);
+                }
+                return r;
+            }
             Outcome::Invalid { status, .. } => return error(status, "invalid"),
             Outcome::Valid { .. } => {}
         }
@@ -165,7 +274,8 @@ async fn handle(state: Arc<State>, mut req: poem::Request) -> Response {
                 .lock()
                 .expect("lock")
                 .values()
-                .cloned()
+                .filter(|(owner, _)| visible(owner))
+                .map(|(_, item)| item.clone())
                 .collect();
             match fault {
                 Fault::UndocumentedStatus => error(418, "teapot"),
@@ -209,7 +319,7 @@ async fn handle(state: Arc<State>, mut req: poem::Request) -> Response {
                     .items
                     .lock()
                     .expect("lock")
-                    .insert(id.clone(), item.clone());
+                    .insert(id.clone(), (tenant.to_string(), item.clone()));
             }
             let mut r = json_response(201, &item);
             if fault != Fault::NoLocation {
@@ -218,13 +328,82 @@ async fn handle(state: Arc<State>, mut req: poem::Request) -> Response {
             }
             r
         }
-        ("GET", ["items", id]) => match state.items.lock().expect("lock").get(*id) {
-            Some(item) => json_response(200, item),
-            None => error(404, "not found"),
-        },
+        ("GET", ["pages"]) => {
+            let mut page = 1u64;
+            let mut per_page = 10u64;
+            for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+                match k.as_ref() {
+                    "page" => page = v.parse().unwrap_or(1),
+                    "per_page" => per_page = v.parse().unwrap_or(10).max(1),
+                    _ => {}
+                }
+            }
+            let items: Vec<Value> = state
+                .items
+                .lock()
+                .expect("lock")
+                .values()
+                .filter(|(owner, _)| visible(owner))
+                .map(|(_, item)| item.clone())
+                .collect();
+            let mut total = items.len() as u64;
+            if fault == Fault::WrongPaginationTotal {
+                total += 1;
+            }
+            let data: Vec<Value> = items
+                .into_iter()
+                .skip(page.saturating_sub(1).saturating_mul(per_page) as usize)
+                .take(per_page as usize)
+                .collect();
+            json_response(
+                200,
+                &json!({"data": data, "pagination": {
+                    "total": total, "per_page": per_page, "pages": total.div_ceil(per_page)
+                }}),
+            )
+        }
+        ("GET", ["items", id]) => {
+            let items = state.items.lock().expect("lock");
+            match items.get(*id).filter(|(owner, _)| visible(owner)) {
+                Some((_, item)) => {
+                    let etag = etag_of(item);
+                    let none_match = headers.get("if-none-match").and_then(|v| v.to_str().ok());
+                    if none_match == Some(etag.as_str()) && fault != Fault::IgnoresIfNoneMatch {
+                        return with_etag(
+                            Response::builder()
+                                .status(StatusCode::NOT_MODIFIED)
+                                .finish(),
+                            item,
+                        );
+                    }
+                    with_etag(json_response(200, item), item)
+                }
+                None => error(404, "not found"),
+            }
+        }
+        ("PUT", ["items", id]) => {
+            let mut items = state.items.lock().expect("lock");
+            let Some((_, item)) = items.get_mut(*id).filter(|(owner, _)| visible(owner)) else {
+                return error(404, "not found");
+            };
+            let if_match = headers.get("if-match").and_then(|v| v.to_str().ok());
+            if let Some(expected) = if_match
+                && expected != etag_of(item)
+                && fault != Fault::IgnoresIfMatch
+            {
+                return error(412, "changed");
+            }
+            let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            item["name"] = input["name"].clone();
+            item["count"] = json!(input["count"].as_i64().unwrap_or(0));
+            with_etag(json_response(200, item), item)
+        }
         ("DELETE", ["items", id]) => {
             let mut items = state.items.lock().expect("lock");
-            let found = if fault == Fault::DeletedStillReadable {
+            let owned = items.get(*id).is_some_and(|(owner, _)| visible(owner));
+            let found = if !owned {
+                false
+            } else if fault == Fault::DeletedStillReadable {
                 items.contains_key(*id)
             } else {
                 items.remove(*id).is_some()
@@ -267,6 +446,7 @@ async fn conform(fault: Fault) -> Report {
     let base = start(fault).await;
     let mut config = Config::new(base);
     config.headers = vec![("Authorization".into(), "Bearer secret".into())];
+    config.other_headers = vec![("Authorization".into(), "Bearer other".into())];
     config.seed = 42;
     config.max_examples = 30;
     config.workers = 2;
@@ -300,29 +480,17 @@ async fn a_correct_server_passes_every_check() {
             .sum();
         assert!(passed > 0, "{} never ran", check.name);
     }
+    assert!(
+        SAW_DEEP_OBJECT.load(Ordering::SeqCst),
+        "deepObject parameters are sent as name[key]=value"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_is_found_by_its_check() {
-    let catalog = [
-        (Fault::UndocumentedStatus, "status_code_conformance"),
-        (Fault::BodyViolatesSchema, "response_schema_conformance"),
-        (Fault::WrongContentType, "content_type_conformance"),
-        (Fault::ServerErrorOnEdgeValue, "not_a_server_error"),
-        (Fault::AcceptsInvalidData, "negative_data_rejection"),
-        (Fault::RejectsValidData, "positive_data_acceptance"),
-        (
-            Fault::MissingDocumentedHeader,
-            "response_headers_conformance",
-        ),
-        (Fault::IgnoresAuth, "ignored_auth"),
-        (Fault::DeletedStillReadable, "use_after_free"),
-        (Fault::CreatedNotReadable, "ensure_resource_availability"),
-        (Fault::NoLocation, "location_on_created"),
-    ];
     let mut table = String::new();
     let mut missed = Vec::new();
-    for (fault, expected) in catalog {
+    for (fault, expected) in CATALOG.iter().copied() {
         let report = conform(fault).await;
         let found = failed_checks(&report);
         table.push_str(&format!("{fault:?} → {}\n", found.join(", ")));
@@ -482,4 +650,79 @@ async fn coverage_alone_finds_the_edge_value_fault_deterministically() {
         report.operations.len(),
         "one line per operation: {lines:?}"
     );
+}
+
+/// The failures (`code title`) Schemathesis reported in its JSON run report.
+fn schemathesis_failures(report: &Value) -> Vec<String> {
+    let mut out: Vec<String> = report
+        .get("failures")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            format!(
+                "{} {}",
+                f["code"].as_str().unwrap_or(""),
+                f["title"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Runs Schemathesis (`--checks all --mode all`) against every catalog server and prints
+/// which checks it fails, next to the check of ours meant for the fault. A comparison for
+/// `docs/conformance-catalog.md`, not a gate: it needs `.tools/venv/bin/schemathesis`
+/// (or `SCHEMATHESIS`) and takes minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Schemathesis and takes minutes"]
+async fn schemathesis_on_the_catalog() {
+    let exe = std::env::var("SCHEMATHESIS").map_or_else(
+        |_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/schemathesis")
+        },
+        std::path::PathBuf::from,
+    );
+    assert!(exe.exists(), "no Schemathesis at {}", exe.display());
+    let dir = std::env::temp_dir().join(format!("agentplane-catalog-st-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let spec_path = dir.join("spec.json");
+    std::fs::write(&spec_path, spec().to_string()).expect("spec written");
+    let mut table = String::from("| fault | ours | Schemathesis |\n|---|---|---|\n");
+    let faults = std::iter::once((Fault::None, "")).chain(CATALOG.iter().copied());
+    for (fault, expected) in faults {
+        let base = start(fault).await;
+        let report_path = dir.join(format!("{fault:?}.json"));
+        let mut command = std::process::Command::new(&exe);
+        command
+            .arg("run")
+            .arg(&spec_path)
+            .args(["--url", &base, "-H", "Authorization: Bearer secret"])
+            .args([
+                "--checks", "all", "--mode", "all", "-n", "30", "--seed", "42",
+            ])
+            .args(["--report", "json", "--report-json-path"])
+            .arg(&report_path);
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .expect("join")
+            .expect("schemathesis runs");
+        let report: Value = std::fs::read_to_string(&report_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let found = schemathesis_failures(&report);
+        if std::env::var_os("CATALOG_DEBUG").is_some() {
+            eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+            eprintln!("{report:#}");
+        }
+        table.push_str(&format!(
+            "| {fault:?} | {expected} | {} |\n",
+            found.join(", ")
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("{table}");
 }

@@ -1,6 +1,7 @@
 //! The conformance harness against a fresh agentplane: every phase, every check, the spec
 //! the server itself publishes.
 
+use agentplane_api::models::Role;
 use conformance::runner::{self, Config};
 
 use crate::backend_test;
@@ -22,6 +23,10 @@ backend_test!(conform_finds_no_failures, |app| {
         .expect("JSON spec");
     let mut config = Config::new(app.base.clone());
     config.headers = vec![("Authorization".into(), format!("Bearer {}", app.admin_key))];
+    // An admin of another organization: `cross_tenant_isolation` uses it on what the main
+    // identity created.
+    let other = app.key_for("other-org", "eve", Role::Admin, None).await;
+    config.other_headers = vec![("Authorization".into(), format!("Bearer {other}"))];
     config.seed = 20_260_101;
     config.max_examples = 25;
     config.workers = 2;
@@ -45,6 +50,19 @@ backend_test!(conform_finds_no_failures, |app| {
         );
     }
     assert!(report.cases > 100, "{summary}");
+    for check in [
+        "cross_tenant_isolation",
+        "conditional_requests",
+        "pagination_totals",
+    ] {
+        let passed: usize = report
+            .operations
+            .iter()
+            .filter_map(|o| o.checks.get(check))
+            .map(|c| c.passed)
+            .sum();
+        assert!(passed > 0, "{check} never passed\n{summary}");
+    }
     assert!(
         report.operations.iter().all(|o| o.cases > 0),
         "every operation is exercised\n{summary}"
