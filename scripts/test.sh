@@ -89,8 +89,11 @@ schemathesis_run() {
     --report junit --report-dir "$ROOT/target/schemathesis/$name"
   log "agentplane conform on $name"
   mkdir -p "$ROOT/target/conform"
+  local other
+  other=$("$ROOT/target/debug/agentplane" keys create --database "$url" --org other-org --user eve 2>/dev/null)
   "$ROOT/target/debug/agentplane" conform --spec "http://127.0.0.1:$port/openapi.json" \
     --url "http://127.0.0.1:$port" -H "Authorization: Bearer $key" \
+    --other-header "Authorization: Bearer $other" \
     --seed 1 --max-examples "${CONFORM_EXAMPLES:-40}" \
     --junit "$ROOT/target/conform/$name.xml" --report "$ROOT/target/conform/$name.json"
 }
