@@ -17,6 +17,17 @@
 //! the same operations as another identity (`cross_tenant_isolation`); after every phase,
 //! list operations with `page`/`per_page` are walked page by page (`pagination_totals`).
 //!
+//! A fuzzing-phase failure of a check that judges one request and its response alone
+//! (`not_a_server_error`, `status_code_conformance`, `content_type_conformance`,
+//! `response_headers_conformance`, `response_schema_conformance`,
+//! `positive_data_acceptance`) is shrunk the way proptest shrinks: the parameters' and
+//! body's value trees are simplified one at a time, each simpler request is sent and
+//! judged again, a simpler request that still fails is kept and one that passes is
+//! complicated back. Shrinking stops when no tree moves, or after
+//! [`SHRINK_MAX_REQUESTS`] requests ([`SHRINK_MAX_REQUESTS_POST`] for a POST, whose every
+//! request may create a resource); the failure then reports the smallest failing request
+//! and says how many shrink requests (steps) it took.
+//!
 //! Runs are deterministic for a seed: each operation draws its data from its own proptest
 //! RNG seeded from the run seed and the operation's position, so the number of workers
 //! changes the order requests are sent in, never what is sent.
@@ -28,7 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use jsonschema::Validator;
-use proptest::strategy::SBoxedStrategy;
+use proptest::strategy::{SBoxedStrategy, Strategy, ValueTree};
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{Map, Value};
 
@@ -715,9 +726,24 @@ impl<'a> CaseFactory<'a> {
         })
     }
 
+    /// Like [`CaseFactory::param_value`], keeping the value tree (same draws).
+    fn param_tree(&self, i: usize, runner: &mut TestRunner) -> Option<Tree> {
+        let param = &self.op.params[i];
+        (0..10).find_map(|_| {
+            let tree = self.param_strategies[i].new_tree(runner).ok()?;
+            valid_after_round_trip(param, &tree.current()).then_some(tree)
+        })
+    }
+
     /// A schema-valid case; `None` when generation keeps failing.
     fn positive(&self, runner: &mut TestRunner, skip: &[String]) -> Option<Case> {
-        let mut case = Case::default();
+        self.positive_drawn(runner, skip).map(|d| d.current())
+    }
+
+    /// A schema-valid case as value trees, for shrinking; draws exactly what
+    /// [`CaseFactory::positive`] draws.
+    fn positive_drawn(&self, runner: &mut TestRunner, skip: &[String]) -> Option<Drawn> {
+        let mut case = Drawn::default();
         for (i, param) in self.op.params.iter().enumerate() {
             if skip.iter().any(|s| s.eq_ignore_ascii_case(&param.name)) && param.loc == Loc::Header
             {
@@ -727,7 +753,7 @@ impl<'a> CaseFactory<'a> {
             if !include {
                 continue;
             }
-            match self.param_value(i, runner) {
+            match self.param_tree(i, runner) {
                 Some(v) => case.values.push((i, v)),
                 None if param.required => return None,
                 None => {}
@@ -735,8 +761,8 @@ impl<'a> CaseFactory<'a> {
         }
         if let (Some(body), Some(strategy)) = (&self.op.body, &self.body_strategy) {
             let value = (0..10).find_map(|_| {
-                let v = sample(strategy, runner)?;
-                body.validator.is_valid(&v).then_some(v)
+                let tree = strategy.new_tree(runner).ok()?;
+                body.validator.is_valid(&tree.current()).then_some(tree)
             });
             match value {
                 Some(v) => case.body = Some(v),
@@ -745,6 +771,334 @@ impl<'a> CaseFactory<'a> {
             }
         }
         Some(case)
+    }
+}
+
+/// The value tree of one drawn parameter or body.
+type Tree = <SBoxedStrategy<Value> as Strategy>::Tree;
+
+/// A positive case as proptest value trees, so that a failing case can be shrunk.
+#[derive(Default)]
+struct Drawn {
+    values: Vec<(usize, Tree)>,
+    body: Option<Tree>,
+}
+
+impl Drawn {
+    fn current(&self) -> Case {
+        Case {
+            values: self.values.iter().map(|(i, t)| (*i, t.current())).collect(),
+            body: self.body.as_ref().map(|t| t.current()),
+        }
+    }
+
+    /// The trees in shrinking order: parameters, then the body.
+    fn trees(&self) -> usize {
+        self.values.len() + usize::from(self.body.is_some())
+    }
+
+    fn tree_mut(&mut self, k: usize) -> Option<&mut Tree> {
+        let params = self.values.len();
+        match self.values.get_mut(k) {
+            Some((_, t)) => Some(t),
+            None if k == params => self.body.as_mut(),
+            None => None,
+        }
+    }
+
+    /// `simplify()` (or `complicate()`) tree `k`; whether it moved.
+    fn step(&mut self, k: usize, simplify: bool) -> bool {
+        self.tree_mut(k).is_some_and(|t| {
+            if simplify {
+                t.simplify()
+            } else {
+                t.complicate()
+            }
+        })
+    }
+}
+
+/// Checks the fuzzing phase shrinks: each a pure function of one request and its response.
+const SHRINKABLE_CHECKS: &[&str] = &[
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "positive_data_acceptance",
+];
+/// Requests sent at most to shrink one failure of an operation that does not create
+/// (GET, HEAD, OPTIONS, PUT, DELETE, PATCH: idempotent or updating one resource).
+pub const SHRINK_MAX_REQUESTS: usize = 64;
+/// Requests sent at most to shrink one failure of a POST: each may create a resource, so
+/// POSTs shrink too, but with a smaller bound.
+pub const SHRINK_MAX_REQUESTS_POST: usize = 16;
+/// `simplify`/`complicate` moves at most per failure (moves that need no request included).
+const SHRINK_MAX_MOVES: usize = 1024;
+
+fn shrink_budget(op: &Op) -> usize {
+    match op.method.as_str() {
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "PATCH" => SHRINK_MAX_REQUESTS,
+        "POST" => SHRINK_MAX_REQUESTS_POST,
+        _ => 0,
+    }
+}
+
+/// A rough size of a value: numbers by magnitude, strings by length, containers by their
+/// members. A shrink step never keeps a case larger than the smallest failing one so far
+/// (a `oneOf`-style union may otherwise switch to a bigger alternative).
+fn complexity(value: &Value) -> f64 {
+    match value {
+        Value::Null => 0.0,
+        Value::Bool(b) => f64::from(u8::from(*b)),
+        Value::Number(n) => n.as_f64().map_or(0.0, f64::abs),
+        #[expect(clippy::cast_precision_loss, reason = "a size estimate")]
+        Value::String(s) => s.chars().count() as f64,
+        Value::Array(items) => items.iter().map(|v| 1.0 + complexity(v)).sum(),
+        Value::Object(map) => map.values().map(|v| 1.0 + complexity(v)).sum(),
+    }
+}
+
+fn case_complexity(case: &Case) -> f64 {
+    case.values
+        .iter()
+        .map(|(_, v)| 1.0 + complexity(v))
+        .sum::<f64>()
+        + case.body.as_ref().map_or(0.0, complexity)
+}
+
+/// Whether a shrunk case is still one the spec accepts (a shrunk value can leave a filter).
+fn case_is_valid(op: &Op, case: &Case) -> bool {
+    case.values.iter().all(|(i, v)| {
+        op.params
+            .get(*i)
+            .is_some_and(|p| valid_after_round_trip(p, v))
+    }) && match (&case.body, &op.body) {
+        (Some(v), Some(b)) => b.validator.is_valid(v),
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
+}
+
+/// Redraws the case from the RNG state it was drawn with, replays `moves` on its trees,
+/// then makes one more move; the case after it, when the tree moved. Value trees are not
+/// `Send`, so they are rebuilt from the seed instead of being kept across requests.
+fn replay(
+    factory: &CaseFactory<'_>,
+    rng: &TestRng,
+    skip: &[String],
+    moves: &[(usize, bool)],
+    next: Option<(usize, bool)>,
+) -> Option<(Case, usize)> {
+    let mut runner = TestRunner::new_with_rng(ProptestConfig::default(), rng.clone());
+    let mut drawn = factory.positive_drawn(&mut runner, skip)?;
+    for (k, simplify) in moves {
+        drawn.step(*k, *simplify);
+    }
+    if let Some((k, simplify)) = next
+        && !drawn.step(k, simplify)
+    {
+        return None;
+    }
+    Some((drawn.current(), drawn.trees()))
+}
+
+/// What shrinking one failing case found.
+struct Shrunk {
+    /// The smallest failing request: its message, curl and status; `None` when nothing
+    /// simpler failed.
+    best: Option<(String, String, u16)>,
+    /// Its [`case_complexity`].
+    size: f64,
+    /// Requests sent.
+    steps: usize,
+}
+
+/// Shrinking attempts per distinct failure (same check and message) of an operation: a
+/// case drawn from an alternative that cannot shrink (an edge value, say) is retried on
+/// the next occurrence.
+const SHRINK_ATTEMPTS: usize = 3;
+
+/// The shrunk form of a distinct failure, applied to each of its occurrences.
+struct ShrinkEntry {
+    message: String,
+    curl: String,
+    status: Option<u16>,
+    size: f64,
+    attempts: usize,
+    /// Whether some attempt found a simpler failing case.
+    improved: bool,
+}
+
+/// Sends a shrunk case and runs `check` on its exchange: the exchange and message when it
+/// still fails (a network error counts as not failing).
+async fn still_fails(
+    shared: &Shared,
+    op: &Op,
+    check: &Check,
+    case: &Case,
+) -> Option<(Exchange, String)> {
+    let (url, headers) = build_request(shared, op, case, true);
+    let ex = exchange(shared, &op.method, url, headers, case.body.clone())
+        .await
+        .ok()?;
+    let ctx = CheckContext {
+        operation: &op.label,
+        responses: &op.responses,
+        kind: CaseKind::Positive,
+        exchange: &ex,
+        follow_up: None,
+        positive_statuses: &shared.config.positive_statuses,
+        before: None,
+        pages: &[],
+    };
+    match (check.run)(&ctx) {
+        Verdict::Fail(message) => Some((ex, message)),
+        Verdict::Pass | Verdict::NotApplicable => None,
+    }
+}
+
+/// Shrinks a fuzzing case that failed `check`, proptest-style: simplify one tree at a
+/// time; a simpler case that still fails is kept, else the tree is complicated back; stop
+/// when no tree moves or after the request budget. The message says how many requests
+/// (steps) shrinking sent.
+async fn shrink(
+    shared: &Shared,
+    op: &Op,
+    factory: &CaseFactory<'_>,
+    rng: &TestRng,
+    check: &Check,
+    failed: &Case,
+    outcome: &mut OpOutcome,
+) -> Option<Shrunk> {
+    let skip = &shared.auth_headers;
+    let budget = shrink_budget(op);
+    let (_, trees) = replay(factory, rng, skip, &[], None)?;
+    let mut moves: Vec<(usize, bool)> = Vec::new();
+    let mut seen: BTreeMap<String, bool> = BTreeMap::new();
+    let key = |case: &Case| format!("{:?}|{:?}", case.values, case.body);
+    seen.insert(key(failed), true);
+    let mut best: Option<(Exchange, String)> = None;
+    let mut best_size = case_complexity(failed);
+    let mut steps = 0usize;
+    'trees: for k in 0..trees {
+        let mut simplify = true;
+        loop {
+            if steps >= budget || moves.len() >= SHRINK_MAX_MOVES {
+                break 'trees;
+            }
+            let Some((candidate, _)) = replay(factory, rng, skip, &moves, Some((k, simplify)))
+            else {
+                break;
+            };
+            moves.push((k, simplify));
+            let size = case_complexity(&candidate);
+            let fails = if size > best_size || !case_is_valid(op, &candidate) {
+                false
+            } else if let Some(known) = seen.get(&key(&candidate)) {
+                *known
+            } else {
+                steps += 1;
+                outcome.cases += 1;
+                let verdict = still_fails(shared, op, check, &candidate).await;
+                seen.insert(key(&candidate), verdict.is_some());
+                match verdict {
+                    Some((ex, message)) => {
+                        best = Some((ex, message));
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if fails {
+                best_size = size;
+            }
+            simplify = fails;
+        }
+    }
+    Some(Shrunk {
+        best: best.map(|(ex, message)| (message, ex.curl(), ex.status)),
+        size: best_size,
+        steps,
+    })
+}
+
+/// Sends a fuzzing case and shrinks the failures of [`SHRINKABLE_CHECKS`] it shows. The
+/// failures are patched at the end of the phase ([`apply_shrinks`]), so that every
+/// occurrence of a distinct failure reports the same smallest case.
+#[allow(clippy::too_many_arguments)]
+async fn send_fuzzed(
+    shared: &Shared,
+    op: &Op,
+    factory: &CaseFactory<'_>,
+    case: &Case,
+    rng: &TestRng,
+    shrunk: &mut BTreeMap<(String, String), ShrinkEntry>,
+    patches: &mut Vec<(usize, (String, String))>,
+    outcome: &mut OpOutcome,
+) {
+    let before = outcome.failures.len();
+    send_and_check(shared, op, case, CaseKind::Positive, true, outcome).await;
+    if shrink_budget(op) == 0 {
+        return;
+    }
+    for n in before..outcome.failures.len() {
+        let (key, curl, status) = match outcome.failures.get(n) {
+            Some(f) if SHRINKABLE_CHECKS.contains(&f.check.as_str()) => (
+                (f.check.clone(), f.message.clone()),
+                f.curl.clone(),
+                f.status,
+            ),
+            _ => continue,
+        };
+        patches.push((n, key.clone()));
+        if shrunk
+            .get(&key)
+            .is_some_and(|e| e.improved || e.attempts >= SHRINK_ATTEMPTS)
+        {
+            continue;
+        }
+        let Some(check) = shared.checks.iter().find(|c| c.name == key.0) else {
+            continue;
+        };
+        let Some(result) = shrink(shared, op, factory, rng, check, case, outcome).await else {
+            continue;
+        };
+        let (message, curl, status, improved) = match result.best {
+            Some((message, curl, status)) => (message, curl, Some(status), true),
+            None => (key.1.clone(), curl, status, false),
+        };
+        let attempts = shrunk.get(&key).map_or(0, |e| e.attempts) + 1;
+        let entry = ShrinkEntry {
+            message: format!("{message} (shrunk in {} steps)", result.steps),
+            curl,
+            status,
+            size: result.size,
+            attempts,
+            improved,
+        };
+        match shrunk.get_mut(&key) {
+            Some(old) if old.size <= entry.size => old.attempts = attempts,
+            Some(old) => *old = entry,
+            None => {
+                shrunk.insert(key, entry);
+            }
+        }
+    }
+}
+
+/// Gives every shrunk failure the smallest case found for its distinct failure.
+fn apply_shrinks(
+    shrunk: &BTreeMap<(String, String), ShrinkEntry>,
+    patches: &[(usize, (String, String))],
+    outcome: &mut OpOutcome,
+) {
+    for (n, key) in patches {
+        if let (Some(entry), Some(f)) = (shrunk.get(key), outcome.failures.get_mut(*n)) {
+            f.message = entry.message.clone();
+            f.curl = entry.curl.clone();
+            f.status = entry.status;
+        }
     }
 }
 
@@ -774,6 +1128,8 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
     let factory = CaseFactory::new(shared, op);
     let max = shared.config.max_examples.max(1);
     let mut cases: Vec<(Case, CaseKind)> = Vec::new();
+    // For fuzzing cases: the RNG state each was drawn with, to shrink it when it fails.
+    let mut snapshots: Vec<Option<TestRng>> = Vec::new();
     match phase {
         Phase::Examples => {
             let body_examples: Vec<Value> = op
@@ -815,8 +1171,10 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
         Phase::Coverage => cases = coverage_cases(shared, op, &factory, &mut runner),
         Phase::Fuzzing => {
             for _ in 0..max {
+                let rng = runner.rng().clone();
                 if let Some(case) = factory.positive(&mut runner, &shared.auth_headers) {
                     cases.push((case, CaseKind::Positive));
+                    snapshots.push(Some(rng));
                 }
             }
         }
@@ -835,12 +1193,33 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
     }
     let mut outcome = OpOutcome::default();
     let mut first_positive: Option<Case> = None;
-    for (case, kind) in &cases {
+    let mut shrunk = BTreeMap::new();
+    let mut patches = Vec::new();
+    for (n, (case, kind)) in cases.iter().enumerate() {
         if *kind == CaseKind::Positive && first_positive.is_none() {
             first_positive = Some(case.clone());
         }
-        send_and_check(shared, op, case, *kind, true, &mut outcome).await;
+        match snapshots.get(n).and_then(Option::as_ref) {
+            Some(rng) => {
+                let (shrunk, patches) = (&mut shrunk, &mut patches);
+                send_fuzzed(
+                    shared,
+                    op,
+                    &factory,
+                    case,
+                    rng,
+                    shrunk,
+                    patches,
+                    &mut outcome,
+                )
+                .await;
+            }
+            None => {
+                send_and_check(shared, op, case, *kind, true, &mut outcome).await;
+            }
+        }
     }
+    apply_shrinks(&shrunk, &patches, &mut outcome);
     if op.secured
         && shared.checks.iter().any(|c| c.name == "ignored_auth")
         && let Some(case) = first_positive
@@ -1915,5 +2294,19 @@ mod tests {
             "http://127.0.0.1:1/v1/a/x"
         );
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn complexity_orders_simpler_values_first() {
+        use serde_json::json;
+        assert!(complexity(&json!(50)) < complexity(&json!(1000)));
+        assert!(complexity(&json!(-3)) > complexity(&json!(0)));
+        assert!(complexity(&json!("abc")) < complexity(&json!("abcd")));
+        assert!(complexity(&json!({"a": [1]})) < complexity(&json!({"a": [1, 2]})));
+        let case = |n: i64| Case {
+            values: vec![(0, json!(n))],
+            body: Some(json!({"text": "x"})),
+        };
+        assert!(case_complexity(&case(50)) < case_complexity(&case(51)));
     }
 }

@@ -726,3 +726,124 @@ async fn schemathesis_on_the_catalog() {
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("{table}");
 }
+
+/// A spec whose server fails past a threshold: `GET /search?count=N` answers 500 when
+/// `N >= 50`, and `PUT /notes` when the note's `text` is longer than 10 characters.
+fn threshold_spec() -> Value {
+    let ok = json!({"description": "OK.", "content": {"application/json": {"schema": {"type": "object"}}}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "thresholds", "version": "1"},
+        "paths": {
+            "/search": {"get": {
+                "operationId": "search",
+                "parameters": [{"name": "count", "in": "query", "required": true,
+                                "schema": {"type": "integer", "minimum": 0, "maximum": 1000}}],
+                "responses": {"200": ok}
+            }},
+            "/notes": {"put": {
+                "operationId": "putNote",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["text"], "additionalProperties": false,
+                    "properties": {"text": {"type": "string", "pattern": "^[a-z]*$", "maxLength": 40}}
+                }}}},
+                "responses": {"200": ok}
+            }}
+        }
+    })
+}
+
+async fn start_threshold_server() -> String {
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let addr = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .copied()
+        .expect("a socket address");
+    let app = poem::endpoint::make(|mut req: poem::Request| async move {
+        let query = req.uri().query().unwrap_or("").to_string();
+        let body = req.take_body().into_vec().await.unwrap_or_default();
+        let count = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "count")
+            .and_then(|(_, v)| v.parse::<i64>().ok());
+        let text = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|b| b["text"].as_str().map(|t| t.chars().count()));
+        if count.is_some_and(|c| c >= 50) || text.is_some_and(|n| n > 10) {
+            return error(500, "boom");
+        }
+        json_response(200, &json!({}))
+    });
+    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+    format!("http://{addr}")
+}
+
+async fn fuzz_threshold_server(seed: u64) -> Report {
+    let base = start_threshold_server().await;
+    let mut config = Config::new(base);
+    config.seed = seed;
+    config.max_examples = 20;
+    config.phases = vec![runner::Phase::Fuzzing];
+    config.checks = vec!["not_a_server_error".into()];
+    runner::run(&threshold_spec(), config)
+        .await
+        .expect("the spec is usable")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzing_failures_are_shrunk_to_the_boundary() {
+    let report = fuzz_threshold_server(3).await;
+    let summary = conformance::report::summary(&report);
+    let of = |operation: &str| {
+        report
+            .failures
+            .iter()
+            .filter(|f| f.operation == operation && f.check == "not_a_server_error")
+            .collect::<Vec<_>>()
+    };
+    let search = of("GET /search");
+    assert_eq!(search.len(), 1, "one distinct failure: {summary}");
+    assert!(
+        search[0].curl.contains("count=50'") || search[0].curl.ends_with("count=50"),
+        "shrunk to count=50: {summary}"
+    );
+    assert!(search[0].message.contains("shrunk in"), "{summary}");
+    let notes = of("PUT /notes");
+    assert_eq!(notes.len(), 1, "one distinct failure: {summary}");
+    let text = notes[0]
+        .curl
+        .split(" -d '")
+        .nth(1)
+        .and_then(|b| serde_json::from_str::<Value>(b.trim_end_matches('\'')).ok())
+        .and_then(|b| b["text"].as_str().map(str::to_string));
+    assert_eq!(
+        text.map(|t| t.chars().count()),
+        Some(11),
+        "shrunk to an 11-character text: {summary}"
+    );
+    assert!(notes[0].message.contains("shrunk in"), "{summary}");
+    // Deterministic for a seed.
+    let again = fuzz_threshold_server(3).await;
+    let render = |r: &Report| {
+        let mut v: Vec<(String, String, String)> = r
+            .failures
+            .iter()
+            .map(|f| {
+                let curl = f.curl.replace(
+                    f.curl
+                        .split("http://")
+                        .nth(1)
+                        .and_then(|rest| rest.split('/').next())
+                        .unwrap_or(""),
+                    "HOST",
+                );
+                (f.operation.clone(), f.message.clone(), curl)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(render(&report), render(&again));
+}
