@@ -1406,8 +1406,22 @@ fn op_line(phase: &str, label: &str, outcome: &OpOutcome) -> String {
 fn progress(shared: &Shared, line: &str) {
     let n = shared.done.fetch_add(1, Ordering::SeqCst) + 1;
     if let Some(p) = &shared.config.progress {
-        p(&format!("[{n}/{}] {line}", shared.total));
+        p(&format!(
+            "{} {n}/{} {line}",
+            progress_bar(n, shared.total),
+            shared.total
+        ));
     }
+}
+
+/// A 20-cell text bar: `[#####...............]` at a quarter.
+fn progress_bar(done: usize, total: usize) -> String {
+    const WIDTH: usize = 20;
+    let filled = (done * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH)
+        .min(WIDTH);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(WIDTH - filled))
 }
 
 /// Requests per operation the coverage phase sends at most.
@@ -2277,6 +2291,17 @@ pub fn operation_labels(doc: &Value) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod progress_tests {
+    #[test]
+    fn the_bar_fills_with_the_work_done() {
+        assert_eq!(super::progress_bar(0, 4), "[....................]");
+        assert_eq!(super::progress_bar(1, 4), "[#####...............]");
+        assert_eq!(super::progress_bar(4, 4), "[####################]");
+        assert_eq!(super::progress_bar(3, 0), "[####################]");
+    }
 }
 
 #[cfg(test)]
