@@ -351,21 +351,8 @@ impl<'d> Generator<'d> {
     }
 
     fn object_strategy(&self, s: &Map<String, Value>, depth: usize) -> SBoxedStrategy<Value> {
-        let required: Vec<String> = s
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|r| {
-                r.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let empty = Map::new();
-        let props = s
-            .get("properties")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
+        let required: Vec<String> = required_names(s).into_iter().map(str::to_string).collect();
+        let props = properties(s);
         let mut fields: Vec<SBoxedStrategy<Option<(String, Value)>>> = Vec::new();
         for (name, schema) in props {
             if self.hidden(schema) {
@@ -629,23 +616,9 @@ impl<'d> Generator<'d> {
             else {
                 return;
             };
-            let required: Vec<&str> = s
-                .get("required")
-                .and_then(Value::as_array)
-                .map(|r| r.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let empty = Map::new();
-            let props = s
-                .get("properties")
-                .and_then(Value::as_object)
-                .unwrap_or(&empty);
-            let join = |name: &str| {
-                if at.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{at}.{name}")
-                }
-            };
+            let required = required_names(&s);
+            let props = properties(&s);
+            let join = |name: &str| join_path(at, name);
             for (name, prop) in props {
                 if self.hidden(prop) {
                     continue;
@@ -892,23 +865,9 @@ impl<'d> Generator<'d> {
             else {
                 return;
             };
-            let required: Vec<&str> = s
-                .get("required")
-                .and_then(Value::as_array)
-                .map(|r| r.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let empty = Map::new();
-            let props = s
-                .get("properties")
-                .and_then(Value::as_object)
-                .unwrap_or(&empty);
-            let join = |name: &str| {
-                if at.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{at}.{name}")
-                }
-            };
+            let required = required_names(&s);
+            let props = properties(&s);
+            let join = |name: &str| join_path(at, name);
             for name in &required {
                 if props.get(*name).is_some_and(|p| self.hidden(p)) {
                     continue;
@@ -1262,6 +1221,32 @@ fn whole_string_class(pattern: &str) -> Option<&str> {
         && !body[1..body.len() - 1].contains(['[', ']']);
     let is_escape = body.len() == 2 && body.starts_with('\\');
     (is_class || is_escape || body == ".").then_some(body)
+}
+
+/// The names a schema lists in `required`.
+fn required_names(s: &Map<String, Value>) -> Vec<&str> {
+    s.get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+static NO_PROPERTIES: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+
+/// A schema's `properties`, empty when it declares none.
+fn properties(s: &Map<String, Value>) -> &Map<String, Value> {
+    s.get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&NO_PROPERTIES)
+}
+
+/// `at.name`, or `name` at the top level.
+fn join_path(at: &str, name: &str) -> String {
+    if at.is_empty() {
+        name.to_string()
+    } else {
+        format!("{at}.{name}")
+    }
 }
 
 #[cfg(test)]
