@@ -12,6 +12,8 @@ chmod 755 "$WORK"
 SCHEMATHESIS_VERSION=4.32.5
 SPECTRAL_VERSION=6.16.3
 PG_PORT=${PG_PORT:-55432}
+# Build output (honours CARGO_TARGET_DIR, so several checkouts can test side by side).
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 PIDS=()
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -74,7 +76,7 @@ cargo build --quiet --bin agentplane
 schemathesis_run() {
   local name=$1 url=$2 port=$3
   log "schemathesis on $name"
-  "$ROOT/target/debug/agentplane" serve --listen "127.0.0.1:$port" --database "$url" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  "$TARGET/debug/agentplane" serve --listen "127.0.0.1:$port" --database "$url" >"$WORK/$name.out" 2>"$WORK/$name.err" &
   PIDS+=($!)
   for _ in $(seq 1 100); do grep -q listening "$WORK/$name.out" 2>/dev/null && break; sleep 0.1; done
   local key
@@ -86,20 +88,20 @@ schemathesis_run() {
     --checks all --phases examples,coverage,fuzzing,stateful \
     --mode all --max-examples "${SCHEMATHESIS_EXAMPLES:-40}" --seed 1 \
     --suppress-health-check all --no-color \
-    --report junit --report-dir "$ROOT/target/schemathesis/$name"
+    --report junit --report-dir "$TARGET/schemathesis/$name"
   log "agentplane conform on $name"
-  mkdir -p "$ROOT/target/conform"
+  mkdir -p "$TARGET/conform"
   local other
-  other=$("$ROOT/target/debug/agentplane" keys create --database "$url" --org other-org --user eve 2>/dev/null)
-  "$ROOT/target/debug/agentplane" conform --spec "http://127.0.0.1:$port/openapi.json" \
+  other=$("$TARGET/debug/agentplane" keys create --database "$url" --org other-org --user eve 2>/dev/null)
+  "$TARGET/debug/agentplane" conform --spec "http://127.0.0.1:$port/openapi.json" \
     --url "http://127.0.0.1:$port" -H "Authorization: Bearer $key" \
     --other-header "Authorization: Bearer $other" \
     --seed 1 --max-examples "${CONFORM_EXAMPLES:-40}" \
-    --junit "$ROOT/target/conform/$name.xml" --report "$ROOT/target/conform/$name.json"
+    --junit "$TARGET/conform/$name.xml" --report "$TARGET/conform/$name.json"
 }
 createdb_url="$AGENTPLANE_TEST_POSTGRES/schemathesis"
 runuser -u postgres -- "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" schemathesis
-schemathesis_run sqlite "sqlite://$WORK/schemathesis.db" 18181
-schemathesis_run postgres "$createdb_url" 18182
+schemathesis_run sqlite "sqlite://$WORK/schemathesis.db" $((PG_PORT + 1))
+schemathesis_run postgres "$createdb_url" $((PG_PORT + 2))
 
 log "all tests passed"
