@@ -141,14 +141,12 @@ pub fn ensure_user(
     match identity::user_by_name(conn, &org.id, username)? {
         Some(user) => Ok(user),
         None => {
-            let user = UserRow {
-                id: ids::new_id("user"),
-                org_id: org.id,
-                username: username.to_string(),
-                email: email.to_string(),
-                role: role.as_str().to_string(),
-                created_at: ids::now(),
-            };
+            let user = UserRow::new(
+                org.id,
+                username.to_string(),
+                email.to_string(),
+                role.as_str(),
+            );
             identity::insert_user(conn, &user)?;
             Ok(user)
         }

@@ -145,6 +145,33 @@ pub enum GetCurrentUserResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+/// The parameters and body of
+/// `PUT /v1/users/me` (updateCurrentUser)
+#[derive(Debug, Clone)]
+pub struct UpdateCurrentUserParams {
+    /// The request body.
+    pub body: crate::models::UserProfileUpdate,
+}
+/// Every documented answer of
+/// `PUT /v1/users/me` (updateCurrentUser)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum UpdateCurrentUserResponse {
+    /// The updated profile.
+    #[oai(status = 200u16)]
+    Ok(poem_openapi::payload::Json<crate::models::User>),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The body is well-formed JSON but breaks the schema; `details` names each field.
+    #[oai(status = 422u16)]
+    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
 /// Organizations, users, roles and API keys.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
@@ -192,6 +219,17 @@ pub trait IdentityApi: crate::Authenticate {
         caller: Self::Caller,
         params: GetCurrentUserParams,
     ) -> impl std::future::Future<Output = GetCurrentUserResponse> + Send;
+    /// Update the calling user's profile
+    ///
+    /// Changes the email address and notification preferences of the user the key belongs
+    /// to (Agent Launchpad `PUT /api/users/profile`). Fields left out keep their values. Every
+    /// key may edit its own user's profile, whatever its role; the username and role are
+    /// not editable here.
+    fn update_current_user(
+        &self,
+        caller: Self::Caller,
+        params: UpdateCurrentUserParams,
+    ) -> impl std::future::Future<Output = UpdateCurrentUserResponse> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(IdentityApi), "`].")]
@@ -360,5 +398,43 @@ impl<T: IdentityApi> IdentityRoutes<T> {
             }
         };
         Ok(self.0.get_current_user(caller, params).await)
+    }
+    /// Update the calling user's profile
+    ///
+    /// Changes the email address and notification preferences of the user the key belongs
+    /// to (Agent Launchpad `PUT /api/users/profile`). Fields left out keep their values. Every
+    /// key may edit its own user's profile, whatever its role; the username and role are
+    /// not editable here.
+    #[oai(
+        path = "/v1/users/me",
+        method = "put",
+        operation_id = "updateCurrentUser"
+    )]
+    async fn update_current_user(
+        &self,
+        req: &poem::Request,
+        body: poem_openapi::payload::Json<crate::models::UserProfileUpdate>,
+    ) -> poem::Result<UpdateCurrentUserResponse> {
+        let params = UpdateCurrentUserParams { body: body.0 };
+        const SCOPES: &[&str] = &[];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(UpdateCurrentUserResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(UpdateCurrentUserResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(UpdateCurrentUserResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.update_current_user(caller, params).await)
     }
 }

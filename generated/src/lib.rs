@@ -187,4 +187,10 @@ pub const OPERATIONS: &[OperationInfo] = &[
         path: "/v1/users/me",
         scopes: Some(&[]),
     },
+    OperationInfo {
+        id: "updateCurrentUser",
+        method: "PUT",
+        path: "/v1/users/me",
+        scopes: Some(&[]),
+    },
 ];

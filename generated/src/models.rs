@@ -1041,6 +1041,45 @@ pub struct User {
     /// When the user was created.
     #[oai(rename = "created_at")]
     pub created_at: String,
+    /// When the profile last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+    /// Where the user wants to hear about their agents.
+    #[oai(rename = "notifications")]
+    pub notifications: crate::models::NotificationPreferences,
+}
+/// Where the user wants to hear about their agents.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "NotificationPreferences", deny_unknown_fields)]
+pub struct NotificationPreferences {
+    /// Notifications by email.
+    #[oai(rename = "email")]
+    pub email: bool,
+    /// Notifications in Slack.
+    #[oai(rename = "slack")]
+    pub slack: bool,
+}
+/// Notification preferences to change; channels left out keep their setting.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "NotificationPreferencesPatch", deny_unknown_fields)]
+pub struct NotificationPreferencesPatch {
+    /// Notifications by email.
+    #[oai(rename = "email", skip_serializing_if_is_none)]
+    pub email: Option<bool>,
+    /// Notifications in Slack.
+    #[oai(rename = "slack", skip_serializing_if_is_none)]
+    pub slack: Option<bool>,
+}
+/// The profile fields to change.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "UserProfileUpdate", deny_unknown_fields)]
+pub struct UserProfileUpdate {
+    /// The new email address.
+    #[oai(rename = "email", skip_serializing_if_is_none)]
+    pub email: Option<String>,
+    /// Notification preferences to change; channels left out keep their setting.
+    #[oai(rename = "notifications", skip_serializing_if_is_none)]
+    pub notifications: Option<crate::models::NotificationPreferencesPatch>,
 }
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]

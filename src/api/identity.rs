@@ -2,14 +2,16 @@
 
 use std::collections::BTreeSet;
 
-use agentplane_api::models::{ApiKey, ApiKeyCreated, ApiKeyList, Organization, Role, Scope, User};
+use agentplane_api::models::{
+    ApiKey, ApiKeyCreated, ApiKeyList, NotificationPreferences, Organization, Role, Scope, User,
+};
 use agentplane_api::*;
 use poem_openapi::payload::Json;
 
 use super::{Handlers, pagination};
 use crate::auth::{self, Caller};
 use crate::db::StoreError;
-use crate::db::identity::{self as store, ApiKeyRow, UserRow};
+use crate::db::identity::{self as store, ApiKeyRow, OrganizationRow, UserRow};
 use crate::error::{Failure, Kind, detail};
 
 use crate::failure_response;
@@ -24,6 +26,7 @@ failure_response!(GetApiKeyResponse {
 });
 failure_response!(RevokeApiKeyResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(GetCurrentUserResponse { Unauthorized => Unauthorized });
+failure_response!(UpdateCurrentUserResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Unprocessable => UnprocessableEntity });
 
 const NOT_FOUND: &str = "API_KEY_NOT_FOUND";
 
@@ -90,14 +93,12 @@ impl Handlers {
                 crate::db::write_transaction(conn, |conn| {
                     let user = match &body.user {
                         Some(new) => {
-                            let user = UserRow {
-                                id: crate::ids::new_id("user"),
-                                org_id: org_id.clone(),
-                                username: new.username.clone(),
-                                email: new.email.clone(),
-                                role: role.as_str().to_string(),
-                                created_at: crate::ids::now(),
-                            };
+                            let user = UserRow::new(
+                                org_id.clone(),
+                                new.username.clone(),
+                                new.email.clone(),
+                                role.as_str(),
+                            );
                             store::insert_user(conn, &user)?;
                             user
                         }
@@ -222,19 +223,73 @@ impl IdentityApi for Handlers {
             })
             .await;
         match result {
-            Ok((user, org)) => GetCurrentUserResponse::Ok(Json(User {
-                id: user.id,
-                username: user.username,
-                email: user.email,
-                role: caller.role,
-                organization: Organization {
-                    id: org.id,
-                    name: org.name,
-                },
-                scopes: caller.scopes.iter().copied().collect(),
-                created_at: user.created_at,
-            })),
+            Ok((user, org)) => GetCurrentUserResponse::Ok(Json(profile(user, org, &caller))),
             Err(e) => Failure::from_store(e, "USER_NOT_FOUND", &caller.request_id).into(),
         }
+    }
+
+    async fn update_current_user(
+        &self,
+        caller: Caller,
+        params: UpdateCurrentUserParams,
+    ) -> UpdateCurrentUserResponse {
+        let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
+        let change = params.body;
+        let result = self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    let user = store::user(conn, &user_id)?;
+                    let mut prefs = preferences(&user.preferences);
+                    if let Some(n) = &change.notifications {
+                        prefs.email = n.email.unwrap_or(prefs.email);
+                        prefs.slack = n.slack.unwrap_or(prefs.slack);
+                    }
+                    let email = change.email.clone().unwrap_or(user.email);
+                    let stored = serde_json::json!({"email": prefs.email, "slack": prefs.slack});
+                    let user = store::update_profile(
+                        conn,
+                        &user_id,
+                        &email,
+                        &stored.to_string(),
+                        &crate::ids::now(),
+                    )?;
+                    Ok((user, store::organization(conn, &org_id)?))
+                })
+            })
+            .await;
+        match result {
+            Ok((user, org)) => UpdateCurrentUserResponse::Ok(Json(profile(user, org, &caller))),
+            Err(e) => Failure::from_store(e, "USER_NOT_FOUND", &caller.request_id).into(),
+        }
+    }
+}
+
+/// The stored notification preferences; unreadable or missing channels take the defaults.
+fn preferences(stored: &str) -> NotificationPreferences {
+    let value: serde_json::Value = serde_json::from_str(stored).unwrap_or_default();
+    let flag =
+        |name: &str, default: bool| value.get(name).and_then(|v| v.as_bool()).unwrap_or(default);
+    NotificationPreferences {
+        email: flag("email", true),
+        slack: flag("slack", false),
+    }
+}
+
+/// The caller's profile as the API shows it: the role and scopes are those of the key used.
+fn profile(user: UserRow, org: OrganizationRow, caller: &Caller) -> User {
+    User {
+        notifications: preferences(&user.preferences),
+        id: user.id,
+        username: user.username,
+        email: user.email,
+        role: caller.role,
+        organization: Organization {
+            id: org.id,
+            name: org.name,
+        },
+        scopes: caller.scopes.iter().copied().collect(),
+        created_at: user.created_at,
+        updated_at: user.updated_at,
     }
 }

@@ -22,6 +22,29 @@ pub struct UserRow {
     pub email: String,
     pub role: String,
     pub created_at: String,
+    /// Notification preferences, a JSON document (`{"email": bool, "slack": bool}`).
+    pub preferences: String,
+    pub updated_at: String,
+}
+
+/// Notification preferences of a user who never changed them.
+pub const DEFAULT_PREFERENCES: &str = r#"{"email":true,"slack":false}"#;
+
+impl UserRow {
+    /// A new user of `org_id`, created now with the default preferences.
+    pub fn new(org_id: String, username: String, email: String, role: &str) -> Self {
+        let now = crate::ids::now();
+        Self {
+            id: crate::ids::new_id("user"),
+            org_id,
+            username,
+            email,
+            role: role.to_string(),
+            created_at: now.clone(),
+            preferences: DEFAULT_PREFERENCES.to_string(),
+            updated_at: now,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -104,6 +127,25 @@ pub fn insert_user(conn: &mut DbConnection, row: &UserRow) -> StoreResult<()> {
         .execute(conn)
         .map_err(StoreError::from_diesel)?;
     Ok(())
+}
+
+/// Changes a user's email and preferences; returns the updated row.
+pub fn update_profile(
+    conn: &mut DbConnection,
+    id: &str,
+    email: &str,
+    preferences: &str,
+    updated_at: &str,
+) -> StoreResult<UserRow> {
+    diesel::update(users::table.find(id))
+        .set((
+            users::email.eq(email),
+            users::preferences.eq(preferences),
+            users::updated_at.eq(updated_at),
+        ))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    user(conn, id)
 }
 
 pub fn insert_key(conn: &mut DbConnection, row: &ApiKeyRow) -> StoreResult<()> {

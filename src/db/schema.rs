@@ -16,6 +16,8 @@ diesel::table! {
         email -> Text,
         role -> Text,
         created_at -> Text,
+        preferences -> Text,
+        updated_at -> Text,
     }
 }
 
