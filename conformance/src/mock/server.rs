@@ -84,6 +84,29 @@ fn authenticated(op: &MockOperation, headers: &[(String, String)], query: &str) 
     })
 }
 
+/// Who is calling, for stateful mode: the value of the first credential the request carries
+/// for the operation (empty for an unsecured one), so that each identity has its own data.
+fn tenant(op: &MockOperation, headers: &[(String, String)], query: &str) -> String {
+    let pairs = crate::router::parse_query(query);
+    op.security
+        .iter()
+        .flatten()
+        .find_map(|c| match c {
+            Credential::Header(name) => lookup(headers, name).map(str::to_string),
+            Credential::Query(name) => pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone()),
+            Credential::Cookie(name) => lookup(headers, "cookie").and_then(|c| {
+                c.split(';').find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == name).then(|| v.to_string())
+                })
+            }),
+        })
+        .unwrap_or_default()
+}
+
 async fn handle(
     shared: &Shared,
     spec: &MockSpec,
@@ -182,6 +205,7 @@ async fn handle(
             None
         };
         let call = Call {
+            tenant: tenant(op, headers, query),
             path,
             query,
             body: parsed.as_ref(),

@@ -5,7 +5,9 @@
 //! what is stored (paged when the list body has `page`/`per_page`-style fields), `PUT` and
 //! `PATCH` change it, `DELETE` removes it and later reads answer 404. Every stored value and
 //! every answer is checked against the spec: a field of the request that would make the
-//! stored resource invalid is left out rather than stored.
+//! stored resource invalid is left out rather than stored. Collections are kept per
+//! credential (the API key or token the request carries), so two identities do not see each
+//! other's resources, as in a multi-tenant server.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -26,14 +28,18 @@ struct Collection {
     created: u64,
 }
 
-/// Every collection's items; survives a spec reload.
+/// Every collection's items, per tenant; survives a spec reload.
 #[derive(Default)]
 pub struct Store {
-    collections: Mutex<HashMap<String, Collection>>,
+    /// `(tenant, collection template)` → items.
+    collections: Mutex<HashMap<(String, String), Collection>>,
 }
 
 /// What a stateful answer needs from the request.
 pub struct Call<'a> {
+    /// Who calls (the credential's value): each tenant sees only what it created, as in a
+    /// multi-tenant server; another tenant's resource answers 404.
+    pub tenant: String,
     pub path: &'a str,
     pub query: &'a str,
     pub body: Option<&'a Value>,
@@ -197,7 +203,9 @@ impl Store {
             .collections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let collection = collections.entry(resource.collection.clone()).or_default();
+        let collection = collections
+            .entry((call.tenant.clone(), resource.collection.clone()))
+            .or_default();
         let id = path_param(&op.template, call.path, &resource.param);
         let position = id
             .as_ref()
