@@ -163,7 +163,10 @@ pub(crate) struct Shared {
     spec: RwLock<Arc<MockSpec>>,
     options: MockOptions,
     store: state::Store,
+    /// Requests so far (spreads `--delay` over its range).
     counter: AtomicUsize,
+    /// Dynamic bodies drawn so far (the index of the next draw for `--seed`).
+    draws: AtomicUsize,
     client: reqwest::Client,
 }
 
@@ -223,6 +226,7 @@ pub async fn bind(options: MockOptions) -> Result<Mock, MockError> {
             options,
             store: state::Store::default(),
             counter: AtomicUsize::new(0),
+            draws: AtomicUsize::new(0),
             client,
         }),
         acceptor,

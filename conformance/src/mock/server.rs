@@ -193,7 +193,13 @@ async fn handle(
     };
     let dynamic = prefer.dynamic.unwrap_or(shared.options.dynamic);
     let accept = lookup(headers, "accept");
-    let counter = shared.counter.fetch_add(1, Ordering::Relaxed);
+    // Only dynamic draws advance the sequence, so that a seed replays the same answers
+    // whatever static requests come in between.
+    let counter = if dynamic {
+        shared.draws.fetch_add(1, Ordering::Relaxed)
+    } else {
+        0
+    };
     if shared.options.stateful && prefer.code.is_none() && prefer.example.is_none() {
         let fresh = if dynamic {
             op.success.and_then(|i| {
@@ -258,6 +264,22 @@ fn respond(
     counter: usize,
 ) -> Answer {
     let (mut entry, mut status) = match prefer.code {
+        Some(code)
+            if code >= 400 && prefer.example.is_none() && !dynamic && op.entry(code).is_some() =>
+        {
+            // An error asked for by name: the documented body, filled in like a real one.
+            let title = StatusCode::from_u16(code)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Error");
+            return answer::error(
+                Some(op),
+                code,
+                title,
+                &format!("{title} (asked for with Prefer: code={code})"),
+                &[],
+            );
+        }
         Some(code) => match op.entry(code) {
             Some(entry) => (entry, code),
             None => {
