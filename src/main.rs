@@ -1,5 +1,5 @@
 //! The `agentplane` command: `serve` runs the API; `keys create` issues API keys; `conform`
-//! contract-tests any server against its OpenAPI spec.
+//! contract-tests any server against its OpenAPI spec; `mock` serves a fake of any spec.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -39,6 +39,8 @@ enum Command {
     },
     /// Contract-test a server against an OpenAPI spec (exit 0 passed, 1 failures, 2 usage).
     Conform(ConformArgs),
+    /// Serve a validating, optionally stateful fake of any OpenAPI 3.0/3.1 spec (as Prism).
+    Mock(MockArgs),
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -89,6 +91,43 @@ struct ConformArgs {
     /// credentials redacted).
     #[arg(long)]
     cassette: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct MockArgs {
+    /// The spec: a YAML or JSON file (may reference other files).
+    spec: std::path::PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port).
+    #[arg(short, long, default_value_t = conformance::mock::DEFAULT_PORT)]
+    port: u16,
+    /// Keep what POST creates in memory: reads, lists, updates and deletes see it.
+    #[arg(long)]
+    stateful: bool,
+    /// Generate a fresh body for every request (as `Prefer: dynamic=true`).
+    #[arg(short, long)]
+    dynamic: bool,
+    /// Seed of the dynamic generation (the same seed gives the same sequence of answers).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Forward every request to this server and validate both directions against the spec.
+    #[arg(long, value_name = "UPSTREAM")]
+    proxy: Option<String>,
+    /// With --proxy: answer a violating request or response with an error instead of
+    /// reporting it in the `sl-violations` header.
+    #[arg(long, requires = "proxy")]
+    errors: bool,
+    /// Latency added to every answer: `50ms`, `1s`, or a range `20ms..80ms`.
+    #[arg(long, value_parser = conformance::mock::Delay::parse)]
+    delay: Option<conformance::mock::Delay>,
+    /// Do not answer CORS preflights or add CORS headers.
+    #[arg(long)]
+    no_cors: bool,
+    /// Do not reload the spec when its files change.
+    #[arg(long)]
+    no_watch: bool,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +182,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Conform(args) => return ExitCode::from(conform(args).await),
+        Command::Mock(args) => return ExitCode::from(mock(args).await),
         Command::Serve {
             listen,
             database,
@@ -215,6 +255,21 @@ async fn conform(args: ConformArgs) -> u8 {
         cassette: args.cassette,
     })
     .await
+}
+
+async fn mock(args: MockArgs) -> u8 {
+    let mut options = conformance::mock::MockOptions::new(args.spec);
+    options.host = args.host;
+    options.port = args.port;
+    options.stateful = args.stateful;
+    options.dynamic = args.dynamic;
+    options.seed = args.seed;
+    options.proxy = args.proxy;
+    options.errors = args.errors;
+    options.delay = args.delay;
+    options.cors = !args.no_cors;
+    options.watch = !args.no_watch;
+    conformance::mock::run_command(options).await
 }
 
 fn create_key(

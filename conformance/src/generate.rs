@@ -427,6 +427,155 @@ impl<'d> Generator<'d> {
             .sboxed()
     }
 
+    /// One plain, human-looking value for `schema`, the same on every call (what a mock
+    /// serves when the spec has no example): the schema's own `const`, `default`,
+    /// `examples`/`example` or first `enum` member where it has one, otherwise a value built
+    /// from its type and format (`"2026-01-01T00:00:00Z"` for a date-time, the lower bound
+    /// for a number, one item per array, every property of an object). Not guaranteed valid
+    /// (a pattern may rule it out): callers check, and fall back to [`Generator::strategy`].
+    pub fn plain(&self, schema: &Value) -> Value {
+        self.plain_at(schema, 0, "")
+    }
+
+    fn plain_at(&self, schema: &Value, depth: usize, name: &str) -> Value {
+        if let Value::Bool(_) = schema {
+            return Value::String("string".into());
+        }
+        let s = self.flatten(schema);
+        if let Some(c) = s.get("const") {
+            return c.clone();
+        }
+        if let Some(v) = s
+            .get("examples")
+            .and_then(Value::as_array)
+            .and_then(|e| e.first())
+            .or_else(|| s.get("example"))
+            .or_else(|| s.get("default"))
+            .or_else(|| {
+                s.get("enum")
+                    .and_then(Value::as_array)
+                    .and_then(|e| e.first())
+            })
+        {
+            return v.clone();
+        }
+        for key in ["oneOf", "anyOf"] {
+            if let Some(Value::Array(branches)) = s.get(key)
+                && let Some(first) = branches
+                    .iter()
+                    .find(|b| self.flatten(b).get("type") != Some(&Value::from("null")))
+                    .or_else(|| branches.first())
+            {
+                let mut merged = s.clone();
+                merged.remove(key);
+                for (k, v) in self.flatten(first) {
+                    merge_keyword(&mut merged, &k, &v);
+                }
+                return self.plain_at(&Value::Object(merged), depth + 1, name);
+            }
+        }
+        let types = inferred_types(&s);
+        let t = types
+            .iter()
+            .find(|t| *t != "null")
+            .or_else(|| types.first())
+            .map_or("string", String::as_str);
+        match t {
+            "null" => Value::Null,
+            "boolean" => Value::Bool(true),
+            "integer" => {
+                let (lo, hi) = integer_bounds(&s);
+                let v = if lo <= 1 && hi >= 1 { 1 } else { lo };
+                match f64_of(&s, "multipleOf").filter(|m| *m >= 1.0 && m.fract() == 0.0) {
+                    #[expect(clippy::cast_possible_truncation, reason = "small integer")]
+                    Some(m) => Value::from(v.div_euclid(m as i64).saturating_add(1) * m as i64),
+                    None => Value::from(v),
+                }
+            }
+            "number" => {
+                let lo = f64_of(&s, "minimum")
+                    .or_else(|| f64_of(&s, "exclusiveMinimum").map(|m| m + 1.0));
+                let hi = f64_of(&s, "maximum")
+                    .or_else(|| f64_of(&s, "exclusiveMaximum").map(|m| m - 1.0));
+                let v = match (lo, hi) {
+                    (Some(lo), Some(hi)) => (lo + hi) / 2.0,
+                    (Some(lo), None) => lo.max(1.5),
+                    (None, Some(hi)) => hi.min(1.5),
+                    (None, None) => 1.5,
+                };
+                json_number(v)
+            }
+            "string" => {
+                let min = usize_of(&s, "minLength").unwrap_or(0);
+                let max = usize_of(&s, "maxLength").unwrap_or(usize::MAX);
+                let format = s.get("format").and_then(Value::as_str).unwrap_or("");
+                let mut text = match format {
+                    "date-time" => "2026-01-01T00:00:00Z".to_string(),
+                    "date" => "2026-01-01".to_string(),
+                    "time" => "12:00:00Z".to_string(),
+                    "uuid" => "3fa85f64-5717-4562-b3fc-2c963f66afa6".to_string(),
+                    "email" | "idn-email" => "user@example.com".to_string(),
+                    "uri" | "url" | "iri" => "https://example.com/".to_string(),
+                    "uri-reference" | "iri-reference" => "/example".to_string(),
+                    "hostname" | "idn-hostname" => "example.com".to_string(),
+                    "ipv4" => "192.0.2.1".to_string(),
+                    "ipv6" => "2001:db8::1".to_string(),
+                    "byte" => "c3RyaW5n".to_string(),
+                    _ if s.contains_key("pattern") => {
+                        let mut runner = TestRunner::deterministic();
+                        match string_strategy(&s).new_tree(&mut runner) {
+                            Ok(mut tree) => {
+                                while tree.simplify() {}
+                                return tree.current();
+                            }
+                            Err(_) => "string".to_string(),
+                        }
+                    }
+                    _ if name.is_empty() => "string".to_string(),
+                    _ => name.to_string(),
+                };
+                while char_len(&text) < min {
+                    text.push('x');
+                }
+                if char_len(&text) > max {
+                    text = text.chars().take(max).collect();
+                }
+                Value::String(text)
+            }
+            "array" => {
+                let min = usize_of(&s, "minItems").unwrap_or(0);
+                let max = usize_of(&s, "maxItems").unwrap_or(usize::MAX);
+                let n = if depth >= MAX_DEPTH {
+                    min
+                } else {
+                    min.max(1).min(max)
+                };
+                let items = s.get("items").cloned().unwrap_or(Value::Bool(true));
+                let item = self.plain_at(&items, depth + 1, name);
+                Value::Array(vec![item; n])
+            }
+            "object" => {
+                let required = required_names(&s);
+                let mut map = Map::new();
+                for (key, schema) in properties(&s) {
+                    if self.hidden(schema)
+                        || (depth >= MAX_DEPTH && !required.contains(&key.as_str()))
+                    {
+                        continue;
+                    }
+                    map.insert(key.clone(), self.plain_at(schema, depth + 1, key));
+                }
+                for key in required {
+                    if !map.contains_key(key) {
+                        map.insert(key.to_string(), Value::String("string".into()));
+                    }
+                }
+                Value::Object(map)
+            }
+            _ => Value::String("string".into()),
+        }
+    }
+
     /// Values `schema` accepts at the edges of its constraints, as Schemathesis's coverage
     /// phase picks them: every enum member, `minimum`/`maximum` (just inside exclusive
     /// bounds), the shortest and longest strings and arrays, each optional property present

@@ -7,12 +7,14 @@
 //! The conformance harness (`agentplane conform`) generates data from schemas ([`generate`]),
 //! sends it ([`runner`]), judges the responses with named [`checks`] and renders a
 //! [`report`], and can record every interaction as a Schemathesis-compatible
-//! [`cassette`].
+//! [`cassette`]. The mock server (`agentplane mock`, [`mock`]) serves any spec from the same
+//! loader, router, validator and generator.
 
 pub mod cassette;
 pub mod checks;
 pub mod conform;
 pub mod generate;
+pub mod mock;
 pub mod report;
 pub mod response;
 pub mod router;

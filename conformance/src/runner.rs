@@ -467,14 +467,23 @@ fn auth_header_names(doc: &Value) -> Vec<String> {
 }
 
 fn examples_of(holder: &Value, doc: &Value) -> Vec<Value> {
+    named_examples(holder, doc)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// The examples a parameter or media type carries: `example` (unnamed) first, then each of
+/// the `examples` map by name (`$ref`s resolved, `externalValue` skipped).
+pub fn named_examples(holder: &Value, doc: &Value) -> Vec<(Option<String>, Value)> {
     let mut out = Vec::new();
     if let Some(e) = holder.get("example") {
-        out.push(e.clone());
+        out.push((None, e.clone()));
     }
     if let Some(Value::Object(map)) = holder.get("examples") {
-        for e in map.values() {
+        for (name, e) in map {
             if let Some(v) = deref(doc, e).get("value") {
-                out.push(v.clone());
+                out.push((Some(name.clone()), v.clone()));
             }
         }
     }
@@ -600,7 +609,9 @@ fn compile_ops(
     Ok(ops)
 }
 
-fn seeded_runner(seed: u64, index: usize, phase: u8) -> TestRunner {
+/// A proptest runner whose RNG is a function of the run seed, a position and a phase tag,
+/// so that generated data is reproducible.
+pub fn seeded_runner(seed: u64, index: usize, phase: u8) -> TestRunner {
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
     bytes[8..16].copy_from_slice(&(index as u64).to_le_bytes());
@@ -611,8 +622,9 @@ fn seeded_runner(seed: u64, index: usize, phase: u8) -> TestRunner {
     )
 }
 
-/// Serializes a parameter value as it appears in a path, header or non-exploded query.
-fn scalar_text(value: &Value) -> Option<String> {
+/// Serializes a parameter value as it appears in a path, header or non-exploded query
+/// (`5`, `true`, `a,b`); `None` for nested arrays and objects.
+pub fn scalar_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
         Value::Null => Some(String::new()),
@@ -1549,7 +1561,8 @@ fn negative_cases(
     out
 }
 
-fn encode_segment(text: &str) -> String {
+/// Percent-encodes a path segment.
+pub fn encode_segment(text: &str) -> String {
     let mut out = String::new();
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -67,9 +67,15 @@ pub fn parse_document(text: &str) -> Result<Value, String> {
 
 /// Loads a document from `path`, bundles its external references and normalizes it to 3.1.
 pub fn load(path: &Path) -> Result<Value, SpecError> {
-    let mut doc = bundle(path)?;
+    load_with_sources(path).map(|(doc, _)| doc)
+}
+
+/// [`load`], and every file the document was read from (the root first), so that a caller
+/// can watch them for changes.
+pub fn load_with_sources(path: &Path) -> Result<(Value, Vec<PathBuf>), SpecError> {
+    let (mut doc, files) = bundle_with_sources(path)?;
     normalize_to_31(&mut doc);
-    Ok(doc)
+    Ok((doc, files))
 }
 
 /// Escapes one JSON pointer segment.
@@ -111,6 +117,11 @@ struct Bundler {
 
 /// Reads `root` and every file it references, and returns one self-contained document.
 pub fn bundle(root: &Path) -> Result<Value, SpecError> {
+    bundle_with_sources(root).map(|(doc, _)| doc)
+}
+
+/// [`bundle`], and the files it read (the root first).
+pub fn bundle_with_sources(root: &Path) -> Result<(Value, Vec<PathBuf>), SpecError> {
     let root = root.canonicalize().map_err(|source| SpecError::Io {
         path: root.to_path_buf(),
         source,
@@ -145,7 +156,9 @@ pub fn bundle(root: &Path) -> Result<Value, SpecError> {
     }
     let mut stack = Vec::new();
     bundler.rewrite(&root, &mut doc, "", &mut stack, true)?;
-    Ok(doc)
+    let mut files = vec![root.clone()];
+    files.extend(bundler.files.into_keys().filter(|f| *f != root));
+    Ok((doc, files))
 }
 
 impl Bundler {

@@ -4,6 +4,7 @@
 mod agents;
 mod conform;
 mod identity;
+mod mock;
 mod profile;
 mod support;
 mod system;

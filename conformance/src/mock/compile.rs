@@ -1,0 +1,582 @@
+//! A spec compiled for serving: per operation, its documented responses with their bodies
+//! and headers worked out once, at load, so that a static answer is a lookup and a copy.
+//!
+//! Bodies come from the spec's own examples when they are valid against their schema
+//! (`examples` of the media type, then its `example`, then the schema's `examples`/`example`)
+//! and are otherwise built from the schema by the conformance generator: its plain value
+//! ([`Generator::plain`]) when valid, else a draw seeded by the operation's position, so
+//! that a restart serves the same bytes. Every body is checked
+//! against the compiled response schema before it is kept: the mock never answers anything
+//! the spec does not allow.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use jsonschema::Validator;
+use serde_json::{Map, Value};
+
+use crate::generate::{Direction, Generator, prepare_doc, sample};
+use crate::response::{Responses, is_json, media_matches};
+use crate::runner::{named_examples, scalar_text, seeded_runner};
+use crate::spec::{SpecError, deref, escape_pointer};
+use crate::validate::RequestValidator;
+
+/// Generation attempts before a schema is given up on (its answer then has no body).
+const ATTEMPTS: usize = 16;
+
+/// A whole spec, ready to serve.
+pub struct MockSpec {
+    /// The bundled, 3.1-normalized document.
+    pub doc: Value,
+    /// `doc` prepared for the response direction (`writeOnly` properties never required).
+    pub response_doc: Value,
+    pub validator: RequestValidator,
+    /// Operations by their JSON pointer in `doc`.
+    operations: HashMap<String, MockOperation>,
+    /// Every operation, in spec order, for the start-up listing.
+    pub listing: Vec<(String, String)>,
+    /// The files the spec was read from (the root first).
+    pub files: Vec<PathBuf>,
+}
+
+/// Where a credential must be present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Header(String),
+    Query(String),
+    Cookie(String),
+}
+
+/// One media type of a documented response.
+pub struct MockMedia {
+    pub media_type: String,
+    /// The schema, when the media type has one.
+    pub schema: Option<Value>,
+    /// The static body: an example valid against `schema`, or generated from it.
+    pub value: Option<Value>,
+    /// The static body, serialized.
+    pub body: Bytes,
+    /// Named examples that are valid against `schema`, for `Prefer: example=name`.
+    pub examples: Vec<(String, Value)>,
+}
+
+/// One documented response.
+pub struct MockResponse {
+    /// The key as the spec wrote it, upper-cased (`200`, `4XX`, `DEFAULT`).
+    pub key: String,
+    /// The status served for it (`4XX` → 400, `default` → 200 as a success).
+    pub status: u16,
+    /// Every documented header with a value valid against its schema.
+    pub headers: Vec<(String, String)>,
+    pub media: Vec<MockMedia>,
+}
+
+impl MockResponse {
+    /// The media type to answer with for an `Accept` header: the first documented one the
+    /// header accepts, else the first JSON one, else the first.
+    pub fn negotiate(&self, accept: Option<&str>) -> Option<&MockMedia> {
+        if let Some(accept) = accept {
+            for wanted in accept.split(',') {
+                let wanted = wanted.split(';').next().unwrap_or("").trim();
+                if wanted.is_empty() || wanted == "*/*" {
+                    continue;
+                }
+                if let Some(m) = self
+                    .media
+                    .iter()
+                    .find(|m| media_matches(wanted, &m.media_type))
+                {
+                    return Some(m);
+                }
+            }
+        }
+        self.media
+            .iter()
+            .find(|m| is_json(&m.media_type))
+            .or_else(|| self.media.first())
+    }
+}
+
+/// What an operation is in stateful mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// `POST /things`.
+    Create,
+    /// `GET /things`.
+    List,
+    /// `GET /things/{id}`.
+    Read,
+    /// `PUT /things/{id}`.
+    Replace,
+    /// `PATCH /things/{id}`.
+    Patch,
+    /// `DELETE /things/{id}`.
+    Delete,
+    /// Anything under `/things/{id}/…`: needs the thing to exist.
+    Nested,
+}
+
+/// An operation's place in an inferred collection.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// The collection's path template, e.g. `/v1/agents`: the key of its store.
+    pub collection: String,
+    /// The item path parameter, e.g. `agent_id`.
+    pub param: String,
+    /// The property of a stored item that holds its id, e.g. `id`.
+    pub id_field: String,
+    pub role: Role,
+}
+
+/// One operation, compiled for answering.
+pub struct MockOperation {
+    pub id: String,
+    /// Upper case.
+    pub method: String,
+    pub template: String,
+    /// Validators of every documented response (shared with the conformance checks).
+    pub responses: Responses,
+    pub entries: Vec<MockResponse>,
+    /// Index into `entries` of the documented success (lowest 2xx, else 3xx, else default).
+    pub success: Option<usize>,
+    /// Alternatives, any one of which is enough; each lists credentials all needed.
+    /// Empty: no security.
+    pub security: Vec<Vec<Credential>>,
+    pub resource: Option<Resource>,
+}
+
+impl MockOperation {
+    /// The documented response for `status`: exact, then its range (`4XX`), then `default`.
+    pub fn entry(&self, status: u16) -> Option<&MockResponse> {
+        let exact = status.to_string();
+        let range = format!("{}XX", status / 100);
+        self.entries
+            .iter()
+            .find(|r| r.key == exact)
+            .or_else(|| self.entries.iter().find(|r| r.key == range))
+            .or_else(|| self.entries.iter().find(|r| r.key == "DEFAULT"))
+    }
+
+    /// Whether `status` is documented exactly or by its range (not only by `default`).
+    pub fn documents(&self, status: u16) -> bool {
+        self.entry(status).is_some_and(|r| r.key != "DEFAULT")
+    }
+
+    /// The compiled validator of a response body, by documented key and media type.
+    pub fn body_validator(&self, key: &str, media_type: &str) -> Option<&Validator> {
+        self.responses
+            .entries
+            .iter()
+            .find(|r| r.status == key)?
+            .content
+            .iter()
+            .find(|m| m.media_type == media_type.to_ascii_lowercase())?
+            .validator
+            .as_ref()
+    }
+
+    /// Whether `value` is a valid body for the response `key` in `media_type`.
+    pub fn body_is_valid(&self, key: &str, media_type: &str, value: &Value) -> bool {
+        self.body_validator(key, media_type)
+            .is_none_or(|v| v.is_valid(value))
+    }
+
+    pub fn label(&self) -> String {
+        format!("{} {}", self.method, self.template)
+    }
+}
+
+impl MockSpec {
+    /// Loads, bundles and compiles the spec at `path`.
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let (doc, files) = crate::spec::load_with_sources(path)?;
+        let mut spec = Self::compile(doc)?;
+        spec.files = files;
+        Ok(spec)
+    }
+
+    /// Compiles a bundled, 3.1-normalized document.
+    pub fn compile(doc: Value) -> Result<Self, SpecError> {
+        let request_doc = prepare_doc(&doc, Direction::Request);
+        let response_doc = prepare_doc(&doc, Direction::Response);
+        let validator = RequestValidator::new(&request_doc)?;
+        let mut operations = HashMap::new();
+        let mut listing = Vec::new();
+        let empty = Map::new();
+        let paths = doc
+            .get("paths")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let templates: Vec<&str> = paths.keys().map(String::as_str).collect();
+        let mut index = 0;
+        for (template, item) in paths {
+            let item = deref(&doc, item);
+            for method in crate::METHODS {
+                let Some(op) = item.get(*method) else {
+                    continue;
+                };
+                let pointer = format!("/paths/{}/{method}", escape_pointer(template));
+                let compiled = compile_operation(
+                    &doc,
+                    &response_doc,
+                    template,
+                    method,
+                    op,
+                    &pointer,
+                    index,
+                    &templates,
+                    paths,
+                )?;
+                listing.push((compiled.method.clone(), template.clone()));
+                operations.insert(pointer, compiled);
+                index += 1;
+            }
+        }
+        Ok(Self {
+            doc,
+            response_doc,
+            validator,
+            operations,
+            listing,
+            files: Vec::new(),
+        })
+    }
+
+    /// The compiled operation at a JSON pointer (as [`crate::validate::Operation::pointer`]).
+    pub fn operation(&self, pointer: &str) -> Option<&MockOperation> {
+        self.operations.get(pointer)
+    }
+
+    /// The number of operations.
+    pub fn len(&self) -> usize {
+        self.operations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.operations.is_empty()
+    }
+
+    /// A fresh value for a response body schema (`Prefer: dynamic=true`), drawn from the
+    /// `(seed, counter)` RNG and checked against the compiled schema; `None` when no draw
+    /// validates.
+    pub fn generate(
+        &self,
+        op: &MockOperation,
+        key: &str,
+        media: &MockMedia,
+        seed: u64,
+        counter: usize,
+    ) -> Option<Value> {
+        let schema = media.schema.as_ref()?;
+        let generator = Generator::new(&self.response_doc, Direction::Response);
+        let strategy = generator.strategy(schema);
+        let mut runner = seeded_runner(seed, counter, 0xd1);
+        (0..ATTEMPTS)
+            .filter_map(|_| sample(&strategy, &mut runner))
+            .find(|v| op.body_is_valid(key, &media.media_type, v))
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "one call site, all context")]
+fn compile_operation(
+    doc: &Value,
+    response_doc: &Value,
+    template: &str,
+    method: &str,
+    op: &Value,
+    pointer: &str,
+    index: usize,
+    templates: &[&str],
+    paths: &Map<String, Value>,
+) -> Result<MockOperation, SpecError> {
+    let id = op.get("operationId").and_then(Value::as_str).map_or_else(
+        || format!("{} {template}", method.to_ascii_uppercase()),
+        str::to_string,
+    );
+    let responses = Responses::compile(response_doc, op, pointer)?;
+    let generator = Generator::new(response_doc, Direction::Response);
+    let mut entries = Vec::new();
+    if let Some(map) = op.get("responses").and_then(Value::as_object) {
+        for (position, (key, response)) in map.iter().enumerate() {
+            let key = key.to_ascii_uppercase();
+            let response = deref(doc, response);
+            let status = match key.as_str() {
+                "DEFAULT" => 200,
+                k if k.ends_with("XX") => k[..1].parse::<u16>().map_or(500, |c| c * 100),
+                k => k.parse().unwrap_or(500),
+            };
+            let Some(spec) = responses.entries.iter().find(|r| r.status == key) else {
+                continue;
+            };
+            let mut runner = seeded_runner(0, index * 64 + position, 0x3c);
+            let mut headers = Vec::new();
+            if let Some(hs) = response.get("headers").and_then(Value::as_object) {
+                for (name, h) in hs {
+                    if name.eq_ignore_ascii_case("content-type") {
+                        continue;
+                    }
+                    let h = deref(doc, h);
+                    let Some(hspec) = spec.headers.iter().find(|s| s.name == *name) else {
+                        continue;
+                    };
+                    let schema = h.get("schema").cloned().unwrap_or(Value::Bool(true));
+                    let mut candidates: Vec<Value> =
+                        named_examples(h, doc).into_iter().map(|(_, v)| v).collect();
+                    candidates.extend(schema_examples(doc, &schema));
+                    candidates.push(generator.plain(&schema));
+                    let strategy = generator.strategy(&schema);
+                    candidates.extend((0..ATTEMPTS).filter_map(|_| sample(&strategy, &mut runner)));
+                    let value = candidates.iter().filter_map(scalar_text).find(|text| {
+                        !text.is_empty()
+                            && text.bytes().all(|b| (0x20..0x7f).contains(&b))
+                            && crate::response::header_violation(hspec, text).is_none()
+                    });
+                    if let Some(value) = value {
+                        headers.push((name.clone(), value));
+                    }
+                }
+            }
+            let mut media = Vec::new();
+            if let Some(content) = response.get("content").and_then(Value::as_object) {
+                for (media_type, m) in content {
+                    let media_type = media_type.to_ascii_lowercase();
+                    let schema = m.get("schema").cloned();
+                    let validator = spec
+                        .content
+                        .iter()
+                        .find(|c| c.media_type == media_type)
+                        .and_then(|c| c.validator.as_ref());
+                    let valid = |v: &Value| validator.is_none_or(|val| val.is_valid(v));
+                    let named = named_examples(m, doc);
+                    let examples: Vec<(String, Value)> = named
+                        .iter()
+                        .filter_map(|(n, v)| Some((n.clone()?, v.clone())))
+                        .filter(|(_, v)| valid(v))
+                        .collect();
+                    // `examples` > `example` > the schema's own > generated.
+                    let mut candidates: Vec<Value> =
+                        examples.iter().map(|(_, v)| v.clone()).collect();
+                    candidates.extend(
+                        named
+                            .iter()
+                            .filter(|(n, _)| n.is_none())
+                            .map(|(_, v)| v.clone()),
+                    );
+                    if let Some(schema) = &schema {
+                        candidates.extend(schema_examples(doc, schema));
+                        candidates.push(generator.plain(schema));
+                    }
+                    let mut value = candidates.into_iter().find(|v| valid(v));
+                    if value.is_none()
+                        && let Some(schema) = &schema
+                    {
+                        let strategy = generator.strategy(schema);
+                        value = (0..ATTEMPTS)
+                            .filter_map(|_| sample(&strategy, &mut runner))
+                            .find(|v| valid(v));
+                    }
+                    let body = match &value {
+                        Some(v) => render(&media_type, v),
+                        None => Bytes::new(),
+                    };
+                    media.push(MockMedia {
+                        media_type,
+                        schema,
+                        value,
+                        body,
+                        examples,
+                    });
+                }
+            }
+            entries.push(MockResponse {
+                key,
+                status,
+                headers,
+                media,
+            });
+        }
+    }
+    let success = ["2", "3"]
+        .iter()
+        .find_map(|class| {
+            entries
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.key.starts_with(class))
+                .min_by_key(|(_, r)| r.status)
+                .map(|(i, _)| i)
+        })
+        .or_else(|| entries.iter().position(|r| r.key == "DEFAULT"));
+    let security = compile_security(doc, op);
+    let resource = infer_resource(doc, response_doc, template, method, templates, paths);
+    Ok(MockOperation {
+        id,
+        method: method.to_ascii_uppercase(),
+        template: template.to_string(),
+        responses,
+        entries,
+        success,
+        security,
+        resource,
+    })
+}
+
+/// The `examples` (3.1) and `example` of a schema, `$ref`s followed.
+fn schema_examples(doc: &Value, schema: &Value) -> Vec<Value> {
+    let schema = deref(doc, schema);
+    let mut out = Vec::new();
+    if let Some(Value::Array(list)) = schema.get("examples") {
+        out.extend(list.iter().cloned());
+    }
+    if let Some(e) = schema.get("example") {
+        out.push(e.clone());
+    }
+    out
+}
+
+/// A body value as bytes: JSON for JSON media types, the text itself for a string.
+pub fn render(media_type: &str, value: &Value) -> Bytes {
+    match value {
+        Value::String(s) if !is_json(media_type) => Bytes::from(s.clone()),
+        v => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+    }
+}
+
+fn compile_security(doc: &Value, op: &Value) -> Vec<Vec<Credential>> {
+    let Some(requirements) = op
+        .get("security")
+        .or_else(|| doc.get("security"))
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    let schemes = doc.pointer("/components/securitySchemes");
+    let mut out = Vec::new();
+    for requirement in requirements {
+        let Some(names) = requirement.as_object() else {
+            continue;
+        };
+        if names.is_empty() {
+            return Vec::new(); // `{}`: anonymous access is allowed
+        }
+        let mut needed = Vec::new();
+        for name in names.keys() {
+            let Some(scheme) = schemes.and_then(|s| s.get(name)).map(|s| deref(doc, s)) else {
+                continue;
+            };
+            let credential = match scheme.get("type").and_then(Value::as_str) {
+                Some("apiKey") => {
+                    let key = scheme
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    match scheme.get("in").and_then(Value::as_str) {
+                        Some("query") => Credential::Query(key),
+                        Some("cookie") => Credential::Cookie(key),
+                        _ => Credential::Header(key.to_ascii_lowercase()),
+                    }
+                }
+                Some("http" | "oauth2" | "openIdConnect") => {
+                    Credential::Header("authorization".into())
+                }
+                _ => continue, // mutualTLS: nothing to see in the request
+            };
+            needed.push(credential);
+        }
+        out.push(needed);
+    }
+    out
+}
+
+/// The JSON object schema of an operation's first 2xx JSON response, flattened.
+fn success_object(
+    response_doc: &Value,
+    op: &Value,
+    generator: &Generator<'_>,
+) -> Option<Map<String, Value>> {
+    let responses = op.get("responses")?.as_object()?;
+    let (_, response) = responses
+        .iter()
+        .filter(|(k, _)| k.starts_with('2'))
+        .min_by_key(|(k, _)| k.as_str())?;
+    let response = deref(response_doc, response);
+    let content = response.get("content")?.as_object()?;
+    let (_, media) = content.iter().find(|(mt, _)| is_json(mt))?;
+    let flat = generator.flatten(media.get("schema")?);
+    flat.get("properties")?.as_object()?;
+    Some(flat)
+}
+
+/// Infers the stateful role of `method template`: a collection is a path with a POST whose
+/// success answer is an object with an id property, and one more templated segment below it.
+fn infer_resource(
+    doc: &Value,
+    response_doc: &Value,
+    template: &str,
+    method: &str,
+    templates: &[&str],
+    paths: &Map<String, Value>,
+) -> Option<Resource> {
+    let generator = Generator::new(response_doc, Direction::Response);
+    // Candidate collections: every prefix of the template that is a path of its own.
+    let segments: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+    for cut in (1..=segments.len()).rev() {
+        let collection = format!("/{}", segments[..cut].join("/"));
+        if !templates.contains(&collection.as_str()) {
+            continue;
+        }
+        let Some(item) = templates.iter().find(|t| {
+            t.strip_prefix(collection.as_str())
+                .and_then(|rest| rest.strip_prefix("/{"))
+                .is_some_and(|rest| rest.ends_with('}') && !rest.contains('/'))
+        }) else {
+            continue;
+        };
+        let param = item[collection.len() + 2..item.len() - 1].to_string();
+        let Some(create) = paths
+            .get(&collection)
+            .and_then(|c| deref(doc, c).get("post"))
+        else {
+            continue;
+        };
+        let Some(flat) = success_object(response_doc, create, &generator) else {
+            continue;
+        };
+        let props = flat.get("properties").and_then(Value::as_object)?;
+        let Some(id_field) = ["id", param.as_str()]
+            .into_iter()
+            .find(|k| props.contains_key(*k))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let role = if template == collection {
+            match method {
+                "post" => Role::Create,
+                "get" => Role::List,
+                _ => return None,
+            }
+        } else if template == *item {
+            match method {
+                "get" => Role::Read,
+                "put" => Role::Replace,
+                "patch" => Role::Patch,
+                "delete" => Role::Delete,
+                _ => Role::Nested,
+            }
+        } else if template.starts_with(&format!("{item}/")) {
+            Role::Nested
+        } else {
+            continue;
+        };
+        return Some(Resource {
+            collection,
+            param,
+            id_field,
+            role,
+        });
+    }
+    None
+}
