@@ -2,7 +2,8 @@
 # Runs every test on a fresh machine: installs what the tests need (PostgreSQL, Schemathesis,
 # Spectral) when missing, starts a throw-away PostgreSQL on loopback, runs the Rust tests on
 # SQLite and PostgreSQL, lints the spec, runs Schemathesis against a fresh server on each
-# backend, and stops everything it started.
+# backend, runs the generated clients' suites and the Swagger UI browser test
+# (scripts/clients.sh), and stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -126,5 +127,13 @@ mock_conform tasks-3.1 "$ROOT/conformance/tests/fixtures/tasks-3.1/openapi.yaml"
 mock_conform petstore "$ROOT/conformance/tests/fixtures/petstore-expanded.yaml" $((PG_PORT + 5)) \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance
 # ---- end of agentplane mock -----------------------------------------------------------------
+
+# ---- generated clients, Swagger UI and the API reference (issue 7) -------------------------
+# scripts/clients.sh installs its pinned tools when missing, regenerates the Rust, TypeScript
+# and Python clients (failing on drift), runs their end-to-end suites and the Swagger UI
+# browser test against servers it starts on 127.0.0.1:0, and builds the Redocly reference.
+log "generated clients, Swagger UI and the API reference (scripts/clients.sh)"
+"$ROOT/scripts/clients.sh"
+# ---- end of generated clients --------------------------------------------------------------
 
 log "all tests passed"

@@ -1,10 +1,14 @@
-//! The agents resource, end to end.
+//! The agents resource, end to end. Happy paths go through the typed client generated from
+//! the spec (`app.api()`, clients/rust); raw reqwest remains where a test deliberately sends
+//! what the client cannot (malformed input, `null` to clear a field, raw bodies to inspect).
 
+use agentplane_client::types::{Agent, AgentInput, AgentPatch, AgentStatus};
+use agentplane_client::types::{ListAgentsOrder, ListAgentsSort};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::backend_test;
-use crate::support::{fields, json};
+use crate::support::{api_error, etag, fields, json, typed};
 
 /// The request examples the spec documents for `POST /v1/agents`: one per seed.
 fn seed_examples() -> Vec<(String, Value)> {
@@ -17,159 +21,227 @@ fn seed_examples() -> Vec<(String, Value)> {
         .collect()
 }
 
+fn as_json(agent: &Agent) -> Value {
+    serde_json::to_value(agent).expect("agent as JSON")
+}
+
 backend_test!(seed_examples_create_read_update_replace_delete, |app| {
+    let api = app.api();
     let examples = seed_examples();
     assert_eq!(examples.len(), 4, "one example per seed");
     for (name, body) in examples {
-        let resp = app.send_json(Method::POST, "/v1/agents", &body).await;
+        let input: AgentInput = typed(body.clone());
+        let resp = api.create_agent().body(input).send().await.expect("create");
+        assert_eq!(resp.status(), 201);
         let location = resp.headers()["location"]
             .to_str()
             .expect("location")
             .to_string();
-        let etag = resp.headers()["etag"].to_str().expect("etag").to_string();
-        let (status, created) = json(resp).await;
-        assert_eq!(status, 201, "{name}: {created}");
-        let id = created["id"].as_str().expect("id").to_string();
+        assert_eq!(etag(&resp), "\"1\"");
+        let created = resp.into_inner();
+        let id = created.id.clone();
         assert!(id.starts_with("agent_"));
         assert_eq!(location, format!("/v1/agents/{id}"));
-        assert_eq!(created["name"], body["name"]);
-        assert_eq!(created["version"], 1);
-        assert_eq!(etag, "\"1\"");
+        assert_eq!(json!(created.name), body["name"]);
+        assert_eq!(created.version.get(), 1);
 
-        let (status, fetched) = json(app.get(&location).await).await;
+        let fetched = api
+            .get_agent()
+            .agent_id(id.as_str())
+            .send()
+            .await
+            .expect("get");
         assert_eq!(
-            (status, &fetched),
-            (200, &created),
+            as_json(&fetched),
+            as_json(&created),
             "{name}: GET returns what POST returned"
         );
 
-        let (status, patched) = json(
-            app.send_json(
-                Method::PATCH,
-                &location,
-                &json!({"status": "inactive", "tags": ["patched"]}),
-            )
-            .await,
-        )
-        .await;
-        assert_eq!(status, 200, "{patched}");
-        assert_eq!(patched["status"], "inactive");
-        assert_eq!(patched["tags"], json!(["patched"]));
+        let patched = api
+            .update_agent()
+            .agent_id(id.as_str())
+            .body(typed::<AgentPatch>(
+                json!({"status": "inactive", "tags": ["patched"]}),
+            ))
+            .send()
+            .await
+            .expect("patch")
+            .into_inner();
+        assert_eq!(patched.status, AgentStatus::Inactive);
+        assert_eq!(patched.tags, vec!["patched".to_string()]);
         assert_eq!(
-            patched["name"], body["name"],
+            json!(patched.name),
+            body["name"],
             "PATCH keeps what it does not name"
         );
-        assert_eq!(patched["version"], 2);
+        assert_eq!(patched.version.get(), 2);
 
-        let (status, replaced) = json(
-            app.send_json(Method::PUT, &location, &json!({"name": "replaced"}))
-                .await,
-        )
-        .await;
-        assert_eq!(status, 200);
-        assert_eq!(replaced["name"], "replaced");
+        let replaced = api
+            .replace_agent()
+            .agent_id(id.as_str())
+            .body(typed::<AgentInput>(json!({"name": "replaced"})))
+            .send()
+            .await
+            .expect("put")
+            .into_inner();
+        assert_eq!(replaced.name, "replaced");
         assert_eq!(
-            replaced["status"], "active",
+            replaced.status,
+            AgentStatus::Active,
             "PUT resets what it leaves out"
         );
-        assert_eq!(replaced["tags"], json!([]));
-        assert_eq!(replaced["created_at"], created["created_at"]);
+        assert!(replaced.tags.is_empty());
+        assert_eq!(replaced.created_at, created.created_at);
 
-        let resp = app
-            .req(Method::DELETE, &location)
+        let resp = api
+            .delete_agent()
+            .agent_id(id.as_str())
             .send()
             .await
             .expect("delete");
         assert_eq!(resp.status(), 204);
-        let (status, body) = json(app.get(&location).await).await;
-        assert_eq!(status, 404);
-        assert_eq!(body["error"]["code"], "AGENT_NOT_FOUND");
-        let (status, _) = json(
-            app.req(Method::DELETE, &location)
-                .send()
-                .await
-                .expect("delete"),
-        )
-        .await;
-        assert_eq!(status, 404);
+        assert_eq!(
+            api_error(api.get_agent().agent_id(id.as_str()).send().await),
+            (404, "AGENT_NOT_FOUND".to_string())
+        );
+        assert_eq!(
+            api_error(api.delete_agent().agent_id(id.as_str()).send().await),
+            (404, "AGENT_NOT_FOUND".to_string())
+        );
     }
 });
 
 backend_test!(lists_page_filter_sort_and_select_fields, |app| {
+    let api = app.api();
     for i in 0..25 {
         let (kind, status) = if i % 5 == 0 {
             ("analyzer", "training")
         } else {
             ("assistant", "active")
         };
-        app.create_agent(json!({
-            "name": format!("agent {i:02}"),
-            "type": kind,
-            "status": status,
-            "description": if i == 7 { "Handles REFUNDS 100%" } else { "plain" },
-        }))
-        .await;
+        api.create_agent()
+            .body(typed::<AgentInput>(json!({
+                "name": format!("agent {i:02}"),
+                "type": kind,
+                "status": status,
+                "description": if i == 7 { "Handles REFUNDS 100%" } else { "plain" },
+            })))
+            .send()
+            .await
+            .expect("create");
     }
-    let (status, page1) = json(app.get("/v1/agents").await).await;
-    assert_eq!(status, 200);
+    let page1 = api.list_agents().send().await.expect("list").into_inner();
+    assert_eq!(page1.data.len(), 20, "default per_page is 20");
+    assert_eq!(page1.pagination.total, 25);
+    assert_eq!(page1.pagination.pages, 2);
     assert_eq!(
-        page1["data"].as_array().map(Vec::len),
-        Some(20),
-        "default per_page is 20"
-    );
-    assert_eq!(page1["pagination"]["total"], 25);
-    assert_eq!(page1["pagination"]["pages"], 2);
-    assert_eq!(
-        page1["data"][0]["name"], "agent 24",
+        page1.data[0].name.as_deref(),
+        Some("agent 24"),
         "default sort is -created_at"
     );
 
-    let (_, page2) = json(app.get("/v1/agents?page=2&per_page=20").await).await;
-    assert_eq!(page2["data"].as_array().map(Vec::len), Some(5));
-    assert_eq!(page2["pagination"]["page"], 2);
-    assert_eq!(page2["pagination"]["next_cursor"], Value::Null);
+    let page2 = api
+        .list_agents()
+        .page(std::num::NonZeroU64::MIN.saturating_add(1))
+        .per_page(std::num::NonZeroU64::new(20).expect("20"))
+        .send()
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(page2.data.len(), 5);
+    assert_eq!(page2.pagination.page.get(), 2);
+    assert_eq!(page2.pagination.next_cursor, None);
 
     // Walking cursors visits every agent once, in order.
     let mut seen = Vec::new();
-    let mut path = "/v1/agents?sort=name&order=asc&limit=7".to_string();
+    let mut cursor: Option<String> = None;
     loop {
-        let (status, page) = json(app.get(&path).await).await;
-        assert_eq!(status, 200, "{page}");
-        for a in page["data"].as_array().expect("data") {
-            seen.push(a["name"].as_str().expect("name").to_string());
+        let mut req = api
+            .list_agents()
+            .sort(ListAgentsSort::Name)
+            .order(ListAgentsOrder::Asc)
+            .limit(std::num::NonZeroU64::new(7).expect("7"));
+        if let Some(c) = &cursor {
+            req = req.cursor(c.as_str());
         }
-        match page["pagination"]["next_cursor"].as_str() {
-            Some(c) => path = format!("/v1/agents?sort=name&order=asc&limit=7&cursor={c}"),
+        let page = req.send().await.expect("page").into_inner();
+        seen.extend(page.data.into_iter().filter_map(|a| a.name));
+        match page.pagination.next_cursor {
+            Some(c) => cursor = Some(c),
             None => break,
         }
     }
     let expected: Vec<String> = (0..25).map(|i| format!("agent {i:02}")).collect();
     assert_eq!(seen, expected);
 
-    let (_, desc) = json(app.get("/v1/agents?sort=-name&per_page=3").await).await;
-    assert_eq!(desc["data"][0]["name"], "agent 24");
+    let per_page = |n: u64| std::num::NonZeroU64::new(n).expect("non-zero");
+    let desc = api
+        .list_agents()
+        .sort(ListAgentsSort::Xname)
+        .per_page(per_page(3))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(desc.data[0].name.as_deref(), Some("agent 24"));
 
-    let (_, filtered) = json(app.get("/v1/agents?type=analyzer&per_page=100").await).await;
-    assert_eq!(filtered["pagination"]["total"], 5);
-    let (_, filtered) = json(app.get("/v1/agents?filter%5Bstatus%5D=training").await).await;
-    assert_eq!(filtered["pagination"]["total"], 5);
-    let (_, searched) = json(app.get("/v1/agents?search=refunds%20100%25").await).await;
+    let total = |list: agentplane_client::types::AgentList| list.pagination.total;
+    let filtered = api
+        .list_agents()
+        .type_("analyzer")
+        .per_page(per_page(100))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(total(filtered.into_inner()), 5);
+    let filtered = api
+        .list_agents()
+        .filter_status(AgentStatus::Training)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(total(filtered.into_inner()), 5);
+    let searched = api
+        .list_agents()
+        .search("refunds 100%")
+        .send()
+        .await
+        .expect("list");
     assert_eq!(
-        searched["pagination"]["total"], 1,
+        total(searched.into_inner()),
+        1,
         "search is case-insensitive and % is literal"
     );
-    let (_, searched) = json(app.get("/v1/agents?search=agent%2001").await).await;
-    assert_eq!(searched["pagination"]["total"], 1);
+    let searched = api
+        .list_agents()
+        .search("agent 01")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(total(searched.into_inner()), 1);
 
-    let (_, future) = json(
-        app.get("/v1/agents?filter[created_at][gte]=2999-01-01T00:00:00Z")
-            .await,
-    )
-    .await;
-    assert_eq!(future["pagination"]["total"], 0);
-    let (_, past) = json(app.get("/v1/agents?filter[created_at][gte]=2000-01-01T00:00:00%2B02:00&filter[created_at][lte]=2999-01-01T00:00:00Z").await).await;
-    assert_eq!(past["pagination"]["total"], 25);
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&chrono::Utc)
+    };
+    let future = api
+        .list_agents()
+        .filter_created_at_gte(at("2999-01-01T00:00:00Z"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(total(future.into_inner()), 0);
+    let past = api
+        .list_agents()
+        .filter_created_at_gte(at("2000-01-01T00:00:00+02:00"))
+        .filter_created_at_lte(at("2999-01-01T00:00:00Z"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(total(past.into_inner()), 25);
 
+    // Raw: progenitor sends the `explode: false` array `fields` exploded
+    // (`fields=id&fields=name`), not comma-separated as documented (clients/README.md).
     let (_, sparse) = json(app.get("/v1/agents?fields=id,name&per_page=1").await).await;
     let keys: Vec<&String> = sparse["data"][0]
         .as_object()
@@ -178,133 +250,158 @@ backend_test!(lists_page_filter_sort_and_select_fields, |app| {
         .collect();
     assert_eq!(keys, vec!["id", "name"]);
 
+    // Deliberately malformed: the typed client refuses to send a cursor outside its pattern.
     let (status, body) = json(app.get("/v1/agents?cursor=garbage").await).await;
     assert_eq!((status, fields(&body)), (400, vec!["cursor".to_string()]));
     // A cursor is a position after an item: deleting that item falls back to the offset.
-    let (_, first) = json(app.get("/v1/agents?sort=name&limit=2").await).await;
-    let cursor = first["pagination"]["next_cursor"]
-        .as_str()
-        .expect("cursor")
-        .to_string();
+    let by_name = || {
+        api.list_agents()
+            .sort(ListAgentsSort::Name)
+            .limit(per_page(2))
+    };
+    let first = by_name().send().await.expect("list").into_inner();
+    let cursor = first.pagination.next_cursor.clone().expect("cursor");
+    let gone = first.data[1].id.clone();
+    assert_eq!(cursor, format!("2.{gone}"));
+    let second = by_name()
+        .cursor(cursor.as_str())
+        .send()
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(second.data[0].name.as_deref(), Some("agent 02"));
+    assert_eq!(second.pagination.page.get(), 2);
+    let resp = api
+        .delete_agent()
+        .agent_id(gone.as_str())
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), 204);
+    let resumed = by_name()
+        .cursor(cursor.as_str())
+        .send()
+        .await
+        .expect("list")
+        .into_inner();
     assert_eq!(
-        cursor,
-        format!("2.{}", first["data"][1]["id"].as_str().expect("id"))
-    );
-    let (_, second) = json(
-        app.get(&format!("/v1/agents?sort=name&limit=2&cursor={cursor}"))
-            .await,
-    )
-    .await;
-    assert_eq!(second["data"][0]["name"], "agent 02");
-    assert_eq!(second["pagination"]["page"], 2);
-    let gone = first["data"][1]["id"].as_str().expect("id");
-    assert_eq!(
-        app.req(Method::DELETE, &format!("/v1/agents/{gone}"))
-            .send()
-            .await
-            .expect("delete")
-            .status(),
-        204
-    );
-    let (_, resumed) = json(
-        app.get(&format!("/v1/agents?sort=name&limit=2&cursor={cursor}"))
-            .await,
-    )
-    .await;
-    assert_eq!(
-        resumed["data"][0]["name"], "agent 03",
+        resumed.data[0].name.as_deref(),
+        Some("agent 03"),
         "offset 2 of the 24 left"
     );
 });
 
 backend_test!(etags_make_reads_conditional_and_writes_safe, |app| {
-    let agent = app
-        .create_agent(json!({"name": "etag", "description": "to clear"}))
-        .await;
-    let path = format!("/v1/agents/{}", agent["id"].as_str().expect("id"));
-    let resp = app
-        .req(Method::GET, &path)
-        .header("If-None-Match", "\"1\"")
+    let api = app.api();
+    let agent = api
+        .create_agent()
+        .body(typed::<AgentInput>(
+            json!({"name": "etag", "description": "to clear"}),
+        ))
         .send()
         .await
-        .expect("get");
-    assert_eq!(resp.status(), 304);
-    assert_eq!(resp.headers()["etag"], "\"1\"");
-    let resp = app
-        .req(Method::GET, &path)
-        .header("If-None-Match", "\"0\"")
+        .expect("create");
+    let id = agent.id.clone();
+    let path = format!("/v1/agents/{id}");
+    // progenitor decodes the bodiless 304 as `UnexpectedResponse` (clients/README.md).
+    let not_modified = api
+        .get_agent()
+        .agent_id(id.as_str())
+        .if_none_match("\"1\"")
         .send()
         .await
-        .expect("get");
-    assert_eq!(resp.status(), 200);
+        .expect_err("304");
+    assert!(
+        agentplane_client::is_not_modified(&not_modified),
+        "{not_modified:?}"
+    );
+    match &not_modified {
+        agentplane_client::Error::UnexpectedResponse(r) => {
+            assert_eq!(r.headers()["etag"], "\"1\"");
+        }
+        other => panic!("{other:?}"),
+    }
+    let fresh = api
+        .get_agent()
+        .agent_id(id.as_str())
+        .if_none_match("\"0\"")
+        .send()
+        .await
+        .expect("200");
+    assert_eq!(fresh.status(), 200);
 
-    let patch = |if_match: &'static str, body: Value| {
-        app.req(Method::PATCH, &path)
-            .header("If-Match", if_match)
-            .json(&body)
-            .send()
-    };
+    // Raw: `null` clears a field, which the generated `Option` cannot say (clients/README.md).
     let (status, body) = json(
-        patch("\"1\"", json!({"description": null}))
+        app.req(Method::PATCH, &path)
+            .header("If-Match", "\"1\"")
+            .json(&json!({"description": null}))
+            .send()
             .await
             .expect("patch"),
     )
     .await;
     assert_eq!(status, 200);
     assert!(body.get("description").is_none(), "null clears: {body}");
-    let (status, body) = json(
-        patch("\"1\"", json!({"name": "stale"}))
-            .await
-            .expect("patch"),
-    )
-    .await;
     assert_eq!(
-        (status, body["error"]["code"].clone()),
-        (412, json!("PRECONDITION_FAILED"))
+        api_error(
+            api.update_agent()
+                .agent_id(id.as_str())
+                .if_match("\"1\"")
+                .body(typed::<AgentPatch>(json!({"name": "stale"})))
+                .send()
+                .await
+        ),
+        (412, "PRECONDITION_FAILED".to_string())
     );
-    let resp = app
-        .req(Method::PUT, &path)
-        .header("If-Match", "\"1\"")
-        .json(&json!({"name": "x"}))
+    let replace = |if_match: &'static str| {
+        api.replace_agent()
+            .agent_id(id.as_str())
+            .if_match(if_match)
+            .body(typed::<AgentInput>(json!({"name": "x"})))
+            .send()
+    };
+    assert_eq!(api_error(replace("\"1\"").await).0, 412);
+    let replaced = replace("\"2\"").await.expect("put");
+    assert_eq!(replaced.status(), 200);
+    assert_eq!(etag(&replaced), "\"3\"");
+    let after = api
+        .get_agent()
+        .agent_id(id.as_str())
         .send()
         .await
-        .expect("put");
-    assert_eq!(resp.status(), 412);
-    let resp = app
-        .req(Method::PUT, &path)
-        .header("If-Match", "\"2\"")
-        .json(&json!({"name": "x"}))
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["etag"], "\"3\"");
-    let (_, after) = json(app.get(&path).await).await;
-    assert_eq!(after["name"], "x", "the refused writes changed nothing");
+        .expect("get");
+    assert_eq!(after.name, "x", "the refused writes changed nothing");
 });
 
 backend_test!(platform_tokens_are_stored_and_never_returned, |app| {
+    let api = app.api();
     let secret = "discord-token-3a9f";
-    let agent = app
-        .create_agent(
+    let agent = api
+        .create_agent()
+        .body(typed::<AgentInput>(
             json!({"name": "bot", "platforms": {"discord": {"token": secret, "guild_id": "g"}}}),
-        )
-        .await;
-    assert!(!agent.to_string().contains(secret));
-    assert_eq!(agent["platforms"]["discord"]["token_set"], true);
-    let id = agent["id"].as_str().expect("id").to_string();
+        ))
+        .send()
+        .await
+        .expect("create")
+        .into_inner();
+    assert!(!as_json(&agent).to_string().contains(secret));
+    assert_eq!(agent.platforms["discord"].token_set, Some(true));
+    assert!(agent.platforms["discord"].token.is_none());
+    let id = agent.id.clone();
     let path = format!("/v1/agents/{id}");
     // A PATCH that resends the platform without its token keeps the stored token.
-    let (_, patched) = json(
-        app.send_json(
-            Method::PATCH,
-            &path,
-            &json!({"platforms": {"discord": {"guild_id": "g2"}}}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(patched["platforms"]["discord"]["token_set"], true);
+    let patched = api
+        .update_agent()
+        .agent_id(id.as_str())
+        .body(typed::<AgentPatch>(
+            json!({"platforms": {"discord": {"guild_id": "g2"}}}),
+        ))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.platforms["discord"].token_set, Some(true));
+    // Raw bodies: the secret must not appear anywhere in what the server sends.
     for text in [
         app.get(&path).await.text().await.expect("get"),
         app.get("/v1/agents").await.text().await.expect("list"),
@@ -339,15 +436,23 @@ fn agent_org(conn: &mut agentplane::db::DbConnection) -> String {
 }
 
 backend_test!(concurrent_updates_all_land, |app| {
-    let agent = app.create_agent(json!({"name": "contended"})).await;
-    let path = format!("/v1/agents/{}", agent["id"].as_str().expect("id"));
+    let api = app.api();
+    let agent = api
+        .create_agent()
+        .body(typed::<AgentInput>(json!({"name": "contended"})))
+        .send()
+        .await
+        .expect("create");
     let mut tasks = Vec::new();
     for i in 0..16 {
-        let req = app
-            .req(Method::PATCH, &path)
-            .json(&json!({"tags": [format!("t{i}")]}));
+        let (api, id) = (api.clone(), agent.id.clone());
         tasks.push(tokio::spawn(async move {
-            req.send().await.map(|r| r.status().as_u16())
+            api.update_agent()
+                .agent_id(id.as_str())
+                .body(typed::<AgentPatch>(json!({"tags": [format!("t{i}")]})))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
         }));
     }
     for task in tasks {
@@ -357,59 +462,56 @@ backend_test!(concurrent_updates_all_land, |app| {
             "no update is refused or lost"
         );
     }
-    let (_, after) = json(app.get(&path).await).await;
-    assert_eq!(after["version"], 17);
+    let after = api
+        .get_agent()
+        .agent_id(agent.id.as_str())
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(after.version.get(), 17);
 });
 
 backend_test!(idempotency_keys_replay_the_first_create, |app| {
-    let body = json!({"name": "once"});
-    let post = |key: &str, body: &Value| {
-        app.req(Method::POST, "/v1/agents")
-            .header("Idempotency-Key", key)
-            .json(body)
-            .send()
-    };
-    let (status, first) = json(post("key-1", &body).await.expect("post")).await;
-    assert_eq!(status, 201);
-    let (status, again) = json(post("key-1", &body).await.expect("post")).await;
+    let api = app.api();
+    fn post<'a>(
+        api: &'a agentplane_client::Client,
+        key: &str,
+        name: &str,
+    ) -> agentplane_client::builder::CreateAgent<'a> {
+        api.create_agent()
+            .idempotency_key(key)
+            .body(typed::<AgentInput>(json!({"name": name})))
+    }
+    let first = post(&api, "key-1", "once").send().await.expect("post");
+    assert_eq!(first.status(), 201);
+    let again = post(&api, "key-1", "once").send().await.expect("retry");
     assert_eq!(
-        (status, &again["id"]),
-        (201, &first["id"]),
+        (again.status().as_u16(), &again.id),
+        (201, &first.id),
         "a retry creates nothing new"
     );
-    let (status, err) = json(
-        post("key-1", &json!({"name": "other"}))
-            .await
-            .expect("post"),
-    )
-    .await;
     assert_eq!(
-        (status, err["error"]["code"].clone()),
-        (409, json!("IDEMPOTENCY_KEY_REUSED"))
+        api_error(post(&api, "key-1", "other").send().await),
+        (409, "IDEMPOTENCY_KEY_REUSED".to_string())
     );
 
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let req = app
-            .req(Method::POST, "/v1/agents")
-            .header("Idempotency-Key", "key-2")
-            .json(&json!({"name": "racing"}));
+        let api = api.clone();
         tasks.push(tokio::spawn(async move {
-            let resp = req.send().await.expect("post");
-            let status = resp.status().as_u16();
-            let body: Value = resp.json().await.expect("json");
-            (status, body["id"].clone())
+            let resp = post(&api, "key-2", "racing").send().await.expect("post");
+            (resp.status().as_u16(), resp.into_inner().id)
         }));
     }
     let mut ids = std::collections::BTreeSet::new();
     for task in tasks {
         let (status, id) = task.await.expect("join");
         assert_eq!(status, 201);
-        ids.insert(id.to_string());
+        ids.insert(id);
     }
     assert_eq!(ids.len(), 1, "concurrent retries agree on one agent");
-    let (_, list) = json(app.get("/v1/agents").await).await;
-    assert_eq!(list["pagination"]["total"], 2);
+    let list = api.list_agents().send().await.expect("list");
+    assert_eq!(list.pagination.total, 2);
 
     // Other organizations have their own key space.
     let other = app
@@ -420,14 +522,10 @@ backend_test!(idempotency_keys_replay_the_first_create, |app| {
             None,
         )
         .await;
-    let resp = app
-        .as_key(&other, Method::POST, "/v1/agents")
-        .header("Idempotency-Key", "key-1")
-        .json(&body)
+    let theirs = post(&app.api_as(&other), "key-1", "once")
         .send()
         .await
         .expect("post");
-    let (status, theirs) = json(resp).await;
-    assert_eq!(status, 201);
-    assert_ne!(theirs["id"], first["id"]);
+    assert_eq!(theirs.status(), 201);
+    assert_ne!(theirs.id, first.id);
 });

@@ -1,22 +1,30 @@
-//! Authentication, scopes, roles, organizations and API keys.
+//! Authentication, scopes, roles, organizations and API keys. Happy paths and documented
+//! refusals go through the typed client (`app.api()`, clients/rust); raw reqwest remains for
+//! what the client cannot or must not send (missing or foreign auth schemes, invalid input,
+//! raw bodies inspected for leaks).
 
 use agentplane_api::models::{Role, Scope};
+use agentplane_client::types::{AgentInput, ApiKeyInput};
 use reqwest::Method;
 use serde_json::json;
 
 use crate::backend_test;
-use crate::support::json;
+use crate::support::{api_error, json, typed};
+
+fn not_found() -> (u16, String) {
+    (404, "AGENT_NOT_FOUND".to_string())
+}
 
 backend_test!(
     keys_authenticate_by_bearer_or_header_and_unknown_ones_do_not,
     |app| {
-        let (status, me) = json(app.get("/v1/users/me").await).await;
-        assert_eq!(status, 200);
+        let me = app.api().get_current_user().send().await.expect("me");
+        assert_eq!(me.status(), 200);
         assert_eq!(
-            (me["username"].clone(), me["role"].clone()),
-            (json!("admin"), json!("admin"))
+            (me.username.as_str(), me.role),
+            ("admin", agentplane_client::types::Role::Admin)
         );
-        assert_eq!(me["organization"]["name"], "default");
+        assert_eq!(me.organization.name, "default");
 
         let resp = app
             .client
@@ -48,137 +56,116 @@ backend_test!(
 );
 
 backend_test!(scopes_and_roles_limit_what_a_key_does, |app| {
-    let viewer = app.key_for("default", "vera", Role::Viewer, None).await;
-    let (status, _) = json(
-        app.as_key(&viewer, Method::GET, "/v1/agents")
+    let create = |api: agentplane_client::Client| async move {
+        api.create_agent()
+            .body(typed::<AgentInput>(json!({"name": "no"})))
             .send()
             .await
-            .expect("get"),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let resp = app
-        .as_key(&viewer, Method::POST, "/v1/agents")
-        .json(&json!({"name": "no"}))
-        .send()
-        .await
-        .expect("post");
-    let (status, body) = json(resp).await;
-    assert_eq!(
-        (status, body["error"]["code"].clone()),
-        (403, json!("INSUFFICIENT_PERMISSIONS"))
-    );
+    };
+    let forbidden = (403, "INSUFFICIENT_PERMISSIONS".to_string());
+    let viewer = app.api_as(&app.key_for("default", "vera", Role::Viewer, None).await);
+    let listed = viewer.list_agents().send().await.expect("list");
+    assert_eq!(listed.status(), 200);
+    assert_eq!(api_error(create(viewer).await), forbidden);
 
     // A key's own scopes narrow further; and a role narrows a key that claims more.
-    let reader = app
-        .key_for("default", "rita", Role::Member, Some(&[Scope::ReadAgents]))
-        .await;
-    let resp = app
-        .as_key(&reader, Method::DELETE, "/v1/agents/agent_x")
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(resp.status(), 403);
-    let resp = app
-        .as_key(&reader, Method::GET, "/v1/auth/keys")
-        .send()
-        .await
-        .expect("keys");
-    assert_eq!(resp.status(), 403);
-    let overclaiming = app
-        .key_for(
+    let reader = app.api_as(
+        &app.key_for("default", "rita", Role::Member, Some(&[Scope::ReadAgents]))
+            .await,
+    );
+    assert_eq!(
+        api_error(reader.delete_agent().agent_id("agent_x").send().await),
+        forbidden
+    );
+    assert_eq!(api_error(reader.list_api_keys().send().await), forbidden);
+    let overclaiming = app.api_as(
+        &app.key_for(
             "default",
             "otto",
             Role::Viewer,
             Some(&[Scope::WriteAgents, Scope::ReadAgents]),
         )
-        .await;
-    let resp = app
-        .as_key(&overclaiming, Method::POST, "/v1/agents")
-        .json(&json!({"name": "no"}))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(resp.status(), 403);
-    let (_, me) = json(
-        app.as_key(&overclaiming, Method::GET, "/v1/users/me")
-            .send()
-            .await
-            .expect("me"),
-    )
-    .await;
-    assert_eq!(me["scopes"], json!(["read:agents"]));
-    assert_eq!(
-        json(app.get("/v1/agents").await).await.1["pagination"]["total"],
-        0,
-        "nothing was written"
+        .await,
     );
+    assert_eq!(api_error(create(overclaiming.clone()).await), forbidden);
+    let me = overclaiming.get_current_user().send().await.expect("me");
+    assert_eq!(me.scopes, vec![agentplane_client::types::Scope::ReadAgents]);
+    let list = app.api().list_agents().send().await.expect("list");
+    assert_eq!(list.pagination.total, 0, "nothing was written");
 });
 
 backend_test!(organizations_never_see_each_other, |app| {
-    let mine = app.create_agent(json!({"name": "org A's agent"})).await;
-    let path = format!("/v1/agents/{}", mine["id"].as_str().expect("id"));
-    let other = app.key_for("other-org", "eve", Role::Admin, None).await;
-    let as_other = |m: Method| app.as_key(&other, m, &path);
-    for req in [
-        as_other(Method::GET),
-        as_other(Method::PATCH).json(&json!({"name": "mine now"})),
-        as_other(Method::PUT).json(&json!({"name": "mine now"})),
-        as_other(Method::DELETE),
-    ] {
-        let (status, body) = json(req.send().await.expect("request")).await;
-        assert_eq!(
-            (status, body["error"]["code"].clone()),
-            (404, json!("AGENT_NOT_FOUND"))
-        );
-    }
-    let (_, list) = json(
-        app.as_key(&other, Method::GET, "/v1/agents")
-            .send()
-            .await
-            .expect("list"),
-    )
-    .await;
-    assert_eq!(list["pagination"]["total"], 0);
-    let (_, keys) = json(
-        app.as_key(&other, Method::GET, "/v1/auth/keys")
-            .send()
-            .await
-            .expect("keys"),
-    )
-    .await;
-    assert_eq!(keys["pagination"]["total"], 1, "only its own key");
-    let (_, still) = json(app.get(&path).await).await;
-    assert_eq!(still["name"], "org A's agent");
+    let api = app.api();
+    let mine = api
+        .create_agent()
+        .body(typed::<AgentInput>(json!({"name": "org A's agent"})))
+        .send()
+        .await
+        .expect("create");
+    let id = mine.id.as_str();
+    let other = app.api_as(&app.key_for("other-org", "eve", Role::Admin, None).await);
+    let name = || json!({"name": "mine now"});
+    assert_eq!(
+        api_error(other.get_agent().agent_id(id).send().await),
+        not_found()
+    );
+    assert_eq!(
+        api_error(
+            other
+                .update_agent()
+                .agent_id(id)
+                .body(typed::<agentplane_client::types::AgentPatch>(name()))
+                .send()
+                .await
+        ),
+        not_found()
+    );
+    assert_eq!(
+        api_error(
+            other
+                .replace_agent()
+                .agent_id(id)
+                .body(typed::<AgentInput>(name()))
+                .send()
+                .await
+        ),
+        not_found()
+    );
+    assert_eq!(
+        api_error(other.delete_agent().agent_id(id).send().await),
+        not_found()
+    );
+    let list = other.list_agents().send().await.expect("list");
+    assert_eq!(list.pagination.total, 0);
+    let keys = other.list_api_keys().send().await.expect("keys");
+    assert_eq!(keys.pagination.total, 1, "only its own key");
+    let still = api.get_agent().agent_id(id).send().await.expect("get");
+    assert_eq!(still.name, "org A's agent");
 });
 
 backend_test!(api_keys_are_shown_once_stored_hashed_and_revocable, |app| {
-    let resp = app
-        .send_json(
-            Method::POST,
-            "/v1/auth/keys",
-            &json!({"name": "ci", "scopes": ["read:agents"]}),
-        )
-        .await;
+    let api = app.api();
+    let resp = api
+        .create_api_key()
+        .body(typed::<ApiKeyInput>(
+            json!({"name": "ci", "scopes": ["read:agents"]}),
+        ))
+        .send()
+        .await
+        .expect("create key");
+    assert_eq!(resp.status(), 201);
     let location = resp.headers()["location"]
         .to_str()
         .expect("location")
         .to_string();
-    let (status, created) = json(resp).await;
-    assert_eq!(status, 201, "{created}");
-    let secret = created["key"].as_str().expect("secret").to_string();
-    assert!(secret.starts_with(created["prefix"].as_str().expect("prefix")));
-    assert_eq!(
-        location,
-        format!("/v1/auth/keys/{}", created["id"].as_str().expect("id"))
-    );
+    let created = resp.into_inner();
+    let secret = created.key.clone();
+    assert!(secret.starts_with(&created.prefix));
+    assert_eq!(location, format!("/v1/auth/keys/{}", created.id));
 
-    let resp = app
-        .as_key(&secret, Method::GET, "/v1/agents")
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(resp.status(), 200, "the new key works");
+    let works = app.api_as(&secret).list_agents().send().await;
+    assert_eq!(works.expect("the new key works").status(), 200);
+    // Raw: the listing's bytes must not contain the secret.
     let listing = app.get("/v1/auth/keys").await.text().await.expect("list");
     assert!(
         !listing.contains(&secret) && !listing.contains("\"key\""),
@@ -204,97 +191,105 @@ backend_test!(api_keys_are_shown_once_stored_hashed_and_revocable, |app| {
         "only the hash is stored"
     );
 
-    let (status, fetched) = json(app.get(&location).await).await;
-    assert_eq!((status, &fetched["id"]), (200, &created["id"]));
-    assert!(
-        fetched.get("key").is_none(),
-        "the secret is shown once: {fetched}"
-    );
-    let resp = app
-        .req(Method::DELETE, &location)
+    let raw = app.get(&location).await.text().await.expect("get");
+    assert!(!raw.contains(&secret), "the secret is shown once: {raw}");
+    let fetched = api
+        .get_api_key()
+        .key_id(created.id.as_str())
+        .send()
+        .await
+        .expect("the secret is shown once");
+    assert_eq!(fetched.id, created.id);
+    let resp = api
+        .revoke_api_key()
+        .key_id(created.id.as_str())
         .send()
         .await
         .expect("revoke");
     assert_eq!(resp.status(), 204);
+    let gone = api.get_api_key().key_id(created.id.as_str()).send().await;
+    assert_eq!(api_error(gone).0, 404, "revoked keys are gone");
     assert_eq!(
-        app.get(&location).await.status(),
-        404,
-        "revoked keys are gone"
+        api_error(app.api_as(&secret).list_agents().send().await),
+        (401, "INVALID_API_KEY".to_string())
     );
-    let (status, body) = json(
-        app.as_key(&secret, Method::GET, "/v1/agents")
-            .send()
-            .await
-            .expect("get"),
-    )
-    .await;
-    assert_eq!(status, 401, "{body}");
-    let resp = app
-        .req(Method::DELETE, &location)
+    let again = api
+        .revoke_api_key()
+        .key_id(created.id.as_str())
         .send()
-        .await
-        .expect("revoke again");
-    assert_eq!(resp.status(), 404);
+        .await;
+    assert_eq!(api_error(again).0, 404);
 });
 
 backend_test!(key_creation_cannot_escalate, |app| {
-    let (status, created) = json(
-        app.send_json(Method::POST, "/v1/auth/keys", &json!({"name": "bob", "user": {"username": "bob", "email": "bob@example.com", "role": "viewer"}})).await,
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
-    assert_eq!(
-        created["scopes"],
-        json!(["read:agents", "read:keys"]),
-        "a viewer's default scopes"
-    );
-    let bob = created["key"].as_str().expect("key").to_string();
-    let (_, me) = json(
-        app.as_key(&bob, Method::GET, "/v1/users/me")
+    use agentplane_client::types::Scope as ApiScope;
+    let api = app.api();
+    let create_key = |api: agentplane_client::Client, body: serde_json::Value| async move {
+        api.create_api_key()
+            .body(typed::<ApiKeyInput>(body))
             .send()
             .await
-            .expect("me"),
+    };
+    let created = create_key(
+        api.clone(),
+        json!({"name": "bob", "user": {"username": "bob", "email": "bob@example.com", "role": "viewer"}}),
+    )
+    .await
+    .expect("create");
+    assert_eq!(created.status(), 201);
+    assert_eq!(
+        created.scopes,
+        vec![ApiScope::ReadAgents, ApiScope::ReadKeys],
+        "a viewer's default scopes"
+    );
+    let me = app
+        .api_as(&created.key)
+        .get_current_user()
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(
+        (me.username.as_str(), me.role),
+        ("bob", agentplane_client::types::Role::Viewer)
+    );
+
+    let dup = create_key(
+        api.clone(),
+        json!({"name": "dup", "user": {"username": "bob", "email": "b@example.com"}}),
+    )
+    .await;
+    assert_eq!(api_error(dup).0, 409);
+    let escalating = create_key(
+        api.clone(),
+        json!({"name": "x", "user": {"username": "v", "email": "v@example.com", "role": "viewer"}, "scopes": ["write:agents"]}),
     )
     .await;
     assert_eq!(
-        (me["username"].clone(), me["role"].clone()),
-        (json!("bob"), json!("viewer"))
+        api_error(escalating).0,
+        403,
+        "a viewer cannot get write scopes"
     );
 
-    let (status, _) = json(
-        app.send_json(
-            Method::POST,
-            "/v1/auth/keys",
-            &json!({"name": "dup", "user": {"username": "bob", "email": "b@example.com"}}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(status, 409);
-    let (status, _) = json(
-        app.send_json(Method::POST, "/v1/auth/keys", &json!({"name": "x", "user": {"username": "v", "email": "v@example.com", "role": "viewer"}, "scopes": ["write:agents"]})).await,
-    )
-    .await;
-    assert_eq!(status, 403, "a viewer cannot get write scopes");
-
     let member = app.key_for("default", "mia", Role::Member, None).await;
-    let resp = app
-        .as_key(&member, Method::POST, "/v1/auth/keys")
-        .json(&json!({"name": "x", "user": {"username": "z", "email": "z@example.com"}}))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(resp.status(), 403, "only admins create users");
+    let by_member = create_key(
+        app.api_as(&member),
+        json!({"name": "x", "user": {"username": "z", "email": "z@example.com"}}),
+    )
+    .await;
+    assert_eq!(api_error(by_member).0, 403, "only admins create users");
     let limited = app
         .key_for("default", "lia", Role::Member, Some(&[Scope::WriteKeys]))
         .await;
-    let resp = app
-        .as_key(&limited, Method::POST, "/v1/auth/keys")
-        .json(&json!({"name": "x", "scopes": ["write:agents"]}))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(resp.status(), 403, "a key cannot mint scopes it lacks");
+    let minting = create_key(
+        app.api_as(&limited),
+        json!({"name": "x", "scopes": ["write:agents"]}),
+    )
+    .await;
+    assert_eq!(
+        api_error(minting).0,
+        403,
+        "a key cannot mint scopes it lacks"
+    );
 
     let (status, err) = json(
         app.send_json(
@@ -309,19 +304,12 @@ backend_test!(key_creation_cannot_escalate, |app| {
         (status, crate::support::fields(&err)),
         (422, vec!["expires_in_days".to_string()])
     );
-    let (status, expiring) = json(
-        app.send_json(
-            Method::POST,
-            "/v1/auth/keys",
-            &json!({"name": "soon", "expires_in_days": 30}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(status, 201);
+    let expiring = create_key(api.clone(), json!({"name": "soon", "expires_in_days": 30}))
+        .await
+        .expect("create");
     assert!(
-        expiring["expires_at"].as_str().is_some_and(|t| t > "2026"),
-        "{expiring}"
+        expiring.expires_at.is_some_and(|t| t > chrono::Utc::now()),
+        "{expiring:?}"
     );
     let (status, err) = json(
         app.send_json(
@@ -339,31 +327,28 @@ backend_test!(key_creation_cannot_escalate, |app| {
     );
 
     // Members see and revoke only their own keys.
-    let (_, keys) = json(
-        app.as_key(&member, Method::GET, "/v1/auth/keys")
-            .send()
-            .await
-            .expect("keys"),
-    )
-    .await;
-    assert_eq!(keys["pagination"]["total"], 1);
-    let admin_key_id = json(app.get("/v1/auth/keys?per_page=100").await).await.1["data"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .find(|k| k["name"] == "bootstrap admin key")
-        .map(|k| k["id"].as_str().expect("id").to_string())
-        .expect("bootstrap key listed for the admin");
-    let resp = app
-        .as_key(
-            &member,
-            Method::DELETE,
-            &format!("/v1/auth/keys/{admin_key_id}"),
-        )
+    let member = app.api_as(&member);
+    let keys = member.list_api_keys().send().await.expect("keys");
+    assert_eq!(keys.pagination.total, 1);
+    let all = api
+        .list_api_keys()
+        .per_page(std::num::NonZeroU64::new(100).expect("100"))
         .send()
         .await
-        .expect("revoke");
-    assert_eq!(resp.status(), 404);
+        .expect("keys")
+        .into_inner();
+    let admin_key_id = all
+        .data
+        .into_iter()
+        .find(|k| k.name == "bootstrap admin key")
+        .map(|k| k.id)
+        .expect("bootstrap key listed for the admin");
+    let revoke = member
+        .revoke_api_key()
+        .key_id(admin_key_id.as_str())
+        .send()
+        .await;
+    assert_eq!(api_error(revoke).0, 404);
 });
 
 backend_test!(expired_keys_stop_working, |app| {
@@ -391,19 +376,13 @@ backend_test!(expired_keys_stop_working, |app| {
     .expect("join")
     .expect("key")
     .1;
-    let (status, body) = json(
-        app.as_key(&secret, Method::GET, "/v1/agents")
-            .send()
-            .await
-            .expect("get"),
-    )
-    .await;
-    assert_eq!(status, 401);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("expired"))
-    );
+    match app.api_as(&secret).list_agents().send().await {
+        Err(agentplane_client::Error::ErrorResponse(resp)) => {
+            assert_eq!(resp.status(), 401);
+            assert!(resp.into_inner().error.message.contains("expired"));
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
 });
 
 backend_test!(the_cli_creates_working_keys, |app| {
@@ -433,16 +412,12 @@ backend_test!(the_cli_creates_working_keys, |app| {
         .expect("utf8")
         .trim()
         .to_string();
-    let (status, me) = json(
-        app.as_key(&key, Method::GET, "/v1/users/me")
-            .send()
-            .await
-            .expect("me"),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        (me["organization"]["name"].clone(), me["scopes"].clone()),
-        (json!("cli-org"), json!(["read:agents"]))
-    );
+    let me = app
+        .api_as(&key)
+        .get_current_user()
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(me.organization.name, "cli-org");
+    assert_eq!(me.scopes, vec![agentplane_client::types::Scope::ReadAgents]);
 });

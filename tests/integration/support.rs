@@ -118,6 +118,17 @@ impl TestApp {
         })
     }
 
+    /// The typed client generated from the spec (`clients/rust`), authenticated with the
+    /// admin key. Tests use it wherever they do not deliberately send malformed requests.
+    pub fn api(&self) -> agentplane_client::Client {
+        self.api_as(&self.admin_key)
+    }
+
+    /// The typed client authenticated with `key`.
+    pub fn api_as(&self, key: &str) -> agentplane_client::Client {
+        agentplane_client::authenticated(&self.base, key).expect("typed client")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -212,6 +223,35 @@ pub async fn json(resp: Response) -> (u16, Value) {
         }
     }
     (status, body)
+}
+
+/// The status and error code of a typed client's error; panics (failing the test) when the
+/// server's answer is not a documented error decoded into the envelope.
+pub fn api_error<T: std::fmt::Debug>(
+    result: Result<T, agentplane_client::Error<agentplane_client::types::ErrorEnvelope>>,
+) -> (u16, String) {
+    match result {
+        Err(agentplane_client::Error::ErrorResponse(resp)) => {
+            (resp.status().as_u16(), resp.into_inner().error.code)
+        }
+        other => panic!("expected a documented error response, got {other:?}"),
+    }
+}
+
+/// A typed request body from JSON (the generated types check patterns and bounds, so this
+/// panics, failing the test, on a body the spec forbids).
+pub fn typed<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{value} is not a valid {}: {e}", std::any::type_name::<T>()))
+}
+
+/// The `ETag` header of a typed response.
+pub fn etag<T>(resp: &agentplane_client::ResponseValue<T>) -> String {
+    resp.headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .expect("an ETag header")
+        .to_string()
 }
 
 /// The `details[].field` values of an error body.
