@@ -56,6 +56,8 @@ __all__ = [
     "HealthComponents",
     "HealthState",
     "NewUser",
+    "NotificationPreferences",
+    "NotificationPreferencesPatch",
     "Organization",
     "Pagination",
     "Personality",
@@ -64,6 +66,7 @@ __all__ = [
     "Scope",
     "SystemStatus",
     "User",
+    "UserProfileUpdate",
 ]
 
 # import apis into sdk package
@@ -109,6 +112,8 @@ from agentplane_client.models.health import Health as Health
 from agentplane_client.models.health_components import HealthComponents as HealthComponents
 from agentplane_client.models.health_state import HealthState as HealthState
 from agentplane_client.models.new_user import NewUser as NewUser
+from agentplane_client.models.notification_preferences import NotificationPreferences as NotificationPreferences
+from agentplane_client.models.notification_preferences_patch import NotificationPreferencesPatch as NotificationPreferencesPatch
 from agentplane_client.models.organization import Organization as Organization
 from agentplane_client.models.pagination import Pagination as Pagination
 from agentplane_client.models.personality import Personality as Personality
@@ -117,4 +122,5 @@ from agentplane_client.models.role import Role as Role
 from agentplane_client.models.scope import Scope as Scope
 from agentplane_client.models.system_status import SystemStatus as SystemStatus
 from agentplane_client.models.user import User as User
+from agentplane_client.models.user_profile_update import UserProfileUpdate as UserProfileUpdate
 

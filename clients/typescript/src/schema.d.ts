@@ -171,7 +171,14 @@ export interface paths {
          * @description The user the key belongs to, its organization and role, and the scopes this key grants.
          */
         get: operations["getCurrentUser"];
-        put?: never;
+        /**
+         * Update the calling user's profile
+         * @description Changes the email address and notification preferences of the user the key belongs
+         *     to (Agent Launchpad `PUT /api/users/profile`). Fields left out keep their values. Every
+         *     key may edit its own user's profile, whatever its role; the username and role are
+         *     not editable here.
+         */
+        put: operations["updateCurrentUser"];
         post?: never;
         delete?: never;
         options?: never;
@@ -616,6 +623,35 @@ export interface components {
              * @description When the user was created.
              */
             created_at: string;
+            /**
+             * Format: date-time
+             * @description When the profile last changed.
+             */
+            updated_at: string;
+            notifications: components["schemas"]["NotificationPreferences"];
+        };
+        /** @description Where the user wants to hear about their agents. */
+        NotificationPreferences: {
+            /** @description Notifications by email. */
+            email: boolean;
+            /** @description Notifications in Slack. */
+            slack: boolean;
+        };
+        /** @description Notification preferences to change; channels left out keep their setting. */
+        NotificationPreferencesPatch: {
+            /** @description Notifications by email. */
+            email?: boolean;
+            /** @description Notifications in Slack. */
+            slack?: boolean;
+        };
+        /** @description The profile fields to change. */
+        UserProfileUpdate: {
+            /**
+             * Format: email
+             * @description The new email address.
+             */
+            email?: string;
+            notifications?: components["schemas"]["NotificationPreferencesPatch"];
         };
     };
     responses: {
@@ -1179,6 +1215,35 @@ export interface operations {
                 };
             };
             401: components["responses"]["Unauthorized"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    updateCurrentUser: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UserProfileUpdate"];
+            };
+        };
+        responses: {
+            /** @description The updated profile. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            422: components["responses"]["UnprocessableEntity"];
             503: components["responses"]["ServiceUnavailable"];
         };
     };

@@ -39,6 +39,8 @@ from agentplane_client.models.health import Health
 from agentplane_client.models.health_components import HealthComponents
 from agentplane_client.models.health_state import HealthState
 from agentplane_client.models.new_user import NewUser
+from agentplane_client.models.notification_preferences import NotificationPreferences
+from agentplane_client.models.notification_preferences_patch import NotificationPreferencesPatch
 from agentplane_client.models.organization import Organization
 from agentplane_client.models.pagination import Pagination
 from agentplane_client.models.personality import Personality
@@ -47,4 +49,5 @@ from agentplane_client.models.role import Role
 from agentplane_client.models.scope import Scope
 from agentplane_client.models.system_status import SystemStatus
 from agentplane_client.models.user import User
+from agentplane_client.models.user_profile_update import UserProfileUpdate
 

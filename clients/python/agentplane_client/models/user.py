@@ -20,6 +20,7 @@ import json
 from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from typing import Any, ClassVar, Dict, List
+from agentplane_client.models.notification_preferences import NotificationPreferences
 from agentplane_client.models.organization import Organization
 from agentplane_client.models.role import Role
 from agentplane_client.models.scope import Scope
@@ -38,7 +39,9 @@ class User(BaseModel):
     organization: Organization
     scopes: List[Scope] = Field(description="The scopes of the key used for this request.")
     created_at: datetime = Field(description="When the user was created.")
-    __properties: ClassVar[List[str]] = ["id", "username", "email", "role", "organization", "scopes", "created_at"]
+    updated_at: datetime = Field(description="When the profile last changed.")
+    notifications: NotificationPreferences
+    __properties: ClassVar[List[str]] = ["id", "username", "email", "role", "organization", "scopes", "created_at", "updated_at", "notifications"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -82,6 +85,9 @@ class User(BaseModel):
         # override the default output from pydantic by calling `to_dict()` of organization
         if self.organization:
             _dict['organization'] = self.organization.to_dict()
+        # override the default output from pydantic by calling `to_dict()` of notifications
+        if self.notifications:
+            _dict['notifications'] = self.notifications.to_dict()
         return _dict
 
     @classmethod
@@ -100,7 +106,9 @@ class User(BaseModel):
             "role": obj.get("role"),
             "organization": Organization.from_dict(obj["organization"]) if obj.get("organization") is not None else None,
             "scopes": obj.get("scopes"),
-            "created_at": obj.get("created_at")
+            "created_at": obj.get("created_at"),
+            "updated_at": obj.get("updated_at"),
+            "notifications": NotificationPreferences.from_dict(obj["notifications"]) if obj.get("notifications") is not None else None
         })
         return _obj
 
