@@ -38,6 +38,8 @@ pub struct MockSpec {
     pub listing: Vec<(String, String)>,
     /// The files the spec was read from (the root first).
     pub files: Vec<PathBuf>,
+    /// How long loading and compiling took.
+    pub load_time: std::time::Duration,
 }
 
 /// Where a credential must be present.
@@ -190,9 +192,11 @@ impl MockOperation {
 impl MockSpec {
     /// Loads, bundles and compiles the spec at `path`.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let started = std::time::Instant::now();
         let (doc, files) = crate::spec::load_with_sources(path)?;
         let mut spec = Self::compile(doc)?;
         spec.files = files;
+        spec.load_time = started.elapsed();
         Ok(spec)
     }
 
@@ -240,6 +244,7 @@ impl MockSpec {
             operations,
             listing,
             files: Vec::new(),
+            load_time: std::time::Duration::ZERO,
         })
     }
 
@@ -321,17 +326,23 @@ fn compile_operation(
                         continue;
                     };
                     let schema = h.get("schema").cloned().unwrap_or(Value::Bool(true));
+                    let fits = |text: &String| {
+                        !text.is_empty()
+                            && text.bytes().all(|b| (0x20..0x7f).contains(&b))
+                            && crate::response::header_violation(hspec, text).is_none()
+                    };
                     let mut candidates: Vec<Value> =
                         named_examples(h, doc).into_iter().map(|(_, v)| v).collect();
                     candidates.extend(schema_examples(doc, &schema));
                     candidates.push(generator.plain(&schema));
-                    let strategy = generator.strategy(&schema);
-                    candidates.extend((0..ATTEMPTS).filter_map(|_| sample(&strategy, &mut runner)));
-                    let value = candidates.iter().filter_map(scalar_text).find(|text| {
-                        !text.is_empty()
-                            && text.bytes().all(|b| (0x20..0x7f).contains(&b))
-                            && crate::response::header_violation(hspec, text).is_none()
-                    });
+                    let mut value = candidates.iter().filter_map(scalar_text).find(fits);
+                    if value.is_none() {
+                        let strategy = generator.strategy(&schema);
+                        value = (0..ATTEMPTS)
+                            .filter_map(|_| sample(&strategy, &mut runner))
+                            .filter_map(|v| scalar_text(&v))
+                            .find(fits);
+                    }
                     if let Some(value) = value {
                         headers.push((name.clone(), value));
                     }
