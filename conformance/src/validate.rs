@@ -13,7 +13,7 @@ use jsonschema::{Draft, Validator, error::ValidationErrorKind};
 use serde_json::{Map, Value};
 
 use crate::router::{PathRouter, parse_query};
-use crate::spec::{SpecError, deref, escape_pointer};
+use crate::spec::{SpecError, deref, escape_pointer, unescape_pointer};
 
 /// Where a parameter lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,15 +134,55 @@ pub fn compile_schema(doc: &Value, schema: &Value, pointer: &str) -> Result<Vali
     let mut root = Map::new();
     root.insert("$ref".into(), Value::String("#/x-agentplane-target".into()));
     root.insert("x-agentplane-target".into(), schema.clone());
-    if let Some(components) = doc.get("components") {
-        root.insert("components".into(), components.clone());
+    let components = referenced_components(doc, schema);
+    if !components.is_empty() {
+        root.insert("components".into(), Value::Object(components));
     }
-    // TODO(mock on very large specs): share one registry instead of a components copy per validator.
     jsonschema::options()
         .with_draft(Draft::Draft202012)
         .should_validate_formats(true)
         .build(&Value::Object(root))
         .map_err(|e| SpecError::invalid("", pointer, format!("invalid schema: {e}")))
+}
+
+/// The components `schema` reaches through `#/components/...` references, transitively, in
+/// the document's shape: each validator carries only what it can use rather than a copy of
+/// every component (on a large spec that is most of the memory and the start-up time).
+fn referenced_components(doc: &Value, schema: &Value) -> Map<String, Value> {
+    let mut out: Map<String, Value> = Map::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![schema];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref")
+                    && let Some(rest) = r.strip_prefix("#/components/")
+                {
+                    let mut parts = rest.splitn(3, '/');
+                    if let (Some(kind), Some(name)) = (parts.next(), parts.next()) {
+                        let (kind, name) = (unescape_pointer(kind), unescape_pointer(name));
+                        if seen.insert((kind.clone(), name.clone()))
+                            && let Some(target) = doc
+                                .get("components")
+                                .and_then(|c| c.get(&kind))
+                                .and_then(|k| k.get(&name))
+                        {
+                            if let Value::Object(entries) =
+                                out.entry(kind).or_insert_with(|| Value::Object(Map::new()))
+                            {
+                                entries.insert(name, target.clone());
+                            }
+                            stack.push(target);
+                        }
+                    }
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    out
 }
 
 impl RequestValidator {

@@ -38,6 +38,8 @@ pub struct MockSpec {
     pub listing: Vec<(String, String)>,
     /// The files the spec was read from (the root first).
     pub files: Vec<PathBuf>,
+    /// How long loading and compiling took.
+    pub load_time: std::time::Duration,
 }
 
 /// Where a credential must be present.
@@ -190,9 +192,11 @@ impl MockOperation {
 impl MockSpec {
     /// Loads, bundles and compiles the spec at `path`.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let started = std::time::Instant::now();
         let (doc, files) = crate::spec::load_with_sources(path)?;
         let mut spec = Self::compile(doc)?;
         spec.files = files;
+        spec.load_time = started.elapsed();
         Ok(spec)
     }
 
@@ -240,6 +244,7 @@ impl MockSpec {
             operations,
             listing,
             files: Vec::new(),
+            load_time: std::time::Duration::ZERO,
         })
     }
 
@@ -321,17 +326,23 @@ fn compile_operation(
                         continue;
                     };
                     let schema = h.get("schema").cloned().unwrap_or(Value::Bool(true));
+                    let fits = |text: &String| {
+                        !text.is_empty()
+                            && text.bytes().all(|b| (0x20..0x7f).contains(&b))
+                            && crate::response::header_violation(hspec, text).is_none()
+                    };
                     let mut candidates: Vec<Value> =
                         named_examples(h, doc).into_iter().map(|(_, v)| v).collect();
                     candidates.extend(schema_examples(doc, &schema));
                     candidates.push(generator.plain(&schema));
-                    let strategy = generator.strategy(&schema);
-                    candidates.extend((0..ATTEMPTS).filter_map(|_| sample(&strategy, &mut runner)));
-                    let value = candidates.iter().filter_map(scalar_text).find(|text| {
-                        !text.is_empty()
-                            && text.bytes().all(|b| (0x20..0x7f).contains(&b))
-                            && crate::response::header_violation(hspec, text).is_none()
-                    });
+                    let mut value = candidates.iter().filter_map(scalar_text).find(fits);
+                    if value.is_none() {
+                        let strategy = generator.strategy(&schema);
+                        value = (0..ATTEMPTS)
+                            .filter_map(|_| sample(&strategy, &mut runner))
+                            .filter_map(|v| scalar_text(&v))
+                            .find(fits);
+                    }
                     if let Some(value) = value {
                         headers.push((name.clone(), value));
                     }
@@ -579,4 +590,96 @@ fn infer_resource(
         });
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc() -> Value {
+        json!({
+            "openapi": "3.1.0",
+            "paths": {
+                "/things": {
+                    "post": {"responses": {"201": {"description": "made", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Thing"},
+                        "examples": {
+                            "broken": {"value": {"id": 1}},
+                            "good": {"value": {"id": 2, "name": "two"}}
+                        }
+                    }}}}},
+                    "get": {"responses": {"200": {"description": "list", "content": {"application/json": {
+                        "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Thing"}}
+                    }}}}}
+                },
+                "/things/{thing_id}": {
+                    "get": {"responses": {
+                        "200": {"description": "one", "headers": {"ETag": {"required": true, "schema": {"type": "string"}}},
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Thing"}}}},
+                        "4XX": {"description": "bad"}
+                    }},
+                    "delete": {"responses": {"204": {"description": "gone"}}}
+                },
+                "/things/{thing_id}/parts": {"get": {"responses": {"default": {"description": "parts"}}}}
+            },
+            "components": {"schemas": {"Thing": {
+                "type": "object", "required": ["id", "name"],
+                "properties": {"id": {"type": "integer", "minimum": 1}, "name": {"type": "string", "minLength": 2}}
+            }}}
+        })
+    }
+
+    #[test]
+    fn picks_valid_examples_then_plain_values() {
+        let spec = MockSpec::compile(doc()).expect("compiles");
+        let create = spec.operation("/paths/~1things/post").expect("post");
+        let media = &create.entries[0].media[0];
+        // The invalid example is skipped, for the static answer and for Prefer.
+        assert_eq!(media.value, Some(json!({"id": 2, "name": "two"})));
+        assert_eq!(media.examples.len(), 1);
+        let read = spec
+            .operation("/paths/~1things~1{thing_id}/get")
+            .expect("get");
+        assert_eq!(
+            read.entries[0].media[0].value,
+            Some(json!({"id": 1, "name": "name"}))
+        );
+        assert_eq!(
+            read.entries[0].headers,
+            vec![("ETag".to_string(), "string".to_string())]
+        );
+        assert_eq!(read.entry(404).map(|e| e.key.as_str()), Some("4XX"));
+        assert_eq!(read.entry(404).map(|e| e.status), Some(400));
+        assert!(read.documents(404) && !read.documents(500));
+    }
+
+    #[test]
+    fn infers_collections_from_paths() {
+        let spec = MockSpec::compile(doc()).expect("compiles");
+        let role = |ptr: &str| {
+            spec.operation(ptr)
+                .and_then(|o| o.resource.clone())
+                .map(|r| (r.collection, r.param, r.id_field, r.role))
+        };
+        let things = |role: Role| {
+            Some((
+                "/things".to_string(),
+                "thing_id".to_string(),
+                "id".to_string(),
+                role,
+            ))
+        };
+        assert_eq!(role("/paths/~1things/post"), things(Role::Create));
+        assert_eq!(role("/paths/~1things/get"), things(Role::List));
+        assert_eq!(role("/paths/~1things~1{thing_id}/get"), things(Role::Read));
+        assert_eq!(
+            role("/paths/~1things~1{thing_id}/delete"),
+            things(Role::Delete)
+        );
+        assert_eq!(
+            role("/paths/~1things~1{thing_id}~1parts/get"),
+            things(Role::Nested)
+        );
+    }
 }

@@ -251,9 +251,10 @@ impl Mock {
             ),
         };
         let mut out = format!(
-            "agentplane mock: {} ({} operations; {mode}; CORS {}; {})\n",
+            "agentplane mock: {} ({} operations compiled in {} ms; {mode}; CORS {}; {})\n",
             o.spec.display(),
             spec.len(),
+            spec.load_time.as_millis(),
             if o.cors { "on" } else { "off" },
             if o.watch {
                 "reloads on change"
