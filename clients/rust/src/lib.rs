@@ -34,7 +34,19 @@ mod generated {
 
 pub use generated::*;
 
-include!(concat!(env!("OUT_DIR"), "/unexploded.rs"));
+include!(concat!(env!("OUT_DIR"), "/adaptations.rs"));
+
+/// A change `build.rs` made to the spec so progenitor could generate this client (kinds and
+/// workarounds: `clients/README.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adaptation {
+    /// The operation changed or left out.
+    pub operation_id: &'static str,
+    /// `untyped-success-body`, `request-body-omitted` or `unsupported`.
+    pub kind: &'static str,
+    /// What made the change necessary.
+    pub detail: &'static str,
+}
 
 /// progenitor's pre-request hook (see `build.rs`): progenitor serializes every array query
 /// parameter exploded (`fields=id&fields=name`); the spec documents some as `explode: false`,
