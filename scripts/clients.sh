@@ -143,11 +143,31 @@ export AGENTPLANE_BIN=$TARGET/debug/agentplane
 log "Rust client end to end: cargo test (tests/integration uses it as its typed client)"
 cargo test --quiet --test integration -- agents:: identity::
 
-log "TypeScript client end to end (node --test)"
-(cd clients/typescript && npm test --silent)
+run_typescript() { (cd clients/typescript && npm test --silent); }
+run_python() { (cd clients/python && "$PY_VENV/bin/pytest" -p no:cacheprovider -q tests); }
 
-log "Python client end to end (pytest)"
-(cd clients/python && "$PY_VENV/bin/pytest" -p no:cacheprovider -q tests)
+log "TypeScript client end to end on SQLite (node --test)"
+run_typescript
+log "Python client end to end on SQLite (pytest)"
+run_python
+
+# On PostgreSQL too when a test server is configured (scripts/test.sh starts one): each suite
+# gets a fresh database, since it counts what it lists.
+if [ -n "${AGENTPLANE_TEST_POSTGRES:-}" ]; then
+  command -v psql >/dev/null 2>&1 || fail "AGENTPLANE_TEST_POSTGRES is set but psql is missing"
+  fresh_pg() {
+    local name="clients_$1_$$_$RANDOM"
+    psql -q -v ON_ERROR_STOP=1 "${AGENTPLANE_TEST_POSTGRES%/}/postgres" \
+      -c "CREATE DATABASE $name" >/dev/null
+    echo "${AGENTPLANE_TEST_POSTGRES%/}/$name"
+  }
+  log "TypeScript client end to end on PostgreSQL"
+  db=$(fresh_pg ts)
+  (export AGENTPLANE_E2E_DATABASE=$db && run_typescript)
+  log "Python client end to end on PostgreSQL"
+  db=$(fresh_pg py)
+  (export AGENTPLANE_E2E_DATABASE=$db && run_python)
+fi
 
 log "Swagger UI in Chromium (playwright-core)"
 CLIENTS_NODE_TOOLS=$NODE_TOOLS CHROMIUM=$CHROMIUM node --test clients/browser/swagger-ui.test.mjs

@@ -2,7 +2,7 @@
 //! the spec (`app.api()`, clients/rust); raw reqwest remains where a test deliberately sends
 //! what the client cannot (malformed input, `null` to clear a field, raw bodies to inspect).
 
-use agentplane_client::types::{Agent, AgentInput, AgentPatch, AgentStatus};
+use agentplane_client::types::{Agent, AgentField, AgentInput, AgentPatch, AgentStatus};
 use agentplane_client::types::{ListAgentsOrder, ListAgentsSort};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -240,13 +240,21 @@ backend_test!(lists_page_filter_sort_and_select_fields, |app| {
         .expect("list");
     assert_eq!(total(past.into_inner()), 25);
 
-    // Raw: progenitor sends the `explode: false` array `fields` exploded
-    // (`fields=id&fields=name`), not comma-separated as documented (clients/README.md).
-    let (_, sparse) = json(app.get("/v1/agents?fields=id,name&per_page=1").await).await;
-    let keys: Vec<&String> = sparse["data"][0]
+    // `fields` is `explode: false`: the client's hook sends `fields=id,name` (clients/README.md).
+    let sparse = api
+        .list_agents()
+        .fields(vec![AgentField::Id, AgentField::Name])
+        .per_page(per_page(1))
+        .send()
+        .await
+        .expect("list")
+        .into_inner();
+    let keys: Vec<String> = serde_json::to_value(&sparse.data[0])
+        .expect("fieldset")
         .as_object()
         .expect("agent")
         .keys()
+        .cloned()
         .collect();
     assert_eq!(keys, vec!["id", "name"]);
 

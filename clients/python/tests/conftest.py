@@ -36,7 +36,10 @@ class Server:
                 "--listen",
                 "127.0.0.1:0",
                 "--database",
-                f"sqlite://{self.dir.name}/agentplane.db",
+                # AGENTPLANE_E2E_DATABASE (a fresh database URL) runs the suite on another
+                # backend.
+                os.environ.get("AGENTPLANE_E2E_DATABASE")
+                or f"sqlite://{self.dir.name}/agentplane.db",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

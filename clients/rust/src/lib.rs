@@ -13,7 +13,8 @@
 //!
 //! Known progenitor limitations and their workarounds are in `clients/README.md` (for
 //! example a `304 Not Modified` arrives as [`Error::UnexpectedResponse`]; use
-//! [`is_not_modified`]).
+//! [`is_not_modified`]). One is repaired here: `explode: false` array query parameters are
+//! sent comma-separated, as documented, by a pre-request hook.
 
 #[allow(
     clippy::unwrap_used,
@@ -32,6 +33,56 @@ mod generated {
 }
 
 pub use generated::*;
+
+include!(concat!(env!("OUT_DIR"), "/adaptations.rs"));
+
+/// A change `build.rs` made to the spec so progenitor could generate this client (kinds and
+/// workarounds: `clients/README.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adaptation {
+    /// The operation changed or left out.
+    pub operation_id: &'static str,
+    /// `untyped-success-body`, `request-body-omitted` or `unsupported`.
+    pub kind: &'static str,
+    /// What made the change necessary.
+    pub detail: &'static str,
+}
+
+/// progenitor's pre-request hook (see `build.rs`): progenitor serializes every array query
+/// parameter exploded (`fields=id&fields=name`); the spec documents some as `explode: false`,
+/// whose wire form is one comma-separated value (`fields=id,name`). This rewrites those.
+pub(crate) fn join_unexploded_query_arrays(request: &mut reqwest::Request) {
+    rewrite_query(request.url_mut(), UNEXPLODED_QUERY_ARRAYS);
+}
+
+fn rewrite_query(url: &mut reqwest::Url, unexploded: &[&str]) {
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let repeated = |name: &str| pairs.iter().filter(|(k, _)| k == name).count() > 1;
+    if !unexploded.iter().any(|n| repeated(n)) {
+        return;
+    }
+    let mut merged: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, value) in pairs {
+        let earlier = match unexploded.contains(&name.as_str()) {
+            true => merged.iter_mut().find(|(n, _)| *n == name),
+            false => None,
+        };
+        match earlier {
+            Some((_, values)) => values.push(value),
+            None => merged.push((name, vec![value])),
+        }
+    }
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let query = merged
+        .iter()
+        .map(|(name, values)| {
+            let values: Vec<String> = values.iter().map(|v| encode(v)).collect();
+            format!("{}={}", encode(name), values.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    url.set_query(Some(&query));
+}
 
 /// A client for `base_url` (e.g. `http://127.0.0.1:8080`) that sends
 /// `Authorization: Bearer <key>` on every request.
@@ -64,4 +115,35 @@ pub enum SetupError {
 /// [`Error::UnexpectedResponse`]; see `clients/README.md`.
 pub fn is_not_modified<E>(error: &Error<E>) -> bool {
     matches!(error, Error::UnexpectedResponse(r) if r.status() == reqwest::StatusCode::NOT_MODIFIED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(query: &str) -> String {
+        let mut url = reqwest::Url::parse(&format!("http://h/v1/agents?{query}")).expect("url");
+        rewrite_query(&mut url, &["fields"]);
+        url.query().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn unexploded_arrays_are_joined_with_commas_and_the_rest_is_kept() {
+        assert_eq!(
+            rewritten("per_page=1&fields=id&fields=name&filter%5Btype%5D=a+b"),
+            "per_page=1&fields=id,name&filter%5Btype%5D=a+b"
+        );
+        assert_eq!(rewritten("fields=id&sort=name"), "fields=id&sort=name");
+        assert_eq!(
+            rewritten("tag=a&tag=b"),
+            "tag=a&tag=b",
+            "exploded arrays stay"
+        );
+        assert_eq!(rewritten("fields=a%2Cb&fields=c"), "fields=a%2Cb,c");
+    }
+
+    #[test]
+    fn the_spec_fields_parameter_is_listed() {
+        assert!(UNEXPLODED_QUERY_ARRAYS.contains(&"fields"));
+    }
 }

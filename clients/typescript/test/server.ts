@@ -21,7 +21,8 @@ export async function startServer(): Promise<RunningServer> {
   const dir = mkdtempSync(join(tmpdir(), "agentplane-ts-"));
   const child: ChildProcess = spawn(
     binary(),
-    ["serve", "--listen", "127.0.0.1:0", "--database", `sqlite://${dir}/agentplane.db`],
+    // AGENTPLANE_E2E_DATABASE (a fresh database URL) runs the suite on another backend.
+    ["serve", "--listen", "127.0.0.1:0", "--database", process.env.AGENTPLANE_E2E_DATABASE ?? `sqlite://${dir}/agentplane.db`],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   let out = "";
