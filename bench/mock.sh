@@ -129,6 +129,7 @@ run() {
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$spec_name" "$path" "$rps" "$p50" "$p99" "$rss" "$first" >>"$RESULTS"
 }
 
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 OURS=$ROOT/generated/openapi.json
 PETS=$ROOT/conformance/tests/fixtures/petstore-expanded.yaml
 AUTH="Authorization: Bearer bench"
@@ -143,10 +144,10 @@ run "Prism $PRISM_VERSION" "petstore-expanded (3.0)" /pets/1 "" \
   "$PRISM" mock -h 127.0.0.1 -p @PORT@ "$PETS"
 
 mkdir -p bench/results
-python3 - "$RESULTS" bench/results/mock "$(nproc)" "$DURATION" "$CONNECTIONS" "$THREADS" "$(date -u +%Y-%m-%d)" <<'PY'
+python3 - "$RESULTS" bench/results/mock "$(nproc)" "$DURATION" "$CONNECTIONS" "$THREADS" "$(date -u +%Y-%m-%d)" "$LOAD" <<'PY'
 import sys, html
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-out, cpus, duration, conns, threads, day = sys.argv[2:8]
+out, cpus, duration, conns, threads, day, load = sys.argv[2:9]
 specs = []
 for r in rows:
     if r[1] not in specs:
@@ -156,7 +157,8 @@ md = [f"# agentplane mock vs Stoplight Prism, {day}\n",
       f"after a 3 s warm-up, on loopback, {cpus} CPUs shared by the servers, wrk and whatever else "
       "the machine runs. RSS is the whole process tree after the load; *first answer* is the time "
       "from process start to the first 2xx. Both serve their static answer (the spec's example). "
-      "Produced by `bench/mock.sh`; not a test.\n"]
+      f"Load average before the runs: {load} (other work on the machine makes every figure "
+      "noisier, the ratios less so). Produced by `bench/mock.sh`; not a test.\n"]
 for spec in specs:
     mine = [r for r in rows if r[1] == spec]
     md.append(f"\n## {spec}: `GET {mine[0][2]}`\n")

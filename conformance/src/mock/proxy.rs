@@ -25,8 +25,10 @@ pub const RESPONSE_CHECKS: &[&str] = &[
     "response_schema_conformance",
 ];
 
-/// Hop-by-hop and recomputed headers that are not forwarded.
+/// Hop-by-hop and recomputed headers that are not forwarded (and `accept-encoding`, so that
+/// the upstream answers a body the checks can read).
 const SKIPPED: &[&str] = &[
+    "accept-encoding",
     "host",
     "connection",
     "keep-alive",

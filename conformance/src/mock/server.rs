@@ -163,13 +163,8 @@ async fn handle(
             {
                 return unauthenticated(op);
             }
-            let title = if status == 422 {
-                "Unprocessable Entity"
-            } else {
-                "Bad Request"
-            };
             let detail = summary(&violations);
-            return answer::error(op, status, title, &detail, &violations);
+            return answer::error(op, status, title_of(status), &detail, &violations);
         }
         Outcome::Valid { operation, body } => (operation, body),
     };
@@ -227,6 +222,14 @@ async fn handle(
     respond(shared, spec, op, &prefer, dynamic, accept, counter)
 }
 
+/// The reason phrase of a status, as a problem's title.
+fn title_of(status: u16) -> &'static str {
+    StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
+}
+
 fn summary(violations: &[Violation]) -> String {
     let parts: Vec<String> = violations
         .iter()
@@ -268,10 +271,7 @@ fn respond(
             if code >= 400 && prefer.example.is_none() && !dynamic && op.entry(code).is_some() =>
         {
             // An error asked for by name: the documented body, filled in like a real one.
-            let title = StatusCode::from_u16(code)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .unwrap_or("Error");
+            let title = title_of(code);
             return answer::error(
                 Some(op),
                 code,
@@ -389,7 +389,7 @@ async fn proxied(
         } => {
             op = spec.operation(&operation.pointer);
             if shared.options.errors {
-                return answer::error(op, status, "Bad Request", &summary(&found), &found);
+                return answer::error(op, status, title_of(status), &summary(&found), &found);
             }
             violations.extend(proxy::request_violations(&found));
         }
