@@ -11,4 +11,5 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod knowledge;
 pub mod server;

@@ -36,6 +36,13 @@ enum Command {
         /// Connections in the database pool (default: twice the cores, at least 4).
         #[arg(long)]
         pool_size: Option<u32>,
+        /// The GitHub REST API that GitHub knowledge sources are synced from.
+        #[arg(
+            long,
+            env = "AGENTPLANE_GITHUB_API_URL",
+            default_value = "https://api.github.com"
+        )]
+        github_api_url: String,
     },
     /// Contract-test a server against an OpenAPI spec (exit 0 passed, 1 failures, 2 usage).
     Conform(ConformArgs),
@@ -147,7 +154,8 @@ async fn main() -> ExitCode {
             listen,
             database,
             pool_size,
-        } => serve(listen, database, pool_size).await,
+            github_api_url,
+        } => serve(listen, database, pool_size, github_api_url).await,
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -170,12 +178,18 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(listen: String, database: String, pool_size: Option<u32>) -> anyhow::Result<()> {
+async fn serve(
+    listen: String,
+    database: String,
+    pool_size: Option<u32>,
+    github_api_url: String,
+) -> anyhow::Result<()> {
     let defaults = Config::default();
     let config = Config {
         listen,
         database_url: database,
         pool_size: pool_size.unwrap_or(defaults.pool_size),
+        github_api_url,
     };
     let (bound, bootstrap) = server::bind(&config).await?;
     let shutdown = server::shutdown_signal();

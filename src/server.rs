@@ -20,6 +20,8 @@ pub struct Config {
     pub database_url: String,
     /// Connections in the pool.
     pub pool_size: u32,
+    /// The GitHub REST API that GitHub knowledge sources are synced from.
+    pub github_api_url: String,
 }
 
 impl Default for Config {
@@ -31,18 +33,20 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             database_url: "sqlite://./data/agentplane.db".into(),
             pool_size: u32::try_from(cores * 2).unwrap_or(8).max(4),
+            github_api_url: crate::knowledge::sync::GITHUB_API.into(),
         }
     }
 }
 
 /// The whole application as one endpoint.
-pub fn app(store: Store) -> anyhow::Result<impl poem::Endpoint> {
+pub fn app(store: Store, github_api_url: String) -> anyhow::Result<impl poem::Endpoint> {
     let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
         .context("the bundled spec is not JSON")?;
     let validator = Arc::new(
         conformance::RequestValidator::new(&spec).context("the bundled spec does not compile")?,
     );
-    let service = agentplane_api::service(Arc::new(Handlers::new(store)));
+    let service =
+        agentplane_api::service(Arc::new(Handlers::with_github_api(store, &github_api_url)));
     Ok(Route::new()
         .at("/", get(crate::http::root))
         .at("/openapi.json", get(crate::http::openapi_31))
@@ -59,6 +63,7 @@ pub fn app(store: Store) -> anyhow::Result<impl poem::Endpoint> {
 pub struct Bound {
     acceptor: poem::listener::TcpAcceptor,
     store: Store,
+    github_api_url: String,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
 }
@@ -73,6 +78,19 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.run_blocking(crate::auth::bootstrap)).await??
     };
+    let interrupted = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.run_blocking(crate::db::knowledge::fail_interrupted_syncs)
+        })
+        .await??
+    };
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "knowledge syncs interrupted by a restart were marked failed"
+        );
+    }
     let acceptor = TcpListener::bind(config.listen.clone())
         .into_acceptor()
         .await
@@ -86,6 +104,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
         Bound {
             acceptor,
             store,
+            github_api_url: config.github_api_url.clone(),
             addr,
         },
         bootstrap,
@@ -98,7 +117,7 @@ impl Bound {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let app = app(self.store)?;
+        let app = app(self.store, self.github_api_url)?;
         poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
             .await?;

@@ -2,6 +2,7 @@
 
 mod agents;
 mod identity;
+mod knowledge;
 mod system;
 
 use std::time::Instant;
@@ -27,6 +28,8 @@ pub struct Handlers {
     pub started: Instant,
     pub started_at: String,
     pub keys: std::sync::Arc<KeyCache>,
+    /// Runs knowledge-source syncs in the background.
+    pub syncs: crate::knowledge::sync::SyncRunner,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
@@ -34,7 +37,13 @@ pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5)
 
 impl Handlers {
     pub fn new(store: Store) -> Self {
+        Self::with_github_api(store, crate::knowledge::sync::GITHUB_API)
+    }
+
+    /// Handlers whose GitHub source syncs call the GitHub REST API at `github_api`.
+    pub fn with_github_api(store: Store, github_api: &str) -> Self {
         Self {
+            syncs: crate::knowledge::sync::SyncRunner::new(store.clone(), github_api),
             store,
             started: Instant::now(),
             started_at: crate::ids::now(),

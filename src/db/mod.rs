@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod idempotency;
 pub mod identity;
+pub mod knowledge;
 pub mod schema;
 
 use std::time::Duration;

@@ -4,6 +4,7 @@
 mod agents;
 mod conform;
 mod identity;
+mod knowledge;
 mod support;
 mod system;
 mod validation;
