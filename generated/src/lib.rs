@@ -20,10 +20,12 @@ pub mod identity;
 pub mod knowledge;
 pub mod models;
 pub mod system;
+pub mod tools;
 pub use agents::*;
 pub use identity::*;
 pub use knowledge::*;
 pub use system::*;
+pub use tools::*;
 /// The bundled OpenAPI 3.1 document: the spec the server publishes at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// The same document down-converted to OpenAPI 3.0.3, for tools that read only 3.0.
@@ -59,11 +61,20 @@ pub trait Authenticate: Send + Sync + 'static {
 }
 /// Every handler trait of the API.
 pub trait Api:
-    system::SystemApi + agents::AgentsApi + identity::IdentityApi + knowledge::KnowledgeApi
+    system::SystemApi
+    + agents::AgentsApi
+    + identity::IdentityApi
+    + knowledge::KnowledgeApi
+    + tools::ToolsApi
 {
 }
-impl<T: system::SystemApi + agents::AgentsApi + identity::IdentityApi + knowledge::KnowledgeApi> Api
-    for T
+impl<
+    T: system::SystemApi
+        + agents::AgentsApi
+        + identity::IdentityApi
+        + knowledge::KnowledgeApi
+        + tools::ToolsApi,
+> Api for T
 {
 }
 /// The routes of every operation over one implementation of [`Api`].
@@ -75,6 +86,7 @@ pub fn service<T: Api>(
         agents::AgentsRoutes<T>,
         identity::IdentityRoutes<T>,
         knowledge::KnowledgeRoutes<T>,
+        tools::ToolsRoutes<T>,
     ),
     (),
 > {
@@ -84,6 +96,7 @@ pub fn service<T: Api>(
             agents::AgentsRoutes(api.clone()),
             identity::IdentityRoutes(api.clone()),
             knowledge::KnowledgeRoutes(api.clone()),
+            tools::ToolsRoutes(api.clone()),
         ),
         TITLE,
         VERSION,
@@ -310,5 +323,53 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "GET",
         path: "/v1/knowledge/{kb_id}/documents/{document_id}/chunks",
         scopes: Some(&["read:knowledge"]),
+    },
+    OperationInfo {
+        id: "listTools",
+        method: "GET",
+        path: "/v1/tools",
+        scopes: Some(&["read:tools"]),
+    },
+    OperationInfo {
+        id: "createTool",
+        method: "POST",
+        path: "/v1/tools",
+        scopes: Some(&["write:tools"]),
+    },
+    OperationInfo {
+        id: "getTool",
+        method: "GET",
+        path: "/v1/tools/{tool_id}",
+        scopes: Some(&["read:tools"]),
+    },
+    OperationInfo {
+        id: "replaceTool",
+        method: "PUT",
+        path: "/v1/tools/{tool_id}",
+        scopes: Some(&["write:tools"]),
+    },
+    OperationInfo {
+        id: "deleteTool",
+        method: "DELETE",
+        path: "/v1/tools/{tool_id}",
+        scopes: Some(&["write:tools"]),
+    },
+    OperationInfo {
+        id: "queryTool",
+        method: "POST",
+        path: "/v1/tools/{tool_id}/query",
+        scopes: Some(&["read:tools"]),
+    },
+    OperationInfo {
+        id: "searchTool",
+        method: "POST",
+        path: "/v1/tools/{tool_id}/search",
+        scopes: Some(&["read:tools"]),
+    },
+    OperationInfo {
+        id: "testTool",
+        method: "POST",
+        path: "/v1/tools/{tool_id}/test",
+        scopes: Some(&["write:tools"]),
     },
 ];

@@ -1735,6 +1735,322 @@ pub struct KnowledgeResults {
     #[oai(rename = "total")]
     pub total: i64,
 }
+/// `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ToolType")]
+pub enum ToolType {
+    #[oai(rename = "rag")]
+    Rag,
+    #[oai(rename = "retrieval")]
+    Retrieval,
+    #[oai(rename = "api")]
+    Api,
+}
+impl ToolType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ToolType] = &[ToolType::Rag, ToolType::Retrieval, ToolType::Api];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ToolType::Rag => "rag",
+            ToolType::Retrieval => "retrieval",
+            ToolType::Api => "api",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "rag" => Some(ToolType::Rag),
+            "retrieval" => Some(ToolType::Retrieval),
+            "api" => Some(ToolType::Api),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ToolType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The tool's name.
+pub type ToolName = String;
+/// What the tool does (shown to agents choosing tools).
+pub type ToolDescription = String;
+/// The knowledge bases it searches; each must exist in the organization (404 names the first that does not).
+pub type ToolKnowledgeBaseIds = Vec<String>;
+/// HTTP headers by name.
+pub type HeaderMap = std::collections::BTreeMap<String, String>;
+/// `rag` or `retrieval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "KnowledgeToolInputType")]
+pub enum KnowledgeToolInputType {
+    #[oai(rename = "rag")]
+    Rag,
+    #[oai(rename = "retrieval")]
+    Retrieval,
+}
+impl KnowledgeToolInputType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [KnowledgeToolInputType] = &[
+        KnowledgeToolInputType::Rag,
+        KnowledgeToolInputType::Retrieval,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KnowledgeToolInputType::Rag => "rag",
+            KnowledgeToolInputType::Retrieval => "retrieval",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "rag" => Some(KnowledgeToolInputType::Rag),
+            "retrieval" => Some(KnowledgeToolInputType::Retrieval),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for KnowledgeToolInputType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A `rag` or `retrieval` tool (Magnet AI RAG and retrieval tools).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeToolInput", deny_unknown_fields)]
+pub struct KnowledgeToolInput {
+    /// `rag` or `retrieval`.
+    #[oai(rename = "type")]
+    pub type_: crate::models::KnowledgeToolInputType,
+    /// The tool's name.
+    #[oai(rename = "name")]
+    pub name: crate::models::ToolName,
+    /// What the tool does (shown to agents choosing tools).
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<crate::models::ToolDescription>,
+    /// The knowledge bases it searches; each must exist in the organization (404 names the first that does not).
+    #[oai(rename = "knowledge_base_ids")]
+    pub knowledge_base_ids: crate::models::ToolKnowledgeBaseIds,
+    /// Passages per query unless the query says otherwise (default 5).
+    #[oai(rename = "top_k", skip_serializing_if_is_none)]
+    pub top_k: Option<i64>,
+    /// Only passages scoring at least this.
+    #[oai(rename = "min_score", skip_serializing_if_is_none)]
+    pub min_score: Option<f64>,
+    /// Recorded for Magnet AI compatibility; retrieval is full-text.
+    #[oai(rename = "embedding_model", skip_serializing_if_is_none)]
+    pub embedding_model: Option<String>,
+}
+/// The HTTP method (default GET).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ApiToolInputMethod")]
+pub enum ApiToolInputMethod {
+    #[oai(rename = "GET")]
+    Get,
+    #[oai(rename = "POST")]
+    Post,
+    #[oai(rename = "PUT")]
+    Put,
+    #[oai(rename = "PATCH")]
+    Patch,
+    #[oai(rename = "DELETE")]
+    Delete,
+}
+impl ApiToolInputMethod {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ApiToolInputMethod] = &[
+        ApiToolInputMethod::Get,
+        ApiToolInputMethod::Post,
+        ApiToolInputMethod::Put,
+        ApiToolInputMethod::Patch,
+        ApiToolInputMethod::Delete,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ApiToolInputMethod::Get => "GET",
+            ApiToolInputMethod::Post => "POST",
+            ApiToolInputMethod::Put => "PUT",
+            ApiToolInputMethod::Patch => "PATCH",
+            ApiToolInputMethod::Delete => "DELETE",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "GET" => Some(ApiToolInputMethod::Get),
+            "POST" => Some(ApiToolInputMethod::Post),
+            "PUT" => Some(ApiToolInputMethod::Put),
+            "PATCH" => Some(ApiToolInputMethod::Patch),
+            "DELETE" => Some(ApiToolInputMethod::Delete),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ApiToolInputMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// An `api` tool (Magnet AI API tool). `secret_headers` are write-only, sealed at rest and never returned; a PUT without them keeps the stored ones.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ApiToolInput", deny_unknown_fields)]
+pub struct ApiToolInput {
+    /// `api`
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// The tool's name.
+    #[oai(rename = "name")]
+    pub name: crate::models::ToolName,
+    /// What the tool does (shown to agents choosing tools).
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<crate::models::ToolDescription>,
+    /// The HTTP method (default GET).
+    #[oai(rename = "method", skip_serializing_if_is_none)]
+    pub method: Option<crate::models::ApiToolInputMethod>,
+    /// The endpoint, http(s).
+    #[oai(rename = "url")]
+    pub url: String,
+    /// HTTP headers by name.
+    #[oai(rename = "headers", skip_serializing_if_is_none)]
+    pub headers: Option<crate::models::HeaderMap>,
+    /// HTTP headers by name.
+    #[oai(rename = "secret_headers", skip_serializing_if_is_none)]
+    pub secret_headers: Option<crate::models::HeaderMap>,
+    /// How long a call may take (default 10000).
+    #[oai(rename = "timeout_ms", skip_serializing_if_is_none)]
+    pub timeout_ms: Option<i64>,
+}
+/// A tool to create or, with PUT, its new state.
+pub type ToolInput = serde_json::Value;
+/// A tool. Fields beyond the common ones depend on its `type`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Tool", deny_unknown_fields)]
+pub struct Tool {
+    /// The tool's id (`tool_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The tool's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint.
+    #[oai(rename = "type")]
+    pub type_: crate::models::ToolType,
+    /// What the tool does.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// For `rag` and `retrieval` tools, the knowledge bases searched.
+    #[oai(rename = "knowledge_base_ids", skip_serializing_if_is_none)]
+    pub knowledge_base_ids: Option<Vec<String>>,
+    /// For `rag` and `retrieval` tools, passages per query.
+    #[oai(rename = "top_k", skip_serializing_if_is_none)]
+    pub top_k: Option<i64>,
+    /// For `rag` and `retrieval` tools, the least score kept.
+    #[oai(rename = "min_score", skip_serializing_if_is_none)]
+    pub min_score: Option<f64>,
+    /// Recorded only.
+    #[oai(rename = "embedding_model", skip_serializing_if_is_none)]
+    pub embedding_model: Option<String>,
+    /// For `api` tools, the HTTP method.
+    #[oai(rename = "method", skip_serializing_if_is_none)]
+    pub method: Option<String>,
+    /// For `api` tools, the endpoint.
+    #[oai(rename = "url", skip_serializing_if_is_none)]
+    pub url: Option<String>,
+    /// For `api` tools, the plain headers.
+    #[oai(rename = "headers", skip_serializing_if_is_none)]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// For `api` tools, the names of the secret headers stored (their values are never returned).
+    #[oai(rename = "secret_header_names", skip_serializing_if_is_none)]
+    pub secret_header_names: Option<Vec<String>>,
+    /// For `api` tools, the call timeout.
+    #[oai(rename = "timeout_ms", skip_serializing_if_is_none)]
+    pub timeout_ms: Option<i64>,
+    /// Bumped by every change; the `ETag`.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When it was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ToolList", deny_unknown_fields)]
+pub struct ToolList {
+    /// The tools on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Tool>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A query for a `rag` tool or a search for a `retrieval` tool.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ToolQuery", deny_unknown_fields)]
+pub struct ToolQuery {
+    /// Free text; its words are matched (stemmed, any of them).
+    #[oai(rename = "query")]
+    pub query: String,
+    /// At most this many passages (default the tool's `top_k`).
+    #[oai(rename = "top_k", skip_serializing_if_is_none)]
+    pub top_k: Option<i64>,
+    /// Only passages scoring at least this (default the tool's).
+    #[oai(rename = "min_score", skip_serializing_if_is_none)]
+    pub min_score: Option<f64>,
+    /// Only chunks whose metadata has each key with exactly this value (`{"source_type": "url"}`, `{"title": "FAQ"}`, or any metadata you gave).
+    #[oai(rename = "filters", skip_serializing_if_is_none)]
+    pub filters: Option<crate::models::KnowledgeFilters>,
+}
+/// A RAG tool's answer and the passages it rests on.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "RagAnswer", deny_unknown_fields)]
+pub struct RagAnswer {
+    /// The query as given.
+    #[oai(rename = "query")]
+    pub query: String,
+    /// The passages, best first.
+    #[oai(rename = "results")]
+    pub results: Vec<crate::models::KnowledgeResult>,
+    /// An extractive answer (the best passage, at most 1000 characters); `null` when nothing matched. Generated answers come from agent execution with a model.
+    #[oai(rename = "answer")]
+    pub answer: Option<String>,
+}
+/// What to send in a test call of an `api` tool.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ToolTestInput", deny_unknown_fields)]
+pub struct ToolTestInput {
+    /// A JSON body to send (ignored for GET).
+    #[oai(rename = "body", skip_serializing_if_is_none)]
+    pub body: Option<serde_json::Value>,
+    /// Query parameters to add to the URL.
+    #[oai(rename = "query", skip_serializing_if_is_none)]
+    pub query: Option<std::collections::BTreeMap<String, String>>,
+}
+/// How a test call went. A call that could not be made has `ok` false, `status` null and an `error`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ToolTestResult", deny_unknown_fields)]
+pub struct ToolTestResult {
+    /// Whether the endpoint answered 2xx.
+    #[oai(rename = "ok")]
+    pub ok: bool,
+    /// The HTTP status it answered.
+    #[oai(rename = "status")]
+    pub status: Option<i64>,
+    /// Milliseconds until the whole answer was read (or the call failed).
+    #[oai(rename = "latency_ms")]
+    pub latency_ms: f64,
+    /// The answer's Content-Type.
+    #[oai(rename = "content_type")]
+    pub content_type: Option<String>,
+    /// The first 2000 characters of the answer.
+    #[oai(rename = "body_excerpt")]
+    pub body_excerpt: Option<String>,
+    /// Why the call failed, when it did.
+    #[oai(rename = "error")]
+    pub error: Option<String>,
+}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]
 pub enum ListAgentsSort {

@@ -62,20 +62,20 @@ fn etag(row: &KbRow) -> String {
     format!("\"{}\"", row.version)
 }
 
-fn etag_matches(header: &str, etag: &str) -> bool {
+pub(super) fn etag_matches(header: &str, etag: &str) -> bool {
     header.split(',').map(str::trim).any(|candidate| {
         candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
     })
 }
 
-fn object(value: Option<Value>) -> Map<String, Value> {
+pub(super) fn object(value: Option<Value>) -> Map<String, Value> {
     match value {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     }
 }
 
-fn to_i64(n: usize) -> i64 {
+pub(super) fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -414,7 +414,7 @@ fn kb_changes(input: &KnowledgeBaseInput) -> KbChanges {
 }
 
 /// A list page request from `page`/`per_page` or `cursor`/`limit`.
-fn page_of(
+pub(super) fn page_of(
     page: i64,
     per_page: i64,
     cursor: Option<&str>,
@@ -454,7 +454,12 @@ fn page_of(
     }
 }
 
-fn next_cursor(page: &Page, returned: usize, total: i64, last_id: Option<&str>) -> Option<String> {
+pub(super) fn next_cursor(
+    page: &Page,
+    returned: usize,
+    total: i64,
+    last_id: Option<&str>,
+) -> Option<String> {
     let end = page.offset + to_i64(returned);
     match last_id {
         Some(id) if end < total => Some(format!("{end}.{id}")),
@@ -463,7 +468,7 @@ fn next_cursor(page: &Page, returned: usize, total: i64, last_id: Option<&str>) 
 }
 
 /// What an idempotent create did.
-enum Created<T> {
+pub(super) enum Created<T> {
     New(T),
     Replayed(String),
     KeyReused,
@@ -471,7 +476,7 @@ enum Created<T> {
 
 /// Runs `insert` unless `key` was used before: then answers with the first request's
 /// resource id (or `KeyReused` when the body differs).
-fn idempotent<T>(
+pub(super) fn idempotent<T>(
     conn: &mut DbConnection,
     org_id: &str,
     operation: &str,
@@ -509,7 +514,7 @@ fn idempotent<T>(
     })
 }
 
-fn key_reused(rid: &str) -> Failure {
+pub(super) fn key_reused(rid: &str) -> Failure {
     Failure::with_details(
         Kind::Conflict,
         "IDEMPOTENCY_KEY_REUSED",
@@ -523,7 +528,7 @@ fn key_reused(rid: &str) -> Failure {
     )
 }
 
-fn hash_body(body: Option<Value>) -> String {
+pub(super) fn hash_body(body: Option<Value>) -> String {
     hex::encode(sha2::Sha256::digest(
         body.as_ref().map(Value::to_string).unwrap_or_default(),
     ))

@@ -4,6 +4,7 @@ mod agents;
 mod identity;
 mod knowledge;
 mod system;
+mod tools;
 
 use std::time::Instant;
 
@@ -28,6 +29,8 @@ pub struct Handlers {
     pub started: Instant,
     pub started_at: String,
     pub keys: std::sync::Arc<KeyCache>,
+    /// Seals secrets at rest (API tools' secret headers).
+    pub crypto: crate::crypto::Crypto,
     /// Runs knowledge-source syncs in the background.
     pub syncs: crate::knowledge::sync::SyncRunner,
 }
@@ -36,13 +39,14 @@ pub struct Handlers {
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Handlers {
-    pub fn new(store: Store) -> Self {
-        Self::with_github_api(store, crate::knowledge::sync::GITHUB_API)
+    pub fn new(store: Store, crypto: crate::crypto::Crypto) -> Self {
+        Self::with_github_api(store, crypto, crate::knowledge::sync::GITHUB_API)
     }
 
     /// Handlers whose GitHub source syncs call the GitHub REST API at `github_api`.
-    pub fn with_github_api(store: Store, github_api: &str) -> Self {
+    pub fn with_github_api(store: Store, crypto: crate::crypto::Crypto, github_api: &str) -> Self {
         Self {
+            crypto,
             syncs: crate::knowledge::sync::SyncRunner::new(store.clone(), github_api),
             store,
             started: Instant::now(),

@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod identity;
 pub mod knowledge;
 pub mod schema;
+pub mod tools;
 
 use std::time::Duration;
 

@@ -68,6 +68,11 @@ impl SyncRunner {
         }
     }
 
+    /// The HTTP client fetches use (shared with API tools' test calls).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Runs `sync` in the background.
     pub fn spawn(&self, sync: SyncRow) {
         let runner = self.clone();

@@ -559,6 +559,7 @@ async fn url_and_github_sources_sync_from_local_servers(backend: Backend) {
         listen: "127.0.0.1:0".into(),
         database_url: app.database_url.clone(),
         pool_size: 2,
+        master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
         ..agentplane::server::Config::default()
     };
     let (bound, _) = agentplane::server::bind(&config).await.expect("binds");

@@ -7,4 +7,5 @@ mod identity;
 mod knowledge;
 mod support;
 mod system;
+mod tools;
 mod validation;

@@ -103,6 +103,9 @@ impl TestApp {
             listen: "127.0.0.1:0".into(),
             database_url: database_url.clone(),
             pool_size: 4,
+            // A fixed test key: no key file is written beside the test databases (or into
+            // ./data for PostgreSQL).
+            master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
             ..Config::default()
         };
         configure(&mut config);
