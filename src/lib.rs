@@ -7,8 +7,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod knowledge;
 pub mod server;

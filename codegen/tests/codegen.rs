@@ -35,9 +35,23 @@ fn generation_is_deterministic() {
     assert_eq!(a, b);
 }
 
+/// Copies the files the root spec references (`paths/`, `schemas/`) into `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("dir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+/// A copy of the spec directory whose root document `edit` changed.
 fn scratch_spec(name: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("codegen-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    copy_dir(&root().join("openapi"), &dir);
     let text = std::fs::read_to_string(root().join("openapi/openapi.yaml")).expect("spec");
     let path = dir.join("openapi.yaml");
     std::fs::write(&path, edit(text)).expect("write");

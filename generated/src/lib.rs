@@ -17,11 +17,15 @@
 )]
 pub mod agents;
 pub mod identity;
+pub mod knowledge;
 pub mod models;
 pub mod system;
+pub mod tools;
 pub use agents::*;
 pub use identity::*;
+pub use knowledge::*;
 pub use system::*;
+pub use tools::*;
 /// The bundled OpenAPI 3.1 document: the spec the server publishes at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// The same document down-converted to OpenAPI 3.0.3, for tools that read only 3.0.
@@ -56,8 +60,23 @@ pub trait Authenticate: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<Self::Caller, AuthRejection>> + Send;
 }
 /// Every handler trait of the API.
-pub trait Api: system::SystemApi + agents::AgentsApi + identity::IdentityApi {}
-impl<T: system::SystemApi + agents::AgentsApi + identity::IdentityApi> Api for T {}
+pub trait Api:
+    system::SystemApi
+    + agents::AgentsApi
+    + identity::IdentityApi
+    + knowledge::KnowledgeApi
+    + tools::ToolsApi
+{
+}
+impl<
+    T: system::SystemApi
+        + agents::AgentsApi
+        + identity::IdentityApi
+        + knowledge::KnowledgeApi
+        + tools::ToolsApi,
+> Api for T
+{
+}
 /// The routes of every operation over one implementation of [`Api`].
 pub fn service<T: Api>(
     api: std::sync::Arc<T>,
@@ -66,6 +85,8 @@ pub fn service<T: Api>(
         system::SystemRoutes<T>,
         agents::AgentsRoutes<T>,
         identity::IdentityRoutes<T>,
+        knowledge::KnowledgeRoutes<T>,
+        tools::ToolsRoutes<T>,
     ),
     (),
 > {
@@ -74,6 +95,8 @@ pub fn service<T: Api>(
             system::SystemRoutes(api.clone()),
             agents::AgentsRoutes(api.clone()),
             identity::IdentityRoutes(api.clone()),
+            knowledge::KnowledgeRoutes(api.clone()),
+            tools::ToolsRoutes(api.clone()),
         ),
         TITLE,
         VERSION,
@@ -192,5 +215,167 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "PUT",
         path: "/v1/users/me",
         scopes: Some(&[]),
+    },
+    OperationInfo {
+        id: "listKnowledgeBases",
+        method: "GET",
+        path: "/v1/knowledge",
+        scopes: Some(&["read:knowledge"]),
+    },
+    OperationInfo {
+        id: "createKnowledgeBase",
+        method: "POST",
+        path: "/v1/knowledge",
+        scopes: Some(&["write:knowledge"]),
+    },
+    OperationInfo {
+        id: "searchKnowledge",
+        method: "GET",
+        path: "/v1/knowledge/search",
+        scopes: Some(&["read:knowledge"]),
+    },
+    OperationInfo {
+        id: "getKnowledgeBase",
+        method: "GET",
+        path: "/v1/knowledge/{kb_id}",
+        scopes: Some(&["read:knowledge"]),
+    },
+    OperationInfo {
+        id: "replaceKnowledgeBase",
+        method: "PUT",
+        path: "/v1/knowledge/{kb_id}",
+        scopes: Some(&["write:knowledge"]),
+    },
+    OperationInfo {
+        id: "deleteKnowledgeBase",
+        method: "DELETE",
+        path: "/v1/knowledge/{kb_id}",
+        scopes: Some(&["write:knowledge"]),
+    },
+    OperationInfo {
+        id: "updateKnowledgeBase",
+        method: "PATCH",
+        path: "/v1/knowledge/{kb_id}",
+        scopes: Some(&["write:knowledge"]),
+    },
+    OperationInfo {
+        id: "queryKnowledgeBase",
+        method: "POST",
+        path: "/v1/knowledge/{kb_id}/query",
+        scopes: Some(&["read:knowledge"]),
+    },
+    OperationInfo {
+        id: "ingestKnowledge",
+        method: "POST",
+        path: "/v1/knowledge/{kb_id}/ingest",
+        scopes: Some(&["write:knowledge"]),
+    },
+    OperationInfo {
+        id: "listKnowledgeSources",
+        method: "GET",
+        path: "/v1/knowledge/{kb_id}/sources",
+        scopes: Some(&["read:knowledge"]),
+    },
+    OperationInfo {
+        id: "createKnowledgeSource",
+        method: "POST",
+        path: "/v1/knowledge/{kb_id}/sources",
+        scopes: Some(&["write:knowledge"]),
+    },
+    OperationInfo {
+        id: "getKnowledgeSource",
+        method: "GET",
+        path: "/v1/knowledge/{kb_id}/sources/{source_id}",
+        scopes: Some(&["read:knowledge"]),
+    },
+    OperationInfo {
+        id: "deleteKnowledgeSource",
+        method: "DELETE",
+        path: "/v1/knowledge/{kb_id}/sources/{source_id}",
+        scopes: Some(&["write:knowledge"]),
+    },
+    OperationInfo {
+        id: "syncKnowledgeSource",
+        method: "POST",
+        path: "/v1/knowledge/{kb_id}/sources/{source_id}/sync",
+        scopes: Some(&["write:knowledge"]),
+    },
+    OperationInfo {
+        id: "getKnowledgeSync",
+        method: "GET",
+        path: "/v1/knowledge/{kb_id}/syncs/{sync_id}",
+        scopes: Some(&["read:knowledge"]),
+    },
+    OperationInfo {
+        id: "listKnowledgeDocuments",
+        method: "GET",
+        path: "/v1/knowledge/{kb_id}/documents",
+        scopes: Some(&["read:knowledge"]),
+    },
+    OperationInfo {
+        id: "getKnowledgeDocument",
+        method: "GET",
+        path: "/v1/knowledge/{kb_id}/documents/{document_id}",
+        scopes: Some(&["read:knowledge"]),
+    },
+    OperationInfo {
+        id: "deleteKnowledgeDocument",
+        method: "DELETE",
+        path: "/v1/knowledge/{kb_id}/documents/{document_id}",
+        scopes: Some(&["write:knowledge"]),
+    },
+    OperationInfo {
+        id: "listKnowledgeChunks",
+        method: "GET",
+        path: "/v1/knowledge/{kb_id}/documents/{document_id}/chunks",
+        scopes: Some(&["read:knowledge"]),
+    },
+    OperationInfo {
+        id: "listTools",
+        method: "GET",
+        path: "/v1/tools",
+        scopes: Some(&["read:tools"]),
+    },
+    OperationInfo {
+        id: "createTool",
+        method: "POST",
+        path: "/v1/tools",
+        scopes: Some(&["write:tools"]),
+    },
+    OperationInfo {
+        id: "getTool",
+        method: "GET",
+        path: "/v1/tools/{tool_id}",
+        scopes: Some(&["read:tools"]),
+    },
+    OperationInfo {
+        id: "replaceTool",
+        method: "PUT",
+        path: "/v1/tools/{tool_id}",
+        scopes: Some(&["write:tools"]),
+    },
+    OperationInfo {
+        id: "deleteTool",
+        method: "DELETE",
+        path: "/v1/tools/{tool_id}",
+        scopes: Some(&["write:tools"]),
+    },
+    OperationInfo {
+        id: "queryTool",
+        method: "POST",
+        path: "/v1/tools/{tool_id}/query",
+        scopes: Some(&["read:tools"]),
+    },
+    OperationInfo {
+        id: "searchTool",
+        method: "POST",
+        path: "/v1/tools/{tool_id}/search",
+        scopes: Some(&["read:tools"]),
+    },
+    OperationInfo {
+        id: "testTool",
+        method: "POST",
+        path: "/v1/tools/{tool_id}/test",
+        scopes: Some(&["write:tools"]),
     },
 ];

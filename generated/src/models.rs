@@ -838,6 +838,14 @@ pub enum Scope {
     ReadKeys,
     #[oai(rename = "write:keys")]
     WriteKeys,
+    #[oai(rename = "read:knowledge")]
+    ReadKnowledge,
+    #[oai(rename = "write:knowledge")]
+    WriteKnowledge,
+    #[oai(rename = "read:tools")]
+    ReadTools,
+    #[oai(rename = "write:tools")]
+    WriteTools,
 }
 impl Scope {
     /// Every value, in the order the spec lists them.
@@ -846,6 +854,10 @@ impl Scope {
         Scope::WriteAgents,
         Scope::ReadKeys,
         Scope::WriteKeys,
+        Scope::ReadKnowledge,
+        Scope::WriteKnowledge,
+        Scope::ReadTools,
+        Scope::WriteTools,
     ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
@@ -854,6 +866,10 @@ impl Scope {
             Scope::WriteAgents => "write:agents",
             Scope::ReadKeys => "read:keys",
             Scope::WriteKeys => "write:keys",
+            Scope::ReadKnowledge => "read:knowledge",
+            Scope::WriteKnowledge => "write:knowledge",
+            Scope::ReadTools => "read:tools",
+            Scope::WriteTools => "write:tools",
         }
     }
     /// Parses the wire form.
@@ -863,6 +879,10 @@ impl Scope {
             "write:agents" => Some(Scope::WriteAgents),
             "read:keys" => Some(Scope::ReadKeys),
             "write:keys" => Some(Scope::WriteKeys),
+            "read:knowledge" => Some(Scope::ReadKnowledge),
+            "write:knowledge" => Some(Scope::WriteKnowledge),
+            "read:tools" => Some(Scope::ReadTools),
+            "write:tools" => Some(Scope::WriteTools),
             _ => None,
         }
     }
@@ -1080,6 +1100,995 @@ pub struct UserProfileUpdate {
     /// Notification preferences to change; channels left out keep their setting.
     #[oai(rename = "notifications", skip_serializing_if_is_none)]
     pub notifications: Option<crate::models::NotificationPreferencesPatch>,
+}
+/// A free-form category (`documentation`, `faq`, ...); `GET /v1/knowledge/search?type=` filters on it.
+pub type KnowledgeBaseType = String;
+/// How documents are cut into chunks. An `overlap` not smaller than `chunk_size` is reduced to `chunk_size - 1`.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ProcessingOptions", deny_unknown_fields)]
+pub struct ProcessingOptions {
+    /// Characters per chunk.
+    #[oai(rename = "chunk_size", skip_serializing_if_is_none)]
+    pub chunk_size: Option<i64>,
+    /// Characters each chunk repeats from the end of the previous one.
+    #[oai(rename = "overlap", skip_serializing_if_is_none)]
+    pub overlap: Option<i64>,
+    /// Record title, source and position on every chunk (always done; kept for AIMatrix compatibility).
+    #[oai(rename = "extract_metadata", skip_serializing_if_is_none)]
+    pub extract_metadata: Option<bool>,
+}
+/// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
+pub type KnowledgeMetadata = serde_json::Value;
+/// What the text is; HTML loses its markup and JSON becomes `path: value` lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "KnowledgeContentType")]
+pub enum KnowledgeContentType {
+    #[oai(rename = "text/plain")]
+    TextPlain,
+    #[oai(rename = "text/markdown")]
+    TextMarkdown,
+    #[oai(rename = "text/html")]
+    TextHtml,
+    #[oai(rename = "application/json")]
+    ApplicationJson,
+}
+impl KnowledgeContentType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [KnowledgeContentType] = &[
+        KnowledgeContentType::TextPlain,
+        KnowledgeContentType::TextMarkdown,
+        KnowledgeContentType::TextHtml,
+        KnowledgeContentType::ApplicationJson,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KnowledgeContentType::TextPlain => "text/plain",
+            KnowledgeContentType::TextMarkdown => "text/markdown",
+            KnowledgeContentType::TextHtml => "text/html",
+            KnowledgeContentType::ApplicationJson => "application/json",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "text/plain" => Some(KnowledgeContentType::TextPlain),
+            "text/markdown" => Some(KnowledgeContentType::TextMarkdown),
+            "text/html" => Some(KnowledgeContentType::TextHtml),
+            "application/json" => Some(KnowledgeContentType::ApplicationJson),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for KnowledgeContentType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A name for the source; defaults to its URL, repository or `inline text`.
+pub type SourceName = String;
+/// Inline text, ingested at once.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "TextSourceInput", deny_unknown_fields)]
+pub struct TextSourceInput {
+    /// `text`
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// A name for the source; defaults to its URL, repository or `inline text`.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<crate::models::SourceName>,
+    /// The document's title; by default its first heading or line.
+    #[oai(rename = "title", skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    /// The content.
+    #[oai(rename = "text")]
+    pub text: String,
+    /// What the text is; HTML loses its markup and JSON becomes `path: value` lines.
+    #[oai(rename = "content_type", skip_serializing_if_is_none)]
+    pub content_type: Option<crate::models::KnowledgeContentType>,
+    /// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<crate::models::KnowledgeMetadata>,
+}
+/// A web page, fetched by `sync` (HTML becomes text).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UrlSourceInput", deny_unknown_fields)]
+pub struct UrlSourceInput {
+    /// `url`
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// A name for the source; defaults to its URL, repository or `inline text`.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<crate::models::SourceName>,
+    /// An http(s) URL.
+    #[oai(rename = "url")]
+    pub url: String,
+    /// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<crate::models::KnowledgeMetadata>,
+}
+/// Text files (txt, md, html, json) of a GitHub repository, fetched by `sync` through the GitHub REST contents API.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "GithubSourceInput", deny_unknown_fields)]
+pub struct GithubSourceInput {
+    /// `github`
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// A name for the source; defaults to its URL, repository or `inline text`.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<crate::models::SourceName>,
+    /// `owner/repo` or `https://github.com/owner/repo`.
+    #[oai(rename = "repository")]
+    pub repository: String,
+    /// The branch, tag or commit; the repository's default branch when absent.
+    #[oai(rename = "branch", skip_serializing_if_is_none)]
+    pub branch: Option<String>,
+    /// Directories or files to fetch (recursively); the whole repository when absent.
+    #[oai(rename = "paths", skip_serializing_if_is_none)]
+    pub paths: Option<Vec<String>>,
+    /// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<crate::models::KnowledgeMetadata>,
+}
+/// A source of documents. Inline `text` is ingested at once; `url` and `github` sources are recorded and fetched by `POST …/sources/{source_id}/sync`. Files are uploaded with `POST /v1/knowledge/{kb_id}/files`.
+pub type KnowledgeSourceInput = serde_json::Value;
+/// Where a source's documents come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "KnowledgeSourceType")]
+pub enum KnowledgeSourceType {
+    #[oai(rename = "text")]
+    Text,
+    #[oai(rename = "url")]
+    Url,
+    #[oai(rename = "github")]
+    Github,
+    #[oai(rename = "file")]
+    File,
+}
+impl KnowledgeSourceType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [KnowledgeSourceType] = &[
+        KnowledgeSourceType::Text,
+        KnowledgeSourceType::Url,
+        KnowledgeSourceType::Github,
+        KnowledgeSourceType::File,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KnowledgeSourceType::Text => "text",
+            KnowledgeSourceType::Url => "url",
+            KnowledgeSourceType::Github => "github",
+            KnowledgeSourceType::File => "file",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "text" => Some(KnowledgeSourceType::Text),
+            "url" => Some(KnowledgeSourceType::Url),
+            "github" => Some(KnowledgeSourceType::Github),
+            "file" => Some(KnowledgeSourceType::File),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for KnowledgeSourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// `pending` until first synced, `syncing` while a sync runs, `active` after a successful one, `failed` after a failed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "KnowledgeSourceStatus")]
+pub enum KnowledgeSourceStatus {
+    #[oai(rename = "pending")]
+    Pending,
+    #[oai(rename = "syncing")]
+    Syncing,
+    #[oai(rename = "active")]
+    Active,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl KnowledgeSourceStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [KnowledgeSourceStatus] = &[
+        KnowledgeSourceStatus::Pending,
+        KnowledgeSourceStatus::Syncing,
+        KnowledgeSourceStatus::Active,
+        KnowledgeSourceStatus::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KnowledgeSourceStatus::Pending => "pending",
+            KnowledgeSourceStatus::Syncing => "syncing",
+            KnowledgeSourceStatus::Active => "active",
+            KnowledgeSourceStatus::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "pending" => Some(KnowledgeSourceStatus::Pending),
+            "syncing" => Some(KnowledgeSourceStatus::Syncing),
+            "active" => Some(KnowledgeSourceStatus::Active),
+            "failed" => Some(KnowledgeSourceStatus::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for KnowledgeSourceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A source of a knowledge base's documents.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeSource", deny_unknown_fields)]
+pub struct KnowledgeSource {
+    /// The source's id (`src_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The knowledge base it feeds.
+    #[oai(rename = "knowledge_base_id")]
+    pub knowledge_base_id: String,
+    /// The source's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// Where a source's documents come from.
+    #[oai(rename = "type")]
+    pub type_: crate::models::KnowledgeSourceType,
+    /// `pending` until first synced, `syncing` while a sync runs, `active` after a successful one, `failed` after a failed one.
+    #[oai(rename = "status")]
+    pub status: crate::models::KnowledgeSourceStatus,
+    /// For `url` sources, the page.
+    #[oai(rename = "url", skip_serializing_if_is_none)]
+    pub url: Option<String>,
+    /// For `github` sources, `owner/repo`.
+    #[oai(rename = "repository", skip_serializing_if_is_none)]
+    pub repository: Option<String>,
+    /// For `github` sources, the branch fetched.
+    #[oai(rename = "branch", skip_serializing_if_is_none)]
+    pub branch: Option<String>,
+    /// For `github` sources, the paths fetched.
+    #[oai(rename = "paths", skip_serializing_if_is_none)]
+    pub paths: Option<Vec<String>>,
+    /// For `file` sources, the uploaded file's name.
+    #[oai(rename = "file_name", skip_serializing_if_is_none)]
+    pub file_name: Option<String>,
+    /// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
+    #[oai(rename = "metadata")]
+    pub metadata: crate::models::KnowledgeMetadata,
+    /// When the last sync (or the ingest of inline text or a file) finished.
+    #[oai(rename = "last_sync_at")]
+    pub last_sync_at: Option<String>,
+    /// When the source was added.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When the source last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeSourceList", deny_unknown_fields)]
+pub struct KnowledgeSourceList {
+    /// The sources on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::KnowledgeSource>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A knowledge base to create or, with PUT, its new state.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeBaseInput", deny_unknown_fields)]
+pub struct KnowledgeBaseInput {
+    /// The knowledge base's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// A free-form category (`documentation`, `faq`, ...); `GET /v1/knowledge/search?type=` filters on it.
+    #[oai(rename = "type", skip_serializing_if_is_none)]
+    pub type_: Option<crate::models::KnowledgeBaseType>,
+    /// What it holds.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Accepted for CodexOS compatibility and recorded; retrieval is full-text, so it changes nothing.
+    #[oai(rename = "embedding_model", skip_serializing_if_is_none)]
+    pub embedding_model: Option<String>,
+    /// How documents are cut into chunks. An `overlap` not smaller than `chunk_size` is reduced to `chunk_size - 1`.
+    #[oai(rename = "processing_options", skip_serializing_if_is_none)]
+    pub processing_options: Option<crate::models::ProcessingOptions>,
+    /// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<crate::models::KnowledgeMetadata>,
+    /// Sources to add at creation (ignored by PUT); inline text is ingested at once.
+    #[oai(rename = "sources", skip_serializing_if_is_none)]
+    pub sources: Option<Vec<crate::models::KnowledgeSourceInput>>,
+}
+/// The fields to change; absent fields keep their value, `null` clears `description`.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "KnowledgeBasePatch", deny_unknown_fields)]
+pub struct KnowledgeBasePatch {
+    /// The knowledge base's name.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// A free-form category (`documentation`, `faq`, ...); `GET /v1/knowledge/search?type=` filters on it.
+    #[oai(rename = "type", skip_serializing_if_is_none)]
+    pub type_: Option<crate::models::KnowledgeBaseType>,
+    /// What it holds.
+    #[oai(rename = "description")]
+    pub description: poem_openapi::types::MaybeUndefined<String>,
+    /// Recorded only.
+    #[oai(rename = "embedding_model", skip_serializing_if_is_none)]
+    pub embedding_model: Option<String>,
+    /// How documents are cut into chunks. An `overlap` not smaller than `chunk_size` is reduced to `chunk_size - 1`.
+    #[oai(rename = "processing_options", skip_serializing_if_is_none)]
+    pub processing_options: Option<crate::models::ProcessingOptions>,
+    /// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<crate::models::KnowledgeMetadata>,
+}
+/// A knowledge base.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeBase", deny_unknown_fields)]
+pub struct KnowledgeBase {
+    /// The knowledge base's id (`kb_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The knowledge base's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// A free-form category (`documentation`, `faq`, ...); `GET /v1/knowledge/search?type=` filters on it.
+    #[oai(rename = "type")]
+    pub type_: crate::models::KnowledgeBaseType,
+    /// What it holds.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Recorded only.
+    #[oai(rename = "embedding_model", skip_serializing_if_is_none)]
+    pub embedding_model: Option<String>,
+    /// How documents are cut into chunks. An `overlap` not smaller than `chunk_size` is reduced to `chunk_size - 1`.
+    #[oai(rename = "processing_options")]
+    pub processing_options: crate::models::ProcessingOptions,
+    /// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
+    #[oai(rename = "metadata")]
+    pub metadata: crate::models::KnowledgeMetadata,
+    /// Documents ingested.
+    #[oai(rename = "document_count")]
+    pub document_count: i64,
+    /// Chunks indexed.
+    #[oai(rename = "chunk_count")]
+    pub chunk_count: i64,
+    /// Sources added.
+    #[oai(rename = "source_count")]
+    pub source_count: i64,
+    /// Bumped by every change; the `ETag`.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When it was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeBaseList", deny_unknown_fields)]
+pub struct KnowledgeBaseList {
+    /// The knowledge bases on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::KnowledgeBase>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A document given inline.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "DocumentInput", deny_unknown_fields)]
+pub struct DocumentInput {
+    /// Its title; by default its first heading (Markdown), `<title>` (HTML), `title` (JSON) or first line.
+    #[oai(rename = "title", skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    /// The content.
+    #[oai(rename = "text")]
+    pub text: String,
+    /// What the text is; HTML loses its markup and JSON becomes `path: value` lines.
+    #[oai(rename = "content_type", skip_serializing_if_is_none)]
+    pub content_type: Option<crate::models::KnowledgeContentType>,
+    /// Where it came from, recorded as the chunks' `source` (default `inline`).
+    #[oai(rename = "source", skip_serializing_if_is_none)]
+    pub source: Option<String>,
+    /// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<crate::models::KnowledgeMetadata>,
+}
+/// Documents to ingest now and sources to add (CodexOS ingest). `chunk_size` and `overlap` override the knowledge base's processing options for this ingest.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "IngestRequest", deny_unknown_fields)]
+pub struct IngestRequest {
+    /// Documents ingested at once.
+    #[oai(rename = "documents", skip_serializing_if_is_none)]
+    pub documents: Option<Vec<crate::models::DocumentInput>>,
+    /// Sources to add; `url` and `github` sources get a queued sync each.
+    #[oai(rename = "sources", skip_serializing_if_is_none)]
+    pub sources: Option<Vec<crate::models::KnowledgeSourceInput>>,
+    /// Characters per chunk.
+    #[oai(rename = "chunk_size", skip_serializing_if_is_none)]
+    pub chunk_size: Option<i64>,
+    /// Characters each chunk repeats from the previous one.
+    #[oai(rename = "overlap", skip_serializing_if_is_none)]
+    pub overlap: Option<i64>,
+}
+/// What an ingest created.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "IngestResult", deny_unknown_fields)]
+pub struct IngestResult {
+    /// The documents ingested.
+    #[oai(rename = "documents")]
+    pub documents: Vec<crate::models::KnowledgeDocument>,
+    /// The sources added.
+    #[oai(rename = "sources")]
+    pub sources: Vec<crate::models::KnowledgeSource>,
+    /// The syncs queued for `url` and `github` sources; poll `GET /v1/knowledge/{kb_id}/syncs/{sync_id}`.
+    #[oai(rename = "syncs")]
+    pub syncs: Vec<crate::models::SyncJob>,
+    /// Chunks indexed by this ingest (not counting queued syncs).
+    #[oai(rename = "chunks_created")]
+    pub chunks_created: i64,
+}
+/// A document of a knowledge base.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeDocument", deny_unknown_fields)]
+pub struct KnowledgeDocument {
+    /// The document's id (`doc_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Its knowledge base.
+    #[oai(rename = "knowledge_base_id")]
+    pub knowledge_base_id: String,
+    /// The source it came from, if any.
+    #[oai(rename = "source_id")]
+    pub source_id: Option<String>,
+    /// Its title (given or extracted).
+    #[oai(rename = "title")]
+    pub title: String,
+    /// What it was ingested as.
+    #[oai(rename = "content_type")]
+    pub content_type: String,
+    /// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
+    #[oai(rename = "metadata")]
+    pub metadata: crate::models::KnowledgeMetadata,
+    /// Its chunks.
+    #[oai(rename = "chunk_count")]
+    pub chunk_count: i64,
+    /// Characters of extracted text.
+    #[oai(rename = "char_count")]
+    pub char_count: i64,
+    /// When it was ingested.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeDocumentList", deny_unknown_fields)]
+pub struct KnowledgeDocumentList {
+    /// The documents on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::KnowledgeDocument>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A chunk of a document, as indexed.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeChunk", deny_unknown_fields)]
+pub struct KnowledgeChunk {
+    /// The chunk's id (`chunk_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Its document.
+    #[oai(rename = "document_id")]
+    pub document_id: String,
+    /// Its knowledge base.
+    #[oai(rename = "knowledge_base_id")]
+    pub knowledge_base_id: String,
+    /// Its index in the document, from 0.
+    #[oai(rename = "position")]
+    pub position: i64,
+    /// Its text.
+    #[oai(rename = "text")]
+    pub text: String,
+    /// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
+    #[oai(rename = "metadata")]
+    pub metadata: crate::models::KnowledgeMetadata,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeChunkList", deny_unknown_fields)]
+pub struct KnowledgeChunkList {
+    /// The chunks on this page, in document order.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::KnowledgeChunk>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// `queued`, `running`, then `succeeded` or `failed` (a sync interrupted by a server restart is marked `failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "SyncStatus")]
+pub enum SyncStatus {
+    #[oai(rename = "queued")]
+    Queued,
+    #[oai(rename = "running")]
+    Running,
+    #[oai(rename = "succeeded")]
+    Succeeded,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl SyncStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [SyncStatus] = &[
+        SyncStatus::Queued,
+        SyncStatus::Running,
+        SyncStatus::Succeeded,
+        SyncStatus::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SyncStatus::Queued => "queued",
+            SyncStatus::Running => "running",
+            SyncStatus::Succeeded => "succeeded",
+            SyncStatus::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "queued" => Some(SyncStatus::Queued),
+            "running" => Some(SyncStatus::Running),
+            "succeeded" => Some(SyncStatus::Succeeded),
+            "failed" => Some(SyncStatus::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for SyncStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A sync of a source, to poll.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SyncJob", deny_unknown_fields)]
+pub struct SyncJob {
+    /// The sync's id (`sync_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The knowledge base.
+    #[oai(rename = "knowledge_base_id")]
+    pub knowledge_base_id: String,
+    /// The source synced.
+    #[oai(rename = "source_id")]
+    pub source_id: String,
+    /// `queued`, `running`, then `succeeded` or `failed` (a sync interrupted by a server restart is marked `failed`).
+    #[oai(rename = "status")]
+    pub status: crate::models::SyncStatus,
+    /// Why it failed.
+    #[oai(rename = "error")]
+    pub error: Option<String>,
+    /// Documents ingested.
+    #[oai(rename = "documents")]
+    pub documents: i64,
+    /// Chunks indexed.
+    #[oai(rename = "chunks")]
+    pub chunks: i64,
+    /// When it was requested.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it started.
+    #[oai(rename = "started_at")]
+    pub started_at: Option<String>,
+    /// When it ended.
+    #[oai(rename = "finished_at")]
+    pub finished_at: Option<String>,
+}
+/// Only chunks whose metadata has each key with exactly this value (`{"source_type": "url"}`, `{"title": "FAQ"}`, or any metadata you gave).
+pub type KnowledgeFilters = std::collections::BTreeMap<String, serde_json::Value>;
+/// AIMatrix's query options; top-level fields of the same meaning take precedence.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "QueryOptions", deny_unknown_fields)]
+pub struct QueryOptions {
+    /// At most this many results (default 5).
+    #[oai(rename = "max_results", skip_serializing_if_is_none)]
+    pub max_results: Option<i64>,
+    /// Only results scoring at least this.
+    #[oai(rename = "min_score", skip_serializing_if_is_none)]
+    pub min_score: Option<f64>,
+    /// Return each result's metadata (default true).
+    #[oai(rename = "include_metadata", skip_serializing_if_is_none)]
+    pub include_metadata: Option<bool>,
+    /// Accepted for compatibility; results are already ranked by the engine.
+    #[oai(rename = "rerank", skip_serializing_if_is_none)]
+    pub rerank: Option<bool>,
+}
+/// A retrieval query (AIMatrix query, CodexOS search, Magnet AI RAG query).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeQuery", deny_unknown_fields)]
+pub struct KnowledgeQuery {
+    /// Free text; its words are matched (stemmed, any of them), best matches first.
+    #[oai(rename = "query")]
+    pub query: String,
+    /// At most this many results (default 5).
+    #[oai(rename = "top_k", skip_serializing_if_is_none)]
+    pub top_k: Option<i64>,
+    /// Same as `top_k`.
+    #[oai(rename = "max_results", skip_serializing_if_is_none)]
+    pub max_results: Option<i64>,
+    /// Only results scoring at least this.
+    #[oai(rename = "min_score", skip_serializing_if_is_none)]
+    pub min_score: Option<f64>,
+    /// Only chunks whose metadata has each key with exactly this value (`{"source_type": "url"}`, `{"title": "FAQ"}`, or any metadata you gave).
+    #[oai(rename = "filters", skip_serializing_if_is_none)]
+    pub filters: Option<crate::models::KnowledgeFilters>,
+    /// Return each result's metadata (default true).
+    #[oai(rename = "include_metadata", skip_serializing_if_is_none)]
+    pub include_metadata: Option<bool>,
+    /// AIMatrix's query options; top-level fields of the same meaning take precedence.
+    #[oai(rename = "options", skip_serializing_if_is_none)]
+    pub options: Option<crate::models::QueryOptions>,
+}
+/// One retrieved chunk.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeResult", deny_unknown_fields)]
+pub struct KnowledgeResult {
+    /// The chunk.
+    #[oai(rename = "chunk_id")]
+    pub chunk_id: String,
+    /// Its document.
+    #[oai(rename = "document_id")]
+    pub document_id: String,
+    /// Its knowledge base.
+    #[oai(rename = "knowledge_base_id")]
+    pub knowledge_base_id: String,
+    /// The chunk's text.
+    #[oai(rename = "content")]
+    pub content: String,
+    /// Relevance in [0, 1): the database's own full-text rank `r` (SQLite FTS5 `-bm25()`,
+    /// PostgreSQL `ts_rank_cd()`) as `r / (1 + r)`. Higher is better; scores are comparable
+    /// between the results of one query, not across queries or databases.
+    #[oai(rename = "score")]
+    pub score: f64,
+    /// The chunk's metadata (title, source, source_type, position, chunks, start, end, source_id and the document's metadata), unless `include_metadata` is false.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+}
+/// Results, best first.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeResults", deny_unknown_fields)]
+pub struct KnowledgeResults {
+    /// The query as given.
+    #[oai(rename = "query")]
+    pub query: String,
+    /// The best chunks, best first.
+    #[oai(rename = "results")]
+    pub results: Vec<crate::models::KnowledgeResult>,
+    /// Results returned.
+    #[oai(rename = "total")]
+    pub total: i64,
+}
+/// `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ToolType")]
+pub enum ToolType {
+    #[oai(rename = "rag")]
+    Rag,
+    #[oai(rename = "retrieval")]
+    Retrieval,
+    #[oai(rename = "api")]
+    Api,
+}
+impl ToolType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ToolType] = &[ToolType::Rag, ToolType::Retrieval, ToolType::Api];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ToolType::Rag => "rag",
+            ToolType::Retrieval => "retrieval",
+            ToolType::Api => "api",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "rag" => Some(ToolType::Rag),
+            "retrieval" => Some(ToolType::Retrieval),
+            "api" => Some(ToolType::Api),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ToolType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The tool's name.
+pub type ToolName = String;
+/// What the tool does (shown to agents choosing tools).
+pub type ToolDescription = String;
+/// The knowledge bases it searches; each must exist in the organization (404 names the first that does not).
+pub type ToolKnowledgeBaseIds = Vec<String>;
+/// HTTP headers by name.
+pub type HeaderMap = std::collections::BTreeMap<String, String>;
+/// `rag` or `retrieval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "KnowledgeToolInputType")]
+pub enum KnowledgeToolInputType {
+    #[oai(rename = "rag")]
+    Rag,
+    #[oai(rename = "retrieval")]
+    Retrieval,
+}
+impl KnowledgeToolInputType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [KnowledgeToolInputType] = &[
+        KnowledgeToolInputType::Rag,
+        KnowledgeToolInputType::Retrieval,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KnowledgeToolInputType::Rag => "rag",
+            KnowledgeToolInputType::Retrieval => "retrieval",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "rag" => Some(KnowledgeToolInputType::Rag),
+            "retrieval" => Some(KnowledgeToolInputType::Retrieval),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for KnowledgeToolInputType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A `rag` or `retrieval` tool (Magnet AI RAG and retrieval tools).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeToolInput", deny_unknown_fields)]
+pub struct KnowledgeToolInput {
+    /// `rag` or `retrieval`.
+    #[oai(rename = "type")]
+    pub type_: crate::models::KnowledgeToolInputType,
+    /// The tool's name.
+    #[oai(rename = "name")]
+    pub name: crate::models::ToolName,
+    /// What the tool does (shown to agents choosing tools).
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<crate::models::ToolDescription>,
+    /// The knowledge bases it searches; each must exist in the organization (404 names the first that does not).
+    #[oai(rename = "knowledge_base_ids")]
+    pub knowledge_base_ids: crate::models::ToolKnowledgeBaseIds,
+    /// Passages per query unless the query says otherwise (default 5).
+    #[oai(rename = "top_k", skip_serializing_if_is_none)]
+    pub top_k: Option<i64>,
+    /// Only passages scoring at least this.
+    #[oai(rename = "min_score", skip_serializing_if_is_none)]
+    pub min_score: Option<f64>,
+    /// Recorded for Magnet AI compatibility; retrieval is full-text.
+    #[oai(rename = "embedding_model", skip_serializing_if_is_none)]
+    pub embedding_model: Option<String>,
+}
+/// The HTTP method (default GET).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ApiToolInputMethod")]
+pub enum ApiToolInputMethod {
+    #[oai(rename = "GET")]
+    Get,
+    #[oai(rename = "POST")]
+    Post,
+    #[oai(rename = "PUT")]
+    Put,
+    #[oai(rename = "PATCH")]
+    Patch,
+    #[oai(rename = "DELETE")]
+    Delete,
+}
+impl ApiToolInputMethod {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ApiToolInputMethod] = &[
+        ApiToolInputMethod::Get,
+        ApiToolInputMethod::Post,
+        ApiToolInputMethod::Put,
+        ApiToolInputMethod::Patch,
+        ApiToolInputMethod::Delete,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ApiToolInputMethod::Get => "GET",
+            ApiToolInputMethod::Post => "POST",
+            ApiToolInputMethod::Put => "PUT",
+            ApiToolInputMethod::Patch => "PATCH",
+            ApiToolInputMethod::Delete => "DELETE",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "GET" => Some(ApiToolInputMethod::Get),
+            "POST" => Some(ApiToolInputMethod::Post),
+            "PUT" => Some(ApiToolInputMethod::Put),
+            "PATCH" => Some(ApiToolInputMethod::Patch),
+            "DELETE" => Some(ApiToolInputMethod::Delete),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ApiToolInputMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// An `api` tool (Magnet AI API tool). `secret_headers` are write-only, sealed at rest and never returned; a PUT without them keeps the stored ones.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ApiToolInput", deny_unknown_fields)]
+pub struct ApiToolInput {
+    /// `api`
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// The tool's name.
+    #[oai(rename = "name")]
+    pub name: crate::models::ToolName,
+    /// What the tool does (shown to agents choosing tools).
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<crate::models::ToolDescription>,
+    /// The HTTP method (default GET).
+    #[oai(rename = "method", skip_serializing_if_is_none)]
+    pub method: Option<crate::models::ApiToolInputMethod>,
+    /// The endpoint, http(s).
+    #[oai(rename = "url")]
+    pub url: String,
+    /// HTTP headers by name.
+    #[oai(rename = "headers", skip_serializing_if_is_none)]
+    pub headers: Option<crate::models::HeaderMap>,
+    /// HTTP headers by name.
+    #[oai(rename = "secret_headers", skip_serializing_if_is_none)]
+    pub secret_headers: Option<crate::models::HeaderMap>,
+    /// How long a call may take (default 10000).
+    #[oai(rename = "timeout_ms", skip_serializing_if_is_none)]
+    pub timeout_ms: Option<i64>,
+}
+/// A tool to create or, with PUT, its new state.
+pub type ToolInput = serde_json::Value;
+/// A tool. Fields beyond the common ones depend on its `type`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Tool", deny_unknown_fields)]
+pub struct Tool {
+    /// The tool's id (`tool_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The tool's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint.
+    #[oai(rename = "type")]
+    pub type_: crate::models::ToolType,
+    /// What the tool does.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// For `rag` and `retrieval` tools, the knowledge bases searched.
+    #[oai(rename = "knowledge_base_ids", skip_serializing_if_is_none)]
+    pub knowledge_base_ids: Option<Vec<String>>,
+    /// For `rag` and `retrieval` tools, passages per query.
+    #[oai(rename = "top_k", skip_serializing_if_is_none)]
+    pub top_k: Option<i64>,
+    /// For `rag` and `retrieval` tools, the least score kept.
+    #[oai(rename = "min_score", skip_serializing_if_is_none)]
+    pub min_score: Option<f64>,
+    /// Recorded only.
+    #[oai(rename = "embedding_model", skip_serializing_if_is_none)]
+    pub embedding_model: Option<String>,
+    /// For `api` tools, the HTTP method.
+    #[oai(rename = "method", skip_serializing_if_is_none)]
+    pub method: Option<String>,
+    /// For `api` tools, the endpoint.
+    #[oai(rename = "url", skip_serializing_if_is_none)]
+    pub url: Option<String>,
+    /// For `api` tools, the plain headers.
+    #[oai(rename = "headers", skip_serializing_if_is_none)]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// For `api` tools, the names of the secret headers stored (their values are never returned).
+    #[oai(rename = "secret_header_names", skip_serializing_if_is_none)]
+    pub secret_header_names: Option<Vec<String>>,
+    /// For `api` tools, the call timeout.
+    #[oai(rename = "timeout_ms", skip_serializing_if_is_none)]
+    pub timeout_ms: Option<i64>,
+    /// Bumped by every change; the `ETag`.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When it was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ToolList", deny_unknown_fields)]
+pub struct ToolList {
+    /// The tools on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Tool>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A query for a `rag` tool or a search for a `retrieval` tool.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ToolQuery", deny_unknown_fields)]
+pub struct ToolQuery {
+    /// Free text; its words are matched (stemmed, any of them).
+    #[oai(rename = "query")]
+    pub query: String,
+    /// At most this many passages (default the tool's `top_k`).
+    #[oai(rename = "top_k", skip_serializing_if_is_none)]
+    pub top_k: Option<i64>,
+    /// Only passages scoring at least this (default the tool's).
+    #[oai(rename = "min_score", skip_serializing_if_is_none)]
+    pub min_score: Option<f64>,
+    /// Only chunks whose metadata has each key with exactly this value (`{"source_type": "url"}`, `{"title": "FAQ"}`, or any metadata you gave).
+    #[oai(rename = "filters", skip_serializing_if_is_none)]
+    pub filters: Option<crate::models::KnowledgeFilters>,
+}
+/// A RAG tool's answer and the passages it rests on.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "RagAnswer", deny_unknown_fields)]
+pub struct RagAnswer {
+    /// The query as given.
+    #[oai(rename = "query")]
+    pub query: String,
+    /// The passages, best first.
+    #[oai(rename = "results")]
+    pub results: Vec<crate::models::KnowledgeResult>,
+    /// An extractive answer (the best passage, at most 1000 characters); `null` when nothing matched. Generated answers come from agent execution with a model.
+    #[oai(rename = "answer")]
+    pub answer: Option<String>,
+}
+/// What to send in a test call of an `api` tool.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ToolTestInput", deny_unknown_fields)]
+pub struct ToolTestInput {
+    /// A JSON body to send (ignored for GET).
+    #[oai(rename = "body", skip_serializing_if_is_none)]
+    pub body: Option<serde_json::Value>,
+    /// Query parameters to add to the URL.
+    #[oai(rename = "query", skip_serializing_if_is_none)]
+    pub query: Option<std::collections::BTreeMap<String, String>>,
+}
+/// How a test call went. A call that could not be made has `ok` false, `status` null and an `error`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ToolTestResult", deny_unknown_fields)]
+pub struct ToolTestResult {
+    /// Whether the endpoint answered 2xx.
+    #[oai(rename = "ok")]
+    pub ok: bool,
+    /// The HTTP status it answered.
+    #[oai(rename = "status")]
+    pub status: Option<i64>,
+    /// Milliseconds until the whole answer was read (or the call failed).
+    #[oai(rename = "latency_ms")]
+    pub latency_ms: f64,
+    /// The answer's Content-Type.
+    #[oai(rename = "content_type")]
+    pub content_type: Option<String>,
+    /// The first 2000 characters of the answer.
+    #[oai(rename = "body_excerpt")]
+    pub body_excerpt: Option<String>,
+    /// Why the call failed, when it did.
+    #[oai(rename = "error")]
+    pub error: Option<String>,
 }
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]

@@ -2,7 +2,9 @@
 
 mod agents;
 mod identity;
+mod knowledge;
 mod system;
+mod tools;
 
 use std::time::Instant;
 
@@ -27,14 +29,25 @@ pub struct Handlers {
     pub started: Instant,
     pub started_at: String,
     pub keys: std::sync::Arc<KeyCache>,
+    /// Seals secrets at rest (API tools' secret headers).
+    pub crypto: crate::crypto::Crypto,
+    /// Runs knowledge-source syncs in the background.
+    pub syncs: crate::knowledge::sync::SyncRunner,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Handlers {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, crypto: crate::crypto::Crypto) -> Self {
+        Self::with_github_api(store, crypto, crate::knowledge::sync::GITHUB_API)
+    }
+
+    /// Handlers whose GitHub source syncs call the GitHub REST API at `github_api`.
+    pub fn with_github_api(store: Store, crypto: crate::crypto::Crypto, github_api: &str) -> Self {
         Self {
+            crypto,
+            syncs: crate::knowledge::sync::SyncRunner::new(store.clone(), github_api),
             store,
             started: Instant::now(),
             started_at: crate::ids::now(),

@@ -7,7 +7,9 @@
 pub mod agents;
 pub mod idempotency;
 pub mod identity;
+pub mod knowledge;
 pub mod schema;
+pub mod tools;
 
 use std::time::Duration;
 

@@ -74,3 +74,94 @@ diesel::table! {
         created_at -> Text,
     }
 }
+
+// knowledge
+
+diesel::table! {
+    knowledge_bases (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        kb_type -> Text,
+        description -> Nullable<Text>,
+        body -> Text,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    knowledge_sources (id) {
+        id -> Text,
+        org_id -> Text,
+        kb_id -> Text,
+        name -> Text,
+        source_type -> Text,
+        status -> Text,
+        body -> Text,
+        last_sync_at -> Nullable<Text>,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    knowledge_documents (id) {
+        id -> Text,
+        org_id -> Text,
+        kb_id -> Text,
+        source_id -> Nullable<Text>,
+        title -> Text,
+        content_type -> Text,
+        metadata -> Text,
+        chunk_count -> BigInt,
+        char_count -> BigInt,
+        created_at -> Text,
+    }
+}
+
+diesel::table! {
+    /// The full-text index (`tsv` on PostgreSQL, the FTS5 table on SQLite) is not listed:
+    /// the database maintains it, and search uses raw SQL per backend.
+    knowledge_chunks (id) {
+        id -> Text,
+        org_id -> Text,
+        kb_id -> Text,
+        document_id -> Text,
+        position -> BigInt,
+        text -> Text,
+        metadata -> Text,
+    }
+}
+
+diesel::table! {
+    knowledge_syncs (id) {
+        id -> Text,
+        org_id -> Text,
+        kb_id -> Text,
+        source_id -> Text,
+        status -> Text,
+        error -> Nullable<Text>,
+        documents -> BigInt,
+        chunks -> BigInt,
+        created_at -> Text,
+        started_at -> Nullable<Text>,
+        finished_at -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    tools (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        tool_type -> Text,
+        description -> Nullable<Text>,
+        body -> Text,
+        secrets -> Text,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}

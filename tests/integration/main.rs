@@ -4,8 +4,10 @@
 mod agents;
 mod conform;
 mod identity;
+mod knowledge;
 mod mock;
 mod profile;
 mod support;
 mod system;
+mod tools;
 mod validation;

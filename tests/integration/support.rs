@@ -90,12 +90,25 @@ impl Drop for TestApp {
 impl TestApp {
     /// Starts a server on `backend`; `None` when that backend is not configured here.
     pub async fn start(backend: Backend) -> Option<TestApp> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a server on `backend` with `configure` applied to its configuration.
+    pub async fn start_with(
+        backend: Backend,
+        configure: impl FnOnce(&mut Config),
+    ) -> Option<TestApp> {
         let database_url = fresh_database(backend)?;
-        let config = Config {
+        let mut config = Config {
             listen: "127.0.0.1:0".into(),
             database_url: database_url.clone(),
             pool_size: 4,
+            // A fixed test key: no key file is written beside the test databases (or into
+            // ./data for PostgreSQL).
+            master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            ..Config::default()
         };
+        configure(&mut config);
         let (bound, bootstrap) = server::bind(&config).await.expect("server binds");
         let admin_key = bootstrap.expect("a fresh database prints an admin key");
         let base = format!("http://{}", bound.addr);

@@ -1,0 +1,9 @@
+DROP TABLE tools;
+DROP TABLE knowledge_syncs;
+DROP TRIGGER knowledge_chunks_ad;
+DROP TRIGGER knowledge_chunks_ai;
+DROP TABLE knowledge_chunks_fts;
+DROP TABLE knowledge_chunks;
+DROP TABLE knowledge_documents;
+DROP TABLE knowledge_sources;
+DROP TABLE knowledge_bases;

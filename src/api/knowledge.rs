@@ -1,0 +1,1308 @@
+//! The knowledge resource: knowledge bases, sources, documents, chunks, ingest, syncs,
+//! query and search.
+//!
+//! Extraction and chunking happen before a transaction opens; everything an operation writes
+//! (a knowledge base and its first sources, an ingest's documents and chunks) is written in one
+//! transaction, so a failure leaves nothing half-written. Retrieval goes through
+//! [`crate::knowledge::search`], the same function the execution engine uses.
+
+use agentplane_api::models::{
+    IngestResult, KnowledgeBase, KnowledgeBaseInput, KnowledgeBaseList, KnowledgeChunk,
+    KnowledgeChunkList, KnowledgeDocument, KnowledgeDocumentList, KnowledgeResult,
+    KnowledgeResults, KnowledgeSource, KnowledgeSourceList, KnowledgeSourceStatus,
+    KnowledgeSourceType, ProcessingOptions, SyncJob, SyncStatus,
+};
+use agentplane_api::*;
+use poem_openapi::payload::Json;
+use poem_openapi::types::{MaybeUndefined, ToJSON};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::Digest;
+
+use super::{Handlers, pagination};
+use crate::auth::Caller;
+use crate::db::knowledge::{
+    self as store, ChunkRow, DocumentRow, KbChanges, KbFilter, KbRow, Page, SourceRow, SyncRow,
+};
+use crate::db::{DbConnection, StoreError};
+use crate::error::{Failure, Kind, detail};
+use crate::failure_response;
+use crate::knowledge::sync::{self, chunk_options_of};
+use crate::knowledge::text::ContentKind;
+use crate::knowledge::{ChunkOptions, SearchOptions};
+
+failure_response!(ListKnowledgeBasesResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(CreateKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Conflict => Conflict, Unprocessable => UnprocessableEntity });
+failure_response!(SearchKnowledgeResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(GetKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ReplaceKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
+failure_response!(UpdateKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
+failure_response!(DeleteKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(QueryKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
+failure_response!(IngestKnowledgeResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
+failure_response!(ListKnowledgeSourcesResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(CreateKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
+failure_response!(GetKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(DeleteKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(SyncKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(GetKnowledgeSyncResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ListKnowledgeDocumentsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(GetKnowledgeDocumentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(DeleteKnowledgeDocumentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ListKnowledgeChunksResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+
+const KB_NOT_FOUND: &str = "KNOWLEDGE_BASE_NOT_FOUND";
+const SOURCE_NOT_FOUND: &str = "KNOWLEDGE_SOURCE_NOT_FOUND";
+const DOCUMENT_NOT_FOUND: &str = "KNOWLEDGE_DOCUMENT_NOT_FOUND";
+const SYNC_NOT_FOUND: &str = "KNOWLEDGE_SYNC_NOT_FOUND";
+/// Results a query returns unless told otherwise.
+const DEFAULT_TOP_K: i64 = 5;
+
+fn etag(row: &KbRow) -> String {
+    format!("\"{}\"", row.version)
+}
+
+pub(super) fn etag_matches(header: &str, etag: &str) -> bool {
+    header.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
+    })
+}
+
+pub(super) fn object(value: Option<Value>) -> Map<String, Value> {
+    match value {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+pub(super) fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+// Rows → API types.
+
+fn kb_model(row: &KbRow, counts: (i64, i64, i64)) -> KnowledgeBase {
+    let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+    let options = chunk_options_of(&row.body);
+    KnowledgeBase {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        type_: row.kb_type.clone(),
+        description: row.description.clone(),
+        embedding_model: body
+            .get("embedding_model")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        processing_options: ProcessingOptions {
+            chunk_size: Some(to_i64(options.chunk_size)),
+            overlap: Some(to_i64(options.overlap)),
+            extract_metadata: Some(
+                body.pointer("/processing_options/extract_metadata")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true),
+            ),
+        },
+        metadata: Value::Object(object(body.get("metadata").cloned())),
+        document_count: counts.0,
+        chunk_count: counts.1,
+        source_count: counts.2,
+        version: row.version,
+        created_at: row.created_at.clone(),
+        updated_at: row.updated_at.clone(),
+    }
+}
+
+fn source_model(row: &SourceRow) -> KnowledgeSource {
+    let text = |k: &str| sync::body_text(row, k);
+    let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+    KnowledgeSource {
+        id: row.id.clone(),
+        knowledge_base_id: row.kb_id.clone(),
+        name: row.name.clone(),
+        type_: KnowledgeSourceType::from_wire(&row.source_type)
+            .unwrap_or(KnowledgeSourceType::Text),
+        status: KnowledgeSourceStatus::from_wire(&row.status)
+            .unwrap_or(KnowledgeSourceStatus::Pending),
+        url: text("url"),
+        repository: text("repository"),
+        branch: text("branch"),
+        paths: body.get("paths").and_then(Value::as_array).map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        }),
+        file_name: text("file_name"),
+        metadata: Value::Object(object(body.get("metadata").cloned())),
+        last_sync_at: row.last_sync_at.clone(),
+        created_at: row.created_at.clone(),
+        updated_at: row.updated_at.clone(),
+    }
+}
+
+fn document_model(row: &DocumentRow) -> KnowledgeDocument {
+    KnowledgeDocument {
+        id: row.id.clone(),
+        knowledge_base_id: row.kb_id.clone(),
+        source_id: row.source_id.clone(),
+        title: row.title.clone(),
+        content_type: row.content_type.clone(),
+        metadata: Value::Object(object(serde_json::from_str(&row.metadata).ok())),
+        chunk_count: row.chunk_count,
+        char_count: row.char_count,
+        created_at: row.created_at.clone(),
+    }
+}
+
+fn chunk_model(row: &ChunkRow) -> KnowledgeChunk {
+    KnowledgeChunk {
+        id: row.id.clone(),
+        document_id: row.document_id.clone(),
+        knowledge_base_id: row.kb_id.clone(),
+        position: row.position,
+        text: row.text.clone(),
+        metadata: Value::Object(object(serde_json::from_str(&row.metadata).ok())),
+    }
+}
+
+fn sync_model(row: &SyncRow) -> SyncJob {
+    SyncJob {
+        id: row.id.clone(),
+        knowledge_base_id: row.kb_id.clone(),
+        source_id: row.source_id.clone(),
+        status: SyncStatus::from_wire(&row.status).unwrap_or(SyncStatus::Failed),
+        error: row.error.clone(),
+        documents: row.documents,
+        chunks: row.chunks,
+        created_at: row.created_at.clone(),
+        started_at: row.started_at.clone(),
+        finished_at: row.finished_at.clone(),
+    }
+}
+
+// Source specs.
+
+/// A source as a request describes it (the spec's `KnowledgeSourceInput`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum SourceSpec {
+    Text {
+        name: Option<String>,
+        title: Option<String>,
+        text: String,
+        content_type: Option<String>,
+        metadata: Option<Map<String, Value>>,
+    },
+    Url {
+        name: Option<String>,
+        url: String,
+        metadata: Option<Map<String, Value>>,
+    },
+    Github {
+        name: Option<String>,
+        repository: String,
+        branch: Option<String>,
+        paths: Option<Vec<String>>,
+        metadata: Option<Map<String, Value>>,
+    },
+}
+
+fn parse_source(value: &Value, field: &str, rid: &str) -> Result<SourceSpec, Failure> {
+    serde_json::from_value(value.clone()).map_err(|e| {
+        let message = format!("not a text, url or github source: {e}");
+        Failure::with_details(
+            Kind::Unprocessable,
+            "VALIDATION_ERROR",
+            "the body does not match its schema",
+            vec![detail(field, "oneOf", message)],
+            rid,
+        )
+    })
+}
+
+/// What adding one source writes: the source, the documents of inline text, and a sync to
+/// queue for fetched sources when asked.
+struct PlannedSource {
+    source: SourceRow,
+    documents: Vec<(DocumentRow, Vec<ChunkRow>)>,
+    sync: Option<SyncRow>,
+}
+
+fn plan_source(
+    org_id: &str,
+    kb_id: &str,
+    spec: SourceSpec,
+    options: ChunkOptions,
+    queue_sync: bool,
+) -> PlannedSource {
+    let now = crate::ids::now();
+    let id = crate::ids::new_id("src");
+    let mut body = Map::new();
+    let (name, source_type, metadata) = match &spec {
+        SourceSpec::Text {
+            name,
+            title,
+            text,
+            content_type,
+            metadata,
+        } => {
+            body.insert("text".into(), text.clone().into());
+            if let Some(t) = title {
+                body.insert("title".into(), t.clone().into());
+            }
+            body.insert(
+                "content_type".into(),
+                content_type
+                    .clone()
+                    .unwrap_or_else(|| "text/plain".into())
+                    .into(),
+            );
+            (
+                name.clone().unwrap_or_else(|| "inline text".into()),
+                "text",
+                metadata.clone(),
+            )
+        }
+        SourceSpec::Url {
+            name,
+            url,
+            metadata,
+        } => {
+            body.insert("url".into(), url.clone().into());
+            (
+                name.clone().unwrap_or_else(|| url.clone()),
+                "url",
+                metadata.clone(),
+            )
+        }
+        SourceSpec::Github {
+            name,
+            repository,
+            branch,
+            paths,
+            metadata,
+        } => {
+            let repo = repository
+                .trim_start_matches("https://github.com/")
+                .trim_end_matches('/')
+                .to_string();
+            body.insert("repository".into(), repo.clone().into());
+            if let Some(b) = branch {
+                body.insert("branch".into(), b.clone().into());
+            }
+            if let Some(p) = paths {
+                body.insert("paths".into(), p.clone().into());
+            }
+            (name.clone().unwrap_or(repo), "github", metadata.clone())
+        }
+    };
+    body.insert(
+        "metadata".into(),
+        Value::Object(metadata.clone().unwrap_or_default()),
+    );
+    let is_text = source_type == "text";
+    let source = SourceRow {
+        id: id.clone(),
+        org_id: org_id.to_string(),
+        kb_id: kb_id.to_string(),
+        name,
+        source_type: source_type.to_string(),
+        status: if is_text { "active" } else { "pending" }.to_string(),
+        body: Value::Object(body).to_string(),
+        last_sync_at: is_text.then(|| now.clone()),
+        created_at: now.clone(),
+        updated_at: now.clone(),
+    };
+    let mut documents = Vec::new();
+    if let SourceSpec::Text {
+        title,
+        text,
+        content_type,
+        ..
+    } = spec
+    {
+        let kind = content_type
+            .as_deref()
+            .and_then(ContentKind::from_mime)
+            .unwrap_or(ContentKind::Text);
+        let doc = sync::document(
+            &text,
+            kind,
+            title,
+            "inline",
+            "text",
+            &source,
+            metadata.unwrap_or_default(),
+        );
+        documents.push(crate::knowledge::prepare(org_id, kb_id, doc, options));
+    }
+    let sync = (queue_sync && !is_text).then(|| SyncRow {
+        id: crate::ids::new_id("sync"),
+        org_id: org_id.to_string(),
+        kb_id: kb_id.to_string(),
+        source_id: id,
+        status: "queued".into(),
+        error: None,
+        documents: 0,
+        chunks: 0,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+    });
+    PlannedSource {
+        source,
+        documents,
+        sync,
+    }
+}
+
+/// Writes planned sources (inside a transaction).
+fn write_sources(conn: &mut DbConnection, planned: &[PlannedSource]) -> Result<(), StoreError> {
+    for p in planned {
+        store::insert_source(conn, &p.source)?;
+        crate::knowledge::write(conn, &p.documents)?;
+        if let Some(s) = &p.sync {
+            store::insert_sync(conn, s)?;
+        }
+    }
+    Ok(())
+}
+
+// Knowledge-base bodies.
+
+fn processing_body(options: Option<&ProcessingOptions>) -> Value {
+    let mut m = Map::new();
+    if let Some(o) = options {
+        let size = o.chunk_size.unwrap_or(1000);
+        m.insert("chunk_size".into(), size.into());
+        // An overlap of a whole chunk would never advance.
+        m.insert(
+            "overlap".into(),
+            o.overlap.unwrap_or(200).min(size - 1).into(),
+        );
+        m.insert(
+            "extract_metadata".into(),
+            o.extract_metadata.unwrap_or(true).into(),
+        );
+    } else {
+        m.insert("chunk_size".into(), 1000.into());
+        m.insert("overlap".into(), 200.into());
+        m.insert("extract_metadata".into(), true.into());
+    }
+    Value::Object(m)
+}
+
+fn kb_changes(input: &KnowledgeBaseInput) -> KbChanges {
+    let mut body = Map::new();
+    body.insert(
+        "processing_options".into(),
+        processing_body(input.processing_options.as_ref()),
+    );
+    body.insert(
+        "metadata".into(),
+        Value::Object(object(input.metadata.clone())),
+    );
+    if let Some(m) = &input.embedding_model {
+        body.insert("embedding_model".into(), m.clone().into());
+    }
+    KbChanges {
+        name: input.name.clone(),
+        kb_type: input.type_.clone().unwrap_or_else(|| "general".into()),
+        description: input.description.clone(),
+        body: Value::Object(body).to_string(),
+    }
+}
+
+/// A list page request from `page`/`per_page` or `cursor`/`limit`.
+pub(super) fn page_of(
+    page: i64,
+    per_page: i64,
+    cursor: Option<&str>,
+    limit: Option<i64>,
+    rid: &str,
+) -> Result<Page, Failure> {
+    let limit = limit.unwrap_or(per_page);
+    match cursor {
+        Some(text) => {
+            let (offset, id) = text
+                .split_once('.')
+                .and_then(|(o, id)| Some((o.parse::<i64>().ok()?, id.to_string())))
+                .ok_or_else(|| {
+                    Failure::with_details(
+                        Kind::BadRequest,
+                        "VALIDATION_ERROR",
+                        "the request contains invalid parameters",
+                        vec![detail(
+                            "cursor",
+                            "invalid",
+                            "not a cursor this server hands out",
+                        )],
+                        rid,
+                    )
+                })?;
+            Ok(Page {
+                after_id: Some(id),
+                offset,
+                limit,
+            })
+        }
+        None => Ok(Page {
+            after_id: None,
+            offset: (page - 1).saturating_mul(limit),
+            limit,
+        }),
+    }
+}
+
+pub(super) fn next_cursor(
+    page: &Page,
+    returned: usize,
+    total: i64,
+    last_id: Option<&str>,
+) -> Option<String> {
+    let end = page.offset + to_i64(returned);
+    match last_id {
+        Some(id) if end < total => Some(format!("{end}.{id}")),
+        _ => None,
+    }
+}
+
+/// What an idempotent create did.
+pub(super) enum Created<T> {
+    New(T),
+    Replayed(String),
+    KeyReused,
+}
+
+/// Runs `insert` unless `key` was used before: then answers with the first request's
+/// resource id (or `KeyReused` when the body differs).
+pub(super) fn idempotent<T>(
+    conn: &mut DbConnection,
+    org_id: &str,
+    operation: &str,
+    key: Option<&str>,
+    request_hash: &str,
+    resource_id: &str,
+    insert: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<Created<T>, StoreError> {
+    use crate::db::idempotency::{self, IdempotencyRow};
+    crate::db::write_transaction(conn, |conn| {
+        if let Some(k) = key
+            && let Some(found) = idempotency::find(conn, org_id, operation, k)?
+        {
+            return Ok(if found.request_hash == request_hash {
+                Created::Replayed(found.resource_id)
+            } else {
+                Created::KeyReused
+            });
+        }
+        let value = insert(conn)?;
+        if let Some(k) = key {
+            idempotency::insert(
+                conn,
+                &IdempotencyRow {
+                    org_id: org_id.to_string(),
+                    operation: operation.to_string(),
+                    idempotency_key: k.to_string(),
+                    request_hash: request_hash.to_string(),
+                    resource_id: resource_id.to_string(),
+                    created_at: crate::ids::now(),
+                },
+            )?;
+        }
+        Ok(Created::New(value))
+    })
+}
+
+pub(super) fn key_reused(rid: &str) -> Failure {
+    Failure::with_details(
+        Kind::Conflict,
+        "IDEMPOTENCY_KEY_REUSED",
+        "this Idempotency-Key was used with a different request body",
+        vec![detail(
+            "Idempotency-Key",
+            "reused",
+            "use a new key for a new request",
+        )],
+        rid,
+    )
+}
+
+pub(super) fn hash_body(body: Option<Value>) -> String {
+    hex::encode(sha2::Sha256::digest(
+        body.as_ref().map(Value::to_string).unwrap_or_default(),
+    ))
+}
+
+impl Handlers {
+    async fn kb_with_counts(
+        &self,
+        caller: &Caller,
+        id: String,
+    ) -> Result<(KbRow, KnowledgeBase), Failure> {
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| {
+                let row = store::get_kb(conn, &org, &id)?;
+                let counts = store::kb_counts(conn, &row.id)?;
+                let model = kb_model(&row, counts);
+                Ok((row, model))
+            })
+            .await
+            .map_err(|e| Failure::from_store(e, KB_NOT_FOUND, &caller.request_id))
+    }
+
+    async fn change_kb(
+        &self,
+        caller: &Caller,
+        id: String,
+        if_match: Option<String>,
+        change: impl FnOnce(&KbRow) -> KbChanges + Send + 'static,
+    ) -> Result<(KbRow, KnowledgeBase), Failure> {
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| {
+                let row = store::update_kb(conn, &org, &id, |current| {
+                    if let Some(h) = &if_match
+                        && !etag_matches(h, &etag(current))
+                    {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    Ok(change(current))
+                })
+                .and_then(|inner| inner)?;
+                let counts = store::kb_counts(conn, &row.id)?;
+                let model = kb_model(&row, counts);
+                Ok((row, model))
+            })
+            .await
+            .map_err(|e| Failure::from_store(e, KB_NOT_FOUND, &caller.request_id))
+    }
+
+    /// The knowledge base `kb_id` of the caller (404 otherwise).
+    async fn require_kb(&self, caller: &Caller, kb_id: &str) -> Result<KbRow, Failure> {
+        let (org, id) = (caller.org_id.clone(), kb_id.to_string());
+        self.store
+            .run(move |conn| store::get_kb(conn, &org, &id))
+            .await
+            .map_err(|e| Failure::from_store(e, KB_NOT_FOUND, &caller.request_id))
+    }
+
+    async fn retrieve(
+        &self,
+        caller: &Caller,
+        kb_ids: Vec<String>,
+        query: String,
+        options: SearchOptions,
+        include_metadata: bool,
+    ) -> Result<KnowledgeResults, Failure> {
+        let org = caller.org_id.clone();
+        let q = query.clone();
+        let hits = self
+            .store
+            .run(move |conn| crate::knowledge::search(conn, &org, &kb_ids, &q, &options))
+            .await
+            .map_err(|e| Failure::from_store(e, KB_NOT_FOUND, &caller.request_id))?;
+        let results: Vec<KnowledgeResult> = hits
+            .into_iter()
+            .map(|h| KnowledgeResult {
+                chunk_id: h.chunk_id,
+                document_id: h.document_id,
+                knowledge_base_id: h.knowledge_base_id,
+                content: h.text,
+                score: h.score,
+                metadata: include_metadata.then_some(h.metadata),
+            })
+            .collect();
+        Ok(KnowledgeResults {
+            query,
+            total: to_i64(results.len()),
+            results,
+        })
+    }
+}
+
+impl KnowledgeApi for Handlers {
+    async fn list_knowledge_bases(
+        &self,
+        caller: Caller,
+        params: ListKnowledgeBasesParams,
+    ) -> ListKnowledgeBasesResponse {
+        let rid = caller.request_id.clone();
+        let page = match page_of(
+            params.page,
+            params.per_page,
+            params.cursor.as_deref(),
+            params.limit,
+            &rid,
+        ) {
+            Ok(p) => p,
+            Err(f) => return f.into(),
+        };
+        let filter = KbFilter {
+            kb_type: params.type_,
+            search: params.search,
+        };
+        let org = caller.org_id.clone();
+        let q = page.clone();
+        let listed = self
+            .store
+            .run(move |conn| {
+                let (rows, total) = store::list_kbs(conn, &org, &filter, &q)?;
+                let mut data = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    data.push(kb_model(row, store::kb_counts(conn, &row.id)?));
+                }
+                Ok((data, total))
+            })
+            .await;
+        match listed {
+            Ok((data, total)) => {
+                let cursor =
+                    next_cursor(&page, data.len(), total, data.last().map(|k| k.id.as_str()));
+                ListKnowledgeBasesResponse::Ok(Json(KnowledgeBaseList {
+                    pagination: pagination(page.offset / page.limit + 1, page.limit, total, cursor),
+                    data,
+                }))
+            }
+            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
+        }
+    }
+
+    async fn create_knowledge_base(
+        &self,
+        caller: Caller,
+        params: CreateKnowledgeBaseParams,
+    ) -> CreateKnowledgeBaseResponse {
+        let rid = caller.request_id.clone();
+        let input = params.body;
+        let request_hash = hash_body(input.to_json());
+        let changes = kb_changes(&input);
+        let now = crate::ids::now();
+        let row = KbRow {
+            id: crate::ids::new_id("kb"),
+            org_id: caller.org_id.clone(),
+            name: changes.name,
+            kb_type: changes.kb_type,
+            description: changes.description,
+            body: changes.body,
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let options = chunk_options_of(&row.body);
+        let mut planned = Vec::new();
+        for (i, value) in input.sources.iter().flatten().enumerate() {
+            match parse_source(value, &format!("sources[{i}]"), &rid) {
+                Ok(spec) => planned.push(plan_source(&row.org_id, &row.id, spec, options, false)),
+                Err(f) => return f.into(),
+            }
+        }
+        let key = params.idempotency_key;
+        let created = self
+            .store
+            .run(move |conn| {
+                let id = row.id.clone();
+                let org = row.org_id.clone();
+                let created = idempotent(
+                    conn,
+                    &org,
+                    "createKnowledgeBase",
+                    key.as_deref(),
+                    &request_hash,
+                    &id,
+                    |conn| {
+                        store::insert_kb(conn, &row)?;
+                        write_sources(conn, &planned)
+                    },
+                )?;
+                let id = match created {
+                    Created::New(()) => id,
+                    Created::Replayed(id) => id,
+                    Created::KeyReused => return Ok(None),
+                };
+                let row = store::get_kb(conn, &org, &id)?;
+                let counts = store::kb_counts(conn, &id)?;
+                Ok(Some((kb_model(&row, counts), etag(&row))))
+            })
+            .await;
+        match created {
+            Ok(Some((kb, tag))) => {
+                let location = format!("/v1/knowledge/{}", kb.id);
+                CreateKnowledgeBaseResponse::Created(Json(kb), location, tag)
+            }
+            Ok(None) => key_reused(&rid).into(),
+            Err(StoreError::NotFound) => key_reused(&rid).into(),
+            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
+        }
+    }
+
+    async fn search_knowledge(
+        &self,
+        caller: Caller,
+        params: SearchKnowledgeParams,
+    ) -> SearchKnowledgeResponse {
+        let org = caller.org_id.clone();
+        let kb_type = params.type_.clone();
+        let ids = match self
+            .store
+            .run(move |conn| store::kb_ids(conn, &org, kb_type.as_deref()))
+            .await
+        {
+            Ok(ids) => ids,
+            Err(e) => return Failure::from_store(e, KB_NOT_FOUND, &caller.request_id).into(),
+        };
+        let options = SearchOptions {
+            top_k: usize::try_from(params.max_results).unwrap_or(10),
+            min_score: params.min_score,
+            filters: Map::new(),
+        };
+        match self.retrieve(&caller, ids, params.q, options, true).await {
+            Ok(r) => SearchKnowledgeResponse::Ok(Json(r)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn get_knowledge_base(
+        &self,
+        caller: Caller,
+        params: GetKnowledgeBaseParams,
+    ) -> GetKnowledgeBaseResponse {
+        match self.kb_with_counts(&caller, params.kb_id).await {
+            Ok((row, kb)) => {
+                let tag = etag(&row);
+                if params
+                    .if_none_match
+                    .as_deref()
+                    .is_some_and(|h| etag_matches(h, &tag))
+                {
+                    return GetKnowledgeBaseResponse::NotModified(tag);
+                }
+                GetKnowledgeBaseResponse::Ok(Json(kb), tag)
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn replace_knowledge_base(
+        &self,
+        caller: Caller,
+        params: ReplaceKnowledgeBaseParams,
+    ) -> ReplaceKnowledgeBaseResponse {
+        let changes = kb_changes(&params.body);
+        match self
+            .change_kb(&caller, params.kb_id, params.if_match, move |_| changes)
+            .await
+        {
+            Ok((row, kb)) => ReplaceKnowledgeBaseResponse::Ok(Json(kb), etag(&row)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn update_knowledge_base(
+        &self,
+        caller: Caller,
+        params: UpdateKnowledgeBaseParams,
+    ) -> UpdateKnowledgeBaseResponse {
+        let patch = params.body;
+        let change = move |current: &KbRow| {
+            let mut body: Map<String, Value> =
+                serde_json::from_str(&current.body).unwrap_or_default();
+            if let Some(o) = &patch.processing_options {
+                // Merge: options not given keep their value.
+                let old = chunk_options_of(&current.body);
+                let merged = ProcessingOptions {
+                    chunk_size: o.chunk_size.or(Some(to_i64(old.chunk_size))),
+                    overlap: o.overlap.or(Some(to_i64(old.overlap))),
+                    extract_metadata: o.extract_metadata,
+                };
+                body.insert("processing_options".into(), processing_body(Some(&merged)));
+            }
+            if let Some(m) = &patch.metadata {
+                body.insert("metadata".into(), Value::Object(object(Some(m.clone()))));
+            }
+            if let Some(m) = &patch.embedding_model {
+                body.insert("embedding_model".into(), m.clone().into());
+            }
+            KbChanges {
+                name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
+                kb_type: patch
+                    .type_
+                    .clone()
+                    .unwrap_or_else(|| current.kb_type.clone()),
+                description: match &patch.description {
+                    MaybeUndefined::Undefined => current.description.clone(),
+                    MaybeUndefined::Null => None,
+                    MaybeUndefined::Value(d) => Some(d.clone()),
+                },
+                body: Value::Object(body).to_string(),
+            }
+        };
+        match self
+            .change_kb(&caller, params.kb_id, params.if_match, change)
+            .await
+        {
+            Ok((row, kb)) => UpdateKnowledgeBaseResponse::Ok(Json(kb), etag(&row)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn delete_knowledge_base(
+        &self,
+        caller: Caller,
+        params: DeleteKnowledgeBaseParams,
+    ) -> DeleteKnowledgeBaseResponse {
+        let org = caller.org_id.clone();
+        let id = params.kb_id;
+        match self
+            .store
+            .run(move |conn| store::delete_kb(conn, &org, &id))
+            .await
+        {
+            Ok(()) => DeleteKnowledgeBaseResponse::NoContent,
+            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn query_knowledge_base(
+        &self,
+        caller: Caller,
+        params: QueryKnowledgeBaseParams,
+    ) -> QueryKnowledgeBaseResponse {
+        let kb = match self.require_kb(&caller, &params.kb_id).await {
+            Ok(kb) => kb,
+            Err(f) => return f.into(),
+        };
+        let q = params.body;
+        let opts = q.options.clone().unwrap_or_default();
+        let top_k = q
+            .top_k
+            .or(q.max_results)
+            .or(opts.max_results)
+            .unwrap_or(DEFAULT_TOP_K);
+        let options = SearchOptions {
+            top_k: usize::try_from(top_k).unwrap_or(5),
+            min_score: q.min_score.or(opts.min_score),
+            filters: q.filters.unwrap_or_default().into_iter().collect(),
+        };
+        let include = q.include_metadata.or(opts.include_metadata).unwrap_or(true);
+        match self
+            .retrieve(&caller, vec![kb.id], q.query, options, include)
+            .await
+        {
+            Ok(r) => QueryKnowledgeBaseResponse::Ok(Json(r)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn ingest_knowledge(
+        &self,
+        caller: Caller,
+        params: IngestKnowledgeParams,
+    ) -> IngestKnowledgeResponse {
+        let rid = caller.request_id.clone();
+        let kb = match self.require_kb(&caller, &params.kb_id).await {
+            Ok(kb) => kb,
+            Err(f) => return f.into(),
+        };
+        let body = params.body;
+        let mut options = chunk_options_of(&kb.body);
+        if let Some(size) = body.chunk_size {
+            options.chunk_size = usize::try_from(size).unwrap_or(options.chunk_size);
+        }
+        if let Some(overlap) = body.overlap {
+            options.overlap = usize::try_from(overlap).unwrap_or(options.overlap);
+        }
+        options.overlap = options.overlap.min(options.chunk_size.saturating_sub(1));
+        let mut planned = Vec::new();
+        for (i, value) in body.sources.iter().flatten().enumerate() {
+            match parse_source(value, &format!("sources[{i}]"), &rid) {
+                Ok(spec) => planned.push(plan_source(&kb.org_id, &kb.id, spec, options, true)),
+                Err(f) => return f.into(),
+            }
+        }
+        let documents: Vec<(DocumentRow, Vec<ChunkRow>)> = body
+            .documents
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                let kind = d
+                    .content_type
+                    .map(|c| c.as_str())
+                    .and_then(ContentKind::from_mime)
+                    .unwrap_or(ContentKind::Text);
+                let (text, found_title, kind) = match crate::knowledge::text::extract(&d.text, kind)
+                {
+                    Ok((t, found)) => (t, found, kind),
+                    Err(_) => (d.text.clone(), None, ContentKind::Text),
+                };
+                let source = d.source.unwrap_or_else(|| "inline".into());
+                let title = d
+                    .title
+                    .or(found_title)
+                    .or_else(|| crate::knowledge::text::first_line_title(&text))
+                    .unwrap_or_else(|| source.clone());
+                let doc = crate::knowledge::NewDocument {
+                    title,
+                    text,
+                    content_type: kind.mime().to_string(),
+                    source,
+                    source_type: "inline".into(),
+                    source_id: None,
+                    metadata: object(d.metadata),
+                };
+                crate::knowledge::prepare(&kb.org_id, &kb.id, doc, options)
+            })
+            .collect();
+        let chunks_created = documents.iter().map(|(d, _)| d.chunk_count).sum::<i64>()
+            + planned
+                .iter()
+                .flat_map(|p| p.documents.iter().map(|(d, _)| d.chunk_count))
+                .sum::<i64>();
+        let result = IngestResult {
+            documents: documents
+                .iter()
+                .map(|(d, _)| document_model(d))
+                .chain(
+                    planned
+                        .iter()
+                        .flat_map(|p| p.documents.iter().map(|(d, _)| document_model(d))),
+                )
+                .collect(),
+            sources: planned.iter().map(|p| source_model(&p.source)).collect(),
+            syncs: planned
+                .iter()
+                .filter_map(|p| p.sync.as_ref().map(sync_model))
+                .collect(),
+            chunks_created,
+        };
+        let syncs: Vec<SyncRow> = planned.iter().filter_map(|p| p.sync.clone()).collect();
+        let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
+        let written = self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    store::get_kb(conn, &org, &kb_id)?;
+                    crate::knowledge::write(conn, &documents)?;
+                    write_sources(conn, &planned)
+                })
+            })
+            .await;
+        match written {
+            Ok(()) => {
+                for s in syncs {
+                    self.syncs.spawn(s);
+                }
+                IngestKnowledgeResponse::Ok(Json(result))
+            }
+            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
+        }
+    }
+
+    async fn list_knowledge_sources(
+        &self,
+        caller: Caller,
+        params: ListKnowledgeSourcesParams,
+    ) -> ListKnowledgeSourcesResponse {
+        let rid = caller.request_id.clone();
+        let page = match page_of(
+            params.page,
+            params.per_page,
+            params.cursor.as_deref(),
+            params.limit,
+            &rid,
+        ) {
+            Ok(p) => p,
+            Err(f) => return f.into(),
+        };
+        let (org, kb_id, q) = (caller.org_id.clone(), params.kb_id, page.clone());
+        let listed = self
+            .store
+            .run(move |conn| {
+                store::get_kb(conn, &org, &kb_id)?;
+                store::list_sources(conn, &org, &kb_id, &q)
+            })
+            .await;
+        match listed {
+            Ok((rows, total)) => {
+                let cursor =
+                    next_cursor(&page, rows.len(), total, rows.last().map(|r| r.id.as_str()));
+                ListKnowledgeSourcesResponse::Ok(Json(KnowledgeSourceList {
+                    data: rows.iter().map(source_model).collect(),
+                    pagination: pagination(page.offset / page.limit + 1, page.limit, total, cursor),
+                }))
+            }
+            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
+        }
+    }
+
+    async fn create_knowledge_source(
+        &self,
+        caller: Caller,
+        params: CreateKnowledgeSourceParams,
+    ) -> CreateKnowledgeSourceResponse {
+        let rid = caller.request_id.clone();
+        let kb = match self.require_kb(&caller, &params.kb_id).await {
+            Ok(kb) => kb,
+            Err(f) => return f.into(),
+        };
+        let request_hash = hash_body(Some(params.body.clone()));
+        let spec = match parse_source(&params.body, "body", &rid) {
+            Ok(s) => s,
+            Err(f) => return f.into(),
+        };
+        let planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
+        let key = params.idempotency_key;
+        let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
+        let created = self
+            .store
+            .run(move |conn| {
+                let id = planned.source.id.clone();
+                let created = idempotent(
+                    conn,
+                    &org,
+                    "createKnowledgeSource",
+                    key.as_deref(),
+                    &request_hash,
+                    &id,
+                    |conn| {
+                        store::get_kb(conn, &org, &kb_id)?;
+                        write_sources(conn, std::slice::from_ref(&planned))
+                    },
+                )?;
+                let id = match created {
+                    Created::New(()) => id,
+                    Created::Replayed(id) => id,
+                    Created::KeyReused => return Ok(None),
+                };
+                store::get_source(conn, &org, &kb_id, &id).map(Some)
+            })
+            .await;
+        match created {
+            Ok(Some(row)) => {
+                let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
+                CreateKnowledgeSourceResponse::Created(Json(source_model(&row)), location)
+            }
+            Ok(None) => key_reused(&rid).into(),
+            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
+        }
+    }
+
+    async fn get_knowledge_source(
+        &self,
+        caller: Caller,
+        params: GetKnowledgeSourceParams,
+    ) -> GetKnowledgeSourceResponse {
+        let org = caller.org_id.clone();
+        match self
+            .store
+            .run(move |conn| store::get_source(conn, &org, &params.kb_id, &params.source_id))
+            .await
+        {
+            Ok(row) => GetKnowledgeSourceResponse::Ok(Json(source_model(&row))),
+            Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn delete_knowledge_source(
+        &self,
+        caller: Caller,
+        params: DeleteKnowledgeSourceParams,
+    ) -> DeleteKnowledgeSourceResponse {
+        let org = caller.org_id.clone();
+        match self
+            .store
+            .run(move |conn| store::delete_source(conn, &org, &params.kb_id, &params.source_id))
+            .await
+        {
+            Ok(()) => DeleteKnowledgeSourceResponse::NoContent,
+            Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn sync_knowledge_source(
+        &self,
+        caller: Caller,
+        params: SyncKnowledgeSourceParams,
+    ) -> SyncKnowledgeSourceResponse {
+        let org = caller.org_id.clone();
+        let queued = self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    let source = store::get_source(conn, &org, &params.kb_id, &params.source_id)?;
+                    let row = SyncRow {
+                        id: crate::ids::new_id("sync"),
+                        org_id: org.clone(),
+                        kb_id: source.kb_id.clone(),
+                        source_id: source.id.clone(),
+                        status: "queued".into(),
+                        error: None,
+                        documents: 0,
+                        chunks: 0,
+                        created_at: crate::ids::now(),
+                        started_at: None,
+                        finished_at: None,
+                    };
+                    store::insert_sync(conn, &row)?;
+                    store::set_source_status(conn, &source.id, "syncing", None)?;
+                    Ok(row)
+                })
+            })
+            .await;
+        match queued {
+            Ok(row) => {
+                let job = sync_model(&row);
+                let location = format!("/v1/knowledge/{}/syncs/{}", row.kb_id, row.id);
+                self.syncs.spawn(row);
+                SyncKnowledgeSourceResponse::Accepted(Json(job), location)
+            }
+            Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn get_knowledge_sync(
+        &self,
+        caller: Caller,
+        params: GetKnowledgeSyncParams,
+    ) -> GetKnowledgeSyncResponse {
+        let org = caller.org_id.clone();
+        match self
+            .store
+            .run(move |conn| store::get_sync(conn, &org, &params.kb_id, &params.sync_id))
+            .await
+        {
+            Ok(row) => GetKnowledgeSyncResponse::Ok(Json(sync_model(&row))),
+            Err(e) => Failure::from_store(e, SYNC_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn list_knowledge_documents(
+        &self,
+        caller: Caller,
+        params: ListKnowledgeDocumentsParams,
+    ) -> ListKnowledgeDocumentsResponse {
+        let rid = caller.request_id.clone();
+        let page = match page_of(
+            params.page,
+            params.per_page,
+            params.cursor.as_deref(),
+            params.limit,
+            &rid,
+        ) {
+            Ok(p) => p,
+            Err(f) => return f.into(),
+        };
+        let (org, kb_id, q, source) = (
+            caller.org_id.clone(),
+            params.kb_id,
+            page.clone(),
+            params.source_id,
+        );
+        let listed = self
+            .store
+            .run(move |conn| {
+                store::get_kb(conn, &org, &kb_id)?;
+                store::list_documents(conn, &org, &kb_id, source.as_deref(), &q)
+            })
+            .await;
+        match listed {
+            Ok((rows, total)) => {
+                let cursor =
+                    next_cursor(&page, rows.len(), total, rows.last().map(|r| r.id.as_str()));
+                ListKnowledgeDocumentsResponse::Ok(Json(KnowledgeDocumentList {
+                    data: rows.iter().map(document_model).collect(),
+                    pagination: pagination(page.offset / page.limit + 1, page.limit, total, cursor),
+                }))
+            }
+            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
+        }
+    }
+
+    async fn get_knowledge_document(
+        &self,
+        caller: Caller,
+        params: GetKnowledgeDocumentParams,
+    ) -> GetKnowledgeDocumentResponse {
+        let org = caller.org_id.clone();
+        match self
+            .store
+            .run(move |conn| store::get_document(conn, &org, &params.kb_id, &params.document_id))
+            .await
+        {
+            Ok(row) => GetKnowledgeDocumentResponse::Ok(Json(document_model(&row))),
+            Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn delete_knowledge_document(
+        &self,
+        caller: Caller,
+        params: DeleteKnowledgeDocumentParams,
+    ) -> DeleteKnowledgeDocumentResponse {
+        let org = caller.org_id.clone();
+        match self
+            .store
+            .run(move |conn| store::delete_document(conn, &org, &params.kb_id, &params.document_id))
+            .await
+        {
+            Ok(()) => DeleteKnowledgeDocumentResponse::NoContent,
+            Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn list_knowledge_chunks(
+        &self,
+        caller: Caller,
+        params: ListKnowledgeChunksParams,
+    ) -> ListKnowledgeChunksResponse {
+        let org = caller.org_id.clone();
+        let (page, per_page) = (params.page, params.per_page);
+        let offset = (page - 1).saturating_mul(per_page);
+        match self
+            .store
+            .run(move |conn| {
+                let doc = store::get_document(conn, &org, &params.kb_id, &params.document_id)?;
+                store::list_chunks(conn, &doc.id, offset, per_page)
+            })
+            .await
+        {
+            Ok((rows, total)) => ListKnowledgeChunksResponse::Ok(Json(KnowledgeChunkList {
+                data: rows.iter().map(chunk_model).collect(),
+                pagination: pagination(page, per_page, total, None),
+            })),
+            Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_never_reaches_the_chunk_size() {
+        let body = processing_body(Some(&ProcessingOptions {
+            chunk_size: Some(100),
+            overlap: Some(400),
+            extract_metadata: None,
+        }));
+        assert_eq!(body["overlap"], 99);
+    }
+
+    #[test]
+    fn sources_parse_by_type_and_reject_strays() {
+        let spec = parse_source(
+            &serde_json::json!({"type": "github", "repository": "https://github.com/o/r/"}),
+            "body",
+            "rid",
+        )
+        .expect("parses");
+        let planned = plan_source("org", "kb", spec, ChunkOptions::default(), true);
+        assert_eq!(planned.source.source_type, "github");
+        assert_eq!(planned.source.status, "pending");
+        assert!(planned.source.body.contains("\"repository\":\"o/r\""));
+        assert!(planned.sync.is_some() && planned.documents.is_empty());
+        assert!(parse_source(&serde_json::json!({"type": "ftp"}), "body", "rid").is_err());
+    }
+}

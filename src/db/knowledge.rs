@@ -1,0 +1,646 @@
+//! Knowledge bases, sources, documents, chunks and sync jobs: rows and queries.
+//!
+//! A knowledge base's filterable columns are columns; the rest (processing options, metadata)
+//! is one JSON document in `body`. Every query is scoped by `org_id`. Full-text search lives
+//! in [`crate::knowledge`], which needs raw SQL per backend.
+
+use diesel::prelude::*;
+
+use super::schema::{
+    knowledge_bases, knowledge_chunks, knowledge_documents, knowledge_sources, knowledge_syncs,
+};
+use super::{DbConnection, StoreError, StoreResult};
+
+/// One row of `knowledge_bases`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = knowledge_bases)]
+pub struct KbRow {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub kb_type: String,
+    pub description: Option<String>,
+    pub body: String,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One row of `knowledge_sources`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = knowledge_sources)]
+pub struct SourceRow {
+    pub id: String,
+    pub org_id: String,
+    pub kb_id: String,
+    pub name: String,
+    pub source_type: String,
+    pub status: String,
+    pub body: String,
+    pub last_sync_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One row of `knowledge_documents`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = knowledge_documents)]
+pub struct DocumentRow {
+    pub id: String,
+    pub org_id: String,
+    pub kb_id: String,
+    pub source_id: Option<String>,
+    pub title: String,
+    pub content_type: String,
+    pub metadata: String,
+    pub chunk_count: i64,
+    pub char_count: i64,
+    pub created_at: String,
+}
+
+/// One row of `knowledge_chunks`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = knowledge_chunks)]
+pub struct ChunkRow {
+    pub id: String,
+    pub org_id: String,
+    pub kb_id: String,
+    pub document_id: String,
+    pub position: i64,
+    pub text: String,
+    pub metadata: String,
+}
+
+/// One row of `knowledge_syncs`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = knowledge_syncs)]
+pub struct SyncRow {
+    pub id: String,
+    pub org_id: String,
+    pub kb_id: String,
+    pub source_id: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub documents: i64,
+    pub chunks: i64,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+/// A page of a list, newest first: skip `offset` rows or start after the row `after_id`.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub after_id: Option<String>,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('%');
+    for c in s.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+diesel::define_sql_function! {
+    /// SQL `lower()`.
+    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+/// Knowledge-base list filters.
+#[derive(Debug, Clone, Default)]
+pub struct KbFilter {
+    pub kb_type: Option<String>,
+    pub search: Option<String>,
+}
+
+macro_rules! newest_first_page {
+    ($table:ident, $base:expr, $anchor:expr, $page:expr) => {{
+        let mut query = $base;
+        if let Some((created, id)) = $anchor {
+            query = query.filter(
+                $table::created_at
+                    .lt(created.clone())
+                    .or($table::created_at.eq(created).and($table::id.lt(id))),
+            );
+        }
+        let mut query = query
+            .order(($table::created_at.desc(), $table::id.desc()))
+            .limit($page.limit);
+        if $anchor.is_none() && $page.offset > 0 {
+            query = query.offset($page.offset);
+        }
+        query
+    }};
+}
+
+pub fn list_kbs(
+    conn: &mut DbConnection,
+    org_id: &str,
+    filter: &KbFilter,
+    page: &Page,
+) -> StoreResult<(Vec<KbRow>, i64)> {
+    let base = || {
+        let mut q = knowledge_bases::table
+            .filter(knowledge_bases::org_id.eq(org_id.to_string()))
+            .into_boxed();
+        if let Some(t) = &filter.kb_type {
+            q = q.filter(knowledge_bases::kb_type.eq(t.clone()));
+        }
+        if let Some(s) = &filter.search {
+            q = q.filter(
+                lower(knowledge_bases::name)
+                    .like(escape_like(s))
+                    .escape('\\'),
+            );
+        }
+        q
+    };
+    let total: i64 = base()
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let anchor = match &page.after_id {
+        Some(id) => match get_kb(conn, org_id, id) {
+            Ok(row) => Some((row.created_at, row.id)),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let rows = newest_first_page!(knowledge_bases, base(), anchor.clone(), page)
+        .select(KbRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((rows, total))
+}
+
+/// The ids of the organization's knowledge bases, optionally of one type.
+pub fn kb_ids(
+    conn: &mut DbConnection,
+    org_id: &str,
+    kb_type: Option<&str>,
+) -> StoreResult<Vec<String>> {
+    let mut q = knowledge_bases::table
+        .filter(knowledge_bases::org_id.eq(org_id))
+        .select(knowledge_bases::id)
+        .into_boxed();
+    if let Some(t) = kb_type {
+        q = q.filter(knowledge_bases::kb_type.eq(t));
+    }
+    q.load(conn).map_err(StoreError::from_diesel)
+}
+
+pub fn insert_kb(conn: &mut DbConnection, row: &KbRow) -> StoreResult<()> {
+    diesel::insert_into(knowledge_bases::table)
+        .values(row)
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+pub fn get_kb(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<KbRow> {
+    knowledge_bases::table
+        .filter(knowledge_bases::org_id.eq(org_id))
+        .filter(knowledge_bases::id.eq(id))
+        .select(KbRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+/// The columns a knowledge-base update writes.
+#[derive(Debug, Clone, AsChangeset)]
+#[diesel(table_name = knowledge_bases, treat_none_as_null = true)]
+pub struct KbChanges {
+    pub name: String,
+    pub kb_type: String,
+    pub description: Option<String>,
+    pub body: String,
+}
+
+/// Updates a knowledge base under a row lock: `change` sees the current row and may refuse.
+pub fn update_kb<E>(
+    conn: &mut DbConnection,
+    org_id: &str,
+    id: &str,
+    change: impl FnOnce(&KbRow) -> Result<KbChanges, E>,
+) -> StoreResult<Result<KbRow, E>> {
+    super::write_transaction(conn, |conn| {
+        if let DbConnection::Postgres(pg) = conn {
+            diesel::sql_query(
+                "SELECT id FROM knowledge_bases WHERE org_id = $1 AND id = $2 FOR UPDATE",
+            )
+            .bind::<diesel::sql_types::Text, _>(org_id)
+            .bind::<diesel::sql_types::Text, _>(id)
+            .execute(pg)
+            .map_err(StoreError::from_diesel)?;
+        }
+        let current = get_kb(conn, org_id, id)?;
+        let changes = match change(&current) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        diesel::update(
+            knowledge_bases::table
+                .filter(knowledge_bases::org_id.eq(org_id))
+                .filter(knowledge_bases::id.eq(id)),
+        )
+        .set((
+            &changes,
+            knowledge_bases::version.eq(current.version + 1),
+            knowledge_bases::updated_at.eq(crate::ids::now()),
+        ))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+        get_kb(conn, org_id, id).map(Ok)
+    })
+}
+
+/// Deletes a knowledge base with its sources, documents, chunks and sync jobs.
+pub fn delete_kb(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
+    super::write_transaction(conn, |conn| {
+        get_kb(conn, org_id, id)?;
+        diesel::delete(knowledge_chunks::table.filter(knowledge_chunks::kb_id.eq(id)))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        diesel::delete(knowledge_documents::table.filter(knowledge_documents::kb_id.eq(id)))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        diesel::delete(knowledge_syncs::table.filter(knowledge_syncs::kb_id.eq(id)))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        diesel::delete(knowledge_sources::table.filter(knowledge_sources::kb_id.eq(id)))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        diesel::delete(
+            knowledge_bases::table
+                .filter(knowledge_bases::org_id.eq(org_id))
+                .filter(knowledge_bases::id.eq(id)),
+        )
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+        Ok(())
+    })
+}
+
+/// Chunk and document counts of a knowledge base.
+pub fn kb_counts(conn: &mut DbConnection, kb_id: &str) -> StoreResult<(i64, i64, i64)> {
+    let documents: i64 = knowledge_documents::table
+        .filter(knowledge_documents::kb_id.eq(kb_id))
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let chunks: i64 = knowledge_chunks::table
+        .filter(knowledge_chunks::kb_id.eq(kb_id))
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let sources: i64 = knowledge_sources::table
+        .filter(knowledge_sources::kb_id.eq(kb_id))
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((documents, chunks, sources))
+}
+
+// Sources.
+
+pub fn insert_source(conn: &mut DbConnection, row: &SourceRow) -> StoreResult<()> {
+    diesel::insert_into(knowledge_sources::table)
+        .values(row)
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+pub fn get_source(
+    conn: &mut DbConnection,
+    org_id: &str,
+    kb_id: &str,
+    id: &str,
+) -> StoreResult<SourceRow> {
+    knowledge_sources::table
+        .filter(knowledge_sources::org_id.eq(org_id))
+        .filter(knowledge_sources::kb_id.eq(kb_id))
+        .filter(knowledge_sources::id.eq(id))
+        .select(SourceRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+pub fn list_sources(
+    conn: &mut DbConnection,
+    org_id: &str,
+    kb_id: &str,
+    page: &Page,
+) -> StoreResult<(Vec<SourceRow>, i64)> {
+    let base = || {
+        knowledge_sources::table
+            .filter(knowledge_sources::org_id.eq(org_id.to_string()))
+            .filter(knowledge_sources::kb_id.eq(kb_id.to_string()))
+            .into_boxed()
+    };
+    let total: i64 = base()
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let anchor = match &page.after_id {
+        Some(id) => match get_source(conn, org_id, kb_id, id) {
+            Ok(row) => Some((row.created_at, row.id)),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let rows = newest_first_page!(knowledge_sources, base(), anchor.clone(), page)
+        .select(SourceRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((rows, total))
+}
+
+/// Records a source's state after a sync (or a change of its status).
+pub fn set_source_status(
+    conn: &mut DbConnection,
+    id: &str,
+    status: &str,
+    last_sync_at: Option<&str>,
+) -> StoreResult<()> {
+    let now = crate::ids::now();
+    match last_sync_at {
+        Some(at) => diesel::update(knowledge_sources::table.filter(knowledge_sources::id.eq(id)))
+            .set((
+                knowledge_sources::status.eq(status),
+                knowledge_sources::last_sync_at.eq(at),
+                knowledge_sources::updated_at.eq(&now),
+            ))
+            .execute(conn),
+        None => diesel::update(knowledge_sources::table.filter(knowledge_sources::id.eq(id)))
+            .set((
+                knowledge_sources::status.eq(status),
+                knowledge_sources::updated_at.eq(&now),
+            ))
+            .execute(conn),
+    }
+    .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+/// Deletes the documents (and their chunks) a source produced.
+pub fn delete_source_documents(conn: &mut DbConnection, source_id: &str) -> StoreResult<()> {
+    let docs: Vec<String> = knowledge_documents::table
+        .filter(knowledge_documents::source_id.eq(source_id))
+        .select(knowledge_documents::id)
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    diesel::delete(knowledge_chunks::table.filter(knowledge_chunks::document_id.eq_any(docs)))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    diesel::delete(knowledge_documents::table.filter(knowledge_documents::source_id.eq(source_id)))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+/// Deletes a source with its documents, chunks and sync jobs.
+pub fn delete_source(
+    conn: &mut DbConnection,
+    org_id: &str,
+    kb_id: &str,
+    id: &str,
+) -> StoreResult<()> {
+    super::write_transaction(conn, |conn| {
+        get_source(conn, org_id, kb_id, id)?;
+        delete_source_documents(conn, id)?;
+        diesel::delete(knowledge_syncs::table.filter(knowledge_syncs::source_id.eq(id)))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        diesel::delete(knowledge_sources::table.filter(knowledge_sources::id.eq(id)))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        Ok(())
+    })
+}
+
+// Documents and chunks.
+
+pub fn insert_document(conn: &mut DbConnection, row: &DocumentRow) -> StoreResult<()> {
+    diesel::insert_into(knowledge_documents::table)
+        .values(row)
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+/// Rows per multi-row INSERT: 7 columns each stays far below both engines' bind limits.
+const CHUNK_BATCH: usize = 500;
+
+pub fn insert_chunks(conn: &mut DbConnection, rows: &[ChunkRow]) -> StoreResult<()> {
+    for batch in rows.chunks(CHUNK_BATCH) {
+        match conn {
+            // diesel emulates SQLite batch inserts row by row inside a transaction of its own,
+            // which cannot nest in ours: one multi-row INSERT instead.
+            DbConnection::Sqlite(c) => {
+                use diesel::sql_types::{BigInt, Text};
+                let mut sql = String::from(
+                    "INSERT INTO knowledge_chunks (id, org_id, kb_id, document_id, position, text, metadata) VALUES ",
+                );
+                sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?)"; batch.len()].join(", "));
+                let mut q = diesel::sql_query(sql).into_boxed::<diesel::sqlite::Sqlite>();
+                for r in batch {
+                    q = q
+                        .bind::<Text, _>(r.id.clone())
+                        .bind::<Text, _>(r.org_id.clone())
+                        .bind::<Text, _>(r.kb_id.clone())
+                        .bind::<Text, _>(r.document_id.clone())
+                        .bind::<BigInt, _>(r.position)
+                        .bind::<Text, _>(r.text.clone())
+                        .bind::<Text, _>(r.metadata.clone());
+                }
+                q.execute(c)
+            }
+            DbConnection::Postgres(c) => diesel::insert_into(knowledge_chunks::table)
+                .values(batch)
+                .execute(c),
+        }
+        .map_err(StoreError::from_diesel)?;
+    }
+    Ok(())
+}
+
+pub fn get_document(
+    conn: &mut DbConnection,
+    org_id: &str,
+    kb_id: &str,
+    id: &str,
+) -> StoreResult<DocumentRow> {
+    knowledge_documents::table
+        .filter(knowledge_documents::org_id.eq(org_id))
+        .filter(knowledge_documents::kb_id.eq(kb_id))
+        .filter(knowledge_documents::id.eq(id))
+        .select(DocumentRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+pub fn list_documents(
+    conn: &mut DbConnection,
+    org_id: &str,
+    kb_id: &str,
+    source_id: Option<&str>,
+    page: &Page,
+) -> StoreResult<(Vec<DocumentRow>, i64)> {
+    let base = || {
+        let mut q = knowledge_documents::table
+            .filter(knowledge_documents::org_id.eq(org_id.to_string()))
+            .filter(knowledge_documents::kb_id.eq(kb_id.to_string()))
+            .into_boxed();
+        if let Some(s) = source_id {
+            q = q.filter(knowledge_documents::source_id.eq(s.to_string()));
+        }
+        q
+    };
+    let total: i64 = base()
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let anchor = match &page.after_id {
+        Some(id) => match get_document(conn, org_id, kb_id, id) {
+            Ok(row) => Some((row.created_at, row.id)),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let rows = newest_first_page!(knowledge_documents, base(), anchor.clone(), page)
+        .select(DocumentRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((rows, total))
+}
+
+pub fn delete_document(
+    conn: &mut DbConnection,
+    org_id: &str,
+    kb_id: &str,
+    id: &str,
+) -> StoreResult<()> {
+    super::write_transaction(conn, |conn| {
+        get_document(conn, org_id, kb_id, id)?;
+        diesel::delete(knowledge_chunks::table.filter(knowledge_chunks::document_id.eq(id)))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        diesel::delete(knowledge_documents::table.filter(knowledge_documents::id.eq(id)))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        Ok(())
+    })
+}
+
+/// A document's chunks in order, from `offset`.
+pub fn list_chunks(
+    conn: &mut DbConnection,
+    document_id: &str,
+    offset: i64,
+    limit: i64,
+) -> StoreResult<(Vec<ChunkRow>, i64)> {
+    let total: i64 = knowledge_chunks::table
+        .filter(knowledge_chunks::document_id.eq(document_id))
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let rows = knowledge_chunks::table
+        .filter(knowledge_chunks::document_id.eq(document_id))
+        .order(knowledge_chunks::position.asc())
+        .offset(offset)
+        .limit(limit)
+        .select(ChunkRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((rows, total))
+}
+
+// Sync jobs.
+
+pub fn insert_sync(conn: &mut DbConnection, row: &SyncRow) -> StoreResult<()> {
+    diesel::insert_into(knowledge_syncs::table)
+        .values(row)
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+pub fn get_sync(
+    conn: &mut DbConnection,
+    org_id: &str,
+    kb_id: &str,
+    id: &str,
+) -> StoreResult<SyncRow> {
+    knowledge_syncs::table
+        .filter(knowledge_syncs::org_id.eq(org_id))
+        .filter(knowledge_syncs::kb_id.eq(kb_id))
+        .filter(knowledge_syncs::id.eq(id))
+        .select(SyncRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+/// Marks a sync running.
+pub fn start_sync(conn: &mut DbConnection, id: &str) -> StoreResult<()> {
+    diesel::update(knowledge_syncs::table.filter(knowledge_syncs::id.eq(id)))
+        .set((
+            knowledge_syncs::status.eq("running"),
+            knowledge_syncs::started_at.eq(crate::ids::now()),
+        ))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+/// Records how a sync ended.
+pub fn finish_sync(
+    conn: &mut DbConnection,
+    id: &str,
+    error: Option<&str>,
+    documents: i64,
+    chunks: i64,
+) -> StoreResult<()> {
+    let status = if error.is_some() {
+        "failed"
+    } else {
+        "succeeded"
+    };
+    diesel::update(knowledge_syncs::table.filter(knowledge_syncs::id.eq(id)))
+        .set((
+            knowledge_syncs::status.eq(status),
+            knowledge_syncs::error.eq(error),
+            knowledge_syncs::documents.eq(documents),
+            knowledge_syncs::chunks.eq(chunks),
+            knowledge_syncs::finished_at.eq(crate::ids::now()),
+        ))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+/// At start: syncs left queued or running by a previous process are failed, never left
+/// hanging. Returns how many.
+pub fn fail_interrupted_syncs(conn: &mut DbConnection) -> StoreResult<usize> {
+    diesel::update(
+        knowledge_syncs::table.filter(knowledge_syncs::status.eq_any(["queued", "running"])),
+    )
+    .set((
+        knowledge_syncs::status.eq("failed"),
+        knowledge_syncs::error.eq("interrupted by a server restart"),
+        knowledge_syncs::finished_at.eq(crate::ids::now()),
+    ))
+    .execute(conn)
+    .map_err(StoreError::from_diesel)
+}

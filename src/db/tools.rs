@@ -1,0 +1,153 @@
+//! Tool rows and their queries. Type-specific configuration is one JSON document in `body`;
+//! an API tool's secret headers are sealed ([`crate::crypto`]) in `secrets`, apart from every
+//! read path that returns the tool.
+
+use diesel::prelude::*;
+
+use super::knowledge::Page;
+use super::schema::tools;
+use super::{DbConnection, StoreError, StoreResult};
+
+/// One row of `tools`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = tools)]
+pub struct ToolRow {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub tool_type: String,
+    pub description: Option<String>,
+    pub body: String,
+    pub secrets: String,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The columns an update writes.
+#[derive(Debug, Clone, AsChangeset)]
+#[diesel(table_name = tools, treat_none_as_null = true)]
+pub struct ToolChanges {
+    pub name: String,
+    pub tool_type: String,
+    pub description: Option<String>,
+    pub body: String,
+    pub secrets: String,
+}
+
+pub fn insert(conn: &mut DbConnection, row: &ToolRow) -> StoreResult<()> {
+    diesel::insert_into(tools::table)
+        .values(row)
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<ToolRow> {
+    tools::table
+        .filter(tools::org_id.eq(org_id))
+        .filter(tools::id.eq(id))
+        .select(ToolRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+/// A page of tools, newest first, optionally of one type.
+pub fn list(
+    conn: &mut DbConnection,
+    org_id: &str,
+    tool_type: Option<&str>,
+    page: &Page,
+) -> StoreResult<(Vec<ToolRow>, i64)> {
+    let base = || {
+        let mut q = tools::table
+            .filter(tools::org_id.eq(org_id.to_string()))
+            .into_boxed();
+        if let Some(t) = tool_type {
+            q = q.filter(tools::tool_type.eq(t.to_string()));
+        }
+        q
+    };
+    let total: i64 = base()
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let anchor = match &page.after_id {
+        Some(id) => match get(conn, org_id, id) {
+            Ok(row) => Some((row.created_at, row.id)),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let mut query = base();
+    if let Some((created, id)) = &anchor {
+        query = query.filter(
+            tools::created_at.lt(created.clone()).or(tools::created_at
+                .eq(created.clone())
+                .and(tools::id.lt(id.clone()))),
+        );
+    }
+    let mut query = query
+        .order((tools::created_at.desc(), tools::id.desc()))
+        .limit(page.limit);
+    if anchor.is_none() && page.offset > 0 {
+        query = query.offset(page.offset);
+    }
+    let rows = query
+        .select(ToolRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((rows, total))
+}
+
+/// Updates a tool under a row lock: `change` sees the current row and may refuse.
+pub fn update<E>(
+    conn: &mut DbConnection,
+    org_id: &str,
+    id: &str,
+    change: impl FnOnce(&mut DbConnection, &ToolRow) -> Result<Result<ToolChanges, E>, StoreError>,
+) -> StoreResult<Result<ToolRow, E>> {
+    super::write_transaction(conn, |conn| {
+        if let DbConnection::Postgres(pg) = conn {
+            diesel::sql_query("SELECT id FROM tools WHERE org_id = $1 AND id = $2 FOR UPDATE")
+                .bind::<diesel::sql_types::Text, _>(org_id)
+                .bind::<diesel::sql_types::Text, _>(id)
+                .execute(pg)
+                .map_err(StoreError::from_diesel)?;
+        }
+        let current = get(conn, org_id, id)?;
+        let changes = match change(conn, &current)? {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        diesel::update(
+            tools::table
+                .filter(tools::org_id.eq(org_id))
+                .filter(tools::id.eq(id)),
+        )
+        .set((
+            &changes,
+            tools::version.eq(current.version + 1),
+            tools::updated_at.eq(crate::ids::now()),
+        ))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+        get(conn, org_id, id).map(Ok)
+    })
+}
+
+pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
+    let n = diesel::delete(
+        tools::table
+            .filter(tools::org_id.eq(org_id))
+            .filter(tools::id.eq(id)),
+    )
+    .execute(conn)
+    .map_err(StoreError::from_diesel)?;
+    if n == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
