@@ -48,7 +48,16 @@ pub fn hash_key(secret: &str) -> String {
 pub fn role_scopes(role: Role) -> BTreeSet<Scope> {
     match role {
         Role::Admin | Role::Member => Scope::ALL.iter().copied().collect(),
-        Role::Viewer => [Scope::ReadAgents, Scope::ReadKeys].into_iter().collect(),
+        Role::Viewer => [
+            Scope::ReadAgents,
+            Scope::ReadKeys,
+            Scope::ReadTemplates,
+            Scope::ReadModels,
+            Scope::ReadExecutions,
+            Scope::ReadConversations,
+        ]
+        .into_iter()
+        .collect(),
     }
 }
 

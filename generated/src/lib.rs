@@ -19,9 +19,11 @@ pub mod agents;
 pub mod identity;
 pub mod models;
 pub mod system;
+pub mod templates;
 pub use agents::*;
 pub use identity::*;
 pub use system::*;
+pub use templates::*;
 /// The bundled OpenAPI 3.1 document: the spec the server publishes at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// The same document down-converted to OpenAPI 3.0.3, for tools that read only 3.0.
@@ -56,8 +58,14 @@ pub trait Authenticate: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<Self::Caller, AuthRejection>> + Send;
 }
 /// Every handler trait of the API.
-pub trait Api: system::SystemApi + agents::AgentsApi + identity::IdentityApi {}
-impl<T: system::SystemApi + agents::AgentsApi + identity::IdentityApi> Api for T {}
+pub trait Api:
+    system::SystemApi + agents::AgentsApi + identity::IdentityApi + templates::TemplatesApi
+{
+}
+impl<T: system::SystemApi + agents::AgentsApi + identity::IdentityApi + templates::TemplatesApi> Api
+    for T
+{
+}
 /// The routes of every operation over one implementation of [`Api`].
 pub fn service<T: Api>(
     api: std::sync::Arc<T>,
@@ -66,6 +74,7 @@ pub fn service<T: Api>(
         system::SystemRoutes<T>,
         agents::AgentsRoutes<T>,
         identity::IdentityRoutes<T>,
+        templates::TemplatesRoutes<T>,
     ),
     (),
 > {
@@ -74,6 +83,7 @@ pub fn service<T: Api>(
             system::SystemRoutes(api.clone()),
             agents::AgentsRoutes(api.clone()),
             identity::IdentityRoutes(api.clone()),
+            templates::TemplatesRoutes(api.clone()),
         ),
         TITLE,
         VERSION,
@@ -156,6 +166,42 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "PATCH",
         path: "/v1/agents/{agent_id}",
         scopes: Some(&["write:agents"]),
+    },
+    OperationInfo {
+        id: "listPromptTemplates",
+        method: "GET",
+        path: "/v1/prompt-templates",
+        scopes: Some(&["read:templates"]),
+    },
+    OperationInfo {
+        id: "createPromptTemplate",
+        method: "POST",
+        path: "/v1/prompt-templates",
+        scopes: Some(&["write:templates"]),
+    },
+    OperationInfo {
+        id: "getPromptTemplate",
+        method: "GET",
+        path: "/v1/prompt-templates/{template_id}",
+        scopes: Some(&["read:templates"]),
+    },
+    OperationInfo {
+        id: "replacePromptTemplate",
+        method: "PUT",
+        path: "/v1/prompt-templates/{template_id}",
+        scopes: Some(&["write:templates"]),
+    },
+    OperationInfo {
+        id: "deletePromptTemplate",
+        method: "DELETE",
+        path: "/v1/prompt-templates/{template_id}",
+        scopes: Some(&["write:templates"]),
+    },
+    OperationInfo {
+        id: "renderPromptTemplate",
+        method: "POST",
+        path: "/v1/prompt-templates/{template_id}/render",
+        scopes: Some(&["read:templates"]),
     },
     OperationInfo {
         id: "listApiKeys",

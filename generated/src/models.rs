@@ -838,6 +838,22 @@ pub enum Scope {
     ReadKeys,
     #[oai(rename = "write:keys")]
     WriteKeys,
+    #[oai(rename = "read:templates")]
+    ReadTemplates,
+    #[oai(rename = "write:templates")]
+    WriteTemplates,
+    #[oai(rename = "read:models")]
+    ReadModels,
+    #[oai(rename = "write:models")]
+    WriteModels,
+    #[oai(rename = "execute:agents")]
+    ExecuteAgents,
+    #[oai(rename = "read:executions")]
+    ReadExecutions,
+    #[oai(rename = "read:conversations")]
+    ReadConversations,
+    #[oai(rename = "write:conversations")]
+    WriteConversations,
 }
 impl Scope {
     /// Every value, in the order the spec lists them.
@@ -846,6 +862,14 @@ impl Scope {
         Scope::WriteAgents,
         Scope::ReadKeys,
         Scope::WriteKeys,
+        Scope::ReadTemplates,
+        Scope::WriteTemplates,
+        Scope::ReadModels,
+        Scope::WriteModels,
+        Scope::ExecuteAgents,
+        Scope::ReadExecutions,
+        Scope::ReadConversations,
+        Scope::WriteConversations,
     ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
@@ -854,6 +878,14 @@ impl Scope {
             Scope::WriteAgents => "write:agents",
             Scope::ReadKeys => "read:keys",
             Scope::WriteKeys => "write:keys",
+            Scope::ReadTemplates => "read:templates",
+            Scope::WriteTemplates => "write:templates",
+            Scope::ReadModels => "read:models",
+            Scope::WriteModels => "write:models",
+            Scope::ExecuteAgents => "execute:agents",
+            Scope::ReadExecutions => "read:executions",
+            Scope::ReadConversations => "read:conversations",
+            Scope::WriteConversations => "write:conversations",
         }
     }
     /// Parses the wire form.
@@ -863,6 +895,14 @@ impl Scope {
             "write:agents" => Some(Scope::WriteAgents),
             "read:keys" => Some(Scope::ReadKeys),
             "write:keys" => Some(Scope::WriteKeys),
+            "read:templates" => Some(Scope::ReadTemplates),
+            "write:templates" => Some(Scope::WriteTemplates),
+            "read:models" => Some(Scope::ReadModels),
+            "write:models" => Some(Scope::WriteModels),
+            "execute:agents" => Some(Scope::ExecuteAgents),
+            "read:executions" => Some(Scope::ReadExecutions),
+            "read:conversations" => Some(Scope::ReadConversations),
+            "write:conversations" => Some(Scope::WriteConversations),
             _ => None,
         }
     }
@@ -1041,6 +1081,133 @@ pub struct User {
     /// When the user was created.
     #[oai(rename = "created_at")]
     pub created_at: String,
+}
+/// The role the rendered text plays: `system` (the system prompt), `user` (the user turn) or `assistant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "PromptTemplateType")]
+pub enum PromptTemplateType {
+    #[oai(rename = "system")]
+    System,
+    #[oai(rename = "user")]
+    User,
+    #[oai(rename = "assistant")]
+    Assistant,
+}
+impl PromptTemplateType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [PromptTemplateType] = &[
+        PromptTemplateType::System,
+        PromptTemplateType::User,
+        PromptTemplateType::Assistant,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PromptTemplateType::System => "system",
+            PromptTemplateType::User => "user",
+            PromptTemplateType::Assistant => "assistant",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "system" => Some(PromptTemplateType::System),
+            "user" => Some(PromptTemplateType::User),
+            "assistant" => Some(PromptTemplateType::Assistant),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for PromptTemplateType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A variable name as written between `{{` and `}}`.
+pub type TemplateVariableName = String;
+/// A prompt template as created (POST) or replaced (PUT). `{{name}}` marks a variable
+/// (spaces inside the braces are allowed). Every variable the text uses must be declared in
+/// `variables`; when `variables` is left out it is detected from the text.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "PromptTemplateInput", deny_unknown_fields)]
+pub struct PromptTemplateInput {
+    /// The template's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the template is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// The text, with `{{variable}}` placeholders.
+    #[oai(rename = "template")]
+    pub template: String,
+    /// The variables the text uses; detected from the text when left out.
+    #[oai(rename = "variables", skip_serializing_if_is_none)]
+    pub variables: Option<Vec<crate::models::TemplateVariableName>>,
+    /// The role the rendered text plays: `system` (the system prompt), `user` (the user turn) or `assistant`.
+    #[oai(rename = "type", skip_serializing_if_is_none)]
+    pub type_: Option<crate::models::PromptTemplateType>,
+}
+/// A prompt template (Magnet AI).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "PromptTemplate", deny_unknown_fields)]
+pub struct PromptTemplate {
+    /// The template's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The template's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the template is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// The text, with `{{variable}}` placeholders.
+    #[oai(rename = "template")]
+    pub template: String,
+    /// The variables the text uses.
+    #[oai(rename = "variables")]
+    pub variables: Vec<String>,
+    /// The role the rendered text plays: `system` (the system prompt), `user` (the user turn) or `assistant`.
+    #[oai(rename = "type")]
+    pub type_: crate::models::PromptTemplateType,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the template was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When the template last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "PromptTemplateList", deny_unknown_fields)]
+pub struct PromptTemplateList {
+    /// The templates on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::PromptTemplate>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// The values of the template's variables.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "RenderRequest", deny_unknown_fields)]
+pub struct RenderRequest {
+    /// A value for every declared variable.
+    #[oai(rename = "variables", skip_serializing_if_is_none)]
+    pub variables: Option<std::collections::BTreeMap<String, String>>,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "RenderedPrompt", deny_unknown_fields)]
+pub struct RenderedPrompt {
+    /// The template that was rendered.
+    #[oai(rename = "template_id")]
+    pub template_id: String,
+    /// The text with every variable replaced.
+    #[oai(rename = "rendered")]
+    pub rendered: String,
+    /// The variables the text used, in order of first use.
+    #[oai(rename = "variables_used")]
+    pub variables_used: Vec<String>,
 }
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]

@@ -1,8 +1,11 @@
 //! The handlers: the generated traits, implemented over the store.
 
 mod agents;
+mod idem;
 mod identity;
+mod paging;
 mod system;
+mod templates;
 
 use std::time::Instant;
 

@@ -8,6 +8,8 @@ pub mod agents;
 pub mod idempotency;
 pub mod identity;
 pub mod schema;
+pub mod sql;
+pub mod templates;
 
 use std::time::Duration;
 

@@ -6,4 +6,5 @@ mod conform;
 mod identity;
 mod support;
 mod system;
+mod templates;
 mod validation;

@@ -1,0 +1,4 @@
+//! The execution engine: templates, model providers, retrieval and the worker pool that runs
+//! executions.
+
+pub mod template;
