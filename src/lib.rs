@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod crypto;
 pub mod db;
 pub mod engine;
 pub mod error;
