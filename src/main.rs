@@ -36,6 +36,13 @@ enum Command {
         /// Connections in the database pool (default: twice the cores, at least 4).
         #[arg(long)]
         pool_size: Option<u32>,
+        /// The master key for secrets at rest, base64 of 32 bytes (default: a key file).
+        #[arg(long, env = "AGENTPLANE_MASTER_KEY", hide_env_values = true)]
+        master_key: Option<String>,
+        /// A file holding the master key (default: master.key in the data directory,
+        /// generated at first start).
+        #[arg(long)]
+        master_key_file: Option<std::path::PathBuf>,
     },
     /// Contract-test a server against an OpenAPI spec (exit 0 passed, 1 failures, 2 usage).
     Conform(ConformArgs),
@@ -147,7 +154,19 @@ async fn main() -> ExitCode {
             listen,
             database,
             pool_size,
-        } => serve(listen, database, pool_size).await,
+            master_key,
+            master_key_file,
+        } => {
+            let defaults = Config::default();
+            let config = Config {
+                listen,
+                database_url: database,
+                pool_size: pool_size.unwrap_or(defaults.pool_size),
+                master_key,
+                master_key_file,
+            };
+            serve(config).await
+        }
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -170,13 +189,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(listen: String, database: String, pool_size: Option<u32>) -> anyhow::Result<()> {
-    let defaults = Config::default();
-    let config = Config {
-        listen,
-        database_url: database,
-        pool_size: pool_size.unwrap_or(defaults.pool_size),
-    };
+async fn serve(config: Config) -> anyhow::Result<()> {
     let (bound, bootstrap) = server::bind(&config).await?;
     let shutdown = server::shutdown_signal();
     if let Some(secret) = bootstrap {

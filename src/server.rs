@@ -8,6 +8,7 @@ use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, Route, get};
 
 use crate::api::Handlers;
+use crate::crypto::Crypto;
 use crate::db::Store;
 use crate::http::{RequestContext, SpecValidation};
 
@@ -20,6 +21,28 @@ pub struct Config {
     pub database_url: String,
     /// Connections in the pool.
     pub pool_size: u32,
+    /// The master key for secrets at rest (base64 of 32 bytes), e.g. from `AGENTPLANE_MASTER_KEY`.
+    pub master_key: Option<String>,
+    /// A file holding the master key; else `master.key` in the data directory.
+    pub master_key_file: Option<std::path::PathBuf>,
+}
+
+impl Config {
+    /// Where generated state beside the database lives: the SQLite file's directory, or
+    /// `./data` for PostgreSQL.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        let (backend, target) = crate::db::parse_url(&self.database_url);
+        match std::path::Path::new(&target).parent() {
+            Some(dir) if backend == crate::db::Backend::Sqlite && target != ":memory:" => {
+                if dir.as_os_str().is_empty() {
+                    std::path::PathBuf::from(".")
+                } else {
+                    dir.to_path_buf()
+                }
+            }
+            _ => std::path::PathBuf::from("./data"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -31,18 +54,20 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             database_url: "sqlite://./data/agentplane.db".into(),
             pool_size: u32::try_from(cores * 2).unwrap_or(8).max(4),
+            master_key: None,
+            master_key_file: None,
         }
     }
 }
 
 /// The whole application as one endpoint.
-pub fn app(store: Store) -> anyhow::Result<impl poem::Endpoint> {
+pub fn app(store: Store, crypto: Crypto) -> anyhow::Result<impl poem::Endpoint> {
     let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
         .context("the bundled spec is not JSON")?;
     let validator = Arc::new(
         conformance::RequestValidator::new(&spec).context("the bundled spec does not compile")?,
     );
-    let service = agentplane_api::service(Arc::new(Handlers::new(store)));
+    let service = agentplane_api::service(Arc::new(Handlers::new(store, crypto)));
     Ok(Route::new()
         .at("/", get(crate::http::root))
         .at("/openapi.json", get(crate::http::openapi_31))
@@ -59,6 +84,7 @@ pub fn app(store: Store) -> anyhow::Result<impl poem::Endpoint> {
 pub struct Bound {
     acceptor: poem::listener::TcpAcceptor,
     store: Store,
+    crypto: Crypto,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
 }
@@ -73,6 +99,12 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.run_blocking(crate::auth::bootstrap)).await??
     };
+    let crypto = Crypto::load(
+        config.master_key.as_deref(),
+        config.master_key_file.as_deref(),
+        &config.data_dir(),
+    )
+    .context("loading the master key for secrets at rest")?;
     let acceptor = TcpListener::bind(config.listen.clone())
         .into_acceptor()
         .await
@@ -86,6 +118,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
         Bound {
             acceptor,
             store,
+            crypto,
             addr,
         },
         bootstrap,
@@ -98,7 +131,7 @@ impl Bound {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let app = app(self.store)?;
+        let app = app(self.store, self.crypto)?;
         poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
             .await?;

@@ -17,11 +17,13 @@
 )]
 pub mod agents;
 pub mod identity;
+pub mod model_registry;
 pub mod models;
 pub mod system;
 pub mod templates;
 pub use agents::*;
 pub use identity::*;
+pub use model_registry::*;
 pub use system::*;
 pub use templates::*;
 /// The bundled OpenAPI 3.1 document: the spec the server publishes at `/openapi.json`.
@@ -59,11 +61,20 @@ pub trait Authenticate: Send + Sync + 'static {
 }
 /// Every handler trait of the API.
 pub trait Api:
-    system::SystemApi + agents::AgentsApi + identity::IdentityApi + templates::TemplatesApi
+    system::SystemApi
+    + agents::AgentsApi
+    + identity::IdentityApi
+    + templates::TemplatesApi
+    + model_registry::ModelRegistryApi
 {
 }
-impl<T: system::SystemApi + agents::AgentsApi + identity::IdentityApi + templates::TemplatesApi> Api
-    for T
+impl<
+    T: system::SystemApi
+        + agents::AgentsApi
+        + identity::IdentityApi
+        + templates::TemplatesApi
+        + model_registry::ModelRegistryApi,
+> Api for T
 {
 }
 /// The routes of every operation over one implementation of [`Api`].
@@ -75,6 +86,7 @@ pub fn service<T: Api>(
         agents::AgentsRoutes<T>,
         identity::IdentityRoutes<T>,
         templates::TemplatesRoutes<T>,
+        model_registry::ModelRegistryRoutes<T>,
     ),
     (),
 > {
@@ -84,6 +96,7 @@ pub fn service<T: Api>(
             agents::AgentsRoutes(api.clone()),
             identity::IdentityRoutes(api.clone()),
             templates::TemplatesRoutes(api.clone()),
+            model_registry::ModelRegistryRoutes(api.clone()),
         ),
         TITLE,
         VERSION,
@@ -202,6 +215,36 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "POST",
         path: "/v1/prompt-templates/{template_id}/render",
         scopes: Some(&["read:templates"]),
+    },
+    OperationInfo {
+        id: "listModels",
+        method: "GET",
+        path: "/v1/models",
+        scopes: Some(&["read:models"]),
+    },
+    OperationInfo {
+        id: "createModel",
+        method: "POST",
+        path: "/v1/models",
+        scopes: Some(&["write:models"]),
+    },
+    OperationInfo {
+        id: "getModel",
+        method: "GET",
+        path: "/v1/models/{model_id}",
+        scopes: Some(&["read:models"]),
+    },
+    OperationInfo {
+        id: "replaceModel",
+        method: "PUT",
+        path: "/v1/models/{model_id}",
+        scopes: Some(&["write:models"]),
+    },
+    OperationInfo {
+        id: "deleteModel",
+        method: "DELETE",
+        path: "/v1/models/{model_id}",
+        scopes: Some(&["write:models"]),
     },
     OperationInfo {
         id: "listApiKeys",

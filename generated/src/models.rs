@@ -1209,6 +1209,139 @@ pub struct RenderedPrompt {
     #[oai(rename = "variables_used")]
     pub variables_used: Vec<String>,
 }
+/// `local` (built in, deterministic, offline) or `openai-compatible` (an HTTP chat-completions endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ModelProvider")]
+pub enum ModelProvider {
+    #[oai(rename = "local")]
+    Local,
+    #[oai(rename = "openai-compatible")]
+    OpenaiCompatible,
+}
+impl ModelProvider {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ModelProvider] =
+        &[ModelProvider::Local, ModelProvider::OpenaiCompatible];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ModelProvider::Local => "local",
+            ModelProvider::OpenaiCompatible => "openai-compatible",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "local" => Some(ModelProvider::Local),
+            "openai-compatible" => Some(ModelProvider::OpenaiCompatible),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ModelProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// Prices in US dollars per 1,000 tokens; an execution's cost is computed from them.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ModelPricing", deny_unknown_fields)]
+pub struct ModelPricing {
+    /// Dollars per 1,000 input (prompt) tokens.
+    #[oai(rename = "input_per_1k")]
+    pub input_per_1k: f64,
+    /// Dollars per 1,000 output (completion) tokens.
+    #[oai(rename = "output_per_1k")]
+    pub output_per_1k: f64,
+}
+/// A model as registered (POST) or replaced (PUT). `endpoint` is required for `openai-compatible`. `api_key` is write-only; a replace without it keeps the stored key.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ModelInput", deny_unknown_fields)]
+pub struct ModelInput {
+    /// The model's display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the model is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// `local` (built in, deterministic, offline) or `openai-compatible` (an HTTP chat-completions endpoint).
+    #[oai(rename = "provider")]
+    pub provider: crate::models::ModelProvider,
+    /// The provider's name of the model, sent as `model` (e.g. `gpt-4-turbo-preview`).
+    #[oai(rename = "model_id")]
+    pub model_id: String,
+    /// The API base URL; requests go to `{endpoint}/chat/completions`.
+    #[oai(rename = "endpoint", skip_serializing_if_is_none)]
+    pub endpoint: Option<String>,
+    /// The provider's API key, sent as a bearer token. Stored encrypted, never returned.
+    #[oai(rename = "api_key", skip_serializing_if_is_none)]
+    pub api_key: Option<String>,
+    /// Prices in US dollars per 1,000 tokens; an execution's cost is computed from them.
+    #[oai(rename = "pricing", skip_serializing_if_is_none)]
+    pub pricing: Option<crate::models::ModelPricing>,
+    /// Most tokens (prompt and answer) the model accepts.
+    #[oai(rename = "context_window", skip_serializing_if_is_none)]
+    pub context_window: Option<i64>,
+    /// Most tokens the model writes per answer.
+    #[oai(rename = "max_output_tokens", skip_serializing_if_is_none)]
+    pub max_output_tokens: Option<i64>,
+}
+/// A registered model. The built-in `model_local` is always available.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Model", deny_unknown_fields)]
+pub struct Model {
+    /// The model's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The model's display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the model is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// `local` (built in, deterministic, offline) or `openai-compatible` (an HTTP chat-completions endpoint).
+    #[oai(rename = "provider")]
+    pub provider: crate::models::ModelProvider,
+    /// The provider's name of the model.
+    #[oai(rename = "model_id")]
+    pub model_id: String,
+    /// The API base URL.
+    #[oai(rename = "endpoint", skip_serializing_if_is_none)]
+    pub endpoint: Option<String>,
+    /// Whether an API key is stored.
+    #[oai(rename = "api_key_set")]
+    pub api_key_set: bool,
+    /// Prices in US dollars per 1,000 tokens; an execution's cost is computed from them.
+    #[oai(rename = "pricing")]
+    pub pricing: crate::models::ModelPricing,
+    /// Most tokens (prompt and answer) the model accepts.
+    #[oai(rename = "context_window", skip_serializing_if_is_none)]
+    pub context_window: Option<i64>,
+    /// Most tokens the model writes per answer.
+    #[oai(rename = "max_output_tokens", skip_serializing_if_is_none)]
+    pub max_output_tokens: Option<i64>,
+    /// Whether this is the built-in local model (read-only).
+    #[oai(rename = "built_in")]
+    pub built_in: bool,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the model was registered.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When the model last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ModelList", deny_unknown_fields)]
+pub struct ModelList {
+    /// The models on this page, newest first; the built-in `model_local` comes last.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Model>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]
 pub enum ListAgentsSort {

@@ -3,6 +3,7 @@
 mod agents;
 mod idem;
 mod identity;
+mod models;
 mod paging;
 mod system;
 mod templates;
@@ -30,15 +31,18 @@ pub struct Handlers {
     pub started: Instant,
     pub started_at: String,
     pub keys: std::sync::Arc<KeyCache>,
+    /// Seals provider API keys and other secrets at rest.
+    pub crypto: crate::crypto::Crypto,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Handlers {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, crypto: crate::crypto::Crypto) -> Self {
         Self {
             store,
+            crypto,
             started: Instant::now(),
             started_at: crate::ids::now(),
             keys: std::sync::Arc::new(KeyCache::new(KEY_CACHE_TTL, 100_000)),

@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod idempotency;
 pub mod identity;
+pub mod models;
 pub mod schema;
 pub mod sql;
 pub mod templates;

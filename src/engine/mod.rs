@@ -1,4 +1,5 @@
 //! The execution engine: templates, model providers, retrieval and the worker pool that runs
 //! executions.
 
+pub mod provider;
 pub mod template;

@@ -4,6 +4,7 @@
 mod agents;
 mod conform;
 mod identity;
+mod models;
 mod support;
 mod system;
 mod templates;

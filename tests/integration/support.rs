@@ -95,6 +95,7 @@ impl TestApp {
             listen: "127.0.0.1:0".into(),
             database_url: database_url.clone(),
             pool_size: 4,
+            ..Config::default()
         };
         let (bound, bootstrap) = server::bind(&config).await.expect("server binds");
         let admin_key = bootstrap.expect("a fresh database prints an admin key");
