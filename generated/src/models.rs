@@ -361,6 +361,10 @@ pub enum AgentField {
     SystemPrompt,
     #[oai(rename = "model_id")]
     ModelId,
+    #[oai(rename = "knowledge_bases")]
+    KnowledgeBases,
+    #[oai(rename = "prompt_template_id")]
+    PromptTemplateId,
     #[oai(rename = "tools")]
     Tools,
     #[oai(rename = "topics")]
@@ -398,6 +402,8 @@ impl AgentField {
         AgentField::Configuration,
         AgentField::SystemPrompt,
         AgentField::ModelId,
+        AgentField::KnowledgeBases,
+        AgentField::PromptTemplateId,
         AgentField::Tools,
         AgentField::Topics,
         AgentField::Flow,
@@ -423,6 +429,8 @@ impl AgentField {
             AgentField::Configuration => "configuration",
             AgentField::SystemPrompt => "system_prompt",
             AgentField::ModelId => "model_id",
+            AgentField::KnowledgeBases => "knowledge_bases",
+            AgentField::PromptTemplateId => "prompt_template_id",
             AgentField::Tools => "tools",
             AgentField::Topics => "topics",
             AgentField::Flow => "flow",
@@ -449,6 +457,8 @@ impl AgentField {
             "configuration" => Some(AgentField::Configuration),
             "system_prompt" => Some(AgentField::SystemPrompt),
             "model_id" => Some(AgentField::ModelId),
+            "knowledge_bases" => Some(AgentField::KnowledgeBases),
+            "prompt_template_id" => Some(AgentField::PromptTemplateId),
             "tools" => Some(AgentField::Tools),
             "topics" => Some(AgentField::Topics),
             "flow" => Some(AgentField::Flow),
@@ -597,6 +607,12 @@ pub struct AgentInput {
     /// The model the agent runs on (Magnet AI).
     #[oai(rename = "model_id", skip_serializing_if_is_none)]
     pub model_id: Option<String>,
+    /// Ids of the knowledge bases the agent retrieves from when it executes.
+    #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
+    pub knowledge_bases: Option<Vec<String>>,
+    /// A prompt template rendered (with the execution's `variables`) into the system prompt.
+    #[oai(rename = "prompt_template_id", skip_serializing_if_is_none)]
+    pub prompt_template_id: Option<String>,
     /// Ids of the tools the agent may call.
     #[oai(rename = "tools", skip_serializing_if_is_none)]
     pub tools: Option<Vec<String>>,
@@ -653,6 +669,12 @@ pub struct AgentPatch {
     /// The model the agent runs on.
     #[oai(rename = "model_id")]
     pub model_id: poem_openapi::types::MaybeUndefined<String>,
+    /// Ids of the knowledge bases the agent retrieves from.
+    #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
+    pub knowledge_bases: Option<Vec<String>>,
+    /// The prompt template of the system prompt; `null` removes it.
+    #[oai(rename = "prompt_template_id")]
+    pub prompt_template_id: poem_openapi::types::MaybeUndefined<String>,
     /// Ids of the tools the agent may call.
     #[oai(rename = "tools", skip_serializing_if_is_none)]
     pub tools: Option<Vec<String>>,
@@ -712,6 +734,12 @@ pub struct AgentFieldset {
     /// The model the agent runs on.
     #[oai(rename = "model_id", skip_serializing_if_is_none)]
     pub model_id: Option<String>,
+    /// Ids of the knowledge bases the agent retrieves from.
+    #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
+    pub knowledge_bases: Option<Vec<String>>,
+    /// The prompt template of the system prompt.
+    #[oai(rename = "prompt_template_id", skip_serializing_if_is_none)]
+    pub prompt_template_id: Option<String>,
     /// Ids of the tools the agent may call.
     #[oai(rename = "tools", skip_serializing_if_is_none)]
     pub tools: Option<Vec<String>>,
@@ -780,6 +808,12 @@ pub struct Agent {
     /// The model the agent runs on.
     #[oai(rename = "model_id", skip_serializing_if_is_none)]
     pub model_id: Option<String>,
+    /// Ids of the knowledge bases the agent retrieves from.
+    #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
+    pub knowledge_bases: Option<Vec<String>>,
+    /// The prompt template of the system prompt.
+    #[oai(rename = "prompt_template_id", skip_serializing_if_is_none)]
+    pub prompt_template_id: Option<String>,
     /// Ids of the tools the agent may call.
     #[oai(rename = "tools")]
     pub tools: Vec<String>,

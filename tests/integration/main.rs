@@ -1,6 +1,7 @@
 //! Integration tests: real servers on loopback over real databases (one test binary, so
 //! linking happens once).
 
+mod agent_links;
 mod agents;
 mod conform;
 mod identity;
