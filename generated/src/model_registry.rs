@@ -207,7 +207,7 @@ pub trait ModelRegistryApi: crate::Authenticate {
     ) -> impl std::future::Future<Output = ListModelsResponse> + Send;
     /// Register a model
     ///
-    /// Registers a model. The `api_key` is stored encrypted and never returned (`api_key_set` tells whether one is stored). `openai-compatible` needs an `endpoint` (422 naming `endpoint` otherwise).
+    /// Registers a model. The `api_key` is stored encrypted and never returned (`api_key_set` tells whether one is stored). An `openai-compatible` model without an `endpoint` uses `https://api.openai.com/v1`.
     fn create_model(
         &self,
         caller: Self::Caller,
@@ -288,7 +288,7 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
     }
     /// Register a model
     ///
-    /// Registers a model. The `api_key` is stored encrypted and never returned (`api_key_set` tells whether one is stored). `openai-compatible` needs an `endpoint` (422 naming `endpoint` otherwise).
+    /// Registers a model. The `api_key` is stored encrypted and never returned (`api_key_set` tells whether one is stored). An `openai-compatible` model without an `endpoint` uses `https://api.openai.com/v1`.
     #[oai(path = "/v1/models", method = "post", operation_id = "createModel")]
     async fn create_model(
         &self,

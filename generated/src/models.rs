@@ -1288,7 +1288,7 @@ pub struct ModelPricing {
     #[oai(rename = "output_per_1k")]
     pub output_per_1k: f64,
 }
-/// A model as registered (POST) or replaced (PUT). `endpoint` is required for `openai-compatible`. `api_key` is write-only; a replace without it keeps the stored key.
+/// A model as registered (POST) or replaced (PUT). `endpoint` defaults to `https://api.openai.com/v1` for `openai-compatible`. `api_key` is write-only; a replace without it keeps the stored key.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "ModelInput", deny_unknown_fields)]
 pub struct ModelInput {
@@ -1304,7 +1304,7 @@ pub struct ModelInput {
     /// The provider's name of the model, sent as `model` (e.g. `gpt-4-turbo-preview`).
     #[oai(rename = "model_id")]
     pub model_id: String,
-    /// The API base URL; requests go to `{endpoint}/chat/completions`.
+    /// The API base URL; requests go to `{endpoint}/chat/completions`. An `openai-compatible` model registered without one uses `https://api.openai.com/v1`.
     #[oai(rename = "endpoint", skip_serializing_if_is_none)]
     pub endpoint: Option<String>,
     /// The provider's API key, sent as a bearer token. Stored encrypted, never returned.

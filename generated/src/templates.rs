@@ -222,6 +222,9 @@ pub enum RenderPromptTemplateResponse {
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
     NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The request conflicts with an existing resource.
+    #[oai(status = 409u16)]
+    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
     UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
@@ -276,7 +279,7 @@ pub trait TemplatesApi: crate::Authenticate {
     ) -> impl std::future::Future<Output = DeletePromptTemplateResponse> + Send;
     /// Render a prompt template
     ///
-    /// Replaces every `{{variable}}` with its value. A declared variable without a value answers 422 with one detail per missing variable (`details[].field` = `variables.<name>`).
+    /// Replaces every `{{variable}}` with its value. A declared variable without a value answers 409 (the request conflicts with the template's declared variables) with one detail per missing variable (`details[].field` = `variables.<name>`).
     fn render_prompt_template(
         &self,
         caller: Self::Caller,
@@ -497,7 +500,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
     }
     /// Render a prompt template
     ///
-    /// Replaces every `{{variable}}` with its value. A declared variable without a value answers 422 with one detail per missing variable (`details[].field` = `variables.<name>`).
+    /// Replaces every `{{variable}}` with its value. A declared variable without a value answers 409 (the request conflicts with the template's declared variables) with one detail per missing variable (`details[].field` = `variables.<name>`).
     #[oai(
         path = "/v1/prompt-templates/:template_id/render",
         method = "post",

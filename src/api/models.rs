@@ -26,6 +26,8 @@ pub(crate) const NOT_FOUND: &str = "MODEL_NOT_FOUND";
 const CREATE_OPERATION: &str = "createModel";
 /// The id of the built-in local model, which every organization has.
 pub const BUILTIN_ID: &str = "model_local";
+/// The endpoint of an `openai-compatible` model registered without one.
+pub const DEFAULT_OPENAI_ENDPOINT: &str = "https://api.openai.com/v1";
 
 /// The built-in model: local, free, offline.
 pub fn builtin() -> Model {
@@ -90,16 +92,6 @@ fn changes_of(
     crypto: &crate::crypto::Crypto,
     rid: &str,
 ) -> Result<ModelChanges, Failure> {
-    if input.provider == ModelProvider::OpenaiCompatible && input.endpoint.is_none() {
-        let message = "an openai-compatible model needs an endpoint";
-        return Err(Failure::with_details(
-            Kind::Unprocessable,
-            "VALIDATION_ERROR",
-            message,
-            vec![detail("endpoint", "required", message)],
-            rid,
-        ));
-    }
     if let Some(e) = &input.endpoint
         && url_is_bad(e)
     {
@@ -134,10 +126,11 @@ fn changes_of(
         name: input.name.clone(),
         provider: input.provider.as_str().to_string(),
         model_name: input.model_id.clone(),
-        endpoint: input
-            .endpoint
-            .as_ref()
-            .map(|e| e.trim_end_matches('/').to_string()),
+        endpoint: match (&input.endpoint, input.provider) {
+            (Some(e), _) => Some(e.trim_end_matches('/').to_string()),
+            (None, ModelProvider::OpenaiCompatible) => Some(DEFAULT_OPENAI_ENDPOINT.to_string()),
+            (None, _) => None,
+        },
         api_key_encrypted: match &input.api_key {
             Some(k) => Some(crypto.encrypt(k.as_bytes())),
             None => previous_key,

@@ -22,7 +22,7 @@ failure_response!(CreatePromptTemplateResponse { Conflict => Conflict, BadReques
 failure_response!(GetPromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(ReplacePromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
 failure_response!(DeletePromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(RenderPromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
+failure_response!(RenderPromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
 
 pub(crate) const NOT_FOUND: &str = "TEMPLATE_NOT_FOUND";
 const CREATE_OPERATION: &str = "createPromptTemplate";
@@ -259,7 +259,7 @@ pub(crate) fn render_declared(
             })
             .collect();
         return Err(Failure::with_details(
-            Kind::Unprocessable,
+            Kind::Conflict,
             "MISSING_VARIABLES",
             format!("missing values for: {}", missing.join(", ")),
             details,

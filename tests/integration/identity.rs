@@ -245,7 +245,14 @@ backend_test!(key_creation_cannot_escalate, |app| {
     assert_eq!(status, 201, "{created}");
     assert_eq!(
         created["scopes"],
-        json!(["read:agents", "read:keys"]),
+        json!([
+            "read:agents",
+            "read:keys",
+            "read:templates",
+            "read:models",
+            "read:executions",
+            "read:conversations"
+        ]),
         "a viewer's default scopes"
     );
     let bob = created["key"].as_str().expect("key").to_string();

@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::backend_test;
-use crate::support::{fields, json};
+use crate::support::json;
 
 backend_test!(models_crud_with_write_only_encrypted_keys, |app| {
     let (status, list) = json(app.get("/v1/models").await).await;
@@ -101,7 +101,7 @@ backend_test!(models_crud_with_write_only_encrypted_keys, |app| {
     assert_eq!(only_http["pagination"]["total"], 1);
 
     // Bad input.
-    let (status, err) = json(
+    let (status, defaulted) = json(
         app.send_json(
             Method::POST,
             "/v1/models",
@@ -110,12 +110,25 @@ backend_test!(models_crud_with_write_only_encrypted_keys, |app| {
         .await,
     )
     .await;
-    assert_eq!((status, fields(&err)), (422, vec!["endpoint".to_string()]));
+    assert_eq!(
+        (status, defaulted["endpoint"].as_str()),
+        (201, Some("https://api.openai.com/v1"))
+    );
+    let resp = app
+        .req(
+            Method::DELETE,
+            &format!("/v1/models/{}", defaulted["id"].as_str().unwrap_or("")),
+        )
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 204);
     for bad in [
         json!({"name": "x", "provider": "magic", "model_id": "m"}),
         json!({"name": "x", "provider": "local"}),
         json!({"name": "x", "provider": "local", "model_id": "m", "pricing": {"input_per_1k": -1, "output_per_1k": 0}}),
         json!({"name": "x", "provider": "local", "model_id": "m", "endpoint": "ftp://x"}),
+        json!({"name": "x", "provider": "local", "model_id": "m", "endpoint": "http:///x"}),
     ] {
         let (status, _) = json(app.send_json(Method::POST, "/v1/models", &bad).await).await;
         assert!(status == 400 || status == 422, "{bad}: {status}");
