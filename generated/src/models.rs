@@ -1161,7 +1161,7 @@ impl std::fmt::Display for PromptTemplateType {
 pub type TemplateVariableName = String;
 /// A prompt template as created (POST) or replaced (PUT). `{{name}}` marks a variable
 /// (spaces inside the braces are allowed). Every variable the text uses must be declared in
-/// `variables`; when `variables` is left out it is detected from the text.
+/// `variables` (409 otherwise); when `variables` is left out it is detected from the text.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "PromptTemplateInput", deny_unknown_fields)]
 pub struct PromptTemplateInput {

@@ -154,6 +154,9 @@ pub enum ReplacePromptTemplateResponse {
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
     NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The request conflicts with an existing resource.
+    #[oai(status = 409u16)]
+    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
     /// The resource changed since the `ETag` given in `If-Match`.
     #[oai(status = 412u16)]
     PreconditionFailed(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
@@ -247,7 +250,7 @@ pub trait TemplatesApi: crate::Authenticate {
     ) -> impl std::future::Future<Output = ListPromptTemplatesResponse> + Send;
     /// Create a prompt template
     ///
-    /// Creates a template. A variable the text uses but `variables` does not declare answers 422 naming it (`details[].field` = `variables`).
+    /// Creates a template. A variable the text uses but `variables` does not declare answers 409 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409 too.
     fn create_prompt_template(
         &self,
         caller: Self::Caller,
@@ -263,7 +266,7 @@ pub trait TemplatesApi: crate::Authenticate {
     ) -> impl std::future::Future<Output = GetPromptTemplateResponse> + Send;
     /// Replace a prompt template
     ///
-    /// Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`.
+    /// Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 409 as on create.
     fn replace_prompt_template(
         &self,
         caller: Self::Caller,
@@ -342,7 +345,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
     }
     /// Create a prompt template
     ///
-    /// Creates a template. A variable the text uses but `variables` does not declare answers 422 naming it (`details[].field` = `variables`).
+    /// Creates a template. A variable the text uses but `variables` does not declare answers 409 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409 too.
     #[oai(
         path = "/v1/prompt-templates",
         method = "post",
@@ -422,7 +425,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
     }
     /// Replace a prompt template
     ///
-    /// Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`.
+    /// Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 409 as on create.
     #[oai(
         path = "/v1/prompt-templates/:template_id",
         method = "put",

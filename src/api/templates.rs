@@ -20,7 +20,7 @@ use crate::failure_response;
 failure_response!(ListPromptTemplatesResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
 failure_response!(CreatePromptTemplateResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
 failure_response!(GetPromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ReplacePromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
+failure_response!(ReplacePromptTemplateResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
 failure_response!(DeletePromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(RenderPromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
 
@@ -63,7 +63,7 @@ fn changes_of(input: &PromptTemplateInput, rid: &str) -> Result<TemplateChanges,
                     })
                     .collect();
                 return Err(Failure::with_details(
-                    Kind::Unprocessable,
+                    Kind::Conflict,
                     "UNDECLARED_VARIABLE",
                     "the template uses variables that `variables` does not declare",
                     details,

@@ -147,7 +147,8 @@ backend_test!(templates_refuse_undeclared_variables_and_bad_input, |app| {
         .await,
     )
     .await;
-    assert_eq!(status, 422, "{err}");
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(err["error"]["code"], "UNDECLARED_VARIABLE");
     assert_eq!(fields(&err), vec!["variables", "variables"]);
     let message = err["error"]["details"][0]["message"].as_str().unwrap_or("");
     assert!(message.contains("{{b}}"), "{message}");
