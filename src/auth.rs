@@ -53,6 +53,10 @@ pub fn role_scopes(role: Role) -> BTreeSet<Scope> {
             Scope::ReadKeys,
             Scope::ReadKnowledge,
             Scope::ReadTools,
+            Scope::ReadTemplates,
+            Scope::ReadModels,
+            Scope::ReadExecutions,
+            Scope::ReadConversations,
         ]
         .into_iter()
         .collect(),

@@ -55,6 +55,17 @@ fn scratch_spec(name: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
     let text = std::fs::read_to_string(root().join("openapi/openapi.yaml")).expect("spec");
     let path = dir.join("openapi.yaml");
     std::fs::write(&path, edit(text)).expect("write");
+    // The root refers to its split-out files; copy them beside it.
+    for sub in ["paths", "schemas"] {
+        let from = root().join("openapi").join(sub);
+        let Ok(entries) = std::fs::read_dir(&from) else {
+            continue;
+        };
+        std::fs::create_dir_all(dir.join(sub)).expect("dir");
+        for entry in entries.flatten() {
+            std::fs::copy(entry.path(), dir.join(sub).join(entry.file_name())).expect("copy");
+        }
+    }
     path
 }
 

@@ -18,13 +18,17 @@
 pub mod agents;
 pub mod identity;
 pub mod knowledge;
+pub mod model_registry;
 pub mod models;
 pub mod system;
+pub mod templates;
 pub mod tools;
 pub use agents::*;
 pub use identity::*;
 pub use knowledge::*;
+pub use model_registry::*;
 pub use system::*;
+pub use templates::*;
 pub use tools::*;
 /// The bundled OpenAPI 3.1 document: the spec the server publishes at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -66,6 +70,8 @@ pub trait Api:
     + identity::IdentityApi
     + knowledge::KnowledgeApi
     + tools::ToolsApi
+    + templates::TemplatesApi
+    + model_registry::ModelRegistryApi
 {
 }
 impl<
@@ -73,7 +79,9 @@ impl<
         + agents::AgentsApi
         + identity::IdentityApi
         + knowledge::KnowledgeApi
-        + tools::ToolsApi,
+        + tools::ToolsApi
+        + templates::TemplatesApi
+        + model_registry::ModelRegistryApi,
 > Api for T
 {
 }
@@ -87,6 +95,8 @@ pub fn service<T: Api>(
         identity::IdentityRoutes<T>,
         knowledge::KnowledgeRoutes<T>,
         tools::ToolsRoutes<T>,
+        templates::TemplatesRoutes<T>,
+        model_registry::ModelRegistryRoutes<T>,
     ),
     (),
 > {
@@ -97,6 +107,8 @@ pub fn service<T: Api>(
             identity::IdentityRoutes(api.clone()),
             knowledge::KnowledgeRoutes(api.clone()),
             tools::ToolsRoutes(api.clone()),
+            templates::TemplatesRoutes(api.clone()),
+            model_registry::ModelRegistryRoutes(api.clone()),
         ),
         TITLE,
         VERSION,
@@ -179,6 +191,72 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "PATCH",
         path: "/v1/agents/{agent_id}",
         scopes: Some(&["write:agents"]),
+    },
+    OperationInfo {
+        id: "listPromptTemplates",
+        method: "GET",
+        path: "/v1/prompt-templates",
+        scopes: Some(&["read:templates"]),
+    },
+    OperationInfo {
+        id: "createPromptTemplate",
+        method: "POST",
+        path: "/v1/prompt-templates",
+        scopes: Some(&["write:templates"]),
+    },
+    OperationInfo {
+        id: "getPromptTemplate",
+        method: "GET",
+        path: "/v1/prompt-templates/{template_id}",
+        scopes: Some(&["read:templates"]),
+    },
+    OperationInfo {
+        id: "replacePromptTemplate",
+        method: "PUT",
+        path: "/v1/prompt-templates/{template_id}",
+        scopes: Some(&["write:templates"]),
+    },
+    OperationInfo {
+        id: "deletePromptTemplate",
+        method: "DELETE",
+        path: "/v1/prompt-templates/{template_id}",
+        scopes: Some(&["write:templates"]),
+    },
+    OperationInfo {
+        id: "renderPromptTemplate",
+        method: "POST",
+        path: "/v1/prompt-templates/{template_id}/render",
+        scopes: Some(&["read:templates"]),
+    },
+    OperationInfo {
+        id: "listModels",
+        method: "GET",
+        path: "/v1/models",
+        scopes: Some(&["read:models"]),
+    },
+    OperationInfo {
+        id: "createModel",
+        method: "POST",
+        path: "/v1/models",
+        scopes: Some(&["write:models"]),
+    },
+    OperationInfo {
+        id: "getModel",
+        method: "GET",
+        path: "/v1/models/{model_id}",
+        scopes: Some(&["read:models"]),
+    },
+    OperationInfo {
+        id: "replaceModel",
+        method: "PUT",
+        path: "/v1/models/{model_id}",
+        scopes: Some(&["write:models"]),
+    },
+    OperationInfo {
+        id: "deleteModel",
+        method: "DELETE",
+        path: "/v1/models/{model_id}",
+        scopes: Some(&["write:models"]),
     },
     OperationInfo {
         id: "listApiKeys",

@@ -361,6 +361,10 @@ pub enum AgentField {
     SystemPrompt,
     #[oai(rename = "model_id")]
     ModelId,
+    #[oai(rename = "knowledge_bases")]
+    KnowledgeBases,
+    #[oai(rename = "prompt_template_id")]
+    PromptTemplateId,
     #[oai(rename = "tools")]
     Tools,
     #[oai(rename = "topics")]
@@ -398,6 +402,8 @@ impl AgentField {
         AgentField::Configuration,
         AgentField::SystemPrompt,
         AgentField::ModelId,
+        AgentField::KnowledgeBases,
+        AgentField::PromptTemplateId,
         AgentField::Tools,
         AgentField::Topics,
         AgentField::Flow,
@@ -423,6 +429,8 @@ impl AgentField {
             AgentField::Configuration => "configuration",
             AgentField::SystemPrompt => "system_prompt",
             AgentField::ModelId => "model_id",
+            AgentField::KnowledgeBases => "knowledge_bases",
+            AgentField::PromptTemplateId => "prompt_template_id",
             AgentField::Tools => "tools",
             AgentField::Topics => "topics",
             AgentField::Flow => "flow",
@@ -449,6 +457,8 @@ impl AgentField {
             "configuration" => Some(AgentField::Configuration),
             "system_prompt" => Some(AgentField::SystemPrompt),
             "model_id" => Some(AgentField::ModelId),
+            "knowledge_bases" => Some(AgentField::KnowledgeBases),
+            "prompt_template_id" => Some(AgentField::PromptTemplateId),
             "tools" => Some(AgentField::Tools),
             "topics" => Some(AgentField::Topics),
             "flow" => Some(AgentField::Flow),
@@ -597,6 +607,12 @@ pub struct AgentInput {
     /// The model the agent runs on (Magnet AI).
     #[oai(rename = "model_id", skip_serializing_if_is_none)]
     pub model_id: Option<String>,
+    /// Ids of the knowledge bases the agent retrieves from when it executes.
+    #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
+    pub knowledge_bases: Option<Vec<String>>,
+    /// A prompt template rendered (with the execution's `variables`) into the system prompt.
+    #[oai(rename = "prompt_template_id", skip_serializing_if_is_none)]
+    pub prompt_template_id: Option<String>,
     /// Ids of the tools the agent may call.
     #[oai(rename = "tools", skip_serializing_if_is_none)]
     pub tools: Option<Vec<String>>,
@@ -653,6 +669,12 @@ pub struct AgentPatch {
     /// The model the agent runs on.
     #[oai(rename = "model_id")]
     pub model_id: poem_openapi::types::MaybeUndefined<String>,
+    /// Ids of the knowledge bases the agent retrieves from.
+    #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
+    pub knowledge_bases: Option<Vec<String>>,
+    /// The prompt template of the system prompt; `null` removes it.
+    #[oai(rename = "prompt_template_id")]
+    pub prompt_template_id: poem_openapi::types::MaybeUndefined<String>,
     /// Ids of the tools the agent may call.
     #[oai(rename = "tools", skip_serializing_if_is_none)]
     pub tools: Option<Vec<String>>,
@@ -712,6 +734,12 @@ pub struct AgentFieldset {
     /// The model the agent runs on.
     #[oai(rename = "model_id", skip_serializing_if_is_none)]
     pub model_id: Option<String>,
+    /// Ids of the knowledge bases the agent retrieves from.
+    #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
+    pub knowledge_bases: Option<Vec<String>>,
+    /// The prompt template of the system prompt.
+    #[oai(rename = "prompt_template_id", skip_serializing_if_is_none)]
+    pub prompt_template_id: Option<String>,
     /// Ids of the tools the agent may call.
     #[oai(rename = "tools", skip_serializing_if_is_none)]
     pub tools: Option<Vec<String>>,
@@ -780,6 +808,12 @@ pub struct Agent {
     /// The model the agent runs on.
     #[oai(rename = "model_id", skip_serializing_if_is_none)]
     pub model_id: Option<String>,
+    /// Ids of the knowledge bases the agent retrieves from.
+    #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
+    pub knowledge_bases: Option<Vec<String>>,
+    /// The prompt template of the system prompt.
+    #[oai(rename = "prompt_template_id", skip_serializing_if_is_none)]
+    pub prompt_template_id: Option<String>,
     /// Ids of the tools the agent may call.
     #[oai(rename = "tools")]
     pub tools: Vec<String>,
@@ -846,6 +880,22 @@ pub enum Scope {
     ReadTools,
     #[oai(rename = "write:tools")]
     WriteTools,
+    #[oai(rename = "read:templates")]
+    ReadTemplates,
+    #[oai(rename = "write:templates")]
+    WriteTemplates,
+    #[oai(rename = "read:models")]
+    ReadModels,
+    #[oai(rename = "write:models")]
+    WriteModels,
+    #[oai(rename = "execute:agents")]
+    ExecuteAgents,
+    #[oai(rename = "read:executions")]
+    ReadExecutions,
+    #[oai(rename = "read:conversations")]
+    ReadConversations,
+    #[oai(rename = "write:conversations")]
+    WriteConversations,
 }
 impl Scope {
     /// Every value, in the order the spec lists them.
@@ -858,6 +908,14 @@ impl Scope {
         Scope::WriteKnowledge,
         Scope::ReadTools,
         Scope::WriteTools,
+        Scope::ReadTemplates,
+        Scope::WriteTemplates,
+        Scope::ReadModels,
+        Scope::WriteModels,
+        Scope::ExecuteAgents,
+        Scope::ReadExecutions,
+        Scope::ReadConversations,
+        Scope::WriteConversations,
     ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
@@ -870,6 +928,14 @@ impl Scope {
             Scope::WriteKnowledge => "write:knowledge",
             Scope::ReadTools => "read:tools",
             Scope::WriteTools => "write:tools",
+            Scope::ReadTemplates => "read:templates",
+            Scope::WriteTemplates => "write:templates",
+            Scope::ReadModels => "read:models",
+            Scope::WriteModels => "write:models",
+            Scope::ExecuteAgents => "execute:agents",
+            Scope::ReadExecutions => "read:executions",
+            Scope::ReadConversations => "read:conversations",
+            Scope::WriteConversations => "write:conversations",
         }
     }
     /// Parses the wire form.
@@ -883,6 +949,14 @@ impl Scope {
             "write:knowledge" => Some(Scope::WriteKnowledge),
             "read:tools" => Some(Scope::ReadTools),
             "write:tools" => Some(Scope::WriteTools),
+            "read:templates" => Some(Scope::ReadTemplates),
+            "write:templates" => Some(Scope::WriteTemplates),
+            "read:models" => Some(Scope::ReadModels),
+            "write:models" => Some(Scope::WriteModels),
+            "execute:agents" => Some(Scope::ExecuteAgents),
+            "read:executions" => Some(Scope::ReadExecutions),
+            "read:conversations" => Some(Scope::ReadConversations),
+            "write:conversations" => Some(Scope::WriteConversations),
             _ => None,
         }
     }
@@ -2089,6 +2163,266 @@ pub struct ToolTestResult {
     /// Why the call failed, when it did.
     #[oai(rename = "error")]
     pub error: Option<String>,
+}
+/// The role the rendered text plays: `system` (the system prompt), `user` (the user turn) or `assistant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "PromptTemplateType")]
+pub enum PromptTemplateType {
+    #[oai(rename = "system")]
+    System,
+    #[oai(rename = "user")]
+    User,
+    #[oai(rename = "assistant")]
+    Assistant,
+}
+impl PromptTemplateType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [PromptTemplateType] = &[
+        PromptTemplateType::System,
+        PromptTemplateType::User,
+        PromptTemplateType::Assistant,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PromptTemplateType::System => "system",
+            PromptTemplateType::User => "user",
+            PromptTemplateType::Assistant => "assistant",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "system" => Some(PromptTemplateType::System),
+            "user" => Some(PromptTemplateType::User),
+            "assistant" => Some(PromptTemplateType::Assistant),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for PromptTemplateType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A variable name as written between `{{` and `}}`.
+pub type TemplateVariableName = String;
+/// A prompt template as created (POST) or replaced (PUT). `{{name}}` marks a variable
+/// (spaces inside the braces are allowed). Every variable the text uses must be declared in
+/// `variables` (409 otherwise); when `variables` is left out it is detected from the text.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "PromptTemplateInput", deny_unknown_fields)]
+pub struct PromptTemplateInput {
+    /// The template's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the template is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// The text, with `{{variable}}` placeholders.
+    #[oai(rename = "template")]
+    pub template: String,
+    /// The variables the text uses; detected from the text when left out.
+    #[oai(rename = "variables", skip_serializing_if_is_none)]
+    pub variables: Option<Vec<crate::models::TemplateVariableName>>,
+    /// The role the rendered text plays: `system` (the system prompt), `user` (the user turn) or `assistant`.
+    #[oai(rename = "type", skip_serializing_if_is_none)]
+    pub type_: Option<crate::models::PromptTemplateType>,
+}
+/// A prompt template (Magnet AI).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "PromptTemplate", deny_unknown_fields)]
+pub struct PromptTemplate {
+    /// The template's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The template's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the template is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// The text, with `{{variable}}` placeholders.
+    #[oai(rename = "template")]
+    pub template: String,
+    /// The variables the text uses.
+    #[oai(rename = "variables")]
+    pub variables: Vec<String>,
+    /// The role the rendered text plays: `system` (the system prompt), `user` (the user turn) or `assistant`.
+    #[oai(rename = "type")]
+    pub type_: crate::models::PromptTemplateType,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the template was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When the template last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "PromptTemplateList", deny_unknown_fields)]
+pub struct PromptTemplateList {
+    /// The templates on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::PromptTemplate>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// The values of the template's variables.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "RenderRequest", deny_unknown_fields)]
+pub struct RenderRequest {
+    /// A value for every declared variable.
+    #[oai(rename = "variables", skip_serializing_if_is_none)]
+    pub variables: Option<std::collections::BTreeMap<String, String>>,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "RenderedPrompt", deny_unknown_fields)]
+pub struct RenderedPrompt {
+    /// The template that was rendered.
+    #[oai(rename = "template_id")]
+    pub template_id: String,
+    /// The text with every variable replaced.
+    #[oai(rename = "rendered")]
+    pub rendered: String,
+    /// The variables the text used, in order of first use.
+    #[oai(rename = "variables_used")]
+    pub variables_used: Vec<String>,
+}
+/// `local` (built in, deterministic, offline) or `openai-compatible` (an HTTP chat-completions endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ModelProvider")]
+pub enum ModelProvider {
+    #[oai(rename = "local")]
+    Local,
+    #[oai(rename = "openai-compatible")]
+    OpenaiCompatible,
+}
+impl ModelProvider {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ModelProvider] =
+        &[ModelProvider::Local, ModelProvider::OpenaiCompatible];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ModelProvider::Local => "local",
+            ModelProvider::OpenaiCompatible => "openai-compatible",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "local" => Some(ModelProvider::Local),
+            "openai-compatible" => Some(ModelProvider::OpenaiCompatible),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ModelProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// Prices in US dollars per 1,000 tokens; an execution's cost is computed from them.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ModelPricing", deny_unknown_fields)]
+pub struct ModelPricing {
+    /// Dollars per 1,000 input (prompt) tokens.
+    #[oai(rename = "input_per_1k")]
+    pub input_per_1k: f64,
+    /// Dollars per 1,000 output (completion) tokens.
+    #[oai(rename = "output_per_1k")]
+    pub output_per_1k: f64,
+}
+/// A model as registered (POST) or replaced (PUT). `endpoint` defaults to `https://api.openai.com/v1` for `openai-compatible`. `api_key` is write-only; a replace without it keeps the stored key.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ModelInput", deny_unknown_fields)]
+pub struct ModelInput {
+    /// The model's display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the model is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// `local` (built in, deterministic, offline) or `openai-compatible` (an HTTP chat-completions endpoint).
+    #[oai(rename = "provider")]
+    pub provider: crate::models::ModelProvider,
+    /// The provider's name of the model, sent as `model` (e.g. `gpt-4-turbo-preview`).
+    #[oai(rename = "model_id")]
+    pub model_id: String,
+    /// The API base URL; requests go to `{endpoint}/chat/completions`. An `openai-compatible` model registered without one uses `https://api.openai.com/v1`.
+    #[oai(rename = "endpoint", skip_serializing_if_is_none)]
+    pub endpoint: Option<String>,
+    /// The provider's API key, sent as a bearer token. Stored encrypted, never returned.
+    #[oai(rename = "api_key", skip_serializing_if_is_none)]
+    pub api_key: Option<String>,
+    /// Prices in US dollars per 1,000 tokens; an execution's cost is computed from them.
+    #[oai(rename = "pricing", skip_serializing_if_is_none)]
+    pub pricing: Option<crate::models::ModelPricing>,
+    /// Most tokens (prompt and answer) the model accepts.
+    #[oai(rename = "context_window", skip_serializing_if_is_none)]
+    pub context_window: Option<i64>,
+    /// Most tokens the model writes per answer.
+    #[oai(rename = "max_output_tokens", skip_serializing_if_is_none)]
+    pub max_output_tokens: Option<i64>,
+}
+/// A registered model. The built-in `model_local` is always available.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Model", deny_unknown_fields)]
+pub struct Model {
+    /// The model's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The model's display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the model is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// `local` (built in, deterministic, offline) or `openai-compatible` (an HTTP chat-completions endpoint).
+    #[oai(rename = "provider")]
+    pub provider: crate::models::ModelProvider,
+    /// The provider's name of the model.
+    #[oai(rename = "model_id")]
+    pub model_id: String,
+    /// The API base URL.
+    #[oai(rename = "endpoint", skip_serializing_if_is_none)]
+    pub endpoint: Option<String>,
+    /// Whether an API key is stored.
+    #[oai(rename = "api_key_set")]
+    pub api_key_set: bool,
+    /// Prices in US dollars per 1,000 tokens; an execution's cost is computed from them.
+    #[oai(rename = "pricing")]
+    pub pricing: crate::models::ModelPricing,
+    /// Most tokens (prompt and answer) the model accepts.
+    #[oai(rename = "context_window", skip_serializing_if_is_none)]
+    pub context_window: Option<i64>,
+    /// Most tokens the model writes per answer.
+    #[oai(rename = "max_output_tokens", skip_serializing_if_is_none)]
+    pub max_output_tokens: Option<i64>,
+    /// Whether this is the built-in local model (read-only).
+    #[oai(rename = "built_in")]
+    pub built_in: bool,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the model was registered.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When the model last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ModelList", deny_unknown_fields)]
+pub struct ModelList {
+    /// The models on this page, newest first; the built-in `model_local` comes last.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Model>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
 }
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]

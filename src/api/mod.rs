@@ -1,9 +1,13 @@
 //! The handlers: the generated traits, implemented over the store.
 
 mod agents;
+mod idem;
 mod identity;
 mod knowledge;
+mod models;
+mod paging;
 mod system;
+mod templates;
 mod tools;
 
 use std::time::Instant;
@@ -29,7 +33,7 @@ pub struct Handlers {
     pub started: Instant,
     pub started_at: String,
     pub keys: std::sync::Arc<KeyCache>,
-    /// Seals secrets at rest (API tools' secret headers).
+    /// Seals secrets at rest (provider API keys, API tools' secret headers).
     pub crypto: crate::crypto::Crypto,
     /// Runs knowledge-source syncs in the background.
     pub syncs: crate::knowledge::sync::SyncRunner,

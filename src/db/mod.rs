@@ -8,7 +8,10 @@ pub mod agents;
 pub mod idempotency;
 pub mod identity;
 pub mod knowledge;
+pub mod models;
 pub mod schema;
+pub mod sql;
+pub mod templates;
 pub mod tools;
 
 use std::time::Duration;

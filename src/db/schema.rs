@@ -165,3 +165,101 @@ diesel::table! {
         updated_at -> Text,
     }
 }
+
+// execution
+diesel::table! {
+    prompt_templates (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        description -> Nullable<Text>,
+        template_type -> Text,
+        template -> Text,
+        variables -> Text,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    models (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        provider -> Text,
+        model_name -> Text,
+        endpoint -> Nullable<Text>,
+        api_key_encrypted -> Nullable<Text>,
+        body -> Text,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    executions (id) {
+        id -> Text,
+        org_id -> Text,
+        agent_id -> Text,
+        status -> Text,
+        request -> Text,
+        result -> Nullable<Text>,
+        error -> Nullable<Text>,
+        model_id -> Nullable<Text>,
+        input_tokens -> BigInt,
+        output_tokens -> BigInt,
+        cost_nano_usd -> BigInt,
+        steps -> Text,
+        cancel_requested -> BigInt,
+        created_at -> Text,
+        started_at -> Nullable<Text>,
+        finished_at -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    conversations (id) {
+        id -> Text,
+        org_id -> Text,
+        agent_id -> Text,
+        user_id -> Nullable<Text>,
+        title -> Nullable<Text>,
+        metadata -> Text,
+        message_count -> BigInt,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> Text,
+        org_id -> Text,
+        conversation_id -> Text,
+        role -> Text,
+        content -> Text,
+        execution_id -> Nullable<Text>,
+        input_tokens -> BigInt,
+        output_tokens -> BigInt,
+        created_at -> Text,
+    }
+}
+
+diesel::table! {
+    usage_records (id) {
+        id -> Text,
+        org_id -> Text,
+        agent_id -> Text,
+        model_id -> Text,
+        execution_id -> Nullable<Text>,
+        conversation_id -> Nullable<Text>,
+        message_id -> Nullable<Text>,
+        input_tokens -> BigInt,
+        output_tokens -> BigInt,
+        cost_nano_usd -> BigInt,
+        created_at -> Text,
+    }
+}

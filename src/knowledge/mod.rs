@@ -348,3 +348,51 @@ mod tests {
         }
     }
 }
+
+/// The execution engine's retrieval: [`search`] over the agent's knowledge bases, which must
+/// all exist in the organization (an unknown one fails the retrieval step, naming it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KnowledgeRetriever;
+
+impl crate::engine::pipeline::Retriever for KnowledgeRetriever {
+    fn retrieve(
+        &self,
+        conn: &mut DbConnection,
+        org_id: &str,
+        kb_ids: &[String],
+        query: &str,
+        top_k: usize,
+    ) -> crate::db::StoreResult<Vec<crate::engine::provider::Passage>> {
+        let known = store::kb_ids(conn, org_id, None)?;
+        let missing: Vec<&str> = kb_ids
+            .iter()
+            .filter(|id| !known.contains(id))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "the agent's knowledge bases {} do not exist",
+                missing.join(", ")
+            )));
+        }
+        let options = SearchOptions {
+            top_k,
+            min_score: None,
+            filters: Map::new(),
+        };
+        Ok(search(conn, org_id, kb_ids, query, &options)?
+            .into_iter()
+            .map(|hit| crate::engine::provider::Passage {
+                source: hit
+                    .metadata
+                    .get("title")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&hit.document_id)
+                    .to_string(),
+                id: hit.chunk_id,
+                text: hit.text,
+                score: hit.score,
+            })
+            .collect())
+    }
+}

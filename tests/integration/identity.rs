@@ -240,7 +240,10 @@ backend_test!(key_creation_cannot_escalate, |app| {
     assert!(
         created.scopes.contains(&ApiScope::ReadAgents)
             && created.scopes.contains(&ApiScope::ReadKeys)
-            && created.scopes.iter().all(|s| s.to_string().starts_with("read:")),
+            && created
+                .scopes
+                .iter()
+                .all(|s| s.to_string().starts_with("read:")),
         "a viewer's default scopes are the read scopes: {:?}",
         created.scopes
     );

@@ -1,0 +1,378 @@
+//! The model registry (Magnet AI models). `api_key` is write-only: sealed with
+//! [`crate::crypto::Crypto`] into its own column, reported only as `api_key_set`.
+
+use agentplane_api::models::{Model, ModelInput, ModelList, ModelPricing, ModelProvider};
+use agentplane_api::*;
+use poem_openapi::payload::Json;
+use poem_openapi::types::ToJSON;
+use serde_json::{Map, Value, json};
+
+use super::Handlers;
+use super::idem::{self, Created, Keyed};
+use super::paging::{PageRequest, etag, etag_matches};
+use crate::auth::Caller;
+use crate::db::StoreError;
+use crate::db::models::{self as store, ModelChanges, ModelRow};
+use crate::error::{Failure, Kind, detail};
+use crate::failure_response;
+
+failure_response!(ListModelsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(CreateModelResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
+failure_response!(GetModelResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ReplaceModelResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
+failure_response!(DeleteModelResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+
+pub(crate) const NOT_FOUND: &str = "MODEL_NOT_FOUND";
+const CREATE_OPERATION: &str = "createModel";
+/// The id of the built-in local model, which every organization has.
+pub const BUILTIN_ID: &str = "model_local";
+/// The endpoint of an `openai-compatible` model registered without one.
+pub const DEFAULT_OPENAI_ENDPOINT: &str = "https://api.openai.com/v1";
+
+/// The built-in model: local, free, offline.
+pub fn builtin() -> Model {
+    Model {
+        id: BUILTIN_ID.to_string(),
+        name: "Local (built in)".to_string(),
+        description: Some(
+            "Deterministic and offline: answers from the agent's prompt and retrieved passages."
+                .to_string(),
+        ),
+        provider: ModelProvider::Local,
+        model_id: crate::engine::provider::LOCAL_MODEL_NAME.to_string(),
+        endpoint: None,
+        api_key_set: false,
+        pricing: ModelPricing {
+            input_per_1k: 0.0,
+            output_per_1k: 0.0,
+        },
+        context_window: Some(32_768),
+        max_output_tokens: Some(1024),
+        built_in: true,
+        version: 1,
+        created_at: "2026-01-01T00:00:00.000000Z".to_string(),
+        updated_at: "2026-01-01T00:00:00.000000Z".to_string(),
+    }
+}
+
+pub(crate) fn row_to_model(row: &ModelRow) -> Result<Model, StoreError> {
+    let corrupt = |what: String| StoreError::Corrupt(format!("model {}: {what}", row.id));
+    let body: Map<String, Value> =
+        serde_json::from_str(&row.body).map_err(|e| corrupt(e.to_string()))?;
+    let pricing = body.get("pricing").cloned().unwrap_or(Value::Null);
+    Ok(Model {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        description: body
+            .get("description")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        provider: ModelProvider::from_wire(&row.provider)
+            .ok_or_else(|| corrupt("unknown provider".into()))?,
+        model_id: row.model_name.clone(),
+        endpoint: row.endpoint.clone(),
+        api_key_set: row.api_key_encrypted.is_some(),
+        pricing: ModelPricing {
+            input_per_1k: pricing["input_per_1k"].as_f64().unwrap_or(0.0),
+            output_per_1k: pricing["output_per_1k"].as_f64().unwrap_or(0.0),
+        },
+        context_window: body.get("context_window").and_then(Value::as_i64),
+        max_output_tokens: body.get("max_output_tokens").and_then(Value::as_i64),
+        built_in: false,
+        version: row.version,
+        created_at: row.created_at.clone(),
+        updated_at: row.updated_at.clone(),
+    })
+}
+
+/// The columns of a model as sent; a key left out keeps `previous_key`.
+fn changes_of(
+    input: &ModelInput,
+    previous_key: Option<String>,
+    crypto: &crate::crypto::Crypto,
+    rid: &str,
+) -> Result<ModelChanges, Failure> {
+    if let Some(e) = &input.endpoint
+        && url_is_bad(e)
+    {
+        let message = "not an http(s) URL";
+        return Err(Failure::with_details(
+            Kind::Unprocessable,
+            "VALIDATION_ERROR",
+            message,
+            vec![detail("endpoint", "format", message)],
+            rid,
+        ));
+    }
+    let mut body = Map::new();
+    if let Some(d) = &input.description {
+        body.insert("description".into(), d.clone().into());
+    }
+    let pricing = input.pricing.clone().unwrap_or(ModelPricing {
+        input_per_1k: 0.0,
+        output_per_1k: 0.0,
+    });
+    body.insert(
+        "pricing".into(),
+        json!({"input_per_1k": pricing.input_per_1k, "output_per_1k": pricing.output_per_1k}),
+    );
+    if let Some(c) = input.context_window {
+        body.insert("context_window".into(), c.into());
+    }
+    if let Some(c) = input.max_output_tokens {
+        body.insert("max_output_tokens".into(), c.into());
+    }
+    Ok(ModelChanges {
+        name: input.name.clone(),
+        provider: input.provider.as_str().to_string(),
+        model_name: input.model_id.clone(),
+        endpoint: match (&input.endpoint, input.provider) {
+            (Some(e), _) => Some(e.trim_end_matches('/').to_string()),
+            (None, ModelProvider::OpenaiCompatible) => Some(DEFAULT_OPENAI_ENDPOINT.to_string()),
+            (None, _) => None,
+        },
+        api_key_encrypted: match &input.api_key {
+            Some(k) => Some(crypto.encrypt(k.as_bytes())),
+            None => previous_key,
+        },
+        body: Value::Object(body).to_string(),
+    })
+}
+
+fn url_is_bad(text: &str) -> bool {
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"));
+    match rest {
+        None => true,
+        Some(r) => r.is_empty() || r.starts_with('/'),
+    }
+}
+
+fn store_failure(rid: &str) -> impl Fn(StoreError) -> Failure + '_ {
+    move |e| Failure::from_store(e, NOT_FOUND, rid)
+}
+
+impl Handlers {
+    async fn list_models_page(
+        &self,
+        caller: &Caller,
+        params: ListModelsParams,
+    ) -> Result<ModelList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::new(
+            params.page,
+            params.per_page,
+            params.cursor.as_deref(),
+            params.limit,
+            rid,
+        )?;
+        let provider = params.provider.map(|p| p.as_str().to_string());
+        let with_builtin = provider.as_deref().is_none_or(|p| p == "local");
+        let org = caller.org_id.clone();
+        let q = page.clone();
+        let (rows, stored) = self
+            .store
+            .run(move |conn| {
+                store::list(
+                    conn,
+                    &org,
+                    provider.as_deref(),
+                    q.offset,
+                    q.limit,
+                    q.after_id.as_deref(),
+                )
+            })
+            .await
+            .map_err(store_failure(rid))?;
+        let mut data = rows
+            .iter()
+            .map(row_to_model)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(store_failure(rid))?;
+        let total = stored + i64::from(with_builtin);
+        // The built-in model is the last item of the last page.
+        let end = page.offset + i64::try_from(data.len()).unwrap_or(0);
+        if with_builtin
+            && i64::try_from(data.len()).unwrap_or(0) < page.limit
+            && end == stored
+            && page.after_id.as_deref() != Some(BUILTIN_ID)
+        {
+            data.push(builtin());
+        }
+        let last = data.last().map(|m| m.id.clone());
+        Ok(ModelList {
+            pagination: page.pagination(data.len(), last.as_deref(), total),
+            data,
+        })
+    }
+
+    async fn create_model_row(
+        &self,
+        caller: &Caller,
+        params: CreateModelParams,
+    ) -> Result<ModelRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let changes = changes_of(&params.body, None, &self.crypto, rid)?;
+        let hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
+        let now = crate::ids::now();
+        let row = ModelRow {
+            id: crate::ids::new_id("model"),
+            org_id: caller.org_id.clone(),
+            name: changes.name,
+            provider: changes.provider,
+            model_name: changes.model_name,
+            endpoint: changes.endpoint,
+            api_key_encrypted: changes.api_key_encrypted,
+            body: changes.body,
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let key = params.idempotency_key;
+        let created = self
+            .store
+            .run(move |conn| {
+                let keyed = Keyed {
+                    org_id: &row.org_id,
+                    operation: CREATE_OPERATION,
+                    key: key.as_deref(),
+                    request_hash: &hash,
+                    resource_id: &row.id,
+                };
+                idem::create_once(
+                    conn,
+                    &keyed,
+                    |conn| store::insert(conn, &row).map(|()| row.clone()),
+                    |conn, id| store::get(conn, &row.org_id, id),
+                )
+            })
+            .await
+            .map_err(store_failure(rid))?;
+        match created {
+            Created::New(row) | Created::Replayed(row) => Ok(row),
+            Created::KeyReused => Err(idem::key_reused(rid)),
+        }
+    }
+}
+
+impl ModelRegistryApi for Handlers {
+    async fn list_models(&self, caller: Caller, params: ListModelsParams) -> ListModelsResponse {
+        match self.list_models_page(&caller, params).await {
+            Ok(list) => ListModelsResponse::Ok(Json(list)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn create_model(&self, caller: Caller, params: CreateModelParams) -> CreateModelResponse {
+        let rid = caller.request_id.clone();
+        match self
+            .create_model_row(&caller, params)
+            .await
+            .and_then(|row| row_to_model(&row).map_err(store_failure(&rid)))
+        {
+            Ok(model) => CreateModelResponse::Created(
+                Json(model.clone()),
+                format!("/v1/models/{}", model.id),
+                etag(model.version),
+            ),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn get_model(&self, caller: Caller, params: GetModelParams) -> GetModelResponse {
+        let rid = caller.request_id.clone();
+        let model = if params.model_id == BUILTIN_ID {
+            Ok(builtin())
+        } else {
+            let org = caller.org_id.clone();
+            let id = params.model_id.clone();
+            self.store
+                .run(move |conn| store::get(conn, &org, &id))
+                .await
+                .and_then(|row| row_to_model(&row))
+                .map_err(store_failure(&rid))
+        };
+        match model {
+            Ok(m) => {
+                let tag = etag(m.version);
+                if params
+                    .if_none_match
+                    .as_deref()
+                    .is_some_and(|h| etag_matches(h, &tag))
+                {
+                    GetModelResponse::NotModified(tag)
+                } else {
+                    GetModelResponse::Ok(Json(m), tag)
+                }
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn replace_model(
+        &self,
+        caller: Caller,
+        params: ReplaceModelParams,
+    ) -> ReplaceModelResponse {
+        let rid = caller.request_id.clone();
+        // Validate before touching the row; the sealed key is chosen inside the transaction.
+        if let Err(f) = changes_of(&params.body, None, &self.crypto, &rid) {
+            return f.into();
+        }
+        let org = caller.org_id.clone();
+        let crypto = self.crypto.clone();
+        let ReplaceModelParams {
+            model_id,
+            if_match,
+            body,
+        } = params;
+        let result = self
+            .store
+            .run(move |conn| {
+                store::update(conn, &org, &model_id, |current| {
+                    if let Some(h) = &if_match
+                        && !etag_matches(h, &etag(current.version))
+                    {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    changes_of(&body, current.api_key_encrypted.clone(), &crypto, "")
+                        .map_err(|_| StoreError::Corrupt("model changes".into()))
+                })
+            })
+            .await
+            .and_then(|row| row_to_model(&row))
+            .map_err(store_failure(&rid));
+        match result {
+            Ok(m) => ReplaceModelResponse::Ok(Json(m.clone()), etag(m.version)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn delete_model(&self, caller: Caller, params: DeleteModelParams) -> DeleteModelResponse {
+        let org = caller.org_id.clone();
+        let id = params.model_id;
+        match self
+            .store
+            .run(move |conn| store::delete(conn, &org, &id))
+            .await
+        {
+            Ok(()) => DeleteModelResponse::NoContent,
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_http_urls() {
+        assert!(!url_is_bad("http://127.0.0.1:9/v1"));
+        assert!(!url_is_bad("https://api.example.com"));
+        assert!(url_is_bad("ftp://x"));
+        assert!(url_is_bad("https://"));
+        assert!(url_is_bad("http:///path"));
+    }
+}

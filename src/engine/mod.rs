@@ -1,0 +1,6 @@
+//! The execution engine: templates, model providers, retrieval and the worker pool that runs
+//! executions.
+
+pub mod pipeline;
+pub mod provider;
+pub mod template;
