@@ -106,6 +106,139 @@ export interface paths {
         patch: operations["updateAgent"];
         trace?: never;
     };
+    "/v1/prompt-templates": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List prompt templates
+         * @description Lists the organization's prompt templates, newest first. Page with `page`/`per_page` or `cursor`/`limit`; filter with `type` and `search` (name and description).
+         */
+        get: operations["listPromptTemplates"];
+        put?: never;
+        /**
+         * Create a prompt template
+         * @description Creates a template. A variable the text uses but `variables` does not declare answers 409 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409 too.
+         */
+        post: operations["createPromptTemplate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/prompt-templates/{template_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The prompt template's id. */
+                template_id: components["parameters"]["TemplateId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a prompt template
+         * @description Returns the template with its `ETag`; with a matching `If-None-Match` answers 304 and no body.
+         */
+        get: operations["getPromptTemplate"];
+        /**
+         * Replace a prompt template
+         * @description Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 409 as on create.
+         */
+        put: operations["replacePromptTemplate"];
+        post?: never;
+        /**
+         * Delete a prompt template
+         * @description Deletes the template; later reads answer 404. Agents that referenced it fail their template step until changed.
+         */
+        delete: operations["deletePromptTemplate"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/prompt-templates/{template_id}/render": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The prompt template's id. */
+                template_id: components["parameters"]["TemplateId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Render a prompt template
+         * @description Replaces every `{{variable}}` with its value. A declared variable without a value answers 409 (the request conflicts with the template's declared variables) with one detail per missing variable (`details[].field` = `variables.<name>`).
+         */
+        post: operations["renderPromptTemplate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List models
+         * @description Lists the organization's registered models, newest first, then the built-in `model_local`. Filter with `provider`.
+         */
+        get: operations["listModels"];
+        put?: never;
+        /**
+         * Register a model
+         * @description Registers a model. The `api_key` is stored encrypted and never returned (`api_key_set` tells whether one is stored). An `openai-compatible` model without an `endpoint` uses `https://api.openai.com/v1`.
+         */
+        post: operations["createModel"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/models/{model_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The model's id (`model_local` is the built-in model). */
+                model_id: components["parameters"]["ModelId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a model
+         * @description Returns the model with its `ETag` (`model_local` is the built-in one); with a matching `If-None-Match` answers 304.
+         */
+        get: operations["getModel"];
+        /**
+         * Replace a model
+         * @description Replaces the model; an `api_key` left out keeps the stored one. The built-in `model_local` cannot be changed (404). With `If-Match`, answers 412 when it changed since that `ETag`.
+         */
+        put: operations["replaceModel"];
+        post?: never;
+        /**
+         * Delete a model
+         * @description Deletes the model; agents that name it fail their model step until changed. The built-in `model_local` cannot be deleted (404).
+         */
+        delete: operations["deleteModel"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/auth/keys": {
         parameters: {
             query?: never;
@@ -180,6 +313,438 @@ export interface paths {
          */
         put: operations["updateCurrentUser"];
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/knowledge": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List knowledge bases
+         * @description Lists the organization's knowledge bases, newest first. Page with `page`/`per_page` or `cursor`/`limit`; filter with `type` and `search` (name).
+         */
+        get: operations["listKnowledgeBases"];
+        put?: never;
+        /**
+         * Create a knowledge base
+         * @description Creates a knowledge base (a CodexOS RAG collection), with its first sources: inline `text` is chunked and indexed at once; `url` and `github` sources are recorded (`pending`) until synced.
+         */
+        post: operations["createKnowledgeBase"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/knowledge/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Search every knowledge base
+         * @description Full-text search over the chunks of all the organization's knowledge bases (of one `type` when given), best first. Scores are in [0, 1), higher is better, comparable within one search.
+         */
+        get: operations["searchKnowledge"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/knowledge/{kb_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a knowledge base
+         * @description Returns the knowledge base with its counts and `ETag`; with a matching `If-None-Match` answers 304.
+         */
+        get: operations["getKnowledgeBase"];
+        /**
+         * Replace a knowledge base
+         * @description Replaces name, type, description, processing options and metadata (absent ones return to defaults); documents stay. With `If-Match`, answers 412 when it changed since that `ETag`.
+         */
+        put: operations["replaceKnowledgeBase"];
+        post?: never;
+        /**
+         * Delete a knowledge base
+         * @description Deletes the knowledge base with its sources, documents, chunks and syncs.
+         */
+        delete: operations["deleteKnowledgeBase"];
+        options?: never;
+        head?: never;
+        /**
+         * Update a knowledge base partially
+         * @description Changes only the fields given; `null` clears `description`. With `If-Match`, answers 412 when it changed since that `ETag`.
+         */
+        patch: operations["updateKnowledgeBase"];
+        trace?: never;
+    };
+    "/v1/knowledge/{kb_id}/query": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Query a knowledge base
+         * @description Retrieves the chunks that best match `query` (AIMatrix query, CodexOS collection search), ranked by the database's full-text engine. Scores are in [0, 1), higher is better, comparable within one query. `filters` match chunk metadata exactly.
+         */
+        post: operations["queryKnowledgeBase"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/knowledge/{kb_id}/ingest": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Ingest documents and sources
+         * @description Chunks and indexes `documents` at once (in one transaction) and adds `sources`: inline text is ingested too, `url` and `github` sources get a queued sync each (the CodexOS ingest). `chunk_size` and `overlap` override the knowledge base's processing options.
+         */
+        post: operations["ingestKnowledge"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/knowledge/{kb_id}/sources": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * List a knowledge base's sources
+         * @description Lists the sources, newest first, with their status and last sync.
+         */
+        get: operations["listKnowledgeSources"];
+        put?: never;
+        /**
+         * Add a source
+         * @description Adds a source (Magnet AI knowledge source): inline `text` is ingested at once (`active`); `url` and `github` sources are recorded (`pending`) until `POST …/sync`.
+         */
+        post: operations["createKnowledgeSource"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/knowledge/{kb_id}/sources/{source_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The source's id (`src_…`). */
+                source_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a source
+         * @description Returns the source with its status and last sync.
+         */
+        get: operations["getKnowledgeSource"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a source
+         * @description Deletes the source with the documents and chunks it produced and its syncs.
+         */
+        delete: operations["deleteKnowledgeSource"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/knowledge/{kb_id}/sources/{source_id}/sync": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The source's id (`src_…`). */
+                source_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Sync a source
+         * @description Starts fetching the source again (a web page by HTTP GET, a GitHub repository through the contents API; inline text and files are re-ingested from what was stored) and answers 202 with the sync to poll. A successful sync replaces the source's documents.
+         */
+        post: operations["syncKnowledgeSource"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/knowledge/{kb_id}/syncs/{sync_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The sync's id (`sync_…`). */
+                sync_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a sync
+         * @description Returns the sync: its status, counts and error.
+         */
+        get: operations["getKnowledgeSync"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/knowledge/{kb_id}/documents": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * List documents
+         * @description Lists the documents, newest first; `source_id` narrows to one source's.
+         */
+        get: operations["listKnowledgeDocuments"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/knowledge/{kb_id}/documents/{document_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The document's id (`doc_…`). */
+                document_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a document
+         * @description Returns the document.
+         */
+        get: operations["getKnowledgeDocument"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a document
+         * @description Deletes the document and its chunks.
+         */
+        delete: operations["deleteKnowledgeDocument"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/knowledge/{kb_id}/documents/{document_id}/chunks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The document's id (`doc_…`). */
+                document_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * List a document's chunks
+         * @description Lists the chunks in document order, with their metadata.
+         */
+        get: operations["listKnowledgeChunks"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tools": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List tools
+         * @description Lists the organization's tools, newest first; `type` narrows to one kind (Magnet AI's rag-tools, retrieval-tools and api-tools lists).
+         */
+        get: operations["listTools"];
+        put?: never;
+        /**
+         * Create a tool
+         * @description Creates a RAG, retrieval or API tool. The knowledge bases a RAG or retrieval tool names must exist in the organization (else 404). An API tool's `secret_headers` are sealed at rest and never returned.
+         */
+        post: operations["createTool"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tools/{tool_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The tool's id (`tool_…`). */
+                tool_id: components["parameters"]["ToolId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a tool
+         * @description Returns the tool with its `ETag`; with a matching `If-None-Match` answers 304.
+         */
+        get: operations["getTool"];
+        /**
+         * Replace a tool
+         * @description Replaces the tool (its type may change). An API tool's secret headers are kept unless `secret_headers` is given. With `If-Match`, answers 412 when it changed since that `ETag`.
+         */
+        put: operations["replaceTool"];
+        post?: never;
+        /**
+         * Delete a tool
+         * @description Deletes the tool; its knowledge bases stay.
+         */
+        delete: operations["deleteTool"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tools/{tool_id}/query": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The tool's id (`tool_…`). */
+                tool_id: components["parameters"]["ToolId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Query a RAG tool
+         * @description Retrieves the passages of the tool's knowledge bases that best match `query` and answers with the best one (extractive). Answers 409 for a tool that is not a `rag` tool.
+         */
+        post: operations["queryTool"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tools/{tool_id}/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The tool's id (`tool_…`). */
+                tool_id: components["parameters"]["ToolId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Search with a retrieval tool
+         * @description Returns the passages of the tool's knowledge bases that best match `query`, best first; scores are in [0, 1), comparable within one search. Answers 409 for a tool that is not a `retrieval` tool.
+         */
+        post: operations["searchTool"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tools/{tool_id}/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The tool's id (`tool_…`). */
+                tool_id: components["parameters"]["ToolId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Test an API tool
+         * @description Calls the tool's endpoint for real, with its headers and secret headers, and reports status, latency and the start of the answer. An endpoint that fails or cannot be reached is a test result (`ok: false`), not an error. Answers 409 for a tool that is not an `api` tool.
+         */
+        post: operations["testTool"];
         delete?: never;
         options?: never;
         head?: never;
@@ -323,7 +888,7 @@ export interface components {
          * @description A field of Agent that `fields` can select.
          * @enum {string}
          */
-        AgentField: "id" | "name" | "type" | "status" | "description" | "capabilities" | "configuration" | "system_prompt" | "model_id" | "tools" | "topics" | "flow" | "tags" | "metadata" | "personality" | "plugins" | "resources" | "platforms" | "version" | "created_at" | "updated_at";
+        AgentField: "id" | "name" | "type" | "status" | "description" | "capabilities" | "configuration" | "system_prompt" | "model_id" | "knowledge_bases" | "prompt_template_id" | "tools" | "topics" | "flow" | "tags" | "metadata" | "personality" | "plugins" | "resources" | "platforms" | "version" | "created_at" | "updated_at";
         /** @description Model settings of the agent (AIMatrix `configuration`, Magnet AI top-level fields). */
         AgentConfiguration: {
             /** @description The model name, e.g. `gpt-4`. */
@@ -413,6 +978,10 @@ export interface components {
             system_prompt?: string;
             /** @description The model the agent runs on (Magnet AI). */
             model_id?: string;
+            /** @description Ids of the knowledge bases the agent retrieves from when it executes. */
+            knowledge_bases?: string[];
+            /** @description A prompt template rendered (with the execution's `variables`) into the system prompt. */
+            prompt_template_id?: string;
             /** @description Ids of the tools the agent may call. */
             tools?: string[];
             /** @description Topics the agent covers (Magnet AI). */
@@ -449,6 +1018,10 @@ export interface components {
             system_prompt?: string | null;
             /** @description The model the agent runs on. */
             model_id?: string | null;
+            /** @description Ids of the knowledge bases the agent retrieves from. */
+            knowledge_bases?: string[];
+            /** @description The prompt template of the system prompt; `null` removes it. */
+            prompt_template_id?: string | null;
             /** @description Ids of the tools the agent may call. */
             tools?: string[];
             /** @description Topics the agent covers. */
@@ -489,6 +1062,10 @@ export interface components {
             system_prompt?: string;
             /** @description The model the agent runs on. */
             model_id?: string;
+            /** @description Ids of the knowledge bases the agent retrieves from. */
+            knowledge_bases?: string[];
+            /** @description The prompt template of the system prompt. */
+            prompt_template_id?: string;
             /** @description Ids of the tools the agent may call. */
             tools?: string[];
             /** @description Topics the agent covers. */
@@ -535,7 +1112,7 @@ export interface components {
          * @description A permission an API key carries.
          * @enum {string}
          */
-        Scope: "read:agents" | "write:agents" | "read:keys" | "write:keys";
+        Scope: "read:agents" | "write:agents" | "read:keys" | "write:keys" | "read:knowledge" | "write:knowledge" | "read:tools" | "write:tools" | "read:templates" | "write:templates" | "read:models" | "write:models" | "execute:agents" | "read:executions" | "read:conversations" | "write:conversations";
         /**
          * @description A user's role: `admin` (everything, every key of the organization), `member` (read and write, own keys), `viewer` (read only).
          * @enum {string}
@@ -653,6 +1230,762 @@ export interface components {
             email?: string;
             notifications?: components["schemas"]["NotificationPreferencesPatch"];
         };
+        /** @description A free-form category (`documentation`, `faq`, ...); `GET /v1/knowledge/search?type=` filters on it. */
+        KnowledgeBaseType: string;
+        /** @description How documents are cut into chunks. An `overlap` not smaller than `chunk_size` is reduced to `chunk_size - 1`. */
+        ProcessingOptions: {
+            /**
+             * Format: int64
+             * @description Characters per chunk.
+             * @default 1000
+             */
+            chunk_size: number;
+            /**
+             * Format: int64
+             * @description Characters each chunk repeats from the end of the previous one.
+             * @default 200
+             */
+            overlap: number;
+            /**
+             * @description Record title, source and position on every chunk (always done; kept for AIMatrix compatibility).
+             * @default true
+             */
+            extract_metadata: boolean;
+        };
+        /** @description Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`. */
+        KnowledgeMetadata: {
+            [key: string]: unknown;
+        };
+        /**
+         * @description What the text is; HTML loses its markup and JSON becomes `path: value` lines.
+         * @enum {string}
+         */
+        KnowledgeContentType: "text/plain" | "text/markdown" | "text/html" | "application/json";
+        /** @description A name for the source; defaults to its URL, repository or `inline text`. */
+        SourceName: string;
+        /** @description Inline text, ingested at once. */
+        TextSourceInput: {
+            /**
+             * @description `text`
+             * @constant
+             */
+            type: "text";
+            name?: components["schemas"]["SourceName"];
+            /** @description The document's title; by default its first heading or line. */
+            title?: string;
+            /** @description The content. */
+            text: string;
+            content_type?: components["schemas"]["KnowledgeContentType"];
+            metadata?: components["schemas"]["KnowledgeMetadata"];
+        };
+        /** @description A web page, fetched by `sync` (HTML becomes text). */
+        UrlSourceInput: {
+            /**
+             * @description `url`
+             * @constant
+             */
+            type: "url";
+            name?: components["schemas"]["SourceName"];
+            /**
+             * Format: uri
+             * @description An http(s) URL.
+             */
+            url: string;
+            metadata?: components["schemas"]["KnowledgeMetadata"];
+        };
+        /** @description Text files (txt, md, html, json) of a GitHub repository, fetched by `sync` through the GitHub REST contents API. */
+        GithubSourceInput: {
+            /**
+             * @description `github`
+             * @constant
+             */
+            type: "github";
+            name?: components["schemas"]["SourceName"];
+            /** @description `owner/repo` or `https://github.com/owner/repo`. */
+            repository: string;
+            /** @description The branch, tag or commit; the repository's default branch when absent. */
+            branch?: string;
+            /** @description Directories or files to fetch (recursively); the whole repository when absent. */
+            paths?: string[];
+            metadata?: components["schemas"]["KnowledgeMetadata"];
+        };
+        /** @description A source of documents. Inline `text` is ingested at once; `url` and `github` sources are recorded and fetched by `POST …/sources/{source_id}/sync`. Files are uploaded with `POST /v1/knowledge/{kb_id}/files`. */
+        KnowledgeSourceInput: components["schemas"]["TextSourceInput"] | components["schemas"]["UrlSourceInput"] | components["schemas"]["GithubSourceInput"];
+        /**
+         * @description Where a source's documents come from.
+         * @enum {string}
+         */
+        KnowledgeSourceType: "text" | "url" | "github" | "file";
+        /**
+         * @description `pending` until first synced, `syncing` while a sync runs, `active` after a successful one, `failed` after a failed one.
+         * @enum {string}
+         */
+        KnowledgeSourceStatus: "pending" | "syncing" | "active" | "failed";
+        /** @description A source of a knowledge base's documents. */
+        KnowledgeSource: {
+            /** @description The source's id (`src_…`). */
+            id: string;
+            /** @description The knowledge base it feeds. */
+            knowledge_base_id: string;
+            /** @description The source's name. */
+            name: string;
+            type: components["schemas"]["KnowledgeSourceType"];
+            status: components["schemas"]["KnowledgeSourceStatus"];
+            /** @description For `url` sources, the page. */
+            url?: string;
+            /** @description For `github` sources, `owner/repo`. */
+            repository?: string;
+            /** @description For `github` sources, the branch fetched. */
+            branch?: string;
+            /** @description For `github` sources, the paths fetched. */
+            paths?: string[];
+            /** @description For `file` sources, the uploaded file's name. */
+            file_name?: string;
+            metadata: components["schemas"]["KnowledgeMetadata"];
+            /**
+             * Format: date-time
+             * @description When the last sync (or the ingest of inline text or a file) finished.
+             */
+            last_sync_at: string | null;
+            /**
+             * Format: date-time
+             * @description When the source was added.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When the source last changed.
+             */
+            updated_at: string;
+        };
+        KnowledgeSourceList: {
+            /** @description The sources on this page, newest first. */
+            data: components["schemas"]["KnowledgeSource"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description A knowledge base to create or, with PUT, its new state. */
+        KnowledgeBaseInput: {
+            /** @description The knowledge base's name. */
+            name: string;
+            type?: components["schemas"]["KnowledgeBaseType"];
+            /** @description What it holds. */
+            description?: string;
+            /** @description Accepted for CodexOS compatibility and recorded; retrieval is full-text, so it changes nothing. */
+            embedding_model?: string;
+            processing_options?: components["schemas"]["ProcessingOptions"];
+            metadata?: components["schemas"]["KnowledgeMetadata"];
+            /** @description Sources to add at creation (ignored by PUT); inline text is ingested at once. */
+            sources?: components["schemas"]["KnowledgeSourceInput"][];
+        };
+        /** @description The fields to change; absent fields keep their value, `null` clears `description`. */
+        KnowledgeBasePatch: {
+            /** @description The knowledge base's name. */
+            name?: string;
+            type?: components["schemas"]["KnowledgeBaseType"];
+            /** @description What it holds. */
+            description?: string | null;
+            /** @description Recorded only. */
+            embedding_model?: string;
+            processing_options?: components["schemas"]["ProcessingOptions"];
+            metadata?: components["schemas"]["KnowledgeMetadata"];
+        };
+        /** @description A knowledge base. */
+        KnowledgeBase: {
+            /** @description The knowledge base's id (`kb_…`). */
+            id: string;
+            /** @description The knowledge base's name. */
+            name: string;
+            type: components["schemas"]["KnowledgeBaseType"];
+            /** @description What it holds. */
+            description?: string;
+            /** @description Recorded only. */
+            embedding_model?: string;
+            processing_options: components["schemas"]["ProcessingOptions"];
+            metadata: components["schemas"]["KnowledgeMetadata"];
+            /**
+             * Format: int64
+             * @description Documents ingested.
+             */
+            document_count: number;
+            /**
+             * Format: int64
+             * @description Chunks indexed.
+             */
+            chunk_count: number;
+            /**
+             * Format: int64
+             * @description Sources added.
+             */
+            source_count: number;
+            /**
+             * Format: int64
+             * @description Bumped by every change; the `ETag`.
+             */
+            version: number;
+            /**
+             * Format: date-time
+             * @description When it was created.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When it last changed.
+             */
+            updated_at: string;
+        };
+        KnowledgeBaseList: {
+            /** @description The knowledge bases on this page, newest first. */
+            data: components["schemas"]["KnowledgeBase"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description A document given inline. */
+        DocumentInput: {
+            /** @description Its title; by default its first heading (Markdown), `<title>` (HTML), `title` (JSON) or first line. */
+            title?: string;
+            /** @description The content. */
+            text: string;
+            content_type?: components["schemas"]["KnowledgeContentType"];
+            /** @description Where it came from, recorded as the chunks' `source` (default `inline`). */
+            source?: string;
+            metadata?: components["schemas"]["KnowledgeMetadata"];
+        };
+        /** @description Documents to ingest now and sources to add (CodexOS ingest). `chunk_size` and `overlap` override the knowledge base's processing options for this ingest. */
+        IngestRequest: {
+            /** @description Documents ingested at once. */
+            documents?: components["schemas"]["DocumentInput"][];
+            /** @description Sources to add; `url` and `github` sources get a queued sync each. */
+            sources?: components["schemas"]["KnowledgeSourceInput"][];
+            /**
+             * Format: int64
+             * @description Characters per chunk.
+             */
+            chunk_size?: number;
+            /**
+             * Format: int64
+             * @description Characters each chunk repeats from the previous one.
+             */
+            overlap?: number;
+        };
+        /** @description What an ingest created. */
+        IngestResult: {
+            /** @description The documents ingested. */
+            documents: components["schemas"]["KnowledgeDocument"][];
+            /** @description The sources added. */
+            sources: components["schemas"]["KnowledgeSource"][];
+            /** @description The syncs queued for `url` and `github` sources; poll `GET /v1/knowledge/{kb_id}/syncs/{sync_id}`. */
+            syncs: components["schemas"]["SyncJob"][];
+            /**
+             * Format: int64
+             * @description Chunks indexed by this ingest (not counting queued syncs).
+             */
+            chunks_created: number;
+        };
+        /** @description A document of a knowledge base. */
+        KnowledgeDocument: {
+            /** @description The document's id (`doc_…`). */
+            id: string;
+            /** @description Its knowledge base. */
+            knowledge_base_id: string;
+            /** @description The source it came from, if any. */
+            source_id: string | null;
+            /** @description Its title (given or extracted). */
+            title: string;
+            /** @description What it was ingested as. */
+            content_type: string;
+            metadata: components["schemas"]["KnowledgeMetadata"];
+            /**
+             * Format: int64
+             * @description Its chunks.
+             */
+            chunk_count: number;
+            /**
+             * Format: int64
+             * @description Characters of extracted text.
+             */
+            char_count: number;
+            /**
+             * Format: date-time
+             * @description When it was ingested.
+             */
+            created_at: string;
+        };
+        KnowledgeDocumentList: {
+            /** @description The documents on this page, newest first. */
+            data: components["schemas"]["KnowledgeDocument"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description A chunk of a document, as indexed. */
+        KnowledgeChunk: {
+            /** @description The chunk's id (`chunk_…`). */
+            id: string;
+            /** @description Its document. */
+            document_id: string;
+            /** @description Its knowledge base. */
+            knowledge_base_id: string;
+            /**
+             * Format: int64
+             * @description Its index in the document, from 0.
+             */
+            position: number;
+            /** @description Its text. */
+            text: string;
+            metadata: components["schemas"]["KnowledgeMetadata"];
+        };
+        KnowledgeChunkList: {
+            /** @description The chunks on this page, in document order. */
+            data: components["schemas"]["KnowledgeChunk"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description `queued`, `running`, then `succeeded` or `failed` (a sync interrupted by a server restart is marked `failed`).
+         * @enum {string}
+         */
+        SyncStatus: "queued" | "running" | "succeeded" | "failed";
+        /** @description A sync of a source, to poll. */
+        SyncJob: {
+            /** @description The sync's id (`sync_…`). */
+            id: string;
+            /** @description The knowledge base. */
+            knowledge_base_id: string;
+            /** @description The source synced. */
+            source_id: string;
+            status: components["schemas"]["SyncStatus"];
+            /** @description Why it failed. */
+            error: string | null;
+            /**
+             * Format: int64
+             * @description Documents ingested.
+             */
+            documents: number;
+            /**
+             * Format: int64
+             * @description Chunks indexed.
+             */
+            chunks: number;
+            /**
+             * Format: date-time
+             * @description When it was requested.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When it started.
+             */
+            started_at: string | null;
+            /**
+             * Format: date-time
+             * @description When it ended.
+             */
+            finished_at: string | null;
+        };
+        /** @description Only chunks whose metadata has each key with exactly this value (`{"source_type": "url"}`, `{"title": "FAQ"}`, or any metadata you gave). */
+        KnowledgeFilters: {
+            [key: string]: string | number | boolean;
+        };
+        /** @description AIMatrix's query options; top-level fields of the same meaning take precedence. */
+        QueryOptions: {
+            /**
+             * Format: int64
+             * @description At most this many results (default 5).
+             */
+            max_results?: number;
+            /** @description Only results scoring at least this. */
+            min_score?: number;
+            /** @description Return each result's metadata (default true). */
+            include_metadata?: boolean;
+            /** @description Accepted for compatibility; results are already ranked by the engine. */
+            rerank?: boolean;
+        };
+        /** @description A retrieval query (AIMatrix query, CodexOS search, Magnet AI RAG query). */
+        KnowledgeQuery: {
+            /** @description Free text; its words are matched (stemmed, any of them), best matches first. */
+            query: string;
+            /**
+             * Format: int64
+             * @description At most this many results (default 5).
+             */
+            top_k?: number;
+            /**
+             * Format: int64
+             * @description Same as `top_k`.
+             */
+            max_results?: number;
+            /** @description Only results scoring at least this. */
+            min_score?: number;
+            filters?: components["schemas"]["KnowledgeFilters"];
+            /** @description Return each result's metadata (default true). */
+            include_metadata?: boolean;
+            options?: components["schemas"]["QueryOptions"];
+        };
+        /** @description One retrieved chunk. */
+        KnowledgeResult: {
+            /** @description The chunk. */
+            chunk_id: string;
+            /** @description Its document. */
+            document_id: string;
+            /** @description Its knowledge base. */
+            knowledge_base_id: string;
+            /** @description The chunk's text. */
+            content: string;
+            /**
+             * @description Relevance in [0, 1): the database's own full-text rank `r` (SQLite FTS5 `-bm25()`,
+             *     PostgreSQL `ts_rank_cd()`) as `r / (1 + r)`. Higher is better; scores are comparable
+             *     between the results of one query, not across queries or databases.
+             */
+            score: number;
+            /** @description The chunk's metadata (title, source, source_type, position, chunks, start, end, source_id and the document's metadata), unless `include_metadata` is false. */
+            metadata?: {
+                [key: string]: unknown;
+            };
+        };
+        /** @description Results, best first. */
+        KnowledgeResults: {
+            /** @description The query as given. */
+            query: string;
+            /** @description The best chunks, best first. */
+            results: components["schemas"]["KnowledgeResult"][];
+            /**
+             * Format: int64
+             * @description Results returned.
+             */
+            total: number;
+        };
+        /**
+         * @description `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint.
+         * @enum {string}
+         */
+        ToolType: "rag" | "retrieval" | "api";
+        /** @description The tool's name. */
+        ToolName: string;
+        /** @description What the tool does (shown to agents choosing tools). */
+        ToolDescription: string;
+        /** @description The knowledge bases it searches; each must exist in the organization (404 names the first that does not). */
+        ToolKnowledgeBaseIds: string[];
+        /** @description HTTP headers by name. */
+        HeaderMap: {
+            [key: string]: string;
+        };
+        /** @description A `rag` or `retrieval` tool (Magnet AI RAG and retrieval tools). */
+        KnowledgeToolInput: {
+            /**
+             * @description `rag` or `retrieval`.
+             * @enum {string}
+             */
+            type: "rag" | "retrieval";
+            name: components["schemas"]["ToolName"];
+            description?: components["schemas"]["ToolDescription"];
+            knowledge_base_ids: components["schemas"]["ToolKnowledgeBaseIds"];
+            /**
+             * Format: int64
+             * @description Passages per query unless the query says otherwise (default 5).
+             */
+            top_k?: number;
+            /** @description Only passages scoring at least this. */
+            min_score?: number;
+            /** @description Recorded for Magnet AI compatibility; retrieval is full-text. */
+            embedding_model?: string;
+        };
+        /** @description An `api` tool (Magnet AI API tool). `secret_headers` are write-only, sealed at rest and never returned; a PUT without them keeps the stored ones. */
+        ApiToolInput: {
+            /**
+             * @description `api`
+             * @constant
+             */
+            type: "api";
+            name: components["schemas"]["ToolName"];
+            description?: components["schemas"]["ToolDescription"];
+            /**
+             * @description The HTTP method (default GET).
+             * @enum {string}
+             */
+            method?: "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
+            /**
+             * Format: uri
+             * @description The endpoint, http(s).
+             */
+            url: string;
+            headers?: components["schemas"]["HeaderMap"];
+            secret_headers?: components["schemas"]["HeaderMap"];
+            /**
+             * Format: int64
+             * @description How long a call may take (default 10000).
+             */
+            timeout_ms?: number;
+        };
+        /** @description A tool to create or, with PUT, its new state. */
+        ToolInput: components["schemas"]["KnowledgeToolInput"] | components["schemas"]["ApiToolInput"];
+        /** @description A tool. Fields beyond the common ones depend on its `type`. */
+        Tool: {
+            /** @description The tool's id (`tool_…`). */
+            id: string;
+            /** @description The tool's name. */
+            name: string;
+            type: components["schemas"]["ToolType"];
+            /** @description What the tool does. */
+            description?: string;
+            /** @description For `rag` and `retrieval` tools, the knowledge bases searched. */
+            knowledge_base_ids?: string[];
+            /**
+             * Format: int64
+             * @description For `rag` and `retrieval` tools, passages per query.
+             */
+            top_k?: number;
+            /** @description For `rag` and `retrieval` tools, the least score kept. */
+            min_score?: number;
+            /** @description Recorded only. */
+            embedding_model?: string;
+            /** @description For `api` tools, the HTTP method. */
+            method?: string;
+            /** @description For `api` tools, the endpoint. */
+            url?: string;
+            /** @description For `api` tools, the plain headers. */
+            headers?: {
+                [key: string]: string;
+            };
+            /** @description For `api` tools, the names of the secret headers stored (their values are never returned). */
+            secret_header_names?: string[];
+            /**
+             * Format: int64
+             * @description For `api` tools, the call timeout.
+             */
+            timeout_ms?: number;
+            /**
+             * Format: int64
+             * @description Bumped by every change; the `ETag`.
+             */
+            version: number;
+            /**
+             * Format: date-time
+             * @description When it was created.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When it last changed.
+             */
+            updated_at: string;
+        };
+        ToolList: {
+            /** @description The tools on this page, newest first. */
+            data: components["schemas"]["Tool"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description A query for a `rag` tool or a search for a `retrieval` tool. */
+        ToolQuery: {
+            /** @description Free text; its words are matched (stemmed, any of them). */
+            query: string;
+            /**
+             * Format: int64
+             * @description At most this many passages (default the tool's `top_k`).
+             */
+            top_k?: number;
+            /** @description Only passages scoring at least this (default the tool's). */
+            min_score?: number;
+            filters?: components["schemas"]["KnowledgeFilters"];
+        };
+        /** @description A RAG tool's answer and the passages it rests on. */
+        RagAnswer: {
+            /** @description The query as given. */
+            query: string;
+            /** @description The passages, best first. */
+            results: components["schemas"]["KnowledgeResult"][];
+            /** @description An extractive answer (the best passage, at most 1000 characters); `null` when nothing matched. Generated answers come from agent execution with a model. */
+            answer: string | null;
+        };
+        /** @description What to send in a test call of an `api` tool. */
+        ToolTestInput: {
+            /** @description A JSON body to send (ignored for GET). */
+            body?: unknown;
+            /** @description Query parameters to add to the URL. */
+            query?: {
+                [key: string]: string;
+            };
+        };
+        /** @description How a test call went. A call that could not be made has `ok` false, `status` null and an `error`. */
+        ToolTestResult: {
+            /** @description Whether the endpoint answered 2xx. */
+            ok: boolean;
+            /**
+             * Format: int64
+             * @description The HTTP status it answered.
+             */
+            status: number | null;
+            /** @description Milliseconds until the whole answer was read (or the call failed). */
+            latency_ms: number;
+            /** @description The answer's Content-Type. */
+            content_type: string | null;
+            /** @description The first 2000 characters of the answer. */
+            body_excerpt: string | null;
+            /** @description Why the call failed, when it did. */
+            error: string | null;
+        };
+        /**
+         * @description The role the rendered text plays: `system` (the system prompt), `user` (the user turn) or `assistant`.
+         * @enum {string}
+         */
+        PromptTemplateType: "system" | "user" | "assistant";
+        /** @description A variable name as written between `{{` and `}}`. */
+        TemplateVariableName: string;
+        /**
+         * @description A prompt template as created (POST) or replaced (PUT). `{{name}}` marks a variable
+         *     (spaces inside the braces are allowed). Every variable the text uses must be declared in
+         *     `variables` (409 otherwise); when `variables` is left out it is detected from the text.
+         */
+        PromptTemplateInput: {
+            /** @description The template's name. */
+            name: string;
+            /** @description What the template is for. */
+            description?: string;
+            /** @description The text, with `{{variable}}` placeholders. */
+            template: string;
+            /** @description The variables the text uses; detected from the text when left out. */
+            variables?: components["schemas"]["TemplateVariableName"][];
+            type?: components["schemas"]["PromptTemplateType"];
+        };
+        /** @description A prompt template (Magnet AI). */
+        PromptTemplate: {
+            /** @description The template's id. */
+            readonly id: string;
+            /** @description The template's name. */
+            name: string;
+            /** @description What the template is for. */
+            description?: string;
+            /** @description The text, with `{{variable}}` placeholders. */
+            template: string;
+            /** @description The variables the text uses. */
+            variables: string[];
+            type: components["schemas"]["PromptTemplateType"];
+            /**
+             * Format: int64
+             * @description Incremented by every change; the `ETag` derives from it.
+             */
+            readonly version: number;
+            /**
+             * Format: date-time
+             * @description When the template was created.
+             */
+            readonly created_at: string;
+            /**
+             * Format: date-time
+             * @description When the template last changed.
+             */
+            readonly updated_at: string;
+        };
+        PromptTemplateList: {
+            /** @description The templates on this page, newest first. */
+            data: components["schemas"]["PromptTemplate"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description The values of the template's variables. */
+        RenderRequest: {
+            /** @description A value for every declared variable. */
+            variables?: {
+                [key: string]: string;
+            };
+        };
+        RenderedPrompt: {
+            /** @description The template that was rendered. */
+            template_id: string;
+            /** @description The text with every variable replaced. */
+            rendered: string;
+            /** @description The variables the text used, in order of first use. */
+            variables_used: string[];
+        };
+        /**
+         * @description `local` (built in, deterministic, offline) or `openai-compatible` (an HTTP chat-completions endpoint).
+         * @enum {string}
+         */
+        ModelProvider: "local" | "openai-compatible";
+        /** @description Prices in US dollars per 1,000 tokens; an execution's cost is computed from them. */
+        ModelPricing: {
+            /**
+             * Format: double
+             * @description Dollars per 1,000 input (prompt) tokens.
+             */
+            input_per_1k: number;
+            /**
+             * Format: double
+             * @description Dollars per 1,000 output (completion) tokens.
+             */
+            output_per_1k: number;
+        };
+        /** @description A model as registered (POST) or replaced (PUT). `endpoint` defaults to `https://api.openai.com/v1` for `openai-compatible`. `api_key` is write-only; a replace without it keeps the stored key. */
+        ModelInput: {
+            /** @description The model's display name. */
+            name: string;
+            /** @description What the model is for. */
+            description?: string;
+            provider: components["schemas"]["ModelProvider"];
+            /** @description The provider's name of the model, sent as `model` (e.g. `gpt-4-turbo-preview`). */
+            model_id: string;
+            /**
+             * Format: uri
+             * @description The API base URL; requests go to `{endpoint}/chat/completions`. An `openai-compatible` model registered without one uses `https://api.openai.com/v1`.
+             */
+            endpoint?: string;
+            /** @description The provider's API key, sent as a bearer token. Stored encrypted, never returned. */
+            api_key?: string;
+            pricing?: components["schemas"]["ModelPricing"];
+            /**
+             * Format: int64
+             * @description Most tokens (prompt and answer) the model accepts.
+             */
+            context_window?: number;
+            /**
+             * Format: int64
+             * @description Most tokens the model writes per answer.
+             */
+            max_output_tokens?: number;
+        };
+        /** @description A registered model. The built-in `model_local` is always available. */
+        Model: {
+            /** @description The model's id. */
+            readonly id: string;
+            /** @description The model's display name. */
+            name: string;
+            /** @description What the model is for. */
+            description?: string;
+            provider: components["schemas"]["ModelProvider"];
+            /** @description The provider's name of the model. */
+            model_id: string;
+            /** @description The API base URL. */
+            endpoint?: string;
+            /** @description Whether an API key is stored. */
+            readonly api_key_set: boolean;
+            pricing: components["schemas"]["ModelPricing"];
+            /**
+             * Format: int64
+             * @description Most tokens (prompt and answer) the model accepts.
+             */
+            context_window?: number;
+            /**
+             * Format: int64
+             * @description Most tokens the model writes per answer.
+             */
+            max_output_tokens?: number;
+            /** @description Whether this is the built-in local model (read-only). */
+            readonly built_in: boolean;
+            /**
+             * Format: int64
+             * @description Incremented by every change; the `ETag` derives from it.
+             */
+            readonly version: number;
+            /**
+             * Format: date-time
+             * @description When the model was registered.
+             */
+            readonly created_at: string;
+            /**
+             * Format: date-time
+             * @description When the model last changed.
+             */
+            readonly updated_at: string;
+        };
+        ModelList: {
+            /** @description The models on this page, newest first; the built-in `model_local` comes last. */
+            data: components["schemas"]["Model"][];
+            pagination: components["schemas"]["Pagination"];
+        };
     };
     responses: {
         /** @description The agent after the update. */
@@ -758,6 +2091,10 @@ export interface components {
         };
     };
     parameters: {
+        /** @description The tool's id (`tool_…`). */
+        ToolId: string;
+        /** @description The knowledge base's id (`kb_…`). */
+        KnowledgeBaseId: string;
         /** @description Page number, from 1. */
         Page: number;
         /** @description Items per page. */
@@ -775,6 +2112,10 @@ export interface components {
         Order: "asc" | "desc";
         /** @description The agent's id. */
         AgentId: string;
+        /** @description The prompt template's id. */
+        TemplateId: string;
+        /** @description The model's id (`model_local` is the built-in model). */
+        ModelId: string;
         /**
          * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
          *     24 hours answers 201 with the resource the first request created, creating nothing new;
@@ -1077,6 +2418,422 @@ export interface operations {
             503: components["responses"]["ServiceUnavailable"];
         };
     };
+    listPromptTemplates: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only templates of this type. */
+                type?: components["schemas"]["PromptTemplateType"];
+                /** @description Case-insensitive substring match over name and description. */
+                search?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of templates. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PromptTemplateList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createPromptTemplate: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PromptTemplateInput"];
+            };
+        };
+        responses: {
+            /** @description The template was created. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PromptTemplate"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getPromptTemplate: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The prompt template's id. */
+                template_id: components["parameters"]["TemplateId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The template. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PromptTemplate"];
+                };
+            };
+            /** @description The template has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    replacePromptTemplate: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The prompt template's id. */
+                template_id: components["parameters"]["TemplateId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PromptTemplateInput"];
+            };
+        };
+        responses: {
+            /** @description The template after the update. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PromptTemplate"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deletePromptTemplate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The prompt template's id. */
+                template_id: components["parameters"]["TemplateId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The template was deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    renderPromptTemplate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The prompt template's id. */
+                template_id: components["parameters"]["TemplateId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RenderRequest"];
+            };
+        };
+        responses: {
+            /** @description The rendered text. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RenderedPrompt"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listModels: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only models of this provider. */
+                provider?: components["schemas"]["ModelProvider"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of models. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createModel: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ModelInput"];
+            };
+        };
+        responses: {
+            /** @description The model was registered. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Model"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getModel: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The model's id (`model_local` is the built-in model). */
+                model_id: components["parameters"]["ModelId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The model. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Model"];
+                };
+            };
+            /** @description The model has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    replaceModel: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The model's id (`model_local` is the built-in model). */
+                model_id: components["parameters"]["ModelId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ModelInput"];
+            };
+        };
+        responses: {
+            /** @description The model after the update. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Model"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteModel: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The model's id (`model_local` is the built-in model). */
+                model_id: components["parameters"]["ModelId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The model was deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
     listApiKeys: {
         parameters: {
             query?: {
@@ -1243,6 +3000,983 @@ export interface operations {
             };
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listKnowledgeBases: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only knowledge bases of this type. */
+                type?: components["schemas"]["KnowledgeBaseType"];
+                /** @description Case-insensitive substring of the name. */
+                search?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of knowledge bases. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeBaseList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createKnowledgeBase: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KnowledgeBaseInput"];
+            };
+        };
+        responses: {
+            /** @description The knowledge base was created. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeBase"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    searchKnowledge: {
+        parameters: {
+            query: {
+                /** @description Free text; its words are matched (stemmed, any of them). */
+                q: string;
+                /** @description Only knowledge bases of this type. */
+                type?: components["schemas"]["KnowledgeBaseType"];
+                /** @description At most this many results. */
+                max_results?: number;
+                /** @description Only results scoring at least this. */
+                min_score?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Results, best first. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeResults"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getKnowledgeBase: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The knowledge base. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeBase"];
+                };
+            };
+            /** @description Unchanged since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    replaceKnowledgeBase: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KnowledgeBaseInput"];
+            };
+        };
+        responses: {
+            /** @description The knowledge base after the update. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeBase"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteKnowledgeBase: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    updateKnowledgeBase: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KnowledgeBasePatch"];
+            };
+        };
+        responses: {
+            /** @description The knowledge base after the update. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeBase"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    queryKnowledgeBase: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KnowledgeQuery"];
+            };
+        };
+        responses: {
+            /** @description Results, best first. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeResults"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    ingestKnowledge: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["IngestRequest"];
+            };
+        };
+        responses: {
+            /** @description What was ingested and queued. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IngestResult"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listKnowledgeSources: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+            };
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of sources. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeSourceList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createKnowledgeSource: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KnowledgeSourceInput"];
+            };
+        };
+        responses: {
+            /** @description The source was added. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeSource"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getKnowledgeSource: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The source's id (`src_…`). */
+                source_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The source. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeSource"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteKnowledgeSource: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The source's id (`src_…`). */
+                source_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    syncKnowledgeSource: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The source's id (`src_…`). */
+                source_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The sync was queued. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SyncJob"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getKnowledgeSync: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The sync's id (`sync_…`). */
+                sync_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The sync. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SyncJob"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listKnowledgeDocuments: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only this source's documents. */
+                source_id?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of documents. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeDocumentList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getKnowledgeDocument: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The document's id (`doc_…`). */
+                document_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The document. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeDocument"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteKnowledgeDocument: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The document's id (`doc_…`). */
+                document_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listKnowledgeChunks: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+            };
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The document's id (`doc_…`). */
+                document_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of chunks. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeChunkList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listTools: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only tools of this type. */
+                type?: components["schemas"]["ToolType"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of tools. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ToolList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createTool: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ToolInput"];
+            };
+        };
+        responses: {
+            /** @description The tool was created. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Tool"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getTool: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The tool's id (`tool_…`). */
+                tool_id: components["parameters"]["ToolId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The tool. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Tool"];
+                };
+            };
+            /** @description Unchanged since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    replaceTool: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The tool's id (`tool_…`). */
+                tool_id: components["parameters"]["ToolId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ToolInput"];
+            };
+        };
+        responses: {
+            /** @description The tool after the update. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Tool"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteTool: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The tool's id (`tool_…`). */
+                tool_id: components["parameters"]["ToolId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    queryTool: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The tool's id (`tool_…`). */
+                tool_id: components["parameters"]["ToolId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ToolQuery"];
+            };
+        };
+        responses: {
+            /** @description The answer and its passages. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RagAnswer"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    searchTool: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The tool's id (`tool_…`). */
+                tool_id: components["parameters"]["ToolId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ToolQuery"];
+            };
+        };
+        responses: {
+            /** @description Passages, best first. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeResults"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    testTool: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The tool's id (`tool_…`). */
+                tool_id: components["parameters"]["ToolId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ToolTestInput"];
+            };
+        };
+        responses: {
+            /** @description How the call went. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ToolTestResult"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
             422: components["responses"]["UnprocessableEntity"];
             503: components["responses"]["ServiceUnavailable"];
         };

@@ -203,6 +203,28 @@ impl Store {
             .collections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A nested collection lives under its parents' items: under a parent this tenant
+        // does not have (never created, deleted, or another tenant's), it answers 404.
+        let mut prefix = String::new();
+        for segment in resource.collection.split('/').filter(|s| !s.is_empty()) {
+            if let Some(param) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}'))
+                && spec
+                    .operation(&format!("/paths/{}/post", escape_pointer(&prefix)))
+                    .is_some()
+                && let Some(parent_id) = path_param(&op.template, call.path, param)
+            {
+                let known = collections
+                    .get(&(call.tenant.clone(), prefix.clone()))
+                    .is_some_and(|c| c.items.iter().any(|(k, _)| *k == parent_id));
+                if !known {
+                    let detail = format!("no {param} {parent_id} (stateful mock)");
+                    return (op.entry(404).is_some())
+                        .then(|| answer::error(Some(op), 404, "Not Found", &detail, &[]));
+                }
+            }
+            prefix.push('/');
+            prefix.push_str(segment);
+        }
         let collection = collections
             .entry((call.tenant.clone(), resource.collection.clone()))
             .or_default();
