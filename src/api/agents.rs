@@ -10,6 +10,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::{ParseFromJSON, ToJSON};
 use serde_json::{Map, Value};
 
+use super::paging::{etag, etag_matches};
 use super::{Handlers, pagination};
 use crate::auth::Caller;
 use crate::db::StoreError;
@@ -41,17 +42,6 @@ const COLUMNS: &[&str] = &[
 /// List fields every stored agent has, empty by default.
 const DEFAULT_ARRAYS: &[&str] = &["capabilities", "tools", "topics", "tags", "plugins"];
 const DEFAULT_OBJECTS: &[&str] = &["metadata", "platforms"];
-
-fn etag(row: &AgentRow) -> String {
-    format!("\"{}\"", row.version)
-}
-
-/// Whether an `If-None-Match`/`If-Match` header names this ETag (`*` names every ETag).
-fn etag_matches(header: &str, etag: &str) -> bool {
-    header.split(',').map(str::trim).any(|candidate| {
-        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
-    })
-}
 
 fn corrupt(row: &AgentRow, what: &str) -> StoreError {
     StoreError::Corrupt(format!("agent {}: {what}", row.id))
@@ -401,7 +391,7 @@ impl Handlers {
             .run(move |conn| {
                 store::update(conn, &org, &id, |current| {
                     if let Some(header) = &if_match
-                        && !etag_matches(header, &etag(current))
+                        && !etag_matches(header, &etag(current.version))
                     {
                         return Err(StoreError::PreconditionFailed);
                     }
@@ -429,7 +419,7 @@ impl AgentsApi for Handlers {
         match self.create(&caller, params).await {
             Ok((agent, row)) => {
                 let location = format!("/v1/agents/{}", row.id);
-                CreateAgentResponse::Created(Json(agent), location, etag(&row))
+                CreateAgentResponse::Created(Json(agent), location, etag(row.version))
             }
             Err(f) => f.into(),
         }
@@ -440,7 +430,7 @@ impl AgentsApi for Handlers {
             Ok(row) => row,
             Err(f) => return f.into(),
         };
-        let tag = etag(&row);
+        let tag = etag(row.version);
         if params
             .if_none_match
             .as_deref()
@@ -466,7 +456,7 @@ impl AgentsApi for Handlers {
             })
             .await
         {
-            Ok((agent, row)) => ReplaceAgentResponse::Ok(Json(agent), etag(&row)),
+            Ok((agent, row)) => ReplaceAgentResponse::Ok(Json(agent), etag(row.version)),
             Err(f) => f.into(),
         }
     }
@@ -487,7 +477,7 @@ impl AgentsApi for Handlers {
             .change(&caller, params.agent_id, params.if_match, merge)
             .await
         {
-            Ok((agent, row)) => UpdateAgentResponse::Ok(Json(agent), etag(&row)),
+            Ok((agent, row)) => UpdateAgentResponse::Ok(Json(agent), etag(row.version)),
             Err(f) => f.into(),
         }
     }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::Digest;
 
+use super::paging::{etag, etag_matches};
 use super::{Handlers, pagination};
 use crate::auth::Caller;
 use crate::db::knowledge::{
@@ -57,16 +58,6 @@ const DOCUMENT_NOT_FOUND: &str = "KNOWLEDGE_DOCUMENT_NOT_FOUND";
 const SYNC_NOT_FOUND: &str = "KNOWLEDGE_SYNC_NOT_FOUND";
 /// Results a query returns unless told otherwise.
 const DEFAULT_TOP_K: i64 = 5;
-
-fn etag(row: &KbRow) -> String {
-    format!("\"{}\"", row.version)
-}
-
-pub(super) fn etag_matches(header: &str, etag: &str) -> bool {
-    header.split(',').map(str::trim).any(|candidate| {
-        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
-    })
-}
 
 pub(super) fn object(value: Option<Value>) -> Map<String, Value> {
     match value {
@@ -564,7 +555,7 @@ impl Handlers {
             .run(move |conn| {
                 let row = store::update_kb(conn, &org, &id, |current| {
                     if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current))
+                        && !etag_matches(h, &etag(current.version))
                     {
                         return Err(StoreError::PreconditionFailed);
                     }
@@ -723,7 +714,7 @@ impl KnowledgeApi for Handlers {
                 };
                 let row = store::get_kb(conn, &org, &id)?;
                 let counts = store::kb_counts(conn, &id)?;
-                Ok(Some((kb_model(&row, counts), etag(&row))))
+                Ok(Some((kb_model(&row, counts), etag(row.version))))
             })
             .await;
         match created {
@@ -770,7 +761,7 @@ impl KnowledgeApi for Handlers {
     ) -> GetKnowledgeBaseResponse {
         match self.kb_with_counts(&caller, params.kb_id).await {
             Ok((row, kb)) => {
-                let tag = etag(&row);
+                let tag = etag(row.version);
                 if params
                     .if_none_match
                     .as_deref()
@@ -794,7 +785,7 @@ impl KnowledgeApi for Handlers {
             .change_kb(&caller, params.kb_id, params.if_match, move |_| changes)
             .await
         {
-            Ok((row, kb)) => ReplaceKnowledgeBaseResponse::Ok(Json(kb), etag(&row)),
+            Ok((row, kb)) => ReplaceKnowledgeBaseResponse::Ok(Json(kb), etag(row.version)),
             Err(f) => f.into(),
         }
     }
@@ -842,7 +833,7 @@ impl KnowledgeApi for Handlers {
             .change_kb(&caller, params.kb_id, params.if_match, change)
             .await
         {
-            Ok((row, kb)) => UpdateKnowledgeBaseResponse::Ok(Json(kb), etag(&row)),
+            Ok((row, kb)) => UpdateKnowledgeBaseResponse::Ok(Json(kb), etag(row.version)),
             Err(f) => f.into(),
         }
     }

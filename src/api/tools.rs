@@ -17,9 +17,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::Handlers;
-use super::knowledge::{
-    Created, etag_matches, hash_body, idempotent, key_reused, next_cursor, page_of, to_i64,
-};
+use super::knowledge::{Created, hash_body, idempotent, key_reused, next_cursor, page_of, to_i64};
+use super::paging::{etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::tools::{self as store, ToolChanges, ToolRow};
 use crate::db::{DbConnection, StoreError};
@@ -74,10 +73,6 @@ struct ApiTool {
     headers: Option<BTreeMap<String, String>>,
     secret_headers: Option<BTreeMap<String, String>>,
     timeout_ms: Option<i64>,
-}
-
-fn etag(row: &ToolRow) -> String {
-    format!("\"{}\"", row.version)
 }
 
 fn parse(value: &Value, rid: &str) -> Result<ToolSpec, Failure> {
@@ -502,7 +497,7 @@ impl ToolsApi for Handlers {
         match created {
             Ok(Ok(row)) => {
                 let location = format!("/v1/tools/{}", row.id);
-                CreateToolResponse::Created(Json(tool_model(&row)), location, etag(&row))
+                CreateToolResponse::Created(Json(tool_model(&row)), location, etag(row.version))
             }
             Ok(Err(Some((i, id)))) => missing_kb(i, &id, &rid).into(),
             Ok(Err(None)) => key_reused(&rid).into(),
@@ -513,7 +508,7 @@ impl ToolsApi for Handlers {
     async fn get_tool(&self, caller: Caller, params: GetToolParams) -> GetToolResponse {
         match self.tool(&caller, params.tool_id).await {
             Ok(row) => {
-                let tag = etag(&row);
+                let tag = etag(row.version);
                 if params
                     .if_none_match
                     .as_deref()
@@ -541,7 +536,7 @@ impl ToolsApi for Handlers {
             .run(move |conn| {
                 store::update(conn, &org, &params.tool_id, |conn, current| {
                     if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current))
+                        && !etag_matches(h, &etag(current.version))
                     {
                         return Err(StoreError::PreconditionFailed);
                     }
@@ -553,7 +548,7 @@ impl ToolsApi for Handlers {
             })
             .await;
         match updated {
-            Ok(Ok(row)) => ReplaceToolResponse::Ok(Json(tool_model(&row)), etag(&row)),
+            Ok(Ok(row)) => ReplaceToolResponse::Ok(Json(tool_model(&row)), etag(row.version)),
             Ok(Err((i, id))) => missing_kb(i, &id, &rid).into(),
             Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
         }
