@@ -18,6 +18,7 @@ pub enum Kind {
     NotFound,
     Conflict,
     PreconditionFailed,
+    UnsupportedMediaType,
     Unprocessable,
     Unavailable,
 }
@@ -31,6 +32,7 @@ impl Kind {
             Kind::NotFound => 404,
             Kind::Conflict => 409,
             Kind::PreconditionFailed => 412,
+            Kind::UnsupportedMediaType => 415,
             Kind::Unprocessable => 422,
             Kind::Unavailable => 503,
         }
@@ -38,7 +40,9 @@ impl Kind {
 
     fn error_type(self) -> ErrorType {
         match self {
-            Kind::BadRequest | Kind::Unprocessable => ErrorType::InvalidRequestError,
+            Kind::BadRequest | Kind::Unprocessable | Kind::UnsupportedMediaType => {
+                ErrorType::InvalidRequestError
+            }
             Kind::Unauthorized => ErrorType::AuthenticationError,
             Kind::Forbidden => ErrorType::AuthorizationError,
             Kind::NotFound => ErrorType::NotFoundError,
@@ -56,6 +60,7 @@ impl Kind {
             404 | 405 => Kind::NotFound,
             409 => Kind::Conflict,
             412 => Kind::PreconditionFailed,
+            415 => Kind::UnsupportedMediaType,
             422 => Kind::Unprocessable,
             s if s >= 500 => Kind::Unavailable,
             _ => Kind::BadRequest,

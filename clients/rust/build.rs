@@ -31,7 +31,10 @@ const METHODS: &[&str] = &[
 ];
 
 fn main() {
-    let spec_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../generated/openapi-3.0.json");
+    // Read at run time, not with `env!`: a build script binary may be reused by another
+    // checkout of the same workspace sharing CARGO_TARGET_DIR.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let spec_path = Path::new(&manifest_dir).join("../../generated/openapi-3.0.json");
     println!("cargo:rerun-if-changed={}", spec_path.display());
     println!("cargo:rerun-if-changed=build.rs");
     if let Err(message) = generate(&spec_path) {

@@ -100,6 +100,34 @@ pub struct Response {
     pub headers: Vec<Header>,
 }
 
+/// What a `multipart/form-data` part carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PartKind {
+    /// A file (`type: string, format: binary`): read whole into an `UploadedFile`.
+    File,
+    /// A text field (`type: string`).
+    Text,
+}
+
+/// One part of a `multipart/form-data` body.
+#[derive(Debug)]
+pub struct Part {
+    pub wire: String,
+    pub rust: String,
+    pub doc: Option<String>,
+    pub kind: PartKind,
+    pub required: bool,
+}
+
+/// A `multipart/form-data` request body.
+#[derive(Debug)]
+pub struct Form {
+    /// The generated poem-openapi `Multipart` type, `<Operation>Form`.
+    pub name: String,
+    pub parts: Vec<Part>,
+    pub required: bool,
+}
+
 #[derive(Debug)]
 pub struct Operation {
     pub id: String,
@@ -115,6 +143,8 @@ pub struct Operation {
     pub scopes: Option<Vec<String>>,
     pub params: Vec<Param>,
     pub body: Option<(Ty, bool)>,
+    /// A `multipart/form-data` body (instead of a JSON one).
+    pub form: Option<Form>,
     pub responses: Vec<Response>,
 }
 
@@ -710,13 +740,25 @@ impl Builder<'_> {
                 explode,
             });
         }
+        let mut form = None;
         let body = match op.get("requestBody") {
             None => None,
+            Some(b)
+                if deref(self.doc, b)
+                    .pointer("/content/application~1json")
+                    .is_none()
+                    && deref(self.doc, b)
+                        .pointer("/content/multipart~1form-data")
+                        .is_some() =>
+            {
+                form = Some(self.form(deref(self.doc, b), &type_prefix, ptr)?);
+                None
+            }
             Some(b) => {
                 let b = deref(self.doc, b);
                 let schema = b
                     .pointer("/content/application~1json/schema")
-                    .ok_or_else(|| anyhow!("#{ptr}/requestBody: only application/json bodies are supported by codegen yet"))?;
+                    .ok_or_else(|| anyhow!("#{ptr}/requestBody: only application/json and multipart/form-data bodies are supported by codegen yet"))?;
                 let (ty, _) = self.ty(
                     schema,
                     &format!("{type_prefix}Body"),
@@ -792,7 +834,54 @@ impl Builder<'_> {
             scopes,
             params,
             body,
+            form,
             responses,
+        })
+    }
+
+    /// The parts of a `multipart/form-data` body: string properties, files when
+    /// `format: binary` (or with a `contentMediaType`).
+    fn form(&self, body: &Value, type_prefix: &str, ptr: &str) -> Result<Form> {
+        let sptr = format!("{ptr}/requestBody/content/multipart~1form-data/schema");
+        let schema = body
+            .pointer("/content/multipart~1form-data/schema")
+            .map(|s| deref(self.doc, s))
+            .ok_or_else(|| anyhow!("#{sptr}: a multipart body needs a schema"))?;
+        let props = schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .ok_or_else(|| anyhow!("#{sptr}: a multipart body needs `properties`, one per part"))?;
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut parts = Vec::new();
+        for (wire, prop) in props {
+            let pptr = format!("{sptr}/properties/{}", escape_pointer(wire));
+            let prop = deref(self.doc, prop);
+            if !type_list(prop).iter().any(|t| t == "string") {
+                bail!(
+                    "#{pptr}: multipart parts must be strings or files (`type: string`, `format: binary`)"
+                );
+            }
+            let file = prop.get("format").and_then(Value::as_str) == Some("binary")
+                || prop.get("contentMediaType").is_some();
+            parts.push(Part {
+                wire: wire.clone(),
+                rust: field_ident(wire),
+                doc: text(prop, "description"),
+                kind: if file { PartKind::File } else { PartKind::Text },
+                required: required.contains(&wire.as_str()),
+            });
+        }
+        Ok(Form {
+            name: format!("{type_prefix}Form"),
+            parts,
+            required: body
+                .get("required")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         })
     }
 }

@@ -137,3 +137,52 @@ fn spec_errors_name_their_json_pointer() {
         "{err}"
     );
 }
+
+#[test]
+fn multipart_bodies_become_forms_with_files_read_whole() {
+    let files = codegen::generate(&root().join("openapi/openapi.yaml")).expect("generates");
+    let module = &files
+        .iter()
+        .find(|(p, _)| p.ends_with("knowledge.rs"))
+        .expect("knowledge module")
+        .1;
+    assert!(
+        module.contains(
+            "#[derive(Debug, poem_openapi::Multipart)]\npub struct UploadKnowledgeFileForm"
+        )
+    );
+    assert!(module.contains("pub file: poem_openapi::types::multipart::Upload,"));
+    assert!(
+        module.contains("pub file: crate::UploadedFile,"),
+        "the handler gets the bytes"
+    );
+    assert!(module.contains("file: crate::read_upload(\"file\", form.file).await?"));
+    assert!(module.contains("pub title: Option<String>,"));
+    let lib = &files
+        .iter()
+        .find(|(p, _)| p.ends_with("lib.rs"))
+        .expect("lib")
+        .1;
+    assert!(lib.contains("pub struct UploadedFile"));
+
+    let spec = scratch_spec("multipart-object-part", |t| t);
+    let paths = spec.with_file_name("paths").join("knowledge.yaml");
+    let text = std::fs::read_to_string(&paths).expect("paths");
+    std::fs::write(
+        &paths,
+        text.replacen(
+            "                type: string\n                minLength: 1\n                maxLength: 300\n",
+            "                type: object\n",
+            1,
+        ),
+    )
+    .expect("write");
+    let err = codegen::generate(&spec)
+        .expect_err("an object part is refused")
+        .to_string();
+    assert!(
+        err.contains("multipart~1form-data/schema/properties/title")
+            && err.contains("strings or files"),
+        "{err}"
+    );
+}

@@ -1907,10 +1907,13 @@ fn find_chains(ops: &[Op]) -> Vec<Chain> {
             .filter(|r| r.status.starts_with('2'))
         {
             for link in &response.links {
+                // A linked operation the runner cannot build requests for (a body that is not
+                // JSON, say) is skipped here too, never sent without its body.
                 let Some(target) = link
                     .operation_id
                     .as_deref()
                     .and_then(|id| ops.iter().find(|o| o.id == id))
+                    .filter(|o| o.skipped.is_none())
                 else {
                     continue;
                 };

@@ -557,6 +557,65 @@ pub enum GetKnowledgeSyncResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+/// The `multipart/form-data` body of
+/// `POST /v1/knowledge/{kb_id}/files` (uploadKnowledgeFile)
+#[derive(Debug, poem_openapi::Multipart)]
+pub struct UploadKnowledgeFileForm {
+    /// The file; its name's extension (or its part's Content-Type) says how to read it.
+    #[oai(rename = "file")]
+    pub file: poem_openapi::types::multipart::Upload,
+    /// The document's title; by default the file's first heading, `<title>` or first line.
+    #[oai(rename = "title")]
+    pub title: Option<String>,
+    /// The source's name; by default the file name.
+    #[oai(rename = "name")]
+    pub name: Option<String>,
+}
+/// The parameters and body of
+/// `POST /v1/knowledge/{kb_id}/files` (uploadKnowledgeFile)
+#[derive(Debug, Clone)]
+pub struct UploadKnowledgeFileParams {
+    /// The knowledge base's id (`kb_…`).
+    pub kb_id: String,
+    /// The file; its name's extension (or its part's Content-Type) says how to read it.
+    pub file: crate::UploadedFile,
+    /// The document's title; by default the file's first heading, `<title>` or first line.
+    pub title: Option<String>,
+    /// The source's name; by default the file name.
+    pub name: Option<String>,
+}
+/// Every documented answer of
+/// `POST /v1/knowledge/{kb_id}/files` (uploadKnowledgeFile)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum UploadKnowledgeFileResponse {
+    /// The file was ingested as a source.
+    #[oai(status = 201u16)]
+    Created(
+        poem_openapi::payload::Json<crate::models::KnowledgeSource>,
+        #[oai(header = "Location")] String,
+    ),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// No such resource in the caller's organization.
+    #[oai(status = 404u16)]
+    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The file is not text, Markdown, HTML or JSON.
+    #[oai(status = 415u16)]
+    UnsupportedMediaType(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The body is well-formed JSON but breaks the schema; `details` names each field.
+    #[oai(status = 422u16)]
+    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
 /// The parameters and body of
 /// `GET /v1/knowledge/{kb_id}/documents` (listKnowledgeDocuments)
 #[derive(Debug, Clone)]
@@ -825,6 +884,14 @@ pub trait KnowledgeApi: crate::Authenticate {
         caller: Self::Caller,
         params: GetKnowledgeSyncParams,
     ) -> impl std::future::Future<Output = GetKnowledgeSyncResponse> + Send;
+    /// Upload a file
+    ///
+    /// Uploads a file as a `file` source and ingests it at once (Magnet AI file knowledge sources, AIMatrix `file` sources): `.txt`, `.md`, `.html` and `.json` (or those content types), at most 4 MiB. A file of another type answers 415. Re-syncing the source re-ingests the stored text.
+    fn upload_knowledge_file(
+        &self,
+        caller: Self::Caller,
+        params: UploadKnowledgeFileParams,
+    ) -> impl std::future::Future<Output = UploadKnowledgeFileResponse> + Send;
     /// List documents
     ///
     /// Lists the documents, newest first; `source_id` narrows to one source's.
@@ -1475,6 +1542,47 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
             }
         };
         Ok(self.0.get_knowledge_sync(caller, params).await)
+    }
+    /// Upload a file
+    ///
+    /// Uploads a file as a `file` source and ingests it at once (Magnet AI file knowledge sources, AIMatrix `file` sources): `.txt`, `.md`, `.html` and `.json` (or those content types), at most 4 MiB. A file of another type answers 415. Re-syncing the source re-ingests the stored text.
+    #[oai(
+        path = "/v1/knowledge/:kb_id/files",
+        method = "post",
+        operation_id = "uploadKnowledgeFile"
+    )]
+    async fn upload_knowledge_file(
+        &self,
+        req: &poem::Request,
+        #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
+        form: UploadKnowledgeFileForm,
+    ) -> poem::Result<UploadKnowledgeFileResponse> {
+        let params = UploadKnowledgeFileParams {
+            kb_id: kb_id.0,
+            file: crate::read_upload("file", form.file).await?,
+            title: form.title,
+            name: form.name,
+        };
+        const SCOPES: &[&str] = &["write:knowledge"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(UploadKnowledgeFileResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(UploadKnowledgeFileResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(UploadKnowledgeFileResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.upload_knowledge_file(caller, params).await)
     }
     /// List documents
     ///

@@ -385,6 +385,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["read:knowledge"]),
     },
     OperationInfo {
+        id: "uploadKnowledgeFile",
+        method: "POST",
+        path: "/v1/knowledge/{kb_id}/files",
+        scopes: Some(&["write:knowledge"]),
+    },
+    OperationInfo {
         id: "listKnowledgeDocuments",
         method: "GET",
         path: "/v1/knowledge/{kb_id}/documents",
@@ -457,3 +463,32 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["write:tools"]),
     },
 ];
+/// A file part of a `multipart/form-data` request, read whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadedFile {
+    /// The file name the client gave, if any.
+    pub file_name: Option<String>,
+    /// The part's `Content-Type`, if any.
+    pub content_type: Option<String>,
+    /// The content.
+    pub bytes: Vec<u8>,
+}
+/// Reads the file part `name` whole.
+pub async fn read_upload(
+    name: &'static str,
+    upload: poem_openapi::types::multipart::Upload,
+) -> poem::Result<UploadedFile> {
+    let file_name = upload.file_name().map(str::to_string);
+    let content_type = upload.content_type().map(str::to_string);
+    let bytes = upload.into_vec().await.map_err(|e| {
+        poem::Error::from(poem_openapi::error::ParseParamError {
+            name,
+            reason: format!("the file cannot be read: {e}"),
+        })
+    })?;
+    Ok(UploadedFile {
+        file_name,
+        content_type,
+        bytes,
+    })
+}

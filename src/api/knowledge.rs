@@ -41,6 +41,7 @@ failure_response!(UpdateKnowledgeBaseResponse { BadRequest => BadRequest, Unauth
 failure_response!(DeleteKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(QueryKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
 failure_response!(IngestKnowledgeResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
+failure_response!(UploadKnowledgeFileResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, UnsupportedMediaType => UnsupportedMediaType, Unprocessable => UnprocessableEntity });
 failure_response!(ListKnowledgeSourcesResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(CreateKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
 failure_response!(GetKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
@@ -1075,6 +1076,100 @@ impl KnowledgeApi for Handlers {
                 CreateKnowledgeSourceResponse::Created(Json(source_model(&row)), location)
             }
             Ok(None) => key_reused(&rid).into(),
+            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
+        }
+    }
+
+    async fn upload_knowledge_file(
+        &self,
+        caller: Caller,
+        params: UploadKnowledgeFileParams,
+    ) -> UploadKnowledgeFileResponse {
+        let rid = caller.request_id.clone();
+        let kb = match self.require_kb(&caller, &params.kb_id).await {
+            Ok(kb) => kb,
+            Err(f) => return f.into(),
+        };
+        let file = params.file;
+        let file_name = file
+            .file_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "upload".into());
+        // The extension decides, then the part's Content-Type; text without either is text.
+        let kind = ContentKind::from_file_name(&file_name).or_else(|| {
+            file.content_type
+                .as_deref()
+                .and_then(ContentKind::from_mime)
+        });
+        let text = match (kind, String::from_utf8(file.bytes)) {
+            (Some(k), Ok(t)) => Some((k, t)),
+            (None, Ok(t))
+                if !file_name.contains('.')
+                    && file
+                        .content_type
+                        .as_deref()
+                        .is_none_or(|c| c.starts_with("application/octet-stream")) =>
+            {
+                Some((ContentKind::Text, t))
+            }
+            _ => None,
+        };
+        let Some((kind, text)) = text else {
+            let message = format!(
+                "{file_name} is not UTF-8 text, Markdown, HTML or JSON; upload .txt, .md, .html or .json files"
+            );
+            return Failure::with_details(
+                Kind::UnsupportedMediaType,
+                "UNSUPPORTED_FILE_TYPE",
+                message.clone(),
+                vec![detail("file", "content_type", message)],
+                &rid,
+            )
+            .into();
+        };
+        let spec = SourceSpec::Text {
+            name: Some(params.name.unwrap_or_else(|| file_name.clone())),
+            title: params.title,
+            text,
+            content_type: Some(kind.mime().to_string()),
+            metadata: None,
+        };
+        let mut planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
+        // A file source: labelled by its file name, re-ingested from the stored text on sync.
+        planned.source.source_type = "file".into();
+        let mut body: Map<String, Value> =
+            serde_json::from_str(&planned.source.body).unwrap_or_default();
+        body.insert("file_name".into(), file_name.clone().into());
+        planned.source.body = Value::Object(body).to_string();
+        for (doc, chunks) in &mut planned.documents {
+            let relabel = |meta: &str| {
+                let mut m: Map<String, Value> = serde_json::from_str(meta).unwrap_or_default();
+                m.insert("source".into(), file_name.clone().into());
+                m.insert("source_type".into(), "file".into());
+                Value::Object(m).to_string()
+            };
+            doc.metadata = relabel(&doc.metadata);
+            for c in chunks.iter_mut() {
+                c.metadata = relabel(&c.metadata);
+            }
+        }
+        let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
+        let source = planned.source.clone();
+        let written = self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    store::get_kb(conn, &org, &kb_id)?;
+                    write_sources(conn, std::slice::from_ref(&planned))
+                })
+            })
+            .await;
+        match written {
+            Ok(()) => {
+                let location = format!("/v1/knowledge/{}/sources/{}", source.kb_id, source.id);
+                UploadKnowledgeFileResponse::Created(Json(source_model(&source)), location)
+            }
             Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
         }
     }

@@ -785,3 +785,154 @@ backend_test!(bad_input_names_the_field_and_other_orgs_get_404, |app| {
         .expect("send");
     assert_eq!(resp.status(), 403, "viewers do not write it");
 });
+
+/// One part of a form: name, file name, content type, content.
+type FormPart = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    &'static [u8],
+);
+
+/// A `multipart/form-data` body.
+fn multipart(parts: &[FormPart]) -> (String, Vec<u8>) {
+    let boundary = "agentplane-test-boundary";
+    let mut body = Vec::new();
+    for (name, file_name, content_type, content) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        let mut disposition = format!("Content-Disposition: form-data; name=\"{name}\"");
+        if let Some(f) = file_name {
+            disposition.push_str(&format!("; filename=\"{f}\""));
+        }
+        body.extend_from_slice(disposition.as_bytes());
+        body.extend_from_slice(b"\r\n");
+        if let Some(c) = content_type {
+            body.extend_from_slice(format!("Content-Type: {c}\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+backend_test!(files_upload_as_multipart_sources, |app| {
+    let kb = create_kb(&app, json!({"name": "Files"})).await;
+    let kb_id = kb["id"].as_str().expect("id").to_string();
+    let upload = |parts: Vec<FormPart>, key: Option<String>| {
+        let (content_type, body) = multipart(&parts);
+        let req = match key {
+            Some(k) => app.as_key(&k, Method::POST, &format!("/v1/knowledge/{kb_id}/files")),
+            None => app.req(Method::POST, &format!("/v1/knowledge/{kb_id}/files")),
+        };
+        req.header("content-type", content_type).body(body).send()
+    };
+    let resp = upload(
+        vec![
+            (
+                "file",
+                Some("guide.md"),
+                Some("text/markdown"),
+                b"# Rotating keys\nRotate the signing keys every ninety days.",
+            ),
+            ("name", None, None, b"Security guide"),
+        ],
+        None,
+    )
+    .await
+    .expect("send");
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    let (status, source) = json(resp).await;
+    assert_eq!(status, 201, "{source}");
+    assert_eq!(
+        (source["type"].as_str(), source["status"].as_str()),
+        (Some("file"), Some("active"))
+    );
+    assert_eq!(
+        (source["file_name"].as_str(), source["name"].as_str()),
+        (Some("guide.md"), Some("Security guide"))
+    );
+    assert_eq!(
+        location,
+        format!(
+            "/v1/knowledge/{kb_id}/sources/{}",
+            source["id"].as_str().expect("id")
+        )
+    );
+    let r = query(
+        &app,
+        &kb_id,
+        json!({"query": "rotate signing keys", "filters": {"source_type": "file"}}),
+    )
+    .await;
+    assert_eq!(r["results"][0]["metadata"]["title"], "Rotating keys", "{r}");
+    assert_eq!(r["results"][0]["metadata"]["source"], "guide.md");
+    let sync = sync_source(&app, &kb_id, source["id"].as_str().expect("id")).await;
+    assert_eq!(
+        (sync["status"].as_str(), sync["documents"].as_i64()),
+        (Some("succeeded"), Some(1)),
+        "{sync}"
+    );
+
+    let (status, body) = json(
+        upload(
+            vec![(
+                "file",
+                Some("scan.pdf"),
+                Some("application/pdf"),
+                b"%PDF-1.7 \xff\xfe",
+            )],
+            None,
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+    assert_eq!(fields(&body), vec!["file".to_string()]);
+    let (status, body) = json(
+        upload(vec![("title", None, None, b"no file")], None)
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(fields(&body).contains(&"file".to_string()), "{body}");
+    let (status, body) = json(
+        app.send_json(
+            Method::POST,
+            &format!("/v1/knowledge/{kb_id}/files"),
+            &json!({"file": "x"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(fields(&body), vec!["Content-Type".to_string()]);
+    let (status, body) = json(
+        app.req(Method::POST, &format!("/v1/knowledge/{kb_id}/files"))
+            .header("content-type", "multipart/form-data; boundary=zzz")
+            .body("garbage")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    let stranger = app.key_for("other-org", "eve", Role::Admin, None).await;
+    let (status, body) = json(
+        upload(
+            vec![("file", Some("a.txt"), None, b"hello")],
+            Some(stranger),
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+});
