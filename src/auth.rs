@@ -123,6 +123,8 @@ pub fn insert_key(
         expires_at,
         last_used_at: None,
         revoked_at: None,
+        rate_limit_per_hour: None,
+        rate_limit_burst: None,
     };
     identity::insert_key(conn, &row)?;
     Ok((row, secret.secret))
@@ -227,6 +229,9 @@ pub struct KeyRecord {
     pub scopes: BTreeSet<Scope>,
     pub expires_at: Option<String>,
     pub revoked: bool,
+    /// The key's own limits (`None`: the server's defaults).
+    pub rate_limit_per_hour: Option<i64>,
+    pub rate_limit_burst: Option<i64>,
 }
 
 impl KeyRecord {
@@ -239,6 +244,8 @@ impl KeyRecord {
             scopes: effective_scopes(key, user),
             expires_at: key.expires_at.clone(),
             revoked: key.revoked_at.is_some(),
+            rate_limit_per_hour: key.rate_limit_per_hour,
+            rate_limit_burst: key.rate_limit_burst,
         }
     }
 }
@@ -308,6 +315,8 @@ mod cache_tests {
             scopes: BTreeSet::new(),
             expires_at: None,
             revoked: false,
+            rate_limit_per_hour: None,
+            rate_limit_burst: None,
         }
     }
 

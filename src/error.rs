@@ -20,6 +20,7 @@ pub enum Kind {
     PreconditionFailed,
     UnsupportedMediaType,
     Unprocessable,
+    TooManyRequests,
     Unavailable,
 }
 
@@ -34,6 +35,7 @@ impl Kind {
             Kind::PreconditionFailed => 412,
             Kind::UnsupportedMediaType => 415,
             Kind::Unprocessable => 422,
+            Kind::TooManyRequests => 429,
             Kind::Unavailable => 503,
         }
     }
@@ -48,6 +50,7 @@ impl Kind {
             Kind::NotFound => ErrorType::NotFoundError,
             Kind::Conflict => ErrorType::ConflictError,
             Kind::PreconditionFailed => ErrorType::PreconditionFailedError,
+            Kind::TooManyRequests => ErrorType::RateLimitError,
             Kind::Unavailable => ErrorType::ServiceUnavailableError,
         }
     }
@@ -62,6 +65,7 @@ impl Kind {
             412 => Kind::PreconditionFailed,
             415 => Kind::UnsupportedMediaType,
             422 => Kind::Unprocessable,
+            429 => Kind::TooManyRequests,
             s if s >= 500 => Kind::Unavailable,
             _ => Kind::BadRequest,
         }

@@ -328,3 +328,266 @@ pub fn root() -> Response {
         .header(header::LOCATION, "/docs/")
         .finish()
 }
+
+/// The API versions a request may name in `API-Version`.
+pub const SUPPORTED_VERSIONS: &[&str] = &["v1"];
+
+/// Whether an `API-Version` value means a version this server speaks: `v1` (or `1`), or the
+/// document version of a `v1` contract (`0.x.y`, `1.x.y`), which generated clients send.
+pub fn supported_version(value: &str) -> bool {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("v1") || v == "1" {
+        return true;
+    }
+    let mut parts = v.split('.');
+    let major = parts.next();
+    let rest: Vec<&str> = parts.collect();
+    matches!(major, Some("0" | "1"))
+        && rest.len() == 2
+        && rest
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Refuses a `/v1` request whose `API-Version` names a version this server does not speak.
+pub struct ApiVersion;
+
+impl<E: Endpoint> Middleware<E> for ApiVersion {
+    type Output = ApiVersionEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        ApiVersionEndpoint(ep)
+    }
+}
+
+pub struct ApiVersionEndpoint<E>(E);
+
+impl<E: Endpoint> Endpoint for ApiVersionEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        if req.uri().path().starts_with("/v1/")
+            && let Some(v) = req.headers().get("api-version")
+        {
+            let text = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            if !supported_version(&text) {
+                let rid = req
+                    .extensions()
+                    .get::<RequestId>()
+                    .map(|r| r.0.clone())
+                    .unwrap_or_default();
+                let message = format!(
+                    "API version {:?} is not supported; supported versions: {}",
+                    text.chars().take(64).collect::<String>(),
+                    SUPPORTED_VERSIONS.join(", ")
+                );
+                return Ok(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "UNSUPPORTED_API_VERSION",
+                    &message,
+                    vec![detail("API-Version", "enum", &message)],
+                    &rid,
+                ));
+            }
+        }
+        self.0.call(req).await.map(IntoResponse::into_response)
+    }
+}
+
+/// Compresses responses with Brotli or gzip as `Accept-Encoding` allows. Never an event
+/// stream (a compressor buffers, and a stream's events must leave as they happen), never a
+/// response without a body or already encoded. Request bodies are not decompressed.
+pub struct Compression;
+
+impl<E: Endpoint> Middleware<E> for Compression {
+    type Output = CompressionEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        CompressionEndpoint(ep)
+    }
+}
+
+pub struct CompressionEndpoint<E>(E);
+
+/// The coding to answer with: the acceptable one of highest `q`, Brotli before gzip on a tie.
+pub fn negotiate_encoding(accept: &str) -> Option<poem::web::CompressionAlgo> {
+    use poem::web::CompressionAlgo;
+    let mut best: Option<(u32, u8, CompressionAlgo)> = None;
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim();
+        let mut q = 1000u32;
+        for param in parts {
+            if let Some(v) = param.trim().strip_prefix("q=") {
+                q = v
+                    .trim()
+                    .parse::<f32>()
+                    .map(|f| (f.clamp(0.0, 1.0) * 1000.0) as u32)
+                    .unwrap_or(0);
+            }
+        }
+        let (rank, algo) = if coding.eq_ignore_ascii_case("br") {
+            (2, CompressionAlgo::BR)
+        } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            (1, CompressionAlgo::GZIP)
+        } else {
+            continue;
+        };
+        if q > 0 && best.is_none_or(|(bq, br, _)| (q, rank) > (bq, br)) {
+            best = Some((q, rank, algo));
+        }
+    }
+    best.map(|(_, _, algo)| algo)
+}
+
+impl<E: Endpoint> Endpoint for CompressionEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        let algo = req
+            .headers()
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        let algo = negotiate_encoding(&algo);
+        let head = req.method() == poem::http::Method::HEAD;
+        let mut resp = self.0.call(req).await?.into_response();
+        let streaming = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+        if streaming {
+            return Ok(resp);
+        }
+        resp.headers_mut()
+            .append(header::VARY, HeaderValue::from_static("accept-encoding"));
+        let bodiless = matches!(
+            resp.status(),
+            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+        ) || resp.status().is_informational()
+            || head;
+        let Some(algo) = algo else {
+            return Ok(resp);
+        };
+        if bodiless || resp.headers().contains_key(header::CONTENT_ENCODING) {
+            return Ok(resp);
+        }
+        let level = match algo {
+            // Brotli's default (11) is for static files; 4 is about gzip's speed and smaller.
+            poem::web::CompressionAlgo::BR => poem::web::CompressionLevel::Precise(4),
+            _ => poem::web::CompressionLevel::Default,
+        };
+        Ok(poem::web::Compress::new(resp, algo)
+            .with_quality(level)
+            .into_response())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use poem::web::CompressionAlgo;
+
+    #[test]
+    fn versions() {
+        for ok in ["v1", "V1", "1", "0.1.0", "1.2.3", " v1 "] {
+            assert!(supported_version(ok), "{ok}");
+        }
+        for bad in [
+            "v2",
+            "2",
+            "2.0.0",
+            "",
+            "0.1",
+            "v1.0",
+            "latest",
+            "0.1.0-beta",
+        ] {
+            assert!(!supported_version(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn encodings() {
+        let pick = |s: &str| negotiate_encoding(s).map(|a| a.as_str_name());
+        assert_eq!(pick("gzip, deflate, br"), Some("br"));
+        assert_eq!(pick("gzip;q=1.0, br;q=0.5"), Some("gzip"));
+        assert_eq!(pick("br;q=0, gzip"), Some("gzip"));
+        assert_eq!(pick("identity"), None);
+        assert_eq!(pick("deflate, *"), None);
+        assert_eq!(pick(""), None);
+    }
+
+    /// An event stream passes uncompressed and unbuffered: the first event arrives while the
+    /// stream is still open. A JSON answer of the same endpoint stack is compressed.
+    #[tokio::test]
+    async fn event_streams_are_never_compressed() {
+        use futures_util::StreamExt;
+        use poem::web::sse::{Event, SSE};
+
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let rx = std::sync::Mutex::new(Some(rx));
+        let sse = poem::endpoint::make_sync(move |_| {
+            let rx = rx.lock().ok().and_then(|mut r| r.take());
+            let stream = futures_util::stream::unfold(rx, |rx| async move {
+                let mut rx = rx?;
+                let event = rx.recv().await?;
+                Some((event, Some(rx)))
+            });
+            SSE::new(stream).into_response()
+        });
+        let ep = Compression.transform(sse);
+        let req = Request::builder()
+            .header(header::ACCEPT_ENCODING, "gzip, br")
+            .finish();
+        let resp = ep.call(req).await.expect("answers");
+        assert!(resp.headers().get(header::CONTENT_ENCODING).is_none());
+        let mut body = resp.into_body().into_bytes_stream();
+        tx.send(Event::message("first")).expect("send");
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+            .await
+            .expect("the first event is not held back")
+            .expect("a chunk")
+            .expect("bytes");
+        assert!(String::from_utf8_lossy(&first).contains("data: first"));
+        drop(tx);
+
+        let json = poem::endpoint::make_sync(|_| {
+            Response::builder()
+                .content_type("application/json")
+                .body("[1,2,3]".repeat(100))
+        });
+        let resp = Compression
+            .transform(json)
+            .call(
+                Request::builder()
+                    .header(header::ACCEPT_ENCODING, "gzip")
+                    .finish(),
+            )
+            .await
+            .expect("answers");
+        assert_eq!(
+            resp.headers()
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+            Some("gzip")
+        );
+    }
+
+    trait Name {
+        fn as_str_name(&self) -> &'static str;
+    }
+
+    impl Name for CompressionAlgo {
+        fn as_str_name(&self) -> &'static str {
+            match self {
+                CompressionAlgo::BR => "br",
+                CompressionAlgo::GZIP => "gzip",
+                _ => "other",
+            }
+        }
+    }
+}

@@ -50,6 +50,12 @@ enum Command {
         /// generated 0600 at first start).
         #[arg(long)]
         master_key_file: Option<std::path::PathBuf>,
+        /// Requests per hour an API key may make unless it has its own limit.
+        #[arg(long, env = "AGENTPLANE_RATE_LIMIT_PER_HOUR", default_value_t = agentplane::ratelimit::Limits::default().requests_per_hour, value_parser = clap::value_parser!(i64).range(1..))]
+        rate_limit_per_hour: i64,
+        /// Requests per second (the burst limit) an API key may make unless it has its own.
+        #[arg(long, env = "AGENTPLANE_RATE_LIMIT_BURST", default_value_t = agentplane::ratelimit::Limits::default().burst, value_parser = clap::value_parser!(i64).range(1..))]
+        rate_limit_burst: i64,
     },
     /// Contract-test a server against an OpenAPI spec (exit 0 passed, 1 failures, 2 usage).
     Conform(ConformArgs),
@@ -204,6 +210,8 @@ async fn main() -> ExitCode {
             github_api_url,
             master_key,
             master_key_file,
+            rate_limit_per_hour,
+            rate_limit_burst,
         } => {
             serve(Config {
                 listen,
@@ -212,6 +220,10 @@ async fn main() -> ExitCode {
                 github_api_url,
                 master_key,
                 master_key_file,
+                rate_limits: agentplane::ratelimit::Limits {
+                    requests_per_hour: rate_limit_per_hour,
+                    burst: rate_limit_burst,
+                },
             })
             .await
         }

@@ -27,6 +27,8 @@ pub struct Config {
     pub master_key: Option<String>,
     /// A file holding the master key; else `master.key` in the data directory.
     pub master_key_file: Option<std::path::PathBuf>,
+    /// Rate limits of API keys that have none of their own.
+    pub rate_limits: crate::ratelimit::Limits,
 }
 
 impl Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             github_api_url: crate::knowledge::sync::GITHUB_API.into(),
             master_key: None,
             master_key_file: None,
+            rate_limits: crate::ratelimit::Limits::default(),
         }
     }
 }
@@ -68,17 +71,17 @@ pub fn app(
     store: Store,
     crypto: Crypto,
     github_api_url: String,
+    rate_limits: crate::ratelimit::Limits,
 ) -> anyhow::Result<impl poem::Endpoint> {
     let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
         .context("the bundled spec is not JSON")?;
     let validator = Arc::new(
         conformance::RequestValidator::new(&spec).context("the bundled spec does not compile")?,
     );
-    let service = agentplane_api::service(Arc::new(Handlers::with_github_api(
-        store,
-        crypto,
-        &github_api_url,
-    )));
+    let handlers = Arc::new(
+        Handlers::with_github_api(store, crypto, &github_api_url).with_limits(rate_limits),
+    );
+    let service = agentplane_api::service(handlers.clone());
     Ok(Route::new()
         .at("/", get(crate::http::root))
         .at("/openapi.json", get(crate::http::openapi_31))
@@ -87,8 +90,11 @@ pub fn app(
         .at("/docs/*path", get(crate::http::docs))
         .nest_no_strip("/v1", service)
         .with(SpecValidation(validator))
+        .with(crate::ratelimit::RateLimit(handlers))
+        .with(crate::http::ApiVersion)
         .with(poem::middleware::CatchPanic::new().with_handler(crate::http::panic_response))
-        .with(RequestContext))
+        .with(RequestContext)
+        .with(crate::http::Compression))
 }
 
 /// A bound server, not yet serving.
@@ -97,6 +103,7 @@ pub struct Bound {
     store: Store,
     crypto: Crypto,
     github_api_url: String,
+    rate_limits: crate::ratelimit::Limits,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
 }
@@ -145,6 +152,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             store,
             crypto,
             github_api_url: config.github_api_url.clone(),
+            rate_limits: config.rate_limits,
             addr,
         },
         bootstrap,
@@ -157,7 +165,12 @@ impl Bound {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let app = app(self.store, self.crypto, self.github_api_url)?;
+        let app = app(
+            self.store,
+            self.crypto,
+            self.github_api_url,
+            self.rate_limits,
+        )?;
         poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
             .await?;

@@ -781,6 +781,11 @@ impl Builder<'_> {
                 anyhow!("#{rptr}: status {code:?} is not supported; list each status code")
             })?;
             let r = deref(self.doc, r);
+            // A response only middleware gives (429 from the rate limiter) is documented for
+            // clients but is no handler's to return.
+            if r.get("x-set-by").and_then(Value::as_str) == Some("middleware") {
+                continue;
+            }
             let body = match r.get("content").and_then(Value::as_object) {
                 None => None,
                 Some(c) if c.is_empty() => None,

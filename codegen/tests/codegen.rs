@@ -186,3 +186,38 @@ fn multipart_bodies_become_forms_with_files_read_whole() {
         "{err}"
     );
 }
+
+#[test]
+fn middleware_responses_are_documented_but_no_handlers_variant() {
+    let files =
+        codegen::generate(&root().join("openapi/openapi.yaml")).expect("the spec generates");
+    let text = |name: &str| {
+        files
+            .iter()
+            .find(|(p, _)| p.ends_with(name))
+            .map(|(_, t)| t.clone())
+            .expect(name)
+    };
+    let spec: serde_json::Value = serde_json::from_str(&text("openapi.json")).expect("json");
+    // The bundler attached 429 and the rate-limit headers to a secured operation ...
+    let list = spec
+        .pointer("/paths/~1v1~1agents/get/responses")
+        .expect("listAgents responses");
+    assert!(list.get("429").is_some(), "429 on a secured operation");
+    assert!(
+        list.pointer("/200/headers/X-RateLimit-Remaining").is_some(),
+        "rate-limit headers on its responses"
+    );
+    // ... and not to a public one.
+    assert!(
+        spec.pointer("/paths/~1v1~1health/get/responses/429")
+            .is_none()
+    );
+    // The 429 is the rate limiter's, not a handler's: no response enum has such a variant.
+    let handlers: String = files
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "rs"))
+        .map(|(_, t)| t.as_str())
+        .collect();
+    assert!(!handlers.contains("TooManyRequests"), "no 429 variant");
+}

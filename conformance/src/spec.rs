@@ -156,6 +156,7 @@ pub fn bundle_with_sources(root: &Path) -> Result<(Value, Vec<PathBuf>), SpecErr
     }
     let mut stack = Vec::new();
     bundler.rewrite(&root, &mut doc, "", &mut stack, true)?;
+    apply_secured_operation_defaults(&mut doc);
     let mut files = vec![root.clone()];
     files.extend(bundler.files.into_keys().filter(|f| *f != root));
     Ok((doc, files))
@@ -293,6 +294,106 @@ impl Bundler {
         }
         *value = target;
         Ok(())
+    }
+}
+
+/// The root extension that lists what every operation needing credentials shares.
+pub const SECURED_DEFAULTS: &str = "x-secured-operation-defaults";
+
+/// Applies (and removes) the root's `x-secured-operation-defaults`: `{response-headers: {name:
+/// header}, responses: {status: response}}`. Every operation whose effective `security` asks
+/// for credentials gets each listed response it lacks, and each of its responses gets each
+/// listed header it lacks; a response that references a shared component gets the headers in
+/// that component (so they show once in `components`). Middleware-level behavior (rate
+/// limits, say) is documented this way once instead of in every operation by hand.
+pub fn apply_secured_operation_defaults(doc: &mut Value) {
+    let Some(defaults) = doc
+        .as_object_mut()
+        .and_then(|root| root.shift_remove(SECURED_DEFAULTS))
+    else {
+        return;
+    };
+    let headers = defaults
+        .get("response-headers")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let responses = defaults
+        .get("responses")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let secured_by_default = doc
+        .get("security")
+        .and_then(Value::as_array)
+        .is_some_and(|s| !s.is_empty());
+    let mut shared: Vec<String> = Vec::new();
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for item in paths.values_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in item.iter_mut() {
+                if !HTTP_METHODS.contains(&method.as_str()) {
+                    continue;
+                }
+                let secured = match op.get("security").and_then(Value::as_array) {
+                    Some(s) => {
+                        !s.is_empty()
+                            && !s
+                                .iter()
+                                .any(|r| r.as_object().is_some_and(|r| r.is_empty()))
+                    }
+                    None => secured_by_default,
+                };
+                if !secured {
+                    continue;
+                }
+                let Some(rs) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                    continue;
+                };
+                for (status, response) in &responses {
+                    if !rs.contains_key(status) {
+                        rs.insert(status.clone(), response.clone());
+                    }
+                }
+                for response in rs.values_mut() {
+                    match response.get("$ref").and_then(Value::as_str) {
+                        Some(r) => shared.push(r.to_string()),
+                        None => add_headers(response, &headers),
+                    }
+                }
+            }
+        }
+    }
+    shared.sort();
+    shared.dedup();
+    for reference in shared {
+        if let Some(pointer) = reference.strip_prefix('#')
+            && let Some(response) = doc.pointer_mut(pointer)
+        {
+            add_headers(response, &headers);
+        }
+    }
+}
+
+const HTTP_METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+fn add_headers(response: &mut Value, headers: &Map<String, Value>) {
+    let Some(response) = response.as_object_mut() else {
+        return;
+    };
+    let entry = response
+        .entry("headers")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(existing) = entry.as_object_mut() {
+        for (name, header) in headers {
+            if !existing.keys().any(|k| k.eq_ignore_ascii_case(name)) {
+                existing.insert(name.clone(), header.clone());
+            }
+        }
     }
 }
 
@@ -624,6 +725,65 @@ mod tests {
         assert_eq!(
             doc.pointer("/components/schemas/Pet"),
             Some(&json!({"type": "object", "properties": {"tag": {"type": "string"}}}))
+        );
+    }
+
+    #[test]
+    fn secured_operation_defaults_reach_every_secured_operation_only() {
+        let dir = tmpdir("secured");
+        std::fs::write(
+            dir.join("root.yaml"),
+            r##"openapi: 3.1.0
+info: {title: t, version: '1'}
+x-secured-operation-defaults:
+  response-headers:
+    X-Limit: {$ref: '#/components/headers/Limit'}
+  responses:
+    '429': {$ref: '#/components/responses/Slow'}
+paths:
+  /open:
+    get:
+      security: []
+      responses:
+        '200': {description: ok}
+  /closed:
+    get:
+      security: [{key: []}]
+      responses:
+        '200': {description: ok}
+        '404': {$ref: '#/components/responses/Missing'}
+components:
+  headers:
+    Limit: {schema: {type: integer}}
+  responses:
+    Missing: {description: gone}
+    Slow: {description: slow down}
+"##,
+        )
+        .expect("write");
+        let doc = bundle(&dir.join("root.yaml")).expect("bundles");
+        assert!(doc.get(SECURED_DEFAULTS).is_none());
+        assert!(doc.pointer("/paths/~1open/get/responses/429").is_none());
+        assert!(
+            doc.pointer("/paths/~1open/get/responses/200/headers")
+                .is_none()
+        );
+        assert_eq!(
+            doc.pointer("/paths/~1closed/get/responses/429"),
+            Some(&json!({"$ref": "#/components/responses/Slow"}))
+        );
+        let limit = json!({"$ref": "#/components/headers/Limit"});
+        assert_eq!(
+            doc.pointer("/paths/~1closed/get/responses/200/headers/X-Limit"),
+            Some(&limit)
+        );
+        assert_eq!(
+            doc.pointer("/components/responses/Missing/headers/X-Limit"),
+            Some(&limit)
+        );
+        assert_eq!(
+            doc.pointer("/components/responses/Slow/headers/X-Limit"),
+            Some(&limit)
         );
     }
 

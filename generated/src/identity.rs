@@ -128,6 +128,41 @@ pub enum RevokeApiKeyResponse {
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
 /// The parameters and body of
+/// `PATCH /v1/auth/keys/{key_id}` (updateApiKey)
+#[derive(Debug, Clone)]
+pub struct UpdateApiKeyParams {
+    /// The API key's id.
+    pub key_id: String,
+    /// The request body.
+    pub body: crate::models::ApiKeyPatch,
+}
+/// Every documented answer of
+/// `PATCH /v1/auth/keys/{key_id}` (updateApiKey)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum UpdateApiKeyResponse {
+    /// The key after the update.
+    #[oai(status = 200u16)]
+    Ok(poem_openapi::payload::Json<crate::models::ApiKey>),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// No such resource in the caller's organization.
+    #[oai(status = 404u16)]
+    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The body is well-formed JSON but breaks the schema; `details` names each field.
+    #[oai(status = 422u16)]
+    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+/// The parameters and body of
 /// `GET /v1/users/me` (getCurrentUser)
 #[derive(Debug, Clone)]
 pub struct GetCurrentUserParams {}
@@ -211,6 +246,14 @@ pub trait IdentityApi: crate::Authenticate {
         caller: Self::Caller,
         params: RevokeApiKeyParams,
     ) -> impl std::future::Future<Output = RevokeApiKeyResponse> + Send;
+    /// Update an API key
+    ///
+    /// Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. The change applies within 5 seconds on every replica.
+    fn update_api_key(
+        &self,
+        caller: Self::Caller,
+        params: UpdateApiKeyParams,
+    ) -> impl std::future::Future<Output = UpdateApiKeyResponse> + Send;
     /// The calling user's profile
     ///
     /// The user the key belongs to, its organization and role, and the scopes this key grants.
@@ -371,6 +414,45 @@ impl<T: IdentityApi> IdentityRoutes<T> {
             }
         };
         Ok(self.0.revoke_api_key(caller, params).await)
+    }
+    /// Update an API key
+    ///
+    /// Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. The change applies within 5 seconds on every replica.
+    #[oai(
+        path = "/v1/auth/keys/:key_id",
+        method = "patch",
+        operation_id = "updateApiKey"
+    )]
+    async fn update_api_key(
+        &self,
+        req: &poem::Request,
+        #[oai(name = "key_id")] key_id: poem_openapi::param::Path<String>,
+        body: poem_openapi::payload::Json<crate::models::ApiKeyPatch>,
+    ) -> poem::Result<UpdateApiKeyResponse> {
+        let params = UpdateApiKeyParams {
+            key_id: key_id.0,
+            body: body.0,
+        };
+        const SCOPES: &[&str] = &["write:keys"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(UpdateApiKeyResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(UpdateApiKeyResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(UpdateApiKeyResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.update_api_key(caller, params).await)
     }
     /// The calling user's profile
     ///

@@ -283,6 +283,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["write:keys"]),
     },
     OperationInfo {
+        id: "updateApiKey",
+        method: "PATCH",
+        path: "/v1/auth/keys/{key_id}",
+        scopes: Some(&["write:keys"]),
+    },
+    OperationInfo {
         id: "getCurrentUser",
         method: "GET",
         path: "/v1/users/me",

@@ -1032,6 +1032,9 @@ pub struct ApiKeyInput {
     /// A user to create in the caller's organization, with the key.
     #[oai(rename = "user", skip_serializing_if_is_none)]
     pub user: Option<crate::models::NewUser>,
+    /// A key's own rate limits; a limit left out keeps the server-wide default.
+    #[oai(rename = "rate_limit", skip_serializing_if_is_none)]
+    pub rate_limit: Option<crate::models::RateLimitInput>,
 }
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "ApiKey")]
@@ -1060,6 +1063,9 @@ pub struct ApiKey {
     /// When the key was last used (to the minute).
     #[oai(rename = "last_used_at")]
     pub last_used_at: Option<String>,
+    /// The rate limits a key is held to.
+    #[oai(rename = "rate_limit")]
+    pub rate_limit: crate::models::RateLimitPolicy,
 }
 /// A new key, with its secret.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
@@ -1089,9 +1095,48 @@ pub struct ApiKeyCreated {
     /// When the key was last used (to the minute).
     #[oai(rename = "last_used_at")]
     pub last_used_at: Option<String>,
+    /// The rate limits a key is held to.
+    #[oai(rename = "rate_limit")]
+    pub rate_limit: crate::models::RateLimitPolicy,
     /// The secret. Shown once; store it now.
     #[oai(rename = "key")]
     pub key: String,
+}
+/// A key's own rate limits; a limit left out keeps the server-wide default.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "RateLimitInput", deny_unknown_fields)]
+pub struct RateLimitInput {
+    /// Requests the key may make per hour (the window limit).
+    #[oai(rename = "requests_per_hour", skip_serializing_if_is_none)]
+    pub requests_per_hour: Option<i64>,
+    /// Requests the key may make within one second (the burst limit).
+    #[oai(rename = "burst", skip_serializing_if_is_none)]
+    pub burst: Option<i64>,
+}
+/// The rate limits a key is held to.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "RateLimitPolicy", deny_unknown_fields)]
+pub struct RateLimitPolicy {
+    /// Requests per hour (the window limit).
+    #[oai(rename = "requests_per_hour")]
+    pub requests_per_hour: i64,
+    /// Requests within one second (the burst limit).
+    #[oai(rename = "burst")]
+    pub burst: i64,
+    /// Whether the key has limits of its own (else both are the server's defaults).
+    #[oai(rename = "custom")]
+    pub custom: bool,
+}
+/// Changes to an API key; fields left out keep their values.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ApiKeyPatch", deny_unknown_fields)]
+pub struct ApiKeyPatch {
+    /// What the key is for.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// The key's own rate limits; `null` returns it to the server's defaults.
+    #[oai(rename = "rate_limit")]
+    pub rate_limit: poem_openapi::types::MaybeUndefined<crate::models::RateLimitInput>,
 }
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "ApiKeyList", deny_unknown_fields)]

@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 
 use agentplane_api::models::{
-    ApiKey, ApiKeyCreated, ApiKeyList, NotificationPreferences, Organization, Role, Scope, User,
+    ApiKey, ApiKeyCreated, ApiKeyList, NotificationPreferences, Organization, RateLimitPolicy,
+    Role, Scope, User,
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
@@ -24,14 +25,22 @@ failure_response!(GetApiKeyResponse {
     Forbidden => Forbidden,
     NotFound => NotFound
 });
+failure_response!(UpdateApiKeyResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
 failure_response!(RevokeApiKeyResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(GetCurrentUserResponse { Unauthorized => Unauthorized });
 failure_response!(UpdateCurrentUserResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Unprocessable => UnprocessableEntity });
 
 const NOT_FOUND: &str = "API_KEY_NOT_FOUND";
 
-fn to_api_key(row: &ApiKeyRow) -> ApiKey {
+fn to_api_key(row: &ApiKeyRow, defaults: crate::ratelimit::Limits) -> ApiKey {
     ApiKey {
+        rate_limit: RateLimitPolicy {
+            requests_per_hour: row
+                .rate_limit_per_hour
+                .unwrap_or(defaults.requests_per_hour),
+            burst: row.rate_limit_burst.unwrap_or(defaults.burst),
+            custom: row.rate_limit_per_hour.is_some() || row.rate_limit_burst.is_some(),
+        },
         id: row.id.clone(),
         name: row.name.clone(),
         prefix: row.prefix.clone(),
@@ -104,7 +113,20 @@ impl Handlers {
                         }
                         None => store::user(conn, &caller_user)?,
                     };
-                    auth::insert_key(conn, &user, &body.name, &scopes, expires_at)
+                    let (row, secret) =
+                        auth::insert_key(conn, &user, &body.name, &scopes, expires_at)?;
+                    match &body.rate_limit {
+                        Some(limits) => {
+                            let change = store::ApiKeyChange {
+                                name: None,
+                                rate_limit_per_hour: Some(limits.requests_per_hour),
+                                rate_limit_burst: Some(limits.burst),
+                            };
+                            let row = store::update_key(conn, &org_id, None, &row.id, &change)?;
+                            Ok((row, secret))
+                        }
+                        None => Ok((row, secret)),
+                    }
                 })
             })
             .await;
@@ -137,7 +159,7 @@ impl IdentityApi for Handlers {
             .await;
         match result {
             Ok((rows, total)) => ListApiKeysResponse::Ok(Json(ApiKeyList {
-                data: rows.iter().map(to_api_key).collect(),
+                data: rows.iter().map(|r| to_api_key(r, self.limits)).collect(),
                 pagination: pagination(page, per_page, total, None),
             })),
             Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
@@ -151,7 +173,7 @@ impl IdentityApi for Handlers {
     ) -> CreateApiKeyResponse {
         match self.create_key(&caller, params).await {
             Ok((row, secret)) => {
-                let key = to_api_key(&row);
+                let key = to_api_key(&row, self.limits);
                 let created = ApiKeyCreated {
                     id: key.id,
                     name: key.name,
@@ -161,6 +183,7 @@ impl IdentityApi for Handlers {
                     created_at: key.created_at,
                     expires_at: key.expires_at,
                     last_used_at: key.last_used_at,
+                    rate_limit: key.rate_limit,
                     key: secret,
                 };
                 let location = format!("/v1/auth/keys/{}", row.id);
@@ -179,7 +202,46 @@ impl IdentityApi for Handlers {
             .run(move |conn| store::get_key(conn, &org, only_user.as_deref(), &id))
             .await
         {
-            Ok(row) => GetApiKeyResponse::Ok(Json(to_api_key(&row))),
+            Ok(row) => GetApiKeyResponse::Ok(Json(to_api_key(&row, self.limits))),
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn update_api_key(
+        &self,
+        caller: Caller,
+        params: UpdateApiKeyParams,
+    ) -> UpdateApiKeyResponse {
+        use poem_openapi::types::MaybeUndefined;
+        let org = caller.org_id.clone();
+        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+        let id = params.key_id;
+        let body = params.body;
+        let (per_hour, burst) = match body.rate_limit {
+            MaybeUndefined::Undefined => (None, None),
+            MaybeUndefined::Null => (Some(None), Some(None)),
+            MaybeUndefined::Value(l) => (Some(l.requests_per_hour), Some(l.burst)),
+        };
+        let change = store::ApiKeyChange {
+            name: body.name,
+            rate_limit_per_hour: per_hour,
+            rate_limit_burst: burst,
+        };
+        let forget = id.clone();
+        let result = self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    store::update_key(conn, &org, only_user.as_deref(), &id, &change)
+                })
+            })
+            .await;
+        match result {
+            Ok(row) => {
+                // This replica applies the new limits at once; others within the cache's TTL.
+                self.keys.forget(&forget);
+                UpdateApiKeyResponse::Ok(Json(to_api_key(&row, self.limits)))
+            }
             Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
         }
     }

@@ -37,6 +37,8 @@ pub struct Handlers {
     pub crypto: crate::crypto::Crypto,
     /// Runs knowledge-source syncs in the background.
     pub syncs: crate::knowledge::sync::SyncRunner,
+    /// Rate limits of keys that have none of their own.
+    pub limits: crate::ratelimit::Limits,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
@@ -56,11 +58,62 @@ impl Handlers {
             started: Instant::now(),
             started_at: crate::ids::now(),
             keys: std::sync::Arc::new(KeyCache::new(KEY_CACHE_TTL, 100_000)),
+            limits: crate::ratelimit::Limits::default(),
         }
     }
 
+    /// These handlers with other server-wide rate limits.
+    pub fn with_limits(mut self, limits: crate::ratelimit::Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Counts the request against its API key's limits: `None` when no live key is presented
+    /// (authentication answers that) or the counters cannot be reached.
+    pub async fn rate_limit(&self, req: &poem::Request) -> Option<crate::ratelimit::Verdict> {
+        let secret = credential(req)?;
+        let record = self.key_record(auth::hash_key(&secret)).await.ok()??;
+        let now_text = crate::ids::now();
+        if record.revoked
+            || record
+                .expires_at
+                .as_deref()
+                .is_some_and(|t| t <= now_text.as_str())
+        {
+            return None;
+        }
+        let limits = crate::ratelimit::Limits {
+            requests_per_hour: record
+                .rate_limit_per_hour
+                .unwrap_or(self.limits.requests_per_hour),
+            burst: record.rate_limit_burst.unwrap_or(self.limits.burst),
+        };
+        let now = chrono::Utc::now().timestamp();
+        let window_start = now - now.rem_euclid(crate::ratelimit::WINDOW_SECONDS);
+        let key_id = record.key_id.clone();
+        let counts = match self
+            .store
+            .run(move |conn| crate::db::ratelimit::hit(conn, &key_id, window_start, now))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "rate-limit counters unavailable; not limiting");
+                return None;
+            }
+        };
+        let verdict = crate::ratelimit::judge(limits, counts, now);
+        if verdict.first_excess {
+            tracing::warn!(key_id = %record.key_id, limit = verdict.exceeded.unwrap_or(""), "rate limit exceeded");
+        }
+        Some(verdict)
+    }
+
     /// The key with this hash: from the cache, else from the database (recording its use).
-    async fn key_record(&self, hash: String) -> Result<Option<KeyRecord>, crate::db::StoreError> {
+    pub(crate) async fn key_record(
+        &self,
+        hash: String,
+    ) -> Result<Option<KeyRecord>, crate::db::StoreError> {
         if let Some(record) = self.keys.get(&hash) {
             return Ok(Some(record));
         }

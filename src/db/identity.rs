@@ -62,6 +62,10 @@ pub struct ApiKeyRow {
     pub expires_at: Option<String>,
     pub last_used_at: Option<String>,
     pub revoked_at: Option<String>,
+    /// The key's own window limit (requests per hour); `None` takes the server's default.
+    pub rate_limit_per_hour: Option<i64>,
+    /// The key's own burst limit (requests per second); `None` takes the server's default.
+    pub rate_limit_burst: Option<i64>,
 }
 
 pub fn count_organizations(conn: &mut DbConnection) -> StoreResult<i64> {
@@ -255,4 +259,34 @@ pub fn get_key(
     q.select(ApiKeyRow::as_select())
         .first(conn)
         .map_err(StoreError::from_diesel)
+}
+
+/// What an update changes of a key; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, AsChangeset)]
+#[diesel(table_name = api_keys)]
+pub struct ApiKeyChange {
+    pub name: Option<String>,
+    pub rate_limit_per_hour: Option<Option<i64>>,
+    pub rate_limit_burst: Option<Option<i64>>,
+}
+
+/// Updates a live key of the organization (of one user when `user_id` is given).
+pub fn update_key(
+    conn: &mut DbConnection,
+    org_id: &str,
+    user_id: Option<&str>,
+    id: &str,
+    change: &ApiKeyChange,
+) -> StoreResult<ApiKeyRow> {
+    let current = get_key(conn, org_id, user_id, id)?;
+    if change.name.is_some()
+        || change.rate_limit_per_hour.is_some()
+        || change.rate_limit_burst.is_some()
+    {
+        diesel::update(api_keys::table.find(&current.id))
+            .set(change)
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+    }
+    get_key(conn, org_id, user_id, id)
 }

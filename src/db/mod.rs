@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod identity;
 pub mod knowledge;
 pub mod models;
+pub mod ratelimit;
 pub mod schema;
 pub mod sql;
 pub mod templates;

@@ -34,6 +34,8 @@ diesel::table! {
         expires_at -> Nullable<Text>,
         last_used_at -> Nullable<Text>,
         revoked_at -> Nullable<Text>,
+        rate_limit_per_hour -> Nullable<BigInt>,
+        rate_limit_burst -> Nullable<BigInt>,
     }
 }
 
@@ -260,6 +262,49 @@ diesel::table! {
         input_tokens -> BigInt,
         output_tokens -> BigInt,
         cost_nano_usd -> BigInt,
+        created_at -> Text,
+    }
+}
+
+// operations: rate limits, security
+
+diesel::table! {
+    rate_limit_counters (key_id) {
+        key_id -> Text,
+        window_start -> BigInt,
+        window_count -> BigInt,
+        burst_start -> BigInt,
+        burst_count -> BigInt,
+    }
+}
+
+diesel::table! {
+    security_events (id) {
+        id -> Text,
+        org_id -> Nullable<Text>,
+        event_type -> Text,
+        severity -> Text,
+        message -> Text,
+        key_id -> Nullable<Text>,
+        user_id -> Nullable<Text>,
+        resource_type -> Nullable<Text>,
+        resource_id -> Nullable<Text>,
+        details -> Text,
+        request_id -> Nullable<Text>,
+        created_at -> Text,
+    }
+}
+
+diesel::table! {
+    security_scans (id) {
+        id -> Text,
+        org_id -> Text,
+        agent_id -> Text,
+        status -> Text,
+        risk_level -> Text,
+        findings -> Text,
+        counts -> Text,
+        recommendations -> Text,
         created_at -> Text,
     }
 }

@@ -8,6 +8,7 @@ mod identity;
 mod knowledge;
 mod mock;
 mod models;
+mod ops;
 mod profile;
 mod support;
 mod system;

@@ -205,6 +205,34 @@ impl TestApp {
         .expect("key")
         .1
     }
+
+    /// Another server (a second replica) over this app's database; it stops when dropped.
+    pub async fn replica(&self) -> Replica {
+        let config = Config {
+            listen: "127.0.0.1:0".into(),
+            database_url: self.database_url.clone(),
+            pool_size: 4,
+            master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            ..Config::default()
+        };
+        let (bound, bootstrap) = server::bind(&config).await.expect("replica binds");
+        assert!(bootstrap.is_none(), "the database is already bootstrapped");
+        let base = format!("http://{}", bound.addr);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(bound.serve(async move {
+            let _ = rx.await;
+        }));
+        Replica {
+            base,
+            _shutdown: tx,
+        }
+    }
+}
+
+/// A second server over the same database (see [`TestApp::replica`]).
+pub struct Replica {
+    pub base: String,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Reads a JSON body, asserting the error envelope's shape when the status is an error.
