@@ -94,6 +94,19 @@ pub struct Caller {
     pub key_id: String,
     pub role: Role,
     pub scopes: BTreeSet<Scope>,
+    /// The API key the request presented, so that work done on the caller's behalf (batch
+    /// operations) authenticates as the caller did. Never printed.
+    pub credential: Presented,
+}
+
+/// A presented secret; `Debug` does not show it.
+#[derive(Clone, Default)]
+pub struct Presented(pub String);
+
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Presented(<redacted>)")
+    }
 }
 
 impl Caller {

@@ -82,19 +82,23 @@ pub fn app(
         Handlers::with_github_api(store, crypto, &github_api_url).with_limits(rate_limits),
     );
     let service = agentplane_api::service(handlers.clone());
-    Ok(Route::new()
-        .at("/", get(crate::http::root))
-        .at("/openapi.json", get(crate::http::openapi_31))
-        .at("/openapi-3.0.json", get(crate::http::openapi_30))
-        .at("/docs", get(crate::http::docs))
-        .at("/docs/*path", get(crate::http::docs))
-        .nest_no_strip("/v1", service)
-        .with(SpecValidation(validator))
-        .with(crate::ratelimit::RateLimit(handlers))
-        .with(crate::http::ApiVersion)
-        .with(poem::middleware::CatchPanic::new().with_handler(crate::http::panic_response))
-        .with(RequestContext)
-        .with(crate::http::Compression))
+    let app: Arc<crate::api::App> = Arc::new(poem::EndpointExt::boxed(
+        Route::new()
+            .at("/", get(crate::http::root))
+            .at("/openapi.json", get(crate::http::openapi_31))
+            .at("/openapi-3.0.json", get(crate::http::openapi_30))
+            .at("/docs", get(crate::http::docs))
+            .at("/docs/*path", get(crate::http::docs))
+            .nest_no_strip("/v1", service)
+            .with(SpecValidation(validator))
+            .with(crate::ratelimit::RateLimit(handlers.clone()))
+            .with(crate::http::ApiVersion)
+            .with(poem::middleware::CatchPanic::new().with_handler(crate::http::panic_response))
+            .with(RequestContext)
+            .with(crate::http::Compression),
+    ));
+    handlers.dispatcher.set(&app);
+    Ok(app)
 }
 
 /// A bound server, not yet serving.

@@ -100,6 +100,36 @@ pub enum CreateAgentResponse {
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
 /// The parameters and body of
+/// `PATCH /v1/agents/bulk` (bulkUpdateAgents)
+#[derive(Debug, Clone)]
+pub struct BulkUpdateAgentsParams {
+    /// The request body.
+    pub body: crate::models::AgentBulkUpdate,
+}
+/// Every documented answer of
+/// `PATCH /v1/agents/bulk` (bulkUpdateAgents)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum BulkUpdateAgentsResponse {
+    /// What matched and what changed.
+    #[oai(status = 200u16)]
+    Ok(poem_openapi::payload::Json<crate::models::AgentBulkResult>),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The body is well-formed JSON but breaks the schema; `details` names each field.
+    #[oai(status = 422u16)]
+    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+/// The parameters and body of
 /// `GET /v1/agents/{agent_id}` (getAgent)
 #[derive(Debug, Clone)]
 pub struct GetAgentParams {
@@ -277,6 +307,18 @@ pub trait AgentsApi: crate::Authenticate {
         caller: Self::Caller,
         params: CreateAgentParams,
     ) -> impl std::future::Future<Output = CreateAgentResponse> + Send;
+    /// Update many agents at once
+    ///
+    /// Applies `updates` (the fields of a partial update, validated like `PATCH
+    /// /v1/agents/{agent_id}`) to every agent of the organization that matches `filter`, in
+    /// one transaction (AIMatrix `PATCH /v1/agents/bulk`): all change or none do. Each agent
+    /// that changes gets a new `version` (and so a new `ETag`), as with a single update; one
+    /// the updates leave as it was is matched but not updated.
+    fn bulk_update_agents(
+        &self,
+        caller: Self::Caller,
+        params: BulkUpdateAgentsParams,
+    ) -> impl std::future::Future<Output = BulkUpdateAgentsResponse> + Send;
     /// Get an agent
     ///
     /// Returns the agent with its `ETag`; with a matching `If-None-Match` answers 304 and no body.
@@ -432,6 +474,45 @@ impl<T: AgentsApi> AgentsRoutes<T> {
             }
         };
         Ok(self.0.create_agent(caller, params).await)
+    }
+    /// Update many agents at once
+    ///
+    /// Applies `updates` (the fields of a partial update, validated like `PATCH
+    /// /v1/agents/{agent_id}`) to every agent of the organization that matches `filter`, in
+    /// one transaction (AIMatrix `PATCH /v1/agents/bulk`): all change or none do. Each agent
+    /// that changes gets a new `version` (and so a new `ETag`), as with a single update; one
+    /// the updates leave as it was is matched but not updated.
+    #[oai(
+        path = "/v1/agents/bulk",
+        method = "patch",
+        operation_id = "bulkUpdateAgents"
+    )]
+    async fn bulk_update_agents(
+        &self,
+        req: &poem::Request,
+        body: poem_openapi::payload::Json<crate::models::AgentBulkUpdate>,
+    ) -> poem::Result<BulkUpdateAgentsResponse> {
+        let params = BulkUpdateAgentsParams { body: body.0 };
+        const SCOPES: &[&str] = &["write:agents"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(BulkUpdateAgentsResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(BulkUpdateAgentsResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(BulkUpdateAgentsResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.bulk_update_agents(caller, params).await)
     }
     /// Get an agent
     ///

@@ -169,6 +169,18 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["write:agents"]),
     },
     OperationInfo {
+        id: "bulkUpdateAgents",
+        method: "PATCH",
+        path: "/v1/agents/bulk",
+        scopes: Some(&["write:agents"]),
+    },
+    OperationInfo {
+        id: "runBatch",
+        method: "POST",
+        path: "/v1/batch",
+        scopes: Some(&[]),
+    },
+    OperationInfo {
         id: "getAgent",
         method: "GET",
         path: "/v1/agents/{agent_id}",

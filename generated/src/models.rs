@@ -1138,6 +1138,148 @@ pub struct ApiKeyPatch {
     #[oai(rename = "rate_limit")]
     pub rate_limit: poem_openapi::types::MaybeUndefined<crate::models::RateLimitInput>,
 }
+/// The HTTP method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "BatchOperationMethod")]
+pub enum BatchOperationMethod {
+    #[oai(rename = "GET")]
+    Get,
+    #[oai(rename = "POST")]
+    Post,
+    #[oai(rename = "PUT")]
+    Put,
+    #[oai(rename = "PATCH")]
+    Patch,
+    #[oai(rename = "DELETE")]
+    Delete,
+}
+impl BatchOperationMethod {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [BatchOperationMethod] = &[
+        BatchOperationMethod::Get,
+        BatchOperationMethod::Post,
+        BatchOperationMethod::Put,
+        BatchOperationMethod::Patch,
+        BatchOperationMethod::Delete,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BatchOperationMethod::Get => "GET",
+            BatchOperationMethod::Post => "POST",
+            BatchOperationMethod::Put => "PUT",
+            BatchOperationMethod::Patch => "PATCH",
+            BatchOperationMethod::Delete => "DELETE",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "GET" => Some(BatchOperationMethod::Get),
+            "POST" => Some(BatchOperationMethod::Post),
+            "PUT" => Some(BatchOperationMethod::Put),
+            "PATCH" => Some(BatchOperationMethod::Patch),
+            "DELETE" => Some(BatchOperationMethod::Delete),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for BatchOperationMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One request of a batch.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "BatchOperation", deny_unknown_fields)]
+pub struct BatchOperation {
+    /// Your name for this operation, echoed in its result.
+    #[oai(rename = "id", skip_serializing_if_is_none)]
+    pub id: Option<String>,
+    /// The HTTP method.
+    #[oai(rename = "method")]
+    pub method: crate::models::BatchOperationMethod,
+    /// The path and query, starting with `/v1/`.
+    #[oai(rename = "path")]
+    pub path: String,
+    /// Request headers (credentials are the batch's own; others as given).
+    #[oai(rename = "headers", skip_serializing_if_is_none)]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// The JSON body, if the operation takes one.
+    #[oai(rename = "body", skip_serializing_if_is_none)]
+    pub body: Option<serde_json::Value>,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "BatchRequest", deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The operations, run in this order.
+    #[oai(rename = "operations")]
+    pub operations: Vec<crate::models::BatchOperation>,
+}
+/// The answer to one operation.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "BatchOperationResult", deny_unknown_fields)]
+pub struct BatchOperationResult {
+    /// The operation's `id`, if it had one.
+    #[oai(rename = "id")]
+    pub id: Option<String>,
+    /// The HTTP status it answered.
+    #[oai(rename = "status")]
+    pub status: i64,
+    /// The headers it answered with (lower-case names).
+    #[oai(rename = "headers")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Its JSON body; a string when the body is not JSON; `null` when empty.
+    #[oai(rename = "body")]
+    pub body: serde_json::Value,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "BatchResult", deny_unknown_fields)]
+pub struct BatchResult {
+    /// One result per operation, in the order given.
+    #[oai(rename = "results")]
+    pub results: Vec<crate::models::BatchOperationResult>,
+}
+/// Which agents to update; every condition given must hold.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "AgentBulkFilter", deny_unknown_fields)]
+pub struct AgentBulkFilter {
+    /// Only these agents.
+    #[oai(rename = "ids", skip_serializing_if_is_none)]
+    pub ids: Option<Vec<String>>,
+    /// What kind of agent this is (`assistant`, `analyzer`, `workflow`, ...).
+    #[oai(rename = "type", skip_serializing_if_is_none)]
+    pub type_: Option<crate::models::AgentType>,
+    /// The agent's lifecycle status.
+    #[oai(rename = "status", skip_serializing_if_is_none)]
+    pub status: Option<crate::models::AgentStatus>,
+    /// Case-insensitive substring of the name or description.
+    #[oai(rename = "search", skip_serializing_if_is_none)]
+    pub search: Option<String>,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentBulkUpdate", deny_unknown_fields)]
+pub struct AgentBulkUpdate {
+    /// Which agents to update; every condition given must hold.
+    #[oai(rename = "filter")]
+    pub filter: crate::models::AgentBulkFilter,
+    /// The fields to change; `null` clears an optional field.
+    #[oai(rename = "updates")]
+    pub updates: crate::models::AgentPatch,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentBulkResult", deny_unknown_fields)]
+pub struct AgentBulkResult {
+    /// Agents that matched the filter.
+    #[oai(rename = "matched")]
+    pub matched: i64,
+    /// Agents that changed (and got a new version).
+    #[oai(rename = "updated")]
+    pub updated: i64,
+    /// The ids of the agents that changed.
+    #[oai(rename = "updated_ids")]
+    pub updated_ids: Vec<String>,
+}
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "ApiKeyList", deny_unknown_fields)]
 pub struct ApiKeyList {

@@ -29,6 +29,33 @@ pub enum GetStatusResponse {
     #[oai(status = 200u16)]
     Ok(poem_openapi::payload::Json<crate::models::SystemStatus>),
 }
+/// The parameters and body of
+/// `POST /v1/batch` (runBatch)
+#[derive(Debug, Clone)]
+pub struct RunBatchParams {
+    /// The request body.
+    pub body: crate::models::BatchRequest,
+}
+/// Every documented answer of
+/// `POST /v1/batch` (runBatch)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum RunBatchResponse {
+    /// Each operation's answer, in order.
+    #[oai(status = 200u16)]
+    Ok(poem_openapi::payload::Json<crate::models::BatchResult>),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The body is well-formed JSON but breaks the schema; `details` names each field.
+    #[oai(status = 422u16)]
+    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
 /// Health and status of the platform.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
@@ -50,6 +77,19 @@ pub trait SystemApi: crate::Authenticate {
         ctx: Self::Anonymous,
         params: GetStatusParams,
     ) -> impl std::future::Future<Output = GetStatusResponse> + Send;
+    /// Run several requests in one
+    ///
+    /// Runs up to 100 operations in order (AIMatrix `POST /v1/batch`), each dispatched
+    /// in-process through the same routes as a separate request: with the caller's credentials
+    /// (an `Authorization` or `X-API-Key` given in an operation's `headers` is ignored), its
+    /// scopes, rate limits and validation. Each operation answers on its own: a bad one fails
+    /// alone, the others run. The answer lists each operation's status, headers and body in
+    /// the order given. A batch inside a batch is refused (that operation answers 400).
+    fn run_batch(
+        &self,
+        caller: Self::Caller,
+        params: RunBatchParams,
+    ) -> impl std::future::Future<Output = RunBatchResponse> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(SystemApi), "`].")]
@@ -73,5 +113,41 @@ impl<T: SystemApi> SystemRoutes<T> {
         let params = GetStatusParams {};
         let ctx = self.0.anonymous(req);
         Ok(self.0.get_status(ctx, params).await)
+    }
+    /// Run several requests in one
+    ///
+    /// Runs up to 100 operations in order (AIMatrix `POST /v1/batch`), each dispatched
+    /// in-process through the same routes as a separate request: with the caller's credentials
+    /// (an `Authorization` or `X-API-Key` given in an operation's `headers` is ignored), its
+    /// scopes, rate limits and validation. Each operation answers on its own: a bad one fails
+    /// alone, the others run. The answer lists each operation's status, headers and body in
+    /// the order given. A batch inside a batch is refused (that operation answers 400).
+    #[oai(path = "/v1/batch", method = "post", operation_id = "runBatch")]
+    async fn run_batch(
+        &self,
+        req: &poem::Request,
+        body: poem_openapi::payload::Json<crate::models::BatchRequest>,
+    ) -> poem::Result<RunBatchResponse> {
+        let params = RunBatchParams { body: body.0 };
+        const SCOPES: &[&str] = &[];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(RunBatchResponse::Unauthorized(poem_openapi::payload::Json(
+                    e,
+                )));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(RunBatchResponse::Unauthorized(poem_openapi::payload::Json(
+                    e,
+                )));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(RunBatchResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.run_batch(caller, params).await)
     }
 }

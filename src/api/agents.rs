@@ -4,7 +4,9 @@
 //! is parsed into the generated type, and a request body is split back into columns. So a new
 //! field in the spec needs no change here unless it must be a column of its own.
 
-use agentplane_api::models::{Agent, AgentField, AgentFieldset, AgentList, ListAgentsOrder};
+use agentplane_api::models::{
+    Agent, AgentBulkResult, AgentField, AgentFieldset, AgentList, ListAgentsOrder,
+};
 use agentplane_api::*;
 use poem_openapi::payload::Json;
 use poem_openapi::types::{ParseFromJSON, ToJSON};
@@ -25,6 +27,7 @@ failure_response!(CreateAgentResponse {
 failure_response!(GetAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(ReplaceAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
 failure_response!(UpdateAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
+failure_response!(BulkUpdateAgentsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
 failure_response!(DeleteAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 
 const NOT_FOUND: &str = "AGENT_NOT_FOUND";
@@ -128,6 +131,22 @@ fn split(mut obj: Map<String, Value>, previous_secrets: &str) -> Result<AgentCha
         body: Value::Object(obj).to_string(),
         secrets: Value::Object(secrets).to_string(),
     })
+}
+
+/// A partial update as a merge: fields given replace, `null` clears.
+fn patch_merger(
+    patch: Map<String, Value>,
+) -> impl Fn(Map<String, Value>) -> Map<String, Value> + Send + 'static {
+    move |mut current: Map<String, Value>| {
+        for (key, value) in patch.clone() {
+            if value.is_null() {
+                current.remove(&key);
+            } else {
+                current.insert(key, value);
+            }
+        }
+        current
+    }
 }
 
 fn to_object(value: Option<Value>) -> Map<String, Value> {
@@ -462,23 +481,53 @@ impl AgentsApi for Handlers {
     }
 
     async fn update_agent(&self, caller: Caller, params: UpdateAgentParams) -> UpdateAgentResponse {
-        let patch = to_object(params.body.to_json());
-        let merge = move |mut current: Map<String, Value>| {
-            for (key, value) in patch.clone() {
-                if value.is_null() {
-                    current.remove(&key);
-                } else {
-                    current.insert(key, value);
-                }
-            }
-            current
-        };
+        let merge = patch_merger(to_object(params.body.to_json()));
         match self
             .change(&caller, params.agent_id, params.if_match, merge)
             .await
         {
             Ok((agent, row)) => UpdateAgentResponse::Ok(Json(agent), etag(row.version)),
             Err(f) => f.into(),
+        }
+    }
+
+    async fn bulk_update_agents(
+        &self,
+        caller: Caller,
+        params: BulkUpdateAgentsParams,
+    ) -> BulkUpdateAgentsResponse {
+        let body = params.body;
+        let filter = store::BulkFilter {
+            ids: body.filter.ids,
+            agent_type: body.filter.type_.map(|t| t.as_str().to_string()),
+            status: body.filter.status.map(|s| s.as_str().to_string()),
+            search: body.filter.search,
+        };
+        let merge = patch_merger(to_object(body.updates.to_json()));
+        let org = caller.org_id.clone();
+        let result = self
+            .store
+            .run(move |conn| {
+                store::bulk_update(conn, &org, &filter, |current| {
+                    let changes = split(merge(row_to_json(current)?), &current.secrets)?;
+                    let same = changes.name == current.name
+                        && changes.agent_type == current.agent_type
+                        && changes.status == current.status
+                        && changes.description == current.description
+                        && changes.body == current.body
+                        && changes.secrets == current.secrets;
+                    Ok::<_, StoreError>((!same).then_some(changes))
+                })
+                .and_then(|inner| inner)
+            })
+            .await;
+        match result {
+            Ok(outcome) => BulkUpdateAgentsResponse::Ok(Json(AgentBulkResult {
+                matched: outcome.matched,
+                updated: i64::try_from(outcome.updated.len()).unwrap_or(i64::MAX),
+                updated_ids: outcome.updated,
+            })),
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
         }
     }
 

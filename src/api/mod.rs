@@ -1,6 +1,9 @@
 //! The handlers: the generated traits, implemented over the store.
 
 mod agents;
+mod batch;
+
+pub use batch::App;
 mod idem;
 mod identity;
 mod knowledge;
@@ -39,6 +42,9 @@ pub struct Handlers {
     pub syncs: crate::knowledge::sync::SyncRunner,
     /// Rate limits of keys that have none of their own.
     pub limits: crate::ratelimit::Limits,
+    /// The whole application, through which batch operations are dispatched (set once the
+    /// application is assembled; weak, since the application holds these handlers).
+    pub dispatcher: batch::Dispatcher,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
@@ -59,6 +65,7 @@ impl Handlers {
             started_at: crate::ids::now(),
             keys: std::sync::Arc::new(KeyCache::new(KEY_CACHE_TTL, 100_000)),
             limits: crate::ratelimit::Limits::default(),
+            dispatcher: batch::Dispatcher::default(),
         }
     }
 
@@ -249,6 +256,7 @@ impl Authenticate for Handlers {
             key_id: record.key_id,
             role: record.role,
             scopes: record.scopes,
+            credential: auth::Presented(secret),
         })
     }
 }

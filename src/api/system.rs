@@ -7,7 +7,8 @@ use agentplane_api::models::{
     SystemStatusStatus,
 };
 use agentplane_api::{
-    GetHealthParams, GetHealthResponse, GetStatusParams, GetStatusResponse, SystemApi,
+    GetHealthParams, GetHealthResponse, GetStatusParams, GetStatusResponse, RunBatchParams,
+    RunBatchResponse, SystemApi,
 };
 use poem_openapi::payload::Json;
 
@@ -17,6 +18,14 @@ use super::{Handlers, RequestMeta};
 const DEGRADED_AFTER_MS: f64 = 1000.0;
 
 impl SystemApi for Handlers {
+    async fn run_batch(
+        &self,
+        caller: crate::auth::Caller,
+        params: RunBatchParams,
+    ) -> RunBatchResponse {
+        self.run_batch_operations(caller, params).await
+    }
+
     async fn get_health(&self, _ctx: RequestMeta, _params: GetHealthParams) -> GetHealthResponse {
         let started = Instant::now();
         let result = self.store.ping().await;

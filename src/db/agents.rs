@@ -275,6 +275,98 @@ pub fn update<E>(
     )))
 }
 
+/// Which agents a bulk update touches; every condition given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct BulkFilter {
+    pub ids: Option<Vec<String>>,
+    pub agent_type: Option<String>,
+    pub status: Option<String>,
+    pub search: Option<String>,
+}
+
+/// What a bulk update did: the agents that matched, and the ids of those that changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkOutcome {
+    pub matched: i64,
+    pub updated: Vec<String>,
+}
+
+/// Applies `change` to every agent of the organization matching `filter`, in one
+/// transaction: all are written (each with its version bumped) or none is. `change` answers
+/// `None` for an agent it leaves as it was. A concurrent writer that bumps a matched agent
+/// between the read and the write makes the whole step run again on the newer versions.
+pub fn bulk_update<E>(
+    conn: &mut DbConnection,
+    org_id: &str,
+    filter: &BulkFilter,
+    mut change: impl FnMut(&AgentRow) -> Result<Option<AgentChanges>, E>,
+) -> StoreResult<Result<BulkOutcome, E>> {
+    let query = ListQuery {
+        agent_type: filter.agent_type.clone(),
+        status: filter.status.clone(),
+        search: filter.search.clone(),
+        created_gte: None,
+        created_lte: None,
+        sort: SortField::CreatedAt,
+        descending: false,
+        after_id: None,
+        offset: 0,
+        limit: i64::MAX,
+    };
+    for _ in 0..UPDATE_ATTEMPTS {
+        let attempt = super::write_transaction(conn, |conn| {
+            let mut q = filtered(org_id, &query);
+            if let Some(ids) = &filter.ids {
+                q = q.filter(agents::id.eq_any(ids.clone()));
+            }
+            let rows: Vec<AgentRow> = q
+                .order(agents::id.asc())
+                .select(AgentRow::as_select())
+                .load(conn)
+                .map_err(StoreError::from_diesel)?;
+            let now = crate::ids::now();
+            let mut updated = Vec::new();
+            for current in &rows {
+                let changes = match change(current) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(e) => return Ok(Some(Err(e))),
+                };
+                let written = diesel::update(
+                    agents::table
+                        .filter(agents::org_id.eq(org_id))
+                        .filter(agents::id.eq(&current.id))
+                        .filter(agents::version.eq(current.version)),
+                )
+                .set((
+                    &changes,
+                    agents::version.eq(current.version + 1),
+                    agents::updated_at.eq(&now),
+                ))
+                .execute(conn)
+                .map_err(StoreError::from_diesel)?;
+                if written == 0 {
+                    // Lost a race: roll everything back and start over.
+                    return Err(StoreError::PreconditionFailed);
+                }
+                updated.push(current.id.clone());
+            }
+            Ok(Some(Ok(BulkOutcome {
+                matched: i64::try_from(rows.len()).unwrap_or(i64::MAX),
+                updated,
+            })))
+        });
+        match attempt {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) | Err(StoreError::PreconditionFailed) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "agents kept changing under {UPDATE_ATTEMPTS} attempts to update them in bulk"
+    )))
+}
+
 pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
     let n = diesel::delete(
         agents::table

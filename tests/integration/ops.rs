@@ -320,3 +320,234 @@ backend_test!(responses_are_compressed_as_accept_encoding_allows, |app| {
     assert!(resp.headers().get("content-encoding").is_none());
     assert_eq!(resp.status(), 400);
 });
+
+backend_test!(
+    a_batch_runs_each_operation_in_order_and_a_bad_one_fails_alone,
+    |app| {
+        let resp = app
+        .send_json(
+            Method::POST,
+            "/v1/batch",
+            &json!({"operations": [
+                {"id": "a", "method": "POST", "path": "/v1/agents",
+                 "body": {"name": "Agent 1", "type": "assistant"}},
+                {"id": "b", "method": "POST", "path": "/v1/agents", "body": {"type": "assistant"}},
+                {"method": "GET", "path": "/v1/agents?type=assistant&fields=id,name"},
+                {"method": "POST", "path": "/v1/batch", "body": {"operations": []}},
+                {"method": "GET", "path": "/v1/agents/agent_missing",
+                 "headers": {"Authorization": "Bearer ap_forged", "X-Trace": "1"}},
+                {"method": "GET", "path": "/v1/agents", "headers": {"API-Version": "v9"}},
+                {"method": "DELETE", "path": "/v1/nowhere"}
+            ]}),
+        )
+        .await;
+        let (status, body) = json(resp).await;
+        assert_eq!(status, 200, "{body}");
+        let results = body["results"].as_array().expect("results");
+        let statuses: Vec<i64> = results
+            .iter()
+            .map(|r| r["status"].as_i64().unwrap_or(0))
+            .collect();
+        assert_eq!(statuses, vec![201, 422, 200, 400, 404, 400, 404]);
+        assert_eq!(results[0]["id"], "a");
+        assert_eq!(results[2]["id"], serde_json::Value::Null);
+        let created = results[0]["body"]["id"].as_str().expect("created id");
+        assert_eq!(
+            results[0]["headers"]["location"],
+            format!("/v1/agents/{created}")
+        );
+        assert!(results[0]["headers"]["etag"].is_string());
+        assert!(results[0]["headers"]["x-ratelimit-remaining"].is_string());
+        assert_eq!(results[1]["body"]["error"]["details"][0]["field"], "name");
+        // Later operations see what earlier ones did.
+        assert_eq!(results[2]["body"]["data"][0]["id"], created);
+        assert_eq!(
+            results[3]["body"]["error"]["details"][0]["field"],
+            "operations[3].path"
+        );
+        // A forged credential is ignored: the batch's own key answered (404, not 401).
+        assert_eq!(results[4]["body"]["error"]["code"], "AGENT_NOT_FOUND");
+        assert_eq!(
+            results[5]["body"]["error"]["code"],
+            "UNSUPPORTED_API_VERSION"
+        );
+        // The agent really exists.
+        assert_eq!(
+            app.get(&format!("/v1/agents/{created}")).await.status(),
+            200
+        );
+    }
+);
+
+backend_test!(
+    batch_operations_keep_the_callers_scopes_and_organization,
+    |app| {
+        let agent = app.create_agent(json!({"name": "Mine"})).await;
+        let id = agent["id"].as_str().expect("id");
+        let reader = app
+            .key_for(
+                "default",
+                "batch-reader",
+                agentplane_api::models::Role::Member,
+                Some(&[agentplane_api::models::Scope::ReadAgents]),
+            )
+            .await;
+        let ops = json!({"operations": [
+            {"method": "GET", "path": format!("/v1/agents/{id}")},
+            {"method": "DELETE", "path": format!("/v1/agents/{id}")}
+        ]});
+        let resp = app
+            .as_key(&reader, Method::POST, "/v1/batch")
+            .json(&ops)
+            .send()
+            .await
+            .expect("request");
+        let (status, body) = json(resp).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["results"][0]["status"], 200);
+        assert_eq!(body["results"][1]["status"], 403);
+        let other = app
+            .key_for(
+                "other-org",
+                "eve",
+                agentplane_api::models::Role::Admin,
+                None,
+            )
+            .await;
+        let resp = app
+            .as_key(&other, Method::POST, "/v1/batch")
+            .json(&ops)
+            .send()
+            .await
+            .expect("request");
+        let (_, body) = json(resp).await;
+        assert_eq!(body["results"][0]["status"], 404);
+        assert_eq!(body["results"][1]["status"], 404);
+        assert_eq!(app.get(&format!("/v1/agents/{id}")).await.status(), 200);
+        // Bad batches as a whole: empty, too many, unauthenticated.
+        let (status, _) = json(
+            app.send_json(Method::POST, "/v1/batch", &json!({"operations": []}))
+                .await,
+        )
+        .await;
+        assert!(status == 400 || status == 422);
+        let many: Vec<_> = (0..101)
+            .map(|_| json!({"method": "GET", "path": "/v1/agents"}))
+            .collect();
+        let (status, body) = json(
+            app.send_json(Method::POST, "/v1/batch", &json!({"operations": many}))
+                .await,
+        )
+        .await;
+        assert!(status == 400 || status == 422, "{body}");
+        assert_eq!(body["error"]["details"][0]["field"], "operations");
+        let resp = app
+            .client
+            .post(app.url("/v1/batch"))
+            .json(&ops)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 401);
+    }
+);
+
+backend_test!(bulk_updates_apply_in_one_step_and_bump_versions, |app| {
+    let a = app
+        .create_agent(json!({"name": "A", "type": "assistant", "status": "inactive"}))
+        .await;
+    let b = app
+        .create_agent(json!({"name": "B", "type": "assistant", "status": "active"}))
+        .await;
+    let c = app
+        .create_agent(json!({"name": "C", "type": "analyzer", "status": "inactive"}))
+        .await;
+    let resp = app
+        .send_json(
+            Method::PATCH,
+            "/v1/agents/bulk",
+            &json!({"filter": {"type": "assistant"}, "updates": {"status": "active"}}),
+        )
+        .await;
+    let (status, body) = json(resp).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["matched"], 2);
+    assert_eq!(body["updated"], 1);
+    assert_eq!(body["updated_ids"], json!([a["id"]]));
+    let get = |v: &serde_json::Value| format!("/v1/agents/{}", v["id"].as_str().unwrap_or(""));
+    let (_, a2) = json(app.get(&get(&a)).await).await;
+    assert_eq!(
+        (a2["status"].clone(), a2["version"].clone()),
+        (json!("active"), json!(2))
+    );
+    let (_, b2) = json(app.get(&get(&b)).await).await;
+    assert_eq!(b2["version"], 1, "unchanged agents keep their version");
+    let (_, c2) = json(app.get(&get(&c)).await).await;
+    assert_eq!(c2["status"], "inactive");
+    // By ids, with a field the Agent schema checks.
+    let resp = app
+        .send_json(
+            Method::PATCH,
+            "/v1/agents/bulk",
+            &json!({"filter": {"ids": [b["id"], c["id"]]}, "updates": {"tags": ["x"], "description": null}}),
+        )
+        .await;
+    let (status, body) = json(resp).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["updated"], 2);
+    // Invalid updates change nothing and name the field.
+    for (bad, field) in [
+        (
+            json!({"filter": {"type": "assistant"}, "updates": {"status": "sleeping"}}),
+            "updates.status",
+        ),
+        (
+            json!({"filter": {}, "updates": {"status": "active"}}),
+            "filter",
+        ),
+        (
+            json!({"filter": {"type": "assistant"}, "updates": {"configuration": {"temperature": 9}}}),
+            "updates.configuration.temperature",
+        ),
+        (json!({"updates": {}}), "filter"),
+    ] {
+        let (status, body) =
+            json(app.send_json(Method::PATCH, "/v1/agents/bulk", &bad).await).await;
+        assert!(status == 400 || status == 422, "{bad}: {status}");
+        assert_eq!(body["error"]["details"][0]["field"], field, "{body}");
+    }
+    // Other organizations' agents never match; a read-only key cannot bulk-update.
+    let other = app
+        .key_for(
+            "other-org",
+            "eve",
+            agentplane_api::models::Role::Admin,
+            None,
+        )
+        .await;
+    let resp = app
+        .as_key(&other, Method::PATCH, "/v1/agents/bulk")
+        .json(&json!({"filter": {"ids": [a["id"]]}, "updates": {"name": "stolen"}}))
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = json(resp).await;
+    assert_eq!((status, body["matched"].clone()), (200, json!(0)));
+    let viewer = app
+        .key_for(
+            "default",
+            "viewer",
+            agentplane_api::models::Role::Viewer,
+            None,
+        )
+        .await;
+    let resp = app
+        .as_key(&viewer, Method::PATCH, "/v1/agents/bulk")
+        .json(&json!({"filter": {"type": "assistant"}, "updates": {"name": "x"}}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 403);
+    let (_, a3) = json(app.get(&get(&a)).await).await;
+    assert_eq!(a3["name"], "A");
+});
