@@ -15,4 +15,5 @@ pub mod http;
 pub mod ids;
 pub mod knowledge;
 pub mod ratelimit;
+pub mod security;
 pub mod server;

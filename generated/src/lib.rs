@@ -20,6 +20,7 @@ pub mod identity;
 pub mod knowledge;
 pub mod model_registry;
 pub mod models;
+pub mod security;
 pub mod system;
 pub mod templates;
 pub mod tools;
@@ -27,6 +28,7 @@ pub use agents::*;
 pub use identity::*;
 pub use knowledge::*;
 pub use model_registry::*;
+pub use security::*;
 pub use system::*;
 pub use templates::*;
 pub use tools::*;
@@ -72,6 +74,7 @@ pub trait Api:
     + tools::ToolsApi
     + templates::TemplatesApi
     + model_registry::ModelRegistryApi
+    + security::SecurityApi
 {
 }
 impl<
@@ -81,7 +84,8 @@ impl<
         + knowledge::KnowledgeApi
         + tools::ToolsApi
         + templates::TemplatesApi
-        + model_registry::ModelRegistryApi,
+        + model_registry::ModelRegistryApi
+        + security::SecurityApi,
 > Api for T
 {
 }
@@ -97,6 +101,7 @@ pub fn service<T: Api>(
         tools::ToolsRoutes<T>,
         templates::TemplatesRoutes<T>,
         model_registry::ModelRegistryRoutes<T>,
+        security::SecurityRoutes<T>,
     ),
     (),
 > {
@@ -109,6 +114,7 @@ pub fn service<T: Api>(
             tools::ToolsRoutes(api.clone()),
             templates::TemplatesRoutes(api.clone()),
             model_registry::ModelRegistryRoutes(api.clone()),
+            security::SecurityRoutes(api.clone()),
         ),
         TITLE,
         VERSION,
@@ -179,6 +185,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "POST",
         path: "/v1/batch",
         scopes: Some(&[]),
+    },
+    OperationInfo {
+        id: "listSecurityEvents",
+        method: "GET",
+        path: "/v1/security/events",
+        scopes: Some(&["read:security"]),
     },
     OperationInfo {
         id: "getAgent",

@@ -896,6 +896,8 @@ pub enum Scope {
     ReadConversations,
     #[oai(rename = "write:conversations")]
     WriteConversations,
+    #[oai(rename = "read:security")]
+    ReadSecurity,
 }
 impl Scope {
     /// Every value, in the order the spec lists them.
@@ -916,6 +918,7 @@ impl Scope {
         Scope::ReadExecutions,
         Scope::ReadConversations,
         Scope::WriteConversations,
+        Scope::ReadSecurity,
     ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
@@ -936,6 +939,7 @@ impl Scope {
             Scope::ReadExecutions => "read:executions",
             Scope::ReadConversations => "read:conversations",
             Scope::WriteConversations => "write:conversations",
+            Scope::ReadSecurity => "read:security",
         }
     }
     /// Parses the wire form.
@@ -957,6 +961,7 @@ impl Scope {
             "read:executions" => Some(Scope::ReadExecutions),
             "read:conversations" => Some(Scope::ReadConversations),
             "write:conversations" => Some(Scope::WriteConversations),
+            "read:security" => Some(Scope::ReadSecurity),
             _ => None,
         }
     }
@@ -1239,6 +1244,164 @@ pub struct BatchResult {
     /// One result per operation, in the order given.
     #[oai(rename = "results")]
     pub results: Vec<crate::models::BatchOperationResult>,
+}
+/// How serious a security event or finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "Severity")]
+pub enum Severity {
+    #[oai(rename = "low")]
+    Low,
+    #[oai(rename = "medium")]
+    Medium,
+    #[oai(rename = "high")]
+    High,
+    #[oai(rename = "critical")]
+    Critical,
+}
+impl Severity {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [Severity] = &[
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "low" => Some(Severity::Low),
+            "medium" => Some(Severity::Medium),
+            "high" => Some(Severity::High),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "SecurityEventType")]
+pub enum SecurityEventType {
+    #[oai(rename = "authentication_failed")]
+    AuthenticationFailed,
+    #[oai(rename = "api_key_created")]
+    ApiKeyCreated,
+    #[oai(rename = "api_key_revoked")]
+    ApiKeyRevoked,
+    #[oai(rename = "api_key_updated")]
+    ApiKeyUpdated,
+    #[oai(rename = "permission_denied")]
+    PermissionDenied,
+    #[oai(rename = "rate_limit_exceeded")]
+    RateLimitExceeded,
+    #[oai(rename = "security_scan_findings")]
+    SecurityScanFindings,
+    #[oai(rename = "vault_secret_read")]
+    VaultSecretRead,
+}
+impl SecurityEventType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [SecurityEventType] = &[
+        SecurityEventType::AuthenticationFailed,
+        SecurityEventType::ApiKeyCreated,
+        SecurityEventType::ApiKeyRevoked,
+        SecurityEventType::ApiKeyUpdated,
+        SecurityEventType::PermissionDenied,
+        SecurityEventType::RateLimitExceeded,
+        SecurityEventType::SecurityScanFindings,
+        SecurityEventType::VaultSecretRead,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SecurityEventType::AuthenticationFailed => "authentication_failed",
+            SecurityEventType::ApiKeyCreated => "api_key_created",
+            SecurityEventType::ApiKeyRevoked => "api_key_revoked",
+            SecurityEventType::ApiKeyUpdated => "api_key_updated",
+            SecurityEventType::PermissionDenied => "permission_denied",
+            SecurityEventType::RateLimitExceeded => "rate_limit_exceeded",
+            SecurityEventType::SecurityScanFindings => "security_scan_findings",
+            SecurityEventType::VaultSecretRead => "vault_secret_read",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "authentication_failed" => Some(SecurityEventType::AuthenticationFailed),
+            "api_key_created" => Some(SecurityEventType::ApiKeyCreated),
+            "api_key_revoked" => Some(SecurityEventType::ApiKeyRevoked),
+            "api_key_updated" => Some(SecurityEventType::ApiKeyUpdated),
+            "permission_denied" => Some(SecurityEventType::PermissionDenied),
+            "rate_limit_exceeded" => Some(SecurityEventType::RateLimitExceeded),
+            "security_scan_findings" => Some(SecurityEventType::SecurityScanFindings),
+            "vault_secret_read" => Some(SecurityEventType::VaultSecretRead),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for SecurityEventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SecurityEvent", deny_unknown_fields)]
+pub struct SecurityEvent {
+    /// The event's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// What happened.
+    #[oai(rename = "type")]
+    pub type_: crate::models::SecurityEventType,
+    /// How serious a security event or finding is.
+    #[oai(rename = "severity")]
+    pub severity: crate::models::Severity,
+    /// What happened, for people.
+    #[oai(rename = "message")]
+    pub message: String,
+    /// The API key involved, when one was identified.
+    #[oai(rename = "key_id")]
+    pub key_id: Option<String>,
+    /// The user involved, when one was identified.
+    #[oai(rename = "user_id")]
+    pub user_id: Option<String>,
+    /// The kind of resource involved (`agent`, `api_key`, an operation's path).
+    #[oai(rename = "resource_type")]
+    pub resource_type: Option<String>,
+    /// The resource involved.
+    #[oai(rename = "resource_id")]
+    pub resource_id: Option<String>,
+    /// More about the event (never a secret).
+    #[oai(rename = "details")]
+    pub details: serde_json::Value,
+    /// The request during which it happened.
+    #[oai(rename = "request_id")]
+    pub request_id: Option<String>,
+    /// When it happened.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SecurityEventList", deny_unknown_fields)]
+pub struct SecurityEventList {
+    /// The events on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::SecurityEvent>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
 }
 /// Which agents to update; every condition given must hold.
 #[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]

@@ -14,6 +14,7 @@ use crate::auth::{self, Caller};
 use crate::db::StoreError;
 use crate::db::identity::{self as store, ApiKeyRow, OrganizationRow, UserRow};
 use crate::error::{Failure, Kind, detail};
+use crate::security::{Event, EventType, Severity};
 
 use crate::failure_response;
 
@@ -31,6 +32,43 @@ failure_response!(GetCurrentUserResponse { Unauthorized => Unauthorized });
 failure_response!(UpdateCurrentUserResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Unprocessable => UnprocessableEntity });
 
 const NOT_FOUND: &str = "API_KEY_NOT_FOUND";
+
+/// Who changed a key, for its security event.
+struct Actor {
+    key_id: String,
+    user_id: String,
+    request_id: String,
+}
+
+impl Actor {
+    fn of(caller: &Caller) -> Self {
+        Actor {
+            key_id: caller.key_id.clone(),
+            user_id: caller.user_id.clone(),
+            request_id: caller.request_id.clone(),
+        }
+    }
+}
+
+/// Records a key's life-cycle event in the transaction that changed the key.
+fn key_event(
+    conn: &mut crate::db::DbConnection,
+    row: &ApiKeyRow,
+    event_type: EventType,
+    message: &str,
+    actor: &Actor,
+) -> Result<(), StoreError> {
+    let event = Event::new(event_type, Severity::Low, message)
+        .by(&actor.key_id, &actor.user_id)
+        .on("api_key", &row.id)
+        .details(serde_json::json!({
+            "prefix": row.prefix,
+            "owner_user_id": row.user_id,
+            "scopes": auth::parse_scopes(&row.scopes).iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        }))
+        .request(&actor.request_id);
+    crate::security::record(conn, Some(&row.org_id), event).map(|_| ())
+}
 
 fn to_api_key(row: &ApiKeyRow, defaults: crate::ratelimit::Limits) -> ApiKey {
     ApiKey {
@@ -96,6 +134,7 @@ impl Handlers {
         };
         let caller_user = caller.user_id.clone();
         let org_id = caller.org_id.clone();
+        let actor = Actor::of(caller);
         let result = self
             .store
             .run(move |conn| {
@@ -115,6 +154,13 @@ impl Handlers {
                     };
                     let (row, secret) =
                         auth::insert_key(conn, &user, &body.name, &scopes, expires_at)?;
+                    key_event(
+                        conn,
+                        &row,
+                        EventType::ApiKeyCreated,
+                        &format!("API key {} ({}) created", row.id, row.prefix),
+                        &actor,
+                    )?;
                     match &body.rate_limit {
                         Some(limits) => {
                             let change = store::ApiKeyChange {
@@ -228,11 +274,20 @@ impl IdentityApi for Handlers {
             rate_limit_burst: burst,
         };
         let forget = id.clone();
+        let actor = Actor::of(&caller);
         let result = self
             .store
             .run(move |conn| {
                 crate::db::write_transaction(conn, |conn| {
-                    store::update_key(conn, &org, only_user.as_deref(), &id, &change)
+                    let row = store::update_key(conn, &org, only_user.as_deref(), &id, &change)?;
+                    key_event(
+                        conn,
+                        &row,
+                        EventType::ApiKeyUpdated,
+                        &format!("API key {} updated", row.id),
+                        &actor,
+                    )?;
+                    Ok(row)
                 })
             })
             .await;
@@ -256,9 +311,22 @@ impl IdentityApi for Handlers {
         let id = params.key_id;
         let forget = id.clone();
         let now = crate::ids::now();
+        let actor = Actor::of(&caller);
         match self
             .store
-            .run(move |conn| store::revoke_key(conn, &org, only_user.as_deref(), &id, &now))
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    let row = store::get_key(conn, &org, only_user.as_deref(), &id)?;
+                    store::revoke_key(conn, &org, only_user.as_deref(), &id, &now)?;
+                    key_event(
+                        conn,
+                        &row,
+                        EventType::ApiKeyRevoked,
+                        &format!("API key {} ({}) revoked", row.id, row.prefix),
+                        &actor,
+                    )
+                })
+            })
             .await
         {
             Ok(()) => {

@@ -9,6 +9,7 @@ mod identity;
 mod knowledge;
 mod models;
 mod paging;
+mod security;
 mod system;
 mod templates;
 mod tools;
@@ -111,7 +112,23 @@ impl Handlers {
         };
         let verdict = crate::ratelimit::judge(limits, counts, now);
         if verdict.first_excess {
-            tracing::warn!(key_id = %record.key_id, limit = verdict.exceeded.unwrap_or(""), "rate limit exceeded");
+            use crate::security::{Event, EventType, Severity};
+            let which = verdict.exceeded.unwrap_or("window");
+            tracing::warn!(key_id = %record.key_id, limit = which, "rate limit exceeded");
+            let event = Event::new(
+                EventType::RateLimitExceeded,
+                Severity::Medium,
+                format!("API key {} passed its {which} rate limit", record.key_id),
+            )
+            .by(&record.key_id, &record.user_id)
+            .on("api_key", &record.key_id)
+            .details(serde_json::json!({
+                "limit": which,
+                "requests_per_hour": limits.requests_per_hour,
+                "burst": limits.burst,
+            }))
+            .request(&request_id(req));
+            crate::security::record_detached(&self.store, Some(record.org_id.clone()), event).await;
         }
         Some(verdict)
     }
@@ -210,9 +227,31 @@ impl Authenticate for Handlers {
                 "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
             ));
         };
+        let failed = |org: Option<String>, key: Option<(&str, &str)>, reason: &str| {
+            use crate::security::{Event, EventType, Severity};
+            let mut event = Event::new(
+                EventType::AuthenticationFailed,
+                Severity::Medium,
+                format!("authentication failed: {reason}"),
+            )
+            .details(serde_json::json!({
+                "reason": reason,
+                "method": req.method().as_str(),
+                "path": req.uri().path(),
+            }))
+            .request(&rid);
+            if let Some((key_id, user_id)) = key {
+                event = event.by(key_id, user_id);
+            }
+            crate::security::record_detached(&self.store, org, event)
+        };
         let record = match self.key_record(auth::hash_key(&secret)).await {
             Ok(Some(record)) => record,
-            Ok(None) => return Err(unauthorized("the API key is not valid")),
+            Ok(None) => {
+                // An unknown key names no organization; the secret itself is never kept.
+                failed(None, None, "unknown API key").await;
+                return Err(unauthorized("the API key is not valid"));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, request_id = %rid, "cannot check an API key");
                 return Err(AuthRejection::Unavailable(envelope(
@@ -224,7 +263,9 @@ impl Authenticate for Handlers {
                 )));
             }
         };
+        let key = Some((record.key_id.as_str(), record.user_id.as_str()));
         if record.revoked {
+            failed(Some(record.org_id.clone()), key, "revoked API key").await;
             return Err(unauthorized("the API key has been revoked"));
         }
         if record
@@ -232,6 +273,7 @@ impl Authenticate for Handlers {
             .as_deref()
             .is_some_and(|t| t <= crate::ids::now().as_str())
         {
+            failed(Some(record.org_id.clone()), key, "expired API key").await;
             return Err(unauthorized("the API key has expired"));
         }
         let granted = &record.scopes;
@@ -241,6 +283,25 @@ impl Authenticate for Handlers {
             .filter(|s| !granted.iter().any(|g| g.as_str() == *s))
             .collect();
         if !missing.is_empty() {
+            use crate::security::{Event, EventType, Severity};
+            let event = Event::new(
+                EventType::PermissionDenied,
+                Severity::Low,
+                format!(
+                    "{} {} needs the scope {}",
+                    req.method(),
+                    req.uri().path(),
+                    missing.join(", ")
+                ),
+            )
+            .by(&record.key_id, &record.user_id)
+            .on(
+                "operation",
+                &format!("{} {}", req.method(), req.uri().path()),
+            )
+            .details(serde_json::json!({ "missing_scopes": missing }))
+            .request(&rid);
+            crate::security::record_detached(&self.store, Some(record.org_id.clone()), event).await;
             return Err(AuthRejection::Forbidden(envelope(
                 Kind::Forbidden,
                 "INSUFFICIENT_PERMISSIONS",

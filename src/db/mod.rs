@@ -11,6 +11,7 @@ pub mod knowledge;
 pub mod models;
 pub mod ratelimit;
 pub mod schema;
+pub mod security;
 pub mod sql;
 pub mod templates;
 pub mod tools;

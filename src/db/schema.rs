@@ -294,17 +294,3 @@ diesel::table! {
         created_at -> Text,
     }
 }
-
-diesel::table! {
-    security_scans (id) {
-        id -> Text,
-        org_id -> Text,
-        agent_id -> Text,
-        status -> Text,
-        risk_level -> Text,
-        findings -> Text,
-        counts -> Text,
-        recommendations -> Text,
-        created_at -> Text,
-    }
-}

@@ -10,6 +10,7 @@ mod mock;
 mod models;
 mod ops;
 mod profile;
+mod security;
 mod support;
 mod system;
 mod templates;

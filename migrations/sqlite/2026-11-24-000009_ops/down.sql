@@ -1,4 +1,3 @@
-DROP TABLE security_scans;
 DROP TABLE security_events;
 DROP TABLE rate_limit_counters;
 ALTER TABLE api_keys DROP COLUMN rate_limit_burst;

@@ -1,4 +1,4 @@
--- Operations: per-key rate limits and their counters, security events and security scans.
+-- Operations: per-key rate limits and their counters, and security events.
 
 -- A key's own limits; NULL takes the server-wide default.
 ALTER TABLE api_keys ADD COLUMN rate_limit_per_hour BIGINT;
@@ -31,18 +31,4 @@ CREATE TABLE security_events (
     request_id TEXT,
     created_at TEXT NOT NULL
 );
-CREATE INDEX security_events_by_org ON security_events (org_id, created_at, id);
-
--- Static reviews of an agent's configuration.
-CREATE TABLE security_scans (
-    id TEXT PRIMARY KEY NOT NULL,
-    org_id TEXT NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
-    agent_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    risk_level TEXT NOT NULL,
-    findings TEXT NOT NULL,
-    counts TEXT NOT NULL,
-    recommendations TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE INDEX security_scans_by_agent ON security_scans (org_id, agent_id, created_at, id);
+CREATE INDEX security_events_by_org ON security_events (org_id, id);
