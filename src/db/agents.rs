@@ -217,6 +217,30 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Agent
         .map_err(StoreError::from_diesel)
 }
 
+/// Writes `changes` over `current` as its next version, only if it still is at
+/// `current.version`; `false` when another writer got there first.
+fn write_version(
+    conn: &mut DbConnection,
+    current: &AgentRow,
+    changes: &AgentChanges,
+    now: &str,
+) -> StoreResult<bool> {
+    let written = diesel::update(
+        agents::table
+            .filter(agents::org_id.eq(&current.org_id))
+            .filter(agents::id.eq(&current.id))
+            .filter(agents::version.eq(current.version)),
+    )
+    .set((
+        changes,
+        agents::version.eq(current.version + 1),
+        agents::updated_at.eq(now),
+    ))
+    .execute(conn)
+    .map_err(StoreError::from_diesel)?;
+    Ok(written > 0)
+}
+
 /// How often [`update`] retries when another writer changed the agent between its read and
 /// its write.
 const UPDATE_ATTEMPTS: usize = 8;
@@ -247,21 +271,7 @@ pub fn update<E>(
                 Ok(c) => c,
                 Err(e) => return Ok(Some(Err(e))),
             };
-            let now = crate::ids::now();
-            let written = diesel::update(
-                agents::table
-                    .filter(agents::org_id.eq(org_id))
-                    .filter(agents::id.eq(id))
-                    .filter(agents::version.eq(current.version)),
-            )
-            .set((
-                &changes,
-                agents::version.eq(current.version + 1),
-                agents::updated_at.eq(&now),
-            ))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
-            if written == 0 {
+            if !write_version(conn, &current, &changes, &crate::ids::now())? {
                 return Ok(None); // lost the race: read again
             }
             get(conn, org_id, id).map(|row| Some(Ok(row)))
@@ -332,20 +342,7 @@ pub fn bulk_update<E>(
                     Ok(None) => continue,
                     Err(e) => return Ok(Some(Err(e))),
                 };
-                let written = diesel::update(
-                    agents::table
-                        .filter(agents::org_id.eq(org_id))
-                        .filter(agents::id.eq(&current.id))
-                        .filter(agents::version.eq(current.version)),
-                )
-                .set((
-                    &changes,
-                    agents::version.eq(current.version + 1),
-                    agents::updated_at.eq(&now),
-                ))
-                .execute(conn)
-                .map_err(StoreError::from_diesel)?;
-                if written == 0 {
+                if !write_version(conn, current, &changes, &now)? {
                     // Lost a race: roll everything back and start over.
                     return Err(StoreError::PreconditionFailed);
                 }

@@ -25,23 +25,28 @@ pub struct Counts {
     pub burst_count: i64,
 }
 
-const SQLITE: &str = "INSERT INTO rate_limit_counters AS c \
-    (key_id, window_start, window_count, burst_start, burst_count) VALUES (?, ?, 1, ?, 1) \
-    ON CONFLICT (key_id) DO UPDATE SET \
-    window_count = CASE WHEN excluded.window_start <= c.window_start THEN c.window_count + 1 ELSE 1 END, \
-    window_start = max(c.window_start, excluded.window_start), \
-    burst_count = CASE WHEN excluded.burst_start <= c.burst_start THEN c.burst_count + 1 ELSE 1 END, \
-    burst_start = max(c.burst_start, excluded.burst_start) \
-    RETURNING window_start, window_count, burst_start, burst_count";
+/// The upsert, in the dialect of a backend: its placeholders and its two-argument maximum.
+fn upsert(placeholders: [&str; 3], max: &str) -> String {
+    let [key, window, burst] = placeholders;
+    format!(
+        "INSERT INTO rate_limit_counters AS c \
+         (key_id, window_start, window_count, burst_start, burst_count) \
+         VALUES ({key}, {window}, 1, {burst}, 1) \
+         ON CONFLICT (key_id) DO UPDATE SET \
+         window_count = CASE WHEN excluded.window_start <= c.window_start \
+           THEN c.window_count + 1 ELSE 1 END, \
+         window_start = {max}(c.window_start, excluded.window_start), \
+         burst_count = CASE WHEN excluded.burst_start <= c.burst_start \
+           THEN c.burst_count + 1 ELSE 1 END, \
+         burst_start = {max}(c.burst_start, excluded.burst_start) \
+         RETURNING window_start, window_count, burst_start, burst_count"
+    )
+}
 
-const POSTGRES: &str = "INSERT INTO rate_limit_counters AS c \
-    (key_id, window_start, window_count, burst_start, burst_count) VALUES ($1, $2, 1, $3, 1) \
-    ON CONFLICT (key_id) DO UPDATE SET \
-    window_count = CASE WHEN excluded.window_start <= c.window_start THEN c.window_count + 1 ELSE 1 END, \
-    window_start = GREATEST(c.window_start, excluded.window_start), \
-    burst_count = CASE WHEN excluded.burst_start <= c.burst_start THEN c.burst_count + 1 ELSE 1 END, \
-    burst_start = GREATEST(c.burst_start, excluded.burst_start) \
-    RETURNING window_start, window_count, burst_start, burst_count";
+static SQLITE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| upsert(["?", "?", "?"], "max"));
+static POSTGRES: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| upsert(["$1", "$2", "$3"], "GREATEST"));
 
 /// Counts one request of `key_id` in the windows starting at `window_start` and
 /// `burst_start` (Unix seconds), and returns the counts including it.
@@ -51,9 +56,9 @@ pub fn hit(
     window_start: i64,
     burst_start: i64,
 ) -> StoreResult<Counts> {
-    let sql = match conn {
-        DbConnection::Sqlite(_) => SQLITE,
-        DbConnection::Postgres(_) => POSTGRES,
+    let sql: &str = match conn {
+        DbConnection::Sqlite(_) => &SQLITE,
+        DbConnection::Postgres(_) => &POSTGRES,
     };
     diesel::sql_query(sql)
         .bind::<Text, _>(key_id)

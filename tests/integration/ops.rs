@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::backend_test;
-use crate::support::{TestApp, json};
+use crate::support::{TestApp, json, other_admin, send_as};
 
 /// Creates a key with its own rate limits and returns (id, secret).
 async fn limited_key(app: &TestApp, limits: serde_json::Value) -> (String, String) {
@@ -50,11 +50,7 @@ backend_test!(
             Some(remaining - 1)
         );
         // A bad key is not a key: no counters, just 401.
-        let bad = app
-            .as_key("ap_nope", Method::GET, "/v1/agents")
-            .send()
-            .await
-            .expect("request");
+        let bad = send_as(&app, "ap_nope", Method::GET, "/v1/agents", None).await;
         assert_eq!(bad.status(), 401);
         assert!(bad.headers().get("x-ratelimit-limit").is_none());
     }
@@ -65,20 +61,12 @@ backend_test!(
     |app| {
         let (id, key) = limited_key(&app, json!({"requests_per_hour": 3})).await;
         for left in [2, 1, 0] {
-            let resp = app
-                .as_key(&key, Method::GET, "/v1/agents")
-                .send()
-                .await
-                .expect("request");
+            let resp = send_as(&app, &key, Method::GET, "/v1/agents", None).await;
             assert_eq!(resp.status(), 200);
             assert_eq!(header(&resp, "x-ratelimit-limit"), Some(3));
             assert_eq!(header(&resp, "x-ratelimit-remaining"), Some(left));
         }
-        let resp = app
-            .as_key(&key, Method::GET, "/v1/agents")
-            .send()
-            .await
-            .expect("request");
+        let resp = send_as(&app, &key, Method::GET, "/v1/agents", None).await;
         let wait = header(&resp, "retry-after").expect("Retry-After");
         assert!((1..=3600).contains(&wait), "{wait}");
         assert_eq!(header(&resp, "x-ratelimit-remaining"), Some(0));
@@ -101,11 +89,7 @@ backend_test!(
             body["rate_limit"],
             json!({"requests_per_hour": 1_000_000, "burst": 10_000, "custom": false})
         );
-        let resp = app
-            .as_key(&key, Method::GET, "/v1/agents")
-            .send()
-            .await
-            .expect("request");
+        let resp = send_as(&app, &key, Method::GET, "/v1/agents", None).await;
         assert_eq!(resp.status(), 200);
     }
 );
@@ -114,11 +98,7 @@ backend_test!(a_burst_past_the_burst_limit_gets_429, |app| {
     let (_, key) = limited_key(&app, json!({"burst": 2})).await;
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        let resp = app
-            .as_key(&key, Method::GET, "/v1/agents")
-            .send()
-            .await
-            .expect("request");
+        let resp = send_as(&app, &key, Method::GET, "/v1/agents", None).await;
         if resp.status() == 429 {
             assert_eq!(header(&resp, "retry-after"), Some(1));
         }
@@ -159,20 +139,15 @@ backend_test!(key_limits_are_validated_and_isolated, |app| {
         json!({"requests_per_hour": 1_000_000, "burst": 7, "custom": true})
     );
     // Another organization's admin sees no such key; a key without write:keys is refused.
-    let other = app
-        .key_for(
-            "other-org",
-            "eve",
-            agentplane_api::models::Role::Admin,
-            None,
-        )
-        .await;
-    let resp = app
-        .as_key(&other, Method::PATCH, &format!("/v1/auth/keys/{id}"))
-        .json(&json!({"name": "mine"}))
-        .send()
-        .await
-        .expect("request");
+    let other = other_admin(&app).await;
+    let resp = send_as(
+        &app,
+        &other,
+        Method::PATCH,
+        &format!("/v1/auth/keys/{id}"),
+        Some(&json!({"name": "mine"})),
+    )
+    .await;
     assert_eq!(resp.status(), 404);
     let reader = app
         .key_for(
@@ -182,12 +157,14 @@ backend_test!(key_limits_are_validated_and_isolated, |app| {
             Some(&[agentplane_api::models::Scope::ReadKeys]),
         )
         .await;
-    let resp = app
-        .as_key(&reader, Method::PATCH, &format!("/v1/auth/keys/{id}"))
-        .json(&json!({"name": "mine"}))
-        .send()
-        .await
-        .expect("request");
+    let resp = send_as(
+        &app,
+        &reader,
+        Method::PATCH,
+        &format!("/v1/auth/keys/{id}"),
+        Some(&json!({"name": "mine"})),
+    )
+    .await;
     assert_eq!(resp.status(), 403);
 });
 
@@ -396,30 +373,13 @@ backend_test!(
             {"method": "GET", "path": format!("/v1/agents/{id}")},
             {"method": "DELETE", "path": format!("/v1/agents/{id}")}
         ]});
-        let resp = app
-            .as_key(&reader, Method::POST, "/v1/batch")
-            .json(&ops)
-            .send()
-            .await
-            .expect("request");
+        let resp = send_as(&app, &reader, Method::POST, "/v1/batch", Some(&ops)).await;
         let (status, body) = json(resp).await;
         assert_eq!(status, 200);
         assert_eq!(body["results"][0]["status"], 200);
         assert_eq!(body["results"][1]["status"], 403);
-        let other = app
-            .key_for(
-                "other-org",
-                "eve",
-                agentplane_api::models::Role::Admin,
-                None,
-            )
-            .await;
-        let resp = app
-            .as_key(&other, Method::POST, "/v1/batch")
-            .json(&ops)
-            .send()
-            .await
-            .expect("request");
+        let other = other_admin(&app).await;
+        let resp = send_as(&app, &other, Method::POST, "/v1/batch", Some(&ops)).await;
         let (_, body) = json(resp).await;
         assert_eq!(body["results"][0]["status"], 404);
         assert_eq!(body["results"][1]["status"], 404);
@@ -517,20 +477,15 @@ backend_test!(bulk_updates_apply_in_one_step_and_bump_versions, |app| {
         assert_eq!(body["error"]["details"][0]["field"], field, "{body}");
     }
     // Other organizations' agents never match; a read-only key cannot bulk-update.
-    let other = app
-        .key_for(
-            "other-org",
-            "eve",
-            agentplane_api::models::Role::Admin,
-            None,
-        )
-        .await;
-    let resp = app
-        .as_key(&other, Method::PATCH, "/v1/agents/bulk")
-        .json(&json!({"filter": {"ids": [a["id"]]}, "updates": {"name": "stolen"}}))
-        .send()
-        .await
-        .expect("request");
+    let other = other_admin(&app).await;
+    let resp = send_as(
+        &app,
+        &other,
+        Method::PATCH,
+        "/v1/agents/bulk",
+        Some(&json!({"filter": {"ids": [a["id"]]}, "updates": {"name": "stolen"}})),
+    )
+    .await;
     let (status, body) = json(resp).await;
     assert_eq!((status, body["matched"].clone()), (200, json!(0)));
     let viewer = app
@@ -541,12 +496,14 @@ backend_test!(bulk_updates_apply_in_one_step_and_bump_versions, |app| {
             None,
         )
         .await;
-    let resp = app
-        .as_key(&viewer, Method::PATCH, "/v1/agents/bulk")
-        .json(&json!({"filter": {"type": "assistant"}, "updates": {"name": "x"}}))
-        .send()
-        .await
-        .expect("request");
+    let resp = send_as(
+        &app,
+        &viewer,
+        Method::PATCH,
+        "/v1/agents/bulk",
+        Some(&json!({"filter": {"type": "assistant"}, "updates": {"name": "x"}})),
+    )
+    .await;
     assert_eq!(resp.status(), 403);
     let (_, a3) = json(app.get(&get(&a)).await).await;
     assert_eq!(a3["name"], "A");

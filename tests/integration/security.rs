@@ -5,14 +5,17 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::backend_test;
-use crate::support::{TestApp, json};
+use crate::support::{TestApp, json, other_admin, send_as};
 
 async fn events(app: &TestApp, key: &str, query: &str) -> (u16, Value) {
-    let resp = app
-        .as_key(key, Method::GET, &format!("/v1/security/events{query}"))
-        .send()
-        .await
-        .expect("request");
+    let resp = send_as(
+        app,
+        key,
+        Method::GET,
+        &format!("/v1/security/events{query}"),
+        None,
+    )
+    .await;
     json(resp).await
 }
 
@@ -31,19 +34,17 @@ backend_test!(
         assert_eq!(status, 201);
         let key = created["key"].as_str().expect("secret").to_string();
         let key_id = created["id"].as_str().expect("id").to_string();
-        let denied = app
-            .as_key(&key, Method::POST, "/v1/agents")
-            .json(&json!({"name": "x"}))
-            .send()
-            .await
-            .expect("request");
+        let denied = send_as(
+            &app,
+            &key,
+            Method::POST,
+            "/v1/agents",
+            Some(&json!({"name": "x"})),
+        )
+        .await;
         assert_eq!(denied.status(), 403);
         for expected in [200, 429, 429] {
-            let resp = app
-                .as_key(&key, Method::GET, "/v1/agents")
-                .send()
-                .await
-                .expect("request");
+            let resp = send_as(&app, &key, Method::GET, "/v1/agents", None).await;
             assert_eq!(resp.status(), expected);
         }
         let resp = app
@@ -52,11 +53,7 @@ backend_test!(
             .await
             .expect("request");
         assert_eq!(resp.status(), 204);
-        let resp = app
-            .as_key(&key, Method::GET, "/v1/agents")
-            .send()
-            .await
-            .expect("request");
+        let resp = send_as(&app, &key, Method::GET, "/v1/agents", None).await;
         assert_eq!(resp.status(), 401);
         let unknown = app
             .as_key(
@@ -126,7 +123,7 @@ backend_test!(
             )
             .await;
         assert_eq!(events(&app, &narrow, "").await.0, 403);
-        let other = app.key_for("other-org", "eve", Role::Admin, None).await;
+        let other = other_admin(&app).await;
         let (_, theirs) = events(&app, &other, "").await;
         assert_eq!(theirs["pagination"]["total"], 0, "{theirs}");
     }

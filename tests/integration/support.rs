@@ -229,6 +229,26 @@ impl TestApp {
     }
 }
 
+/// Sends `body` (if any) as JSON with `key`.
+pub async fn send_as(
+    app: &TestApp,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Response {
+    let mut req = app.as_key(key, method, path);
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    req.send().await.expect("request")
+}
+
+/// An admin key of another organization.
+pub async fn other_admin(app: &TestApp) -> String {
+    app.key_for("other-org", "eve", Role::Admin, None).await
+}
+
 /// A second server over the same database (see [`TestApp::replica`]).
 pub struct Replica {
     pub base: String,
