@@ -407,9 +407,26 @@ impl<'d> Generator<'d> {
             }
             _ => Just(Vec::new()).sboxed(),
         };
+        // `minProperties` over optional properties: values to top the object up with when
+        // the optional ones left out leave it too small.
+        let min_props = usize_of(s, "minProperties").unwrap_or(0);
+        let backup: Vec<SBoxedStrategy<(String, Value)>> = if min_props > 0 {
+            props
+                .iter()
+                .filter(|(name, schema)| !required.contains(*name) && !self.hidden(schema))
+                .map(|(name, schema)| {
+                    let name = name.clone();
+                    self.build(schema, depth + 1)
+                        .prop_map(move |v| (name.clone(), v))
+                        .sboxed()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let declared: Vec<String> = props.keys().cloned().collect();
-        (fields, extras)
-            .prop_map(move |(fields, extras)| {
+        (fields, extras, backup)
+            .prop_map(move |(fields, extras, backup)| {
                 let mut map = Map::new();
                 for (k, v) in fields.into_iter().flatten() {
                     map.insert(k, v);
@@ -421,6 +438,12 @@ impl<'d> Generator<'d> {
                     if !declared.contains(&k) && !map.contains_key(&k) {
                         map.insert(k, v);
                     }
+                }
+                for (k, v) in backup {
+                    if map.len() >= min_props.min(max_props) {
+                        break;
+                    }
+                    map.entry(k).or_insert(v);
                 }
                 Value::Object(map)
             })
@@ -1480,6 +1503,7 @@ mod tests {
             json!({"oneOf": [{"type": "string", "maxLength": 2}, {"type": "boolean"}]}),
             json!({"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}}, {"required": ["a"]}]}),
             json!({"type": "object", "propertyNames": {"pattern": "^[a-z]{3}$"}, "additionalProperties": {"type": "integer"}, "maxProperties": 1}),
+            json!({"type": "object", "minProperties": 2, "additionalProperties": false, "properties": {"a": {"type": "integer"}, "b": {"type": "string"}, "c": {"type": "boolean"}}}),
         ];
         let mut components = Map::new();
         for (i, schema) in schemas.iter().enumerate() {
