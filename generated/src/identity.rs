@@ -248,7 +248,7 @@ pub trait IdentityApi: crate::Authenticate {
     ) -> impl std::future::Future<Output = RevokeApiKeyResponse> + Send;
     /// Update an API key
     ///
-    /// Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. The change applies within 5 seconds on every replica.
+    /// Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. Only admins set rate limits, and never on the key they call with (403). The change applies within 5 seconds on every replica.
     fn update_api_key(
         &self,
         caller: Self::Caller,
@@ -417,7 +417,7 @@ impl<T: IdentityApi> IdentityRoutes<T> {
     }
     /// Update an API key
     ///
-    /// Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. The change applies within 5 seconds on every replica.
+    /// Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. Only admins set rate limits, and never on the key they call with (403). The change applies within 5 seconds on every replica.
     #[oai(
         path = "/v1/auth/keys/:key_id",
         method = "patch",

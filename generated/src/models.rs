@@ -1037,7 +1037,7 @@ pub struct ApiKeyInput {
     /// A user to create in the caller's organization, with the key.
     #[oai(rename = "user", skip_serializing_if_is_none)]
     pub user: Option<crate::models::NewUser>,
-    /// A key's own rate limits; a limit left out keeps the server-wide default.
+    /// A key's own rate limits (set by admins only); a limit left out keeps the server-wide default.
     #[oai(rename = "rate_limit", skip_serializing_if_is_none)]
     pub rate_limit: Option<crate::models::RateLimitInput>,
 }
@@ -1107,7 +1107,7 @@ pub struct ApiKeyCreated {
     #[oai(rename = "key")]
     pub key: String,
 }
-/// A key's own rate limits; a limit left out keeps the server-wide default.
+/// A key's own rate limits (set by admins only); a limit left out keeps the server-wide default.
 #[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
 #[oai(rename = "RateLimitInput", deny_unknown_fields)]
 pub struct RateLimitInput {

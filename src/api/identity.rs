@@ -50,6 +50,27 @@ impl Actor {
     }
 }
 
+/// Rate limits are an admin's to set, and never by the key they limit: a key that could
+/// change its own limits could lift them, or lock itself out.
+fn may_set_limits(caller: &Caller, key_id: Option<&str>) -> Result<(), Failure> {
+    let refuse = |message: &str| {
+        Err(Failure::with_details(
+            Kind::Forbidden,
+            "INSUFFICIENT_PERMISSIONS",
+            message,
+            vec![detail("rate_limit", "forbidden", message)],
+            &caller.request_id,
+        ))
+    };
+    if !caller.is_admin() {
+        return refuse("only admins can set rate limits");
+    }
+    if key_id == Some(caller.key_id.as_str()) {
+        return refuse("a key cannot change its own rate limits; use another admin key");
+    }
+    Ok(())
+}
+
 /// Records a key's life-cycle event in the transaction that changed the key.
 fn key_event(
     conn: &mut crate::db::DbConnection,
@@ -106,6 +127,9 @@ impl Handlers {
             .map(|days| crate::ids::format_time(chrono::Utc::now() + chrono::Duration::days(days)));
         if body.user.is_some() && !caller.is_admin() {
             return Err(forbidden("only admins can create users".into()));
+        }
+        if body.rate_limit.is_some() {
+            may_set_limits(caller, None)?;
         }
         let role = body
             .user
@@ -259,6 +283,11 @@ impl IdentityApi for Handlers {
         params: UpdateApiKeyParams,
     ) -> UpdateApiKeyResponse {
         use poem_openapi::types::MaybeUndefined;
+        if !params.body.rate_limit.is_undefined()
+            && let Err(f) = may_set_limits(&caller, Some(&params.key_id))
+        {
+            return f.into();
+        }
         let org = caller.org_id.clone();
         let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
         let id = params.key_id;

@@ -138,6 +138,35 @@ backend_test!(key_limits_are_validated_and_isolated, |app| {
         body["rate_limit"],
         json!({"requests_per_hour": 1_000_000, "burst": 7, "custom": true})
     );
+    // Limits are set by admins, never by the key they limit.
+    let (_, keys) = json(app.get("/v1/auth/keys?per_page=100").await).await;
+    let own = keys["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|k| k["name"] == "bootstrap admin key"))
+        .and_then(|k| k["id"].as_str())
+        .expect("the admin key")
+        .to_string();
+    let limit = json!({"rate_limit": {"requests_per_hour": 1}});
+    let resp = app
+        .send_json(Method::PATCH, &format!("/v1/auth/keys/{own}"), &limit)
+        .await;
+    let (status, body) = json(resp).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["details"][0]["field"], "rate_limit");
+    let member = app
+        .key_for(
+            "default",
+            "member",
+            agentplane_api::models::Role::Member,
+            None,
+        )
+        .await;
+    let path = format!("/v1/auth/keys/{id}");
+    let resp = send_as(&app, &member, Method::PATCH, &path, Some(&limit)).await;
+    assert_eq!(resp.status(), 403);
+    let create = json!({"name": "mine", "rate_limit": {"burst": 1000000}});
+    let resp = send_as(&app, &member, Method::POST, "/v1/auth/keys", Some(&create)).await;
+    assert_eq!(resp.status(), 403);
     // Another organization's admin sees no such key; a key without write:keys is refused.
     let other = other_admin(&app).await;
     let resp = send_as(

@@ -366,7 +366,7 @@ export interface paths {
         head?: never;
         /**
          * Update an API key
-         * @description Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. The change applies within 5 seconds on every replica.
+         * @description Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. Only admins set rate limits, and never on the key they call with (403). The change applies within 5 seconds on every replica.
          */
         patch: operations["updateApiKey"];
         trace?: never;
@@ -1277,7 +1277,7 @@ export interface components {
             /** @description The secret. Shown once; store it now. */
             key: string;
         };
-        /** @description A key's own rate limits; a limit left out keeps the server-wide default. */
+        /** @description A key's own rate limits (set by admins only); a limit left out keeps the server-wide default. */
         RateLimitInput: {
             /**
              * Format: int64

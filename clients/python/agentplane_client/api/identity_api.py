@@ -1472,7 +1472,7 @@ class IdentityApi:
     ) -> ApiKey:
         """Update an API key
 
-        Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. The change applies within 5 seconds on every replica.
+        Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. Only admins set rate limits, and never on the key they call with (403). The change applies within 5 seconds on every replica.
 
         :param key_id: The API key's id. (required)
         :type key_id: str
@@ -1550,7 +1550,7 @@ class IdentityApi:
     ) -> ApiResponse[ApiKey]:
         """Update an API key
 
-        Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. The change applies within 5 seconds on every replica.
+        Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. Only admins set rate limits, and never on the key they call with (403). The change applies within 5 seconds on every replica.
 
         :param key_id: The API key's id. (required)
         :type key_id: str
@@ -1628,7 +1628,7 @@ class IdentityApi:
     ) -> RESTResponseType:
         """Update an API key
 
-        Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. The change applies within 5 seconds on every replica.
+        Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. Only admins set rate limits, and never on the key they call with (403). The change applies within 5 seconds on every replica.
 
         :param key_id: The API key's id. (required)
         :type key_id: str

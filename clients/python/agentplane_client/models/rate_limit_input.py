@@ -26,7 +26,7 @@ from pydantic_core import to_jsonable_python
 
 class RateLimitInput(BaseModel):
     """
-    A key's own rate limits; a limit left out keeps the server-wide default.
+    A key's own rate limits (set by admins only); a limit left out keeps the server-wide default.
     """ # noqa: E501
     requests_per_hour: Optional[Annotated[int, Field(le=100000000, strict=True, ge=1)]] = Field(default=None, description="Requests the key may make per hour (the window limit).")
     burst: Optional[Annotated[int, Field(le=1000000, strict=True, ge=1)]] = Field(default=None, description="Requests the key may make within one second (the burst limit).")
