@@ -121,7 +121,7 @@ export interface paths {
         put?: never;
         /**
          * Create a prompt template
-         * @description Creates a template. A variable the text uses but `variables` does not declare answers 409 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409 too.
+         * @description Creates a template. A variable the text uses but `variables` does not declare answers 422 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409.
          */
         post: operations["createPromptTemplate"];
         delete?: never;
@@ -147,7 +147,7 @@ export interface paths {
         get: operations["getPromptTemplate"];
         /**
          * Replace a prompt template
-         * @description Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 409 as on create.
+         * @description Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 422 as on create.
          */
         put: operations["replacePromptTemplate"];
         post?: never;
@@ -175,7 +175,7 @@ export interface paths {
         put?: never;
         /**
          * Render a prompt template
-         * @description Replaces every `{{variable}}` with its value. A declared variable without a value answers 409 (the request conflicts with the template's declared variables) with one detail per missing variable (`details[].field` = `variables.<name>`).
+         * @description Replaces every `{{variable}}` with its value. A declared variable without a value answers 422 `MISSING_VARIABLES` with one detail per missing variable (`details[].field` = `variables.<name>`).
          */
         post: operations["renderPromptTemplate"];
         delete?: never;
@@ -2663,7 +2663,6 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
-            409: components["responses"]["Conflict"];
             422: components["responses"]["UnprocessableEntity"];
             503: components["responses"]["ServiceUnavailable"];
         };
