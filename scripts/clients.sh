@@ -59,9 +59,11 @@ fi
 
 PY_VENV=$TOOLS/clients-venv
 py_want="openapi-generator-cli==$OPENAPI_GENERATOR_VERSION $(sha256sum clients/python/tests/requirements.txt | cut -c1-16)"
-if ! stamp_ok "$PY_VENV/.stamp" "$py_want" || [ ! -x "$PY_VENV/bin/pytest" ]; then
+# A venv records its own path in its scripts: one made in another checkout (or moved) must be
+# made again, hence the run of pytest rather than a test for the file.
+if ! stamp_ok "$PY_VENV/.stamp" "$py_want" || ! "$PY_VENV/bin/pytest" --version >/dev/null 2>&1; then
   log "installing openapi-generator-cli $OPENAPI_GENERATOR_VERSION and pytest into $PY_VENV"
-  python3 -m venv "$PY_VENV"
+  python3 -m venv --clear "$PY_VENV"
   "$PY_VENV/bin/pip" install -q "openapi-generator-cli==$OPENAPI_GENERATOR_VERSION" \
     -r clients/python/tests/requirements.txt
   echo "$py_want" >"$PY_VENV/.stamp"
