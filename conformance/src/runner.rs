@@ -689,6 +689,19 @@ fn representable(param: &Param, value: &Value) -> bool {
 
 /// What the server will see for a value, re-read from its text as the validator would.
 fn round_trip(param: &Param, value: &Value) -> Option<Value> {
+    if is_array_schema(&param.flat) && !value.is_array() && !value.is_object() {
+        // A lone value of an array parameter is a one-item array to the server (or, not
+        // exploded, the items between its commas).
+        let text = scalar_text(value)?;
+        let items: Vec<Value> = if param.explode {
+            vec![Value::String(text)]
+        } else {
+            text.split(',')
+                .map(|t| Value::String(t.to_string()))
+                .collect()
+        };
+        return round_trip(param, &Value::Array(items));
+    }
     if let Value::Array(items) = value {
         let item_schema = param
             .flat
@@ -727,6 +740,15 @@ fn round_trip(param: &Param, value: &Value) -> Option<Value> {
         return Some(value.clone());
     }
     Some(coerce_scalar(&scalar_text(value)?, &param.flat))
+}
+
+/// Whether a (flattened) schema describes arrays: `type: array` or a type list with it.
+fn is_array_schema(schema: &Value) -> bool {
+    match schema.get("type") {
+        Some(Value::String(t)) => t == "array",
+        Some(Value::Array(types)) => types.iter().any(|t| t == "array"),
+        _ => false,
+    }
 }
 
 /// Whether the server, reading `value` back, sees something the schema accepts.
