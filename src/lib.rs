@@ -14,4 +14,5 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod knowledge;
+pub mod runtime;
 pub mod server;

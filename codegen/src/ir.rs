@@ -560,6 +560,20 @@ impl Builder<'_> {
                     let (ty, inner_null) = self.ty(non_null[0], ctx, &format!("{ptr}/{key}/0"))?;
                     return Ok((ty, nullable || inner_null));
                 }
+                // Alternatives that are all plain strings (a duration or a timestamp, say)
+                // are a `String`; the request validator holds it to the alternatives.
+                let parent_string = type_list(schema).iter().any(|t| t == "string");
+                let all_strings = non_null.iter().all(|alt| {
+                    let types = type_list(alt);
+                    alt.get("enum").is_none()
+                        && alt.get("$ref").is_none()
+                        && (types.iter().any(|t| t == "string")
+                            || (types.is_empty() && parent_string))
+                        && types.iter().all(|t| t == "string" || t == "null")
+                });
+                if all_strings {
+                    return Ok((Ty::String, nullable));
+                }
                 return Ok((Ty::Json, nullable));
             }
         }

@@ -186,3 +186,18 @@ fn multipart_bodies_become_forms_with_files_read_whole() {
         "{err}"
     );
 }
+
+#[test]
+fn any_of_string_alternatives_is_a_string_parameter() {
+    // `since` on getAgentLogs: a duration (`30m`) or an RFC 3339 timestamp.
+    let files = codegen::generate(&root().join("openapi/openapi.yaml")).expect("generates");
+    let deployments = &files
+        .iter()
+        .find(|(p, _)| p.ends_with("deployments.rs"))
+        .expect("deployments")
+        .1;
+    assert!(
+        deployments.contains("pub since: Option<String>,"),
+        "anyOf of strings becomes a String"
+    );
+}

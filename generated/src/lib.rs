@@ -16,6 +16,7 @@
     non_camel_case_types
 )]
 pub mod agents;
+pub mod deployments;
 pub mod identity;
 pub mod knowledge;
 pub mod model_registry;
@@ -24,6 +25,7 @@ pub mod system;
 pub mod templates;
 pub mod tools;
 pub use agents::*;
+pub use deployments::*;
 pub use identity::*;
 pub use knowledge::*;
 pub use model_registry::*;
@@ -72,6 +74,7 @@ pub trait Api:
     + tools::ToolsApi
     + templates::TemplatesApi
     + model_registry::ModelRegistryApi
+    + deployments::DeploymentsApi
 {
 }
 impl<
@@ -81,7 +84,8 @@ impl<
         + knowledge::KnowledgeApi
         + tools::ToolsApi
         + templates::TemplatesApi
-        + model_registry::ModelRegistryApi,
+        + model_registry::ModelRegistryApi
+        + deployments::DeploymentsApi,
 > Api for T
 {
 }
@@ -97,6 +101,7 @@ pub fn service<T: Api>(
         tools::ToolsRoutes<T>,
         templates::TemplatesRoutes<T>,
         model_registry::ModelRegistryRoutes<T>,
+        deployments::DeploymentsRoutes<T>,
     ),
     (),
 > {
@@ -109,6 +114,7 @@ pub fn service<T: Api>(
             tools::ToolsRoutes(api.clone()),
             templates::TemplatesRoutes(api.clone()),
             model_registry::ModelRegistryRoutes(api.clone()),
+            deployments::DeploymentsRoutes(api.clone()),
         ),
         TITLE,
         VERSION,
@@ -227,6 +233,36 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "POST",
         path: "/v1/prompt-templates/{template_id}/render",
         scopes: Some(&["read:templates"]),
+    },
+    OperationInfo {
+        id: "getAgentStatus",
+        method: "GET",
+        path: "/v1/agents/{agent_id}/status",
+        scopes: Some(&["read:agents"]),
+    },
+    OperationInfo {
+        id: "scaleAgent",
+        method: "POST",
+        path: "/v1/agents/{agent_id}/scale",
+        scopes: Some(&["write:agents"]),
+    },
+    OperationInfo {
+        id: "restartAgent",
+        method: "POST",
+        path: "/v1/agents/{agent_id}/restart",
+        scopes: Some(&["write:agents"]),
+    },
+    OperationInfo {
+        id: "getAgentMetrics",
+        method: "GET",
+        path: "/v1/agents/{agent_id}/metrics",
+        scopes: Some(&["read:agents"]),
+    },
+    OperationInfo {
+        id: "getAgentLogs",
+        method: "GET",
+        path: "/v1/agents/{agent_id}/logs",
+        scopes: Some(&["read:agents"]),
     },
     OperationInfo {
         id: "listModels",

@@ -2424,6 +2424,323 @@ pub struct ModelList {
     #[oai(rename = "pagination")]
     pub pagination: crate::models::Pagination,
 }
+/// Where the agent's deployment is: `queued` and `deploying` before it serves, `deployed` when it serves at its target, `scaling` and `restarting` while converging, `stopped` at zero replicas, `failed` when the runtime could not deploy it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "DeploymentState")]
+pub enum DeploymentState {
+    #[oai(rename = "queued")]
+    Queued,
+    #[oai(rename = "deploying")]
+    Deploying,
+    #[oai(rename = "deployed")]
+    Deployed,
+    #[oai(rename = "scaling")]
+    Scaling,
+    #[oai(rename = "restarting")]
+    Restarting,
+    #[oai(rename = "stopped")]
+    Stopped,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl DeploymentState {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [DeploymentState] = &[
+        DeploymentState::Queued,
+        DeploymentState::Deploying,
+        DeploymentState::Deployed,
+        DeploymentState::Scaling,
+        DeploymentState::Restarting,
+        DeploymentState::Stopped,
+        DeploymentState::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeploymentState::Queued => "queued",
+            DeploymentState::Deploying => "deploying",
+            DeploymentState::Deployed => "deployed",
+            DeploymentState::Scaling => "scaling",
+            DeploymentState::Restarting => "restarting",
+            DeploymentState::Stopped => "stopped",
+            DeploymentState::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "queued" => Some(DeploymentState::Queued),
+            "deploying" => Some(DeploymentState::Deploying),
+            "deployed" => Some(DeploymentState::Deployed),
+            "scaling" => Some(DeploymentState::Scaling),
+            "restarting" => Some(DeploymentState::Restarting),
+            "stopped" => Some(DeploymentState::Stopped),
+            "failed" => Some(DeploymentState::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for DeploymentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// `healthy` when serving at target, `degraded` while converging, `down` when no slot serves (stopped, or draining for a restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "DeploymentHealth")]
+pub enum DeploymentHealth {
+    #[oai(rename = "healthy")]
+    Healthy,
+    #[oai(rename = "degraded")]
+    Degraded,
+    #[oai(rename = "down")]
+    Down,
+}
+impl DeploymentHealth {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [DeploymentHealth] = &[
+        DeploymentHealth::Healthy,
+        DeploymentHealth::Degraded,
+        DeploymentHealth::Down,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeploymentHealth::Healthy => "healthy",
+            DeploymentHealth::Degraded => "degraded",
+            DeploymentHealth::Down => "down",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "healthy" => Some(DeploymentHealth::Healthy),
+            "degraded" => Some(DeploymentHealth::Degraded),
+            "down" => Some(DeploymentHealth::Down),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for DeploymentHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// An agent's deployment in its runtime.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentDeployment", deny_unknown_fields)]
+pub struct AgentDeployment {
+    /// The agent.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The runtime serving it (`embedded`; a Kubernetes runtime is planned).
+    #[oai(rename = "runtime")]
+    pub runtime: String,
+    /// Where the agent's deployment is: `queued` and `deploying` before it serves, `deployed` when it serves at its target, `scaling` and `restarting` while converging, `stopped` at zero replicas, `failed` when the runtime could not deploy it.
+    #[oai(rename = "state")]
+    pub state: crate::models::DeploymentState,
+    /// The replicas asked for.
+    #[oai(rename = "target_replicas")]
+    pub target_replicas: i64,
+    /// The replicas serving now (in the embedded runtime, open worker slots).
+    #[oai(rename = "ready_replicas")]
+    pub ready_replicas: i64,
+    /// The agent's executions running now.
+    #[oai(rename = "in_flight")]
+    pub in_flight: i64,
+    /// Starts at 1; each completed restart adds one.
+    #[oai(rename = "revision")]
+    pub revision: i64,
+    /// `healthy` when serving at target, `degraded` while converging, `down` when no slot serves (stopped, or draining for a restart).
+    #[oai(rename = "health")]
+    pub health: crate::models::DeploymentHealth,
+    /// Seconds since the current revision was deployed.
+    #[oai(rename = "uptime_seconds")]
+    pub uptime_seconds: i64,
+    /// When the current revision was deployed.
+    #[oai(rename = "deployed_at")]
+    pub deployed_at: String,
+    /// When the deployment last changed.
+    #[oai(rename = "last_updated")]
+    pub last_updated: String,
+}
+/// The replicas an agent should have.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ScaleRequest", deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// How many of its executions may run at once; 0 stops the agent.
+    #[oai(rename = "replicas")]
+    pub replicas: i64,
+}
+/// Executions by outcome (finished within the window) and by state now.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionCounts", deny_unknown_fields)]
+pub struct ExecutionCounts {
+    /// Finished within the window.
+    #[oai(rename = "total")]
+    pub total: i64,
+    /// Finished successfully.
+    #[oai(rename = "succeeded")]
+    pub succeeded: i64,
+    /// Finished with an error.
+    #[oai(rename = "failed")]
+    pub failed: i64,
+    /// Cancelled.
+    #[oai(rename = "cancelled")]
+    pub cancelled: i64,
+    /// Stopped by their timeout.
+    #[oai(rename = "timed_out")]
+    pub timed_out: i64,
+    /// Waiting for a slot now.
+    #[oai(rename = "queued")]
+    pub queued: i64,
+    /// Running now.
+    #[oai(rename = "running")]
+    pub running: i64,
+}
+/// Execution durations (start to finish) in milliseconds, by nearest rank; null without executions.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "LatencyPercentiles", deny_unknown_fields)]
+pub struct LatencyPercentiles {
+    /// Median.
+    #[oai(rename = "p50")]
+    pub p50: Option<i64>,
+    /// 95th percentile.
+    #[oai(rename = "p95")]
+    pub p95: Option<i64>,
+    /// 99th percentile.
+    #[oai(rename = "p99")]
+    pub p99: Option<i64>,
+}
+/// Tokens used.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "TokenCounts", deny_unknown_fields)]
+pub struct TokenCounts {
+    /// Prompt tokens.
+    #[oai(rename = "input")]
+    pub input: i64,
+    /// Completion tokens.
+    #[oai(rename = "output")]
+    pub output: i64,
+}
+/// An agent's execution metrics over a window.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentMetrics", deny_unknown_fields)]
+pub struct AgentMetrics {
+    /// The agent.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The window asked for.
+    #[oai(rename = "window")]
+    pub window: String,
+    /// Start of the window.
+    #[oai(rename = "from")]
+    pub from: String,
+    /// End of the window (now).
+    #[oai(rename = "to")]
+    pub to: String,
+    /// Executions by outcome (finished within the window) and by state now.
+    #[oai(rename = "executions")]
+    pub executions: crate::models::ExecutionCounts,
+    /// Finished executions that did not succeed, as a fraction of the total (0 without executions).
+    #[oai(rename = "error_rate")]
+    pub error_rate: f64,
+    /// Finished executions per minute over the window.
+    #[oai(rename = "rate_per_minute")]
+    pub rate_per_minute: f64,
+    /// Execution durations (start to finish) in milliseconds, by nearest rank; null without executions.
+    #[oai(rename = "latency_ms")]
+    pub latency_ms: crate::models::LatencyPercentiles,
+    /// Tokens used.
+    #[oai(rename = "tokens")]
+    pub tokens: crate::models::TokenCounts,
+    /// Cost of the window's executions in US dollars, from the models' pricing.
+    #[oai(rename = "cost_usd")]
+    pub cost_usd: f64,
+}
+/// A log line's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "LogLevel")]
+pub enum LogLevel {
+    #[oai(rename = "debug")]
+    Debug,
+    #[oai(rename = "info")]
+    Info,
+    #[oai(rename = "warn")]
+    Warn,
+    #[oai(rename = "error")]
+    Error,
+}
+impl LogLevel {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [LogLevel] = &[
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Warn,
+        LogLevel::Error,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "debug" => Some(LogLevel::Debug),
+            "info" => Some(LogLevel::Info),
+            "warn" => Some(LogLevel::Warn),
+            "error" => Some(LogLevel::Error),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One line of an agent's log.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentLogLine", deny_unknown_fields)]
+pub struct AgentLogLine {
+    /// When it happened.
+    #[oai(rename = "timestamp")]
+    pub timestamp: String,
+    /// A log line's level.
+    #[oai(rename = "level")]
+    pub level: crate::models::LogLevel,
+    /// What happened.
+    #[oai(rename = "message")]
+    pub message: String,
+    /// The deployment revision it happened in.
+    #[oai(rename = "revision")]
+    pub revision: i64,
+    /// The execution it is about, if any.
+    #[oai(rename = "execution_id")]
+    pub execution_id: Option<String>,
+}
+/// The last lines of an agent's log, oldest first.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentLogs", deny_unknown_fields)]
+pub struct AgentLogs {
+    /// The agent.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The lines.
+    #[oai(rename = "logs")]
+    pub logs: Vec<crate::models::AgentLogLine>,
+    /// Lines returned.
+    #[oai(rename = "total_lines")]
+    pub total_lines: i64,
+    /// Whether older lines matching the filters were left out by `lines`.
+    #[oai(rename = "truncated")]
+    pub truncated: bool,
+}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]
 pub enum ListAgentsSort {

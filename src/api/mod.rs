@@ -1,6 +1,7 @@
 //! The handlers: the generated traits, implemented over the store.
 
 mod agents;
+mod deployments;
 mod idem;
 mod identity;
 mod knowledge;
@@ -37,6 +38,8 @@ pub struct Handlers {
     pub crypto: crate::crypto::Crypto,
     /// Runs knowledge-source syncs in the background.
     pub syncs: crate::knowledge::sync::SyncRunner,
+    /// Where agents' deployments run (the embedded runtime by default).
+    pub runtime: std::sync::Arc<dyn crate::runtime::Runtime>,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
@@ -52,6 +55,9 @@ impl Handlers {
         Self {
             crypto,
             syncs: crate::knowledge::sync::SyncRunner::new(store.clone(), github_api),
+            runtime: std::sync::Arc::new(crate::runtime::embedded::EmbeddedRuntime::new(
+                store.clone(),
+            )),
             store,
             started: Instant::now(),
             started_at: crate::ids::now(),

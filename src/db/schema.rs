@@ -263,3 +263,31 @@ diesel::table! {
         created_at -> Text,
     }
 }
+
+// deployments
+
+diesel::table! {
+    agent_deployments (agent_id) {
+        agent_id -> Text,
+        org_id -> Text,
+        state -> Text,
+        target_replicas -> BigInt,
+        revision -> BigInt,
+        drain_before -> Nullable<Text>,
+        deployed_at -> Text,
+        last_updated -> Text,
+    }
+}
+
+diesel::table! {
+    agent_logs (id) {
+        id -> Text,
+        org_id -> Text,
+        agent_id -> Text,
+        level -> Text,
+        message -> Text,
+        revision -> BigInt,
+        execution_id -> Nullable<Text>,
+        created_at -> Text,
+    }
+}
