@@ -57,6 +57,7 @@ pub fn role_scopes(role: Role) -> BTreeSet<Scope> {
             Scope::ReadModels,
             Scope::ReadExecutions,
             Scope::ReadConversations,
+            Scope::ReadEvaluations,
         ]
         .into_iter()
         .collect(),

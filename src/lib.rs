@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod db;
 pub mod engine;
 pub mod error;
+pub mod evaluation;
 pub mod http;
 pub mod ids;
 pub mod knowledge;

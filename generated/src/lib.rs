@@ -17,6 +17,7 @@
 )]
 pub mod agents;
 pub mod deployments;
+pub mod evaluations;
 pub mod identity;
 pub mod knowledge;
 pub mod model_registry;
@@ -26,6 +27,7 @@ pub mod templates;
 pub mod tools;
 pub use agents::*;
 pub use deployments::*;
+pub use evaluations::*;
 pub use identity::*;
 pub use knowledge::*;
 pub use model_registry::*;
@@ -74,6 +76,7 @@ pub trait Api:
     + tools::ToolsApi
     + templates::TemplatesApi
     + model_registry::ModelRegistryApi
+    + evaluations::EvaluationsApi
     + deployments::DeploymentsApi
 {
 }
@@ -85,6 +88,7 @@ impl<
         + tools::ToolsApi
         + templates::TemplatesApi
         + model_registry::ModelRegistryApi
+        + evaluations::EvaluationsApi
         + deployments::DeploymentsApi,
 > Api for T
 {
@@ -101,6 +105,7 @@ pub fn service<T: Api>(
         tools::ToolsRoutes<T>,
         templates::TemplatesRoutes<T>,
         model_registry::ModelRegistryRoutes<T>,
+        evaluations::EvaluationsRoutes<T>,
         deployments::DeploymentsRoutes<T>,
     ),
     (),
@@ -114,6 +119,7 @@ pub fn service<T: Api>(
             tools::ToolsRoutes(api.clone()),
             templates::TemplatesRoutes(api.clone()),
             model_registry::ModelRegistryRoutes(api.clone()),
+            evaluations::EvaluationsRoutes(api.clone()),
             deployments::DeploymentsRoutes(api.clone()),
         ),
         TITLE,
@@ -263,6 +269,54 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "GET",
         path: "/v1/agents/{agent_id}/logs",
         scopes: Some(&["read:agents"]),
+    },
+    OperationInfo {
+        id: "listEvaluations",
+        method: "GET",
+        path: "/v1/evaluations",
+        scopes: Some(&["read:evaluations"]),
+    },
+    OperationInfo {
+        id: "createEvaluation",
+        method: "POST",
+        path: "/v1/evaluations",
+        scopes: Some(&["write:evaluations"]),
+    },
+    OperationInfo {
+        id: "getEvaluation",
+        method: "GET",
+        path: "/v1/evaluations/{evaluation_id}",
+        scopes: Some(&["read:evaluations"]),
+    },
+    OperationInfo {
+        id: "deleteEvaluation",
+        method: "DELETE",
+        path: "/v1/evaluations/{evaluation_id}",
+        scopes: Some(&["write:evaluations"]),
+    },
+    OperationInfo {
+        id: "runEvaluation",
+        method: "POST",
+        path: "/v1/evaluations/{evaluation_id}/run",
+        scopes: Some(&["write:evaluations", "execute:agents"]),
+    },
+    OperationInfo {
+        id: "listEvaluationRuns",
+        method: "GET",
+        path: "/v1/evaluations/{evaluation_id}/runs",
+        scopes: Some(&["read:evaluations"]),
+    },
+    OperationInfo {
+        id: "getEvaluationRun",
+        method: "GET",
+        path: "/v1/evaluations/{evaluation_id}/runs/{run_id}",
+        scopes: Some(&["read:evaluations"]),
+    },
+    OperationInfo {
+        id: "getEvaluationResults",
+        method: "GET",
+        path: "/v1/evaluations/{evaluation_id}/results",
+        scopes: Some(&["read:evaluations"]),
     },
     OperationInfo {
         id: "listModels",

@@ -896,6 +896,10 @@ pub enum Scope {
     ReadConversations,
     #[oai(rename = "write:conversations")]
     WriteConversations,
+    #[oai(rename = "read:evaluations")]
+    ReadEvaluations,
+    #[oai(rename = "write:evaluations")]
+    WriteEvaluations,
 }
 impl Scope {
     /// Every value, in the order the spec lists them.
@@ -916,6 +920,8 @@ impl Scope {
         Scope::ReadExecutions,
         Scope::ReadConversations,
         Scope::WriteConversations,
+        Scope::ReadEvaluations,
+        Scope::WriteEvaluations,
     ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
@@ -936,6 +942,8 @@ impl Scope {
             Scope::ReadExecutions => "read:executions",
             Scope::ReadConversations => "read:conversations",
             Scope::WriteConversations => "write:conversations",
+            Scope::ReadEvaluations => "read:evaluations",
+            Scope::WriteEvaluations => "write:evaluations",
         }
     }
     /// Parses the wire form.
@@ -957,6 +965,8 @@ impl Scope {
             "read:executions" => Some(Scope::ReadExecutions),
             "read:conversations" => Some(Scope::ReadConversations),
             "write:conversations" => Some(Scope::WriteConversations),
+            "read:evaluations" => Some(Scope::ReadEvaluations),
+            "write:evaluations" => Some(Scope::WriteEvaluations),
             _ => None,
         }
     }
@@ -2421,6 +2431,342 @@ pub struct ModelList {
     /// The models on this page, newest first; the built-in `model_local` comes last.
     #[oai(rename = "data")]
     pub data: Vec<crate::models::Model>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// How a case's output is compared with its expected output: `exact_match` (equal after trimming, lower-casing and collapsing whitespace), `contains` (the expected text appears in the output, same normalization), `token_f1` (F1 of the word tokens both share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "EvaluationMetric")]
+pub enum EvaluationMetric {
+    #[oai(rename = "exact_match")]
+    ExactMatch,
+    #[oai(rename = "contains")]
+    Contains,
+    #[oai(rename = "token_f1")]
+    TokenF1,
+}
+impl EvaluationMetric {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [EvaluationMetric] = &[
+        EvaluationMetric::ExactMatch,
+        EvaluationMetric::Contains,
+        EvaluationMetric::TokenF1,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EvaluationMetric::ExactMatch => "exact_match",
+            EvaluationMetric::Contains => "contains",
+            EvaluationMetric::TokenF1 => "token_f1",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "exact_match" => Some(EvaluationMetric::ExactMatch),
+            "contains" => Some(EvaluationMetric::Contains),
+            "token_f1" => Some(EvaluationMetric::TokenF1),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for EvaluationMetric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A case passes when `metric` reaches `threshold` (1 for exact match and contains).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "PassCriteria", deny_unknown_fields)]
+pub struct PassCriteria {
+    /// How a case's output is compared with its expected output: `exact_match` (equal after trimming, lower-casing and collapsing whitespace), `contains` (the expected text appears in the output, same normalization), `token_f1` (F1 of the word tokens both share).
+    #[oai(rename = "metric")]
+    pub metric: crate::models::EvaluationMetric,
+    /// The lowest passing score, 0 to 1; default 0.5 for `token_f1`, 1 otherwise.
+    #[oai(rename = "threshold", skip_serializing_if_is_none)]
+    pub threshold: Option<f64>,
+}
+/// One case of the dataset.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "TestCase", deny_unknown_fields)]
+pub struct TestCase {
+    /// What the agent is asked.
+    #[oai(rename = "input")]
+    pub input: String,
+    /// The answer expected; empty when any answer passes `contains`.
+    #[oai(rename = "expected_output", skip_serializing_if_is_none)]
+    pub expected_output: Option<String>,
+    /// Free-form data kept with the case.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+}
+/// What is evaluated (`agent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "EvaluationType")]
+pub enum EvaluationType {
+    #[oai(rename = "agent")]
+    Agent,
+}
+impl EvaluationType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [EvaluationType] = &[EvaluationType::Agent];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EvaluationType::Agent => "agent",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "agent" => Some(EvaluationType::Agent),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for EvaluationType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// An evaluation to create.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationInput", deny_unknown_fields)]
+pub struct EvaluationInput {
+    /// A display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What it checks.
+    #[oai(rename = "description")]
+    pub description: poem_openapi::types::MaybeUndefined<String>,
+    /// What is evaluated (`agent`).
+    #[oai(rename = "type", skip_serializing_if_is_none)]
+    pub type_: Option<crate::models::EvaluationType>,
+    /// The agent to evaluate.
+    #[oai(rename = "target_id")]
+    pub target_id: String,
+    /// The dataset, 1 to 100 cases.
+    #[oai(rename = "test_cases")]
+    pub test_cases: Vec<crate::models::TestCase>,
+    /// A case passes when `metric` reaches `threshold` (1 for exact match and contains).
+    #[oai(rename = "pass_criteria", skip_serializing_if_is_none)]
+    pub pass_criteria: Option<crate::models::PassCriteria>,
+}
+/// An evaluation.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Evaluation", deny_unknown_fields)]
+pub struct Evaluation {
+    /// Its id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Its name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What it checks.
+    #[oai(rename = "description")]
+    pub description: Option<String>,
+    /// What is evaluated (`agent`).
+    #[oai(rename = "type")]
+    pub type_: crate::models::EvaluationType,
+    /// The agent it evaluates.
+    #[oai(rename = "target_id")]
+    pub target_id: String,
+    /// The dataset.
+    #[oai(rename = "test_cases")]
+    pub test_cases: Vec<crate::models::TestCase>,
+    /// A case passes when `metric` reaches `threshold` (1 for exact match and contains).
+    #[oai(rename = "pass_criteria")]
+    pub pass_criteria: crate::models::PassCriteria,
+    /// Its newest run, if any.
+    #[oai(rename = "latest_run_id")]
+    pub latest_run_id: Option<String>,
+    /// Created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// Last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+/// A page of evaluations.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationList", deny_unknown_fields)]
+pub struct EvaluationList {
+    /// The evaluations.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Evaluation>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// `queued`, `running`, `completed` (every case ran; some may have failed) or `failed` (the run could not finish, see `error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "EvaluationRunStatus")]
+pub enum EvaluationRunStatus {
+    #[oai(rename = "queued")]
+    Queued,
+    #[oai(rename = "running")]
+    Running,
+    #[oai(rename = "completed")]
+    Completed,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl EvaluationRunStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [EvaluationRunStatus] = &[
+        EvaluationRunStatus::Queued,
+        EvaluationRunStatus::Running,
+        EvaluationRunStatus::Completed,
+        EvaluationRunStatus::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EvaluationRunStatus::Queued => "queued",
+            EvaluationRunStatus::Running => "running",
+            EvaluationRunStatus::Completed => "completed",
+            EvaluationRunStatus::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "queued" => Some(EvaluationRunStatus::Queued),
+            "running" => Some(EvaluationRunStatus::Running),
+            "completed" => Some(EvaluationRunStatus::Completed),
+            "failed" => Some(EvaluationRunStatus::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for EvaluationRunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// How one case went.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "CaseResult", deny_unknown_fields)]
+pub struct CaseResult {
+    /// The case's position in the dataset.
+    #[oai(rename = "index")]
+    pub index: i64,
+    /// The case's input.
+    #[oai(rename = "input")]
+    pub input: String,
+    /// The expected output.
+    #[oai(rename = "expected_output")]
+    pub expected_output: String,
+    /// What the agent answered (null when it failed).
+    #[oai(rename = "output")]
+    pub output: Option<String>,
+    /// Whether the pass criteria held.
+    #[oai(rename = "passed")]
+    pub passed: bool,
+    /// Normalized equality.
+    #[oai(rename = "exact_match")]
+    pub exact_match: bool,
+    /// Normalized containment.
+    #[oai(rename = "contains")]
+    pub contains: bool,
+    /// Word-token F1, 0 to 1.
+    #[oai(rename = "token_f1")]
+    pub token_f1: f64,
+    /// How long the agent took.
+    #[oai(rename = "latency_ms")]
+    pub latency_ms: i64,
+    /// Prompt tokens.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// Completion tokens.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// Cost in US dollars.
+    #[oai(rename = "cost_usd")]
+    pub cost_usd: f64,
+    /// The execution that ran it, when runs go through executions.
+    #[oai(rename = "execution_id")]
+    pub execution_id: Option<String>,
+    /// Why the agent failed on it.
+    #[oai(rename = "error")]
+    pub error: Option<String>,
+}
+/// A run's aggregates.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationSummary", deny_unknown_fields)]
+pub struct EvaluationSummary {
+    /// Cases run.
+    #[oai(rename = "cases")]
+    pub cases: i64,
+    /// Cases that passed.
+    #[oai(rename = "passed")]
+    pub passed: i64,
+    /// Cases that did not pass (errors included).
+    #[oai(rename = "failed")]
+    pub failed: i64,
+    /// Cases where the agent failed.
+    #[oai(rename = "errors")]
+    pub errors: i64,
+    /// passed / cases.
+    #[oai(rename = "pass_rate")]
+    pub pass_rate: f64,
+    /// Share of exact matches.
+    #[oai(rename = "exact_match_rate")]
+    pub exact_match_rate: f64,
+    /// Share of outputs containing the expected text.
+    #[oai(rename = "contains_rate")]
+    pub contains_rate: f64,
+    /// Mean token F1.
+    #[oai(rename = "mean_token_f1")]
+    pub mean_token_f1: f64,
+    /// Execution durations (start to finish) in milliseconds, by nearest rank; null without executions.
+    #[oai(rename = "latency_ms")]
+    pub latency_ms: crate::models::LatencyPercentiles,
+    /// Tokens used.
+    #[oai(rename = "tokens")]
+    pub tokens: crate::models::TokenCounts,
+    /// Total cost in US dollars.
+    #[oai(rename = "cost_usd")]
+    pub cost_usd: f64,
+}
+/// One run of an evaluation.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationRun", deny_unknown_fields)]
+pub struct EvaluationRun {
+    /// Its id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The evaluation.
+    #[oai(rename = "evaluation_id")]
+    pub evaluation_id: String,
+    /// `queued`, `running`, `completed` (every case ran; some may have failed) or `failed` (the run could not finish, see `error`).
+    #[oai(rename = "status")]
+    pub status: crate::models::EvaluationRunStatus,
+    /// The aggregates, once completed.
+    #[oai(rename = "summary")]
+    pub summary: Option<crate::models::EvaluationSummary>,
+    /// Every case's result, in dataset order (empty until completed).
+    #[oai(rename = "results")]
+    pub results: Vec<crate::models::CaseResult>,
+    /// Why the run failed.
+    #[oai(rename = "error")]
+    pub error: Option<String>,
+    /// Queued.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// Started.
+    #[oai(rename = "started_at")]
+    pub started_at: Option<String>,
+    /// Finished.
+    #[oai(rename = "finished_at")]
+    pub finished_at: Option<String>,
+}
+/// A page of runs.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationRunList", deny_unknown_fields)]
+pub struct EvaluationRunList {
+    /// The runs (without per-case results).
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::EvaluationRun>,
     #[oai(rename = "pagination")]
     pub pagination: crate::models::Pagination,
 }

@@ -2,6 +2,7 @@
 
 mod agents;
 mod deployments;
+mod evaluations;
 mod idem;
 mod identity;
 mod knowledge;
@@ -40,6 +41,8 @@ pub struct Handlers {
     pub syncs: crate::knowledge::sync::SyncRunner,
     /// Where agents' deployments run (the embedded runtime by default).
     pub runtime: std::sync::Arc<dyn crate::runtime::Runtime>,
+    /// Runs evaluation cases through an agent.
+    pub cases: std::sync::Arc<dyn crate::evaluation::CaseRunner>,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
@@ -58,6 +61,9 @@ impl Handlers {
             runtime: std::sync::Arc::new(crate::runtime::embedded::EmbeddedRuntime::new(
                 store.clone(),
             )),
+            cases: std::sync::Arc::new(crate::evaluation::EngineRunner {
+                store: store.clone(),
+            }),
             store,
             started: Instant::now(),
             started_at: crate::ids::now(),

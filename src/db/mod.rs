@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod deployments;
+pub mod evaluations;
 pub mod idempotency;
 pub mod identity;
 pub mod knowledge;

@@ -291,3 +291,33 @@ diesel::table! {
         created_at -> Text,
     }
 }
+
+// evaluations
+
+diesel::table! {
+    evaluations (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        target_id -> Text,
+        body -> Text,
+        latest_run_id -> Nullable<Text>,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    evaluation_runs (id) {
+        id -> Text,
+        org_id -> Text,
+        evaluation_id -> Text,
+        status -> Text,
+        summary -> Nullable<Text>,
+        results -> Text,
+        error -> Nullable<Text>,
+        created_at -> Text,
+        started_at -> Nullable<Text>,
+        finished_at -> Nullable<Text>,
+    }
+}

@@ -5,6 +5,7 @@ mod agent_links;
 mod agents;
 mod conform;
 mod deployments;
+mod evaluations;
 mod identity;
 mod knowledge;
 mod mock;
