@@ -57,6 +57,9 @@ pub fn role_scopes(role: Role) -> BTreeSet<Scope> {
             Scope::ReadModels,
             Scope::ReadExecutions,
             Scope::ReadConversations,
+            Scope::ReadEvents,
+            Scope::ReadWebhooks,
+            Scope::ReadMarketplace,
         ]
         .into_iter()
         .collect(),

@@ -5,6 +5,7 @@
 //! blocking pool ([`Store::run`]), never on the async workers.
 
 pub mod agents;
+pub mod events;
 pub mod idempotency;
 pub mod identity;
 pub mod knowledge;
@@ -13,6 +14,7 @@ pub mod schema;
 pub mod sql;
 pub mod templates;
 pub mod tools;
+pub mod webhooks;
 
 use std::time::Duration;
 

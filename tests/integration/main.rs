@@ -14,3 +14,4 @@ mod system;
 mod templates;
 mod tools;
 mod validation;
+mod webhooks;
