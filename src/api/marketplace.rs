@@ -163,10 +163,12 @@ impl MarketplaceApi for Handlers {
         let found = search(&params);
         let total = i64::try_from(found.len()).unwrap_or(i64::MAX);
         // Cursors resume after the item they name when it is still in the results.
+        // Cursor ids spell a template id's `-` as `_` (the shared cursor pattern has no `-`;
+        // template ids have no `_`).
         let start = match &page.after_id {
             Some(id) => found
                 .iter()
-                .position(|t| &t.id == id)
+                .position(|t| t.id == id.replace('_', "-"))
                 .map_or(page.offset, |i| i64::try_from(i + 1).unwrap_or(i64::MAX)),
             None => page.offset,
         };
@@ -180,7 +182,7 @@ impl MarketplaceApi for Handlers {
             offset: start,
             ..page
         };
-        let last = data.last().map(|t| t.id.clone());
+        let last = data.last().map(|t| t.id.replace('-', "_"));
         SearchMarketplaceResponse::Ok(Json(MarketplaceTemplateList {
             pagination: anchored.pagination(data.len(), last.as_deref(), total),
             data,
