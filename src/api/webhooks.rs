@@ -88,6 +88,15 @@ fn page_of(p: &PageRequest) -> Page {
     }
 }
 
+/// Where a queued delivery can be polled.
+fn delivery_location(d: &WebhookDelivery) -> String {
+    format!(
+        "/v1/webhooks/{}/deliveries/{}",
+        d.webhook_id.as_deref().unwrap_or_default(),
+        d.id
+    )
+}
+
 fn patterns_text(events: &Value) -> String {
     events.to_string()
 }
@@ -414,11 +423,7 @@ impl WebhooksApi for Handlers {
             .await;
         match queued {
             Ok(d) => {
-                let location = format!(
-                    "/v1/webhooks/{}/deliveries/{}",
-                    d.webhook_id.clone().unwrap_or_default(),
-                    d.id
-                );
+                let location = delivery_location(&d);
                 RedeliverWebhookDeliveryResponse::Accepted(Json(d), location)
             }
             Err(f) => f.into(),
@@ -449,11 +454,7 @@ impl WebhooksApi for Handlers {
             .await;
         match queued {
             Ok(d) => {
-                let location = format!(
-                    "/v1/webhooks/{}/deliveries/{}",
-                    d.webhook_id.clone().unwrap_or_default(),
-                    d.id
-                );
+                let location = delivery_location(&d);
                 TestWebhookResponse::Accepted(Json(d), location)
             }
             Err(f) => f.into(),
