@@ -11,7 +11,7 @@ pub struct SearchMarketplaceParams {
     /// Only templates of this category.
     pub category: Option<crate::models::MarketplaceCategory>,
     /// Only templates carrying every one of these tags (comma-separated).
-    pub tags: Option<Vec<String>>,
+    pub tags: Option<Vec<crate::models::MarketplaceTag>>,
     /// Only free or only paid templates.
     pub price: Option<crate::models::MarketplacePrice>,
     /// The order of the results.
@@ -190,7 +190,9 @@ impl<T: MarketplaceApi> MarketplaceRoutes<T> {
             q: q.0,
             category: category.0,
             tags: match tags.0 {
-                Some(raw) => Some(crate::parse_csv::<String>("tags", &raw)?),
+                Some(raw) => Some(crate::parse_csv::<crate::models::MarketplaceTag>(
+                    "tags", &raw,
+                )?),
                 None => None,
             },
             price: price.0,

@@ -3316,6 +3316,347 @@ impl std::fmt::Display for MarketplaceCategory {
         f.write_str(self.as_str())
     }
 }
+/// A tag of the shipped catalog (every tag a template carries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MarketplaceTag")]
+pub enum MarketplaceTag {
+    #[oai(rename = "accounting")]
+    Accounting,
+    #[oai(rename = "action-items")]
+    ActionItems,
+    #[oai(rename = "analytics")]
+    Analytics,
+    #[oai(rename = "api")]
+    Api,
+    #[oai(rename = "blog")]
+    Blog,
+    #[oai(rename = "changelog")]
+    Changelog,
+    #[oai(rename = "checklist")]
+    Checklist,
+    #[oai(rename = "classification")]
+    Classification,
+    #[oai(rename = "code-review")]
+    CodeReview,
+    #[oai(rename = "comparison")]
+    Comparison,
+    #[oai(rename = "content")]
+    Content,
+    #[oai(rename = "contracts")]
+    Contracts,
+    #[oai(rename = "csv")]
+    Csv,
+    #[oai(rename = "databases")]
+    Databases,
+    #[oai(rename = "documentation")]
+    Documentation,
+    #[oai(rename = "education")]
+    Education,
+    #[oai(rename = "email")]
+    Email,
+    #[oai(rename = "extraction")]
+    Extraction,
+    #[oai(rename = "flow")]
+    Flow,
+    #[oai(rename = "handbook")]
+    Handbook,
+    #[oai(rename = "helpdesk")]
+    Helpdesk,
+    #[oai(rename = "hr")]
+    Hr,
+    #[oai(rename = "i18n")]
+    I18n,
+    #[oai(rename = "incident")]
+    Incident,
+    #[oai(rename = "invoices")]
+    Invoices,
+    #[oai(rename = "json")]
+    Json,
+    #[oai(rename = "knowledge-base")]
+    KnowledgeBase,
+    #[oai(rename = "learning")]
+    Learning,
+    #[oai(rename = "legal")]
+    Legal,
+    #[oai(rename = "localization")]
+    Localization,
+    #[oai(rename = "marketing")]
+    Marketing,
+    #[oai(rename = "markets")]
+    Markets,
+    #[oai(rename = "meetings")]
+    Meetings,
+    #[oai(rename = "on-call")]
+    OnCall,
+    #[oai(rename = "onboarding")]
+    Onboarding,
+    #[oai(rename = "openapi")]
+    Openapi,
+    #[oai(rename = "outreach")]
+    Outreach,
+    #[oai(rename = "papers")]
+    Papers,
+    #[oai(rename = "persona")]
+    Persona,
+    #[oai(rename = "policies")]
+    Policies,
+    #[oai(rename = "postmortem")]
+    Postmortem,
+    #[oai(rename = "procurement")]
+    Procurement,
+    #[oai(rename = "pull-requests")]
+    PullRequests,
+    #[oai(rename = "rag")]
+    Rag,
+    #[oai(rename = "release-notes")]
+    ReleaseNotes,
+    #[oai(rename = "research")]
+    Research,
+    #[oai(rename = "risk")]
+    Risk,
+    #[oai(rename = "routing")]
+    Routing,
+    #[oai(rename = "sales")]
+    Sales,
+    #[oai(rename = "security")]
+    Security,
+    #[oai(rename = "seo")]
+    Seo,
+    #[oai(rename = "social-media")]
+    SocialMedia,
+    #[oai(rename = "sql")]
+    Sql,
+    #[oai(rename = "sre")]
+    Sre,
+    #[oai(rename = "statistics")]
+    Statistics,
+    #[oai(rename = "summaries")]
+    Summaries,
+    #[oai(rename = "support")]
+    Support,
+    #[oai(rename = "trading")]
+    Trading,
+    #[oai(rename = "translation")]
+    Translation,
+    #[oai(rename = "triage")]
+    Triage,
+    #[oai(rename = "tutoring")]
+    Tutoring,
+    #[oai(rename = "vendors")]
+    Vendors,
+    #[oai(rename = "writing")]
+    Writing,
+}
+impl MarketplaceTag {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MarketplaceTag] = &[
+        MarketplaceTag::Accounting,
+        MarketplaceTag::ActionItems,
+        MarketplaceTag::Analytics,
+        MarketplaceTag::Api,
+        MarketplaceTag::Blog,
+        MarketplaceTag::Changelog,
+        MarketplaceTag::Checklist,
+        MarketplaceTag::Classification,
+        MarketplaceTag::CodeReview,
+        MarketplaceTag::Comparison,
+        MarketplaceTag::Content,
+        MarketplaceTag::Contracts,
+        MarketplaceTag::Csv,
+        MarketplaceTag::Databases,
+        MarketplaceTag::Documentation,
+        MarketplaceTag::Education,
+        MarketplaceTag::Email,
+        MarketplaceTag::Extraction,
+        MarketplaceTag::Flow,
+        MarketplaceTag::Handbook,
+        MarketplaceTag::Helpdesk,
+        MarketplaceTag::Hr,
+        MarketplaceTag::I18n,
+        MarketplaceTag::Incident,
+        MarketplaceTag::Invoices,
+        MarketplaceTag::Json,
+        MarketplaceTag::KnowledgeBase,
+        MarketplaceTag::Learning,
+        MarketplaceTag::Legal,
+        MarketplaceTag::Localization,
+        MarketplaceTag::Marketing,
+        MarketplaceTag::Markets,
+        MarketplaceTag::Meetings,
+        MarketplaceTag::OnCall,
+        MarketplaceTag::Onboarding,
+        MarketplaceTag::Openapi,
+        MarketplaceTag::Outreach,
+        MarketplaceTag::Papers,
+        MarketplaceTag::Persona,
+        MarketplaceTag::Policies,
+        MarketplaceTag::Postmortem,
+        MarketplaceTag::Procurement,
+        MarketplaceTag::PullRequests,
+        MarketplaceTag::Rag,
+        MarketplaceTag::ReleaseNotes,
+        MarketplaceTag::Research,
+        MarketplaceTag::Risk,
+        MarketplaceTag::Routing,
+        MarketplaceTag::Sales,
+        MarketplaceTag::Security,
+        MarketplaceTag::Seo,
+        MarketplaceTag::SocialMedia,
+        MarketplaceTag::Sql,
+        MarketplaceTag::Sre,
+        MarketplaceTag::Statistics,
+        MarketplaceTag::Summaries,
+        MarketplaceTag::Support,
+        MarketplaceTag::Trading,
+        MarketplaceTag::Translation,
+        MarketplaceTag::Triage,
+        MarketplaceTag::Tutoring,
+        MarketplaceTag::Vendors,
+        MarketplaceTag::Writing,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MarketplaceTag::Accounting => "accounting",
+            MarketplaceTag::ActionItems => "action-items",
+            MarketplaceTag::Analytics => "analytics",
+            MarketplaceTag::Api => "api",
+            MarketplaceTag::Blog => "blog",
+            MarketplaceTag::Changelog => "changelog",
+            MarketplaceTag::Checklist => "checklist",
+            MarketplaceTag::Classification => "classification",
+            MarketplaceTag::CodeReview => "code-review",
+            MarketplaceTag::Comparison => "comparison",
+            MarketplaceTag::Content => "content",
+            MarketplaceTag::Contracts => "contracts",
+            MarketplaceTag::Csv => "csv",
+            MarketplaceTag::Databases => "databases",
+            MarketplaceTag::Documentation => "documentation",
+            MarketplaceTag::Education => "education",
+            MarketplaceTag::Email => "email",
+            MarketplaceTag::Extraction => "extraction",
+            MarketplaceTag::Flow => "flow",
+            MarketplaceTag::Handbook => "handbook",
+            MarketplaceTag::Helpdesk => "helpdesk",
+            MarketplaceTag::Hr => "hr",
+            MarketplaceTag::I18n => "i18n",
+            MarketplaceTag::Incident => "incident",
+            MarketplaceTag::Invoices => "invoices",
+            MarketplaceTag::Json => "json",
+            MarketplaceTag::KnowledgeBase => "knowledge-base",
+            MarketplaceTag::Learning => "learning",
+            MarketplaceTag::Legal => "legal",
+            MarketplaceTag::Localization => "localization",
+            MarketplaceTag::Marketing => "marketing",
+            MarketplaceTag::Markets => "markets",
+            MarketplaceTag::Meetings => "meetings",
+            MarketplaceTag::OnCall => "on-call",
+            MarketplaceTag::Onboarding => "onboarding",
+            MarketplaceTag::Openapi => "openapi",
+            MarketplaceTag::Outreach => "outreach",
+            MarketplaceTag::Papers => "papers",
+            MarketplaceTag::Persona => "persona",
+            MarketplaceTag::Policies => "policies",
+            MarketplaceTag::Postmortem => "postmortem",
+            MarketplaceTag::Procurement => "procurement",
+            MarketplaceTag::PullRequests => "pull-requests",
+            MarketplaceTag::Rag => "rag",
+            MarketplaceTag::ReleaseNotes => "release-notes",
+            MarketplaceTag::Research => "research",
+            MarketplaceTag::Risk => "risk",
+            MarketplaceTag::Routing => "routing",
+            MarketplaceTag::Sales => "sales",
+            MarketplaceTag::Security => "security",
+            MarketplaceTag::Seo => "seo",
+            MarketplaceTag::SocialMedia => "social-media",
+            MarketplaceTag::Sql => "sql",
+            MarketplaceTag::Sre => "sre",
+            MarketplaceTag::Statistics => "statistics",
+            MarketplaceTag::Summaries => "summaries",
+            MarketplaceTag::Support => "support",
+            MarketplaceTag::Trading => "trading",
+            MarketplaceTag::Translation => "translation",
+            MarketplaceTag::Triage => "triage",
+            MarketplaceTag::Tutoring => "tutoring",
+            MarketplaceTag::Vendors => "vendors",
+            MarketplaceTag::Writing => "writing",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "accounting" => Some(MarketplaceTag::Accounting),
+            "action-items" => Some(MarketplaceTag::ActionItems),
+            "analytics" => Some(MarketplaceTag::Analytics),
+            "api" => Some(MarketplaceTag::Api),
+            "blog" => Some(MarketplaceTag::Blog),
+            "changelog" => Some(MarketplaceTag::Changelog),
+            "checklist" => Some(MarketplaceTag::Checklist),
+            "classification" => Some(MarketplaceTag::Classification),
+            "code-review" => Some(MarketplaceTag::CodeReview),
+            "comparison" => Some(MarketplaceTag::Comparison),
+            "content" => Some(MarketplaceTag::Content),
+            "contracts" => Some(MarketplaceTag::Contracts),
+            "csv" => Some(MarketplaceTag::Csv),
+            "databases" => Some(MarketplaceTag::Databases),
+            "documentation" => Some(MarketplaceTag::Documentation),
+            "education" => Some(MarketplaceTag::Education),
+            "email" => Some(MarketplaceTag::Email),
+            "extraction" => Some(MarketplaceTag::Extraction),
+            "flow" => Some(MarketplaceTag::Flow),
+            "handbook" => Some(MarketplaceTag::Handbook),
+            "helpdesk" => Some(MarketplaceTag::Helpdesk),
+            "hr" => Some(MarketplaceTag::Hr),
+            "i18n" => Some(MarketplaceTag::I18n),
+            "incident" => Some(MarketplaceTag::Incident),
+            "invoices" => Some(MarketplaceTag::Invoices),
+            "json" => Some(MarketplaceTag::Json),
+            "knowledge-base" => Some(MarketplaceTag::KnowledgeBase),
+            "learning" => Some(MarketplaceTag::Learning),
+            "legal" => Some(MarketplaceTag::Legal),
+            "localization" => Some(MarketplaceTag::Localization),
+            "marketing" => Some(MarketplaceTag::Marketing),
+            "markets" => Some(MarketplaceTag::Markets),
+            "meetings" => Some(MarketplaceTag::Meetings),
+            "on-call" => Some(MarketplaceTag::OnCall),
+            "onboarding" => Some(MarketplaceTag::Onboarding),
+            "openapi" => Some(MarketplaceTag::Openapi),
+            "outreach" => Some(MarketplaceTag::Outreach),
+            "papers" => Some(MarketplaceTag::Papers),
+            "persona" => Some(MarketplaceTag::Persona),
+            "policies" => Some(MarketplaceTag::Policies),
+            "postmortem" => Some(MarketplaceTag::Postmortem),
+            "procurement" => Some(MarketplaceTag::Procurement),
+            "pull-requests" => Some(MarketplaceTag::PullRequests),
+            "rag" => Some(MarketplaceTag::Rag),
+            "release-notes" => Some(MarketplaceTag::ReleaseNotes),
+            "research" => Some(MarketplaceTag::Research),
+            "risk" => Some(MarketplaceTag::Risk),
+            "routing" => Some(MarketplaceTag::Routing),
+            "sales" => Some(MarketplaceTag::Sales),
+            "security" => Some(MarketplaceTag::Security),
+            "seo" => Some(MarketplaceTag::Seo),
+            "social-media" => Some(MarketplaceTag::SocialMedia),
+            "sql" => Some(MarketplaceTag::Sql),
+            "sre" => Some(MarketplaceTag::Sre),
+            "statistics" => Some(MarketplaceTag::Statistics),
+            "summaries" => Some(MarketplaceTag::Summaries),
+            "support" => Some(MarketplaceTag::Support),
+            "trading" => Some(MarketplaceTag::Trading),
+            "translation" => Some(MarketplaceTag::Translation),
+            "triage" => Some(MarketplaceTag::Triage),
+            "tutoring" => Some(MarketplaceTag::Tutoring),
+            "vendors" => Some(MarketplaceTag::Vendors),
+            "writing" => Some(MarketplaceTag::Writing),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MarketplaceTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 /// `popular` (most installs first), `rating` (best rated first), `recent` (newest version first) or `name`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "MarketplaceSort")]

@@ -63,7 +63,7 @@ fn search(params: &SearchMarketplaceParams) -> Vec<&'static MarketplaceTemplate>
             params.tags.as_deref().is_none_or(|wanted| {
                 wanted
                     .iter()
-                    .all(|w| t.tags.iter().any(|tag| tag.eq_ignore_ascii_case(w.trim())))
+                    .all(|w| t.tags.iter().any(|tag| tag == w.as_str()))
             })
         })
         .collect();

@@ -418,7 +418,10 @@ fn compile_operation(
                 .min_by_key(|(_, r)| r.status)
                 .map(|(i, _)| i)
         })
-        .or_else(|| entries.iter().position(|r| r.key == "DEFAULT"));
+        .or_else(|| entries.iter().position(|r| r.key == "DEFAULT"))
+        // A WebSocket operation's success is the 101 upgrade, which a mock cannot perform:
+        // it answers what the operation documents for a request without one.
+        .or_else(|| entries.iter().position(|r| r.status == 426));
     let security = compile_security(doc, op);
     let resource = infer_resource(doc, response_doc, template, method, templates, paths);
     Ok(MockOperation {
