@@ -99,6 +99,7 @@ __all__ = [
     "MarketplacePrice",
     "MarketplacePrompt",
     "MarketplaceSort",
+    "MarketplaceTag",
     "MarketplaceTemplate",
     "MarketplaceTemplateList",
     "Model",
@@ -238,6 +239,7 @@ from agentplane_client.models.marketplace_install_request import MarketplaceInst
 from agentplane_client.models.marketplace_price import MarketplacePrice as MarketplacePrice
 from agentplane_client.models.marketplace_prompt import MarketplacePrompt as MarketplacePrompt
 from agentplane_client.models.marketplace_sort import MarketplaceSort as MarketplaceSort
+from agentplane_client.models.marketplace_tag import MarketplaceTag as MarketplaceTag
 from agentplane_client.models.marketplace_template import MarketplaceTemplate as MarketplaceTemplate
 from agentplane_client.models.marketplace_template_list import MarketplaceTemplateList as MarketplaceTemplateList
 from agentplane_client.models.model import Model as Model

@@ -2519,7 +2519,32 @@ export interface components {
             readonly updated_at: string;
         };
         /** @description A new webhook, with its signing secret. Shown once; store it now. */
-        WebhookCreated: components["schemas"]["Webhook"] & {
+        WebhookCreated: {
+            /** @description The webhook's id (`wh_…`). */
+            readonly id: string;
+            /** @description Where deliveries are POSTed. */
+            url: string;
+            /** @description The event patterns delivered. */
+            events: string[];
+            /** @description Whether events are delivered. */
+            active: boolean;
+            /** @description What the webhook is for. */
+            description?: string;
+            /**
+             * Format: int64
+             * @description Incremented by every change; the `ETag` derives from it.
+             */
+            readonly version: number;
+            /**
+             * Format: date-time
+             * @description When the webhook was created.
+             */
+            readonly created_at: string;
+            /**
+             * Format: date-time
+             * @description When it last changed.
+             */
+            readonly updated_at: string;
             /** @description The signing secret (the one sent, or a generated `whsec_…`). */
             secret: string;
         };
@@ -2591,6 +2616,11 @@ export interface components {
          * @enum {string}
          */
         MarketplaceCategory: "customer-support" | "engineering" | "data" | "finance" | "productivity" | "marketing" | "sales" | "hr" | "legal" | "education" | "operations" | "research";
+        /**
+         * @description A tag of the shipped catalog (every tag a template carries).
+         * @enum {string}
+         */
+        MarketplaceTag: "accounting" | "action-items" | "analytics" | "api" | "blog" | "changelog" | "checklist" | "classification" | "code-review" | "comparison" | "content" | "contracts" | "csv" | "databases" | "documentation" | "education" | "email" | "extraction" | "flow" | "handbook" | "helpdesk" | "hr" | "i18n" | "incident" | "invoices" | "json" | "knowledge-base" | "learning" | "legal" | "localization" | "marketing" | "markets" | "meetings" | "on-call" | "onboarding" | "openapi" | "outreach" | "papers" | "persona" | "policies" | "postmortem" | "procurement" | "pull-requests" | "rag" | "release-notes" | "research" | "risk" | "routing" | "sales" | "security" | "seo" | "social-media" | "sql" | "sre" | "statistics" | "summaries" | "support" | "trading" | "translation" | "triage" | "tutoring" | "vendors" | "writing";
         /**
          * @description `popular` (most installs first), `rating` (best rated first), `recent` (newest version first) or `name`.
          * @enum {string}
@@ -5155,7 +5185,7 @@ export interface operations {
                 /** @description Only templates of this category. */
                 category?: components["schemas"]["MarketplaceCategory"];
                 /** @description Only templates carrying every one of these tags (comma-separated). */
-                tags?: string[];
+                tags?: components["schemas"]["MarketplaceTag"][];
                 /** @description Only free or only paid templates. */
                 price?: components["schemas"]["MarketplacePrice"];
                 /** @description The order of the results. */

@@ -23,6 +23,7 @@ from agentplane_client.models.marketplace_category import MarketplaceCategory
 from agentplane_client.models.marketplace_install_request import MarketplaceInstallRequest
 from agentplane_client.models.marketplace_price import MarketplacePrice
 from agentplane_client.models.marketplace_sort import MarketplaceSort
+from agentplane_client.models.marketplace_tag import MarketplaceTag
 from agentplane_client.models.marketplace_template import MarketplaceTemplate
 from agentplane_client.models.marketplace_template_list import MarketplaceTemplateList
 
@@ -652,7 +653,7 @@ class MarketplaceApi:
         self,
         q: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=200)]], Field(description="Words that must all appear in the name, description, category or tags (case-insensitive).")] = None,
         category: Annotated[Optional[MarketplaceCategory], Field(description="Only templates of this category.")] = None,
-        tags: Annotated[Optional[Annotated[List[Annotated[str, Field(min_length=1, strict=True, max_length=100)]], Field(max_length=20)]], Field(description="Only templates carrying every one of these tags (comma-separated).")] = None,
+        tags: Annotated[Optional[Annotated[List[MarketplaceTag], Field(max_length=20)]], Field(description="Only templates carrying every one of these tags (comma-separated).")] = None,
         price: Annotated[Optional[MarketplacePrice], Field(description="Only free or only paid templates.")] = None,
         sort: Annotated[Optional[MarketplaceSort], Field(description="The order of the results.")] = None,
         page: Annotated[Optional[Annotated[int, Field(le=1000000, strict=True, ge=1)]], Field(description="Page number, from 1.")] = None,
@@ -681,7 +682,7 @@ class MarketplaceApi:
         :param category: Only templates of this category.
         :type category: MarketplaceCategory
         :param tags: Only templates carrying every one of these tags (comma-separated).
-        :type tags: List[str]
+        :type tags: List[MarketplaceTag]
         :param price: Only free or only paid templates.
         :type price: MarketplacePrice
         :param sort: The order of the results.
@@ -755,7 +756,7 @@ class MarketplaceApi:
         self,
         q: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=200)]], Field(description="Words that must all appear in the name, description, category or tags (case-insensitive).")] = None,
         category: Annotated[Optional[MarketplaceCategory], Field(description="Only templates of this category.")] = None,
-        tags: Annotated[Optional[Annotated[List[Annotated[str, Field(min_length=1, strict=True, max_length=100)]], Field(max_length=20)]], Field(description="Only templates carrying every one of these tags (comma-separated).")] = None,
+        tags: Annotated[Optional[Annotated[List[MarketplaceTag], Field(max_length=20)]], Field(description="Only templates carrying every one of these tags (comma-separated).")] = None,
         price: Annotated[Optional[MarketplacePrice], Field(description="Only free or only paid templates.")] = None,
         sort: Annotated[Optional[MarketplaceSort], Field(description="The order of the results.")] = None,
         page: Annotated[Optional[Annotated[int, Field(le=1000000, strict=True, ge=1)]], Field(description="Page number, from 1.")] = None,
@@ -784,7 +785,7 @@ class MarketplaceApi:
         :param category: Only templates of this category.
         :type category: MarketplaceCategory
         :param tags: Only templates carrying every one of these tags (comma-separated).
-        :type tags: List[str]
+        :type tags: List[MarketplaceTag]
         :param price: Only free or only paid templates.
         :type price: MarketplacePrice
         :param sort: The order of the results.
@@ -858,7 +859,7 @@ class MarketplaceApi:
         self,
         q: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=200)]], Field(description="Words that must all appear in the name, description, category or tags (case-insensitive).")] = None,
         category: Annotated[Optional[MarketplaceCategory], Field(description="Only templates of this category.")] = None,
-        tags: Annotated[Optional[Annotated[List[Annotated[str, Field(min_length=1, strict=True, max_length=100)]], Field(max_length=20)]], Field(description="Only templates carrying every one of these tags (comma-separated).")] = None,
+        tags: Annotated[Optional[Annotated[List[MarketplaceTag], Field(max_length=20)]], Field(description="Only templates carrying every one of these tags (comma-separated).")] = None,
         price: Annotated[Optional[MarketplacePrice], Field(description="Only free or only paid templates.")] = None,
         sort: Annotated[Optional[MarketplaceSort], Field(description="The order of the results.")] = None,
         page: Annotated[Optional[Annotated[int, Field(le=1000000, strict=True, ge=1)]], Field(description="Page number, from 1.")] = None,
@@ -887,7 +888,7 @@ class MarketplaceApi:
         :param category: Only templates of this category.
         :type category: MarketplaceCategory
         :param tags: Only templates carrying every one of these tags (comma-separated).
-        :type tags: List[str]
+        :type tags: List[MarketplaceTag]
         :param price: Only free or only paid templates.
         :type price: MarketplacePrice
         :param sort: The order of the results.

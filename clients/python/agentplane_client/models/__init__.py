@@ -75,6 +75,7 @@ from agentplane_client.models.marketplace_install_request import MarketplaceInst
 from agentplane_client.models.marketplace_price import MarketplacePrice
 from agentplane_client.models.marketplace_prompt import MarketplacePrompt
 from agentplane_client.models.marketplace_sort import MarketplaceSort
+from agentplane_client.models.marketplace_tag import MarketplaceTag
 from agentplane_client.models.marketplace_template import MarketplaceTemplate
 from agentplane_client.models.marketplace_template_list import MarketplaceTemplateList
 from agentplane_client.models.model import Model
