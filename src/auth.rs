@@ -58,6 +58,9 @@ pub fn role_scopes(role: Role) -> BTreeSet<Scope> {
             Scope::ReadExecutions,
             Scope::ReadConversations,
             Scope::ReadEvaluations,
+            Scope::ReadEvents,
+            Scope::ReadWebhooks,
+            Scope::ReadMarketplace,
         ]
         .into_iter()
         .collect(),

@@ -256,17 +256,32 @@ pub fn summarize(results: &[CaseResult]) -> Summary {
     }
 }
 
-/// Runs every case of a queued run in order, then records the results and summary. A case
-/// the agent fails on is a failed case with its error; only storage failing fails the run.
+/// Which run of which evaluation, on which agent.
+#[derive(Debug, Clone)]
+pub struct RunTarget {
+    pub org_id: String,
+    pub agent_id: String,
+    pub evaluation_id: String,
+    pub run_id: String,
+}
+
+/// Runs every case of a queued run in order, then records the results and summary and
+/// publishes `evaluation.completed`. A case the agent fails on is a failed case with its
+/// error; only storage failing fails the run.
 pub async fn run(
     store: Store,
     runner: Arc<dyn CaseRunner>,
-    org_id: String,
-    agent_id: String,
-    run_id: String,
+    events: crate::events::EventBus,
+    target: RunTarget,
     cases: Vec<Case>,
     criteria: Criteria,
 ) -> StoreResult<()> {
+    let RunTarget {
+        org_id,
+        agent_id,
+        evaluation_id,
+        run_id,
+    } = target;
     let id = run_id.clone();
     store
         .run(move |conn| db::start_run(conn, &id, &crate::ids::now()))
@@ -300,17 +315,32 @@ pub async fn run(
     let results = serde_json::to_string(&results).unwrap_or_else(|_| "[]".into());
     store
         .run(move |conn| {
-            db::finish_run(
-                conn,
-                &run_id,
-                "completed",
-                summary.as_deref(),
-                &results,
-                None,
-                &crate::ids::now(),
-            )
+            crate::db::write_transaction(conn, |conn| {
+                db::finish_run(
+                    conn,
+                    &run_id,
+                    "completed",
+                    summary.as_deref(),
+                    &results,
+                    None,
+                    &crate::ids::now(),
+                )?;
+                crate::events::publish(
+                    conn,
+                    &org_id,
+                    "evaluation.completed",
+                    Some(&evaluation_id),
+                    serde_json::json!({
+                        "evaluation_id": evaluation_id,
+                        "run_id": run_id,
+                        "status": "completed",
+                    }),
+                )
+            })
         })
-        .await
+        .await?;
+    events.wake();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -212,6 +212,7 @@ async fn main() -> ExitCode {
                 github_api_url,
                 master_key,
                 master_key_file,
+                ..Config::default()
             })
             .await
         }

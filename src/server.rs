@@ -27,6 +27,8 @@ pub struct Config {
     pub master_key: Option<String>,
     /// A file holding the master key; else `master.key` in the data directory.
     pub master_key_file: Option<std::path::PathBuf>,
+    /// How webhook deliveries are attempted (backoff, timeout, lease).
+    pub webhooks: crate::webhooks::DeliveryPolicy,
 }
 
 impl Config {
@@ -59,26 +61,27 @@ impl Default for Config {
             github_api_url: crate::knowledge::sync::GITHUB_API.into(),
             master_key: None,
             master_key_file: None,
+            webhooks: crate::webhooks::DeliveryPolicy::default(),
         }
     }
 }
 
-/// The whole application as one endpoint.
+/// The whole application as one endpoint; `events` wakes the in-process consumers of the
+/// event log.
 pub fn app(
     store: Store,
     crypto: Crypto,
     github_api_url: String,
+    events: crate::events::EventBus,
 ) -> anyhow::Result<impl poem::Endpoint> {
     let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
         .context("the bundled spec is not JSON")?;
     let validator = Arc::new(
         conformance::RequestValidator::new(&spec).context("the bundled spec does not compile")?,
     );
-    let service = agentplane_api::service(Arc::new(Handlers::with_github_api(
-        store,
-        crypto,
-        &github_api_url,
-    )));
+    let service = agentplane_api::service(Arc::new(
+        Handlers::with_github_api(store, crypto, &github_api_url).with_events(events),
+    ));
     Ok(Route::new()
         .at("/", get(crate::http::root))
         .at("/openapi.json", get(crate::http::openapi_31))
@@ -97,6 +100,7 @@ pub struct Bound {
     store: Store,
     crypto: Crypto,
     github_api_url: String,
+    webhooks: crate::webhooks::DeliveryPolicy,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
 }
@@ -158,6 +162,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             store,
             crypto,
             github_api_url: config.github_api_url.clone(),
+            webhooks: config.webhooks.clone(),
             addr,
         },
         bootstrap,
@@ -170,10 +175,22 @@ impl Bound {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let app = app(self.store, self.crypto, self.github_api_url)?;
-        poem::Server::new_with_acceptor(self.acceptor)
+        let events = crate::events::EventBus::new();
+        let worker = crate::webhooks::DeliveryWorker::new(
+            self.store.clone(),
+            self.crypto.clone(),
+            events.clone(),
+            self.webhooks,
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let deliveries = tokio::spawn(worker.run(stopped));
+        let app = app(self.store, self.crypto, self.github_api_url, events)?;
+        let served = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
-            .await?;
+            .await;
+        let _ = stop.send(true);
+        let _ = deliveries.await;
+        served?;
         Ok(())
     }
 }

@@ -388,6 +388,13 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
         });
 
         // Trait method and route.
+        let answer = |t: TokenStream| {
+            if op.websocket {
+                quote! { crate::Upgraded::Answer(#t) }
+            } else {
+                t
+            }
+        };
         let (ctx_ty, ctx_name, ctx_get) = match &op.scopes {
             None => (
                 quote! { Self::Anonymous },
@@ -404,6 +411,13 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                 if !has(401) || !has(503) {
                     bail!("{}: a secured operation must document 401 and 503", op.id);
                 }
+                let unauthorized =
+                    answer(quote! { #resp_name::Unauthorized(poem_openapi::payload::Json(e)) });
+                let forbidden_answer =
+                    answer(quote! { #resp_name::#forbidden(poem_openapi::payload::Json(e)) });
+                let unavailable = answer(
+                    quote! { #resp_name::ServiceUnavailable(poem_openapi::payload::Json(e)) },
+                );
                 (
                     quote! { Self::Caller },
                     quote! { caller },
@@ -411,21 +425,41 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                         const SCOPES: &[&str] = &[#(#scopes),*];
                         let caller = match self.0.authenticate(req, SCOPES).await {
                             Ok(caller) => caller,
-                            Err(crate::AuthRejection::Unauthorized(e)) => return Ok(#resp_name::Unauthorized(poem_openapi::payload::Json(e))),
-                            Err(crate::AuthRejection::Forbidden(e)) => return Ok(#resp_name::#forbidden(poem_openapi::payload::Json(e))),
-                            Err(crate::AuthRejection::Unavailable(e)) => return Ok(#resp_name::ServiceUnavailable(poem_openapi::payload::Json(e))),
+                            Err(crate::AuthRejection::Unauthorized(e)) => return Ok(#unauthorized),
+                            Err(crate::AuthRejection::Forbidden(e)) => return Ok(#forbidden_answer),
+                            Err(crate::AuthRejection::Unavailable(e)) => return Ok(#unavailable),
                         };
                     },
                 )
             }
         };
+        let path = &op.poem_path;
+        let method = &op.method;
+        let op_id = &op.id;
+        if op.websocket {
+            // The route answers `Upgraded<…>`: the handler either upgrades (101) or gives one
+            // of the documented answers, and refusals before the handler are answers too.
+            trait_fns.push(quote! {
+                #op_doc
+                ///
+                /// `upgrade` is the WebSocket handshake when the request asked for one.
+                fn #fn_name(&self, #ctx_name: #ctx_ty, params: #params_name, upgrade: Option<poem::web::websocket::WebSocket>) -> impl std::future::Future<Output = crate::Upgraded<#resp_name>> + Send;
+            });
+            route_fns.push(quote! {
+                #op_doc
+                #[oai(path = #path, method = #method, operation_id = #op_id)]
+                async fn #fn_name(&self, req: &poem::Request, upgrade: Option<poem::web::websocket::WebSocket>, #(#route_args)*) -> poem::Result<crate::Upgraded<#resp_name>> {
+                    let params = #params_name { #(#build)* };
+                    #ctx_get
+                    Ok(self.0.#fn_name(#ctx_name, params, upgrade).await)
+                }
+            });
+            continue;
+        }
         trait_fns.push(quote! {
             #op_doc
             fn #fn_name(&self, #ctx_name: #ctx_ty, params: #params_name) -> impl std::future::Future<Output = #resp_name> + Send;
         });
-        let path = &op.poem_path;
-        let method = &op.method;
-        let op_id = &op.id;
         route_fns.push(quote! {
             #op_doc
             #[oai(path = #path, method = #method, operation_id = #op_id)]
@@ -523,6 +557,62 @@ fn lib(ir: &Ir) -> TokenStream {
     } else {
         quote! {}
     };
+    let websocket = if ir.operations.iter().any(|o| o.websocket) {
+        quote! {
+            /// The answer of an `x-websocket` operation: the upgrade (101, then the socket is the
+            /// handler's) or one of the operation's documented answers.
+            pub enum Upgraded<R> {
+                /// 101 Switching Protocols; the boxed callback serves the socket.
+                Switching(poem::web::websocket::BoxWebSocketUpgraded),
+                /// A documented answer instead of an upgrade.
+                Answer(R),
+            }
+
+            impl<R: std::fmt::Debug> std::fmt::Debug for Upgraded<R> {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    match self {
+                        Upgraded::Switching(_) => f.write_str("Switching"),
+                        Upgraded::Answer(r) => f.debug_tuple("Answer").field(r).finish(),
+                    }
+                }
+            }
+
+            impl<R: poem::IntoResponse> poem::IntoResponse for Upgraded<R> {
+                fn into_response(self) -> poem::Response {
+                    match self {
+                        Upgraded::Switching(upgrade) => upgrade.into_response(),
+                        Upgraded::Answer(r) => r.into_response(),
+                    }
+                }
+            }
+
+            impl<R: poem_openapi::ApiResponse> poem_openapi::ApiResponse for Upgraded<R> {
+                const BAD_REQUEST_HANDLER: bool = R::BAD_REQUEST_HANDLER;
+
+                fn meta() -> poem_openapi::registry::MetaResponses {
+                    let mut meta = R::meta();
+                    meta.responses.insert(0, poem_openapi::registry::MetaResponse {
+                        description: "Switching to the WebSocket protocol",
+                        status: Some(101),
+                        status_range: None,
+                        content: Vec::new(),
+                        headers: Vec::new(),
+                    });
+                    meta
+                }
+
+                fn register(registry: &mut poem_openapi::registry::Registry) {
+                    R::register(registry);
+                }
+
+                fn from_parse_request_error(err: poem::Error) -> Self {
+                    Upgraded::Answer(R::from_parse_request_error(err))
+                }
+            }
+        }
+    } else {
+        quote! {}
+    };
     let (title, version) = (&ir.title, &ir.version);
     let ops = ir.operations.iter().map(|o| {
         let (id, method, path) = (&o.id, o.method.to_uppercase(), &o.path);
@@ -615,5 +705,7 @@ fn lib(ir: &Ir) -> TokenStream {
         pub const OPERATIONS: &[OperationInfo] = &[ #(#ops)* ];
 
         #uploads
+
+        #websocket
     }
 }

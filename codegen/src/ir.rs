@@ -146,6 +146,10 @@ pub struct Operation {
     /// A `multipart/form-data` body (instead of a JSON one).
     pub form: Option<Form>,
     pub responses: Vec<Response>,
+    /// `x-websocket: true`: a GET that upgrades to a WebSocket. Its documented 101 is the
+    /// upgrade itself (not a variant of the response enum); the other statuses answer requests
+    /// that are refused or did not ask for an upgrade.
+    pub websocket: bool,
 }
 
 #[derive(Debug)]
@@ -238,6 +242,7 @@ fn variant_for_status(status: u16) -> String {
         413 => "PayloadTooLarge",
         415 => "UnsupportedMediaType",
         422 => "UnprocessableEntity",
+        426 => "UpgradeRequired",
         428 => "PreconditionRequired",
         429 => "TooManyRequests",
         500 => "InternalServerError",
@@ -784,6 +789,10 @@ impl Builder<'_> {
                 ))
             }
         };
+        let websocket = op.get("x-websocket").and_then(Value::as_bool) == Some(true);
+        if websocket && method != "get" {
+            bail!("#{ptr}/x-websocket: only a GET can upgrade to a WebSocket");
+        }
         let mut responses = Vec::new();
         let rs = op
             .get("responses")
@@ -795,6 +804,19 @@ impl Builder<'_> {
                 anyhow!("#{rptr}: status {code:?} is not supported; list each status code")
             })?;
             let r = deref(self.doc, r);
+            if status == 101 {
+                if !websocket {
+                    bail!("#{rptr}: only an `x-websocket: true` operation can answer 101");
+                }
+                if r.get("content")
+                    .and_then(Value::as_object)
+                    .is_some_and(|c| !c.is_empty())
+                {
+                    bail!("#{rptr}/content: a WebSocket upgrade (101) has no body");
+                }
+                // The upgrade is the handler's `Upgraded::Switching`, not an enum variant.
+                continue;
+            }
             let body = match r.get("content").and_then(Value::as_object) {
                 None => None,
                 Some(c) if c.is_empty() => None,
@@ -835,6 +857,9 @@ impl Builder<'_> {
                 headers,
             });
         }
+        if websocket && !rs.contains_key("101") {
+            bail!("#{ptr}/responses: an `x-websocket: true` operation must document its 101");
+        }
         Ok(Operation {
             fn_name: field_ident(&id),
             type_prefix,
@@ -849,6 +874,7 @@ impl Builder<'_> {
             params,
             body,
             form,
+            websocket,
             responses,
         })
     }

@@ -188,6 +188,64 @@ fn multipart_bodies_become_forms_with_files_read_whole() {
 }
 
 #[test]
+fn websocket_operations_upgrade_or_answer_their_documented_statuses() {
+    let files =
+        codegen::generate(&root().join("openapi/openapi.yaml")).expect("the spec generates");
+    let file = |name: &str| {
+        &files
+            .iter()
+            .find(|(p, _)| p.ends_with(name))
+            .expect("generated file")
+            .1
+    };
+    let events = file("src/events.rs");
+    assert!(
+        events.contains("-> poem::Result<crate::Upgraded<StreamEventsResponse>>"),
+        "the route answers the upgrade or a documented status"
+    );
+    assert!(events.contains("upgrade: Option<poem::web::websocket::WebSocket>"));
+    let enum_body = events
+        .split("pub enum StreamEventsResponse {")
+        .nth(1)
+        .and_then(|b| b.split("\n}\n").next())
+        .expect("the response enum");
+    assert!(
+        !enum_body.contains("101"),
+        "101 is the upgrade, not a variant"
+    );
+    assert!(enum_body.contains("UpgradeRequired"));
+    assert!(file("src/lib.rs").contains("pub enum Upgraded<R>"));
+
+    let inject = |op: &'static str| {
+        move |t: String| {
+            t.replacen(
+                "\ncomponents:\n",
+                &format!("\n  /v1/ws-test:\n{op}components:\n"),
+                1,
+            )
+        }
+    };
+    let post = "    post:\n      operationId: wsPost\n      x-websocket: true\n      security: []\n      responses:\n        '101':\n          description: upgrade\n";
+    let err = format!(
+        "{:#}",
+        codegen::generate(&scratch_spec("ws-post", inject(post))).expect_err("refused")
+    );
+    assert!(
+        err.contains("#/paths/~1v1~1ws-test/post/x-websocket"),
+        "{err}"
+    );
+    let plain = "    get:\n      operationId: wsPlain\n      security: []\n      responses:\n        '101':\n          description: upgrade\n";
+    let err = format!(
+        "{:#}",
+        codegen::generate(&scratch_spec("ws-plain", inject(plain))).expect_err("refused")
+    );
+    assert!(
+        err.contains("#/paths/~1v1~1ws-test/get/responses/101"),
+        "{err}"
+    );
+}
+
+#[test]
 fn any_of_string_alternatives_is_a_string_parameter() {
     // `since` on getAgentLogs: a duration (`30m`) or an RFC 3339 timestamp.
     let files = codegen::generate(&root().join("openapi/openapi.yaml")).expect("generates");

@@ -18,22 +18,28 @@
 pub mod agents;
 pub mod deployments;
 pub mod evaluations;
+pub mod events;
 pub mod identity;
 pub mod knowledge;
+pub mod marketplace;
 pub mod model_registry;
 pub mod models;
 pub mod system;
 pub mod templates;
 pub mod tools;
+pub mod webhooks;
 pub use agents::*;
 pub use deployments::*;
 pub use evaluations::*;
+pub use events::*;
 pub use identity::*;
 pub use knowledge::*;
+pub use marketplace::*;
 pub use model_registry::*;
 pub use system::*;
 pub use templates::*;
 pub use tools::*;
+pub use webhooks::*;
 /// The bundled OpenAPI 3.1 document: the spec the server publishes at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// The same document down-converted to OpenAPI 3.0.3, for tools that read only 3.0.
@@ -78,6 +84,9 @@ pub trait Api:
     + model_registry::ModelRegistryApi
     + evaluations::EvaluationsApi
     + deployments::DeploymentsApi
+    + events::EventsApi
+    + webhooks::WebhooksApi
+    + marketplace::MarketplaceApi
 {
 }
 impl<
@@ -89,7 +98,10 @@ impl<
         + templates::TemplatesApi
         + model_registry::ModelRegistryApi
         + evaluations::EvaluationsApi
-        + deployments::DeploymentsApi,
+        + deployments::DeploymentsApi
+        + events::EventsApi
+        + webhooks::WebhooksApi
+        + marketplace::MarketplaceApi,
 > Api for T
 {
 }
@@ -107,6 +119,9 @@ pub fn service<T: Api>(
         model_registry::ModelRegistryRoutes<T>,
         evaluations::EvaluationsRoutes<T>,
         deployments::DeploymentsRoutes<T>,
+        events::EventsRoutes<T>,
+        webhooks::WebhooksRoutes<T>,
+        marketplace::MarketplaceRoutes<T>,
     ),
     (),
 > {
@@ -121,6 +136,9 @@ pub fn service<T: Api>(
             model_registry::ModelRegistryRoutes(api.clone()),
             evaluations::EvaluationsRoutes(api.clone()),
             deployments::DeploymentsRoutes(api.clone()),
+            events::EventsRoutes(api.clone()),
+            webhooks::WebhooksRoutes(api.clone()),
+            marketplace::MarketplaceRoutes(api.clone()),
         ),
         TITLE,
         VERSION,
@@ -552,6 +570,96 @@ pub const OPERATIONS: &[OperationInfo] = &[
         path: "/v1/tools/{tool_id}/test",
         scopes: Some(&["write:tools"]),
     },
+    OperationInfo {
+        id: "listEvents",
+        method: "GET",
+        path: "/v1/events",
+        scopes: Some(&["read:events"]),
+    },
+    OperationInfo {
+        id: "getEvent",
+        method: "GET",
+        path: "/v1/events/{event_id}",
+        scopes: Some(&["read:events"]),
+    },
+    OperationInfo {
+        id: "streamEvents",
+        method: "GET",
+        path: "/v1/stream",
+        scopes: Some(&["read:events"]),
+    },
+    OperationInfo {
+        id: "listWebhooks",
+        method: "GET",
+        path: "/v1/webhooks",
+        scopes: Some(&["read:webhooks"]),
+    },
+    OperationInfo {
+        id: "createWebhook",
+        method: "POST",
+        path: "/v1/webhooks",
+        scopes: Some(&["write:webhooks"]),
+    },
+    OperationInfo {
+        id: "getWebhook",
+        method: "GET",
+        path: "/v1/webhooks/{webhook_id}",
+        scopes: Some(&["read:webhooks"]),
+    },
+    OperationInfo {
+        id: "deleteWebhook",
+        method: "DELETE",
+        path: "/v1/webhooks/{webhook_id}",
+        scopes: Some(&["write:webhooks"]),
+    },
+    OperationInfo {
+        id: "updateWebhook",
+        method: "PATCH",
+        path: "/v1/webhooks/{webhook_id}",
+        scopes: Some(&["write:webhooks"]),
+    },
+    OperationInfo {
+        id: "listWebhookDeliveries",
+        method: "GET",
+        path: "/v1/webhooks/{webhook_id}/deliveries",
+        scopes: Some(&["read:webhooks"]),
+    },
+    OperationInfo {
+        id: "getWebhookDelivery",
+        method: "GET",
+        path: "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}",
+        scopes: Some(&["read:webhooks"]),
+    },
+    OperationInfo {
+        id: "redeliverWebhookDelivery",
+        method: "POST",
+        path: "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+        scopes: Some(&["write:webhooks"]),
+    },
+    OperationInfo {
+        id: "testWebhook",
+        method: "POST",
+        path: "/v1/webhooks/{webhook_id}/test",
+        scopes: Some(&["write:webhooks"]),
+    },
+    OperationInfo {
+        id: "searchMarketplace",
+        method: "GET",
+        path: "/v1/marketplace/search",
+        scopes: Some(&["read:marketplace"]),
+    },
+    OperationInfo {
+        id: "getMarketplaceTemplate",
+        method: "GET",
+        path: "/v1/marketplace/templates/{template_id}",
+        scopes: Some(&["read:marketplace"]),
+    },
+    OperationInfo {
+        id: "installMarketplaceTemplate",
+        method: "POST",
+        path: "/v1/marketplace/install/{template_id}",
+        scopes: Some(&["write:agents", "write:templates"]),
+    },
 ];
 /// A file part of a `multipart/form-data` request, read whole.
 #[derive(Debug, Clone, PartialEq)]
@@ -581,4 +689,51 @@ pub async fn read_upload(
         content_type,
         bytes,
     })
+}
+/// The answer of an `x-websocket` operation: the upgrade (101, then the socket is the
+/// handler's) or one of the operation's documented answers.
+pub enum Upgraded<R> {
+    /// 101 Switching Protocols; the boxed callback serves the socket.
+    Switching(poem::web::websocket::BoxWebSocketUpgraded),
+    /// A documented answer instead of an upgrade.
+    Answer(R),
+}
+impl<R: std::fmt::Debug> std::fmt::Debug for Upgraded<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upgraded::Switching(_) => f.write_str("Switching"),
+            Upgraded::Answer(r) => f.debug_tuple("Answer").field(r).finish(),
+        }
+    }
+}
+impl<R: poem::IntoResponse> poem::IntoResponse for Upgraded<R> {
+    fn into_response(self) -> poem::Response {
+        match self {
+            Upgraded::Switching(upgrade) => upgrade.into_response(),
+            Upgraded::Answer(r) => r.into_response(),
+        }
+    }
+}
+impl<R: poem_openapi::ApiResponse> poem_openapi::ApiResponse for Upgraded<R> {
+    const BAD_REQUEST_HANDLER: bool = R::BAD_REQUEST_HANDLER;
+    fn meta() -> poem_openapi::registry::MetaResponses {
+        let mut meta = R::meta();
+        meta.responses.insert(
+            0,
+            poem_openapi::registry::MetaResponse {
+                description: "Switching to the WebSocket protocol",
+                status: Some(101),
+                status_range: None,
+                content: Vec::new(),
+                headers: Vec::new(),
+            },
+        );
+        meta
+    }
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        R::register(registry);
+    }
+    fn from_parse_request_error(err: poem::Error) -> Self {
+        Upgraded::Answer(R::from_parse_request_error(err))
+    }
 }

@@ -900,6 +900,14 @@ pub enum Scope {
     ReadEvaluations,
     #[oai(rename = "write:evaluations")]
     WriteEvaluations,
+    #[oai(rename = "read:events")]
+    ReadEvents,
+    #[oai(rename = "read:webhooks")]
+    ReadWebhooks,
+    #[oai(rename = "write:webhooks")]
+    WriteWebhooks,
+    #[oai(rename = "read:marketplace")]
+    ReadMarketplace,
 }
 impl Scope {
     /// Every value, in the order the spec lists them.
@@ -922,6 +930,10 @@ impl Scope {
         Scope::WriteConversations,
         Scope::ReadEvaluations,
         Scope::WriteEvaluations,
+        Scope::ReadEvents,
+        Scope::ReadWebhooks,
+        Scope::WriteWebhooks,
+        Scope::ReadMarketplace,
     ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
@@ -944,6 +956,10 @@ impl Scope {
             Scope::WriteConversations => "write:conversations",
             Scope::ReadEvaluations => "read:evaluations",
             Scope::WriteEvaluations => "write:evaluations",
+            Scope::ReadEvents => "read:events",
+            Scope::ReadWebhooks => "read:webhooks",
+            Scope::WriteWebhooks => "write:webhooks",
+            Scope::ReadMarketplace => "read:marketplace",
         }
     }
     /// Parses the wire form.
@@ -967,6 +983,10 @@ impl Scope {
             "write:conversations" => Some(Scope::WriteConversations),
             "read:evaluations" => Some(Scope::ReadEvaluations),
             "write:evaluations" => Some(Scope::WriteEvaluations),
+            "read:events" => Some(Scope::ReadEvents),
+            "read:webhooks" => Some(Scope::ReadWebhooks),
+            "write:webhooks" => Some(Scope::WriteWebhooks),
+            "read:marketplace" => Some(Scope::ReadMarketplace),
             _ => None,
         }
     }
@@ -3086,6 +3106,1385 @@ pub struct AgentLogs {
     /// Whether older lines matching the filters were left out by `lines`.
     #[oai(rename = "truncated")]
     pub truncated: bool,
+}
+/// The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each
+/// carries:
+///
+/// | type | emitted when | `data` |
+/// | --- | --- | --- |
+/// | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it |
+/// | `agent.updated` | an agent is replaced or patched | the agent after the change |
+/// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
+/// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
+/// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+/// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
+/// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
+/// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "EventType")]
+pub enum EventType {
+    #[oai(rename = "agent.created")]
+    AgentCreated,
+    #[oai(rename = "agent.updated")]
+    AgentUpdated,
+    #[oai(rename = "agent.deleted")]
+    AgentDeleted,
+    #[oai(rename = "knowledge.sync.completed")]
+    KnowledgeSyncCompleted,
+    #[oai(rename = "execution.started")]
+    ExecutionStarted,
+    #[oai(rename = "execution.completed")]
+    ExecutionCompleted,
+    #[oai(rename = "execution.failed")]
+    ExecutionFailed,
+    #[oai(rename = "simulation.completed")]
+    SimulationCompleted,
+    #[oai(rename = "evaluation.completed")]
+    EvaluationCompleted,
+    #[oai(rename = "webhook.ping")]
+    WebhookPing,
+}
+impl EventType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [EventType] = &[
+        EventType::AgentCreated,
+        EventType::AgentUpdated,
+        EventType::AgentDeleted,
+        EventType::KnowledgeSyncCompleted,
+        EventType::ExecutionStarted,
+        EventType::ExecutionCompleted,
+        EventType::ExecutionFailed,
+        EventType::SimulationCompleted,
+        EventType::EvaluationCompleted,
+        EventType::WebhookPing,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventType::AgentCreated => "agent.created",
+            EventType::AgentUpdated => "agent.updated",
+            EventType::AgentDeleted => "agent.deleted",
+            EventType::KnowledgeSyncCompleted => "knowledge.sync.completed",
+            EventType::ExecutionStarted => "execution.started",
+            EventType::ExecutionCompleted => "execution.completed",
+            EventType::ExecutionFailed => "execution.failed",
+            EventType::SimulationCompleted => "simulation.completed",
+            EventType::EvaluationCompleted => "evaluation.completed",
+            EventType::WebhookPing => "webhook.ping",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "agent.created" => Some(EventType::AgentCreated),
+            "agent.updated" => Some(EventType::AgentUpdated),
+            "agent.deleted" => Some(EventType::AgentDeleted),
+            "knowledge.sync.completed" => Some(EventType::KnowledgeSyncCompleted),
+            "execution.started" => Some(EventType::ExecutionStarted),
+            "execution.completed" => Some(EventType::ExecutionCompleted),
+            "execution.failed" => Some(EventType::ExecutionFailed),
+            "simulation.completed" => Some(EventType::SimulationCompleted),
+            "evaluation.completed" => Some(EventType::EvaluationCompleted),
+            "webhook.ping" => Some(EventType::WebhookPing),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// An event type, a `<resource>.*` wildcard (every type that starts with `<resource>.`), or `*` (every type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "EventPattern")]
+pub enum EventPattern {
+    #[oai(rename = "*")]
+    V,
+    #[oai(rename = "agent.*")]
+    Agent,
+    #[oai(rename = "agent.created")]
+    AgentCreated,
+    #[oai(rename = "agent.updated")]
+    AgentUpdated,
+    #[oai(rename = "agent.deleted")]
+    AgentDeleted,
+    #[oai(rename = "knowledge.*")]
+    Knowledge,
+    #[oai(rename = "knowledge.sync.completed")]
+    KnowledgeSyncCompleted,
+    #[oai(rename = "execution.*")]
+    Execution,
+    #[oai(rename = "execution.started")]
+    ExecutionStarted,
+    #[oai(rename = "execution.completed")]
+    ExecutionCompleted,
+    #[oai(rename = "execution.failed")]
+    ExecutionFailed,
+    #[oai(rename = "simulation.*")]
+    Simulation,
+    #[oai(rename = "simulation.completed")]
+    SimulationCompleted,
+    #[oai(rename = "evaluation.*")]
+    Evaluation,
+    #[oai(rename = "evaluation.completed")]
+    EvaluationCompleted,
+    #[oai(rename = "webhook.*")]
+    Webhook,
+    #[oai(rename = "webhook.ping")]
+    WebhookPing,
+}
+impl EventPattern {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [EventPattern] = &[
+        EventPattern::V,
+        EventPattern::Agent,
+        EventPattern::AgentCreated,
+        EventPattern::AgentUpdated,
+        EventPattern::AgentDeleted,
+        EventPattern::Knowledge,
+        EventPattern::KnowledgeSyncCompleted,
+        EventPattern::Execution,
+        EventPattern::ExecutionStarted,
+        EventPattern::ExecutionCompleted,
+        EventPattern::ExecutionFailed,
+        EventPattern::Simulation,
+        EventPattern::SimulationCompleted,
+        EventPattern::Evaluation,
+        EventPattern::EvaluationCompleted,
+        EventPattern::Webhook,
+        EventPattern::WebhookPing,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventPattern::V => "*",
+            EventPattern::Agent => "agent.*",
+            EventPattern::AgentCreated => "agent.created",
+            EventPattern::AgentUpdated => "agent.updated",
+            EventPattern::AgentDeleted => "agent.deleted",
+            EventPattern::Knowledge => "knowledge.*",
+            EventPattern::KnowledgeSyncCompleted => "knowledge.sync.completed",
+            EventPattern::Execution => "execution.*",
+            EventPattern::ExecutionStarted => "execution.started",
+            EventPattern::ExecutionCompleted => "execution.completed",
+            EventPattern::ExecutionFailed => "execution.failed",
+            EventPattern::Simulation => "simulation.*",
+            EventPattern::SimulationCompleted => "simulation.completed",
+            EventPattern::Evaluation => "evaluation.*",
+            EventPattern::EvaluationCompleted => "evaluation.completed",
+            EventPattern::Webhook => "webhook.*",
+            EventPattern::WebhookPing => "webhook.ping",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "*" => Some(EventPattern::V),
+            "agent.*" => Some(EventPattern::Agent),
+            "agent.created" => Some(EventPattern::AgentCreated),
+            "agent.updated" => Some(EventPattern::AgentUpdated),
+            "agent.deleted" => Some(EventPattern::AgentDeleted),
+            "knowledge.*" => Some(EventPattern::Knowledge),
+            "knowledge.sync.completed" => Some(EventPattern::KnowledgeSyncCompleted),
+            "execution.*" => Some(EventPattern::Execution),
+            "execution.started" => Some(EventPattern::ExecutionStarted),
+            "execution.completed" => Some(EventPattern::ExecutionCompleted),
+            "execution.failed" => Some(EventPattern::ExecutionFailed),
+            "simulation.*" => Some(EventPattern::Simulation),
+            "simulation.completed" => Some(EventPattern::SimulationCompleted),
+            "evaluation.*" => Some(EventPattern::Evaluation),
+            "evaluation.completed" => Some(EventPattern::EvaluationCompleted),
+            "webhook.*" => Some(EventPattern::Webhook),
+            "webhook.ping" => Some(EventPattern::WebhookPing),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for EventPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// Something that happened in the organization. The same JSON is the body of a webhook
+/// delivery, a message of the `/v1/stream` WebSocket and an item of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Event", deny_unknown_fields)]
+pub struct Event {
+    /// The event's id (`evt_…`); ids sort by creation time.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each
+    /// carries:
+    ///
+    /// | type | emitted when | `data` |
+    /// | --- | --- | --- |
+    /// | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it |
+    /// | `agent.updated` | an agent is replaced or patched | the agent after the change |
+    /// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
+    /// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
+    /// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+    /// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
+    /// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
+    /// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
+    #[oai(rename = "type")]
+    pub type_: crate::models::EventType,
+    /// The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each
+    /// carries:
+    ///
+    /// | type | emitted when | `data` |
+    /// | --- | --- | --- |
+    /// | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it |
+    /// | `agent.updated` | an agent is replaced or patched | the agent after the change |
+    /// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
+    /// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
+    /// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+    /// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
+    /// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
+    /// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
+    #[oai(rename = "event")]
+    pub event: crate::models::EventType,
+    /// When it happened.
+    #[oai(rename = "timestamp")]
+    pub timestamp: String,
+    /// The id of the resource the event is about (`agent_…`, `sync_…`, `exec_…`).
+    #[oai(rename = "subject_id")]
+    pub subject_id: Option<String>,
+    /// The payload; its shape depends on `type` (see `EventType`).
+    #[oai(rename = "data")]
+    pub data: serde_json::Value,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EventList", deny_unknown_fields)]
+pub struct EventList {
+    /// The events on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Event>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// The `data` of `agent.deleted`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentDeletedEventData")]
+pub struct AgentDeletedEventData {
+    /// The deleted agent's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Its name.
+    #[oai(rename = "name")]
+    pub name: String,
+}
+/// How the sync ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "KnowledgeSyncEventDataStatus")]
+pub enum KnowledgeSyncEventDataStatus {
+    #[oai(rename = "succeeded")]
+    Succeeded,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl KnowledgeSyncEventDataStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [KnowledgeSyncEventDataStatus] = &[
+        KnowledgeSyncEventDataStatus::Succeeded,
+        KnowledgeSyncEventDataStatus::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KnowledgeSyncEventDataStatus::Succeeded => "succeeded",
+            KnowledgeSyncEventDataStatus::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "succeeded" => Some(KnowledgeSyncEventDataStatus::Succeeded),
+            "failed" => Some(KnowledgeSyncEventDataStatus::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for KnowledgeSyncEventDataStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The `data` of `knowledge.sync.completed`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeSyncEventData")]
+pub struct KnowledgeSyncEventData {
+    /// The sync.
+    #[oai(rename = "sync_id")]
+    pub sync_id: String,
+    /// Its knowledge base.
+    #[oai(rename = "knowledge_base_id")]
+    pub knowledge_base_id: String,
+    /// Its source.
+    #[oai(rename = "source_id")]
+    pub source_id: String,
+    /// How the sync ended.
+    #[oai(rename = "status")]
+    pub status: crate::models::KnowledgeSyncEventDataStatus,
+    /// Documents stored.
+    #[oai(rename = "documents")]
+    pub documents: i64,
+    /// Chunks stored.
+    #[oai(rename = "chunks")]
+    pub chunks: i64,
+    /// Why it failed.
+    #[oai(rename = "error")]
+    pub error: Option<String>,
+}
+/// The `data` of `execution.started`, `execution.completed` and `execution.failed`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionEventData")]
+pub struct ExecutionEventData {
+    /// The execution.
+    #[oai(rename = "execution_id")]
+    pub execution_id: String,
+    /// Its agent.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// Its status.
+    #[oai(rename = "status")]
+    pub status: String,
+    /// The result of a completed execution.
+    #[oai(rename = "result", skip_serializing_if_is_none)]
+    pub result: Option<serde_json::Value>,
+    /// Why it failed.
+    #[oai(rename = "error")]
+    pub error: poem_openapi::types::MaybeUndefined<String>,
+}
+/// The `data` of `simulation.completed`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SimulationEventData")]
+pub struct SimulationEventData {
+    /// The simulation.
+    #[oai(rename = "simulation_id")]
+    pub simulation_id: String,
+    /// Its twin.
+    #[oai(rename = "twin_id")]
+    pub twin_id: String,
+    /// How it ended.
+    #[oai(rename = "status")]
+    pub status: String,
+}
+/// The `data` of `evaluation.completed`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationEventData")]
+pub struct EvaluationEventData {
+    /// The evaluation.
+    #[oai(rename = "evaluation_id")]
+    pub evaluation_id: String,
+    /// The run.
+    #[oai(rename = "run_id")]
+    pub run_id: String,
+    /// How it ended.
+    #[oai(rename = "status")]
+    pub status: String,
+}
+/// The `data` of `webhook.ping`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookPingEventData")]
+pub struct WebhookPingEventData {
+    /// The webhook tested.
+    #[oai(rename = "webhook_id")]
+    pub webhook_id: String,
+    /// A greeting.
+    #[oai(rename = "message")]
+    pub message: String,
+}
+/// What the client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "StreamClientMessageType")]
+pub enum StreamClientMessageType {
+    #[oai(rename = "subscribe")]
+    Subscribe,
+    #[oai(rename = "unsubscribe")]
+    Unsubscribe,
+    #[oai(rename = "ping")]
+    Ping,
+}
+impl StreamClientMessageType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [StreamClientMessageType] = &[
+        StreamClientMessageType::Subscribe,
+        StreamClientMessageType::Unsubscribe,
+        StreamClientMessageType::Ping,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StreamClientMessageType::Subscribe => "subscribe",
+            StreamClientMessageType::Unsubscribe => "unsubscribe",
+            StreamClientMessageType::Ping => "ping",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "subscribe" => Some(StreamClientMessageType::Subscribe),
+            "unsubscribe" => Some(StreamClientMessageType::Unsubscribe),
+            "ping" => Some(StreamClientMessageType::Ping),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for StreamClientMessageType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "StreamClientMessageChannelsItem")]
+pub enum StreamClientMessageChannelsItem {
+    #[oai(rename = "agents")]
+    Agents,
+    #[oai(rename = "knowledge")]
+    Knowledge,
+    #[oai(rename = "executions")]
+    Executions,
+    #[oai(rename = "simulations")]
+    Simulations,
+    #[oai(rename = "evaluations")]
+    Evaluations,
+    #[oai(rename = "webhooks")]
+    Webhooks,
+}
+impl StreamClientMessageChannelsItem {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [StreamClientMessageChannelsItem] = &[
+        StreamClientMessageChannelsItem::Agents,
+        StreamClientMessageChannelsItem::Knowledge,
+        StreamClientMessageChannelsItem::Executions,
+        StreamClientMessageChannelsItem::Simulations,
+        StreamClientMessageChannelsItem::Evaluations,
+        StreamClientMessageChannelsItem::Webhooks,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StreamClientMessageChannelsItem::Agents => "agents",
+            StreamClientMessageChannelsItem::Knowledge => "knowledge",
+            StreamClientMessageChannelsItem::Executions => "executions",
+            StreamClientMessageChannelsItem::Simulations => "simulations",
+            StreamClientMessageChannelsItem::Evaluations => "evaluations",
+            StreamClientMessageChannelsItem::Webhooks => "webhooks",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "agents" => Some(StreamClientMessageChannelsItem::Agents),
+            "knowledge" => Some(StreamClientMessageChannelsItem::Knowledge),
+            "executions" => Some(StreamClientMessageChannelsItem::Executions),
+            "simulations" => Some(StreamClientMessageChannelsItem::Simulations),
+            "evaluations" => Some(StreamClientMessageChannelsItem::Evaluations),
+            "webhooks" => Some(StreamClientMessageChannelsItem::Webhooks),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for StreamClientMessageChannelsItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A message a `/v1/stream` client sends (text frame, JSON). `subscribe` sets the event
+/// types the connection receives (replacing the previous choice); `events` takes event
+/// patterns, `channels` (AIMatrix) takes resource names (`agents`, `knowledge`,
+/// `executions`, `simulations`, `evaluations`, `webhooks`), each meaning `<resource>.*`.
+/// `ping` is answered with `pong`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "StreamClientMessage")]
+pub struct StreamClientMessage {
+    /// What the client asks for.
+    #[oai(rename = "type")]
+    pub type_: crate::models::StreamClientMessageType,
+    /// Event patterns to receive.
+    #[oai(rename = "events", skip_serializing_if_is_none)]
+    pub events: Option<Vec<crate::models::EventPattern>>,
+    /// Resources to receive every event of.
+    #[oai(rename = "channels", skip_serializing_if_is_none)]
+    pub channels: Option<Vec<crate::models::StreamClientMessageChannelsItem>>,
+}
+/// What kind of control message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "StreamControlMessageType")]
+pub enum StreamControlMessageType {
+    #[oai(rename = "subscribed")]
+    Subscribed,
+    #[oai(rename = "pong")]
+    Pong,
+    #[oai(rename = "error")]
+    Error,
+}
+impl StreamControlMessageType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [StreamControlMessageType] = &[
+        StreamControlMessageType::Subscribed,
+        StreamControlMessageType::Pong,
+        StreamControlMessageType::Error,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StreamControlMessageType::Subscribed => "subscribed",
+            StreamControlMessageType::Pong => "pong",
+            StreamControlMessageType::Error => "error",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "subscribed" => Some(StreamControlMessageType::Subscribed),
+            "pong" => Some(StreamControlMessageType::Pong),
+            "error" => Some(StreamControlMessageType::Error),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for StreamControlMessageType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A message the server sends besides events: `subscribed` (the patterns now in force),
+/// `pong`, or `error` (a client message it could not read; the connection stays open).
+/// Events themselves are sent as `Event` objects.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "StreamControlMessage")]
+pub struct StreamControlMessage {
+    /// What kind of control message.
+    #[oai(rename = "type")]
+    pub type_: crate::models::StreamControlMessageType,
+    /// The patterns in force (`subscribed`).
+    #[oai(rename = "events", skip_serializing_if_is_none)]
+    pub events: Option<Vec<String>>,
+    /// What was wrong (`error`).
+    #[oai(rename = "message", skip_serializing_if_is_none)]
+    pub message: Option<String>,
+}
+/// Where deliveries are POSTed; `http` or `https`.
+pub type WebhookUrl = String;
+/// The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters.
+pub type WebhookSecret = String;
+/// The events to deliver (exact types, `<resource>.*` wildcards or `*`).
+pub type WebhookEvents = Vec<crate::models::EventPattern>;
+/// A webhook subscription as created. Without `secret` one is generated and returned once in the answer.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookInput", deny_unknown_fields)]
+pub struct WebhookInput {
+    /// Where deliveries are POSTed; `http` or `https`.
+    #[oai(rename = "url")]
+    pub url: crate::models::WebhookUrl,
+    /// The events to deliver (exact types, `<resource>.*` wildcards or `*`).
+    #[oai(rename = "events")]
+    pub events: crate::models::WebhookEvents,
+    /// The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters.
+    #[oai(rename = "secret", skip_serializing_if_is_none)]
+    pub secret: Option<crate::models::WebhookSecret>,
+    /// Whether events are delivered; an inactive webhook gets none.
+    #[oai(rename = "active", skip_serializing_if_is_none)]
+    pub active: Option<bool>,
+    /// What the webhook is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+}
+/// The fields to change; `description` `null` clears it. A new `secret` signs every delivery from then on.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "WebhookPatch", deny_unknown_fields)]
+pub struct WebhookPatch {
+    /// Where deliveries are POSTed; `http` or `https`.
+    #[oai(rename = "url", skip_serializing_if_is_none)]
+    pub url: Option<crate::models::WebhookUrl>,
+    /// The events to deliver (exact types, `<resource>.*` wildcards or `*`).
+    #[oai(rename = "events", skip_serializing_if_is_none)]
+    pub events: Option<crate::models::WebhookEvents>,
+    /// The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters.
+    #[oai(rename = "secret", skip_serializing_if_is_none)]
+    pub secret: Option<crate::models::WebhookSecret>,
+    /// Whether events are delivered.
+    #[oai(rename = "active", skip_serializing_if_is_none)]
+    pub active: Option<bool>,
+    /// What the webhook is for.
+    #[oai(rename = "description")]
+    pub description: poem_openapi::types::MaybeUndefined<String>,
+}
+/// A webhook subscription (CodexOS). Its secret is never returned after creation.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Webhook", deny_unknown_fields)]
+pub struct Webhook {
+    /// The webhook's id (`wh_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Where deliveries are POSTed.
+    #[oai(rename = "url")]
+    pub url: String,
+    /// The event patterns delivered.
+    #[oai(rename = "events")]
+    pub events: Vec<String>,
+    /// Whether events are delivered.
+    #[oai(rename = "active")]
+    pub active: bool,
+    /// What the webhook is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the webhook was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+/// A new webhook, with its signing secret. Shown once; store it now.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookCreated", deny_unknown_fields)]
+pub struct WebhookCreated {
+    /// The webhook's id (`wh_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Where deliveries are POSTed.
+    #[oai(rename = "url")]
+    pub url: String,
+    /// The event patterns delivered.
+    #[oai(rename = "events")]
+    pub events: Vec<String>,
+    /// Whether events are delivered.
+    #[oai(rename = "active")]
+    pub active: bool,
+    /// What the webhook is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the webhook was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+    /// The signing secret (the one sent, or a generated `whsec_…`).
+    #[oai(rename = "secret")]
+    pub secret: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookList", deny_unknown_fields)]
+pub struct WebhookList {
+    /// The webhooks on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Webhook>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// `pending` (waiting for its next attempt), `delivering` (an attempt is under way), `succeeded` (the receiver answered 2xx) or `failed` (every attempt failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "WebhookDeliveryStatus")]
+pub enum WebhookDeliveryStatus {
+    #[oai(rename = "pending")]
+    Pending,
+    #[oai(rename = "delivering")]
+    Delivering,
+    #[oai(rename = "succeeded")]
+    Succeeded,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl WebhookDeliveryStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [WebhookDeliveryStatus] = &[
+        WebhookDeliveryStatus::Pending,
+        WebhookDeliveryStatus::Delivering,
+        WebhookDeliveryStatus::Succeeded,
+        WebhookDeliveryStatus::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WebhookDeliveryStatus::Pending => "pending",
+            WebhookDeliveryStatus::Delivering => "delivering",
+            WebhookDeliveryStatus::Succeeded => "succeeded",
+            WebhookDeliveryStatus::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "pending" => Some(WebhookDeliveryStatus::Pending),
+            "delivering" => Some(WebhookDeliveryStatus::Delivering),
+            "succeeded" => Some(WebhookDeliveryStatus::Succeeded),
+            "failed" => Some(WebhookDeliveryStatus::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for WebhookDeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One event's delivery to one webhook, from the durable outbox.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookDelivery", deny_unknown_fields)]
+pub struct WebhookDelivery {
+    /// The delivery's id (`dlv_…`); sent as `X-Agentplane-Delivery`.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The webhook delivered to.
+    #[oai(rename = "webhook_id")]
+    pub webhook_id: Option<String>,
+    /// The event delivered.
+    #[oai(rename = "event_id")]
+    pub event_id: String,
+    /// The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each
+    /// carries:
+    ///
+    /// | type | emitted when | `data` |
+    /// | --- | --- | --- |
+    /// | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it |
+    /// | `agent.updated` | an agent is replaced or patched | the agent after the change |
+    /// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
+    /// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
+    /// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+    /// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
+    /// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
+    /// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
+    #[oai(rename = "event_type")]
+    pub event_type: crate::models::EventType,
+    /// `pending` (waiting for its next attempt), `delivering` (an attempt is under way), `succeeded` (the receiver answered 2xx) or `failed` (every attempt failed).
+    #[oai(rename = "status")]
+    pub status: crate::models::WebhookDeliveryStatus,
+    /// Attempts made so far.
+    #[oai(rename = "attempts")]
+    pub attempts: i64,
+    /// Attempts made at most before the delivery is `failed`.
+    #[oai(rename = "max_attempts")]
+    pub max_attempts: i64,
+    /// When the next attempt is due (`pending` deliveries).
+    #[oai(rename = "next_attempt_at")]
+    pub next_attempt_at: Option<String>,
+    /// When the last attempt started.
+    #[oai(rename = "last_attempt_at")]
+    pub last_attempt_at: Option<String>,
+    /// The HTTP status the receiver last answered.
+    #[oai(rename = "response_status")]
+    pub response_status: Option<i64>,
+    /// Why the last attempt failed (a non-2xx status, a timeout, a refused connection).
+    #[oai(rename = "error")]
+    pub error: Option<String>,
+    /// When the delivery was queued.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it succeeded or finally failed.
+    #[oai(rename = "completed_at")]
+    pub completed_at: Option<String>,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookDeliveryList", deny_unknown_fields)]
+pub struct WebhookDeliveryList {
+    /// The deliveries on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::WebhookDelivery>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// What kind of work a template's agent does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MarketplaceCategory")]
+pub enum MarketplaceCategory {
+    #[oai(rename = "customer-support")]
+    CustomerSupport,
+    #[oai(rename = "engineering")]
+    Engineering,
+    #[oai(rename = "data")]
+    Data,
+    #[oai(rename = "finance")]
+    Finance,
+    #[oai(rename = "productivity")]
+    Productivity,
+    #[oai(rename = "marketing")]
+    Marketing,
+    #[oai(rename = "sales")]
+    Sales,
+    #[oai(rename = "hr")]
+    Hr,
+    #[oai(rename = "legal")]
+    Legal,
+    #[oai(rename = "education")]
+    Education,
+    #[oai(rename = "operations")]
+    Operations,
+    #[oai(rename = "research")]
+    Research,
+}
+impl MarketplaceCategory {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MarketplaceCategory] = &[
+        MarketplaceCategory::CustomerSupport,
+        MarketplaceCategory::Engineering,
+        MarketplaceCategory::Data,
+        MarketplaceCategory::Finance,
+        MarketplaceCategory::Productivity,
+        MarketplaceCategory::Marketing,
+        MarketplaceCategory::Sales,
+        MarketplaceCategory::Hr,
+        MarketplaceCategory::Legal,
+        MarketplaceCategory::Education,
+        MarketplaceCategory::Operations,
+        MarketplaceCategory::Research,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MarketplaceCategory::CustomerSupport => "customer-support",
+            MarketplaceCategory::Engineering => "engineering",
+            MarketplaceCategory::Data => "data",
+            MarketplaceCategory::Finance => "finance",
+            MarketplaceCategory::Productivity => "productivity",
+            MarketplaceCategory::Marketing => "marketing",
+            MarketplaceCategory::Sales => "sales",
+            MarketplaceCategory::Hr => "hr",
+            MarketplaceCategory::Legal => "legal",
+            MarketplaceCategory::Education => "education",
+            MarketplaceCategory::Operations => "operations",
+            MarketplaceCategory::Research => "research",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "customer-support" => Some(MarketplaceCategory::CustomerSupport),
+            "engineering" => Some(MarketplaceCategory::Engineering),
+            "data" => Some(MarketplaceCategory::Data),
+            "finance" => Some(MarketplaceCategory::Finance),
+            "productivity" => Some(MarketplaceCategory::Productivity),
+            "marketing" => Some(MarketplaceCategory::Marketing),
+            "sales" => Some(MarketplaceCategory::Sales),
+            "hr" => Some(MarketplaceCategory::Hr),
+            "legal" => Some(MarketplaceCategory::Legal),
+            "education" => Some(MarketplaceCategory::Education),
+            "operations" => Some(MarketplaceCategory::Operations),
+            "research" => Some(MarketplaceCategory::Research),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MarketplaceCategory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A tag of the shipped catalog (every tag a template carries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MarketplaceTag")]
+pub enum MarketplaceTag {
+    #[oai(rename = "accounting")]
+    Accounting,
+    #[oai(rename = "action-items")]
+    ActionItems,
+    #[oai(rename = "analytics")]
+    Analytics,
+    #[oai(rename = "api")]
+    Api,
+    #[oai(rename = "blog")]
+    Blog,
+    #[oai(rename = "changelog")]
+    Changelog,
+    #[oai(rename = "checklist")]
+    Checklist,
+    #[oai(rename = "classification")]
+    Classification,
+    #[oai(rename = "code-review")]
+    CodeReview,
+    #[oai(rename = "comparison")]
+    Comparison,
+    #[oai(rename = "content")]
+    Content,
+    #[oai(rename = "contracts")]
+    Contracts,
+    #[oai(rename = "csv")]
+    Csv,
+    #[oai(rename = "databases")]
+    Databases,
+    #[oai(rename = "documentation")]
+    Documentation,
+    #[oai(rename = "education")]
+    Education,
+    #[oai(rename = "email")]
+    Email,
+    #[oai(rename = "extraction")]
+    Extraction,
+    #[oai(rename = "flow")]
+    Flow,
+    #[oai(rename = "handbook")]
+    Handbook,
+    #[oai(rename = "helpdesk")]
+    Helpdesk,
+    #[oai(rename = "hr")]
+    Hr,
+    #[oai(rename = "i18n")]
+    I18n,
+    #[oai(rename = "incident")]
+    Incident,
+    #[oai(rename = "invoices")]
+    Invoices,
+    #[oai(rename = "json")]
+    Json,
+    #[oai(rename = "knowledge-base")]
+    KnowledgeBase,
+    #[oai(rename = "learning")]
+    Learning,
+    #[oai(rename = "legal")]
+    Legal,
+    #[oai(rename = "localization")]
+    Localization,
+    #[oai(rename = "marketing")]
+    Marketing,
+    #[oai(rename = "markets")]
+    Markets,
+    #[oai(rename = "meetings")]
+    Meetings,
+    #[oai(rename = "on-call")]
+    OnCall,
+    #[oai(rename = "onboarding")]
+    Onboarding,
+    #[oai(rename = "openapi")]
+    Openapi,
+    #[oai(rename = "outreach")]
+    Outreach,
+    #[oai(rename = "papers")]
+    Papers,
+    #[oai(rename = "persona")]
+    Persona,
+    #[oai(rename = "policies")]
+    Policies,
+    #[oai(rename = "postmortem")]
+    Postmortem,
+    #[oai(rename = "procurement")]
+    Procurement,
+    #[oai(rename = "pull-requests")]
+    PullRequests,
+    #[oai(rename = "rag")]
+    Rag,
+    #[oai(rename = "release-notes")]
+    ReleaseNotes,
+    #[oai(rename = "research")]
+    Research,
+    #[oai(rename = "risk")]
+    Risk,
+    #[oai(rename = "routing")]
+    Routing,
+    #[oai(rename = "sales")]
+    Sales,
+    #[oai(rename = "security")]
+    Security,
+    #[oai(rename = "seo")]
+    Seo,
+    #[oai(rename = "social-media")]
+    SocialMedia,
+    #[oai(rename = "sql")]
+    Sql,
+    #[oai(rename = "sre")]
+    Sre,
+    #[oai(rename = "statistics")]
+    Statistics,
+    #[oai(rename = "summaries")]
+    Summaries,
+    #[oai(rename = "support")]
+    Support,
+    #[oai(rename = "trading")]
+    Trading,
+    #[oai(rename = "translation")]
+    Translation,
+    #[oai(rename = "triage")]
+    Triage,
+    #[oai(rename = "tutoring")]
+    Tutoring,
+    #[oai(rename = "vendors")]
+    Vendors,
+    #[oai(rename = "writing")]
+    Writing,
+}
+impl MarketplaceTag {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MarketplaceTag] = &[
+        MarketplaceTag::Accounting,
+        MarketplaceTag::ActionItems,
+        MarketplaceTag::Analytics,
+        MarketplaceTag::Api,
+        MarketplaceTag::Blog,
+        MarketplaceTag::Changelog,
+        MarketplaceTag::Checklist,
+        MarketplaceTag::Classification,
+        MarketplaceTag::CodeReview,
+        MarketplaceTag::Comparison,
+        MarketplaceTag::Content,
+        MarketplaceTag::Contracts,
+        MarketplaceTag::Csv,
+        MarketplaceTag::Databases,
+        MarketplaceTag::Documentation,
+        MarketplaceTag::Education,
+        MarketplaceTag::Email,
+        MarketplaceTag::Extraction,
+        MarketplaceTag::Flow,
+        MarketplaceTag::Handbook,
+        MarketplaceTag::Helpdesk,
+        MarketplaceTag::Hr,
+        MarketplaceTag::I18n,
+        MarketplaceTag::Incident,
+        MarketplaceTag::Invoices,
+        MarketplaceTag::Json,
+        MarketplaceTag::KnowledgeBase,
+        MarketplaceTag::Learning,
+        MarketplaceTag::Legal,
+        MarketplaceTag::Localization,
+        MarketplaceTag::Marketing,
+        MarketplaceTag::Markets,
+        MarketplaceTag::Meetings,
+        MarketplaceTag::OnCall,
+        MarketplaceTag::Onboarding,
+        MarketplaceTag::Openapi,
+        MarketplaceTag::Outreach,
+        MarketplaceTag::Papers,
+        MarketplaceTag::Persona,
+        MarketplaceTag::Policies,
+        MarketplaceTag::Postmortem,
+        MarketplaceTag::Procurement,
+        MarketplaceTag::PullRequests,
+        MarketplaceTag::Rag,
+        MarketplaceTag::ReleaseNotes,
+        MarketplaceTag::Research,
+        MarketplaceTag::Risk,
+        MarketplaceTag::Routing,
+        MarketplaceTag::Sales,
+        MarketplaceTag::Security,
+        MarketplaceTag::Seo,
+        MarketplaceTag::SocialMedia,
+        MarketplaceTag::Sql,
+        MarketplaceTag::Sre,
+        MarketplaceTag::Statistics,
+        MarketplaceTag::Summaries,
+        MarketplaceTag::Support,
+        MarketplaceTag::Trading,
+        MarketplaceTag::Translation,
+        MarketplaceTag::Triage,
+        MarketplaceTag::Tutoring,
+        MarketplaceTag::Vendors,
+        MarketplaceTag::Writing,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MarketplaceTag::Accounting => "accounting",
+            MarketplaceTag::ActionItems => "action-items",
+            MarketplaceTag::Analytics => "analytics",
+            MarketplaceTag::Api => "api",
+            MarketplaceTag::Blog => "blog",
+            MarketplaceTag::Changelog => "changelog",
+            MarketplaceTag::Checklist => "checklist",
+            MarketplaceTag::Classification => "classification",
+            MarketplaceTag::CodeReview => "code-review",
+            MarketplaceTag::Comparison => "comparison",
+            MarketplaceTag::Content => "content",
+            MarketplaceTag::Contracts => "contracts",
+            MarketplaceTag::Csv => "csv",
+            MarketplaceTag::Databases => "databases",
+            MarketplaceTag::Documentation => "documentation",
+            MarketplaceTag::Education => "education",
+            MarketplaceTag::Email => "email",
+            MarketplaceTag::Extraction => "extraction",
+            MarketplaceTag::Flow => "flow",
+            MarketplaceTag::Handbook => "handbook",
+            MarketplaceTag::Helpdesk => "helpdesk",
+            MarketplaceTag::Hr => "hr",
+            MarketplaceTag::I18n => "i18n",
+            MarketplaceTag::Incident => "incident",
+            MarketplaceTag::Invoices => "invoices",
+            MarketplaceTag::Json => "json",
+            MarketplaceTag::KnowledgeBase => "knowledge-base",
+            MarketplaceTag::Learning => "learning",
+            MarketplaceTag::Legal => "legal",
+            MarketplaceTag::Localization => "localization",
+            MarketplaceTag::Marketing => "marketing",
+            MarketplaceTag::Markets => "markets",
+            MarketplaceTag::Meetings => "meetings",
+            MarketplaceTag::OnCall => "on-call",
+            MarketplaceTag::Onboarding => "onboarding",
+            MarketplaceTag::Openapi => "openapi",
+            MarketplaceTag::Outreach => "outreach",
+            MarketplaceTag::Papers => "papers",
+            MarketplaceTag::Persona => "persona",
+            MarketplaceTag::Policies => "policies",
+            MarketplaceTag::Postmortem => "postmortem",
+            MarketplaceTag::Procurement => "procurement",
+            MarketplaceTag::PullRequests => "pull-requests",
+            MarketplaceTag::Rag => "rag",
+            MarketplaceTag::ReleaseNotes => "release-notes",
+            MarketplaceTag::Research => "research",
+            MarketplaceTag::Risk => "risk",
+            MarketplaceTag::Routing => "routing",
+            MarketplaceTag::Sales => "sales",
+            MarketplaceTag::Security => "security",
+            MarketplaceTag::Seo => "seo",
+            MarketplaceTag::SocialMedia => "social-media",
+            MarketplaceTag::Sql => "sql",
+            MarketplaceTag::Sre => "sre",
+            MarketplaceTag::Statistics => "statistics",
+            MarketplaceTag::Summaries => "summaries",
+            MarketplaceTag::Support => "support",
+            MarketplaceTag::Trading => "trading",
+            MarketplaceTag::Translation => "translation",
+            MarketplaceTag::Triage => "triage",
+            MarketplaceTag::Tutoring => "tutoring",
+            MarketplaceTag::Vendors => "vendors",
+            MarketplaceTag::Writing => "writing",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "accounting" => Some(MarketplaceTag::Accounting),
+            "action-items" => Some(MarketplaceTag::ActionItems),
+            "analytics" => Some(MarketplaceTag::Analytics),
+            "api" => Some(MarketplaceTag::Api),
+            "blog" => Some(MarketplaceTag::Blog),
+            "changelog" => Some(MarketplaceTag::Changelog),
+            "checklist" => Some(MarketplaceTag::Checklist),
+            "classification" => Some(MarketplaceTag::Classification),
+            "code-review" => Some(MarketplaceTag::CodeReview),
+            "comparison" => Some(MarketplaceTag::Comparison),
+            "content" => Some(MarketplaceTag::Content),
+            "contracts" => Some(MarketplaceTag::Contracts),
+            "csv" => Some(MarketplaceTag::Csv),
+            "databases" => Some(MarketplaceTag::Databases),
+            "documentation" => Some(MarketplaceTag::Documentation),
+            "education" => Some(MarketplaceTag::Education),
+            "email" => Some(MarketplaceTag::Email),
+            "extraction" => Some(MarketplaceTag::Extraction),
+            "flow" => Some(MarketplaceTag::Flow),
+            "handbook" => Some(MarketplaceTag::Handbook),
+            "helpdesk" => Some(MarketplaceTag::Helpdesk),
+            "hr" => Some(MarketplaceTag::Hr),
+            "i18n" => Some(MarketplaceTag::I18n),
+            "incident" => Some(MarketplaceTag::Incident),
+            "invoices" => Some(MarketplaceTag::Invoices),
+            "json" => Some(MarketplaceTag::Json),
+            "knowledge-base" => Some(MarketplaceTag::KnowledgeBase),
+            "learning" => Some(MarketplaceTag::Learning),
+            "legal" => Some(MarketplaceTag::Legal),
+            "localization" => Some(MarketplaceTag::Localization),
+            "marketing" => Some(MarketplaceTag::Marketing),
+            "markets" => Some(MarketplaceTag::Markets),
+            "meetings" => Some(MarketplaceTag::Meetings),
+            "on-call" => Some(MarketplaceTag::OnCall),
+            "onboarding" => Some(MarketplaceTag::Onboarding),
+            "openapi" => Some(MarketplaceTag::Openapi),
+            "outreach" => Some(MarketplaceTag::Outreach),
+            "papers" => Some(MarketplaceTag::Papers),
+            "persona" => Some(MarketplaceTag::Persona),
+            "policies" => Some(MarketplaceTag::Policies),
+            "postmortem" => Some(MarketplaceTag::Postmortem),
+            "procurement" => Some(MarketplaceTag::Procurement),
+            "pull-requests" => Some(MarketplaceTag::PullRequests),
+            "rag" => Some(MarketplaceTag::Rag),
+            "release-notes" => Some(MarketplaceTag::ReleaseNotes),
+            "research" => Some(MarketplaceTag::Research),
+            "risk" => Some(MarketplaceTag::Risk),
+            "routing" => Some(MarketplaceTag::Routing),
+            "sales" => Some(MarketplaceTag::Sales),
+            "security" => Some(MarketplaceTag::Security),
+            "seo" => Some(MarketplaceTag::Seo),
+            "social-media" => Some(MarketplaceTag::SocialMedia),
+            "sql" => Some(MarketplaceTag::Sql),
+            "sre" => Some(MarketplaceTag::Sre),
+            "statistics" => Some(MarketplaceTag::Statistics),
+            "summaries" => Some(MarketplaceTag::Summaries),
+            "support" => Some(MarketplaceTag::Support),
+            "trading" => Some(MarketplaceTag::Trading),
+            "translation" => Some(MarketplaceTag::Translation),
+            "triage" => Some(MarketplaceTag::Triage),
+            "tutoring" => Some(MarketplaceTag::Tutoring),
+            "vendors" => Some(MarketplaceTag::Vendors),
+            "writing" => Some(MarketplaceTag::Writing),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MarketplaceTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// `popular` (most installs first), `rating` (best rated first), `recent` (newest version first) or `name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MarketplaceSort")]
+pub enum MarketplaceSort {
+    #[oai(rename = "popular")]
+    Popular,
+    #[oai(rename = "rating")]
+    Rating,
+    #[oai(rename = "recent")]
+    Recent,
+    #[oai(rename = "name")]
+    Name,
+}
+impl MarketplaceSort {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MarketplaceSort] = &[
+        MarketplaceSort::Popular,
+        MarketplaceSort::Rating,
+        MarketplaceSort::Recent,
+        MarketplaceSort::Name,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MarketplaceSort::Popular => "popular",
+            MarketplaceSort::Rating => "rating",
+            MarketplaceSort::Recent => "recent",
+            MarketplaceSort::Name => "name",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "popular" => Some(MarketplaceSort::Popular),
+            "rating" => Some(MarketplaceSort::Rating),
+            "recent" => Some(MarketplaceSort::Recent),
+            "name" => Some(MarketplaceSort::Name),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MarketplaceSort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// `free` or `paid`; every template shipped with the server is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MarketplacePrice")]
+pub enum MarketplacePrice {
+    #[oai(rename = "free")]
+    Free,
+    #[oai(rename = "paid")]
+    Paid,
+}
+impl MarketplacePrice {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MarketplacePrice] = &[MarketplacePrice::Free, MarketplacePrice::Paid];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MarketplacePrice::Free => "free",
+            MarketplacePrice::Paid => "paid",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "free" => Some(MarketplacePrice::Free),
+            "paid" => Some(MarketplacePrice::Paid),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MarketplacePrice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The prompt template an install creates; its `{{variables}}` are filled in by each execution's `variables`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MarketplacePrompt", deny_unknown_fields)]
+pub struct MarketplacePrompt {
+    /// The name the created prompt template gets.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the prompt is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// The text, with `{{variable}}` placeholders.
+    #[oai(rename = "template")]
+    pub template: String,
+    /// The variables the text uses.
+    #[oai(rename = "variables")]
+    pub variables: Vec<String>,
+    /// The role the rendered text plays: `system` (the system prompt), `user` (the user turn) or `assistant`.
+    #[oai(rename = "type")]
+    pub type_: crate::models::PromptTemplateType,
+}
+/// An agent template from the marketplace catalog (CodexOS), shipped with the server.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MarketplaceTemplate", deny_unknown_fields)]
+pub struct MarketplaceTemplate {
+    /// The template's id, stable across releases (`support-kb-assistant`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The template's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the agent does.
+    #[oai(rename = "description")]
+    pub description: String,
+    /// What kind of work a template's agent does.
+    #[oai(rename = "category")]
+    pub category: crate::models::MarketplaceCategory,
+    /// Free labels to search by.
+    #[oai(rename = "tags")]
+    pub tags: Vec<String>,
+    /// Who maintains the template.
+    #[oai(rename = "author")]
+    pub author: String,
+    /// The template's version (semantic versioning).
+    #[oai(rename = "version")]
+    pub version: String,
+    /// Average rating, 0 to 5.
+    #[oai(rename = "rating")]
+    pub rating: f64,
+    /// How often it was installed across the marketplace.
+    #[oai(rename = "installs")]
+    pub installs: i64,
+    /// `free` or `paid`; every template shipped with the server is free.
+    #[oai(rename = "price")]
+    pub price: crate::models::MarketplacePrice,
+    /// The agent an install creates (its `prompt_template_id` is set to the created prompt template).
+    #[oai(rename = "agent")]
+    pub agent: serde_json::Value,
+    /// The prompt template an install creates; its `{{variables}}` are filled in by each execution's `variables`.
+    #[oai(rename = "prompt")]
+    pub prompt: crate::models::MarketplacePrompt,
+    /// When this version was published.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MarketplaceTemplateList", deny_unknown_fields)]
+pub struct MarketplaceTemplateList {
+    /// The templates on this page.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::MarketplaceTemplate>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// How to install a template (CodexOS). Every field is optional; send `{}` for the defaults.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "MarketplaceInstallRequest", deny_unknown_fields)]
+pub struct MarketplaceInstallRequest {
+    /// The created agent's name; the template's name by default.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// A workspace label kept in the agent's `metadata.workspace_id` (CodexOS).
+    #[oai(rename = "workspace_id", skip_serializing_if_is_none)]
+    pub workspace_id: Option<String>,
+    /// Knowledge bases of the organization the agent retrieves from (a support agent's documentation, say).
+    #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
+    pub knowledge_bases: Option<Vec<String>>,
 }
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]

@@ -314,18 +314,16 @@ impl Handlers {
             .await
             .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
         let (store, runner, run_id) = (self.store.clone(), self.cases.clone(), run.id.clone());
+        let events = self.events.clone();
         tokio::spawn(async move {
             let failed_store = store.clone();
-            let result = eval::run(
-                store,
-                runner,
-                evaluation.org_id,
-                evaluation.target_id,
-                run_id.clone(),
-                s.cases,
-                s.criteria,
-            )
-            .await;
+            let target = eval::RunTarget {
+                org_id: evaluation.org_id,
+                agent_id: evaluation.target_id,
+                evaluation_id: evaluation.id,
+                run_id: run_id.clone(),
+            };
+            let result = eval::run(store, runner, events, target, s.cases, s.criteria).await;
             if let Err(e) = result {
                 tracing::warn!(run = %run_id, error = %e, "evaluation run failed");
                 let message = format!("the run could not be recorded: {e}");

@@ -3,14 +3,17 @@
 mod agents;
 mod deployments;
 mod evaluations;
+mod events;
 mod idem;
 mod identity;
 mod knowledge;
+mod marketplace;
 mod models;
 mod paging;
 mod system;
 mod templates;
 mod tools;
+mod webhooks;
 
 use std::time::Instant;
 
@@ -43,6 +46,8 @@ pub struct Handlers {
     pub runtime: std::sync::Arc<dyn crate::runtime::Runtime>,
     /// Runs evaluation cases through an agent.
     pub cases: std::sync::Arc<dyn crate::evaluation::CaseRunner>,
+    /// Wakes the event log's in-process consumers after a commit that published events.
+    pub events: crate::events::EventBus,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
@@ -55,20 +60,33 @@ impl Handlers {
 
     /// Handlers whose GitHub source syncs call the GitHub REST API at `github_api`.
     pub fn with_github_api(store: Store, crypto: crate::crypto::Crypto, github_api: &str) -> Self {
+        let events = crate::events::EventBus::new();
         Self {
             crypto,
-            syncs: crate::knowledge::sync::SyncRunner::new(store.clone(), github_api),
             runtime: std::sync::Arc::new(crate::runtime::embedded::EmbeddedRuntime::new(
                 store.clone(),
             )),
             cases: std::sync::Arc::new(crate::evaluation::EngineRunner {
                 store: store.clone(),
             }),
+            syncs: crate::knowledge::sync::SyncRunner::new(
+                store.clone(),
+                github_api,
+                events.clone(),
+            ),
+            events,
             store,
             started: Instant::now(),
             started_at: crate::ids::now(),
             keys: std::sync::Arc::new(KeyCache::new(KEY_CACHE_TTL, 100_000)),
         }
+    }
+
+    /// These handlers with `events` as their event bus (shared with the delivery worker).
+    pub fn with_events(mut self, events: crate::events::EventBus) -> Self {
+        self.syncs.set_events(events.clone());
+        self.events = events;
+        self
     }
 
     /// The key with this hash: from the cache, else from the database (recording its use).
@@ -129,6 +147,32 @@ fn credential(req: &poem::Request) -> Option<String> {
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .or_else(|| stream_credential(req))
+}
+
+/// Browsers cannot set headers on a WebSocket handshake, so the streams (`GET …/stream`)
+/// also take the key as the `access_token` query parameter or as a `bearer.<key>`
+/// subprotocol (beside `agentplane.v1`, which the server selects).
+fn stream_credential(req: &poem::Request) -> Option<String> {
+    if req.method() != poem::http::Method::GET || !req.uri().path().ends_with("/stream") {
+        return None;
+    }
+    let from_query = req.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.into_owned())
+    });
+    from_query
+        .or_else(|| {
+            req.headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.split(',')
+                        .find_map(|p| p.trim().strip_prefix("bearer.").map(str::to_string))
+                })
+        })
         .filter(|v| !v.is_empty())
 }
 

@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod deployments;
 pub mod evaluations;
+pub mod events;
 pub mod idempotency;
 pub mod identity;
 pub mod knowledge;
@@ -15,6 +16,7 @@ pub mod schema;
 pub mod sql;
 pub mod templates;
 pub mod tools;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -264,6 +264,53 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    events (id) {
+        id -> Text,
+        org_id -> Text,
+        event_type -> Text,
+        subject_id -> Nullable<Text>,
+        data -> Text,
+        created_at -> Text,
+    }
+}
+
+diesel::table! {
+    webhooks (id) {
+        id -> Text,
+        org_id -> Text,
+        url -> Text,
+        events -> Text,
+        secret_encrypted -> Text,
+        active -> BigInt,
+        description -> Nullable<Text>,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Text,
+        org_id -> Text,
+        webhook_id -> Nullable<Text>,
+        target -> Nullable<Text>,
+        event_id -> Text,
+        event_type -> Text,
+        status -> Text,
+        attempts -> BigInt,
+        next_attempt_at -> Nullable<Text>,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Text>,
+        last_attempt_at -> Nullable<Text>,
+        response_status -> Nullable<BigInt>,
+        error -> Nullable<Text>,
+        created_at -> Text,
+        completed_at -> Nullable<Text>,
+    }
+}
+
 // deployments
 
 diesel::table! {

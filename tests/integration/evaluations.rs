@@ -137,6 +137,13 @@ backend_test!(
             .sum();
         assert_eq!(summary["tokens"]["input"], total_input);
 
+        let (_, events) = json(app.get("/v1/events?type=evaluation.completed").await).await;
+        assert_eq!(
+            events["data"][0]["data"],
+            json!({"evaluation_id": id, "run_id": run["id"], "status": "completed"}),
+            "{events}"
+        );
+
         // Results are the latest run; a second run is kept beside the first.
         let (_, latest) = json(app.get(&format!("/v1/evaluations/{id}/results")).await).await;
         assert_eq!(latest["id"], run["id"]);

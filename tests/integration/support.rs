@@ -131,6 +131,52 @@ impl TestApp {
         })
     }
 
+    /// A second server on this app's database (a restart, or another replica), with
+    /// `configure` applied; it shares the admin key.
+    pub async fn reopen_with(&self, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            database_url: self.database_url.clone(),
+            pool_size: 4,
+            master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            ..Config::default()
+        };
+        configure(&mut config);
+        let (bound, _) = server::bind(&config).await.expect("server binds");
+        let base = format!("http://{}", bound.addr);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(bound.serve(async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            base,
+            admin_key: self.admin_key.clone(),
+            client: reqwest::Client::new(),
+            store: self.store.clone(),
+            database_url: self.database_url.clone(),
+            shutdown: Some(tx),
+        }
+    }
+
+    /// Stops this server (gracefully) and waits until it no longer answers.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for _ in 0..100 {
+            if self
+                .client
+                .get(self.url("/v1/health"))
+                .send()
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The typed client generated from the spec (`clients/rust`), authenticated with the
     /// admin key. Tests use it wherever they do not deliberately send malformed requests.
     pub fn api(&self) -> agentplane_client::Client {

@@ -774,6 +774,300 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List events
+         * @description Lists the organization's events, newest first (the event log behind webhooks and `/v1/stream`). Filter with `type` and `subject_id`; page with `page`/`per_page` or `cursor`/`limit`.
+         */
+        get: operations["listEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/events/{event_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The event's id (`evt_…`). */
+                event_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an event
+         * @description Returns one event of the organization, as webhooks and the stream deliver it.
+         */
+        get: operations["getEvent"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stream events over a WebSocket
+         * @description Opens a WebSocket (AIMatrix `wss://…/v1/stream`) that carries the organization's events
+         *     as they happen, each as a text frame holding an `Event` (the same JSON a webhook
+         *     delivery carries). Send `{"type": "subscribe", "events": ["agent.*", "knowledge.sync.completed"]}`
+         *     (or AIMatrix's `{"type": "subscribe", "channels": ["agents", "knowledge"]}`) to choose
+         *     the types; until then, and when `events` is given in the query, those apply (default:
+         *     none). The server answers `{"type": "subscribed", "events": [...]}`; see
+         *     `StreamClientMessage` and `StreamControlMessage`.
+         *
+         *     Authenticate as everywhere (`Authorization` or `X-API-Key`); browsers, which cannot set
+         *     headers on a WebSocket, pass the key as the `access_token` query parameter or as a
+         *     subprotocol: `new WebSocket(url, ["agentplane.v1", "bearer." + key])` (the server
+         *     selects `agentplane.v1`). A plain HTTP request without a WebSocket upgrade answers 426.
+         */
+        get: operations["streamEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List webhooks
+         * @description Lists the organization's webhook subscriptions, newest first. Secrets are never returned.
+         */
+        get: operations["listWebhooks"];
+        put?: never;
+        /**
+         * Create a webhook
+         * @description Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then
+         *     POSTed to it from a durable outbox, signed and retried (see `docs/webhooks.md`):
+         *     `X-Agentplane-Signature: v1=<hex HMAC-SHA256(secret, "<X-Agentplane-Timestamp>.<body>")>`.
+         *     Without `secret` one is generated; the answer is the only place the secret is shown.
+         */
+        post: operations["createWebhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{webhook_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a webhook
+         * @description Returns the webhook (never its secret) with its `ETag`; with a matching `If-None-Match` answers 304.
+         */
+        get: operations["getWebhook"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a webhook
+         * @description Deletes the subscription and its queued deliveries; later reads answer 404.
+         */
+        delete: operations["deleteWebhook"];
+        options?: never;
+        head?: never;
+        /**
+         * Update a webhook
+         * @description Changes the fields sent. With `If-Match`, answers 412 when the webhook changed since that `ETag`. Deliveries already queued keep going; a new `secret` signs every attempt from now on.
+         */
+        patch: operations["updateWebhook"];
+        trace?: never;
+    };
+    "/v1/webhooks/{webhook_id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * List a webhook's deliveries
+         * @description Lists the deliveries of this webhook from the outbox, newest first, with status and attempts. Filter with `status`.
+         */
+        get: operations["listWebhookDeliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a delivery
+         * @description Returns one delivery of this webhook with its status and attempts.
+         */
+        get: operations["getWebhookDelivery"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Redeliver an event
+         * @description Queues the delivery's event again for this webhook, as a new delivery with fresh attempts (the old one is kept), and answers 202 with it.
+         */
+        post: operations["redeliverWebhookDelivery"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{webhook_id}/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a test event
+         * @description Queues a `webhook.ping` event for this webhook alone (whatever its `events` and `active`) and answers 202 with the delivery to poll.
+         */
+        post: operations["testWebhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/marketplace/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Search the marketplace
+         * @description Searches the catalog of agent templates shipped with the server (CodexOS `GET /marketplace/search`). `q` matches name, description and tags (every word must match); `category`, `tags` (every tag given) and `price` filter; `sort` orders (`popular` by default).
+         */
+        get: operations["searchMarketplace"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/marketplace/templates/{template_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The marketplace template's id (`support-kb-assistant`). */
+                template_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a marketplace template
+         * @description Returns one template of the catalog, with its agent configuration and prompt.
+         */
+        get: operations["getMarketplaceTemplate"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/marketplace/install/{template_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The marketplace template's id (`support-kb-assistant`). */
+                template_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Install a marketplace template
+         * @description Creates, in one transaction, the template's prompt template and an agent linked to it (`prompt_template_id`) in the caller's organization (CodexOS `POST /marketplace/install/{template_id}`), and answers 201 with the agent. An `agent.created` event follows. Needs `write:agents` and `write:templates`.
+         */
+        post: operations["installMarketplaceTemplate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1135,7 +1429,7 @@ export interface components {
          * @description A permission an API key carries.
          * @enum {string}
          */
-        Scope: "read:agents" | "write:agents" | "read:keys" | "write:keys" | "read:knowledge" | "write:knowledge" | "read:tools" | "write:tools" | "read:templates" | "write:templates" | "read:models" | "write:models" | "execute:agents" | "read:executions" | "read:conversations" | "write:conversations";
+        Scope: "read:agents" | "write:agents" | "read:keys" | "write:keys" | "read:knowledge" | "write:knowledge" | "read:tools" | "write:tools" | "read:templates" | "write:templates" | "read:models" | "write:models" | "execute:agents" | "read:executions" | "read:conversations" | "write:conversations" | "read:events" | "read:webhooks" | "write:webhooks" | "read:marketplace";
         /**
          * @description A user's role: `admin` (everything, every key of the organization), `member` (read and write, own keys), `viewer` (read only).
          * @enum {string}
@@ -2008,6 +2302,394 @@ export interface components {
             /** @description The models on this page, newest first; the built-in `model_local` comes last. */
             data: components["schemas"]["Model"][];
             pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each
+         *     carries:
+         *
+         *     | type | emitted when | `data` |
+         *     | --- | --- | --- |
+         *     | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it |
+         *     | `agent.updated` | an agent is replaced or patched | the agent after the change |
+         *     | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
+         *     | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
+         *     | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+         *     | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
+         *     | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
+         *     | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
+         * @enum {string}
+         */
+        EventType: "agent.created" | "agent.updated" | "agent.deleted" | "knowledge.sync.completed" | "execution.started" | "execution.completed" | "execution.failed" | "simulation.completed" | "evaluation.completed" | "webhook.ping";
+        /**
+         * @description An event type, a `<resource>.*` wildcard (every type that starts with `<resource>.`), or `*` (every type).
+         * @enum {string}
+         */
+        EventPattern: "*" | "agent.*" | "agent.created" | "agent.updated" | "agent.deleted" | "knowledge.*" | "knowledge.sync.completed" | "execution.*" | "execution.started" | "execution.completed" | "execution.failed" | "simulation.*" | "simulation.completed" | "evaluation.*" | "evaluation.completed" | "webhook.*" | "webhook.ping";
+        /**
+         * @description Something that happened in the organization. The same JSON is the body of a webhook
+         *     delivery, a message of the `/v1/stream` WebSocket and an item of `GET /v1/events`.
+         */
+        Event: {
+            /** @description The event's id (`evt_…`); ids sort by creation time. */
+            id: string;
+            type: components["schemas"]["EventType"];
+            event: components["schemas"]["EventType"];
+            /**
+             * Format: date-time
+             * @description When it happened.
+             */
+            timestamp: string;
+            /** @description The id of the resource the event is about (`agent_…`, `sync_…`, `exec_…`). */
+            subject_id: string | null;
+            /** @description The payload; its shape depends on `type` (see `EventType`). */
+            data: {
+                [key: string]: unknown;
+            };
+        };
+        EventList: {
+            /** @description The events on this page, newest first. */
+            data: components["schemas"]["Event"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description The `data` of `agent.deleted`. */
+        AgentDeletedEventData: {
+            /** @description The deleted agent's id. */
+            id: string;
+            /** @description Its name. */
+            name: string;
+        };
+        /** @description The `data` of `knowledge.sync.completed`. */
+        KnowledgeSyncEventData: {
+            /** @description The sync. */
+            sync_id: string;
+            /** @description Its knowledge base. */
+            knowledge_base_id: string;
+            /** @description Its source. */
+            source_id: string;
+            /**
+             * @description How the sync ended.
+             * @enum {string}
+             */
+            status: "succeeded" | "failed";
+            /**
+             * Format: int64
+             * @description Documents stored.
+             */
+            documents: number;
+            /**
+             * Format: int64
+             * @description Chunks stored.
+             */
+            chunks: number;
+            /** @description Why it failed. */
+            error: string | null;
+        };
+        /** @description The `data` of `execution.started`, `execution.completed` and `execution.failed`. */
+        ExecutionEventData: {
+            /** @description The execution. */
+            execution_id: string;
+            /** @description Its agent. */
+            agent_id: string;
+            /** @description Its status. */
+            status: string;
+            /** @description The result of a completed execution. */
+            result?: {
+                [key: string]: unknown;
+            };
+            /** @description Why it failed. */
+            error?: string | null;
+        };
+        /** @description The `data` of `simulation.completed`. */
+        SimulationEventData: {
+            /** @description The simulation. */
+            simulation_id: string;
+            /** @description Its twin. */
+            twin_id: string;
+            /** @description How it ended. */
+            status: string;
+        };
+        /** @description The `data` of `evaluation.completed`. */
+        EvaluationEventData: {
+            /** @description The evaluation. */
+            evaluation_id: string;
+            /** @description The run. */
+            run_id: string;
+            /** @description How it ended. */
+            status: string;
+        };
+        /** @description The `data` of `webhook.ping`. */
+        WebhookPingEventData: {
+            /** @description The webhook tested. */
+            webhook_id: string;
+            /** @description A greeting. */
+            message: string;
+        };
+        /**
+         * @description A message a `/v1/stream` client sends (text frame, JSON). `subscribe` sets the event
+         *     types the connection receives (replacing the previous choice); `events` takes event
+         *     patterns, `channels` (AIMatrix) takes resource names (`agents`, `knowledge`,
+         *     `executions`, `simulations`, `evaluations`, `webhooks`), each meaning `<resource>.*`.
+         *     `ping` is answered with `pong`.
+         */
+        StreamClientMessage: {
+            /**
+             * @description What the client asks for.
+             * @enum {string}
+             */
+            type: "subscribe" | "unsubscribe" | "ping";
+            /** @description Event patterns to receive. */
+            events?: components["schemas"]["EventPattern"][];
+            /** @description Resources to receive every event of. */
+            channels?: ("agents" | "knowledge" | "executions" | "simulations" | "evaluations" | "webhooks")[];
+        };
+        /**
+         * @description A message the server sends besides events: `subscribed` (the patterns now in force),
+         *     `pong`, or `error` (a client message it could not read; the connection stays open).
+         *     Events themselves are sent as `Event` objects.
+         */
+        StreamControlMessage: {
+            /**
+             * @description What kind of control message.
+             * @enum {string}
+             */
+            type: "subscribed" | "pong" | "error";
+            /** @description The patterns in force (`subscribed`). */
+            events?: string[];
+            /** @description What was wrong (`error`). */
+            message?: string;
+        };
+        /**
+         * Format: uri
+         * @description Where deliveries are POSTed; `http` or `https`.
+         */
+        WebhookUrl: string;
+        /** @description The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters. */
+        WebhookSecret: string;
+        /** @description The events to deliver (exact types, `<resource>.*` wildcards or `*`). */
+        WebhookEvents: components["schemas"]["EventPattern"][];
+        /** @description A webhook subscription as created. Without `secret` one is generated and returned once in the answer. */
+        WebhookInput: {
+            url: components["schemas"]["WebhookUrl"];
+            events: components["schemas"]["WebhookEvents"];
+            secret?: components["schemas"]["WebhookSecret"];
+            /**
+             * @description Whether events are delivered; an inactive webhook gets none.
+             * @default true
+             */
+            active: boolean;
+            /** @description What the webhook is for. */
+            description?: string;
+        };
+        /** @description The fields to change; `description` `null` clears it. A new `secret` signs every delivery from then on. */
+        WebhookPatch: {
+            url?: components["schemas"]["WebhookUrl"];
+            events?: components["schemas"]["WebhookEvents"];
+            secret?: components["schemas"]["WebhookSecret"];
+            /** @description Whether events are delivered. */
+            active?: boolean;
+            /** @description What the webhook is for. */
+            description?: string | null;
+        };
+        /** @description A webhook subscription (CodexOS). Its secret is never returned after creation. */
+        Webhook: {
+            /** @description The webhook's id (`wh_…`). */
+            readonly id: string;
+            /** @description Where deliveries are POSTed. */
+            url: string;
+            /** @description The event patterns delivered. */
+            events: string[];
+            /** @description Whether events are delivered. */
+            active: boolean;
+            /** @description What the webhook is for. */
+            description?: string;
+            /**
+             * Format: int64
+             * @description Incremented by every change; the `ETag` derives from it.
+             */
+            readonly version: number;
+            /**
+             * Format: date-time
+             * @description When the webhook was created.
+             */
+            readonly created_at: string;
+            /**
+             * Format: date-time
+             * @description When it last changed.
+             */
+            readonly updated_at: string;
+        };
+        /** @description A new webhook, with its signing secret. Shown once; store it now. */
+        WebhookCreated: {
+            /** @description The webhook's id (`wh_…`). */
+            readonly id: string;
+            /** @description Where deliveries are POSTed. */
+            url: string;
+            /** @description The event patterns delivered. */
+            events: string[];
+            /** @description Whether events are delivered. */
+            active: boolean;
+            /** @description What the webhook is for. */
+            description?: string;
+            /**
+             * Format: int64
+             * @description Incremented by every change; the `ETag` derives from it.
+             */
+            readonly version: number;
+            /**
+             * Format: date-time
+             * @description When the webhook was created.
+             */
+            readonly created_at: string;
+            /**
+             * Format: date-time
+             * @description When it last changed.
+             */
+            readonly updated_at: string;
+            /** @description The signing secret (the one sent, or a generated `whsec_…`). */
+            secret: string;
+        };
+        WebhookList: {
+            /** @description The webhooks on this page, newest first. */
+            data: components["schemas"]["Webhook"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description `pending` (waiting for its next attempt), `delivering` (an attempt is under way), `succeeded` (the receiver answered 2xx) or `failed` (every attempt failed).
+         * @enum {string}
+         */
+        WebhookDeliveryStatus: "pending" | "delivering" | "succeeded" | "failed";
+        /** @description One event's delivery to one webhook, from the durable outbox. */
+        WebhookDelivery: {
+            /** @description The delivery's id (`dlv_…`); sent as `X-Agentplane-Delivery`. */
+            id: string;
+            /** @description The webhook delivered to. */
+            webhook_id: string | null;
+            /** @description The event delivered. */
+            event_id: string;
+            event_type: components["schemas"]["EventType"];
+            status: components["schemas"]["WebhookDeliveryStatus"];
+            /**
+             * Format: int64
+             * @description Attempts made so far.
+             */
+            attempts: number;
+            /**
+             * Format: int64
+             * @description Attempts made at most before the delivery is `failed`.
+             */
+            max_attempts: number;
+            /**
+             * Format: date-time
+             * @description When the next attempt is due (`pending` deliveries).
+             */
+            next_attempt_at: string | null;
+            /**
+             * Format: date-time
+             * @description When the last attempt started.
+             */
+            last_attempt_at: string | null;
+            /**
+             * Format: int64
+             * @description The HTTP status the receiver last answered.
+             */
+            response_status: number | null;
+            /** @description Why the last attempt failed (a non-2xx status, a timeout, a refused connection). */
+            error: string | null;
+            /**
+             * Format: date-time
+             * @description When the delivery was queued.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When it succeeded or finally failed.
+             */
+            completed_at: string | null;
+        };
+        WebhookDeliveryList: {
+            /** @description The deliveries on this page, newest first. */
+            data: components["schemas"]["WebhookDelivery"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description What kind of work a template's agent does.
+         * @enum {string}
+         */
+        MarketplaceCategory: "customer-support" | "engineering" | "data" | "finance" | "productivity" | "marketing" | "sales" | "hr" | "legal" | "education" | "operations" | "research";
+        /**
+         * @description A tag of the shipped catalog (every tag a template carries).
+         * @enum {string}
+         */
+        MarketplaceTag: "accounting" | "action-items" | "analytics" | "api" | "blog" | "changelog" | "checklist" | "classification" | "code-review" | "comparison" | "content" | "contracts" | "csv" | "databases" | "documentation" | "education" | "email" | "extraction" | "flow" | "handbook" | "helpdesk" | "hr" | "i18n" | "incident" | "invoices" | "json" | "knowledge-base" | "learning" | "legal" | "localization" | "marketing" | "markets" | "meetings" | "on-call" | "onboarding" | "openapi" | "outreach" | "papers" | "persona" | "policies" | "postmortem" | "procurement" | "pull-requests" | "rag" | "release-notes" | "research" | "risk" | "routing" | "sales" | "security" | "seo" | "social-media" | "sql" | "sre" | "statistics" | "summaries" | "support" | "trading" | "translation" | "triage" | "tutoring" | "vendors" | "writing";
+        /**
+         * @description `popular` (most installs first), `rating` (best rated first), `recent` (newest version first) or `name`.
+         * @enum {string}
+         */
+        MarketplaceSort: "popular" | "rating" | "recent" | "name";
+        /**
+         * @description `free` or `paid`; every template shipped with the server is free.
+         * @enum {string}
+         */
+        MarketplacePrice: "free" | "paid";
+        /** @description The prompt template an install creates; its `{{variables}}` are filled in by each execution's `variables`. */
+        MarketplacePrompt: {
+            /** @description The name the created prompt template gets. */
+            name: string;
+            /** @description What the prompt is for. */
+            description?: string;
+            /** @description The text, with `{{variable}}` placeholders. */
+            template: string;
+            /** @description The variables the text uses. */
+            variables: string[];
+            type: components["schemas"]["PromptTemplateType"];
+        };
+        /** @description An agent template from the marketplace catalog (CodexOS), shipped with the server. */
+        MarketplaceTemplate: {
+            /** @description The template's id, stable across releases (`support-kb-assistant`). */
+            id: string;
+            /** @description The template's name. */
+            name: string;
+            /** @description What the agent does. */
+            description: string;
+            category: components["schemas"]["MarketplaceCategory"];
+            /** @description Free labels to search by. */
+            tags: string[];
+            /** @description Who maintains the template. */
+            author: string;
+            /** @description The template's version (semantic versioning). */
+            version: string;
+            /** @description Average rating, 0 to 5. */
+            rating: number;
+            /**
+             * Format: int64
+             * @description How often it was installed across the marketplace.
+             */
+            installs: number;
+            price: components["schemas"]["MarketplacePrice"];
+            /** @description The agent an install creates (its `prompt_template_id` is set to the created prompt template). */
+            agent: {
+                [key: string]: unknown;
+            };
+            prompt: components["schemas"]["MarketplacePrompt"];
+            /**
+             * Format: date-time
+             * @description When this version was published.
+             */
+            updated_at: string;
+        };
+        MarketplaceTemplateList: {
+            /** @description The templates on this page. */
+            data: components["schemas"]["MarketplaceTemplate"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description How to install a template (CodexOS). Every field is optional; send `{}` for the defaults. */
+        MarketplaceInstallRequest: {
+            /** @description The created agent's name; the template's name by default. */
+            name?: string;
+            /** @description A workspace label kept in the agent's `metadata.workspace_id` (CodexOS). */
+            workspace_id?: string;
+            /** @description Knowledge bases of the organization the agent retrieves from (a support agent's documentation, say). */
+            knowledge_bases?: string[];
         };
     };
     responses: {
@@ -4054,6 +4736,564 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listEvents: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only events of this type, or of these types (`agent.*`). */
+                type?: components["schemas"]["EventPattern"];
+                /** @description Only events about this resource. */
+                subject_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of events. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getEvent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The event's id (`evt_…`). */
+                event_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Event"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    streamEvents: {
+        parameters: {
+            query?: {
+                /** @description The event patterns to receive from the start, comma-separated (`agent.*,knowledge.*`). */
+                events?: components["schemas"]["EventPattern"][];
+                /** @description The API key, for clients that cannot send headers on a WebSocket handshake. */
+                access_token?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switching to the WebSocket protocol; events follow as text frames. */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            /** @description The request did not ask for a WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). */
+            426: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    /** @description `websocket`. */
+                    Upgrade?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listWebhooks: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of webhooks. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createWebhook: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookInput"];
+            };
+        };
+        responses: {
+            /** @description The webhook was created; `secret` is shown this once. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookCreated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getWebhook: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The webhook. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Webhook"];
+                };
+            };
+            /** @description The webhook has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteWebhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The webhook was deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    updateWebhook: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookPatch"];
+            };
+        };
+        responses: {
+            /** @description The webhook after the change. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Webhook"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listWebhookDeliveries: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only deliveries in this status. */
+                status?: components["schemas"]["WebhookDeliveryStatus"];
+            };
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of deliveries. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getWebhookDelivery: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The delivery. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    redeliverWebhookDelivery: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The new delivery was queued. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    testWebhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The ping was queued. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    searchMarketplace: {
+        parameters: {
+            query?: {
+                /** @description Words that must all appear in the name, description, category or tags (case-insensitive). */
+                q?: string;
+                /** @description Only templates of this category. */
+                category?: components["schemas"]["MarketplaceCategory"];
+                /** @description Only templates carrying every one of these tags (comma-separated). */
+                tags?: components["schemas"]["MarketplaceTag"][];
+                /** @description Only free or only paid templates. */
+                price?: components["schemas"]["MarketplacePrice"];
+                /** @description The order of the results. */
+                sort?: components["schemas"]["MarketplaceSort"];
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of templates. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MarketplaceTemplateList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getMarketplaceTemplate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The marketplace template's id (`support-kb-assistant`). */
+                template_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The template. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MarketplaceTemplate"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    installMarketplaceTemplate: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The marketplace template's id (`support-kb-assistant`). */
+                template_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MarketplaceInstallRequest"];
+            };
+        };
+        responses: {
+            /** @description The agent was created, with its prompt template. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Agent"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["IdempotencyConflict"];
             422: components["responses"]["UnprocessableEntity"];
             503: components["responses"]["ServiceUnavailable"];
         };

@@ -418,7 +418,10 @@ fn compile_operation(
                 .min_by_key(|(_, r)| r.status)
                 .map(|(i, _)| i)
         })
-        .or_else(|| entries.iter().position(|r| r.key == "DEFAULT"));
+        .or_else(|| entries.iter().position(|r| r.key == "DEFAULT"))
+        // A WebSocket operation's success is the 101 upgrade, which a mock cannot perform:
+        // it answers what the operation documents for a request without one.
+        .or_else(|| entries.iter().position(|r| r.status == 426));
     let security = compile_security(doc, op);
     let resource = infer_resource(doc, response_doc, template, method, templates, paths);
     Ok(MockOperation {
@@ -520,8 +523,50 @@ fn success_object(
     Some(flat)
 }
 
+/// The item parameter and id property of `collection`, when it is one: a path with a POST
+/// whose success answer is an object with an id property, and one more templated segment.
+fn collection_item(
+    doc: &Value,
+    response_doc: &Value,
+    collection: &str,
+    templates: &[&str],
+    paths: &Map<String, Value>,
+    generator: &Generator<'_>,
+) -> Option<(String, String, String)> {
+    let item = templates.iter().find(|t| {
+        t.strip_prefix(collection)
+            .and_then(|rest| rest.strip_prefix("/{"))
+            .is_some_and(|rest| rest.ends_with('}') && !rest.contains('/'))
+    })?;
+    let param = item[collection.len() + 2..item.len() - 1].to_string();
+    let create = paths
+        .get(collection)
+        .and_then(|c| deref(doc, c).get("post"))?;
+    let flat = success_object(response_doc, create, generator)?;
+    let props = flat.get("properties").and_then(Value::as_object)?;
+    let id_field = ["id", param.as_str()]
+        .into_iter()
+        .find(|k| props.contains_key(*k))
+        .map(str::to_string)?;
+    Some((item.to_string(), param, id_field))
+}
+
+/// The `$ref` of the JSON schema an operation's 201 answers with.
+fn created_ref(doc: &Value, op: &Value) -> Option<String> {
+    let created = deref(doc, op.get("responses")?.get("201")?);
+    let content = created.get("content")?.as_object()?;
+    let (_, media) = content.iter().find(|(mt, _)| is_json(mt))?;
+    media
+        .get("schema")?
+        .get("$ref")?
+        .as_str()
+        .map(str::to_string)
+}
+
 /// Infers the stateful role of `method template`: a collection is a path with a POST whose
 /// success answer is an object with an id property, and one more templated segment below it.
+/// A POST elsewhere whose 201 answers the very schema a collection's create answers
+/// (installing a marketplace template creates an agent) creates into that collection.
 fn infer_resource(
     doc: &Value,
     response_doc: &Value,
@@ -538,28 +583,8 @@ fn infer_resource(
         if !templates.contains(&collection.as_str()) {
             continue;
         }
-        let Some(item) = templates.iter().find(|t| {
-            t.strip_prefix(collection.as_str())
-                .and_then(|rest| rest.strip_prefix("/{"))
-                .is_some_and(|rest| rest.ends_with('}') && !rest.contains('/'))
-        }) else {
-            continue;
-        };
-        let param = item[collection.len() + 2..item.len() - 1].to_string();
-        let Some(create) = paths
-            .get(&collection)
-            .and_then(|c| deref(doc, c).get("post"))
-        else {
-            continue;
-        };
-        let Some(flat) = success_object(response_doc, create, &generator) else {
-            continue;
-        };
-        let props = flat.get("properties").and_then(Value::as_object)?;
-        let Some(id_field) = ["id", param.as_str()]
-            .into_iter()
-            .find(|k| props.contains_key(*k))
-            .map(str::to_string)
+        let Some((item, param, id_field)) =
+            collection_item(doc, response_doc, &collection, templates, paths, &generator)
         else {
             continue;
         };
@@ -569,7 +594,7 @@ fn infer_resource(
                 "get" => Role::List,
                 _ => return None,
             }
-        } else if template == *item {
+        } else if template == item {
             match method {
                 "get" => Role::Read,
                 "put" => Role::Replace,
@@ -589,7 +614,28 @@ fn infer_resource(
             role,
         });
     }
-    None
+    if method != "post" {
+        return None;
+    }
+    let op = deref(doc, paths.get(template)?).get("post")?;
+    let created = created_ref(doc, op)?;
+    templates
+        .iter()
+        .filter(|c| **c != template && !c.contains('{'))
+        .find_map(|collection| {
+            let create = deref(doc, paths.get(*collection)?).get("post")?;
+            if created_ref(doc, create)? != created {
+                return None;
+            }
+            let (_, param, id_field) =
+                collection_item(doc, response_doc, collection, templates, paths, &generator)?;
+            Some(Resource {
+                collection: collection.to_string(),
+                param,
+                id_field,
+                role: Role::Create,
+            })
+        })
 }
 
 #[cfg(test)]

@@ -2,10 +2,13 @@
 
 # import apis into api package
 from agentplane_client.api.agents_api import AgentsApi
+from agentplane_client.api.events_api import EventsApi
 from agentplane_client.api.identity_api import IdentityApi
 from agentplane_client.api.knowledge_api import KnowledgeApi
+from agentplane_client.api.marketplace_api import MarketplaceApi
 from agentplane_client.api.model_registry_api import ModelRegistryApi
 from agentplane_client.api.system_api import SystemApi
 from agentplane_client.api.templates_api import TemplatesApi
 from agentplane_client.api.tools_api import ToolsApi
+from agentplane_client.api.webhooks_api import WebhooksApi
 
