@@ -13,5 +13,6 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod jobs;
 pub mod knowledge;
 pub mod server;

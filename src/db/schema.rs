@@ -148,6 +148,27 @@ diesel::table! {
         created_at -> Text,
         started_at -> Nullable<Text>,
         finished_at -> Nullable<Text>,
+        conversation_id -> Nullable<Text>,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Text,
+        kind -> Text,
+        org_id -> Text,
+        agent_id -> Nullable<Text>,
+        payload -> Text,
+        status -> Text,
+        attempts -> BigInt,
+        max_attempts -> BigInt,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Text>,
+        run_after -> Text,
+        last_error -> Nullable<Text>,
+        created_at -> Text,
+        updated_at -> Text,
     }
 }
 
