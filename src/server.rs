@@ -27,6 +27,8 @@ pub struct Config {
     pub master_key: Option<String>,
     /// A file holding the master key; else `master.key` in the data directory.
     pub master_key_file: Option<std::path::PathBuf>,
+    /// How background jobs (executions) run: workers, lease, poll interval.
+    pub jobs: crate::jobs::PoolConfig,
 }
 
 impl Config {
@@ -59,27 +61,27 @@ impl Default for Config {
             github_api_url: crate::knowledge::sync::GITHUB_API.into(),
             master_key: None,
             master_key_file: None,
+            jobs: crate::jobs::PoolConfig::default(),
         }
     }
 }
 
-/// The whole application as one endpoint.
+/// The whole application as one endpoint, and its worker pool (not started).
 pub fn app(
     store: Store,
     crypto: Crypto,
     github_api_url: String,
-) -> anyhow::Result<impl poem::Endpoint> {
+    jobs: crate::jobs::PoolConfig,
+) -> anyhow::Result<(impl poem::Endpoint, crate::jobs::WorkerPool)> {
     let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
         .context("the bundled spec is not JSON")?;
     let validator = Arc::new(
         conformance::RequestValidator::new(&spec).context("the bundled spec does not compile")?,
     );
-    let service = agentplane_api::service(Arc::new(Handlers::with_github_api(
-        store,
-        crypto,
-        &github_api_url,
-    )));
-    Ok(Route::new()
+    let handlers = Handlers::with_pool(store, crypto, &github_api_url, jobs);
+    let pool = handlers.pool.clone();
+    let service = agentplane_api::service(Arc::new(handlers));
+    let endpoint = Route::new()
         .at("/", get(crate::http::root))
         .at("/openapi.json", get(crate::http::openapi_31))
         .at("/openapi-3.0.json", get(crate::http::openapi_30))
@@ -88,7 +90,8 @@ pub fn app(
         .nest_no_strip("/v1", service)
         .with(SpecValidation(validator))
         .with(poem::middleware::CatchPanic::new().with_handler(crate::http::panic_response))
-        .with(RequestContext))
+        .with(RequestContext);
+    Ok((endpoint, pool))
 }
 
 /// A bound server, not yet serving.
@@ -97,6 +100,7 @@ pub struct Bound {
     store: Store,
     crypto: Crypto,
     github_api_url: String,
+    jobs: crate::jobs::PoolConfig,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
 }
@@ -145,6 +149,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             store,
             crypto,
             github_api_url: config.github_api_url.clone(),
+            jobs: config.jobs.clone(),
             addr,
         },
         bootstrap,
@@ -157,10 +162,15 @@ impl Bound {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let app = app(self.store, self.crypto, self.github_api_url)?;
-        poem::Server::new_with_acceptor(self.acceptor)
+        let (app, pool) = app(self.store, self.crypto, self.github_api_url, self.jobs)?;
+        // Jobs whose holder died (this server's previous run, or another replica) are
+        // reclaimed by this pool once their lease runs out.
+        pool.start();
+        let served = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
-            .await?;
+            .await;
+        pool.stop();
+        served?;
         Ok(())
     }
 }

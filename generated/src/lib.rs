@@ -16,6 +16,7 @@
     non_camel_case_types
 )]
 pub mod agents;
+pub mod executions;
 pub mod identity;
 pub mod knowledge;
 pub mod model_registry;
@@ -24,6 +25,7 @@ pub mod system;
 pub mod templates;
 pub mod tools;
 pub use agents::*;
+pub use executions::*;
 pub use identity::*;
 pub use knowledge::*;
 pub use model_registry::*;
@@ -72,6 +74,7 @@ pub trait Api:
     + tools::ToolsApi
     + templates::TemplatesApi
     + model_registry::ModelRegistryApi
+    + executions::ExecutionsApi
 {
 }
 impl<
@@ -81,7 +84,8 @@ impl<
         + knowledge::KnowledgeApi
         + tools::ToolsApi
         + templates::TemplatesApi
-        + model_registry::ModelRegistryApi,
+        + model_registry::ModelRegistryApi
+        + executions::ExecutionsApi,
 > Api for T
 {
 }
@@ -97,6 +101,7 @@ pub fn service<T: Api>(
         tools::ToolsRoutes<T>,
         templates::TemplatesRoutes<T>,
         model_registry::ModelRegistryRoutes<T>,
+        executions::ExecutionsRoutes<T>,
     ),
     (),
 > {
@@ -109,6 +114,7 @@ pub fn service<T: Api>(
             tools::ToolsRoutes(api.clone()),
             templates::TemplatesRoutes(api.clone()),
             model_registry::ModelRegistryRoutes(api.clone()),
+            executions::ExecutionsRoutes(api.clone()),
         ),
         TITLE,
         VERSION,
@@ -133,6 +139,9 @@ pub fn parse_csv<T: poem_openapi::types::ParseFromParameter>(
         })
         .collect()
 }
+/// The stream behind a `text/event-stream` answer: each item becomes one event whose
+/// `data:` is the item as JSON.
+pub type EventStreamOf<T> = futures_util::stream::BoxStream<'static, T>;
 /// What the spec says of one operation.
 #[derive(Debug, Clone, Copy)]
 pub struct OperationInfo {
@@ -257,6 +266,42 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "DELETE",
         path: "/v1/models/{model_id}",
         scopes: Some(&["write:models"]),
+    },
+    OperationInfo {
+        id: "executeAgent",
+        method: "POST",
+        path: "/v1/agents/{agent_id}/execute",
+        scopes: Some(&["execute:agents"]),
+    },
+    OperationInfo {
+        id: "listExecutions",
+        method: "GET",
+        path: "/v1/executions",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "getExecution",
+        method: "GET",
+        path: "/v1/executions/{execution_id}",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "cancelExecution",
+        method: "POST",
+        path: "/v1/executions/{execution_id}/cancel",
+        scopes: Some(&["execute:agents"]),
+    },
+    OperationInfo {
+        id: "getExecutionLogs",
+        method: "GET",
+        path: "/v1/executions/{execution_id}/logs",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "streamExecutionEvents",
+        method: "GET",
+        path: "/v1/executions/{execution_id}/events",
+        scopes: Some(&["read:executions"]),
     },
     OperationInfo {
         id: "listApiKeys",

@@ -27,7 +27,7 @@ failure_response!(ReplaceAgentResponse { BadRequest => BadRequest, Unauthorized 
 failure_response!(UpdateAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
 failure_response!(DeleteAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 
-const NOT_FOUND: &str = "AGENT_NOT_FOUND";
+pub(crate) const NOT_FOUND: &str = "AGENT_NOT_FOUND";
 /// Fields that are columns of their own; everything else lives in the `body` document.
 const COLUMNS: &[&str] = &[
     "id",

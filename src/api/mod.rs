@@ -1,6 +1,7 @@
 //! The handlers: the generated traits, implemented over the store.
 
 mod agents;
+mod executions;
 mod idem;
 mod identity;
 mod knowledge;
@@ -37,6 +38,10 @@ pub struct Handlers {
     pub crypto: crate::crypto::Crypto,
     /// Runs knowledge-source syncs in the background.
     pub syncs: crate::knowledge::sync::SyncRunner,
+    /// Runs executions (jobs of kind `execution`).
+    pub runner: crate::engine::runner::ExecutionRunner,
+    /// The workers that run jobs; started by the server, woken after an enqueue.
+    pub pool: crate::jobs::WorkerPool,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
@@ -49,7 +54,40 @@ impl Handlers {
 
     /// Handlers whose GitHub source syncs call the GitHub REST API at `github_api`.
     pub fn with_github_api(store: Store, crypto: crate::crypto::Crypto, github_api: &str) -> Self {
+        Self::with_pool(
+            store,
+            crypto,
+            github_api,
+            crate::jobs::PoolConfig::default(),
+        )
+    }
+
+    /// Handlers with a worker pool configured as `pool` (not started: see
+    /// [`crate::jobs::WorkerPool::start`]).
+    pub fn with_pool(
+        store: Store,
+        crypto: crate::crypto::Crypto,
+        github_api: &str,
+        pool: crate::jobs::PoolConfig,
+    ) -> Self {
+        let runner = crate::engine::runner::ExecutionRunner {
+            store: store.clone(),
+            crypto: crypto.clone(),
+            live: std::sync::Arc::default(),
+            history: std::sync::Arc::new(|_, _| Ok(Vec::new())),
+            after_finish: std::sync::Arc::new(|_, _| Ok(())),
+        };
+        let handlers: std::collections::HashMap<
+            String,
+            std::sync::Arc<dyn crate::jobs::JobHandler>,
+        > = [(
+            crate::engine::runner::KIND.to_string(),
+            std::sync::Arc::new(runner.clone()) as std::sync::Arc<dyn crate::jobs::JobHandler>,
+        )]
+        .into();
         Self {
+            pool: crate::jobs::WorkerPool::new(store.clone(), pool, handlers),
+            runner,
             crypto,
             syncs: crate::knowledge::sync::SyncRunner::new(store.clone(), github_api),
             store,

@@ -148,8 +148,6 @@ diesel::table! {
         created_at -> Text,
         started_at -> Nullable<Text>,
         finished_at -> Nullable<Text>,
-        conversation_id -> Nullable<Text>,
-        updated_at -> Text,
     }
 }
 

@@ -1,5 +1,5 @@
 -- The durable queue for background work (executions first; syncs, simulations, evaluation
--- runs and webhook deliveries later), and what executions need beyond migration 000004.
+-- runs and webhook deliveries later), and the index executions are listed by per agent.
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY NOT NULL,
     kind TEXT NOT NULL,
@@ -21,6 +21,4 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_claimable ON jobs (status, run_after, id);
 CREATE INDEX jobs_by_agent ON jobs (agent_id, status);
 
-ALTER TABLE executions ADD COLUMN conversation_id TEXT;
-ALTER TABLE executions ADD COLUMN updated_at TEXT NOT NULL DEFAULT '';
 CREATE INDEX executions_by_agent ON executions (org_id, agent_id, id);
