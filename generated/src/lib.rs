@@ -16,6 +16,7 @@
     non_camel_case_types
 )]
 pub mod agents;
+pub mod conversations;
 pub mod executions;
 pub mod identity;
 pub mod knowledge;
@@ -25,6 +26,7 @@ pub mod system;
 pub mod templates;
 pub mod tools;
 pub use agents::*;
+pub use conversations::*;
 pub use executions::*;
 pub use identity::*;
 pub use knowledge::*;
@@ -74,6 +76,7 @@ pub trait Api:
     + tools::ToolsApi
     + templates::TemplatesApi
     + model_registry::ModelRegistryApi
+    + conversations::ConversationsApi
     + executions::ExecutionsApi
 {
 }
@@ -85,6 +88,7 @@ impl<
         + tools::ToolsApi
         + templates::TemplatesApi
         + model_registry::ModelRegistryApi
+        + conversations::ConversationsApi
         + executions::ExecutionsApi,
 > Api for T
 {
@@ -101,6 +105,7 @@ pub fn service<T: Api>(
         tools::ToolsRoutes<T>,
         templates::TemplatesRoutes<T>,
         model_registry::ModelRegistryRoutes<T>,
+        conversations::ConversationsRoutes<T>,
         executions::ExecutionsRoutes<T>,
     ),
     (),
@@ -114,6 +119,7 @@ pub fn service<T: Api>(
             tools::ToolsRoutes(api.clone()),
             templates::TemplatesRoutes(api.clone()),
             model_registry::ModelRegistryRoutes(api.clone()),
+            conversations::ConversationsRoutes(api.clone()),
             executions::ExecutionsRoutes(api.clone()),
         ),
         TITLE,
@@ -302,6 +308,48 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "GET",
         path: "/v1/executions/{execution_id}/events",
         scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "listConversations",
+        method: "GET",
+        path: "/v1/conversations",
+        scopes: Some(&["read:conversations"]),
+    },
+    OperationInfo {
+        id: "createConversation",
+        method: "POST",
+        path: "/v1/conversations",
+        scopes: Some(&["write:conversations"]),
+    },
+    OperationInfo {
+        id: "getConversation",
+        method: "GET",
+        path: "/v1/conversations/{conversation_id}",
+        scopes: Some(&["read:conversations"]),
+    },
+    OperationInfo {
+        id: "deleteConversation",
+        method: "DELETE",
+        path: "/v1/conversations/{conversation_id}",
+        scopes: Some(&["write:conversations"]),
+    },
+    OperationInfo {
+        id: "updateConversation",
+        method: "PATCH",
+        path: "/v1/conversations/{conversation_id}",
+        scopes: Some(&["write:conversations"]),
+    },
+    OperationInfo {
+        id: "listMessages",
+        method: "GET",
+        path: "/v1/conversations/{conversation_id}/messages",
+        scopes: Some(&["read:conversations"]),
+    },
+    OperationInfo {
+        id: "sendMessage",
+        method: "POST",
+        path: "/v1/conversations/{conversation_id}/messages",
+        scopes: Some(&["write:conversations"]),
     },
     OperationInfo {
         id: "listApiKeys",

@@ -2774,7 +2774,7 @@ impl std::fmt::Display for ExecutionEventType {
         f.write_str(self.as_str())
     }
 }
-/// The `data:` of one server-sent event; the SSE `event:` field repeats `type`.
+/// The `data:` of one server-sent event; the SSE `event:` field repeats `type`. The last event carries the execution, and in a conversation the assistant's reply as `message`.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "ExecutionEvent", deny_unknown_fields)]
 pub struct ExecutionEvent {
@@ -2796,6 +2796,185 @@ pub struct ExecutionEvent {
     /// One run of an agent.
     #[oai(rename = "execution", skip_serializing_if_is_none)]
     pub execution: Option<crate::models::Execution>,
+    /// One message of a conversation (Magnet AI).
+    #[oai(rename = "message", skip_serializing_if_is_none)]
+    pub message: Option<crate::models::Message>,
+}
+/// Who wrote the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MessageRole")]
+pub enum MessageRole {
+    #[oai(rename = "user")]
+    User,
+    #[oai(rename = "assistant")]
+    Assistant,
+}
+impl MessageRole {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MessageRole] = &[MessageRole::User, MessageRole::Assistant];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MessageRole::User => "user",
+            MessageRole::Assistant => "assistant",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "user" => Some(MessageRole::User),
+            "assistant" => Some(MessageRole::Assistant),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MessageRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One message of a conversation (Magnet AI).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Message", deny_unknown_fields)]
+pub struct Message {
+    /// The message's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Its conversation.
+    #[oai(rename = "conversation_id")]
+    pub conversation_id: String,
+    /// Who wrote the message.
+    #[oai(rename = "role")]
+    pub role: crate::models::MessageRole,
+    /// The text.
+    #[oai(rename = "content")]
+    pub content: String,
+    /// The execution that answered it (a user message) or wrote it (an assistant reply).
+    #[oai(rename = "execution_id", skip_serializing_if_is_none)]
+    pub execution_id: Option<String>,
+    /// For an assistant reply, the tokens sent to the model; else 0.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// For an assistant reply, the tokens it took; else 0.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// When it was written.
+    #[oai(rename = "timestamp")]
+    pub timestamp: String,
+}
+/// A page of messages, oldest first.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MessageList", deny_unknown_fields)]
+pub struct MessageList {
+    /// The messages.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Message>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A conversation as created (Magnet AI).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ConversationInput", deny_unknown_fields)]
+pub struct ConversationInput {
+    /// The agent that answers.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The end user it is with.
+    #[oai(rename = "user_id", skip_serializing_if_is_none)]
+    pub user_id: Option<String>,
+    /// A title.
+    #[oai(rename = "title", skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    /// Anything else, kept as given.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+}
+/// The fields to change; `null` clears the title.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ConversationPatch", deny_unknown_fields)]
+pub struct ConversationPatch {
+    /// A title.
+    #[oai(rename = "title")]
+    pub title: poem_openapi::types::MaybeUndefined<String>,
+    /// Replaces the metadata.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+}
+/// A conversation with an agent; its history is fed to the model on every message.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Conversation", deny_unknown_fields)]
+pub struct Conversation {
+    /// The conversation's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The agent that answers.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The end user.
+    #[oai(rename = "user_id", skip_serializing_if_is_none)]
+    pub user_id: Option<String>,
+    /// A title.
+    #[oai(rename = "title", skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    /// As given.
+    #[oai(rename = "metadata")]
+    pub metadata: serde_json::Value,
+    /// Messages so far.
+    #[oai(rename = "message_count")]
+    pub message_count: i64,
+    /// On a single conversation, its latest 100 messages, oldest first.
+    #[oai(rename = "messages", skip_serializing_if_is_none)]
+    pub messages: Option<Vec<crate::models::Message>>,
+    /// Incremented by every change (a new message included).
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When it was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+/// A page of conversations.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ConversationList", deny_unknown_fields)]
+pub struct ConversationList {
+    /// The conversations, newest first (without their messages).
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Conversation>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A user message; the agent answers it with the conversation's history.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SendMessage", deny_unknown_fields)]
+pub struct SendMessage {
+    /// The text.
+    #[oai(rename = "message")]
+    pub message: String,
+    /// Answer with the reply's progress as server-sent events.
+    #[oai(rename = "stream", skip_serializing_if_is_none)]
+    pub stream: Option<bool>,
+    /// Values of the agent's prompt template variables.
+    #[oai(rename = "parameters", skip_serializing_if_is_none)]
+    pub parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// Milliseconds the reply may take; past it the execution ends `timed_out`. Default 120000.
+    #[oai(rename = "timeout", skip_serializing_if_is_none)]
+    pub timeout: Option<i64>,
+}
+/// A message and the agent's reply.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MessageExchange", deny_unknown_fields)]
+pub struct MessageExchange {
+    /// One message of a conversation (Magnet AI).
+    #[oai(rename = "message")]
+    pub message: crate::models::Message,
+    /// One message of a conversation (Magnet AI).
+    #[oai(rename = "reply", skip_serializing_if_is_none)]
+    pub reply: Option<crate::models::Message>,
+    /// One run of an agent.
+    #[oai(rename = "execution")]
+    pub execution: crate::models::Execution,
 }
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]

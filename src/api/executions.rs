@@ -237,6 +237,7 @@ pub(crate) fn follow(
                 step: None,
                 delta: None,
                 execution: None,
+                message: None,
             };
             *sequence += 1;
             e
@@ -278,6 +279,17 @@ pub(crate) fn follow(
                     };
                     let mut last = event(&mut sequence, kind);
                     last.execution = Some(execution);
+                    if row.conversation_id().is_some() {
+                        let i = row.id.clone();
+                        if let Ok(Some(reply)) = store
+                            .run(move |conn| {
+                                crate::db::conversations::message_of(conn, &i, "assistant")
+                            })
+                            .await
+                        {
+                            last.message = Some(super::conversations::row_to_message(&reply));
+                        }
+                    }
                     let _ = tx.send(last).await;
                     break;
                 }
@@ -328,7 +340,7 @@ impl Handlers {
     }
 
     /// Waits until execution `id` finishes or `limit` passes; the row as last read.
-    async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         org: &str,
         id: &str,
@@ -366,6 +378,7 @@ impl Handlers {
         parameters: BTreeMap<String, String>,
         conversation_id: Option<String>,
         idempotency: Option<(&'static str, Option<String>, String)>,
+        also: Option<runner::AfterFinish>,
     ) -> Result<ExecutionRow, Failure> {
         let rid = caller.request_id.clone();
         let org = caller.org_id.clone();
@@ -447,6 +460,9 @@ impl Handlers {
                     |conn| {
                         store::insert(conn, &row)?;
                         jobs::enqueue(conn, &job)?;
+                        if let Some(also) = &also {
+                            also(conn, &row)?;
+                        }
                         Ok(row.clone())
                     },
                     |conn, id| store::get(conn, &row.org_id, id),
@@ -495,6 +511,7 @@ impl Handlers {
                 parameters,
                 None,
                 Some((EXECUTE_OPERATION, params.idempotency_key, hash)),
+                None,
             )
             .await;
         let row = match started {

@@ -1,6 +1,7 @@
 //! The handlers: the generated traits, implemented over the store.
 
 mod agents;
+mod conversations;
 mod executions;
 mod idem;
 mod identity;
@@ -74,8 +75,8 @@ impl Handlers {
             store: store.clone(),
             crypto: crypto.clone(),
             live: std::sync::Arc::default(),
-            history: std::sync::Arc::new(|_, _| Ok(Vec::new())),
-            after_finish: std::sync::Arc::new(|_, _| Ok(())),
+            history: std::sync::Arc::new(crate::db::conversations::history),
+            after_finish: std::sync::Arc::new(crate::db::conversations::record_reply),
         };
         let handlers: std::collections::HashMap<
             String,

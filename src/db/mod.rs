@@ -5,6 +5,7 @@
 //! blocking pool ([`Store::run`]), never on the async workers.
 
 pub mod agents;
+pub mod conversations;
 pub mod executions;
 pub mod idempotency;
 pub mod identity;

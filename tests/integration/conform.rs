@@ -9,7 +9,13 @@ use crate::backend_test;
 /// Failures the harness finds in agentplane today, as (operation, check), each waiting on a
 /// server or spec change. A failure not listed here fails the test; so does a listed one
 /// that no longer occurs, so the list cannot go stale.
-const KNOWN: &[(&str, &str)] = &[];
+const KNOWN: &[(&str, &str)] = &[
+    // A conversation names an agent of the organization; generated ids name none, so a
+    // schema-valid body answers the documented business-rule 422
+    // (`x-business-rule-statuses: [422]`). Waits on conform accepting those statuses in
+    // `positive_data_acceptance` (the integrator's change on main); then remove this line.
+    ("POST /v1/conversations", "positive_data_acceptance"),
+];
 
 /// Operations the harness skips, each with the reason it gives: its requests are built from
 /// JSON schemas, and these bodies are not JSON. Schemathesis (scripts/test.sh) and the

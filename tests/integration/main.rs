@@ -4,6 +4,7 @@
 mod agent_links;
 mod agents;
 mod conform;
+mod conversations;
 mod executions;
 mod identity;
 mod knowledge;
