@@ -347,8 +347,22 @@ impl std::fmt::Debug for ExecutionRunner {
     }
 }
 
-fn failure(code: &str, message: impl Into<String>) -> Option<(String, String)> {
-    Some((code.to_string(), message.into()))
+/// An end other than success: no result, no tokens billed.
+fn unsuccessful(
+    status: &'static str,
+    code: &str,
+    message: String,
+    steps: Option<String>,
+) -> Finish {
+    Finish {
+        status,
+        result: None,
+        error: Some((code.to_string(), message)),
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_nano_usd: 0,
+        steps,
+    }
 }
 
 impl ExecutionRunner {
@@ -392,15 +406,7 @@ impl ExecutionRunner {
         let resolved = match resolved {
             Ok(r) => r,
             Err(message) => {
-                let finish = Finish {
-                    status: "failed",
-                    result: None,
-                    error: failure("EXECUTION_FAILED", message),
-                    input_tokens: 0,
-                    output_tokens: 0,
-                    cost_nano_usd: 0,
-                    steps: None,
-                };
+                let finish = unsuccessful("failed", "EXECUTION_FAILED", message, None);
                 return self.end(&id, finish).await;
             }
         };
@@ -459,25 +465,19 @@ impl ExecutionRunner {
                     cost_nano_usd: out.cost_nano_usd,
                     steps: Some(steps_json(&out.steps)),
                 },
-                Err(failed) => Finish {
-                    status: "failed",
-                    result: None,
-                    error: failure("EXECUTION_FAILED", failed.message),
-                    input_tokens: 0,
-                    output_tokens: 0,
-                    cost_nano_usd: 0,
-                    steps: Some(steps_json(&failed.steps)),
-                },
+                Err(failed) => unsuccessful(
+                    "failed",
+                    "EXECUTION_FAILED",
+                    failed.message,
+                    Some(steps_json(&failed.steps)),
+                ),
             },
-            () = tokio::time::sleep(timeout) => Finish {
-                status: "timed_out",
-                result: None,
-                error: failure("TIMED_OUT", format!("the execution ran longer than its timeout of {} ms", request.timeout_ms)),
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_nano_usd: 0,
-                steps: None,
-            },
+            () = tokio::time::sleep(timeout) => unsuccessful(
+                "timed_out",
+                "TIMED_OUT",
+                format!("the execution ran longer than its timeout of {} ms", request.timeout_ms),
+                None,
+            ),
             () = cancelled => {
                 forward.abort();
                 self.live.publish(&id, LiveEvent::Changed);
@@ -494,14 +494,18 @@ impl ExecutionRunner {
     }
 }
 
+/// The execution a job runs.
+fn execution_of(job: &JobRow) -> Option<String> {
+    job.payload_json()["execution_id"]
+        .as_str()
+        .map(str::to_string)
+}
+
 impl JobHandler for ExecutionRunner {
     fn run(&self, job: JobRow, ctx: JobContext) -> BoxFuture<Result<(), String>> {
         let runner = self.clone();
         Box::pin(async move {
-            let Some(id) = job.payload_json()["execution_id"]
-                .as_str()
-                .map(str::to_string)
-            else {
+            let Some(id) = execution_of(&job) else {
                 return Err("the job names no execution".into());
             };
             runner.run_execution(id, ctx).await
@@ -511,24 +515,15 @@ impl JobHandler for ExecutionRunner {
     fn abandon(&self, job: JobRow) -> BoxFuture<()> {
         let runner = self.clone();
         Box::pin(async move {
-            let Some(id) = job.payload_json()["execution_id"]
-                .as_str()
-                .map(str::to_string)
-            else {
+            let Some(id) = execution_of(&job) else {
                 return;
             };
-            let finish = Finish {
-                status: "failed",
-                result: None,
-                error: failure(
-                    "INTERRUPTED",
-                    "interrupted: the server restarted (or stopped) while running it",
-                ),
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_nano_usd: 0,
-                steps: None,
-            };
+            let finish = unsuccessful(
+                "failed",
+                "INTERRUPTED",
+                "interrupted: the server restarted (or stopped) while running it".into(),
+                None,
+            );
             if let Err(e) = runner.end(&id, finish).await {
                 tracing::warn!(error = %e, execution = %id, "cannot fail an interrupted execution");
             }

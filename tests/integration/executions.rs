@@ -79,6 +79,17 @@ async fn finished(app: &TestApp, id: &str) -> Value {
     panic!("execution {id} did not finish");
 }
 
+/// Waits (up to two seconds) until an execution runs.
+async fn until_running(app: &TestApp, id: &str) {
+    for _ in 0..100 {
+        let (_, now) = json(app.get(&format!("/v1/executions/{id}")).await).await;
+        if now["status"] == "running" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// (event name, data) of an SSE body.
 fn events(body: &[u8]) -> Vec<(String, Value)> {
     conformance::response::sse_events(body)
@@ -459,13 +470,7 @@ backend_test!(
         .await;
         assert_eq!(status, 202);
         let id = e["id"].as_str().expect("id").to_string();
-        for _ in 0..100 {
-            let (_, now) = json(app.get(&format!("/v1/executions/{id}")).await).await;
-            if now["status"] == "running" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_running(&app, &id).await;
         let (status, c) = json(
             app.req(Method::POST, &format!("/v1/executions/{id}/cancel"))
                 .send()
@@ -500,13 +505,7 @@ backend_test!(executions_of_a_dead_server_are_failed_not_lost, |app| {
     .await;
     assert_eq!(status, 202);
     let id = e["id"].as_str().expect("id").to_string();
-    for _ in 0..100 {
-        let (_, now) = json(app.get(&format!("/v1/executions/{id}")).await).await;
-        if now["status"] == "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_running(&app, &id).await;
     let store = app.store.clone();
     tokio::task::spawn_blocking(move || {
         store.run_blocking(|conn| {
