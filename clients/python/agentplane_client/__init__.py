@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 # Define package exports
 __all__ = [
     "AgentsApi",
+    "ConversationsApi",
+    "ExecutionsApi",
     "IdentityApi",
     "KnowledgeApi",
     "ModelRegistryApi",
@@ -51,11 +53,31 @@ __all__ = [
     "ApiToolInput",
     "BuildInfo",
     "ComponentHealth",
+    "Conversation",
+    "ConversationInput",
+    "ConversationList",
+    "ConversationPatch",
     "DatabaseInfo",
     "DocumentInput",
     "Error",
     "ErrorDetail",
     "ErrorEnvelope",
+    "ExecuteContext",
+    "ExecuteOptions",
+    "ExecuteRequest",
+    "ExecuteRequestInput",
+    "Execution",
+    "ExecutionError",
+    "ExecutionEvent",
+    "ExecutionEventType",
+    "ExecutionInput",
+    "ExecutionList",
+    "ExecutionLog",
+    "ExecutionLogs",
+    "ExecutionResult",
+    "ExecutionStatus",
+    "ExecutionStep",
+    "ExecutionUsage",
     "FlowEdge",
     "FlowNode",
     "GithubSourceInput",
@@ -83,6 +105,10 @@ __all__ = [
     "KnowledgeSourceStatus",
     "KnowledgeSourceType",
     "KnowledgeToolInput",
+    "Message",
+    "MessageExchange",
+    "MessageList",
+    "MessageRole",
     "Model",
     "ModelInput",
     "ModelList",
@@ -106,6 +132,7 @@ __all__ = [
     "RenderedPrompt",
     "Role",
     "Scope",
+    "SendMessage",
     "SyncJob",
     "SyncStatus",
     "SystemStatus",
@@ -124,6 +151,8 @@ __all__ = [
 
 # import apis into sdk package
 from agentplane_client.api.agents_api import AgentsApi as AgentsApi
+from agentplane_client.api.conversations_api import ConversationsApi as ConversationsApi
+from agentplane_client.api.executions_api import ExecutionsApi as ExecutionsApi
 from agentplane_client.api.identity_api import IdentityApi as IdentityApi
 from agentplane_client.api.knowledge_api import KnowledgeApi as KnowledgeApi
 from agentplane_client.api.model_registry_api import ModelRegistryApi as ModelRegistryApi
@@ -160,11 +189,31 @@ from agentplane_client.models.api_key_list import ApiKeyList as ApiKeyList
 from agentplane_client.models.api_tool_input import ApiToolInput as ApiToolInput
 from agentplane_client.models.build_info import BuildInfo as BuildInfo
 from agentplane_client.models.component_health import ComponentHealth as ComponentHealth
+from agentplane_client.models.conversation import Conversation as Conversation
+from agentplane_client.models.conversation_input import ConversationInput as ConversationInput
+from agentplane_client.models.conversation_list import ConversationList as ConversationList
+from agentplane_client.models.conversation_patch import ConversationPatch as ConversationPatch
 from agentplane_client.models.database_info import DatabaseInfo as DatabaseInfo
 from agentplane_client.models.document_input import DocumentInput as DocumentInput
 from agentplane_client.models.error import Error as Error
 from agentplane_client.models.error_detail import ErrorDetail as ErrorDetail
 from agentplane_client.models.error_envelope import ErrorEnvelope as ErrorEnvelope
+from agentplane_client.models.execute_context import ExecuteContext as ExecuteContext
+from agentplane_client.models.execute_options import ExecuteOptions as ExecuteOptions
+from agentplane_client.models.execute_request import ExecuteRequest as ExecuteRequest
+from agentplane_client.models.execute_request_input import ExecuteRequestInput as ExecuteRequestInput
+from agentplane_client.models.execution import Execution as Execution
+from agentplane_client.models.execution_error import ExecutionError as ExecutionError
+from agentplane_client.models.execution_event import ExecutionEvent as ExecutionEvent
+from agentplane_client.models.execution_event_type import ExecutionEventType as ExecutionEventType
+from agentplane_client.models.execution_input import ExecutionInput as ExecutionInput
+from agentplane_client.models.execution_list import ExecutionList as ExecutionList
+from agentplane_client.models.execution_log import ExecutionLog as ExecutionLog
+from agentplane_client.models.execution_logs import ExecutionLogs as ExecutionLogs
+from agentplane_client.models.execution_result import ExecutionResult as ExecutionResult
+from agentplane_client.models.execution_status import ExecutionStatus as ExecutionStatus
+from agentplane_client.models.execution_step import ExecutionStep as ExecutionStep
+from agentplane_client.models.execution_usage import ExecutionUsage as ExecutionUsage
 from agentplane_client.models.flow_edge import FlowEdge as FlowEdge
 from agentplane_client.models.flow_node import FlowNode as FlowNode
 from agentplane_client.models.github_source_input import GithubSourceInput as GithubSourceInput
@@ -192,6 +241,10 @@ from agentplane_client.models.knowledge_source_list import KnowledgeSourceList a
 from agentplane_client.models.knowledge_source_status import KnowledgeSourceStatus as KnowledgeSourceStatus
 from agentplane_client.models.knowledge_source_type import KnowledgeSourceType as KnowledgeSourceType
 from agentplane_client.models.knowledge_tool_input import KnowledgeToolInput as KnowledgeToolInput
+from agentplane_client.models.message import Message as Message
+from agentplane_client.models.message_exchange import MessageExchange as MessageExchange
+from agentplane_client.models.message_list import MessageList as MessageList
+from agentplane_client.models.message_role import MessageRole as MessageRole
 from agentplane_client.models.model import Model as Model
 from agentplane_client.models.model_input import ModelInput as ModelInput
 from agentplane_client.models.model_list import ModelList as ModelList
@@ -215,6 +268,7 @@ from agentplane_client.models.render_request import RenderRequest as RenderReque
 from agentplane_client.models.rendered_prompt import RenderedPrompt as RenderedPrompt
 from agentplane_client.models.role import Role as Role
 from agentplane_client.models.scope import Scope as Scope
+from agentplane_client.models.send_message import SendMessage as SendMessage
 from agentplane_client.models.sync_job import SyncJob as SyncJob
 from agentplane_client.models.sync_status import SyncStatus as SyncStatus
 from agentplane_client.models.system_status import SystemStatus as SystemStatus

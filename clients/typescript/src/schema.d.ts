@@ -239,6 +239,244 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/agents/{agent_id}/execute": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Execute an agent
+         * @description Runs the agent on a worker: its prompt template is rendered with `parameters`, its
+         *     knowledge bases are searched with the input, and its model answers. Three ways to get the
+         *     answer:
+         *
+         *     * default: **202** with the queued execution and its `Location`; poll
+         *       `GET /v1/executions/{id}` (or follow `GET /v1/executions/{id}/events`).
+         *     * `options.wait: true`: **200** with the finished execution (waiting at most
+         *       `options.timeout`; an execution still running then answers 202).
+         *     * `options.stream: true` or `Accept: text/event-stream`: **200** `text/event-stream`,
+         *       one event per line group: `execution.started`, a `step` per finished step, `token`
+         *       deltas of the answer, and a last `execution.completed` or `execution.failed` carrying
+         *       the execution. Each event's `data:` is an `ExecutionEvent` as JSON.
+         *
+         *     A declared template variable without a value answers **422** with one detail per
+         *     missing variable (`details[].field` = `parameters.<name>`). A retry with the same
+         *     `Idempotency-Key` and body answers with the first request's execution.
+         */
+        post: operations["executeAgent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/executions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List executions
+         * @description Lists the organization's executions, newest first, optionally of one agent or in one status. Page with `page`/`per_page` or `cursor`/`limit`.
+         */
+        get: operations["listExecutions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/executions/{execution_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an execution
+         * @description The execution: status, result, tokens and cost, duration and step logs (template rendering, retrieval, model call, each timed). Its `ETag` changes as it progresses; with a matching `If-None-Match` answers 304.
+         */
+        get: operations["getExecution"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/executions/{execution_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel an execution
+         * @description Cancels a queued or running execution (a running one stops at once, on whichever server runs it). A finished execution answers 409.
+         */
+        post: operations["cancelExecution"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/executions/{execution_id}/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an execution's logs
+         * @description The execution's log lines, oldest first (CodexOS `logs`), built from its steps.
+         */
+        get: operations["getExecutionLogs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/executions/{execution_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Follow an execution
+         * @description Its progress as server-sent events (the events of `executeAgent` with `options.stream`), from any server: it follows the stored execution, so it works whichever replica runs it, and ends after the last event. A finished execution answers its steps and last event at once. Token deltas reach only streams on the replica that runs it.
+         */
+        get: operations["streamExecutionEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/conversations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List conversations
+         * @description Lists the organization's conversations, newest first, optionally with one agent. Page with `page`/`per_page` or `cursor`/`limit`.
+         */
+        get: operations["listConversations"];
+        put?: never;
+        /**
+         * Create a conversation
+         * @description Starts a conversation with an agent of the organization. An `agent_id` naming no agent of the organization answers 422 (`details[].field` = `agent_id`).
+         */
+        post: operations["createConversation"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/conversations/{conversation_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a conversation
+         * @description The conversation with its latest 100 messages, oldest first, and its `ETag`; with a matching `If-None-Match` answers 304.
+         */
+        get: operations["getConversation"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a conversation
+         * @description Deletes the conversation and its messages; later reads answer 404. Its executions and usage records stay.
+         */
+        delete: operations["deleteConversation"];
+        options?: never;
+        head?: never;
+        /**
+         * Update a conversation
+         * @description Changes its title or metadata. With `If-Match`, answers 412 when it changed since that `ETag`.
+         */
+        patch: operations["updateConversation"];
+        trace?: never;
+    };
+    "/v1/conversations/{conversation_id}/messages": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * List a conversation's messages
+         * @description The messages, oldest first. Page with `page`/`per_page` or `cursor`/`limit`.
+         */
+        get: operations["listMessages"];
+        put?: never;
+        /**
+         * Send a message
+         * @description Adds the user's message and has the agent answer it, with the conversation's earlier
+         *     messages as history (an execution, linked from both messages). Answers **201** with the
+         *     message, the assistant's `reply` (absent when the execution did not succeed within
+         *     `timeout`) and the execution; with `stream: true` (or `Accept: text/event-stream`)
+         *     **200** with the reply's progress as server-sent events, the last of which carries the
+         *     reply as `message`. A declared template variable without a value answers 422
+         *     (`details[].field` = `parameters.<name>`).
+         */
+        post: operations["sendMessage"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/auth/keys": {
         parameters: {
             query?: never;
@@ -2009,6 +2247,354 @@ export interface components {
             data: components["schemas"]["Model"][];
             pagination: components["schemas"]["Pagination"];
         };
+        /**
+         * @description Where an execution is: `queued` (accepted, waiting for a worker), `running`, or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`).
+         * @enum {string}
+         */
+        ExecutionStatus: "queued" | "running" | "succeeded" | "failed" | "cancelled" | "timed_out";
+        /** @description How to run and answer. */
+        ExecuteOptions: {
+            /** @description Answer with a `text/event-stream` of progress events (as `Accept: text/event-stream` does). */
+            stream?: boolean;
+            /** @description Answer 200 with the finished execution instead of 202 to poll (the answer waits at most `timeout`). */
+            wait?: boolean;
+            /**
+             * Format: int64
+             * @description Milliseconds the execution may run; past it the execution ends `timed_out`. Default 120000.
+             */
+            timeout?: number;
+            /**
+             * Format: int64
+             * @description Most tokens the model may generate (overrides the agent's `configuration.max_tokens`).
+             */
+            max_tokens?: number;
+            /**
+             * Format: double
+             * @description Sampling temperature (overrides the agent's).
+             */
+            temperature?: number;
+        };
+        /** @description Who the execution runs for (AIMatrix `context`); kept with the execution. */
+        ExecuteContext: {
+            /** @description The end user. */
+            user_id?: string;
+            /** @description The end user's session. */
+            session_id?: string;
+            /** @description Anything else, kept as given. */
+            metadata?: {
+                [key: string]: unknown;
+            };
+        };
+        /**
+         * @description What to run. The question is `input` (a string, or an object as CodexOS sends, which is
+         *     given to the model as JSON) or `query` (AIMatrix); `parameters` (or `variables`) fill the
+         *     agent's prompt template.
+         */
+        ExecuteRequest: {
+            /** @description The input, a string or a JSON object. */
+            input?: string | {
+                [key: string]: unknown;
+            };
+            /** @description The question (AIMatrix), used when `input` is absent. */
+            query?: string;
+            /** @description Values of the agent's prompt template variables. */
+            parameters?: {
+                [key: string]: string;
+            };
+            /** @description Same as `parameters` (Magnet AI's name); `parameters` wins on a clash. */
+            variables?: {
+                [key: string]: string;
+            };
+            context?: components["schemas"]["ExecuteContext"];
+            options?: components["schemas"]["ExecuteOptions"];
+        };
+        /** @description One step of a run (`template`, `retrieval`, `model_call`) with its timing. */
+        ExecutionStep: {
+            /** @description The step. */
+            name: string;
+            /** @description `succeeded` or `failed`. */
+            status: string;
+            /**
+             * Format: date-time
+             * @description When the step started.
+             */
+            started_at: string;
+            /**
+             * Format: int64
+             * @description How long it took.
+             */
+            duration_ms: number;
+            /** @description What the step did (variables rendered, passages retrieved with scores, model and tokens) or its error. */
+            detail: {
+                [key: string]: unknown;
+            };
+        };
+        /** @description What a succeeded execution produced (CodexOS `result`). */
+        ExecutionResult: {
+            /** @description The model's answer. */
+            output: string;
+            /**
+             * Format: int64
+             * @description Input plus output tokens.
+             */
+            tokens_used: number;
+            /**
+             * Format: double
+             * @description Cost in US dollars, from the model's pricing.
+             */
+            cost: number;
+        };
+        /** @description Tokens and cost of the execution. */
+        ExecutionUsage: {
+            /** @description The model that ran (`model_local` for the built-in one). */
+            model_id: string | null;
+            /**
+             * Format: int64
+             * @description Tokens sent to the model.
+             */
+            input_tokens: number;
+            /**
+             * Format: int64
+             * @description Tokens the model generated.
+             */
+            output_tokens: number;
+            /**
+             * Format: int64
+             * @description Both.
+             */
+            total_tokens: number;
+            /**
+             * Format: double
+             * @description Cost in US dollars from the model's per-1k pricing.
+             */
+            cost_usd: number;
+        };
+        /** @description Why an execution did not succeed. */
+        ExecutionError: {
+            /** @description `EXECUTION_FAILED`, `INTERRUPTED`, `TIMED_OUT` or `CANCELLED`. */
+            code: string;
+            /** @description A human-readable explanation. */
+            message: string;
+        };
+        /** @description One run of an agent. */
+        Execution: {
+            /** @description The execution's id. */
+            id: string;
+            /** @description The agent that ran. */
+            agent_id: string;
+            /** @description The conversation the run answered a message of, if any. */
+            conversation_id?: string;
+            status: components["schemas"]["ExecutionStatus"];
+            /** @description The input as given (`input`, else `query`). */
+            input: string | {
+                [key: string]: unknown;
+            };
+            /** @description The template variables given. */
+            parameters?: {
+                [key: string]: string;
+            };
+            result?: components["schemas"]["ExecutionResult"];
+            error?: components["schemas"]["ExecutionError"];
+            usage: components["schemas"]["ExecutionUsage"];
+            /** @description The steps run so far, in order, with their timings. */
+            steps: components["schemas"]["ExecutionStep"][];
+            /**
+             * Format: date-time
+             * @description When it was accepted.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When a worker started it.
+             */
+            started_at?: string;
+            /**
+             * Format: date-time
+             * @description When it finished.
+             */
+            completed_at?: string;
+            /**
+             * Format: int64
+             * @description From start to finish.
+             */
+            duration_ms?: number;
+        };
+        /** @description A page of executions. */
+        ExecutionList: {
+            /** @description The executions, newest first. */
+            data: components["schemas"]["Execution"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description One log line of an execution (CodexOS `logs`). */
+        ExecutionLog: {
+            /**
+             * Format: date-time
+             * @description When it happened.
+             */
+            timestamp: string;
+            /**
+             * @description `info` or `error`.
+             * @enum {string}
+             */
+            level: "info" | "error";
+            /** @description What happened. */
+            message: string;
+            /** @description The step it belongs to. */
+            step?: string;
+        };
+        /** @description The log of an execution, oldest first. */
+        ExecutionLogs: {
+            /** @description The execution. */
+            execution_id: string;
+            /** @description The lines. */
+            data: components["schemas"]["ExecutionLog"][];
+        };
+        /**
+         * @description `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+         * @enum {string}
+         */
+        ExecutionEventType: "execution.started" | "step" | "token" | "execution.completed" | "execution.failed";
+        /** @description The `data:` of one server-sent event; the SSE `event:` field repeats `type`. The last event carries the execution, and in a conversation the assistant's reply as `message`. */
+        ExecutionEvent: {
+            type: components["schemas"]["ExecutionEventType"];
+            /** @description The execution. */
+            execution_id: string;
+            /**
+             * Format: int64
+             * @description The event's position in this stream, from 0.
+             */
+            sequence: number;
+            step?: components["schemas"]["ExecutionStep"];
+            /** @description For `token`, the next piece of the answer. */
+            delta?: string;
+            execution?: components["schemas"]["Execution"];
+            message?: components["schemas"]["Message"];
+        };
+        /**
+         * @description Who wrote the message.
+         * @enum {string}
+         */
+        MessageRole: "user" | "assistant";
+        /** @description One message of a conversation (Magnet AI). */
+        Message: {
+            /** @description The message's id. */
+            id: string;
+            /** @description Its conversation. */
+            conversation_id: string;
+            role: components["schemas"]["MessageRole"];
+            /** @description The text. */
+            content: string;
+            /** @description The execution that answered it (a user message) or wrote it (an assistant reply). */
+            execution_id?: string;
+            /**
+             * Format: int64
+             * @description For an assistant reply, the tokens sent to the model; else 0.
+             */
+            input_tokens: number;
+            /**
+             * Format: int64
+             * @description For an assistant reply, the tokens it took; else 0.
+             */
+            output_tokens: number;
+            /**
+             * Format: date-time
+             * @description When it was written.
+             */
+            timestamp: string;
+        };
+        /** @description A page of messages, oldest first. */
+        MessageList: {
+            /** @description The messages. */
+            data: components["schemas"]["Message"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description A conversation as created (Magnet AI). */
+        ConversationInput: {
+            /** @description The agent that answers. */
+            agent_id: string;
+            /** @description The end user it is with. */
+            user_id?: string;
+            /** @description A title. */
+            title?: string;
+            /** @description Anything else, kept as given. */
+            metadata?: {
+                [key: string]: unknown;
+            };
+        };
+        /** @description The fields to change; `null` clears the title. */
+        ConversationPatch: {
+            /** @description A title. */
+            title?: string | null;
+            /** @description Replaces the metadata. */
+            metadata?: {
+                [key: string]: unknown;
+            };
+        };
+        /** @description A conversation with an agent; its history is fed to the model on every message. */
+        Conversation: {
+            /** @description The conversation's id. */
+            id: string;
+            /** @description The agent that answers. */
+            agent_id: string;
+            /** @description The end user. */
+            user_id?: string;
+            /** @description A title. */
+            title?: string;
+            /** @description As given. */
+            metadata: {
+                [key: string]: unknown;
+            };
+            /**
+             * Format: int64
+             * @description Messages so far.
+             */
+            message_count: number;
+            /** @description On a single conversation, its latest 100 messages, oldest first. */
+            messages?: components["schemas"]["Message"][];
+            /**
+             * Format: int64
+             * @description Incremented by every change (a new message included).
+             */
+            version: number;
+            /**
+             * Format: date-time
+             * @description When it was created.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When it last changed.
+             */
+            updated_at: string;
+        };
+        /** @description A page of conversations. */
+        ConversationList: {
+            /** @description The conversations, newest first (without their messages). */
+            data: components["schemas"]["Conversation"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description A user message; the agent answers it with the conversation's history. */
+        SendMessage: {
+            /** @description The text. */
+            message: string;
+            /** @description Answer with the reply's progress as server-sent events. */
+            stream?: boolean;
+            /** @description Values of the agent's prompt template variables. */
+            parameters?: {
+                [key: string]: string;
+            };
+            /**
+             * Format: int64
+             * @description Milliseconds the reply may take; past it the execution ends `timed_out`. Default 120000.
+             */
+            timeout?: number;
+        };
+        /** @description A message and the agent's reply. */
+        MessageExchange: {
+            message: components["schemas"]["Message"];
+            reply?: components["schemas"]["Message"];
+            execution: components["schemas"]["Execution"];
+        };
     };
     responses: {
         /** @description The agent after the update. */
@@ -2139,6 +2725,10 @@ export interface components {
         TemplateId: string;
         /** @description The model's id (`model_local` is the built-in model). */
         ModelId: string;
+        /** @description The execution's id. */
+        ExecutionId: string;
+        /** @description The conversation's id. */
+        ConversationId: string;
         /**
          * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
          *     24 hours answers 201 with the resource the first request created, creating nothing new;
@@ -2854,6 +3444,524 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    executeAgent: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ExecuteRequest"];
+            };
+        };
+        responses: {
+            /** @description The finished execution (`options.wait`), or its progress as server-sent events (`options.stream` or an `Accept` of `text/event-stream`). */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Execution"];
+                    /**
+                     * @example event: execution.started
+                     *     data: {"type":"execution.started","execution_id":"exec_01jh8k2m3n4p5q6r7s8t9v0w1x","sequence":0}
+                     *
+                     *     event: token
+                     *     data: {"type":"token","execution_id":"exec_01jh8k2m3n4p5q6r7s8t9v0w1x","sequence":1,"delta":"Reset "}
+                     */
+                    "text/event-stream": string;
+                };
+            };
+            /** @description The execution was accepted; poll its `Location`. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Execution"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listExecutions: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only executions of this agent. */
+                agent_id?: string;
+                /** @description Only executions in this status. */
+                status?: components["schemas"]["ExecutionStatus"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of executions. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExecutionList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getExecution: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The execution. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Execution"];
+                };
+            };
+            /** @description The execution has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    cancelExecution: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The execution, now `cancelled`. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Execution"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getExecutionLogs: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The log. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExecutionLogs"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    streamExecutionEvents: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The events. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example event: execution.started
+                     *     data: {"type":"execution.started","execution_id":"exec_01jh8k2m3n4p5q6r7s8t9v0w1x","sequence":0}
+                     */
+                    "text/event-stream": string;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listConversations: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only conversations with this agent. */
+                agent_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of conversations. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConversationList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createConversation: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ConversationInput"];
+            };
+        };
+        responses: {
+            /** @description The conversation was created. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Conversation"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getConversation: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The conversation. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Conversation"];
+                };
+            };
+            /** @description The conversation has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteConversation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The conversation was deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    updateConversation: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ConversationPatch"];
+            };
+        };
+        responses: {
+            /** @description The conversation after the change. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Conversation"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listMessages: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+            };
+            header?: never;
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of messages. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MessageList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    sendMessage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SendMessage"];
+            };
+        };
+        responses: {
+            /** @description The reply's progress as server-sent events (`stream`). */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example event: execution.started
+                     *     data: {"type":"execution.started","execution_id":"exec_01jh8k2m3n4p5q6r7s8t9v0w1x","sequence":0}
+                     */
+                    "text/event-stream": string;
+                };
+            };
+            /** @description The message and the agent's reply. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MessageExchange"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["UnprocessableEntity"];
             503: components["responses"]["ServiceUnavailable"];
         };
     };

@@ -2,6 +2,8 @@
 
 # import apis into api package
 from agentplane_client.api.agents_api import AgentsApi
+from agentplane_client.api.conversations_api import ConversationsApi
+from agentplane_client.api.executions_api import ExecutionsApi
 from agentplane_client.api.identity_api import IdentityApi
 from agentplane_client.api.knowledge_api import KnowledgeApi
 from agentplane_client.api.model_registry_api import ModelRegistryApi
