@@ -227,7 +227,6 @@ pub(crate) fn follow(
     tokio::spawn(async move {
         let mut sequence = 0i64;
         let mut started = false;
-        let mut steps_sent = 0usize;
         let mut read = true;
         let event = |sequence: &mut i64, type_| {
             let e = ExecutionEvent {
@@ -263,15 +262,23 @@ pub(crate) fn follow(
                     }
                 }
                 if row.is_finished() {
-                    for step in execution.steps.iter().skip(steps_sent) {
+                    // Deltas heard before the end was read still go out, in order.
+                    while let Ok(heard_before) = heard.try_recv() {
+                        if let LiveEvent::Token(piece) = heard_before {
+                            let mut e = event(&mut sequence, ExecutionEventType::Token);
+                            e.delta = Some(piece);
+                            if tx.send(e).await.is_err() {
+                                break 'follow;
+                            }
+                        }
+                    }
+                    for step in &execution.steps {
                         let mut e = event(&mut sequence, ExecutionEventType::Step);
                         e.step = Some(step.clone());
                         if tx.send(e).await.is_err() {
                             break 'follow;
                         }
                     }
-                    steps_sent = execution.steps.len();
-                    let _ = steps_sent;
                     let kind = if row.status == "succeeded" {
                         ExecutionEventType::ExecutionCompleted
                     } else {
