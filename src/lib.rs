@@ -15,6 +15,7 @@ pub mod evaluation;
 pub mod events;
 pub mod http;
 pub mod ids;
+pub mod jobs;
 pub mod knowledge;
 pub mod marketplace;
 pub mod runtime;

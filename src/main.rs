@@ -50,6 +50,9 @@ enum Command {
         /// generated 0600 at first start).
         #[arg(long)]
         master_key_file: Option<std::path::PathBuf>,
+        /// Background jobs (executions) run at once by this server (default: 4 per core).
+        #[arg(long, env = "AGENTPLANE_WORKERS")]
+        workers: Option<usize>,
     },
     /// Contract-test a server against an OpenAPI spec (exit 0 passed, 1 failures, 2 usage).
     Conform(ConformArgs),
@@ -204,7 +207,12 @@ async fn main() -> ExitCode {
             github_api_url,
             master_key,
             master_key_file,
+            workers,
         } => {
+            let mut jobs = agentplane::jobs::PoolConfig::default();
+            if let Some(n) = workers {
+                jobs.workers = n.max(1);
+            }
             serve(Config {
                 listen,
                 database_url: database,
@@ -212,6 +220,7 @@ async fn main() -> ExitCode {
                 github_api_url,
                 master_key,
                 master_key_file,
+                jobs,
                 ..Config::default()
             })
             .await

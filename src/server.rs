@@ -29,6 +29,8 @@ pub struct Config {
     pub master_key_file: Option<std::path::PathBuf>,
     /// How webhook deliveries are attempted (backoff, timeout, lease).
     pub webhooks: crate::webhooks::DeliveryPolicy,
+    /// How background jobs (executions) run: workers, lease, poll interval.
+    pub jobs: crate::jobs::PoolConfig,
 }
 
 impl Config {
@@ -62,27 +64,29 @@ impl Default for Config {
             master_key: None,
             master_key_file: None,
             webhooks: crate::webhooks::DeliveryPolicy::default(),
+            jobs: crate::jobs::PoolConfig::default(),
         }
     }
 }
 
-/// The whole application as one endpoint; `events` wakes the in-process consumers of the
-/// event log.
+/// The whole application as one endpoint, and its worker pool (not started); `events`
+/// wakes the in-process consumers of the event log.
 pub fn app(
     store: Store,
     crypto: Crypto,
     github_api_url: String,
     events: crate::events::EventBus,
-) -> anyhow::Result<impl poem::Endpoint> {
+    jobs: crate::jobs::PoolConfig,
+) -> anyhow::Result<(impl poem::Endpoint, crate::jobs::WorkerPool)> {
     let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
         .context("the bundled spec is not JSON")?;
     let validator = Arc::new(
         conformance::RequestValidator::new(&spec).context("the bundled spec does not compile")?,
     );
-    let service = agentplane_api::service(Arc::new(
-        Handlers::with_github_api(store, crypto, &github_api_url).with_events(events),
-    ));
-    Ok(Route::new()
+    let handlers = Handlers::with_pool(store, crypto, &github_api_url, jobs).with_events(events);
+    let pool = handlers.pool.clone();
+    let service = agentplane_api::service(Arc::new(handlers));
+    let endpoint = Route::new()
         .at("/", get(crate::http::root))
         .at("/openapi.json", get(crate::http::openapi_31))
         .at("/openapi-3.0.json", get(crate::http::openapi_30))
@@ -91,7 +95,8 @@ pub fn app(
         .nest_no_strip("/v1", service)
         .with(SpecValidation(validator))
         .with(poem::middleware::CatchPanic::new().with_handler(crate::http::panic_response))
-        .with(RequestContext))
+        .with(RequestContext);
+    Ok((endpoint, pool))
 }
 
 /// A bound server, not yet serving.
@@ -101,6 +106,7 @@ pub struct Bound {
     crypto: Crypto,
     github_api_url: String,
     webhooks: crate::webhooks::DeliveryPolicy,
+    jobs: crate::jobs::PoolConfig,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
 }
@@ -163,6 +169,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             crypto,
             github_api_url: config.github_api_url.clone(),
             webhooks: config.webhooks.clone(),
+            jobs: config.jobs.clone(),
             addr,
         },
         bootstrap,
@@ -184,10 +191,20 @@ impl Bound {
         );
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let deliveries = tokio::spawn(worker.run(stopped));
-        let app = app(self.store, self.crypto, self.github_api_url, events)?;
+        let (app, pool) = app(
+            self.store,
+            self.crypto,
+            self.github_api_url,
+            events,
+            self.jobs,
+        )?;
+        // Jobs whose holder died (this server's previous run, or another replica) are
+        // reclaimed by this pool once their lease runs out.
+        pool.start();
         let served = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
             .await;
+        pool.stop();
         let _ = stop.send(true);
         let _ = deliveries.await;
         served?;

@@ -348,6 +348,16 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                 pub struct #form_name { #(#form_fields)* }
             });
         }
+        if op.responses.iter().any(|r| r.events.is_some()) {
+            // The operation answers JSON or an event stream: the handler negotiates.
+            pfields.push(quote! {
+                /// The request's `Accept` header, to choose between JSON and `text/event-stream`.
+                pub accept: Option<String>,
+            });
+            build.push(quote! {
+                accept: req.headers().get("accept").and_then(|v| v.to_str().ok()).map(str::to_string),
+            });
+        }
         items.push(quote! {
             /// The parameters and body of
             #sig_doc
@@ -374,18 +384,44 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                     parts.push(quote! { #[oai(header = #wire)] Option<String> });
                 }
             }
+            if let Some(events) = &r.events {
+                // The same status as a `text/event-stream`: a streamed body that no layer
+                // buffers. Only the status's headers that are optional can go with it.
+                let e = ty_tokens(events);
+                let sv = ident(&format!("{}EventStream", r.variant));
+                let sdoc = doc_attr(Some(&format!("{} (as `text/event-stream`)", r.doc)));
+                variants.push(quote! { #sdoc #[oai(status = #status)] #sv(poem_openapi::payload::EventStream<crate::EventStreamOf<#e>>), });
+                if r.body.is_none() {
+                    continue;
+                }
+            }
             if parts.is_empty() {
                 variants.push(quote! { #doc #[oai(status = #status)] #v, });
             } else {
                 variants.push(quote! { #doc #[oai(status = #status)] #v(#(#parts),*), });
             }
         }
-        items.push(quote! {
-            /// Every documented answer of
-            #sig_doc
-            #[derive(Debug, poem_openapi::ApiResponse)]
-            pub enum #resp_name { #(#variants)* }
-        });
+        if op.responses.iter().any(|r| r.events.is_some()) {
+            // A streamed body has no `Debug`; the answer names itself instead.
+            items.push(quote! {
+                /// Every documented answer of
+                #sig_doc
+                #[derive(poem_openapi::ApiResponse)]
+                pub enum #resp_name { #(#variants)* }
+                impl std::fmt::Debug for #resp_name {
+                    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.debug_struct(stringify!(#resp_name)).finish_non_exhaustive()
+                    }
+                }
+            });
+        } else {
+            items.push(quote! {
+                /// Every documented answer of
+                #sig_doc
+                #[derive(Debug, poem_openapi::ApiResponse)]
+                pub enum #resp_name { #(#variants)* }
+            });
+        }
 
         // Trait method and route.
         let answer = |t: TokenStream| {
@@ -690,6 +726,10 @@ fn lib(ir: &Ir) -> TokenStream {
                 })
                 .collect()
         }
+
+        /// The stream behind a `text/event-stream` answer: each item becomes one event whose
+        /// `data:` is the item as JSON.
+        pub type EventStreamOf<T> = futures_util::stream::BoxStream<'static, T>;
 
         /// What the spec says of one operation.
         #[derive(Debug, Clone, Copy)]

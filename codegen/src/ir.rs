@@ -97,6 +97,8 @@ pub struct Response {
     pub variant: String,
     pub doc: String,
     pub body: Option<Ty>,
+    /// The payload of each event when the status may also answer `text/event-stream`.
+    pub events: Option<Ty>,
     pub headers: Vec<Header>,
 }
 
@@ -817,22 +819,43 @@ impl Builder<'_> {
                 // The upgrade is the handler's `Upgraded::Switching`, not an enum variant.
                 continue;
             }
-            let body = match r.get("content").and_then(Value::as_object) {
-                None => None,
-                Some(c) if c.is_empty() => None,
-                Some(c) => {
-                    let schema = c
-                        .get("application/json")
-                        .and_then(|m| m.get("schema"))
-                        .ok_or_else(|| anyhow!("#{rptr}/content: only application/json responses are supported by codegen yet"))?;
-                    let (ty, _) = self.ty(
-                        schema,
-                        &format!("{type_prefix}{}", variant_for_status(status)),
-                        &format!("{rptr}/content/application~1json/schema"),
-                    )?;
-                    Some(ty)
+            let content = r.get("content").and_then(Value::as_object);
+            let mut body = None;
+            let mut events = None;
+            for (media, m) in content.into_iter().flatten() {
+                let mptr = format!("{rptr}/content/{}", escape_pointer(media));
+                match media.as_str() {
+                    "application/json" => {
+                        let schema = m
+                            .get("schema")
+                            .ok_or_else(|| anyhow!("#{mptr}: a JSON response needs a schema"))?;
+                        let (ty, _) = self.ty(
+                            schema,
+                            &format!("{type_prefix}{}", variant_for_status(status)),
+                            &format!("{mptr}/schema"),
+                        )?;
+                        body = Some(ty);
+                    }
+                    "text/event-stream" => {
+                        // Each event's `data:` is one JSON value of `x-event-schema`.
+                        let schema = m.get("x-event-schema").ok_or_else(|| {
+                            anyhow!("#{mptr}: an event stream needs `x-event-schema`, the schema of each event's `data:` JSON")
+                        })?;
+                        let (ty, _) = self.ty(
+                            schema,
+                            &format!("{type_prefix}{}Event", variant_for_status(status)),
+                            &format!("{mptr}/x-event-schema"),
+                        )?;
+                        if !matches!(ty, Ty::Named(_)) {
+                            bail!("#{mptr}/x-event-schema: must name a component schema (`$ref`)");
+                        }
+                        events = Some(ty);
+                    }
+                    other => bail!(
+                        "#{mptr}: {other} responses are not supported by codegen yet (application/json and text/event-stream are)"
+                    ),
                 }
-            };
+            }
             let mut headers = Vec::new();
             for (name, h) in r
                 .get("headers")
@@ -854,6 +877,7 @@ impl Builder<'_> {
                 variant: variant_for_status(status),
                 doc: text(r, "description").unwrap_or_default(),
                 body,
+                events,
                 headers,
             });
         }

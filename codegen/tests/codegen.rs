@@ -259,3 +259,84 @@ fn any_of_string_alternatives_is_a_string_parameter() {
         "anyOf of strings becomes a String"
     );
 }
+
+#[test]
+fn event_stream_responses_become_streamed_variants_beside_json() {
+    let files = codegen::generate(&root().join("openapi/openapi.yaml")).expect("generates");
+    let module = &files
+        .iter()
+        .find(|(p, _)| p.ends_with("executions.rs"))
+        .expect("executions module")
+        .1;
+    let execute = module
+        .split("pub enum ExecuteAgentResponse {")
+        .nth(1)
+        .expect("ExecuteAgentResponse")
+        .split("\n}\n")
+        .next()
+        .expect("body");
+    // One status, two media types: a JSON variant and a streamed one.
+    assert!(execute.contains("OkEventStream(\n        poem_openapi::payload::EventStream<crate::EventStreamOf<crate::models::ExecutionEvent>>,"), "{execute}");
+    assert!(execute.contains("Ok(poem_openapi::payload::Json<crate::models::Execution>)"));
+    // A stream-only answer has just the streamed variant.
+    let follow = module
+        .split("pub enum StreamExecutionEventsResponse {")
+        .nth(1)
+        .expect("StreamExecutionEventsResponse")
+        .split("\n}\n")
+        .next()
+        .expect("body");
+    assert!(follow.contains("OkEventStream("), "{follow}");
+    assert!(
+        !follow.contains("Ok(poem_openapi::payload::Json"),
+        "{follow}"
+    );
+    assert!(module.contains("impl std::fmt::Debug for StreamExecutionEventsResponse"));
+    // The handler negotiates JSON or a stream from `Accept`.
+    assert!(module.contains("pub accept: Option<String>,"));
+    let lib = &files
+        .iter()
+        .find(|(p, _)| p.ends_with("lib.rs"))
+        .expect("lib")
+        .1;
+    assert!(
+        lib.contains("pub type EventStreamOf<T> = futures_util::stream::BoxStream<'static, T>;")
+    );
+
+    // An event stream must say what each event's data is.
+    let spec = scratch_spec("sse-without-schema", |t| t);
+    let paths = spec.with_file_name("paths").join("executions.yaml");
+    let text = std::fs::read_to_string(&paths).expect("paths");
+    std::fs::write(
+        &paths,
+        text.replace(
+            "            x-event-schema:\n",
+            "            x-event-schema-missing:\n",
+        ),
+    )
+    .expect("write");
+    let err = codegen::generate(&spec)
+        .expect_err("an event stream without x-event-schema is refused")
+        .to_string();
+    assert!(
+        err.contains("/responses/200/content/text~1event-stream") && err.contains("x-event-schema"),
+        "{err}"
+    );
+    // Other media types are named, not silently dropped.
+    let spec = scratch_spec("xml-response", |t| t);
+    let paths = spec.with_file_name("paths").join("executions.yaml");
+    let text = std::fs::read_to_string(&paths).expect("paths");
+    std::fs::write(
+        &paths,
+        text.replacen(
+            "          text/event-stream:\n",
+            "          application/xml:\n",
+            1,
+        ),
+    )
+    .expect("write");
+    let err = codegen::generate(&spec)
+        .expect_err("xml is refused")
+        .to_string();
+    assert!(err.contains("application/xml"), "{err}");
+}

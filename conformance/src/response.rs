@@ -28,6 +28,9 @@ pub struct HeaderSpec {
 pub struct MediaSpec {
     pub media_type: String,
     pub validator: Option<Validator>,
+    /// For `text/event-stream`: the schema of each event's `data:` JSON, given as
+    /// `x-event-schema` or as OAS 3.2's `itemSchema`.
+    pub event_validator: Option<Validator>,
 }
 
 /// An OpenAPI link: a follow-up operation and where its parameters come from.
@@ -90,9 +93,19 @@ impl Responses {
                         )?),
                         None => None,
                     };
+                    let event_schema = media.get("x-event-schema").or(media.get("itemSchema"));
+                    let event_validator = match event_schema {
+                        Some(schema) => Some(compile_schema(
+                            doc,
+                            schema,
+                            &format!("{rptr}/content/{}", escape_pointer(media_type)),
+                        )?),
+                        None => None,
+                    };
                     content.push(MediaSpec {
                         media_type: media_type.to_ascii_lowercase(),
                         validator,
+                        event_validator,
                     });
                 }
             }
@@ -177,6 +190,76 @@ pub fn is_json(media_type: &str) -> bool {
         || essence.to_ascii_lowercase().ends_with("+json")
 }
 
+/// Whether a media type is a server-sent event stream.
+pub fn is_event_stream(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("text/event-stream")
+}
+
+/// One server-sent event: its `event:` name (if any) and its `data:` lines joined by `\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Splits a `text/event-stream` body into its events (blank-line separated; comments and
+/// events without `data:` are skipped), as the WHATWG parser dispatches them.
+pub fn sse_events(body: &[u8]) -> Vec<SseEvent> {
+    let text = String::from_utf8_lossy(body);
+    let mut out = Vec::new();
+    let (mut event, mut data): (Option<String>, Option<String>) = (None, None);
+    for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+        if line.is_empty() {
+            if let Some(d) = data.take() {
+                out.push(SseEvent {
+                    event: event.take(),
+                    data: d,
+                });
+            }
+            event = None;
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => event = Some(value.to_string()),
+            "data" => match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_string()),
+            },
+            _ => {}
+        }
+    }
+    // A last event without its blank line is not dispatched by browsers: neither here.
+    out
+}
+
+/// Checks every event of a stream against `validator`: the reason of the first failure.
+pub fn event_stream_violation(validator: &Validator, body: &[u8]) -> Option<String> {
+    for (i, e) in sse_events(body).iter().enumerate() {
+        let Ok(value) = serde_json::from_str::<Value>(&e.data) else {
+            return Some(format!("event {i}: its data is not JSON"));
+        };
+        if let Some(err) = validator.iter_errors(&value).next() {
+            let at = err.instance_path().to_string();
+            return Some(format!(
+                "event {i} does not match the event schema at {}: {err}",
+                if at.is_empty() { "/" } else { &at }
+            ));
+        }
+    }
+    None
+}
+
 /// Checks one header value against its documented schema; the reason when it fails.
 pub fn header_violation(spec: &HeaderSpec, value: &str) -> Option<String> {
     let validator = spec.validator.as_ref()?;
@@ -238,5 +321,44 @@ impl Exchange {
             out.push_str(&format!(" -d {}", quote(&body.to_string())));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_bodies_split_into_events_and_validate_each_data_line() {
+        let body = b": comment\nevent: token\ndata: {\"n\": 1}\n\nretry: 10\ndata: {\"n\":\r\ndata: 2}\r\n\nevent: dangling\ndata: 3";
+        let events = sse_events(body);
+        assert_eq!(
+            events,
+            vec![
+                SseEvent {
+                    event: Some("token".into()),
+                    data: "{\"n\": 1}".into()
+                },
+                SseEvent {
+                    event: None,
+                    data: "{\"n\":\n2}".into()
+                },
+            ]
+        );
+        let schema = serde_json::json!({"type": "object", "required": ["n"],
+            "properties": {"n": {"type": "integer", "maximum": 1}}});
+        let validator = jsonschema::validator_for(&schema).expect("schema");
+        let reason = event_stream_violation(&validator, body).expect("the second is too big");
+        assert!(reason.starts_with("event 1"), "{reason}");
+        assert_eq!(
+            event_stream_violation(&validator, b"data: {\"n\": 0}\n\n"),
+            None
+        );
+        assert!(
+            event_stream_violation(&validator, b"data: nope\n\n")
+                .is_some_and(|r| r.contains("not JSON"))
+        );
+        assert!(is_event_stream("text/event-stream; charset=utf-8"));
+        assert!(!is_event_stream("application/json"));
     }
 }

@@ -16,9 +16,11 @@
     non_camel_case_types
 )]
 pub mod agents;
+pub mod conversations;
 pub mod deployments;
 pub mod evaluations;
 pub mod events;
+pub mod executions;
 pub mod identity;
 pub mod knowledge;
 pub mod marketplace;
@@ -29,9 +31,11 @@ pub mod templates;
 pub mod tools;
 pub mod webhooks;
 pub use agents::*;
+pub use conversations::*;
 pub use deployments::*;
 pub use evaluations::*;
 pub use events::*;
+pub use executions::*;
 pub use identity::*;
 pub use knowledge::*;
 pub use marketplace::*;
@@ -87,6 +91,8 @@ pub trait Api:
     + events::EventsApi
     + webhooks::WebhooksApi
     + marketplace::MarketplaceApi
+    + conversations::ConversationsApi
+    + executions::ExecutionsApi
 {
 }
 impl<
@@ -101,7 +107,9 @@ impl<
         + deployments::DeploymentsApi
         + events::EventsApi
         + webhooks::WebhooksApi
-        + marketplace::MarketplaceApi,
+        + marketplace::MarketplaceApi
+        + conversations::ConversationsApi
+        + executions::ExecutionsApi,
 > Api for T
 {
 }
@@ -122,6 +130,8 @@ pub fn service<T: Api>(
         events::EventsRoutes<T>,
         webhooks::WebhooksRoutes<T>,
         marketplace::MarketplaceRoutes<T>,
+        conversations::ConversationsRoutes<T>,
+        executions::ExecutionsRoutes<T>,
     ),
     (),
 > {
@@ -139,6 +149,8 @@ pub fn service<T: Api>(
             events::EventsRoutes(api.clone()),
             webhooks::WebhooksRoutes(api.clone()),
             marketplace::MarketplaceRoutes(api.clone()),
+            conversations::ConversationsRoutes(api.clone()),
+            executions::ExecutionsRoutes(api.clone()),
         ),
         TITLE,
         VERSION,
@@ -163,6 +175,9 @@ pub fn parse_csv<T: poem_openapi::types::ParseFromParameter>(
         })
         .collect()
 }
+/// The stream behind a `text/event-stream` answer: each item becomes one event whose
+/// `data:` is the item as JSON.
+pub type EventStreamOf<T> = futures_util::stream::BoxStream<'static, T>;
 /// What the spec says of one operation.
 #[derive(Debug, Clone, Copy)]
 pub struct OperationInfo {
@@ -365,6 +380,84 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "DELETE",
         path: "/v1/models/{model_id}",
         scopes: Some(&["write:models"]),
+    },
+    OperationInfo {
+        id: "executeAgent",
+        method: "POST",
+        path: "/v1/agents/{agent_id}/execute",
+        scopes: Some(&["execute:agents"]),
+    },
+    OperationInfo {
+        id: "listExecutions",
+        method: "GET",
+        path: "/v1/executions",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "getExecution",
+        method: "GET",
+        path: "/v1/executions/{execution_id}",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "cancelExecution",
+        method: "POST",
+        path: "/v1/executions/{execution_id}/cancel",
+        scopes: Some(&["execute:agents"]),
+    },
+    OperationInfo {
+        id: "getExecutionLogs",
+        method: "GET",
+        path: "/v1/executions/{execution_id}/logs",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "streamExecutionEvents",
+        method: "GET",
+        path: "/v1/executions/{execution_id}/events",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "listConversations",
+        method: "GET",
+        path: "/v1/conversations",
+        scopes: Some(&["read:conversations"]),
+    },
+    OperationInfo {
+        id: "createConversation",
+        method: "POST",
+        path: "/v1/conversations",
+        scopes: Some(&["write:conversations"]),
+    },
+    OperationInfo {
+        id: "getConversation",
+        method: "GET",
+        path: "/v1/conversations/{conversation_id}",
+        scopes: Some(&["read:conversations"]),
+    },
+    OperationInfo {
+        id: "deleteConversation",
+        method: "DELETE",
+        path: "/v1/conversations/{conversation_id}",
+        scopes: Some(&["write:conversations"]),
+    },
+    OperationInfo {
+        id: "updateConversation",
+        method: "PATCH",
+        path: "/v1/conversations/{conversation_id}",
+        scopes: Some(&["write:conversations"]),
+    },
+    OperationInfo {
+        id: "listMessages",
+        method: "GET",
+        path: "/v1/conversations/{conversation_id}/messages",
+        scopes: Some(&["read:conversations"]),
+    },
+    OperationInfo {
+        id: "sendMessage",
+        method: "POST",
+        path: "/v1/conversations/{conversation_id}/messages",
+        scopes: Some(&["write:conversations"]),
     },
     OperationInfo {
         id: "listApiKeys",

@@ -4486,6 +4486,558 @@ pub struct MarketplaceInstallRequest {
     #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
     pub knowledge_bases: Option<Vec<String>>,
 }
+/// Where an execution is: `queued` (accepted, waiting for a worker), `running`, or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ExecutionStatus")]
+pub enum ExecutionStatus {
+    #[oai(rename = "queued")]
+    Queued,
+    #[oai(rename = "running")]
+    Running,
+    #[oai(rename = "succeeded")]
+    Succeeded,
+    #[oai(rename = "failed")]
+    Failed,
+    #[oai(rename = "cancelled")]
+    Cancelled,
+    #[oai(rename = "timed_out")]
+    TimedOut,
+}
+impl ExecutionStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ExecutionStatus] = &[
+        ExecutionStatus::Queued,
+        ExecutionStatus::Running,
+        ExecutionStatus::Succeeded,
+        ExecutionStatus::Failed,
+        ExecutionStatus::Cancelled,
+        ExecutionStatus::TimedOut,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExecutionStatus::Queued => "queued",
+            ExecutionStatus::Running => "running",
+            ExecutionStatus::Succeeded => "succeeded",
+            ExecutionStatus::Failed => "failed",
+            ExecutionStatus::Cancelled => "cancelled",
+            ExecutionStatus::TimedOut => "timed_out",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "queued" => Some(ExecutionStatus::Queued),
+            "running" => Some(ExecutionStatus::Running),
+            "succeeded" => Some(ExecutionStatus::Succeeded),
+            "failed" => Some(ExecutionStatus::Failed),
+            "cancelled" => Some(ExecutionStatus::Cancelled),
+            "timed_out" => Some(ExecutionStatus::TimedOut),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ExecutionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// How to run and answer.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ExecuteOptions", deny_unknown_fields)]
+pub struct ExecuteOptions {
+    /// Answer with a `text/event-stream` of progress events (as `Accept: text/event-stream` does).
+    #[oai(rename = "stream", skip_serializing_if_is_none)]
+    pub stream: Option<bool>,
+    /// Answer 200 with the finished execution instead of 202 to poll (the answer waits at most `timeout`).
+    #[oai(rename = "wait", skip_serializing_if_is_none)]
+    pub wait: Option<bool>,
+    /// Milliseconds the execution may run; past it the execution ends `timed_out`. Default 120000.
+    #[oai(rename = "timeout", skip_serializing_if_is_none)]
+    pub timeout: Option<i64>,
+    /// Most tokens the model may generate (overrides the agent's `configuration.max_tokens`).
+    #[oai(rename = "max_tokens", skip_serializing_if_is_none)]
+    pub max_tokens: Option<i64>,
+    /// Sampling temperature (overrides the agent's).
+    #[oai(rename = "temperature", skip_serializing_if_is_none)]
+    pub temperature: Option<f64>,
+}
+/// Who the execution runs for (AIMatrix `context`); kept with the execution.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ExecuteContext", deny_unknown_fields)]
+pub struct ExecuteContext {
+    /// The end user.
+    #[oai(rename = "user_id", skip_serializing_if_is_none)]
+    pub user_id: Option<String>,
+    /// The end user's session.
+    #[oai(rename = "session_id", skip_serializing_if_is_none)]
+    pub session_id: Option<String>,
+    /// Anything else, kept as given.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+}
+/// What to run. The question is `input` (a string, or an object as CodexOS sends, which is
+/// given to the model as JSON) or `query` (AIMatrix); `parameters` (or `variables`) fill the
+/// agent's prompt template.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ExecuteRequest", deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// The input, a string or a JSON object.
+    #[oai(rename = "input", skip_serializing_if_is_none)]
+    pub input: Option<serde_json::Value>,
+    /// The question (AIMatrix), used when `input` is absent.
+    #[oai(rename = "query", skip_serializing_if_is_none)]
+    pub query: Option<String>,
+    /// Values of the agent's prompt template variables.
+    #[oai(rename = "parameters", skip_serializing_if_is_none)]
+    pub parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// Same as `parameters` (Magnet AI's name); `parameters` wins on a clash.
+    #[oai(rename = "variables", skip_serializing_if_is_none)]
+    pub variables: Option<std::collections::BTreeMap<String, String>>,
+    /// Who the execution runs for (AIMatrix `context`); kept with the execution.
+    #[oai(rename = "context", skip_serializing_if_is_none)]
+    pub context: Option<crate::models::ExecuteContext>,
+    /// How to run and answer.
+    #[oai(rename = "options", skip_serializing_if_is_none)]
+    pub options: Option<crate::models::ExecuteOptions>,
+}
+/// One step of a run (`template`, `retrieval`, `model_call`) with its timing.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionStep", deny_unknown_fields)]
+pub struct ExecutionStep {
+    /// The step.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// `succeeded` or `failed`.
+    #[oai(rename = "status")]
+    pub status: String,
+    /// When the step started.
+    #[oai(rename = "started_at")]
+    pub started_at: String,
+    /// How long it took.
+    #[oai(rename = "duration_ms")]
+    pub duration_ms: i64,
+    /// What the step did (variables rendered, passages retrieved with scores, model and tokens) or its error.
+    #[oai(rename = "detail")]
+    pub detail: serde_json::Value,
+}
+/// What a succeeded execution produced (CodexOS `result`).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionResult", deny_unknown_fields)]
+pub struct ExecutionResult {
+    /// The model's answer.
+    #[oai(rename = "output")]
+    pub output: String,
+    /// Input plus output tokens.
+    #[oai(rename = "tokens_used")]
+    pub tokens_used: i64,
+    /// Cost in US dollars, from the model's pricing.
+    #[oai(rename = "cost")]
+    pub cost: f64,
+}
+/// Tokens and cost of the execution.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionUsage", deny_unknown_fields)]
+pub struct ExecutionUsage {
+    /// The model that ran (`model_local` for the built-in one).
+    #[oai(rename = "model_id")]
+    pub model_id: Option<String>,
+    /// Tokens sent to the model.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// Tokens the model generated.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// Both.
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+    /// Cost in US dollars from the model's per-1k pricing.
+    #[oai(rename = "cost_usd")]
+    pub cost_usd: f64,
+}
+/// Why an execution did not succeed.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionError", deny_unknown_fields)]
+pub struct ExecutionError {
+    /// `EXECUTION_FAILED`, `INTERRUPTED`, `TIMED_OUT` or `CANCELLED`.
+    #[oai(rename = "code")]
+    pub code: String,
+    /// A human-readable explanation.
+    #[oai(rename = "message")]
+    pub message: String,
+}
+/// One run of an agent.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Execution", deny_unknown_fields)]
+pub struct Execution {
+    /// The execution's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The agent that ran.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The conversation the run answered a message of, if any.
+    #[oai(rename = "conversation_id", skip_serializing_if_is_none)]
+    pub conversation_id: Option<String>,
+    /// Where an execution is: `queued` (accepted, waiting for a worker), `running`, or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`).
+    #[oai(rename = "status")]
+    pub status: crate::models::ExecutionStatus,
+    /// The input as given (`input`, else `query`).
+    #[oai(rename = "input")]
+    pub input: serde_json::Value,
+    /// The template variables given.
+    #[oai(rename = "parameters", skip_serializing_if_is_none)]
+    pub parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// What a succeeded execution produced (CodexOS `result`).
+    #[oai(rename = "result", skip_serializing_if_is_none)]
+    pub result: Option<crate::models::ExecutionResult>,
+    /// Why an execution did not succeed.
+    #[oai(rename = "error", skip_serializing_if_is_none)]
+    pub error: Option<crate::models::ExecutionError>,
+    /// Tokens and cost of the execution.
+    #[oai(rename = "usage")]
+    pub usage: crate::models::ExecutionUsage,
+    /// The steps run so far, in order, with their timings.
+    #[oai(rename = "steps")]
+    pub steps: Vec<crate::models::ExecutionStep>,
+    /// When it was accepted.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When a worker started it.
+    #[oai(rename = "started_at", skip_serializing_if_is_none)]
+    pub started_at: Option<String>,
+    /// When it finished.
+    #[oai(rename = "completed_at", skip_serializing_if_is_none)]
+    pub completed_at: Option<String>,
+    /// From start to finish.
+    #[oai(rename = "duration_ms", skip_serializing_if_is_none)]
+    pub duration_ms: Option<i64>,
+}
+/// A page of executions.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionList", deny_unknown_fields)]
+pub struct ExecutionList {
+    /// The executions, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Execution>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// `info` or `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ExecutionLogLevel")]
+pub enum ExecutionLogLevel {
+    #[oai(rename = "info")]
+    Info,
+    #[oai(rename = "error")]
+    Error,
+}
+impl ExecutionLogLevel {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ExecutionLogLevel] =
+        &[ExecutionLogLevel::Info, ExecutionLogLevel::Error];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExecutionLogLevel::Info => "info",
+            ExecutionLogLevel::Error => "error",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "info" => Some(ExecutionLogLevel::Info),
+            "error" => Some(ExecutionLogLevel::Error),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ExecutionLogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One log line of an execution (CodexOS `logs`).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionLog", deny_unknown_fields)]
+pub struct ExecutionLog {
+    /// When it happened.
+    #[oai(rename = "timestamp")]
+    pub timestamp: String,
+    /// `info` or `error`.
+    #[oai(rename = "level")]
+    pub level: crate::models::ExecutionLogLevel,
+    /// What happened.
+    #[oai(rename = "message")]
+    pub message: String,
+    /// The step it belongs to.
+    #[oai(rename = "step", skip_serializing_if_is_none)]
+    pub step: Option<String>,
+}
+/// The log of an execution, oldest first.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionLogs", deny_unknown_fields)]
+pub struct ExecutionLogs {
+    /// The execution.
+    #[oai(rename = "execution_id")]
+    pub execution_id: String,
+    /// The lines.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::ExecutionLog>,
+}
+/// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ExecutionEventType")]
+pub enum ExecutionEventType {
+    #[oai(rename = "execution.started")]
+    ExecutionStarted,
+    #[oai(rename = "step")]
+    Step,
+    #[oai(rename = "token")]
+    Token,
+    #[oai(rename = "execution.completed")]
+    ExecutionCompleted,
+    #[oai(rename = "execution.failed")]
+    ExecutionFailed,
+}
+impl ExecutionEventType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ExecutionEventType] = &[
+        ExecutionEventType::ExecutionStarted,
+        ExecutionEventType::Step,
+        ExecutionEventType::Token,
+        ExecutionEventType::ExecutionCompleted,
+        ExecutionEventType::ExecutionFailed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExecutionEventType::ExecutionStarted => "execution.started",
+            ExecutionEventType::Step => "step",
+            ExecutionEventType::Token => "token",
+            ExecutionEventType::ExecutionCompleted => "execution.completed",
+            ExecutionEventType::ExecutionFailed => "execution.failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "execution.started" => Some(ExecutionEventType::ExecutionStarted),
+            "step" => Some(ExecutionEventType::Step),
+            "token" => Some(ExecutionEventType::Token),
+            "execution.completed" => Some(ExecutionEventType::ExecutionCompleted),
+            "execution.failed" => Some(ExecutionEventType::ExecutionFailed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ExecutionEventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The `data:` of one server-sent event; the SSE `event:` field repeats `type`. The last event carries the execution, and in a conversation the assistant's reply as `message`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionEvent", deny_unknown_fields)]
+pub struct ExecutionEvent {
+    /// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+    #[oai(rename = "type")]
+    pub type_: crate::models::ExecutionEventType,
+    /// The execution.
+    #[oai(rename = "execution_id")]
+    pub execution_id: String,
+    /// The event's position in this stream, from 0.
+    #[oai(rename = "sequence")]
+    pub sequence: i64,
+    /// One step of a run (`template`, `retrieval`, `model_call`) with its timing.
+    #[oai(rename = "step", skip_serializing_if_is_none)]
+    pub step: Option<crate::models::ExecutionStep>,
+    /// For `token`, the next piece of the answer.
+    #[oai(rename = "delta", skip_serializing_if_is_none)]
+    pub delta: Option<String>,
+    /// One run of an agent.
+    #[oai(rename = "execution", skip_serializing_if_is_none)]
+    pub execution: Option<crate::models::Execution>,
+    /// One message of a conversation (Magnet AI).
+    #[oai(rename = "message", skip_serializing_if_is_none)]
+    pub message: Option<crate::models::Message>,
+}
+/// Who wrote the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MessageRole")]
+pub enum MessageRole {
+    #[oai(rename = "user")]
+    User,
+    #[oai(rename = "assistant")]
+    Assistant,
+}
+impl MessageRole {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MessageRole] = &[MessageRole::User, MessageRole::Assistant];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MessageRole::User => "user",
+            MessageRole::Assistant => "assistant",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "user" => Some(MessageRole::User),
+            "assistant" => Some(MessageRole::Assistant),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MessageRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One message of a conversation (Magnet AI).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Message", deny_unknown_fields)]
+pub struct Message {
+    /// The message's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Its conversation.
+    #[oai(rename = "conversation_id")]
+    pub conversation_id: String,
+    /// Who wrote the message.
+    #[oai(rename = "role")]
+    pub role: crate::models::MessageRole,
+    /// The text.
+    #[oai(rename = "content")]
+    pub content: String,
+    /// The execution that answered it (a user message) or wrote it (an assistant reply).
+    #[oai(rename = "execution_id", skip_serializing_if_is_none)]
+    pub execution_id: Option<String>,
+    /// For an assistant reply, the tokens sent to the model; else 0.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// For an assistant reply, the tokens it took; else 0.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// When it was written.
+    #[oai(rename = "timestamp")]
+    pub timestamp: String,
+}
+/// A page of messages, oldest first.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MessageList", deny_unknown_fields)]
+pub struct MessageList {
+    /// The messages.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Message>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A conversation as created (Magnet AI).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ConversationInput", deny_unknown_fields)]
+pub struct ConversationInput {
+    /// The agent that answers.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The end user it is with.
+    #[oai(rename = "user_id", skip_serializing_if_is_none)]
+    pub user_id: Option<String>,
+    /// A title.
+    #[oai(rename = "title", skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    /// Anything else, kept as given.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+}
+/// The fields to change; `null` clears the title.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ConversationPatch", deny_unknown_fields)]
+pub struct ConversationPatch {
+    /// A title.
+    #[oai(rename = "title")]
+    pub title: poem_openapi::types::MaybeUndefined<String>,
+    /// Replaces the metadata.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+}
+/// A conversation with an agent; its history is fed to the model on every message.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Conversation", deny_unknown_fields)]
+pub struct Conversation {
+    /// The conversation's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The agent that answers.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The end user.
+    #[oai(rename = "user_id", skip_serializing_if_is_none)]
+    pub user_id: Option<String>,
+    /// A title.
+    #[oai(rename = "title", skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    /// As given.
+    #[oai(rename = "metadata")]
+    pub metadata: serde_json::Value,
+    /// Messages so far.
+    #[oai(rename = "message_count")]
+    pub message_count: i64,
+    /// On a single conversation, its latest 100 messages, oldest first.
+    #[oai(rename = "messages", skip_serializing_if_is_none)]
+    pub messages: Option<Vec<crate::models::Message>>,
+    /// Incremented by every change (a new message included).
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When it was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+/// A page of conversations.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ConversationList", deny_unknown_fields)]
+pub struct ConversationList {
+    /// The conversations, newest first (without their messages).
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Conversation>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A user message; the agent answers it with the conversation's history.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SendMessage", deny_unknown_fields)]
+pub struct SendMessage {
+    /// The text.
+    #[oai(rename = "message")]
+    pub message: String,
+    /// Answer with the reply's progress as server-sent events.
+    #[oai(rename = "stream", skip_serializing_if_is_none)]
+    pub stream: Option<bool>,
+    /// Values of the agent's prompt template variables.
+    #[oai(rename = "parameters", skip_serializing_if_is_none)]
+    pub parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// Milliseconds the reply may take; past it the execution ends `timed_out`. Default 120000.
+    #[oai(rename = "timeout", skip_serializing_if_is_none)]
+    pub timeout: Option<i64>,
+}
+/// A message and the agent's reply.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MessageExchange", deny_unknown_fields)]
+pub struct MessageExchange {
+    /// One message of a conversation (Magnet AI).
+    #[oai(rename = "message")]
+    pub message: crate::models::Message,
+    /// One message of a conversation (Magnet AI).
+    #[oai(rename = "reply", skip_serializing_if_is_none)]
+    pub reply: Option<crate::models::Message>,
+    /// One run of an agent.
+    #[oai(rename = "execution")]
+    pub execution: crate::models::Execution,
+}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]
 pub enum ListAgentsSort {

@@ -1,9 +1,11 @@
 //! The handlers: the generated traits, implemented over the store.
 
 mod agents;
+mod conversations;
 mod deployments;
 mod evaluations;
 mod events;
+mod executions;
 mod idem;
 mod identity;
 mod knowledge;
@@ -48,6 +50,10 @@ pub struct Handlers {
     pub cases: std::sync::Arc<dyn crate::evaluation::CaseRunner>,
     /// Wakes the event log's in-process consumers after a commit that published events.
     pub events: crate::events::EventBus,
+    /// Runs executions (jobs of kind `execution`).
+    pub runner: crate::engine::runner::ExecutionRunner,
+    /// The workers that run jobs; started by the server, woken after an enqueue.
+    pub pool: crate::jobs::WorkerPool,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
@@ -60,8 +66,41 @@ impl Handlers {
 
     /// Handlers whose GitHub source syncs call the GitHub REST API at `github_api`.
     pub fn with_github_api(store: Store, crypto: crate::crypto::Crypto, github_api: &str) -> Self {
+        Self::with_pool(
+            store,
+            crypto,
+            github_api,
+            crate::jobs::PoolConfig::default(),
+        )
+    }
+
+    /// Handlers with a worker pool configured as `pool` (not started: see
+    /// [`crate::jobs::WorkerPool::start`]).
+    pub fn with_pool(
+        store: Store,
+        crypto: crate::crypto::Crypto,
+        github_api: &str,
+        pool: crate::jobs::PoolConfig,
+    ) -> Self {
+        let runner = crate::engine::runner::ExecutionRunner {
+            store: store.clone(),
+            crypto: crypto.clone(),
+            live: std::sync::Arc::default(),
+            history: std::sync::Arc::new(crate::db::conversations::history),
+            after_finish: std::sync::Arc::new(crate::db::conversations::record_reply),
+        };
+        let handlers: std::collections::HashMap<
+            String,
+            std::sync::Arc<dyn crate::jobs::JobHandler>,
+        > = [(
+            crate::engine::runner::KIND.to_string(),
+            std::sync::Arc::new(runner.clone()) as std::sync::Arc<dyn crate::jobs::JobHandler>,
+        )]
+        .into();
         let events = crate::events::EventBus::new();
         Self {
+            pool: crate::jobs::WorkerPool::new(store.clone(), pool, handlers),
+            runner,
             crypto,
             runtime: std::sync::Arc::new(crate::runtime::embedded::EmbeddedRuntime::new(
                 store.clone(),

@@ -5,9 +5,11 @@
 //! blocking pool ([`Store::run`]), never on the async workers.
 
 pub mod agents;
+pub mod conversations;
 pub mod deployments;
 pub mod evaluations;
 pub mod events;
+pub mod executions;
 pub mod idempotency;
 pub mod identity;
 pub mod knowledge;

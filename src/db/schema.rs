@@ -152,6 +152,25 @@ diesel::table! {
 }
 
 diesel::table! {
+    jobs (id) {
+        id -> Text,
+        kind -> Text,
+        org_id -> Text,
+        agent_id -> Nullable<Text>,
+        payload -> Text,
+        status -> Text,
+        attempts -> BigInt,
+        max_attempts -> BigInt,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Text>,
+        run_after -> Text,
+        last_error -> Nullable<Text>,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
     tools (id) {
         id -> Text,
         org_id -> Text,

@@ -4,8 +4,10 @@
 mod agent_links;
 mod agents;
 mod conform;
+mod conversations;
 mod deployments;
 mod evaluations;
+mod executions;
 mod identity;
 mod knowledge;
 mod marketplace;

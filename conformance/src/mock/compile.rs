@@ -387,10 +387,39 @@ fn compile_operation(
                             .filter_map(|_| sample(&strategy, &mut runner))
                             .find(|v| valid(v));
                     }
-                    let body = match &value {
+                    let mut body = match &value {
                         Some(v) => render(&media_type, v),
                         None => Bytes::new(),
                     };
+                    if crate::response::is_event_stream(&media_type)
+                        && let Some(events) = spec
+                            .content
+                            .iter()
+                            .find(|c| c.media_type == media_type)
+                            .and_then(|c| c.event_validator.as_ref())
+                    {
+                        // A short stream whose every `data:` is valid against the event
+                        // schema: the spec's example when it is one, else a generated event.
+                        let fine = !crate::response::sse_events(&body).is_empty()
+                            && crate::response::event_stream_violation(events, &body).is_none();
+                        if !fine {
+                            let schema = m.get("x-event-schema").or(m.get("itemSchema"));
+                            let mut event = schema.map(|s| generator.plain(s));
+                            if event.as_ref().is_none_or(|e| !events.is_valid(e))
+                                && let Some(schema) = schema
+                            {
+                                let strategy = generator.strategy(schema);
+                                event = (0..ATTEMPTS)
+                                    .filter_map(|_| sample(&strategy, &mut runner))
+                                    .find(|v| events.is_valid(v));
+                            }
+                            body = match event {
+                                Some(e) => Bytes::from(format!("data: {e}\n\n")),
+                                None => Bytes::new(),
+                            };
+                            value = Some(Value::String(String::from_utf8_lossy(&body).into()));
+                        }
+                    }
                     media.push(MockMedia {
                         media_type,
                         schema,
@@ -698,6 +727,43 @@ mod tests {
         assert_eq!(read.entry(404).map(|e| e.key.as_str()), Some("4XX"));
         assert_eq!(read.entry(404).map(|e| e.status), Some(400));
         assert!(read.documents(404) && !read.documents(500));
+    }
+
+    #[test]
+    fn event_streams_answer_a_short_stream_of_valid_events() {
+        let doc = json!({
+            "openapi": "3.1.0",
+            "paths": {"/runs/{run_id}/events": {"get": {"responses": {"200": {"description": "events",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Event"}},
+                    "text/event-stream": {
+                        "schema": {"type": "string"},
+                        "example": "data: {\"broken\": true}\n\n",
+                        "x-event-schema": {"$ref": "#/components/schemas/Event"}
+                    }
+                }}}}}},
+            "components": {"schemas": {"Event": {
+                "type": "object", "required": ["type", "n"], "additionalProperties": false,
+                "properties": {"type": {"type": "string", "enum": ["tick"]}, "n": {"type": "integer", "minimum": 3}}
+            }}}
+        });
+        let spec = MockSpec::compile(doc).expect("compiles");
+        let op = spec
+            .operation("/paths/~1runs~1{run_id}~1events/get")
+            .expect("op");
+        let entry = &op.entries[0];
+        let json_media = entry.negotiate(None).expect("json by default");
+        assert_eq!(json_media.media_type, "application/json");
+        let sse = entry
+            .negotiate(Some("text/event-stream"))
+            .expect("asked for events");
+        assert_eq!(sse.media_type, "text/event-stream");
+        // The invalid example is replaced by a generated valid event.
+        let events = crate::response::sse_events(&sse.body);
+        assert_eq!(events.len(), 1, "{:?}", sse.body);
+        let event: Value = serde_json::from_str(&events[0].data).expect("json data");
+        assert_eq!(event["type"], "tick");
+        assert!(event["n"].as_i64().is_some_and(|n| n >= 3));
     }
 
     #[test]

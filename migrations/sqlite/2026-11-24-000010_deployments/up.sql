@@ -23,4 +23,4 @@ CREATE TABLE agent_logs (
     created_at TEXT NOT NULL
 );
 CREATE INDEX agent_logs_by_agent ON agent_logs (agent_id, created_at, id);
-CREATE INDEX executions_by_agent ON executions (agent_id, status, finished_at);
+CREATE INDEX executions_by_agent_finished ON executions (agent_id, status, finished_at);
