@@ -15,3 +15,4 @@ pub mod http;
 pub mod ids;
 pub mod knowledge;
 pub mod server;
+pub mod sim;

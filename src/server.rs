@@ -130,6 +130,19 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             "knowledge syncs interrupted by a restart were marked failed"
         );
     }
+    let interrupted = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.run_blocking(crate::db::twins::fail_interrupted_simulations)
+        })
+        .await??
+    };
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "simulations interrupted by a restart were marked failed"
+        );
+    }
     let acceptor = TcpListener::bind(config.listen.clone())
         .into_acceptor()
         .await

@@ -23,6 +23,9 @@ pub mod models;
 pub mod system;
 pub mod templates;
 pub mod tools;
+pub mod twins;
+pub mod usage;
+pub mod vault;
 pub use agents::*;
 pub use identity::*;
 pub use knowledge::*;
@@ -30,6 +33,9 @@ pub use model_registry::*;
 pub use system::*;
 pub use templates::*;
 pub use tools::*;
+pub use twins::*;
+pub use usage::*;
+pub use vault::*;
 /// The bundled OpenAPI 3.1 document: the spec the server publishes at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// The same document down-converted to OpenAPI 3.0.3, for tools that read only 3.0.
@@ -72,6 +78,9 @@ pub trait Api:
     + tools::ToolsApi
     + templates::TemplatesApi
     + model_registry::ModelRegistryApi
+    + vault::VaultApi
+    + twins::TwinsApi
+    + usage::UsageApi
 {
 }
 impl<
@@ -81,7 +90,10 @@ impl<
         + knowledge::KnowledgeApi
         + tools::ToolsApi
         + templates::TemplatesApi
-        + model_registry::ModelRegistryApi,
+        + model_registry::ModelRegistryApi
+        + vault::VaultApi
+        + twins::TwinsApi
+        + usage::UsageApi,
 > Api for T
 {
 }
@@ -97,6 +109,9 @@ pub fn service<T: Api>(
         tools::ToolsRoutes<T>,
         templates::TemplatesRoutes<T>,
         model_registry::ModelRegistryRoutes<T>,
+        vault::VaultRoutes<T>,
+        twins::TwinsRoutes<T>,
+        usage::UsageRoutes<T>,
     ),
     (),
 > {
@@ -109,6 +124,9 @@ pub fn service<T: Api>(
             tools::ToolsRoutes(api.clone()),
             templates::TemplatesRoutes(api.clone()),
             model_registry::ModelRegistryRoutes(api.clone()),
+            vault::VaultRoutes(api.clone()),
+            twins::TwinsRoutes(api.clone()),
+            usage::UsageRoutes(api.clone()),
         ),
         TITLE,
         VERSION,
@@ -461,6 +479,126 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "POST",
         path: "/v1/tools/{tool_id}/test",
         scopes: Some(&["write:tools"]),
+    },
+    OperationInfo {
+        id: "listVaultCredentials",
+        method: "GET",
+        path: "/v1/vault/credentials",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "createVaultCredential",
+        method: "POST",
+        path: "/v1/vault/credentials",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "getVaultCredential",
+        method: "GET",
+        path: "/v1/vault/credentials/{credential_id}",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "replaceVaultCredential",
+        method: "PUT",
+        path: "/v1/vault/credentials/{credential_id}",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "deleteVaultCredential",
+        method: "DELETE",
+        path: "/v1/vault/credentials/{credential_id}",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "listVaultTokens",
+        method: "GET",
+        path: "/v1/vault/tokens",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "createVaultToken",
+        method: "POST",
+        path: "/v1/vault/tokens",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "getVaultToken",
+        method: "GET",
+        path: "/v1/vault/tokens/{token_id}",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "revokeVaultToken",
+        method: "POST",
+        path: "/v1/vault/tokens/{token_id}/revoke",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "listTwins",
+        method: "GET",
+        path: "/v1/twins",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "createTwin",
+        method: "POST",
+        path: "/v1/twins",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "getTwin",
+        method: "GET",
+        path: "/v1/twins/{twin_id}",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "replaceTwin",
+        method: "PUT",
+        path: "/v1/twins/{twin_id}",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "deleteTwin",
+        method: "DELETE",
+        path: "/v1/twins/{twin_id}",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "simulateTwin",
+        method: "POST",
+        path: "/v1/twins/{twin_id}/simulate",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "listTwinSimulations",
+        method: "GET",
+        path: "/v1/twins/{twin_id}/simulations",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "getTwinSimulation",
+        method: "GET",
+        path: "/v1/twins/{twin_id}/simulations/{simulation_id}",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "getUsageStats",
+        method: "GET",
+        path: "/v1/usage/stats",
+        scopes: Some(&["read:usage"]),
+    },
+    OperationInfo {
+        id: "getUsageCosts",
+        method: "GET",
+        path: "/v1/usage/costs",
+        scopes: Some(&["read:usage"]),
+    },
+    OperationInfo {
+        id: "getConversationAnalytics",
+        method: "GET",
+        path: "/v1/analytics/conversations",
+        scopes: Some(&["read:usage"]),
     },
 ];
 /// A file part of a `multipart/form-data` request, read whole.

@@ -9,6 +9,9 @@ mod paging;
 mod system;
 mod templates;
 mod tools;
+mod twins;
+mod usage;
+mod vault;
 
 use std::time::Instant;
 

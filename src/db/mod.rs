@@ -13,6 +13,9 @@ pub mod schema;
 pub mod sql;
 pub mod templates;
 pub mod tools;
+pub mod twins;
+pub mod usage;
+pub mod vault;
 
 use std::time::Duration;
 
