@@ -10,6 +10,7 @@ pub mod identity;
 pub mod knowledge;
 pub mod models;
 pub mod schema;
+pub mod sealed;
 pub mod sql;
 pub mod templates;
 pub mod tools;

@@ -13,4 +13,7 @@ mod support;
 mod system;
 mod templates;
 mod tools;
+mod twins;
+mod usage;
 mod validation;
+mod vault;
