@@ -93,7 +93,7 @@ pub struct GetVaultCredentialParams {
     pub credential_id: String,
     /// An `ETag` you hold; answers 304 when the resource still has it.
     pub if_none_match: Option<String>,
-    /// A vault token; asks for the decrypted `value`.
+    /// A vault token (the `vaultToken` credential); asks for the decrypted `value`. With it the answer is never 304.
     pub x_vault_token: Option<String>,
 }
 /// Every documented answer of

@@ -371,7 +371,7 @@ impl Handlers {
         let options = body.options.clone().unwrap_or_default();
         let seed = options
             .seed
-            .unwrap_or_else(|| i64::try_from(rand::random::<u64>() >> 11).unwrap_or(0));
+            .unwrap_or_else(|| i64::from(rand::random::<u32>()));
         let runs = options.runs.unwrap_or(DEFAULT_RUNS);
         let run_async = options.run_async.unwrap_or(false);
         let mut hash_input = body.to_json().unwrap_or_default();
