@@ -1,5 +1,6 @@
-//! The `agentplane` command: `serve` runs the API; `keys create` issues API keys; `conform`
-//! contract-tests any server against its OpenAPI spec; `mock` serves a fake of any spec.
+//! The `agentplane` command: `serve` runs the API; `keys create` issues API keys;
+//! `rotate-master-key` re-seals secrets at rest under a new key; `conform` contract-tests any
+//! server against its OpenAPI spec; `mock` serves a fake of any spec.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;

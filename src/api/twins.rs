@@ -14,10 +14,9 @@ use poem_openapi::types::{MaybeUndefined, ParseFromJSON, ToJSON};
 use serde_json::{Map, Value, json};
 
 use super::Handlers;
-use super::idem::{self, Created, Keyed};
+use super::idem::{self, Created, NewKeyed};
 use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
-use crate::db::knowledge::Page;
 use crate::db::twins::{self as store, SimulationRow, TwinChanges, TwinRow};
 use crate::db::{DbConnection, Store, StoreError, StoreResult};
 use crate::error::{Failure, Kind, detail};
@@ -200,14 +199,6 @@ fn duration_ms(started: &str, finished: &str) -> Option<i64> {
     )
 }
 
-fn page_of(p: &PageRequest) -> Page {
-    Page {
-        after_id: p.after_id.clone(),
-        offset: p.offset,
-        limit: p.limit,
-    }
-}
-
 /// Runs a plan off the async workers; the results as stored JSON.
 async fn compute(plan: sim::Plan, seed: u64, runs: usize) -> Result<String, String> {
     tokio::task::spawn_blocking(move || sim::run(&plan, seed, runs))
@@ -288,26 +279,22 @@ impl Handlers {
             created_at: now.clone(),
             updated_at: now,
         };
-        let key = params.idempotency_key;
-        let created = self
-            .store
-            .run(move |conn| {
-                let keyed = Keyed {
-                    org_id: &row.org_id,
-                    operation: CREATE_OPERATION,
-                    key: key.as_deref(),
-                    request_hash: &hash,
-                    resource_id: &row.id,
-                };
-                idem::create_once(
-                    conn,
-                    &keyed,
-                    |conn| store::insert(conn, &row).map(|()| row.clone()),
-                    |conn, id| store::get(conn, &row.org_id, id),
-                )
-            })
-            .await
-            .map_err(store_failure(TWIN_NOT_FOUND, rid))?;
+        let (org, id, twin) = (row.org_id.clone(), row.id.clone(), row.clone());
+        let keyed = NewKeyed {
+            org_id: org.clone(),
+            operation: CREATE_OPERATION,
+            key: params.idempotency_key,
+            request_hash: hash,
+            resource_id: id,
+        };
+        let created = idem::create_keyed(
+            &self.store,
+            keyed,
+            move |conn| store::insert(conn, &twin).map(|()| twin.clone()),
+            move |conn, id| store::get(conn, &org, id),
+        )
+        .await
+        .map_err(store_failure(TWIN_NOT_FOUND, rid))?;
         match created {
             Created::New(row) | Created::Replayed(row) => Ok(row),
             Created::KeyReused => Err(idem::key_reused(rid)),
@@ -411,32 +398,28 @@ impl Handlers {
                 }
             }
         }
-        let key = params.idempotency_key;
-        let created = self
-            .store
-            .run(move |conn| {
-                let keyed = Keyed {
-                    org_id: &row.org_id,
-                    operation: SIMULATE_OPERATION,
-                    key: key.as_deref(),
-                    request_hash: &hash,
-                    resource_id: &row.id,
-                };
-                idem::create_once(
-                    conn,
-                    &keyed,
-                    |conn| {
-                        store::insert_simulation(conn, &row)?;
-                        if row.status != "queued" {
-                            simulation_finished(conn, &row)?;
-                        }
-                        Ok(row.clone())
-                    },
-                    |conn, id| store::get_simulation(conn, &row.org_id, &row.twin_id, id),
-                )
-            })
-            .await
-            .map_err(store_failure(SIMULATION_NOT_FOUND, rid))?;
+        let (org, twin_id) = (row.org_id.clone(), row.twin_id.clone());
+        let keyed = NewKeyed {
+            org_id: org.clone(),
+            operation: SIMULATE_OPERATION,
+            key: params.idempotency_key,
+            request_hash: hash,
+            resource_id: row.id.clone(),
+        };
+        let created = idem::create_keyed(
+            &self.store,
+            keyed,
+            move |conn| {
+                store::insert_simulation(conn, &row)?;
+                if row.status != "queued" {
+                    simulation_finished(conn, &row)?;
+                }
+                Ok(row.clone())
+            },
+            move |conn, id| store::get_simulation(conn, &org, &twin_id, id),
+        )
+        .await
+        .map_err(store_failure(SIMULATION_NOT_FOUND, rid))?;
         match created {
             Created::New(row) => {
                 if run_async {
@@ -467,7 +450,7 @@ impl TwinsApi for Handlers {
             Err(f) => return f.into(),
         };
         let org = caller.org_id.clone();
-        let q = page_of(&page);
+        let q = page.page();
         let ty = params.type_;
         let result = self
             .store
@@ -629,7 +612,7 @@ impl TwinsApi for Handlers {
         let org = caller.org_id.clone();
         let twin_id = params.twin_id;
         let status = params.status.map(|s| s.as_str());
-        let q = page_of(&page);
+        let q = page.page();
         let result = self
             .store
             .run(move |conn| store::list_simulations(conn, &org, &twin_id, status, &q))

@@ -12,7 +12,7 @@ use poem_openapi::types::{MaybeUndefined, ToJSON};
 use serde_json::{Map, Value};
 
 use super::Handlers;
-use super::idem::{self, Created, Keyed};
+use super::idem::{self, Created, NewKeyed};
 use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::vault::{
@@ -224,26 +224,22 @@ impl Handlers {
             created_at: now.clone(),
             updated_at: now,
         };
-        let key = params.idempotency_key;
-        let created = self
-            .store
-            .run(move |conn| {
-                let keyed = Keyed {
-                    org_id: &row.org_id,
-                    operation: CREATE_OPERATION,
-                    key: key.as_deref(),
-                    request_hash: &hash,
-                    resource_id: &row.id,
-                };
-                idem::create_once(
-                    conn,
-                    &keyed,
-                    |conn| store::insert_credential(conn, &row).map(|()| row.clone()),
-                    |conn, id| store::get_credential(conn, &row.org_id, id),
-                )
-            })
-            .await
-            .map_err(store_failure(CREDENTIAL_NOT_FOUND, rid))?;
+        let (org, id, cred) = (row.org_id.clone(), row.id.clone(), row.clone());
+        let keyed = NewKeyed {
+            org_id: org.clone(),
+            operation: CREATE_OPERATION,
+            key: params.idempotency_key,
+            request_hash: hash,
+            resource_id: id,
+        };
+        let created = idem::create_keyed(
+            &self.store,
+            keyed,
+            move |conn| store::insert_credential(conn, &cred).map(|()| cred.clone()),
+            move |conn, id| store::get_credential(conn, &org, id),
+        )
+        .await
+        .map_err(store_failure(CREDENTIAL_NOT_FOUND, rid))?;
         match created {
             Created::New(row) | Created::Replayed(row) => Ok(row),
             Created::KeyReused => Err(idem::key_reused(rid)),
@@ -274,11 +270,7 @@ impl VaultApi for Handlers {
             tag: params.tag,
         };
         let org = caller.org_id.clone();
-        let q = crate::db::knowledge::Page {
-            after_id: page.after_id.clone(),
-            offset: page.offset,
-            limit: page.limit,
-        };
+        let q = page.page();
         let result = self
             .store
             .run(move |conn| store::list_credentials(conn, &org, &filter, &q))
@@ -461,11 +453,7 @@ impl VaultApi for Handlers {
             Err(f) => return f.into(),
         };
         let org = caller.org_id.clone();
-        let q = crate::db::knowledge::Page {
-            after_id: page.after_id.clone(),
-            offset: page.offset,
-            limit: page.limit,
-        };
+        let q = page.page();
         match self
             .store
             .run(move |conn| store::list_tokens(conn, &org, &q))
