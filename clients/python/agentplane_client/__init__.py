@@ -25,6 +25,9 @@ __all__ = [
     "SystemApi",
     "TemplatesApi",
     "ToolsApi",
+    "TwinsApi",
+    "UsageApi",
+    "VaultApi",
     "ApiResponse",
     "ApiClient",
     "Configuration",
@@ -36,6 +39,7 @@ __all__ = [
     "ApiException",
     "Agent",
     "AgentConfiguration",
+    "AgentConversationStats",
     "AgentField",
     "AgentFieldset",
     "AgentFlow",
@@ -51,6 +55,11 @@ __all__ = [
     "ApiToolInput",
     "BuildInfo",
     "ComponentHealth",
+    "ConversationAnalytics",
+    "DailyConversationStats",
+    "DailyCost",
+    "DataSource",
+    "DataSourceInput",
     "DatabaseInfo",
     "DocumentInput",
     "Error",
@@ -88,11 +97,13 @@ __all__ = [
     "ModelList",
     "ModelPricing",
     "ModelProvider",
+    "ModelUsage",
     "NewUser",
     "NotificationPreferences",
     "NotificationPreferencesPatch",
     "Organization",
     "Pagination",
+    "Percentiles",
     "Personality",
     "PlatformConnection",
     "ProcessingOptions",
@@ -106,6 +117,14 @@ __all__ = [
     "RenderedPrompt",
     "Role",
     "Scope",
+    "Simulation",
+    "SimulationList",
+    "SimulationModel",
+    "SimulationOptions",
+    "SimulationPeriod",
+    "SimulationRequest",
+    "SimulationResults",
+    "SimulationStatus",
     "SyncJob",
     "SyncStatus",
     "SystemStatus",
@@ -117,9 +136,31 @@ __all__ = [
     "ToolTestInput",
     "ToolTestResult",
     "ToolType",
+    "Twin",
+    "TwinInput",
+    "TwinList",
+    "UpdateFrequency",
     "UrlSourceInput",
+    "UsageCostEntry",
+    "UsageCostTotal",
+    "UsageCosts",
+    "UsageEntityType",
+    "UsageGroup",
+    "UsageGroupBy",
+    "UsagePeriod",
+    "UsageStats",
+    "UsageTotals",
     "User",
     "UserProfileUpdate",
+    "VaultCredential",
+    "VaultCredentialInput",
+    "VaultCredentialList",
+    "VaultCredentialReplace",
+    "VaultCredentialType",
+    "VaultToken",
+    "VaultTokenCreated",
+    "VaultTokenInput",
+    "VaultTokenList",
 ]
 
 # import apis into sdk package
@@ -130,6 +171,9 @@ from agentplane_client.api.model_registry_api import ModelRegistryApi as ModelRe
 from agentplane_client.api.system_api import SystemApi as SystemApi
 from agentplane_client.api.templates_api import TemplatesApi as TemplatesApi
 from agentplane_client.api.tools_api import ToolsApi as ToolsApi
+from agentplane_client.api.twins_api import TwinsApi as TwinsApi
+from agentplane_client.api.usage_api import UsageApi as UsageApi
+from agentplane_client.api.vault_api import VaultApi as VaultApi
 
 # import ApiClient
 from agentplane_client.api_response import ApiResponse as ApiResponse
@@ -145,6 +189,7 @@ from agentplane_client.exceptions import ApiException as ApiException
 # import models into sdk package
 from agentplane_client.models.agent import Agent as Agent
 from agentplane_client.models.agent_configuration import AgentConfiguration as AgentConfiguration
+from agentplane_client.models.agent_conversation_stats import AgentConversationStats as AgentConversationStats
 from agentplane_client.models.agent_field import AgentField as AgentField
 from agentplane_client.models.agent_fieldset import AgentFieldset as AgentFieldset
 from agentplane_client.models.agent_flow import AgentFlow as AgentFlow
@@ -160,6 +205,11 @@ from agentplane_client.models.api_key_list import ApiKeyList as ApiKeyList
 from agentplane_client.models.api_tool_input import ApiToolInput as ApiToolInput
 from agentplane_client.models.build_info import BuildInfo as BuildInfo
 from agentplane_client.models.component_health import ComponentHealth as ComponentHealth
+from agentplane_client.models.conversation_analytics import ConversationAnalytics as ConversationAnalytics
+from agentplane_client.models.daily_conversation_stats import DailyConversationStats as DailyConversationStats
+from agentplane_client.models.daily_cost import DailyCost as DailyCost
+from agentplane_client.models.data_source import DataSource as DataSource
+from agentplane_client.models.data_source_input import DataSourceInput as DataSourceInput
 from agentplane_client.models.database_info import DatabaseInfo as DatabaseInfo
 from agentplane_client.models.document_input import DocumentInput as DocumentInput
 from agentplane_client.models.error import Error as Error
@@ -197,11 +247,13 @@ from agentplane_client.models.model_input import ModelInput as ModelInput
 from agentplane_client.models.model_list import ModelList as ModelList
 from agentplane_client.models.model_pricing import ModelPricing as ModelPricing
 from agentplane_client.models.model_provider import ModelProvider as ModelProvider
+from agentplane_client.models.model_usage import ModelUsage as ModelUsage
 from agentplane_client.models.new_user import NewUser as NewUser
 from agentplane_client.models.notification_preferences import NotificationPreferences as NotificationPreferences
 from agentplane_client.models.notification_preferences_patch import NotificationPreferencesPatch as NotificationPreferencesPatch
 from agentplane_client.models.organization import Organization as Organization
 from agentplane_client.models.pagination import Pagination as Pagination
+from agentplane_client.models.percentiles import Percentiles as Percentiles
 from agentplane_client.models.personality import Personality as Personality
 from agentplane_client.models.platform_connection import PlatformConnection as PlatformConnection
 from agentplane_client.models.processing_options import ProcessingOptions as ProcessingOptions
@@ -215,6 +267,14 @@ from agentplane_client.models.render_request import RenderRequest as RenderReque
 from agentplane_client.models.rendered_prompt import RenderedPrompt as RenderedPrompt
 from agentplane_client.models.role import Role as Role
 from agentplane_client.models.scope import Scope as Scope
+from agentplane_client.models.simulation import Simulation as Simulation
+from agentplane_client.models.simulation_list import SimulationList as SimulationList
+from agentplane_client.models.simulation_model import SimulationModel as SimulationModel
+from agentplane_client.models.simulation_options import SimulationOptions as SimulationOptions
+from agentplane_client.models.simulation_period import SimulationPeriod as SimulationPeriod
+from agentplane_client.models.simulation_request import SimulationRequest as SimulationRequest
+from agentplane_client.models.simulation_results import SimulationResults as SimulationResults
+from agentplane_client.models.simulation_status import SimulationStatus as SimulationStatus
 from agentplane_client.models.sync_job import SyncJob as SyncJob
 from agentplane_client.models.sync_status import SyncStatus as SyncStatus
 from agentplane_client.models.system_status import SystemStatus as SystemStatus
@@ -226,7 +286,29 @@ from agentplane_client.models.tool_query import ToolQuery as ToolQuery
 from agentplane_client.models.tool_test_input import ToolTestInput as ToolTestInput
 from agentplane_client.models.tool_test_result import ToolTestResult as ToolTestResult
 from agentplane_client.models.tool_type import ToolType as ToolType
+from agentplane_client.models.twin import Twin as Twin
+from agentplane_client.models.twin_input import TwinInput as TwinInput
+from agentplane_client.models.twin_list import TwinList as TwinList
+from agentplane_client.models.update_frequency import UpdateFrequency as UpdateFrequency
 from agentplane_client.models.url_source_input import UrlSourceInput as UrlSourceInput
+from agentplane_client.models.usage_cost_entry import UsageCostEntry as UsageCostEntry
+from agentplane_client.models.usage_cost_total import UsageCostTotal as UsageCostTotal
+from agentplane_client.models.usage_costs import UsageCosts as UsageCosts
+from agentplane_client.models.usage_entity_type import UsageEntityType as UsageEntityType
+from agentplane_client.models.usage_group import UsageGroup as UsageGroup
+from agentplane_client.models.usage_group_by import UsageGroupBy as UsageGroupBy
+from agentplane_client.models.usage_period import UsagePeriod as UsagePeriod
+from agentplane_client.models.usage_stats import UsageStats as UsageStats
+from agentplane_client.models.usage_totals import UsageTotals as UsageTotals
 from agentplane_client.models.user import User as User
 from agentplane_client.models.user_profile_update import UserProfileUpdate as UserProfileUpdate
+from agentplane_client.models.vault_credential import VaultCredential as VaultCredential
+from agentplane_client.models.vault_credential_input import VaultCredentialInput as VaultCredentialInput
+from agentplane_client.models.vault_credential_list import VaultCredentialList as VaultCredentialList
+from agentplane_client.models.vault_credential_replace import VaultCredentialReplace as VaultCredentialReplace
+from agentplane_client.models.vault_credential_type import VaultCredentialType as VaultCredentialType
+from agentplane_client.models.vault_token import VaultToken as VaultToken
+from agentplane_client.models.vault_token_created import VaultTokenCreated as VaultTokenCreated
+from agentplane_client.models.vault_token_input import VaultTokenInput as VaultTokenInput
+from agentplane_client.models.vault_token_list import VaultTokenList as VaultTokenList
 

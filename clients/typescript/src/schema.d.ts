@@ -774,6 +774,333 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/vault/credentials": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List credentials
+         * @description Lists the organization's credentials, newest first, without their values. Filter with `type`, `environment` or `tag`.
+         */
+        get: operations["listVaultCredentials"];
+        put?: never;
+        /**
+         * Store a credential
+         * @description Stores a credential; `value` is encrypted at rest under the master key and never returned except to a read with a valid `X-Vault-Token`.
+         */
+        post: operations["createVaultCredential"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vault/credentials/{credential_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The credential's id (`cred_…`). */
+                credential_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a credential (decrypted with a vault token)
+         * @description Returns the credential's metadata with its `ETag`. With a valid `X-Vault-Token` (issued by
+         *     `POST /v1/vault/tokens` in this organization, not revoked, not expired) the answer also
+         *     carries the decrypted `value`, and the read is recorded as a security event. An unknown,
+         *     revoked or expired vault token answers 401; a token of another organization 403.
+         */
+        get: operations["getVaultCredential"];
+        /**
+         * Replace a credential
+         * @description Replaces the credential; a `value` left out keeps the stored secret. With `If-Match`, answers 412 when it changed since that `ETag`.
+         */
+        put: operations["replaceVaultCredential"];
+        post?: never;
+        /**
+         * Delete a credential
+         * @description Deletes the credential and its encrypted value.
+         */
+        delete: operations["deleteVaultCredential"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vault/tokens": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List vault tokens
+         * @description Lists the organization's vault tokens, newest first, revoked ones included. Secrets are never returned.
+         */
+        get: operations["listVaultTokens"];
+        put?: never;
+        /**
+         * Issue a vault token
+         * @description Issues a token that opens this organization's credentials (`X-Vault-Token` on
+         *     `GET /v1/vault/credentials/{credential_id}`). The secret `token` is in this response only
+         *     and stored hashed, so the operation takes no `Idempotency-Key`: a replay could not show it
+         *     again. `ttl_seconds` makes it expire.
+         */
+        post: operations["createVaultToken"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vault/tokens/{token_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The vault token's id (`vtok_…`). */
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a vault token
+         * @description Returns the token's metadata (never its secret).
+         */
+        get: operations["getVaultToken"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vault/tokens/{token_id}/revoke": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The vault token's id (`vtok_…`). */
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Revoke a vault token
+         * @description Revokes the token at once; it stays listed with `revoked_at`. Revoking a revoked token keeps its first `revoked_at`.
+         */
+        post: operations["revokeVaultToken"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/twins": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List digital twins
+         * @description Lists the organization's digital twins, newest first; `type` narrows to one kind.
+         */
+        get: operations["listTwins"];
+        put?: never;
+        /**
+         * Create a digital twin
+         * @description Creates a digital twin. Data sources' `connection_string`s are encrypted at rest and never returned (`connection_string_set` tells whether one is stored).
+         */
+        post: operations["createTwin"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/twins/{twin_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a digital twin
+         * @description Returns the twin with its `ETag`; with a matching `If-None-Match` answers 304.
+         */
+        get: operations["getTwin"];
+        /**
+         * Replace a digital twin
+         * @description Replaces the twin; a data source sent without `connection_string` keeps the one stored at the same position. With `If-Match`, answers 412 when it changed since that `ETag`.
+         */
+        put: operations["replaceTwin"];
+        post?: never;
+        /**
+         * Delete a digital twin
+         * @description Deletes the twin and its simulations.
+         */
+        delete: operations["deleteTwin"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/twins/{twin_id}/simulate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Run a simulation
+         * @description Runs `model` (default the twin's first simulation model) as a seeded Monte Carlo
+         *     simulation over the twin's `state` and the scenario's `parameters`. Without
+         *     `options.run_async` it answers 201 with the results; with it, 202 at once with the
+         *     simulation to poll (`Location`). The same `options.seed`, state and parameters give the
+         *     same numbers. A model the twin does not enable, or a parameter the model does not know
+         *     (or of the wrong type or range), answers 422 naming it.
+         */
+        post: operations["simulateTwin"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/twins/{twin_id}/simulations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * List a twin's simulations
+         * @description Lists the twin's simulations, newest first, with their results.
+         */
+        get: operations["listTwinSimulations"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/twins/{twin_id}/simulations/{simulation_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+                /** @description The simulation's id (`sim_…`). */
+                simulation_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a simulation
+         * @description Returns the simulation; poll until `status` is `completed` (with `results`) or `failed` (with `error`).
+         */
+        get: operations["getTwinSimulation"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/usage/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Usage statistics
+         * @description Totals and a breakdown (`group_by` agent, model, hour, day or month; default day) of the
+         *     organization's usage records over a period: tokens, executions, conversations, messages
+         *     and cost in US dollars, aggregated by the database. Covers CodexOS `GET /usage/stats`
+         *     and Magnet AI `GET /api/usage/stats`.
+         */
+        get: operations["getUsageStats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/usage/costs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Cost analysis
+         * @description Costs attributed to entities of `entity_type` (default `agent`): every such entity with
+         *     usage in the period, most expensive first, or only `entity_id`; with the cost per day.
+         *     Magnet AI's `GET /api/usage/costs?entity_type=agent&entity_id=…`.
+         */
+        get: operations["getUsageCosts"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/analytics/conversations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Conversation analytics
+         * @description Conversations started and messages sent in the period, average conversation and message length, per agent and per day (Magnet AI `GET /api/analytics/conversations`).
+         */
+        get: operations["getConversationAnalytics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1135,7 +1462,7 @@ export interface components {
          * @description A permission an API key carries.
          * @enum {string}
          */
-        Scope: "read:agents" | "write:agents" | "read:keys" | "write:keys" | "read:knowledge" | "write:knowledge" | "read:tools" | "write:tools" | "read:templates" | "write:templates" | "read:models" | "write:models" | "execute:agents" | "read:executions" | "read:conversations" | "write:conversations";
+        Scope: "read:agents" | "write:agents" | "read:keys" | "write:keys" | "read:knowledge" | "write:knowledge" | "read:tools" | "write:tools" | "read:templates" | "write:templates" | "read:models" | "write:models" | "execute:agents" | "read:executions" | "read:conversations" | "write:conversations" | "read:vault" | "write:vault" | "read:twins" | "write:twins" | "read:usage";
         /**
          * @description A user's role: `admin` (everything, every key of the organization), `member` (read and write, own keys), `viewer` (read only).
          * @enum {string}
@@ -2008,6 +2335,679 @@ export interface components {
             /** @description The models on this page, newest first; the built-in `model_local` comes last. */
             data: components["schemas"]["Model"][];
             pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description What kind of secret a credential holds.
+         * @enum {string}
+         */
+        VaultCredentialType: "api_key" | "password" | "token" | "oauth_client" | "certificate" | "ssh_key" | "connection_string" | "other";
+        /** @description Free-form, non-secret facts about the credential (never encrypted, always returned). */
+        VaultMetadata: {
+            [key: string]: string | number | boolean;
+        };
+        /** @description Labels for finding the credential (CodexOS `tags`). */
+        VaultTags: string[];
+        /** @description A credential to store. `value` is encrypted at rest and never returned by lists or plain reads. */
+        VaultCredentialInput: {
+            /** @description The credential's display name. */
+            name: string;
+            type: components["schemas"]["VaultCredentialType"];
+            /** @description The secret. Encrypted at rest (XChaCha20-Poly1305 under the master key); write-only. */
+            value: string;
+            /** @description What the credential is for. */
+            description?: string;
+            metadata?: components["schemas"]["VaultMetadata"];
+            tags?: components["schemas"]["VaultTags"];
+            /** @description The environment the credential belongs to (`production`, `staging`, ...). */
+            environment?: string;
+        };
+        /** @description A credential as replaced; a `value` left out keeps the stored secret. */
+        VaultCredentialReplace: {
+            /** @description The credential's display name. */
+            name: string;
+            type: components["schemas"]["VaultCredentialType"];
+            /** @description A new secret; left out, the stored one is kept. Write-only. */
+            value?: string;
+            /** @description What the credential is for. */
+            description?: string;
+            metadata?: components["schemas"]["VaultMetadata"];
+            tags?: components["schemas"]["VaultTags"];
+            /** @description The environment the credential belongs to. */
+            environment?: string;
+        };
+        /**
+         * @description A stored credential. Lists and reads return metadata only; `value` (the decrypted secret)
+         *     is present only in `GET /v1/vault/credentials/{credential_id}` sent with a valid
+         *     `X-Vault-Token`, and every such read is recorded as a security event.
+         */
+        VaultCredential: {
+            /** @description The credential's id (`cred_…`). */
+            readonly id: string;
+            /** @description The credential's display name. */
+            name: string;
+            type: components["schemas"]["VaultCredentialType"];
+            /** @description What the credential is for. */
+            description?: string;
+            metadata: components["schemas"]["VaultMetadata"];
+            tags: components["schemas"]["VaultTags"];
+            /** @description The environment the credential belongs to. */
+            environment?: string;
+            /** @description The decrypted secret; only with a valid `X-Vault-Token` on a single read. */
+            readonly value?: string;
+            /**
+             * Format: date-time
+             * @description When the secret was last read decrypted.
+             */
+            readonly last_accessed_at?: string | null;
+            /**
+             * Format: int64
+             * @description Incremented by every change; the `ETag` derives from it.
+             */
+            readonly version: number;
+            /**
+             * Format: date-time
+             * @description When the credential was stored.
+             */
+            readonly created_at: string;
+            /**
+             * Format: date-time
+             * @description When the credential last changed.
+             */
+            readonly updated_at: string;
+        };
+        VaultCredentialList: {
+            /** @description The credentials on this page, newest first, without their values. */
+            data: components["schemas"]["VaultCredential"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description A vault token to issue. */
+        VaultTokenInput: {
+            /** @description What the token is for. */
+            name: string;
+            /**
+             * Format: int64
+             * @description Seconds until the token expires (default never; at most a year).
+             */
+            ttl_seconds?: number;
+        };
+        /** @description A vault token's metadata; the secret itself is shown only when issued. */
+        VaultToken: {
+            /** @description The token's id (`vtok_…`). */
+            id: string;
+            /** @description What the token is for. */
+            name: string;
+            /** @description The first characters of the secret, to recognize it. */
+            prefix: string;
+            /** @description The user who issued it. */
+            user_id: string;
+            /**
+             * Format: date-time
+             * @description When it was issued.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When it stops working; null for never.
+             */
+            expires_at: string | null;
+            /**
+             * Format: date-time
+             * @description When it last opened a credential.
+             */
+            last_used_at: string | null;
+            /**
+             * Format: date-time
+             * @description When it was revoked; null while active.
+             */
+            revoked_at: string | null;
+        };
+        /** @description A new vault token, with its secret. */
+        VaultTokenCreated: components["schemas"]["VaultToken"] & {
+            /** @description The secret to send as `X-Vault-Token`. Shown once; stored hashed. */
+            token: string;
+        };
+        VaultTokenList: {
+            /** @description The tokens on this page, newest first (revoked ones included). */
+            data: components["schemas"]["VaultToken"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description A built-in simulation model. `demand_forecast` projects daily demand; `capacity_planning`
+         *     projects demand against capacity (utilization, shortfall, recommended capacity). Both are
+         *     seeded Monte Carlo runs over the twin's `state` and the scenario's `parameters`.
+         * @enum {string}
+         */
+        SimulationModel: "demand_forecast" | "capacity_planning";
+        /**
+         * @description How often the twin's data sources refresh it.
+         * @enum {string}
+         */
+        UpdateFrequency: "real-time" | "hourly" | "daily" | "weekly" | "monthly" | "manual";
+        /**
+         * @description The twin's named numeric variables. The built-in models read `base_demand` (units per day,
+         *     default 1000), `growth_rate` (daily growth, default 0), `demand_volatility` (default 0.1),
+         *     `capacity` (units per day, default 1.2 × `base_demand`), `capacity_volatility` (default
+         *     0.05) and `share.<REGION>` (the share of demand in a region, for `affected_regions`);
+         *     other variables are kept and ignored by them.
+         */
+        TwinState: {
+            [key: string]: number;
+        };
+        /** @description Where the twin's data comes from. `connection_string` is write-only and encrypted at rest. */
+        DataSourceInput: {
+            /** @description The kind of source (`database`, `api`, `erp_system`, `file`, ...). */
+            type: string;
+            /** @description A label for the source. */
+            name?: string;
+            /** @description How to reach the source (`postgresql://…`); encrypted at rest, never returned. A replace without it keeps the one stored at the same position. */
+            connection_string?: string;
+            /** @description The tables (or collections, endpoints) read from the source. */
+            tables?: string[];
+        };
+        /** @description A data source as stored; the connection string is reported only as `connection_string_set`. */
+        DataSource: {
+            /** @description The kind of source. */
+            type: string;
+            /** @description A label for the source. */
+            name?: string;
+            /** @description The tables read from the source. */
+            tables: string[];
+            /** @description Whether a connection string is stored (encrypted). */
+            connection_string_set: boolean;
+        };
+        /** @description A digital twin as created (POST) or replaced (PUT). */
+        TwinInput: {
+            /** @description The twin's name. */
+            name: string;
+            /** @description What the twin models (`logistics`, `erp_system`, `manufacturing`, ...). */
+            type: string;
+            /** @description What the twin is for. */
+            description?: string;
+            /** @description Where the twin's data comes from. */
+            data_sources?: components["schemas"]["DataSourceInput"][];
+            update_frequency?: components["schemas"]["UpdateFrequency"];
+            /** @description The models this twin may run (default both built-in models). */
+            simulation_models?: components["schemas"]["SimulationModel"][];
+            state?: components["schemas"]["TwinState"];
+        };
+        /** @description A digital twin. */
+        Twin: {
+            /** @description The twin's id (`twin_…`). */
+            readonly id: string;
+            /** @description The twin's name. */
+            name: string;
+            /** @description What the twin models. */
+            type: string;
+            /** @description What the twin is for. */
+            description?: string;
+            /** @description Where the twin's data comes from. */
+            data_sources: components["schemas"]["DataSource"][];
+            update_frequency: components["schemas"]["UpdateFrequency"];
+            /** @description The models this twin may run. */
+            simulation_models: components["schemas"]["SimulationModel"][];
+            state: components["schemas"]["TwinState"];
+            /**
+             * Format: int64
+             * @description Incremented by every change; the `ETag` derives from it.
+             */
+            readonly version: number;
+            /**
+             * Format: date-time
+             * @description When the twin was created.
+             */
+            readonly created_at: string;
+            /**
+             * Format: date-time
+             * @description When the twin last changed.
+             */
+            readonly updated_at: string;
+        };
+        TwinList: {
+            /** @description The twins on this page, newest first. */
+            data: components["schemas"]["Twin"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description The scenario's parameters. Both models read `increase_percentage` (-100..1000, default 0),
+         *     `duration_days` (integer 1..365, default 30), `affected_regions` (region codes; the spike
+         *     applies to their `share.<REGION>` of demand, or to all demand when the twin's state has no
+         *     shares) and `volatility` (0..2, overrides the state's `demand_volatility`);
+         *     `capacity_planning` also reads `capacity_change_percentage` (-100..1000, default 0) and
+         *     `target_utilization` (0.1..1, default 0.85). Any other parameter, or one of the wrong type
+         *     or range, answers 422 naming it.
+         */
+        SimulationParameters: {
+            [key: string]: unknown;
+        };
+        /** @description How to run the simulation. */
+        SimulationOptions: {
+            /** @description Answer 202 at once and run in the background (default false, answer 201 with results). */
+            run_async?: boolean;
+            /**
+             * Format: uri
+             * @description A URL told when the simulation ends (signed, as webhooks are).
+             */
+            notification_webhook?: string;
+            /**
+             * Format: int64
+             * @description The random seed; the same seed, twin state and parameters give the same numbers. Default a random seed, reported in the result.
+             */
+            seed?: number;
+            /**
+             * Format: int64
+             * @description Monte Carlo runs (default 1000).
+             */
+            runs?: number;
+        };
+        /** @description A scenario to simulate on the twin. */
+        SimulationRequest: {
+            /** @description The scenario's name (`demand_spike`, ...), kept with the results. */
+            scenario: string;
+            model?: components["schemas"]["SimulationModel"];
+            parameters?: components["schemas"]["SimulationParameters"];
+            options?: components["schemas"]["SimulationOptions"];
+        };
+        /**
+         * @description Where the simulation is.
+         * @enum {string}
+         */
+        SimulationStatus: "queued" | "running" | "completed" | "failed";
+        /** @description The distribution of a metric over the Monte Carlo runs. */
+        Percentiles: {
+            /**
+             * Format: double
+             * @description 10th percentile.
+             */
+            p10: number;
+            /**
+             * Format: double
+             * @description Median.
+             */
+            p50: number;
+            /**
+             * Format: double
+             * @description 90th percentile.
+             */
+            p90: number;
+            /**
+             * Format: double
+             * @description Mean.
+             */
+            mean: number;
+        };
+        /** @description One period (day) of the projection. */
+        SimulationPeriod: {
+            /**
+             * Format: int64
+             * @description The day, from 1.
+             */
+            period: number;
+            /** @description Each metric's distribution that day (`demand`; for `capacity_planning` also `capacity`, `utilization`, `shortfall`). */
+            metrics: {
+                [key: string]: components["schemas"]["Percentiles"];
+            };
+        };
+        /** @description What the simulation computed. */
+        SimulationResults: {
+            /**
+             * Format: int64
+             * @description Number of periods (days).
+             */
+            periods: number;
+            /** @description Per-period distributions. */
+            series: components["schemas"]["SimulationPeriod"][];
+            /** @description Headline figures (`total_demand_p50`, `baseline_total_demand`, `shortfall_probability`, `recommended_capacity`, ...). */
+            summary: {
+                [key: string]: number;
+            };
+        };
+        /** @description A simulation of a twin; poll it until `status` is `completed` or `failed`. */
+        Simulation: {
+            /** @description The simulation's id (`sim_…`). */
+            id: string;
+            /** @description The twin simulated. */
+            twin_id: string;
+            /** @description The scenario's name. */
+            scenario: string;
+            model: components["schemas"]["SimulationModel"];
+            parameters: components["schemas"]["SimulationParameters"];
+            status: components["schemas"]["SimulationStatus"];
+            /** @description Whether it ran in the background. */
+            run_async: boolean;
+            /** @description The URL told when it ends. */
+            notification_webhook?: string | null;
+            /**
+             * Format: int64
+             * @description The random seed used; pass it as `options.seed` to repeat the numbers.
+             */
+            seed: number;
+            /**
+             * Format: int64
+             * @description Monte Carlo runs.
+             */
+            runs: number;
+            /** @description The results, once completed. */
+            results?: components["schemas"]["SimulationResults"] | null;
+            /** @description Why it failed. */
+            error?: string | null;
+            /**
+             * Format: int64
+             * @description How long the computation took.
+             */
+            duration_ms?: number | null;
+            /**
+             * Format: date-time
+             * @description When it was requested.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When it started.
+             */
+            started_at?: string | null;
+            /**
+             * Format: date-time
+             * @description When it ended.
+             */
+            finished_at?: string | null;
+        };
+        SimulationList: {
+            /** @description The twin's simulations on this page, newest first. */
+            data: components["schemas"]["Simulation"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description How `breakdown` groups the usage records.
+         * @enum {string}
+         */
+        UsageGroupBy: "agent" | "model" | "hour" | "day" | "month";
+        /**
+         * @description The kind of entity costs are attributed to.
+         * @enum {string}
+         */
+        UsageEntityType: "agent" | "model" | "execution" | "conversation";
+        /** @description The period asked for (`from`/`start_date` to `to`/`end_date`, inclusive); null bounds are open. */
+        UsagePeriod: {
+            /** @description The first instant counted. */
+            start: string | null;
+            /** @description The last instant counted. */
+            end: string | null;
+        };
+        /** @description What the usage records of the period add up to. */
+        UsageTotals: {
+            /**
+             * Format: int64
+             * @description Usage records counted (one per execution or message that used a model).
+             */
+            records: number;
+            /**
+             * Format: int64
+             * @description Distinct executions.
+             */
+            executions: number;
+            /**
+             * Format: int64
+             * @description Distinct conversations.
+             */
+            conversations: number;
+            /**
+             * Format: int64
+             * @description Distinct messages.
+             */
+            messages: number;
+            /**
+             * Format: int64
+             * @description Prompt tokens.
+             */
+            input_tokens: number;
+            /**
+             * Format: int64
+             * @description Completion tokens.
+             */
+            output_tokens: number;
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens.
+             */
+            total_tokens: number;
+        };
+        /** @description The cost of the period in US dollars (computed from exact nano-dollar sums). */
+        UsageCostTotal: {
+            /**
+             * Format: double
+             * @description US dollars.
+             */
+            total: number;
+            /**
+             * Format: int64
+             * @description The exact cost in billionths of a US dollar.
+             */
+            total_nano_usd: number;
+        };
+        /** @description The usage of one agent, model or time bucket. */
+        UsageGroup: {
+            /** @description The agent id, the model id, or the bucket (`2026-01-15T13`, `2026-01-15`, `2026-01`). */
+            key: string;
+            /**
+             * Format: int64
+             * @description Usage records in the group.
+             */
+            records: number;
+            /**
+             * Format: int64
+             * @description Prompt tokens.
+             */
+            input_tokens: number;
+            /**
+             * Format: int64
+             * @description Completion tokens.
+             */
+            output_tokens: number;
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens.
+             */
+            total_tokens: number;
+            /**
+             * Format: double
+             * @description US dollars.
+             */
+            cost: number;
+            /**
+             * Format: int64
+             * @description The exact cost in billionths of a US dollar.
+             */
+            cost_nano_usd: number;
+        };
+        /** @description One model's tokens and cost (Magnet AI `by_model`). */
+        ModelUsage: {
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens.
+             */
+            tokens: number;
+            /**
+             * Format: double
+             * @description US dollars.
+             */
+            cost: number;
+        };
+        /** @description Totals and a breakdown of the organization's usage, aggregated from its usage records. */
+        UsageStats: {
+            period: components["schemas"]["UsagePeriod"];
+            /** @description The agent counted, when filtered to one. */
+            agent_id?: string | null;
+            group_by: components["schemas"]["UsageGroupBy"];
+            usage: components["schemas"]["UsageTotals"];
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens (Magnet AI `total_tokens`).
+             */
+            total_tokens: number;
+            /**
+             * Format: double
+             * @description US dollars (Magnet AI `total_cost`).
+             */
+            total_cost: number;
+            costs: components["schemas"]["UsageCostTotal"];
+            /** @description One entry per group, largest cost first for agents and models, in time order for buckets. */
+            breakdown: components["schemas"]["UsageGroup"][];
+            /** @description Tokens and cost per model id. */
+            by_model: {
+                [key: string]: components["schemas"]["ModelUsage"];
+            };
+        };
+        /** @description The cost of one entity. */
+        UsageCostEntry: {
+            entity_type: components["schemas"]["UsageEntityType"];
+            /** @description The entity's id. */
+            entity_id: string;
+            /**
+             * Format: int64
+             * @description Usage records attributed to it.
+             */
+            records: number;
+            /**
+             * Format: int64
+             * @description Prompt tokens.
+             */
+            input_tokens: number;
+            /**
+             * Format: int64
+             * @description Completion tokens.
+             */
+            output_tokens: number;
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens.
+             */
+            total_tokens: number;
+            /**
+             * Format: double
+             * @description US dollars.
+             */
+            cost: number;
+            /**
+             * Format: int64
+             * @description The exact cost in billionths of a US dollar.
+             */
+            cost_nano_usd: number;
+        };
+        /** @description One day's cost. */
+        DailyCost: {
+            /**
+             * Format: date
+             * @description The day (UTC).
+             */
+            date: string;
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens.
+             */
+            total_tokens: number;
+            /**
+             * Format: double
+             * @description US dollars.
+             */
+            cost: number;
+            /**
+             * Format: int64
+             * @description The exact cost in billionths of a US dollar.
+             */
+            cost_nano_usd: number;
+        };
+        /** @description Costs attributed to entities of one type (or to one entity), with a daily series. */
+        UsageCosts: {
+            entity_type: components["schemas"]["UsageEntityType"];
+            /** @description The entity asked for; null for all entities of the type. */
+            entity_id: string | null;
+            period: components["schemas"]["UsagePeriod"];
+            /**
+             * Format: double
+             * @description US dollars over every entry.
+             */
+            total_cost: number;
+            /**
+             * Format: int64
+             * @description The exact total in billionths of a US dollar.
+             */
+            total_cost_nano_usd: number;
+            /** @description One entry per entity, most expensive first (at most 100). */
+            entries: components["schemas"]["UsageCostEntry"][];
+            /** @description The cost per day, in time order. */
+            by_day: components["schemas"]["DailyCost"][];
+        };
+        /** @description One agent's conversations. */
+        AgentConversationStats: {
+            /** @description The agent. */
+            agent_id: string;
+            /**
+             * Format: int64
+             * @description Conversations started in the period.
+             */
+            conversations: number;
+            /**
+             * Format: int64
+             * @description Messages sent in the period.
+             */
+            messages: number;
+            /**
+             * Format: double
+             * @description Messages per conversation started (0 without conversations).
+             */
+            average_messages_per_conversation: number;
+        };
+        /** @description One day's conversations and messages. */
+        DailyConversationStats: {
+            /**
+             * Format: date
+             * @description The day (UTC).
+             */
+            date: string;
+            /**
+             * Format: int64
+             * @description Conversations started that day.
+             */
+            conversations: number;
+            /**
+             * Format: int64
+             * @description Messages sent that day.
+             */
+            messages: number;
+        };
+        /** @description Conversation analytics (Magnet AI), aggregated from conversations and messages. */
+        ConversationAnalytics: {
+            period: components["schemas"]["UsagePeriod"];
+            /** @description The agent counted, when filtered to one. */
+            agent_id?: string | null;
+            /**
+             * Format: int64
+             * @description Conversations started in the period.
+             */
+            total_conversations: number;
+            /**
+             * Format: int64
+             * @description Messages sent in the period.
+             */
+            total_messages: number;
+            /**
+             * Format: double
+             * @description Messages per conversation started (0 without conversations).
+             */
+            average_messages_per_conversation: number;
+            /**
+             * Format: double
+             * @description Characters per message (0 without messages).
+             */
+            average_message_length: number;
+            /** @description Messages per role (`user`, `assistant`, ...). */
+            messages_by_role: {
+                [key: string]: number;
+            };
+            /** @description Per agent, most conversations first (at most 100). */
+            by_agent: components["schemas"]["AgentConversationStats"][];
+            /** @description Per day, in time order. */
+            by_day: components["schemas"]["DailyConversationStats"][];
         };
     };
     responses: {
@@ -4056,6 +5056,760 @@ export interface operations {
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listVaultCredentials: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only credentials of this type. */
+                type?: components["schemas"]["VaultCredentialType"];
+                /** @description Only credentials of this environment. */
+                environment?: string;
+                /** @description Only credentials carrying this tag. */
+                tag?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of credentials, values left out. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultCredentialList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createVaultCredential: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultCredentialInput"];
+            };
+        };
+        responses: {
+            /** @description The credential was stored (its value is not echoed). */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultCredential"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getVaultCredential: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+                /** @description A vault token (the `vaultToken` credential); asks for the decrypted `value`. With it the answer is never 304. */
+                "X-Vault-Token"?: string;
+            };
+            path: {
+                /** @description The credential's id (`cred_…`). */
+                credential_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The credential; `value` only with a valid `X-Vault-Token`. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultCredential"];
+                };
+            };
+            /** @description The credential has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    replaceVaultCredential: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The credential's id (`cred_…`). */
+                credential_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultCredentialReplace"];
+            };
+        };
+        responses: {
+            /** @description The credential after the update (without its value). */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultCredential"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteVaultCredential: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The credential's id (`cred_…`). */
+                credential_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The credential was deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listVaultTokens: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of vault tokens. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultTokenList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createVaultToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultTokenInput"];
+            };
+        };
+        responses: {
+            /** @description The token was issued; `token` is its secret, shown this once. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultTokenCreated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getVaultToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The vault token's id (`vtok_…`). */
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The token's metadata. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultToken"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    revokeVaultToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The vault token's id (`vtok_…`). */
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The token, revoked. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultToken"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listTwins: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only twins of this type. */
+                type?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of twins. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TwinList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createTwin: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TwinInput"];
+            };
+        };
+        responses: {
+            /** @description The twin was created. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Twin"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getTwin: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The twin. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Twin"];
+                };
+            };
+            /** @description The twin has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    replaceTwin: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TwinInput"];
+            };
+        };
+        responses: {
+            /** @description The twin after the update. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Twin"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteTwin: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The twin was deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    simulateTwin: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SimulationRequest"];
+            };
+        };
+        responses: {
+            /** @description The simulation ran; the results are in the body. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Simulation"];
+                };
+            };
+            /** @description The simulation was queued; poll `Location`. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Simulation"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listTwinSimulations: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only simulations in this state. */
+                status?: components["schemas"]["SimulationStatus"];
+            };
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of simulations. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SimulationList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getTwinSimulation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+                /** @description The simulation's id (`sim_…`). */
+                simulation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The simulation. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Simulation"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getUsageStats: {
+        parameters: {
+            query?: {
+                /** @description Count from this instant (UTC, `2026-01-15T00:00:00Z`) or the start of this day (`2026-01-15`). */
+                from?: string;
+                /** @description Count up to and including this instant, or the end of this day. */
+                to?: string;
+                /** @description The seeds' name for `from`; when both are given, the later bound applies. */
+                start_date?: string;
+                /** @description The seeds' name for `to`; when both are given, the earlier bound applies. */
+                end_date?: string;
+                /** @description How to group `breakdown` (default `day`). */
+                group_by?: components["schemas"]["UsageGroupBy"];
+                /** @description Only this agent's usage. */
+                agent_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The usage of the period. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageStats"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getUsageCosts: {
+        parameters: {
+            query?: {
+                /** @description The kind of entity (default `agent`). */
+                entity_type?: components["schemas"]["UsageEntityType"];
+                /** @description Only this entity. */
+                entity_id?: string;
+                /** @description Count from this instant (UTC, `2026-01-15T00:00:00Z`) or the start of this day (`2026-01-15`). */
+                from?: string;
+                /** @description Count up to and including this instant, or the end of this day. */
+                to?: string;
+                /** @description The seeds' name for `from`; when both are given, the later bound applies. */
+                start_date?: string;
+                /** @description The seeds' name for `to`; when both are given, the earlier bound applies. */
+                end_date?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The costs of the period. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageCosts"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getConversationAnalytics: {
+        parameters: {
+            query?: {
+                /** @description Count from this instant (UTC, `2026-01-15T00:00:00Z`) or the start of this day (`2026-01-15`). */
+                from?: string;
+                /** @description Count up to and including this instant, or the end of this day. */
+                to?: string;
+                /** @description The seeds' name for `from`; when both are given, the later bound applies. */
+                start_date?: string;
+                /** @description The seeds' name for `to`; when both are given, the earlier bound applies. */
+                end_date?: string;
+                /** @description Only this agent's usage. */
+                agent_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The conversation analytics of the period. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConversationAnalytics"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
             503: components["responses"]["ServiceUnavailable"];
         };
     };

@@ -42,6 +42,11 @@ class Scope(str, Enum):
     READ_COLON_EXECUTIONS = 'read:executions'
     READ_COLON_CONVERSATIONS = 'read:conversations'
     WRITE_COLON_CONVERSATIONS = 'write:conversations'
+    READ_COLON_VAULT = 'read:vault'
+    WRITE_COLON_VAULT = 'write:vault'
+    READ_COLON_TWINS = 'read:twins'
+    WRITE_COLON_TWINS = 'write:twins'
+    READ_COLON_USAGE = 'read:usage'
 
     @classmethod
     def from_json(cls, json_str: str) -> Self:
