@@ -123,3 +123,22 @@ pub async fn create_keyed<T: Send + 'static>(
         })
         .await
 }
+
+/// [`create_keyed`] for a plain create: the new or replayed resource, or the 409 of a reused
+/// key; storage errors become `not_found` (a fetch of a gone resource) or their failure.
+pub async fn create_resource<T: Send + 'static>(
+    store: &Store,
+    k: NewKeyed,
+    insert: impl FnMut(&mut DbConnection) -> StoreResult<T> + Send + 'static,
+    fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
+    not_found: &str,
+    request_id: &str,
+) -> Result<T, Failure> {
+    match create_keyed(store, k, insert, fetch)
+        .await
+        .map_err(|e| Failure::from_store(e, not_found, request_id))?
+    {
+        Created::New(t) | Created::Replayed(t) => Ok(t),
+        Created::KeyReused => Err(key_reused(request_id)),
+    }
+}

@@ -287,18 +287,15 @@ impl Handlers {
             request_hash: hash,
             resource_id: id,
         };
-        let created = idem::create_keyed(
+        idem::create_resource(
             &self.store,
             keyed,
             move |conn| store::insert(conn, &twin).map(|()| twin.clone()),
             move |conn, id| store::get(conn, &org, id),
+            TWIN_NOT_FOUND,
+            rid,
         )
         .await
-        .map_err(store_failure(TWIN_NOT_FOUND, rid))?;
-        match created {
-            Created::New(row) | Created::Replayed(row) => Ok(row),
-            Created::KeyReused => Err(idem::key_reused(rid)),
-        }
     }
 
     /// Checks the request against the twin, then runs it (or queues it); `true` when queued.

@@ -12,7 +12,7 @@ use poem_openapi::types::{MaybeUndefined, ToJSON};
 use serde_json::{Map, Value};
 
 use super::Handlers;
-use super::idem::{self, Created, NewKeyed};
+use super::idem::{self, NewKeyed};
 use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::vault::{
@@ -232,18 +232,15 @@ impl Handlers {
             request_hash: hash,
             resource_id: id,
         };
-        let created = idem::create_keyed(
+        idem::create_resource(
             &self.store,
             keyed,
             move |conn| store::insert_credential(conn, &cred).map(|()| cred.clone()),
             move |conn, id| store::get_credential(conn, &org, id),
+            CREDENTIAL_NOT_FOUND,
+            rid,
         )
         .await
-        .map_err(store_failure(CREDENTIAL_NOT_FOUND, rid))?;
-        match created {
-            Created::New(row) | Created::Replayed(row) => Ok(row),
-            Created::KeyReused => Err(idem::key_reused(rid)),
-        }
     }
 }
 
