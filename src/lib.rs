@@ -20,4 +20,5 @@ pub mod knowledge;
 pub mod marketplace;
 pub mod runtime;
 pub mod server;
+pub mod sim;
 pub mod webhooks;

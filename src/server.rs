@@ -140,18 +140,25 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             "knowledge syncs interrupted by a restart were marked failed"
         );
     }
-    let interrupted = {
+    for (fail, what) in [
+        (
+            crate::db::evaluations::fail_interrupted_runs
+                as fn(&mut crate::db::DbConnection) -> crate::db::StoreResult<usize>,
+            "evaluation runs",
+        ),
+        (
+            crate::db::twins::fail_interrupted_simulations,
+            "simulations",
+        ),
+    ] {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.run_blocking(crate::db::evaluations::fail_interrupted_runs)
-        })
-        .await??
-    };
-    if interrupted > 0 {
-        tracing::warn!(
-            interrupted,
-            "evaluation runs interrupted by a restart were marked failed"
-        );
+        let interrupted = tokio::task::spawn_blocking(move || store.run_blocking(fail)).await??;
+        if interrupted > 0 {
+            tracing::warn!(
+                interrupted,
+                "{what} interrupted by a restart were marked failed"
+            );
+        }
     }
     let acceptor = TcpListener::bind(config.listen.clone())
         .into_acceptor()

@@ -544,18 +544,40 @@ fn lib(ir: &Ir) -> TokenStream {
             quote! { #m::#tr }
         })
         .collect();
+    // poem-openapi implements `OpenApi` for tuples of 2 to 16 elements: past 16 tags the
+    // routes go in nested tuples of even size.
+    let parts = ir.tags.len().div_ceil(16).max(1);
+    let chunk = ir.tags.len().div_ceil(parts).max(1);
     let routes: Vec<TokenStream> = ir
         .tags
-        .iter()
-        .map(|t| {
-            let (m, r) = (ident(&t.module), ident(&t.routes_name));
-            quote! { #m::#r<T> }
+        .chunks(chunk)
+        .map(|chunk| {
+            let types = chunk.iter().map(|t| {
+                let (m, r) = (ident(&t.module), ident(&t.routes_name));
+                quote! { #m::#r<T> }
+            });
+            if parts == 1 {
+                quote! { #(#types),* }
+            } else {
+                quote! { (#(#types,)*) }
+            }
         })
         .collect();
-    let route_values = ir.tags.iter().map(|t| {
-        let (m, r) = (ident(&t.module), ident(&t.routes_name));
-        quote! { #m::#r(api.clone()) }
-    });
+    let route_values: Vec<TokenStream> = ir
+        .tags
+        .chunks(chunk)
+        .map(|chunk| {
+            let values = chunk.iter().map(|t| {
+                let (m, r) = (ident(&t.module), ident(&t.routes_name));
+                quote! { #m::#r(api.clone()) }
+            });
+            if parts == 1 {
+                quote! { #(#values),* }
+            } else {
+                quote! { (#(#values,)*) }
+            }
+        })
+        .collect();
     let error = match &ir.error_model {
         Some(e) => {
             let e = ident(e);

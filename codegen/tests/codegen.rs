@@ -247,16 +247,25 @@ fn websocket_operations_upgrade_or_answer_their_documented_statuses() {
 
 #[test]
 fn any_of_string_alternatives_is_a_string_parameter() {
-    // `since` on getAgentLogs: a duration (`30m`) or an RFC 3339 timestamp.
-    let files = codegen::generate(&root().join("openapi/openapi.yaml")).expect("generates");
-    let deployments = &files
-        .iter()
-        .find(|(p, _)| p.ends_with("deployments.rs"))
-        .expect("deployments")
-        .1;
+    // A duration (`30m`) or an RFC 3339 timestamp: a `String` the validator holds to either.
+    let op = "    get:\n      operationId: anyOfTest\n      security: []\n      parameters:\n        - name: since\n          in: query\n          schema:\n            type: string\n            anyOf:\n              - type: string\n                pattern: '^[0-9]+m$'\n              - type: string\n                format: date-time\n      responses:\n        '204':\n          description: none\n";
+    let spec = scratch_spec("anyof", |t| {
+        t.replacen(
+            "\ncomponents:\n",
+            &format!("\n  /v1/anyof-test:\n{op}components:\n"),
+            1,
+        )
+    });
+    let files = codegen::generate(&spec).expect("generates");
+    let all: String = files.iter().map(|(_, text)| text.as_str()).collect();
+    let params = all
+        .split("pub struct AnyOfTestParams {")
+        .nth(1)
+        .and_then(|b| b.split("\n}\n").next())
+        .expect("the params struct");
     assert!(
-        deployments.contains("pub since: Option<String>,"),
-        "anyOf of strings becomes a String"
+        params.contains("pub since: Option<String>,"),
+        "anyOf of strings becomes a String: {params}"
     );
 }
 

@@ -29,6 +29,9 @@ pub mod models;
 pub mod system;
 pub mod templates;
 pub mod tools;
+pub mod twins;
+pub mod usage;
+pub mod vault;
 pub mod webhooks;
 pub use agents::*;
 pub use conversations::*;
@@ -43,6 +46,9 @@ pub use model_registry::*;
 pub use system::*;
 pub use templates::*;
 pub use tools::*;
+pub use twins::*;
+pub use usage::*;
+pub use vault::*;
 pub use webhooks::*;
 /// The bundled OpenAPI 3.1 document: the spec the server publishes at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -93,6 +99,9 @@ pub trait Api:
     + marketplace::MarketplaceApi
     + conversations::ConversationsApi
     + executions::ExecutionsApi
+    + vault::VaultApi
+    + twins::TwinsApi
+    + usage::UsageApi
 {
 }
 impl<
@@ -109,7 +118,10 @@ impl<
         + webhooks::WebhooksApi
         + marketplace::MarketplaceApi
         + conversations::ConversationsApi
-        + executions::ExecutionsApi,
+        + executions::ExecutionsApi
+        + vault::VaultApi
+        + twins::TwinsApi
+        + usage::UsageApi,
 > Api for T
 {
 }
@@ -118,39 +130,53 @@ pub fn service<T: Api>(
     api: std::sync::Arc<T>,
 ) -> poem_openapi::OpenApiService<
     (
-        system::SystemRoutes<T>,
-        agents::AgentsRoutes<T>,
-        identity::IdentityRoutes<T>,
-        knowledge::KnowledgeRoutes<T>,
-        tools::ToolsRoutes<T>,
-        templates::TemplatesRoutes<T>,
-        model_registry::ModelRegistryRoutes<T>,
-        evaluations::EvaluationsRoutes<T>,
-        deployments::DeploymentsRoutes<T>,
-        events::EventsRoutes<T>,
-        webhooks::WebhooksRoutes<T>,
-        marketplace::MarketplaceRoutes<T>,
-        conversations::ConversationsRoutes<T>,
-        executions::ExecutionsRoutes<T>,
+        (
+            system::SystemRoutes<T>,
+            agents::AgentsRoutes<T>,
+            identity::IdentityRoutes<T>,
+            knowledge::KnowledgeRoutes<T>,
+            tools::ToolsRoutes<T>,
+            templates::TemplatesRoutes<T>,
+            model_registry::ModelRegistryRoutes<T>,
+            evaluations::EvaluationsRoutes<T>,
+            deployments::DeploymentsRoutes<T>,
+        ),
+        (
+            events::EventsRoutes<T>,
+            webhooks::WebhooksRoutes<T>,
+            marketplace::MarketplaceRoutes<T>,
+            conversations::ConversationsRoutes<T>,
+            executions::ExecutionsRoutes<T>,
+            vault::VaultRoutes<T>,
+            twins::TwinsRoutes<T>,
+            usage::UsageRoutes<T>,
+        ),
     ),
     (),
 > {
     poem_openapi::OpenApiService::new(
         (
-            system::SystemRoutes(api.clone()),
-            agents::AgentsRoutes(api.clone()),
-            identity::IdentityRoutes(api.clone()),
-            knowledge::KnowledgeRoutes(api.clone()),
-            tools::ToolsRoutes(api.clone()),
-            templates::TemplatesRoutes(api.clone()),
-            model_registry::ModelRegistryRoutes(api.clone()),
-            evaluations::EvaluationsRoutes(api.clone()),
-            deployments::DeploymentsRoutes(api.clone()),
-            events::EventsRoutes(api.clone()),
-            webhooks::WebhooksRoutes(api.clone()),
-            marketplace::MarketplaceRoutes(api.clone()),
-            conversations::ConversationsRoutes(api.clone()),
-            executions::ExecutionsRoutes(api.clone()),
+            (
+                system::SystemRoutes(api.clone()),
+                agents::AgentsRoutes(api.clone()),
+                identity::IdentityRoutes(api.clone()),
+                knowledge::KnowledgeRoutes(api.clone()),
+                tools::ToolsRoutes(api.clone()),
+                templates::TemplatesRoutes(api.clone()),
+                model_registry::ModelRegistryRoutes(api.clone()),
+                evaluations::EvaluationsRoutes(api.clone()),
+                deployments::DeploymentsRoutes(api.clone()),
+            ),
+            (
+                events::EventsRoutes(api.clone()),
+                webhooks::WebhooksRoutes(api.clone()),
+                marketplace::MarketplaceRoutes(api.clone()),
+                conversations::ConversationsRoutes(api.clone()),
+                executions::ExecutionsRoutes(api.clone()),
+                vault::VaultRoutes(api.clone()),
+                twins::TwinsRoutes(api.clone()),
+                usage::UsageRoutes(api.clone()),
+            ),
         ),
         TITLE,
         VERSION,
@@ -752,6 +778,126 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "POST",
         path: "/v1/marketplace/install/{template_id}",
         scopes: Some(&["write:agents", "write:templates"]),
+    },
+    OperationInfo {
+        id: "listVaultCredentials",
+        method: "GET",
+        path: "/v1/vault/credentials",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "createVaultCredential",
+        method: "POST",
+        path: "/v1/vault/credentials",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "getVaultCredential",
+        method: "GET",
+        path: "/v1/vault/credentials/{credential_id}",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "replaceVaultCredential",
+        method: "PUT",
+        path: "/v1/vault/credentials/{credential_id}",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "deleteVaultCredential",
+        method: "DELETE",
+        path: "/v1/vault/credentials/{credential_id}",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "listVaultTokens",
+        method: "GET",
+        path: "/v1/vault/tokens",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "createVaultToken",
+        method: "POST",
+        path: "/v1/vault/tokens",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "getVaultToken",
+        method: "GET",
+        path: "/v1/vault/tokens/{token_id}",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "revokeVaultToken",
+        method: "POST",
+        path: "/v1/vault/tokens/{token_id}/revoke",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "listTwins",
+        method: "GET",
+        path: "/v1/twins",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "createTwin",
+        method: "POST",
+        path: "/v1/twins",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "getTwin",
+        method: "GET",
+        path: "/v1/twins/{twin_id}",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "replaceTwin",
+        method: "PUT",
+        path: "/v1/twins/{twin_id}",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "deleteTwin",
+        method: "DELETE",
+        path: "/v1/twins/{twin_id}",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "simulateTwin",
+        method: "POST",
+        path: "/v1/twins/{twin_id}/simulate",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "listTwinSimulations",
+        method: "GET",
+        path: "/v1/twins/{twin_id}/simulations",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "getTwinSimulation",
+        method: "GET",
+        path: "/v1/twins/{twin_id}/simulations/{simulation_id}",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "getUsageStats",
+        method: "GET",
+        path: "/v1/usage/stats",
+        scopes: Some(&["read:usage"]),
+    },
+    OperationInfo {
+        id: "getUsageCosts",
+        method: "GET",
+        path: "/v1/usage/costs",
+        scopes: Some(&["read:usage"]),
+    },
+    OperationInfo {
+        id: "getConversationAnalytics",
+        method: "GET",
+        path: "/v1/analytics/conversations",
+        scopes: Some(&["read:usage"]),
     },
 ];
 /// A file part of a `multipart/form-data` request, read whole.

@@ -896,6 +896,16 @@ pub enum Scope {
     ReadConversations,
     #[oai(rename = "write:conversations")]
     WriteConversations,
+    #[oai(rename = "read:vault")]
+    ReadVault,
+    #[oai(rename = "write:vault")]
+    WriteVault,
+    #[oai(rename = "read:twins")]
+    ReadTwins,
+    #[oai(rename = "write:twins")]
+    WriteTwins,
+    #[oai(rename = "read:usage")]
+    ReadUsage,
     #[oai(rename = "read:evaluations")]
     ReadEvaluations,
     #[oai(rename = "write:evaluations")]
@@ -928,6 +938,11 @@ impl Scope {
         Scope::ReadExecutions,
         Scope::ReadConversations,
         Scope::WriteConversations,
+        Scope::ReadVault,
+        Scope::WriteVault,
+        Scope::ReadTwins,
+        Scope::WriteTwins,
+        Scope::ReadUsage,
         Scope::ReadEvaluations,
         Scope::WriteEvaluations,
         Scope::ReadEvents,
@@ -954,6 +969,11 @@ impl Scope {
             Scope::ReadExecutions => "read:executions",
             Scope::ReadConversations => "read:conversations",
             Scope::WriteConversations => "write:conversations",
+            Scope::ReadVault => "read:vault",
+            Scope::WriteVault => "write:vault",
+            Scope::ReadTwins => "read:twins",
+            Scope::WriteTwins => "write:twins",
+            Scope::ReadUsage => "read:usage",
             Scope::ReadEvaluations => "read:evaluations",
             Scope::WriteEvaluations => "write:evaluations",
             Scope::ReadEvents => "read:events",
@@ -981,6 +1001,11 @@ impl Scope {
             "read:executions" => Some(Scope::ReadExecutions),
             "read:conversations" => Some(Scope::ReadConversations),
             "write:conversations" => Some(Scope::WriteConversations),
+            "read:vault" => Some(Scope::ReadVault),
+            "write:vault" => Some(Scope::WriteVault),
+            "read:twins" => Some(Scope::ReadTwins),
+            "write:twins" => Some(Scope::WriteTwins),
+            "read:usage" => Some(Scope::ReadUsage),
             "read:evaluations" => Some(Scope::ReadEvaluations),
             "write:evaluations" => Some(Scope::WriteEvaluations),
             "read:events" => Some(Scope::ReadEvents),
@@ -5037,6 +5062,1033 @@ pub struct MessageExchange {
     /// One run of an agent.
     #[oai(rename = "execution")]
     pub execution: crate::models::Execution,
+}
+/// What kind of secret a credential holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "VaultCredentialType")]
+pub enum VaultCredentialType {
+    #[oai(rename = "api_key")]
+    ApiKey,
+    #[oai(rename = "password")]
+    Password,
+    #[oai(rename = "token")]
+    Token,
+    #[oai(rename = "oauth_client")]
+    OauthClient,
+    #[oai(rename = "certificate")]
+    Certificate,
+    #[oai(rename = "ssh_key")]
+    SshKey,
+    #[oai(rename = "connection_string")]
+    ConnectionString,
+    #[oai(rename = "other")]
+    Other,
+}
+impl VaultCredentialType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [VaultCredentialType] = &[
+        VaultCredentialType::ApiKey,
+        VaultCredentialType::Password,
+        VaultCredentialType::Token,
+        VaultCredentialType::OauthClient,
+        VaultCredentialType::Certificate,
+        VaultCredentialType::SshKey,
+        VaultCredentialType::ConnectionString,
+        VaultCredentialType::Other,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VaultCredentialType::ApiKey => "api_key",
+            VaultCredentialType::Password => "password",
+            VaultCredentialType::Token => "token",
+            VaultCredentialType::OauthClient => "oauth_client",
+            VaultCredentialType::Certificate => "certificate",
+            VaultCredentialType::SshKey => "ssh_key",
+            VaultCredentialType::ConnectionString => "connection_string",
+            VaultCredentialType::Other => "other",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "api_key" => Some(VaultCredentialType::ApiKey),
+            "password" => Some(VaultCredentialType::Password),
+            "token" => Some(VaultCredentialType::Token),
+            "oauth_client" => Some(VaultCredentialType::OauthClient),
+            "certificate" => Some(VaultCredentialType::Certificate),
+            "ssh_key" => Some(VaultCredentialType::SshKey),
+            "connection_string" => Some(VaultCredentialType::ConnectionString),
+            "other" => Some(VaultCredentialType::Other),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for VaultCredentialType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// Free-form, non-secret facts about the credential (never encrypted, always returned).
+pub type VaultMetadata = std::collections::BTreeMap<String, serde_json::Value>;
+/// Labels for finding the credential (CodexOS `tags`).
+pub type VaultTags = Vec<String>;
+/// A credential to store. `value` is encrypted at rest and never returned by lists or plain reads.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultCredentialInput", deny_unknown_fields)]
+pub struct VaultCredentialInput {
+    /// The credential's display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What kind of secret a credential holds.
+    #[oai(rename = "type")]
+    pub type_: crate::models::VaultCredentialType,
+    /// The secret. Encrypted at rest (XChaCha20-Poly1305 under the master key); write-only.
+    #[oai(rename = "value")]
+    pub value: String,
+    /// What the credential is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Free-form, non-secret facts about the credential (never encrypted, always returned).
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<crate::models::VaultMetadata>,
+    /// Labels for finding the credential (CodexOS `tags`).
+    #[oai(rename = "tags", skip_serializing_if_is_none)]
+    pub tags: Option<crate::models::VaultTags>,
+    /// The environment the credential belongs to (`production`, `staging`, ...).
+    #[oai(rename = "environment", skip_serializing_if_is_none)]
+    pub environment: Option<String>,
+}
+/// A credential as replaced; a `value` left out keeps the stored secret.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultCredentialReplace", deny_unknown_fields)]
+pub struct VaultCredentialReplace {
+    /// The credential's display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What kind of secret a credential holds.
+    #[oai(rename = "type")]
+    pub type_: crate::models::VaultCredentialType,
+    /// A new secret; left out, the stored one is kept. Write-only.
+    #[oai(rename = "value", skip_serializing_if_is_none)]
+    pub value: Option<String>,
+    /// What the credential is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Free-form, non-secret facts about the credential (never encrypted, always returned).
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<crate::models::VaultMetadata>,
+    /// Labels for finding the credential (CodexOS `tags`).
+    #[oai(rename = "tags", skip_serializing_if_is_none)]
+    pub tags: Option<crate::models::VaultTags>,
+    /// The environment the credential belongs to.
+    #[oai(rename = "environment", skip_serializing_if_is_none)]
+    pub environment: Option<String>,
+}
+/// A stored credential. Lists and reads return metadata only; `value` (the decrypted secret)
+/// is present only in `GET /v1/vault/credentials/{credential_id}` sent with a valid
+/// `X-Vault-Token`, and every such read is recorded as a security event.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultCredential", deny_unknown_fields)]
+pub struct VaultCredential {
+    /// The credential's id (`cred_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The credential's display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What kind of secret a credential holds.
+    #[oai(rename = "type")]
+    pub type_: crate::models::VaultCredentialType,
+    /// What the credential is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Free-form, non-secret facts about the credential (never encrypted, always returned).
+    #[oai(rename = "metadata")]
+    pub metadata: crate::models::VaultMetadata,
+    /// Labels for finding the credential (CodexOS `tags`).
+    #[oai(rename = "tags")]
+    pub tags: crate::models::VaultTags,
+    /// The environment the credential belongs to.
+    #[oai(rename = "environment", skip_serializing_if_is_none)]
+    pub environment: Option<String>,
+    /// The decrypted secret; only with a valid `X-Vault-Token` on a single read.
+    #[oai(rename = "value", skip_serializing_if_is_none)]
+    pub value: Option<String>,
+    /// When the secret was last read decrypted.
+    #[oai(rename = "last_accessed_at")]
+    pub last_accessed_at: poem_openapi::types::MaybeUndefined<String>,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the credential was stored.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When the credential last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultCredentialList", deny_unknown_fields)]
+pub struct VaultCredentialList {
+    /// The credentials on this page, newest first, without their values.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::VaultCredential>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A vault token to issue.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultTokenInput", deny_unknown_fields)]
+pub struct VaultTokenInput {
+    /// What the token is for.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// Seconds until the token expires (default never; at most a year).
+    #[oai(rename = "ttl_seconds", skip_serializing_if_is_none)]
+    pub ttl_seconds: Option<i64>,
+}
+/// A vault token's metadata; the secret itself is shown only when issued.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultToken")]
+pub struct VaultToken {
+    /// The token's id (`vtok_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// What the token is for.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// The first characters of the secret, to recognize it.
+    #[oai(rename = "prefix")]
+    pub prefix: String,
+    /// The user who issued it.
+    #[oai(rename = "user_id")]
+    pub user_id: String,
+    /// When it was issued.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it stops working; null for never.
+    #[oai(rename = "expires_at")]
+    pub expires_at: Option<String>,
+    /// When it last opened a credential.
+    #[oai(rename = "last_used_at")]
+    pub last_used_at: Option<String>,
+    /// When it was revoked; null while active.
+    #[oai(rename = "revoked_at")]
+    pub revoked_at: Option<String>,
+}
+/// A new vault token, with its secret.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultTokenCreated")]
+pub struct VaultTokenCreated {
+    /// The token's id (`vtok_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// What the token is for.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// The first characters of the secret, to recognize it.
+    #[oai(rename = "prefix")]
+    pub prefix: String,
+    /// The user who issued it.
+    #[oai(rename = "user_id")]
+    pub user_id: String,
+    /// When it was issued.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it stops working; null for never.
+    #[oai(rename = "expires_at")]
+    pub expires_at: Option<String>,
+    /// When it last opened a credential.
+    #[oai(rename = "last_used_at")]
+    pub last_used_at: Option<String>,
+    /// When it was revoked; null while active.
+    #[oai(rename = "revoked_at")]
+    pub revoked_at: Option<String>,
+    /// The secret to send as `X-Vault-Token`. Shown once; stored hashed.
+    #[oai(rename = "token")]
+    pub token: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultTokenList", deny_unknown_fields)]
+pub struct VaultTokenList {
+    /// The tokens on this page, newest first (revoked ones included).
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::VaultToken>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A built-in simulation model. `demand_forecast` projects daily demand; `capacity_planning`
+/// projects demand against capacity (utilization, shortfall, recommended capacity). Both are
+/// seeded Monte Carlo runs over the twin's `state` and the scenario's `parameters`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "SimulationModel")]
+pub enum SimulationModel {
+    #[oai(rename = "demand_forecast")]
+    DemandForecast,
+    #[oai(rename = "capacity_planning")]
+    CapacityPlanning,
+}
+impl SimulationModel {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [SimulationModel] = &[
+        SimulationModel::DemandForecast,
+        SimulationModel::CapacityPlanning,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SimulationModel::DemandForecast => "demand_forecast",
+            SimulationModel::CapacityPlanning => "capacity_planning",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "demand_forecast" => Some(SimulationModel::DemandForecast),
+            "capacity_planning" => Some(SimulationModel::CapacityPlanning),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for SimulationModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// How often the twin's data sources refresh it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "UpdateFrequency")]
+pub enum UpdateFrequency {
+    #[oai(rename = "real-time")]
+    RealTime,
+    #[oai(rename = "hourly")]
+    Hourly,
+    #[oai(rename = "daily")]
+    Daily,
+    #[oai(rename = "weekly")]
+    Weekly,
+    #[oai(rename = "monthly")]
+    Monthly,
+    #[oai(rename = "manual")]
+    Manual,
+}
+impl UpdateFrequency {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [UpdateFrequency] = &[
+        UpdateFrequency::RealTime,
+        UpdateFrequency::Hourly,
+        UpdateFrequency::Daily,
+        UpdateFrequency::Weekly,
+        UpdateFrequency::Monthly,
+        UpdateFrequency::Manual,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UpdateFrequency::RealTime => "real-time",
+            UpdateFrequency::Hourly => "hourly",
+            UpdateFrequency::Daily => "daily",
+            UpdateFrequency::Weekly => "weekly",
+            UpdateFrequency::Monthly => "monthly",
+            UpdateFrequency::Manual => "manual",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "real-time" => Some(UpdateFrequency::RealTime),
+            "hourly" => Some(UpdateFrequency::Hourly),
+            "daily" => Some(UpdateFrequency::Daily),
+            "weekly" => Some(UpdateFrequency::Weekly),
+            "monthly" => Some(UpdateFrequency::Monthly),
+            "manual" => Some(UpdateFrequency::Manual),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for UpdateFrequency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The twin's named numeric variables. The built-in models read `base_demand` (units per day,
+/// default 1000), `growth_rate` (daily growth, default 0), `demand_volatility` (default 0.1),
+/// `capacity` (units per day, default 1.2 × `base_demand`), `capacity_volatility` (default
+/// 0.05) and `share.<REGION>` (the share of demand in a region, for `affected_regions`);
+/// other variables are kept and ignored by them.
+pub type TwinState = std::collections::BTreeMap<String, f64>;
+/// Where the twin's data comes from. `connection_string` is write-only and encrypted at rest.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "DataSourceInput", deny_unknown_fields)]
+pub struct DataSourceInput {
+    /// The kind of source (`database`, `api`, `erp_system`, `file`, ...).
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// A label for the source.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// How to reach the source (`postgresql://…`); encrypted at rest, never returned. A replace without it keeps the one stored at the same position.
+    #[oai(rename = "connection_string", skip_serializing_if_is_none)]
+    pub connection_string: Option<String>,
+    /// The tables (or collections, endpoints) read from the source.
+    #[oai(rename = "tables", skip_serializing_if_is_none)]
+    pub tables: Option<Vec<String>>,
+}
+/// A data source as stored; the connection string is reported only as `connection_string_set`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "DataSource", deny_unknown_fields)]
+pub struct DataSource {
+    /// The kind of source.
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// A label for the source.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// The tables read from the source.
+    #[oai(rename = "tables")]
+    pub tables: Vec<String>,
+    /// Whether a connection string is stored (encrypted).
+    #[oai(rename = "connection_string_set")]
+    pub connection_string_set: bool,
+}
+/// A digital twin as created (POST) or replaced (PUT).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "TwinInput", deny_unknown_fields)]
+pub struct TwinInput {
+    /// The twin's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the twin models (`logistics`, `erp_system`, `manufacturing`, ...).
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// What the twin is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Where the twin's data comes from.
+    #[oai(rename = "data_sources", skip_serializing_if_is_none)]
+    pub data_sources: Option<Vec<crate::models::DataSourceInput>>,
+    /// How often the twin's data sources refresh it.
+    #[oai(rename = "update_frequency", skip_serializing_if_is_none)]
+    pub update_frequency: Option<crate::models::UpdateFrequency>,
+    /// The models this twin may run (default both built-in models).
+    #[oai(rename = "simulation_models", skip_serializing_if_is_none)]
+    pub simulation_models: Option<Vec<crate::models::SimulationModel>>,
+    /// The twin's named numeric variables. The built-in models read `base_demand` (units per day,
+    /// default 1000), `growth_rate` (daily growth, default 0), `demand_volatility` (default 0.1),
+    /// `capacity` (units per day, default 1.2 × `base_demand`), `capacity_volatility` (default
+    /// 0.05) and `share.<REGION>` (the share of demand in a region, for `affected_regions`);
+    /// other variables are kept and ignored by them.
+    #[oai(rename = "state", skip_serializing_if_is_none)]
+    pub state: Option<crate::models::TwinState>,
+}
+/// A digital twin.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Twin", deny_unknown_fields)]
+pub struct Twin {
+    /// The twin's id (`twin_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The twin's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the twin models.
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// What the twin is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Where the twin's data comes from.
+    #[oai(rename = "data_sources")]
+    pub data_sources: Vec<crate::models::DataSource>,
+    /// How often the twin's data sources refresh it.
+    #[oai(rename = "update_frequency")]
+    pub update_frequency: crate::models::UpdateFrequency,
+    /// The models this twin may run.
+    #[oai(rename = "simulation_models")]
+    pub simulation_models: Vec<crate::models::SimulationModel>,
+    /// The twin's named numeric variables. The built-in models read `base_demand` (units per day,
+    /// default 1000), `growth_rate` (daily growth, default 0), `demand_volatility` (default 0.1),
+    /// `capacity` (units per day, default 1.2 × `base_demand`), `capacity_volatility` (default
+    /// 0.05) and `share.<REGION>` (the share of demand in a region, for `affected_regions`);
+    /// other variables are kept and ignored by them.
+    #[oai(rename = "state")]
+    pub state: crate::models::TwinState,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the twin was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When the twin last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "TwinList", deny_unknown_fields)]
+pub struct TwinList {
+    /// The twins on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Twin>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// The scenario's parameters. Both models read `increase_percentage` (-100..1000, default 0),
+/// `duration_days` (integer 1..365, default 30), `affected_regions` (region codes; the spike
+/// applies to their `share.<REGION>` of demand, or to all demand when the twin's state has no
+/// shares) and `volatility` (0..2, overrides the state's `demand_volatility`);
+/// `capacity_planning` also reads `capacity_change_percentage` (-100..1000, default 0) and
+/// `target_utilization` (0.1..1, default 0.85). Any other parameter, or one of the wrong type
+/// or range, answers 422 naming it.
+pub type SimulationParameters = serde_json::Value;
+/// How to run the simulation.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "SimulationOptions", deny_unknown_fields)]
+pub struct SimulationOptions {
+    /// Answer 202 at once and run in the background (default false, answer 201 with results).
+    #[oai(rename = "run_async", skip_serializing_if_is_none)]
+    pub run_async: Option<bool>,
+    /// A URL told when the simulation ends (signed, as webhooks are).
+    #[oai(rename = "notification_webhook", skip_serializing_if_is_none)]
+    pub notification_webhook: Option<String>,
+    /// The random seed; the same seed, twin state and parameters give the same numbers. Default a random seed, reported in the result.
+    #[oai(rename = "seed", skip_serializing_if_is_none)]
+    pub seed: Option<i64>,
+    /// Monte Carlo runs (default 1000).
+    #[oai(rename = "runs", skip_serializing_if_is_none)]
+    pub runs: Option<i64>,
+}
+/// A scenario to simulate on the twin.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SimulationRequest", deny_unknown_fields)]
+pub struct SimulationRequest {
+    /// The scenario's name (`demand_spike`, ...), kept with the results.
+    #[oai(rename = "scenario")]
+    pub scenario: String,
+    /// A built-in simulation model. `demand_forecast` projects daily demand; `capacity_planning`
+    /// projects demand against capacity (utilization, shortfall, recommended capacity). Both are
+    /// seeded Monte Carlo runs over the twin's `state` and the scenario's `parameters`.
+    #[oai(rename = "model", skip_serializing_if_is_none)]
+    pub model: Option<crate::models::SimulationModel>,
+    /// The scenario's parameters. Both models read `increase_percentage` (-100..1000, default 0),
+    /// `duration_days` (integer 1..365, default 30), `affected_regions` (region codes; the spike
+    /// applies to their `share.<REGION>` of demand, or to all demand when the twin's state has no
+    /// shares) and `volatility` (0..2, overrides the state's `demand_volatility`);
+    /// `capacity_planning` also reads `capacity_change_percentage` (-100..1000, default 0) and
+    /// `target_utilization` (0.1..1, default 0.85). Any other parameter, or one of the wrong type
+    /// or range, answers 422 naming it.
+    #[oai(rename = "parameters", skip_serializing_if_is_none)]
+    pub parameters: Option<crate::models::SimulationParameters>,
+    /// How to run the simulation.
+    #[oai(rename = "options", skip_serializing_if_is_none)]
+    pub options: Option<crate::models::SimulationOptions>,
+}
+/// Where the simulation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "SimulationStatus")]
+pub enum SimulationStatus {
+    #[oai(rename = "queued")]
+    Queued,
+    #[oai(rename = "running")]
+    Running,
+    #[oai(rename = "completed")]
+    Completed,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl SimulationStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [SimulationStatus] = &[
+        SimulationStatus::Queued,
+        SimulationStatus::Running,
+        SimulationStatus::Completed,
+        SimulationStatus::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SimulationStatus::Queued => "queued",
+            SimulationStatus::Running => "running",
+            SimulationStatus::Completed => "completed",
+            SimulationStatus::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "queued" => Some(SimulationStatus::Queued),
+            "running" => Some(SimulationStatus::Running),
+            "completed" => Some(SimulationStatus::Completed),
+            "failed" => Some(SimulationStatus::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for SimulationStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The distribution of a metric over the Monte Carlo runs.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Percentiles", deny_unknown_fields)]
+pub struct Percentiles {
+    /// 10th percentile.
+    #[oai(rename = "p10")]
+    pub p10: f64,
+    /// Median.
+    #[oai(rename = "p50")]
+    pub p50: f64,
+    /// 90th percentile.
+    #[oai(rename = "p90")]
+    pub p90: f64,
+    /// Mean.
+    #[oai(rename = "mean")]
+    pub mean: f64,
+}
+/// One period (day) of the projection.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SimulationPeriod", deny_unknown_fields)]
+pub struct SimulationPeriod {
+    /// The day, from 1.
+    #[oai(rename = "period")]
+    pub period: i64,
+    /// Each metric's distribution that day (`demand`; for `capacity_planning` also `capacity`, `utilization`, `shortfall`).
+    #[oai(rename = "metrics")]
+    pub metrics: std::collections::BTreeMap<String, crate::models::Percentiles>,
+}
+/// What the simulation computed.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SimulationResults", deny_unknown_fields)]
+pub struct SimulationResults {
+    /// Number of periods (days).
+    #[oai(rename = "periods")]
+    pub periods: i64,
+    /// Per-period distributions.
+    #[oai(rename = "series")]
+    pub series: Vec<crate::models::SimulationPeriod>,
+    /// Headline figures (`total_demand_p50`, `baseline_total_demand`, `shortfall_probability`, `recommended_capacity`, ...).
+    #[oai(rename = "summary")]
+    pub summary: std::collections::BTreeMap<String, f64>,
+}
+/// A simulation of a twin; poll it until `status` is `completed` or `failed`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Simulation", deny_unknown_fields)]
+pub struct Simulation {
+    /// The simulation's id (`sim_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The twin simulated.
+    #[oai(rename = "twin_id")]
+    pub twin_id: String,
+    /// The scenario's name.
+    #[oai(rename = "scenario")]
+    pub scenario: String,
+    /// A built-in simulation model. `demand_forecast` projects daily demand; `capacity_planning`
+    /// projects demand against capacity (utilization, shortfall, recommended capacity). Both are
+    /// seeded Monte Carlo runs over the twin's `state` and the scenario's `parameters`.
+    #[oai(rename = "model")]
+    pub model: crate::models::SimulationModel,
+    /// The scenario's parameters. Both models read `increase_percentage` (-100..1000, default 0),
+    /// `duration_days` (integer 1..365, default 30), `affected_regions` (region codes; the spike
+    /// applies to their `share.<REGION>` of demand, or to all demand when the twin's state has no
+    /// shares) and `volatility` (0..2, overrides the state's `demand_volatility`);
+    /// `capacity_planning` also reads `capacity_change_percentage` (-100..1000, default 0) and
+    /// `target_utilization` (0.1..1, default 0.85). Any other parameter, or one of the wrong type
+    /// or range, answers 422 naming it.
+    #[oai(rename = "parameters")]
+    pub parameters: crate::models::SimulationParameters,
+    /// Where the simulation is.
+    #[oai(rename = "status")]
+    pub status: crate::models::SimulationStatus,
+    /// Whether it ran in the background.
+    #[oai(rename = "run_async")]
+    pub run_async: bool,
+    /// The URL told when it ends.
+    #[oai(rename = "notification_webhook")]
+    pub notification_webhook: poem_openapi::types::MaybeUndefined<String>,
+    /// The random seed used; pass it as `options.seed` to repeat the numbers.
+    #[oai(rename = "seed")]
+    pub seed: i64,
+    /// Monte Carlo runs.
+    #[oai(rename = "runs")]
+    pub runs: i64,
+    /// The results, once completed.
+    #[oai(rename = "results")]
+    pub results: poem_openapi::types::MaybeUndefined<crate::models::SimulationResults>,
+    /// Why it failed.
+    #[oai(rename = "error")]
+    pub error: poem_openapi::types::MaybeUndefined<String>,
+    /// How long the computation took.
+    #[oai(rename = "duration_ms")]
+    pub duration_ms: poem_openapi::types::MaybeUndefined<i64>,
+    /// When it was requested.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it started.
+    #[oai(rename = "started_at")]
+    pub started_at: poem_openapi::types::MaybeUndefined<String>,
+    /// When it ended.
+    #[oai(rename = "finished_at")]
+    pub finished_at: poem_openapi::types::MaybeUndefined<String>,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SimulationList", deny_unknown_fields)]
+pub struct SimulationList {
+    /// The twin's simulations on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Simulation>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// How `breakdown` groups the usage records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "UsageGroupBy")]
+pub enum UsageGroupBy {
+    #[oai(rename = "agent")]
+    Agent,
+    #[oai(rename = "model")]
+    Model,
+    #[oai(rename = "hour")]
+    Hour,
+    #[oai(rename = "day")]
+    Day,
+    #[oai(rename = "month")]
+    Month,
+}
+impl UsageGroupBy {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [UsageGroupBy] = &[
+        UsageGroupBy::Agent,
+        UsageGroupBy::Model,
+        UsageGroupBy::Hour,
+        UsageGroupBy::Day,
+        UsageGroupBy::Month,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UsageGroupBy::Agent => "agent",
+            UsageGroupBy::Model => "model",
+            UsageGroupBy::Hour => "hour",
+            UsageGroupBy::Day => "day",
+            UsageGroupBy::Month => "month",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "agent" => Some(UsageGroupBy::Agent),
+            "model" => Some(UsageGroupBy::Model),
+            "hour" => Some(UsageGroupBy::Hour),
+            "day" => Some(UsageGroupBy::Day),
+            "month" => Some(UsageGroupBy::Month),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for UsageGroupBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The kind of entity costs are attributed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "UsageEntityType")]
+pub enum UsageEntityType {
+    #[oai(rename = "agent")]
+    Agent,
+    #[oai(rename = "model")]
+    Model,
+    #[oai(rename = "execution")]
+    Execution,
+    #[oai(rename = "conversation")]
+    Conversation,
+}
+impl UsageEntityType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [UsageEntityType] = &[
+        UsageEntityType::Agent,
+        UsageEntityType::Model,
+        UsageEntityType::Execution,
+        UsageEntityType::Conversation,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UsageEntityType::Agent => "agent",
+            UsageEntityType::Model => "model",
+            UsageEntityType::Execution => "execution",
+            UsageEntityType::Conversation => "conversation",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "agent" => Some(UsageEntityType::Agent),
+            "model" => Some(UsageEntityType::Model),
+            "execution" => Some(UsageEntityType::Execution),
+            "conversation" => Some(UsageEntityType::Conversation),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for UsageEntityType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The period asked for (`from`/`start_date` to `to`/`end_date`, inclusive); null bounds are open.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsagePeriod", deny_unknown_fields)]
+pub struct UsagePeriod {
+    /// The first instant counted.
+    #[oai(rename = "start")]
+    pub start: Option<String>,
+    /// The last instant counted.
+    #[oai(rename = "end")]
+    pub end: Option<String>,
+}
+/// What the usage records of the period add up to.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageTotals", deny_unknown_fields)]
+pub struct UsageTotals {
+    /// Usage records counted (one per execution or message that used a model).
+    #[oai(rename = "records")]
+    pub records: i64,
+    /// Distinct executions.
+    #[oai(rename = "executions")]
+    pub executions: i64,
+    /// Distinct conversations.
+    #[oai(rename = "conversations")]
+    pub conversations: i64,
+    /// Distinct messages.
+    #[oai(rename = "messages")]
+    pub messages: i64,
+    /// Prompt tokens.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// Completion tokens.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// Prompt and completion tokens.
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+}
+/// The cost of the period in US dollars (computed from exact nano-dollar sums).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageCostTotal", deny_unknown_fields)]
+pub struct UsageCostTotal {
+    /// US dollars.
+    #[oai(rename = "total")]
+    pub total: f64,
+    /// The exact cost in billionths of a US dollar.
+    #[oai(rename = "total_nano_usd")]
+    pub total_nano_usd: i64,
+}
+/// The usage of one agent, model or time bucket.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageGroup", deny_unknown_fields)]
+pub struct UsageGroup {
+    /// The agent id, the model id, or the bucket (`2026-01-15T13`, `2026-01-15`, `2026-01`).
+    #[oai(rename = "key")]
+    pub key: String,
+    /// Usage records in the group.
+    #[oai(rename = "records")]
+    pub records: i64,
+    /// Prompt tokens.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// Completion tokens.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// Prompt and completion tokens.
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+    /// US dollars.
+    #[oai(rename = "cost")]
+    pub cost: f64,
+    /// The exact cost in billionths of a US dollar.
+    #[oai(rename = "cost_nano_usd")]
+    pub cost_nano_usd: i64,
+}
+/// One model's tokens and cost (Magnet AI `by_model`).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ModelUsage", deny_unknown_fields)]
+pub struct ModelUsage {
+    /// Prompt and completion tokens.
+    #[oai(rename = "tokens")]
+    pub tokens: i64,
+    /// US dollars.
+    #[oai(rename = "cost")]
+    pub cost: f64,
+}
+/// Totals and a breakdown of the organization's usage, aggregated from its usage records.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageStats", deny_unknown_fields)]
+pub struct UsageStats {
+    /// The period asked for (`from`/`start_date` to `to`/`end_date`, inclusive); null bounds are open.
+    #[oai(rename = "period")]
+    pub period: crate::models::UsagePeriod,
+    /// The agent counted, when filtered to one.
+    #[oai(rename = "agent_id")]
+    pub agent_id: poem_openapi::types::MaybeUndefined<String>,
+    /// How `breakdown` groups the usage records.
+    #[oai(rename = "group_by")]
+    pub group_by: crate::models::UsageGroupBy,
+    /// What the usage records of the period add up to.
+    #[oai(rename = "usage")]
+    pub usage: crate::models::UsageTotals,
+    /// Prompt and completion tokens (Magnet AI `total_tokens`).
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+    /// US dollars (Magnet AI `total_cost`).
+    #[oai(rename = "total_cost")]
+    pub total_cost: f64,
+    /// The cost of the period in US dollars (computed from exact nano-dollar sums).
+    #[oai(rename = "costs")]
+    pub costs: crate::models::UsageCostTotal,
+    /// One entry per group, largest cost first for agents and models, in time order for buckets.
+    #[oai(rename = "breakdown")]
+    pub breakdown: Vec<crate::models::UsageGroup>,
+    /// Tokens and cost per model id.
+    #[oai(rename = "by_model")]
+    pub by_model: std::collections::BTreeMap<String, crate::models::ModelUsage>,
+}
+/// The cost of one entity.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageCostEntry", deny_unknown_fields)]
+pub struct UsageCostEntry {
+    /// The kind of entity costs are attributed to.
+    #[oai(rename = "entity_type")]
+    pub entity_type: crate::models::UsageEntityType,
+    /// The entity's id.
+    #[oai(rename = "entity_id")]
+    pub entity_id: String,
+    /// Usage records attributed to it.
+    #[oai(rename = "records")]
+    pub records: i64,
+    /// Prompt tokens.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// Completion tokens.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// Prompt and completion tokens.
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+    /// US dollars.
+    #[oai(rename = "cost")]
+    pub cost: f64,
+    /// The exact cost in billionths of a US dollar.
+    #[oai(rename = "cost_nano_usd")]
+    pub cost_nano_usd: i64,
+}
+/// One day's cost.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "DailyCost", deny_unknown_fields)]
+pub struct DailyCost {
+    /// The day (UTC).
+    #[oai(rename = "date")]
+    pub date: String,
+    /// Prompt and completion tokens.
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+    /// US dollars.
+    #[oai(rename = "cost")]
+    pub cost: f64,
+    /// The exact cost in billionths of a US dollar.
+    #[oai(rename = "cost_nano_usd")]
+    pub cost_nano_usd: i64,
+}
+/// Costs attributed to entities of one type (or to one entity), with a daily series.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageCosts", deny_unknown_fields)]
+pub struct UsageCosts {
+    /// The kind of entity costs are attributed to.
+    #[oai(rename = "entity_type")]
+    pub entity_type: crate::models::UsageEntityType,
+    /// The entity asked for; null for all entities of the type.
+    #[oai(rename = "entity_id")]
+    pub entity_id: Option<String>,
+    /// The period asked for (`from`/`start_date` to `to`/`end_date`, inclusive); null bounds are open.
+    #[oai(rename = "period")]
+    pub period: crate::models::UsagePeriod,
+    /// US dollars over every entry.
+    #[oai(rename = "total_cost")]
+    pub total_cost: f64,
+    /// The exact total in billionths of a US dollar.
+    #[oai(rename = "total_cost_nano_usd")]
+    pub total_cost_nano_usd: i64,
+    /// One entry per entity, most expensive first (at most 100).
+    #[oai(rename = "entries")]
+    pub entries: Vec<crate::models::UsageCostEntry>,
+    /// The cost per day, in time order.
+    #[oai(rename = "by_day")]
+    pub by_day: Vec<crate::models::DailyCost>,
+}
+/// One agent's conversations.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentConversationStats", deny_unknown_fields)]
+pub struct AgentConversationStats {
+    /// The agent.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// Conversations started in the period.
+    #[oai(rename = "conversations")]
+    pub conversations: i64,
+    /// Messages sent in the period.
+    #[oai(rename = "messages")]
+    pub messages: i64,
+    /// Messages per conversation started (0 without conversations).
+    #[oai(rename = "average_messages_per_conversation")]
+    pub average_messages_per_conversation: f64,
+}
+/// One day's conversations and messages.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "DailyConversationStats", deny_unknown_fields)]
+pub struct DailyConversationStats {
+    /// The day (UTC).
+    #[oai(rename = "date")]
+    pub date: String,
+    /// Conversations started that day.
+    #[oai(rename = "conversations")]
+    pub conversations: i64,
+    /// Messages sent that day.
+    #[oai(rename = "messages")]
+    pub messages: i64,
+}
+/// Conversation analytics (Magnet AI), aggregated from conversations and messages.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ConversationAnalytics", deny_unknown_fields)]
+pub struct ConversationAnalytics {
+    /// The period asked for (`from`/`start_date` to `to`/`end_date`, inclusive); null bounds are open.
+    #[oai(rename = "period")]
+    pub period: crate::models::UsagePeriod,
+    /// The agent counted, when filtered to one.
+    #[oai(rename = "agent_id")]
+    pub agent_id: poem_openapi::types::MaybeUndefined<String>,
+    /// Conversations started in the period.
+    #[oai(rename = "total_conversations")]
+    pub total_conversations: i64,
+    /// Messages sent in the period.
+    #[oai(rename = "total_messages")]
+    pub total_messages: i64,
+    /// Messages per conversation started (0 without conversations).
+    #[oai(rename = "average_messages_per_conversation")]
+    pub average_messages_per_conversation: f64,
+    /// Characters per message (0 without messages).
+    #[oai(rename = "average_message_length")]
+    pub average_message_length: f64,
+    /// Messages per role (`user`, `assistant`, ...).
+    #[oai(rename = "messages_by_role")]
+    pub messages_by_role: std::collections::BTreeMap<String, i64>,
+    /// Per agent, most conversations first (at most 100).
+    #[oai(rename = "by_agent")]
+    pub by_agent: Vec<crate::models::AgentConversationStats>,
+    /// Per day, in time order.
+    #[oai(rename = "by_day")]
+    pub by_day: Vec<crate::models::DailyConversationStats>,
 }
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]

@@ -15,6 +15,9 @@ mod paging;
 mod system;
 mod templates;
 mod tools;
+mod twins;
+mod usage;
+mod vault;
 mod webhooks;
 
 use std::time::Instant;

@@ -15,9 +15,13 @@ pub mod identity;
 pub mod knowledge;
 pub mod models;
 pub mod schema;
+pub mod sealed;
 pub mod sql;
 pub mod templates;
 pub mod tools;
+pub mod twins;
+pub mod usage;
+pub mod vault;
 pub mod webhooks;
 
 use std::time::Duration;

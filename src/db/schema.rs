@@ -387,3 +387,71 @@ diesel::table! {
         finished_at -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    vault_credentials (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        cred_type -> Text,
+        environment -> Nullable<Text>,
+        description -> Nullable<Text>,
+        body -> Text,
+        value_sealed -> Text,
+        last_accessed_at -> Nullable<Text>,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    vault_tokens (id) {
+        id -> Text,
+        org_id -> Text,
+        user_id -> Text,
+        name -> Text,
+        prefix -> Text,
+        token_hash -> Text,
+        created_at -> Text,
+        expires_at -> Nullable<Text>,
+        last_used_at -> Nullable<Text>,
+        revoked_at -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    twins (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        twin_type -> Text,
+        description -> Nullable<Text>,
+        body -> Text,
+        secrets -> Text,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    simulations (id) {
+        id -> Text,
+        org_id -> Text,
+        twin_id -> Text,
+        scenario -> Text,
+        model -> Text,
+        status -> Text,
+        parameters -> Text,
+        seed -> BigInt,
+        runs -> BigInt,
+        run_async -> BigInt,
+        notification_webhook -> Nullable<Text>,
+        results -> Nullable<Text>,
+        error -> Nullable<Text>,
+        created_at -> Text,
+        started_at -> Nullable<Text>,
+        finished_at -> Nullable<Text>,
+    }
+}

@@ -19,5 +19,8 @@ mod support;
 mod system;
 mod templates;
 mod tools;
+mod twins;
+mod usage;
 mod validation;
+mod vault;
 mod webhooks;

@@ -116,6 +116,7 @@ AuthSettings = TypedDict(
     {
         "bearerAuth": BearerAuthSetting,
         "apiKeyAuth": APIKeyAuthSetting,
+        "vaultToken": APIKeyAuthSetting,
     },
     total=False,
 )
@@ -578,6 +579,15 @@ conf = agentplane_client.Configuration(
                 'key': 'X-API-Key',
                 'value': self.get_api_key_with_prefix(
                     'apiKeyAuth',
+                ),
+            }
+        if 'vaultToken' in self.api_key:
+            auth['vaultToken'] = {
+                'type': 'api_key',
+                'in': 'header',
+                'key': 'X-Vault-Token',
+                'value': self.get_api_key_with_prefix(
+                    'vaultToken',
                 ),
             }
         return auth
