@@ -19,7 +19,11 @@ __version__ = "0.1.0"
 # Define package exports
 __all__ = [
     "AgentsApi",
+    "ConversationsApi",
+    "DeploymentsApi",
+    "EvaluationsApi",
     "EventsApi",
+    "ExecutionsApi",
     "IdentityApi",
     "KnowledgeApi",
     "MarketplaceApi",
@@ -27,6 +31,9 @@ __all__ = [
     "SystemApi",
     "TemplatesApi",
     "ToolsApi",
+    "TwinsApi",
+    "UsageApi",
+    "VaultApi",
     "WebhooksApi",
     "ApiResponse",
     "ApiClient",
@@ -39,12 +46,17 @@ __all__ = [
     "ApiException",
     "Agent",
     "AgentConfiguration",
+    "AgentConversationStats",
     "AgentDeletedEventData",
+    "AgentDeployment",
     "AgentField",
     "AgentFieldset",
     "AgentFlow",
     "AgentInput",
     "AgentList",
+    "AgentLogLine",
+    "AgentLogs",
+    "AgentMetrics",
     "AgentPatch",
     "AgentResources",
     "AgentStatus",
@@ -54,18 +66,56 @@ __all__ = [
     "ApiKeyList",
     "ApiToolInput",
     "BuildInfo",
+    "CaseResult",
     "ComponentHealth",
+    "Conversation",
+    "ConversationAnalytics",
+    "ConversationInput",
+    "ConversationList",
+    "ConversationPatch",
+    "DailyConversationStats",
+    "DailyCost",
+    "DataSource",
+    "DataSourceInput",
     "DatabaseInfo",
+    "DeploymentHealth",
+    "DeploymentState",
     "DocumentInput",
     "Error",
     "ErrorDetail",
     "ErrorEnvelope",
+    "Evaluation",
     "EvaluationEventData",
+    "EvaluationInput",
+    "EvaluationList",
+    "EvaluationMetric",
+    "EvaluationRun",
+    "EvaluationRunList",
+    "EvaluationRunStatus",
+    "EvaluationSummary",
+    "EvaluationType",
     "Event",
     "EventList",
     "EventPattern",
     "EventType",
+    "ExecuteContext",
+    "ExecuteOptions",
+    "ExecuteRequest",
+    "ExecuteRequestInput",
+    "Execution",
+    "ExecutionCounts",
+    "ExecutionError",
+    "ExecutionEvent",
     "ExecutionEventData",
+    "ExecutionEventType",
+    "ExecutionInput",
+    "ExecutionList",
+    "ExecutionLog",
+    "ExecutionLogs",
+    "ExecutionResult",
+    "ExecutionStatus",
+    "ExecutionStep",
+    "ExecutionUsage",
     "FlowEdge",
     "FlowNode",
     "GithubSourceInput",
@@ -94,6 +144,8 @@ __all__ = [
     "KnowledgeSourceType",
     "KnowledgeSyncEventData",
     "KnowledgeToolInput",
+    "LatencyPercentiles",
+    "LogLevel",
     "MarketplaceCategory",
     "MarketplaceInstallRequest",
     "MarketplacePrice",
@@ -102,16 +154,23 @@ __all__ = [
     "MarketplaceTag",
     "MarketplaceTemplate",
     "MarketplaceTemplateList",
+    "Message",
+    "MessageExchange",
+    "MessageList",
+    "MessageRole",
     "Model",
     "ModelInput",
     "ModelList",
     "ModelPricing",
     "ModelProvider",
+    "ModelUsage",
     "NewUser",
     "NotificationPreferences",
     "NotificationPreferencesPatch",
     "Organization",
     "Pagination",
+    "PassCriteria",
+    "Percentiles",
     "Personality",
     "PlatformConnection",
     "ProcessingOptions",
@@ -124,14 +183,26 @@ __all__ = [
     "RenderRequest",
     "RenderedPrompt",
     "Role",
+    "ScaleRequest",
     "Scope",
+    "SendMessage",
+    "Simulation",
     "SimulationEventData",
+    "SimulationList",
+    "SimulationModel",
+    "SimulationOptions",
+    "SimulationPeriod",
+    "SimulationRequest",
+    "SimulationResults",
+    "SimulationStatus",
     "StreamClientMessage",
     "StreamControlMessage",
     "SyncJob",
     "SyncStatus",
     "SystemStatus",
+    "TestCase",
     "TextSourceInput",
+    "TokenCounts",
     "Tool",
     "ToolInput",
     "ToolList",
@@ -139,9 +210,31 @@ __all__ = [
     "ToolTestInput",
     "ToolTestResult",
     "ToolType",
+    "Twin",
+    "TwinInput",
+    "TwinList",
+    "UpdateFrequency",
     "UrlSourceInput",
+    "UsageCostEntry",
+    "UsageCostTotal",
+    "UsageCosts",
+    "UsageEntityType",
+    "UsageGroup",
+    "UsageGroupBy",
+    "UsagePeriod",
+    "UsageStats",
+    "UsageTotals",
     "User",
     "UserProfileUpdate",
+    "VaultCredential",
+    "VaultCredentialInput",
+    "VaultCredentialList",
+    "VaultCredentialReplace",
+    "VaultCredentialType",
+    "VaultToken",
+    "VaultTokenCreated",
+    "VaultTokenInput",
+    "VaultTokenList",
     "Webhook",
     "WebhookCreated",
     "WebhookDelivery",
@@ -155,7 +248,11 @@ __all__ = [
 
 # import apis into sdk package
 from agentplane_client.api.agents_api import AgentsApi as AgentsApi
+from agentplane_client.api.conversations_api import ConversationsApi as ConversationsApi
+from agentplane_client.api.deployments_api import DeploymentsApi as DeploymentsApi
+from agentplane_client.api.evaluations_api import EvaluationsApi as EvaluationsApi
 from agentplane_client.api.events_api import EventsApi as EventsApi
+from agentplane_client.api.executions_api import ExecutionsApi as ExecutionsApi
 from agentplane_client.api.identity_api import IdentityApi as IdentityApi
 from agentplane_client.api.knowledge_api import KnowledgeApi as KnowledgeApi
 from agentplane_client.api.marketplace_api import MarketplaceApi as MarketplaceApi
@@ -163,6 +260,9 @@ from agentplane_client.api.model_registry_api import ModelRegistryApi as ModelRe
 from agentplane_client.api.system_api import SystemApi as SystemApi
 from agentplane_client.api.templates_api import TemplatesApi as TemplatesApi
 from agentplane_client.api.tools_api import ToolsApi as ToolsApi
+from agentplane_client.api.twins_api import TwinsApi as TwinsApi
+from agentplane_client.api.usage_api import UsageApi as UsageApi
+from agentplane_client.api.vault_api import VaultApi as VaultApi
 from agentplane_client.api.webhooks_api import WebhooksApi as WebhooksApi
 
 # import ApiClient
@@ -179,12 +279,17 @@ from agentplane_client.exceptions import ApiException as ApiException
 # import models into sdk package
 from agentplane_client.models.agent import Agent as Agent
 from agentplane_client.models.agent_configuration import AgentConfiguration as AgentConfiguration
+from agentplane_client.models.agent_conversation_stats import AgentConversationStats as AgentConversationStats
 from agentplane_client.models.agent_deleted_event_data import AgentDeletedEventData as AgentDeletedEventData
+from agentplane_client.models.agent_deployment import AgentDeployment as AgentDeployment
 from agentplane_client.models.agent_field import AgentField as AgentField
 from agentplane_client.models.agent_fieldset import AgentFieldset as AgentFieldset
 from agentplane_client.models.agent_flow import AgentFlow as AgentFlow
 from agentplane_client.models.agent_input import AgentInput as AgentInput
 from agentplane_client.models.agent_list import AgentList as AgentList
+from agentplane_client.models.agent_log_line import AgentLogLine as AgentLogLine
+from agentplane_client.models.agent_logs import AgentLogs as AgentLogs
+from agentplane_client.models.agent_metrics import AgentMetrics as AgentMetrics
 from agentplane_client.models.agent_patch import AgentPatch as AgentPatch
 from agentplane_client.models.agent_resources import AgentResources as AgentResources
 from agentplane_client.models.agent_status import AgentStatus as AgentStatus
@@ -194,18 +299,56 @@ from agentplane_client.models.api_key_input import ApiKeyInput as ApiKeyInput
 from agentplane_client.models.api_key_list import ApiKeyList as ApiKeyList
 from agentplane_client.models.api_tool_input import ApiToolInput as ApiToolInput
 from agentplane_client.models.build_info import BuildInfo as BuildInfo
+from agentplane_client.models.case_result import CaseResult as CaseResult
 from agentplane_client.models.component_health import ComponentHealth as ComponentHealth
+from agentplane_client.models.conversation import Conversation as Conversation
+from agentplane_client.models.conversation_analytics import ConversationAnalytics as ConversationAnalytics
+from agentplane_client.models.conversation_input import ConversationInput as ConversationInput
+from agentplane_client.models.conversation_list import ConversationList as ConversationList
+from agentplane_client.models.conversation_patch import ConversationPatch as ConversationPatch
+from agentplane_client.models.daily_conversation_stats import DailyConversationStats as DailyConversationStats
+from agentplane_client.models.daily_cost import DailyCost as DailyCost
+from agentplane_client.models.data_source import DataSource as DataSource
+from agentplane_client.models.data_source_input import DataSourceInput as DataSourceInput
 from agentplane_client.models.database_info import DatabaseInfo as DatabaseInfo
+from agentplane_client.models.deployment_health import DeploymentHealth as DeploymentHealth
+from agentplane_client.models.deployment_state import DeploymentState as DeploymentState
 from agentplane_client.models.document_input import DocumentInput as DocumentInput
 from agentplane_client.models.error import Error as Error
 from agentplane_client.models.error_detail import ErrorDetail as ErrorDetail
 from agentplane_client.models.error_envelope import ErrorEnvelope as ErrorEnvelope
+from agentplane_client.models.evaluation import Evaluation as Evaluation
 from agentplane_client.models.evaluation_event_data import EvaluationEventData as EvaluationEventData
+from agentplane_client.models.evaluation_input import EvaluationInput as EvaluationInput
+from agentplane_client.models.evaluation_list import EvaluationList as EvaluationList
+from agentplane_client.models.evaluation_metric import EvaluationMetric as EvaluationMetric
+from agentplane_client.models.evaluation_run import EvaluationRun as EvaluationRun
+from agentplane_client.models.evaluation_run_list import EvaluationRunList as EvaluationRunList
+from agentplane_client.models.evaluation_run_status import EvaluationRunStatus as EvaluationRunStatus
+from agentplane_client.models.evaluation_summary import EvaluationSummary as EvaluationSummary
+from agentplane_client.models.evaluation_type import EvaluationType as EvaluationType
 from agentplane_client.models.event import Event as Event
 from agentplane_client.models.event_list import EventList as EventList
 from agentplane_client.models.event_pattern import EventPattern as EventPattern
 from agentplane_client.models.event_type import EventType as EventType
+from agentplane_client.models.execute_context import ExecuteContext as ExecuteContext
+from agentplane_client.models.execute_options import ExecuteOptions as ExecuteOptions
+from agentplane_client.models.execute_request import ExecuteRequest as ExecuteRequest
+from agentplane_client.models.execute_request_input import ExecuteRequestInput as ExecuteRequestInput
+from agentplane_client.models.execution import Execution as Execution
+from agentplane_client.models.execution_counts import ExecutionCounts as ExecutionCounts
+from agentplane_client.models.execution_error import ExecutionError as ExecutionError
+from agentplane_client.models.execution_event import ExecutionEvent as ExecutionEvent
 from agentplane_client.models.execution_event_data import ExecutionEventData as ExecutionEventData
+from agentplane_client.models.execution_event_type import ExecutionEventType as ExecutionEventType
+from agentplane_client.models.execution_input import ExecutionInput as ExecutionInput
+from agentplane_client.models.execution_list import ExecutionList as ExecutionList
+from agentplane_client.models.execution_log import ExecutionLog as ExecutionLog
+from agentplane_client.models.execution_logs import ExecutionLogs as ExecutionLogs
+from agentplane_client.models.execution_result import ExecutionResult as ExecutionResult
+from agentplane_client.models.execution_status import ExecutionStatus as ExecutionStatus
+from agentplane_client.models.execution_step import ExecutionStep as ExecutionStep
+from agentplane_client.models.execution_usage import ExecutionUsage as ExecutionUsage
 from agentplane_client.models.flow_edge import FlowEdge as FlowEdge
 from agentplane_client.models.flow_node import FlowNode as FlowNode
 from agentplane_client.models.github_source_input import GithubSourceInput as GithubSourceInput
@@ -234,6 +377,8 @@ from agentplane_client.models.knowledge_source_status import KnowledgeSourceStat
 from agentplane_client.models.knowledge_source_type import KnowledgeSourceType as KnowledgeSourceType
 from agentplane_client.models.knowledge_sync_event_data import KnowledgeSyncEventData as KnowledgeSyncEventData
 from agentplane_client.models.knowledge_tool_input import KnowledgeToolInput as KnowledgeToolInput
+from agentplane_client.models.latency_percentiles import LatencyPercentiles as LatencyPercentiles
+from agentplane_client.models.log_level import LogLevel as LogLevel
 from agentplane_client.models.marketplace_category import MarketplaceCategory as MarketplaceCategory
 from agentplane_client.models.marketplace_install_request import MarketplaceInstallRequest as MarketplaceInstallRequest
 from agentplane_client.models.marketplace_price import MarketplacePrice as MarketplacePrice
@@ -242,16 +387,23 @@ from agentplane_client.models.marketplace_sort import MarketplaceSort as Marketp
 from agentplane_client.models.marketplace_tag import MarketplaceTag as MarketplaceTag
 from agentplane_client.models.marketplace_template import MarketplaceTemplate as MarketplaceTemplate
 from agentplane_client.models.marketplace_template_list import MarketplaceTemplateList as MarketplaceTemplateList
+from agentplane_client.models.message import Message as Message
+from agentplane_client.models.message_exchange import MessageExchange as MessageExchange
+from agentplane_client.models.message_list import MessageList as MessageList
+from agentplane_client.models.message_role import MessageRole as MessageRole
 from agentplane_client.models.model import Model as Model
 from agentplane_client.models.model_input import ModelInput as ModelInput
 from agentplane_client.models.model_list import ModelList as ModelList
 from agentplane_client.models.model_pricing import ModelPricing as ModelPricing
 from agentplane_client.models.model_provider import ModelProvider as ModelProvider
+from agentplane_client.models.model_usage import ModelUsage as ModelUsage
 from agentplane_client.models.new_user import NewUser as NewUser
 from agentplane_client.models.notification_preferences import NotificationPreferences as NotificationPreferences
 from agentplane_client.models.notification_preferences_patch import NotificationPreferencesPatch as NotificationPreferencesPatch
 from agentplane_client.models.organization import Organization as Organization
 from agentplane_client.models.pagination import Pagination as Pagination
+from agentplane_client.models.pass_criteria import PassCriteria as PassCriteria
+from agentplane_client.models.percentiles import Percentiles as Percentiles
 from agentplane_client.models.personality import Personality as Personality
 from agentplane_client.models.platform_connection import PlatformConnection as PlatformConnection
 from agentplane_client.models.processing_options import ProcessingOptions as ProcessingOptions
@@ -264,14 +416,26 @@ from agentplane_client.models.rag_answer import RagAnswer as RagAnswer
 from agentplane_client.models.render_request import RenderRequest as RenderRequest
 from agentplane_client.models.rendered_prompt import RenderedPrompt as RenderedPrompt
 from agentplane_client.models.role import Role as Role
+from agentplane_client.models.scale_request import ScaleRequest as ScaleRequest
 from agentplane_client.models.scope import Scope as Scope
+from agentplane_client.models.send_message import SendMessage as SendMessage
+from agentplane_client.models.simulation import Simulation as Simulation
 from agentplane_client.models.simulation_event_data import SimulationEventData as SimulationEventData
+from agentplane_client.models.simulation_list import SimulationList as SimulationList
+from agentplane_client.models.simulation_model import SimulationModel as SimulationModel
+from agentplane_client.models.simulation_options import SimulationOptions as SimulationOptions
+from agentplane_client.models.simulation_period import SimulationPeriod as SimulationPeriod
+from agentplane_client.models.simulation_request import SimulationRequest as SimulationRequest
+from agentplane_client.models.simulation_results import SimulationResults as SimulationResults
+from agentplane_client.models.simulation_status import SimulationStatus as SimulationStatus
 from agentplane_client.models.stream_client_message import StreamClientMessage as StreamClientMessage
 from agentplane_client.models.stream_control_message import StreamControlMessage as StreamControlMessage
 from agentplane_client.models.sync_job import SyncJob as SyncJob
 from agentplane_client.models.sync_status import SyncStatus as SyncStatus
 from agentplane_client.models.system_status import SystemStatus as SystemStatus
+from agentplane_client.models.test_case import TestCase as TestCase
 from agentplane_client.models.text_source_input import TextSourceInput as TextSourceInput
+from agentplane_client.models.token_counts import TokenCounts as TokenCounts
 from agentplane_client.models.tool import Tool as Tool
 from agentplane_client.models.tool_input import ToolInput as ToolInput
 from agentplane_client.models.tool_list import ToolList as ToolList
@@ -279,9 +443,31 @@ from agentplane_client.models.tool_query import ToolQuery as ToolQuery
 from agentplane_client.models.tool_test_input import ToolTestInput as ToolTestInput
 from agentplane_client.models.tool_test_result import ToolTestResult as ToolTestResult
 from agentplane_client.models.tool_type import ToolType as ToolType
+from agentplane_client.models.twin import Twin as Twin
+from agentplane_client.models.twin_input import TwinInput as TwinInput
+from agentplane_client.models.twin_list import TwinList as TwinList
+from agentplane_client.models.update_frequency import UpdateFrequency as UpdateFrequency
 from agentplane_client.models.url_source_input import UrlSourceInput as UrlSourceInput
+from agentplane_client.models.usage_cost_entry import UsageCostEntry as UsageCostEntry
+from agentplane_client.models.usage_cost_total import UsageCostTotal as UsageCostTotal
+from agentplane_client.models.usage_costs import UsageCosts as UsageCosts
+from agentplane_client.models.usage_entity_type import UsageEntityType as UsageEntityType
+from agentplane_client.models.usage_group import UsageGroup as UsageGroup
+from agentplane_client.models.usage_group_by import UsageGroupBy as UsageGroupBy
+from agentplane_client.models.usage_period import UsagePeriod as UsagePeriod
+from agentplane_client.models.usage_stats import UsageStats as UsageStats
+from agentplane_client.models.usage_totals import UsageTotals as UsageTotals
 from agentplane_client.models.user import User as User
 from agentplane_client.models.user_profile_update import UserProfileUpdate as UserProfileUpdate
+from agentplane_client.models.vault_credential import VaultCredential as VaultCredential
+from agentplane_client.models.vault_credential_input import VaultCredentialInput as VaultCredentialInput
+from agentplane_client.models.vault_credential_list import VaultCredentialList as VaultCredentialList
+from agentplane_client.models.vault_credential_replace import VaultCredentialReplace as VaultCredentialReplace
+from agentplane_client.models.vault_credential_type import VaultCredentialType as VaultCredentialType
+from agentplane_client.models.vault_token import VaultToken as VaultToken
+from agentplane_client.models.vault_token_created import VaultTokenCreated as VaultTokenCreated
+from agentplane_client.models.vault_token_input import VaultTokenInput as VaultTokenInput
+from agentplane_client.models.vault_token_list import VaultTokenList as VaultTokenList
 from agentplane_client.models.webhook import Webhook as Webhook
 from agentplane_client.models.webhook_created import WebhookCreated as WebhookCreated
 from agentplane_client.models.webhook_delivery import WebhookDelivery as WebhookDelivery
