@@ -6277,14 +6277,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Execution"];
-                    /**
-                     * @example event: execution.started
-                     *     data: {"type":"execution.started","execution_id":"exec_01jh8k2m3n4p5q6r7s8t9v0w1x","sequence":0}
-                     *
-                     *     event: token
-                     *     data: {"type":"token","execution_id":"exec_01jh8k2m3n4p5q6r7s8t9v0w1x","sequence":1,"delta":"Reset "}
-                     */
-                    "text/event-stream": string;
+                    "text/event-stream": components["schemas"]["ExecutionEvent"];
                 };
             };
             /** @description The execution was accepted; poll its `Location`. */
@@ -6470,11 +6463,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    /**
-                     * @example event: execution.started
-                     *     data: {"type":"execution.started","execution_id":"exec_01jh8k2m3n4p5q6r7s8t9v0w1x","sequence":0}
-                     */
-                    "text/event-stream": string;
+                    "text/event-stream": components["schemas"]["ExecutionEvent"];
                 };
             };
             400: components["responses"]["BadRequest"];
@@ -6739,11 +6728,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    /**
-                     * @example event: execution.started
-                     *     data: {"type":"execution.started","execution_id":"exec_01jh8k2m3n4p5q6r7s8t9v0w1x","sequence":0}
-                     */
-                    "text/event-stream": string;
+                    "text/event-stream": components["schemas"]["ExecutionEvent"];
                 };
             };
             /** @description The message and the agent's reply. */

@@ -15,13 +15,14 @@ from pydantic import validate_call, Field, StrictFloat, StrictStr, StrictInt
 from typing import Any, Dict, List, Optional, Tuple, Union
 from typing_extensions import Annotated
 
-from pydantic import Field, StrictStr, field_validator
+from pydantic import Field, field_validator
 from typing import Optional
 from typing_extensions import Annotated
 from agentplane_client.models.conversation import Conversation
 from agentplane_client.models.conversation_input import ConversationInput
 from agentplane_client.models.conversation_list import ConversationList
 from agentplane_client.models.conversation_patch import ConversationPatch
+from agentplane_client.models.execution_event import ExecutionEvent
 from agentplane_client.models.message_list import MessageList
 from agentplane_client.models.send_message import SendMessage
 
@@ -1629,7 +1630,7 @@ class ConversationsApi:
         _content_type: Optional[StrictStr] = None,
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
-    ) -> str:
+    ) -> ExecutionEvent:
         """Send a message
 
         Adds the user's message and has the agent answer it, with the conversation's earlier messages as history (an execution, linked from both messages). Answers **201** with the message, the assistant's `reply` (absent when the execution did not succeed within `timeout`) and the execution; with `stream: true` (or `Accept: text/event-stream`) **200** with the reply's progress as server-sent events, the last of which carries the reply as `message`. A declared template variable without a value answers 422 (`details[].field` = `parameters.<name>`). 
@@ -1670,7 +1671,7 @@ class ConversationsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "str",
+            '200': "ExecutionEvent",
             '201': "MessageExchange",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",
@@ -1707,7 +1708,7 @@ class ConversationsApi:
         _content_type: Optional[StrictStr] = None,
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
-    ) -> ApiResponse[str]:
+    ) -> ApiResponse[ExecutionEvent]:
         """Send a message
 
         Adds the user's message and has the agent answer it, with the conversation's earlier messages as history (an execution, linked from both messages). Answers **201** with the message, the assistant's `reply` (absent when the execution did not succeed within `timeout`) and the execution; with `stream: true` (or `Accept: text/event-stream`) **200** with the reply's progress as server-sent events, the last of which carries the reply as `message`. A declared template variable without a value answers 422 (`details[].field` = `parameters.<name>`). 
@@ -1748,7 +1749,7 @@ class ConversationsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "str",
+            '200': "ExecutionEvent",
             '201': "MessageExchange",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",
@@ -1826,7 +1827,7 @@ class ConversationsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "str",
+            '200': "ExecutionEvent",
             '201': "MessageExchange",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",

@@ -15,11 +15,12 @@ from pydantic import validate_call, Field, StrictFloat, StrictStr, StrictInt
 from typing import Any, Dict, List, Optional, Tuple, Union
 from typing_extensions import Annotated
 
-from pydantic import Field, StrictStr, field_validator
+from pydantic import Field, field_validator
 from typing import Optional
 from typing_extensions import Annotated
 from agentplane_client.models.execute_request import ExecuteRequest
 from agentplane_client.models.execution import Execution
+from agentplane_client.models.execution_event import ExecutionEvent
 from agentplane_client.models.execution_list import ExecutionList
 from agentplane_client.models.execution_logs import ExecutionLogs
 from agentplane_client.models.execution_status import ExecutionStatus
@@ -1601,7 +1602,7 @@ class ExecutionsApi:
         _content_type: Optional[StrictStr] = None,
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
-    ) -> str:
+    ) -> ExecutionEvent:
         """Follow an execution
 
         Its progress as server-sent events (the events of `executeAgent` with `options.stream`), from any server: it follows the stored execution, so it works whichever replica runs it, and ends after the last event. A finished execution answers its steps and last event at once. Token deltas reach only streams on the replica that runs it.
@@ -1639,7 +1640,7 @@ class ExecutionsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "str",
+            '200': "ExecutionEvent",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",
             '403': "ErrorEnvelope",
@@ -1673,7 +1674,7 @@ class ExecutionsApi:
         _content_type: Optional[StrictStr] = None,
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
-    ) -> ApiResponse[str]:
+    ) -> ApiResponse[ExecutionEvent]:
         """Follow an execution
 
         Its progress as server-sent events (the events of `executeAgent` with `options.stream`), from any server: it follows the stored execution, so it works whichever replica runs it, and ends after the last event. A finished execution answers its steps and last event at once. Token deltas reach only streams on the replica that runs it.
@@ -1711,7 +1712,7 @@ class ExecutionsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "str",
+            '200': "ExecutionEvent",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",
             '403': "ErrorEnvelope",
@@ -1783,7 +1784,7 @@ class ExecutionsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "str",
+            '200': "ExecutionEvent",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",
             '403': "ErrorEnvelope",
