@@ -59,7 +59,9 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8080".into(),
             database_url: "sqlite://./data/agentplane.db".into(),
-            pool_size: u32::try_from(cores * 2).unwrap_or(8).max(4),
+            // Requests share the pool with the worker pool, deployment reconciling and webhook
+            // deliveries.
+            pool_size: u32::try_from(cores * 4).unwrap_or(16).max(8),
             github_api_url: crate::knowledge::sync::GITHUB_API.into(),
             master_key: None,
             master_key_file: None,

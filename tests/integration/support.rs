@@ -102,7 +102,9 @@ impl TestApp {
         let mut config = Config {
             listen: "127.0.0.1:0".into(),
             database_url: database_url.clone(),
-            pool_size: 4,
+            // The background loops (worker pool, deployments, webhook deliveries) hold
+            // connections too.
+            pool_size: 8,
             // A fixed test key: no key file is written beside the test databases (or into
             // ./data for PostgreSQL).
             master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
@@ -137,7 +139,9 @@ impl TestApp {
         let mut config = Config {
             listen: "127.0.0.1:0".into(),
             database_url: self.database_url.clone(),
-            pool_size: 4,
+            // The background loops (worker pool, deployments, webhook deliveries) hold
+            // connections too.
+            pool_size: 8,
             master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
             ..Config::default()
         };
