@@ -1,6 +1,8 @@
 -- Agent deployments in the runtime (Agent Launchpad status, scale, restart) and agent logs.
 CREATE TABLE agent_deployments (
-    agent_id TEXT PRIMARY KEY NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
+    -- No foreign key to agents: a delete cascading here raced (deadlocked on PostgreSQL)
+    -- with a concurrent status read creating the row. Rows of a deleted agent are unreachable.
+    agent_id TEXT PRIMARY KEY NOT NULL,
     org_id TEXT NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
     state TEXT NOT NULL,
     target_replicas BIGINT NOT NULL,
@@ -15,7 +17,7 @@ CREATE INDEX agent_deployments_by_state ON agent_deployments (state);
 CREATE TABLE agent_logs (
     id TEXT PRIMARY KEY NOT NULL,
     org_id TEXT NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
-    agent_id TEXT NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
+    agent_id TEXT NOT NULL,
     level TEXT NOT NULL,
     message TEXT NOT NULL,
     revision BIGINT NOT NULL,
