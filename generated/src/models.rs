@@ -4887,6 +4887,20 @@ pub struct ExecutionEvent {
     #[oai(rename = "message", skip_serializing_if_is_none)]
     pub message: Option<crate::models::Message>,
 }
+/// One server-sent event of an execution's stream as an SSE client parses it (OpenAPI 3.2's `itemSchema` form): `event` names the event and `data` is one `ExecutionEvent` as JSON.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionEventFrame")]
+pub struct ExecutionEventFrame {
+    /// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+    #[oai(rename = "event")]
+    pub event: crate::models::ExecutionEventType,
+    /// One `ExecutionEvent`, serialized as JSON on a single line.
+    #[oai(rename = "data")]
+    pub data: String,
+    /// Not sent; the stream is replayed whole from `GET /v1/executions/{execution_id}/events`.
+    #[oai(rename = "id", skip_serializing_if_is_none)]
+    pub id: Option<String>,
+}
 /// Who wrote the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "MessageRole")]

@@ -107,6 +107,7 @@ __all__ = [
     "ExecutionError",
     "ExecutionEvent",
     "ExecutionEventData",
+    "ExecutionEventFrame",
     "ExecutionEventType",
     "ExecutionInput",
     "ExecutionList",
@@ -340,6 +341,7 @@ from agentplane_client.models.execution_counts import ExecutionCounts as Executi
 from agentplane_client.models.execution_error import ExecutionError as ExecutionError
 from agentplane_client.models.execution_event import ExecutionEvent as ExecutionEvent
 from agentplane_client.models.execution_event_data import ExecutionEventData as ExecutionEventData
+from agentplane_client.models.execution_event_frame import ExecutionEventFrame as ExecutionEventFrame
 from agentplane_client.models.execution_event_type import ExecutionEventType as ExecutionEventType
 from agentplane_client.models.execution_input import ExecutionInput as ExecutionInput
 from agentplane_client.models.execution_list import ExecutionList as ExecutionList

@@ -4160,6 +4160,14 @@ export interface components {
             execution?: components["schemas"]["Execution"];
             message?: components["schemas"]["Message"];
         };
+        /** @description One server-sent event of an execution's stream as an SSE client parses it (OpenAPI 3.2's `itemSchema` form): `event` names the event and `data` is one `ExecutionEvent` as JSON. */
+        ExecutionEventFrame: {
+            event: components["schemas"]["ExecutionEventType"];
+            /** @description One `ExecutionEvent`, serialized as JSON on a single line. */
+            data: string;
+            /** @description Not sent; the stream is replayed whole from `GET /v1/executions/{execution_id}/events`. */
+            id?: string;
+        };
         /**
          * @description Who wrote the message.
          * @enum {string}
@@ -6277,7 +6285,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Execution"];
-                    "text/event-stream": components["schemas"]["ExecutionEvent"];
+                    "text/event-stream": components["schemas"]["ExecutionEventFrame"];
                 };
             };
             /** @description The execution was accepted; poll its `Location`. */
@@ -6463,7 +6471,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "text/event-stream": components["schemas"]["ExecutionEvent"];
+                    "text/event-stream": components["schemas"]["ExecutionEventFrame"];
                 };
             };
             400: components["responses"]["BadRequest"];
@@ -6728,7 +6736,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "text/event-stream": components["schemas"]["ExecutionEvent"];
+                    "text/event-stream": components["schemas"]["ExecutionEventFrame"];
                 };
             };
             /** @description The message and the agent's reply. */

@@ -396,27 +396,52 @@ fn compile_operation(
                             .content
                             .iter()
                             .find(|c| c.media_type == media_type)
-                            .and_then(|c| c.event_validator.as_ref())
+                            .and_then(|c| c.events.as_ref())
                     {
-                        // A short stream whose every `data:` is valid against the event
-                        // schema: the spec's example when it is one, else a generated event.
+                        // A short stream whose every event is valid: the spec's example when
+                        // it is one, else one generated event.
                         let fine = !crate::response::sse_events(&body).is_empty()
                             && crate::response::event_stream_violation(events, &body).is_none();
                         if !fine {
-                            let schema = m.get("x-event-schema").or(m.get("itemSchema"));
-                            let mut event = schema.map(|s| generator.plain(s));
-                            if event.as_ref().is_none_or(|e| !events.is_valid(e))
-                                && let Some(schema) = schema
+                            let (item_schema, data_schema) = crate::response::event_schemas(doc, m);
+                            let data_fits =
+                                |d: &Value| events.data.as_ref().is_none_or(|v| v.is_valid(d));
+                            let mut data = data_schema.map(|s| generator.plain(s));
+                            if data.as_ref().is_none_or(|d| !data_fits(d))
+                                && let Some(schema) = data_schema
                             {
                                 let strategy = generator.strategy(schema);
-                                event = (0..ATTEMPTS)
+                                data = (0..ATTEMPTS)
                                     .filter_map(|_| sample(&strategy, &mut runner))
-                                    .find(|v| events.is_valid(v));
+                                    .find(|d| data_fits(d));
                             }
-                            body = match event {
-                                Some(e) => Bytes::from(format!("data: {e}\n\n")),
-                                None => Bytes::new(),
+                            let data = data.map(|d| Value::String(d.to_string()));
+                            let dress = |mut frame: Value| {
+                                if let (Some(f), Some(d)) = (frame.as_object_mut(), &data) {
+                                    f.insert("data".into(), d.clone());
+                                }
+                                frame
                             };
+                            let fits =
+                                |f: &Value| events.item.as_ref().is_none_or(|v| v.is_valid(f));
+                            let frame = match item_schema {
+                                None => data
+                                    .clone()
+                                    .map(|d| Value::Object(Map::from_iter([("data".into(), d)]))),
+                                Some(schema) => {
+                                    let first = dress(generator.plain(schema));
+                                    if fits(&first) {
+                                        Some(first)
+                                    } else {
+                                        let strategy = generator.strategy(schema);
+                                        (0..ATTEMPTS)
+                                            .filter_map(|_| sample(&strategy, &mut runner))
+                                            .map(dress)
+                                            .find(|f| fits(f))
+                                    }
+                                }
+                            };
+                            body = frame.map(|f| render_event(&f)).unwrap_or_default();
                             value = Some(Value::String(String::from_utf8_lossy(&body).into()));
                         }
                     }
@@ -479,6 +504,29 @@ fn schema_examples(doc: &Value, schema: &Value) -> Vec<Value> {
 }
 
 /// A body value as bytes: JSON for JSON media types, the text itself for a string.
+/// One server-sent event from its parsed form `{event, data, id, retry}`.
+fn render_event(frame: &Value) -> Bytes {
+    let mut out = String::new();
+    for field in ["event", "id"] {
+        if let Some(v) = frame.get(field).and_then(Value::as_str) {
+            out.push_str(&format!("{field}: {}\n", v.replace(['\r', '\n'], " ")));
+        }
+    }
+    if let Some(r) = frame.get("retry").and_then(Value::as_u64) {
+        out.push_str(&format!("retry: {r}\n"));
+    }
+    let data = match frame.get("data") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    };
+    for line in data.split('\n') {
+        out.push_str(&format!("data: {line}\n"));
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
 pub fn render(media_type: &str, value: &Value) -> Bytes {
     match value {
         Value::String(s) if !is_json(media_type) => Bytes::from(s.clone()),
@@ -764,6 +812,38 @@ mod tests {
         let event: Value = serde_json::from_str(&events[0].data).expect("json data");
         assert_eq!(event["type"], "tick");
         assert!(event["n"].as_i64().is_some_and(|n| n >= 3));
+    }
+
+    #[test]
+    fn item_schema_streams_answer_named_events_with_json_data() {
+        let doc = json!({
+            "openapi": "3.2.0",
+            "paths": {"/runs/{run_id}/events": {"get": {"responses": {"200": {"description": "events",
+                "content": {"text/event-stream": {"itemSchema": {
+                    "type": "object", "required": ["event", "data"],
+                    "properties": {
+                        "event": {"type": "string", "enum": ["tick"]},
+                        "data": {"type": "string", "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/Tick"}}
+                    }
+                }}}}}}}},
+            "components": {"schemas": {"Tick": {
+                "type": "object", "required": ["n"], "additionalProperties": false,
+                "properties": {"n": {"type": "integer", "minimum": 3}}
+            }}}
+        });
+        let spec = MockSpec::compile(doc).expect("compiles");
+        let op = spec
+            .operation("/paths/~1runs~1{run_id}~1events/get")
+            .expect("op");
+        let sse = op.entries[0]
+            .negotiate(Some("text/event-stream"))
+            .expect("events");
+        let events = crate::response::sse_events(&sse.body);
+        assert_eq!(events.len(), 1, "{:?}", sse.body);
+        assert_eq!(events[0].event.as_deref(), Some("tick"));
+        let tick: Value = serde_json::from_str(&events[0].data).expect("json data");
+        assert!(tick["n"].as_i64().is_some_and(|n| n >= 3), "{tick}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ from agentplane_client.models.conversation import Conversation
 from agentplane_client.models.conversation_input import ConversationInput
 from agentplane_client.models.conversation_list import ConversationList
 from agentplane_client.models.conversation_patch import ConversationPatch
-from agentplane_client.models.execution_event import ExecutionEvent
+from agentplane_client.models.execution_event_frame import ExecutionEventFrame
 from agentplane_client.models.message_list import MessageList
 from agentplane_client.models.send_message import SendMessage
 
@@ -1630,7 +1630,7 @@ class ConversationsApi:
         _content_type: Optional[StrictStr] = None,
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
-    ) -> ExecutionEvent:
+    ) -> ExecutionEventFrame:
         """Send a message
 
         Adds the user's message and has the agent answer it, with the conversation's earlier messages as history (an execution, linked from both messages). Answers **201** with the message, the assistant's `reply` (absent when the execution did not succeed within `timeout`) and the execution; with `stream: true` (or `Accept: text/event-stream`) **200** with the reply's progress as server-sent events, the last of which carries the reply as `message`. A declared template variable without a value answers 422 (`details[].field` = `parameters.<name>`). 
@@ -1671,7 +1671,7 @@ class ConversationsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "ExecutionEvent",
+            '200': "ExecutionEventFrame",
             '201': "MessageExchange",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",
@@ -1708,7 +1708,7 @@ class ConversationsApi:
         _content_type: Optional[StrictStr] = None,
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
-    ) -> ApiResponse[ExecutionEvent]:
+    ) -> ApiResponse[ExecutionEventFrame]:
         """Send a message
 
         Adds the user's message and has the agent answer it, with the conversation's earlier messages as history (an execution, linked from both messages). Answers **201** with the message, the assistant's `reply` (absent when the execution did not succeed within `timeout`) and the execution; with `stream: true` (or `Accept: text/event-stream`) **200** with the reply's progress as server-sent events, the last of which carries the reply as `message`. A declared template variable without a value answers 422 (`details[].field` = `parameters.<name>`). 
@@ -1749,7 +1749,7 @@ class ConversationsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "ExecutionEvent",
+            '200': "ExecutionEventFrame",
             '201': "MessageExchange",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",
@@ -1827,7 +1827,7 @@ class ConversationsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "ExecutionEvent",
+            '200': "ExecutionEventFrame",
             '201': "MessageExchange",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",

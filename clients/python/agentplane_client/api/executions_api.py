@@ -20,7 +20,7 @@ from typing import Optional
 from typing_extensions import Annotated
 from agentplane_client.models.execute_request import ExecuteRequest
 from agentplane_client.models.execution import Execution
-from agentplane_client.models.execution_event import ExecutionEvent
+from agentplane_client.models.execution_event_frame import ExecutionEventFrame
 from agentplane_client.models.execution_list import ExecutionList
 from agentplane_client.models.execution_logs import ExecutionLogs
 from agentplane_client.models.execution_status import ExecutionStatus
@@ -1602,7 +1602,7 @@ class ExecutionsApi:
         _content_type: Optional[StrictStr] = None,
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
-    ) -> ExecutionEvent:
+    ) -> ExecutionEventFrame:
         """Follow an execution
 
         Its progress as server-sent events (the events of `executeAgent` with `options.stream`), from any server: it follows the stored execution, so it works whichever replica runs it, and ends after the last event. A finished execution answers its steps and last event at once. Token deltas reach only streams on the replica that runs it.
@@ -1640,7 +1640,7 @@ class ExecutionsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "ExecutionEvent",
+            '200': "ExecutionEventFrame",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",
             '403': "ErrorEnvelope",
@@ -1674,7 +1674,7 @@ class ExecutionsApi:
         _content_type: Optional[StrictStr] = None,
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
-    ) -> ApiResponse[ExecutionEvent]:
+    ) -> ApiResponse[ExecutionEventFrame]:
         """Follow an execution
 
         Its progress as server-sent events (the events of `executeAgent` with `options.stream`), from any server: it follows the stored execution, so it works whichever replica runs it, and ends after the last event. A finished execution answers its steps and last event at once. Token deltas reach only streams on the replica that runs it.
@@ -1712,7 +1712,7 @@ class ExecutionsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "ExecutionEvent",
+            '200': "ExecutionEventFrame",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",
             '403': "ErrorEnvelope",
@@ -1784,7 +1784,7 @@ class ExecutionsApi:
         )
 
         _response_types_map: Dict[str, Optional[str]] = {
-            '200': "ExecutionEvent",
+            '200': "ExecutionEventFrame",
             '400': "ErrorEnvelope",
             '401': "ErrorEnvelope",
             '403': "ErrorEnvelope",

@@ -76,6 +76,7 @@ from agentplane_client.models.execution_counts import ExecutionCounts
 from agentplane_client.models.execution_error import ExecutionError
 from agentplane_client.models.execution_event import ExecutionEvent
 from agentplane_client.models.execution_event_data import ExecutionEventData
+from agentplane_client.models.execution_event_frame import ExecutionEventFrame
 from agentplane_client.models.execution_event_type import ExecutionEventType
 from agentplane_client.models.execution_input import ExecutionInput
 from agentplane_client.models.execution_list import ExecutionList
