@@ -27,11 +27,17 @@ pub struct NewSecret {
 
 /// Generates a new random key.
 pub fn generate_key() -> NewSecret {
+    generate_secret("ap_")
+}
+
+/// Generates a secret: `prefix` and 40 random base-62 characters (API keys `ap_`, vault
+/// tokens `vt_`).
+pub fn generate_secret(prefix: &str) -> NewSecret {
     let mut rng = rand::rng();
     let body: String = (0..40)
         .map(|_| BASE62[rng.random_range(0..BASE62.len())] as char)
         .collect();
-    let secret = format!("ap_{body}");
+    let secret = format!("{prefix}{body}");
     NewSecret {
         prefix: secret[..8].to_string(),
         hash: hash_key(&secret),
@@ -58,6 +64,13 @@ pub fn role_scopes(role: Role) -> BTreeSet<Scope> {
             Scope::ReadExecutions,
             Scope::ReadConversations,
             Scope::ReadSecurity,
+            Scope::ReadEvaluations,
+            Scope::ReadEvents,
+            Scope::ReadWebhooks,
+            Scope::ReadMarketplace,
+            Scope::ReadVault,
+            Scope::ReadTwins,
+            Scope::ReadUsage,
         ]
         .into_iter()
         .collect(),

@@ -91,6 +91,18 @@ impl Crypto {
         }
     }
 
+    /// A fresh random key as base64 text (the form key files and `AGENTPLANE_MASTER_KEY` hold).
+    pub fn new_key_base64() -> String {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        STANDARD.encode(key)
+    }
+
+    /// Writes a key file readable by its owner only (mode 0600); fails when it exists.
+    pub fn write_key_file(path: &Path, key_base64: &str) -> anyhow::Result<()> {
+        write_private(path, key_base64)
+    }
+
     /// Seals `plaintext`: `v1:<base64 nonce+ciphertext>`.
     pub fn encrypt(&self, plaintext: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];

@@ -1,5 +1,6 @@
-//! The `agentplane` command: `serve` runs the API; `keys create` issues API keys; `conform`
-//! contract-tests any server against its OpenAPI spec; `mock` serves a fake of any spec.
+//! The `agentplane` command: `serve` runs the API; `keys create` issues API keys;
+//! `rotate-master-key` re-seals secrets at rest under a new key; `conform` contract-tests any
+//! server against its OpenAPI spec; `mock` serves a fake of any spec.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -56,11 +57,17 @@ enum Command {
         /// Requests per second (the burst limit) an API key may make unless it has its own.
         #[arg(long, env = "AGENTPLANE_RATE_LIMIT_BURST", default_value_t = agentplane::ratelimit::Limits::default().burst, value_parser = clap::value_parser!(i64).range(1..))]
         rate_limit_burst: i64,
+        /// Background jobs (executions) run at once by this server (default: 4 per core).
+        #[arg(long, env = "AGENTPLANE_WORKERS")]
+        workers: Option<usize>,
     },
     /// Contract-test a server against an OpenAPI spec (exit 0 passed, 1 failures, 2 usage).
     Conform(ConformArgs),
     /// Serve a validating, optionally stateful fake of any OpenAPI 3.0/3.1 spec (as Prism).
     Mock(MockArgs),
+    /// Re-encrypt every secret at rest under a new master key, in one transaction, then
+    /// install the new key (stop the servers first; start them with the new key).
+    RotateMasterKey(RotateArgs),
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -111,6 +118,28 @@ struct ConformArgs {
     /// credentials redacted).
     #[arg(long)]
     cassette: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RotateArgs {
+    /// Database: a SQLite file path or URL, or postgres://user:pass@host/db.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://./data/agentplane.db"
+    )]
+    database: String,
+    /// The current master key, base64 of 32 bytes (default: the key file).
+    #[arg(long, env = "AGENTPLANE_MASTER_KEY", hide_env_values = true)]
+    master_key: Option<String>,
+    /// The file holding the current master key (default: master.key in the data directory);
+    /// it receives the new key unless `--new-key-file` is given.
+    #[arg(long)]
+    master_key_file: Option<std::path::PathBuf>,
+    /// The new key: read from this file when it exists, else generated and written to it
+    /// (mode 0600). Required when the current key comes from `AGENTPLANE_MASTER_KEY`.
+    #[arg(long)]
+    new_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -212,7 +241,12 @@ async fn main() -> ExitCode {
             master_key_file,
             rate_limit_per_hour,
             rate_limit_burst,
+            workers,
         } => {
+            let mut jobs = agentplane::jobs::PoolConfig::default();
+            if let Some(n) = workers {
+                jobs.workers = n.max(1);
+            }
             serve(Config {
                 listen,
                 database_url: database,
@@ -224,9 +258,12 @@ async fn main() -> ExitCode {
                     requests_per_hour: rate_limit_per_hour,
                     burst: rate_limit_burst,
                 },
+                jobs,
+                ..Config::default()
             })
             .await
         }
+        Command::RotateMasterKey(args) => rotate_master_key(args),
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -303,6 +340,98 @@ async fn mock(args: MockArgs) -> u8 {
     options.cors = !args.no_cors;
     options.watch = !args.no_watch;
     conformance::mock::run_command(options).await
+}
+
+/// `agentplane rotate-master-key`: the new key is on disk before the database changes, and
+/// takes the old key file's place only after the re-encryption committed.
+fn rotate_master_key(args: RotateArgs) -> anyhow::Result<()> {
+    use agentplane::crypto::Crypto;
+    let data_dir = Config {
+        database_url: args.database.clone(),
+        ..Config::default()
+    }
+    .data_dir();
+    let env_key = args.master_key.as_deref().filter(|k| !k.trim().is_empty());
+    let (old, key_file) = match env_key {
+        Some(text) => (Crypto::from_base64(text)?, None),
+        None => {
+            let path = args
+                .master_key_file
+                .clone()
+                .unwrap_or_else(|| data_dir.join("master.key"));
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                anyhow::anyhow!("cannot read the master key {}: {e}", path.display())
+            })?;
+            (
+                Crypto::from_base64(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                Some(path),
+            )
+        }
+    };
+    // Where the new key is kept before the database changes, and where it goes after.
+    let (new_text, staged, generated) = match &args.new_key_file {
+        Some(p) if p.exists() => (std::fs::read_to_string(p)?.trim().to_string(), None, None),
+        Some(p) => {
+            let text = Crypto::new_key_base64();
+            Crypto::write_key_file(p, &text)?;
+            (text, None, Some(p.clone()))
+        }
+        None => {
+            let Some(path) = &key_file else {
+                anyhow::bail!(
+                    "the master key comes from AGENTPLANE_MASTER_KEY or --master-key: pass \
+                     --new-key-file to receive the new key"
+                );
+            };
+            let text = Crypto::new_key_base64();
+            let staged = path.with_extension("key.new");
+            let _ = std::fs::remove_file(&staged);
+            Crypto::write_key_file(&staged, &text)?;
+            (text, Some((staged, path.clone())), None)
+        }
+    };
+    let new = Crypto::from_base64(&new_text)?;
+    let store = agentplane::db::Store::open(&args.database, 1)?;
+    let rotation = match store
+        .run_blocking(|conn| agentplane::db::sealed::rotate_master_key(conn, &old, &new))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some((staged, _)) = &staged {
+                let _ = std::fs::remove_file(staged);
+            }
+            if let Some(p) = &generated {
+                let _ = std::fs::remove_file(p);
+            }
+            anyhow::bail!("rotation failed, nothing was changed: {e}");
+        }
+    };
+    for (column, n) in &rotation.columns {
+        eprintln!(
+            "re-encrypted {n} value(s) of {}.{}",
+            column.table, column.column
+        );
+    }
+    match (staged, &args.new_key_file) {
+        (Some((staged, path)), _) => {
+            std::fs::rename(&staged, &path).map_err(|e| {
+                anyhow::anyhow!(
+                    "the secrets are now sealed under the key in {} but it could not replace {}: {e}; move it there by hand",
+                    staged.display(),
+                    path.display()
+                )
+            })?;
+            eprintln!("the new master key is in {}", path.display());
+        }
+        (None, Some(p)) => eprintln!(
+            "the new master key is in {}; start the servers with it",
+            p.display()
+        ),
+        (None, None) => {}
+    }
+    println!("rotated {} sealed value(s)", rotation.total());
+    Ok(())
 }
 
 fn create_key(

@@ -29,6 +29,10 @@ pub struct Config {
     pub master_key_file: Option<std::path::PathBuf>,
     /// Rate limits of API keys that have none of their own.
     pub rate_limits: crate::ratelimit::Limits,
+    /// How webhook deliveries are attempted (backoff, timeout, lease).
+    pub webhooks: crate::webhooks::DeliveryPolicy,
+    /// How background jobs (executions) run: workers, lease, poll interval.
+    pub jobs: crate::jobs::PoolConfig,
 }
 
 impl Config {
@@ -57,30 +61,38 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8080".into(),
             database_url: "sqlite://./data/agentplane.db".into(),
-            pool_size: u32::try_from(cores * 2).unwrap_or(8).max(4),
+            // Requests share the pool with the worker pool, deployment reconciling and webhook
+            // deliveries.
+            pool_size: u32::try_from(cores * 4).unwrap_or(16).max(8),
             github_api_url: crate::knowledge::sync::GITHUB_API.into(),
             master_key: None,
             master_key_file: None,
             rate_limits: crate::ratelimit::Limits::default(),
+            webhooks: crate::webhooks::DeliveryPolicy::default(),
+            jobs: crate::jobs::PoolConfig::default(),
         }
     }
 }
 
-/// The whole application as one endpoint.
+/// The whole application as one endpoint, and its worker pool (not started); `events`
+/// wakes the in-process consumers of the event log.
 pub fn app(
     store: Store,
     crypto: Crypto,
     github_api_url: String,
     rate_limits: crate::ratelimit::Limits,
-) -> anyhow::Result<impl poem::Endpoint> {
+    events: crate::events::EventBus,
+    jobs: crate::jobs::PoolConfig,
+) -> anyhow::Result<(Arc<crate::api::App>, crate::jobs::WorkerPool)> {
     let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
         .context("the bundled spec is not JSON")?;
     let validator = Arc::new(
         conformance::RequestValidator::new(&spec).context("the bundled spec does not compile")?,
     );
     let handlers = Arc::new(
-        Handlers::with_github_api(store, crypto, &github_api_url).with_limits(rate_limits),
+        Handlers::with_pool(store, crypto, &github_api_url, jobs, events).with_limits(rate_limits),
     );
+    let pool = handlers.pool.clone();
     let service = agentplane_api::service(handlers.clone());
     let app: Arc<crate::api::App> = Arc::new(poem::EndpointExt::boxed(
         Route::new()
@@ -98,7 +110,7 @@ pub fn app(
             .with(crate::http::Compression),
     ));
     handlers.dispatcher.set(&app);
-    Ok(app)
+    Ok((app, pool))
 }
 
 /// A bound server, not yet serving.
@@ -108,6 +120,8 @@ pub struct Bound {
     crypto: Crypto,
     github_api_url: String,
     rate_limits: crate::ratelimit::Limits,
+    webhooks: crate::webhooks::DeliveryPolicy,
+    jobs: crate::jobs::PoolConfig,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
 }
@@ -141,6 +155,26 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             "knowledge syncs interrupted by a restart were marked failed"
         );
     }
+    for (fail, what) in [
+        (
+            crate::db::evaluations::fail_interrupted_runs
+                as fn(&mut crate::db::DbConnection) -> crate::db::StoreResult<usize>,
+            "evaluation runs",
+        ),
+        (
+            crate::db::twins::fail_interrupted_simulations,
+            "simulations",
+        ),
+    ] {
+        let store = store.clone();
+        let interrupted = tokio::task::spawn_blocking(move || store.run_blocking(fail)).await??;
+        if interrupted > 0 {
+            tracing::warn!(
+                interrupted,
+                "{what} interrupted by a restart were marked failed"
+            );
+        }
+    }
     let acceptor = TcpListener::bind(config.listen.clone())
         .into_acceptor()
         .await
@@ -157,6 +191,8 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             crypto,
             github_api_url: config.github_api_url.clone(),
             rate_limits: config.rate_limits,
+            webhooks: config.webhooks.clone(),
+            jobs: config.jobs.clone(),
             addr,
         },
         bootstrap,
@@ -169,15 +205,33 @@ impl Bound {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let app = app(
+        let events = crate::events::EventBus::new();
+        let worker = crate::webhooks::DeliveryWorker::new(
+            self.store.clone(),
+            self.crypto.clone(),
+            events.clone(),
+            self.webhooks,
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let deliveries = tokio::spawn(worker.run(stopped));
+        let (app, pool) = app(
             self.store,
             self.crypto,
             self.github_api_url,
             self.rate_limits,
+            events,
+            self.jobs,
         )?;
-        poem::Server::new_with_acceptor(self.acceptor)
+        // Jobs whose holder died (this server's previous run, or another replica) are
+        // reclaimed by this pool once their lease runs out.
+        pool.start();
+        let served = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
-            .await?;
+            .await;
+        pool.stop();
+        let _ = stop.send(true);
+        let _ = deliveries.await;
+        served?;
         Ok(())
     }
 }

@@ -348,6 +348,16 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                 pub struct #form_name { #(#form_fields)* }
             });
         }
+        if op.responses.iter().any(|r| r.events.is_some()) {
+            // The operation answers JSON or an event stream: the handler negotiates.
+            pfields.push(quote! {
+                /// The request's `Accept` header, to choose between JSON and `text/event-stream`.
+                pub accept: Option<String>,
+            });
+            build.push(quote! {
+                accept: req.headers().get("accept").and_then(|v| v.to_str().ok()).map(str::to_string),
+            });
+        }
         items.push(quote! {
             /// The parameters and body of
             #sig_doc
@@ -374,20 +384,53 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                     parts.push(quote! { #[oai(header = #wire)] Option<String> });
                 }
             }
+            if let Some(events) = &r.events {
+                // The same status as a `text/event-stream`: a streamed body that no layer
+                // buffers. Only the status's headers that are optional can go with it.
+                let e = ty_tokens(events);
+                let sv = ident(&format!("{}EventStream", r.variant));
+                let sdoc = doc_attr(Some(&format!("{} (as `text/event-stream`)", r.doc)));
+                variants.push(quote! { #sdoc #[oai(status = #status)] #sv(poem_openapi::payload::EventStream<crate::EventStreamOf<#e>>), });
+                if r.body.is_none() {
+                    continue;
+                }
+            }
             if parts.is_empty() {
                 variants.push(quote! { #doc #[oai(status = #status)] #v, });
             } else {
                 variants.push(quote! { #doc #[oai(status = #status)] #v(#(#parts),*), });
             }
         }
-        items.push(quote! {
-            /// Every documented answer of
-            #sig_doc
-            #[derive(Debug, poem_openapi::ApiResponse)]
-            pub enum #resp_name { #(#variants)* }
-        });
+        if op.responses.iter().any(|r| r.events.is_some()) {
+            // A streamed body has no `Debug`; the answer names itself instead.
+            items.push(quote! {
+                /// Every documented answer of
+                #sig_doc
+                #[derive(poem_openapi::ApiResponse)]
+                pub enum #resp_name { #(#variants)* }
+                impl std::fmt::Debug for #resp_name {
+                    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.debug_struct(stringify!(#resp_name)).finish_non_exhaustive()
+                    }
+                }
+            });
+        } else {
+            items.push(quote! {
+                /// Every documented answer of
+                #sig_doc
+                #[derive(Debug, poem_openapi::ApiResponse)]
+                pub enum #resp_name { #(#variants)* }
+            });
+        }
 
         // Trait method and route.
+        let answer = |t: TokenStream| {
+            if op.websocket {
+                quote! { crate::Upgraded::Answer(#t) }
+            } else {
+                t
+            }
+        };
         let (ctx_ty, ctx_name, ctx_get) = match &op.scopes {
             None => (
                 quote! { Self::Anonymous },
@@ -404,6 +447,13 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                 if !has(401) || !has(503) {
                     bail!("{}: a secured operation must document 401 and 503", op.id);
                 }
+                let unauthorized =
+                    answer(quote! { #resp_name::Unauthorized(poem_openapi::payload::Json(e)) });
+                let forbidden_answer =
+                    answer(quote! { #resp_name::#forbidden(poem_openapi::payload::Json(e)) });
+                let unavailable = answer(
+                    quote! { #resp_name::ServiceUnavailable(poem_openapi::payload::Json(e)) },
+                );
                 (
                     quote! { Self::Caller },
                     quote! { caller },
@@ -411,21 +461,41 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                         const SCOPES: &[&str] = &[#(#scopes),*];
                         let caller = match self.0.authenticate(req, SCOPES).await {
                             Ok(caller) => caller,
-                            Err(crate::AuthRejection::Unauthorized(e)) => return Ok(#resp_name::Unauthorized(poem_openapi::payload::Json(e))),
-                            Err(crate::AuthRejection::Forbidden(e)) => return Ok(#resp_name::#forbidden(poem_openapi::payload::Json(e))),
-                            Err(crate::AuthRejection::Unavailable(e)) => return Ok(#resp_name::ServiceUnavailable(poem_openapi::payload::Json(e))),
+                            Err(crate::AuthRejection::Unauthorized(e)) => return Ok(#unauthorized),
+                            Err(crate::AuthRejection::Forbidden(e)) => return Ok(#forbidden_answer),
+                            Err(crate::AuthRejection::Unavailable(e)) => return Ok(#unavailable),
                         };
                     },
                 )
             }
         };
+        let path = &op.poem_path;
+        let method = &op.method;
+        let op_id = &op.id;
+        if op.websocket {
+            // The route answers `Upgraded<…>`: the handler either upgrades (101) or gives one
+            // of the documented answers, and refusals before the handler are answers too.
+            trait_fns.push(quote! {
+                #op_doc
+                ///
+                /// `upgrade` is the WebSocket handshake when the request asked for one.
+                fn #fn_name(&self, #ctx_name: #ctx_ty, params: #params_name, upgrade: Option<poem::web::websocket::WebSocket>) -> impl std::future::Future<Output = crate::Upgraded<#resp_name>> + Send;
+            });
+            route_fns.push(quote! {
+                #op_doc
+                #[oai(path = #path, method = #method, operation_id = #op_id)]
+                async fn #fn_name(&self, req: &poem::Request, upgrade: Option<poem::web::websocket::WebSocket>, #(#route_args)*) -> poem::Result<crate::Upgraded<#resp_name>> {
+                    let params = #params_name { #(#build)* };
+                    #ctx_get
+                    Ok(self.0.#fn_name(#ctx_name, params, upgrade).await)
+                }
+            });
+            continue;
+        }
         trait_fns.push(quote! {
             #op_doc
             fn #fn_name(&self, #ctx_name: #ctx_ty, params: #params_name) -> impl std::future::Future<Output = #resp_name> + Send;
         });
-        let path = &op.poem_path;
-        let method = &op.method;
-        let op_id = &op.id;
         route_fns.push(quote! {
             #op_doc
             #[oai(path = #path, method = #method, operation_id = #op_id)]
@@ -474,18 +544,40 @@ fn lib(ir: &Ir) -> TokenStream {
             quote! { #m::#tr }
         })
         .collect();
+    // poem-openapi implements `OpenApi` for tuples of 2 to 16 elements: past 16 tags the
+    // routes go in nested tuples of even size.
+    let parts = ir.tags.len().div_ceil(16).max(1);
+    let chunk = ir.tags.len().div_ceil(parts).max(1);
     let routes: Vec<TokenStream> = ir
         .tags
-        .iter()
-        .map(|t| {
-            let (m, r) = (ident(&t.module), ident(&t.routes_name));
-            quote! { #m::#r<T> }
+        .chunks(chunk)
+        .map(|chunk| {
+            let types = chunk.iter().map(|t| {
+                let (m, r) = (ident(&t.module), ident(&t.routes_name));
+                quote! { #m::#r<T> }
+            });
+            if parts == 1 {
+                quote! { #(#types),* }
+            } else {
+                quote! { (#(#types,)*) }
+            }
         })
         .collect();
-    let route_values = ir.tags.iter().map(|t| {
-        let (m, r) = (ident(&t.module), ident(&t.routes_name));
-        quote! { #m::#r(api.clone()) }
-    });
+    let route_values: Vec<TokenStream> = ir
+        .tags
+        .chunks(chunk)
+        .map(|chunk| {
+            let values = chunk.iter().map(|t| {
+                let (m, r) = (ident(&t.module), ident(&t.routes_name));
+                quote! { #m::#r(api.clone()) }
+            });
+            if parts == 1 {
+                quote! { #(#values),* }
+            } else {
+                quote! { (#(#values,)*) }
+            }
+        })
+        .collect();
     let error = match &ir.error_model {
         Some(e) => {
             let e = ident(e);
@@ -518,6 +610,62 @@ fn lib(ir: &Ir) -> TokenStream {
                     poem::Error::from(poem_openapi::error::ParseParamError { name, reason: format!("the file cannot be read: {e}") })
                 })?;
                 Ok(UploadedFile { file_name, content_type, bytes })
+            }
+        }
+    } else {
+        quote! {}
+    };
+    let websocket = if ir.operations.iter().any(|o| o.websocket) {
+        quote! {
+            /// The answer of an `x-websocket` operation: the upgrade (101, then the socket is the
+            /// handler's) or one of the operation's documented answers.
+            pub enum Upgraded<R> {
+                /// 101 Switching Protocols; the boxed callback serves the socket.
+                Switching(poem::web::websocket::BoxWebSocketUpgraded),
+                /// A documented answer instead of an upgrade.
+                Answer(R),
+            }
+
+            impl<R: std::fmt::Debug> std::fmt::Debug for Upgraded<R> {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    match self {
+                        Upgraded::Switching(_) => f.write_str("Switching"),
+                        Upgraded::Answer(r) => f.debug_tuple("Answer").field(r).finish(),
+                    }
+                }
+            }
+
+            impl<R: poem::IntoResponse> poem::IntoResponse for Upgraded<R> {
+                fn into_response(self) -> poem::Response {
+                    match self {
+                        Upgraded::Switching(upgrade) => upgrade.into_response(),
+                        Upgraded::Answer(r) => r.into_response(),
+                    }
+                }
+            }
+
+            impl<R: poem_openapi::ApiResponse> poem_openapi::ApiResponse for Upgraded<R> {
+                const BAD_REQUEST_HANDLER: bool = R::BAD_REQUEST_HANDLER;
+
+                fn meta() -> poem_openapi::registry::MetaResponses {
+                    let mut meta = R::meta();
+                    meta.responses.insert(0, poem_openapi::registry::MetaResponse {
+                        description: "Switching to the WebSocket protocol",
+                        status: Some(101),
+                        status_range: None,
+                        content: Vec::new(),
+                        headers: Vec::new(),
+                    });
+                    meta
+                }
+
+                fn register(registry: &mut poem_openapi::registry::Registry) {
+                    R::register(registry);
+                }
+
+                fn from_parse_request_error(err: poem::Error) -> Self {
+                    Upgraded::Answer(R::from_parse_request_error(err))
+                }
             }
         }
     } else {
@@ -601,6 +749,10 @@ fn lib(ir: &Ir) -> TokenStream {
                 .collect()
         }
 
+        /// The stream behind a `text/event-stream` answer: each item becomes one event whose
+        /// `data:` is the item as JSON.
+        pub type EventStreamOf<T> = futures_util::stream::BoxStream<'static, T>;
+
         /// What the spec says of one operation.
         #[derive(Debug, Clone, Copy)]
         pub struct OperationInfo {
@@ -615,5 +767,7 @@ fn lib(ir: &Ir) -> TokenStream {
         pub const OPERATIONS: &[OperationInfo] = &[ #(#ops)* ];
 
         #uploads
+
+        #websocket
     }
 }

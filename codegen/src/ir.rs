@@ -97,6 +97,8 @@ pub struct Response {
     pub variant: String,
     pub doc: String,
     pub body: Option<Ty>,
+    /// The payload of each event when the status may also answer `text/event-stream`.
+    pub events: Option<Ty>,
     pub headers: Vec<Header>,
 }
 
@@ -146,6 +148,10 @@ pub struct Operation {
     /// A `multipart/form-data` body (instead of a JSON one).
     pub form: Option<Form>,
     pub responses: Vec<Response>,
+    /// `x-websocket: true`: a GET that upgrades to a WebSocket. Its documented 101 is the
+    /// upgrade itself (not a variant of the response enum); the other statuses answer requests
+    /// that are refused or did not ask for an upgrade.
+    pub websocket: bool,
 }
 
 #[derive(Debug)]
@@ -238,6 +244,7 @@ fn variant_for_status(status: u16) -> String {
         413 => "PayloadTooLarge",
         415 => "UnsupportedMediaType",
         422 => "UnprocessableEntity",
+        426 => "UpgradeRequired",
         428 => "PreconditionRequired",
         429 => "TooManyRequests",
         500 => "InternalServerError",
@@ -560,6 +567,20 @@ impl Builder<'_> {
                     let (ty, inner_null) = self.ty(non_null[0], ctx, &format!("{ptr}/{key}/0"))?;
                     return Ok((ty, nullable || inner_null));
                 }
+                // Alternatives that are all plain strings (a duration or a timestamp, say)
+                // are a `String`; the request validator holds it to the alternatives.
+                let parent_string = type_list(schema).iter().any(|t| t == "string");
+                let all_strings = non_null.iter().all(|alt| {
+                    let types = type_list(alt);
+                    alt.get("enum").is_none()
+                        && alt.get("$ref").is_none()
+                        && (types.iter().any(|t| t == "string")
+                            || (types.is_empty() && parent_string))
+                        && types.iter().all(|t| t == "string" || t == "null")
+                });
+                if all_strings {
+                    return Ok((Ty::String, nullable));
+                }
                 return Ok((Ty::Json, nullable));
             }
         }
@@ -770,6 +791,10 @@ impl Builder<'_> {
                 ))
             }
         };
+        let websocket = op.get("x-websocket").and_then(Value::as_bool) == Some(true);
+        if websocket && method != "get" {
+            bail!("#{ptr}/x-websocket: only a GET can upgrade to a WebSocket");
+        }
         let mut responses = Vec::new();
         let rs = op
             .get("responses")
@@ -786,22 +811,56 @@ impl Builder<'_> {
             if r.get("x-set-by").and_then(Value::as_str) == Some("middleware") {
                 continue;
             }
-            let body = match r.get("content").and_then(Value::as_object) {
-                None => None,
-                Some(c) if c.is_empty() => None,
-                Some(c) => {
-                    let schema = c
-                        .get("application/json")
-                        .and_then(|m| m.get("schema"))
-                        .ok_or_else(|| anyhow!("#{rptr}/content: only application/json responses are supported by codegen yet"))?;
-                    let (ty, _) = self.ty(
-                        schema,
-                        &format!("{type_prefix}{}", variant_for_status(status)),
-                        &format!("{rptr}/content/application~1json/schema"),
-                    )?;
-                    Some(ty)
+            if status == 101 {
+                if !websocket {
+                    bail!("#{rptr}: only an `x-websocket: true` operation can answer 101");
                 }
-            };
+                if r.get("content")
+                    .and_then(Value::as_object)
+                    .is_some_and(|c| !c.is_empty())
+                {
+                    bail!("#{rptr}/content: a WebSocket upgrade (101) has no body");
+                }
+                // The upgrade is the handler's `Upgraded::Switching`, not an enum variant.
+                continue;
+            }
+            let content = r.get("content").and_then(Value::as_object);
+            let mut body = None;
+            let mut events = None;
+            for (media, m) in content.into_iter().flatten() {
+                let mptr = format!("{rptr}/content/{}", escape_pointer(media));
+                match media.as_str() {
+                    "application/json" => {
+                        let schema = m
+                            .get("schema")
+                            .ok_or_else(|| anyhow!("#{mptr}: a JSON response needs a schema"))?;
+                        let (ty, _) = self.ty(
+                            schema,
+                            &format!("{type_prefix}{}", variant_for_status(status)),
+                            &format!("{mptr}/schema"),
+                        )?;
+                        body = Some(ty);
+                    }
+                    "text/event-stream" => {
+                        // Each event's `data:` is one JSON value of `x-event-schema`.
+                        let schema = m.get("x-event-schema").ok_or_else(|| {
+                            anyhow!("#{mptr}: an event stream needs `x-event-schema`, the schema of each event's `data:` JSON")
+                        })?;
+                        let (ty, _) = self.ty(
+                            schema,
+                            &format!("{type_prefix}{}Event", variant_for_status(status)),
+                            &format!("{mptr}/x-event-schema"),
+                        )?;
+                        if !matches!(ty, Ty::Named(_)) {
+                            bail!("#{mptr}/x-event-schema: must name a component schema (`$ref`)");
+                        }
+                        events = Some(ty);
+                    }
+                    other => bail!(
+                        "#{mptr}: {other} responses are not supported by codegen yet (application/json and text/event-stream are)"
+                    ),
+                }
+            }
             let mut headers = Vec::new();
             for (name, h) in r
                 .get("headers")
@@ -823,8 +882,12 @@ impl Builder<'_> {
                 variant: variant_for_status(status),
                 doc: text(r, "description").unwrap_or_default(),
                 body,
+                events,
                 headers,
             });
+        }
+        if websocket && !rs.contains_key("101") {
+            bail!("#{ptr}/responses: an `x-websocket: true` operation must document its 101");
         }
         Ok(Operation {
             fn_name: field_ident(&id),
@@ -840,6 +903,7 @@ impl Builder<'_> {
             params,
             body,
             form,
+            websocket,
             responses,
         })
     }

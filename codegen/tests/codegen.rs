@@ -221,3 +221,166 @@ fn middleware_responses_are_documented_but_no_handlers_variant() {
         .collect();
     assert!(!handlers.contains("TooManyRequests"), "no 429 variant");
 }
+
+#[test]
+fn websocket_operations_upgrade_or_answer_their_documented_statuses() {
+    let files =
+        codegen::generate(&root().join("openapi/openapi.yaml")).expect("the spec generates");
+    let file = |name: &str| {
+        &files
+            .iter()
+            .find(|(p, _)| p.ends_with(name))
+            .expect("generated file")
+            .1
+    };
+    let events = file("src/events.rs");
+    assert!(
+        events.contains("-> poem::Result<crate::Upgraded<StreamEventsResponse>>"),
+        "the route answers the upgrade or a documented status"
+    );
+    assert!(events.contains("upgrade: Option<poem::web::websocket::WebSocket>"));
+    let enum_body = events
+        .split("pub enum StreamEventsResponse {")
+        .nth(1)
+        .and_then(|b| b.split("\n}\n").next())
+        .expect("the response enum");
+    assert!(
+        !enum_body.contains("101"),
+        "101 is the upgrade, not a variant"
+    );
+    assert!(enum_body.contains("UpgradeRequired"));
+    assert!(file("src/lib.rs").contains("pub enum Upgraded<R>"));
+
+    let inject = |op: &'static str| {
+        move |t: String| {
+            t.replacen(
+                "\ncomponents:\n",
+                &format!("\n  /v1/ws-test:\n{op}components:\n"),
+                1,
+            )
+        }
+    };
+    let post = "    post:\n      operationId: wsPost\n      x-websocket: true\n      security: []\n      responses:\n        '101':\n          description: upgrade\n";
+    let err = format!(
+        "{:#}",
+        codegen::generate(&scratch_spec("ws-post", inject(post))).expect_err("refused")
+    );
+    assert!(
+        err.contains("#/paths/~1v1~1ws-test/post/x-websocket"),
+        "{err}"
+    );
+    let plain = "    get:\n      operationId: wsPlain\n      security: []\n      responses:\n        '101':\n          description: upgrade\n";
+    let err = format!(
+        "{:#}",
+        codegen::generate(&scratch_spec("ws-plain", inject(plain))).expect_err("refused")
+    );
+    assert!(
+        err.contains("#/paths/~1v1~1ws-test/get/responses/101"),
+        "{err}"
+    );
+}
+
+#[test]
+fn any_of_string_alternatives_is_a_string_parameter() {
+    // A duration (`30m`) or an RFC 3339 timestamp: a `String` the validator holds to either.
+    let op = "    get:\n      operationId: anyOfTest\n      security: []\n      parameters:\n        - name: since\n          in: query\n          schema:\n            type: string\n            anyOf:\n              - type: string\n                pattern: '^[0-9]+m$'\n              - type: string\n                format: date-time\n      responses:\n        '204':\n          description: none\n";
+    let spec = scratch_spec("anyof", |t| {
+        t.replacen(
+            "\ncomponents:\n",
+            &format!("\n  /v1/anyof-test:\n{op}components:\n"),
+            1,
+        )
+    });
+    let files = codegen::generate(&spec).expect("generates");
+    let all: String = files.iter().map(|(_, text)| text.as_str()).collect();
+    let params = all
+        .split("pub struct AnyOfTestParams {")
+        .nth(1)
+        .and_then(|b| b.split("\n}\n").next())
+        .expect("the params struct");
+    assert!(
+        params.contains("pub since: Option<String>,"),
+        "anyOf of strings becomes a String: {params}"
+    );
+}
+
+#[test]
+fn event_stream_responses_become_streamed_variants_beside_json() {
+    let files = codegen::generate(&root().join("openapi/openapi.yaml")).expect("generates");
+    let module = &files
+        .iter()
+        .find(|(p, _)| p.ends_with("executions.rs"))
+        .expect("executions module")
+        .1;
+    let execute = module
+        .split("pub enum ExecuteAgentResponse {")
+        .nth(1)
+        .expect("ExecuteAgentResponse")
+        .split("\n}\n")
+        .next()
+        .expect("body");
+    // One status, two media types: a JSON variant and a streamed one.
+    assert!(execute.contains("OkEventStream(\n        poem_openapi::payload::EventStream<crate::EventStreamOf<crate::models::ExecutionEvent>>,"), "{execute}");
+    assert!(execute.contains("Ok(poem_openapi::payload::Json<crate::models::Execution>)"));
+    // A stream-only answer has just the streamed variant.
+    let follow = module
+        .split("pub enum StreamExecutionEventsResponse {")
+        .nth(1)
+        .expect("StreamExecutionEventsResponse")
+        .split("\n}\n")
+        .next()
+        .expect("body");
+    assert!(follow.contains("OkEventStream("), "{follow}");
+    assert!(
+        !follow.contains("Ok(poem_openapi::payload::Json"),
+        "{follow}"
+    );
+    assert!(module.contains("impl std::fmt::Debug for StreamExecutionEventsResponse"));
+    // The handler negotiates JSON or a stream from `Accept`.
+    assert!(module.contains("pub accept: Option<String>,"));
+    let lib = &files
+        .iter()
+        .find(|(p, _)| p.ends_with("lib.rs"))
+        .expect("lib")
+        .1;
+    assert!(
+        lib.contains("pub type EventStreamOf<T> = futures_util::stream::BoxStream<'static, T>;")
+    );
+
+    // An event stream must say what each event's data is.
+    let spec = scratch_spec("sse-without-schema", |t| t);
+    let paths = spec.with_file_name("paths").join("executions.yaml");
+    let text = std::fs::read_to_string(&paths).expect("paths");
+    std::fs::write(
+        &paths,
+        text.replace(
+            "            x-event-schema:\n",
+            "            x-event-schema-missing:\n",
+        ),
+    )
+    .expect("write");
+    let err = codegen::generate(&spec)
+        .expect_err("an event stream without x-event-schema is refused")
+        .to_string();
+    assert!(
+        err.contains("/responses/200/content/text~1event-stream") && err.contains("x-event-schema"),
+        "{err}"
+    );
+    // Other media types are named, not silently dropped.
+    let spec = scratch_spec("xml-response", |t| t);
+    let paths = spec.with_file_name("paths").join("executions.yaml");
+    let text = std::fs::read_to_string(&paths).expect("paths");
+    std::fs::write(
+        &paths,
+        text.replacen(
+            "          text/event-stream:\n",
+            "          application/xml:\n",
+            1,
+        ),
+    )
+    .expect("write");
+    let err = codegen::generate(&spec)
+        .expect_err("xml is refused")
+        .to_string();
+    assert!(err.contains("application/xml"), "{err}");
+}

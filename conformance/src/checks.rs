@@ -7,7 +7,10 @@
 //! one to one. A check that does not apply to a context says so instead of passing, so
 //! the per-check counts in a report mean something.
 
-use crate::response::{Exchange, Responses, header_violation, is_json, media_matches};
+use crate::response::{
+    Exchange, Responses, event_stream_violation, header_violation, is_event_stream, is_json,
+    media_matches,
+};
 
 /// How bad a failure is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,6 +362,21 @@ fn response_schema_conformance(ctx: &CheckContext<'_>) -> Verdict {
         .exchange
         .header("content-type")
         .unwrap_or("application/json");
+    if is_event_stream(actual) {
+        let Some(events) = response
+            .content
+            .iter()
+            .find(|m| media_matches(&m.media_type, actual))
+            .and_then(|m| m.events.as_ref())
+            .filter(|e| e.item.is_some() || e.data.is_some())
+        else {
+            return Verdict::NotApplicable;
+        };
+        return match event_stream_violation(events, &ctx.exchange.body) {
+            None => Verdict::Pass,
+            Some(reason) => Verdict::Fail(reason),
+        };
+    }
     if !is_json(actual) {
         return Verdict::NotApplicable;
     }

@@ -28,6 +28,49 @@ pub struct HeaderSpec {
 pub struct MediaSpec {
     pub media_type: String,
     pub validator: Option<Validator>,
+    /// For `text/event-stream`: how each event of the stream is judged.
+    pub events: Option<EventValidators>,
+}
+
+/// The schemas one server-sent event is held to; either may be absent.
+#[derive(Debug)]
+pub struct EventValidators {
+    /// The parsed event `{event, data, id, retry}` (OAS 3.2's `itemSchema`; on 3.0/3.1
+    /// the media type's `schema`, as Schemathesis reads it).
+    pub item: Option<Validator>,
+    /// The event's `data:` parsed as JSON: `x-event-schema`, else the item schema's
+    /// `data.contentSchema` when its `contentMediaType` is JSON.
+    pub data: Option<Validator>,
+}
+
+/// The raw item and data schemas of an event-stream media object (see [`EventValidators`]).
+///
+/// A `schema` of `type: string` describes the body as text, the honest 3.0 way to say
+/// "a stream", and is not taken as the per-event schema.
+pub fn event_schemas<'a>(
+    doc: &'a Value,
+    media: &'a Value,
+) -> (Option<&'a Value>, Option<&'a Value>) {
+    let item = media.get("itemSchema").or_else(|| {
+        media
+            .get("schema")
+            .filter(|s| deref(doc, s).get("type").and_then(Value::as_str) != Some("string"))
+    });
+    let data = media.get("x-event-schema").or_else(|| {
+        let data = deref(doc, item?)
+            .pointer("/properties/data")
+            .map(|d| deref(doc, d))?;
+        let json = data
+            .get("contentMediaType")
+            .and_then(Value::as_str)
+            .is_some_and(is_json);
+        if json {
+            data.get("contentSchema")
+        } else {
+            None
+        }
+    });
+    (item, data)
 }
 
 /// An OpenAPI link: a follow-up operation and where its parameters come from.
@@ -82,17 +125,24 @@ impl Responses {
             let mut content = Vec::new();
             if let Some(cs) = response.get("content").and_then(Value::as_object) {
                 for (media_type, media) in cs {
-                    let validator = match media.get("schema") {
-                        Some(schema) => Some(compile_schema(
-                            doc,
-                            schema,
-                            &format!("{rptr}/content/{}", escape_pointer(media_type)),
-                        )?),
-                        None => None,
+                    let mptr = format!("{rptr}/content/{}", escape_pointer(media_type));
+                    let compile = |schema: Option<&Value>| {
+                        schema.map(|s| compile_schema(doc, s, &mptr)).transpose()
+                    };
+                    let validator = compile(media.get("schema"))?;
+                    let events = if is_event_stream(media_type) {
+                        let (item, data) = event_schemas(doc, media);
+                        Some(EventValidators {
+                            item: compile(item)?,
+                            data: compile(data)?,
+                        })
+                    } else {
+                        None
                     };
                     content.push(MediaSpec {
                         media_type: media_type.to_ascii_lowercase(),
                         validator,
+                        events,
                     });
                 }
             }
@@ -177,6 +227,122 @@ pub fn is_json(media_type: &str) -> bool {
         || essence.to_ascii_lowercase().ends_with("+json")
 }
 
+/// Whether a media type is a server-sent event stream.
+pub fn is_event_stream(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("text/event-stream")
+}
+
+/// One server-sent event: its `event:` name (if any), its `data:` lines joined by `\n`, the
+/// last event id seen so far and its `retry:` when that is a number.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+    pub id: Option<String>,
+    pub retry: Option<u64>,
+}
+
+impl SseEvent {
+    /// The event as an SSE client parses it, the value an `itemSchema` describes: `event`
+    /// defaults to `message`.
+    pub fn to_value(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("data".into(), Value::String(self.data.clone()));
+        m.insert(
+            "event".into(),
+            Value::String(self.event.clone().unwrap_or_else(|| "message".into())),
+        );
+        if let Some(id) = &self.id {
+            m.insert("id".into(), Value::String(id.clone()));
+        }
+        if let Some(r) = self.retry {
+            m.insert("retry".into(), Value::from(r));
+        }
+        Value::Object(m)
+    }
+}
+
+/// Splits a `text/event-stream` body into its events (blank-line separated; comments and
+/// events without `data:` are skipped), as the WHATWG parser dispatches them.
+pub fn sse_events(body: &[u8]) -> Vec<SseEvent> {
+    let text = String::from_utf8_lossy(body);
+    let mut out = Vec::new();
+    let (mut event, mut data): (Option<String>, Option<String>) = (None, None);
+    let (mut id, mut retry): (Option<String>, Option<u64>) = (None, None);
+    for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+        if line.is_empty() {
+            if let Some(d) = data.take() {
+                out.push(SseEvent {
+                    event: event.take(),
+                    data: d,
+                    id: id.clone(),
+                    retry: retry.take(),
+                });
+            }
+            event = None;
+            retry = None;
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => event = Some(value.to_string()),
+            // The last event id persists across events; one with a NUL is ignored.
+            "id" if !value.contains('\0') => {
+                id = (!value.is_empty()).then(|| value.to_string());
+            }
+            "retry" => retry = value.parse().ok(),
+            "data" => match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_string()),
+            },
+            _ => {}
+        }
+    }
+    // A last event without its blank line is not dispatched by browsers: neither here.
+    out
+}
+
+/// Checks every event of a stream against its schemas: the reason of the first failure.
+pub fn event_stream_violation(schemas: &EventValidators, body: &[u8]) -> Option<String> {
+    let at = |err: &jsonschema::ValidationError| {
+        let at = err.instance_path().to_string();
+        if at.is_empty() { "/".to_string() } else { at }
+    };
+    for (i, e) in sse_events(body).iter().enumerate() {
+        if let Some(item) = &schemas.item
+            && let Some(err) = item.iter_errors(&e.to_value()).next()
+        {
+            return Some(format!(
+                "event {i} does not match the event schema at {}: {err}",
+                at(&err)
+            ));
+        }
+        let Some(data) = &schemas.data else {
+            continue;
+        };
+        let Ok(value) = serde_json::from_str::<Value>(&e.data) else {
+            return Some(format!("event {i}: its data is not JSON"));
+        };
+        if let Some(err) = data.iter_errors(&value).next() {
+            return Some(format!(
+                "event {i}'s data does not match its schema at {}: {err}",
+                at(&err)
+            ));
+        }
+    }
+    None
+}
+
 /// Checks one header value against its documented schema; the reason when it fails.
 pub fn header_violation(spec: &HeaderSpec, value: &str) -> Option<String> {
     let validator = spec.validator.as_ref()?;
@@ -238,5 +404,93 @@ impl Exchange {
             out.push_str(&format!(" -d {}", quote(&body.to_string())));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_bodies_split_into_events_and_validate_each_data_line() {
+        let body = b": comment\nevent: token\ndata: {\"n\": 1}\n\nretry: 10\ndata: {\"n\":\r\ndata: 2}\r\n\nevent: dangling\ndata: 3";
+        let events = sse_events(body);
+        assert_eq!(
+            events,
+            vec![
+                SseEvent {
+                    event: Some("token".into()),
+                    data: "{\"n\": 1}".into(),
+                    ..SseEvent::default()
+                },
+                SseEvent {
+                    data: "{\"n\":\n2}".into(),
+                    retry: Some(10),
+                    ..SseEvent::default()
+                },
+            ]
+        );
+        let schema = serde_json::json!({"type": "object", "required": ["n"],
+            "properties": {"n": {"type": "integer", "maximum": 1}}});
+        let validators = EventValidators {
+            item: None,
+            data: Some(jsonschema::validator_for(&schema).expect("schema")),
+        };
+        let reason = event_stream_violation(&validators, body).expect("the second is too big");
+        assert!(reason.starts_with("event 1"), "{reason}");
+        assert_eq!(
+            event_stream_violation(&validators, b"data: {\"n\": 0}\n\n"),
+            None
+        );
+        assert!(
+            event_stream_violation(&validators, b"data: nope\n\n")
+                .is_some_and(|r| r.contains("not JSON"))
+        );
+        assert!(is_event_stream("text/event-stream; charset=utf-8"));
+        assert!(!is_event_stream("application/json"));
+    }
+
+    #[test]
+    fn item_schemas_judge_the_parsed_event_and_its_json_data() {
+        let doc = serde_json::json!({"openapi": "3.2.0", "components": {"schemas": {"Tick": {
+            "type": "object", "required": ["n"],
+            "properties": {"n": {"type": "integer", "maximum": 1}}}}}});
+        let stream = |media: Value| {
+            serde_json::json!({"responses": {"200": {"description": "events",
+                "content": {"text/event-stream": media}}}})
+        };
+        let op = stream(serde_json::json!({"itemSchema": {
+            "type": "object", "required": ["event", "data"],
+            "properties": {
+                "event": {"enum": ["tick"]},
+                "id": {"type": "string"},
+                "data": {"type": "string", "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": "#/components/schemas/Tick"}}}}}));
+        let compiled = Responses::compile(&doc, &op, "/paths/~1t/get").expect("compiles");
+        let events = compiled.entries[0].content[0]
+            .events
+            .as_ref()
+            .expect("a stream");
+        assert_eq!(
+            event_stream_violation(events, b"event: tick\nid: 7\ndata: {\"n\": 1}\n\n"),
+            None
+        );
+        // Without `event:` the event is a `message`, which the item schema does not allow.
+        assert!(
+            event_stream_violation(events, b"data: {\"n\": 1}\n\n")
+                .is_some_and(|r| r.contains("event schema")),
+        );
+        assert!(
+            event_stream_violation(events, b"event: tick\ndata: {\"n\": 2}\n\n")
+                .is_some_and(|r| r.contains("data does not match")),
+        );
+        // A string `schema` is the 3.0 way to say "text", not a per-event schema.
+        let op = stream(serde_json::json!({"schema": {"type": "string"}}));
+        let compiled = Responses::compile(&doc, &op, "/paths/~1t/get").expect("compiles");
+        let events = compiled.entries[0].content[0]
+            .events
+            .as_ref()
+            .expect("a stream");
+        assert!(events.item.is_none() && events.data.is_none());
     }
 }

@@ -247,6 +247,10 @@ struct Op {
     body: Option<Body>,
     skipped: Option<String>,
     responses: Responses,
+    /// Statuses the run accepts for schema-valid input here: the configured ones plus the
+    /// operation's `x-business-rule-statuses` (a 422 for an unknown simulation model, say:
+    /// a rule no schema can state).
+    positive_statuses: Vec<String>,
     /// Set once the operation has been called without credentials.
     auth_probed: AtomicBool,
 }
@@ -300,7 +304,7 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
     let checks = checks::select(&config.checks).map_err(|m| SpecError::invalid("", "", m))?;
     let request_doc = prepare_doc(doc, Direction::Request);
     let response_doc = prepare_doc(doc, Direction::Response);
-    let ops = compile_ops(doc, &request_doc, &response_doc)?;
+    let ops = compile_ops(doc, &request_doc, &response_doc, &config.positive_statuses)?;
     let client = reqwest::Client::builder()
         .timeout(config.request_timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -494,6 +498,7 @@ fn compile_ops(
     doc: &Value,
     request_doc: &Value,
     response_doc: &Value,
+    positive_statuses: &[String],
 ) -> Result<Vec<Op>, SpecError> {
     let mut ops = Vec::new();
     let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
@@ -591,6 +596,8 @@ fn compile_ops(
                         .any(|r| r.as_object().is_some_and(Map::is_empty))
             });
             let responses = Responses::compile(response_doc, op, &pointer)?;
+            let mut positive = positive_statuses.to_vec();
+            positive.extend(business_rule_statuses(op));
             ops.push(Op {
                 index: ops.len(),
                 id,
@@ -602,11 +609,29 @@ fn compile_ops(
                 body,
                 skipped,
                 responses,
+                positive_statuses: positive,
                 auth_probed: AtomicBool::new(false),
             });
         }
     }
     Ok(ops)
+}
+
+/// An operation's `x-business-rule-statuses`: statuses it documents for schema-valid input
+/// that breaks a rule of the business (integers or strings like `422`).
+fn business_rule_statuses(op: &Value) -> Vec<String> {
+    op.get("x-business-rule-statuses")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|v| match v {
+                    Value::Number(n) => Some(n.to_string()),
+                    Value::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A proptest runner whose RNG is a function of the run seed, a position and a phase tag,
@@ -664,6 +689,19 @@ fn representable(param: &Param, value: &Value) -> bool {
 
 /// What the server will see for a value, re-read from its text as the validator would.
 fn round_trip(param: &Param, value: &Value) -> Option<Value> {
+    if is_array_schema(&param.flat) && !value.is_array() && !value.is_object() {
+        // A lone value of an array parameter is a one-item array to the server (or, not
+        // exploded, the items between its commas).
+        let text = scalar_text(value)?;
+        let items: Vec<Value> = if param.explode {
+            vec![Value::String(text)]
+        } else {
+            text.split(',')
+                .map(|t| Value::String(t.to_string()))
+                .collect()
+        };
+        return round_trip(param, &Value::Array(items));
+    }
     if let Value::Array(items) = value {
         let item_schema = param
             .flat
@@ -702,6 +740,15 @@ fn round_trip(param: &Param, value: &Value) -> Option<Value> {
         return Some(value.clone());
     }
     Some(coerce_scalar(&scalar_text(value)?, &param.flat))
+}
+
+/// Whether a (flattened) schema describes arrays: `type: array` or a type list with it.
+fn is_array_schema(schema: &Value) -> bool {
+    match schema.get("type") {
+        Some(Value::String(t)) => t == "array",
+        Some(Value::Array(types)) => types.iter().any(|t| t == "array"),
+        _ => false,
+    }
 }
 
 /// Whether the server, reading `value` back, sees something the schema accepts.
@@ -960,7 +1007,7 @@ async fn still_fails(
         kind: CaseKind::Positive,
         exchange: &ex,
         follow_up: None,
-        positive_statuses: &shared.config.positive_statuses,
+        positive_statuses: &op.positive_statuses,
         before: None,
         pages: &[],
     };
@@ -1844,7 +1891,7 @@ fn judge_with(
         kind,
         exchange,
         follow_up,
-        positive_statuses: &shared.config.positive_statuses,
+        positive_statuses: &op.positive_statuses,
         before,
         pages,
     };

@@ -554,6 +554,7 @@ fn downconvert_schema(schema: &mut Map<String, Value>) {
         "unevaluatedProperties",
         "contentMediaType",
         "contentEncoding",
+        "contentSchema",
         "prefixItems",
         "dependentRequired",
         "dependentSchemas",
@@ -832,7 +833,9 @@ components:
             "components": {"schemas": {"A": {"type": "object", "properties": {
                 "s": {"type": ["string", "null"]},
                 "r": {"oneOf": [{"$ref": "#/components/schemas/B"}, {"type": "null"}]},
-                "c": {"const": 1, "examples": [1]}
+                "c": {"const": 1, "examples": [1]},
+                "j": {"type": "string", "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": "#/components/schemas/B"}}
             }}}}
         });
         let out = downconvert_to_30(&doc);
@@ -848,6 +851,10 @@ components:
         assert_eq!(
             out.pointer("/components/schemas/A/properties/c"),
             Some(&json!({"enum": [1], "example": 1}))
+        );
+        assert_eq!(
+            out.pointer("/components/schemas/A/properties/j"),
+            Some(&json!({"type": "string"}))
         );
     }
 }

@@ -847,3 +847,68 @@ async fn fuzzing_failures_are_shrunk_to_the_boundary() {
     };
     assert_eq!(render(&report), render(&again));
 }
+
+/// `POST /simulate` answers 422 to every body: a business rule (an unknown model) that no
+/// schema states. `positive_data_acceptance` fails it unless the operation declares 422 in
+/// `x-business-rule-statuses`.
+fn business_rule_spec(declared: bool) -> Value {
+    let problem = json!({"description": "Unknown model.", "content": {"application/json": {"schema": {"type": "object"}}}});
+    let mut op = json!({
+        "operationId": "simulate",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["model"], "additionalProperties": false,
+            "properties": {"model": {"type": "string", "maxLength": 20}}
+        }}}},
+        "responses": {"200": {"description": "OK."}, "422": problem}
+    });
+    if declared {
+        op["x-business-rule-statuses"] = json!([422]);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "rules", "version": "1"},
+        "paths": {"/simulate": {"post": op}}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_business_rule_statuses_are_accepted_for_valid_input() {
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let addr = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .copied()
+        .expect("a socket address");
+    let app = poem::endpoint::make(|_req: poem::Request| async move {
+        json_response(422, &json!({"error": "unknown model"}))
+    });
+    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+    let acceptance_failures = |declared: bool| {
+        let base = format!("http://{addr}");
+        async move {
+            let mut config = Config::new(base);
+            config.max_examples = 5;
+            config.phases = vec![runner::Phase::Examples, runner::Phase::Fuzzing];
+            config.checks = vec!["positive_data_acceptance".into()];
+            let report = runner::run(&business_rule_spec(declared), config)
+                .await
+                .expect("the spec is usable");
+            report
+                .failures
+                .iter()
+                .filter(|f| f.check == "positive_data_acceptance")
+                .count()
+        }
+    };
+    assert!(
+        acceptance_failures(false).await > 0,
+        "undeclared 422 is a failure"
+    );
+    assert_eq!(
+        acceptance_failures(true).await,
+        0,
+        "declared 422 is accepted"
+    );
+}

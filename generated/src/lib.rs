@@ -16,22 +16,42 @@
     non_camel_case_types
 )]
 pub mod agents;
+pub mod conversations;
+pub mod deployments;
+pub mod evaluations;
+pub mod events;
+pub mod executions;
 pub mod identity;
 pub mod knowledge;
+pub mod marketplace;
 pub mod model_registry;
 pub mod models;
 pub mod security;
 pub mod system;
 pub mod templates;
 pub mod tools;
+pub mod twins;
+pub mod usage;
+pub mod vault;
+pub mod webhooks;
 pub use agents::*;
+pub use conversations::*;
+pub use deployments::*;
+pub use evaluations::*;
+pub use events::*;
+pub use executions::*;
 pub use identity::*;
 pub use knowledge::*;
+pub use marketplace::*;
 pub use model_registry::*;
 pub use security::*;
 pub use system::*;
 pub use templates::*;
 pub use tools::*;
+pub use twins::*;
+pub use usage::*;
+pub use vault::*;
+pub use webhooks::*;
 /// The bundled OpenAPI 3.1 document: the spec the server publishes at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// The same document down-converted to OpenAPI 3.0.3, for tools that read only 3.0.
@@ -75,6 +95,16 @@ pub trait Api:
     + templates::TemplatesApi
     + model_registry::ModelRegistryApi
     + security::SecurityApi
+    + evaluations::EvaluationsApi
+    + deployments::DeploymentsApi
+    + events::EventsApi
+    + webhooks::WebhooksApi
+    + marketplace::MarketplaceApi
+    + conversations::ConversationsApi
+    + executions::ExecutionsApi
+    + vault::VaultApi
+    + twins::TwinsApi
+    + usage::UsageApi
 {
 }
 impl<
@@ -85,7 +115,17 @@ impl<
         + tools::ToolsApi
         + templates::TemplatesApi
         + model_registry::ModelRegistryApi
-        + security::SecurityApi,
+        + security::SecurityApi
+        + evaluations::EvaluationsApi
+        + deployments::DeploymentsApi
+        + events::EventsApi
+        + webhooks::WebhooksApi
+        + marketplace::MarketplaceApi
+        + conversations::ConversationsApi
+        + executions::ExecutionsApi
+        + vault::VaultApi
+        + twins::TwinsApi
+        + usage::UsageApi,
 > Api for T
 {
 }
@@ -94,27 +134,55 @@ pub fn service<T: Api>(
     api: std::sync::Arc<T>,
 ) -> poem_openapi::OpenApiService<
     (
-        system::SystemRoutes<T>,
-        agents::AgentsRoutes<T>,
-        identity::IdentityRoutes<T>,
-        knowledge::KnowledgeRoutes<T>,
-        tools::ToolsRoutes<T>,
-        templates::TemplatesRoutes<T>,
-        model_registry::ModelRegistryRoutes<T>,
-        security::SecurityRoutes<T>,
+        (
+            system::SystemRoutes<T>,
+            agents::AgentsRoutes<T>,
+            identity::IdentityRoutes<T>,
+            knowledge::KnowledgeRoutes<T>,
+            tools::ToolsRoutes<T>,
+            templates::TemplatesRoutes<T>,
+            model_registry::ModelRegistryRoutes<T>,
+            security::SecurityRoutes<T>,
+            evaluations::EvaluationsRoutes<T>,
+        ),
+        (
+            deployments::DeploymentsRoutes<T>,
+            events::EventsRoutes<T>,
+            webhooks::WebhooksRoutes<T>,
+            marketplace::MarketplaceRoutes<T>,
+            conversations::ConversationsRoutes<T>,
+            executions::ExecutionsRoutes<T>,
+            vault::VaultRoutes<T>,
+            twins::TwinsRoutes<T>,
+            usage::UsageRoutes<T>,
+        ),
     ),
     (),
 > {
     poem_openapi::OpenApiService::new(
         (
-            system::SystemRoutes(api.clone()),
-            agents::AgentsRoutes(api.clone()),
-            identity::IdentityRoutes(api.clone()),
-            knowledge::KnowledgeRoutes(api.clone()),
-            tools::ToolsRoutes(api.clone()),
-            templates::TemplatesRoutes(api.clone()),
-            model_registry::ModelRegistryRoutes(api.clone()),
-            security::SecurityRoutes(api.clone()),
+            (
+                system::SystemRoutes(api.clone()),
+                agents::AgentsRoutes(api.clone()),
+                identity::IdentityRoutes(api.clone()),
+                knowledge::KnowledgeRoutes(api.clone()),
+                tools::ToolsRoutes(api.clone()),
+                templates::TemplatesRoutes(api.clone()),
+                model_registry::ModelRegistryRoutes(api.clone()),
+                security::SecurityRoutes(api.clone()),
+                evaluations::EvaluationsRoutes(api.clone()),
+            ),
+            (
+                deployments::DeploymentsRoutes(api.clone()),
+                events::EventsRoutes(api.clone()),
+                webhooks::WebhooksRoutes(api.clone()),
+                marketplace::MarketplaceRoutes(api.clone()),
+                conversations::ConversationsRoutes(api.clone()),
+                executions::ExecutionsRoutes(api.clone()),
+                vault::VaultRoutes(api.clone()),
+                twins::TwinsRoutes(api.clone()),
+                usage::UsageRoutes(api.clone()),
+            ),
         ),
         TITLE,
         VERSION,
@@ -139,6 +207,9 @@ pub fn parse_csv<T: poem_openapi::types::ParseFromParameter>(
         })
         .collect()
 }
+/// The stream behind a `text/event-stream` answer: each item becomes one event whose
+/// `data:` is the item as JSON.
+pub type EventStreamOf<T> = futures_util::stream::BoxStream<'static, T>;
 /// What the spec says of one operation.
 #[derive(Debug, Clone, Copy)]
 pub struct OperationInfo {
@@ -253,6 +324,84 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["read:templates"]),
     },
     OperationInfo {
+        id: "getAgentStatus",
+        method: "GET",
+        path: "/v1/agents/{agent_id}/status",
+        scopes: Some(&["read:agents"]),
+    },
+    OperationInfo {
+        id: "scaleAgent",
+        method: "POST",
+        path: "/v1/agents/{agent_id}/scale",
+        scopes: Some(&["write:agents"]),
+    },
+    OperationInfo {
+        id: "restartAgent",
+        method: "POST",
+        path: "/v1/agents/{agent_id}/restart",
+        scopes: Some(&["write:agents"]),
+    },
+    OperationInfo {
+        id: "getAgentMetrics",
+        method: "GET",
+        path: "/v1/agents/{agent_id}/metrics",
+        scopes: Some(&["read:agents"]),
+    },
+    OperationInfo {
+        id: "getAgentLogs",
+        method: "GET",
+        path: "/v1/agents/{agent_id}/logs",
+        scopes: Some(&["read:agents"]),
+    },
+    OperationInfo {
+        id: "listEvaluations",
+        method: "GET",
+        path: "/v1/evaluations",
+        scopes: Some(&["read:evaluations"]),
+    },
+    OperationInfo {
+        id: "createEvaluation",
+        method: "POST",
+        path: "/v1/evaluations",
+        scopes: Some(&["write:evaluations"]),
+    },
+    OperationInfo {
+        id: "getEvaluation",
+        method: "GET",
+        path: "/v1/evaluations/{evaluation_id}",
+        scopes: Some(&["read:evaluations"]),
+    },
+    OperationInfo {
+        id: "deleteEvaluation",
+        method: "DELETE",
+        path: "/v1/evaluations/{evaluation_id}",
+        scopes: Some(&["write:evaluations"]),
+    },
+    OperationInfo {
+        id: "runEvaluation",
+        method: "POST",
+        path: "/v1/evaluations/{evaluation_id}/run",
+        scopes: Some(&["write:evaluations", "execute:agents"]),
+    },
+    OperationInfo {
+        id: "listEvaluationRuns",
+        method: "GET",
+        path: "/v1/evaluations/{evaluation_id}/runs",
+        scopes: Some(&["read:evaluations"]),
+    },
+    OperationInfo {
+        id: "getEvaluationRun",
+        method: "GET",
+        path: "/v1/evaluations/{evaluation_id}/runs/{run_id}",
+        scopes: Some(&["read:evaluations"]),
+    },
+    OperationInfo {
+        id: "getEvaluationResults",
+        method: "GET",
+        path: "/v1/evaluations/{evaluation_id}/results",
+        scopes: Some(&["read:evaluations"]),
+    },
+    OperationInfo {
         id: "listModels",
         method: "GET",
         path: "/v1/models",
@@ -281,6 +430,84 @@ pub const OPERATIONS: &[OperationInfo] = &[
         method: "DELETE",
         path: "/v1/models/{model_id}",
         scopes: Some(&["write:models"]),
+    },
+    OperationInfo {
+        id: "executeAgent",
+        method: "POST",
+        path: "/v1/agents/{agent_id}/execute",
+        scopes: Some(&["execute:agents"]),
+    },
+    OperationInfo {
+        id: "listExecutions",
+        method: "GET",
+        path: "/v1/executions",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "getExecution",
+        method: "GET",
+        path: "/v1/executions/{execution_id}",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "cancelExecution",
+        method: "POST",
+        path: "/v1/executions/{execution_id}/cancel",
+        scopes: Some(&["execute:agents"]),
+    },
+    OperationInfo {
+        id: "getExecutionLogs",
+        method: "GET",
+        path: "/v1/executions/{execution_id}/logs",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "streamExecutionEvents",
+        method: "GET",
+        path: "/v1/executions/{execution_id}/events",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
+        id: "listConversations",
+        method: "GET",
+        path: "/v1/conversations",
+        scopes: Some(&["read:conversations"]),
+    },
+    OperationInfo {
+        id: "createConversation",
+        method: "POST",
+        path: "/v1/conversations",
+        scopes: Some(&["write:conversations"]),
+    },
+    OperationInfo {
+        id: "getConversation",
+        method: "GET",
+        path: "/v1/conversations/{conversation_id}",
+        scopes: Some(&["read:conversations"]),
+    },
+    OperationInfo {
+        id: "deleteConversation",
+        method: "DELETE",
+        path: "/v1/conversations/{conversation_id}",
+        scopes: Some(&["write:conversations"]),
+    },
+    OperationInfo {
+        id: "updateConversation",
+        method: "PATCH",
+        path: "/v1/conversations/{conversation_id}",
+        scopes: Some(&["write:conversations"]),
+    },
+    OperationInfo {
+        id: "listMessages",
+        method: "GET",
+        path: "/v1/conversations/{conversation_id}/messages",
+        scopes: Some(&["read:conversations"]),
+    },
+    OperationInfo {
+        id: "sendMessage",
+        method: "POST",
+        path: "/v1/conversations/{conversation_id}/messages",
+        scopes: Some(&["write:conversations"]),
     },
     OperationInfo {
         id: "listApiKeys",
@@ -492,6 +719,216 @@ pub const OPERATIONS: &[OperationInfo] = &[
         path: "/v1/tools/{tool_id}/test",
         scopes: Some(&["write:tools"]),
     },
+    OperationInfo {
+        id: "listEvents",
+        method: "GET",
+        path: "/v1/events",
+        scopes: Some(&["read:events"]),
+    },
+    OperationInfo {
+        id: "getEvent",
+        method: "GET",
+        path: "/v1/events/{event_id}",
+        scopes: Some(&["read:events"]),
+    },
+    OperationInfo {
+        id: "streamEvents",
+        method: "GET",
+        path: "/v1/stream",
+        scopes: Some(&["read:events"]),
+    },
+    OperationInfo {
+        id: "listWebhooks",
+        method: "GET",
+        path: "/v1/webhooks",
+        scopes: Some(&["read:webhooks"]),
+    },
+    OperationInfo {
+        id: "createWebhook",
+        method: "POST",
+        path: "/v1/webhooks",
+        scopes: Some(&["write:webhooks"]),
+    },
+    OperationInfo {
+        id: "getWebhook",
+        method: "GET",
+        path: "/v1/webhooks/{webhook_id}",
+        scopes: Some(&["read:webhooks"]),
+    },
+    OperationInfo {
+        id: "deleteWebhook",
+        method: "DELETE",
+        path: "/v1/webhooks/{webhook_id}",
+        scopes: Some(&["write:webhooks"]),
+    },
+    OperationInfo {
+        id: "updateWebhook",
+        method: "PATCH",
+        path: "/v1/webhooks/{webhook_id}",
+        scopes: Some(&["write:webhooks"]),
+    },
+    OperationInfo {
+        id: "listWebhookDeliveries",
+        method: "GET",
+        path: "/v1/webhooks/{webhook_id}/deliveries",
+        scopes: Some(&["read:webhooks"]),
+    },
+    OperationInfo {
+        id: "getWebhookDelivery",
+        method: "GET",
+        path: "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}",
+        scopes: Some(&["read:webhooks"]),
+    },
+    OperationInfo {
+        id: "redeliverWebhookDelivery",
+        method: "POST",
+        path: "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+        scopes: Some(&["write:webhooks"]),
+    },
+    OperationInfo {
+        id: "testWebhook",
+        method: "POST",
+        path: "/v1/webhooks/{webhook_id}/test",
+        scopes: Some(&["write:webhooks"]),
+    },
+    OperationInfo {
+        id: "searchMarketplace",
+        method: "GET",
+        path: "/v1/marketplace/search",
+        scopes: Some(&["read:marketplace"]),
+    },
+    OperationInfo {
+        id: "getMarketplaceTemplate",
+        method: "GET",
+        path: "/v1/marketplace/templates/{template_id}",
+        scopes: Some(&["read:marketplace"]),
+    },
+    OperationInfo {
+        id: "installMarketplaceTemplate",
+        method: "POST",
+        path: "/v1/marketplace/install/{template_id}",
+        scopes: Some(&["write:agents", "write:templates"]),
+    },
+    OperationInfo {
+        id: "listVaultCredentials",
+        method: "GET",
+        path: "/v1/vault/credentials",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "createVaultCredential",
+        method: "POST",
+        path: "/v1/vault/credentials",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "getVaultCredential",
+        method: "GET",
+        path: "/v1/vault/credentials/{credential_id}",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "replaceVaultCredential",
+        method: "PUT",
+        path: "/v1/vault/credentials/{credential_id}",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "deleteVaultCredential",
+        method: "DELETE",
+        path: "/v1/vault/credentials/{credential_id}",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "listVaultTokens",
+        method: "GET",
+        path: "/v1/vault/tokens",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "createVaultToken",
+        method: "POST",
+        path: "/v1/vault/tokens",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "getVaultToken",
+        method: "GET",
+        path: "/v1/vault/tokens/{token_id}",
+        scopes: Some(&["read:vault"]),
+    },
+    OperationInfo {
+        id: "revokeVaultToken",
+        method: "POST",
+        path: "/v1/vault/tokens/{token_id}/revoke",
+        scopes: Some(&["write:vault"]),
+    },
+    OperationInfo {
+        id: "listTwins",
+        method: "GET",
+        path: "/v1/twins",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "createTwin",
+        method: "POST",
+        path: "/v1/twins",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "getTwin",
+        method: "GET",
+        path: "/v1/twins/{twin_id}",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "replaceTwin",
+        method: "PUT",
+        path: "/v1/twins/{twin_id}",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "deleteTwin",
+        method: "DELETE",
+        path: "/v1/twins/{twin_id}",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "simulateTwin",
+        method: "POST",
+        path: "/v1/twins/{twin_id}/simulate",
+        scopes: Some(&["write:twins"]),
+    },
+    OperationInfo {
+        id: "listTwinSimulations",
+        method: "GET",
+        path: "/v1/twins/{twin_id}/simulations",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "getTwinSimulation",
+        method: "GET",
+        path: "/v1/twins/{twin_id}/simulations/{simulation_id}",
+        scopes: Some(&["read:twins"]),
+    },
+    OperationInfo {
+        id: "getUsageStats",
+        method: "GET",
+        path: "/v1/usage/stats",
+        scopes: Some(&["read:usage"]),
+    },
+    OperationInfo {
+        id: "getUsageCosts",
+        method: "GET",
+        path: "/v1/usage/costs",
+        scopes: Some(&["read:usage"]),
+    },
+    OperationInfo {
+        id: "getConversationAnalytics",
+        method: "GET",
+        path: "/v1/analytics/conversations",
+        scopes: Some(&["read:usage"]),
+    },
 ];
 /// A file part of a `multipart/form-data` request, read whole.
 #[derive(Debug, Clone, PartialEq)]
@@ -521,4 +958,51 @@ pub async fn read_upload(
         content_type,
         bytes,
     })
+}
+/// The answer of an `x-websocket` operation: the upgrade (101, then the socket is the
+/// handler's) or one of the operation's documented answers.
+pub enum Upgraded<R> {
+    /// 101 Switching Protocols; the boxed callback serves the socket.
+    Switching(poem::web::websocket::BoxWebSocketUpgraded),
+    /// A documented answer instead of an upgrade.
+    Answer(R),
+}
+impl<R: std::fmt::Debug> std::fmt::Debug for Upgraded<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upgraded::Switching(_) => f.write_str("Switching"),
+            Upgraded::Answer(r) => f.debug_tuple("Answer").field(r).finish(),
+        }
+    }
+}
+impl<R: poem::IntoResponse> poem::IntoResponse for Upgraded<R> {
+    fn into_response(self) -> poem::Response {
+        match self {
+            Upgraded::Switching(upgrade) => upgrade.into_response(),
+            Upgraded::Answer(r) => r.into_response(),
+        }
+    }
+}
+impl<R: poem_openapi::ApiResponse> poem_openapi::ApiResponse for Upgraded<R> {
+    const BAD_REQUEST_HANDLER: bool = R::BAD_REQUEST_HANDLER;
+    fn meta() -> poem_openapi::registry::MetaResponses {
+        let mut meta = R::meta();
+        meta.responses.insert(
+            0,
+            poem_openapi::registry::MetaResponse {
+                description: "Switching to the WebSocket protocol",
+                status: Some(101),
+                status_range: None,
+                content: Vec::new(),
+                headers: Vec::new(),
+            },
+        );
+        meta
+    }
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        R::register(registry);
+    }
+    fn from_parse_request_error(err: poem::Error) -> Self {
+        Upgraded::Answer(R::from_parse_request_error(err))
+    }
 }

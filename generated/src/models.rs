@@ -896,6 +896,28 @@ pub enum Scope {
     ReadConversations,
     #[oai(rename = "write:conversations")]
     WriteConversations,
+    #[oai(rename = "read:vault")]
+    ReadVault,
+    #[oai(rename = "write:vault")]
+    WriteVault,
+    #[oai(rename = "read:twins")]
+    ReadTwins,
+    #[oai(rename = "write:twins")]
+    WriteTwins,
+    #[oai(rename = "read:usage")]
+    ReadUsage,
+    #[oai(rename = "read:evaluations")]
+    ReadEvaluations,
+    #[oai(rename = "write:evaluations")]
+    WriteEvaluations,
+    #[oai(rename = "read:events")]
+    ReadEvents,
+    #[oai(rename = "read:webhooks")]
+    ReadWebhooks,
+    #[oai(rename = "write:webhooks")]
+    WriteWebhooks,
+    #[oai(rename = "read:marketplace")]
+    ReadMarketplace,
     #[oai(rename = "read:security")]
     ReadSecurity,
 }
@@ -918,6 +940,17 @@ impl Scope {
         Scope::ReadExecutions,
         Scope::ReadConversations,
         Scope::WriteConversations,
+        Scope::ReadVault,
+        Scope::WriteVault,
+        Scope::ReadTwins,
+        Scope::WriteTwins,
+        Scope::ReadUsage,
+        Scope::ReadEvaluations,
+        Scope::WriteEvaluations,
+        Scope::ReadEvents,
+        Scope::ReadWebhooks,
+        Scope::WriteWebhooks,
+        Scope::ReadMarketplace,
         Scope::ReadSecurity,
     ];
     /// The value as it appears on the wire.
@@ -939,6 +972,17 @@ impl Scope {
             Scope::ReadExecutions => "read:executions",
             Scope::ReadConversations => "read:conversations",
             Scope::WriteConversations => "write:conversations",
+            Scope::ReadVault => "read:vault",
+            Scope::WriteVault => "write:vault",
+            Scope::ReadTwins => "read:twins",
+            Scope::WriteTwins => "write:twins",
+            Scope::ReadUsage => "read:usage",
+            Scope::ReadEvaluations => "read:evaluations",
+            Scope::WriteEvaluations => "write:evaluations",
+            Scope::ReadEvents => "read:events",
+            Scope::ReadWebhooks => "read:webhooks",
+            Scope::WriteWebhooks => "write:webhooks",
+            Scope::ReadMarketplace => "read:marketplace",
             Scope::ReadSecurity => "read:security",
         }
     }
@@ -961,6 +1005,17 @@ impl Scope {
             "read:executions" => Some(Scope::ReadExecutions),
             "read:conversations" => Some(Scope::ReadConversations),
             "write:conversations" => Some(Scope::WriteConversations),
+            "read:vault" => Some(Scope::ReadVault),
+            "write:vault" => Some(Scope::WriteVault),
+            "read:twins" => Some(Scope::ReadTwins),
+            "write:twins" => Some(Scope::WriteTwins),
+            "read:usage" => Some(Scope::ReadUsage),
+            "read:evaluations" => Some(Scope::ReadEvaluations),
+            "write:evaluations" => Some(Scope::WriteEvaluations),
+            "read:events" => Some(Scope::ReadEvents),
+            "read:webhooks" => Some(Scope::ReadWebhooks),
+            "write:webhooks" => Some(Scope::WriteWebhooks),
+            "read:marketplace" => Some(Scope::ReadMarketplace),
             "read:security" => Some(Scope::ReadSecurity),
             _ => None,
         }
@@ -2773,6 +2828,3631 @@ pub struct ModelList {
     pub data: Vec<crate::models::Model>,
     #[oai(rename = "pagination")]
     pub pagination: crate::models::Pagination,
+}
+/// How a case's output is compared with its expected output: `exact_match` (equal after trimming, lower-casing and collapsing whitespace), `contains` (the expected text appears in the output, same normalization), `token_f1` (F1 of the word tokens both share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "EvaluationMetric")]
+pub enum EvaluationMetric {
+    #[oai(rename = "exact_match")]
+    ExactMatch,
+    #[oai(rename = "contains")]
+    Contains,
+    #[oai(rename = "token_f1")]
+    TokenF1,
+}
+impl EvaluationMetric {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [EvaluationMetric] = &[
+        EvaluationMetric::ExactMatch,
+        EvaluationMetric::Contains,
+        EvaluationMetric::TokenF1,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EvaluationMetric::ExactMatch => "exact_match",
+            EvaluationMetric::Contains => "contains",
+            EvaluationMetric::TokenF1 => "token_f1",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "exact_match" => Some(EvaluationMetric::ExactMatch),
+            "contains" => Some(EvaluationMetric::Contains),
+            "token_f1" => Some(EvaluationMetric::TokenF1),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for EvaluationMetric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A case passes when `metric` reaches `threshold` (1 for exact match and contains).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "PassCriteria", deny_unknown_fields)]
+pub struct PassCriteria {
+    /// How a case's output is compared with its expected output: `exact_match` (equal after trimming, lower-casing and collapsing whitespace), `contains` (the expected text appears in the output, same normalization), `token_f1` (F1 of the word tokens both share).
+    #[oai(rename = "metric")]
+    pub metric: crate::models::EvaluationMetric,
+    /// The lowest passing score, 0 to 1; default 0.5 for `token_f1`, 1 otherwise.
+    #[oai(rename = "threshold", skip_serializing_if_is_none)]
+    pub threshold: Option<f64>,
+}
+/// One case of the dataset.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "TestCase", deny_unknown_fields)]
+pub struct TestCase {
+    /// What the agent is asked.
+    #[oai(rename = "input")]
+    pub input: String,
+    /// The answer expected; empty when any answer passes `contains`.
+    #[oai(rename = "expected_output", skip_serializing_if_is_none)]
+    pub expected_output: Option<String>,
+    /// Free-form data kept with the case.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+}
+/// What is evaluated (`agent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "EvaluationType")]
+pub enum EvaluationType {
+    #[oai(rename = "agent")]
+    Agent,
+}
+impl EvaluationType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [EvaluationType] = &[EvaluationType::Agent];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EvaluationType::Agent => "agent",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "agent" => Some(EvaluationType::Agent),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for EvaluationType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// An evaluation to create.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationInput", deny_unknown_fields)]
+pub struct EvaluationInput {
+    /// A display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What it checks.
+    #[oai(rename = "description")]
+    pub description: poem_openapi::types::MaybeUndefined<String>,
+    /// What is evaluated (`agent`).
+    #[oai(rename = "type", skip_serializing_if_is_none)]
+    pub type_: Option<crate::models::EvaluationType>,
+    /// The agent to evaluate.
+    #[oai(rename = "target_id")]
+    pub target_id: String,
+    /// The dataset, 1 to 100 cases.
+    #[oai(rename = "test_cases")]
+    pub test_cases: Vec<crate::models::TestCase>,
+    /// A case passes when `metric` reaches `threshold` (1 for exact match and contains).
+    #[oai(rename = "pass_criteria", skip_serializing_if_is_none)]
+    pub pass_criteria: Option<crate::models::PassCriteria>,
+}
+/// An evaluation.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Evaluation", deny_unknown_fields)]
+pub struct Evaluation {
+    /// Its id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Its name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What it checks.
+    #[oai(rename = "description")]
+    pub description: Option<String>,
+    /// What is evaluated (`agent`).
+    #[oai(rename = "type")]
+    pub type_: crate::models::EvaluationType,
+    /// The agent it evaluates.
+    #[oai(rename = "target_id")]
+    pub target_id: String,
+    /// The dataset.
+    #[oai(rename = "test_cases")]
+    pub test_cases: Vec<crate::models::TestCase>,
+    /// A case passes when `metric` reaches `threshold` (1 for exact match and contains).
+    #[oai(rename = "pass_criteria")]
+    pub pass_criteria: crate::models::PassCriteria,
+    /// Its newest run, if any.
+    #[oai(rename = "latest_run_id")]
+    pub latest_run_id: Option<String>,
+    /// Created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// Last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+/// A page of evaluations.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationList", deny_unknown_fields)]
+pub struct EvaluationList {
+    /// The evaluations.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Evaluation>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// `queued`, `running`, `completed` (every case ran; some may have failed) or `failed` (the run could not finish, see `error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "EvaluationRunStatus")]
+pub enum EvaluationRunStatus {
+    #[oai(rename = "queued")]
+    Queued,
+    #[oai(rename = "running")]
+    Running,
+    #[oai(rename = "completed")]
+    Completed,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl EvaluationRunStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [EvaluationRunStatus] = &[
+        EvaluationRunStatus::Queued,
+        EvaluationRunStatus::Running,
+        EvaluationRunStatus::Completed,
+        EvaluationRunStatus::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EvaluationRunStatus::Queued => "queued",
+            EvaluationRunStatus::Running => "running",
+            EvaluationRunStatus::Completed => "completed",
+            EvaluationRunStatus::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "queued" => Some(EvaluationRunStatus::Queued),
+            "running" => Some(EvaluationRunStatus::Running),
+            "completed" => Some(EvaluationRunStatus::Completed),
+            "failed" => Some(EvaluationRunStatus::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for EvaluationRunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// How one case went.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "CaseResult", deny_unknown_fields)]
+pub struct CaseResult {
+    /// The case's position in the dataset.
+    #[oai(rename = "index")]
+    pub index: i64,
+    /// The case's input.
+    #[oai(rename = "input")]
+    pub input: String,
+    /// The expected output.
+    #[oai(rename = "expected_output")]
+    pub expected_output: String,
+    /// What the agent answered (null when it failed).
+    #[oai(rename = "output")]
+    pub output: Option<String>,
+    /// Whether the pass criteria held.
+    #[oai(rename = "passed")]
+    pub passed: bool,
+    /// Normalized equality.
+    #[oai(rename = "exact_match")]
+    pub exact_match: bool,
+    /// Normalized containment.
+    #[oai(rename = "contains")]
+    pub contains: bool,
+    /// Word-token F1, 0 to 1.
+    #[oai(rename = "token_f1")]
+    pub token_f1: f64,
+    /// How long the agent took.
+    #[oai(rename = "latency_ms")]
+    pub latency_ms: i64,
+    /// Prompt tokens.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// Completion tokens.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// Cost in US dollars.
+    #[oai(rename = "cost_usd")]
+    pub cost_usd: f64,
+    /// The execution that ran it, when runs go through executions.
+    #[oai(rename = "execution_id")]
+    pub execution_id: Option<String>,
+    /// Why the agent failed on it.
+    #[oai(rename = "error")]
+    pub error: Option<String>,
+}
+/// A run's aggregates.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationSummary", deny_unknown_fields)]
+pub struct EvaluationSummary {
+    /// Cases run.
+    #[oai(rename = "cases")]
+    pub cases: i64,
+    /// Cases that passed.
+    #[oai(rename = "passed")]
+    pub passed: i64,
+    /// Cases that did not pass (errors included).
+    #[oai(rename = "failed")]
+    pub failed: i64,
+    /// Cases where the agent failed.
+    #[oai(rename = "errors")]
+    pub errors: i64,
+    /// passed / cases.
+    #[oai(rename = "pass_rate")]
+    pub pass_rate: f64,
+    /// Share of exact matches.
+    #[oai(rename = "exact_match_rate")]
+    pub exact_match_rate: f64,
+    /// Share of outputs containing the expected text.
+    #[oai(rename = "contains_rate")]
+    pub contains_rate: f64,
+    /// Mean token F1.
+    #[oai(rename = "mean_token_f1")]
+    pub mean_token_f1: f64,
+    /// Execution durations (start to finish) in milliseconds, by nearest rank; null without executions.
+    #[oai(rename = "latency_ms")]
+    pub latency_ms: crate::models::LatencyPercentiles,
+    /// Tokens used.
+    #[oai(rename = "tokens")]
+    pub tokens: crate::models::TokenCounts,
+    /// Total cost in US dollars.
+    #[oai(rename = "cost_usd")]
+    pub cost_usd: f64,
+}
+/// One run of an evaluation.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationRun", deny_unknown_fields)]
+pub struct EvaluationRun {
+    /// Its id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The evaluation.
+    #[oai(rename = "evaluation_id")]
+    pub evaluation_id: String,
+    /// `queued`, `running`, `completed` (every case ran; some may have failed) or `failed` (the run could not finish, see `error`).
+    #[oai(rename = "status")]
+    pub status: crate::models::EvaluationRunStatus,
+    /// The aggregates, once completed.
+    #[oai(rename = "summary")]
+    pub summary: Option<crate::models::EvaluationSummary>,
+    /// Every case's result, in dataset order (empty until completed).
+    #[oai(rename = "results")]
+    pub results: Vec<crate::models::CaseResult>,
+    /// Why the run failed.
+    #[oai(rename = "error")]
+    pub error: Option<String>,
+    /// Queued.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// Started.
+    #[oai(rename = "started_at")]
+    pub started_at: Option<String>,
+    /// Finished.
+    #[oai(rename = "finished_at")]
+    pub finished_at: Option<String>,
+}
+/// A page of runs.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationRunList", deny_unknown_fields)]
+pub struct EvaluationRunList {
+    /// The runs (without per-case results).
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::EvaluationRun>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// Where the agent's deployment is: `queued` and `deploying` before it serves, `deployed` when it serves at its target, `scaling` and `restarting` while converging, `stopped` at zero replicas, `failed` when the runtime could not deploy it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "DeploymentState")]
+pub enum DeploymentState {
+    #[oai(rename = "queued")]
+    Queued,
+    #[oai(rename = "deploying")]
+    Deploying,
+    #[oai(rename = "deployed")]
+    Deployed,
+    #[oai(rename = "scaling")]
+    Scaling,
+    #[oai(rename = "restarting")]
+    Restarting,
+    #[oai(rename = "stopped")]
+    Stopped,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl DeploymentState {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [DeploymentState] = &[
+        DeploymentState::Queued,
+        DeploymentState::Deploying,
+        DeploymentState::Deployed,
+        DeploymentState::Scaling,
+        DeploymentState::Restarting,
+        DeploymentState::Stopped,
+        DeploymentState::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeploymentState::Queued => "queued",
+            DeploymentState::Deploying => "deploying",
+            DeploymentState::Deployed => "deployed",
+            DeploymentState::Scaling => "scaling",
+            DeploymentState::Restarting => "restarting",
+            DeploymentState::Stopped => "stopped",
+            DeploymentState::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "queued" => Some(DeploymentState::Queued),
+            "deploying" => Some(DeploymentState::Deploying),
+            "deployed" => Some(DeploymentState::Deployed),
+            "scaling" => Some(DeploymentState::Scaling),
+            "restarting" => Some(DeploymentState::Restarting),
+            "stopped" => Some(DeploymentState::Stopped),
+            "failed" => Some(DeploymentState::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for DeploymentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// `healthy` when serving at target, `degraded` while converging, `down` when no slot serves (stopped, or draining for a restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "DeploymentHealth")]
+pub enum DeploymentHealth {
+    #[oai(rename = "healthy")]
+    Healthy,
+    #[oai(rename = "degraded")]
+    Degraded,
+    #[oai(rename = "down")]
+    Down,
+}
+impl DeploymentHealth {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [DeploymentHealth] = &[
+        DeploymentHealth::Healthy,
+        DeploymentHealth::Degraded,
+        DeploymentHealth::Down,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeploymentHealth::Healthy => "healthy",
+            DeploymentHealth::Degraded => "degraded",
+            DeploymentHealth::Down => "down",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "healthy" => Some(DeploymentHealth::Healthy),
+            "degraded" => Some(DeploymentHealth::Degraded),
+            "down" => Some(DeploymentHealth::Down),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for DeploymentHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// An agent's deployment in its runtime.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentDeployment", deny_unknown_fields)]
+pub struct AgentDeployment {
+    /// The agent.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The runtime serving it (`embedded`; a Kubernetes runtime is planned).
+    #[oai(rename = "runtime")]
+    pub runtime: String,
+    /// Where the agent's deployment is: `queued` and `deploying` before it serves, `deployed` when it serves at its target, `scaling` and `restarting` while converging, `stopped` at zero replicas, `failed` when the runtime could not deploy it.
+    #[oai(rename = "state")]
+    pub state: crate::models::DeploymentState,
+    /// The replicas asked for.
+    #[oai(rename = "target_replicas")]
+    pub target_replicas: i64,
+    /// The replicas serving now (in the embedded runtime, open worker slots).
+    #[oai(rename = "ready_replicas")]
+    pub ready_replicas: i64,
+    /// The agent's executions running now.
+    #[oai(rename = "in_flight")]
+    pub in_flight: i64,
+    /// Starts at 1; each completed restart adds one.
+    #[oai(rename = "revision")]
+    pub revision: i64,
+    /// `healthy` when serving at target, `degraded` while converging, `down` when no slot serves (stopped, or draining for a restart).
+    #[oai(rename = "health")]
+    pub health: crate::models::DeploymentHealth,
+    /// Seconds since the current revision was deployed.
+    #[oai(rename = "uptime_seconds")]
+    pub uptime_seconds: i64,
+    /// When the current revision was deployed.
+    #[oai(rename = "deployed_at")]
+    pub deployed_at: String,
+    /// When the deployment last changed.
+    #[oai(rename = "last_updated")]
+    pub last_updated: String,
+}
+/// The replicas an agent should have.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ScaleRequest", deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// How many of its executions may run at once; 0 stops the agent.
+    #[oai(rename = "replicas")]
+    pub replicas: i64,
+}
+/// Executions by outcome (finished within the window) and by state now.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionCounts", deny_unknown_fields)]
+pub struct ExecutionCounts {
+    /// Finished within the window.
+    #[oai(rename = "total")]
+    pub total: i64,
+    /// Finished successfully.
+    #[oai(rename = "succeeded")]
+    pub succeeded: i64,
+    /// Finished with an error.
+    #[oai(rename = "failed")]
+    pub failed: i64,
+    /// Cancelled.
+    #[oai(rename = "cancelled")]
+    pub cancelled: i64,
+    /// Stopped by their timeout.
+    #[oai(rename = "timed_out")]
+    pub timed_out: i64,
+    /// Waiting for a slot now.
+    #[oai(rename = "queued")]
+    pub queued: i64,
+    /// Running now.
+    #[oai(rename = "running")]
+    pub running: i64,
+}
+/// Execution durations (start to finish) in milliseconds, by nearest rank; null without executions.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "LatencyPercentiles", deny_unknown_fields)]
+pub struct LatencyPercentiles {
+    /// Median.
+    #[oai(rename = "p50")]
+    pub p50: Option<i64>,
+    /// 95th percentile.
+    #[oai(rename = "p95")]
+    pub p95: Option<i64>,
+    /// 99th percentile.
+    #[oai(rename = "p99")]
+    pub p99: Option<i64>,
+}
+/// Tokens used.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "TokenCounts", deny_unknown_fields)]
+pub struct TokenCounts {
+    /// Prompt tokens.
+    #[oai(rename = "input")]
+    pub input: i64,
+    /// Completion tokens.
+    #[oai(rename = "output")]
+    pub output: i64,
+}
+/// An agent's execution metrics over a window.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentMetrics", deny_unknown_fields)]
+pub struct AgentMetrics {
+    /// The agent.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The window asked for.
+    #[oai(rename = "window")]
+    pub window: String,
+    /// Start of the window.
+    #[oai(rename = "from")]
+    pub from: String,
+    /// End of the window (now).
+    #[oai(rename = "to")]
+    pub to: String,
+    /// Executions by outcome (finished within the window) and by state now.
+    #[oai(rename = "executions")]
+    pub executions: crate::models::ExecutionCounts,
+    /// Finished executions that did not succeed, as a fraction of the total (0 without executions).
+    #[oai(rename = "error_rate")]
+    pub error_rate: f64,
+    /// Finished executions per minute over the window.
+    #[oai(rename = "rate_per_minute")]
+    pub rate_per_minute: f64,
+    /// Execution durations (start to finish) in milliseconds, by nearest rank; null without executions.
+    #[oai(rename = "latency_ms")]
+    pub latency_ms: crate::models::LatencyPercentiles,
+    /// Tokens used.
+    #[oai(rename = "tokens")]
+    pub tokens: crate::models::TokenCounts,
+    /// Cost of the window's executions in US dollars, from the models' pricing.
+    #[oai(rename = "cost_usd")]
+    pub cost_usd: f64,
+}
+/// A log line's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "LogLevel")]
+pub enum LogLevel {
+    #[oai(rename = "debug")]
+    Debug,
+    #[oai(rename = "info")]
+    Info,
+    #[oai(rename = "warn")]
+    Warn,
+    #[oai(rename = "error")]
+    Error,
+}
+impl LogLevel {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [LogLevel] = &[
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Warn,
+        LogLevel::Error,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "debug" => Some(LogLevel::Debug),
+            "info" => Some(LogLevel::Info),
+            "warn" => Some(LogLevel::Warn),
+            "error" => Some(LogLevel::Error),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One line of an agent's log.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentLogLine", deny_unknown_fields)]
+pub struct AgentLogLine {
+    /// When it happened.
+    #[oai(rename = "timestamp")]
+    pub timestamp: String,
+    /// A log line's level.
+    #[oai(rename = "level")]
+    pub level: crate::models::LogLevel,
+    /// What happened.
+    #[oai(rename = "message")]
+    pub message: String,
+    /// The deployment revision it happened in.
+    #[oai(rename = "revision")]
+    pub revision: i64,
+    /// The execution it is about, if any.
+    #[oai(rename = "execution_id")]
+    pub execution_id: Option<String>,
+}
+/// The last lines of an agent's log, oldest first.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentLogs", deny_unknown_fields)]
+pub struct AgentLogs {
+    /// The agent.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The lines.
+    #[oai(rename = "logs")]
+    pub logs: Vec<crate::models::AgentLogLine>,
+    /// Lines returned.
+    #[oai(rename = "total_lines")]
+    pub total_lines: i64,
+    /// Whether older lines matching the filters were left out by `lines`.
+    #[oai(rename = "truncated")]
+    pub truncated: bool,
+}
+/// The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each
+/// carries:
+///
+/// | type | emitted when | `data` |
+/// | --- | --- | --- |
+/// | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it |
+/// | `agent.updated` | an agent is replaced or patched | the agent after the change |
+/// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
+/// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
+/// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+/// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
+/// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
+/// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "EventType")]
+pub enum EventType {
+    #[oai(rename = "agent.created")]
+    AgentCreated,
+    #[oai(rename = "agent.updated")]
+    AgentUpdated,
+    #[oai(rename = "agent.deleted")]
+    AgentDeleted,
+    #[oai(rename = "knowledge.sync.completed")]
+    KnowledgeSyncCompleted,
+    #[oai(rename = "execution.started")]
+    ExecutionStarted,
+    #[oai(rename = "execution.completed")]
+    ExecutionCompleted,
+    #[oai(rename = "execution.failed")]
+    ExecutionFailed,
+    #[oai(rename = "simulation.completed")]
+    SimulationCompleted,
+    #[oai(rename = "evaluation.completed")]
+    EvaluationCompleted,
+    #[oai(rename = "webhook.ping")]
+    WebhookPing,
+}
+impl EventType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [EventType] = &[
+        EventType::AgentCreated,
+        EventType::AgentUpdated,
+        EventType::AgentDeleted,
+        EventType::KnowledgeSyncCompleted,
+        EventType::ExecutionStarted,
+        EventType::ExecutionCompleted,
+        EventType::ExecutionFailed,
+        EventType::SimulationCompleted,
+        EventType::EvaluationCompleted,
+        EventType::WebhookPing,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventType::AgentCreated => "agent.created",
+            EventType::AgentUpdated => "agent.updated",
+            EventType::AgentDeleted => "agent.deleted",
+            EventType::KnowledgeSyncCompleted => "knowledge.sync.completed",
+            EventType::ExecutionStarted => "execution.started",
+            EventType::ExecutionCompleted => "execution.completed",
+            EventType::ExecutionFailed => "execution.failed",
+            EventType::SimulationCompleted => "simulation.completed",
+            EventType::EvaluationCompleted => "evaluation.completed",
+            EventType::WebhookPing => "webhook.ping",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "agent.created" => Some(EventType::AgentCreated),
+            "agent.updated" => Some(EventType::AgentUpdated),
+            "agent.deleted" => Some(EventType::AgentDeleted),
+            "knowledge.sync.completed" => Some(EventType::KnowledgeSyncCompleted),
+            "execution.started" => Some(EventType::ExecutionStarted),
+            "execution.completed" => Some(EventType::ExecutionCompleted),
+            "execution.failed" => Some(EventType::ExecutionFailed),
+            "simulation.completed" => Some(EventType::SimulationCompleted),
+            "evaluation.completed" => Some(EventType::EvaluationCompleted),
+            "webhook.ping" => Some(EventType::WebhookPing),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// An event type, a `<resource>.*` wildcard (every type that starts with `<resource>.`), or `*` (every type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "EventPattern")]
+pub enum EventPattern {
+    #[oai(rename = "*")]
+    V,
+    #[oai(rename = "agent.*")]
+    Agent,
+    #[oai(rename = "agent.created")]
+    AgentCreated,
+    #[oai(rename = "agent.updated")]
+    AgentUpdated,
+    #[oai(rename = "agent.deleted")]
+    AgentDeleted,
+    #[oai(rename = "knowledge.*")]
+    Knowledge,
+    #[oai(rename = "knowledge.sync.completed")]
+    KnowledgeSyncCompleted,
+    #[oai(rename = "execution.*")]
+    Execution,
+    #[oai(rename = "execution.started")]
+    ExecutionStarted,
+    #[oai(rename = "execution.completed")]
+    ExecutionCompleted,
+    #[oai(rename = "execution.failed")]
+    ExecutionFailed,
+    #[oai(rename = "simulation.*")]
+    Simulation,
+    #[oai(rename = "simulation.completed")]
+    SimulationCompleted,
+    #[oai(rename = "evaluation.*")]
+    Evaluation,
+    #[oai(rename = "evaluation.completed")]
+    EvaluationCompleted,
+    #[oai(rename = "webhook.*")]
+    Webhook,
+    #[oai(rename = "webhook.ping")]
+    WebhookPing,
+}
+impl EventPattern {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [EventPattern] = &[
+        EventPattern::V,
+        EventPattern::Agent,
+        EventPattern::AgentCreated,
+        EventPattern::AgentUpdated,
+        EventPattern::AgentDeleted,
+        EventPattern::Knowledge,
+        EventPattern::KnowledgeSyncCompleted,
+        EventPattern::Execution,
+        EventPattern::ExecutionStarted,
+        EventPattern::ExecutionCompleted,
+        EventPattern::ExecutionFailed,
+        EventPattern::Simulation,
+        EventPattern::SimulationCompleted,
+        EventPattern::Evaluation,
+        EventPattern::EvaluationCompleted,
+        EventPattern::Webhook,
+        EventPattern::WebhookPing,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventPattern::V => "*",
+            EventPattern::Agent => "agent.*",
+            EventPattern::AgentCreated => "agent.created",
+            EventPattern::AgentUpdated => "agent.updated",
+            EventPattern::AgentDeleted => "agent.deleted",
+            EventPattern::Knowledge => "knowledge.*",
+            EventPattern::KnowledgeSyncCompleted => "knowledge.sync.completed",
+            EventPattern::Execution => "execution.*",
+            EventPattern::ExecutionStarted => "execution.started",
+            EventPattern::ExecutionCompleted => "execution.completed",
+            EventPattern::ExecutionFailed => "execution.failed",
+            EventPattern::Simulation => "simulation.*",
+            EventPattern::SimulationCompleted => "simulation.completed",
+            EventPattern::Evaluation => "evaluation.*",
+            EventPattern::EvaluationCompleted => "evaluation.completed",
+            EventPattern::Webhook => "webhook.*",
+            EventPattern::WebhookPing => "webhook.ping",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "*" => Some(EventPattern::V),
+            "agent.*" => Some(EventPattern::Agent),
+            "agent.created" => Some(EventPattern::AgentCreated),
+            "agent.updated" => Some(EventPattern::AgentUpdated),
+            "agent.deleted" => Some(EventPattern::AgentDeleted),
+            "knowledge.*" => Some(EventPattern::Knowledge),
+            "knowledge.sync.completed" => Some(EventPattern::KnowledgeSyncCompleted),
+            "execution.*" => Some(EventPattern::Execution),
+            "execution.started" => Some(EventPattern::ExecutionStarted),
+            "execution.completed" => Some(EventPattern::ExecutionCompleted),
+            "execution.failed" => Some(EventPattern::ExecutionFailed),
+            "simulation.*" => Some(EventPattern::Simulation),
+            "simulation.completed" => Some(EventPattern::SimulationCompleted),
+            "evaluation.*" => Some(EventPattern::Evaluation),
+            "evaluation.completed" => Some(EventPattern::EvaluationCompleted),
+            "webhook.*" => Some(EventPattern::Webhook),
+            "webhook.ping" => Some(EventPattern::WebhookPing),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for EventPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// Something that happened in the organization. The same JSON is the body of a webhook
+/// delivery, a message of the `/v1/stream` WebSocket and an item of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Event", deny_unknown_fields)]
+pub struct Event {
+    /// The event's id (`evt_…`); ids sort by creation time.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each
+    /// carries:
+    ///
+    /// | type | emitted when | `data` |
+    /// | --- | --- | --- |
+    /// | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it |
+    /// | `agent.updated` | an agent is replaced or patched | the agent after the change |
+    /// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
+    /// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
+    /// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+    /// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
+    /// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
+    /// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
+    #[oai(rename = "type")]
+    pub type_: crate::models::EventType,
+    /// The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each
+    /// carries:
+    ///
+    /// | type | emitted when | `data` |
+    /// | --- | --- | --- |
+    /// | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it |
+    /// | `agent.updated` | an agent is replaced or patched | the agent after the change |
+    /// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
+    /// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
+    /// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+    /// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
+    /// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
+    /// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
+    #[oai(rename = "event")]
+    pub event: crate::models::EventType,
+    /// When it happened.
+    #[oai(rename = "timestamp")]
+    pub timestamp: String,
+    /// The id of the resource the event is about (`agent_…`, `sync_…`, `exec_…`).
+    #[oai(rename = "subject_id")]
+    pub subject_id: Option<String>,
+    /// The payload; its shape depends on `type` (see `EventType`).
+    #[oai(rename = "data")]
+    pub data: serde_json::Value,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EventList", deny_unknown_fields)]
+pub struct EventList {
+    /// The events on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Event>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// The `data` of `agent.deleted`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentDeletedEventData")]
+pub struct AgentDeletedEventData {
+    /// The deleted agent's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Its name.
+    #[oai(rename = "name")]
+    pub name: String,
+}
+/// How the sync ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "KnowledgeSyncEventDataStatus")]
+pub enum KnowledgeSyncEventDataStatus {
+    #[oai(rename = "succeeded")]
+    Succeeded,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl KnowledgeSyncEventDataStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [KnowledgeSyncEventDataStatus] = &[
+        KnowledgeSyncEventDataStatus::Succeeded,
+        KnowledgeSyncEventDataStatus::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KnowledgeSyncEventDataStatus::Succeeded => "succeeded",
+            KnowledgeSyncEventDataStatus::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "succeeded" => Some(KnowledgeSyncEventDataStatus::Succeeded),
+            "failed" => Some(KnowledgeSyncEventDataStatus::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for KnowledgeSyncEventDataStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The `data` of `knowledge.sync.completed`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "KnowledgeSyncEventData")]
+pub struct KnowledgeSyncEventData {
+    /// The sync.
+    #[oai(rename = "sync_id")]
+    pub sync_id: String,
+    /// Its knowledge base.
+    #[oai(rename = "knowledge_base_id")]
+    pub knowledge_base_id: String,
+    /// Its source.
+    #[oai(rename = "source_id")]
+    pub source_id: String,
+    /// How the sync ended.
+    #[oai(rename = "status")]
+    pub status: crate::models::KnowledgeSyncEventDataStatus,
+    /// Documents stored.
+    #[oai(rename = "documents")]
+    pub documents: i64,
+    /// Chunks stored.
+    #[oai(rename = "chunks")]
+    pub chunks: i64,
+    /// Why it failed.
+    #[oai(rename = "error")]
+    pub error: Option<String>,
+}
+/// The `data` of `execution.started`, `execution.completed` and `execution.failed`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionEventData")]
+pub struct ExecutionEventData {
+    /// The execution.
+    #[oai(rename = "execution_id")]
+    pub execution_id: String,
+    /// Its agent.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// Its status.
+    #[oai(rename = "status")]
+    pub status: String,
+    /// The result of a completed execution.
+    #[oai(rename = "result", skip_serializing_if_is_none)]
+    pub result: Option<serde_json::Value>,
+    /// Why it failed.
+    #[oai(rename = "error")]
+    pub error: poem_openapi::types::MaybeUndefined<String>,
+}
+/// The `data` of `simulation.completed`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SimulationEventData")]
+pub struct SimulationEventData {
+    /// The simulation.
+    #[oai(rename = "simulation_id")]
+    pub simulation_id: String,
+    /// Its twin.
+    #[oai(rename = "twin_id")]
+    pub twin_id: String,
+    /// How it ended.
+    #[oai(rename = "status")]
+    pub status: String,
+}
+/// The `data` of `evaluation.completed`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "EvaluationEventData")]
+pub struct EvaluationEventData {
+    /// The evaluation.
+    #[oai(rename = "evaluation_id")]
+    pub evaluation_id: String,
+    /// The run.
+    #[oai(rename = "run_id")]
+    pub run_id: String,
+    /// How it ended.
+    #[oai(rename = "status")]
+    pub status: String,
+}
+/// The `data` of `webhook.ping`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookPingEventData")]
+pub struct WebhookPingEventData {
+    /// The webhook tested.
+    #[oai(rename = "webhook_id")]
+    pub webhook_id: String,
+    /// A greeting.
+    #[oai(rename = "message")]
+    pub message: String,
+}
+/// What the client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "StreamClientMessageType")]
+pub enum StreamClientMessageType {
+    #[oai(rename = "subscribe")]
+    Subscribe,
+    #[oai(rename = "unsubscribe")]
+    Unsubscribe,
+    #[oai(rename = "ping")]
+    Ping,
+}
+impl StreamClientMessageType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [StreamClientMessageType] = &[
+        StreamClientMessageType::Subscribe,
+        StreamClientMessageType::Unsubscribe,
+        StreamClientMessageType::Ping,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StreamClientMessageType::Subscribe => "subscribe",
+            StreamClientMessageType::Unsubscribe => "unsubscribe",
+            StreamClientMessageType::Ping => "ping",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "subscribe" => Some(StreamClientMessageType::Subscribe),
+            "unsubscribe" => Some(StreamClientMessageType::Unsubscribe),
+            "ping" => Some(StreamClientMessageType::Ping),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for StreamClientMessageType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "StreamClientMessageChannelsItem")]
+pub enum StreamClientMessageChannelsItem {
+    #[oai(rename = "agents")]
+    Agents,
+    #[oai(rename = "knowledge")]
+    Knowledge,
+    #[oai(rename = "executions")]
+    Executions,
+    #[oai(rename = "simulations")]
+    Simulations,
+    #[oai(rename = "evaluations")]
+    Evaluations,
+    #[oai(rename = "webhooks")]
+    Webhooks,
+}
+impl StreamClientMessageChannelsItem {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [StreamClientMessageChannelsItem] = &[
+        StreamClientMessageChannelsItem::Agents,
+        StreamClientMessageChannelsItem::Knowledge,
+        StreamClientMessageChannelsItem::Executions,
+        StreamClientMessageChannelsItem::Simulations,
+        StreamClientMessageChannelsItem::Evaluations,
+        StreamClientMessageChannelsItem::Webhooks,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StreamClientMessageChannelsItem::Agents => "agents",
+            StreamClientMessageChannelsItem::Knowledge => "knowledge",
+            StreamClientMessageChannelsItem::Executions => "executions",
+            StreamClientMessageChannelsItem::Simulations => "simulations",
+            StreamClientMessageChannelsItem::Evaluations => "evaluations",
+            StreamClientMessageChannelsItem::Webhooks => "webhooks",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "agents" => Some(StreamClientMessageChannelsItem::Agents),
+            "knowledge" => Some(StreamClientMessageChannelsItem::Knowledge),
+            "executions" => Some(StreamClientMessageChannelsItem::Executions),
+            "simulations" => Some(StreamClientMessageChannelsItem::Simulations),
+            "evaluations" => Some(StreamClientMessageChannelsItem::Evaluations),
+            "webhooks" => Some(StreamClientMessageChannelsItem::Webhooks),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for StreamClientMessageChannelsItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A message a `/v1/stream` client sends (text frame, JSON). `subscribe` sets the event
+/// types the connection receives (replacing the previous choice); `events` takes event
+/// patterns, `channels` (AIMatrix) takes resource names (`agents`, `knowledge`,
+/// `executions`, `simulations`, `evaluations`, `webhooks`), each meaning `<resource>.*`.
+/// `ping` is answered with `pong`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "StreamClientMessage")]
+pub struct StreamClientMessage {
+    /// What the client asks for.
+    #[oai(rename = "type")]
+    pub type_: crate::models::StreamClientMessageType,
+    /// Event patterns to receive.
+    #[oai(rename = "events", skip_serializing_if_is_none)]
+    pub events: Option<Vec<crate::models::EventPattern>>,
+    /// Resources to receive every event of.
+    #[oai(rename = "channels", skip_serializing_if_is_none)]
+    pub channels: Option<Vec<crate::models::StreamClientMessageChannelsItem>>,
+}
+/// What kind of control message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "StreamControlMessageType")]
+pub enum StreamControlMessageType {
+    #[oai(rename = "subscribed")]
+    Subscribed,
+    #[oai(rename = "pong")]
+    Pong,
+    #[oai(rename = "error")]
+    Error,
+}
+impl StreamControlMessageType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [StreamControlMessageType] = &[
+        StreamControlMessageType::Subscribed,
+        StreamControlMessageType::Pong,
+        StreamControlMessageType::Error,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StreamControlMessageType::Subscribed => "subscribed",
+            StreamControlMessageType::Pong => "pong",
+            StreamControlMessageType::Error => "error",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "subscribed" => Some(StreamControlMessageType::Subscribed),
+            "pong" => Some(StreamControlMessageType::Pong),
+            "error" => Some(StreamControlMessageType::Error),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for StreamControlMessageType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A message the server sends besides events: `subscribed` (the patterns now in force),
+/// `pong`, or `error` (a client message it could not read; the connection stays open).
+/// Events themselves are sent as `Event` objects.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "StreamControlMessage")]
+pub struct StreamControlMessage {
+    /// What kind of control message.
+    #[oai(rename = "type")]
+    pub type_: crate::models::StreamControlMessageType,
+    /// The patterns in force (`subscribed`).
+    #[oai(rename = "events", skip_serializing_if_is_none)]
+    pub events: Option<Vec<String>>,
+    /// What was wrong (`error`).
+    #[oai(rename = "message", skip_serializing_if_is_none)]
+    pub message: Option<String>,
+}
+/// Where deliveries are POSTed; `http` or `https`.
+pub type WebhookUrl = String;
+/// The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters.
+pub type WebhookSecret = String;
+/// The events to deliver (exact types, `<resource>.*` wildcards or `*`).
+pub type WebhookEvents = Vec<crate::models::EventPattern>;
+/// A webhook subscription as created. Without `secret` one is generated and returned once in the answer.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookInput", deny_unknown_fields)]
+pub struct WebhookInput {
+    /// Where deliveries are POSTed; `http` or `https`.
+    #[oai(rename = "url")]
+    pub url: crate::models::WebhookUrl,
+    /// The events to deliver (exact types, `<resource>.*` wildcards or `*`).
+    #[oai(rename = "events")]
+    pub events: crate::models::WebhookEvents,
+    /// The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters.
+    #[oai(rename = "secret", skip_serializing_if_is_none)]
+    pub secret: Option<crate::models::WebhookSecret>,
+    /// Whether events are delivered; an inactive webhook gets none.
+    #[oai(rename = "active", skip_serializing_if_is_none)]
+    pub active: Option<bool>,
+    /// What the webhook is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+}
+/// The fields to change; `description` `null` clears it. A new `secret` signs every delivery from then on.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "WebhookPatch", deny_unknown_fields)]
+pub struct WebhookPatch {
+    /// Where deliveries are POSTed; `http` or `https`.
+    #[oai(rename = "url", skip_serializing_if_is_none)]
+    pub url: Option<crate::models::WebhookUrl>,
+    /// The events to deliver (exact types, `<resource>.*` wildcards or `*`).
+    #[oai(rename = "events", skip_serializing_if_is_none)]
+    pub events: Option<crate::models::WebhookEvents>,
+    /// The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters.
+    #[oai(rename = "secret", skip_serializing_if_is_none)]
+    pub secret: Option<crate::models::WebhookSecret>,
+    /// Whether events are delivered.
+    #[oai(rename = "active", skip_serializing_if_is_none)]
+    pub active: Option<bool>,
+    /// What the webhook is for.
+    #[oai(rename = "description")]
+    pub description: poem_openapi::types::MaybeUndefined<String>,
+}
+/// A webhook subscription (CodexOS). Its secret is never returned after creation.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Webhook", deny_unknown_fields)]
+pub struct Webhook {
+    /// The webhook's id (`wh_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Where deliveries are POSTed.
+    #[oai(rename = "url")]
+    pub url: String,
+    /// The event patterns delivered.
+    #[oai(rename = "events")]
+    pub events: Vec<String>,
+    /// Whether events are delivered.
+    #[oai(rename = "active")]
+    pub active: bool,
+    /// What the webhook is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the webhook was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+/// A new webhook, with its signing secret. Shown once; store it now.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookCreated", deny_unknown_fields)]
+pub struct WebhookCreated {
+    /// The webhook's id (`wh_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Where deliveries are POSTed.
+    #[oai(rename = "url")]
+    pub url: String,
+    /// The event patterns delivered.
+    #[oai(rename = "events")]
+    pub events: Vec<String>,
+    /// Whether events are delivered.
+    #[oai(rename = "active")]
+    pub active: bool,
+    /// What the webhook is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the webhook was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+    /// The signing secret (the one sent, or a generated `whsec_…`).
+    #[oai(rename = "secret")]
+    pub secret: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookList", deny_unknown_fields)]
+pub struct WebhookList {
+    /// The webhooks on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Webhook>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// `pending` (waiting for its next attempt), `delivering` (an attempt is under way), `succeeded` (the receiver answered 2xx) or `failed` (every attempt failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "WebhookDeliveryStatus")]
+pub enum WebhookDeliveryStatus {
+    #[oai(rename = "pending")]
+    Pending,
+    #[oai(rename = "delivering")]
+    Delivering,
+    #[oai(rename = "succeeded")]
+    Succeeded,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl WebhookDeliveryStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [WebhookDeliveryStatus] = &[
+        WebhookDeliveryStatus::Pending,
+        WebhookDeliveryStatus::Delivering,
+        WebhookDeliveryStatus::Succeeded,
+        WebhookDeliveryStatus::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WebhookDeliveryStatus::Pending => "pending",
+            WebhookDeliveryStatus::Delivering => "delivering",
+            WebhookDeliveryStatus::Succeeded => "succeeded",
+            WebhookDeliveryStatus::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "pending" => Some(WebhookDeliveryStatus::Pending),
+            "delivering" => Some(WebhookDeliveryStatus::Delivering),
+            "succeeded" => Some(WebhookDeliveryStatus::Succeeded),
+            "failed" => Some(WebhookDeliveryStatus::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for WebhookDeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One event's delivery to one webhook, from the durable outbox.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookDelivery", deny_unknown_fields)]
+pub struct WebhookDelivery {
+    /// The delivery's id (`dlv_…`); sent as `X-Agentplane-Delivery`.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The webhook delivered to.
+    #[oai(rename = "webhook_id")]
+    pub webhook_id: Option<String>,
+    /// The event delivered.
+    #[oai(rename = "event_id")]
+    pub event_id: String,
+    /// The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each
+    /// carries:
+    ///
+    /// | type | emitted when | `data` |
+    /// | --- | --- | --- |
+    /// | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it |
+    /// | `agent.updated` | an agent is replaced or patched | the agent after the change |
+    /// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
+    /// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
+    /// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+    /// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
+    /// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
+    /// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
+    #[oai(rename = "event_type")]
+    pub event_type: crate::models::EventType,
+    /// `pending` (waiting for its next attempt), `delivering` (an attempt is under way), `succeeded` (the receiver answered 2xx) or `failed` (every attempt failed).
+    #[oai(rename = "status")]
+    pub status: crate::models::WebhookDeliveryStatus,
+    /// Attempts made so far.
+    #[oai(rename = "attempts")]
+    pub attempts: i64,
+    /// Attempts made at most before the delivery is `failed`.
+    #[oai(rename = "max_attempts")]
+    pub max_attempts: i64,
+    /// When the next attempt is due (`pending` deliveries).
+    #[oai(rename = "next_attempt_at")]
+    pub next_attempt_at: Option<String>,
+    /// When the last attempt started.
+    #[oai(rename = "last_attempt_at")]
+    pub last_attempt_at: Option<String>,
+    /// The HTTP status the receiver last answered.
+    #[oai(rename = "response_status")]
+    pub response_status: Option<i64>,
+    /// Why the last attempt failed (a non-2xx status, a timeout, a refused connection).
+    #[oai(rename = "error")]
+    pub error: Option<String>,
+    /// When the delivery was queued.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it succeeded or finally failed.
+    #[oai(rename = "completed_at")]
+    pub completed_at: Option<String>,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookDeliveryList", deny_unknown_fields)]
+pub struct WebhookDeliveryList {
+    /// The deliveries on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::WebhookDelivery>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// What kind of work a template's agent does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MarketplaceCategory")]
+pub enum MarketplaceCategory {
+    #[oai(rename = "customer-support")]
+    CustomerSupport,
+    #[oai(rename = "engineering")]
+    Engineering,
+    #[oai(rename = "data")]
+    Data,
+    #[oai(rename = "finance")]
+    Finance,
+    #[oai(rename = "productivity")]
+    Productivity,
+    #[oai(rename = "marketing")]
+    Marketing,
+    #[oai(rename = "sales")]
+    Sales,
+    #[oai(rename = "hr")]
+    Hr,
+    #[oai(rename = "legal")]
+    Legal,
+    #[oai(rename = "education")]
+    Education,
+    #[oai(rename = "operations")]
+    Operations,
+    #[oai(rename = "research")]
+    Research,
+}
+impl MarketplaceCategory {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MarketplaceCategory] = &[
+        MarketplaceCategory::CustomerSupport,
+        MarketplaceCategory::Engineering,
+        MarketplaceCategory::Data,
+        MarketplaceCategory::Finance,
+        MarketplaceCategory::Productivity,
+        MarketplaceCategory::Marketing,
+        MarketplaceCategory::Sales,
+        MarketplaceCategory::Hr,
+        MarketplaceCategory::Legal,
+        MarketplaceCategory::Education,
+        MarketplaceCategory::Operations,
+        MarketplaceCategory::Research,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MarketplaceCategory::CustomerSupport => "customer-support",
+            MarketplaceCategory::Engineering => "engineering",
+            MarketplaceCategory::Data => "data",
+            MarketplaceCategory::Finance => "finance",
+            MarketplaceCategory::Productivity => "productivity",
+            MarketplaceCategory::Marketing => "marketing",
+            MarketplaceCategory::Sales => "sales",
+            MarketplaceCategory::Hr => "hr",
+            MarketplaceCategory::Legal => "legal",
+            MarketplaceCategory::Education => "education",
+            MarketplaceCategory::Operations => "operations",
+            MarketplaceCategory::Research => "research",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "customer-support" => Some(MarketplaceCategory::CustomerSupport),
+            "engineering" => Some(MarketplaceCategory::Engineering),
+            "data" => Some(MarketplaceCategory::Data),
+            "finance" => Some(MarketplaceCategory::Finance),
+            "productivity" => Some(MarketplaceCategory::Productivity),
+            "marketing" => Some(MarketplaceCategory::Marketing),
+            "sales" => Some(MarketplaceCategory::Sales),
+            "hr" => Some(MarketplaceCategory::Hr),
+            "legal" => Some(MarketplaceCategory::Legal),
+            "education" => Some(MarketplaceCategory::Education),
+            "operations" => Some(MarketplaceCategory::Operations),
+            "research" => Some(MarketplaceCategory::Research),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MarketplaceCategory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A tag of the shipped catalog (every tag a template carries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MarketplaceTag")]
+pub enum MarketplaceTag {
+    #[oai(rename = "accounting")]
+    Accounting,
+    #[oai(rename = "action-items")]
+    ActionItems,
+    #[oai(rename = "analytics")]
+    Analytics,
+    #[oai(rename = "api")]
+    Api,
+    #[oai(rename = "blog")]
+    Blog,
+    #[oai(rename = "changelog")]
+    Changelog,
+    #[oai(rename = "checklist")]
+    Checklist,
+    #[oai(rename = "classification")]
+    Classification,
+    #[oai(rename = "code-review")]
+    CodeReview,
+    #[oai(rename = "comparison")]
+    Comparison,
+    #[oai(rename = "content")]
+    Content,
+    #[oai(rename = "contracts")]
+    Contracts,
+    #[oai(rename = "csv")]
+    Csv,
+    #[oai(rename = "databases")]
+    Databases,
+    #[oai(rename = "documentation")]
+    Documentation,
+    #[oai(rename = "education")]
+    Education,
+    #[oai(rename = "email")]
+    Email,
+    #[oai(rename = "extraction")]
+    Extraction,
+    #[oai(rename = "flow")]
+    Flow,
+    #[oai(rename = "handbook")]
+    Handbook,
+    #[oai(rename = "helpdesk")]
+    Helpdesk,
+    #[oai(rename = "hr")]
+    Hr,
+    #[oai(rename = "i18n")]
+    I18n,
+    #[oai(rename = "incident")]
+    Incident,
+    #[oai(rename = "invoices")]
+    Invoices,
+    #[oai(rename = "json")]
+    Json,
+    #[oai(rename = "knowledge-base")]
+    KnowledgeBase,
+    #[oai(rename = "learning")]
+    Learning,
+    #[oai(rename = "legal")]
+    Legal,
+    #[oai(rename = "localization")]
+    Localization,
+    #[oai(rename = "marketing")]
+    Marketing,
+    #[oai(rename = "markets")]
+    Markets,
+    #[oai(rename = "meetings")]
+    Meetings,
+    #[oai(rename = "on-call")]
+    OnCall,
+    #[oai(rename = "onboarding")]
+    Onboarding,
+    #[oai(rename = "openapi")]
+    Openapi,
+    #[oai(rename = "outreach")]
+    Outreach,
+    #[oai(rename = "papers")]
+    Papers,
+    #[oai(rename = "persona")]
+    Persona,
+    #[oai(rename = "policies")]
+    Policies,
+    #[oai(rename = "postmortem")]
+    Postmortem,
+    #[oai(rename = "procurement")]
+    Procurement,
+    #[oai(rename = "pull-requests")]
+    PullRequests,
+    #[oai(rename = "rag")]
+    Rag,
+    #[oai(rename = "release-notes")]
+    ReleaseNotes,
+    #[oai(rename = "research")]
+    Research,
+    #[oai(rename = "risk")]
+    Risk,
+    #[oai(rename = "routing")]
+    Routing,
+    #[oai(rename = "sales")]
+    Sales,
+    #[oai(rename = "security")]
+    Security,
+    #[oai(rename = "seo")]
+    Seo,
+    #[oai(rename = "social-media")]
+    SocialMedia,
+    #[oai(rename = "sql")]
+    Sql,
+    #[oai(rename = "sre")]
+    Sre,
+    #[oai(rename = "statistics")]
+    Statistics,
+    #[oai(rename = "summaries")]
+    Summaries,
+    #[oai(rename = "support")]
+    Support,
+    #[oai(rename = "trading")]
+    Trading,
+    #[oai(rename = "translation")]
+    Translation,
+    #[oai(rename = "triage")]
+    Triage,
+    #[oai(rename = "tutoring")]
+    Tutoring,
+    #[oai(rename = "vendors")]
+    Vendors,
+    #[oai(rename = "writing")]
+    Writing,
+}
+impl MarketplaceTag {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MarketplaceTag] = &[
+        MarketplaceTag::Accounting,
+        MarketplaceTag::ActionItems,
+        MarketplaceTag::Analytics,
+        MarketplaceTag::Api,
+        MarketplaceTag::Blog,
+        MarketplaceTag::Changelog,
+        MarketplaceTag::Checklist,
+        MarketplaceTag::Classification,
+        MarketplaceTag::CodeReview,
+        MarketplaceTag::Comparison,
+        MarketplaceTag::Content,
+        MarketplaceTag::Contracts,
+        MarketplaceTag::Csv,
+        MarketplaceTag::Databases,
+        MarketplaceTag::Documentation,
+        MarketplaceTag::Education,
+        MarketplaceTag::Email,
+        MarketplaceTag::Extraction,
+        MarketplaceTag::Flow,
+        MarketplaceTag::Handbook,
+        MarketplaceTag::Helpdesk,
+        MarketplaceTag::Hr,
+        MarketplaceTag::I18n,
+        MarketplaceTag::Incident,
+        MarketplaceTag::Invoices,
+        MarketplaceTag::Json,
+        MarketplaceTag::KnowledgeBase,
+        MarketplaceTag::Learning,
+        MarketplaceTag::Legal,
+        MarketplaceTag::Localization,
+        MarketplaceTag::Marketing,
+        MarketplaceTag::Markets,
+        MarketplaceTag::Meetings,
+        MarketplaceTag::OnCall,
+        MarketplaceTag::Onboarding,
+        MarketplaceTag::Openapi,
+        MarketplaceTag::Outreach,
+        MarketplaceTag::Papers,
+        MarketplaceTag::Persona,
+        MarketplaceTag::Policies,
+        MarketplaceTag::Postmortem,
+        MarketplaceTag::Procurement,
+        MarketplaceTag::PullRequests,
+        MarketplaceTag::Rag,
+        MarketplaceTag::ReleaseNotes,
+        MarketplaceTag::Research,
+        MarketplaceTag::Risk,
+        MarketplaceTag::Routing,
+        MarketplaceTag::Sales,
+        MarketplaceTag::Security,
+        MarketplaceTag::Seo,
+        MarketplaceTag::SocialMedia,
+        MarketplaceTag::Sql,
+        MarketplaceTag::Sre,
+        MarketplaceTag::Statistics,
+        MarketplaceTag::Summaries,
+        MarketplaceTag::Support,
+        MarketplaceTag::Trading,
+        MarketplaceTag::Translation,
+        MarketplaceTag::Triage,
+        MarketplaceTag::Tutoring,
+        MarketplaceTag::Vendors,
+        MarketplaceTag::Writing,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MarketplaceTag::Accounting => "accounting",
+            MarketplaceTag::ActionItems => "action-items",
+            MarketplaceTag::Analytics => "analytics",
+            MarketplaceTag::Api => "api",
+            MarketplaceTag::Blog => "blog",
+            MarketplaceTag::Changelog => "changelog",
+            MarketplaceTag::Checklist => "checklist",
+            MarketplaceTag::Classification => "classification",
+            MarketplaceTag::CodeReview => "code-review",
+            MarketplaceTag::Comparison => "comparison",
+            MarketplaceTag::Content => "content",
+            MarketplaceTag::Contracts => "contracts",
+            MarketplaceTag::Csv => "csv",
+            MarketplaceTag::Databases => "databases",
+            MarketplaceTag::Documentation => "documentation",
+            MarketplaceTag::Education => "education",
+            MarketplaceTag::Email => "email",
+            MarketplaceTag::Extraction => "extraction",
+            MarketplaceTag::Flow => "flow",
+            MarketplaceTag::Handbook => "handbook",
+            MarketplaceTag::Helpdesk => "helpdesk",
+            MarketplaceTag::Hr => "hr",
+            MarketplaceTag::I18n => "i18n",
+            MarketplaceTag::Incident => "incident",
+            MarketplaceTag::Invoices => "invoices",
+            MarketplaceTag::Json => "json",
+            MarketplaceTag::KnowledgeBase => "knowledge-base",
+            MarketplaceTag::Learning => "learning",
+            MarketplaceTag::Legal => "legal",
+            MarketplaceTag::Localization => "localization",
+            MarketplaceTag::Marketing => "marketing",
+            MarketplaceTag::Markets => "markets",
+            MarketplaceTag::Meetings => "meetings",
+            MarketplaceTag::OnCall => "on-call",
+            MarketplaceTag::Onboarding => "onboarding",
+            MarketplaceTag::Openapi => "openapi",
+            MarketplaceTag::Outreach => "outreach",
+            MarketplaceTag::Papers => "papers",
+            MarketplaceTag::Persona => "persona",
+            MarketplaceTag::Policies => "policies",
+            MarketplaceTag::Postmortem => "postmortem",
+            MarketplaceTag::Procurement => "procurement",
+            MarketplaceTag::PullRequests => "pull-requests",
+            MarketplaceTag::Rag => "rag",
+            MarketplaceTag::ReleaseNotes => "release-notes",
+            MarketplaceTag::Research => "research",
+            MarketplaceTag::Risk => "risk",
+            MarketplaceTag::Routing => "routing",
+            MarketplaceTag::Sales => "sales",
+            MarketplaceTag::Security => "security",
+            MarketplaceTag::Seo => "seo",
+            MarketplaceTag::SocialMedia => "social-media",
+            MarketplaceTag::Sql => "sql",
+            MarketplaceTag::Sre => "sre",
+            MarketplaceTag::Statistics => "statistics",
+            MarketplaceTag::Summaries => "summaries",
+            MarketplaceTag::Support => "support",
+            MarketplaceTag::Trading => "trading",
+            MarketplaceTag::Translation => "translation",
+            MarketplaceTag::Triage => "triage",
+            MarketplaceTag::Tutoring => "tutoring",
+            MarketplaceTag::Vendors => "vendors",
+            MarketplaceTag::Writing => "writing",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "accounting" => Some(MarketplaceTag::Accounting),
+            "action-items" => Some(MarketplaceTag::ActionItems),
+            "analytics" => Some(MarketplaceTag::Analytics),
+            "api" => Some(MarketplaceTag::Api),
+            "blog" => Some(MarketplaceTag::Blog),
+            "changelog" => Some(MarketplaceTag::Changelog),
+            "checklist" => Some(MarketplaceTag::Checklist),
+            "classification" => Some(MarketplaceTag::Classification),
+            "code-review" => Some(MarketplaceTag::CodeReview),
+            "comparison" => Some(MarketplaceTag::Comparison),
+            "content" => Some(MarketplaceTag::Content),
+            "contracts" => Some(MarketplaceTag::Contracts),
+            "csv" => Some(MarketplaceTag::Csv),
+            "databases" => Some(MarketplaceTag::Databases),
+            "documentation" => Some(MarketplaceTag::Documentation),
+            "education" => Some(MarketplaceTag::Education),
+            "email" => Some(MarketplaceTag::Email),
+            "extraction" => Some(MarketplaceTag::Extraction),
+            "flow" => Some(MarketplaceTag::Flow),
+            "handbook" => Some(MarketplaceTag::Handbook),
+            "helpdesk" => Some(MarketplaceTag::Helpdesk),
+            "hr" => Some(MarketplaceTag::Hr),
+            "i18n" => Some(MarketplaceTag::I18n),
+            "incident" => Some(MarketplaceTag::Incident),
+            "invoices" => Some(MarketplaceTag::Invoices),
+            "json" => Some(MarketplaceTag::Json),
+            "knowledge-base" => Some(MarketplaceTag::KnowledgeBase),
+            "learning" => Some(MarketplaceTag::Learning),
+            "legal" => Some(MarketplaceTag::Legal),
+            "localization" => Some(MarketplaceTag::Localization),
+            "marketing" => Some(MarketplaceTag::Marketing),
+            "markets" => Some(MarketplaceTag::Markets),
+            "meetings" => Some(MarketplaceTag::Meetings),
+            "on-call" => Some(MarketplaceTag::OnCall),
+            "onboarding" => Some(MarketplaceTag::Onboarding),
+            "openapi" => Some(MarketplaceTag::Openapi),
+            "outreach" => Some(MarketplaceTag::Outreach),
+            "papers" => Some(MarketplaceTag::Papers),
+            "persona" => Some(MarketplaceTag::Persona),
+            "policies" => Some(MarketplaceTag::Policies),
+            "postmortem" => Some(MarketplaceTag::Postmortem),
+            "procurement" => Some(MarketplaceTag::Procurement),
+            "pull-requests" => Some(MarketplaceTag::PullRequests),
+            "rag" => Some(MarketplaceTag::Rag),
+            "release-notes" => Some(MarketplaceTag::ReleaseNotes),
+            "research" => Some(MarketplaceTag::Research),
+            "risk" => Some(MarketplaceTag::Risk),
+            "routing" => Some(MarketplaceTag::Routing),
+            "sales" => Some(MarketplaceTag::Sales),
+            "security" => Some(MarketplaceTag::Security),
+            "seo" => Some(MarketplaceTag::Seo),
+            "social-media" => Some(MarketplaceTag::SocialMedia),
+            "sql" => Some(MarketplaceTag::Sql),
+            "sre" => Some(MarketplaceTag::Sre),
+            "statistics" => Some(MarketplaceTag::Statistics),
+            "summaries" => Some(MarketplaceTag::Summaries),
+            "support" => Some(MarketplaceTag::Support),
+            "trading" => Some(MarketplaceTag::Trading),
+            "translation" => Some(MarketplaceTag::Translation),
+            "triage" => Some(MarketplaceTag::Triage),
+            "tutoring" => Some(MarketplaceTag::Tutoring),
+            "vendors" => Some(MarketplaceTag::Vendors),
+            "writing" => Some(MarketplaceTag::Writing),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MarketplaceTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// `popular` (most installs first), `rating` (best rated first), `recent` (newest version first) or `name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MarketplaceSort")]
+pub enum MarketplaceSort {
+    #[oai(rename = "popular")]
+    Popular,
+    #[oai(rename = "rating")]
+    Rating,
+    #[oai(rename = "recent")]
+    Recent,
+    #[oai(rename = "name")]
+    Name,
+}
+impl MarketplaceSort {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MarketplaceSort] = &[
+        MarketplaceSort::Popular,
+        MarketplaceSort::Rating,
+        MarketplaceSort::Recent,
+        MarketplaceSort::Name,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MarketplaceSort::Popular => "popular",
+            MarketplaceSort::Rating => "rating",
+            MarketplaceSort::Recent => "recent",
+            MarketplaceSort::Name => "name",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "popular" => Some(MarketplaceSort::Popular),
+            "rating" => Some(MarketplaceSort::Rating),
+            "recent" => Some(MarketplaceSort::Recent),
+            "name" => Some(MarketplaceSort::Name),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MarketplaceSort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// `free` or `paid`; every template shipped with the server is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MarketplacePrice")]
+pub enum MarketplacePrice {
+    #[oai(rename = "free")]
+    Free,
+    #[oai(rename = "paid")]
+    Paid,
+}
+impl MarketplacePrice {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MarketplacePrice] = &[MarketplacePrice::Free, MarketplacePrice::Paid];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MarketplacePrice::Free => "free",
+            MarketplacePrice::Paid => "paid",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "free" => Some(MarketplacePrice::Free),
+            "paid" => Some(MarketplacePrice::Paid),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MarketplacePrice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The prompt template an install creates; its `{{variables}}` are filled in by each execution's `variables`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MarketplacePrompt", deny_unknown_fields)]
+pub struct MarketplacePrompt {
+    /// The name the created prompt template gets.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the prompt is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// The text, with `{{variable}}` placeholders.
+    #[oai(rename = "template")]
+    pub template: String,
+    /// The variables the text uses.
+    #[oai(rename = "variables")]
+    pub variables: Vec<String>,
+    /// The role the rendered text plays: `system` (the system prompt), `user` (the user turn) or `assistant`.
+    #[oai(rename = "type")]
+    pub type_: crate::models::PromptTemplateType,
+}
+/// An agent template from the marketplace catalog (CodexOS), shipped with the server.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MarketplaceTemplate", deny_unknown_fields)]
+pub struct MarketplaceTemplate {
+    /// The template's id, stable across releases (`support-kb-assistant`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The template's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the agent does.
+    #[oai(rename = "description")]
+    pub description: String,
+    /// What kind of work a template's agent does.
+    #[oai(rename = "category")]
+    pub category: crate::models::MarketplaceCategory,
+    /// Free labels to search by.
+    #[oai(rename = "tags")]
+    pub tags: Vec<String>,
+    /// Who maintains the template.
+    #[oai(rename = "author")]
+    pub author: String,
+    /// The template's version (semantic versioning).
+    #[oai(rename = "version")]
+    pub version: String,
+    /// Average rating, 0 to 5.
+    #[oai(rename = "rating")]
+    pub rating: f64,
+    /// How often it was installed across the marketplace.
+    #[oai(rename = "installs")]
+    pub installs: i64,
+    /// `free` or `paid`; every template shipped with the server is free.
+    #[oai(rename = "price")]
+    pub price: crate::models::MarketplacePrice,
+    /// The agent an install creates (its `prompt_template_id` is set to the created prompt template).
+    #[oai(rename = "agent")]
+    pub agent: serde_json::Value,
+    /// The prompt template an install creates; its `{{variables}}` are filled in by each execution's `variables`.
+    #[oai(rename = "prompt")]
+    pub prompt: crate::models::MarketplacePrompt,
+    /// When this version was published.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MarketplaceTemplateList", deny_unknown_fields)]
+pub struct MarketplaceTemplateList {
+    /// The templates on this page.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::MarketplaceTemplate>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// How to install a template (CodexOS). Every field is optional; send `{}` for the defaults.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "MarketplaceInstallRequest", deny_unknown_fields)]
+pub struct MarketplaceInstallRequest {
+    /// The created agent's name; the template's name by default.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// A workspace label kept in the agent's `metadata.workspace_id` (CodexOS).
+    #[oai(rename = "workspace_id", skip_serializing_if_is_none)]
+    pub workspace_id: Option<String>,
+    /// Knowledge bases of the organization the agent retrieves from (a support agent's documentation, say).
+    #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
+    pub knowledge_bases: Option<Vec<String>>,
+}
+/// Where an execution is: `queued` (accepted, waiting for a worker), `running`, or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ExecutionStatus")]
+pub enum ExecutionStatus {
+    #[oai(rename = "queued")]
+    Queued,
+    #[oai(rename = "running")]
+    Running,
+    #[oai(rename = "succeeded")]
+    Succeeded,
+    #[oai(rename = "failed")]
+    Failed,
+    #[oai(rename = "cancelled")]
+    Cancelled,
+    #[oai(rename = "timed_out")]
+    TimedOut,
+}
+impl ExecutionStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ExecutionStatus] = &[
+        ExecutionStatus::Queued,
+        ExecutionStatus::Running,
+        ExecutionStatus::Succeeded,
+        ExecutionStatus::Failed,
+        ExecutionStatus::Cancelled,
+        ExecutionStatus::TimedOut,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExecutionStatus::Queued => "queued",
+            ExecutionStatus::Running => "running",
+            ExecutionStatus::Succeeded => "succeeded",
+            ExecutionStatus::Failed => "failed",
+            ExecutionStatus::Cancelled => "cancelled",
+            ExecutionStatus::TimedOut => "timed_out",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "queued" => Some(ExecutionStatus::Queued),
+            "running" => Some(ExecutionStatus::Running),
+            "succeeded" => Some(ExecutionStatus::Succeeded),
+            "failed" => Some(ExecutionStatus::Failed),
+            "cancelled" => Some(ExecutionStatus::Cancelled),
+            "timed_out" => Some(ExecutionStatus::TimedOut),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ExecutionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// How to run and answer.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ExecuteOptions", deny_unknown_fields)]
+pub struct ExecuteOptions {
+    /// Answer with a `text/event-stream` of progress events (as `Accept: text/event-stream` does).
+    #[oai(rename = "stream", skip_serializing_if_is_none)]
+    pub stream: Option<bool>,
+    /// Answer 200 with the finished execution instead of 202 to poll (the answer waits at most `timeout`).
+    #[oai(rename = "wait", skip_serializing_if_is_none)]
+    pub wait: Option<bool>,
+    /// Milliseconds the execution may run; past it the execution ends `timed_out`. Default 120000.
+    #[oai(rename = "timeout", skip_serializing_if_is_none)]
+    pub timeout: Option<i64>,
+    /// Most tokens the model may generate (overrides the agent's `configuration.max_tokens`).
+    #[oai(rename = "max_tokens", skip_serializing_if_is_none)]
+    pub max_tokens: Option<i64>,
+    /// Sampling temperature (overrides the agent's).
+    #[oai(rename = "temperature", skip_serializing_if_is_none)]
+    pub temperature: Option<f64>,
+}
+/// Who the execution runs for (AIMatrix `context`); kept with the execution.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ExecuteContext", deny_unknown_fields)]
+pub struct ExecuteContext {
+    /// The end user.
+    #[oai(rename = "user_id", skip_serializing_if_is_none)]
+    pub user_id: Option<String>,
+    /// The end user's session.
+    #[oai(rename = "session_id", skip_serializing_if_is_none)]
+    pub session_id: Option<String>,
+    /// Anything else, kept as given.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+}
+/// What to run. The question is `input` (a string, or an object as CodexOS sends, which is
+/// given to the model as JSON) or `query` (AIMatrix); `parameters` (or `variables`) fill the
+/// agent's prompt template.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ExecuteRequest", deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// The input, a string or a JSON object.
+    #[oai(rename = "input", skip_serializing_if_is_none)]
+    pub input: Option<serde_json::Value>,
+    /// The question (AIMatrix), used when `input` is absent.
+    #[oai(rename = "query", skip_serializing_if_is_none)]
+    pub query: Option<String>,
+    /// Values of the agent's prompt template variables.
+    #[oai(rename = "parameters", skip_serializing_if_is_none)]
+    pub parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// Same as `parameters` (Magnet AI's name); `parameters` wins on a clash.
+    #[oai(rename = "variables", skip_serializing_if_is_none)]
+    pub variables: Option<std::collections::BTreeMap<String, String>>,
+    /// Who the execution runs for (AIMatrix `context`); kept with the execution.
+    #[oai(rename = "context", skip_serializing_if_is_none)]
+    pub context: Option<crate::models::ExecuteContext>,
+    /// How to run and answer.
+    #[oai(rename = "options", skip_serializing_if_is_none)]
+    pub options: Option<crate::models::ExecuteOptions>,
+}
+/// One step of a run (`template`, `retrieval`, `model_call`) with its timing.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionStep", deny_unknown_fields)]
+pub struct ExecutionStep {
+    /// The step.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// `succeeded` or `failed`.
+    #[oai(rename = "status")]
+    pub status: String,
+    /// When the step started.
+    #[oai(rename = "started_at")]
+    pub started_at: String,
+    /// How long it took.
+    #[oai(rename = "duration_ms")]
+    pub duration_ms: i64,
+    /// What the step did (variables rendered, passages retrieved with scores, model and tokens) or its error.
+    #[oai(rename = "detail")]
+    pub detail: serde_json::Value,
+}
+/// What a succeeded execution produced (CodexOS `result`).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionResult", deny_unknown_fields)]
+pub struct ExecutionResult {
+    /// The model's answer.
+    #[oai(rename = "output")]
+    pub output: String,
+    /// Input plus output tokens.
+    #[oai(rename = "tokens_used")]
+    pub tokens_used: i64,
+    /// Cost in US dollars, from the model's pricing.
+    #[oai(rename = "cost")]
+    pub cost: f64,
+}
+/// Tokens and cost of the execution.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionUsage", deny_unknown_fields)]
+pub struct ExecutionUsage {
+    /// The model that ran (`model_local` for the built-in one).
+    #[oai(rename = "model_id")]
+    pub model_id: Option<String>,
+    /// Tokens sent to the model.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// Tokens the model generated.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// Both.
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+    /// Cost in US dollars from the model's per-1k pricing.
+    #[oai(rename = "cost_usd")]
+    pub cost_usd: f64,
+}
+/// Why an execution did not succeed.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionError", deny_unknown_fields)]
+pub struct ExecutionError {
+    /// `EXECUTION_FAILED`, `INTERRUPTED`, `TIMED_OUT` or `CANCELLED`.
+    #[oai(rename = "code")]
+    pub code: String,
+    /// A human-readable explanation.
+    #[oai(rename = "message")]
+    pub message: String,
+}
+/// One run of an agent.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Execution", deny_unknown_fields)]
+pub struct Execution {
+    /// The execution's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The agent that ran.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The conversation the run answered a message of, if any.
+    #[oai(rename = "conversation_id", skip_serializing_if_is_none)]
+    pub conversation_id: Option<String>,
+    /// Where an execution is: `queued` (accepted, waiting for a worker), `running`, or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`).
+    #[oai(rename = "status")]
+    pub status: crate::models::ExecutionStatus,
+    /// The input as given (`input`, else `query`).
+    #[oai(rename = "input")]
+    pub input: serde_json::Value,
+    /// The template variables given.
+    #[oai(rename = "parameters", skip_serializing_if_is_none)]
+    pub parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// What a succeeded execution produced (CodexOS `result`).
+    #[oai(rename = "result", skip_serializing_if_is_none)]
+    pub result: Option<crate::models::ExecutionResult>,
+    /// Why an execution did not succeed.
+    #[oai(rename = "error", skip_serializing_if_is_none)]
+    pub error: Option<crate::models::ExecutionError>,
+    /// Tokens and cost of the execution.
+    #[oai(rename = "usage")]
+    pub usage: crate::models::ExecutionUsage,
+    /// The steps run so far, in order, with their timings.
+    #[oai(rename = "steps")]
+    pub steps: Vec<crate::models::ExecutionStep>,
+    /// When it was accepted.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When a worker started it.
+    #[oai(rename = "started_at", skip_serializing_if_is_none)]
+    pub started_at: Option<String>,
+    /// When it finished.
+    #[oai(rename = "completed_at", skip_serializing_if_is_none)]
+    pub completed_at: Option<String>,
+    /// From start to finish.
+    #[oai(rename = "duration_ms", skip_serializing_if_is_none)]
+    pub duration_ms: Option<i64>,
+}
+/// A page of executions.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionList", deny_unknown_fields)]
+pub struct ExecutionList {
+    /// The executions, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Execution>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// `info` or `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ExecutionLogLevel")]
+pub enum ExecutionLogLevel {
+    #[oai(rename = "info")]
+    Info,
+    #[oai(rename = "error")]
+    Error,
+}
+impl ExecutionLogLevel {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ExecutionLogLevel] =
+        &[ExecutionLogLevel::Info, ExecutionLogLevel::Error];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExecutionLogLevel::Info => "info",
+            ExecutionLogLevel::Error => "error",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "info" => Some(ExecutionLogLevel::Info),
+            "error" => Some(ExecutionLogLevel::Error),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ExecutionLogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One log line of an execution (CodexOS `logs`).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionLog", deny_unknown_fields)]
+pub struct ExecutionLog {
+    /// When it happened.
+    #[oai(rename = "timestamp")]
+    pub timestamp: String,
+    /// `info` or `error`.
+    #[oai(rename = "level")]
+    pub level: crate::models::ExecutionLogLevel,
+    /// What happened.
+    #[oai(rename = "message")]
+    pub message: String,
+    /// The step it belongs to.
+    #[oai(rename = "step", skip_serializing_if_is_none)]
+    pub step: Option<String>,
+}
+/// The log of an execution, oldest first.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionLogs", deny_unknown_fields)]
+pub struct ExecutionLogs {
+    /// The execution.
+    #[oai(rename = "execution_id")]
+    pub execution_id: String,
+    /// The lines.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::ExecutionLog>,
+}
+/// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ExecutionEventType")]
+pub enum ExecutionEventType {
+    #[oai(rename = "execution.started")]
+    ExecutionStarted,
+    #[oai(rename = "step")]
+    Step,
+    #[oai(rename = "token")]
+    Token,
+    #[oai(rename = "execution.completed")]
+    ExecutionCompleted,
+    #[oai(rename = "execution.failed")]
+    ExecutionFailed,
+}
+impl ExecutionEventType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ExecutionEventType] = &[
+        ExecutionEventType::ExecutionStarted,
+        ExecutionEventType::Step,
+        ExecutionEventType::Token,
+        ExecutionEventType::ExecutionCompleted,
+        ExecutionEventType::ExecutionFailed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExecutionEventType::ExecutionStarted => "execution.started",
+            ExecutionEventType::Step => "step",
+            ExecutionEventType::Token => "token",
+            ExecutionEventType::ExecutionCompleted => "execution.completed",
+            ExecutionEventType::ExecutionFailed => "execution.failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "execution.started" => Some(ExecutionEventType::ExecutionStarted),
+            "step" => Some(ExecutionEventType::Step),
+            "token" => Some(ExecutionEventType::Token),
+            "execution.completed" => Some(ExecutionEventType::ExecutionCompleted),
+            "execution.failed" => Some(ExecutionEventType::ExecutionFailed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ExecutionEventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The `data:` of one server-sent event; the SSE `event:` field repeats `type`. The last event carries the execution, and in a conversation the assistant's reply as `message`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionEvent", deny_unknown_fields)]
+pub struct ExecutionEvent {
+    /// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+    #[oai(rename = "type")]
+    pub type_: crate::models::ExecutionEventType,
+    /// The execution.
+    #[oai(rename = "execution_id")]
+    pub execution_id: String,
+    /// The event's position in this stream, from 0.
+    #[oai(rename = "sequence")]
+    pub sequence: i64,
+    /// One step of a run (`template`, `retrieval`, `model_call`) with its timing.
+    #[oai(rename = "step", skip_serializing_if_is_none)]
+    pub step: Option<crate::models::ExecutionStep>,
+    /// For `token`, the next piece of the answer.
+    #[oai(rename = "delta", skip_serializing_if_is_none)]
+    pub delta: Option<String>,
+    /// One run of an agent.
+    #[oai(rename = "execution", skip_serializing_if_is_none)]
+    pub execution: Option<crate::models::Execution>,
+    /// One message of a conversation (Magnet AI).
+    #[oai(rename = "message", skip_serializing_if_is_none)]
+    pub message: Option<crate::models::Message>,
+}
+/// One server-sent event of an execution's stream as an SSE client parses it (OpenAPI 3.2's `itemSchema` form): `event` names the event and `data` is one `ExecutionEvent` as JSON.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ExecutionEventFrame")]
+pub struct ExecutionEventFrame {
+    /// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+    #[oai(rename = "event")]
+    pub event: crate::models::ExecutionEventType,
+    /// One `ExecutionEvent`, serialized as JSON on a single line.
+    #[oai(rename = "data")]
+    pub data: String,
+    /// Not sent; the stream is replayed whole from `GET /v1/executions/{execution_id}/events`.
+    #[oai(rename = "id", skip_serializing_if_is_none)]
+    pub id: Option<String>,
+}
+/// Who wrote the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "MessageRole")]
+pub enum MessageRole {
+    #[oai(rename = "user")]
+    User,
+    #[oai(rename = "assistant")]
+    Assistant,
+}
+impl MessageRole {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [MessageRole] = &[MessageRole::User, MessageRole::Assistant];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MessageRole::User => "user",
+            MessageRole::Assistant => "assistant",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "user" => Some(MessageRole::User),
+            "assistant" => Some(MessageRole::Assistant),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for MessageRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One message of a conversation (Magnet AI).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Message", deny_unknown_fields)]
+pub struct Message {
+    /// The message's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// Its conversation.
+    #[oai(rename = "conversation_id")]
+    pub conversation_id: String,
+    /// Who wrote the message.
+    #[oai(rename = "role")]
+    pub role: crate::models::MessageRole,
+    /// The text.
+    #[oai(rename = "content")]
+    pub content: String,
+    /// The execution that answered it (a user message) or wrote it (an assistant reply).
+    #[oai(rename = "execution_id", skip_serializing_if_is_none)]
+    pub execution_id: Option<String>,
+    /// For an assistant reply, the tokens sent to the model; else 0.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// For an assistant reply, the tokens it took; else 0.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// When it was written.
+    #[oai(rename = "timestamp")]
+    pub timestamp: String,
+}
+/// A page of messages, oldest first.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MessageList", deny_unknown_fields)]
+pub struct MessageList {
+    /// The messages.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Message>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A conversation as created (Magnet AI).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ConversationInput", deny_unknown_fields)]
+pub struct ConversationInput {
+    /// The agent that answers.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The end user it is with.
+    #[oai(rename = "user_id", skip_serializing_if_is_none)]
+    pub user_id: Option<String>,
+    /// A title.
+    #[oai(rename = "title", skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    /// Anything else, kept as given.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+}
+/// The fields to change; `null` clears the title.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "ConversationPatch", deny_unknown_fields)]
+pub struct ConversationPatch {
+    /// A title.
+    #[oai(rename = "title")]
+    pub title: poem_openapi::types::MaybeUndefined<String>,
+    /// Replaces the metadata.
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+}
+/// A conversation with an agent; its history is fed to the model on every message.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Conversation", deny_unknown_fields)]
+pub struct Conversation {
+    /// The conversation's id.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The agent that answers.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The end user.
+    #[oai(rename = "user_id", skip_serializing_if_is_none)]
+    pub user_id: Option<String>,
+    /// A title.
+    #[oai(rename = "title", skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    /// As given.
+    #[oai(rename = "metadata")]
+    pub metadata: serde_json::Value,
+    /// Messages so far.
+    #[oai(rename = "message_count")]
+    pub message_count: i64,
+    /// On a single conversation, its latest 100 messages, oldest first.
+    #[oai(rename = "messages", skip_serializing_if_is_none)]
+    pub messages: Option<Vec<crate::models::Message>>,
+    /// Incremented by every change (a new message included).
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When it was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+/// A page of conversations.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ConversationList", deny_unknown_fields)]
+pub struct ConversationList {
+    /// The conversations, newest first (without their messages).
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Conversation>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A user message; the agent answers it with the conversation's history.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SendMessage", deny_unknown_fields)]
+pub struct SendMessage {
+    /// The text.
+    #[oai(rename = "message")]
+    pub message: String,
+    /// Answer with the reply's progress as server-sent events.
+    #[oai(rename = "stream", skip_serializing_if_is_none)]
+    pub stream: Option<bool>,
+    /// Values of the agent's prompt template variables.
+    #[oai(rename = "parameters", skip_serializing_if_is_none)]
+    pub parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// Milliseconds the reply may take; past it the execution ends `timed_out`. Default 120000.
+    #[oai(rename = "timeout", skip_serializing_if_is_none)]
+    pub timeout: Option<i64>,
+}
+/// A message and the agent's reply.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "MessageExchange", deny_unknown_fields)]
+pub struct MessageExchange {
+    /// One message of a conversation (Magnet AI).
+    #[oai(rename = "message")]
+    pub message: crate::models::Message,
+    /// One message of a conversation (Magnet AI).
+    #[oai(rename = "reply", skip_serializing_if_is_none)]
+    pub reply: Option<crate::models::Message>,
+    /// One run of an agent.
+    #[oai(rename = "execution")]
+    pub execution: crate::models::Execution,
+}
+/// What kind of secret a credential holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "VaultCredentialType")]
+pub enum VaultCredentialType {
+    #[oai(rename = "api_key")]
+    ApiKey,
+    #[oai(rename = "password")]
+    Password,
+    #[oai(rename = "token")]
+    Token,
+    #[oai(rename = "oauth_client")]
+    OauthClient,
+    #[oai(rename = "certificate")]
+    Certificate,
+    #[oai(rename = "ssh_key")]
+    SshKey,
+    #[oai(rename = "connection_string")]
+    ConnectionString,
+    #[oai(rename = "other")]
+    Other,
+}
+impl VaultCredentialType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [VaultCredentialType] = &[
+        VaultCredentialType::ApiKey,
+        VaultCredentialType::Password,
+        VaultCredentialType::Token,
+        VaultCredentialType::OauthClient,
+        VaultCredentialType::Certificate,
+        VaultCredentialType::SshKey,
+        VaultCredentialType::ConnectionString,
+        VaultCredentialType::Other,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VaultCredentialType::ApiKey => "api_key",
+            VaultCredentialType::Password => "password",
+            VaultCredentialType::Token => "token",
+            VaultCredentialType::OauthClient => "oauth_client",
+            VaultCredentialType::Certificate => "certificate",
+            VaultCredentialType::SshKey => "ssh_key",
+            VaultCredentialType::ConnectionString => "connection_string",
+            VaultCredentialType::Other => "other",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "api_key" => Some(VaultCredentialType::ApiKey),
+            "password" => Some(VaultCredentialType::Password),
+            "token" => Some(VaultCredentialType::Token),
+            "oauth_client" => Some(VaultCredentialType::OauthClient),
+            "certificate" => Some(VaultCredentialType::Certificate),
+            "ssh_key" => Some(VaultCredentialType::SshKey),
+            "connection_string" => Some(VaultCredentialType::ConnectionString),
+            "other" => Some(VaultCredentialType::Other),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for VaultCredentialType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// Free-form, non-secret facts about the credential (never encrypted, always returned).
+pub type VaultMetadata = std::collections::BTreeMap<String, serde_json::Value>;
+/// Labels for finding the credential (CodexOS `tags`).
+pub type VaultTags = Vec<String>;
+/// A credential to store. `value` is encrypted at rest and never returned by lists or plain reads.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultCredentialInput", deny_unknown_fields)]
+pub struct VaultCredentialInput {
+    /// The credential's display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What kind of secret a credential holds.
+    #[oai(rename = "type")]
+    pub type_: crate::models::VaultCredentialType,
+    /// The secret. Encrypted at rest (XChaCha20-Poly1305 under the master key); write-only.
+    #[oai(rename = "value")]
+    pub value: String,
+    /// What the credential is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Free-form, non-secret facts about the credential (never encrypted, always returned).
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<crate::models::VaultMetadata>,
+    /// Labels for finding the credential (CodexOS `tags`).
+    #[oai(rename = "tags", skip_serializing_if_is_none)]
+    pub tags: Option<crate::models::VaultTags>,
+    /// The environment the credential belongs to (`production`, `staging`, ...).
+    #[oai(rename = "environment", skip_serializing_if_is_none)]
+    pub environment: Option<String>,
+}
+/// A credential as replaced; a `value` left out keeps the stored secret.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultCredentialReplace", deny_unknown_fields)]
+pub struct VaultCredentialReplace {
+    /// The credential's display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What kind of secret a credential holds.
+    #[oai(rename = "type")]
+    pub type_: crate::models::VaultCredentialType,
+    /// A new secret; left out, the stored one is kept. Write-only.
+    #[oai(rename = "value", skip_serializing_if_is_none)]
+    pub value: Option<String>,
+    /// What the credential is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Free-form, non-secret facts about the credential (never encrypted, always returned).
+    #[oai(rename = "metadata", skip_serializing_if_is_none)]
+    pub metadata: Option<crate::models::VaultMetadata>,
+    /// Labels for finding the credential (CodexOS `tags`).
+    #[oai(rename = "tags", skip_serializing_if_is_none)]
+    pub tags: Option<crate::models::VaultTags>,
+    /// The environment the credential belongs to.
+    #[oai(rename = "environment", skip_serializing_if_is_none)]
+    pub environment: Option<String>,
+}
+/// A stored credential. Lists and reads return metadata only; `value` (the decrypted secret)
+/// is present only in `GET /v1/vault/credentials/{credential_id}` sent with a valid
+/// `X-Vault-Token`, and every such read is recorded as a security event.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultCredential", deny_unknown_fields)]
+pub struct VaultCredential {
+    /// The credential's id (`cred_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The credential's display name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What kind of secret a credential holds.
+    #[oai(rename = "type")]
+    pub type_: crate::models::VaultCredentialType,
+    /// What the credential is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Free-form, non-secret facts about the credential (never encrypted, always returned).
+    #[oai(rename = "metadata")]
+    pub metadata: crate::models::VaultMetadata,
+    /// Labels for finding the credential (CodexOS `tags`).
+    #[oai(rename = "tags")]
+    pub tags: crate::models::VaultTags,
+    /// The environment the credential belongs to.
+    #[oai(rename = "environment", skip_serializing_if_is_none)]
+    pub environment: Option<String>,
+    /// The decrypted secret; only with a valid `X-Vault-Token` on a single read.
+    #[oai(rename = "value", skip_serializing_if_is_none)]
+    pub value: Option<String>,
+    /// When the secret was last read decrypted.
+    #[oai(rename = "last_accessed_at")]
+    pub last_accessed_at: poem_openapi::types::MaybeUndefined<String>,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the credential was stored.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When the credential last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultCredentialList", deny_unknown_fields)]
+pub struct VaultCredentialList {
+    /// The credentials on this page, newest first, without their values.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::VaultCredential>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A vault token to issue.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultTokenInput", deny_unknown_fields)]
+pub struct VaultTokenInput {
+    /// What the token is for.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// Seconds until the token expires (default never; at most a year).
+    #[oai(rename = "ttl_seconds", skip_serializing_if_is_none)]
+    pub ttl_seconds: Option<i64>,
+}
+/// A vault token's metadata; the secret itself is shown only when issued.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultToken")]
+pub struct VaultToken {
+    /// The token's id (`vtok_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// What the token is for.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// The first characters of the secret, to recognize it.
+    #[oai(rename = "prefix")]
+    pub prefix: String,
+    /// The user who issued it.
+    #[oai(rename = "user_id")]
+    pub user_id: String,
+    /// When it was issued.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it stops working; null for never.
+    #[oai(rename = "expires_at")]
+    pub expires_at: Option<String>,
+    /// When it last opened a credential.
+    #[oai(rename = "last_used_at")]
+    pub last_used_at: Option<String>,
+    /// When it was revoked; null while active.
+    #[oai(rename = "revoked_at")]
+    pub revoked_at: Option<String>,
+}
+/// A new vault token, with its secret.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultTokenCreated")]
+pub struct VaultTokenCreated {
+    /// The token's id (`vtok_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// What the token is for.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// The first characters of the secret, to recognize it.
+    #[oai(rename = "prefix")]
+    pub prefix: String,
+    /// The user who issued it.
+    #[oai(rename = "user_id")]
+    pub user_id: String,
+    /// When it was issued.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it stops working; null for never.
+    #[oai(rename = "expires_at")]
+    pub expires_at: Option<String>,
+    /// When it last opened a credential.
+    #[oai(rename = "last_used_at")]
+    pub last_used_at: Option<String>,
+    /// When it was revoked; null while active.
+    #[oai(rename = "revoked_at")]
+    pub revoked_at: Option<String>,
+    /// The secret to send as `X-Vault-Token`. Shown once; stored hashed.
+    #[oai(rename = "token")]
+    pub token: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "VaultTokenList", deny_unknown_fields)]
+pub struct VaultTokenList {
+    /// The tokens on this page, newest first (revoked ones included).
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::VaultToken>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// A built-in simulation model. `demand_forecast` projects daily demand; `capacity_planning`
+/// projects demand against capacity (utilization, shortfall, recommended capacity). Both are
+/// seeded Monte Carlo runs over the twin's `state` and the scenario's `parameters`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "SimulationModel")]
+pub enum SimulationModel {
+    #[oai(rename = "demand_forecast")]
+    DemandForecast,
+    #[oai(rename = "capacity_planning")]
+    CapacityPlanning,
+}
+impl SimulationModel {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [SimulationModel] = &[
+        SimulationModel::DemandForecast,
+        SimulationModel::CapacityPlanning,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SimulationModel::DemandForecast => "demand_forecast",
+            SimulationModel::CapacityPlanning => "capacity_planning",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "demand_forecast" => Some(SimulationModel::DemandForecast),
+            "capacity_planning" => Some(SimulationModel::CapacityPlanning),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for SimulationModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// How often the twin's data sources refresh it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "UpdateFrequency")]
+pub enum UpdateFrequency {
+    #[oai(rename = "real-time")]
+    RealTime,
+    #[oai(rename = "hourly")]
+    Hourly,
+    #[oai(rename = "daily")]
+    Daily,
+    #[oai(rename = "weekly")]
+    Weekly,
+    #[oai(rename = "monthly")]
+    Monthly,
+    #[oai(rename = "manual")]
+    Manual,
+}
+impl UpdateFrequency {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [UpdateFrequency] = &[
+        UpdateFrequency::RealTime,
+        UpdateFrequency::Hourly,
+        UpdateFrequency::Daily,
+        UpdateFrequency::Weekly,
+        UpdateFrequency::Monthly,
+        UpdateFrequency::Manual,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UpdateFrequency::RealTime => "real-time",
+            UpdateFrequency::Hourly => "hourly",
+            UpdateFrequency::Daily => "daily",
+            UpdateFrequency::Weekly => "weekly",
+            UpdateFrequency::Monthly => "monthly",
+            UpdateFrequency::Manual => "manual",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "real-time" => Some(UpdateFrequency::RealTime),
+            "hourly" => Some(UpdateFrequency::Hourly),
+            "daily" => Some(UpdateFrequency::Daily),
+            "weekly" => Some(UpdateFrequency::Weekly),
+            "monthly" => Some(UpdateFrequency::Monthly),
+            "manual" => Some(UpdateFrequency::Manual),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for UpdateFrequency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The twin's named numeric variables. The built-in models read `base_demand` (units per day,
+/// default 1000), `growth_rate` (daily growth, default 0), `demand_volatility` (default 0.1),
+/// `capacity` (units per day, default 1.2 × `base_demand`), `capacity_volatility` (default
+/// 0.05) and `share.<REGION>` (the share of demand in a region, for `affected_regions`);
+/// other variables are kept and ignored by them.
+pub type TwinState = std::collections::BTreeMap<String, f64>;
+/// Where the twin's data comes from. `connection_string` is write-only and encrypted at rest.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "DataSourceInput", deny_unknown_fields)]
+pub struct DataSourceInput {
+    /// The kind of source (`database`, `api`, `erp_system`, `file`, ...).
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// A label for the source.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// How to reach the source (`postgresql://…`); encrypted at rest, never returned. A replace without it keeps the one stored at the same position.
+    #[oai(rename = "connection_string", skip_serializing_if_is_none)]
+    pub connection_string: Option<String>,
+    /// The tables (or collections, endpoints) read from the source.
+    #[oai(rename = "tables", skip_serializing_if_is_none)]
+    pub tables: Option<Vec<String>>,
+}
+/// A data source as stored; the connection string is reported only as `connection_string_set`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "DataSource", deny_unknown_fields)]
+pub struct DataSource {
+    /// The kind of source.
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// A label for the source.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// The tables read from the source.
+    #[oai(rename = "tables")]
+    pub tables: Vec<String>,
+    /// Whether a connection string is stored (encrypted).
+    #[oai(rename = "connection_string_set")]
+    pub connection_string_set: bool,
+}
+/// A digital twin as created (POST) or replaced (PUT).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "TwinInput", deny_unknown_fields)]
+pub struct TwinInput {
+    /// The twin's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the twin models (`logistics`, `erp_system`, `manufacturing`, ...).
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// What the twin is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Where the twin's data comes from.
+    #[oai(rename = "data_sources", skip_serializing_if_is_none)]
+    pub data_sources: Option<Vec<crate::models::DataSourceInput>>,
+    /// How often the twin's data sources refresh it.
+    #[oai(rename = "update_frequency", skip_serializing_if_is_none)]
+    pub update_frequency: Option<crate::models::UpdateFrequency>,
+    /// The models this twin may run (default both built-in models).
+    #[oai(rename = "simulation_models", skip_serializing_if_is_none)]
+    pub simulation_models: Option<Vec<crate::models::SimulationModel>>,
+    /// The twin's named numeric variables. The built-in models read `base_demand` (units per day,
+    /// default 1000), `growth_rate` (daily growth, default 0), `demand_volatility` (default 0.1),
+    /// `capacity` (units per day, default 1.2 × `base_demand`), `capacity_volatility` (default
+    /// 0.05) and `share.<REGION>` (the share of demand in a region, for `affected_regions`);
+    /// other variables are kept and ignored by them.
+    #[oai(rename = "state", skip_serializing_if_is_none)]
+    pub state: Option<crate::models::TwinState>,
+}
+/// A digital twin.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Twin", deny_unknown_fields)]
+pub struct Twin {
+    /// The twin's id (`twin_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The twin's name.
+    #[oai(rename = "name")]
+    pub name: String,
+    /// What the twin models.
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// What the twin is for.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+    /// Where the twin's data comes from.
+    #[oai(rename = "data_sources")]
+    pub data_sources: Vec<crate::models::DataSource>,
+    /// How often the twin's data sources refresh it.
+    #[oai(rename = "update_frequency")]
+    pub update_frequency: crate::models::UpdateFrequency,
+    /// The models this twin may run.
+    #[oai(rename = "simulation_models")]
+    pub simulation_models: Vec<crate::models::SimulationModel>,
+    /// The twin's named numeric variables. The built-in models read `base_demand` (units per day,
+    /// default 1000), `growth_rate` (daily growth, default 0), `demand_volatility` (default 0.1),
+    /// `capacity` (units per day, default 1.2 × `base_demand`), `capacity_volatility` (default
+    /// 0.05) and `share.<REGION>` (the share of demand in a region, for `affected_regions`);
+    /// other variables are kept and ignored by them.
+    #[oai(rename = "state")]
+    pub state: crate::models::TwinState,
+    /// Incremented by every change; the `ETag` derives from it.
+    #[oai(rename = "version")]
+    pub version: i64,
+    /// When the twin was created.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When the twin last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "TwinList", deny_unknown_fields)]
+pub struct TwinList {
+    /// The twins on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Twin>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// The scenario's parameters. Both models read `increase_percentage` (-100..1000, default 0),
+/// `duration_days` (integer 1..365, default 30), `affected_regions` (region codes; the spike
+/// applies to their `share.<REGION>` of demand, or to all demand when the twin's state has no
+/// shares) and `volatility` (0..2, overrides the state's `demand_volatility`);
+/// `capacity_planning` also reads `capacity_change_percentage` (-100..1000, default 0) and
+/// `target_utilization` (0.1..1, default 0.85). Any other parameter, or one of the wrong type
+/// or range, answers 422 naming it.
+pub type SimulationParameters = serde_json::Value;
+/// How to run the simulation.
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "SimulationOptions", deny_unknown_fields)]
+pub struct SimulationOptions {
+    /// Answer 202 at once and run in the background (default false, answer 201 with results).
+    #[oai(rename = "run_async", skip_serializing_if_is_none)]
+    pub run_async: Option<bool>,
+    /// A URL told when the simulation ends (signed, as webhooks are).
+    #[oai(rename = "notification_webhook", skip_serializing_if_is_none)]
+    pub notification_webhook: Option<String>,
+    /// The random seed; the same seed, twin state and parameters give the same numbers. Default a random seed, reported in the result.
+    #[oai(rename = "seed", skip_serializing_if_is_none)]
+    pub seed: Option<i64>,
+    /// Monte Carlo runs (default 1000).
+    #[oai(rename = "runs", skip_serializing_if_is_none)]
+    pub runs: Option<i64>,
+}
+/// A scenario to simulate on the twin.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SimulationRequest", deny_unknown_fields)]
+pub struct SimulationRequest {
+    /// The scenario's name (`demand_spike`, ...), kept with the results.
+    #[oai(rename = "scenario")]
+    pub scenario: String,
+    /// A built-in simulation model. `demand_forecast` projects daily demand; `capacity_planning`
+    /// projects demand against capacity (utilization, shortfall, recommended capacity). Both are
+    /// seeded Monte Carlo runs over the twin's `state` and the scenario's `parameters`.
+    #[oai(rename = "model", skip_serializing_if_is_none)]
+    pub model: Option<crate::models::SimulationModel>,
+    /// The scenario's parameters. Both models read `increase_percentage` (-100..1000, default 0),
+    /// `duration_days` (integer 1..365, default 30), `affected_regions` (region codes; the spike
+    /// applies to their `share.<REGION>` of demand, or to all demand when the twin's state has no
+    /// shares) and `volatility` (0..2, overrides the state's `demand_volatility`);
+    /// `capacity_planning` also reads `capacity_change_percentage` (-100..1000, default 0) and
+    /// `target_utilization` (0.1..1, default 0.85). Any other parameter, or one of the wrong type
+    /// or range, answers 422 naming it.
+    #[oai(rename = "parameters", skip_serializing_if_is_none)]
+    pub parameters: Option<crate::models::SimulationParameters>,
+    /// How to run the simulation.
+    #[oai(rename = "options", skip_serializing_if_is_none)]
+    pub options: Option<crate::models::SimulationOptions>,
+}
+/// Where the simulation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "SimulationStatus")]
+pub enum SimulationStatus {
+    #[oai(rename = "queued")]
+    Queued,
+    #[oai(rename = "running")]
+    Running,
+    #[oai(rename = "completed")]
+    Completed,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl SimulationStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [SimulationStatus] = &[
+        SimulationStatus::Queued,
+        SimulationStatus::Running,
+        SimulationStatus::Completed,
+        SimulationStatus::Failed,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SimulationStatus::Queued => "queued",
+            SimulationStatus::Running => "running",
+            SimulationStatus::Completed => "completed",
+            SimulationStatus::Failed => "failed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "queued" => Some(SimulationStatus::Queued),
+            "running" => Some(SimulationStatus::Running),
+            "completed" => Some(SimulationStatus::Completed),
+            "failed" => Some(SimulationStatus::Failed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for SimulationStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The distribution of a metric over the Monte Carlo runs.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Percentiles", deny_unknown_fields)]
+pub struct Percentiles {
+    /// 10th percentile.
+    #[oai(rename = "p10")]
+    pub p10: f64,
+    /// Median.
+    #[oai(rename = "p50")]
+    pub p50: f64,
+    /// 90th percentile.
+    #[oai(rename = "p90")]
+    pub p90: f64,
+    /// Mean.
+    #[oai(rename = "mean")]
+    pub mean: f64,
+}
+/// One period (day) of the projection.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SimulationPeriod", deny_unknown_fields)]
+pub struct SimulationPeriod {
+    /// The day, from 1.
+    #[oai(rename = "period")]
+    pub period: i64,
+    /// Each metric's distribution that day (`demand`; for `capacity_planning` also `capacity`, `utilization`, `shortfall`).
+    #[oai(rename = "metrics")]
+    pub metrics: std::collections::BTreeMap<String, crate::models::Percentiles>,
+}
+/// What the simulation computed.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SimulationResults", deny_unknown_fields)]
+pub struct SimulationResults {
+    /// Number of periods (days).
+    #[oai(rename = "periods")]
+    pub periods: i64,
+    /// Per-period distributions.
+    #[oai(rename = "series")]
+    pub series: Vec<crate::models::SimulationPeriod>,
+    /// Headline figures (`total_demand_p50`, `baseline_total_demand`, `shortfall_probability`, `recommended_capacity`, ...).
+    #[oai(rename = "summary")]
+    pub summary: std::collections::BTreeMap<String, f64>,
+}
+/// A simulation of a twin; poll it until `status` is `completed` or `failed`.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "Simulation", deny_unknown_fields)]
+pub struct Simulation {
+    /// The simulation's id (`sim_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The twin simulated.
+    #[oai(rename = "twin_id")]
+    pub twin_id: String,
+    /// The scenario's name.
+    #[oai(rename = "scenario")]
+    pub scenario: String,
+    /// A built-in simulation model. `demand_forecast` projects daily demand; `capacity_planning`
+    /// projects demand against capacity (utilization, shortfall, recommended capacity). Both are
+    /// seeded Monte Carlo runs over the twin's `state` and the scenario's `parameters`.
+    #[oai(rename = "model")]
+    pub model: crate::models::SimulationModel,
+    /// The scenario's parameters. Both models read `increase_percentage` (-100..1000, default 0),
+    /// `duration_days` (integer 1..365, default 30), `affected_regions` (region codes; the spike
+    /// applies to their `share.<REGION>` of demand, or to all demand when the twin's state has no
+    /// shares) and `volatility` (0..2, overrides the state's `demand_volatility`);
+    /// `capacity_planning` also reads `capacity_change_percentage` (-100..1000, default 0) and
+    /// `target_utilization` (0.1..1, default 0.85). Any other parameter, or one of the wrong type
+    /// or range, answers 422 naming it.
+    #[oai(rename = "parameters")]
+    pub parameters: crate::models::SimulationParameters,
+    /// Where the simulation is.
+    #[oai(rename = "status")]
+    pub status: crate::models::SimulationStatus,
+    /// Whether it ran in the background.
+    #[oai(rename = "run_async")]
+    pub run_async: bool,
+    /// The URL told when it ends.
+    #[oai(rename = "notification_webhook")]
+    pub notification_webhook: poem_openapi::types::MaybeUndefined<String>,
+    /// The random seed used; pass it as `options.seed` to repeat the numbers.
+    #[oai(rename = "seed")]
+    pub seed: i64,
+    /// Monte Carlo runs.
+    #[oai(rename = "runs")]
+    pub runs: i64,
+    /// The results, once completed.
+    #[oai(rename = "results")]
+    pub results: poem_openapi::types::MaybeUndefined<crate::models::SimulationResults>,
+    /// Why it failed.
+    #[oai(rename = "error")]
+    pub error: poem_openapi::types::MaybeUndefined<String>,
+    /// How long the computation took.
+    #[oai(rename = "duration_ms")]
+    pub duration_ms: poem_openapi::types::MaybeUndefined<i64>,
+    /// When it was requested.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+    /// When it started.
+    #[oai(rename = "started_at")]
+    pub started_at: poem_openapi::types::MaybeUndefined<String>,
+    /// When it ended.
+    #[oai(rename = "finished_at")]
+    pub finished_at: poem_openapi::types::MaybeUndefined<String>,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SimulationList", deny_unknown_fields)]
+pub struct SimulationList {
+    /// The twin's simulations on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::Simulation>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
+/// How `breakdown` groups the usage records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "UsageGroupBy")]
+pub enum UsageGroupBy {
+    #[oai(rename = "agent")]
+    Agent,
+    #[oai(rename = "model")]
+    Model,
+    #[oai(rename = "hour")]
+    Hour,
+    #[oai(rename = "day")]
+    Day,
+    #[oai(rename = "month")]
+    Month,
+}
+impl UsageGroupBy {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [UsageGroupBy] = &[
+        UsageGroupBy::Agent,
+        UsageGroupBy::Model,
+        UsageGroupBy::Hour,
+        UsageGroupBy::Day,
+        UsageGroupBy::Month,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UsageGroupBy::Agent => "agent",
+            UsageGroupBy::Model => "model",
+            UsageGroupBy::Hour => "hour",
+            UsageGroupBy::Day => "day",
+            UsageGroupBy::Month => "month",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "agent" => Some(UsageGroupBy::Agent),
+            "model" => Some(UsageGroupBy::Model),
+            "hour" => Some(UsageGroupBy::Hour),
+            "day" => Some(UsageGroupBy::Day),
+            "month" => Some(UsageGroupBy::Month),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for UsageGroupBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The kind of entity costs are attributed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "UsageEntityType")]
+pub enum UsageEntityType {
+    #[oai(rename = "agent")]
+    Agent,
+    #[oai(rename = "model")]
+    Model,
+    #[oai(rename = "execution")]
+    Execution,
+    #[oai(rename = "conversation")]
+    Conversation,
+}
+impl UsageEntityType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [UsageEntityType] = &[
+        UsageEntityType::Agent,
+        UsageEntityType::Model,
+        UsageEntityType::Execution,
+        UsageEntityType::Conversation,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UsageEntityType::Agent => "agent",
+            UsageEntityType::Model => "model",
+            UsageEntityType::Execution => "execution",
+            UsageEntityType::Conversation => "conversation",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "agent" => Some(UsageEntityType::Agent),
+            "model" => Some(UsageEntityType::Model),
+            "execution" => Some(UsageEntityType::Execution),
+            "conversation" => Some(UsageEntityType::Conversation),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for UsageEntityType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// The period asked for (`from`/`start_date` to `to`/`end_date`, inclusive); null bounds are open.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsagePeriod", deny_unknown_fields)]
+pub struct UsagePeriod {
+    /// The first instant counted.
+    #[oai(rename = "start")]
+    pub start: Option<String>,
+    /// The last instant counted.
+    #[oai(rename = "end")]
+    pub end: Option<String>,
+}
+/// What the usage records of the period add up to.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageTotals", deny_unknown_fields)]
+pub struct UsageTotals {
+    /// Usage records counted (one per execution or message that used a model).
+    #[oai(rename = "records")]
+    pub records: i64,
+    /// Distinct executions.
+    #[oai(rename = "executions")]
+    pub executions: i64,
+    /// Distinct conversations.
+    #[oai(rename = "conversations")]
+    pub conversations: i64,
+    /// Distinct messages.
+    #[oai(rename = "messages")]
+    pub messages: i64,
+    /// Prompt tokens.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// Completion tokens.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// Prompt and completion tokens.
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+}
+/// The cost of the period in US dollars (computed from exact nano-dollar sums).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageCostTotal", deny_unknown_fields)]
+pub struct UsageCostTotal {
+    /// US dollars.
+    #[oai(rename = "total")]
+    pub total: f64,
+    /// The exact cost in billionths of a US dollar.
+    #[oai(rename = "total_nano_usd")]
+    pub total_nano_usd: i64,
+}
+/// The usage of one agent, model or time bucket.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageGroup", deny_unknown_fields)]
+pub struct UsageGroup {
+    /// The agent id, the model id, or the bucket (`2026-01-15T13`, `2026-01-15`, `2026-01`).
+    #[oai(rename = "key")]
+    pub key: String,
+    /// Usage records in the group.
+    #[oai(rename = "records")]
+    pub records: i64,
+    /// Prompt tokens.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// Completion tokens.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// Prompt and completion tokens.
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+    /// US dollars.
+    #[oai(rename = "cost")]
+    pub cost: f64,
+    /// The exact cost in billionths of a US dollar.
+    #[oai(rename = "cost_nano_usd")]
+    pub cost_nano_usd: i64,
+}
+/// One model's tokens and cost (Magnet AI `by_model`).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ModelUsage", deny_unknown_fields)]
+pub struct ModelUsage {
+    /// Prompt and completion tokens.
+    #[oai(rename = "tokens")]
+    pub tokens: i64,
+    /// US dollars.
+    #[oai(rename = "cost")]
+    pub cost: f64,
+}
+/// Totals and a breakdown of the organization's usage, aggregated from its usage records.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageStats", deny_unknown_fields)]
+pub struct UsageStats {
+    /// The period asked for (`from`/`start_date` to `to`/`end_date`, inclusive); null bounds are open.
+    #[oai(rename = "period")]
+    pub period: crate::models::UsagePeriod,
+    /// The agent counted, when filtered to one.
+    #[oai(rename = "agent_id")]
+    pub agent_id: poem_openapi::types::MaybeUndefined<String>,
+    /// How `breakdown` groups the usage records.
+    #[oai(rename = "group_by")]
+    pub group_by: crate::models::UsageGroupBy,
+    /// What the usage records of the period add up to.
+    #[oai(rename = "usage")]
+    pub usage: crate::models::UsageTotals,
+    /// Prompt and completion tokens (Magnet AI `total_tokens`).
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+    /// US dollars (Magnet AI `total_cost`).
+    #[oai(rename = "total_cost")]
+    pub total_cost: f64,
+    /// The cost of the period in US dollars (computed from exact nano-dollar sums).
+    #[oai(rename = "costs")]
+    pub costs: crate::models::UsageCostTotal,
+    /// One entry per group, largest cost first for agents and models, in time order for buckets.
+    #[oai(rename = "breakdown")]
+    pub breakdown: Vec<crate::models::UsageGroup>,
+    /// Tokens and cost per model id.
+    #[oai(rename = "by_model")]
+    pub by_model: std::collections::BTreeMap<String, crate::models::ModelUsage>,
+}
+/// The cost of one entity.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageCostEntry", deny_unknown_fields)]
+pub struct UsageCostEntry {
+    /// The kind of entity costs are attributed to.
+    #[oai(rename = "entity_type")]
+    pub entity_type: crate::models::UsageEntityType,
+    /// The entity's id.
+    #[oai(rename = "entity_id")]
+    pub entity_id: String,
+    /// Usage records attributed to it.
+    #[oai(rename = "records")]
+    pub records: i64,
+    /// Prompt tokens.
+    #[oai(rename = "input_tokens")]
+    pub input_tokens: i64,
+    /// Completion tokens.
+    #[oai(rename = "output_tokens")]
+    pub output_tokens: i64,
+    /// Prompt and completion tokens.
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+    /// US dollars.
+    #[oai(rename = "cost")]
+    pub cost: f64,
+    /// The exact cost in billionths of a US dollar.
+    #[oai(rename = "cost_nano_usd")]
+    pub cost_nano_usd: i64,
+}
+/// One day's cost.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "DailyCost", deny_unknown_fields)]
+pub struct DailyCost {
+    /// The day (UTC).
+    #[oai(rename = "date")]
+    pub date: String,
+    /// Prompt and completion tokens.
+    #[oai(rename = "total_tokens")]
+    pub total_tokens: i64,
+    /// US dollars.
+    #[oai(rename = "cost")]
+    pub cost: f64,
+    /// The exact cost in billionths of a US dollar.
+    #[oai(rename = "cost_nano_usd")]
+    pub cost_nano_usd: i64,
+}
+/// Costs attributed to entities of one type (or to one entity), with a daily series.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "UsageCosts", deny_unknown_fields)]
+pub struct UsageCosts {
+    /// The kind of entity costs are attributed to.
+    #[oai(rename = "entity_type")]
+    pub entity_type: crate::models::UsageEntityType,
+    /// The entity asked for; null for all entities of the type.
+    #[oai(rename = "entity_id")]
+    pub entity_id: Option<String>,
+    /// The period asked for (`from`/`start_date` to `to`/`end_date`, inclusive); null bounds are open.
+    #[oai(rename = "period")]
+    pub period: crate::models::UsagePeriod,
+    /// US dollars over every entry.
+    #[oai(rename = "total_cost")]
+    pub total_cost: f64,
+    /// The exact total in billionths of a US dollar.
+    #[oai(rename = "total_cost_nano_usd")]
+    pub total_cost_nano_usd: i64,
+    /// One entry per entity, most expensive first (at most 100).
+    #[oai(rename = "entries")]
+    pub entries: Vec<crate::models::UsageCostEntry>,
+    /// The cost per day, in time order.
+    #[oai(rename = "by_day")]
+    pub by_day: Vec<crate::models::DailyCost>,
+}
+/// One agent's conversations.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentConversationStats", deny_unknown_fields)]
+pub struct AgentConversationStats {
+    /// The agent.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// Conversations started in the period.
+    #[oai(rename = "conversations")]
+    pub conversations: i64,
+    /// Messages sent in the period.
+    #[oai(rename = "messages")]
+    pub messages: i64,
+    /// Messages per conversation started (0 without conversations).
+    #[oai(rename = "average_messages_per_conversation")]
+    pub average_messages_per_conversation: f64,
+}
+/// One day's conversations and messages.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "DailyConversationStats", deny_unknown_fields)]
+pub struct DailyConversationStats {
+    /// The day (UTC).
+    #[oai(rename = "date")]
+    pub date: String,
+    /// Conversations started that day.
+    #[oai(rename = "conversations")]
+    pub conversations: i64,
+    /// Messages sent that day.
+    #[oai(rename = "messages")]
+    pub messages: i64,
+}
+/// Conversation analytics (Magnet AI), aggregated from conversations and messages.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ConversationAnalytics", deny_unknown_fields)]
+pub struct ConversationAnalytics {
+    /// The period asked for (`from`/`start_date` to `to`/`end_date`, inclusive); null bounds are open.
+    #[oai(rename = "period")]
+    pub period: crate::models::UsagePeriod,
+    /// The agent counted, when filtered to one.
+    #[oai(rename = "agent_id")]
+    pub agent_id: poem_openapi::types::MaybeUndefined<String>,
+    /// Conversations started in the period.
+    #[oai(rename = "total_conversations")]
+    pub total_conversations: i64,
+    /// Messages sent in the period.
+    #[oai(rename = "total_messages")]
+    pub total_messages: i64,
+    /// Messages per conversation started (0 without conversations).
+    #[oai(rename = "average_messages_per_conversation")]
+    pub average_messages_per_conversation: f64,
+    /// Characters per message (0 without messages).
+    #[oai(rename = "average_message_length")]
+    pub average_message_length: f64,
+    /// Messages per role (`user`, `assistant`, ...).
+    #[oai(rename = "messages_by_role")]
+    pub messages_by_role: std::collections::BTreeMap<String, i64>,
+    /// Per agent, most conversations first (at most 100).
+    #[oai(rename = "by_agent")]
+    pub by_agent: Vec<crate::models::AgentConversationStats>,
+    /// Per day, in time order.
+    #[oai(rename = "by_day")]
+    pub by_day: Vec<crate::models::DailyConversationStats>,
 }
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ListAgentsSort")]

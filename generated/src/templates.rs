@@ -225,9 +225,6 @@ pub enum RenderPromptTemplateResponse {
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
     NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
-    /// The request conflicts with an existing resource.
-    #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
     UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
@@ -250,7 +247,7 @@ pub trait TemplatesApi: crate::Authenticate {
     ) -> impl std::future::Future<Output = ListPromptTemplatesResponse> + Send;
     /// Create a prompt template
     ///
-    /// Creates a template. A variable the text uses but `variables` does not declare answers 409 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409 too.
+    /// Creates a template. A variable the text uses but `variables` does not declare answers 422 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409.
     fn create_prompt_template(
         &self,
         caller: Self::Caller,
@@ -266,7 +263,7 @@ pub trait TemplatesApi: crate::Authenticate {
     ) -> impl std::future::Future<Output = GetPromptTemplateResponse> + Send;
     /// Replace a prompt template
     ///
-    /// Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 409 as on create.
+    /// Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 422 as on create.
     fn replace_prompt_template(
         &self,
         caller: Self::Caller,
@@ -282,7 +279,7 @@ pub trait TemplatesApi: crate::Authenticate {
     ) -> impl std::future::Future<Output = DeletePromptTemplateResponse> + Send;
     /// Render a prompt template
     ///
-    /// Replaces every `{{variable}}` with its value. A declared variable without a value answers 409 (the request conflicts with the template's declared variables) with one detail per missing variable (`details[].field` = `variables.<name>`).
+    /// Replaces every `{{variable}}` with its value. A declared variable without a value answers 422 `MISSING_VARIABLES` with one detail per missing variable (`details[].field` = `variables.<name>`).
     fn render_prompt_template(
         &self,
         caller: Self::Caller,
@@ -345,7 +342,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
     }
     /// Create a prompt template
     ///
-    /// Creates a template. A variable the text uses but `variables` does not declare answers 409 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409 too.
+    /// Creates a template. A variable the text uses but `variables` does not declare answers 422 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409.
     #[oai(
         path = "/v1/prompt-templates",
         method = "post",
@@ -425,7 +422,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
     }
     /// Replace a prompt template
     ///
-    /// Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 409 as on create.
+    /// Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 422 as on create.
     #[oai(
         path = "/v1/prompt-templates/:template_id",
         method = "put",
@@ -503,7 +500,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
     }
     /// Render a prompt template
     ///
-    /// Replaces every `{{variable}}` with its value. A declared variable without a value answers 409 (the request conflicts with the template's declared variables) with one detail per missing variable (`details[].field` = `variables.<name>`).
+    /// Replaces every `{{variable}}` with its value. A declared variable without a value answers 422 `MISSING_VARIABLES` with one detail per missing variable (`details[].field` = `variables.<name>`).
     #[oai(
         path = "/v1/prompt-templates/:template_id/render",
         method = "post",

@@ -30,7 +30,7 @@ failure_response!(UpdateAgentResponse { BadRequest => BadRequest, Unauthorized =
 failure_response!(BulkUpdateAgentsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
 failure_response!(DeleteAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 
-const NOT_FOUND: &str = "AGENT_NOT_FOUND";
+pub(crate) const NOT_FOUND: &str = "AGENT_NOT_FOUND";
 /// Fields that are columns of their own; everything else lives in the `body` document.
 const COLUMNS: &[&str] = &[
     "id",
@@ -67,7 +67,7 @@ fn row_to_json(row: &AgentRow) -> Result<Map<String, Value>, StoreError> {
     Ok(obj)
 }
 
-fn row_to_agent(row: &AgentRow) -> Result<Agent, StoreError> {
+pub(crate) fn row_to_agent(row: &AgentRow) -> Result<Agent, StoreError> {
     let obj = row_to_json(row)?;
     Agent::parse_from_json(Some(Value::Object(obj))).map_err(|e| corrupt(row, e.message()))
 }
@@ -85,7 +85,10 @@ fn row_to_fieldset(
 
 /// Splits the spec's JSON of an agent (as sent, or merged for a patch) into columns. Platform
 /// tokens move to `secrets`; a platform sent without a token keeps the one stored before.
-fn split(mut obj: Map<String, Value>, previous_secrets: &str) -> Result<AgentChanges, StoreError> {
+pub(crate) fn split(
+    mut obj: Map<String, Value>,
+    previous_secrets: &str,
+) -> Result<AgentChanges, StoreError> {
     let text = |obj: &mut Map<String, Value>, key: &str| match obj.remove(key) {
         Some(Value::String(s)) => Some(s),
         _ => None,
@@ -193,6 +196,7 @@ fn create_once(
                 };
             }
             store::insert(conn, &row)?;
+            publish_agent(conn, "agent.created", &row)?;
             if let Some(k) = &key {
                 idempotency::insert(
                     conn,
@@ -216,6 +220,17 @@ fn create_once(
         }
     }
     Err(last.unwrap_or_else(|| StoreError::Unavailable("idempotent create did not settle".into())))
+}
+
+/// Publishes `agent.created` or `agent.updated` with the agent as its data, in the caller's
+/// transaction.
+pub(crate) fn publish_agent(
+    conn: &mut crate::db::DbConnection,
+    event_type: &str,
+    row: &AgentRow,
+) -> Result<(), StoreError> {
+    let data = Value::Object(row_to_json(row)?);
+    crate::events::publish(conn, &row.org_id, event_type, Some(&row.id), data).map(|_| ())
 }
 
 /// The position a list page ends at, handed out as `next_cursor`: `<offset>.<last id>`.
@@ -367,6 +382,9 @@ impl Handlers {
             .run(move |conn| create_once(conn, row, key, request_hash))
             .await
             .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        if matches!(created, Created::New(_)) {
+            self.events.wake();
+        }
         let row = match created {
             Created::New(row) | Created::Replayed(row) => row,
             Created::KeyReused => {
@@ -408,19 +426,26 @@ impl Handlers {
         let row = self
             .store
             .run(move |conn| {
-                store::update(conn, &org, &id, |current| {
-                    if let Some(header) = &if_match
-                        && !etag_matches(header, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    let merged = merge(row_to_json(current)?);
-                    split(merged, &current.secrets)
-                })
+                store::update(
+                    conn,
+                    &org,
+                    &id,
+                    |current| {
+                        if let Some(header) = &if_match
+                            && !etag_matches(header, &etag(current.version))
+                        {
+                            return Err(StoreError::PreconditionFailed);
+                        }
+                        let merged = merge(row_to_json(current)?);
+                        split(merged, &current.secrets)
+                    },
+                    |conn, row| publish_agent(conn, "agent.updated", row),
+                )
                 .and_then(|inner| inner)
             })
             .await
             .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        self.events.wake();
         let agent = row_to_agent(&row).map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
         Ok((agent, row))
     }
@@ -536,10 +561,20 @@ impl AgentsApi for Handlers {
         let id = params.agent_id;
         match self
             .store
-            .run(move |conn| store::delete(conn, &org, &id))
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    let row = store::get(conn, &org, &id)?;
+                    store::delete(conn, &org, &id)?;
+                    let data = serde_json::json!({"id": row.id, "name": row.name});
+                    crate::events::publish(conn, &org, "agent.deleted", Some(&id), data)
+                })
+            })
             .await
         {
-            Ok(()) => DeleteAgentResponse::NoContent,
+            Ok(_) => {
+                self.events.wake();
+                DeleteAgentResponse::NoContent
+            }
             Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
         }
     }

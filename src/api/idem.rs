@@ -4,7 +4,7 @@
 use sha2::Digest;
 
 use crate::db::idempotency::{self, IdempotencyRow};
-use crate::db::{DbConnection, StoreError, StoreResult};
+use crate::db::{DbConnection, Store, StoreError, StoreResult};
 use crate::error::{Failure, Kind, detail};
 
 /// What a keyed create did.
@@ -92,4 +92,53 @@ pub fn create_once<T>(
         }
     }
     Err(last.unwrap_or_else(|| StoreError::Unavailable("idempotent create did not settle".into())))
+}
+
+/// A keyed create, owned, for [`create_keyed`].
+pub struct NewKeyed {
+    pub org_id: String,
+    pub operation: &'static str,
+    pub key: Option<String>,
+    pub request_hash: String,
+    pub resource_id: String,
+}
+
+/// [`create_once`] on the store's blocking pool.
+pub async fn create_keyed<T: Send + 'static>(
+    store: &Store,
+    k: NewKeyed,
+    insert: impl FnMut(&mut DbConnection) -> StoreResult<T> + Send + 'static,
+    fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
+) -> StoreResult<Created<T>> {
+    store
+        .run(move |conn| {
+            let keyed = Keyed {
+                org_id: &k.org_id,
+                operation: k.operation,
+                key: k.key.as_deref(),
+                request_hash: &k.request_hash,
+                resource_id: &k.resource_id,
+            };
+            create_once(conn, &keyed, insert, fetch)
+        })
+        .await
+}
+
+/// [`create_keyed`] for a plain create: the new or replayed resource, or the 409 of a reused
+/// key; storage errors become `not_found` (a fetch of a gone resource) or their failure.
+pub async fn create_resource<T: Send + 'static>(
+    store: &Store,
+    k: NewKeyed,
+    insert: impl FnMut(&mut DbConnection) -> StoreResult<T> + Send + 'static,
+    fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
+    not_found: &str,
+    request_id: &str,
+) -> Result<T, Failure> {
+    match create_keyed(store, k, insert, fetch)
+        .await
+        .map_err(|e| Failure::from_store(e, not_found, request_id))?
+    {
+        Created::New(t) | Created::Replayed(t) => Ok(t),
+        Created::KeyReused => Err(key_reused(request_id)),
+    }
 }

@@ -4,15 +4,25 @@ mod agents;
 mod batch;
 
 pub use batch::App;
+mod conversations;
+mod deployments;
+mod evaluations;
+mod events;
+mod executions;
 mod idem;
 mod identity;
 mod knowledge;
+mod marketplace;
 mod models;
 mod paging;
 mod security;
 mod system;
 mod templates;
 mod tools;
+mod twins;
+mod usage;
+mod vault;
+mod webhooks;
 
 use std::time::Instant;
 
@@ -46,6 +56,16 @@ pub struct Handlers {
     /// The whole application, through which batch operations are dispatched (set once the
     /// application is assembled; weak, since the application holds these handlers).
     pub dispatcher: batch::Dispatcher,
+    /// Where agents' deployments run (the embedded runtime by default).
+    pub runtime: std::sync::Arc<dyn crate::runtime::Runtime>,
+    /// Runs evaluation cases through an agent.
+    pub cases: std::sync::Arc<dyn crate::evaluation::CaseRunner>,
+    /// Wakes the event log's in-process consumers after a commit that published events.
+    pub events: crate::events::EventBus,
+    /// Runs executions (jobs of kind `execution`).
+    pub runner: crate::engine::runner::ExecutionRunner,
+    /// The workers that run jobs; started by the server, woken after an enqueue.
+    pub pool: crate::jobs::WorkerPool,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
@@ -58,9 +78,60 @@ impl Handlers {
 
     /// Handlers whose GitHub source syncs call the GitHub REST API at `github_api`.
     pub fn with_github_api(store: Store, crypto: crate::crypto::Crypto, github_api: &str) -> Self {
-        Self {
+        Self::with_pool(
+            store,
             crypto,
-            syncs: crate::knowledge::sync::SyncRunner::new(store.clone(), github_api),
+            github_api,
+            crate::jobs::PoolConfig::default(),
+            crate::events::EventBus::new(),
+        )
+    }
+
+    /// Handlers with a worker pool configured as `pool` (not started: see
+    /// [`crate::jobs::WorkerPool::start`]), waking `events` after they publish.
+    pub fn with_pool(
+        store: Store,
+        crypto: crate::crypto::Crypto,
+        github_api: &str,
+        pool: crate::jobs::PoolConfig,
+        events: crate::events::EventBus,
+    ) -> Self {
+        let runner = crate::engine::runner::ExecutionRunner {
+            store: store.clone(),
+            crypto: crypto.clone(),
+            live: std::sync::Arc::default(),
+            history: std::sync::Arc::new(crate::db::conversations::history),
+            after_finish: std::sync::Arc::new(crate::db::conversations::record_reply),
+            events: events.clone(),
+        };
+        let handlers: std::collections::HashMap<
+            String,
+            std::sync::Arc<dyn crate::jobs::JobHandler>,
+        > = [(
+            crate::engine::runner::KIND.to_string(),
+            std::sync::Arc::new(runner.clone()) as std::sync::Arc<dyn crate::jobs::JobHandler>,
+        )]
+        .into();
+        let pool = crate::jobs::WorkerPool::new(store.clone(), pool, handlers);
+        let cases = std::sync::Arc::new(crate::evaluation::PooledCases {
+            store: store.clone(),
+            live: runner.live.clone(),
+            pool: pool.clone(),
+        });
+        Self {
+            pool,
+            runner,
+            crypto,
+            runtime: std::sync::Arc::new(crate::runtime::embedded::EmbeddedRuntime::new(
+                store.clone(),
+            )),
+            cases,
+            syncs: crate::knowledge::sync::SyncRunner::new(
+                store.clone(),
+                github_api,
+                events.clone(),
+            ),
+            events,
             store,
             started: Instant::now(),
             started_at: crate::ids::now(),
@@ -194,6 +265,32 @@ fn credential(req: &poem::Request) -> Option<String> {
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .or_else(|| stream_credential(req))
+}
+
+/// Browsers cannot set headers on a WebSocket handshake, so the streams (`GET …/stream`)
+/// also take the key as the `access_token` query parameter or as a `bearer.<key>`
+/// subprotocol (beside `agentplane.v1`, which the server selects).
+fn stream_credential(req: &poem::Request) -> Option<String> {
+    if req.method() != poem::http::Method::GET || !req.uri().path().ends_with("/stream") {
+        return None;
+    }
+    let from_query = req.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.into_owned())
+    });
+    from_query
+        .or_else(|| {
+            req.headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.split(',')
+                        .find_map(|p| p.trim().strip_prefix("bearer.").map(str::to_string))
+                })
+        })
         .filter(|v| !v.is_empty())
 }
 

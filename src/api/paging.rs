@@ -55,6 +55,15 @@ impl PageRequest {
         }
     }
 
+    /// Where the page starts, as the storage layer takes it.
+    pub fn page(&self) -> crate::db::knowledge::Page {
+        crate::db::knowledge::Page {
+            after_id: self.after_id.clone(),
+            offset: self.offset,
+            limit: self.limit,
+        }
+    }
+
     /// The pagination block for a page of `len` items whose last id is `last_id`.
     pub fn pagination(&self, len: usize, last_id: Option<&str>, total: i64) -> Pagination {
         let end = self.offset + i64::try_from(len).unwrap_or(0);

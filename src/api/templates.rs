@@ -22,7 +22,7 @@ failure_response!(CreatePromptTemplateResponse { Conflict => Conflict, BadReques
 failure_response!(GetPromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(ReplacePromptTemplateResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
 failure_response!(DeletePromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(RenderPromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
+failure_response!(RenderPromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
 
 pub(crate) const NOT_FOUND: &str = "TEMPLATE_NOT_FOUND";
 const CREATE_OPERATION: &str = "createPromptTemplate";
@@ -63,7 +63,7 @@ fn changes_of(input: &PromptTemplateInput, rid: &str) -> Result<TemplateChanges,
                     })
                     .collect();
                 return Err(Failure::with_details(
-                    Kind::Conflict,
+                    Kind::Unprocessable,
                     "UNDECLARED_VARIABLE",
                     "the template uses variables that `variables` does not declare",
                     details,
@@ -259,7 +259,7 @@ pub(crate) fn render_declared(
             })
             .collect();
         return Err(Failure::with_details(
-            Kind::Conflict,
+            Kind::Unprocessable,
             "MISSING_VARIABLES",
             format!("missing values for: {}", missing.join(", ")),
             details,

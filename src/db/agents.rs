@@ -249,11 +249,14 @@ const UPDATE_ATTEMPTS: usize = 8;
 /// stale `If-Match`), and writes them with the version bumped, only if no other writer bumped
 /// it meanwhile. When one did, the whole step runs again on the newer version, so concurrent
 /// updates all land and `change` always judges the version it replaces.
+///
+/// `on_written` runs in the same transaction with the updated row (to publish its event).
 pub fn update<E>(
     conn: &mut DbConnection,
     org_id: &str,
     id: &str,
     mut change: impl FnMut(&AgentRow) -> Result<AgentChanges, E>,
+    mut on_written: impl FnMut(&mut DbConnection, &AgentRow) -> StoreResult<()>,
 ) -> StoreResult<Result<AgentRow, E>> {
     for _ in 0..UPDATE_ATTEMPTS {
         let attempt = super::write_transaction(conn, |conn| {
@@ -274,7 +277,9 @@ pub fn update<E>(
             if !write_version(conn, &current, &changes, &crate::ids::now())? {
                 return Ok(None); // lost the race: read again
             }
-            get(conn, org_id, id).map(|row| Some(Ok(row)))
+            let row = get(conn, org_id, id)?;
+            on_written(conn, &row)?;
+            Ok(Some(Ok(row)))
         })?;
         if let Some(done) = attempt {
             return Ok(done);

@@ -5,16 +5,26 @@
 //! blocking pool ([`Store::run`]), never on the async workers.
 
 pub mod agents;
+pub mod conversations;
+pub mod deployments;
+pub mod evaluations;
+pub mod events;
+pub mod executions;
 pub mod idempotency;
 pub mod identity;
 pub mod knowledge;
 pub mod models;
 pub mod ratelimit;
 pub mod schema;
+pub mod sealed;
 pub mod security;
 pub mod sql;
 pub mod templates;
 pub mod tools;
+pub mod twins;
+pub mod usage;
+pub mod vault;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -154,6 +154,25 @@ diesel::table! {
 }
 
 diesel::table! {
+    jobs (id) {
+        id -> Text,
+        kind -> Text,
+        org_id -> Text,
+        agent_id -> Nullable<Text>,
+        payload -> Text,
+        status -> Text,
+        attempts -> BigInt,
+        max_attempts -> BigInt,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Text>,
+        run_after -> Text,
+        last_error -> Nullable<Text>,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
     tools (id) {
         id -> Text,
         org_id -> Text,
@@ -292,5 +311,177 @@ diesel::table! {
         details -> Text,
         request_id -> Nullable<Text>,
         created_at -> Text,
+    }
+}
+diesel::table! {
+    events (id) {
+        id -> Text,
+        org_id -> Text,
+        event_type -> Text,
+        subject_id -> Nullable<Text>,
+        data -> Text,
+        created_at -> Text,
+    }
+}
+
+diesel::table! {
+    webhooks (id) {
+        id -> Text,
+        org_id -> Text,
+        url -> Text,
+        events -> Text,
+        secret_encrypted -> Text,
+        active -> BigInt,
+        description -> Nullable<Text>,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Text,
+        org_id -> Text,
+        webhook_id -> Nullable<Text>,
+        target -> Nullable<Text>,
+        event_id -> Text,
+        event_type -> Text,
+        status -> Text,
+        attempts -> BigInt,
+        next_attempt_at -> Nullable<Text>,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Text>,
+        last_attempt_at -> Nullable<Text>,
+        response_status -> Nullable<BigInt>,
+        error -> Nullable<Text>,
+        created_at -> Text,
+        completed_at -> Nullable<Text>,
+    }
+}
+
+// deployments
+
+diesel::table! {
+    agent_deployments (agent_id) {
+        agent_id -> Text,
+        org_id -> Text,
+        state -> Text,
+        target_replicas -> BigInt,
+        revision -> BigInt,
+        drain_before -> Nullable<Text>,
+        deployed_at -> Text,
+        last_updated -> Text,
+    }
+}
+
+diesel::table! {
+    agent_logs (id) {
+        id -> Text,
+        org_id -> Text,
+        agent_id -> Text,
+        level -> Text,
+        message -> Text,
+        revision -> BigInt,
+        execution_id -> Nullable<Text>,
+        created_at -> Text,
+    }
+}
+
+// evaluations
+
+diesel::table! {
+    evaluations (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        target_id -> Text,
+        body -> Text,
+        latest_run_id -> Nullable<Text>,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    evaluation_runs (id) {
+        id -> Text,
+        org_id -> Text,
+        evaluation_id -> Text,
+        status -> Text,
+        summary -> Nullable<Text>,
+        results -> Text,
+        error -> Nullable<Text>,
+        created_at -> Text,
+        started_at -> Nullable<Text>,
+        finished_at -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    vault_credentials (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        cred_type -> Text,
+        environment -> Nullable<Text>,
+        description -> Nullable<Text>,
+        body -> Text,
+        value_sealed -> Text,
+        last_accessed_at -> Nullable<Text>,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    vault_tokens (id) {
+        id -> Text,
+        org_id -> Text,
+        user_id -> Text,
+        name -> Text,
+        prefix -> Text,
+        token_hash -> Text,
+        created_at -> Text,
+        expires_at -> Nullable<Text>,
+        last_used_at -> Nullable<Text>,
+        revoked_at -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    twins (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        twin_type -> Text,
+        description -> Nullable<Text>,
+        body -> Text,
+        secrets -> Text,
+        version -> BigInt,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    simulations (id) {
+        id -> Text,
+        org_id -> Text,
+        twin_id -> Text,
+        scenario -> Text,
+        model -> Text,
+        status -> Text,
+        parameters -> Text,
+        seed -> BigInt,
+        runs -> BigInt,
+        run_async -> BigInt,
+        notification_webhook -> Nullable<Text>,
+        results -> Nullable<Text>,
+        error -> Nullable<Text>,
+        created_at -> Text,
+        started_at -> Nullable<Text>,
+        finished_at -> Nullable<Text>,
     }
 }

@@ -3,4 +3,5 @@
 
 pub mod pipeline;
 pub mod provider;
+pub mod runner;
 pub mod template;

@@ -41,6 +41,8 @@ pub struct SyncRunner {
     client: reqwest::Client,
     github_api: String,
     permits: Arc<tokio::sync::Semaphore>,
+    /// Woken after a sync's end is recorded (`knowledge.sync.completed`).
+    events: crate::events::EventBus,
 }
 
 /// What a source body stores besides its columns.
@@ -53,7 +55,7 @@ pub fn body_text(source: &SourceRow, key: &str) -> Option<String> {
 }
 
 impl SyncRunner {
-    pub fn new(store: Store, github_api: &str) -> Self {
+    pub fn new(store: Store, github_api: &str, events: crate::events::EventBus) -> Self {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
@@ -65,7 +67,13 @@ impl SyncRunner {
             client,
             github_api: github_api.trim_end_matches('/').to_string(),
             permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SYNCS)),
+            events,
         }
+    }
+
+    /// Wakes `events` after the syncs this runner finishes.
+    pub fn set_events(&mut self, events: crate::events::EventBus) {
+        self.events = events;
     }
 
     /// The HTTP client fetches use (shared with API tools' test calls).
@@ -110,26 +118,42 @@ impl SyncRunner {
             }
             Err(e) => Err(format!("cannot load the source: {e}")),
         };
-        let id = sync.id.clone();
-        let source_id = sync.source_id.clone();
+        let done = sync.clone();
         let result = self
             .store
             .run(move |conn| {
-                let now = crate::ids::now();
-                match &outcome {
-                    Ok((docs, chunks)) => {
-                        store::finish_sync(conn, &id, None, *docs, *chunks)?;
-                        store::set_source_status(conn, &source_id, "active", Some(&now))
-                    }
-                    Err(message) => {
-                        store::finish_sync(conn, &id, Some(message), 0, 0)?;
-                        store::set_source_status(conn, &source_id, "failed", Some(&now))
-                    }
-                }
+                crate::db::write_transaction(conn, |conn| {
+                    let now = crate::ids::now();
+                    let (docs, chunks, error) = match &outcome {
+                        Ok((docs, chunks)) => (*docs, *chunks, None),
+                        Err(message) => (0, 0, Some(message.as_str())),
+                    };
+                    store::finish_sync(conn, &done.id, error, docs, chunks)?;
+                    let status = if error.is_none() { "active" } else { "failed" };
+                    store::set_source_status(conn, &done.source_id, status, Some(&now))?;
+                    crate::events::publish(
+                        conn,
+                        &done.org_id,
+                        "knowledge.sync.completed",
+                        Some(&done.id),
+                        serde_json::json!({
+                            "sync_id": done.id,
+                            "knowledge_base_id": done.kb_id,
+                            "source_id": done.source_id,
+                            "status": if error.is_none() { "completed" } else { "failed" },
+                            "documents": docs,
+                            "chunks": chunks,
+                            "error": error,
+                        }),
+                    )
+                })
             })
             .await;
-        if let Err(e) = result {
-            tracing::warn!(sync = %sync.id, error = %e, "cannot record the end of a sync");
+        match result {
+            Ok(_) => self.events.wake(),
+            Err(e) => {
+                tracing::warn!(sync = %sync.id, error = %e, "cannot record the end of a sync")
+            }
         }
     }
 

@@ -99,10 +99,21 @@ impl TestApp {
         configure: impl FnOnce(&mut Config),
     ) -> Option<TestApp> {
         let database_url = fresh_database(backend)?;
+        // Server errors (a storage failure behind a 503) show in a failing test's output;
+        // `AGENTPLANE_TEST_LOG=debug` shows more.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("AGENTPLANE_TEST_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
         let mut config = Config {
             listen: "127.0.0.1:0".into(),
             database_url: database_url.clone(),
-            pool_size: 4,
+            // The background loops (worker pool, deployments, webhook deliveries) hold
+            // connections too.
+            pool_size: 8,
             // A fixed test key: no key file is written beside the test databases (or into
             // ./data for PostgreSQL).
             master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
@@ -129,6 +140,54 @@ impl TestApp {
             database_url,
             shutdown: Some(tx),
         })
+    }
+
+    /// A second server on this app's database (a restart, or another replica), with
+    /// `configure` applied; it shares the admin key.
+    pub async fn reopen_with(&self, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            database_url: self.database_url.clone(),
+            // The background loops (worker pool, deployments, webhook deliveries) hold
+            // connections too.
+            pool_size: 8,
+            master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            ..Config::default()
+        };
+        configure(&mut config);
+        let (bound, _) = server::bind(&config).await.expect("server binds");
+        let base = format!("http://{}", bound.addr);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(bound.serve(async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            base,
+            admin_key: self.admin_key.clone(),
+            client: reqwest::Client::new(),
+            store: self.store.clone(),
+            database_url: self.database_url.clone(),
+            shutdown: Some(tx),
+        }
+    }
+
+    /// Stops this server (gracefully) and waits until it no longer answers.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for _ in 0..100 {
+            if self
+                .client
+                .get(self.url("/v1/health"))
+                .send()
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// The typed client generated from the spec (`clients/rust`), authenticated with the

@@ -57,7 +57,7 @@ backend_test!(templates_crud_render_and_missing_variables, |app| {
     assert_eq!(out["variables_used"], json!(["topic", "company"]));
 
     let (status, err) = json(app.send_json(Method::POST, &render, &json!({})).await).await;
-    assert_eq!(status, 409, "{err}");
+    assert_eq!(status, 422, "{err}");
     assert_eq!(fields(&err), vec!["variables.topic", "variables.company"]);
     let (status, err) = json(
         app.send_json(Method::POST, &render, &json!({"variables": {"topic": "x"}}))
@@ -66,7 +66,7 @@ backend_test!(templates_crud_render_and_missing_variables, |app| {
     .await;
     assert_eq!(
         (status, fields(&err)),
-        (409, vec!["variables.company".to_string()])
+        (422, vec!["variables.company".to_string()])
     );
 
     // Detected variables when none are declared; replace with If-Match.
@@ -147,7 +147,7 @@ backend_test!(templates_refuse_undeclared_variables_and_bad_input, |app| {
         .await,
     )
     .await;
-    assert_eq!(status, 409, "{err}");
+    assert_eq!(status, 422, "{err}");
     assert_eq!(err["error"]["code"], "UNDECLARED_VARIABLE");
     assert_eq!(fields(&err), vec!["variables", "variables"]);
     let message = err["error"]["details"][0]["message"].as_str().unwrap_or("");

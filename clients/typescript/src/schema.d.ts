@@ -196,7 +196,7 @@ export interface paths {
         put?: never;
         /**
          * Create a prompt template
-         * @description Creates a template. A variable the text uses but `variables` does not declare answers 409 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409 too.
+         * @description Creates a template. A variable the text uses but `variables` does not declare answers 422 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409.
          */
         post: operations["createPromptTemplate"];
         delete?: never;
@@ -222,7 +222,7 @@ export interface paths {
         get: operations["getPromptTemplate"];
         /**
          * Replace a prompt template
-         * @description Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 409 as on create.
+         * @description Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 422 as on create.
          */
         put: operations["replacePromptTemplate"];
         post?: never;
@@ -250,9 +250,269 @@ export interface paths {
         put?: never;
         /**
          * Render a prompt template
-         * @description Replaces every `{{variable}}` with its value. A declared variable without a value answers 409 (the request conflicts with the template's declared variables) with one detail per missing variable (`details[].field` = `variables.<name>`).
+         * @description Replaces every `{{variable}}` with its value. A declared variable without a value answers 422 `MISSING_VARIABLES` with one detail per missing variable (`details[].field` = `variables.<name>`).
          */
         post: operations["renderPromptTemplate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/agents/{agent_id}/status": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an agent's deployment status
+         * @description The agent's deployment in its runtime (Agent Launchpad `GET /api/agents/{agentId}/status`): state, target and ready replicas, executions in flight, health, revision and uptime. In the embedded runtime each replica is a worker slot serving the agent's executions; an agent is deployed with one replica when it is created.
+         */
+        get: operations["getAgentStatus"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/agents/{agent_id}/scale": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Scale an agent
+         * @description Sets how many of the agent's executions may run at once (its replicas, 0 to 16). Answers 202 with the deployment while it converges: scaling up opens slots at once; scaling down lets executions already running finish, and 0 stops the agent (its executions wait, queued, until it is scaled up again).
+         */
+        post: operations["scaleAgent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/agents/{agent_id}/restart": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Restart an agent
+         * @description Drains the agent's work in flight (no new execution starts until the executions already running finish) and starts a new revision. Answers 202 with the deployment in state `restarting`; the status turns `deployed` with `revision` one higher once drained.
+         */
+        post: operations["restartAgent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/agents/{agent_id}/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an agent's metrics
+         * @description Computed from the agent's recorded executions that finished within `window` (counts by outcome, rate, latency percentiles by nearest rank, tokens and cost) plus those queued or running now. Nothing is sampled or estimated.
+         */
+        get: operations["getAgentMetrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/agents/{agent_id}/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an agent's logs
+         * @description The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them.
+         */
+        get: operations["getAgentLogs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/evaluations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List evaluations
+         * @description Lists the organization's evaluations, newest first; filter by the agent they evaluate with `target_id`.
+         */
+        get: operations["listEvaluations"];
+        put?: never;
+        /**
+         * Create an evaluation
+         * @description An agent and a dataset of cases (`input`, `expected_output`) to run it on, and how a case passes. `target_id` must name an agent of the organization (else 422 naming `target_id`).
+         */
+        post: operations["createEvaluation"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/evaluations/{evaluation_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The evaluation's id. */
+                evaluation_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an evaluation
+         * @description The evaluation, its cases and its latest run's id.
+         */
+        get: operations["getEvaluation"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete an evaluation
+         * @description Deletes the evaluation and its runs.
+         */
+        delete: operations["deleteEvaluation"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/evaluations/{evaluation_id}/run": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The evaluation's id. */
+                evaluation_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Run an evaluation
+         * @description Runs every case through the agent, in the background: answers 202 with the run to poll. Runs are kept, so results can be compared across runs.
+         */
+        post: operations["runEvaluation"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/evaluations/{evaluation_id}/runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The evaluation's id. */
+                evaluation_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * List an evaluation's runs
+         * @description Its runs, newest first, with their summaries (results per case: get the run).
+         */
+        get: operations["listEvaluationRuns"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/evaluations/{evaluation_id}/runs/{run_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The evaluation's id. */
+                evaluation_id: string;
+                /** @description The run's id. */
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an evaluation run
+         * @description One run: status, summary and the result of every case.
+         */
+        get: operations["getEvaluationRun"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/evaluations/{evaluation_id}/results": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The evaluation's id. */
+                evaluation_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an evaluation's results
+         * @description The latest run (Magnet AI `GET /api/evaluations/{id}/results`): per case output, pass/fail, exact match, contains, token F1, latency, tokens and cost, with the aggregates. 404 `NO_RUNS` before the first run.
+         */
+        get: operations["getEvaluationResults"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -309,6 +569,247 @@ export interface paths {
          * @description Deletes the model; agents that name it fail their model step until changed. The built-in `model_local` cannot be deleted (404).
          */
         delete: operations["deleteModel"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/agents/{agent_id}/execute": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Execute an agent
+         * @description Runs the agent on a worker: its prompt template is rendered with `parameters`, its
+         *     knowledge bases are searched with the input, and its model answers. Three ways to get the
+         *     answer:
+         *
+         *     * default: **202** with the queued execution and its `Location`; poll
+         *       `GET /v1/executions/{id}` (or follow `GET /v1/executions/{id}/events`).
+         *     * `options.wait: true`: **200** with the finished execution (waiting at most
+         *       `options.timeout`; an execution still running then answers 202).
+         *     * `options.stream: true` or `Accept: text/event-stream`: **200** `text/event-stream`,
+         *       one event per line group: `execution.started`, a `step` per finished step, `token`
+         *       deltas of the answer, and a last `execution.completed` or `execution.failed` carrying
+         *       the execution. Each event's `data:` is an `ExecutionEvent` as JSON.
+         *
+         *     A declared template variable without a value answers **422** with one detail per
+         *     missing variable (`details[].field` = `parameters.<name>`). A retry with the same
+         *     `Idempotency-Key` and body answers with the first request's execution. An agent whose
+         *     deployment is scaled to 0 replicas answers **409** (`AGENT_NOT_SERVING`); its replicas
+         *     are the executions it runs at once, the others wait `queued`.
+         */
+        post: operations["executeAgent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/executions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List executions
+         * @description Lists the organization's executions, newest first, optionally of one agent or in one status. Page with `page`/`per_page` or `cursor`/`limit`.
+         */
+        get: operations["listExecutions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/executions/{execution_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an execution
+         * @description The execution: status, result, tokens and cost, duration and step logs (template rendering, retrieval, model call, each timed). Its `ETag` changes as it progresses; with a matching `If-None-Match` answers 304.
+         */
+        get: operations["getExecution"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/executions/{execution_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel an execution
+         * @description Cancels a queued or running execution (a running one stops at once, on whichever server runs it). A finished execution answers 409.
+         */
+        post: operations["cancelExecution"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/executions/{execution_id}/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an execution's logs
+         * @description The execution's log lines, oldest first (CodexOS `logs`), built from its steps.
+         */
+        get: operations["getExecutionLogs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/executions/{execution_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Follow an execution
+         * @description Its progress as server-sent events (the events of `executeAgent` with `options.stream`), from any server: it follows the stored execution, so it works whichever replica runs it, and ends after the last event. A finished execution answers its steps and last event at once. Token deltas reach only streams on the replica that runs it.
+         */
+        get: operations["streamExecutionEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/conversations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List conversations
+         * @description Lists the organization's conversations, newest first, optionally with one agent. Page with `page`/`per_page` or `cursor`/`limit`.
+         */
+        get: operations["listConversations"];
+        put?: never;
+        /**
+         * Create a conversation
+         * @description Starts a conversation with an agent of the organization. An `agent_id` naming no agent of the organization answers 422 (`details[].field` = `agent_id`).
+         */
+        post: operations["createConversation"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/conversations/{conversation_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a conversation
+         * @description The conversation with its latest 100 messages, oldest first, and its `ETag`; with a matching `If-None-Match` answers 304.
+         */
+        get: operations["getConversation"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a conversation
+         * @description Deletes the conversation and its messages; later reads answer 404. Its executions and usage records stay.
+         */
+        delete: operations["deleteConversation"];
+        options?: never;
+        head?: never;
+        /**
+         * Update a conversation
+         * @description Changes its title or metadata. With `If-Match`, answers 412 when it changed since that `ETag`.
+         */
+        patch: operations["updateConversation"];
+        trace?: never;
+    };
+    "/v1/conversations/{conversation_id}/messages": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * List a conversation's messages
+         * @description The messages, oldest first. Page with `page`/`per_page` or `cursor`/`limit`.
+         */
+        get: operations["listMessages"];
+        put?: never;
+        /**
+         * Send a message
+         * @description Adds the user's message and has the agent answer it, with the conversation's earlier
+         *     messages as history (an execution, linked from both messages). Answers **201** with the
+         *     message, the assistant's `reply` (absent when the execution did not succeed within
+         *     `timeout`) and the execution; with `stream: true` (or `Accept: text/event-stream`)
+         *     **200** with the reply's progress as server-sent events, the last of which carries the
+         *     reply as `message`. A declared template variable without a value answers 422
+         *     (`details[].field` = `parameters.<name>`); an agent whose deployment is scaled to 0
+         *     replicas answers 409 (`AGENT_NOT_SERVING`).
+         */
+        post: operations["sendMessage"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -853,6 +1354,627 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List events
+         * @description Lists the organization's events, newest first (the event log behind webhooks and `/v1/stream`). Filter with `type` and `subject_id`; page with `page`/`per_page` or `cursor`/`limit`.
+         */
+        get: operations["listEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/events/{event_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The event's id (`evt_…`). */
+                event_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get an event
+         * @description Returns one event of the organization, as webhooks and the stream deliver it.
+         */
+        get: operations["getEvent"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stream events over a WebSocket
+         * @description Opens a WebSocket (AIMatrix `wss://…/v1/stream`) that carries the organization's events
+         *     as they happen, each as a text frame holding an `Event` (the same JSON a webhook
+         *     delivery carries). Send `{"type": "subscribe", "events": ["agent.*", "knowledge.sync.completed"]}`
+         *     (or AIMatrix's `{"type": "subscribe", "channels": ["agents", "knowledge"]}`) to choose
+         *     the types; until then, and when `events` is given in the query, those apply (default:
+         *     none). The server answers `{"type": "subscribed", "events": [...]}`; see
+         *     `StreamClientMessage` and `StreamControlMessage`.
+         *
+         *     Authenticate as everywhere (`Authorization` or `X-API-Key`); browsers, which cannot set
+         *     headers on a WebSocket, pass the key as the `access_token` query parameter or as a
+         *     subprotocol: `new WebSocket(url, ["agentplane.v1", "bearer." + key])` (the server
+         *     selects `agentplane.v1`). A plain HTTP request without a WebSocket upgrade answers 426.
+         */
+        get: operations["streamEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List webhooks
+         * @description Lists the organization's webhook subscriptions, newest first. Secrets are never returned.
+         */
+        get: operations["listWebhooks"];
+        put?: never;
+        /**
+         * Create a webhook
+         * @description Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then
+         *     POSTed to it from a durable outbox, signed and retried (see `docs/webhooks.md`):
+         *     `X-Agentplane-Signature: v1=<hex HMAC-SHA256(secret, "<X-Agentplane-Timestamp>.<body>")>`.
+         *     Without `secret` one is generated; the answer is the only place the secret is shown.
+         */
+        post: operations["createWebhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{webhook_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a webhook
+         * @description Returns the webhook (never its secret) with its `ETag`; with a matching `If-None-Match` answers 304.
+         */
+        get: operations["getWebhook"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a webhook
+         * @description Deletes the subscription and its queued deliveries; later reads answer 404.
+         */
+        delete: operations["deleteWebhook"];
+        options?: never;
+        head?: never;
+        /**
+         * Update a webhook
+         * @description Changes the fields sent. With `If-Match`, answers 412 when the webhook changed since that `ETag`. Deliveries already queued keep going; a new `secret` signs every attempt from now on.
+         */
+        patch: operations["updateWebhook"];
+        trace?: never;
+    };
+    "/v1/webhooks/{webhook_id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * List a webhook's deliveries
+         * @description Lists the deliveries of this webhook from the outbox, newest first, with status and attempts. Filter with `status`.
+         */
+        get: operations["listWebhookDeliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a delivery
+         * @description Returns one delivery of this webhook with its status and attempts.
+         */
+        get: operations["getWebhookDelivery"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Redeliver an event
+         * @description Queues the delivery's event again for this webhook, as a new delivery with fresh attempts (the old one is kept), and answers 202 with it.
+         */
+        post: operations["redeliverWebhookDelivery"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{webhook_id}/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a test event
+         * @description Queues a `webhook.ping` event for this webhook alone (whatever its `events` and `active`) and answers 202 with the delivery to poll.
+         */
+        post: operations["testWebhook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/marketplace/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Search the marketplace
+         * @description Searches the catalog of agent templates shipped with the server (CodexOS `GET /marketplace/search`). `q` matches name, description and tags (every word must match); `category`, `tags` (every tag given) and `price` filter; `sort` orders (`popular` by default).
+         */
+        get: operations["searchMarketplace"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/marketplace/templates/{template_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The marketplace template's id (`support-kb-assistant`). */
+                template_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a marketplace template
+         * @description Returns one template of the catalog, with its agent configuration and prompt.
+         */
+        get: operations["getMarketplaceTemplate"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/marketplace/install/{template_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The marketplace template's id (`support-kb-assistant`). */
+                template_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Install a marketplace template
+         * @description Creates, in one transaction, the template's prompt template and an agent linked to it (`prompt_template_id`) in the caller's organization (CodexOS `POST /marketplace/install/{template_id}`), and answers 201 with the agent. An `agent.created` event follows. Needs `write:agents` and `write:templates`.
+         */
+        post: operations["installMarketplaceTemplate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vault/credentials": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List credentials
+         * @description Lists the organization's credentials, newest first, without their values. Filter with `type`, `environment` or `tag`.
+         */
+        get: operations["listVaultCredentials"];
+        put?: never;
+        /**
+         * Store a credential
+         * @description Stores a credential; `value` is encrypted at rest under the master key and never returned except to a read with a valid `X-Vault-Token`.
+         */
+        post: operations["createVaultCredential"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vault/credentials/{credential_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The credential's id (`cred_…`). */
+                credential_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a credential (decrypted with a vault token)
+         * @description Returns the credential's metadata with its `ETag`. With a valid `X-Vault-Token` (issued by
+         *     `POST /v1/vault/tokens` in this organization, not revoked, not expired) the answer also
+         *     carries the decrypted `value`, and the read is recorded as a security event. An unknown,
+         *     revoked or expired vault token answers 401; a token of another organization 403.
+         */
+        get: operations["getVaultCredential"];
+        /**
+         * Replace a credential
+         * @description Replaces the credential; a `value` left out keeps the stored secret. With `If-Match`, answers 412 when it changed since that `ETag`.
+         */
+        put: operations["replaceVaultCredential"];
+        post?: never;
+        /**
+         * Delete a credential
+         * @description Deletes the credential and its encrypted value.
+         */
+        delete: operations["deleteVaultCredential"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vault/tokens": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List vault tokens
+         * @description Lists the organization's vault tokens, newest first, revoked ones included. Secrets are never returned.
+         */
+        get: operations["listVaultTokens"];
+        put?: never;
+        /**
+         * Issue a vault token
+         * @description Issues a token that opens this organization's credentials (`X-Vault-Token` on
+         *     `GET /v1/vault/credentials/{credential_id}`). The secret `token` is in this response only
+         *     and stored hashed, so the operation takes no `Idempotency-Key`: a replay could not show it
+         *     again. `ttl_seconds` makes it expire.
+         */
+        post: operations["createVaultToken"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vault/tokens/{token_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The vault token's id (`vtok_…`). */
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a vault token
+         * @description Returns the token's metadata (never its secret).
+         */
+        get: operations["getVaultToken"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/vault/tokens/{token_id}/revoke": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The vault token's id (`vtok_…`). */
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Revoke a vault token
+         * @description Revokes the token at once; it stays listed with `revoked_at`. Revoking a revoked token keeps its first `revoked_at`.
+         */
+        post: operations["revokeVaultToken"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/twins": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List digital twins
+         * @description Lists the organization's digital twins, newest first; `type` narrows to one kind.
+         */
+        get: operations["listTwins"];
+        put?: never;
+        /**
+         * Create a digital twin
+         * @description Creates a digital twin. Data sources' `connection_string`s are encrypted at rest and never returned (`connection_string_set` tells whether one is stored).
+         */
+        post: operations["createTwin"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/twins/{twin_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a digital twin
+         * @description Returns the twin with its `ETag`; with a matching `If-None-Match` answers 304.
+         */
+        get: operations["getTwin"];
+        /**
+         * Replace a digital twin
+         * @description Replaces the twin; a data source sent without `connection_string` keeps the one stored at the same position. With `If-Match`, answers 412 when it changed since that `ETag`.
+         */
+        put: operations["replaceTwin"];
+        post?: never;
+        /**
+         * Delete a digital twin
+         * @description Deletes the twin and its simulations.
+         */
+        delete: operations["deleteTwin"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/twins/{twin_id}/simulate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Run a simulation
+         * @description Runs `model` (default the twin's first simulation model) as a seeded Monte Carlo
+         *     simulation over the twin's `state` and the scenario's `parameters`. Without
+         *     `options.run_async` it answers 201 with the results; with it, 202 at once with the
+         *     simulation to poll (`Location`). The same `options.seed`, state and parameters give the
+         *     same numbers. A model the twin does not enable, or a parameter the model does not know
+         *     (or of the wrong type or range), answers 422 naming it.
+         */
+        post: operations["simulateTwin"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/twins/{twin_id}/simulations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * List a twin's simulations
+         * @description Lists the twin's simulations, newest first, with their results.
+         */
+        get: operations["listTwinSimulations"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/twins/{twin_id}/simulations/{simulation_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+                /** @description The simulation's id (`sim_…`). */
+                simulation_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a simulation
+         * @description Returns the simulation; poll until `status` is `completed` (with `results`) or `failed` (with `error`).
+         */
+        get: operations["getTwinSimulation"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/usage/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Usage statistics
+         * @description Totals and a breakdown (`group_by` agent, model, hour, day or month; default day) of the
+         *     organization's usage records over a period: tokens, executions, conversations, messages
+         *     and cost in US dollars, aggregated by the database. Covers CodexOS `GET /usage/stats`
+         *     and Magnet AI `GET /api/usage/stats`.
+         */
+        get: operations["getUsageStats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/usage/costs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Cost analysis
+         * @description Costs attributed to entities of `entity_type` (default `agent`): every such entity with
+         *     usage in the period, most expensive first, or only `entity_id`; with the cost per day.
+         *     Magnet AI's `GET /api/usage/costs?entity_type=agent&entity_id=…`.
+         */
+        get: operations["getUsageCosts"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/analytics/conversations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Conversation analytics
+         * @description Conversations started and messages sent in the period, average conversation and message length, per agent and per day (Magnet AI `GET /api/analytics/conversations`).
+         */
+        get: operations["getConversationAnalytics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1214,7 +2336,7 @@ export interface components {
          * @description A permission an API key carries.
          * @enum {string}
          */
-        Scope: "read:agents" | "write:agents" | "read:keys" | "write:keys" | "read:knowledge" | "write:knowledge" | "read:tools" | "write:tools" | "read:templates" | "write:templates" | "read:models" | "write:models" | "execute:agents" | "read:executions" | "read:conversations" | "write:conversations" | "read:security";
+        Scope: "read:agents" | "write:agents" | "read:keys" | "write:keys" | "read:knowledge" | "write:knowledge" | "read:tools" | "write:tools" | "read:templates" | "write:templates" | "read:models" | "write:models" | "execute:agents" | "read:executions" | "read:conversations" | "write:conversations" | "read:vault" | "write:vault" | "read:twins" | "write:twins" | "read:usage" | "read:evaluations" | "write:evaluations" | "read:events" | "read:webhooks" | "write:webhooks" | "read:marketplace" | "read:security";
         /**
          * @description A user's role: `admin` (everything, every key of the organization), `member` (read and write, own keys), `viewer` (read only).
          * @enum {string}
@@ -2236,6 +3358,1844 @@ export interface components {
             data: components["schemas"]["Model"][];
             pagination: components["schemas"]["Pagination"];
         };
+        /**
+         * @description How a case's output is compared with its expected output: `exact_match` (equal after trimming, lower-casing and collapsing whitespace), `contains` (the expected text appears in the output, same normalization), `token_f1` (F1 of the word tokens both share).
+         * @enum {string}
+         */
+        EvaluationMetric: "exact_match" | "contains" | "token_f1";
+        /** @description A case passes when `metric` reaches `threshold` (1 for exact match and contains). */
+        PassCriteria: {
+            metric: components["schemas"]["EvaluationMetric"];
+            /**
+             * Format: double
+             * @description The lowest passing score, 0 to 1; default 0.5 for `token_f1`, 1 otherwise.
+             */
+            threshold?: number;
+        };
+        /** @description One case of the dataset. */
+        TestCase: {
+            /** @description What the agent is asked. */
+            input: string;
+            /**
+             * @description The answer expected; empty when any answer passes `contains`.
+             * @default
+             */
+            expected_output: string;
+            /** @description Free-form data kept with the case. */
+            metadata?: {
+                [key: string]: unknown;
+            };
+        };
+        /**
+         * @description What is evaluated (`agent`).
+         * @enum {string}
+         */
+        EvaluationType: "agent";
+        /** @description An evaluation to create. */
+        EvaluationInput: {
+            /** @description A display name. */
+            name: string;
+            /** @description What it checks. */
+            description?: string | null;
+            type?: components["schemas"]["EvaluationType"];
+            /** @description The agent to evaluate. */
+            target_id: string;
+            /** @description The dataset, 1 to 100 cases. */
+            test_cases: components["schemas"]["TestCase"][];
+            pass_criteria?: components["schemas"]["PassCriteria"];
+        };
+        /** @description An evaluation. */
+        Evaluation: {
+            /** @description Its id. */
+            id: string;
+            /** @description Its name. */
+            name: string;
+            /** @description What it checks. */
+            description: string | null;
+            type: components["schemas"]["EvaluationType"];
+            /** @description The agent it evaluates. */
+            target_id: string;
+            /** @description The dataset. */
+            test_cases: components["schemas"]["TestCase"][];
+            pass_criteria: components["schemas"]["PassCriteria"];
+            /** @description Its newest run, if any. */
+            latest_run_id: string | null;
+            /**
+             * Format: date-time
+             * @description Created.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description Last changed.
+             */
+            updated_at: string;
+        };
+        /** @description A page of evaluations. */
+        EvaluationList: {
+            /** @description The evaluations. */
+            data: components["schemas"]["Evaluation"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description `queued`, `running`, `completed` (every case ran; some may have failed) or `failed` (the run could not finish, see `error`).
+         * @enum {string}
+         */
+        EvaluationRunStatus: "queued" | "running" | "completed" | "failed";
+        /** @description How one case went. */
+        CaseResult: {
+            /**
+             * Format: int64
+             * @description The case's position in the dataset.
+             */
+            index: number;
+            /** @description The case's input. */
+            input: string;
+            /** @description The expected output. */
+            expected_output: string;
+            /** @description What the agent answered (null when it failed). */
+            output: string | null;
+            /** @description Whether the pass criteria held. */
+            passed: boolean;
+            /** @description Normalized equality. */
+            exact_match: boolean;
+            /** @description Normalized containment. */
+            contains: boolean;
+            /**
+             * Format: double
+             * @description Word-token F1, 0 to 1.
+             */
+            token_f1: number;
+            /**
+             * Format: int64
+             * @description How long the agent took.
+             */
+            latency_ms: number;
+            /**
+             * Format: int64
+             * @description Prompt tokens.
+             */
+            input_tokens: number;
+            /**
+             * Format: int64
+             * @description Completion tokens.
+             */
+            output_tokens: number;
+            /**
+             * Format: double
+             * @description Cost in US dollars.
+             */
+            cost_usd: number;
+            /** @description The execution that ran it, when runs go through executions. */
+            execution_id: string | null;
+            /** @description Why the agent failed on it. */
+            error: string | null;
+        };
+        /** @description A run's aggregates. */
+        EvaluationSummary: {
+            /**
+             * Format: int64
+             * @description Cases run.
+             */
+            cases: number;
+            /**
+             * Format: int64
+             * @description Cases that passed.
+             */
+            passed: number;
+            /**
+             * Format: int64
+             * @description Cases that did not pass (errors included).
+             */
+            failed: number;
+            /**
+             * Format: int64
+             * @description Cases where the agent failed.
+             */
+            errors: number;
+            /**
+             * Format: double
+             * @description passed / cases.
+             */
+            pass_rate: number;
+            /**
+             * Format: double
+             * @description Share of exact matches.
+             */
+            exact_match_rate: number;
+            /**
+             * Format: double
+             * @description Share of outputs containing the expected text.
+             */
+            contains_rate: number;
+            /**
+             * Format: double
+             * @description Mean token F1.
+             */
+            mean_token_f1: number;
+            latency_ms: components["schemas"]["LatencyPercentiles"];
+            tokens: components["schemas"]["TokenCounts"];
+            /**
+             * Format: double
+             * @description Total cost in US dollars.
+             */
+            cost_usd: number;
+        };
+        /** @description One run of an evaluation. */
+        EvaluationRun: {
+            /** @description Its id. */
+            id: string;
+            /** @description The evaluation. */
+            evaluation_id: string;
+            status: components["schemas"]["EvaluationRunStatus"];
+            /** @description The aggregates, once completed. */
+            summary: components["schemas"]["EvaluationSummary"] | null;
+            /** @description Every case's result, in dataset order (empty until completed). */
+            results: components["schemas"]["CaseResult"][];
+            /** @description Why the run failed. */
+            error: string | null;
+            /**
+             * Format: date-time
+             * @description Queued.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description Started.
+             */
+            started_at: string | null;
+            /**
+             * Format: date-time
+             * @description Finished.
+             */
+            finished_at: string | null;
+        };
+        /** @description A page of runs. */
+        EvaluationRunList: {
+            /** @description The runs (without per-case results). */
+            data: components["schemas"]["EvaluationRun"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description Where the agent's deployment is: `queued` and `deploying` before it serves, `deployed` when it serves at its target, `scaling` and `restarting` while converging, `stopped` at zero replicas, `failed` when the runtime could not deploy it.
+         * @enum {string}
+         */
+        DeploymentState: "queued" | "deploying" | "deployed" | "scaling" | "restarting" | "stopped" | "failed";
+        /**
+         * @description `healthy` when serving at target, `degraded` while converging, `down` when no slot serves (stopped, or draining for a restart).
+         * @enum {string}
+         */
+        DeploymentHealth: "healthy" | "degraded" | "down";
+        /** @description An agent's deployment in its runtime. */
+        AgentDeployment: {
+            /** @description The agent. */
+            agent_id: string;
+            /** @description The runtime serving it (`embedded`; a Kubernetes runtime is planned). */
+            runtime: string;
+            state: components["schemas"]["DeploymentState"];
+            /**
+             * Format: int64
+             * @description The replicas asked for.
+             */
+            target_replicas: number;
+            /**
+             * Format: int64
+             * @description The replicas serving now (in the embedded runtime, open worker slots).
+             */
+            ready_replicas: number;
+            /**
+             * Format: int64
+             * @description The agent's executions running now.
+             */
+            in_flight: number;
+            /**
+             * Format: int64
+             * @description Starts at 1; each completed restart adds one.
+             */
+            revision: number;
+            health: components["schemas"]["DeploymentHealth"];
+            /**
+             * Format: int64
+             * @description Seconds since the current revision was deployed.
+             */
+            uptime_seconds: number;
+            /**
+             * Format: date-time
+             * @description When the current revision was deployed.
+             */
+            deployed_at: string;
+            /**
+             * Format: date-time
+             * @description When the deployment last changed.
+             */
+            last_updated: string;
+        };
+        /** @description The replicas an agent should have. */
+        ScaleRequest: {
+            /**
+             * Format: int64
+             * @description How many of its executions may run at once; 0 stops the agent.
+             */
+            replicas: number;
+        };
+        /** @description Executions by outcome (finished within the window) and by state now. */
+        ExecutionCounts: {
+            /**
+             * Format: int64
+             * @description Finished within the window.
+             */
+            total: number;
+            /**
+             * Format: int64
+             * @description Finished successfully.
+             */
+            succeeded: number;
+            /**
+             * Format: int64
+             * @description Finished with an error.
+             */
+            failed: number;
+            /**
+             * Format: int64
+             * @description Cancelled.
+             */
+            cancelled: number;
+            /**
+             * Format: int64
+             * @description Stopped by their timeout.
+             */
+            timed_out: number;
+            /**
+             * Format: int64
+             * @description Waiting for a slot now.
+             */
+            queued: number;
+            /**
+             * Format: int64
+             * @description Running now.
+             */
+            running: number;
+        };
+        /** @description Execution durations (start to finish) in milliseconds, by nearest rank; null without executions. */
+        LatencyPercentiles: {
+            /**
+             * Format: int64
+             * @description Median.
+             */
+            p50: number | null;
+            /**
+             * Format: int64
+             * @description 95th percentile.
+             */
+            p95: number | null;
+            /**
+             * Format: int64
+             * @description 99th percentile.
+             */
+            p99: number | null;
+        };
+        /** @description Tokens used. */
+        TokenCounts: {
+            /**
+             * Format: int64
+             * @description Prompt tokens.
+             */
+            input: number;
+            /**
+             * Format: int64
+             * @description Completion tokens.
+             */
+            output: number;
+        };
+        /** @description An agent's execution metrics over a window. */
+        AgentMetrics: {
+            /** @description The agent. */
+            agent_id: string;
+            /** @description The window asked for. */
+            window: string;
+            /**
+             * Format: date-time
+             * @description Start of the window.
+             */
+            from: string;
+            /**
+             * Format: date-time
+             * @description End of the window (now).
+             */
+            to: string;
+            executions: components["schemas"]["ExecutionCounts"];
+            /**
+             * Format: double
+             * @description Finished executions that did not succeed, as a fraction of the total (0 without executions).
+             */
+            error_rate: number;
+            /**
+             * Format: double
+             * @description Finished executions per minute over the window.
+             */
+            rate_per_minute: number;
+            latency_ms: components["schemas"]["LatencyPercentiles"];
+            tokens: components["schemas"]["TokenCounts"];
+            /**
+             * Format: double
+             * @description Cost of the window's executions in US dollars, from the models' pricing.
+             */
+            cost_usd: number;
+        };
+        /**
+         * @description A log line's level.
+         * @enum {string}
+         */
+        LogLevel: "debug" | "info" | "warn" | "error";
+        /** @description One line of an agent's log. */
+        AgentLogLine: {
+            /**
+             * Format: date-time
+             * @description When it happened.
+             */
+            timestamp: string;
+            level: components["schemas"]["LogLevel"];
+            /** @description What happened. */
+            message: string;
+            /**
+             * Format: int64
+             * @description The deployment revision it happened in.
+             */
+            revision: number;
+            /** @description The execution it is about, if any. */
+            execution_id: string | null;
+        };
+        /** @description The last lines of an agent's log, oldest first. */
+        AgentLogs: {
+            /** @description The agent. */
+            agent_id: string;
+            /** @description The lines. */
+            logs: components["schemas"]["AgentLogLine"][];
+            /**
+             * Format: int64
+             * @description Lines returned.
+             */
+            total_lines: number;
+            /** @description Whether older lines matching the filters were left out by `lines`. */
+            truncated: boolean;
+        };
+        /**
+         * @description The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each
+         *     carries:
+         *
+         *     | type | emitted when | `data` |
+         *     | --- | --- | --- |
+         *     | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it |
+         *     | `agent.updated` | an agent is replaced or patched | the agent after the change |
+         *     | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
+         *     | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
+         *     | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+         *     | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
+         *     | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
+         *     | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
+         * @enum {string}
+         */
+        EventType: "agent.created" | "agent.updated" | "agent.deleted" | "knowledge.sync.completed" | "execution.started" | "execution.completed" | "execution.failed" | "simulation.completed" | "evaluation.completed" | "webhook.ping";
+        /**
+         * @description An event type, a `<resource>.*` wildcard (every type that starts with `<resource>.`), or `*` (every type).
+         * @enum {string}
+         */
+        EventPattern: "*" | "agent.*" | "agent.created" | "agent.updated" | "agent.deleted" | "knowledge.*" | "knowledge.sync.completed" | "execution.*" | "execution.started" | "execution.completed" | "execution.failed" | "simulation.*" | "simulation.completed" | "evaluation.*" | "evaluation.completed" | "webhook.*" | "webhook.ping";
+        /**
+         * @description Something that happened in the organization. The same JSON is the body of a webhook
+         *     delivery, a message of the `/v1/stream` WebSocket and an item of `GET /v1/events`.
+         */
+        Event: {
+            /** @description The event's id (`evt_…`); ids sort by creation time. */
+            id: string;
+            type: components["schemas"]["EventType"];
+            event: components["schemas"]["EventType"];
+            /**
+             * Format: date-time
+             * @description When it happened.
+             */
+            timestamp: string;
+            /** @description The id of the resource the event is about (`agent_…`, `sync_…`, `exec_…`). */
+            subject_id: string | null;
+            /** @description The payload; its shape depends on `type` (see `EventType`). */
+            data: {
+                [key: string]: unknown;
+            };
+        };
+        EventList: {
+            /** @description The events on this page, newest first. */
+            data: components["schemas"]["Event"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description The `data` of `agent.deleted`. */
+        AgentDeletedEventData: {
+            /** @description The deleted agent's id. */
+            id: string;
+            /** @description Its name. */
+            name: string;
+        };
+        /** @description The `data` of `knowledge.sync.completed`. */
+        KnowledgeSyncEventData: {
+            /** @description The sync. */
+            sync_id: string;
+            /** @description Its knowledge base. */
+            knowledge_base_id: string;
+            /** @description Its source. */
+            source_id: string;
+            /**
+             * @description How the sync ended.
+             * @enum {string}
+             */
+            status: "succeeded" | "failed";
+            /**
+             * Format: int64
+             * @description Documents stored.
+             */
+            documents: number;
+            /**
+             * Format: int64
+             * @description Chunks stored.
+             */
+            chunks: number;
+            /** @description Why it failed. */
+            error: string | null;
+        };
+        /** @description The `data` of `execution.started`, `execution.completed` and `execution.failed`. */
+        ExecutionEventData: {
+            /** @description The execution. */
+            execution_id: string;
+            /** @description Its agent. */
+            agent_id: string;
+            /** @description Its status. */
+            status: string;
+            /** @description The result of a completed execution. */
+            result?: {
+                [key: string]: unknown;
+            };
+            /** @description Why it failed. */
+            error?: string | null;
+        };
+        /** @description The `data` of `simulation.completed`. */
+        SimulationEventData: {
+            /** @description The simulation. */
+            simulation_id: string;
+            /** @description Its twin. */
+            twin_id: string;
+            /** @description How it ended. */
+            status: string;
+        };
+        /** @description The `data` of `evaluation.completed`. */
+        EvaluationEventData: {
+            /** @description The evaluation. */
+            evaluation_id: string;
+            /** @description The run. */
+            run_id: string;
+            /** @description How it ended. */
+            status: string;
+        };
+        /** @description The `data` of `webhook.ping`. */
+        WebhookPingEventData: {
+            /** @description The webhook tested. */
+            webhook_id: string;
+            /** @description A greeting. */
+            message: string;
+        };
+        /**
+         * @description A message a `/v1/stream` client sends (text frame, JSON). `subscribe` sets the event
+         *     types the connection receives (replacing the previous choice); `events` takes event
+         *     patterns, `channels` (AIMatrix) takes resource names (`agents`, `knowledge`,
+         *     `executions`, `simulations`, `evaluations`, `webhooks`), each meaning `<resource>.*`.
+         *     `ping` is answered with `pong`.
+         */
+        StreamClientMessage: {
+            /**
+             * @description What the client asks for.
+             * @enum {string}
+             */
+            type: "subscribe" | "unsubscribe" | "ping";
+            /** @description Event patterns to receive. */
+            events?: components["schemas"]["EventPattern"][];
+            /** @description Resources to receive every event of. */
+            channels?: ("agents" | "knowledge" | "executions" | "simulations" | "evaluations" | "webhooks")[];
+        };
+        /**
+         * @description A message the server sends besides events: `subscribed` (the patterns now in force),
+         *     `pong`, or `error` (a client message it could not read; the connection stays open).
+         *     Events themselves are sent as `Event` objects.
+         */
+        StreamControlMessage: {
+            /**
+             * @description What kind of control message.
+             * @enum {string}
+             */
+            type: "subscribed" | "pong" | "error";
+            /** @description The patterns in force (`subscribed`). */
+            events?: string[];
+            /** @description What was wrong (`error`). */
+            message?: string;
+        };
+        /**
+         * Format: uri
+         * @description Where deliveries are POSTed; `http` or `https`.
+         */
+        WebhookUrl: string;
+        /** @description The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters. */
+        WebhookSecret: string;
+        /** @description The events to deliver (exact types, `<resource>.*` wildcards or `*`). */
+        WebhookEvents: components["schemas"]["EventPattern"][];
+        /** @description A webhook subscription as created. Without `secret` one is generated and returned once in the answer. */
+        WebhookInput: {
+            url: components["schemas"]["WebhookUrl"];
+            events: components["schemas"]["WebhookEvents"];
+            secret?: components["schemas"]["WebhookSecret"];
+            /**
+             * @description Whether events are delivered; an inactive webhook gets none.
+             * @default true
+             */
+            active: boolean;
+            /** @description What the webhook is for. */
+            description?: string;
+        };
+        /** @description The fields to change; `description` `null` clears it. A new `secret` signs every delivery from then on. */
+        WebhookPatch: {
+            url?: components["schemas"]["WebhookUrl"];
+            events?: components["schemas"]["WebhookEvents"];
+            secret?: components["schemas"]["WebhookSecret"];
+            /** @description Whether events are delivered. */
+            active?: boolean;
+            /** @description What the webhook is for. */
+            description?: string | null;
+        };
+        /** @description A webhook subscription (CodexOS). Its secret is never returned after creation. */
+        Webhook: {
+            /** @description The webhook's id (`wh_…`). */
+            readonly id: string;
+            /** @description Where deliveries are POSTed. */
+            url: string;
+            /** @description The event patterns delivered. */
+            events: string[];
+            /** @description Whether events are delivered. */
+            active: boolean;
+            /** @description What the webhook is for. */
+            description?: string;
+            /**
+             * Format: int64
+             * @description Incremented by every change; the `ETag` derives from it.
+             */
+            readonly version: number;
+            /**
+             * Format: date-time
+             * @description When the webhook was created.
+             */
+            readonly created_at: string;
+            /**
+             * Format: date-time
+             * @description When it last changed.
+             */
+            readonly updated_at: string;
+        };
+        /** @description A new webhook, with its signing secret. Shown once; store it now. */
+        WebhookCreated: {
+            /** @description The webhook's id (`wh_…`). */
+            readonly id: string;
+            /** @description Where deliveries are POSTed. */
+            url: string;
+            /** @description The event patterns delivered. */
+            events: string[];
+            /** @description Whether events are delivered. */
+            active: boolean;
+            /** @description What the webhook is for. */
+            description?: string;
+            /**
+             * Format: int64
+             * @description Incremented by every change; the `ETag` derives from it.
+             */
+            readonly version: number;
+            /**
+             * Format: date-time
+             * @description When the webhook was created.
+             */
+            readonly created_at: string;
+            /**
+             * Format: date-time
+             * @description When it last changed.
+             */
+            readonly updated_at: string;
+            /** @description The signing secret (the one sent, or a generated `whsec_…`). */
+            secret: string;
+        };
+        WebhookList: {
+            /** @description The webhooks on this page, newest first. */
+            data: components["schemas"]["Webhook"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description `pending` (waiting for its next attempt), `delivering` (an attempt is under way), `succeeded` (the receiver answered 2xx) or `failed` (every attempt failed).
+         * @enum {string}
+         */
+        WebhookDeliveryStatus: "pending" | "delivering" | "succeeded" | "failed";
+        /** @description One event's delivery to one webhook, from the durable outbox. */
+        WebhookDelivery: {
+            /** @description The delivery's id (`dlv_…`); sent as `X-Agentplane-Delivery`. */
+            id: string;
+            /** @description The webhook delivered to. */
+            webhook_id: string | null;
+            /** @description The event delivered. */
+            event_id: string;
+            event_type: components["schemas"]["EventType"];
+            status: components["schemas"]["WebhookDeliveryStatus"];
+            /**
+             * Format: int64
+             * @description Attempts made so far.
+             */
+            attempts: number;
+            /**
+             * Format: int64
+             * @description Attempts made at most before the delivery is `failed`.
+             */
+            max_attempts: number;
+            /**
+             * Format: date-time
+             * @description When the next attempt is due (`pending` deliveries).
+             */
+            next_attempt_at: string | null;
+            /**
+             * Format: date-time
+             * @description When the last attempt started.
+             */
+            last_attempt_at: string | null;
+            /**
+             * Format: int64
+             * @description The HTTP status the receiver last answered.
+             */
+            response_status: number | null;
+            /** @description Why the last attempt failed (a non-2xx status, a timeout, a refused connection). */
+            error: string | null;
+            /**
+             * Format: date-time
+             * @description When the delivery was queued.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When it succeeded or finally failed.
+             */
+            completed_at: string | null;
+        };
+        WebhookDeliveryList: {
+            /** @description The deliveries on this page, newest first. */
+            data: components["schemas"]["WebhookDelivery"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description What kind of work a template's agent does.
+         * @enum {string}
+         */
+        MarketplaceCategory: "customer-support" | "engineering" | "data" | "finance" | "productivity" | "marketing" | "sales" | "hr" | "legal" | "education" | "operations" | "research";
+        /**
+         * @description A tag of the shipped catalog (every tag a template carries).
+         * @enum {string}
+         */
+        MarketplaceTag: "accounting" | "action-items" | "analytics" | "api" | "blog" | "changelog" | "checklist" | "classification" | "code-review" | "comparison" | "content" | "contracts" | "csv" | "databases" | "documentation" | "education" | "email" | "extraction" | "flow" | "handbook" | "helpdesk" | "hr" | "i18n" | "incident" | "invoices" | "json" | "knowledge-base" | "learning" | "legal" | "localization" | "marketing" | "markets" | "meetings" | "on-call" | "onboarding" | "openapi" | "outreach" | "papers" | "persona" | "policies" | "postmortem" | "procurement" | "pull-requests" | "rag" | "release-notes" | "research" | "risk" | "routing" | "sales" | "security" | "seo" | "social-media" | "sql" | "sre" | "statistics" | "summaries" | "support" | "trading" | "translation" | "triage" | "tutoring" | "vendors" | "writing";
+        /**
+         * @description `popular` (most installs first), `rating` (best rated first), `recent` (newest version first) or `name`.
+         * @enum {string}
+         */
+        MarketplaceSort: "popular" | "rating" | "recent" | "name";
+        /**
+         * @description `free` or `paid`; every template shipped with the server is free.
+         * @enum {string}
+         */
+        MarketplacePrice: "free" | "paid";
+        /** @description The prompt template an install creates; its `{{variables}}` are filled in by each execution's `variables`. */
+        MarketplacePrompt: {
+            /** @description The name the created prompt template gets. */
+            name: string;
+            /** @description What the prompt is for. */
+            description?: string;
+            /** @description The text, with `{{variable}}` placeholders. */
+            template: string;
+            /** @description The variables the text uses. */
+            variables: string[];
+            type: components["schemas"]["PromptTemplateType"];
+        };
+        /** @description An agent template from the marketplace catalog (CodexOS), shipped with the server. */
+        MarketplaceTemplate: {
+            /** @description The template's id, stable across releases (`support-kb-assistant`). */
+            id: string;
+            /** @description The template's name. */
+            name: string;
+            /** @description What the agent does. */
+            description: string;
+            category: components["schemas"]["MarketplaceCategory"];
+            /** @description Free labels to search by. */
+            tags: string[];
+            /** @description Who maintains the template. */
+            author: string;
+            /** @description The template's version (semantic versioning). */
+            version: string;
+            /** @description Average rating, 0 to 5. */
+            rating: number;
+            /**
+             * Format: int64
+             * @description How often it was installed across the marketplace.
+             */
+            installs: number;
+            price: components["schemas"]["MarketplacePrice"];
+            /** @description The agent an install creates (its `prompt_template_id` is set to the created prompt template). */
+            agent: {
+                [key: string]: unknown;
+            };
+            prompt: components["schemas"]["MarketplacePrompt"];
+            /**
+             * Format: date-time
+             * @description When this version was published.
+             */
+            updated_at: string;
+        };
+        MarketplaceTemplateList: {
+            /** @description The templates on this page. */
+            data: components["schemas"]["MarketplaceTemplate"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description How to install a template (CodexOS). Every field is optional; send `{}` for the defaults. */
+        MarketplaceInstallRequest: {
+            /** @description The created agent's name; the template's name by default. */
+            name?: string;
+            /** @description A workspace label kept in the agent's `metadata.workspace_id` (CodexOS). */
+            workspace_id?: string;
+            /** @description Knowledge bases of the organization the agent retrieves from (a support agent's documentation, say). */
+            knowledge_bases?: string[];
+        };
+        /**
+         * @description Where an execution is: `queued` (accepted, waiting for a worker), `running`, or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`).
+         * @enum {string}
+         */
+        ExecutionStatus: "queued" | "running" | "succeeded" | "failed" | "cancelled" | "timed_out";
+        /** @description How to run and answer. */
+        ExecuteOptions: {
+            /** @description Answer with a `text/event-stream` of progress events (as `Accept: text/event-stream` does). */
+            stream?: boolean;
+            /** @description Answer 200 with the finished execution instead of 202 to poll (the answer waits at most `timeout`). */
+            wait?: boolean;
+            /**
+             * Format: int64
+             * @description Milliseconds the execution may run; past it the execution ends `timed_out`. Default 120000.
+             */
+            timeout?: number;
+            /**
+             * Format: int64
+             * @description Most tokens the model may generate (overrides the agent's `configuration.max_tokens`).
+             */
+            max_tokens?: number;
+            /**
+             * Format: double
+             * @description Sampling temperature (overrides the agent's).
+             */
+            temperature?: number;
+        };
+        /** @description Who the execution runs for (AIMatrix `context`); kept with the execution. */
+        ExecuteContext: {
+            /** @description The end user. */
+            user_id?: string;
+            /** @description The end user's session. */
+            session_id?: string;
+            /** @description Anything else, kept as given. */
+            metadata?: {
+                [key: string]: unknown;
+            };
+        };
+        /**
+         * @description What to run. The question is `input` (a string, or an object as CodexOS sends, which is
+         *     given to the model as JSON) or `query` (AIMatrix); `parameters` (or `variables`) fill the
+         *     agent's prompt template.
+         */
+        ExecuteRequest: {
+            /** @description The input, a string or a JSON object. */
+            input?: string | {
+                [key: string]: unknown;
+            };
+            /** @description The question (AIMatrix), used when `input` is absent. */
+            query?: string;
+            /** @description Values of the agent's prompt template variables. */
+            parameters?: {
+                [key: string]: string;
+            };
+            /** @description Same as `parameters` (Magnet AI's name); `parameters` wins on a clash. */
+            variables?: {
+                [key: string]: string;
+            };
+            context?: components["schemas"]["ExecuteContext"];
+            options?: components["schemas"]["ExecuteOptions"];
+        };
+        /** @description One step of a run (`template`, `retrieval`, `model_call`) with its timing. */
+        ExecutionStep: {
+            /** @description The step. */
+            name: string;
+            /** @description `succeeded` or `failed`. */
+            status: string;
+            /**
+             * Format: date-time
+             * @description When the step started.
+             */
+            started_at: string;
+            /**
+             * Format: int64
+             * @description How long it took.
+             */
+            duration_ms: number;
+            /** @description What the step did (variables rendered, passages retrieved with scores, model and tokens) or its error. */
+            detail: {
+                [key: string]: unknown;
+            };
+        };
+        /** @description What a succeeded execution produced (CodexOS `result`). */
+        ExecutionResult: {
+            /** @description The model's answer. */
+            output: string;
+            /**
+             * Format: int64
+             * @description Input plus output tokens.
+             */
+            tokens_used: number;
+            /**
+             * Format: double
+             * @description Cost in US dollars, from the model's pricing.
+             */
+            cost: number;
+        };
+        /** @description Tokens and cost of the execution. */
+        ExecutionUsage: {
+            /** @description The model that ran (`model_local` for the built-in one). */
+            model_id: string | null;
+            /**
+             * Format: int64
+             * @description Tokens sent to the model.
+             */
+            input_tokens: number;
+            /**
+             * Format: int64
+             * @description Tokens the model generated.
+             */
+            output_tokens: number;
+            /**
+             * Format: int64
+             * @description Both.
+             */
+            total_tokens: number;
+            /**
+             * Format: double
+             * @description Cost in US dollars from the model's per-1k pricing.
+             */
+            cost_usd: number;
+        };
+        /** @description Why an execution did not succeed. */
+        ExecutionError: {
+            /** @description `EXECUTION_FAILED`, `INTERRUPTED`, `TIMED_OUT` or `CANCELLED`. */
+            code: string;
+            /** @description A human-readable explanation. */
+            message: string;
+        };
+        /** @description One run of an agent. */
+        Execution: {
+            /** @description The execution's id. */
+            id: string;
+            /** @description The agent that ran. */
+            agent_id: string;
+            /** @description The conversation the run answered a message of, if any. */
+            conversation_id?: string;
+            status: components["schemas"]["ExecutionStatus"];
+            /** @description The input as given (`input`, else `query`). */
+            input: string | {
+                [key: string]: unknown;
+            };
+            /** @description The template variables given. */
+            parameters?: {
+                [key: string]: string;
+            };
+            result?: components["schemas"]["ExecutionResult"];
+            error?: components["schemas"]["ExecutionError"];
+            usage: components["schemas"]["ExecutionUsage"];
+            /** @description The steps run so far, in order, with their timings. */
+            steps: components["schemas"]["ExecutionStep"][];
+            /**
+             * Format: date-time
+             * @description When it was accepted.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When a worker started it.
+             */
+            started_at?: string;
+            /**
+             * Format: date-time
+             * @description When it finished.
+             */
+            completed_at?: string;
+            /**
+             * Format: int64
+             * @description From start to finish.
+             */
+            duration_ms?: number;
+        };
+        /** @description A page of executions. */
+        ExecutionList: {
+            /** @description The executions, newest first. */
+            data: components["schemas"]["Execution"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description One log line of an execution (CodexOS `logs`). */
+        ExecutionLog: {
+            /**
+             * Format: date-time
+             * @description When it happened.
+             */
+            timestamp: string;
+            /**
+             * @description `info` or `error`.
+             * @enum {string}
+             */
+            level: "info" | "error";
+            /** @description What happened. */
+            message: string;
+            /** @description The step it belongs to. */
+            step?: string;
+        };
+        /** @description The log of an execution, oldest first. */
+        ExecutionLogs: {
+            /** @description The execution. */
+            execution_id: string;
+            /** @description The lines. */
+            data: components["schemas"]["ExecutionLog"][];
+        };
+        /**
+         * @description `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+         * @enum {string}
+         */
+        ExecutionEventType: "execution.started" | "step" | "token" | "execution.completed" | "execution.failed";
+        /** @description The `data:` of one server-sent event; the SSE `event:` field repeats `type`. The last event carries the execution, and in a conversation the assistant's reply as `message`. */
+        ExecutionEvent: {
+            type: components["schemas"]["ExecutionEventType"];
+            /** @description The execution. */
+            execution_id: string;
+            /**
+             * Format: int64
+             * @description The event's position in this stream, from 0.
+             */
+            sequence: number;
+            step?: components["schemas"]["ExecutionStep"];
+            /** @description For `token`, the next piece of the answer. */
+            delta?: string;
+            execution?: components["schemas"]["Execution"];
+            message?: components["schemas"]["Message"];
+        };
+        /** @description One server-sent event of an execution's stream as an SSE client parses it (OpenAPI 3.2's `itemSchema` form): `event` names the event and `data` is one `ExecutionEvent` as JSON. */
+        ExecutionEventFrame: {
+            event: components["schemas"]["ExecutionEventType"];
+            /** @description One `ExecutionEvent`, serialized as JSON on a single line. */
+            data: string;
+            /** @description Not sent; the stream is replayed whole from `GET /v1/executions/{execution_id}/events`. */
+            id?: string;
+        };
+        /**
+         * @description Who wrote the message.
+         * @enum {string}
+         */
+        MessageRole: "user" | "assistant";
+        /** @description One message of a conversation (Magnet AI). */
+        Message: {
+            /** @description The message's id. */
+            id: string;
+            /** @description Its conversation. */
+            conversation_id: string;
+            role: components["schemas"]["MessageRole"];
+            /** @description The text. */
+            content: string;
+            /** @description The execution that answered it (a user message) or wrote it (an assistant reply). */
+            execution_id?: string;
+            /**
+             * Format: int64
+             * @description For an assistant reply, the tokens sent to the model; else 0.
+             */
+            input_tokens: number;
+            /**
+             * Format: int64
+             * @description For an assistant reply, the tokens it took; else 0.
+             */
+            output_tokens: number;
+            /**
+             * Format: date-time
+             * @description When it was written.
+             */
+            timestamp: string;
+        };
+        /** @description A page of messages, oldest first. */
+        MessageList: {
+            /** @description The messages. */
+            data: components["schemas"]["Message"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description A conversation as created (Magnet AI). */
+        ConversationInput: {
+            /** @description The agent that answers. */
+            agent_id: string;
+            /** @description The end user it is with. */
+            user_id?: string;
+            /** @description A title. */
+            title?: string;
+            /** @description Anything else, kept as given. */
+            metadata?: {
+                [key: string]: unknown;
+            };
+        };
+        /** @description The fields to change; `null` clears the title. */
+        ConversationPatch: {
+            /** @description A title. */
+            title?: string | null;
+            /** @description Replaces the metadata. */
+            metadata?: {
+                [key: string]: unknown;
+            };
+        };
+        /** @description A conversation with an agent; its history is fed to the model on every message. */
+        Conversation: {
+            /** @description The conversation's id. */
+            id: string;
+            /** @description The agent that answers. */
+            agent_id: string;
+            /** @description The end user. */
+            user_id?: string;
+            /** @description A title. */
+            title?: string;
+            /** @description As given. */
+            metadata: {
+                [key: string]: unknown;
+            };
+            /**
+             * Format: int64
+             * @description Messages so far.
+             */
+            message_count: number;
+            /** @description On a single conversation, its latest 100 messages, oldest first. */
+            messages?: components["schemas"]["Message"][];
+            /**
+             * Format: int64
+             * @description Incremented by every change (a new message included).
+             */
+            version: number;
+            /**
+             * Format: date-time
+             * @description When it was created.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When it last changed.
+             */
+            updated_at: string;
+        };
+        /** @description A page of conversations. */
+        ConversationList: {
+            /** @description The conversations, newest first (without their messages). */
+            data: components["schemas"]["Conversation"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description A user message; the agent answers it with the conversation's history. */
+        SendMessage: {
+            /** @description The text. */
+            message: string;
+            /** @description Answer with the reply's progress as server-sent events. */
+            stream?: boolean;
+            /** @description Values of the agent's prompt template variables. */
+            parameters?: {
+                [key: string]: string;
+            };
+            /**
+             * Format: int64
+             * @description Milliseconds the reply may take; past it the execution ends `timed_out`. Default 120000.
+             */
+            timeout?: number;
+        };
+        /** @description A message and the agent's reply. */
+        MessageExchange: {
+            message: components["schemas"]["Message"];
+            reply?: components["schemas"]["Message"];
+            execution: components["schemas"]["Execution"];
+        };
+        /**
+         * @description What kind of secret a credential holds.
+         * @enum {string}
+         */
+        VaultCredentialType: "api_key" | "password" | "token" | "oauth_client" | "certificate" | "ssh_key" | "connection_string" | "other";
+        /** @description Free-form, non-secret facts about the credential (never encrypted, always returned). */
+        VaultMetadata: {
+            [key: string]: string | number | boolean;
+        };
+        /** @description Labels for finding the credential (CodexOS `tags`). */
+        VaultTags: string[];
+        /** @description A credential to store. `value` is encrypted at rest and never returned by lists or plain reads. */
+        VaultCredentialInput: {
+            /** @description The credential's display name. */
+            name: string;
+            type: components["schemas"]["VaultCredentialType"];
+            /** @description The secret. Encrypted at rest (XChaCha20-Poly1305 under the master key); write-only. */
+            value: string;
+            /** @description What the credential is for. */
+            description?: string;
+            metadata?: components["schemas"]["VaultMetadata"];
+            tags?: components["schemas"]["VaultTags"];
+            /** @description The environment the credential belongs to (`production`, `staging`, ...). */
+            environment?: string;
+        };
+        /** @description A credential as replaced; a `value` left out keeps the stored secret. */
+        VaultCredentialReplace: {
+            /** @description The credential's display name. */
+            name: string;
+            type: components["schemas"]["VaultCredentialType"];
+            /** @description A new secret; left out, the stored one is kept. Write-only. */
+            value?: string;
+            /** @description What the credential is for. */
+            description?: string;
+            metadata?: components["schemas"]["VaultMetadata"];
+            tags?: components["schemas"]["VaultTags"];
+            /** @description The environment the credential belongs to. */
+            environment?: string;
+        };
+        /**
+         * @description A stored credential. Lists and reads return metadata only; `value` (the decrypted secret)
+         *     is present only in `GET /v1/vault/credentials/{credential_id}` sent with a valid
+         *     `X-Vault-Token`, and every such read is recorded as a security event.
+         */
+        VaultCredential: {
+            /** @description The credential's id (`cred_…`). */
+            readonly id: string;
+            /** @description The credential's display name. */
+            name: string;
+            type: components["schemas"]["VaultCredentialType"];
+            /** @description What the credential is for. */
+            description?: string;
+            metadata: components["schemas"]["VaultMetadata"];
+            tags: components["schemas"]["VaultTags"];
+            /** @description The environment the credential belongs to. */
+            environment?: string;
+            /** @description The decrypted secret; only with a valid `X-Vault-Token` on a single read. */
+            readonly value?: string;
+            /**
+             * Format: date-time
+             * @description When the secret was last read decrypted.
+             */
+            readonly last_accessed_at?: string | null;
+            /**
+             * Format: int64
+             * @description Incremented by every change; the `ETag` derives from it.
+             */
+            readonly version: number;
+            /**
+             * Format: date-time
+             * @description When the credential was stored.
+             */
+            readonly created_at: string;
+            /**
+             * Format: date-time
+             * @description When the credential last changed.
+             */
+            readonly updated_at: string;
+        };
+        VaultCredentialList: {
+            /** @description The credentials on this page, newest first, without their values. */
+            data: components["schemas"]["VaultCredential"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /** @description A vault token to issue. */
+        VaultTokenInput: {
+            /** @description What the token is for. */
+            name: string;
+            /**
+             * Format: int64
+             * @description Seconds until the token expires (default never; at most a year).
+             */
+            ttl_seconds?: number;
+        };
+        /** @description A vault token's metadata; the secret itself is shown only when issued. */
+        VaultToken: {
+            /** @description The token's id (`vtok_…`). */
+            id: string;
+            /** @description What the token is for. */
+            name: string;
+            /** @description The first characters of the secret, to recognize it. */
+            prefix: string;
+            /** @description The user who issued it. */
+            user_id: string;
+            /**
+             * Format: date-time
+             * @description When it was issued.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When it stops working; null for never.
+             */
+            expires_at: string | null;
+            /**
+             * Format: date-time
+             * @description When it last opened a credential.
+             */
+            last_used_at: string | null;
+            /**
+             * Format: date-time
+             * @description When it was revoked; null while active.
+             */
+            revoked_at: string | null;
+        };
+        /** @description A new vault token, with its secret. */
+        VaultTokenCreated: components["schemas"]["VaultToken"] & {
+            /** @description The secret to send as `X-Vault-Token`. Shown once; stored hashed. */
+            token: string;
+        };
+        VaultTokenList: {
+            /** @description The tokens on this page, newest first (revoked ones included). */
+            data: components["schemas"]["VaultToken"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description A built-in simulation model. `demand_forecast` projects daily demand; `capacity_planning`
+         *     projects demand against capacity (utilization, shortfall, recommended capacity). Both are
+         *     seeded Monte Carlo runs over the twin's `state` and the scenario's `parameters`.
+         * @enum {string}
+         */
+        SimulationModel: "demand_forecast" | "capacity_planning";
+        /**
+         * @description How often the twin's data sources refresh it.
+         * @enum {string}
+         */
+        UpdateFrequency: "real-time" | "hourly" | "daily" | "weekly" | "monthly" | "manual";
+        /**
+         * @description The twin's named numeric variables. The built-in models read `base_demand` (units per day,
+         *     default 1000), `growth_rate` (daily growth, default 0), `demand_volatility` (default 0.1),
+         *     `capacity` (units per day, default 1.2 × `base_demand`), `capacity_volatility` (default
+         *     0.05) and `share.<REGION>` (the share of demand in a region, for `affected_regions`);
+         *     other variables are kept and ignored by them.
+         */
+        TwinState: {
+            [key: string]: number;
+        };
+        /** @description Where the twin's data comes from. `connection_string` is write-only and encrypted at rest. */
+        DataSourceInput: {
+            /** @description The kind of source (`database`, `api`, `erp_system`, `file`, ...). */
+            type: string;
+            /** @description A label for the source. */
+            name?: string;
+            /** @description How to reach the source (`postgresql://…`); encrypted at rest, never returned. A replace without it keeps the one stored at the same position. */
+            connection_string?: string;
+            /** @description The tables (or collections, endpoints) read from the source. */
+            tables?: string[];
+        };
+        /** @description A data source as stored; the connection string is reported only as `connection_string_set`. */
+        DataSource: {
+            /** @description The kind of source. */
+            type: string;
+            /** @description A label for the source. */
+            name?: string;
+            /** @description The tables read from the source. */
+            tables: string[];
+            /** @description Whether a connection string is stored (encrypted). */
+            connection_string_set: boolean;
+        };
+        /** @description A digital twin as created (POST) or replaced (PUT). */
+        TwinInput: {
+            /** @description The twin's name. */
+            name: string;
+            /** @description What the twin models (`logistics`, `erp_system`, `manufacturing`, ...). */
+            type: string;
+            /** @description What the twin is for. */
+            description?: string;
+            /** @description Where the twin's data comes from. */
+            data_sources?: components["schemas"]["DataSourceInput"][];
+            update_frequency?: components["schemas"]["UpdateFrequency"];
+            /** @description The models this twin may run (default both built-in models). */
+            simulation_models?: components["schemas"]["SimulationModel"][];
+            state?: components["schemas"]["TwinState"];
+        };
+        /** @description A digital twin. */
+        Twin: {
+            /** @description The twin's id (`twin_…`). */
+            readonly id: string;
+            /** @description The twin's name. */
+            name: string;
+            /** @description What the twin models. */
+            type: string;
+            /** @description What the twin is for. */
+            description?: string;
+            /** @description Where the twin's data comes from. */
+            data_sources: components["schemas"]["DataSource"][];
+            update_frequency: components["schemas"]["UpdateFrequency"];
+            /** @description The models this twin may run. */
+            simulation_models: components["schemas"]["SimulationModel"][];
+            state: components["schemas"]["TwinState"];
+            /**
+             * Format: int64
+             * @description Incremented by every change; the `ETag` derives from it.
+             */
+            readonly version: number;
+            /**
+             * Format: date-time
+             * @description When the twin was created.
+             */
+            readonly created_at: string;
+            /**
+             * Format: date-time
+             * @description When the twin last changed.
+             */
+            readonly updated_at: string;
+        };
+        TwinList: {
+            /** @description The twins on this page, newest first. */
+            data: components["schemas"]["Twin"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description The scenario's parameters. Both models read `increase_percentage` (-100..1000, default 0),
+         *     `duration_days` (integer 1..365, default 30), `affected_regions` (region codes; the spike
+         *     applies to their `share.<REGION>` of demand, or to all demand when the twin's state has no
+         *     shares) and `volatility` (0..2, overrides the state's `demand_volatility`);
+         *     `capacity_planning` also reads `capacity_change_percentage` (-100..1000, default 0) and
+         *     `target_utilization` (0.1..1, default 0.85). Any other parameter, or one of the wrong type
+         *     or range, answers 422 naming it.
+         */
+        SimulationParameters: {
+            [key: string]: unknown;
+        };
+        /** @description How to run the simulation. */
+        SimulationOptions: {
+            /** @description Answer 202 at once and run in the background (default false, answer 201 with results). */
+            run_async?: boolean;
+            /**
+             * Format: uri
+             * @description A URL told when the simulation ends (signed, as webhooks are).
+             */
+            notification_webhook?: string;
+            /**
+             * Format: int64
+             * @description The random seed; the same seed, twin state and parameters give the same numbers. Default a random seed, reported in the result.
+             */
+            seed?: number;
+            /**
+             * Format: int64
+             * @description Monte Carlo runs (default 1000).
+             */
+            runs?: number;
+        };
+        /** @description A scenario to simulate on the twin. */
+        SimulationRequest: {
+            /** @description The scenario's name (`demand_spike`, ...), kept with the results. */
+            scenario: string;
+            model?: components["schemas"]["SimulationModel"];
+            parameters?: components["schemas"]["SimulationParameters"];
+            options?: components["schemas"]["SimulationOptions"];
+        };
+        /**
+         * @description Where the simulation is.
+         * @enum {string}
+         */
+        SimulationStatus: "queued" | "running" | "completed" | "failed";
+        /** @description The distribution of a metric over the Monte Carlo runs. */
+        Percentiles: {
+            /**
+             * Format: double
+             * @description 10th percentile.
+             */
+            p10: number;
+            /**
+             * Format: double
+             * @description Median.
+             */
+            p50: number;
+            /**
+             * Format: double
+             * @description 90th percentile.
+             */
+            p90: number;
+            /**
+             * Format: double
+             * @description Mean.
+             */
+            mean: number;
+        };
+        /** @description One period (day) of the projection. */
+        SimulationPeriod: {
+            /**
+             * Format: int64
+             * @description The day, from 1.
+             */
+            period: number;
+            /** @description Each metric's distribution that day (`demand`; for `capacity_planning` also `capacity`, `utilization`, `shortfall`). */
+            metrics: {
+                [key: string]: components["schemas"]["Percentiles"];
+            };
+        };
+        /** @description What the simulation computed. */
+        SimulationResults: {
+            /**
+             * Format: int64
+             * @description Number of periods (days).
+             */
+            periods: number;
+            /** @description Per-period distributions. */
+            series: components["schemas"]["SimulationPeriod"][];
+            /** @description Headline figures (`total_demand_p50`, `baseline_total_demand`, `shortfall_probability`, `recommended_capacity`, ...). */
+            summary: {
+                [key: string]: number;
+            };
+        };
+        /** @description A simulation of a twin; poll it until `status` is `completed` or `failed`. */
+        Simulation: {
+            /** @description The simulation's id (`sim_…`). */
+            id: string;
+            /** @description The twin simulated. */
+            twin_id: string;
+            /** @description The scenario's name. */
+            scenario: string;
+            model: components["schemas"]["SimulationModel"];
+            parameters: components["schemas"]["SimulationParameters"];
+            status: components["schemas"]["SimulationStatus"];
+            /** @description Whether it ran in the background. */
+            run_async: boolean;
+            /** @description The URL told when it ends. */
+            notification_webhook?: string | null;
+            /**
+             * Format: int64
+             * @description The random seed used; pass it as `options.seed` to repeat the numbers.
+             */
+            seed: number;
+            /**
+             * Format: int64
+             * @description Monte Carlo runs.
+             */
+            runs: number;
+            /** @description The results, once completed. */
+            results?: components["schemas"]["SimulationResults"] | null;
+            /** @description Why it failed. */
+            error?: string | null;
+            /**
+             * Format: int64
+             * @description How long the computation took.
+             */
+            duration_ms?: number | null;
+            /**
+             * Format: date-time
+             * @description When it was requested.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description When it started.
+             */
+            started_at?: string | null;
+            /**
+             * Format: date-time
+             * @description When it ended.
+             */
+            finished_at?: string | null;
+        };
+        SimulationList: {
+            /** @description The twin's simulations on this page, newest first. */
+            data: components["schemas"]["Simulation"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description How `breakdown` groups the usage records.
+         * @enum {string}
+         */
+        UsageGroupBy: "agent" | "model" | "hour" | "day" | "month";
+        /**
+         * @description The kind of entity costs are attributed to.
+         * @enum {string}
+         */
+        UsageEntityType: "agent" | "model" | "execution" | "conversation";
+        /** @description The period asked for (`from`/`start_date` to `to`/`end_date`, inclusive); null bounds are open. */
+        UsagePeriod: {
+            /** @description The first instant counted. */
+            start: string | null;
+            /** @description The last instant counted. */
+            end: string | null;
+        };
+        /** @description What the usage records of the period add up to. */
+        UsageTotals: {
+            /**
+             * Format: int64
+             * @description Usage records counted (one per execution or message that used a model).
+             */
+            records: number;
+            /**
+             * Format: int64
+             * @description Distinct executions.
+             */
+            executions: number;
+            /**
+             * Format: int64
+             * @description Distinct conversations.
+             */
+            conversations: number;
+            /**
+             * Format: int64
+             * @description Distinct messages.
+             */
+            messages: number;
+            /**
+             * Format: int64
+             * @description Prompt tokens.
+             */
+            input_tokens: number;
+            /**
+             * Format: int64
+             * @description Completion tokens.
+             */
+            output_tokens: number;
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens.
+             */
+            total_tokens: number;
+        };
+        /** @description The cost of the period in US dollars (computed from exact nano-dollar sums). */
+        UsageCostTotal: {
+            /**
+             * Format: double
+             * @description US dollars.
+             */
+            total: number;
+            /**
+             * Format: int64
+             * @description The exact cost in billionths of a US dollar.
+             */
+            total_nano_usd: number;
+        };
+        /** @description The usage of one agent, model or time bucket. */
+        UsageGroup: {
+            /** @description The agent id, the model id, or the bucket (`2026-01-15T13`, `2026-01-15`, `2026-01`). */
+            key: string;
+            /**
+             * Format: int64
+             * @description Usage records in the group.
+             */
+            records: number;
+            /**
+             * Format: int64
+             * @description Prompt tokens.
+             */
+            input_tokens: number;
+            /**
+             * Format: int64
+             * @description Completion tokens.
+             */
+            output_tokens: number;
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens.
+             */
+            total_tokens: number;
+            /**
+             * Format: double
+             * @description US dollars.
+             */
+            cost: number;
+            /**
+             * Format: int64
+             * @description The exact cost in billionths of a US dollar.
+             */
+            cost_nano_usd: number;
+        };
+        /** @description One model's tokens and cost (Magnet AI `by_model`). */
+        ModelUsage: {
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens.
+             */
+            tokens: number;
+            /**
+             * Format: double
+             * @description US dollars.
+             */
+            cost: number;
+        };
+        /** @description Totals and a breakdown of the organization's usage, aggregated from its usage records. */
+        UsageStats: {
+            period: components["schemas"]["UsagePeriod"];
+            /** @description The agent counted, when filtered to one. */
+            agent_id?: string | null;
+            group_by: components["schemas"]["UsageGroupBy"];
+            usage: components["schemas"]["UsageTotals"];
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens (Magnet AI `total_tokens`).
+             */
+            total_tokens: number;
+            /**
+             * Format: double
+             * @description US dollars (Magnet AI `total_cost`).
+             */
+            total_cost: number;
+            costs: components["schemas"]["UsageCostTotal"];
+            /** @description One entry per group, largest cost first for agents and models, in time order for buckets. */
+            breakdown: components["schemas"]["UsageGroup"][];
+            /** @description Tokens and cost per model id. */
+            by_model: {
+                [key: string]: components["schemas"]["ModelUsage"];
+            };
+        };
+        /** @description The cost of one entity. */
+        UsageCostEntry: {
+            entity_type: components["schemas"]["UsageEntityType"];
+            /** @description The entity's id. */
+            entity_id: string;
+            /**
+             * Format: int64
+             * @description Usage records attributed to it.
+             */
+            records: number;
+            /**
+             * Format: int64
+             * @description Prompt tokens.
+             */
+            input_tokens: number;
+            /**
+             * Format: int64
+             * @description Completion tokens.
+             */
+            output_tokens: number;
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens.
+             */
+            total_tokens: number;
+            /**
+             * Format: double
+             * @description US dollars.
+             */
+            cost: number;
+            /**
+             * Format: int64
+             * @description The exact cost in billionths of a US dollar.
+             */
+            cost_nano_usd: number;
+        };
+        /** @description One day's cost. */
+        DailyCost: {
+            /**
+             * Format: date
+             * @description The day (UTC).
+             */
+            date: string;
+            /**
+             * Format: int64
+             * @description Prompt and completion tokens.
+             */
+            total_tokens: number;
+            /**
+             * Format: double
+             * @description US dollars.
+             */
+            cost: number;
+            /**
+             * Format: int64
+             * @description The exact cost in billionths of a US dollar.
+             */
+            cost_nano_usd: number;
+        };
+        /** @description Costs attributed to entities of one type (or to one entity), with a daily series. */
+        UsageCosts: {
+            entity_type: components["schemas"]["UsageEntityType"];
+            /** @description The entity asked for; null for all entities of the type. */
+            entity_id: string | null;
+            period: components["schemas"]["UsagePeriod"];
+            /**
+             * Format: double
+             * @description US dollars over every entry.
+             */
+            total_cost: number;
+            /**
+             * Format: int64
+             * @description The exact total in billionths of a US dollar.
+             */
+            total_cost_nano_usd: number;
+            /** @description One entry per entity, most expensive first (at most 100). */
+            entries: components["schemas"]["UsageCostEntry"][];
+            /** @description The cost per day, in time order. */
+            by_day: components["schemas"]["DailyCost"][];
+        };
+        /** @description One agent's conversations. */
+        AgentConversationStats: {
+            /** @description The agent. */
+            agent_id: string;
+            /**
+             * Format: int64
+             * @description Conversations started in the period.
+             */
+            conversations: number;
+            /**
+             * Format: int64
+             * @description Messages sent in the period.
+             */
+            messages: number;
+            /**
+             * Format: double
+             * @description Messages per conversation started (0 without conversations).
+             */
+            average_messages_per_conversation: number;
+        };
+        /** @description One day's conversations and messages. */
+        DailyConversationStats: {
+            /**
+             * Format: date
+             * @description The day (UTC).
+             */
+            date: string;
+            /**
+             * Format: int64
+             * @description Conversations started that day.
+             */
+            conversations: number;
+            /**
+             * Format: int64
+             * @description Messages sent that day.
+             */
+            messages: number;
+        };
+        /** @description Conversation analytics (Magnet AI), aggregated from conversations and messages. */
+        ConversationAnalytics: {
+            period: components["schemas"]["UsagePeriod"];
+            /** @description The agent counted, when filtered to one. */
+            agent_id?: string | null;
+            /**
+             * Format: int64
+             * @description Conversations started in the period.
+             */
+            total_conversations: number;
+            /**
+             * Format: int64
+             * @description Messages sent in the period.
+             */
+            total_messages: number;
+            /**
+             * Format: double
+             * @description Messages per conversation started (0 without conversations).
+             */
+            average_messages_per_conversation: number;
+            /**
+             * Format: double
+             * @description Characters per message (0 without messages).
+             */
+            average_message_length: number;
+            /** @description Messages per role (`user`, `assistant`, ...). */
+            messages_by_role: {
+                [key: string]: number;
+            };
+            /** @description Per agent, most conversations first (at most 100). */
+            by_agent: components["schemas"]["AgentConversationStats"][];
+            /** @description Per day, in time order. */
+            by_day: components["schemas"]["DailyConversationStats"][];
+        };
     };
     responses: {
         /** @description The agent after the update. */
@@ -2421,6 +5381,10 @@ export interface components {
         TemplateId: string;
         /** @description The model's id (`model_local` is the built-in model). */
         ModelId: string;
+        /** @description The execution's id. */
+        ExecutionId: string;
+        /** @description The conversation's id. */
+        ConversationId: string;
         /**
          * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
          *     24 hours answers 201 with the resource the first request created, creating nothing new;
@@ -3133,8 +6097,509 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
-            409: components["responses"]["Conflict"];
             422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getAgentStatus: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The deployment. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentDeployment"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    scaleAgent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ScaleRequest"];
+            };
+        };
+        responses: {
+            /** @description Scaling; poll the status until `state` is `deployed` (or `stopped`). */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentDeployment"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    restartAgent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Restarting. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentDeployment"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getAgentMetrics: {
+        parameters: {
+            query?: {
+                /**
+                 * @description How far back to look, as a number and a unit (`s`, `m`, `h`, `d`); default `1h`.
+                 * @example 24h
+                 */
+                window?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The metrics. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentMetrics"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getAgentLogs: {
+        parameters: {
+            query?: {
+                /** @description How many of the latest lines to return. */
+                lines?: number;
+                /**
+                 * @description Only lines from this moment on, as a duration back from now (`30m`, `1h`, `2d`) or an RFC 3339 timestamp.
+                 * @example 30m
+                 */
+                since?: string;
+                /** @description The lowest level to include (`warn` returns warnings and errors). */
+                level?: components["schemas"]["LogLevel"];
+            };
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The lines. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentLogs"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listEvaluations: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only evaluations of this agent. */
+                target_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of evaluations. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluationList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createEvaluation: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EvaluationInput"];
+            };
+        };
+        responses: {
+            /** @description The evaluation was created. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Evaluation"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getEvaluation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The evaluation's id. */
+                evaluation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The evaluation. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Evaluation"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteEvaluation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The evaluation's id. */
+                evaluation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    runEvaluation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The evaluation's id. */
+                evaluation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The run was queued. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluationRun"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listEvaluationRuns: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+            };
+            header?: never;
+            path: {
+                /** @description The evaluation's id. */
+                evaluation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of runs. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluationRunList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getEvaluationRun: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The evaluation's id. */
+                evaluation_id: string;
+                /** @description The run's id. */
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The run. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluationRun"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getEvaluationResults: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The evaluation's id. */
+                evaluation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The latest run. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluationRun"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -3353,6 +6818,604 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    executeAgent: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ExecuteRequest"];
+            };
+        };
+        responses: {
+            /** @description The finished execution (`options.wait`), or its progress as server-sent events (`options.stream` or an `Accept` of `text/event-stream`). */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Execution"];
+                    "text/event-stream": components["schemas"]["ExecutionEventFrame"];
+                };
+            };
+            /** @description The execution was accepted; poll its `Location`. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Execution"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            /** @description The `Idempotency-Key` was already used with a different body (`IDEMPOTENCY_KEY_REUSED`), or the agent is scaled to 0 replicas (`AGENT_NOT_SERVING`). */
+            409: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listExecutions: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only executions of this agent. */
+                agent_id?: string;
+                /** @description Only executions in this status. */
+                status?: components["schemas"]["ExecutionStatus"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of executions. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExecutionList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getExecution: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The execution. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Execution"];
+                };
+            };
+            /** @description The execution has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    cancelExecution: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The execution, now `cancelled`. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Execution"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getExecutionLogs: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The log. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExecutionLogs"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    streamExecutionEvents: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The events. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["ExecutionEventFrame"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listConversations: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only conversations with this agent. */
+                agent_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of conversations. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConversationList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createConversation: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ConversationInput"];
+            };
+        };
+        responses: {
+            /** @description The conversation was created. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Conversation"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getConversation: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The conversation. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Conversation"];
+                };
+            };
+            /** @description The conversation has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteConversation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The conversation was deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    updateConversation: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ConversationPatch"];
+            };
+        };
+        responses: {
+            /** @description The conversation after the change. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Conversation"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listMessages: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+            };
+            header?: never;
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of messages. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MessageList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    sendMessage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The conversation's id. */
+                conversation_id: components["parameters"]["ConversationId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SendMessage"];
+            };
+        };
+        responses: {
+            /** @description The reply's progress as server-sent events (`stream`). */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["ExecutionEventFrame"];
+                };
+            };
+            /** @description The message and the agent's reply. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MessageExchange"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["UnprocessableEntity"];
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -4776,6 +8839,1513 @@ export interface operations {
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listEvents: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only events of this type, or of these types (`agent.*`). */
+                type?: components["schemas"]["EventPattern"];
+                /** @description Only events about this resource. */
+                subject_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of events. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getEvent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The event's id (`evt_…`). */
+                event_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Event"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    streamEvents: {
+        parameters: {
+            query?: {
+                /** @description The event patterns to receive from the start, comma-separated (`agent.*,knowledge.*`). */
+                events?: components["schemas"]["EventPattern"][];
+                /** @description The API key, for clients that cannot send headers on a WebSocket handshake. */
+                access_token?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switching to the WebSocket protocol; events follow as text frames. */
+            101: {
+                headers: {
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            /** @description The request did not ask for a WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). */
+            426: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    /** @description `websocket`. */
+                    Upgrade?: string;
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listWebhooks: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of webhooks. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createWebhook: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookInput"];
+            };
+        };
+        responses: {
+            /** @description The webhook was created; `secret` is shown this once. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookCreated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getWebhook: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The webhook. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Webhook"];
+                };
+            };
+            /** @description The webhook has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteWebhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The webhook was deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    updateWebhook: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookPatch"];
+            };
+        };
+        responses: {
+            /** @description The webhook after the change. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Webhook"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listWebhookDeliveries: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only deliveries in this status. */
+                status?: components["schemas"]["WebhookDeliveryStatus"];
+            };
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of deliveries. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getWebhookDelivery: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The delivery. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    redeliverWebhookDelivery: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The new delivery was queued. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    testWebhook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The ping was queued. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    searchMarketplace: {
+        parameters: {
+            query?: {
+                /** @description Words that must all appear in the name, description, category or tags (case-insensitive). */
+                q?: string;
+                /** @description Only templates of this category. */
+                category?: components["schemas"]["MarketplaceCategory"];
+                /** @description Only templates carrying every one of these tags (comma-separated). */
+                tags?: components["schemas"]["MarketplaceTag"][];
+                /** @description Only free or only paid templates. */
+                price?: components["schemas"]["MarketplacePrice"];
+                /** @description The order of the results. */
+                sort?: components["schemas"]["MarketplaceSort"];
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of templates. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MarketplaceTemplateList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getMarketplaceTemplate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The marketplace template's id (`support-kb-assistant`). */
+                template_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The template. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MarketplaceTemplate"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    installMarketplaceTemplate: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The marketplace template's id (`support-kb-assistant`). */
+                template_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MarketplaceInstallRequest"];
+            };
+        };
+        responses: {
+            /** @description The agent was created, with its prompt template. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Agent"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listVaultCredentials: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only credentials of this type. */
+                type?: components["schemas"]["VaultCredentialType"];
+                /** @description Only credentials of this environment. */
+                environment?: string;
+                /** @description Only credentials carrying this tag. */
+                tag?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of credentials, values left out. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultCredentialList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createVaultCredential: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultCredentialInput"];
+            };
+        };
+        responses: {
+            /** @description The credential was stored (its value is not echoed). */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultCredential"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getVaultCredential: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+                /** @description A vault token (the `vaultToken` credential); asks for the decrypted `value`. With it the answer is never 304. */
+                "X-Vault-Token"?: string;
+            };
+            path: {
+                /** @description The credential's id (`cred_…`). */
+                credential_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The credential; `value` only with a valid `X-Vault-Token`. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultCredential"];
+                };
+            };
+            /** @description The credential has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    replaceVaultCredential: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The credential's id (`cred_…`). */
+                credential_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultCredentialReplace"];
+            };
+        };
+        responses: {
+            /** @description The credential after the update (without its value). */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultCredential"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteVaultCredential: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The credential's id (`cred_…`). */
+                credential_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The credential was deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listVaultTokens: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of vault tokens. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultTokenList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createVaultToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultTokenInput"];
+            };
+        };
+        responses: {
+            /** @description The token was issued; `token` is its secret, shown this once. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultTokenCreated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getVaultToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The vault token's id (`vtok_…`). */
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The token's metadata. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultToken"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    revokeVaultToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The vault token's id (`vtok_…`). */
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The token, revoked. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VaultToken"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listTwins: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only twins of this type. */
+                type?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of twins. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TwinList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    createTwin: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TwinInput"];
+            };
+        };
+        responses: {
+            /** @description The twin was created. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Twin"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getTwin: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The twin. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Twin"];
+                };
+            };
+            /** @description The twin has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    replaceTwin: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; the update answers 412 unless the resource still has it. */
+                "If-Match"?: components["parameters"]["IfMatch"];
+            };
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TwinInput"];
+            };
+        };
+        responses: {
+            /** @description The twin after the update. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Twin"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            412: components["responses"]["PreconditionFailed"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    deleteTwin: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The twin was deleted. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    simulateTwin: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SimulationRequest"];
+            };
+        };
+        responses: {
+            /** @description The simulation ran; the results are in the body. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Simulation"];
+                };
+            };
+            /** @description The simulation was queued; poll `Location`. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Simulation"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["IdempotencyConflict"];
+            422: components["responses"]["UnprocessableEntity"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listTwinSimulations: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only simulations in this state. */
+                status?: components["schemas"]["SimulationStatus"];
+            };
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of simulations. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SimulationList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getTwinSimulation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The twin's id (`twin_…`). */
+                twin_id: string;
+                /** @description The simulation's id (`sim_…`). */
+                simulation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The simulation. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Simulation"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getUsageStats: {
+        parameters: {
+            query?: {
+                /** @description Count from this instant (UTC, `2026-01-15T00:00:00Z`) or the start of this day (`2026-01-15`). */
+                from?: string;
+                /** @description Count up to and including this instant, or the end of this day. */
+                to?: string;
+                /** @description The seeds' name for `from`; when both are given, the later bound applies. */
+                start_date?: string;
+                /** @description The seeds' name for `to`; when both are given, the earlier bound applies. */
+                end_date?: string;
+                /** @description How to group `breakdown` (default `day`). */
+                group_by?: components["schemas"]["UsageGroupBy"];
+                /** @description Only this agent's usage. */
+                agent_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The usage of the period. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageStats"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getUsageCosts: {
+        parameters: {
+            query?: {
+                /** @description The kind of entity (default `agent`). */
+                entity_type?: components["schemas"]["UsageEntityType"];
+                /** @description Only this entity. */
+                entity_id?: string;
+                /** @description Count from this instant (UTC, `2026-01-15T00:00:00Z`) or the start of this day (`2026-01-15`). */
+                from?: string;
+                /** @description Count up to and including this instant, or the end of this day. */
+                to?: string;
+                /** @description The seeds' name for `from`; when both are given, the later bound applies. */
+                start_date?: string;
+                /** @description The seeds' name for `to`; when both are given, the earlier bound applies. */
+                end_date?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The costs of the period. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageCosts"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getConversationAnalytics: {
+        parameters: {
+            query?: {
+                /** @description Count from this instant (UTC, `2026-01-15T00:00:00Z`) or the start of this day (`2026-01-15`). */
+                from?: string;
+                /** @description Count up to and including this instant, or the end of this day. */
+                to?: string;
+                /** @description The seeds' name for `from`; when both are given, the later bound applies. */
+                start_date?: string;
+                /** @description The seeds' name for `to`; when both are given, the earlier bound applies. */
+                end_date?: string;
+                /** @description Only this agent's usage. */
+                agent_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The conversation analytics of the period. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConversationAnalytics"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["ServiceUnavailable"];
         };

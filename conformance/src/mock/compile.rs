@@ -387,10 +387,64 @@ fn compile_operation(
                             .filter_map(|_| sample(&strategy, &mut runner))
                             .find(|v| valid(v));
                     }
-                    let body = match &value {
+                    let mut body = match &value {
                         Some(v) => render(&media_type, v),
                         None => Bytes::new(),
                     };
+                    if crate::response::is_event_stream(&media_type)
+                        && let Some(events) = spec
+                            .content
+                            .iter()
+                            .find(|c| c.media_type == media_type)
+                            .and_then(|c| c.events.as_ref())
+                    {
+                        // A short stream whose every event is valid: the spec's example when
+                        // it is one, else one generated event.
+                        let fine = !crate::response::sse_events(&body).is_empty()
+                            && crate::response::event_stream_violation(events, &body).is_none();
+                        if !fine {
+                            let (item_schema, data_schema) = crate::response::event_schemas(doc, m);
+                            let data_fits =
+                                |d: &Value| events.data.as_ref().is_none_or(|v| v.is_valid(d));
+                            let mut data = data_schema.map(|s| generator.plain(s));
+                            if data.as_ref().is_none_or(|d| !data_fits(d))
+                                && let Some(schema) = data_schema
+                            {
+                                let strategy = generator.strategy(schema);
+                                data = (0..ATTEMPTS)
+                                    .filter_map(|_| sample(&strategy, &mut runner))
+                                    .find(|d| data_fits(d));
+                            }
+                            let data = data.map(|d| Value::String(d.to_string()));
+                            let dress = |mut frame: Value| {
+                                if let (Some(f), Some(d)) = (frame.as_object_mut(), &data) {
+                                    f.insert("data".into(), d.clone());
+                                }
+                                frame
+                            };
+                            let fits =
+                                |f: &Value| events.item.as_ref().is_none_or(|v| v.is_valid(f));
+                            let frame = match item_schema {
+                                None => data
+                                    .clone()
+                                    .map(|d| Value::Object(Map::from_iter([("data".into(), d)]))),
+                                Some(schema) => {
+                                    let first = dress(generator.plain(schema));
+                                    if fits(&first) {
+                                        Some(first)
+                                    } else {
+                                        let strategy = generator.strategy(schema);
+                                        (0..ATTEMPTS)
+                                            .filter_map(|_| sample(&strategy, &mut runner))
+                                            .map(dress)
+                                            .find(|f| fits(f))
+                                    }
+                                }
+                            };
+                            body = frame.map(|f| render_event(&f)).unwrap_or_default();
+                            value = Some(Value::String(String::from_utf8_lossy(&body).into()));
+                        }
+                    }
                     media.push(MockMedia {
                         media_type,
                         schema,
@@ -418,7 +472,10 @@ fn compile_operation(
                 .min_by_key(|(_, r)| r.status)
                 .map(|(i, _)| i)
         })
-        .or_else(|| entries.iter().position(|r| r.key == "DEFAULT"));
+        .or_else(|| entries.iter().position(|r| r.key == "DEFAULT"))
+        // A WebSocket operation's success is the 101 upgrade, which a mock cannot perform:
+        // it answers what the operation documents for a request without one.
+        .or_else(|| entries.iter().position(|r| r.status == 426));
     let security = compile_security(doc, op);
     let resource = infer_resource(doc, response_doc, template, method, templates, paths);
     Ok(MockOperation {
@@ -447,6 +504,29 @@ fn schema_examples(doc: &Value, schema: &Value) -> Vec<Value> {
 }
 
 /// A body value as bytes: JSON for JSON media types, the text itself for a string.
+/// One server-sent event from its parsed form `{event, data, id, retry}`.
+fn render_event(frame: &Value) -> Bytes {
+    let mut out = String::new();
+    for field in ["event", "id"] {
+        if let Some(v) = frame.get(field).and_then(Value::as_str) {
+            out.push_str(&format!("{field}: {}\n", v.replace(['\r', '\n'], " ")));
+        }
+    }
+    if let Some(r) = frame.get("retry").and_then(Value::as_u64) {
+        out.push_str(&format!("retry: {r}\n"));
+    }
+    let data = match frame.get("data") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    };
+    for line in data.split('\n') {
+        out.push_str(&format!("data: {line}\n"));
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
 pub fn render(media_type: &str, value: &Value) -> Bytes {
     match value {
         Value::String(s) if !is_json(media_type) => Bytes::from(s.clone()),
@@ -520,8 +600,50 @@ fn success_object(
     Some(flat)
 }
 
+/// The item parameter and id property of `collection`, when it is one: a path with a POST
+/// whose success answer is an object with an id property, and one more templated segment.
+fn collection_item(
+    doc: &Value,
+    response_doc: &Value,
+    collection: &str,
+    templates: &[&str],
+    paths: &Map<String, Value>,
+    generator: &Generator<'_>,
+) -> Option<(String, String, String)> {
+    let item = templates.iter().find(|t| {
+        t.strip_prefix(collection)
+            .and_then(|rest| rest.strip_prefix("/{"))
+            .is_some_and(|rest| rest.ends_with('}') && !rest.contains('/'))
+    })?;
+    let param = item[collection.len() + 2..item.len() - 1].to_string();
+    let create = paths
+        .get(collection)
+        .and_then(|c| deref(doc, c).get("post"))?;
+    let flat = success_object(response_doc, create, generator)?;
+    let props = flat.get("properties").and_then(Value::as_object)?;
+    let id_field = ["id", param.as_str()]
+        .into_iter()
+        .find(|k| props.contains_key(*k))
+        .map(str::to_string)?;
+    Some((item.to_string(), param, id_field))
+}
+
+/// The `$ref` of the JSON schema an operation's 201 answers with.
+fn created_ref(doc: &Value, op: &Value) -> Option<String> {
+    let created = deref(doc, op.get("responses")?.get("201")?);
+    let content = created.get("content")?.as_object()?;
+    let (_, media) = content.iter().find(|(mt, _)| is_json(mt))?;
+    media
+        .get("schema")?
+        .get("$ref")?
+        .as_str()
+        .map(str::to_string)
+}
+
 /// Infers the stateful role of `method template`: a collection is a path with a POST whose
 /// success answer is an object with an id property, and one more templated segment below it.
+/// A POST elsewhere whose 201 answers the very schema a collection's create answers
+/// (installing a marketplace template creates an agent) creates into that collection.
 fn infer_resource(
     doc: &Value,
     response_doc: &Value,
@@ -538,28 +660,8 @@ fn infer_resource(
         if !templates.contains(&collection.as_str()) {
             continue;
         }
-        let Some(item) = templates.iter().find(|t| {
-            t.strip_prefix(collection.as_str())
-                .and_then(|rest| rest.strip_prefix("/{"))
-                .is_some_and(|rest| rest.ends_with('}') && !rest.contains('/'))
-        }) else {
-            continue;
-        };
-        let param = item[collection.len() + 2..item.len() - 1].to_string();
-        let Some(create) = paths
-            .get(&collection)
-            .and_then(|c| deref(doc, c).get("post"))
-        else {
-            continue;
-        };
-        let Some(flat) = success_object(response_doc, create, &generator) else {
-            continue;
-        };
-        let props = flat.get("properties").and_then(Value::as_object)?;
-        let Some(id_field) = ["id", param.as_str()]
-            .into_iter()
-            .find(|k| props.contains_key(*k))
-            .map(str::to_string)
+        let Some((item, param, id_field)) =
+            collection_item(doc, response_doc, &collection, templates, paths, &generator)
         else {
             continue;
         };
@@ -569,7 +671,7 @@ fn infer_resource(
                 "get" => Role::List,
                 _ => return None,
             }
-        } else if template == *item {
+        } else if template == item {
             match method {
                 "get" => Role::Read,
                 "put" => Role::Replace,
@@ -589,7 +691,28 @@ fn infer_resource(
             role,
         });
     }
-    None
+    if method != "post" {
+        return None;
+    }
+    let op = deref(doc, paths.get(template)?).get("post")?;
+    let created = created_ref(doc, op)?;
+    templates
+        .iter()
+        .filter(|c| **c != template && !c.contains('{'))
+        .find_map(|collection| {
+            let create = deref(doc, paths.get(*collection)?).get("post")?;
+            if created_ref(doc, create)? != created {
+                return None;
+            }
+            let (_, param, id_field) =
+                collection_item(doc, response_doc, collection, templates, paths, &generator)?;
+            Some(Resource {
+                collection: collection.to_string(),
+                param,
+                id_field,
+                role: Role::Create,
+            })
+        })
 }
 
 #[cfg(test)]
@@ -652,6 +775,75 @@ mod tests {
         assert_eq!(read.entry(404).map(|e| e.key.as_str()), Some("4XX"));
         assert_eq!(read.entry(404).map(|e| e.status), Some(400));
         assert!(read.documents(404) && !read.documents(500));
+    }
+
+    #[test]
+    fn event_streams_answer_a_short_stream_of_valid_events() {
+        let doc = json!({
+            "openapi": "3.1.0",
+            "paths": {"/runs/{run_id}/events": {"get": {"responses": {"200": {"description": "events",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Event"}},
+                    "text/event-stream": {
+                        "schema": {"type": "string"},
+                        "example": "data: {\"broken\": true}\n\n",
+                        "x-event-schema": {"$ref": "#/components/schemas/Event"}
+                    }
+                }}}}}},
+            "components": {"schemas": {"Event": {
+                "type": "object", "required": ["type", "n"], "additionalProperties": false,
+                "properties": {"type": {"type": "string", "enum": ["tick"]}, "n": {"type": "integer", "minimum": 3}}
+            }}}
+        });
+        let spec = MockSpec::compile(doc).expect("compiles");
+        let op = spec
+            .operation("/paths/~1runs~1{run_id}~1events/get")
+            .expect("op");
+        let entry = &op.entries[0];
+        let json_media = entry.negotiate(None).expect("json by default");
+        assert_eq!(json_media.media_type, "application/json");
+        let sse = entry
+            .negotiate(Some("text/event-stream"))
+            .expect("asked for events");
+        assert_eq!(sse.media_type, "text/event-stream");
+        // The invalid example is replaced by a generated valid event.
+        let events = crate::response::sse_events(&sse.body);
+        assert_eq!(events.len(), 1, "{:?}", sse.body);
+        let event: Value = serde_json::from_str(&events[0].data).expect("json data");
+        assert_eq!(event["type"], "tick");
+        assert!(event["n"].as_i64().is_some_and(|n| n >= 3));
+    }
+
+    #[test]
+    fn item_schema_streams_answer_named_events_with_json_data() {
+        let doc = json!({
+            "openapi": "3.2.0",
+            "paths": {"/runs/{run_id}/events": {"get": {"responses": {"200": {"description": "events",
+                "content": {"text/event-stream": {"itemSchema": {
+                    "type": "object", "required": ["event", "data"],
+                    "properties": {
+                        "event": {"type": "string", "enum": ["tick"]},
+                        "data": {"type": "string", "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/Tick"}}
+                    }
+                }}}}}}}},
+            "components": {"schemas": {"Tick": {
+                "type": "object", "required": ["n"], "additionalProperties": false,
+                "properties": {"n": {"type": "integer", "minimum": 3}}
+            }}}
+        });
+        let spec = MockSpec::compile(doc).expect("compiles");
+        let op = spec
+            .operation("/paths/~1runs~1{run_id}~1events/get")
+            .expect("op");
+        let sse = op.entries[0]
+            .negotiate(Some("text/event-stream"))
+            .expect("events");
+        let events = crate::response::sse_events(&sse.body);
+        assert_eq!(events.len(), 1, "{:?}", sse.body);
+        assert_eq!(events[0].event.as_deref(), Some("tick"));
+        let tick: Value = serde_json::from_str(&events[0].data).expect("json data");
+        assert!(tick["n"].as_i64().is_some_and(|n| n >= 3), "{tick}");
     }
 
     #[test]

@@ -271,9 +271,15 @@ impl Store {
                 }
                 let (text, value) = chosen?;
                 collection.items.push((text.clone(), value.clone()));
+                // A create elsewhere (an install) stores into the collection it names.
+                let collection_path = if op.template == resource.collection {
+                    call.path
+                } else {
+                    resource.collection.as_str()
+                };
                 let item_path = format!(
                     "{}/{}",
-                    call.path.trim_end_matches('/'),
+                    collection_path.trim_end_matches('/'),
                     crate::runner::encode_segment(&text)
                 );
                 let mut answer = self.body_answer(op, call, &value)?;
@@ -372,14 +378,28 @@ impl Store {
         let mut answer = match entry.negotiate(call.accept) {
             None => Answer::documented(entry, entry.status, None, Bytes::new()),
             Some(media) => {
-                if value.is_null() || !op.body_is_valid(&entry.key, &media.media_type, value) {
+                if value.is_null() {
                     return None;
                 }
+                let valid = |v: &Value| op.body_is_valid(&entry.key, &media.media_type, v);
+                let shown = if valid(value) {
+                    value.clone()
+                } else {
+                    // A field the create answered once (a generated secret) but reads never
+                    // show: leave it out.
+                    let map = value.as_object()?;
+                    map.keys().find_map(|k| {
+                        let mut without = map.clone();
+                        without.remove(k);
+                        let without = Value::Object(without);
+                        valid(&without).then_some(without)
+                    })?
+                };
                 Answer::documented(
                     entry,
                     entry.status,
                     Some(&media.media_type),
-                    render(&media.media_type, value),
+                    render(&media.media_type, &shown),
                 )
             }
         };

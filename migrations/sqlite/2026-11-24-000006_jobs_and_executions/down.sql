@@ -1,0 +1,2 @@
+DROP INDEX executions_by_agent;
+DROP TABLE jobs;

@@ -1,0 +1,4 @@
+DROP TABLE simulations;
+DROP TABLE twins;
+DROP TABLE vault_tokens;
+DROP TABLE vault_credentials;

@@ -1,0 +1,2 @@
+DROP TABLE evaluation_runs;
+DROP TABLE evaluations;

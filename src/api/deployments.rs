@@ -1,0 +1,352 @@
+//! Agent deployments (Agent Launchpad): status, scale and restart through the [`Runtime`]
+//! trait, and metrics and logs computed from what storage recorded.
+//!
+//! [`Runtime`]: crate::runtime::Runtime
+
+use agentplane_api::deployments::*;
+use agentplane_api::models::{
+    AgentDeployment, AgentLogLine, AgentLogs, AgentMetrics, DeploymentHealth, DeploymentState,
+    ExecutionCounts, LatencyPercentiles, LogLevel, TokenCounts,
+};
+use chrono::{DateTime, Utc};
+use poem_openapi::payload::Json;
+
+use super::Handlers;
+use crate::auth::Caller;
+use crate::db::deployments as db;
+use crate::db::{StoreError, agents as agents_db};
+use crate::error::{Failure, Kind, detail};
+use crate::failure_response;
+use crate::runtime::{AgentRef, Deployment, Health, State};
+
+failure_response!(GetAgentStatusResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ScaleAgentResponse { Unprocessable => UnprocessableEntity, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(RestartAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(GetAgentMetricsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(GetAgentLogsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+
+const NOT_FOUND: &str = "AGENT_NOT_FOUND";
+
+fn to_model(d: Deployment, now: DateTime<Utc>) -> AgentDeployment {
+    let uptime = parse_time(&d.deployed_at).map_or(0, |t| (now - t).num_seconds().max(0));
+    AgentDeployment {
+        health: match d.health() {
+            Health::Healthy => DeploymentHealth::Healthy,
+            Health::Degraded => DeploymentHealth::Degraded,
+            Health::Down => DeploymentHealth::Down,
+        },
+        agent_id: d.agent_id,
+        runtime: d.runtime.to_string(),
+        state: match d.state {
+            State::Queued => DeploymentState::Queued,
+            State::Deploying => DeploymentState::Deploying,
+            State::Deployed => DeploymentState::Deployed,
+            State::Scaling => DeploymentState::Scaling,
+            State::Restarting => DeploymentState::Restarting,
+            State::Stopped => DeploymentState::Stopped,
+            State::Failed => DeploymentState::Failed,
+        },
+        target_replicas: d.target_replicas,
+        ready_replicas: d.ready_replicas,
+        in_flight: d.in_flight,
+        revision: d.revision,
+        uptime_seconds: uptime,
+        deployed_at: d.deployed_at,
+        last_updated: d.last_updated,
+    }
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// `30m`, `1h`, `7d`: the spec's pattern `^[1-9][0-9]{0,3}[smhd]$`.
+pub(crate) fn parse_duration(text: &str) -> Option<chrono::Duration> {
+    let unit = text.chars().last()?;
+    let n: i64 = text.get(..text.len() - 1)?.parse().ok()?;
+    if n <= 0 {
+        return None;
+    }
+    Some(match unit {
+        's' => chrono::Duration::seconds(n),
+        'm' => chrono::Duration::minutes(n),
+        'h' => chrono::Duration::hours(n),
+        'd' => chrono::Duration::days(n),
+        _ => return None,
+    })
+}
+
+/// The value at `q` (0..1] of sorted `values`, by nearest rank.
+fn nearest_rank(sorted: &[i64], q: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+impl Handlers {
+    /// The agent, found in the caller's organization.
+    async fn agent_ref(&self, caller: &Caller, agent_id: String) -> Result<AgentRef, Failure> {
+        let org = caller.org_id.clone();
+        let row = self
+            .store
+            .run(move |conn| agents_db::get(conn, &org, &agent_id))
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, &caller.request_id))?;
+        Ok(AgentRef {
+            org_id: row.org_id,
+            agent_id: row.id,
+            created_at: row.created_at,
+        })
+    }
+
+    fn status_location(agent_id: &str) -> String {
+        format!("/v1/agents/{agent_id}/status")
+    }
+
+    async fn agent_metrics(
+        &self,
+        caller: &Caller,
+        params: GetAgentMetricsParams,
+    ) -> Result<AgentMetrics, Failure> {
+        let rid = caller.request_id.clone();
+        let window = parse_duration(&params.window).ok_or_else(|| {
+            Failure::with_details(
+                Kind::BadRequest,
+                "INVALID_PARAMETER",
+                "`window` is a number and a unit: 30m, 1h, 7d",
+                vec![detail(
+                    "window",
+                    "pattern",
+                    "expected a number and s, m, h or d",
+                )],
+                &rid,
+            )
+        })?;
+        let agent = self.agent_ref(caller, params.agent_id).await?;
+        let now = Utc::now();
+        let from = crate::ids::format_time(now - window);
+        let (org, id, since) = (agent.org_id.clone(), agent.agent_id.clone(), from.clone());
+        let (finished, queued, running) = self
+            .store
+            .run(move |conn| {
+                let finished = db::finished_since(conn, &org, &id, &since)?;
+                let queued = db::queued(conn, &id)?;
+                let (running, _) = db::running(conn, &id, None)?;
+                Ok((finished, queued, running))
+            })
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))?;
+        let count = |status: &str| finished.iter().filter(|e| e.status == status).count() as i64;
+        let total = finished.len() as i64;
+        let succeeded = count("succeeded");
+        let mut latencies: Vec<i64> = finished
+            .iter()
+            .filter_map(|e| {
+                let start = parse_time(e.started_at.as_deref()?)?;
+                let end = parse_time(e.finished_at.as_deref()?)?;
+                Some((end - start).num_milliseconds().max(0))
+            })
+            .collect();
+        latencies.sort_unstable();
+        let minutes = window.num_seconds() as f64 / 60.0;
+        Ok(AgentMetrics {
+            agent_id: agent.agent_id,
+            window: params.window,
+            from,
+            to: crate::ids::format_time(now),
+            executions: ExecutionCounts {
+                total,
+                succeeded,
+                failed: count("failed"),
+                cancelled: count("cancelled"),
+                timed_out: count("timed_out"),
+                queued,
+                running,
+            },
+            error_rate: if total == 0 {
+                0.0
+            } else {
+                (total - succeeded) as f64 / total as f64
+            },
+            rate_per_minute: total as f64 / minutes,
+            latency_ms: LatencyPercentiles {
+                p50: nearest_rank(&latencies, 0.50),
+                p95: nearest_rank(&latencies, 0.95),
+                p99: nearest_rank(&latencies, 0.99),
+            },
+            tokens: TokenCounts {
+                input: finished.iter().map(|e| e.input_tokens).sum(),
+                output: finished.iter().map(|e| e.output_tokens).sum(),
+            },
+            cost_usd: finished.iter().map(|e| e.cost_nano_usd).sum::<i64>() as f64 / 1e9,
+        })
+    }
+
+    async fn agent_logs(
+        &self,
+        caller: &Caller,
+        params: GetAgentLogsParams,
+    ) -> Result<AgentLogs, Failure> {
+        let rid = caller.request_id.clone();
+        let since = match params.since.as_deref() {
+            None => None,
+            Some(text) => Some(
+                parse_duration(text)
+                    .map(|d| crate::ids::format_time(Utc::now() - d))
+                    .or_else(|| crate::ids::normalize_time(text))
+                    .ok_or_else(|| {
+                        Failure::with_details(
+                            Kind::BadRequest,
+                            "INVALID_PARAMETER",
+                            "`since` is a duration (30m, 1h) or an RFC 3339 timestamp",
+                            vec![detail(
+                                "since",
+                                "format",
+                                "expected 30m, 1h, 2d or a timestamp",
+                            )],
+                            &rid,
+                        )
+                    })?,
+            ),
+        };
+        let lowest = params.level.unwrap_or(LogLevel::Debug);
+        let levels: Vec<&'static str> = LogLevel::ALL
+            .iter()
+            .skip_while(|l| **l != lowest)
+            .map(LogLevel::as_str)
+            .collect();
+        let agent = self.agent_ref(caller, params.agent_id).await?;
+        let limit = params.lines.clamp(1, 1000);
+        let id = agent.agent_id.clone();
+        let mut rows = self
+            .store
+            .run(move |conn| db::logs(conn, &id, &levels, since.as_deref(), limit))
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))?;
+        let truncated = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        rows.reverse();
+        let logs = rows
+            .into_iter()
+            .map(|r| {
+                Ok(AgentLogLine {
+                    level: LogLevel::from_wire(&r.level)
+                        .ok_or_else(|| StoreError::Corrupt(format!("log level {}", r.level)))?,
+                    timestamp: r.created_at,
+                    message: r.message,
+                    revision: r.revision,
+                    execution_id: r.execution_id,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))?;
+        Ok(AgentLogs {
+            agent_id: agent.agent_id,
+            total_lines: logs.len() as i64,
+            logs,
+            truncated,
+        })
+    }
+}
+
+impl DeploymentsApi for Handlers {
+    async fn get_agent_status(
+        &self,
+        caller: Caller,
+        params: GetAgentStatusParams,
+    ) -> GetAgentStatusResponse {
+        let agent = match self.agent_ref(&caller, params.agent_id).await {
+            Ok(a) => a,
+            Err(f) => return f.into(),
+        };
+        match self.runtime.status(&agent).await {
+            Ok(d) => GetAgentStatusResponse::Ok(Json(to_model(d, Utc::now()))),
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn scale_agent(&self, caller: Caller, params: ScaleAgentParams) -> ScaleAgentResponse {
+        let agent = match self.agent_ref(&caller, params.agent_id).await {
+            Ok(a) => a,
+            Err(f) => return f.into(),
+        };
+        match self.runtime.scale(&agent, params.body.replicas).await {
+            Ok(d) => {
+                let location = Self::status_location(&d.agent_id);
+                ScaleAgentResponse::Accepted(Json(to_model(d, Utc::now())), location)
+            }
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn restart_agent(
+        &self,
+        caller: Caller,
+        params: RestartAgentParams,
+    ) -> RestartAgentResponse {
+        let agent = match self.agent_ref(&caller, params.agent_id).await {
+            Ok(a) => a,
+            Err(f) => return f.into(),
+        };
+        match self.runtime.restart(&agent).await {
+            Ok(d) => {
+                let location = Self::status_location(&d.agent_id);
+                RestartAgentResponse::Accepted(Json(to_model(d, Utc::now())), location)
+            }
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn get_agent_metrics(
+        &self,
+        caller: Caller,
+        params: GetAgentMetricsParams,
+    ) -> GetAgentMetricsResponse {
+        match self.agent_metrics(&caller, params).await {
+            Ok(m) => GetAgentMetricsResponse::Ok(Json(m)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn get_agent_logs(
+        &self,
+        caller: Caller,
+        params: GetAgentLogsParams,
+    ) -> GetAgentLogsResponse {
+        match self.agent_logs(&caller, params).await {
+            Ok(l) => GetAgentLogsResponse::Ok(Json(l)),
+            Err(f) => f.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_follow_the_spec_pattern() {
+        assert_eq!(parse_duration("30m"), Some(chrono::Duration::minutes(30)));
+        assert_eq!(parse_duration("1h"), Some(chrono::Duration::hours(1)));
+        assert_eq!(parse_duration("7d"), Some(chrono::Duration::days(7)));
+        assert_eq!(parse_duration("45s"), Some(chrono::Duration::seconds(45)));
+        for bad in ["", "m", "0m", "1w", "-1h", "1.5h", "h1"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&v, 0.50), Some(50));
+        assert_eq!(nearest_rank(&v, 0.95), Some(95));
+        assert_eq!(nearest_rank(&v, 0.99), Some(99));
+        assert_eq!(nearest_rank(&[7], 0.99), Some(7));
+        assert_eq!(nearest_rank(&[], 0.5), None);
+        assert_eq!(nearest_rank(&[1, 2, 3], 0.5), Some(2));
+    }
+}

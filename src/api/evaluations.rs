@@ -1,0 +1,520 @@
+//! The evaluations resource (Magnet AI): datasets of cases run through an agent, runs kept.
+
+use agentplane_api::evaluations::*;
+use agentplane_api::models::{
+    CaseResult, Evaluation, EvaluationInput, EvaluationList, EvaluationMetric, EvaluationRun,
+    EvaluationRunList, EvaluationRunStatus, EvaluationSummary, EvaluationType, LatencyPercentiles,
+    PassCriteria, TestCase, TokenCounts,
+};
+use poem_openapi::payload::Json;
+use poem_openapi::types::ToJSON;
+use serde_json::{Value, json};
+
+use super::Handlers;
+use super::idem::{self, Created, Keyed};
+use super::paging::PageRequest;
+use crate::auth::Caller;
+use crate::db::StoreError;
+use crate::db::evaluations::{self as store, EvaluationRow, Page, RunRow};
+use crate::error::{Failure, Kind, detail};
+use crate::evaluation::{self as eval, Criteria, Metric};
+use crate::failure_response;
+
+failure_response!(ListEvaluationsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(CreateEvaluationResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
+failure_response!(GetEvaluationResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(DeleteEvaluationResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(RunEvaluationResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ListEvaluationRunsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(GetEvaluationRunResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(GetEvaluationResultsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+
+const NOT_FOUND: &str = "EVALUATION_NOT_FOUND";
+const RUN_NOT_FOUND: &str = "EVALUATION_RUN_NOT_FOUND";
+const CREATE_OPERATION: &str = "createEvaluation";
+
+fn metric_of(m: EvaluationMetric) -> Metric {
+    match m {
+        EvaluationMetric::ExactMatch => Metric::ExactMatch,
+        EvaluationMetric::Contains => Metric::Contains,
+        EvaluationMetric::TokenF1 => Metric::TokenF1,
+    }
+}
+
+fn metric_model(m: Metric) -> EvaluationMetric {
+    match m {
+        Metric::ExactMatch => EvaluationMetric::ExactMatch,
+        Metric::Contains => EvaluationMetric::Contains,
+        Metric::TokenF1 => EvaluationMetric::TokenF1,
+    }
+}
+
+/// What the `body` column keeps.
+fn body_of(input: &EvaluationInput) -> Value {
+    let criteria = input
+        .pass_criteria
+        .as_ref()
+        .map_or(Criteria::new(Metric::Contains, None), |c| {
+            Criteria::new(metric_of(c.metric), c.threshold)
+        });
+    json!({
+        "description": input.description,
+        "test_cases": input.test_cases.iter().map(|c| json!({
+            "input": c.input,
+            "expected_output": c.expected_output.clone().unwrap_or_default(),
+            "metadata": c.metadata.clone().unwrap_or_else(|| json!({})),
+        })).collect::<Vec<_>>(),
+        "criteria": criteria,
+    })
+}
+
+struct Stored {
+    description: Option<String>,
+    cases: Vec<eval::Case>,
+    criteria: Criteria,
+}
+
+fn stored(row: &EvaluationRow) -> Result<Stored, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("evaluation {}: {e}", row.id));
+    let body: Value = serde_json::from_str(&row.body).map_err(corrupt)?;
+    Ok(Stored {
+        description: body["description"].as_str().map(str::to_string),
+        cases: serde_json::from_value(body["test_cases"].clone()).map_err(corrupt)?,
+        criteria: serde_json::from_value(body["criteria"].clone()).map_err(corrupt)?,
+    })
+}
+
+fn row_to_evaluation(row: &EvaluationRow) -> Result<Evaluation, StoreError> {
+    let s = stored(row)?;
+    Ok(Evaluation {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        description: s.description,
+        type_: EvaluationType::Agent,
+        target_id: row.target_id.clone(),
+        test_cases: s
+            .cases
+            .into_iter()
+            .map(|c| TestCase {
+                input: c.input,
+                expected_output: Some(c.expected_output),
+                metadata: Some(Value::Object(c.metadata)),
+            })
+            .collect(),
+        pass_criteria: PassCriteria {
+            metric: metric_model(s.criteria.metric),
+            threshold: Some(s.criteria.threshold),
+        },
+        latest_run_id: row.latest_run_id.clone(),
+        created_at: row.created_at.clone(),
+        updated_at: row.updated_at.clone(),
+    })
+}
+
+/// A run as the API shows it; `with_results` false leaves the per-case list empty (lists).
+fn row_to_run(row: &RunRow, with_results: bool) -> Result<EvaluationRun, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("run {}: {e}", row.id));
+    let summary = match &row.summary {
+        None => None,
+        Some(text) => {
+            let s: eval::Summary = serde_json::from_str(text).map_err(corrupt)?;
+            Some(EvaluationSummary {
+                cases: s.cases,
+                passed: s.passed,
+                failed: s.failed,
+                errors: s.errors,
+                pass_rate: s.pass_rate,
+                exact_match_rate: s.exact_match_rate,
+                contains_rate: s.contains_rate,
+                mean_token_f1: s.mean_token_f1,
+                latency_ms: LatencyPercentiles {
+                    p50: s.latency_ms.p50,
+                    p95: s.latency_ms.p95,
+                    p99: s.latency_ms.p99,
+                },
+                tokens: TokenCounts {
+                    input: s.tokens.input,
+                    output: s.tokens.output,
+                },
+                cost_usd: s.cost_usd,
+            })
+        }
+    };
+    let results = if with_results {
+        let results: Vec<eval::CaseResult> = serde_json::from_str(&row.results).map_err(corrupt)?;
+        results
+            .into_iter()
+            .map(|r| CaseResult {
+                index: r.index,
+                input: r.input,
+                expected_output: r.expected_output,
+                output: r.output,
+                passed: r.passed,
+                exact_match: r.exact_match,
+                contains: r.contains,
+                token_f1: r.token_f1,
+                latency_ms: r.latency_ms,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cost_usd: r.cost_usd,
+                execution_id: r.execution_id,
+                error: r.error,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(EvaluationRun {
+        id: row.id.clone(),
+        evaluation_id: row.evaluation_id.clone(),
+        status: EvaluationRunStatus::from_wire(&row.status)
+            .ok_or_else(|| StoreError::Corrupt(format!("run {}: status {}", row.id, row.status)))?,
+        summary,
+        results,
+        error: row.error.clone(),
+        created_at: row.created_at.clone(),
+        started_at: row.started_at.clone(),
+        finished_at: row.finished_at.clone(),
+    })
+}
+
+impl Handlers {
+    async fn evaluation_row(&self, caller: &Caller, id: String) -> Result<EvaluationRow, Failure> {
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| store::get(conn, &org, &id))
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, &caller.request_id))
+    }
+
+    fn page(
+        caller: &Caller,
+        page: i64,
+        per_page: i64,
+        cursor: Option<&str>,
+        limit: Option<i64>,
+    ) -> Result<(PageRequest, Page), Failure> {
+        let req = PageRequest::new(page, per_page, cursor, limit, &caller.request_id)?;
+        let page = Page {
+            offset: req.offset,
+            limit: req.limit,
+            after_id: req.after_id.clone(),
+        };
+        Ok((req, page))
+    }
+
+    async fn list_evaluations_page(
+        &self,
+        caller: &Caller,
+        params: ListEvaluationsParams,
+    ) -> Result<EvaluationList, Failure> {
+        let rid = caller.request_id.as_str();
+        let (req, page) = Self::page(
+            caller,
+            params.page,
+            params.per_page,
+            params.cursor.as_deref(),
+            params.limit,
+        )?;
+        let org = caller.org_id.clone();
+        let target = params.target_id;
+        let (rows, total) = self
+            .store
+            .run(move |conn| store::list(conn, &org, target.as_deref(), &page))
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let data = rows
+            .iter()
+            .map(row_to_evaluation)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        Ok(EvaluationList {
+            pagination: req.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
+            data,
+        })
+    }
+
+    async fn create_evaluation_row(
+        &self,
+        caller: &Caller,
+        params: CreateEvaluationParams,
+    ) -> Result<EvaluationRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
+        let now = crate::ids::now();
+        let row = EvaluationRow {
+            id: crate::ids::new_id("eval"),
+            org_id: caller.org_id.clone(),
+            name: params.body.name.clone(),
+            target_id: params.body.target_id.clone(),
+            body: body_of(&params.body).to_string(),
+            latest_run_id: None,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let key = params.idempotency_key;
+        let created = self
+            .store
+            .run(move |conn| {
+                // The agent must be the caller's; another organization's is as unknown.
+                match crate::db::agents::get(conn, &row.org_id, &row.target_id) {
+                    Ok(_) => {}
+                    Err(StoreError::NotFound) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+                let keyed = Keyed {
+                    org_id: &row.org_id,
+                    operation: CREATE_OPERATION,
+                    key: key.as_deref(),
+                    request_hash: &hash,
+                    resource_id: &row.id,
+                };
+                idem::create_once(
+                    conn,
+                    &keyed,
+                    |conn| store::insert(conn, &row).map(|()| row.clone()),
+                    |conn, id| store::get(conn, &row.org_id, id),
+                )
+                .map(Some)
+            })
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        match created {
+            None => Err(Failure::with_details(
+                Kind::Unprocessable,
+                "UNKNOWN_AGENT",
+                "`target_id` names no agent of the organization",
+                vec![detail("target_id", "unknown", "no such agent")],
+                rid,
+            )),
+            Some(Created::New(row) | Created::Replayed(row)) => Ok(row),
+            Some(Created::KeyReused) => Err(idem::key_reused(rid)),
+        }
+    }
+
+    async fn start_run(&self, caller: &Caller, id: String) -> Result<RunRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let evaluation = self.evaluation_row(caller, id).await?;
+        let s = stored(&evaluation).map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let run = RunRow {
+            id: crate::ids::new_id("evrun"),
+            org_id: evaluation.org_id.clone(),
+            evaluation_id: evaluation.id.clone(),
+            status: "queued".into(),
+            summary: None,
+            results: "[]".into(),
+            error: None,
+            created_at: crate::ids::now(),
+            started_at: None,
+            finished_at: None,
+        };
+        let queued = run.clone();
+        self.store
+            .run(move |conn| store::insert_run(conn, &queued))
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let (store, runner, run_id) = (self.store.clone(), self.cases.clone(), run.id.clone());
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let failed_store = store.clone();
+            let target = eval::RunTarget {
+                org_id: evaluation.org_id,
+                agent_id: evaluation.target_id,
+                evaluation_id: evaluation.id,
+                run_id: run_id.clone(),
+            };
+            let result = eval::run(store, runner, events, target, s.cases, s.criteria).await;
+            if let Err(e) = result {
+                tracing::warn!(run = %run_id, error = %e, "evaluation run failed");
+                let message = format!("the run could not be recorded: {e}");
+                let _ = failed_store
+                    .run(move |conn| {
+                        store::finish_run(
+                            conn,
+                            &run_id,
+                            "failed",
+                            None,
+                            "[]",
+                            Some(&message),
+                            &crate::ids::now(),
+                        )
+                    })
+                    .await;
+            }
+        });
+        Ok(run)
+    }
+
+    async fn runs_page(
+        &self,
+        caller: &Caller,
+        params: ListEvaluationRunsParams,
+    ) -> Result<EvaluationRunList, Failure> {
+        let rid = caller.request_id.as_str();
+        let (req, page) = Self::page(
+            caller,
+            params.page,
+            params.per_page,
+            params.cursor.as_deref(),
+            params.limit,
+        )?;
+        let evaluation = self.evaluation_row(caller, params.evaluation_id).await?;
+        let org = caller.org_id.clone();
+        let (rows, total) = self
+            .store
+            .run(move |conn| store::list_runs(conn, &org, &evaluation.id, &page))
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let data = rows
+            .iter()
+            .map(|r| row_to_run(r, false))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failure::from_store(e, RUN_NOT_FOUND, rid))?;
+        Ok(EvaluationRunList {
+            pagination: req.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
+            data,
+        })
+    }
+
+    /// The run `run_id`, or the evaluation's latest when `None`.
+    async fn run_of(
+        &self,
+        caller: &Caller,
+        evaluation_id: String,
+        run_id: Option<String>,
+    ) -> Result<EvaluationRun, Failure> {
+        let rid = caller.request_id.as_str();
+        let evaluation = self.evaluation_row(caller, evaluation_id).await?;
+        let Some(run_id) = run_id.or(evaluation.latest_run_id.clone()) else {
+            return Err(Failure::new(
+                Kind::NotFound,
+                "NO_RUNS",
+                "the evaluation has not run yet: POST its /run",
+                rid,
+            ));
+        };
+        let org = caller.org_id.clone();
+        let row = self
+            .store
+            .run(move |conn| store::get_run(conn, &org, &evaluation.id, &run_id))
+            .await
+            .map_err(|e| Failure::from_store(e, RUN_NOT_FOUND, rid))?;
+        row_to_run(&row, true).map_err(|e| Failure::from_store(e, RUN_NOT_FOUND, rid))
+    }
+}
+
+impl EvaluationsApi for Handlers {
+    async fn list_evaluations(
+        &self,
+        caller: Caller,
+        params: ListEvaluationsParams,
+    ) -> ListEvaluationsResponse {
+        match self.list_evaluations_page(&caller, params).await {
+            Ok(list) => ListEvaluationsResponse::Ok(Json(list)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn create_evaluation(
+        &self,
+        caller: Caller,
+        params: CreateEvaluationParams,
+    ) -> CreateEvaluationResponse {
+        let rid = caller.request_id.clone();
+        match self.create_evaluation_row(&caller, params).await {
+            Ok(row) => match row_to_evaluation(&row) {
+                Ok(e) => {
+                    let location = format!("/v1/evaluations/{}", e.id);
+                    CreateEvaluationResponse::Created(Json(e), location)
+                }
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+            },
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn get_evaluation(
+        &self,
+        caller: Caller,
+        params: GetEvaluationParams,
+    ) -> GetEvaluationResponse {
+        match self.evaluation_row(&caller, params.evaluation_id).await {
+            Ok(row) => match row_to_evaluation(&row) {
+                Ok(e) => GetEvaluationResponse::Ok(Json(e)),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            },
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn delete_evaluation(
+        &self,
+        caller: Caller,
+        params: DeleteEvaluationParams,
+    ) -> DeleteEvaluationResponse {
+        let org = caller.org_id.clone();
+        let id = params.evaluation_id;
+        match self
+            .store
+            .run(move |conn| store::delete(conn, &org, &id))
+            .await
+        {
+            Ok(()) => DeleteEvaluationResponse::NoContent,
+            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn run_evaluation(
+        &self,
+        caller: Caller,
+        params: RunEvaluationParams,
+    ) -> RunEvaluationResponse {
+        let rid = caller.request_id.clone();
+        match self.start_run(&caller, params.evaluation_id).await {
+            Ok(row) => match row_to_run(&row, true) {
+                Ok(run) => {
+                    let location = format!("/v1/evaluations/{}/runs/{}", run.evaluation_id, run.id);
+                    RunEvaluationResponse::Accepted(Json(run), location)
+                }
+                Err(e) => Failure::from_store(e, RUN_NOT_FOUND, &rid).into(),
+            },
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn list_evaluation_runs(
+        &self,
+        caller: Caller,
+        params: ListEvaluationRunsParams,
+    ) -> ListEvaluationRunsResponse {
+        match self.runs_page(&caller, params).await {
+            Ok(list) => ListEvaluationRunsResponse::Ok(Json(list)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn get_evaluation_run(
+        &self,
+        caller: Caller,
+        params: GetEvaluationRunParams,
+    ) -> GetEvaluationRunResponse {
+        match self
+            .run_of(&caller, params.evaluation_id, Some(params.run_id))
+            .await
+        {
+            Ok(run) => GetEvaluationRunResponse::Ok(Json(run)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn get_evaluation_results(
+        &self,
+        caller: Caller,
+        params: GetEvaluationResultsParams,
+    ) -> GetEvaluationResultsResponse {
+        match self.run_of(&caller, params.evaluation_id, None).await {
+            Ok(run) => GetEvaluationResultsResponse::Ok(Json(run)),
+            Err(f) => f.into(),
+        }
+    }
+}

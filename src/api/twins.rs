@@ -1,0 +1,660 @@
+//! Digital twins and their simulations (AIMatrix). Data-source connection strings are
+//! write-only, sealed at rest; `simulate` runs a built-in model of [`crate::sim`] at once
+//! (201) or in the background (202, then poll).
+
+use std::collections::BTreeMap;
+
+use agentplane_api::models::{
+    DataSource, Simulation, SimulationList, SimulationModel, SimulationResults, SimulationStatus,
+    Twin, TwinInput, TwinList, UpdateFrequency,
+};
+use agentplane_api::*;
+use poem_openapi::payload::Json;
+use poem_openapi::types::{MaybeUndefined, ParseFromJSON, ToJSON};
+use serde_json::{Map, Value, json};
+
+use super::Handlers;
+use super::idem::{self, Created, NewKeyed};
+use super::paging::{PageRequest, etag, etag_matches};
+use crate::auth::Caller;
+use crate::db::twins::{self as store, SimulationRow, TwinChanges, TwinRow};
+use crate::db::{DbConnection, Store, StoreError, StoreResult};
+use crate::error::{Failure, Kind, detail};
+use crate::failure_response;
+use crate::sim;
+
+failure_response!(ListTwinsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(CreateTwinResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
+failure_response!(GetTwinResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ReplaceTwinResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
+failure_response!(DeleteTwinResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(SimulateTwinResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
+failure_response!(ListTwinSimulationsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(GetTwinSimulationResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+
+const TWIN_NOT_FOUND: &str = "TWIN_NOT_FOUND";
+const SIMULATION_NOT_FOUND: &str = "SIMULATION_NOT_FOUND";
+const CREATE_OPERATION: &str = "createTwin";
+const SIMULATE_OPERATION: &str = "simulateTwin";
+/// Monte Carlo runs when `options.runs` is left out.
+pub const DEFAULT_RUNS: i64 = 1000;
+
+/// The seam where a finished simulation notifies its `notification_webhook`. Called inside
+/// the transaction that records the outcome, so a notification is enqueued exactly when the
+/// outcome is stored.
+///
+/// integrator: enqueue a signed `simulation.completed` delivery (hooks branch outbox) to
+/// `row.notification_webhook` here when it is set.
+pub fn simulation_finished(conn: &mut DbConnection, row: &SimulationRow) -> StoreResult<()> {
+    let _ = (conn, row);
+    Ok(())
+}
+
+fn store_failure<'a>(not_found: &'static str, rid: &'a str) -> impl Fn(StoreError) -> Failure + 'a {
+    move |e| Failure::from_store(e, not_found, rid)
+}
+
+fn maybe<T: Clone>(v: &Option<T>) -> MaybeUndefined<T> {
+    match v {
+        Some(x) => MaybeUndefined::Value(x.clone()),
+        None => MaybeUndefined::Null,
+    }
+}
+
+pub(crate) fn row_to_twin(row: &TwinRow) -> Result<Twin, StoreError> {
+    let corrupt = |what: String| StoreError::Corrupt(format!("twin {}: {what}", row.id));
+    let body: Value = serde_json::from_str(&row.body).map_err(|e| corrupt(e.to_string()))?;
+    let parse = |key: &str| body.get(key).cloned().unwrap_or(Value::Null);
+    let data_sources = Vec::<DataSource>::parse_from_json(Some(parse("data_sources")))
+        .map_err(|e| corrupt(e.into_message()))?;
+    let simulation_models =
+        Vec::<SimulationModel>::parse_from_json(Some(parse("simulation_models")))
+            .map_err(|e| corrupt(e.into_message()))?;
+    let state = BTreeMap::<String, f64>::parse_from_json(Some(parse("state")))
+        .map_err(|e| corrupt(e.into_message()))?;
+    Ok(Twin {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        type_: row.twin_type.clone(),
+        description: row.description.clone(),
+        data_sources,
+        update_frequency: body
+            .get("update_frequency")
+            .and_then(Value::as_str)
+            .and_then(UpdateFrequency::from_wire)
+            .unwrap_or(UpdateFrequency::Manual),
+        simulation_models,
+        state,
+        version: row.version,
+        created_at: row.created_at.clone(),
+        updated_at: row.updated_at.clone(),
+    })
+}
+
+/// The columns of a twin as sent. A data source without a connection string keeps the one
+/// stored at its position in `previous_secrets`.
+fn changes_of(
+    input: &TwinInput,
+    previous_secrets: &str,
+    crypto: &crate::crypto::Crypto,
+) -> StoreResult<TwinChanges> {
+    let previous: Vec<Option<String>> = if previous_secrets.is_empty() {
+        Vec::new()
+    } else {
+        let plain = crypto
+            .decrypt(previous_secrets)
+            .map_err(|e| StoreError::Corrupt(format!("twin secrets: {e}")))?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| StoreError::Corrupt(format!("twin secrets: {e}")))?
+    };
+    let sources = input.data_sources.clone().unwrap_or_default();
+    let mut secrets = Vec::with_capacity(sources.len());
+    let mut public = Vec::with_capacity(sources.len());
+    for (i, source) in sources.iter().enumerate() {
+        let secret = source
+            .connection_string
+            .clone()
+            .or_else(|| previous.get(i).cloned().flatten());
+        let mut entry = Map::new();
+        entry.insert("type".into(), source.type_.clone().into());
+        if let Some(n) = &source.name {
+            entry.insert("name".into(), n.clone().into());
+        }
+        entry.insert(
+            "tables".into(),
+            json!(source.tables.clone().unwrap_or_default()),
+        );
+        entry.insert("connection_string_set".into(), secret.is_some().into());
+        public.push(Value::Object(entry));
+        secrets.push(secret);
+    }
+    let models = input
+        .simulation_models
+        .clone()
+        .unwrap_or_else(|| SimulationModel::ALL.to_vec());
+    let body = json!({
+        "data_sources": public,
+        "update_frequency": input.update_frequency.unwrap_or(UpdateFrequency::Manual).as_str(),
+        "simulation_models": models.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        "state": input.state.clone().unwrap_or_default(),
+    });
+    let sealed = if secrets.iter().any(Option::is_some) {
+        crypto.encrypt(Value::from(secrets.clone()).to_string().as_bytes())
+    } else {
+        String::new()
+    };
+    Ok(TwinChanges {
+        name: input.name.clone(),
+        twin_type: input.type_.clone(),
+        description: input.description.clone(),
+        body: body.to_string(),
+        secrets: sealed,
+    })
+}
+
+pub(crate) fn row_to_simulation(row: &SimulationRow) -> Result<Simulation, StoreError> {
+    let corrupt = |what: String| StoreError::Corrupt(format!("simulation {}: {what}", row.id));
+    let results = match &row.results {
+        Some(text) => {
+            let v: Value = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+            MaybeUndefined::Value(
+                SimulationResults::parse_from_json(Some(v))
+                    .map_err(|e| corrupt(e.into_message()))?,
+            )
+        }
+        None => MaybeUndefined::Null,
+    };
+    Ok(Simulation {
+        id: row.id.clone(),
+        twin_id: row.twin_id.clone(),
+        scenario: row.scenario.clone(),
+        model: SimulationModel::from_wire(&row.model).ok_or_else(|| corrupt("model".into()))?,
+        parameters: serde_json::from_str(&row.parameters).map_err(|e| corrupt(e.to_string()))?,
+        status: SimulationStatus::from_wire(&row.status).ok_or_else(|| corrupt("status".into()))?,
+        run_async: row.run_async != 0,
+        notification_webhook: maybe(&row.notification_webhook),
+        seed: row.seed,
+        runs: row.runs,
+        results,
+        error: maybe(&row.error),
+        duration_ms: match (&row.started_at, &row.finished_at) {
+            (Some(s), Some(f)) => {
+                duration_ms(s, f).map_or(MaybeUndefined::Null, MaybeUndefined::Value)
+            }
+            _ => MaybeUndefined::Null,
+        },
+        created_at: row.created_at.clone(),
+        started_at: maybe(&row.started_at),
+        finished_at: maybe(&row.finished_at),
+    })
+}
+
+/// Milliseconds between two stored timestamps.
+fn duration_ms(started: &str, finished: &str) -> Option<i64> {
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    Some(
+        (parse(finished)? - parse(started)?)
+            .num_milliseconds()
+            .max(0),
+    )
+}
+
+/// Runs a plan off the async workers; the results as stored JSON.
+async fn compute(plan: sim::Plan, seed: u64, runs: usize) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || sim::run(&plan, seed, runs))
+        .await
+        .map_err(|e| format!("the simulation task failed: {e}"))
+        .and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string()))
+}
+
+/// Runs a queued simulation in the background and records its outcome.
+// integrator: move onto exec2's durable jobs queue (a `simulation` job) at merge.
+fn spawn_simulation(store: Store, row: SimulationRow, plan: sim::Plan) {
+    tokio::spawn(async move {
+        let id = row.id.clone();
+        let at = crate::ids::now();
+        let start_id = id.clone();
+        if let Err(e) = store
+            .run(move |conn| store::start_simulation(conn, &start_id, &at))
+            .await
+        {
+            tracing::warn!(simulation_id = %id, error = %e, "cannot start a simulation");
+        }
+        let outcome = compute(plan, row.seed as u64, row.runs as usize).await;
+        let finish_id = id.clone();
+        let finished = store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    let done =
+                        store::finish_simulation(conn, &finish_id, outcome, &crate::ids::now())?;
+                    simulation_finished(conn, &done)?;
+                    Ok(done)
+                })
+            })
+            .await;
+        if let Err(e) = finished {
+            tracing::warn!(simulation_id = %id, error = %e, "cannot record a simulation's outcome");
+        }
+    });
+}
+
+fn unprocessable(rejections: Vec<sim::Rejection>, rid: &str) -> Failure {
+    let message = rejections
+        .iter()
+        .map(|r| r.message.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Failure::with_details(
+        Kind::Unprocessable,
+        "SIMULATION_REJECTED",
+        message,
+        rejections
+            .iter()
+            .map(|r| detail(&r.field, r.code, r.message.clone()))
+            .collect(),
+        rid,
+    )
+}
+
+impl Handlers {
+    async fn create_twin_row(
+        &self,
+        caller: &Caller,
+        params: CreateTwinParams,
+    ) -> Result<TwinRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let changes = changes_of(&params.body, "", &self.crypto)
+            .map_err(store_failure(TWIN_NOT_FOUND, rid))?;
+        let hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
+        let now = crate::ids::now();
+        let row = TwinRow {
+            id: crate::ids::new_id("twin"),
+            org_id: caller.org_id.clone(),
+            name: changes.name,
+            twin_type: changes.twin_type,
+            description: changes.description,
+            body: changes.body,
+            secrets: changes.secrets,
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let (org, id, twin) = (row.org_id.clone(), row.id.clone(), row.clone());
+        let keyed = NewKeyed {
+            org_id: org.clone(),
+            operation: CREATE_OPERATION,
+            key: params.idempotency_key,
+            request_hash: hash,
+            resource_id: id,
+        };
+        idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| store::insert(conn, &twin).map(|()| twin.clone()),
+            move |conn, id| store::get(conn, &org, id),
+            TWIN_NOT_FOUND,
+            rid,
+        )
+        .await
+    }
+
+    /// Checks the request against the twin, then runs it (or queues it); `true` when queued.
+    async fn simulate(
+        &self,
+        caller: &Caller,
+        params: SimulateTwinParams,
+    ) -> Result<(SimulationRow, bool), Failure> {
+        let rid = caller.request_id.as_str();
+        let org = caller.org_id.clone();
+        let twin_id = params.twin_id.clone();
+        let twin = self
+            .store
+            .run(move |conn| store::get(conn, &org, &twin_id))
+            .await
+            .and_then(|row| row_to_twin(&row))
+            .map_err(store_failure(TWIN_NOT_FOUND, rid))?;
+        let body = &params.body;
+        let model = match body.model {
+            Some(m) if twin.simulation_models.contains(&m) => m,
+            Some(m) => {
+                let message = format!("this twin does not enable the {} model", m.as_str());
+                return Err(Failure::with_details(
+                    Kind::Unprocessable,
+                    "SIMULATION_REJECTED",
+                    message.clone(),
+                    vec![detail("model", "not_enabled", message)],
+                    rid,
+                ));
+            }
+            None => match twin.simulation_models.first() {
+                Some(m) => *m,
+                None => {
+                    let message = "this twin enables no simulation model";
+                    return Err(Failure::with_details(
+                        Kind::Unprocessable,
+                        "SIMULATION_REJECTED",
+                        message,
+                        vec![detail("model", "not_enabled", message)],
+                        rid,
+                    ));
+                }
+            },
+        };
+        let sim_model = sim::Model::from_name(model.as_str()).ok_or_else(|| {
+            Failure::with_details(
+                Kind::Unprocessable,
+                "SIMULATION_REJECTED",
+                "unknown model",
+                vec![detail("model", "unknown", "no such built-in model")],
+                rid,
+            )
+        })?;
+        let parameters = body.parameters.clone().unwrap_or(Value::Object(Map::new()));
+        let plan =
+            sim::plan(sim_model, &twin.state, &parameters).map_err(|r| unprocessable(r, rid))?;
+        let options = body.options.clone().unwrap_or_default();
+        let seed = options
+            .seed
+            .unwrap_or_else(|| i64::from(rand::random::<u32>()));
+        let runs = options.runs.unwrap_or(DEFAULT_RUNS);
+        let run_async = options.run_async.unwrap_or(false);
+        let mut hash_input = body.to_json().unwrap_or_default();
+        hash_input["twin_id"] = Value::String(twin.id.clone());
+        let hash = idem::request_hash(&hash_input);
+        let now = crate::ids::now();
+        let mut row = SimulationRow {
+            id: crate::ids::new_id("sim"),
+            org_id: caller.org_id.clone(),
+            twin_id: twin.id.clone(),
+            scenario: body.scenario.clone(),
+            model: model.as_str().to_string(),
+            status: "queued".into(),
+            parameters: parameters.to_string(),
+            seed,
+            runs,
+            run_async: i64::from(run_async),
+            notification_webhook: options.notification_webhook.clone(),
+            results: None,
+            error: None,
+            created_at: now.clone(),
+            started_at: None,
+            finished_at: None,
+        };
+        if !run_async {
+            let outcome = compute(plan.clone(), seed as u64, runs as usize).await;
+            row.started_at = Some(now);
+            row.finished_at = Some(crate::ids::now());
+            match outcome {
+                Ok(r) => {
+                    row.status = "completed".into();
+                    row.results = Some(r);
+                }
+                Err(e) => {
+                    row.status = "failed".into();
+                    row.error = Some(e);
+                }
+            }
+        }
+        let (org, twin_id) = (row.org_id.clone(), row.twin_id.clone());
+        let keyed = NewKeyed {
+            org_id: org.clone(),
+            operation: SIMULATE_OPERATION,
+            key: params.idempotency_key,
+            request_hash: hash,
+            resource_id: row.id.clone(),
+        };
+        let created = idem::create_keyed(
+            &self.store,
+            keyed,
+            move |conn| {
+                store::insert_simulation(conn, &row)?;
+                if row.status != "queued" {
+                    simulation_finished(conn, &row)?;
+                }
+                Ok(row.clone())
+            },
+            move |conn, id| store::get_simulation(conn, &org, &twin_id, id),
+        )
+        .await
+        .map_err(store_failure(SIMULATION_NOT_FOUND, rid))?;
+        match created {
+            Created::New(row) => {
+                if run_async {
+                    spawn_simulation(self.store.clone(), row.clone(), plan);
+                }
+                Ok((row, run_async))
+            }
+            Created::Replayed(row) => {
+                let queued = row.run_async != 0;
+                Ok((row, queued))
+            }
+            Created::KeyReused => Err(idem::key_reused(rid)),
+        }
+    }
+}
+
+impl TwinsApi for Handlers {
+    async fn list_twins(&self, caller: Caller, params: ListTwinsParams) -> ListTwinsResponse {
+        let rid = caller.request_id.clone();
+        let page = match PageRequest::new(
+            params.page,
+            params.per_page,
+            params.cursor.as_deref(),
+            params.limit,
+            &rid,
+        ) {
+            Ok(p) => p,
+            Err(f) => return f.into(),
+        };
+        let org = caller.org_id.clone();
+        let q = page.page();
+        let ty = params.type_;
+        let result = self
+            .store
+            .run(move |conn| store::list(conn, &org, ty.as_deref(), &q))
+            .await
+            .and_then(|(rows, total)| {
+                Ok((
+                    rows.iter()
+                        .map(row_to_twin)
+                        .collect::<Result<Vec<_>, _>>()?,
+                    total,
+                ))
+            })
+            .map_err(store_failure(TWIN_NOT_FOUND, &rid));
+        match result {
+            Ok((data, total)) => {
+                let last = data.last().map(|t| t.id.clone());
+                ListTwinsResponse::Ok(Json(TwinList {
+                    pagination: page.pagination(data.len(), last.as_deref(), total),
+                    data,
+                }))
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn create_twin(&self, caller: Caller, params: CreateTwinParams) -> CreateTwinResponse {
+        let rid = caller.request_id.clone();
+        match self
+            .create_twin_row(&caller, params)
+            .await
+            .and_then(|row| row_to_twin(&row).map_err(store_failure(TWIN_NOT_FOUND, &rid)))
+        {
+            Ok(t) => CreateTwinResponse::Created(
+                Json(t.clone()),
+                format!("/v1/twins/{}", t.id),
+                etag(t.version),
+            ),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn get_twin(&self, caller: Caller, params: GetTwinParams) -> GetTwinResponse {
+        let rid = caller.request_id.clone();
+        let org = caller.org_id.clone();
+        let id = params.twin_id.clone();
+        match self
+            .store
+            .run(move |conn| store::get(conn, &org, &id))
+            .await
+            .and_then(|row| row_to_twin(&row))
+            .map_err(store_failure(TWIN_NOT_FOUND, &rid))
+        {
+            Ok(t) => {
+                let tag = etag(t.version);
+                if params
+                    .if_none_match
+                    .as_deref()
+                    .is_some_and(|h| etag_matches(h, &tag))
+                {
+                    GetTwinResponse::NotModified(tag)
+                } else {
+                    GetTwinResponse::Ok(Json(t), tag)
+                }
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn replace_twin(&self, caller: Caller, params: ReplaceTwinParams) -> ReplaceTwinResponse {
+        let rid = caller.request_id.clone();
+        let org = caller.org_id.clone();
+        let crypto = self.crypto.clone();
+        let ReplaceTwinParams {
+            twin_id,
+            if_match,
+            body,
+        } = params;
+        let result = self
+            .store
+            .run(move |conn| {
+                store::update(conn, &org, &twin_id, |current| {
+                    if let Some(h) = &if_match
+                        && !etag_matches(h, &etag(current.version))
+                    {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    changes_of(&body, &current.secrets, &crypto)
+                })
+            })
+            .await
+            .and_then(|row| row_to_twin(&row))
+            .map_err(store_failure(TWIN_NOT_FOUND, &rid));
+        match result {
+            Ok(t) => {
+                let tag = etag(t.version);
+                ReplaceTwinResponse::Ok(Json(t), tag)
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn delete_twin(&self, caller: Caller, params: DeleteTwinParams) -> DeleteTwinResponse {
+        let org = caller.org_id.clone();
+        let id = params.twin_id;
+        match self
+            .store
+            .run(move |conn| store::delete(conn, &org, &id))
+            .await
+        {
+            Ok(()) => DeleteTwinResponse::NoContent,
+            Err(e) => Failure::from_store(e, TWIN_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn simulate_twin(
+        &self,
+        caller: Caller,
+        params: SimulateTwinParams,
+    ) -> SimulateTwinResponse {
+        let rid = caller.request_id.clone();
+        match self
+            .simulate(&caller, params)
+            .await
+            .and_then(|(row, queued)| {
+                Ok((
+                    row_to_simulation(&row).map_err(store_failure(SIMULATION_NOT_FOUND, &rid))?,
+                    queued,
+                ))
+            }) {
+            Ok((s, queued)) => {
+                let location = format!("/v1/twins/{}/simulations/{}", s.twin_id, s.id);
+                if queued {
+                    SimulateTwinResponse::Accepted(Json(s), location)
+                } else {
+                    SimulateTwinResponse::Created(Json(s), location)
+                }
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn list_twin_simulations(
+        &self,
+        caller: Caller,
+        params: ListTwinSimulationsParams,
+    ) -> ListTwinSimulationsResponse {
+        let rid = caller.request_id.clone();
+        let page = match PageRequest::new(
+            params.page,
+            params.per_page,
+            params.cursor.as_deref(),
+            params.limit,
+            &rid,
+        ) {
+            Ok(p) => p,
+            Err(f) => return f.into(),
+        };
+        let org = caller.org_id.clone();
+        let twin_id = params.twin_id;
+        let status = params.status.map(|s| s.as_str());
+        let q = page.page();
+        let result = self
+            .store
+            .run(move |conn| store::list_simulations(conn, &org, &twin_id, status, &q))
+            .await
+            .and_then(|(rows, total)| {
+                Ok((
+                    rows.iter()
+                        .map(row_to_simulation)
+                        .collect::<Result<Vec<_>, _>>()?,
+                    total,
+                ))
+            })
+            .map_err(store_failure(TWIN_NOT_FOUND, &rid));
+        match result {
+            Ok((data, total)) => {
+                let last = data.last().map(|s| s.id.clone());
+                ListTwinSimulationsResponse::Ok(Json(SimulationList {
+                    pagination: page.pagination(data.len(), last.as_deref(), total),
+                    data,
+                }))
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn get_twin_simulation(
+        &self,
+        caller: Caller,
+        params: GetTwinSimulationParams,
+    ) -> GetTwinSimulationResponse {
+        let rid = caller.request_id.clone();
+        let org = caller.org_id.clone();
+        let GetTwinSimulationParams {
+            twin_id,
+            simulation_id,
+        } = params;
+        match self
+            .store
+            .run(move |conn| store::get_simulation(conn, &org, &twin_id, &simulation_id))
+            .await
+            .and_then(|row| row_to_simulation(&row))
+            .map_err(store_failure(SIMULATION_NOT_FOUND, &rid))
+        {
+            Ok(s) => GetTwinSimulationResponse::Ok(Json(s)),
+            Err(f) => f.into(),
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Usage statistics, cost analysis and conversation analytics (CodexOS, Magnet AI), read from
+//! the usage records execution writes and from conversations and messages. The database
+//! aggregates ([`crate::db::usage`]); money is summed in integer nano-dollars and shown as
+//! decimal US dollars.
+
+use std::collections::BTreeMap;
+
+use agentplane_api::models::{
+    AgentConversationStats, ConversationAnalytics, DailyConversationStats, DailyCost, ModelUsage,
+    UsageCostEntry, UsageCostTotal, UsageCosts, UsageEntityType, UsageGroup, UsageGroupBy,
+    UsagePeriod, UsageStats, UsageTotals,
+};
+use agentplane_api::*;
+use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
+
+use super::Handlers;
+use crate::auth::Caller;
+use crate::db::usage::{self as store, Group, GroupColumn, UsageFilter, Window};
+use crate::error::Failure;
+use crate::failure_response;
+
+failure_response!(GetUsageStatsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(GetUsageCostsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(GetConversationAnalyticsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+
+/// Most entries of a cost analysis or agents of conversation analytics.
+const MAX_ENTRIES: i64 = 100;
+
+/// US dollars from nano-dollars.
+pub fn usd(nano: i64) -> f64 {
+    nano as f64 / 1e9
+}
+
+/// A query bound (`2026-01-15` or `2026-01-15T10:00:00(.f)Z`, as the spec's pattern allows)
+/// in storage format; a day starts at its first instant, or ends at its last when `end`.
+/// The text is compared, not parsed, so any value the pattern admits is a bound.
+pub fn bound(text: &str, end: bool) -> String {
+    if text.len() == 10 {
+        return if end {
+            format!("{text}T23:59:59.999999Z")
+        } else {
+            format!("{text}T00:00:00.000000Z")
+        };
+    }
+    let body = text.trim_end_matches(['Z', 'z']);
+    let (seconds, fraction) = body.split_once('.').unwrap_or((body, ""));
+    let mut digits: String = fraction.chars().take(6).collect();
+    while digits.len() < 6 {
+        digits.push('0');
+    }
+    format!("{seconds}.{digits}Z")
+}
+
+/// The window of `from`/`start_date` and `to`/`end_date`: the later start, the earlier end.
+pub fn window(
+    from: Option<&str>,
+    start_date: Option<&str>,
+    to: Option<&str>,
+    end_date: Option<&str>,
+) -> Window {
+    let starts = [from, start_date]
+        .into_iter()
+        .flatten()
+        .map(|t| bound(t, false));
+    let ends = [to, end_date].into_iter().flatten().map(|t| bound(t, true));
+    Window {
+        start: starts.max(),
+        end: ends.min(),
+    }
+}
+
+fn period(w: &Window) -> UsagePeriod {
+    UsagePeriod {
+        start: w.start.clone(),
+        end: w.end.clone(),
+    }
+}
+
+fn group_of(g: &Group) -> UsageGroup {
+    UsageGroup {
+        key: g.group_key.clone(),
+        records: g.records,
+        input_tokens: g.input_tokens,
+        output_tokens: g.output_tokens,
+        total_tokens: g.input_tokens + g.output_tokens,
+        cost: usd(g.cost_nano_usd),
+        cost_nano_usd: g.cost_nano_usd,
+    }
+}
+
+fn column_of_group(g: UsageGroupBy) -> GroupColumn {
+    match g {
+        UsageGroupBy::Agent => GroupColumn::Agent,
+        UsageGroupBy::Model => GroupColumn::Model,
+        UsageGroupBy::Hour => GroupColumn::Hour,
+        UsageGroupBy::Day => GroupColumn::Day,
+        UsageGroupBy::Month => GroupColumn::Month,
+    }
+}
+
+fn column_of_entity(e: UsageEntityType) -> GroupColumn {
+    match e {
+        UsageEntityType::Agent => GroupColumn::Agent,
+        UsageEntityType::Model => GroupColumn::Model,
+        UsageEntityType::Execution => GroupColumn::Execution,
+        UsageEntityType::Conversation => GroupColumn::Conversation,
+    }
+}
+
+fn nullable(v: &Option<String>) -> MaybeUndefined<String> {
+    match v {
+        Some(x) => MaybeUndefined::Value(x.clone()),
+        None => MaybeUndefined::Null,
+    }
+}
+
+impl UsageApi for Handlers {
+    async fn get_usage_stats(
+        &self,
+        caller: Caller,
+        params: GetUsageStatsParams,
+    ) -> GetUsageStatsResponse {
+        let w = window(
+            params.from.as_deref(),
+            params.start_date.as_deref(),
+            params.to.as_deref(),
+            params.end_date.as_deref(),
+        );
+        let group_by = params.group_by.unwrap_or(UsageGroupBy::Day);
+        let filter = UsageFilter {
+            window: w.clone(),
+            agent_id: params.agent_id.clone(),
+            entity: None,
+        };
+        let org = caller.org_id.clone();
+        let result = self
+            .store
+            .run(move |conn| {
+                let totals = store::totals(conn, &org, &filter)?;
+                let breakdown =
+                    store::grouped(conn, &org, &filter, column_of_group(group_by), None)?;
+                let models = if group_by == UsageGroupBy::Model {
+                    breakdown.clone()
+                } else {
+                    store::grouped(conn, &org, &filter, GroupColumn::Model, None)?
+                };
+                Ok((totals, breakdown, models))
+            })
+            .await;
+        match result {
+            Ok((t, breakdown, models)) => {
+                let total_tokens = t.input_tokens + t.output_tokens;
+                GetUsageStatsResponse::Ok(Json(UsageStats {
+                    period: period(&w),
+                    agent_id: nullable(&params.agent_id),
+                    group_by,
+                    usage: UsageTotals {
+                        records: t.records,
+                        executions: t.executions,
+                        conversations: t.conversations,
+                        messages: t.messages,
+                        input_tokens: t.input_tokens,
+                        output_tokens: t.output_tokens,
+                        total_tokens,
+                    },
+                    total_tokens,
+                    total_cost: usd(t.cost_nano_usd),
+                    costs: UsageCostTotal {
+                        total: usd(t.cost_nano_usd),
+                        total_nano_usd: t.cost_nano_usd,
+                    },
+                    breakdown: breakdown.iter().map(group_of).collect(),
+                    by_model: models
+                        .iter()
+                        .map(|g| {
+                            (
+                                g.group_key.clone(),
+                                ModelUsage {
+                                    tokens: g.input_tokens + g.output_tokens,
+                                    cost: usd(g.cost_nano_usd),
+                                },
+                            )
+                        })
+                        .collect(),
+                }))
+            }
+            Err(e) => Failure::from_store(e, "NOT_FOUND", &caller.request_id).into(),
+        }
+    }
+
+    async fn get_usage_costs(
+        &self,
+        caller: Caller,
+        params: GetUsageCostsParams,
+    ) -> GetUsageCostsResponse {
+        let w = window(
+            params.from.as_deref(),
+            params.start_date.as_deref(),
+            params.to.as_deref(),
+            params.end_date.as_deref(),
+        );
+        let entity_type = params.entity_type.unwrap_or(UsageEntityType::Agent);
+        let column = column_of_entity(entity_type);
+        let filter = UsageFilter {
+            window: w.clone(),
+            agent_id: None,
+            entity: Some((column, params.entity_id.clone())),
+        };
+        let org = caller.org_id.clone();
+        let result = self
+            .store
+            .run(move |conn| {
+                let totals = store::totals(conn, &org, &filter)?;
+                let entries = store::grouped(conn, &org, &filter, column, Some(MAX_ENTRIES))?;
+                let days = store::grouped(conn, &org, &filter, GroupColumn::Day, None)?;
+                Ok((totals, entries, days))
+            })
+            .await;
+        match result {
+            Ok((t, entries, days)) => GetUsageCostsResponse::Ok(Json(UsageCosts {
+                entity_type,
+                entity_id: params.entity_id,
+                period: period(&w),
+                total_cost: usd(t.cost_nano_usd),
+                total_cost_nano_usd: t.cost_nano_usd,
+                entries: entries
+                    .iter()
+                    .map(|g| UsageCostEntry {
+                        entity_type,
+                        entity_id: g.group_key.clone(),
+                        records: g.records,
+                        input_tokens: g.input_tokens,
+                        output_tokens: g.output_tokens,
+                        total_tokens: g.input_tokens + g.output_tokens,
+                        cost: usd(g.cost_nano_usd),
+                        cost_nano_usd: g.cost_nano_usd,
+                    })
+                    .collect(),
+                by_day: days
+                    .iter()
+                    .map(|g| DailyCost {
+                        date: g.group_key.clone(),
+                        total_tokens: g.input_tokens + g.output_tokens,
+                        cost: usd(g.cost_nano_usd),
+                        cost_nano_usd: g.cost_nano_usd,
+                    })
+                    .collect(),
+            })),
+            Err(e) => Failure::from_store(e, "NOT_FOUND", &caller.request_id).into(),
+        }
+    }
+
+    async fn get_conversation_analytics(
+        &self,
+        caller: Caller,
+        params: GetConversationAnalyticsParams,
+    ) -> GetConversationAnalyticsResponse {
+        let w = window(
+            params.from.as_deref(),
+            params.start_date.as_deref(),
+            params.to.as_deref(),
+            params.end_date.as_deref(),
+        );
+        let org = caller.org_id.clone();
+        let agent = params.agent_id.clone();
+        let win = w.clone();
+        let figures = match self
+            .store
+            .run(move |conn| store::conversation_figures(conn, &org, &win, agent.as_deref()))
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => return Failure::from_store(e, "NOT_FOUND", &caller.request_id).into(),
+        };
+        let ratio = |a: i64, b: i64| if b > 0 { a as f64 / b as f64 } else { 0.0 };
+        let total_conversations: i64 = figures.by_agent.iter().map(|c| c.n).sum();
+        let messages_in_started: i64 = figures.by_agent.iter().map(|c| c.extra).sum();
+        let total_messages: i64 = figures.messages_by_role.iter().map(|c| c.n).sum();
+        let total_chars: i64 = figures.messages_by_role.iter().map(|c| c.extra).sum();
+        // Agents with conversations started in the period, then agents with only messages.
+        let mut by_agent: Vec<AgentConversationStats> = figures
+            .by_agent
+            .iter()
+            .map(|c| AgentConversationStats {
+                agent_id: c.group_key.clone(),
+                conversations: c.n,
+                messages: 0,
+                average_messages_per_conversation: ratio(c.extra, c.n),
+            })
+            .collect();
+        for m in &figures.messages_by_agent {
+            match by_agent.iter_mut().find(|a| a.agent_id == m.group_key) {
+                Some(a) => a.messages = m.n,
+                None => by_agent.push(AgentConversationStats {
+                    agent_id: m.group_key.clone(),
+                    conversations: 0,
+                    messages: m.n,
+                    average_messages_per_conversation: 0.0,
+                }),
+            }
+        }
+        by_agent.truncate(usize::try_from(MAX_ENTRIES).unwrap_or(100));
+        let mut days: BTreeMap<String, DailyConversationStats> = BTreeMap::new();
+        for c in &figures.conversations_by_day {
+            days.entry(c.group_key.clone())
+                .or_insert_with(|| DailyConversationStats {
+                    date: c.group_key.clone(),
+                    conversations: 0,
+                    messages: 0,
+                })
+                .conversations = c.n;
+        }
+        for m in &figures.messages_by_day {
+            days.entry(m.group_key.clone())
+                .or_insert_with(|| DailyConversationStats {
+                    date: m.group_key.clone(),
+                    conversations: 0,
+                    messages: 0,
+                })
+                .messages = m.n;
+        }
+        GetConversationAnalyticsResponse::Ok(Json(ConversationAnalytics {
+            period: period(&w),
+            agent_id: nullable(&params.agent_id),
+            total_conversations,
+            total_messages,
+            average_messages_per_conversation: ratio(messages_in_started, total_conversations),
+            average_message_length: ratio(total_chars, total_messages),
+            messages_by_role: figures
+                .messages_by_role
+                .iter()
+                .map(|c| (c.group_key.clone(), c.n))
+                .collect(),
+            by_agent,
+            by_day: days.into_values().collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_normalize_to_storage_text() {
+        assert_eq!(bound("2026-01-15", false), "2026-01-15T00:00:00.000000Z");
+        assert_eq!(bound("2026-01-15", true), "2026-01-15T23:59:59.999999Z");
+        assert_eq!(
+            bound("2026-01-15T10:00:00Z", false),
+            "2026-01-15T10:00:00.000000Z"
+        );
+        assert_eq!(
+            bound("2026-01-15T10:00:00.1234567Z", true),
+            "2026-01-15T10:00:00.123456Z"
+        );
+        let w = window(
+            Some("2026-01-10"),
+            Some("2026-01-12"),
+            Some("2026-01-20"),
+            Some("2026-01-18"),
+        );
+        assert_eq!(w.start.as_deref(), Some("2026-01-12T00:00:00.000000Z"));
+        assert_eq!(w.end.as_deref(), Some("2026-01-18T23:59:59.999999Z"));
+        assert_eq!(usd(21_000_000), 0.021);
+    }
+}

@@ -1,0 +1,561 @@
+//! The vault (CodexOS): credentials whose `value` is sealed under the master key and opened
+//! only by a read that carries a valid `X-Vault-Token`; vault tokens issued, listed and
+//! revoked through the API, stored hashed like API keys.
+
+use agentplane_api::models::{
+    VaultCredential, VaultCredentialInput, VaultCredentialList, VaultCredentialReplace,
+    VaultCredentialType, VaultToken, VaultTokenCreated, VaultTokenList,
+};
+use agentplane_api::*;
+use poem_openapi::payload::Json;
+use poem_openapi::types::{MaybeUndefined, ToJSON};
+use serde_json::{Map, Value};
+
+use super::Handlers;
+use super::idem::{self, NewKeyed};
+use super::paging::{PageRequest, etag, etag_matches};
+use crate::auth::Caller;
+use crate::db::vault::{
+    self as store, CredentialChanges, CredentialFilter, CredentialRow, TokenRow,
+};
+use crate::db::{DbConnection, StoreError, StoreResult};
+use crate::error::{Failure, Kind};
+use crate::failure_response;
+
+failure_response!(ListVaultCredentialsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(CreateVaultCredentialResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
+failure_response!(GetVaultCredentialResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ReplaceVaultCredentialResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
+failure_response!(DeleteVaultCredentialResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ListVaultTokensResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(CreateVaultTokenResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
+failure_response!(GetVaultTokenResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(RevokeVaultTokenResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+
+const CREDENTIAL_NOT_FOUND: &str = "CREDENTIAL_NOT_FOUND";
+const TOKEN_NOT_FOUND: &str = "VAULT_TOKEN_NOT_FOUND";
+const CREATE_OPERATION: &str = "createVaultCredential";
+/// What starts a vault token's secret.
+pub const TOKEN_PREFIX: &str = "vt_";
+
+/// The seam where a decrypted read becomes a security event. Called inside the read's
+/// transaction, so a read is returned only if its event is recorded.
+///
+/// integrator: the `security_events` table comes with the `ops` branch; insert a
+/// `vault.credential.decrypted` event here (org, credential id, token id, never the value).
+pub fn record_decrypted_read(
+    conn: &mut DbConnection,
+    org_id: &str,
+    credential_id: &str,
+    token_id: &str,
+) -> StoreResult<()> {
+    let _ = (conn, org_id, credential_id, token_id);
+    Ok(())
+}
+
+fn store_failure<'a>(not_found: &'static str, rid: &'a str) -> impl Fn(StoreError) -> Failure + 'a {
+    move |e| Failure::from_store(e, not_found, rid)
+}
+
+fn row_to_credential(
+    row: &CredentialRow,
+    value: Option<String>,
+) -> Result<VaultCredential, StoreError> {
+    let corrupt = |what: String| StoreError::Corrupt(format!("credential {}: {what}", row.id));
+    let body: Map<String, Value> =
+        serde_json::from_str(&row.body).map_err(|e| corrupt(e.to_string()))?;
+    let metadata = match body.get("metadata") {
+        Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        _ => Default::default(),
+    };
+    let tags = match body.get("tags") {
+        Some(Value::Array(t)) => t
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(VaultCredential {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        type_: VaultCredentialType::from_wire(&row.cred_type)
+            .ok_or_else(|| corrupt("unknown type".into()))?,
+        description: row.description.clone(),
+        metadata,
+        tags,
+        environment: row.environment.clone(),
+        value,
+        last_accessed_at: match &row.last_accessed_at {
+            Some(t) => MaybeUndefined::Value(t.clone()),
+            None => MaybeUndefined::Null,
+        },
+        version: row.version,
+        created_at: row.created_at.clone(),
+        updated_at: row.updated_at.clone(),
+    })
+}
+
+/// The stored body of a credential: metadata, then tags (last, so a tag filter can match
+/// inside the tags array only).
+fn body_of(
+    metadata: Option<&agentplane_api::models::VaultMetadata>,
+    tags: Option<&Vec<String>>,
+) -> String {
+    let mut body = Map::new();
+    body.insert(
+        "metadata".into(),
+        Value::Object(
+            metadata
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+        ),
+    );
+    body.insert(
+        "tags".into(),
+        Value::Array(
+            tags.map(|t| t.iter().cloned().map(Value::String).collect())
+                .unwrap_or_default(),
+        ),
+    );
+    Value::Object(body).to_string()
+}
+
+fn token_of(row: &TokenRow) -> VaultToken {
+    VaultToken {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        prefix: row.prefix.clone(),
+        user_id: row.user_id.clone(),
+        created_at: row.created_at.clone(),
+        expires_at: row.expires_at.clone(),
+        last_used_at: row.last_used_at.clone(),
+        revoked_at: row.revoked_at.clone(),
+    }
+}
+
+/// Why a vault token does not open a credential.
+enum TokenProblem {
+    Invalid(&'static str),
+    OtherOrganization,
+}
+
+impl TokenProblem {
+    fn failure(self, rid: &str) -> Failure {
+        match self {
+            TokenProblem::Invalid(message) => {
+                Failure::new(Kind::Unauthorized, "VAULT_TOKEN_INVALID", message, rid)
+            }
+            TokenProblem::OtherOrganization => Failure::new(
+                Kind::Forbidden,
+                "VAULT_TOKEN_FORBIDDEN",
+                "the vault token belongs to another organization",
+                rid,
+            ),
+        }
+    }
+}
+
+/// Checks the token, reads the credential, opens its value and records the read, all in one
+/// transaction: nothing is returned unless the read is recorded.
+fn decrypted_read(
+    conn: &mut DbConnection,
+    crypto: &crate::crypto::Crypto,
+    org_id: &str,
+    credential_id: &str,
+    token: &str,
+) -> StoreResult<Result<(CredentialRow, String), TokenProblem>> {
+    let hash = crate::auth::hash_key(token);
+    crate::db::write_transaction(conn, |conn| {
+        let now = crate::ids::now();
+        let Some(found) = store::token_by_hash(conn, &hash)? else {
+            return Ok(Err(TokenProblem::Invalid("the vault token is not valid")));
+        };
+        if found.revoked_at.is_some() {
+            return Ok(Err(TokenProblem::Invalid(
+                "the vault token has been revoked",
+            )));
+        }
+        if found
+            .expires_at
+            .as_deref()
+            .is_some_and(|t| t <= now.as_str())
+        {
+            return Ok(Err(TokenProblem::Invalid("the vault token has expired")));
+        }
+        if found.org_id != org_id {
+            return Ok(Err(TokenProblem::OtherOrganization));
+        }
+        let row = store::get_credential(conn, org_id, credential_id)?;
+        let plain = crypto
+            .decrypt(&row.value_sealed)
+            .map_err(|e| StoreError::Corrupt(format!("credential {}: {e}", row.id)))?;
+        let value = String::from_utf8(plain)
+            .map_err(|_| StoreError::Corrupt(format!("credential {}: not UTF-8", row.id)))?;
+        store::touch_token(conn, &found.id, &now)?;
+        store::touch_credential(conn, &row.id, &now)?;
+        record_decrypted_read(conn, org_id, &row.id, &found.id)?;
+        let row = store::get_credential(conn, org_id, credential_id)?;
+        Ok(Ok((row, value)))
+    })
+}
+
+impl Handlers {
+    async fn create_credential_row(
+        &self,
+        caller: &Caller,
+        params: CreateVaultCredentialParams,
+    ) -> Result<CredentialRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let input: &VaultCredentialInput = &params.body;
+        let hash = idem::request_hash(&input.to_json().unwrap_or_default());
+        let now = crate::ids::now();
+        let row = CredentialRow {
+            id: crate::ids::new_id("cred"),
+            org_id: caller.org_id.clone(),
+            name: input.name.clone(),
+            cred_type: input.type_.as_str().to_string(),
+            environment: input.environment.clone(),
+            description: input.description.clone(),
+            body: body_of(input.metadata.as_ref(), input.tags.as_ref()),
+            value_sealed: self.crypto.encrypt(input.value.as_bytes()),
+            last_accessed_at: None,
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let (org, id, cred) = (row.org_id.clone(), row.id.clone(), row.clone());
+        let keyed = NewKeyed {
+            org_id: org.clone(),
+            operation: CREATE_OPERATION,
+            key: params.idempotency_key,
+            request_hash: hash,
+            resource_id: id,
+        };
+        idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| store::insert_credential(conn, &cred).map(|()| cred.clone()),
+            move |conn, id| store::get_credential(conn, &org, id),
+            CREDENTIAL_NOT_FOUND,
+            rid,
+        )
+        .await
+    }
+}
+
+impl VaultApi for Handlers {
+    async fn list_vault_credentials(
+        &self,
+        caller: Caller,
+        params: ListVaultCredentialsParams,
+    ) -> ListVaultCredentialsResponse {
+        let rid = caller.request_id.clone();
+        let page = match PageRequest::new(
+            params.page,
+            params.per_page,
+            params.cursor.as_deref(),
+            params.limit,
+            &rid,
+        ) {
+            Ok(p) => p,
+            Err(f) => return f.into(),
+        };
+        let filter = CredentialFilter {
+            cred_type: params.type_.map(|t| t.as_str().to_string()),
+            environment: params.environment,
+            tag: params.tag,
+        };
+        let org = caller.org_id.clone();
+        let q = page.page();
+        let result = self
+            .store
+            .run(move |conn| store::list_credentials(conn, &org, &filter, &q))
+            .await
+            .and_then(|(rows, total)| {
+                let data = rows
+                    .iter()
+                    .map(|r| row_to_credential(r, None))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((data, total))
+            })
+            .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
+        match result {
+            Ok((data, total)) => {
+                let last = data.last().map(|c| c.id.clone());
+                ListVaultCredentialsResponse::Ok(Json(VaultCredentialList {
+                    pagination: page.pagination(data.len(), last.as_deref(), total),
+                    data,
+                }))
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn create_vault_credential(
+        &self,
+        caller: Caller,
+        params: CreateVaultCredentialParams,
+    ) -> CreateVaultCredentialResponse {
+        let rid = caller.request_id.clone();
+        match self
+            .create_credential_row(&caller, params)
+            .await
+            .and_then(|row| {
+                row_to_credential(&row, None).map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid))
+            }) {
+            Ok(c) => CreateVaultCredentialResponse::Created(
+                Json(c.clone()),
+                format!("/v1/vault/credentials/{}", c.id),
+                etag(c.version),
+            ),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn get_vault_credential(
+        &self,
+        caller: Caller,
+        params: GetVaultCredentialParams,
+    ) -> GetVaultCredentialResponse {
+        let rid = caller.request_id.clone();
+        let org = caller.org_id.clone();
+        let id = params.credential_id.clone();
+        if let Some(token) = params.x_vault_token {
+            let crypto = self.crypto.clone();
+            let read = self
+                .store
+                .run(move |conn| decrypted_read(conn, &crypto, &org, &id, &token))
+                .await
+                .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
+            return match read {
+                Ok(Ok((row, value))) => match row_to_credential(&row, Some(value)) {
+                    Ok(c) => {
+                        tracing::info!(
+                            request_id = %rid,
+                            credential_id = %c.id,
+                            "vault credential read decrypted"
+                        );
+                        let tag = etag(c.version);
+                        GetVaultCredentialResponse::Ok(Json(c), tag)
+                    }
+                    Err(e) => Failure::from_store(e, CREDENTIAL_NOT_FOUND, &rid).into(),
+                },
+                Ok(Err(problem)) => problem.failure(&rid).into(),
+                Err(f) => f.into(),
+            };
+        }
+        let found = self
+            .store
+            .run(move |conn| store::get_credential(conn, &org, &id))
+            .await
+            .and_then(|row| row_to_credential(&row, None))
+            .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
+        match found {
+            Ok(c) => {
+                let tag = etag(c.version);
+                if params
+                    .if_none_match
+                    .as_deref()
+                    .is_some_and(|h| etag_matches(h, &tag))
+                {
+                    GetVaultCredentialResponse::NotModified(tag)
+                } else {
+                    GetVaultCredentialResponse::Ok(Json(c), tag)
+                }
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn replace_vault_credential(
+        &self,
+        caller: Caller,
+        params: ReplaceVaultCredentialParams,
+    ) -> ReplaceVaultCredentialResponse {
+        let rid = caller.request_id.clone();
+        let org = caller.org_id.clone();
+        let ReplaceVaultCredentialParams {
+            credential_id,
+            if_match,
+            body,
+        } = params;
+        let input: VaultCredentialReplace = body;
+        let sealed = input
+            .value
+            .as_ref()
+            .map(|v| self.crypto.encrypt(v.as_bytes()));
+        let result = self
+            .store
+            .run(move |conn| {
+                store::update_credential(conn, &org, &credential_id, |current| {
+                    if let Some(h) = &if_match
+                        && !etag_matches(h, &etag(current.version))
+                    {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    Ok(CredentialChanges {
+                        name: input.name.clone(),
+                        cred_type: input.type_.as_str().to_string(),
+                        environment: input.environment.clone(),
+                        description: input.description.clone(),
+                        body: body_of(input.metadata.as_ref(), input.tags.as_ref()),
+                        value_sealed: sealed.unwrap_or_else(|| current.value_sealed.clone()),
+                    })
+                })
+            })
+            .await
+            .and_then(|row| row_to_credential(&row, None))
+            .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
+        match result {
+            Ok(c) => {
+                let tag = etag(c.version);
+                ReplaceVaultCredentialResponse::Ok(Json(c), tag)
+            }
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn delete_vault_credential(
+        &self,
+        caller: Caller,
+        params: DeleteVaultCredentialParams,
+    ) -> DeleteVaultCredentialResponse {
+        let org = caller.org_id.clone();
+        let id = params.credential_id;
+        match self
+            .store
+            .run(move |conn| store::delete_credential(conn, &org, &id))
+            .await
+        {
+            Ok(()) => DeleteVaultCredentialResponse::NoContent,
+            Err(e) => Failure::from_store(e, CREDENTIAL_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn list_vault_tokens(
+        &self,
+        caller: Caller,
+        params: ListVaultTokensParams,
+    ) -> ListVaultTokensResponse {
+        let rid = caller.request_id.clone();
+        let page = match PageRequest::new(
+            params.page,
+            params.per_page,
+            params.cursor.as_deref(),
+            params.limit,
+            &rid,
+        ) {
+            Ok(p) => p,
+            Err(f) => return f.into(),
+        };
+        let org = caller.org_id.clone();
+        let q = page.page();
+        match self
+            .store
+            .run(move |conn| store::list_tokens(conn, &org, &q))
+            .await
+        {
+            Ok((rows, total)) => {
+                let data: Vec<VaultToken> = rows.iter().map(token_of).collect();
+                let last = data.last().map(|t| t.id.clone());
+                ListVaultTokensResponse::Ok(Json(VaultTokenList {
+                    pagination: page.pagination(data.len(), last.as_deref(), total),
+                    data,
+                }))
+            }
+            Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &rid).into(),
+        }
+    }
+
+    async fn create_vault_token(
+        &self,
+        caller: Caller,
+        params: CreateVaultTokenParams,
+    ) -> CreateVaultTokenResponse {
+        let rid = caller.request_id.clone();
+        let secret = crate::auth::generate_secret(TOKEN_PREFIX);
+        let now = chrono::Utc::now();
+        let expires_at = params
+            .body
+            .ttl_seconds
+            .map(|s| crate::ids::format_time(now + chrono::Duration::seconds(s)));
+        let row = TokenRow {
+            id: crate::ids::new_id("vtok"),
+            org_id: caller.org_id.clone(),
+            user_id: caller.user_id.clone(),
+            name: params.body.name.clone(),
+            prefix: secret.prefix.clone(),
+            token_hash: secret.hash.clone(),
+            created_at: crate::ids::format_time(now),
+            expires_at,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        let stored = row.clone();
+        match self
+            .store
+            .run(move |conn| store::insert_token(conn, &stored))
+            .await
+        {
+            Ok(()) => {
+                let t = token_of(&row);
+                let created = VaultTokenCreated {
+                    id: t.id.clone(),
+                    name: t.name,
+                    prefix: t.prefix,
+                    user_id: t.user_id,
+                    created_at: t.created_at,
+                    expires_at: t.expires_at,
+                    last_used_at: t.last_used_at,
+                    revoked_at: t.revoked_at,
+                    token: secret.secret,
+                };
+                CreateVaultTokenResponse::Created(
+                    Json(created),
+                    format!("/v1/vault/tokens/{}", t.id),
+                )
+            }
+            Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &rid).into(),
+        }
+    }
+
+    async fn get_vault_token(
+        &self,
+        caller: Caller,
+        params: GetVaultTokenParams,
+    ) -> GetVaultTokenResponse {
+        let org = caller.org_id.clone();
+        let id = params.token_id;
+        match self
+            .store
+            .run(move |conn| store::get_token(conn, &org, &id))
+            .await
+        {
+            Ok(row) => GetVaultTokenResponse::Ok(Json(token_of(&row))),
+            Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn revoke_vault_token(
+        &self,
+        caller: Caller,
+        params: RevokeVaultTokenParams,
+    ) -> RevokeVaultTokenResponse {
+        let org = caller.org_id.clone();
+        let id = params.token_id;
+        let now = crate::ids::now();
+        match self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    store::revoke_token(conn, &org, &id, &now)
+                })
+            })
+            .await
+        {
+            Ok(row) => RevokeVaultTokenResponse::Ok(Json(token_of(&row))),
+            Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Evaluation and evaluation-run rows.
+
+use diesel::prelude::*;
+
+use super::schema::{evaluation_runs as r, evaluations as t};
+use super::{DbConnection, StoreError, StoreResult};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = t)]
+pub struct EvaluationRow {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub target_id: String,
+    /// JSON: description, type, test_cases, pass_criteria.
+    pub body: String,
+    pub latest_run_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = r)]
+pub struct RunRow {
+    pub id: String,
+    pub org_id: String,
+    pub evaluation_id: String,
+    pub status: String,
+    /// JSON aggregates, once completed.
+    pub summary: Option<String>,
+    /// JSON array of case results.
+    pub results: String,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+/// A page request: `offset`/`limit`, or the id to continue after (newest first).
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub offset: i64,
+    pub limit: i64,
+    pub after_id: Option<String>,
+}
+
+pub fn insert(conn: &mut DbConnection, row: &EvaluationRow) -> StoreResult<()> {
+    diesel::insert_into(t::table)
+        .values(row)
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<EvaluationRow> {
+    t::table
+        .filter(t::org_id.eq(org_id))
+        .filter(t::id.eq(id))
+        .select(EvaluationRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
+    let n = diesel::delete(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id)))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// A page of the organization's evaluations, newest first, and how many match.
+pub fn list(
+    conn: &mut DbConnection,
+    org_id: &str,
+    target_id: Option<&str>,
+    page: &Page,
+) -> StoreResult<(Vec<EvaluationRow>, i64)> {
+    let filtered = || {
+        let mut q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
+        if let Some(target) = target_id {
+            q = q.filter(t::target_id.eq(target));
+        }
+        q
+    };
+    let total: i64 = filtered()
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let mut q = filtered().order(t::id.desc()).limit(page.limit);
+    match &page.after_id {
+        Some(id) => q = q.filter(t::id.lt(id.clone())),
+        None if page.offset > 0 => q = q.offset(page.offset),
+        None => {}
+    }
+    let rows = q
+        .select(EvaluationRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((rows, total))
+}
+
+/// Queues a run and records it as the evaluation's latest.
+pub fn insert_run(conn: &mut DbConnection, row: &RunRow) -> StoreResult<()> {
+    super::write_transaction(conn, |conn| {
+        diesel::insert_into(r::table)
+            .values(row)
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        diesel::update(t::table.filter(t::id.eq(&row.evaluation_id)))
+            .set((
+                t::latest_run_id.eq(&row.id),
+                t::updated_at.eq(&row.created_at),
+            ))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        Ok(())
+    })
+}
+
+pub fn get_run(
+    conn: &mut DbConnection,
+    org_id: &str,
+    evaluation_id: &str,
+    run_id: &str,
+) -> StoreResult<RunRow> {
+    r::table
+        .filter(r::org_id.eq(org_id))
+        .filter(r::evaluation_id.eq(evaluation_id))
+        .filter(r::id.eq(run_id))
+        .select(RunRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+/// A page of an evaluation's runs, newest first, and how many it has.
+pub fn list_runs(
+    conn: &mut DbConnection,
+    org_id: &str,
+    evaluation_id: &str,
+    page: &Page,
+) -> StoreResult<(Vec<RunRow>, i64)> {
+    let filtered = || {
+        r::table
+            .filter(r::org_id.eq(org_id))
+            .filter(r::evaluation_id.eq(evaluation_id))
+            .into_boxed()
+    };
+    let total: i64 = filtered()
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let mut q = filtered().order(r::id.desc()).limit(page.limit);
+    match &page.after_id {
+        Some(id) => q = q.filter(r::id.lt(id.clone())),
+        None if page.offset > 0 => q = q.offset(page.offset),
+        None => {}
+    }
+    let rows = q
+        .select(RunRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((rows, total))
+}
+
+/// Marks a queued run running.
+pub fn start_run(conn: &mut DbConnection, run_id: &str, at: &str) -> StoreResult<()> {
+    diesel::update(r::table.filter(r::id.eq(run_id)))
+        .set((r::status.eq("running"), r::started_at.eq(Some(at))))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+/// Records how a run ended.
+pub fn finish_run(
+    conn: &mut DbConnection,
+    run_id: &str,
+    status: &str,
+    summary: Option<&str>,
+    results: &str,
+    error: Option<&str>,
+    at: &str,
+) -> StoreResult<()> {
+    diesel::update(r::table.filter(r::id.eq(run_id)))
+        .set((
+            r::status.eq(status),
+            r::summary.eq(summary),
+            r::results.eq(results),
+            r::error.eq(error),
+            r::finished_at.eq(Some(at)),
+        ))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+/// At start: runs a previous process left queued or running can never finish; they fail,
+/// saying so, rather than hang.
+pub fn fail_interrupted_runs(conn: &mut DbConnection) -> StoreResult<usize> {
+    diesel::update(r::table.filter(r::status.eq_any(["queued", "running"])))
+        .set((
+            r::status.eq("failed"),
+            r::error.eq(Some("interrupted: the server restarted during the run")),
+            r::finished_at.eq(Some(crate::ids::now())),
+        ))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)
+}

@@ -1,0 +1,378 @@
+//! Webhook subscriptions and the delivery outbox.
+
+use diesel::prelude::*;
+
+use super::events::Page;
+use super::schema::{webhook_deliveries as d, webhooks as w};
+use super::{DbConnection, StoreError, StoreResult};
+
+/// One row of `webhooks`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = w)]
+pub struct WebhookRow {
+    pub id: String,
+    pub org_id: String,
+    pub url: String,
+    /// JSON array of event patterns.
+    pub events: String,
+    /// The signing secret, sealed with [`crate::crypto::Crypto`].
+    pub secret_encrypted: String,
+    pub active: i64,
+    pub description: Option<String>,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The columns a patch writes.
+#[derive(Debug, Clone, AsChangeset)]
+#[diesel(table_name = w, treat_none_as_null = true)]
+pub struct WebhookChanges {
+    pub url: String,
+    pub events: String,
+    pub secret_encrypted: String,
+    pub active: i64,
+    pub description: Option<String>,
+}
+
+/// One row of `webhook_deliveries`: an event owed to a webhook (or an ad-hoc target).
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = d)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub org_id: String,
+    pub webhook_id: Option<String>,
+    /// Ad-hoc deliveries (no subscription): JSON `{"url", "secret_encrypted"}`.
+    pub target: Option<String>,
+    pub event_id: String,
+    pub event_type: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<String>,
+    pub last_attempt_at: Option<String>,
+    pub response_status: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+}
+
+pub const PENDING: &str = "pending";
+pub const DELIVERING: &str = "delivering";
+pub const SUCCEEDED: &str = "succeeded";
+pub const FAILED: &str = "failed";
+
+pub fn insert(conn: &mut DbConnection, row: &WebhookRow) -> StoreResult<()> {
+    diesel::insert_into(w::table)
+        .values(row)
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<WebhookRow> {
+    w::table
+        .filter(w::org_id.eq(org_id))
+        .filter(w::id.eq(id))
+        .select(WebhookRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+/// A page of webhooks, newest first, and how many the organization has.
+pub fn list(
+    conn: &mut DbConnection,
+    org_id: &str,
+    page: &Page,
+) -> StoreResult<(Vec<WebhookRow>, i64)> {
+    let total: i64 = w::table
+        .filter(w::org_id.eq(org_id))
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let mut query = w::table
+        .filter(w::org_id.eq(org_id))
+        .order(w::id.desc())
+        .limit(page.limit)
+        .into_boxed();
+    match &page.after_id {
+        Some(after) => query = query.filter(w::id.lt(after.clone())),
+        None if page.offset > 0 => query = query.offset(page.offset),
+        None => {}
+    }
+    let rows = query
+        .select(WebhookRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((rows, total))
+}
+
+/// The organization's active webhooks (to fan an event out to).
+pub fn active(conn: &mut DbConnection, org_id: &str) -> StoreResult<Vec<WebhookRow>> {
+    w::table
+        .filter(w::org_id.eq(org_id))
+        .filter(w::active.eq(1))
+        .order(w::id.asc())
+        .select(WebhookRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+/// Changes the webhook when `change` accepts the current row (it may refuse: a stale
+/// `If-Match`).
+pub fn update(
+    conn: &mut DbConnection,
+    org_id: &str,
+    id: &str,
+    change: impl FnOnce(&WebhookRow) -> StoreResult<WebhookChanges>,
+) -> StoreResult<WebhookRow> {
+    super::write_transaction(conn, |conn| {
+        if let DbConnection::Postgres(pg) = conn {
+            diesel::sql_query("SELECT id FROM webhooks WHERE org_id = $1 AND id = $2 FOR UPDATE")
+                .bind::<diesel::sql_types::Text, _>(org_id)
+                .bind::<diesel::sql_types::Text, _>(id)
+                .execute(pg)
+                .map_err(StoreError::from_diesel)?;
+        }
+        let current = get(conn, org_id, id)?;
+        let changes = change(&current)?;
+        diesel::update(w::table.filter(w::org_id.eq(org_id)).filter(w::id.eq(id)))
+            .set((
+                &changes,
+                w::version.eq(current.version + 1),
+                w::updated_at.eq(crate::ids::now()),
+            ))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        get(conn, org_id, id)
+    })
+}
+
+pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
+    let n = diesel::delete(w::table.filter(w::org_id.eq(org_id)).filter(w::id.eq(id)))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    if n == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
+pub fn insert_delivery(conn: &mut DbConnection, row: &DeliveryRow) -> StoreResult<()> {
+    diesel::insert_into(d::table)
+        .values(row)
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+/// A delivery of one webhook of the organization.
+pub fn get_delivery(
+    conn: &mut DbConnection,
+    org_id: &str,
+    webhook_id: &str,
+    id: &str,
+) -> StoreResult<DeliveryRow> {
+    d::table
+        .filter(d::org_id.eq(org_id))
+        .filter(d::webhook_id.eq(webhook_id))
+        .filter(d::id.eq(id))
+        .select(DeliveryRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+/// A delivery by id alone (the worker).
+pub fn delivery_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<DeliveryRow> {
+    d::table
+        .filter(d::id.eq(id))
+        .select(DeliveryRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+/// A page of one webhook's deliveries, newest first, and how many match.
+pub fn list_deliveries(
+    conn: &mut DbConnection,
+    org_id: &str,
+    webhook_id: &str,
+    status: Option<&str>,
+    page: &Page,
+) -> StoreResult<(Vec<DeliveryRow>, i64)> {
+    let base = || {
+        let mut q = d::table
+            .filter(d::org_id.eq(org_id.to_string()))
+            .filter(d::webhook_id.eq(webhook_id.to_string()))
+            .into_boxed();
+        if let Some(s) = status {
+            q = q.filter(d::status.eq(s.to_string()));
+        }
+        q
+    };
+    let total: i64 = base()
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let mut query = base().order(d::id.desc()).limit(page.limit);
+    match &page.after_id {
+        Some(after) => query = query.filter(d::id.lt(after.clone())),
+        None if page.offset > 0 => query = query.offset(page.offset),
+        None => {}
+    }
+    let rows = query
+        .select(DeliveryRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((rows, total))
+}
+
+/// Claims up to `limit` deliveries that are due (pending and `next_attempt_at` passed) or
+/// whose lease expired (their worker died mid-attempt): each becomes `delivering` under
+/// `owner`'s lease until `lease_until`, with its attempt counted. On PostgreSQL concurrent
+/// workers skip each other's rows (`FOR UPDATE SKIP LOCKED`); SQLite has one writer at a time
+/// (`BEGIN IMMEDIATE`).
+pub fn claim_due(
+    conn: &mut DbConnection,
+    owner: &str,
+    now: &str,
+    lease_until: &str,
+    limit: i64,
+) -> StoreResult<Vec<DeliveryRow>> {
+    super::write_transaction(conn, |conn| {
+        let ids: Vec<String> = match conn {
+            DbConnection::Postgres(pg) => {
+                #[derive(QueryableByName)]
+                struct Id {
+                    #[diesel(sql_type = diesel::sql_types::Text)]
+                    id: String,
+                }
+                diesel::sql_query(
+                    "SELECT id FROM webhook_deliveries \
+                     WHERE (status = 'pending' AND next_attempt_at <= $1) \
+                        OR (status = 'delivering' AND lease_expires_at <= $1) \
+                     ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                )
+                .bind::<diesel::sql_types::Text, _>(now)
+                .bind::<diesel::sql_types::BigInt, _>(limit)
+                .load::<Id>(pg)
+                .map_err(StoreError::from_diesel)?
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+            }
+            DbConnection::Sqlite(_) => d::table
+                .filter(
+                    d::status
+                        .eq(PENDING)
+                        .and(d::next_attempt_at.le(now))
+                        .or(d::status.eq(DELIVERING).and(d::lease_expires_at.le(now))),
+                )
+                .order((d::next_attempt_at.asc(), d::id.asc()))
+                .limit(limit)
+                .select(d::id)
+                .load(conn)
+                .map_err(StoreError::from_diesel)?,
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        diesel::update(d::table.filter(d::id.eq_any(&ids)))
+            .set((
+                d::status.eq(DELIVERING),
+                d::lease_owner.eq(owner),
+                d::lease_expires_at.eq(lease_until),
+                d::last_attempt_at.eq(now),
+                d::attempts.eq(d::attempts + 1),
+            ))
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        d::table
+            .filter(d::id.eq_any(&ids))
+            .order(d::id.asc())
+            .select(DeliveryRow::as_select())
+            .load(conn)
+            .map_err(StoreError::from_diesel)
+    })
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub response_status: Option<i64>,
+    pub error: Option<String>,
+    /// `succeeded`, `failed` (no attempts left) or `pending` (retry at `next_attempt_at`).
+    pub status: &'static str,
+    pub next_attempt_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+/// Records an attempt's outcome, only while `owner` still holds the lease (a worker whose
+/// lease expired and was reclaimed must not overwrite the newer attempt). Returns whether it
+/// was recorded.
+pub fn finish_attempt(
+    conn: &mut DbConnection,
+    id: &str,
+    owner: &str,
+    outcome: &AttemptOutcome,
+) -> StoreResult<bool> {
+    let n = diesel::update(
+        d::table
+            .filter(d::id.eq(id))
+            .filter(d::status.eq(DELIVERING))
+            .filter(d::lease_owner.eq(owner)),
+    )
+    .set((
+        d::status.eq(outcome.status),
+        d::response_status.eq(outcome.response_status),
+        d::error.eq(&outcome.error),
+        d::next_attempt_at.eq(&outcome.next_attempt_at),
+        d::completed_at.eq(&outcome.completed_at),
+        d::lease_owner.eq(None::<String>),
+        d::lease_expires_at.eq(None::<String>),
+    ))
+    .execute(conn)
+    .map_err(StoreError::from_diesel)?;
+    Ok(n == 1)
+}
+
+/// Gives the leases of `owner` back (a worker shutting down), so another worker retries
+/// those deliveries at once instead of after the lease.
+pub fn release_leases(conn: &mut DbConnection, owner: &str, now: &str) -> StoreResult<usize> {
+    diesel::update(
+        d::table
+            .filter(d::status.eq(DELIVERING))
+            .filter(d::lease_owner.eq(owner)),
+    )
+    .set((
+        d::status.eq(PENDING),
+        d::next_attempt_at.eq(now),
+        d::lease_owner.eq(None::<String>),
+        d::lease_expires_at.eq(None::<String>),
+    ))
+    .execute(conn)
+    .map_err(StoreError::from_diesel)
+}
+
+/// When the next pending delivery is due, if any.
+pub fn next_due(conn: &mut DbConnection) -> StoreResult<Option<String>> {
+    let pending: Option<Option<String>> = d::table
+        .filter(d::status.eq(PENDING))
+        .select(d::next_attempt_at)
+        .order(d::next_attempt_at.asc())
+        .first(conn)
+        .optional()
+        .map_err(StoreError::from_diesel)?;
+    let leased: Option<Option<String>> = d::table
+        .filter(d::status.eq(DELIVERING))
+        .select(d::lease_expires_at)
+        .order(d::lease_expires_at.asc())
+        .first(conn)
+        .optional()
+        .map_err(StoreError::from_diesel)?;
+    Ok([pending.flatten(), leased.flatten()]
+        .into_iter()
+        .flatten()
+        .min())
+}

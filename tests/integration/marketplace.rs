@@ -1,0 +1,182 @@
+//! The marketplace: search the shipped catalog, install a template into an organization.
+
+use agentplane_api::models::{Role, Scope};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::backend_test;
+use crate::support::json;
+
+backend_test!(search_get_and_install_marketplace_templates, |app| {
+    let (status, page) = json(
+        app.get("/v1/marketplace/search?q=support&per_page=50")
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<&str> = page["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"support-kb-assistant"), "{ids:?}");
+    let (_, all) = json(app.get("/v1/marketplace/search?per_page=5").await).await;
+    assert!(all["pagination"]["total"].as_i64() >= Some(20), "{all}");
+    let installs: Vec<i64> = all["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|t| t["installs"].as_i64())
+        .collect();
+    assert!(
+        installs.windows(2).all(|w| w[0] >= w[1]),
+        "popular first: {installs:?}"
+    );
+    let cursor = all["pagination"]["next_cursor"]
+        .as_str()
+        .expect("a next page");
+    let (_, next) = json(
+        app.get(&format!("/v1/marketplace/search?cursor={cursor}&limit=5"))
+            .await,
+    )
+    .await;
+    assert_ne!(next["data"][0]["id"], all["data"][0]["id"]);
+    assert_eq!(next["pagination"]["page"], 2);
+    let (_, finance) = json(
+        app.get("/v1/marketplace/search?category=finance&sort=rating")
+            .await,
+    )
+    .await;
+    assert!(
+        finance["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .all(|t| t["category"] == "finance")
+    );
+    let (_, tagged) = json(app.get("/v1/marketplace/search?tags=support,rag").await).await;
+    assert_eq!(tagged["data"][0]["id"], "support-kb-assistant");
+    let (_, paid) = json(app.get("/v1/marketplace/search?price=paid").await).await;
+    assert_eq!(paid["pagination"]["total"], 0);
+    let (status, err) = json(app.get("/v1/marketplace/search?sort=loudest").await).await;
+    assert_eq!(status, 400, "{err}");
+
+    let (status, tpl) = json(app.get("/v1/marketplace/templates/code-reviewer").await).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        tpl["prompt"]["variables"],
+        json!(["language", "style_guide"])
+    );
+    let (status, _) = json(app.get("/v1/marketplace/templates/no-such-template").await).await;
+    assert_eq!(status, 404);
+
+    // Install: a prompt template and an agent linked to it, in the caller's organization.
+    let send = || {
+        app.req(Method::POST, "/v1/marketplace/install/support-kb-assistant")
+            .header("idempotency-key", "install-1")
+            .json(&json!({"name": "My Copy of Template", "workspace_id": "ws_123", "knowledge_bases": ["kb_docs"]}))
+            .send()
+    };
+    let resp = send().await.expect("req");
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let (status, agent) = json(resp).await;
+    assert_eq!(status, 201, "{agent}");
+    assert_eq!(
+        location,
+        format!("/v1/agents/{}", agent["id"].as_str().expect("id"))
+    );
+    assert_eq!(agent["name"], "My Copy of Template");
+    assert_eq!(agent["type"], "conversational");
+    assert_eq!(agent["knowledge_bases"], json!(["kb_docs"]));
+    assert_eq!(agent["metadata"]["workspace_id"], "ws_123");
+    assert_eq!(
+        agent["metadata"]["marketplace_template_id"],
+        "support-kb-assistant"
+    );
+    let tpl_id = agent["prompt_template_id"]
+        .as_str()
+        .expect("linked")
+        .to_string();
+    let (status, prompt) = json(app.get(&format!("/v1/prompt-templates/{tpl_id}")).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(prompt["variables"], json!(["company", "escalation_team"]));
+    let (status, replay) = json(send().await.expect("req")).await;
+    assert_eq!((status, &replay["id"]), (201, &agent["id"]));
+    let (_, templates) = json(app.get("/v1/prompt-templates").await).await;
+    assert_eq!(
+        templates["pagination"]["total"], 1,
+        "a replay creates nothing"
+    );
+    let (_, events) = json(app.get("/v1/events?type=agent.created").await).await;
+    assert_eq!(events["data"][0]["subject_id"], agent["id"]);
+    let (status, _) = json(
+        app.send_json(
+            Method::POST,
+            "/v1/marketplace/install/no-such-template",
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, err) = json(
+        app.send_json(
+            Method::POST,
+            "/v1/marketplace/install/code-reviewer",
+            &json!({"name": ""}),
+        )
+        .await,
+    )
+    .await;
+    assert!(status == 400 || status == 422, "{err}");
+
+    // Another organization cannot see what was installed; a viewer can search, not install.
+    let other = app.key_for("other-org", "eve", Role::Admin, None).await;
+    let resp = app
+        .as_key(&other, Method::GET, &location)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 404);
+    let viewer = app.key_for("viewer-org", "vic", Role::Viewer, None).await;
+    let resp = app
+        .as_key(&viewer, Method::GET, "/v1/marketplace/search")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 200);
+    let resp = app
+        .as_key(
+            &viewer,
+            Method::POST,
+            "/v1/marketplace/install/code-reviewer",
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 403);
+    let agents_only = app
+        .key_for(
+            "narrow-org",
+            "ann",
+            Role::Admin,
+            Some(&[Scope::WriteAgents, Scope::ReadMarketplace]),
+        )
+        .await;
+    let resp = app
+        .as_key(
+            &agents_only,
+            Method::POST,
+            "/v1/marketplace/install/code-reviewer",
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 403, "install needs write:templates too");
+});
