@@ -244,6 +244,41 @@ impl std::fmt::Debug for StreamExecutionEventsResponse {
             .finish_non_exhaustive()
     }
 }
+/// The parameters and body of
+/// `GET /v1/executions/{execution_id}/stream` (streamExecution)
+#[derive(Debug, Clone)]
+pub struct StreamExecutionParams {
+    /// The execution's id.
+    pub execution_id: String,
+    /// The API key, for clients that cannot send headers on a WebSocket handshake.
+    pub access_token: Option<String>,
+}
+/// Every documented answer of
+/// `GET /v1/executions/{execution_id}/stream` (streamExecution)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum StreamExecutionResponse {
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// No such resource in the caller's organization.
+    #[oai(status = 404u16)]
+    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The request did not ask for a WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`).
+    #[oai(status = 426u16)]
+    UpgradeRequired(
+        poem_openapi::payload::Json<crate::models::ErrorEnvelope>,
+        #[oai(header = "Upgrade")] Option<String>,
+    ),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
 /// Agent executions (AIMatrix and CodexOS execute) run on a worker pool, polled, waited for or streamed as server-sent events.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
@@ -314,6 +349,23 @@ pub trait ExecutionsApi: crate::Authenticate {
         caller: Self::Caller,
         params: StreamExecutionEventsParams,
     ) -> impl std::future::Future<Output = StreamExecutionEventsResponse> + Send;
+    /// Follow an execution over a WebSocket
+    ///
+    /// Opens a WebSocket (CodexOS `wss://…/v1/executions/{id}/stream`) carrying the
+    /// execution's progress, one text frame per `ExecutionEvent` (the events of
+    /// `streamExecutionEvents`, the same JSON as each SSE `data:`), then closes after the last
+    /// (`execution.completed` or `execution.failed`). Authenticate as for `/v1/stream`
+    /// (headers, the `access_token` query parameter, or a `bearer.<key>` subprotocol beside
+    /// `agentplane.v1`). A request without a WebSocket upgrade answers 426; an unknown
+    /// execution 404 before any upgrade.
+    ///
+    /// `upgrade` is the WebSocket handshake when the request asked for one.
+    fn stream_execution(
+        &self,
+        caller: Self::Caller,
+        params: StreamExecutionParams,
+        upgrade: Option<poem::web::websocket::WebSocket>,
+    ) -> impl std::future::Future<Output = crate::Upgraded<StreamExecutionResponse>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(ExecutionsApi), "`].")]
@@ -588,5 +640,51 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
             }
         };
         Ok(self.0.stream_execution_events(caller, params).await)
+    }
+    /// Follow an execution over a WebSocket
+    ///
+    /// Opens a WebSocket (CodexOS `wss://…/v1/executions/{id}/stream`) carrying the
+    /// execution's progress, one text frame per `ExecutionEvent` (the events of
+    /// `streamExecutionEvents`, the same JSON as each SSE `data:`), then closes after the last
+    /// (`execution.completed` or `execution.failed`). Authenticate as for `/v1/stream`
+    /// (headers, the `access_token` query parameter, or a `bearer.<key>` subprotocol beside
+    /// `agentplane.v1`). A request without a WebSocket upgrade answers 426; an unknown
+    /// execution 404 before any upgrade.
+    #[oai(
+        path = "/v1/executions/:execution_id/stream",
+        method = "get",
+        operation_id = "streamExecution"
+    )]
+    async fn stream_execution(
+        &self,
+        req: &poem::Request,
+        upgrade: Option<poem::web::websocket::WebSocket>,
+        #[oai(name = "execution_id")] execution_id: poem_openapi::param::Path<String>,
+        #[oai(name = "access_token")] access_token: poem_openapi::param::Query<Option<String>>,
+    ) -> poem::Result<crate::Upgraded<StreamExecutionResponse>> {
+        let params = StreamExecutionParams {
+            execution_id: execution_id.0,
+            access_token: access_token.0,
+        };
+        const SCOPES: &[&str] = &["read:executions"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(crate::Upgraded::Answer(
+                    StreamExecutionResponse::Unauthorized(poem_openapi::payload::Json(e)),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(crate::Upgraded::Answer(StreamExecutionResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                )));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(crate::Upgraded::Answer(
+                    StreamExecutionResponse::ServiceUnavailable(poem_openapi::payload::Json(e)),
+                ));
+            }
+        };
+        Ok(self.0.stream_execution(caller, params, upgrade).await)
     }
 }

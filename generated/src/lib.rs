@@ -468,6 +468,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["read:executions"]),
     },
     OperationInfo {
+        id: "streamExecution",
+        method: "GET",
+        path: "/v1/executions/{execution_id}/stream",
+        scopes: Some(&["read:executions"]),
+    },
+    OperationInfo {
         id: "listConversations",
         method: "GET",
         path: "/v1/conversations",

@@ -5912,9 +5912,12 @@ pub struct SimulationOptions {
     /// Answer 202 at once and run in the background (default false, answer 201 with results).
     #[oai(rename = "run_async", skip_serializing_if_is_none)]
     pub run_async: Option<bool>,
-    /// A URL told when the simulation ends (signed, as webhooks are).
+    /// A URL told when the simulation ends: a `simulation.completed` event from the webhook outbox (retried with backoff), signed as webhooks are (`X-Agentplane-Signature`) with `notification_secret`, or with a secret generated and shown once in this answer.
     #[oai(rename = "notification_webhook", skip_serializing_if_is_none)]
     pub notification_webhook: Option<String>,
+    /// The secret the notification is signed with (write-only; never shown again).
+    #[oai(rename = "notification_secret", skip_serializing_if_is_none)]
+    pub notification_secret: Option<String>,
     /// The random seed; the same seed, twin state and parameters give the same numbers. Default a random seed, reported in the result.
     #[oai(rename = "seed", skip_serializing_if_is_none)]
     pub seed: Option<i64>,
@@ -6071,6 +6074,9 @@ pub struct Simulation {
     /// The URL told when it ends.
     #[oai(rename = "notification_webhook")]
     pub notification_webhook: poem_openapi::types::MaybeUndefined<String>,
+    /// The secret generated to sign the notification with, when `notification_webhook` was given without one; present only in the answer to `POST /v1/twins/{twin_id}/simulate`.
+    #[oai(rename = "notification_secret", skip_serializing_if_is_none)]
+    pub notification_secret: Option<String>,
     /// The random seed used; pass it as `options.seed` to repeat the numbers.
     #[oai(rename = "seed")]
     pub seed: i64,

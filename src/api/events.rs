@@ -40,7 +40,7 @@ fn channel_pattern(channel: &str) -> Option<&'static str> {
         "agents" => "agent.*",
         "knowledge" => "knowledge.*",
         "executions" => "execution.*",
-        "simulations" => "simulation.*",
+        "simulations" | "twins" => "simulation.*",
         "evaluations" => "evaluation.*",
         "webhooks" => "webhook.*",
         _ => return None,
@@ -251,6 +251,7 @@ mod tests {
     #[test]
     fn channels_name_resource_wildcards() {
         assert_eq!(channel_pattern("agents"), Some("agent.*"));
-        assert_eq!(channel_pattern("twins"), None);
+        assert_eq!(channel_pattern("twins"), Some("simulation.*"));
+        assert_eq!(channel_pattern("nothing"), None);
     }
 }

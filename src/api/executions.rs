@@ -28,6 +28,7 @@ use crate::error::{Failure, Kind, detail};
 use crate::failure_response;
 use crate::jobs::{self, NewJob};
 
+failure_response!(StreamExecutionResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(ExecuteAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
 failure_response!(ListExecutionsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
 failure_response!(GetExecutionResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
@@ -221,8 +222,25 @@ pub(crate) fn follow(
     live: std::sync::Arc<Live>,
     org_id: String,
     id: String,
-    mut heard: tokio::sync::broadcast::Receiver<LiveEvent>,
+    heard: tokio::sync::broadcast::Receiver<LiveEvent>,
 ) -> EventStream<EventStreamOf<ExecutionEvent>> {
+    EventStream::new(follow_events(store, live, org_id, id, heard))
+        .keep_alive(Duration::from_secs(15))
+        .to_event(|e| {
+            let name = e.type_.as_str();
+            Event::message(e.to_json_string()).event_type(name)
+        })
+}
+
+/// An execution's events, ending after the last (the stream behind SSE and WebSocket
+/// followers alike).
+pub(crate) fn follow_events(
+    store: crate::db::Store,
+    live: std::sync::Arc<Live>,
+    org_id: String,
+    id: String,
+    mut heard: tokio::sync::broadcast::Receiver<LiveEvent>,
+) -> EventStreamOf<ExecutionEvent> {
     let (tx, rx) = tokio::sync::mpsc::channel::<ExecutionEvent>(64);
     tokio::spawn(async move {
         let mut sequence = 0i64;
@@ -329,12 +347,40 @@ pub(crate) fn follow(
     });
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
-    EventStream::new(Box::pin(stream) as EventStreamOf<ExecutionEvent>)
-        .keep_alive(Duration::from_secs(15))
-        .to_event(|e| {
-            let name = e.type_.as_str();
-            Event::message(e.to_json_string()).event_type(name)
-        })
+    Box::pin(stream)
+}
+
+/// Forwards an execution's events to a WebSocket as text frames, then closes it. A client
+/// that goes away ends the forwarding.
+async fn forward_to_socket(
+    socket: poem::web::websocket::WebSocketStream,
+    mut events: EventStreamOf<ExecutionEvent>,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use poem::web::websocket::Message;
+    let (mut sink, mut incoming) = socket.split();
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(e) => {
+                    if sink.send(Message::Text(e.to_json_string())).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            message = incoming.next() => match message {
+                Some(Ok(Message::Ping(data))) => {
+                    if sink.send(Message::Pong(data)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = sink.send(Message::Close(None)).await;
 }
 
 impl Handlers {
@@ -745,6 +791,46 @@ impl ExecutionsApi for Handlers {
             row.id,
             heard,
         ))
+    }
+
+    async fn stream_execution(
+        &self,
+        caller: Caller,
+        params: StreamExecutionParams,
+        upgrade: Option<poem::web::websocket::WebSocket>,
+    ) -> Upgraded<StreamExecutionResponse> {
+        let row = match self
+            .execution_row(&caller, params.execution_id.clone())
+            .await
+        {
+            Ok(r) => r,
+            Err(f) => return Upgraded::Answer(f.into()),
+        };
+        let Some(ws) = upgrade else {
+            let f = Failure::new(
+                Kind::BadRequest,
+                "UPGRADE_REQUIRED",
+                "this endpoint speaks WebSocket; send an upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
+                &caller.request_id,
+            );
+            return Upgraded::Answer(StreamExecutionResponse::UpgradeRequired(
+                Json(*f.envelope),
+                Some("websocket".to_string()),
+            ));
+        };
+        let (store, live, org) = (
+            self.store.clone(),
+            self.runner.live.clone(),
+            caller.org_id.clone(),
+        );
+        Upgraded::Switching(
+            ws.protocols([super::events::STREAM_PROTOCOL])
+                .on_upgrade(move |socket| {
+                    let heard = live.subscribe(&row.id);
+                    forward_to_socket(socket, follow_events(store, live, org, row.id, heard))
+                })
+                .boxed(),
+        )
     }
 }
 

@@ -18,7 +18,7 @@ use super::idem::{self, Created, NewKeyed};
 use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::twins::{self as store, SimulationRow, TwinChanges, TwinRow};
-use crate::db::{DbConnection, Store, StoreError, StoreResult};
+use crate::db::{DbConnection, StoreError, StoreResult};
 use crate::error::{Failure, Kind, detail};
 use crate::failure_response;
 use crate::sim;
@@ -39,14 +39,38 @@ const SIMULATE_OPERATION: &str = "simulateTwin";
 /// Monte Carlo runs when `options.runs` is left out.
 pub const DEFAULT_RUNS: i64 = 1000;
 
-/// The seam where a finished simulation notifies its `notification_webhook`. Called inside
-/// the transaction that records the outcome, so a notification is enqueued exactly when the
-/// outcome is stored.
-///
-/// integrator: enqueue a signed `simulation.completed` delivery (hooks branch outbox) to
-/// `row.notification_webhook` here when it is set.
-pub fn simulation_finished(conn: &mut DbConnection, row: &SimulationRow) -> StoreResult<()> {
-    let _ = (conn, row);
+/// Publishes a finished simulation's `simulation.completed` event (whatever its status) and,
+/// when it has a `notification_webhook`, queues that URL a delivery signed with `secret`.
+/// Called inside the transaction that records the outcome, so the notification is queued
+/// exactly when the outcome is stored; wake the event bus after the commit.
+pub fn simulation_finished(
+    conn: &mut DbConnection,
+    crypto: &crate::crypto::Crypto,
+    row: &SimulationRow,
+    secret: Option<&str>,
+) -> StoreResult<()> {
+    let mut data = serde_json::json!({
+        "simulation_id": row.id,
+        "twin_id": row.twin_id,
+        "scenario": row.scenario,
+        "model": row.model,
+        "status": row.status,
+        "seed": row.seed,
+        "url": format!("/v1/twins/{}/simulations/{}", row.twin_id, row.id),
+    });
+    if let Some(e) = &row.error {
+        data["error"] = Value::String(e.clone());
+    }
+    let event = crate::events::publish(
+        conn,
+        &row.org_id,
+        "simulation.completed",
+        Some(&row.id),
+        data,
+    )?;
+    if let (Some(url), Some(secret)) = (&row.notification_webhook, secret) {
+        crate::webhooks::enqueue_adhoc(conn, crypto, &event, url, secret)?;
+    }
     Ok(())
 }
 
@@ -173,6 +197,7 @@ pub(crate) fn row_to_simulation(row: &SimulationRow) -> Result<Simulation, Store
         status: SimulationStatus::from_wire(&row.status).ok_or_else(|| corrupt("status".into()))?,
         run_async: row.run_async != 0,
         notification_webhook: maybe(&row.notification_webhook),
+        notification_secret: None,
         seed: row.seed,
         runs: row.runs,
         results,
@@ -209,7 +234,17 @@ async fn compute(plan: sim::Plan, seed: u64, runs: usize) -> Result<String, Stri
 
 /// Runs a queued simulation in the background and records its outcome.
 // integrator: move onto exec2's durable jobs queue (a `simulation` job) at merge.
-fn spawn_simulation(store: Store, row: SimulationRow, plan: sim::Plan) {
+fn spawn_simulation(
+    handlers: &Handlers,
+    row: SimulationRow,
+    plan: sim::Plan,
+    secret: Option<String>,
+) {
+    let (store, crypto, events) = (
+        handlers.store.clone(),
+        handlers.crypto.clone(),
+        handlers.events.clone(),
+    );
     tokio::spawn(async move {
         let id = row.id.clone();
         let at = crate::ids::now();
@@ -227,13 +262,16 @@ fn spawn_simulation(store: Store, row: SimulationRow, plan: sim::Plan) {
                 crate::db::write_transaction(conn, |conn| {
                     let done =
                         store::finish_simulation(conn, &finish_id, outcome, &crate::ids::now())?;
-                    simulation_finished(conn, &done)?;
+                    simulation_finished(conn, &crypto, &done, secret.as_deref())?;
                     Ok(done)
                 })
             })
             .await;
-        if let Err(e) = finished {
-            tracing::warn!(simulation_id = %id, error = %e, "cannot record a simulation's outcome");
+        match finished {
+            Ok(_) => events.wake(),
+            Err(e) => {
+                tracing::warn!(simulation_id = %id, error = %e, "cannot record a simulation's outcome");
+            }
         }
     });
 }
@@ -303,7 +341,7 @@ impl Handlers {
         &self,
         caller: &Caller,
         params: SimulateTwinParams,
-    ) -> Result<(SimulationRow, bool), Failure> {
+    ) -> Result<(SimulationRow, bool, Option<String>), Failure> {
         let rid = caller.request_id.as_str();
         let org = caller.org_id.clone();
         let twin_id = params.twin_id.clone();
@@ -358,6 +396,11 @@ impl Handlers {
             .unwrap_or_else(|| i64::from(rand::random::<u32>()));
         let runs = options.runs.unwrap_or(DEFAULT_RUNS);
         let run_async = options.run_async.unwrap_or(false);
+        // The notification's signing secret: the one given, else one generated and shown once.
+        let generated = (options.notification_webhook.is_some()
+            && options.notification_secret.is_none())
+        .then(crate::webhooks::generate_secret);
+        let secret = options.notification_secret.clone().or(generated.clone());
         let mut hash_input = body.to_json().unwrap_or_default();
         hash_input["twin_id"] = Value::String(twin.id.clone());
         let hash = idem::request_hash(&hash_input);
@@ -403,13 +446,14 @@ impl Handlers {
             request_hash: hash,
             resource_id: row.id.clone(),
         };
+        let (crypto, sealing) = (self.crypto.clone(), secret.clone());
         let created = idem::create_keyed(
             &self.store,
             keyed,
             move |conn| {
                 store::insert_simulation(conn, &row)?;
                 if row.status != "queued" {
-                    simulation_finished(conn, &row)?;
+                    simulation_finished(conn, &crypto, &row, sealing.as_deref())?;
                 }
                 Ok(row.clone())
             },
@@ -420,13 +464,15 @@ impl Handlers {
         match created {
             Created::New(row) => {
                 if run_async {
-                    spawn_simulation(self.store.clone(), row.clone(), plan);
+                    spawn_simulation(self, row.clone(), plan, secret);
+                } else {
+                    self.events.wake();
                 }
-                Ok((row, run_async))
+                Ok((row, run_async, generated))
             }
             Created::Replayed(row) => {
                 let queued = row.run_async != 0;
-                Ok((row, queued))
+                Ok((row, queued, None))
             }
             Created::KeyReused => Err(idem::key_reused(rid)),
         }
@@ -572,11 +618,11 @@ impl TwinsApi for Handlers {
         match self
             .simulate(&caller, params)
             .await
-            .and_then(|(row, queued)| {
-                Ok((
-                    row_to_simulation(&row).map_err(store_failure(SIMULATION_NOT_FOUND, &rid))?,
-                    queued,
-                ))
+            .and_then(|(row, queued, generated)| {
+                let mut s =
+                    row_to_simulation(&row).map_err(store_failure(SIMULATION_NOT_FOUND, &rid))?;
+                s.notification_secret = generated;
+                Ok((s, queued))
             }) {
             Ok((s, queued)) => {
                 let location = format!("/v1/twins/{}/simulations/{}", s.twin_id, s.id);

@@ -38,19 +38,24 @@ const CREATE_OPERATION: &str = "createVaultCredential";
 /// What starts a vault token's secret.
 pub const TOKEN_PREFIX: &str = "vt_";
 
-/// The seam where a decrypted read becomes a security event. Called inside the read's
-/// transaction, so a read is returned only if its event is recorded.
-///
-/// integrator: the `security_events` table comes with the `ops` branch; insert a
-/// `vault.credential.decrypted` event here (org, credential id, token id, never the value).
+/// Records a decrypted read as a security event, inside the read's transaction: a value is
+/// returned only if its event is recorded. The event names the credential and the token,
+/// never the value.
 pub fn record_decrypted_read(
     conn: &mut DbConnection,
     org_id: &str,
     credential_id: &str,
     token_id: &str,
 ) -> StoreResult<()> {
-    let _ = (conn, org_id, credential_id, token_id);
-    Ok(())
+    use crate::security::{Event, EventType, Severity};
+    let event = Event::new(
+        EventType::VaultSecretRead,
+        Severity::Medium,
+        format!("vault credential {credential_id} was read decrypted with token {token_id}"),
+    )
+    .on("vault_credential", credential_id)
+    .details(serde_json::json!({ "token_id": token_id }));
+    crate::security::record(conn, Some(org_id), event).map(|_| ())
 }
 
 fn store_failure<'a>(not_found: &'static str, rid: &'a str) -> impl Fn(StoreError) -> Failure + 'a {

@@ -18,7 +18,7 @@ pub struct SealedColumn {
     pub column: &'static str,
 }
 
-/// Every sealed column. integrator: add webhook secrets here (one line) when they land.
+/// Every sealed column.
 pub const SEALED_COLUMNS: &[SealedColumn] = &[
     // Model providers' API keys.
     SealedColumn {
@@ -39,6 +39,11 @@ pub const SEALED_COLUMNS: &[SealedColumn] = &[
     SealedColumn {
         table: "twins",
         column: "secrets",
+    },
+    // Webhooks' signing secrets.
+    SealedColumn {
+        table: "webhooks",
+        column: "secret_encrypted",
     },
 ];
 

@@ -109,14 +109,38 @@ pub fn list(
 }
 
 /// The organization's active webhooks (to fan an event out to).
+///
+/// On PostgreSQL the rows are locked `FOR KEY SHARE` for the caller's transaction: a webhook
+/// deleted meanwhile is either not returned or waits for the caller's commit, so the
+/// deliveries inserted for it never miss their webhook (a foreign-key failure, seen under
+/// conform as a 503 on whatever write published the event). SQLite serializes writers.
 pub fn active(conn: &mut DbConnection, org_id: &str) -> StoreResult<Vec<WebhookRow>> {
-    w::table
+    let rows: Vec<WebhookRow> = w::table
         .filter(w::org_id.eq(org_id))
         .filter(w::active.eq(1))
         .order(w::id.asc())
         .select(WebhookRow::as_select())
         .load(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from_diesel)?;
+    if rows.is_empty() || !matches!(conn, DbConnection::Postgres(_)) {
+        return Ok(rows);
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+    }
+    let locked: Vec<Locked> = diesel::sql_query(
+        "SELECT id FROM webhooks WHERE org_id = $1 AND active = 1 ORDER BY id FOR KEY SHARE",
+    )
+    .bind::<diesel::sql_types::Text, _>(org_id)
+    .load(conn)
+    .map_err(StoreError::from_diesel)?;
+    let locked: std::collections::HashSet<String> = locked.into_iter().map(|l| l.id).collect();
+    Ok(rows
+        .into_iter()
+        .filter(|r| locked.contains(&r.id))
+        .collect())
 }
 
 /// Changes the webhook when `change` accepts the current row (it may refuse: a stale

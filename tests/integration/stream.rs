@@ -146,3 +146,74 @@ backend_test!(
         assert_eq!(next_json(&mut socket).await["type"], "agent.deleted");
     }
 );
+
+backend_test!(an_execution_streams_over_its_websocket_then_closes, |app| {
+    let agent = app.create_agent(json!({"name": "Streamed"})).await;
+    let agent = agent["id"].as_str().expect("id");
+    let (status, done) = json(
+        app.send_json(
+            Method::POST,
+            &format!("/v1/agents/{agent}/execute"),
+            &json!({"input": "hello there", "options": {"wait": true}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    let id = done["id"].as_str().expect("id");
+    let path = format!("/v1/executions/{id}/stream");
+
+    // Without an upgrade 426; an unknown execution 404 before any upgrade.
+    let (status, err) = json(app.get(&path).await).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (426, Some("UPGRADE_REQUIRED"))
+    );
+    let (status, _) = json(app.get("/v1/executions/exec_nope/stream").await).await;
+    assert_eq!(status, 404);
+
+    // The finished execution's events, as text frames, then a close.
+    let url = format!(
+        "{}{path}?access_token={}",
+        app.base.replacen("http://", "ws://", 1),
+        app.admin_key
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connects");
+    let mut types = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("a frame within 5 s");
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                let e: Value = serde_json::from_str(text.as_str()).expect("JSON");
+                assert_eq!(e["execution_id"], id);
+                types.push(e["type"].as_str().unwrap_or_default().to_string());
+            }
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("socket error: {e}"),
+        }
+    }
+    assert_eq!(
+        types.first().map(String::as_str),
+        Some("execution.started"),
+        "{types:?}"
+    );
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("execution.completed"),
+        "{types:?}"
+    );
+
+    // Another organization cannot follow it.
+    let other = app.key_for("other-org", "olga", Role::Admin, None).await;
+    let resp = app
+        .as_key(&other, Method::GET, &path)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 404);
+});

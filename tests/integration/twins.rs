@@ -11,13 +11,13 @@ use serde_json::{Value, json};
 use crate::backend_test;
 use crate::support::{TestApp, fields, json};
 
-async fn create_twin(app: &TestApp, body: Value) -> Value {
+pub async fn create_twin(app: &TestApp, body: Value) -> Value {
     let (status, t) = json(app.send_json(Method::POST, "/v1/twins", &body).await).await;
     assert_eq!(status, 201, "{t}");
     t
 }
 
-fn supply_chain() -> Value {
+pub fn supply_chain() -> Value {
     json!({
         "name": "Supply Chain Twin",
         "type": "logistics",

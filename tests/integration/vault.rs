@@ -114,6 +114,17 @@ backend_test!(credentials_open_only_with_a_vault_token, |app| {
     let token_id = t["id"].as_str().expect("id");
     let (status, got) = json(app.get(&format!("/v1/vault/tokens/{token_id}")).await).await;
     assert_eq!((status, got["revoked_at"].is_null()), (200, true));
+    // The decrypted read is a security event naming the credential and token, never the value.
+    let (status, events) = json(app.get("/v1/security/events?type=vault_secret_read").await).await;
+    assert_eq!(status, 200, "{events}");
+    let reads = events["data"].as_array().expect("events");
+    assert_eq!(reads.len(), 1, "{events}");
+    assert_eq!(reads[0]["resource_id"], id.as_str(), "{events}");
+    assert_eq!(reads[0]["details"]["token_id"], token_id, "{events}");
+    assert!(
+        !events.to_string().contains(secret),
+        "the value never leaks: {events}"
+    );
 
     // Replace without a value keeps it; with one, changes it; a stale If-Match is 412.
     let etag = {
@@ -378,6 +389,16 @@ async fn seal_everything(app: &TestApp) {
     .await;
     let (s, tw) = json(app.send_json(Method::POST, "/v1/twins", &json!({"name": "tw", "type": "logistics", "data_sources": [{"type": "database", "connection_string": "postgresql://u:twin-secret@h/db"}]})).await).await;
     assert_eq!(s, 201, "{tw}");
+    let (s, wh) = json(
+        app.send_json(
+            Method::POST,
+            "/v1/webhooks",
+            &json!({"url": "http://127.0.0.1:9/hook", "events": ["agent.created"]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 201, "{wh}");
 }
 
 async fn snapshot(app: &TestApp) -> Vec<Vec<sealed::SealedValue>> {
@@ -506,7 +527,7 @@ async fn the_rotate_master_key_command_installs_the_new_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rotated 4 sealed value(s)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rotated 5 sealed value(s)"));
     let new_text = std::fs::read_to_string(&key_file).expect("key");
     assert_ne!(new_text.trim(), old_text);
     let (old, new) = (

@@ -591,3 +591,76 @@ hooks_test!(every_event_is_delivered_across_a_restart, |app| {
         );
     }
 });
+
+hooks_test!(a_finished_simulation_notifies_its_webhook_signed, |app| {
+    let receiver = Receiver::start(0, 0).await;
+    let twin = crate::twins::create_twin(&app, crate::twins::supply_chain()).await;
+    let twin = twin["id"].as_str().expect("twin id");
+    let body = |options: Value| {
+        json!({
+            "scenario": "demand_spike",
+            "model": "capacity_planning",
+            "parameters": {"increase_percentage": 30, "duration_days": 7},
+            "options": options,
+        })
+    };
+    let path = format!("/v1/twins/{twin}/simulate");
+
+    // Without a secret: one is generated and shown once, in this answer only.
+    let (status, sim) = json(
+        app.send_json(
+            Method::POST,
+            &path,
+            &body(json!({"seed": 7, "runs": 100, "run_async": true,
+                "notification_webhook": receiver.url})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 202, "{sim}");
+    let secret = sim["notification_secret"]
+        .as_str()
+        .expect("a generated secret")
+        .to_string();
+    let sim_id = sim["id"].as_str().expect("id").to_string();
+    let got = receiver.wait_for(1).await;
+    assert!(got[0].verifies(&secret), "signed with the shown secret");
+    let event = got[0].json();
+    assert_eq!(event["type"], "simulation.completed", "{event}");
+    assert_eq!(event["data"]["simulation_id"], sim_id.as_str());
+    assert_eq!(event["data"]["status"], "completed");
+    let (_, read) = json(
+        app.get(&format!("/v1/twins/{twin}/simulations/{sim_id}"))
+            .await,
+    )
+    .await;
+    assert!(
+        read.get("notification_secret").is_none(),
+        "never shown again: {read}"
+    );
+
+    // With the caller's secret (synchronous): signed with it, never echoed.
+    let mine = "a-secret-of-my-own-0123";
+    let (status, sim) = json(
+        app.send_json(
+            Method::POST,
+            &path,
+            &body(
+                json!({"seed": 7, "runs": 100, "notification_webhook": receiver.url,
+                "notification_secret": mine}),
+            ),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{sim}");
+    assert!(!sim.to_string().contains(mine), "{sim}");
+    let got = receiver.wait_for(2).await;
+    assert!(got[1].verifies(mine));
+    assert_eq!(got[1].json()["data"]["simulation_id"], sim["id"]);
+
+    // The organization's own subscriptions hear simulations too, from the event log.
+    let (status, events) = json(app.get("/v1/events?type=simulation.completed").await).await;
+    assert_eq!(status, 200, "{events}");
+    assert_eq!(events["data"].as_array().map(Vec::len), Some(2), "{events}");
+});

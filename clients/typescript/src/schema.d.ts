@@ -726,6 +726,35 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/executions/{execution_id}/stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Follow an execution over a WebSocket
+         * @description Opens a WebSocket (CodexOS `wss://…/v1/executions/{id}/stream`) carrying the
+         *     execution's progress, one text frame per `ExecutionEvent` (the events of
+         *     `streamExecutionEvents`, the same JSON as each SSE `data:`), then closes after the last
+         *     (`execution.completed` or `execution.failed`). Authenticate as for `/v1/stream`
+         *     (headers, the `access_token` query parameter, or a `bearer.<key>` subprotocol beside
+         *     `agentplane.v1`). A request without a WebSocket upgrade answers 426; an unknown
+         *     execution 404 before any upgrade.
+         */
+        get: operations["streamExecution"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/conversations": {
         parameters: {
             query?: never;
@@ -4772,9 +4801,11 @@ export interface components {
             run_async?: boolean;
             /**
              * Format: uri
-             * @description A URL told when the simulation ends (signed, as webhooks are).
+             * @description A URL told when the simulation ends: a `simulation.completed` event from the webhook outbox (retried with backoff), signed as webhooks are (`X-Agentplane-Signature`) with `notification_secret`, or with a secret generated and shown once in this answer.
              */
             notification_webhook?: string;
+            /** @description The secret the notification is signed with (write-only; never shown again). */
+            notification_secret?: string;
             /**
              * Format: int64
              * @description The random seed; the same seed, twin state and parameters give the same numbers. Default a random seed, reported in the result.
@@ -4863,6 +4894,8 @@ export interface components {
             run_async: boolean;
             /** @description The URL told when it ends. */
             notification_webhook?: string | null;
+            /** @description The secret generated to sign the notification with, when `notification_webhook` was given without one; present only in the answer to `POST /v1/twins/{twin_id}/simulate`. */
+            readonly notification_secret?: string;
             /**
              * Format: int64
              * @description The random seed used; pass it as `options.seed` to repeat the numbers.
@@ -5273,6 +5306,22 @@ export interface components {
         Conflict: {
             headers: {
                 "X-Request-Id": components["headers"]["RequestId"];
+                "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorEnvelope"];
+            };
+        };
+        /** @description The request did not ask for a WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). */
+        UpgradeRequired: {
+            headers: {
+                "X-Request-Id": components["headers"]["RequestId"];
+                /** @description `websocket`. */
+                Upgrade?: string;
                 "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
                 "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
                 "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
@@ -7096,6 +7145,41 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    streamExecution: {
+        parameters: {
+            query?: {
+                /** @description The API key, for clients that cannot send headers on a WebSocket handshake. */
+                access_token?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switching to the WebSocket protocol; the execution's events follow as text frames. */
+            101: {
+                headers: {
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            426: components["responses"]["UpgradeRequired"];
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -8953,22 +9037,7 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
-            /** @description The request did not ask for a WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). */
-            426: {
-                headers: {
-                    "X-Request-Id": components["headers"]["RequestId"];
-                    /** @description `websocket`. */
-                    Upgrade?: string;
-                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
-                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
-                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
-                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
+            426: components["responses"]["UpgradeRequired"];
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["ServiceUnavailable"];
         };

@@ -1602,6 +1602,306 @@ class ExecutionsApi:
 
 
     @validate_call
+    def stream_execution(
+        self,
+        execution_id: Annotated[str, Field(strict=True, description="The execution's id.")],
+        access_token: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=256)]], Field(description="The API key, for clients that cannot send headers on a WebSocket handshake.")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> None:
+        """Follow an execution over a WebSocket
+
+        Opens a WebSocket (CodexOS `wss://…/v1/executions/{id}/stream`) carrying the execution's progress, one text frame per `ExecutionEvent` (the events of `streamExecutionEvents`, the same JSON as each SSE `data:`), then closes after the last (`execution.completed` or `execution.failed`). Authenticate as for `/v1/stream` (headers, the `access_token` query parameter, or a `bearer.<key>` subprotocol beside `agentplane.v1`). A request without a WebSocket upgrade answers 426; an unknown execution 404 before any upgrade. 
+
+        :param execution_id: The execution's id. (required)
+        :type execution_id: str
+        :param access_token: The API key, for clients that cannot send headers on a WebSocket handshake.
+        :type access_token: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._stream_execution_serialize(
+            execution_id=execution_id,
+            access_token=access_token,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '101': None,
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '426': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        ).data
+
+
+    @validate_call
+    def stream_execution_with_http_info(
+        self,
+        execution_id: Annotated[str, Field(strict=True, description="The execution's id.")],
+        access_token: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=256)]], Field(description="The API key, for clients that cannot send headers on a WebSocket handshake.")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> ApiResponse[None]:
+        """Follow an execution over a WebSocket
+
+        Opens a WebSocket (CodexOS `wss://…/v1/executions/{id}/stream`) carrying the execution's progress, one text frame per `ExecutionEvent` (the events of `streamExecutionEvents`, the same JSON as each SSE `data:`), then closes after the last (`execution.completed` or `execution.failed`). Authenticate as for `/v1/stream` (headers, the `access_token` query parameter, or a `bearer.<key>` subprotocol beside `agentplane.v1`). A request without a WebSocket upgrade answers 426; an unknown execution 404 before any upgrade. 
+
+        :param execution_id: The execution's id. (required)
+        :type execution_id: str
+        :param access_token: The API key, for clients that cannot send headers on a WebSocket handshake.
+        :type access_token: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._stream_execution_serialize(
+            execution_id=execution_id,
+            access_token=access_token,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '101': None,
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '426': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        )
+
+
+    @validate_call
+    def stream_execution_without_preload_content(
+        self,
+        execution_id: Annotated[str, Field(strict=True, description="The execution's id.")],
+        access_token: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=256)]], Field(description="The API key, for clients that cannot send headers on a WebSocket handshake.")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> RESTResponseType:
+        """Follow an execution over a WebSocket
+
+        Opens a WebSocket (CodexOS `wss://…/v1/executions/{id}/stream`) carrying the execution's progress, one text frame per `ExecutionEvent` (the events of `streamExecutionEvents`, the same JSON as each SSE `data:`), then closes after the last (`execution.completed` or `execution.failed`). Authenticate as for `/v1/stream` (headers, the `access_token` query parameter, or a `bearer.<key>` subprotocol beside `agentplane.v1`). A request without a WebSocket upgrade answers 426; an unknown execution 404 before any upgrade. 
+
+        :param execution_id: The execution's id. (required)
+        :type execution_id: str
+        :param access_token: The API key, for clients that cannot send headers on a WebSocket handshake.
+        :type access_token: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._stream_execution_serialize(
+            execution_id=execution_id,
+            access_token=access_token,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '101': None,
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '426': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        return response_data.response
+
+
+    def _stream_execution_serialize(
+        self,
+        execution_id,
+        access_token,
+        _request_auth,
+        _content_type,
+        _headers,
+        _host_index,
+    ) -> RequestSerialized:
+
+        _host = None
+
+        _collection_formats: Dict[str, str] = {
+        }
+
+        _path_params: Dict[str, str] = {}
+        _query_params: List[Tuple[str, str]] = []
+        _header_params: Dict[str, Optional[str]] = _headers or {}
+        _form_params: List[Tuple[str, str]] = []
+        _files: Dict[
+            str, Union[str, bytes, List[str], List[bytes], List[Tuple[str, bytes]]]
+        ] = {}
+        _body_params: Optional[bytes] = None
+
+        # process the path parameters
+        if execution_id is not None:
+            _path_params['execution_id'] = execution_id
+        # process the query parameters
+        if access_token is not None:
+            
+            _query_params.append(('access_token', access_token))
+            
+        # process the header parameters
+        # process the form parameters
+        # process the body parameter
+
+
+        # set the HTTP header `Accept`
+        if 'Accept' not in _header_params:
+            _header_params['Accept'] = self.api_client.select_header_accept(
+                [
+                    'application/json'
+                ]
+            )
+
+
+        # authentication setting
+        _auth_settings: List[str] = [
+            'apiKeyAuth', 
+            'bearerAuth'
+        ]
+
+        return self.api_client.param_serialize(
+            method='GET',
+            resource_path='/v1/executions/{execution_id}/stream',
+            path_params=_path_params,
+            query_params=_query_params,
+            header_params=_header_params,
+            body=_body_params,
+            post_params=_form_params,
+            files=_files,
+            auth_settings=_auth_settings,
+            collection_formats=_collection_formats,
+            _host=_host,
+            _request_auth=_request_auth
+        )
+
+
+
+
+    @validate_call
     def stream_execution_events(
         self,
         execution_id: Annotated[str, Field(strict=True, description="The execution's id.")],

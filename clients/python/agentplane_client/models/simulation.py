@@ -39,6 +39,7 @@ class Simulation(BaseModel):
     status: SimulationStatus
     run_async: StrictBool = Field(description="Whether it ran in the background.")
     notification_webhook: Optional[StrictStr] = Field(default=None, description="The URL told when it ends.")
+    notification_secret: Optional[StrictStr] = Field(default=None, description="The secret generated to sign the notification with, when `notification_webhook` was given without one; present only in the answer to `POST /v1/twins/{twin_id}/simulate`.")
     seed: StrictInt = Field(description="The random seed used; pass it as `options.seed` to repeat the numbers.")
     runs: StrictInt = Field(description="Monte Carlo runs.")
     results: Optional[SimulationResults] = Field(default=None, description="The results, once completed.")
@@ -47,7 +48,7 @@ class Simulation(BaseModel):
     created_at: datetime = Field(description="When it was requested.")
     started_at: Optional[datetime] = Field(default=None, description="When it started.")
     finished_at: Optional[datetime] = Field(default=None, description="When it ended.")
-    __properties: ClassVar[List[str]] = ["id", "twin_id", "scenario", "model", "parameters", "status", "run_async", "notification_webhook", "seed", "runs", "results", "error", "duration_ms", "created_at", "started_at", "finished_at"]
+    __properties: ClassVar[List[str]] = ["id", "twin_id", "scenario", "model", "parameters", "status", "run_async", "notification_webhook", "notification_secret", "seed", "runs", "results", "error", "duration_ms", "created_at", "started_at", "finished_at"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -79,8 +80,10 @@ class Simulation(BaseModel):
         * `None` is only added to the output dict for nullable fields that
           were set at model initialization. Other fields with value `None`
           are ignored.
+        * OpenAPI `readOnly` fields are excluded.
         """
         excluded_fields: Set[str] = set([
+            "notification_secret",
         ])
 
         _dict = self.model_dump(
@@ -141,6 +144,7 @@ class Simulation(BaseModel):
             "status": obj.get("status"),
             "run_async": obj.get("run_async"),
             "notification_webhook": obj.get("notification_webhook"),
+            "notification_secret": obj.get("notification_secret"),
             "seed": obj.get("seed"),
             "runs": obj.get("runs"),
             "results": SimulationResults.from_dict(obj["results"]) if obj.get("results") is not None else None,

@@ -29,10 +29,11 @@ class SimulationOptions(BaseModel):
     How to run the simulation.
     """ # noqa: E501
     run_async: Optional[StrictBool] = Field(default=None, description="Answer 202 at once and run in the background (default false, answer 201 with results).")
-    notification_webhook: Optional[Annotated[str, Field(strict=True, max_length=2000)]] = Field(default=None, description="A URL told when the simulation ends (signed, as webhooks are).")
+    notification_webhook: Optional[Annotated[str, Field(strict=True, max_length=2000)]] = Field(default=None, description="A URL told when the simulation ends: a `simulation.completed` event from the webhook outbox (retried with backoff), signed as webhooks are (`X-Agentplane-Signature`) with `notification_secret`, or with a secret generated and shown once in this answer.")
+    notification_secret: Optional[Annotated[str, Field(min_length=16, strict=True, max_length=256)]] = Field(default=None, description="The secret the notification is signed with (write-only; never shown again).")
     seed: Optional[Annotated[int, Field(le=4294967295, strict=True, ge=0)]] = Field(default=None, description="The random seed; the same seed, twin state and parameters give the same numbers. Default a random seed, reported in the result.")
     runs: Optional[Annotated[int, Field(le=10000, strict=True, ge=10)]] = Field(default=None, description="Monte Carlo runs (default 1000).")
-    __properties: ClassVar[List[str]] = ["run_async", "notification_webhook", "seed", "runs"]
+    __properties: ClassVar[List[str]] = ["run_async", "notification_webhook", "notification_secret", "seed", "runs"]
 
     @field_validator('notification_webhook', mode="before")
     def notification_webhook_validate_regular_expression(cls, value):
@@ -97,6 +98,7 @@ class SimulationOptions(BaseModel):
         _obj = cls.model_validate({
             "run_async": obj.get("run_async"),
             "notification_webhook": obj.get("notification_webhook"),
+            "notification_secret": obj.get("notification_secret"),
             "seed": obj.get("seed"),
             "runs": obj.get("runs")
         })
