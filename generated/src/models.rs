@@ -157,6 +157,49 @@ pub struct Health {
 pub struct HealthComponents {
     #[oai(rename = "database")]
     pub database: crate::models::ComponentHealth,
+    /// This server's workers and the shared jobs queue (executions). `degraded` when a due job has waited over a minute.
+    #[oai(rename = "worker_pool")]
+    pub worker_pool: crate::models::WorkerPoolHealth,
+    /// The webhook outbox. `degraded` when a due delivery has waited over five minutes.
+    #[oai(rename = "webhook_deliveries")]
+    pub webhook_deliveries: crate::models::DeliveryQueueHealth,
+}
+/// This server's workers and the shared jobs queue (executions). `degraded` when a due job has waited over a minute.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WorkerPoolHealth", deny_unknown_fields)]
+pub struct WorkerPoolHealth {
+    /// `healthy`, `degraded` (working but slow), or `unhealthy`.
+    #[oai(rename = "status")]
+    pub status: crate::models::HealthState,
+    /// Jobs this server runs at once.
+    #[oai(rename = "workers")]
+    pub workers: i64,
+    /// Workers running a job now.
+    #[oai(rename = "busy")]
+    pub busy: i64,
+    /// Jobs due and waiting for a worker, across every server.
+    #[oai(rename = "queued")]
+    pub queued: i64,
+    /// How long the oldest due job has waited (0 when none).
+    #[oai(rename = "oldest_queued_seconds")]
+    pub oldest_queued_seconds: i64,
+}
+/// The webhook outbox. `degraded` when a due delivery has waited over five minutes.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "DeliveryQueueHealth", deny_unknown_fields)]
+pub struct DeliveryQueueHealth {
+    /// `healthy`, `degraded` (working but slow), or `unhealthy`.
+    #[oai(rename = "status")]
+    pub status: crate::models::HealthState,
+    /// Deliveries not yet delivered nor given up.
+    #[oai(rename = "pending")]
+    pub pending: i64,
+    /// Pending deliveries that failed at least once.
+    #[oai(rename = "retrying")]
+    pub retrying: i64,
+    /// How long the most overdue delivery has been due (0 when none).
+    #[oai(rename = "oldest_due_seconds")]
+    pub oldest_due_seconds: i64,
 }
 /// `healthy`, `degraded` (working but slow), or `unhealthy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
@@ -211,6 +254,12 @@ pub struct ComponentHealth {
     /// Round-trip time of a probe query, in milliseconds.
     #[oai(rename = "latency_ms")]
     pub latency_ms: f64,
+    /// Connections the pool may open.
+    #[oai(rename = "pool_size", skip_serializing_if_is_none)]
+    pub pool_size: Option<i64>,
+    /// Open connections idle now.
+    #[oai(rename = "pool_idle", skip_serializing_if_is_none)]
+    pub pool_idle: Option<i64>,
     /// Why the component is unhealthy.
     #[oai(rename = "error", skip_serializing_if_is_none)]
     pub error: Option<String>,

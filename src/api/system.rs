@@ -3,8 +3,8 @@
 use std::time::Instant;
 
 use agentplane_api::models::{
-    BuildInfo, ComponentHealth, DatabaseInfo, Health, HealthComponents, HealthState, SystemStatus,
-    SystemStatusStatus,
+    BuildInfo, ComponentHealth, DatabaseInfo, DeliveryQueueHealth, Health, HealthComponents,
+    HealthState, SystemStatus, SystemStatusStatus, WorkerPoolHealth,
 };
 use agentplane_api::{
     GetHealthParams, GetHealthResponse, GetStatusParams, GetStatusResponse, RunBatchParams,
@@ -16,6 +16,10 @@ use super::{Handlers, RequestMeta};
 
 /// A database round trip slower than this reports the component as degraded.
 const DEGRADED_AFTER_MS: f64 = 1000.0;
+/// A due job waiting longer than this (seconds) degrades the worker pool.
+const JOB_WAIT_DEGRADED_S: i64 = 60;
+/// A due webhook delivery waiting longer than this (seconds) degrades the outbox.
+const DELIVERY_WAIT_DEGRADED_S: i64 = 300;
 
 impl SystemApi for Handlers {
     async fn run_batch(
@@ -30,7 +34,7 @@ impl SystemApi for Handlers {
         let started = Instant::now();
         let result = self.store.ping().await;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (status, error) = match result {
+        let (database_status, error) = match result {
             Ok(()) if latency_ms > DEGRADED_AFTER_MS => (HealthState::Degraded, None),
             Ok(()) => (HealthState::Healthy, None),
             Err(e) => {
@@ -41,17 +45,66 @@ impl SystemApi for Handlers {
                 )
             }
         };
+        let status = database_status;
+        let queues = self
+            .store
+            .run(|conn| {
+                Ok((
+                    crate::jobs::backlog(conn)?,
+                    crate::db::webhooks::backlog(conn)?,
+                ))
+            })
+            .await;
+        let ((queued, oldest_job), (pending, retrying, oldest_delivery)) =
+            queues.unwrap_or(((0, 0), (0, 0, 0)));
+        let (workers, busy) = self.pool.usage();
+        let (pool_size, pool_idle) = self.store.pool_state();
+        let worker_pool = WorkerPoolHealth {
+            status: if oldest_job > JOB_WAIT_DEGRADED_S {
+                HealthState::Degraded
+            } else {
+                HealthState::Healthy
+            },
+            workers: i64::try_from(workers).unwrap_or(i64::MAX),
+            busy: i64::try_from(busy).unwrap_or(i64::MAX),
+            queued,
+            oldest_queued_seconds: oldest_job,
+        };
+        let webhook_deliveries = DeliveryQueueHealth {
+            status: if oldest_delivery > DELIVERY_WAIT_DEGRADED_S {
+                HealthState::Degraded
+            } else {
+                HealthState::Healthy
+            },
+            pending,
+            retrying,
+            oldest_due_seconds: oldest_delivery,
+        };
+        // The server is as healthy as its database; a slow queue degrades it.
+        let status = match status {
+            HealthState::Healthy
+                if worker_pool.status != HealthState::Healthy
+                    || webhook_deliveries.status != HealthState::Healthy =>
+            {
+                HealthState::Degraded
+            }
+            other => other,
+        };
         let health = Health {
             status,
             version: env!("CARGO_PKG_VERSION").to_string(),
             timestamp: crate::ids::now(),
             components: HealthComponents {
                 database: ComponentHealth {
-                    status,
+                    status: database_status,
                     backend: self.store.backend().as_str().to_string(),
                     latency_ms: (latency_ms * 1000.0).round() / 1000.0,
                     error,
+                    pool_size: Some(i64::from(pool_size)),
+                    pool_idle: Some(i64::from(pool_idle)),
                 },
+                worker_pool,
+                webhook_deliveries,
             },
         };
         if status == HealthState::Unhealthy {

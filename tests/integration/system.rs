@@ -21,6 +21,67 @@ backend_test!(health_and_status_report_real_figures, |app| {
     assert_eq!(db["status"], "healthy");
     assert!(db["latency_ms"].as_f64().is_some_and(|l| l >= 0.0));
     assert!(db["backend"] == "sqlite" || db["backend"] == "postgres");
+    assert!(db["pool_size"].as_i64() > Some(0), "{db}");
+    let workers = &health["components"]["worker_pool"];
+    assert_eq!(workers["status"], "healthy", "{workers}");
+    assert!(workers["workers"].as_i64() > Some(0), "{workers}");
+    assert_eq!(workers["queued"], 0, "{workers}");
+    let outbox = &health["components"]["webhook_deliveries"];
+    assert_eq!(
+        (&outbox["status"], &outbox["pending"]),
+        (&serde_json::json!("healthy"), &serde_json::json!(0))
+    );
+
+    // A job no worker takes, due two minutes ago: the pool is degraded, and so the server.
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.run_blocking(|conn| {
+            use diesel::RunQueryDsl;
+            let org = crate::twins::agentplane_org(conn)?;
+            let job = agentplane::jobs::enqueue(
+                conn,
+                &agentplane::jobs::NewJob {
+                    kind: "nobody-runs-this".into(),
+                    org_id: org,
+                    agent_id: None,
+                    payload: serde_json::json!({}),
+                    max_attempts: 1,
+                },
+            )?;
+            let past =
+                agentplane::ids::format_time(chrono::Utc::now() - chrono::Duration::minutes(2));
+            diesel::sql_query(format!(
+                "UPDATE jobs SET run_after = '{past}' WHERE id = '{}'",
+                job.id
+            ))
+            .execute(conn)
+            .map_err(agentplane::db::StoreError::from_diesel)?;
+            Ok(())
+        })
+    })
+    .await
+    .expect("join")
+    .expect("a stuck job");
+    let (status, health) = json(
+        app.client
+            .get(app.url("/v1/health"))
+            .send()
+            .await
+            .expect("health"),
+    )
+    .await;
+    assert_eq!(
+        (status, &health["status"]),
+        (200, &serde_json::json!("degraded")),
+        "{health}"
+    );
+    let workers = &health["components"]["worker_pool"];
+    assert_eq!(workers["status"], "degraded", "{workers}");
+    assert_eq!(workers["queued"], 1);
+    assert!(
+        workers["oldest_queued_seconds"].as_i64() >= Some(119),
+        "{workers}"
+    );
 
     let (status, st) = json(
         app.client
