@@ -164,6 +164,85 @@ pub struct HealthComponents {
     #[oai(rename = "webhook_deliveries")]
     pub webhook_deliveries: crate::models::DeliveryQueueHealth,
 }
+/// The organization's agents.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SystemMetricsAgents", deny_unknown_fields)]
+pub struct SystemMetricsAgents {
+    /// Agents.
+    #[oai(rename = "total")]
+    pub total: i64,
+    /// Counts by name.
+    #[oai(rename = "by_status")]
+    pub by_status: std::collections::BTreeMap<String, i64>,
+}
+/// The organization's executions.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SystemMetricsExecutions", deny_unknown_fields)]
+pub struct SystemMetricsExecutions {
+    /// Executions.
+    #[oai(rename = "total")]
+    pub total: i64,
+    /// Counts by name.
+    #[oai(rename = "by_status")]
+    pub by_status: std::collections::BTreeMap<String, i64>,
+}
+/// This replica's process (Linux `/proc`; absent figures are unknown elsewhere).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SystemMetricsProcess", deny_unknown_fields)]
+pub struct SystemMetricsProcess {
+    /// Seconds since the server started.
+    #[oai(rename = "uptime_seconds")]
+    pub uptime_seconds: i64,
+    /// CPU time used (user and system), in seconds.
+    #[oai(rename = "cpu_seconds", skip_serializing_if_is_none)]
+    pub cpu_seconds: Option<f64>,
+    /// CPU time over wall time since start, in percent of one core.
+    #[oai(rename = "cpu_percent_average", skip_serializing_if_is_none)]
+    pub cpu_percent_average: Option<f64>,
+    /// Resident memory.
+    #[oai(rename = "memory_rss_bytes", skip_serializing_if_is_none)]
+    pub memory_rss_bytes: Option<i64>,
+}
+/// Requests this replica answered.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SystemMetricsRequests", deny_unknown_fields)]
+pub struct SystemMetricsRequests {
+    /// Requests answered since start.
+    #[oai(rename = "total")]
+    pub total: i64,
+    /// Requests being answered now (this one included).
+    #[oai(rename = "in_flight")]
+    pub in_flight: i64,
+    /// Requests answered in the last 60 seconds.
+    #[oai(rename = "last_minute")]
+    pub last_minute: i64,
+    /// The last minute's rate.
+    #[oai(rename = "per_second")]
+    pub per_second: f64,
+    /// Counts by name.
+    #[oai(rename = "by_class")]
+    pub by_class: std::collections::BTreeMap<String, i64>,
+}
+/// What the organization runs and how this replica is doing.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SystemMetrics", deny_unknown_fields)]
+pub struct SystemMetrics {
+    /// When the figures were read.
+    #[oai(rename = "timestamp")]
+    pub timestamp: String,
+    /// The organization's agents.
+    #[oai(rename = "agents")]
+    pub agents: crate::models::SystemMetricsAgents,
+    /// The organization's executions.
+    #[oai(rename = "executions")]
+    pub executions: crate::models::SystemMetricsExecutions,
+    /// This replica's process (Linux `/proc`; absent figures are unknown elsewhere).
+    #[oai(rename = "process")]
+    pub process: crate::models::SystemMetricsProcess,
+    /// Requests this replica answered.
+    #[oai(rename = "requests")]
+    pub requests: crate::models::SystemMetricsRequests,
+}
 /// This server's workers and the shared jobs queue (executions). `degraded` when a due job has waited over a minute.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "WorkerPoolHealth", deny_unknown_fields)]
@@ -3873,12 +3952,18 @@ pub struct ExecutionEventData {
     /// Its status.
     #[oai(rename = "status")]
     pub status: String,
-    /// The result of a completed execution.
+    /// The result of a completed execution: `output`, the answer.
     #[oai(rename = "result", skip_serializing_if_is_none)]
     pub result: Option<serde_json::Value>,
-    /// Why it failed.
+    /// Once it ended: `input_tokens`, `output_tokens`, `cost_usd`.
+    #[oai(rename = "usage", skip_serializing_if_is_none)]
+    pub usage: Option<serde_json::Value>,
+    /// Why it failed, cancelled or timed out.
     #[oai(rename = "error")]
     pub error: poem_openapi::types::MaybeUndefined<String>,
+    /// The failure's code (`EXECUTION_FAILED`, `TIMED_OUT`, `CANCELLED`, `INTERRUPTED`).
+    #[oai(rename = "error_code", skip_serializing_if_is_none)]
+    pub error_code: Option<String>,
 }
 /// The `data` of `simulation.completed`.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
@@ -3890,9 +3975,24 @@ pub struct SimulationEventData {
     /// Its twin.
     #[oai(rename = "twin_id")]
     pub twin_id: String,
-    /// How it ended.
+    /// How it ended (`completed` or `failed`).
     #[oai(rename = "status")]
     pub status: String,
+    /// The scenario simulated.
+    #[oai(rename = "scenario", skip_serializing_if_is_none)]
+    pub scenario: Option<String>,
+    /// The simulation model.
+    #[oai(rename = "model", skip_serializing_if_is_none)]
+    pub model: Option<String>,
+    /// The random seed used.
+    #[oai(rename = "seed", skip_serializing_if_is_none)]
+    pub seed: Option<i64>,
+    /// Where to read the results.
+    #[oai(rename = "url", skip_serializing_if_is_none)]
+    pub url: Option<String>,
+    /// Why it failed.
+    #[oai(rename = "error", skip_serializing_if_is_none)]
+    pub error: Option<String>,
 }
 /// The `data` of `evaluation.completed`.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]

@@ -66,6 +66,8 @@ pub struct Handlers {
     pub runner: crate::engine::runner::ExecutionRunner,
     /// The workers that run jobs; started by the server, woken after an enqueue.
     pub pool: crate::jobs::WorkerPool,
+    /// What this replica answered (the request-tracking middleware writes it).
+    pub metrics: crate::metrics::RequestMetrics,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
@@ -120,6 +122,7 @@ impl Handlers {
         });
         Self {
             pool,
+            metrics: crate::metrics::RequestMetrics::new(),
             runner,
             crypto,
             runtime: std::sync::Arc::new(crate::runtime::embedded::EmbeddedRuntime::new(
@@ -145,6 +148,22 @@ impl Handlers {
     pub fn with_limits(mut self, limits: crate::ratelimit::Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Whether the request presents a live API key (not revoked, not expired).
+    pub async fn has_live_key(&self, req: &poem::Request) -> bool {
+        let Some(secret) = credential(req) else {
+            return false;
+        };
+        let Ok(Some(record)) = self.key_record(auth::hash_key(&secret)).await else {
+            return false;
+        };
+        let now = crate::ids::now();
+        !record.revoked
+            && record
+                .expires_at
+                .as_deref()
+                .is_none_or(|t| t > now.as_str())
     }
 
     /// Counts the request against its API key's limits: `None` when no live key is presented

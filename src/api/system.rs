@@ -4,11 +4,12 @@ use std::time::Instant;
 
 use agentplane_api::models::{
     BuildInfo, ComponentHealth, DatabaseInfo, DeliveryQueueHealth, Health, HealthComponents,
-    HealthState, SystemStatus, SystemStatusStatus, WorkerPoolHealth,
+    HealthState, SystemMetrics, SystemMetricsAgents, SystemMetricsExecutions, SystemMetricsProcess,
+    SystemMetricsRequests, SystemStatus, SystemStatusStatus, WorkerPoolHealth,
 };
 use agentplane_api::{
-    GetHealthParams, GetHealthResponse, GetStatusParams, GetStatusResponse, RunBatchParams,
-    RunBatchResponse, SystemApi,
+    GetHealthParams, GetHealthResponse, GetStatusParams, GetStatusResponse, GetSystemMetricsParams,
+    GetSystemMetricsResponse, RunBatchParams, RunBatchResponse, SystemApi,
 };
 use poem_openapi::payload::Json;
 
@@ -21,7 +22,92 @@ const JOB_WAIT_DEGRADED_S: i64 = 60;
 /// A due webhook delivery waiting longer than this (seconds) degrades the outbox.
 const DELIVERY_WAIT_DEGRADED_S: i64 = 300;
 
+crate::failure_response!(GetSystemMetricsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+
+/// `(status, count)` of the organization's agents and of its executions.
+type StatusCounts = (Vec<(String, i64)>, Vec<(String, i64)>);
+
+fn status_counts(
+    conn: &mut crate::db::DbConnection,
+    org: &str,
+) -> crate::db::StoreResult<StatusCounts> {
+    use crate::db::schema::{agents as a, executions as e};
+    use diesel::prelude::*;
+    let agents = a::table
+        .filter(a::org_id.eq(org))
+        .group_by(a::status)
+        .select((a::status, diesel::dsl::count_star()))
+        .load::<(String, i64)>(conn)
+        .map_err(crate::db::StoreError::from_diesel)?;
+    let executions = e::table
+        .filter(e::org_id.eq(org))
+        .group_by(e::status)
+        .select((e::status, diesel::dsl::count_star()))
+        .load::<(String, i64)>(conn)
+        .map_err(crate::db::StoreError::from_diesel)?;
+    Ok((agents, executions))
+}
+
 impl SystemApi for Handlers {
+    async fn get_system_metrics(
+        &self,
+        caller: crate::auth::Caller,
+        _params: GetSystemMetricsParams,
+    ) -> GetSystemMetricsResponse {
+        let org = caller.org_id.clone();
+        let counts = match self.store.run(move |conn| status_counts(conn, &org)).await {
+            Ok(c) => c,
+            Err(e) => {
+                return crate::error::Failure::from_store(e, "NOT_FOUND", &caller.request_id)
+                    .into();
+            }
+        };
+        let tally = |rows: Vec<(String, i64)>| {
+            let total = rows.iter().map(|(_, n)| n).sum();
+            (
+                total,
+                rows.into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+        };
+        let (agents_total, agents) = tally(counts.0);
+        let (executions_total, executions) = tally(counts.1);
+        let requests = self.metrics.figures();
+        let uptime = self.metrics.uptime_seconds();
+        let (cpu, rss) = crate::metrics::process_usage();
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        GetSystemMetricsResponse::Ok(Json(SystemMetrics {
+            timestamp: crate::ids::now(),
+            agents: SystemMetricsAgents {
+                total: agents_total,
+                by_status: agents,
+            },
+            executions: SystemMetricsExecutions {
+                total: executions_total,
+                by_status: executions,
+            },
+            process: SystemMetricsProcess {
+                uptime_seconds: as_i64(uptime),
+                cpu_seconds: cpu,
+                cpu_percent_average: cpu
+                    .zip(crate::metrics::process_seconds())
+                    .map(|(c, wall)| (c / wall * 10_000.0).round() / 100.0),
+                memory_rss_bytes: rss,
+            },
+            requests: SystemMetricsRequests {
+                total: as_i64(requests.total),
+                in_flight: as_i64(requests.in_flight),
+                last_minute: as_i64(requests.last_minute),
+                per_second: (requests.last_minute as f64 / 60.0 * 1000.0).round() / 1000.0,
+                by_class: requests
+                    .by_class
+                    .into_iter()
+                    .map(|(c, n)| (c, as_i64(n)))
+                    .collect(),
+            },
+        }))
+    }
+
     async fn run_batch(
         &self,
         caller: crate::auth::Caller,
