@@ -150,36 +150,22 @@ impl Handlers {
         self
     }
 
-    /// Whether the request presents a live API key (not revoked, not expired).
+    /// The live API key (not revoked, not expired) the request presents, if any.
+    async fn live_key(&self, req: &poem::Request) -> Option<KeyRecord> {
+        let secret = credential(req)?;
+        let record = self.key_record(auth::hash_key(&secret)).await.ok()??;
+        (!record.is_dead_at(&crate::ids::now())).then_some(record)
+    }
+
+    /// Whether the request presents a live API key.
     pub async fn has_live_key(&self, req: &poem::Request) -> bool {
-        let Some(secret) = credential(req) else {
-            return false;
-        };
-        let Ok(Some(record)) = self.key_record(auth::hash_key(&secret)).await else {
-            return false;
-        };
-        let now = crate::ids::now();
-        !record.revoked
-            && record
-                .expires_at
-                .as_deref()
-                .is_none_or(|t| t > now.as_str())
+        self.live_key(req).await.is_some()
     }
 
     /// Counts the request against its API key's limits: `None` when no live key is presented
     /// (authentication answers that) or the counters cannot be reached.
     pub async fn rate_limit(&self, req: &poem::Request) -> Option<crate::ratelimit::Verdict> {
-        let secret = credential(req)?;
-        let record = self.key_record(auth::hash_key(&secret)).await.ok()??;
-        let now_text = crate::ids::now();
-        if record.revoked
-            || record
-                .expires_at
-                .as_deref()
-                .is_some_and(|t| t <= now_text.as_str())
-        {
-            return None;
-        }
+        let record = self.live_key(req).await?;
         let limits = crate::ratelimit::Limits {
             requests_per_hour: record
                 .rate_limit_per_hour
