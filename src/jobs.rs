@@ -133,7 +133,8 @@ pub fn seconds_since(at: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> i6
 #[derive(Debug, Clone, Default)]
 pub struct ClaimLimits {
     /// At most this many running (leased) jobs per agent; `None` is unlimited. With
-    /// `from_deployments`, the limit of agents that have no deployment row.
+    /// `from_deployments`, the limit of agents that have no deployment row yet (default 1:
+    /// such an agent is deployed with one replica, its row written when first asked about).
     ///
     /// On PostgreSQL two replicas claiming at the same instant may each see one free slot;
     /// a strict limit would need an advisory lock per agent.
@@ -197,7 +198,7 @@ pub fn claim(
              executions x WHERE x.agent_id = d.agent_id AND x.status = 'running' AND \
              (x.started_at IS NULL OR x.started_at < d.drain_before)) THEN 0 \
              ELSE d.target_replicas END FROM agent_deployments d WHERE d.agent_id = j.agent_id), {})",
-            otherwise.unwrap_or(i64::MAX)
+            otherwise.unwrap_or(1)
         )),
     };
     if let Some(limit) = limit {

@@ -1766,6 +1766,7 @@ async fn send_raw(
     body: Option<Value>,
 ) -> Result<(Exchange, String), String> {
     let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let sent = tokio::time::Instant::now();
     let mut request = shared.client.request(m, &url);
     for (name, value) in &headers {
         request = request.header(name.as_str(), value.as_str());
@@ -1805,16 +1806,89 @@ async fn send_raw(
             )
         })
         .collect();
-    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+    let streamed = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::response::is_event_stream);
+    let body = if streamed {
+        // Most of the request timeout: the client's own timeout would fail the read.
+        read_event_stream(response, sent + shared.config.request_timeout.mul_f64(0.8)).await?
+    } else {
+        response.bytes().await.map_err(|e| e.to_string())?.to_vec()
+    };
     Ok((
         Exchange {
             status,
             headers: response_headers,
-            body: bytes.to_vec(),
+            body,
             ..partial
         },
         version,
     ))
+}
+
+/// Events of a stream read before it counts as seen (as Schemathesis does).
+const MAX_STREAM_EVENTS: usize = 20;
+/// Silence after which an event stream counts as seen.
+const STREAM_IDLE: Duration = Duration::from_secs(1);
+
+/// An event stream's body. A stream may never end (a followed log), so reading stops at its
+/// end, after [`MAX_STREAM_EVENTS`] events, after [`STREAM_IDLE`] of silence or at
+/// `deadline`, keeping the complete events: they are what the checks judge.
+async fn read_event_stream(
+    mut response: reqwest::Response,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let wait = deadline.min(tokio::time::Instant::now() + STREAM_IDLE);
+        match tokio::time::timeout_at(wait, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                body.extend_from_slice(&chunk);
+                let (end, events) = complete_events(&body);
+                if events >= MAX_STREAM_EVENTS {
+                    body.truncate(end);
+                    return Ok(body);
+                }
+            }
+            Ok(Ok(None)) => return Ok(body),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => {
+                body.truncate(complete_events(&body).0);
+                return Ok(body);
+            }
+        }
+    }
+}
+
+/// Where the last complete event of an SSE body ends, and how many complete events carry
+/// data (comments such as keep-alives are not events).
+fn complete_events(body: &[u8]) -> (usize, usize) {
+    let (mut end, mut events, mut start, mut i) = (0, 0, 0, 0);
+    while i < body.len() {
+        let blank = if body[i..].starts_with(b"\r\n\r\n") {
+            4
+        } else if body[i..].starts_with(b"\n\n") || body[i..].starts_with(b"\r\r") {
+            2
+        } else {
+            0
+        };
+        if blank == 0 {
+            i += 1;
+            continue;
+        }
+        let block = &body[start..i];
+        if block
+            .split(|b| *b == b'\n' || *b == b'\r')
+            .any(|line| line.starts_with(b"data"))
+        {
+            events += 1;
+        }
+        i += blank;
+        (start, end) = (i, i);
+    }
+    (end, events)
 }
 
 fn network_failure(op: &Op, message: String) -> Failure {
@@ -2371,6 +2445,14 @@ mod progress_tests {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_endless_event_stream_is_cut_after_its_complete_events() {
+        let body = b": keep-alive\n\nevent: log\ndata: {\"n\": 1}\n\ndata: 2\r\n\r\ndata: {\"par";
+        let (end, events) = complete_events(body);
+        assert_eq!(events, 2, "comments are not events");
+        assert!(body[..end].ends_with(b"data: 2\r\n\r\n"));
+        assert_eq!(complete_events(b"data: half"), (0, 0));
+    }
     #[test]
     fn status_patterns_and_spread() {
         assert!(checks::status_matches("2xx", 204));

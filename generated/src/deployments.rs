@@ -147,11 +147,20 @@ pub struct GetAgentLogsParams {
     pub since: Option<String>,
     /// The lowest level to include (`warn` returns warnings and errors).
     pub level: Option<crate::models::LogLevel>,
+    /// Keep the response open and stream new lines as server-sent events.
+    pub follow: bool,
+    /// The request's `Accept` header, to choose between JSON and `text/event-stream`.
+    pub accept: Option<String>,
 }
 /// Every documented answer of
 /// `GET /v1/agents/{agent_id}/logs` (getAgentLogs)
-#[derive(Debug, poem_openapi::ApiResponse)]
+#[derive(poem_openapi::ApiResponse)]
 pub enum GetAgentLogsResponse {
+    /// The lines. (as `text/event-stream`)
+    #[oai(status = 200u16)]
+    OkEventStream(
+        poem_openapi::payload::EventStream<crate::EventStreamOf<crate::models::AgentLogLine>>,
+    ),
     /// The lines.
     #[oai(status = 200u16)]
     Ok(poem_openapi::payload::Json<crate::models::AgentLogs>),
@@ -170,6 +179,12 @@ pub enum GetAgentLogsResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl std::fmt::Debug for GetAgentLogsResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(stringify!(GetAgentLogsResponse))
+            .finish_non_exhaustive()
+    }
 }
 /// Agent deployments (Agent Launchpad) in a runtime behind a trait; the embedded runtime serves each agent's executions on its replicas, worker slots. Status, scale, restart, metrics and logs.
 ///
@@ -210,7 +225,7 @@ pub trait DeploymentsApi: crate::Authenticate {
     ) -> impl std::future::Future<Output = GetAgentMetricsResponse> + Send;
     /// Get an agent's logs
     ///
-    /// The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them.
+    /// The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them. With `follow=true` the answer is `text/event-stream` (`curl -N`): those lines, then each new line as any replica writes it, one `log` event per line with a `: keep-alive` comment every 15 seconds, until the client disconnects (the stream does not end by itself).
     fn get_agent_logs(
         &self,
         caller: Self::Caller,
@@ -376,7 +391,7 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
     }
     /// Get an agent's logs
     ///
-    /// The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them.
+    /// The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them. With `follow=true` the answer is `text/event-stream` (`curl -N`): those lines, then each new line as any replica writes it, one `log` event per line with a `: keep-alive` comment every 15 seconds, until the client disconnects (the stream does not end by itself).
     #[oai(
         path = "/v1/agents/:agent_id/logs",
         method = "get",
@@ -389,12 +404,19 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
         #[oai(name = "lines")] lines: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "since")] since: poem_openapi::param::Query<Option<String>>,
         #[oai(name = "level")] level: poem_openapi::param::Query<Option<crate::models::LogLevel>>,
+        #[oai(name = "follow")] follow: poem_openapi::param::Query<Option<bool>>,
     ) -> poem::Result<GetAgentLogsResponse> {
         let params = GetAgentLogsParams {
             agent_id: agent_id.0,
             lines: lines.0.unwrap_or_else(|| 100i64),
             since: since.0,
             level: level.0,
+            follow: follow.0.unwrap_or_else(|| false),
+            accept: req
+                .headers()
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         };
         const SCOPES: &[&str] = &["read:agents"];
         let caller = match self.0.authenticate(req, SCOPES).await {

@@ -3593,6 +3593,44 @@ pub struct AgentLogLine {
     #[oai(rename = "execution_id")]
     pub execution_id: Option<String>,
 }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "AgentLogFrameEvent")]
+pub enum AgentLogFrameEvent {
+    #[oai(rename = "log")]
+    Log,
+}
+impl AgentLogFrameEvent {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [AgentLogFrameEvent] = &[AgentLogFrameEvent::Log];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AgentLogFrameEvent::Log => "log",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "log" => Some(AgentLogFrameEvent::Log),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for AgentLogFrameEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One server-sent event of a followed log as an SSE client parses it: `event` is `log` and `data` is one `AgentLogLine` as JSON.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "AgentLogFrame")]
+pub struct AgentLogFrame {
+    #[oai(rename = "event")]
+    pub event: crate::models::AgentLogFrameEvent,
+    /// One `AgentLogLine`, serialized as JSON on a single line.
+    #[oai(rename = "data")]
+    pub data: String,
+}
 /// The last lines of an agent's log, oldest first.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "AgentLogs", deny_unknown_fields)]

@@ -8,8 +8,14 @@ use agentplane_api::models::{
     AgentDeployment, AgentLogLine, AgentLogs, AgentMetrics, DeploymentHealth, DeploymentState,
     ExecutionCounts, LatencyPercentiles, LogLevel, TokenCounts,
 };
+use std::collections::HashMap;
+use std::time::Duration;
+
+use agentplane_api::EventStreamOf;
 use chrono::{DateTime, Utc};
-use poem_openapi::payload::Json;
+use poem::web::sse::Event;
+use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::types::ToJSON;
 
 use super::Handlers;
 use crate::auth::Caller;
@@ -190,7 +196,7 @@ impl Handlers {
         &self,
         caller: &Caller,
         params: GetAgentLogsParams,
-    ) -> Result<AgentLogs, Failure> {
+    ) -> Result<(AgentLogs, LogFollow), Failure> {
         let rid = caller.request_id.clone();
         let since = match params.since.as_deref() {
             None => None,
@@ -220,37 +226,133 @@ impl Handlers {
             .map(LogLevel::as_str)
             .collect();
         let agent = self.agent_ref(caller, params.agent_id).await?;
+        // An agent nobody has asked about yet is deployed as of its creation: its first line.
+        self.runtime
+            .status(&agent)
+            .await
+            .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))?;
         let limit = params.lines.clamp(1, 1000);
-        let id = agent.agent_id.clone();
+        let (id, wanted) = (agent.agent_id.clone(), levels.clone());
+        // A follower picks up from here: lines written after this read began.
+        let read_at = crate::ids::now();
         let mut rows = self
             .store
-            .run(move |conn| db::logs(conn, &id, &levels, since.as_deref(), limit))
+            .run(move |conn| db::logs(conn, &id, &wanted, since.as_deref(), limit))
             .await
             .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))?;
         let truncated = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         rows.reverse();
+        let follow = LogFollow {
+            agent_id: agent.agent_id.clone(),
+            levels,
+            sent: rows
+                .iter()
+                .map(|r| (r.id.clone(), r.created_at.clone()))
+                .collect(),
+            mark: read_at,
+        };
         let logs = rows
             .into_iter()
-            .map(|r| {
-                Ok(AgentLogLine {
-                    level: LogLevel::from_wire(&r.level)
-                        .ok_or_else(|| StoreError::Corrupt(format!("log level {}", r.level)))?,
-                    timestamp: r.created_at,
-                    message: r.message,
-                    revision: r.revision,
-                    execution_id: r.execution_id,
-                })
-            })
+            .map(log_line)
             .collect::<Result<Vec<_>, StoreError>>()
             .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))?;
-        Ok(AgentLogs {
-            agent_id: agent.agent_id,
-            total_lines: logs.len() as i64,
-            logs,
-            truncated,
-        })
+        Ok((
+            AgentLogs {
+                agent_id: agent.agent_id,
+                total_lines: logs.len() as i64,
+                logs,
+                truncated,
+            },
+            follow,
+        ))
     }
+}
+
+fn log_line(r: db::LogRow) -> Result<AgentLogLine, StoreError> {
+    Ok(AgentLogLine {
+        level: LogLevel::from_wire(&r.level)
+            .ok_or_else(|| StoreError::Corrupt(format!("log level {}", r.level)))?,
+        timestamp: r.created_at,
+        message: r.message,
+        revision: r.revision,
+        execution_id: r.execution_id,
+    })
+}
+
+/// How often a followed log polls storage for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+/// How far back each poll looks: a transaction that stamped its line before the last line
+/// seen can commit after it, and a line is sent once by id however late it shows up.
+const FOLLOW_LOOKBACK: chrono::Duration = chrono::Duration::seconds(10);
+
+/// Where a followed log stands: whose lines, which levels, the lines already sent (id →
+/// timestamp) and the newest timestamp seen.
+struct LogFollow {
+    agent_id: String,
+    levels: Vec<&'static str>,
+    sent: HashMap<String, String>,
+    mark: String,
+}
+
+/// `first` as server-sent events, then every new line any replica writes, polled from
+/// storage, until the client goes away.
+fn follow_logs(
+    store: crate::db::Store,
+    first: Vec<AgentLogLine>,
+    mut follow: LogFollow,
+) -> EventStream<EventStreamOf<AgentLogLine>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<AgentLogLine>(64);
+    tokio::spawn(async move {
+        for line in first {
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            }
+            let floor = parse_time(&follow.mark).map_or_else(
+                || follow.mark.clone(),
+                |t| crate::ids::format_time(t - FOLLOW_LOOKBACK),
+            );
+            let (agent, levels, from) = (
+                follow.agent_id.clone(),
+                follow.levels.clone(),
+                floor.clone(),
+            );
+            let rows = match store
+                .run(move |conn| db::logs_from(conn, &agent, &levels, &from, 1000))
+                .await
+            {
+                Ok(rows) => rows,
+                // The database away for a moment: the next poll catches up.
+                Err(e) => {
+                    tracing::warn!(error = %e, "following an agent log");
+                    continue;
+                }
+            };
+            for row in rows {
+                if follow.sent.contains_key(&row.id) {
+                    continue;
+                }
+                if row.created_at > follow.mark {
+                    follow.mark = row.created_at.clone();
+                }
+                follow.sent.insert(row.id.clone(), row.created_at.clone());
+                let Ok(line) = log_line(row) else { continue };
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+            follow.sent.retain(|_, at| *at >= floor);
+        }
+    });
+    EventStream::new(super::channel_stream(rx))
+        .keep_alive(Duration::from_secs(15))
+        .to_event(|line| Event::message(line.to_json_string()).event_type("log"))
 }
 
 impl DeploymentsApi for Handlers {
@@ -317,8 +419,14 @@ impl DeploymentsApi for Handlers {
         caller: Caller,
         params: GetAgentLogsParams,
     ) -> GetAgentLogsResponse {
+        let follow = params.follow;
         match self.agent_logs(&caller, params).await {
-            Ok(l) => GetAgentLogsResponse::Ok(Json(l)),
+            Ok((logs, from)) if follow => GetAgentLogsResponse::OkEventStream(follow_logs(
+                self.store.clone(),
+                logs.logs,
+                from,
+            )),
+            Ok((logs, _)) => GetAgentLogsResponse::Ok(Json(logs)),
             Err(f) => f.into(),
         }
     }

@@ -345,9 +345,7 @@ pub(crate) fn follow_events(
         drop(heard);
         live.release(&id);
     });
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
-    Box::pin(stream)
+    super::channel_stream(rx)
 }
 
 /// Forwards an execution's events to a WebSocket as text frames, then closes it. A client

@@ -443,3 +443,13 @@ pub(crate) fn pagination(
         next_cursor,
     }
 }
+
+/// The items a task sends on `rx`, as the stream behind an SSE or WebSocket answer: it ends
+/// when the task drops its sender, and dropping it (the client went away) closes `rx`.
+pub(crate) fn channel_stream<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> agentplane_api::EventStreamOf<T> {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}

@@ -123,6 +123,26 @@ pub fn logs(
         .map_err(StoreError::from_diesel)
 }
 
+/// The agent's lines at `levels` written at or after `from`, oldest first, at most `limit`
+/// (what a followed log polls for).
+pub fn logs_from(
+    conn: &mut DbConnection,
+    agent_id: &str,
+    levels: &[&str],
+    from: &str,
+    limit: i64,
+) -> StoreResult<Vec<LogRow>> {
+    l::table
+        .filter(l::agent_id.eq(agent_id))
+        .filter(l::level.eq_any(levels.to_vec()))
+        .filter(l::created_at.ge(from))
+        .order((l::created_at.asc(), l::id.asc()))
+        .limit(limit)
+        .select(LogRow::as_select())
+        .load(conn)
+        .map_err(StoreError::from_diesel)
+}
+
 /// How many of the agent's executions are `running`, and how many of those started before
 /// `before` (the old revision's, during a restart).
 pub fn running(

@@ -550,3 +550,120 @@ backend_test!(
         assert_eq!(status["target_replicas"], 1, "nothing changed");
     }
 );
+
+/// How many of the agent's executions are `running` now.
+async fn running_now(app: &TestApp, agent_id: &str) -> usize {
+    let (status, body) = json(
+        app.get(&format!(
+            "/v1/executions?agent_id={agent_id}&status=running&per_page=100"
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].as_array().map_or(0, Vec::len)
+}
+
+backend_test!(three_replicas_run_three_executions_at_once, |app| {
+    // Each answer of this model takes 6 s: long enough to see who runs beside whom.
+    let agent = crate::executions::remote_agent(&app, "sleep-6000").await;
+    for _ in 0..3 {
+        let (status, body) = json(
+            app.send_json(
+                Method::POST,
+                &format!("/v1/agents/{agent}/execute"),
+                &json!({"input": "work"}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    // One replica: one runs, two wait, however many workers the pool has.
+    let mut most = 0;
+    for _ in 0..15 {
+        most = most.max(running_now(&app, &agent).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(most, 1, "one replica runs one execution at a time");
+
+    let (status, body) = json(
+        app.send_json(
+            Method::POST,
+            &format!("/v1/agents/{agent}/scale"),
+            &json!({"replicas": 3}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let mut now = 0;
+    for _ in 0..40 {
+        now = running_now(&app, &agent).await;
+        if now == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(now, 3, "three replicas run the three executions at once");
+});
+
+backend_test!(
+    following_a_log_streams_new_lines_as_they_are_written,
+    |app| {
+        let agent = app.create_agent(json!({"name": "followed"})).await;
+        let id = agent["id"].as_str().expect("id");
+        let mut resp = app
+            .get(&format!("/v1/agents/{id}/logs?follow=true&level=info"))
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("text/event-stream")
+        );
+        let mut seen = String::new();
+        // Reads until `want` has arrived as a `log` event's message.
+        let mut until = async |resp: &mut reqwest::Response, want: &str| {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let has = seen.split("\n\n").any(|event| {
+                    event.lines().any(|l| l == "event: log")
+                        && event
+                            .lines()
+                            .filter_map(|l| l.strip_prefix("data: "))
+                            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                            .any(|line| line["message"] == want)
+                });
+                if has {
+                    return;
+                }
+                let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+                    .await
+                    .unwrap_or_else(|_| panic!("no {want:?} in {seen}"))
+                    .expect("read");
+                let Some(chunk) = chunk else {
+                    panic!("the stream ended before {want:?}: {seen}");
+                };
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        };
+        // What was there, then what happens while we watch.
+        until(&mut resp, "deployed revision 1 with 1 replica").await;
+        app.send_json(
+            Method::POST,
+            &format!("/v1/agents/{id}/scale"),
+            &json!({"replicas": 2}),
+        )
+        .await;
+        until(&mut resp, "scaling from 1 to 2 replicas").await;
+        until(&mut resp, "scaled to 2 replicas").await;
+        let messages = seen.matches("scaling from 1 to 2 replicas").count();
+        assert_eq!(messages, 1, "each line once: {seen}");
+
+        // Without follow, the same lines as JSON.
+        let logs = log_messages(&app, id).await;
+        assert!(logs.iter().any(|l| l == "scaled to 2 replicas"), "{logs:?}");
+    }
+);

@@ -387,7 +387,7 @@ backend_test!(execute_rejects_bad_input_and_other_organizations, |app| {
 });
 
 /// An agent on the fake OpenAI-compatible server's model `model`.
-async fn remote_agent(app: &TestApp, model: &str) -> String {
+pub(crate) async fn remote_agent(app: &TestApp, model: &str) -> String {
     let base = crate::models::fake_openai().await;
     let (status, m) = json(
         app.send_json(

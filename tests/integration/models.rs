@@ -181,6 +181,11 @@ async fn fake_completions(req: &Request, PJson(body): PJson<Value>) -> Response 
                 .body(r#"{"error":{"message":"upstream exploded"}}"#);
         }
         Some("slow") => tokio::time::sleep(Duration::from_secs(3)).await,
+        // `sleep-<ms>`: a model that takes that long to answer.
+        Some(m) if m.starts_with("sleep-") => {
+            let ms = m["sleep-".len()..].parse().unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         _ => {}
     }
     let last = body["messages"]
