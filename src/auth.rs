@@ -269,6 +269,11 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// Whether the key is revoked or past its expiry at `now` (RFC 3339).
+    pub fn is_dead_at(&self, now: &str) -> bool {
+        self.revoked || self.expires_at.as_deref().is_some_and(|t| t <= now)
+    }
+
     pub fn new(key: &ApiKeyRow, user: &UserRow) -> Self {
         KeyRecord {
             key_id: key.id.clone(),

@@ -508,9 +508,7 @@ impl CaseRunner for PooledCases {
                 .store
                 .run(move |conn| {
                     crate::db::write_transaction(conn, |conn| {
-                        let stopped = crate::db::deployments::get(conn, &row.agent_id)?
-                            .is_some_and(|d| d.target_replicas == 0);
-                        if stopped {
+                        if crate::db::deployments::scaled_to_zero(conn, &row.agent_id)? {
                             return Ok(false);
                         }
                         exec::insert(conn, &row)?;

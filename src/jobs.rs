@@ -102,6 +102,33 @@ pub fn enqueue(conn: &mut DbConnection, job: &NewJob) -> StoreResult<JobRow> {
     Ok(row)
 }
 
+/// Jobs due and waiting across every server, and the seconds the oldest has waited.
+pub fn backlog(conn: &mut DbConnection) -> StoreResult<(i64, i64)> {
+    let now = chrono::Utc::now();
+    let due = || {
+        jobs::table
+            .filter(jobs::status.eq("queued"))
+            .filter(jobs::run_after.le(crate::ids::format_time(now)))
+    };
+    let count: i64 = due()
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let oldest: Option<String> = due()
+        .select(diesel::dsl::min(jobs::run_after))
+        .first(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((count, seconds_since(oldest.as_deref(), now)))
+}
+
+/// Whole seconds from an RFC 3339 time to `now` (0 when absent, unparsable or ahead).
+pub fn seconds_since(at: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> i64 {
+    at.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or(0, |t| {
+            (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0)
+        })
+}
+
 /// Limits a claim respects.
 #[derive(Debug, Clone, Default)]
 pub struct ClaimLimits {
@@ -396,6 +423,15 @@ impl WorkerPool {
     /// This process's lease owner id.
     pub fn owner(&self) -> &str {
         &self.inner.owner
+    }
+
+    /// The workers of this pool and how many run a job now.
+    pub fn usage(&self) -> (usize, usize) {
+        let workers = self.inner.config.workers.max(1);
+        (
+            workers,
+            workers.saturating_sub(self.inner.permits.available_permits()),
+        )
     }
 
     /// Wakes the dispatcher: call after enqueueing.

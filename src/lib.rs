@@ -18,6 +18,7 @@ pub mod ids;
 pub mod jobs;
 pub mod knowledge;
 pub mod marketplace;
+pub mod metrics;
 pub mod ratelimit;
 pub mod runtime;
 pub mod security;

@@ -57,6 +57,9 @@ enum Command {
         /// Requests per second (the burst limit) an API key may make unless it has its own.
         #[arg(long, env = "AGENTPLANE_RATE_LIMIT_BURST", default_value_t = agentplane::ratelimit::Limits::default().burst, value_parser = clap::value_parser!(i64).range(1..))]
         rate_limit_burst: i64,
+        /// Serve `/metrics` without an API key on a non-loopback address too.
+        #[arg(long, env = "AGENTPLANE_METRICS_PUBLIC")]
+        metrics_public: bool,
         /// Background jobs (executions) run at once by this server (default: 4 per core).
         #[arg(long, env = "AGENTPLANE_WORKERS")]
         workers: Option<usize>,
@@ -242,6 +245,7 @@ async fn main() -> ExitCode {
             rate_limit_per_hour,
             rate_limit_burst,
             workers,
+            metrics_public,
         } => {
             let mut jobs = agentplane::jobs::PoolConfig::default();
             if let Some(n) = workers {
@@ -259,6 +263,7 @@ async fn main() -> ExitCode {
                     burst: rate_limit_burst,
                 },
                 jobs,
+                metrics_public,
                 ..Config::default()
             })
             .await

@@ -29,6 +29,8 @@ pub struct Config {
     pub master_key_file: Option<std::path::PathBuf>,
     /// Rate limits of API keys that have none of their own.
     pub rate_limits: crate::ratelimit::Limits,
+    /// Serve `/metrics` without an API key even when not bound to loopback.
+    pub metrics_public: bool,
     /// How webhook deliveries are attempted (backoff, timeout, lease).
     pub webhooks: crate::webhooks::DeliveryPolicy,
     /// How background jobs (executions) run: workers, lease, poll interval.
@@ -68,6 +70,7 @@ impl Default for Config {
             master_key: None,
             master_key_file: None,
             rate_limits: crate::ratelimit::Limits::default(),
+            metrics_public: false,
             webhooks: crate::webhooks::DeliveryPolicy::default(),
             jobs: crate::jobs::PoolConfig::default(),
         }
@@ -83,6 +86,7 @@ pub fn app(
     rate_limits: crate::ratelimit::Limits,
     events: crate::events::EventBus,
     jobs: crate::jobs::PoolConfig,
+    metrics_open: bool,
 ) -> anyhow::Result<(Arc<crate::api::App>, crate::jobs::WorkerPool)> {
     let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
         .context("the bundled spec is not JSON")?;
@@ -101,13 +105,21 @@ pub fn app(
             .at("/openapi-3.0.json", get(crate::http::openapi_30))
             .at("/docs", get(crate::http::docs))
             .at("/docs/*path", get(crate::http::docs))
+            .at(
+                "/metrics",
+                get(PrometheusEndpoint {
+                    handlers: handlers.clone(),
+                    open: metrics_open,
+                }),
+            )
             .nest_no_strip("/v1", service)
             .with(SpecValidation(validator))
             .with(crate::ratelimit::RateLimit(handlers.clone()))
             .with(crate::http::ApiVersion)
             .with(poem::middleware::CatchPanic::new().with_handler(crate::http::panic_response))
             .with(RequestContext)
-            .with(crate::http::Compression),
+            .with(crate::http::Compression)
+            .with(crate::metrics::Track(handlers.metrics.clone())),
     ));
     handlers.dispatcher.set(&app);
     Ok((app, pool))
@@ -122,6 +134,7 @@ pub struct Bound {
     rate_limits: crate::ratelimit::Limits,
     webhooks: crate::webhooks::DeliveryPolicy,
     jobs: crate::jobs::PoolConfig,
+    metrics_public: bool,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
 }
@@ -191,6 +204,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             crypto,
             github_api_url: config.github_api_url.clone(),
             rate_limits: config.rate_limits,
+            metrics_public: config.metrics_public,
             webhooks: config.webhooks.clone(),
             jobs: config.jobs.clone(),
             addr,
@@ -221,6 +235,7 @@ impl Bound {
             self.rate_limits,
             events,
             self.jobs,
+            self.metrics_public || self.addr.ip().is_loopback(),
         )?;
         // Jobs whose holder died (this server's previous run, or another replica) are
         // reclaimed by this pool once their lease runs out.
@@ -268,5 +283,54 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
             let _ = tokio::signal::ctrl_c().await;
         }
         tracing::info!("shutting down: finishing in-flight requests");
+    }
+}
+
+/// `/metrics`: the replica's figures in Prometheus text format; open on a loopback bind or
+/// with `--metrics-public`, else only with a live API key.
+struct PrometheusEndpoint {
+    handlers: Arc<Handlers>,
+    open: bool,
+}
+
+impl poem::Endpoint for PrometheusEndpoint {
+    type Output = poem::Response;
+
+    async fn call(&self, req: poem::Request) -> poem::Result<poem::Response> {
+        use poem::IntoResponse;
+        if !self.open && !self.handlers.has_live_key(&req).await {
+            return Ok(poem::Response::builder()
+                .status(poem::http::StatusCode::UNAUTHORIZED)
+                .header("WWW-Authenticate", "Bearer")
+                .body("an API key is needed: this server is not bound to loopback\n"));
+        }
+        let backlog = self
+            .handlers
+            .store
+            .run(|conn| {
+                Ok((
+                    crate::jobs::backlog(conn)?.0,
+                    crate::db::webhooks::backlog(conn)?.0,
+                ))
+            })
+            .await;
+        let (jobs, deliveries) = match backlog {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: the database does not answer");
+                return Ok(poem::http::StatusCode::SERVICE_UNAVAILABLE.into_response());
+            }
+        };
+        let metrics = &self.handlers.metrics;
+        let text = crate::metrics::prometheus_text(
+            &metrics.figures(),
+            metrics.uptime_seconds(),
+            crate::metrics::process_usage(),
+            jobs,
+            deliveries,
+        );
+        Ok(poem::Response::builder()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(text))
     }
 }

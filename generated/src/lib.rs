@@ -234,6 +234,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: None,
     },
     OperationInfo {
+        id: "getSystemMetrics",
+        method: "GET",
+        path: "/v1/system/metrics",
+        scopes: Some(&["read:agents"]),
+    },
+    OperationInfo {
         id: "listAgents",
         method: "GET",
         path: "/v1/agents",

@@ -157,6 +157,128 @@ pub struct Health {
 pub struct HealthComponents {
     #[oai(rename = "database")]
     pub database: crate::models::ComponentHealth,
+    /// This server's workers and the shared jobs queue (executions). `degraded` when a due job has waited over a minute.
+    #[oai(rename = "worker_pool")]
+    pub worker_pool: crate::models::WorkerPoolHealth,
+    /// The webhook outbox. `degraded` when a due delivery has waited over five minutes.
+    #[oai(rename = "webhook_deliveries")]
+    pub webhook_deliveries: crate::models::DeliveryQueueHealth,
+}
+/// The organization's agents.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SystemMetricsAgents", deny_unknown_fields)]
+pub struct SystemMetricsAgents {
+    /// Agents.
+    #[oai(rename = "total")]
+    pub total: i64,
+    /// Counts by name.
+    #[oai(rename = "by_status")]
+    pub by_status: std::collections::BTreeMap<String, i64>,
+}
+/// The organization's executions.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SystemMetricsExecutions", deny_unknown_fields)]
+pub struct SystemMetricsExecutions {
+    /// Executions.
+    #[oai(rename = "total")]
+    pub total: i64,
+    /// Counts by name.
+    #[oai(rename = "by_status")]
+    pub by_status: std::collections::BTreeMap<String, i64>,
+}
+/// This replica's process (Linux `/proc`; absent figures are unknown elsewhere).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SystemMetricsProcess", deny_unknown_fields)]
+pub struct SystemMetricsProcess {
+    /// Seconds since the server started.
+    #[oai(rename = "uptime_seconds")]
+    pub uptime_seconds: i64,
+    /// CPU time used (user and system), in seconds.
+    #[oai(rename = "cpu_seconds", skip_serializing_if_is_none)]
+    pub cpu_seconds: Option<f64>,
+    /// CPU time over wall time since start, in percent of one core.
+    #[oai(rename = "cpu_percent_average", skip_serializing_if_is_none)]
+    pub cpu_percent_average: Option<f64>,
+    /// Resident memory.
+    #[oai(rename = "memory_rss_bytes", skip_serializing_if_is_none)]
+    pub memory_rss_bytes: Option<i64>,
+}
+/// Requests this replica answered.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SystemMetricsRequests", deny_unknown_fields)]
+pub struct SystemMetricsRequests {
+    /// Requests answered since start.
+    #[oai(rename = "total")]
+    pub total: i64,
+    /// Requests being answered now (this one included).
+    #[oai(rename = "in_flight")]
+    pub in_flight: i64,
+    /// Requests answered in the last 60 seconds.
+    #[oai(rename = "last_minute")]
+    pub last_minute: i64,
+    /// The last minute's rate.
+    #[oai(rename = "per_second")]
+    pub per_second: f64,
+    /// Counts by name.
+    #[oai(rename = "by_class")]
+    pub by_class: std::collections::BTreeMap<String, i64>,
+}
+/// What the organization runs and how this replica is doing.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SystemMetrics", deny_unknown_fields)]
+pub struct SystemMetrics {
+    /// When the figures were read.
+    #[oai(rename = "timestamp")]
+    pub timestamp: String,
+    /// The organization's agents.
+    #[oai(rename = "agents")]
+    pub agents: crate::models::SystemMetricsAgents,
+    /// The organization's executions.
+    #[oai(rename = "executions")]
+    pub executions: crate::models::SystemMetricsExecutions,
+    /// This replica's process (Linux `/proc`; absent figures are unknown elsewhere).
+    #[oai(rename = "process")]
+    pub process: crate::models::SystemMetricsProcess,
+    /// Requests this replica answered.
+    #[oai(rename = "requests")]
+    pub requests: crate::models::SystemMetricsRequests,
+}
+/// This server's workers and the shared jobs queue (executions). `degraded` when a due job has waited over a minute.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WorkerPoolHealth", deny_unknown_fields)]
+pub struct WorkerPoolHealth {
+    /// `healthy`, `degraded` (working but slow), or `unhealthy`.
+    #[oai(rename = "status")]
+    pub status: crate::models::HealthState,
+    /// Jobs this server runs at once.
+    #[oai(rename = "workers")]
+    pub workers: i64,
+    /// Workers running a job now.
+    #[oai(rename = "busy")]
+    pub busy: i64,
+    /// Jobs due and waiting for a worker, across every server.
+    #[oai(rename = "queued")]
+    pub queued: i64,
+    /// How long the oldest due job has waited (0 when none).
+    #[oai(rename = "oldest_queued_seconds")]
+    pub oldest_queued_seconds: i64,
+}
+/// The webhook outbox. `degraded` when a due delivery has waited over five minutes.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "DeliveryQueueHealth", deny_unknown_fields)]
+pub struct DeliveryQueueHealth {
+    /// `healthy`, `degraded` (working but slow), or `unhealthy`.
+    #[oai(rename = "status")]
+    pub status: crate::models::HealthState,
+    /// Deliveries not yet delivered nor given up.
+    #[oai(rename = "pending")]
+    pub pending: i64,
+    /// Pending deliveries that failed at least once.
+    #[oai(rename = "retrying")]
+    pub retrying: i64,
+    /// How long the most overdue delivery has been due (0 when none).
+    #[oai(rename = "oldest_due_seconds")]
+    pub oldest_due_seconds: i64,
 }
 /// `healthy`, `degraded` (working but slow), or `unhealthy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
@@ -211,6 +333,12 @@ pub struct ComponentHealth {
     /// Round-trip time of a probe query, in milliseconds.
     #[oai(rename = "latency_ms")]
     pub latency_ms: f64,
+    /// Connections the pool may open.
+    #[oai(rename = "pool_size", skip_serializing_if_is_none)]
+    pub pool_size: Option<i64>,
+    /// Open connections idle now.
+    #[oai(rename = "pool_idle", skip_serializing_if_is_none)]
+    pub pool_idle: Option<i64>,
     /// Why the component is unhealthy.
     #[oai(rename = "error", skip_serializing_if_is_none)]
     pub error: Option<String>,
@@ -3992,12 +4120,18 @@ pub struct ExecutionEventData {
     /// Its status.
     #[oai(rename = "status")]
     pub status: String,
-    /// The result of a completed execution.
+    /// The result of a completed execution: `output`, the answer.
     #[oai(rename = "result", skip_serializing_if_is_none)]
     pub result: Option<serde_json::Value>,
-    /// Why it failed.
+    /// Once it ended: `input_tokens`, `output_tokens`, `cost_usd`.
+    #[oai(rename = "usage", skip_serializing_if_is_none)]
+    pub usage: Option<serde_json::Value>,
+    /// Why it failed, cancelled or timed out.
     #[oai(rename = "error")]
     pub error: poem_openapi::types::MaybeUndefined<String>,
+    /// The failure's code (`EXECUTION_FAILED`, `TIMED_OUT`, `CANCELLED`, `INTERRUPTED`).
+    #[oai(rename = "error_code", skip_serializing_if_is_none)]
+    pub error_code: Option<String>,
 }
 /// The `data` of `simulation.completed`.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
@@ -4009,9 +4143,24 @@ pub struct SimulationEventData {
     /// Its twin.
     #[oai(rename = "twin_id")]
     pub twin_id: String,
-    /// How it ended.
+    /// How it ended (`completed` or `failed`).
     #[oai(rename = "status")]
     pub status: String,
+    /// The scenario simulated.
+    #[oai(rename = "scenario", skip_serializing_if_is_none)]
+    pub scenario: Option<String>,
+    /// The simulation model.
+    #[oai(rename = "model", skip_serializing_if_is_none)]
+    pub model: Option<String>,
+    /// The random seed used.
+    #[oai(rename = "seed", skip_serializing_if_is_none)]
+    pub seed: Option<i64>,
+    /// Where to read the results.
+    #[oai(rename = "url", skip_serializing_if_is_none)]
+    pub url: Option<String>,
+    /// Why it failed.
+    #[oai(rename = "error", skip_serializing_if_is_none)]
+    pub error: Option<String>,
 }
 /// The `data` of `evaluation.completed`.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]

@@ -30,6 +30,30 @@ pub enum GetStatusResponse {
     Ok(poem_openapi::payload::Json<crate::models::SystemStatus>),
 }
 /// The parameters and body of
+/// `GET /v1/system/metrics` (getSystemMetrics)
+#[derive(Debug, Clone)]
+pub struct GetSystemMetricsParams {}
+/// Every documented answer of
+/// `GET /v1/system/metrics` (getSystemMetrics)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum GetSystemMetricsResponse {
+    /// The metrics now.
+    #[oai(status = 200u16)]
+    Ok(poem_openapi::payload::Json<crate::models::SystemMetrics>),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+/// The parameters and body of
 /// `POST /v1/batch` (runBatch)
 #[derive(Debug, Clone)]
 pub struct RunBatchParams {
@@ -77,6 +101,18 @@ pub trait SystemApi: crate::Authenticate {
         ctx: Self::Anonymous,
         params: GetStatusParams,
     ) -> impl std::future::Future<Output = GetStatusResponse> + Send;
+    /// System metrics
+    ///
+    /// Agent Launchpad's system metrics: the organization's agents by status and executions by
+    /// status, and this replica's process (CPU time, resident memory) and request rates over
+    /// the last minute. Figures are read when asked, never estimated. The same process
+    /// figures are exported in Prometheus text format at `/metrics` (outside `/v1`; open on a
+    /// loopback bind or with `--metrics-public`, else it needs an API key).
+    fn get_system_metrics(
+        &self,
+        caller: Self::Caller,
+        params: GetSystemMetricsParams,
+    ) -> impl std::future::Future<Output = GetSystemMetricsResponse> + Send;
     /// Run several requests in one
     ///
     /// Runs up to 100 operations in order (AIMatrix `POST /v1/batch`), each dispatched
@@ -113,6 +149,44 @@ impl<T: SystemApi> SystemRoutes<T> {
         let params = GetStatusParams {};
         let ctx = self.0.anonymous(req);
         Ok(self.0.get_status(ctx, params).await)
+    }
+    /// System metrics
+    ///
+    /// Agent Launchpad's system metrics: the organization's agents by status and executions by
+    /// status, and this replica's process (CPU time, resident memory) and request rates over
+    /// the last minute. Figures are read when asked, never estimated. The same process
+    /// figures are exported in Prometheus text format at `/metrics` (outside `/v1`; open on a
+    /// loopback bind or with `--metrics-public`, else it needs an API key).
+    #[oai(
+        path = "/v1/system/metrics",
+        method = "get",
+        operation_id = "getSystemMetrics"
+    )]
+    async fn get_system_metrics(
+        &self,
+        req: &poem::Request,
+    ) -> poem::Result<GetSystemMetricsResponse> {
+        let params = GetSystemMetricsParams {};
+        const SCOPES: &[&str] = &["read:agents"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(GetSystemMetricsResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(GetSystemMetricsResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(GetSystemMetricsResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.get_system_metrics(caller, params).await)
     }
     /// Run several requests in one
     ///

@@ -34,6 +34,16 @@ pub(crate) fn row_to_event(row: &EventRow) -> Result<Event, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("event {}: {}", row.id, e.message())))
 }
 
+/// The 426 of a WebSocket operation asked without an upgrade.
+pub(crate) fn upgrade_required(request_id: &str) -> Failure {
+    Failure::new(
+        Kind::BadRequest,
+        "UPGRADE_REQUIRED",
+        "this endpoint speaks WebSocket; send an upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
+        request_id,
+    )
+}
+
 /// The patterns a resource channel (AIMatrix `channels`) stands for.
 fn channel_pattern(channel: &str) -> Option<&'static str> {
     Some(match channel {
@@ -213,12 +223,7 @@ impl EventsApi for Handlers {
         upgrade: Option<WebSocket>,
     ) -> Upgraded<StreamEventsResponse> {
         let Some(ws) = upgrade else {
-            let f = Failure::new(
-                Kind::BadRequest,
-                "UPGRADE_REQUIRED",
-                "this endpoint speaks WebSocket; send an upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
-                &caller.request_id,
-            );
+            let f = upgrade_required(&caller.request_id);
             return Upgraded::Answer(StreamEventsResponse::UpgradeRequired(
                 Json(*f.envelope),
                 Some("websocket".to_string()),

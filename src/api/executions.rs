@@ -440,8 +440,7 @@ impl Handlers {
             .store
             .run(move |conn| {
                 let agent = crate::db::agents::get(conn, &org, &a)?;
-                let stopped =
-                    crate::db::deployments::get(conn, &a)?.is_some_and(|d| d.target_replicas == 0);
+                let stopped = crate::db::deployments::scaled_to_zero(conn, &a)?;
                 let missing =
                     runner::missing_variables(conn, &org, &AgentSettings::of(&agent.body), &given)?;
                 Ok((missing, stopped))
@@ -807,12 +806,7 @@ impl ExecutionsApi for Handlers {
             Err(f) => return Upgraded::Answer(f.into()),
         };
         let Some(ws) = upgrade else {
-            let f = Failure::new(
-                Kind::BadRequest,
-                "UPGRADE_REQUIRED",
-                "this endpoint speaks WebSocket; send an upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
-                &caller.request_id,
-            );
+            let f = super::events::upgrade_required(&caller.request_id);
             return Upgraded::Answer(StreamExecutionResponse::UpgradeRequired(
                 Json(*f.envelope),
                 Some("websocket".to_string()),

@@ -66,6 +66,8 @@ pub struct Handlers {
     pub runner: crate::engine::runner::ExecutionRunner,
     /// The workers that run jobs; started by the server, woken after an enqueue.
     pub pool: crate::jobs::WorkerPool,
+    /// What this replica answered (the request-tracking middleware writes it).
+    pub metrics: crate::metrics::RequestMetrics,
 }
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
@@ -120,6 +122,7 @@ impl Handlers {
         });
         Self {
             pool,
+            metrics: crate::metrics::RequestMetrics::new(),
             runner,
             crypto,
             runtime: std::sync::Arc::new(crate::runtime::embedded::EmbeddedRuntime::new(
@@ -147,20 +150,22 @@ impl Handlers {
         self
     }
 
+    /// The live API key (not revoked, not expired) the request presents, if any.
+    async fn live_key(&self, req: &poem::Request) -> Option<KeyRecord> {
+        let secret = credential(req)?;
+        let record = self.key_record(auth::hash_key(&secret)).await.ok()??;
+        (!record.is_dead_at(&crate::ids::now())).then_some(record)
+    }
+
+    /// Whether the request presents a live API key.
+    pub async fn has_live_key(&self, req: &poem::Request) -> bool {
+        self.live_key(req).await.is_some()
+    }
+
     /// Counts the request against its API key's limits: `None` when no live key is presented
     /// (authentication answers that) or the counters cannot be reached.
     pub async fn rate_limit(&self, req: &poem::Request) -> Option<crate::ratelimit::Verdict> {
-        let secret = credential(req)?;
-        let record = self.key_record(auth::hash_key(&secret)).await.ok()??;
-        let now_text = crate::ids::now();
-        if record.revoked
-            || record
-                .expires_at
-                .as_deref()
-                .is_some_and(|t| t <= now_text.as_str())
-        {
-            return None;
-        }
+        let record = self.live_key(req).await?;
         let limits = crate::ratelimit::Limits {
             requests_per_hour: record
                 .rate_limit_per_hour

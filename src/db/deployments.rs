@@ -32,6 +32,11 @@ pub struct LogRow {
     pub created_at: String,
 }
 
+/// Whether the agent's deployment is scaled to 0 replicas (it runs nothing).
+pub fn scaled_to_zero(conn: &mut DbConnection, agent_id: &str) -> StoreResult<bool> {
+    Ok(get(conn, agent_id)?.is_some_and(|d| d.target_replicas == 0))
+}
+
 pub fn get(conn: &mut DbConnection, agent_id: &str) -> StoreResult<Option<DeploymentRow>> {
     d::table
         .filter(d::agent_id.eq(agent_id))

@@ -227,6 +227,12 @@ impl Store {
         self.backend
     }
 
+    /// The pool's size and its idle connections now.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let state = self.pool.state();
+        (self.pool.max_size(), state.idle_connections)
+    }
+
     /// Runs blocking storage work on tokio's blocking pool with a pooled connection.
     pub async fn run<T, F>(&self, f: F) -> StoreResult<T>
     where

@@ -379,6 +379,34 @@ pub fn release_leases(conn: &mut DbConnection, owner: &str, now: &str) -> StoreR
     .map_err(StoreError::from_diesel)
 }
 
+/// The outbox now: pending deliveries, those among them that failed at least once, and the
+/// seconds the most overdue has been due.
+pub fn backlog(conn: &mut DbConnection) -> StoreResult<(i64, i64, i64)> {
+    let now = chrono::Utc::now();
+    let pending: i64 = d::table
+        .filter(d::status.eq(PENDING))
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let retrying: i64 = d::table
+        .filter(d::status.eq(PENDING))
+        .filter(d::attempts.gt(0))
+        .count()
+        .get_result(conn)
+        .map_err(StoreError::from_diesel)?;
+    let oldest: Option<String> = d::table
+        .filter(d::status.eq(PENDING))
+        .filter(d::next_attempt_at.le(crate::ids::format_time(now)))
+        .select(diesel::dsl::min(d::next_attempt_at))
+        .first::<Option<String>>(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok((
+        pending,
+        retrying,
+        crate::jobs::seconds_since(oldest.as_deref(), now),
+    ))
+}
+
 /// When the next pending delivery is due, if any.
 pub fn next_due(conn: &mut DbConnection) -> StoreResult<Option<String>> {
     let pending: Option<Option<String>> = d::table

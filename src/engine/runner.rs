@@ -513,7 +513,8 @@ pub fn announce(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> 
         .as_ref()
         .and_then(|e| e.get("message"))
         .and_then(Value::as_str)
-        .unwrap_or("no reason recorded");
+        .unwrap_or("no reason recorded")
+        .to_string();
     let (event_type, level, message) = match row.status.as_str() {
         "queued" => return Ok(()),
         "running" => (
@@ -552,8 +553,14 @@ pub fn announce(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> 
             "cost_usd": row.cost_nano_usd as f64 / 1e9,
         });
     }
+    if let Some(text) = &row.result {
+        data["result"] = json!({ "output": text });
+    }
     if let Some(error) = error {
-        data["error"] = error;
+        data["error"] = json!(reason);
+        if let Some(code) = error.get("code") {
+            data["error_code"] = code.clone();
+        }
     }
     crate::events::publish(conn, &row.org_id, event_type, Some(&row.id), data)?;
     crate::runtime::embedded::log_execution(

@@ -21,6 +21,67 @@ backend_test!(health_and_status_report_real_figures, |app| {
     assert_eq!(db["status"], "healthy");
     assert!(db["latency_ms"].as_f64().is_some_and(|l| l >= 0.0));
     assert!(db["backend"] == "sqlite" || db["backend"] == "postgres");
+    assert!(db["pool_size"].as_i64() > Some(0), "{db}");
+    let workers = &health["components"]["worker_pool"];
+    assert_eq!(workers["status"], "healthy", "{workers}");
+    assert!(workers["workers"].as_i64() > Some(0), "{workers}");
+    assert_eq!(workers["queued"], 0, "{workers}");
+    let outbox = &health["components"]["webhook_deliveries"];
+    assert_eq!(
+        (&outbox["status"], &outbox["pending"]),
+        (&serde_json::json!("healthy"), &serde_json::json!(0))
+    );
+
+    // A job no worker takes, due two minutes ago: the pool is degraded, and so the server.
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.run_blocking(|conn| {
+            use diesel::RunQueryDsl;
+            let org = crate::twins::agentplane_org(conn)?;
+            let job = agentplane::jobs::enqueue(
+                conn,
+                &agentplane::jobs::NewJob {
+                    kind: "nobody-runs-this".into(),
+                    org_id: org,
+                    agent_id: None,
+                    payload: serde_json::json!({}),
+                    max_attempts: 1,
+                },
+            )?;
+            let past =
+                agentplane::ids::format_time(chrono::Utc::now() - chrono::Duration::minutes(2));
+            diesel::sql_query(format!(
+                "UPDATE jobs SET run_after = '{past}' WHERE id = '{}'",
+                job.id
+            ))
+            .execute(conn)
+            .map_err(agentplane::db::StoreError::from_diesel)?;
+            Ok(())
+        })
+    })
+    .await
+    .expect("join")
+    .expect("a stuck job");
+    let (status, health) = json(
+        app.client
+            .get(app.url("/v1/health"))
+            .send()
+            .await
+            .expect("health"),
+    )
+    .await;
+    assert_eq!(
+        (status, &health["status"]),
+        (200, &serde_json::json!("degraded")),
+        "{health}"
+    );
+    let workers = &health["components"]["worker_pool"];
+    assert_eq!(workers["status"], "degraded", "{workers}");
+    assert_eq!(workers["queued"], 1);
+    assert!(
+        workers["oldest_queued_seconds"].as_i64() >= Some(119),
+        "{workers}"
+    );
 
     let (status, st) = json(
         app.client
@@ -214,4 +275,101 @@ async fn serve_prints_the_key_once_and_stops_on_sigterm() {
         "the key is printed only once: {lines:?}"
     );
     assert!(stop(&mut second).success());
+}
+
+backend_test!(system_metrics_count_what_really_ran, |app| {
+    for name in ["One", "Two"] {
+        app.create_agent(serde_json::json!({"name": name})).await;
+    }
+    let (status, m) = json(app.get("/v1/system/metrics").await).await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["agents"]["total"], 2, "{m}");
+    let by_status: i64 = m["agents"]["by_status"]
+        .as_object()
+        .expect("counts")
+        .values()
+        .filter_map(Value::as_i64)
+        .sum();
+    assert_eq!(by_status, 2);
+    assert_eq!(m["executions"]["total"], 0);
+    // The requests above were counted; this one is in flight.
+    assert!(m["requests"]["total"].as_i64() >= Some(2), "{m}");
+    assert!(m["requests"]["in_flight"].as_i64() >= Some(1), "{m}");
+    assert!(m["requests"]["by_class"]["2xx"].as_i64() >= Some(2), "{m}");
+    let cpu = m["process"]["cpu_percent_average"].as_f64().expect("cpu");
+    assert!((0.0..=100.0 * 64.0).contains(&cpu), "{m}");
+    assert!(m["process"]["memory_rss_bytes"].as_i64() > Some(0), "{m}");
+    assert!(m["process"]["cpu_seconds"].as_f64() > Some(0.0), "{m}");
+
+    // Another organization sees its own agents only.
+    let other = app
+        .key_for(
+            "metrics-other",
+            "mo",
+            agentplane_api::models::Role::Admin,
+            None,
+        )
+        .await;
+    let (_, theirs) = json(
+        app.as_key(&other, Method::GET, "/v1/system/metrics")
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(theirs["agents"]["total"], 0, "{theirs}");
+
+    // Prometheus text on a loopback bind, without a key.
+    let resp = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4"))
+    );
+    let text = resp.text().await.expect("text");
+    assert!(
+        text.contains("# TYPE agentplane_http_requests_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("agentplane_http_requests_total{class=\"2xx\"}"),
+        "{text}"
+    );
+    assert!(text.contains("agentplane_jobs_queued 0"), "{text}");
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_key_off_loopback() {
+    let app = crate::support::TestApp::start_with(crate::support::Backend::Sqlite, |c| {
+        c.listen = "0.0.0.0:0".into();
+    })
+    .await
+    .expect("sqlite");
+    let port = app.base.rsplit(':').next().expect("port").to_string();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let resp = app.client.get(&url).send().await.expect("req");
+    assert_eq!(resp.status(), 401);
+    let resp = app
+        .client
+        .get(&url)
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 200);
+    let resp = app
+        .client
+        .get(&url)
+        .bearer_auth("ap_not_a_key")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 401);
 }

@@ -87,6 +87,7 @@ __all__ = [
     "DataSource",
     "DataSourceInput",
     "DatabaseInfo",
+    "DeliveryQueueHealth",
     "DeploymentHealth",
     "DeploymentState",
     "DocumentInput",
@@ -215,6 +216,11 @@ __all__ = [
     "StreamControlMessage",
     "SyncJob",
     "SyncStatus",
+    "SystemMetrics",
+    "SystemMetricsAgents",
+    "SystemMetricsExecutions",
+    "SystemMetricsProcess",
+    "SystemMetricsRequests",
     "SystemStatus",
     "TestCase",
     "TextSourceInput",
@@ -260,6 +266,7 @@ __all__ = [
     "WebhookList",
     "WebhookPatch",
     "WebhookPingEventData",
+    "WorkerPoolHealth",
 ]
 
 # import apis into sdk package
@@ -336,6 +343,7 @@ from agentplane_client.models.daily_cost import DailyCost as DailyCost
 from agentplane_client.models.data_source import DataSource as DataSource
 from agentplane_client.models.data_source_input import DataSourceInput as DataSourceInput
 from agentplane_client.models.database_info import DatabaseInfo as DatabaseInfo
+from agentplane_client.models.delivery_queue_health import DeliveryQueueHealth as DeliveryQueueHealth
 from agentplane_client.models.deployment_health import DeploymentHealth as DeploymentHealth
 from agentplane_client.models.deployment_state import DeploymentState as DeploymentState
 from agentplane_client.models.document_input import DocumentInput as DocumentInput
@@ -464,6 +472,11 @@ from agentplane_client.models.stream_client_message import StreamClientMessage a
 from agentplane_client.models.stream_control_message import StreamControlMessage as StreamControlMessage
 from agentplane_client.models.sync_job import SyncJob as SyncJob
 from agentplane_client.models.sync_status import SyncStatus as SyncStatus
+from agentplane_client.models.system_metrics import SystemMetrics as SystemMetrics
+from agentplane_client.models.system_metrics_agents import SystemMetricsAgents as SystemMetricsAgents
+from agentplane_client.models.system_metrics_executions import SystemMetricsExecutions as SystemMetricsExecutions
+from agentplane_client.models.system_metrics_process import SystemMetricsProcess as SystemMetricsProcess
+from agentplane_client.models.system_metrics_requests import SystemMetricsRequests as SystemMetricsRequests
 from agentplane_client.models.system_status import SystemStatus as SystemStatus
 from agentplane_client.models.test_case import TestCase as TestCase
 from agentplane_client.models.text_source_input import TextSourceInput as TextSourceInput
@@ -509,4 +522,5 @@ from agentplane_client.models.webhook_input import WebhookInput as WebhookInput
 from agentplane_client.models.webhook_list import WebhookList as WebhookList
 from agentplane_client.models.webhook_patch import WebhookPatch as WebhookPatch
 from agentplane_client.models.webhook_ping_event_data import WebhookPingEventData as WebhookPingEventData
+from agentplane_client.models.worker_pool_health import WorkerPoolHealth as WorkerPoolHealth
 

@@ -44,6 +44,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/system/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * System metrics
+         * @description Agent Launchpad's system metrics: the organization's agents by status and executions by
+         *     status, and this replica's process (CPU time, resident memory) and request rates over
+         *     the last minute. Figures are read when asked, never estimated. The same process
+         *     figures are exported in Prometheus text format at `/metrics` (outside `/v1`; open on a
+         *     loopback bind or with `--metrics-public`, else it needs an API key).
+         */
+        get: operations["getSystemMetrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/agents": {
         parameters: {
             query?: never;
@@ -2079,6 +2103,133 @@ export interface components {
         };
         HealthComponents: {
             database: components["schemas"]["ComponentHealth"];
+            worker_pool: components["schemas"]["WorkerPoolHealth"];
+            webhook_deliveries: components["schemas"]["DeliveryQueueHealth"];
+        };
+        /** @description What the organization runs and how this replica is doing. */
+        SystemMetrics: {
+            /**
+             * Format: date-time
+             * @description When the figures were read.
+             */
+            timestamp: string;
+            /** @description The organization's agents. */
+            agents: {
+                /**
+                 * Format: int64
+                 * @description Agents.
+                 */
+                total: number;
+                /** @description Counts by name. */
+                by_status: {
+                    [key: string]: number;
+                };
+            };
+            /** @description The organization's executions. */
+            executions: {
+                /**
+                 * Format: int64
+                 * @description Executions.
+                 */
+                total: number;
+                /** @description Counts by name. */
+                by_status: {
+                    [key: string]: number;
+                };
+            };
+            /** @description This replica's process (Linux `/proc`; absent figures are unknown elsewhere). */
+            process: {
+                /**
+                 * Format: int64
+                 * @description Seconds since the server started.
+                 */
+                uptime_seconds: number;
+                /**
+                 * Format: double
+                 * @description CPU time used (user and system), in seconds.
+                 */
+                cpu_seconds?: number;
+                /**
+                 * Format: double
+                 * @description CPU time over wall time since start, in percent of one core.
+                 */
+                cpu_percent_average?: number;
+                /**
+                 * Format: int64
+                 * @description Resident memory.
+                 */
+                memory_rss_bytes?: number;
+            };
+            /** @description Requests this replica answered. */
+            requests: {
+                /**
+                 * Format: int64
+                 * @description Requests answered since start.
+                 */
+                total: number;
+                /**
+                 * Format: int64
+                 * @description Requests being answered now (this one included).
+                 */
+                in_flight: number;
+                /**
+                 * Format: int64
+                 * @description Requests answered in the last 60 seconds.
+                 */
+                last_minute: number;
+                /**
+                 * Format: double
+                 * @description The last minute's rate.
+                 */
+                per_second: number;
+                /** @description Counts by name. */
+                by_class: {
+                    [key: string]: number;
+                };
+            };
+        };
+        /** @description This server's workers and the shared jobs queue (executions). `degraded` when a due job has waited over a minute. */
+        WorkerPoolHealth: {
+            status: components["schemas"]["HealthState"];
+            /**
+             * Format: int64
+             * @description Jobs this server runs at once.
+             */
+            workers: number;
+            /**
+             * Format: int64
+             * @description Workers running a job now.
+             */
+            busy: number;
+            /**
+             * Format: int64
+             * @description Jobs due and waiting for a worker, across every server.
+             */
+            queued: number;
+            /**
+             * Format: int64
+             * @description How long the oldest due job has waited (0 when none).
+             */
+            oldest_queued_seconds: number;
+        };
+        /** @description The webhook outbox. `degraded` when a due delivery has waited over five minutes. */
+        DeliveryQueueHealth: {
+            status: components["schemas"]["HealthState"];
+            /**
+             * Format: int64
+             * @description Deliveries not yet delivered nor given up.
+             */
+            pending: number;
+            /**
+             * Format: int64
+             * @description Pending deliveries that failed at least once.
+             */
+            retrying: number;
+            /**
+             * Format: int64
+             * @description How long the most overdue delivery has been due (0 when none).
+             */
+            oldest_due_seconds: number;
         };
         /**
          * @description `healthy`, `degraded` (working but slow), or `unhealthy`.
@@ -2094,6 +2245,16 @@ export interface components {
              * @description Round-trip time of a probe query, in milliseconds.
              */
             latency_ms: number;
+            /**
+             * Format: int64
+             * @description Connections the pool may open.
+             */
+            pool_size?: number;
+            /**
+             * Format: int64
+             * @description Open connections idle now.
+             */
+            pool_idle?: number;
             /** @description Why the component is unhealthy. */
             error?: string;
         };
@@ -3897,12 +4058,18 @@ export interface components {
             agent_id: string;
             /** @description Its status. */
             status: string;
-            /** @description The result of a completed execution. */
+            /** @description The result of a completed execution: `output`, the answer. */
             result?: {
                 [key: string]: unknown;
             };
-            /** @description Why it failed. */
+            /** @description Once it ended: `input_tokens`, `output_tokens`, `cost_usd`. */
+            usage?: {
+                [key: string]: unknown;
+            };
+            /** @description Why it failed, cancelled or timed out. */
             error?: string | null;
+            /** @description The failure's code (`EXECUTION_FAILED`, `TIMED_OUT`, `CANCELLED`, `INTERRUPTED`). */
+            error_code?: string;
         };
         /** @description The `data` of `simulation.completed`. */
         SimulationEventData: {
@@ -3910,8 +4077,21 @@ export interface components {
             simulation_id: string;
             /** @description Its twin. */
             twin_id: string;
-            /** @description How it ended. */
+            /** @description How it ended (`completed` or `failed`). */
             status: string;
+            /** @description The scenario simulated. */
+            scenario?: string;
+            /** @description The simulation model. */
+            model?: string;
+            /**
+             * Format: int64
+             * @description The random seed used.
+             */
+            seed?: number;
+            /** @description Where to read the results. */
+            url?: string;
+            /** @description Why it failed. */
+            error?: string;
         };
         /** @description The `data` of `evaluation.completed`. */
         EvaluationEventData: {
@@ -5518,6 +5698,36 @@ export interface operations {
                     "application/json": components["schemas"]["SystemStatus"];
                 };
             };
+        };
+    };
+    getSystemMetrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The metrics now. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SystemMetrics"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
         };
     };
     listAgents: {

@@ -55,6 +55,7 @@ from agentplane_client.models.daily_cost import DailyCost
 from agentplane_client.models.data_source import DataSource
 from agentplane_client.models.data_source_input import DataSourceInput
 from agentplane_client.models.database_info import DatabaseInfo
+from agentplane_client.models.delivery_queue_health import DeliveryQueueHealth
 from agentplane_client.models.deployment_health import DeploymentHealth
 from agentplane_client.models.deployment_state import DeploymentState
 from agentplane_client.models.document_input import DocumentInput
@@ -183,6 +184,11 @@ from agentplane_client.models.stream_client_message import StreamClientMessage
 from agentplane_client.models.stream_control_message import StreamControlMessage
 from agentplane_client.models.sync_job import SyncJob
 from agentplane_client.models.sync_status import SyncStatus
+from agentplane_client.models.system_metrics import SystemMetrics
+from agentplane_client.models.system_metrics_agents import SystemMetricsAgents
+from agentplane_client.models.system_metrics_executions import SystemMetricsExecutions
+from agentplane_client.models.system_metrics_process import SystemMetricsProcess
+from agentplane_client.models.system_metrics_requests import SystemMetricsRequests
 from agentplane_client.models.system_status import SystemStatus
 from agentplane_client.models.test_case import TestCase
 from agentplane_client.models.text_source_input import TextSourceInput
@@ -228,4 +234,5 @@ from agentplane_client.models.webhook_input import WebhookInput
 from agentplane_client.models.webhook_list import WebhookList
 from agentplane_client.models.webhook_patch import WebhookPatch
 from agentplane_client.models.webhook_ping_event_data import WebhookPingEventData
+from agentplane_client.models.worker_pool_health import WorkerPoolHealth
 

@@ -32,8 +32,10 @@ class ComponentHealth(BaseModel):
     status: HealthState
     backend: StrictStr = Field(description="Which engine backs the component.")
     latency_ms: Union[Annotated[float, Field(strict=True, ge=0)], Annotated[int, Field(strict=True, ge=0)]] = Field(description="Round-trip time of a probe query, in milliseconds.")
+    pool_size: Optional[Annotated[int, Field(strict=True, ge=0)]] = Field(default=None, description="Connections the pool may open.")
+    pool_idle: Optional[Annotated[int, Field(strict=True, ge=0)]] = Field(default=None, description="Open connections idle now.")
     error: Optional[StrictStr] = Field(default=None, description="Why the component is unhealthy.")
-    __properties: ClassVar[List[str]] = ["status", "backend", "latency_ms", "error"]
+    __properties: ClassVar[List[str]] = ["status", "backend", "latency_ms", "pool_size", "pool_idle", "error"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -89,6 +91,8 @@ class ComponentHealth(BaseModel):
             "status": obj.get("status"),
             "backend": obj.get("backend"),
             "latency_ms": obj.get("latency_ms"),
+            "pool_size": obj.get("pool_size"),
+            "pool_idle": obj.get("pool_idle"),
             "error": obj.get("error")
         })
         return _obj

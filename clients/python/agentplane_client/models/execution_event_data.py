@@ -30,9 +30,11 @@ class ExecutionEventData(BaseModel):
     execution_id: StrictStr = Field(description="The execution.")
     agent_id: StrictStr = Field(description="Its agent.")
     status: StrictStr = Field(description="Its status.")
-    result: Optional[Dict[str, Any]] = Field(default=None, description="The result of a completed execution.")
-    error: Optional[StrictStr] = Field(default=None, description="Why it failed.")
-    __properties: ClassVar[List[str]] = ["execution_id", "agent_id", "status", "result", "error"]
+    result: Optional[Dict[str, Any]] = Field(default=None, description="The result of a completed execution: `output`, the answer.")
+    usage: Optional[Dict[str, Any]] = Field(default=None, description="Once it ended: `input_tokens`, `output_tokens`, `cost_usd`.")
+    error: Optional[StrictStr] = Field(default=None, description="Why it failed, cancelled or timed out.")
+    error_code: Optional[StrictStr] = Field(default=None, description="The failure's code (`EXECUTION_FAILED`, `TIMED_OUT`, `CANCELLED`, `INTERRUPTED`).")
+    __properties: ClassVar[List[str]] = ["execution_id", "agent_id", "status", "result", "usage", "error", "error_code"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -94,7 +96,9 @@ class ExecutionEventData(BaseModel):
             "agent_id": obj.get("agent_id"),
             "status": obj.get("status"),
             "result": obj.get("result"),
-            "error": obj.get("error")
+            "usage": obj.get("usage"),
+            "error": obj.get("error"),
+            "error_code": obj.get("error_code")
         })
         return _obj
 

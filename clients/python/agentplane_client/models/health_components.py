@@ -20,6 +20,8 @@ import json
 from pydantic import BaseModel, ConfigDict
 from typing import Any, ClassVar, Dict, List
 from agentplane_client.models.component_health import ComponentHealth
+from agentplane_client.models.delivery_queue_health import DeliveryQueueHealth
+from agentplane_client.models.worker_pool_health import WorkerPoolHealth
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -29,7 +31,9 @@ class HealthComponents(BaseModel):
     HealthComponents
     """ # noqa: E501
     database: ComponentHealth
-    __properties: ClassVar[List[str]] = ["database"]
+    worker_pool: WorkerPoolHealth
+    webhook_deliveries: DeliveryQueueHealth
+    __properties: ClassVar[List[str]] = ["database", "worker_pool", "webhook_deliveries"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -73,6 +77,12 @@ class HealthComponents(BaseModel):
         # override the default output from pydantic by calling `to_dict()` of database
         if self.database:
             _dict['database'] = self.database.to_dict()
+        # override the default output from pydantic by calling `to_dict()` of worker_pool
+        if self.worker_pool:
+            _dict['worker_pool'] = self.worker_pool.to_dict()
+        # override the default output from pydantic by calling `to_dict()` of webhook_deliveries
+        if self.webhook_deliveries:
+            _dict['webhook_deliveries'] = self.webhook_deliveries.to_dict()
         return _dict
 
     @classmethod
@@ -85,7 +95,9 @@ class HealthComponents(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
-            "database": ComponentHealth.from_dict(obj["database"]) if obj.get("database") is not None else None
+            "database": ComponentHealth.from_dict(obj["database"]) if obj.get("database") is not None else None,
+            "worker_pool": WorkerPoolHealth.from_dict(obj["worker_pool"]) if obj.get("worker_pool") is not None else None,
+            "webhook_deliveries": DeliveryQueueHealth.from_dict(obj["webhook_deliveries"]) if obj.get("webhook_deliveries") is not None else None
         })
         return _obj
 

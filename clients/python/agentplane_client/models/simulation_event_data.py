@@ -17,8 +17,8 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
-from typing import Any, ClassVar, Dict, List
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from typing import Any, ClassVar, Dict, List, Optional
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -29,8 +29,13 @@ class SimulationEventData(BaseModel):
     """ # noqa: E501
     simulation_id: StrictStr = Field(description="The simulation.")
     twin_id: StrictStr = Field(description="Its twin.")
-    status: StrictStr = Field(description="How it ended.")
-    __properties: ClassVar[List[str]] = ["simulation_id", "twin_id", "status"]
+    status: StrictStr = Field(description="How it ended (`completed` or `failed`).")
+    scenario: Optional[StrictStr] = Field(default=None, description="The scenario simulated.")
+    model: Optional[StrictStr] = Field(default=None, description="The simulation model.")
+    seed: Optional[StrictInt] = Field(default=None, description="The random seed used.")
+    url: Optional[StrictStr] = Field(default=None, description="Where to read the results.")
+    error: Optional[StrictStr] = Field(default=None, description="Why it failed.")
+    __properties: ClassVar[List[str]] = ["simulation_id", "twin_id", "status", "scenario", "model", "seed", "url", "error"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -85,7 +90,12 @@ class SimulationEventData(BaseModel):
         _obj = cls.model_validate({
             "simulation_id": obj.get("simulation_id"),
             "twin_id": obj.get("twin_id"),
-            "status": obj.get("status")
+            "status": obj.get("status"),
+            "scenario": obj.get("scenario"),
+            "model": obj.get("model"),
+            "seed": obj.get("seed"),
+            "url": obj.get("url"),
+            "error": obj.get("error")
         })
         return _obj
 

@@ -1,0 +1,297 @@
+//! What this replica has answered and what its process uses: the request counters a
+//! middleware keeps, the process figures Linux's `/proc` gives, and both in Prometheus text
+//! format for `/metrics`.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+
+/// Seconds of per-second counts kept for the recent rate.
+const WINDOW: usize = 60;
+
+/// Request counters, shared by the middleware and the handlers. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RequestMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    started: Instant,
+    total: AtomicU64,
+    in_flight: AtomicU64,
+    /// Answers by status class: 1xx..5xx at 0..4.
+    classes: [AtomicU64; 5],
+    /// `(second since start, requests answered in it)`, one slot per second of the window.
+    recent: Mutex<[(u64, u64); WINDOW]>,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A snapshot of the counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestFigures {
+    pub total: u64,
+    pub in_flight: u64,
+    pub last_minute: u64,
+    /// `(class, count)` for `2xx`.. `5xx` (and `1xx` when any).
+    pub by_class: Vec<(String, u64)>,
+}
+
+impl RequestMetrics {
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                started: Instant::now(),
+                total: AtomicU64::new(0),
+                in_flight: AtomicU64::new(0),
+                classes: Default::default(),
+                recent: Mutex::new([(u64::MAX, 0); WINDOW]),
+            }),
+        }
+    }
+
+    fn second(&self) -> u64 {
+        self.inner.started.elapsed().as_secs()
+    }
+
+    fn begin(&self) {
+        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self, status: u16) {
+        let i = &self.inner;
+        i.in_flight.fetch_sub(1, Ordering::Relaxed);
+        i.total.fetch_add(1, Ordering::Relaxed);
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        i.classes[class].fetch_add(1, Ordering::Relaxed);
+        let now = self.second();
+        if let Ok(mut recent) = i.recent.lock() {
+            let slot = &mut recent[usize::try_from(now % WINDOW as u64).unwrap_or(0)];
+            if slot.0 != now {
+                *slot = (now, 0);
+            }
+            slot.1 += 1;
+        }
+    }
+
+    /// The counters now.
+    pub fn figures(&self) -> RequestFigures {
+        let i = &self.inner;
+        let now = self.second();
+        let last_minute = i.recent.lock().map_or(0, |recent| {
+            recent
+                .iter()
+                .filter(|(at, _)| *at != u64::MAX && now.saturating_sub(*at) < WINDOW as u64)
+                .map(|(_, n)| n)
+                .sum()
+        });
+        let by_class = (0..5)
+            .map(|c| (format!("{}xx", c + 1), i.classes[c].load(Ordering::Relaxed)))
+            .filter(|(name, n)| *n > 0 || name != "1xx")
+            .collect();
+        RequestFigures {
+            total: i.total.load(Ordering::Relaxed),
+            in_flight: i.in_flight.load(Ordering::Relaxed),
+            last_minute,
+            by_class,
+        }
+    }
+
+    /// Seconds since the counters started (the server's uptime).
+    pub fn uptime_seconds(&self) -> u64 {
+        self.second()
+    }
+}
+
+/// Counts every request and its answer's status.
+pub struct Track(pub RequestMetrics);
+
+impl<E: Endpoint> Middleware<E> for Track {
+    type Output = TrackEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        TrackEndpoint(ep, self.0.clone())
+    }
+}
+
+pub struct TrackEndpoint<E>(E, RequestMetrics);
+
+impl<E: Endpoint> Endpoint for TrackEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        self.1.begin();
+        let result = self.0.call(req).await.map(IntoResponse::into_response);
+        let status = match &result {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.status().as_u16(),
+        };
+        self.1.end(status);
+        result
+    }
+}
+
+/// The process's CPU time (seconds) and resident memory (bytes), where `/proc` has them.
+pub fn process_usage() -> (Option<f64>, Option<i64>) {
+    (cpu_seconds(), rss_bytes())
+}
+
+/// Seconds since the process started (not the server: tests run several in one process).
+pub fn process_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let boot_uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Field 22, `starttime`, in ticks after boot.
+    let start: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    Some((boot_uptime - start as f64 / 100.0).max(0.001))
+}
+
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_cpu_seconds(&stat)
+}
+
+/// `utime + stime` of a `/proc/<pid>/stat` line, at Linux's USER_HZ of 100 ticks a second.
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces: count fields after its closing paren.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+fn rss_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_rss_bytes(&status)
+}
+
+fn parse_rss_bytes(status: &str) -> Option<i64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The replica's figures in Prometheus text exposition format (version 0.0.4).
+pub fn prometheus_text(
+    requests: &RequestFigures,
+    uptime_seconds: u64,
+    process: (Option<f64>, Option<i64>),
+    jobs_queued: i64,
+    deliveries_pending: i64,
+) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in samples {
+            out.push_str(&format!("{name}{labels} {value}\n"));
+        }
+    };
+    let plain = |v: String| vec![(String::new(), v)];
+    metric(
+        "agentplane_http_requests_total",
+        "counter",
+        "Requests answered, by status class.",
+        &requests
+            .by_class
+            .iter()
+            .map(|(c, n)| (format!("{{class=\"{c}\"}}"), n.to_string()))
+            .collect::<Vec<_>>(),
+    );
+    metric(
+        "agentplane_http_requests_in_flight",
+        "gauge",
+        "Requests being answered now.",
+        &plain(requests.in_flight.to_string()),
+    );
+    metric(
+        "agentplane_uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+        &plain(uptime_seconds.to_string()),
+    );
+    if let Some(cpu) = process.0 {
+        metric(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+            &plain(format!("{cpu}")),
+        );
+    }
+    if let Some(rss) = process.1 {
+        metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            &plain(rss.to_string()),
+        );
+    }
+    metric(
+        "agentplane_jobs_queued",
+        "gauge",
+        "Jobs (executions) due and waiting for a worker, across every server.",
+        &plain(jobs_queued.to_string()),
+    );
+    metric(
+        "agentplane_webhook_deliveries_pending",
+        "gauge",
+        "Webhook deliveries not yet delivered nor given up.",
+        &plain(deliveries_pending.to_string()),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_figures_parse_even_with_spaces_in_the_command() {
+        let stat =
+            "1234 (agent plane) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 9 0 100 0 0";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.25));
+        assert_eq!(parse_cpu_seconds("garbage"), None);
+        let status = "Name:\tagentplane\nVmRSS:\t   48234 kB\nThreads:\t9\n";
+        assert_eq!(parse_rss_bytes(status), Some(48234 * 1024));
+        assert_eq!(parse_rss_bytes("Name: x\n"), None);
+    }
+
+    #[test]
+    fn counters_count_answers_by_class_and_recent_second() {
+        let m = RequestMetrics::new();
+        for status in [200, 201, 404, 503] {
+            m.begin();
+            m.end(status);
+        }
+        m.begin();
+        let f = m.figures();
+        assert_eq!((f.total, f.in_flight, f.last_minute), (4, 1, 4));
+        let class = |c: &str| f.by_class.iter().find(|(n, _)| n == c).map(|(_, n)| *n);
+        assert_eq!(
+            (class("2xx"), class("4xx"), class("5xx"), class("1xx")),
+            (Some(2), Some(1), Some(1), None)
+        );
+        let text = prometheus_text(&f, 7, (Some(1.5), Some(1024)), 2, 3);
+        assert!(
+            text.contains("agentplane_http_requests_total{class=\"2xx\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("process_cpu_seconds_total 1.5\n"));
+        assert!(text.contains("agentplane_jobs_queued 2\n"));
+        assert!(text.contains("# TYPE agentplane_http_requests_in_flight gauge\n"));
+    }
+}
