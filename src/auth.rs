@@ -25,16 +25,23 @@ pub struct NewSecret {
     pub hash: String,
 }
 
+/// The prefix of every API key.
+pub const API_KEY_PREFIX: &str = "ap_";
+/// The prefix of every vault token.
+pub const VAULT_TOKEN_PREFIX: &str = "vt_";
+/// The random characters after a secret's prefix.
+pub const SECRET_BODY_LEN: usize = 40;
+
 /// Generates a new random key.
 pub fn generate_key() -> NewSecret {
-    generate_secret("ap_")
+    generate_secret(API_KEY_PREFIX)
 }
 
 /// Generates a secret: `prefix` and 40 random base-62 characters (API keys `ap_`, vault
 /// tokens `vt_`).
 pub fn generate_secret(prefix: &str) -> NewSecret {
     let mut rng = rand::rng();
-    let body: String = (0..40)
+    let body: String = (0..SECRET_BODY_LEN)
         .map(|_| BASE62[rng.random_range(0..BASE62.len())] as char)
         .collect();
     let secret = format!("{prefix}{body}");

@@ -270,6 +270,24 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["read:security"]),
     },
     OperationInfo {
+        id: "scanAgent",
+        method: "POST",
+        path: "/v1/security/scan/{agent_id}",
+        scopes: Some(&["read:security"]),
+    },
+    OperationInfo {
+        id: "listSecurityScans",
+        method: "GET",
+        path: "/v1/security/scans",
+        scopes: Some(&["read:security"]),
+    },
+    OperationInfo {
+        id: "getSecurityScan",
+        method: "GET",
+        path: "/v1/security/scans/{scan_id}",
+        scopes: Some(&["read:security"]),
+    },
+    OperationInfo {
         id: "getAgent",
         method: "GET",
         path: "/v1/agents/{agent_id}",

@@ -1586,6 +1586,174 @@ pub struct SecurityEventList {
     #[oai(rename = "pagination")]
     pub pagination: crate::models::Pagination,
 }
+/// The rule a finding broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "SecurityScanRule")]
+pub enum SecurityScanRule {
+    #[oai(rename = "secret_exposed")]
+    SecretExposed,
+    #[oai(rename = "platform_credential_exposed")]
+    PlatformCredentialExposed,
+    #[oai(rename = "high_entropy_string")]
+    HighEntropyString,
+    #[oai(rename = "unrestricted_network_tool")]
+    UnrestrictedNetworkTool,
+    #[oai(rename = "unbounded_tokens")]
+    UnboundedTokens,
+    #[oai(rename = "missing_resource_limits")]
+    MissingResourceLimits,
+    #[oai(rename = "missing_reference")]
+    MissingReference,
+}
+impl SecurityScanRule {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [SecurityScanRule] = &[
+        SecurityScanRule::SecretExposed,
+        SecurityScanRule::PlatformCredentialExposed,
+        SecurityScanRule::HighEntropyString,
+        SecurityScanRule::UnrestrictedNetworkTool,
+        SecurityScanRule::UnboundedTokens,
+        SecurityScanRule::MissingResourceLimits,
+        SecurityScanRule::MissingReference,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SecurityScanRule::SecretExposed => "secret_exposed",
+            SecurityScanRule::PlatformCredentialExposed => "platform_credential_exposed",
+            SecurityScanRule::HighEntropyString => "high_entropy_string",
+            SecurityScanRule::UnrestrictedNetworkTool => "unrestricted_network_tool",
+            SecurityScanRule::UnboundedTokens => "unbounded_tokens",
+            SecurityScanRule::MissingResourceLimits => "missing_resource_limits",
+            SecurityScanRule::MissingReference => "missing_reference",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "secret_exposed" => Some(SecurityScanRule::SecretExposed),
+            "platform_credential_exposed" => Some(SecurityScanRule::PlatformCredentialExposed),
+            "high_entropy_string" => Some(SecurityScanRule::HighEntropyString),
+            "unrestricted_network_tool" => Some(SecurityScanRule::UnrestrictedNetworkTool),
+            "unbounded_tokens" => Some(SecurityScanRule::UnboundedTokens),
+            "missing_resource_limits" => Some(SecurityScanRule::MissingResourceLimits),
+            "missing_reference" => Some(SecurityScanRule::MissingReference),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for SecurityScanRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// One problem a scan found. Never contains a secret, at most a redacted hint.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SecurityFinding", deny_unknown_fields)]
+pub struct SecurityFinding {
+    /// The rule a finding broke.
+    #[oai(rename = "rule")]
+    pub rule: crate::models::SecurityScanRule,
+    /// How serious a security event or finding is.
+    #[oai(rename = "severity")]
+    pub severity: crate::models::Severity,
+    /// Where, as a JSON pointer into the agent (`/system_prompt`, `/metadata/api_key`) or into a resource it references (`prompt_template:/template`, `tool:tool_…:/url`).
+    #[oai(rename = "location")]
+    pub location: String,
+    /// What was found.
+    #[oai(rename = "message")]
+    pub message: String,
+    /// What to do about it.
+    #[oai(rename = "recommendation")]
+    pub recommendation: String,
+}
+/// Findings by severity.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SeverityCounts", deny_unknown_fields)]
+pub struct SeverityCounts {
+    /// Critical findings.
+    #[oai(rename = "critical")]
+    pub critical: i64,
+    /// High findings.
+    #[oai(rename = "high")]
+    pub high: i64,
+    /// Medium findings.
+    #[oai(rename = "medium")]
+    pub medium: i64,
+    /// Low findings.
+    #[oai(rename = "low")]
+    pub low: i64,
+}
+/// Scans run to completion before they are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "SecurityScanStatus")]
+pub enum SecurityScanStatus {
+    #[oai(rename = "completed")]
+    Completed,
+}
+impl SecurityScanStatus {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [SecurityScanStatus] = &[SecurityScanStatus::Completed];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SecurityScanStatus::Completed => "completed",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "completed" => Some(SecurityScanStatus::Completed),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for SecurityScanStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// A stored security scan of an agent.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SecurityScan", deny_unknown_fields)]
+pub struct SecurityScan {
+    /// The scan's id (`scan_…`).
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The agent scanned.
+    #[oai(rename = "agent_id")]
+    pub agent_id: String,
+    /// The agent's `version` when it was scanned.
+    #[oai(rename = "agent_version")]
+    pub agent_version: i64,
+    /// Scans run to completion before they are answered.
+    #[oai(rename = "status")]
+    pub status: crate::models::SecurityScanStatus,
+    /// Whether nothing critical or high was found.
+    #[oai(rename = "passed")]
+    pub passed: bool,
+    /// Findings by severity.
+    #[oai(rename = "counts")]
+    pub counts: crate::models::SeverityCounts,
+    /// What was found, most serious first.
+    #[oai(rename = "findings")]
+    pub findings: Vec<crate::models::SecurityFinding>,
+    /// The findings' distinct recommendations, most serious first.
+    #[oai(rename = "recommendations")]
+    pub recommendations: Vec<String>,
+    /// When the scan ran.
+    #[oai(rename = "created_at")]
+    pub created_at: String,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "SecurityScanList", deny_unknown_fields)]
+pub struct SecurityScanList {
+    /// The scans on this page, newest first.
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::SecurityScan>,
+    #[oai(rename = "pagination")]
+    pub pagination: crate::models::Pagination,
+}
 /// Which agents to update; every condition given must hold.
 #[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
 #[oai(rename = "AgentBulkFilter", deny_unknown_fields)]

@@ -44,6 +44,125 @@ pub enum ListSecurityEventsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+/// The parameters and body of
+/// `POST /v1/security/scan/{agent_id}` (scanAgent)
+#[derive(Debug, Clone)]
+pub struct ScanAgentParams {
+    /// The agent's id.
+    pub agent_id: String,
+    /// A unique key for this request (a UUID, say). Retrying with the same key and body within
+    /// 24 hours answers 201 with the resource the first request created, creating nothing new;
+    /// the same key with a different body answers 409.
+    pub idempotency_key: Option<String>,
+}
+/// Every documented answer of
+/// `POST /v1/security/scan/{agent_id}` (scanAgent)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum ScanAgentResponse {
+    /// The scan ran and was stored.
+    #[oai(status = 201u16)]
+    Created(
+        poem_openapi::payload::Json<crate::models::SecurityScan>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "ETag")] String,
+    ),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// No such resource in the caller's organization.
+    #[oai(status = 404u16)]
+    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The `Idempotency-Key` was already used with a different request body.
+    #[oai(status = 409u16)]
+    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+/// The parameters and body of
+/// `GET /v1/security/scans` (listSecurityScans)
+#[derive(Debug, Clone)]
+pub struct ListSecurityScansParams {
+    /// Page number, from 1.
+    pub page: i64,
+    /// Items per page.
+    pub per_page: i64,
+    /// The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+    /// position (`<offset>.<id of the last item seen>`): the next page starts right after that
+    /// item in the requested order, so items added or removed meanwhile are neither skipped
+    /// nor repeated; if that item is gone, paging resumes at the offset.
+    pub cursor: Option<String>,
+    /// Items per page when paging with `cursor` (an alias of `per_page`).
+    pub limit: Option<i64>,
+    /// Only scans of this agent.
+    pub agent_id: Option<String>,
+    /// Only scans with a finding of this severity or worse.
+    pub min_severity: Option<crate::models::Severity>,
+}
+/// Every documented answer of
+/// `GET /v1/security/scans` (listSecurityScans)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum ListSecurityScansResponse {
+    /// A page of scans.
+    #[oai(status = 200u16)]
+    Ok(poem_openapi::payload::Json<crate::models::SecurityScanList>),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+/// The parameters and body of
+/// `GET /v1/security/scans/{scan_id}` (getSecurityScan)
+#[derive(Debug, Clone)]
+pub struct GetSecurityScanParams {
+    /// The scan's id.
+    pub scan_id: String,
+    /// An `ETag` you hold; answers 304 when the resource still has it.
+    pub if_none_match: Option<String>,
+}
+/// Every documented answer of
+/// `GET /v1/security/scans/{scan_id}` (getSecurityScan)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum GetSecurityScanResponse {
+    /// The scan.
+    #[oai(status = 200u16)]
+    Ok(
+        poem_openapi::payload::Json<crate::models::SecurityScan>,
+        #[oai(header = "ETag")] String,
+    ),
+    /// The scan has not changed since the `ETag` given in `If-None-Match`.
+    #[oai(status = 304u16)]
+    NotModified(#[oai(header = "ETag")] String),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// No such resource in the caller's organization.
+    #[oai(status = 404u16)]
+    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
 /// Security events as they happen (Agent Launchpad).
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
@@ -54,15 +173,53 @@ pub trait SecurityApi: crate::Authenticate {
     /// Security-relevant events of the organization as they happened, newest first (Agent
     /// Launchpad `GET /api/security/events`): failed authentication with a key of the
     /// organization (attributed to it when the key identifies it), API keys created, updated
-    /// and revoked, scope denials, rate-limit hits; `security_scan_findings` and
-    /// `vault_secret_read` are reserved for scans with high findings and decrypted vault
-    /// reads. Filter with `severity`, `type` and `since`; page with
+    /// and revoked, scope denials, rate-limit hits, security scans that found something
+    /// critical or high (`security_scan_findings`: the scan's id, counts, rules and
+    /// locations) and decrypted vault reads (`vault_secret_read`). Filter with `severity`, `type` and `since`; page with
     /// `page`/`per_page` or `cursor`/`limit`. Events never contain a secret.
     fn list_security_events(
         &self,
         caller: Self::Caller,
         params: ListSecurityEventsParams,
     ) -> impl std::future::Future<Output = ListSecurityEventsResponse> + Send;
+    /// Scan an agent's configuration
+    ///
+    /// Runs a static security review of the agent as stored (Agent Launchpad `POST
+    /// /api/security/scan/{agentId}`), together with the prompt template, model, knowledge bases
+    /// and tools it references, and stores the result. Rules: `secret_exposed` (provider keys and
+    /// tokens such as OpenAI `sk-…`, GitHub, AWS, Slack, private-key PEM blocks, JWTs, bearer
+    /// tokens pasted into any string field), `platform_credential_exposed` (one of our own API
+    /// keys or vault tokens in a plaintext field: critical), `high_entropy_string` (long
+    /// random-looking runs), `unrestricted_network_tool` (an `api` tool whose endpoint is not
+    /// pinned to one TLS host), `unbounded_tokens`, `missing_resource_limits` and
+    /// `missing_reference` (a `model_id`, `prompt_template_id`, knowledge base or tool that does
+    /// not exist in the organization). Findings say where (`location`) and never contain the
+    /// secret, at most a redacted hint. `passed` is true when nothing critical or high was
+    /// found; a scan that did not pass records a `security_scan_findings` security event.
+    /// Another organization's agent answers 404.
+    fn scan_agent(
+        &self,
+        caller: Self::Caller,
+        params: ScanAgentParams,
+    ) -> impl std::future::Future<Output = ScanAgentResponse> + Send;
+    /// List security scans
+    ///
+    /// The organization's stored scans, newest first. Filter with `agent_id` and
+    /// `min_severity` (scans with at least one finding that serious or worse); page with
+    /// `page`/`per_page` or `cursor`/`limit`.
+    fn list_security_scans(
+        &self,
+        caller: Self::Caller,
+        params: ListSecurityScansParams,
+    ) -> impl std::future::Future<Output = ListSecurityScansResponse> + Send;
+    /// Get a security scan
+    ///
+    /// Returns the scan with its `ETag` (a scan never changes); with a matching `If-None-Match` answers 304 and no body.
+    fn get_security_scan(
+        &self,
+        caller: Self::Caller,
+        params: GetSecurityScanParams,
+    ) -> impl std::future::Future<Output = GetSecurityScanResponse> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(SecurityApi), "`].")]
@@ -74,9 +231,9 @@ impl<T: SecurityApi> SecurityRoutes<T> {
     /// Security-relevant events of the organization as they happened, newest first (Agent
     /// Launchpad `GET /api/security/events`): failed authentication with a key of the
     /// organization (attributed to it when the key identifies it), API keys created, updated
-    /// and revoked, scope denials, rate-limit hits; `security_scan_findings` and
-    /// `vault_secret_read` are reserved for scans with high findings and decrypted vault
-    /// reads. Filter with `severity`, `type` and `since`; page with
+    /// and revoked, scope denials, rate-limit hits, security scans that found something
+    /// critical or high (`security_scan_findings`: the scan's id, counts, rules and
+    /// locations) and decrypted vault reads (`vault_secret_read`). Filter with `severity`, `type` and `since`; page with
     /// `page`/`per_page` or `cursor`/`limit`. Events never contain a secret.
     #[oai(
         path = "/v1/security/events",
@@ -127,5 +284,146 @@ impl<T: SecurityApi> SecurityRoutes<T> {
             }
         };
         Ok(self.0.list_security_events(caller, params).await)
+    }
+    /// Scan an agent's configuration
+    ///
+    /// Runs a static security review of the agent as stored (Agent Launchpad `POST
+    /// /api/security/scan/{agentId}`), together with the prompt template, model, knowledge bases
+    /// and tools it references, and stores the result. Rules: `secret_exposed` (provider keys and
+    /// tokens such as OpenAI `sk-…`, GitHub, AWS, Slack, private-key PEM blocks, JWTs, bearer
+    /// tokens pasted into any string field), `platform_credential_exposed` (one of our own API
+    /// keys or vault tokens in a plaintext field: critical), `high_entropy_string` (long
+    /// random-looking runs), `unrestricted_network_tool` (an `api` tool whose endpoint is not
+    /// pinned to one TLS host), `unbounded_tokens`, `missing_resource_limits` and
+    /// `missing_reference` (a `model_id`, `prompt_template_id`, knowledge base or tool that does
+    /// not exist in the organization). Findings say where (`location`) and never contain the
+    /// secret, at most a redacted hint. `passed` is true when nothing critical or high was
+    /// found; a scan that did not pass records a `security_scan_findings` security event.
+    /// Another organization's agent answers 404.
+    #[oai(
+        path = "/v1/security/scan/:agent_id",
+        method = "post",
+        operation_id = "scanAgent"
+    )]
+    async fn scan_agent(
+        &self,
+        req: &poem::Request,
+        #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
+            Option<String>,
+        >,
+    ) -> poem::Result<ScanAgentResponse> {
+        let params = ScanAgentParams {
+            agent_id: agent_id.0,
+            idempotency_key: idempotency_key.0,
+        };
+        const SCOPES: &[&str] = &["read:security"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(ScanAgentResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(ScanAgentResponse::Forbidden(poem_openapi::payload::Json(e)));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(ScanAgentResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.scan_agent(caller, params).await)
+    }
+    /// List security scans
+    ///
+    /// The organization's stored scans, newest first. Filter with `agent_id` and
+    /// `min_severity` (scans with at least one finding that serious or worse); page with
+    /// `page`/`per_page` or `cursor`/`limit`.
+    #[oai(
+        path = "/v1/security/scans",
+        method = "get",
+        operation_id = "listSecurityScans"
+    )]
+    async fn list_security_scans(
+        &self,
+        req: &poem::Request,
+        #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
+        #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
+        #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
+        #[oai(name = "limit")] limit: poem_openapi::param::Query<Option<i64>>,
+        #[oai(name = "agent_id")] agent_id: poem_openapi::param::Query<Option<String>>,
+        #[oai(name = "min_severity")] min_severity: poem_openapi::param::Query<
+            Option<crate::models::Severity>,
+        >,
+    ) -> poem::Result<ListSecurityScansResponse> {
+        let params = ListSecurityScansParams {
+            page: page.0.unwrap_or_else(|| 1i64),
+            per_page: per_page.0.unwrap_or_else(|| 20i64),
+            cursor: cursor.0,
+            limit: limit.0,
+            agent_id: agent_id.0,
+            min_severity: min_severity.0,
+        };
+        const SCOPES: &[&str] = &["read:security"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(ListSecurityScansResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(ListSecurityScansResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(ListSecurityScansResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.list_security_scans(caller, params).await)
+    }
+    /// Get a security scan
+    ///
+    /// Returns the scan with its `ETag` (a scan never changes); with a matching `If-None-Match` answers 304 and no body.
+    #[oai(
+        path = "/v1/security/scans/:scan_id",
+        method = "get",
+        operation_id = "getSecurityScan"
+    )]
+    async fn get_security_scan(
+        &self,
+        req: &poem::Request,
+        #[oai(name = "scan_id")] scan_id: poem_openapi::param::Path<String>,
+        #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
+    ) -> poem::Result<GetSecurityScanResponse> {
+        let params = GetSecurityScanParams {
+            scan_id: scan_id.0,
+            if_none_match: if_none_match.0,
+        };
+        const SCOPES: &[&str] = &["read:security"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(GetSecurityScanResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(GetSecurityScanResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(GetSecurityScanResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.get_security_scan(caller, params).await)
     }
 }

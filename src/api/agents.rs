@@ -51,7 +51,7 @@ fn corrupt(row: &AgentRow, what: &str) -> StoreError {
 }
 
 /// The agent as the spec's JSON.
-fn row_to_json(row: &AgentRow) -> Result<Map<String, Value>, StoreError> {
+pub(crate) fn row_to_json(row: &AgentRow) -> Result<Map<String, Value>, StoreError> {
     let mut obj: Map<String, Value> =
         serde_json::from_str(&row.body).map_err(|e| corrupt(row, &e.to_string()))?;
     obj.insert("id".into(), row.id.clone().into());

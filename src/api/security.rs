@@ -1,18 +1,35 @@
-//! `GET /v1/security/events`.
+//! `GET /v1/security/events` and the security scans of agents
+//! (`POST /v1/security/scan/{agent_id}`, `GET /v1/security/scans[/{scan_id}]`).
 
-use agentplane_api::models::{SecurityEvent, SecurityEventList, SecurityEventType, Severity};
+use agentplane_api::models::{
+    SecurityEvent, SecurityEventList, SecurityEventType, SecurityFinding, SecurityScan,
+    SecurityScanList, SecurityScanRule, SecurityScanStatus, Severity, SeverityCounts,
+};
 use agentplane_api::*;
 use poem_openapi::payload::Json;
+use serde_json::{Map, Value, json};
 
 use super::Handlers;
-use super::paging::PageRequest;
+use super::idem::{self, Created, Keyed};
+use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
-use crate::db::StoreError;
 use crate::db::security::{self as store, EventQuery, SecurityEventRow};
+use crate::db::security_scans::{self as scans, ScanQuery, ScanRow};
+use crate::db::{DbConnection, StoreError, StoreResult};
 use crate::error::{Failure, Kind, detail};
 use crate::failure_response;
+use crate::security::scan::{self, Finding, Reference, ReferenceKind, Subject};
+use crate::security::{self as events, Event, EventType};
 
 failure_response!(ListSecurityEventsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(ScanAgentResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ListSecurityScansResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
+failure_response!(GetSecurityScanResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+
+const SCAN_NOT_FOUND: &str = "SECURITY_SCAN_NOT_FOUND";
+const SCAN_OPERATION: &str = "scanAgent";
+/// A scan never changes: every scan's version is its first.
+const SCAN_VERSION: i64 = 1;
 
 fn to_event(row: SecurityEventRow) -> Result<SecurityEvent, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("security event {}: {what}", row.id));
@@ -89,7 +106,399 @@ impl Handlers {
     }
 }
 
+/// Severity as the rank `min_severity` filters on (0 is "nothing found").
+fn rank(severity: events::Severity) -> i64 {
+    match severity {
+        events::Severity::Low => 1,
+        events::Severity::Medium => 2,
+        events::Severity::High => 3,
+        events::Severity::Critical => 4,
+    }
+}
+
+fn wire_rank(severity: Severity) -> i64 {
+    match severity {
+        Severity::Low => 1,
+        Severity::Medium => 2,
+        Severity::High => 3,
+        Severity::Critical => 4,
+    }
+}
+
+/// A JSON object of `pairs` and the `body` document (an object) of a stored resource.
+fn document(pairs: Vec<(&str, Value)>, body: &str) -> Value {
+    let mut obj: Map<String, Value> = serde_json::from_str(body).unwrap_or_default();
+    for (k, v) in pairs {
+        if !v.is_null() {
+            obj.insert(k.to_string(), v);
+        }
+    }
+    Value::Object(obj)
+}
+
+/// A reference, looked up in the organization (`None` when it does not exist).
+fn lookup(
+    conn: &mut DbConnection,
+    org: &str,
+    kind: ReferenceKind,
+    id: &str,
+) -> StoreResult<Option<Value>> {
+    let found = match kind {
+        ReferenceKind::Model => crate::db::models::get(conn, org, id).map(|m| {
+            document(
+                vec![
+                    ("name", m.name.into()),
+                    ("provider", m.provider.into()),
+                    ("model_name", m.model_name.into()),
+                    ("endpoint", m.endpoint.into()),
+                ],
+                &m.body,
+            )
+        }),
+        ReferenceKind::PromptTemplate => crate::db::templates::get(conn, org, id)
+            .map(|t| json!({"name": t.name, "description": t.description, "template": t.template})),
+        ReferenceKind::KnowledgeBase => crate::db::knowledge::get_kb(conn, org, id).map(|k| {
+            document(
+                vec![
+                    ("name", k.name.into()),
+                    ("description", k.description.into()),
+                ],
+                &k.body,
+            )
+        }),
+        ReferenceKind::Tool => crate::db::tools::get(conn, org, id).map(|t| {
+            document(
+                vec![
+                    ("name", t.name.into()),
+                    ("type", t.tool_type.into()),
+                    ("description", t.description.into()),
+                ],
+                &t.body,
+            )
+        }),
+    };
+    match found {
+        Ok(doc) => Ok(Some(doc)),
+        Err(StoreError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The agent and everything it references, as the scanner reads them.
+fn subject_of(conn: &mut DbConnection, org: &str, agent: Value) -> StoreResult<Subject> {
+    let mut wanted: Vec<(ReferenceKind, String, String)> = Vec::new();
+    let text = |p: &str| agent.pointer(p).and_then(Value::as_str).map(str::to_string);
+    if let Some(id) = text("/model_id") {
+        wanted.push((ReferenceKind::Model, id, "/model_id".into()));
+    }
+    if let Some(id) = text("/prompt_template_id") {
+        wanted.push((
+            ReferenceKind::PromptTemplate,
+            id,
+            "/prompt_template_id".into(),
+        ));
+    }
+    let listed = |field: &str| -> Vec<(usize, String)> {
+        agent
+            .get(field)
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| v.as_str().map(|s| (i, s.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (i, id) in listed("knowledge_bases") {
+        wanted.push((
+            ReferenceKind::KnowledgeBase,
+            id,
+            format!("/knowledge_bases/{i}"),
+        ));
+    }
+    for (i, id) in listed("tools") {
+        wanted.push((ReferenceKind::Tool, id, format!("/tools/{i}")));
+    }
+    // Flow nodes that call a tool name it in their config.
+    if let Some(nodes) = agent.pointer("/flow/nodes").and_then(Value::as_array) {
+        for (i, node) in nodes.iter().enumerate() {
+            if let Some(id) = node.pointer("/config/tool_id").and_then(Value::as_str) {
+                wanted.push((
+                    ReferenceKind::Tool,
+                    id.to_string(),
+                    format!("/flow/nodes/{i}/config/tool_id"),
+                ));
+            }
+        }
+    }
+    let mut references = Vec::with_capacity(wanted.len());
+    let mut seen = std::collections::HashMap::new();
+    for (kind, id, location) in wanted {
+        let key = (kind.label(), id.clone());
+        let found = match seen.get(&key) {
+            Some(found) => {
+                // Scanned once; a second mention only needs to exist.
+                if Option::is_none(found) {
+                    None
+                } else {
+                    Some(Value::Null)
+                }
+            }
+            None => {
+                let found = lookup(conn, org, kind, &id)?;
+                seen.insert(key, found.clone());
+                found
+            }
+        };
+        references.push(Reference {
+            kind,
+            id,
+            location,
+            found,
+        });
+    }
+    Ok(Subject { agent, references })
+}
+
+fn scan_row(org: &str, agent_id: &str, agent_version: i64, findings: &[Finding]) -> ScanRow {
+    let [critical, high, medium, low] = scan::counts(findings);
+    ScanRow {
+        id: crate::ids::new_id("scan"),
+        org_id: org.to_string(),
+        agent_id: agent_id.to_string(),
+        agent_version,
+        findings: serde_json::to_string(findings).unwrap_or_else(|_| "[]".into()),
+        critical_count: critical,
+        high_count: high,
+        medium_count: medium,
+        low_count: low,
+        max_severity: findings.iter().map(|f| rank(f.severity)).max().unwrap_or(0),
+        created_at: crate::ids::now(),
+    }
+}
+
+/// The security event of a scan that did not pass: ids, counts, rules and locations only.
+fn scan_event(row: &ScanRow, findings: &[Finding], caller: &Caller) -> Event {
+    let worst = findings
+        .iter()
+        .map(|f| f.severity)
+        .max()
+        .unwrap_or(events::Severity::High);
+    let mut rules: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.severity >= events::Severity::High)
+        .map(|f| f.rule.as_str())
+        .collect();
+    rules.dedup();
+    let locations: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.severity >= events::Severity::High)
+        .map(|f| f.location.as_str())
+        .collect();
+    Event::new(
+        EventType::SecurityScanFindings,
+        worst,
+        format!(
+            "security scan {} of agent {} found {} critical and {} high findings",
+            row.id, row.agent_id, row.critical_count, row.high_count
+        ),
+    )
+    .by(&caller.key_id, &caller.user_id)
+    .on("agent", &row.agent_id)
+    .details(json!({
+        "scan_id": row.id,
+        "counts": {
+            "critical": row.critical_count,
+            "high": row.high_count,
+            "medium": row.medium_count,
+            "low": row.low_count,
+        },
+        "rules": rules,
+        "locations": locations,
+    }))
+    .request(&caller.request_id)
+}
+
+fn to_scan(row: &ScanRow) -> Result<SecurityScan, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("security scan {}: {what}", row.id));
+    let stored: Vec<Finding> =
+        serde_json::from_str(&row.findings).map_err(|e| corrupt(&e.to_string()))?;
+    let mut recommendations: Vec<String> = Vec::new();
+    let mut findings = Vec::with_capacity(stored.len());
+    for f in stored {
+        if !recommendations.contains(&f.recommendation) {
+            recommendations.push(f.recommendation.clone());
+        }
+        findings.push(SecurityFinding {
+            rule: SecurityScanRule::from_wire(f.rule.as_str()).ok_or_else(|| corrupt("rule"))?,
+            severity: Severity::from_wire(f.severity.as_str())
+                .ok_or_else(|| corrupt("severity"))?,
+            location: f.location,
+            message: f.message,
+            recommendation: f.recommendation,
+        });
+    }
+    Ok(SecurityScan {
+        id: row.id.clone(),
+        agent_id: row.agent_id.clone(),
+        agent_version: row.agent_version,
+        status: SecurityScanStatus::Completed,
+        passed: row.critical_count == 0 && row.high_count == 0,
+        counts: SeverityCounts {
+            critical: row.critical_count,
+            high: row.high_count,
+            medium: row.medium_count,
+            low: row.low_count,
+        },
+        findings,
+        recommendations,
+        created_at: row.created_at.clone(),
+    })
+}
+
+impl Handlers {
+    async fn run_scan(&self, caller: &Caller, params: ScanAgentParams) -> Result<ScanRow, Failure> {
+        let rid = caller.request_id.clone();
+        let org = caller.org_id.clone();
+        let agent_id = params.agent_id;
+        let key = params.idempotency_key;
+        let hash = idem::request_hash(&json!({ "agent_id": agent_id }));
+        let who = caller.clone();
+        let created = self
+            .store
+            .run(move |conn| {
+                let agent = crate::db::agents::get(conn, &org, &agent_id)?;
+                let doc = super::agents::row_to_json(&agent)?;
+                let subject = subject_of(conn, &org, Value::Object(doc))?;
+                let findings = scan::scan(&subject);
+                let row = scan_row(&org, &agent.id, agent.version, &findings);
+                let keyed = Keyed {
+                    org_id: &org,
+                    operation: SCAN_OPERATION,
+                    key: key.as_deref(),
+                    request_hash: &hash,
+                    resource_id: &row.id,
+                };
+                idem::create_once(
+                    conn,
+                    &keyed,
+                    |conn| {
+                        scans::insert(conn, &row)?;
+                        if row.critical_count + row.high_count > 0 {
+                            events::record(conn, Some(&org), scan_event(&row, &findings, &who))?;
+                        }
+                        Ok(row.clone())
+                    },
+                    |conn, id| scans::get(conn, &org, id),
+                )
+            })
+            .await
+            .map_err(|e| Failure::from_store(e, super::agents::NOT_FOUND, &rid))?;
+        match created {
+            Created::New(row) | Created::Replayed(row) => Ok(row),
+            Created::KeyReused => Err(idem::key_reused(&rid)),
+        }
+    }
+
+    async fn security_scans(
+        &self,
+        caller: &Caller,
+        params: ListSecurityScansParams,
+    ) -> Result<SecurityScanList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::new(
+            params.page,
+            params.per_page,
+            params.cursor.as_deref(),
+            params.limit,
+            rid,
+        )?;
+        let query = ScanQuery {
+            agent_id: params.agent_id,
+            min_severity: params.min_severity.map(wire_rank),
+            after_id: page.after_id.clone(),
+            offset: page.offset,
+            limit: page.limit,
+        };
+        let org = caller.org_id.clone();
+        let (rows, total) = self
+            .store
+            .run(move |conn| scans::list(conn, &org, &query))
+            .await
+            .map_err(|e| Failure::from_store(e, SCAN_NOT_FOUND, rid))?;
+        let last = rows.last().map(|r| r.id.clone());
+        let data = rows
+            .iter()
+            .map(to_scan)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failure::from_store(e, SCAN_NOT_FOUND, rid))?;
+        Ok(SecurityScanList {
+            pagination: page.pagination(data.len(), last.as_deref(), total),
+            data,
+        })
+    }
+}
+
 impl SecurityApi for Handlers {
+    async fn scan_agent(&self, caller: Caller, params: ScanAgentParams) -> ScanAgentResponse {
+        let rid = caller.request_id.clone();
+        match self.run_scan(&caller, params).await.and_then(|row| {
+            to_scan(&row)
+                .map(|s| (s, row.id))
+                .map_err(|e| Failure::from_store(e, SCAN_NOT_FOUND, &rid))
+        }) {
+            Ok((scan, id)) => ScanAgentResponse::Created(
+                Json(scan),
+                format!("/v1/security/scans/{id}"),
+                etag(SCAN_VERSION),
+            ),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn list_security_scans(
+        &self,
+        caller: Caller,
+        params: ListSecurityScansParams,
+    ) -> ListSecurityScansResponse {
+        match self.security_scans(&caller, params).await {
+            Ok(list) => ListSecurityScansResponse::Ok(Json(list)),
+            Err(f) => f.into(),
+        }
+    }
+
+    async fn get_security_scan(
+        &self,
+        caller: Caller,
+        params: GetSecurityScanParams,
+    ) -> GetSecurityScanResponse {
+        let rid = caller.request_id.clone();
+        let org = caller.org_id.clone();
+        let id = params.scan_id;
+        let row = match self
+            .store
+            .run(move |conn| scans::get(conn, &org, &id))
+            .await
+        {
+            Ok(row) => row,
+            Err(e) => return Failure::from_store(e, SCAN_NOT_FOUND, &rid).into(),
+        };
+        let tag = etag(SCAN_VERSION);
+        if params
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag_matches(h, &tag))
+        {
+            return GetSecurityScanResponse::NotModified(tag);
+        }
+        match to_scan(&row) {
+            Ok(scan) => GetSecurityScanResponse::Ok(Json(scan), tag),
+            Err(e) => Failure::from_store(e, SCAN_NOT_FOUND, &rid).into(),
+        }
+    }
+
     async fn list_security_events(
         &self,
         caller: Caller,

@@ -36,7 +36,7 @@ const CREDENTIAL_NOT_FOUND: &str = "CREDENTIAL_NOT_FOUND";
 const TOKEN_NOT_FOUND: &str = "VAULT_TOKEN_NOT_FOUND";
 const CREATE_OPERATION: &str = "createVaultCredential";
 /// What starts a vault token's secret.
-pub const TOKEN_PREFIX: &str = "vt_";
+pub const TOKEN_PREFIX: &str = crate::auth::VAULT_TOKEN_PREFIX;
 
 /// Records a decrypted read as a security event, inside the read's transaction: a value is
 /// returned only if its event is recorded. The event names the credential and the token,

@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod schema;
 pub mod sealed;
 pub mod security;
+pub mod security_scans;
 pub mod sql;
 pub mod templates;
 pub mod tools;

@@ -314,6 +314,21 @@ diesel::table! {
     }
 }
 diesel::table! {
+    security_scans (id) {
+        id -> Text,
+        org_id -> Text,
+        agent_id -> Text,
+        agent_version -> BigInt,
+        findings -> Text,
+        critical_count -> BigInt,
+        high_count -> BigInt,
+        medium_count -> BigInt,
+        low_count -> BigInt,
+        max_severity -> BigInt,
+        created_at -> Text,
+    }
+}
+diesel::table! {
     events (id) {
         id -> Text,
         org_id -> Text,

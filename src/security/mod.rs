@@ -6,6 +6,8 @@
 
 use serde_json::Value;
 
+pub mod scan;
+
 use crate::db::security::{self, SecurityEventRow};
 use crate::db::{DbConnection, StoreResult};
 
@@ -38,7 +40,10 @@ impl EventType {
 }
 
 /// How serious it is (the spec's `Severity`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Severity {
     Low,
     Medium,

@@ -128,3 +128,284 @@ backend_test!(
         assert_eq!(theirs["pagination"]["total"], 0, "{theirs}");
     }
 );
+
+const OPENAI_KEY: &str = "sk-proj-4fQ8xZ2LmN7pR1sT9vW3yB6dH0kJ5cE9f2a";
+
+async fn scan(app: &TestApp, key: &str, agent_id: &str) -> (u16, Value, Option<String>) {
+    let resp = send_as(
+        app,
+        key,
+        Method::POST,
+        &format!("/v1/security/scan/{agent_id}"),
+        None,
+    )
+    .await;
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (status, body) = json(resp).await;
+    (status, body, location)
+}
+
+async fn created(app: &TestApp, path: &str, body: Value) -> String {
+    let (status, body) = json(app.send_json(Method::POST, path, &body).await).await;
+    assert_eq!(status, 201, "{path}: {body}");
+    body["id"].as_str().expect("id").to_string()
+}
+
+fn finding<'a>(scan: &'a Value, location: &str) -> &'a Value {
+    scan["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["location"] == location)
+        .unwrap_or_else(|| panic!("no finding at {location}: {scan}"))
+}
+
+backend_test!(a_scan_finds_pasted_secrets_without_repeating_them, |app| {
+    let platform = app.key_for("default", "leaky", Role::Member, None).await;
+    let tpl = created(
+        &app,
+        "/v1/prompt-templates",
+        json!({"name": "t", "template": format!("Use {OPENAI_KEY} for {{{{topic}}}}")}),
+    )
+    .await;
+    let agent = app
+        .create_agent(json!({
+            "name": "leaky",
+            "system_prompt": format!("You are helpful. The OpenAI key is {OPENAI_KEY}."),
+            "metadata": {"api_key": platform, "owner": "ops"},
+            "prompt_template_id": tpl,
+            "configuration": {"max_tokens": 1024},
+            "resources": {"memory": "512Mi", "cpu": "500m"},
+        }))
+        .await;
+    let agent_id = agent["id"].as_str().expect("id");
+    let (status, body, location) = scan(&app, &app.admin_key, agent_id).await;
+    assert_eq!(status, 201, "{body}");
+    let scan_id = body["id"].as_str().expect("id");
+    assert!(scan_id.starts_with("scan_"));
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("/v1/security/scans/{scan_id}").as_str())
+    );
+    assert_eq!(body["agent_id"], agent_id);
+    assert_eq!(body["passed"], false);
+    assert_eq!(body["status"], "completed");
+    let key_finding = finding(&body, "/metadata/api_key");
+    assert_eq!(key_finding["rule"], "platform_credential_exposed");
+    assert_eq!(key_finding["severity"], "critical");
+    let prompt = finding(&body, "/system_prompt");
+    assert_eq!(prompt["rule"], "secret_exposed");
+    assert_eq!(prompt["severity"], "high");
+    assert!(
+        prompt["message"]
+            .as_str()
+            .expect("message")
+            .contains("sk-…9f2a")
+    );
+    assert_eq!(
+        finding(&body, "prompt_template:/template")["severity"],
+        "high"
+    );
+    assert_eq!(body["counts"]["critical"], 1, "{body}");
+    assert_eq!(body["counts"]["high"], 2, "{body}");
+    assert_eq!(body["findings"][0]["severity"], "critical");
+    let text = body.to_string();
+    assert!(!text.contains(OPENAI_KEY), "the OpenAI key leaked: {text}");
+    assert!(!text.contains(&platform), "the platform key leaked: {text}");
+
+    // The scan is stored as answered, and recorded as a security event without secrets.
+    let resp = app.get(&format!("/v1/security/scans/{scan_id}")).await;
+    let tag = resp.headers()["etag"].to_str().expect("etag").to_string();
+    let (status, stored) = json(resp).await;
+    assert_eq!(status, 200);
+    assert_eq!(stored, body);
+    let resp = app
+        .req(Method::GET, &format!("/v1/security/scans/{scan_id}"))
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 304);
+    let (status, evs) = events(&app, &app.admin_key, "?type=security_scan_findings").await;
+    assert_eq!(status, 200);
+    assert_eq!(evs["pagination"]["total"], 1, "{evs}");
+    let event = &evs["data"][0];
+    assert_eq!(event["severity"], "critical");
+    assert_eq!(event["resource_id"], agent_id);
+    assert_eq!(event["details"]["scan_id"], scan_id);
+    assert_eq!(event["details"]["counts"]["high"], 2);
+    let (_, all) = events(&app, &app.admin_key, "?per_page=100").await;
+    let text = all.to_string();
+    assert!(
+        !text.contains(OPENAI_KEY) && !text.contains(&platform),
+        "{text}"
+    );
+
+    // A retry with the same Idempotency-Key answers the first scan.
+    let again = |key: &'static str| {
+        app.req(Method::POST, &format!("/v1/security/scan/{agent_id}"))
+            .header("idempotency-key", key)
+            .send()
+    };
+    let (_, first) = json(again("scan-1").await.expect("request")).await;
+    let (status, second) = json(again("scan-1").await.expect("request")).await;
+    assert_eq!(status, 201);
+    assert_eq!(first["id"], second["id"]);
+});
+
+backend_test!(
+    a_clean_agent_passes_and_missing_references_are_found,
+    |app| {
+        let model = created(
+        &app,
+        "/v1/models",
+        json!({"name": "m", "provider": "openai-compatible", "model_id": "gpt", "endpoint": "https://llm.example.com/v1"}),
+    )
+    .await;
+        let kb = created(&app, "/v1/knowledge", json!({"name": "Product docs"})).await;
+        let clean = app
+        .create_agent(json!({
+            "name": "clean",
+            "description": "Answers questions about agent_01jh8k2m3n4p5q6r7s8t9v0w1x and 550e8400-e29b-41d4-a716-446655440000.",
+            "system_prompt": "You are a helpful, concise support agent. Never share credentials.",
+            "model_id": model,
+            "knowledge_bases": [kb],
+            "metadata": {"team": "support", "ticket": "SUP-1234"},
+            "configuration": {"max_tokens": 2048},
+            "resources": {"memory": "1Gi", "cpu": "1"},
+        }))
+        .await;
+        let clean_id = clean["id"].as_str().expect("id");
+        let (status, body, _) = scan(&app, &app.admin_key, clean_id).await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["passed"], true, "{body}");
+        assert_eq!(body["findings"], json!([]), "{body}");
+        assert_eq!(
+            body["counts"],
+            json!({"critical": 0, "high": 0, "medium": 0, "low": 0})
+        );
+
+        let tool = created(
+        &app,
+        "/v1/tools",
+        json!({"type": "api", "name": "meta", "url": "http://169.254.169.254/latest/meta-data"}),
+    )
+    .await;
+        let broken = app
+            .create_agent(json!({
+                "name": "broken",
+                "model_id": "model_doesnotexist",
+                "prompt_template_id": "tpl_doesnotexist",
+                "knowledge_bases": [kb, "kb_doesnotexist"],
+                "tools": [tool],
+            }))
+            .await;
+        let broken_id = broken["id"].as_str().expect("id");
+        let (status, body, _) = scan(&app, &app.admin_key, broken_id).await;
+        assert_eq!(status, 201, "{body}");
+        for location in ["/model_id", "/prompt_template_id", "/knowledge_bases/1"] {
+            assert_eq!(finding(&body, location)["rule"], "missing_reference");
+        }
+        assert!(
+            body["findings"]
+                .as_array()
+                .expect("findings")
+                .iter()
+                .all(|f| f["location"] != "/knowledge_bases/0"),
+            "{body}"
+        );
+        let network = finding(&body, &format!("tool:{tool}:/url"));
+        assert_eq!(network["rule"], "unrestricted_network_tool");
+        assert_eq!(network["severity"], "high");
+        assert_eq!(
+            finding(&body, "/configuration/max_tokens")["rule"],
+            "unbounded_tokens"
+        );
+        assert_eq!(
+            finding(&body, "/resources")["rule"],
+            "missing_resource_limits"
+        );
+        assert_eq!(body["passed"], false);
+
+        // Lists, filters and pages.
+        let app_ref = &app;
+        let list = move |query: &str| {
+            let path = format!("/v1/security/scans{query}");
+            async move { json(app_ref.get(&path).await).await }
+        };
+        let (status, all) = list("").await;
+        assert_eq!(status, 200, "{all}");
+        assert_eq!(all["pagination"]["total"], 2);
+        assert_eq!(all["data"][0]["agent_id"], broken_id, "newest first");
+        let (_, mine) = list(&format!("?agent_id={clean_id}")).await;
+        assert_eq!(mine["pagination"]["total"], 1);
+        assert_eq!(mine["data"][0]["passed"], true);
+        let (_, high) = list("?min_severity=high").await;
+        assert_eq!(high["pagination"]["total"], 1);
+        assert_eq!(high["data"][0]["agent_id"], broken_id);
+        let (_, low) = list("?min_severity=low").await;
+        assert_eq!(
+            low["pagination"]["total"], 1,
+            "the clean scan found nothing"
+        );
+        let (_, first) = list("?per_page=1").await;
+        let cursor = first["pagination"]["next_cursor"].as_str().expect("cursor");
+        let (_, second) = list(&format!("?cursor={cursor}&limit=1")).await;
+        assert_eq!(second["data"][0]["agent_id"], clean_id);
+        assert_eq!(second["pagination"]["next_cursor"], Value::Null);
+
+        // Bad input names the field.
+        for (query, field) in [
+            ("?min_severity=urgent", "min_severity"),
+            ("?agent_id=not%20an%20id", "agent_id"),
+            ("?per_page=0", "per_page"),
+        ] {
+            let (status, bad) = list(query).await;
+            assert_eq!(status, 400, "{query}: {bad}");
+            assert_eq!(bad["error"]["details"][0]["field"], field, "{query}: {bad}");
+        }
+        let (status, bad) = json(app.get("/v1/security/scans/bad%20id").await).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(bad["error"]["details"][0]["field"], "scan_id");
+        let (status, bad, _) = scan(&app, &app.admin_key, "bad%20id").await;
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(bad["error"]["details"][0]["field"], "agent_id");
+        let (status, _, _) = scan(&app, &app.admin_key, "agent_doesnotexist").await;
+        assert_eq!(status, 404);
+        let (status, _) = json(app.get("/v1/security/scans/scan_doesnotexist").await).await;
+        assert_eq!(status, 404);
+
+        // Organizations and scopes.
+        let other = other_admin(&app).await;
+        let (status, body, _) = scan(&app, &other, clean_id).await;
+        assert_eq!(status, 404, "{body}");
+        let scan_id = all["data"][0]["id"].as_str().expect("id");
+        let resp = send_as(
+            &app,
+            &other,
+            Method::GET,
+            &format!("/v1/security/scans/{scan_id}"),
+            None,
+        )
+        .await;
+        assert_eq!(resp.status(), 404);
+        let resp = send_as(&app, &other, Method::GET, "/v1/security/scans", None).await;
+        assert_eq!(json(resp).await.1["pagination"]["total"], 0);
+        let narrow = app
+            .key_for(
+                "default",
+                "narrow",
+                Role::Member,
+                Some(&[Scope::ReadAgents]),
+            )
+            .await;
+        let (status, body, _) = scan(&app, &narrow, clean_id).await;
+        assert_eq!(status, 403, "{body}");
+        let resp = send_as(&app, &narrow, Method::GET, "/v1/security/scans", None).await;
+        assert_eq!(resp.status(), 403);
+    }
+);

@@ -600,8 +600,11 @@ fn success_object(
     Some(flat)
 }
 
-/// The item parameter and id property of `collection`, when it is one: a path with a POST
-/// whose success answer is an object with an id property, and one more templated segment.
+/// The item parameter and id property of `collection`, when it is one: a path with one more
+/// templated segment below it, and either a POST whose success answer is an object with an id
+/// property, or (a collection filled from elsewhere, like scans made by
+/// `POST /security/scan/{agent_id}` and listed at `/security/scans`) an item GET answering the
+/// schema that a free-standing POST's 201 answers.
 fn collection_item(
     doc: &Value,
     response_doc: &Value,
@@ -618,8 +621,16 @@ fn collection_item(
     let param = item[collection.len() + 2..item.len() - 1].to_string();
     let create = paths
         .get(collection)
-        .and_then(|c| deref(doc, c).get("post"))?;
-    let flat = success_object(response_doc, create, generator)?;
+        .and_then(|c| deref(doc, c).get("post"));
+    let flat = match create {
+        Some(create) => success_object(response_doc, create, generator)?,
+        None => {
+            let read = deref(doc, paths.get(*item)?).get("get")?;
+            let read_ref = success_ref(doc, read, "200")?;
+            created_elsewhere(doc, templates, paths, &read_ref)?;
+            success_object(response_doc, read, generator)?
+        }
+    };
     let props = flat.get("properties").and_then(Value::as_object)?;
     let id_field = ["id", param.as_str()]
         .into_iter()
@@ -630,7 +641,38 @@ fn collection_item(
 
 /// The `$ref` of the JSON schema an operation's 201 answers with.
 fn created_ref(doc: &Value, op: &Value) -> Option<String> {
-    let created = deref(doc, op.get("responses")?.get("201")?);
+    success_ref(doc, op, "201")
+}
+
+/// A free-standing POST (no prefix of its path is a path with a POST of its own, so it creates
+/// nothing nested) whose 201 answers the schema `$ref`, if there is one.
+fn created_elsewhere<'t>(
+    doc: &Value,
+    templates: &[&'t str],
+    paths: &Map<String, Value>,
+    schema_ref: &str,
+) -> Option<&'t str> {
+    let has_post = |template: &str| {
+        paths
+            .get(template)
+            .is_some_and(|p| deref(doc, p).get("post").is_some())
+    };
+    templates.iter().copied().find(|template| {
+        let free = template
+            .match_indices('/')
+            .skip(1)
+            .all(|(cut, _)| !has_post(&template[..cut]));
+        free && paths
+            .get(*template)
+            .and_then(|p| deref(doc, p).get("post"))
+            .and_then(|post| created_ref(doc, post))
+            .is_some_and(|created| created == schema_ref)
+    })
+}
+
+/// The `$ref` of the JSON schema an operation's `status` answers with.
+fn success_ref(doc: &Value, op: &Value, status: &str) -> Option<String> {
+    let created = deref(doc, op.get("responses")?.get(status)?);
     let content = created.get("content")?.as_object()?;
     let (_, media) = content.iter().find(|(mt, _)| is_json(mt))?;
     media
@@ -643,7 +685,9 @@ fn created_ref(doc: &Value, op: &Value) -> Option<String> {
 /// Infers the stateful role of `method template`: a collection is a path with a POST whose
 /// success answer is an object with an id property, and one more templated segment below it.
 /// A POST elsewhere whose 201 answers the very schema a collection's create answers
-/// (installing a marketplace template creates an agent) creates into that collection.
+/// (installing a marketplace template creates an agent), or the schema a create-less
+/// collection's items are (a scan of a thing listed among the scans), creates into that
+/// collection.
 fn infer_resource(
     doc: &Value,
     response_doc: &Value,
@@ -700,12 +744,15 @@ fn infer_resource(
         .iter()
         .filter(|c| **c != template && !c.contains('{'))
         .find_map(|collection| {
-            let create = deref(doc, paths.get(*collection)?).get("post")?;
-            if created_ref(doc, create)? != created {
+            let (item, param, id_field) =
+                collection_item(doc, response_doc, collection, templates, paths, &generator)?;
+            let stored = match deref(doc, paths.get(*collection)?).get("post") {
+                Some(create) => created_ref(doc, create)?,
+                None => success_ref(doc, deref(doc, paths.get(item.as_str())?).get("get")?, "200")?,
+            };
+            if stored != created {
                 return None;
             }
-            let (_, param, id_field) =
-                collection_item(doc, response_doc, collection, templates, paths, &generator)?;
             Some(Resource {
                 collection: collection.to_string(),
                 param,
@@ -872,6 +919,42 @@ mod tests {
         assert_eq!(
             role("/paths/~1things~1{thing_id}~1parts/get"),
             things(Role::Nested)
+        );
+    }
+
+    #[test]
+    fn a_collection_without_a_create_is_filled_by_a_free_standing_post() {
+        let mut doc = doc();
+        let answers = |status: &str, schema: &str| {
+            json!({"responses": {status: {"description": "it", "headers": {"Location": {"schema": {"type": "string"}}},
+                "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}}}})
+        };
+        let paths = doc["paths"].as_object_mut().expect("paths");
+        paths.insert("/scan/{thing_id}".into(), json!({"post": answers("201", "Scan")}));
+        paths.insert("/scans".into(), json!({"get": {"responses": {"200": {"description": "list"}}}}));
+        paths.insert("/scans/{scan_id}".into(), json!({"get": answers("200", "Scan")}));
+        // A read-only collection whose items only a nested action makes stays static.
+        paths.insert("/things/{thing_id}/run".into(), json!({"post": answers("201", "Run")}));
+        paths.insert("/runs".into(), json!({"get": {"responses": {"200": {"description": "list"}}}}));
+        paths.insert("/runs/{run_id}".into(), json!({"get": answers("200", "Run")}));
+        let object = json!({"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}});
+        doc["components"]["schemas"]["Scan"] = object.clone();
+        doc["components"]["schemas"]["Run"] = object;
+        let spec = MockSpec::compile(doc).expect("compiles");
+        let role = |ptr: &str| {
+            spec.operation(ptr)
+                .and_then(|o| o.resource.clone())
+                .map(|r| (r.collection, r.param, r.role))
+        };
+        let scans = |role: Role| Some(("/scans".to_string(), "scan_id".to_string(), role));
+        assert_eq!(role("/paths/~1scan~1{thing_id}/post"), scans(Role::Create));
+        assert_eq!(role("/paths/~1scans/get"), scans(Role::List));
+        assert_eq!(role("/paths/~1scans~1{scan_id}/get"), scans(Role::Read));
+        assert_eq!(role("/paths/~1runs/get"), None);
+        assert_eq!(role("/paths/~1runs~1{run_id}/get"), None);
+        assert_eq!(
+            role("/paths/~1things~1{thing_id}~1run/post").map(|r| r.2),
+            Some(Role::Nested)
         );
     }
 }
