@@ -129,6 +129,9 @@ pub struct Resource {
     /// The property of a stored item that holds its id, e.g. `id`.
     pub id_field: String,
     pub role: Role,
+    /// The pointer of the POST whose answers are the stored items (the collection's own,
+    /// or the free-standing POST that fills a collection without one).
+    pub creator: String,
 }
 
 /// One operation, compiled for answering.
@@ -612,7 +615,7 @@ fn collection_item(
     templates: &[&str],
     paths: &Map<String, Value>,
     generator: &Generator<'_>,
-) -> Option<(String, String, String)> {
+) -> Option<Collection> {
     let item = templates.iter().find(|t| {
         t.strip_prefix(collection)
             .and_then(|rest| rest.strip_prefix("/{"))
@@ -622,13 +625,21 @@ fn collection_item(
     let create = paths
         .get(collection)
         .and_then(|c| deref(doc, c).get("post"));
-    let flat = match create {
-        Some(create) => success_object(response_doc, create, generator)?,
+    let (flat, creator, stored_ref) = match create {
+        Some(create) => (
+            success_object(response_doc, create, generator)?,
+            collection.to_string(),
+            created_ref(doc, create),
+        ),
         None => {
             let read = deref(doc, paths.get(*item)?).get("get")?;
             let read_ref = success_ref(doc, read, "200")?;
-            created_elsewhere(doc, templates, paths, &read_ref)?;
-            success_object(response_doc, read, generator)?
+            let creator = created_elsewhere(doc, templates, paths, &read_ref)?;
+            (
+                success_object(response_doc, read, generator)?,
+                creator.to_string(),
+                Some(read_ref),
+            )
         }
     };
     let props = flat.get("properties").and_then(Value::as_object)?;
@@ -636,7 +647,25 @@ fn collection_item(
         .into_iter()
         .find(|k| props.contains_key(*k))
         .map(str::to_string)?;
-    Some((item.to_string(), param, id_field))
+    Some(Collection {
+        item: item.to_string(),
+        param,
+        id_field,
+        creator: format!("/paths/{}/post", escape_pointer(&creator)),
+        stored_ref,
+    })
+}
+
+/// What [`collection_item`] finds out about a collection.
+struct Collection {
+    /// The item path template.
+    item: String,
+    param: String,
+    id_field: String,
+    /// [`Resource::creator`].
+    creator: String,
+    /// The `$ref` of the stored items' schema, when the spec names one.
+    stored_ref: Option<String>,
 }
 
 /// The `$ref` of the JSON schema an operation's 201 answers with.
@@ -704,11 +733,12 @@ fn infer_resource(
         if !templates.contains(&collection.as_str()) {
             continue;
         }
-        let Some((item, param, id_field)) =
+        let Some(found) =
             collection_item(doc, response_doc, &collection, templates, paths, &generator)
         else {
             continue;
         };
+        let item = found.item.as_str();
         let role = if template == collection {
             match method {
                 "post" => Role::Create,
@@ -730,9 +760,10 @@ fn infer_resource(
         };
         return Some(Resource {
             collection,
-            param,
-            id_field,
+            param: found.param,
+            id_field: found.id_field,
             role,
+            creator: found.creator,
         });
     }
     if method != "post" {
@@ -744,20 +775,14 @@ fn infer_resource(
         .iter()
         .filter(|c| **c != template && !c.contains('{'))
         .find_map(|collection| {
-            let (item, param, id_field) =
+            let found =
                 collection_item(doc, response_doc, collection, templates, paths, &generator)?;
-            let stored = match deref(doc, paths.get(*collection)?).get("post") {
-                Some(create) => created_ref(doc, create)?,
-                None => success_ref(doc, deref(doc, paths.get(item.as_str())?).get("get")?, "200")?,
-            };
-            if stored != created {
-                return None;
-            }
-            Some(Resource {
+            (found.stored_ref.as_ref() == Some(&created)).then(|| Resource {
                 collection: collection.to_string(),
-                param,
-                id_field,
+                param: found.param,
+                id_field: found.id_field,
                 role: Role::Create,
+                creator: found.creator,
             })
         })
 }
@@ -930,14 +955,33 @@ mod tests {
                 "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}}}})
         };
         let paths = doc["paths"].as_object_mut().expect("paths");
-        paths.insert("/scan/{thing_id}".into(), json!({"post": answers("201", "Scan")}));
-        paths.insert("/scans".into(), json!({"get": {"responses": {"200": {"description": "list"}}}}));
-        paths.insert("/scans/{scan_id}".into(), json!({"get": answers("200", "Scan")}));
+        paths.insert(
+            "/scan/{thing_id}".into(),
+            json!({"post": answers("201", "Scan")}),
+        );
+        paths.insert(
+            "/scans".into(),
+            json!({"get": {"responses": {"200": {"description": "list"}}}}),
+        );
+        paths.insert(
+            "/scans/{scan_id}".into(),
+            json!({"get": answers("200", "Scan")}),
+        );
         // A read-only collection whose items only a nested action makes stays static.
-        paths.insert("/things/{thing_id}/run".into(), json!({"post": answers("201", "Run")}));
-        paths.insert("/runs".into(), json!({"get": {"responses": {"200": {"description": "list"}}}}));
-        paths.insert("/runs/{run_id}".into(), json!({"get": answers("200", "Run")}));
-        let object = json!({"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}});
+        paths.insert(
+            "/things/{thing_id}/run".into(),
+            json!({"post": answers("201", "Run")}),
+        );
+        paths.insert(
+            "/runs".into(),
+            json!({"get": {"responses": {"200": {"description": "list"}}}}),
+        );
+        paths.insert(
+            "/runs/{run_id}".into(),
+            json!({"get": answers("200", "Run")}),
+        );
+        let object =
+            json!({"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}});
         doc["components"]["schemas"]["Scan"] = object.clone();
         doc["components"]["schemas"]["Run"] = object;
         let spec = MockSpec::compile(doc).expect("compiles");

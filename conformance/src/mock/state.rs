@@ -193,8 +193,7 @@ impl Store {
     /// The stateful answer to a valid request, or `None` to answer as a stateless mock.
     pub fn answer(&self, spec: &MockSpec, op: &MockOperation, call: &Call<'_>) -> Option<Answer> {
         let resource = op.resource.as_ref()?;
-        let create_ptr = format!("/paths/{}/post", escape_pointer(&resource.collection));
-        let create = spec.operation(&create_ptr)?;
+        let create = spec.operation(&resource.creator)?;
         let create_entry = &create.entries[create.success?];
         let create_media = create_entry.negotiate(Some("application/json"))?;
         let stored_valid =
