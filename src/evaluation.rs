@@ -457,9 +457,6 @@ impl std::fmt::Debug for PooledCases {
     }
 }
 
-/// How often a case's execution is re-read when nothing was heard of it.
-const CASE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
-
 impl CaseRunner for PooledCases {
     fn run_case<'a>(
         &'a self,
@@ -472,38 +469,15 @@ impl CaseRunner for PooledCases {
         use futures_util::FutureExt;
         async move {
             let id = crate::ids::new_id("exec");
-            let mut heard = self.live.subscribe(&id);
+            let heard = self.live.subscribe(&id);
             let request = serde_json::json!({
                 "input": input,
                 "parameters": {},
                 "options": {},
                 "evaluation": true,
             });
-            let row = ExecutionRow {
-                id: id.clone(),
-                org_id: org_id.to_string(),
-                agent_id: agent_id.to_string(),
-                status: "queued".into(),
-                request: request.to_string(),
-                result: None,
-                error: None,
-                model_id: None,
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_nano_usd: 0,
-                steps: "[]".into(),
-                cancel_requested: 0,
-                created_at: crate::ids::now(),
-                started_at: None,
-                finished_at: None,
-            };
-            let job = crate::jobs::NewJob {
-                kind: runner::KIND.into(),
-                org_id: org_id.to_string(),
-                agent_id: Some(agent_id.to_string()),
-                payload: runner::job_payload(&id),
-                max_attempts: 1,
-            };
+            let row = ExecutionRow::queued(id.clone(), org_id, agent_id, &request);
+            let job = runner::job_for(&row);
             let accepted = self
                 .store
                 .run(move |conn| {
@@ -532,24 +506,16 @@ impl CaseRunner for PooledCases {
             let limit = std::time::Duration::from_millis(
                 u64::try_from(runner::DEFAULT_TIMEOUT_MS).unwrap_or(120_000),
             ) + std::time::Duration::from_secs(5);
-            let deadline = tokio::time::Instant::now() + limit;
-            let row = loop {
-                let i = id.clone();
-                let row = self.store.run(move |conn| exec::get_any(conn, &i)).await;
-                match row {
-                    Ok(r) if r.is_finished() => break Ok(r),
-                    Ok(_) if tokio::time::Instant::now() >= deadline => {
-                        break Err(format!("execution {id} did not finish in time"));
+            let row = runner::wait_finished(&self.store, org_id, &id, heard, limit)
+                .await
+                .map_err(|e| format!("execution {id} cannot be read: {e}"))
+                .and_then(|row| {
+                    if row.is_finished() {
+                        Ok(row)
+                    } else {
+                        Err(format!("execution {id} did not finish in time"))
                     }
-                    Ok(_) => {}
-                    Err(e) => break Err(format!("execution {id} cannot be read: {e}")),
-                }
-                tokio::select! {
-                    _ = heard.recv() => {}
-                    () = tokio::time::sleep(CASE_POLL) => {}
-                    () = tokio::time::sleep_until(deadline) => {}
-                }
-            };
+                });
             self.live.release(&id);
             let row = row?;
             if row.status != "succeeded" {

@@ -709,19 +709,16 @@ mod tests {
                     for _ in 0..3 {
                         enqueue(conn, &job(&org, Some("agent_two")))?;
                     }
-                    // No deployment row: not limited.
+                    // No deployment row yet: deployed with one replica, so one at a time.
                     for _ in 0..2 {
-                        enqueue(conn, &job(&org, Some("agent_free")))?;
+                        enqueue(conn, &job(&org, Some("agent_new")))?;
                     }
                     let mut claimed = Vec::new();
                     while let Some(j) = claim(conn, "w", lease, &kinds(), &deployed)? {
                         claimed.push(j.agent_id.unwrap_or_default());
                     }
                     claimed.sort();
-                    assert_eq!(
-                        claimed,
-                        ["agent_free", "agent_free", "agent_two", "agent_two"]
-                    );
+                    assert_eq!(claimed, ["agent_new", "agent_two", "agent_two"]);
                     Ok(())
                 })
                 .expect("deployment slots");

@@ -37,6 +37,8 @@ pub struct ListAgentsParams {
     pub order: Option<crate::models::ListAgentsOrder>,
     /// Comma-separated fields to return for each agent; `id` is always returned.
     pub fields: Option<Vec<crate::models::AgentField>>,
+    /// Comma-separated references to return as objects in `expanded`.
+    pub expand: Option<Vec<crate::models::ListAgentsExpandItem>>,
 }
 /// Every documented answer of
 /// `GET /v1/agents` (listAgents)
@@ -293,7 +295,10 @@ pub trait AgentsApi: crate::Authenticate {
     /// Lists the organization's agents. Page with `page`/`per_page` or with `cursor`/`limit`
     /// (the `next_cursor` of the previous page). Filter with `type`, `status`, `search` (name
     /// and description) and `filter[created_at][gte|lte]`; sort with `sort=name&order=asc` or
-    /// `sort=-created_at`; select fields with `fields=id,name`.
+    /// `sort=-created_at`; select fields with `fields=id,name`. `expand=knowledge_bases,tools`
+    /// adds `expanded` to each agent: the knowledge bases and tools its ids name, as objects
+    /// (ids the organization no longer has are left out; expanding needs `read:knowledge` or
+    /// `read:tools` as well).
     fn list_agents(
         &self,
         caller: Self::Caller,
@@ -362,7 +367,10 @@ impl<T: AgentsApi> AgentsRoutes<T> {
     /// Lists the organization's agents. Page with `page`/`per_page` or with `cursor`/`limit`
     /// (the `next_cursor` of the previous page). Filter with `type`, `status`, `search` (name
     /// and description) and `filter[created_at][gte|lte]`; sort with `sort=name&order=asc` or
-    /// `sort=-created_at`; select fields with `fields=id,name`.
+    /// `sort=-created_at`; select fields with `fields=id,name`. `expand=knowledge_bases,tools`
+    /// adds `expanded` to each agent: the knowledge bases and tools its ids name, as objects
+    /// (ids the organization no longer has are left out; expanding needs `read:knowledge` or
+    /// `read:tools` as well).
     #[oai(path = "/v1/agents", method = "get", operation_id = "listAgents")]
     async fn list_agents(
         &self,
@@ -395,6 +403,7 @@ impl<T: AgentsApi> AgentsRoutes<T> {
             Option<crate::models::ListAgentsOrder>,
         >,
         #[oai(name = "fields")] fields: poem_openapi::param::Query<Option<String>>,
+        #[oai(name = "expand")] expand: poem_openapi::param::Query<Option<String>>,
     ) -> poem::Result<ListAgentsResponse> {
         let params = ListAgentsParams {
             page: page.0.unwrap_or_else(|| 1i64),
@@ -413,6 +422,12 @@ impl<T: AgentsApi> AgentsRoutes<T> {
             fields: match fields.0 {
                 Some(raw) => Some(crate::parse_csv::<crate::models::AgentField>(
                     "fields", &raw,
+                )?),
+                None => None,
+            },
+            expand: match expand.0 {
+                Some(raw) => Some(crate::parse_csv::<crate::models::ListAgentsExpandItem>(
+                    "expand", &raw,
                 )?),
                 None => None,
             },

@@ -459,6 +459,46 @@ pub enum GetKnowledgeSourceResponse {
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
 /// The parameters and body of
+/// `PUT /v1/knowledge/{kb_id}/sources/{source_id}` (replaceKnowledgeSource)
+#[derive(Debug, Clone)]
+pub struct ReplaceKnowledgeSourceParams {
+    /// The knowledge base's id (`kb_…`).
+    pub kb_id: String,
+    /// The source's id (`src_…`).
+    pub source_id: String,
+    /// The request body.
+    pub body: crate::models::KnowledgeSourceInput,
+}
+/// Every documented answer of
+/// `PUT /v1/knowledge/{kb_id}/sources/{source_id}` (replaceKnowledgeSource)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum ReplaceKnowledgeSourceResponse {
+    /// The source as replaced.
+    #[oai(status = 200u16)]
+    Ok(poem_openapi::payload::Json<crate::models::KnowledgeSource>),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// No such resource in the caller's organization.
+    #[oai(status = 404u16)]
+    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The request conflicts with an existing resource.
+    #[oai(status = 409u16)]
+    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The body is well-formed JSON but breaks the schema; `details` names each field.
+    #[oai(status = 422u16)]
+    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+/// The parameters and body of
 /// `DELETE /v1/knowledge/{kb_id}/sources/{source_id}` (deleteKnowledgeSource)
 #[derive(Debug, Clone)]
 pub struct DeleteKnowledgeSourceParams {
@@ -860,6 +900,14 @@ pub trait KnowledgeApi: crate::Authenticate {
         caller: Self::Caller,
         params: GetKnowledgeSourceParams,
     ) -> impl std::future::Future<Output = GetKnowledgeSourceResponse> + Send;
+    /// Replace a source
+    ///
+    /// Replaces the source's configuration, keeping its id (Magnet AI `PUT /api/knowledge-sources/{id}`). Inline `text` replaces the source's documents at once (`active`). A `url` or `github` source that fetches the same thing as before (same page; same repository, branch and paths) keeps its documents and status and only takes the new name and metadata; one that fetches something else drops the documents the old configuration produced and is `pending` until `POST …/sync`. A file source may be replaced by any of these. A source being synced answers 409 `SOURCE_SYNCING` until the sync ends. All in one transaction.
+    fn replace_knowledge_source(
+        &self,
+        caller: Self::Caller,
+        params: ReplaceKnowledgeSourceParams,
+    ) -> impl std::future::Future<Output = ReplaceKnowledgeSourceResponse> + Send;
     /// Delete a source
     ///
     /// Deletes the source with the documents and chunks it produced and its syncs.
@@ -1425,6 +1473,47 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
             }
         };
         Ok(self.0.get_knowledge_source(caller, params).await)
+    }
+    /// Replace a source
+    ///
+    /// Replaces the source's configuration, keeping its id (Magnet AI `PUT /api/knowledge-sources/{id}`). Inline `text` replaces the source's documents at once (`active`). A `url` or `github` source that fetches the same thing as before (same page; same repository, branch and paths) keeps its documents and status and only takes the new name and metadata; one that fetches something else drops the documents the old configuration produced and is `pending` until `POST …/sync`. A file source may be replaced by any of these. A source being synced answers 409 `SOURCE_SYNCING` until the sync ends. All in one transaction.
+    #[oai(
+        path = "/v1/knowledge/:kb_id/sources/:source_id",
+        method = "put",
+        operation_id = "replaceKnowledgeSource"
+    )]
+    async fn replace_knowledge_source(
+        &self,
+        req: &poem::Request,
+        #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
+        #[oai(name = "source_id")] source_id: poem_openapi::param::Path<String>,
+        body: poem_openapi::payload::Json<crate::models::KnowledgeSourceInput>,
+    ) -> poem::Result<ReplaceKnowledgeSourceResponse> {
+        let params = ReplaceKnowledgeSourceParams {
+            kb_id: kb_id.0,
+            source_id: source_id.0,
+            body: body.0,
+        };
+        const SCOPES: &[&str] = &["write:knowledge"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(ReplaceKnowledgeSourceResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(ReplaceKnowledgeSourceResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(ReplaceKnowledgeSourceResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self.0.replace_knowledge_source(caller, params).await)
     }
     /// Delete a source
     ///

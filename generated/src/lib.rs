@@ -654,6 +654,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["read:knowledge"]),
     },
     OperationInfo {
+        id: "replaceKnowledgeSource",
+        method: "PUT",
+        path: "/v1/knowledge/{kb_id}/sources/{source_id}",
+        scopes: Some(&["write:knowledge"]),
+    },
+    OperationInfo {
         id: "deleteKnowledgeSource",
         method: "DELETE",
         path: "/v1/knowledge/{kb_id}/sources/{source_id}",

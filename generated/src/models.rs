@@ -835,6 +835,9 @@ pub struct AgentPatch {
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "AgentFieldset", deny_unknown_fields)]
 pub struct AgentFieldset {
+    /// What `expand` asked for, as objects (only in lists with `expand`).
+    #[oai(rename = "expanded", skip_serializing_if_is_none)]
+    pub expanded: Option<crate::models::AgentExpansion>,
     /// The agent's id.
     #[oai(rename = "id")]
     pub id: String,
@@ -909,6 +912,9 @@ pub struct AgentFieldset {
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "Agent", deny_unknown_fields)]
 pub struct Agent {
+    /// What `expand` asked for, as objects (only in lists with `expand`).
+    #[oai(rename = "expanded", skip_serializing_if_is_none)]
+    pub expanded: Option<crate::models::AgentExpansion>,
     /// The agent's id.
     #[oai(rename = "id")]
     pub id: String,
@@ -978,6 +984,17 @@ pub struct Agent {
     /// When the agent last changed.
     #[oai(rename = "updated_at")]
     pub updated_at: String,
+}
+/// What `expand` asked for, as objects (only in lists with `expand`).
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "AgentExpansion", deny_unknown_fields)]
+pub struct AgentExpansion {
+    /// The knowledge bases of `knowledge_bases`, in its order.
+    #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
+    pub knowledge_bases: Option<Vec<crate::models::KnowledgeBase>>,
+    /// The tools of `tools`, in its order.
+    #[oai(rename = "tools", skip_serializing_if_is_none)]
+    pub tools: Option<Vec<crate::models::Tool>>,
 }
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "AgentList", deny_unknown_fields)]
@@ -6898,6 +6915,41 @@ impl ListAgentsOrder {
     }
 }
 impl std::fmt::Display for ListAgentsOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "ListAgentsExpandItem")]
+pub enum ListAgentsExpandItem {
+    #[oai(rename = "knowledge_bases")]
+    KnowledgeBases,
+    #[oai(rename = "tools")]
+    Tools,
+}
+impl ListAgentsExpandItem {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [ListAgentsExpandItem] = &[
+        ListAgentsExpandItem::KnowledgeBases,
+        ListAgentsExpandItem::Tools,
+    ];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ListAgentsExpandItem::KnowledgeBases => "knowledge_bases",
+            ListAgentsExpandItem::Tools => "tools",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "knowledge_bases" => Some(ListAgentsExpandItem::KnowledgeBases),
+            "tools" => Some(ListAgentsExpandItem::Tools),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for ListAgentsExpandItem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }

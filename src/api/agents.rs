@@ -5,7 +5,8 @@
 //! field in the spec needs no change here unless it must be a column of its own.
 
 use agentplane_api::models::{
-    Agent, AgentBulkResult, AgentField, AgentFieldset, AgentList, ListAgentsOrder,
+    Agent, AgentBulkResult, AgentField, AgentFieldset, AgentList, ListAgentsExpandItem,
+    ListAgentsOrder, Scope,
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
@@ -75,12 +76,70 @@ pub(crate) fn row_to_agent(row: &AgentRow) -> Result<Agent, StoreError> {
 fn row_to_fieldset(
     row: &AgentRow,
     fields: Option<&[AgentField]>,
+    expanded: Option<Value>,
 ) -> Result<AgentFieldset, StoreError> {
     let mut obj = row_to_json(row)?;
     if let Some(fields) = fields {
         obj.retain(|k, _| k == "id" || fields.iter().any(|f| f.as_str() == k));
     }
+    if let Some(expanded) = expanded {
+        obj.insert("expanded".into(), expanded);
+    }
     AgentFieldset::parse_from_json(Some(Value::Object(obj))).map_err(|e| corrupt(row, e.message()))
+}
+
+/// The ids in the agent's `key` array (`knowledge_bases`, `tools`).
+fn linked_ids(row: &AgentRow, key: &str) -> Result<Vec<String>, StoreError> {
+    Ok(row_to_json(row)?
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// `expanded` for each of `rows`: the knowledge bases and tools their ids name, each looked up
+/// once for the page, in the order the agent lists them.
+fn expansions(
+    conn: &mut crate::db::DbConnection,
+    org_id: &str,
+    rows: &[AgentRow],
+    expand: &[ListAgentsExpandItem],
+) -> Result<Vec<Option<Value>>, StoreError> {
+    if expand.is_empty() {
+        return Ok(vec![None; rows.len()]);
+    }
+    let mut out: Vec<Map<String, Value>> = vec![Map::new(); rows.len()];
+    for item in expand {
+        let key = item.as_str();
+        let per_row = rows
+            .iter()
+            .map(|row| linked_ids(row, key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut all: Vec<String> = per_row.iter().flatten().cloned().collect();
+        all.sort();
+        all.dedup();
+        let found: std::collections::BTreeMap<String, Value> = match item {
+            ListAgentsExpandItem::KnowledgeBases => {
+                super::knowledge::knowledge_bases_among(conn, org_id, &all)?
+                    .into_iter()
+                    .map(|(id, kb)| (id, kb.to_json().unwrap_or_default()))
+                    .collect()
+            }
+            ListAgentsExpandItem::Tools => super::tools::tools_among(conn, org_id, &all)?
+                .into_iter()
+                .map(|(id, tool)| (id, tool.to_json().unwrap_or_default()))
+                .collect(),
+        };
+        for (ids, expanded) in per_row.iter().zip(out.iter_mut()) {
+            let objects = ids.iter().filter_map(|id| found.get(id).cloned()).collect();
+            expanded.insert(key.to_string(), Value::Array(objects));
+        }
+    }
+    Ok(out.into_iter().map(|m| Some(Value::Object(m))).collect())
 }
 
 /// Splits the spec's JSON of an agent (as sent, or merged for a patch) into columns. Platform
@@ -322,10 +381,35 @@ impl Handlers {
             offset,
             limit: per_page,
         };
+        let expand = params.expand.clone().unwrap_or_default();
+        for item in &expand {
+            let scope = match item {
+                ListAgentsExpandItem::KnowledgeBases => Scope::ReadKnowledge,
+                ListAgentsExpandItem::Tools => Scope::ReadTools,
+            };
+            if !caller.scopes.contains(&scope) {
+                let message = format!(
+                    "expanding {} needs the scope {}",
+                    item.as_str(),
+                    scope.as_str()
+                );
+                return Err(Failure::with_details(
+                    Kind::Forbidden,
+                    "INSUFFICIENT_PERMISSIONS",
+                    message.clone(),
+                    vec![detail("expand", "scope", message)],
+                    rid,
+                ));
+            }
+        }
         let org = caller.org_id.clone();
-        let (rows, total) = self
+        let (rows, total, expanded) = self
             .store
-            .run(move |conn| store::list(conn, &org, &query))
+            .run(move |conn| {
+                let (rows, total) = store::list(conn, &org, &query)?;
+                let expanded = expansions(conn, &org, &rows, &expand)?;
+                Ok((rows, total, expanded))
+            })
             .await
             .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
         let end = offset + i64::try_from(rows.len()).unwrap_or(0);
@@ -341,7 +425,8 @@ impl Handlers {
         };
         let data = rows
             .iter()
-            .map(|row| row_to_fieldset(row, params.fields.as_deref()))
+            .zip(expanded)
+            .map(|(row, expanded)| row_to_fieldset(row, params.fields.as_deref(), expanded))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
         Ok(AgentList {

@@ -26,7 +26,7 @@ use crate::db::executions::{self as store, ExecutionQuery, ExecutionRow};
 use crate::engine::runner::{self, AgentSettings, Live, LiveEvent};
 use crate::error::{Failure, Kind, detail};
 use crate::failure_response;
-use crate::jobs::{self, NewJob};
+use crate::jobs;
 
 failure_response!(StreamExecutionResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(ExecuteAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
@@ -395,22 +395,10 @@ impl Handlers {
         &self,
         org: &str,
         id: &str,
-        mut heard: tokio::sync::broadcast::Receiver<LiveEvent>,
+        heard: tokio::sync::broadcast::Receiver<LiveEvent>,
         limit: Duration,
     ) -> Result<ExecutionRow, StoreError> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let (o, i) = (org.to_string(), id.to_string());
-            let row = self.store.run(move |conn| store::get(conn, &o, &i)).await?;
-            if row.is_finished() || tokio::time::Instant::now() >= deadline {
-                return Ok(row);
-            }
-            tokio::select! {
-                _ = heard.recv() => {}
-                () = tokio::time::sleep(FOLLOW_POLL) => {}
-                () = tokio::time::sleep_until(deadline) => {}
-            }
-        }
+        runner::wait_finished(&self.store, org, id, heard, limit).await
     }
 
     /// Accepts execution `id`: checks the agent and its template variables, stores the
@@ -485,25 +473,7 @@ impl Handlers {
         if let Some(c) = conversation_id {
             request["conversation_id"] = Value::String(c);
         }
-        let now = crate::ids::now();
-        let row = ExecutionRow {
-            id,
-            org_id: caller.org_id.clone(),
-            agent_id,
-            status: "queued".into(),
-            request: request.to_string(),
-            result: None,
-            error: None,
-            model_id: None,
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_nano_usd: 0,
-            steps: "[]".into(),
-            cancel_requested: 0,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-        };
+        let row = ExecutionRow::queued(id, &caller.org_id, &agent_id, &request);
         let (operation, key, hash) = idempotency.unwrap_or(("", None, String::new()));
         let created = self
             .store
@@ -515,13 +485,7 @@ impl Handlers {
                     request_hash: &hash,
                     resource_id: &row.id,
                 };
-                let job = NewJob {
-                    kind: runner::KIND.into(),
-                    org_id: row.org_id.clone(),
-                    agent_id: Some(row.agent_id.clone()),
-                    payload: runner::job_payload(&row.id),
-                    max_attempts: 1,
-                };
+                let job = runner::job_for(&row);
                 idem::create_once(
                     conn,
                     &keyed,

@@ -46,6 +46,7 @@ failure_response!(ListKnowledgeSourcesResponse { BadRequest => BadRequest, Unaut
 failure_response!(CreateKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
 failure_response!(GetKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(DeleteKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+failure_response!(ReplaceKnowledgeSourceResponse { Conflict => Conflict, Unprocessable => UnprocessableEntity, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(SyncKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(GetKnowledgeSyncResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 failure_response!(ListKnowledgeDocumentsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
@@ -172,6 +173,26 @@ fn sync_model(row: &SyncRow) -> SyncJob {
     }
 }
 
+/// The organization's knowledge bases among `ids`, by id (ids it does not have are left out).
+pub(crate) fn knowledge_bases_among(
+    conn: &mut DbConnection,
+    org_id: &str,
+    ids: &[String],
+) -> Result<std::collections::BTreeMap<String, KnowledgeBase>, StoreError> {
+    let mut found = std::collections::BTreeMap::new();
+    for id in ids {
+        match store::get_kb(conn, org_id, id) {
+            Ok(row) => {
+                let counts = store::kb_counts(conn, &row.id)?;
+                found.insert(id.clone(), kb_model(&row, counts));
+            }
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
+}
+
 // Source specs.
 
 /// A source as a request describes it (the spec's `KnowledgeSourceInput`).
@@ -227,8 +248,20 @@ fn plan_source(
     options: ChunkOptions,
     queue_sync: bool,
 ) -> PlannedSource {
-    let now = crate::ids::now();
     let id = crate::ids::new_id("src");
+    plan_source_as(org_id, kb_id, spec, options, queue_sync, id)
+}
+
+/// [`plan_source`] for the source `id` (a new one, or one being replaced).
+fn plan_source_as(
+    org_id: &str,
+    kb_id: &str,
+    spec: SourceSpec,
+    options: ChunkOptions,
+    queue_sync: bool,
+    id: String,
+) -> PlannedSource {
+    let now = crate::ids::now();
     let mut body = Map::new();
     let (name, source_type, metadata) = match &spec {
         SourceSpec::Text {
@@ -346,6 +379,20 @@ fn plan_source(
         documents,
         sync,
     }
+}
+
+/// Whether `new` fetches what `old` fetched: both `url` sources of one page, or both `github`
+/// sources of one repository, branch and paths. Inline text is always new.
+fn same_fetch(old: &SourceRow, new: &SourceRow) -> bool {
+    let fetched = |row: &SourceRow| {
+        let body: Map<String, Value> = serde_json::from_str(&row.body).unwrap_or_default();
+        ["url", "repository", "branch", "paths"]
+            .map(|k| body.get(k).cloned())
+            .to_vec()
+    };
+    old.source_type == new.source_type
+        && matches!(new.source_type.as_str(), "url" | "github")
+        && fetched(old) == fetched(new)
 }
 
 /// Writes planned sources (inside a transaction).
@@ -1187,6 +1234,60 @@ impl KnowledgeApi for Handlers {
         {
             Ok(row) => GetKnowledgeSourceResponse::Ok(Json(source_model(&row))),
             Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
+        }
+    }
+
+    async fn replace_knowledge_source(
+        &self,
+        caller: Caller,
+        params: ReplaceKnowledgeSourceParams,
+    ) -> ReplaceKnowledgeSourceResponse {
+        let rid = caller.request_id.clone();
+        let kb = match self.require_kb(&caller, &params.kb_id).await {
+            Ok(kb) => kb,
+            Err(f) => return f.into(),
+        };
+        let spec = match parse_source(&params.body, "body", &rid) {
+            Ok(s) => s,
+            Err(f) => return f.into(),
+        };
+        let options = chunk_options_of(&kb.body);
+        let (org, kb_id, source_id) = (kb.org_id.clone(), kb.id.clone(), params.source_id);
+        let replaced = self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    let old = store::get_source(conn, &org, &kb_id, &source_id)?;
+                    if old.status == "syncing" {
+                        return Ok(None);
+                    }
+                    let mut planned =
+                        plan_source_as(&org, &kb_id, spec, options, false, old.id.clone());
+                    let source = &mut planned.source;
+                    source.created_at = old.created_at.clone();
+                    if same_fetch(&old, source) {
+                        // The same page or repository: what it fetched still stands.
+                        source.status = old.status.clone();
+                        source.last_sync_at = old.last_sync_at.clone();
+                    } else {
+                        store::delete_source_documents(conn, &old.id)?;
+                        crate::knowledge::write(conn, &planned.documents)?;
+                    }
+                    store::replace_source(conn, &planned.source)?;
+                    Ok(Some(planned.source))
+                })
+            })
+            .await;
+        match replaced {
+            Ok(Some(row)) => ReplaceKnowledgeSourceResponse::Ok(Json(source_model(&row))),
+            Ok(None) => Failure::new(
+                Kind::Conflict,
+                "SOURCE_SYNCING",
+                "the source is being synced; replace it once the sync has ended",
+                &rid,
+            )
+            .into(),
+            Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &rid).into(),
         }
     }
 

@@ -171,6 +171,25 @@ fn open_secrets(
     serde_json::from_slice(&bytes).map_err(|_| "the secret headers are corrupt".to_string())
 }
 
+/// The organization's tools among `ids`, by id (ids it does not have are left out).
+pub(crate) fn tools_among(
+    conn: &mut DbConnection,
+    org_id: &str,
+    ids: &[String],
+) -> Result<BTreeMap<String, Tool>, StoreError> {
+    let mut found = BTreeMap::new();
+    for id in ids {
+        match store::get(conn, org_id, id) {
+            Ok(row) => {
+                found.insert(id.clone(), tool_model(&row));
+            }
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
+}
+
 fn tool_model(row: &ToolRow) -> Tool {
     let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
     let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);

@@ -39,6 +39,28 @@ pub struct ExecutionRow {
 }
 
 impl ExecutionRow {
+    /// A new execution of `agent_id`, queued as `request` (the accepted request's JSON).
+    pub fn queued(id: String, org_id: &str, agent_id: &str, request: &serde_json::Value) -> Self {
+        ExecutionRow {
+            id,
+            org_id: org_id.to_string(),
+            agent_id: agent_id.to_string(),
+            status: "queued".into(),
+            request: request.to_string(),
+            result: None,
+            error: None,
+            model_id: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_nano_usd: 0,
+            steps: "[]".into(),
+            cancel_requested: 0,
+            created_at: crate::ids::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
     /// The conversation whose message it answers (kept in `request`).
     pub fn conversation_id(&self) -> Option<String> {
         serde_json::from_str::<serde_json::Value>(&self.request)

@@ -320,6 +320,22 @@ pub fn insert_source(conn: &mut DbConnection, row: &SourceRow) -> StoreResult<()
     Ok(())
 }
 
+/// Writes `row` over the source of its id: configuration, status, last sync.
+pub fn replace_source(conn: &mut DbConnection, row: &SourceRow) -> StoreResult<()> {
+    diesel::update(knowledge_sources::table.filter(knowledge_sources::id.eq(&row.id)))
+        .set((
+            knowledge_sources::name.eq(&row.name),
+            knowledge_sources::source_type.eq(&row.source_type),
+            knowledge_sources::status.eq(&row.status),
+            knowledge_sources::body.eq(&row.body),
+            knowledge_sources::last_sync_at.eq(&row.last_sync_at),
+            knowledge_sources::updated_at.eq(&row.updated_at),
+        ))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
 pub fn get_source(
     conn: &mut DbConnection,
     org_id: &str,

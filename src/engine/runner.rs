@@ -614,3 +614,41 @@ impl JobHandler for ExecutionRunner {
 pub fn job_payload(id: &str) -> Value {
     json!({"execution_id": id})
 }
+
+/// The job that runs `row` on the worker pool (once: a lost run is failed, not retried).
+pub fn job_for(row: &ExecutionRow) -> crate::jobs::NewJob {
+    crate::jobs::NewJob {
+        kind: KIND.into(),
+        org_id: row.org_id.clone(),
+        agent_id: Some(row.agent_id.clone()),
+        payload: job_payload(&row.id),
+        max_attempts: 1,
+    }
+}
+
+/// How often a waiter re-reads an execution it has heard nothing of (another replica runs it).
+const WAIT_POLL: Duration = Duration::from_millis(250);
+
+/// Execution `id` of `org_id` once it has finished, or as it is when `limit` has passed:
+/// woken by what `heard` hears on this replica, else re-read every [`WAIT_POLL`].
+pub async fn wait_finished(
+    store: &Store,
+    org_id: &str,
+    id: &str,
+    mut heard: broadcast::Receiver<LiveEvent>,
+    limit: Duration,
+) -> StoreResult<ExecutionRow> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (o, i) = (org_id.to_string(), id.to_string());
+        let row = store.run(move |conn| store::get(conn, &o, &i)).await?;
+        if row.is_finished() || tokio::time::Instant::now() >= deadline {
+            return Ok(row);
+        }
+        tokio::select! {
+            _ = heard.recv() => {}
+            () = tokio::time::sleep(WAIT_POLL) => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}

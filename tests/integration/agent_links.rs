@@ -54,3 +54,102 @@ backend_test!(agents_keep_knowledge_bases_and_prompt_template, |app| {
         assert!(status == 400 || status == 422, "{bad}: {status}");
     }
 });
+
+backend_test!(lists_expand_knowledge_bases_and_tools, |app| {
+    use agentplane_api::models::{Role, Scope};
+    let (_, kb) = json(
+        app.send_json(Method::POST, "/v1/knowledge", &json!({"name": "Manuals"}))
+            .await,
+    )
+    .await;
+    let (status, tool) = json(
+        app.send_json(
+            Method::POST,
+            "/v1/tools",
+            &json!({"type": "retrieval", "name": "Lookup", "knowledge_base_ids": [kb["id"]]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{tool}");
+    // Another organization's knowledge base, and one that never existed, are not expanded.
+    let other = crate::support::other_admin(&app).await;
+    let theirs = crate::support::send_as(
+        &app,
+        &other,
+        Method::POST,
+        "/v1/knowledge",
+        Some(&json!({"name": "Theirs"})),
+    )
+    .await;
+    let (_, theirs) = json(theirs).await;
+    let agent = app
+        .create_agent(json!({
+            "name": "Linked",
+            "knowledge_bases": ["kb_gone", kb["id"], theirs["id"]],
+            "tools": [tool["id"]]
+        }))
+        .await;
+    app.create_agent(json!({"name": "Plain"})).await;
+
+    let (status, list) = json(
+        app.get("/v1/agents?expand=knowledge_bases,tools&sort=name")
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    let linked = &list["data"][0];
+    assert_eq!(linked["id"], agent["id"]);
+    assert_eq!(
+        linked["knowledge_bases"],
+        json!(["kb_gone", kb["id"], theirs["id"]])
+    );
+    let kbs = linked["expanded"]["knowledge_bases"]
+        .as_array()
+        .expect("kbs");
+    assert_eq!(kbs.len(), 1, "{linked}");
+    assert_eq!(
+        (&kbs[0]["id"], &kbs[0]["name"]),
+        (&kb["id"], &json!("Manuals"))
+    );
+    assert_eq!(linked["expanded"]["tools"][0]["name"], "Lookup");
+    assert_eq!(
+        list["data"][1]["expanded"],
+        json!({"knowledge_bases": [], "tools": []})
+    );
+
+    // Only what was asked, beside `fields`; nothing without `expand`.
+    let (_, narrow) = json(
+        app.get("/v1/agents?expand=tools&fields=name&sort=name")
+            .await,
+    )
+    .await;
+    let mut keys: Vec<&String> = narrow["data"][0]
+        .as_object()
+        .expect("agent")
+        .keys()
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["expanded", "id", "name"], "{narrow}");
+    assert_eq!(narrow["data"][0]["expanded"], json!({"tools": [tool]}));
+    let (_, plain) = json(app.get("/v1/agents").await).await;
+    assert!(plain["data"][0].get("expanded").is_none(), "{plain}");
+
+    // Expanding reads knowledge bases and tools: a key that may not, may not expand.
+    let agents_only = app
+        .key_for("default", "ro", Role::Viewer, Some(&[Scope::ReadAgents]))
+        .await;
+    let resp = crate::support::send_as(
+        &app,
+        &agents_only,
+        Method::GET,
+        "/v1/agents?expand=tools",
+        None,
+    )
+    .await;
+    let (status, denied) = json(resp).await;
+    assert_eq!(status, 403, "{denied}");
+    assert_eq!(denied["error"]["details"][0]["field"], "expand");
+    let (status, bad) = json(app.get("/v1/agents?expand=owners").await).await;
+    assert_eq!(status, 400, "{bad}");
+});

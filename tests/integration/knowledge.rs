@@ -936,3 +936,127 @@ backend_test!(files_upload_as_multipart_sources, |app| {
     .await;
     assert_eq!(status, 404, "{body}");
 });
+
+/// The texts of a query's results.
+async fn found(app: &TestApp, kb: &str, words: &str) -> Vec<String> {
+    let r = query(app, kb, json!({"query": words})).await;
+    r["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|h| h["content"].as_str().map(str::to_string))
+        .collect()
+}
+
+backend_test!(sources_are_replaced_in_place, |app| {
+    let page = serve(Route::new().at("/guide.html", get(page_html))).await;
+    let kb = create_kb(&app, json!({"name": "Help"})).await;
+    let kb_id = kb["id"].as_str().expect("id");
+    let sources = format!("/v1/knowledge/{kb_id}/sources");
+    let (status, src) = json(
+        app.send_json(
+            Method::POST,
+            &sources,
+            &json!({"type": "text", "name": "FAQ", "text": "Reset your password in Settings."}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{src}");
+    let path = format!("{sources}/{}", src["id"].as_str().expect("id"));
+    assert_eq!(found(&app, kb_id, "password").await.len(), 1);
+
+    // New text: the old documents go, the new ones are searchable at once.
+    let put = |body: Value| {
+        let path = path.clone();
+        let app = &app;
+        async move { json(app.send_json(Method::PUT, &path, &body).await).await }
+    };
+    let (status, text) =
+        put(json!({"type": "text", "name": "Billing", "text": "Invoices are sent monthly."})).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        (
+            &text["id"],
+            &text["created_at"],
+            &text["name"],
+            &text["status"]
+        ),
+        (
+            &src["id"],
+            &src["created_at"],
+            &json!("Billing"),
+            &json!("active")
+        )
+    );
+    assert!(found(&app, kb_id, "password").await.is_empty());
+    assert_eq!(found(&app, kb_id, "invoices").await.len(), 1);
+
+    // A page instead: nothing until it is synced.
+    let url = format!("{page}/guide.html");
+    let (status, web) = put(json!({"type": "url", "url": url})).await;
+    assert_eq!(status, 200, "{web}");
+    assert_eq!(
+        (&web["type"], &web["status"], &web["last_sync_at"]),
+        (&json!("url"), &json!("pending"), &Value::Null)
+    );
+    assert!(found(&app, kb_id, "invoices").await.is_empty());
+    let sync = sync_source(&app, kb_id, src["id"].as_str().expect("id")).await;
+    assert_eq!(sync["status"], "succeeded", "{sync}");
+    assert_eq!(found(&app, kb_id, "kubectl").await.len(), 1);
+
+    // The same page under a new name keeps what was fetched.
+    let (status, renamed) = put(json!({"type": "url", "url": url, "name": "Deploy guide"})).await;
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(
+        (&renamed["name"], &renamed["status"]),
+        (&json!("Deploy guide"), &json!("active"))
+    );
+    assert!(renamed["last_sync_at"].is_string(), "{renamed}");
+    assert_eq!(found(&app, kb_id, "kubectl").await.len(), 1);
+    let (_, got) = json(app.get(&path).await).await;
+    assert_eq!(got, renamed);
+
+    // Bad input changes nothing; another organization, or a source being synced, neither.
+    let (status, bad) = put(json!({"type": "ftp", "url": url})).await;
+    assert!(status == 422 || status == 400, "{status} {bad}");
+    let other = crate::support::other_admin(&app).await;
+    let resp = crate::support::send_as(
+        &app,
+        &other,
+        Method::PUT,
+        &path,
+        Some(&json!({"type": "text", "text": "mine now"})),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    let (status, _) = json(
+        app.send_json(
+            Method::PUT,
+            &format!("{sources}/src_missing"),
+            &json!({"type": "text", "text": "x"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (store, id) = (
+        app.store.clone(),
+        src["id"].as_str().expect("id").to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        store.run_blocking(|conn| {
+            agentplane::db::knowledge::set_source_status(conn, &id, "syncing", None)
+        })
+    })
+    .await
+    .expect("join")
+    .expect("syncing");
+    let (status, busy) = put(json!({"type": "text", "text": "later"})).await;
+    assert_eq!(
+        (status, busy["error"]["code"].as_str()),
+        (409, Some("SOURCE_SYNCING")),
+        "{busy}"
+    );
+    assert_eq!(found(&app, kb_id, "kubectl").await.len(), 1);
+});
