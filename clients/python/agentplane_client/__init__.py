@@ -53,11 +53,13 @@ __all__ = [
     "AgentConversationStats",
     "AgentDeletedEventData",
     "AgentDeployment",
+    "AgentExpansion",
     "AgentField",
     "AgentFieldset",
     "AgentFlow",
     "AgentInput",
     "AgentList",
+    "AgentLogFrame",
     "AgentLogLine",
     "AgentLogs",
     "AgentMetrics",
@@ -201,8 +203,13 @@ __all__ = [
     "SecurityEvent",
     "SecurityEventList",
     "SecurityEventType",
+    "SecurityFinding",
+    "SecurityScan",
+    "SecurityScanList",
+    "SecurityScanRule",
     "SendMessage",
     "Severity",
+    "SeverityCounts",
     "Simulation",
     "SimulationEventData",
     "SimulationList",
@@ -309,11 +316,13 @@ from agentplane_client.models.agent_configuration import AgentConfiguration as A
 from agentplane_client.models.agent_conversation_stats import AgentConversationStats as AgentConversationStats
 from agentplane_client.models.agent_deleted_event_data import AgentDeletedEventData as AgentDeletedEventData
 from agentplane_client.models.agent_deployment import AgentDeployment as AgentDeployment
+from agentplane_client.models.agent_expansion import AgentExpansion as AgentExpansion
 from agentplane_client.models.agent_field import AgentField as AgentField
 from agentplane_client.models.agent_fieldset import AgentFieldset as AgentFieldset
 from agentplane_client.models.agent_flow import AgentFlow as AgentFlow
 from agentplane_client.models.agent_input import AgentInput as AgentInput
 from agentplane_client.models.agent_list import AgentList as AgentList
+from agentplane_client.models.agent_log_frame import AgentLogFrame as AgentLogFrame
 from agentplane_client.models.agent_log_line import AgentLogLine as AgentLogLine
 from agentplane_client.models.agent_logs import AgentLogs as AgentLogs
 from agentplane_client.models.agent_metrics import AgentMetrics as AgentMetrics
@@ -457,8 +466,13 @@ from agentplane_client.models.scope import Scope as Scope
 from agentplane_client.models.security_event import SecurityEvent as SecurityEvent
 from agentplane_client.models.security_event_list import SecurityEventList as SecurityEventList
 from agentplane_client.models.security_event_type import SecurityEventType as SecurityEventType
+from agentplane_client.models.security_finding import SecurityFinding as SecurityFinding
+from agentplane_client.models.security_scan import SecurityScan as SecurityScan
+from agentplane_client.models.security_scan_list import SecurityScanList as SecurityScanList
+from agentplane_client.models.security_scan_rule import SecurityScanRule as SecurityScanRule
 from agentplane_client.models.send_message import SendMessage as SendMessage
 from agentplane_client.models.severity import Severity as Severity
+from agentplane_client.models.severity_counts import SeverityCounts as SeverityCounts
 from agentplane_client.models.simulation import Simulation as Simulation
 from agentplane_client.models.simulation_event_data import SimulationEventData as SimulationEventData
 from agentplane_client.models.simulation_list import SimulationList as SimulationList

@@ -80,7 +80,10 @@ export interface paths {
          * @description Lists the organization's agents. Page with `page`/`per_page` or with `cursor`/`limit`
          *     (the `next_cursor` of the previous page). Filter with `type`, `status`, `search` (name
          *     and description) and `filter[created_at][gte|lte]`; sort with `sort=name&order=asc` or
-         *     `sort=-created_at`; select fields with `fields=id,name`.
+         *     `sort=-created_at`; select fields with `fields=id,name`. `expand=knowledge_bases,tools`
+         *     adds `expanded` to each agent: the knowledge bases and tools its ids name, as objects
+         *     (ids the organization no longer has are left out; expanding needs `read:knowledge` or
+         *     `read:tools` as well).
          */
         get: operations["listAgents"];
         put?: never;
@@ -156,12 +159,92 @@ export interface paths {
          * @description Security-relevant events of the organization as they happened, newest first (Agent
          *     Launchpad `GET /api/security/events`): failed authentication with a key of the
          *     organization (attributed to it when the key identifies it), API keys created, updated
-         *     and revoked, scope denials, rate-limit hits; `security_scan_findings` and
-         *     `vault_secret_read` are reserved for scans with high findings and decrypted vault
-         *     reads. Filter with `severity`, `type` and `since`; page with
+         *     and revoked, scope denials, rate-limit hits, security scans that found something
+         *     critical or high (`security_scan_findings`: the scan's id, counts, rules and
+         *     locations) and decrypted vault reads (`vault_secret_read`). Filter with `severity`, `type` and `since`; page with
          *     `page`/`per_page` or `cursor`/`limit`. Events never contain a secret.
          */
         get: operations["listSecurityEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/security/scan/{agent_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Scan an agent's configuration
+         * @description Runs a static security review of the agent as stored (Agent Launchpad `POST
+         *     /api/security/scan/{agentId}`), together with the prompt template, model, knowledge bases
+         *     and tools it references, and stores the result. Rules: `secret_exposed` (provider keys and
+         *     tokens such as OpenAI `sk-…`, GitHub, AWS, Slack, private-key PEM blocks, JWTs, bearer
+         *     tokens pasted into any string field), `platform_credential_exposed` (one of our own API
+         *     keys or vault tokens in a plaintext field: critical), `high_entropy_string` (long
+         *     random-looking runs), `unrestricted_network_tool` (an `api` tool whose endpoint is not
+         *     pinned to one TLS host), `unbounded_tokens`, `missing_resource_limits` and
+         *     `missing_reference` (a `model_id`, `prompt_template_id`, knowledge base or tool that does
+         *     not exist in the organization). Findings say where (`location`) and never contain the
+         *     secret, at most a redacted hint. `passed` is true when nothing critical or high was
+         *     found; a scan that did not pass records a `security_scan_findings` security event.
+         *     Another organization's agent answers 404.
+         */
+        post: operations["scanAgent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/security/scans": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List security scans
+         * @description The organization's stored scans, newest first. Filter with `agent_id` and
+         *     `min_severity` (scans with at least one finding that serious or worse); page with
+         *     `page`/`per_page` or `cursor`/`limit`.
+         */
+        get: operations["listSecurityScans"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/security/scans/{scan_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The scan's id. */
+                scan_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a security scan
+         * @description Returns the scan with its `ETag` (a scan never changes); with a matching `If-None-Match` answers 304 and no body.
+         */
+        get: operations["getSecurityScan"];
         put?: never;
         post?: never;
         delete?: never;
@@ -387,7 +470,7 @@ export interface paths {
         };
         /**
          * Get an agent's logs
-         * @description The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them.
+         * @description The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them. With `follow=true` the answer is `text/event-stream` (`curl -N`): those lines, then each new line as any replica writes it, one `log` event per line with a `: keep-alive` comment every 15 seconds, until the client disconnects (the stream does not end by itself).
          */
         get: operations["getAgentLogs"];
         put?: never;
@@ -1121,7 +1204,11 @@ export interface paths {
          * @description Returns the source with its status and last sync.
          */
         get: operations["getKnowledgeSource"];
-        put?: never;
+        /**
+         * Replace a source
+         * @description Replaces the source's configuration, keeping its id (Magnet AI `PUT /api/knowledge-sources/{id}`). Inline `text` replaces the source's documents at once (`active`). A `url` or `github` source that fetches the same thing as before (same page; same repository, branch and paths) keeps its documents and status and only takes the new name and metadata; one that fetches something else drops the documents the old configuration produced and is `pending` until `POST …/sync`. A file source may be replaced by any of these. A source being synced answers 409 `SOURCE_SYNCING` until the sync ends. All in one transaction.
+         */
+        put: operations["replaceKnowledgeSource"];
         post?: never;
         /**
          * Delete a source
@@ -2461,6 +2548,7 @@ export interface components {
         };
         /** @description An agent with only the fields selected by `fields` (all of them when `fields` is absent). */
         AgentFieldset: {
+            expanded?: components["schemas"]["AgentExpansion"];
             /** @description The agent's id. */
             readonly id: string;
             /** @description The agent's name. */
@@ -2517,6 +2605,13 @@ export interface components {
         };
         /** @description An AI agent. */
         Agent: components["schemas"]["AgentFieldset"] & unknown;
+        /** @description What `expand` asked for, as objects (only in lists with `expand`). */
+        AgentExpansion: {
+            /** @description The knowledge bases of `knowledge_bases`, in its order. */
+            knowledge_bases?: components["schemas"]["KnowledgeBase"][];
+            /** @description The tools of `tools`, in its order. */
+            tools?: components["schemas"]["Tool"][];
+        };
         AgentList: {
             /** @description The agents on this page. */
             data: components["schemas"]["AgentFieldset"][];
@@ -2706,6 +2801,79 @@ export interface components {
         SecurityEventList: {
             /** @description The events on this page, newest first. */
             data: components["schemas"]["SecurityEvent"][];
+            pagination: components["schemas"]["Pagination"];
+        };
+        /**
+         * @description The rule a finding broke.
+         * @enum {string}
+         */
+        SecurityScanRule: "secret_exposed" | "platform_credential_exposed" | "high_entropy_string" | "unrestricted_network_tool" | "unbounded_tokens" | "missing_resource_limits" | "missing_reference";
+        /** @description One problem a scan found. Never contains a secret, at most a redacted hint. */
+        SecurityFinding: {
+            rule: components["schemas"]["SecurityScanRule"];
+            severity: components["schemas"]["Severity"];
+            /** @description Where, as a JSON pointer into the agent (`/system_prompt`, `/metadata/api_key`) or into a resource it references (`prompt_template:/template`, `tool:tool_…:/url`). */
+            location: string;
+            /** @description What was found. */
+            message: string;
+            /** @description What to do about it. */
+            recommendation: string;
+        };
+        /** @description Findings by severity. */
+        SeverityCounts: {
+            /**
+             * Format: int64
+             * @description Critical findings.
+             */
+            critical: number;
+            /**
+             * Format: int64
+             * @description High findings.
+             */
+            high: number;
+            /**
+             * Format: int64
+             * @description Medium findings.
+             */
+            medium: number;
+            /**
+             * Format: int64
+             * @description Low findings.
+             */
+            low: number;
+        };
+        /** @description A stored security scan of an agent. */
+        SecurityScan: {
+            /** @description The scan's id (`scan_…`). */
+            id: string;
+            /** @description The agent scanned. */
+            agent_id: string;
+            /**
+             * Format: int64
+             * @description The agent's `version` when it was scanned.
+             */
+            agent_version: number;
+            /**
+             * @description Scans run to completion before they are answered.
+             * @enum {string}
+             */
+            status: "completed";
+            /** @description Whether nothing critical or high was found. */
+            passed: boolean;
+            counts: components["schemas"]["SeverityCounts"];
+            /** @description What was found, most serious first. */
+            findings: components["schemas"]["SecurityFinding"][];
+            /** @description The findings' distinct recommendations, most serious first. */
+            recommendations: string[];
+            /**
+             * Format: date-time
+             * @description When the scan ran.
+             */
+            created_at: string;
+        };
+        SecurityScanList: {
+            /** @description The scans on this page, newest first. */
+            data: components["schemas"]["SecurityScan"][];
             pagination: components["schemas"]["Pagination"];
         };
         /** @description Which agents to update; every condition given must hold. */
@@ -3954,6 +4122,13 @@ export interface components {
             revision: number;
             /** @description The execution it is about, if any. */
             execution_id: string | null;
+        };
+        /** @description One server-sent event of a followed log as an SSE client parses it: `event` is `log` and `data` is one `AgentLogLine` as JSON. */
+        AgentLogFrame: {
+            /** @enum {string} */
+            event: "log";
+            /** @description One `AgentLogLine`, serialized as JSON on a single line. */
+            data: string;
         };
         /** @description The last lines of an agent's log, oldest first. */
         AgentLogs: {
@@ -5766,6 +5941,8 @@ export interface operations {
                 order?: components["parameters"]["Order"];
                 /** @description Comma-separated fields to return for each agent; `id` is always returned. */
                 fields?: components["schemas"]["AgentField"][];
+                /** @description Comma-separated references to return as objects in `expanded`. */
+                expand?: ("knowledge_bases" | "tools")[];
             };
             header?: never;
             path?: never;
@@ -5954,6 +6131,149 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    scanAgent: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description A unique key for this request (a UUID, say). Retrying with the same key and body within
+                 *     24 hours answers 201 with the resource the first request created, creating nothing new;
+                 *     the same key with a different body answers 409.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The agent's id. */
+                agent_id: components["parameters"]["AgentId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The scan ran and was stored. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    Location: components["headers"]["Location"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecurityScan"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["IdempotencyConflict"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listSecurityScans: {
+        parameters: {
+            query?: {
+                /** @description Page number, from 1. */
+                page?: components["parameters"]["Page"];
+                /** @description Items per page. */
+                per_page?: components["parameters"]["PerPage"];
+                /**
+                 * @description The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a
+                 *     position (`<offset>.<id of the last item seen>`): the next page starts right after that
+                 *     item in the requested order, so items added or removed meanwhile are neither skipped
+                 *     nor repeated; if that item is gone, paging resumes at the offset.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description Items per page when paging with `cursor` (an alias of `per_page`). */
+                limit?: components["parameters"]["Limit"];
+                /** @description Only scans of this agent. */
+                agent_id?: string;
+                /** @description Only scans with a finding of this severity or worse. */
+                min_severity?: components["schemas"]["Severity"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of scans. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecurityScanList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getSecurityScan: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description An `ETag` you hold; answers 304 when the resource still has it. */
+                "If-None-Match"?: components["parameters"]["IfNoneMatch"];
+            };
+            path: {
+                /** @description The scan's id. */
+                scan_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The scan. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecurityScan"];
+                };
+            };
+            /** @description The scan has not changed since the `ETag` given in `If-None-Match`. */
+            304: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    ETag: components["headers"]["ETag"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -6522,6 +6842,8 @@ export interface operations {
                 since?: string;
                 /** @description The lowest level to include (`warn` returns warnings and errors). */
                 level?: components["schemas"]["LogLevel"];
+                /** @description Keep the response open and stream new lines as server-sent events. */
+                follow?: boolean;
             };
             header?: never;
             path: {
@@ -6544,6 +6866,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AgentLogs"];
+                    "text/event-stream": components["schemas"]["AgentLogFrame"];
                 };
             };
             400: components["responses"]["BadRequest"];
@@ -8462,6 +8785,48 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    replaceKnowledgeSource: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The knowledge base's id (`kb_…`). */
+                kb_id: components["parameters"]["KnowledgeBaseId"];
+                /** @description The source's id (`src_…`). */
+                source_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KnowledgeSourceInput"];
+            };
+        };
+        responses: {
+            /** @description The source as replaced. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KnowledgeSource"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["UnprocessableEntity"];
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["ServiceUnavailable"];
         };

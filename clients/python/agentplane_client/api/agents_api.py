@@ -1245,6 +1245,7 @@ class AgentsApi:
         sort: Annotated[Optional[StrictStr], Field(description="Sort field; a leading `-` sorts descending. Default `-created_at`.")] = None,
         order: Annotated[Optional[StrictStr], Field(description="Sort order for a `sort` field given without a leading `-`.")] = None,
         fields: Annotated[Optional[Annotated[List[AgentField], Field(min_length=1)]], Field(description="Comma-separated fields to return for each agent; `id` is always returned.")] = None,
+        expand: Annotated[Optional[Annotated[List[StrictStr], Field(min_length=1)]], Field(description="Comma-separated references to return as objects in `expanded`.")] = None,
         _request_timeout: Union[
             None,
             Annotated[StrictFloat, Field(gt=0)],
@@ -1260,7 +1261,7 @@ class AgentsApi:
     ) -> AgentList:
         """List agents
 
-        Lists the organization's agents. Page with `page`/`per_page` or with `cursor`/`limit` (the `next_cursor` of the previous page). Filter with `type`, `status`, `search` (name and description) and `filter[created_at][gte|lte]`; sort with `sort=name&order=asc` or `sort=-created_at`; select fields with `fields=id,name`. 
+        Lists the organization's agents. Page with `page`/`per_page` or with `cursor`/`limit` (the `next_cursor` of the previous page). Filter with `type`, `status`, `search` (name and description) and `filter[created_at][gte|lte]`; sort with `sort=name&order=asc` or `sort=-created_at`; select fields with `fields=id,name`. `expand=knowledge_bases,tools` adds `expanded` to each agent: the knowledge bases and tools its ids name, as objects (ids the organization no longer has are left out; expanding needs `read:knowledge` or `read:tools` as well). 
 
         :param page: Page number, from 1.
         :type page: int
@@ -1290,6 +1291,8 @@ class AgentsApi:
         :type order: str
         :param fields: Comma-separated fields to return for each agent; `id` is always returned.
         :type fields: List[AgentField]
+        :param expand: Comma-separated references to return as objects in `expanded`.
+        :type expand: List[str]
         :param _request_timeout: timeout setting for this request. If one
                                  number provided, it will be total request
                                  timeout. It can also be a pair (tuple) of
@@ -1327,6 +1330,7 @@ class AgentsApi:
             sort=sort,
             order=order,
             fields=fields,
+            expand=expand,
             _request_auth=_request_auth,
             _content_type=_content_type,
             _headers=_headers,
@@ -1369,6 +1373,7 @@ class AgentsApi:
         sort: Annotated[Optional[StrictStr], Field(description="Sort field; a leading `-` sorts descending. Default `-created_at`.")] = None,
         order: Annotated[Optional[StrictStr], Field(description="Sort order for a `sort` field given without a leading `-`.")] = None,
         fields: Annotated[Optional[Annotated[List[AgentField], Field(min_length=1)]], Field(description="Comma-separated fields to return for each agent; `id` is always returned.")] = None,
+        expand: Annotated[Optional[Annotated[List[StrictStr], Field(min_length=1)]], Field(description="Comma-separated references to return as objects in `expanded`.")] = None,
         _request_timeout: Union[
             None,
             Annotated[StrictFloat, Field(gt=0)],
@@ -1384,7 +1389,7 @@ class AgentsApi:
     ) -> ApiResponse[AgentList]:
         """List agents
 
-        Lists the organization's agents. Page with `page`/`per_page` or with `cursor`/`limit` (the `next_cursor` of the previous page). Filter with `type`, `status`, `search` (name and description) and `filter[created_at][gte|lte]`; sort with `sort=name&order=asc` or `sort=-created_at`; select fields with `fields=id,name`. 
+        Lists the organization's agents. Page with `page`/`per_page` or with `cursor`/`limit` (the `next_cursor` of the previous page). Filter with `type`, `status`, `search` (name and description) and `filter[created_at][gte|lte]`; sort with `sort=name&order=asc` or `sort=-created_at`; select fields with `fields=id,name`. `expand=knowledge_bases,tools` adds `expanded` to each agent: the knowledge bases and tools its ids name, as objects (ids the organization no longer has are left out; expanding needs `read:knowledge` or `read:tools` as well). 
 
         :param page: Page number, from 1.
         :type page: int
@@ -1414,6 +1419,8 @@ class AgentsApi:
         :type order: str
         :param fields: Comma-separated fields to return for each agent; `id` is always returned.
         :type fields: List[AgentField]
+        :param expand: Comma-separated references to return as objects in `expanded`.
+        :type expand: List[str]
         :param _request_timeout: timeout setting for this request. If one
                                  number provided, it will be total request
                                  timeout. It can also be a pair (tuple) of
@@ -1451,6 +1458,7 @@ class AgentsApi:
             sort=sort,
             order=order,
             fields=fields,
+            expand=expand,
             _request_auth=_request_auth,
             _content_type=_content_type,
             _headers=_headers,
@@ -1493,6 +1501,7 @@ class AgentsApi:
         sort: Annotated[Optional[StrictStr], Field(description="Sort field; a leading `-` sorts descending. Default `-created_at`.")] = None,
         order: Annotated[Optional[StrictStr], Field(description="Sort order for a `sort` field given without a leading `-`.")] = None,
         fields: Annotated[Optional[Annotated[List[AgentField], Field(min_length=1)]], Field(description="Comma-separated fields to return for each agent; `id` is always returned.")] = None,
+        expand: Annotated[Optional[Annotated[List[StrictStr], Field(min_length=1)]], Field(description="Comma-separated references to return as objects in `expanded`.")] = None,
         _request_timeout: Union[
             None,
             Annotated[StrictFloat, Field(gt=0)],
@@ -1508,7 +1517,7 @@ class AgentsApi:
     ) -> RESTResponseType:
         """List agents
 
-        Lists the organization's agents. Page with `page`/`per_page` or with `cursor`/`limit` (the `next_cursor` of the previous page). Filter with `type`, `status`, `search` (name and description) and `filter[created_at][gte|lte]`; sort with `sort=name&order=asc` or `sort=-created_at`; select fields with `fields=id,name`. 
+        Lists the organization's agents. Page with `page`/`per_page` or with `cursor`/`limit` (the `next_cursor` of the previous page). Filter with `type`, `status`, `search` (name and description) and `filter[created_at][gte|lte]`; sort with `sort=name&order=asc` or `sort=-created_at`; select fields with `fields=id,name`. `expand=knowledge_bases,tools` adds `expanded` to each agent: the knowledge bases and tools its ids name, as objects (ids the organization no longer has are left out; expanding needs `read:knowledge` or `read:tools` as well). 
 
         :param page: Page number, from 1.
         :type page: int
@@ -1538,6 +1547,8 @@ class AgentsApi:
         :type order: str
         :param fields: Comma-separated fields to return for each agent; `id` is always returned.
         :type fields: List[AgentField]
+        :param expand: Comma-separated references to return as objects in `expanded`.
+        :type expand: List[str]
         :param _request_timeout: timeout setting for this request. If one
                                  number provided, it will be total request
                                  timeout. It can also be a pair (tuple) of
@@ -1575,6 +1586,7 @@ class AgentsApi:
             sort=sort,
             order=order,
             fields=fields,
+            expand=expand,
             _request_auth=_request_auth,
             _content_type=_content_type,
             _headers=_headers,
@@ -1612,6 +1624,7 @@ class AgentsApi:
         sort,
         order,
         fields,
+        expand,
         _request_auth,
         _content_type,
         _headers,
@@ -1622,6 +1635,7 @@ class AgentsApi:
 
         _collection_formats: Dict[str, str] = {
             'fields': 'csv',
+            'expand': 'csv',
         }
 
         _path_params: Dict[str, str] = {}
@@ -1708,6 +1722,10 @@ class AgentsApi:
         if fields is not None:
             
             _query_params.append(('fields', fields))
+            
+        if expand is not None:
+            
+            _query_params.append(('expand', expand))
             
         # process the header parameters
         # process the form parameters

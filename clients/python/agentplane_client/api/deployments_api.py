@@ -15,7 +15,7 @@ from pydantic import validate_call, Field, StrictFloat, StrictStr, StrictInt
 from typing import Any, Dict, List, Optional, Tuple, Union
 from typing_extensions import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictBool, field_validator
 from typing import Optional
 from typing_extensions import Annotated
 from agentplane_client.models.agent_deployment import AgentDeployment
@@ -49,6 +49,7 @@ class DeploymentsApi:
         lines: Annotated[Optional[Annotated[int, Field(le=1000, strict=True, ge=1)]], Field(description="How many of the latest lines to return.")] = None,
         since: Annotated[Optional[Annotated[str, Field(strict=True, max_length=40)]], Field(description="Only lines from this moment on, as a duration back from now (`30m`, `1h`, `2d`) or an RFC 3339 timestamp.")] = None,
         level: Annotated[Optional[LogLevel], Field(description="The lowest level to include (`warn` returns warnings and errors).")] = None,
+        follow: Annotated[Optional[StrictBool], Field(description="Keep the response open and stream new lines as server-sent events.")] = None,
         _request_timeout: Union[
             None,
             Annotated[StrictFloat, Field(gt=0)],
@@ -64,7 +65,7 @@ class DeploymentsApi:
     ) -> AgentLogs:
         """Get an agent's logs
 
-        The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them.
+        The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them. With `follow=true` the answer is `text/event-stream` (`curl -N`): those lines, then each new line as any replica writes it, one `log` event per line with a `: keep-alive` comment every 15 seconds, until the client disconnects (the stream does not end by itself).
 
         :param agent_id: The agent's id. (required)
         :type agent_id: str
@@ -74,6 +75,8 @@ class DeploymentsApi:
         :type since: str
         :param level: The lowest level to include (`warn` returns warnings and errors).
         :type level: LogLevel
+        :param follow: Keep the response open and stream new lines as server-sent events.
+        :type follow: bool
         :param _request_timeout: timeout setting for this request. If one
                                  number provided, it will be total request
                                  timeout. It can also be a pair (tuple) of
@@ -101,6 +104,7 @@ class DeploymentsApi:
             lines=lines,
             since=since,
             level=level,
+            follow=follow,
             _request_auth=_request_auth,
             _content_type=_content_type,
             _headers=_headers,
@@ -134,6 +138,7 @@ class DeploymentsApi:
         lines: Annotated[Optional[Annotated[int, Field(le=1000, strict=True, ge=1)]], Field(description="How many of the latest lines to return.")] = None,
         since: Annotated[Optional[Annotated[str, Field(strict=True, max_length=40)]], Field(description="Only lines from this moment on, as a duration back from now (`30m`, `1h`, `2d`) or an RFC 3339 timestamp.")] = None,
         level: Annotated[Optional[LogLevel], Field(description="The lowest level to include (`warn` returns warnings and errors).")] = None,
+        follow: Annotated[Optional[StrictBool], Field(description="Keep the response open and stream new lines as server-sent events.")] = None,
         _request_timeout: Union[
             None,
             Annotated[StrictFloat, Field(gt=0)],
@@ -149,7 +154,7 @@ class DeploymentsApi:
     ) -> ApiResponse[AgentLogs]:
         """Get an agent's logs
 
-        The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them.
+        The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them. With `follow=true` the answer is `text/event-stream` (`curl -N`): those lines, then each new line as any replica writes it, one `log` event per line with a `: keep-alive` comment every 15 seconds, until the client disconnects (the stream does not end by itself).
 
         :param agent_id: The agent's id. (required)
         :type agent_id: str
@@ -159,6 +164,8 @@ class DeploymentsApi:
         :type since: str
         :param level: The lowest level to include (`warn` returns warnings and errors).
         :type level: LogLevel
+        :param follow: Keep the response open and stream new lines as server-sent events.
+        :type follow: bool
         :param _request_timeout: timeout setting for this request. If one
                                  number provided, it will be total request
                                  timeout. It can also be a pair (tuple) of
@@ -186,6 +193,7 @@ class DeploymentsApi:
             lines=lines,
             since=since,
             level=level,
+            follow=follow,
             _request_auth=_request_auth,
             _content_type=_content_type,
             _headers=_headers,
@@ -219,6 +227,7 @@ class DeploymentsApi:
         lines: Annotated[Optional[Annotated[int, Field(le=1000, strict=True, ge=1)]], Field(description="How many of the latest lines to return.")] = None,
         since: Annotated[Optional[Annotated[str, Field(strict=True, max_length=40)]], Field(description="Only lines from this moment on, as a duration back from now (`30m`, `1h`, `2d`) or an RFC 3339 timestamp.")] = None,
         level: Annotated[Optional[LogLevel], Field(description="The lowest level to include (`warn` returns warnings and errors).")] = None,
+        follow: Annotated[Optional[StrictBool], Field(description="Keep the response open and stream new lines as server-sent events.")] = None,
         _request_timeout: Union[
             None,
             Annotated[StrictFloat, Field(gt=0)],
@@ -234,7 +243,7 @@ class DeploymentsApi:
     ) -> RESTResponseType:
         """Get an agent's logs
 
-        The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them.
+        The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them. With `follow=true` the answer is `text/event-stream` (`curl -N`): those lines, then each new line as any replica writes it, one `log` event per line with a `: keep-alive` comment every 15 seconds, until the client disconnects (the stream does not end by itself).
 
         :param agent_id: The agent's id. (required)
         :type agent_id: str
@@ -244,6 +253,8 @@ class DeploymentsApi:
         :type since: str
         :param level: The lowest level to include (`warn` returns warnings and errors).
         :type level: LogLevel
+        :param follow: Keep the response open and stream new lines as server-sent events.
+        :type follow: bool
         :param _request_timeout: timeout setting for this request. If one
                                  number provided, it will be total request
                                  timeout. It can also be a pair (tuple) of
@@ -271,6 +282,7 @@ class DeploymentsApi:
             lines=lines,
             since=since,
             level=level,
+            follow=follow,
             _request_auth=_request_auth,
             _content_type=_content_type,
             _headers=_headers,
@@ -299,6 +311,7 @@ class DeploymentsApi:
         lines,
         since,
         level,
+        follow,
         _request_auth,
         _content_type,
         _headers,
@@ -335,6 +348,10 @@ class DeploymentsApi:
             
             _query_params.append(('level', level.value))
             
+        if follow is not None:
+            
+            _query_params.append(('follow', follow))
+            
         # process the header parameters
         # process the form parameters
         # process the body parameter
@@ -344,7 +361,8 @@ class DeploymentsApi:
         if 'Accept' not in _header_params:
             _header_params['Accept'] = self.api_client.select_header_accept(
                 [
-                    'application/json'
+                    'application/json', 
+                    'text/event-stream'
                 ]
             )
 

@@ -5103,6 +5103,335 @@ class KnowledgeApi:
 
 
     @validate_call
+    def replace_knowledge_source(
+        self,
+        kb_id: Annotated[str, Field(strict=True, description="The knowledge base's id (`kb_…`).")],
+        source_id: Annotated[str, Field(strict=True, description="The source's id (`src_…`).")],
+        knowledge_source_input: KnowledgeSourceInput,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> KnowledgeSource:
+        """Replace a source
+
+        Replaces the source's configuration, keeping its id (Magnet AI `PUT /api/knowledge-sources/{id}`). Inline `text` replaces the source's documents at once (`active`). A `url` or `github` source that fetches the same thing as before (same page; same repository, branch and paths) keeps its documents and status and only takes the new name and metadata; one that fetches something else drops the documents the old configuration produced and is `pending` until `POST …/sync`. A file source may be replaced by any of these. A source being synced answers 409 `SOURCE_SYNCING` until the sync ends. All in one transaction.
+
+        :param kb_id: The knowledge base's id (`kb_…`). (required)
+        :type kb_id: str
+        :param source_id: The source's id (`src_…`). (required)
+        :type source_id: str
+        :param knowledge_source_input: (required)
+        :type knowledge_source_input: KnowledgeSourceInput
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._replace_knowledge_source_serialize(
+            kb_id=kb_id,
+            source_id=source_id,
+            knowledge_source_input=knowledge_source_input,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "KnowledgeSource",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '409': "ErrorEnvelope",
+            '422': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        ).data
+
+
+    @validate_call
+    def replace_knowledge_source_with_http_info(
+        self,
+        kb_id: Annotated[str, Field(strict=True, description="The knowledge base's id (`kb_…`).")],
+        source_id: Annotated[str, Field(strict=True, description="The source's id (`src_…`).")],
+        knowledge_source_input: KnowledgeSourceInput,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> ApiResponse[KnowledgeSource]:
+        """Replace a source
+
+        Replaces the source's configuration, keeping its id (Magnet AI `PUT /api/knowledge-sources/{id}`). Inline `text` replaces the source's documents at once (`active`). A `url` or `github` source that fetches the same thing as before (same page; same repository, branch and paths) keeps its documents and status and only takes the new name and metadata; one that fetches something else drops the documents the old configuration produced and is `pending` until `POST …/sync`. A file source may be replaced by any of these. A source being synced answers 409 `SOURCE_SYNCING` until the sync ends. All in one transaction.
+
+        :param kb_id: The knowledge base's id (`kb_…`). (required)
+        :type kb_id: str
+        :param source_id: The source's id (`src_…`). (required)
+        :type source_id: str
+        :param knowledge_source_input: (required)
+        :type knowledge_source_input: KnowledgeSourceInput
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._replace_knowledge_source_serialize(
+            kb_id=kb_id,
+            source_id=source_id,
+            knowledge_source_input=knowledge_source_input,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "KnowledgeSource",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '409': "ErrorEnvelope",
+            '422': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        )
+
+
+    @validate_call
+    def replace_knowledge_source_without_preload_content(
+        self,
+        kb_id: Annotated[str, Field(strict=True, description="The knowledge base's id (`kb_…`).")],
+        source_id: Annotated[str, Field(strict=True, description="The source's id (`src_…`).")],
+        knowledge_source_input: KnowledgeSourceInput,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> RESTResponseType:
+        """Replace a source
+
+        Replaces the source's configuration, keeping its id (Magnet AI `PUT /api/knowledge-sources/{id}`). Inline `text` replaces the source's documents at once (`active`). A `url` or `github` source that fetches the same thing as before (same page; same repository, branch and paths) keeps its documents and status and only takes the new name and metadata; one that fetches something else drops the documents the old configuration produced and is `pending` until `POST …/sync`. A file source may be replaced by any of these. A source being synced answers 409 `SOURCE_SYNCING` until the sync ends. All in one transaction.
+
+        :param kb_id: The knowledge base's id (`kb_…`). (required)
+        :type kb_id: str
+        :param source_id: The source's id (`src_…`). (required)
+        :type source_id: str
+        :param knowledge_source_input: (required)
+        :type knowledge_source_input: KnowledgeSourceInput
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._replace_knowledge_source_serialize(
+            kb_id=kb_id,
+            source_id=source_id,
+            knowledge_source_input=knowledge_source_input,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "KnowledgeSource",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '409': "ErrorEnvelope",
+            '422': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        return response_data.response
+
+
+    def _replace_knowledge_source_serialize(
+        self,
+        kb_id,
+        source_id,
+        knowledge_source_input,
+        _request_auth,
+        _content_type,
+        _headers,
+        _host_index,
+    ) -> RequestSerialized:
+
+        _host = None
+
+        _collection_formats: Dict[str, str] = {
+        }
+
+        _path_params: Dict[str, str] = {}
+        _query_params: List[Tuple[str, str]] = []
+        _header_params: Dict[str, Optional[str]] = _headers or {}
+        _form_params: List[Tuple[str, str]] = []
+        _files: Dict[
+            str, Union[str, bytes, List[str], List[bytes], List[Tuple[str, bytes]]]
+        ] = {}
+        _body_params: Optional[bytes] = None
+
+        # process the path parameters
+        if kb_id is not None:
+            _path_params['kb_id'] = kb_id
+        if source_id is not None:
+            _path_params['source_id'] = source_id
+        # process the query parameters
+        # process the header parameters
+        # process the form parameters
+        # process the body parameter
+        if knowledge_source_input is not None:
+            _body_params = knowledge_source_input
+
+
+        # set the HTTP header `Accept`
+        if 'Accept' not in _header_params:
+            _header_params['Accept'] = self.api_client.select_header_accept(
+                [
+                    'application/json'
+                ]
+            )
+
+        # set the HTTP header `Content-Type`
+        if _content_type:
+            _header_params['Content-Type'] = _content_type
+        else:
+            _default_content_type = (
+                self.api_client.select_header_content_type(
+                    [
+                        'application/json'
+                    ]
+                )
+            )
+            if _default_content_type is not None:
+                _header_params['Content-Type'] = _default_content_type
+
+        # authentication setting
+        _auth_settings: List[str] = [
+            'apiKeyAuth', 
+            'bearerAuth'
+        ]
+
+        return self.api_client.param_serialize(
+            method='PUT',
+            resource_path='/v1/knowledge/{kb_id}/sources/{source_id}',
+            path_params=_path_params,
+            query_params=_query_params,
+            header_params=_header_params,
+            body=_body_params,
+            post_params=_form_params,
+            files=_files,
+            auth_settings=_auth_settings,
+            collection_formats=_collection_formats,
+            _host=_host,
+            _request_auth=_request_auth
+        )
+
+
+
+
+    @validate_call
     def search_knowledge(
         self,
         q: Annotated[str, Field(min_length=1, strict=True, max_length=2000, description="Free text; its words are matched (stemmed, any of them).")],

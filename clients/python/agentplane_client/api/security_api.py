@@ -21,6 +21,8 @@ from typing import Optional
 from typing_extensions import Annotated
 from agentplane_client.models.security_event_list import SecurityEventList
 from agentplane_client.models.security_event_type import SecurityEventType
+from agentplane_client.models.security_scan import SecurityScan
+from agentplane_client.models.security_scan_list import SecurityScanList
 from agentplane_client.models.severity import Severity
 
 from agentplane_client.api_client import ApiClient, RequestSerialized
@@ -39,6 +41,304 @@ class SecurityApi:
         if api_client is None:
             api_client = ApiClient.get_default()
         self.api_client = api_client
+
+
+    @validate_call
+    def get_security_scan(
+        self,
+        scan_id: Annotated[str, Field(strict=True, description="The scan's id.")],
+        if_none_match: Annotated[Optional[Annotated[str, Field(strict=True, max_length=256)]], Field(description="An `ETag` you hold; answers 304 when the resource still has it.")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> SecurityScan:
+        """Get a security scan
+
+        Returns the scan with its `ETag` (a scan never changes); with a matching `If-None-Match` answers 304 and no body.
+
+        :param scan_id: The scan's id. (required)
+        :type scan_id: str
+        :param if_none_match: An `ETag` you hold; answers 304 when the resource still has it.
+        :type if_none_match: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._get_security_scan_serialize(
+            scan_id=scan_id,
+            if_none_match=if_none_match,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "SecurityScan",
+            '304': None,
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        ).data
+
+
+    @validate_call
+    def get_security_scan_with_http_info(
+        self,
+        scan_id: Annotated[str, Field(strict=True, description="The scan's id.")],
+        if_none_match: Annotated[Optional[Annotated[str, Field(strict=True, max_length=256)]], Field(description="An `ETag` you hold; answers 304 when the resource still has it.")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> ApiResponse[SecurityScan]:
+        """Get a security scan
+
+        Returns the scan with its `ETag` (a scan never changes); with a matching `If-None-Match` answers 304 and no body.
+
+        :param scan_id: The scan's id. (required)
+        :type scan_id: str
+        :param if_none_match: An `ETag` you hold; answers 304 when the resource still has it.
+        :type if_none_match: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._get_security_scan_serialize(
+            scan_id=scan_id,
+            if_none_match=if_none_match,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "SecurityScan",
+            '304': None,
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        )
+
+
+    @validate_call
+    def get_security_scan_without_preload_content(
+        self,
+        scan_id: Annotated[str, Field(strict=True, description="The scan's id.")],
+        if_none_match: Annotated[Optional[Annotated[str, Field(strict=True, max_length=256)]], Field(description="An `ETag` you hold; answers 304 when the resource still has it.")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> RESTResponseType:
+        """Get a security scan
+
+        Returns the scan with its `ETag` (a scan never changes); with a matching `If-None-Match` answers 304 and no body.
+
+        :param scan_id: The scan's id. (required)
+        :type scan_id: str
+        :param if_none_match: An `ETag` you hold; answers 304 when the resource still has it.
+        :type if_none_match: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._get_security_scan_serialize(
+            scan_id=scan_id,
+            if_none_match=if_none_match,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "SecurityScan",
+            '304': None,
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        return response_data.response
+
+
+    def _get_security_scan_serialize(
+        self,
+        scan_id,
+        if_none_match,
+        _request_auth,
+        _content_type,
+        _headers,
+        _host_index,
+    ) -> RequestSerialized:
+
+        _host = None
+
+        _collection_formats: Dict[str, str] = {
+        }
+
+        _path_params: Dict[str, str] = {}
+        _query_params: List[Tuple[str, str]] = []
+        _header_params: Dict[str, Optional[str]] = _headers or {}
+        _form_params: List[Tuple[str, str]] = []
+        _files: Dict[
+            str, Union[str, bytes, List[str], List[bytes], List[Tuple[str, bytes]]]
+        ] = {}
+        _body_params: Optional[bytes] = None
+
+        # process the path parameters
+        if scan_id is not None:
+            _path_params['scan_id'] = scan_id
+        # process the query parameters
+        # process the header parameters
+        if if_none_match is not None:
+            _header_params['If-None-Match'] = if_none_match
+        # process the form parameters
+        # process the body parameter
+
+
+        # set the HTTP header `Accept`
+        if 'Accept' not in _header_params:
+            _header_params['Accept'] = self.api_client.select_header_accept(
+                [
+                    'application/json'
+                ]
+            )
+
+
+        # authentication setting
+        _auth_settings: List[str] = [
+            'apiKeyAuth', 
+            'bearerAuth'
+        ]
+
+        return self.api_client.param_serialize(
+            method='GET',
+            resource_path='/v1/security/scans/{scan_id}',
+            path_params=_path_params,
+            query_params=_query_params,
+            header_params=_header_params,
+            body=_body_params,
+            post_params=_form_params,
+            files=_files,
+            auth_settings=_auth_settings,
+            collection_formats=_collection_formats,
+            _host=_host,
+            _request_auth=_request_auth
+        )
+
+
 
 
     @validate_call
@@ -66,7 +366,7 @@ class SecurityApi:
     ) -> SecurityEventList:
         """List security events
 
-        Security-relevant events of the organization as they happened, newest first (Agent Launchpad `GET /api/security/events`): failed authentication with a key of the organization (attributed to it when the key identifies it), API keys created, updated and revoked, scope denials, rate-limit hits; `security_scan_findings` and `vault_secret_read` are reserved for scans with high findings and decrypted vault reads. Filter with `severity`, `type` and `since`; page with `page`/`per_page` or `cursor`/`limit`. Events never contain a secret. 
+        Security-relevant events of the organization as they happened, newest first (Agent Launchpad `GET /api/security/events`): failed authentication with a key of the organization (attributed to it when the key identifies it), API keys created, updated and revoked, scope denials, rate-limit hits, security scans that found something critical or high (`security_scan_findings`: the scan's id, counts, rules and locations) and decrypted vault reads (`vault_secret_read`). Filter with `severity`, `type` and `since`; page with `page`/`per_page` or `cursor`/`limit`. Events never contain a secret. 
 
         :param page: Page number, from 1.
         :type page: int
@@ -162,7 +462,7 @@ class SecurityApi:
     ) -> ApiResponse[SecurityEventList]:
         """List security events
 
-        Security-relevant events of the organization as they happened, newest first (Agent Launchpad `GET /api/security/events`): failed authentication with a key of the organization (attributed to it when the key identifies it), API keys created, updated and revoked, scope denials, rate-limit hits; `security_scan_findings` and `vault_secret_read` are reserved for scans with high findings and decrypted vault reads. Filter with `severity`, `type` and `since`; page with `page`/`per_page` or `cursor`/`limit`. Events never contain a secret. 
+        Security-relevant events of the organization as they happened, newest first (Agent Launchpad `GET /api/security/events`): failed authentication with a key of the organization (attributed to it when the key identifies it), API keys created, updated and revoked, scope denials, rate-limit hits, security scans that found something critical or high (`security_scan_findings`: the scan's id, counts, rules and locations) and decrypted vault reads (`vault_secret_read`). Filter with `severity`, `type` and `since`; page with `page`/`per_page` or `cursor`/`limit`. Events never contain a secret. 
 
         :param page: Page number, from 1.
         :type page: int
@@ -258,7 +558,7 @@ class SecurityApi:
     ) -> RESTResponseType:
         """List security events
 
-        Security-relevant events of the organization as they happened, newest first (Agent Launchpad `GET /api/security/events`): failed authentication with a key of the organization (attributed to it when the key identifies it), API keys created, updated and revoked, scope denials, rate-limit hits; `security_scan_findings` and `vault_secret_read` are reserved for scans with high findings and decrypted vault reads. Filter with `severity`, `type` and `since`; page with `page`/`per_page` or `cursor`/`limit`. Events never contain a secret. 
+        Security-relevant events of the organization as they happened, newest first (Agent Launchpad `GET /api/security/events`): failed authentication with a key of the organization (attributed to it when the key identifies it), API keys created, updated and revoked, scope denials, rate-limit hits, security scans that found something critical or high (`security_scan_findings`: the scan's id, counts, rules and locations) and decrypted vault reads (`vault_secret_read`). Filter with `severity`, `type` and `since`; page with `page`/`per_page` or `cursor`/`limit`. Events never contain a secret. 
 
         :param page: Page number, from 1.
         :type page: int
@@ -416,6 +716,668 @@ class SecurityApi:
         return self.api_client.param_serialize(
             method='GET',
             resource_path='/v1/security/events',
+            path_params=_path_params,
+            query_params=_query_params,
+            header_params=_header_params,
+            body=_body_params,
+            post_params=_form_params,
+            files=_files,
+            auth_settings=_auth_settings,
+            collection_formats=_collection_formats,
+            _host=_host,
+            _request_auth=_request_auth
+        )
+
+
+
+
+    @validate_call
+    def list_security_scans(
+        self,
+        page: Annotated[Optional[Annotated[int, Field(le=1000000, strict=True, ge=1)]], Field(description="Page number, from 1.")] = None,
+        per_page: Annotated[Optional[Annotated[int, Field(le=100, strict=True, ge=1)]], Field(description="Items per page.")] = None,
+        cursor: Annotated[Optional[Annotated[str, Field(strict=True)]], Field(description="The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a position (`<offset>.<id of the last item seen>`): the next page starts right after that item in the requested order, so items added or removed meanwhile are neither skipped nor repeated; if that item is gone, paging resumes at the offset. ")] = None,
+        limit: Annotated[Optional[Annotated[int, Field(le=100, strict=True, ge=1)]], Field(description="Items per page when paging with `cursor` (an alias of `per_page`).")] = None,
+        agent_id: Annotated[Optional[Annotated[str, Field(strict=True)]], Field(description="Only scans of this agent.")] = None,
+        min_severity: Annotated[Optional[Severity], Field(description="Only scans with a finding of this severity or worse.")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> SecurityScanList:
+        """List security scans
+
+        The organization's stored scans, newest first. Filter with `agent_id` and `min_severity` (scans with at least one finding that serious or worse); page with `page`/`per_page` or `cursor`/`limit`. 
+
+        :param page: Page number, from 1.
+        :type page: int
+        :param per_page: Items per page.
+        :type per_page: int
+        :param cursor: The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a position (`<offset>.<id of the last item seen>`): the next page starts right after that item in the requested order, so items added or removed meanwhile are neither skipped nor repeated; if that item is gone, paging resumes at the offset. 
+        :type cursor: str
+        :param limit: Items per page when paging with `cursor` (an alias of `per_page`).
+        :type limit: int
+        :param agent_id: Only scans of this agent.
+        :type agent_id: str
+        :param min_severity: Only scans with a finding of this severity or worse.
+        :type min_severity: Severity
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._list_security_scans_serialize(
+            page=page,
+            per_page=per_page,
+            cursor=cursor,
+            limit=limit,
+            agent_id=agent_id,
+            min_severity=min_severity,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "SecurityScanList",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        ).data
+
+
+    @validate_call
+    def list_security_scans_with_http_info(
+        self,
+        page: Annotated[Optional[Annotated[int, Field(le=1000000, strict=True, ge=1)]], Field(description="Page number, from 1.")] = None,
+        per_page: Annotated[Optional[Annotated[int, Field(le=100, strict=True, ge=1)]], Field(description="Items per page.")] = None,
+        cursor: Annotated[Optional[Annotated[str, Field(strict=True)]], Field(description="The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a position (`<offset>.<id of the last item seen>`): the next page starts right after that item in the requested order, so items added or removed meanwhile are neither skipped nor repeated; if that item is gone, paging resumes at the offset. ")] = None,
+        limit: Annotated[Optional[Annotated[int, Field(le=100, strict=True, ge=1)]], Field(description="Items per page when paging with `cursor` (an alias of `per_page`).")] = None,
+        agent_id: Annotated[Optional[Annotated[str, Field(strict=True)]], Field(description="Only scans of this agent.")] = None,
+        min_severity: Annotated[Optional[Severity], Field(description="Only scans with a finding of this severity or worse.")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> ApiResponse[SecurityScanList]:
+        """List security scans
+
+        The organization's stored scans, newest first. Filter with `agent_id` and `min_severity` (scans with at least one finding that serious or worse); page with `page`/`per_page` or `cursor`/`limit`. 
+
+        :param page: Page number, from 1.
+        :type page: int
+        :param per_page: Items per page.
+        :type per_page: int
+        :param cursor: The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a position (`<offset>.<id of the last item seen>`): the next page starts right after that item in the requested order, so items added or removed meanwhile are neither skipped nor repeated; if that item is gone, paging resumes at the offset. 
+        :type cursor: str
+        :param limit: Items per page when paging with `cursor` (an alias of `per_page`).
+        :type limit: int
+        :param agent_id: Only scans of this agent.
+        :type agent_id: str
+        :param min_severity: Only scans with a finding of this severity or worse.
+        :type min_severity: Severity
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._list_security_scans_serialize(
+            page=page,
+            per_page=per_page,
+            cursor=cursor,
+            limit=limit,
+            agent_id=agent_id,
+            min_severity=min_severity,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "SecurityScanList",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        )
+
+
+    @validate_call
+    def list_security_scans_without_preload_content(
+        self,
+        page: Annotated[Optional[Annotated[int, Field(le=1000000, strict=True, ge=1)]], Field(description="Page number, from 1.")] = None,
+        per_page: Annotated[Optional[Annotated[int, Field(le=100, strict=True, ge=1)]], Field(description="Items per page.")] = None,
+        cursor: Annotated[Optional[Annotated[str, Field(strict=True)]], Field(description="The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a position (`<offset>.<id of the last item seen>`): the next page starts right after that item in the requested order, so items added or removed meanwhile are neither skipped nor repeated; if that item is gone, paging resumes at the offset. ")] = None,
+        limit: Annotated[Optional[Annotated[int, Field(le=100, strict=True, ge=1)]], Field(description="Items per page when paging with `cursor` (an alias of `per_page`).")] = None,
+        agent_id: Annotated[Optional[Annotated[str, Field(strict=True)]], Field(description="Only scans of this agent.")] = None,
+        min_severity: Annotated[Optional[Severity], Field(description="Only scans with a finding of this severity or worse.")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> RESTResponseType:
+        """List security scans
+
+        The organization's stored scans, newest first. Filter with `agent_id` and `min_severity` (scans with at least one finding that serious or worse); page with `page`/`per_page` or `cursor`/`limit`. 
+
+        :param page: Page number, from 1.
+        :type page: int
+        :param per_page: Items per page.
+        :type per_page: int
+        :param cursor: The `next_cursor` of the previous page; takes precedence over `page`. A cursor is a position (`<offset>.<id of the last item seen>`): the next page starts right after that item in the requested order, so items added or removed meanwhile are neither skipped nor repeated; if that item is gone, paging resumes at the offset. 
+        :type cursor: str
+        :param limit: Items per page when paging with `cursor` (an alias of `per_page`).
+        :type limit: int
+        :param agent_id: Only scans of this agent.
+        :type agent_id: str
+        :param min_severity: Only scans with a finding of this severity or worse.
+        :type min_severity: Severity
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._list_security_scans_serialize(
+            page=page,
+            per_page=per_page,
+            cursor=cursor,
+            limit=limit,
+            agent_id=agent_id,
+            min_severity=min_severity,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "SecurityScanList",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        return response_data.response
+
+
+    def _list_security_scans_serialize(
+        self,
+        page,
+        per_page,
+        cursor,
+        limit,
+        agent_id,
+        min_severity,
+        _request_auth,
+        _content_type,
+        _headers,
+        _host_index,
+    ) -> RequestSerialized:
+
+        _host = None
+
+        _collection_formats: Dict[str, str] = {
+        }
+
+        _path_params: Dict[str, str] = {}
+        _query_params: List[Tuple[str, str]] = []
+        _header_params: Dict[str, Optional[str]] = _headers or {}
+        _form_params: List[Tuple[str, str]] = []
+        _files: Dict[
+            str, Union[str, bytes, List[str], List[bytes], List[Tuple[str, bytes]]]
+        ] = {}
+        _body_params: Optional[bytes] = None
+
+        # process the path parameters
+        # process the query parameters
+        if page is not None:
+            
+            _query_params.append(('page', page))
+            
+        if per_page is not None:
+            
+            _query_params.append(('per_page', per_page))
+            
+        if cursor is not None:
+            
+            _query_params.append(('cursor', cursor))
+            
+        if limit is not None:
+            
+            _query_params.append(('limit', limit))
+            
+        if agent_id is not None:
+            
+            _query_params.append(('agent_id', agent_id))
+            
+        if min_severity is not None:
+            
+            _query_params.append(('min_severity', min_severity.value))
+            
+        # process the header parameters
+        # process the form parameters
+        # process the body parameter
+
+
+        # set the HTTP header `Accept`
+        if 'Accept' not in _header_params:
+            _header_params['Accept'] = self.api_client.select_header_accept(
+                [
+                    'application/json'
+                ]
+            )
+
+
+        # authentication setting
+        _auth_settings: List[str] = [
+            'apiKeyAuth', 
+            'bearerAuth'
+        ]
+
+        return self.api_client.param_serialize(
+            method='GET',
+            resource_path='/v1/security/scans',
+            path_params=_path_params,
+            query_params=_query_params,
+            header_params=_header_params,
+            body=_body_params,
+            post_params=_form_params,
+            files=_files,
+            auth_settings=_auth_settings,
+            collection_formats=_collection_formats,
+            _host=_host,
+            _request_auth=_request_auth
+        )
+
+
+
+
+    @validate_call
+    def scan_agent(
+        self,
+        agent_id: Annotated[str, Field(strict=True, description="The agent's id.")],
+        idempotency_key: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=255)]], Field(description="A unique key for this request (a UUID, say). Retrying with the same key and body within 24 hours answers 201 with the resource the first request created, creating nothing new; the same key with a different body answers 409. ")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> SecurityScan:
+        """Scan an agent's configuration
+
+        Runs a static security review of the agent as stored (Agent Launchpad `POST /api/security/scan/{agentId}`), together with the prompt template, model, knowledge bases and tools it references, and stores the result. Rules: `secret_exposed` (provider keys and tokens such as OpenAI `sk-…`, GitHub, AWS, Slack, private-key PEM blocks, JWTs, bearer tokens pasted into any string field), `platform_credential_exposed` (one of our own API keys or vault tokens in a plaintext field: critical), `high_entropy_string` (long random-looking runs), `unrestricted_network_tool` (an `api` tool whose endpoint is not pinned to one TLS host), `unbounded_tokens`, `missing_resource_limits` and `missing_reference` (a `model_id`, `prompt_template_id`, knowledge base or tool that does not exist in the organization). Findings say where (`location`) and never contain the secret, at most a redacted hint. `passed` is true when nothing critical or high was found; a scan that did not pass records a `security_scan_findings` security event. Another organization's agent answers 404. 
+
+        :param agent_id: The agent's id. (required)
+        :type agent_id: str
+        :param idempotency_key: A unique key for this request (a UUID, say). Retrying with the same key and body within 24 hours answers 201 with the resource the first request created, creating nothing new; the same key with a different body answers 409. 
+        :type idempotency_key: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._scan_agent_serialize(
+            agent_id=agent_id,
+            idempotency_key=idempotency_key,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '201': "SecurityScan",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '409': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        ).data
+
+
+    @validate_call
+    def scan_agent_with_http_info(
+        self,
+        agent_id: Annotated[str, Field(strict=True, description="The agent's id.")],
+        idempotency_key: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=255)]], Field(description="A unique key for this request (a UUID, say). Retrying with the same key and body within 24 hours answers 201 with the resource the first request created, creating nothing new; the same key with a different body answers 409. ")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> ApiResponse[SecurityScan]:
+        """Scan an agent's configuration
+
+        Runs a static security review of the agent as stored (Agent Launchpad `POST /api/security/scan/{agentId}`), together with the prompt template, model, knowledge bases and tools it references, and stores the result. Rules: `secret_exposed` (provider keys and tokens such as OpenAI `sk-…`, GitHub, AWS, Slack, private-key PEM blocks, JWTs, bearer tokens pasted into any string field), `platform_credential_exposed` (one of our own API keys or vault tokens in a plaintext field: critical), `high_entropy_string` (long random-looking runs), `unrestricted_network_tool` (an `api` tool whose endpoint is not pinned to one TLS host), `unbounded_tokens`, `missing_resource_limits` and `missing_reference` (a `model_id`, `prompt_template_id`, knowledge base or tool that does not exist in the organization). Findings say where (`location`) and never contain the secret, at most a redacted hint. `passed` is true when nothing critical or high was found; a scan that did not pass records a `security_scan_findings` security event. Another organization's agent answers 404. 
+
+        :param agent_id: The agent's id. (required)
+        :type agent_id: str
+        :param idempotency_key: A unique key for this request (a UUID, say). Retrying with the same key and body within 24 hours answers 201 with the resource the first request created, creating nothing new; the same key with a different body answers 409. 
+        :type idempotency_key: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._scan_agent_serialize(
+            agent_id=agent_id,
+            idempotency_key=idempotency_key,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '201': "SecurityScan",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '409': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        )
+
+
+    @validate_call
+    def scan_agent_without_preload_content(
+        self,
+        agent_id: Annotated[str, Field(strict=True, description="The agent's id.")],
+        idempotency_key: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=255)]], Field(description="A unique key for this request (a UUID, say). Retrying with the same key and body within 24 hours answers 201 with the resource the first request created, creating nothing new; the same key with a different body answers 409. ")] = None,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> RESTResponseType:
+        """Scan an agent's configuration
+
+        Runs a static security review of the agent as stored (Agent Launchpad `POST /api/security/scan/{agentId}`), together with the prompt template, model, knowledge bases and tools it references, and stores the result. Rules: `secret_exposed` (provider keys and tokens such as OpenAI `sk-…`, GitHub, AWS, Slack, private-key PEM blocks, JWTs, bearer tokens pasted into any string field), `platform_credential_exposed` (one of our own API keys or vault tokens in a plaintext field: critical), `high_entropy_string` (long random-looking runs), `unrestricted_network_tool` (an `api` tool whose endpoint is not pinned to one TLS host), `unbounded_tokens`, `missing_resource_limits` and `missing_reference` (a `model_id`, `prompt_template_id`, knowledge base or tool that does not exist in the organization). Findings say where (`location`) and never contain the secret, at most a redacted hint. `passed` is true when nothing critical or high was found; a scan that did not pass records a `security_scan_findings` security event. Another organization's agent answers 404. 
+
+        :param agent_id: The agent's id. (required)
+        :type agent_id: str
+        :param idempotency_key: A unique key for this request (a UUID, say). Retrying with the same key and body within 24 hours answers 201 with the resource the first request created, creating nothing new; the same key with a different body answers 409. 
+        :type idempotency_key: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._scan_agent_serialize(
+            agent_id=agent_id,
+            idempotency_key=idempotency_key,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '201': "SecurityScan",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '409': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        return response_data.response
+
+
+    def _scan_agent_serialize(
+        self,
+        agent_id,
+        idempotency_key,
+        _request_auth,
+        _content_type,
+        _headers,
+        _host_index,
+    ) -> RequestSerialized:
+
+        _host = None
+
+        _collection_formats: Dict[str, str] = {
+        }
+
+        _path_params: Dict[str, str] = {}
+        _query_params: List[Tuple[str, str]] = []
+        _header_params: Dict[str, Optional[str]] = _headers or {}
+        _form_params: List[Tuple[str, str]] = []
+        _files: Dict[
+            str, Union[str, bytes, List[str], List[bytes], List[Tuple[str, bytes]]]
+        ] = {}
+        _body_params: Optional[bytes] = None
+
+        # process the path parameters
+        if agent_id is not None:
+            _path_params['agent_id'] = agent_id
+        # process the query parameters
+        # process the header parameters
+        if idempotency_key is not None:
+            _header_params['Idempotency-Key'] = idempotency_key
+        # process the form parameters
+        # process the body parameter
+
+
+        # set the HTTP header `Accept`
+        if 'Accept' not in _header_params:
+            _header_params['Accept'] = self.api_client.select_header_accept(
+                [
+                    'application/json'
+                ]
+            )
+
+
+        # authentication setting
+        _auth_settings: List[str] = [
+            'apiKeyAuth', 
+            'bearerAuth'
+        ]
+
+        return self.api_client.param_serialize(
+            method='POST',
+            resource_path='/v1/security/scan/{agent_id}',
             path_params=_path_params,
             query_params=_query_params,
             header_params=_header_params,

@@ -21,11 +21,13 @@ from agentplane_client.models.agent_configuration import AgentConfiguration
 from agentplane_client.models.agent_conversation_stats import AgentConversationStats
 from agentplane_client.models.agent_deleted_event_data import AgentDeletedEventData
 from agentplane_client.models.agent_deployment import AgentDeployment
+from agentplane_client.models.agent_expansion import AgentExpansion
 from agentplane_client.models.agent_field import AgentField
 from agentplane_client.models.agent_fieldset import AgentFieldset
 from agentplane_client.models.agent_flow import AgentFlow
 from agentplane_client.models.agent_input import AgentInput
 from agentplane_client.models.agent_list import AgentList
+from agentplane_client.models.agent_log_frame import AgentLogFrame
 from agentplane_client.models.agent_log_line import AgentLogLine
 from agentplane_client.models.agent_logs import AgentLogs
 from agentplane_client.models.agent_metrics import AgentMetrics
@@ -169,8 +171,13 @@ from agentplane_client.models.scope import Scope
 from agentplane_client.models.security_event import SecurityEvent
 from agentplane_client.models.security_event_list import SecurityEventList
 from agentplane_client.models.security_event_type import SecurityEventType
+from agentplane_client.models.security_finding import SecurityFinding
+from agentplane_client.models.security_scan import SecurityScan
+from agentplane_client.models.security_scan_list import SecurityScanList
+from agentplane_client.models.security_scan_rule import SecurityScanRule
 from agentplane_client.models.send_message import SendMessage
 from agentplane_client.models.severity import Severity
+from agentplane_client.models.severity_counts import SeverityCounts
 from agentplane_client.models.simulation import Simulation
 from agentplane_client.models.simulation_event_data import SimulationEventData
 from agentplane_client.models.simulation_list import SimulationList

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from typing import Any, ClassVar, Dict, List, Optional
 from typing_extensions import Annotated
 from agentplane_client.models.agent_configuration import AgentConfiguration
+from agentplane_client.models.agent_expansion import AgentExpansion
 from agentplane_client.models.agent_flow import AgentFlow
 from agentplane_client.models.agent_resources import AgentResources
 from agentplane_client.models.agent_status import AgentStatus
@@ -35,6 +36,7 @@ class Agent(BaseModel):
     """
     An AI agent.
     """ # noqa: E501
+    expanded: Optional[AgentExpansion] = None
     id: StrictStr = Field(description="The agent's id.")
     name: Optional[StrictStr] = Field(default=None, description="The agent's name.")
     type: Optional[Annotated[str, Field(strict=True)]] = Field(default=None, description="What kind of agent this is (`assistant`, `analyzer`, `workflow`, ...).")
@@ -58,7 +60,7 @@ class Agent(BaseModel):
     version: Optional[Annotated[int, Field(strict=True, ge=1)]] = Field(default=None, description="Incremented by every change; the `ETag` derives from it.")
     created_at: Optional[datetime] = Field(default=None, description="When the agent was created.")
     updated_at: Optional[datetime] = Field(default=None, description="When the agent last changed.")
-    __properties: ClassVar[List[str]] = ["id", "name", "type", "status", "description", "capabilities", "configuration", "system_prompt", "model_id", "knowledge_bases", "prompt_template_id", "tools", "topics", "flow", "tags", "metadata", "personality", "plugins", "resources", "platforms", "version", "created_at", "updated_at"]
+    __properties: ClassVar[List[str]] = ["expanded", "id", "name", "type", "status", "description", "capabilities", "configuration", "system_prompt", "model_id", "knowledge_bases", "prompt_template_id", "tools", "topics", "flow", "tags", "metadata", "personality", "plugins", "resources", "platforms", "version", "created_at", "updated_at"]
 
     @field_validator('type', mode="before")
     def type_validate_regular_expression(cls, value):
@@ -117,6 +119,9 @@ class Agent(BaseModel):
             exclude=excluded_fields,
             exclude_none=True,
         )
+        # override the default output from pydantic by calling `to_dict()` of expanded
+        if self.expanded:
+            _dict['expanded'] = self.expanded.to_dict()
         # override the default output from pydantic by calling `to_dict()` of configuration
         if self.configuration:
             _dict['configuration'] = self.configuration.to_dict()
@@ -147,6 +152,7 @@ class Agent(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
+            "expanded": AgentExpansion.from_dict(obj["expanded"]) if obj.get("expanded") is not None else None,
             "id": obj.get("id"),
             "name": obj.get("name"),
             "type": obj.get("type"),
