@@ -223,6 +223,35 @@ fn default_expr(ty: &Ty, default: &serde_json::Value, ir: &Ir) -> Option<TokenSt
     }
 }
 
+/// Whether the operation pages like our lists: `page` and `per_page` with defaults, optional
+/// `cursor` and `limit`, all integers but the cursor.
+fn is_paged(ir: &Ir, op: &Operation) -> bool {
+    let shape = |name: &str| {
+        op.params.iter().find(|p| p.rust == name).map(|p| {
+            let optional = !p.required
+                && p.default
+                    .as_ref()
+                    .and_then(|d| default_expr(&p.ty, d, ir))
+                    .is_none();
+            (p.ty.clone(), optional)
+        })
+    };
+    matches!(
+        (
+            shape("page"),
+            shape("per_page"),
+            shape("cursor"),
+            shape("limit")
+        ),
+        (
+            Some((Ty::I64, false)),
+            Some((Ty::I64, false)),
+            Some((Ty::String, true)),
+            Some((Ty::I64, true))
+        )
+    )
+}
+
 fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<TokenStream> {
     let trait_name = ident(&tag.trait_name);
     let routes_name = ident(&tag.routes_name);
@@ -364,6 +393,16 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
             #[derive(Debug, Clone)]
             pub struct #params_name { #(#pfields)* }
         });
+        if is_paged(ir, op) {
+            items.push(quote! {
+                impl crate::Paged for #params_name {
+                    fn page(&self) -> i64 { self.page }
+                    fn per_page(&self) -> i64 { self.per_page }
+                    fn cursor(&self) -> Option<&str> { self.cursor.as_deref() }
+                    fn limit(&self) -> Option<i64> { self.limit }
+                }
+            });
+        }
 
         // Response enum.
         let mut variants = Vec::new();
@@ -752,6 +791,15 @@ fn lib(ir: &Ir) -> TokenStream {
         /// The stream behind a `text/event-stream` answer: each item becomes one event whose
         /// `data:` is the item as JSON.
         pub type EventStreamOf<T> = futures_util::stream::BoxStream<'static, T>;
+
+        /// The paging parameters of a list operation, for every `*Params` that has them all:
+        /// `page` and `per_page` (defaulted), and the optional `cursor` and `limit`.
+        pub trait Paged {
+            fn page(&self) -> i64;
+            fn per_page(&self) -> i64;
+            fn cursor(&self) -> Option<&str>;
+            fn limit(&self) -> Option<i64>;
+        }
 
         /// What the spec says of one operation.
         #[derive(Debug, Clone, Copy)]

@@ -40,6 +40,20 @@ pub struct ListAgentsParams {
     /// Comma-separated references to return as objects in `expanded`.
     pub expand: Option<Vec<crate::models::ListAgentsExpandItem>>,
 }
+impl crate::Paged for ListAgentsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/agents` (listAgents)
 #[derive(Debug, poem_openapi::ApiResponse)]

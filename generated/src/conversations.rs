@@ -20,6 +20,20 @@ pub struct ListConversationsParams {
     /// Only conversations with this agent.
     pub agent_id: Option<String>,
 }
+impl crate::Paged for ListConversationsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/conversations` (listConversations)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -209,6 +223,20 @@ pub struct ListMessagesParams {
     pub cursor: Option<String>,
     /// Items per page when paging with `cursor` (an alias of `per_page`).
     pub limit: Option<i64>,
+}
+impl crate::Paged for ListMessagesParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
 }
 /// Every documented answer of
 /// `GET /v1/conversations/{conversation_id}/messages` (listMessages)

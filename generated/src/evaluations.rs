@@ -20,6 +20,20 @@ pub struct ListEvaluationsParams {
     /// Only evaluations of this agent.
     pub target_id: Option<String>,
 }
+impl crate::Paged for ListEvaluationsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/evaluations` (listEvaluations)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -190,6 +204,20 @@ pub struct ListEvaluationRunsParams {
     pub cursor: Option<String>,
     /// Items per page when paging with `cursor` (an alias of `per_page`).
     pub limit: Option<i64>,
+}
+impl crate::Paged for ListEvaluationRunsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
 }
 /// Every documented answer of
 /// `GET /v1/evaluations/{evaluation_id}/runs` (listEvaluationRuns)

@@ -22,6 +22,20 @@ pub struct ListEventsParams {
     /// Only events about this resource.
     pub subject_id: Option<String>,
 }
+impl crate::Paged for ListEventsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/events` (listEvents)
 #[derive(Debug, poem_openapi::ApiResponse)]

@@ -83,6 +83,20 @@ pub struct ListExecutionsParams {
     /// Only executions in this status.
     pub status: Option<crate::models::ExecutionStatus>,
 }
+impl crate::Paged for ListExecutionsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/executions` (listExecutions)
 #[derive(Debug, poem_openapi::ApiResponse)]

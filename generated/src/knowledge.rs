@@ -22,6 +22,20 @@ pub struct ListKnowledgeBasesParams {
     /// Case-insensitive substring of the name.
     pub search: Option<String>,
 }
+impl crate::Paged for ListKnowledgeBasesParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/knowledge` (listKnowledgeBases)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -358,6 +372,20 @@ pub struct ListKnowledgeSourcesParams {
     /// Items per page when paging with `cursor` (an alias of `per_page`).
     pub limit: Option<i64>,
 }
+impl crate::Paged for ListKnowledgeSourcesParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/knowledge/{kb_id}/sources` (listKnowledgeSources)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -675,6 +703,20 @@ pub struct ListKnowledgeDocumentsParams {
     pub limit: Option<i64>,
     /// Only this source's documents.
     pub source_id: Option<String>,
+}
+impl crate::Paged for ListKnowledgeDocumentsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
 }
 /// Every documented answer of
 /// `GET /v1/knowledge/{kb_id}/documents` (listKnowledgeDocuments)

@@ -210,6 +210,14 @@ pub fn parse_csv<T: poem_openapi::types::ParseFromParameter>(
 /// The stream behind a `text/event-stream` answer: each item becomes one event whose
 /// `data:` is the item as JSON.
 pub type EventStreamOf<T> = futures_util::stream::BoxStream<'static, T>;
+/// The paging parameters of a list operation, for every `*Params` that has them all:
+/// `page` and `per_page` (defaulted), and the optional `cursor` and `limit`.
+pub trait Paged {
+    fn page(&self) -> i64;
+    fn per_page(&self) -> i64;
+    fn cursor(&self) -> Option<&str>;
+    fn limit(&self) -> Option<i64>;
+}
 /// What the spec says of one operation.
 #[derive(Debug, Clone, Copy)]
 pub struct OperationInfo {

@@ -28,6 +28,20 @@ pub struct SearchMarketplaceParams {
     /// Items per page when paging with `cursor` (an alias of `per_page`).
     pub limit: Option<i64>,
 }
+impl crate::Paged for SearchMarketplaceParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/marketplace/search` (searchMarketplace)
 #[derive(Debug, poem_openapi::ApiResponse)]

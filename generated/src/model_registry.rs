@@ -20,6 +20,20 @@ pub struct ListModelsParams {
     /// Only models of this provider.
     pub provider: Option<crate::models::ModelProvider>,
 }
+impl crate::Paged for ListModelsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/models` (listModels)
 #[derive(Debug, poem_openapi::ApiResponse)]

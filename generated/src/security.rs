@@ -24,6 +24,20 @@ pub struct ListSecurityEventsParams {
     /// Only events at or after this instant.
     pub since: Option<String>,
 }
+impl crate::Paged for ListSecurityEventsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/security/events` (listSecurityEvents)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -104,6 +118,20 @@ pub struct ListSecurityScansParams {
     pub agent_id: Option<String>,
     /// Only scans with a finding of this severity or worse.
     pub min_severity: Option<crate::models::Severity>,
+}
+impl crate::Paged for ListSecurityScansParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
 }
 /// Every documented answer of
 /// `GET /v1/security/scans` (listSecurityScans)

@@ -22,6 +22,20 @@ pub struct ListPromptTemplatesParams {
     /// Case-insensitive substring match over name and description.
     pub search: Option<String>,
 }
+impl crate::Paged for ListPromptTemplatesParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/prompt-templates` (listPromptTemplates)
 #[derive(Debug, poem_openapi::ApiResponse)]

@@ -20,6 +20,20 @@ pub struct ListToolsParams {
     /// Only tools of this type.
     pub type_: Option<crate::models::ToolType>,
 }
+impl crate::Paged for ListToolsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/tools` (listTools)
 #[derive(Debug, poem_openapi::ApiResponse)]

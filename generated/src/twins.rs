@@ -20,6 +20,20 @@ pub struct ListTwinsParams {
     /// Only twins of this type.
     pub type_: Option<String>,
 }
+impl crate::Paged for ListTwinsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/twins` (listTwins)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -262,6 +276,20 @@ pub struct ListTwinSimulationsParams {
     pub limit: Option<i64>,
     /// Only simulations in this state.
     pub status: Option<crate::models::SimulationStatus>,
+}
+impl crate::Paged for ListTwinSimulationsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
 }
 /// Every documented answer of
 /// `GET /v1/twins/{twin_id}/simulations` (listTwinSimulations)

@@ -24,6 +24,20 @@ pub struct ListVaultCredentialsParams {
     /// Only credentials carrying this tag.
     pub tag: Option<String>,
 }
+impl crate::Paged for ListVaultCredentialsParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/vault/credentials` (listVaultCredentials)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -213,6 +227,20 @@ pub struct ListVaultTokensParams {
     pub cursor: Option<String>,
     /// Items per page when paging with `cursor` (an alias of `per_page`).
     pub limit: Option<i64>,
+}
+impl crate::Paged for ListVaultTokensParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
 }
 /// Every documented answer of
 /// `GET /v1/vault/tokens` (listVaultTokens)

@@ -18,6 +18,20 @@ pub struct ListWebhooksParams {
     /// Items per page when paging with `cursor` (an alias of `per_page`).
     pub limit: Option<i64>,
 }
+impl crate::Paged for ListWebhooksParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
+}
 /// Every documented answer of
 /// `GET /v1/webhooks` (listWebhooks)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -209,6 +223,20 @@ pub struct ListWebhookDeliveriesParams {
     pub limit: Option<i64>,
     /// Only deliveries in this status.
     pub status: Option<crate::models::WebhookDeliveryStatus>,
+}
+impl crate::Paged for ListWebhookDeliveriesParams {
+    fn page(&self) -> i64 {
+        self.page
+    }
+    fn per_page(&self) -> i64 {
+        self.per_page
+    }
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+    fn limit(&self) -> Option<i64> {
+        self.limit
+    }
 }
 /// Every documented answer of
 /// `GET /v1/webhooks/{webhook_id}/deliveries` (listWebhookDeliveries)

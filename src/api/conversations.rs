@@ -276,13 +276,7 @@ impl ConversationsApi for Handlers {
         params: ListConversationsParams,
     ) -> ListConversationsResponse {
         let rid = caller.request_id.clone();
-        let page = match PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match PageRequest::of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };
@@ -424,13 +418,7 @@ impl ConversationsApi for Handlers {
         params: ListMessagesParams,
     ) -> ListMessagesResponse {
         let rid = caller.request_id.clone();
-        let page = match PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match PageRequest::of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };

@@ -189,12 +189,9 @@ impl Handlers {
 
     fn page(
         caller: &Caller,
-        page: i64,
-        per_page: i64,
-        cursor: Option<&str>,
-        limit: Option<i64>,
+        params: &impl agentplane_api::Paged,
     ) -> Result<(PageRequest, Page), Failure> {
-        let req = PageRequest::new(page, per_page, cursor, limit, &caller.request_id)?;
+        let req = PageRequest::of(params, &caller.request_id)?;
         let page = Page {
             offset: req.offset,
             limit: req.limit,
@@ -209,13 +206,7 @@ impl Handlers {
         params: ListEvaluationsParams,
     ) -> Result<EvaluationList, Failure> {
         let rid = caller.request_id.as_str();
-        let (req, page) = Self::page(
-            caller,
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-        )?;
+        let (req, page) = Self::page(caller, &params)?;
         let org = caller.org_id.clone();
         let target = params.target_id;
         let (rows, total) = self
@@ -351,13 +342,7 @@ impl Handlers {
         params: ListEvaluationRunsParams,
     ) -> Result<EvaluationRunList, Failure> {
         let rid = caller.request_id.as_str();
-        let (req, page) = Self::page(
-            caller,
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-        )?;
+        let (req, page) = Self::page(caller, &params)?;
         let evaluation = self.evaluation_row(caller, params.evaluation_id).await?;
         let org = caller.org_id.clone();
         let (rows, total) = self

@@ -156,13 +156,7 @@ async fn serve_socket(socket: WebSocketStream, mut session: Session, bus: EventB
 impl EventsApi for Handlers {
     async fn list_events(&self, caller: Caller, params: ListEventsParams) -> ListEventsResponse {
         let rid = caller.request_id.clone();
-        let page = match PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match PageRequest::of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };

@@ -610,13 +610,7 @@ impl ExecutionsApi for Handlers {
         params: ListExecutionsParams,
     ) -> ListExecutionsResponse {
         let rid = caller.request_id.clone();
-        let page = match PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match PageRequest::of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };

@@ -453,44 +453,8 @@ fn kb_changes(input: &KnowledgeBaseInput) -> KbChanges {
 }
 
 /// A list page request from `page`/`per_page` or `cursor`/`limit`.
-pub(super) fn page_of(
-    page: i64,
-    per_page: i64,
-    cursor: Option<&str>,
-    limit: Option<i64>,
-    rid: &str,
-) -> Result<Page, Failure> {
-    let limit = limit.unwrap_or(per_page);
-    match cursor {
-        Some(text) => {
-            let (offset, id) = text
-                .split_once('.')
-                .and_then(|(o, id)| Some((o.parse::<i64>().ok()?, id.to_string())))
-                .ok_or_else(|| {
-                    Failure::with_details(
-                        Kind::BadRequest,
-                        "VALIDATION_ERROR",
-                        "the request contains invalid parameters",
-                        vec![detail(
-                            "cursor",
-                            "invalid",
-                            "not a cursor this server hands out",
-                        )],
-                        rid,
-                    )
-                })?;
-            Ok(Page {
-                after_id: Some(id),
-                offset,
-                limit,
-            })
-        }
-        None => Ok(Page {
-            after_id: None,
-            offset: (page - 1).saturating_mul(limit),
-            limit,
-        }),
-    }
+pub(super) fn page_of(params: &impl agentplane_api::Paged, rid: &str) -> Result<Page, Failure> {
+    super::paging::PageRequest::of(params, rid).map(|p| p.page())
 }
 
 pub(super) fn next_cursor(
@@ -668,13 +632,7 @@ impl KnowledgeApi for Handlers {
         params: ListKnowledgeBasesParams,
     ) -> ListKnowledgeBasesResponse {
         let rid = caller.request_id.clone();
-        let page = match page_of(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match page_of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };
@@ -1044,13 +1002,7 @@ impl KnowledgeApi for Handlers {
         params: ListKnowledgeSourcesParams,
     ) -> ListKnowledgeSourcesResponse {
         let rid = caller.request_id.clone();
-        let page = match page_of(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match page_of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };
@@ -1370,13 +1322,7 @@ impl KnowledgeApi for Handlers {
         params: ListKnowledgeDocumentsParams,
     ) -> ListKnowledgeDocumentsResponse {
         let rid = caller.request_id.clone();
-        let page = match page_of(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match page_of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };

@@ -150,13 +150,7 @@ impl MarketplaceApi for Handlers {
         caller: Caller,
         params: SearchMarketplaceParams,
     ) -> SearchMarketplaceResponse {
-        let page = match PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &caller.request_id,
-        ) {
+        let page = match PageRequest::of(&params, &caller.request_id) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };

@@ -160,13 +160,7 @@ impl Handlers {
         params: ListModelsParams,
     ) -> Result<ModelList, Failure> {
         let rid = caller.request_id.as_str();
-        let page = PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            rid,
-        )?;
+        let page = PageRequest::of(&params, rid)?;
         let provider = params.provider.map(|p| p.as_str().to_string());
         let with_builtin = provider.as_deref().is_none_or(|p| p == "local");
         let org = caller.org_id.clone();

@@ -17,6 +17,17 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
+    /// [`PageRequest::new`] from a list operation's parameters.
+    pub fn of(params: &impl agentplane_api::Paged, request_id: &str) -> Result<Self, Failure> {
+        Self::new(
+            params.page(),
+            params.per_page(),
+            params.cursor(),
+            params.limit(),
+            request_id,
+        )
+    }
+
     /// From the shared `page`, `per_page`, `cursor` and `limit` parameters.
     pub fn new(
         page: i64,

@@ -72,13 +72,7 @@ impl Handlers {
         params: ListSecurityEventsParams,
     ) -> Result<SecurityEventList, Failure> {
         let rid = caller.request_id.as_str();
-        let page = PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            rid,
-        )?;
+        let page = PageRequest::of(&params, rid)?;
         let query = EventQuery {
             severity: params.severity.map(|s| s.as_str().to_string()),
             event_type: params.type_.map(|t| t.as_str().to_string()),
@@ -408,13 +402,7 @@ impl Handlers {
         params: ListSecurityScansParams,
     ) -> Result<SecurityScanList, Failure> {
         let rid = caller.request_id.as_str();
-        let page = PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            rid,
-        )?;
+        let page = PageRequest::of(&params, rid)?;
         let query = ScanQuery {
             agent_id: params.agent_id,
             min_severity: params.min_severity.map(wire_rank),

@@ -101,13 +101,7 @@ impl Handlers {
         params: ListPromptTemplatesParams,
     ) -> Result<PromptTemplateList, Failure> {
         let rid = caller.request_id.as_str();
-        let page = PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            rid,
-        )?;
+        let page = PageRequest::of(&params, rid)?;
         let query = TemplateQuery {
             template_type: params.type_.map(|t| t.as_str().to_string()),
             search: params.search,

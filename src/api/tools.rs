@@ -424,13 +424,7 @@ impl Handlers {
 impl ToolsApi for Handlers {
     async fn list_tools(&self, caller: Caller, params: ListToolsParams) -> ListToolsResponse {
         let rid = caller.request_id.clone();
-        let page = match page_of(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match page_of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };

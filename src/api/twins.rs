@@ -482,13 +482,7 @@ impl Handlers {
 impl TwinsApi for Handlers {
     async fn list_twins(&self, caller: Caller, params: ListTwinsParams) -> ListTwinsResponse {
         let rid = caller.request_id.clone();
-        let page = match PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match PageRequest::of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };
@@ -642,13 +636,7 @@ impl TwinsApi for Handlers {
         params: ListTwinSimulationsParams,
     ) -> ListTwinSimulationsResponse {
         let rid = caller.request_id.clone();
-        let page = match PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match PageRequest::of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };

@@ -256,13 +256,7 @@ impl VaultApi for Handlers {
         params: ListVaultCredentialsParams,
     ) -> ListVaultCredentialsResponse {
         let rid = caller.request_id.clone();
-        let page = match PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match PageRequest::of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };
@@ -444,13 +438,7 @@ impl VaultApi for Handlers {
         params: ListVaultTokensParams,
     ) -> ListVaultTokensResponse {
         let rid = caller.request_id.clone();
-        let page = match PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match PageRequest::of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };

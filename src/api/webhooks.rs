@@ -218,13 +218,7 @@ impl WebhooksApi for Handlers {
         params: ListWebhooksParams,
     ) -> ListWebhooksResponse {
         let rid = caller.request_id.clone();
-        let page = match PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match PageRequest::of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };
@@ -354,13 +348,7 @@ impl WebhooksApi for Handlers {
         params: ListWebhookDeliveriesParams,
     ) -> ListWebhookDeliveriesResponse {
         let rid = caller.request_id.clone();
-        let page = match PageRequest::new(
-            params.page,
-            params.per_page,
-            params.cursor.as_deref(),
-            params.limit,
-            &rid,
-        ) {
+        let page = match PageRequest::of(&params, &rid) {
             Ok(p) => p,
             Err(f) => return f.into(),
         };
