@@ -78,9 +78,15 @@ pub struct NewJob {
 /// Inserts a queued job (inside the caller's transaction, so the job exists exactly when
 /// the resource it works on does) and returns it.
 pub fn enqueue(conn: &mut DbConnection, job: &NewJob) -> StoreResult<JobRow> {
+    enqueue_as(conn, &crate::ids::new_id("job"), job)
+}
+
+/// [`enqueue`] under the id `id`: the id of the row the job works on (a knowledge sync), so
+/// that row and its job are one id.
+pub fn enqueue_as(conn: &mut DbConnection, id: &str, job: &NewJob) -> StoreResult<JobRow> {
     let now = crate::ids::now();
     let row = JobRow {
-        id: crate::ids::new_id("job"),
+        id: id.to_string(),
         kind: job.kind.clone(),
         org_id: job.org_id.clone(),
         agent_id: job.agent_id.clone(),

@@ -402,6 +402,7 @@ fn write_sources(conn: &mut DbConnection, planned: &[PlannedSource]) -> Result<(
         crate::knowledge::write(conn, &p.documents)?;
         if let Some(s) = &p.sync {
             store::insert_sync(conn, s)?;
+            crate::knowledge::sync::enqueue(conn, s)?;
         }
     }
     Ok(())
@@ -973,7 +974,7 @@ impl KnowledgeApi for Handlers {
                 .collect(),
             chunks_created,
         };
-        let syncs: Vec<SyncRow> = planned.iter().filter_map(|p| p.sync.clone()).collect();
+        let syncs_queued = planned.iter().any(|p| p.sync.is_some());
         let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
         let written = self
             .store
@@ -987,8 +988,8 @@ impl KnowledgeApi for Handlers {
             .await;
         match written {
             Ok(()) => {
-                for s in syncs {
-                    self.syncs.spawn(s);
+                if syncs_queued {
+                    self.pool.wake();
                 }
                 IngestKnowledgeResponse::Ok(Json(result))
             }
@@ -1284,6 +1285,7 @@ impl KnowledgeApi for Handlers {
                         finished_at: None,
                     };
                     store::insert_sync(conn, &row)?;
+                    crate::knowledge::sync::enqueue(conn, &row)?;
                     store::set_source_status(conn, &source.id, "syncing", None)?;
                     Ok(row)
                 })
@@ -1293,7 +1295,7 @@ impl KnowledgeApi for Handlers {
             Ok(row) => {
                 let job = sync_model(&row);
                 let location = format!("/v1/knowledge/{}/syncs/{}", row.kb_id, row.id);
-                self.syncs.spawn(row);
+                self.pool.wake();
                 SyncKnowledgeSourceResponse::Accepted(Json(job), location)
             }
             Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),

@@ -106,13 +106,21 @@ impl Handlers {
             after_finish: std::sync::Arc::new(crate::db::conversations::record_reply),
             events: events.clone(),
         };
+        let syncs =
+            crate::knowledge::sync::SyncRunner::new(store.clone(), github_api, events.clone());
         let handlers: std::collections::HashMap<
             String,
             std::sync::Arc<dyn crate::jobs::JobHandler>,
-        > = [(
-            crate::engine::runner::KIND.to_string(),
-            std::sync::Arc::new(runner.clone()) as std::sync::Arc<dyn crate::jobs::JobHandler>,
-        )]
+        > = [
+            (
+                crate::engine::runner::KIND.to_string(),
+                std::sync::Arc::new(runner.clone()) as std::sync::Arc<dyn crate::jobs::JobHandler>,
+            ),
+            (
+                crate::knowledge::sync::KIND.to_string(),
+                std::sync::Arc::new(syncs.clone()) as std::sync::Arc<dyn crate::jobs::JobHandler>,
+            ),
+        ]
         .into();
         let pool = crate::jobs::WorkerPool::new(store.clone(), pool, handlers);
         let cases = std::sync::Arc::new(crate::evaluation::PooledCases {
@@ -129,11 +137,7 @@ impl Handlers {
                 store.clone(),
             )),
             cases,
-            syncs: crate::knowledge::sync::SyncRunner::new(
-                store.clone(),
-                github_api,
-                events.clone(),
-            ),
+            syncs,
             events,
             store,
             started: Instant::now(),

@@ -609,6 +609,15 @@ pub fn get_sync(
 }
 
 /// Marks a sync running.
+/// A sync by id, whichever organization's (what its job holds).
+pub fn sync_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<SyncRow> {
+    knowledge_syncs::table
+        .filter(knowledge_syncs::id.eq(id))
+        .select(SyncRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
+}
+
 pub fn start_sync(conn: &mut DbConnection, id: &str) -> StoreResult<()> {
     diesel::update(knowledge_syncs::table.filter(knowledge_syncs::id.eq(id)))
         .set((
@@ -646,17 +655,29 @@ pub fn finish_sync(
     Ok(())
 }
 
-/// At start: syncs left queued or running by a previous process are failed, never left
-/// hanging. Returns how many.
+/// At start: syncs left queued or running without a job (by a version that ran them in
+/// process) are failed, never left hanging. Returns how many.
 pub fn fail_interrupted_syncs(conn: &mut DbConnection) -> StoreResult<usize> {
-    diesel::update(
-        knowledge_syncs::table.filter(knowledge_syncs::status.eq_any(["queued", "running"])),
-    )
-    .set((
-        knowledge_syncs::status.eq("failed"),
-        knowledge_syncs::error.eq("interrupted by a server restart"),
-        knowledge_syncs::finished_at.eq(crate::ids::now()),
-    ))
-    .execute(conn)
-    .map_err(StoreError::from_diesel)
+    // A sync with a job (same id) is the jobs queue's: another replica may be running it,
+    // and a lost one is abandoned through its lease. Only syncs from before that are swept.
+    use crate::db::schema::jobs;
+    let open: Vec<String> = knowledge_syncs::table
+        .filter(knowledge_syncs::status.eq_any(["queued", "running"]))
+        .select(knowledge_syncs::id)
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    let queued: Vec<String> = jobs::table
+        .filter(jobs::id.eq_any(&open))
+        .select(jobs::id)
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    let orphans: Vec<&String> = open.iter().filter(|id| !queued.contains(id)).collect();
+    diesel::update(knowledge_syncs::table.filter(knowledge_syncs::id.eq_any(orphans)))
+        .set((
+            knowledge_syncs::status.eq("failed"),
+            knowledge_syncs::error.eq("interrupted by a server restart"),
+            knowledge_syncs::finished_at.eq(crate::ids::now()),
+        ))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)
 }

@@ -1,15 +1,13 @@
 //! Source syncs: fetch what a source points at, ingest it, record how it went.
 //!
-//! A sync is a row in `knowledge_syncs` (`queued` → `running` → `succeeded`/`failed`) run by
-//! a small in-process [`SyncRunner`]: at most [`CONCURRENT_SYNCS`] at once, each a tokio task.
+//! A sync is a row in `knowledge_syncs` (`queued` → `running` → `succeeded`/`failed`) and a
+//! job of the same id on the shared jobs queue ([`KIND`]), so any replica's worker pool runs
+//! it, at most [`CONCURRENT_SYNCS`] at once per process. A sync whose server died is failed
+//! ("interrupted") when its lease runs out, by whichever replica finds it.
 //! URL sources are fetched with one HTTP GET (HTML becomes text); GitHub sources walk the
 //! GitHub REST contents API (`GET {api}/repos/{owner}/{repo}/contents/{path}?ref=…`) and ingest
 //! the txt/md/html/json files found. A successful sync replaces the source's documents in one
-//! transaction. At start, [`crate::db::knowledge::fail_interrupted_syncs`] fails syncs a
-//! previous process left behind.
-//!
-//! TODO(integration with the exec branch's worker pool): the executions' job table and lease
-//! could run syncs too, so that any replica picks them up.
+//! transaction.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +20,8 @@ use super::{ChunkOptions, NewDocument};
 use crate::db::knowledge::{self as store, SourceRow, SyncRow};
 use crate::db::{Store, StoreError};
 
+/// The job kind that runs a sync; the job's id is the sync's.
+pub const KIND: &str = "knowledge_sync";
 /// Syncs running at once per process.
 pub const CONCURRENT_SYNCS: usize = 4;
 /// The largest response a fetch reads.
@@ -43,6 +43,67 @@ pub struct SyncRunner {
     permits: Arc<tokio::sync::Semaphore>,
     /// Woken after a sync's end is recorded (`knowledge.sync.completed`).
     events: crate::events::EventBus,
+}
+
+/// Queues `sync` (inside the transaction that writes its row).
+pub fn enqueue(conn: &mut crate::db::DbConnection, sync: &SyncRow) -> crate::db::StoreResult<()> {
+    let job = crate::jobs::NewJob {
+        kind: KIND.into(),
+        org_id: sync.org_id.clone(),
+        agent_id: None,
+        payload: serde_json::json!({ "sync_id": sync.id }),
+        // Once: a sync whose server died is failed, and syncing again is the user's call.
+        max_attempts: 1,
+    };
+    crate::jobs::enqueue_as(conn, &sync.id, &job).map(|_| ())
+}
+
+impl crate::jobs::JobHandler for SyncRunner {
+    fn run(
+        &self,
+        job: crate::jobs::JobRow,
+        _: crate::jobs::JobContext,
+    ) -> crate::jobs::BoxFuture<Result<(), String>> {
+        let runner = self.clone();
+        Box::pin(async move {
+            let id = job.id.clone();
+            let sync = runner
+                .store
+                .run(move |conn| store::sync_by_id(conn, &id))
+                .await
+                .map_err(|e| format!("cannot load sync {}: {e}", job.id))?;
+            let _permit = runner
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| e.to_string())?;
+            // How the sync went is on its row; the job itself is done either way.
+            runner.run(sync).await;
+            Ok(())
+        })
+    }
+
+    fn abandon(&self, job: crate::jobs::JobRow) -> crate::jobs::BoxFuture<()> {
+        let runner = self.clone();
+        Box::pin(async move {
+            let id = job.id.clone();
+            match runner
+                .store
+                .run(move |conn| store::sync_by_id(conn, &id))
+                .await
+            {
+                Ok(sync) if !matches!(sync.status.as_str(), "succeeded" | "failed") => {
+                    let interrupted = "interrupted: the server running it stopped".to_string();
+                    runner.record_end(sync, Err(interrupted)).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(sync = %job.id, error = %e, "cannot fail an abandoned sync")
+                }
+            }
+        })
+    }
 }
 
 /// What a source body stores besides its columns.
@@ -81,17 +142,6 @@ impl SyncRunner {
         &self.client
     }
 
-    /// Runs `sync` in the background.
-    pub fn spawn(&self, sync: SyncRow) {
-        let runner = self.clone();
-        tokio::spawn(async move {
-            let Ok(_permit) = runner.permits.clone().acquire_owned().await else {
-                return;
-            };
-            runner.run(sync).await;
-        });
-    }
-
     async fn run(&self, sync: SyncRow) {
         let id = sync.id.clone();
         let (org, kb, src) = (
@@ -118,6 +168,12 @@ impl SyncRunner {
             }
             Err(e) => Err(format!("cannot load the source: {e}")),
         };
+        self.record_end(sync, outcome).await;
+    }
+
+    /// Records how `sync` ended (documents and chunks, or why it failed) with the source's
+    /// status and a `knowledge.sync.completed` event, in one transaction.
+    async fn record_end(&self, sync: SyncRow, outcome: Result<(i64, i64), String>) {
         let done = sync.clone();
         let result = self
             .store

@@ -1060,3 +1060,63 @@ backend_test!(sources_are_replaced_in_place, |app| {
     );
     assert_eq!(found(&app, kb_id, "kubectl").await.len(), 1);
 });
+
+#[handler]
+async fn slow_page() -> poem::Response {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    poem::Response::builder()
+        .content_type("text/html; charset=utf-8")
+        .body("<html><body><p>Slow pages still arrive.</p></body></html>")
+}
+
+backend_test!(a_replica_starting_leaves_a_running_sync_alone, |app| {
+    let page = serve(Route::new().at("/slow.html", get(slow_page))).await;
+    let kb = create_kb(&app, json!({"name": "Slow"})).await;
+    let kb_id = kb["id"].as_str().expect("id");
+    let (status, src) = json(
+        app.send_json(
+            Method::POST,
+            &format!("/v1/knowledge/{kb_id}/sources"),
+            &json!({"type": "url", "url": format!("{page}/slow.html")}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{src}");
+    let resp = app
+        .req(
+            Method::POST,
+            &format!(
+                "/v1/knowledge/{kb_id}/sources/{}/sync",
+                src["id"].as_str().expect("id")
+            ),
+        )
+        .send()
+        .await
+        .expect("send");
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    assert_eq!(resp.status(), 202);
+    // Another server starts while this one fetches: the sync is not its to fail.
+    let mut running = false;
+    for _ in 0..40 {
+        let (_, sync) = json(app.get(&location).await).await;
+        if sync["status"] == "running" {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(running, "the sync started");
+    let _replica = app.replica().await;
+    let (_, sync) = json(app.get(&location).await).await;
+    assert_eq!(sync["status"], "running", "{sync}");
+    let done = finished_sync(&app, &location).await;
+    assert_eq!(
+        (&done["status"], &done["documents"]),
+        (&json!("succeeded"), &json!(1)),
+        "{done}"
+    );
+});
