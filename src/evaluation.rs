@@ -268,6 +268,137 @@ pub struct RunTarget {
 /// Runs every case of a queued run in order, then records the results and summary and
 /// publishes `evaluation.completed`. A case the agent fails on is a failed case with its
 /// error; only storage failing fails the run.
+/// An evaluation as stored: its description, cases and pass criteria.
+pub struct StoredEvaluation {
+    pub description: Option<String>,
+    pub cases: Vec<Case>,
+    pub criteria: Criteria,
+}
+
+/// What `row`'s body holds.
+pub fn stored(row: &db::EvaluationRow) -> Result<StoredEvaluation, crate::db::StoreError> {
+    let corrupt = |e: serde_json::Error| {
+        crate::db::StoreError::Corrupt(format!("evaluation {}: {e}", row.id))
+    };
+    let body: serde_json::Value = serde_json::from_str(&row.body).map_err(corrupt)?;
+    Ok(StoredEvaluation {
+        description: body["description"].as_str().map(str::to_string),
+        cases: serde_json::from_value(body["test_cases"].clone()).map_err(corrupt)?,
+        criteria: serde_json::from_value(body["criteria"].clone()).map_err(corrupt)?,
+    })
+}
+
+/// The job kind that runs an evaluation run; the job's id is the run's.
+pub const KIND: &str = "evaluation_run";
+
+/// Queues `run` (inside the transaction that writes its row).
+pub fn enqueue(conn: &mut crate::db::DbConnection, run: &db::RunRow) -> StoreResult<()> {
+    let job = crate::jobs::NewJob {
+        kind: KIND.into(),
+        org_id: run.org_id.clone(),
+        agent_id: None,
+        payload: serde_json::json!({ "run_id": run.id }),
+        // Once: a run whose server died is failed, and running it again is the user's call.
+        max_attempts: 1,
+    };
+    crate::jobs::enqueue_as(conn, &run.id, &job).map(|_| ())
+}
+
+/// Runs evaluation runs from the jobs queue. They belong on a pool of their own: a run
+/// waits on its cases' executions, which must not wait for a worker the runs hold.
+#[derive(Debug, Clone)]
+pub struct RunJobs {
+    pub store: Store,
+    pub cases: Arc<dyn CaseRunner>,
+    pub events: crate::events::EventBus,
+}
+
+impl RunJobs {
+    /// Records that run `id` ended without results, unless it already ended.
+    async fn fail(&self, id: String, message: String) {
+        let result = self
+            .store
+            .run(move |conn| {
+                let run = db::run_by_id(conn, &id)?;
+                if matches!(run.status.as_str(), "queued" | "running") {
+                    db::finish_run(
+                        conn,
+                        &id,
+                        "failed",
+                        None,
+                        "[]",
+                        Some(&message),
+                        &crate::ids::now(),
+                    )?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot fail an evaluation run");
+        }
+    }
+}
+
+impl crate::jobs::JobHandler for RunJobs {
+    fn run(
+        &self,
+        job: crate::jobs::JobRow,
+        _: crate::jobs::JobContext,
+    ) -> crate::jobs::BoxFuture<Result<(), String>> {
+        let jobs = self.clone();
+        Box::pin(async move {
+            let id = job.id.clone();
+            let loaded = jobs
+                .store
+                .run(move |conn| {
+                    let run = db::run_by_id(conn, &id)?;
+                    let evaluation = db::get(conn, &run.org_id, &run.evaluation_id)?;
+                    let s = stored(&evaluation)?;
+                    Ok((run, evaluation.target_id, s))
+                })
+                .await;
+            let (run, agent_id, s) = match loaded {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    jobs.fail(job.id.clone(), format!("the run could not start: {e}"))
+                        .await;
+                    return Ok(());
+                }
+            };
+            let target = RunTarget {
+                org_id: run.org_id.clone(),
+                agent_id,
+                evaluation_id: run.evaluation_id.clone(),
+                run_id: run.id.clone(),
+            };
+            let result = self::run(
+                jobs.store.clone(),
+                jobs.cases.clone(),
+                jobs.events.clone(),
+                target,
+                s.cases,
+                s.criteria,
+            )
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(run = %run.id, error = %e, "evaluation run failed");
+                jobs.fail(run.id, format!("the run could not be recorded: {e}"))
+                    .await;
+            }
+            Ok(())
+        })
+    }
+
+    fn abandon(&self, job: crate::jobs::JobRow) -> crate::jobs::BoxFuture<()> {
+        let jobs = self.clone();
+        Box::pin(async move {
+            jobs.fail(job.id, "interrupted: the server running it stopped".into())
+                .await;
+        })
+    }
+}
+
 pub async fn run(
     store: Store,
     runner: Arc<dyn CaseRunner>,

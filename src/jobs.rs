@@ -1,6 +1,7 @@
 //! The one durable queue for background work: a row in `jobs` per piece of work (an
-//! execution today; source syncs, simulations, evaluation runs and webhook deliveries can
-//! follow), and a bounded [`WorkerPool`] per process that claims and runs them.
+//! execution, a knowledge sync, an evaluation run; simulations and webhook deliveries can
+//! follow), and bounded [`WorkerPool`]s per process that claim and run them: one for
+//! executions and syncs, one for evaluation runs, which wait on executions.
 //!
 //! Why a table and not a channel: the server keeps no state outside the database, so any
 //! replica can run any job, and nothing accepted is lost when a process dies. A claim takes
@@ -106,6 +107,17 @@ pub fn enqueue_as(conn: &mut DbConnection, id: &str, job: &NewJob) -> StoreResul
         .execute(conn)
         .map_err(StoreError::from_diesel)?;
     Ok(row)
+}
+
+/// Those of `ids` that have no job: rows queued or running before their kind moved onto this
+/// queue (a job shares its row's id), which nothing will ever finish.
+pub fn without_jobs(conn: &mut DbConnection, ids: Vec<String>) -> StoreResult<Vec<String>> {
+    let queued: Vec<String> = jobs::table
+        .filter(jobs::id.eq_any(&ids))
+        .select(jobs::id)
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(ids.into_iter().filter(|id| !queued.contains(id)).collect())
 }
 
 /// Jobs due and waiting across every server, and the seconds the oldest has waited.

@@ -77,8 +77,8 @@ impl Default for Config {
     }
 }
 
-/// The whole application as one endpoint, and its worker pool (not started); `events`
-/// wakes the in-process consumers of the event log.
+/// The whole application as one endpoint, and its worker pools (not started: the jobs pool
+/// and the background pool); `events` wakes the in-process consumers of the event log.
 pub fn app(
     store: Store,
     crypto: Crypto,
@@ -87,7 +87,7 @@ pub fn app(
     events: crate::events::EventBus,
     jobs: crate::jobs::PoolConfig,
     metrics_open: bool,
-) -> anyhow::Result<(Arc<crate::api::App>, crate::jobs::WorkerPool)> {
+) -> anyhow::Result<(Arc<crate::api::App>, [crate::jobs::WorkerPool; 2])> {
     let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
         .context("the bundled spec is not JSON")?;
     let validator = Arc::new(
@@ -96,7 +96,7 @@ pub fn app(
     let handlers = Arc::new(
         Handlers::with_pool(store, crypto, &github_api_url, jobs, events).with_limits(rate_limits),
     );
-    let pool = handlers.pool.clone();
+    let pools = [handlers.pool.clone(), handlers.background.clone()];
     let service = agentplane_api::service(handlers.clone());
     let app: Arc<crate::api::App> = Arc::new(poem::EndpointExt::boxed(
         Route::new()
@@ -122,7 +122,7 @@ pub fn app(
             .with(crate::metrics::Track(handlers.metrics.clone())),
     ));
     handlers.dispatcher.set(&app);
-    Ok((app, pool))
+    Ok((app, pools))
 }
 
 /// A bound server, not yet serving.
@@ -228,7 +228,7 @@ impl Bound {
         );
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let deliveries = tokio::spawn(worker.run(stopped));
-        let (app, pool) = app(
+        let (app, pools) = app(
             self.store,
             self.crypto,
             self.github_api_url,
@@ -239,11 +239,15 @@ impl Bound {
         )?;
         // Jobs whose holder died (this server's previous run, or another replica) are
         // reclaimed by this pool once their lease runs out.
-        pool.start();
+        for pool in &pools {
+            pool.start();
+        }
         let served = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
             .await;
-        pool.stop();
+        for pool in &pools {
+            pool.stop();
+        }
         let _ = stop.send(true);
         let _ = deliveries.await;
         served?;

@@ -68,21 +68,7 @@ fn body_of(input: &EvaluationInput) -> Value {
     })
 }
 
-struct Stored {
-    description: Option<String>,
-    cases: Vec<eval::Case>,
-    criteria: Criteria,
-}
-
-fn stored(row: &EvaluationRow) -> Result<Stored, StoreError> {
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("evaluation {}: {e}", row.id));
-    let body: Value = serde_json::from_str(&row.body).map_err(corrupt)?;
-    Ok(Stored {
-        description: body["description"].as_str().map(str::to_string),
-        cases: serde_json::from_value(body["test_cases"].clone()).map_err(corrupt)?,
-        criteria: serde_json::from_value(body["criteria"].clone()).map_err(corrupt)?,
-    })
-}
+use eval::stored;
 
 fn row_to_evaluation(row: &EvaluationRow) -> Result<Evaluation, StoreError> {
     let s = stored(row)?;
@@ -286,7 +272,6 @@ impl Handlers {
     async fn start_run(&self, caller: &Caller, id: String) -> Result<RunRow, Failure> {
         let rid = caller.request_id.as_str();
         let evaluation = self.evaluation_row(caller, id).await?;
-        let s = stored(&evaluation).map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
         let run = RunRow {
             id: crate::ids::new_id("evrun"),
             org_id: evaluation.org_id.clone(),
@@ -301,38 +286,15 @@ impl Handlers {
         };
         let queued = run.clone();
         self.store
-            .run(move |conn| store::insert_run(conn, &queued))
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    store::insert_run(conn, &queued)?;
+                    eval::enqueue(conn, &queued)
+                })
+            })
             .await
             .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
-        let (store, runner, run_id) = (self.store.clone(), self.cases.clone(), run.id.clone());
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let failed_store = store.clone();
-            let target = eval::RunTarget {
-                org_id: evaluation.org_id,
-                agent_id: evaluation.target_id,
-                evaluation_id: evaluation.id,
-                run_id: run_id.clone(),
-            };
-            let result = eval::run(store, runner, events, target, s.cases, s.criteria).await;
-            if let Err(e) = result {
-                tracing::warn!(run = %run_id, error = %e, "evaluation run failed");
-                let message = format!("the run could not be recorded: {e}");
-                let _ = failed_store
-                    .run(move |conn| {
-                        store::finish_run(
-                            conn,
-                            &run_id,
-                            "failed",
-                            None,
-                            "[]",
-                            Some(&message),
-                            &crate::ids::now(),
-                        )
-                    })
-                    .await;
-            }
-        });
+        self.background.wake();
         Ok(run)
     }
 

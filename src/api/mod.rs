@@ -66,9 +66,15 @@ pub struct Handlers {
     pub runner: crate::engine::runner::ExecutionRunner,
     /// The workers that run jobs; started by the server, woken after an enqueue.
     pub pool: crate::jobs::WorkerPool,
+    /// The workers that run jobs which wait on other jobs (evaluation runs wait on their
+    /// cases' executions), apart so they never hold the workers those need.
+    pub background: crate::jobs::WorkerPool,
     /// What this replica answered (the request-tracking middleware writes it).
     pub metrics: crate::metrics::RequestMetrics,
 }
+
+/// Evaluation runs at once per replica.
+pub const BACKGROUND_WORKERS: usize = 4;
 
 /// How long a replica trusts what it read of a key (see [`KeyCache`]).
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -128,8 +134,26 @@ impl Handlers {
             live: runner.live.clone(),
             pool: pool.clone(),
         });
+        let runs = crate::evaluation::RunJobs {
+            store: store.clone(),
+            cases: cases.clone() as std::sync::Arc<dyn crate::evaluation::CaseRunner>,
+            events: events.clone(),
+        };
+        let background = crate::jobs::WorkerPool::new(
+            store.clone(),
+            crate::jobs::PoolConfig {
+                workers: BACKGROUND_WORKERS,
+                ..crate::jobs::PoolConfig::default()
+            },
+            [(
+                crate::evaluation::KIND.to_string(),
+                std::sync::Arc::new(runs) as std::sync::Arc<dyn crate::jobs::JobHandler>,
+            )]
+            .into(),
+        );
         Self {
             pool,
+            background,
             metrics: crate::metrics::RequestMetrics::new(),
             runner,
             crypto,

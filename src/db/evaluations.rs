@@ -102,22 +102,30 @@ pub fn list(
     Ok((rows, total))
 }
 
-/// Queues a run and records it as the evaluation's latest.
+/// Queues a run and records it as the evaluation's latest (inside the caller's transaction,
+/// which also queues its job).
 pub fn insert_run(conn: &mut DbConnection, row: &RunRow) -> StoreResult<()> {
-    super::write_transaction(conn, |conn| {
-        diesel::insert_into(r::table)
-            .values(row)
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
-        diesel::update(t::table.filter(t::id.eq(&row.evaluation_id)))
-            .set((
-                t::latest_run_id.eq(&row.id),
-                t::updated_at.eq(&row.created_at),
-            ))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
-        Ok(())
-    })
+    diesel::insert_into(r::table)
+        .values(row)
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    diesel::update(t::table.filter(t::id.eq(&row.evaluation_id)))
+        .set((
+            t::latest_run_id.eq(&row.id),
+            t::updated_at.eq(&row.created_at),
+        ))
+        .execute(conn)
+        .map_err(StoreError::from_diesel)?;
+    Ok(())
+}
+
+/// A run by id, whichever organization's (what its job holds).
+pub fn run_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<RunRow> {
+    r::table
+        .filter(r::id.eq(id))
+        .select(RunRow::as_select())
+        .first(conn)
+        .map_err(StoreError::from_diesel)
 }
 
 pub fn get_run(
@@ -197,10 +205,17 @@ pub fn finish_run(
     Ok(())
 }
 
-/// At start: runs a previous process left queued or running can never finish; they fail,
-/// saying so, rather than hang.
+/// At start: runs left queued or running without a job (by a version that ran them in
+/// process) can never finish; they fail, saying so, rather than hang.
 pub fn fail_interrupted_runs(conn: &mut DbConnection) -> StoreResult<usize> {
-    diesel::update(r::table.filter(r::status.eq_any(["queued", "running"])))
+    // A run with a job (same id) is the jobs queue's: another replica may be running it.
+    let open: Vec<String> = r::table
+        .filter(r::status.eq_any(["queued", "running"]))
+        .select(r::id)
+        .load(conn)
+        .map_err(StoreError::from_diesel)?;
+    let orphans = crate::jobs::without_jobs(conn, open)?;
+    diesel::update(r::table.filter(r::id.eq_any(orphans)))
         .set((
             r::status.eq("failed"),
             r::error.eq(Some("interrupted: the server restarted during the run")),

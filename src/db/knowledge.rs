@@ -660,18 +660,12 @@ pub fn finish_sync(
 pub fn fail_interrupted_syncs(conn: &mut DbConnection) -> StoreResult<usize> {
     // A sync with a job (same id) is the jobs queue's: another replica may be running it,
     // and a lost one is abandoned through its lease. Only syncs from before that are swept.
-    use crate::db::schema::jobs;
     let open: Vec<String> = knowledge_syncs::table
         .filter(knowledge_syncs::status.eq_any(["queued", "running"]))
         .select(knowledge_syncs::id)
         .load(conn)
         .map_err(StoreError::from_diesel)?;
-    let queued: Vec<String> = jobs::table
-        .filter(jobs::id.eq_any(&open))
-        .select(jobs::id)
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
-    let orphans: Vec<&String> = open.iter().filter(|id| !queued.contains(id)).collect();
+    let orphans = crate::jobs::without_jobs(conn, open)?;
     diesel::update(knowledge_syncs::table.filter(knowledge_syncs::id.eq_any(orphans)))
         .set((
             knowledge_syncs::status.eq("failed"),

@@ -401,3 +401,58 @@ backend_test!(
         assert_eq!(resp.status(), 403, "running also needs execute:agents");
     }
 );
+
+backend_test!(
+    a_replica_starting_leaves_a_running_evaluation_alone,
+    |app| {
+        // The model takes 1.5 s per answer: the run is still going when the replica starts.
+        let agent = crate::executions::remote_agent(&app, "sleep-1500").await;
+        let (status, evaluation) = json(
+            app.send_json(
+                Method::POST,
+                "/v1/evaluations",
+                &json!({"name": "slow", "target_id": agent, "test_cases": [
+                    {"input": "one", "expected_output": "Echo"},
+                    {"input": "two", "expected_output": "Echo"}
+                ]}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, 201, "{evaluation}");
+        let id = evaluation["id"].as_str().expect("id");
+        let (status, queued) = json(
+            app.send_json(
+                Method::POST,
+                &format!("/v1/evaluations/{id}/run"),
+                &json!({}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, 202, "{queued}");
+        let location = format!(
+            "/v1/evaluations/{id}/runs/{}",
+            queued["id"].as_str().expect("id")
+        );
+        let mut running = false;
+        for _ in 0..40 {
+            let (_, run) = json(app.get(&location).await).await;
+            if run["status"] == "running" {
+                running = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(running, "the run started");
+        let _replica = app.replica().await;
+        let (_, run) = json(app.get(&location).await).await;
+        assert_eq!(
+            run["status"], "running",
+            "not the new replica's to fail: {run}"
+        );
+        let done = finished_run(&app, &location).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["summary"]["cases"], 2, "{done}");
+    }
+);
