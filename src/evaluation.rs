@@ -265,9 +265,6 @@ pub struct RunTarget {
     pub run_id: String,
 }
 
-/// Runs every case of a queued run in order, then records the results and summary and
-/// publishes `evaluation.completed`. A case the agent fails on is a failed case with its
-/// error; only storage failing fails the run.
 /// An evaluation as stored: its description, cases and pass criteria.
 pub struct StoredEvaluation {
     pub description: Option<String>,
@@ -293,15 +290,7 @@ pub const KIND: &str = "evaluation_run";
 
 /// Queues `run` (inside the transaction that writes its row).
 pub fn enqueue(conn: &mut crate::db::DbConnection, run: &db::RunRow) -> StoreResult<()> {
-    let job = crate::jobs::NewJob {
-        kind: KIND.into(),
-        org_id: run.org_id.clone(),
-        agent_id: None,
-        payload: serde_json::json!({ "run_id": run.id }),
-        // Once: a run whose server died is failed, and running it again is the user's call.
-        max_attempts: 1,
-    };
-    crate::jobs::enqueue_as(conn, &run.id, &job).map(|_| ())
+    crate::jobs::enqueue_for_row(conn, KIND, &run.org_id, &run.id)
 }
 
 /// Runs evaluation runs from the jobs queue. They belong on a pool of their own: a run
@@ -399,6 +388,9 @@ impl crate::jobs::JobHandler for RunJobs {
     }
 }
 
+/// Runs every case of a queued run in order, then records the results and summary and
+/// publishes `evaluation.completed`. A case the agent fails on is a failed case with its
+/// error; only storage failing fails the run.
 pub async fn run(
     store: Store,
     runner: Arc<dyn CaseRunner>,

@@ -82,9 +82,8 @@ pub fn enqueue(conn: &mut DbConnection, job: &NewJob) -> StoreResult<JobRow> {
     enqueue_as(conn, &crate::ids::new_id("job"), job)
 }
 
-/// [`enqueue`] under the id `id`: the id of the row the job works on (a knowledge sync), so
-/// that row and its job are one id.
-pub fn enqueue_as(conn: &mut DbConnection, id: &str, job: &NewJob) -> StoreResult<JobRow> {
+/// [`enqueue`] under the id `id`.
+fn enqueue_as(conn: &mut DbConnection, id: &str, job: &NewJob) -> StoreResult<JobRow> {
     let now = crate::ids::now();
     let row = JobRow {
         id: id.to_string(),
@@ -107,6 +106,26 @@ pub fn enqueue_as(conn: &mut DbConnection, id: &str, job: &NewJob) -> StoreResul
         .execute(conn)
         .map_err(StoreError::from_diesel)?;
     Ok(row)
+}
+
+/// Queues the job of `kind` that works on the row `row_id`, under the row's id (so the row
+/// and its job are one id, and its payload names it): inside the transaction that writes the
+/// row. It runs once: a row whose server died is failed by the handler's `abandon`, and
+/// running it again is the user's call.
+pub fn enqueue_for_row(
+    conn: &mut DbConnection,
+    kind: &str,
+    org_id: &str,
+    row_id: &str,
+) -> StoreResult<()> {
+    let job = NewJob {
+        kind: kind.into(),
+        org_id: org_id.to_string(),
+        agent_id: None,
+        payload: serde_json::json!({ "id": row_id }),
+        max_attempts: 1,
+    };
+    enqueue_as(conn, row_id, &job).map(|_| ())
 }
 
 /// Those of `ids` that have no job: rows queued or running before their kind moved onto this

@@ -155,23 +155,14 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
         &config.data_dir(),
     )
     .context("loading the master key for secrets at rest")?;
-    let interrupted = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.run_blocking(crate::db::knowledge::fail_interrupted_syncs)
-        })
-        .await??
-    };
-    if interrupted > 0 {
-        tracing::warn!(
-            interrupted,
-            "knowledge syncs interrupted by a restart were marked failed"
-        );
-    }
     for (fail, what) in [
         (
-            crate::db::evaluations::fail_interrupted_runs
+            crate::db::knowledge::fail_interrupted_syncs
                 as fn(&mut crate::db::DbConnection) -> crate::db::StoreResult<usize>,
+            "knowledge syncs",
+        ),
+        (
+            crate::db::evaluations::fail_interrupted_runs,
             "evaluation runs",
         ),
         (

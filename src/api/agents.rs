@@ -73,12 +73,13 @@ pub(crate) fn row_to_agent(row: &AgentRow) -> Result<Agent, StoreError> {
     Agent::parse_from_json(Some(Value::Object(obj))).map_err(|e| corrupt(row, e.message()))
 }
 
+/// `row`'s JSON (`obj`, as [`row_to_json`] reads it) with only `fields`, and `expanded`.
 fn row_to_fieldset(
     row: &AgentRow,
+    mut obj: Map<String, Value>,
     fields: Option<&[AgentField]>,
     expanded: Option<Value>,
 ) -> Result<AgentFieldset, StoreError> {
-    let mut obj = row_to_json(row)?;
     if let Some(fields) = fields {
         obj.retain(|k, _| k == "id" || fields.iter().any(|f| f.as_str() == k));
     }
@@ -88,9 +89,9 @@ fn row_to_fieldset(
     AgentFieldset::parse_from_json(Some(Value::Object(obj))).map_err(|e| corrupt(row, e.message()))
 }
 
-/// The ids in the agent's `key` array (`knowledge_bases`, `tools`).
-fn linked_ids(row: &AgentRow, key: &str) -> Result<Vec<String>, StoreError> {
-    Ok(row_to_json(row)?
+/// The ids in an agent's `key` array (`knowledge_bases`, `tools`).
+fn linked_ids(agent: &Map<String, Value>, key: &str) -> Vec<String> {
+    agent
         .get(key)
         .and_then(Value::as_array)
         .map(|ids| {
@@ -98,27 +99,24 @@ fn linked_ids(row: &AgentRow, key: &str) -> Result<Vec<String>, StoreError> {
                 .filter_map(|v| v.as_str().map(str::to_string))
                 .collect()
         })
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
-/// `expanded` for each of `rows`: the knowledge bases and tools their ids name, each looked up
-/// once for the page, in the order the agent lists them.
+/// `expanded` for each of `agents` (their JSON): the knowledge bases and tools their ids
+/// name, each looked up once for the page, in the order the agent lists them.
 fn expansions(
     conn: &mut crate::db::DbConnection,
     org_id: &str,
-    rows: &[AgentRow],
+    agents: &[Map<String, Value>],
     expand: &[ListAgentsExpandItem],
 ) -> Result<Vec<Option<Value>>, StoreError> {
     if expand.is_empty() {
-        return Ok(vec![None; rows.len()]);
+        return Ok(vec![None; agents.len()]);
     }
-    let mut out: Vec<Map<String, Value>> = vec![Map::new(); rows.len()];
+    let mut out: Vec<Map<String, Value>> = vec![Map::new(); agents.len()];
     for item in expand {
         let key = item.as_str();
-        let per_row = rows
-            .iter()
-            .map(|row| linked_ids(row, key))
-            .collect::<Result<Vec<_>, _>>()?;
+        let per_row: Vec<Vec<String>> = agents.iter().map(|a| linked_ids(a, key)).collect();
         let mut all: Vec<String> = per_row.iter().flatten().cloned().collect();
         all.sort();
         all.dedup();
@@ -403,12 +401,16 @@ impl Handlers {
             }
         }
         let org = caller.org_id.clone();
-        let (rows, total, expanded) = self
+        let (rows, total, agents, expanded) = self
             .store
             .run(move |conn| {
                 let (rows, total) = store::list(conn, &org, &query)?;
-                let expanded = expansions(conn, &org, &rows, &expand)?;
-                Ok((rows, total, expanded))
+                let agents = rows
+                    .iter()
+                    .map(row_to_json)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let expanded = expansions(conn, &org, &agents, &expand)?;
+                Ok((rows, total, agents, expanded))
             })
             .await
             .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
@@ -425,8 +427,10 @@ impl Handlers {
         };
         let data = rows
             .iter()
-            .zip(expanded)
-            .map(|(row, expanded)| row_to_fieldset(row, params.fields.as_deref(), expanded))
+            .zip(agents.into_iter().zip(expanded))
+            .map(|(row, (agent, expanded))| {
+                row_to_fieldset(row, agent, params.fields.as_deref(), expanded)
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
         Ok(AgentList {

@@ -179,15 +179,12 @@ pub(crate) fn knowledge_bases_among(
     org_id: &str,
     ids: &[String],
 ) -> Result<std::collections::BTreeMap<String, KnowledgeBase>, StoreError> {
+    use crate::db::Found;
     let mut found = std::collections::BTreeMap::new();
     for id in ids {
-        match store::get_kb(conn, org_id, id) {
-            Ok(row) => {
-                let counts = store::kb_counts(conn, &row.id)?;
-                found.insert(id.clone(), kb_model(&row, counts));
-            }
-            Err(StoreError::NotFound) => {}
-            Err(e) => return Err(e),
+        if let Some(row) = store::get_kb(conn, org_id, id).found()? {
+            let counts = store::kb_counts(conn, &row.id)?;
+            found.insert(id.clone(), kb_model(&row, counts));
         }
     }
     Ok(found)

@@ -171,11 +171,7 @@ fn lookup(
             )
         }),
     };
-    match found {
-        Ok(doc) => Ok(Some(doc)),
-        Err(StoreError::NotFound) => Ok(None),
-        Err(e) => Err(e),
-    }
+    crate::db::Found::found(found)
 }
 
 /// The agent and everything it references, as the scanner reads them.

@@ -177,14 +177,11 @@ pub(crate) fn tools_among(
     org_id: &str,
     ids: &[String],
 ) -> Result<BTreeMap<String, Tool>, StoreError> {
+    use crate::db::Found;
     let mut found = BTreeMap::new();
     for id in ids {
-        match store::get(conn, org_id, id) {
-            Ok(row) => {
-                found.insert(id.clone(), tool_model(&row));
-            }
-            Err(StoreError::NotFound) => {}
-            Err(e) => return Err(e),
+        if let Some(row) = store::get(conn, org_id, id).found()? {
+            found.insert(id.clone(), tool_model(&row));
         }
     }
     Ok(found)

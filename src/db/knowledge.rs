@@ -608,7 +608,6 @@ pub fn get_sync(
         .map_err(StoreError::from_diesel)
 }
 
-/// Marks a sync running.
 /// A sync by id, whichever organization's (what its job holds).
 pub fn sync_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<SyncRow> {
     knowledge_syncs::table
@@ -618,6 +617,7 @@ pub fn sync_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<SyncRow> {
         .map_err(StoreError::from_diesel)
 }
 
+/// Marks a sync running.
 pub fn start_sync(conn: &mut DbConnection, id: &str) -> StoreResult<()> {
     diesel::update(knowledge_syncs::table.filter(knowledge_syncs::id.eq(id)))
         .set((

@@ -93,6 +93,22 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A lookup whose "not found" is an answer, not an error.
+pub trait Found<T> {
+    /// `None` for [`StoreError::NotFound`]; other errors stay errors.
+    fn found(self) -> StoreResult<Option<T>>;
+}
+
+impl<T> Found<T> for StoreResult<T> {
+    fn found(self) -> StoreResult<Option<T>> {
+        match self {
+            Ok(t) => Ok(Some(t)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Runs `f` in a transaction that takes the write lock up front. On SQLite a deferred
 /// transaction that reads and then writes fails with "database is locked" when another
 /// writer got in between; `BEGIN IMMEDIATE` waits (up to `busy_timeout`) instead.

@@ -47,15 +47,7 @@ pub struct SyncRunner {
 
 /// Queues `sync` (inside the transaction that writes its row).
 pub fn enqueue(conn: &mut crate::db::DbConnection, sync: &SyncRow) -> crate::db::StoreResult<()> {
-    let job = crate::jobs::NewJob {
-        kind: KIND.into(),
-        org_id: sync.org_id.clone(),
-        agent_id: None,
-        payload: serde_json::json!({ "sync_id": sync.id }),
-        // Once: a sync whose server died is failed, and syncing again is the user's call.
-        max_attempts: 1,
-    };
-    crate::jobs::enqueue_as(conn, &sync.id, &job).map(|_| ())
+    crate::jobs::enqueue_for_row(conn, KIND, &sync.org_id, &sync.id)
 }
 
 impl crate::jobs::JobHandler for SyncRunner {
