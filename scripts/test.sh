@@ -111,13 +111,18 @@ schemathesis_run() {
   local key
   key=$(grep -o 'ap_[A-Za-z0-9]*' "$WORK/$name.out" | head -n1)
   [ -n "$key" ] || { cat "$WORK/$name.err"; echo "no admin key printed" >&2; exit 1; }
+  # On failure, show what the server logged as going wrong: a 503 names only a request id.
   "$TOOLS/venv/bin/schemathesis" --config-file "$WORK/schemathesis.toml" run "http://127.0.0.1:$port/openapi.json" \
     --url "http://127.0.0.1:$port" \
     -H "Authorization: Bearer $key" \
     --checks all --phases examples,coverage,fuzzing,stateful \
     --mode all --max-examples "${SCHEMATHESIS_EXAMPLES:-40}" --seed 1 \
     --suppress-health-check all --no-color \
-    --report junit --report-dir "$TARGET/schemathesis/$name"
+    --report junit --report-dir "$TARGET/schemathesis/$name" || {
+    echo "---- the $name server's warnings and errors ----" >&2
+    grep -E 'WARN|ERROR' "$WORK/$name.err" | tail -n 40 >&2 || true
+    exit 1
+  }
   log "agentplane conform on $name"
   mkdir -p "$TARGET/conform"
   local other

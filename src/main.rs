@@ -218,8 +218,10 @@ fn init_tracing() {
     let filter =
         EnvFilter::try_from_env("AGENTPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("AGENTPLANE_LOG_FORMAT").is_ok_and(|f| f == "json");
+    // Colour only for a terminal: a log file full of escape codes is hard to grep.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

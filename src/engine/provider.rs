@@ -354,6 +354,12 @@ fn usage_of(v: &Value) -> Option<(i64, i64)> {
     ))
 }
 
+/// A model's text as every backend can store it: PostgreSQL's `text` refuses NUL, so a
+/// remote model answering one gets U+FFFD in its place instead of failing the execution.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
 impl Provider for OpenAiCompatible {
     async fn complete(&self, req: &CompletionRequest) -> Result<Completion, ProviderError> {
         let resp = self.send(&Self::body(req, false)).await?;
@@ -367,8 +373,8 @@ impl Provider for OpenAiCompatible {
         let text = v
             .pointer("/choices/0/message/content")
             .and_then(Value::as_str)
-            .ok_or_else(|| ProviderError::BadResponse("no choices[0].message.content".into()))?
-            .to_string();
+            .map(storable)
+            .ok_or_else(|| ProviderError::BadResponse("no choices[0].message.content".into()))?;
         let (input_tokens, output_tokens) = usage_of(&v)
             .unwrap_or_else(|| (count_input_tokens(&req.messages), count_tokens(&text)));
         Ok(Completion {
@@ -415,8 +421,9 @@ impl Provider for OpenAiCompatible {
                     .and_then(Value::as_str)
                     && !delta.is_empty()
                 {
-                    text.push_str(delta);
-                    let _ = deltas.send(delta.to_string()).await;
+                    let delta = storable(delta);
+                    text.push_str(&delta);
+                    let _ = deltas.send(delta).await;
                 }
             }
             if finished {
@@ -441,6 +448,12 @@ impl Provider for OpenAiCompatible {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_models_nul_is_replaced_not_stored() {
+        assert_eq!(storable("a\0b"), "a\u{FFFD}b");
+        assert_eq!(storable("plain"), "plain");
+    }
 
     fn request(question: &str, passages: &[&str]) -> CompletionRequest {
         CompletionRequest {

@@ -587,7 +587,20 @@ impl JobHandler for ExecutionRunner {
             let Some(id) = execution_of(&job) else {
                 return Err("the job names no execution".into());
             };
-            runner.run_execution(id, ctx).await
+            let outcome = runner.run_execution(id.clone(), ctx).await;
+            if let Err(e) = &outcome {
+                // Runs are not retried: end the execution, or it would read `running` forever.
+                let finish = unsuccessful(
+                    "failed",
+                    "INTERNAL_ERROR",
+                    "the execution could not be recorded; it was stopped".into(),
+                    None,
+                );
+                if let Err(end) = runner.end(&id, finish).await {
+                    tracing::warn!(error = %e, end = %end, execution = %id, "cannot fail a broken execution");
+                }
+            }
+            outcome
         })
     }
 

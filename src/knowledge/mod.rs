@@ -155,9 +155,13 @@ pub fn search(
                  WHERE c.tsv @@ q AND c.org_id = $2 AND c.kb_id = ANY($3)",
             );
             let mut n = 4;
+            // `jsonb` refuses the escape `\u0000`, which JSON (and a document's metadata) may
+            // hold: both sides swap it for a private-use character before the cast, so a
+            // filter on such metadata compares instead of failing the query.
             for _ in &filters {
                 sql.push_str(&format!(
-                    " AND (c.metadata::jsonb -> ${}) = ${}::jsonb",
+                    " AND (replace(c.metadata, E'\\\\u0000', E'\\\\uf8ff')::jsonb -> ${}) \
+                     = replace(${}, E'\\\\u0000', E'\\\\uf8ff')::jsonb",
                     n,
                     n + 1
                 ));

@@ -229,6 +229,24 @@ backend_test!(ingest_then_query_ranks_with_scores_and_filters, |app| {
     )
     .await;
     assert_eq!(r["total"], 0, "{r}");
+    // Metadata may hold NUL (JSON can), which PostgreSQL's jsonb refuses: filters still compare.
+    ingest(
+        &app,
+        &kb_id,
+        json!({"documents": [{"title": "Refunds", "text": "Refund passwords are never sent.",
+                              "metadata": {"team": "ops\u{0}"}}]}),
+    )
+    .await;
+    for (team, title) in [("ops\u{0}", "Refunds"), ("accounts", "Passwords")] {
+        let r = query(
+            &app,
+            &kb_id,
+            json!({"query": "passwords", "filters": {"team": team}}),
+        )
+        .await;
+        assert_eq!(r["total"], 1, "{team:?}: {r}");
+        assert_eq!(r["results"][0]["metadata"]["title"], title);
+    }
     // AIMatrix options: max_results, min_score, include_metadata.
     let r = query(&app, &kb_id, json!({"query": "sdk password invoices", "options": {"max_results": 1, "include_metadata": false}})).await;
     assert_eq!(r["total"], 1);
@@ -259,7 +277,7 @@ backend_test!(ingest_then_query_ranks_with_scores_and_filters, |app| {
 
     // Documents and chunks.
     let (_, docs) = json(app.get(&format!("/v1/knowledge/{kb_id}/documents")).await).await;
-    assert_eq!(docs["pagination"]["total"], 4);
+    assert_eq!(docs["pagination"]["total"], 5, "four, and the refunds one");
     let doc_id = out["documents"][0]["id"].as_str().expect("doc");
     let (status, doc) = json(
         app.get(&format!("/v1/knowledge/{kb_id}/documents/{doc_id}"))

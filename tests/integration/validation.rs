@@ -16,6 +16,17 @@ fn bad_bodies() -> Vec<(Value, &'static str, &'static str)> {
         (json!({}), "name", "required"),
         (json!({"name": ""}), "name", "minLength"),
         (json!({"name": "nul\u{0}byte"}), "name", "pattern"),
+        // References are looked up by id; PostgreSQL cannot even compare a string with NUL.
+        (
+            json!({"name": "a", "tools": ["web", "nul\u{0}"]}),
+            "tools[1]",
+            "pattern",
+        ),
+        (
+            json!({"name": "a", "model_id": "nul\u{0}"}),
+            "model_id",
+            "pattern",
+        ),
         (json!({"name": long(201)}), "name", "maxLength"),
         (json!({"name": 5}), "name", "type"),
         (
@@ -187,6 +198,7 @@ backend_test!(every_body_constraint_names_its_field, |app| {
             "configuration.temperature",
         ),
         (json!({"tags": null}), "tags"),
+        (json!({"tools": ["\u{0}"]}), "tools[0]"),
         (json!({"version": 7}), "version"),
     ] {
         let (status, err) = json(app.send_json(Method::PATCH, &path, &body).await).await;
