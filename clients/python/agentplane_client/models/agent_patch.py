@@ -85,6 +85,16 @@ class AgentPatch(BaseModel):
             raise ValueError(r"must validate the regular expression /^[^\x00]*$/")
         return value
 
+    @field_validator('model_id', mode="before")
+    def model_id_validate_regular_expression(cls, value):
+        """Validates the regular expression"""
+        if value is None:
+            return value
+
+        if isinstance(value, str) and not re.match(r"^[^\x00]*$", value):
+            raise ValueError(r"must validate the regular expression /^[^\x00]*$/")
+        return value
+
     @field_validator('prompt_template_id', mode="before")
     def prompt_template_id_validate_regular_expression(cls, value):
         """Validates the regular expression"""

@@ -42,8 +42,18 @@ class EvaluationInput(BaseModel):
     @field_validator('name', mode="before")
     def name_validate_regular_expression(cls, value):
         """Validates the regular expression"""
-        if isinstance(value, str) and not re.match(r"\S", value):
-            raise ValueError(r"must validate the regular expression /\S/")
+        if isinstance(value, str) and not re.match(r"^[^\x00]*[^\x00\s][^\x00]*$", value):
+            raise ValueError(r"must validate the regular expression /^[^\x00]*[^\x00\s][^\x00]*$/")
+        return value
+
+    @field_validator('description', mode="before")
+    def description_validate_regular_expression(cls, value):
+        """Validates the regular expression"""
+        if value is None:
+            return value
+
+        if isinstance(value, str) and not re.match(r"^[^\x00]*$", value):
+            raise ValueError(r"must validate the regular expression /^[^\x00]*$/")
         return value
 
     @field_validator('target_id', mode="before")

@@ -17,7 +17,7 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from typing import Any, ClassVar, Dict, List, Optional
 from typing_extensions import Annotated
 from agentplane_client.models.execute_context import ExecuteContext
@@ -38,6 +38,16 @@ class ExecuteRequest(BaseModel):
     context: Optional[ExecuteContext] = None
     options: Optional[ExecuteOptions] = None
     __properties: ClassVar[List[str]] = ["input", "query", "parameters", "variables", "context", "options"]
+
+    @field_validator('query', mode="before")
+    def query_validate_regular_expression(cls, value):
+        """Validates the regular expression"""
+        if value is None:
+            return value
+
+        if isinstance(value, str) and not re.match(r"^[^\x00]*$", value):
+            raise ValueError(r"must validate the regular expression /^[^\x00]*$/")
+        return value
 
     model_config = ConfigDict(
         validate_by_name=True,

@@ -17,7 +17,7 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from typing import Any, ClassVar, Dict, List, Optional
 from typing_extensions import Annotated
 from typing import Optional, Set
@@ -33,6 +33,13 @@ class SendMessage(BaseModel):
     parameters: Optional[Dict[str, Annotated[str, Field(strict=True, max_length=100000)]]] = Field(default=None, description="Values of the agent's prompt template variables.")
     timeout: Optional[Annotated[int, Field(le=3600000, strict=True, ge=1)]] = Field(default=None, description="Milliseconds the reply may take; past it the execution ends `timed_out`. Default 120000.")
     __properties: ClassVar[List[str]] = ["message", "stream", "parameters", "timeout"]
+
+    @field_validator('message', mode="before")
+    def message_validate_regular_expression(cls, value):
+        """Validates the regular expression"""
+        if isinstance(value, str) and not re.match(r"^[^\x00]*$", value):
+            raise ValueError(r"must validate the regular expression /^[^\x00]*$/")
+        return value
 
     model_config = ConfigDict(
         validate_by_name=True,

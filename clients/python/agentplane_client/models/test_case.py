@@ -17,7 +17,7 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from typing import Any, ClassVar, Dict, List, Optional
 from typing_extensions import Annotated
 from typing import Optional, Set
@@ -32,6 +32,23 @@ class TestCase(BaseModel):
     expected_output: Optional[Annotated[str, Field(strict=True, max_length=10000)]] = Field(default='', description="The answer expected; empty when any answer passes `contains`.")
     metadata: Optional[Dict[str, Any]] = Field(default=None, description="Free-form data kept with the case.")
     __properties: ClassVar[List[str]] = ["input", "expected_output", "metadata"]
+
+    @field_validator('input', mode="before")
+    def input_validate_regular_expression(cls, value):
+        """Validates the regular expression"""
+        if isinstance(value, str) and not re.match(r"^[^\x00]*$", value):
+            raise ValueError(r"must validate the regular expression /^[^\x00]*$/")
+        return value
+
+    @field_validator('expected_output', mode="before")
+    def expected_output_validate_regular_expression(cls, value):
+        """Validates the regular expression"""
+        if value is None:
+            return value
+
+        if isinstance(value, str) and not re.match(r"^[^\x00]*$", value):
+            raise ValueError(r"must validate the regular expression /^[^\x00]*$/")
+        return value
 
     model_config = ConfigDict(
         validate_by_name=True,
