@@ -66,7 +66,7 @@ pub enum SearchMarketplaceResponse {
 /// `GET /v1/marketplace/templates/{template_id}` (getMarketplaceTemplate)
 #[derive(Debug, Clone)]
 pub struct GetMarketplaceTemplateParams {
-    /// The marketplace template's id (`support-kb-assistant`).
+    /// The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404.
     pub template_id: String,
 }
 /// Every documented answer of
@@ -96,7 +96,7 @@ pub enum GetMarketplaceTemplateResponse {
 /// `POST /v1/marketplace/install/{template_id}` (installMarketplaceTemplate)
 #[derive(Debug, Clone)]
 pub struct InstallMarketplaceTemplateParams {
-    /// The marketplace template's id (`support-kb-assistant`).
+    /// The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404.
     pub template_id: String,
     /// A unique key for this request (a UUID, say). Retrying with the same key and body within
     /// 24 hours answers 201 with the resource the first request created, creating nothing new;
