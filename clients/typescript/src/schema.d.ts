@@ -1747,7 +1747,7 @@ export interface paths {
             query?: never;
             header?: never;
             path: {
-                /** @description The marketplace template's id (`support-kb-assistant`). */
+                /** @description The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404. */
                 template_id: string;
             };
             cookie?: never;
@@ -1770,7 +1770,7 @@ export interface paths {
             query?: never;
             header?: never;
             path: {
-                /** @description The marketplace template's id (`support-kb-assistant`). */
+                /** @description The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404. */
                 template_id: string;
             };
             cookie?: never;
@@ -10050,7 +10050,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The marketplace template's id (`support-kb-assistant`). */
+                /** @description The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404. */
                 template_id: string;
             };
             cookie?: never;
@@ -10091,7 +10091,7 @@ export interface operations {
                 "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
             };
             path: {
-                /** @description The marketplace template's id (`support-kb-assistant`). */
+                /** @description The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404. */
                 template_id: string;
             };
             cookie?: never;

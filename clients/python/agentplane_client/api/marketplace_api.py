@@ -48,7 +48,7 @@ class MarketplaceApi:
     @validate_call
     def get_marketplace_template(
         self,
-        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`).")],
+        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404.")],
         _request_timeout: Union[
             None,
             Annotated[StrictFloat, Field(gt=0)],
@@ -66,7 +66,7 @@ class MarketplaceApi:
 
         Returns one template of the catalog, with its agent configuration and prompt.
 
-        :param template_id: The marketplace template's id (`support-kb-assistant`). (required)
+        :param template_id: The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404. (required)
         :type template_id: str
         :param _request_timeout: timeout setting for this request. If one
                                  number provided, it will be total request
@@ -121,7 +121,7 @@ class MarketplaceApi:
     @validate_call
     def get_marketplace_template_with_http_info(
         self,
-        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`).")],
+        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404.")],
         _request_timeout: Union[
             None,
             Annotated[StrictFloat, Field(gt=0)],
@@ -139,7 +139,7 @@ class MarketplaceApi:
 
         Returns one template of the catalog, with its agent configuration and prompt.
 
-        :param template_id: The marketplace template's id (`support-kb-assistant`). (required)
+        :param template_id: The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404. (required)
         :type template_id: str
         :param _request_timeout: timeout setting for this request. If one
                                  number provided, it will be total request
@@ -194,7 +194,7 @@ class MarketplaceApi:
     @validate_call
     def get_marketplace_template_without_preload_content(
         self,
-        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`).")],
+        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404.")],
         _request_timeout: Union[
             None,
             Annotated[StrictFloat, Field(gt=0)],
@@ -212,7 +212,7 @@ class MarketplaceApi:
 
         Returns one template of the catalog, with its agent configuration and prompt.
 
-        :param template_id: The marketplace template's id (`support-kb-assistant`). (required)
+        :param template_id: The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404. (required)
         :type template_id: str
         :param _request_timeout: timeout setting for this request. If one
                                  number provided, it will be total request
@@ -328,7 +328,7 @@ class MarketplaceApi:
     @validate_call
     def install_marketplace_template(
         self,
-        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`).")],
+        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404.")],
         marketplace_install_request: MarketplaceInstallRequest,
         idempotency_key: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=255)]], Field(description="A unique key for this request (a UUID, say). Retrying with the same key and body within 24 hours answers 201 with the resource the first request created, creating nothing new; the same key with a different body answers 409. ")] = None,
         _request_timeout: Union[
@@ -348,7 +348,7 @@ class MarketplaceApi:
 
         Creates, in one transaction, the template's prompt template and an agent linked to it (`prompt_template_id`) in the caller's organization (CodexOS `POST /marketplace/install/{template_id}`), and answers 201 with the agent. An `agent.created` event follows. Needs `write:agents` and `write:templates`.
 
-        :param template_id: The marketplace template's id (`support-kb-assistant`). (required)
+        :param template_id: The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404. (required)
         :type template_id: str
         :param marketplace_install_request: (required)
         :type marketplace_install_request: MarketplaceInstallRequest
@@ -411,7 +411,7 @@ class MarketplaceApi:
     @validate_call
     def install_marketplace_template_with_http_info(
         self,
-        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`).")],
+        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404.")],
         marketplace_install_request: MarketplaceInstallRequest,
         idempotency_key: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=255)]], Field(description="A unique key for this request (a UUID, say). Retrying with the same key and body within 24 hours answers 201 with the resource the first request created, creating nothing new; the same key with a different body answers 409. ")] = None,
         _request_timeout: Union[
@@ -431,7 +431,7 @@ class MarketplaceApi:
 
         Creates, in one transaction, the template's prompt template and an agent linked to it (`prompt_template_id`) in the caller's organization (CodexOS `POST /marketplace/install/{template_id}`), and answers 201 with the agent. An `agent.created` event follows. Needs `write:agents` and `write:templates`.
 
-        :param template_id: The marketplace template's id (`support-kb-assistant`). (required)
+        :param template_id: The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404. (required)
         :type template_id: str
         :param marketplace_install_request: (required)
         :type marketplace_install_request: MarketplaceInstallRequest
@@ -494,7 +494,7 @@ class MarketplaceApi:
     @validate_call
     def install_marketplace_template_without_preload_content(
         self,
-        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`).")],
+        template_id: Annotated[str, Field(strict=True, description="The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404.")],
         marketplace_install_request: MarketplaceInstallRequest,
         idempotency_key: Annotated[Optional[Annotated[str, Field(min_length=1, strict=True, max_length=255)]], Field(description="A unique key for this request (a UUID, say). Retrying with the same key and body within 24 hours answers 201 with the resource the first request created, creating nothing new; the same key with a different body answers 409. ")] = None,
         _request_timeout: Union[
@@ -514,7 +514,7 @@ class MarketplaceApi:
 
         Creates, in one transaction, the template's prompt template and an agent linked to it (`prompt_template_id`) in the caller's organization (CodexOS `POST /marketplace/install/{template_id}`), and answers 201 with the agent. An `agent.created` event follows. Needs `write:agents` and `write:templates`.
 
-        :param template_id: The marketplace template's id (`support-kb-assistant`). (required)
+        :param template_id: The marketplace template's id (`support-kb-assistant`); an id the catalog does not hold is a 404. (required)
         :type template_id: str
         :param marketplace_install_request: (required)
         :type marketplace_install_request: MarketplaceInstallRequest
