@@ -1,7 +1,9 @@
 //! Every column that holds values sealed under the master key ([`crate::crypto`]), in one
 //! registry, and master-key rotation over all of them.
 //!
-//! A new sealed column is one line in [`SEALED_COLUMNS`]; rotation then re-encrypts it too.
+//! A new sealed column is one line in [`SEALED_COLUMNS`]; rotation then re-encrypts it too. A
+//! column may hold JSON objects with the sealed value in one of their fields (`field`): rotation
+//! re-encrypts that field and keeps the rest of the object.
 //! Rotation runs in one write transaction: every value is opened with the old key and sealed
 //! again with the new one, or (on any value the old key cannot open) nothing changes.
 
@@ -11,11 +13,14 @@ use diesel::sql_types::Text;
 use super::{DbConnection, StoreError, StoreResult};
 use crate::crypto::Crypto;
 
-/// A column of sealed values (`NULL` or empty text means none) in a table keyed by `id`.
+/// A column of sealed values (`NULL` or empty text means none) in a table keyed by `id`; with
+/// a `field`, a column of JSON objects whose `field` holds the sealed value (objects without it
+/// hold none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealedColumn {
     pub table: &'static str,
     pub column: &'static str,
+    pub field: Option<&'static str>,
 }
 
 /// Every sealed column.
@@ -24,26 +29,37 @@ pub const SEALED_COLUMNS: &[SealedColumn] = &[
     SealedColumn {
         table: "models",
         column: "api_key_encrypted",
+        field: None,
     },
     // API tools' secret headers.
     SealedColumn {
         table: "tools",
         column: "secrets",
+        field: None,
     },
     // Vault credentials' values.
     SealedColumn {
         table: "vault_credentials",
         column: "value_sealed",
+        field: None,
     },
     // Digital twins' data-source connection strings.
     SealedColumn {
         table: "twins",
         column: "secrets",
+        field: None,
     },
     // Webhooks' signing secrets.
     SealedColumn {
         table: "webhooks",
         column: "secret_encrypted",
+        field: None,
+    },
+    // One-off delivery targets (a simulation's notification webhook): their signing secrets.
+    SealedColumn {
+        table: "webhook_deliveries",
+        column: "target",
+        field: Some("secret_encrypted"),
     },
 ];
 
@@ -70,6 +86,17 @@ impl Rotation {
 
 /// The column's sealed values, by row id.
 pub fn sealed_values(conn: &mut DbConnection, c: SealedColumn) -> StoreResult<Vec<SealedValue>> {
+    let mut values = Vec::new();
+    for raw in raw_values(conn, c)? {
+        if let Some(value) = sealed_in(c, &raw)? {
+            values.push(SealedValue { id: raw.id, value });
+        }
+    }
+    Ok(values)
+}
+
+/// The column's non-empty values as stored (whole objects for a column with a `field`).
+fn raw_values(conn: &mut DbConnection, c: SealedColumn) -> StoreResult<Vec<SealedValue>> {
     // `table` and `column` are constants of the registry, never input.
     let sql = format!(
         "SELECT id, {col} AS value FROM {table} WHERE {col} IS NOT NULL AND {col} <> '' ORDER BY id",
@@ -79,6 +106,37 @@ pub fn sealed_values(conn: &mut DbConnection, c: SealedColumn) -> StoreResult<Ve
     diesel::sql_query(sql)
         .load::<SealedValue>(conn)
         .map_err(StoreError::from_diesel)
+}
+
+/// The sealed value a stored value holds, if any.
+fn sealed_in(c: SealedColumn, raw: &SealedValue) -> StoreResult<Option<String>> {
+    let Some(field) = c.field else {
+        return Ok(Some(raw.value.clone()));
+    };
+    let object = json_object(c, raw)?;
+    Ok(object
+        .get(field)
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string))
+}
+
+fn json_object(c: SealedColumn, raw: &SealedValue) -> StoreResult<serde_json::Value> {
+    serde_json::from_str(&raw.value).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "{}.{} of {} is not JSON: {e}; nothing was changed",
+            c.table, c.column, raw.id
+        ))
+    })
+}
+
+/// `raw` with its sealed value replaced by `sealed`.
+fn with_sealed(c: SealedColumn, raw: &SealedValue, sealed: String) -> StoreResult<String> {
+    let Some(field) = c.field else {
+        return Ok(sealed);
+    };
+    let mut object = json_object(c, raw)?;
+    object[field] = serde_json::Value::String(sealed);
+    Ok(object.to_string())
 }
 
 fn write_value(conn: &mut DbConnection, c: SealedColumn, id: &str, value: &str) -> StoreResult<()> {
@@ -111,17 +169,22 @@ pub fn rotate_columns(
     super::write_transaction(conn, |conn| {
         let mut rotation = Rotation::default();
         for &c in columns {
-            let values = sealed_values(conn, c)?;
-            for v in &values {
-                let plain = old.decrypt(&v.value).map_err(|e| {
+            let mut count = 0;
+            for raw in raw_values(conn, c)? {
+                let Some(sealed) = sealed_in(c, &raw)? else {
+                    continue;
+                };
+                let plain = old.decrypt(&sealed).map_err(|e| {
                     StoreError::Corrupt(format!(
                         "{}.{} of {}: {e}; nothing was changed",
-                        c.table, c.column, v.id
+                        c.table, c.column, raw.id
                     ))
                 })?;
-                write_value(conn, c, &v.id, &new.encrypt(&plain))?;
+                let value = with_sealed(c, &raw, new.encrypt(&plain))?;
+                write_value(conn, c, &raw.id, &value)?;
+                count += 1;
             }
-            rotation.columns.push((c, values.len()));
+            rotation.columns.push((c, count));
         }
         Ok(rotation)
     })

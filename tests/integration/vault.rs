@@ -389,6 +389,10 @@ async fn seal_everything(app: &TestApp) {
     .await;
     let (s, tw) = json(app.send_json(Method::POST, "/v1/twins", &json!({"name": "tw", "type": "logistics", "data_sources": [{"type": "database", "connection_string": "postgresql://u:twin-secret@h/db"}]})).await).await;
     assert_eq!(s, 201, "{tw}");
+    // A simulation's one-off notification target holds its signing secret, sealed.
+    let simulate = format!("/v1/twins/{}/simulate", tw["id"].as_str().expect("id"));
+    let (s, sim) = json(app.send_json(Method::POST, &simulate, &json!({"scenario": "demand_spike", "model": "capacity_planning", "parameters": {"increase_percentage": 30}, "options": {"seed": 7, "runs": 10, "notification_webhook": "http://127.0.0.1:9/notify", "notification_secret": "notification-secret"}})).await).await;
+    assert_eq!(s, 201, "{sim}");
     let (s, wh) = json(
         app.send_json(
             Method::POST,
@@ -452,11 +456,37 @@ backend_test!(
             }
         }
 
+        // The one-off target keeps its url beside the resealed secret.
+        let store = app.store.clone();
+        let targets = tokio::task::spawn_blocking(move || {
+            store.run_blocking(|conn| {
+                diesel::sql_query(
+                    "SELECT id, target AS value FROM webhook_deliveries WHERE target IS NOT NULL",
+                )
+                .load::<sealed::SealedValue>(conn)
+                .map_err(agentplane::db::StoreError::from_diesel)
+            })
+        })
+        .await
+        .expect("join")
+        .expect("targets");
+        assert_eq!(targets.len(), 1);
+        let target: Value = serde_json::from_str(&targets[0].value).expect("JSON");
+        assert_eq!(target["url"], "http://127.0.0.1:9/notify", "{target}");
+        assert_eq!(
+            new.decrypt(target["secret_encrypted"].as_str().expect("sealed"))
+                .expect("opens"),
+            b"notification-secret"
+        );
+
         // A value the current key cannot open, in the last column: the rotation changes nothing.
         let stranger = Crypto::new(&[3u8; 32]);
         let last = SEALED_COLUMNS[SEALED_COLUMNS.len() - 1];
         let id = after[after.len() - 1][0].id.clone();
-        let bad = stranger.encrypt(b"[\"x\"]");
+        let mut bad = stranger.encrypt(b"[\"x\"]");
+        if let Some(field) = last.field {
+            bad = json!({"url": "http://127.0.0.1:9/notify", field: bad}).to_string();
+        }
         let store = app.store.clone();
         let sql = format!(
             "UPDATE {} SET {} = '{bad}' WHERE id = '{id}'",
@@ -527,7 +557,7 @@ async fn the_rotate_master_key_command_installs_the_new_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rotated 5 sealed value(s)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rotated 6 sealed value(s)"));
     let new_text = std::fs::read_to_string(&key_file).expect("key");
     assert_ne!(new_text.trim(), old_text);
     let (old, new) = (
