@@ -1207,6 +1207,8 @@ impl KnowledgeApi for Handlers {
             .store
             .run(move |conn| {
                 crate::db::write_transaction(conn, |conn| {
+                    // Serializes with a sync being queued (which reads the row, then marks it).
+                    crate::db::lock_row(conn, "knowledge_sources", &org, &source_id)?;
                     let old = store::get_source(conn, &org, &kb_id, &source_id)?;
                     if old.status == "syncing" {
                         return Ok(None);
@@ -1267,6 +1269,8 @@ impl KnowledgeApi for Handlers {
             .store
             .run(move |conn| {
                 crate::db::write_transaction(conn, |conn| {
+                    // Serializes with a replace (which reads the row's status, then writes it).
+                    crate::db::lock_row(conn, "knowledge_sources", &org, &params.source_id)?;
                     let source = store::get_source(conn, &org, &params.kb_id, &params.source_id)?;
                     let row = SyncRow {
                         id: crate::ids::new_id("sync"),

@@ -137,6 +137,26 @@ pub fn write_transaction<T>(
     }
 }
 
+/// `SELECT … FOR UPDATE` of one row of `table` on PostgreSQL (SQLite's write transaction
+/// already holds the lock). `table` is a constant of the caller, never user input.
+pub(crate) fn lock_row(
+    conn: &mut DbConnection,
+    table: &str,
+    org_id: &str,
+    id: &str,
+) -> StoreResult<()> {
+    if let DbConnection::Postgres(pg) = conn {
+        diesel::sql_query(format!(
+            "SELECT id FROM {table} WHERE org_id = $1 AND id = $2 FOR UPDATE"
+        ))
+        .bind::<diesel::sql_types::Text, _>(org_id)
+        .bind::<diesel::sql_types::Text, _>(id)
+        .execute(pg)
+        .map_err(StoreError::from_diesel)?;
+    }
+    Ok(())
+}
+
 /// Opens connections for the pool, choosing the backend from the URL.
 #[derive(Debug, Clone)]
 struct Manager {

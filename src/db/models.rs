@@ -106,13 +106,7 @@ pub fn update(
     change: impl FnOnce(&ModelRow) -> StoreResult<ModelChanges>,
 ) -> StoreResult<ModelRow> {
     super::write_transaction(conn, |conn| {
-        if let DbConnection::Postgres(pg) = conn {
-            diesel::sql_query("SELECT id FROM models WHERE org_id = $1 AND id = $2 FOR UPDATE")
-                .bind::<diesel::sql_types::Text, _>(org_id)
-                .bind::<diesel::sql_types::Text, _>(id)
-                .execute(pg)
-                .map_err(StoreError::from_diesel)?;
-        }
+        super::lock_row(conn, "models", org_id, id)?;
         let current = get(conn, org_id, id)?;
         let changes = change(&current)?;
         diesel::update(m::table.filter(m::org_id.eq(org_id)).filter(m::id.eq(id)))

@@ -118,15 +118,7 @@ pub fn update(
     changes: &TemplateChanges,
 ) -> StoreResult<TemplateRow> {
     super::write_transaction(conn, |conn| {
-        if let DbConnection::Postgres(pg) = conn {
-            diesel::sql_query(
-                "SELECT id FROM prompt_templates WHERE org_id = $1 AND id = $2 FOR UPDATE",
-            )
-            .bind::<diesel::sql_types::Text, _>(org_id)
-            .bind::<diesel::sql_types::Text, _>(id)
-            .execute(pg)
-            .map_err(StoreError::from_diesel)?;
-        }
+        super::lock_row(conn, "prompt_templates", org_id, id)?;
         let current = get(conn, org_id, id)?;
         check(&current)?;
         diesel::update(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id)))

@@ -109,13 +109,7 @@ pub fn update<E>(
     change: impl FnOnce(&mut DbConnection, &ToolRow) -> Result<Result<ToolChanges, E>, StoreError>,
 ) -> StoreResult<Result<ToolRow, E>> {
     super::write_transaction(conn, |conn| {
-        if let DbConnection::Postgres(pg) = conn {
-            diesel::sql_query("SELECT id FROM tools WHERE org_id = $1 AND id = $2 FOR UPDATE")
-                .bind::<diesel::sql_types::Text, _>(org_id)
-                .bind::<diesel::sql_types::Text, _>(id)
-                .execute(pg)
-                .map_err(StoreError::from_diesel)?;
-        }
+        super::lock_row(conn, "tools", org_id, id)?;
         let current = get(conn, org_id, id)?;
         let changes = match change(conn, &current)? {
             Ok(c) => c,

@@ -124,7 +124,7 @@ pub fn update(
     change: impl FnOnce(&TwinRow) -> StoreResult<TwinChanges>,
 ) -> StoreResult<TwinRow> {
     super::write_transaction(conn, |conn| {
-        super::vault::lock(conn, "twins", org_id, id)?;
+        super::lock_row(conn, "twins", org_id, id)?;
         let current = get(conn, org_id, id)?;
         let changes = change(&current)?;
         diesel::update(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id)))

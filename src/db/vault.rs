@@ -150,7 +150,7 @@ pub fn update_credential(
     change: impl FnOnce(&CredentialRow) -> StoreResult<CredentialChanges>,
 ) -> StoreResult<CredentialRow> {
     super::write_transaction(conn, |conn| {
-        lock(conn, "vault_credentials", org_id, id)?;
+        super::lock_row(conn, "vault_credentials", org_id, id)?;
         let current = get_credential(conn, org_id, id)?;
         let changes = change(&current)?;
         diesel::update(
@@ -167,26 +167,6 @@ pub fn update_credential(
         .map_err(StoreError::from_diesel)?;
         get_credential(conn, org_id, id)
     })
-}
-
-/// `SELECT … FOR UPDATE` of one row of `table` on PostgreSQL (SQLite's write transaction
-/// already holds the lock). `table` is a constant of this module, never user input.
-pub(crate) fn lock(
-    conn: &mut DbConnection,
-    table: &str,
-    org_id: &str,
-    id: &str,
-) -> StoreResult<()> {
-    if let DbConnection::Postgres(pg) = conn {
-        diesel::sql_query(format!(
-            "SELECT id FROM {table} WHERE org_id = $1 AND id = $2 FOR UPDATE"
-        ))
-        .bind::<diesel::sql_types::Text, _>(org_id)
-        .bind::<diesel::sql_types::Text, _>(id)
-        .execute(pg)
-        .map_err(StoreError::from_diesel)?;
-    }
-    Ok(())
 }
 
 /// Records a decrypted read of a credential.

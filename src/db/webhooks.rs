@@ -152,13 +152,7 @@ pub fn update(
     change: impl FnOnce(&WebhookRow) -> StoreResult<WebhookChanges>,
 ) -> StoreResult<WebhookRow> {
     super::write_transaction(conn, |conn| {
-        if let DbConnection::Postgres(pg) = conn {
-            diesel::sql_query("SELECT id FROM webhooks WHERE org_id = $1 AND id = $2 FOR UPDATE")
-                .bind::<diesel::sql_types::Text, _>(org_id)
-                .bind::<diesel::sql_types::Text, _>(id)
-                .execute(pg)
-                .map_err(StoreError::from_diesel)?;
-        }
+        super::lock_row(conn, "webhooks", org_id, id)?;
         let current = get(conn, org_id, id)?;
         let changes = change(&current)?;
         diesel::update(w::table.filter(w::org_id.eq(org_id)).filter(w::id.eq(id)))
