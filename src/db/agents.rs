@@ -7,7 +7,7 @@
 use diesel::prelude::*;
 
 use super::schema::agents;
-use super::{DbConnection, MultiBackend, StoreError, StoreResult};
+use super::{DbConnection, Found, MultiBackend, StoreError, StoreResult};
 
 diesel::define_sql_function! {
     /// SQL `lower()`.
@@ -176,11 +176,9 @@ pub fn list(
         .get_result(conn)
         .map_err(StoreError::from_diesel)?;
     let anchor = match &q.after_id {
-        Some(id) => match get(conn, org_id, id) {
-            Ok(row) => Some((q.sort.value_of(&row).to_string(), row.id)),
-            Err(StoreError::NotFound) => None,
-            Err(e) => return Err(e),
-        },
+        Some(id) => get(conn, org_id, id)
+            .found()?
+            .map(|row| (q.sort.value_of(&row).to_string(), row.id)),
         None => None,
     };
     let base = filtered(org_id, q);

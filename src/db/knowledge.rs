@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use super::schema::{
     knowledge_bases, knowledge_chunks, knowledge_documents, knowledge_sources, knowledge_syncs,
 };
-use super::{DbConnection, StoreError, StoreResult};
+use super::{DbConnection, Found, StoreError, StoreResult};
 
 /// One row of `knowledge_bases`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -168,11 +168,9 @@ pub fn list_kbs(
         .get_result(conn)
         .map_err(StoreError::from_diesel)?;
     let anchor = match &page.after_id {
-        Some(id) => match get_kb(conn, org_id, id) {
-            Ok(row) => Some((row.created_at, row.id)),
-            Err(StoreError::NotFound) => None,
-            Err(e) => return Err(e),
-        },
+        Some(id) => get_kb(conn, org_id, id)
+            .found()?
+            .map(|row| (row.created_at, row.id)),
         None => None,
     };
     let rows = newest_first_page!(knowledge_bases, base(), anchor.clone(), page)
@@ -368,11 +366,9 @@ pub fn list_sources(
         .get_result(conn)
         .map_err(StoreError::from_diesel)?;
     let anchor = match &page.after_id {
-        Some(id) => match get_source(conn, org_id, kb_id, id) {
-            Ok(row) => Some((row.created_at, row.id)),
-            Err(StoreError::NotFound) => None,
-            Err(e) => return Err(e),
-        },
+        Some(id) => get_source(conn, org_id, kb_id, id)
+            .found()?
+            .map(|row| (row.created_at, row.id)),
         None => None,
     };
     let rows = newest_first_page!(knowledge_sources, base(), anchor.clone(), page)
@@ -528,11 +524,9 @@ pub fn list_documents(
         .get_result(conn)
         .map_err(StoreError::from_diesel)?;
     let anchor = match &page.after_id {
-        Some(id) => match get_document(conn, org_id, kb_id, id) {
-            Ok(row) => Some((row.created_at, row.id)),
-            Err(StoreError::NotFound) => None,
-            Err(e) => return Err(e),
-        },
+        Some(id) => get_document(conn, org_id, kb_id, id)
+            .found()?
+            .map(|row| (row.created_at, row.id)),
         None => None,
     };
     let rows = newest_first_page!(knowledge_documents, base(), anchor.clone(), page)

@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 
 use super::schema::models as m;
-use super::{DbConnection, StoreError, StoreResult};
+use super::{DbConnection, Found, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = m)]
@@ -77,11 +77,7 @@ pub fn list(
         .get_result(conn)
         .map_err(StoreError::from_diesel)?;
     let after = match after_id {
-        Some(id) => match get(conn, org_id, id) {
-            Ok(row) => Some(row.id),
-            Err(StoreError::NotFound) => None,
-            Err(e) => return Err(e),
-        },
+        Some(id) => get(conn, org_id, id).found()?.map(|row| row.id),
         None => None,
     };
     let mut q = filtered(org_id, provider).order(m::id.desc()).limit(limit);

@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 
 use super::schema::prompt_templates as t;
-use super::{DbConnection, StoreError, StoreResult};
+use super::{DbConnection, Found, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = t)]
@@ -89,11 +89,7 @@ pub fn list(
         .get_result(conn)
         .map_err(StoreError::from_diesel)?;
     let after = match &q.after_id {
-        Some(id) => match get(conn, org_id, id) {
-            Ok(row) => Some(row.id),
-            Err(StoreError::NotFound) => None,
-            Err(e) => return Err(e),
-        },
+        Some(id) => get(conn, org_id, id).found()?.map(|row| row.id),
         None => None,
     };
     let mut query = filtered(org_id, q).order(t::id.desc()).limit(q.limit);

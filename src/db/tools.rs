@@ -6,7 +6,7 @@ use diesel::prelude::*;
 
 use super::knowledge::Page;
 use super::schema::tools;
-use super::{DbConnection, StoreError, StoreResult};
+use super::{DbConnection, Found, StoreError, StoreResult};
 
 /// One row of `tools`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -73,11 +73,9 @@ pub fn list(
         .get_result(conn)
         .map_err(StoreError::from_diesel)?;
     let anchor = match &page.after_id {
-        Some(id) => match get(conn, org_id, id) {
-            Ok(row) => Some((row.created_at, row.id)),
-            Err(StoreError::NotFound) => None,
-            Err(e) => return Err(e),
-        },
+        Some(id) => get(conn, org_id, id)
+            .found()?
+            .map(|row| (row.created_at, row.id)),
         None => None,
     };
     let mut query = base();
