@@ -83,7 +83,7 @@ pub fn enqueue(conn: &mut DbConnection, job: &NewJob) -> StoreResult<JobRow> {
 }
 
 /// [`enqueue`] under the id `id`.
-fn enqueue_as(conn: &mut DbConnection, id: &str, job: &NewJob) -> StoreResult<JobRow> {
+pub fn enqueue_as(conn: &mut DbConnection, id: &str, job: &NewJob) -> StoreResult<JobRow> {
     let now = crate::ids::now();
     let row = JobRow {
         id: id.to_string(),

@@ -24,4 +24,5 @@ pub mod runtime;
 pub mod security;
 pub mod server;
 pub mod sim;
+pub mod simulations;
 pub mod webhooks;

@@ -165,10 +165,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             crate::db::evaluations::fail_interrupted_runs,
             "evaluation runs",
         ),
-        (
-            crate::db::twins::fail_interrupted_simulations,
-            "simulations",
-        ),
+        (crate::simulations::fail_orphans, "simulations"),
     ] {
         let store = store.clone();
         let interrupted = tokio::task::spawn_blocking(move || store.run_blocking(fail)).await??;

@@ -126,6 +126,14 @@ impl Handlers {
                 crate::knowledge::sync::KIND.to_string(),
                 std::sync::Arc::new(syncs.clone()) as std::sync::Arc<dyn crate::jobs::JobHandler>,
             ),
+            (
+                crate::simulations::KIND.to_string(),
+                std::sync::Arc::new(crate::simulations::SimulationRunner {
+                    store: store.clone(),
+                    crypto: crypto.clone(),
+                    events: events.clone(),
+                }) as std::sync::Arc<dyn crate::jobs::JobHandler>,
+            ),
         ]
         .into();
         let pool = crate::jobs::WorkerPool::new(store.clone(), pool, handlers);

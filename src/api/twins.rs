@@ -1,6 +1,6 @@
 //! Digital twins and their simulations (AIMatrix). Data-source connection strings are
 //! write-only, sealed at rest; `simulate` runs a built-in model of [`crate::sim`] at once
-//! (201) or in the background (202, then poll).
+//! (201) or in the background (202, then poll) as a job ([`crate::simulations`]).
 
 use std::collections::BTreeMap;
 
@@ -18,7 +18,7 @@ use super::idem::{self, Created, NewKeyed};
 use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::twins::{self as store, SimulationRow, TwinChanges, TwinRow};
-use crate::db::{DbConnection, StoreError, StoreResult};
+use crate::db::{StoreError, StoreResult};
 use crate::error::{Failure, Kind, detail};
 use crate::failure_response;
 use crate::sim;
@@ -38,41 +38,6 @@ const CREATE_OPERATION: &str = "createTwin";
 const SIMULATE_OPERATION: &str = "simulateTwin";
 /// Monte Carlo runs when `options.runs` is left out.
 pub const DEFAULT_RUNS: i64 = 1000;
-
-/// Publishes a finished simulation's `simulation.completed` event (whatever its status) and,
-/// when it has a `notification_webhook`, queues that URL a delivery signed with `secret`.
-/// Called inside the transaction that records the outcome, so the notification is queued
-/// exactly when the outcome is stored; wake the event bus after the commit.
-pub fn simulation_finished(
-    conn: &mut DbConnection,
-    crypto: &crate::crypto::Crypto,
-    row: &SimulationRow,
-    secret: Option<&str>,
-) -> StoreResult<()> {
-    let mut data = serde_json::json!({
-        "simulation_id": row.id,
-        "twin_id": row.twin_id,
-        "scenario": row.scenario,
-        "model": row.model,
-        "status": row.status,
-        "seed": row.seed,
-        "url": format!("/v1/twins/{}/simulations/{}", row.twin_id, row.id),
-    });
-    if let Some(e) = &row.error {
-        data["error"] = Value::String(e.clone());
-    }
-    let event = crate::events::publish(
-        conn,
-        &row.org_id,
-        "simulation.completed",
-        Some(&row.id),
-        data,
-    )?;
-    if let (Some(url), Some(secret)) = (&row.notification_webhook, secret) {
-        crate::webhooks::enqueue_adhoc(conn, crypto, &event, url, secret)?;
-    }
-    Ok(())
-}
 
 fn store_failure<'a>(not_found: &'static str, rid: &'a str) -> impl Fn(StoreError) -> Failure + 'a {
     move |e| Failure::from_store(e, not_found, rid)
@@ -224,58 +189,6 @@ fn duration_ms(started: &str, finished: &str) -> Option<i64> {
     )
 }
 
-/// Runs a plan off the async workers; the results as stored JSON.
-async fn compute(plan: sim::Plan, seed: u64, runs: usize) -> Result<String, String> {
-    tokio::task::spawn_blocking(move || sim::run(&plan, seed, runs))
-        .await
-        .map_err(|e| format!("the simulation task failed: {e}"))
-        .and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string()))
-}
-
-/// Runs a queued simulation in the background and records its outcome.
-// integrator: move onto exec2's durable jobs queue (a `simulation` job) at merge.
-fn spawn_simulation(
-    handlers: &Handlers,
-    row: SimulationRow,
-    plan: sim::Plan,
-    secret: Option<String>,
-) {
-    let (store, crypto, events) = (
-        handlers.store.clone(),
-        handlers.crypto.clone(),
-        handlers.events.clone(),
-    );
-    tokio::spawn(async move {
-        let id = row.id.clone();
-        let at = crate::ids::now();
-        let start_id = id.clone();
-        if let Err(e) = store
-            .run(move |conn| store::start_simulation(conn, &start_id, &at))
-            .await
-        {
-            tracing::warn!(simulation_id = %id, error = %e, "cannot start a simulation");
-        }
-        let outcome = compute(plan, row.seed as u64, row.runs as usize).await;
-        let finish_id = id.clone();
-        let finished = store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    let done =
-                        store::finish_simulation(conn, &finish_id, outcome, &crate::ids::now())?;
-                    simulation_finished(conn, &crypto, &done, secret.as_deref())?;
-                    Ok(done)
-                })
-            })
-            .await;
-        match finished {
-            Ok(_) => events.wake(),
-            Err(e) => {
-                tracing::warn!(simulation_id = %id, error = %e, "cannot record a simulation's outcome");
-            }
-        }
-    });
-}
-
 fn unprocessable(rejections: Vec<sim::Rejection>, rid: &str) -> Failure {
     let message = rejections
         .iter()
@@ -424,7 +337,8 @@ impl Handlers {
             finished_at: None,
         };
         if !run_async {
-            let outcome = compute(plan.clone(), seed as u64, runs as usize).await;
+            let outcome =
+                crate::simulations::compute(plan.clone(), seed as u64, runs as usize).await;
             row.started_at = Some(now);
             row.finished_at = Some(crate::ids::now());
             match outcome {
@@ -452,8 +366,10 @@ impl Handlers {
             keyed,
             move |conn| {
                 store::insert_simulation(conn, &row)?;
-                if row.status != "queued" {
-                    simulation_finished(conn, &crypto, &row, sealing.as_deref())?;
+                if row.status == "queued" {
+                    crate::simulations::enqueue(conn, &crypto, &row, &plan, sealing.as_deref())?;
+                } else {
+                    crate::simulations::finished(conn, &crypto, &row, sealing.as_deref())?;
                 }
                 Ok(row.clone())
             },
@@ -464,7 +380,7 @@ impl Handlers {
         match created {
             Created::New(row) => {
                 if run_async {
-                    spawn_simulation(self, row.clone(), plan, secret);
+                    self.pool.wake();
                 } else {
                     self.events.wake();
                 }

@@ -61,6 +61,12 @@ pub const SEALED_COLUMNS: &[SealedColumn] = &[
         column: "target",
         field: Some("secret_encrypted"),
     },
+    // Queued simulations' notification secrets, in their jobs' payloads.
+    SealedColumn {
+        table: "jobs",
+        column: "payload",
+        field: Some(crate::simulations::SECRET_FIELD),
+    },
 ];
 
 /// One sealed value and the id of its row.

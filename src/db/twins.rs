@@ -257,14 +257,40 @@ pub fn finish_simulation(
         .map_err(StoreError::from_diesel)
 }
 
-/// Marks simulations a restart interrupted as failed; returns how many.
-pub fn fail_interrupted_simulations(conn: &mut DbConnection) -> StoreResult<usize> {
-    diesel::update(s::table.filter(s::status.eq_any(["queued", "running"])))
-        .set((
-            s::status.eq("failed"),
-            s::error.eq("interrupted by a server restart"),
-            s::finished_at.eq(crate::ids::now()),
-        ))
-        .execute(conn)
+/// A simulation by id, whichever organization's (what its job holds).
+pub fn simulation_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<SimulationRow> {
+    s::table
+        .filter(s::id.eq(id))
+        .select(SimulationRow::as_select())
+        .first(conn)
         .map_err(StoreError::from_diesel)
+}
+
+/// The ids of simulations queued or running.
+pub fn open_simulations(conn: &mut DbConnection) -> StoreResult<Vec<String>> {
+    s::table
+        .filter(s::status.eq_any(["queued", "running"]))
+        .select(s::id)
+        .load(conn)
+        .map_err(StoreError::from_diesel)
+}
+
+/// Fails the simulations `ids` that are still queued or running, with `error`; returns how many.
+pub fn fail_simulations(
+    conn: &mut DbConnection,
+    ids: &[String],
+    error: &str,
+) -> StoreResult<usize> {
+    diesel::update(
+        s::table
+            .filter(s::id.eq_any(ids))
+            .filter(s::status.eq_any(["queued", "running"])),
+    )
+    .set((
+        s::status.eq("failed"),
+        s::error.eq(error),
+        s::finished_at.eq(crate::ids::now()),
+    ))
+    .execute(conn)
+    .map_err(StoreError::from_diesel)
 }

@@ -361,18 +361,18 @@ backend_test!(twins_are_isolated_and_scoped, |app| {
     assert_eq!(status, 403);
 });
 
-backend_test!(a_restart_fails_unfinished_simulations, |app| {
-    let t = create_twin(&app, supply_chain()).await;
-    let twin_id = t["id"].as_str().expect("id").to_string();
-    let store = app.store.clone();
-    let sim_id = agentplane::ids::new_id("sim");
-    let sid = sim_id.clone();
-    let failed = tokio::task::spawn_blocking(move || {
-        store.run_blocking(|conn| {
-            let org = agentplane_org(conn)?;
-            agentplane::db::twins::insert_simulation(
-                conn,
-                &agentplane::db::twins::SimulationRow {
+backend_test!(
+    a_restart_fails_unfinished_simulations_without_a_job,
+    |app| {
+        let t = create_twin(&app, supply_chain()).await;
+        let twin_id = t["id"].as_str().expect("id").to_string();
+        let store = app.store.clone();
+        let sim_id = agentplane::ids::new_id("sim");
+        let sid = sim_id.clone();
+        let failed = tokio::task::spawn_blocking(move || {
+            store.run_blocking(|conn| {
+                let org = agentplane_org(conn)?;
+                let row = agentplane::db::twins::SimulationRow {
                     id: sid,
                     org_id: org,
                     twin_id,
@@ -389,25 +389,105 @@ backend_test!(a_restart_fails_unfinished_simulations, |app| {
                     created_at: agentplane::ids::now(),
                     started_at: Some(agentplane::ids::now()),
                     finished_at: None,
-                },
-            )?;
-            agentplane::db::twins::fail_interrupted_simulations(conn)
+                };
+                agentplane::db::twins::insert_simulation(conn, &row)?;
+                // Another replica's, on the jobs queue: its lease decides, not this start.
+                let mut queued = row.clone();
+                queued.id = agentplane::ids::new_id("sim");
+                agentplane::db::twins::insert_simulation(conn, &queued)?;
+                agentplane::jobs::enqueue_for_row(
+                    conn,
+                    agentplane::simulations::KIND,
+                    &queued.org_id,
+                    &queued.id,
+                )?;
+                let failed = agentplane::simulations::fail_orphans(conn)?;
+                let kept = agentplane::db::twins::simulation_by_id(conn, &queued.id)?;
+                Ok((failed, kept.status))
+            })
+        })
+        .await
+        .expect("join")
+        .expect("marks");
+        assert_eq!(failed, (1, "running".to_string()));
+        let (_, s) = json(
+            app.get(&format!(
+                "/v1/twins/{}/simulations/{sim_id}",
+                t["id"].as_str().expect("id")
+            ))
+            .await,
+        )
+        .await;
+        assert_eq!(
+            (s["status"].as_str(), s["error"].as_str()),
+            (Some("failed"), Some("interrupted by a server restart"))
+        );
+    }
+);
+
+backend_test!(
+    a_simulation_whose_server_died_is_failed_through_its_lease,
+    |app| {
+        // A replica took the simulation's job and died: the job is running, its one attempt
+        // spent, its lease long expired. This server's pool finds it and fails the simulation.
+        let t = create_twin(&app, supply_chain()).await;
+        let twin_id = t["id"].as_str().expect("id").to_string();
+        let store = app.store.clone();
+        let sim_id = agentplane::ids::new_id("sim");
+        let (sid, tid) = (sim_id.clone(), twin_id.clone());
+        tokio::task::spawn_blocking(move || {
+        store.run_blocking(|conn| {
+            agentplane::db::write_transaction(conn, |conn| {
+                let org = agentplane_org(conn)?;
+                let row = agentplane::db::twins::SimulationRow {
+                    id: sid.clone(),
+                    org_id: org.clone(),
+                    twin_id: tid,
+                    scenario: "s".into(),
+                    model: "demand_forecast".into(),
+                    status: "running".into(),
+                    parameters: "{}".into(),
+                    seed: 1,
+                    runs: 10,
+                    run_async: 1,
+                    notification_webhook: None,
+                    results: None,
+                    error: None,
+                    created_at: agentplane::ids::now(),
+                    started_at: Some(agentplane::ids::now()),
+                    finished_at: None,
+                };
+                agentplane::db::twins::insert_simulation(conn, &row)?;
+                agentplane::jobs::enqueue_for_row(conn, agentplane::simulations::KIND, &org, &sid)?;
+                use diesel::RunQueryDsl;
+                diesel::sql_query(format!(
+                    "UPDATE jobs SET status = 'running', attempts = 1, lease_owner = 'worker_dead', \
+                     lease_until = '2000-01-01T00:00:00.000000Z' WHERE id = '{sid}'"
+                ))
+                .execute(conn)
+                .map_err(agentplane::db::StoreError::from_diesel)
+            })
         })
     })
     .await
     .expect("join")
-    .expect("marks");
-    assert_eq!(failed, 1);
-    let (_, s) = json(
-        app.get(&format!(
-            "/v1/twins/{}/simulations/{sim_id}",
-            t["id"].as_str().expect("id")
-        ))
-        .await,
-    )
-    .await;
-    assert_eq!(
-        (s["status"].as_str(), s["error"].as_str()),
-        (Some("failed"), Some("interrupted by a server restart"))
-    );
-});
+    .expect("a dead replica's simulation");
+        let path = format!("/v1/twins/{twin_id}/simulations/{sim_id}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let failed = loop {
+            let (_, s) = json(app.get(&path).await).await;
+            if s["status"] != "running" {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "still {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(failed["status"], "failed", "{failed}");
+        assert!(
+            failed["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("interrupted")),
+            "{failed}"
+        );
+    }
+);

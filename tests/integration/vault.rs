@@ -389,10 +389,25 @@ async fn seal_everything(app: &TestApp) {
     .await;
     let (s, tw) = json(app.send_json(Method::POST, "/v1/twins", &json!({"name": "tw", "type": "logistics", "data_sources": [{"type": "database", "connection_string": "postgresql://u:twin-secret@h/db"}]})).await).await;
     assert_eq!(s, 201, "{tw}");
-    // A simulation's one-off notification target holds its signing secret, sealed.
+    // A background simulation's job and then its one-off notification target hold its
+    // signing secret, sealed.
     let simulate = format!("/v1/twins/{}/simulate", tw["id"].as_str().expect("id"));
-    let (s, sim) = json(app.send_json(Method::POST, &simulate, &json!({"scenario": "demand_spike", "model": "capacity_planning", "parameters": {"increase_percentage": 30}, "options": {"seed": 7, "runs": 10, "notification_webhook": "http://127.0.0.1:9/notify", "notification_secret": "notification-secret"}})).await).await;
-    assert_eq!(s, 201, "{sim}");
+    let (s, sim) = json(app.send_json(Method::POST, &simulate, &json!({"scenario": "demand_spike", "model": "capacity_planning", "parameters": {"increase_percentage": 30}, "options": {"seed": 7, "runs": 10, "run_async": true, "notification_webhook": "http://127.0.0.1:9/notify", "notification_secret": "notification-secret"}})).await).await;
+    assert_eq!(s, 202, "{sim}");
+    let poll = format!(
+        "/v1/twins/{}/simulations/{}",
+        tw["id"].as_str().expect("id"),
+        sim["id"].as_str().expect("id")
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, now) = json(app.get(&poll).await).await;
+        if now["status"] == "completed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {now}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (s, wh) = json(
         app.send_json(
             Method::POST,
@@ -557,7 +572,7 @@ async fn the_rotate_master_key_command_installs_the_new_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rotated 6 sealed value(s)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rotated 7 sealed value(s)"));
     let new_text = std::fs::read_to_string(&key_file).expect("key");
     assert_ne!(new_text.trim(), old_text);
     let (old, new) = (

@@ -1,0 +1,244 @@
+//! Background simulations on the shared jobs queue.
+//!
+//! An async `simulate` (202) writes its `simulations` row and, in the same transaction, a job
+//! of kind [`KIND`] under the same id, so any replica's worker pool runs it. The job's payload
+//! carries what the request decided: the checked plan (the twin's state as it was when the
+//! request was accepted) and the notification's signing secret, sealed under the master key
+//! (the registry of [`crate::db::sealed`] reseals it on rotation). A simulation whose server
+//! died is failed when its lease runs out, by whichever replica finds it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Crypto;
+use crate::db::twins::{self as store, SimulationRow};
+use crate::db::{DbConnection, Found, Store, StoreError, StoreResult};
+use crate::sim;
+
+/// The job kind that runs a simulation; the job's id is the simulation's.
+pub const KIND: &str = "simulation";
+
+/// The payload field holding the sealed notification secret.
+pub const SECRET_FIELD: &str = "secret_sealed";
+
+/// What a simulation job carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Payload {
+    id: String,
+    plan: sim::Plan,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_sealed: Option<String>,
+}
+
+/// Queues the simulation `row` (inside the transaction that writes it), to run `plan` and sign
+/// its notification with `secret`.
+pub fn enqueue(
+    conn: &mut DbConnection,
+    crypto: &Crypto,
+    row: &SimulationRow,
+    plan: &sim::Plan,
+    secret: Option<&str>,
+) -> StoreResult<()> {
+    let payload = Payload {
+        id: row.id.clone(),
+        plan: plan.clone(),
+        secret_sealed: secret.map(|s| crypto.encrypt(s.as_bytes())),
+    };
+    let payload = serde_json::to_value(&payload)
+        .map_err(|e| StoreError::Corrupt(format!("simulation {}: {e}", row.id)))?;
+    let job = crate::jobs::NewJob {
+        kind: KIND.into(),
+        org_id: row.org_id.clone(),
+        agent_id: None,
+        payload,
+        max_attempts: 1,
+    };
+    crate::jobs::enqueue_as(conn, &row.id, &job).map(|_| ())
+}
+
+/// Publishes a finished simulation's `simulation.completed` event (whatever its status) and,
+/// when it has a `notification_webhook`, queues that URL a delivery signed with `secret`.
+/// Called inside the transaction that records the outcome, so the notification is queued
+/// exactly when the outcome is stored; wake the event bus after the commit.
+pub fn finished(
+    conn: &mut DbConnection,
+    crypto: &Crypto,
+    row: &SimulationRow,
+    secret: Option<&str>,
+) -> StoreResult<()> {
+    let mut data = serde_json::json!({
+        "simulation_id": row.id,
+        "twin_id": row.twin_id,
+        "scenario": row.scenario,
+        "model": row.model,
+        "status": row.status,
+        "seed": row.seed,
+        "url": format!("/v1/twins/{}/simulations/{}", row.twin_id, row.id),
+    });
+    if let Some(e) = &row.error {
+        data["error"] = serde_json::Value::String(e.clone());
+    }
+    let event = crate::events::publish(
+        conn,
+        &row.org_id,
+        "simulation.completed",
+        Some(&row.id),
+        data,
+    )?;
+    if let (Some(url), Some(secret)) = (&row.notification_webhook, secret) {
+        crate::webhooks::enqueue_adhoc(conn, crypto, &event, url, secret)?;
+    }
+    Ok(())
+}
+
+/// Runs a plan off the async workers; the results as stored JSON.
+pub async fn compute(plan: sim::Plan, seed: u64, runs: usize) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || sim::run(&plan, seed, runs))
+        .await
+        .map_err(|e| format!("the simulation task failed: {e}"))
+        .and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string()))
+}
+
+/// Runs simulation jobs.
+#[derive(Debug, Clone)]
+pub struct SimulationRunner {
+    pub store: Store,
+    pub crypto: Crypto,
+    /// Woken after an outcome is recorded (`simulation.completed`, the notification).
+    pub events: crate::events::EventBus,
+}
+
+impl SimulationRunner {
+    /// Records `outcome` on simulation `id` (unless it already ended, or is gone with its
+    /// twin), publishing `simulation.completed` and queueing the notification.
+    async fn finish(&self, id: String, outcome: Result<String, String>, secret: Option<String>) {
+        let crypto = self.crypto.clone();
+        let log_id = id.clone();
+        let finished = self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    let Some(row) = store::simulation_by_id(conn, &id).found()? else {
+                        return Ok(false);
+                    };
+                    if !matches!(row.status.as_str(), "queued" | "running") {
+                        return Ok(false);
+                    }
+                    let done = store::finish_simulation(conn, &id, outcome, &crate::ids::now())?;
+                    finished(conn, &crypto, &done, secret.as_deref())?;
+                    Ok(true)
+                })
+            })
+            .await;
+        match finished {
+            Ok(true) => self.events.wake(),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(simulation_id = %log_id, error = %e, "cannot record a simulation's outcome");
+            }
+        }
+    }
+}
+
+fn payload_of(job: &crate::jobs::JobRow) -> Result<Payload, String> {
+    serde_json::from_str(&job.payload).map_err(|e| format!("simulation job {}: {e}", job.id))
+}
+
+impl crate::jobs::JobHandler for SimulationRunner {
+    fn run(
+        &self,
+        job: crate::jobs::JobRow,
+        _: crate::jobs::JobContext,
+    ) -> crate::jobs::BoxFuture<Result<(), String>> {
+        let runner = self.clone();
+        Box::pin(async move {
+            let payload = match payload_of(&job) {
+                Ok(p) => p,
+                Err(e) => {
+                    runner.finish(job.id.clone(), Err(e), None).await;
+                    return Ok(());
+                }
+            };
+            // The secret opens before anything runs: a payload the key cannot open fails the
+            // simulation rather than notify unsigned.
+            let secret = match &payload.secret_sealed {
+                None => None,
+                Some(sealed) => match runner.crypto.decrypt(sealed) {
+                    Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                    Err(e) => {
+                        let message = format!("the notification secret cannot be opened: {e}");
+                        runner.finish(payload.id, Err(message), None).await;
+                        return Ok(());
+                    }
+                },
+            };
+            let id = payload.id.clone();
+            let started = runner
+                .store
+                .run(move |conn| {
+                    store::start_simulation(conn, &id, &crate::ids::now())?;
+                    store::simulation_by_id(conn, &id).found()
+                })
+                .await
+                .map_err(|e| format!("cannot start simulation {}: {e}", payload.id))?;
+            // Gone with its twin, or ended already: nothing to run.
+            let Some(row) = started.filter(|r| r.status == "running") else {
+                return Ok(());
+            };
+            let outcome = compute(payload.plan, row.seed as u64, row.runs as usize).await;
+            runner.finish(row.id, outcome, secret).await;
+            Ok(())
+        })
+    }
+
+    fn abandon(&self, job: crate::jobs::JobRow) -> crate::jobs::BoxFuture<()> {
+        let runner = self.clone();
+        Box::pin(async move {
+            let interrupted = "interrupted: the server running it stopped".to_string();
+            runner.finish(job.id, Err(interrupted), None).await;
+        })
+    }
+}
+
+/// At start: simulations left queued or running without a job (by a version that ran them in
+/// process) are failed, never left hanging. Returns how many.
+pub fn fail_orphans(conn: &mut DbConnection) -> StoreResult<usize> {
+    let open = store::open_simulations(conn)?;
+    let orphans = crate::jobs::without_jobs(conn, open)?;
+    store::fail_simulations(conn, &orphans, "interrupted by a server restart")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_payload_round_trips_its_plan_and_seals_the_secret() {
+        let plan = sim::plan(
+            sim::Model::CapacityPlanning,
+            &[
+                ("base_demand".to_string(), 100.0),
+                ("capacity".to_string(), 150.0),
+            ]
+            .into(),
+            &serde_json::json!({"increase_percentage": 30, "duration_days": 7}),
+        )
+        .expect("a plan");
+        let crypto = Crypto::new(&[7u8; 32]);
+        let payload = Payload {
+            id: "sim_1".into(),
+            plan: plan.clone(),
+            secret_sealed: Some(crypto.encrypt(b"whsec_abc")),
+        };
+        let text = serde_json::to_string(&payload).expect("json");
+        assert!(!text.contains("whsec_abc"), "sealed: {text}");
+        let back: Payload = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back.plan, plan);
+        let sealed = back.secret_sealed.expect("sealed");
+        assert_eq!(crypto.decrypt(&sealed).expect("opens"), b"whsec_abc");
+        assert_eq!(
+            sim::run(&back.plan, 7, 20),
+            sim::run(&plan, 7, 20),
+            "the same numbers"
+        );
+    }
+}
