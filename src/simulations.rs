@@ -109,8 +109,23 @@ pub struct SimulationRunner {
 
 impl SimulationRunner {
     /// Records `outcome` on simulation `id` (unless it already ended, or is gone with its
-    /// twin), publishing `simulation.completed` and queueing the notification.
+    /// twin), publishing `simulation.completed` and queueing the notification. A storage
+    /// failure is logged, then the simulation is failed in its place (it must not read
+    /// `running` forever).
     async fn finish(&self, id: String, outcome: Result<String, String>, secret: Option<String>) {
+        if !self.record(id.clone(), outcome, secret.clone()).await {
+            let lost = Err("the simulation's outcome could not be recorded".to_string());
+            self.record(id, lost, secret).await;
+        }
+    }
+
+    /// [`Self::finish`] once; whether storage took it.
+    async fn record(
+        &self,
+        id: String,
+        outcome: Result<String, String>,
+        secret: Option<String>,
+    ) -> bool {
         let crypto = self.crypto.clone();
         let log_id = id.clone();
         let finished = self
@@ -130,10 +145,14 @@ impl SimulationRunner {
             })
             .await;
         match finished {
-            Ok(true) => self.events.wake(),
-            Ok(false) => {}
+            Ok(true) => {
+                self.events.wake();
+                true
+            }
+            Ok(false) => true,
             Err(e) => {
                 tracing::warn!(simulation_id = %log_id, error = %e, "cannot record a simulation's outcome");
+                false
             }
         }
     }
