@@ -128,15 +128,52 @@ pub fn enqueue_for_row(
     enqueue_as(conn, row_id, &job).map(|_| ())
 }
 
-/// Those of `ids` that have no job: rows queued or running before their kind moved onto this
-/// queue (a job shares its row's id), which nothing will ever finish.
-pub fn without_jobs(conn: &mut DbConnection, ids: Vec<String>) -> StoreResult<Vec<String>> {
-    let queued: Vec<String> = jobs::table
-        .filter(jobs::id.eq_any(&ids))
-        .select(jobs::id)
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
-    Ok(ids.into_iter().filter(|id| !queued.contains(id)).collect())
+/// The tables whose rows are run by a job of the same id, what they are called, and the error
+/// a row left `queued` or `running` without a job is failed with (see [`fail_orphans`]). Each
+/// has `id`, `status`, `error` and `finished_at` columns.
+pub const JOB_ROWS: &[(&str, &str, &str)] = &[
+    (
+        "knowledge_syncs",
+        "knowledge syncs",
+        "interrupted by a server restart",
+    ),
+    (
+        "evaluation_runs",
+        "evaluation runs",
+        "interrupted: the server restarted during the run",
+    ),
+    (
+        "simulations",
+        "simulations",
+        "interrupted by a server restart",
+    ),
+];
+
+/// At start: fails the rows of [`JOB_ROWS`] left `queued` or `running` without a job (by a
+/// version that ran them in process), which nothing will ever finish. A row with a job is the
+/// queue's: another replica may be running it, and a lost one is abandoned through its lease.
+/// Returns how many rows of each table (by what they are called) were failed.
+pub fn fail_orphans(conn: &mut DbConnection) -> StoreResult<Vec<(&'static str, usize)>> {
+    let postgres = matches!(conn, DbConnection::Postgres(_));
+    let (error, at) = if postgres { ("$1", "$2") } else { ("?", "?") };
+    let now = crate::ids::now();
+    let mut failed = Vec::new();
+    for &(table, what, message) in JOB_ROWS {
+        // `table` is a constant of the registry, never input.
+        let sql = format!(
+            "UPDATE {table} SET status = 'failed', error = {error}, finished_at = {at} \
+             WHERE status IN ('queued', 'running') \
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = {table}.id)"
+        );
+        let n = diesel::sql_query(sql)
+            .into_boxed::<crate::db::MultiBackend>()
+            .bind::<Text, _>(message)
+            .bind::<Text, _>(&now)
+            .execute(conn)
+            .map_err(StoreError::from_diesel)?;
+        failed.push((what, n));
+    }
+    Ok(failed)
 }
 
 /// Jobs due and waiting across every server, and the seconds the oldest has waited.

@@ -155,20 +155,11 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
         &config.data_dir(),
     )
     .context("loading the master key for secrets at rest")?;
-    for (fail, what) in [
-        (
-            crate::db::knowledge::fail_interrupted_syncs
-                as fn(&mut crate::db::DbConnection) -> crate::db::StoreResult<usize>,
-            "knowledge syncs",
-        ),
-        (
-            crate::db::evaluations::fail_interrupted_runs,
-            "evaluation runs",
-        ),
-        (crate::simulations::fail_orphans, "simulations"),
-    ] {
+    let orphans = {
         let store = store.clone();
-        let interrupted = tokio::task::spawn_blocking(move || store.run_blocking(fail)).await??;
+        tokio::task::spawn_blocking(move || store.run_blocking(crate::jobs::fail_orphans)).await??
+    };
+    for (what, interrupted) in orphans {
         if interrupted > 0 {
             tracing::warn!(
                 interrupted,

@@ -218,14 +218,6 @@ impl crate::jobs::JobHandler for SimulationRunner {
     }
 }
 
-/// At start: simulations left queued or running without a job (by a version that ran them in
-/// process) are failed, never left hanging. Returns how many.
-pub fn fail_orphans(conn: &mut DbConnection) -> StoreResult<usize> {
-    let open = store::open_simulations(conn)?;
-    let orphans = crate::jobs::without_jobs(conn, open)?;
-    store::fail_simulations(conn, &orphans, "interrupted by a server restart")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -204,23 +204,3 @@ pub fn finish_run(
         .map_err(StoreError::from_diesel)?;
     Ok(())
 }
-
-/// At start: runs left queued or running without a job (by a version that ran them in
-/// process) can never finish; they fail, saying so, rather than hang.
-pub fn fail_interrupted_runs(conn: &mut DbConnection) -> StoreResult<usize> {
-    // A run with a job (same id) is the jobs queue's: another replica may be running it.
-    let open: Vec<String> = r::table
-        .filter(r::status.eq_any(["queued", "running"]))
-        .select(r::id)
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
-    let orphans = crate::jobs::without_jobs(conn, open)?;
-    diesel::update(r::table.filter(r::id.eq_any(orphans)))
-        .set((
-            r::status.eq("failed"),
-            r::error.eq(Some("interrupted: the server restarted during the run")),
-            r::finished_at.eq(Some(crate::ids::now())),
-        ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)
-}

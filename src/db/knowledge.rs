@@ -648,24 +648,3 @@ pub fn finish_sync(
         .map_err(StoreError::from_diesel)?;
     Ok(())
 }
-
-/// At start: syncs left queued or running without a job (by a version that ran them in
-/// process) are failed, never left hanging. Returns how many.
-pub fn fail_interrupted_syncs(conn: &mut DbConnection) -> StoreResult<usize> {
-    // A sync with a job (same id) is the jobs queue's: another replica may be running it,
-    // and a lost one is abandoned through its lease. Only syncs from before that are swept.
-    let open: Vec<String> = knowledge_syncs::table
-        .filter(knowledge_syncs::status.eq_any(["queued", "running"]))
-        .select(knowledge_syncs::id)
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
-    let orphans = crate::jobs::without_jobs(conn, open)?;
-    diesel::update(knowledge_syncs::table.filter(knowledge_syncs::id.eq_any(orphans)))
-        .set((
-            knowledge_syncs::status.eq("failed"),
-            knowledge_syncs::error.eq("interrupted by a server restart"),
-            knowledge_syncs::finished_at.eq(crate::ids::now()),
-        ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)
-}

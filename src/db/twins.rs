@@ -265,32 +265,3 @@ pub fn simulation_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<Simula
         .first(conn)
         .map_err(StoreError::from_diesel)
 }
-
-/// The ids of simulations queued or running.
-pub fn open_simulations(conn: &mut DbConnection) -> StoreResult<Vec<String>> {
-    s::table
-        .filter(s::status.eq_any(["queued", "running"]))
-        .select(s::id)
-        .load(conn)
-        .map_err(StoreError::from_diesel)
-}
-
-/// Fails the simulations `ids` that are still queued or running, with `error`; returns how many.
-pub fn fail_simulations(
-    conn: &mut DbConnection,
-    ids: &[String],
-    error: &str,
-) -> StoreResult<usize> {
-    diesel::update(
-        s::table
-            .filter(s::id.eq_any(ids))
-            .filter(s::status.eq_any(["queued", "running"])),
-    )
-    .set((
-        s::status.eq("failed"),
-        s::error.eq(error),
-        s::finished_at.eq(crate::ids::now()),
-    ))
-    .execute(conn)
-    .map_err(StoreError::from_diesel)
-}

@@ -401,7 +401,10 @@ backend_test!(
                     &queued.org_id,
                     &queued.id,
                 )?;
-                let failed = agentplane::simulations::fail_orphans(conn)?;
+                let failed = agentplane::jobs::fail_orphans(conn)?
+                    .into_iter()
+                    .find(|(what, _)| *what == "simulations")
+                    .map_or(0, |(_, n)| n);
                 let kept = agentplane::db::twins::simulation_by_id(conn, &queued.id)?;
                 Ok((failed, kept.status))
             })
