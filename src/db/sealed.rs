@@ -94,8 +94,11 @@ impl Rotation {
 pub fn sealed_values(conn: &mut DbConnection, c: SealedColumn) -> StoreResult<Vec<SealedValue>> {
     let mut values = Vec::new();
     for raw in raw_values(conn, c)? {
-        if let Some(value) = sealed_in(c, &raw)? {
-            values.push(SealedValue { id: raw.id, value });
+        if let Some(stored) = Stored::of(c, &raw)? {
+            values.push(SealedValue {
+                id: raw.id,
+                value: stored.sealed,
+            });
         }
     }
     Ok(values)
@@ -114,35 +117,47 @@ fn raw_values(conn: &mut DbConnection, c: SealedColumn) -> StoreResult<Vec<Seale
         .map_err(StoreError::from_diesel)
 }
 
-/// The sealed value a stored value holds, if any.
-fn sealed_in(c: SealedColumn, raw: &SealedValue) -> StoreResult<Option<String>> {
-    let Some(field) = c.field else {
-        return Ok(Some(raw.value.clone()));
-    };
-    let object = json_object(c, raw)?;
-    Ok(object
-        .get(field)
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_string))
+/// A stored value that holds a sealed value: the sealed value, and for a column with a
+/// `field` the object around it.
+struct Stored {
+    sealed: String,
+    object: Option<(&'static str, serde_json::Value)>,
 }
 
-fn json_object(c: SealedColumn, raw: &SealedValue) -> StoreResult<serde_json::Value> {
-    serde_json::from_str(&raw.value).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "{}.{} of {} is not JSON: {e}; nothing was changed",
-            c.table, c.column, raw.id
-        ))
-    })
-}
+impl Stored {
+    /// What `raw` holds, if anything (an object without the field holds nothing).
+    fn of(c: SealedColumn, raw: &SealedValue) -> StoreResult<Option<Self>> {
+        let Some(field) = c.field else {
+            return Ok(Some(Self {
+                sealed: raw.value.clone(),
+                object: None,
+            }));
+        };
+        let object: serde_json::Value = serde_json::from_str(&raw.value).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "{}.{} of {} is not JSON: {e}; nothing was changed",
+                c.table, c.column, raw.id
+            ))
+        })?;
+        let Some(sealed) = object.get(field).and_then(serde_json::Value::as_str) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            sealed: sealed.to_string(),
+            object: Some((field, object)),
+        }))
+    }
 
-/// `raw` with its sealed value replaced by `sealed`.
-fn with_sealed(c: SealedColumn, raw: &SealedValue, sealed: String) -> StoreResult<String> {
-    let Some(field) = c.field else {
-        return Ok(sealed);
-    };
-    let mut object = json_object(c, raw)?;
-    object[field] = serde_json::Value::String(sealed);
-    Ok(object.to_string())
+    /// The value to store with `sealed` in place of the sealed value.
+    fn with(self, sealed: String) -> String {
+        match self.object {
+            None => sealed,
+            Some((field, mut object)) => {
+                object[field] = serde_json::Value::String(sealed);
+                object.to_string()
+            }
+        }
+    }
 }
 
 fn write_value(conn: &mut DbConnection, c: SealedColumn, id: &str, value: &str) -> StoreResult<()> {
@@ -177,17 +192,16 @@ pub fn rotate_columns(
         for &c in columns {
             let mut count = 0;
             for raw in raw_values(conn, c)? {
-                let Some(sealed) = sealed_in(c, &raw)? else {
+                let Some(stored) = Stored::of(c, &raw)? else {
                     continue;
                 };
-                let plain = old.decrypt(&sealed).map_err(|e| {
+                let plain = old.decrypt(&stored.sealed).map_err(|e| {
                     StoreError::Corrupt(format!(
                         "{}.{} of {}: {e}; nothing was changed",
                         c.table, c.column, raw.id
                     ))
                 })?;
-                let value = with_sealed(c, &raw, new.encrypt(&plain))?;
-                write_value(conn, c, &raw.id, &value)?;
+                write_value(conn, c, &raw.id, &stored.with(new.encrypt(&plain)))?;
                 count += 1;
             }
             rotation.columns.push((c, count));
