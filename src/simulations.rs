@@ -242,6 +242,12 @@ mod tests {
         };
         let text = serde_json::to_string(&payload).expect("json");
         assert!(!text.contains("whsec_abc"), "sealed: {text}");
+        // Where master-key rotation looks for it.
+        let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(
+            value[SECRET_FIELD],
+            payload.secret_sealed.as_deref().expect("sealed")
+        );
         let back: Payload = serde_json::from_str(&text).expect("parses");
         assert_eq!(back.plan, plan);
         let sealed = back.secret_sealed.expect("sealed");

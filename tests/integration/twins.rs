@@ -361,6 +361,35 @@ backend_test!(twins_are_isolated_and_scoped, |app| {
     assert_eq!(status, 403);
 });
 
+/// Inserts simulation `id` of `twin_id` as running, with no job: what a server that ran it
+/// left behind.
+fn insert_running_simulation(
+    conn: &mut agentplane::db::DbConnection,
+    id: &str,
+    twin_id: &str,
+) -> agentplane::db::StoreResult<agentplane::db::twins::SimulationRow> {
+    let row = agentplane::db::twins::SimulationRow {
+        id: id.to_string(),
+        org_id: agentplane_org(conn)?,
+        twin_id: twin_id.to_string(),
+        scenario: "s".into(),
+        model: "demand_forecast".into(),
+        status: "running".into(),
+        parameters: "{}".into(),
+        seed: 1,
+        runs: 10,
+        run_async: 1,
+        notification_webhook: None,
+        results: None,
+        error: None,
+        created_at: agentplane::ids::now(),
+        started_at: Some(agentplane::ids::now()),
+        finished_at: None,
+    };
+    agentplane::db::twins::insert_simulation(conn, &row)?;
+    Ok(row)
+}
+
 backend_test!(
     a_restart_fails_unfinished_simulations_without_a_job,
     |app| {
@@ -371,26 +400,7 @@ backend_test!(
         let sid = sim_id.clone();
         let failed = tokio::task::spawn_blocking(move || {
             store.run_blocking(|conn| {
-                let org = agentplane_org(conn)?;
-                let row = agentplane::db::twins::SimulationRow {
-                    id: sid,
-                    org_id: org,
-                    twin_id,
-                    scenario: "s".into(),
-                    model: "demand_forecast".into(),
-                    status: "running".into(),
-                    parameters: "{}".into(),
-                    seed: 1,
-                    runs: 10,
-                    run_async: 1,
-                    notification_webhook: None,
-                    results: None,
-                    error: None,
-                    created_at: agentplane::ids::now(),
-                    started_at: Some(agentplane::ids::now()),
-                    finished_at: None,
-                };
-                agentplane::db::twins::insert_simulation(conn, &row)?;
+                let row = insert_running_simulation(conn, &sid, &twin_id)?;
                 // Another replica's, on the jobs queue: its lease decides, not this start.
                 let mut queued = row.clone();
                 queued.id = agentplane::ids::new_id("sim");
@@ -441,27 +451,8 @@ backend_test!(
         tokio::task::spawn_blocking(move || {
         store.run_blocking(|conn| {
             agentplane::db::write_transaction(conn, |conn| {
-                let org = agentplane_org(conn)?;
-                let row = agentplane::db::twins::SimulationRow {
-                    id: sid.clone(),
-                    org_id: org.clone(),
-                    twin_id: tid,
-                    scenario: "s".into(),
-                    model: "demand_forecast".into(),
-                    status: "running".into(),
-                    parameters: "{}".into(),
-                    seed: 1,
-                    runs: 10,
-                    run_async: 1,
-                    notification_webhook: None,
-                    results: None,
-                    error: None,
-                    created_at: agentplane::ids::now(),
-                    started_at: Some(agentplane::ids::now()),
-                    finished_at: None,
-                };
-                agentplane::db::twins::insert_simulation(conn, &row)?;
-                agentplane::jobs::enqueue_for_row(conn, agentplane::simulations::KIND, &org, &sid)?;
+                let row = insert_running_simulation(conn, &sid, &tid)?;
+                agentplane::jobs::enqueue_for_row(conn, agentplane::simulations::KIND, &row.org_id, &sid)?;
                 use diesel::RunQueryDsl;
                 diesel::sql_query(format!(
                     "UPDATE jobs SET status = 'running', attempts = 1, lease_owner = 'worker_dead', \
