@@ -173,6 +173,24 @@ impl Failure {
     }
 }
 
+impl From<Failure> for agentplane_api::ApiError {
+    fn from(f: Failure) -> Self {
+        agentplane_api::ApiError {
+            status: f.kind.status(),
+            envelope: f.envelope,
+        }
+    }
+}
+
+/// `map_err` for a storage result in a handler: a missing row is `not_found` (the resource's
+/// code, `AGENT_NOT_FOUND`), anything else its [`Failure::from_store`].
+pub fn store_error<'a>(
+    not_found: &'a str,
+    request_id: &'a str,
+) -> impl FnOnce(StoreError) -> Failure + 'a {
+    move |e| Failure::from_store(e, not_found, request_id)
+}
+
 /// Implements `From<Failure>` for a response enum, mapping each kind to the variant of its
 /// status; kinds the operation does not document become its 503.
 #[macro_export]

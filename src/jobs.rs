@@ -103,8 +103,7 @@ pub fn enqueue_as(conn: &mut DbConnection, id: &str, job: &NewJob) -> StoreResul
     };
     diesel::insert_into(jobs::table)
         .values(&row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(row)
 }
 
@@ -169,8 +168,7 @@ pub fn fail_orphans(conn: &mut DbConnection) -> StoreResult<Vec<(&'static str, u
             .into_boxed::<crate::db::MultiBackend>()
             .bind::<Text, _>(message)
             .bind::<Text, _>(&now)
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         failed.push((what, n));
     }
     Ok(failed)
@@ -184,14 +182,10 @@ pub fn backlog(conn: &mut DbConnection) -> StoreResult<(i64, i64)> {
             .filter(jobs::status.eq("queued"))
             .filter(jobs::run_after.le(crate::ids::format_time(now)))
     };
-    let count: i64 = due()
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let count: i64 = due().count().get_result(conn)?;
     let oldest: Option<String> = due()
         .select(diesel::dsl::min(jobs::run_after))
-        .first(conn)
-        .map_err(StoreError::from_diesel)?;
+        .first(conn)?;
     Ok((count, seconds_since(oldest.as_deref(), now)))
 }
 
@@ -293,7 +287,7 @@ pub fn claim(
         for b in &binds {
             q = q.bind::<Text, _>(b.clone());
         }
-        let found: Vec<IdRow> = q.load(conn).map_err(StoreError::from_diesel)?;
+        let found: Vec<IdRow> = q.load(conn)?;
         let Some(IdRow { id }) = found.into_iter().next() else {
             return Ok(None);
         };
@@ -305,14 +299,13 @@ pub fn claim(
                 jobs::lease_until.eq(&lease_until),
                 jobs::updated_at.eq(&now),
             ))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         jobs::table
             .filter(jobs::id.eq(&id))
             .select(JobRow::as_select())
             .first(conn)
             .map(Some)
-            .map_err(StoreError::from_diesel)
+            .map_err(StoreError::from)
     })
 }
 
@@ -330,8 +323,7 @@ pub fn renew(conn: &mut DbConnection, id: &str, owner: &str, lease: Duration) ->
         jobs::lease_until.eq(later(now_t, lease)),
         jobs::updated_at.eq(crate::ids::format_time(now_t)),
     ))
-    .execute(conn)
-    .map_err(StoreError::from_diesel)?;
+    .execute(conn)?;
     Ok(written == 1)
 }
 
@@ -350,11 +342,7 @@ pub fn finish(
         .filter(jobs::id.eq(id))
         .filter(jobs::lease_owner.eq(owner))
         .filter(jobs::status.eq("running"));
-    let row: Option<JobRow> = held
-        .select(JobRow::as_select())
-        .first(conn)
-        .optional()
-        .map_err(StoreError::from_diesel)?;
+    let row: Option<JobRow> = held.select(JobRow::as_select()).first(conn).optional()?;
     let Some(row) = row else {
         return Ok(false);
     };
@@ -372,8 +360,7 @@ pub fn finish(
             jobs::last_error.eq(error),
             jobs::updated_at.eq(&now),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(written == 1)
 }
 
@@ -654,7 +641,7 @@ mod tests {
                     "INSERT INTO organizations (id, name, created_at) VALUES ('{i}', 'o', '{now}')"
                 ))
                 .execute(conn)
-                .map_err(StoreError::from_diesel)
+                .map_err(StoreError::from)
             })
             .expect("org");
         id
@@ -694,8 +681,7 @@ mod tests {
                     // The holder dies: its lease runs out and another replica reclaims it.
                     diesel::update(jobs::table.filter(jobs::id.eq(&a.id)))
                         .set(jobs::lease_until.eq("2000-01-01T00:00:00.000000Z"))
-                        .execute(conn)
-                        .map_err(StoreError::from_diesel)?;
+                        .execute(conn)?;
                     let again = claim(conn, "w2", lease, &kinds(), &none)?.expect("reclaims");
                     assert_eq!(
                         (again.attempts, again.lease_owner.as_deref()),
@@ -709,8 +695,7 @@ mod tests {
                     let row: JobRow = jobs::table
                         .filter(jobs::id.eq(&a.id))
                         .select(JobRow::as_select())
-                        .first(conn)
-                        .map_err(StoreError::from_diesel)?;
+                        .first(conn)?;
                     assert_eq!(
                         (row.status.as_str(), row.last_error.as_deref()),
                         ("failed", Some("boom"))
@@ -856,8 +841,7 @@ mod tests {
                             jobs::lease_owner.eq("worker_dead"),
                             jobs::lease_until.eq("2000-01-01T00:00:00.000000Z"),
                         ))
-                        .execute(conn)
-                        .map_err(StoreError::from_diesel)?;
+                        .execute(conn)?;
                     Ok(row.id)
                 })
                 .await
@@ -905,7 +889,7 @@ mod tests {
                         .filter(jobs::id.eq(&dead))
                         .select(jobs::status)
                         .first::<String>(conn)
-                        .map_err(StoreError::from_diesel)
+                        .map_err(StoreError::from)
                 })
                 .await
                 .expect("status");

@@ -252,6 +252,33 @@ fn is_paged(ir: &Ir, op: &Operation) -> bool {
     )
 }
 
+/// The documented error responses of `op` that carry only the error model, as (status,
+/// variant); empty unless one of them is a 503 (the answer of undocumented statuses).
+fn error_variants(ir: &Ir, op: &Operation) -> Vec<(u16, Ident, usize)> {
+    let Some(model) = &ir.error_model else {
+        return Vec::new();
+    };
+    let fails: Vec<(u16, Ident, usize)> = op
+        .responses
+        .iter()
+        .filter(|r| {
+            r.status >= 400
+                && r.events.is_none()
+                && r.headers.iter().all(|h| !h.required)
+                && r.body == Some(Ty::Named(model.clone()))
+        })
+        .map(|r| (r.status, ident(&r.variant), r.headers.len()))
+        .collect();
+    if fails
+        .iter()
+        .any(|(s, v, h)| *s == 503 && v == "ServiceUnavailable" && *h == 0)
+    {
+        fails
+    } else {
+        Vec::new()
+    }
+}
+
 fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<TokenStream> {
     let trait_name = ident(&tag.trait_name);
     let routes_name = ident(&tag.routes_name);
@@ -462,6 +489,27 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
             });
         }
 
+        // Failures: every documented error status whose body is the error model, and 503 for
+        // the statuses the operation does not document.
+        let fails = error_variants(ir, op);
+        if !fails.is_empty() {
+            let arms = fails.iter().filter(|(s, ..)| *s != 503).map(|(status, v, headers)| {
+                let none = (0..*headers).map(|_| quote! { , None });
+                quote! { #status => Self::#v(poem_openapi::payload::Json(*e.envelope) #(#none)*), }
+            });
+            items.push(quote! {
+                impl From<crate::ApiError> for #resp_name {
+                    fn from(e: crate::ApiError) -> Self {
+                        match e.status {
+                            #(#arms)*
+                            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+                        }
+                    }
+                }
+            });
+        }
+        let fallible = !fails.is_empty();
+
         // Trait method and route.
         let answer = |t: TokenStream| {
             if op.websocket {
@@ -514,11 +562,14 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
         if op.websocket {
             // The route answers `Upgraded<…>`: the handler either upgrades (101) or gives one
             // of the documented answers, and refusals before the handler are answers too.
+            if !fallible {
+                bail!("{}: a WebSocket operation must document 503", op.id);
+            }
             trait_fns.push(quote! {
                 #op_doc
                 ///
                 /// `upgrade` is the WebSocket handshake when the request asked for one.
-                fn #fn_name(&self, #ctx_name: #ctx_ty, params: #params_name, upgrade: Option<poem::web::websocket::WebSocket>) -> impl std::future::Future<Output = crate::Upgraded<#resp_name>> + Send;
+                fn #fn_name(&self, #ctx_name: #ctx_ty, params: #params_name, upgrade: Option<poem::web::websocket::WebSocket>) -> impl std::future::Future<Output = Result<crate::Upgraded<#resp_name>, crate::ApiError>> + Send;
             });
             route_fns.push(quote! {
                 #op_doc
@@ -526,14 +577,22 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                 async fn #fn_name(&self, req: &poem::Request, upgrade: Option<poem::web::websocket::WebSocket>, #(#route_args)*) -> poem::Result<crate::Upgraded<#resp_name>> {
                     let params = #params_name { #(#build)* };
                     #ctx_get
-                    Ok(self.0.#fn_name(#ctx_name, params, upgrade).await)
+                    Ok(self.0.#fn_name(#ctx_name, params, upgrade).await.unwrap_or_else(|e| crate::Upgraded::Answer(e.into())))
                 }
             });
             continue;
         }
+        let (output, finish) = if fallible {
+            (
+                quote! { Result<#resp_name, crate::ApiError> },
+                quote! { .unwrap_or_else(Into::into) },
+            )
+        } else {
+            (quote! { #resp_name }, quote! {})
+        };
         trait_fns.push(quote! {
             #op_doc
-            fn #fn_name(&self, #ctx_name: #ctx_ty, params: #params_name) -> impl std::future::Future<Output = #resp_name> + Send;
+            fn #fn_name(&self, #ctx_name: #ctx_ty, params: #params_name) -> impl std::future::Future<Output = #output> + Send;
         });
         route_fns.push(quote! {
             #op_doc
@@ -541,7 +600,7 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
             async fn #fn_name(&self, req: &poem::Request, #(#route_args)*) -> poem::Result<#resp_name> {
                 let params = #params_name { #(#build)* };
                 #ctx_get
-                Ok(self.0.#fn_name(#ctx_name, params).await)
+                Ok(self.0.#fn_name(#ctx_name, params).await #finish)
             }
         });
     }
@@ -556,7 +615,9 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
         #tag_doc
         ///
         /// Implement this over the domain; the generated routes validate and decode every request
-        /// before calling it, and each method can only answer what the spec documents.
+        /// before calling it, and each method can only answer what the spec documents. A method
+        /// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+        /// documented response of that status (its 503 when the status is not documented).
         pub trait #trait_name: crate::Authenticate {
             #(#trait_fns)*
         }
@@ -741,6 +802,17 @@ fn lib(ir: &Ir) -> TokenStream {
         pub const TITLE: &str = #title;
         /// `info.version` of the spec.
         pub const VERSION: &str = #version;
+
+        /// A failed operation: the status its class answers with and the error envelope. Each
+        /// operation's response enum converts from it, answering the documented response of that
+        /// status, or the operation's 503 when it documents no such status.
+        #[derive(Debug, Clone)]
+        pub struct ApiError {
+            /// The HTTP status (404, 409, 422, …).
+            pub status: u16,
+            /// The body.
+            pub envelope: Box<#error>,
+        }
 
         /// Why a request was refused before reaching its handler.
         #[derive(Debug)]

@@ -74,6 +74,16 @@ pub enum ListAgentsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListAgentsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/agents` (createAgent)
 #[derive(Debug, Clone)]
@@ -115,6 +125,18 @@ pub enum CreateAgentResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateAgentResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `PATCH /v1/agents/bulk` (bulkUpdateAgents)
 #[derive(Debug, Clone)]
@@ -144,6 +166,17 @@ pub enum BulkUpdateAgentsResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for BulkUpdateAgentsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/agents/{agent_id}` (getAgent)
@@ -182,6 +215,17 @@ pub enum GetAgentResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetAgentResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PUT /v1/agents/{agent_id}` (replaceAgent)
@@ -226,6 +270,19 @@ pub enum ReplaceAgentResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ReplaceAgentResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/agents/{agent_id}` (deleteAgent)
 #[derive(Debug, Clone)]
@@ -255,6 +312,17 @@ pub enum DeleteAgentResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for DeleteAgentResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PATCH /v1/agents/{agent_id}` (updateAgent)
@@ -299,10 +367,25 @@ pub enum UpdateAgentResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for UpdateAgentResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// AI agents (AIMatrix, CodexOS, Magnet AI and Agent Launchpad agents, unified).
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait AgentsApi: crate::Authenticate {
     /// List agents
     ///
@@ -317,7 +400,7 @@ pub trait AgentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListAgentsParams,
-    ) -> impl std::future::Future<Output = ListAgentsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListAgentsResponse, crate::ApiError>> + Send;
     /// Create an agent
     ///
     /// Creates an agent in the caller's organization. Platform tokens are stored and never returned.
@@ -325,7 +408,7 @@ pub trait AgentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateAgentParams,
-    ) -> impl std::future::Future<Output = CreateAgentResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateAgentResponse, crate::ApiError>> + Send;
     /// Update many agents at once
     ///
     /// Applies `updates` (the fields of a partial update, validated like `PATCH
@@ -337,7 +420,7 @@ pub trait AgentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: BulkUpdateAgentsParams,
-    ) -> impl std::future::Future<Output = BulkUpdateAgentsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<BulkUpdateAgentsResponse, crate::ApiError>> + Send;
     /// Get an agent
     ///
     /// Returns the agent with its `ETag`; with a matching `If-None-Match` answers 304 and no body.
@@ -345,7 +428,7 @@ pub trait AgentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetAgentParams,
-    ) -> impl std::future::Future<Output = GetAgentResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetAgentResponse, crate::ApiError>> + Send;
     /// Replace an agent
     ///
     /// Replaces the agent as a whole; fields left out return to their defaults. With `If-Match`, answers 412 when the agent changed since that `ETag`.
@@ -353,7 +436,7 @@ pub trait AgentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ReplaceAgentParams,
-    ) -> impl std::future::Future<Output = ReplaceAgentResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ReplaceAgentResponse, crate::ApiError>> + Send;
     /// Delete an agent
     ///
     /// Deletes the agent; later reads answer 404.
@@ -361,7 +444,7 @@ pub trait AgentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeleteAgentParams,
-    ) -> impl std::future::Future<Output = DeleteAgentResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeleteAgentResponse, crate::ApiError>> + Send;
     /// Update an agent partially
     ///
     /// Changes only the fields given (as CodexOS does). `null` clears a field that may be empty. With `If-Match`, answers 412 when the agent changed since that `ETag`.
@@ -369,7 +452,7 @@ pub trait AgentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: UpdateAgentParams,
-    ) -> impl std::future::Future<Output = UpdateAgentResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<UpdateAgentResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(AgentsApi), "`].")]
@@ -465,7 +548,11 @@ impl<T: AgentsApi> AgentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_agents(caller, params).await)
+        Ok(self
+            .0
+            .list_agents(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Create an agent
     ///
@@ -502,7 +589,11 @@ impl<T: AgentsApi> AgentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_agent(caller, params).await)
+        Ok(self
+            .0
+            .create_agent(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Update many agents at once
     ///
@@ -541,7 +632,11 @@ impl<T: AgentsApi> AgentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.bulk_update_agents(caller, params).await)
+        Ok(self
+            .0
+            .bulk_update_agents(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get an agent
     ///
@@ -578,7 +673,11 @@ impl<T: AgentsApi> AgentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_agent(caller, params).await)
+        Ok(self
+            .0
+            .get_agent(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Replace an agent
     ///
@@ -619,7 +718,11 @@ impl<T: AgentsApi> AgentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.replace_agent(caller, params).await)
+        Ok(self
+            .0
+            .replace_agent(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete an agent
     ///
@@ -656,7 +759,11 @@ impl<T: AgentsApi> AgentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_agent(caller, params).await)
+        Ok(self
+            .0
+            .delete_agent(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Update an agent partially
     ///
@@ -697,6 +804,10 @@ impl<T: AgentsApi> AgentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.update_agent(caller, params).await)
+        Ok(self
+            .0
+            .update_agent(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

@@ -54,6 +54,16 @@ pub enum ListConversationsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListConversationsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/conversations` (createConversation)
 #[derive(Debug, Clone)]
@@ -95,6 +105,18 @@ pub enum CreateConversationResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateConversationResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/conversations/{conversation_id}` (getConversation)
 #[derive(Debug, Clone)]
@@ -133,6 +155,17 @@ pub enum GetConversationResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetConversationResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/conversations/{conversation_id}` (deleteConversation)
 #[derive(Debug, Clone)]
@@ -162,6 +195,17 @@ pub enum DeleteConversationResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for DeleteConversationResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PATCH /v1/conversations/{conversation_id}` (updateConversation)
@@ -205,6 +249,19 @@ pub enum UpdateConversationResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for UpdateConversationResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/conversations/{conversation_id}/messages` (listMessages)
@@ -261,6 +318,17 @@ pub enum ListMessagesResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListMessagesResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/conversations/{conversation_id}/messages` (sendMessage)
 #[derive(Debug, Clone)]
@@ -312,10 +380,25 @@ impl std::fmt::Debug for SendMessageResponse {
             .finish_non_exhaustive()
     }
 }
+impl From<crate::ApiError> for SendMessageResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Conversations with an agent (Magnet AI); every message is answered with the history, optionally streamed.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait ConversationsApi: crate::Authenticate {
     /// List conversations
     ///
@@ -324,7 +407,7 @@ pub trait ConversationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListConversationsParams,
-    ) -> impl std::future::Future<Output = ListConversationsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListConversationsResponse, crate::ApiError>> + Send;
     /// Create a conversation
     ///
     /// Starts a conversation with an agent of the organization. An `agent_id` naming no agent of the organization answers 422 (`details[].field` = `agent_id`).
@@ -332,7 +415,7 @@ pub trait ConversationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateConversationParams,
-    ) -> impl std::future::Future<Output = CreateConversationResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateConversationResponse, crate::ApiError>> + Send;
     /// Get a conversation
     ///
     /// The conversation with its latest 100 messages, oldest first, and its `ETag`; with a matching `If-None-Match` answers 304.
@@ -340,7 +423,7 @@ pub trait ConversationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetConversationParams,
-    ) -> impl std::future::Future<Output = GetConversationResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetConversationResponse, crate::ApiError>> + Send;
     /// Delete a conversation
     ///
     /// Deletes the conversation and its messages; later reads answer 404. Its executions and usage records stay.
@@ -348,7 +431,7 @@ pub trait ConversationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeleteConversationParams,
-    ) -> impl std::future::Future<Output = DeleteConversationResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeleteConversationResponse, crate::ApiError>> + Send;
     /// Update a conversation
     ///
     /// Changes its title or metadata. With `If-Match`, answers 412 when it changed since that `ETag`.
@@ -356,7 +439,7 @@ pub trait ConversationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: UpdateConversationParams,
-    ) -> impl std::future::Future<Output = UpdateConversationResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<UpdateConversationResponse, crate::ApiError>> + Send;
     /// List a conversation's messages
     ///
     /// The messages, oldest first. Page with `page`/`per_page` or `cursor`/`limit`.
@@ -364,7 +447,7 @@ pub trait ConversationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListMessagesParams,
-    ) -> impl std::future::Future<Output = ListMessagesResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListMessagesResponse, crate::ApiError>> + Send;
     /// Send a message
     ///
     /// Adds the user's message and has the agent answer it, with the conversation's earlier
@@ -379,7 +462,7 @@ pub trait ConversationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: SendMessageParams,
-    ) -> impl std::future::Future<Output = SendMessageResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<SendMessageResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(ConversationsApi), "`].")]
@@ -429,7 +512,11 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_conversations(caller, params).await)
+        Ok(self
+            .0
+            .list_conversations(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Create a conversation
     ///
@@ -470,7 +557,11 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_conversation(caller, params).await)
+        Ok(self
+            .0
+            .create_conversation(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a conversation
     ///
@@ -509,7 +600,11 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_conversation(caller, params).await)
+        Ok(self
+            .0
+            .get_conversation(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete a conversation
     ///
@@ -546,7 +641,11 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_conversation(caller, params).await)
+        Ok(self
+            .0
+            .delete_conversation(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Update a conversation
     ///
@@ -587,7 +686,11 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.update_conversation(caller, params).await)
+        Ok(self
+            .0
+            .update_conversation(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// List a conversation's messages
     ///
@@ -632,7 +735,11 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_messages(caller, params).await)
+        Ok(self
+            .0
+            .list_messages(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Send a message
     ///
@@ -683,6 +790,10 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.send_message(caller, params).await)
+        Ok(self
+            .0
+            .send_message(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

@@ -32,6 +32,17 @@ pub enum GetAgentStatusResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetAgentStatusResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/agents/{agent_id}/scale` (scaleAgent)
 #[derive(Debug, Clone)]
@@ -70,6 +81,18 @@ pub enum ScaleAgentResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ScaleAgentResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/agents/{agent_id}/restart` (restartAgent)
 #[derive(Debug, Clone)]
@@ -103,6 +126,17 @@ pub enum RestartAgentResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for RestartAgentResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/agents/{agent_id}/metrics` (getAgentMetrics)
 #[derive(Debug, Clone)]
@@ -134,6 +168,17 @@ pub enum GetAgentMetricsResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetAgentMetricsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/agents/{agent_id}/logs` (getAgentLogs)
@@ -186,10 +231,23 @@ impl std::fmt::Debug for GetAgentLogsResponse {
             .finish_non_exhaustive()
     }
 }
+impl From<crate::ApiError> for GetAgentLogsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Agent deployments (Agent Launchpad) in a runtime behind a trait; the embedded runtime serves each agent's executions on its replicas, worker slots. Status, scale, restart, metrics and logs.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait DeploymentsApi: crate::Authenticate {
     /// Get an agent's deployment status
     ///
@@ -198,7 +256,7 @@ pub trait DeploymentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetAgentStatusParams,
-    ) -> impl std::future::Future<Output = GetAgentStatusResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetAgentStatusResponse, crate::ApiError>> + Send;
     /// Scale an agent
     ///
     /// Sets how many of the agent's executions may run at once (its replicas, 0 to 16). Answers 202 with the deployment while it converges: scaling up opens slots at once; scaling down lets executions already running finish, and 0 stops the agent (its executions wait, queued, until it is scaled up again).
@@ -206,7 +264,7 @@ pub trait DeploymentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ScaleAgentParams,
-    ) -> impl std::future::Future<Output = ScaleAgentResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ScaleAgentResponse, crate::ApiError>> + Send;
     /// Restart an agent
     ///
     /// Drains the agent's work in flight (no new execution starts until the executions already running finish) and starts a new revision. Answers 202 with the deployment in state `restarting`; the status turns `deployed` with `revision` one higher once drained.
@@ -214,7 +272,7 @@ pub trait DeploymentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: RestartAgentParams,
-    ) -> impl std::future::Future<Output = RestartAgentResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<RestartAgentResponse, crate::ApiError>> + Send;
     /// Get an agent's metrics
     ///
     /// Computed from the agent's recorded executions that finished within `window` (counts by outcome, rate, latency percentiles by nearest rank, tokens and cost) plus those queued or running now. Nothing is sampled or estimated.
@@ -222,7 +280,7 @@ pub trait DeploymentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetAgentMetricsParams,
-    ) -> impl std::future::Future<Output = GetAgentMetricsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetAgentMetricsResponse, crate::ApiError>> + Send;
     /// Get an agent's logs
     ///
     /// The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them. With `follow=true` the answer is `text/event-stream` (`curl -N`): those lines, then each new line as any replica writes it, one `log` event per line with a `: keep-alive` comment every 15 seconds, until the client disconnects (the stream does not end by itself).
@@ -230,7 +288,7 @@ pub trait DeploymentsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetAgentLogsParams,
-    ) -> impl std::future::Future<Output = GetAgentLogsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetAgentLogsResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(DeploymentsApi), "`].")]
@@ -272,7 +330,11 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_agent_status(caller, params).await)
+        Ok(self
+            .0
+            .get_agent_status(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Scale an agent
     ///
@@ -311,7 +373,11 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.scale_agent(caller, params).await)
+        Ok(self
+            .0
+            .scale_agent(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Restart an agent
     ///
@@ -348,7 +414,11 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.restart_agent(caller, params).await)
+        Ok(self
+            .0
+            .restart_agent(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get an agent's metrics
     ///
@@ -387,7 +457,11 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_agent_metrics(caller, params).await)
+        Ok(self
+            .0
+            .get_agent_metrics(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get an agent's logs
     ///
@@ -437,6 +511,10 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_agent_logs(caller, params).await)
+        Ok(self
+            .0
+            .get_agent_logs(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

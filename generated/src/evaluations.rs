@@ -54,6 +54,16 @@ pub enum ListEvaluationsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListEvaluationsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/evaluations` (createEvaluation)
 #[derive(Debug, Clone)]
@@ -94,6 +104,18 @@ pub enum CreateEvaluationResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateEvaluationResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/evaluations/{evaluation_id}` (getEvaluation)
 #[derive(Debug, Clone)]
@@ -124,6 +146,17 @@ pub enum GetEvaluationResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetEvaluationResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/evaluations/{evaluation_id}` (deleteEvaluation)
 #[derive(Debug, Clone)]
@@ -153,6 +186,17 @@ pub enum DeleteEvaluationResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for DeleteEvaluationResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `POST /v1/evaluations/{evaluation_id}/run` (runEvaluation)
@@ -186,6 +230,17 @@ pub enum RunEvaluationResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for RunEvaluationResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/evaluations/{evaluation_id}/runs` (listEvaluationRuns)
@@ -242,6 +297,17 @@ pub enum ListEvaluationRunsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListEvaluationRunsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/evaluations/{evaluation_id}/runs/{run_id}` (getEvaluationRun)
 #[derive(Debug, Clone)]
@@ -274,6 +340,17 @@ pub enum GetEvaluationRunResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetEvaluationRunResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/evaluations/{evaluation_id}/results` (getEvaluationResults)
 #[derive(Debug, Clone)]
@@ -304,10 +381,23 @@ pub enum GetEvaluationResultsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetEvaluationResultsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Evaluations of agents on datasets of cases (Magnet AI), run through the execution engine, with runs kept for comparison.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait EvaluationsApi: crate::Authenticate {
     /// List evaluations
     ///
@@ -316,7 +406,7 @@ pub trait EvaluationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListEvaluationsParams,
-    ) -> impl std::future::Future<Output = ListEvaluationsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListEvaluationsResponse, crate::ApiError>> + Send;
     /// Create an evaluation
     ///
     /// An agent and a dataset of cases (`input`, `expected_output`) to run it on, and how a case passes. `target_id` must name an agent of the organization (else 422 naming `target_id`).
@@ -324,7 +414,7 @@ pub trait EvaluationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateEvaluationParams,
-    ) -> impl std::future::Future<Output = CreateEvaluationResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateEvaluationResponse, crate::ApiError>> + Send;
     /// Get an evaluation
     ///
     /// The evaluation, its cases and its latest run's id.
@@ -332,7 +422,7 @@ pub trait EvaluationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetEvaluationParams,
-    ) -> impl std::future::Future<Output = GetEvaluationResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetEvaluationResponse, crate::ApiError>> + Send;
     /// Delete an evaluation
     ///
     /// Deletes the evaluation and its runs.
@@ -340,7 +430,7 @@ pub trait EvaluationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeleteEvaluationParams,
-    ) -> impl std::future::Future<Output = DeleteEvaluationResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeleteEvaluationResponse, crate::ApiError>> + Send;
     /// Run an evaluation
     ///
     /// Runs every case through the agent, in the background: answers 202 with the run to poll. Runs are kept, so results can be compared across runs.
@@ -348,7 +438,7 @@ pub trait EvaluationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: RunEvaluationParams,
-    ) -> impl std::future::Future<Output = RunEvaluationResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<RunEvaluationResponse, crate::ApiError>> + Send;
     /// List an evaluation's runs
     ///
     /// Its runs, newest first, with their summaries (results per case: get the run).
@@ -356,7 +446,7 @@ pub trait EvaluationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListEvaluationRunsParams,
-    ) -> impl std::future::Future<Output = ListEvaluationRunsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListEvaluationRunsResponse, crate::ApiError>> + Send;
     /// Get an evaluation run
     ///
     /// One run: status, summary and the result of every case.
@@ -364,7 +454,7 @@ pub trait EvaluationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetEvaluationRunParams,
-    ) -> impl std::future::Future<Output = GetEvaluationRunResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetEvaluationRunResponse, crate::ApiError>> + Send;
     /// Get an evaluation's results
     ///
     /// The latest run (Magnet AI `GET /api/evaluations/{id}/results`): per case output, pass/fail, exact match, contains, token F1, latency, tokens and cost, with the aggregates. 404 `NO_RUNS` before the first run.
@@ -372,7 +462,7 @@ pub trait EvaluationsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetEvaluationResultsParams,
-    ) -> impl std::future::Future<Output = GetEvaluationResultsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetEvaluationResultsResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(EvaluationsApi), "`].")]
@@ -422,7 +512,11 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_evaluations(caller, params).await)
+        Ok(self
+            .0
+            .list_evaluations(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Create an evaluation
     ///
@@ -463,7 +557,11 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_evaluation(caller, params).await)
+        Ok(self
+            .0
+            .create_evaluation(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get an evaluation
     ///
@@ -500,7 +598,11 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_evaluation(caller, params).await)
+        Ok(self
+            .0
+            .get_evaluation(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete an evaluation
     ///
@@ -537,7 +639,11 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_evaluation(caller, params).await)
+        Ok(self
+            .0
+            .delete_evaluation(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Run an evaluation
     ///
@@ -574,7 +680,11 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.run_evaluation(caller, params).await)
+        Ok(self
+            .0
+            .run_evaluation(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// List an evaluation's runs
     ///
@@ -619,7 +729,11 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_evaluation_runs(caller, params).await)
+        Ok(self
+            .0
+            .list_evaluation_runs(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get an evaluation run
     ///
@@ -658,7 +772,11 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_evaluation_run(caller, params).await)
+        Ok(self
+            .0
+            .get_evaluation_run(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get an evaluation's results
     ///
@@ -695,6 +813,10 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_evaluation_results(caller, params).await)
+        Ok(self
+            .0
+            .get_evaluation_results(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

@@ -56,6 +56,16 @@ pub enum ListEventsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListEventsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/events/{event_id}` (getEvent)
 #[derive(Debug, Clone)]
@@ -85,6 +95,17 @@ pub enum GetEventResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetEventResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/stream` (streamEvents)
@@ -118,10 +139,23 @@ pub enum StreamEventsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for StreamEventsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            426u16 => Self::UpgradeRequired(poem_openapi::payload::Json(*e.envelope), None),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The organization's event log, and the live WebSocket stream of it (AIMatrix `/v1/stream`).
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait EventsApi: crate::Authenticate {
     /// List events
     ///
@@ -130,7 +164,7 @@ pub trait EventsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListEventsParams,
-    ) -> impl std::future::Future<Output = ListEventsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListEventsResponse, crate::ApiError>> + Send;
     /// Get an event
     ///
     /// Returns one event of the organization, as webhooks and the stream deliver it.
@@ -138,7 +172,7 @@ pub trait EventsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetEventParams,
-    ) -> impl std::future::Future<Output = GetEventResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetEventResponse, crate::ApiError>> + Send;
     /// Stream events over a WebSocket
     ///
     /// Opens a WebSocket (AIMatrix `wss://…/v1/stream`) that carries the organization's events
@@ -160,7 +194,9 @@ pub trait EventsApi: crate::Authenticate {
         caller: Self::Caller,
         params: StreamEventsParams,
         upgrade: Option<poem::web::websocket::WebSocket>,
-    ) -> impl std::future::Future<Output = crate::Upgraded<StreamEventsResponse>> + Send;
+    ) -> impl std::future::Future<
+        Output = Result<crate::Upgraded<StreamEventsResponse>, crate::ApiError>,
+    > + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(EventsApi), "`].")]
@@ -210,7 +246,11 @@ impl<T: EventsApi> EventsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_events(caller, params).await)
+        Ok(self
+            .0
+            .list_events(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get an event
     ///
@@ -245,7 +285,11 @@ impl<T: EventsApi> EventsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_event(caller, params).await)
+        Ok(self
+            .0
+            .get_event(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Stream events over a WebSocket
     ///
@@ -297,6 +341,10 @@ impl<T: EventsApi> EventsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.stream_events(caller, params, upgrade).await)
+        Ok(self
+            .0
+            .stream_events(caller, params, upgrade)
+            .await
+            .unwrap_or_else(|e| crate::Upgraded::Answer(e.into())))
     }
 }

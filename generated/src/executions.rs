@@ -63,6 +63,19 @@ impl std::fmt::Debug for ExecuteAgentResponse {
             .finish_non_exhaustive()
     }
 }
+impl From<crate::ApiError> for ExecuteAgentResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/executions` (listExecutions)
 #[derive(Debug, Clone)]
@@ -117,6 +130,16 @@ pub enum ListExecutionsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListExecutionsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/executions/{execution_id}` (getExecution)
 #[derive(Debug, Clone)]
@@ -155,6 +178,17 @@ pub enum GetExecutionResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetExecutionResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/executions/{execution_id}/cancel` (cancelExecution)
 #[derive(Debug, Clone)]
@@ -188,6 +222,18 @@ pub enum CancelExecutionResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CancelExecutionResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/executions/{execution_id}/logs` (getExecutionLogs)
 #[derive(Debug, Clone)]
@@ -217,6 +263,17 @@ pub enum GetExecutionLogsResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetExecutionLogsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/executions/{execution_id}/events` (streamExecutionEvents)
@@ -258,6 +315,17 @@ impl std::fmt::Debug for StreamExecutionEventsResponse {
             .finish_non_exhaustive()
     }
 }
+impl From<crate::ApiError> for StreamExecutionEventsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/executions/{execution_id}/stream` (streamExecution)
 #[derive(Debug, Clone)]
@@ -293,10 +361,24 @@ pub enum StreamExecutionResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for StreamExecutionResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            426u16 => Self::UpgradeRequired(poem_openapi::payload::Json(*e.envelope), None),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Agent executions (AIMatrix and CodexOS execute) run on a worker pool, polled, waited for or streamed as server-sent events.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait ExecutionsApi: crate::Authenticate {
     /// Execute an agent
     ///
@@ -322,7 +404,7 @@ pub trait ExecutionsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ExecuteAgentParams,
-    ) -> impl std::future::Future<Output = ExecuteAgentResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ExecuteAgentResponse, crate::ApiError>> + Send;
     /// List executions
     ///
     /// Lists the organization's executions, newest first, optionally of one agent or in one status. Page with `page`/`per_page` or `cursor`/`limit`.
@@ -330,7 +412,7 @@ pub trait ExecutionsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListExecutionsParams,
-    ) -> impl std::future::Future<Output = ListExecutionsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListExecutionsResponse, crate::ApiError>> + Send;
     /// Get an execution
     ///
     /// The execution: status, result, tokens and cost, duration and step logs (template rendering, retrieval, model call, each timed). Its `ETag` changes as it progresses; with a matching `If-None-Match` answers 304.
@@ -338,7 +420,7 @@ pub trait ExecutionsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetExecutionParams,
-    ) -> impl std::future::Future<Output = GetExecutionResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetExecutionResponse, crate::ApiError>> + Send;
     /// Cancel an execution
     ///
     /// Cancels a queued or running execution (a running one stops at once, on whichever server runs it). A finished execution answers 409.
@@ -346,7 +428,7 @@ pub trait ExecutionsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CancelExecutionParams,
-    ) -> impl std::future::Future<Output = CancelExecutionResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CancelExecutionResponse, crate::ApiError>> + Send;
     /// Get an execution's logs
     ///
     /// The execution's log lines, oldest first (CodexOS `logs`), built from its steps.
@@ -354,7 +436,7 @@ pub trait ExecutionsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetExecutionLogsParams,
-    ) -> impl std::future::Future<Output = GetExecutionLogsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetExecutionLogsResponse, crate::ApiError>> + Send;
     /// Follow an execution
     ///
     /// Its progress as server-sent events (the events of `executeAgent` with `options.stream`), from any server: it follows the stored execution, so it works whichever replica runs it, and ends after the last event. A finished execution answers its steps and last event at once. Token deltas reach only streams on the replica that runs it.
@@ -362,7 +444,7 @@ pub trait ExecutionsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: StreamExecutionEventsParams,
-    ) -> impl std::future::Future<Output = StreamExecutionEventsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<StreamExecutionEventsResponse, crate::ApiError>> + Send;
     /// Follow an execution over a WebSocket
     ///
     /// Opens a WebSocket (CodexOS `wss://…/v1/executions/{id}/stream`) carrying the
@@ -379,7 +461,9 @@ pub trait ExecutionsApi: crate::Authenticate {
         caller: Self::Caller,
         params: StreamExecutionParams,
         upgrade: Option<poem::web::websocket::WebSocket>,
-    ) -> impl std::future::Future<Output = crate::Upgraded<StreamExecutionResponse>> + Send;
+    ) -> impl std::future::Future<
+        Output = Result<crate::Upgraded<StreamExecutionResponse>, crate::ApiError>,
+    > + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(ExecutionsApi), "`].")]
@@ -449,7 +533,11 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.execute_agent(caller, params).await)
+        Ok(self
+            .0
+            .execute_agent(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// List executions
     ///
@@ -498,7 +586,11 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_executions(caller, params).await)
+        Ok(self
+            .0
+            .list_executions(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get an execution
     ///
@@ -537,7 +629,11 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_execution(caller, params).await)
+        Ok(self
+            .0
+            .get_execution(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Cancel an execution
     ///
@@ -574,7 +670,11 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.cancel_execution(caller, params).await)
+        Ok(self
+            .0
+            .cancel_execution(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get an execution's logs
     ///
@@ -611,7 +711,11 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_execution_logs(caller, params).await)
+        Ok(self
+            .0
+            .get_execution_logs(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Follow an execution
     ///
@@ -653,7 +757,11 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.stream_execution_events(caller, params).await)
+        Ok(self
+            .0
+            .stream_execution_events(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Follow an execution over a WebSocket
     ///
@@ -699,6 +807,10 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.stream_execution(caller, params, upgrade).await)
+        Ok(self
+            .0
+            .stream_execution(caller, params, upgrade)
+            .await
+            .unwrap_or_else(|e| crate::Upgraded::Answer(e.into())))
     }
 }

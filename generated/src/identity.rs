@@ -31,6 +31,16 @@ pub enum ListApiKeysResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListApiKeysResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/auth/keys` (createApiKey)
 #[derive(Debug, Clone)]
@@ -67,6 +77,18 @@ pub enum CreateApiKeyResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateApiKeyResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/auth/keys/{key_id}` (getApiKey)
 #[derive(Debug, Clone)]
@@ -97,6 +119,17 @@ pub enum GetApiKeyResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetApiKeyResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/auth/keys/{key_id}` (revokeApiKey)
 #[derive(Debug, Clone)]
@@ -126,6 +159,17 @@ pub enum RevokeApiKeyResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for RevokeApiKeyResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PATCH /v1/auth/keys/{key_id}` (updateApiKey)
@@ -162,6 +206,18 @@ pub enum UpdateApiKeyResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for UpdateApiKeyResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/users/me` (getCurrentUser)
 #[derive(Debug, Clone)]
@@ -179,6 +235,14 @@ pub enum GetCurrentUserResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetCurrentUserResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PUT /v1/users/me` (updateCurrentUser)
@@ -207,10 +271,22 @@ pub enum UpdateCurrentUserResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for UpdateCurrentUserResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Organizations, users, roles and API keys.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait IdentityApi: crate::Authenticate {
     /// List API keys
     ///
@@ -219,7 +295,7 @@ pub trait IdentityApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListApiKeysParams,
-    ) -> impl std::future::Future<Output = ListApiKeysResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListApiKeysResponse, crate::ApiError>> + Send;
     /// Generate an API key
     ///
     /// Issues a key for the caller, or (admins only) for a new user of the organization named in
@@ -229,7 +305,7 @@ pub trait IdentityApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateApiKeyParams,
-    ) -> impl std::future::Future<Output = CreateApiKeyResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateApiKeyResponse, crate::ApiError>> + Send;
     /// Get an API key
     ///
     /// A live key of the caller, or for admins of the whole organization. The secret is never returned; revoked keys answer 404.
@@ -237,7 +313,7 @@ pub trait IdentityApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetApiKeyParams,
-    ) -> impl std::future::Future<Output = GetApiKeyResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetApiKeyResponse, crate::ApiError>> + Send;
     /// Revoke an API key
     ///
     /// The key stops working at once on the replica that revokes it, and within 5 seconds on every other replica (they cache keys that briefly). Admins may revoke any key of the organization; others their own.
@@ -245,7 +321,7 @@ pub trait IdentityApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: RevokeApiKeyParams,
-    ) -> impl std::future::Future<Output = RevokeApiKeyResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<RevokeApiKeyResponse, crate::ApiError>> + Send;
     /// Update an API key
     ///
     /// Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. Only admins set rate limits, and never on the key they call with (403). The change applies within 5 seconds on every replica.
@@ -253,7 +329,7 @@ pub trait IdentityApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: UpdateApiKeyParams,
-    ) -> impl std::future::Future<Output = UpdateApiKeyResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<UpdateApiKeyResponse, crate::ApiError>> + Send;
     /// The calling user's profile
     ///
     /// The user the key belongs to, its organization and role, and the scopes this key grants.
@@ -261,7 +337,7 @@ pub trait IdentityApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetCurrentUserParams,
-    ) -> impl std::future::Future<Output = GetCurrentUserResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetCurrentUserResponse, crate::ApiError>> + Send;
     /// Update the calling user's profile
     ///
     /// Changes the email address and notification preferences of the user the key belongs
@@ -272,7 +348,7 @@ pub trait IdentityApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: UpdateCurrentUserParams,
-    ) -> impl std::future::Future<Output = UpdateCurrentUserResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<UpdateCurrentUserResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(IdentityApi), "`].")]
@@ -312,7 +388,11 @@ impl<T: IdentityApi> IdentityRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_api_keys(caller, params).await)
+        Ok(self
+            .0
+            .list_api_keys(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Generate an API key
     ///
@@ -345,7 +425,11 @@ impl<T: IdentityApi> IdentityRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_api_key(caller, params).await)
+        Ok(self
+            .0
+            .create_api_key(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get an API key
     ///
@@ -378,7 +462,11 @@ impl<T: IdentityApi> IdentityRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_api_key(caller, params).await)
+        Ok(self
+            .0
+            .get_api_key(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Revoke an API key
     ///
@@ -413,7 +501,11 @@ impl<T: IdentityApi> IdentityRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.revoke_api_key(caller, params).await)
+        Ok(self
+            .0
+            .revoke_api_key(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Update an API key
     ///
@@ -452,7 +544,11 @@ impl<T: IdentityApi> IdentityRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.update_api_key(caller, params).await)
+        Ok(self
+            .0
+            .update_api_key(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// The calling user's profile
     ///
@@ -479,7 +575,11 @@ impl<T: IdentityApi> IdentityRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_current_user(caller, params).await)
+        Ok(self
+            .0
+            .get_current_user(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Update the calling user's profile
     ///
@@ -517,6 +617,10 @@ impl<T: IdentityApi> IdentityRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.update_current_user(caller, params).await)
+        Ok(self
+            .0
+            .update_current_user(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

@@ -56,6 +56,16 @@ pub enum ListKnowledgeBasesResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListKnowledgeBasesResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/knowledge` (createKnowledgeBase)
 #[derive(Debug, Clone)]
@@ -97,6 +107,18 @@ pub enum CreateKnowledgeBaseResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateKnowledgeBaseResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/knowledge/search` (searchKnowledge)
 #[derive(Debug, Clone)]
@@ -129,6 +151,16 @@ pub enum SearchKnowledgeResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for SearchKnowledgeResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/knowledge/{kb_id}` (getKnowledgeBase)
@@ -167,6 +199,17 @@ pub enum GetKnowledgeBaseResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetKnowledgeBaseResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PUT /v1/knowledge/{kb_id}` (replaceKnowledgeBase)
@@ -211,6 +254,19 @@ pub enum ReplaceKnowledgeBaseResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ReplaceKnowledgeBaseResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/knowledge/{kb_id}` (deleteKnowledgeBase)
 #[derive(Debug, Clone)]
@@ -240,6 +296,17 @@ pub enum DeleteKnowledgeBaseResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for DeleteKnowledgeBaseResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PATCH /v1/knowledge/{kb_id}` (updateKnowledgeBase)
@@ -284,6 +351,19 @@ pub enum UpdateKnowledgeBaseResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for UpdateKnowledgeBaseResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/knowledge/{kb_id}/query` (queryKnowledgeBase)
 #[derive(Debug, Clone)]
@@ -319,6 +399,18 @@ pub enum QueryKnowledgeBaseResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for QueryKnowledgeBaseResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/knowledge/{kb_id}/ingest` (ingestKnowledge)
 #[derive(Debug, Clone)]
@@ -353,6 +445,18 @@ pub enum IngestKnowledgeResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for IngestKnowledgeResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/knowledge/{kb_id}/sources` (listKnowledgeSources)
@@ -409,6 +513,17 @@ pub enum ListKnowledgeSourcesResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListKnowledgeSourcesResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/knowledge/{kb_id}/sources` (createKnowledgeSource)
 #[derive(Debug, Clone)]
@@ -454,6 +569,19 @@ pub enum CreateKnowledgeSourceResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateKnowledgeSourceResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/knowledge/{kb_id}/sources/{source_id}` (getKnowledgeSource)
 #[derive(Debug, Clone)]
@@ -485,6 +613,17 @@ pub enum GetKnowledgeSourceResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetKnowledgeSourceResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PUT /v1/knowledge/{kb_id}/sources/{source_id}` (replaceKnowledgeSource)
@@ -526,6 +665,19 @@ pub enum ReplaceKnowledgeSourceResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ReplaceKnowledgeSourceResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/knowledge/{kb_id}/sources/{source_id}` (deleteKnowledgeSource)
 #[derive(Debug, Clone)]
@@ -557,6 +709,17 @@ pub enum DeleteKnowledgeSourceResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for DeleteKnowledgeSourceResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `POST /v1/knowledge/{kb_id}/sources/{source_id}/sync` (syncKnowledgeSource)
@@ -593,6 +756,17 @@ pub enum SyncKnowledgeSourceResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for SyncKnowledgeSourceResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/knowledge/{kb_id}/syncs/{sync_id}` (getKnowledgeSync)
 #[derive(Debug, Clone)]
@@ -624,6 +798,17 @@ pub enum GetKnowledgeSyncResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetKnowledgeSyncResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The `multipart/form-data` body of
 /// `POST /v1/knowledge/{kb_id}/files` (uploadKnowledgeFile)
@@ -684,6 +869,19 @@ pub enum UploadKnowledgeFileResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for UploadKnowledgeFileResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            415u16 => Self::UnsupportedMediaType(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/knowledge/{kb_id}/documents` (listKnowledgeDocuments)
 #[derive(Debug, Clone)]
@@ -741,6 +939,17 @@ pub enum ListKnowledgeDocumentsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListKnowledgeDocumentsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/knowledge/{kb_id}/documents/{document_id}` (getKnowledgeDocument)
 #[derive(Debug, Clone)]
@@ -773,6 +982,17 @@ pub enum GetKnowledgeDocumentResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetKnowledgeDocumentResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/knowledge/{kb_id}/documents/{document_id}` (deleteKnowledgeDocument)
 #[derive(Debug, Clone)]
@@ -804,6 +1024,17 @@ pub enum DeleteKnowledgeDocumentResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for DeleteKnowledgeDocumentResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/knowledge/{kb_id}/documents/{document_id}/chunks` (listKnowledgeChunks)
@@ -841,10 +1072,23 @@ pub enum ListKnowledgeChunksResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListKnowledgeChunksResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Knowledge bases (AIMatrix knowledge bases, CodexOS RAG collections, Magnet AI knowledge sources) with sources, documents, chunks, syncs, query and full-text search.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait KnowledgeApi: crate::Authenticate {
     /// List knowledge bases
     ///
@@ -853,7 +1097,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListKnowledgeBasesParams,
-    ) -> impl std::future::Future<Output = ListKnowledgeBasesResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListKnowledgeBasesResponse, crate::ApiError>> + Send;
     /// Create a knowledge base
     ///
     /// Creates a knowledge base (a CodexOS RAG collection), with its first sources: inline `text` is chunked and indexed at once; `url` and `github` sources are recorded (`pending`) until synced.
@@ -861,7 +1105,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateKnowledgeBaseParams,
-    ) -> impl std::future::Future<Output = CreateKnowledgeBaseResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Search every knowledge base
     ///
     /// Full-text search over the chunks of all the organization's knowledge bases (of one `type` when given), best first. Scores are in [0, 1), higher is better, comparable within one search.
@@ -869,7 +1113,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: SearchKnowledgeParams,
-    ) -> impl std::future::Future<Output = SearchKnowledgeResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<SearchKnowledgeResponse, crate::ApiError>> + Send;
     /// Get a knowledge base
     ///
     /// Returns the knowledge base with its counts and `ETag`; with a matching `If-None-Match` answers 304.
@@ -877,7 +1121,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetKnowledgeBaseParams,
-    ) -> impl std::future::Future<Output = GetKnowledgeBaseResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Replace a knowledge base
     ///
     /// Replaces name, type, description, processing options and metadata (absent ones return to defaults); documents stay. With `If-Match`, answers 412 when it changed since that `ETag`.
@@ -885,7 +1129,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ReplaceKnowledgeBaseParams,
-    ) -> impl std::future::Future<Output = ReplaceKnowledgeBaseResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ReplaceKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Delete a knowledge base
     ///
     /// Deletes the knowledge base with its sources, documents, chunks and syncs.
@@ -893,7 +1137,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeleteKnowledgeBaseParams,
-    ) -> impl std::future::Future<Output = DeleteKnowledgeBaseResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeleteKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Update a knowledge base partially
     ///
     /// Changes only the fields given; `null` clears `description`. With `If-Match`, answers 412 when it changed since that `ETag`.
@@ -901,7 +1145,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: UpdateKnowledgeBaseParams,
-    ) -> impl std::future::Future<Output = UpdateKnowledgeBaseResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<UpdateKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Query a knowledge base
     ///
     /// Retrieves the chunks that best match `query` (AIMatrix query, CodexOS collection search), ranked by the database's full-text engine. Scores are in [0, 1), higher is better, comparable within one query. `filters` match chunk metadata exactly.
@@ -909,7 +1153,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: QueryKnowledgeBaseParams,
-    ) -> impl std::future::Future<Output = QueryKnowledgeBaseResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<QueryKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Ingest documents and sources
     ///
     /// Chunks and indexes `documents` at once (in one transaction) and adds `sources`: inline text is ingested too, `url` and `github` sources get a queued sync each (the CodexOS ingest). `chunk_size` and `overlap` override the knowledge base's processing options.
@@ -917,7 +1161,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: IngestKnowledgeParams,
-    ) -> impl std::future::Future<Output = IngestKnowledgeResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<IngestKnowledgeResponse, crate::ApiError>> + Send;
     /// List a knowledge base's sources
     ///
     /// Lists the sources, newest first, with their status and last sync.
@@ -925,7 +1169,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListKnowledgeSourcesParams,
-    ) -> impl std::future::Future<Output = ListKnowledgeSourcesResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListKnowledgeSourcesResponse, crate::ApiError>> + Send;
     /// Add a source
     ///
     /// Adds a source (Magnet AI knowledge source): inline `text` is ingested at once (`active`); `url` and `github` sources are recorded (`pending`) until `POST …/sync`.
@@ -933,7 +1177,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateKnowledgeSourceParams,
-    ) -> impl std::future::Future<Output = CreateKnowledgeSourceResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateKnowledgeSourceResponse, crate::ApiError>> + Send;
     /// Get a source
     ///
     /// Returns the source with its status and last sync.
@@ -941,7 +1185,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetKnowledgeSourceParams,
-    ) -> impl std::future::Future<Output = GetKnowledgeSourceResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetKnowledgeSourceResponse, crate::ApiError>> + Send;
     /// Replace a source
     ///
     /// Replaces the source's configuration, keeping its id (Magnet AI `PUT /api/knowledge-sources/{id}`). Inline `text` replaces the source's documents at once (`active`). A `url` or `github` source that fetches the same thing as before (same page; same repository, branch and paths) keeps its documents and status and only takes the new name and metadata; one that fetches something else drops the documents the old configuration produced and is `pending` until `POST …/sync`. A file source may be replaced by any of these. A source being synced answers 409 `SOURCE_SYNCING` until the sync ends. All in one transaction.
@@ -949,7 +1193,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ReplaceKnowledgeSourceParams,
-    ) -> impl std::future::Future<Output = ReplaceKnowledgeSourceResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ReplaceKnowledgeSourceResponse, crate::ApiError>> + Send;
     /// Delete a source
     ///
     /// Deletes the source with the documents and chunks it produced and its syncs.
@@ -957,7 +1201,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeleteKnowledgeSourceParams,
-    ) -> impl std::future::Future<Output = DeleteKnowledgeSourceResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeleteKnowledgeSourceResponse, crate::ApiError>> + Send;
     /// Sync a source
     ///
     /// Starts fetching the source again (a web page by HTTP GET, a GitHub repository through the contents API; inline text and files are re-ingested from what was stored) and answers 202 with the sync to poll. A successful sync replaces the source's documents.
@@ -965,7 +1209,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: SyncKnowledgeSourceParams,
-    ) -> impl std::future::Future<Output = SyncKnowledgeSourceResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<SyncKnowledgeSourceResponse, crate::ApiError>> + Send;
     /// Get a sync
     ///
     /// Returns the sync: its status, counts and error.
@@ -973,7 +1217,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetKnowledgeSyncParams,
-    ) -> impl std::future::Future<Output = GetKnowledgeSyncResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetKnowledgeSyncResponse, crate::ApiError>> + Send;
     /// Upload a file
     ///
     /// Uploads a file as a `file` source and ingests it at once (Magnet AI file knowledge sources, AIMatrix `file` sources): `.txt`, `.md`, `.html` and `.json` (or those content types), at most 4 MiB. A file of another type answers 415. Re-syncing the source re-ingests the stored text.
@@ -981,7 +1225,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: UploadKnowledgeFileParams,
-    ) -> impl std::future::Future<Output = UploadKnowledgeFileResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<UploadKnowledgeFileResponse, crate::ApiError>> + Send;
     /// List documents
     ///
     /// Lists the documents, newest first; `source_id` narrows to one source's.
@@ -989,7 +1233,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListKnowledgeDocumentsParams,
-    ) -> impl std::future::Future<Output = ListKnowledgeDocumentsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListKnowledgeDocumentsResponse, crate::ApiError>> + Send;
     /// Get a document
     ///
     /// Returns the document.
@@ -997,7 +1241,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetKnowledgeDocumentParams,
-    ) -> impl std::future::Future<Output = GetKnowledgeDocumentResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetKnowledgeDocumentResponse, crate::ApiError>> + Send;
     /// Delete a document
     ///
     /// Deletes the document and its chunks.
@@ -1005,7 +1249,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeleteKnowledgeDocumentParams,
-    ) -> impl std::future::Future<Output = DeleteKnowledgeDocumentResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeleteKnowledgeDocumentResponse, crate::ApiError>> + Send;
     /// List a document's chunks
     ///
     /// Lists the chunks in document order, with their metadata.
@@ -1013,7 +1257,7 @@ pub trait KnowledgeApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListKnowledgeChunksParams,
-    ) -> impl std::future::Future<Output = ListKnowledgeChunksResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListKnowledgeChunksResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(KnowledgeApi), "`].")]
@@ -1067,7 +1311,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_knowledge_bases(caller, params).await)
+        Ok(self
+            .0
+            .list_knowledge_bases(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Create a knowledge base
     ///
@@ -1108,7 +1356,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_knowledge_base(caller, params).await)
+        Ok(self
+            .0
+            .create_knowledge_base(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Search every knowledge base
     ///
@@ -1153,7 +1405,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.search_knowledge(caller, params).await)
+        Ok(self
+            .0
+            .search_knowledge(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a knowledge base
     ///
@@ -1192,7 +1448,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_knowledge_base(caller, params).await)
+        Ok(self
+            .0
+            .get_knowledge_base(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Replace a knowledge base
     ///
@@ -1233,7 +1493,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.replace_knowledge_base(caller, params).await)
+        Ok(self
+            .0
+            .replace_knowledge_base(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete a knowledge base
     ///
@@ -1268,7 +1532,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_knowledge_base(caller, params).await)
+        Ok(self
+            .0
+            .delete_knowledge_base(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Update a knowledge base partially
     ///
@@ -1309,7 +1577,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.update_knowledge_base(caller, params).await)
+        Ok(self
+            .0
+            .update_knowledge_base(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Query a knowledge base
     ///
@@ -1348,7 +1620,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.query_knowledge_base(caller, params).await)
+        Ok(self
+            .0
+            .query_knowledge_base(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Ingest documents and sources
     ///
@@ -1387,7 +1663,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.ingest_knowledge(caller, params).await)
+        Ok(self
+            .0
+            .ingest_knowledge(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// List a knowledge base's sources
     ///
@@ -1432,7 +1712,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_knowledge_sources(caller, params).await)
+        Ok(self
+            .0
+            .list_knowledge_sources(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Add a source
     ///
@@ -1475,7 +1759,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_knowledge_source(caller, params).await)
+        Ok(self
+            .0
+            .create_knowledge_source(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a source
     ///
@@ -1514,7 +1802,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_knowledge_source(caller, params).await)
+        Ok(self
+            .0
+            .get_knowledge_source(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Replace a source
     ///
@@ -1555,7 +1847,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.replace_knowledge_source(caller, params).await)
+        Ok(self
+            .0
+            .replace_knowledge_source(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete a source
     ///
@@ -1594,7 +1890,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_knowledge_source(caller, params).await)
+        Ok(self
+            .0
+            .delete_knowledge_source(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Sync a source
     ///
@@ -1633,7 +1933,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.sync_knowledge_source(caller, params).await)
+        Ok(self
+            .0
+            .sync_knowledge_source(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a sync
     ///
@@ -1672,7 +1976,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_knowledge_sync(caller, params).await)
+        Ok(self
+            .0
+            .get_knowledge_sync(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Upload a file
     ///
@@ -1713,7 +2021,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.upload_knowledge_file(caller, params).await)
+        Ok(self
+            .0
+            .upload_knowledge_file(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// List documents
     ///
@@ -1760,7 +2072,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_knowledge_documents(caller, params).await)
+        Ok(self
+            .0
+            .list_knowledge_documents(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a document
     ///
@@ -1799,7 +2115,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_knowledge_document(caller, params).await)
+        Ok(self
+            .0
+            .get_knowledge_document(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete a document
     ///
@@ -1838,7 +2158,11 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_knowledge_document(caller, params).await)
+        Ok(self
+            .0
+            .delete_knowledge_document(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// List a document's chunks
     ///
@@ -1881,6 +2205,10 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_knowledge_chunks(caller, params).await)
+        Ok(self
+            .0
+            .list_knowledge_chunks(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

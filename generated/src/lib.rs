@@ -60,6 +60,16 @@ pub const OPENAPI_3_0_JSON: &str = include_str!("../openapi-3.0.json");
 pub const TITLE: &str = "agentplane API";
 /// `info.version` of the spec.
 pub const VERSION: &str = "0.1.0";
+/// A failed operation: the status its class answers with and the error envelope. Each
+/// operation's response enum converts from it, answering the documented response of that
+/// status, or the operation's 503 when it documents no such status.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status (404, 409, 422, …).
+    pub status: u16,
+    /// The body.
+    pub envelope: Box<crate::models::ErrorEnvelope>,
+}
 /// Why a request was refused before reaching its handler.
 #[derive(Debug)]
 pub enum AuthRejection {

@@ -62,6 +62,16 @@ pub enum SearchMarketplaceResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for SearchMarketplaceResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/marketplace/templates/{template_id}` (getMarketplaceTemplate)
 #[derive(Debug, Clone)]
@@ -91,6 +101,17 @@ pub enum GetMarketplaceTemplateResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetMarketplaceTemplateResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `POST /v1/marketplace/install/{template_id}` (installMarketplaceTemplate)
@@ -138,10 +159,25 @@ pub enum InstallMarketplaceTemplateResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for InstallMarketplaceTemplateResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The catalog of agent templates shipped with the server; installing one creates an agent and its prompt template (CodexOS).
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait MarketplaceApi: crate::Authenticate {
     /// Search the marketplace
     ///
@@ -150,7 +186,7 @@ pub trait MarketplaceApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: SearchMarketplaceParams,
-    ) -> impl std::future::Future<Output = SearchMarketplaceResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<SearchMarketplaceResponse, crate::ApiError>> + Send;
     /// Get a marketplace template
     ///
     /// Returns one template of the catalog, with its agent configuration and prompt.
@@ -158,7 +194,7 @@ pub trait MarketplaceApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetMarketplaceTemplateParams,
-    ) -> impl std::future::Future<Output = GetMarketplaceTemplateResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetMarketplaceTemplateResponse, crate::ApiError>> + Send;
     /// Install a marketplace template
     ///
     /// Creates, in one transaction, the template's prompt template and an agent linked to it (`prompt_template_id`) in the caller's organization (CodexOS `POST /marketplace/install/{template_id}`), and answers 201 with the agent. An `agent.created` event follows. Needs `write:agents` and `write:templates`.
@@ -166,7 +202,9 @@ pub trait MarketplaceApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: InstallMarketplaceTemplateParams,
-    ) -> impl std::future::Future<Output = InstallMarketplaceTemplateResponse> + Send;
+    ) -> impl std::future::Future<
+        Output = Result<InstallMarketplaceTemplateResponse, crate::ApiError>,
+    > + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(MarketplaceApi), "`].")]
@@ -235,7 +273,11 @@ impl<T: MarketplaceApi> MarketplaceRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.search_marketplace(caller, params).await)
+        Ok(self
+            .0
+            .search_marketplace(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a marketplace template
     ///
@@ -272,7 +314,11 @@ impl<T: MarketplaceApi> MarketplaceRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_marketplace_template(caller, params).await)
+        Ok(self
+            .0
+            .get_marketplace_template(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Install a marketplace template
     ///
@@ -315,6 +361,10 @@ impl<T: MarketplaceApi> MarketplaceRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.install_marketplace_template(caller, params).await)
+        Ok(self
+            .0
+            .install_marketplace_template(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

@@ -54,6 +54,16 @@ pub enum ListModelsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListModelsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/models` (createModel)
 #[derive(Debug, Clone)]
@@ -95,6 +105,18 @@ pub enum CreateModelResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateModelResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/models/{model_id}` (getModel)
 #[derive(Debug, Clone)]
@@ -132,6 +154,17 @@ pub enum GetModelResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetModelResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PUT /v1/models/{model_id}` (replaceModel)
@@ -176,6 +209,19 @@ pub enum ReplaceModelResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ReplaceModelResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/models/{model_id}` (deleteModel)
 #[derive(Debug, Clone)]
@@ -206,10 +252,23 @@ pub enum DeleteModelResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for DeleteModelResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The model registry with pricing; provider API keys are write-only and encrypted at rest.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait ModelRegistryApi: crate::Authenticate {
     /// List models
     ///
@@ -218,7 +277,7 @@ pub trait ModelRegistryApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListModelsParams,
-    ) -> impl std::future::Future<Output = ListModelsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListModelsResponse, crate::ApiError>> + Send;
     /// Register a model
     ///
     /// Registers a model. The `api_key` is stored encrypted and never returned (`api_key_set` tells whether one is stored). An `openai-compatible` model without an `endpoint` uses `https://api.openai.com/v1`.
@@ -226,7 +285,7 @@ pub trait ModelRegistryApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateModelParams,
-    ) -> impl std::future::Future<Output = CreateModelResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateModelResponse, crate::ApiError>> + Send;
     /// Get a model
     ///
     /// Returns the model with its `ETag` (`model_local` is the built-in one); with a matching `If-None-Match` answers 304.
@@ -234,7 +293,7 @@ pub trait ModelRegistryApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetModelParams,
-    ) -> impl std::future::Future<Output = GetModelResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetModelResponse, crate::ApiError>> + Send;
     /// Replace a model
     ///
     /// Replaces the model; an `api_key` left out keeps the stored one. The built-in `model_local` cannot be changed (404). With `If-Match`, answers 412 when it changed since that `ETag`.
@@ -242,7 +301,7 @@ pub trait ModelRegistryApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ReplaceModelParams,
-    ) -> impl std::future::Future<Output = ReplaceModelResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ReplaceModelResponse, crate::ApiError>> + Send;
     /// Delete a model
     ///
     /// Deletes the model; agents that name it fail their model step until changed. The built-in `model_local` cannot be deleted (404).
@@ -250,7 +309,7 @@ pub trait ModelRegistryApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeleteModelParams,
-    ) -> impl std::future::Future<Output = DeleteModelResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeleteModelResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(ModelRegistryApi), "`].")]
@@ -298,7 +357,11 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_models(caller, params).await)
+        Ok(self
+            .0
+            .list_models(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Register a model
     ///
@@ -335,7 +398,11 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_model(caller, params).await)
+        Ok(self
+            .0
+            .create_model(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a model
     ///
@@ -372,7 +439,11 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_model(caller, params).await)
+        Ok(self
+            .0
+            .get_model(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Replace a model
     ///
@@ -413,7 +484,11 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.replace_model(caller, params).await)
+        Ok(self
+            .0
+            .replace_model(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete a model
     ///
@@ -450,6 +525,10 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_model(caller, params).await)
+        Ok(self
+            .0
+            .delete_model(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

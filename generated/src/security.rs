@@ -58,6 +58,16 @@ pub enum ListSecurityEventsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListSecurityEventsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/security/scan/{agent_id}` (scanAgent)
 #[derive(Debug, Clone)]
@@ -98,6 +108,18 @@ pub enum ScanAgentResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for ScanAgentResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/security/scans` (listSecurityScans)
@@ -153,6 +175,16 @@ pub enum ListSecurityScansResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListSecurityScansResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/security/scans/{scan_id}` (getSecurityScan)
 #[derive(Debug, Clone)]
@@ -191,10 +223,23 @@ pub enum GetSecurityScanResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetSecurityScanResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Security events as they happen (Agent Launchpad).
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait SecurityApi: crate::Authenticate {
     /// List security events
     ///
@@ -209,7 +254,7 @@ pub trait SecurityApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListSecurityEventsParams,
-    ) -> impl std::future::Future<Output = ListSecurityEventsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListSecurityEventsResponse, crate::ApiError>> + Send;
     /// Scan an agent's configuration
     ///
     /// Runs a static security review of the agent as stored (Agent Launchpad `POST
@@ -229,7 +274,7 @@ pub trait SecurityApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ScanAgentParams,
-    ) -> impl std::future::Future<Output = ScanAgentResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ScanAgentResponse, crate::ApiError>> + Send;
     /// List security scans
     ///
     /// The organization's stored scans, newest first. Filter with `agent_id` and
@@ -239,7 +284,7 @@ pub trait SecurityApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListSecurityScansParams,
-    ) -> impl std::future::Future<Output = ListSecurityScansResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListSecurityScansResponse, crate::ApiError>> + Send;
     /// Get a security scan
     ///
     /// Returns the scan with its `ETag` (a scan never changes); with a matching `If-None-Match` answers 304 and no body.
@@ -247,7 +292,7 @@ pub trait SecurityApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetSecurityScanParams,
-    ) -> impl std::future::Future<Output = GetSecurityScanResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetSecurityScanResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(SecurityApi), "`].")]
@@ -311,7 +356,11 @@ impl<T: SecurityApi> SecurityRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_security_events(caller, params).await)
+        Ok(self
+            .0
+            .list_security_events(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Scan an agent's configuration
     ///
@@ -362,7 +411,11 @@ impl<T: SecurityApi> SecurityRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.scan_agent(caller, params).await)
+        Ok(self
+            .0
+            .scan_agent(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// List security scans
     ///
@@ -413,7 +466,11 @@ impl<T: SecurityApi> SecurityRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_security_scans(caller, params).await)
+        Ok(self
+            .0
+            .list_security_scans(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a security scan
     ///
@@ -452,6 +509,10 @@ impl<T: SecurityApi> SecurityRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_security_scan(caller, params).await)
+        Ok(self
+            .0
+            .get_security_scan(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

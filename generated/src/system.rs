@@ -53,6 +53,16 @@ pub enum GetSystemMetricsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetSystemMetricsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/batch` (runBatch)
 #[derive(Debug, Clone)]
@@ -80,10 +90,22 @@ pub enum RunBatchResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for RunBatchResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Health and status of the platform.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait SystemApi: crate::Authenticate {
     /// Health check with components
     ///
@@ -112,7 +134,7 @@ pub trait SystemApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetSystemMetricsParams,
-    ) -> impl std::future::Future<Output = GetSystemMetricsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetSystemMetricsResponse, crate::ApiError>> + Send;
     /// Run several requests in one
     ///
     /// Runs up to 100 operations in order (AIMatrix `POST /v1/batch`), each dispatched
@@ -125,7 +147,7 @@ pub trait SystemApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: RunBatchParams,
-    ) -> impl std::future::Future<Output = RunBatchResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<RunBatchResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(SystemApi), "`].")]
@@ -186,7 +208,11 @@ impl<T: SystemApi> SystemRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_system_metrics(caller, params).await)
+        Ok(self
+            .0
+            .get_system_metrics(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Run several requests in one
     ///
@@ -222,6 +248,10 @@ impl<T: SystemApi> SystemRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.run_batch(caller, params).await)
+        Ok(self
+            .0
+            .run_batch(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

@@ -56,6 +56,16 @@ pub enum ListPromptTemplatesResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListPromptTemplatesResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/prompt-templates` (createPromptTemplate)
 #[derive(Debug, Clone)]
@@ -97,6 +107,18 @@ pub enum CreatePromptTemplateResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreatePromptTemplateResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/prompt-templates/{template_id}` (getPromptTemplate)
 #[derive(Debug, Clone)]
@@ -134,6 +156,17 @@ pub enum GetPromptTemplateResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetPromptTemplateResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PUT /v1/prompt-templates/{template_id}` (replacePromptTemplate)
@@ -181,6 +214,20 @@ pub enum ReplacePromptTemplateResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ReplacePromptTemplateResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/prompt-templates/{template_id}` (deletePromptTemplate)
 #[derive(Debug, Clone)]
@@ -210,6 +257,17 @@ pub enum DeletePromptTemplateResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for DeletePromptTemplateResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `POST /v1/prompt-templates/{template_id}/render` (renderPromptTemplate)
@@ -246,10 +304,24 @@ pub enum RenderPromptTemplateResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for RenderPromptTemplateResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Prompt templates with `{{variable}}` rendering (Magnet AI).
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait TemplatesApi: crate::Authenticate {
     /// List prompt templates
     ///
@@ -258,7 +330,7 @@ pub trait TemplatesApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListPromptTemplatesParams,
-    ) -> impl std::future::Future<Output = ListPromptTemplatesResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListPromptTemplatesResponse, crate::ApiError>> + Send;
     /// Create a prompt template
     ///
     /// Creates a template. A variable the text uses but `variables` does not declare answers 422 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409.
@@ -266,7 +338,7 @@ pub trait TemplatesApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreatePromptTemplateParams,
-    ) -> impl std::future::Future<Output = CreatePromptTemplateResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreatePromptTemplateResponse, crate::ApiError>> + Send;
     /// Get a prompt template
     ///
     /// Returns the template with its `ETag`; with a matching `If-None-Match` answers 304 and no body.
@@ -274,7 +346,7 @@ pub trait TemplatesApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetPromptTemplateParams,
-    ) -> impl std::future::Future<Output = GetPromptTemplateResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetPromptTemplateResponse, crate::ApiError>> + Send;
     /// Replace a prompt template
     ///
     /// Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 422 as on create.
@@ -282,7 +354,7 @@ pub trait TemplatesApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ReplacePromptTemplateParams,
-    ) -> impl std::future::Future<Output = ReplacePromptTemplateResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ReplacePromptTemplateResponse, crate::ApiError>> + Send;
     /// Delete a prompt template
     ///
     /// Deletes the template; later reads answer 404. Agents that referenced it fail their template step until changed.
@@ -290,7 +362,7 @@ pub trait TemplatesApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeletePromptTemplateParams,
-    ) -> impl std::future::Future<Output = DeletePromptTemplateResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeletePromptTemplateResponse, crate::ApiError>> + Send;
     /// Render a prompt template
     ///
     /// Replaces every `{{variable}}` with its value. A declared variable without a value answers 422 `MISSING_VARIABLES` with one detail per missing variable (`details[].field` = `variables.<name>`).
@@ -298,7 +370,7 @@ pub trait TemplatesApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: RenderPromptTemplateParams,
-    ) -> impl std::future::Future<Output = RenderPromptTemplateResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<RenderPromptTemplateResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(TemplatesApi), "`].")]
@@ -352,7 +424,11 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_prompt_templates(caller, params).await)
+        Ok(self
+            .0
+            .list_prompt_templates(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Create a prompt template
     ///
@@ -393,7 +469,11 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_prompt_template(caller, params).await)
+        Ok(self
+            .0
+            .create_prompt_template(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a prompt template
     ///
@@ -432,7 +512,11 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_prompt_template(caller, params).await)
+        Ok(self
+            .0
+            .get_prompt_template(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Replace a prompt template
     ///
@@ -473,7 +557,11 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.replace_prompt_template(caller, params).await)
+        Ok(self
+            .0
+            .replace_prompt_template(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete a prompt template
     ///
@@ -510,7 +598,11 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_prompt_template(caller, params).await)
+        Ok(self
+            .0
+            .delete_prompt_template(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Render a prompt template
     ///
@@ -549,6 +641,10 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.render_prompt_template(caller, params).await)
+        Ok(self
+            .0
+            .render_prompt_template(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

@@ -54,6 +54,16 @@ pub enum ListToolsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListToolsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/tools` (createTool)
 #[derive(Debug, Clone)]
@@ -98,6 +108,19 @@ pub enum CreateToolResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateToolResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/tools/{tool_id}` (getTool)
 #[derive(Debug, Clone)]
@@ -135,6 +158,17 @@ pub enum GetToolResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetToolResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PUT /v1/tools/{tool_id}` (replaceTool)
@@ -179,6 +213,19 @@ pub enum ReplaceToolResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ReplaceToolResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/tools/{tool_id}` (deleteTool)
 #[derive(Debug, Clone)]
@@ -208,6 +255,17 @@ pub enum DeleteToolResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for DeleteToolResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `POST /v1/tools/{tool_id}/query` (queryTool)
@@ -247,6 +305,19 @@ pub enum QueryToolResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for QueryToolResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/tools/{tool_id}/search` (searchTool)
 #[derive(Debug, Clone)]
@@ -284,6 +355,19 @@ pub enum SearchToolResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for SearchToolResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `POST /v1/tools/{tool_id}/test` (testTool)
@@ -323,10 +407,25 @@ pub enum TestToolResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for TestToolResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Magnet AI RAG, retrieval and API tools, one resource with a `type`.
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait ToolsApi: crate::Authenticate {
     /// List tools
     ///
@@ -335,7 +434,7 @@ pub trait ToolsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListToolsParams,
-    ) -> impl std::future::Future<Output = ListToolsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListToolsResponse, crate::ApiError>> + Send;
     /// Create a tool
     ///
     /// Creates a RAG, retrieval or API tool. The knowledge bases a RAG or retrieval tool names must exist in the organization (else 404). An API tool's `secret_headers` are sealed at rest and never returned.
@@ -343,7 +442,7 @@ pub trait ToolsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateToolParams,
-    ) -> impl std::future::Future<Output = CreateToolResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateToolResponse, crate::ApiError>> + Send;
     /// Get a tool
     ///
     /// Returns the tool with its `ETag`; with a matching `If-None-Match` answers 304.
@@ -351,7 +450,7 @@ pub trait ToolsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetToolParams,
-    ) -> impl std::future::Future<Output = GetToolResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetToolResponse, crate::ApiError>> + Send;
     /// Replace a tool
     ///
     /// Replaces the tool (its type may change). An API tool's secret headers are kept unless `secret_headers` is given. With `If-Match`, answers 412 when it changed since that `ETag`.
@@ -359,7 +458,7 @@ pub trait ToolsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ReplaceToolParams,
-    ) -> impl std::future::Future<Output = ReplaceToolResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ReplaceToolResponse, crate::ApiError>> + Send;
     /// Delete a tool
     ///
     /// Deletes the tool; its knowledge bases stay.
@@ -367,7 +466,7 @@ pub trait ToolsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeleteToolParams,
-    ) -> impl std::future::Future<Output = DeleteToolResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeleteToolResponse, crate::ApiError>> + Send;
     /// Query a RAG tool
     ///
     /// Retrieves the passages of the tool's knowledge bases that best match `query` and answers with the best one (extractive). Answers 409 for a tool that is not a `rag` tool.
@@ -375,7 +474,7 @@ pub trait ToolsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: QueryToolParams,
-    ) -> impl std::future::Future<Output = QueryToolResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<QueryToolResponse, crate::ApiError>> + Send;
     /// Search with a retrieval tool
     ///
     /// Returns the passages of the tool's knowledge bases that best match `query`, best first; scores are in [0, 1), comparable within one search. Answers 409 for a tool that is not a `retrieval` tool.
@@ -383,7 +482,7 @@ pub trait ToolsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: SearchToolParams,
-    ) -> impl std::future::Future<Output = SearchToolResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<SearchToolResponse, crate::ApiError>> + Send;
     /// Test an API tool
     ///
     /// Calls the tool's endpoint for real, with its headers and secret headers, and reports status, latency and the start of the answer. An endpoint that fails or cannot be reached is a test result (`ok: false`), not an error. Answers 409 for a tool that is not an `api` tool.
@@ -391,7 +490,7 @@ pub trait ToolsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: TestToolParams,
-    ) -> impl std::future::Future<Output = TestToolResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<TestToolResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(ToolsApi), "`].")]
@@ -435,7 +534,11 @@ impl<T: ToolsApi> ToolsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_tools(caller, params).await)
+        Ok(self
+            .0
+            .list_tools(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Create a tool
     ///
@@ -472,7 +575,11 @@ impl<T: ToolsApi> ToolsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_tool(caller, params).await)
+        Ok(self
+            .0
+            .create_tool(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a tool
     ///
@@ -505,7 +612,11 @@ impl<T: ToolsApi> ToolsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_tool(caller, params).await)
+        Ok(self
+            .0
+            .get_tool(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Replace a tool
     ///
@@ -546,7 +657,11 @@ impl<T: ToolsApi> ToolsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.replace_tool(caller, params).await)
+        Ok(self
+            .0
+            .replace_tool(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete a tool
     ///
@@ -581,7 +696,11 @@ impl<T: ToolsApi> ToolsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_tool(caller, params).await)
+        Ok(self
+            .0
+            .delete_tool(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Query a RAG tool
     ///
@@ -618,7 +737,11 @@ impl<T: ToolsApi> ToolsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.query_tool(caller, params).await)
+        Ok(self
+            .0
+            .query_tool(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Search with a retrieval tool
     ///
@@ -657,7 +780,11 @@ impl<T: ToolsApi> ToolsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.search_tool(caller, params).await)
+        Ok(self
+            .0
+            .search_tool(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Test an API tool
     ///
@@ -694,6 +821,10 @@ impl<T: ToolsApi> ToolsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.test_tool(caller, params).await)
+        Ok(self
+            .0
+            .test_tool(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

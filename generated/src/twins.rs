@@ -54,6 +54,16 @@ pub enum ListTwinsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListTwinsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/twins` (createTwin)
 #[derive(Debug, Clone)]
@@ -95,6 +105,18 @@ pub enum CreateTwinResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateTwinResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/twins/{twin_id}` (getTwin)
 #[derive(Debug, Clone)]
@@ -132,6 +154,17 @@ pub enum GetTwinResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetTwinResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PUT /v1/twins/{twin_id}` (replaceTwin)
@@ -176,6 +209,19 @@ pub enum ReplaceTwinResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ReplaceTwinResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/twins/{twin_id}` (deleteTwin)
 #[derive(Debug, Clone)]
@@ -205,6 +251,17 @@ pub enum DeleteTwinResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for DeleteTwinResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `POST /v1/twins/{twin_id}/simulate` (simulateTwin)
@@ -256,6 +313,19 @@ pub enum SimulateTwinResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for SimulateTwinResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/twins/{twin_id}/simulations` (listTwinSimulations)
@@ -314,6 +384,17 @@ pub enum ListTwinSimulationsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListTwinSimulationsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/twins/{twin_id}/simulations/{simulation_id}` (getTwinSimulation)
 #[derive(Debug, Clone)]
@@ -346,10 +427,23 @@ pub enum GetTwinSimulationResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetTwinSimulationResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Digital twins and their seeded Monte Carlo simulations (AIMatrix).
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait TwinsApi: crate::Authenticate {
     /// List digital twins
     ///
@@ -358,7 +452,7 @@ pub trait TwinsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListTwinsParams,
-    ) -> impl std::future::Future<Output = ListTwinsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListTwinsResponse, crate::ApiError>> + Send;
     /// Create a digital twin
     ///
     /// Creates a digital twin. Data sources' `connection_string`s are encrypted at rest and never returned (`connection_string_set` tells whether one is stored).
@@ -366,7 +460,7 @@ pub trait TwinsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateTwinParams,
-    ) -> impl std::future::Future<Output = CreateTwinResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateTwinResponse, crate::ApiError>> + Send;
     /// Get a digital twin
     ///
     /// Returns the twin with its `ETag`; with a matching `If-None-Match` answers 304.
@@ -374,7 +468,7 @@ pub trait TwinsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetTwinParams,
-    ) -> impl std::future::Future<Output = GetTwinResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetTwinResponse, crate::ApiError>> + Send;
     /// Replace a digital twin
     ///
     /// Replaces the twin; a data source sent without `connection_string` keeps the one stored at the same position. With `If-Match`, answers 412 when it changed since that `ETag`.
@@ -382,7 +476,7 @@ pub trait TwinsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ReplaceTwinParams,
-    ) -> impl std::future::Future<Output = ReplaceTwinResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ReplaceTwinResponse, crate::ApiError>> + Send;
     /// Delete a digital twin
     ///
     /// Deletes the twin and its simulations.
@@ -390,7 +484,7 @@ pub trait TwinsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeleteTwinParams,
-    ) -> impl std::future::Future<Output = DeleteTwinResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeleteTwinResponse, crate::ApiError>> + Send;
     /// Run a simulation
     ///
     /// Runs `model` (default the twin's first simulation model) as a seeded Monte Carlo
@@ -403,7 +497,7 @@ pub trait TwinsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: SimulateTwinParams,
-    ) -> impl std::future::Future<Output = SimulateTwinResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<SimulateTwinResponse, crate::ApiError>> + Send;
     /// List a twin's simulations
     ///
     /// Lists the twin's simulations, newest first, with their results.
@@ -411,7 +505,7 @@ pub trait TwinsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListTwinSimulationsParams,
-    ) -> impl std::future::Future<Output = ListTwinSimulationsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListTwinSimulationsResponse, crate::ApiError>> + Send;
     /// Get a simulation
     ///
     /// Returns the simulation; poll until `status` is `completed` (with `results`) or `failed` (with `error`).
@@ -419,7 +513,7 @@ pub trait TwinsApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetTwinSimulationParams,
-    ) -> impl std::future::Future<Output = GetTwinSimulationResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetTwinSimulationResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(TwinsApi), "`].")]
@@ -463,7 +557,11 @@ impl<T: TwinsApi> TwinsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_twins(caller, params).await)
+        Ok(self
+            .0
+            .list_twins(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Create a digital twin
     ///
@@ -500,7 +598,11 @@ impl<T: TwinsApi> TwinsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_twin(caller, params).await)
+        Ok(self
+            .0
+            .create_twin(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a digital twin
     ///
@@ -533,7 +635,11 @@ impl<T: TwinsApi> TwinsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_twin(caller, params).await)
+        Ok(self
+            .0
+            .get_twin(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Replace a digital twin
     ///
@@ -574,7 +680,11 @@ impl<T: TwinsApi> TwinsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.replace_twin(caller, params).await)
+        Ok(self
+            .0
+            .replace_twin(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete a digital twin
     ///
@@ -609,7 +719,11 @@ impl<T: TwinsApi> TwinsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_twin(caller, params).await)
+        Ok(self
+            .0
+            .delete_twin(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Run a simulation
     ///
@@ -657,7 +771,11 @@ impl<T: TwinsApi> TwinsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.simulate_twin(caller, params).await)
+        Ok(self
+            .0
+            .simulate_twin(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// List a twin's simulations
     ///
@@ -706,7 +824,11 @@ impl<T: TwinsApi> TwinsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_twin_simulations(caller, params).await)
+        Ok(self
+            .0
+            .list_twin_simulations(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a simulation
     ///
@@ -745,6 +867,10 @@ impl<T: TwinsApi> TwinsRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_twin_simulation(caller, params).await)
+        Ok(self
+            .0
+            .get_twin_simulation(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

@@ -39,6 +39,16 @@ pub enum GetUsageStatsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetUsageStatsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/usage/costs` (getUsageCosts)
 #[derive(Debug, Clone)]
@@ -76,6 +86,16 @@ pub enum GetUsageCostsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetUsageCostsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/analytics/conversations` (getConversationAnalytics)
 #[derive(Debug, Clone)]
@@ -111,10 +131,22 @@ pub enum GetConversationAnalyticsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetConversationAnalyticsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Usage statistics, cost analysis and conversation analytics (CodexOS, Magnet AI).
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait UsageApi: crate::Authenticate {
     /// Usage statistics
     ///
@@ -126,7 +158,7 @@ pub trait UsageApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetUsageStatsParams,
-    ) -> impl std::future::Future<Output = GetUsageStatsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetUsageStatsResponse, crate::ApiError>> + Send;
     /// Cost analysis
     ///
     /// Costs attributed to entities of `entity_type` (default `agent`): every such entity with
@@ -136,7 +168,7 @@ pub trait UsageApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetUsageCostsParams,
-    ) -> impl std::future::Future<Output = GetUsageCostsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetUsageCostsResponse, crate::ApiError>> + Send;
     /// Conversation analytics
     ///
     /// Conversations started and messages sent in the period, average conversation and message length, per agent and per day (Magnet AI `GET /api/analytics/conversations`).
@@ -144,7 +176,8 @@ pub trait UsageApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetConversationAnalyticsParams,
-    ) -> impl std::future::Future<Output = GetConversationAnalyticsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetConversationAnalyticsResponse, crate::ApiError>>
+    + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(UsageApi), "`].")]
@@ -201,7 +234,11 @@ impl<T: UsageApi> UsageRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_usage_stats(caller, params).await)
+        Ok(self
+            .0
+            .get_usage_stats(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Cost analysis
     ///
@@ -252,7 +289,11 @@ impl<T: UsageApi> UsageRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_usage_costs(caller, params).await)
+        Ok(self
+            .0
+            .get_usage_costs(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Conversation analytics
     ///
@@ -297,6 +338,10 @@ impl<T: UsageApi> UsageRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_conversation_analytics(caller, params).await)
+        Ok(self
+            .0
+            .get_conversation_analytics(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

@@ -58,6 +58,16 @@ pub enum ListVaultCredentialsResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListVaultCredentialsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/vault/credentials` (createVaultCredential)
 #[derive(Debug, Clone)]
@@ -99,6 +109,18 @@ pub enum CreateVaultCredentialResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateVaultCredentialResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/vault/credentials/{credential_id}` (getVaultCredential)
 #[derive(Debug, Clone)]
@@ -138,6 +160,17 @@ pub enum GetVaultCredentialResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetVaultCredentialResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PUT /v1/vault/credentials/{credential_id}` (replaceVaultCredential)
@@ -182,6 +215,19 @@ pub enum ReplaceVaultCredentialResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ReplaceVaultCredentialResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/vault/credentials/{credential_id}` (deleteVaultCredential)
 #[derive(Debug, Clone)]
@@ -211,6 +257,17 @@ pub enum DeleteVaultCredentialResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for DeleteVaultCredentialResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/vault/tokens` (listVaultTokens)
@@ -262,6 +319,16 @@ pub enum ListVaultTokensResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListVaultTokensResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/vault/tokens` (createVaultToken)
 #[derive(Debug, Clone)]
@@ -295,6 +362,17 @@ pub enum CreateVaultTokenResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateVaultTokenResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/vault/tokens/{token_id}` (getVaultToken)
 #[derive(Debug, Clone)]
@@ -324,6 +402,17 @@ pub enum GetVaultTokenResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetVaultTokenResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `POST /v1/vault/tokens/{token_id}/revoke` (revokeVaultToken)
@@ -355,10 +444,23 @@ pub enum RevokeVaultTokenResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for RevokeVaultTokenResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Credentials encrypted at rest; the decrypted value needs an `X-Vault-Token` (CodexOS vault).
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait VaultApi: crate::Authenticate {
     /// List credentials
     ///
@@ -367,7 +469,7 @@ pub trait VaultApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListVaultCredentialsParams,
-    ) -> impl std::future::Future<Output = ListVaultCredentialsResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListVaultCredentialsResponse, crate::ApiError>> + Send;
     /// Store a credential
     ///
     /// Stores a credential; `value` is encrypted at rest under the master key and never returned except to a read with a valid `X-Vault-Token`.
@@ -375,7 +477,7 @@ pub trait VaultApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateVaultCredentialParams,
-    ) -> impl std::future::Future<Output = CreateVaultCredentialResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateVaultCredentialResponse, crate::ApiError>> + Send;
     /// Get a credential (decrypted with a vault token)
     ///
     /// Returns the credential's metadata with its `ETag`. With a valid `X-Vault-Token` (issued by
@@ -386,7 +488,7 @@ pub trait VaultApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetVaultCredentialParams,
-    ) -> impl std::future::Future<Output = GetVaultCredentialResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetVaultCredentialResponse, crate::ApiError>> + Send;
     /// Replace a credential
     ///
     /// Replaces the credential; a `value` left out keeps the stored secret. With `If-Match`, answers 412 when it changed since that `ETag`.
@@ -394,7 +496,7 @@ pub trait VaultApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ReplaceVaultCredentialParams,
-    ) -> impl std::future::Future<Output = ReplaceVaultCredentialResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ReplaceVaultCredentialResponse, crate::ApiError>> + Send;
     /// Delete a credential
     ///
     /// Deletes the credential and its encrypted value.
@@ -402,7 +504,7 @@ pub trait VaultApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeleteVaultCredentialParams,
-    ) -> impl std::future::Future<Output = DeleteVaultCredentialResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeleteVaultCredentialResponse, crate::ApiError>> + Send;
     /// List vault tokens
     ///
     /// Lists the organization's vault tokens, newest first, revoked ones included. Secrets are never returned.
@@ -410,7 +512,7 @@ pub trait VaultApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListVaultTokensParams,
-    ) -> impl std::future::Future<Output = ListVaultTokensResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListVaultTokensResponse, crate::ApiError>> + Send;
     /// Issue a vault token
     ///
     /// Issues a token that opens this organization's credentials (`X-Vault-Token` on
@@ -421,7 +523,7 @@ pub trait VaultApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateVaultTokenParams,
-    ) -> impl std::future::Future<Output = CreateVaultTokenResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateVaultTokenResponse, crate::ApiError>> + Send;
     /// Get a vault token
     ///
     /// Returns the token's metadata (never its secret).
@@ -429,7 +531,7 @@ pub trait VaultApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetVaultTokenParams,
-    ) -> impl std::future::Future<Output = GetVaultTokenResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetVaultTokenResponse, crate::ApiError>> + Send;
     /// Revoke a vault token
     ///
     /// Revokes the token at once; it stays listed with `revoked_at`. Revoking a revoked token keeps its first `revoked_at`.
@@ -437,7 +539,7 @@ pub trait VaultApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: RevokeVaultTokenParams,
-    ) -> impl std::future::Future<Output = RevokeVaultTokenResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<RevokeVaultTokenResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(VaultApi), "`].")]
@@ -493,7 +595,11 @@ impl<T: VaultApi> VaultRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_vault_credentials(caller, params).await)
+        Ok(self
+            .0
+            .list_vault_credentials(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Store a credential
     ///
@@ -534,7 +640,11 @@ impl<T: VaultApi> VaultRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_vault_credential(caller, params).await)
+        Ok(self
+            .0
+            .create_vault_credential(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a credential (decrypted with a vault token)
     ///
@@ -578,7 +688,11 @@ impl<T: VaultApi> VaultRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_vault_credential(caller, params).await)
+        Ok(self
+            .0
+            .get_vault_credential(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Replace a credential
     ///
@@ -619,7 +733,11 @@ impl<T: VaultApi> VaultRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.replace_vault_credential(caller, params).await)
+        Ok(self
+            .0
+            .replace_vault_credential(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete a credential
     ///
@@ -656,7 +774,11 @@ impl<T: VaultApi> VaultRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_vault_credential(caller, params).await)
+        Ok(self
+            .0
+            .delete_vault_credential(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// List vault tokens
     ///
@@ -699,7 +821,11 @@ impl<T: VaultApi> VaultRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_vault_tokens(caller, params).await)
+        Ok(self
+            .0
+            .list_vault_tokens(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Issue a vault token
     ///
@@ -737,7 +863,11 @@ impl<T: VaultApi> VaultRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_vault_token(caller, params).await)
+        Ok(self
+            .0
+            .create_vault_token(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a vault token
     ///
@@ -774,7 +904,11 @@ impl<T: VaultApi> VaultRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_vault_token(caller, params).await)
+        Ok(self
+            .0
+            .get_vault_token(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Revoke a vault token
     ///
@@ -811,6 +945,10 @@ impl<T: VaultApi> VaultRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.revoke_vault_token(caller, params).await)
+        Ok(self
+            .0
+            .revoke_vault_token(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

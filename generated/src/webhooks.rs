@@ -52,6 +52,16 @@ pub enum ListWebhooksResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListWebhooksResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/webhooks` (createWebhook)
 #[derive(Debug, Clone)]
@@ -93,6 +103,18 @@ pub enum CreateWebhookResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for CreateWebhookResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/webhooks/{webhook_id}` (getWebhook)
 #[derive(Debug, Clone)]
@@ -131,6 +153,17 @@ pub enum GetWebhookResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for GetWebhookResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `DELETE /v1/webhooks/{webhook_id}` (deleteWebhook)
 #[derive(Debug, Clone)]
@@ -160,6 +193,17 @@ pub enum DeleteWebhookResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for DeleteWebhookResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `PATCH /v1/webhooks/{webhook_id}` (updateWebhook)
@@ -203,6 +247,19 @@ pub enum UpdateWebhookResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for UpdateWebhookResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `GET /v1/webhooks/{webhook_id}/deliveries` (listWebhookDeliveries)
@@ -261,6 +318,17 @@ pub enum ListWebhookDeliveriesResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for ListWebhookDeliveriesResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `GET /v1/webhooks/{webhook_id}/deliveries/{delivery_id}` (getWebhookDelivery)
 #[derive(Debug, Clone)]
@@ -292,6 +360,17 @@ pub enum GetWebhookDeliveryResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetWebhookDeliveryResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
 }
 /// The parameters and body of
 /// `POST /v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver` (redeliverWebhookDelivery)
@@ -328,6 +407,17 @@ pub enum RedeliverWebhookDeliveryResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for RedeliverWebhookDeliveryResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// The parameters and body of
 /// `POST /v1/webhooks/{webhook_id}/test` (testWebhook)
 #[derive(Debug, Clone)]
@@ -361,10 +451,23 @@ pub enum TestWebhookResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::ApiError> for TestWebhookResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
 /// Webhook subscriptions with signed deliveries from a durable outbox, retried with backoff (CodexOS, AIMatrix).
 ///
 /// Implement this over the domain; the generated routes validate and decode every request
-/// before calling it, and each method can only answer what the spec documents.
+/// before calling it, and each method can only answer what the spec documents. A method
+/// that fails returns an [`ApiError`](crate::ApiError), which answers the operation's
+/// documented response of that status (its 503 when the status is not documented).
 pub trait WebhooksApi: crate::Authenticate {
     /// List webhooks
     ///
@@ -373,7 +476,7 @@ pub trait WebhooksApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListWebhooksParams,
-    ) -> impl std::future::Future<Output = ListWebhooksResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListWebhooksResponse, crate::ApiError>> + Send;
     /// Create a webhook
     ///
     /// Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then
@@ -384,7 +487,7 @@ pub trait WebhooksApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: CreateWebhookParams,
-    ) -> impl std::future::Future<Output = CreateWebhookResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<CreateWebhookResponse, crate::ApiError>> + Send;
     /// Get a webhook
     ///
     /// Returns the webhook (never its secret) with its `ETag`; with a matching `If-None-Match` answers 304.
@@ -392,7 +495,7 @@ pub trait WebhooksApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetWebhookParams,
-    ) -> impl std::future::Future<Output = GetWebhookResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetWebhookResponse, crate::ApiError>> + Send;
     /// Delete a webhook
     ///
     /// Deletes the subscription and its queued deliveries; later reads answer 404.
@@ -400,7 +503,7 @@ pub trait WebhooksApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: DeleteWebhookParams,
-    ) -> impl std::future::Future<Output = DeleteWebhookResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<DeleteWebhookResponse, crate::ApiError>> + Send;
     /// Update a webhook
     ///
     /// Changes the fields sent. With `If-Match`, answers 412 when the webhook changed since that `ETag`. Deliveries already queued keep going; a new `secret` signs every attempt from now on.
@@ -408,7 +511,7 @@ pub trait WebhooksApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: UpdateWebhookParams,
-    ) -> impl std::future::Future<Output = UpdateWebhookResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<UpdateWebhookResponse, crate::ApiError>> + Send;
     /// List a webhook's deliveries
     ///
     /// Lists the deliveries of this webhook from the outbox, newest first, with status and attempts. Filter with `status`.
@@ -416,7 +519,7 @@ pub trait WebhooksApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: ListWebhookDeliveriesParams,
-    ) -> impl std::future::Future<Output = ListWebhookDeliveriesResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<ListWebhookDeliveriesResponse, crate::ApiError>> + Send;
     /// Get a delivery
     ///
     /// Returns one delivery of this webhook with its status and attempts.
@@ -424,7 +527,7 @@ pub trait WebhooksApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: GetWebhookDeliveryParams,
-    ) -> impl std::future::Future<Output = GetWebhookDeliveryResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<GetWebhookDeliveryResponse, crate::ApiError>> + Send;
     /// Redeliver an event
     ///
     /// Queues the delivery's event again for this webhook, as a new delivery with fresh attempts (the old one is kept), and answers 202 with it.
@@ -432,7 +535,8 @@ pub trait WebhooksApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: RedeliverWebhookDeliveryParams,
-    ) -> impl std::future::Future<Output = RedeliverWebhookDeliveryResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<RedeliverWebhookDeliveryResponse, crate::ApiError>>
+    + Send;
     /// Send a test event
     ///
     /// Queues a `webhook.ping` event for this webhook alone (whatever its `events` and `active`) and answers 202 with the delivery to poll.
@@ -440,7 +544,7 @@ pub trait WebhooksApi: crate::Authenticate {
         &self,
         caller: Self::Caller,
         params: TestWebhookParams,
-    ) -> impl std::future::Future<Output = TestWebhookResponse> + Send;
+    ) -> impl std::future::Future<Output = Result<TestWebhookResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
 #[doc = concat!(" [`", stringify!(WebhooksApi), "`].")]
@@ -484,7 +588,11 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_webhooks(caller, params).await)
+        Ok(self
+            .0
+            .list_webhooks(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Create a webhook
     ///
@@ -524,7 +632,11 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.create_webhook(caller, params).await)
+        Ok(self
+            .0
+            .create_webhook(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a webhook
     ///
@@ -563,7 +675,11 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_webhook(caller, params).await)
+        Ok(self
+            .0
+            .get_webhook(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Delete a webhook
     ///
@@ -600,7 +716,11 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.delete_webhook(caller, params).await)
+        Ok(self
+            .0
+            .delete_webhook(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Update a webhook
     ///
@@ -641,7 +761,11 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.update_webhook(caller, params).await)
+        Ok(self
+            .0
+            .update_webhook(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// List a webhook's deliveries
     ///
@@ -690,7 +814,11 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.list_webhook_deliveries(caller, params).await)
+        Ok(self
+            .0
+            .list_webhook_deliveries(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Get a delivery
     ///
@@ -729,7 +857,11 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.get_webhook_delivery(caller, params).await)
+        Ok(self
+            .0
+            .get_webhook_delivery(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Redeliver an event
     ///
@@ -768,7 +900,11 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.redeliver_webhook_delivery(caller, params).await)
+        Ok(self
+            .0
+            .redeliver_webhook_delivery(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
     /// Send a test event
     ///
@@ -805,6 +941,10 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
                 ));
             }
         };
-        Ok(self.0.test_webhook(caller, params).await)
+        Ok(self
+            .0
+            .test_webhook(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
     }
 }

@@ -541,131 +541,172 @@ impl Handlers {
 }
 
 impl AgentsApi for Handlers {
-    async fn list_agents(&self, caller: Caller, params: ListAgentsParams) -> ListAgentsResponse {
-        match self.list(&caller, params).await {
-            Ok(list) => ListAgentsResponse::Ok(Json(list)),
-            Err(f) => f.into(),
-        }
-    }
-
-    async fn create_agent(&self, caller: Caller, params: CreateAgentParams) -> CreateAgentResponse {
-        match self.create(&caller, params).await {
-            Ok((agent, row)) => {
-                let location = format!("/v1/agents/{}", row.id);
-                CreateAgentResponse::Created(Json(agent), location, etag(row.version))
+    async fn list_agents(
+        &self,
+        caller: Caller,
+        params: ListAgentsParams,
+    ) -> Result<ListAgentsResponse, ApiError> {
+        Ok(async {
+            match self.list(&caller, params).await {
+                Ok(list) => ListAgentsResponse::Ok(Json(list)),
+                Err(f) => f.into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
-    async fn get_agent(&self, caller: Caller, params: GetAgentParams) -> GetAgentResponse {
-        let row = match self.get(&caller, params.agent_id).await {
-            Ok(row) => row,
-            Err(f) => return f.into(),
-        };
-        let tag = etag(row.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
-            return GetAgentResponse::NotModified(tag);
+    async fn create_agent(
+        &self,
+        caller: Caller,
+        params: CreateAgentParams,
+    ) -> Result<CreateAgentResponse, ApiError> {
+        Ok(async {
+            match self.create(&caller, params).await {
+                Ok((agent, row)) => {
+                    let location = format!("/v1/agents/{}", row.id);
+                    CreateAgentResponse::Created(Json(agent), location, etag(row.version))
+                }
+                Err(f) => f.into(),
+            }
         }
-        match row_to_agent(&row) {
-            Ok(agent) => GetAgentResponse::Ok(Json(agent), tag),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+        .await)
+    }
+
+    async fn get_agent(
+        &self,
+        caller: Caller,
+        params: GetAgentParams,
+    ) -> Result<GetAgentResponse, ApiError> {
+        Ok(async {
+            let row = match self.get(&caller, params.agent_id).await {
+                Ok(row) => row,
+                Err(f) => return f.into(),
+            };
+            let tag = etag(row.version);
+            if params
+                .if_none_match
+                .as_deref()
+                .is_some_and(|h| etag_matches(h, &tag))
+            {
+                return GetAgentResponse::NotModified(tag);
+            }
+            match row_to_agent(&row) {
+                Ok(agent) => GetAgentResponse::Ok(Json(agent), tag),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn replace_agent(
         &self,
         caller: Caller,
         params: ReplaceAgentParams,
-    ) -> ReplaceAgentResponse {
-        let replacement = to_object(params.body.to_json());
-        match self
-            .change(&caller, params.agent_id, params.if_match, move |_| {
-                replacement.clone()
-            })
-            .await
-        {
-            Ok((agent, row)) => ReplaceAgentResponse::Ok(Json(agent), etag(row.version)),
-            Err(f) => f.into(),
+    ) -> Result<ReplaceAgentResponse, ApiError> {
+        Ok(async {
+            let replacement = to_object(params.body.to_json());
+            match self
+                .change(&caller, params.agent_id, params.if_match, move |_| {
+                    replacement.clone()
+                })
+                .await
+            {
+                Ok((agent, row)) => ReplaceAgentResponse::Ok(Json(agent), etag(row.version)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
-    async fn update_agent(&self, caller: Caller, params: UpdateAgentParams) -> UpdateAgentResponse {
-        let merge = patch_merger(to_object(params.body.to_json()));
-        match self
-            .change(&caller, params.agent_id, params.if_match, merge)
-            .await
-        {
-            Ok((agent, row)) => UpdateAgentResponse::Ok(Json(agent), etag(row.version)),
-            Err(f) => f.into(),
+    async fn update_agent(
+        &self,
+        caller: Caller,
+        params: UpdateAgentParams,
+    ) -> Result<UpdateAgentResponse, ApiError> {
+        Ok(async {
+            let merge = patch_merger(to_object(params.body.to_json()));
+            match self
+                .change(&caller, params.agent_id, params.if_match, merge)
+                .await
+            {
+                Ok((agent, row)) => UpdateAgentResponse::Ok(Json(agent), etag(row.version)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn bulk_update_agents(
         &self,
         caller: Caller,
         params: BulkUpdateAgentsParams,
-    ) -> BulkUpdateAgentsResponse {
-        let body = params.body;
-        let filter = store::BulkFilter {
-            ids: body.filter.ids,
-            agent_type: body.filter.type_.map(|t| t.as_str().to_string()),
-            status: body.filter.status.map(|s| s.as_str().to_string()),
-            search: body.filter.search,
-        };
-        let merge = patch_merger(to_object(body.updates.to_json()));
-        let org = caller.org_id.clone();
-        let result = self
-            .store
-            .run(move |conn| {
-                store::bulk_update(conn, &org, &filter, |current| {
-                    let changes = split(merge(row_to_json(current)?), &current.secrets)?;
-                    let same = changes.name == current.name
-                        && changes.agent_type == current.agent_type
-                        && changes.status == current.status
-                        && changes.description == current.description
-                        && changes.body == current.body
-                        && changes.secrets == current.secrets;
-                    Ok::<_, StoreError>((!same).then_some(changes))
+    ) -> Result<BulkUpdateAgentsResponse, ApiError> {
+        Ok(async {
+            let body = params.body;
+            let filter = store::BulkFilter {
+                ids: body.filter.ids,
+                agent_type: body.filter.type_.map(|t| t.as_str().to_string()),
+                status: body.filter.status.map(|s| s.as_str().to_string()),
+                search: body.filter.search,
+            };
+            let merge = patch_merger(to_object(body.updates.to_json()));
+            let org = caller.org_id.clone();
+            let result = self
+                .store
+                .run(move |conn| {
+                    store::bulk_update(conn, &org, &filter, |current| {
+                        let changes = split(merge(row_to_json(current)?), &current.secrets)?;
+                        let same = changes.name == current.name
+                            && changes.agent_type == current.agent_type
+                            && changes.status == current.status
+                            && changes.description == current.description
+                            && changes.body == current.body
+                            && changes.secrets == current.secrets;
+                        Ok::<_, StoreError>((!same).then_some(changes))
+                    })
+                    .and_then(|inner| inner)
                 })
-                .and_then(|inner| inner)
-            })
-            .await;
-        match result {
-            Ok(outcome) => BulkUpdateAgentsResponse::Ok(Json(AgentBulkResult {
-                matched: outcome.matched,
-                updated: i64::try_from(outcome.updated.len()).unwrap_or(i64::MAX),
-                updated_ids: outcome.updated,
-            })),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+                .await;
+            match result {
+                Ok(outcome) => BulkUpdateAgentsResponse::Ok(Json(AgentBulkResult {
+                    matched: outcome.matched,
+                    updated: i64::try_from(outcome.updated.len()).unwrap_or(i64::MAX),
+                    updated_ids: outcome.updated,
+                })),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
-    async fn delete_agent(&self, caller: Caller, params: DeleteAgentParams) -> DeleteAgentResponse {
-        let org = caller.org_id.clone();
-        let id = params.agent_id;
-        match self
-            .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    let row = store::get(conn, &org, &id)?;
-                    store::delete(conn, &org, &id)?;
-                    let data = serde_json::json!({"id": row.id, "name": row.name});
-                    crate::events::publish(conn, &org, "agent.deleted", Some(&id), data)
+    async fn delete_agent(
+        &self,
+        caller: Caller,
+        params: DeleteAgentParams,
+    ) -> Result<DeleteAgentResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let id = params.agent_id;
+            match self
+                .store
+                .run(move |conn| {
+                    crate::db::write_transaction(conn, |conn| {
+                        let row = store::get(conn, &org, &id)?;
+                        store::delete(conn, &org, &id)?;
+                        let data = serde_json::json!({"id": row.id, "name": row.name});
+                        crate::events::publish(conn, &org, "agent.deleted", Some(&id), data)
+                    })
                 })
-            })
-            .await
-        {
-            Ok(_) => {
-                self.events.wake();
-                DeleteAgentResponse::NoContent
+                .await
+            {
+                Ok(_) => {
+                    self.events.wake();
+                    DeleteAgentResponse::NoContent
+                }
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
             }
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
         }
+        .await)
     }
 }
 

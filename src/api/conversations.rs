@@ -274,173 +274,200 @@ impl ConversationsApi for Handlers {
         &self,
         caller: Caller,
         params: ListConversationsParams,
-    ) -> ListConversationsResponse {
-        let rid = caller.request_id.clone();
-        let page = match PageRequest::of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let (org, agent, p) = (caller.org_id.clone(), params.agent_id, page.clone());
-        let listed = self
-            .store
-            .run(move |conn| {
-                store::list(
-                    conn,
-                    &org,
-                    agent.as_deref(),
-                    p.offset,
-                    p.limit,
-                    p.after_id.as_deref(),
-                )
-            })
-            .await
-            .and_then(|(rows, total)| {
-                let data = rows
-                    .iter()
-                    .map(|r| row_to_conversation(r, None))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((data, rows.last().map(|r| r.id.clone()), total))
-            });
-        match listed {
-            Ok((data, last, total)) => ListConversationsResponse::Ok(Json(ConversationList {
-                pagination: page.pagination(data.len(), last.as_deref(), total),
-                data,
-            })),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+    ) -> Result<ListConversationsResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match PageRequest::of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let (org, agent, p) = (caller.org_id.clone(), params.agent_id, page.clone());
+            let listed = self
+                .store
+                .run(move |conn| {
+                    store::list(
+                        conn,
+                        &org,
+                        agent.as_deref(),
+                        p.offset,
+                        p.limit,
+                        p.after_id.as_deref(),
+                    )
+                })
+                .await
+                .and_then(|(rows, total)| {
+                    let data = rows
+                        .iter()
+                        .map(|r| row_to_conversation(r, None))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((data, rows.last().map(|r| r.id.clone()), total))
+                });
+            match listed {
+                Ok((data, last, total)) => ListConversationsResponse::Ok(Json(ConversationList {
+                    pagination: page.pagination(data.len(), last.as_deref(), total),
+                    data,
+                })),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+            }
         }
+        .await)
     }
 
     async fn create_conversation(
         &self,
         caller: Caller,
         params: CreateConversationParams,
-    ) -> CreateConversationResponse {
-        let rid = caller.request_id.clone();
-        match self.create_conv(&caller, params).await.and_then(|row| {
-            row_to_conversation(&row, Some(&[]))
-                .map(|c| (c, row))
-                .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))
-        }) {
-            Ok((c, row)) => CreateConversationResponse::Created(
-                Json(c),
-                format!("/v1/conversations/{}", row.id),
-                etag(row.version),
-            ),
-            Err(f) => f.into(),
+    ) -> Result<CreateConversationResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            match self.create_conv(&caller, params).await.and_then(|row| {
+                row_to_conversation(&row, Some(&[]))
+                    .map(|c| (c, row))
+                    .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))
+            }) {
+                Ok((c, row)) => CreateConversationResponse::Created(
+                    Json(c),
+                    format!("/v1/conversations/{}", row.id),
+                    etag(row.version),
+                ),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn get_conversation(
         &self,
         caller: Caller,
         params: GetConversationParams,
-    ) -> GetConversationResponse {
-        let (row, messages) = match self
-            .conversation_with_messages(&caller, params.conversation_id)
-            .await
-        {
-            Ok(r) => r,
-            Err(f) => return f.into(),
-        };
-        let tag = etag(row.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
-            return GetConversationResponse::NotModified(tag);
+    ) -> Result<GetConversationResponse, ApiError> {
+        Ok(async {
+            let (row, messages) = match self
+                .conversation_with_messages(&caller, params.conversation_id)
+                .await
+            {
+                Ok(r) => r,
+                Err(f) => return f.into(),
+            };
+            let tag = etag(row.version);
+            if params
+                .if_none_match
+                .as_deref()
+                .is_some_and(|h| etag_matches(h, &tag))
+            {
+                return GetConversationResponse::NotModified(tag);
+            }
+            match row_to_conversation(&row, Some(&messages)) {
+                Ok(c) => GetConversationResponse::Ok(Json(c), tag),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
-        match row_to_conversation(&row, Some(&messages)) {
-            Ok(c) => GetConversationResponse::Ok(Json(c), tag),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-        }
+        .await)
     }
 
     async fn update_conversation(
         &self,
         caller: Caller,
         params: UpdateConversationParams,
-    ) -> UpdateConversationResponse {
-        let rid = caller.request_id.clone();
-        let (org, id, if_match, patch) = (
-            caller.org_id.clone(),
-            params.conversation_id,
-            params.if_match,
-            params.body,
-        );
-        let updated = self
-            .store
-            .run(move |conn| {
-                store::update(conn, &org, &id, |current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    let title = match &patch.title {
-                        MaybeUndefined::Undefined => current.title.clone(),
-                        MaybeUndefined::Null => None,
-                        MaybeUndefined::Value(t) => Some(t.clone()),
-                    };
-                    let metadata = match &patch.metadata {
-                        Some(m) => m.to_string(),
-                        None => current.metadata.clone(),
-                    };
-                    Ok((title, metadata))
+    ) -> Result<UpdateConversationResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let (org, id, if_match, patch) = (
+                caller.org_id.clone(),
+                params.conversation_id,
+                params.if_match,
+                params.body,
+            );
+            let updated = self
+                .store
+                .run(move |conn| {
+                    store::update(conn, &org, &id, |current| {
+                        if let Some(h) = &if_match
+                            && !etag_matches(h, &etag(current.version))
+                        {
+                            return Err(StoreError::PreconditionFailed);
+                        }
+                        let title = match &patch.title {
+                            MaybeUndefined::Undefined => current.title.clone(),
+                            MaybeUndefined::Null => None,
+                            MaybeUndefined::Value(t) => Some(t.clone()),
+                        };
+                        let metadata = match &patch.metadata {
+                            Some(m) => m.to_string(),
+                            None => current.metadata.clone(),
+                        };
+                        Ok((title, metadata))
+                    })
                 })
-            })
-            .await;
-        match updated.and_then(|row| row_to_conversation(&row, None).map(|c| (c, row.version))) {
-            Ok((c, version)) => UpdateConversationResponse::Ok(Json(c), etag(version)),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+                .await;
+            match updated.and_then(|row| row_to_conversation(&row, None).map(|c| (c, row.version)))
+            {
+                Ok((c, version)) => UpdateConversationResponse::Ok(Json(c), etag(version)),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+            }
         }
+        .await)
     }
 
     async fn delete_conversation(
         &self,
         caller: Caller,
         params: DeleteConversationParams,
-    ) -> DeleteConversationResponse {
-        let (org, id) = (caller.org_id.clone(), params.conversation_id);
-        match self
-            .store
-            .run(move |conn| store::delete(conn, &org, &id))
-            .await
-        {
-            Ok(()) => DeleteConversationResponse::NoContent,
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<DeleteConversationResponse, ApiError> {
+        Ok(async {
+            let (org, id) = (caller.org_id.clone(), params.conversation_id);
+            match self
+                .store
+                .run(move |conn| store::delete(conn, &org, &id))
+                .await
+            {
+                Ok(()) => DeleteConversationResponse::NoContent,
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn list_messages(
         &self,
         caller: Caller,
         params: ListMessagesParams,
-    ) -> ListMessagesResponse {
-        let rid = caller.request_id.clone();
-        let page = match PageRequest::of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let (org, id, p) = (caller.org_id.clone(), params.conversation_id, page.clone());
-        let listed = self
-            .store
-            .run(move |conn| {
-                let row = store::get(conn, &org, &id)?;
-                store::messages(conn, &row.id, p.offset, p.limit, p.after_id.as_deref())
-            })
-            .await;
-        match listed {
-            Ok((rows, total)) => ListMessagesResponse::Ok(Json(MessageList {
-                pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-                data: rows.iter().map(row_to_message).collect(),
-            })),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+    ) -> Result<ListMessagesResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match PageRequest::of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let (org, id, p) = (caller.org_id.clone(), params.conversation_id, page.clone());
+            let listed = self
+                .store
+                .run(move |conn| {
+                    let row = store::get(conn, &org, &id)?;
+                    store::messages(conn, &row.id, p.offset, p.limit, p.after_id.as_deref())
+                })
+                .await;
+            match listed {
+                Ok((rows, total)) => ListMessagesResponse::Ok(Json(MessageList {
+                    pagination: page.pagination(
+                        rows.len(),
+                        rows.last().map(|r| r.id.as_str()),
+                        total,
+                    ),
+                    data: rows.iter().map(row_to_message).collect(),
+                })),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+            }
         }
+        .await)
     }
 
-    async fn send_message(&self, caller: Caller, params: SendMessageParams) -> SendMessageResponse {
-        self.send(&caller, params).await
+    async fn send_message(
+        &self,
+        caller: Caller,
+        params: SendMessageParams,
+    ) -> Result<SendMessageResponse, ApiError> {
+        Ok(async { self.send(&caller, params).await }.await)
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! [`Runtime`]: crate::runtime::Runtime
 
+use agentplane_api::ApiError;
 use agentplane_api::deployments::*;
 use agentplane_api::models::{
     AgentDeployment, AgentLogLine, AgentLogs, AgentMetrics, DeploymentHealth, DeploymentState,
@@ -360,75 +361,94 @@ impl DeploymentsApi for Handlers {
         &self,
         caller: Caller,
         params: GetAgentStatusParams,
-    ) -> GetAgentStatusResponse {
-        let agent = match self.agent_ref(&caller, params.agent_id).await {
-            Ok(a) => a,
-            Err(f) => return f.into(),
-        };
-        match self.runtime.status(&agent).await {
-            Ok(d) => GetAgentStatusResponse::Ok(Json(to_model(d, Utc::now()))),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<GetAgentStatusResponse, ApiError> {
+        Ok(async {
+            let agent = match self.agent_ref(&caller, params.agent_id).await {
+                Ok(a) => a,
+                Err(f) => return f.into(),
+            };
+            match self.runtime.status(&agent).await {
+                Ok(d) => GetAgentStatusResponse::Ok(Json(to_model(d, Utc::now()))),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
-    async fn scale_agent(&self, caller: Caller, params: ScaleAgentParams) -> ScaleAgentResponse {
-        let agent = match self.agent_ref(&caller, params.agent_id).await {
-            Ok(a) => a,
-            Err(f) => return f.into(),
-        };
-        match self.runtime.scale(&agent, params.body.replicas).await {
-            Ok(d) => {
-                let location = Self::status_location(&d.agent_id);
-                ScaleAgentResponse::Accepted(Json(to_model(d, Utc::now())), location)
+    async fn scale_agent(
+        &self,
+        caller: Caller,
+        params: ScaleAgentParams,
+    ) -> Result<ScaleAgentResponse, ApiError> {
+        Ok(async {
+            let agent = match self.agent_ref(&caller, params.agent_id).await {
+                Ok(a) => a,
+                Err(f) => return f.into(),
+            };
+            match self.runtime.scale(&agent, params.body.replicas).await {
+                Ok(d) => {
+                    let location = Self::status_location(&d.agent_id);
+                    ScaleAgentResponse::Accepted(Json(to_model(d, Utc::now())), location)
+                }
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
             }
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
         }
+        .await)
     }
 
     async fn restart_agent(
         &self,
         caller: Caller,
         params: RestartAgentParams,
-    ) -> RestartAgentResponse {
-        let agent = match self.agent_ref(&caller, params.agent_id).await {
-            Ok(a) => a,
-            Err(f) => return f.into(),
-        };
-        match self.runtime.restart(&agent).await {
-            Ok(d) => {
-                let location = Self::status_location(&d.agent_id);
-                RestartAgentResponse::Accepted(Json(to_model(d, Utc::now())), location)
+    ) -> Result<RestartAgentResponse, ApiError> {
+        Ok(async {
+            let agent = match self.agent_ref(&caller, params.agent_id).await {
+                Ok(a) => a,
+                Err(f) => return f.into(),
+            };
+            match self.runtime.restart(&agent).await {
+                Ok(d) => {
+                    let location = Self::status_location(&d.agent_id);
+                    RestartAgentResponse::Accepted(Json(to_model(d, Utc::now())), location)
+                }
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
             }
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
         }
+        .await)
     }
 
     async fn get_agent_metrics(
         &self,
         caller: Caller,
         params: GetAgentMetricsParams,
-    ) -> GetAgentMetricsResponse {
-        match self.agent_metrics(&caller, params).await {
-            Ok(m) => GetAgentMetricsResponse::Ok(Json(m)),
-            Err(f) => f.into(),
+    ) -> Result<GetAgentMetricsResponse, ApiError> {
+        Ok(async {
+            match self.agent_metrics(&caller, params).await {
+                Ok(m) => GetAgentMetricsResponse::Ok(Json(m)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn get_agent_logs(
         &self,
         caller: Caller,
         params: GetAgentLogsParams,
-    ) -> GetAgentLogsResponse {
-        let follow = params.follow;
-        match self.agent_logs(&caller, params).await {
-            Ok((logs, from)) if follow => GetAgentLogsResponse::OkEventStream(follow_logs(
-                self.store.clone(),
-                logs.logs,
-                from,
-            )),
-            Ok((logs, _)) => GetAgentLogsResponse::Ok(Json(logs)),
-            Err(f) => f.into(),
+    ) -> Result<GetAgentLogsResponse, ApiError> {
+        Ok(async {
+            let follow = params.follow;
+            match self.agent_logs(&caller, params).await {
+                Ok((logs, from)) if follow => GetAgentLogsResponse::OkEventStream(follow_logs(
+                    self.store.clone(),
+                    logs.logs,
+                    from,
+                )),
+                Ok((logs, _)) => GetAgentLogsResponse::Ok(Json(logs)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 }
 

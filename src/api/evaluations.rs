@@ -1,5 +1,6 @@
 //! The evaluations resource (Magnet AI): datasets of cases run through an agent, runs kept.
 
+use agentplane_api::ApiError;
 use agentplane_api::evaluations::*;
 use agentplane_api::models::{
     CaseResult, Evaluation, EvaluationInput, EvaluationList, EvaluationMetric, EvaluationRun,
@@ -355,113 +356,138 @@ impl EvaluationsApi for Handlers {
         &self,
         caller: Caller,
         params: ListEvaluationsParams,
-    ) -> ListEvaluationsResponse {
-        match self.list_evaluations_page(&caller, params).await {
-            Ok(list) => ListEvaluationsResponse::Ok(Json(list)),
-            Err(f) => f.into(),
+    ) -> Result<ListEvaluationsResponse, ApiError> {
+        Ok(async {
+            match self.list_evaluations_page(&caller, params).await {
+                Ok(list) => ListEvaluationsResponse::Ok(Json(list)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn create_evaluation(
         &self,
         caller: Caller,
         params: CreateEvaluationParams,
-    ) -> CreateEvaluationResponse {
-        let rid = caller.request_id.clone();
-        match self.create_evaluation_row(&caller, params).await {
-            Ok(row) => match row_to_evaluation(&row) {
-                Ok(e) => {
-                    let location = format!("/v1/evaluations/{}", e.id);
-                    CreateEvaluationResponse::Created(Json(e), location)
-                }
-                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-            },
-            Err(f) => f.into(),
+    ) -> Result<CreateEvaluationResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            match self.create_evaluation_row(&caller, params).await {
+                Ok(row) => match row_to_evaluation(&row) {
+                    Ok(e) => {
+                        let location = format!("/v1/evaluations/{}", e.id);
+                        CreateEvaluationResponse::Created(Json(e), location)
+                    }
+                    Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+                },
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn get_evaluation(
         &self,
         caller: Caller,
         params: GetEvaluationParams,
-    ) -> GetEvaluationResponse {
-        match self.evaluation_row(&caller, params.evaluation_id).await {
-            Ok(row) => match row_to_evaluation(&row) {
-                Ok(e) => GetEvaluationResponse::Ok(Json(e)),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            },
-            Err(f) => f.into(),
+    ) -> Result<GetEvaluationResponse, ApiError> {
+        Ok(async {
+            match self.evaluation_row(&caller, params.evaluation_id).await {
+                Ok(row) => match row_to_evaluation(&row) {
+                    Ok(e) => GetEvaluationResponse::Ok(Json(e)),
+                    Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+                },
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn delete_evaluation(
         &self,
         caller: Caller,
         params: DeleteEvaluationParams,
-    ) -> DeleteEvaluationResponse {
-        let org = caller.org_id.clone();
-        let id = params.evaluation_id;
-        match self
-            .store
-            .run(move |conn| store::delete(conn, &org, &id))
-            .await
-        {
-            Ok(()) => DeleteEvaluationResponse::NoContent,
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<DeleteEvaluationResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let id = params.evaluation_id;
+            match self
+                .store
+                .run(move |conn| store::delete(conn, &org, &id))
+                .await
+            {
+                Ok(()) => DeleteEvaluationResponse::NoContent,
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn run_evaluation(
         &self,
         caller: Caller,
         params: RunEvaluationParams,
-    ) -> RunEvaluationResponse {
-        let rid = caller.request_id.clone();
-        match self.start_run(&caller, params.evaluation_id).await {
-            Ok(row) => match row_to_run(&row, true) {
-                Ok(run) => {
-                    let location = format!("/v1/evaluations/{}/runs/{}", run.evaluation_id, run.id);
-                    RunEvaluationResponse::Accepted(Json(run), location)
-                }
-                Err(e) => Failure::from_store(e, RUN_NOT_FOUND, &rid).into(),
-            },
-            Err(f) => f.into(),
+    ) -> Result<RunEvaluationResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            match self.start_run(&caller, params.evaluation_id).await {
+                Ok(row) => match row_to_run(&row, true) {
+                    Ok(run) => {
+                        let location =
+                            format!("/v1/evaluations/{}/runs/{}", run.evaluation_id, run.id);
+                        RunEvaluationResponse::Accepted(Json(run), location)
+                    }
+                    Err(e) => Failure::from_store(e, RUN_NOT_FOUND, &rid).into(),
+                },
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn list_evaluation_runs(
         &self,
         caller: Caller,
         params: ListEvaluationRunsParams,
-    ) -> ListEvaluationRunsResponse {
-        match self.runs_page(&caller, params).await {
-            Ok(list) => ListEvaluationRunsResponse::Ok(Json(list)),
-            Err(f) => f.into(),
+    ) -> Result<ListEvaluationRunsResponse, ApiError> {
+        Ok(async {
+            match self.runs_page(&caller, params).await {
+                Ok(list) => ListEvaluationRunsResponse::Ok(Json(list)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn get_evaluation_run(
         &self,
         caller: Caller,
         params: GetEvaluationRunParams,
-    ) -> GetEvaluationRunResponse {
-        match self
-            .run_of(&caller, params.evaluation_id, Some(params.run_id))
-            .await
-        {
-            Ok(run) => GetEvaluationRunResponse::Ok(Json(run)),
-            Err(f) => f.into(),
+    ) -> Result<GetEvaluationRunResponse, ApiError> {
+        Ok(async {
+            match self
+                .run_of(&caller, params.evaluation_id, Some(params.run_id))
+                .await
+            {
+                Ok(run) => GetEvaluationRunResponse::Ok(Json(run)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn get_evaluation_results(
         &self,
         caller: Caller,
         params: GetEvaluationResultsParams,
-    ) -> GetEvaluationResultsResponse {
-        match self.run_of(&caller, params.evaluation_id, None).await {
-            Ok(run) => GetEvaluationResultsResponse::Ok(Json(run)),
-            Err(f) => f.into(),
+    ) -> Result<GetEvaluationResultsResponse, ApiError> {
+        Ok(async {
+            match self.run_of(&caller, params.evaluation_id, None).await {
+                Ok(run) => GetEvaluationResultsResponse::Ok(Json(run)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 }

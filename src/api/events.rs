@@ -154,60 +154,74 @@ async fn serve_socket(socket: WebSocketStream, mut session: Session, bus: EventB
 }
 
 impl EventsApi for Handlers {
-    async fn list_events(&self, caller: Caller, params: ListEventsParams) -> ListEventsResponse {
-        let rid = caller.request_id.clone();
-        let page = match PageRequest::of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let filter = match params.type_ {
-            Some(p) => filter_of(&[p.as_str().to_string()], params.subject_id.clone()),
-            None => Some(EventFilter {
-                types: None,
-                subject_id: params.subject_id.clone(),
-            }),
+    async fn list_events(
+        &self,
+        caller: Caller,
+        params: ListEventsParams,
+    ) -> Result<ListEventsResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match PageRequest::of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let filter = match params.type_ {
+                Some(p) => filter_of(&[p.as_str().to_string()], params.subject_id.clone()),
+                None => Some(EventFilter {
+                    types: None,
+                    subject_id: params.subject_id.clone(),
+                }),
+            }
+            .unwrap_or_default();
+            let (org, q) = (
+                caller.org_id.clone(),
+                Page {
+                    offset: page.offset,
+                    limit: page.limit,
+                    after_id: page.after_id.clone(),
+                },
+            );
+            let listed = self
+                .store
+                .run(move |conn| store::list(conn, &org, &filter, &q))
+                .await
+                .and_then(|(rows, total)| {
+                    let data = rows
+                        .iter()
+                        .map(row_to_event)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((data, rows.last().map(|r| r.id.clone()), total))
+                });
+            match listed {
+                Ok((data, last, total)) => ListEventsResponse::Ok(Json(EventList {
+                    pagination: page.pagination(data.len(), last.as_deref(), total),
+                    data,
+                })),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+            }
         }
-        .unwrap_or_default();
-        let (org, q) = (
-            caller.org_id.clone(),
-            Page {
-                offset: page.offset,
-                limit: page.limit,
-                after_id: page.after_id.clone(),
-            },
-        );
-        let listed = self
-            .store
-            .run(move |conn| store::list(conn, &org, &filter, &q))
-            .await
-            .and_then(|(rows, total)| {
-                let data = rows
-                    .iter()
-                    .map(row_to_event)
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((data, rows.last().map(|r| r.id.clone()), total))
-            });
-        match listed {
-            Ok((data, last, total)) => ListEventsResponse::Ok(Json(EventList {
-                pagination: page.pagination(data.len(), last.as_deref(), total),
-                data,
-            })),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-        }
+        .await)
     }
 
-    async fn get_event(&self, caller: Caller, params: GetEventParams) -> GetEventResponse {
-        let org = caller.org_id.clone();
-        let id = params.event_id;
-        match self
-            .store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .and_then(|row| row_to_event(&row))
-        {
-            Ok(event) => GetEventResponse::Ok(Json(event)),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+    async fn get_event(
+        &self,
+        caller: Caller,
+        params: GetEventParams,
+    ) -> Result<GetEventResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let id = params.event_id;
+            match self
+                .store
+                .run(move |conn| store::get(conn, &org, &id))
+                .await
+                .and_then(|row| row_to_event(&row))
+            {
+                Ok(event) => GetEventResponse::Ok(Json(event)),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn stream_events(
@@ -215,31 +229,34 @@ impl EventsApi for Handlers {
         caller: Caller,
         params: StreamEventsParams,
         upgrade: Option<WebSocket>,
-    ) -> Upgraded<StreamEventsResponse> {
-        let Some(ws) = upgrade else {
-            let f = upgrade_required(&caller.request_id);
-            return Upgraded::Answer(StreamEventsResponse::UpgradeRequired(
-                Json(*f.envelope),
-                Some("websocket".to_string()),
-            ));
-        };
-        let patterns: Vec<String> = params
-            .events
-            .unwrap_or_default()
-            .iter()
-            .map(|p| p.as_str().to_string())
-            .collect();
-        let mut session = Session {
-            tail: Tail::new(self.store.clone(), caller.org_id.clone(), None),
-            patterns: Vec::new(),
-        };
-        session.subscribe(patterns);
-        let bus = self.events.clone();
-        Upgraded::Switching(
-            ws.protocols([STREAM_PROTOCOL])
-                .on_upgrade(move |socket| serve_socket(socket, session, bus))
-                .boxed(),
-        )
+    ) -> Result<Upgraded<StreamEventsResponse>, ApiError> {
+        Ok(async {
+            let Some(ws) = upgrade else {
+                let f = upgrade_required(&caller.request_id);
+                return Upgraded::Answer(StreamEventsResponse::UpgradeRequired(
+                    Json(*f.envelope),
+                    Some("websocket".to_string()),
+                ));
+            };
+            let patterns: Vec<String> = params
+                .events
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect();
+            let mut session = Session {
+                tail: Tail::new(self.store.clone(), caller.org_id.clone(), None),
+                patterns: Vec::new(),
+            };
+            session.subscribe(patterns);
+            let bus = self.events.clone();
+            Upgraded::Switching(
+                ws.protocols([STREAM_PROTOCOL])
+                    .on_upgrade(move |socket| serve_socket(socket, session, bus))
+                    .boxed(),
+            )
+        }
+        .await)
     }
 }
 

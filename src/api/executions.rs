@@ -600,152 +600,167 @@ impl ExecutionsApi for Handlers {
         &self,
         caller: Caller,
         params: ExecuteAgentParams,
-    ) -> ExecuteAgentResponse {
-        self.execute(&caller, params).await
+    ) -> Result<ExecuteAgentResponse, ApiError> {
+        Ok(async { self.execute(&caller, params).await }.await)
     }
 
     async fn list_executions(
         &self,
         caller: Caller,
         params: ListExecutionsParams,
-    ) -> ListExecutionsResponse {
-        let rid = caller.request_id.clone();
-        let page = match PageRequest::of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let query = ExecutionQuery {
-            agent_id: params.agent_id,
-            status: params.status.map(|s| s.as_str().to_string()),
-            offset: page.offset,
-            limit: page.limit,
-            after_id: page.after_id.clone(),
-        };
-        let org = caller.org_id.clone();
-        let listed = self
-            .store
-            .run(move |conn| store::list(conn, &org, &query))
-            .await
-            .and_then(|(rows, total)| {
-                let data = rows
-                    .iter()
-                    .map(row_to_execution)
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((data, rows.last().map(|r| r.id.clone()), total))
-            });
-        match listed {
-            Ok((data, last, total)) => ListExecutionsResponse::Ok(Json(ExecutionList {
-                pagination: page.pagination(data.len(), last.as_deref(), total),
-                data,
-            })),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+    ) -> Result<ListExecutionsResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match PageRequest::of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let query = ExecutionQuery {
+                agent_id: params.agent_id,
+                status: params.status.map(|s| s.as_str().to_string()),
+                offset: page.offset,
+                limit: page.limit,
+                after_id: page.after_id.clone(),
+            };
+            let org = caller.org_id.clone();
+            let listed = self
+                .store
+                .run(move |conn| store::list(conn, &org, &query))
+                .await
+                .and_then(|(rows, total)| {
+                    let data = rows
+                        .iter()
+                        .map(row_to_execution)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((data, rows.last().map(|r| r.id.clone()), total))
+                });
+            match listed {
+                Ok((data, last, total)) => ListExecutionsResponse::Ok(Json(ExecutionList {
+                    pagination: page.pagination(data.len(), last.as_deref(), total),
+                    data,
+                })),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+            }
         }
+        .await)
     }
 
     async fn get_execution(
         &self,
         caller: Caller,
         params: GetExecutionParams,
-    ) -> GetExecutionResponse {
-        let row = match self.execution_row(&caller, params.execution_id).await {
-            Ok(r) => r,
-            Err(f) => return f.into(),
-        };
-        let tag = execution_etag(&row);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
-            return GetExecutionResponse::NotModified(tag);
+    ) -> Result<GetExecutionResponse, ApiError> {
+        Ok(async {
+            let row = match self.execution_row(&caller, params.execution_id).await {
+                Ok(r) => r,
+                Err(f) => return f.into(),
+            };
+            let tag = execution_etag(&row);
+            if params
+                .if_none_match
+                .as_deref()
+                .is_some_and(|h| etag_matches(h, &tag))
+            {
+                return GetExecutionResponse::NotModified(tag);
+            }
+            match row_to_execution(&row) {
+                Ok(e) => GetExecutionResponse::Ok(Json(e), tag),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
-        match row_to_execution(&row) {
-            Ok(e) => GetExecutionResponse::Ok(Json(e), tag),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-        }
+        .await)
     }
 
     async fn cancel_execution(
         &self,
         caller: Caller,
         params: CancelExecutionParams,
-    ) -> CancelExecutionResponse {
-        let rid = caller.request_id.clone();
-        let (org, id) = (caller.org_id.clone(), params.execution_id);
-        let outcome = match self
-            .store
-            .run(move |conn| store::cancel(conn, &org, &id, &crate::engine::runner::announce))
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => return Failure::from_store(e, NOT_FOUND, &rid).into(),
-        };
-        match outcome {
-            Ok(row) => {
-                self.runner.live.publish(&row.id, LiveEvent::Changed);
-                self.events.wake();
-                match row_to_execution(&row) {
-                    Ok(e) => CancelExecutionResponse::Ok(Json(e)),
-                    Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+    ) -> Result<CancelExecutionResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let (org, id) = (caller.org_id.clone(), params.execution_id);
+            let outcome = match self
+                .store
+                .run(move |conn| store::cancel(conn, &org, &id, &crate::engine::runner::announce))
+                .await
+            {
+                Ok(o) => o,
+                Err(e) => return Failure::from_store(e, NOT_FOUND, &rid).into(),
+            };
+            match outcome {
+                Ok(row) => {
+                    self.runner.live.publish(&row.id, LiveEvent::Changed);
+                    self.events.wake();
+                    match row_to_execution(&row) {
+                        Ok(e) => CancelExecutionResponse::Ok(Json(e)),
+                        Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+                    }
                 }
+                Err(finished) => Failure::with_details(
+                    Kind::Conflict,
+                    "EXECUTION_FINISHED",
+                    format!("the execution already ended: {}", finished.status),
+                    vec![detail(
+                        "execution_id",
+                        "finished",
+                        "only a queued or running execution can be cancelled",
+                    )],
+                    &rid,
+                )
+                .into(),
             }
-            Err(finished) => Failure::with_details(
-                Kind::Conflict,
-                "EXECUTION_FINISHED",
-                format!("the execution already ended: {}", finished.status),
-                vec![detail(
-                    "execution_id",
-                    "finished",
-                    "only a queued or running execution can be cancelled",
-                )],
-                &rid,
-            )
-            .into(),
         }
+        .await)
     }
 
     async fn get_execution_logs(
         &self,
         caller: Caller,
         params: GetExecutionLogsParams,
-    ) -> GetExecutionLogsResponse {
-        let row = match self.execution_row(&caller, params.execution_id).await {
-            Ok(r) => r,
-            Err(f) => return f.into(),
-        };
-        match row_to_execution(&row) {
-            Ok(e) => GetExecutionLogsResponse::Ok(Json(ExecutionLogs {
-                execution_id: e.id.clone(),
-                data: logs_of(&e),
-            })),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<GetExecutionLogsResponse, ApiError> {
+        Ok(async {
+            let row = match self.execution_row(&caller, params.execution_id).await {
+                Ok(r) => r,
+                Err(f) => return f.into(),
+            };
+            match row_to_execution(&row) {
+                Ok(e) => GetExecutionLogsResponse::Ok(Json(ExecutionLogs {
+                    execution_id: e.id.clone(),
+                    data: logs_of(&e),
+                })),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn stream_execution_events(
         &self,
         caller: Caller,
         params: StreamExecutionEventsParams,
-    ) -> StreamExecutionEventsResponse {
-        let heard = self.runner.live.subscribe(&params.execution_id);
-        let row = match self
-            .execution_row(&caller, params.execution_id.clone())
-            .await
-        {
-            Ok(r) => r,
-            Err(f) => {
-                drop(heard);
-                self.runner.live.release(&params.execution_id);
-                return f.into();
-            }
-        };
-        StreamExecutionEventsResponse::OkEventStream(follow(
-            self.store.clone(),
-            self.runner.live.clone(),
-            caller.org_id.clone(),
-            row.id,
-            heard,
-        ))
+    ) -> Result<StreamExecutionEventsResponse, ApiError> {
+        Ok(async {
+            let heard = self.runner.live.subscribe(&params.execution_id);
+            let row = match self
+                .execution_row(&caller, params.execution_id.clone())
+                .await
+            {
+                Ok(r) => r,
+                Err(f) => {
+                    drop(heard);
+                    self.runner.live.release(&params.execution_id);
+                    return f.into();
+                }
+            };
+            StreamExecutionEventsResponse::OkEventStream(follow(
+                self.store.clone(),
+                self.runner.live.clone(),
+                caller.org_id.clone(),
+                row.id,
+                heard,
+            ))
+        }
+        .await)
     }
 
     async fn stream_execution(
@@ -753,34 +768,37 @@ impl ExecutionsApi for Handlers {
         caller: Caller,
         params: StreamExecutionParams,
         upgrade: Option<poem::web::websocket::WebSocket>,
-    ) -> Upgraded<StreamExecutionResponse> {
-        let row = match self
-            .execution_row(&caller, params.execution_id.clone())
-            .await
-        {
-            Ok(r) => r,
-            Err(f) => return Upgraded::Answer(f.into()),
-        };
-        let Some(ws) = upgrade else {
-            let f = super::events::upgrade_required(&caller.request_id);
-            return Upgraded::Answer(StreamExecutionResponse::UpgradeRequired(
-                Json(*f.envelope),
-                Some("websocket".to_string()),
-            ));
-        };
-        let (store, live, org) = (
-            self.store.clone(),
-            self.runner.live.clone(),
-            caller.org_id.clone(),
-        );
-        Upgraded::Switching(
-            ws.protocols([super::events::STREAM_PROTOCOL])
-                .on_upgrade(move |socket| {
-                    let heard = live.subscribe(&row.id);
-                    forward_to_socket(socket, follow_events(store, live, org, row.id, heard))
-                })
-                .boxed(),
-        )
+    ) -> Result<Upgraded<StreamExecutionResponse>, ApiError> {
+        Ok(async {
+            let row = match self
+                .execution_row(&caller, params.execution_id.clone())
+                .await
+            {
+                Ok(r) => r,
+                Err(f) => return Upgraded::Answer(f.into()),
+            };
+            let Some(ws) = upgrade else {
+                let f = super::events::upgrade_required(&caller.request_id);
+                return Upgraded::Answer(StreamExecutionResponse::UpgradeRequired(
+                    Json(*f.envelope),
+                    Some("websocket".to_string()),
+                ));
+            };
+            let (store, live, org) = (
+                self.store.clone(),
+                self.runner.live.clone(),
+                caller.org_id.clone(),
+            );
+            Upgraded::Switching(
+                ws.protocols([super::events::STREAM_PROTOCOL])
+                    .on_upgrade(move |socket| {
+                        let heard = live.subscribe(&row.id);
+                        forward_to_socket(socket, follow_events(store, live, org, row.id, heard))
+                    })
+                    .boxed(),
+            )
+        }
+        .await)
     }
 }
 

@@ -218,209 +218,238 @@ impl IdentityApi for Handlers {
         &self,
         caller: Caller,
         params: ListApiKeysParams,
-    ) -> ListApiKeysResponse {
-        let org = caller.org_id.clone();
-        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
-        let (page, per_page) = (params.page, params.per_page);
-        let offset = (page - 1).saturating_mul(per_page);
-        let result = self
-            .store
-            .run(move |conn| store::list_keys(conn, &org, only_user.as_deref(), offset, per_page))
-            .await;
-        match result {
-            Ok((rows, total)) => ListApiKeysResponse::Ok(Json(ApiKeyList {
-                data: rows.iter().map(|r| to_api_key(r, self.limits)).collect(),
-                pagination: pagination(page, per_page, total, None),
-            })),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<ListApiKeysResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+            let (page, per_page) = (params.page, params.per_page);
+            let offset = (page - 1).saturating_mul(per_page);
+            let result = self
+                .store
+                .run(move |conn| {
+                    store::list_keys(conn, &org, only_user.as_deref(), offset, per_page)
+                })
+                .await;
+            match result {
+                Ok((rows, total)) => ListApiKeysResponse::Ok(Json(ApiKeyList {
+                    data: rows.iter().map(|r| to_api_key(r, self.limits)).collect(),
+                    pagination: pagination(page, per_page, total, None),
+                })),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn create_api_key(
         &self,
         caller: Caller,
         params: CreateApiKeyParams,
-    ) -> CreateApiKeyResponse {
-        match self.create_key(&caller, params).await {
-            Ok((row, secret)) => {
-                let key = to_api_key(&row, self.limits);
-                let created = ApiKeyCreated {
-                    id: key.id,
-                    name: key.name,
-                    prefix: key.prefix,
-                    scopes: key.scopes,
-                    user_id: key.user_id,
-                    created_at: key.created_at,
-                    expires_at: key.expires_at,
-                    last_used_at: key.last_used_at,
-                    rate_limit: key.rate_limit,
-                    key: secret,
-                };
-                let location = format!("/v1/auth/keys/{}", row.id);
-                CreateApiKeyResponse::Created(Json(created), location)
+    ) -> Result<CreateApiKeyResponse, ApiError> {
+        Ok(async {
+            match self.create_key(&caller, params).await {
+                Ok((row, secret)) => {
+                    let key = to_api_key(&row, self.limits);
+                    let created = ApiKeyCreated {
+                        id: key.id,
+                        name: key.name,
+                        prefix: key.prefix,
+                        scopes: key.scopes,
+                        user_id: key.user_id,
+                        created_at: key.created_at,
+                        expires_at: key.expires_at,
+                        last_used_at: key.last_used_at,
+                        rate_limit: key.rate_limit,
+                        key: secret,
+                    };
+                    let location = format!("/v1/auth/keys/{}", row.id);
+                    CreateApiKeyResponse::Created(Json(created), location)
+                }
+                Err(f) => f.into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
-    async fn get_api_key(&self, caller: Caller, params: GetApiKeyParams) -> GetApiKeyResponse {
-        let org = caller.org_id.clone();
-        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
-        let id = params.key_id;
-        match self
-            .store
-            .run(move |conn| store::get_key(conn, &org, only_user.as_deref(), &id))
-            .await
-        {
-            Ok(row) => GetApiKeyResponse::Ok(Json(to_api_key(&row, self.limits))),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+    async fn get_api_key(
+        &self,
+        caller: Caller,
+        params: GetApiKeyParams,
+    ) -> Result<GetApiKeyResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+            let id = params.key_id;
+            match self
+                .store
+                .run(move |conn| store::get_key(conn, &org, only_user.as_deref(), &id))
+                .await
+            {
+                Ok(row) => GetApiKeyResponse::Ok(Json(to_api_key(&row, self.limits))),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn update_api_key(
         &self,
         caller: Caller,
         params: UpdateApiKeyParams,
-    ) -> UpdateApiKeyResponse {
-        use poem_openapi::types::MaybeUndefined;
-        if !params.body.rate_limit.is_undefined()
-            && let Err(f) = may_set_limits(&caller, Some(&params.key_id))
-        {
-            return f.into();
-        }
-        let org = caller.org_id.clone();
-        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
-        let id = params.key_id;
-        let body = params.body;
-        let (per_hour, burst) = match body.rate_limit {
-            MaybeUndefined::Undefined => (None, None),
-            MaybeUndefined::Null => (Some(None), Some(None)),
-            MaybeUndefined::Value(l) => (Some(l.requests_per_hour), Some(l.burst)),
-        };
-        let change = store::ApiKeyChange {
-            name: body.name,
-            rate_limit_per_hour: per_hour,
-            rate_limit_burst: burst,
-        };
-        let forget = id.clone();
-        let actor = Actor::of(&caller);
-        let result = self
-            .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    let row = store::update_key(conn, &org, only_user.as_deref(), &id, &change)?;
-                    key_event(
-                        conn,
-                        &row,
-                        EventType::ApiKeyUpdated,
-                        &format!("API key {} updated", row.id),
-                        &actor,
-                    )?;
-                    Ok(row)
-                })
-            })
-            .await;
-        match result {
-            Ok(row) => {
-                // This replica applies the new limits at once; others within the cache's TTL.
-                self.keys.forget(&forget);
-                UpdateApiKeyResponse::Ok(Json(to_api_key(&row, self.limits)))
+    ) -> Result<UpdateApiKeyResponse, ApiError> {
+        Ok(async {
+            use poem_openapi::types::MaybeUndefined;
+            if !params.body.rate_limit.is_undefined()
+                && let Err(f) = may_set_limits(&caller, Some(&params.key_id))
+            {
+                return f.into();
             }
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            let org = caller.org_id.clone();
+            let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+            let id = params.key_id;
+            let body = params.body;
+            let (per_hour, burst) = match body.rate_limit {
+                MaybeUndefined::Undefined => (None, None),
+                MaybeUndefined::Null => (Some(None), Some(None)),
+                MaybeUndefined::Value(l) => (Some(l.requests_per_hour), Some(l.burst)),
+            };
+            let change = store::ApiKeyChange {
+                name: body.name,
+                rate_limit_per_hour: per_hour,
+                rate_limit_burst: burst,
+            };
+            let forget = id.clone();
+            let actor = Actor::of(&caller);
+            let result = self
+                .store
+                .run(move |conn| {
+                    crate::db::write_transaction(conn, |conn| {
+                        let row =
+                            store::update_key(conn, &org, only_user.as_deref(), &id, &change)?;
+                        key_event(
+                            conn,
+                            &row,
+                            EventType::ApiKeyUpdated,
+                            &format!("API key {} updated", row.id),
+                            &actor,
+                        )?;
+                        Ok(row)
+                    })
+                })
+                .await;
+            match result {
+                Ok(row) => {
+                    // This replica applies the new limits at once; others within the cache's TTL.
+                    self.keys.forget(&forget);
+                    UpdateApiKeyResponse::Ok(Json(to_api_key(&row, self.limits)))
+                }
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn revoke_api_key(
         &self,
         caller: Caller,
         params: RevokeApiKeyParams,
-    ) -> RevokeApiKeyResponse {
-        let org = caller.org_id.clone();
-        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
-        let id = params.key_id;
-        let forget = id.clone();
-        let now = crate::ids::now();
-        let actor = Actor::of(&caller);
-        match self
-            .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    let row = store::get_key(conn, &org, only_user.as_deref(), &id)?;
-                    store::revoke_key(conn, &org, only_user.as_deref(), &id, &now)?;
-                    key_event(
-                        conn,
-                        &row,
-                        EventType::ApiKeyRevoked,
-                        &format!("API key {} ({}) revoked", row.id, row.prefix),
-                        &actor,
-                    )
+    ) -> Result<RevokeApiKeyResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+            let id = params.key_id;
+            let forget = id.clone();
+            let now = crate::ids::now();
+            let actor = Actor::of(&caller);
+            match self
+                .store
+                .run(move |conn| {
+                    crate::db::write_transaction(conn, |conn| {
+                        let row = store::get_key(conn, &org, only_user.as_deref(), &id)?;
+                        store::revoke_key(conn, &org, only_user.as_deref(), &id, &now)?;
+                        key_event(
+                            conn,
+                            &row,
+                            EventType::ApiKeyRevoked,
+                            &format!("API key {} ({}) revoked", row.id, row.prefix),
+                            &actor,
+                        )
+                    })
                 })
-            })
-            .await
-        {
-            Ok(()) => {
-                self.keys.forget(&forget);
-                RevokeApiKeyResponse::NoContent
+                .await
+            {
+                Ok(()) => {
+                    self.keys.forget(&forget);
+                    RevokeApiKeyResponse::NoContent
+                }
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
             }
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
         }
+        .await)
     }
 
     async fn get_current_user(
         &self,
         caller: Caller,
         _params: GetCurrentUserParams,
-    ) -> GetCurrentUserResponse {
-        let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
-        let result = self
-            .store
-            .run(move |conn| {
-                Ok((
-                    store::user(conn, &user_id)?,
-                    store::organization(conn, &org_id)?,
-                ))
-            })
-            .await;
-        match result {
-            Ok((user, org)) => GetCurrentUserResponse::Ok(Json(profile(user, org, &caller))),
-            Err(e) => Failure::from_store(e, "USER_NOT_FOUND", &caller.request_id).into(),
+    ) -> Result<GetCurrentUserResponse, ApiError> {
+        Ok(async {
+            let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
+            let result = self
+                .store
+                .run(move |conn| {
+                    Ok((
+                        store::user(conn, &user_id)?,
+                        store::organization(conn, &org_id)?,
+                    ))
+                })
+                .await;
+            match result {
+                Ok((user, org)) => GetCurrentUserResponse::Ok(Json(profile(user, org, &caller))),
+                Err(e) => Failure::from_store(e, "USER_NOT_FOUND", &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn update_current_user(
         &self,
         caller: Caller,
         params: UpdateCurrentUserParams,
-    ) -> UpdateCurrentUserResponse {
-        let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
-        let change = params.body;
-        let result = self
-            .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    let user = store::user(conn, &user_id)?;
-                    let mut prefs = preferences(&user.preferences);
-                    if let Some(n) = &change.notifications {
-                        prefs.email = n.email.unwrap_or(prefs.email);
-                        prefs.slack = n.slack.unwrap_or(prefs.slack);
-                    }
-                    let email = change.email.clone().unwrap_or(user.email);
-                    let stored = serde_json::json!({"email": prefs.email, "slack": prefs.slack});
-                    let user = store::update_profile(
-                        conn,
-                        &user_id,
-                        &email,
-                        &stored.to_string(),
-                        &crate::ids::now(),
-                    )?;
-                    Ok((user, store::organization(conn, &org_id)?))
+    ) -> Result<UpdateCurrentUserResponse, ApiError> {
+        Ok(async {
+            let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
+            let change = params.body;
+            let result = self
+                .store
+                .run(move |conn| {
+                    crate::db::write_transaction(conn, |conn| {
+                        let user = store::user(conn, &user_id)?;
+                        let mut prefs = preferences(&user.preferences);
+                        if let Some(n) = &change.notifications {
+                            prefs.email = n.email.unwrap_or(prefs.email);
+                            prefs.slack = n.slack.unwrap_or(prefs.slack);
+                        }
+                        let email = change.email.clone().unwrap_or(user.email);
+                        let stored =
+                            serde_json::json!({"email": prefs.email, "slack": prefs.slack});
+                        let user = store::update_profile(
+                            conn,
+                            &user_id,
+                            &email,
+                            &stored.to_string(),
+                            &crate::ids::now(),
+                        )?;
+                        Ok((user, store::organization(conn, &org_id)?))
+                    })
                 })
-            })
-            .await;
-        match result {
-            Ok((user, org)) => UpdateCurrentUserResponse::Ok(Json(profile(user, org, &caller))),
-            Err(e) => Failure::from_store(e, "USER_NOT_FOUND", &caller.request_id).into(),
+                .await;
+            match result {
+                Ok((user, org)) => UpdateCurrentUserResponse::Ok(Json(profile(user, org, &caller))),
+                Err(e) => Failure::from_store(e, "USER_NOT_FOUND", &caller.request_id).into(),
+            }
         }
+        .await)
     }
 }
 

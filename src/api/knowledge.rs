@@ -628,460 +628,506 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: ListKnowledgeBasesParams,
-    ) -> ListKnowledgeBasesResponse {
-        let rid = caller.request_id.clone();
-        let page = match page_of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let filter = KbFilter {
-            kb_type: params.type_,
-            search: params.search,
-        };
-        let org = caller.org_id.clone();
-        let q = page.clone();
-        let listed = self
-            .store
-            .run(move |conn| {
-                let (rows, total) = store::list_kbs(conn, &org, &filter, &q)?;
-                let mut data = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    data.push(kb_model(row, store::kb_counts(conn, &row.id)?));
+    ) -> Result<ListKnowledgeBasesResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match page_of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let filter = KbFilter {
+                kb_type: params.type_,
+                search: params.search,
+            };
+            let org = caller.org_id.clone();
+            let q = page.clone();
+            let listed = self
+                .store
+                .run(move |conn| {
+                    let (rows, total) = store::list_kbs(conn, &org, &filter, &q)?;
+                    let mut data = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        data.push(kb_model(row, store::kb_counts(conn, &row.id)?));
+                    }
+                    Ok((data, total))
+                })
+                .await;
+            match listed {
+                Ok((data, total)) => {
+                    let cursor =
+                        next_cursor(&page, data.len(), total, data.last().map(|k| k.id.as_str()));
+                    ListKnowledgeBasesResponse::Ok(Json(KnowledgeBaseList {
+                        pagination: pagination(
+                            page.offset / page.limit + 1,
+                            page.limit,
+                            total,
+                            cursor,
+                        ),
+                        data,
+                    }))
                 }
-                Ok((data, total))
-            })
-            .await;
-        match listed {
-            Ok((data, total)) => {
-                let cursor =
-                    next_cursor(&page, data.len(), total, data.last().map(|k| k.id.as_str()));
-                ListKnowledgeBasesResponse::Ok(Json(KnowledgeBaseList {
-                    pagination: pagination(page.offset / page.limit + 1, page.limit, total, cursor),
-                    data,
-                }))
+                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
             }
-            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
         }
+        .await)
     }
 
     async fn create_knowledge_base(
         &self,
         caller: Caller,
         params: CreateKnowledgeBaseParams,
-    ) -> CreateKnowledgeBaseResponse {
-        let rid = caller.request_id.clone();
-        let input = params.body;
-        let request_hash = hash_body(input.to_json());
-        let changes = kb_changes(&input);
-        let now = crate::ids::now();
-        let row = KbRow {
-            id: crate::ids::new_id("kb"),
-            org_id: caller.org_id.clone(),
-            name: changes.name,
-            kb_type: changes.kb_type,
-            description: changes.description,
-            body: changes.body,
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        let options = chunk_options_of(&row.body);
-        let mut planned = Vec::new();
-        for (i, value) in input.sources.iter().flatten().enumerate() {
-            match parse_source(value, &format!("sources[{i}]"), &rid) {
-                Ok(spec) => planned.push(plan_source(&row.org_id, &row.id, spec, options, false)),
-                Err(f) => return f.into(),
+    ) -> Result<CreateKnowledgeBaseResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let input = params.body;
+            let request_hash = hash_body(input.to_json());
+            let changes = kb_changes(&input);
+            let now = crate::ids::now();
+            let row = KbRow {
+                id: crate::ids::new_id("kb"),
+                org_id: caller.org_id.clone(),
+                name: changes.name,
+                kb_type: changes.kb_type,
+                description: changes.description,
+                body: changes.body,
+                version: 1,
+                created_at: now.clone(),
+                updated_at: now,
+            };
+            let options = chunk_options_of(&row.body);
+            let mut planned = Vec::new();
+            for (i, value) in input.sources.iter().flatten().enumerate() {
+                match parse_source(value, &format!("sources[{i}]"), &rid) {
+                    Ok(spec) => {
+                        planned.push(plan_source(&row.org_id, &row.id, spec, options, false))
+                    }
+                    Err(f) => return f.into(),
+                }
+            }
+            let key = params.idempotency_key;
+            let created = self
+                .store
+                .run(move |conn| {
+                    let id = row.id.clone();
+                    let org = row.org_id.clone();
+                    let created = idempotent(
+                        conn,
+                        &org,
+                        "createKnowledgeBase",
+                        key.as_deref(),
+                        &request_hash,
+                        &id,
+                        |conn| {
+                            store::insert_kb(conn, &row)?;
+                            write_sources(conn, &planned)
+                        },
+                    )?;
+                    let id = match created {
+                        Created::New(()) => id,
+                        Created::Replayed(id) => id,
+                        Created::KeyReused => return Ok(None),
+                    };
+                    let row = store::get_kb(conn, &org, &id)?;
+                    let counts = store::kb_counts(conn, &id)?;
+                    Ok(Some((kb_model(&row, counts), etag(row.version))))
+                })
+                .await;
+            match created {
+                Ok(Some((kb, tag))) => {
+                    let location = format!("/v1/knowledge/{}", kb.id);
+                    CreateKnowledgeBaseResponse::Created(Json(kb), location, tag)
+                }
+                Ok(None) => key_reused(&rid).into(),
+                Err(StoreError::NotFound) => key_reused(&rid).into(),
+                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
             }
         }
-        let key = params.idempotency_key;
-        let created = self
-            .store
-            .run(move |conn| {
-                let id = row.id.clone();
-                let org = row.org_id.clone();
-                let created = idempotent(
-                    conn,
-                    &org,
-                    "createKnowledgeBase",
-                    key.as_deref(),
-                    &request_hash,
-                    &id,
-                    |conn| {
-                        store::insert_kb(conn, &row)?;
-                        write_sources(conn, &planned)
-                    },
-                )?;
-                let id = match created {
-                    Created::New(()) => id,
-                    Created::Replayed(id) => id,
-                    Created::KeyReused => return Ok(None),
-                };
-                let row = store::get_kb(conn, &org, &id)?;
-                let counts = store::kb_counts(conn, &id)?;
-                Ok(Some((kb_model(&row, counts), etag(row.version))))
-            })
-            .await;
-        match created {
-            Ok(Some((kb, tag))) => {
-                let location = format!("/v1/knowledge/{}", kb.id);
-                CreateKnowledgeBaseResponse::Created(Json(kb), location, tag)
-            }
-            Ok(None) => key_reused(&rid).into(),
-            Err(StoreError::NotFound) => key_reused(&rid).into(),
-            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
-        }
+        .await)
     }
 
     async fn search_knowledge(
         &self,
         caller: Caller,
         params: SearchKnowledgeParams,
-    ) -> SearchKnowledgeResponse {
-        let org = caller.org_id.clone();
-        let kb_type = params.type_.clone();
-        let ids = match self
-            .store
-            .run(move |conn| store::kb_ids(conn, &org, kb_type.as_deref()))
-            .await
-        {
-            Ok(ids) => ids,
-            Err(e) => return Failure::from_store(e, KB_NOT_FOUND, &caller.request_id).into(),
-        };
-        let options = SearchOptions {
-            top_k: usize::try_from(params.max_results).unwrap_or(10),
-            min_score: params.min_score,
-            filters: Map::new(),
-        };
-        match self.retrieve(&caller, ids, params.q, options, true).await {
-            Ok(r) => SearchKnowledgeResponse::Ok(Json(r)),
-            Err(f) => f.into(),
+    ) -> Result<SearchKnowledgeResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let kb_type = params.type_.clone();
+            let ids = match self
+                .store
+                .run(move |conn| store::kb_ids(conn, &org, kb_type.as_deref()))
+                .await
+            {
+                Ok(ids) => ids,
+                Err(e) => return Failure::from_store(e, KB_NOT_FOUND, &caller.request_id).into(),
+            };
+            let options = SearchOptions {
+                top_k: usize::try_from(params.max_results).unwrap_or(10),
+                min_score: params.min_score,
+                filters: Map::new(),
+            };
+            match self.retrieve(&caller, ids, params.q, options, true).await {
+                Ok(r) => SearchKnowledgeResponse::Ok(Json(r)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn get_knowledge_base(
         &self,
         caller: Caller,
         params: GetKnowledgeBaseParams,
-    ) -> GetKnowledgeBaseResponse {
-        match self.kb_with_counts(&caller, params.kb_id).await {
-            Ok((row, kb)) => {
-                let tag = etag(row.version);
-                if params
-                    .if_none_match
-                    .as_deref()
-                    .is_some_and(|h| etag_matches(h, &tag))
-                {
-                    return GetKnowledgeBaseResponse::NotModified(tag);
+    ) -> Result<GetKnowledgeBaseResponse, ApiError> {
+        Ok(async {
+            match self.kb_with_counts(&caller, params.kb_id).await {
+                Ok((row, kb)) => {
+                    let tag = etag(row.version);
+                    if params
+                        .if_none_match
+                        .as_deref()
+                        .is_some_and(|h| etag_matches(h, &tag))
+                    {
+                        return GetKnowledgeBaseResponse::NotModified(tag);
+                    }
+                    GetKnowledgeBaseResponse::Ok(Json(kb), tag)
                 }
-                GetKnowledgeBaseResponse::Ok(Json(kb), tag)
+                Err(f) => f.into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
     async fn replace_knowledge_base(
         &self,
         caller: Caller,
         params: ReplaceKnowledgeBaseParams,
-    ) -> ReplaceKnowledgeBaseResponse {
-        let changes = kb_changes(&params.body);
-        match self
-            .change_kb(&caller, params.kb_id, params.if_match, move |_| changes)
-            .await
-        {
-            Ok((row, kb)) => ReplaceKnowledgeBaseResponse::Ok(Json(kb), etag(row.version)),
-            Err(f) => f.into(),
+    ) -> Result<ReplaceKnowledgeBaseResponse, ApiError> {
+        Ok(async {
+            let changes = kb_changes(&params.body);
+            match self
+                .change_kb(&caller, params.kb_id, params.if_match, move |_| changes)
+                .await
+            {
+                Ok((row, kb)) => ReplaceKnowledgeBaseResponse::Ok(Json(kb), etag(row.version)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn update_knowledge_base(
         &self,
         caller: Caller,
         params: UpdateKnowledgeBaseParams,
-    ) -> UpdateKnowledgeBaseResponse {
-        let patch = params.body;
-        let change = move |current: &KbRow| {
-            let mut body: Map<String, Value> =
-                serde_json::from_str(&current.body).unwrap_or_default();
-            if let Some(o) = &patch.processing_options {
-                // Merge: options not given keep their value.
-                let old = chunk_options_of(&current.body);
-                let merged = ProcessingOptions {
-                    chunk_size: o.chunk_size.or(Some(to_i64(old.chunk_size))),
-                    overlap: o.overlap.or(Some(to_i64(old.overlap))),
-                    extract_metadata: o.extract_metadata,
-                };
-                body.insert("processing_options".into(), processing_body(Some(&merged)));
+    ) -> Result<UpdateKnowledgeBaseResponse, ApiError> {
+        Ok(async {
+            let patch = params.body;
+            let change = move |current: &KbRow| {
+                let mut body: Map<String, Value> =
+                    serde_json::from_str(&current.body).unwrap_or_default();
+                if let Some(o) = &patch.processing_options {
+                    // Merge: options not given keep their value.
+                    let old = chunk_options_of(&current.body);
+                    let merged = ProcessingOptions {
+                        chunk_size: o.chunk_size.or(Some(to_i64(old.chunk_size))),
+                        overlap: o.overlap.or(Some(to_i64(old.overlap))),
+                        extract_metadata: o.extract_metadata,
+                    };
+                    body.insert("processing_options".into(), processing_body(Some(&merged)));
+                }
+                if let Some(m) = &patch.metadata {
+                    body.insert("metadata".into(), Value::Object(object(Some(m.clone()))));
+                }
+                if let Some(m) = &patch.embedding_model {
+                    body.insert("embedding_model".into(), m.clone().into());
+                }
+                KbChanges {
+                    name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
+                    kb_type: patch
+                        .type_
+                        .clone()
+                        .unwrap_or_else(|| current.kb_type.clone()),
+                    description: match &patch.description {
+                        MaybeUndefined::Undefined => current.description.clone(),
+                        MaybeUndefined::Null => None,
+                        MaybeUndefined::Value(d) => Some(d.clone()),
+                    },
+                    body: Value::Object(body).to_string(),
+                }
+            };
+            match self
+                .change_kb(&caller, params.kb_id, params.if_match, change)
+                .await
+            {
+                Ok((row, kb)) => UpdateKnowledgeBaseResponse::Ok(Json(kb), etag(row.version)),
+                Err(f) => f.into(),
             }
-            if let Some(m) = &patch.metadata {
-                body.insert("metadata".into(), Value::Object(object(Some(m.clone()))));
-            }
-            if let Some(m) = &patch.embedding_model {
-                body.insert("embedding_model".into(), m.clone().into());
-            }
-            KbChanges {
-                name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
-                kb_type: patch
-                    .type_
-                    .clone()
-                    .unwrap_or_else(|| current.kb_type.clone()),
-                description: match &patch.description {
-                    MaybeUndefined::Undefined => current.description.clone(),
-                    MaybeUndefined::Null => None,
-                    MaybeUndefined::Value(d) => Some(d.clone()),
-                },
-                body: Value::Object(body).to_string(),
-            }
-        };
-        match self
-            .change_kb(&caller, params.kb_id, params.if_match, change)
-            .await
-        {
-            Ok((row, kb)) => UpdateKnowledgeBaseResponse::Ok(Json(kb), etag(row.version)),
-            Err(f) => f.into(),
         }
+        .await)
     }
 
     async fn delete_knowledge_base(
         &self,
         caller: Caller,
         params: DeleteKnowledgeBaseParams,
-    ) -> DeleteKnowledgeBaseResponse {
-        let org = caller.org_id.clone();
-        let id = params.kb_id;
-        match self
-            .store
-            .run(move |conn| store::delete_kb(conn, &org, &id))
-            .await
-        {
-            Ok(()) => DeleteKnowledgeBaseResponse::NoContent,
-            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<DeleteKnowledgeBaseResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let id = params.kb_id;
+            match self
+                .store
+                .run(move |conn| store::delete_kb(conn, &org, &id))
+                .await
+            {
+                Ok(()) => DeleteKnowledgeBaseResponse::NoContent,
+                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn query_knowledge_base(
         &self,
         caller: Caller,
         params: QueryKnowledgeBaseParams,
-    ) -> QueryKnowledgeBaseResponse {
-        let kb = match self.require_kb(&caller, &params.kb_id).await {
-            Ok(kb) => kb,
-            Err(f) => return f.into(),
-        };
-        let q = params.body;
-        let opts = q.options.clone().unwrap_or_default();
-        let top_k = q
-            .top_k
-            .or(q.max_results)
-            .or(opts.max_results)
-            .unwrap_or(DEFAULT_TOP_K);
-        let options = SearchOptions {
-            top_k: usize::try_from(top_k).unwrap_or(5),
-            min_score: q.min_score.or(opts.min_score),
-            filters: q.filters.unwrap_or_default().into_iter().collect(),
-        };
-        let include = q.include_metadata.or(opts.include_metadata).unwrap_or(true);
-        match self
-            .retrieve(&caller, vec![kb.id], q.query, options, include)
-            .await
-        {
-            Ok(r) => QueryKnowledgeBaseResponse::Ok(Json(r)),
-            Err(f) => f.into(),
+    ) -> Result<QueryKnowledgeBaseResponse, ApiError> {
+        Ok(async {
+            let kb = match self.require_kb(&caller, &params.kb_id).await {
+                Ok(kb) => kb,
+                Err(f) => return f.into(),
+            };
+            let q = params.body;
+            let opts = q.options.clone().unwrap_or_default();
+            let top_k = q
+                .top_k
+                .or(q.max_results)
+                .or(opts.max_results)
+                .unwrap_or(DEFAULT_TOP_K);
+            let options = SearchOptions {
+                top_k: usize::try_from(top_k).unwrap_or(5),
+                min_score: q.min_score.or(opts.min_score),
+                filters: q.filters.unwrap_or_default().into_iter().collect(),
+            };
+            let include = q.include_metadata.or(opts.include_metadata).unwrap_or(true);
+            match self
+                .retrieve(&caller, vec![kb.id], q.query, options, include)
+                .await
+            {
+                Ok(r) => QueryKnowledgeBaseResponse::Ok(Json(r)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn ingest_knowledge(
         &self,
         caller: Caller,
         params: IngestKnowledgeParams,
-    ) -> IngestKnowledgeResponse {
-        let rid = caller.request_id.clone();
-        let kb = match self.require_kb(&caller, &params.kb_id).await {
-            Ok(kb) => kb,
-            Err(f) => return f.into(),
-        };
-        let body = params.body;
-        let mut options = chunk_options_of(&kb.body);
-        if let Some(size) = body.chunk_size {
-            options.chunk_size = usize::try_from(size).unwrap_or(options.chunk_size);
-        }
-        if let Some(overlap) = body.overlap {
-            options.overlap = usize::try_from(overlap).unwrap_or(options.overlap);
-        }
-        options.overlap = options.overlap.min(options.chunk_size.saturating_sub(1));
-        let mut planned = Vec::new();
-        for (i, value) in body.sources.iter().flatten().enumerate() {
-            match parse_source(value, &format!("sources[{i}]"), &rid) {
-                Ok(spec) => planned.push(plan_source(&kb.org_id, &kb.id, spec, options, true)),
+    ) -> Result<IngestKnowledgeResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let kb = match self.require_kb(&caller, &params.kb_id).await {
+                Ok(kb) => kb,
                 Err(f) => return f.into(),
+            };
+            let body = params.body;
+            let mut options = chunk_options_of(&kb.body);
+            if let Some(size) = body.chunk_size {
+                options.chunk_size = usize::try_from(size).unwrap_or(options.chunk_size);
             }
-        }
-        let documents: Vec<(DocumentRow, Vec<ChunkRow>)> = body
-            .documents
-            .into_iter()
-            .flatten()
-            .map(|d| {
-                let kind = d
-                    .content_type
-                    .map(|c| c.as_str())
-                    .and_then(ContentKind::from_mime)
-                    .unwrap_or(ContentKind::Text);
-                let (text, found_title, kind) = match crate::knowledge::text::extract(&d.text, kind)
-                {
-                    Ok((t, found)) => (t, found, kind),
-                    Err(_) => (d.text.clone(), None, ContentKind::Text),
-                };
-                let source = d.source.unwrap_or_else(|| "inline".into());
-                let title = d
-                    .title
-                    .or(found_title)
-                    .or_else(|| crate::knowledge::text::first_line_title(&text))
-                    .unwrap_or_else(|| source.clone());
-                let doc = crate::knowledge::NewDocument {
-                    title,
-                    text,
-                    content_type: kind.mime().to_string(),
-                    source,
-                    source_type: "inline".into(),
-                    source_id: None,
-                    metadata: object(d.metadata),
-                };
-                crate::knowledge::prepare(&kb.org_id, &kb.id, doc, options)
-            })
-            .collect();
-        let chunks_created = documents.iter().map(|(d, _)| d.chunk_count).sum::<i64>()
-            + planned
-                .iter()
-                .flat_map(|p| p.documents.iter().map(|(d, _)| d.chunk_count))
-                .sum::<i64>();
-        let result = IngestResult {
-            documents: documents
-                .iter()
-                .map(|(d, _)| document_model(d))
-                .chain(
-                    planned
-                        .iter()
-                        .flat_map(|p| p.documents.iter().map(|(d, _)| document_model(d))),
-                )
-                .collect(),
-            sources: planned.iter().map(|p| source_model(&p.source)).collect(),
-            syncs: planned
-                .iter()
-                .filter_map(|p| p.sync.as_ref().map(sync_model))
-                .collect(),
-            chunks_created,
-        };
-        let syncs_queued = planned.iter().any(|p| p.sync.is_some());
-        let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
-        let written = self
-            .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    store::get_kb(conn, &org, &kb_id)?;
-                    crate::knowledge::write(conn, &documents)?;
-                    write_sources(conn, &planned)
-                })
-            })
-            .await;
-        match written {
-            Ok(()) => {
-                if syncs_queued {
-                    self.pool.wake();
+            if let Some(overlap) = body.overlap {
+                options.overlap = usize::try_from(overlap).unwrap_or(options.overlap);
+            }
+            options.overlap = options.overlap.min(options.chunk_size.saturating_sub(1));
+            let mut planned = Vec::new();
+            for (i, value) in body.sources.iter().flatten().enumerate() {
+                match parse_source(value, &format!("sources[{i}]"), &rid) {
+                    Ok(spec) => planned.push(plan_source(&kb.org_id, &kb.id, spec, options, true)),
+                    Err(f) => return f.into(),
                 }
-                IngestKnowledgeResponse::Ok(Json(result))
             }
-            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
+            let documents: Vec<(DocumentRow, Vec<ChunkRow>)> = body
+                .documents
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    let kind = d
+                        .content_type
+                        .map(|c| c.as_str())
+                        .and_then(ContentKind::from_mime)
+                        .unwrap_or(ContentKind::Text);
+                    let (text, found_title, kind) =
+                        match crate::knowledge::text::extract(&d.text, kind) {
+                            Ok((t, found)) => (t, found, kind),
+                            Err(_) => (d.text.clone(), None, ContentKind::Text),
+                        };
+                    let source = d.source.unwrap_or_else(|| "inline".into());
+                    let title = d
+                        .title
+                        .or(found_title)
+                        .or_else(|| crate::knowledge::text::first_line_title(&text))
+                        .unwrap_or_else(|| source.clone());
+                    let doc = crate::knowledge::NewDocument {
+                        title,
+                        text,
+                        content_type: kind.mime().to_string(),
+                        source,
+                        source_type: "inline".into(),
+                        source_id: None,
+                        metadata: object(d.metadata),
+                    };
+                    crate::knowledge::prepare(&kb.org_id, &kb.id, doc, options)
+                })
+                .collect();
+            let chunks_created = documents.iter().map(|(d, _)| d.chunk_count).sum::<i64>()
+                + planned
+                    .iter()
+                    .flat_map(|p| p.documents.iter().map(|(d, _)| d.chunk_count))
+                    .sum::<i64>();
+            let result = IngestResult {
+                documents: documents
+                    .iter()
+                    .map(|(d, _)| document_model(d))
+                    .chain(
+                        planned
+                            .iter()
+                            .flat_map(|p| p.documents.iter().map(|(d, _)| document_model(d))),
+                    )
+                    .collect(),
+                sources: planned.iter().map(|p| source_model(&p.source)).collect(),
+                syncs: planned
+                    .iter()
+                    .filter_map(|p| p.sync.as_ref().map(sync_model))
+                    .collect(),
+                chunks_created,
+            };
+            let syncs_queued = planned.iter().any(|p| p.sync.is_some());
+            let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
+            let written = self
+                .store
+                .run(move |conn| {
+                    crate::db::write_transaction(conn, |conn| {
+                        store::get_kb(conn, &org, &kb_id)?;
+                        crate::knowledge::write(conn, &documents)?;
+                        write_sources(conn, &planned)
+                    })
+                })
+                .await;
+            match written {
+                Ok(()) => {
+                    if syncs_queued {
+                        self.pool.wake();
+                    }
+                    IngestKnowledgeResponse::Ok(Json(result))
+                }
+                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
+            }
         }
+        .await)
     }
 
     async fn list_knowledge_sources(
         &self,
         caller: Caller,
         params: ListKnowledgeSourcesParams,
-    ) -> ListKnowledgeSourcesResponse {
-        let rid = caller.request_id.clone();
-        let page = match page_of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let (org, kb_id, q) = (caller.org_id.clone(), params.kb_id, page.clone());
-        let listed = self
-            .store
-            .run(move |conn| {
-                store::get_kb(conn, &org, &kb_id)?;
-                store::list_sources(conn, &org, &kb_id, &q)
-            })
-            .await;
-        match listed {
-            Ok((rows, total)) => {
-                let cursor =
-                    next_cursor(&page, rows.len(), total, rows.last().map(|r| r.id.as_str()));
-                ListKnowledgeSourcesResponse::Ok(Json(KnowledgeSourceList {
-                    data: rows.iter().map(source_model).collect(),
-                    pagination: pagination(page.offset / page.limit + 1, page.limit, total, cursor),
-                }))
+    ) -> Result<ListKnowledgeSourcesResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match page_of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let (org, kb_id, q) = (caller.org_id.clone(), params.kb_id, page.clone());
+            let listed = self
+                .store
+                .run(move |conn| {
+                    store::get_kb(conn, &org, &kb_id)?;
+                    store::list_sources(conn, &org, &kb_id, &q)
+                })
+                .await;
+            match listed {
+                Ok((rows, total)) => {
+                    let cursor =
+                        next_cursor(&page, rows.len(), total, rows.last().map(|r| r.id.as_str()));
+                    ListKnowledgeSourcesResponse::Ok(Json(KnowledgeSourceList {
+                        data: rows.iter().map(source_model).collect(),
+                        pagination: pagination(
+                            page.offset / page.limit + 1,
+                            page.limit,
+                            total,
+                            cursor,
+                        ),
+                    }))
+                }
+                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
             }
-            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
         }
+        .await)
     }
 
     async fn create_knowledge_source(
         &self,
         caller: Caller,
         params: CreateKnowledgeSourceParams,
-    ) -> CreateKnowledgeSourceResponse {
-        let rid = caller.request_id.clone();
-        let kb = match self.require_kb(&caller, &params.kb_id).await {
-            Ok(kb) => kb,
-            Err(f) => return f.into(),
-        };
-        let request_hash = hash_body(Some(params.body.clone()));
-        let spec = match parse_source(&params.body, "body", &rid) {
-            Ok(s) => s,
-            Err(f) => return f.into(),
-        };
-        let planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
-        let key = params.idempotency_key;
-        let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
-        let created = self
-            .store
-            .run(move |conn| {
-                let id = planned.source.id.clone();
-                let created = idempotent(
-                    conn,
-                    &org,
-                    "createKnowledgeSource",
-                    key.as_deref(),
-                    &request_hash,
-                    &id,
-                    |conn| {
-                        store::get_kb(conn, &org, &kb_id)?;
-                        write_sources(conn, std::slice::from_ref(&planned))
-                    },
-                )?;
-                let id = match created {
-                    Created::New(()) => id,
-                    Created::Replayed(id) => id,
-                    Created::KeyReused => return Ok(None),
-                };
-                store::get_source(conn, &org, &kb_id, &id).map(Some)
-            })
-            .await;
-        match created {
-            Ok(Some(row)) => {
-                let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
-                CreateKnowledgeSourceResponse::Created(Json(source_model(&row)), location)
+    ) -> Result<CreateKnowledgeSourceResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let kb = match self.require_kb(&caller, &params.kb_id).await {
+                Ok(kb) => kb,
+                Err(f) => return f.into(),
+            };
+            let request_hash = hash_body(Some(params.body.clone()));
+            let spec = match parse_source(&params.body, "body", &rid) {
+                Ok(s) => s,
+                Err(f) => return f.into(),
+            };
+            let planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
+            let key = params.idempotency_key;
+            let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
+            let created = self
+                .store
+                .run(move |conn| {
+                    let id = planned.source.id.clone();
+                    let created = idempotent(
+                        conn,
+                        &org,
+                        "createKnowledgeSource",
+                        key.as_deref(),
+                        &request_hash,
+                        &id,
+                        |conn| {
+                            store::get_kb(conn, &org, &kb_id)?;
+                            write_sources(conn, std::slice::from_ref(&planned))
+                        },
+                    )?;
+                    let id = match created {
+                        Created::New(()) => id,
+                        Created::Replayed(id) => id,
+                        Created::KeyReused => return Ok(None),
+                    };
+                    store::get_source(conn, &org, &kb_id, &id).map(Some)
+                })
+                .await;
+            match created {
+                Ok(Some(row)) => {
+                    let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
+                    CreateKnowledgeSourceResponse::Created(Json(source_model(&row)), location)
+                }
+                Ok(None) => key_reused(&rid).into(),
+                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
             }
-            Ok(None) => key_reused(&rid).into(),
-            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
         }
+        .await)
     }
 
     async fn upload_knowledge_file(
         &self,
         caller: Caller,
         params: UploadKnowledgeFileParams,
-    ) -> UploadKnowledgeFileResponse {
+    ) -> Result<UploadKnowledgeFileResponse, ApiError> {
+        Ok(async {
         let rid = caller.request_id.clone();
         let kb = match self.require_kb(&caller, &params.kb_id).await {
             Ok(kb) => kb,
@@ -1170,245 +1216,284 @@ impl KnowledgeApi for Handlers {
             Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
         }
     }
+        .await)
+    }
 
     async fn get_knowledge_source(
         &self,
         caller: Caller,
         params: GetKnowledgeSourceParams,
-    ) -> GetKnowledgeSourceResponse {
-        let org = caller.org_id.clone();
-        match self
-            .store
-            .run(move |conn| store::get_source(conn, &org, &params.kb_id, &params.source_id))
-            .await
-        {
-            Ok(row) => GetKnowledgeSourceResponse::Ok(Json(source_model(&row))),
-            Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<GetKnowledgeSourceResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            match self
+                .store
+                .run(move |conn| store::get_source(conn, &org, &params.kb_id, &params.source_id))
+                .await
+            {
+                Ok(row) => GetKnowledgeSourceResponse::Ok(Json(source_model(&row))),
+                Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn replace_knowledge_source(
         &self,
         caller: Caller,
         params: ReplaceKnowledgeSourceParams,
-    ) -> ReplaceKnowledgeSourceResponse {
-        let rid = caller.request_id.clone();
-        let kb = match self.require_kb(&caller, &params.kb_id).await {
-            Ok(kb) => kb,
-            Err(f) => return f.into(),
-        };
-        let spec = match parse_source(&params.body, "body", &rid) {
-            Ok(s) => s,
-            Err(f) => return f.into(),
-        };
-        let options = chunk_options_of(&kb.body);
-        let (org, kb_id, source_id) = (kb.org_id.clone(), kb.id.clone(), params.source_id);
-        let replaced = self
-            .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    // Serializes with a sync being queued (which reads the row, then marks it).
-                    crate::db::lock_row(conn, "knowledge_sources", &org, &source_id)?;
-                    let old = store::get_source(conn, &org, &kb_id, &source_id)?;
-                    if old.status == "syncing" {
-                        return Ok(None);
-                    }
-                    let mut planned =
-                        plan_source_as(&org, &kb_id, spec, options, false, old.id.clone());
-                    let source = &mut planned.source;
-                    source.created_at = old.created_at.clone();
-                    if same_fetch(&old, source) {
-                        // The same page or repository: what it fetched still stands.
-                        source.status = old.status.clone();
-                        source.last_sync_at = old.last_sync_at.clone();
-                    } else {
-                        store::delete_source_documents(conn, &old.id)?;
-                        crate::knowledge::write(conn, &planned.documents)?;
-                    }
-                    store::replace_source(conn, &planned.source)?;
-                    Ok(Some(planned.source))
+    ) -> Result<ReplaceKnowledgeSourceResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let kb = match self.require_kb(&caller, &params.kb_id).await {
+                Ok(kb) => kb,
+                Err(f) => return f.into(),
+            };
+            let spec = match parse_source(&params.body, "body", &rid) {
+                Ok(s) => s,
+                Err(f) => return f.into(),
+            };
+            let options = chunk_options_of(&kb.body);
+            let (org, kb_id, source_id) = (kb.org_id.clone(), kb.id.clone(), params.source_id);
+            let replaced = self
+                .store
+                .run(move |conn| {
+                    crate::db::write_transaction(conn, |conn| {
+                        // Serializes with a sync being queued (which reads the row, then marks it).
+                        crate::db::lock_row(conn, "knowledge_sources", &org, &source_id)?;
+                        let old = store::get_source(conn, &org, &kb_id, &source_id)?;
+                        if old.status == "syncing" {
+                            return Ok(None);
+                        }
+                        let mut planned =
+                            plan_source_as(&org, &kb_id, spec, options, false, old.id.clone());
+                        let source = &mut planned.source;
+                        source.created_at = old.created_at.clone();
+                        if same_fetch(&old, source) {
+                            // The same page or repository: what it fetched still stands.
+                            source.status = old.status.clone();
+                            source.last_sync_at = old.last_sync_at.clone();
+                        } else {
+                            store::delete_source_documents(conn, &old.id)?;
+                            crate::knowledge::write(conn, &planned.documents)?;
+                        }
+                        store::replace_source(conn, &planned.source)?;
+                        Ok(Some(planned.source))
+                    })
                 })
-            })
-            .await;
-        match replaced {
-            Ok(Some(row)) => ReplaceKnowledgeSourceResponse::Ok(Json(source_model(&row))),
-            Ok(None) => Failure::new(
-                Kind::Conflict,
-                "SOURCE_SYNCING",
-                "the source is being synced; replace it once the sync has ended",
-                &rid,
-            )
-            .into(),
-            Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &rid).into(),
+                .await;
+            match replaced {
+                Ok(Some(row)) => ReplaceKnowledgeSourceResponse::Ok(Json(source_model(&row))),
+                Ok(None) => Failure::new(
+                    Kind::Conflict,
+                    "SOURCE_SYNCING",
+                    "the source is being synced; replace it once the sync has ended",
+                    &rid,
+                )
+                .into(),
+                Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &rid).into(),
+            }
         }
+        .await)
     }
 
     async fn delete_knowledge_source(
         &self,
         caller: Caller,
         params: DeleteKnowledgeSourceParams,
-    ) -> DeleteKnowledgeSourceResponse {
-        let org = caller.org_id.clone();
-        match self
-            .store
-            .run(move |conn| store::delete_source(conn, &org, &params.kb_id, &params.source_id))
-            .await
-        {
-            Ok(()) => DeleteKnowledgeSourceResponse::NoContent,
-            Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<DeleteKnowledgeSourceResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            match self
+                .store
+                .run(move |conn| store::delete_source(conn, &org, &params.kb_id, &params.source_id))
+                .await
+            {
+                Ok(()) => DeleteKnowledgeSourceResponse::NoContent,
+                Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn sync_knowledge_source(
         &self,
         caller: Caller,
         params: SyncKnowledgeSourceParams,
-    ) -> SyncKnowledgeSourceResponse {
-        let org = caller.org_id.clone();
-        let queued = self
-            .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    // Serializes with a replace (which reads the row's status, then writes it).
-                    crate::db::lock_row(conn, "knowledge_sources", &org, &params.source_id)?;
-                    let source = store::get_source(conn, &org, &params.kb_id, &params.source_id)?;
-                    let row = SyncRow {
-                        id: crate::ids::new_id("sync"),
-                        org_id: org.clone(),
-                        kb_id: source.kb_id.clone(),
-                        source_id: source.id.clone(),
-                        status: "queued".into(),
-                        error: None,
-                        documents: 0,
-                        chunks: 0,
-                        created_at: crate::ids::now(),
-                        started_at: None,
-                        finished_at: None,
-                    };
-                    store::insert_sync(conn, &row)?;
-                    crate::knowledge::sync::enqueue(conn, &row)?;
-                    store::set_source_status(conn, &source.id, "syncing", None)?;
-                    Ok(row)
+    ) -> Result<SyncKnowledgeSourceResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let queued = self
+                .store
+                .run(move |conn| {
+                    crate::db::write_transaction(conn, |conn| {
+                        // Serializes with a replace (which reads the row's status, then writes it).
+                        crate::db::lock_row(conn, "knowledge_sources", &org, &params.source_id)?;
+                        let source =
+                            store::get_source(conn, &org, &params.kb_id, &params.source_id)?;
+                        let row = SyncRow {
+                            id: crate::ids::new_id("sync"),
+                            org_id: org.clone(),
+                            kb_id: source.kb_id.clone(),
+                            source_id: source.id.clone(),
+                            status: "queued".into(),
+                            error: None,
+                            documents: 0,
+                            chunks: 0,
+                            created_at: crate::ids::now(),
+                            started_at: None,
+                            finished_at: None,
+                        };
+                        store::insert_sync(conn, &row)?;
+                        crate::knowledge::sync::enqueue(conn, &row)?;
+                        store::set_source_status(conn, &source.id, "syncing", None)?;
+                        Ok(row)
+                    })
                 })
-            })
-            .await;
-        match queued {
-            Ok(row) => {
-                let job = sync_model(&row);
-                let location = format!("/v1/knowledge/{}/syncs/{}", row.kb_id, row.id);
-                self.pool.wake();
-                SyncKnowledgeSourceResponse::Accepted(Json(job), location)
+                .await;
+            match queued {
+                Ok(row) => {
+                    let job = sync_model(&row);
+                    let location = format!("/v1/knowledge/{}/syncs/{}", row.kb_id, row.id);
+                    self.pool.wake();
+                    SyncKnowledgeSourceResponse::Accepted(Json(job), location)
+                }
+                Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
             }
-            Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
         }
+        .await)
     }
 
     async fn get_knowledge_sync(
         &self,
         caller: Caller,
         params: GetKnowledgeSyncParams,
-    ) -> GetKnowledgeSyncResponse {
-        let org = caller.org_id.clone();
-        match self
-            .store
-            .run(move |conn| store::get_sync(conn, &org, &params.kb_id, &params.sync_id))
-            .await
-        {
-            Ok(row) => GetKnowledgeSyncResponse::Ok(Json(sync_model(&row))),
-            Err(e) => Failure::from_store(e, SYNC_NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<GetKnowledgeSyncResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            match self
+                .store
+                .run(move |conn| store::get_sync(conn, &org, &params.kb_id, &params.sync_id))
+                .await
+            {
+                Ok(row) => GetKnowledgeSyncResponse::Ok(Json(sync_model(&row))),
+                Err(e) => Failure::from_store(e, SYNC_NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn list_knowledge_documents(
         &self,
         caller: Caller,
         params: ListKnowledgeDocumentsParams,
-    ) -> ListKnowledgeDocumentsResponse {
-        let rid = caller.request_id.clone();
-        let page = match page_of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let (org, kb_id, q, source) = (
-            caller.org_id.clone(),
-            params.kb_id,
-            page.clone(),
-            params.source_id,
-        );
-        let listed = self
-            .store
-            .run(move |conn| {
-                store::get_kb(conn, &org, &kb_id)?;
-                store::list_documents(conn, &org, &kb_id, source.as_deref(), &q)
-            })
-            .await;
-        match listed {
-            Ok((rows, total)) => {
-                let cursor =
-                    next_cursor(&page, rows.len(), total, rows.last().map(|r| r.id.as_str()));
-                ListKnowledgeDocumentsResponse::Ok(Json(KnowledgeDocumentList {
-                    data: rows.iter().map(document_model).collect(),
-                    pagination: pagination(page.offset / page.limit + 1, page.limit, total, cursor),
-                }))
+    ) -> Result<ListKnowledgeDocumentsResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match page_of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let (org, kb_id, q, source) = (
+                caller.org_id.clone(),
+                params.kb_id,
+                page.clone(),
+                params.source_id,
+            );
+            let listed = self
+                .store
+                .run(move |conn| {
+                    store::get_kb(conn, &org, &kb_id)?;
+                    store::list_documents(conn, &org, &kb_id, source.as_deref(), &q)
+                })
+                .await;
+            match listed {
+                Ok((rows, total)) => {
+                    let cursor =
+                        next_cursor(&page, rows.len(), total, rows.last().map(|r| r.id.as_str()));
+                    ListKnowledgeDocumentsResponse::Ok(Json(KnowledgeDocumentList {
+                        data: rows.iter().map(document_model).collect(),
+                        pagination: pagination(
+                            page.offset / page.limit + 1,
+                            page.limit,
+                            total,
+                            cursor,
+                        ),
+                    }))
+                }
+                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
             }
-            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
         }
+        .await)
     }
 
     async fn get_knowledge_document(
         &self,
         caller: Caller,
         params: GetKnowledgeDocumentParams,
-    ) -> GetKnowledgeDocumentResponse {
-        let org = caller.org_id.clone();
-        match self
-            .store
-            .run(move |conn| store::get_document(conn, &org, &params.kb_id, &params.document_id))
-            .await
-        {
-            Ok(row) => GetKnowledgeDocumentResponse::Ok(Json(document_model(&row))),
-            Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<GetKnowledgeDocumentResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            match self
+                .store
+                .run(move |conn| {
+                    store::get_document(conn, &org, &params.kb_id, &params.document_id)
+                })
+                .await
+            {
+                Ok(row) => GetKnowledgeDocumentResponse::Ok(Json(document_model(&row))),
+                Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn delete_knowledge_document(
         &self,
         caller: Caller,
         params: DeleteKnowledgeDocumentParams,
-    ) -> DeleteKnowledgeDocumentResponse {
-        let org = caller.org_id.clone();
-        match self
-            .store
-            .run(move |conn| store::delete_document(conn, &org, &params.kb_id, &params.document_id))
-            .await
-        {
-            Ok(()) => DeleteKnowledgeDocumentResponse::NoContent,
-            Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<DeleteKnowledgeDocumentResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            match self
+                .store
+                .run(move |conn| {
+                    store::delete_document(conn, &org, &params.kb_id, &params.document_id)
+                })
+                .await
+            {
+                Ok(()) => DeleteKnowledgeDocumentResponse::NoContent,
+                Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn list_knowledge_chunks(
         &self,
         caller: Caller,
         params: ListKnowledgeChunksParams,
-    ) -> ListKnowledgeChunksResponse {
-        let org = caller.org_id.clone();
-        let (page, per_page) = (params.page, params.per_page);
-        let offset = (page - 1).saturating_mul(per_page);
-        match self
-            .store
-            .run(move |conn| {
-                let doc = store::get_document(conn, &org, &params.kb_id, &params.document_id)?;
-                store::list_chunks(conn, &doc.id, offset, per_page)
-            })
-            .await
-        {
-            Ok((rows, total)) => ListKnowledgeChunksResponse::Ok(Json(KnowledgeChunkList {
-                data: rows.iter().map(chunk_model).collect(),
-                pagination: pagination(page, per_page, total, None),
-            })),
-            Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<ListKnowledgeChunksResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let (page, per_page) = (params.page, params.per_page);
+            let offset = (page - 1).saturating_mul(per_page);
+            match self
+                .store
+                .run(move |conn| {
+                    let doc = store::get_document(conn, &org, &params.kb_id, &params.document_id)?;
+                    store::list_chunks(conn, &doc.id, offset, per_page)
+                })
+                .await
+            {
+                Ok((rows, total)) => ListKnowledgeChunksResponse::Ok(Json(KnowledgeChunkList {
+                    data: rows.iter().map(chunk_model).collect(),
+                    pagination: pagination(page, per_page, total, None),
+                })),
+                Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 }
 

@@ -149,107 +149,116 @@ impl MarketplaceApi for Handlers {
         &self,
         caller: Caller,
         params: SearchMarketplaceParams,
-    ) -> SearchMarketplaceResponse {
-        let page = match PageRequest::of(&params, &caller.request_id) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let found = search(&params);
-        let total = i64::try_from(found.len()).unwrap_or(i64::MAX);
-        // Cursors resume after the item they name when it is still in the results.
-        // Cursor ids spell a template id's `-` as `_` (the shared cursor pattern has no `-`;
-        // template ids have no `_`).
-        let start = match &page.after_id {
-            Some(id) => found
-                .iter()
-                .position(|t| t.id == id.replace('_', "-"))
-                .map_or(page.offset, |i| i64::try_from(i + 1).unwrap_or(i64::MAX)),
-            None => page.offset,
-        };
-        let data: Vec<MarketplaceTemplate> = found
-            .into_iter()
-            .skip(usize::try_from(start).unwrap_or(usize::MAX))
-            .take(usize::try_from(page.limit).unwrap_or(0))
-            .cloned()
-            .collect();
-        let anchored = PageRequest {
-            offset: start,
-            ..page
-        };
-        let last = data.last().map(|t| t.id.replace('-', "_"));
-        SearchMarketplaceResponse::Ok(Json(MarketplaceTemplateList {
-            pagination: anchored.pagination(data.len(), last.as_deref(), total),
-            data,
-        }))
+    ) -> Result<SearchMarketplaceResponse, ApiError> {
+        Ok(async {
+            let page = match PageRequest::of(&params, &caller.request_id) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let found = search(&params);
+            let total = i64::try_from(found.len()).unwrap_or(i64::MAX);
+            // Cursors resume after the item they name when it is still in the results.
+            // Cursor ids spell a template id's `-` as `_` (the shared cursor pattern has no `-`;
+            // template ids have no `_`).
+            let start = match &page.after_id {
+                Some(id) => found
+                    .iter()
+                    .position(|t| t.id == id.replace('_', "-"))
+                    .map_or(page.offset, |i| i64::try_from(i + 1).unwrap_or(i64::MAX)),
+                None => page.offset,
+            };
+            let data: Vec<MarketplaceTemplate> = found
+                .into_iter()
+                .skip(usize::try_from(start).unwrap_or(usize::MAX))
+                .take(usize::try_from(page.limit).unwrap_or(0))
+                .cloned()
+                .collect();
+            let anchored = PageRequest {
+                offset: start,
+                ..page
+            };
+            let last = data.last().map(|t| t.id.replace('-', "_"));
+            SearchMarketplaceResponse::Ok(Json(MarketplaceTemplateList {
+                pagination: anchored.pagination(data.len(), last.as_deref(), total),
+                data,
+            }))
+        }
+        .await)
     }
 
     async fn get_marketplace_template(
         &self,
         caller: Caller,
         params: GetMarketplaceTemplateParams,
-    ) -> GetMarketplaceTemplateResponse {
-        match find(&params.template_id) {
-            Some(t) => GetMarketplaceTemplateResponse::Ok(Json(t.clone())),
-            None => not_found(&caller.request_id).into(),
+    ) -> Result<GetMarketplaceTemplateResponse, ApiError> {
+        Ok(async {
+            match find(&params.template_id) {
+                Some(t) => GetMarketplaceTemplateResponse::Ok(Json(t.clone())),
+                None => not_found(&caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn install_marketplace_template(
         &self,
         caller: Caller,
         params: InstallMarketplaceTemplateParams,
-    ) -> InstallMarketplaceTemplateResponse {
-        let rid = caller.request_id.clone();
-        let Some(t) = find(&params.template_id) else {
-            return not_found(&rid).into();
-        };
-        let body = params.body.to_json().unwrap_or(Value::Object(Map::new()));
-        let hash = idem::request_hash(&serde_json::json!({"template": t.id, "body": body}));
-        let (agent, template) = match install_rows(t, &caller, &body) {
-            Ok(rows) => rows,
-            Err(e) => return Failure::from_store(e, NOT_FOUND, &rid).into(),
-        };
-        let key = params.idempotency_key;
-        let created = self
-            .store
-            .run(move |conn| {
-                let keyed = Keyed {
-                    org_id: &agent.org_id,
-                    operation: INSTALL_OPERATION,
-                    key: key.as_deref(),
-                    request_hash: &hash,
-                    resource_id: &agent.id,
-                };
-                idem::create_once(
-                    conn,
-                    &keyed,
-                    |conn| {
-                        templates_db::insert(conn, &template)?;
-                        agents_db::insert(conn, &agent)?;
-                        publish_agent(conn, "agent.created", &agent)?;
-                        Ok(agent.clone())
-                    },
-                    |conn, id| agents_db::get(conn, &agent.org_id, id),
-                )
-            })
-            .await;
-        let row = match created {
-            Ok(Created::New(row)) => {
-                self.events.wake();
-                row
+    ) -> Result<InstallMarketplaceTemplateResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let Some(t) = find(&params.template_id) else {
+                return not_found(&rid).into();
+            };
+            let body = params.body.to_json().unwrap_or(Value::Object(Map::new()));
+            let hash = idem::request_hash(&serde_json::json!({"template": t.id, "body": body}));
+            let (agent, template) = match install_rows(t, &caller, &body) {
+                Ok(rows) => rows,
+                Err(e) => return Failure::from_store(e, NOT_FOUND, &rid).into(),
+            };
+            let key = params.idempotency_key;
+            let created = self
+                .store
+                .run(move |conn| {
+                    let keyed = Keyed {
+                        org_id: &agent.org_id,
+                        operation: INSTALL_OPERATION,
+                        key: key.as_deref(),
+                        request_hash: &hash,
+                        resource_id: &agent.id,
+                    };
+                    idem::create_once(
+                        conn,
+                        &keyed,
+                        |conn| {
+                            templates_db::insert(conn, &template)?;
+                            agents_db::insert(conn, &agent)?;
+                            publish_agent(conn, "agent.created", &agent)?;
+                            Ok(agent.clone())
+                        },
+                        |conn, id| agents_db::get(conn, &agent.org_id, id),
+                    )
+                })
+                .await;
+            let row = match created {
+                Ok(Created::New(row)) => {
+                    self.events.wake();
+                    row
+                }
+                Ok(Created::Replayed(row)) => row,
+                Ok(Created::KeyReused) => return idem::key_reused(&rid).into(),
+                Err(e) => return Failure::from_store(e, super::agents::NOT_FOUND, &rid).into(),
+            };
+            match row_to_agent(&row) {
+                Ok(a) => InstallMarketplaceTemplateResponse::Created(
+                    Json(a),
+                    format!("/v1/agents/{}", row.id),
+                    etag(row.version),
+                ),
+                Err(e) => Failure::from_store(e, super::agents::NOT_FOUND, &rid).into(),
             }
-            Ok(Created::Replayed(row)) => row,
-            Ok(Created::KeyReused) => return idem::key_reused(&rid).into(),
-            Err(e) => return Failure::from_store(e, super::agents::NOT_FOUND, &rid).into(),
-        };
-        match row_to_agent(&row) {
-            Ok(a) => InstallMarketplaceTemplateResponse::Created(
-                Json(a),
-                format!("/v1/agents/{}", row.id),
-                etag(row.version),
-            ),
-            Err(e) => Failure::from_store(e, super::agents::NOT_FOUND, &rid).into(),
         }
+        .await)
     }
 }
 

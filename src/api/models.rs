@@ -251,109 +251,140 @@ impl Handlers {
 }
 
 impl ModelRegistryApi for Handlers {
-    async fn list_models(&self, caller: Caller, params: ListModelsParams) -> ListModelsResponse {
-        match self.list_models_page(&caller, params).await {
-            Ok(list) => ListModelsResponse::Ok(Json(list)),
-            Err(f) => f.into(),
-        }
-    }
-
-    async fn create_model(&self, caller: Caller, params: CreateModelParams) -> CreateModelResponse {
-        let rid = caller.request_id.clone();
-        match self
-            .create_model_row(&caller, params)
-            .await
-            .and_then(|row| row_to_model(&row).map_err(store_failure(&rid)))
-        {
-            Ok(model) => CreateModelResponse::Created(
-                Json(model.clone()),
-                format!("/v1/models/{}", model.id),
-                etag(model.version),
-            ),
-            Err(f) => f.into(),
-        }
-    }
-
-    async fn get_model(&self, caller: Caller, params: GetModelParams) -> GetModelResponse {
-        let rid = caller.request_id.clone();
-        let model = if params.model_id == BUILTIN_ID {
-            Ok(builtin())
-        } else {
-            let org = caller.org_id.clone();
-            let id = params.model_id.clone();
-            self.store
-                .run(move |conn| store::get(conn, &org, &id))
-                .await
-                .and_then(|row| row_to_model(&row))
-                .map_err(store_failure(&rid))
-        };
-        match model {
-            Ok(m) => {
-                let tag = etag(m.version);
-                if params
-                    .if_none_match
-                    .as_deref()
-                    .is_some_and(|h| etag_matches(h, &tag))
-                {
-                    GetModelResponse::NotModified(tag)
-                } else {
-                    GetModelResponse::Ok(Json(m), tag)
-                }
+    async fn list_models(
+        &self,
+        caller: Caller,
+        params: ListModelsParams,
+    ) -> Result<ListModelsResponse, ApiError> {
+        Ok(async {
+            match self.list_models_page(&caller, params).await {
+                Ok(list) => ListModelsResponse::Ok(Json(list)),
+                Err(f) => f.into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
+    }
+
+    async fn create_model(
+        &self,
+        caller: Caller,
+        params: CreateModelParams,
+    ) -> Result<CreateModelResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            match self
+                .create_model_row(&caller, params)
+                .await
+                .and_then(|row| row_to_model(&row).map_err(store_failure(&rid)))
+            {
+                Ok(model) => CreateModelResponse::Created(
+                    Json(model.clone()),
+                    format!("/v1/models/{}", model.id),
+                    etag(model.version),
+                ),
+                Err(f) => f.into(),
+            }
+        }
+        .await)
+    }
+
+    async fn get_model(
+        &self,
+        caller: Caller,
+        params: GetModelParams,
+    ) -> Result<GetModelResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let model = if params.model_id == BUILTIN_ID {
+                Ok(builtin())
+            } else {
+                let org = caller.org_id.clone();
+                let id = params.model_id.clone();
+                self.store
+                    .run(move |conn| store::get(conn, &org, &id))
+                    .await
+                    .and_then(|row| row_to_model(&row))
+                    .map_err(store_failure(&rid))
+            };
+            match model {
+                Ok(m) => {
+                    let tag = etag(m.version);
+                    if params
+                        .if_none_match
+                        .as_deref()
+                        .is_some_and(|h| etag_matches(h, &tag))
+                    {
+                        GetModelResponse::NotModified(tag)
+                    } else {
+                        GetModelResponse::Ok(Json(m), tag)
+                    }
+                }
+                Err(f) => f.into(),
+            }
+        }
+        .await)
     }
 
     async fn replace_model(
         &self,
         caller: Caller,
         params: ReplaceModelParams,
-    ) -> ReplaceModelResponse {
-        let rid = caller.request_id.clone();
-        // Validate before touching the row; the sealed key is chosen inside the transaction.
-        if let Err(f) = changes_of(&params.body, None, &self.crypto, &rid) {
-            return f.into();
-        }
-        let org = caller.org_id.clone();
-        let crypto = self.crypto.clone();
-        let ReplaceModelParams {
-            model_id,
-            if_match,
-            body,
-        } = params;
-        let result = self
-            .store
-            .run(move |conn| {
-                store::update(conn, &org, &model_id, |current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    changes_of(&body, current.api_key_encrypted.clone(), &crypto, "")
-                        .map_err(|_| StoreError::Corrupt("model changes".into()))
+    ) -> Result<ReplaceModelResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            // Validate before touching the row; the sealed key is chosen inside the transaction.
+            if let Err(f) = changes_of(&params.body, None, &self.crypto, &rid) {
+                return f.into();
+            }
+            let org = caller.org_id.clone();
+            let crypto = self.crypto.clone();
+            let ReplaceModelParams {
+                model_id,
+                if_match,
+                body,
+            } = params;
+            let result = self
+                .store
+                .run(move |conn| {
+                    store::update(conn, &org, &model_id, |current| {
+                        if let Some(h) = &if_match
+                            && !etag_matches(h, &etag(current.version))
+                        {
+                            return Err(StoreError::PreconditionFailed);
+                        }
+                        changes_of(&body, current.api_key_encrypted.clone(), &crypto, "")
+                            .map_err(|_| StoreError::Corrupt("model changes".into()))
+                    })
                 })
-            })
-            .await
-            .and_then(|row| row_to_model(&row))
-            .map_err(store_failure(&rid));
-        match result {
-            Ok(m) => ReplaceModelResponse::Ok(Json(m.clone()), etag(m.version)),
-            Err(f) => f.into(),
+                .await
+                .and_then(|row| row_to_model(&row))
+                .map_err(store_failure(&rid));
+            match result {
+                Ok(m) => ReplaceModelResponse::Ok(Json(m.clone()), etag(m.version)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
-    async fn delete_model(&self, caller: Caller, params: DeleteModelParams) -> DeleteModelResponse {
-        let org = caller.org_id.clone();
-        let id = params.model_id;
-        match self
-            .store
-            .run(move |conn| store::delete(conn, &org, &id))
-            .await
-        {
-            Ok(()) => DeleteModelResponse::NoContent,
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+    async fn delete_model(
+        &self,
+        caller: Caller,
+        params: DeleteModelParams,
+    ) -> Result<DeleteModelResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let id = params.model_id;
+            match self
+                .store
+                .run(move |conn| store::delete(conn, &org, &id))
+                .await
+            {
+                Ok(()) => DeleteModelResponse::NoContent,
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 }
 

@@ -426,71 +426,87 @@ impl Handlers {
 }
 
 impl SecurityApi for Handlers {
-    async fn scan_agent(&self, caller: Caller, params: ScanAgentParams) -> ScanAgentResponse {
-        let rid = caller.request_id.clone();
-        match self.run_scan(&caller, params).await.and_then(|row| {
-            to_scan(&row)
-                .map(|s| (s, row.id))
-                .map_err(|e| Failure::from_store(e, SCAN_NOT_FOUND, &rid))
-        }) {
-            Ok((scan, id)) => ScanAgentResponse::Created(
-                Json(scan),
-                format!("/v1/security/scans/{id}"),
-                etag(SCAN_VERSION),
-            ),
-            Err(f) => f.into(),
+    async fn scan_agent(
+        &self,
+        caller: Caller,
+        params: ScanAgentParams,
+    ) -> Result<ScanAgentResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            match self.run_scan(&caller, params).await.and_then(|row| {
+                to_scan(&row)
+                    .map(|s| (s, row.id))
+                    .map_err(|e| Failure::from_store(e, SCAN_NOT_FOUND, &rid))
+            }) {
+                Ok((scan, id)) => ScanAgentResponse::Created(
+                    Json(scan),
+                    format!("/v1/security/scans/{id}"),
+                    etag(SCAN_VERSION),
+                ),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn list_security_scans(
         &self,
         caller: Caller,
         params: ListSecurityScansParams,
-    ) -> ListSecurityScansResponse {
-        match self.security_scans(&caller, params).await {
-            Ok(list) => ListSecurityScansResponse::Ok(Json(list)),
-            Err(f) => f.into(),
+    ) -> Result<ListSecurityScansResponse, ApiError> {
+        Ok(async {
+            match self.security_scans(&caller, params).await {
+                Ok(list) => ListSecurityScansResponse::Ok(Json(list)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn get_security_scan(
         &self,
         caller: Caller,
         params: GetSecurityScanParams,
-    ) -> GetSecurityScanResponse {
-        let rid = caller.request_id.clone();
-        let org = caller.org_id.clone();
-        let id = params.scan_id;
-        let row = match self
-            .store
-            .run(move |conn| scans::get(conn, &org, &id))
-            .await
-        {
-            Ok(row) => row,
-            Err(e) => return Failure::from_store(e, SCAN_NOT_FOUND, &rid).into(),
-        };
-        let tag = etag(SCAN_VERSION);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
-            return GetSecurityScanResponse::NotModified(tag);
+    ) -> Result<GetSecurityScanResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let org = caller.org_id.clone();
+            let id = params.scan_id;
+            let row = match self
+                .store
+                .run(move |conn| scans::get(conn, &org, &id))
+                .await
+            {
+                Ok(row) => row,
+                Err(e) => return Failure::from_store(e, SCAN_NOT_FOUND, &rid).into(),
+            };
+            let tag = etag(SCAN_VERSION);
+            if params
+                .if_none_match
+                .as_deref()
+                .is_some_and(|h| etag_matches(h, &tag))
+            {
+                return GetSecurityScanResponse::NotModified(tag);
+            }
+            match to_scan(&row) {
+                Ok(scan) => GetSecurityScanResponse::Ok(Json(scan), tag),
+                Err(e) => Failure::from_store(e, SCAN_NOT_FOUND, &rid).into(),
+            }
         }
-        match to_scan(&row) {
-            Ok(scan) => GetSecurityScanResponse::Ok(Json(scan), tag),
-            Err(e) => Failure::from_store(e, SCAN_NOT_FOUND, &rid).into(),
-        }
+        .await)
     }
 
     async fn list_security_events(
         &self,
         caller: Caller,
         params: ListSecurityEventsParams,
-    ) -> ListSecurityEventsResponse {
-        match self.security_events(&caller, params).await {
-            Ok(list) => ListSecurityEventsResponse::Ok(Json(list)),
-            Err(f) => f.into(),
+    ) -> Result<ListSecurityEventsResponse, ApiError> {
+        Ok(async {
+            match self.security_events(&caller, params).await {
+                Ok(list) => ListSecurityEventsResponse::Ok(Json(list)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 }

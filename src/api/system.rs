@@ -1,5 +1,6 @@
 //! `GET /v1/health` and `GET /v1/status`.
 
+use agentplane_api::ApiError;
 use std::time::Instant;
 
 use agentplane_api::models::{
@@ -37,14 +38,12 @@ fn status_counts(
         .filter(a::org_id.eq(org))
         .group_by(a::status)
         .select((a::status, diesel::dsl::count_star()))
-        .load::<(String, i64)>(conn)
-        .map_err(crate::db::StoreError::from_diesel)?;
+        .load::<(String, i64)>(conn)?;
     let executions = e::table
         .filter(e::org_id.eq(org))
         .group_by(e::status)
         .select((e::status, diesel::dsl::count_star()))
-        .load::<(String, i64)>(conn)
-        .map_err(crate::db::StoreError::from_diesel)?;
+        .load::<(String, i64)>(conn)?;
     Ok((agents, executions))
 }
 
@@ -53,67 +52,70 @@ impl SystemApi for Handlers {
         &self,
         caller: crate::auth::Caller,
         _params: GetSystemMetricsParams,
-    ) -> GetSystemMetricsResponse {
-        let org = caller.org_id.clone();
-        let counts = match self.store.run(move |conn| status_counts(conn, &org)).await {
-            Ok(c) => c,
-            Err(e) => {
-                return crate::error::Failure::from_store(e, "NOT_FOUND", &caller.request_id)
-                    .into();
-            }
-        };
-        let tally = |rows: Vec<(String, i64)>| {
-            let total = rows.iter().map(|(_, n)| n).sum();
-            (
-                total,
-                rows.into_iter()
-                    .collect::<std::collections::BTreeMap<_, _>>(),
-            )
-        };
-        let (agents_total, agents) = tally(counts.0);
-        let (executions_total, executions) = tally(counts.1);
-        let requests = self.metrics.figures();
-        let uptime = self.metrics.uptime_seconds();
-        let (cpu, rss) = crate::metrics::process_usage();
-        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        GetSystemMetricsResponse::Ok(Json(SystemMetrics {
-            timestamp: crate::ids::now(),
-            agents: SystemMetricsAgents {
-                total: agents_total,
-                by_status: agents,
-            },
-            executions: SystemMetricsExecutions {
-                total: executions_total,
-                by_status: executions,
-            },
-            process: SystemMetricsProcess {
-                uptime_seconds: as_i64(uptime),
-                cpu_seconds: cpu,
-                cpu_percent_average: cpu
-                    .zip(crate::metrics::process_seconds())
-                    .map(|(c, wall)| (c / wall * 10_000.0).round() / 100.0),
-                memory_rss_bytes: rss,
-            },
-            requests: SystemMetricsRequests {
-                total: as_i64(requests.total),
-                in_flight: as_i64(requests.in_flight),
-                last_minute: as_i64(requests.last_minute),
-                per_second: (requests.last_minute as f64 / 60.0 * 1000.0).round() / 1000.0,
-                by_class: requests
-                    .by_class
-                    .into_iter()
-                    .map(|(c, n)| (c, as_i64(n)))
-                    .collect(),
-            },
-        }))
+    ) -> Result<GetSystemMetricsResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let counts = match self.store.run(move |conn| status_counts(conn, &org)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    return crate::error::Failure::from_store(e, "NOT_FOUND", &caller.request_id)
+                        .into();
+                }
+            };
+            let tally = |rows: Vec<(String, i64)>| {
+                let total = rows.iter().map(|(_, n)| n).sum();
+                (
+                    total,
+                    rows.into_iter()
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                )
+            };
+            let (agents_total, agents) = tally(counts.0);
+            let (executions_total, executions) = tally(counts.1);
+            let requests = self.metrics.figures();
+            let uptime = self.metrics.uptime_seconds();
+            let (cpu, rss) = crate::metrics::process_usage();
+            let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            GetSystemMetricsResponse::Ok(Json(SystemMetrics {
+                timestamp: crate::ids::now(),
+                agents: SystemMetricsAgents {
+                    total: agents_total,
+                    by_status: agents,
+                },
+                executions: SystemMetricsExecutions {
+                    total: executions_total,
+                    by_status: executions,
+                },
+                process: SystemMetricsProcess {
+                    uptime_seconds: as_i64(uptime),
+                    cpu_seconds: cpu,
+                    cpu_percent_average: cpu
+                        .zip(crate::metrics::process_seconds())
+                        .map(|(c, wall)| (c / wall * 10_000.0).round() / 100.0),
+                    memory_rss_bytes: rss,
+                },
+                requests: SystemMetricsRequests {
+                    total: as_i64(requests.total),
+                    in_flight: as_i64(requests.in_flight),
+                    last_minute: as_i64(requests.last_minute),
+                    per_second: (requests.last_minute as f64 / 60.0 * 1000.0).round() / 1000.0,
+                    by_class: requests
+                        .by_class
+                        .into_iter()
+                        .map(|(c, n)| (c, as_i64(n)))
+                        .collect(),
+                },
+            }))
+        }
+        .await)
     }
 
     async fn run_batch(
         &self,
         caller: crate::auth::Caller,
         params: RunBatchParams,
-    ) -> RunBatchResponse {
-        self.run_batch_operations(caller, params).await
+    ) -> Result<RunBatchResponse, ApiError> {
+        Ok(async { self.run_batch_operations(caller, params).await }.await)
     }
 
     async fn get_health(&self, _ctx: RequestMeta, _params: GetHealthParams) -> GetHealthResponse {

@@ -8,21 +8,13 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::ToJSON;
 
 use super::Handlers;
-use super::idem::{self, Created, Keyed};
+use super::idem;
 use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::StoreError;
 use crate::db::templates::{self as store, TemplateChanges, TemplateQuery, TemplateRow};
 use crate::engine::template;
-use crate::error::{Failure, Kind, detail};
-use crate::failure_response;
-
-failure_response!(ListPromptTemplatesResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreatePromptTemplateResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
-failure_response!(GetPromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ReplacePromptTemplateResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
-failure_response!(DeletePromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(RenderPromptTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
+use crate::error::{Failure, Kind, detail, store_error};
 
 pub(crate) const NOT_FOUND: &str = "TEMPLATE_NOT_FOUND";
 const CREATE_OPERATION: &str = "createPromptTemplate";
@@ -92,7 +84,7 @@ impl Handlers {
         self.store
             .run(move |conn| store::get(conn, &org, &id))
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, &caller.request_id))
+            .map_err(store_error(NOT_FOUND, &caller.request_id))
     }
 
     async fn list_templates(
@@ -114,12 +106,12 @@ impl Handlers {
             .store
             .run(move |conn| store::list(conn, &org, &query))
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         let data = rows
             .iter()
             .map(row_to_template)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         Ok(PromptTemplateList {
             pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
             data,
@@ -147,30 +139,23 @@ impl Handlers {
             created_at: now.clone(),
             updated_at: now,
         };
-        let key = params.idempotency_key;
-        let created = self
-            .store
-            .run(move |conn| {
-                let keyed = Keyed {
-                    org_id: &row.org_id,
-                    operation: CREATE_OPERATION,
-                    key: key.as_deref(),
-                    request_hash: &hash,
-                    resource_id: &row.id,
-                };
-                idem::create_once(
-                    conn,
-                    &keyed,
-                    |conn| store::insert(conn, &row).map(|()| row.clone()),
-                    |conn, id| store::get(conn, &row.org_id, id),
-                )
-            })
-            .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
-        match created {
-            Created::New(row) | Created::Replayed(row) => Ok(row),
-            Created::KeyReused => Err(idem::key_reused(rid)),
-        }
+        let keyed = idem::NewKeyed {
+            org_id: row.org_id.clone(),
+            operation: CREATE_OPERATION,
+            key: params.idempotency_key,
+            request_hash: hash,
+            resource_id: row.id.clone(),
+        };
+        let org = row.org_id.clone();
+        idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| store::insert(conn, &row).map(|()| row.clone()),
+            move |conn, id| store::get(conn, &org, id),
+            NOT_FOUND,
+            rid,
+        )
+        .await
     }
 
     async fn replace_template(
@@ -199,7 +184,7 @@ impl Handlers {
                 )
             })
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))
+            .map_err(store_error(NOT_FOUND, rid))
     }
 
     async fn render_template(
@@ -209,7 +194,7 @@ impl Handlers {
     ) -> Result<RenderedPrompt, Failure> {
         let rid = caller.request_id.clone();
         let row = self.template_row(caller, params.template_id).await?;
-        let tpl = row_to_template(&row).map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))?;
+        let tpl = row_to_template(&row).map_err(store_error(NOT_FOUND, &rid))?;
         let values = params.body.variables.unwrap_or_default();
         render_declared(&tpl, &values, "variables", &rid).map(|rendered| RenderedPrompt {
             template_id: tpl.id.clone(),
@@ -275,100 +260,76 @@ impl TemplatesApi for Handlers {
         &self,
         caller: Caller,
         params: ListPromptTemplatesParams,
-    ) -> ListPromptTemplatesResponse {
-        match self.list_templates(&caller, params).await {
-            Ok(list) => ListPromptTemplatesResponse::Ok(Json(list)),
-            Err(f) => f.into(),
-        }
+    ) -> Result<ListPromptTemplatesResponse, ApiError> {
+        let list = self.list_templates(&caller, params).await?;
+        Ok(ListPromptTemplatesResponse::Ok(Json(list)))
     }
 
     async fn create_prompt_template(
         &self,
         caller: Caller,
         params: CreatePromptTemplateParams,
-    ) -> CreatePromptTemplateResponse {
-        let rid = caller.request_id.clone();
-        match self.create_template(&caller, params).await.and_then(|row| {
-            row_to_template(&row)
-                .map(|t| (t, row))
-                .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))
-        }) {
-            Ok((tpl, row)) => CreatePromptTemplateResponse::Created(
-                Json(tpl),
-                format!("/v1/prompt-templates/{}", row.id),
-                etag(row.version),
-            ),
-            Err(f) => f.into(),
-        }
+    ) -> Result<CreatePromptTemplateResponse, ApiError> {
+        let row = self.create_template(&caller, params).await?;
+        let tpl = row_to_template(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(CreatePromptTemplateResponse::Created(
+            Json(tpl),
+            format!("/v1/prompt-templates/{}", row.id),
+            etag(row.version),
+        ))
     }
 
     async fn get_prompt_template(
         &self,
         caller: Caller,
         params: GetPromptTemplateParams,
-    ) -> GetPromptTemplateResponse {
-        let row = match self.template_row(&caller, params.template_id).await {
-            Ok(row) => row,
-            Err(f) => return f.into(),
-        };
+    ) -> Result<GetPromptTemplateResponse, ApiError> {
+        let row = self.template_row(&caller, params.template_id).await?;
         let tag = etag(row.version);
         if params
             .if_none_match
             .as_deref()
             .is_some_and(|h| etag_matches(h, &tag))
         {
-            return GetPromptTemplateResponse::NotModified(tag);
+            return Ok(GetPromptTemplateResponse::NotModified(tag));
         }
-        match row_to_template(&row) {
-            Ok(t) => GetPromptTemplateResponse::Ok(Json(t), tag),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-        }
+        let tpl = row_to_template(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(GetPromptTemplateResponse::Ok(Json(tpl), tag))
     }
 
     async fn replace_prompt_template(
         &self,
         caller: Caller,
         params: ReplacePromptTemplateParams,
-    ) -> ReplacePromptTemplateResponse {
-        let rid = caller.request_id.clone();
-        match self
-            .replace_template(&caller, params)
-            .await
-            .and_then(|row| {
-                row_to_template(&row)
-                    .map(|t| (t, row.version))
-                    .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))
-            }) {
-            Ok((tpl, version)) => ReplacePromptTemplateResponse::Ok(Json(tpl), etag(version)),
-            Err(f) => f.into(),
-        }
+    ) -> Result<ReplacePromptTemplateResponse, ApiError> {
+        let row = self.replace_template(&caller, params).await?;
+        let tpl = row_to_template(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(ReplacePromptTemplateResponse::Ok(
+            Json(tpl),
+            etag(row.version),
+        ))
     }
 
     async fn delete_prompt_template(
         &self,
         caller: Caller,
         params: DeletePromptTemplateParams,
-    ) -> DeletePromptTemplateResponse {
+    ) -> Result<DeletePromptTemplateResponse, ApiError> {
         let org = caller.org_id.clone();
         let id = params.template_id;
-        match self
-            .store
+        self.store
             .run(move |conn| store::delete(conn, &org, &id))
             .await
-        {
-            Ok(()) => DeletePromptTemplateResponse::NoContent,
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-        }
+            .map_err(crate::error::store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(DeletePromptTemplateResponse::NoContent)
     }
 
     async fn render_prompt_template(
         &self,
         caller: Caller,
         params: RenderPromptTemplateParams,
-    ) -> RenderPromptTemplateResponse {
-        match self.render_template(&caller, params).await {
-            Ok(r) => RenderPromptTemplateResponse::Ok(Json(r)),
-            Err(f) => f.into(),
-        }
+    ) -> Result<RenderPromptTemplateResponse, ApiError> {
+        let rendered = self.render_template(&caller, params).await?;
+        Ok(RenderPromptTemplateResponse::Ok(Json(rendered)))
     }
 }

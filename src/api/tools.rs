@@ -419,215 +419,271 @@ impl Handlers {
 }
 
 impl ToolsApi for Handlers {
-    async fn list_tools(&self, caller: Caller, params: ListToolsParams) -> ListToolsResponse {
-        let rid = caller.request_id.clone();
-        let page = match page_of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let org = caller.org_id.clone();
-        let tool_type = params.type_.map(|t| t.as_str());
-        let q = page.clone();
-        match self
-            .store
-            .run(move |conn| store::list(conn, &org, tool_type, &q))
-            .await
-        {
-            Ok((rows, total)) => {
-                let cursor =
-                    next_cursor(&page, rows.len(), total, rows.last().map(|r| r.id.as_str()));
-                ListToolsResponse::Ok(Json(ToolList {
-                    data: rows.iter().map(tool_model).collect(),
-                    pagination: super::pagination(
-                        page.offset / page.limit + 1,
-                        page.limit,
-                        total,
-                        cursor,
-                    ),
-                }))
-            }
-            Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-        }
-    }
-
-    async fn create_tool(&self, caller: Caller, params: CreateToolParams) -> CreateToolResponse {
-        let rid = caller.request_id.clone();
-        let spec = match parse(&params.body, &rid) {
-            Ok(s) => s,
-            Err(f) => return f.into(),
-        };
-        let request_hash = hash_body(params.body.to_json());
-        let c = changes(&spec, &self.crypto, "");
-        let now = crate::ids::now();
-        let row = ToolRow {
-            id: crate::ids::new_id("tool"),
-            org_id: caller.org_id.clone(),
-            name: c.name,
-            tool_type: c.tool_type,
-            description: c.description,
-            body: c.body,
-            secrets: c.secrets,
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        let key = params.idempotency_key;
-        let created = self
-            .store
-            .run(move |conn| {
-                let (org, id) = (row.org_id.clone(), row.id.clone());
-                let mut missing = None;
-                let created = idempotent(
-                    conn,
-                    &org,
-                    "createTool",
-                    key.as_deref(),
-                    &request_hash,
-                    &id,
-                    |conn| {
-                        if let Some(m) = check_knowledge_bases(conn, &org, &spec)? {
-                            missing = Some(m);
-                            return Err(StoreError::NotFound);
-                        }
-                        store::insert(conn, &row)
-                    },
-                );
-                let created = match (created, missing) {
-                    (_, Some(m)) => return Ok(Err(Some(m))),
-                    (r, None) => r?,
-                };
-                let id = match created {
-                    Created::New(()) => id,
-                    Created::Replayed(id) => id,
-                    Created::KeyReused => return Ok(Err(None)),
-                };
-                store::get(conn, &org, &id).map(Ok)
-            })
-            .await;
-        match created {
-            Ok(Ok(row)) => {
-                let location = format!("/v1/tools/{}", row.id);
-                CreateToolResponse::Created(Json(tool_model(&row)), location, etag(row.version))
-            }
-            Ok(Err(Some((i, id)))) => missing_kb(i, &id, &rid).into(),
-            Ok(Err(None)) => key_reused(&rid).into(),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-        }
-    }
-
-    async fn get_tool(&self, caller: Caller, params: GetToolParams) -> GetToolResponse {
-        match self.tool(&caller, params.tool_id).await {
-            Ok(row) => {
-                let tag = etag(row.version);
-                if params
-                    .if_none_match
-                    .as_deref()
-                    .is_some_and(|h| etag_matches(h, &tag))
-                {
-                    return GetToolResponse::NotModified(tag);
+    async fn list_tools(
+        &self,
+        caller: Caller,
+        params: ListToolsParams,
+    ) -> Result<ListToolsResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match page_of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let org = caller.org_id.clone();
+            let tool_type = params.type_.map(|t| t.as_str());
+            let q = page.clone();
+            match self
+                .store
+                .run(move |conn| store::list(conn, &org, tool_type, &q))
+                .await
+            {
+                Ok((rows, total)) => {
+                    let cursor =
+                        next_cursor(&page, rows.len(), total, rows.last().map(|r| r.id.as_str()));
+                    ListToolsResponse::Ok(Json(ToolList {
+                        data: rows.iter().map(tool_model).collect(),
+                        pagination: super::pagination(
+                            page.offset / page.limit + 1,
+                            page.limit,
+                            total,
+                            cursor,
+                        ),
+                    }))
                 }
-                GetToolResponse::Ok(Json(tool_model(&row)), tag)
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
-    async fn replace_tool(&self, caller: Caller, params: ReplaceToolParams) -> ReplaceToolResponse {
-        let rid = caller.request_id.clone();
-        let spec = match parse(&params.body, &rid) {
-            Ok(s) => s,
-            Err(f) => return f.into(),
-        };
-        let org = caller.org_id.clone();
-        let crypto = self.crypto.clone();
-        let if_match = params.if_match;
-        let updated = self
-            .store
-            .run(move |conn| {
-                store::update(conn, &org, &params.tool_id, |conn, current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    if let Some(m) = check_knowledge_bases(conn, &org, &spec)? {
-                        return Ok(Err(m));
-                    }
-                    Ok(Ok(changes(&spec, &crypto, &current.secrets)))
+    async fn create_tool(
+        &self,
+        caller: Caller,
+        params: CreateToolParams,
+    ) -> Result<CreateToolResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let spec = match parse(&params.body, &rid) {
+                Ok(s) => s,
+                Err(f) => return f.into(),
+            };
+            let request_hash = hash_body(params.body.to_json());
+            let c = changes(&spec, &self.crypto, "");
+            let now = crate::ids::now();
+            let row = ToolRow {
+                id: crate::ids::new_id("tool"),
+                org_id: caller.org_id.clone(),
+                name: c.name,
+                tool_type: c.tool_type,
+                description: c.description,
+                body: c.body,
+                secrets: c.secrets,
+                version: 1,
+                created_at: now.clone(),
+                updated_at: now,
+            };
+            let key = params.idempotency_key;
+            let created = self
+                .store
+                .run(move |conn| {
+                    let (org, id) = (row.org_id.clone(), row.id.clone());
+                    let mut missing = None;
+                    let created = idempotent(
+                        conn,
+                        &org,
+                        "createTool",
+                        key.as_deref(),
+                        &request_hash,
+                        &id,
+                        |conn| {
+                            if let Some(m) = check_knowledge_bases(conn, &org, &spec)? {
+                                missing = Some(m);
+                                return Err(StoreError::NotFound);
+                            }
+                            store::insert(conn, &row)
+                        },
+                    );
+                    let created = match (created, missing) {
+                        (_, Some(m)) => return Ok(Err(Some(m))),
+                        (r, None) => r?,
+                    };
+                    let id = match created {
+                        Created::New(()) => id,
+                        Created::Replayed(id) => id,
+                        Created::KeyReused => return Ok(Err(None)),
+                    };
+                    store::get(conn, &org, &id).map(Ok)
                 })
-            })
-            .await;
-        match updated {
-            Ok(Ok(row)) => ReplaceToolResponse::Ok(Json(tool_model(&row)), etag(row.version)),
-            Ok(Err((i, id))) => missing_kb(i, &id, &rid).into(),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-        }
-    }
-
-    async fn delete_tool(&self, caller: Caller, params: DeleteToolParams) -> DeleteToolResponse {
-        let org = caller.org_id.clone();
-        match self
-            .store
-            .run(move |conn| store::delete(conn, &org, &params.tool_id))
-            .await
-        {
-            Ok(()) => DeleteToolResponse::NoContent,
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-        }
-    }
-
-    async fn query_tool(&self, caller: Caller, params: QueryToolParams) -> QueryToolResponse {
-        let row = match self.tool(&caller, params.tool_id).await {
-            Ok(r) => r,
-            Err(f) => return f.into(),
-        };
-        if row.tool_type != "rag" {
-            return wrong_type(&row, "rag", &caller.request_id).into();
-        }
-        let query = params.body.query.clone();
-        match self.tool_search(&caller, &row, params.body).await {
-            Ok(results) => {
-                let answer = results
-                    .first()
-                    .map(|r| r.content.chars().take(ANSWER_CHARS).collect());
-                QueryToolResponse::Ok(Json(RagAnswer {
-                    query,
-                    results,
-                    answer,
-                }))
+                .await;
+            match created {
+                Ok(Ok(row)) => {
+                    let location = format!("/v1/tools/{}", row.id);
+                    CreateToolResponse::Created(Json(tool_model(&row)), location, etag(row.version))
+                }
+                Ok(Err(Some((i, id)))) => missing_kb(i, &id, &rid).into(),
+                Ok(Err(None)) => key_reused(&rid).into(),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
-    async fn search_tool(&self, caller: Caller, params: SearchToolParams) -> SearchToolResponse {
-        let row = match self.tool(&caller, params.tool_id).await {
-            Ok(r) => r,
-            Err(f) => return f.into(),
-        };
-        if row.tool_type != "retrieval" {
-            return wrong_type(&row, "retrieval", &caller.request_id).into();
+    async fn get_tool(
+        &self,
+        caller: Caller,
+        params: GetToolParams,
+    ) -> Result<GetToolResponse, ApiError> {
+        Ok(async {
+            match self.tool(&caller, params.tool_id).await {
+                Ok(row) => {
+                    let tag = etag(row.version);
+                    if params
+                        .if_none_match
+                        .as_deref()
+                        .is_some_and(|h| etag_matches(h, &tag))
+                    {
+                        return GetToolResponse::NotModified(tag);
+                    }
+                    GetToolResponse::Ok(Json(tool_model(&row)), tag)
+                }
+                Err(f) => f.into(),
+            }
         }
-        let query = params.body.query.clone();
-        match self.tool_search(&caller, &row, params.body).await {
-            Ok(results) => SearchToolResponse::Ok(Json(KnowledgeResults {
-                query,
-                total: to_i64(results.len()),
-                results,
-            })),
-            Err(f) => f.into(),
-        }
+        .await)
     }
 
-    async fn test_tool(&self, caller: Caller, params: TestToolParams) -> TestToolResponse {
-        let row = match self.tool(&caller, params.tool_id).await {
-            Ok(r) => r,
-            Err(f) => return f.into(),
-        };
-        if row.tool_type != "api" {
-            return wrong_type(&row, "api", &caller.request_id).into();
+    async fn replace_tool(
+        &self,
+        caller: Caller,
+        params: ReplaceToolParams,
+    ) -> Result<ReplaceToolResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let spec = match parse(&params.body, &rid) {
+                Ok(s) => s,
+                Err(f) => return f.into(),
+            };
+            let org = caller.org_id.clone();
+            let crypto = self.crypto.clone();
+            let if_match = params.if_match;
+            let updated = self
+                .store
+                .run(move |conn| {
+                    store::update(conn, &org, &params.tool_id, |conn, current| {
+                        if let Some(h) = &if_match
+                            && !etag_matches(h, &etag(current.version))
+                        {
+                            return Err(StoreError::PreconditionFailed);
+                        }
+                        if let Some(m) = check_knowledge_bases(conn, &org, &spec)? {
+                            return Ok(Err(m));
+                        }
+                        Ok(Ok(changes(&spec, &crypto, &current.secrets)))
+                    })
+                })
+                .await;
+            match updated {
+                Ok(Ok(row)) => ReplaceToolResponse::Ok(Json(tool_model(&row)), etag(row.version)),
+                Ok(Err((i, id))) => missing_kb(i, &id, &rid).into(),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+            }
         }
-        TestToolResponse::Ok(Json(self.call_api(&row, Some(params.body)).await))
+        .await)
+    }
+
+    async fn delete_tool(
+        &self,
+        caller: Caller,
+        params: DeleteToolParams,
+    ) -> Result<DeleteToolResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            match self
+                .store
+                .run(move |conn| store::delete(conn, &org, &params.tool_id))
+                .await
+            {
+                Ok(()) => DeleteToolResponse::NoContent,
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
+        }
+        .await)
+    }
+
+    async fn query_tool(
+        &self,
+        caller: Caller,
+        params: QueryToolParams,
+    ) -> Result<QueryToolResponse, ApiError> {
+        Ok(async {
+            let row = match self.tool(&caller, params.tool_id).await {
+                Ok(r) => r,
+                Err(f) => return f.into(),
+            };
+            if row.tool_type != "rag" {
+                return wrong_type(&row, "rag", &caller.request_id).into();
+            }
+            let query = params.body.query.clone();
+            match self.tool_search(&caller, &row, params.body).await {
+                Ok(results) => {
+                    let answer = results
+                        .first()
+                        .map(|r| r.content.chars().take(ANSWER_CHARS).collect());
+                    QueryToolResponse::Ok(Json(RagAnswer {
+                        query,
+                        results,
+                        answer,
+                    }))
+                }
+                Err(f) => f.into(),
+            }
+        }
+        .await)
+    }
+
+    async fn search_tool(
+        &self,
+        caller: Caller,
+        params: SearchToolParams,
+    ) -> Result<SearchToolResponse, ApiError> {
+        Ok(async {
+            let row = match self.tool(&caller, params.tool_id).await {
+                Ok(r) => r,
+                Err(f) => return f.into(),
+            };
+            if row.tool_type != "retrieval" {
+                return wrong_type(&row, "retrieval", &caller.request_id).into();
+            }
+            let query = params.body.query.clone();
+            match self.tool_search(&caller, &row, params.body).await {
+                Ok(results) => SearchToolResponse::Ok(Json(KnowledgeResults {
+                    query,
+                    total: to_i64(results.len()),
+                    results,
+                })),
+                Err(f) => f.into(),
+            }
+        }
+        .await)
+    }
+
+    async fn test_tool(
+        &self,
+        caller: Caller,
+        params: TestToolParams,
+    ) -> Result<TestToolResponse, ApiError> {
+        Ok(async {
+            let row = match self.tool(&caller, params.tool_id).await {
+                Ok(r) => r,
+                Err(f) => return f.into(),
+            };
+            if row.tool_type != "api" {
+                return wrong_type(&row, "api", &caller.request_id).into();
+            }
+            TestToolResponse::Ok(Json(self.call_api(&row, Some(params.body)).await))
+        }
+        .await)
     }
 }
 

@@ -396,215 +396,259 @@ impl Handlers {
 }
 
 impl TwinsApi for Handlers {
-    async fn list_twins(&self, caller: Caller, params: ListTwinsParams) -> ListTwinsResponse {
-        let rid = caller.request_id.clone();
-        let page = match PageRequest::of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let org = caller.org_id.clone();
-        let q = page.page();
-        let ty = params.type_;
-        let result = self
-            .store
-            .run(move |conn| store::list(conn, &org, ty.as_deref(), &q))
-            .await
-            .and_then(|(rows, total)| {
-                Ok((
-                    rows.iter()
-                        .map(row_to_twin)
-                        .collect::<Result<Vec<_>, _>>()?,
-                    total,
-                ))
-            })
-            .map_err(store_failure(TWIN_NOT_FOUND, &rid));
-        match result {
-            Ok((data, total)) => {
-                let last = data.last().map(|t| t.id.clone());
-                ListTwinsResponse::Ok(Json(TwinList {
-                    pagination: page.pagination(data.len(), last.as_deref(), total),
-                    data,
-                }))
-            }
-            Err(f) => f.into(),
-        }
-    }
-
-    async fn create_twin(&self, caller: Caller, params: CreateTwinParams) -> CreateTwinResponse {
-        let rid = caller.request_id.clone();
-        match self
-            .create_twin_row(&caller, params)
-            .await
-            .and_then(|row| row_to_twin(&row).map_err(store_failure(TWIN_NOT_FOUND, &rid)))
-        {
-            Ok(t) => CreateTwinResponse::Created(
-                Json(t.clone()),
-                format!("/v1/twins/{}", t.id),
-                etag(t.version),
-            ),
-            Err(f) => f.into(),
-        }
-    }
-
-    async fn get_twin(&self, caller: Caller, params: GetTwinParams) -> GetTwinResponse {
-        let rid = caller.request_id.clone();
-        let org = caller.org_id.clone();
-        let id = params.twin_id.clone();
-        match self
-            .store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .and_then(|row| row_to_twin(&row))
-            .map_err(store_failure(TWIN_NOT_FOUND, &rid))
-        {
-            Ok(t) => {
-                let tag = etag(t.version);
-                if params
-                    .if_none_match
-                    .as_deref()
-                    .is_some_and(|h| etag_matches(h, &tag))
-                {
-                    GetTwinResponse::NotModified(tag)
-                } else {
-                    GetTwinResponse::Ok(Json(t), tag)
-                }
-            }
-            Err(f) => f.into(),
-        }
-    }
-
-    async fn replace_twin(&self, caller: Caller, params: ReplaceTwinParams) -> ReplaceTwinResponse {
-        let rid = caller.request_id.clone();
-        let org = caller.org_id.clone();
-        let crypto = self.crypto.clone();
-        let ReplaceTwinParams {
-            twin_id,
-            if_match,
-            body,
-        } = params;
-        let result = self
-            .store
-            .run(move |conn| {
-                store::update(conn, &org, &twin_id, |current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    changes_of(&body, &current.secrets, &crypto)
+    async fn list_twins(
+        &self,
+        caller: Caller,
+        params: ListTwinsParams,
+    ) -> Result<ListTwinsResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match PageRequest::of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let org = caller.org_id.clone();
+            let q = page.page();
+            let ty = params.type_;
+            let result = self
+                .store
+                .run(move |conn| store::list(conn, &org, ty.as_deref(), &q))
+                .await
+                .and_then(|(rows, total)| {
+                    Ok((
+                        rows.iter()
+                            .map(row_to_twin)
+                            .collect::<Result<Vec<_>, _>>()?,
+                        total,
+                    ))
                 })
-            })
-            .await
-            .and_then(|row| row_to_twin(&row))
-            .map_err(store_failure(TWIN_NOT_FOUND, &rid));
-        match result {
-            Ok(t) => {
-                let tag = etag(t.version);
-                ReplaceTwinResponse::Ok(Json(t), tag)
+                .map_err(store_failure(TWIN_NOT_FOUND, &rid));
+            match result {
+                Ok((data, total)) => {
+                    let last = data.last().map(|t| t.id.clone());
+                    ListTwinsResponse::Ok(Json(TwinList {
+                        pagination: page.pagination(data.len(), last.as_deref(), total),
+                        data,
+                    }))
+                }
+                Err(f) => f.into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
-    async fn delete_twin(&self, caller: Caller, params: DeleteTwinParams) -> DeleteTwinResponse {
-        let org = caller.org_id.clone();
-        let id = params.twin_id;
-        match self
-            .store
-            .run(move |conn| store::delete(conn, &org, &id))
-            .await
-        {
-            Ok(()) => DeleteTwinResponse::NoContent,
-            Err(e) => Failure::from_store(e, TWIN_NOT_FOUND, &caller.request_id).into(),
+    async fn create_twin(
+        &self,
+        caller: Caller,
+        params: CreateTwinParams,
+    ) -> Result<CreateTwinResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            match self
+                .create_twin_row(&caller, params)
+                .await
+                .and_then(|row| row_to_twin(&row).map_err(store_failure(TWIN_NOT_FOUND, &rid)))
+            {
+                Ok(t) => CreateTwinResponse::Created(
+                    Json(t.clone()),
+                    format!("/v1/twins/{}", t.id),
+                    etag(t.version),
+                ),
+                Err(f) => f.into(),
+            }
         }
+        .await)
+    }
+
+    async fn get_twin(
+        &self,
+        caller: Caller,
+        params: GetTwinParams,
+    ) -> Result<GetTwinResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let org = caller.org_id.clone();
+            let id = params.twin_id.clone();
+            match self
+                .store
+                .run(move |conn| store::get(conn, &org, &id))
+                .await
+                .and_then(|row| row_to_twin(&row))
+                .map_err(store_failure(TWIN_NOT_FOUND, &rid))
+            {
+                Ok(t) => {
+                    let tag = etag(t.version);
+                    if params
+                        .if_none_match
+                        .as_deref()
+                        .is_some_and(|h| etag_matches(h, &tag))
+                    {
+                        GetTwinResponse::NotModified(tag)
+                    } else {
+                        GetTwinResponse::Ok(Json(t), tag)
+                    }
+                }
+                Err(f) => f.into(),
+            }
+        }
+        .await)
+    }
+
+    async fn replace_twin(
+        &self,
+        caller: Caller,
+        params: ReplaceTwinParams,
+    ) -> Result<ReplaceTwinResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let org = caller.org_id.clone();
+            let crypto = self.crypto.clone();
+            let ReplaceTwinParams {
+                twin_id,
+                if_match,
+                body,
+            } = params;
+            let result = self
+                .store
+                .run(move |conn| {
+                    store::update(conn, &org, &twin_id, |current| {
+                        if let Some(h) = &if_match
+                            && !etag_matches(h, &etag(current.version))
+                        {
+                            return Err(StoreError::PreconditionFailed);
+                        }
+                        changes_of(&body, &current.secrets, &crypto)
+                    })
+                })
+                .await
+                .and_then(|row| row_to_twin(&row))
+                .map_err(store_failure(TWIN_NOT_FOUND, &rid));
+            match result {
+                Ok(t) => {
+                    let tag = etag(t.version);
+                    ReplaceTwinResponse::Ok(Json(t), tag)
+                }
+                Err(f) => f.into(),
+            }
+        }
+        .await)
+    }
+
+    async fn delete_twin(
+        &self,
+        caller: Caller,
+        params: DeleteTwinParams,
+    ) -> Result<DeleteTwinResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let id = params.twin_id;
+            match self
+                .store
+                .run(move |conn| store::delete(conn, &org, &id))
+                .await
+            {
+                Ok(()) => DeleteTwinResponse::NoContent,
+                Err(e) => Failure::from_store(e, TWIN_NOT_FOUND, &caller.request_id).into(),
+            }
+        }
+        .await)
     }
 
     async fn simulate_twin(
         &self,
         caller: Caller,
         params: SimulateTwinParams,
-    ) -> SimulateTwinResponse {
-        let rid = caller.request_id.clone();
-        match self
-            .simulate(&caller, params)
-            .await
-            .and_then(|(row, queued, generated)| {
-                let mut s =
-                    row_to_simulation(&row).map_err(store_failure(SIMULATION_NOT_FOUND, &rid))?;
-                s.notification_secret = generated;
-                Ok((s, queued))
-            }) {
-            Ok((s, queued)) => {
-                let location = format!("/v1/twins/{}/simulations/{}", s.twin_id, s.id);
-                if queued {
-                    SimulateTwinResponse::Accepted(Json(s), location)
-                } else {
-                    SimulateTwinResponse::Created(Json(s), location)
+    ) -> Result<SimulateTwinResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            match self
+                .simulate(&caller, params)
+                .await
+                .and_then(|(row, queued, generated)| {
+                    let mut s = row_to_simulation(&row)
+                        .map_err(store_failure(SIMULATION_NOT_FOUND, &rid))?;
+                    s.notification_secret = generated;
+                    Ok((s, queued))
+                }) {
+                Ok((s, queued)) => {
+                    let location = format!("/v1/twins/{}/simulations/{}", s.twin_id, s.id);
+                    if queued {
+                        SimulateTwinResponse::Accepted(Json(s), location)
+                    } else {
+                        SimulateTwinResponse::Created(Json(s), location)
+                    }
                 }
+                Err(f) => f.into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
     async fn list_twin_simulations(
         &self,
         caller: Caller,
         params: ListTwinSimulationsParams,
-    ) -> ListTwinSimulationsResponse {
-        let rid = caller.request_id.clone();
-        let page = match PageRequest::of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let org = caller.org_id.clone();
-        let twin_id = params.twin_id;
-        let status = params.status.map(|s| s.as_str());
-        let q = page.page();
-        let result = self
-            .store
-            .run(move |conn| store::list_simulations(conn, &org, &twin_id, status, &q))
-            .await
-            .and_then(|(rows, total)| {
-                Ok((
-                    rows.iter()
-                        .map(row_to_simulation)
-                        .collect::<Result<Vec<_>, _>>()?,
-                    total,
-                ))
-            })
-            .map_err(store_failure(TWIN_NOT_FOUND, &rid));
-        match result {
-            Ok((data, total)) => {
-                let last = data.last().map(|s| s.id.clone());
-                ListTwinSimulationsResponse::Ok(Json(SimulationList {
-                    pagination: page.pagination(data.len(), last.as_deref(), total),
-                    data,
-                }))
+    ) -> Result<ListTwinSimulationsResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match PageRequest::of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let org = caller.org_id.clone();
+            let twin_id = params.twin_id;
+            let status = params.status.map(|s| s.as_str());
+            let q = page.page();
+            let result = self
+                .store
+                .run(move |conn| store::list_simulations(conn, &org, &twin_id, status, &q))
+                .await
+                .and_then(|(rows, total)| {
+                    Ok((
+                        rows.iter()
+                            .map(row_to_simulation)
+                            .collect::<Result<Vec<_>, _>>()?,
+                        total,
+                    ))
+                })
+                .map_err(store_failure(TWIN_NOT_FOUND, &rid));
+            match result {
+                Ok((data, total)) => {
+                    let last = data.last().map(|s| s.id.clone());
+                    ListTwinSimulationsResponse::Ok(Json(SimulationList {
+                        pagination: page.pagination(data.len(), last.as_deref(), total),
+                        data,
+                    }))
+                }
+                Err(f) => f.into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
     async fn get_twin_simulation(
         &self,
         caller: Caller,
         params: GetTwinSimulationParams,
-    ) -> GetTwinSimulationResponse {
-        let rid = caller.request_id.clone();
-        let org = caller.org_id.clone();
-        let GetTwinSimulationParams {
-            twin_id,
-            simulation_id,
-        } = params;
-        match self
-            .store
-            .run(move |conn| store::get_simulation(conn, &org, &twin_id, &simulation_id))
-            .await
-            .and_then(|row| row_to_simulation(&row))
-            .map_err(store_failure(SIMULATION_NOT_FOUND, &rid))
-        {
-            Ok(s) => GetTwinSimulationResponse::Ok(Json(s)),
-            Err(f) => f.into(),
+    ) -> Result<GetTwinSimulationResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let org = caller.org_id.clone();
+            let GetTwinSimulationParams {
+                twin_id,
+                simulation_id,
+            } = params;
+            match self
+                .store
+                .run(move |conn| store::get_simulation(conn, &org, &twin_id, &simulation_id))
+                .await
+                .and_then(|row| row_to_simulation(&row))
+                .map_err(store_failure(SIMULATION_NOT_FOUND, &rid))
+            {
+                Ok(s) => GetTwinSimulationResponse::Ok(Json(s)),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 }

@@ -254,301 +254,328 @@ impl VaultApi for Handlers {
         &self,
         caller: Caller,
         params: ListVaultCredentialsParams,
-    ) -> ListVaultCredentialsResponse {
-        let rid = caller.request_id.clone();
-        let page = match PageRequest::of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let filter = CredentialFilter {
-            cred_type: params.type_.map(|t| t.as_str().to_string()),
-            environment: params.environment,
-            tag: params.tag,
-        };
-        let org = caller.org_id.clone();
-        let q = page.page();
-        let result = self
-            .store
-            .run(move |conn| store::list_credentials(conn, &org, &filter, &q))
-            .await
-            .and_then(|(rows, total)| {
-                let data = rows
-                    .iter()
-                    .map(|r| row_to_credential(r, None))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((data, total))
-            })
-            .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
-        match result {
-            Ok((data, total)) => {
-                let last = data.last().map(|c| c.id.clone());
-                ListVaultCredentialsResponse::Ok(Json(VaultCredentialList {
-                    pagination: page.pagination(data.len(), last.as_deref(), total),
-                    data,
-                }))
+    ) -> Result<ListVaultCredentialsResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match PageRequest::of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let filter = CredentialFilter {
+                cred_type: params.type_.map(|t| t.as_str().to_string()),
+                environment: params.environment,
+                tag: params.tag,
+            };
+            let org = caller.org_id.clone();
+            let q = page.page();
+            let result = self
+                .store
+                .run(move |conn| store::list_credentials(conn, &org, &filter, &q))
+                .await
+                .and_then(|(rows, total)| {
+                    let data = rows
+                        .iter()
+                        .map(|r| row_to_credential(r, None))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((data, total))
+                })
+                .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
+            match result {
+                Ok((data, total)) => {
+                    let last = data.last().map(|c| c.id.clone());
+                    ListVaultCredentialsResponse::Ok(Json(VaultCredentialList {
+                        pagination: page.pagination(data.len(), last.as_deref(), total),
+                        data,
+                    }))
+                }
+                Err(f) => f.into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
     async fn create_vault_credential(
         &self,
         caller: Caller,
         params: CreateVaultCredentialParams,
-    ) -> CreateVaultCredentialResponse {
-        let rid = caller.request_id.clone();
-        match self
-            .create_credential_row(&caller, params)
-            .await
-            .and_then(|row| {
-                row_to_credential(&row, None).map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid))
-            }) {
-            Ok(c) => CreateVaultCredentialResponse::Created(
-                Json(c.clone()),
-                format!("/v1/vault/credentials/{}", c.id),
-                etag(c.version),
-            ),
-            Err(f) => f.into(),
+    ) -> Result<CreateVaultCredentialResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            match self
+                .create_credential_row(&caller, params)
+                .await
+                .and_then(|row| {
+                    row_to_credential(&row, None).map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid))
+                }) {
+                Ok(c) => CreateVaultCredentialResponse::Created(
+                    Json(c.clone()),
+                    format!("/v1/vault/credentials/{}", c.id),
+                    etag(c.version),
+                ),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
     async fn get_vault_credential(
         &self,
         caller: Caller,
         params: GetVaultCredentialParams,
-    ) -> GetVaultCredentialResponse {
-        let rid = caller.request_id.clone();
-        let org = caller.org_id.clone();
-        let id = params.credential_id.clone();
-        if let Some(token) = params.x_vault_token {
-            let crypto = self.crypto.clone();
-            let read = self
+    ) -> Result<GetVaultCredentialResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let org = caller.org_id.clone();
+            let id = params.credential_id.clone();
+            if let Some(token) = params.x_vault_token {
+                let crypto = self.crypto.clone();
+                let read = self
+                    .store
+                    .run(move |conn| decrypted_read(conn, &crypto, &org, &id, &token))
+                    .await
+                    .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
+                return match read {
+                    Ok(Ok((row, value))) => match row_to_credential(&row, Some(value)) {
+                        Ok(c) => {
+                            tracing::info!(
+                                request_id = %rid,
+                                credential_id = %c.id,
+                                "vault credential read decrypted"
+                            );
+                            let tag = etag(c.version);
+                            GetVaultCredentialResponse::Ok(Json(c), tag)
+                        }
+                        Err(e) => Failure::from_store(e, CREDENTIAL_NOT_FOUND, &rid).into(),
+                    },
+                    Ok(Err(problem)) => problem.failure(&rid).into(),
+                    Err(f) => f.into(),
+                };
+            }
+            let found = self
                 .store
-                .run(move |conn| decrypted_read(conn, &crypto, &org, &id, &token))
+                .run(move |conn| store::get_credential(conn, &org, &id))
                 .await
+                .and_then(|row| row_to_credential(&row, None))
                 .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
-            return match read {
-                Ok(Ok((row, value))) => match row_to_credential(&row, Some(value)) {
-                    Ok(c) => {
-                        tracing::info!(
-                            request_id = %rid,
-                            credential_id = %c.id,
-                            "vault credential read decrypted"
-                        );
-                        let tag = etag(c.version);
+            match found {
+                Ok(c) => {
+                    let tag = etag(c.version);
+                    if params
+                        .if_none_match
+                        .as_deref()
+                        .is_some_and(|h| etag_matches(h, &tag))
+                    {
+                        GetVaultCredentialResponse::NotModified(tag)
+                    } else {
                         GetVaultCredentialResponse::Ok(Json(c), tag)
                     }
-                    Err(e) => Failure::from_store(e, CREDENTIAL_NOT_FOUND, &rid).into(),
-                },
-                Ok(Err(problem)) => problem.failure(&rid).into(),
-                Err(f) => f.into(),
-            };
-        }
-        let found = self
-            .store
-            .run(move |conn| store::get_credential(conn, &org, &id))
-            .await
-            .and_then(|row| row_to_credential(&row, None))
-            .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
-        match found {
-            Ok(c) => {
-                let tag = etag(c.version);
-                if params
-                    .if_none_match
-                    .as_deref()
-                    .is_some_and(|h| etag_matches(h, &tag))
-                {
-                    GetVaultCredentialResponse::NotModified(tag)
-                } else {
-                    GetVaultCredentialResponse::Ok(Json(c), tag)
                 }
+                Err(f) => f.into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
     async fn replace_vault_credential(
         &self,
         caller: Caller,
         params: ReplaceVaultCredentialParams,
-    ) -> ReplaceVaultCredentialResponse {
-        let rid = caller.request_id.clone();
-        let org = caller.org_id.clone();
-        let ReplaceVaultCredentialParams {
-            credential_id,
-            if_match,
-            body,
-        } = params;
-        let input: VaultCredentialReplace = body;
-        let sealed = input
-            .value
-            .as_ref()
-            .map(|v| self.crypto.encrypt(v.as_bytes()));
-        let result = self
-            .store
-            .run(move |conn| {
-                store::update_credential(conn, &org, &credential_id, |current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    Ok(CredentialChanges {
-                        name: input.name.clone(),
-                        cred_type: input.type_.as_str().to_string(),
-                        environment: input.environment.clone(),
-                        description: input.description.clone(),
-                        body: body_of(input.metadata.as_ref(), input.tags.as_ref()),
-                        value_sealed: sealed.unwrap_or_else(|| current.value_sealed.clone()),
+    ) -> Result<ReplaceVaultCredentialResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let org = caller.org_id.clone();
+            let ReplaceVaultCredentialParams {
+                credential_id,
+                if_match,
+                body,
+            } = params;
+            let input: VaultCredentialReplace = body;
+            let sealed = input
+                .value
+                .as_ref()
+                .map(|v| self.crypto.encrypt(v.as_bytes()));
+            let result = self
+                .store
+                .run(move |conn| {
+                    store::update_credential(conn, &org, &credential_id, |current| {
+                        if let Some(h) = &if_match
+                            && !etag_matches(h, &etag(current.version))
+                        {
+                            return Err(StoreError::PreconditionFailed);
+                        }
+                        Ok(CredentialChanges {
+                            name: input.name.clone(),
+                            cred_type: input.type_.as_str().to_string(),
+                            environment: input.environment.clone(),
+                            description: input.description.clone(),
+                            body: body_of(input.metadata.as_ref(), input.tags.as_ref()),
+                            value_sealed: sealed.unwrap_or_else(|| current.value_sealed.clone()),
+                        })
                     })
                 })
-            })
-            .await
-            .and_then(|row| row_to_credential(&row, None))
-            .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
-        match result {
-            Ok(c) => {
-                let tag = etag(c.version);
-                ReplaceVaultCredentialResponse::Ok(Json(c), tag)
+                .await
+                .and_then(|row| row_to_credential(&row, None))
+                .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
+            match result {
+                Ok(c) => {
+                    let tag = etag(c.version);
+                    ReplaceVaultCredentialResponse::Ok(Json(c), tag)
+                }
+                Err(f) => f.into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
     async fn delete_vault_credential(
         &self,
         caller: Caller,
         params: DeleteVaultCredentialParams,
-    ) -> DeleteVaultCredentialResponse {
-        let org = caller.org_id.clone();
-        let id = params.credential_id;
-        match self
-            .store
-            .run(move |conn| store::delete_credential(conn, &org, &id))
-            .await
-        {
-            Ok(()) => DeleteVaultCredentialResponse::NoContent,
-            Err(e) => Failure::from_store(e, CREDENTIAL_NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<DeleteVaultCredentialResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let id = params.credential_id;
+            match self
+                .store
+                .run(move |conn| store::delete_credential(conn, &org, &id))
+                .await
+            {
+                Ok(()) => DeleteVaultCredentialResponse::NoContent,
+                Err(e) => Failure::from_store(e, CREDENTIAL_NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn list_vault_tokens(
         &self,
         caller: Caller,
         params: ListVaultTokensParams,
-    ) -> ListVaultTokensResponse {
-        let rid = caller.request_id.clone();
-        let page = match PageRequest::of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let org = caller.org_id.clone();
-        let q = page.page();
-        match self
-            .store
-            .run(move |conn| store::list_tokens(conn, &org, &q))
-            .await
-        {
-            Ok((rows, total)) => {
-                let data: Vec<VaultToken> = rows.iter().map(token_of).collect();
-                let last = data.last().map(|t| t.id.clone());
-                ListVaultTokensResponse::Ok(Json(VaultTokenList {
-                    pagination: page.pagination(data.len(), last.as_deref(), total),
-                    data,
-                }))
+    ) -> Result<ListVaultTokensResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match PageRequest::of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let org = caller.org_id.clone();
+            let q = page.page();
+            match self
+                .store
+                .run(move |conn| store::list_tokens(conn, &org, &q))
+                .await
+            {
+                Ok((rows, total)) => {
+                    let data: Vec<VaultToken> = rows.iter().map(token_of).collect();
+                    let last = data.last().map(|t| t.id.clone());
+                    ListVaultTokensResponse::Ok(Json(VaultTokenList {
+                        pagination: page.pagination(data.len(), last.as_deref(), total),
+                        data,
+                    }))
+                }
+                Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &rid).into(),
             }
-            Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &rid).into(),
         }
+        .await)
     }
 
     async fn create_vault_token(
         &self,
         caller: Caller,
         params: CreateVaultTokenParams,
-    ) -> CreateVaultTokenResponse {
-        let rid = caller.request_id.clone();
-        let secret = crate::auth::generate_secret(TOKEN_PREFIX);
-        let now = chrono::Utc::now();
-        let expires_at = params
-            .body
-            .ttl_seconds
-            .map(|s| crate::ids::format_time(now + chrono::Duration::seconds(s)));
-        let row = TokenRow {
-            id: crate::ids::new_id("vtok"),
-            org_id: caller.org_id.clone(),
-            user_id: caller.user_id.clone(),
-            name: params.body.name.clone(),
-            prefix: secret.prefix.clone(),
-            token_hash: secret.hash.clone(),
-            created_at: crate::ids::format_time(now),
-            expires_at,
-            last_used_at: None,
-            revoked_at: None,
-        };
-        let stored = row.clone();
-        match self
-            .store
-            .run(move |conn| store::insert_token(conn, &stored))
-            .await
-        {
-            Ok(()) => {
-                let t = token_of(&row);
-                let created = VaultTokenCreated {
-                    id: t.id.clone(),
-                    name: t.name,
-                    prefix: t.prefix,
-                    user_id: t.user_id,
-                    created_at: t.created_at,
-                    expires_at: t.expires_at,
-                    last_used_at: t.last_used_at,
-                    revoked_at: t.revoked_at,
-                    token: secret.secret,
-                };
-                CreateVaultTokenResponse::Created(
-                    Json(created),
-                    format!("/v1/vault/tokens/{}", t.id),
-                )
+    ) -> Result<CreateVaultTokenResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let secret = crate::auth::generate_secret(TOKEN_PREFIX);
+            let now = chrono::Utc::now();
+            let expires_at = params
+                .body
+                .ttl_seconds
+                .map(|s| crate::ids::format_time(now + chrono::Duration::seconds(s)));
+            let row = TokenRow {
+                id: crate::ids::new_id("vtok"),
+                org_id: caller.org_id.clone(),
+                user_id: caller.user_id.clone(),
+                name: params.body.name.clone(),
+                prefix: secret.prefix.clone(),
+                token_hash: secret.hash.clone(),
+                created_at: crate::ids::format_time(now),
+                expires_at,
+                last_used_at: None,
+                revoked_at: None,
+            };
+            let stored = row.clone();
+            match self
+                .store
+                .run(move |conn| store::insert_token(conn, &stored))
+                .await
+            {
+                Ok(()) => {
+                    let t = token_of(&row);
+                    let created = VaultTokenCreated {
+                        id: t.id.clone(),
+                        name: t.name,
+                        prefix: t.prefix,
+                        user_id: t.user_id,
+                        created_at: t.created_at,
+                        expires_at: t.expires_at,
+                        last_used_at: t.last_used_at,
+                        revoked_at: t.revoked_at,
+                        token: secret.secret,
+                    };
+                    CreateVaultTokenResponse::Created(
+                        Json(created),
+                        format!("/v1/vault/tokens/{}", t.id),
+                    )
+                }
+                Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &rid).into(),
             }
-            Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &rid).into(),
         }
+        .await)
     }
 
     async fn get_vault_token(
         &self,
         caller: Caller,
         params: GetVaultTokenParams,
-    ) -> GetVaultTokenResponse {
-        let org = caller.org_id.clone();
-        let id = params.token_id;
-        match self
-            .store
-            .run(move |conn| store::get_token(conn, &org, &id))
-            .await
-        {
-            Ok(row) => GetVaultTokenResponse::Ok(Json(token_of(&row))),
-            Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<GetVaultTokenResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let id = params.token_id;
+            match self
+                .store
+                .run(move |conn| store::get_token(conn, &org, &id))
+                .await
+            {
+                Ok(row) => GetVaultTokenResponse::Ok(Json(token_of(&row))),
+                Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn revoke_vault_token(
         &self,
         caller: Caller,
         params: RevokeVaultTokenParams,
-    ) -> RevokeVaultTokenResponse {
-        let org = caller.org_id.clone();
-        let id = params.token_id;
-        let now = crate::ids::now();
-        match self
-            .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    store::revoke_token(conn, &org, &id, &now)
+    ) -> Result<RevokeVaultTokenResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let id = params.token_id;
+            let now = crate::ids::now();
+            match self
+                .store
+                .run(move |conn| {
+                    crate::db::write_transaction(conn, |conn| {
+                        store::revoke_token(conn, &org, &id, &now)
+                    })
                 })
-            })
-            .await
-        {
-            Ok(row) => RevokeVaultTokenResponse::Ok(Json(token_of(&row))),
-            Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &caller.request_id).into(),
+                .await
+            {
+                Ok(row) => RevokeVaultTokenResponse::Ok(Json(token_of(&row))),
+                Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 }

@@ -216,209 +216,242 @@ impl WebhooksApi for Handlers {
         &self,
         caller: Caller,
         params: ListWebhooksParams,
-    ) -> ListWebhooksResponse {
-        let rid = caller.request_id.clone();
-        let page = match PageRequest::of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let (org, q) = (caller.org_id.clone(), page_of(&page));
-        let listed = self
-            .store
-            .run(move |conn| store::list(conn, &org, &q))
-            .await
-            .and_then(|(rows, total)| {
-                let data = rows
-                    .iter()
-                    .map(row_to_webhook)
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((data, rows.last().map(|r| r.id.clone()), total))
-            });
-        match listed {
-            Ok((data, last, total)) => ListWebhooksResponse::Ok(Json(WebhookList {
-                pagination: page.pagination(data.len(), last.as_deref(), total),
-                data,
-            })),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+    ) -> Result<ListWebhooksResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match PageRequest::of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let (org, q) = (caller.org_id.clone(), page_of(&page));
+            let listed = self
+                .store
+                .run(move |conn| store::list(conn, &org, &q))
+                .await
+                .and_then(|(rows, total)| {
+                    let data = rows
+                        .iter()
+                        .map(row_to_webhook)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((data, rows.last().map(|r| r.id.clone()), total))
+                });
+            match listed {
+                Ok((data, last, total)) => ListWebhooksResponse::Ok(Json(WebhookList {
+                    pagination: page.pagination(data.len(), last.as_deref(), total),
+                    data,
+                })),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+            }
         }
+        .await)
     }
 
     async fn create_webhook(
         &self,
         caller: Caller,
         params: CreateWebhookParams,
-    ) -> CreateWebhookResponse {
-        match self.create_webhook_row(&caller, params).await {
-            Ok((created, version, id)) => CreateWebhookResponse::Created(
-                Json(created),
-                format!("/v1/webhooks/{id}"),
-                etag(version),
-            ),
-            Err(f) => f.into(),
+    ) -> Result<CreateWebhookResponse, ApiError> {
+        Ok(async {
+            match self.create_webhook_row(&caller, params).await {
+                Ok((created, version, id)) => CreateWebhookResponse::Created(
+                    Json(created),
+                    format!("/v1/webhooks/{id}"),
+                    etag(version),
+                ),
+                Err(f) => f.into(),
+            }
         }
+        .await)
     }
 
-    async fn get_webhook(&self, caller: Caller, params: GetWebhookParams) -> GetWebhookResponse {
-        let row = match self.webhook(&caller, params.webhook_id).await {
-            Ok(row) => row,
-            Err(f) => return f.into(),
-        };
-        let tag = etag(row.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
-            return GetWebhookResponse::NotModified(tag);
+    async fn get_webhook(
+        &self,
+        caller: Caller,
+        params: GetWebhookParams,
+    ) -> Result<GetWebhookResponse, ApiError> {
+        Ok(async {
+            let row = match self.webhook(&caller, params.webhook_id).await {
+                Ok(row) => row,
+                Err(f) => return f.into(),
+            };
+            let tag = etag(row.version);
+            if params
+                .if_none_match
+                .as_deref()
+                .is_some_and(|h| etag_matches(h, &tag))
+            {
+                return GetWebhookResponse::NotModified(tag);
+            }
+            match row_to_webhook(&row) {
+                Ok(w) => GetWebhookResponse::Ok(Json(w), tag),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
-        match row_to_webhook(&row) {
-            Ok(w) => GetWebhookResponse::Ok(Json(w), tag),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-        }
+        .await)
     }
 
     async fn update_webhook(
         &self,
         caller: Caller,
         params: UpdateWebhookParams,
-    ) -> UpdateWebhookResponse {
-        let rid = caller.request_id.clone();
-        let patch = params.body.to_json().unwrap_or(Value::Null);
-        let sealed = patch["secret"]
-            .as_str()
-            .map(|s| self.crypto.encrypt(s.as_bytes()));
-        let (org, id, if_match) = (caller.org_id.clone(), params.webhook_id, params.if_match);
-        let updated = self
-            .store
-            .run(move |conn| {
-                store::update(conn, &org, &id, |current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    let description = match patch.get("description") {
-                        Some(Value::Null) => None,
-                        Some(Value::String(s)) => Some(s.clone()),
-                        _ => current.description.clone(),
-                    };
-                    Ok(WebhookChanges {
-                        url: patch["url"]
-                            .as_str()
-                            .map_or_else(|| current.url.clone(), str::to_string),
-                        events: match patch.get("events") {
-                            Some(events @ Value::Array(_)) => patterns_text(events),
-                            _ => current.events.clone(),
-                        },
-                        secret_encrypted: sealed
-                            .clone()
-                            .unwrap_or_else(|| current.secret_encrypted.clone()),
-                        active: patch["active"].as_bool().map_or(current.active, i64::from),
-                        description,
+    ) -> Result<UpdateWebhookResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let patch = params.body.to_json().unwrap_or(Value::Null);
+            let sealed = patch["secret"]
+                .as_str()
+                .map(|s| self.crypto.encrypt(s.as_bytes()));
+            let (org, id, if_match) = (caller.org_id.clone(), params.webhook_id, params.if_match);
+            let updated = self
+                .store
+                .run(move |conn| {
+                    store::update(conn, &org, &id, |current| {
+                        if let Some(h) = &if_match
+                            && !etag_matches(h, &etag(current.version))
+                        {
+                            return Err(StoreError::PreconditionFailed);
+                        }
+                        let description = match patch.get("description") {
+                            Some(Value::Null) => None,
+                            Some(Value::String(s)) => Some(s.clone()),
+                            _ => current.description.clone(),
+                        };
+                        Ok(WebhookChanges {
+                            url: patch["url"]
+                                .as_str()
+                                .map_or_else(|| current.url.clone(), str::to_string),
+                            events: match patch.get("events") {
+                                Some(events @ Value::Array(_)) => patterns_text(events),
+                                _ => current.events.clone(),
+                            },
+                            secret_encrypted: sealed
+                                .clone()
+                                .unwrap_or_else(|| current.secret_encrypted.clone()),
+                            active: patch["active"].as_bool().map_or(current.active, i64::from),
+                            description,
+                        })
                     })
                 })
-            })
-            .await
-            .and_then(|row| Ok((row_to_webhook(&row)?, row.version)));
-        match updated {
-            Ok((w, version)) => UpdateWebhookResponse::Ok(Json(w), etag(version)),
-            Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+                .await
+                .and_then(|row| Ok((row_to_webhook(&row)?, row.version)));
+            match updated {
+                Ok((w, version)) => UpdateWebhookResponse::Ok(Json(w), etag(version)),
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
+            }
         }
+        .await)
     }
 
     async fn delete_webhook(
         &self,
         caller: Caller,
         params: DeleteWebhookParams,
-    ) -> DeleteWebhookResponse {
-        let (org, id) = (caller.org_id.clone(), params.webhook_id);
-        match self
-            .store
-            .run(move |conn| store::delete(conn, &org, &id))
-            .await
-        {
-            Ok(()) => DeleteWebhookResponse::NoContent,
-            Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+    ) -> Result<DeleteWebhookResponse, ApiError> {
+        Ok(async {
+            let (org, id) = (caller.org_id.clone(), params.webhook_id);
+            match self
+                .store
+                .run(move |conn| store::delete(conn, &org, &id))
+                .await
+            {
+                Ok(()) => DeleteWebhookResponse::NoContent,
+                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn list_webhook_deliveries(
         &self,
         caller: Caller,
         params: ListWebhookDeliveriesParams,
-    ) -> ListWebhookDeliveriesResponse {
-        let rid = caller.request_id.clone();
-        let page = match PageRequest::of(&params, &rid) {
-            Ok(p) => p,
-            Err(f) => return f.into(),
-        };
-        let (org, hook, q) = (caller.org_id.clone(), params.webhook_id, page_of(&page));
-        let status = params.status.map(|s| s.as_str().to_string());
-        let listed = self
-            .store
-            .run(move |conn| {
-                store::get(conn, &org, &hook)?;
-                store::list_deliveries(conn, &org, &hook, status.as_deref(), &q)
-            })
-            .await
-            .and_then(|(rows, total)| {
-                let data = rows
-                    .iter()
-                    .map(row_to_delivery)
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((data, rows.last().map(|r| r.id.clone()), total))
-            });
-        match listed {
-            Ok((data, last, total)) => {
-                ListWebhookDeliveriesResponse::Ok(Json(WebhookDeliveryList {
-                    pagination: page.pagination(data.len(), last.as_deref(), total),
-                    data,
-                }))
+    ) -> Result<ListWebhookDeliveriesResponse, ApiError> {
+        Ok(async {
+            let rid = caller.request_id.clone();
+            let page = match PageRequest::of(&params, &rid) {
+                Ok(p) => p,
+                Err(f) => return f.into(),
+            };
+            let (org, hook, q) = (caller.org_id.clone(), params.webhook_id, page_of(&page));
+            let status = params.status.map(|s| s.as_str().to_string());
+            let listed = self
+                .store
+                .run(move |conn| {
+                    store::get(conn, &org, &hook)?;
+                    store::list_deliveries(conn, &org, &hook, status.as_deref(), &q)
+                })
+                .await
+                .and_then(|(rows, total)| {
+                    let data = rows
+                        .iter()
+                        .map(row_to_delivery)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((data, rows.last().map(|r| r.id.clone()), total))
+                });
+            match listed {
+                Ok((data, last, total)) => {
+                    ListWebhookDeliveriesResponse::Ok(Json(WebhookDeliveryList {
+                        pagination: page.pagination(data.len(), last.as_deref(), total),
+                        data,
+                    }))
+                }
+                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
             }
-            Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
         }
+        .await)
     }
 
     async fn get_webhook_delivery(
         &self,
         caller: Caller,
         params: GetWebhookDeliveryParams,
-    ) -> GetWebhookDeliveryResponse {
-        let org = caller.org_id.clone();
-        let (hook, id) = (params.webhook_id, params.delivery_id);
-        match self
-            .store
-            .run(move |conn| store::get_delivery(conn, &org, &hook, &id))
-            .await
-            .and_then(|row| row_to_delivery(&row))
-        {
-            Ok(d) => GetWebhookDeliveryResponse::Ok(Json(d)),
-            Err(e) => Failure::from_store(e, "DELIVERY_NOT_FOUND", &caller.request_id).into(),
+    ) -> Result<GetWebhookDeliveryResponse, ApiError> {
+        Ok(async {
+            let org = caller.org_id.clone();
+            let (hook, id) = (params.webhook_id, params.delivery_id);
+            match self
+                .store
+                .run(move |conn| store::get_delivery(conn, &org, &hook, &id))
+                .await
+                .and_then(|row| row_to_delivery(&row))
+            {
+                Ok(d) => GetWebhookDeliveryResponse::Ok(Json(d)),
+                Err(e) => Failure::from_store(e, "DELIVERY_NOT_FOUND", &caller.request_id).into(),
+            }
         }
+        .await)
     }
 
     async fn redeliver_webhook_delivery(
         &self,
         caller: Caller,
         params: RedeliverWebhookDeliveryParams,
-    ) -> RedeliverWebhookDeliveryResponse {
-        let (org, delivery_id) = (caller.org_id.clone(), params.delivery_id);
-        let queued = self
-            .queue_for(&caller, params.webhook_id, move |conn, hook| {
-                let old = store::get_delivery(conn, &org, &hook.id, &delivery_id)?;
-                crate::db::events::get(conn, &org, &old.event_id)
-            })
-            .await;
-        match queued {
-            Ok(d) => {
-                let location = delivery_location(&d);
-                RedeliverWebhookDeliveryResponse::Accepted(Json(d), location)
+    ) -> Result<RedeliverWebhookDeliveryResponse, ApiError> {
+        Ok(async {
+            let (org, delivery_id) = (caller.org_id.clone(), params.delivery_id);
+            let queued = self
+                .queue_for(&caller, params.webhook_id, move |conn, hook| {
+                    let old = store::get_delivery(conn, &org, &hook.id, &delivery_id)?;
+                    crate::db::events::get(conn, &org, &old.event_id)
+                })
+                .await;
+            match queued {
+                Ok(d) => {
+                    let location = delivery_location(&d);
+                    RedeliverWebhookDeliveryResponse::Accepted(Json(d), location)
+                }
+                Err(f) => f.into(),
             }
-            Err(f) => f.into(),
         }
+        .await)
     }
 
-    async fn test_webhook(&self, caller: Caller, params: TestWebhookParams) -> TestWebhookResponse {
+    async fn test_webhook(
+        &self,
+        caller: Caller,
+        params: TestWebhookParams,
+    ) -> Result<TestWebhookResponse, ApiError> {
+        Ok(async {
         let org = caller.org_id.clone();
         let queued = self
             .queue_for(&caller, params.webhook_id, move |conn, hook| {
@@ -447,5 +480,7 @@ impl WebhooksApi for Handlers {
             }
             Err(f) => f.into(),
         }
+    }
+        .await)
     }
 }

@@ -171,10 +171,7 @@ pub fn list(
     org_id: &str,
     q: &ListQuery,
 ) -> StoreResult<(Vec<AgentRow>, i64)> {
-    let total: i64 = filtered(org_id, q)
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered(org_id, q).count().get_result(conn)?;
     let anchor = match &q.after_id {
         Some(id) => get(conn, org_id, id)
             .found()?
@@ -191,18 +188,14 @@ pub fn list(
     if anchor.is_none() && q.offset > 0 {
         query = query.offset(q.offset);
     }
-    let rows = query
-        .select(AgentRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = query.select(AgentRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
 pub fn insert(conn: &mut DbConnection, row: &AgentRow) -> StoreResult<()> {
     diesel::insert_into(agents::table)
         .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -212,7 +205,7 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Agent
         .filter(agents::id.eq(id))
         .select(AgentRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// Writes `changes` over `current` as its next version, only if it still is at
@@ -234,8 +227,7 @@ fn write_version(
         agents::version.eq(current.version + 1),
         agents::updated_at.eq(now),
     ))
-    .execute(conn)
-    .map_err(StoreError::from_diesel)?;
+    .execute(conn)?;
     Ok(written > 0)
 }
 
@@ -264,8 +256,7 @@ pub fn update<E>(
                 diesel::sql_query("SELECT id FROM agents WHERE org_id = $1 AND id = $2 FOR UPDATE")
                     .bind::<diesel::sql_types::Text, _>(org_id)
                     .bind::<diesel::sql_types::Text, _>(id)
-                    .execute(pg)
-                    .map_err(StoreError::from_diesel)?;
+                    .execute(pg)?;
             }
             let current = get(conn, org_id, id)?;
             let changes = match change(&current) {
@@ -335,8 +326,7 @@ pub fn bulk_update<E>(
             let rows: Vec<AgentRow> = q
                 .order(agents::id.asc())
                 .select(AgentRow::as_select())
-                .load(conn)
-                .map_err(StoreError::from_diesel)?;
+                .load(conn)?;
             let now = crate::ids::now();
             let mut updated = Vec::new();
             for current in &rows {
@@ -373,8 +363,7 @@ pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()
             .filter(agents::org_id.eq(org_id))
             .filter(agents::id.eq(id)),
     )
-    .execute(conn)
-    .map_err(StoreError::from_diesel)?;
+    .execute(conn)?;
     if n == 0 {
         Err(StoreError::NotFound)
     } else {

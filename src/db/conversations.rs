@@ -42,10 +42,7 @@ pub struct MessageRow {
 }
 
 pub fn insert(conn: &mut DbConnection, row: &ConversationRow) -> StoreResult<()> {
-    diesel::insert_into(c::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(c::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -55,7 +52,7 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Conve
         .filter(c::id.eq(id))
         .select(ConversationRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 fn filtered<'a>(org_id: &'a str, agent_id: Option<&'a str>) -> c::BoxedQuery<'a, MultiBackend> {
@@ -75,19 +72,13 @@ pub fn list(
     limit: i64,
     after_id: Option<&str>,
 ) -> StoreResult<(Vec<ConversationRow>, i64)> {
-    let total: i64 = filtered(org_id, agent_id)
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered(org_id, agent_id).count().get_result(conn)?;
     let mut q = filtered(org_id, agent_id).order(c::id.desc()).limit(limit);
     q = match after_id {
         Some(after) => q.filter(c::id.lt(after.to_string())),
         None => q.offset(offset),
     };
-    let rows = q
-        .select(ConversationRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = q.select(ConversationRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -108,8 +99,7 @@ pub fn update(
                 c::version.eq(current.version + 1),
                 c::updated_at.eq(crate::ids::now()),
             ))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         get(conn, org_id, id)
     })
 }
@@ -119,30 +109,22 @@ pub fn update(
 pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
     super::write_transaction(conn, |conn| {
         get(conn, org_id, id)?;
-        diesel::delete(m::table.filter(m::conversation_id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
-        diesel::delete(c::table.filter(c::id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+        diesel::delete(m::table.filter(m::conversation_id.eq(id))).execute(conn)?;
+        diesel::delete(c::table.filter(c::id.eq(id))).execute(conn)?;
         Ok(())
     })
 }
 
 /// Adds a message and counts it on its conversation (inside the caller's transaction).
 pub fn add_message(conn: &mut DbConnection, row: &MessageRow) -> StoreResult<()> {
-    diesel::insert_into(m::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(m::table).values(row).execute(conn)?;
     diesel::update(c::table.filter(c::id.eq(&row.conversation_id)))
         .set((
             c::message_count.eq(c::message_count + 1),
             c::version.eq(c::version + 1),
             c::updated_at.eq(&row.created_at),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -157,8 +139,7 @@ pub fn messages(
     let total: i64 = m::table
         .filter(m::conversation_id.eq(conversation_id))
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+        .get_result(conn)?;
     let mut q = m::table
         .filter(m::conversation_id.eq(conversation_id))
         .order(m::id.asc())
@@ -168,10 +149,7 @@ pub fn messages(
         Some(after) => q.filter(m::id.gt(after.to_string())),
         None => q.offset(offset),
     };
-    let rows = q
-        .select(MessageRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = q.select(MessageRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -186,8 +164,7 @@ pub fn latest(
         .order(m::id.desc())
         .limit(limit)
         .select(MessageRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+        .load(conn)?;
     rows.reverse();
     Ok(rows)
 }
@@ -204,7 +181,7 @@ pub fn message_of(
         .select(MessageRow::as_select())
         .first(conn)
         .optional()
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// The history an execution answering a conversation's message sees: the earlier messages
@@ -222,10 +199,7 @@ pub fn history(conn: &mut DbConnection, execution: &ExecutionRow) -> StoreResult
     if let Some(asked) = &asked {
         q = q.filter(m::id.lt(asked.id.clone()));
     }
-    let mut rows: Vec<MessageRow> = q
-        .select(MessageRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let mut rows: Vec<MessageRow> = q.select(MessageRow::as_select()).load(conn)?;
     rows.reverse();
     Ok(rows
         .into_iter()
@@ -248,8 +222,7 @@ pub fn record_reply(conn: &mut DbConnection, execution: &ExecutionRow) -> StoreR
     if c::table
         .filter(c::id.eq(&conversation))
         .count()
-        .get_result::<i64>(conn)
-        .map_err(StoreError::from_diesel)?
+        .get_result::<i64>(conn)?
         == 0
     {
         return Ok(()); // deleted meanwhile
@@ -268,7 +241,6 @@ pub fn record_reply(conn: &mut DbConnection, execution: &ExecutionRow) -> StoreR
     add_message(conn, &reply)?;
     diesel::update(u::table.filter(u::execution_id.eq(&execution.id)))
         .set(u::message_id.eq(&reply.id))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }

@@ -43,14 +43,11 @@ pub fn get(conn: &mut DbConnection, agent_id: &str) -> StoreResult<Option<Deploy
         .select(DeploymentRow::as_select())
         .first(conn)
         .optional()
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn insert(conn: &mut DbConnection, row: &DeploymentRow) -> StoreResult<()> {
-    diesel::insert_into(d::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(d::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -77,8 +74,7 @@ pub fn save(
         d::deployed_at.eq(&next.deployed_at),
         d::last_updated.eq(&next.last_updated),
     ))
-    .execute(conn)
-    .map_err(StoreError::from_diesel)?;
+    .execute(conn)?;
     Ok(changed == 1)
 }
 
@@ -88,14 +84,11 @@ pub fn converging(conn: &mut DbConnection) -> StoreResult<Vec<DeploymentRow>> {
         .filter(d::state.eq_any(["scaling", "restarting"]))
         .select(DeploymentRow::as_select())
         .load(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn insert_log(conn: &mut DbConnection, row: &LogRow) -> StoreResult<()> {
-    diesel::insert_into(l::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(l::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -120,7 +113,7 @@ pub fn logs(
         .limit(limit + 1)
         .select(LogRow::as_select())
         .load(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// The agent's lines at `levels` written at or after `from`, oldest first, at most `limit`
@@ -140,7 +133,7 @@ pub fn logs_from(
         .limit(limit)
         .select(LogRow::as_select())
         .load(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// How many of the agent's executions are `running`, and how many of those started before
@@ -154,8 +147,7 @@ pub fn running(
         .filter(e::agent_id.eq(agent_id))
         .filter(e::status.eq("running"))
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+        .get_result(conn)?;
     let old = match before {
         None => 0,
         Some(before) => e::table
@@ -163,8 +155,7 @@ pub fn running(
             .filter(e::status.eq("running"))
             .filter(e::started_at.lt(before).or(e::started_at.is_null()))
             .count()
-            .get_result(conn)
-            .map_err(StoreError::from_diesel)?,
+            .get_result(conn)?,
     };
     Ok((all, old))
 }
@@ -176,7 +167,7 @@ pub fn queued(conn: &mut DbConnection, agent_id: &str) -> StoreResult<i64> {
         .filter(e::status.eq("queued"))
         .count()
         .get_result(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// One finished execution, as the metrics read it.
@@ -210,5 +201,5 @@ pub fn finished_since(
             e::cost_nano_usd,
         ))
         .load(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }

@@ -45,10 +45,7 @@ pub struct Page {
 }
 
 pub fn insert(conn: &mut DbConnection, row: &EvaluationRow) -> StoreResult<()> {
-    diesel::insert_into(t::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(t::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -58,13 +55,12 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Evalu
         .filter(t::id.eq(id))
         .select(EvaluationRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    let n = diesel::delete(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id)))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    let n =
+        diesel::delete(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id))).execute(conn)?;
     if n == 0 {
         return Err(StoreError::NotFound);
     }
@@ -85,37 +81,27 @@ pub fn list(
         }
         q
     };
-    let total: i64 = filtered()
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered().count().get_result(conn)?;
     let mut q = filtered().order(t::id.desc()).limit(page.limit);
     match &page.after_id {
         Some(id) => q = q.filter(t::id.lt(id.clone())),
         None if page.offset > 0 => q = q.offset(page.offset),
         None => {}
     }
-    let rows = q
-        .select(EvaluationRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = q.select(EvaluationRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
 /// Queues a run and records it as the evaluation's latest (inside the caller's transaction,
 /// which also queues its job).
 pub fn insert_run(conn: &mut DbConnection, row: &RunRow) -> StoreResult<()> {
-    diesel::insert_into(r::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(r::table).values(row).execute(conn)?;
     diesel::update(t::table.filter(t::id.eq(&row.evaluation_id)))
         .set((
             t::latest_run_id.eq(&row.id),
             t::updated_at.eq(&row.created_at),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -125,7 +111,7 @@ pub fn run_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<RunRow> {
         .filter(r::id.eq(id))
         .select(RunRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn get_run(
@@ -140,7 +126,7 @@ pub fn get_run(
         .filter(r::id.eq(run_id))
         .select(RunRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// A page of an evaluation's runs, newest first, and how many it has.
@@ -156,20 +142,14 @@ pub fn list_runs(
             .filter(r::evaluation_id.eq(evaluation_id))
             .into_boxed()
     };
-    let total: i64 = filtered()
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered().count().get_result(conn)?;
     let mut q = filtered().order(r::id.desc()).limit(page.limit);
     match &page.after_id {
         Some(id) => q = q.filter(r::id.lt(id.clone())),
         None if page.offset > 0 => q = q.offset(page.offset),
         None => {}
     }
-    let rows = q
-        .select(RunRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = q.select(RunRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -177,8 +157,7 @@ pub fn list_runs(
 pub fn start_run(conn: &mut DbConnection, run_id: &str, at: &str) -> StoreResult<()> {
     diesel::update(r::table.filter(r::id.eq(run_id)))
         .set((r::status.eq("running"), r::started_at.eq(Some(at))))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -200,7 +179,6 @@ pub fn finish_run(
             r::error.eq(error),
             r::finished_at.eq(Some(at)),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }

@@ -46,10 +46,7 @@ fn filtered<'a>(org_id: &'a str, f: &'a EventFilter) -> e::BoxedQuery<'a, MultiB
 }
 
 pub fn insert(conn: &mut DbConnection, row: &EventRow) -> StoreResult<()> {
-    diesel::insert_into(e::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(e::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -59,7 +56,7 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Event
         .filter(e::id.eq(id))
         .select(EventRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// An event by id alone (the delivery worker, which already knows the organization).
@@ -68,7 +65,7 @@ pub fn by_id(conn: &mut DbConnection, id: &str) -> StoreResult<EventRow> {
         .filter(e::id.eq(id))
         .select(EventRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// A page of events, newest first, and the number matching.
@@ -78,20 +75,14 @@ pub fn list(
     f: &EventFilter,
     page: &Page,
 ) -> StoreResult<(Vec<EventRow>, i64)> {
-    let total: i64 = filtered(org_id, f)
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered(org_id, f).count().get_result(conn)?;
     let mut query = filtered(org_id, f).order(e::id.desc()).limit(page.limit);
     match &page.after_id {
         Some(after) => query = query.filter(e::id.lt(after.clone())),
         None if page.offset > 0 => query = query.offset(page.offset),
         None => {}
     }
-    let rows = query
-        .select(EventRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = query.select(EventRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -110,5 +101,5 @@ pub fn since(
         .limit(limit)
         .select(EventRow::as_select())
         .load(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }

@@ -99,10 +99,7 @@ pub struct UsageRow {
 }
 
 pub fn insert(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> {
-    diesel::insert_into(e::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(e::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -112,7 +109,7 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Execu
         .filter(e::id.eq(id))
         .select(ExecutionRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// The row by id alone (workers, which act for whichever organization queued it).
@@ -121,7 +118,7 @@ pub fn get_any(conn: &mut DbConnection, id: &str) -> StoreResult<ExecutionRow> {
         .filter(e::id.eq(id))
         .select(ExecutionRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// What a list asks for.
@@ -152,19 +149,13 @@ pub fn list(
     org_id: &str,
     q: &ExecutionQuery,
 ) -> StoreResult<(Vec<ExecutionRow>, i64)> {
-    let total: i64 = filtered(org_id, q)
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered(org_id, q).count().get_result(conn)?;
     let mut page = filtered(org_id, q).order(e::id.desc()).limit(q.limit);
     page = match &q.after_id {
         Some(after) => page.filter(e::id.lt(after.clone())),
         None => page.offset(q.offset),
     };
-    let rows = page
-        .select(ExecutionRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = page.select(ExecutionRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -184,8 +175,7 @@ pub fn mark_running(
                 e::started_at.eq(&now),
                 e::model_id.eq(model_id),
             ))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         if n != 1 {
             return Ok(false);
         }
@@ -235,16 +225,14 @@ pub fn finish_in(
             e::cost_nano_usd.eq(finish.cost_nano_usd),
             e::finished_at.eq(&now),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
         if n == 0 {
             return Ok(None);
         }
         if let Some(steps) = &finish.steps {
             diesel::update(e::table.filter(e::id.eq(id)))
                 .set(e::steps.eq(steps))
-                .execute(conn)
-                .map_err(StoreError::from_diesel)?;
+                .execute(conn)?;
         }
         let row = get_any(conn, id)?;
         if finish.input_tokens + finish.output_tokens > 0 {
@@ -297,8 +285,7 @@ pub fn cancel(
             e::error.eq(error.to_string()),
             e::finished_at.eq(&now),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
         let row = get(conn, org_id, id)?;
         after(conn, &row)?;
         Ok(Ok(row))
@@ -311,10 +298,7 @@ pub type AfterChange = dyn Fn(&mut DbConnection, &ExecutionRow) -> StoreResult<(
 
 /// Records usage (tokens, cost, model) of an execution or a message.
 pub fn insert_usage(conn: &mut DbConnection, row: &UsageRow) -> StoreResult<()> {
-    diesel::insert_into(u::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(u::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -324,5 +308,5 @@ pub fn usage_of(conn: &mut DbConnection, execution_id: &str) -> StoreResult<Vec<
         .filter(u::execution_id.eq(execution_id))
         .select(UsageRow::as_select())
         .load(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }

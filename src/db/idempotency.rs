@@ -33,8 +33,7 @@ pub fn find(
             .filter(idempotency_keys::org_id.eq(org_id))
             .filter(idempotency_keys::created_at.lt(&cutoff)),
     )
-    .execute(conn)
-    .map_err(StoreError::from_diesel)?;
+    .execute(conn)?;
     idempotency_keys::table
         .filter(idempotency_keys::org_id.eq(org_id))
         .filter(idempotency_keys::operation.eq(operation))
@@ -42,13 +41,12 @@ pub fn find(
         .select(IdempotencyRow::as_select())
         .first(conn)
         .optional()
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn insert(conn: &mut DbConnection, row: &IdempotencyRow) -> StoreResult<()> {
     diesel::insert_into(idempotency_keys::table)
         .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }

@@ -72,7 +72,7 @@ pub fn count_organizations(conn: &mut DbConnection) -> StoreResult<i64> {
     organizations::table
         .count()
         .get_result(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn organization(conn: &mut DbConnection, id: &str) -> StoreResult<OrganizationRow> {
@@ -80,7 +80,7 @@ pub fn organization(conn: &mut DbConnection, id: &str) -> StoreResult<Organizati
         .find(id)
         .select(OrganizationRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn organization_by_name(
@@ -92,14 +92,13 @@ pub fn organization_by_name(
         .select(OrganizationRow::as_select())
         .first(conn)
         .optional()
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn insert_organization(conn: &mut DbConnection, row: &OrganizationRow) -> StoreResult<()> {
     diesel::insert_into(organizations::table)
         .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -108,7 +107,7 @@ pub fn user(conn: &mut DbConnection, id: &str) -> StoreResult<UserRow> {
         .find(id)
         .select(UserRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn user_by_name(
@@ -122,14 +121,13 @@ pub fn user_by_name(
         .select(UserRow::as_select())
         .first(conn)
         .optional()
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn insert_user(conn: &mut DbConnection, row: &UserRow) -> StoreResult<()> {
     diesel::insert_into(users::table)
         .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -147,16 +145,14 @@ pub fn update_profile(
             users::preferences.eq(preferences),
             users::updated_at.eq(updated_at),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     user(conn, id)
 }
 
 pub fn insert_key(conn: &mut DbConnection, row: &ApiKeyRow) -> StoreResult<()> {
     diesel::insert_into(api_keys::table)
         .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -171,14 +167,13 @@ pub fn key_by_hash(
         .select((ApiKeyRow::as_select(), UserRow::as_select()))
         .first(conn)
         .optional()
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn touch_key(conn: &mut DbConnection, id: &str, at: &str) -> StoreResult<()> {
     diesel::update(api_keys::table.find(id))
         .set(api_keys::last_used_at.eq(at))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -200,17 +195,13 @@ pub fn list_keys(
         }
         q
     };
-    let total: i64 = base()
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = base().count().get_result(conn)?;
     let rows = base()
         .order((api_keys::created_at.desc(), api_keys::id.desc()))
         .offset(offset)
         .limit(limit)
         .select(ApiKeyRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+        .load(conn)?;
     Ok((rows, total))
 }
 
@@ -230,10 +221,7 @@ pub fn revoke_key(
     if let Some(u) = user_id {
         q = q.filter(api_keys::user_id.eq(u));
     }
-    let n = q
-        .set(api_keys::revoked_at.eq(at))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    let n = q.set(api_keys::revoked_at.eq(at)).execute(conn)?;
     if n == 0 {
         Err(StoreError::NotFound)
     } else {
@@ -258,7 +246,7 @@ pub fn get_key(
     }
     q.select(ApiKeyRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// What an update changes of a key; `None` leaves a field as it is.
@@ -285,8 +273,7 @@ pub fn update_key(
     {
         diesel::update(api_keys::table.find(&current.id))
             .set(change)
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
     }
     get_key(conn, org_id, user_id, id)
 }

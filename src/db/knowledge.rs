@@ -163,10 +163,7 @@ pub fn list_kbs(
         }
         q
     };
-    let total: i64 = base()
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = base().count().get_result(conn)?;
     let anchor = match &page.after_id {
         Some(id) => get_kb(conn, org_id, id)
             .found()?
@@ -175,8 +172,7 @@ pub fn list_kbs(
     };
     let rows = newest_first_page!(knowledge_bases, base(), anchor.clone(), page)
         .select(KbRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+        .load(conn)?;
     Ok((rows, total))
 }
 
@@ -193,14 +189,13 @@ pub fn kb_ids(
     if let Some(t) = kb_type {
         q = q.filter(knowledge_bases::kb_type.eq(t));
     }
-    q.load(conn).map_err(StoreError::from_diesel)
+    q.load(conn).map_err(StoreError::from)
 }
 
 pub fn insert_kb(conn: &mut DbConnection, row: &KbRow) -> StoreResult<()> {
     diesel::insert_into(knowledge_bases::table)
         .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -210,7 +205,7 @@ pub fn get_kb(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Kb
         .filter(knowledge_bases::id.eq(id))
         .select(KbRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// The columns a knowledge-base update writes.
@@ -237,8 +232,7 @@ pub fn update_kb<E>(
             )
             .bind::<diesel::sql_types::Text, _>(org_id)
             .bind::<diesel::sql_types::Text, _>(id)
-            .execute(pg)
-            .map_err(StoreError::from_diesel)?;
+            .execute(pg)?;
         }
         let current = get_kb(conn, org_id, id)?;
         let changes = match change(&current) {
@@ -255,8 +249,7 @@ pub fn update_kb<E>(
             knowledge_bases::version.eq(current.version + 1),
             knowledge_bases::updated_at.eq(crate::ids::now()),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
         get_kb(conn, org_id, id).map(Ok)
     })
 }
@@ -266,24 +259,19 @@ pub fn delete_kb(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult
     super::write_transaction(conn, |conn| {
         get_kb(conn, org_id, id)?;
         diesel::delete(knowledge_chunks::table.filter(knowledge_chunks::kb_id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         diesel::delete(knowledge_documents::table.filter(knowledge_documents::kb_id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         diesel::delete(knowledge_syncs::table.filter(knowledge_syncs::kb_id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         diesel::delete(knowledge_sources::table.filter(knowledge_sources::kb_id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         diesel::delete(
             knowledge_bases::table
                 .filter(knowledge_bases::org_id.eq(org_id))
                 .filter(knowledge_bases::id.eq(id)),
         )
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
         Ok(())
     })
 }
@@ -293,18 +281,15 @@ pub fn kb_counts(conn: &mut DbConnection, kb_id: &str) -> StoreResult<(i64, i64,
     let documents: i64 = knowledge_documents::table
         .filter(knowledge_documents::kb_id.eq(kb_id))
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+        .get_result(conn)?;
     let chunks: i64 = knowledge_chunks::table
         .filter(knowledge_chunks::kb_id.eq(kb_id))
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+        .get_result(conn)?;
     let sources: i64 = knowledge_sources::table
         .filter(knowledge_sources::kb_id.eq(kb_id))
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+        .get_result(conn)?;
     Ok((documents, chunks, sources))
 }
 
@@ -313,8 +298,7 @@ pub fn kb_counts(conn: &mut DbConnection, kb_id: &str) -> StoreResult<(i64, i64,
 pub fn insert_source(conn: &mut DbConnection, row: &SourceRow) -> StoreResult<()> {
     diesel::insert_into(knowledge_sources::table)
         .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -329,8 +313,7 @@ pub fn replace_source(conn: &mut DbConnection, row: &SourceRow) -> StoreResult<(
             knowledge_sources::last_sync_at.eq(&row.last_sync_at),
             knowledge_sources::updated_at.eq(&row.updated_at),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -346,7 +329,7 @@ pub fn get_source(
         .filter(knowledge_sources::id.eq(id))
         .select(SourceRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn list_sources(
@@ -361,10 +344,7 @@ pub fn list_sources(
             .filter(knowledge_sources::kb_id.eq(kb_id.to_string()))
             .into_boxed()
     };
-    let total: i64 = base()
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = base().count().get_result(conn)?;
     let anchor = match &page.after_id {
         Some(id) => get_source(conn, org_id, kb_id, id)
             .found()?
@@ -373,8 +353,7 @@ pub fn list_sources(
     };
     let rows = newest_first_page!(knowledge_sources, base(), anchor.clone(), page)
         .select(SourceRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+        .load(conn)?;
     Ok((rows, total))
 }
 
@@ -400,8 +379,7 @@ pub fn set_source_status(
                 knowledge_sources::updated_at.eq(&now),
             ))
             .execute(conn),
-    }
-    .map_err(StoreError::from_diesel)?;
+    }?;
     Ok(())
 }
 
@@ -410,14 +388,11 @@ pub fn delete_source_documents(conn: &mut DbConnection, source_id: &str) -> Stor
     let docs: Vec<String> = knowledge_documents::table
         .filter(knowledge_documents::source_id.eq(source_id))
         .select(knowledge_documents::id)
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+        .load(conn)?;
     diesel::delete(knowledge_chunks::table.filter(knowledge_chunks::document_id.eq_any(docs)))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     diesel::delete(knowledge_documents::table.filter(knowledge_documents::source_id.eq(source_id)))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -432,11 +407,9 @@ pub fn delete_source(
         get_source(conn, org_id, kb_id, id)?;
         delete_source_documents(conn, id)?;
         diesel::delete(knowledge_syncs::table.filter(knowledge_syncs::source_id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         diesel::delete(knowledge_sources::table.filter(knowledge_sources::id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         Ok(())
     })
 }
@@ -446,8 +419,7 @@ pub fn delete_source(
 pub fn insert_document(conn: &mut DbConnection, row: &DocumentRow) -> StoreResult<()> {
     diesel::insert_into(knowledge_documents::table)
         .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -481,8 +453,7 @@ pub fn insert_chunks(conn: &mut DbConnection, rows: &[ChunkRow]) -> StoreResult<
             DbConnection::Postgres(c) => diesel::insert_into(knowledge_chunks::table)
                 .values(batch)
                 .execute(c),
-        }
-        .map_err(StoreError::from_diesel)?;
+        }?;
     }
     Ok(())
 }
@@ -499,7 +470,7 @@ pub fn get_document(
         .filter(knowledge_documents::id.eq(id))
         .select(DocumentRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 pub fn list_documents(
@@ -519,10 +490,7 @@ pub fn list_documents(
         }
         q
     };
-    let total: i64 = base()
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = base().count().get_result(conn)?;
     let anchor = match &page.after_id {
         Some(id) => get_document(conn, org_id, kb_id, id)
             .found()?
@@ -531,8 +499,7 @@ pub fn list_documents(
     };
     let rows = newest_first_page!(knowledge_documents, base(), anchor.clone(), page)
         .select(DocumentRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+        .load(conn)?;
     Ok((rows, total))
 }
 
@@ -545,11 +512,9 @@ pub fn delete_document(
     super::write_transaction(conn, |conn| {
         get_document(conn, org_id, kb_id, id)?;
         diesel::delete(knowledge_chunks::table.filter(knowledge_chunks::document_id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         diesel::delete(knowledge_documents::table.filter(knowledge_documents::id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         Ok(())
     })
 }
@@ -564,16 +529,14 @@ pub fn list_chunks(
     let total: i64 = knowledge_chunks::table
         .filter(knowledge_chunks::document_id.eq(document_id))
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+        .get_result(conn)?;
     let rows = knowledge_chunks::table
         .filter(knowledge_chunks::document_id.eq(document_id))
         .order(knowledge_chunks::position.asc())
         .offset(offset)
         .limit(limit)
         .select(ChunkRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+        .load(conn)?;
     Ok((rows, total))
 }
 
@@ -582,8 +545,7 @@ pub fn list_chunks(
 pub fn insert_sync(conn: &mut DbConnection, row: &SyncRow) -> StoreResult<()> {
     diesel::insert_into(knowledge_syncs::table)
         .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -599,7 +561,7 @@ pub fn get_sync(
         .filter(knowledge_syncs::id.eq(id))
         .select(SyncRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// A sync by id, whichever organization's (what its job holds).
@@ -608,7 +570,7 @@ pub fn sync_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<SyncRow> {
         .filter(knowledge_syncs::id.eq(id))
         .select(SyncRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// Marks a sync running.
@@ -618,8 +580,7 @@ pub fn start_sync(conn: &mut DbConnection, id: &str) -> StoreResult<()> {
             knowledge_syncs::status.eq("running"),
             knowledge_syncs::started_at.eq(crate::ids::now()),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -644,7 +605,6 @@ pub fn finish_sync(
             knowledge_syncs::chunks.eq(chunks),
             knowledge_syncs::finished_at.eq(crate::ids::now()),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }

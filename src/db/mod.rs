@@ -72,14 +72,16 @@ pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
-    Database(#[from] diesel::result::Error),
+    Database(diesel::result::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }
 
-impl StoreError {
-    /// Maps diesel's unique violations to [`StoreError::Conflict`].
-    pub fn from_diesel(e: diesel::result::Error) -> Self {
+/// The one classification of diesel's errors: a missing row is [`StoreError::NotFound`], a
+/// unique violation a [`StoreError::Conflict`], anything else a database failure; so a plain
+/// `?` on a diesel result says what happened.
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> Self {
         use diesel::result::{DatabaseErrorKind, Error};
         match e {
             Error::NotFound => StoreError::NotFound,
@@ -120,13 +122,12 @@ pub fn write_transaction<T>(
     if !matches!(conn, DbConnection::Sqlite(_)) {
         return conn.transaction(f);
     }
-    conn.batch_execute("BEGIN IMMEDIATE")
-        .map_err(StoreError::from_diesel)?;
+    conn.batch_execute("BEGIN IMMEDIATE")?;
     match f(conn) {
         Ok(value) => {
             if let Err(e) = conn.batch_execute("COMMIT") {
                 let _ = conn.batch_execute("ROLLBACK");
-                return Err(StoreError::from_diesel(e));
+                return Err(StoreError::from(e));
             }
             Ok(value)
         }
@@ -151,8 +152,7 @@ pub(crate) fn lock_row(
         ))
         .bind::<diesel::sql_types::Text, _>(org_id)
         .bind::<diesel::sql_types::Text, _>(id)
-        .execute(pg)
-        .map_err(StoreError::from_diesel)?;
+        .execute(pg)?;
     }
     Ok(())
 }
@@ -303,10 +303,7 @@ impl Store {
 
     /// Round-trips a trivial query; used by the health check.
     pub async fn ping(&self) -> StoreResult<()> {
-        self.run(|conn| {
-            conn.batch_execute("SELECT 1")
-                .map_err(StoreError::from_diesel)
-        })
-        .await
+        self.run(|conn| conn.batch_execute("SELECT 1").map_err(StoreError::from))
+            .await
     }
 }

@@ -36,10 +36,7 @@ pub struct ModelChanges {
 }
 
 pub fn insert(conn: &mut DbConnection, row: &ModelRow) -> StoreResult<()> {
-    diesel::insert_into(m::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(m::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -49,7 +46,7 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Model
         .filter(m::id.eq(id))
         .select(ModelRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 fn filtered<'a>(
@@ -72,10 +69,7 @@ pub fn list(
     limit: i64,
     after_id: Option<&str>,
 ) -> StoreResult<(Vec<ModelRow>, i64)> {
-    let total: i64 = filtered(org_id, provider)
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered(org_id, provider).count().get_result(conn)?;
     let after = match after_id {
         Some(id) => get(conn, org_id, id).found()?.map(|row| row.id),
         None => None,
@@ -86,10 +80,7 @@ pub fn list(
         None if offset > 0 => q = q.offset(offset),
         None => {}
     }
-    let rows = q
-        .select(ModelRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = q.select(ModelRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -111,16 +102,14 @@ pub fn update(
                 m::version.eq(current.version + 1),
                 m::updated_at.eq(crate::ids::now()),
             ))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         get(conn, org_id, id)
     })
 }
 
 pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    let n = diesel::delete(m::table.filter(m::org_id.eq(org_id)).filter(m::id.eq(id)))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    let n =
+        diesel::delete(m::table.filter(m::org_id.eq(org_id)).filter(m::id.eq(id))).execute(conn)?;
     if n == 0 {
         Err(StoreError::NotFound)
     } else {

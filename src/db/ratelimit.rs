@@ -65,5 +65,5 @@ pub fn hit(
         .bind::<BigInt, _>(window_start)
         .bind::<BigInt, _>(burst_start)
         .get_result(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }

@@ -114,7 +114,7 @@ fn raw_values(conn: &mut DbConnection, c: SealedColumn) -> StoreResult<Vec<Seale
     );
     diesel::sql_query(sql)
         .load::<SealedValue>(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// A stored value that holds a sealed value: the sealed value, and for a column with a
@@ -174,8 +174,7 @@ fn write_value(conn: &mut DbConnection, c: SealedColumn, id: &str, value: &str) 
             .bind::<Text, _>(value)
             .bind::<Text, _>(id)
             .execute(p),
-    }
-    .map_err(StoreError::from_diesel)?;
+    }?;
     Ok(())
 }
 

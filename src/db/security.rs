@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 
 use super::schema::security_events as e;
-use super::{DbConnection, StoreError, StoreResult};
+use super::{DbConnection, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = e)]
@@ -24,10 +24,7 @@ pub struct SecurityEventRow {
 }
 
 pub fn insert_event(conn: &mut DbConnection, row: &SecurityEventRow) -> StoreResult<()> {
-    diesel::insert_into(e::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(e::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -63,19 +60,13 @@ pub fn list_events(
         }
         query
     };
-    let total: i64 = filtered()
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered().count().get_result(conn)?;
     let mut query = filtered().order(e::id.desc()).limit(q.limit);
     match &q.after_id {
         Some(id) => query = query.filter(e::id.lt(id.clone())),
         None if q.offset > 0 => query = query.offset(q.offset),
         None => {}
     }
-    let rows = query
-        .select(SecurityEventRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = query.select(SecurityEventRow::as_select()).load(conn)?;
     Ok((rows, total))
 }

@@ -24,10 +24,7 @@ pub struct ScanRow {
 }
 
 pub fn insert(conn: &mut DbConnection, row: &ScanRow) -> StoreResult<()> {
-    diesel::insert_into(s::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(s::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -37,7 +34,7 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<ScanR
         .filter(s::id.eq(id))
         .select(ScanRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// Which scans to list.
@@ -69,19 +66,13 @@ pub fn list(
         }
         query
     };
-    let total: i64 = filtered()
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered().count().get_result(conn)?;
     let mut query = filtered().order(s::id.desc()).limit(q.limit);
     match &q.after_id {
         Some(id) => query = query.filter(s::id.lt(id.clone())),
         None if q.offset > 0 => query = query.offset(q.offset),
         None => {}
     }
-    let rows = query
-        .select(ScanRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = query.select(ScanRow::as_select()).load(conn)?;
     Ok((rows, total))
 }

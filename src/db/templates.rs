@@ -43,10 +43,7 @@ pub struct TemplateQuery {
 }
 
 pub fn insert(conn: &mut DbConnection, row: &TemplateRow) -> StoreResult<()> {
-    diesel::insert_into(t::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(t::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -56,7 +53,7 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Templ
         .filter(t::id.eq(id))
         .select(TemplateRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 fn filtered<'a>(org_id: &'a str, q: &'a TemplateQuery) -> t::BoxedQuery<'a, super::MultiBackend> {
@@ -84,10 +81,7 @@ pub fn list(
     org_id: &str,
     q: &TemplateQuery,
 ) -> StoreResult<(Vec<TemplateRow>, i64)> {
-    let total: i64 = filtered(org_id, q)
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered(org_id, q).count().get_result(conn)?;
     let after = match &q.after_id {
         Some(id) => get(conn, org_id, id).found()?.map(|row| row.id),
         None => None,
@@ -98,10 +92,7 @@ pub fn list(
         None if q.offset > 0 => query = query.offset(q.offset),
         None => {}
     }
-    let rows = query
-        .select(TemplateRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = query.select(TemplateRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -123,16 +114,14 @@ pub fn update(
                 t::version.eq(current.version + 1),
                 t::updated_at.eq(crate::ids::now()),
             ))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         get(conn, org_id, id)
     })
 }
 
 pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    let n = diesel::delete(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id)))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    let n =
+        diesel::delete(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id))).execute(conn)?;
     if n == 0 {
         Err(StoreError::NotFound)
     } else {

@@ -38,8 +38,7 @@ pub struct ToolChanges {
 pub fn insert(conn: &mut DbConnection, row: &ToolRow) -> StoreResult<()> {
     diesel::insert_into(tools::table)
         .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -49,7 +48,7 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<ToolR
         .filter(tools::id.eq(id))
         .select(ToolRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// A page of tools, newest first, optionally of one type.
@@ -68,10 +67,7 @@ pub fn list(
         }
         q
     };
-    let total: i64 = base()
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = base().count().get_result(conn)?;
     let anchor = match &page.after_id {
         Some(id) => get(conn, org_id, id)
             .found()?
@@ -92,10 +88,7 @@ pub fn list(
     if anchor.is_none() && page.offset > 0 {
         query = query.offset(page.offset);
     }
-    let rows = query
-        .select(ToolRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = query.select(ToolRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -123,8 +116,7 @@ pub fn update<E>(
             tools::version.eq(current.version + 1),
             tools::updated_at.eq(crate::ids::now()),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
         get(conn, org_id, id).map(Ok)
     })
 }
@@ -135,8 +127,7 @@ pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()
             .filter(tools::org_id.eq(org_id))
             .filter(tools::id.eq(id)),
     )
-    .execute(conn)
-    .map_err(StoreError::from_diesel)?;
+    .execute(conn)?;
     if n == 0 {
         Err(StoreError::NotFound)
     } else {

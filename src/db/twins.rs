@@ -62,10 +62,7 @@ pub struct SimulationRow {
 }
 
 pub fn insert(conn: &mut DbConnection, row: &TwinRow) -> StoreResult<()> {
-    diesel::insert_into(t::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(t::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -75,7 +72,7 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<TwinR
         .filter(t::id.eq(id))
         .select(TwinRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 fn filtered<'a>(
@@ -96,10 +93,7 @@ pub fn list(
     twin_type: Option<&str>,
     page: &Page,
 ) -> StoreResult<(Vec<TwinRow>, i64)> {
-    let total: i64 = filtered(org_id, twin_type)
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered(org_id, twin_type).count().get_result(conn)?;
     let mut q = filtered(org_id, twin_type)
         .order(t::id.desc())
         .limit(page.limit);
@@ -108,10 +102,7 @@ pub fn list(
         None if page.offset > 0 => q = q.offset(page.offset),
         None => {}
     }
-    let rows = q
-        .select(TwinRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = q.select(TwinRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -133,8 +124,7 @@ pub fn update(
                 t::version.eq(current.version + 1),
                 t::updated_at.eq(crate::ids::now()),
             ))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         get(conn, org_id, id)
     })
 }
@@ -143,12 +133,8 @@ pub fn update(
 pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
     super::write_transaction(conn, |conn| {
         get(conn, org_id, id)?;
-        diesel::delete(s::table.filter(s::twin_id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
-        diesel::delete(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id)))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+        diesel::delete(s::table.filter(s::twin_id.eq(id))).execute(conn)?;
+        diesel::delete(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id))).execute(conn)?;
         Ok(())
     })
 }
@@ -156,10 +142,7 @@ pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()
 // Simulations.
 
 pub fn insert_simulation(conn: &mut DbConnection, row: &SimulationRow) -> StoreResult<()> {
-    diesel::insert_into(s::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(s::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -175,7 +158,7 @@ pub fn get_simulation(
         .filter(s::id.eq(id))
         .select(SimulationRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 fn twin_simulations<'a>(
@@ -204,8 +187,7 @@ pub fn list_simulations(
     get(conn, org_id, twin_id)?;
     let total: i64 = twin_simulations(org_id, twin_id, status)
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+        .get_result(conn)?;
     let mut q = twin_simulations(org_id, twin_id, status)
         .order(s::id.desc())
         .limit(page.limit);
@@ -214,10 +196,7 @@ pub fn list_simulations(
         None if page.offset > 0 => q = q.offset(page.offset),
         None => {}
     }
-    let rows = q
-        .select(SimulationRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = q.select(SimulationRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -225,8 +204,7 @@ pub fn list_simulations(
 pub fn start_simulation(conn: &mut DbConnection, id: &str, at: &str) -> StoreResult<()> {
     diesel::update(s::table.filter(s::id.eq(id)).filter(s::status.eq("queued")))
         .set((s::status.eq("running"), s::started_at.eq(at)))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -248,13 +226,12 @@ pub fn finish_simulation(
             s::error.eq(error),
             s::finished_at.eq(at),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     s::table
         .filter(s::id.eq(id))
         .select(SimulationRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// A simulation by id, whichever organization's (what its job holds).
@@ -263,5 +240,5 @@ pub fn simulation_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<Simula
         .filter(s::id.eq(id))
         .select(SimulationRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }

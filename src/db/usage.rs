@@ -32,10 +32,7 @@ pub struct UsageRecord {
 /// Records the usage of one execution or message. Execution calls this in the transaction
 /// that finishes the execution or stores the message.
 pub fn insert_usage_record(conn: &mut DbConnection, row: &UsageRecord) -> StoreResult<()> {
-    diesel::insert_into(u::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(u::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -105,7 +102,7 @@ impl Sql {
                 q.load(c)
             }
         }
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
     }
 }
 

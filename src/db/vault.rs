@@ -63,10 +63,7 @@ pub struct CredentialFilter {
 }
 
 pub fn insert_credential(conn: &mut DbConnection, row: &CredentialRow) -> StoreResult<()> {
-    diesel::insert_into(vc::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(vc::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -80,7 +77,7 @@ pub fn get_credential(
         .filter(vc::id.eq(id))
         .select(CredentialRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 fn filtered<'a>(
@@ -122,10 +119,7 @@ pub fn list_credentials(
     filter: &CredentialFilter,
     page: &super::knowledge::Page,
 ) -> StoreResult<(Vec<CredentialRow>, i64)> {
-    let total: i64 = filtered(org_id, filter)
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = filtered(org_id, filter).count().get_result(conn)?;
     let mut q = filtered(org_id, filter)
         .order(vc::id.desc())
         .limit(page.limit);
@@ -134,10 +128,7 @@ pub fn list_credentials(
         None if page.offset > 0 => q = q.offset(page.offset),
         None => {}
     }
-    let rows = q
-        .select(CredentialRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = q.select(CredentialRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -163,8 +154,7 @@ pub fn update_credential(
             vc::version.eq(current.version + 1),
             vc::updated_at.eq(crate::ids::now()),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
         get_credential(conn, org_id, id)
     })
 }
@@ -173,8 +163,7 @@ pub fn update_credential(
 pub fn touch_credential(conn: &mut DbConnection, id: &str, at: &str) -> StoreResult<()> {
     diesel::update(vc::table.filter(vc::id.eq(id)))
         .set(vc::last_accessed_at.eq(at))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }
 
@@ -184,8 +173,7 @@ pub fn delete_credential(conn: &mut DbConnection, org_id: &str, id: &str) -> Sto
             .filter(vc::org_id.eq(org_id))
             .filter(vc::id.eq(id)),
     )
-    .execute(conn)
-    .map_err(StoreError::from_diesel)?;
+    .execute(conn)?;
     if n == 0 {
         Err(StoreError::NotFound)
     } else {
@@ -196,10 +184,7 @@ pub fn delete_credential(conn: &mut DbConnection, org_id: &str, id: &str) -> Sto
 // Tokens.
 
 pub fn insert_token(conn: &mut DbConnection, row: &TokenRow) -> StoreResult<()> {
-    diesel::insert_into(vt::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(vt::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -209,7 +194,7 @@ pub fn get_token(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult
         .filter(vt::id.eq(id))
         .select(TokenRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// The token with this hash, in any organization.
@@ -219,7 +204,7 @@ pub fn token_by_hash(conn: &mut DbConnection, hash: &str) -> StoreResult<Option<
         .select(TokenRow::as_select())
         .first(conn)
         .optional()
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// A page of tokens, newest first, and the number of tokens.
@@ -231,8 +216,7 @@ pub fn list_tokens(
     let total: i64 = vt::table
         .filter(vt::org_id.eq(org_id))
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+        .get_result(conn)?;
     let mut q = vt::table
         .filter(vt::org_id.eq(org_id))
         .into_boxed()
@@ -243,10 +227,7 @@ pub fn list_tokens(
         None if page.offset > 0 => q = q.offset(page.offset),
         None => {}
     }
-    let rows = q
-        .select(TokenRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = q.select(TokenRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -264,8 +245,7 @@ pub fn revoke_token(
             .filter(vt::revoked_at.is_null()),
     )
     .set(vt::revoked_at.eq(at))
-    .execute(conn)
-    .map_err(StoreError::from_diesel)?;
+    .execute(conn)?;
     get_token(conn, org_id, id)
 }
 
@@ -273,7 +253,6 @@ pub fn revoke_token(
 pub fn touch_token(conn: &mut DbConnection, id: &str, at: &str) -> StoreResult<()> {
     diesel::update(vt::table.filter(vt::id.eq(id)))
         .set(vt::last_used_at.eq(at))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     Ok(())
 }

@@ -64,10 +64,7 @@ pub const SUCCEEDED: &str = "succeeded";
 pub const FAILED: &str = "failed";
 
 pub fn insert(conn: &mut DbConnection, row: &WebhookRow) -> StoreResult<()> {
-    diesel::insert_into(w::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(w::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -77,7 +74,7 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Webho
         .filter(w::id.eq(id))
         .select(WebhookRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// A page of webhooks, newest first, and how many the organization has.
@@ -89,8 +86,7 @@ pub fn list(
     let total: i64 = w::table
         .filter(w::org_id.eq(org_id))
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+        .get_result(conn)?;
     let mut query = w::table
         .filter(w::org_id.eq(org_id))
         .order(w::id.desc())
@@ -101,10 +97,7 @@ pub fn list(
         None if page.offset > 0 => query = query.offset(page.offset),
         None => {}
     }
-    let rows = query
-        .select(WebhookRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = query.select(WebhookRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -120,8 +113,7 @@ pub fn active(conn: &mut DbConnection, org_id: &str) -> StoreResult<Vec<WebhookR
         .filter(w::active.eq(1))
         .order(w::id.asc())
         .select(WebhookRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+        .load(conn)?;
     if rows.is_empty() || !matches!(conn, DbConnection::Postgres(_)) {
         return Ok(rows);
     }
@@ -134,8 +126,7 @@ pub fn active(conn: &mut DbConnection, org_id: &str) -> StoreResult<Vec<WebhookR
         "SELECT id FROM webhooks WHERE org_id = $1 AND active = 1 ORDER BY id FOR KEY SHARE",
     )
     .bind::<diesel::sql_types::Text, _>(org_id)
-    .load(conn)
-    .map_err(StoreError::from_diesel)?;
+    .load(conn)?;
     let locked: std::collections::HashSet<String> = locked.into_iter().map(|l| l.id).collect();
     Ok(rows
         .into_iter()
@@ -161,16 +152,14 @@ pub fn update(
                 w::version.eq(current.version + 1),
                 w::updated_at.eq(crate::ids::now()),
             ))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         get(conn, org_id, id)
     })
 }
 
 pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    let n = diesel::delete(w::table.filter(w::org_id.eq(org_id)).filter(w::id.eq(id)))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    let n =
+        diesel::delete(w::table.filter(w::org_id.eq(org_id)).filter(w::id.eq(id))).execute(conn)?;
     if n == 0 {
         Err(StoreError::NotFound)
     } else {
@@ -179,10 +168,7 @@ pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()
 }
 
 pub fn insert_delivery(conn: &mut DbConnection, row: &DeliveryRow) -> StoreResult<()> {
-    diesel::insert_into(d::table)
-        .values(row)
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+    diesel::insert_into(d::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -199,7 +185,7 @@ pub fn get_delivery(
         .filter(d::id.eq(id))
         .select(DeliveryRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// A delivery by id alone (the worker).
@@ -208,7 +194,7 @@ pub fn delivery_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<Delivery
         .filter(d::id.eq(id))
         .select(DeliveryRow::as_select())
         .first(conn)
-        .map_err(StoreError::from_diesel)
+        .map_err(StoreError::from)
 }
 
 /// A page of one webhook's deliveries, newest first, and how many match.
@@ -229,20 +215,14 @@ pub fn list_deliveries(
         }
         q
     };
-    let total: i64 = base()
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+    let total: i64 = base().count().get_result(conn)?;
     let mut query = base().order(d::id.desc()).limit(page.limit);
     match &page.after_id {
         Some(after) => query = query.filter(d::id.lt(after.clone())),
         None if page.offset > 0 => query = query.offset(page.offset),
         None => {}
     }
-    let rows = query
-        .select(DeliveryRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from_diesel)?;
+    let rows = query.select(DeliveryRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
@@ -274,8 +254,7 @@ pub fn claim_due(
                 )
                 .bind::<diesel::sql_types::Text, _>(now)
                 .bind::<diesel::sql_types::BigInt, _>(limit)
-                .load::<Id>(pg)
-                .map_err(StoreError::from_diesel)?
+                .load::<Id>(pg)?
                 .into_iter()
                 .map(|r| r.id)
                 .collect()
@@ -290,8 +269,7 @@ pub fn claim_due(
                 .order((d::next_attempt_at.asc(), d::id.asc()))
                 .limit(limit)
                 .select(d::id)
-                .load(conn)
-                .map_err(StoreError::from_diesel)?,
+                .load(conn)?,
         };
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -304,14 +282,13 @@ pub fn claim_due(
                 d::last_attempt_at.eq(now),
                 d::attempts.eq(d::attempts + 1),
             ))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
         d::table
             .filter(d::id.eq_any(&ids))
             .order(d::id.asc())
             .select(DeliveryRow::as_select())
             .load(conn)
-            .map_err(StoreError::from_diesel)
+            .map_err(StoreError::from)
     })
 }
 
@@ -350,8 +327,7 @@ pub fn finish_attempt(
         d::lease_owner.eq(None::<String>),
         d::lease_expires_at.eq(None::<String>),
     ))
-    .execute(conn)
-    .map_err(StoreError::from_diesel)?;
+    .execute(conn)?;
     Ok(n == 1)
 }
 
@@ -370,7 +346,7 @@ pub fn release_leases(conn: &mut DbConnection, owner: &str, now: &str) -> StoreR
         d::lease_expires_at.eq(None::<String>),
     ))
     .execute(conn)
-    .map_err(StoreError::from_diesel)
+    .map_err(StoreError::from)
 }
 
 /// The outbox now: pending deliveries, those among them that failed at least once, and the
@@ -380,20 +356,17 @@ pub fn backlog(conn: &mut DbConnection) -> StoreResult<(i64, i64, i64)> {
     let pending: i64 = d::table
         .filter(d::status.eq(PENDING))
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+        .get_result(conn)?;
     let retrying: i64 = d::table
         .filter(d::status.eq(PENDING))
         .filter(d::attempts.gt(0))
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from_diesel)?;
+        .get_result(conn)?;
     let oldest: Option<String> = d::table
         .filter(d::status.eq(PENDING))
         .filter(d::next_attempt_at.le(crate::ids::format_time(now)))
         .select(diesel::dsl::min(d::next_attempt_at))
-        .first::<Option<String>>(conn)
-        .map_err(StoreError::from_diesel)?;
+        .first::<Option<String>>(conn)?;
     Ok((
         pending,
         retrying,
@@ -408,15 +381,13 @@ pub fn next_due(conn: &mut DbConnection) -> StoreResult<Option<String>> {
         .select(d::next_attempt_at)
         .order(d::next_attempt_at.asc())
         .first(conn)
-        .optional()
-        .map_err(StoreError::from_diesel)?;
+        .optional()?;
     let leased: Option<Option<String>> = d::table
         .filter(d::status.eq(DELIVERING))
         .select(d::lease_expires_at)
         .order(d::lease_expires_at.asc())
         .first(conn)
-        .optional()
-        .map_err(StoreError::from_diesel)?;
+        .optional()?;
     Ok([pending.flatten(), leased.flatten()]
         .into_iter()
         .flatten()

@@ -142,9 +142,7 @@ pub fn search(
                     .bind::<Text, _>(format!("$.\"{k}\""))
                     .bind::<Text, _>(v.clone());
             }
-            q.bind::<diesel::sql_types::BigInt, _>(limit)
-                .load(c)
-                .map_err(StoreError::from_diesel)?
+            q.bind::<diesel::sql_types::BigInt, _>(limit).load(c)?
         }
         DbConnection::Postgres(c) => {
             let tsquery = words.join(" | ");
@@ -176,9 +174,7 @@ pub fn search(
             for (k, v) in &filters {
                 q = q.bind::<Text, _>(k.clone()).bind::<Text, _>(v.clone());
             }
-            q.bind::<diesel::sql_types::BigInt, _>(limit)
-                .load(c)
-                .map_err(StoreError::from_diesel)?
+            q.bind::<diesel::sql_types::BigInt, _>(limit).load(c)?
         }
     };
     let min = options.min_score.unwrap_or(f64::NEG_INFINITY);
