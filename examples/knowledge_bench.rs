@@ -130,7 +130,7 @@ fn main() -> anyhow::Result<()> {
         store.run_blocking(|conn| {
             use diesel::connection::SimpleConnection;
             conn.batch_execute("ANALYZE knowledge_chunks")
-                .map_err(StoreError::from_diesel)
+                .map_err(StoreError::from)
         })?;
     }
 

@@ -224,6 +224,112 @@ pub fn bootstrap(conn: &mut DbConnection) -> StoreResult<Option<String>> {
     }
 }
 
+/// The API keys as requests present them: parses the credential, looks the key up through
+/// the [`KeyCache`] (else the database, recording its use at most once a minute). Shared by
+/// authentication, the rate limiter and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    store: crate::db::Store,
+    cache: std::sync::Arc<KeyCache>,
+}
+
+impl Keys {
+    pub fn new(store: crate::db::Store, cache: std::sync::Arc<KeyCache>) -> Self {
+        Self { store, cache }
+    }
+
+    /// Drops a key from this replica's cache (it was revoked or changed).
+    pub fn forget(&self, key_id: &str) {
+        self.cache.forget(key_id);
+    }
+
+    /// The live API key (not revoked, not expired) the request presents, if any.
+    pub async fn live(&self, req: &poem::Request) -> Option<KeyRecord> {
+        let secret = credential(req)?;
+        let record = self.record(hash_key(&secret)).await.ok()??;
+        (!record.is_dead_at(&ids::now())).then_some(record)
+    }
+
+    /// The key with this hash: from the cache, else from the database (recording its use).
+    pub async fn record(&self, hash: String) -> StoreResult<Option<KeyRecord>> {
+        if let Some(record) = self.cache.get(&hash) {
+            return Ok(Some(record));
+        }
+        let now = ids::now();
+        let lookup = hash.clone();
+        let found = self
+            .store
+            .run(move |conn| {
+                let found = identity::key_by_hash(conn, &lookup)?;
+                if let Some((key, _)) = &found {
+                    // Record use at most once a minute, so reads stay reads.
+                    let stale = key
+                        .last_used_at
+                        .as_deref()
+                        .is_none_or(|t| t.get(..16) != now.get(..16));
+                    if stale && key.revoked_at.is_none() {
+                        identity::touch_key(conn, &key.id, &now)?;
+                    }
+                }
+                Ok(found)
+            })
+            .await?;
+        Ok(found.map(|(key, user)| {
+            let record = KeyRecord::new(&key, &user);
+            self.cache.put(hash, record.clone());
+            record
+        }))
+    }
+}
+
+/// The credential of a request: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+pub fn credential(req: &poem::Request) -> Option<String> {
+    if let Some(v) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        let mut parts = v.trim().splitn(2, ' ');
+        if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
+            && scheme.eq_ignore_ascii_case("bearer")
+            && !token.trim().is_empty()
+        {
+            return Some(token.trim().to_string());
+        }
+    }
+    req.headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .or_else(|| stream_credential(req))
+}
+
+/// Browsers cannot set headers on a WebSocket handshake, so the streams (`GET …/stream`)
+/// also take the key as the `access_token` query parameter or as a `bearer.<key>`
+/// subprotocol (beside `agentplane.v1`, which the server selects).
+fn stream_credential(req: &poem::Request) -> Option<String> {
+    if req.method() != poem::http::Method::GET || !req.uri().path().ends_with("/stream") {
+        return None;
+    }
+    let from_query = req.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.into_owned())
+    });
+    from_query
+        .or_else(|| {
+            req.headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.split(',')
+                        .find_map(|p| p.trim().strip_prefix("bearer.").map(str::to_string))
+                })
+        })
+        .filter(|v| !v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,10 @@
 //! Errors at the HTTP boundary.
 //!
 //! Storage returns [`StoreError`]; handlers turn domain failures into a [`Failure`] (a kind,
-//! a stable code, a client-facing message and field details); one `From<Failure>` per
-//! response enum ([`failure_response!`]) maps it onto that operation's documented variants.
-//! Internal details are logged, never sent.
+//! a stable code, a client-facing message and field details), which `?` turns into the
+//! generated [`agentplane_api::ApiError`]; the generated `From<ApiError>` of each operation's
+//! response enum answers the documented response of its status. Internal details are logged,
+//! never sent.
 
 use agentplane_api::models::{Error as ErrorBody, ErrorDetail, ErrorEnvelope, ErrorType};
 
@@ -189,21 +190,4 @@ pub fn store_error<'a>(
     request_id: &'a str,
 ) -> impl FnOnce(StoreError) -> Failure + 'a {
     move |e| Failure::from_store(e, not_found, request_id)
-}
-
-/// Implements `From<Failure>` for a response enum, mapping each kind to the variant of its
-/// status; kinds the operation does not document become its 503.
-#[macro_export]
-macro_rules! failure_response {
-    ($resp:ty { $($kind:ident => $variant:ident),* $(,)? }) => {
-        impl From<$crate::error::Failure> for $resp {
-            fn from(f: $crate::error::Failure) -> Self {
-                match f.kind {
-                    $( $crate::error::Kind::$kind => <$resp>::$variant(poem_openapi::payload::Json(*f.envelope)), )*
-                    #[allow(unreachable_patterns)]
-                    _ => <$resp>::ServiceUnavailable(poem_openapi::payload::Json(*f.envelope)),
-                }
-            }
-        }
-    };
 }

@@ -1,25 +1,16 @@
 //! Identifiers and timestamps.
 //!
-//! Ids are a type prefix and 26 Crockford base-32 characters (48 bits of milliseconds, 80
-//! random bits, as ULIDs): unique, unguessable, and sortable by creation time. Timestamps are
+//! Ids are a type prefix and a ULID in lower-case Crockford base 32 (48 bits of milliseconds,
+//! 80 random bits): unique, unguessable, and sortable by creation time. Timestamps are
 //! RFC 3339 UTC with a fixed six-digit fraction, so their text order is their time order.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rand::Rng;
-
-const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
 /// A new id such as `agent_01jh8k2m3n4p5q6r7s8t9v0w1x`.
 pub fn new_id(prefix: &str) -> String {
-    let millis = u128::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
-    let random: u128 = rand::rng().random::<u128>() & ((1u128 << 80) - 1);
-    let mut value = (millis << 80) | random;
-    let mut chars = [0u8; 26];
-    for c in chars.iter_mut().rev() {
-        *c = CROCKFORD[(value & 31) as usize];
-        value >>= 5;
-    }
-    format!("{prefix}_{}", String::from_utf8_lossy(&chars))
+    let mut id = format!("{prefix}_{}", ulid::Ulid::new());
+    id.make_ascii_lowercase();
+    id
 }
 
 /// Formats an instant the way every table stores it.
@@ -30,6 +21,12 @@ pub fn format_time(t: DateTime<Utc>) -> String {
 /// Now, formatted for storage.
 pub fn now() -> String {
     format_time(Utc::now())
+}
+
+/// Whole seconds from an RFC 3339 time to `now` (0 when absent, unparsable or ahead).
+pub fn seconds_since(at: Option<&str>, now: DateTime<Utc>) -> i64 {
+    at.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or(0, |t| (now - t.with_timezone(&Utc)).num_seconds().max(0))
 }
 
 /// Parses RFC 3339 (any offset) and normalizes it to the storage format.

@@ -1,7 +1,8 @@
 //! The one durable queue for background work: a row in `jobs` per piece of work (an
-//! execution, a knowledge sync, an evaluation run; simulations and webhook deliveries can
-//! follow), and bounded [`WorkerPool`]s per process that claim and run them: one for
-//! executions and syncs, one for evaluation runs, which wait on executions.
+//! execution, a knowledge sync, a simulation, an evaluation run), and bounded [`WorkerPool`]s
+//! per process that claim and run them: one for executions, syncs and simulations, one for
+//! evaluation runs, which wait on executions. (Webhook deliveries have an outbox of their own:
+//! [`crate::webhooks`].)
 //!
 //! Why a table and not a channel: the server keeps no state outside the database, so any
 //! replica can run any job, and nothing accepted is lost when a process dies. A claim takes
@@ -186,15 +187,7 @@ pub fn backlog(conn: &mut DbConnection) -> StoreResult<(i64, i64)> {
     let oldest: Option<String> = due()
         .select(diesel::dsl::min(jobs::run_after))
         .first(conn)?;
-    Ok((count, seconds_since(oldest.as_deref(), now)))
-}
-
-/// Whole seconds from an RFC 3339 time to `now` (0 when absent, unparsable or ahead).
-pub fn seconds_since(at: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> i64 {
-    at.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or(0, |t| {
-            (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0)
-        })
+    Ok((count, crate::ids::seconds_since(oldest.as_deref(), now)))
 }
 
 /// Limits a claim respects.
@@ -371,11 +364,6 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    /// Whether the lease was lost (another replica may now own the job): stop working.
-    pub fn lease_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-
     /// Resolves when the lease is lost; never when it is kept.
     pub async fn lost(&mut self) {
         while !*self.lost.borrow() {

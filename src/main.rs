@@ -34,7 +34,7 @@ enum Command {
             default_value = "sqlite://./data/agentplane.db"
         )]
         database: String,
-        /// Connections in the database pool (default: twice the cores, at least 4).
+        /// Connections in the database pool (default: four per core, at least 8).
         #[arg(long)]
         pool_size: Option<u32>,
         /// The GitHub REST API that GitHub knowledge sources are synced from.

@@ -7,12 +7,11 @@
 //! counters cannot be reached the request goes through (an outage of the limiter must not
 //! become an outage of the API); the authentication that follows reports the database.
 
-use std::sync::Arc;
-
 use poem::http::{HeaderValue, StatusCode};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 
-use crate::api::Handlers;
+use crate::auth::Keys;
+use crate::db::Store;
 use crate::error::{Kind, envelope};
 use crate::http::RequestId;
 
@@ -82,8 +81,14 @@ pub fn judge(limits: Limits, counts: crate::db::ratelimit::Counts, now: i64) -> 
     }
 }
 
-/// The middleware; holds the handlers for their key cache, store and defaults.
-pub struct RateLimit(pub Arc<Handlers>);
+/// The middleware: looks up the request's key, counts the request and answers 429 past a
+/// limit; `limits` apply to keys that have none of their own.
+#[derive(Clone)]
+pub struct RateLimit {
+    pub keys: Keys,
+    pub store: Store,
+    pub limits: Limits,
+}
 
 impl<E: Endpoint> Middleware<E> for RateLimit {
     type Output = RateLimitEndpoint<E>;
@@ -91,14 +96,68 @@ impl<E: Endpoint> Middleware<E> for RateLimit {
     fn transform(&self, ep: E) -> Self::Output {
         RateLimitEndpoint {
             inner: ep,
-            handlers: self.0.clone(),
+            limiter: self.clone(),
         }
+    }
+}
+
+impl RateLimit {
+    /// Counts the request against its API key's limits: `None` when no live key is presented
+    /// (authentication answers that) or the counters cannot be reached.
+    async fn check(&self, req: &poem::Request) -> Option<Verdict> {
+        let record = self.keys.live(req).await?;
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let limits = Limits {
+            requests_per_hour: record
+                .rate_limit_per_hour
+                .unwrap_or(self.limits.requests_per_hour),
+            burst: record.rate_limit_burst.unwrap_or(self.limits.burst),
+        };
+        let now = chrono::Utc::now().timestamp();
+        let window_start = now - now.rem_euclid(WINDOW_SECONDS);
+        let key_id = record.key_id.clone();
+        let counts = match self
+            .store
+            .run(move |conn| crate::db::ratelimit::hit(conn, &key_id, window_start, now))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "rate-limit counters unavailable; not limiting");
+                return None;
+            }
+        };
+        let verdict = judge(limits, counts, now);
+        if verdict.first_excess {
+            use crate::security::{Event, EventType, Severity};
+            let which = verdict.exceeded.unwrap_or("window");
+            tracing::warn!(key_id = %record.key_id, limit = which, "rate limit exceeded");
+            let event = Event::new(
+                EventType::RateLimitExceeded,
+                Severity::Medium,
+                format!("API key {} passed its {which} rate limit", record.key_id),
+            )
+            .by(&record.key_id, &record.user_id)
+            .on("api_key", &record.key_id)
+            .details(serde_json::json!({
+                "limit": which,
+                "requests_per_hour": limits.requests_per_hour,
+                "burst": limits.burst,
+            }))
+            .request(&request_id);
+            crate::security::record_detached(&self.store, Some(record.org_id.clone()), event).await;
+        }
+        Some(verdict)
     }
 }
 
 pub struct RateLimitEndpoint<E> {
     inner: E,
-    handlers: Arc<Handlers>,
+    limiter: RateLimit,
 }
 
 fn set(resp: &mut Response, name: &'static str, value: i64) {
@@ -114,7 +173,7 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
         if !req.uri().path().starts_with("/v1/") {
             return self.inner.call(req).await.map(IntoResponse::into_response);
         }
-        let verdict = match self.handlers.rate_limit(&req).await {
+        let verdict = match self.limiter.check(&req).await {
             Some(v) => v,
             None => return self.inner.call(req).await.map(IntoResponse::into_response),
         };

@@ -114,7 +114,11 @@ pub fn app(
             )
             .nest_no_strip("/v1", service)
             .with(SpecValidation(validator))
-            .with(crate::ratelimit::RateLimit(handlers.clone()))
+            .with(crate::ratelimit::RateLimit {
+                keys: handlers.keys.clone(),
+                store: handlers.store.clone(),
+                limits: handlers.limits,
+            })
             .with(crate::http::ApiVersion)
             .with(poem::middleware::CatchPanic::new().with_handler(crate::http::panic_response))
             .with(RequestContext)
@@ -281,7 +285,7 @@ impl poem::Endpoint for PrometheusEndpoint {
 
     async fn call(&self, req: poem::Request) -> poem::Result<poem::Response> {
         use poem::IntoResponse;
-        if !self.open && !self.handlers.has_live_key(&req).await {
+        if !self.open && self.handlers.keys.live(&req).await.is_none() {
             return Ok(poem::Response::builder()
                 .status(poem::http::StatusCode::UNAUTHORIZED)
                 .header("WWW-Authenticate", "Bearer")

@@ -18,7 +18,7 @@ use crate::sim;
 pub const KIND: &str = "simulation";
 
 /// The payload field holding the sealed notification secret.
-pub const SECRET_FIELD: &str = "secret_sealed";
+pub const SECRET_FIELD: &str = crate::db::sealed::JOB_SECRET_FIELD;
 
 /// What a simulation job carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -69,16 +69,26 @@ fn scratch_spec(name: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
     path
 }
 
+/// Edits a split-out file (`paths/…` or `schemas/…`) of a scratch spec; the edit must change it.
+fn edit_split(spec: &std::path::Path, rel: &str, edit: impl FnOnce(String) -> String) {
+    let path = spec.with_file_name(rel);
+    let text = std::fs::read_to_string(&path).expect("split file");
+    let changed = edit(text.clone());
+    assert_ne!(changed, text, "the edit of {rel} matched nothing");
+    std::fs::write(&path, changed).expect("write");
+}
+
 #[test]
 fn a_spec_change_reaches_the_models_and_the_handlers_signature() {
-    let spec = scratch_spec("change", |t| {
+    let spec = scratch_spec("change", |t| t);
+    edit_split(&spec, "schemas/agents.yaml", |t| {
         t.replace(
-            "    AgentFieldset:\n      type: object\n",
-            "    AgentFieldset:\n      type: object\n      x-note: changed\n",
+            "AgentFieldset:\n  type: object\n",
+            "AgentFieldset:\n  type: object\n  x-note: changed\n",
         )
         .replace(
-            "        version:\n          description: Incremented by every change",
-            "        priority:\n          description: Scheduling priority.\n          type: integer\n        version:\n          description: Incremented by every change",
+            "    version:\n      description: Incremented by every change",
+            "    priority:\n      description: Scheduling priority.\n      type: integer\n    version:\n      description: Incremented by every change",
         )
         .replace("required: [id, name, type, status, capabilities,", "required: [id, name, priority, type, status, capabilities,")
     });
@@ -101,18 +111,20 @@ fn a_spec_change_reaches_the_models_and_the_handlers_signature() {
 
 #[test]
 fn spec_errors_name_their_json_pointer() {
-    let spec = scratch_spec("no-operation-id", |t| {
-        t.replacen("      operationId: getStatus\n", "", 1)
+    let spec = scratch_spec("no-operation-id", |t| t);
+    edit_split(&spec, "paths/system.yaml", |t| {
+        t.replacen("    operationId: getStatus\n", "", 1)
     });
     let err = codegen::generate(&spec)
         .expect_err("an operation without an id is refused")
         .to_string();
     assert!(err.contains("#/paths/~1v1~1status/get"), "{err}");
 
-    let spec = scratch_spec("bad-ref", |t| {
+    let spec = scratch_spec("bad-ref", |t| t);
+    edit_split(&spec, "paths/agents.yaml", |t| {
         t.replacen(
-            "$ref: '#/components/schemas/AgentList'",
-            "$ref: '#/components/schemas/Nope'",
+            "$ref: '../openapi.yaml#/components/schemas/AgentList'",
+            "$ref: '../openapi.yaml#/components/schemas/Nope'",
             1,
         )
     });
@@ -126,8 +138,9 @@ fn spec_errors_name_their_json_pointer() {
         "{err}"
     );
 
-    let spec = scratch_spec("no-401", |t| {
-        t.replacen("        '401':\n          $ref: '#/components/responses/Unauthorized'\n        '403':\n          $ref: '#/components/responses/Forbidden'\n        '503':\n          $ref: '#/components/responses/ServiceUnavailable'\n    post:", "        '503':\n          $ref: '#/components/responses/ServiceUnavailable'\n    post:", 1)
+    let spec = scratch_spec("no-401", |t| t);
+    edit_split(&spec, "paths/agents.yaml", |t| {
+        t.replacen("      '401':\n        $ref: '../openapi.yaml#/components/responses/Unauthorized'\n      '403':\n        $ref: '../openapi.yaml#/components/responses/Forbidden'\n      '503':\n        $ref: '../openapi.yaml#/components/responses/ServiceUnavailable'\n  post:", "      '503':\n        $ref: '../openapi.yaml#/components/responses/ServiceUnavailable'\n  post:", 1)
     });
     let err = codegen::generate(&spec)
         .expect_err("a secured operation must document 401")

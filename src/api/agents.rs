@@ -5,31 +5,21 @@
 //! field in the spec needs no change here unless it must be a column of its own.
 
 use agentplane_api::models::{
-    Agent, AgentBulkResult, AgentField, AgentFieldset, AgentList, ListAgentsExpandItem,
-    ListAgentsOrder, Scope,
+    Agent, AgentBulkResult, AgentBulkUpdate, AgentField, AgentFieldset, AgentList,
+    ListAgentsExpandItem, ListAgentsOrder, Scope,
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
 use poem_openapi::types::{ParseFromJSON, ToJSON};
 use serde_json::{Map, Value};
 
-use super::paging::{etag, etag_matches};
-use super::{Handlers, pagination};
+use super::Handlers;
+use super::idem::{self, Created};
+use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::StoreError;
 use crate::db::agents::{self as store, AgentChanges, AgentRow, ListQuery, SortField};
-use crate::error::{Failure, Kind, detail};
-use crate::failure_response;
-use sha2::Digest;
-
-failure_response!(ListAgentsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreateAgentResponse {
-    Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
-failure_response!(GetAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ReplaceAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
-failure_response!(UpdateAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
-failure_response!(BulkUpdateAgentsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
-failure_response!(DeleteAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+use crate::error::{Failure, Kind, detail, store_error};
 
 pub(crate) const NOT_FOUND: &str = "AGENT_NOT_FOUND";
 /// Fields that are columns of their own; everything else lives in the `body` document.
@@ -216,67 +206,15 @@ fn to_object(value: Option<Value>) -> Map<String, Value> {
     }
 }
 
-/// What a create request did.
-enum Created {
-    New(AgentRow),
-    /// A retry with a known Idempotency-Key: the agent the first request created.
-    Replayed(AgentRow),
-    /// The key was used with another body, or its agent is gone.
-    KeyReused,
-}
-
 const CREATE_OPERATION: &str = "createAgent";
 
-/// Inserts the agent, or replays the one created under the same Idempotency-Key. Two
-/// concurrent requests with one key: the loser's insert of the key conflicts, and its second
-/// pass finds the winner's agent.
-fn create_once(
-    conn: &mut crate::db::DbConnection,
-    row: AgentRow,
-    key: Option<String>,
-    request_hash: String,
-) -> Result<Created, StoreError> {
-    use crate::db::idempotency::{self, IdempotencyRow};
-    let mut last = None;
-    for _ in 0..2 {
-        let attempt = crate::db::write_transaction(conn, |conn| {
-            if let Some(k) = &key
-                && let Some(found) = idempotency::find(conn, &row.org_id, CREATE_OPERATION, k)?
-            {
-                if found.request_hash != request_hash {
-                    return Ok(Created::KeyReused);
-                }
-                return match store::get(conn, &row.org_id, &found.resource_id) {
-                    Ok(existing) => Ok(Created::Replayed(existing)),
-                    Err(StoreError::NotFound) => Ok(Created::KeyReused),
-                    Err(e) => Err(e),
-                };
-            }
-            store::insert(conn, &row)?;
-            publish_agent(conn, "agent.created", &row)?;
-            if let Some(k) = &key {
-                idempotency::insert(
-                    conn,
-                    &IdempotencyRow {
-                        org_id: row.org_id.clone(),
-                        operation: CREATE_OPERATION.to_string(),
-                        idempotency_key: k.clone(),
-                        request_hash: request_hash.clone(),
-                        resource_id: row.id.clone(),
-                        created_at: row.created_at.clone(),
-                    },
-                )?;
-            }
-            Ok(Created::New(row.clone()))
-        });
-        match attempt {
-            Err(StoreError::Conflict(reason)) if key.is_some() => {
-                last = Some(StoreError::Conflict(reason))
-            }
-            other => return other,
-        }
-    }
-    Err(last.unwrap_or_else(|| StoreError::Unavailable("idempotent create did not settle".into())))
+/// The 409 of a reused key, in the words agents have always used.
+fn key_reused(request_id: &str) -> Failure {
+    let mut failure = idem::key_reused(request_id);
+    failure.envelope.error.message = "this Idempotency-Key was used with a different request \
+        body, or for an agent since deleted"
+        .to_string();
+    failure
 }
 
 /// Publishes `agent.created` or `agent.updated` with the agent as its data, in the caller's
@@ -288,28 +226,6 @@ pub(crate) fn publish_agent(
 ) -> Result<(), StoreError> {
     let data = Value::Object(row_to_json(row)?);
     crate::events::publish(conn, &row.org_id, event_type, Some(&row.id), data).map(|_| ())
-}
-
-/// The position a list page ends at, handed out as `next_cursor`: `<offset>.<last id>`.
-#[derive(Debug, PartialEq)]
-struct Cursor {
-    offset: i64,
-    id: String,
-}
-
-impl Cursor {
-    fn encode(&self) -> String {
-        format!("{}.{}", self.offset, self.id)
-    }
-
-    /// The spec's pattern has been checked; this only fails on numbers out of range.
-    fn decode(text: &str) -> Option<Self> {
-        let (offset, id) = text.split_once('.')?;
-        Some(Cursor {
-            offset: offset.parse().ok()?,
-            id: id.to_string(),
-        })
-    }
 }
 
 /// The sort a list request asks for: field and direction.
@@ -333,73 +249,112 @@ fn sort_of(params: &ListAgentsParams) -> (SortField, bool) {
     }
 }
 
-impl Handlers {
-    async fn list(&self, caller: &Caller, params: ListAgentsParams) -> Result<AgentList, Failure> {
-        let rid = caller.request_id.as_str();
-        let bad = |field: &str, code: &str, message: &str| {
-            Failure::with_details(
-                Kind::BadRequest,
-                "VALIDATION_ERROR",
-                message,
-                vec![detail(field, code, message)],
-                rid,
-            )
+/// A 400 on the query parameter `field`.
+fn bad_parameter(field: &str, code: &str, message: &str, request_id: &str) -> Failure {
+    Failure::with_details(
+        Kind::BadRequest,
+        "VALIDATION_ERROR",
+        message,
+        vec![detail(field, code, message)],
+        request_id,
+    )
+}
+
+/// A `filter[created_at]` bound as stored; anything but an RFC 3339 date-time is a 400.
+fn time_bound(
+    field: &str,
+    value: Option<&str>,
+    request_id: &str,
+) -> Result<Option<String>, Failure> {
+    value
+        .map(|v| {
+            crate::ids::normalize_time(v).ok_or_else(|| {
+                bad_parameter(field, "format", "not an RFC 3339 date-time", request_id)
+            })
+        })
+        .transpose()
+}
+
+/// The storage query of a list request for `page`.
+fn list_query(
+    params: &ListAgentsParams,
+    page: &PageRequest,
+    request_id: &str,
+) -> Result<ListQuery, Failure> {
+    let (sort, descending) = sort_of(params);
+    let created_gte = params.filter_created_at_gte.as_deref();
+    let created_lte = params.filter_created_at_lte.as_deref();
+    Ok(ListQuery {
+        agent_type: params.type_.clone().or(params.filter_type.clone()),
+        status: params
+            .status
+            .or(params.filter_status)
+            .map(|s| s.as_str().to_string()),
+        search: params.search.clone(),
+        created_gte: time_bound("filter[created_at][gte]", created_gte, request_id)?,
+        created_lte: time_bound("filter[created_at][lte]", created_lte, request_id)?,
+        sort,
+        descending,
+        after_id: page.after_id.clone(),
+        offset: page.offset,
+        limit: page.limit,
+    })
+}
+
+/// A 403 unless the caller may read everything `expand` names.
+fn check_expand_scopes(caller: &Caller, expand: &[ListAgentsExpandItem]) -> Result<(), Failure> {
+    for item in expand {
+        let scope = match item {
+            ListAgentsExpandItem::KnowledgeBases => Scope::ReadKnowledge,
+            ListAgentsExpandItem::Tools => Scope::ReadTools,
         };
-        let (sort, descending) = sort_of(&params);
-        let per_page = params.limit.unwrap_or(params.per_page);
-        let cursor =
-            match &params.cursor {
-                Some(text) => Some(Cursor::decode(text).ok_or_else(|| {
-                    bad("cursor", "invalid", "not a cursor this server hands out")
-                })?),
-                None => None,
-            };
-        let time = |field: &str, value: &Option<String>| match value {
-            None => Ok(None),
-            Some(v) => crate::ids::normalize_time(v)
-                .map(Some)
-                .ok_or_else(|| bad(field, "format", "not an RFC 3339 date-time")),
-        };
-        let offset = match &cursor {
-            Some(c) => c.offset,
-            None => (params.page - 1).saturating_mul(per_page),
-        };
-        let query = ListQuery {
-            agent_type: params.type_.clone().or(params.filter_type.clone()),
-            status: params
-                .status
-                .or(params.filter_status)
-                .map(|s| s.as_str().to_string()),
-            search: params.search.clone(),
-            created_gte: time("filter[created_at][gte]", &params.filter_created_at_gte)?,
-            created_lte: time("filter[created_at][lte]", &params.filter_created_at_lte)?,
-            sort,
-            descending,
-            after_id: cursor.as_ref().map(|c| c.id.clone()),
-            offset,
-            limit: per_page,
-        };
-        let expand = params.expand.clone().unwrap_or_default();
-        for item in &expand {
-            let scope = match item {
-                ListAgentsExpandItem::KnowledgeBases => Scope::ReadKnowledge,
-                ListAgentsExpandItem::Tools => Scope::ReadTools,
-            };
-            if !caller.scopes.contains(&scope) {
-                let message = format!(
-                    "expanding {} needs the scope {}",
-                    item.as_str(),
-                    scope.as_str()
-                );
-                return Err(Failure::with_details(
-                    Kind::Forbidden,
-                    "INSUFFICIENT_PERMISSIONS",
-                    message.clone(),
-                    vec![detail("expand", "scope", message)],
-                    rid,
-                ));
-            }
+        if !caller.scopes.contains(&scope) {
+            let message = format!(
+                "expanding {} needs the scope {}",
+                item.as_str(),
+                scope.as_str()
+            );
+            return Err(Failure::with_details(
+                Kind::Forbidden,
+                "INSUFFICIENT_PERMISSIONS",
+                message.clone(),
+                vec![detail("expand", "scope", message)],
+                &caller.request_id,
+            ));
         }
+    }
+    Ok(())
+}
+
+/// The new row of an agent created from `changes` in `org_id`.
+fn new_row(org_id: &str, changes: AgentChanges) -> AgentRow {
+    let now = crate::ids::now();
+    AgentRow {
+        id: crate::ids::new_id("agent"),
+        org_id: org_id.to_string(),
+        name: changes.name,
+        agent_type: changes.agent_type,
+        status: changes.status,
+        description: changes.description,
+        body: changes.body,
+        secrets: changes.secrets,
+        version: 1,
+        created_at: now.clone(),
+        updated_at: now,
+    }
+}
+
+impl Handlers {
+    async fn agents_page(
+        &self,
+        caller: &Caller,
+        params: ListAgentsParams,
+    ) -> Result<AgentList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let query = list_query(&params, &page, rid)?;
+        let expand = params.expand.clone().unwrap_or_default();
+        check_expand_scopes(caller, &expand)?;
         let org = caller.org_id.clone();
         let (rows, total, agents, expanded) = self
             .store
@@ -413,18 +368,7 @@ impl Handlers {
                 Ok((rows, total, agents, expanded))
             })
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
-        let end = offset + i64::try_from(rows.len()).unwrap_or(0);
-        let next_cursor = match rows.last() {
-            Some(last) if end < total => Some(
-                Cursor {
-                    offset: end,
-                    id: last.id.clone(),
-                }
-                .encode(),
-            ),
-            _ => None,
-        };
+            .map_err(store_error(NOT_FOUND, rid))?;
         let data = rows
             .iter()
             .zip(agents.into_iter().zip(expanded))
@@ -432,78 +376,65 @@ impl Handlers {
                 row_to_fieldset(row, agent, params.fields.as_deref(), expanded)
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         Ok(AgentList {
+            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
             data,
-            pagination: pagination(offset / per_page + 1, per_page, total, next_cursor),
         })
     }
 
-    async fn create(
+    /// Inserts the agent (and publishes `agent.created` with it), or replays the one created
+    /// under the same Idempotency-Key.
+    async fn insert_agent(
         &self,
         caller: &Caller,
         params: CreateAgentParams,
-    ) -> Result<(Agent, AgentRow), Failure> {
+    ) -> Result<AgentRow, Failure> {
         let rid = caller.request_id.as_str();
         let body = params.body.to_json();
-        let request_hash = hex::encode(sha2::Sha256::digest(
-            body.as_ref().map(Value::to_string).unwrap_or_default(),
-        ));
-        let changes =
-            split(to_object(body), "{}").map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
-        let now = crate::ids::now();
-        let row = AgentRow {
-            id: crate::ids::new_id("agent"),
-            org_id: caller.org_id.clone(),
-            name: changes.name,
-            agent_type: changes.agent_type,
-            status: changes.status,
-            description: changes.description,
-            body: changes.body,
-            secrets: changes.secrets,
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
+        let request_hash = idem::request_hash(body.as_ref().unwrap_or(&Value::Null));
+        let changes = split(to_object(body), "{}").map_err(store_error(NOT_FOUND, rid))?;
+        let row = new_row(&caller.org_id, changes);
+        let keyed = idem::NewKeyed {
+            org_id: row.org_id.clone(),
+            operation: CREATE_OPERATION,
+            key: params.idempotency_key,
+            request_hash,
+            resource_id: row.id.clone(),
         };
-        let key = params.idempotency_key;
-        let created = self
-            .store
-            .run(move |conn| create_once(conn, row, key, request_hash))
-            .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
-        if matches!(created, Created::New(_)) {
-            self.events.wake();
-        }
-        let row = match created {
-            Created::New(row) | Created::Replayed(row) => row,
-            Created::KeyReused => {
-                return Err(Failure::with_details(
-                    Kind::Conflict,
-                    "IDEMPOTENCY_KEY_REUSED",
-                    "this Idempotency-Key was used with a different request body, or for an agent since deleted",
-                    vec![detail(
-                        "Idempotency-Key",
-                        "reused",
-                        "use a new key for a new request",
-                    )],
-                    rid,
-                ));
+        let org = row.org_id.clone();
+        let created = idem::create_keyed(
+            &self.store,
+            keyed,
+            move |conn| {
+                store::insert(conn, &row)?;
+                publish_agent(conn, "agent.created", &row)?;
+                Ok(row.clone())
+            },
+            move |conn, id| store::get(conn, &org, id),
+        )
+        .await
+        .map_err(store_error(NOT_FOUND, rid))?;
+        match created {
+            Created::New(row) => {
+                self.events.wake();
+                Ok(row)
             }
-        };
-        let agent = row_to_agent(&row).map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
-        Ok((agent, row))
+            Created::Replayed(row) => Ok(row),
+            Created::KeyReused => Err(key_reused(rid)),
+        }
     }
 
-    async fn get(&self, caller: &Caller, id: String) -> Result<AgentRow, Failure> {
+    async fn agent_row(&self, caller: &Caller, id: String) -> Result<AgentRow, Failure> {
         let org = caller.org_id.clone();
         self.store
             .run(move |conn| store::get(conn, &org, &id))
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, &caller.request_id))
+            .map_err(store_error(NOT_FOUND, &caller.request_id))
     }
 
     /// Applies `merge` (current JSON → new JSON) under the `If-Match` precondition.
-    async fn change(
+    async fn change_agent(
         &self,
         caller: &Caller,
         id: String,
@@ -533,10 +464,66 @@ impl Handlers {
                 .and_then(|inner| inner)
             })
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         self.events.wake();
-        let agent = row_to_agent(&row).map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let agent = row_to_agent(&row).map_err(store_error(NOT_FOUND, rid))?;
         Ok((agent, row))
+    }
+
+    /// Merges `body.updates` into every agent `body.filter` matches, all or none.
+    async fn bulk_change_agents(
+        &self,
+        caller: &Caller,
+        body: AgentBulkUpdate,
+    ) -> Result<AgentBulkResult, Failure> {
+        let filter = store::BulkFilter {
+            ids: body.filter.ids,
+            agent_type: body.filter.type_.map(|t| t.as_str().to_string()),
+            status: body.filter.status.map(|s| s.as_str().to_string()),
+            search: body.filter.search,
+        };
+        let merge = patch_merger(to_object(body.updates.to_json()));
+        let org = caller.org_id.clone();
+        let outcome = self
+            .store
+            .run(move |conn| {
+                store::bulk_update(conn, &org, &filter, |current| {
+                    let changes = split(merge(row_to_json(current)?), &current.secrets)?;
+                    let same = changes.name == current.name
+                        && changes.agent_type == current.agent_type
+                        && changes.status == current.status
+                        && changes.description == current.description
+                        && changes.body == current.body
+                        && changes.secrets == current.secrets;
+                    Ok::<_, StoreError>((!same).then_some(changes))
+                })
+                .and_then(|inner| inner)
+            })
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(AgentBulkResult {
+            matched: outcome.matched,
+            updated: i64::try_from(outcome.updated.len()).unwrap_or(i64::MAX),
+            updated_ids: outcome.updated,
+        })
+    }
+
+    /// Deletes the agent and publishes `agent.deleted`.
+    async fn remove_agent(&self, caller: &Caller, id: String) -> Result<(), Failure> {
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    let row = store::get(conn, &org, &id)?;
+                    store::delete(conn, &org, &id)?;
+                    let data = serde_json::json!({"id": row.id, "name": row.name});
+                    crate::events::publish(conn, &org, "agent.deleted", Some(&id), data)
+                })
+            })
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        self.events.wake();
+        Ok(())
     }
 }
 
@@ -546,13 +533,8 @@ impl AgentsApi for Handlers {
         caller: Caller,
         params: ListAgentsParams,
     ) -> Result<ListAgentsResponse, ApiError> {
-        Ok(async {
-            match self.list(&caller, params).await {
-                Ok(list) => ListAgentsResponse::Ok(Json(list)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let list = self.agents_page(&caller, params).await?;
+        Ok(ListAgentsResponse::Ok(Json(list)))
     }
 
     async fn create_agent(
@@ -560,16 +542,13 @@ impl AgentsApi for Handlers {
         caller: Caller,
         params: CreateAgentParams,
     ) -> Result<CreateAgentResponse, ApiError> {
-        Ok(async {
-            match self.create(&caller, params).await {
-                Ok((agent, row)) => {
-                    let location = format!("/v1/agents/{}", row.id);
-                    CreateAgentResponse::Created(Json(agent), location, etag(row.version))
-                }
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let row = self.insert_agent(&caller, params).await?;
+        let agent = row_to_agent(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(CreateAgentResponse::Created(
+            Json(agent),
+            format!("/v1/agents/{}", row.id),
+            etag(row.version),
+        ))
     }
 
     async fn get_agent(
@@ -577,25 +556,17 @@ impl AgentsApi for Handlers {
         caller: Caller,
         params: GetAgentParams,
     ) -> Result<GetAgentResponse, ApiError> {
-        Ok(async {
-            let row = match self.get(&caller, params.agent_id).await {
-                Ok(row) => row,
-                Err(f) => return f.into(),
-            };
-            let tag = etag(row.version);
-            if params
-                .if_none_match
-                .as_deref()
-                .is_some_and(|h| etag_matches(h, &tag))
-            {
-                return GetAgentResponse::NotModified(tag);
-            }
-            match row_to_agent(&row) {
-                Ok(agent) => GetAgentResponse::Ok(Json(agent), tag),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
+        let row = self.agent_row(&caller, params.agent_id).await?;
+        let tag = etag(row.version);
+        if params
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag_matches(h, &tag))
+        {
+            return Ok(GetAgentResponse::NotModified(tag));
         }
-        .await)
+        let agent = row_to_agent(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(GetAgentResponse::Ok(Json(agent), tag))
     }
 
     async fn replace_agent(
@@ -603,19 +574,12 @@ impl AgentsApi for Handlers {
         caller: Caller,
         params: ReplaceAgentParams,
     ) -> Result<ReplaceAgentResponse, ApiError> {
-        Ok(async {
-            let replacement = to_object(params.body.to_json());
-            match self
-                .change(&caller, params.agent_id, params.if_match, move |_| {
-                    replacement.clone()
-                })
-                .await
-            {
-                Ok((agent, row)) => ReplaceAgentResponse::Ok(Json(agent), etag(row.version)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let replacement = to_object(params.body.to_json());
+        let merge = move |_| replacement.clone();
+        let (agent, row) = self
+            .change_agent(&caller, params.agent_id, params.if_match, merge)
+            .await?;
+        Ok(ReplaceAgentResponse::Ok(Json(agent), etag(row.version)))
     }
 
     async fn update_agent(
@@ -623,17 +587,11 @@ impl AgentsApi for Handlers {
         caller: Caller,
         params: UpdateAgentParams,
     ) -> Result<UpdateAgentResponse, ApiError> {
-        Ok(async {
-            let merge = patch_merger(to_object(params.body.to_json()));
-            match self
-                .change(&caller, params.agent_id, params.if_match, merge)
-                .await
-            {
-                Ok((agent, row)) => UpdateAgentResponse::Ok(Json(agent), etag(row.version)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let merge = patch_merger(to_object(params.body.to_json()));
+        let (agent, row) = self
+            .change_agent(&caller, params.agent_id, params.if_match, merge)
+            .await?;
+        Ok(UpdateAgentResponse::Ok(Json(agent), etag(row.version)))
     }
 
     async fn bulk_update_agents(
@@ -641,42 +599,8 @@ impl AgentsApi for Handlers {
         caller: Caller,
         params: BulkUpdateAgentsParams,
     ) -> Result<BulkUpdateAgentsResponse, ApiError> {
-        Ok(async {
-            let body = params.body;
-            let filter = store::BulkFilter {
-                ids: body.filter.ids,
-                agent_type: body.filter.type_.map(|t| t.as_str().to_string()),
-                status: body.filter.status.map(|s| s.as_str().to_string()),
-                search: body.filter.search,
-            };
-            let merge = patch_merger(to_object(body.updates.to_json()));
-            let org = caller.org_id.clone();
-            let result = self
-                .store
-                .run(move |conn| {
-                    store::bulk_update(conn, &org, &filter, |current| {
-                        let changes = split(merge(row_to_json(current)?), &current.secrets)?;
-                        let same = changes.name == current.name
-                            && changes.agent_type == current.agent_type
-                            && changes.status == current.status
-                            && changes.description == current.description
-                            && changes.body == current.body
-                            && changes.secrets == current.secrets;
-                        Ok::<_, StoreError>((!same).then_some(changes))
-                    })
-                    .and_then(|inner| inner)
-                })
-                .await;
-            match result {
-                Ok(outcome) => BulkUpdateAgentsResponse::Ok(Json(AgentBulkResult {
-                    matched: outcome.matched,
-                    updated: i64::try_from(outcome.updated.len()).unwrap_or(i64::MAX),
-                    updated_ids: outcome.updated,
-                })),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let result = self.bulk_change_agents(&caller, params.body).await?;
+        Ok(BulkUpdateAgentsResponse::Ok(Json(result)))
     }
 
     async fn delete_agent(
@@ -684,29 +608,8 @@ impl AgentsApi for Handlers {
         caller: Caller,
         params: DeleteAgentParams,
     ) -> Result<DeleteAgentResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let id = params.agent_id;
-            match self
-                .store
-                .run(move |conn| {
-                    crate::db::write_transaction(conn, |conn| {
-                        let row = store::get(conn, &org, &id)?;
-                        store::delete(conn, &org, &id)?;
-                        let data = serde_json::json!({"id": row.id, "name": row.name});
-                        crate::events::publish(conn, &org, "agent.deleted", Some(&id), data)
-                    })
-                })
-                .await
-            {
-                Ok(_) => {
-                    self.events.wake();
-                    DeleteAgentResponse::NoContent
-                }
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        self.remove_agent(&caller, params.agent_id).await?;
+        Ok(DeleteAgentResponse::NoContent)
     }
 }
 
@@ -724,13 +627,16 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        let c = Cursor {
-            offset: 20,
-            id: "agent_x".into(),
-        };
-        assert_eq!(Cursor::decode(&c.encode()), Some(c));
-        assert_eq!(Cursor::decode("not a cursor"), None);
-        assert_eq!(Cursor::decode("99999999999999999999.agent_x"), None);
+        let page = PageRequest::new(1, 20, None, None, "r").expect("page");
+        let next = page.pagination(20, Some("agent_x"), 45).next_cursor;
+        assert_eq!(next.as_deref(), Some("20.agent_x"));
+        let resumed = PageRequest::new(1, 20, next.as_deref(), None, "r").expect("cursor");
+        assert_eq!(
+            (resumed.offset, resumed.after_id.as_deref()),
+            (20, Some("agent_x"))
+        );
+        assert!(PageRequest::new(1, 20, Some("not a cursor"), None, "r").is_err());
+        assert!(PageRequest::new(1, 20, Some("99999999999999999999.agent_x"), None, "r").is_err());
     }
 
     #[test]

@@ -11,11 +11,9 @@ use poem::{Endpoint, Request, Response};
 use poem_openapi::payload::Json;
 use serde_json::Value;
 
+use super::App;
 use crate::auth::Caller;
 use crate::error::{Kind, detail, envelope};
-
-/// The application as one endpoint, shared with the handlers it contains.
-pub type App = poem::endpoint::BoxEndpoint<'static, Response>;
 
 /// Where batch operations go: the application, once assembled.
 #[derive(Clone, Default)]

@@ -22,15 +22,8 @@ use super::Handlers;
 use crate::auth::Caller;
 use crate::db::deployments as db;
 use crate::db::{StoreError, agents as agents_db};
-use crate::error::{Failure, Kind, detail};
-use crate::failure_response;
+use crate::error::{Failure, Kind, detail, store_error};
 use crate::runtime::{AgentRef, Deployment, Health, State};
-
-failure_response!(GetAgentStatusResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ScaleAgentResponse { Unprocessable => UnprocessableEntity, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(RestartAgentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(GetAgentMetricsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(GetAgentLogsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 
 const NOT_FOUND: &str = "AGENT_NOT_FOUND";
 
@@ -94,6 +87,121 @@ fn nearest_rank(sorted: &[i64], q: f64) -> Option<i64> {
     sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
+/// A 400 on the query parameter `field`.
+fn invalid_parameter(field: &str, code: &str, message: &str, hint: &str, rid: &str) -> Failure {
+    Failure::with_details(
+        Kind::BadRequest,
+        "INVALID_PARAMETER",
+        message,
+        vec![detail(field, code, hint)],
+        rid,
+    )
+}
+
+/// The metrics `window` (`30m`, `1h`, `7d`), or a 400.
+fn window_of(text: &str, rid: &str) -> Result<chrono::Duration, Failure> {
+    parse_duration(text).ok_or_else(|| {
+        invalid_parameter(
+            "window",
+            "pattern",
+            "`window` is a number and a unit: 30m, 1h, 7d",
+            "expected a number and s, m, h or d",
+            rid,
+        )
+    })
+}
+
+/// Where a log read starts: `since` as a duration back from now or a timestamp, or a 400.
+fn since_of(since: Option<&str>, rid: &str) -> Result<Option<String>, Failure> {
+    since
+        .map(|text| {
+            parse_duration(text)
+                .map(|d| crate::ids::format_time(Utc::now() - d))
+                .or_else(|| crate::ids::normalize_time(text))
+                .ok_or_else(|| {
+                    invalid_parameter(
+                        "since",
+                        "format",
+                        "`since` is a duration (30m, 1h) or an RFC 3339 timestamp",
+                        "expected 30m, 1h, 2d or a timestamp",
+                        rid,
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// The log levels at `lowest` and above.
+fn levels_from(lowest: LogLevel) -> Vec<&'static str> {
+    LogLevel::ALL
+        .iter()
+        .skip_while(|l| **l != lowest)
+        .map(LogLevel::as_str)
+        .collect()
+}
+
+/// What storage recorded of an agent's executions, for its metrics.
+struct Recorded {
+    finished: Vec<db::FinishedExecution>,
+    queued: i64,
+    running: i64,
+}
+
+/// The metrics of `recorded` over `window`, from `from` to `now`.
+fn metrics_of(
+    agent_id: String,
+    window: (&str, chrono::Duration),
+    from: String,
+    now: DateTime<Utc>,
+    recorded: Recorded,
+) -> AgentMetrics {
+    let finished = &recorded.finished;
+    let count = |status: &str| finished.iter().filter(|e| e.status == status).count() as i64;
+    let total = finished.len() as i64;
+    let succeeded = count("succeeded");
+    let mut latencies: Vec<i64> = finished
+        .iter()
+        .filter_map(|e| {
+            let start = parse_time(e.started_at.as_deref()?)?;
+            let end = parse_time(e.finished_at.as_deref()?)?;
+            Some((end - start).num_milliseconds().max(0))
+        })
+        .collect();
+    latencies.sort_unstable();
+    let minutes = window.1.num_seconds() as f64 / 60.0;
+    AgentMetrics {
+        agent_id,
+        window: window.0.to_string(),
+        from,
+        to: crate::ids::format_time(now),
+        executions: ExecutionCounts {
+            total,
+            succeeded,
+            failed: count("failed"),
+            cancelled: count("cancelled"),
+            timed_out: count("timed_out"),
+            queued: recorded.queued,
+            running: recorded.running,
+        },
+        error_rate: if total == 0 {
+            0.0
+        } else {
+            (total - succeeded) as f64 / total as f64
+        },
+        rate_per_minute: total as f64 / minutes,
+        latency_ms: LatencyPercentiles {
+            p50: nearest_rank(&latencies, 0.50),
+            p95: nearest_rank(&latencies, 0.95),
+            p99: nearest_rank(&latencies, 0.99),
+        },
+        tokens: TokenCounts {
+            input: finished.iter().map(|e| e.input_tokens).sum(),
+            output: finished.iter().map(|e| e.output_tokens).sum(),
+        },
+        cost_usd: finished.iter().map(|e| e.cost_nano_usd).sum::<i64>() as f64 / 1e9,
+    }
+}
+
 impl Handlers {
     /// The agent, found in the caller's organization.
     async fn agent_ref(&self, caller: &Caller, agent_id: String) -> Result<AgentRef, Failure> {
@@ -102,7 +210,7 @@ impl Handlers {
             .store
             .run(move |conn| agents_db::get(conn, &org, &agent_id))
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, &caller.request_id))?;
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
         Ok(AgentRef {
             org_id: row.org_id,
             agent_id: row.id,
@@ -119,78 +227,25 @@ impl Handlers {
         caller: &Caller,
         params: GetAgentMetricsParams,
     ) -> Result<AgentMetrics, Failure> {
-        let rid = caller.request_id.clone();
-        let window = parse_duration(&params.window).ok_or_else(|| {
-            Failure::with_details(
-                Kind::BadRequest,
-                "INVALID_PARAMETER",
-                "`window` is a number and a unit: 30m, 1h, 7d",
-                vec![detail(
-                    "window",
-                    "pattern",
-                    "expected a number and s, m, h or d",
-                )],
-                &rid,
-            )
-        })?;
+        let rid = caller.request_id.as_str();
+        let window = window_of(&params.window, rid)?;
         let agent = self.agent_ref(caller, params.agent_id).await?;
         let now = Utc::now();
         let from = crate::ids::format_time(now - window);
         let (org, id, since) = (agent.org_id.clone(), agent.agent_id.clone(), from.clone());
-        let (finished, queued, running) = self
+        let recorded = self
             .store
             .run(move |conn| {
-                let finished = db::finished_since(conn, &org, &id, &since)?;
-                let queued = db::queued(conn, &id)?;
-                let (running, _) = db::running(conn, &id, None)?;
-                Ok((finished, queued, running))
+                Ok(Recorded {
+                    finished: db::finished_since(conn, &org, &id, &since)?,
+                    queued: db::queued(conn, &id)?,
+                    running: db::running(conn, &id, None)?.0,
+                })
             })
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))?;
-        let count = |status: &str| finished.iter().filter(|e| e.status == status).count() as i64;
-        let total = finished.len() as i64;
-        let succeeded = count("succeeded");
-        let mut latencies: Vec<i64> = finished
-            .iter()
-            .filter_map(|e| {
-                let start = parse_time(e.started_at.as_deref()?)?;
-                let end = parse_time(e.finished_at.as_deref()?)?;
-                Some((end - start).num_milliseconds().max(0))
-            })
-            .collect();
-        latencies.sort_unstable();
-        let minutes = window.num_seconds() as f64 / 60.0;
-        Ok(AgentMetrics {
-            agent_id: agent.agent_id,
-            window: params.window,
-            from,
-            to: crate::ids::format_time(now),
-            executions: ExecutionCounts {
-                total,
-                succeeded,
-                failed: count("failed"),
-                cancelled: count("cancelled"),
-                timed_out: count("timed_out"),
-                queued,
-                running,
-            },
-            error_rate: if total == 0 {
-                0.0
-            } else {
-                (total - succeeded) as f64 / total as f64
-            },
-            rate_per_minute: total as f64 / minutes,
-            latency_ms: LatencyPercentiles {
-                p50: nearest_rank(&latencies, 0.50),
-                p95: nearest_rank(&latencies, 0.95),
-                p99: nearest_rank(&latencies, 0.99),
-            },
-            tokens: TokenCounts {
-                input: finished.iter().map(|e| e.input_tokens).sum(),
-                output: finished.iter().map(|e| e.output_tokens).sum(),
-            },
-            cost_usd: finished.iter().map(|e| e.cost_nano_usd).sum::<i64>() as f64 / 1e9,
-        })
+            .map_err(store_error(NOT_FOUND, rid))?;
+        let window = (params.window.as_str(), window);
+        Ok(metrics_of(agent.agent_id, window, from, now, recorded))
     }
 
     async fn agent_logs(
@@ -198,40 +253,15 @@ impl Handlers {
         caller: &Caller,
         params: GetAgentLogsParams,
     ) -> Result<(AgentLogs, LogFollow), Failure> {
-        let rid = caller.request_id.clone();
-        let since = match params.since.as_deref() {
-            None => None,
-            Some(text) => Some(
-                parse_duration(text)
-                    .map(|d| crate::ids::format_time(Utc::now() - d))
-                    .or_else(|| crate::ids::normalize_time(text))
-                    .ok_or_else(|| {
-                        Failure::with_details(
-                            Kind::BadRequest,
-                            "INVALID_PARAMETER",
-                            "`since` is a duration (30m, 1h) or an RFC 3339 timestamp",
-                            vec![detail(
-                                "since",
-                                "format",
-                                "expected 30m, 1h, 2d or a timestamp",
-                            )],
-                            &rid,
-                        )
-                    })?,
-            ),
-        };
-        let lowest = params.level.unwrap_or(LogLevel::Debug);
-        let levels: Vec<&'static str> = LogLevel::ALL
-            .iter()
-            .skip_while(|l| **l != lowest)
-            .map(LogLevel::as_str)
-            .collect();
+        let rid = caller.request_id.as_str();
+        let since = since_of(params.since.as_deref(), rid)?;
+        let levels = levels_from(params.level.unwrap_or(LogLevel::Debug));
         let agent = self.agent_ref(caller, params.agent_id).await?;
         // An agent nobody has asked about yet is deployed as of its creation: its first line.
         self.runtime
             .status(&agent)
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         let limit = params.lines.clamp(1, 1000);
         let (id, wanted) = (agent.agent_id.clone(), levels.clone());
         // A follower picks up from here: lines written after this read began.
@@ -240,7 +270,7 @@ impl Handlers {
             .store
             .run(move |conn| db::logs(conn, &id, &wanted, since.as_deref(), limit))
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         let truncated = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         rows.reverse();
@@ -257,16 +287,14 @@ impl Handlers {
             .into_iter()
             .map(log_line)
             .collect::<Result<Vec<_>, StoreError>>()
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, &rid))?;
-        Ok((
-            AgentLogs {
-                agent_id: agent.agent_id,
-                total_lines: logs.len() as i64,
-                logs,
-                truncated,
-            },
-            follow,
-        ))
+            .map_err(store_error(NOT_FOUND, rid))?;
+        let logs = AgentLogs {
+            agent_id: agent.agent_id,
+            total_lines: logs.len() as i64,
+            logs,
+            truncated,
+        };
+        Ok((logs, follow))
     }
 }
 
@@ -362,17 +390,13 @@ impl DeploymentsApi for Handlers {
         caller: Caller,
         params: GetAgentStatusParams,
     ) -> Result<GetAgentStatusResponse, ApiError> {
-        Ok(async {
-            let agent = match self.agent_ref(&caller, params.agent_id).await {
-                Ok(a) => a,
-                Err(f) => return f.into(),
-            };
-            match self.runtime.status(&agent).await {
-                Ok(d) => GetAgentStatusResponse::Ok(Json(to_model(d, Utc::now()))),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let agent = self.agent_ref(&caller, params.agent_id).await?;
+        let d = self
+            .runtime
+            .status(&agent)
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(GetAgentStatusResponse::Ok(Json(to_model(d, Utc::now()))))
     }
 
     async fn scale_agent(
@@ -380,20 +404,17 @@ impl DeploymentsApi for Handlers {
         caller: Caller,
         params: ScaleAgentParams,
     ) -> Result<ScaleAgentResponse, ApiError> {
-        Ok(async {
-            let agent = match self.agent_ref(&caller, params.agent_id).await {
-                Ok(a) => a,
-                Err(f) => return f.into(),
-            };
-            match self.runtime.scale(&agent, params.body.replicas).await {
-                Ok(d) => {
-                    let location = Self::status_location(&d.agent_id);
-                    ScaleAgentResponse::Accepted(Json(to_model(d, Utc::now())), location)
-                }
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let agent = self.agent_ref(&caller, params.agent_id).await?;
+        let d = self
+            .runtime
+            .scale(&agent, params.body.replicas)
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        let location = Self::status_location(&d.agent_id);
+        Ok(ScaleAgentResponse::Accepted(
+            Json(to_model(d, Utc::now())),
+            location,
+        ))
     }
 
     async fn restart_agent(
@@ -401,20 +422,17 @@ impl DeploymentsApi for Handlers {
         caller: Caller,
         params: RestartAgentParams,
     ) -> Result<RestartAgentResponse, ApiError> {
-        Ok(async {
-            let agent = match self.agent_ref(&caller, params.agent_id).await {
-                Ok(a) => a,
-                Err(f) => return f.into(),
-            };
-            match self.runtime.restart(&agent).await {
-                Ok(d) => {
-                    let location = Self::status_location(&d.agent_id);
-                    RestartAgentResponse::Accepted(Json(to_model(d, Utc::now())), location)
-                }
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let agent = self.agent_ref(&caller, params.agent_id).await?;
+        let d = self
+            .runtime
+            .restart(&agent)
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        let location = Self::status_location(&d.agent_id);
+        Ok(RestartAgentResponse::Accepted(
+            Json(to_model(d, Utc::now())),
+            location,
+        ))
     }
 
     async fn get_agent_metrics(
@@ -422,13 +440,8 @@ impl DeploymentsApi for Handlers {
         caller: Caller,
         params: GetAgentMetricsParams,
     ) -> Result<GetAgentMetricsResponse, ApiError> {
-        Ok(async {
-            match self.agent_metrics(&caller, params).await {
-                Ok(m) => GetAgentMetricsResponse::Ok(Json(m)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let metrics = self.agent_metrics(&caller, params).await?;
+        Ok(GetAgentMetricsResponse::Ok(Json(metrics)))
     }
 
     async fn get_agent_logs(
@@ -436,19 +449,13 @@ impl DeploymentsApi for Handlers {
         caller: Caller,
         params: GetAgentLogsParams,
     ) -> Result<GetAgentLogsResponse, ApiError> {
-        Ok(async {
-            let follow = params.follow;
-            match self.agent_logs(&caller, params).await {
-                Ok((logs, from)) if follow => GetAgentLogsResponse::OkEventStream(follow_logs(
-                    self.store.clone(),
-                    logs.logs,
-                    from,
-                )),
-                Ok((logs, _)) => GetAgentLogsResponse::Ok(Json(logs)),
-                Err(f) => f.into(),
-            }
+        let follow = params.follow;
+        let (logs, from) = self.agent_logs(&caller, params).await?;
+        if follow {
+            let stream = follow_logs(self.store.clone(), logs.logs, from);
+            return Ok(GetAgentLogsResponse::OkEventStream(stream));
         }
-        .await)
+        Ok(GetAgentLogsResponse::Ok(Json(logs)))
     }
 }
 

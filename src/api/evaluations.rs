@@ -12,23 +12,13 @@ use poem_openapi::types::ToJSON;
 use serde_json::{Value, json};
 
 use super::Handlers;
-use super::idem::{self, Created, Keyed};
+use super::idem;
 use super::paging::PageRequest;
 use crate::auth::Caller;
 use crate::db::StoreError;
-use crate::db::evaluations::{self as store, EvaluationRow, Page, RunRow};
-use crate::error::{Failure, Kind, detail};
-use crate::evaluation::{self as eval, Criteria, Metric};
-use crate::failure_response;
-
-failure_response!(ListEvaluationsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreateEvaluationResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
-failure_response!(GetEvaluationResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(DeleteEvaluationResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(RunEvaluationResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ListEvaluationRunsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(GetEvaluationRunResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(GetEvaluationResultsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+use crate::db::evaluations::{self as store, EvaluationRow, RunRow};
+use crate::error::{Failure, Kind, detail, store_error};
+use crate::evaluation::{self as eval, Criteria, Metric, stored};
 
 const NOT_FOUND: &str = "EVALUATION_NOT_FOUND";
 const RUN_NOT_FOUND: &str = "EVALUATION_RUN_NOT_FOUND";
@@ -68,8 +58,6 @@ fn body_of(input: &EvaluationInput) -> Value {
         "criteria": criteria,
     })
 }
-
-use eval::stored;
 
 fn row_to_evaluation(row: &EvaluationRow) -> Result<Evaluation, StoreError> {
     let s = stored(row)?;
@@ -171,20 +159,7 @@ impl Handlers {
         self.store
             .run(move |conn| store::get(conn, &org, &id))
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, &caller.request_id))
-    }
-
-    fn page(
-        caller: &Caller,
-        params: &impl agentplane_api::Paged,
-    ) -> Result<(PageRequest, Page), Failure> {
-        let req = PageRequest::of(params, &caller.request_id)?;
-        let page = Page {
-            offset: req.offset,
-            limit: req.limit,
-            after_id: req.after_id.clone(),
-        };
-        Ok((req, page))
+            .map_err(store_error(NOT_FOUND, &caller.request_id))
     }
 
     async fn list_evaluations_page(
@@ -193,23 +168,49 @@ impl Handlers {
         params: ListEvaluationsParams,
     ) -> Result<EvaluationList, Failure> {
         let rid = caller.request_id.as_str();
-        let (req, page) = Self::page(caller, &params)?;
+        let req = PageRequest::of(&params, rid)?;
+        let page = req.page();
         let org = caller.org_id.clone();
         let target = params.target_id;
         let (rows, total) = self
             .store
             .run(move |conn| store::list(conn, &org, target.as_deref(), &page))
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         let data = rows
             .iter()
             .map(row_to_evaluation)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         Ok(EvaluationList {
             pagination: req.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
             data,
         })
+    }
+
+    /// The evaluated agent must be the caller's; another organization's is as unknown (422).
+    async fn check_evaluation_target(
+        &self,
+        caller: &Caller,
+        target_id: String,
+    ) -> Result<(), Failure> {
+        let rid = caller.request_id.as_str();
+        let org = caller.org_id.clone();
+        match self
+            .store
+            .run(move |conn| crate::db::agents::get(conn, &org, &target_id))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound) => Err(Failure::with_details(
+                Kind::Unprocessable,
+                "UNKNOWN_AGENT",
+                "`target_id` names no agent of the organization",
+                vec![detail("target_id", "unknown", "no such agent")],
+                rid,
+            )),
+            Err(e) => Err(Failure::from_store(e, NOT_FOUND, rid)),
+        }
     }
 
     async fn create_evaluation_row(
@@ -218,6 +219,8 @@ impl Handlers {
         params: CreateEvaluationParams,
     ) -> Result<EvaluationRow, Failure> {
         let rid = caller.request_id.as_str();
+        self.check_evaluation_target(caller, params.body.target_id.clone())
+            .await?;
         let hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
         let now = crate::ids::now();
         let row = EvaluationRow {
@@ -230,44 +233,23 @@ impl Handlers {
             created_at: now.clone(),
             updated_at: now,
         };
-        let key = params.idempotency_key;
-        let created = self
-            .store
-            .run(move |conn| {
-                // The agent must be the caller's; another organization's is as unknown.
-                match crate::db::agents::get(conn, &row.org_id, &row.target_id) {
-                    Ok(_) => {}
-                    Err(StoreError::NotFound) => return Ok(None),
-                    Err(e) => return Err(e),
-                }
-                let keyed = Keyed {
-                    org_id: &row.org_id,
-                    operation: CREATE_OPERATION,
-                    key: key.as_deref(),
-                    request_hash: &hash,
-                    resource_id: &row.id,
-                };
-                idem::create_once(
-                    conn,
-                    &keyed,
-                    |conn| store::insert(conn, &row).map(|()| row.clone()),
-                    |conn, id| store::get(conn, &row.org_id, id),
-                )
-                .map(Some)
-            })
-            .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
-        match created {
-            None => Err(Failure::with_details(
-                Kind::Unprocessable,
-                "UNKNOWN_AGENT",
-                "`target_id` names no agent of the organization",
-                vec![detail("target_id", "unknown", "no such agent")],
-                rid,
-            )),
-            Some(Created::New(row) | Created::Replayed(row)) => Ok(row),
-            Some(Created::KeyReused) => Err(idem::key_reused(rid)),
-        }
+        let keyed = idem::NewKeyed {
+            org_id: row.org_id.clone(),
+            operation: CREATE_OPERATION,
+            key: params.idempotency_key,
+            request_hash: hash,
+            resource_id: row.id.clone(),
+        };
+        let org = row.org_id.clone();
+        idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| store::insert(conn, &row).map(|()| row.clone()),
+            move |conn, id| store::get(conn, &org, id),
+            NOT_FOUND,
+            rid,
+        )
+        .await
     }
 
     async fn start_run(&self, caller: &Caller, id: String) -> Result<RunRow, Failure> {
@@ -294,7 +276,7 @@ impl Handlers {
                 })
             })
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         self.background.wake();
         Ok(run)
     }
@@ -305,19 +287,20 @@ impl Handlers {
         params: ListEvaluationRunsParams,
     ) -> Result<EvaluationRunList, Failure> {
         let rid = caller.request_id.as_str();
-        let (req, page) = Self::page(caller, &params)?;
+        let req = PageRequest::of(&params, rid)?;
+        let page = req.page();
         let evaluation = self.evaluation_row(caller, params.evaluation_id).await?;
         let org = caller.org_id.clone();
         let (rows, total) = self
             .store
             .run(move |conn| store::list_runs(conn, &org, &evaluation.id, &page))
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         let data = rows
             .iter()
             .map(|r| row_to_run(r, false))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::from_store(e, RUN_NOT_FOUND, rid))?;
+            .map_err(store_error(RUN_NOT_FOUND, rid))?;
         Ok(EvaluationRunList {
             pagination: req.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
             data,
@@ -346,8 +329,8 @@ impl Handlers {
             .store
             .run(move |conn| store::get_run(conn, &org, &evaluation.id, &run_id))
             .await
-            .map_err(|e| Failure::from_store(e, RUN_NOT_FOUND, rid))?;
-        row_to_run(&row, true).map_err(|e| Failure::from_store(e, RUN_NOT_FOUND, rid))
+            .map_err(store_error(RUN_NOT_FOUND, rid))?;
+        row_to_run(&row, true).map_err(store_error(RUN_NOT_FOUND, rid))
     }
 }
 
@@ -357,13 +340,8 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: ListEvaluationsParams,
     ) -> Result<ListEvaluationsResponse, ApiError> {
-        Ok(async {
-            match self.list_evaluations_page(&caller, params).await {
-                Ok(list) => ListEvaluationsResponse::Ok(Json(list)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let list = self.list_evaluations_page(&caller, params).await?;
+        Ok(ListEvaluationsResponse::Ok(Json(list)))
     }
 
     async fn create_evaluation(
@@ -371,20 +349,10 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: CreateEvaluationParams,
     ) -> Result<CreateEvaluationResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            match self.create_evaluation_row(&caller, params).await {
-                Ok(row) => match row_to_evaluation(&row) {
-                    Ok(e) => {
-                        let location = format!("/v1/evaluations/{}", e.id);
-                        CreateEvaluationResponse::Created(Json(e), location)
-                    }
-                    Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-                },
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let row = self.create_evaluation_row(&caller, params).await?;
+        let e = row_to_evaluation(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        let location = format!("/v1/evaluations/{}", e.id);
+        Ok(CreateEvaluationResponse::Created(Json(e), location))
     }
 
     async fn get_evaluation(
@@ -392,16 +360,9 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: GetEvaluationParams,
     ) -> Result<GetEvaluationResponse, ApiError> {
-        Ok(async {
-            match self.evaluation_row(&caller, params.evaluation_id).await {
-                Ok(row) => match row_to_evaluation(&row) {
-                    Ok(e) => GetEvaluationResponse::Ok(Json(e)),
-                    Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-                },
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let row = self.evaluation_row(&caller, params.evaluation_id).await?;
+        let e = row_to_evaluation(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(GetEvaluationResponse::Ok(Json(e)))
     }
 
     async fn delete_evaluation(
@@ -409,19 +370,13 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: DeleteEvaluationParams,
     ) -> Result<DeleteEvaluationResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let id = params.evaluation_id;
-            match self
-                .store
-                .run(move |conn| store::delete(conn, &org, &id))
-                .await
-            {
-                Ok(()) => DeleteEvaluationResponse::NoContent,
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        let id = params.evaluation_id;
+        self.store
+            .run(move |conn| store::delete(conn, &org, &id))
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(DeleteEvaluationResponse::NoContent)
     }
 
     async fn run_evaluation(
@@ -429,21 +384,10 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: RunEvaluationParams,
     ) -> Result<RunEvaluationResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            match self.start_run(&caller, params.evaluation_id).await {
-                Ok(row) => match row_to_run(&row, true) {
-                    Ok(run) => {
-                        let location =
-                            format!("/v1/evaluations/{}/runs/{}", run.evaluation_id, run.id);
-                        RunEvaluationResponse::Accepted(Json(run), location)
-                    }
-                    Err(e) => Failure::from_store(e, RUN_NOT_FOUND, &rid).into(),
-                },
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let row = self.start_run(&caller, params.evaluation_id).await?;
+        let run = row_to_run(&row, true).map_err(store_error(RUN_NOT_FOUND, &caller.request_id))?;
+        let location = format!("/v1/evaluations/{}/runs/{}", run.evaluation_id, run.id);
+        Ok(RunEvaluationResponse::Accepted(Json(run), location))
     }
 
     async fn list_evaluation_runs(
@@ -451,13 +395,8 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: ListEvaluationRunsParams,
     ) -> Result<ListEvaluationRunsResponse, ApiError> {
-        Ok(async {
-            match self.runs_page(&caller, params).await {
-                Ok(list) => ListEvaluationRunsResponse::Ok(Json(list)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let list = self.runs_page(&caller, params).await?;
+        Ok(ListEvaluationRunsResponse::Ok(Json(list)))
     }
 
     async fn get_evaluation_run(
@@ -465,16 +404,10 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: GetEvaluationRunParams,
     ) -> Result<GetEvaluationRunResponse, ApiError> {
-        Ok(async {
-            match self
-                .run_of(&caller, params.evaluation_id, Some(params.run_id))
-                .await
-            {
-                Ok(run) => GetEvaluationRunResponse::Ok(Json(run)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let run = self
+            .run_of(&caller, params.evaluation_id, Some(params.run_id))
+            .await?;
+        Ok(GetEvaluationRunResponse::Ok(Json(run)))
     }
 
     async fn get_evaluation_results(
@@ -482,12 +415,7 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: GetEvaluationResultsParams,
     ) -> Result<GetEvaluationResultsResponse, ApiError> {
-        Ok(async {
-            match self.run_of(&caller, params.evaluation_id, None).await {
-                Ok(run) => GetEvaluationResultsResponse::Ok(Json(run)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let run = self.run_of(&caller, params.evaluation_id, None).await?;
+        Ok(GetEvaluationResultsResponse::Ok(Json(run)))
     }
 }

@@ -14,13 +14,9 @@ use super::Handlers;
 use super::paging::PageRequest;
 use crate::auth::Caller;
 use crate::db::StoreError;
-use crate::db::events::{self as store, EventFilter, EventRow, Page};
-use crate::error::{Failure, Kind};
+use crate::db::events::{self as store, EventFilter, EventRow};
+use crate::error::{Failure, Kind, store_error};
 use crate::events::{EventBus, Tail, filter_of};
-use crate::failure_response;
-
-failure_response!(ListEventsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(GetEventResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 
 const NOT_FOUND: &str = "EVENT_NOT_FOUND";
 /// How often a stream polls the log when nothing in this process woke it (events committed
@@ -153,54 +149,48 @@ async fn serve_socket(socket: WebSocketStream, mut session: Session, bus: EventB
     }
 }
 
+impl Handlers {
+    async fn events_page(
+        &self,
+        caller: &Caller,
+        params: ListEventsParams,
+    ) -> Result<EventList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let filter = match params.type_ {
+            Some(p) => filter_of(&[p.as_str().to_string()], params.subject_id),
+            None => Some(EventFilter {
+                types: None,
+                subject_id: params.subject_id,
+            }),
+        }
+        .unwrap_or_default();
+        let (org, q) = (caller.org_id.clone(), page.page());
+        let (rows, total) = self
+            .store
+            .run(move |conn| store::list(conn, &org, &filter, &q))
+            .await
+            .map_err(store_error(NOT_FOUND, rid))?;
+        let data = rows
+            .iter()
+            .map(row_to_event)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(store_error(NOT_FOUND, rid))?;
+        Ok(EventList {
+            pagination: page.pagination(data.len(), rows.last().map(|r| r.id.as_str()), total),
+            data,
+        })
+    }
+}
+
 impl EventsApi for Handlers {
     async fn list_events(
         &self,
         caller: Caller,
         params: ListEventsParams,
     ) -> Result<ListEventsResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let page = match PageRequest::of(&params, &rid) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let filter = match params.type_ {
-                Some(p) => filter_of(&[p.as_str().to_string()], params.subject_id.clone()),
-                None => Some(EventFilter {
-                    types: None,
-                    subject_id: params.subject_id.clone(),
-                }),
-            }
-            .unwrap_or_default();
-            let (org, q) = (
-                caller.org_id.clone(),
-                Page {
-                    offset: page.offset,
-                    limit: page.limit,
-                    after_id: page.after_id.clone(),
-                },
-            );
-            let listed = self
-                .store
-                .run(move |conn| store::list(conn, &org, &filter, &q))
-                .await
-                .and_then(|(rows, total)| {
-                    let data = rows
-                        .iter()
-                        .map(row_to_event)
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok((data, rows.last().map(|r| r.id.clone()), total))
-                });
-            match listed {
-                Ok((data, last, total)) => ListEventsResponse::Ok(Json(EventList {
-                    pagination: page.pagination(data.len(), last.as_deref(), total),
-                    data,
-                })),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let list = self.events_page(&caller, params).await?;
+        Ok(ListEventsResponse::Ok(Json(list)))
     }
 
     async fn get_event(
@@ -208,20 +198,15 @@ impl EventsApi for Handlers {
         caller: Caller,
         params: GetEventParams,
     ) -> Result<GetEventResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let id = params.event_id;
-            match self
-                .store
-                .run(move |conn| store::get(conn, &org, &id))
-                .await
-                .and_then(|row| row_to_event(&row))
-            {
-                Ok(event) => GetEventResponse::Ok(Json(event)),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        let id = params.event_id;
+        let event = self
+            .store
+            .run(move |conn| store::get(conn, &org, &id))
+            .await
+            .and_then(|row| row_to_event(&row))
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(GetEventResponse::Ok(Json(event)))
     }
 
     async fn stream_events(
@@ -230,33 +215,31 @@ impl EventsApi for Handlers {
         params: StreamEventsParams,
         upgrade: Option<WebSocket>,
     ) -> Result<Upgraded<StreamEventsResponse>, ApiError> {
-        Ok(async {
-            let Some(ws) = upgrade else {
-                let f = upgrade_required(&caller.request_id);
-                return Upgraded::Answer(StreamEventsResponse::UpgradeRequired(
-                    Json(*f.envelope),
-                    Some("websocket".to_string()),
-                ));
-            };
-            let patterns: Vec<String> = params
-                .events
-                .unwrap_or_default()
-                .iter()
-                .map(|p| p.as_str().to_string())
-                .collect();
-            let mut session = Session {
-                tail: Tail::new(self.store.clone(), caller.org_id.clone(), None),
-                patterns: Vec::new(),
-            };
-            session.subscribe(patterns);
-            let bus = self.events.clone();
-            Upgraded::Switching(
-                ws.protocols([STREAM_PROTOCOL])
-                    .on_upgrade(move |socket| serve_socket(socket, session, bus))
-                    .boxed(),
-            )
-        }
-        .await)
+        let Some(ws) = upgrade else {
+            // Not through `?`: the 426 names the protocol to upgrade to.
+            let f = upgrade_required(&caller.request_id);
+            return Ok(Upgraded::Answer(StreamEventsResponse::UpgradeRequired(
+                Json(*f.envelope),
+                Some("websocket".to_string()),
+            )));
+        };
+        let patterns: Vec<String> = params
+            .events
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect();
+        let mut session = Session {
+            tail: Tail::new(self.store.clone(), caller.org_id.clone(), None),
+            patterns: Vec::new(),
+        };
+        session.subscribe(patterns);
+        let bus = self.events.clone();
+        Ok(Upgraded::Switching(
+            ws.protocols([STREAM_PROTOCOL])
+                .on_upgrade(move |socket| serve_socket(socket, session, bus))
+                .boxed(),
+        ))
     }
 }
 

@@ -3,35 +3,22 @@
 use std::collections::BTreeSet;
 
 use agentplane_api::models::{
-    ApiKey, ApiKeyCreated, ApiKeyList, NotificationPreferences, Organization, RateLimitPolicy,
-    Role, Scope, User,
+    ApiKey, ApiKeyCreated, ApiKeyInput, ApiKeyList, NotificationPreferences, Organization,
+    RateLimitPolicy, Role, Scope, User, UserProfileUpdate,
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
 
 use super::{Handlers, pagination};
 use crate::auth::{self, Caller};
-use crate::db::StoreError;
 use crate::db::identity::{self as store, ApiKeyRow, OrganizationRow, UserRow};
-use crate::error::{Failure, Kind, detail};
+use crate::db::{DbConnection, StoreError, StoreResult};
+use crate::error::{Failure, Kind, detail, store_error};
 use crate::security::{Event, EventType, Severity};
 
-use crate::failure_response;
-
-failure_response!(ListApiKeysResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreateApiKeyResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Conflict => Conflict, Unprocessable => UnprocessableEntity });
-failure_response!(GetApiKeyResponse {
-    BadRequest => BadRequest,
-    Unauthorized => Unauthorized,
-    Forbidden => Forbidden,
-    NotFound => NotFound
-});
-failure_response!(UpdateApiKeyResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
-failure_response!(RevokeApiKeyResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(GetCurrentUserResponse { Unauthorized => Unauthorized });
-failure_response!(UpdateCurrentUserResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Unprocessable => UnprocessableEntity });
-
 const NOT_FOUND: &str = "API_KEY_NOT_FOUND";
+const USER_NOT_FOUND: &str = "USER_NOT_FOUND";
 
 /// Who changed a key, for its security event.
 struct Actor {
@@ -73,7 +60,7 @@ fn may_set_limits(caller: &Caller, key_id: Option<&str>) -> Result<(), Failure> 
 
 /// Records a key's life-cycle event in the transaction that changed the key.
 fn key_event(
-    conn: &mut crate::db::DbConnection,
+    conn: &mut DbConnection,
     row: &ApiKeyRow,
     event_type: EventType,
     message: &str,
@@ -111,6 +98,128 @@ fn to_api_key(row: &ApiKeyRow, defaults: crate::ratelimit::Limits) -> ApiKey {
     }
 }
 
+/// The role and scopes of a new key. Only admins create users or set limits; a key never
+/// grants more than its user's role allows, nor more than the caller has.
+fn granted(caller: &Caller, body: &ApiKeyInput) -> Result<(Role, BTreeSet<Scope>), Failure> {
+    let forbidden = |message: String| {
+        Failure::new(
+            Kind::Forbidden,
+            "INSUFFICIENT_PERMISSIONS",
+            message,
+            &caller.request_id,
+        )
+    };
+    if body.user.is_some() && !caller.is_admin() {
+        return Err(forbidden("only admins can create users".into()));
+    }
+    if body.rate_limit.is_some() {
+        may_set_limits(caller, None)?;
+    }
+    let role = body
+        .user
+        .as_ref()
+        .map(|u| u.role.unwrap_or(Role::Member))
+        .unwrap_or(caller.role);
+    let allowed: BTreeSet<Scope> = auth::role_scopes(role)
+        .intersection(&caller.scopes)
+        .copied()
+        .collect();
+    let Some(requested) = &body.scopes else {
+        return Ok((role, allowed));
+    };
+    let requested: BTreeSet<Scope> = requested.iter().copied().collect();
+    let excess: Vec<&str> = requested.difference(&allowed).map(|s| s.as_str()).collect();
+    if !excess.is_empty() {
+        return Err(forbidden(format!(
+            "cannot grant {}: beyond what the role or your key allows",
+            excess.join(", ")
+        )));
+    }
+    Ok((role, requested))
+}
+
+/// A key to create, its grants checked.
+struct NewKey {
+    org_id: String,
+    /// The key's user when the body names no new one.
+    caller_user: String,
+    body: ApiKeyInput,
+    role: Role,
+    scopes: BTreeSet<Scope>,
+    expires_at: Option<String>,
+    actor: Actor,
+}
+
+/// Creates the key (and its new user, if asked) with its event and its limits, in the
+/// caller's transaction.
+fn insert_new_key(conn: &mut DbConnection, key: &NewKey) -> StoreResult<(ApiKeyRow, String)> {
+    let user = match &key.body.user {
+        Some(new) => {
+            let user = UserRow::new(
+                key.org_id.clone(),
+                new.username.clone(),
+                new.email.clone(),
+                key.role.as_str(),
+            );
+            store::insert_user(conn, &user)?;
+            user
+        }
+        None => store::user(conn, &key.caller_user)?,
+    };
+    let (row, secret) = auth::insert_key(
+        conn,
+        &user,
+        &key.body.name,
+        &key.scopes,
+        key.expires_at.clone(),
+    )?;
+    key_event(
+        conn,
+        &row,
+        EventType::ApiKeyCreated,
+        &format!("API key {} ({}) created", row.id, row.prefix),
+        &key.actor,
+    )?;
+    let Some(limits) = &key.body.rate_limit else {
+        return Ok((row, secret));
+    };
+    let change = store::ApiKeyChange {
+        name: None,
+        rate_limit_per_hour: Some(limits.requests_per_hour),
+        rate_limit_burst: Some(limits.burst),
+    };
+    let row = store::update_key(conn, &key.org_id, None, &row.id, &change)?;
+    Ok((row, secret))
+}
+
+/// Changes the caller's email and notification preferences; returns the user and their
+/// organization.
+fn save_profile(
+    conn: &mut DbConnection,
+    user_id: &str,
+    org_id: &str,
+    change: &UserProfileUpdate,
+) -> StoreResult<(UserRow, OrganizationRow)> {
+    crate::db::write_transaction(conn, |conn| {
+        let user = store::user(conn, user_id)?;
+        let mut prefs = preferences(&user.preferences);
+        if let Some(n) = &change.notifications {
+            prefs.email = n.email.unwrap_or(prefs.email);
+            prefs.slack = n.slack.unwrap_or(prefs.slack);
+        }
+        let email = change.email.clone().unwrap_or(user.email);
+        let stored = serde_json::json!({"email": prefs.email, "slack": prefs.slack});
+        let user = store::update_profile(
+            conn,
+            user_id,
+            &email,
+            &stored.to_string(),
+            &crate::ids::now(),
+        )?;
+        Ok((user, store::organization(conn, org_id)?))
+    })
+}
+
 impl Handlers {
     async fn create_key(
         &self,
@@ -119,97 +228,95 @@ impl Handlers {
     ) -> Result<(ApiKeyRow, String), Failure> {
         let rid = caller.request_id.as_str();
         let body = params.body;
-        let forbidden = |message: String| {
-            Failure::new(Kind::Forbidden, "INSUFFICIENT_PERMISSIONS", message, rid)
-        };
         let expires_at = body
             .expires_in_days
             .map(|days| crate::ids::format_time(chrono::Utc::now() + chrono::Duration::days(days)));
-        if body.user.is_some() && !caller.is_admin() {
-            return Err(forbidden("only admins can create users".into()));
-        }
-        if body.rate_limit.is_some() {
-            may_set_limits(caller, None)?;
-        }
-        let role = body
-            .user
-            .as_ref()
-            .map(|u| u.role.unwrap_or(Role::Member))
-            .unwrap_or(caller.role);
-        // A key never grants more than its user's role allows, nor more than the caller has.
-        let allowed: BTreeSet<Scope> = auth::role_scopes(role)
-            .intersection(&caller.scopes)
-            .copied()
-            .collect();
-        let scopes: BTreeSet<Scope> = match &body.scopes {
-            Some(requested) => {
-                let requested: BTreeSet<Scope> = requested.iter().copied().collect();
-                let excess: Vec<&str> =
-                    requested.difference(&allowed).map(|s| s.as_str()).collect();
-                if !excess.is_empty() {
-                    return Err(forbidden(format!(
-                        "cannot grant {}: beyond what the role or your key allows",
-                        excess.join(", ")
-                    )));
-                }
-                requested
-            }
-            None => allowed,
+        let (role, scopes) = granted(caller, &body)?;
+        let key = NewKey {
+            org_id: caller.org_id.clone(),
+            caller_user: caller.user_id.clone(),
+            expires_at,
+            body,
+            role,
+            scopes,
+            actor: Actor::of(caller),
         };
-        let caller_user = caller.user_id.clone();
-        let org_id = caller.org_id.clone();
+        self.store
+            .run(move |conn| crate::db::write_transaction(conn, |conn| insert_new_key(conn, &key)))
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => Failure::with_details(
+                    Kind::Conflict,
+                    "USER_EXISTS",
+                    "a user with this username already exists in the organization",
+                    vec![detail("user.username", "unique", "already taken")],
+                    rid,
+                ),
+                other => Failure::from_store(other, NOT_FOUND, rid),
+            })
+    }
+
+    async fn patch_api_key(
+        &self,
+        caller: &Caller,
+        params: UpdateApiKeyParams,
+    ) -> Result<ApiKeyRow, Failure> {
+        if !params.body.rate_limit.is_undefined() {
+            may_set_limits(caller, Some(&params.key_id))?;
+        }
+        let org = caller.org_id.clone();
+        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+        let (id, body) = (params.key_id, params.body);
+        let (per_hour, burst) = match body.rate_limit {
+            MaybeUndefined::Undefined => (None, None),
+            MaybeUndefined::Null => (Some(None), Some(None)),
+            MaybeUndefined::Value(l) => (Some(l.requests_per_hour), Some(l.burst)),
+        };
+        let change = store::ApiKeyChange {
+            name: body.name,
+            rate_limit_per_hour: per_hour,
+            rate_limit_burst: burst,
+        };
         let actor = Actor::of(caller);
-        let result = self
-            .store
+        self.store
             .run(move |conn| {
                 crate::db::write_transaction(conn, |conn| {
-                    let user = match &body.user {
-                        Some(new) => {
-                            let user = UserRow::new(
-                                org_id.clone(),
-                                new.username.clone(),
-                                new.email.clone(),
-                                role.as_str(),
-                            );
-                            store::insert_user(conn, &user)?;
-                            user
-                        }
-                        None => store::user(conn, &caller_user)?,
-                    };
-                    let (row, secret) =
-                        auth::insert_key(conn, &user, &body.name, &scopes, expires_at)?;
+                    let row = store::update_key(conn, &org, only_user.as_deref(), &id, &change)?;
                     key_event(
                         conn,
                         &row,
-                        EventType::ApiKeyCreated,
-                        &format!("API key {} ({}) created", row.id, row.prefix),
+                        EventType::ApiKeyUpdated,
+                        &format!("API key {} updated", row.id),
                         &actor,
                     )?;
-                    match &body.rate_limit {
-                        Some(limits) => {
-                            let change = store::ApiKeyChange {
-                                name: None,
-                                rate_limit_per_hour: Some(limits.requests_per_hour),
-                                rate_limit_burst: Some(limits.burst),
-                            };
-                            let row = store::update_key(conn, &org_id, None, &row.id, &change)?;
-                            Ok((row, secret))
-                        }
-                        None => Ok((row, secret)),
-                    }
+                    Ok(row)
                 })
             })
-            .await;
-        result.map_err(|e| match e {
-            StoreError::Conflict(_) => Failure::with_details(
-                Kind::Conflict,
-                "USER_EXISTS",
-                "a user with this username already exists in the organization",
-                vec![detail("user.username", "unique", "already taken")],
-                rid,
-            ),
-            other => Failure::from_store(other, NOT_FOUND, rid),
-        })
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))
+    }
+
+    async fn revoke_live_key(&self, caller: &Caller, id: String) -> Result<(), Failure> {
+        let org = caller.org_id.clone();
+        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+        let now = crate::ids::now();
+        let actor = Actor::of(caller);
+        self.store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    let row = store::get_key(conn, &org, only_user.as_deref(), &id)?;
+                    store::revoke_key(conn, &org, only_user.as_deref(), &id, &now)?;
+                    key_event(
+                        conn,
+                        &row,
+                        EventType::ApiKeyRevoked,
+                        &format!("API key {} ({}) revoked", row.id, row.prefix),
+                        &actor,
+                    )
+                })
+            })
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))
     }
 }
 
@@ -219,26 +326,19 @@ impl IdentityApi for Handlers {
         caller: Caller,
         params: ListApiKeysParams,
     ) -> Result<ListApiKeysResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
-            let (page, per_page) = (params.page, params.per_page);
-            let offset = (page - 1).saturating_mul(per_page);
-            let result = self
-                .store
-                .run(move |conn| {
-                    store::list_keys(conn, &org, only_user.as_deref(), offset, per_page)
-                })
-                .await;
-            match result {
-                Ok((rows, total)) => ListApiKeysResponse::Ok(Json(ApiKeyList {
-                    data: rows.iter().map(|r| to_api_key(r, self.limits)).collect(),
-                    pagination: pagination(page, per_page, total, None),
-                })),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+        let (page, per_page) = (params.page, params.per_page);
+        let offset = (page - 1).saturating_mul(per_page);
+        let (rows, total) = self
+            .store
+            .run(move |conn| store::list_keys(conn, &org, only_user.as_deref(), offset, per_page))
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(ListApiKeysResponse::Ok(Json(ApiKeyList {
+            data: rows.iter().map(|r| to_api_key(r, self.limits)).collect(),
+            pagination: pagination(page, per_page, total, None),
+        })))
     }
 
     async fn create_api_key(
@@ -246,29 +346,22 @@ impl IdentityApi for Handlers {
         caller: Caller,
         params: CreateApiKeyParams,
     ) -> Result<CreateApiKeyResponse, ApiError> {
-        Ok(async {
-            match self.create_key(&caller, params).await {
-                Ok((row, secret)) => {
-                    let key = to_api_key(&row, self.limits);
-                    let created = ApiKeyCreated {
-                        id: key.id,
-                        name: key.name,
-                        prefix: key.prefix,
-                        scopes: key.scopes,
-                        user_id: key.user_id,
-                        created_at: key.created_at,
-                        expires_at: key.expires_at,
-                        last_used_at: key.last_used_at,
-                        rate_limit: key.rate_limit,
-                        key: secret,
-                    };
-                    let location = format!("/v1/auth/keys/{}", row.id);
-                    CreateApiKeyResponse::Created(Json(created), location)
-                }
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let (row, secret) = self.create_key(&caller, params).await?;
+        let key = to_api_key(&row, self.limits);
+        let created = ApiKeyCreated {
+            id: key.id,
+            name: key.name,
+            prefix: key.prefix,
+            scopes: key.scopes,
+            user_id: key.user_id,
+            created_at: key.created_at,
+            expires_at: key.expires_at,
+            last_used_at: key.last_used_at,
+            rate_limit: key.rate_limit,
+            key: secret,
+        };
+        let location = format!("/v1/auth/keys/{}", row.id);
+        Ok(CreateApiKeyResponse::Created(Json(created), location))
     }
 
     async fn get_api_key(
@@ -276,20 +369,15 @@ impl IdentityApi for Handlers {
         caller: Caller,
         params: GetApiKeyParams,
     ) -> Result<GetApiKeyResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
-            let id = params.key_id;
-            match self
-                .store
-                .run(move |conn| store::get_key(conn, &org, only_user.as_deref(), &id))
-                .await
-            {
-                Ok(row) => GetApiKeyResponse::Ok(Json(to_api_key(&row, self.limits))),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+        let id = params.key_id;
+        let row = self
+            .store
+            .run(move |conn| store::get_key(conn, &org, only_user.as_deref(), &id))
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(GetApiKeyResponse::Ok(Json(to_api_key(&row, self.limits))))
     }
 
     async fn update_api_key(
@@ -297,56 +385,14 @@ impl IdentityApi for Handlers {
         caller: Caller,
         params: UpdateApiKeyParams,
     ) -> Result<UpdateApiKeyResponse, ApiError> {
-        Ok(async {
-            use poem_openapi::types::MaybeUndefined;
-            if !params.body.rate_limit.is_undefined()
-                && let Err(f) = may_set_limits(&caller, Some(&params.key_id))
-            {
-                return f.into();
-            }
-            let org = caller.org_id.clone();
-            let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
-            let id = params.key_id;
-            let body = params.body;
-            let (per_hour, burst) = match body.rate_limit {
-                MaybeUndefined::Undefined => (None, None),
-                MaybeUndefined::Null => (Some(None), Some(None)),
-                MaybeUndefined::Value(l) => (Some(l.requests_per_hour), Some(l.burst)),
-            };
-            let change = store::ApiKeyChange {
-                name: body.name,
-                rate_limit_per_hour: per_hour,
-                rate_limit_burst: burst,
-            };
-            let forget = id.clone();
-            let actor = Actor::of(&caller);
-            let result = self
-                .store
-                .run(move |conn| {
-                    crate::db::write_transaction(conn, |conn| {
-                        let row =
-                            store::update_key(conn, &org, only_user.as_deref(), &id, &change)?;
-                        key_event(
-                            conn,
-                            &row,
-                            EventType::ApiKeyUpdated,
-                            &format!("API key {} updated", row.id),
-                            &actor,
-                        )?;
-                        Ok(row)
-                    })
-                })
-                .await;
-            match result {
-                Ok(row) => {
-                    // This replica applies the new limits at once; others within the cache's TTL.
-                    self.keys.forget(&forget);
-                    UpdateApiKeyResponse::Ok(Json(to_api_key(&row, self.limits)))
-                }
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let forget = params.key_id.clone();
+        let row = self.patch_api_key(&caller, params).await?;
+        // This replica applies the new limits at once; others within the cache's TTL.
+        self.keys.forget(&forget);
+        Ok(UpdateApiKeyResponse::Ok(Json(to_api_key(
+            &row,
+            self.limits,
+        ))))
     }
 
     async fn revoke_api_key(
@@ -354,38 +400,9 @@ impl IdentityApi for Handlers {
         caller: Caller,
         params: RevokeApiKeyParams,
     ) -> Result<RevokeApiKeyResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
-            let id = params.key_id;
-            let forget = id.clone();
-            let now = crate::ids::now();
-            let actor = Actor::of(&caller);
-            match self
-                .store
-                .run(move |conn| {
-                    crate::db::write_transaction(conn, |conn| {
-                        let row = store::get_key(conn, &org, only_user.as_deref(), &id)?;
-                        store::revoke_key(conn, &org, only_user.as_deref(), &id, &now)?;
-                        key_event(
-                            conn,
-                            &row,
-                            EventType::ApiKeyRevoked,
-                            &format!("API key {} ({}) revoked", row.id, row.prefix),
-                            &actor,
-                        )
-                    })
-                })
-                .await
-            {
-                Ok(()) => {
-                    self.keys.forget(&forget);
-                    RevokeApiKeyResponse::NoContent
-                }
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        self.revoke_live_key(&caller, params.key_id.clone()).await?;
+        self.keys.forget(&params.key_id);
+        Ok(RevokeApiKeyResponse::NoContent)
     }
 
     async fn get_current_user(
@@ -393,23 +410,20 @@ impl IdentityApi for Handlers {
         caller: Caller,
         _params: GetCurrentUserParams,
     ) -> Result<GetCurrentUserResponse, ApiError> {
-        Ok(async {
-            let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
-            let result = self
-                .store
-                .run(move |conn| {
-                    Ok((
-                        store::user(conn, &user_id)?,
-                        store::organization(conn, &org_id)?,
-                    ))
-                })
-                .await;
-            match result {
-                Ok((user, org)) => GetCurrentUserResponse::Ok(Json(profile(user, org, &caller))),
-                Err(e) => Failure::from_store(e, "USER_NOT_FOUND", &caller.request_id).into(),
-            }
-        }
-        .await)
+        let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
+        let (user, org) = self
+            .store
+            .run(move |conn| {
+                Ok((
+                    store::user(conn, &user_id)?,
+                    store::organization(conn, &org_id)?,
+                ))
+            })
+            .await
+            .map_err(store_error(USER_NOT_FOUND, &caller.request_id))?;
+        Ok(GetCurrentUserResponse::Ok(Json(profile(
+            user, org, &caller,
+        ))))
     }
 
     async fn update_current_user(
@@ -417,39 +431,16 @@ impl IdentityApi for Handlers {
         caller: Caller,
         params: UpdateCurrentUserParams,
     ) -> Result<UpdateCurrentUserResponse, ApiError> {
-        Ok(async {
-            let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
-            let change = params.body;
-            let result = self
-                .store
-                .run(move |conn| {
-                    crate::db::write_transaction(conn, |conn| {
-                        let user = store::user(conn, &user_id)?;
-                        let mut prefs = preferences(&user.preferences);
-                        if let Some(n) = &change.notifications {
-                            prefs.email = n.email.unwrap_or(prefs.email);
-                            prefs.slack = n.slack.unwrap_or(prefs.slack);
-                        }
-                        let email = change.email.clone().unwrap_or(user.email);
-                        let stored =
-                            serde_json::json!({"email": prefs.email, "slack": prefs.slack});
-                        let user = store::update_profile(
-                            conn,
-                            &user_id,
-                            &email,
-                            &stored.to_string(),
-                            &crate::ids::now(),
-                        )?;
-                        Ok((user, store::organization(conn, &org_id)?))
-                    })
-                })
-                .await;
-            match result {
-                Ok((user, org)) => UpdateCurrentUserResponse::Ok(Json(profile(user, org, &caller))),
-                Err(e) => Failure::from_store(e, "USER_NOT_FOUND", &caller.request_id).into(),
-            }
-        }
-        .await)
+        let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
+        let change = params.body;
+        let (user, org) = self
+            .store
+            .run(move |conn| save_profile(conn, &user_id, &org_id, &change))
+            .await
+            .map_err(store_error(USER_NOT_FOUND, &caller.request_id))?;
+        Ok(UpdateCurrentUserResponse::Ok(Json(profile(
+            user, org, &caller,
+        ))))
     }
 }
 

@@ -7,52 +7,30 @@
 //! [`crate::knowledge::search`], the same function the execution engine uses.
 
 use agentplane_api::models::{
-    IngestResult, KnowledgeBase, KnowledgeBaseInput, KnowledgeBaseList, KnowledgeChunk,
-    KnowledgeChunkList, KnowledgeDocument, KnowledgeDocumentList, KnowledgeResult,
-    KnowledgeResults, KnowledgeSource, KnowledgeSourceList, KnowledgeSourceStatus,
-    KnowledgeSourceType, ProcessingOptions, SyncJob, SyncStatus,
+    DocumentInput, IngestResult, KnowledgeBase, KnowledgeBaseInput, KnowledgeBaseList,
+    KnowledgeBasePatch, KnowledgeChunk, KnowledgeChunkList, KnowledgeDocument,
+    KnowledgeDocumentList, KnowledgeQuery, KnowledgeResult, KnowledgeResults, KnowledgeSource,
+    KnowledgeSourceList, KnowledgeSourceStatus, KnowledgeSourceType, ProcessingOptions, SyncJob,
+    SyncStatus,
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
 use poem_openapi::types::{MaybeUndefined, ToJSON};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sha2::Digest;
 
-use super::paging::{etag, etag_matches};
-use super::{Handlers, pagination};
+use super::Handlers;
+use super::idem;
+use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::knowledge::{
-    self as store, ChunkRow, DocumentRow, KbChanges, KbFilter, KbRow, Page, SourceRow, SyncRow,
+    self as store, ChunkRow, DocumentRow, KbChanges, KbFilter, KbRow, SourceRow, SyncRow,
 };
 use crate::db::{DbConnection, StoreError};
-use crate::error::{Failure, Kind, detail};
-use crate::failure_response;
+use crate::error::{Failure, Kind, detail, store_error};
 use crate::knowledge::sync::{self, chunk_options_of};
 use crate::knowledge::text::ContentKind;
 use crate::knowledge::{ChunkOptions, SearchOptions};
-
-failure_response!(ListKnowledgeBasesResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreateKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Conflict => Conflict, Unprocessable => UnprocessableEntity });
-failure_response!(SearchKnowledgeResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(GetKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ReplaceKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
-failure_response!(UpdateKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
-failure_response!(DeleteKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(QueryKnowledgeBaseResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
-failure_response!(IngestKnowledgeResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
-failure_response!(UploadKnowledgeFileResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, UnsupportedMediaType => UnsupportedMediaType, Unprocessable => UnprocessableEntity });
-failure_response!(ListKnowledgeSourcesResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(CreateKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
-failure_response!(GetKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(DeleteKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ReplaceKnowledgeSourceResponse { Conflict => Conflict, Unprocessable => UnprocessableEntity, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(SyncKnowledgeSourceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(GetKnowledgeSyncResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ListKnowledgeDocumentsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(GetKnowledgeDocumentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(DeleteKnowledgeDocumentResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ListKnowledgeChunksResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 
 const KB_NOT_FOUND: &str = "KNOWLEDGE_BASE_NOT_FOUND";
 const SOURCE_NOT_FOUND: &str = "KNOWLEDGE_SOURCE_NOT_FOUND";
@@ -259,8 +237,57 @@ fn plan_source_as(
     id: String,
 ) -> PlannedSource {
     let now = crate::ids::now();
+    let SourceBody {
+        body,
+        name,
+        source_type,
+        metadata,
+    } = source_body(&spec);
+    let is_text = source_type == "text";
+    let source = SourceRow {
+        id: id.clone(),
+        org_id: org_id.to_string(),
+        kb_id: kb_id.to_string(),
+        name,
+        source_type: source_type.to_string(),
+        status: if is_text { "active" } else { "pending" }.to_string(),
+        body: Value::Object(body).to_string(),
+        last_sync_at: is_text.then(|| now.clone()),
+        created_at: now.clone(),
+        updated_at: now.clone(),
+    };
+    let documents = text_documents(spec, &source, metadata, options);
+    let sync = (queue_sync && !is_text).then(|| SyncRow {
+        id: crate::ids::new_id("sync"),
+        org_id: org_id.to_string(),
+        kb_id: kb_id.to_string(),
+        source_id: id,
+        status: "queued".into(),
+        error: None,
+        documents: 0,
+        chunks: 0,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+    });
+    PlannedSource {
+        source,
+        documents,
+        sync,
+    }
+}
+
+/// What a source stores of its spec.
+struct SourceBody {
+    body: Map<String, Value>,
+    name: String,
+    source_type: &'static str,
+    metadata: Option<Map<String, Value>>,
+}
+
+fn source_body(spec: &SourceSpec) -> SourceBody {
     let mut body = Map::new();
-    let (name, source_type, metadata) = match &spec {
+    let (name, source_type, metadata) = match spec {
         SourceSpec::Text {
             name,
             title,
@@ -322,60 +349,49 @@ fn plan_source_as(
         "metadata".into(),
         Value::Object(metadata.clone().unwrap_or_default()),
     );
-    let is_text = source_type == "text";
-    let source = SourceRow {
-        id: id.clone(),
-        org_id: org_id.to_string(),
-        kb_id: kb_id.to_string(),
+    SourceBody {
+        body,
         name,
-        source_type: source_type.to_string(),
-        status: if is_text { "active" } else { "pending" }.to_string(),
-        body: Value::Object(body).to_string(),
-        last_sync_at: is_text.then(|| now.clone()),
-        created_at: now.clone(),
-        updated_at: now.clone(),
-    };
-    let mut documents = Vec::new();
-    if let SourceSpec::Text {
+        source_type,
+        metadata,
+    }
+}
+
+/// The document (and its chunks) of an inline text source; none for fetched sources.
+fn text_documents(
+    spec: SourceSpec,
+    source: &SourceRow,
+    metadata: Option<Map<String, Value>>,
+    options: ChunkOptions,
+) -> Vec<(DocumentRow, Vec<ChunkRow>)> {
+    let SourceSpec::Text {
         title,
         text,
         content_type,
         ..
     } = spec
-    {
-        let kind = content_type
-            .as_deref()
-            .and_then(ContentKind::from_mime)
-            .unwrap_or(ContentKind::Text);
-        let doc = sync::document(
-            &text,
-            kind,
-            title,
-            "inline",
-            "text",
-            &source,
-            metadata.unwrap_or_default(),
-        );
-        documents.push(crate::knowledge::prepare(org_id, kb_id, doc, options));
-    }
-    let sync = (queue_sync && !is_text).then(|| SyncRow {
-        id: crate::ids::new_id("sync"),
-        org_id: org_id.to_string(),
-        kb_id: kb_id.to_string(),
-        source_id: id,
-        status: "queued".into(),
-        error: None,
-        documents: 0,
-        chunks: 0,
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-    });
-    PlannedSource {
+    else {
+        return Vec::new();
+    };
+    let kind = content_type
+        .as_deref()
+        .and_then(ContentKind::from_mime)
+        .unwrap_or(ContentKind::Text);
+    let doc = sync::document(
+        &text,
+        kind,
+        title,
+        "inline",
+        "text",
         source,
-        documents,
-        sync,
-    }
+        metadata.unwrap_or_default(),
+    );
+    vec![crate::knowledge::prepare(
+        &source.org_id,
+        &source.kb_id,
+        doc,
+        options,
+    )]
 }
 
 /// Whether `new` fetches what `old` fetched: both `url` sources of one page, or both `github`
@@ -450,89 +466,283 @@ fn kb_changes(input: &KnowledgeBaseInput) -> KbChanges {
     }
 }
 
-/// A list page request from `page`/`per_page` or `cursor`/`limit`.
-pub(super) fn page_of(params: &impl agentplane_api::Paged, rid: &str) -> Result<Page, Failure> {
-    super::paging::PageRequest::of(params, rid).map(|p| p.page())
+/// Plans the sources of a request body (`sources[i]`), refusing the first one that is not a
+/// source.
+fn plan_sources<'a>(
+    kb: &KbRow,
+    values: impl Iterator<Item = &'a Value>,
+    options: ChunkOptions,
+    queue_sync: bool,
+    rid: &str,
+) -> Result<Vec<PlannedSource>, Failure> {
+    values
+        .enumerate()
+        .map(|(i, value)| {
+            parse_source(value, &format!("sources[{i}]"), rid)
+                .map(|spec| plan_source(&kb.org_id, &kb.id, spec, options, queue_sync))
+        })
+        .collect()
 }
 
-pub(super) fn next_cursor(
-    page: &Page,
-    returned: usize,
-    total: i64,
-    last_id: Option<&str>,
-) -> Option<String> {
-    let end = page.offset + to_i64(returned);
-    match last_id {
-        Some(id) if end < total => Some(format!("{end}.{id}")),
-        _ => None,
+/// A new knowledge base of `org_id` as sent.
+fn new_kb_row(org_id: &str, input: &KnowledgeBaseInput) -> KbRow {
+    let changes = kb_changes(input);
+    let now = crate::ids::now();
+    KbRow {
+        id: crate::ids::new_id("kb"),
+        org_id: org_id.to_string(),
+        name: changes.name,
+        kb_type: changes.kb_type,
+        description: changes.description,
+        body: changes.body,
+        version: 1,
+        created_at: now.clone(),
+        updated_at: now,
     }
 }
 
-/// What an idempotent create did.
-pub(super) enum Created<T> {
-    New(T),
-    Replayed(String),
-    KeyReused,
+/// The columns of `current` with a PATCH applied: fields not sent keep their value, and
+/// processing options not sent keep theirs.
+fn patched_kb(patch: &KnowledgeBasePatch, current: &KbRow) -> KbChanges {
+    let mut body: Map<String, Value> = serde_json::from_str(&current.body).unwrap_or_default();
+    if let Some(o) = &patch.processing_options {
+        let old = chunk_options_of(&current.body);
+        let merged = ProcessingOptions {
+            chunk_size: o.chunk_size.or(Some(to_i64(old.chunk_size))),
+            overlap: o.overlap.or(Some(to_i64(old.overlap))),
+            extract_metadata: o.extract_metadata,
+        };
+        body.insert("processing_options".into(), processing_body(Some(&merged)));
+    }
+    if let Some(m) = &patch.metadata {
+        body.insert("metadata".into(), Value::Object(object(Some(m.clone()))));
+    }
+    if let Some(m) = &patch.embedding_model {
+        body.insert("embedding_model".into(), m.clone().into());
+    }
+    KbChanges {
+        name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
+        kb_type: patch
+            .type_
+            .clone()
+            .unwrap_or_else(|| current.kb_type.clone()),
+        description: match &patch.description {
+            MaybeUndefined::Undefined => current.description.clone(),
+            MaybeUndefined::Null => None,
+            MaybeUndefined::Value(d) => Some(d.clone()),
+        },
+        body: Value::Object(body).to_string(),
+    }
 }
 
-/// Runs `insert` unless `key` was used before: then answers with the first request's
-/// resource id (or `KeyReused` when the body differs).
-pub(super) fn idempotent<T>(
-    conn: &mut DbConnection,
-    org_id: &str,
-    operation: &str,
-    key: Option<&str>,
-    request_hash: &str,
-    resource_id: &str,
-    insert: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
-) -> Result<Created<T>, StoreError> {
-    use crate::db::idempotency::{self, IdempotencyRow};
-    crate::db::write_transaction(conn, |conn| {
-        if let Some(k) = key
-            && let Some(found) = idempotency::find(conn, org_id, operation, k)?
+/// The search a query asks for, and whether its results carry metadata.
+fn query_options(q: &mut KnowledgeQuery) -> (SearchOptions, bool) {
+    let opts = q.options.clone().unwrap_or_default();
+    let top_k = q
+        .top_k
+        .or(q.max_results)
+        .or(opts.max_results)
+        .unwrap_or(DEFAULT_TOP_K);
+    let options = SearchOptions {
+        top_k: usize::try_from(top_k).unwrap_or(5),
+        min_score: q.min_score.or(opts.min_score),
+        filters: q.filters.take().unwrap_or_default().into_iter().collect(),
+    };
+    let include = q.include_metadata.or(opts.include_metadata).unwrap_or(true);
+    (options, include)
+}
+
+/// The knowledge base's chunking, with an ingest's own size and overlap.
+fn ingest_options(kb: &KbRow, chunk_size: Option<i64>, overlap: Option<i64>) -> ChunkOptions {
+    let mut options = chunk_options_of(&kb.body);
+    if let Some(size) = chunk_size {
+        options.chunk_size = usize::try_from(size).unwrap_or(options.chunk_size);
+    }
+    if let Some(overlap) = overlap {
+        options.overlap = usize::try_from(overlap).unwrap_or(options.overlap);
+    }
+    options.overlap = options.overlap.min(options.chunk_size.saturating_sub(1));
+    options
+}
+
+/// An ingested document, extracted and chunked.
+fn inline_document(
+    kb: &KbRow,
+    d: DocumentInput,
+    options: ChunkOptions,
+) -> (DocumentRow, Vec<ChunkRow>) {
+    let kind = d
+        .content_type
+        .map(|c| c.as_str())
+        .and_then(ContentKind::from_mime)
+        .unwrap_or(ContentKind::Text);
+    let (text, found_title, kind) = match crate::knowledge::text::extract(&d.text, kind) {
+        Ok((t, found)) => (t, found, kind),
+        Err(_) => (d.text.clone(), None, ContentKind::Text),
+    };
+    let source = d.source.unwrap_or_else(|| "inline".into());
+    let title = d
+        .title
+        .or(found_title)
+        .or_else(|| crate::knowledge::text::first_line_title(&text))
+        .unwrap_or_else(|| source.clone());
+    let doc = crate::knowledge::NewDocument {
+        title,
+        text,
+        content_type: kind.mime().to_string(),
+        source,
+        source_type: "inline".into(),
+        source_id: None,
+        metadata: object(d.metadata),
+    };
+    crate::knowledge::prepare(&kb.org_id, &kb.id, doc, options)
+}
+
+/// What an ingest answers: its documents (inline ones first), sources and queued syncs.
+fn ingest_result(
+    documents: &[(DocumentRow, Vec<ChunkRow>)],
+    planned: &[PlannedSource],
+) -> IngestResult {
+    let source_documents = || planned.iter().flat_map(|p| p.documents.iter());
+    IngestResult {
+        documents: documents
+            .iter()
+            .chain(source_documents())
+            .map(|(d, _)| document_model(d))
+            .collect(),
+        sources: planned.iter().map(|p| source_model(&p.source)).collect(),
+        syncs: planned
+            .iter()
+            .filter_map(|p| p.sync.as_ref().map(sync_model))
+            .collect(),
+        chunks_created: documents
+            .iter()
+            .chain(source_documents())
+            .map(|(d, _)| d.chunk_count)
+            .sum(),
+    }
+}
+
+/// An uploaded file's name, kind and text. The extension decides, then the part's
+/// Content-Type; text without either is text; anything else is a 415.
+fn uploaded_text(file: UploadedFile, rid: &str) -> Result<(String, ContentKind, String), Failure> {
+    let file_name = file
+        .file_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "upload".into());
+    let kind = ContentKind::from_file_name(&file_name).or_else(|| {
+        file.content_type
+            .as_deref()
+            .and_then(ContentKind::from_mime)
+    });
+    let text = match (kind, String::from_utf8(file.bytes)) {
+        (Some(k), Ok(t)) => Some((k, t)),
+        (None, Ok(t))
+            if !file_name.contains('.')
+                && file
+                    .content_type
+                    .as_deref()
+                    .is_none_or(|c| c.starts_with("application/octet-stream")) =>
         {
-            return Ok(if found.request_hash == request_hash {
-                Created::Replayed(found.resource_id)
-            } else {
-                Created::KeyReused
-            });
+            Some((ContentKind::Text, t))
         }
-        let value = insert(conn)?;
-        if let Some(k) = key {
-            idempotency::insert(
-                conn,
-                &IdempotencyRow {
-                    org_id: org_id.to_string(),
-                    operation: operation.to_string(),
-                    idempotency_key: k.to_string(),
-                    request_hash: request_hash.to_string(),
-                    resource_id: resource_id.to_string(),
-                    created_at: crate::ids::now(),
-                },
-            )?;
-        }
-        Ok(Created::New(value))
-    })
+        _ => None,
+    };
+    let Some((kind, text)) = text else {
+        let message = format!(
+            "{file_name} is not UTF-8 text, Markdown, HTML or JSON; upload .txt, .md, .html or .json files"
+        );
+        return Err(Failure::with_details(
+            Kind::UnsupportedMediaType,
+            "UNSUPPORTED_FILE_TYPE",
+            message.clone(),
+            vec![detail("file", "content_type", message)],
+            rid,
+        ));
+    };
+    Ok((file_name, kind, text))
 }
 
-pub(super) fn key_reused(rid: &str) -> Failure {
-    Failure::with_details(
-        Kind::Conflict,
-        "IDEMPOTENCY_KEY_REUSED",
-        "this Idempotency-Key was used with a different request body",
-        vec![detail(
-            "Idempotency-Key",
-            "reused",
-            "use a new key for a new request",
-        )],
-        rid,
-    )
+/// Makes a planned text source a file source: labelled by its file name, re-ingested from the
+/// stored text on sync.
+fn label_as_file(planned: &mut PlannedSource, file_name: &str) {
+    planned.source.source_type = "file".into();
+    let mut body: Map<String, Value> =
+        serde_json::from_str(&planned.source.body).unwrap_or_default();
+    body.insert("file_name".into(), file_name.into());
+    planned.source.body = Value::Object(body).to_string();
+    let relabel = |meta: &str| {
+        let mut m: Map<String, Value> = serde_json::from_str(meta).unwrap_or_default();
+        m.insert("source".into(), file_name.into());
+        m.insert("source_type".into(), "file".into());
+        Value::Object(m).to_string()
+    };
+    for (doc, chunks) in &mut planned.documents {
+        doc.metadata = relabel(&doc.metadata);
+        for c in chunks.iter_mut() {
+            c.metadata = relabel(&c.metadata);
+        }
+    }
 }
 
-pub(super) fn hash_body(body: Option<Value>) -> String {
-    hex::encode(sha2::Sha256::digest(
-        body.as_ref().map(Value::to_string).unwrap_or_default(),
-    ))
+/// Replaces a source in place (inside a transaction); `None` while it is being synced.
+fn replace_source_row(
+    conn: &mut DbConnection,
+    org: &str,
+    kb_id: &str,
+    source_id: &str,
+    spec: SourceSpec,
+    options: ChunkOptions,
+) -> Result<Option<SourceRow>, StoreError> {
+    // Serializes with a sync being queued (which reads the row, then marks it).
+    crate::db::lock_row(conn, "knowledge_sources", org, source_id)?;
+    let old = store::get_source(conn, org, kb_id, source_id)?;
+    if old.status == "syncing" {
+        return Ok(None);
+    }
+    let mut planned = plan_source_as(org, kb_id, spec, options, false, old.id.clone());
+    let source = &mut planned.source;
+    source.created_at = old.created_at.clone();
+    if same_fetch(&old, source) {
+        // The same page or repository: what it fetched still stands.
+        source.status = old.status.clone();
+        source.last_sync_at = old.last_sync_at.clone();
+    } else {
+        store::delete_source_documents(conn, &old.id)?;
+        crate::knowledge::write(conn, &planned.documents)?;
+    }
+    store::replace_source(conn, &planned.source)?;
+    Ok(Some(planned.source))
+}
+
+/// Queues a sync of a source (inside a transaction) and marks the source as syncing.
+fn queue_sync(
+    conn: &mut DbConnection,
+    org: &str,
+    kb_id: &str,
+    source_id: &str,
+) -> Result<SyncRow, StoreError> {
+    // Serializes with a replace (which reads the row's status, then writes it).
+    crate::db::lock_row(conn, "knowledge_sources", org, source_id)?;
+    let source = store::get_source(conn, org, kb_id, source_id)?;
+    let row = SyncRow {
+        id: crate::ids::new_id("sync"),
+        org_id: org.to_string(),
+        kb_id: source.kb_id.clone(),
+        source_id: source.id.clone(),
+        status: "queued".into(),
+        error: None,
+        documents: 0,
+        chunks: 0,
+        created_at: crate::ids::now(),
+        started_at: None,
+        finished_at: None,
+    };
+    store::insert_sync(conn, &row)?;
+    crate::knowledge::sync::enqueue(conn, &row)?;
+    store::set_source_status(conn, &source.id, "syncing", None)?;
+    Ok(row)
 }
 
 impl Handlers {
@@ -550,7 +760,7 @@ impl Handlers {
                 Ok((row, model))
             })
             .await
-            .map_err(|e| Failure::from_store(e, KB_NOT_FOUND, &caller.request_id))
+            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))
     }
 
     async fn change_kb(
@@ -577,7 +787,7 @@ impl Handlers {
                 Ok((row, model))
             })
             .await
-            .map_err(|e| Failure::from_store(e, KB_NOT_FOUND, &caller.request_id))
+            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))
     }
 
     /// The knowledge base `kb_id` of the caller (404 otherwise).
@@ -586,7 +796,7 @@ impl Handlers {
         self.store
             .run(move |conn| store::get_kb(conn, &org, &id))
             .await
-            .map_err(|e| Failure::from_store(e, KB_NOT_FOUND, &caller.request_id))
+            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))
     }
 
     async fn retrieve(
@@ -603,7 +813,7 @@ impl Handlers {
             .store
             .run(move |conn| crate::knowledge::search(conn, &org, &kb_ids, &q, &options))
             .await
-            .map_err(|e| Failure::from_store(e, KB_NOT_FOUND, &caller.request_id))?;
+            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))?;
         let results: Vec<KnowledgeResult> = hits
             .into_iter()
             .map(|h| KnowledgeResult {
@@ -621,556 +831,200 @@ impl Handlers {
             results,
         })
     }
-}
 
-impl KnowledgeApi for Handlers {
-    async fn list_knowledge_bases(
+    async fn list_kbs(
         &self,
-        caller: Caller,
+        caller: &Caller,
         params: ListKnowledgeBasesParams,
-    ) -> Result<ListKnowledgeBasesResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let page = match page_of(&params, &rid) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let filter = KbFilter {
-                kb_type: params.type_,
-                search: params.search,
-            };
-            let org = caller.org_id.clone();
-            let q = page.clone();
-            let listed = self
-                .store
-                .run(move |conn| {
-                    let (rows, total) = store::list_kbs(conn, &org, &filter, &q)?;
-                    let mut data = Vec::with_capacity(rows.len());
-                    for row in &rows {
-                        data.push(kb_model(row, store::kb_counts(conn, &row.id)?));
-                    }
-                    Ok((data, total))
-                })
-                .await;
-            match listed {
-                Ok((data, total)) => {
-                    let cursor =
-                        next_cursor(&page, data.len(), total, data.last().map(|k| k.id.as_str()));
-                    ListKnowledgeBasesResponse::Ok(Json(KnowledgeBaseList {
-                        pagination: pagination(
-                            page.offset / page.limit + 1,
-                            page.limit,
-                            total,
-                            cursor,
-                        ),
-                        data,
-                    }))
+    ) -> Result<KnowledgeBaseList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let filter = KbFilter {
+            kb_type: params.type_,
+            search: params.search,
+        };
+        let (org, q) = (caller.org_id.clone(), page.page());
+        let (data, total) = self
+            .store
+            .run(move |conn| {
+                let (rows, total) = store::list_kbs(conn, &org, &filter, &q)?;
+                let mut data = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    data.push(kb_model(row, store::kb_counts(conn, &row.id)?));
                 }
-                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+                Ok((data, total))
+            })
+            .await
+            .map_err(store_error(KB_NOT_FOUND, rid))?;
+        Ok(KnowledgeBaseList {
+            pagination: page.pagination(data.len(), data.last().map(|k| k.id.as_str()), total),
+            data,
+        })
     }
 
-    async fn create_knowledge_base(
+    /// Creates a knowledge base with its first sources, once per `Idempotency-Key`.
+    async fn create_kb(
         &self,
-        caller: Caller,
+        caller: &Caller,
         params: CreateKnowledgeBaseParams,
-    ) -> Result<CreateKnowledgeBaseResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let input = params.body;
-            let request_hash = hash_body(input.to_json());
-            let changes = kb_changes(&input);
-            let now = crate::ids::now();
-            let row = KbRow {
-                id: crate::ids::new_id("kb"),
-                org_id: caller.org_id.clone(),
-                name: changes.name,
-                kb_type: changes.kb_type,
-                description: changes.description,
-                body: changes.body,
-                version: 1,
-                created_at: now.clone(),
-                updated_at: now,
-            };
-            let options = chunk_options_of(&row.body);
-            let mut planned = Vec::new();
-            for (i, value) in input.sources.iter().flatten().enumerate() {
-                match parse_source(value, &format!("sources[{i}]"), &rid) {
-                    Ok(spec) => {
-                        planned.push(plan_source(&row.org_id, &row.id, spec, options, false))
-                    }
-                    Err(f) => return f.into(),
-                }
-            }
-            let key = params.idempotency_key;
-            let created = self
-                .store
-                .run(move |conn| {
-                    let id = row.id.clone();
-                    let org = row.org_id.clone();
-                    let created = idempotent(
-                        conn,
-                        &org,
-                        "createKnowledgeBase",
-                        key.as_deref(),
-                        &request_hash,
-                        &id,
-                        |conn| {
-                            store::insert_kb(conn, &row)?;
-                            write_sources(conn, &planned)
-                        },
-                    )?;
-                    let id = match created {
-                        Created::New(()) => id,
-                        Created::Replayed(id) => id,
-                        Created::KeyReused => return Ok(None),
-                    };
-                    let row = store::get_kb(conn, &org, &id)?;
-                    let counts = store::kb_counts(conn, &id)?;
-                    Ok(Some((kb_model(&row, counts), etag(row.version))))
-                })
-                .await;
-            match created {
-                Ok(Some((kb, tag))) => {
-                    let location = format!("/v1/knowledge/{}", kb.id);
-                    CreateKnowledgeBaseResponse::Created(Json(kb), location, tag)
-                }
-                Ok(None) => key_reused(&rid).into(),
-                Err(StoreError::NotFound) => key_reused(&rid).into(),
-                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+    ) -> Result<(KbRow, KnowledgeBase), Failure> {
+        let rid = caller.request_id.as_str();
+        let input = params.body;
+        let request_hash = idem::request_hash(&input.to_json().unwrap_or_default());
+        let row = new_kb_row(&caller.org_id, &input);
+        let options = chunk_options_of(&row.body);
+        let planned = plan_sources(&row, input.sources.iter().flatten(), options, false, rid)?;
+        let keyed = idem::NewKeyed {
+            org_id: row.org_id.clone(),
+            operation: "createKnowledgeBase",
+            key: params.idempotency_key,
+            request_hash,
+            resource_id: row.id.clone(),
+        };
+        let org = row.org_id.clone();
+        let (row, counts) = idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| {
+                store::insert_kb(conn, &row)?;
+                write_sources(conn, &planned)?;
+                Ok((row.clone(), store::kb_counts(conn, &row.id)?))
+            },
+            move |conn, id| {
+                let row = store::get_kb(conn, &org, id)?;
+                Ok((row, store::kb_counts(conn, id)?))
+            },
+            KB_NOT_FOUND,
+            rid,
+        )
+        .await?;
+        let kb = kb_model(&row, counts);
+        Ok((row, kb))
     }
 
-    async fn search_knowledge(
+    /// Searches every knowledge base of the caller's organization (of one type, if asked).
+    async fn search_all(
         &self,
-        caller: Caller,
+        caller: &Caller,
         params: SearchKnowledgeParams,
-    ) -> Result<SearchKnowledgeResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let kb_type = params.type_.clone();
-            let ids = match self
-                .store
-                .run(move |conn| store::kb_ids(conn, &org, kb_type.as_deref()))
-                .await
-            {
-                Ok(ids) => ids,
-                Err(e) => return Failure::from_store(e, KB_NOT_FOUND, &caller.request_id).into(),
-            };
-            let options = SearchOptions {
-                top_k: usize::try_from(params.max_results).unwrap_or(10),
-                min_score: params.min_score,
-                filters: Map::new(),
-            };
-            match self.retrieve(&caller, ids, params.q, options, true).await {
-                Ok(r) => SearchKnowledgeResponse::Ok(Json(r)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+    ) -> Result<KnowledgeResults, Failure> {
+        let org = caller.org_id.clone();
+        let kb_type = params.type_;
+        let ids = self
+            .store
+            .run(move |conn| store::kb_ids(conn, &org, kb_type.as_deref()))
+            .await
+            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))?;
+        let options = SearchOptions {
+            top_k: usize::try_from(params.max_results).unwrap_or(10),
+            min_score: params.min_score,
+            filters: Map::new(),
+        };
+        self.retrieve(caller, ids, params.q, options, true).await
     }
 
-    async fn get_knowledge_base(
+    /// Writes an ingest's documents and sources in one transaction.
+    async fn ingest(
         &self,
-        caller: Caller,
-        params: GetKnowledgeBaseParams,
-    ) -> Result<GetKnowledgeBaseResponse, ApiError> {
-        Ok(async {
-            match self.kb_with_counts(&caller, params.kb_id).await {
-                Ok((row, kb)) => {
-                    let tag = etag(row.version);
-                    if params
-                        .if_none_match
-                        .as_deref()
-                        .is_some_and(|h| etag_matches(h, &tag))
-                    {
-                        return GetKnowledgeBaseResponse::NotModified(tag);
-                    }
-                    GetKnowledgeBaseResponse::Ok(Json(kb), tag)
-                }
-                Err(f) => f.into(),
-            }
-        }
-        .await)
-    }
-
-    async fn replace_knowledge_base(
-        &self,
-        caller: Caller,
-        params: ReplaceKnowledgeBaseParams,
-    ) -> Result<ReplaceKnowledgeBaseResponse, ApiError> {
-        Ok(async {
-            let changes = kb_changes(&params.body);
-            match self
-                .change_kb(&caller, params.kb_id, params.if_match, move |_| changes)
-                .await
-            {
-                Ok((row, kb)) => ReplaceKnowledgeBaseResponse::Ok(Json(kb), etag(row.version)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
-    }
-
-    async fn update_knowledge_base(
-        &self,
-        caller: Caller,
-        params: UpdateKnowledgeBaseParams,
-    ) -> Result<UpdateKnowledgeBaseResponse, ApiError> {
-        Ok(async {
-            let patch = params.body;
-            let change = move |current: &KbRow| {
-                let mut body: Map<String, Value> =
-                    serde_json::from_str(&current.body).unwrap_or_default();
-                if let Some(o) = &patch.processing_options {
-                    // Merge: options not given keep their value.
-                    let old = chunk_options_of(&current.body);
-                    let merged = ProcessingOptions {
-                        chunk_size: o.chunk_size.or(Some(to_i64(old.chunk_size))),
-                        overlap: o.overlap.or(Some(to_i64(old.overlap))),
-                        extract_metadata: o.extract_metadata,
-                    };
-                    body.insert("processing_options".into(), processing_body(Some(&merged)));
-                }
-                if let Some(m) = &patch.metadata {
-                    body.insert("metadata".into(), Value::Object(object(Some(m.clone()))));
-                }
-                if let Some(m) = &patch.embedding_model {
-                    body.insert("embedding_model".into(), m.clone().into());
-                }
-                KbChanges {
-                    name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
-                    kb_type: patch
-                        .type_
-                        .clone()
-                        .unwrap_or_else(|| current.kb_type.clone()),
-                    description: match &patch.description {
-                        MaybeUndefined::Undefined => current.description.clone(),
-                        MaybeUndefined::Null => None,
-                        MaybeUndefined::Value(d) => Some(d.clone()),
-                    },
-                    body: Value::Object(body).to_string(),
-                }
-            };
-            match self
-                .change_kb(&caller, params.kb_id, params.if_match, change)
-                .await
-            {
-                Ok((row, kb)) => UpdateKnowledgeBaseResponse::Ok(Json(kb), etag(row.version)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
-    }
-
-    async fn delete_knowledge_base(
-        &self,
-        caller: Caller,
-        params: DeleteKnowledgeBaseParams,
-    ) -> Result<DeleteKnowledgeBaseResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let id = params.kb_id;
-            match self
-                .store
-                .run(move |conn| store::delete_kb(conn, &org, &id))
-                .await
-            {
-                Ok(()) => DeleteKnowledgeBaseResponse::NoContent,
-                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
-    }
-
-    async fn query_knowledge_base(
-        &self,
-        caller: Caller,
-        params: QueryKnowledgeBaseParams,
-    ) -> Result<QueryKnowledgeBaseResponse, ApiError> {
-        Ok(async {
-            let kb = match self.require_kb(&caller, &params.kb_id).await {
-                Ok(kb) => kb,
-                Err(f) => return f.into(),
-            };
-            let q = params.body;
-            let opts = q.options.clone().unwrap_or_default();
-            let top_k = q
-                .top_k
-                .or(q.max_results)
-                .or(opts.max_results)
-                .unwrap_or(DEFAULT_TOP_K);
-            let options = SearchOptions {
-                top_k: usize::try_from(top_k).unwrap_or(5),
-                min_score: q.min_score.or(opts.min_score),
-                filters: q.filters.unwrap_or_default().into_iter().collect(),
-            };
-            let include = q.include_metadata.or(opts.include_metadata).unwrap_or(true);
-            match self
-                .retrieve(&caller, vec![kb.id], q.query, options, include)
-                .await
-            {
-                Ok(r) => QueryKnowledgeBaseResponse::Ok(Json(r)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
-    }
-
-    async fn ingest_knowledge(
-        &self,
-        caller: Caller,
+        caller: &Caller,
         params: IngestKnowledgeParams,
-    ) -> Result<IngestKnowledgeResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let kb = match self.require_kb(&caller, &params.kb_id).await {
-                Ok(kb) => kb,
-                Err(f) => return f.into(),
-            };
-            let body = params.body;
-            let mut options = chunk_options_of(&kb.body);
-            if let Some(size) = body.chunk_size {
-                options.chunk_size = usize::try_from(size).unwrap_or(options.chunk_size);
-            }
-            if let Some(overlap) = body.overlap {
-                options.overlap = usize::try_from(overlap).unwrap_or(options.overlap);
-            }
-            options.overlap = options.overlap.min(options.chunk_size.saturating_sub(1));
-            let mut planned = Vec::new();
-            for (i, value) in body.sources.iter().flatten().enumerate() {
-                match parse_source(value, &format!("sources[{i}]"), &rid) {
-                    Ok(spec) => planned.push(plan_source(&kb.org_id, &kb.id, spec, options, true)),
-                    Err(f) => return f.into(),
-                }
-            }
-            let documents: Vec<(DocumentRow, Vec<ChunkRow>)> = body
-                .documents
-                .into_iter()
-                .flatten()
-                .map(|d| {
-                    let kind = d
-                        .content_type
-                        .map(|c| c.as_str())
-                        .and_then(ContentKind::from_mime)
-                        .unwrap_or(ContentKind::Text);
-                    let (text, found_title, kind) =
-                        match crate::knowledge::text::extract(&d.text, kind) {
-                            Ok((t, found)) => (t, found, kind),
-                            Err(_) => (d.text.clone(), None, ContentKind::Text),
-                        };
-                    let source = d.source.unwrap_or_else(|| "inline".into());
-                    let title = d
-                        .title
-                        .or(found_title)
-                        .or_else(|| crate::knowledge::text::first_line_title(&text))
-                        .unwrap_or_else(|| source.clone());
-                    let doc = crate::knowledge::NewDocument {
-                        title,
-                        text,
-                        content_type: kind.mime().to_string(),
-                        source,
-                        source_type: "inline".into(),
-                        source_id: None,
-                        metadata: object(d.metadata),
-                    };
-                    crate::knowledge::prepare(&kb.org_id, &kb.id, doc, options)
-                })
-                .collect();
-            let chunks_created = documents.iter().map(|(d, _)| d.chunk_count).sum::<i64>()
-                + planned
-                    .iter()
-                    .flat_map(|p| p.documents.iter().map(|(d, _)| d.chunk_count))
-                    .sum::<i64>();
-            let result = IngestResult {
-                documents: documents
-                    .iter()
-                    .map(|(d, _)| document_model(d))
-                    .chain(
-                        planned
-                            .iter()
-                            .flat_map(|p| p.documents.iter().map(|(d, _)| document_model(d))),
-                    )
-                    .collect(),
-                sources: planned.iter().map(|p| source_model(&p.source)).collect(),
-                syncs: planned
-                    .iter()
-                    .filter_map(|p| p.sync.as_ref().map(sync_model))
-                    .collect(),
-                chunks_created,
-            };
-            let syncs_queued = planned.iter().any(|p| p.sync.is_some());
-            let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
-            let written = self
-                .store
-                .run(move |conn| {
-                    crate::db::write_transaction(conn, |conn| {
-                        store::get_kb(conn, &org, &kb_id)?;
-                        crate::knowledge::write(conn, &documents)?;
-                        write_sources(conn, &planned)
-                    })
-                })
-                .await;
-            match written {
-                Ok(()) => {
-                    if syncs_queued {
-                        self.pool.wake();
-                    }
-                    IngestKnowledgeResponse::Ok(Json(result))
-                }
-                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
-    }
-
-    async fn list_knowledge_sources(
-        &self,
-        caller: Caller,
-        params: ListKnowledgeSourcesParams,
-    ) -> Result<ListKnowledgeSourcesResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let page = match page_of(&params, &rid) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let (org, kb_id, q) = (caller.org_id.clone(), params.kb_id, page.clone());
-            let listed = self
-                .store
-                .run(move |conn| {
+    ) -> Result<IngestResult, Failure> {
+        let rid = caller.request_id.as_str();
+        let kb = self.require_kb(caller, &params.kb_id).await?;
+        let body = params.body;
+        let options = ingest_options(&kb, body.chunk_size, body.overlap);
+        let planned = plan_sources(&kb, body.sources.iter().flatten(), options, true, rid)?;
+        let documents: Vec<(DocumentRow, Vec<ChunkRow>)> = body
+            .documents
+            .into_iter()
+            .flatten()
+            .map(|d| inline_document(&kb, d, options))
+            .collect();
+        let result = ingest_result(&documents, &planned);
+        let syncs_queued = planned.iter().any(|p| p.sync.is_some());
+        let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
+        self.store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
                     store::get_kb(conn, &org, &kb_id)?;
-                    store::list_sources(conn, &org, &kb_id, &q)
+                    crate::knowledge::write(conn, &documents)?;
+                    write_sources(conn, &planned)
                 })
-                .await;
-            match listed {
-                Ok((rows, total)) => {
-                    let cursor =
-                        next_cursor(&page, rows.len(), total, rows.last().map(|r| r.id.as_str()));
-                    ListKnowledgeSourcesResponse::Ok(Json(KnowledgeSourceList {
-                        data: rows.iter().map(source_model).collect(),
-                        pagination: pagination(
-                            page.offset / page.limit + 1,
-                            page.limit,
-                            total,
-                            cursor,
-                        ),
-                    }))
-                }
-                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
-            }
+            })
+            .await
+            .map_err(store_error(KB_NOT_FOUND, rid))?;
+        if syncs_queued {
+            self.pool.wake();
         }
-        .await)
+        Ok(result)
     }
 
-    async fn create_knowledge_source(
+    async fn list_sources(
         &self,
-        caller: Caller,
+        caller: &Caller,
+        params: ListKnowledgeSourcesParams,
+    ) -> Result<KnowledgeSourceList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let (org, kb_id, q) = (caller.org_id.clone(), params.kb_id, page.page());
+        let (rows, total) = self
+            .store
+            .run(move |conn| {
+                store::get_kb(conn, &org, &kb_id)?;
+                store::list_sources(conn, &org, &kb_id, &q)
+            })
+            .await
+            .map_err(store_error(KB_NOT_FOUND, rid))?;
+        Ok(KnowledgeSourceList {
+            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
+            data: rows.iter().map(source_model).collect(),
+        })
+    }
+
+    /// Adds a source to a knowledge base, once per `Idempotency-Key`.
+    async fn create_source(
+        &self,
+        caller: &Caller,
         params: CreateKnowledgeSourceParams,
-    ) -> Result<CreateKnowledgeSourceResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let kb = match self.require_kb(&caller, &params.kb_id).await {
-                Ok(kb) => kb,
-                Err(f) => return f.into(),
-            };
-            let request_hash = hash_body(Some(params.body.clone()));
-            let spec = match parse_source(&params.body, "body", &rid) {
-                Ok(s) => s,
-                Err(f) => return f.into(),
-            };
-            let planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
-            let key = params.idempotency_key;
-            let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
-            let created = self
-                .store
-                .run(move |conn| {
-                    let id = planned.source.id.clone();
-                    let created = idempotent(
-                        conn,
-                        &org,
-                        "createKnowledgeSource",
-                        key.as_deref(),
-                        &request_hash,
-                        &id,
-                        |conn| {
-                            store::get_kb(conn, &org, &kb_id)?;
-                            write_sources(conn, std::slice::from_ref(&planned))
-                        },
-                    )?;
-                    let id = match created {
-                        Created::New(()) => id,
-                        Created::Replayed(id) => id,
-                        Created::KeyReused => return Ok(None),
-                    };
-                    store::get_source(conn, &org, &kb_id, &id).map(Some)
-                })
-                .await;
-            match created {
-                Ok(Some(row)) => {
-                    let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
-                    CreateKnowledgeSourceResponse::Created(Json(source_model(&row)), location)
-                }
-                Ok(None) => key_reused(&rid).into(),
-                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+    ) -> Result<SourceRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let kb = self.require_kb(caller, &params.kb_id).await?;
+        let request_hash = idem::request_hash(&params.body);
+        let spec = parse_source(&params.body, "body", rid)?;
+        let planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
+        let keyed = idem::NewKeyed {
+            org_id: kb.org_id.clone(),
+            operation: "createKnowledgeSource",
+            key: params.idempotency_key,
+            request_hash,
+            resource_id: planned.source.id.clone(),
+        };
+        let (org, kb_id) = (kb.org_id, kb.id);
+        let (fetch_org, fetch_kb) = (org.clone(), kb_id.clone());
+        idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| {
+                store::get_kb(conn, &org, &kb_id)?;
+                write_sources(conn, std::slice::from_ref(&planned))?;
+                Ok(planned.source.clone())
+            },
+            move |conn, id| store::get_source(conn, &fetch_org, &fetch_kb, id),
+            KB_NOT_FOUND,
+            rid,
+        )
+        .await
     }
 
-    async fn upload_knowledge_file(
+    /// Adds an uploaded file as a source of its own.
+    async fn upload_file(
         &self,
-        caller: Caller,
+        caller: &Caller,
         params: UploadKnowledgeFileParams,
-    ) -> Result<UploadKnowledgeFileResponse, ApiError> {
-        Ok(async {
-        let rid = caller.request_id.clone();
-        let kb = match self.require_kb(&caller, &params.kb_id).await {
-            Ok(kb) => kb,
-            Err(f) => return f.into(),
-        };
-        let file = params.file;
-        let file_name = file
-            .file_name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "upload".into());
-        // The extension decides, then the part's Content-Type; text without either is text.
-        let kind = ContentKind::from_file_name(&file_name).or_else(|| {
-            file.content_type
-                .as_deref()
-                .and_then(ContentKind::from_mime)
-        });
-        let text = match (kind, String::from_utf8(file.bytes)) {
-            (Some(k), Ok(t)) => Some((k, t)),
-            (None, Ok(t))
-                if !file_name.contains('.')
-                    && file
-                        .content_type
-                        .as_deref()
-                        .is_none_or(|c| c.starts_with("application/octet-stream")) =>
-            {
-                Some((ContentKind::Text, t))
-            }
-            _ => None,
-        };
-        let Some((kind, text)) = text else {
-            let message = format!(
-                "{file_name} is not UTF-8 text, Markdown, HTML or JSON; upload .txt, .md, .html or .json files"
-            );
-            return Failure::with_details(
-                Kind::UnsupportedMediaType,
-                "UNSUPPORTED_FILE_TYPE",
-                message.clone(),
-                vec![detail("file", "content_type", message)],
-                &rid,
-            )
-            .into();
-        };
+    ) -> Result<SourceRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let kb = self.require_kb(caller, &params.kb_id).await?;
+        let (file_name, kind, text) = uploaded_text(params.file, rid)?;
         let spec = SourceSpec::Text {
             name: Some(params.name.unwrap_or_else(|| file_name.clone())),
             title: params.title,
@@ -1179,44 +1033,249 @@ impl KnowledgeApi for Handlers {
             metadata: None,
         };
         let mut planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
-        // A file source: labelled by its file name, re-ingested from the stored text on sync.
-        planned.source.source_type = "file".into();
-        let mut body: Map<String, Value> =
-            serde_json::from_str(&planned.source.body).unwrap_or_default();
-        body.insert("file_name".into(), file_name.clone().into());
-        planned.source.body = Value::Object(body).to_string();
-        for (doc, chunks) in &mut planned.documents {
-            let relabel = |meta: &str| {
-                let mut m: Map<String, Value> = serde_json::from_str(meta).unwrap_or_default();
-                m.insert("source".into(), file_name.clone().into());
-                m.insert("source_type".into(), "file".into());
-                Value::Object(m).to_string()
-            };
-            doc.metadata = relabel(&doc.metadata);
-            for c in chunks.iter_mut() {
-                c.metadata = relabel(&c.metadata);
-            }
-        }
-        let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
+        label_as_file(&mut planned, &file_name);
         let source = planned.source.clone();
-        let written = self
-            .store
+        let (org, kb_id) = (kb.org_id, kb.id);
+        self.store
             .run(move |conn| {
                 crate::db::write_transaction(conn, |conn| {
                     store::get_kb(conn, &org, &kb_id)?;
                     write_sources(conn, std::slice::from_ref(&planned))
                 })
             })
-            .await;
-        match written {
-            Ok(()) => {
-                let location = format!("/v1/knowledge/{}/sources/{}", source.kb_id, source.id);
-                UploadKnowledgeFileResponse::Created(Json(source_model(&source)), location)
-            }
-            Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
-        }
+            .await
+            .map_err(store_error(KB_NOT_FOUND, rid))?;
+        Ok(source)
     }
-        .await)
+
+    async fn replace_source(
+        &self,
+        caller: &Caller,
+        params: ReplaceKnowledgeSourceParams,
+    ) -> Result<SourceRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let kb = self.require_kb(caller, &params.kb_id).await?;
+        let spec = parse_source(&params.body, "body", rid)?;
+        let options = chunk_options_of(&kb.body);
+        let (org, kb_id, source_id) = (kb.org_id, kb.id, params.source_id);
+        let replaced = self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    replace_source_row(conn, &org, &kb_id, &source_id, spec, options)
+                })
+            })
+            .await
+            .map_err(store_error(SOURCE_NOT_FOUND, rid))?;
+        replaced.ok_or_else(|| {
+            Failure::new(
+                Kind::Conflict,
+                "SOURCE_SYNCING",
+                "the source is being synced; replace it once the sync has ended",
+                rid,
+            )
+        })
+    }
+
+    async fn list_documents(
+        &self,
+        caller: &Caller,
+        params: ListKnowledgeDocumentsParams,
+    ) -> Result<KnowledgeDocumentList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let (org, kb_id, q, source) = (
+            caller.org_id.clone(),
+            params.kb_id,
+            page.page(),
+            params.source_id,
+        );
+        let (rows, total) = self
+            .store
+            .run(move |conn| {
+                store::get_kb(conn, &org, &kb_id)?;
+                store::list_documents(conn, &org, &kb_id, source.as_deref(), &q)
+            })
+            .await
+            .map_err(store_error(KB_NOT_FOUND, rid))?;
+        Ok(KnowledgeDocumentList {
+            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
+            data: rows.iter().map(document_model).collect(),
+        })
+    }
+
+    /// A page of a document's chunks, in order (by page number only).
+    async fn list_chunks(
+        &self,
+        caller: &Caller,
+        params: ListKnowledgeChunksParams,
+    ) -> Result<KnowledgeChunkList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::new(params.page, params.per_page, None, None, rid)?;
+        let (org, offset, limit) = (caller.org_id.clone(), page.offset, page.limit);
+        let (rows, total) = self
+            .store
+            .run(move |conn| {
+                let doc = store::get_document(conn, &org, &params.kb_id, &params.document_id)?;
+                store::list_chunks(conn, &doc.id, offset, limit)
+            })
+            .await
+            .map_err(store_error(DOCUMENT_NOT_FOUND, rid))?;
+        Ok(KnowledgeChunkList {
+            pagination: page.pagination(rows.len(), None, total),
+            data: rows.iter().map(chunk_model).collect(),
+        })
+    }
+}
+
+impl KnowledgeApi for Handlers {
+    async fn list_knowledge_bases(
+        &self,
+        caller: Caller,
+        params: ListKnowledgeBasesParams,
+    ) -> Result<ListKnowledgeBasesResponse, ApiError> {
+        let list = self.list_kbs(&caller, params).await?;
+        Ok(ListKnowledgeBasesResponse::Ok(Json(list)))
+    }
+
+    async fn create_knowledge_base(
+        &self,
+        caller: Caller,
+        params: CreateKnowledgeBaseParams,
+    ) -> Result<CreateKnowledgeBaseResponse, ApiError> {
+        let (row, kb) = self.create_kb(&caller, params).await?;
+        Ok(CreateKnowledgeBaseResponse::Created(
+            Json(kb),
+            format!("/v1/knowledge/{}", row.id),
+            etag(row.version),
+        ))
+    }
+
+    async fn search_knowledge(
+        &self,
+        caller: Caller,
+        params: SearchKnowledgeParams,
+    ) -> Result<SearchKnowledgeResponse, ApiError> {
+        let results = self.search_all(&caller, params).await?;
+        Ok(SearchKnowledgeResponse::Ok(Json(results)))
+    }
+
+    async fn get_knowledge_base(
+        &self,
+        caller: Caller,
+        params: GetKnowledgeBaseParams,
+    ) -> Result<GetKnowledgeBaseResponse, ApiError> {
+        let (row, kb) = self.kb_with_counts(&caller, params.kb_id).await?;
+        let tag = etag(row.version);
+        if params
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag_matches(h, &tag))
+        {
+            return Ok(GetKnowledgeBaseResponse::NotModified(tag));
+        }
+        Ok(GetKnowledgeBaseResponse::Ok(Json(kb), tag))
+    }
+
+    async fn replace_knowledge_base(
+        &self,
+        caller: Caller,
+        params: ReplaceKnowledgeBaseParams,
+    ) -> Result<ReplaceKnowledgeBaseResponse, ApiError> {
+        let changes = kb_changes(&params.body);
+        let (row, kb) = self
+            .change_kb(&caller, params.kb_id, params.if_match, move |_| changes)
+            .await?;
+        Ok(ReplaceKnowledgeBaseResponse::Ok(
+            Json(kb),
+            etag(row.version),
+        ))
+    }
+
+    async fn update_knowledge_base(
+        &self,
+        caller: Caller,
+        params: UpdateKnowledgeBaseParams,
+    ) -> Result<UpdateKnowledgeBaseResponse, ApiError> {
+        let patch = params.body;
+        let (row, kb) = self
+            .change_kb(&caller, params.kb_id, params.if_match, move |current| {
+                patched_kb(&patch, current)
+            })
+            .await?;
+        Ok(UpdateKnowledgeBaseResponse::Ok(Json(kb), etag(row.version)))
+    }
+
+    async fn delete_knowledge_base(
+        &self,
+        caller: Caller,
+        params: DeleteKnowledgeBaseParams,
+    ) -> Result<DeleteKnowledgeBaseResponse, ApiError> {
+        let org = caller.org_id.clone();
+        let id = params.kb_id;
+        self.store
+            .run(move |conn| store::delete_kb(conn, &org, &id))
+            .await
+            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))?;
+        Ok(DeleteKnowledgeBaseResponse::NoContent)
+    }
+
+    async fn query_knowledge_base(
+        &self,
+        caller: Caller,
+        params: QueryKnowledgeBaseParams,
+    ) -> Result<QueryKnowledgeBaseResponse, ApiError> {
+        let kb = self.require_kb(&caller, &params.kb_id).await?;
+        let mut q = params.body;
+        let (options, include) = query_options(&mut q);
+        let results = self
+            .retrieve(&caller, vec![kb.id], q.query, options, include)
+            .await?;
+        Ok(QueryKnowledgeBaseResponse::Ok(Json(results)))
+    }
+
+    async fn ingest_knowledge(
+        &self,
+        caller: Caller,
+        params: IngestKnowledgeParams,
+    ) -> Result<IngestKnowledgeResponse, ApiError> {
+        let result = self.ingest(&caller, params).await?;
+        Ok(IngestKnowledgeResponse::Ok(Json(result)))
+    }
+
+    async fn list_knowledge_sources(
+        &self,
+        caller: Caller,
+        params: ListKnowledgeSourcesParams,
+    ) -> Result<ListKnowledgeSourcesResponse, ApiError> {
+        let list = self.list_sources(&caller, params).await?;
+        Ok(ListKnowledgeSourcesResponse::Ok(Json(list)))
+    }
+
+    async fn create_knowledge_source(
+        &self,
+        caller: Caller,
+        params: CreateKnowledgeSourceParams,
+    ) -> Result<CreateKnowledgeSourceResponse, ApiError> {
+        let row = self.create_source(&caller, params).await?;
+        let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
+        Ok(CreateKnowledgeSourceResponse::Created(
+            Json(source_model(&row)),
+            location,
+        ))
+    }
+
+    async fn upload_knowledge_file(
+        &self,
+        caller: Caller,
+        params: UploadKnowledgeFileParams,
+    ) -> Result<UploadKnowledgeFileResponse, ApiError> {
+        let row = self.upload_file(&caller, params).await?;
+        let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
+        Ok(UploadKnowledgeFileResponse::Created(
+            Json(source_model(&row)),
+            location,
+        ))
     }
 
     async fn get_knowledge_source(
@@ -1224,18 +1283,13 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: GetKnowledgeSourceParams,
     ) -> Result<GetKnowledgeSourceResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            match self
-                .store
-                .run(move |conn| store::get_source(conn, &org, &params.kb_id, &params.source_id))
-                .await
-            {
-                Ok(row) => GetKnowledgeSourceResponse::Ok(Json(source_model(&row))),
-                Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        let row = self
+            .store
+            .run(move |conn| store::get_source(conn, &org, &params.kb_id, &params.source_id))
+            .await
+            .map_err(store_error(SOURCE_NOT_FOUND, &caller.request_id))?;
+        Ok(GetKnowledgeSourceResponse::Ok(Json(source_model(&row))))
     }
 
     async fn replace_knowledge_source(
@@ -1243,58 +1297,8 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: ReplaceKnowledgeSourceParams,
     ) -> Result<ReplaceKnowledgeSourceResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let kb = match self.require_kb(&caller, &params.kb_id).await {
-                Ok(kb) => kb,
-                Err(f) => return f.into(),
-            };
-            let spec = match parse_source(&params.body, "body", &rid) {
-                Ok(s) => s,
-                Err(f) => return f.into(),
-            };
-            let options = chunk_options_of(&kb.body);
-            let (org, kb_id, source_id) = (kb.org_id.clone(), kb.id.clone(), params.source_id);
-            let replaced = self
-                .store
-                .run(move |conn| {
-                    crate::db::write_transaction(conn, |conn| {
-                        // Serializes with a sync being queued (which reads the row, then marks it).
-                        crate::db::lock_row(conn, "knowledge_sources", &org, &source_id)?;
-                        let old = store::get_source(conn, &org, &kb_id, &source_id)?;
-                        if old.status == "syncing" {
-                            return Ok(None);
-                        }
-                        let mut planned =
-                            plan_source_as(&org, &kb_id, spec, options, false, old.id.clone());
-                        let source = &mut planned.source;
-                        source.created_at = old.created_at.clone();
-                        if same_fetch(&old, source) {
-                            // The same page or repository: what it fetched still stands.
-                            source.status = old.status.clone();
-                            source.last_sync_at = old.last_sync_at.clone();
-                        } else {
-                            store::delete_source_documents(conn, &old.id)?;
-                            crate::knowledge::write(conn, &planned.documents)?;
-                        }
-                        store::replace_source(conn, &planned.source)?;
-                        Ok(Some(planned.source))
-                    })
-                })
-                .await;
-            match replaced {
-                Ok(Some(row)) => ReplaceKnowledgeSourceResponse::Ok(Json(source_model(&row))),
-                Ok(None) => Failure::new(
-                    Kind::Conflict,
-                    "SOURCE_SYNCING",
-                    "the source is being synced; replace it once the sync has ended",
-                    &rid,
-                )
-                .into(),
-                Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let row = self.replace_source(&caller, params).await?;
+        Ok(ReplaceKnowledgeSourceResponse::Ok(Json(source_model(&row))))
     }
 
     async fn delete_knowledge_source(
@@ -1302,18 +1306,12 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: DeleteKnowledgeSourceParams,
     ) -> Result<DeleteKnowledgeSourceResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            match self
-                .store
-                .run(move |conn| store::delete_source(conn, &org, &params.kb_id, &params.source_id))
-                .await
-            {
-                Ok(()) => DeleteKnowledgeSourceResponse::NoContent,
-                Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| store::delete_source(conn, &org, &params.kb_id, &params.source_id))
+            .await
+            .map_err(store_error(SOURCE_NOT_FOUND, &caller.request_id))?;
+        Ok(DeleteKnowledgeSourceResponse::NoContent)
     }
 
     async fn sync_knowledge_source(
@@ -1321,47 +1319,22 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: SyncKnowledgeSourceParams,
     ) -> Result<SyncKnowledgeSourceResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let queued = self
-                .store
-                .run(move |conn| {
-                    crate::db::write_transaction(conn, |conn| {
-                        // Serializes with a replace (which reads the row's status, then writes it).
-                        crate::db::lock_row(conn, "knowledge_sources", &org, &params.source_id)?;
-                        let source =
-                            store::get_source(conn, &org, &params.kb_id, &params.source_id)?;
-                        let row = SyncRow {
-                            id: crate::ids::new_id("sync"),
-                            org_id: org.clone(),
-                            kb_id: source.kb_id.clone(),
-                            source_id: source.id.clone(),
-                            status: "queued".into(),
-                            error: None,
-                            documents: 0,
-                            chunks: 0,
-                            created_at: crate::ids::now(),
-                            started_at: None,
-                            finished_at: None,
-                        };
-                        store::insert_sync(conn, &row)?;
-                        crate::knowledge::sync::enqueue(conn, &row)?;
-                        store::set_source_status(conn, &source.id, "syncing", None)?;
-                        Ok(row)
-                    })
+        let org = caller.org_id.clone();
+        let row = self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    queue_sync(conn, &org, &params.kb_id, &params.source_id)
                 })
-                .await;
-            match queued {
-                Ok(row) => {
-                    let job = sync_model(&row);
-                    let location = format!("/v1/knowledge/{}/syncs/{}", row.kb_id, row.id);
-                    self.pool.wake();
-                    SyncKnowledgeSourceResponse::Accepted(Json(job), location)
-                }
-                Err(e) => Failure::from_store(e, SOURCE_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+            })
+            .await
+            .map_err(store_error(SOURCE_NOT_FOUND, &caller.request_id))?;
+        self.pool.wake();
+        let location = format!("/v1/knowledge/{}/syncs/{}", row.kb_id, row.id);
+        Ok(SyncKnowledgeSourceResponse::Accepted(
+            Json(sync_model(&row)),
+            location,
+        ))
     }
 
     async fn get_knowledge_sync(
@@ -1369,18 +1342,13 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: GetKnowledgeSyncParams,
     ) -> Result<GetKnowledgeSyncResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            match self
-                .store
-                .run(move |conn| store::get_sync(conn, &org, &params.kb_id, &params.sync_id))
-                .await
-            {
-                Ok(row) => GetKnowledgeSyncResponse::Ok(Json(sync_model(&row))),
-                Err(e) => Failure::from_store(e, SYNC_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        let row = self
+            .store
+            .run(move |conn| store::get_sync(conn, &org, &params.kb_id, &params.sync_id))
+            .await
+            .map_err(store_error(SYNC_NOT_FOUND, &caller.request_id))?;
+        Ok(GetKnowledgeSyncResponse::Ok(Json(sync_model(&row))))
     }
 
     async fn list_knowledge_documents(
@@ -1388,43 +1356,8 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: ListKnowledgeDocumentsParams,
     ) -> Result<ListKnowledgeDocumentsResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let page = match page_of(&params, &rid) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let (org, kb_id, q, source) = (
-                caller.org_id.clone(),
-                params.kb_id,
-                page.clone(),
-                params.source_id,
-            );
-            let listed = self
-                .store
-                .run(move |conn| {
-                    store::get_kb(conn, &org, &kb_id)?;
-                    store::list_documents(conn, &org, &kb_id, source.as_deref(), &q)
-                })
-                .await;
-            match listed {
-                Ok((rows, total)) => {
-                    let cursor =
-                        next_cursor(&page, rows.len(), total, rows.last().map(|r| r.id.as_str()));
-                    ListKnowledgeDocumentsResponse::Ok(Json(KnowledgeDocumentList {
-                        data: rows.iter().map(document_model).collect(),
-                        pagination: pagination(
-                            page.offset / page.limit + 1,
-                            page.limit,
-                            total,
-                            cursor,
-                        ),
-                    }))
-                }
-                Err(e) => Failure::from_store(e, KB_NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let list = self.list_documents(&caller, params).await?;
+        Ok(ListKnowledgeDocumentsResponse::Ok(Json(list)))
     }
 
     async fn get_knowledge_document(
@@ -1432,20 +1365,13 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: GetKnowledgeDocumentParams,
     ) -> Result<GetKnowledgeDocumentResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            match self
-                .store
-                .run(move |conn| {
-                    store::get_document(conn, &org, &params.kb_id, &params.document_id)
-                })
-                .await
-            {
-                Ok(row) => GetKnowledgeDocumentResponse::Ok(Json(document_model(&row))),
-                Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        let row = self
+            .store
+            .run(move |conn| store::get_document(conn, &org, &params.kb_id, &params.document_id))
+            .await
+            .map_err(store_error(DOCUMENT_NOT_FOUND, &caller.request_id))?;
+        Ok(GetKnowledgeDocumentResponse::Ok(Json(document_model(&row))))
     }
 
     async fn delete_knowledge_document(
@@ -1453,20 +1379,12 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: DeleteKnowledgeDocumentParams,
     ) -> Result<DeleteKnowledgeDocumentResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            match self
-                .store
-                .run(move |conn| {
-                    store::delete_document(conn, &org, &params.kb_id, &params.document_id)
-                })
-                .await
-            {
-                Ok(()) => DeleteKnowledgeDocumentResponse::NoContent,
-                Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| store::delete_document(conn, &org, &params.kb_id, &params.document_id))
+            .await
+            .map_err(store_error(DOCUMENT_NOT_FOUND, &caller.request_id))?;
+        Ok(DeleteKnowledgeDocumentResponse::NoContent)
     }
 
     async fn list_knowledge_chunks(
@@ -1474,26 +1392,8 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: ListKnowledgeChunksParams,
     ) -> Result<ListKnowledgeChunksResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let (page, per_page) = (params.page, params.per_page);
-            let offset = (page - 1).saturating_mul(per_page);
-            match self
-                .store
-                .run(move |conn| {
-                    let doc = store::get_document(conn, &org, &params.kb_id, &params.document_id)?;
-                    store::list_chunks(conn, &doc.id, offset, per_page)
-                })
-                .await
-            {
-                Ok((rows, total)) => ListKnowledgeChunksResponse::Ok(Json(KnowledgeChunkList {
-                    data: rows.iter().map(chunk_model).collect(),
-                    pagination: pagination(page, per_page, total, None),
-                })),
-                Err(e) => Failure::from_store(e, DOCUMENT_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let list = self.list_chunks(&caller, params).await?;
+        Ok(ListKnowledgeChunksResponse::Ok(Json(list)))
     }
 }
 

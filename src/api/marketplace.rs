@@ -9,18 +9,13 @@ use poem_openapi::types::ToJSON;
 use serde_json::{Map, Value};
 
 use super::Handlers;
-use super::agents::{publish_agent, row_to_agent, split};
-use super::idem::{self, Created, Keyed};
+use super::agents::{NOT_FOUND as AGENT_NOT_FOUND, publish_agent, row_to_agent, split};
+use super::idem::{self, Created};
 use super::paging::{PageRequest, etag};
 use crate::auth::Caller;
 use crate::db::agents::{self as agents_db, AgentRow};
 use crate::db::templates::{self as templates_db, TemplateRow};
-use crate::error::{Failure, Kind};
-use crate::failure_response;
-
-failure_response!(SearchMarketplaceResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(GetMarketplaceTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(InstallMarketplaceTemplateResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
+use crate::error::{Failure, Kind, store_error};
 
 const NOT_FOUND: &str = "TEMPLATE_NOT_FOUND";
 const INSTALL_OPERATION: &str = "installMarketplaceTemplate";
@@ -144,46 +139,94 @@ fn install_rows(
     Ok((row, template))
 }
 
+/// A page of the search results. Cursors resume after the item they name when it is still
+/// in the results; cursor ids spell a template id's `-` as `_` (the shared cursor pattern has
+/// no `-`; template ids have no `_`).
+fn search_page(
+    params: &SearchMarketplaceParams,
+    rid: &str,
+) -> Result<MarketplaceTemplateList, Failure> {
+    let page = PageRequest::of(params, rid)?;
+    let found = search(params);
+    let total = i64::try_from(found.len()).unwrap_or(i64::MAX);
+    let start = match &page.after_id {
+        Some(id) => found
+            .iter()
+            .position(|t| t.id == id.replace('_', "-"))
+            .map_or(page.offset, |i| i64::try_from(i + 1).unwrap_or(i64::MAX)),
+        None => page.offset,
+    };
+    let data: Vec<MarketplaceTemplate> = found
+        .into_iter()
+        .skip(usize::try_from(start).unwrap_or(usize::MAX))
+        .take(usize::try_from(page.limit).unwrap_or(0))
+        .cloned()
+        .collect();
+    let anchored = PageRequest {
+        offset: start,
+        ..page
+    };
+    let last = data.last().map(|t| t.id.replace('-', "_"));
+    Ok(MarketplaceTemplateList {
+        pagination: anchored.pagination(data.len(), last.as_deref(), total),
+        data,
+    })
+}
+
+impl Handlers {
+    /// Installs the template `params` names once per `Idempotency-Key`: its new (or, on a
+    /// retry, first) agent.
+    async fn install_template(
+        &self,
+        caller: &Caller,
+        params: InstallMarketplaceTemplateParams,
+    ) -> Result<AgentRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let t = find(&params.template_id).ok_or_else(|| not_found(rid))?;
+        let body = params.body.to_json().unwrap_or(Value::Object(Map::new()));
+        let hash = idem::request_hash(&serde_json::json!({"template": t.id, "body": body}));
+        let (agent, template) =
+            install_rows(t, caller, &body).map_err(store_error(NOT_FOUND, rid))?;
+        let keyed = idem::NewKeyed {
+            org_id: agent.org_id.clone(),
+            operation: INSTALL_OPERATION,
+            key: params.idempotency_key,
+            request_hash: hash,
+            resource_id: agent.id.clone(),
+        };
+        let org = agent.org_id.clone();
+        let created = idem::create_keyed(
+            &self.store,
+            keyed,
+            move |conn| {
+                templates_db::insert(conn, &template)?;
+                agents_db::insert(conn, &agent)?;
+                publish_agent(conn, "agent.created", &agent)?;
+                Ok(agent.clone())
+            },
+            move |conn, id| agents_db::get(conn, &org, id),
+        )
+        .await
+        .map_err(store_error(AGENT_NOT_FOUND, rid))?;
+        match created {
+            Created::New(row) => {
+                self.events.wake();
+                Ok(row)
+            }
+            Created::Replayed(row) => Ok(row),
+            Created::KeyReused => Err(idem::key_reused(rid)),
+        }
+    }
+}
+
 impl MarketplaceApi for Handlers {
     async fn search_marketplace(
         &self,
         caller: Caller,
         params: SearchMarketplaceParams,
     ) -> Result<SearchMarketplaceResponse, ApiError> {
-        Ok(async {
-            let page = match PageRequest::of(&params, &caller.request_id) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let found = search(&params);
-            let total = i64::try_from(found.len()).unwrap_or(i64::MAX);
-            // Cursors resume after the item they name when it is still in the results.
-            // Cursor ids spell a template id's `-` as `_` (the shared cursor pattern has no `-`;
-            // template ids have no `_`).
-            let start = match &page.after_id {
-                Some(id) => found
-                    .iter()
-                    .position(|t| t.id == id.replace('_', "-"))
-                    .map_or(page.offset, |i| i64::try_from(i + 1).unwrap_or(i64::MAX)),
-                None => page.offset,
-            };
-            let data: Vec<MarketplaceTemplate> = found
-                .into_iter()
-                .skip(usize::try_from(start).unwrap_or(usize::MAX))
-                .take(usize::try_from(page.limit).unwrap_or(0))
-                .cloned()
-                .collect();
-            let anchored = PageRequest {
-                offset: start,
-                ..page
-            };
-            let last = data.last().map(|t| t.id.replace('-', "_"));
-            SearchMarketplaceResponse::Ok(Json(MarketplaceTemplateList {
-                pagination: anchored.pagination(data.len(), last.as_deref(), total),
-                data,
-            }))
-        }
-        .await)
+        let list = search_page(&params, &caller.request_id)?;
+        Ok(SearchMarketplaceResponse::Ok(Json(list)))
     }
 
     async fn get_marketplace_template(
@@ -191,13 +234,8 @@ impl MarketplaceApi for Handlers {
         caller: Caller,
         params: GetMarketplaceTemplateParams,
     ) -> Result<GetMarketplaceTemplateResponse, ApiError> {
-        Ok(async {
-            match find(&params.template_id) {
-                Some(t) => GetMarketplaceTemplateResponse::Ok(Json(t.clone())),
-                None => not_found(&caller.request_id).into(),
-            }
-        }
-        .await)
+        let t = find(&params.template_id).ok_or_else(|| not_found(&caller.request_id))?;
+        Ok(GetMarketplaceTemplateResponse::Ok(Json(t.clone())))
     }
 
     async fn install_marketplace_template(
@@ -205,60 +243,13 @@ impl MarketplaceApi for Handlers {
         caller: Caller,
         params: InstallMarketplaceTemplateParams,
     ) -> Result<InstallMarketplaceTemplateResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let Some(t) = find(&params.template_id) else {
-                return not_found(&rid).into();
-            };
-            let body = params.body.to_json().unwrap_or(Value::Object(Map::new()));
-            let hash = idem::request_hash(&serde_json::json!({"template": t.id, "body": body}));
-            let (agent, template) = match install_rows(t, &caller, &body) {
-                Ok(rows) => rows,
-                Err(e) => return Failure::from_store(e, NOT_FOUND, &rid).into(),
-            };
-            let key = params.idempotency_key;
-            let created = self
-                .store
-                .run(move |conn| {
-                    let keyed = Keyed {
-                        org_id: &agent.org_id,
-                        operation: INSTALL_OPERATION,
-                        key: key.as_deref(),
-                        request_hash: &hash,
-                        resource_id: &agent.id,
-                    };
-                    idem::create_once(
-                        conn,
-                        &keyed,
-                        |conn| {
-                            templates_db::insert(conn, &template)?;
-                            agents_db::insert(conn, &agent)?;
-                            publish_agent(conn, "agent.created", &agent)?;
-                            Ok(agent.clone())
-                        },
-                        |conn, id| agents_db::get(conn, &agent.org_id, id),
-                    )
-                })
-                .await;
-            let row = match created {
-                Ok(Created::New(row)) => {
-                    self.events.wake();
-                    row
-                }
-                Ok(Created::Replayed(row)) => row,
-                Ok(Created::KeyReused) => return idem::key_reused(&rid).into(),
-                Err(e) => return Failure::from_store(e, super::agents::NOT_FOUND, &rid).into(),
-            };
-            match row_to_agent(&row) {
-                Ok(a) => InstallMarketplaceTemplateResponse::Created(
-                    Json(a),
-                    format!("/v1/agents/{}", row.id),
-                    etag(row.version),
-                ),
-                Err(e) => Failure::from_store(e, super::agents::NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let row = self.install_template(&caller, params).await?;
+        let agent = row_to_agent(&row).map_err(store_error(AGENT_NOT_FOUND, &caller.request_id))?;
+        Ok(InstallMarketplaceTemplateResponse::Created(
+            Json(agent),
+            format!("/v1/agents/{}", row.id),
+            etag(row.version),
+        ))
     }
 }
 

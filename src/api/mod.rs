@@ -2,8 +2,6 @@
 
 mod agents;
 mod batch;
-
-pub use batch::App;
 mod conversations;
 mod deployments;
 mod evaluations;
@@ -15,6 +13,7 @@ mod knowledge;
 mod marketplace;
 mod models;
 mod paging;
+mod run;
 mod security;
 mod system;
 mod templates;
@@ -29,10 +28,14 @@ use std::time::Instant;
 use agentplane_api::models::Pagination;
 use agentplane_api::{AuthRejection, Authenticate};
 
-use crate::auth::{self, Caller, KeyCache, KeyRecord};
-use crate::db::{Store, identity as id_db};
+use crate::auth::{self, Caller, KeyCache};
+use crate::db::Store;
 use crate::error::{Kind, envelope};
 use crate::http::RequestId;
+
+/// The application as one endpoint (middleware and routes), shared with the handlers it
+/// contains: batch operations are dispatched through it.
+pub type App = poem::endpoint::BoxEndpoint<'static, poem::Response>;
 
 /// The context of a public operation.
 #[derive(Debug, Clone)]
@@ -46,7 +49,8 @@ pub struct Handlers {
     pub store: Store,
     pub started: Instant,
     pub started_at: String,
-    pub keys: std::sync::Arc<KeyCache>,
+    /// The API keys, looked up through a cache (see [`auth::Keys`]).
+    pub keys: auth::Keys,
     /// Seals secrets at rest (provider API keys, API tools' secret headers).
     pub crypto: crate::crypto::Crypto,
     /// Runs knowledge-source syncs in the background.
@@ -80,21 +84,6 @@ pub const BACKGROUND_WORKERS: usize = 4;
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Handlers {
-    pub fn new(store: Store, crypto: crate::crypto::Crypto) -> Self {
-        Self::with_github_api(store, crypto, crate::knowledge::sync::GITHUB_API)
-    }
-
-    /// Handlers whose GitHub source syncs call the GitHub REST API at `github_api`.
-    pub fn with_github_api(store: Store, crypto: crate::crypto::Crypto, github_api: &str) -> Self {
-        Self::with_pool(
-            store,
-            crypto,
-            github_api,
-            crate::jobs::PoolConfig::default(),
-            crate::events::EventBus::new(),
-        )
-    }
-
     /// Handlers with a worker pool configured as `pool` (not started: see
     /// [`crate::jobs::WorkerPool::start`]), waking `events` after they publish.
     pub fn with_pool(
@@ -108,7 +97,16 @@ impl Handlers {
             store: store.clone(),
             crypto: crypto.clone(),
             live: std::sync::Arc::default(),
-            history: std::sync::Arc::new(crate::db::conversations::history),
+            history: std::sync::Arc::new(|conn, execution| {
+                let rows = crate::db::conversations::history(conn, execution)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| crate::engine::provider::ChatMessage {
+                        role: r.role,
+                        content: r.content,
+                    })
+                    .collect())
+            }),
             after_finish: std::sync::Arc::new(crate::db::conversations::record_reply),
             events: events.clone(),
         };
@@ -171,10 +169,13 @@ impl Handlers {
             cases,
             syncs,
             events,
-            store,
             started: Instant::now(),
             started_at: crate::ids::now(),
-            keys: std::sync::Arc::new(KeyCache::new(KEY_CACHE_TTL, 100_000)),
+            keys: auth::Keys::new(
+                store.clone(),
+                std::sync::Arc::new(KeyCache::new(KEY_CACHE_TTL, 100_000)),
+            ),
+            store,
             limits: crate::ratelimit::Limits::default(),
             dispatcher: batch::Dispatcher::default(),
         }
@@ -185,99 +186,6 @@ impl Handlers {
         self.limits = limits;
         self
     }
-
-    /// The live API key (not revoked, not expired) the request presents, if any.
-    async fn live_key(&self, req: &poem::Request) -> Option<KeyRecord> {
-        let secret = credential(req)?;
-        let record = self.key_record(auth::hash_key(&secret)).await.ok()??;
-        (!record.is_dead_at(&crate::ids::now())).then_some(record)
-    }
-
-    /// Whether the request presents a live API key.
-    pub async fn has_live_key(&self, req: &poem::Request) -> bool {
-        self.live_key(req).await.is_some()
-    }
-
-    /// Counts the request against its API key's limits: `None` when no live key is presented
-    /// (authentication answers that) or the counters cannot be reached.
-    pub async fn rate_limit(&self, req: &poem::Request) -> Option<crate::ratelimit::Verdict> {
-        let record = self.live_key(req).await?;
-        let limits = crate::ratelimit::Limits {
-            requests_per_hour: record
-                .rate_limit_per_hour
-                .unwrap_or(self.limits.requests_per_hour),
-            burst: record.rate_limit_burst.unwrap_or(self.limits.burst),
-        };
-        let now = chrono::Utc::now().timestamp();
-        let window_start = now - now.rem_euclid(crate::ratelimit::WINDOW_SECONDS);
-        let key_id = record.key_id.clone();
-        let counts = match self
-            .store
-            .run(move |conn| crate::db::ratelimit::hit(conn, &key_id, window_start, now))
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "rate-limit counters unavailable; not limiting");
-                return None;
-            }
-        };
-        let verdict = crate::ratelimit::judge(limits, counts, now);
-        if verdict.first_excess {
-            use crate::security::{Event, EventType, Severity};
-            let which = verdict.exceeded.unwrap_or("window");
-            tracing::warn!(key_id = %record.key_id, limit = which, "rate limit exceeded");
-            let event = Event::new(
-                EventType::RateLimitExceeded,
-                Severity::Medium,
-                format!("API key {} passed its {which} rate limit", record.key_id),
-            )
-            .by(&record.key_id, &record.user_id)
-            .on("api_key", &record.key_id)
-            .details(serde_json::json!({
-                "limit": which,
-                "requests_per_hour": limits.requests_per_hour,
-                "burst": limits.burst,
-            }))
-            .request(&request_id(req));
-            crate::security::record_detached(&self.store, Some(record.org_id.clone()), event).await;
-        }
-        Some(verdict)
-    }
-
-    /// The key with this hash: from the cache, else from the database (recording its use).
-    pub(crate) async fn key_record(
-        &self,
-        hash: String,
-    ) -> Result<Option<KeyRecord>, crate::db::StoreError> {
-        if let Some(record) = self.keys.get(&hash) {
-            return Ok(Some(record));
-        }
-        let now = crate::ids::now();
-        let lookup = hash.clone();
-        let found = self
-            .store
-            .run(move |conn| {
-                let found = id_db::key_by_hash(conn, &lookup)?;
-                if let Some((key, _)) = &found {
-                    // Record use at most once a minute, so reads stay reads.
-                    let stale = key
-                        .last_used_at
-                        .as_deref()
-                        .is_none_or(|t| t.get(..16) != now.get(..16));
-                    if stale && key.revoked_at.is_none() {
-                        id_db::touch_key(conn, &key.id, &now)?;
-                    }
-                }
-                Ok(found)
-            })
-            .await?;
-        Ok(found.map(|(key, user)| {
-            let record = KeyRecord::new(&key, &user);
-            self.keys.put(hash, record.clone());
-            record
-        }))
-    }
 }
 
 fn request_id(req: &poem::Request) -> String {
@@ -285,54 +193,6 @@ fn request_id(req: &poem::Request) -> String {
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default()
-}
-
-/// The credential of a request: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
-fn credential(req: &poem::Request) -> Option<String> {
-    if let Some(v) = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-    {
-        let mut parts = v.trim().splitn(2, ' ');
-        if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
-            && scheme.eq_ignore_ascii_case("bearer")
-            && !token.trim().is_empty()
-        {
-            return Some(token.trim().to_string());
-        }
-    }
-    req.headers()
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .or_else(|| stream_credential(req))
-}
-
-/// Browsers cannot set headers on a WebSocket handshake, so the streams (`GET …/stream`)
-/// also take the key as the `access_token` query parameter or as a `bearer.<key>`
-/// subprotocol (beside `agentplane.v1`, which the server selects).
-fn stream_credential(req: &poem::Request) -> Option<String> {
-    if req.method() != poem::http::Method::GET || !req.uri().path().ends_with("/stream") {
-        return None;
-    }
-    let from_query = req.uri().query().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "access_token")
-            .map(|(_, v)| v.into_owned())
-    });
-    from_query
-        .or_else(|| {
-            req.headers()
-                .get("sec-websocket-protocol")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.split(',')
-                        .find_map(|p| p.trim().strip_prefix("bearer.").map(str::to_string))
-                })
-        })
-        .filter(|v| !v.is_empty())
 }
 
 impl Authenticate for Handlers {
@@ -360,7 +220,7 @@ impl Authenticate for Handlers {
                 &rid,
             ))
         };
-        let Some(secret) = credential(req) else {
+        let Some(secret) = auth::credential(req) else {
             return Err(unauthorized(
                 "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
             ));
@@ -383,7 +243,7 @@ impl Authenticate for Handlers {
             }
             crate::security::record_detached(&self.store, org, event)
         };
-        let record = match self.key_record(auth::hash_key(&secret)).await {
+        let record = match self.keys.record(auth::hash_key(&secret)).await {
             Ok(Some(record)) => record,
             Ok(None) => {
                 // An unknown key names no organization; the secret itself is never kept.

@@ -8,19 +8,12 @@ use poem_openapi::types::ToJSON;
 use serde_json::{Map, Value, json};
 
 use super::Handlers;
-use super::idem::{self, Created, Keyed};
+use super::idem;
 use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::StoreError;
 use crate::db::models::{self as store, ModelChanges, ModelRow};
-use crate::error::{Failure, Kind, detail};
-use crate::failure_response;
-
-failure_response!(ListModelsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreateModelResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
-failure_response!(GetModelResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ReplaceModelResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
-failure_response!(DeleteModelResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+use crate::error::{Failure, Kind, detail, store_error};
 
 pub(crate) const NOT_FOUND: &str = "MODEL_NOT_FOUND";
 const CREATE_OPERATION: &str = "createModel";
@@ -149,10 +142,6 @@ fn url_is_bad(text: &str) -> bool {
     }
 }
 
-fn store_failure(rid: &str) -> impl Fn(StoreError) -> Failure + '_ {
-    move |e| Failure::from_store(e, NOT_FOUND, rid)
-}
-
 impl Handlers {
     async fn list_models_page(
         &self,
@@ -164,26 +153,17 @@ impl Handlers {
         let provider = params.provider.map(|p| p.as_str().to_string());
         let with_builtin = provider.as_deref().is_none_or(|p| p == "local");
         let org = caller.org_id.clone();
-        let q = page.clone();
+        let q = page.page();
         let (rows, stored) = self
             .store
-            .run(move |conn| {
-                store::list(
-                    conn,
-                    &org,
-                    provider.as_deref(),
-                    q.offset,
-                    q.limit,
-                    q.after_id.as_deref(),
-                )
-            })
+            .run(move |conn| store::list(conn, &org, provider.as_deref(), &q))
             .await
-            .map_err(store_failure(rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         let mut data = rows
             .iter()
             .map(row_to_model)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(store_failure(rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         let total = stored + i64::from(with_builtin);
         // The built-in model is the last item of the last page.
         let end = page.offset + i64::try_from(data.len()).unwrap_or(0);
@@ -223,30 +203,67 @@ impl Handlers {
             created_at: now.clone(),
             updated_at: now,
         };
-        let key = params.idempotency_key;
-        let created = self
-            .store
+        let keyed = idem::NewKeyed {
+            org_id: row.org_id.clone(),
+            operation: CREATE_OPERATION,
+            key: params.idempotency_key,
+            request_hash: hash,
+            resource_id: row.id.clone(),
+        };
+        let org = row.org_id.clone();
+        idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| store::insert(conn, &row).map(|()| row.clone()),
+            move |conn, id| store::get(conn, &org, id),
+            NOT_FOUND,
+            rid,
+        )
+        .await
+    }
+
+    async fn model_of(&self, caller: &Caller, id: String) -> Result<Model, Failure> {
+        if id == BUILTIN_ID {
+            return Ok(builtin());
+        }
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| store::get(conn, &org, &id))
+            .await
+            .and_then(|row| row_to_model(&row))
+            .map_err(store_error(NOT_FOUND, &caller.request_id))
+    }
+
+    async fn replace_stored_model(
+        &self,
+        caller: &Caller,
+        params: ReplaceModelParams,
+    ) -> Result<Model, Failure> {
+        let rid = caller.request_id.as_str();
+        // Validate before touching the row; the sealed key is chosen inside the transaction.
+        changes_of(&params.body, None, &self.crypto, rid)?;
+        let org = caller.org_id.clone();
+        let crypto = self.crypto.clone();
+        let ReplaceModelParams {
+            model_id,
+            if_match,
+            body,
+        } = params;
+        self.store
             .run(move |conn| {
-                let keyed = Keyed {
-                    org_id: &row.org_id,
-                    operation: CREATE_OPERATION,
-                    key: key.as_deref(),
-                    request_hash: &hash,
-                    resource_id: &row.id,
-                };
-                idem::create_once(
-                    conn,
-                    &keyed,
-                    |conn| store::insert(conn, &row).map(|()| row.clone()),
-                    |conn, id| store::get(conn, &row.org_id, id),
-                )
+                store::update(conn, &org, &model_id, |current| {
+                    if let Some(h) = &if_match
+                        && !etag_matches(h, &etag(current.version))
+                    {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    changes_of(&body, current.api_key_encrypted.clone(), &crypto, "")
+                        .map_err(|_| StoreError::Corrupt("model changes".into()))
+                })
             })
             .await
-            .map_err(store_failure(rid))?;
-        match created {
-            Created::New(row) | Created::Replayed(row) => Ok(row),
-            Created::KeyReused => Err(idem::key_reused(rid)),
-        }
+            .and_then(|row| row_to_model(&row))
+            .map_err(store_error(NOT_FOUND, rid))
     }
 }
 
@@ -256,13 +273,8 @@ impl ModelRegistryApi for Handlers {
         caller: Caller,
         params: ListModelsParams,
     ) -> Result<ListModelsResponse, ApiError> {
-        Ok(async {
-            match self.list_models_page(&caller, params).await {
-                Ok(list) => ListModelsResponse::Ok(Json(list)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let list = self.list_models_page(&caller, params).await?;
+        Ok(ListModelsResponse::Ok(Json(list)))
     }
 
     async fn create_model(
@@ -270,22 +282,13 @@ impl ModelRegistryApi for Handlers {
         caller: Caller,
         params: CreateModelParams,
     ) -> Result<CreateModelResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            match self
-                .create_model_row(&caller, params)
-                .await
-                .and_then(|row| row_to_model(&row).map_err(store_failure(&rid)))
-            {
-                Ok(model) => CreateModelResponse::Created(
-                    Json(model.clone()),
-                    format!("/v1/models/{}", model.id),
-                    etag(model.version),
-                ),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let row = self.create_model_row(&caller, params).await?;
+        let model = row_to_model(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(CreateModelResponse::Created(
+            Json(model),
+            format!("/v1/models/{}", row.id),
+            etag(row.version),
+        ))
     }
 
     async fn get_model(
@@ -293,36 +296,16 @@ impl ModelRegistryApi for Handlers {
         caller: Caller,
         params: GetModelParams,
     ) -> Result<GetModelResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let model = if params.model_id == BUILTIN_ID {
-                Ok(builtin())
-            } else {
-                let org = caller.org_id.clone();
-                let id = params.model_id.clone();
-                self.store
-                    .run(move |conn| store::get(conn, &org, &id))
-                    .await
-                    .and_then(|row| row_to_model(&row))
-                    .map_err(store_failure(&rid))
-            };
-            match model {
-                Ok(m) => {
-                    let tag = etag(m.version);
-                    if params
-                        .if_none_match
-                        .as_deref()
-                        .is_some_and(|h| etag_matches(h, &tag))
-                    {
-                        GetModelResponse::NotModified(tag)
-                    } else {
-                        GetModelResponse::Ok(Json(m), tag)
-                    }
-                }
-                Err(f) => f.into(),
-            }
+        let model = self.model_of(&caller, params.model_id).await?;
+        let tag = etag(model.version);
+        if params
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag_matches(h, &tag))
+        {
+            return Ok(GetModelResponse::NotModified(tag));
         }
-        .await)
+        Ok(GetModelResponse::Ok(Json(model), tag))
     }
 
     async fn replace_model(
@@ -330,41 +313,9 @@ impl ModelRegistryApi for Handlers {
         caller: Caller,
         params: ReplaceModelParams,
     ) -> Result<ReplaceModelResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            // Validate before touching the row; the sealed key is chosen inside the transaction.
-            if let Err(f) = changes_of(&params.body, None, &self.crypto, &rid) {
-                return f.into();
-            }
-            let org = caller.org_id.clone();
-            let crypto = self.crypto.clone();
-            let ReplaceModelParams {
-                model_id,
-                if_match,
-                body,
-            } = params;
-            let result = self
-                .store
-                .run(move |conn| {
-                    store::update(conn, &org, &model_id, |current| {
-                        if let Some(h) = &if_match
-                            && !etag_matches(h, &etag(current.version))
-                        {
-                            return Err(StoreError::PreconditionFailed);
-                        }
-                        changes_of(&body, current.api_key_encrypted.clone(), &crypto, "")
-                            .map_err(|_| StoreError::Corrupt("model changes".into()))
-                    })
-                })
-                .await
-                .and_then(|row| row_to_model(&row))
-                .map_err(store_failure(&rid));
-            match result {
-                Ok(m) => ReplaceModelResponse::Ok(Json(m.clone()), etag(m.version)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let model = self.replace_stored_model(&caller, params).await?;
+        let tag = etag(model.version);
+        Ok(ReplaceModelResponse::Ok(Json(model), tag))
     }
 
     async fn delete_model(
@@ -372,19 +323,13 @@ impl ModelRegistryApi for Handlers {
         caller: Caller,
         params: DeleteModelParams,
     ) -> Result<DeleteModelResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let id = params.model_id;
-            match self
-                .store
-                .run(move |conn| store::delete(conn, &org, &id))
-                .await
-            {
-                Ok(()) => DeleteModelResponse::NoContent,
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        let id = params.model_id;
+        self.store
+            .run(move |conn| store::delete(conn, &org, &id))
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(DeleteModelResponse::NoContent)
     }
 }
 

@@ -67,8 +67,8 @@ impl PageRequest {
     }
 
     /// Where the page starts, as the storage layer takes it.
-    pub fn page(&self) -> crate::db::knowledge::Page {
-        crate::db::knowledge::Page {
+    pub fn page(&self) -> crate::db::sql::Page {
+        crate::db::sql::Page {
             after_id: self.after_id.clone(),
             offset: self.offset,
             limit: self.limit,

@@ -10,23 +10,18 @@ use poem_openapi::payload::Json;
 use serde_json::{Map, Value, json};
 
 use super::Handlers;
-use super::idem::{self, Created, Keyed};
+use super::idem;
 use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::security::{self as store, EventQuery, SecurityEventRow};
 use crate::db::security_scans::{self as scans, ScanQuery, ScanRow};
 use crate::db::{DbConnection, StoreError, StoreResult};
-use crate::error::{Failure, Kind, detail};
-use crate::failure_response;
+use crate::error::{Failure, Kind, detail, store_error};
 use crate::security::scan::{self, Finding, Reference, ReferenceKind, Subject};
 use crate::security::{self as events, Event, EventType};
 
-failure_response!(ListSecurityEventsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(ScanAgentResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ListSecurityScansResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(GetSecurityScanResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-
 const SCAN_NOT_FOUND: &str = "SECURITY_SCAN_NOT_FOUND";
+const EVENT_NOT_FOUND: &str = "SECURITY_EVENT_NOT_FOUND";
 const SCAN_OPERATION: &str = "scanAgent";
 /// A scan never changes: every scan's version is its first.
 const SCAN_VERSION: i64 = 1;
@@ -86,13 +81,13 @@ impl Handlers {
             .store
             .run(move |conn| store::list_events(conn, &org, &query))
             .await
-            .map_err(|e| Failure::from_store(e, "SECURITY_EVENT_NOT_FOUND", rid))?;
+            .map_err(store_error(EVENT_NOT_FOUND, rid))?;
         let last = rows.last().map(|r| r.id.clone());
         let data = rows
             .into_iter()
             .map(to_event)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::from_store(e, "SECURITY_EVENT_NOT_FOUND", rid))?;
+            .map_err(store_error(EVENT_NOT_FOUND, rid))?;
         Ok(SecurityEventList {
             pagination: page.pagination(data.len(), last.as_deref(), total),
             data,
@@ -174,8 +169,8 @@ fn lookup(
     crate::db::Found::found(found)
 }
 
-/// The agent and everything it references, as the scanner reads them.
-fn subject_of(conn: &mut DbConnection, org: &str, agent: Value) -> StoreResult<Subject> {
+/// What the agent references: kind, id and where in the agent (a JSON pointer).
+fn references_of(agent: &Value) -> Vec<(ReferenceKind, String, String)> {
     let mut wanted: Vec<(ReferenceKind, String, String)> = Vec::new();
     let text = |p: &str| agent.pointer(p).and_then(Value::as_str).map(str::to_string);
     if let Some(id) = text("/model_id") {
@@ -223,6 +218,12 @@ fn subject_of(conn: &mut DbConnection, org: &str, agent: Value) -> StoreResult<S
             }
         }
     }
+    wanted
+}
+
+/// The agent and everything it references, as the scanner reads them.
+fn subject_of(conn: &mut DbConnection, org: &str, agent: Value) -> StoreResult<Subject> {
+    let wanted = references_of(&agent);
     let mut references = Vec::with_capacity(wanted.len());
     let mut seen = std::collections::HashMap::new();
     for (kind, id, location) in wanted {
@@ -349,47 +350,57 @@ fn to_scan(row: &ScanRow) -> Result<SecurityScan, StoreError> {
 }
 
 impl Handlers {
-    async fn run_scan(&self, caller: &Caller, params: ScanAgentParams) -> Result<ScanRow, Failure> {
-        let rid = caller.request_id.clone();
+    /// Scans the agent as stored now: the row to store and its findings.
+    async fn scan_of(
+        &self,
+        caller: &Caller,
+        agent_id: String,
+    ) -> Result<(ScanRow, Vec<Finding>), Failure> {
         let org = caller.org_id.clone();
-        let agent_id = params.agent_id;
-        let key = params.idempotency_key;
-        let hash = idem::request_hash(&json!({ "agent_id": agent_id }));
-        let who = caller.clone();
-        let created = self
-            .store
+        self.store
             .run(move |conn| {
                 let agent = crate::db::agents::get(conn, &org, &agent_id)?;
                 let doc = super::agents::row_to_json(&agent)?;
                 let subject = subject_of(conn, &org, Value::Object(doc))?;
                 let findings = scan::scan(&subject);
                 let row = scan_row(&org, &agent.id, agent.version, &findings);
-                let keyed = Keyed {
-                    org_id: &org,
-                    operation: SCAN_OPERATION,
-                    key: key.as_deref(),
-                    request_hash: &hash,
-                    resource_id: &row.id,
-                };
-                idem::create_once(
-                    conn,
-                    &keyed,
-                    |conn| {
-                        scans::insert(conn, &row)?;
-                        if row.critical_count + row.high_count > 0 {
-                            events::record(conn, Some(&org), scan_event(&row, &findings, &who))?;
-                        }
-                        Ok(row.clone())
-                    },
-                    |conn, id| scans::get(conn, &org, id),
-                )
+                Ok((row, findings))
             })
             .await
-            .map_err(|e| Failure::from_store(e, super::agents::NOT_FOUND, &rid))?;
-        match created {
-            Created::New(row) | Created::Replayed(row) => Ok(row),
-            Created::KeyReused => Err(idem::key_reused(&rid)),
-        }
+            .map_err(store_error(super::agents::NOT_FOUND, &caller.request_id))
+    }
+
+    /// Scans the agent and stores the scan once per `Idempotency-Key`; a scan that did not
+    /// pass records a security event with it.
+    async fn run_scan(&self, caller: &Caller, params: ScanAgentParams) -> Result<ScanRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let hash = idem::request_hash(&json!({ "agent_id": params.agent_id }));
+        let (row, findings) = self.scan_of(caller, params.agent_id).await?;
+        let event =
+            (row.critical_count + row.high_count > 0).then(|| scan_event(&row, &findings, caller));
+        let keyed = idem::NewKeyed {
+            org_id: caller.org_id.clone(),
+            operation: SCAN_OPERATION,
+            key: params.idempotency_key,
+            request_hash: hash,
+            resource_id: row.id.clone(),
+        };
+        let org = caller.org_id.clone();
+        idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| {
+                scans::insert(conn, &row)?;
+                if let Some(event) = &event {
+                    events::record(conn, Some(&row.org_id), event.clone())?;
+                }
+                Ok(row.clone())
+            },
+            move |conn, id| scans::get(conn, &org, id),
+            super::agents::NOT_FOUND,
+            rid,
+        )
+        .await
     }
 
     async fn security_scans(
@@ -411,13 +422,13 @@ impl Handlers {
             .store
             .run(move |conn| scans::list(conn, &org, &query))
             .await
-            .map_err(|e| Failure::from_store(e, SCAN_NOT_FOUND, rid))?;
+            .map_err(store_error(SCAN_NOT_FOUND, rid))?;
         let last = rows.last().map(|r| r.id.clone());
         let data = rows
             .iter()
             .map(to_scan)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::from_store(e, SCAN_NOT_FOUND, rid))?;
+            .map_err(store_error(SCAN_NOT_FOUND, rid))?;
         Ok(SecurityScanList {
             pagination: page.pagination(data.len(), last.as_deref(), total),
             data,
@@ -431,22 +442,13 @@ impl SecurityApi for Handlers {
         caller: Caller,
         params: ScanAgentParams,
     ) -> Result<ScanAgentResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            match self.run_scan(&caller, params).await.and_then(|row| {
-                to_scan(&row)
-                    .map(|s| (s, row.id))
-                    .map_err(|e| Failure::from_store(e, SCAN_NOT_FOUND, &rid))
-            }) {
-                Ok((scan, id)) => ScanAgentResponse::Created(
-                    Json(scan),
-                    format!("/v1/security/scans/{id}"),
-                    etag(SCAN_VERSION),
-                ),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let row = self.run_scan(&caller, params).await?;
+        let scan = to_scan(&row).map_err(store_error(SCAN_NOT_FOUND, &caller.request_id))?;
+        Ok(ScanAgentResponse::Created(
+            Json(scan),
+            format!("/v1/security/scans/{}", row.id),
+            etag(SCAN_VERSION),
+        ))
     }
 
     async fn list_security_scans(
@@ -454,13 +456,8 @@ impl SecurityApi for Handlers {
         caller: Caller,
         params: ListSecurityScansParams,
     ) -> Result<ListSecurityScansResponse, ApiError> {
-        Ok(async {
-            match self.security_scans(&caller, params).await {
-                Ok(list) => ListSecurityScansResponse::Ok(Json(list)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let list = self.security_scans(&caller, params).await?;
+        Ok(ListSecurityScansResponse::Ok(Json(list)))
     }
 
     async fn get_security_scan(
@@ -468,32 +465,24 @@ impl SecurityApi for Handlers {
         caller: Caller,
         params: GetSecurityScanParams,
     ) -> Result<GetSecurityScanResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let org = caller.org_id.clone();
-            let id = params.scan_id;
-            let row = match self
-                .store
-                .run(move |conn| scans::get(conn, &org, &id))
-                .await
-            {
-                Ok(row) => row,
-                Err(e) => return Failure::from_store(e, SCAN_NOT_FOUND, &rid).into(),
-            };
-            let tag = etag(SCAN_VERSION);
-            if params
-                .if_none_match
-                .as_deref()
-                .is_some_and(|h| etag_matches(h, &tag))
-            {
-                return GetSecurityScanResponse::NotModified(tag);
-            }
-            match to_scan(&row) {
-                Ok(scan) => GetSecurityScanResponse::Ok(Json(scan), tag),
-                Err(e) => Failure::from_store(e, SCAN_NOT_FOUND, &rid).into(),
-            }
+        let rid = caller.request_id.as_str();
+        let org = caller.org_id.clone();
+        let id = params.scan_id;
+        let row = self
+            .store
+            .run(move |conn| scans::get(conn, &org, &id))
+            .await
+            .map_err(store_error(SCAN_NOT_FOUND, rid))?;
+        let tag = etag(SCAN_VERSION);
+        if params
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag_matches(h, &tag))
+        {
+            return Ok(GetSecurityScanResponse::NotModified(tag));
         }
-        .await)
+        let scan = to_scan(&row).map_err(store_error(SCAN_NOT_FOUND, rid))?;
+        Ok(GetSecurityScanResponse::Ok(Json(scan), tag))
     }
 
     async fn list_security_events(
@@ -501,12 +490,7 @@ impl SecurityApi for Handlers {
         caller: Caller,
         params: ListSecurityEventsParams,
     ) -> Result<ListSecurityEventsResponse, ApiError> {
-        Ok(async {
-            match self.security_events(&caller, params).await {
-                Ok(list) => ListSecurityEventsResponse::Ok(Json(list)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let list = self.security_events(&caller, params).await?;
+        Ok(ListSecurityEventsResponse::Ok(Json(list)))
     }
 }

@@ -1,8 +1,10 @@
-//! `GET /v1/health` and `GET /v1/status`.
+//! `GET /v1/health`, `GET /v1/status`, `GET /v1/system/metrics` and `POST /v1/batch` (whose
+//! dispatch lives in `batch.rs`).
 
-use agentplane_api::ApiError;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
+use agentplane_api::ApiError;
 use agentplane_api::models::{
     BuildInfo, ComponentHealth, DatabaseInfo, DeliveryQueueHealth, Health, HealthComponents,
     HealthState, SystemMetrics, SystemMetricsAgents, SystemMetricsExecutions, SystemMetricsProcess,
@@ -15,6 +17,7 @@ use agentplane_api::{
 use poem_openapi::payload::Json;
 
 use super::{Handlers, RequestMeta};
+use crate::error::store_error;
 
 /// A database round trip slower than this reports the component as degraded.
 const DEGRADED_AFTER_MS: f64 = 1000.0;
@@ -22,8 +25,6 @@ const DEGRADED_AFTER_MS: f64 = 1000.0;
 const JOB_WAIT_DEGRADED_S: i64 = 60;
 /// A due webhook delivery waiting longer than this (seconds) degrades the outbox.
 const DELIVERY_WAIT_DEGRADED_S: i64 = 300;
-
-crate::failure_response!(GetSystemMetricsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
 
 /// `(status, count)` of the organization's agents and of its executions.
 type StatusCounts = (Vec<(String, i64)>, Vec<(String, i64)>);
@@ -47,82 +48,70 @@ fn status_counts(
     Ok((agents, executions))
 }
 
-impl SystemApi for Handlers {
-    async fn get_system_metrics(
-        &self,
-        caller: crate::auth::Caller,
-        _params: GetSystemMetricsParams,
-    ) -> Result<GetSystemMetricsResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let counts = match self.store.run(move |conn| status_counts(conn, &org)).await {
-                Ok(c) => c,
-                Err(e) => {
-                    return crate::error::Failure::from_store(e, "NOT_FOUND", &caller.request_id)
-                        .into();
-                }
-            };
-            let tally = |rows: Vec<(String, i64)>| {
-                let total = rows.iter().map(|(_, n)| n).sum();
-                (
-                    total,
-                    rows.into_iter()
-                        .collect::<std::collections::BTreeMap<_, _>>(),
-                )
-            };
-            let (agents_total, agents) = tally(counts.0);
-            let (executions_total, executions) = tally(counts.1);
-            let requests = self.metrics.figures();
-            let uptime = self.metrics.uptime_seconds();
-            let (cpu, rss) = crate::metrics::process_usage();
-            let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            GetSystemMetricsResponse::Ok(Json(SystemMetrics {
-                timestamp: crate::ids::now(),
-                agents: SystemMetricsAgents {
-                    total: agents_total,
-                    by_status: agents,
-                },
-                executions: SystemMetricsExecutions {
-                    total: executions_total,
-                    by_status: executions,
-                },
-                process: SystemMetricsProcess {
-                    uptime_seconds: as_i64(uptime),
-                    cpu_seconds: cpu,
-                    cpu_percent_average: cpu
-                        .zip(crate::metrics::process_seconds())
-                        .map(|(c, wall)| (c / wall * 10_000.0).round() / 100.0),
-                    memory_rss_bytes: rss,
-                },
-                requests: SystemMetricsRequests {
-                    total: as_i64(requests.total),
-                    in_flight: as_i64(requests.in_flight),
-                    last_minute: as_i64(requests.last_minute),
-                    per_second: (requests.last_minute as f64 / 60.0 * 1000.0).round() / 1000.0,
-                    by_class: requests
-                        .by_class
-                        .into_iter()
-                        .map(|(c, n)| (c, as_i64(n)))
-                        .collect(),
-                },
-            }))
+/// The total of `(status, count)` rows and the count per status.
+fn tally(rows: Vec<(String, i64)>) -> (i64, BTreeMap<String, i64>) {
+    let total = rows.iter().map(|(_, n)| n).sum();
+    (total, rows.into_iter().collect())
+}
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Healthy, or degraded when the oldest item has waited longer than `limit` seconds.
+fn queue_state(oldest: i64, limit: i64) -> HealthState {
+    if oldest > limit {
+        HealthState::Degraded
+    } else {
+        HealthState::Healthy
+    }
+}
+
+impl Handlers {
+    fn system_metrics(&self, (agents, executions): StatusCounts) -> SystemMetrics {
+        let (agents_total, agents) = tally(agents);
+        let (executions_total, executions) = tally(executions);
+        let requests = self.metrics.figures();
+        let uptime = self.metrics.uptime_seconds();
+        let (cpu, rss) = crate::metrics::process_usage();
+        SystemMetrics {
+            timestamp: crate::ids::now(),
+            agents: SystemMetricsAgents {
+                total: agents_total,
+                by_status: agents,
+            },
+            executions: SystemMetricsExecutions {
+                total: executions_total,
+                by_status: executions,
+            },
+            process: SystemMetricsProcess {
+                uptime_seconds: as_i64(uptime),
+                cpu_seconds: cpu,
+                cpu_percent_average: cpu
+                    .zip(crate::metrics::process_seconds())
+                    .map(|(c, wall)| (c / wall * 10_000.0).round() / 100.0),
+                memory_rss_bytes: rss,
+            },
+            requests: SystemMetricsRequests {
+                total: as_i64(requests.total),
+                in_flight: as_i64(requests.in_flight),
+                last_minute: as_i64(requests.last_minute),
+                per_second: (requests.last_minute as f64 / 60.0 * 1000.0).round() / 1000.0,
+                by_class: requests
+                    .by_class
+                    .into_iter()
+                    .map(|(c, n)| (c, as_i64(n)))
+                    .collect(),
+            },
         }
-        .await)
     }
 
-    async fn run_batch(
-        &self,
-        caller: crate::auth::Caller,
-        params: RunBatchParams,
-    ) -> Result<RunBatchResponse, ApiError> {
-        Ok(async { self.run_batch_operations(caller, params).await }.await)
-    }
-
-    async fn get_health(&self, _ctx: RequestMeta, _params: GetHealthParams) -> GetHealthResponse {
+    /// The database's health and its round trip in milliseconds (the pool is filled in last).
+    async fn database_health(&self) -> ComponentHealth {
         let started = Instant::now();
         let result = self.store.ping().await;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (database_status, error) = match result {
+        let (status, error) = match result {
             Ok(()) if latency_ms > DEGRADED_AFTER_MS => (HealthState::Degraded, None),
             Ok(()) => (HealthState::Healthy, None),
             Err(e) => {
@@ -133,7 +122,19 @@ impl SystemApi for Handlers {
                 )
             }
         };
-        let status = database_status;
+        ComponentHealth {
+            status,
+            backend: self.store.backend().as_str().to_string(),
+            latency_ms: (latency_ms * 1000.0).round() / 1000.0,
+            error,
+            pool_size: None,
+            pool_idle: None,
+        }
+    }
+
+    /// The job queue's and the webhook outbox's health (empty when the database does not
+    /// answer).
+    async fn queue_health(&self) -> (WorkerPoolHealth, DeliveryQueueHealth) {
         let queues = self
             .store
             .run(|conn| {
@@ -146,30 +147,56 @@ impl SystemApi for Handlers {
         let ((queued, oldest_job), (pending, retrying, oldest_delivery)) =
             queues.unwrap_or(((0, 0), (0, 0, 0)));
         let (workers, busy) = self.pool.usage();
-        let (pool_size, pool_idle) = self.store.pool_state();
         let worker_pool = WorkerPoolHealth {
-            status: if oldest_job > JOB_WAIT_DEGRADED_S {
-                HealthState::Degraded
-            } else {
-                HealthState::Healthy
-            },
+            status: queue_state(oldest_job, JOB_WAIT_DEGRADED_S),
             workers: i64::try_from(workers).unwrap_or(i64::MAX),
             busy: i64::try_from(busy).unwrap_or(i64::MAX),
             queued,
             oldest_queued_seconds: oldest_job,
         };
         let webhook_deliveries = DeliveryQueueHealth {
-            status: if oldest_delivery > DELIVERY_WAIT_DEGRADED_S {
-                HealthState::Degraded
-            } else {
-                HealthState::Healthy
-            },
+            status: queue_state(oldest_delivery, DELIVERY_WAIT_DEGRADED_S),
             pending,
             retrying,
             oldest_due_seconds: oldest_delivery,
         };
+        (worker_pool, webhook_deliveries)
+    }
+}
+
+impl SystemApi for Handlers {
+    async fn get_system_metrics(
+        &self,
+        caller: crate::auth::Caller,
+        _params: GetSystemMetricsParams,
+    ) -> Result<GetSystemMetricsResponse, ApiError> {
+        let org = caller.org_id.clone();
+        let counts = self
+            .store
+            .run(move |conn| status_counts(conn, &org))
+            .await
+            .map_err(store_error("NOT_FOUND", &caller.request_id))?;
+        Ok(GetSystemMetricsResponse::Ok(Json(
+            self.system_metrics(counts),
+        )))
+    }
+
+    async fn run_batch(
+        &self,
+        caller: crate::auth::Caller,
+        params: RunBatchParams,
+    ) -> Result<RunBatchResponse, ApiError> {
+        Ok(self.run_batch_operations(caller, params).await)
+    }
+
+    async fn get_health(&self, _ctx: RequestMeta, _params: GetHealthParams) -> GetHealthResponse {
+        let mut database = self.database_health().await;
+        let (worker_pool, webhook_deliveries) = self.queue_health().await;
+        let (pool_size, pool_idle) = self.store.pool_state();
+        database.pool_size = Some(i64::from(pool_size));
+        database.pool_idle = Some(i64::from(pool_idle));
         // The server is as healthy as its database; a slow queue degrades it.
-        let status = match status {
+        let status = match database.status {
             HealthState::Healthy
                 if worker_pool.status != HealthState::Healthy
                     || webhook_deliveries.status != HealthState::Healthy =>
@@ -183,14 +210,7 @@ impl SystemApi for Handlers {
             version: env!("CARGO_PKG_VERSION").to_string(),
             timestamp: crate::ids::now(),
             components: HealthComponents {
-                database: ComponentHealth {
-                    status: database_status,
-                    backend: self.store.backend().as_str().to_string(),
-                    latency_ms: (latency_ms * 1000.0).round() / 1000.0,
-                    error,
-                    pool_size: Some(i64::from(pool_size)),
-                    pool_idle: Some(i64::from(pool_idle)),
-                },
+                database,
                 worker_pool,
                 webhook_deliveries,
             },

@@ -5,6 +5,7 @@
 //! [`crate::crypto::Crypto`] and only ever opened to make that call.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use agentplane_api::models::{
@@ -17,23 +18,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::Handlers;
-use super::knowledge::{Created, hash_body, idempotent, key_reused, next_cursor, page_of, to_i64};
-use super::paging::{etag, etag_matches};
+use super::idem;
+use super::knowledge::to_i64;
+use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::tools::{self as store, ToolChanges, ToolRow};
 use crate::db::{DbConnection, StoreError};
-use crate::error::{Failure, Kind, detail};
-use crate::failure_response;
+use crate::error::{Failure, Kind, detail, store_error};
 use crate::knowledge::SearchOptions;
-
-failure_response!(ListToolsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreateToolResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
-failure_response!(GetToolResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ReplaceToolResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
-failure_response!(DeleteToolResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(QueryToolResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
-failure_response!(SearchToolResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
-failure_response!(TestToolResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Conflict => Conflict, Unprocessable => UnprocessableEntity });
 
 const NOT_FOUND: &str = "TOOL_NOT_FOUND";
 /// Characters of an endpoint's answer a test reports.
@@ -266,13 +258,139 @@ fn wrong_type(row: &ToolRow, wanted: &str, rid: &str) -> Failure {
     )
 }
 
+/// A new tool of `org_id` with the columns `c`.
+fn new_tool_row(org_id: &str, c: &ToolChanges) -> ToolRow {
+    let now = crate::ids::now();
+    ToolRow {
+        id: crate::ids::new_id("tool"),
+        org_id: org_id.to_string(),
+        name: c.name.clone(),
+        tool_type: c.tool_type.clone(),
+        description: c.description.clone(),
+        body: c.body.clone(),
+        secrets: c.secrets.clone(),
+        version: 1,
+        created_at: now.clone(),
+        updated_at: now,
+    }
+}
+
 impl Handlers {
     async fn tool(&self, caller: &Caller, id: String) -> Result<ToolRow, Failure> {
         let org = caller.org_id.clone();
         self.store
             .run(move |conn| store::get(conn, &org, &id))
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, &caller.request_id))
+            .map_err(store_error(NOT_FOUND, &caller.request_id))
+    }
+
+    /// The tool `id`, which must be of type `wanted` (a 409 otherwise).
+    async fn tool_of_type(
+        &self,
+        caller: &Caller,
+        id: String,
+        wanted: &str,
+    ) -> Result<ToolRow, Failure> {
+        let row = self.tool(caller, id).await?;
+        if row.tool_type != wanted {
+            return Err(wrong_type(&row, wanted, &caller.request_id));
+        }
+        Ok(row)
+    }
+
+    async fn list_tool_rows(
+        &self,
+        caller: &Caller,
+        params: ListToolsParams,
+    ) -> Result<ToolList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let org = caller.org_id.clone();
+        let tool_type = params.type_.map(|t| t.as_str());
+        let q = page.page();
+        let (rows, total) = self
+            .store
+            .run(move |conn| store::list(conn, &org, tool_type, &q))
+            .await
+            .map_err(store_error(NOT_FOUND, rid))?;
+        Ok(ToolList {
+            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
+            data: rows.iter().map(tool_model).collect(),
+        })
+    }
+
+    /// Creates a tool, once per `Idempotency-Key`; a knowledge base it names that is not the
+    /// organization's is a 404 naming it, and creates nothing.
+    async fn create_tool_row(
+        &self,
+        caller: &Caller,
+        params: CreateToolParams,
+    ) -> Result<ToolRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let spec = parse(&params.body, rid)?;
+        let request_hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
+        let row = new_tool_row(&caller.org_id, &changes(&spec, &self.crypto, ""));
+        let keyed = idem::NewKeyed {
+            org_id: row.org_id.clone(),
+            operation: "createTool",
+            key: params.idempotency_key,
+            request_hash,
+            resource_id: row.id.clone(),
+        };
+        // The insert fails (rolling back) on a missing knowledge base, and says which here.
+        let missing = Arc::new(Mutex::new(None));
+        let found_missing = Arc::clone(&missing);
+        let (org, fetch_org) = (row.org_id.clone(), row.org_id.clone());
+        let created = idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| {
+                if let Some(m) = check_knowledge_bases(conn, &org, &spec)? {
+                    *found_missing.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
+                    return Err(StoreError::NotFound);
+                }
+                store::insert(conn, &row).map(|()| row.clone())
+            },
+            move |conn, id| store::get(conn, &fetch_org, id),
+            NOT_FOUND,
+            rid,
+        )
+        .await;
+        let missing = missing.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match missing {
+            Some((i, id)) => Err(missing_kb(i, &id, rid)),
+            None => created,
+        }
+    }
+
+    async fn replace_tool_row(
+        &self,
+        caller: &Caller,
+        params: ReplaceToolParams,
+    ) -> Result<ToolRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let spec = parse(&params.body, rid)?;
+        let org = caller.org_id.clone();
+        let crypto = self.crypto.clone();
+        let if_match = params.if_match;
+        let updated = self
+            .store
+            .run(move |conn| {
+                store::update(conn, &org, &params.tool_id, |conn, current| {
+                    if let Some(h) = &if_match
+                        && !etag_matches(h, &etag(current.version))
+                    {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    if let Some(m) = check_knowledge_bases(conn, &org, &spec)? {
+                        return Ok(Err(m));
+                    }
+                    Ok(Ok(changes(&spec, &crypto, &current.secrets)))
+                })
+            })
+            .await
+            .map_err(store_error(NOT_FOUND, rid))?;
+        updated.map_err(|(i, id)| missing_kb(i, &id, rid))
     }
 
     /// Searches a knowledge tool's knowledge bases.
@@ -304,7 +422,7 @@ impl Handlers {
             .store
             .run(move |conn| crate::knowledge::search(conn, &org, &kb_ids, &query, &options))
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, &caller.request_id))?;
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
         Ok(hits
             .into_iter()
             .map(|h| KnowledgeResult {
@@ -325,36 +443,42 @@ impl Handlers {
         input: Option<agentplane_api::models::ToolTestInput>,
     ) -> ToolTestResult {
         let started = Instant::now();
-        let failed = |error: String, started: Instant| ToolTestResult {
-            ok: false,
-            status: None,
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            content_type: None,
-            body_excerpt: None,
-            error: Some(error),
+        let req = match self.api_request(row, input) {
+            Ok(req) => req,
+            Err(error) => return failed_call(error, started),
         };
+        let started = Instant::now();
+        match req.send().await {
+            Ok(resp) => read_answer(resp, started).await,
+            // reqwest's errors name the URL, never the headers.
+            Err(e) => failed_call(format!("the call failed: {e}"), started),
+        }
+    }
+
+    /// The request an API tool's test sends: its method, URL (with the test's query), plain
+    /// and secret headers, and the test's body unless it is a GET.
+    fn api_request(
+        &self,
+        row: &ToolRow,
+        input: Option<agentplane_api::models::ToolTestInput>,
+    ) -> Result<reqwest::RequestBuilder, String> {
         let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
         let (Some(url), method) = (
             body.get("url").and_then(Value::as_str),
             body.get("method").and_then(Value::as_str).unwrap_or("GET"),
         ) else {
-            return failed("the tool has no URL".into(), started);
+            return Err("the tool has no URL".into());
         };
         let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
-            return failed(format!("unsupported method {method}"), started);
+            return Err(format!("unsupported method {method}"));
         };
-        let secrets = match open_secrets(&self.crypto, &row.secrets) {
-            Ok(s) => s,
-            Err(e) => return failed(e, started),
-        };
+        let secrets = open_secrets(&self.crypto, &row.secrets)?;
         let timeout = body
             .get("timeout_ms")
             .and_then(Value::as_u64)
             .unwrap_or(10_000);
-        let mut target = match reqwest::Url::parse(url) {
-            Ok(u) => u,
-            Err(e) => return failed(format!("the tool's URL is not valid: {e}"), started),
-        };
+        let mut target =
+            reqwest::Url::parse(url).map_err(|e| format!("the tool's URL is not valid: {e}"))?;
         if let Some(q) = input.as_ref().and_then(|i| i.query.as_ref()) {
             let mut pairs = target.query_pairs_mut();
             for (k, v) in q {
@@ -378,43 +502,54 @@ impl Handlers {
         {
             req = req.json(&b);
         }
-        let started = Instant::now();
-        let mut resp = match req.send().await {
-            Ok(r) => r,
-            // reqwest's errors name the URL, never the headers.
-            Err(e) => return failed(format!("the call failed: {e}"), started),
-        };
-        let status = resp.status();
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let mut bytes = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(piece)) => {
-                    bytes.extend_from_slice(&piece);
-                    if bytes.len() >= MAX_TEST_BODY {
-                        break;
-                    }
+        Ok(req)
+    }
+}
+
+/// A test whose call did not get an answer.
+fn failed_call(error: String, started: Instant) -> ToolTestResult {
+    ToolTestResult {
+        ok: false,
+        status: None,
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        content_type: None,
+        body_excerpt: None,
+        error: Some(error),
+    }
+}
+
+/// What a test reports of an endpoint's answer: its status, type and the start of its body.
+async fn read_answer(mut resp: reqwest::Response, started: Instant) -> ToolTestResult {
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut bytes = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(piece)) => {
+                bytes.extend_from_slice(&piece);
+                if bytes.len() >= MAX_TEST_BODY {
+                    break;
                 }
-                Ok(None) => break,
-                Err(e) => return failed(format!("reading the answer failed: {e}"), started),
             }
+            Ok(None) => break,
+            Err(e) => return failed_call(format!("reading the answer failed: {e}"), started),
         }
-        let excerpt: String = String::from_utf8_lossy(&bytes)
-            .chars()
-            .take(EXCERPT_CHARS)
-            .collect();
-        ToolTestResult {
-            ok: status.is_success(),
-            status: Some(i64::from(status.as_u16())),
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            content_type,
-            body_excerpt: Some(excerpt),
-            error: None,
-        }
+    }
+    let excerpt: String = String::from_utf8_lossy(&bytes)
+        .chars()
+        .take(EXCERPT_CHARS)
+        .collect();
+    ToolTestResult {
+        ok: status.is_success(),
+        status: Some(i64::from(status.as_u16())),
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        content_type,
+        body_excerpt: Some(excerpt),
+        error: None,
     }
 }
 
@@ -424,37 +559,8 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: ListToolsParams,
     ) -> Result<ListToolsResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let page = match page_of(&params, &rid) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let org = caller.org_id.clone();
-            let tool_type = params.type_.map(|t| t.as_str());
-            let q = page.clone();
-            match self
-                .store
-                .run(move |conn| store::list(conn, &org, tool_type, &q))
-                .await
-            {
-                Ok((rows, total)) => {
-                    let cursor =
-                        next_cursor(&page, rows.len(), total, rows.last().map(|r| r.id.as_str()));
-                    ListToolsResponse::Ok(Json(ToolList {
-                        data: rows.iter().map(tool_model).collect(),
-                        pagination: super::pagination(
-                            page.offset / page.limit + 1,
-                            page.limit,
-                            total,
-                            cursor,
-                        ),
-                    }))
-                }
-                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let list = self.list_tool_rows(&caller, params).await?;
+        Ok(ListToolsResponse::Ok(Json(list)))
     }
 
     async fn create_tool(
@@ -462,71 +568,12 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: CreateToolParams,
     ) -> Result<CreateToolResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let spec = match parse(&params.body, &rid) {
-                Ok(s) => s,
-                Err(f) => return f.into(),
-            };
-            let request_hash = hash_body(params.body.to_json());
-            let c = changes(&spec, &self.crypto, "");
-            let now = crate::ids::now();
-            let row = ToolRow {
-                id: crate::ids::new_id("tool"),
-                org_id: caller.org_id.clone(),
-                name: c.name,
-                tool_type: c.tool_type,
-                description: c.description,
-                body: c.body,
-                secrets: c.secrets,
-                version: 1,
-                created_at: now.clone(),
-                updated_at: now,
-            };
-            let key = params.idempotency_key;
-            let created = self
-                .store
-                .run(move |conn| {
-                    let (org, id) = (row.org_id.clone(), row.id.clone());
-                    let mut missing = None;
-                    let created = idempotent(
-                        conn,
-                        &org,
-                        "createTool",
-                        key.as_deref(),
-                        &request_hash,
-                        &id,
-                        |conn| {
-                            if let Some(m) = check_knowledge_bases(conn, &org, &spec)? {
-                                missing = Some(m);
-                                return Err(StoreError::NotFound);
-                            }
-                            store::insert(conn, &row)
-                        },
-                    );
-                    let created = match (created, missing) {
-                        (_, Some(m)) => return Ok(Err(Some(m))),
-                        (r, None) => r?,
-                    };
-                    let id = match created {
-                        Created::New(()) => id,
-                        Created::Replayed(id) => id,
-                        Created::KeyReused => return Ok(Err(None)),
-                    };
-                    store::get(conn, &org, &id).map(Ok)
-                })
-                .await;
-            match created {
-                Ok(Ok(row)) => {
-                    let location = format!("/v1/tools/{}", row.id);
-                    CreateToolResponse::Created(Json(tool_model(&row)), location, etag(row.version))
-                }
-                Ok(Err(Some((i, id)))) => missing_kb(i, &id, &rid).into(),
-                Ok(Err(None)) => key_reused(&rid).into(),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let row = self.create_tool_row(&caller, params).await?;
+        Ok(CreateToolResponse::Created(
+            Json(tool_model(&row)),
+            format!("/v1/tools/{}", row.id),
+            etag(row.version),
+        ))
     }
 
     async fn get_tool(
@@ -534,23 +581,16 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: GetToolParams,
     ) -> Result<GetToolResponse, ApiError> {
-        Ok(async {
-            match self.tool(&caller, params.tool_id).await {
-                Ok(row) => {
-                    let tag = etag(row.version);
-                    if params
-                        .if_none_match
-                        .as_deref()
-                        .is_some_and(|h| etag_matches(h, &tag))
-                    {
-                        return GetToolResponse::NotModified(tag);
-                    }
-                    GetToolResponse::Ok(Json(tool_model(&row)), tag)
-                }
-                Err(f) => f.into(),
-            }
+        let row = self.tool(&caller, params.tool_id).await?;
+        let tag = etag(row.version);
+        if params
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag_matches(h, &tag))
+        {
+            return Ok(GetToolResponse::NotModified(tag));
         }
-        .await)
+        Ok(GetToolResponse::Ok(Json(tool_model(&row)), tag))
     }
 
     async fn replace_tool(
@@ -558,38 +598,11 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: ReplaceToolParams,
     ) -> Result<ReplaceToolResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let spec = match parse(&params.body, &rid) {
-                Ok(s) => s,
-                Err(f) => return f.into(),
-            };
-            let org = caller.org_id.clone();
-            let crypto = self.crypto.clone();
-            let if_match = params.if_match;
-            let updated = self
-                .store
-                .run(move |conn| {
-                    store::update(conn, &org, &params.tool_id, |conn, current| {
-                        if let Some(h) = &if_match
-                            && !etag_matches(h, &etag(current.version))
-                        {
-                            return Err(StoreError::PreconditionFailed);
-                        }
-                        if let Some(m) = check_knowledge_bases(conn, &org, &spec)? {
-                            return Ok(Err(m));
-                        }
-                        Ok(Ok(changes(&spec, &crypto, &current.secrets)))
-                    })
-                })
-                .await;
-            match updated {
-                Ok(Ok(row)) => ReplaceToolResponse::Ok(Json(tool_model(&row)), etag(row.version)),
-                Ok(Err((i, id))) => missing_kb(i, &id, &rid).into(),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let row = self.replace_tool_row(&caller, params).await?;
+        Ok(ReplaceToolResponse::Ok(
+            Json(tool_model(&row)),
+            etag(row.version),
+        ))
     }
 
     async fn delete_tool(
@@ -597,18 +610,12 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: DeleteToolParams,
     ) -> Result<DeleteToolResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            match self
-                .store
-                .run(move |conn| store::delete(conn, &org, &params.tool_id))
-                .await
-            {
-                Ok(()) => DeleteToolResponse::NoContent,
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| store::delete(conn, &org, &params.tool_id))
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(DeleteToolResponse::NoContent)
     }
 
     async fn query_tool(
@@ -616,30 +623,17 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: QueryToolParams,
     ) -> Result<QueryToolResponse, ApiError> {
-        Ok(async {
-            let row = match self.tool(&caller, params.tool_id).await {
-                Ok(r) => r,
-                Err(f) => return f.into(),
-            };
-            if row.tool_type != "rag" {
-                return wrong_type(&row, "rag", &caller.request_id).into();
-            }
-            let query = params.body.query.clone();
-            match self.tool_search(&caller, &row, params.body).await {
-                Ok(results) => {
-                    let answer = results
-                        .first()
-                        .map(|r| r.content.chars().take(ANSWER_CHARS).collect());
-                    QueryToolResponse::Ok(Json(RagAnswer {
-                        query,
-                        results,
-                        answer,
-                    }))
-                }
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let row = self.tool_of_type(&caller, params.tool_id, "rag").await?;
+        let query = params.body.query.clone();
+        let results = self.tool_search(&caller, &row, params.body).await?;
+        let answer = results
+            .first()
+            .map(|r| r.content.chars().take(ANSWER_CHARS).collect());
+        Ok(QueryToolResponse::Ok(Json(RagAnswer {
+            query,
+            results,
+            answer,
+        })))
     }
 
     async fn search_tool(
@@ -647,25 +641,16 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: SearchToolParams,
     ) -> Result<SearchToolResponse, ApiError> {
-        Ok(async {
-            let row = match self.tool(&caller, params.tool_id).await {
-                Ok(r) => r,
-                Err(f) => return f.into(),
-            };
-            if row.tool_type != "retrieval" {
-                return wrong_type(&row, "retrieval", &caller.request_id).into();
-            }
-            let query = params.body.query.clone();
-            match self.tool_search(&caller, &row, params.body).await {
-                Ok(results) => SearchToolResponse::Ok(Json(KnowledgeResults {
-                    query,
-                    total: to_i64(results.len()),
-                    results,
-                })),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let row = self
+            .tool_of_type(&caller, params.tool_id, "retrieval")
+            .await?;
+        let query = params.body.query.clone();
+        let results = self.tool_search(&caller, &row, params.body).await?;
+        Ok(SearchToolResponse::Ok(Json(KnowledgeResults {
+            query,
+            total: to_i64(results.len()),
+            results,
+        })))
     }
 
     async fn test_tool(
@@ -673,17 +658,10 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: TestToolParams,
     ) -> Result<TestToolResponse, ApiError> {
-        Ok(async {
-            let row = match self.tool(&caller, params.tool_id).await {
-                Ok(r) => r,
-                Err(f) => return f.into(),
-            };
-            if row.tool_type != "api" {
-                return wrong_type(&row, "api", &caller.request_id).into();
-            }
-            TestToolResponse::Ok(Json(self.call_api(&row, Some(params.body)).await))
-        }
-        .await)
+        let row = self.tool_of_type(&caller, params.tool_id, "api").await?;
+        Ok(TestToolResponse::Ok(Json(
+            self.call_api(&row, Some(params.body)).await,
+        )))
     }
 }
 

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use agentplane_api::models::{
-    DataSource, Simulation, SimulationList, SimulationModel, SimulationResults, SimulationStatus,
-    Twin, TwinInput, TwinList, UpdateFrequency,
+    DataSource, Simulation, SimulationList, SimulationModel, SimulationRequest, SimulationResults,
+    SimulationStatus, Twin, TwinInput, TwinList, UpdateFrequency,
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
@@ -19,18 +19,8 @@ use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
 use crate::db::twins::{self as store, SimulationRow, TwinChanges, TwinRow};
 use crate::db::{StoreError, StoreResult};
-use crate::error::{Failure, Kind, detail};
-use crate::failure_response;
+use crate::error::{Failure, Kind, detail, store_error};
 use crate::sim;
-
-failure_response!(ListTwinsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreateTwinResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
-failure_response!(GetTwinResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ReplaceTwinResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
-failure_response!(DeleteTwinResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(SimulateTwinResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, Unprocessable => UnprocessableEntity });
-failure_response!(ListTwinSimulationsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(GetTwinSimulationResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
 
 const TWIN_NOT_FOUND: &str = "TWIN_NOT_FOUND";
 const SIMULATION_NOT_FOUND: &str = "SIMULATION_NOT_FOUND";
@@ -38,10 +28,6 @@ const CREATE_OPERATION: &str = "createTwin";
 const SIMULATE_OPERATION: &str = "simulateTwin";
 /// Monte Carlo runs when `options.runs` is left out.
 pub const DEFAULT_RUNS: i64 = 1000;
-
-fn store_failure<'a>(not_found: &'static str, rid: &'a str) -> impl Fn(StoreError) -> Failure + 'a {
-    move |e| Failure::from_store(e, not_found, rid)
-}
 
 fn maybe<T: Clone>(v: &Option<T>) -> MaybeUndefined<T> {
     match v {
@@ -207,15 +193,175 @@ fn unprocessable(rejections: Vec<sim::Rejection>, rid: &str) -> Failure {
     )
 }
 
+/// The model a simulation runs: the one asked for, which the twin must enable, else the
+/// twin's first.
+fn chosen_model(
+    twin: &Twin,
+    asked: Option<SimulationModel>,
+    rid: &str,
+) -> Result<SimulationModel, Failure> {
+    let not_enabled = |message: String| {
+        Failure::with_details(
+            Kind::Unprocessable,
+            "SIMULATION_REJECTED",
+            message.clone(),
+            vec![detail("model", "not_enabled", message)],
+            rid,
+        )
+    };
+    match asked {
+        Some(m) if twin.simulation_models.contains(&m) => Ok(m),
+        Some(m) => Err(not_enabled(format!(
+            "this twin does not enable the {} model",
+            m.as_str()
+        ))),
+        None => twin
+            .simulation_models
+            .first()
+            .copied()
+            .ok_or_else(|| not_enabled("this twin enables no simulation model".into())),
+    }
+}
+
+/// The built-in model's plan for the twin's state and the request's parameters.
+fn plan_of(
+    model: SimulationModel,
+    twin: &Twin,
+    parameters: &Value,
+    rid: &str,
+) -> Result<sim::Plan, Failure> {
+    let sim_model = sim::Model::from_name(model.as_str()).ok_or_else(|| {
+        Failure::with_details(
+            Kind::Unprocessable,
+            "SIMULATION_REJECTED",
+            "unknown model",
+            vec![detail("model", "unknown", "no such built-in model")],
+            rid,
+        )
+    })?;
+    sim::plan(sim_model, &twin.state, parameters).map_err(|r| unprocessable(r, rid))
+}
+
+/// A checked simulate request, ready to run or queue.
+struct NewSimulation {
+    row: SimulationRow,
+    plan: sim::Plan,
+    /// The notification's signing secret: the one given, else `generated`.
+    secret: Option<String>,
+    /// A secret generated for a webhook sent without one, shown once.
+    generated: Option<String>,
+    request_hash: String,
+}
+
+/// The queued row of a simulate request on `twin`, checked against it.
+fn new_simulation(
+    caller: &Caller,
+    twin: &Twin,
+    body: &SimulationRequest,
+) -> Result<NewSimulation, Failure> {
+    let rid = caller.request_id.as_str();
+    let model = chosen_model(twin, body.model, rid)?;
+    let parameters = body.parameters.clone().unwrap_or(Value::Object(Map::new()));
+    let plan = plan_of(model, twin, &parameters, rid)?;
+    let options = body.options.clone().unwrap_or_default();
+    let seed = options
+        .seed
+        .unwrap_or_else(|| i64::from(rand::random::<u32>()));
+    let generated = (options.notification_webhook.is_some()
+        && options.notification_secret.is_none())
+    .then(crate::webhooks::generate_secret);
+    let secret = options.notification_secret.clone().or(generated.clone());
+    let mut hash_input = body.to_json().unwrap_or_default();
+    hash_input["twin_id"] = Value::String(twin.id.clone());
+    let row = SimulationRow {
+        id: crate::ids::new_id("sim"),
+        org_id: caller.org_id.clone(),
+        twin_id: twin.id.clone(),
+        scenario: body.scenario.clone(),
+        model: model.as_str().to_string(),
+        status: "queued".into(),
+        parameters: parameters.to_string(),
+        seed,
+        runs: options.runs.unwrap_or(DEFAULT_RUNS),
+        run_async: i64::from(options.run_async.unwrap_or(false)),
+        notification_webhook: options.notification_webhook.clone(),
+        results: None,
+        error: None,
+        created_at: crate::ids::now(),
+        started_at: None,
+        finished_at: None,
+    };
+    Ok(NewSimulation {
+        row,
+        plan,
+        secret,
+        generated,
+        request_hash: idem::request_hash(&hash_input),
+    })
+}
+
+/// Runs a synchronous simulation to its end, recording its outcome in `row`.
+async fn run_now(row: &mut SimulationRow, plan: sim::Plan) {
+    let outcome = crate::simulations::compute(plan, row.seed as u64, row.runs as usize).await;
+    row.started_at = Some(row.created_at.clone());
+    row.finished_at = Some(crate::ids::now());
+    match outcome {
+        Ok(r) => {
+            row.status = "completed".into();
+            row.results = Some(r);
+        }
+        Err(e) => {
+            row.status = "failed".into();
+            row.error = Some(e);
+        }
+    }
+}
+
 impl Handlers {
+    /// The caller's twin `id`, as the API shows it.
+    async fn twin(&self, caller: &Caller, id: String) -> Result<Twin, Failure> {
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| store::get(conn, &org, &id))
+            .await
+            .and_then(|row| row_to_twin(&row))
+            .map_err(store_error(TWIN_NOT_FOUND, &caller.request_id))
+    }
+
+    async fn twins_page(
+        &self,
+        caller: &Caller,
+        params: ListTwinsParams,
+    ) -> Result<TwinList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let org = caller.org_id.clone();
+        let q = page.page();
+        let ty = params.type_;
+        let (rows, total) = self
+            .store
+            .run(move |conn| store::list(conn, &org, ty.as_deref(), &q))
+            .await
+            .map_err(store_error(TWIN_NOT_FOUND, rid))?;
+        let data = rows
+            .iter()
+            .map(row_to_twin)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(store_error(TWIN_NOT_FOUND, rid))?;
+        Ok(TwinList {
+            pagination: page.pagination(data.len(), rows.last().map(|r| r.id.as_str()), total),
+            data,
+        })
+    }
+
     async fn create_twin_row(
         &self,
         caller: &Caller,
         params: CreateTwinParams,
     ) -> Result<TwinRow, Failure> {
         let rid = caller.request_id.as_str();
-        let changes = changes_of(&params.body, "", &self.crypto)
-            .map_err(store_failure(TWIN_NOT_FOUND, rid))?;
+        let changes =
+            changes_of(&params.body, "", &self.crypto).map_err(store_error(TWIN_NOT_FOUND, rid))?;
         let hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
         let now = crate::ids::now();
         let row = TwinRow {
@@ -230,18 +376,18 @@ impl Handlers {
             created_at: now.clone(),
             updated_at: now,
         };
-        let (org, id, twin) = (row.org_id.clone(), row.id.clone(), row.clone());
         let keyed = NewKeyed {
-            org_id: org.clone(),
+            org_id: row.org_id.clone(),
             operation: CREATE_OPERATION,
             key: params.idempotency_key,
             request_hash: hash,
-            resource_id: id,
+            resource_id: row.id.clone(),
         };
+        let org = row.org_id.clone();
         idem::create_resource(
             &self.store,
             keyed,
-            move |conn| store::insert(conn, &twin).map(|()| twin.clone()),
+            move |conn| store::insert(conn, &row).map(|()| row.clone()),
             move |conn, id| store::get(conn, &org, id),
             TWIN_NOT_FOUND,
             rid,
@@ -249,149 +395,138 @@ impl Handlers {
         .await
     }
 
-    /// Checks the request against the twin, then runs it (or queues it); `true` when queued.
+    async fn replace_twin_row(
+        &self,
+        caller: &Caller,
+        params: ReplaceTwinParams,
+    ) -> Result<Twin, Failure> {
+        let org = caller.org_id.clone();
+        let crypto = self.crypto.clone();
+        let ReplaceTwinParams {
+            twin_id,
+            if_match,
+            body,
+        } = params;
+        self.store
+            .run(move |conn| {
+                store::update(conn, &org, &twin_id, |current| {
+                    if let Some(h) = &if_match
+                        && !etag_matches(h, &etag(current.version))
+                    {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    changes_of(&body, &current.secrets, &crypto)
+                })
+            })
+            .await
+            .and_then(|row| row_to_twin(&row))
+            .map_err(store_error(TWIN_NOT_FOUND, &caller.request_id))
+    }
+
+    /// Checks the request against the twin, then runs it (or queues it): the simulation,
+    /// whether it is queued, and the notification secret generated for it (shown once).
     async fn simulate(
         &self,
         caller: &Caller,
         params: SimulateTwinParams,
-    ) -> Result<(SimulationRow, bool, Option<String>), Failure> {
+    ) -> Result<(Simulation, bool), Failure> {
         let rid = caller.request_id.as_str();
-        let org = caller.org_id.clone();
-        let twin_id = params.twin_id.clone();
-        let twin = self
-            .store
-            .run(move |conn| store::get(conn, &org, &twin_id))
-            .await
-            .and_then(|row| row_to_twin(&row))
-            .map_err(store_failure(TWIN_NOT_FOUND, rid))?;
-        let body = &params.body;
-        let model = match body.model {
-            Some(m) if twin.simulation_models.contains(&m) => m,
-            Some(m) => {
-                let message = format!("this twin does not enable the {} model", m.as_str());
-                return Err(Failure::with_details(
-                    Kind::Unprocessable,
-                    "SIMULATION_REJECTED",
-                    message.clone(),
-                    vec![detail("model", "not_enabled", message)],
-                    rid,
-                ));
-            }
-            None => match twin.simulation_models.first() {
-                Some(m) => *m,
-                None => {
-                    let message = "this twin enables no simulation model";
-                    return Err(Failure::with_details(
-                        Kind::Unprocessable,
-                        "SIMULATION_REJECTED",
-                        message,
-                        vec![detail("model", "not_enabled", message)],
-                        rid,
-                    ));
-                }
-            },
-        };
-        let sim_model = sim::Model::from_name(model.as_str()).ok_or_else(|| {
-            Failure::with_details(
-                Kind::Unprocessable,
-                "SIMULATION_REJECTED",
-                "unknown model",
-                vec![detail("model", "unknown", "no such built-in model")],
-                rid,
-            )
-        })?;
-        let parameters = body.parameters.clone().unwrap_or(Value::Object(Map::new()));
-        let plan =
-            sim::plan(sim_model, &twin.state, &parameters).map_err(|r| unprocessable(r, rid))?;
-        let options = body.options.clone().unwrap_or_default();
-        let seed = options
-            .seed
-            .unwrap_or_else(|| i64::from(rand::random::<u32>()));
-        let runs = options.runs.unwrap_or(DEFAULT_RUNS);
-        let run_async = options.run_async.unwrap_or(false);
-        // The notification's signing secret: the one given, else one generated and shown once.
-        let generated = (options.notification_webhook.is_some()
-            && options.notification_secret.is_none())
-        .then(crate::webhooks::generate_secret);
-        let secret = options.notification_secret.clone().or(generated.clone());
-        let mut hash_input = body.to_json().unwrap_or_default();
-        hash_input["twin_id"] = Value::String(twin.id.clone());
-        let hash = idem::request_hash(&hash_input);
-        let now = crate::ids::now();
-        let mut row = SimulationRow {
-            id: crate::ids::new_id("sim"),
-            org_id: caller.org_id.clone(),
-            twin_id: twin.id.clone(),
-            scenario: body.scenario.clone(),
-            model: model.as_str().to_string(),
-            status: "queued".into(),
-            parameters: parameters.to_string(),
-            seed,
-            runs,
-            run_async: i64::from(run_async),
-            notification_webhook: options.notification_webhook.clone(),
-            results: None,
-            error: None,
-            created_at: now.clone(),
-            started_at: None,
-            finished_at: None,
-        };
+        let twin = self.twin(caller, params.twin_id).await?;
+        let mut new = new_simulation(caller, &twin, &params.body)?;
+        let run_async = new.row.run_async != 0;
         if !run_async {
-            let outcome =
-                crate::simulations::compute(plan.clone(), seed as u64, runs as usize).await;
-            row.started_at = Some(now);
-            row.finished_at = Some(crate::ids::now());
-            match outcome {
-                Ok(r) => {
-                    row.status = "completed".into();
-                    row.results = Some(r);
-                }
-                Err(e) => {
-                    row.status = "failed".into();
-                    row.error = Some(e);
-                }
-            }
+            run_now(&mut new.row, new.plan.clone()).await;
         }
-        let (org, twin_id) = (row.org_id.clone(), row.twin_id.clone());
-        let keyed = NewKeyed {
-            org_id: org.clone(),
-            operation: SIMULATE_OPERATION,
-            key: params.idempotency_key,
-            request_hash: hash,
-            resource_id: row.id.clone(),
-        };
-        let (crypto, sealing) = (self.crypto.clone(), secret.clone());
-        let created = idem::create_keyed(
-            &self.store,
-            keyed,
-            move |conn| {
-                store::insert_simulation(conn, &row)?;
-                if row.status == "queued" {
-                    crate::simulations::enqueue(conn, &crypto, &row, &plan, sealing.as_deref())?;
-                } else {
-                    crate::simulations::finished(conn, &crypto, &row, sealing.as_deref())?;
-                }
-                Ok(row.clone())
-            },
-            move |conn, id| store::get_simulation(conn, &org, &twin_id, id),
-        )
-        .await
-        .map_err(store_failure(SIMULATION_NOT_FOUND, rid))?;
-        match created {
+        let generated = new.generated.take();
+        let created = self
+            .record_simulation(new, params.idempotency_key)
+            .await
+            .map_err(store_error(SIMULATION_NOT_FOUND, rid))?;
+        let (row, queued, generated) = match created {
             Created::New(row) => {
                 if run_async {
                     self.pool.wake();
                 } else {
                     self.events.wake();
                 }
-                Ok((row, run_async, generated))
+                (row, run_async, generated)
             }
             Created::Replayed(row) => {
                 let queued = row.run_async != 0;
-                Ok((row, queued, None))
+                (row, queued, None)
             }
-            Created::KeyReused => Err(idem::key_reused(rid)),
-        }
+            Created::KeyReused => return Err(idem::key_reused(rid)),
+        };
+        let mut s = row_to_simulation(&row).map_err(store_error(SIMULATION_NOT_FOUND, rid))?;
+        s.notification_secret = generated;
+        Ok((s, queued))
+    }
+
+    /// Stores a simulation once per `Idempotency-Key`: queued with its job, or finished with
+    /// its notification.
+    async fn record_simulation(
+        &self,
+        new: NewSimulation,
+        key: Option<String>,
+    ) -> StoreResult<Created<SimulationRow>> {
+        let NewSimulation {
+            row,
+            plan,
+            secret,
+            request_hash,
+            ..
+        } = new;
+        let (org, twin_id) = (row.org_id.clone(), row.twin_id.clone());
+        let keyed = NewKeyed {
+            org_id: org.clone(),
+            operation: SIMULATE_OPERATION,
+            key,
+            request_hash,
+            resource_id: row.id.clone(),
+        };
+        let crypto = self.crypto.clone();
+        idem::create_keyed(
+            &self.store,
+            keyed,
+            move |conn| {
+                store::insert_simulation(conn, &row)?;
+                if row.status == "queued" {
+                    crate::simulations::enqueue(conn, &crypto, &row, &plan, secret.as_deref())?;
+                } else {
+                    crate::simulations::finished(conn, &crypto, &row, secret.as_deref())?;
+                }
+                Ok(row.clone())
+            },
+            move |conn, id| store::get_simulation(conn, &org, &twin_id, id),
+        )
+        .await
+    }
+
+    async fn simulations_page(
+        &self,
+        caller: &Caller,
+        params: ListTwinSimulationsParams,
+    ) -> Result<SimulationList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let org = caller.org_id.clone();
+        let twin_id = params.twin_id;
+        let status = params.status.map(|s| s.as_str());
+        let q = page.page();
+        let (rows, total) = self
+            .store
+            .run(move |conn| store::list_simulations(conn, &org, &twin_id, status, &q))
+            .await
+            .map_err(store_error(TWIN_NOT_FOUND, rid))?;
+        let data = rows
+            .iter()
+            .map(row_to_simulation)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(store_error(TWIN_NOT_FOUND, rid))?;
+        Ok(SimulationList {
+            pagination: page.pagination(data.len(), rows.last().map(|r| r.id.as_str()), total),
+            data,
+        })
     }
 }
 
@@ -401,40 +536,8 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: ListTwinsParams,
     ) -> Result<ListTwinsResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let page = match PageRequest::of(&params, &rid) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let org = caller.org_id.clone();
-            let q = page.page();
-            let ty = params.type_;
-            let result = self
-                .store
-                .run(move |conn| store::list(conn, &org, ty.as_deref(), &q))
-                .await
-                .and_then(|(rows, total)| {
-                    Ok((
-                        rows.iter()
-                            .map(row_to_twin)
-                            .collect::<Result<Vec<_>, _>>()?,
-                        total,
-                    ))
-                })
-                .map_err(store_failure(TWIN_NOT_FOUND, &rid));
-            match result {
-                Ok((data, total)) => {
-                    let last = data.last().map(|t| t.id.clone());
-                    ListTwinsResponse::Ok(Json(TwinList {
-                        pagination: page.pagination(data.len(), last.as_deref(), total),
-                        data,
-                    }))
-                }
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let list = self.twins_page(&caller, params).await?;
+        Ok(ListTwinsResponse::Ok(Json(list)))
     }
 
     async fn create_twin(
@@ -442,22 +545,11 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: CreateTwinParams,
     ) -> Result<CreateTwinResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            match self
-                .create_twin_row(&caller, params)
-                .await
-                .and_then(|row| row_to_twin(&row).map_err(store_failure(TWIN_NOT_FOUND, &rid)))
-            {
-                Ok(t) => CreateTwinResponse::Created(
-                    Json(t.clone()),
-                    format!("/v1/twins/{}", t.id),
-                    etag(t.version),
-                ),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let row = self.create_twin_row(&caller, params).await?;
+        let t = row_to_twin(&row).map_err(store_error(TWIN_NOT_FOUND, &caller.request_id))?;
+        let location = format!("/v1/twins/{}", t.id);
+        let tag = etag(t.version);
+        Ok(CreateTwinResponse::Created(Json(t), location, tag))
     }
 
     async fn get_twin(
@@ -465,33 +557,16 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: GetTwinParams,
     ) -> Result<GetTwinResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let org = caller.org_id.clone();
-            let id = params.twin_id.clone();
-            match self
-                .store
-                .run(move |conn| store::get(conn, &org, &id))
-                .await
-                .and_then(|row| row_to_twin(&row))
-                .map_err(store_failure(TWIN_NOT_FOUND, &rid))
-            {
-                Ok(t) => {
-                    let tag = etag(t.version);
-                    if params
-                        .if_none_match
-                        .as_deref()
-                        .is_some_and(|h| etag_matches(h, &tag))
-                    {
-                        GetTwinResponse::NotModified(tag)
-                    } else {
-                        GetTwinResponse::Ok(Json(t), tag)
-                    }
-                }
-                Err(f) => f.into(),
-            }
+        let t = self.twin(&caller, params.twin_id).await?;
+        let tag = etag(t.version);
+        if params
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag_matches(h, &tag))
+        {
+            return Ok(GetTwinResponse::NotModified(tag));
         }
-        .await)
+        Ok(GetTwinResponse::Ok(Json(t), tag))
     }
 
     async fn replace_twin(
@@ -499,39 +574,9 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: ReplaceTwinParams,
     ) -> Result<ReplaceTwinResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let org = caller.org_id.clone();
-            let crypto = self.crypto.clone();
-            let ReplaceTwinParams {
-                twin_id,
-                if_match,
-                body,
-            } = params;
-            let result = self
-                .store
-                .run(move |conn| {
-                    store::update(conn, &org, &twin_id, |current| {
-                        if let Some(h) = &if_match
-                            && !etag_matches(h, &etag(current.version))
-                        {
-                            return Err(StoreError::PreconditionFailed);
-                        }
-                        changes_of(&body, &current.secrets, &crypto)
-                    })
-                })
-                .await
-                .and_then(|row| row_to_twin(&row))
-                .map_err(store_failure(TWIN_NOT_FOUND, &rid));
-            match result {
-                Ok(t) => {
-                    let tag = etag(t.version);
-                    ReplaceTwinResponse::Ok(Json(t), tag)
-                }
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let t = self.replace_twin_row(&caller, params).await?;
+        let tag = etag(t.version);
+        Ok(ReplaceTwinResponse::Ok(Json(t), tag))
     }
 
     async fn delete_twin(
@@ -539,19 +584,13 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: DeleteTwinParams,
     ) -> Result<DeleteTwinResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let id = params.twin_id;
-            match self
-                .store
-                .run(move |conn| store::delete(conn, &org, &id))
-                .await
-            {
-                Ok(()) => DeleteTwinResponse::NoContent,
-                Err(e) => Failure::from_store(e, TWIN_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        let id = params.twin_id;
+        self.store
+            .run(move |conn| store::delete(conn, &org, &id))
+            .await
+            .map_err(store_error(TWIN_NOT_FOUND, &caller.request_id))?;
+        Ok(DeleteTwinResponse::NoContent)
     }
 
     async fn simulate_twin(
@@ -559,29 +598,12 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: SimulateTwinParams,
     ) -> Result<SimulateTwinResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            match self
-                .simulate(&caller, params)
-                .await
-                .and_then(|(row, queued, generated)| {
-                    let mut s = row_to_simulation(&row)
-                        .map_err(store_failure(SIMULATION_NOT_FOUND, &rid))?;
-                    s.notification_secret = generated;
-                    Ok((s, queued))
-                }) {
-                Ok((s, queued)) => {
-                    let location = format!("/v1/twins/{}/simulations/{}", s.twin_id, s.id);
-                    if queued {
-                        SimulateTwinResponse::Accepted(Json(s), location)
-                    } else {
-                        SimulateTwinResponse::Created(Json(s), location)
-                    }
-                }
-                Err(f) => f.into(),
-            }
+        let (s, queued) = self.simulate(&caller, params).await?;
+        let location = format!("/v1/twins/{}/simulations/{}", s.twin_id, s.id);
+        if queued {
+            return Ok(SimulateTwinResponse::Accepted(Json(s), location));
         }
-        .await)
+        Ok(SimulateTwinResponse::Created(Json(s), location))
     }
 
     async fn list_twin_simulations(
@@ -589,41 +611,8 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: ListTwinSimulationsParams,
     ) -> Result<ListTwinSimulationsResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let page = match PageRequest::of(&params, &rid) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let org = caller.org_id.clone();
-            let twin_id = params.twin_id;
-            let status = params.status.map(|s| s.as_str());
-            let q = page.page();
-            let result = self
-                .store
-                .run(move |conn| store::list_simulations(conn, &org, &twin_id, status, &q))
-                .await
-                .and_then(|(rows, total)| {
-                    Ok((
-                        rows.iter()
-                            .map(row_to_simulation)
-                            .collect::<Result<Vec<_>, _>>()?,
-                        total,
-                    ))
-                })
-                .map_err(store_failure(TWIN_NOT_FOUND, &rid));
-            match result {
-                Ok((data, total)) => {
-                    let last = data.last().map(|s| s.id.clone());
-                    ListTwinSimulationsResponse::Ok(Json(SimulationList {
-                        pagination: page.pagination(data.len(), last.as_deref(), total),
-                        data,
-                    }))
-                }
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let list = self.simulations_page(&caller, params).await?;
+        Ok(ListTwinSimulationsResponse::Ok(Json(list)))
     }
 
     async fn get_twin_simulation(
@@ -631,24 +620,18 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: GetTwinSimulationParams,
     ) -> Result<GetTwinSimulationResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let org = caller.org_id.clone();
-            let GetTwinSimulationParams {
-                twin_id,
-                simulation_id,
-            } = params;
-            match self
-                .store
-                .run(move |conn| store::get_simulation(conn, &org, &twin_id, &simulation_id))
-                .await
-                .and_then(|row| row_to_simulation(&row))
-                .map_err(store_failure(SIMULATION_NOT_FOUND, &rid))
-            {
-                Ok(s) => GetTwinSimulationResponse::Ok(Json(s)),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        let GetTwinSimulationParams {
+            twin_id,
+            simulation_id,
+        } = params;
+        let row = self
+            .store
+            .run(move |conn| store::get_simulation(conn, &org, &twin_id, &simulation_id))
+            .await
+            .map_err(store_error(SIMULATION_NOT_FOUND, &caller.request_id))?;
+        let s = row_to_simulation(&row)
+            .map_err(store_error(SIMULATION_NOT_FOUND, &caller.request_id))?;
+        Ok(GetTwinSimulationResponse::Ok(Json(s)))
     }
 }

@@ -16,14 +16,13 @@ use poem_openapi::types::MaybeUndefined;
 
 use super::Handlers;
 use crate::auth::Caller;
-use crate::db::usage::{self as store, Group, GroupColumn, UsageFilter, Window};
-use crate::error::Failure;
-use crate::failure_response;
+use crate::db::usage::{
+    self as store, ConversationFigures, Group, GroupColumn, Totals, UsageFilter, Window,
+};
+use crate::error::{Failure, store_error};
 
-failure_response!(GetUsageStatsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(GetUsageCostsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(GetConversationAnalyticsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-
+/// The code of a storage failure (nothing here is looked up by id).
+const NOT_FOUND: &str = "NOT_FOUND";
 /// Most entries of a cost analysis or agents of conversation analytics.
 const MAX_ENTRIES: i64 = 100;
 
@@ -115,81 +114,267 @@ fn nullable(v: &Option<String>) -> MaybeUndefined<String> {
     }
 }
 
+fn stats_of(
+    w: &Window,
+    agent_id: &Option<String>,
+    group_by: UsageGroupBy,
+    (t, breakdown, models): (Totals, Vec<Group>, Vec<Group>),
+) -> UsageStats {
+    let total_tokens = t.input_tokens + t.output_tokens;
+    UsageStats {
+        period: period(w),
+        agent_id: nullable(agent_id),
+        group_by,
+        usage: UsageTotals {
+            records: t.records,
+            executions: t.executions,
+            conversations: t.conversations,
+            messages: t.messages,
+            input_tokens: t.input_tokens,
+            output_tokens: t.output_tokens,
+            total_tokens,
+        },
+        total_tokens,
+        total_cost: usd(t.cost_nano_usd),
+        costs: UsageCostTotal {
+            total: usd(t.cost_nano_usd),
+            total_nano_usd: t.cost_nano_usd,
+        },
+        breakdown: breakdown.iter().map(group_of).collect(),
+        by_model: models
+            .iter()
+            .map(|g| {
+                (
+                    g.group_key.clone(),
+                    ModelUsage {
+                        tokens: g.input_tokens + g.output_tokens,
+                        cost: usd(g.cost_nano_usd),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn costs_of(
+    w: &Window,
+    entity_type: UsageEntityType,
+    entity_id: Option<String>,
+    (t, entries, days): (Totals, Vec<Group>, Vec<Group>),
+) -> UsageCosts {
+    UsageCosts {
+        entity_type,
+        entity_id,
+        period: period(w),
+        total_cost: usd(t.cost_nano_usd),
+        total_cost_nano_usd: t.cost_nano_usd,
+        entries: entries
+            .iter()
+            .map(|g| UsageCostEntry {
+                entity_type,
+                entity_id: g.group_key.clone(),
+                records: g.records,
+                input_tokens: g.input_tokens,
+                output_tokens: g.output_tokens,
+                total_tokens: g.input_tokens + g.output_tokens,
+                cost: usd(g.cost_nano_usd),
+                cost_nano_usd: g.cost_nano_usd,
+            })
+            .collect(),
+        by_day: days
+            .iter()
+            .map(|g| DailyCost {
+                date: g.group_key.clone(),
+                total_tokens: g.input_tokens + g.output_tokens,
+                cost: usd(g.cost_nano_usd),
+                cost_nano_usd: g.cost_nano_usd,
+            })
+            .collect(),
+    }
+}
+
+fn ratio(a: i64, b: i64) -> f64 {
+    if b > 0 { a as f64 / b as f64 } else { 0.0 }
+}
+
+/// Agents with conversations started in the period, then agents with only messages.
+fn conversations_by_agent(figures: &ConversationFigures) -> Vec<AgentConversationStats> {
+    let mut by_agent: Vec<AgentConversationStats> = figures
+        .by_agent
+        .iter()
+        .map(|c| AgentConversationStats {
+            agent_id: c.group_key.clone(),
+            conversations: c.n,
+            messages: 0,
+            average_messages_per_conversation: ratio(c.extra, c.n),
+        })
+        .collect();
+    for m in &figures.messages_by_agent {
+        match by_agent.iter_mut().find(|a| a.agent_id == m.group_key) {
+            Some(a) => a.messages = m.n,
+            None => by_agent.push(AgentConversationStats {
+                agent_id: m.group_key.clone(),
+                conversations: 0,
+                messages: m.n,
+                average_messages_per_conversation: 0.0,
+            }),
+        }
+    }
+    by_agent.truncate(usize::try_from(MAX_ENTRIES).unwrap_or(100));
+    by_agent
+}
+
+/// The figures of `date`, zero until counted.
+fn day<'a>(
+    days: &'a mut BTreeMap<String, DailyConversationStats>,
+    date: &str,
+) -> &'a mut DailyConversationStats {
+    days.entry(date.to_string())
+        .or_insert_with(|| DailyConversationStats {
+            date: date.to_string(),
+            conversations: 0,
+            messages: 0,
+        })
+}
+
+/// Conversations started and messages sent per day, in day order.
+fn conversations_by_day(figures: &ConversationFigures) -> Vec<DailyConversationStats> {
+    let mut days = BTreeMap::new();
+    for c in &figures.conversations_by_day {
+        day(&mut days, &c.group_key).conversations = c.n;
+    }
+    for m in &figures.messages_by_day {
+        day(&mut days, &m.group_key).messages = m.n;
+    }
+    days.into_values().collect()
+}
+
+fn analytics_of(
+    w: &Window,
+    agent_id: &Option<String>,
+    figures: &ConversationFigures,
+) -> ConversationAnalytics {
+    let total_conversations: i64 = figures.by_agent.iter().map(|c| c.n).sum();
+    let messages_in_started: i64 = figures.by_agent.iter().map(|c| c.extra).sum();
+    let total_messages: i64 = figures.messages_by_role.iter().map(|c| c.n).sum();
+    let total_chars: i64 = figures.messages_by_role.iter().map(|c| c.extra).sum();
+    ConversationAnalytics {
+        period: period(w),
+        agent_id: nullable(agent_id),
+        total_conversations,
+        total_messages,
+        average_messages_per_conversation: ratio(messages_in_started, total_conversations),
+        average_message_length: ratio(total_chars, total_messages),
+        messages_by_role: figures
+            .messages_by_role
+            .iter()
+            .map(|c| (c.group_key.clone(), c.n))
+            .collect(),
+        by_agent: conversations_by_agent(figures),
+        by_day: conversations_by_day(figures),
+    }
+}
+
+impl Handlers {
+    async fn usage_stats(
+        &self,
+        caller: &Caller,
+        params: GetUsageStatsParams,
+    ) -> Result<UsageStats, Failure> {
+        let w = window(
+            params.from.as_deref(),
+            params.start_date.as_deref(),
+            params.to.as_deref(),
+            params.end_date.as_deref(),
+        );
+        let group_by = params.group_by.unwrap_or(UsageGroupBy::Day);
+        let filter = UsageFilter {
+            window: w.clone(),
+            agent_id: params.agent_id.clone(),
+            entity: None,
+        };
+        let org = caller.org_id.clone();
+        let figures = self
+            .store
+            .run(move |conn| {
+                let totals = store::totals(conn, &org, &filter)?;
+                let breakdown =
+                    store::grouped(conn, &org, &filter, column_of_group(group_by), None)?;
+                let models = if group_by == UsageGroupBy::Model {
+                    breakdown.clone()
+                } else {
+                    store::grouped(conn, &org, &filter, GroupColumn::Model, None)?
+                };
+                Ok((totals, breakdown, models))
+            })
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(stats_of(&w, &params.agent_id, group_by, figures))
+    }
+
+    async fn usage_costs(
+        &self,
+        caller: &Caller,
+        params: GetUsageCostsParams,
+    ) -> Result<UsageCosts, Failure> {
+        let w = window(
+            params.from.as_deref(),
+            params.start_date.as_deref(),
+            params.to.as_deref(),
+            params.end_date.as_deref(),
+        );
+        let entity_type = params.entity_type.unwrap_or(UsageEntityType::Agent);
+        let column = column_of_entity(entity_type);
+        let filter = UsageFilter {
+            window: w.clone(),
+            agent_id: None,
+            entity: Some((column, params.entity_id.clone())),
+        };
+        let org = caller.org_id.clone();
+        let figures = self
+            .store
+            .run(move |conn| {
+                let totals = store::totals(conn, &org, &filter)?;
+                let entries = store::grouped(conn, &org, &filter, column, Some(MAX_ENTRIES))?;
+                let days = store::grouped(conn, &org, &filter, GroupColumn::Day, None)?;
+                Ok((totals, entries, days))
+            })
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(costs_of(&w, entity_type, params.entity_id, figures))
+    }
+
+    async fn conversation_analytics(
+        &self,
+        caller: &Caller,
+        params: GetConversationAnalyticsParams,
+    ) -> Result<ConversationAnalytics, Failure> {
+        let w = window(
+            params.from.as_deref(),
+            params.start_date.as_deref(),
+            params.to.as_deref(),
+            params.end_date.as_deref(),
+        );
+        let org = caller.org_id.clone();
+        let agent = params.agent_id.clone();
+        let win = w.clone();
+        let figures = self
+            .store
+            .run(move |conn| store::conversation_figures(conn, &org, &win, agent.as_deref()))
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(analytics_of(&w, &params.agent_id, &figures))
+    }
+}
+
 impl UsageApi for Handlers {
     async fn get_usage_stats(
         &self,
         caller: Caller,
         params: GetUsageStatsParams,
     ) -> Result<GetUsageStatsResponse, ApiError> {
-        Ok(async {
-            let w = window(
-                params.from.as_deref(),
-                params.start_date.as_deref(),
-                params.to.as_deref(),
-                params.end_date.as_deref(),
-            );
-            let group_by = params.group_by.unwrap_or(UsageGroupBy::Day);
-            let filter = UsageFilter {
-                window: w.clone(),
-                agent_id: params.agent_id.clone(),
-                entity: None,
-            };
-            let org = caller.org_id.clone();
-            let result = self
-                .store
-                .run(move |conn| {
-                    let totals = store::totals(conn, &org, &filter)?;
-                    let breakdown =
-                        store::grouped(conn, &org, &filter, column_of_group(group_by), None)?;
-                    let models = if group_by == UsageGroupBy::Model {
-                        breakdown.clone()
-                    } else {
-                        store::grouped(conn, &org, &filter, GroupColumn::Model, None)?
-                    };
-                    Ok((totals, breakdown, models))
-                })
-                .await;
-            match result {
-                Ok((t, breakdown, models)) => {
-                    let total_tokens = t.input_tokens + t.output_tokens;
-                    GetUsageStatsResponse::Ok(Json(UsageStats {
-                        period: period(&w),
-                        agent_id: nullable(&params.agent_id),
-                        group_by,
-                        usage: UsageTotals {
-                            records: t.records,
-                            executions: t.executions,
-                            conversations: t.conversations,
-                            messages: t.messages,
-                            input_tokens: t.input_tokens,
-                            output_tokens: t.output_tokens,
-                            total_tokens,
-                        },
-                        total_tokens,
-                        total_cost: usd(t.cost_nano_usd),
-                        costs: UsageCostTotal {
-                            total: usd(t.cost_nano_usd),
-                            total_nano_usd: t.cost_nano_usd,
-                        },
-                        breakdown: breakdown.iter().map(group_of).collect(),
-                        by_model: models
-                            .iter()
-                            .map(|g| {
-                                (
-                                    g.group_key.clone(),
-                                    ModelUsage {
-                                        tokens: g.input_tokens + g.output_tokens,
-                                        cost: usd(g.cost_nano_usd),
-                                    },
-                                )
-                            })
-                            .collect(),
-                    }))
-                }
-                Err(e) => Failure::from_store(e, "NOT_FOUND", &caller.request_id).into(),
-            }
-        }
-        .await)
+        let stats = self.usage_stats(&caller, params).await?;
+        Ok(GetUsageStatsResponse::Ok(Json(stats)))
     }
 
     async fn get_usage_costs(
@@ -197,64 +382,8 @@ impl UsageApi for Handlers {
         caller: Caller,
         params: GetUsageCostsParams,
     ) -> Result<GetUsageCostsResponse, ApiError> {
-        Ok(async {
-            let w = window(
-                params.from.as_deref(),
-                params.start_date.as_deref(),
-                params.to.as_deref(),
-                params.end_date.as_deref(),
-            );
-            let entity_type = params.entity_type.unwrap_or(UsageEntityType::Agent);
-            let column = column_of_entity(entity_type);
-            let filter = UsageFilter {
-                window: w.clone(),
-                agent_id: None,
-                entity: Some((column, params.entity_id.clone())),
-            };
-            let org = caller.org_id.clone();
-            let result = self
-                .store
-                .run(move |conn| {
-                    let totals = store::totals(conn, &org, &filter)?;
-                    let entries = store::grouped(conn, &org, &filter, column, Some(MAX_ENTRIES))?;
-                    let days = store::grouped(conn, &org, &filter, GroupColumn::Day, None)?;
-                    Ok((totals, entries, days))
-                })
-                .await;
-            match result {
-                Ok((t, entries, days)) => GetUsageCostsResponse::Ok(Json(UsageCosts {
-                    entity_type,
-                    entity_id: params.entity_id,
-                    period: period(&w),
-                    total_cost: usd(t.cost_nano_usd),
-                    total_cost_nano_usd: t.cost_nano_usd,
-                    entries: entries
-                        .iter()
-                        .map(|g| UsageCostEntry {
-                            entity_type,
-                            entity_id: g.group_key.clone(),
-                            records: g.records,
-                            input_tokens: g.input_tokens,
-                            output_tokens: g.output_tokens,
-                            total_tokens: g.input_tokens + g.output_tokens,
-                            cost: usd(g.cost_nano_usd),
-                            cost_nano_usd: g.cost_nano_usd,
-                        })
-                        .collect(),
-                    by_day: days
-                        .iter()
-                        .map(|g| DailyCost {
-                            date: g.group_key.clone(),
-                            total_tokens: g.input_tokens + g.output_tokens,
-                            cost: usd(g.cost_nano_usd),
-                            cost_nano_usd: g.cost_nano_usd,
-                        })
-                        .collect(),
-                })),
-                Err(e) => Failure::from_store(e, "NOT_FOUND", &caller.request_id).into(),
-            }
-        }
-        .await)
+        let costs = self.usage_costs(&caller, params).await?;
+        Ok(GetUsageCostsResponse::Ok(Json(costs)))
     }
 
     async fn get_conversation_analytics(
@@ -262,88 +391,8 @@ impl UsageApi for Handlers {
         caller: Caller,
         params: GetConversationAnalyticsParams,
     ) -> Result<GetConversationAnalyticsResponse, ApiError> {
-        Ok(async {
-            let w = window(
-                params.from.as_deref(),
-                params.start_date.as_deref(),
-                params.to.as_deref(),
-                params.end_date.as_deref(),
-            );
-            let org = caller.org_id.clone();
-            let agent = params.agent_id.clone();
-            let win = w.clone();
-            let figures = match self
-                .store
-                .run(move |conn| store::conversation_figures(conn, &org, &win, agent.as_deref()))
-                .await
-            {
-                Ok(f) => f,
-                Err(e) => return Failure::from_store(e, "NOT_FOUND", &caller.request_id).into(),
-            };
-            let ratio = |a: i64, b: i64| if b > 0 { a as f64 / b as f64 } else { 0.0 };
-            let total_conversations: i64 = figures.by_agent.iter().map(|c| c.n).sum();
-            let messages_in_started: i64 = figures.by_agent.iter().map(|c| c.extra).sum();
-            let total_messages: i64 = figures.messages_by_role.iter().map(|c| c.n).sum();
-            let total_chars: i64 = figures.messages_by_role.iter().map(|c| c.extra).sum();
-            // Agents with conversations started in the period, then agents with only messages.
-            let mut by_agent: Vec<AgentConversationStats> = figures
-                .by_agent
-                .iter()
-                .map(|c| AgentConversationStats {
-                    agent_id: c.group_key.clone(),
-                    conversations: c.n,
-                    messages: 0,
-                    average_messages_per_conversation: ratio(c.extra, c.n),
-                })
-                .collect();
-            for m in &figures.messages_by_agent {
-                match by_agent.iter_mut().find(|a| a.agent_id == m.group_key) {
-                    Some(a) => a.messages = m.n,
-                    None => by_agent.push(AgentConversationStats {
-                        agent_id: m.group_key.clone(),
-                        conversations: 0,
-                        messages: m.n,
-                        average_messages_per_conversation: 0.0,
-                    }),
-                }
-            }
-            by_agent.truncate(usize::try_from(MAX_ENTRIES).unwrap_or(100));
-            let mut days: BTreeMap<String, DailyConversationStats> = BTreeMap::new();
-            for c in &figures.conversations_by_day {
-                days.entry(c.group_key.clone())
-                    .or_insert_with(|| DailyConversationStats {
-                        date: c.group_key.clone(),
-                        conversations: 0,
-                        messages: 0,
-                    })
-                    .conversations = c.n;
-            }
-            for m in &figures.messages_by_day {
-                days.entry(m.group_key.clone())
-                    .or_insert_with(|| DailyConversationStats {
-                        date: m.group_key.clone(),
-                        conversations: 0,
-                        messages: 0,
-                    })
-                    .messages = m.n;
-            }
-            GetConversationAnalyticsResponse::Ok(Json(ConversationAnalytics {
-                period: period(&w),
-                agent_id: nullable(&params.agent_id),
-                total_conversations,
-                total_messages,
-                average_messages_per_conversation: ratio(messages_in_started, total_conversations),
-                average_message_length: ratio(total_chars, total_messages),
-                messages_by_role: figures
-                    .messages_by_role
-                    .iter()
-                    .map(|c| (c.group_key.clone(), c.n))
-                    .collect(),
-                by_agent,
-                by_day: days.into_values().collect(),
-            }))
-        }
-        .await)
+        let analytics = self.conversation_analytics(&caller, params).await?;
+        Ok(GetConversationAnalyticsResponse::Ok(Json(analytics)))
     }
 }
 

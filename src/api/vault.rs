@@ -19,18 +19,7 @@ use crate::db::vault::{
     self as store, CredentialChanges, CredentialFilter, CredentialRow, TokenRow,
 };
 use crate::db::{DbConnection, StoreError, StoreResult};
-use crate::error::{Failure, Kind};
-use crate::failure_response;
-
-failure_response!(ListVaultCredentialsResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreateVaultCredentialResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
-failure_response!(GetVaultCredentialResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ReplaceVaultCredentialResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
-failure_response!(DeleteVaultCredentialResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ListVaultTokensResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreateVaultTokenResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
-failure_response!(GetVaultTokenResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(RevokeVaultTokenResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+use crate::error::{Failure, Kind, store_error};
 
 const CREDENTIAL_NOT_FOUND: &str = "CREDENTIAL_NOT_FOUND";
 const TOKEN_NOT_FOUND: &str = "VAULT_TOKEN_NOT_FOUND";
@@ -56,10 +45,6 @@ pub fn record_decrypted_read(
     .on("vault_credential", credential_id)
     .details(serde_json::json!({ "token_id": token_id }));
     crate::security::record(conn, Some(org_id), event).map(|_| ())
-}
-
-fn store_failure<'a>(not_found: &'static str, rid: &'a str) -> impl Fn(StoreError) -> Failure + 'a {
-    move |e| Failure::from_store(e, not_found, rid)
 }
 
 fn row_to_credential(
@@ -124,6 +109,22 @@ fn body_of(
         ),
     );
     Value::Object(body).to_string()
+}
+
+/// The columns a replace writes; the sealed value stays unless a new one is sent.
+fn replaced(
+    input: &VaultCredentialReplace,
+    sealed: Option<&String>,
+    current: &CredentialRow,
+) -> CredentialChanges {
+    CredentialChanges {
+        name: input.name.clone(),
+        cred_type: input.type_.as_str().to_string(),
+        environment: input.environment.clone(),
+        description: input.description.clone(),
+        body: body_of(input.metadata.as_ref(), input.tags.as_ref()),
+        value_sealed: sealed.map_or_else(|| current.value_sealed.clone(), String::clone),
+    }
 }
 
 fn token_of(row: &TokenRow) -> VaultToken {
@@ -229,23 +230,165 @@ impl Handlers {
             created_at: now.clone(),
             updated_at: now,
         };
-        let (org, id, cred) = (row.org_id.clone(), row.id.clone(), row.clone());
         let keyed = NewKeyed {
-            org_id: org.clone(),
+            org_id: row.org_id.clone(),
             operation: CREATE_OPERATION,
             key: params.idempotency_key,
             request_hash: hash,
-            resource_id: id,
+            resource_id: row.id.clone(),
         };
+        let org = row.org_id.clone();
         idem::create_resource(
             &self.store,
             keyed,
-            move |conn| store::insert_credential(conn, &cred).map(|()| cred.clone()),
+            move |conn| store::insert_credential(conn, &row).map(|()| row.clone()),
             move |conn, id| store::get_credential(conn, &org, id),
             CREDENTIAL_NOT_FOUND,
             rid,
         )
         .await
+    }
+
+    async fn list_credential_page(
+        &self,
+        caller: &Caller,
+        params: ListVaultCredentialsParams,
+    ) -> Result<VaultCredentialList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let filter = CredentialFilter {
+            cred_type: params.type_.map(|t| t.as_str().to_string()),
+            environment: params.environment,
+            tag: params.tag,
+        };
+        let (org, q) = (caller.org_id.clone(), page.page());
+        let (rows, total) = self
+            .store
+            .run(move |conn| store::list_credentials(conn, &org, &filter, &q))
+            .await
+            .map_err(store_error(CREDENTIAL_NOT_FOUND, rid))?;
+        let data = rows
+            .iter()
+            .map(|r| row_to_credential(r, None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(store_error(CREDENTIAL_NOT_FOUND, rid))?;
+        Ok(VaultCredentialList {
+            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
+            data,
+        })
+    }
+
+    /// The credential with its value in clear, for a valid vault token of the organization;
+    /// the read is recorded.
+    async fn decrypted_credential(
+        &self,
+        caller: &Caller,
+        id: String,
+        token: String,
+    ) -> Result<VaultCredential, Failure> {
+        let rid = caller.request_id.as_str();
+        let (org, crypto) = (caller.org_id.clone(), self.crypto.clone());
+        let (row, value) = self
+            .store
+            .run(move |conn| decrypted_read(conn, &crypto, &org, &id, &token))
+            .await
+            .map_err(store_error(CREDENTIAL_NOT_FOUND, rid))?
+            .map_err(|problem| problem.failure(rid))?;
+        let credential =
+            row_to_credential(&row, Some(value)).map_err(store_error(CREDENTIAL_NOT_FOUND, rid))?;
+        tracing::info!(
+            request_id = %rid,
+            credential_id = %credential.id,
+            "vault credential read decrypted"
+        );
+        Ok(credential)
+    }
+
+    async fn stored_credential(
+        &self,
+        caller: &Caller,
+        id: String,
+    ) -> Result<VaultCredential, Failure> {
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| store::get_credential(conn, &org, &id))
+            .await
+            .and_then(|row| row_to_credential(&row, None))
+            .map_err(store_error(CREDENTIAL_NOT_FOUND, &caller.request_id))
+    }
+
+    async fn replace_credential(
+        &self,
+        caller: &Caller,
+        params: ReplaceVaultCredentialParams,
+    ) -> Result<VaultCredential, Failure> {
+        let org = caller.org_id.clone();
+        let ReplaceVaultCredentialParams {
+            credential_id,
+            if_match,
+            body: input,
+        } = params;
+        let sealed = input
+            .value
+            .as_ref()
+            .map(|v| self.crypto.encrypt(v.as_bytes()));
+        self.store
+            .run(move |conn| {
+                store::update_credential(conn, &org, &credential_id, |current| {
+                    if let Some(h) = &if_match
+                        && !etag_matches(h, &etag(current.version))
+                    {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    Ok(replaced(&input, sealed.as_ref(), current))
+                })
+            })
+            .await
+            .and_then(|row| row_to_credential(&row, None))
+            .map_err(store_error(CREDENTIAL_NOT_FOUND, &caller.request_id))
+    }
+
+    /// A new vault token of the caller, with its secret (shown once).
+    async fn issue_token(
+        &self,
+        caller: &Caller,
+        params: CreateVaultTokenParams,
+    ) -> Result<VaultTokenCreated, Failure> {
+        let secret = crate::auth::generate_secret(TOKEN_PREFIX);
+        let now = chrono::Utc::now();
+        let expires_at = params
+            .body
+            .ttl_seconds
+            .map(|s| crate::ids::format_time(now + chrono::Duration::seconds(s)));
+        let row = TokenRow {
+            id: crate::ids::new_id("vtok"),
+            org_id: caller.org_id.clone(),
+            user_id: caller.user_id.clone(),
+            name: params.body.name,
+            prefix: secret.prefix.clone(),
+            token_hash: secret.hash.clone(),
+            created_at: crate::ids::format_time(now),
+            expires_at,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        let stored = row.clone();
+        self.store
+            .run(move |conn| store::insert_token(conn, &stored))
+            .await
+            .map_err(store_error(TOKEN_NOT_FOUND, &caller.request_id))?;
+        let t = token_of(&row);
+        Ok(VaultTokenCreated {
+            id: t.id,
+            name: t.name,
+            prefix: t.prefix,
+            user_id: t.user_id,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            last_used_at: t.last_used_at,
+            revoked_at: t.revoked_at,
+            token: secret.secret,
+        })
     }
 }
 
@@ -255,43 +398,8 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: ListVaultCredentialsParams,
     ) -> Result<ListVaultCredentialsResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let page = match PageRequest::of(&params, &rid) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let filter = CredentialFilter {
-                cred_type: params.type_.map(|t| t.as_str().to_string()),
-                environment: params.environment,
-                tag: params.tag,
-            };
-            let org = caller.org_id.clone();
-            let q = page.page();
-            let result = self
-                .store
-                .run(move |conn| store::list_credentials(conn, &org, &filter, &q))
-                .await
-                .and_then(|(rows, total)| {
-                    let data = rows
-                        .iter()
-                        .map(|r| row_to_credential(r, None))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok((data, total))
-                })
-                .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
-            match result {
-                Ok((data, total)) => {
-                    let last = data.last().map(|c| c.id.clone());
-                    ListVaultCredentialsResponse::Ok(Json(VaultCredentialList {
-                        pagination: page.pagination(data.len(), last.as_deref(), total),
-                        data,
-                    }))
-                }
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let list = self.list_credential_page(&caller, params).await?;
+        Ok(ListVaultCredentialsResponse::Ok(Json(list)))
     }
 
     async fn create_vault_credential(
@@ -299,23 +407,15 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: CreateVaultCredentialParams,
     ) -> Result<CreateVaultCredentialResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            match self
-                .create_credential_row(&caller, params)
-                .await
-                .and_then(|row| {
-                    row_to_credential(&row, None).map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid))
-                }) {
-                Ok(c) => CreateVaultCredentialResponse::Created(
-                    Json(c.clone()),
-                    format!("/v1/vault/credentials/{}", c.id),
-                    etag(c.version),
-                ),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let row = self.create_credential_row(&caller, params).await?;
+        let c = row_to_credential(&row, None)
+            .map_err(store_error(CREDENTIAL_NOT_FOUND, &caller.request_id))?;
+        let (location, tag) = (format!("/v1/vault/credentials/{}", c.id), etag(c.version));
+        Ok(CreateVaultCredentialResponse::Created(
+            Json(c),
+            location,
+            tag,
+        ))
     }
 
     async fn get_vault_credential(
@@ -323,57 +423,22 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: GetVaultCredentialParams,
     ) -> Result<GetVaultCredentialResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let org = caller.org_id.clone();
-            let id = params.credential_id.clone();
-            if let Some(token) = params.x_vault_token {
-                let crypto = self.crypto.clone();
-                let read = self
-                    .store
-                    .run(move |conn| decrypted_read(conn, &crypto, &org, &id, &token))
-                    .await
-                    .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
-                return match read {
-                    Ok(Ok((row, value))) => match row_to_credential(&row, Some(value)) {
-                        Ok(c) => {
-                            tracing::info!(
-                                request_id = %rid,
-                                credential_id = %c.id,
-                                "vault credential read decrypted"
-                            );
-                            let tag = etag(c.version);
-                            GetVaultCredentialResponse::Ok(Json(c), tag)
-                        }
-                        Err(e) => Failure::from_store(e, CREDENTIAL_NOT_FOUND, &rid).into(),
-                    },
-                    Ok(Err(problem)) => problem.failure(&rid).into(),
-                    Err(f) => f.into(),
-                };
-            }
-            let found = self
-                .store
-                .run(move |conn| store::get_credential(conn, &org, &id))
-                .await
-                .and_then(|row| row_to_credential(&row, None))
-                .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
-            match found {
-                Ok(c) => {
-                    let tag = etag(c.version);
-                    if params
-                        .if_none_match
-                        .as_deref()
-                        .is_some_and(|h| etag_matches(h, &tag))
-                    {
-                        GetVaultCredentialResponse::NotModified(tag)
-                    } else {
-                        GetVaultCredentialResponse::Ok(Json(c), tag)
-                    }
-                }
-                Err(f) => f.into(),
-            }
+        let id = params.credential_id;
+        if let Some(token) = params.x_vault_token {
+            let c = self.decrypted_credential(&caller, id, token).await?;
+            let tag = etag(c.version);
+            return Ok(GetVaultCredentialResponse::Ok(Json(c), tag));
         }
-        .await)
+        let c = self.stored_credential(&caller, id).await?;
+        let tag = etag(c.version);
+        if params
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag_matches(h, &tag))
+        {
+            return Ok(GetVaultCredentialResponse::NotModified(tag));
+        }
+        Ok(GetVaultCredentialResponse::Ok(Json(c), tag))
     }
 
     async fn replace_vault_credential(
@@ -381,50 +446,9 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: ReplaceVaultCredentialParams,
     ) -> Result<ReplaceVaultCredentialResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let org = caller.org_id.clone();
-            let ReplaceVaultCredentialParams {
-                credential_id,
-                if_match,
-                body,
-            } = params;
-            let input: VaultCredentialReplace = body;
-            let sealed = input
-                .value
-                .as_ref()
-                .map(|v| self.crypto.encrypt(v.as_bytes()));
-            let result = self
-                .store
-                .run(move |conn| {
-                    store::update_credential(conn, &org, &credential_id, |current| {
-                        if let Some(h) = &if_match
-                            && !etag_matches(h, &etag(current.version))
-                        {
-                            return Err(StoreError::PreconditionFailed);
-                        }
-                        Ok(CredentialChanges {
-                            name: input.name.clone(),
-                            cred_type: input.type_.as_str().to_string(),
-                            environment: input.environment.clone(),
-                            description: input.description.clone(),
-                            body: body_of(input.metadata.as_ref(), input.tags.as_ref()),
-                            value_sealed: sealed.unwrap_or_else(|| current.value_sealed.clone()),
-                        })
-                    })
-                })
-                .await
-                .and_then(|row| row_to_credential(&row, None))
-                .map_err(store_failure(CREDENTIAL_NOT_FOUND, &rid));
-            match result {
-                Ok(c) => {
-                    let tag = etag(c.version);
-                    ReplaceVaultCredentialResponse::Ok(Json(c), tag)
-                }
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let c = self.replace_credential(&caller, params).await?;
+        let tag = etag(c.version);
+        Ok(ReplaceVaultCredentialResponse::Ok(Json(c), tag))
     }
 
     async fn delete_vault_credential(
@@ -432,19 +456,12 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: DeleteVaultCredentialParams,
     ) -> Result<DeleteVaultCredentialResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let id = params.credential_id;
-            match self
-                .store
-                .run(move |conn| store::delete_credential(conn, &org, &id))
-                .await
-            {
-                Ok(()) => DeleteVaultCredentialResponse::NoContent,
-                Err(e) => Failure::from_store(e, CREDENTIAL_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let (org, id) = (caller.org_id.clone(), params.credential_id);
+        self.store
+            .run(move |conn| store::delete_credential(conn, &org, &id))
+            .await
+            .map_err(store_error(CREDENTIAL_NOT_FOUND, &caller.request_id))?;
+        Ok(DeleteVaultCredentialResponse::NoContent)
     }
 
     async fn list_vault_tokens(
@@ -452,31 +469,18 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: ListVaultTokensParams,
     ) -> Result<ListVaultTokensResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let page = match PageRequest::of(&params, &rid) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let org = caller.org_id.clone();
-            let q = page.page();
-            match self
-                .store
-                .run(move |conn| store::list_tokens(conn, &org, &q))
-                .await
-            {
-                Ok((rows, total)) => {
-                    let data: Vec<VaultToken> = rows.iter().map(token_of).collect();
-                    let last = data.last().map(|t| t.id.clone());
-                    ListVaultTokensResponse::Ok(Json(VaultTokenList {
-                        pagination: page.pagination(data.len(), last.as_deref(), total),
-                        data,
-                    }))
-                }
-                Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let (org, q) = (caller.org_id.clone(), page.page());
+        let (rows, total) = self
+            .store
+            .run(move |conn| store::list_tokens(conn, &org, &q))
+            .await
+            .map_err(store_error(TOKEN_NOT_FOUND, rid))?;
+        Ok(ListVaultTokensResponse::Ok(Json(VaultTokenList {
+            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
+            data: rows.iter().map(token_of).collect(),
+        })))
     }
 
     async fn create_vault_token(
@@ -484,54 +488,9 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: CreateVaultTokenParams,
     ) -> Result<CreateVaultTokenResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let secret = crate::auth::generate_secret(TOKEN_PREFIX);
-            let now = chrono::Utc::now();
-            let expires_at = params
-                .body
-                .ttl_seconds
-                .map(|s| crate::ids::format_time(now + chrono::Duration::seconds(s)));
-            let row = TokenRow {
-                id: crate::ids::new_id("vtok"),
-                org_id: caller.org_id.clone(),
-                user_id: caller.user_id.clone(),
-                name: params.body.name.clone(),
-                prefix: secret.prefix.clone(),
-                token_hash: secret.hash.clone(),
-                created_at: crate::ids::format_time(now),
-                expires_at,
-                last_used_at: None,
-                revoked_at: None,
-            };
-            let stored = row.clone();
-            match self
-                .store
-                .run(move |conn| store::insert_token(conn, &stored))
-                .await
-            {
-                Ok(()) => {
-                    let t = token_of(&row);
-                    let created = VaultTokenCreated {
-                        id: t.id.clone(),
-                        name: t.name,
-                        prefix: t.prefix,
-                        user_id: t.user_id,
-                        created_at: t.created_at,
-                        expires_at: t.expires_at,
-                        last_used_at: t.last_used_at,
-                        revoked_at: t.revoked_at,
-                        token: secret.secret,
-                    };
-                    CreateVaultTokenResponse::Created(
-                        Json(created),
-                        format!("/v1/vault/tokens/{}", t.id),
-                    )
-                }
-                Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let created = self.issue_token(&caller, params).await?;
+        let location = format!("/v1/vault/tokens/{}", created.id);
+        Ok(CreateVaultTokenResponse::Created(Json(created), location))
     }
 
     async fn get_vault_token(
@@ -539,19 +498,13 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: GetVaultTokenParams,
     ) -> Result<GetVaultTokenResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let id = params.token_id;
-            match self
-                .store
-                .run(move |conn| store::get_token(conn, &org, &id))
-                .await
-            {
-                Ok(row) => GetVaultTokenResponse::Ok(Json(token_of(&row))),
-                Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let (org, id) = (caller.org_id.clone(), params.token_id);
+        let row = self
+            .store
+            .run(move |conn| store::get_token(conn, &org, &id))
+            .await
+            .map_err(store_error(TOKEN_NOT_FOUND, &caller.request_id))?;
+        Ok(GetVaultTokenResponse::Ok(Json(token_of(&row))))
     }
 
     async fn revoke_vault_token(
@@ -559,23 +512,16 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: RevokeVaultTokenParams,
     ) -> Result<RevokeVaultTokenResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let id = params.token_id;
-            let now = crate::ids::now();
-            match self
-                .store
-                .run(move |conn| {
-                    crate::db::write_transaction(conn, |conn| {
-                        store::revoke_token(conn, &org, &id, &now)
-                    })
+        let (org, id, now) = (caller.org_id.clone(), params.token_id, crate::ids::now());
+        let row = self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    store::revoke_token(conn, &org, &id, &now)
                 })
-                .await
-            {
-                Ok(row) => RevokeVaultTokenResponse::Ok(Json(token_of(&row))),
-                Err(e) => Failure::from_store(e, TOKEN_NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+            })
+            .await
+            .map_err(store_error(TOKEN_NOT_FOUND, &caller.request_id))?;
+        Ok(RevokeVaultTokenResponse::Ok(Json(token_of(&row))))
     }
 }

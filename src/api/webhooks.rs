@@ -13,26 +13,16 @@ use poem_openapi::types::{ParseFromJSON, ToJSON};
 use serde_json::{Map, Value, json};
 
 use super::Handlers;
-use super::idem::{self, Created, Keyed};
+use super::idem::{self, NewKeyed};
 use super::paging::{PageRequest, etag, etag_matches};
 use crate::auth::Caller;
-use crate::db::events::Page;
+use crate::db::events::EventRow;
 use crate::db::webhooks::{self as store, DeliveryRow, WebhookChanges, WebhookRow};
 use crate::db::{DbConnection, StoreError};
-use crate::error::Failure;
-use crate::failure_response;
-
-failure_response!(ListWebhooksResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden });
-failure_response!(CreateWebhookResponse { Conflict => Conflict, BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, Unprocessable => UnprocessableEntity });
-failure_response!(GetWebhookResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(UpdateWebhookResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound, PreconditionFailed => PreconditionFailed, Unprocessable => UnprocessableEntity });
-failure_response!(DeleteWebhookResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(ListWebhookDeliveriesResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(GetWebhookDeliveryResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(RedeliverWebhookDeliveryResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
-failure_response!(TestWebhookResponse { BadRequest => BadRequest, Unauthorized => Unauthorized, Forbidden => Forbidden, NotFound => NotFound });
+use crate::error::{Failure, store_error};
 
 const NOT_FOUND: &str = "WEBHOOK_NOT_FOUND";
+const DELIVERY_NOT_FOUND: &str = "DELIVERY_NOT_FOUND";
 const CREATE_OPERATION: &str = "createWebhook";
 
 fn corrupt(what: &str, id: &str, e: impl std::fmt::Display) -> StoreError {
@@ -80,14 +70,6 @@ pub(crate) fn row_to_delivery(row: &DeliveryRow) -> Result<WebhookDelivery, Stor
     WebhookDelivery::parse_from_json(Some(v)).map_err(|e| corrupt("delivery", &row.id, e.message()))
 }
 
-fn page_of(p: &PageRequest) -> Page {
-    Page {
-        offset: p.offset,
-        limit: p.limit,
-        after_id: p.after_id.clone(),
-    }
-}
-
 /// Where a queued delivery can be polled.
 fn delivery_location(d: &WebhookDelivery) -> String {
     format!(
@@ -101,6 +83,68 @@ fn patterns_text(events: &Value) -> String {
     events.to_string()
 }
 
+/// The new row of a create: the body's fields, its secret (or a generated one) sealed.
+fn new_webhook(org_id: &str, body: &Value, secret_encrypted: String) -> WebhookRow {
+    let now = crate::ids::now();
+    WebhookRow {
+        id: crate::ids::new_id("wh"),
+        org_id: org_id.to_string(),
+        url: body["url"].as_str().unwrap_or_default().to_string(),
+        events: patterns_text(&body["events"]),
+        secret_encrypted,
+        active: i64::from(body["active"].as_bool().unwrap_or(true)),
+        description: body["description"].as_str().map(str::to_string),
+        version: 1,
+        created_at: now.clone(),
+        updated_at: now,
+    }
+}
+
+/// The columns a patch writes: what it sends, else what `current` has (`description: null`
+/// clears it; `sealed` is the new secret, if any).
+fn patched(patch: &Value, sealed: Option<&String>, current: &WebhookRow) -> WebhookChanges {
+    let description = match patch.get("description") {
+        Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => current.description.clone(),
+    };
+    WebhookChanges {
+        url: patch["url"]
+            .as_str()
+            .map_or_else(|| current.url.clone(), str::to_string),
+        events: match patch.get("events") {
+            Some(events @ Value::Array(_)) => patterns_text(events),
+            _ => current.events.clone(),
+        },
+        secret_encrypted: sealed.map_or_else(|| current.secret_encrypted.clone(), String::clone),
+        active: patch["active"].as_bool().map_or(current.active, i64::from),
+        description,
+    }
+}
+
+/// The test event of a webhook: recorded in the log like any event, delivered to this webhook
+/// only (a ping matches no wildcard, and `publish` is not used).
+fn ping_event(
+    conn: &mut DbConnection,
+    org_id: &str,
+    hook: &WebhookRow,
+) -> Result<EventRow, StoreError> {
+    let data = json!({
+        "webhook_id": hook.id,
+        "message": "A test event from agentplane: this webhook is reachable and its signatures verify.",
+    });
+    let event = EventRow {
+        id: crate::ids::new_id("evt"),
+        org_id: org_id.to_string(),
+        event_type: "webhook.ping".to_string(),
+        subject_id: Some(hook.id.clone()),
+        data: data.to_string(),
+        created_at: crate::ids::now(),
+    };
+    crate::db::events::insert(conn, &event)?;
+    Ok(event)
+}
+
 impl Handlers {
     /// The created (or replayed) webhook with its secret in clear.
     async fn create_webhook_row(
@@ -110,64 +154,44 @@ impl Handlers {
     ) -> Result<(WebhookCreated, i64, String), Failure> {
         let rid = caller.request_id.as_str();
         let body = params.body.to_json().unwrap_or(Value::Null);
-        let hash = idem::request_hash(&body);
         let secret = body["secret"]
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(crate::webhooks::generate_secret);
-        let now = crate::ids::now();
-        let row = WebhookRow {
-            id: crate::ids::new_id("wh"),
-            org_id: caller.org_id.clone(),
-            url: body["url"].as_str().unwrap_or_default().to_string(),
-            events: patterns_text(&body["events"]),
-            secret_encrypted: self.crypto.encrypt(secret.as_bytes()),
-            active: i64::from(body["active"].as_bool().unwrap_or(true)),
-            description: body["description"].as_str().map(str::to_string),
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
+        let row = new_webhook(
+            &caller.org_id,
+            &body,
+            self.crypto.encrypt(secret.as_bytes()),
+        );
+        let keyed = NewKeyed {
+            org_id: row.org_id.clone(),
+            operation: CREATE_OPERATION,
+            key: params.idempotency_key,
+            request_hash: idem::request_hash(&body),
+            resource_id: row.id.clone(),
         };
-        let key = params.idempotency_key;
-        let created = self
-            .store
-            .run(move |conn| {
-                let keyed = Keyed {
-                    org_id: &row.org_id,
-                    operation: CREATE_OPERATION,
-                    key: key.as_deref(),
-                    request_hash: &hash,
-                    resource_id: &row.id,
-                };
-                idem::create_once(
-                    conn,
-                    &keyed,
-                    |conn| store::insert(conn, &row).map(|()| row.clone()),
-                    |conn, id| store::get(conn, &row.org_id, id),
-                )
-            })
-            .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
-        let row = match created {
-            Created::New(row) | Created::Replayed(row) => row,
-            Created::KeyReused => return Err(idem::key_reused(rid)),
-        };
+        let org = row.org_id.clone();
+        let row = idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| store::insert(conn, &row).map(|()| row.clone()),
+            move |conn, id| store::get(conn, &org, id),
+            NOT_FOUND,
+            rid,
+        )
+        .await?;
         // A replay shows the secret the first request set.
-        let secret = match self.crypto.decrypt(&row.secret_encrypted) {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(e) => {
-                return Err(Failure::from_store(
-                    corrupt("webhook", &row.id, e),
-                    NOT_FOUND,
-                    rid,
-                ));
-            }
-        };
-        let mut obj = webhook_json(&row).map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+        let secret = self
+            .crypto
+            .decrypt(&row.secret_encrypted)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .map_err(|e| corrupt("webhook", &row.id, e))
+            .map_err(store_error(NOT_FOUND, rid))?;
+        let mut obj = webhook_json(&row).map_err(store_error(NOT_FOUND, rid))?;
         obj.insert("secret".into(), secret.into());
-        let created = WebhookCreated::parse_from_json(Some(Value::Object(obj))).map_err(|e| {
-            Failure::from_store(corrupt("webhook", &row.id, e.message()), NOT_FOUND, rid)
-        })?;
+        let created = WebhookCreated::parse_from_json(Some(Value::Object(obj)))
+            .map_err(|e| corrupt("webhook", &row.id, e.message()))
+            .map_err(store_error(NOT_FOUND, rid))?;
         Ok((created, row.version, row.id))
     }
 
@@ -176,7 +200,84 @@ impl Handlers {
         self.store
             .run(move |conn| store::get(conn, &org, &id))
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, &caller.request_id))
+            .map_err(store_error(NOT_FOUND, &caller.request_id))
+    }
+
+    async fn list_webhook_page(
+        &self,
+        caller: &Caller,
+        params: ListWebhooksParams,
+    ) -> Result<WebhookList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let (org, q) = (caller.org_id.clone(), page.page());
+        let (rows, total) = self
+            .store
+            .run(move |conn| store::list(conn, &org, &q))
+            .await
+            .map_err(store_error(NOT_FOUND, rid))?;
+        let data = rows
+            .iter()
+            .map(row_to_webhook)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(store_error(NOT_FOUND, rid))?;
+        Ok(WebhookList {
+            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
+            data,
+        })
+    }
+
+    async fn update_webhook_row(
+        &self,
+        caller: &Caller,
+        params: UpdateWebhookParams,
+    ) -> Result<WebhookRow, Failure> {
+        let patch = params.body.to_json().unwrap_or(Value::Null);
+        let sealed = patch["secret"]
+            .as_str()
+            .map(|s| self.crypto.encrypt(s.as_bytes()));
+        let (org, id, if_match) = (caller.org_id.clone(), params.webhook_id, params.if_match);
+        self.store
+            .run(move |conn| {
+                store::update(conn, &org, &id, |current| {
+                    if let Some(h) = &if_match
+                        && !etag_matches(h, &etag(current.version))
+                    {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    Ok(patched(&patch, sealed.as_ref(), current))
+                })
+            })
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))
+    }
+
+    async fn list_delivery_page(
+        &self,
+        caller: &Caller,
+        params: ListWebhookDeliveriesParams,
+    ) -> Result<WebhookDeliveryList, Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(&params, rid)?;
+        let (org, hook, q) = (caller.org_id.clone(), params.webhook_id, page.page());
+        let status = params.status.map(|s| s.as_str().to_string());
+        let (rows, total) = self
+            .store
+            .run(move |conn| {
+                store::get(conn, &org, &hook)?;
+                store::list_deliveries(conn, &org, &hook, status.as_deref(), &q)
+            })
+            .await
+            .map_err(store_error(NOT_FOUND, rid))?;
+        let data = rows
+            .iter()
+            .map(row_to_delivery)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(store_error(NOT_FOUND, rid))?;
+        Ok(WebhookDeliveryList {
+            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
+            data,
+        })
     }
 
     /// Queues one delivery of `event_of(conn)` for the webhook, in one transaction.
@@ -184,10 +285,7 @@ impl Handlers {
         &self,
         caller: &Caller,
         webhook_id: String,
-        event_of: impl FnOnce(
-            &mut DbConnection,
-            &WebhookRow,
-        ) -> Result<crate::db::events::EventRow, StoreError>
+        event_of: impl FnOnce(&mut DbConnection, &WebhookRow) -> Result<EventRow, StoreError>
         + Send
         + 'static,
     ) -> Result<WebhookDelivery, Failure> {
@@ -205,9 +303,9 @@ impl Handlers {
                 })
             })
             .await
-            .map_err(|e| Failure::from_store(e, NOT_FOUND, rid))?;
+            .map_err(store_error(NOT_FOUND, rid))?;
         self.events.wake();
-        row_to_delivery(&row).map_err(|e| Failure::from_store(e, NOT_FOUND, rid))
+        row_to_delivery(&row).map_err(store_error(NOT_FOUND, rid))
     }
 }
 
@@ -217,33 +315,8 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: ListWebhooksParams,
     ) -> Result<ListWebhooksResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let page = match PageRequest::of(&params, &rid) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let (org, q) = (caller.org_id.clone(), page_of(&page));
-            let listed = self
-                .store
-                .run(move |conn| store::list(conn, &org, &q))
-                .await
-                .and_then(|(rows, total)| {
-                    let data = rows
-                        .iter()
-                        .map(row_to_webhook)
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok((data, rows.last().map(|r| r.id.clone()), total))
-                });
-            match listed {
-                Ok((data, last, total)) => ListWebhooksResponse::Ok(Json(WebhookList {
-                    pagination: page.pagination(data.len(), last.as_deref(), total),
-                    data,
-                })),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let list = self.list_webhook_page(&caller, params).await?;
+        Ok(ListWebhooksResponse::Ok(Json(list)))
     }
 
     async fn create_webhook(
@@ -251,17 +324,12 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: CreateWebhookParams,
     ) -> Result<CreateWebhookResponse, ApiError> {
-        Ok(async {
-            match self.create_webhook_row(&caller, params).await {
-                Ok((created, version, id)) => CreateWebhookResponse::Created(
-                    Json(created),
-                    format!("/v1/webhooks/{id}"),
-                    etag(version),
-                ),
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let (created, version, id) = self.create_webhook_row(&caller, params).await?;
+        Ok(CreateWebhookResponse::Created(
+            Json(created),
+            format!("/v1/webhooks/{id}"),
+            etag(version),
+        ))
     }
 
     async fn get_webhook(
@@ -269,25 +337,17 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: GetWebhookParams,
     ) -> Result<GetWebhookResponse, ApiError> {
-        Ok(async {
-            let row = match self.webhook(&caller, params.webhook_id).await {
-                Ok(row) => row,
-                Err(f) => return f.into(),
-            };
-            let tag = etag(row.version);
-            if params
-                .if_none_match
-                .as_deref()
-                .is_some_and(|h| etag_matches(h, &tag))
-            {
-                return GetWebhookResponse::NotModified(tag);
-            }
-            match row_to_webhook(&row) {
-                Ok(w) => GetWebhookResponse::Ok(Json(w), tag),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
+        let row = self.webhook(&caller, params.webhook_id).await?;
+        let tag = etag(row.version);
+        if params
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag_matches(h, &tag))
+        {
+            return Ok(GetWebhookResponse::NotModified(tag));
         }
-        .await)
+        let hook = row_to_webhook(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(GetWebhookResponse::Ok(Json(hook), tag))
     }
 
     async fn update_webhook(
@@ -295,51 +355,9 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: UpdateWebhookParams,
     ) -> Result<UpdateWebhookResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let patch = params.body.to_json().unwrap_or(Value::Null);
-            let sealed = patch["secret"]
-                .as_str()
-                .map(|s| self.crypto.encrypt(s.as_bytes()));
-            let (org, id, if_match) = (caller.org_id.clone(), params.webhook_id, params.if_match);
-            let updated = self
-                .store
-                .run(move |conn| {
-                    store::update(conn, &org, &id, |current| {
-                        if let Some(h) = &if_match
-                            && !etag_matches(h, &etag(current.version))
-                        {
-                            return Err(StoreError::PreconditionFailed);
-                        }
-                        let description = match patch.get("description") {
-                            Some(Value::Null) => None,
-                            Some(Value::String(s)) => Some(s.clone()),
-                            _ => current.description.clone(),
-                        };
-                        Ok(WebhookChanges {
-                            url: patch["url"]
-                                .as_str()
-                                .map_or_else(|| current.url.clone(), str::to_string),
-                            events: match patch.get("events") {
-                                Some(events @ Value::Array(_)) => patterns_text(events),
-                                _ => current.events.clone(),
-                            },
-                            secret_encrypted: sealed
-                                .clone()
-                                .unwrap_or_else(|| current.secret_encrypted.clone()),
-                            active: patch["active"].as_bool().map_or(current.active, i64::from),
-                            description,
-                        })
-                    })
-                })
-                .await
-                .and_then(|row| Ok((row_to_webhook(&row)?, row.version)));
-            match updated {
-                Ok((w, version)) => UpdateWebhookResponse::Ok(Json(w), etag(version)),
-                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let row = self.update_webhook_row(&caller, params).await?;
+        let hook = row_to_webhook(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(UpdateWebhookResponse::Ok(Json(hook), etag(row.version)))
     }
 
     async fn delete_webhook(
@@ -347,18 +365,12 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: DeleteWebhookParams,
     ) -> Result<DeleteWebhookResponse, ApiError> {
-        Ok(async {
-            let (org, id) = (caller.org_id.clone(), params.webhook_id);
-            match self
-                .store
-                .run(move |conn| store::delete(conn, &org, &id))
-                .await
-            {
-                Ok(()) => DeleteWebhookResponse::NoContent,
-                Err(e) => Failure::from_store(e, NOT_FOUND, &caller.request_id).into(),
-            }
-        }
-        .await)
+        let (org, id) = (caller.org_id.clone(), params.webhook_id);
+        self.store
+            .run(move |conn| store::delete(conn, &org, &id))
+            .await
+            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok(DeleteWebhookResponse::NoContent)
     }
 
     async fn list_webhook_deliveries(
@@ -366,39 +378,8 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: ListWebhookDeliveriesParams,
     ) -> Result<ListWebhookDeliveriesResponse, ApiError> {
-        Ok(async {
-            let rid = caller.request_id.clone();
-            let page = match PageRequest::of(&params, &rid) {
-                Ok(p) => p,
-                Err(f) => return f.into(),
-            };
-            let (org, hook, q) = (caller.org_id.clone(), params.webhook_id, page_of(&page));
-            let status = params.status.map(|s| s.as_str().to_string());
-            let listed = self
-                .store
-                .run(move |conn| {
-                    store::get(conn, &org, &hook)?;
-                    store::list_deliveries(conn, &org, &hook, status.as_deref(), &q)
-                })
-                .await
-                .and_then(|(rows, total)| {
-                    let data = rows
-                        .iter()
-                        .map(row_to_delivery)
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok((data, rows.last().map(|r| r.id.clone()), total))
-                });
-            match listed {
-                Ok((data, last, total)) => {
-                    ListWebhookDeliveriesResponse::Ok(Json(WebhookDeliveryList {
-                        pagination: page.pagination(data.len(), last.as_deref(), total),
-                        data,
-                    }))
-                }
-                Err(e) => Failure::from_store(e, NOT_FOUND, &rid).into(),
-            }
-        }
-        .await)
+        let list = self.list_delivery_page(&caller, params).await?;
+        Ok(ListWebhookDeliveriesResponse::Ok(Json(list)))
     }
 
     async fn get_webhook_delivery(
@@ -406,20 +387,15 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: GetWebhookDeliveryParams,
     ) -> Result<GetWebhookDeliveryResponse, ApiError> {
-        Ok(async {
-            let org = caller.org_id.clone();
-            let (hook, id) = (params.webhook_id, params.delivery_id);
-            match self
-                .store
-                .run(move |conn| store::get_delivery(conn, &org, &hook, &id))
-                .await
-                .and_then(|row| row_to_delivery(&row))
-            {
-                Ok(d) => GetWebhookDeliveryResponse::Ok(Json(d)),
-                Err(e) => Failure::from_store(e, "DELIVERY_NOT_FOUND", &caller.request_id).into(),
-            }
-        }
-        .await)
+        let org = caller.org_id.clone();
+        let (hook, id) = (params.webhook_id, params.delivery_id);
+        let delivery = self
+            .store
+            .run(move |conn| store::get_delivery(conn, &org, &hook, &id))
+            .await
+            .and_then(|row| row_to_delivery(&row))
+            .map_err(store_error(DELIVERY_NOT_FOUND, &caller.request_id))?;
+        Ok(GetWebhookDeliveryResponse::Ok(Json(delivery)))
     }
 
     async fn redeliver_webhook_delivery(
@@ -427,23 +403,18 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: RedeliverWebhookDeliveryParams,
     ) -> Result<RedeliverWebhookDeliveryResponse, ApiError> {
-        Ok(async {
-            let (org, delivery_id) = (caller.org_id.clone(), params.delivery_id);
-            let queued = self
-                .queue_for(&caller, params.webhook_id, move |conn, hook| {
-                    let old = store::get_delivery(conn, &org, &hook.id, &delivery_id)?;
-                    crate::db::events::get(conn, &org, &old.event_id)
-                })
-                .await;
-            match queued {
-                Ok(d) => {
-                    let location = delivery_location(&d);
-                    RedeliverWebhookDeliveryResponse::Accepted(Json(d), location)
-                }
-                Err(f) => f.into(),
-            }
-        }
-        .await)
+        let (org, delivery_id) = (caller.org_id.clone(), params.delivery_id);
+        let delivery = self
+            .queue_for(&caller, params.webhook_id, move |conn, hook| {
+                let old = store::get_delivery(conn, &org, &hook.id, &delivery_id)?;
+                crate::db::events::get(conn, &org, &old.event_id)
+            })
+            .await?;
+        let location = delivery_location(&delivery);
+        Ok(RedeliverWebhookDeliveryResponse::Accepted(
+            Json(delivery),
+            location,
+        ))
     }
 
     async fn test_webhook(
@@ -451,36 +422,13 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: TestWebhookParams,
     ) -> Result<TestWebhookResponse, ApiError> {
-        Ok(async {
         let org = caller.org_id.clone();
-        let queued = self
+        let delivery = self
             .queue_for(&caller, params.webhook_id, move |conn, hook| {
-                let data = json!({
-                    "webhook_id": hook.id,
-                    "message": "A test event from agentplane: this webhook is reachable and its signatures verify.",
-                });
-                // Recorded in the log like any event; delivered to this webhook only (a ping
-                // matches no wildcard, and `publish` is not used).
-                let event = crate::db::events::EventRow {
-                    id: crate::ids::new_id("evt"),
-                    org_id: org.clone(),
-                    event_type: "webhook.ping".to_string(),
-                    subject_id: Some(hook.id.clone()),
-                    data: data.to_string(),
-                    created_at: crate::ids::now(),
-                };
-                crate::db::events::insert(conn, &event)?;
-                Ok(event)
+                ping_event(conn, &org, hook)
             })
-            .await;
-        match queued {
-            Ok(d) => {
-                let location = delivery_location(&d);
-                TestWebhookResponse::Accepted(Json(d), location)
-            }
-            Err(f) => f.into(),
-        }
-    }
-        .await)
+            .await?;
+        let location = delivery_location(&delivery);
+        Ok(TestWebhookResponse::Accepted(Json(delivery), location))
     }
 }

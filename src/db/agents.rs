@@ -7,18 +7,8 @@
 use diesel::prelude::*;
 
 use super::schema::agents;
+use super::sql::{like_pattern, lower, lower_nullable};
 use super::{DbConnection, Found, MultiBackend, StoreError, StoreResult};
-
-diesel::define_sql_function! {
-    /// SQL `lower()`.
-    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
-}
-
-diesel::define_sql_function! {
-    /// SQL `lower()` of a nullable column.
-    #[sql_name = "lower"]
-    fn lower_nullable(x: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
-}
 
 /// One row of `agents`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -104,19 +94,6 @@ pub struct ListQuery {
     pub limit: i64,
 }
 
-fn escape_like(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('%');
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
-}
-
 type Boxed<'a> = agents::BoxedQuery<'a, MultiBackend>;
 
 fn filtered<'a>(org_id: &'a str, q: &'a ListQuery) -> Boxed<'a> {
@@ -128,7 +105,7 @@ fn filtered<'a>(org_id: &'a str, q: &'a ListQuery) -> Boxed<'a> {
         query = query.filter(agents::status.eq(s));
     }
     if let Some(search) = &q.search {
-        let pattern = escape_like(&search.to_lowercase());
+        let pattern = like_pattern(search);
         query = query.filter(
             lower(agents::name)
                 .like(pattern.clone())
@@ -373,10 +350,11 @@ pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()
 
 #[cfg(test)]
 mod tests {
-    use super::escape_like;
+    use super::like_pattern;
 
+    /// Searches escape LIKE wildcards (the helper is `db::sql`'s; this test could move there).
     #[test]
     fn like_patterns_escape_wildcards() {
-        assert_eq!(escape_like("50%_off\\"), "%50\\%\\_off\\\\%");
+        assert_eq!(like_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
     }
 }

@@ -6,7 +6,6 @@ use diesel::prelude::*;
 use super::schema::{conversations as c, messages as m, usage_records as u};
 use super::{DbConnection, MultiBackend, StoreError, StoreResult};
 use crate::db::executions::ExecutionRow;
-use crate::engine::provider::ChatMessage;
 
 /// Most earlier messages given to the model as history.
 pub const HISTORY_LIMIT: i64 = 50;
@@ -186,7 +185,7 @@ pub fn message_of(
 
 /// The history an execution answering a conversation's message sees: the earlier messages
 /// (not the one it answers, which is its input), oldest first.
-pub fn history(conn: &mut DbConnection, execution: &ExecutionRow) -> StoreResult<Vec<ChatMessage>> {
+pub fn history(conn: &mut DbConnection, execution: &ExecutionRow) -> StoreResult<Vec<MessageRow>> {
     let Some(conversation) = execution.conversation_id() else {
         return Ok(Vec::new());
     };
@@ -201,13 +200,7 @@ pub fn history(conn: &mut DbConnection, execution: &ExecutionRow) -> StoreResult
     }
     let mut rows: Vec<MessageRow> = q.select(MessageRow::as_select()).load(conn)?;
     rows.reverse();
-    Ok(rows
-        .into_iter()
-        .map(|r| ChatMessage {
-            role: r.role,
-            content: r.content,
-        })
-        .collect())
+    Ok(rows)
 }
 
 /// What a finished execution adds to its conversation, in its finishing transaction: the

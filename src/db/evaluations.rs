@@ -3,6 +3,7 @@
 use diesel::prelude::*;
 
 use super::schema::{evaluation_runs as r, evaluations as t};
+use super::sql::Page;
 use super::{DbConnection, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -34,14 +35,6 @@ pub struct RunRow {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
-}
-
-/// A page request: `offset`/`limit`, or the id to continue after (newest first).
-#[derive(Debug, Clone)]
-pub struct Page {
-    pub offset: i64,
-    pub limit: i64,
-    pub after_id: Option<String>,
 }
 
 pub fn insert(conn: &mut DbConnection, row: &EvaluationRow) -> StoreResult<()> {

@@ -19,12 +19,7 @@ pub struct EventRow {
 }
 
 /// A page of a newest-first list: after the id `after_id` (cursor), else from `offset`.
-#[derive(Debug, Clone)]
-pub struct Page {
-    pub offset: i64,
-    pub limit: i64,
-    pub after_id: Option<String>,
-}
+pub use super::sql::Page;
 
 /// Which events a list or a tail wants.
 #[derive(Debug, Clone, Default)]

@@ -9,6 +9,8 @@ use diesel::prelude::*;
 use super::schema::{
     knowledge_bases, knowledge_chunks, knowledge_documents, knowledge_sources, knowledge_syncs,
 };
+use super::sql::Page;
+use super::sql::{like_pattern, lower};
 use super::{DbConnection, Found, StoreError, StoreResult};
 
 /// One row of `knowledge_bases`.
@@ -88,32 +90,6 @@ pub struct SyncRow {
     pub finished_at: Option<String>,
 }
 
-/// A page of a list, newest first: skip `offset` rows or start after the row `after_id`.
-#[derive(Debug, Clone, Default)]
-pub struct Page {
-    pub after_id: Option<String>,
-    pub offset: i64,
-    pub limit: i64,
-}
-
-fn escape_like(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('%');
-    for c in s.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
-}
-
-diesel::define_sql_function! {
-    /// SQL `lower()`.
-    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
-}
-
 /// Knowledge-base list filters.
 #[derive(Debug, Clone, Default)]
 pub struct KbFilter {
@@ -157,7 +133,7 @@ pub fn list_kbs(
         if let Some(s) = &filter.search {
             q = q.filter(
                 lower(knowledge_bases::name)
-                    .like(escape_like(s))
+                    .like(like_pattern(s))
                     .escape('\\'),
             );
         }

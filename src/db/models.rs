@@ -4,6 +4,7 @@
 use diesel::prelude::*;
 
 use super::schema::models as m;
+use super::sql::Page;
 use super::{DbConnection, Found, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -60,24 +61,25 @@ fn filtered<'a>(
     q
 }
 
-/// A page, newest first, and the number of matching rows.
+/// A page, newest first, and the number of matching rows. A cursor whose id is not a stored
+/// model (the built-in one, or a deleted one) pages by its offset.
 pub fn list(
     conn: &mut DbConnection,
     org_id: &str,
     provider: Option<&str>,
-    offset: i64,
-    limit: i64,
-    after_id: Option<&str>,
+    page: &Page,
 ) -> StoreResult<(Vec<ModelRow>, i64)> {
     let total: i64 = filtered(org_id, provider).count().get_result(conn)?;
-    let after = match after_id {
+    let after = match &page.after_id {
         Some(id) => get(conn, org_id, id).found()?.map(|row| row.id),
         None => None,
     };
-    let mut q = filtered(org_id, provider).order(m::id.desc()).limit(limit);
+    let mut q = filtered(org_id, provider)
+        .order(m::id.desc())
+        .limit(page.limit);
     match after {
         Some(id) => q = q.filter(m::id.lt(id)),
-        None if offset > 0 => q = q.offset(offset),
+        None if page.offset > 0 => q = q.offset(page.offset),
         None => {}
     }
     let rows = q.select(ModelRow::as_select()).load(conn)?;

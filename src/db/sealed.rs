@@ -65,9 +65,13 @@ pub const SEALED_COLUMNS: &[SealedColumn] = &[
     SealedColumn {
         table: "jobs",
         column: "payload",
-        field: Some(crate::simulations::SECRET_FIELD),
+        field: Some(JOB_SECRET_FIELD),
     },
 ];
+
+/// The field of a job's payload that holds a sealed secret (a queued simulation's
+/// notification secret), which rotation reseals.
+pub const JOB_SECRET_FIELD: &str = "secret_sealed";
 
 /// One sealed value and the id of its row.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]

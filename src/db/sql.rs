@@ -1,4 +1,12 @@
-//! SQL helpers shared by the execution-area tables.
+//! What every store shares: the page of a list, `lower()` and `LIKE` patterns.
+
+/// A page of a list, newest first: skip `offset` rows or start after the row `after_id`.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub after_id: Option<String>,
+    pub offset: i64,
+    pub limit: i64,
+}
 
 diesel::define_sql_function! {
     /// SQL `lower()`.

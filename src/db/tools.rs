@@ -4,8 +4,8 @@
 
 use diesel::prelude::*;
 
-use super::knowledge::Page;
 use super::schema::tools;
+use super::sql::Page;
 use super::{DbConnection, Found, StoreError, StoreResult};
 
 /// One row of `tools`.

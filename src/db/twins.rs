@@ -4,8 +4,8 @@
 
 use diesel::prelude::*;
 
-use super::knowledge::Page;
 use super::schema::{simulations as s, twins as t};
+use super::sql::Page;
 use super::{DbConnection, StoreError, StoreResult};
 
 /// One row of `twins`.

@@ -117,7 +117,7 @@ pub fn list_credentials(
     conn: &mut DbConnection,
     org_id: &str,
     filter: &CredentialFilter,
-    page: &super::knowledge::Page,
+    page: &super::sql::Page,
 ) -> StoreResult<(Vec<CredentialRow>, i64)> {
     let total: i64 = filtered(org_id, filter).count().get_result(conn)?;
     let mut q = filtered(org_id, filter)
@@ -211,7 +211,7 @@ pub fn token_by_hash(conn: &mut DbConnection, hash: &str) -> StoreResult<Option<
 pub fn list_tokens(
     conn: &mut DbConnection,
     org_id: &str,
-    page: &super::knowledge::Page,
+    page: &super::sql::Page,
 ) -> StoreResult<(Vec<TokenRow>, i64)> {
     let total: i64 = vt::table
         .filter(vt::org_id.eq(org_id))

@@ -2,8 +2,8 @@
 
 use diesel::prelude::*;
 
-use super::events::Page;
 use super::schema::{webhook_deliveries as d, webhooks as w};
+use super::sql::Page;
 use super::{DbConnection, StoreError, StoreResult};
 
 /// One row of `webhooks`.
@@ -188,15 +188,6 @@ pub fn get_delivery(
         .map_err(StoreError::from)
 }
 
-/// A delivery by id alone (the worker).
-pub fn delivery_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<DeliveryRow> {
-    d::table
-        .filter(d::id.eq(id))
-        .select(DeliveryRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
-
 /// A page of one webhook's deliveries, newest first, and how many match.
 pub fn list_deliveries(
     conn: &mut DbConnection,
@@ -370,26 +361,6 @@ pub fn backlog(conn: &mut DbConnection) -> StoreResult<(i64, i64, i64)> {
     Ok((
         pending,
         retrying,
-        crate::jobs::seconds_since(oldest.as_deref(), now),
+        crate::ids::seconds_since(oldest.as_deref(), now),
     ))
-}
-
-/// When the next pending delivery is due, if any.
-pub fn next_due(conn: &mut DbConnection) -> StoreResult<Option<String>> {
-    let pending: Option<Option<String>> = d::table
-        .filter(d::status.eq(PENDING))
-        .select(d::next_attempt_at)
-        .order(d::next_attempt_at.asc())
-        .first(conn)
-        .optional()?;
-    let leased: Option<Option<String>> = d::table
-        .filter(d::status.eq(DELIVERING))
-        .select(d::lease_expires_at)
-        .order(d::lease_expires_at.asc())
-        .first(conn)
-        .optional()?;
-    Ok([pending.flatten(), leased.flatten()]
-        .into_iter()
-        .flatten()
-        .min())
 }

@@ -124,11 +124,6 @@ impl SyncRunner {
         }
     }
 
-    /// Wakes `events` after the syncs this runner finishes.
-    pub fn set_events(&mut self, events: crate::events::EventBus) {
-        self.events = events;
-    }
-
     /// The HTTP client fetches use (shared with API tools' test calls).
     pub fn client(&self) -> &reqwest::Client {
         &self.client

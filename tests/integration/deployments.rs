@@ -70,7 +70,7 @@ async fn record_execution(app: &TestApp, org: &str, agent: &str, r: Recorded) ->
                     e::finished_at.eq(finished.map(fmt)),
                 ))
                 .execute(conn)
-                .map_err(agentplane::db::StoreError::from_diesel)
+                .map_err(agentplane::db::StoreError::from)
         })
     })
     .await
@@ -89,7 +89,7 @@ async fn finish_execution(app: &TestApp, id: &str) {
                     e::finished_at.eq(Some(agentplane::ids::now())),
                 ))
                 .execute(conn)
-                .map_err(agentplane::db::StoreError::from_diesel)
+                .map_err(agentplane::db::StoreError::from)
         })
     })
     .await
@@ -105,7 +105,7 @@ async fn org_of(app: &TestApp, agent_id: &str) -> String {
                 .filter(agentplane::db::schema::agents::id.eq(&id))
                 .select(agentplane::db::schema::agents::org_id)
                 .first::<String>(conn)
-                .map_err(agentplane::db::StoreError::from_diesel)
+                .map_err(agentplane::db::StoreError::from)
         })
     })
     .await

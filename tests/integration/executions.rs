@@ -514,7 +514,7 @@ backend_test!(executions_of_a_dead_server_are_failed_not_lost, |app| {
                 "UPDATE jobs SET lease_owner = 'worker_dead', lease_until = '2000-01-01T00:00:00.000000Z'",
             )
             .execute(conn)
-            .map_err(agentplane::db::StoreError::from_diesel)
+            .map_err(agentplane::db::StoreError::from)
         })
     })
     .await

@@ -324,7 +324,7 @@ backend_test!(ingest_then_query_ranks_with_scores_and_filters, |app| {
                 .filter(knowledge_chunks::kb_id.eq(kb_for_count))
                 .count()
                 .get_result(conn)
-                .map_err(agentplane::db::StoreError::from_diesel)
+                .map_err(agentplane::db::StoreError::from)
         })
         .await
         .expect("count");
@@ -1137,4 +1137,32 @@ backend_test!(a_replica_starting_leaves_a_running_sync_alone, |app| {
         (&json!("succeeded"), &json!(1)),
         "{done}"
     );
+});
+
+backend_test!(concurrent_keyed_creates_make_one_kb, |app| {
+    let body = json!({"name": "Racing", "sources": [{"type": "text", "text": "One answer for every retry."}]});
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let req = app
+            .req(Method::POST, "/v1/knowledge")
+            .header("idempotency-key", "kb-race")
+            .json(&body);
+        tasks.push(tokio::spawn(async move {
+            json(req.send().await.expect("send")).await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for task in tasks {
+        let (status, kb) = task.await.expect("join");
+        assert_eq!(status, 201, "every retry answers the first create: {kb}");
+        ids.insert(kb["id"].as_str().expect("id").to_string());
+    }
+    assert_eq!(
+        ids.len(),
+        1,
+        "concurrent retries agree on one knowledge base"
+    );
+    let (status, list) = json(app.get("/v1/knowledge").await).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["pagination"]["total"], 1, "{list}");
 });

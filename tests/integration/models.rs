@@ -59,7 +59,7 @@ backend_test!(models_crud_with_write_only_encrypted_keys, |app| {
                 .filter(m::id.eq(&lookup))
                 .select((m::api_key_encrypted, m::body))
                 .first(conn)
-                .map_err(agentplane::db::StoreError::from_diesel)
+                .map_err(agentplane::db::StoreError::from)
         })
     })
     .await

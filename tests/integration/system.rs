@@ -54,8 +54,7 @@ backend_test!(health_and_status_report_real_figures, |app| {
                 "UPDATE jobs SET run_after = '{past}' WHERE id = '{}'",
                 job.id
             ))
-            .execute(conn)
-            .map_err(agentplane::db::StoreError::from_diesel)?;
+            .execute(conn)?;
             Ok(())
         })
     })

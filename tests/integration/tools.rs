@@ -215,7 +215,7 @@ backend_test!(api_tools_call_their_endpoint_and_keep_secrets, |app| {
                 .filter(tools::id.eq(stored_id))
                 .select((tools::body, tools::secrets))
                 .first::<(String, String)>(conn)
-                .map_err(agentplane::db::StoreError::from_diesel)
+                .map_err(agentplane::db::StoreError::from)
         })
         .await
         .expect("row");
@@ -413,4 +413,33 @@ backend_test!(tools_reject_bad_input_and_other_organizations, |app| {
         .await
         .expect("send");
     assert_eq!(resp.status(), 403);
+});
+
+backend_test!(concurrent_keyed_creates_make_one_tool, |app| {
+    let (_, kb) = json(
+        app.send_json(Method::POST, "/v1/knowledge", &json!({"name": "docs"}))
+            .await,
+    )
+    .await;
+    let body = json!({"type": "rag", "name": "racing", "knowledge_base_ids": [kb["id"]]});
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let req = app
+            .req(Method::POST, "/v1/tools")
+            .header("idempotency-key", "tool-race")
+            .json(&body);
+        tasks.push(tokio::spawn(async move {
+            json(req.send().await.expect("send")).await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for task in tasks {
+        let (status, tool) = task.await.expect("join");
+        assert_eq!(status, 201, "every retry answers the first create: {tool}");
+        ids.insert(tool["id"].as_str().expect("id").to_string());
+    }
+    assert_eq!(ids.len(), 1, "concurrent retries agree on one tool");
+    let (status, list) = json(app.get("/v1/tools").await).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["pagination"]["total"], 1, "{list}");
 });

@@ -459,7 +459,7 @@ backend_test!(
                      lease_until = '2000-01-01T00:00:00.000000Z' WHERE id = '{sid}'"
                 ))
                 .execute(conn)
-                .map_err(agentplane::db::StoreError::from_diesel)
+                .map_err(agentplane::db::StoreError::from)
             })
         })
     })

@@ -63,8 +63,7 @@ fn conversation(
             c::created_at.eq(at),
             c::updated_at.eq(at),
         ))
-        .execute(conn)
-        .map_err(StoreError::from_diesel)?;
+        .execute(conn)?;
     for (role, content, when) in messages {
         diesel::insert_into(m::table)
             .values((
@@ -77,8 +76,7 @@ fn conversation(
                 m::output_tokens.eq(0i64),
                 m::created_at.eq(*when),
             ))
-            .execute(conn)
-            .map_err(StoreError::from_diesel)?;
+            .execute(conn)?;
     }
     Ok(())
 }

@@ -198,7 +198,7 @@ backend_test!(credentials_open_only_with_a_vault_token, |app| {
             diesel::update(vt::table.filter(vt::id.eq(expiring_id)))
                 .set(vt::expires_at.eq("2020-01-01T00:00:00.000000Z"))
                 .execute(conn)
-                .map_err(agentplane::db::StoreError::from_diesel)
+                .map_err(agentplane::db::StoreError::from)
         })
     })
     .await
@@ -479,7 +479,7 @@ backend_test!(
                     "SELECT id, target AS value FROM webhook_deliveries WHERE target IS NOT NULL",
                 )
                 .load::<sealed::SealedValue>(conn)
-                .map_err(agentplane::db::StoreError::from_diesel)
+                .map_err(agentplane::db::StoreError::from)
             })
         })
         .await
@@ -511,7 +511,7 @@ backend_test!(
             store.run_blocking(|conn| {
                 diesel::sql_query(sql)
                     .execute(conn)
-                    .map_err(agentplane::db::StoreError::from_diesel)
+                    .map_err(agentplane::db::StoreError::from)
             })
         })
         .await

@@ -571,7 +571,7 @@ hooks_test!(every_event_is_delivered_across_a_restart, |app| {
                     d::lease_expires_at.eq("2000-01-01T00:00:00.000000Z"),
                 ))
                 .execute(conn)
-                .map_err(agentplane::db::StoreError::from_diesel)
+                .map_err(agentplane::db::StoreError::from)
         })
     })
     .await
