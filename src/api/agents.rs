@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::Handlers;
 use super::idem::{self, Created};
-use super::paging::{PageRequest, etag, etag_matches};
+use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use crate::auth::Caller;
 use crate::db::StoreError;
 use crate::db::agents::{self as store, AgentChanges, AgentRow, ListQuery, SortField};
@@ -558,11 +558,7 @@ impl AgentsApi for Handlers {
     ) -> Result<GetAgentResponse, ApiError> {
         let row = self.agent_row(&caller, params.agent_id).await?;
         let tag = etag(row.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
+        if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetAgentResponse::NotModified(tag));
         }
         let agent = row_to_agent(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;

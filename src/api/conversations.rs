@@ -12,7 +12,7 @@ use tokio::sync::broadcast::Receiver;
 
 use super::Handlers;
 use super::idem;
-use super::paging::{PageRequest, etag, etag_matches};
+use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use super::run::{Listening, Start, follow, row_to_execution, row_to_message, wait_limit};
 use crate::auth::Caller;
 use crate::db::StoreError;
@@ -363,11 +363,7 @@ impl ConversationsApi for Handlers {
             .conversation_with_messages(&caller, params.conversation_id)
             .await?;
         let tag = etag(row.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
+        if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetConversationResponse::NotModified(tag));
         }
         let conversation = row_to_conversation(&row, Some(&messages))

@@ -16,7 +16,7 @@ use tokio::sync::broadcast::Receiver;
 
 use super::Handlers;
 use super::idem;
-use super::paging::{PageRequest, etag_matches};
+use super::paging::{PageRequest, not_modified};
 use super::run::{
     Listening, NOT_FOUND, Start, follow, follow_events, row_to_execution, wait_limit,
 };
@@ -328,11 +328,7 @@ impl ExecutionsApi for Handlers {
     ) -> Result<GetExecutionResponse, ApiError> {
         let row = self.execution_row(&caller, params.execution_id).await?;
         let tag = execution_etag(&row);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
+        if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetExecutionResponse::NotModified(tag));
         }
         let execution =

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use super::Handlers;
 use super::idem;
-use super::paging::{PageRequest, etag, etag_matches};
+use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use crate::auth::Caller;
 use crate::db::knowledge::{
     self as store, ChunkRow, DocumentRow, KbChanges, KbFilter, KbRow, SourceRow, SyncRow,
@@ -1167,11 +1167,7 @@ impl KnowledgeApi for Handlers {
     ) -> Result<GetKnowledgeBaseResponse, ApiError> {
         let (row, kb) = self.kb_with_counts(&caller, params.kb_id).await?;
         let tag = etag(row.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
+        if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetKnowledgeBaseResponse::NotModified(tag));
         }
         Ok(GetKnowledgeBaseResponse::Ok(Json(kb), tag))

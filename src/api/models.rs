@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::Handlers;
 use super::idem;
-use super::paging::{PageRequest, etag, etag_matches};
+use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use crate::auth::Caller;
 use crate::db::StoreError;
 use crate::db::models::{self as store, ModelChanges, ModelRow};
@@ -298,11 +298,7 @@ impl ModelRegistryApi for Handlers {
     ) -> Result<GetModelResponse, ApiError> {
         let model = self.model_of(&caller, params.model_id).await?;
         let tag = etag(model.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
+        if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetModelResponse::NotModified(tag));
         }
         Ok(GetModelResponse::Ok(Json(model), tag))

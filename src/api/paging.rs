@@ -93,6 +93,11 @@ pub fn etag_matches(header: &str, etag: &str) -> bool {
     })
 }
 
+/// Whether a read with this `If-None-Match` answers 304: the header names `etag`.
+pub fn not_modified(if_none_match: Option<&str>, etag: &str) -> bool {
+    if_none_match.is_some_and(|h| etag_matches(h, etag))
+}
+
 /// The ETag of a resource at `version`.
 pub fn etag(version: i64) -> String {
     format!("\"{version}\"")

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::Handlers;
 use super::idem;
-use super::paging::{PageRequest, etag, etag_matches};
+use super::paging::{PageRequest, etag, not_modified};
 use crate::auth::Caller;
 use crate::db::security::{self as store, EventQuery, SecurityEventRow};
 use crate::db::security_scans::{self as scans, ScanQuery, ScanRow};
@@ -474,11 +474,7 @@ impl SecurityApi for Handlers {
             .await
             .map_err(store_error(SCAN_NOT_FOUND, rid))?;
         let tag = etag(SCAN_VERSION);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
+        if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetSecurityScanResponse::NotModified(tag));
         }
         let scan = to_scan(&row).map_err(store_error(SCAN_NOT_FOUND, rid))?;

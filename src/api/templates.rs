@@ -9,7 +9,7 @@ use poem_openapi::types::ToJSON;
 
 use super::Handlers;
 use super::idem;
-use super::paging::{PageRequest, etag, etag_matches};
+use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use crate::auth::Caller;
 use crate::db::StoreError;
 use crate::db::templates::{self as store, TemplateChanges, TemplateQuery, TemplateRow};
@@ -286,11 +286,7 @@ impl TemplatesApi for Handlers {
     ) -> Result<GetPromptTemplateResponse, ApiError> {
         let row = self.template_row(&caller, params.template_id).await?;
         let tag = etag(row.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
+        if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetPromptTemplateResponse::NotModified(tag));
         }
         let tpl = row_to_template(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;

@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use super::Handlers;
 use super::idem;
 use super::knowledge::to_i64;
-use super::paging::{PageRequest, etag, etag_matches};
+use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use crate::auth::Caller;
 use crate::db::tools::{self as store, ToolChanges, ToolRow};
 use crate::db::{DbConnection, StoreError};
@@ -583,11 +583,7 @@ impl ToolsApi for Handlers {
     ) -> Result<GetToolResponse, ApiError> {
         let row = self.tool(&caller, params.tool_id).await?;
         let tag = etag(row.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
+        if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetToolResponse::NotModified(tag));
         }
         Ok(GetToolResponse::Ok(Json(tool_model(&row)), tag))

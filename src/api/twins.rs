@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::Handlers;
 use super::idem::{self, Created, NewKeyed};
-use super::paging::{PageRequest, etag, etag_matches};
+use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use crate::auth::Caller;
 use crate::db::twins::{self as store, SimulationRow, TwinChanges, TwinRow};
 use crate::db::{StoreError, StoreResult};
@@ -559,11 +559,7 @@ impl TwinsApi for Handlers {
     ) -> Result<GetTwinResponse, ApiError> {
         let t = self.twin(&caller, params.twin_id).await?;
         let tag = etag(t.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
+        if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetTwinResponse::NotModified(tag));
         }
         Ok(GetTwinResponse::Ok(Json(t), tag))

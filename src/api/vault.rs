@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::Handlers;
 use super::idem::{self, NewKeyed};
-use super::paging::{PageRequest, etag, etag_matches};
+use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use crate::auth::Caller;
 use crate::db::vault::{
     self as store, CredentialChanges, CredentialFilter, CredentialRow, TokenRow,
@@ -431,11 +431,7 @@ impl VaultApi for Handlers {
         }
         let c = self.stored_credential(&caller, id).await?;
         let tag = etag(c.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
+        if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetVaultCredentialResponse::NotModified(tag));
         }
         Ok(GetVaultCredentialResponse::Ok(Json(c), tag))

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::Handlers;
 use super::idem::{self, NewKeyed};
-use super::paging::{PageRequest, etag, etag_matches};
+use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use crate::auth::Caller;
 use crate::db::events::EventRow;
 use crate::db::webhooks::{self as store, DeliveryRow, WebhookChanges, WebhookRow};
@@ -339,11 +339,7 @@ impl WebhooksApi for Handlers {
     ) -> Result<GetWebhookResponse, ApiError> {
         let row = self.webhook(&caller, params.webhook_id).await?;
         let tag = etag(row.version);
-        if params
-            .if_none_match
-            .as_deref()
-            .is_some_and(|h| etag_matches(h, &tag))
-        {
+        if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetWebhookResponse::NotModified(tag));
         }
         let hook = row_to_webhook(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
