@@ -12,12 +12,22 @@ WORK=$(mktemp -d /tmp/agentplane-test.XXXXXX)
 chmod 755 "$WORK"
 SCHEMATHESIS_VERSION=4.32.5
 SPECTRAL_VERSION=6.16.3
-PG_PORT=${PG_PORT:-55432}
+# Every port comes from the OS: PostgreSQL's from a socket bound to port 0 (pg_ctl needs a
+# number), the servers' and mocks' from their own listeners (`:0`), read back from their output.
+PG_PORT=${PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 # Build output (honours CARGO_TARGET_DIR, so several checkouts can test side by side).
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 PIDS=()
 
 log() { printf '\n==> %s\n' "$*"; }
+
+# The port a server or mock started on `:0` says it listens on (in the file $1), after waiting
+# for it to say so; fails with what it printed when it never does.
+listening_port() {
+  for _ in $(seq 1 100); do grep -q 'listening on http://' "$1" 2>/dev/null && break; sleep 0.1; done
+  grep -o 'listening on http://[0-9.]*:[0-9]*' "$1" | head -n1 | sed 's/.*://' | grep . || {
+    cat "$1" "${2:-/dev/null}" >&2; echo "not listening" >&2; exit 1; }
+}
 
 cleanup() {
   for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
@@ -103,11 +113,14 @@ for item in json.load(open(sys.argv[2]))["paths"].values():
             print()
 PY
 schemathesis_run() {
-  local name=$1 url=$2 port=$3
+  local name=$1 url=$2 port
   log "schemathesis on $name"
-  "$TARGET/debug/agentplane" serve --listen "127.0.0.1:$port" --database "$url" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  # Tests reach nothing but loopback: a tool at an address this machine cannot reach (the
+  # spec's example, api.example.com) fails within two seconds, far under the response limit.
+  "$TARGET/debug/agentplane" serve --listen "127.0.0.1:0" --database "$url" --egress-timeout-ms 2000 \
+    >"$WORK/$name.out" 2>"$WORK/$name.err" &
   PIDS+=($!)
-  for _ in $(seq 1 100); do grep -q listening "$WORK/$name.out" 2>/dev/null && break; sleep 0.1; done
+  port=$(listening_port "$WORK/$name.out" "$WORK/$name.err")
   local key
   key=$(grep -o 'ap_[A-Za-z0-9]*' "$WORK/$name.out" | head -n1)
   [ -n "$key" ] || { cat "$WORK/$name.err"; echo "no admin key printed" >&2; exit 1; }
@@ -135,29 +148,28 @@ schemathesis_run() {
 }
 createdb_url="$AGENTPLANE_TEST_POSTGRES/schemathesis"
 runuser -u postgres -- "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" schemathesis
-schemathesis_run sqlite "sqlite://$WORK/schemathesis.db" $((PG_PORT + 1))
-schemathesis_run postgres "$createdb_url" $((PG_PORT + 2))
+schemathesis_run sqlite "sqlite://$WORK/schemathesis.db"
+schemathesis_run postgres "$createdb_url"
 
 # ---- agentplane mock: conform finds every answer of the mock valid ------------------------
 # Stateful mocks pass every check (even use_after_free, cross_tenant_isolation: state is
 # kept per credential). petstore-expanded also guards conform's negative phase against
 # false positives: `tags=<string>` is a valid one-item array, not a negative case.
 mock_conform() {
-  local name=$1 spec=$2 port=$3; shift 3
+  local name=$1 spec=$2 port; shift 2
   log "agentplane mock + conform: $name"
-  "$TARGET/debug/agentplane" mock "$spec" --port "$port" --stateful --no-watch >"$WORK/mock-$name.out" 2>&1 &
+  "$TARGET/debug/agentplane" mock "$spec" --port 0 --stateful --no-watch >"$WORK/mock-$name.out" 2>&1 &
   PIDS+=($!)
-  for _ in $(seq 1 100); do grep -q listening "$WORK/mock-$name.out" 2>/dev/null && break; sleep 0.1; done
-  grep -q listening "$WORK/mock-$name.out" || { cat "$WORK/mock-$name.out"; exit 1; }
+  port=$(listening_port "$WORK/mock-$name.out")
   "$TARGET/debug/agentplane" conform --spec "$spec" --url "http://127.0.0.1:$port" \
     -H "Authorization: Bearer main" -H "X-Api-Key: main" \
     --seed 1 --max-examples "${CONFORM_EXAMPLES:-40}" "$@" \
     --junit "$TARGET/conform/mock-$name.xml"
 }
-mock_conform ours "$ROOT/generated/openapi.json" $((PG_PORT + 3)) \
+mock_conform ours "$ROOT/generated/openapi.json" \
   --other-header "Authorization: Bearer other" --other-header "X-Api-Key: other"
-mock_conform tasks-3.1 "$ROOT/conformance/tests/fixtures/tasks-3.1/openapi.yaml" $((PG_PORT + 4))
-mock_conform petstore "$ROOT/conformance/tests/fixtures/petstore-expanded.yaml" $((PG_PORT + 5))
+mock_conform tasks-3.1 "$ROOT/conformance/tests/fixtures/tasks-3.1/openapi.yaml"
+mock_conform petstore "$ROOT/conformance/tests/fixtures/petstore-expanded.yaml"
 # ---- end of agentplane mock -----------------------------------------------------------------
 
 # ---- generated clients, Swagger UI and the API reference (issue 7) -------------------------

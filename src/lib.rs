@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod crypto;
 pub mod db;
+pub mod egress;
 pub mod engine;
 pub mod error;
 pub mod evaluation;

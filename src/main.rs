@@ -63,6 +63,10 @@ enum Command {
         /// Background jobs (executions) run at once by this server (default: 4 per core).
         #[arg(long, env = "AGENTPLANE_WORKERS")]
         workers: Option<usize>,
+        /// The longest any call made on a tenant's behalf (API tool, webhook, source fetch,
+        /// model endpoint) may take, in milliseconds, whatever the tenant configured.
+        #[arg(long, env = "AGENTPLANE_EGRESS_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+        egress_timeout_ms: u64,
     },
     /// Contract-test a server against an OpenAPI spec (exit 0 passed, 1 failures, 2 usage).
     Conform(ConformArgs),
@@ -248,6 +252,7 @@ async fn main() -> ExitCode {
             rate_limit_burst,
             workers,
             metrics_public,
+            egress_timeout_ms,
         } => {
             let mut jobs = agentplane::jobs::PoolConfig::default();
             if let Some(n) = workers {
@@ -266,6 +271,9 @@ async fn main() -> ExitCode {
                 },
                 jobs,
                 metrics_public,
+                egress: agentplane::egress::Policy {
+                    max_time: std::time::Duration::from_millis(egress_timeout_ms),
+                },
                 ..Config::default()
             })
             .await

@@ -35,6 +35,8 @@ pub struct Config {
     pub webhooks: crate::webhooks::DeliveryPolicy,
     /// How background jobs (executions) run: workers, lease, poll interval.
     pub jobs: crate::jobs::PoolConfig,
+    /// Limits on the calls the server makes on tenants' behalf.
+    pub egress: crate::egress::Policy,
 }
 
 impl Config {
@@ -73,19 +75,19 @@ impl Default for Config {
             metrics_public: false,
             webhooks: crate::webhooks::DeliveryPolicy::default(),
             jobs: crate::jobs::PoolConfig::default(),
+            egress: crate::egress::Policy::default(),
         }
     }
 }
 
 /// The whole application as one endpoint, and its worker pools (not started: the jobs pool
 /// and the background pool); `events` wakes the in-process consumers of the event log.
+/// `/metrics` is open to callers without a key when `metrics_open`.
 pub fn app(
     store: Store,
     crypto: Crypto,
-    github_api_url: String,
-    rate_limits: crate::ratelimit::Limits,
+    config: &Config,
     events: crate::events::EventBus,
-    jobs: crate::jobs::PoolConfig,
     metrics_open: bool,
 ) -> anyhow::Result<(Arc<crate::api::App>, [crate::jobs::WorkerPool; 2])> {
     let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
@@ -94,7 +96,15 @@ pub fn app(
         conformance::RequestValidator::new(&spec).context("the bundled spec does not compile")?,
     );
     let handlers = Arc::new(
-        Handlers::with_pool(store, crypto, &github_api_url, jobs, events).with_limits(rate_limits),
+        Handlers::with_pool(
+            store,
+            crypto,
+            &config.github_api_url,
+            config.jobs.clone(),
+            events,
+        )
+        .with_limits(config.rate_limits)
+        .with_egress(config.egress),
     );
     let pools = [handlers.pool.clone(), handlers.background.clone()];
     let service = agentplane_api::service(handlers.clone());
@@ -134,11 +144,7 @@ pub struct Bound {
     acceptor: poem::listener::TcpAcceptor,
     store: Store,
     crypto: Crypto,
-    github_api_url: String,
-    rate_limits: crate::ratelimit::Limits,
-    webhooks: crate::webhooks::DeliveryPolicy,
-    jobs: crate::jobs::PoolConfig,
-    metrics_public: bool,
+    config: Config,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
 }
@@ -185,11 +191,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             acceptor,
             store,
             crypto,
-            github_api_url: config.github_api_url.clone(),
-            rate_limits: config.rate_limits,
-            metrics_public: config.metrics_public,
-            webhooks: config.webhooks.clone(),
-            jobs: config.jobs.clone(),
+            config: config.clone(),
             addr,
         },
         bootstrap,
@@ -207,19 +209,12 @@ impl Bound {
             self.store.clone(),
             self.crypto.clone(),
             events.clone(),
-            self.webhooks,
+            self.config.webhooks.clone(),
         );
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let deliveries = tokio::spawn(worker.run(stopped));
-        let (app, pools) = app(
-            self.store,
-            self.crypto,
-            self.github_api_url,
-            self.rate_limits,
-            events,
-            self.jobs,
-            self.metrics_public || self.addr.ip().is_loopback(),
-        )?;
+        let metrics_open = self.config.metrics_public || self.addr.ip().is_loopback();
+        let (app, pools) = app(self.store, self.crypto, &self.config, events, metrics_open)?;
         // Jobs whose holder died (this server's previous run, or another replica) are
         // reclaimed by this pool once their lease runs out.
         for pool in &pools {

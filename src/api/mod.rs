@@ -57,6 +57,8 @@ pub struct Handlers {
     pub syncs: crate::knowledge::sync::SyncRunner,
     /// Rate limits of keys that have none of their own.
     pub limits: crate::ratelimit::Limits,
+    /// The operator's limits on outbound calls.
+    pub egress: crate::egress::Policy,
     /// The whole application, through which batch operations are dispatched (set once the
     /// application is assembled; weak, since the application holds these handlers).
     pub dispatcher: batch::Dispatcher,
@@ -177,8 +179,15 @@ impl Handlers {
             ),
             store,
             limits: crate::ratelimit::Limits::default(),
+            egress: crate::egress::Policy::default(),
             dispatcher: batch::Dispatcher::default(),
         }
+    }
+
+    /// These handlers with other limits on outbound calls.
+    pub fn with_egress(mut self, egress: crate::egress::Policy) -> Self {
+        self.egress = egress;
+        self
     }
 
     /// These handlers with other server-wide rate limits.

@@ -485,11 +485,10 @@ impl Handlers {
                 pairs.append_pair(k, v);
             }
         }
-        let mut req = self
-            .syncs
-            .client()
-            .request(method.clone(), target)
-            .timeout(std::time::Duration::from_millis(timeout));
+        let mut req = self.syncs.client().request(method.clone(), target).timeout(
+            self.egress
+                .time_for(std::time::Duration::from_millis(timeout)),
+        );
         let plain: BTreeMap<String, String> = body
             .get("headers")
             .and_then(|h| serde_json::from_value(h.clone()).ok())
