@@ -84,6 +84,10 @@ log "spectral lint (spectral:oas)"
 
 # ---- Schemathesis and agentplane conform against a fresh server on each backend ----------
 cargo build --quiet --bin agentplane
+# The published /v1 contract must not break: openapi/baseline.json records it, and moving it
+# is a deliberate edit (README, "Changing the API").
+log "agentplane diff: the bundle against the /v1 baseline (--fail-on breaking)"
+"$TARGET/debug/agentplane" diff "$ROOT/openapi/baseline.json" "$ROOT/generated/openapi.json" --fail-on breaking
 # schemathesis.toml, plus one [[operations]] entry per operation that declares
 # `x-business-rule-statuses` (a 422 for a missing template variable, say): schema-valid
 # input may get those statuses, as `agentplane conform` reads from the spec itself.

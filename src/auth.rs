@@ -8,53 +8,18 @@
 use std::collections::BTreeSet;
 
 use agentplane_api::models::{Role, Scope};
-use rand::Rng;
-use sha2::{Digest, Sha256};
 
 use crate::db::identity::{self, ApiKeyRow, OrganizationRow, UserRow};
 use crate::db::{DbConnection, StoreError, StoreResult};
 use crate::ids;
 
-const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// A freshly generated key: the secret (shown once) and what is stored of it.
-#[derive(Debug)]
-pub struct NewSecret {
-    pub secret: String,
-    pub prefix: String,
-    pub hash: String,
-}
-
-/// The prefix of every API key.
-pub const API_KEY_PREFIX: &str = "ap_";
-/// The prefix of every vault token.
-pub const VAULT_TOKEN_PREFIX: &str = "vt_";
-/// The random characters after a secret's prefix.
-pub const SECRET_BODY_LEN: usize = 40;
+pub use crate::secrets::{
+    API_KEY_PREFIX, NewSecret, SECRET_BODY_LEN, VAULT_TOKEN_PREFIX, generate_secret, hash_key,
+};
 
 /// Generates a new random key.
 pub fn generate_key() -> NewSecret {
     generate_secret(API_KEY_PREFIX)
-}
-
-/// Generates a secret: `prefix` and 40 random base-62 characters (API keys `ap_`, vault
-/// tokens `vt_`).
-pub fn generate_secret(prefix: &str) -> NewSecret {
-    let mut rng = rand::rng();
-    let body: String = (0..SECRET_BODY_LEN)
-        .map(|_| BASE62[rng.random_range(0..BASE62.len())] as char)
-        .collect();
-    let secret = format!("{prefix}{body}");
-    NewSecret {
-        prefix: secret[..8].to_string(),
-        hash: hash_key(&secret),
-        secret,
-    }
-}
-
-/// The stored form of a key.
-pub fn hash_key(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// What a role allows.
@@ -279,6 +244,124 @@ impl Keys {
             self.cache.put(hash, record.clone());
             record
         }))
+    }
+}
+
+/// Why a request was not authenticated; the HTTP layer answers it with the error envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// No usable API key (401 `INVALID_API_KEY`), and the message saying why.
+    Unauthorized(&'static str),
+    /// The key lacks these scopes (403 `INSUFFICIENT_PERMISSIONS`).
+    Forbidden(Vec<&'static str>),
+    /// Keys cannot be checked right now (503).
+    Unavailable,
+}
+
+impl Keys {
+    /// The caller of `req` (request id `rid`) when it presents a live API key holding every
+    /// scope of `scopes`. A refused key (unknown, revoked, expired, lacking a scope) is
+    /// recorded as a security event; the secret itself never is.
+    pub async fn authenticate(
+        &self,
+        req: &poem::Request,
+        scopes: &[&'static str],
+        rid: &str,
+    ) -> Result<Caller, Failure> {
+        let Some(secret) = credential(req) else {
+            return Err(Failure::Unauthorized(
+                "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            ));
+        };
+        let record = match self.record(hash_key(&secret)).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                // An unknown key names no organization.
+                self.refused(req, rid, None, "unknown API key").await;
+                return Err(Failure::Unauthorized("the API key is not valid"));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, request_id = %rid, "cannot check an API key");
+                return Err(Failure::Unavailable);
+            }
+        };
+        let dead = if record.revoked {
+            Some(("revoked API key", "the API key has been revoked"))
+        } else if record
+            .expires_at
+            .as_deref()
+            .is_some_and(|t| t <= ids::now().as_str())
+        {
+            Some(("expired API key", "the API key has expired"))
+        } else {
+            None
+        };
+        if let Some((reason, message)) = dead {
+            self.refused(req, rid, Some(&record), reason).await;
+            return Err(Failure::Unauthorized(message));
+        }
+        let missing: Vec<&'static str> = scopes
+            .iter()
+            .copied()
+            .filter(|s| !record.scopes.iter().any(|g| g.as_str() == *s))
+            .collect();
+        if !missing.is_empty() {
+            self.denied(req, rid, &record, &missing).await;
+            return Err(Failure::Forbidden(missing));
+        }
+        Ok(Caller {
+            request_id: rid.to_string(),
+            org_id: record.org_id,
+            user_id: record.user_id,
+            key_id: record.key_id,
+            role: record.role,
+            scopes: record.scopes,
+            credential: Presented(secret),
+        })
+    }
+
+    /// Records a refused key (`authentication_failed`): of `record`'s organization when the
+    /// key is known.
+    async fn refused(
+        &self,
+        req: &poem::Request,
+        rid: &str,
+        record: Option<&KeyRecord>,
+        reason: &str,
+    ) {
+        use crate::security::{Event, EventType, Severity};
+        let mut event = Event::new(
+            EventType::AuthenticationFailed,
+            Severity::Medium,
+            format!("authentication failed: {reason}"),
+        )
+        .details(serde_json::json!({
+            "reason": reason,
+            "method": req.method().as_str(),
+            "path": req.uri().path(),
+        }))
+        .request(rid);
+        if let Some(record) = record {
+            event = event.by(&record.key_id, &record.user_id);
+        }
+        let org = record.map(|r| r.org_id.clone());
+        crate::security::record_detached(&self.store, org, event).await;
+    }
+
+    /// Records a key lacking the `missing` scopes for `req` (`permission_denied`).
+    async fn denied(&self, req: &poem::Request, rid: &str, record: &KeyRecord, missing: &[&str]) {
+        use crate::security::{Event, EventType, Severity};
+        let operation = format!("{} {}", req.method(), req.uri().path());
+        let event = Event::new(
+            EventType::PermissionDenied,
+            Severity::Low,
+            format!("{operation} needs the scope {}", missing.join(", ")),
+        )
+        .by(&record.key_id, &record.user_id)
+        .on("operation", &operation)
+        .details(serde_json::json!({ "missing_scopes": missing }))
+        .request(rid);
+        crate::security::record_detached(&self.store, Some(record.org_id.clone()), event).await;
     }
 }
 

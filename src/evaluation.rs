@@ -290,7 +290,7 @@ pub const KIND: &str = "evaluation_run";
 
 /// Queues `run` (inside the transaction that writes its row).
 pub fn enqueue(conn: &mut crate::db::DbConnection, run: &db::RunRow) -> StoreResult<()> {
-    crate::jobs::enqueue_for_row(conn, KIND, &run.org_id, &run.id)
+    crate::jobs::enqueue_row::<RunJobs>(conn, &run.org_id, &run.id)
 }
 
 /// Runs evaluation runs from the jobs queue. They belong on a pool of their own: a run
@@ -329,10 +329,13 @@ impl RunJobs {
     }
 }
 
-impl crate::jobs::JobHandler for RunJobs {
+impl crate::jobs::Job for RunJobs {
+    const KIND: &'static str = KIND;
+    type Payload = crate::jobs::RowPayload;
+
     fn run(
         &self,
-        job: crate::jobs::JobRow,
+        job: crate::jobs::Claimed<crate::jobs::RowPayload>,
         _: crate::jobs::JobContext,
     ) -> crate::jobs::BoxFuture<Result<(), String>> {
         let jobs = self.clone();
@@ -379,7 +382,10 @@ impl crate::jobs::JobHandler for RunJobs {
         })
     }
 
-    fn abandon(&self, job: crate::jobs::JobRow) -> crate::jobs::BoxFuture<()> {
+    fn abandon(
+        &self,
+        job: crate::jobs::Claimed<Option<crate::jobs::RowPayload>>,
+    ) -> crate::jobs::BoxFuture<()> {
         let jobs = self.clone();
         Box::pin(async move {
             jobs.fail(job.id, "interrupted: the server running it stopped".into())
@@ -593,13 +599,13 @@ impl CaseRunner for PooledCases {
         async move {
             let id = crate::ids::new_id("exec");
             let heard = self.live.subscribe(&id);
-            let request = serde_json::json!({
-                "input": input,
-                "parameters": {},
-                "options": {},
-                "evaluation": true,
-            });
-            let row = ExecutionRow::queued(id.clone(), org_id, agent_id, &request);
+            let request = exec::ExecutionRequest {
+                input: input.into(),
+                parameters: Some(Default::default()),
+                evaluation: true,
+                ..Default::default()
+            };
+            let row = ExecutionRow::queued(id.clone(), org_id, agent_id, request);
             let job = runner::job_for(&row);
             let accepted = self
                 .store
@@ -641,13 +647,11 @@ impl CaseRunner for PooledCases {
                 });
             self.live.release(&id);
             let row = row?;
-            if row.status != "succeeded" {
+            if row.status != exec::ExecutionStatus::Succeeded {
                 let reason = row
                     .error
-                    .as_deref()
-                    .and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok())
-                    .and_then(|e| e["message"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| row.status.clone());
+                    .as_ref()
+                    .map_or_else(|| row.status.to_string(), |e| e.message.clone());
                 return Err(format!("execution {id} {}: {reason}", row.status));
             }
             Ok(CaseOutput {

@@ -8,8 +8,12 @@
 //! replica can run any job, and nothing accepted is lost when a process dies. A claim takes
 //! a *lease* (`lease_owner`, `lease_until`) that the pool renews while the job runs; a job
 //! whose lease ran out is claimable again by any replica. A reclaimed job with attempts left
-//! runs again; one without is handed to its handler's [`JobHandler::abandon`] (an execution
-//! is then marked failed: "interrupted").
+//! runs again; one without is handed to its kind's [`Job::abandon`] (an execution is then
+//! marked failed: "interrupted").
+//!
+//! A kind of job is a type implementing [`Job`]: its name in `jobs.kind` and the type of its
+//! payload (JSON in `jobs.payload`), registered on a pool through a [`Registry`]; jobs are
+//! queued with their typed payload ([`NewJob::of`]).
 //!
 //! Claims take `FOR UPDATE SKIP LOCKED` on PostgreSQL, so replicas never queue on each
 //! other's candidates; on SQLite the claim is one `BEGIN IMMEDIATE` transaction (one writer).
@@ -24,6 +28,8 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::sql_types::Text;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -38,7 +44,7 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[diesel(table_name = jobs)]
 pub struct JobRow {
     pub id: String,
-    /// What runs it: the key of a registered [`JobHandler`] (`execution`, …).
+    /// What runs it: the [`Job::KIND`] of a registered job (`execution`, …).
     pub kind: String,
     pub org_id: String,
     /// The agent the job serves, if any: what per-agent concurrency limits count by.
@@ -59,39 +65,58 @@ pub struct JobRow {
     pub updated_at: String,
 }
 
-impl JobRow {
-    /// The payload as JSON (`null` when it is not JSON).
-    pub fn payload_json(&self) -> Value {
-        serde_json::from_str(&self.payload).unwrap_or(Value::Null)
-    }
-}
-
-/// A job to enqueue.
+/// A job to enqueue, its payload `P` (JSON when stored); [`NewJob::of`] makes a typed one.
 #[derive(Debug, Clone)]
-pub struct NewJob {
+pub struct NewJob<P = Value> {
     pub kind: String,
     pub org_id: String,
     pub agent_id: Option<String>,
-    pub payload: Value,
+    pub payload: P,
     /// Claims allowed; a job whose lease runs out after the last one is abandoned.
     pub max_attempts: i64,
 }
 
+impl<P> NewJob<P> {
+    /// A job of kind `J` in `org_id` carrying `payload`, claimed once (a lost run is
+    /// abandoned, not run again).
+    pub fn of<J: Job<Payload = P>>(org_id: &str, payload: P) -> Self {
+        Self {
+            kind: J::KIND.to_string(),
+            org_id: org_id.to_string(),
+            agent_id: None,
+            payload,
+            max_attempts: 1,
+        }
+    }
+
+    /// This job, counted against `agent_id`'s concurrency limit.
+    pub fn for_agent(mut self, agent_id: &str) -> Self {
+        self.agent_id = Some(agent_id.to_string());
+        self
+    }
+}
+
 /// Inserts a queued job (inside the caller's transaction, so the job exists exactly when
 /// the resource it works on does) and returns it.
-pub fn enqueue(conn: &mut DbConnection, job: &NewJob) -> StoreResult<JobRow> {
+pub fn enqueue<P: Serialize>(conn: &mut DbConnection, job: &NewJob<P>) -> StoreResult<JobRow> {
     enqueue_as(conn, &crate::ids::new_id("job"), job)
 }
 
 /// [`enqueue`] under the id `id`.
-pub fn enqueue_as(conn: &mut DbConnection, id: &str, job: &NewJob) -> StoreResult<JobRow> {
+pub fn enqueue_as<P: Serialize>(
+    conn: &mut DbConnection,
+    id: &str,
+    job: &NewJob<P>,
+) -> StoreResult<JobRow> {
     let now = crate::ids::now();
+    let payload = serde_json::to_value(&job.payload)
+        .map_err(|e| StoreError::Corrupt(format!("the payload of a {} job: {e}", job.kind)))?;
     let row = JobRow {
         id: id.to_string(),
         kind: job.kind.clone(),
         org_id: job.org_id.clone(),
         agent_id: job.agent_id.clone(),
-        payload: job.payload.to_string(),
+        payload: payload.to_string(),
         status: "queued".into(),
         attempts: 0,
         max_attempts: job.max_attempts.max(1),
@@ -108,10 +133,29 @@ pub fn enqueue_as(conn: &mut DbConnection, id: &str, job: &NewJob) -> StoreResul
     Ok(row)
 }
 
-/// Queues the job of `kind` that works on the row `row_id`, under the row's id (so the row
+/// The payload of a job that works on the row of the same id (a sync, an evaluation run).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RowPayload {
+    /// The row's id. Earlier versions wrote it as `sync_id` or `run_id`; their queued jobs
+    /// still run.
+    #[serde(alias = "sync_id", alias = "run_id")]
+    pub id: String,
+}
+
+/// Queues the job of kind `J` that works on the row `row_id`, under the row's id (so the row
 /// and its job are one id, and its payload names it): inside the transaction that writes the
-/// row. It runs once: a row whose server died is failed by the handler's `abandon`, and
-/// running it again is the user's call.
+/// row. It runs once: a row whose server died is failed by the kind's `abandon`, and running
+/// it again is the user's call.
+pub fn enqueue_row<J: Job<Payload = RowPayload>>(
+    conn: &mut DbConnection,
+    org_id: &str,
+    row_id: &str,
+) -> StoreResult<()> {
+    enqueue_for_row(conn, J::KIND, org_id, row_id)
+}
+
+/// [`enqueue_row`] by the kind's name, unchecked: the row job of any kind (tests forge rows
+/// with it).
 pub fn enqueue_for_row(
     conn: &mut DbConnection,
     kind: &str,
@@ -122,7 +166,9 @@ pub fn enqueue_for_row(
         kind: kind.into(),
         org_id: org_id.to_string(),
         agent_id: None,
-        payload: serde_json::json!({ "id": row_id }),
+        payload: RowPayload {
+            id: row_id.to_string(),
+        },
         max_attempts: 1,
     };
     enqueue_as(conn, row_id, &job).map(|_| ())
@@ -216,6 +262,23 @@ fn later(now: chrono::DateTime<chrono::Utc>, by: Duration) -> String {
     crate::ids::format_time(now + by)
 }
 
+/// The SQL expression of how many jobs of the candidate `j`'s agent may run at once, if
+/// `limits` cap it.
+fn in_flight_limit(limits: &ClaimLimits) -> Option<String> {
+    let fixed = limits.per_agent_in_flight.map(|m| m.max(0));
+    match (limits.from_deployments, fixed) {
+        (false, None) => None,
+        (false, Some(max)) => Some(max.to_string()),
+        (true, otherwise) => Some(format!(
+            "COALESCE((SELECT CASE WHEN d.state = 'restarting' AND EXISTS (SELECT 1 FROM \
+             executions x WHERE x.agent_id = d.agent_id AND x.status = 'running' AND \
+             (x.started_at IS NULL OR x.started_at < d.drain_before)) THEN 0 \
+             ELSE d.target_replicas END FROM agent_deployments d WHERE d.agent_id = j.agent_id), {})",
+            otherwise.unwrap_or(1)
+        )),
+    }
+}
+
 /// Claims the next due job of one of `kinds` for `owner`, leased for `lease`: a queued job
 /// whose `run_after` has come, or a running one whose lease ran out (its holder died).
 pub fn claim(
@@ -250,19 +313,7 @@ pub fn claim(
     );
     let mut binds: Vec<String> = vec![now.clone(), now.clone()];
     binds.extend(kinds.iter().cloned());
-    let fixed = limits.per_agent_in_flight.map(|m| m.max(0));
-    let limit = match (limits.from_deployments, fixed) {
-        (false, None) => None,
-        (false, Some(max)) => Some(max.to_string()),
-        (true, otherwise) => Some(format!(
-            "COALESCE((SELECT CASE WHEN d.state = 'restarting' AND EXISTS (SELECT 1 FROM \
-             executions x WHERE x.agent_id = d.agent_id AND x.status = 'running' AND \
-             (x.started_at IS NULL OR x.started_at < d.drain_before)) THEN 0 \
-             ELSE d.target_replicas END FROM agent_deployments d WHERE d.agent_id = j.agent_id), {})",
-            otherwise.unwrap_or(1)
-        )),
-    };
-    if let Some(limit) = limit {
+    if let Some(limit) = in_flight_limit(limits) {
         let now3 = ph();
         sql.push_str(&format!(
             " AND (j.agent_id IS NULL OR (SELECT COUNT(*) FROM jobs r WHERE r.agent_id = j.agent_id \
@@ -374,14 +425,117 @@ impl JobContext {
     }
 }
 
-/// Runs the jobs of one kind.
-pub trait JobHandler: Send + Sync + 'static {
+/// A claimed job as its kind sees it: the row's id and organization, and its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed<P> {
+    pub id: String,
+    pub org_id: String,
+    pub payload: P,
+}
+
+/// A kind of background work: its name in `jobs.kind`, the type of its payload, and how it
+/// runs. Registered on a pool with [`Registry::register`]; queued with [`NewJob::of`].
+pub trait Job: Send + Sync + 'static {
+    /// The name of the kind, as stored in `jobs.kind`.
+    const KIND: &'static str;
+    /// What a job of this kind carries, as stored (JSON) in `jobs.payload`.
+    type Payload: Serialize + DeserializeOwned + Send + 'static;
+
     /// Does the work; `Err` is the reason it failed (retried while attempts remain).
-    fn run(&self, job: JobRow, ctx: JobContext) -> BoxFuture<Result<(), String>>;
+    fn run(&self, job: Claimed<Self::Payload>, ctx: JobContext) -> BoxFuture<Result<(), String>>;
 
     /// A job whose lease ran out with no attempts left (its holder died): record the loss on
-    /// whatever the job worked on. The job itself is then marked failed.
+    /// whatever the job worked on. Its payload is `None` when it does not parse. The job
+    /// itself is then marked failed.
+    fn abandon(&self, job: Claimed<Option<Self::Payload>>) -> BoxFuture<()>;
+
+    /// A claimed job whose payload does not parse (`error` says why): by default it fails
+    /// with that reason.
+    fn unreadable(&self, job: Claimed<()>, error: String) -> BoxFuture<Result<(), String>> {
+        let _ = job;
+        Box::pin(async move { Err(error) })
+    }
+}
+
+/// A [`Job`] with its payload type erased, as a pool holds it.
+trait Erased: Send + Sync {
+    fn run(&self, job: JobRow, ctx: JobContext) -> BoxFuture<Result<(), String>>;
     fn abandon(&self, job: JobRow) -> BoxFuture<()>;
+}
+
+/// The claimed `row` with its payload parsed.
+fn claimed<P: DeserializeOwned>(row: JobRow) -> Result<Claimed<P>, (Claimed<()>, String)> {
+    let header = Claimed {
+        id: row.id,
+        org_id: row.org_id,
+        payload: (),
+    };
+    match serde_json::from_str(&row.payload) {
+        Ok(payload) => Ok(Claimed {
+            id: header.id,
+            org_id: header.org_id,
+            payload,
+        }),
+        Err(e) => Err((header, e.to_string())),
+    }
+}
+
+impl<J: Job> Erased for J {
+    fn run(&self, job: JobRow, ctx: JobContext) -> BoxFuture<Result<(), String>> {
+        match claimed(job) {
+            Ok(job) => Job::run(self, job, ctx),
+            Err((job, error)) => self.unreadable(job, error),
+        }
+    }
+
+    fn abandon(&self, job: JobRow) -> BoxFuture<()> {
+        let job = match claimed(job) {
+            Ok(job) => Claimed {
+                id: job.id,
+                org_id: job.org_id,
+                payload: Some(job.payload),
+            },
+            Err((job, _)) => Claimed {
+                id: job.id,
+                org_id: job.org_id,
+                payload: None,
+            },
+        };
+        Job::abandon(self, job)
+    }
+}
+
+/// The kinds of job a pool runs, by [`Job::KIND`].
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: HashMap<&'static str, Arc<dyn Erased>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.kinds.keys()).finish()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This registry with `job` running the jobs of kind `J::KIND` (in place of any other).
+    pub fn register<J: Job>(mut self, job: J) -> Self {
+        self.kinds.insert(J::KIND, Arc::new(job));
+        self
+    }
+
+    /// The registered kinds' names.
+    pub fn kinds(&self) -> Vec<String> {
+        self.kinds.keys().map(|k| k.to_string()).collect()
+    }
+
+    fn get(&self, kind: &str) -> Option<Arc<dyn Erased>> {
+        self.kinds.get(kind).cloned()
+    }
 }
 
 /// How a pool runs.
@@ -428,7 +582,7 @@ struct Inner {
     store: Store,
     owner: String,
     config: PoolConfig,
-    handlers: HashMap<String, Arc<dyn JobHandler>>,
+    jobs: Registry,
     wake: Notify,
     permits: Arc<Semaphore>,
     stop: watch::Sender<bool>,
@@ -450,12 +604,8 @@ impl std::fmt::Debug for WorkerPool {
 }
 
 impl WorkerPool {
-    /// A pool running the registered `handlers` (by job kind); idle until [`Self::start`].
-    pub fn new(
-        store: Store,
-        config: PoolConfig,
-        handlers: HashMap<String, Arc<dyn JobHandler>>,
-    ) -> Self {
+    /// A pool running the kinds registered in `jobs`; idle until [`Self::start`].
+    pub fn new(store: Store, config: PoolConfig, jobs: Registry) -> Self {
         let workers = config.workers.max(1);
         Self {
             inner: Arc::new(Inner {
@@ -463,7 +613,7 @@ impl WorkerPool {
                 owner: crate::ids::new_id("worker"),
                 permits: Arc::new(Semaphore::new(workers)),
                 config,
-                handlers,
+                jobs,
                 wake: Notify::new(),
                 stop: watch::channel(false).0,
             }),
@@ -502,7 +652,7 @@ impl WorkerPool {
     }
 
     async fn dispatch(self) {
-        let kinds: Vec<String> = self.inner.handlers.keys().cloned().collect();
+        let kinds = self.inner.jobs.kinds();
         let mut stop = self.inner.stop.subscribe();
         loop {
             if *stop.borrow() {
@@ -544,7 +694,7 @@ impl WorkerPool {
     }
 
     async fn execute(&self, job: JobRow) {
-        let Some(handler) = self.inner.handlers.get(&job.kind).cloned() else {
+        let Some(handler) = self.inner.jobs.get(&job.kind) else {
             return;
         };
         let (id, owner, lease) = (
@@ -635,14 +785,11 @@ mod tests {
         id
     }
 
-    fn job(org: &str, agent: Option<&str>) -> NewJob {
-        NewJob {
-            kind: "test".into(),
-            org_id: org.into(),
-            agent_id: agent.map(str::to_string),
-            payload: serde_json::json!({"n": 1}),
-            max_attempts: 2,
-        }
+    fn job(org: &str, agent: Option<&str>) -> NewJob<Count> {
+        let mut job = NewJob::of::<Recorder>(org, Count { n: 1 });
+        job.agent_id = agent.map(str::to_string);
+        job.max_attempts = 2;
+        job
     }
 
     fn kinds() -> Vec<String> {
@@ -779,8 +926,17 @@ mod tests {
         peak: Arc<std::sync::atomic::AtomicUsize>,
     }
 
-    impl JobHandler for Recorder {
-        fn run(&self, job: JobRow, _: JobContext) -> BoxFuture<Result<(), String>> {
+    /// What the test jobs carry.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Count {
+        n: i64,
+    }
+
+    impl Job for Recorder {
+        const KIND: &'static str = "test";
+        type Payload = Count;
+
+        fn run(&self, job: Claimed<Count>, _: JobContext) -> BoxFuture<Result<(), String>> {
             use std::sync::atomic::Ordering;
             let (ran, in_flight, peak) =
                 (self.ran.clone(), self.in_flight.clone(), self.peak.clone());
@@ -794,7 +950,7 @@ mod tests {
             })
         }
 
-        fn abandon(&self, job: JobRow) -> BoxFuture<()> {
+        fn abandon(&self, job: Claimed<Option<Count>>) -> BoxFuture<()> {
             let abandoned = self.abandoned.clone();
             Box::pin(async move {
                 if let Ok(mut a) = abandoned.lock() {
@@ -808,12 +964,7 @@ mod tests {
     async fn the_pool_runs_everything_bounded_and_abandons_dead_jobs() {
         for store in stores() {
             let org = org(&store);
-            let rec = Recorder {
-                ran: Arc::default(),
-                abandoned: Arc::default(),
-                in_flight: Arc::default(),
-                peak: Arc::default(),
-            };
+            let rec = recorder();
             let (ran, abandoned, peak) = (rec.ran.clone(), rec.abandoned.clone(), rec.peak.clone());
             // A job another replica held when it died, out of attempts.
             let o = org.clone();
@@ -834,8 +985,6 @@ mod tests {
                 })
                 .await
                 .expect("dead job");
-            let handlers: HashMap<String, Arc<dyn JobHandler>> =
-                [("test".to_string(), Arc::new(rec) as Arc<dyn JobHandler>)].into();
             let pool = WorkerPool::new(
                 store.clone(),
                 PoolConfig {
@@ -844,7 +993,7 @@ mod tests {
                     poll: Duration::from_millis(50),
                     limits: ClaimLimits::default(),
                 },
-                handlers,
+                Registry::new().register(rec),
             );
             pool.start();
             let o = org.clone();
@@ -883,5 +1032,68 @@ mod tests {
                 .expect("status");
             assert_eq!(status, "failed");
         }
+    }
+
+    fn recorder() -> Recorder {
+        Recorder {
+            ran: Arc::default(),
+            abandoned: Arc::default(),
+            in_flight: Arc::default(),
+            peak: Arc::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn payloads_are_stored_as_json_and_parsed_into_their_type() {
+        let new = NewJob::of::<Recorder>("org_1", Count { n: 7 });
+        assert_eq!((new.kind.as_str(), new.max_attempts), ("test", 1));
+        let row = |payload: &str| JobRow {
+            id: "job_1".into(),
+            kind: "test".into(),
+            org_id: "org_1".into(),
+            agent_id: None,
+            payload: payload.into(),
+            status: "running".into(),
+            attempts: 1,
+            max_attempts: 1,
+            lease_owner: None,
+            lease_until: None,
+            run_after: String::new(),
+            last_error: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        let ctx = || JobContext {
+            lost: watch::channel(false).1,
+        };
+        let rec = recorder();
+        let stored = serde_json::to_value(&new.payload)
+            .expect("json")
+            .to_string();
+        assert_eq!(stored, r#"{"n":7}"#);
+        Erased::run(&rec, row(&stored), ctx()).await.expect("runs");
+        assert_eq!(
+            rec.ran.lock().map(|r| r.clone()).unwrap_or_default(),
+            ["job_1"]
+        );
+        // A payload of another shape fails the job, naming why; abandoning it still works.
+        let error = Erased::run(&rec, row("{}"), ctx())
+            .await
+            .expect_err("unreadable");
+        assert!(error.contains("missing field `n`"), "{error}");
+        Erased::abandon(&rec, row("not json")).await;
+        // Row jobs queued by earlier versions named their row otherwise.
+        for old in [
+            r#"{"sync_id":"ks_1"}"#,
+            r#"{"run_id":"ks_1"}"#,
+            r#"{"id":"ks_1"}"#,
+        ] {
+            let parsed: RowPayload = serde_json::from_str(old).expect("a row payload");
+            assert_eq!(parsed.id, "ks_1");
+        }
+        assert_eq!(
+            rec.abandoned.lock().map(|a| a.clone()).unwrap_or_default(),
+            ["job_1"]
+        );
     }
 }

@@ -67,11 +67,32 @@ enum Command {
         /// model endpoint) may take, in milliseconds, whatever the tenant configured.
         #[arg(long, env = "AGENTPLANE_EGRESS_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
         egress_timeout_ms: u64,
+        /// What calls on a tenant's behalf may reach although the egress policy refuses it
+        /// (loopback, private and link-local addresses): networks, addresses or host names,
+        /// each with an optional port, comma-separated (`10.0.0.0/8,models.internal:8443`).
+        #[arg(long, env = "AGENTPLANE_ALLOW_EGRESS", value_delimiter = ',', value_parser = parse_allowed)]
+        allow_egress: Vec<agentplane::egress::Allowed>,
     },
     /// Contract-test a server against an OpenAPI spec (exit 0 passed, 1 failures, 2 usage).
     Conform(ConformArgs),
     /// Serve a validating, optionally stateful fake of any OpenAPI 3.0/3.1 spec (as Prism).
     Mock(MockArgs),
+    /// Breaking changes between two OpenAPI specs (files, URLs or git:<rev>:<path>); exit 1
+    /// when --fail-on finds one, 2 on bad arguments or an unloadable spec.
+    Diff {
+        /// The old spec: a file (YAML or JSON, may span files), an http(s) URL, or
+        /// git:<rev>:<path>.
+        old: String,
+        /// The new spec, in the same forms.
+        new: String,
+        /// Output: text, json or markdown.
+        #[arg(long)]
+        format: Option<String>,
+        /// Exit 1 when a change this bad is found: breaking, or potential (potentially
+        /// breaking or worse).
+        #[arg(long)]
+        fail_on: Option<String>,
+    },
     /// Re-encrypt every secret at rest under a new master key, in one transaction, then
     /// install the new key (stop the servers first; start them with the new key).
     RotateMasterKey(RotateArgs),
@@ -241,6 +262,20 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Conform(args) => return ExitCode::from(conform(args).await),
         Command::Mock(args) => return ExitCode::from(mock(args).await),
+        Command::Diff {
+            old,
+            new,
+            format,
+            fail_on,
+        } => {
+            let options = conformance::diff::CommandOptions {
+                old,
+                new,
+                format,
+                fail_on,
+            };
+            return ExitCode::from(conformance::diff::run_command(options).await);
+        }
         Command::Serve {
             listen,
             database,
@@ -253,6 +288,7 @@ async fn main() -> ExitCode {
             workers,
             metrics_public,
             egress_timeout_ms,
+            allow_egress,
         } => {
             let mut jobs = agentplane::jobs::PoolConfig::default();
             if let Some(n) = workers {
@@ -273,6 +309,7 @@ async fn main() -> ExitCode {
                 metrics_public,
                 egress: agentplane::egress::Policy {
                     max_time: std::time::Duration::from_millis(egress_timeout_ms),
+                    allow: allow_egress,
                 },
                 ..Config::default()
             })
@@ -357,43 +394,47 @@ async fn mock(args: MockArgs) -> u8 {
     conformance::mock::run_command(options).await
 }
 
-/// `agentplane rotate-master-key`: the new key is on disk before the database changes, and
-/// takes the old key file's place only after the re-encryption committed.
-fn rotate_master_key(args: RotateArgs) -> anyhow::Result<()> {
+/// The master key secrets are sealed under now, and the file it was read from (`None` when
+/// it came from `AGENTPLANE_MASTER_KEY`).
+fn current_master_key(
+    args: &RotateArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(agentplane::crypto::Crypto, Option<std::path::PathBuf>)> {
     use agentplane::crypto::Crypto;
-    let data_dir = Config {
-        database_url: args.database.clone(),
-        ..Config::default()
-    }
-    .data_dir();
     let env_key = args.master_key.as_deref().filter(|k| !k.trim().is_empty());
-    let (old, key_file) = match env_key {
-        Some(text) => (Crypto::from_base64(text)?, None),
-        None => {
-            let path = args
-                .master_key_file
-                .clone()
-                .unwrap_or_else(|| data_dir.join("master.key"));
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                anyhow::anyhow!("cannot read the master key {}: {e}", path.display())
-            })?;
-            (
-                Crypto::from_base64(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-                Some(path),
-            )
-        }
-    };
-    // Where the new key is kept before the database changes, and where it goes after.
-    let (new_text, staged, generated) = match &args.new_key_file {
-        Some(p) if p.exists() => (std::fs::read_to_string(p)?.trim().to_string(), None, None),
+    if let Some(text) = env_key {
+        return Ok((Crypto::from_base64(text)?, None));
+    }
+    let path = args
+        .master_key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("master.key"));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read the master key {}: {e}", path.display()))?;
+    let key = Crypto::from_base64(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((key, Some(path)))
+}
+
+/// A staged key file and the key file it replaces once the rotation committed.
+type Staged = (std::path::PathBuf, std::path::PathBuf);
+
+/// The new master key (base64), on disk before the database changes: staged beside the
+/// current `key_file` (to replace it after), or in `--new-key-file` (generated there when the
+/// file does not exist, which is then returned to be removed if the rotation fails).
+fn new_master_key(
+    args: &RotateArgs,
+    key_file: Option<&std::path::PathBuf>,
+) -> anyhow::Result<(String, Option<Staged>, Option<std::path::PathBuf>)> {
+    use agentplane::crypto::Crypto;
+    match &args.new_key_file {
+        Some(p) if p.exists() => Ok((std::fs::read_to_string(p)?.trim().to_string(), None, None)),
         Some(p) => {
             let text = Crypto::new_key_base64();
             Crypto::write_key_file(p, &text)?;
-            (text, None, Some(p.clone()))
+            Ok((text, None, Some(p.clone())))
         }
         None => {
-            let Some(path) = &key_file else {
+            let Some(path) = key_file else {
                 anyhow::bail!(
                     "the master key comes from AGENTPLANE_MASTER_KEY or --master-key: pass \
                      --new-key-file to receive the new key"
@@ -403,9 +444,22 @@ fn rotate_master_key(args: RotateArgs) -> anyhow::Result<()> {
             let staged = path.with_extension("key.new");
             let _ = std::fs::remove_file(&staged);
             Crypto::write_key_file(&staged, &text)?;
-            (text, Some((staged, path.clone())), None)
+            Ok((text, Some((staged, path.clone())), None))
         }
-    };
+    }
+}
+
+/// `agentplane rotate-master-key`: the new key is on disk before the database changes, and
+/// takes the old key file's place only after the re-encryption committed.
+fn rotate_master_key(args: RotateArgs) -> anyhow::Result<()> {
+    use agentplane::crypto::Crypto;
+    let data_dir = Config {
+        database_url: args.database.clone(),
+        ..Config::default()
+    }
+    .data_dir();
+    let (old, key_file) = current_master_key(&args, &data_dir)?;
+    let (new_text, staged, generated) = new_master_key(&args, key_file.as_ref())?;
     let new = Crypto::from_base64(&new_text)?;
     let store = agentplane::db::Store::open(&args.database, 1)?;
     let rotation = match store
@@ -492,4 +546,9 @@ fn create_key(
         secret.0.id
     );
     Ok(())
+}
+
+/// One `--allow-egress` entry.
+fn parse_allowed(text: &str) -> Result<agentplane::egress::Allowed, String> {
+    text.parse()
 }

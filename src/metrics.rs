@@ -186,7 +186,8 @@ fn parse_rss_bytes(status: &str) -> Option<i64> {
     Some(kb * 1024)
 }
 
-/// The replica's figures in Prometheus text exposition format (version 0.0.4).
+/// The replica's figures in Prometheus text exposition format (version 0.0.4), encoded by
+/// `prometheus-client`.
 pub fn prometheus_text(
     requests: &RequestFigures,
     uptime_seconds: u64,
@@ -194,65 +195,106 @@ pub fn prometheus_text(
     jobs_queued: i64,
     deliveries_pending: i64,
 ) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(Scrape {
+        requests: requests.clone(),
+        uptime_seconds,
+        process,
+        jobs_queued,
+        deliveries_pending,
+    }));
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, value) in samples {
-            out.push_str(&format!("{name}{labels} {value}\n"));
-        }
-    };
-    let plain = |v: String| vec![(String::new(), v)];
-    metric(
-        "agentplane_http_requests_total",
-        "counter",
-        "Requests answered, by status class.",
-        &requests
-            .by_class
-            .iter()
-            .map(|(c, n)| (format!("{{class=\"{c}\"}}"), n.to_string()))
-            .collect::<Vec<_>>(),
-    );
-    metric(
-        "agentplane_http_requests_in_flight",
-        "gauge",
-        "Requests being answered now.",
-        &plain(requests.in_flight.to_string()),
-    );
-    metric(
-        "agentplane_uptime_seconds",
-        "gauge",
-        "Seconds since the server started.",
-        &plain(uptime_seconds.to_string()),
-    );
-    if let Some(cpu) = process.0 {
-        metric(
-            "process_cpu_seconds_total",
-            "counter",
-            "User and system CPU time spent, in seconds.",
-            &plain(format!("{cpu}")),
-        );
-    }
-    if let Some(rss) = process.1 {
-        metric(
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident memory size in bytes.",
-            &plain(rss.to_string()),
-        );
-    }
-    metric(
-        "agentplane_jobs_queued",
-        "gauge",
-        "Jobs (executions) due and waiting for a worker, across every server.",
-        &plain(jobs_queued.to_string()),
-    );
-    metric(
-        "agentplane_webhook_deliveries_pending",
-        "gauge",
-        "Webhook deliveries not yet delivered nor given up.",
-        &plain(deliveries_pending.to_string()),
-    );
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
     out
+}
+
+/// One scrape's figures, as the collector `prometheus-client` encodes: the values are
+/// read once per scrape (from the counters, `/proc` and the database), so they are constants
+/// here rather than live metrics.
+#[derive(Debug)]
+struct Scrape {
+    requests: RequestFigures,
+    uptime_seconds: u64,
+    process: (Option<f64>, Option<i64>),
+    jobs_queued: i64,
+    deliveries_pending: i64,
+}
+
+/// Encodes one unlabelled gauge.
+fn gauge(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl prometheus_client::encoding::EncodeGaugeValue,
+) -> std::fmt::Result {
+    use prometheus_client::encoding::EncodeMetric;
+    let g = prometheus_client::metrics::gauge::ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl prometheus_client::collector::Collector for Scrape {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+
+        // Counters are named without `_total`: the encoder adds it.
+        let mut answered = encoder.encode_descriptor(
+            "agentplane_http_requests",
+            "Requests answered, by status class.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (class, n) in &self.requests.by_class {
+            let labels = [("class", class.as_str())];
+            ConstCounter::new(*n).encode(answered.encode_family(&labels)?)?;
+        }
+        gauge(
+            &mut encoder,
+            "agentplane_http_requests_in_flight",
+            "Requests being answered now.",
+            self.requests.in_flight,
+        )?;
+        gauge(
+            &mut encoder,
+            "agentplane_uptime_seconds",
+            "Seconds since the server started.",
+            self.uptime_seconds,
+        )?;
+        if let Some(cpu) = self.process.0 {
+            let counter = ConstCounter::new(cpu);
+            counter.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent, in seconds.",
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        if let Some(rss) = self.process.1 {
+            gauge(
+                &mut encoder,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                rss,
+            )?;
+        }
+        gauge(
+            &mut encoder,
+            "agentplane_jobs_queued",
+            "Jobs (executions) due and waiting for a worker, across every server.",
+            self.jobs_queued,
+        )?;
+        gauge(
+            &mut encoder,
+            "agentplane_webhook_deliveries_pending",
+            "Webhook deliveries not yet delivered nor given up.",
+            self.deliveries_pending,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -293,5 +335,12 @@ mod tests {
         assert!(text.contains("process_cpu_seconds_total 1.5\n"));
         assert!(text.contains("agentplane_jobs_queued 2\n"));
         assert!(text.contains("# TYPE agentplane_http_requests_in_flight gauge\n"));
+        assert!(text.contains(
+            "# HELP agentplane_http_requests_total Requests answered, by status class.\n\
+             # TYPE agentplane_http_requests_total counter\n"
+        ));
+        assert!(text.contains("process_resident_memory_bytes 1024\n"));
+        assert!(text.contains("agentplane_uptime_seconds 7\n"));
+        assert!(text.contains("agentplane_webhook_deliveries_pending 3\n"));
     }
 }

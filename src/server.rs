@@ -7,108 +7,26 @@ use anyhow::Context;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, Route, get};
 
-use crate::api::Handlers;
+use crate::api::{AppEndpoint, Handlers};
+use crate::app::App;
+/// How the server is configured (the application's [`crate::app::Config`]).
+pub use crate::app::Config;
 use crate::crypto::Crypto;
 use crate::db::Store;
 use crate::http::{RequestContext, SpecValidation};
 
-/// How the server is configured.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// `host:port` to listen on; port 0 picks a free one.
-    pub listen: String,
-    /// Database URL: a SQLite path (`./data/agentplane.db`) or `postgres://…`.
-    pub database_url: String,
-    /// Connections in the pool.
-    pub pool_size: u32,
-    /// The GitHub REST API that GitHub knowledge sources are synced from.
-    pub github_api_url: String,
-    /// The master key for secrets at rest (base64 of 32 bytes), e.g. from `AGENTPLANE_MASTER_KEY`.
-    pub master_key: Option<String>,
-    /// A file holding the master key; else `master.key` in the data directory.
-    pub master_key_file: Option<std::path::PathBuf>,
-    /// Rate limits of API keys that have none of their own.
-    pub rate_limits: crate::ratelimit::Limits,
-    /// Serve `/metrics` without an API key even when not bound to loopback.
-    pub metrics_public: bool,
-    /// How webhook deliveries are attempted (backoff, timeout, lease).
-    pub webhooks: crate::webhooks::DeliveryPolicy,
-    /// How background jobs (executions) run: workers, lease, poll interval.
-    pub jobs: crate::jobs::PoolConfig,
-    /// Limits on the calls the server makes on tenants' behalf.
-    pub egress: crate::egress::Policy,
-}
-
-impl Config {
-    /// Where generated state beside the database lives: the SQLite file's directory, or
-    /// `./data` for PostgreSQL.
-    pub fn data_dir(&self) -> std::path::PathBuf {
-        let (backend, target) = crate::db::parse_url(&self.database_url);
-        match std::path::Path::new(&target).parent() {
-            Some(dir) if backend == crate::db::Backend::Sqlite && target != ":memory:" => {
-                if dir.as_os_str().is_empty() {
-                    std::path::PathBuf::from(".")
-                } else {
-                    dir.to_path_buf()
-                }
-            }
-            _ => std::path::PathBuf::from("./data"),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        Self {
-            listen: "127.0.0.1:8080".into(),
-            database_url: "sqlite://./data/agentplane.db".into(),
-            // Requests share the pool with the worker pool, deployment reconciling and webhook
-            // deliveries.
-            pool_size: u32::try_from(cores * 4).unwrap_or(16).max(8),
-            github_api_url: crate::knowledge::sync::GITHUB_API.into(),
-            master_key: None,
-            master_key_file: None,
-            rate_limits: crate::ratelimit::Limits::default(),
-            metrics_public: false,
-            webhooks: crate::webhooks::DeliveryPolicy::default(),
-            jobs: crate::jobs::PoolConfig::default(),
-            egress: crate::egress::Policy::default(),
-        }
-    }
-}
-
-/// The whole application as one endpoint, and its worker pools (not started: the jobs pool
-/// and the background pool); `events` wakes the in-process consumers of the event log.
-/// `/metrics` is open to callers without a key when `metrics_open`.
-pub fn app(
-    store: Store,
-    crypto: Crypto,
-    config: &Config,
-    events: crate::events::EventBus,
-    metrics_open: bool,
-) -> anyhow::Result<(Arc<crate::api::App>, [crate::jobs::WorkerPool; 2])> {
+/// The application `app` as one endpoint: the spec's routes under `/v1` behind validation,
+/// rate limits and the request context, the docs and specs, and `/metrics` (open to callers
+/// without a key when `metrics_open`). Batch operations are dispatched through it.
+pub fn endpoint(app: &App, metrics_open: bool) -> anyhow::Result<Arc<AppEndpoint>> {
     let spec: serde_json::Value = serde_json::from_str(agentplane_api::OPENAPI_JSON)
         .context("the bundled spec is not JSON")?;
     let validator = Arc::new(
         conformance::RequestValidator::new(&spec).context("the bundled spec does not compile")?,
     );
-    let handlers = Arc::new(
-        Handlers::with_pool(
-            store,
-            crypto,
-            &config.github_api_url,
-            config.jobs.clone(),
-            events,
-        )
-        .with_limits(config.rate_limits)
-        .with_egress(config.egress),
-    );
-    let pools = [handlers.pool.clone(), handlers.background.clone()];
+    let handlers = &app.handlers;
     let service = agentplane_api::service(handlers.clone());
-    let app: Arc<crate::api::App> = Arc::new(poem::EndpointExt::boxed(
+    let endpoint: Arc<AppEndpoint> = Arc::new(poem::EndpointExt::boxed(
         Route::new()
             .at("/", get(crate::http::root))
             .at("/openapi.json", get(crate::http::openapi_31))
@@ -135,8 +53,8 @@ pub fn app(
             .with(crate::http::Compression)
             .with(crate::metrics::Track(handlers.metrics.clone())),
     ));
-    handlers.dispatcher.set(&app);
-    Ok((app, pools))
+    handlers.dispatcher.set(&endpoint);
+    Ok(endpoint)
 }
 
 /// A bound server, not yet serving.
@@ -204,30 +122,14 @@ impl Bound {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let events = crate::events::EventBus::new();
-        let worker = crate::webhooks::DeliveryWorker::new(
-            self.store.clone(),
-            self.crypto.clone(),
-            events.clone(),
-            self.config.webhooks.clone(),
-        );
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let deliveries = tokio::spawn(worker.run(stopped));
         let metrics_open = self.config.metrics_public || self.addr.ip().is_loopback();
-        let (app, pools) = app(self.store, self.crypto, &self.config, events, metrics_open)?;
-        // Jobs whose holder died (this server's previous run, or another replica) are
-        // reclaimed by this pool once their lease runs out.
-        for pool in &pools {
-            pool.start();
-        }
+        let app = App::build(self.store, self.crypto, &self.config);
+        let endpoint = endpoint(&app, metrics_open)?;
+        let running = app.start();
         let served = poem::Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(30)))
+            .run_with_graceful_shutdown(endpoint, shutdown, Some(Duration::from_secs(30)))
             .await;
-        for pool in &pools {
-            pool.stop();
-        }
-        let _ = stop.send(true);
-        let _ = deliveries.await;
+        running.stop().await;
         served?;
         Ok(())
     }

@@ -14,6 +14,7 @@
 //! - `X-Agentplane-Timestamp`: Unix seconds when the attempt was signed;
 //! - `X-Agentplane-Signature`: `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 
+use crate::egress::EgressError;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -149,7 +150,8 @@ pub struct DeliveryWorker {
     store: Store,
     crypto: Crypto,
     bus: EventBus,
-    client: reqwest::Client,
+    /// Deliveries go out through the operator's egress policy.
+    egress: crate::egress::Egress,
     policy: DeliveryPolicy,
     /// This worker's lease owner name.
     owner: String,
@@ -162,19 +164,18 @@ struct Target {
 }
 
 impl DeliveryWorker {
-    pub fn new(store: Store, crypto: Crypto, bus: EventBus, policy: DeliveryPolicy) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(policy.timeout)
-            .connect_timeout(policy.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("agentplane-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+    pub fn new(
+        store: Store,
+        crypto: Crypto,
+        bus: EventBus,
+        policy: DeliveryPolicy,
+        egress: crate::egress::Egress,
+    ) -> Self {
         Self {
             store,
             crypto,
             bus,
-            client,
+            egress,
             policy,
             owner: crate::ids::new_id("worker"),
         }
@@ -348,17 +349,19 @@ impl DeliveryWorker {
         let body = crate::events::to_json(event).to_string();
         let timestamp = chrono::Utc::now().timestamp().to_string();
         let signature = format!("v1={}", sign(&target.secret, &timestamp, body.as_bytes()));
-        let sent = self
-            .client
-            .post(&target.url)
+        let Ok(url) = url::Url::parse(&target.url) else {
+            return (None, Some("the webhook URL is not valid".to_string()));
+        };
+        let request = self
+            .egress
+            .request(reqwest::Method::POST, url)
             .header("content-type", "application/json")
             .header(EVENT_HEADER, &event.event_type)
             .header(DELIVERY_HEADER, &row.id)
             .header(TIMESTAMP_HEADER, &timestamp)
             .header(SIGNATURE_HEADER, signature)
-            .body(body)
-            .send()
-            .await;
+            .body(body);
+        let sent = self.egress.send_once(request, self.policy.timeout).await;
         match sent {
             Ok(resp) => {
                 let status = i64::from(resp.status().as_u16());
@@ -371,15 +374,18 @@ impl DeliveryWorker {
                     )
                 }
             }
-            Err(e) if e.is_timeout() => (
+            Err(EgressError::TimedOut(_)) => (
                 None,
                 Some(format!(
                     "no answer within {} ms",
                     self.policy.timeout.as_millis()
                 )),
             ),
-            Err(e) if e.is_connect() => (None, Some("the connection was refused".to_string())),
-            Err(e) if e.is_builder() => (None, Some("the webhook URL is not valid".to_string())),
+            Err(EgressError::Connect(_)) => (None, Some("the connection was refused".to_string())),
+            Err(EgressError::Invalid(_)) => {
+                (None, Some("the webhook URL is not valid".to_string()))
+            }
+            Err(EgressError::Refused(why)) => (None, Some(why)),
             Err(_) => (None, Some("the request failed".to_string())),
         }
     }

@@ -252,6 +252,38 @@ fn is_paged(ir: &Ir, op: &Operation) -> bool {
     )
 }
 
+/// Whether the operation creates once per `Idempotency-Key`: an optional `Idempotency-Key`
+/// header and a JSON body (what tells two requests with one key apart).
+fn is_idempotent(op: &Operation) -> bool {
+    op.body.is_some()
+        && op.form.is_none()
+        && op.params.iter().any(|p| {
+            p.rust == "idempotency_key"
+                && p.location == ParamIn::Header
+                && p.ty == Ty::String
+                && !p.required
+        })
+}
+
+/// The body of a conditional read: `op` answers 200 `Ok` with a JSON body and an `ETag`, and
+/// 304 `NotModified` with only the `ETag`, and nothing else that succeeds.
+fn conditional_body(op: &Operation) -> Option<&Ty> {
+    let etag_only = |r: &crate::ir::Response| {
+        r.events.is_none()
+            && matches!(r.headers.as_slice(), [h] if h.required && h.wire.eq_ignore_ascii_case("etag"))
+    };
+    let mut ok = None;
+    let mut not_modified = false;
+    for r in op.responses.iter().filter(|r| r.status < 400) {
+        match (r.status, r.variant.as_str(), &r.body) {
+            (200, "Ok", Some(body)) if etag_only(r) => ok = Some(body),
+            (304, "NotModified", None) if etag_only(r) => not_modified = true,
+            _ => return None,
+        }
+    }
+    ok.filter(|_| not_modified)
+}
+
 /// The documented error responses of `op` that carry only the error model, as (status,
 /// variant); empty unless one of them is a 503 (the answer of undocumented statuses).
 fn error_variants(ir: &Ir, op: &Operation) -> Vec<(u16, Ident, usize)> {
@@ -431,6 +463,20 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
             });
         }
 
+        if is_idempotent(op) {
+            let (id, path) = (&op.id, &op.path);
+            items.push(quote! {
+                impl crate::Idempotent for #params_name {
+                    const OPERATION_ID: &'static str = #id;
+                    const PATH: &'static str = #path;
+                    fn idempotency_key(&self) -> Option<&str> { self.idempotency_key.as_deref() }
+                    fn request_json(&self) -> serde_json::Value {
+                        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+                    }
+                }
+            });
+        }
+
         // Response enum.
         let mut variants = Vec::new();
         for r in &op.responses {
@@ -486,6 +532,23 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                 #sig_doc
                 #[derive(Debug, poem_openapi::ApiResponse)]
                 pub enum #resp_name { #(#variants)* }
+            });
+        }
+
+        // A conditional read answers a `Conditional`: the body and its ETag, or the ETag alone.
+        if let Some(body) = conditional_body(op) {
+            let b = ty_tokens(body);
+            items.push(quote! {
+                impl From<crate::Conditional<#b>> for #resp_name {
+                    fn from(c: crate::Conditional<#b>) -> Self {
+                        match c {
+                            crate::Conditional::Fresh(body, etag) => {
+                                Self::Ok(poem_openapi::payload::Json(body), etag)
+                            }
+                            crate::Conditional::NotModified(etag) => Self::NotModified(etag),
+                        }
+                    }
+                }
             });
         }
 
@@ -812,6 +875,29 @@ fn lib(ir: &Ir) -> TokenStream {
             pub status: u16,
             /// The body.
             pub envelope: Box<#error>,
+        }
+
+        /// The parameters of an operation that creates once per `Idempotency-Key`.
+        pub trait Idempotent {
+            /// The operation's id, what its keys are kept under (`createModel`).
+            const OPERATION_ID: &'static str;
+            /// The operation's path (`/v1/models`).
+            const PATH: &'static str;
+            /// The `Idempotency-Key` sent, if any.
+            fn idempotency_key(&self) -> Option<&str>;
+            /// The request body as JSON: a retry with the key must send the same.
+            fn request_json(&self) -> serde_json::Value;
+        }
+
+        /// The answer of a conditional read (`If-None-Match`): the resource with its ETag, or
+        /// only the ETag when the client's copy is current (304). Each operation that answers
+        /// exactly these converts from it.
+        #[derive(Debug, Clone)]
+        pub enum Conditional<T> {
+            /// 200: the resource and its ETag.
+            Fresh(T, String),
+            /// 304: the ETag the client already holds.
+            NotModified(String),
         }
 
         /// Why a request was refused before reaching its handler.

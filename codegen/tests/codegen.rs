@@ -397,3 +397,45 @@ fn event_stream_responses_become_streamed_variants_beside_json() {
         .to_string();
     assert!(err.contains("application/xml"), "{err}");
 }
+
+#[test]
+fn conditional_reads_convert_from_a_conditional_and_nothing_else_does() {
+    let files =
+        codegen::generate(&root().join("openapi/openapi.yaml")).expect("the spec generates");
+    let text = |name: &str| {
+        files
+            .iter()
+            .find(|(p, _)| p.ends_with(name))
+            .map(|(_, t)| t.clone())
+            .expect(name)
+    };
+    // getModel answers 200 with an ETag or 304 with it: the handler returns a `Conditional`.
+    let registry = text("model_registry.rs");
+    assert!(
+        registry
+            .contains("impl From<crate::Conditional<crate::models::Model>> for GetModelResponse"),
+        "getModel converts from a Conditional"
+    );
+    // replaceModel answers 200 with an ETag but never 304: no conversion.
+    assert_eq!(registry.matches("From<crate::Conditional<").count(), 1);
+    assert!(text("lib.rs").contains("pub enum Conditional<T>"));
+}
+
+#[test]
+fn keyed_creates_name_their_operation_and_path() {
+    let files =
+        codegen::generate(&root().join("openapi/openapi.yaml")).expect("the spec generates");
+    let registry = &files
+        .iter()
+        .find(|(p, _)| p.ends_with("model_registry.rs"))
+        .expect("model_registry.rs")
+        .1;
+    let keyed = registry
+        .split("impl crate::Idempotent for CreateModelParams {")
+        .nth(1)
+        .expect("createModel takes an Idempotency-Key");
+    assert!(keyed.contains(r#"const OPERATION_ID: &'static str = "createModel";"#));
+    assert!(keyed.contains(r#"const PATH: &'static str = "/v1/models";"#));
+    // Only operations with an `Idempotency-Key` are keyed.
+    assert_eq!(registry.matches("impl crate::Idempotent for").count(), 1);
+}

@@ -13,6 +13,7 @@
 pub mod cassette;
 pub mod checks;
 pub mod conform;
+pub mod diff;
 pub mod generate;
 pub mod mock;
 pub mod report;
@@ -20,6 +21,7 @@ pub mod response;
 pub mod router;
 pub mod runner;
 pub mod spec;
+pub mod sse;
 pub mod validate;
 
 pub use spec::SpecError;

@@ -233,84 +233,7 @@ pub fn is_event_stream(media_type: &str) -> bool {
     essence.eq_ignore_ascii_case("text/event-stream")
 }
 
-/// One server-sent event: its `event:` name (if any), its `data:` lines joined by `\n`, the
-/// last event id seen so far and its `retry:` when that is a number.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SseEvent {
-    pub event: Option<String>,
-    pub data: String,
-    pub id: Option<String>,
-    pub retry: Option<u64>,
-}
-
-impl SseEvent {
-    /// The event as an SSE client parses it, the value an `itemSchema` describes: `event`
-    /// defaults to `message`.
-    pub fn to_value(&self) -> Value {
-        let mut m = serde_json::Map::new();
-        m.insert("data".into(), Value::String(self.data.clone()));
-        m.insert(
-            "event".into(),
-            Value::String(self.event.clone().unwrap_or_else(|| "message".into())),
-        );
-        if let Some(id) = &self.id {
-            m.insert("id".into(), Value::String(id.clone()));
-        }
-        if let Some(r) = self.retry {
-            m.insert("retry".into(), Value::from(r));
-        }
-        Value::Object(m)
-    }
-}
-
-/// Splits a `text/event-stream` body into its events (blank-line separated; comments and
-/// events without `data:` are skipped), as the WHATWG parser dispatches them.
-pub fn sse_events(body: &[u8]) -> Vec<SseEvent> {
-    let text = String::from_utf8_lossy(body);
-    let mut out = Vec::new();
-    let (mut event, mut data): (Option<String>, Option<String>) = (None, None);
-    let (mut id, mut retry): (Option<String>, Option<u64>) = (None, None);
-    for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
-        if line.is_empty() {
-            if let Some(d) = data.take() {
-                out.push(SseEvent {
-                    event: event.take(),
-                    data: d,
-                    id: id.clone(),
-                    retry: retry.take(),
-                });
-            }
-            event = None;
-            retry = None;
-            continue;
-        }
-        if line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => event = Some(value.to_string()),
-            // The last event id persists across events; one with a NUL is ignored.
-            "id" if !value.contains('\0') => {
-                id = (!value.is_empty()).then(|| value.to_string());
-            }
-            "retry" => retry = value.parse().ok(),
-            "data" => match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => data = Some(value.to_string()),
-            },
-            _ => {}
-        }
-    }
-    // A last event without its blank line is not dispatched by browsers: neither here.
-    out
-}
+pub use crate::sse::{SseEvent, sse_events};
 
 /// Checks every event of a stream against its schemas: the reason of the first failure.
 pub fn event_stream_violation(schemas: &EventValidators, body: &[u8]) -> Option<String> {
@@ -413,23 +336,8 @@ mod tests {
 
     #[test]
     fn sse_bodies_split_into_events_and_validate_each_data_line() {
+        // How bodies split into events is `sse`'s (and tested there).
         let body = b": comment\nevent: token\ndata: {\"n\": 1}\n\nretry: 10\ndata: {\"n\":\r\ndata: 2}\r\n\nevent: dangling\ndata: 3";
-        let events = sse_events(body);
-        assert_eq!(
-            events,
-            vec![
-                SseEvent {
-                    event: Some("token".into()),
-                    data: "{\"n\": 1}".into(),
-                    ..SseEvent::default()
-                },
-                SseEvent {
-                    data: "{\"n\":\n2}".into(),
-                    retry: Some(10),
-                    ..SseEvent::default()
-                },
-            ]
-        );
         let schema = serde_json::json!({"type": "object", "required": ["n"],
             "properties": {"n": {"type": "integer", "maximum": 1}}});
         let validators = EventValidators {

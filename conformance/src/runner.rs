@@ -1865,30 +1865,9 @@ async fn read_event_stream(
 /// Where the last complete event of an SSE body ends, and how many complete events carry
 /// data (comments such as keep-alives are not events).
 fn complete_events(body: &[u8]) -> (usize, usize) {
-    let (mut end, mut events, mut start, mut i) = (0, 0, 0, 0);
-    while i < body.len() {
-        let blank = if body[i..].starts_with(b"\r\n\r\n") {
-            4
-        } else if body[i..].starts_with(b"\n\n") || body[i..].starts_with(b"\r\r") {
-            2
-        } else {
-            0
-        };
-        if blank == 0 {
-            i += 1;
-            continue;
-        }
-        let block = &body[start..i];
-        if block
-            .split(|b| *b == b'\n' || *b == b'\r')
-            .any(|line| line.starts_with(b"data"))
-        {
-            events += 1;
-        }
-        i += blank;
-        (start, end) = (i, i);
-    }
-    (end, events)
+    let mut parser = crate::sse::SseParser::default();
+    let events = parser.feed(body).len();
+    (parser.complete_len(), events)
 }
 
 fn network_failure(op: &Op, message: String) -> Failure {

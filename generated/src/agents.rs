@@ -95,6 +95,16 @@ pub struct CreateAgentParams {
     /// The request body.
     pub body: crate::models::AgentInput,
 }
+impl crate::Idempotent for CreateAgentParams {
+    const OPERATION_ID: &'static str = "createAgent";
+    const PATH: &'static str = "/v1/agents";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
+}
 /// Every documented answer of
 /// `POST /v1/agents` (createAgent)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -215,6 +225,16 @@ pub enum GetAgentResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::Conditional<crate::models::Agent>> for GetAgentResponse {
+    fn from(c: crate::Conditional<crate::models::Agent>) -> Self {
+        match c {
+            crate::Conditional::Fresh(body, etag) => {
+                Self::Ok(poem_openapi::payload::Json(body), etag)
+            }
+            crate::Conditional::NotModified(etag) => Self::NotModified(etag),
+        }
+    }
 }
 impl From<crate::ApiError> for GetAgentResponse {
     fn from(e: crate::ApiError) -> Self {

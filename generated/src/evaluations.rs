@@ -75,6 +75,16 @@ pub struct CreateEvaluationParams {
     /// The request body.
     pub body: crate::models::EvaluationInput,
 }
+impl crate::Idempotent for CreateEvaluationParams {
+    const OPERATION_ID: &'static str = "createEvaluation";
+    const PATH: &'static str = "/v1/evaluations";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
+}
 /// Every documented answer of
 /// `POST /v1/evaluations` (createEvaluation)
 #[derive(Debug, poem_openapi::ApiResponse)]

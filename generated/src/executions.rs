@@ -17,6 +17,16 @@ pub struct ExecuteAgentParams {
     /// The request's `Accept` header, to choose between JSON and `text/event-stream`.
     pub accept: Option<String>,
 }
+impl crate::Idempotent for ExecuteAgentParams {
+    const OPERATION_ID: &'static str = "executeAgent";
+    const PATH: &'static str = "/v1/agents/{agent_id}/execute";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
+}
 /// Every documented answer of
 /// `POST /v1/agents/{agent_id}/execute` (executeAgent)
 #[derive(poem_openapi::ApiResponse)]
@@ -177,6 +187,16 @@ pub enum GetExecutionResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::Conditional<crate::models::Execution>> for GetExecutionResponse {
+    fn from(c: crate::Conditional<crate::models::Execution>) -> Self {
+        match c {
+            crate::Conditional::Fresh(body, etag) => {
+                Self::Ok(poem_openapi::payload::Json(body), etag)
+            }
+            crate::Conditional::NotModified(etag) => Self::NotModified(etag),
+        }
+    }
 }
 impl From<crate::ApiError> for GetExecutionResponse {
     fn from(e: crate::ApiError) -> Self {

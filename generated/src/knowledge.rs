@@ -77,6 +77,16 @@ pub struct CreateKnowledgeBaseParams {
     /// The request body.
     pub body: crate::models::KnowledgeBaseInput,
 }
+impl crate::Idempotent for CreateKnowledgeBaseParams {
+    const OPERATION_ID: &'static str = "createKnowledgeBase";
+    const PATH: &'static str = "/v1/knowledge";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
+}
 /// Every documented answer of
 /// `POST /v1/knowledge` (createKnowledgeBase)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -199,6 +209,16 @@ pub enum GetKnowledgeBaseResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::Conditional<crate::models::KnowledgeBase>> for GetKnowledgeBaseResponse {
+    fn from(c: crate::Conditional<crate::models::KnowledgeBase>) -> Self {
+        match c {
+            crate::Conditional::Fresh(body, etag) => {
+                Self::Ok(poem_openapi::payload::Json(body), etag)
+            }
+            crate::Conditional::NotModified(etag) => Self::NotModified(etag),
+        }
+    }
 }
 impl From<crate::ApiError> for GetKnowledgeBaseResponse {
     fn from(e: crate::ApiError) -> Self {
@@ -536,6 +556,16 @@ pub struct CreateKnowledgeSourceParams {
     pub idempotency_key: Option<String>,
     /// The request body.
     pub body: crate::models::KnowledgeSourceInput,
+}
+impl crate::Idempotent for CreateKnowledgeSourceParams {
+    const OPERATION_ID: &'static str = "createKnowledgeSource";
+    const PATH: &'static str = "/v1/knowledge/{kb_id}/sources";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
 }
 /// Every documented answer of
 /// `POST /v1/knowledge/{kb_id}/sources` (createKnowledgeSource)

@@ -70,6 +70,27 @@ pub struct ApiError {
     /// The body.
     pub envelope: Box<crate::models::ErrorEnvelope>,
 }
+/// The parameters of an operation that creates once per `Idempotency-Key`.
+pub trait Idempotent {
+    /// The operation's id, what its keys are kept under (`createModel`).
+    const OPERATION_ID: &'static str;
+    /// The operation's path (`/v1/models`).
+    const PATH: &'static str;
+    /// The `Idempotency-Key` sent, if any.
+    fn idempotency_key(&self) -> Option<&str>;
+    /// The request body as JSON: a retry with the key must send the same.
+    fn request_json(&self) -> serde_json::Value;
+}
+/// The answer of a conditional read (`If-None-Match`): the resource with its ETag, or
+/// only the ETag when the client's copy is current (304). Each operation that answers
+/// exactly these converts from it.
+#[derive(Debug, Clone)]
+pub enum Conditional<T> {
+    /// 200: the resource and its ETag.
+    Fresh(T, String),
+    /// 304: the ETag the client already holds.
+    NotModified(String),
+}
 /// Why a request was refused before reaching its handler.
 #[derive(Debug)]
 pub enum AuthRejection {

@@ -126,6 +126,16 @@ pub struct InstallMarketplaceTemplateParams {
     /// The request body.
     pub body: crate::models::MarketplaceInstallRequest,
 }
+impl crate::Idempotent for InstallMarketplaceTemplateParams {
+    const OPERATION_ID: &'static str = "installMarketplaceTemplate";
+    const PATH: &'static str = "/v1/marketplace/install/{template_id}";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
+}
 /// Every documented answer of
 /// `POST /v1/marketplace/install/{template_id}` (installMarketplaceTemplate)
 #[derive(Debug, poem_openapi::ApiResponse)]

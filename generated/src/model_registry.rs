@@ -75,6 +75,16 @@ pub struct CreateModelParams {
     /// The request body.
     pub body: crate::models::ModelInput,
 }
+impl crate::Idempotent for CreateModelParams {
+    const OPERATION_ID: &'static str = "createModel";
+    const PATH: &'static str = "/v1/models";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
+}
 /// Every documented answer of
 /// `POST /v1/models` (createModel)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -154,6 +164,16 @@ pub enum GetModelResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::Conditional<crate::models::Model>> for GetModelResponse {
+    fn from(c: crate::Conditional<crate::models::Model>) -> Self {
+        match c {
+            crate::Conditional::Fresh(body, etag) => {
+                Self::Ok(poem_openapi::payload::Json(body), etag)
+            }
+            crate::Conditional::NotModified(etag) => Self::NotModified(etag),
+        }
+    }
 }
 impl From<crate::ApiError> for GetModelResponse {
     fn from(e: crate::ApiError) -> Self {

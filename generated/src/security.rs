@@ -223,6 +223,16 @@ pub enum GetSecurityScanResponse {
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
 }
+impl From<crate::Conditional<crate::models::SecurityScan>> for GetSecurityScanResponse {
+    fn from(c: crate::Conditional<crate::models::SecurityScan>) -> Self {
+        match c {
+            crate::Conditional::Fresh(body, etag) => {
+                Self::Ok(poem_openapi::payload::Json(body), etag)
+            }
+            crate::Conditional::NotModified(etag) => Self::NotModified(etag),
+        }
+    }
+}
 impl From<crate::ApiError> for GetSecurityScanResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {

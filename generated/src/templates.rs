@@ -77,6 +77,16 @@ pub struct CreatePromptTemplateParams {
     /// The request body.
     pub body: crate::models::PromptTemplateInput,
 }
+impl crate::Idempotent for CreatePromptTemplateParams {
+    const OPERATION_ID: &'static str = "createPromptTemplate";
+    const PATH: &'static str = "/v1/prompt-templates";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
+}
 /// Every documented answer of
 /// `POST /v1/prompt-templates` (createPromptTemplate)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -156,6 +166,16 @@ pub enum GetPromptTemplateResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::Conditional<crate::models::PromptTemplate>> for GetPromptTemplateResponse {
+    fn from(c: crate::Conditional<crate::models::PromptTemplate>) -> Self {
+        match c {
+            crate::Conditional::Fresh(body, etag) => {
+                Self::Ok(poem_openapi::payload::Json(body), etag)
+            }
+            crate::Conditional::NotModified(etag) => Self::NotModified(etag),
+        }
+    }
 }
 impl From<crate::ApiError> for GetPromptTemplateResponse {
     fn from(e: crate::ApiError) -> Self {

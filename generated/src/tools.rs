@@ -75,6 +75,16 @@ pub struct CreateToolParams {
     /// The request body.
     pub body: crate::models::ToolInput,
 }
+impl crate::Idempotent for CreateToolParams {
+    const OPERATION_ID: &'static str = "createTool";
+    const PATH: &'static str = "/v1/tools";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
+}
 /// Every documented answer of
 /// `POST /v1/tools` (createTool)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -158,6 +168,16 @@ pub enum GetToolResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::Conditional<crate::models::Tool>> for GetToolResponse {
+    fn from(c: crate::Conditional<crate::models::Tool>) -> Self {
+        match c {
+            crate::Conditional::Fresh(body, etag) => {
+                Self::Ok(poem_openapi::payload::Json(body), etag)
+            }
+            crate::Conditional::NotModified(etag) => Self::NotModified(etag),
+        }
+    }
 }
 impl From<crate::ApiError> for GetToolResponse {
     fn from(e: crate::ApiError) -> Self {

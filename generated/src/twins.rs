@@ -75,6 +75,16 @@ pub struct CreateTwinParams {
     /// The request body.
     pub body: crate::models::TwinInput,
 }
+impl crate::Idempotent for CreateTwinParams {
+    const OPERATION_ID: &'static str = "createTwin";
+    const PATH: &'static str = "/v1/twins";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
+}
 /// Every documented answer of
 /// `POST /v1/twins` (createTwin)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -154,6 +164,16 @@ pub enum GetTwinResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::Conditional<crate::models::Twin>> for GetTwinResponse {
+    fn from(c: crate::Conditional<crate::models::Twin>) -> Self {
+        match c {
+            crate::Conditional::Fresh(body, etag) => {
+                Self::Ok(poem_openapi::payload::Json(body), etag)
+            }
+            crate::Conditional::NotModified(etag) => Self::NotModified(etag),
+        }
+    }
 }
 impl From<crate::ApiError> for GetTwinResponse {
     fn from(e: crate::ApiError) -> Self {
@@ -275,6 +295,16 @@ pub struct SimulateTwinParams {
     pub idempotency_key: Option<String>,
     /// The request body.
     pub body: crate::models::SimulationRequest,
+}
+impl crate::Idempotent for SimulateTwinParams {
+    const OPERATION_ID: &'static str = "simulateTwin";
+    const PATH: &'static str = "/v1/twins/{twin_id}/simulate";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
 }
 /// Every documented answer of
 /// `POST /v1/twins/{twin_id}/simulate` (simulateTwin)

@@ -79,6 +79,16 @@ pub struct CreateVaultCredentialParams {
     /// The request body.
     pub body: crate::models::VaultCredentialInput,
 }
+impl crate::Idempotent for CreateVaultCredentialParams {
+    const OPERATION_ID: &'static str = "createVaultCredential";
+    const PATH: &'static str = "/v1/vault/credentials";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
+}
 /// Every documented answer of
 /// `POST /v1/vault/credentials` (createVaultCredential)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -160,6 +170,16 @@ pub enum GetVaultCredentialResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::Conditional<crate::models::VaultCredential>> for GetVaultCredentialResponse {
+    fn from(c: crate::Conditional<crate::models::VaultCredential>) -> Self {
+        match c {
+            crate::Conditional::Fresh(body, etag) => {
+                Self::Ok(poem_openapi::payload::Json(body), etag)
+            }
+            crate::Conditional::NotModified(etag) => Self::NotModified(etag),
+        }
+    }
 }
 impl From<crate::ApiError> for GetVaultCredentialResponse {
     fn from(e: crate::ApiError) -> Self {

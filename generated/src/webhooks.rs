@@ -73,6 +73,16 @@ pub struct CreateWebhookParams {
     /// The request body.
     pub body: crate::models::WebhookInput,
 }
+impl crate::Idempotent for CreateWebhookParams {
+    const OPERATION_ID: &'static str = "createWebhook";
+    const PATH: &'static str = "/v1/webhooks";
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    fn request_json(&self) -> serde_json::Value {
+        poem_openapi::types::ToJSON::to_json(&self.body).unwrap_or_default()
+    }
+}
 /// Every documented answer of
 /// `POST /v1/webhooks` (createWebhook)
 #[derive(Debug, poem_openapi::ApiResponse)]
@@ -152,6 +162,16 @@ pub enum GetWebhookResponse {
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
     ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::Conditional<crate::models::Webhook>> for GetWebhookResponse {
+    fn from(c: crate::Conditional<crate::models::Webhook>) -> Self {
+        match c {
+            crate::Conditional::Fresh(body, etag) => {
+                Self::Ok(poem_openapi::payload::Json(body), etag)
+            }
+            crate::Conditional::NotModified(etag) => Self::NotModified(etag),
+        }
+    }
 }
 impl From<crate::ApiError> for GetWebhookResponse {
     fn from(e: crate::ApiError) -> Self {

@@ -5,7 +5,7 @@
 //! field in the spec needs no change here unless it must be a column of its own.
 
 use agentplane_api::models::{
-    Agent, AgentBulkResult, AgentBulkUpdate, AgentField, AgentFieldset, AgentList,
+    self, Agent, AgentBulkResult, AgentBulkUpdate, AgentField, AgentFieldset, AgentList,
     ListAgentsExpandItem, ListAgentsOrder, Scope,
 };
 use agentplane_api::*;
@@ -18,7 +18,8 @@ use super::idem::{self, Created};
 use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use crate::auth::Caller;
 use crate::db::StoreError;
-use crate::db::agents::{self as store, AgentChanges, AgentRow, ListQuery, SortField};
+use crate::db::agents::{self as store, AgentChanges, AgentRow, AgentStatus, ListQuery, SortField};
+use crate::db::types::same_variants;
 use crate::error::{Failure, Kind, detail, store_error};
 
 pub(crate) const NOT_FOUND: &str = "AGENT_NOT_FOUND";
@@ -41,6 +42,10 @@ fn corrupt(row: &AgentRow, what: &str) -> StoreError {
     StoreError::Corrupt(format!("agent {}: {what}", row.id))
 }
 
+same_variants!(AgentStatus <=> models::AgentStatus {
+    Active, Inactive, Training, Error
+});
+
 /// The agent as the spec's JSON.
 pub(crate) fn row_to_json(row: &AgentRow) -> Result<Map<String, Value>, StoreError> {
     let mut obj: Map<String, Value> =
@@ -48,7 +53,7 @@ pub(crate) fn row_to_json(row: &AgentRow) -> Result<Map<String, Value>, StoreErr
     obj.insert("id".into(), row.id.clone().into());
     obj.insert("name".into(), row.name.clone().into());
     obj.insert("type".into(), row.agent_type.clone().into());
-    obj.insert("status".into(), row.status.clone().into());
+    obj.insert("status".into(), row.status.as_str().into());
     if let Some(d) = &row.description {
         obj.insert("description".into(), d.clone().into());
     }
@@ -143,7 +148,12 @@ pub(crate) fn split(
     let name = text(&mut obj, "name")
         .ok_or_else(|| StoreError::Corrupt("an agent needs a name".into()))?;
     let agent_type = text(&mut obj, "type").unwrap_or_else(|| "assistant".to_string());
-    let status = text(&mut obj, "status").unwrap_or_else(|| "active".to_string());
+    let status = match text(&mut obj, "status") {
+        Some(s) => s
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("an agent's status: {e}")))?,
+        None => AgentStatus::Active,
+    };
     let description = text(&mut obj, "description");
     for key in COLUMNS {
         obj.remove(*key);
@@ -286,10 +296,7 @@ fn list_query(
     let created_lte = params.filter_created_at_lte.as_deref();
     Ok(ListQuery {
         agent_type: params.type_.clone().or(params.filter_type.clone()),
-        status: params
-            .status
-            .or(params.filter_status)
-            .map(|s| s.as_str().to_string()),
+        status: params.status.or(params.filter_status).map(Into::into),
         search: params.search.clone(),
         created_gte: time_bound("filter[created_at][gte]", created_gte, request_id)?,
         created_lte: time_bound("filter[created_at][lte]", created_lte, request_id)?,
@@ -479,7 +486,7 @@ impl Handlers {
         let filter = store::BulkFilter {
             ids: body.filter.ids,
             agent_type: body.filter.type_.map(|t| t.as_str().to_string()),
-            status: body.filter.status.map(|s| s.as_str().to_string()),
+            status: body.filter.status.map(Into::into),
             search: body.filter.search,
         };
         let merge = patch_merger(to_object(body.updates.to_json()));

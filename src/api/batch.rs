@@ -11,13 +11,13 @@ use poem::{Endpoint, Request, Response};
 use poem_openapi::payload::Json;
 use serde_json::Value;
 
-use super::App;
+use super::AppEndpoint;
 use crate::auth::Caller;
 use crate::error::{Kind, detail, envelope};
 
 /// Where batch operations go: the application, once assembled.
 #[derive(Clone, Default)]
-pub struct Dispatcher(Arc<OnceLock<Weak<App>>>);
+pub struct Dispatcher(Arc<OnceLock<Weak<AppEndpoint>>>);
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -27,11 +27,11 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     /// Points the dispatcher at the application (once; later calls are ignored).
-    pub fn set(&self, app: &Arc<App>) {
+    pub fn set(&self, app: &Arc<AppEndpoint>) {
         let _ = self.0.set(Arc::downgrade(app));
     }
 
-    fn app(&self) -> Option<Arc<App>> {
+    fn app(&self) -> Option<Arc<AppEndpoint>> {
         self.0.get().and_then(Weak::upgrade)
     }
 }

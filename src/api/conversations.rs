@@ -2,7 +2,8 @@
 //! an execution on the worker pool (waited for, or streamed).
 
 use agentplane_api::models::{
-    Conversation, ConversationList, ConversationPatch, MessageExchange, MessageList, SendMessage,
+    Conversation, ConversationList, ConversationPatch, Execution, Message, MessageExchange,
+    MessageList, SendMessage,
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
@@ -13,11 +14,12 @@ use tokio::sync::broadcast::Receiver;
 use super::Handlers;
 use super::idem;
 use super::paging::{PageRequest, etag, etag_matches, not_modified};
-use super::run::{Listening, Start, follow, row_to_execution, row_to_message, wait_limit};
+use super::run::{Listening, Start, follow, wait_limit};
 use crate::auth::Caller;
 use crate::db::StoreError;
 use crate::db::conversations::{self as store, ConversationRow, MessageRow};
-use crate::db::executions::ExecutionRow;
+use crate::db::executions::{ExecutionRequest, ExecutionRow, RunOptions};
+use crate::db::types::Json as JsonText;
 use crate::engine::runner::{self, LiveEvent};
 use crate::error::{Failure, Kind, detail, store_error};
 
@@ -26,23 +28,20 @@ const CREATE_OPERATION: &str = "createConversation";
 /// Messages a single conversation carries.
 const EMBEDDED_MESSAGES: i64 = 100;
 
-fn row_to_conversation(
-    row: &ConversationRow,
-    messages: Option<&[MessageRow]>,
-) -> Result<Conversation, StoreError> {
-    Ok(Conversation {
+/// The API form of a stored conversation, with `messages` when it carries them.
+fn row_to_conversation(row: &ConversationRow, messages: Option<&[MessageRow]>) -> Conversation {
+    Conversation {
         id: row.id.clone(),
         agent_id: row.agent_id.clone(),
         user_id: row.user_id.clone(),
         title: row.title.clone(),
-        metadata: serde_json::from_str(&row.metadata)
-            .map_err(|e| StoreError::Corrupt(format!("conversation {}: {e}", row.id)))?,
+        metadata: row.metadata.0.clone(),
         message_count: row.message_count,
-        messages: messages.map(|m| m.iter().map(row_to_message).collect()),
+        messages: messages.map(|m| m.iter().map(Message::from).collect()),
         version: row.version,
         created_at: row.created_at.clone(),
         updated_at: row.updated_at.clone(),
-    })
+    }
 }
 
 /// The title and metadata of `current` changed by `patch`, when `if_match` (if any) names
@@ -51,7 +50,7 @@ fn patched(
     current: &ConversationRow,
     patch: &ConversationPatch,
     if_match: Option<&str>,
-) -> Result<(Option<String>, String), StoreError> {
+) -> Result<(Option<String>, JsonText<serde_json::Value>), StoreError> {
     if let Some(h) = if_match
         && !etag_matches(h, &etag(current.version))
     {
@@ -63,7 +62,7 @@ fn patched(
         MaybeUndefined::Value(t) => Some(t.clone()),
     };
     let metadata = match &patch.metadata {
-        Some(m) => m.to_string(),
+        Some(m) => JsonText(m.clone()),
         None => current.metadata.clone(),
     };
     Ok((title, metadata))
@@ -120,11 +119,7 @@ impl Handlers {
             })
             .await
             .map_err(store_error(NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .map(|r| row_to_conversation(r, None))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(NOT_FOUND, rid))?;
+        let data: Vec<Conversation> = rows.iter().map(|r| row_to_conversation(r, None)).collect();
         Ok(ConversationList {
             pagination: page.pagination(data.len(), rows.last().map(|r| r.id.as_str()), total),
             data,
@@ -165,7 +160,7 @@ impl Handlers {
             agent_id: body.agent_id,
             user_id: body.user_id,
             title: body.title,
-            metadata: body.metadata.unwrap_or(json!({})).to_string(),
+            metadata: JsonText(body.metadata.unwrap_or(json!({}))),
             message_count: 0,
             version: 1,
             created_at: now.clone(),
@@ -230,7 +225,7 @@ impl Handlers {
             .map_err(store_error(NOT_FOUND, rid))?;
         Ok(MessageList {
             pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data: rows.iter().map(row_to_message).collect(),
+            data: rows.iter().map(Message::from).collect(),
         })
     }
 
@@ -244,11 +239,15 @@ impl Handlers {
         timeout: i64,
     ) -> Result<(ExecutionRow, MessageRow, Receiver<LiveEvent>), Failure> {
         let parameters = body.parameters.unwrap_or_default();
-        let request = json!({
-            "input": body.message,
-            "parameters": parameters,
-            "options": {"timeout": timeout},
-        });
+        let request = ExecutionRequest {
+            input: body.message.clone().into(),
+            parameters: Some(parameters.clone()),
+            options: RunOptions {
+                timeout: Some(timeout),
+                ..RunOptions::default()
+            },
+            ..ExecutionRequest::default()
+        };
         let user_message = MessageRow {
             id: crate::ids::new_id("msg"),
             org_id: caller.org_id.clone(),
@@ -304,12 +303,12 @@ impl Handlers {
             })
             .await
             .map_err(store_error(NOT_FOUND, rid))?;
-        let execution = row_to_execution(&finished).map_err(store_error(NOT_FOUND, rid))?;
+        let execution = Execution::from(&finished);
         let mut asked_fallback = user_message;
         asked_fallback.execution_id = Some(finished.id.clone());
         Ok(MessageExchange {
-            message: row_to_message(&asked.unwrap_or(asked_fallback)),
-            reply: reply.as_ref().map(row_to_message),
+            message: Message::from(&asked.unwrap_or(asked_fallback)),
+            reply: reply.as_ref().map(Message::from),
             execution,
         })
     }
@@ -345,8 +344,7 @@ impl ConversationsApi for Handlers {
         params: CreateConversationParams,
     ) -> Result<CreateConversationResponse, ApiError> {
         let row = self.create_conv(&caller, params).await?;
-        let conversation = row_to_conversation(&row, Some(&[]))
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        let conversation = row_to_conversation(&row, Some(&[]));
         Ok(CreateConversationResponse::Created(
             Json(conversation),
             format!("/v1/conversations/{}", row.id),
@@ -366,8 +364,7 @@ impl ConversationsApi for Handlers {
         if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetConversationResponse::NotModified(tag));
         }
-        let conversation = row_to_conversation(&row, Some(&messages))
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        let conversation = row_to_conversation(&row, Some(&messages));
         Ok(GetConversationResponse::Ok(Json(conversation), tag))
     }
 
@@ -377,8 +374,7 @@ impl ConversationsApi for Handlers {
         params: UpdateConversationParams,
     ) -> Result<UpdateConversationResponse, ApiError> {
         let row = self.update_conv(&caller, params).await?;
-        let conversation =
-            row_to_conversation(&row, None).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        let conversation = row_to_conversation(&row, None);
         Ok(UpdateConversationResponse::Ok(
             Json(conversation),
             etag(row.version),

@@ -8,21 +8,18 @@ use agentplane_api::models::{
     PassCriteria, TestCase, TokenCounts,
 };
 use poem_openapi::payload::Json;
-use poem_openapi::types::ToJSON;
 use serde_json::{Value, json};
 
 use super::Handlers;
-use super::idem;
-use super::paging::PageRequest;
+use super::resource::{Resource, location};
 use crate::auth::Caller;
-use crate::db::StoreError;
 use crate::db::evaluations::{self as store, EvaluationRow, RunRow};
+use crate::db::sql::Page;
+use crate::db::{DbConnection, StoreError};
 use crate::error::{Failure, Kind, detail, store_error};
 use crate::evaluation::{self as eval, Criteria, Metric, stored};
 
-const NOT_FOUND: &str = "EVALUATION_NOT_FOUND";
 const RUN_NOT_FOUND: &str = "EVALUATION_RUN_NOT_FOUND";
-const CREATE_OPERATION: &str = "createEvaluation";
 
 fn metric_of(m: EvaluationMetric) -> Metric {
     match m {
@@ -59,31 +56,36 @@ fn body_of(input: &EvaluationInput) -> Value {
     })
 }
 
-fn row_to_evaluation(row: &EvaluationRow) -> Result<Evaluation, StoreError> {
-    let s = stored(row)?;
-    Ok(Evaluation {
-        id: row.id.clone(),
-        name: row.name.clone(),
-        description: s.description,
-        type_: EvaluationType::Agent,
-        target_id: row.target_id.clone(),
-        test_cases: s
-            .cases
-            .into_iter()
-            .map(|c| TestCase {
-                input: c.input,
-                expected_output: Some(c.expected_output),
-                metadata: Some(Value::Object(c.metadata)),
-            })
-            .collect(),
-        pass_criteria: PassCriteria {
-            metric: metric_model(s.criteria.metric),
-            threshold: Some(s.criteria.threshold),
-        },
-        latest_run_id: row.latest_run_id.clone(),
-        created_at: row.created_at.clone(),
-        updated_at: row.updated_at.clone(),
-    })
+impl Resource for Evaluation {
+    type Row = EvaluationRow;
+    const NOT_FOUND: &'static str = "EVALUATION_NOT_FOUND";
+
+    fn from_row(row: &EvaluationRow) -> Result<Evaluation, StoreError> {
+        let s = stored(row)?;
+        Ok(Evaluation {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            description: s.description,
+            type_: EvaluationType::Agent,
+            target_id: row.target_id.clone(),
+            test_cases: s
+                .cases
+                .into_iter()
+                .map(|c| TestCase {
+                    input: c.input,
+                    expected_output: Some(c.expected_output),
+                    metadata: Some(Value::Object(c.metadata)),
+                })
+                .collect(),
+            pass_criteria: PassCriteria {
+                metric: metric_model(s.criteria.metric),
+                threshold: Some(s.criteria.threshold),
+            },
+            latest_run_id: row.latest_run_id.clone(),
+            created_at: row.created_at.clone(),
+            updated_at: row.updated_at.clone(),
+        })
+    }
 }
 
 /// A run as the API shows it; `with_results` false leaves the per-case list empty (lists).
@@ -154,40 +156,6 @@ fn row_to_run(row: &RunRow, with_results: bool) -> Result<EvaluationRun, StoreEr
 }
 
 impl Handlers {
-    async fn evaluation_row(&self, caller: &Caller, id: String) -> Result<EvaluationRow, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
-    async fn list_evaluations_page(
-        &self,
-        caller: &Caller,
-        params: ListEvaluationsParams,
-    ) -> Result<EvaluationList, Failure> {
-        let rid = caller.request_id.as_str();
-        let req = PageRequest::of(&params, rid)?;
-        let page = req.page();
-        let org = caller.org_id.clone();
-        let target = params.target_id;
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list(conn, &org, target.as_deref(), &page))
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .map(row_to_evaluation)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(NOT_FOUND, rid))?;
-        Ok(EvaluationList {
-            pagination: req.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
-    }
-
     /// The evaluated agent must be the caller's; another organization's is as unknown (422).
     async fn check_evaluation_target(
         &self,
@@ -209,52 +177,13 @@ impl Handlers {
                 vec![detail("target_id", "unknown", "no such agent")],
                 rid,
             )),
-            Err(e) => Err(Failure::from_store(e, NOT_FOUND, rid)),
+            Err(e) => Err(Failure::from_store(e, Evaluation::NOT_FOUND, rid)),
         }
-    }
-
-    async fn create_evaluation_row(
-        &self,
-        caller: &Caller,
-        params: CreateEvaluationParams,
-    ) -> Result<EvaluationRow, Failure> {
-        let rid = caller.request_id.as_str();
-        self.check_evaluation_target(caller, params.body.target_id.clone())
-            .await?;
-        let hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
-        let now = crate::ids::now();
-        let row = EvaluationRow {
-            id: crate::ids::new_id("eval"),
-            org_id: caller.org_id.clone(),
-            name: params.body.name.clone(),
-            target_id: params.body.target_id.clone(),
-            body: body_of(&params.body).to_string(),
-            latest_run_id: None,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        let keyed = idem::NewKeyed {
-            org_id: row.org_id.clone(),
-            operation: CREATE_OPERATION,
-            key: params.idempotency_key,
-            request_hash: hash,
-            resource_id: row.id.clone(),
-        };
-        let org = row.org_id.clone();
-        idem::create_resource(
-            &self.store,
-            keyed,
-            move |conn| store::insert(conn, &row).map(|()| row.clone()),
-            move |conn, id| store::get(conn, &org, id),
-            NOT_FOUND,
-            rid,
-        )
-        .await
     }
 
     async fn start_run(&self, caller: &Caller, id: String) -> Result<RunRow, Failure> {
         let rid = caller.request_id.as_str();
-        let evaluation = self.evaluation_row(caller, id).await?;
+        let evaluation = self.row::<Evaluation>(caller, id).await?;
         let run = RunRow {
             id: crate::ids::new_id("evrun"),
             org_id: evaluation.org_id.clone(),
@@ -276,35 +205,9 @@ impl Handlers {
                 })
             })
             .await
-            .map_err(store_error(NOT_FOUND, rid))?;
+            .map_err(store_error(Evaluation::NOT_FOUND, rid))?;
         self.background.wake();
         Ok(run)
-    }
-
-    async fn runs_page(
-        &self,
-        caller: &Caller,
-        params: ListEvaluationRunsParams,
-    ) -> Result<EvaluationRunList, Failure> {
-        let rid = caller.request_id.as_str();
-        let req = PageRequest::of(&params, rid)?;
-        let page = req.page();
-        let evaluation = self.evaluation_row(caller, params.evaluation_id).await?;
-        let org = caller.org_id.clone();
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list_runs(conn, &org, &evaluation.id, &page))
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .map(|r| row_to_run(r, false))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(RUN_NOT_FOUND, rid))?;
-        Ok(EvaluationRunList {
-            pagination: req.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
     }
 
     /// The run `run_id`, or the evaluation's latest when `None`.
@@ -315,7 +218,7 @@ impl Handlers {
         run_id: Option<String>,
     ) -> Result<EvaluationRun, Failure> {
         let rid = caller.request_id.as_str();
-        let evaluation = self.evaluation_row(caller, evaluation_id).await?;
+        let evaluation = self.row::<Evaluation>(caller, evaluation_id).await?;
         let Some(run_id) = run_id.or(evaluation.latest_run_id.clone()) else {
             return Err(Failure::new(
                 Kind::NotFound,
@@ -334,14 +237,37 @@ impl Handlers {
     }
 }
 
+/// A new evaluation of `org_id` as sent.
+fn new_row(org_id: &str, input: &EvaluationInput) -> EvaluationRow {
+    let now = crate::ids::now();
+    EvaluationRow {
+        id: crate::ids::new_id("eval"),
+        org_id: org_id.to_string(),
+        name: input.name.clone(),
+        target_id: input.target_id.clone(),
+        body: body_of(input).to_string(),
+        latest_run_id: None,
+        created_at: now.clone(),
+        updated_at: now,
+    }
+}
+
 impl EvaluationsApi for Handlers {
     async fn list_evaluations(
         &self,
         caller: Caller,
         params: ListEvaluationsParams,
     ) -> Result<ListEvaluationsResponse, ApiError> {
-        let list = self.list_evaluations_page(&caller, params).await?;
-        Ok(ListEvaluationsResponse::Ok(Json(list)))
+        let target = params.target_id.clone();
+        let (data, pagination) = self
+            .list_page::<Evaluation>(&caller, &params, move |conn, org, page| {
+                store::list(conn, org, target.as_deref(), page)
+            })
+            .await?;
+        Ok(ListEvaluationsResponse::Ok(Json(EvaluationList {
+            data,
+            pagination,
+        })))
     }
 
     async fn create_evaluation(
@@ -349,10 +275,19 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: CreateEvaluationParams,
     ) -> Result<CreateEvaluationResponse, ApiError> {
-        let row = self.create_evaluation_row(&caller, params).await?;
-        let e = row_to_evaluation(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        let location = format!("/v1/evaluations/{}", e.id);
-        Ok(CreateEvaluationResponse::Created(Json(e), location))
+        self.check_evaluation_target(&caller, params.body.target_id.clone())
+            .await?;
+        let row = new_row(&caller.org_id, &params.body);
+        let row = self
+            .create_row::<Evaluation>(&caller, &params, row, store::insert)
+            .await?;
+        let evaluation = Evaluation::from_row(&row)
+            .map_err(store_error(Evaluation::NOT_FOUND, &caller.request_id))?;
+        let location = location(&params, &row.id);
+        Ok(CreateEvaluationResponse::Created(
+            Json(evaluation),
+            location,
+        ))
     }
 
     async fn get_evaluation(
@@ -360,9 +295,10 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: GetEvaluationParams,
     ) -> Result<GetEvaluationResponse, ApiError> {
-        let row = self.evaluation_row(&caller, params.evaluation_id).await?;
-        let e = row_to_evaluation(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(GetEvaluationResponse::Ok(Json(e)))
+        let evaluation = self
+            .item::<Evaluation>(&caller, params.evaluation_id)
+            .await?;
+        Ok(GetEvaluationResponse::Ok(Json(evaluation)))
     }
 
     async fn delete_evaluation(
@@ -370,12 +306,8 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: DeleteEvaluationParams,
     ) -> Result<DeleteEvaluationResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let id = params.evaluation_id;
-        self.store
-            .run(move |conn| store::delete(conn, &org, &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        self.remove::<Evaluation>(&caller, params.evaluation_id)
+            .await?;
         Ok(DeleteEvaluationResponse::NoContent)
     }
 
@@ -395,7 +327,17 @@ impl EvaluationsApi for Handlers {
         caller: Caller,
         params: ListEvaluationRunsParams,
     ) -> Result<ListEvaluationRunsResponse, ApiError> {
-        let list = self.runs_page(&caller, params).await?;
+        let id = params.evaluation_id.clone();
+        let list = move |conn: &mut DbConnection, org: &str, page: &Page| {
+            store::get(conn, org, &id)?;
+            store::list_runs(conn, org, &id, page)
+        };
+        let (data, pagination) = self
+            .page_of(&caller, &params, Evaluation::NOT_FOUND, list, |r| {
+                row_to_run(r, false)
+            })
+            .await?;
+        let list = EvaluationRunList { data, pagination };
         Ok(ListEvaluationRunsResponse::Ok(Json(list)))
     }
 

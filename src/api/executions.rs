@@ -10,18 +10,18 @@ use agentplane_api::models::{
 use agentplane_api::*;
 use poem_openapi::payload::Json;
 use poem_openapi::types::ToJSON;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Digest;
 use tokio::sync::broadcast::Receiver;
 
 use super::Handlers;
 use super::idem;
 use super::paging::{PageRequest, not_modified};
-use super::run::{
-    Listening, NOT_FOUND, Start, follow, follow_events, row_to_execution, wait_limit,
-};
+use super::run::{Listening, NOT_FOUND, Start, follow, follow_events, wait_limit};
 use crate::auth::Caller;
-use crate::db::executions::{self as store, ExecutionQuery, ExecutionRow};
+use crate::db::executions::{
+    self as store, ExecutionQuery, ExecutionRequest, ExecutionRow, RunOptions, StepStatus,
+};
 use crate::engine::runner::{self, LiveEvent};
 use crate::error::{Failure, Kind, detail, store_error};
 
@@ -31,7 +31,10 @@ const EXECUTE_OPERATION: &str = "executeAgent";
 fn execution_etag(row: &ExecutionRow) -> String {
     let digest = sha2::Sha256::digest(format!(
         "{}|{:?}|{:?}|{}",
-        row.status, row.started_at, row.finished_at, row.steps
+        row.status,
+        row.started_at,
+        row.finished_at,
+        row.steps.to_text().unwrap_or_default()
     ));
     format!("\"{}\"", hex::encode(&digest[..12]))
 }
@@ -60,7 +63,7 @@ fn logs_of(execution: &Execution) -> Vec<ExecutionLog> {
         ));
     }
     for s in &execution.steps {
-        let failed = s.status != "succeeded";
+        let failed = s.status != StepStatus::Succeeded.as_str();
         let mut message = format!("{} {} in {} ms", s.name, s.status, s.duration_ms);
         if let Some(e) = s.detail.get("error").and_then(Value::as_str) {
             message.push_str(&format!(": {e}"));
@@ -156,7 +159,7 @@ async fn forward_to_socket(
 
 /// The request an execute accepts (`input`, `parameters`, `context`, `options`), and the
 /// values of the agent's template variables (`variables`, then `parameters`).
-fn accepted(body: &ExecuteRequest) -> (Value, BTreeMap<String, String>) {
+fn accepted(body: &ExecuteRequest) -> (ExecutionRequest, BTreeMap<String, String>) {
     let mut parameters = body.variables.clone().unwrap_or_default();
     parameters.extend(body.parameters.clone().unwrap_or_default());
     let input = match (&body.input, &body.query) {
@@ -164,12 +167,21 @@ fn accepted(body: &ExecuteRequest) -> (Value, BTreeMap<String, String>) {
         (None, Some(q)) => Value::String(q.clone()),
         (None, None) => Value::String(String::new()),
     };
-    let request = json!({
-        "input": input,
-        "parameters": parameters,
-        "context": body.context.to_json(),
-        "options": body.options.clone().unwrap_or_default().to_json(),
-    });
+    let options = body.options.clone().unwrap_or_default();
+    let request = ExecutionRequest {
+        input,
+        parameters: Some(parameters.clone()),
+        context: Some(body.context.to_json().unwrap_or(Value::Null)),
+        options: RunOptions {
+            stream: options.stream,
+            wait: options.wait,
+            timeout: options.timeout,
+            max_tokens: options.max_tokens,
+            temperature: options.temperature,
+        },
+        conversation_id: None,
+        evaluation: false,
+    };
     (request, parameters)
 }
 
@@ -250,7 +262,7 @@ impl Handlers {
         let page = PageRequest::of(&params, rid)?;
         let query = ExecutionQuery {
             agent_id: params.agent_id,
-            status: params.status.map(|s| s.as_str().to_string()),
+            status: params.status.map(Into::into),
             offset: page.offset,
             limit: page.limit,
             after_id: page.after_id.clone(),
@@ -261,11 +273,7 @@ impl Handlers {
             .run(move |conn| store::list(conn, &org, &query))
             .await
             .map_err(store_error(NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .map(row_to_execution)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(NOT_FOUND, rid))?;
+        let data: Vec<Execution> = rows.iter().map(Execution::from).collect();
         Ok(ExecutionList {
             pagination: page.pagination(data.len(), rows.last().map(|r| r.id.as_str()), total),
             data,
@@ -302,7 +310,7 @@ impl ExecutionsApi for Handlers {
             self.runner.live.release(&row.id);
             row
         };
-        let execution = row_to_execution(&row).map_err(store_error(NOT_FOUND, rid))?;
+        let execution = Execution::from(&row);
         if row.is_finished() {
             return Ok(ExecuteAgentResponse::Ok(Json(execution)));
         }
@@ -331,9 +339,7 @@ impl ExecutionsApi for Handlers {
         if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetExecutionResponse::NotModified(tag));
         }
-        let execution =
-            row_to_execution(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(GetExecutionResponse::Ok(Json(execution), tag))
+        Ok(GetExecutionResponse::Ok(Json(Execution::from(&row)), tag))
     }
 
     async fn cancel_execution(
@@ -342,9 +348,7 @@ impl ExecutionsApi for Handlers {
         params: CancelExecutionParams,
     ) -> Result<CancelExecutionResponse, ApiError> {
         let row = self.cancel(&caller, params.execution_id).await?;
-        let execution =
-            row_to_execution(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(CancelExecutionResponse::Ok(Json(execution)))
+        Ok(CancelExecutionResponse::Ok(Json(Execution::from(&row))))
     }
 
     async fn get_execution_logs(
@@ -353,8 +357,7 @@ impl ExecutionsApi for Handlers {
         params: GetExecutionLogsParams,
     ) -> Result<GetExecutionLogsResponse, ApiError> {
         let row = self.execution_row(&caller, params.execution_id).await?;
-        let execution =
-            row_to_execution(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        let execution = Execution::from(&row);
         Ok(GetExecutionLogsResponse::Ok(Json(ExecutionLogs {
             execution_id: execution.id.clone(),
             data: logs_of(&execution),

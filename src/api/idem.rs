@@ -103,6 +103,19 @@ pub struct NewKeyed {
     pub resource_id: String,
 }
 
+impl NewKeyed {
+    /// The keyed create of `resource_id` in `org_id` that the operation `params` asks for.
+    pub fn of<P: agentplane_api::Idempotent>(params: &P, org_id: &str, resource_id: &str) -> Self {
+        NewKeyed {
+            org_id: org_id.to_string(),
+            operation: P::OPERATION_ID,
+            key: params.idempotency_key().map(str::to_string),
+            request_hash: request_hash(&params.request_json()),
+            resource_id: resource_id.to_string(),
+        }
+    }
+}
+
 /// [`create_once`] on the store's blocking pool.
 pub async fn create_keyed<T: Send + 'static>(
     store: &Store,

@@ -24,8 +24,10 @@ use super::idem;
 use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use crate::auth::Caller;
 use crate::db::knowledge::{
-    self as store, ChunkRow, DocumentRow, KbChanges, KbFilter, KbRow, SourceRow, SyncRow,
+    self as store, ChunkRow, DocumentRow, KbBody, KbChanges, KbFilter, KbRow, ProcessingBody,
+    SourceBody, SourceRow, SourceStatus, SyncRow,
 };
+use crate::db::types::same_variants;
 use crate::db::{DbConnection, StoreError};
 use crate::error::{Failure, Kind, detail, store_error};
 use crate::knowledge::sync::{self, chunk_options_of};
@@ -52,28 +54,28 @@ pub(super) fn to_i64(n: usize) -> i64 {
 
 // Rows → API types.
 
+same_variants!(SourceStatus <=> KnowledgeSourceStatus {
+    Pending, Syncing, Active, Failed
+});
+same_variants!(store::SyncStatus <=> SyncStatus {
+    Queued, Running, Succeeded, Failed
+});
+
 fn kb_model(row: &KbRow, counts: (i64, i64, i64)) -> KnowledgeBase {
-    let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+    let body = row.body();
     let options = chunk_options_of(&row.body);
     KnowledgeBase {
         id: row.id.clone(),
         name: row.name.clone(),
         type_: row.kb_type.clone(),
         description: row.description.clone(),
-        embedding_model: body
-            .get("embedding_model")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        embedding_model: body.embedding_model,
         processing_options: ProcessingOptions {
             chunk_size: Some(to_i64(options.chunk_size)),
             overlap: Some(to_i64(options.overlap)),
-            extract_metadata: Some(
-                body.pointer("/processing_options/extract_metadata")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true),
-            ),
+            extract_metadata: Some(body.processing_options.extract_metadata.unwrap_or(true)),
         },
-        metadata: Value::Object(object(body.get("metadata").cloned())),
+        metadata: Value::Object(body.metadata),
         document_count: counts.0,
         chunk_count: counts.1,
         source_count: counts.2,
@@ -84,27 +86,20 @@ fn kb_model(row: &KbRow, counts: (i64, i64, i64)) -> KnowledgeBase {
 }
 
 fn source_model(row: &SourceRow) -> KnowledgeSource {
-    let text = |k: &str| sync::body_text(row, k);
-    let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+    let body = row.body();
     KnowledgeSource {
         id: row.id.clone(),
         knowledge_base_id: row.kb_id.clone(),
         name: row.name.clone(),
         type_: KnowledgeSourceType::from_wire(&row.source_type)
             .unwrap_or(KnowledgeSourceType::Text),
-        status: KnowledgeSourceStatus::from_wire(&row.status)
-            .unwrap_or(KnowledgeSourceStatus::Pending),
-        url: text("url"),
-        repository: text("repository"),
-        branch: text("branch"),
-        paths: body.get("paths").and_then(Value::as_array).map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        }),
-        file_name: text("file_name"),
-        metadata: Value::Object(object(body.get("metadata").cloned())),
+        status: row.status.into(),
+        url: body.url,
+        repository: body.repository,
+        branch: body.branch,
+        paths: body.paths,
+        file_name: body.file_name,
+        metadata: Value::Object(body.metadata),
         last_sync_at: row.last_sync_at.clone(),
         created_at: row.created_at.clone(),
         updated_at: row.updated_at.clone(),
@@ -141,7 +136,7 @@ fn sync_model(row: &SyncRow) -> SyncJob {
         id: row.id.clone(),
         knowledge_base_id: row.kb_id.clone(),
         source_id: row.source_id.clone(),
-        status: SyncStatus::from_wire(&row.status).unwrap_or(SyncStatus::Failed),
+        status: row.status.into(),
         error: row.error.clone(),
         documents: row.documents,
         chunks: row.chunks,
@@ -237,7 +232,7 @@ fn plan_source_as(
     id: String,
 ) -> PlannedSource {
     let now = crate::ids::now();
-    let SourceBody {
+    let PlannedBody {
         body,
         name,
         source_type,
@@ -250,8 +245,12 @@ fn plan_source_as(
         kb_id: kb_id.to_string(),
         name,
         source_type: source_type.to_string(),
-        status: if is_text { "active" } else { "pending" }.to_string(),
-        body: Value::Object(body).to_string(),
+        status: if is_text {
+            SourceStatus::Active
+        } else {
+            SourceStatus::Pending
+        },
+        body: body_text(&body),
         last_sync_at: is_text.then(|| now.clone()),
         created_at: now.clone(),
         updated_at: now.clone(),
@@ -262,7 +261,7 @@ fn plan_source_as(
         org_id: org_id.to_string(),
         kb_id: kb_id.to_string(),
         source_id: id,
-        status: "queued".into(),
+        status: store::SyncStatus::Queued,
         error: None,
         documents: 0,
         chunks: 0,
@@ -278,15 +277,20 @@ fn plan_source_as(
 }
 
 /// What a source stores of its spec.
-struct SourceBody {
-    body: Map<String, Value>,
+struct PlannedBody {
+    body: SourceBody,
     name: String,
     source_type: &'static str,
     metadata: Option<Map<String, Value>>,
 }
 
-fn source_body(spec: &SourceSpec) -> SourceBody {
-    let mut body = Map::new();
+/// A JSON document as stored (serializing a map or a serde struct cannot fail).
+fn body_text(body: &impl serde::Serialize) -> String {
+    serde_json::to_string(body).unwrap_or_default()
+}
+
+fn source_body(spec: &SourceSpec) -> PlannedBody {
+    let mut body = SourceBody::default();
     let (name, source_type, metadata) = match spec {
         SourceSpec::Text {
             name,
@@ -295,17 +299,9 @@ fn source_body(spec: &SourceSpec) -> SourceBody {
             content_type,
             metadata,
         } => {
-            body.insert("text".into(), text.clone().into());
-            if let Some(t) = title {
-                body.insert("title".into(), t.clone().into());
-            }
-            body.insert(
-                "content_type".into(),
-                content_type
-                    .clone()
-                    .unwrap_or_else(|| "text/plain".into())
-                    .into(),
-            );
+            body.text = Some(text.clone());
+            body.title = title.clone();
+            body.content_type = Some(content_type.clone().unwrap_or_else(|| "text/plain".into()));
             (
                 name.clone().unwrap_or_else(|| "inline text".into()),
                 "text",
@@ -317,7 +313,7 @@ fn source_body(spec: &SourceSpec) -> SourceBody {
             url,
             metadata,
         } => {
-            body.insert("url".into(), url.clone().into());
+            body.url = Some(url.clone());
             (
                 name.clone().unwrap_or_else(|| url.clone()),
                 "url",
@@ -335,21 +331,14 @@ fn source_body(spec: &SourceSpec) -> SourceBody {
                 .trim_start_matches("https://github.com/")
                 .trim_end_matches('/')
                 .to_string();
-            body.insert("repository".into(), repo.clone().into());
-            if let Some(b) = branch {
-                body.insert("branch".into(), b.clone().into());
-            }
-            if let Some(p) = paths {
-                body.insert("paths".into(), p.clone().into());
-            }
+            body.repository = Some(repo.clone());
+            body.branch = branch.clone();
+            body.paths = paths.clone();
             (name.clone().unwrap_or(repo), "github", metadata.clone())
         }
     };
-    body.insert(
-        "metadata".into(),
-        Value::Object(metadata.clone().unwrap_or_default()),
-    );
-    SourceBody {
+    body.metadata = metadata.clone().unwrap_or_default();
+    PlannedBody {
         body,
         name,
         source_type,
@@ -398,10 +387,8 @@ fn text_documents(
 /// sources of one repository, branch and paths. Inline text is always new.
 fn same_fetch(old: &SourceRow, new: &SourceRow) -> bool {
     let fetched = |row: &SourceRow| {
-        let body: Map<String, Value> = serde_json::from_str(&row.body).unwrap_or_default();
-        ["url", "repository", "branch", "paths"]
-            .map(|k| body.get(k).cloned())
-            .to_vec()
+        let b = row.body();
+        (b.url, b.repository, b.branch, b.paths)
     };
     old.source_type == new.source_type
         && matches!(new.source_type.as_str(), "url" | "github")
@@ -423,46 +410,28 @@ fn write_sources(conn: &mut DbConnection, planned: &[PlannedSource]) -> Result<(
 
 // Knowledge-base bodies.
 
-fn processing_body(options: Option<&ProcessingOptions>) -> Value {
-    let mut m = Map::new();
-    if let Some(o) = options {
-        let size = o.chunk_size.unwrap_or(1000);
-        m.insert("chunk_size".into(), size.into());
+fn processing_body(options: Option<&ProcessingOptions>) -> ProcessingBody {
+    let o = options.cloned().unwrap_or_default();
+    let size = o.chunk_size.unwrap_or(1000);
+    ProcessingBody {
+        chunk_size: Some(size),
         // An overlap of a whole chunk would never advance.
-        m.insert(
-            "overlap".into(),
-            o.overlap.unwrap_or(200).min(size - 1).into(),
-        );
-        m.insert(
-            "extract_metadata".into(),
-            o.extract_metadata.unwrap_or(true).into(),
-        );
-    } else {
-        m.insert("chunk_size".into(), 1000.into());
-        m.insert("overlap".into(), 200.into());
-        m.insert("extract_metadata".into(), true.into());
+        overlap: Some(o.overlap.unwrap_or(200).min(size - 1)),
+        extract_metadata: Some(o.extract_metadata.unwrap_or(true)),
     }
-    Value::Object(m)
 }
 
 fn kb_changes(input: &KnowledgeBaseInput) -> KbChanges {
-    let mut body = Map::new();
-    body.insert(
-        "processing_options".into(),
-        processing_body(input.processing_options.as_ref()),
-    );
-    body.insert(
-        "metadata".into(),
-        Value::Object(object(input.metadata.clone())),
-    );
-    if let Some(m) = &input.embedding_model {
-        body.insert("embedding_model".into(), m.clone().into());
-    }
+    let body = KbBody {
+        processing_options: processing_body(input.processing_options.as_ref()),
+        metadata: object(input.metadata.clone()),
+        embedding_model: input.embedding_model.clone(),
+    };
     KbChanges {
         name: input.name.clone(),
         kb_type: input.type_.clone().unwrap_or_else(|| "general".into()),
         description: input.description.clone(),
-        body: Value::Object(body).to_string(),
+        body: body_text(&body),
     }
 }
 
@@ -504,7 +473,7 @@ fn new_kb_row(org_id: &str, input: &KnowledgeBaseInput) -> KbRow {
 /// The columns of `current` with a PATCH applied: fields not sent keep their value, and
 /// processing options not sent keep theirs.
 fn patched_kb(patch: &KnowledgeBasePatch, current: &KbRow) -> KbChanges {
-    let mut body: Map<String, Value> = serde_json::from_str(&current.body).unwrap_or_default();
+    let mut body = current.body();
     if let Some(o) = &patch.processing_options {
         let old = chunk_options_of(&current.body);
         let merged = ProcessingOptions {
@@ -512,13 +481,13 @@ fn patched_kb(patch: &KnowledgeBasePatch, current: &KbRow) -> KbChanges {
             overlap: o.overlap.or(Some(to_i64(old.overlap))),
             extract_metadata: o.extract_metadata,
         };
-        body.insert("processing_options".into(), processing_body(Some(&merged)));
+        body.processing_options = processing_body(Some(&merged));
     }
     if let Some(m) = &patch.metadata {
-        body.insert("metadata".into(), Value::Object(object(Some(m.clone()))));
+        body.metadata = object(Some(m.clone()));
     }
     if let Some(m) = &patch.embedding_model {
-        body.insert("embedding_model".into(), m.clone().into());
+        body.embedding_model = Some(m.clone());
     }
     KbChanges {
         name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
@@ -531,7 +500,7 @@ fn patched_kb(patch: &KnowledgeBasePatch, current: &KbRow) -> KbChanges {
             MaybeUndefined::Null => None,
             MaybeUndefined::Value(d) => Some(d.clone()),
         },
-        body: Value::Object(body).to_string(),
+        body: body_text(&body),
     }
 }
 
@@ -668,15 +637,14 @@ fn uploaded_text(file: UploadedFile, rid: &str) -> Result<(String, ContentKind, 
 /// stored text on sync.
 fn label_as_file(planned: &mut PlannedSource, file_name: &str) {
     planned.source.source_type = "file".into();
-    let mut body: Map<String, Value> =
-        serde_json::from_str(&planned.source.body).unwrap_or_default();
-    body.insert("file_name".into(), file_name.into());
-    planned.source.body = Value::Object(body).to_string();
+    let mut body = planned.source.body();
+    body.file_name = Some(file_name.to_string());
+    planned.source.body = body_text(&body);
     let relabel = |meta: &str| {
         let mut m: Map<String, Value> = serde_json::from_str(meta).unwrap_or_default();
         m.insert("source".into(), file_name.into());
         m.insert("source_type".into(), "file".into());
-        Value::Object(m).to_string()
+        body_text(&m)
     };
     for (doc, chunks) in &mut planned.documents {
         doc.metadata = relabel(&doc.metadata);
@@ -698,7 +666,7 @@ fn replace_source_row(
     // Serializes with a sync being queued (which reads the row, then marks it).
     crate::db::lock_row(conn, "knowledge_sources", org, source_id)?;
     let old = store::get_source(conn, org, kb_id, source_id)?;
-    if old.status == "syncing" {
+    if old.status == SourceStatus::Syncing {
         return Ok(None);
     }
     let mut planned = plan_source_as(org, kb_id, spec, options, false, old.id.clone());
@@ -706,7 +674,7 @@ fn replace_source_row(
     source.created_at = old.created_at.clone();
     if same_fetch(&old, source) {
         // The same page or repository: what it fetched still stands.
-        source.status = old.status.clone();
+        source.status = old.status;
         source.last_sync_at = old.last_sync_at.clone();
     } else {
         store::delete_source_documents(conn, &old.id)?;
@@ -731,7 +699,7 @@ fn queue_sync(
         org_id: org.to_string(),
         kb_id: source.kb_id.clone(),
         source_id: source.id.clone(),
-        status: "queued".into(),
+        status: store::SyncStatus::Queued,
         error: None,
         documents: 0,
         chunks: 0,
@@ -741,7 +709,7 @@ fn queue_sync(
     };
     store::insert_sync(conn, &row)?;
     crate::knowledge::sync::enqueue(conn, &row)?;
-    store::set_source_status(conn, &source.id, "syncing", None)?;
+    store::set_source_status(conn, &source.id, SourceStatus::Syncing, None)?;
     Ok(row)
 }
 
@@ -1404,7 +1372,7 @@ mod tests {
             overlap: Some(400),
             extract_metadata: None,
         }));
-        assert_eq!(body["overlap"], 99);
+        assert_eq!(body.overlap, Some(99));
     }
 
     #[test]
@@ -1417,7 +1385,7 @@ mod tests {
         .expect("parses");
         let planned = plan_source("org", "kb", spec, ChunkOptions::default(), true);
         assert_eq!(planned.source.source_type, "github");
-        assert_eq!(planned.source.status, "pending");
+        assert_eq!(planned.source.status, SourceStatus::Pending);
         assert!(planned.source.body.contains("\"repository\":\"o/r\""));
         assert!(planned.sync.is_some() && planned.documents.is_empty());
         assert!(parse_source(&serde_json::json!({"type": "ftp"}), "body", "rid").is_err());

@@ -4,19 +4,16 @@
 use agentplane_api::models::{Model, ModelInput, ModelList, ModelPricing, ModelProvider};
 use agentplane_api::*;
 use poem_openapi::payload::Json;
-use poem_openapi::types::ToJSON;
 use serde_json::{Map, Value, json};
 
 use super::Handlers;
-use super::idem;
-use super::paging::{PageRequest, etag, etag_matches, not_modified};
+use super::paging::{PageRequest, conditional};
+use super::resource::{Resource, items};
 use crate::auth::Caller;
 use crate::db::StoreError;
 use crate::db::models::{self as store, ModelChanges, ModelRow};
-use crate::error::{Failure, Kind, detail, store_error};
+use crate::error::{Failure, Kind, detail};
 
-pub(crate) const NOT_FOUND: &str = "MODEL_NOT_FOUND";
-const CREATE_OPERATION: &str = "createModel";
 /// The id of the built-in local model, which every organization has.
 pub const BUILTIN_ID: &str = "model_local";
 /// The endpoint of an `openai-compatible` model registered without one.
@@ -48,34 +45,39 @@ pub fn builtin() -> Model {
     }
 }
 
-pub(crate) fn row_to_model(row: &ModelRow) -> Result<Model, StoreError> {
-    let corrupt = |what: String| StoreError::Corrupt(format!("model {}: {what}", row.id));
-    let body: Map<String, Value> =
-        serde_json::from_str(&row.body).map_err(|e| corrupt(e.to_string()))?;
-    let pricing = body.get("pricing").cloned().unwrap_or(Value::Null);
-    Ok(Model {
-        id: row.id.clone(),
-        name: row.name.clone(),
-        description: body
-            .get("description")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        provider: ModelProvider::from_wire(&row.provider)
-            .ok_or_else(|| corrupt("unknown provider".into()))?,
-        model_id: row.model_name.clone(),
-        endpoint: row.endpoint.clone(),
-        api_key_set: row.api_key_encrypted.is_some(),
-        pricing: ModelPricing {
-            input_per_1k: pricing["input_per_1k"].as_f64().unwrap_or(0.0),
-            output_per_1k: pricing["output_per_1k"].as_f64().unwrap_or(0.0),
-        },
-        context_window: body.get("context_window").and_then(Value::as_i64),
-        max_output_tokens: body.get("max_output_tokens").and_then(Value::as_i64),
-        built_in: false,
-        version: row.version,
-        created_at: row.created_at.clone(),
-        updated_at: row.updated_at.clone(),
-    })
+impl Resource for Model {
+    type Row = ModelRow;
+    const NOT_FOUND: &'static str = "MODEL_NOT_FOUND";
+
+    fn from_row(row: &ModelRow) -> Result<Model, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("model {}: {what}", row.id));
+        let body: Map<String, Value> =
+            serde_json::from_str(&row.body).map_err(|e| corrupt(e.to_string()))?;
+        let pricing = body.get("pricing").cloned().unwrap_or(Value::Null);
+        Ok(Model {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            description: body
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            provider: ModelProvider::from_wire(&row.provider)
+                .ok_or_else(|| corrupt("unknown provider".into()))?,
+            model_id: row.model_name.clone(),
+            endpoint: row.endpoint.clone(),
+            api_key_set: row.api_key_encrypted.is_some(),
+            pricing: ModelPricing {
+                input_per_1k: pricing["input_per_1k"].as_f64().unwrap_or(0.0),
+                output_per_1k: pricing["output_per_1k"].as_f64().unwrap_or(0.0),
+            },
+            context_window: body.get("context_window").and_then(Value::as_i64),
+            max_output_tokens: body.get("max_output_tokens").and_then(Value::as_i64),
+            built_in: false,
+            version: row.version,
+            created_at: row.created_at.clone(),
+            updated_at: row.updated_at.clone(),
+        })
+    }
 }
 
 /// The columns of a model as sent; a key left out keeps `previous_key`.
@@ -142,7 +144,27 @@ fn url_is_bad(text: &str) -> bool {
     }
 }
 
+/// A new model of `org_id` with the columns `c`.
+fn new_row(org_id: &str, c: ModelChanges) -> ModelRow {
+    let now = crate::ids::now();
+    ModelRow {
+        id: crate::ids::new_id("model"),
+        org_id: org_id.to_string(),
+        name: c.name,
+        provider: c.provider,
+        model_name: c.model_name,
+        endpoint: c.endpoint,
+        api_key_encrypted: c.api_key_encrypted,
+        body: c.body,
+        version: 1,
+        created_at: now.clone(),
+        updated_at: now,
+    }
+}
+
 impl Handlers {
+    /// A page of the organization's models; the built-in one is the last item of the last
+    /// page (of every list it matches).
     async fn list_models_page(
         &self,
         caller: &Caller,
@@ -152,20 +174,13 @@ impl Handlers {
         let page = PageRequest::of(&params, rid)?;
         let provider = params.provider.map(|p| p.as_str().to_string());
         let with_builtin = provider.as_deref().is_none_or(|p| p == "local");
-        let org = caller.org_id.clone();
-        let q = page.page();
         let (rows, stored) = self
-            .store
-            .run(move |conn| store::list(conn, &org, provider.as_deref(), &q))
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        let mut data = rows
-            .iter()
-            .map(row_to_model)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(NOT_FOUND, rid))?;
+            .rows_on(caller, &page, Model::NOT_FOUND, move |conn, org, q| {
+                store::list(conn, org, provider.as_deref(), q)
+            })
+            .await?;
+        let mut data = items::<Model>(&rows, rid)?;
         let total = stored + i64::from(with_builtin);
-        // The built-in model is the last item of the last page.
         let end = page.offset + i64::try_from(data.len()).unwrap_or(0);
         if with_builtin
             && i64::try_from(data.len()).unwrap_or(0) < page.limit
@@ -179,91 +194,6 @@ impl Handlers {
             pagination: page.pagination(data.len(), last.as_deref(), total),
             data,
         })
-    }
-
-    async fn create_model_row(
-        &self,
-        caller: &Caller,
-        params: CreateModelParams,
-    ) -> Result<ModelRow, Failure> {
-        let rid = caller.request_id.as_str();
-        let changes = changes_of(&params.body, None, &self.crypto, rid)?;
-        let hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
-        let now = crate::ids::now();
-        let row = ModelRow {
-            id: crate::ids::new_id("model"),
-            org_id: caller.org_id.clone(),
-            name: changes.name,
-            provider: changes.provider,
-            model_name: changes.model_name,
-            endpoint: changes.endpoint,
-            api_key_encrypted: changes.api_key_encrypted,
-            body: changes.body,
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        let keyed = idem::NewKeyed {
-            org_id: row.org_id.clone(),
-            operation: CREATE_OPERATION,
-            key: params.idempotency_key,
-            request_hash: hash,
-            resource_id: row.id.clone(),
-        };
-        let org = row.org_id.clone();
-        idem::create_resource(
-            &self.store,
-            keyed,
-            move |conn| store::insert(conn, &row).map(|()| row.clone()),
-            move |conn, id| store::get(conn, &org, id),
-            NOT_FOUND,
-            rid,
-        )
-        .await
-    }
-
-    async fn model_of(&self, caller: &Caller, id: String) -> Result<Model, Failure> {
-        if id == BUILTIN_ID {
-            return Ok(builtin());
-        }
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .and_then(|row| row_to_model(&row))
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
-    async fn replace_stored_model(
-        &self,
-        caller: &Caller,
-        params: ReplaceModelParams,
-    ) -> Result<Model, Failure> {
-        let rid = caller.request_id.as_str();
-        // Validate before touching the row; the sealed key is chosen inside the transaction.
-        changes_of(&params.body, None, &self.crypto, rid)?;
-        let org = caller.org_id.clone();
-        let crypto = self.crypto.clone();
-        let ReplaceModelParams {
-            model_id,
-            if_match,
-            body,
-        } = params;
-        self.store
-            .run(move |conn| {
-                store::update(conn, &org, &model_id, |current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    changes_of(&body, current.api_key_encrypted.clone(), &crypto, "")
-                        .map_err(|_| StoreError::Corrupt("model changes".into()))
-                })
-            })
-            .await
-            .and_then(|row| row_to_model(&row))
-            .map_err(store_error(NOT_FOUND, rid))
     }
 }
 
@@ -282,13 +212,10 @@ impl ModelRegistryApi for Handlers {
         caller: Caller,
         params: CreateModelParams,
     ) -> Result<CreateModelResponse, ApiError> {
-        let row = self.create_model_row(&caller, params).await?;
-        let model = row_to_model(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(CreateModelResponse::Created(
-            Json(model),
-            format!("/v1/models/{}", row.id),
-            etag(row.version),
-        ))
+        let changes = changes_of(&params.body, None, &self.crypto, &caller.request_id)?;
+        let row = new_row(&caller.org_id, changes);
+        let (model, location, tag) = self.create::<Model>(&caller, &params, row).await?;
+        Ok(CreateModelResponse::Created(Json(model), location, tag))
     }
 
     async fn get_model(
@@ -296,12 +223,14 @@ impl ModelRegistryApi for Handlers {
         caller: Caller,
         params: GetModelParams,
     ) -> Result<GetModelResponse, ApiError> {
-        let model = self.model_of(&caller, params.model_id).await?;
-        let tag = etag(model.version);
-        if not_modified(params.if_none_match.as_deref(), &tag) {
-            return Ok(GetModelResponse::NotModified(tag));
+        let if_none_match = params.if_none_match;
+        if params.model_id == BUILTIN_ID {
+            let local = builtin();
+            let version = local.version;
+            return Ok(conditional(local, version, if_none_match.as_deref()).into());
         }
-        Ok(GetModelResponse::Ok(Json(model), tag))
+        let answer = self.item_if_changed::<Model>(&caller, params.model_id, if_none_match);
+        Ok(answer.await?.into())
     }
 
     async fn replace_model(
@@ -309,8 +238,21 @@ impl ModelRegistryApi for Handlers {
         caller: Caller,
         params: ReplaceModelParams,
     ) -> Result<ReplaceModelResponse, ApiError> {
-        let model = self.replace_stored_model(&caller, params).await?;
-        let tag = etag(model.version);
+        let ReplaceModelParams {
+            model_id,
+            if_match,
+            body,
+        } = params;
+        let rid = caller.request_id.clone();
+        // Validate before touching the row; the sealed key is chosen inside the transaction.
+        changes_of(&body, None, &self.crypto, &rid)?;
+        let crypto = self.crypto.clone();
+        let (model, tag) = self
+            .replace::<Model>(&caller, model_id, if_match, move |_, current| {
+                let key = current.api_key_encrypted.clone();
+                Ok(changes_of(&body, key, &crypto, &rid))
+            })
+            .await?;
         Ok(ReplaceModelResponse::Ok(Json(model), tag))
     }
 
@@ -319,12 +261,7 @@ impl ModelRegistryApi for Handlers {
         caller: Caller,
         params: DeleteModelParams,
     ) -> Result<DeleteModelResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let id = params.model_id;
-        self.store
-            .run(move |conn| store::delete(conn, &org, &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        self.remove::<Model>(&caller, params.model_id).await?;
         Ok(DeleteModelResponse::NoContent)
     }
 }

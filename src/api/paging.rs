@@ -3,6 +3,7 @@
 //! A page starts either at `offset` (page numbers) or right after an id (`next_cursor`,
 //! `<offset>.<last id>`, the format agents use); when that id is gone the offset still holds.
 
+use agentplane_api::Conditional;
 use agentplane_api::models::Pagination;
 
 use crate::error::{Failure, Kind, detail};
@@ -96,6 +97,15 @@ pub fn etag_matches(header: &str, etag: &str) -> bool {
 /// Whether a read with this `If-None-Match` answers 304: the header names `etag`.
 pub fn not_modified(if_none_match: Option<&str>, etag: &str) -> bool {
     if_none_match.is_some_and(|h| etag_matches(h, etag))
+}
+
+/// `item` with its ETag (at `version`), or only the ETag when `If-None-Match` names it.
+pub fn conditional<T>(item: T, version: i64, if_none_match: Option<&str>) -> Conditional<T> {
+    let tag = etag(version);
+    if not_modified(if_none_match, &tag) {
+        return Conditional::NotModified(tag);
+    }
+    Conditional::Fresh(item, tag)
 }
 
 /// The ETag of a resource at `version`.

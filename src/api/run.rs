@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use agentplane_api::EventStreamOf;
 use agentplane_api::models::{
-    Execution, ExecutionError, ExecutionEvent, ExecutionEventType, ExecutionResult,
-    ExecutionStatus, ExecutionStep, ExecutionUsage, Message, MessageRole,
+    self, Execution, ExecutionError, ExecutionEvent, ExecutionEventType, ExecutionResult,
+    ExecutionStep, ExecutionUsage, Message, MessageRole,
 };
 use poem::web::sse::Event;
 use poem_openapi::payload::EventStream;
@@ -22,7 +22,8 @@ use super::Handlers;
 use super::idem::{self, Created, NewKeyed};
 use crate::auth::Caller;
 use crate::db::conversations::MessageRow;
-use crate::db::executions::{self as store, ExecutionRow};
+use crate::db::executions::{self as store, ExecutionRequest, ExecutionRow, ExecutionStatus, Step};
+use crate::db::types::same_variants;
 use crate::db::{Store, StoreError};
 use crate::engine::runner::{self, AgentSettings, Live, LiveEvent};
 use crate::error::{Failure, Kind, detail, store_error};
@@ -34,34 +35,23 @@ const FOLLOW_POLL: Duration = Duration::from_millis(250);
 /// The longest a waited execution holds the request beyond the execution's own timeout.
 const WAIT_GRACE: Duration = Duration::from_secs(5);
 
-fn corrupt(row: &ExecutionRow, what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("execution {}: {what}", row.id))
-}
+same_variants!(ExecutionStatus <=> models::ExecutionStatus {
+    Queued, Running, Succeeded, Failed, Cancelled, TimedOut,
+});
 
-/// A stored step (name, status, started_at, duration_ms, detail).
-fn step_of(s: &Value) -> ExecutionStep {
-    ExecutionStep {
-        name: s["name"].as_str().unwrap_or_default().to_string(),
-        status: s["status"].as_str().unwrap_or_default().to_string(),
-        started_at: s["started_at"].as_str().unwrap_or_default().to_string(),
-        duration_ms: s["duration_ms"].as_i64().unwrap_or(0),
-        detail: match &s["detail"] {
-            Value::Object(_) => s["detail"].clone(),
-            _ => json!({}),
-        },
+impl From<&Step> for ExecutionStep {
+    fn from(s: &Step) -> Self {
+        ExecutionStep {
+            name: s.name.as_str().to_string(),
+            status: s.status.as_str().to_string(),
+            started_at: s.started_at.clone(),
+            duration_ms: s.duration_ms,
+            detail: match &s.detail {
+                Value::Object(_) => s.detail.clone(),
+                _ => json!({}),
+            },
+        }
     }
-}
-
-/// The stored error (`{"code", "message"}`) of an execution that did not succeed.
-fn error_of(row: &ExecutionRow) -> Result<Option<ExecutionError>, StoreError> {
-    let Some(text) = &row.error else {
-        return Ok(None);
-    };
-    let v: Value = serde_json::from_str(text).map_err(|e| corrupt(row, e))?;
-    Ok(Some(ExecutionError {
-        code: v["code"].as_str().unwrap_or("EXECUTION_FAILED").to_string(),
-        message: v["message"].as_str().unwrap_or_default().to_string(),
-    }))
 }
 
 /// How long it ran, once started and finished.
@@ -79,55 +69,55 @@ fn duration_ms(row: &ExecutionRow) -> Option<i64> {
 }
 
 /// The API form of a stored execution.
-pub(crate) fn row_to_execution(row: &ExecutionRow) -> Result<Execution, StoreError> {
-    let request: Value = serde_json::from_str(&row.request).map_err(|e| corrupt(row, e))?;
-    let steps: Vec<Value> = serde_json::from_str(&row.steps).map_err(|e| corrupt(row, e))?;
-    let status = ExecutionStatus::from_wire(&row.status).ok_or_else(|| corrupt(row, "status"))?;
-    let cost = row.cost_nano_usd as f64 / 1e9;
-    let tokens = row.input_tokens + row.output_tokens;
-    Ok(Execution {
-        id: row.id.clone(),
-        agent_id: row.agent_id.clone(),
-        conversation_id: row.conversation_id(),
-        status,
-        input: request.get("input").cloned().unwrap_or(json!("")),
-        parameters: request["parameters"].as_object().map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        }),
-        result: row.result.as_ref().map(|output| ExecutionResult {
-            output: output.clone(),
-            tokens_used: tokens,
-            cost,
-        }),
-        error: error_of(row)?,
-        usage: ExecutionUsage {
-            model_id: row.model_id.clone(),
-            input_tokens: row.input_tokens,
-            output_tokens: row.output_tokens,
-            total_tokens: tokens,
-            cost_usd: cost,
-        },
-        steps: steps.iter().map(step_of).collect(),
-        created_at: row.created_at.clone(),
-        started_at: row.started_at.clone(),
-        completed_at: row.finished_at.clone(),
-        duration_ms: duration_ms(row),
-    })
+impl From<&ExecutionRow> for Execution {
+    fn from(row: &ExecutionRow) -> Self {
+        let cost = row.cost_nano_usd as f64 / 1e9;
+        let tokens = row.input_tokens + row.output_tokens;
+        Execution {
+            id: row.id.clone(),
+            agent_id: row.agent_id.clone(),
+            conversation_id: row.conversation_id().map(str::to_string),
+            status: row.status.into(),
+            input: row.request.input.clone(),
+            parameters: row.request.parameters.clone(),
+            result: row.result.as_ref().map(|output| ExecutionResult {
+                output: output.clone(),
+                tokens_used: tokens,
+                cost,
+            }),
+            error: row.error.as_ref().map(|e| ExecutionError {
+                code: e.code.clone(),
+                message: e.message.clone(),
+            }),
+            usage: ExecutionUsage {
+                model_id: row.model_id.clone(),
+                input_tokens: row.input_tokens,
+                output_tokens: row.output_tokens,
+                total_tokens: tokens,
+                cost_usd: cost,
+            },
+            steps: row.steps.iter().map(ExecutionStep::from).collect(),
+            created_at: row.created_at.clone(),
+            started_at: row.started_at.clone(),
+            completed_at: row.finished_at.clone(),
+            duration_ms: duration_ms(row),
+        }
+    }
 }
 
 /// The API form of a stored message.
-pub(crate) fn row_to_message(row: &MessageRow) -> Message {
-    Message {
-        id: row.id.clone(),
-        conversation_id: row.conversation_id.clone(),
-        role: MessageRole::from_wire(&row.role).unwrap_or(MessageRole::User),
-        content: row.content.clone(),
-        execution_id: row.execution_id.clone(),
-        input_tokens: row.input_tokens,
-        output_tokens: row.output_tokens,
-        timestamp: row.created_at.clone(),
+impl From<&MessageRow> for Message {
+    fn from(row: &MessageRow) -> Self {
+        Message {
+            id: row.id.clone(),
+            conversation_id: row.conversation_id.clone(),
+            role: MessageRole::from_wire(&row.role).unwrap_or(MessageRole::User),
+            content: row.content.clone(),
+            execution_id: row.execution_id.clone(),
+            input_tokens: row.input_tokens,
+            output_tokens: row.output_tokens,
+            timestamp: row.created_at.clone(),
+        }
     }
 }
 
@@ -302,10 +292,8 @@ impl Follower {
         let Ok(row) = self.store.run(move |conn| store::get(conn, &o, &i)).await else {
             return Next::End;
         };
-        let Ok(execution) = row_to_execution(&row) else {
-            return Next::End;
-        };
-        if row.status != "queued" && !self.start().await {
+        let execution = Execution::from(&row);
+        if row.status != ExecutionStatus::Queued && !self.start().await {
             return Next::End;
         }
         if row.is_finished() {
@@ -337,7 +325,7 @@ impl Follower {
                 return;
             }
         }
-        let kind = if row.status == "succeeded" {
+        let kind = if row.status == ExecutionStatus::Succeeded {
             ExecutionEventType::ExecutionCompleted
         } else {
             ExecutionEventType::ExecutionFailed
@@ -356,7 +344,7 @@ impl Follower {
             .store
             .run(move |conn| crate::db::conversations::message_of(conn, &i, "assistant"))
             .await;
-        reply.ok().flatten().as_ref().map(row_to_message)
+        reply.ok().flatten().as_ref().map(Message::from)
     }
 }
 
@@ -366,7 +354,7 @@ pub(crate) struct Start {
     pub id: String,
     pub agent_id: String,
     /// The accepted request (`input`, `parameters`, `context`, `options`).
-    pub request: Value,
+    pub request: ExecutionRequest,
     /// The values of the agent's template variables.
     pub parameters: BTreeMap<String, String>,
     /// The conversation whose message it answers.
@@ -399,11 +387,11 @@ impl Handlers {
     ) -> Result<ExecutionRow, Failure> {
         self.check_runnable(caller, &start.agent_id, start.parameters)
             .await?;
-        let mut request = start.request;
-        if let Some(c) = start.conversation_id {
-            request["conversation_id"] = Value::String(c);
-        }
-        let row = ExecutionRow::queued(start.id, &caller.org_id, &start.agent_id, &request);
+        let request = ExecutionRequest {
+            conversation_id: start.conversation_id,
+            ..start.request
+        };
+        let row = ExecutionRow::queued(start.id, &caller.org_id, &start.agent_id, request);
         let (operation, key, hash) = start.idempotency.unwrap_or(("", None, String::new()));
         let keyed = NewKeyed {
             org_id: row.org_id.clone(),
@@ -515,7 +503,7 @@ mod tests {
             output_tokens: 1,
             created_at: "2026-01-01T00:00:00.000000Z".into(),
         };
-        let m = row_to_message(&row);
+        let m = Message::from(&row);
         assert_eq!(m.role, MessageRole::Assistant);
         assert_eq!(m.timestamp, row.created_at);
     }

@@ -5,34 +5,34 @@ use agentplane_api::models::{
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
-use poem_openapi::types::ToJSON;
 
 use super::Handlers;
-use super::idem;
-use super::paging::{PageRequest, etag, etag_matches, not_modified};
+use super::resource::Resource;
 use crate::auth::Caller;
 use crate::db::StoreError;
-use crate::db::templates::{self as store, TemplateChanges, TemplateQuery, TemplateRow};
+use crate::db::templates::{self as store, TemplateChanges, TemplateFilter, TemplateRow};
 use crate::engine::template;
-use crate::error::{Failure, Kind, detail, store_error};
+use crate::error::{Failure, Kind, detail};
 
-pub(crate) const NOT_FOUND: &str = "TEMPLATE_NOT_FOUND";
-const CREATE_OPERATION: &str = "createPromptTemplate";
+impl Resource for PromptTemplate {
+    type Row = TemplateRow;
+    const NOT_FOUND: &'static str = "TEMPLATE_NOT_FOUND";
 
-pub(crate) fn row_to_template(row: &TemplateRow) -> Result<PromptTemplate, StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("template {}: {what}", row.id));
-    Ok(PromptTemplate {
-        id: row.id.clone(),
-        name: row.name.clone(),
-        description: row.description.clone(),
-        template: row.template.clone(),
-        variables: serde_json::from_str(&row.variables).map_err(|e| corrupt(&e.to_string()))?,
-        type_: PromptTemplateType::from_wire(&row.template_type)
-            .ok_or_else(|| corrupt("unknown type"))?,
-        version: row.version,
-        created_at: row.created_at.clone(),
-        updated_at: row.updated_at.clone(),
-    })
+    fn from_row(row: &TemplateRow) -> Result<PromptTemplate, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("template {}: {what}", row.id));
+        Ok(PromptTemplate {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            description: row.description.clone(),
+            template: row.template.clone(),
+            variables: serde_json::from_str(&row.variables).map_err(|e| corrupt(&e.to_string()))?,
+            type_: PromptTemplateType::from_wire(&row.template_type)
+                .ok_or_else(|| corrupt("unknown type"))?,
+            version: row.version,
+            created_at: row.created_at.clone(),
+            updated_at: row.updated_at.clone(),
+        })
+    }
 }
 
 /// The columns of a template as sent: its variables are the declared ones, or those the text
@@ -78,125 +78,35 @@ fn changes_of(input: &PromptTemplateInput, rid: &str) -> Result<TemplateChanges,
     })
 }
 
+/// A new template of `org_id` with the columns `c`.
+fn new_row(org_id: &str, c: TemplateChanges) -> TemplateRow {
+    let now = crate::ids::now();
+    TemplateRow {
+        id: crate::ids::new_id("tpl"),
+        org_id: org_id.to_string(),
+        name: c.name,
+        description: c.description,
+        template_type: c.template_type,
+        template: c.template,
+        variables: c.variables,
+        version: 1,
+        created_at: now.clone(),
+        updated_at: now,
+    }
+}
+
 impl Handlers {
-    async fn template_row(&self, caller: &Caller, id: String) -> Result<TemplateRow, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
-    async fn list_templates(
-        &self,
-        caller: &Caller,
-        params: ListPromptTemplatesParams,
-    ) -> Result<PromptTemplateList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let query = TemplateQuery {
-            template_type: params.type_.map(|t| t.as_str().to_string()),
-            search: params.search,
-            offset: page.offset,
-            limit: page.limit,
-            after_id: page.after_id.clone(),
-        };
-        let org = caller.org_id.clone();
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list(conn, &org, &query))
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .map(row_to_template)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(NOT_FOUND, rid))?;
-        Ok(PromptTemplateList {
-            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
-    }
-
-    async fn create_template(
-        &self,
-        caller: &Caller,
-        params: CreatePromptTemplateParams,
-    ) -> Result<TemplateRow, Failure> {
-        let rid = caller.request_id.as_str();
-        let changes = changes_of(&params.body, rid)?;
-        let hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
-        let now = crate::ids::now();
-        let row = TemplateRow {
-            id: crate::ids::new_id("tpl"),
-            org_id: caller.org_id.clone(),
-            name: changes.name,
-            description: changes.description,
-            template_type: changes.template_type,
-            template: changes.template,
-            variables: changes.variables,
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        let keyed = idem::NewKeyed {
-            org_id: row.org_id.clone(),
-            operation: CREATE_OPERATION,
-            key: params.idempotency_key,
-            request_hash: hash,
-            resource_id: row.id.clone(),
-        };
-        let org = row.org_id.clone();
-        idem::create_resource(
-            &self.store,
-            keyed,
-            move |conn| store::insert(conn, &row).map(|()| row.clone()),
-            move |conn, id| store::get(conn, &org, id),
-            NOT_FOUND,
-            rid,
-        )
-        .await
-    }
-
-    async fn replace_template(
-        &self,
-        caller: &Caller,
-        params: ReplacePromptTemplateParams,
-    ) -> Result<TemplateRow, Failure> {
-        let rid = caller.request_id.as_str();
-        let changes = changes_of(&params.body, rid)?;
-        let org = caller.org_id.clone();
-        let id = params.template_id;
-        let if_match = params.if_match;
-        self.store
-            .run(move |conn| {
-                store::update(
-                    conn,
-                    &org,
-                    &id,
-                    |current| match &if_match {
-                        Some(h) if !etag_matches(h, &etag(current.version)) => {
-                            Err(StoreError::PreconditionFailed)
-                        }
-                        _ => Ok(()),
-                    },
-                    &changes,
-                )
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, rid))
-    }
-
     async fn render_template(
         &self,
         caller: &Caller,
         params: RenderPromptTemplateParams,
     ) -> Result<RenderedPrompt, Failure> {
-        let rid = caller.request_id.clone();
-        let row = self.template_row(caller, params.template_id).await?;
-        let tpl = row_to_template(&row).map_err(store_error(NOT_FOUND, &rid))?;
+        let tpl = self
+            .item::<PromptTemplate>(caller, params.template_id)
+            .await?;
         let values = params.body.variables.unwrap_or_default();
-        render_declared(&tpl, &values, "variables", &rid).map(|rendered| RenderedPrompt {
+        let rid = &caller.request_id;
+        render_declared(&tpl, &values, "variables", rid).map(|rendered| RenderedPrompt {
             template_id: tpl.id.clone(),
             rendered,
             variables_used: template::variables_in(&tpl.template),
@@ -261,7 +171,16 @@ impl TemplatesApi for Handlers {
         caller: Caller,
         params: ListPromptTemplatesParams,
     ) -> Result<ListPromptTemplatesResponse, ApiError> {
-        let list = self.list_templates(&caller, params).await?;
+        let filter = TemplateFilter {
+            template_type: params.type_.map(|t| t.as_str().to_string()),
+            search: params.search.clone(),
+        };
+        let (data, pagination) = self
+            .list_page::<PromptTemplate>(&caller, &params, move |conn, org, page| {
+                store::list(conn, org, &filter, page)
+            })
+            .await?;
+        let list = PromptTemplateList { data, pagination };
         Ok(ListPromptTemplatesResponse::Ok(Json(list)))
     }
 
@@ -270,12 +189,15 @@ impl TemplatesApi for Handlers {
         caller: Caller,
         params: CreatePromptTemplateParams,
     ) -> Result<CreatePromptTemplateResponse, ApiError> {
-        let row = self.create_template(&caller, params).await?;
-        let tpl = row_to_template(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        let row = new_row(
+            &caller.org_id,
+            changes_of(&params.body, &caller.request_id)?,
+        );
+        let (tpl, location, tag) = self.create::<PromptTemplate>(&caller, &params, row).await?;
         Ok(CreatePromptTemplateResponse::Created(
             Json(tpl),
-            format!("/v1/prompt-templates/{}", row.id),
-            etag(row.version),
+            location,
+            tag,
         ))
     }
 
@@ -284,13 +206,9 @@ impl TemplatesApi for Handlers {
         caller: Caller,
         params: GetPromptTemplateParams,
     ) -> Result<GetPromptTemplateResponse, ApiError> {
-        let row = self.template_row(&caller, params.template_id).await?;
-        let tag = etag(row.version);
-        if not_modified(params.if_none_match.as_deref(), &tag) {
-            return Ok(GetPromptTemplateResponse::NotModified(tag));
-        }
-        let tpl = row_to_template(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(GetPromptTemplateResponse::Ok(Json(tpl), tag))
+        let (id, if_none_match) = (params.template_id, params.if_none_match);
+        let answer = self.item_if_changed::<PromptTemplate>(&caller, id, if_none_match);
+        Ok(answer.await?.into())
     }
 
     async fn replace_prompt_template(
@@ -298,12 +216,12 @@ impl TemplatesApi for Handlers {
         caller: Caller,
         params: ReplacePromptTemplateParams,
     ) -> Result<ReplacePromptTemplateResponse, ApiError> {
-        let row = self.replace_template(&caller, params).await?;
-        let tpl = row_to_template(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(ReplacePromptTemplateResponse::Ok(
-            Json(tpl),
-            etag(row.version),
-        ))
+        let changes = changes_of(&params.body, &caller.request_id)?;
+        let (id, if_match) = (params.template_id, params.if_match);
+        let (tpl, tag) = self
+            .replace::<PromptTemplate>(&caller, id, if_match, |_, _| Ok(Ok(changes)))
+            .await?;
+        Ok(ReplacePromptTemplateResponse::Ok(Json(tpl), tag))
     }
 
     async fn delete_prompt_template(
@@ -311,12 +229,8 @@ impl TemplatesApi for Handlers {
         caller: Caller,
         params: DeletePromptTemplateParams,
     ) -> Result<DeletePromptTemplateResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let id = params.template_id;
-        self.store
-            .run(move |conn| store::delete(conn, &org, &id))
-            .await
-            .map_err(crate::error::store_error(NOT_FOUND, &caller.request_id))?;
+        self.remove::<PromptTemplate>(&caller, params.template_id)
+            .await?;
         Ok(DeletePromptTemplateResponse::NoContent)
     }
 

@@ -6,28 +6,27 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderName;
 
 use agentplane_api::models::{
     KnowledgeResult, KnowledgeResults, RagAnswer, Tool, ToolList, ToolTestResult, ToolType,
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
-use poem_openapi::types::ToJSON;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::Handlers;
-use super::idem;
 use super::knowledge::to_i64;
-use super::paging::{PageRequest, etag, etag_matches, not_modified};
+use super::resource::{Resource, created};
 use crate::auth::Caller;
 use crate::db::tools::{self as store, ToolChanges, ToolRow};
 use crate::db::{DbConnection, StoreError};
 use crate::error::{Failure, Kind, detail, store_error};
 use crate::knowledge::SearchOptions;
 
-const NOT_FOUND: &str = "TOOL_NOT_FOUND";
 /// Characters of an endpoint's answer a test reports.
 const EXCERPT_CHARS: usize = 2000;
 /// Bytes of an endpoint's answer a test reads.
@@ -173,42 +172,48 @@ pub(crate) fn tools_among(
     let mut found = BTreeMap::new();
     for id in ids {
         if let Some(row) = store::get(conn, org_id, id).found()? {
-            found.insert(id.clone(), tool_model(&row));
+            found.insert(id.clone(), Tool::from_row(&row)?);
         }
     }
     Ok(found)
 }
 
-fn tool_model(row: &ToolRow) -> Tool {
-    let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
-    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
-    let strings = |k: &str| {
-        body.get(k).and_then(Value::as_array).map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect::<Vec<_>>()
+impl Resource for Tool {
+    type Row = ToolRow;
+    const NOT_FOUND: &'static str = "TOOL_NOT_FOUND";
+
+    /// The tool as stored; secret headers show by name only.
+    fn from_row(row: &ToolRow) -> Result<Tool, StoreError> {
+        let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+        let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+        let strings = |k: &str| {
+            body.get(k).and_then(Value::as_array).map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+        };
+        Ok(Tool {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            type_: ToolType::from_wire(&row.tool_type).unwrap_or(ToolType::Api),
+            description: row.description.clone(),
+            knowledge_base_ids: strings("knowledge_base_ids"),
+            top_k: body.get("top_k").and_then(Value::as_i64),
+            min_score: body.get("min_score").and_then(Value::as_f64),
+            embedding_model: s("embedding_model"),
+            method: s("method"),
+            url: s("url"),
+            headers: body
+                .get("headers")
+                .and_then(|h| serde_json::from_value(h.clone()).ok()),
+            secret_header_names: strings("secret_header_names"),
+            timeout_ms: body.get("timeout_ms").and_then(Value::as_i64),
+            version: row.version,
+            created_at: row.created_at.clone(),
+            updated_at: row.updated_at.clone(),
         })
-    };
-    Tool {
-        id: row.id.clone(),
-        name: row.name.clone(),
-        type_: ToolType::from_wire(&row.tool_type).unwrap_or(ToolType::Api),
-        description: row.description.clone(),
-        knowledge_base_ids: strings("knowledge_base_ids"),
-        top_k: body.get("top_k").and_then(Value::as_i64),
-        min_score: body.get("min_score").and_then(Value::as_f64),
-        embedding_model: s("embedding_model"),
-        method: s("method"),
-        url: s("url"),
-        headers: body
-            .get("headers")
-            .and_then(|h| serde_json::from_value(h.clone()).ok()),
-        secret_header_names: strings("secret_header_names"),
-        timeout_ms: body.get("timeout_ms").and_then(Value::as_i64),
-        version: row.version,
-        created_at: row.created_at.clone(),
-        updated_at: row.updated_at.clone(),
     }
 }
 
@@ -259,7 +264,7 @@ fn wrong_type(row: &ToolRow, wanted: &str, rid: &str) -> Failure {
 }
 
 /// A new tool of `org_id` with the columns `c`.
-fn new_tool_row(org_id: &str, c: &ToolChanges) -> ToolRow {
+fn new_row(org_id: &str, c: &ToolChanges) -> ToolRow {
     let now = crate::ids::now();
     ToolRow {
         id: crate::ids::new_id("tool"),
@@ -276,14 +281,6 @@ fn new_tool_row(org_id: &str, c: &ToolChanges) -> ToolRow {
 }
 
 impl Handlers {
-    async fn tool(&self, caller: &Caller, id: String) -> Result<ToolRow, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
     /// The tool `id`, which must be of type `wanted` (a 409 otherwise).
     async fn tool_of_type(
         &self,
@@ -291,106 +288,11 @@ impl Handlers {
         id: String,
         wanted: &str,
     ) -> Result<ToolRow, Failure> {
-        let row = self.tool(caller, id).await?;
+        let row = self.row::<Tool>(caller, id).await?;
         if row.tool_type != wanted {
             return Err(wrong_type(&row, wanted, &caller.request_id));
         }
         Ok(row)
-    }
-
-    async fn list_tool_rows(
-        &self,
-        caller: &Caller,
-        params: ListToolsParams,
-    ) -> Result<ToolList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let org = caller.org_id.clone();
-        let tool_type = params.type_.map(|t| t.as_str());
-        let q = page.page();
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list(conn, &org, tool_type, &q))
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        Ok(ToolList {
-            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data: rows.iter().map(tool_model).collect(),
-        })
-    }
-
-    /// Creates a tool, once per `Idempotency-Key`; a knowledge base it names that is not the
-    /// organization's is a 404 naming it, and creates nothing.
-    async fn create_tool_row(
-        &self,
-        caller: &Caller,
-        params: CreateToolParams,
-    ) -> Result<ToolRow, Failure> {
-        let rid = caller.request_id.as_str();
-        let spec = parse(&params.body, rid)?;
-        let request_hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
-        let row = new_tool_row(&caller.org_id, &changes(&spec, &self.crypto, ""));
-        let keyed = idem::NewKeyed {
-            org_id: row.org_id.clone(),
-            operation: "createTool",
-            key: params.idempotency_key,
-            request_hash,
-            resource_id: row.id.clone(),
-        };
-        // The insert fails (rolling back) on a missing knowledge base, and says which here.
-        let missing = Arc::new(Mutex::new(None));
-        let found_missing = Arc::clone(&missing);
-        let (org, fetch_org) = (row.org_id.clone(), row.org_id.clone());
-        let created = idem::create_resource(
-            &self.store,
-            keyed,
-            move |conn| {
-                if let Some(m) = check_knowledge_bases(conn, &org, &spec)? {
-                    *found_missing.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
-                    return Err(StoreError::NotFound);
-                }
-                store::insert(conn, &row).map(|()| row.clone())
-            },
-            move |conn, id| store::get(conn, &fetch_org, id),
-            NOT_FOUND,
-            rid,
-        )
-        .await;
-        let missing = missing.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match missing {
-            Some((i, id)) => Err(missing_kb(i, &id, rid)),
-            None => created,
-        }
-    }
-
-    async fn replace_tool_row(
-        &self,
-        caller: &Caller,
-        params: ReplaceToolParams,
-    ) -> Result<ToolRow, Failure> {
-        let rid = caller.request_id.as_str();
-        let spec = parse(&params.body, rid)?;
-        let org = caller.org_id.clone();
-        let crypto = self.crypto.clone();
-        let if_match = params.if_match;
-        let updated = self
-            .store
-            .run(move |conn| {
-                store::update(conn, &org, &params.tool_id, |conn, current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    if let Some(m) = check_knowledge_bases(conn, &org, &spec)? {
-                        return Ok(Err(m));
-                    }
-                    Ok(Ok(changes(&spec, &crypto, &current.secrets)))
-                })
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        updated.map_err(|(i, id)| missing_kb(i, &id, rid))
     }
 
     /// Searches a knowledge tool's knowledge bases.
@@ -422,7 +324,7 @@ impl Handlers {
             .store
             .run(move |conn| crate::knowledge::search(conn, &org, &kb_ids, &query, &options))
             .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+            .map_err(store_error(Tool::NOT_FOUND, &caller.request_id))?;
         Ok(hits
             .into_iter()
             .map(|h| KnowledgeResult {
@@ -443,25 +345,27 @@ impl Handlers {
         input: Option<agentplane_api::models::ToolTestInput>,
     ) -> ToolTestResult {
         let started = Instant::now();
-        let req = match self.api_request(row, input) {
-            Ok(req) => req,
+        let (req, timeout, secret) = match self.api_request(row, input) {
+            Ok(call) => call,
             Err(error) => return failed_call(error, started),
         };
         let started = Instant::now();
-        match req.send().await {
+        // Secret headers stay with the tool's origin: a redirect elsewhere drops them.
+        match self.egress.send(req, timeout, &secret).await {
             Ok(resp) => read_answer(resp, started).await,
-            // reqwest's errors name the URL, never the headers.
+            // Egress errors name neither the URL nor the headers.
             Err(e) => failed_call(format!("the call failed: {e}"), started),
         }
     }
 
     /// The request an API tool's test sends: its method, URL (with the test's query), plain
-    /// and secret headers, and the test's body unless it is a GET.
+    /// and secret headers, and the test's body unless it is a GET; with the time it may take
+    /// and the names of its secret headers.
     fn api_request(
         &self,
         row: &ToolRow,
         input: Option<agentplane_api::models::ToolTestInput>,
-    ) -> Result<reqwest::RequestBuilder, String> {
+    ) -> Result<(reqwest::RequestBuilder, Duration, Vec<HeaderName>), String> {
         let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
         let (Some(url), method) = (
             body.get("url").and_then(Value::as_str),
@@ -485,10 +389,7 @@ impl Handlers {
                 pairs.append_pair(k, v);
             }
         }
-        let mut req = self.syncs.client().request(method.clone(), target).timeout(
-            self.egress
-                .time_for(std::time::Duration::from_millis(timeout)),
-        );
+        let mut req = self.egress.request(method.clone(), target);
         let plain: BTreeMap<String, String> = body
             .get("headers")
             .and_then(|h| serde_json::from_value(h.clone()).ok())
@@ -501,7 +402,11 @@ impl Handlers {
         {
             req = req.json(&b);
         }
-        Ok(req)
+        let secret = secrets
+            .keys()
+            .filter_map(|k| HeaderName::from_bytes(k.as_bytes()).ok())
+            .collect();
+        Ok((req, Duration::from_millis(timeout), secret))
     }
 }
 
@@ -558,21 +463,41 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: ListToolsParams,
     ) -> Result<ListToolsResponse, ApiError> {
-        let list = self.list_tool_rows(&caller, params).await?;
-        Ok(ListToolsResponse::Ok(Json(list)))
+        let tool_type = params.type_.map(|t| t.as_str());
+        let (data, pagination) = self
+            .list_page::<Tool>(&caller, &params, move |conn, org, page| {
+                store::list(conn, org, tool_type, page)
+            })
+            .await?;
+        Ok(ListToolsResponse::Ok(Json(ToolList { data, pagination })))
     }
 
+    /// Creates a tool, once per `Idempotency-Key`; a knowledge base it names that is not the
+    /// organization's is a 404 naming it, and creates nothing.
     async fn create_tool(
         &self,
         caller: Caller,
         params: CreateToolParams,
     ) -> Result<CreateToolResponse, ApiError> {
-        let row = self.create_tool_row(&caller, params).await?;
-        Ok(CreateToolResponse::Created(
-            Json(tool_model(&row)),
-            format!("/v1/tools/{}", row.id),
-            etag(row.version),
-        ))
+        let rid = caller.request_id.as_str();
+        let spec = parse(&params.body, rid)?;
+        let row = new_row(&caller.org_id, &changes(&spec, &self.crypto, ""));
+        // The insert fails (rolling back) on a missing knowledge base, and says which here.
+        let missing = Arc::new(Mutex::new(None));
+        let found_missing = Arc::clone(&missing);
+        let insert = move |conn: &mut DbConnection, row: &ToolRow| {
+            if let Some(m) = check_knowledge_bases(conn, &row.org_id, &spec)? {
+                *found_missing.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
+                return Err(StoreError::NotFound);
+            }
+            store::insert(conn, row)
+        };
+        let inserted = self.create_row::<Tool>(&caller, &params, row, insert).await;
+        if let Some((i, id)) = missing.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(missing_kb(i, &id, rid).into());
+        }
+        let (tool, location, tag) = created(&params, &inserted?, rid)?;
+        Ok(CreateToolResponse::Created(Json(tool), location, tag))
     }
 
     async fn get_tool(
@@ -580,12 +505,8 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: GetToolParams,
     ) -> Result<GetToolResponse, ApiError> {
-        let row = self.tool(&caller, params.tool_id).await?;
-        let tag = etag(row.version);
-        if not_modified(params.if_none_match.as_deref(), &tag) {
-            return Ok(GetToolResponse::NotModified(tag));
-        }
-        Ok(GetToolResponse::Ok(Json(tool_model(&row)), tag))
+        let answer = self.item_if_changed::<Tool>(&caller, params.tool_id, params.if_none_match);
+        Ok(answer.await?.into())
     }
 
     async fn replace_tool(
@@ -593,11 +514,23 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: ReplaceToolParams,
     ) -> Result<ReplaceToolResponse, ApiError> {
-        let row = self.replace_tool_row(&caller, params).await?;
-        Ok(ReplaceToolResponse::Ok(
-            Json(tool_model(&row)),
-            etag(row.version),
-        ))
+        let rid = caller.request_id.clone();
+        let spec = parse(&params.body, &rid)?;
+        let (org, crypto) = (caller.org_id.clone(), self.crypto.clone());
+        let (tool, tag) = self
+            .replace::<Tool>(
+                &caller,
+                params.tool_id,
+                params.if_match,
+                move |conn, current| {
+                    if let Some((i, id)) = check_knowledge_bases(conn, &org, &spec)? {
+                        return Ok(Err(missing_kb(i, &id, &rid)));
+                    }
+                    Ok(Ok(changes(&spec, &crypto, &current.secrets)))
+                },
+            )
+            .await?;
+        Ok(ReplaceToolResponse::Ok(Json(tool), tag))
     }
 
     async fn delete_tool(
@@ -605,11 +538,7 @@ impl ToolsApi for Handlers {
         caller: Caller,
         params: DeleteToolParams,
     ) -> Result<DeleteToolResponse, ApiError> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::delete(conn, &org, &params.tool_id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        self.remove::<Tool>(&caller, params.tool_id).await?;
         Ok(DeleteToolResponse::NoContent)
     }
 

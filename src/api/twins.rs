@@ -15,16 +15,15 @@ use serde_json::{Map, Value, json};
 
 use super::Handlers;
 use super::idem::{self, Created, NewKeyed};
-use super::paging::{PageRequest, etag, etag_matches, not_modified};
+use super::resource::Resource;
 use crate::auth::Caller;
+use crate::db::sql::Page;
 use crate::db::twins::{self as store, SimulationRow, TwinChanges, TwinRow};
-use crate::db::{StoreError, StoreResult};
+use crate::db::{DbConnection, StoreError, StoreResult};
 use crate::error::{Failure, Kind, detail, store_error};
-use crate::sim;
+use crate::simulations::model as sim;
 
-const TWIN_NOT_FOUND: &str = "TWIN_NOT_FOUND";
 const SIMULATION_NOT_FOUND: &str = "SIMULATION_NOT_FOUND";
-const CREATE_OPERATION: &str = "createTwin";
 const SIMULATE_OPERATION: &str = "simulateTwin";
 /// Monte Carlo runs when `options.runs` is left out.
 pub const DEFAULT_RUNS: i64 = 1000;
@@ -36,34 +35,39 @@ fn maybe<T: Clone>(v: &Option<T>) -> MaybeUndefined<T> {
     }
 }
 
-pub(crate) fn row_to_twin(row: &TwinRow) -> Result<Twin, StoreError> {
-    let corrupt = |what: String| StoreError::Corrupt(format!("twin {}: {what}", row.id));
-    let body: Value = serde_json::from_str(&row.body).map_err(|e| corrupt(e.to_string()))?;
-    let parse = |key: &str| body.get(key).cloned().unwrap_or(Value::Null);
-    let data_sources = Vec::<DataSource>::parse_from_json(Some(parse("data_sources")))
-        .map_err(|e| corrupt(e.into_message()))?;
-    let simulation_models =
-        Vec::<SimulationModel>::parse_from_json(Some(parse("simulation_models")))
+impl Resource for Twin {
+    type Row = TwinRow;
+    const NOT_FOUND: &'static str = "TWIN_NOT_FOUND";
+
+    fn from_row(row: &TwinRow) -> Result<Twin, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("twin {}: {what}", row.id));
+        let body: Value = serde_json::from_str(&row.body).map_err(|e| corrupt(e.to_string()))?;
+        let parse = |key: &str| body.get(key).cloned().unwrap_or(Value::Null);
+        let data_sources = Vec::<DataSource>::parse_from_json(Some(parse("data_sources")))
             .map_err(|e| corrupt(e.into_message()))?;
-    let state = BTreeMap::<String, f64>::parse_from_json(Some(parse("state")))
-        .map_err(|e| corrupt(e.into_message()))?;
-    Ok(Twin {
-        id: row.id.clone(),
-        name: row.name.clone(),
-        type_: row.twin_type.clone(),
-        description: row.description.clone(),
-        data_sources,
-        update_frequency: body
-            .get("update_frequency")
-            .and_then(Value::as_str)
-            .and_then(UpdateFrequency::from_wire)
-            .unwrap_or(UpdateFrequency::Manual),
-        simulation_models,
-        state,
-        version: row.version,
-        created_at: row.created_at.clone(),
-        updated_at: row.updated_at.clone(),
-    })
+        let simulation_models =
+            Vec::<SimulationModel>::parse_from_json(Some(parse("simulation_models")))
+                .map_err(|e| corrupt(e.into_message()))?;
+        let state = BTreeMap::<String, f64>::parse_from_json(Some(parse("state")))
+            .map_err(|e| corrupt(e.into_message()))?;
+        Ok(Twin {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            type_: row.twin_type.clone(),
+            description: row.description.clone(),
+            data_sources,
+            update_frequency: body
+                .get("update_frequency")
+                .and_then(Value::as_str)
+                .and_then(UpdateFrequency::from_wire)
+                .unwrap_or(UpdateFrequency::Manual),
+            simulation_models,
+            state,
+            version: row.version,
+            created_at: row.created_at.clone(),
+            updated_at: row.updated_at.clone(),
+        })
+    }
 }
 
 /// The columns of a twin as sent. A data source without a connection string keeps the one
@@ -317,112 +321,24 @@ async fn run_now(row: &mut SimulationRow, plan: sim::Plan) {
     }
 }
 
+/// A new twin of `org_id` with the columns `c`.
+fn new_row(org_id: &str, c: TwinChanges) -> TwinRow {
+    let now = crate::ids::now();
+    TwinRow {
+        id: crate::ids::new_id("twin"),
+        org_id: org_id.to_string(),
+        name: c.name,
+        twin_type: c.twin_type,
+        description: c.description,
+        body: c.body,
+        secrets: c.secrets,
+        version: 1,
+        created_at: now.clone(),
+        updated_at: now,
+    }
+}
+
 impl Handlers {
-    /// The caller's twin `id`, as the API shows it.
-    async fn twin(&self, caller: &Caller, id: String) -> Result<Twin, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .and_then(|row| row_to_twin(&row))
-            .map_err(store_error(TWIN_NOT_FOUND, &caller.request_id))
-    }
-
-    async fn twins_page(
-        &self,
-        caller: &Caller,
-        params: ListTwinsParams,
-    ) -> Result<TwinList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let org = caller.org_id.clone();
-        let q = page.page();
-        let ty = params.type_;
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list(conn, &org, ty.as_deref(), &q))
-            .await
-            .map_err(store_error(TWIN_NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .map(row_to_twin)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(TWIN_NOT_FOUND, rid))?;
-        Ok(TwinList {
-            pagination: page.pagination(data.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
-    }
-
-    async fn create_twin_row(
-        &self,
-        caller: &Caller,
-        params: CreateTwinParams,
-    ) -> Result<TwinRow, Failure> {
-        let rid = caller.request_id.as_str();
-        let changes =
-            changes_of(&params.body, "", &self.crypto).map_err(store_error(TWIN_NOT_FOUND, rid))?;
-        let hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
-        let now = crate::ids::now();
-        let row = TwinRow {
-            id: crate::ids::new_id("twin"),
-            org_id: caller.org_id.clone(),
-            name: changes.name,
-            twin_type: changes.twin_type,
-            description: changes.description,
-            body: changes.body,
-            secrets: changes.secrets,
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        let keyed = NewKeyed {
-            org_id: row.org_id.clone(),
-            operation: CREATE_OPERATION,
-            key: params.idempotency_key,
-            request_hash: hash,
-            resource_id: row.id.clone(),
-        };
-        let org = row.org_id.clone();
-        idem::create_resource(
-            &self.store,
-            keyed,
-            move |conn| store::insert(conn, &row).map(|()| row.clone()),
-            move |conn, id| store::get(conn, &org, id),
-            TWIN_NOT_FOUND,
-            rid,
-        )
-        .await
-    }
-
-    async fn replace_twin_row(
-        &self,
-        caller: &Caller,
-        params: ReplaceTwinParams,
-    ) -> Result<Twin, Failure> {
-        let org = caller.org_id.clone();
-        let crypto = self.crypto.clone();
-        let ReplaceTwinParams {
-            twin_id,
-            if_match,
-            body,
-        } = params;
-        self.store
-            .run(move |conn| {
-                store::update(conn, &org, &twin_id, |current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    changes_of(&body, &current.secrets, &crypto)
-                })
-            })
-            .await
-            .and_then(|row| row_to_twin(&row))
-            .map_err(store_error(TWIN_NOT_FOUND, &caller.request_id))
-    }
-
     /// Checks the request against the twin, then runs it (or queues it): the simulation,
     /// whether it is queued, and the notification secret generated for it (shown once).
     async fn simulate(
@@ -431,7 +347,7 @@ impl Handlers {
         params: SimulateTwinParams,
     ) -> Result<(Simulation, bool), Failure> {
         let rid = caller.request_id.as_str();
-        let twin = self.twin(caller, params.twin_id).await?;
+        let twin = self.item::<Twin>(caller, params.twin_id).await?;
         let mut new = new_simulation(caller, &twin, &params.body)?;
         let run_async = new.row.run_async != 0;
         if !run_async {
@@ -501,33 +417,6 @@ impl Handlers {
         )
         .await
     }
-
-    async fn simulations_page(
-        &self,
-        caller: &Caller,
-        params: ListTwinSimulationsParams,
-    ) -> Result<SimulationList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let org = caller.org_id.clone();
-        let twin_id = params.twin_id;
-        let status = params.status.map(|s| s.as_str());
-        let q = page.page();
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list_simulations(conn, &org, &twin_id, status, &q))
-            .await
-            .map_err(store_error(TWIN_NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .map(row_to_simulation)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(TWIN_NOT_FOUND, rid))?;
-        Ok(SimulationList {
-            pagination: page.pagination(data.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
-    }
 }
 
 impl TwinsApi for Handlers {
@@ -536,8 +425,13 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: ListTwinsParams,
     ) -> Result<ListTwinsResponse, ApiError> {
-        let list = self.twins_page(&caller, params).await?;
-        Ok(ListTwinsResponse::Ok(Json(list)))
+        let ty = params.type_.clone();
+        let (data, pagination) = self
+            .list_page::<Twin>(&caller, &params, move |conn, org, page| {
+                store::list(conn, org, ty.as_deref(), page)
+            })
+            .await?;
+        Ok(ListTwinsResponse::Ok(Json(TwinList { data, pagination })))
     }
 
     async fn create_twin(
@@ -545,11 +439,11 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: CreateTwinParams,
     ) -> Result<CreateTwinResponse, ApiError> {
-        let row = self.create_twin_row(&caller, params).await?;
-        let t = row_to_twin(&row).map_err(store_error(TWIN_NOT_FOUND, &caller.request_id))?;
-        let location = format!("/v1/twins/{}", t.id);
-        let tag = etag(t.version);
-        Ok(CreateTwinResponse::Created(Json(t), location, tag))
+        let changes = changes_of(&params.body, "", &self.crypto)
+            .map_err(store_error(Twin::NOT_FOUND, &caller.request_id))?;
+        let row = new_row(&caller.org_id, changes);
+        let (twin, location, tag) = self.create::<Twin>(&caller, &params, row).await?;
+        Ok(CreateTwinResponse::Created(Json(twin), location, tag))
     }
 
     async fn get_twin(
@@ -557,12 +451,8 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: GetTwinParams,
     ) -> Result<GetTwinResponse, ApiError> {
-        let t = self.twin(&caller, params.twin_id).await?;
-        let tag = etag(t.version);
-        if not_modified(params.if_none_match.as_deref(), &tag) {
-            return Ok(GetTwinResponse::NotModified(tag));
-        }
-        Ok(GetTwinResponse::Ok(Json(t), tag))
+        let answer = self.item_if_changed::<Twin>(&caller, params.twin_id, params.if_none_match);
+        Ok(answer.await?.into())
     }
 
     async fn replace_twin(
@@ -570,9 +460,18 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: ReplaceTwinParams,
     ) -> Result<ReplaceTwinResponse, ApiError> {
-        let t = self.replace_twin_row(&caller, params).await?;
-        let tag = etag(t.version);
-        Ok(ReplaceTwinResponse::Ok(Json(t), tag))
+        let ReplaceTwinParams {
+            twin_id,
+            if_match,
+            body,
+        } = params;
+        let crypto = self.crypto.clone();
+        let (twin, tag) = self
+            .replace::<Twin>(&caller, twin_id, if_match, move |_, current| {
+                changes_of(&body, &current.secrets, &crypto).map(Ok)
+            })
+            .await?;
+        Ok(ReplaceTwinResponse::Ok(Json(twin), tag))
     }
 
     async fn delete_twin(
@@ -580,12 +479,7 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: DeleteTwinParams,
     ) -> Result<DeleteTwinResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let id = params.twin_id;
-        self.store
-            .run(move |conn| store::delete(conn, &org, &id))
-            .await
-            .map_err(store_error(TWIN_NOT_FOUND, &caller.request_id))?;
+        self.remove::<Twin>(&caller, params.twin_id).await?;
         Ok(DeleteTwinResponse::NoContent)
     }
 
@@ -607,7 +501,14 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: ListTwinSimulationsParams,
     ) -> Result<ListTwinSimulationsResponse, ApiError> {
-        let list = self.simulations_page(&caller, params).await?;
+        let (twin_id, status) = (params.twin_id.clone(), params.status.map(|s| s.as_str()));
+        let list = move |conn: &mut DbConnection, org: &str, page: &Page| {
+            store::list_simulations(conn, org, &twin_id, status, page)
+        };
+        let (data, pagination) = self
+            .page_of(&caller, &params, Twin::NOT_FOUND, list, row_to_simulation)
+            .await?;
+        let list = SimulationList { data, pagination };
         Ok(ListTwinSimulationsResponse::Ok(Json(list)))
     }
 

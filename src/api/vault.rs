@@ -8,12 +8,12 @@ use agentplane_api::models::{
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
-use poem_openapi::types::{MaybeUndefined, ToJSON};
+use poem_openapi::types::MaybeUndefined;
 use serde_json::{Map, Value};
 
 use super::Handlers;
-use super::idem::{self, NewKeyed};
-use super::paging::{PageRequest, etag, etag_matches, not_modified};
+use super::paging::etag;
+use super::resource::Resource;
 use crate::auth::Caller;
 use crate::db::vault::{
     self as store, CredentialChanges, CredentialFilter, CredentialRow, TokenRow,
@@ -21,9 +21,7 @@ use crate::db::vault::{
 use crate::db::{DbConnection, StoreError, StoreResult};
 use crate::error::{Failure, Kind, store_error};
 
-const CREDENTIAL_NOT_FOUND: &str = "CREDENTIAL_NOT_FOUND";
 const TOKEN_NOT_FOUND: &str = "VAULT_TOKEN_NOT_FOUND";
-const CREATE_OPERATION: &str = "createVaultCredential";
 /// What starts a vault token's secret.
 pub const TOKEN_PREFIX: &str = crate::auth::VAULT_TOKEN_PREFIX;
 
@@ -47,6 +45,17 @@ pub fn record_decrypted_read(
     crate::security::record(conn, Some(org_id), event).map(|_| ())
 }
 
+impl Resource for VaultCredential {
+    type Row = CredentialRow;
+    const NOT_FOUND: &'static str = "CREDENTIAL_NOT_FOUND";
+
+    /// The credential without its value.
+    fn from_row(row: &CredentialRow) -> Result<VaultCredential, StoreError> {
+        row_to_credential(row, None)
+    }
+}
+
+/// The credential of `row` with `value` in clear, if given.
 fn row_to_credential(
     row: &CredentialRow,
     value: Option<String>,
@@ -192,7 +201,7 @@ fn decrypted_read(
         if found.org_id != org_id {
             return Ok(Err(TokenProblem::OtherOrganization));
         }
-        let row = store::get_credential(conn, org_id, credential_id)?;
+        let row = store::get(conn, org_id, credential_id)?;
         let plain = crypto
             .decrypt(&row.value_sealed)
             .map_err(|e| StoreError::Corrupt(format!("credential {}: {e}", row.id)))?;
@@ -201,83 +210,12 @@ fn decrypted_read(
         store::touch_token(conn, &found.id, &now)?;
         store::touch_credential(conn, &row.id, &now)?;
         record_decrypted_read(conn, org_id, &row.id, &found.id)?;
-        let row = store::get_credential(conn, org_id, credential_id)?;
+        let row = store::get(conn, org_id, credential_id)?;
         Ok(Ok((row, value)))
     })
 }
 
 impl Handlers {
-    async fn create_credential_row(
-        &self,
-        caller: &Caller,
-        params: CreateVaultCredentialParams,
-    ) -> Result<CredentialRow, Failure> {
-        let rid = caller.request_id.as_str();
-        let input: &VaultCredentialInput = &params.body;
-        let hash = idem::request_hash(&input.to_json().unwrap_or_default());
-        let now = crate::ids::now();
-        let row = CredentialRow {
-            id: crate::ids::new_id("cred"),
-            org_id: caller.org_id.clone(),
-            name: input.name.clone(),
-            cred_type: input.type_.as_str().to_string(),
-            environment: input.environment.clone(),
-            description: input.description.clone(),
-            body: body_of(input.metadata.as_ref(), input.tags.as_ref()),
-            value_sealed: self.crypto.encrypt(input.value.as_bytes()),
-            last_accessed_at: None,
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        let keyed = NewKeyed {
-            org_id: row.org_id.clone(),
-            operation: CREATE_OPERATION,
-            key: params.idempotency_key,
-            request_hash: hash,
-            resource_id: row.id.clone(),
-        };
-        let org = row.org_id.clone();
-        idem::create_resource(
-            &self.store,
-            keyed,
-            move |conn| store::insert_credential(conn, &row).map(|()| row.clone()),
-            move |conn, id| store::get_credential(conn, &org, id),
-            CREDENTIAL_NOT_FOUND,
-            rid,
-        )
-        .await
-    }
-
-    async fn list_credential_page(
-        &self,
-        caller: &Caller,
-        params: ListVaultCredentialsParams,
-    ) -> Result<VaultCredentialList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let filter = CredentialFilter {
-            cred_type: params.type_.map(|t| t.as_str().to_string()),
-            environment: params.environment,
-            tag: params.tag,
-        };
-        let (org, q) = (caller.org_id.clone(), page.page());
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list_credentials(conn, &org, &filter, &q))
-            .await
-            .map_err(store_error(CREDENTIAL_NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .map(|r| row_to_credential(r, None))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(CREDENTIAL_NOT_FOUND, rid))?;
-        Ok(VaultCredentialList {
-            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
-    }
-
     /// The credential with its value in clear, for a valid vault token of the organization;
     /// the read is recorded.
     async fn decrypted_credential(
@@ -292,60 +230,16 @@ impl Handlers {
             .store
             .run(move |conn| decrypted_read(conn, &crypto, &org, &id, &token))
             .await
-            .map_err(store_error(CREDENTIAL_NOT_FOUND, rid))?
+            .map_err(store_error(VaultCredential::NOT_FOUND, rid))?
             .map_err(|problem| problem.failure(rid))?;
-        let credential =
-            row_to_credential(&row, Some(value)).map_err(store_error(CREDENTIAL_NOT_FOUND, rid))?;
+        let credential = row_to_credential(&row, Some(value))
+            .map_err(store_error(VaultCredential::NOT_FOUND, rid))?;
         tracing::info!(
             request_id = %rid,
             credential_id = %credential.id,
             "vault credential read decrypted"
         );
         Ok(credential)
-    }
-
-    async fn stored_credential(
-        &self,
-        caller: &Caller,
-        id: String,
-    ) -> Result<VaultCredential, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::get_credential(conn, &org, &id))
-            .await
-            .and_then(|row| row_to_credential(&row, None))
-            .map_err(store_error(CREDENTIAL_NOT_FOUND, &caller.request_id))
-    }
-
-    async fn replace_credential(
-        &self,
-        caller: &Caller,
-        params: ReplaceVaultCredentialParams,
-    ) -> Result<VaultCredential, Failure> {
-        let org = caller.org_id.clone();
-        let ReplaceVaultCredentialParams {
-            credential_id,
-            if_match,
-            body: input,
-        } = params;
-        let sealed = input
-            .value
-            .as_ref()
-            .map(|v| self.crypto.encrypt(v.as_bytes()));
-        self.store
-            .run(move |conn| {
-                store::update_credential(conn, &org, &credential_id, |current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    Ok(replaced(&input, sealed.as_ref(), current))
-                })
-            })
-            .await
-            .and_then(|row| row_to_credential(&row, None))
-            .map_err(store_error(CREDENTIAL_NOT_FOUND, &caller.request_id))
     }
 
     /// A new vault token of the caller, with its secret (shown once).
@@ -392,13 +286,42 @@ impl Handlers {
     }
 }
 
+/// A new credential of `org_id` as sent, its value sealed as `value_sealed`.
+fn new_row(org_id: &str, input: &VaultCredentialInput, value_sealed: String) -> CredentialRow {
+    let now = crate::ids::now();
+    CredentialRow {
+        id: crate::ids::new_id("cred"),
+        org_id: org_id.to_string(),
+        name: input.name.clone(),
+        cred_type: input.type_.as_str().to_string(),
+        environment: input.environment.clone(),
+        description: input.description.clone(),
+        body: body_of(input.metadata.as_ref(), input.tags.as_ref()),
+        value_sealed,
+        last_accessed_at: None,
+        version: 1,
+        created_at: now.clone(),
+        updated_at: now,
+    }
+}
+
 impl VaultApi for Handlers {
     async fn list_vault_credentials(
         &self,
         caller: Caller,
         params: ListVaultCredentialsParams,
     ) -> Result<ListVaultCredentialsResponse, ApiError> {
-        let list = self.list_credential_page(&caller, params).await?;
+        let filter = CredentialFilter {
+            cred_type: params.type_.map(|t| t.as_str().to_string()),
+            environment: params.environment.clone(),
+            tag: params.tag.clone(),
+        };
+        let (data, pagination) = self
+            .list_page::<VaultCredential>(&caller, &params, move |conn, org, page| {
+                store::list(conn, org, &filter, page)
+            })
+            .await?;
+        let list = VaultCredentialList { data, pagination };
         Ok(ListVaultCredentialsResponse::Ok(Json(list)))
     }
 
@@ -407,34 +330,37 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: CreateVaultCredentialParams,
     ) -> Result<CreateVaultCredentialResponse, ApiError> {
-        let row = self.create_credential_row(&caller, params).await?;
-        let c = row_to_credential(&row, None)
-            .map_err(store_error(CREDENTIAL_NOT_FOUND, &caller.request_id))?;
-        let (location, tag) = (format!("/v1/vault/credentials/{}", c.id), etag(c.version));
+        let sealed = self.crypto.encrypt(params.body.value.as_bytes());
+        let row = new_row(&caller.org_id, &params.body, sealed);
+        let (credential, location, tag) = self
+            .create::<VaultCredential>(&caller, &params, row)
+            .await?;
         Ok(CreateVaultCredentialResponse::Created(
-            Json(c),
+            Json(credential),
             location,
             tag,
         ))
     }
 
+    /// With an `X-Vault-Token`, the value in clear (never a 304); else without it.
     async fn get_vault_credential(
         &self,
         caller: Caller,
         params: GetVaultCredentialParams,
     ) -> Result<GetVaultCredentialResponse, ApiError> {
         let id = params.credential_id;
-        if let Some(token) = params.x_vault_token {
-            let c = self.decrypted_credential(&caller, id, token).await?;
-            let tag = etag(c.version);
-            return Ok(GetVaultCredentialResponse::Ok(Json(c), tag));
-        }
-        let c = self.stored_credential(&caller, id).await?;
-        let tag = etag(c.version);
-        if not_modified(params.if_none_match.as_deref(), &tag) {
-            return Ok(GetVaultCredentialResponse::NotModified(tag));
-        }
-        Ok(GetVaultCredentialResponse::Ok(Json(c), tag))
+        let answer = match params.x_vault_token {
+            Some(token) => {
+                let credential = self.decrypted_credential(&caller, id, token).await?;
+                let tag = etag(credential.version);
+                Conditional::Fresh(credential, tag)
+            }
+            None => {
+                self.item_if_changed::<VaultCredential>(&caller, id, params.if_none_match)
+                    .await?
+            }
+        };
+        Ok(answer.into())
     }
 
     async fn replace_vault_credential(
@@ -442,9 +368,21 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: ReplaceVaultCredentialParams,
     ) -> Result<ReplaceVaultCredentialResponse, ApiError> {
-        let c = self.replace_credential(&caller, params).await?;
-        let tag = etag(c.version);
-        Ok(ReplaceVaultCredentialResponse::Ok(Json(c), tag))
+        let ReplaceVaultCredentialParams {
+            credential_id,
+            if_match,
+            body,
+        } = params;
+        let sealed = body
+            .value
+            .as_ref()
+            .map(|v| self.crypto.encrypt(v.as_bytes()));
+        let (credential, tag) = self
+            .replace::<VaultCredential>(&caller, credential_id, if_match, move |_, current| {
+                Ok(Ok(replaced(&body, sealed.as_ref(), current)))
+            })
+            .await?;
+        Ok(ReplaceVaultCredentialResponse::Ok(Json(credential), tag))
     }
 
     async fn delete_vault_credential(
@@ -452,11 +390,8 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: DeleteVaultCredentialParams,
     ) -> Result<DeleteVaultCredentialResponse, ApiError> {
-        let (org, id) = (caller.org_id.clone(), params.credential_id);
-        self.store
-            .run(move |conn| store::delete_credential(conn, &org, &id))
-            .await
-            .map_err(store_error(CREDENTIAL_NOT_FOUND, &caller.request_id))?;
+        self.remove::<VaultCredential>(&caller, params.credential_id)
+            .await?;
         Ok(DeleteVaultCredentialResponse::NoContent)
     }
 
@@ -465,17 +400,14 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: ListVaultTokensParams,
     ) -> Result<ListVaultTokensResponse, ApiError> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let (org, q) = (caller.org_id.clone(), page.page());
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list_tokens(conn, &org, &q))
-            .await
-            .map_err(store_error(TOKEN_NOT_FOUND, rid))?;
+        let (data, pagination) = self
+            .page_of(&caller, &params, TOKEN_NOT_FOUND, store::list_tokens, |r| {
+                Ok(token_of(r))
+            })
+            .await?;
         Ok(ListVaultTokensResponse::Ok(Json(VaultTokenList {
-            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data: rows.iter().map(token_of).collect(),
+            data,
+            pagination,
         })))
     }
 

@@ -13,17 +13,16 @@ use poem_openapi::types::{ParseFromJSON, ToJSON};
 use serde_json::{Map, Value, json};
 
 use super::Handlers;
-use super::idem::{self, NewKeyed};
-use super::paging::{PageRequest, etag, etag_matches, not_modified};
+use super::paging::etag;
+use super::resource::{Resource, location};
 use crate::auth::Caller;
 use crate::db::events::EventRow;
+use crate::db::sql::Page;
 use crate::db::webhooks::{self as store, DeliveryRow, WebhookChanges, WebhookRow};
 use crate::db::{DbConnection, StoreError};
 use crate::error::{Failure, store_error};
 
-const NOT_FOUND: &str = "WEBHOOK_NOT_FOUND";
 const DELIVERY_NOT_FOUND: &str = "DELIVERY_NOT_FOUND";
-const CREATE_OPERATION: &str = "createWebhook";
 
 fn corrupt(what: &str, id: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what} {id}: {e}"))
@@ -46,9 +45,14 @@ fn webhook_json(row: &WebhookRow) -> Result<Map<String, Value>, StoreError> {
     Ok(obj)
 }
 
-fn row_to_webhook(row: &WebhookRow) -> Result<Webhook, StoreError> {
-    Webhook::parse_from_json(Some(Value::Object(webhook_json(row)?)))
-        .map_err(|e| corrupt("webhook", &row.id, e.message()))
+impl Resource for Webhook {
+    type Row = WebhookRow;
+    const NOT_FOUND: &'static str = "WEBHOOK_NOT_FOUND";
+
+    fn from_row(row: &WebhookRow) -> Result<Webhook, StoreError> {
+        Webhook::parse_from_json(Some(Value::Object(webhook_json(row)?)))
+            .map_err(|e| corrupt("webhook", &row.id, e.message()))
+    }
 }
 
 pub(crate) fn row_to_delivery(row: &DeliveryRow) -> Result<WebhookDelivery, StoreError> {
@@ -146,14 +150,14 @@ fn ping_event(
 }
 
 impl Handlers {
-    /// The created (or replayed) webhook with its secret in clear.
+    /// The created (or replayed) webhook with its secret in clear, and its row.
     async fn create_webhook_row(
         &self,
         caller: &Caller,
-        params: CreateWebhookParams,
-    ) -> Result<(WebhookCreated, i64, String), Failure> {
+        params: &CreateWebhookParams,
+    ) -> Result<(WebhookCreated, WebhookRow), Failure> {
         let rid = caller.request_id.as_str();
-        let body = params.body.to_json().unwrap_or(Value::Null);
+        let body = params.request_json();
         let secret = body["secret"]
             .as_str()
             .map(str::to_string)
@@ -163,121 +167,22 @@ impl Handlers {
             &body,
             self.crypto.encrypt(secret.as_bytes()),
         );
-        let keyed = NewKeyed {
-            org_id: row.org_id.clone(),
-            operation: CREATE_OPERATION,
-            key: params.idempotency_key,
-            request_hash: idem::request_hash(&body),
-            resource_id: row.id.clone(),
-        };
-        let org = row.org_id.clone();
-        let row = idem::create_resource(
-            &self.store,
-            keyed,
-            move |conn| store::insert(conn, &row).map(|()| row.clone()),
-            move |conn, id| store::get(conn, &org, id),
-            NOT_FOUND,
-            rid,
-        )
-        .await?;
+        let row = self
+            .create_row::<Webhook>(caller, params, row, store::insert)
+            .await?;
         // A replay shows the secret the first request set.
         let secret = self
             .crypto
             .decrypt(&row.secret_encrypted)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .map_err(|e| corrupt("webhook", &row.id, e))
-            .map_err(store_error(NOT_FOUND, rid))?;
-        let mut obj = webhook_json(&row).map_err(store_error(NOT_FOUND, rid))?;
+            .map_err(store_error(Webhook::NOT_FOUND, rid))?;
+        let mut obj = webhook_json(&row).map_err(store_error(Webhook::NOT_FOUND, rid))?;
         obj.insert("secret".into(), secret.into());
         let created = WebhookCreated::parse_from_json(Some(Value::Object(obj)))
             .map_err(|e| corrupt("webhook", &row.id, e.message()))
-            .map_err(store_error(NOT_FOUND, rid))?;
-        Ok((created, row.version, row.id))
-    }
-
-    async fn webhook(&self, caller: &Caller, id: String) -> Result<WebhookRow, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
-    async fn list_webhook_page(
-        &self,
-        caller: &Caller,
-        params: ListWebhooksParams,
-    ) -> Result<WebhookList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let (org, q) = (caller.org_id.clone(), page.page());
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list(conn, &org, &q))
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .map(row_to_webhook)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(NOT_FOUND, rid))?;
-        Ok(WebhookList {
-            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
-    }
-
-    async fn update_webhook_row(
-        &self,
-        caller: &Caller,
-        params: UpdateWebhookParams,
-    ) -> Result<WebhookRow, Failure> {
-        let patch = params.body.to_json().unwrap_or(Value::Null);
-        let sealed = patch["secret"]
-            .as_str()
-            .map(|s| self.crypto.encrypt(s.as_bytes()));
-        let (org, id, if_match) = (caller.org_id.clone(), params.webhook_id, params.if_match);
-        self.store
-            .run(move |conn| {
-                store::update(conn, &org, &id, |current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    Ok(patched(&patch, sealed.as_ref(), current))
-                })
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
-    async fn list_delivery_page(
-        &self,
-        caller: &Caller,
-        params: ListWebhookDeliveriesParams,
-    ) -> Result<WebhookDeliveryList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let (org, hook, q) = (caller.org_id.clone(), params.webhook_id, page.page());
-        let status = params.status.map(|s| s.as_str().to_string());
-        let (rows, total) = self
-            .store
-            .run(move |conn| {
-                store::get(conn, &org, &hook)?;
-                store::list_deliveries(conn, &org, &hook, status.as_deref(), &q)
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .map(row_to_delivery)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(NOT_FOUND, rid))?;
-        Ok(WebhookDeliveryList {
-            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
+            .map_err(store_error(Webhook::NOT_FOUND, rid))?;
+        Ok((created, row))
     }
 
     /// Queues one delivery of `event_of(conn)` for the webhook, in one transaction.
@@ -303,9 +208,9 @@ impl Handlers {
                 })
             })
             .await
-            .map_err(store_error(NOT_FOUND, rid))?;
+            .map_err(store_error(Webhook::NOT_FOUND, rid))?;
         self.events.wake();
-        row_to_delivery(&row).map_err(store_error(NOT_FOUND, rid))
+        row_to_delivery(&row).map_err(store_error(Webhook::NOT_FOUND, rid))
     }
 }
 
@@ -315,8 +220,13 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: ListWebhooksParams,
     ) -> Result<ListWebhooksResponse, ApiError> {
-        let list = self.list_webhook_page(&caller, params).await?;
-        Ok(ListWebhooksResponse::Ok(Json(list)))
+        let (data, pagination) = self
+            .list_page::<Webhook>(&caller, &params, store::list)
+            .await?;
+        Ok(ListWebhooksResponse::Ok(Json(WebhookList {
+            data,
+            pagination,
+        })))
     }
 
     async fn create_webhook(
@@ -324,12 +234,9 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: CreateWebhookParams,
     ) -> Result<CreateWebhookResponse, ApiError> {
-        let (created, version, id) = self.create_webhook_row(&caller, params).await?;
-        Ok(CreateWebhookResponse::Created(
-            Json(created),
-            format!("/v1/webhooks/{id}"),
-            etag(version),
-        ))
+        let (created, row) = self.create_webhook_row(&caller, &params).await?;
+        let (location, tag) = (location(&params, &row.id), etag(row.version));
+        Ok(CreateWebhookResponse::Created(Json(created), location, tag))
     }
 
     async fn get_webhook(
@@ -337,13 +244,9 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: GetWebhookParams,
     ) -> Result<GetWebhookResponse, ApiError> {
-        let row = self.webhook(&caller, params.webhook_id).await?;
-        let tag = etag(row.version);
-        if not_modified(params.if_none_match.as_deref(), &tag) {
-            return Ok(GetWebhookResponse::NotModified(tag));
-        }
-        let hook = row_to_webhook(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(GetWebhookResponse::Ok(Json(hook), tag))
+        let (id, if_none_match) = (params.webhook_id, params.if_none_match);
+        let answer = self.item_if_changed::<Webhook>(&caller, id, if_none_match);
+        Ok(answer.await?.into())
     }
 
     async fn update_webhook(
@@ -351,9 +254,17 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: UpdateWebhookParams,
     ) -> Result<UpdateWebhookResponse, ApiError> {
-        let row = self.update_webhook_row(&caller, params).await?;
-        let hook = row_to_webhook(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(UpdateWebhookResponse::Ok(Json(hook), etag(row.version)))
+        let patch = params.body.to_json().unwrap_or(Value::Null);
+        let sealed = patch["secret"]
+            .as_str()
+            .map(|s| self.crypto.encrypt(s.as_bytes()));
+        let (id, if_match) = (params.webhook_id, params.if_match);
+        let (hook, tag) = self
+            .replace::<Webhook>(&caller, id, if_match, move |_, current| {
+                Ok(Ok(patched(&patch, sealed.as_ref(), current)))
+            })
+            .await?;
+        Ok(UpdateWebhookResponse::Ok(Json(hook), tag))
     }
 
     async fn delete_webhook(
@@ -361,11 +272,7 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: DeleteWebhookParams,
     ) -> Result<DeleteWebhookResponse, ApiError> {
-        let (org, id) = (caller.org_id.clone(), params.webhook_id);
-        self.store
-            .run(move |conn| store::delete(conn, &org, &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        self.remove::<Webhook>(&caller, params.webhook_id).await?;
         Ok(DeleteWebhookResponse::NoContent)
     }
 
@@ -374,7 +281,16 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: ListWebhookDeliveriesParams,
     ) -> Result<ListWebhookDeliveriesResponse, ApiError> {
-        let list = self.list_delivery_page(&caller, params).await?;
+        let hook = params.webhook_id.clone();
+        let status = params.status.map(|s| s.as_str());
+        let list = move |conn: &mut DbConnection, org: &str, page: &Page| {
+            store::get(conn, org, &hook)?;
+            store::list_deliveries(conn, org, &hook, status, page)
+        };
+        let (data, pagination) = self
+            .page_of(&caller, &params, Webhook::NOT_FOUND, list, row_to_delivery)
+            .await?;
+        let list = WebhookDeliveryList { data, pagination };
         Ok(ListWebhookDeliveriesResponse::Ok(Json(list)))
     }
 

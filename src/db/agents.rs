@@ -8,7 +8,18 @@ use diesel::prelude::*;
 
 use super::schema::agents;
 use super::sql::{like_pattern, lower, lower_nullable};
+use super::types::text_enum;
 use super::{DbConnection, Found, MultiBackend, StoreError, StoreResult};
+
+text_enum! {
+    /// Whether an agent is in service.
+    pub enum AgentStatus {
+        Active = "active",
+        Inactive = "inactive",
+        Training = "training",
+        Error = "error",
+    }
+}
 
 /// One row of `agents`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -18,7 +29,7 @@ pub struct AgentRow {
     pub org_id: String,
     pub name: String,
     pub agent_type: String,
-    pub status: String,
+    pub status: AgentStatus,
     pub description: Option<String>,
     pub body: String,
     pub secrets: String,
@@ -33,7 +44,7 @@ pub struct AgentRow {
 pub struct AgentChanges {
     pub name: String,
     pub agent_type: String,
-    pub status: String,
+    pub status: AgentStatus,
     pub description: Option<String>,
     pub body: String,
     pub secrets: String,
@@ -79,7 +90,7 @@ impl SortField {
 #[derive(Debug, Clone)]
 pub struct ListQuery {
     pub agent_type: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<AgentStatus>,
     /// Lower-cased substring of name or description.
     pub search: Option<String>,
     pub created_gte: Option<String>,
@@ -101,7 +112,7 @@ fn filtered<'a>(org_id: &'a str, q: &'a ListQuery) -> Boxed<'a> {
     if let Some(t) = &q.agent_type {
         query = query.filter(agents::agent_type.eq(t));
     }
-    if let Some(s) = &q.status {
+    if let Some(s) = q.status {
         query = query.filter(agents::status.eq(s));
     }
     if let Some(search) = &q.search {
@@ -227,14 +238,9 @@ pub fn update<E>(
 ) -> StoreResult<Result<AgentRow, E>> {
     for _ in 0..UPDATE_ATTEMPTS {
         let attempt = super::write_transaction(conn, |conn| {
-            if let DbConnection::Postgres(pg) = conn {
-                // Writers queue on the row instead of racing (SQLite's BEGIN IMMEDIATE
-                // already serializes them).
-                diesel::sql_query("SELECT id FROM agents WHERE org_id = $1 AND id = $2 FOR UPDATE")
-                    .bind::<diesel::sql_types::Text, _>(org_id)
-                    .bind::<diesel::sql_types::Text, _>(id)
-                    .execute(pg)?;
-            }
+            // Writers queue on the row instead of racing (SQLite's BEGIN IMMEDIATE already
+            // serializes them).
+            super::lock_row(conn, "agents", org_id, id)?;
             let current = get(conn, org_id, id)?;
             let changes = match change(&current) {
                 Ok(c) => c,
@@ -261,7 +267,7 @@ pub fn update<E>(
 pub struct BulkFilter {
     pub ids: Option<Vec<String>>,
     pub agent_type: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<AgentStatus>,
     pub search: Option<String>,
 }
 
@@ -284,7 +290,7 @@ pub fn bulk_update<E>(
 ) -> StoreResult<Result<BulkOutcome, E>> {
     let query = ListQuery {
         agent_type: filter.agent_type.clone(),
-        status: filter.status.clone(),
+        status: filter.status,
         search: filter.search.clone(),
         created_gte: None,
         created_lte: None,

@@ -4,8 +4,9 @@
 use diesel::prelude::*;
 
 use super::schema::{conversations as c, messages as m, usage_records as u};
+use super::types::Json;
 use super::{DbConnection, MultiBackend, StoreError, StoreResult};
-use crate::db::executions::ExecutionRow;
+use crate::db::executions::{ExecutionRow, ExecutionStatus};
 
 /// Most earlier messages given to the model as history.
 pub const HISTORY_LIMIT: i64 = 50;
@@ -18,8 +19,8 @@ pub struct ConversationRow {
     pub agent_id: String,
     pub user_id: Option<String>,
     pub title: Option<String>,
-    /// JSON object.
-    pub metadata: String,
+    /// Anything the client keeps with it (a JSON object).
+    pub metadata: Json<serde_json::Value>,
     pub message_count: i64,
     pub version: i64,
     pub created_at: String,
@@ -86,7 +87,7 @@ pub fn update(
     conn: &mut DbConnection,
     org_id: &str,
     id: &str,
-    change: impl FnOnce(&ConversationRow) -> StoreResult<(Option<String>, String)>,
+    change: impl FnOnce(&ConversationRow) -> StoreResult<(Option<String>, Json<serde_json::Value>)>,
 ) -> StoreResult<ConversationRow> {
     super::write_transaction(conn, |conn| {
         let current = get(conn, org_id, id)?;
@@ -191,7 +192,7 @@ pub fn history(conn: &mut DbConnection, execution: &ExecutionRow) -> StoreResult
     };
     let asked = message_of(conn, &execution.id, "user")?;
     let mut q = m::table
-        .filter(m::conversation_id.eq(&conversation))
+        .filter(m::conversation_id.eq(conversation))
         .order(m::id.desc())
         .limit(HISTORY_LIMIT)
         .into_boxed();
@@ -209,11 +210,11 @@ pub fn record_reply(conn: &mut DbConnection, execution: &ExecutionRow) -> StoreR
     let Some(conversation) = execution.conversation_id() else {
         return Ok(());
     };
-    let (Some(text), "succeeded") = (&execution.result, execution.status.as_str()) else {
+    let (Some(text), ExecutionStatus::Succeeded) = (&execution.result, execution.status) else {
         return Ok(());
     };
     if c::table
-        .filter(c::id.eq(&conversation))
+        .filter(c::id.eq(conversation))
         .count()
         .get_result::<i64>(conn)?
         == 0
@@ -223,7 +224,7 @@ pub fn record_reply(conn: &mut DbConnection, execution: &ExecutionRow) -> StoreR
     let reply = MessageRow {
         id: crate::ids::new_id("msg"),
         org_id: execution.org_id.clone(),
-        conversation_id: conversation,
+        conversation_id: conversation.to_string(),
         role: "assistant".into(),
         content: text.clone(),
         execution_id: Some(execution.id.clone()),

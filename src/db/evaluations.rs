@@ -37,28 +37,8 @@ pub struct RunRow {
     pub finished_at: Option<String>,
 }
 
-pub fn insert(conn: &mut DbConnection, row: &EvaluationRow) -> StoreResult<()> {
-    diesel::insert_into(t::table).values(row).execute(conn)?;
-    Ok(())
-}
-
-pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<EvaluationRow> {
-    t::table
-        .filter(t::org_id.eq(org_id))
-        .filter(t::id.eq(id))
-        .select(EvaluationRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
-
-pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    let n =
-        diesel::delete(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id))).execute(conn)?;
-    if n == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
-}
+super::crud::resource_table!(evaluations, EvaluationRow);
+super::crud::identified!(RunRow);
 
 /// A page of the organization's evaluations, newest first, and how many match.
 pub fn list(
@@ -74,15 +54,7 @@ pub fn list(
         }
         q
     };
-    let total: i64 = filtered().count().get_result(conn)?;
-    let mut q = filtered().order(t::id.desc()).limit(page.limit);
-    match &page.after_id {
-        Some(id) => q = q.filter(t::id.lt(id.clone())),
-        None if page.offset > 0 => q = q.offset(page.offset),
-        None => {}
-    }
-    let rows = q.select(EvaluationRow::as_select()).load(conn)?;
-    Ok((rows, total))
+    super::crud::newest_first!(conn, t, EvaluationRow, filtered, page)
 }
 
 /// Queues a run and records it as the evaluation's latest (inside the caller's transaction,
@@ -135,15 +107,7 @@ pub fn list_runs(
             .filter(r::evaluation_id.eq(evaluation_id))
             .into_boxed()
     };
-    let total: i64 = filtered().count().get_result(conn)?;
-    let mut q = filtered().order(r::id.desc()).limit(page.limit);
-    match &page.after_id {
-        Some(id) => q = q.filter(r::id.lt(id.clone())),
-        None if page.offset > 0 => q = q.offset(page.offset),
-        None => {}
-    }
-    let rows = q.select(RunRow::as_select()).load(conn)?;
-    Ok((rows, total))
+    super::crud::newest_first!(conn, r, RunRow, filtered, page)
 }
 
 /// Marks a queued run running.

@@ -4,13 +4,131 @@
 //! conditional update on the current status, so a cancel and a finishing worker never both
 //! win: whichever writes first decides, the other sees zero rows changed.
 //!
+//! The JSON columns are typed: the accepted request ([`ExecutionRequest`]), the error
+//! ([`ExecutionError`]) and the steps ([`Step`]) are written and read by the same serde types.
+//!
 //! TODO(merge with the vault branch): `insert_usage` writes the same `usage_records` columns
 //! as vault's `src/db/usage.rs`; fold the two into that module.
 
+use std::collections::BTreeMap;
+
 use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::schema::{executions as e, usage_records as u};
+use super::types::{Flag, Json, text_enum};
 use super::{DbConnection, MultiBackend, StoreError, StoreResult};
+
+text_enum! {
+    /// Where an execution is.
+    pub enum ExecutionStatus {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Cancelled = "cancelled",
+        TimedOut = "timed_out",
+    }
+}
+
+impl ExecutionStatus {
+    /// Whether it is a final status (no change follows).
+    pub fn is_finished(self) -> bool {
+        !matches!(self, ExecutionStatus::Queued | ExecutionStatus::Running)
+    }
+}
+
+/// The statuses an execution can still leave.
+const UNFINISHED: [ExecutionStatus; 2] = [ExecutionStatus::Queued, ExecutionStatus::Running];
+
+/// What an execution was asked, as accepted (the `request` column).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ExecutionRequest {
+    /// A string, or an object given to the model as JSON.
+    #[serde(default = "empty_input")]
+    pub input: Value,
+    /// The values of the agent's template variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<BTreeMap<String, String>>,
+    /// Who it runs for, kept as given (`null` when an execute named no one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Value>,
+    #[serde(default)]
+    pub options: RunOptions,
+    /// The conversation whose message it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// A case of an evaluation run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evaluation: bool,
+}
+
+fn empty_input() -> Value {
+    Value::String(String::new())
+}
+
+impl ExecutionRequest {
+    /// The input as the model reads it: a string as is, anything else as JSON.
+    pub fn input_text(&self) -> String {
+        match &self.input {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// How to run and answer (the execute request's `options`, as accepted).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RunOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+    /// Milliseconds it may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+}
+
+/// Why an execution did not succeed (the `error` column).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionError {
+    pub code: String,
+    pub message: String,
+}
+
+text_enum! {
+    /// What a step did.
+    pub enum StepName {
+        Template = "template",
+        Retrieval = "retrieval",
+        ModelCall = "model_call",
+    }
+}
+
+text_enum! {
+    /// How a step ended.
+    pub enum StepStatus {
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
+
+/// One recorded step of a run (an element of the `steps` column).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: StepName,
+    pub status: StepStatus,
+    pub started_at: String,
+    pub duration_ms: i64,
+    /// What the step saw or did (its `error` when it failed).
+    pub detail: Value,
+}
 
 /// One row of `executions`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -19,66 +137,58 @@ pub struct ExecutionRow {
     pub id: String,
     pub org_id: String,
     pub agent_id: String,
-    pub status: String,
-    /// JSON: `input`, `parameters`, `context`, `options` as accepted.
-    pub request: String,
+    pub status: ExecutionStatus,
+    /// The request as accepted.
+    pub request: Json<ExecutionRequest>,
     /// The answer text, once succeeded.
     pub result: Option<String>,
-    /// JSON `{"code", "message"}` when it did not succeed.
-    pub error: Option<String>,
+    /// Why it did not succeed.
+    pub error: Option<Json<ExecutionError>>,
     pub model_id: Option<String>,
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cost_nano_usd: i64,
-    /// JSON array of steps (name, status, started_at, duration_ms, detail).
-    pub steps: String,
-    pub cancel_requested: i64,
+    /// The steps run.
+    pub steps: Json<Vec<Step>>,
+    #[diesel(serialize_as = Flag, deserialize_as = Flag)]
+    pub cancel_requested: bool,
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
 }
 
 impl ExecutionRow {
-    /// A new execution of `agent_id`, queued as `request` (the accepted request's JSON).
-    pub fn queued(id: String, org_id: &str, agent_id: &str, request: &serde_json::Value) -> Self {
+    /// A new execution of `agent_id`, queued as `request`.
+    pub fn queued(id: String, org_id: &str, agent_id: &str, request: ExecutionRequest) -> Self {
         ExecutionRow {
             id,
             org_id: org_id.to_string(),
             agent_id: agent_id.to_string(),
-            status: "queued".into(),
-            request: request.to_string(),
+            status: ExecutionStatus::Queued,
+            request: Json(request),
             result: None,
             error: None,
             model_id: None,
             input_tokens: 0,
             output_tokens: 0,
             cost_nano_usd: 0,
-            steps: "[]".into(),
-            cancel_requested: 0,
+            steps: Json(Vec::new()),
+            cancel_requested: false,
             created_at: crate::ids::now(),
             started_at: None,
             finished_at: None,
         }
     }
 
-    /// The conversation whose message it answers (kept in `request`).
-    pub fn conversation_id(&self) -> Option<String> {
-        serde_json::from_str::<serde_json::Value>(&self.request)
-            .ok()?
-            .get("conversation_id")?
-            .as_str()
-            .map(str::to_string)
+    /// The conversation whose message it answers.
+    pub fn conversation_id(&self) -> Option<&str> {
+        self.request.conversation_id.as_deref()
     }
 
     /// Whether it has finished (no status change follows).
     pub fn is_finished(&self) -> bool {
-        is_terminal(&self.status)
+        self.status.is_finished()
     }
-}
-
-/// Whether `status` is a final one.
-pub fn is_terminal(status: &str) -> bool {
-    matches!(status, "succeeded" | "failed" | "cancelled" | "timed_out")
 }
 
 /// One row of `usage_records` (the columns vault's usage module aggregates).
@@ -99,7 +209,9 @@ pub struct UsageRow {
 }
 
 pub fn insert(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> {
-    diesel::insert_into(e::table).values(row).execute(conn)?;
+    diesel::insert_into(e::table)
+        .values(row.clone())
+        .execute(conn)?;
     Ok(())
 }
 
@@ -125,7 +237,7 @@ pub fn get_any(conn: &mut DbConnection, id: &str) -> StoreResult<ExecutionRow> {
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionQuery {
     pub agent_id: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<ExecutionStatus>,
     pub offset: i64,
     pub limit: i64,
     pub after_id: Option<String>,
@@ -136,7 +248,7 @@ fn filtered<'a>(org_id: &'a str, q: &'a ExecutionQuery) -> e::BoxedQuery<'a, Mul
     if let Some(a) = &q.agent_id {
         b = b.filter(e::agent_id.eq(a));
     }
-    if let Some(s) = &q.status {
+    if let Some(s) = q.status {
         b = b.filter(e::status.eq(s));
     }
     b
@@ -169,13 +281,17 @@ pub fn mark_running(
 ) -> StoreResult<bool> {
     super::write_transaction(conn, |conn| {
         let now = crate::ids::now();
-        let n = diesel::update(e::table.filter(e::id.eq(id)).filter(e::status.eq("queued")))
-            .set((
-                e::status.eq("running"),
-                e::started_at.eq(&now),
-                e::model_id.eq(model_id),
-            ))
-            .execute(conn)?;
+        let n = diesel::update(
+            e::table
+                .filter(e::id.eq(id))
+                .filter(e::status.eq(ExecutionStatus::Queued)),
+        )
+        .set((
+            e::status.eq(ExecutionStatus::Running),
+            e::started_at.eq(&now),
+            e::model_id.eq(model_id),
+        ))
+        .execute(conn)?;
         if n != 1 {
             return Ok(false);
         }
@@ -188,14 +304,14 @@ pub fn mark_running(
 /// How an execution ended.
 #[derive(Debug, Clone)]
 pub struct Finish {
-    pub status: &'static str,
+    pub status: ExecutionStatus,
     pub result: Option<String>,
-    pub error: Option<(String, String)>,
+    pub error: Option<ExecutionError>,
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cost_nano_usd: i64,
-    /// The steps run (JSON array); `None` keeps those stored.
-    pub steps: Option<String>,
+    /// The steps run; `None` keeps those stored.
+    pub steps: Option<Vec<Step>>,
 }
 
 /// Ends a queued or running execution with `finish`, and records its usage (once a model
@@ -208,18 +324,15 @@ pub fn finish_in(
 ) -> StoreResult<Option<ExecutionRow>> {
     {
         let now = crate::ids::now();
-        let error = finish.error.as_ref().map(|(code, message)| {
-            serde_json::json!({"code": code, "message": message}).to_string()
-        });
         let n = diesel::update(
             e::table
                 .filter(e::id.eq(id))
-                .filter(e::status.eq_any(["queued", "running"])),
+                .filter(e::status.eq_any(UNFINISHED)),
         )
         .set((
             e::status.eq(finish.status),
             e::result.eq(&finish.result),
-            e::error.eq(&error),
+            e::error.eq(finish.error.clone().map(Json)),
             e::input_tokens.eq(finish.input_tokens),
             e::output_tokens.eq(finish.output_tokens),
             e::cost_nano_usd.eq(finish.cost_nano_usd),
@@ -231,7 +344,7 @@ pub fn finish_in(
         }
         if let Some(steps) = &finish.steps {
             diesel::update(e::table.filter(e::id.eq(id)))
-                .set(e::steps.eq(steps))
+                .set(e::steps.eq(Json(steps.clone())))
                 .execute(conn)?;
         }
         let row = get_any(conn, id)?;
@@ -247,7 +360,7 @@ pub fn finish_in(
                         .clone()
                         .unwrap_or_else(|| "model_local".to_string()),
                     execution_id: Some(row.id.clone()),
-                    conversation_id: row.conversation_id(),
+                    conversation_id: row.conversation_id().map(str::to_string),
                     message_id: None,
                     input_tokens: row.input_tokens,
                     output_tokens: row.output_tokens,
@@ -273,16 +386,19 @@ pub fn cancel(
             return Ok(Err(current));
         }
         let now = crate::ids::now();
-        let error = serde_json::json!({"code": "CANCELLED", "message": "cancelled on request"});
+        let error = ExecutionError {
+            code: "CANCELLED".into(),
+            message: "cancelled on request".into(),
+        };
         diesel::update(
             e::table
                 .filter(e::id.eq(id))
-                .filter(e::status.eq_any(["queued", "running"])),
+                .filter(e::status.eq_any(UNFINISHED)),
         )
         .set((
-            e::status.eq("cancelled"),
-            e::cancel_requested.eq(1),
-            e::error.eq(error.to_string()),
+            e::status.eq(ExecutionStatus::Cancelled),
+            e::cancel_requested.eq(Flag(true)),
+            e::error.eq(Json(error)),
             e::finished_at.eq(&now),
         ))
         .execute(conn)?;
@@ -309,4 +425,111 @@ pub fn usage_of(conn: &mut DbConnection, execution_id: &str) -> StoreResult<Vec<
         .select(UsageRow::as_select())
         .load(conn)
         .map_err(StoreError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn text(v: &impl Serialize) -> String {
+        serde_json::to_string(v).expect("serializes")
+    }
+
+    /// The typed columns write the bytes the `json!` documents they replace wrote, so rows
+    /// stored before read back and rows stored now read the same elsewhere.
+    #[test]
+    fn typed_documents_write_what_the_untyped_ones_wrote() {
+        let parameters: BTreeMap<String, String> = [("product".to_string(), "Acme".to_string())]
+            .into_iter()
+            .collect();
+        // An execute, without and with a context, then answering a conversation.
+        let mut request = ExecutionRequest {
+            input: json!("hi"),
+            parameters: Some(parameters.clone()),
+            context: Some(Value::Null),
+            options: RunOptions {
+                wait: Some(true),
+                timeout: Some(500),
+                temperature: Some(0.5),
+                ..RunOptions::default()
+            },
+            ..ExecutionRequest::default()
+        };
+        let before = json!({"input": "hi", "parameters": parameters, "context": null,
+            "options": {"wait": true, "timeout": 500, "temperature": 0.5}});
+        assert_eq!(text(&request), before.to_string());
+        request.context = Some(json!({"user_id": "u1"}));
+        request.conversation_id = Some("conv_1".into());
+        let mut before = json!({"input": "hi", "parameters": parameters,
+            "context": {"user_id": "u1"}, "options": {"wait": true, "timeout": 500, "temperature": 0.5}});
+        before["conversation_id"] = json!("conv_1");
+        assert_eq!(text(&request), before.to_string());
+        // A conversation's message (no context) and an evaluation's case.
+        let message = ExecutionRequest {
+            input: json!("hello"),
+            parameters: Some(BTreeMap::new()),
+            options: RunOptions {
+                timeout: Some(120_000),
+                ..RunOptions::default()
+            },
+            ..ExecutionRequest::default()
+        };
+        let before = json!({"input": "hello", "parameters": {}, "options": {"timeout": 120_000}});
+        assert_eq!(text(&message), before.to_string());
+        let case = ExecutionRequest {
+            input: json!("2+2?"),
+            parameters: Some(BTreeMap::new()),
+            evaluation: true,
+            ..ExecutionRequest::default()
+        };
+        let before = json!({"input": "2+2?", "parameters": {}, "options": {}, "evaluation": true});
+        assert_eq!(text(&case), before.to_string());
+        assert_eq!(
+            serde_json::from_str::<ExecutionRequest>(&before.to_string()).ok(),
+            Some(case)
+        );
+
+        let error = ExecutionError {
+            code: "CANCELLED".into(),
+            message: "cancelled on request".into(),
+        };
+        let before = json!({"code": "CANCELLED", "message": "cancelled on request"});
+        assert_eq!(text(&error), before.to_string());
+
+        let step = Step {
+            name: StepName::ModelCall,
+            status: StepStatus::Failed,
+            started_at: "2026-01-01T00:00:00.000000Z".into(),
+            duration_ms: 12,
+            detail: json!({"model": "m", "error": "boom"}),
+        };
+        let before = json!({"name": "model_call", "status": "failed",
+            "started_at": "2026-01-01T00:00:00.000000Z", "duration_ms": 12,
+            "detail": {"model": "m", "error": "boom"}});
+        assert_eq!(text(&vec![step.clone()]), json!([before]).to_string());
+        assert_eq!(serde_json::from_value::<Step>(before).ok(), Some(step));
+    }
+
+    #[test]
+    fn a_request_stored_without_input_or_options_reads_with_their_defaults() {
+        let request: ExecutionRequest = serde_json::from_str("{}").expect("reads");
+        assert_eq!(request.input, json!(""));
+        assert_eq!(request.options, RunOptions::default());
+        assert_eq!(request.input_text(), "");
+        let object: ExecutionRequest =
+            serde_json::from_str(r#"{"input": {"q": 1}}"#).expect("reads");
+        assert_eq!(object.input_text(), r#"{"q":1}"#);
+    }
+
+    #[test]
+    fn only_queued_and_running_executions_can_still_change() {
+        let open: Vec<_> = ExecutionStatus::ALL
+            .iter()
+            .filter(|s| !s.is_finished())
+            .collect();
+        assert_eq!(open, [&ExecutionStatus::Queued, &ExecutionStatus::Running]);
+        assert_eq!(ExecutionStatus::TimedOut.as_str(), "timed_out");
+    }
 }

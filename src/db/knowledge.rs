@@ -1,17 +1,117 @@
 //! Knowledge bases, sources, documents, chunks and sync jobs: rows and queries.
 //!
 //! A knowledge base's filterable columns are columns; the rest (processing options, metadata)
-//! is one JSON document in `body`. Every query is scoped by `org_id`. Full-text search lives
-//! in [`crate::knowledge`], which needs raw SQL per backend.
+//! is one JSON document in `body` ([`KbBody`]), as a source's configuration is in its `body`
+//! ([`SourceBody`]). Every query is scoped by `org_id`. Full-text search lives in
+//! [`crate::knowledge`], which needs raw SQL per backend.
 
 use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::schema::{
     knowledge_bases, knowledge_chunks, knowledge_documents, knowledge_sources, knowledge_syncs,
 };
 use super::sql::Page;
 use super::sql::{like_pattern, lower};
+use super::types::text_enum;
 use super::{DbConnection, Found, StoreError, StoreResult};
+
+text_enum! {
+    /// Where a source is: `pending` until first synced, `syncing` while a sync runs, then
+    /// `active` or `failed` as the last sync went (inline text is `active` at once).
+    pub enum SourceStatus {
+        Pending = "pending",
+        Syncing = "syncing",
+        Active = "active",
+        Failed = "failed",
+    }
+}
+
+text_enum! {
+    /// Where a sync is: `queued → running → succeeded | failed`.
+    pub enum SyncStatus {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
+
+impl SyncStatus {
+    /// Whether it has ended.
+    pub fn is_finished(self) -> bool {
+        matches!(self, SyncStatus::Succeeded | SyncStatus::Failed)
+    }
+}
+
+/// A knowledge base's `body`: what it stores besides its columns.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct KbBody {
+    #[serde(default)]
+    pub processing_options: ProcessingBody,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
+}
+
+/// How a knowledge base chunks what it ingests (every field is written; a missing one reads
+/// as the default).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ProcessingBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract_metadata: Option<bool>,
+}
+
+/// A source's `body`: its configuration as sent (`text` sources: text, title, content type;
+/// `url`: the URL; `github`: repository, branch, paths; `file`: a text source with its file
+/// name), and its metadata.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SourceBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+}
+
+/// Reads a JSON document leniently: a body that does not parse reads as empty (as every
+/// reader of these bodies always has).
+fn lenient<T: serde::de::DeserializeOwned + Default>(stored: &str) -> T {
+    serde_json::from_str(stored).unwrap_or_default()
+}
+
+impl KbRow {
+    /// Its `body`, typed.
+    pub fn body(&self) -> KbBody {
+        lenient(&self.body)
+    }
+}
+
+impl SourceRow {
+    /// Its `body`, typed.
+    pub fn body(&self) -> SourceBody {
+        lenient(&self.body)
+    }
+}
 
 /// One row of `knowledge_bases`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -22,6 +122,7 @@ pub struct KbRow {
     pub name: String,
     pub kb_type: String,
     pub description: Option<String>,
+    /// JSON: [`KbBody`].
     pub body: String,
     pub version: i64,
     pub created_at: String,
@@ -37,7 +138,8 @@ pub struct SourceRow {
     pub kb_id: String,
     pub name: String,
     pub source_type: String,
-    pub status: String,
+    pub status: SourceStatus,
+    /// JSON: [`SourceBody`].
     pub body: String,
     pub last_sync_at: Option<String>,
     pub created_at: String,
@@ -81,7 +183,7 @@ pub struct SyncRow {
     pub org_id: String,
     pub kb_id: String,
     pub source_id: String,
-    pub status: String,
+    pub status: SyncStatus,
     pub error: Option<String>,
     pub documents: i64,
     pub chunks: i64,
@@ -202,14 +304,7 @@ pub fn update_kb<E>(
     change: impl FnOnce(&KbRow) -> Result<KbChanges, E>,
 ) -> StoreResult<Result<KbRow, E>> {
     super::write_transaction(conn, |conn| {
-        if let DbConnection::Postgres(pg) = conn {
-            diesel::sql_query(
-                "SELECT id FROM knowledge_bases WHERE org_id = $1 AND id = $2 FOR UPDATE",
-            )
-            .bind::<diesel::sql_types::Text, _>(org_id)
-            .bind::<diesel::sql_types::Text, _>(id)
-            .execute(pg)?;
-        }
+        super::lock_row(conn, "knowledge_bases", org_id, id)?;
         let current = get_kb(conn, org_id, id)?;
         let changes = match change(&current) {
             Ok(c) => c,
@@ -337,7 +432,7 @@ pub fn list_sources(
 pub fn set_source_status(
     conn: &mut DbConnection,
     id: &str,
-    status: &str,
+    status: SourceStatus,
     last_sync_at: Option<&str>,
 ) -> StoreResult<()> {
     let now = crate::ids::now();
@@ -553,7 +648,7 @@ pub fn sync_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<SyncRow> {
 pub fn start_sync(conn: &mut DbConnection, id: &str) -> StoreResult<()> {
     diesel::update(knowledge_syncs::table.filter(knowledge_syncs::id.eq(id)))
         .set((
-            knowledge_syncs::status.eq("running"),
+            knowledge_syncs::status.eq(SyncStatus::Running),
             knowledge_syncs::started_at.eq(crate::ids::now()),
         ))
         .execute(conn)?;
@@ -569,9 +664,9 @@ pub fn finish_sync(
     chunks: i64,
 ) -> StoreResult<()> {
     let status = if error.is_some() {
-        "failed"
+        SyncStatus::Failed
     } else {
-        "succeeded"
+        SyncStatus::Succeeded
     };
     diesel::update(knowledge_syncs::table.filter(knowledge_syncs::id.eq(id)))
         .set((
@@ -583,4 +678,56 @@ pub fn finish_sync(
         ))
         .execute(conn)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The typed bodies write the bytes the maps they replace wrote.
+    #[test]
+    fn typed_bodies_write_what_the_untyped_ones_wrote() {
+        let kb = KbBody {
+            processing_options: ProcessingBody {
+                chunk_size: Some(1000),
+                overlap: Some(200),
+                extract_metadata: Some(true),
+            },
+            metadata: Map::new(),
+            embedding_model: Some("e5".into()),
+        };
+        let before = json!({"processing_options": {"chunk_size": 1000, "overlap": 200,
+            "extract_metadata": true}, "metadata": {}, "embedding_model": "e5"});
+        assert_eq!(serde_json::to_string(&kb).ok(), Some(before.to_string()));
+
+        let file = SourceBody {
+            text: Some("x".into()),
+            content_type: Some("text/plain".into()),
+            file_name: Some("a.txt".into()),
+            ..SourceBody::default()
+        };
+        let before = json!({"text": "x", "content_type": "text/plain", "metadata": {},
+            "file_name": "a.txt"});
+        assert_eq!(serde_json::to_string(&file).ok(), Some(before.to_string()));
+        let github = SourceBody {
+            repository: Some("o/r".into()),
+            paths: Some(vec!["docs".into()]),
+            ..SourceBody::default()
+        };
+        let before = json!({"repository": "o/r", "paths": ["docs"], "metadata": {}});
+        assert_eq!(
+            serde_json::to_string(&github).ok(),
+            Some(before.to_string())
+        );
+    }
+
+    #[test]
+    fn bodies_that_do_not_parse_read_as_empty() {
+        assert_eq!(lenient::<KbBody>("not json"), KbBody::default());
+        let partial: KbBody = lenient(r#"{"processing_options": {"chunk_size": 300}}"#);
+        assert_eq!(partial.processing_options.chunk_size, Some(300));
+        assert_eq!(partial.processing_options.overlap, None);
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod conversations;
+pub mod crud;
 pub mod deployments;
 pub mod evaluations;
 pub mod events;
@@ -23,6 +24,7 @@ pub mod sql;
 pub mod templates;
 pub mod tools;
 pub mod twins;
+pub mod types;
 pub mod usage;
 pub mod vault;
 pub mod webhooks;

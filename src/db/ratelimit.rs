@@ -1,61 +1,81 @@
-//! Rate-limit counters: fixed windows per API key, counted in the database so that every
-//! replica sharing it enforces the same limits.
+//! Rate-limit leases: each API key's hourly budget, handed out to replicas in blocks.
 //!
-//! One row per key holds two windows: the hourly window (`window_*`) and the one-second burst
-//! window (`burst_*`). A request is one upsert that starts a window afresh when its start moved
-//! on and increments it otherwise, and returns both counts: one statement, atomic on both
-//! backends (SQLite serializes writers; PostgreSQL's `ON CONFLICT DO UPDATE` locks the row).
-//! A replica whose clock lags does not reset a newer window: an older start counts into it.
+//! One row per key holds the fixed hourly window it is in (`window_start`, a Unix second) and
+//! how many of the window's permits replicas have leased so far. A replica asks for the next
+//! `want` permits in one upsert, which grants what is left of them under the key's limit
+//! (possibly fewer, possibly none) and answers which positions it granted; the replica then
+//! serves requests from the block in memory ([`crate::ratelimit`]). The statement is atomic on
+//! both backends (SQLite serializes writers; PostgreSQL's `ON CONFLICT DO UPDATE` locks the
+//! row), so the permits granted in a window never add up to more than the limit, however many
+//! replicas ask.
+//!
+//! A window whose start moved on starts afresh; a replica whose clock lags does not reset a
+//! newer window: its request counts into the newer one, whose start it is told. A request that
+//! finds the window used up is counted in `denials`, so exactly one replica learns that it was
+//! the first to be refused in the window (it records the security event).
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
 use super::{DbConnection, StoreError, StoreResult};
 
-/// The counts after this request, in its windows.
+/// The permits one lease granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
-pub struct Counts {
+pub struct Grant {
+    /// The window the permits belong to (Unix second of its start).
     #[diesel(sql_type = BigInt)]
     pub window_start: i64,
+    /// Permits leased in the window so far, these included.
     #[diesel(sql_type = BigInt)]
-    pub window_count: i64,
+    pub leased: i64,
+    /// How many this lease granted: the positions `leased - granted + 1 ..= leased` of the
+    /// window; 0 when the window's budget is used up.
     #[diesel(sql_type = BigInt)]
-    pub burst_start: i64,
+    pub granted: i64,
+    /// Leases refused in the window, this one included.
     #[diesel(sql_type = BigInt)]
-    pub burst_count: i64,
+    pub denials: i64,
 }
 
-/// The upsert, in the dialect of a backend: its placeholders and its two-argument maximum.
-fn upsert(placeholders: [&str; 3], max: &str) -> String {
-    let [key, window, burst] = placeholders;
+impl Grant {
+    /// The window position (1-based) of the first permit granted.
+    pub fn first(&self) -> i64 {
+        self.leased - self.granted + 1
+    }
+}
+
+/// The lease upsert in the dialect of a backend: its parameter prefix (`?` or `$`) and its
+/// two-argument minimum and maximum. Parameters: key, window start, wanted permits, limit.
+fn lease_sql(p: char, min: &str, max: &str) -> String {
+    let fresh = "excluded.window_start > c.window_start";
+    let left = format!("{max}(0, {min}({p}3, {p}4 - c.leased))");
     format!(
-        "INSERT INTO rate_limit_counters AS c \
-         (key_id, window_start, window_count, burst_start, burst_count) \
-         VALUES ({key}, {window}, 1, {burst}, 1) \
+        "INSERT INTO rate_limit_leases AS c (key_id, window_start, leased, granted, denials) \
+         VALUES ({p}1, {p}2, {min}({p}3, {p}4), {min}({p}3, {p}4), 0) \
          ON CONFLICT (key_id) DO UPDATE SET \
-         window_count = CASE WHEN excluded.window_start <= c.window_start \
-           THEN c.window_count + 1 ELSE 1 END, \
          window_start = {max}(c.window_start, excluded.window_start), \
-         burst_count = CASE WHEN excluded.burst_start <= c.burst_start \
-           THEN c.burst_count + 1 ELSE 1 END, \
-         burst_start = {max}(c.burst_start, excluded.burst_start) \
-         RETURNING window_start, window_count, burst_start, burst_count"
+         leased = CASE WHEN {fresh} THEN excluded.leased ELSE c.leased + {left} END, \
+         granted = CASE WHEN {fresh} THEN excluded.granted ELSE {left} END, \
+         denials = CASE WHEN {fresh} THEN 0 \
+           WHEN c.leased >= {p}4 THEN c.denials + 1 ELSE c.denials END \
+         RETURNING window_start, leased, granted, denials"
     )
 }
 
 static SQLITE: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| upsert(["?", "?", "?"], "max"));
+    std::sync::LazyLock::new(|| lease_sql('?', "min", "max"));
 static POSTGRES: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| upsert(["$1", "$2", "$3"], "GREATEST"));
+    std::sync::LazyLock::new(|| lease_sql('$', "LEAST", "GREATEST"));
 
-/// Counts one request of `key_id` in the windows starting at `window_start` and
-/// `burst_start` (Unix seconds), and returns the counts including it.
-pub fn hit(
+/// Leases up to `want` (at least 1) of the next permits of `key_id` in the window starting at
+/// `window_start` (Unix second), under a limit of `limit` permits per window.
+pub fn lease(
     conn: &mut DbConnection,
     key_id: &str,
     window_start: i64,
-    burst_start: i64,
-) -> StoreResult<Counts> {
+    want: i64,
+    limit: i64,
+) -> StoreResult<Grant> {
     let sql: &str = match conn {
         DbConnection::Sqlite(_) => &SQLITE,
         DbConnection::Postgres(_) => &POSTGRES,
@@ -63,7 +83,52 @@ pub fn hit(
     diesel::sql_query(sql)
         .bind::<Text, _>(key_id)
         .bind::<BigInt, _>(window_start)
-        .bind::<BigInt, _>(burst_start)
+        .bind::<BigInt, _>(want.max(1))
+        .bind::<BigInt, _>(limit)
         .get_result(conn)
         .map_err(StoreError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Store;
+
+    #[test]
+    fn leases_never_grant_past_the_limit_and_a_new_window_starts_afresh() {
+        let dir = std::env::temp_dir().join(crate::ids::new_id("ratelimit_test"));
+        let store = Store::open(&format!("sqlite://{}/t.db", dir.display()), 1).expect("store");
+        let lease = |window, want, limit| {
+            store
+                .run_blocking(|conn| lease(conn, "key_1", window, want, limit))
+                .expect("lease")
+        };
+        let first = lease(3600, 4, 10);
+        assert_eq!(
+            (first.window_start, first.first(), first.granted),
+            (3600, 1, 4)
+        );
+        let second = lease(3600, 4, 10);
+        assert_eq!((second.first(), second.granted, second.denials), (5, 4, 0));
+        // Only what is left, then nothing; the first refusal is told it is the first.
+        let partial = lease(3600, 4, 10);
+        assert_eq!(
+            (partial.first(), partial.granted, partial.leased),
+            (9, 2, 10)
+        );
+        let refused = lease(3600, 4, 10);
+        assert_eq!((refused.granted, refused.denials), (0, 1));
+        assert_eq!(lease(3600, 1, 10).denials, 2);
+        // A replica whose clock lags counts into the newer window.
+        let next = lease(7200, 3, 10);
+        assert_eq!(
+            (next.window_start, next.first(), next.granted),
+            (7200, 1, 3)
+        );
+        let lagging = lease(3600, 1, 10);
+        assert_eq!((lagging.window_start, lagging.first()), (7200, 4));
+        // A raised limit leases on; a limit lowered below what was leased grants nothing.
+        assert_eq!(lease(7200, 2, 5).granted, 1);
+        assert_eq!(lease(7200, 2, 3).granted, 0);
+    }
 }

@@ -288,6 +288,19 @@ diesel::table! {
 // operations: rate limits, security
 
 diesel::table! {
+    /// Each key's hourly budget as leased to replicas (`db::ratelimit`).
+    rate_limit_leases (key_id) {
+        key_id -> Text,
+        window_start -> BigInt,
+        leased -> BigInt,
+        granted -> BigInt,
+        denials -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Per-request counters of earlier versions, kept for replicas of the previous version
+    /// during a rolling upgrade; nothing reads them now.
     rate_limit_counters (key_id) {
         key_id -> Text,
         window_start -> BigInt,

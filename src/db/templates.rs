@@ -3,7 +3,8 @@
 use diesel::prelude::*;
 
 use super::schema::prompt_templates as t;
-use super::{DbConnection, Found, StoreError, StoreResult};
+use super::sql::Page;
+use super::{DbConnection, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = t)]
@@ -32,99 +33,41 @@ pub struct TemplateChanges {
     pub variables: String,
 }
 
-/// What a list asks for.
-#[derive(Debug, Clone)]
-pub struct TemplateQuery {
+/// What narrows a list.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateFilter {
     pub template_type: Option<String>,
     pub search: Option<String>,
-    pub offset: i64,
-    pub limit: i64,
-    pub after_id: Option<String>,
 }
 
-pub fn insert(conn: &mut DbConnection, row: &TemplateRow) -> StoreResult<()> {
-    diesel::insert_into(t::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::resource_table!(prompt_templates, TemplateRow, versioned TemplateChanges);
 
-pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<TemplateRow> {
-    t::table
-        .filter(t::org_id.eq(org_id))
-        .filter(t::id.eq(id))
-        .select(TemplateRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
-
-fn filtered<'a>(org_id: &'a str, q: &'a TemplateQuery) -> t::BoxedQuery<'a, super::MultiBackend> {
-    let mut query = t::table.filter(t::org_id.eq(org_id)).into_boxed();
-    if let Some(ty) = &q.template_type {
-        query = query.filter(t::template_type.eq(ty));
-    }
-    if let Some(s) = &q.search {
-        let pattern = super::sql::like_pattern(s);
-        query = query.filter(
-            super::sql::lower(t::name)
-                .like(pattern.clone())
-                .escape('\\')
-                .or(super::sql::lower_nullable(t::description)
-                    .like(pattern)
-                    .escape('\\')),
-        );
-    }
-    query
-}
-
-/// A page, newest first, and the number of matching templates.
+/// A page, newest first, and the number of matching templates. A cursor whose id is not a
+/// stored template (a deleted one) pages by its offset.
 pub fn list(
     conn: &mut DbConnection,
     org_id: &str,
-    q: &TemplateQuery,
+    f: &TemplateFilter,
+    page: &Page,
 ) -> StoreResult<(Vec<TemplateRow>, i64)> {
-    let total: i64 = filtered(org_id, q).count().get_result(conn)?;
-    let after = match &q.after_id {
-        Some(id) => get(conn, org_id, id).found()?.map(|row| row.id),
-        None => None,
+    let page = super::crud::stored_cursor::<TemplateRow>(conn, org_id, page)?;
+    let filtered = || {
+        let mut q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
+        if let Some(ty) = &f.template_type {
+            q = q.filter(t::template_type.eq(ty));
+        }
+        if let Some(s) = &f.search {
+            let pattern = super::sql::like_pattern(s);
+            q = q.filter(
+                super::sql::lower(t::name)
+                    .like(pattern.clone())
+                    .escape('\\')
+                    .or(super::sql::lower_nullable(t::description)
+                        .like(pattern)
+                        .escape('\\')),
+            );
+        }
+        q
     };
-    let mut query = filtered(org_id, q).order(t::id.desc()).limit(q.limit);
-    match &after {
-        Some(id) => query = query.filter(t::id.lt(id.clone())),
-        None if q.offset > 0 => query = query.offset(q.offset),
-        None => {}
-    }
-    let rows = query.select(TemplateRow::as_select()).load(conn)?;
-    Ok((rows, total))
-}
-
-/// Replaces the template's columns when `check` accepts the current row.
-pub fn update(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
-    check: impl FnOnce(&TemplateRow) -> StoreResult<()>,
-    changes: &TemplateChanges,
-) -> StoreResult<TemplateRow> {
-    super::write_transaction(conn, |conn| {
-        super::lock_row(conn, "prompt_templates", org_id, id)?;
-        let current = get(conn, org_id, id)?;
-        check(&current)?;
-        diesel::update(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id)))
-            .set((
-                changes,
-                t::version.eq(current.version + 1),
-                t::updated_at.eq(crate::ids::now()),
-            ))
-            .execute(conn)?;
-        get(conn, org_id, id)
-    })
-}
-
-pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    let n =
-        diesel::delete(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id))).execute(conn)?;
-    if n == 0 {
-        Err(StoreError::NotFound)
-    } else {
-        Ok(())
-    }
+    super::crud::newest_first!(conn, t, TemplateRow, filtered, &page)
 }

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 
 use super::schema::tools;
 use super::sql::Page;
-use super::{DbConnection, Found, StoreError, StoreResult};
+use super::{DbConnection, Found, StoreResult};
 
 /// One row of `tools`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -35,21 +35,7 @@ pub struct ToolChanges {
     pub secrets: String,
 }
 
-pub fn insert(conn: &mut DbConnection, row: &ToolRow) -> StoreResult<()> {
-    diesel::insert_into(tools::table)
-        .values(row)
-        .execute(conn)?;
-    Ok(())
-}
-
-pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<ToolRow> {
-    tools::table
-        .filter(tools::org_id.eq(org_id))
-        .filter(tools::id.eq(id))
-        .select(ToolRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
+super::crud::resource_table!(tools, ToolRow, versioned ToolChanges);
 
 /// A page of tools, newest first, optionally of one type.
 pub fn list(
@@ -90,47 +76,4 @@ pub fn list(
     }
     let rows = query.select(ToolRow::as_select()).load(conn)?;
     Ok((rows, total))
-}
-
-/// Updates a tool under a row lock: `change` sees the current row and may refuse.
-pub fn update<E>(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
-    change: impl FnOnce(&mut DbConnection, &ToolRow) -> Result<Result<ToolChanges, E>, StoreError>,
-) -> StoreResult<Result<ToolRow, E>> {
-    super::write_transaction(conn, |conn| {
-        super::lock_row(conn, "tools", org_id, id)?;
-        let current = get(conn, org_id, id)?;
-        let changes = match change(conn, &current)? {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        diesel::update(
-            tools::table
-                .filter(tools::org_id.eq(org_id))
-                .filter(tools::id.eq(id)),
-        )
-        .set((
-            &changes,
-            tools::version.eq(current.version + 1),
-            tools::updated_at.eq(crate::ids::now()),
-        ))
-        .execute(conn)?;
-        get(conn, org_id, id).map(Ok)
-    })
-}
-
-pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    let n = diesel::delete(
-        tools::table
-            .filter(tools::org_id.eq(org_id))
-            .filter(tools::id.eq(id)),
-    )
-    .execute(conn)?;
-    if n == 0 {
-        Err(StoreError::NotFound)
-    } else {
-        Ok(())
-    }
 }

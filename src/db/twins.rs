@@ -61,30 +61,9 @@ pub struct SimulationRow {
     pub finished_at: Option<String>,
 }
 
-pub fn insert(conn: &mut DbConnection, row: &TwinRow) -> StoreResult<()> {
-    diesel::insert_into(t::table).values(row).execute(conn)?;
-    Ok(())
-}
-
-pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<TwinRow> {
-    t::table
-        .filter(t::org_id.eq(org_id))
-        .filter(t::id.eq(id))
-        .select(TwinRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
-
-fn filtered<'a>(
-    org_id: &'a str,
-    twin_type: Option<&'a str>,
-) -> t::BoxedQuery<'a, super::MultiBackend> {
-    let mut q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
-    if let Some(ty) = twin_type {
-        q = q.filter(t::twin_type.eq(ty));
-    }
-    q
-}
+// Deleting a twin deletes its simulations (`ON DELETE CASCADE`).
+super::crud::resource_table!(twins, TwinRow, versioned TwinChanges);
+super::crud::identified!(SimulationRow);
 
 /// A page of twins, newest first, and the number matching.
 pub fn list(
@@ -93,50 +72,14 @@ pub fn list(
     twin_type: Option<&str>,
     page: &Page,
 ) -> StoreResult<(Vec<TwinRow>, i64)> {
-    let total: i64 = filtered(org_id, twin_type).count().get_result(conn)?;
-    let mut q = filtered(org_id, twin_type)
-        .order(t::id.desc())
-        .limit(page.limit);
-    match &page.after_id {
-        Some(id) => q = q.filter(t::id.lt(id.clone())),
-        None if page.offset > 0 => q = q.offset(page.offset),
-        None => {}
-    }
-    let rows = q.select(TwinRow::as_select()).load(conn)?;
-    Ok((rows, total))
-}
-
-/// Replaces a twin under a row lock; `change` sees the current row (for `If-Match` and to
-/// keep stored connection strings).
-pub fn update(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
-    change: impl FnOnce(&TwinRow) -> StoreResult<TwinChanges>,
-) -> StoreResult<TwinRow> {
-    super::write_transaction(conn, |conn| {
-        super::lock_row(conn, "twins", org_id, id)?;
-        let current = get(conn, org_id, id)?;
-        let changes = change(&current)?;
-        diesel::update(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id)))
-            .set((
-                &changes,
-                t::version.eq(current.version + 1),
-                t::updated_at.eq(crate::ids::now()),
-            ))
-            .execute(conn)?;
-        get(conn, org_id, id)
-    })
-}
-
-/// Deletes a twin and its simulations.
-pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    super::write_transaction(conn, |conn| {
-        get(conn, org_id, id)?;
-        diesel::delete(s::table.filter(s::twin_id.eq(id))).execute(conn)?;
-        diesel::delete(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id))).execute(conn)?;
-        Ok(())
-    })
+    let filtered = || {
+        let mut q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
+        if let Some(ty) = twin_type {
+            q = q.filter(t::twin_type.eq(ty));
+        }
+        q
+    };
+    super::crud::newest_first!(conn, t, TwinRow, filtered, page)
 }
 
 // Simulations.
@@ -161,21 +104,6 @@ pub fn get_simulation(
         .map_err(StoreError::from)
 }
 
-fn twin_simulations<'a>(
-    org_id: &'a str,
-    twin_id: &'a str,
-    status: Option<&'a str>,
-) -> s::BoxedQuery<'a, super::MultiBackend> {
-    let mut q = s::table
-        .filter(s::org_id.eq(org_id))
-        .filter(s::twin_id.eq(twin_id))
-        .into_boxed();
-    if let Some(st) = status {
-        q = q.filter(s::status.eq(st));
-    }
-    q
-}
-
 /// A page of a twin's simulations, newest first, and the number matching; 404 without the twin.
 pub fn list_simulations(
     conn: &mut DbConnection,
@@ -185,19 +113,17 @@ pub fn list_simulations(
     page: &Page,
 ) -> StoreResult<(Vec<SimulationRow>, i64)> {
     get(conn, org_id, twin_id)?;
-    let total: i64 = twin_simulations(org_id, twin_id, status)
-        .count()
-        .get_result(conn)?;
-    let mut q = twin_simulations(org_id, twin_id, status)
-        .order(s::id.desc())
-        .limit(page.limit);
-    match &page.after_id {
-        Some(id) => q = q.filter(s::id.lt(id.clone())),
-        None if page.offset > 0 => q = q.offset(page.offset),
-        None => {}
-    }
-    let rows = q.select(SimulationRow::as_select()).load(conn)?;
-    Ok((rows, total))
+    let filtered = || {
+        let mut q = s::table
+            .filter(s::org_id.eq(org_id))
+            .filter(s::twin_id.eq(twin_id))
+            .into_boxed();
+        if let Some(st) = status {
+            q = q.filter(s::status.eq(st));
+        }
+        q
+    };
+    super::crud::newest_first!(conn, s, SimulationRow, filtered, page)
 }
 
 /// Marks a queued simulation running.

@@ -4,6 +4,7 @@
 use diesel::prelude::*;
 
 use super::schema::{vault_credentials as vc, vault_tokens as vt};
+use super::sql::Page;
 use super::{DbConnection, StoreError, StoreResult};
 
 /// One row of `vault_credentials`.
@@ -62,45 +63,10 @@ pub struct CredentialFilter {
     pub tag: Option<String>,
 }
 
-pub fn insert_credential(conn: &mut DbConnection, row: &CredentialRow) -> StoreResult<()> {
-    diesel::insert_into(vc::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::resource_table!(vault_credentials, CredentialRow, versioned CredentialChanges);
+super::crud::identified!(TokenRow);
 
-pub fn get_credential(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
-) -> StoreResult<CredentialRow> {
-    vc::table
-        .filter(vc::org_id.eq(org_id))
-        .filter(vc::id.eq(id))
-        .select(CredentialRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
-
-fn filtered<'a>(
-    org_id: &'a str,
-    f: &'a CredentialFilter,
-) -> vc::BoxedQuery<'a, super::MultiBackend> {
-    let mut q = vc::table.filter(vc::org_id.eq(org_id)).into_boxed();
-    if let Some(t) = &f.cred_type {
-        q = q.filter(vc::cred_type.eq(t));
-    }
-    if let Some(e) = &f.environment {
-        q = q.filter(vc::environment.eq(e));
-    }
-    if let Some(tag) = &f.tag {
-        q = q.filter(
-            vc::body
-                .like(format!("%\"tags\":[%\"{}\"%", escape_like(tag)))
-                .escape('\\'),
-        );
-    }
-    q
-}
-
+/// `s` with `LIKE`'s wildcards escaped (`\`), its case kept (unlike [`super::sql::like_pattern`]).
 fn escape_like(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -113,50 +79,30 @@ fn escape_like(s: &str) -> String {
 }
 
 /// A page of credentials, newest first, and the number matching.
-pub fn list_credentials(
+pub fn list(
     conn: &mut DbConnection,
     org_id: &str,
-    filter: &CredentialFilter,
-    page: &super::sql::Page,
+    f: &CredentialFilter,
+    page: &Page,
 ) -> StoreResult<(Vec<CredentialRow>, i64)> {
-    let total: i64 = filtered(org_id, filter).count().get_result(conn)?;
-    let mut q = filtered(org_id, filter)
-        .order(vc::id.desc())
-        .limit(page.limit);
-    match &page.after_id {
-        Some(id) => q = q.filter(vc::id.lt(id.clone())),
-        None if page.offset > 0 => q = q.offset(page.offset),
-        None => {}
-    }
-    let rows = q.select(CredentialRow::as_select()).load(conn)?;
-    Ok((rows, total))
-}
-
-/// Replaces a credential under a row lock; `change` sees the current row (for `If-Match` and
-/// to keep the sealed value).
-pub fn update_credential(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
-    change: impl FnOnce(&CredentialRow) -> StoreResult<CredentialChanges>,
-) -> StoreResult<CredentialRow> {
-    super::write_transaction(conn, |conn| {
-        super::lock_row(conn, "vault_credentials", org_id, id)?;
-        let current = get_credential(conn, org_id, id)?;
-        let changes = change(&current)?;
-        diesel::update(
-            vc::table
-                .filter(vc::org_id.eq(org_id))
-                .filter(vc::id.eq(id)),
-        )
-        .set((
-            &changes,
-            vc::version.eq(current.version + 1),
-            vc::updated_at.eq(crate::ids::now()),
-        ))
-        .execute(conn)?;
-        get_credential(conn, org_id, id)
-    })
+    let filtered = || {
+        let mut q = vc::table.filter(vc::org_id.eq(org_id)).into_boxed();
+        if let Some(t) = &f.cred_type {
+            q = q.filter(vc::cred_type.eq(t));
+        }
+        if let Some(e) = &f.environment {
+            q = q.filter(vc::environment.eq(e));
+        }
+        if let Some(tag) = &f.tag {
+            q = q.filter(
+                vc::body
+                    .like(format!("%\"tags\":[%\"{}\"%", escape_like(tag)))
+                    .escape('\\'),
+            );
+        }
+        q
+    };
+    super::crud::newest_first!(conn, vc, CredentialRow, filtered, page)
 }
 
 /// Records a decrypted read of a credential.
@@ -165,20 +111,6 @@ pub fn touch_credential(conn: &mut DbConnection, id: &str, at: &str) -> StoreRes
         .set(vc::last_accessed_at.eq(at))
         .execute(conn)?;
     Ok(())
-}
-
-pub fn delete_credential(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    let n = diesel::delete(
-        vc::table
-            .filter(vc::org_id.eq(org_id))
-            .filter(vc::id.eq(id)),
-    )
-    .execute(conn)?;
-    if n == 0 {
-        Err(StoreError::NotFound)
-    } else {
-        Ok(())
-    }
 }
 
 // Tokens.
@@ -211,24 +143,10 @@ pub fn token_by_hash(conn: &mut DbConnection, hash: &str) -> StoreResult<Option<
 pub fn list_tokens(
     conn: &mut DbConnection,
     org_id: &str,
-    page: &super::sql::Page,
+    page: &Page,
 ) -> StoreResult<(Vec<TokenRow>, i64)> {
-    let total: i64 = vt::table
-        .filter(vt::org_id.eq(org_id))
-        .count()
-        .get_result(conn)?;
-    let mut q = vt::table
-        .filter(vt::org_id.eq(org_id))
-        .into_boxed()
-        .order(vt::id.desc())
-        .limit(page.limit);
-    match &page.after_id {
-        Some(id) => q = q.filter(vt::id.lt(id.clone())),
-        None if page.offset > 0 => q = q.offset(page.offset),
-        None => {}
-    }
-    let rows = q.select(TokenRow::as_select()).load(conn)?;
-    Ok((rows, total))
+    let filtered = || vt::table.filter(vt::org_id.eq(org_id)).into_boxed();
+    super::crud::newest_first!(conn, vt, TokenRow, filtered, page)
 }
 
 /// Revokes a token (keeping the first revocation time) and returns it.

@@ -63,19 +63,8 @@ pub const DELIVERING: &str = "delivering";
 pub const SUCCEEDED: &str = "succeeded";
 pub const FAILED: &str = "failed";
 
-pub fn insert(conn: &mut DbConnection, row: &WebhookRow) -> StoreResult<()> {
-    diesel::insert_into(w::table).values(row).execute(conn)?;
-    Ok(())
-}
-
-pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<WebhookRow> {
-    w::table
-        .filter(w::org_id.eq(org_id))
-        .filter(w::id.eq(id))
-        .select(WebhookRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
+super::crud::resource_table!(webhooks, WebhookRow, versioned WebhookChanges);
+super::crud::identified!(DeliveryRow);
 
 /// A page of webhooks, newest first, and how many the organization has.
 pub fn list(
@@ -83,22 +72,8 @@ pub fn list(
     org_id: &str,
     page: &Page,
 ) -> StoreResult<(Vec<WebhookRow>, i64)> {
-    let total: i64 = w::table
-        .filter(w::org_id.eq(org_id))
-        .count()
-        .get_result(conn)?;
-    let mut query = w::table
-        .filter(w::org_id.eq(org_id))
-        .order(w::id.desc())
-        .limit(page.limit)
-        .into_boxed();
-    match &page.after_id {
-        Some(after) => query = query.filter(w::id.lt(after.clone())),
-        None if page.offset > 0 => query = query.offset(page.offset),
-        None => {}
-    }
-    let rows = query.select(WebhookRow::as_select()).load(conn)?;
-    Ok((rows, total))
+    let filtered = || w::table.filter(w::org_id.eq(org_id)).into_boxed();
+    super::crud::newest_first!(conn, w, WebhookRow, filtered, page)
 }
 
 /// The organization's active webhooks (to fan an event out to).
@@ -134,39 +109,6 @@ pub fn active(conn: &mut DbConnection, org_id: &str) -> StoreResult<Vec<WebhookR
         .collect())
 }
 
-/// Changes the webhook when `change` accepts the current row (it may refuse: a stale
-/// `If-Match`).
-pub fn update(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
-    change: impl FnOnce(&WebhookRow) -> StoreResult<WebhookChanges>,
-) -> StoreResult<WebhookRow> {
-    super::write_transaction(conn, |conn| {
-        super::lock_row(conn, "webhooks", org_id, id)?;
-        let current = get(conn, org_id, id)?;
-        let changes = change(&current)?;
-        diesel::update(w::table.filter(w::org_id.eq(org_id)).filter(w::id.eq(id)))
-            .set((
-                &changes,
-                w::version.eq(current.version + 1),
-                w::updated_at.eq(crate::ids::now()),
-            ))
-            .execute(conn)?;
-        get(conn, org_id, id)
-    })
-}
-
-pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    let n =
-        diesel::delete(w::table.filter(w::org_id.eq(org_id)).filter(w::id.eq(id))).execute(conn)?;
-    if n == 0 {
-        Err(StoreError::NotFound)
-    } else {
-        Ok(())
-    }
-}
-
 pub fn insert_delivery(conn: &mut DbConnection, row: &DeliveryRow) -> StoreResult<()> {
     diesel::insert_into(d::table).values(row).execute(conn)?;
     Ok(())
@@ -196,25 +138,17 @@ pub fn list_deliveries(
     status: Option<&str>,
     page: &Page,
 ) -> StoreResult<(Vec<DeliveryRow>, i64)> {
-    let base = || {
+    let filtered = || {
         let mut q = d::table
-            .filter(d::org_id.eq(org_id.to_string()))
-            .filter(d::webhook_id.eq(webhook_id.to_string()))
+            .filter(d::org_id.eq(org_id))
+            .filter(d::webhook_id.eq(webhook_id))
             .into_boxed();
         if let Some(s) = status {
-            q = q.filter(d::status.eq(s.to_string()));
+            q = q.filter(d::status.eq(s));
         }
         q
     };
-    let total: i64 = base().count().get_result(conn)?;
-    let mut query = base().order(d::id.desc()).limit(page.limit);
-    match &page.after_id {
-        Some(after) => query = query.filter(d::id.lt(after.clone())),
-        None if page.offset > 0 => query = query.offset(page.offset),
-        None => {}
-    }
-    let rows = query.select(DeliveryRow::as_select()).load(conn)?;
-    Ok((rows, total))
+    super::crud::newest_first!(conn, d, DeliveryRow, filtered, page)
 }
 
 /// Claims up to `limit` deliveries that are due (pending and `next_attempt_at` passed) or

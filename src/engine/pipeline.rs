@@ -6,15 +6,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::provider::{ChatMessage, CompletionRequest, Passage, Provider};
 use super::template;
+pub use crate::db::executions::{Step, StepName, StepStatus};
 use crate::db::{DbConnection, Store, StoreError, StoreResult};
 
 /// Retrieval as the engine needs it. The `knowledge` area implements it over its search
-/// (`knowledge::search`); the engine knows nothing else of knowledge bases.
+/// (`knowledge::search`) and the application hands it to the engine ([`crate::app`]); the
+/// engine knows nothing else of knowledge bases.
 pub trait Retriever: Send + Sync {
     fn retrieve(
         &self,
@@ -44,23 +46,6 @@ pub struct Plan {
     pub max_tokens: Option<i64>,
     /// Dollars per 1,000 input and output tokens.
     pub pricing: (f64, f64),
-}
-
-/// One recorded step.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Step {
-    pub name: &'static str,
-    pub status: &'static str,
-    pub started_at: String,
-    pub duration_ms: i64,
-    pub detail: Value,
-}
-
-impl Step {
-    pub fn to_json(&self) -> Value {
-        json!({"name": self.name, "status": self.status, "started_at": self.started_at,
-               "duration_ms": self.duration_ms, "detail": self.detail})
-    }
 }
 
 /// A finished run.
@@ -131,14 +116,14 @@ pub async fn run<P: Provider>(
                     system.push_str("\n\n");
                 }
                 system.push_str(&r);
-                steps.push(Step { name: "template", status: "succeeded", started_at: at, duration_ms: elapsed_ms(t),
+                steps.push(Step { name: StepName::Template, status: StepStatus::Succeeded, started_at: at, duration_ms: elapsed_ms(t),
                     detail: json!({"variables": plan.variables.keys().collect::<Vec<_>>(), "rendered_chars": r.chars().count()}) });
             }
             Err(missing) => {
                 let message = format!("the prompt template needs values for: {missing}");
                 let step = Step {
-                    name: "template",
-                    status: "failed",
+                    name: StepName::Template,
+                    status: StepStatus::Failed,
                     started_at: at,
                     duration_ms: elapsed_ms(t),
                     detail: json!({"error": message}),
@@ -164,7 +149,7 @@ pub async fn run<P: Provider>(
             .await
         {
             Ok(found) => {
-                steps.push(Step { name: "retrieval", status: "succeeded", started_at: at, duration_ms: elapsed_ms(t),
+                steps.push(Step { name: StepName::Retrieval, status: StepStatus::Succeeded, started_at: at, duration_ms: elapsed_ms(t),
                     detail: json!({"knowledge_bases": plan.knowledge_bases, "passages": found.iter().map(|p| json!({"id": p.id, "source": p.source, "score": p.score})).collect::<Vec<_>>()}) });
                 passages = found;
             }
@@ -174,8 +159,8 @@ pub async fn run<P: Provider>(
                     other => format!("retrieval failed: {other}"),
                 };
                 let step = Step {
-                    name: "retrieval",
-                    status: "failed",
+                    name: StepName::Retrieval,
+                    status: StepStatus::Failed,
                     started_at: at,
                     duration_ms: elapsed_ms(t),
                     detail: json!({"error": message}),
@@ -226,7 +211,7 @@ pub async fn run<P: Provider>(
     };
     match answer {
         Ok(done) => {
-            steps.push(Step { name: "model_call", status: "succeeded", started_at: at, duration_ms: elapsed_ms(t),
+            steps.push(Step { name: StepName::ModelCall, status: StepStatus::Succeeded, started_at: at, duration_ms: elapsed_ms(t),
                 detail: json!({"model": plan.model, "input_tokens": done.input_tokens, "output_tokens": done.output_tokens}) });
             Ok(Outcome {
                 cost_nano_usd: cost_nano_usd(done.input_tokens, done.output_tokens, plan.pricing),
@@ -239,8 +224,8 @@ pub async fn run<P: Provider>(
         Err(e) => {
             let message = e.to_string();
             let step = Step {
-                name: "model_call",
-                status: "failed",
+                name: StepName::ModelCall,
+                status: StepStatus::Failed,
                 started_at: at,
                 duration_ms: elapsed_ms(t),
                 detail: json!({"model": plan.model, "error": message}),
@@ -323,9 +308,9 @@ mod tests {
         assert_eq!(
             names,
             vec![
-                ("template", "succeeded"),
-                ("retrieval", "succeeded"),
-                ("model_call", "succeeded")
+                (StepName::Template, StepStatus::Succeeded),
+                (StepName::Retrieval, StepStatus::Succeeded),
+                (StepName::ModelCall, StepStatus::Succeeded)
             ]
         );
         assert!(out.input_tokens > 0 && out.output_tokens > 0);
@@ -341,13 +326,32 @@ mod tests {
         assert_eq!(streamed, out.text);
     }
 
+    /// Refuses every retrieval as the knowledge area refuses unknown knowledge bases.
+    struct RefusingRetriever;
+
+    impl Retriever for RefusingRetriever {
+        fn retrieve(
+            &self,
+            _: &mut DbConnection,
+            _: &str,
+            kb_ids: &[String],
+            _: &str,
+            _: usize,
+        ) -> StoreResult<Vec<Passage>> {
+            Err(StoreError::Conflict(format!(
+                "the agent's knowledge bases {} do not exist",
+                kb_ids.join(", ")
+            )))
+        }
+    }
+
     #[tokio::test]
-    async fn missing_variables_and_unknown_knowledge_bases_fail_their_step() {
+    async fn missing_variables_and_refused_retrievals_fail_their_step() {
         let mut p = plan();
         p.variables.clear();
         let failed = run(
             &store(),
-            Arc::new(crate::knowledge::KnowledgeRetriever),
+            Arc::new(RefusingRetriever),
             &LocalProvider,
             &p,
             None,
@@ -356,12 +360,12 @@ mod tests {
         .expect_err("template");
         assert_eq!(
             failed.steps.last().map(|s| (s.name, s.status)),
-            Some(("template", "failed"))
+            Some((StepName::Template, StepStatus::Failed))
         );
         assert!(failed.message.contains("product"));
         let failed = run(
             &store(),
-            Arc::new(crate::knowledge::KnowledgeRetriever),
+            Arc::new(RefusingRetriever),
             &LocalProvider,
             &plan(),
             None,
@@ -370,14 +374,14 @@ mod tests {
         .expect_err("retrieval");
         assert_eq!(
             failed.steps.last().map(|s| (s.name, s.status)),
-            Some(("retrieval", "failed"))
+            Some((StepName::Retrieval, StepStatus::Failed))
         );
         assert!(failed.message.contains("kb_1"), "{}", failed.message);
         let mut no_kb = plan();
         no_kb.knowledge_bases.clear();
         let out = run(
             &store(),
-            Arc::new(crate::knowledge::KnowledgeRetriever),
+            Arc::new(RefusingRetriever),
             &LocalProvider,
             &no_kb,
             None,

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use conformance::sse::SseParser;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -261,16 +262,22 @@ pub struct OpenAiCompatible {
     pub endpoint: String,
     pub api_key: Option<String>,
     pub timeout: Duration,
-    client: reqwest::Client,
+    egress: crate::egress::Egress,
 }
 
 impl OpenAiCompatible {
-    pub fn new(endpoint: &str, api_key: Option<String>, timeout: Duration) -> Self {
+    /// A client of `endpoint`, calling it through `egress` (whose policy may refuse it).
+    pub fn new(
+        endpoint: &str,
+        api_key: Option<String>,
+        timeout: Duration,
+        egress: crate::egress::Egress,
+    ) -> Self {
         Self {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             api_key,
             timeout,
-            client: reqwest::Client::new(),
+            egress,
         }
     }
 
@@ -294,15 +301,17 @@ impl OpenAiCompatible {
     }
 
     async fn send(&self, body: &Value) -> Result<reqwest::Response, ProviderError> {
-        let mut request = self
-            .client
-            .post(format!("{}/chat/completions", self.endpoint))
-            .timeout(self.timeout)
-            .json(body);
+        let url = url::Url::parse(&format!("{}/chat/completions", self.endpoint))
+            .map_err(|e| ProviderError::Transport(format!("the endpoint is not a URL: {e}")))?;
+        let mut request = self.egress.request(reqwest::Method::POST, url).json(body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
-        let resp = request.send().await.map_err(|e| self.transport(&e))?;
+        let resp = self
+            .egress
+            .send(request, self.timeout, &[])
+            .await
+            .map_err(|e| self.transport(e))?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
@@ -322,27 +331,21 @@ impl OpenAiCompatible {
         Ok(resp)
     }
 
-    fn transport(&self, e: &reqwest::Error) -> ProviderError {
+    fn transport(&self, e: crate::egress::EgressError) -> ProviderError {
+        match e {
+            crate::egress::EgressError::TimedOut(limit) => ProviderError::Timeout(limit),
+            // The egress errors never name the URL: it is ours, and may hold query strings.
+            other => ProviderError::Transport(other.to_string()),
+        }
+    }
+
+    /// A failure reading a streamed answer, without the URL.
+    fn read_failed(&self, e: reqwest::Error) -> ProviderError {
         if e.is_timeout() {
             ProviderError::Timeout(self.timeout)
         } else {
-            // Without the URL: it is ours, and the error text may echo query strings.
-            ProviderError::Transport(e.without_url_ref().to_string())
+            ProviderError::Transport(e.without_url().to_string())
         }
-    }
-}
-
-trait WithoutUrl {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        let mut text = self.to_string();
-        if let Some(url) = self.url() {
-            text = text.replace(url.as_str(), "<endpoint>");
-        }
-        text
     }
 }
 
@@ -358,6 +361,42 @@ fn usage_of(v: &Value) -> Option<(i64, i64)> {
 /// remote model answering one gets U+FFFD in its place instead of failing the execution.
 fn storable(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
+}
+
+/// What a streamed completion has said so far.
+#[derive(Debug, Default)]
+struct Streamed {
+    text: String,
+    usage: Option<(i64, i64)>,
+}
+
+impl Streamed {
+    /// Reads one event's data (a chunk of JSON, or `[DONE]`), passing its delta on; `true`
+    /// once the stream says it is done.
+    async fn read(
+        &mut self,
+        data: &str,
+        deltas: &mpsc::Sender<String>,
+    ) -> Result<bool, ProviderError> {
+        if data.trim() == "[DONE]" {
+            return Ok(true);
+        }
+        let v: Value = serde_json::from_str(data)
+            .map_err(|e| ProviderError::BadResponse(format!("a stream event is not JSON: {e}")))?;
+        if let Some(u) = usage_of(&v) {
+            self.usage = Some(u);
+        }
+        if let Some(delta) = v
+            .pointer("/choices/0/delta/content")
+            .and_then(Value::as_str)
+            && !delta.is_empty()
+        {
+            let delta = storable(delta);
+            self.text.push_str(&delta);
+            let _ = deltas.send(delta).await;
+        }
+        Ok(false)
+    }
 }
 
 impl Provider for OpenAiCompatible {
@@ -391,50 +430,28 @@ impl Provider for OpenAiCompatible {
     ) -> Result<Completion, ProviderError> {
         let resp = self.send(&Self::body(req, true)).await?;
         let mut body = resp.bytes_stream();
-        let mut buffer: Vec<u8> = Vec::new();
-        let mut text = String::new();
-        let mut usage = None;
+        let mut events = SseParser::default();
+        let mut streamed = Streamed::default();
         let mut finished = false;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| self.transport(&e))?;
-            buffer.extend_from_slice(&chunk);
-            while let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=pos).collect();
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim_end_matches(['\r', '\n']);
-                let Some(data) = line.strip_prefix("data:") else {
-                    continue; // comments, event names, blank separators
-                };
-                let data = data.trim_start();
-                if data == "[DONE]" {
+        while !finished && let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.read_failed(e))?;
+            for event in events.feed(&chunk) {
+                if streamed.read(&event.data, &deltas).await? {
                     finished = true;
                     break;
                 }
-                let v: Value = serde_json::from_str(data).map_err(|e| {
-                    ProviderError::BadResponse(format!("a stream event is not JSON: {e}"))
-                })?;
-                if let Some(u) = usage_of(&v) {
-                    usage = Some(u);
-                }
-                if let Some(delta) = v
-                    .pointer("/choices/0/delta/content")
-                    .and_then(Value::as_str)
-                    && !delta.is_empty()
-                {
-                    let delta = storable(delta);
-                    text.push_str(&delta);
-                    let _ = deltas.send(delta).await;
-                }
             }
-            if finished {
-                break;
-            }
+        }
+        // A server that closes right after `data: [DONE]` without its blank line has finished.
+        if !finished && let Some(last) = events.finish() {
+            finished = streamed.read(&last.data, &deltas).await?;
         }
         if !finished {
             return Err(ProviderError::BadResponse(
                 "the stream ended before [DONE]".into(),
             ));
         }
+        let Streamed { text, usage } = streamed;
         let (input_tokens, output_tokens) =
             usage.unwrap_or_else(|| (count_input_tokens(&req.messages), count_tokens(&text)));
         Ok(Completion {

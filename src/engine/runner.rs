@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentplane_api::models::ModelProvider;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
@@ -21,9 +22,11 @@ use super::provider::{
     ChatMessage, Completion, CompletionRequest, LOCAL_MODEL_NAME, LocalProvider, OpenAiCompatible,
     Provider, ProviderError,
 };
-use crate::db::executions::{self as store, ExecutionRow, Finish};
+use crate::db::executions::{
+    self as store, ExecutionError, ExecutionRequest, ExecutionRow, ExecutionStatus, Finish,
+};
 use crate::db::{DbConnection, Store, StoreError, StoreResult};
-use crate::jobs::{BoxFuture, JobContext, JobHandler, JobRow};
+use crate::jobs::{BoxFuture, Claimed, Job, JobContext, NewJob};
 
 /// The job kind of executions.
 pub const KIND: &str = "execution";
@@ -104,47 +107,9 @@ impl Provider for ModelClient {
     }
 }
 
-/// An execution's request as stored.
-#[derive(Debug, Clone, Default)]
-pub struct Request {
-    pub input: Value,
-    pub parameters: BTreeMap<String, String>,
-    pub timeout_ms: i64,
-    pub max_tokens: Option<i64>,
-    pub temperature: Option<f64>,
-}
-
-impl Request {
-    pub fn parse(stored: &str) -> Self {
-        let v: Value = serde_json::from_str(stored).unwrap_or(Value::Null);
-        let options = &v["options"];
-        Self {
-            input: v
-                .get("input")
-                .cloned()
-                .unwrap_or(Value::String(String::new())),
-            parameters: v["parameters"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            timeout_ms: options["timeout"].as_i64().unwrap_or(DEFAULT_TIMEOUT_MS),
-            max_tokens: options["max_tokens"].as_i64(),
-            temperature: options["temperature"].as_f64(),
-        }
-    }
-
-    /// The input as the model reads it: a string as is, anything else as JSON.
-    pub fn input_text(&self) -> String {
-        match &self.input {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        }
-    }
+/// How long `request` may run, in milliseconds.
+pub fn timeout_ms(request: &ExecutionRequest) -> i64 {
+    request.options.timeout.unwrap_or(DEFAULT_TIMEOUT_MS)
 }
 
 /// The agent settings an execution uses (from its `body`).
@@ -158,24 +123,35 @@ pub struct AgentSettings {
     pub max_tokens: Option<i64>,
 }
 
+/// The fields of an agent's `body` an execution reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AgentBody {
+    system_prompt: Option<String>,
+    prompt_template_id: Option<String>,
+    knowledge_bases: Option<Vec<String>>,
+    model_id: Option<String>,
+    configuration: Option<AgentConfiguration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AgentConfiguration {
+    temperature: Option<f64>,
+    max_tokens: Option<i64>,
+}
+
 impl AgentSettings {
     pub fn of(agent_body: &str) -> Self {
-        let b: Value = serde_json::from_str(agent_body).unwrap_or(Value::Null);
-        let text = |k: &str| b.get(k).and_then(Value::as_str).map(str::to_string);
+        let b: AgentBody = serde_json::from_str(agent_body).unwrap_or_default();
+        let configuration = b.configuration.unwrap_or_default();
         Self {
-            system_prompt: text("system_prompt"),
-            prompt_template_id: text("prompt_template_id"),
-            knowledge_bases: b["knowledge_bases"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            model_id: text("model_id"),
-            temperature: b["configuration"]["temperature"].as_f64(),
-            max_tokens: b["configuration"]["max_tokens"].as_i64(),
+            system_prompt: b.system_prompt,
+            prompt_template_id: b.prompt_template_id,
+            knowledge_bases: b.knowledge_bases.unwrap_or_default(),
+            model_id: b.model_id,
+            temperature: configuration.temperature,
+            max_tokens: configuration.max_tokens,
         }
     }
 }
@@ -222,9 +198,9 @@ pub struct Resolved {
 /// execution cannot run.
 pub fn resolve(
     conn: &mut DbConnection,
-    crypto: &crate::crypto::Crypto,
+    (crypto, egress): (&crate::crypto::Crypto, &crate::egress::Egress),
     row: &ExecutionRow,
-    request: &Request,
+    request: &ExecutionRequest,
     history: Vec<ChatMessage>,
 ) -> StoreResult<Result<Resolved, String>> {
     let agent = match crate::db::agents::get(conn, &row.org_id, &row.agent_id) {
@@ -245,7 +221,7 @@ pub fn resolve(
         }
         Err(e) => return Err(e),
     };
-    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(1).max(1));
+    let timeout = Duration::from_millis(u64::try_from(timeout_ms(request)).unwrap_or(1).max(1));
     let model_id = settings
         .model_id
         .clone()
@@ -289,6 +265,7 @@ pub fn resolve(
                 model.endpoint.as_deref().unwrap_or_default(),
                 key,
                 timeout + Duration::from_secs(1),
+                egress.clone(),
             ))
         } else {
             ModelClient::Local(LocalProvider)
@@ -299,14 +276,14 @@ pub fn resolve(
         org_id: row.org_id.clone(),
         system_prompt: settings.system_prompt,
         template,
-        variables: request.parameters.clone(),
+        variables: request.parameters.clone().unwrap_or_default(),
         input: request.input_text(),
         history,
         knowledge_bases: settings.knowledge_bases,
         top_k: TOP_K,
         model: model_name,
-        temperature: request.temperature.or(settings.temperature),
-        max_tokens: request.max_tokens.or(settings.max_tokens),
+        temperature: request.options.temperature.or(settings.temperature),
+        max_tokens: request.options.max_tokens.or(settings.max_tokens),
         pricing,
     };
     Ok(Ok(Resolved {
@@ -314,11 +291,6 @@ pub fn resolve(
         model_id,
         client,
     }))
-}
-
-/// The steps as stored.
-pub fn steps_json(steps: &[Step]) -> String {
-    Value::Array(steps.iter().map(Step::to_json).collect()).to_string()
 }
 
 /// Reads the earlier turns of an execution's conversation.
@@ -335,12 +307,17 @@ pub type AfterFinish =
 pub struct ExecutionRunner {
     pub store: Store,
     pub crypto: crate::crypto::Crypto,
+    /// The client of the models' endpoints (the operator's egress policy).
+    pub egress: crate::egress::Egress,
     pub live: Arc<Live>,
     /// Earlier turns of an execution's conversation, oldest first.
     pub history: History,
     pub after_finish: AfterFinish,
     /// Woken after a change published events (webhooks, `/v1/stream`).
     pub events: crate::events::EventBus,
+    /// Finds the passages an execution's plan asks for (the application gives it the
+    /// knowledge bases' search).
+    pub retriever: Arc<dyn pipeline::Retriever>,
 }
 
 impl std::fmt::Debug for ExecutionRunner {
@@ -351,15 +328,18 @@ impl std::fmt::Debug for ExecutionRunner {
 
 /// An end other than success: no result, no tokens billed.
 fn unsuccessful(
-    status: &'static str,
+    status: ExecutionStatus,
     code: &str,
     message: String,
-    steps: Option<String>,
+    steps: Option<Vec<Step>>,
 ) -> Finish {
     Finish {
         status,
         result: None,
-        error: Some((code.to_string(), message)),
+        error: Some(ExecutionError {
+            code: code.to_string(),
+            message,
+        }),
         input_tokens: 0,
         output_tokens: 0,
         cost_nano_usd: 0,
@@ -392,6 +372,7 @@ impl ExecutionRunner {
 
     async fn run_execution(&self, id: String, mut ctx: JobContext) -> Result<(), String> {
         let (i, crypto, history) = (id.clone(), self.crypto.clone(), self.history.clone());
+        let egress = self.egress.clone();
         let prepared = self
             .store
             .run(move |conn| {
@@ -399,9 +380,9 @@ impl ExecutionRunner {
                 if row.is_finished() {
                     return Ok(None);
                 }
-                let request = Request::parse(&row.request);
+                let request = row.request.0.clone();
                 let turns = history(conn, &row)?;
-                let resolved = resolve(conn, &crypto, &row, &request, turns)?;
+                let resolved = resolve(conn, (&crypto, &egress), &row, &request, turns)?;
                 Ok(Some((row, request, resolved)))
             })
             .await
@@ -412,7 +393,8 @@ impl ExecutionRunner {
         let resolved = match resolved {
             Ok(r) => r,
             Err(message) => {
-                let finish = unsuccessful("failed", "EXECUTION_FAILED", message, None);
+                let finish =
+                    unsuccessful(ExecutionStatus::Failed, "EXECUTION_FAILED", message, None);
                 return self.end(&id, finish).await;
             }
         };
@@ -444,19 +426,18 @@ impl ExecutionRunner {
                     tokio::time::sleep(CANCEL_POLL).await;
                     let i = id.clone();
                     if let Ok(row) = store.run(move |conn| store::get_any(conn, &i)).await
-                        && row.status != "running"
+                        && row.status != ExecutionStatus::Running
                     {
                         return;
                     }
                 }
             }
         };
-        let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(1));
-        let retriever: Arc<dyn pipeline::Retriever> =
-            Arc::new(crate::knowledge::KnowledgeRetriever);
+        let timeout_ms = timeout_ms(&request);
+        let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(1));
         let run = pipeline::run(
             &self.store,
-            retriever,
+            self.retriever.clone(),
             &resolved.client,
             &resolved.plan,
             Some(tx),
@@ -464,25 +445,25 @@ impl ExecutionRunner {
         let finish = tokio::select! {
             outcome = run => match outcome {
                 Ok(out) => Finish {
-                    status: "succeeded",
+                    status: ExecutionStatus::Succeeded,
                     result: Some(out.text),
                     error: None,
                     input_tokens: out.input_tokens,
                     output_tokens: out.output_tokens,
                     cost_nano_usd: out.cost_nano_usd,
-                    steps: Some(steps_json(&out.steps)),
+                    steps: Some(out.steps),
                 },
                 Err(failed) => unsuccessful(
-                    "failed",
+                    ExecutionStatus::Failed,
                     "EXECUTION_FAILED",
                     failed.message,
-                    Some(steps_json(&failed.steps)),
+                    Some(failed.steps),
                 ),
             },
             () = tokio::time::sleep(timeout) => unsuccessful(
-                "timed_out",
+                ExecutionStatus::TimedOut,
                 "TIMED_OUT",
-                format!("the execution ran longer than its timeout of {} ms", request.timeout_ms),
+                format!("the execution ran longer than its timeout of {timeout_ms} ms"),
                 None,
             ),
             () = cancelled => {
@@ -505,24 +486,18 @@ impl ExecutionRunner {
 /// runs, `execution.completed` or `execution.failed` (failed, cancelled, timed out) once it
 /// ended, to the event log (so to webhooks and `/v1/stream`), and a line to its agent's log.
 pub fn announce(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> {
-    let error: Option<Value> = row
+    let reason = row
         .error
-        .as_deref()
-        .and_then(|e| serde_json::from_str(e).ok());
-    let reason = error
         .as_ref()
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .unwrap_or("no reason recorded")
-        .to_string();
-    let (event_type, level, message) = match row.status.as_str() {
-        "queued" => return Ok(()),
-        "running" => (
+        .map_or("no reason recorded", |e| e.message.as_str());
+    let (event_type, level, message) = match row.status {
+        ExecutionStatus::Queued => return Ok(()),
+        ExecutionStatus::Running => (
             "execution.started",
             "info",
             format!("execution {} started", row.id),
         ),
-        "succeeded" => (
+        ExecutionStatus::Succeeded => (
             "execution.completed",
             "info",
             format!(
@@ -530,12 +505,12 @@ pub fn announce(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> 
                 row.id, row.input_tokens, row.output_tokens
             ),
         ),
-        "cancelled" => (
+        ExecutionStatus::Cancelled => (
             "execution.failed",
             "warn",
             format!("execution {} cancelled: {reason}", row.id),
         ),
-        other => (
+        other @ (ExecutionStatus::Failed | ExecutionStatus::TimedOut) => (
             "execution.failed",
             "error",
             format!("execution {} {other}: {reason}", row.id),
@@ -556,11 +531,9 @@ pub fn announce(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> 
     if let Some(text) = &row.result {
         data["result"] = json!({ "output": text });
     }
-    if let Some(error) = error {
+    if let Some(error) = &row.error {
         data["error"] = json!(reason);
-        if let Some(code) = error.get("code") {
-            data["error_code"] = code.clone();
-        }
+        data["error_code"] = json!(error.code);
     }
     crate::events::publish(conn, &row.org_id, event_type, Some(&row.id), data)?;
     crate::runtime::embedded::log_execution(
@@ -573,25 +546,25 @@ pub fn announce(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> 
     )
 }
 
-/// The execution a job runs.
-fn execution_of(job: &JobRow) -> Option<String> {
-    job.payload_json()["execution_id"]
-        .as_str()
-        .map(str::to_string)
+/// What an execution's job carries (`{"execution_id": …}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionJob {
+    pub execution_id: String,
 }
 
-impl JobHandler for ExecutionRunner {
-    fn run(&self, job: JobRow, ctx: JobContext) -> BoxFuture<Result<(), String>> {
+impl Job for ExecutionRunner {
+    const KIND: &'static str = KIND;
+    type Payload = ExecutionJob;
+
+    fn run(&self, job: Claimed<ExecutionJob>, ctx: JobContext) -> BoxFuture<Result<(), String>> {
         let runner = self.clone();
         Box::pin(async move {
-            let Some(id) = execution_of(&job) else {
-                return Err("the job names no execution".into());
-            };
+            let id = job.payload.execution_id;
             let outcome = runner.run_execution(id.clone(), ctx).await;
             if let Err(e) = &outcome {
                 // Runs are not retried: end the execution, or it would read `running` forever.
                 let finish = unsuccessful(
-                    "failed",
+                    ExecutionStatus::Failed,
                     "INTERNAL_ERROR",
                     "the execution could not be recorded; it was stopped".into(),
                     None,
@@ -604,14 +577,14 @@ impl JobHandler for ExecutionRunner {
         })
     }
 
-    fn abandon(&self, job: JobRow) -> BoxFuture<()> {
+    fn abandon(&self, job: Claimed<Option<ExecutionJob>>) -> BoxFuture<()> {
         let runner = self.clone();
         Box::pin(async move {
-            let Some(id) = execution_of(&job) else {
+            let Some(ExecutionJob { execution_id: id }) = job.payload else {
                 return;
             };
             let finish = unsuccessful(
-                "failed",
+                ExecutionStatus::Failed,
                 "INTERRUPTED",
                 "interrupted: the server restarted (or stopped) while running it".into(),
                 None,
@@ -621,22 +594,18 @@ impl JobHandler for ExecutionRunner {
             }
         })
     }
-}
 
-/// The job payload of execution `id`.
-pub fn job_payload(id: &str) -> Value {
-    json!({"execution_id": id})
+    fn unreadable(&self, _: Claimed<()>, _: String) -> BoxFuture<Result<(), String>> {
+        Box::pin(async { Err("the job names no execution".into()) })
+    }
 }
 
 /// The job that runs `row` on the worker pool (once: a lost run is failed, not retried).
-pub fn job_for(row: &ExecutionRow) -> crate::jobs::NewJob {
-    crate::jobs::NewJob {
-        kind: KIND.into(),
-        org_id: row.org_id.clone(),
-        agent_id: Some(row.agent_id.clone()),
-        payload: job_payload(&row.id),
-        max_attempts: 1,
-    }
+pub fn job_for(row: &ExecutionRow) -> NewJob<ExecutionJob> {
+    let payload = ExecutionJob {
+        execution_id: row.id.clone(),
+    };
+    NewJob::of::<ExecutionRunner>(&row.org_id, payload).for_agent(&row.agent_id)
 }
 
 /// How often a waiter re-reads an execution it has heard nothing of (another replica runs it).

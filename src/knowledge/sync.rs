@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::text::{self, ContentKind};
 use super::{ChunkOptions, NewDocument};
-use crate::db::knowledge::{self as store, SourceRow, SyncRow};
+use crate::db::knowledge::{self as store, SourceRow, SourceStatus, SyncRow};
 use crate::db::{Store, StoreError};
 
 /// The job kind that runs a sync; the job's id is the sync's.
@@ -31,6 +31,9 @@ const MAX_GITHUB_FILES: usize = 200;
 /// How deep a GitHub sync descends into directories.
 const MAX_GITHUB_DEPTH: usize = 6;
 
+/// How long one fetch may take (the operator's egress policy may cap it lower).
+const FETCH_TIME: Duration = Duration::from_secs(30);
+
 /// The default GitHub REST API.
 pub const GITHUB_API: &str = "https://api.github.com";
 
@@ -38,7 +41,8 @@ pub const GITHUB_API: &str = "https://api.github.com";
 #[derive(Debug, Clone)]
 pub struct SyncRunner {
     store: Store,
-    client: reqwest::Client,
+    /// Fetches go out through the operator's egress policy.
+    egress: crate::egress::Egress,
     github_api: String,
     permits: Arc<tokio::sync::Semaphore>,
     /// Woken after a sync's end is recorded (`knowledge.sync.completed`).
@@ -47,13 +51,16 @@ pub struct SyncRunner {
 
 /// Queues `sync` (inside the transaction that writes its row).
 pub fn enqueue(conn: &mut crate::db::DbConnection, sync: &SyncRow) -> crate::db::StoreResult<()> {
-    crate::jobs::enqueue_for_row(conn, KIND, &sync.org_id, &sync.id)
+    crate::jobs::enqueue_row::<SyncRunner>(conn, &sync.org_id, &sync.id)
 }
 
-impl crate::jobs::JobHandler for SyncRunner {
+impl crate::jobs::Job for SyncRunner {
+    const KIND: &'static str = KIND;
+    type Payload = crate::jobs::RowPayload;
+
     fn run(
         &self,
-        job: crate::jobs::JobRow,
+        job: crate::jobs::Claimed<crate::jobs::RowPayload>,
         _: crate::jobs::JobContext,
     ) -> crate::jobs::BoxFuture<Result<(), String>> {
         let runner = self.clone();
@@ -76,7 +83,10 @@ impl crate::jobs::JobHandler for SyncRunner {
         })
     }
 
-    fn abandon(&self, job: crate::jobs::JobRow) -> crate::jobs::BoxFuture<()> {
+    fn abandon(
+        &self,
+        job: crate::jobs::Claimed<Option<crate::jobs::RowPayload>>,
+    ) -> crate::jobs::BoxFuture<()> {
         let runner = self.clone();
         Box::pin(async move {
             let id = job.id.clone();
@@ -85,7 +95,7 @@ impl crate::jobs::JobHandler for SyncRunner {
                 .run(move |conn| store::sync_by_id(conn, &id))
                 .await
             {
-                Ok(sync) if !matches!(sync.status.as_str(), "succeeded" | "failed") => {
+                Ok(sync) if !sync.status.is_finished() => {
                     let interrupted = "interrupted: the server running it stopped".to_string();
                     runner.record_end(sync, Err(interrupted)).await;
                 }
@@ -108,25 +118,19 @@ pub fn body_text(source: &SourceRow, key: &str) -> Option<String> {
 }
 
 impl SyncRunner {
-    pub fn new(store: Store, github_api: &str, events: crate::events::EventBus) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("agentplane/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+    pub fn new(
+        store: Store,
+        github_api: &str,
+        events: crate::events::EventBus,
+        egress: crate::egress::Egress,
+    ) -> Self {
         Self {
             store,
-            client,
+            egress,
             github_api: github_api.trim_end_matches('/').to_string(),
             permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SYNCS)),
             events,
         }
-    }
-
-    /// The HTTP client fetches use (shared with API tools' test calls).
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
     }
 
     async fn run(&self, sync: SyncRow) {
@@ -172,7 +176,11 @@ impl SyncRunner {
                         Err(message) => (0, 0, Some(message.as_str())),
                     };
                     store::finish_sync(conn, &done.id, error, docs, chunks)?;
-                    let status = if error.is_none() { "active" } else { "failed" };
+                    let status = if error.is_none() {
+                        SourceStatus::Active
+                    } else {
+                        SourceStatus::Failed
+                    };
                     store::set_source_status(conn, &done.source_id, status, Some(&now))?;
                     crate::events::publish(
                         conn,
@@ -285,12 +293,14 @@ impl SyncRunner {
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<(Vec<u8>, Option<String>), String> {
-        let mut req = self.client.get(url);
+        let target = url::Url::parse(url).map_err(|e| format!("{url} is not a URL: {e}"))?;
+        let mut req = self.egress.request(reqwest::Method::GET, target);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let mut resp = req
-            .send()
+        let resp = self
+            .egress
+            .send(req, FETCH_TIME, &[])
             .await
             .map_err(|e| format!("GET {url} failed: {e}"))?;
         let status = resp.status();
@@ -302,19 +312,9 @@ impl SyncRunner {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let mut bytes = Vec::new();
-        while let Some(piece) = resp
-            .chunk()
+        let bytes = crate::egress::read_capped(resp, MAX_FETCH, false)
             .await
-            .map_err(|e| format!("GET {url}: reading the body failed: {e}"))?
-        {
-            bytes.extend_from_slice(&piece);
-            if bytes.len() > MAX_FETCH {
-                return Err(format!(
-                    "GET {url}: the body is larger than {MAX_FETCH} bytes"
-                ));
-            }
-        }
+            .map_err(|e| format!("GET {url}: {e}"))?;
         Ok((bytes, mime))
     }
 

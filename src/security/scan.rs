@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Severity;
-use crate::auth::{API_KEY_PREFIX, SECRET_BODY_LEN, VAULT_TOKEN_PREFIX};
+use crate::secrets::{API_KEY_PREFIX, SECRET_BODY_LEN, VAULT_TOKEN_PREFIX};
 
 /// The rule a finding broke (the spec's `SecurityScanRule`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -561,7 +561,7 @@ async fn url_and_github_sources_sync_from_local_servers(backend: Backend) {
                     org_id: org,
                     kb_id: kb2,
                     source_id: src2,
-                    status: "running".into(),
+                    status: agentplane::db::knowledge::SyncStatus::Running,
                     error: None,
                     documents: 0,
                     chunks: 0,
@@ -1064,7 +1064,8 @@ backend_test!(sources_are_replaced_in_place, |app| {
     );
     tokio::task::spawn_blocking(move || {
         store.run_blocking(|conn| {
-            agentplane::db::knowledge::set_source_status(conn, &id, "syncing", None)
+            use agentplane::db::knowledge::{SourceStatus, set_source_status};
+            set_source_status(conn, &id, SourceStatus::Syncing, None)
         })
     })
     .await

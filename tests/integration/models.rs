@@ -1,5 +1,6 @@
 //! The model registry, and the openai-compatible provider against a fake server on loopback.
 
+use agentplane::egress::{Egress, Policy};
 use std::time::Duration;
 
 use agentplane::engine::provider::{
@@ -251,7 +252,24 @@ fn ask(model: &str) -> CompletionRequest {
 #[tokio::test]
 async fn openai_compatible_completes_streams_and_maps_failures() {
     let base = fake_openai().await;
-    let provider = OpenAiCompatible::new(&base, Some("sk-test".into()), Duration::from_millis(800));
+    // The tests' model server is on loopback, which the egress policy opens only when told.
+    let open = Egress::new(Policy::with_loopback(Duration::from_secs(30)));
+    let refused = OpenAiCompatible::new(
+        &base,
+        Some("sk-test".into()),
+        Duration::from_secs(2),
+        Egress::new(Policy::default()),
+    );
+    match refused.complete(&ask("gpt")).await {
+        Err(ProviderError::Transport(why)) => assert!(why.contains("egress policy"), "{why}"),
+        other => panic!("a loopback model endpoint was called by default: {other:?}"),
+    }
+    let provider = OpenAiCompatible::new(
+        &base,
+        Some("sk-test".into()),
+        Duration::from_millis(800),
+        open.clone(),
+    );
     let done = provider.complete(&ask("gpt")).await.expect("complete");
     assert_eq!(done.text, "Echo: hello there");
     assert_eq!((done.input_tokens, done.output_tokens), (11, 3));
@@ -290,12 +308,18 @@ async fn openai_compatible_completes_streams_and_maps_failures() {
         provider.stream(&ask("slow"), tx).await,
         Err(ProviderError::Timeout(_))
     ));
-    let wrong_key = OpenAiCompatible::new(&base, Some("nope".into()), Duration::from_secs(2));
+    let wrong_key = OpenAiCompatible::new(
+        &base,
+        Some("nope".into()),
+        Duration::from_secs(2),
+        open.clone(),
+    );
     assert!(matches!(
         wrong_key.complete(&ask("gpt")).await,
         Err(ProviderError::Upstream { status: 401, .. })
     ));
-    let nowhere = OpenAiCompatible::new("http://127.0.0.1:9/v1", None, Duration::from_secs(2));
+    let nowhere =
+        OpenAiCompatible::new("http://127.0.0.1:9/v1", None, Duration::from_secs(2), open);
     assert!(matches!(
         nowhere.complete(&ask("gpt")).await,
         Err(ProviderError::Transport(_))

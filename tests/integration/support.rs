@@ -117,6 +117,9 @@ impl TestApp {
             // A fixed test key: no key file is written beside the test databases (or into
             // ./data for PostgreSQL).
             master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            // The tests' tool, webhook, model and source servers listen on loopback, which
+            // the egress policy refuses unless the operator opens it (as here).
+            egress: loopback_egress(),
             ..Config::default()
         };
         configure(&mut config);
@@ -152,6 +155,9 @@ impl TestApp {
             // connections too.
             pool_size: 8,
             master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            // The tests' tool, webhook, model and source servers listen on loopback, which
+            // the egress policy refuses unless the operator opens it (as here).
+            egress: loopback_egress(),
             ..Config::default()
         };
         configure(&mut config);
@@ -272,6 +278,9 @@ impl TestApp {
             database_url: self.database_url.clone(),
             pool_size: 4,
             master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            // The tests' tool, webhook, model and source servers listen on loopback, which
+            // the egress policy refuses unless the operator opens it (as here).
+            egress: loopback_egress(),
             ..Config::default()
         };
         let (bound, bootstrap) = server::bind(&config).await.expect("replica binds");
@@ -411,4 +420,9 @@ macro_rules! backend_test {
             }
         }
     };
+}
+
+/// The egress policy of the tests' servers: loopback open, everything else as by default.
+pub fn loopback_egress() -> agentplane::egress::Policy {
+    agentplane::egress::Policy::with_loopback(std::time::Duration::from_secs(30))
 }

@@ -167,25 +167,12 @@ fn state_value(
     value
 }
 
-/// Checks the scenario's parameters and the twin's state for `model`.
-pub fn plan(
+/// Rejects the parameters `model` does not read.
+fn unknown_parameters(
     model: Model,
-    state: &BTreeMap<String, f64>,
-    parameters: &Value,
-) -> Result<Plan, Vec<Rejection>> {
-    let mut out = Vec::new();
-    let empty = serde_json::Map::new();
-    let params = match parameters {
-        Value::Object(m) => m,
-        Value::Null => &empty,
-        _ => {
-            return Err(vec![Rejection {
-                field: "parameters".into(),
-                code: "type",
-                message: "parameters must be an object".into(),
-            }]);
-        }
-    };
+    params: &serde_json::Map<String, Value>,
+    out: &mut Vec<Rejection>,
+) {
     for key in params.keys() {
         if !model.parameters().contains(&key.as_str()) {
             out.push(Rejection {
@@ -199,23 +186,13 @@ pub fn plan(
             });
         }
     }
-    let increase = number(
-        params,
-        "increase_percentage",
-        (-100.0, 1000.0),
-        false,
-        &mut out,
-    );
-    let days = number(params, "duration_days", (1.0, 365.0), true, &mut out);
-    let volatility = number(params, "volatility", (0.0, 2.0), false, &mut out);
-    let capacity_change = number(
-        params,
-        "capacity_change_percentage",
-        (-100.0, 1000.0),
-        false,
-        &mut out,
-    );
-    let target = number(params, "target_utilization", (0.1, 1.0), false, &mut out);
+}
+
+/// The `affected_regions` parameter (none when absent).
+fn affected_regions(
+    params: &serde_json::Map<String, Value>,
+    out: &mut Vec<Rejection>,
+) -> Vec<String> {
     let mut regions: Vec<String> = Vec::new();
     match params.get("affected_regions") {
         None => {}
@@ -237,6 +214,61 @@ pub fn plan(
             message: "affected_regions must be an array of at most 50 region codes".into(),
         }),
     }
+    regions
+}
+
+/// The share of demand the spike applies to: the affected regions' shares, or all of it
+/// when the state records no shares for them.
+fn affected_share(state: &BTreeMap<String, f64>, regions: &[String]) -> f64 {
+    let shares: Vec<f64> = regions
+        .iter()
+        .filter_map(|r| state.get(&format!("share.{r}")).copied())
+        .collect();
+    if regions.is_empty() || shares.is_empty() {
+        1.0
+    } else {
+        shares.iter().map(|s| s.max(0.0)).sum::<f64>().min(1.0)
+    }
+}
+
+/// Checks the scenario's parameters and the twin's state for `model`.
+pub fn plan(
+    model: Model,
+    state: &BTreeMap<String, f64>,
+    parameters: &Value,
+) -> Result<Plan, Vec<Rejection>> {
+    let mut out = Vec::new();
+    let empty = serde_json::Map::new();
+    let params = match parameters {
+        Value::Object(m) => m,
+        Value::Null => &empty,
+        _ => {
+            return Err(vec![Rejection {
+                field: "parameters".into(),
+                code: "type",
+                message: "parameters must be an object".into(),
+            }]);
+        }
+    };
+    unknown_parameters(model, params, &mut out);
+    let increase = number(
+        params,
+        "increase_percentage",
+        (-100.0, 1000.0),
+        false,
+        &mut out,
+    );
+    let days = number(params, "duration_days", (1.0, 365.0), true, &mut out);
+    let volatility = number(params, "volatility", (0.0, 2.0), false, &mut out);
+    let capacity_change = number(
+        params,
+        "capacity_change_percentage",
+        (-100.0, 1000.0),
+        false,
+        &mut out,
+    );
+    let target = number(params, "target_utilization", (0.1, 1.0), false, &mut out);
+    let regions = affected_regions(params, &mut out);
     let base_demand = state_value(state, "base_demand", 1000.0, (0.0, 1e12), &mut out);
     let growth_rate = state_value(state, "growth_rate", 0.0, (-0.5, 0.5), &mut out);
     let state_volatility = state_value(state, "demand_volatility", 0.1, (0.0, 2.0), &mut out);
@@ -251,17 +283,7 @@ pub fn plan(
     if !out.is_empty() {
         return Err(out);
     }
-    // The spike applies to the affected regions' share of demand, or to all of it when the
-    // state records no shares for them.
-    let shares: Vec<f64> = regions
-        .iter()
-        .filter_map(|r| state.get(&format!("share.{r}")).copied())
-        .collect();
-    let share = if regions.is_empty() || shares.is_empty() {
-        1.0
-    } else {
-        shares.iter().map(|s| s.max(0.0)).sum::<f64>().min(1.0)
-    };
+    let share = affected_share(state, &regions);
     Ok(Plan {
         model,
         days: days.map_or(30, |d| d as usize),
@@ -373,8 +395,32 @@ pub fn run(plan: &Plan, seed: u64, runs: usize) -> Results {
             metrics,
         });
     }
+    let paths = Paths {
+        total,
+        peak,
+        peak_utilization,
+        short_total,
+    };
+    Results {
+        periods: plan.days as i64,
+        series,
+        summary: summary(plan, baseline_total, paths),
+    }
+}
+
+/// What each run accumulated over the horizon.
+struct Paths {
+    total: Vec<f64>,
+    peak: Vec<f64>,
+    peak_utilization: Vec<f64>,
+    short_total: Vec<f64>,
+}
+
+/// The summary of the runs' `paths` against the trend's `baseline_total`.
+fn summary(plan: &Plan, baseline_total: f64, mut paths: Paths) -> BTreeMap<&'static str, f64> {
+    let runs = paths.total.len();
     let mut summary = BTreeMap::new();
-    let totals = percentiles(&mut total);
+    let totals = percentiles(&mut paths.total);
     summary.insert("baseline_total_demand", round(baseline_total));
     summary.insert("total_demand_p10", totals.p10);
     summary.insert("total_demand_p50", totals.p50);
@@ -388,21 +434,21 @@ pub fn run(plan: &Plan, seed: u64, runs: usize) -> Results {
             0.0
         },
     );
-    let peaks = percentiles(&mut peak);
+    let peaks = percentiles(&mut paths.peak);
     summary.insert("peak_daily_demand_p50", peaks.p50);
     summary.insert("peak_daily_demand_p90", peaks.p90);
-    if capacity {
-        let with_shortfall = short_total.iter().filter(|s| **s > 0.0).count();
+    if plan.model == Model::CapacityPlanning {
+        let with_shortfall = paths.short_total.iter().filter(|s| **s > 0.0).count();
         summary.insert(
             "shortfall_probability",
             round(with_shortfall as f64 / runs as f64),
         );
-        let shorts = percentiles(&mut short_total);
+        let shorts = percentiles(&mut paths.short_total);
         summary.insert("expected_shortfall_units", shorts.mean);
         summary.insert("shortfall_units_p90", shorts.p90);
         summary.insert(
             "peak_utilization_p90",
-            percentiles(&mut peak_utilization).p90,
+            percentiles(&mut paths.peak_utilization).p90,
         );
         summary.insert("planned_capacity", round(plan.capacity));
         summary.insert(
@@ -410,11 +456,7 @@ pub fn run(plan: &Plan, seed: u64, runs: usize) -> Results {
             round(peaks.p90 / plan.target_utilization),
         );
     }
-    Results {
-        periods: plan.days as i64,
-        series,
-        summary,
-    }
+    summary
 }
 
 #[cfg(test)]

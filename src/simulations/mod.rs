@@ -1,4 +1,5 @@
-//! Background simulations on the shared jobs queue.
+//! Simulations of digital twins: the Monte Carlo models ([`model`]) and simulations as
+//! background jobs on the shared jobs queue.
 //!
 //! An async `simulate` (202) writes its `simulations` row and, in the same transaction, a job
 //! of kind [`KIND`] under the same id, so any replica's worker pool runs it. The job's payload
@@ -7,12 +8,14 @@
 //! (the registry of [`crate::db::sealed`] reseals it on rotation). A simulation whose server
 //! died is failed when its lease runs out, by whichever replica finds it.
 
+pub mod model;
+
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Crypto;
 use crate::db::twins::{self as store, SimulationRow};
-use crate::db::{DbConnection, Found, Store, StoreError, StoreResult};
-use crate::sim;
+use crate::db::{DbConnection, Found, Store, StoreResult};
+use crate::jobs::{BoxFuture, Claimed, Job, JobContext, NewJob};
 
 /// The job kind that runs a simulation; the job's id is the simulation's.
 pub const KIND: &str = "simulation";
@@ -22,9 +25,9 @@ pub const SECRET_FIELD: &str = crate::db::sealed::JOB_SECRET_FIELD;
 
 /// What a simulation job carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Payload {
+pub struct Payload {
     id: String,
-    plan: sim::Plan,
+    plan: model::Plan,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     secret_sealed: Option<String>,
 }
@@ -35,7 +38,7 @@ pub fn enqueue(
     conn: &mut DbConnection,
     crypto: &Crypto,
     row: &SimulationRow,
-    plan: &sim::Plan,
+    plan: &model::Plan,
     secret: Option<&str>,
 ) -> StoreResult<()> {
     let payload = Payload {
@@ -43,15 +46,7 @@ pub fn enqueue(
         plan: plan.clone(),
         secret_sealed: secret.map(|s| crypto.encrypt(s.as_bytes())),
     };
-    let payload = serde_json::to_value(&payload)
-        .map_err(|e| StoreError::Corrupt(format!("simulation {}: {e}", row.id)))?;
-    let job = crate::jobs::NewJob {
-        kind: KIND.into(),
-        org_id: row.org_id.clone(),
-        agent_id: None,
-        payload,
-        max_attempts: 1,
-    };
+    let job = NewJob::of::<SimulationRunner>(&row.org_id, payload);
     crate::jobs::enqueue_as(conn, &row.id, &job).map(|_| ())
 }
 
@@ -91,8 +86,8 @@ pub fn finished(
 }
 
 /// Runs a plan off the async workers; the results as stored JSON.
-pub async fn compute(plan: sim::Plan, seed: u64, runs: usize) -> Result<String, String> {
-    tokio::task::spawn_blocking(move || sim::run(&plan, seed, runs))
+pub async fn compute(plan: model::Plan, seed: u64, runs: usize) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || model::run(&plan, seed, runs))
         .await
         .map_err(|e| format!("the simulation task failed: {e}"))
         .and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string()))
@@ -158,25 +153,13 @@ impl SimulationRunner {
     }
 }
 
-fn payload_of(job: &crate::jobs::JobRow) -> Result<Payload, String> {
-    serde_json::from_str(&job.payload).map_err(|e| format!("simulation job {}: {e}", job.id))
-}
+impl Job for SimulationRunner {
+    const KIND: &'static str = KIND;
+    type Payload = Payload;
 
-impl crate::jobs::JobHandler for SimulationRunner {
-    fn run(
-        &self,
-        job: crate::jobs::JobRow,
-        _: crate::jobs::JobContext,
-    ) -> crate::jobs::BoxFuture<Result<(), String>> {
-        let runner = self.clone();
+    fn run(&self, job: Claimed<Payload>, _: JobContext) -> BoxFuture<Result<(), String>> {
+        let (runner, payload) = (self.clone(), job.payload);
         Box::pin(async move {
-            let payload = match payload_of(&job) {
-                Ok(p) => p,
-                Err(e) => {
-                    runner.finish(job.id.clone(), Err(e), None).await;
-                    return Ok(());
-                }
-            };
             // The secret opens before anything runs: a payload the key cannot open fails the
             // simulation rather than notify unsigned.
             let secret = match &payload.secret_sealed {
@@ -209,11 +192,21 @@ impl crate::jobs::JobHandler for SimulationRunner {
         })
     }
 
-    fn abandon(&self, job: crate::jobs::JobRow) -> crate::jobs::BoxFuture<()> {
+    fn abandon(&self, job: Claimed<Option<Payload>>) -> BoxFuture<()> {
         let runner = self.clone();
         Box::pin(async move {
             let interrupted = "interrupted: the server running it stopped".to_string();
             runner.finish(job.id, Err(interrupted), None).await;
+        })
+    }
+
+    /// A payload this version cannot read fails the simulation, saying why.
+    fn unreadable(&self, job: Claimed<()>, error: String) -> BoxFuture<Result<(), String>> {
+        let runner = self.clone();
+        Box::pin(async move {
+            let message = format!("simulation job {}: {error}", job.id);
+            runner.finish(job.id, Err(message), None).await;
+            Ok(())
         })
     }
 }
@@ -224,8 +217,8 @@ mod tests {
 
     #[test]
     fn the_payload_round_trips_its_plan_and_seals_the_secret() {
-        let plan = sim::plan(
-            sim::Model::CapacityPlanning,
+        let plan = model::plan(
+            model::Model::CapacityPlanning,
             &[
                 ("base_demand".to_string(), 100.0),
                 ("capacity".to_string(), 150.0),
@@ -253,8 +246,8 @@ mod tests {
         let sealed = back.secret_sealed.expect("sealed");
         assert_eq!(crypto.decrypt(&sealed).expect("opens"), b"whsec_abc");
         assert_eq!(
-            sim::run(&back.plan, 7, 20),
-            sim::run(&plan, 7, 20),
+            model::run(&back.plan, 7, 20),
+            model::run(&plan, 7, 20),
             "the same numbers"
         );
     }

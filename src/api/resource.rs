@@ -1,0 +1,245 @@
+//! The one shape of a CRUD resource's handlers, written once: list a page, create once per
+//! `Idempotency-Key`, read (with `If-None-Match`), replace (with `If-Match`) and delete, each
+//! storage failure answered with the resource's own not-found code.
+//!
+//! An area implements [`Resource`] for its API type once (its row, codes and conversion) and
+//! its handlers call these functions; what is its own (validation, sealing secrets, the rows
+//! it builds) stays in the area.
+
+use agentplane_api::models::Pagination;
+use agentplane_api::{Conditional, Idempotent, Paged};
+
+use super::Handlers;
+use super::idem;
+use super::paging::{PageRequest, etag, etag_matches, not_modified};
+use crate::auth::Caller;
+use crate::db::crud::{Identified, Stored, Versioned};
+use crate::db::sql::Page;
+use crate::db::{DbConnection, StoreError, StoreResult};
+use crate::error::{Failure, store_error};
+
+/// An item of an organization kept as one row, as the API shows it.
+pub(crate) trait Resource: Sized + Send + 'static {
+    /// The row that keeps it.
+    type Row: Stored;
+    /// The error code of a missing one (`MODEL_NOT_FOUND`).
+    const NOT_FOUND: &'static str;
+
+    /// The row as the API shows it.
+    fn from_row(row: &Self::Row) -> Result<Self, StoreError>;
+}
+
+/// The changes a replace writes, worked out from the current row inside its transaction: a
+/// `Failure` refuses the request and writes nothing.
+pub(crate) type Changes<R> =
+    StoreResult<Result<<<R as Resource>::Row as Versioned>::Changes, Failure>>;
+
+impl Handlers {
+    /// The caller's row `id`.
+    pub(crate) async fn row<R: Resource>(
+        &self,
+        caller: &Caller,
+        id: String,
+    ) -> Result<R::Row, Failure> {
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| R::Row::get(conn, &org, &id))
+            .await
+            .map_err(store_error(R::NOT_FOUND, &caller.request_id))
+    }
+
+    /// The caller's item `id`.
+    pub(crate) async fn item<R: Resource>(
+        &self,
+        caller: &Caller,
+        id: String,
+    ) -> Result<R, Failure> {
+        let row = self.row::<R>(caller, id).await?;
+        R::from_row(&row).map_err(store_error(R::NOT_FOUND, &caller.request_id))
+    }
+
+    /// The caller's item `id`, or only its ETag when `If-None-Match` names it (a 304).
+    pub(crate) async fn item_if_changed<R: Resource>(
+        &self,
+        caller: &Caller,
+        id: String,
+        if_none_match: Option<String>,
+    ) -> Result<Conditional<R>, Failure>
+    where
+        R::Row: Versioned,
+    {
+        let row = self.row::<R>(caller, id).await?;
+        let tag = etag(row.version());
+        if not_modified(if_none_match.as_deref(), &tag) {
+            return Ok(Conditional::NotModified(tag));
+        }
+        let item = R::from_row(&row).map_err(store_error(R::NOT_FOUND, &caller.request_id))?;
+        Ok(Conditional::Fresh(item, tag))
+    }
+
+    /// The page of the caller's items that `params` asks for, as `list` reads their rows (for
+    /// the organization, on the storage page given), and its pagination block.
+    pub(crate) async fn list_page<R: Resource>(
+        &self,
+        caller: &Caller,
+        params: &impl Paged,
+        list: impl FnOnce(&mut DbConnection, &str, &Page) -> StoreResult<(Vec<R::Row>, i64)>
+        + Send
+        + 'static,
+    ) -> Result<(Vec<R>, Pagination), Failure> {
+        self.page_of(caller, params, R::NOT_FOUND, list, R::from_row)
+            .await
+    }
+
+    /// [`Handlers::list_page`] of any rows (a resource's runs, deliveries, …): `item` shows a
+    /// row, `not_found` is the code of what `list` finds missing.
+    pub(crate) async fn page_of<Row: Identified + Send + 'static, T>(
+        &self,
+        caller: &Caller,
+        params: &impl Paged,
+        not_found: &str,
+        list: impl FnOnce(&mut DbConnection, &str, &Page) -> StoreResult<(Vec<Row>, i64)>
+        + Send
+        + 'static,
+        item: impl Fn(&Row) -> Result<T, StoreError>,
+    ) -> Result<(Vec<T>, Pagination), Failure> {
+        let rid = caller.request_id.as_str();
+        let page = PageRequest::of(params, rid)?;
+        let (rows, total) = self.rows_on(caller, &page, not_found, list).await?;
+        let data = rows
+            .iter()
+            .map(item)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(store_error(not_found, rid))?;
+        let last = rows.last().map(Identified::id);
+        Ok((data, page.pagination(rows.len(), last, total)))
+    }
+
+    /// The caller's rows on `page`, as `list` reads them, and how many there are in all.
+    pub(crate) async fn rows_on<Row: Send + 'static>(
+        &self,
+        caller: &Caller,
+        page: &PageRequest,
+        not_found: &str,
+        list: impl FnOnce(&mut DbConnection, &str, &Page) -> StoreResult<(Vec<Row>, i64)>
+        + Send
+        + 'static,
+    ) -> Result<(Vec<Row>, i64), Failure> {
+        let (org, q) = (caller.org_id.clone(), page.page());
+        self.store
+            .run(move |conn| list(conn, &org, &q))
+            .await
+            .map_err(store_error(not_found, &caller.request_id))
+    }
+
+    /// Creates `row` (written by `insert`, which may first check what the row refers to, in
+    /// the same transaction) once per `Idempotency-Key` of the create `params`: a retry with
+    /// the key answers the row the first request created; the key with another body is a 409.
+    pub(crate) async fn create_row<R: Resource>(
+        &self,
+        caller: &Caller,
+        params: &impl Idempotent,
+        row: R::Row,
+        insert: impl Fn(&mut DbConnection, &R::Row) -> StoreResult<()> + Send + 'static,
+    ) -> Result<R::Row, Failure> {
+        let keyed = idem::NewKeyed::of(params, &caller.org_id, row.id());
+        let org = caller.org_id.clone();
+        idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| insert(conn, &row).map(|()| row.clone()),
+            move |conn, id| R::Row::get(conn, &org, id),
+            R::NOT_FOUND,
+            &caller.request_id,
+        )
+        .await
+    }
+
+    /// [`Handlers::create_row`] of a plain insert, answered as a create answers: the item, its
+    /// `Location` and its ETag.
+    pub(crate) async fn create<R: Resource>(
+        &self,
+        caller: &Caller,
+        params: &impl Idempotent,
+        row: R::Row,
+    ) -> Result<(R, String, String), Failure>
+    where
+        R::Row: Versioned,
+    {
+        let row = self
+            .create_row::<R>(caller, params, row, R::Row::insert)
+            .await?;
+        created(params, &row, &caller.request_id)
+    }
+
+    /// Replaces the caller's item `id` when `if_match` (if any) names its ETag (else a 412):
+    /// `changes` sees the current row under its lock.
+    pub(crate) async fn replace<R: Resource>(
+        &self,
+        caller: &Caller,
+        id: String,
+        if_match: Option<String>,
+        changes: impl FnOnce(&mut DbConnection, &R::Row) -> Changes<R> + Send + 'static,
+    ) -> Result<(R, String), Failure>
+    where
+        R::Row: Versioned,
+    {
+        let rid = caller.request_id.as_str();
+        let org = caller.org_id.clone();
+        let row = self
+            .store
+            .run(move |conn| {
+                R::Row::update(conn, &org, &id, |conn, current| {
+                    if let Some(h) = &if_match
+                        && !etag_matches(h, &etag(current.version()))
+                    {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    changes(conn, current)
+                })
+            })
+            .await
+            .map_err(store_error(R::NOT_FOUND, rid))??;
+        let item = R::from_row(&row).map_err(store_error(R::NOT_FOUND, rid))?;
+        Ok((item, etag(row.version())))
+    }
+
+    /// Deletes the caller's item `id`.
+    pub(crate) async fn remove<R: Resource>(
+        &self,
+        caller: &Caller,
+        id: String,
+    ) -> Result<(), Failure> {
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| R::Row::delete(conn, &org, &id))
+            .await
+            .map_err(store_error(R::NOT_FOUND, &caller.request_id))
+    }
+}
+
+/// The `Location` of the item `id` that the create `params` made.
+pub(crate) fn location<P: Idempotent>(_params: &P, id: &str) -> String {
+    format!("{}/{id}", P::PATH)
+}
+
+/// What a create answers: the item of `row`, its `Location` and its ETag.
+pub(crate) fn created<R: Resource>(
+    params: &impl Idempotent,
+    row: &R::Row,
+    rid: &str,
+) -> Result<(R, String, String), Failure>
+where
+    R::Row: Versioned,
+{
+    let item = R::from_row(row).map_err(store_error(R::NOT_FOUND, rid))?;
+    Ok((item, location(params, row.id()), etag(row.version())))
+}
+
+/// The items of `rows`.
+pub(crate) fn items<R: Resource>(rows: &[R::Row], rid: &str) -> Result<Vec<R>, Failure> {
+    rows.iter()
+        .map(R::from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(store_error(R::NOT_FOUND, rid))
+}
