@@ -1992,7 +1992,7 @@ pub struct UrlSourceInput {
     /// A name for the source; defaults to its URL, repository or `inline text`.
     #[oai(rename = "name", skip_serializing_if_is_none)]
     pub name: Option<crate::models::SourceName>,
-    /// An http(s) URL.
+    /// An http(s) URL. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.
     #[oai(rename = "url")]
     pub url: String,
     /// Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.
@@ -2740,7 +2740,7 @@ pub struct ApiToolInput {
     /// The HTTP method (default GET).
     #[oai(rename = "method", skip_serializing_if_is_none)]
     pub method: Option<crate::models::ApiToolInputMethod>,
-    /// The endpoint, http(s).
+    /// The endpoint, http(s). An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.
     #[oai(rename = "url")]
     pub url: String,
     /// HTTP headers by name.
@@ -3070,7 +3070,7 @@ pub struct ModelInput {
     /// The provider's name of the model, sent as `model` (e.g. `gpt-4-turbo-preview`).
     #[oai(rename = "model_id")]
     pub model_id: String,
-    /// The API base URL; requests go to `{endpoint}/chat/completions`. An `openai-compatible` model registered without one uses `https://api.openai.com/v1`.
+    /// The API base URL; requests go to `{endpoint}/chat/completions`. An `openai-compatible` model registered without one uses `https://api.openai.com/v1`. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.
     #[oai(rename = "endpoint", skip_serializing_if_is_none)]
     pub endpoint: Option<String>,
     /// The provider's API key, sent as a bearer token. Stored encrypted, never returned.
@@ -4413,7 +4413,7 @@ pub struct StreamControlMessage {
     #[oai(rename = "message", skip_serializing_if_is_none)]
     pub message: Option<String>,
 }
-/// Where deliveries are POSTed; `http` or `https`.
+/// Where deliveries are POSTed; `http` or `https`. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.
 pub type WebhookUrl = String;
 /// The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters.
 pub type WebhookSecret = String;
@@ -4423,7 +4423,7 @@ pub type WebhookEvents = Vec<crate::models::EventPattern>;
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "WebhookInput", deny_unknown_fields)]
 pub struct WebhookInput {
-    /// Where deliveries are POSTed; `http` or `https`.
+    /// Where deliveries are POSTed; `http` or `https`. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.
     #[oai(rename = "url")]
     pub url: crate::models::WebhookUrl,
     /// The events to deliver (exact types, `<resource>.*` wildcards or `*`).
@@ -4443,7 +4443,7 @@ pub struct WebhookInput {
 #[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
 #[oai(rename = "WebhookPatch", deny_unknown_fields)]
 pub struct WebhookPatch {
-    /// Where deliveries are POSTed; `http` or `https`.
+    /// Where deliveries are POSTed; `http` or `https`. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.
     #[oai(rename = "url", skip_serializing_if_is_none)]
     pub url: Option<crate::models::WebhookUrl>,
     /// The events to deliver (exact types, `<resource>.*` wildcards or `*`).

@@ -959,6 +959,7 @@ impl Handlers {
         let kb = self.require_kb(caller, &params.kb_id).await?;
         let request_hash = idem::request_hash(&params.body);
         let spec = parse_source(&params.body, "body", rid)?;
+        self.outbound("url", params.body["url"].as_str(), rid)?;
         let planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
         let keyed = idem::NewKeyed {
             org_id: kb.org_id.clone(),
@@ -1024,6 +1025,7 @@ impl Handlers {
         let rid = caller.request_id.as_str();
         let kb = self.require_kb(caller, &params.kb_id).await?;
         let spec = parse_source(&params.body, "body", rid)?;
+        self.outbound("url", params.body["url"].as_str(), rid)?;
         let options = chunk_options_of(&kb.body);
         let (org, kb_id, source_id) = (kb.org_id, kb.id, params.source_id);
         let replaced = self

@@ -80,6 +80,31 @@ pub struct Handlers {
     pub metrics: crate::metrics::RequestMetrics,
 }
 
+impl Handlers {
+    /// Refuses, as a 422 naming `field`, a URL the egress policy refuses as written (an
+    /// internal address, `localhost`); a name that resolves to one is refused when called.
+    /// A URL that does not parse is left to the field's own validation.
+    pub(crate) fn outbound(
+        &self,
+        field: &str,
+        url: Option<&str>,
+        rid: &str,
+    ) -> Result<(), crate::error::Failure> {
+        let Some(parsed) = url.and_then(|u| url::Url::parse(u).ok()) else {
+            return Ok(());
+        };
+        self.egress.policy().check_url(&parsed).map_err(|message| {
+            crate::error::Failure::with_details(
+                Kind::Unprocessable,
+                "VALIDATION_ERROR",
+                message.clone(),
+                vec![crate::error::detail(field, "egress", message)],
+                rid,
+            )
+        })
+    }
+}
+
 fn request_id(req: &poem::Request) -> String {
     req.extensions()
         .get::<RequestId>()

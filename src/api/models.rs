@@ -212,7 +212,9 @@ impl ModelRegistryApi for Handlers {
         caller: Caller,
         params: CreateModelParams,
     ) -> Result<CreateModelResponse, ApiError> {
-        let changes = changes_of(&params.body, None, &self.crypto, &caller.request_id)?;
+        let rid = caller.request_id.as_str();
+        self.outbound("endpoint", params.body.endpoint.as_deref(), rid)?;
+        let changes = changes_of(&params.body, None, &self.crypto, rid)?;
         let row = new_row(&caller.org_id, changes);
         let (model, location, tag) = self.create::<Model>(&caller, &params, row).await?;
         Ok(CreateModelResponse::Created(Json(model), location, tag))
@@ -245,6 +247,7 @@ impl ModelRegistryApi for Handlers {
         } = params;
         let rid = caller.request_id.clone();
         // Validate before touching the row; the sealed key is chosen inside the transaction.
+        self.outbound("endpoint", body.endpoint.as_deref(), &rid)?;
         changes_of(&body, None, &self.crypto, &rid)?;
         let crypto = self.crypto.clone();
         let (model, tag) = self

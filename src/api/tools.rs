@@ -481,6 +481,7 @@ impl ToolsApi for Handlers {
     ) -> Result<CreateToolResponse, ApiError> {
         let rid = caller.request_id.as_str();
         let spec = parse(&params.body, rid)?;
+        self.outbound("url", params.body.get("url").and_then(Value::as_str), rid)?;
         let row = new_row(&caller.org_id, &changes(&spec, &self.crypto, ""));
         // The insert fails (rolling back) on a missing knowledge base, and says which here.
         let missing = Arc::new(Mutex::new(None));
@@ -516,6 +517,7 @@ impl ToolsApi for Handlers {
     ) -> Result<ReplaceToolResponse, ApiError> {
         let rid = caller.request_id.clone();
         let spec = parse(&params.body, &rid)?;
+        self.outbound("url", params.body.get("url").and_then(Value::as_str), &rid)?;
         let (org, crypto) = (caller.org_id.clone(), self.crypto.clone());
         let (tool, tag) = self
             .replace::<Tool>(

@@ -158,6 +158,7 @@ impl Handlers {
     ) -> Result<(WebhookCreated, WebhookRow), Failure> {
         let rid = caller.request_id.as_str();
         let body = params.request_json();
+        self.outbound("url", body["url"].as_str(), rid)?;
         let secret = body["secret"]
             .as_str()
             .map(str::to_string)
@@ -255,6 +256,7 @@ impl WebhooksApi for Handlers {
         params: UpdateWebhookParams,
     ) -> Result<UpdateWebhookResponse, ApiError> {
         let patch = params.body.to_json().unwrap_or(Value::Null);
+        self.outbound("url", patch["url"].as_str(), &caller.request_id)?;
         let sealed = patch["secret"]
             .as_str()
             .map(|s| self.crypto.encrypt(s.as_bytes()));

@@ -72,6 +72,7 @@ async fn tool_test(app: &TestApp, url: &str, secret: Option<&str>) -> Option<Val
     }
     let (status, created) = json(app.send_json(Method::POST, "/v1/tools", &tool).await).await;
     if status == 422 {
+        assert_names(&created, "url");
         return None;
     }
     assert_eq!(status, 201, "{created}");
@@ -83,6 +84,15 @@ async fn tool_test(app: &TestApp, url: &str, secret: Option<&str>) -> Option<Val
     .await;
     assert_eq!(status, 200, "{result}");
     Some(result)
+}
+
+/// A 422 whose details name `field` with the egress code.
+fn assert_names(body: &Value, field: &str) {
+    let named = body["error"]["details"].as_array().is_some_and(|d| {
+        d.iter()
+            .any(|d| d["field"] == field && d["code"] == "egress")
+    });
+    assert!(named, "{body}");
 }
 
 fn assert_refused(result: &Value) {
@@ -154,6 +164,7 @@ async fn nothing_internal_is_reached(app: TestApp) {
         assert!(error.contains("egress policy"), "{last}");
     } else {
         assert_eq!(status, 422, "{hook}");
+        assert_names(&hook, "url");
     }
 
     // A url source's sync fails, with the reason on the sync.
@@ -202,7 +213,20 @@ async fn nothing_internal_is_reached(app: TestApp) {
         assert!(error.contains("egress policy"), "{last}");
     } else {
         assert_eq!(status, 422, "{source}");
+        assert_names(&source, "url");
     }
+    let (status, model) = json(
+        app.send_json(
+            Method::POST,
+            "/v1/models",
+            &json!({"name": "Internal", "provider": "openai-compatible", "model_id": "m",
+                    "endpoint": format!("http://[::1]:{port}/v1")}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 422, "{model}");
+    assert_names(&model, "endpoint");
     assert_eq!(
         target.connections(),
         0,

@@ -3018,7 +3018,7 @@ export interface components {
             name?: components["schemas"]["SourceName"];
             /**
              * Format: uri
-             * @description An http(s) URL.
+             * @description An http(s) URL. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.
              */
             url: string;
             metadata?: components["schemas"]["KnowledgeMetadata"];
@@ -3431,7 +3431,7 @@ export interface components {
             method?: "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
             /**
              * Format: uri
-             * @description The endpoint, http(s).
+             * @description The endpoint, http(s). An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.
              */
             url: string;
             headers?: components["schemas"]["HeaderMap"];
@@ -3650,7 +3650,7 @@ export interface components {
             model_id: string;
             /**
              * Format: uri
-             * @description The API base URL; requests go to `{endpoint}/chat/completions`. An `openai-compatible` model registered without one uses `https://api.openai.com/v1`.
+             * @description The API base URL; requests go to `{endpoint}/chat/completions`. An `openai-compatible` model registered without one uses `https://api.openai.com/v1`. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.
              */
             endpoint?: string;
             /** @description The provider's API key, sent as a bearer token. Stored encrypted, never returned. */
@@ -4320,7 +4320,7 @@ export interface components {
         };
         /**
          * Format: uri
-         * @description Where deliveries are POSTed; `http` or `https`.
+         * @description Where deliveries are POSTed; `http` or `https`. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.
          */
         WebhookUrl: string;
         /** @description The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters. */

@@ -32,7 +32,7 @@ class ApiToolInput(BaseModel):
     name: Annotated[str, Field(min_length=1, strict=True, max_length=200)] = Field(description="The tool's name.")
     description: Optional[Annotated[str, Field(strict=True, max_length=2000)]] = Field(default=None, description="What the tool does (shown to agents choosing tools).")
     method: Optional[StrictStr] = Field(default=None, description="The HTTP method (default GET).")
-    url: Annotated[str, Field(strict=True, max_length=2048)] = Field(description="The endpoint, http(s).")
+    url: Annotated[str, Field(strict=True, max_length=2048)] = Field(description="The endpoint, http(s). An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.")
     headers: Optional[Dict[str, Annotated[str, Field(strict=True, max_length=4096)]]] = Field(default=None, description="HTTP headers by name.")
     secret_headers: Optional[Dict[str, Annotated[str, Field(strict=True, max_length=4096)]]] = Field(default=None, description="HTTP headers by name.")
     timeout_ms: Optional[Annotated[int, Field(le=30000, strict=True, ge=100)]] = Field(default=None, description="How long a call may take (default 10000).")

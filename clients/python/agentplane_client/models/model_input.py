@@ -34,7 +34,7 @@ class ModelInput(BaseModel):
     description: Optional[Annotated[str, Field(strict=True, max_length=2000)]] = Field(default=None, description="What the model is for.")
     provider: ModelProvider
     model_id: Annotated[str, Field(min_length=1, strict=True, max_length=200)] = Field(description="The provider's name of the model, sent as `model` (e.g. `gpt-4-turbo-preview`).")
-    endpoint: Optional[Annotated[str, Field(strict=True, max_length=2000)]] = Field(default=None, description="The API base URL; requests go to `{endpoint}/chat/completions`. An `openai-compatible` model registered without one uses `https://api.openai.com/v1`.")
+    endpoint: Optional[Annotated[str, Field(strict=True, max_length=2000)]] = Field(default=None, description="The API base URL; requests go to `{endpoint}/chat/completions`. An `openai-compatible` model registered without one uses `https://api.openai.com/v1`. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.")
     api_key: Optional[Annotated[str, Field(min_length=1, strict=True, max_length=4096)]] = Field(default=None, description="The provider's API key, sent as a bearer token. Stored encrypted, never returned.")
     pricing: Optional[ModelPricing] = None
     context_window: Optional[Annotated[int, Field(le=10000000, strict=True, ge=1)]] = Field(default=None, description="Most tokens (prompt and answer) the model accepts.")

@@ -30,7 +30,7 @@ class UrlSourceInput(BaseModel):
     """ # noqa: E501
     type: StrictStr = Field(description="`url`")
     name: Optional[Annotated[str, Field(min_length=1, strict=True, max_length=200)]] = Field(default=None, description="A name for the source; defaults to its URL, repository or `inline text`.")
-    url: Annotated[str, Field(strict=True, max_length=2048)] = Field(description="An http(s) URL.")
+    url: Annotated[str, Field(strict=True, max_length=2048)] = Field(description="An http(s) URL. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.")
     metadata: Optional[Dict[str, Any]] = Field(default=None, description="Free-form metadata, copied onto every chunk of the documents it applies to and matched by `filters`.")
     __properties: ClassVar[List[str]] = ["type", "name", "url", "metadata"]
 

@@ -29,7 +29,7 @@ class WebhookInput(BaseModel):
     """
     A webhook subscription as created. Without `secret` one is generated and returned once in the answer.
     """ # noqa: E501
-    url: Annotated[str, Field(min_length=8, strict=True, max_length=2048)] = Field(description="Where deliveries are POSTed; `http` or `https`.")
+    url: Annotated[str, Field(min_length=8, strict=True, max_length=2048)] = Field(description="Where deliveries are POSTed; `http` or `https`. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.")
     events: Annotated[List[EventPattern], Field(min_length=1, max_length=50)] = Field(description="The events to deliver (exact types, `<resource>.*` wildcards or `*`).")
     secret: Optional[Annotated[str, Field(min_length=16, strict=True, max_length=256)]] = Field(default=None, description="The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters.")
     active: Optional[StrictBool] = Field(default=True, description="Whether events are delivered; an inactive webhook gets none.")

@@ -29,7 +29,7 @@ class WebhookPatch(BaseModel):
     """
     The fields to change; `description` `null` clears it. A new `secret` signs every delivery from then on.
     """ # noqa: E501
-    url: Optional[Annotated[str, Field(min_length=8, strict=True, max_length=2048)]] = Field(default=None, description="Where deliveries are POSTed; `http` or `https`.")
+    url: Optional[Annotated[str, Field(min_length=8, strict=True, max_length=2048)]] = Field(default=None, description="Where deliveries are POSTed; `http` or `https`. An address the server's egress policy refuses as written (loopback, private, link-local, `localhost`) is a 422 naming this field unless the operator allows it; a name that resolves to one is refused when called.")
     events: Optional[Annotated[List[EventPattern], Field(min_length=1, max_length=50)]] = Field(default=None, description="The events to deliver (exact types, `<resource>.*` wildcards or `*`).")
     secret: Optional[Annotated[str, Field(min_length=16, strict=True, max_length=256)]] = Field(default=None, description="The key deliveries are signed with (HMAC-SHA256). Write-only; at least 16 printable characters.")
     active: Optional[StrictBool] = Field(default=None, description="Whether events are delivered.")
