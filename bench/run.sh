@@ -53,7 +53,7 @@ count() { # cpulist -> number of cpus
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
-busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; } # all cpus, in ticks
+busy() { awk '/^cpu / {print $2 + $3 + $4}' /proc/stat; } # user and system time of all cpus, in ticks
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; } # one process's
 
 # start_server label binary cpulist: starts it on a fresh database with 200 agents and sets
@@ -96,8 +96,8 @@ run() { # server cores loadlist pid case url [wrk args]: pid is the server's
   wrk_cpu=$(awk '{print $1 + $2}' "$WORK/wrk.time")
   # The share of the machine's CPU that neither the server nor wrk used while wrk ran.
   others=$(awk -v b="$((b1 - b0))" -v s="$((s1 - s0))" -v w="$wrk_cpu" -v t="$(getconf CLK_TCK)" \
-    -v d="$(echo "$end - $start" | bc)" -v n="$TOTAL" \
-    'BEGIN { o = ((b - s) / t - w) / (d * n) * 100; printf "%.0f", (o < 0 ? 0 : o) }')
+    -v t0="$start" -v t1="$end" -v n="$TOTAL" \
+    'BEGIN { o = ((b - s) / t - w) / ((t1 - t0) * n) * 100; printf "%.0f", (o < 0 ? 0 : o) }')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
   bad=$(echo "$out" | awk '/Non-2xx/ {print $NF}')

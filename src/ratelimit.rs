@@ -3,11 +3,12 @@
 //!
 //! Every authenticated `/v1` response carries `X-RateLimit-Limit`, `-Remaining`, `-Reset` and
 //! `-Window` of the hourly window; a request past either limit answers 429 with `Retry-After`
-//! in the error envelope, and the first request of a window past a limit records a
-//! `rate_limit_exceeded` security event. When the database cannot be reached for a lease the
-//! request goes through (an outage of the limiter must not become an outage of the API), and
-//! so do the key's requests for a second before the next attempt; the authentication that
-//! follows reports the database.
+//! in the error envelope. The first request refused in a window (by any replica) and the
+//! first past the burst limit in a second (per replica) record a `rate_limit_exceeded`
+//! security event. When the database cannot be reached for a lease the request goes through
+//! (an outage of the limiter must not become an outage of the API), and so do the key's
+//! requests for a second before the next attempt; the authentication that follows reports the
+//! database.
 //!
 //! # How it is counted
 //!

@@ -290,11 +290,13 @@ backend_test!(
         );
 
         let tool = created(
-        &app,
-        "/v1/tools",
-        json!({"type": "api", "name": "meta", "url": "http://169.254.169.254/latest/meta-data"}),
-    )
-    .await;
+            &app,
+            "/v1/tools",
+            // The egress policy refuses internal addresses unless the operator opens them, as the
+            // tests open loopback: a tool let through that way is still flagged by the scan.
+            json!({"type": "api", "name": "admin", "url": "http://127.0.0.1:9/admin"}),
+        )
+        .await;
         let broken = app
             .create_agent(json!({
                 "name": "broken",
