@@ -6,3 +6,4 @@ pub mod pipeline;
 pub mod provider;
 pub mod runner;
 pub mod template;
+pub mod tools;
