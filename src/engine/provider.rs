@@ -300,7 +300,9 @@ impl OpenAiCompatible {
         body
     }
 
-    async fn send(&self, body: &Value) -> Result<reqwest::Response, ProviderError> {
+    /// POSTs `body` to `{endpoint}/chat/completions`: the answer when it is a success, else
+    /// the upstream's error (its `error.message` when it sends one).
+    pub(crate) async fn send(&self, body: &Value) -> Result<reqwest::Response, ProviderError> {
         let url = url::Url::parse(&format!("{}/chat/completions", self.endpoint))
             .map_err(|e| ProviderError::Transport(format!("the endpoint is not a URL: {e}")))?;
         let mut request = self.egress.request(reqwest::Method::POST, url).json(body);
@@ -349,7 +351,7 @@ impl OpenAiCompatible {
     }
 }
 
-fn usage_of(v: &Value) -> Option<(i64, i64)> {
+pub(crate) fn usage_of(v: &Value) -> Option<(i64, i64)> {
     let u = v.get("usage").filter(|u| u.is_object())?;
     Some((
         u.get("prompt_tokens").and_then(Value::as_i64)?,
@@ -359,7 +361,7 @@ fn usage_of(v: &Value) -> Option<(i64, i64)> {
 
 /// A model's text as every backend can store it: PostgreSQL's `text` refuses NUL, so a
 /// remote model answering one gets U+FFFD in its place instead of failing the execution.
-fn storable(text: &str) -> String {
+pub(crate) fn storable(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
 

@@ -18,16 +18,14 @@ use super::{
     Message, ModelSettings, ModelTurn, RequestedCall, ToolModel, ToolSpec, Tools, Usage,
     counted_tokens,
 };
-use crate::egress::{Egress, EgressError};
-use crate::engine::provider::ProviderError;
+use crate::egress::Egress;
+use crate::engine::provider::{OpenAiCompatible, ProviderError, storable, usage_of};
 
 /// An OpenAI-compatible chat-completions endpoint, asked with tools.
 #[derive(Debug, Clone)]
 pub struct OpenAiToolModel {
-    endpoint: String,
-    api_key: Option<String>,
-    timeout: Duration,
-    egress: Egress,
+    /// The plain provider's client of the endpoint, which sends every request.
+    client: OpenAiCompatible,
     settings: ModelSettings,
 }
 
@@ -41,10 +39,7 @@ impl OpenAiToolModel {
         settings: ModelSettings,
     ) -> OpenAiToolModel {
         OpenAiToolModel {
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            api_key,
-            timeout,
-            egress,
+            client: OpenAiCompatible::new(endpoint, api_key, timeout, egress),
             settings,
         }
     }
@@ -69,41 +64,10 @@ impl OpenAiToolModel {
         body
     }
 
-    // TODO(issue 18, the wiring session): one `send` with `provider::OpenAiCompatible::send`.
-    async fn send(&self, body: &Value) -> Result<reqwest::Response, ProviderError> {
-        let url = url::Url::parse(&format!("{}/chat/completions", self.endpoint))
-            .map_err(|e| ProviderError::Transport(format!("the endpoint is not a URL: {e}")))?;
-        let mut request = self.egress.request(reqwest::Method::POST, url).json(body);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let resp = self
-            .egress
-            .send(request, self.timeout, &[])
-            .await
-            .map_err(|e| match e {
-                EgressError::TimedOut(limit) => ProviderError::Timeout(limit),
-                other => ProviderError::Transport(other.to_string()),
-            })?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp);
-        }
-        let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v.pointer("/error/message")?.as_str().map(str::to_string))
-            .unwrap_or_else(|| text.chars().take(300).collect());
-        Err(ProviderError::Upstream {
-            status: status.as_u16(),
-            message,
-        })
-    }
-
     /// A failure reading the answer, without the URL.
     fn read_failed(&self, e: reqwest::Error) -> ProviderError {
         if e.is_timeout() {
-            ProviderError::Timeout(self.timeout)
+            ProviderError::Timeout(self.client.timeout)
         } else {
             ProviderError::BadResponse(e.without_url().to_string())
         }
@@ -126,7 +90,7 @@ impl OpenAiToolModel {
         messages: &[Message],
         tools: &Tools,
     ) -> Result<ModelTurn, ProviderError> {
-        let resp = self.send(&self.body(messages, tools, false)).await?;
+        let resp = self.client.send(&self.body(messages, tools, false)).await?;
         let v: Value = resp.json().await.map_err(|e| self.read_failed(e))?;
         let message = v
             .pointer("/choices/0/message")
@@ -154,7 +118,7 @@ impl OpenAiToolModel {
         tools: &Tools,
         deltas: &mpsc::Sender<String>,
     ) -> Result<ModelTurn, ProviderError> {
-        let resp = self.send(&self.body(messages, tools, true)).await?;
+        let resp = self.client.send(&self.body(messages, tools, true)).await?;
         let mut body = resp.bytes_stream();
         let mut events = SseParser::default();
         let mut streamed = Streamed::default();
@@ -258,21 +222,6 @@ fn arguments_text(arguments: Option<&Value>) -> String {
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
     }
-}
-
-// TODO(issue 18, the wiring session): `usage_of` and `storable` are `provider.rs`'s, private
-// there; one copy, shared.
-fn usage_of(v: &Value) -> Option<(i64, i64)> {
-    let u = v.get("usage").filter(|u| u.is_object())?;
-    Some((
-        u.get("prompt_tokens").and_then(Value::as_i64)?,
-        u.get("completion_tokens").and_then(Value::as_i64)?,
-    ))
-}
-
-/// Text as every backend stores it (PostgreSQL refuses NUL).
-fn storable(text: &str) -> String {
-    text.replace('\0', "\u{FFFD}")
 }
 
 /// What a streamed turn has said so far.
