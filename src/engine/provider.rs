@@ -111,7 +111,8 @@ const STOPWORDS: &[&str] = &[
     "can", "could", "would", "should", "about", "into", "tell", "please", "there", "their",
 ];
 
-fn words(text: &str) -> Vec<String> {
+/// The words of `text`: runs of 3+ letters or digits, lower-cased, without [`STOPWORDS`].
+pub(crate) fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.chars().count() >= 3)
         .map(str::to_lowercase)

@@ -31,7 +31,7 @@ use super::{
     counted_tokens, excerpt,
 };
 use crate::engine::provider::{
-    CompletionRequest, LocalProvider, Passage, ProviderError, split_deltas,
+    CompletionRequest, LocalProvider, Passage, ProviderError, split_deltas, words,
 };
 
 /// Characters of each tool result quoted in an answer.
@@ -63,11 +63,12 @@ impl LocalToolModel {
             .get(last_user)
             .filter(|m| matches!(m, Message::User { .. }))
             .map_or("", Message::content);
-        let asked: BTreeSet<String> = words(input).collect();
+        let asked: BTreeSet<String> = words(input).into_iter().collect();
         let calls: Vec<RequestedCall> = tools
             .iter()
             .filter(|t| {
                 words(&t.name)
+                    .into_iter()
                     .chain(words(&t.description))
                     .any(|w| asked.contains(&w))
             })
@@ -147,22 +148,6 @@ fn answer_from_results(turn: &[Message]) -> Option<String> {
         })
         .collect();
     (!parts.is_empty()).then(|| parts.join(" "))
-}
-
-/// Words too common to say which tool is meant.
-// TODO(issue 18, the wiring session): one list with `provider::STOPWORDS`, which is private.
-const STOPWORDS: &[&str] = &[
-    "the", "and", "for", "are", "but", "not", "you", "your", "with", "what", "how", "who", "why",
-    "when", "where", "which", "this", "that", "from", "have", "has", "was", "were", "does", "did",
-    "can", "could", "would", "should", "about", "into", "tell", "please", "there", "their",
-];
-
-/// The words of `text`: runs of 3+ letters or digits, lower-cased, without [`STOPWORDS`].
-fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.chars().count() >= 3)
-        .map(str::to_lowercase)
-        .filter(|w| !STOPWORDS.contains(&w.as_str()))
 }
 
 /// The arguments the local model passes to `tool` for `input`.
