@@ -255,6 +255,57 @@ impl From<crate::ApiError> for CancelExecutionResponse {
     }
 }
 /// The parameters and body of
+/// `POST /v1/executions/{execution_id}/tool-outputs` (submitToolOutputs)
+#[derive(Debug, Clone)]
+pub struct SubmitToolOutputsParams {
+    /// The execution's id.
+    pub execution_id: String,
+    /// The request body.
+    pub body: crate::models::ToolOutputs,
+}
+/// Every documented answer of
+/// `POST /v1/executions/{execution_id}/tool-outputs` (submitToolOutputs)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum SubmitToolOutputsResponse {
+    /// The execution, queued again with the outputs.
+    #[oai(status = 202u16)]
+    Accepted(poem_openapi::payload::Json<crate::models::Execution>),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// No such resource in the caller's organization.
+    #[oai(status = 404u16)]
+    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The request conflicts with an existing resource.
+    #[oai(status = 409u16)]
+    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The body is well-formed JSON but breaks the schema; `details` names each field.
+    #[oai(status = 422u16)]
+    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for SubmitToolOutputsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
+/// The parameters and body of
 /// `GET /v1/executions/{execution_id}/logs` (getExecutionLogs)
 #[derive(Debug, Clone)]
 pub struct GetExecutionLogsParams {
@@ -449,6 +500,14 @@ pub trait ExecutionsApi: crate::Authenticate {
         caller: Self::Caller,
         params: CancelExecutionParams,
     ) -> impl std::future::Future<Output = Result<CancelExecutionResponse, crate::ApiError>> + Send;
+    /// Submit the outputs of client-side tool calls
+    ///
+    /// An execution in `requires_action` waits for the caller to run its `function` tools (OpenAI's `submit_tool_outputs`). Post one output for every pending call in `required_action.tool_calls`; the execution is queued again and goes on from where it paused (poll it, wait for it, or follow its stream). A call id that is not pending, or a pending call left without an output, is a 422 naming it; an execution that is not waiting for outputs answers 409.
+    fn submit_tool_outputs(
+        &self,
+        caller: Self::Caller,
+        params: SubmitToolOutputsParams,
+    ) -> impl std::future::Future<Output = Result<SubmitToolOutputsResponse, crate::ApiError>> + Send;
     /// Get an execution's logs
     ///
     /// The execution's log lines, oldest first (CodexOS `logs`), built from its steps.
@@ -693,6 +752,49 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         Ok(self
             .0
             .cancel_execution(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
+    }
+    /// Submit the outputs of client-side tool calls
+    ///
+    /// An execution in `requires_action` waits for the caller to run its `function` tools (OpenAI's `submit_tool_outputs`). Post one output for every pending call in `required_action.tool_calls`; the execution is queued again and goes on from where it paused (poll it, wait for it, or follow its stream). A call id that is not pending, or a pending call left without an output, is a 422 naming it; an execution that is not waiting for outputs answers 409.
+    #[oai(
+        path = "/v1/executions/:execution_id/tool-outputs",
+        method = "post",
+        operation_id = "submitToolOutputs"
+    )]
+    async fn submit_tool_outputs(
+        &self,
+        req: &poem::Request,
+        #[oai(name = "execution_id")] execution_id: poem_openapi::param::Path<String>,
+        body: poem_openapi::payload::Json<crate::models::ToolOutputs>,
+    ) -> poem::Result<SubmitToolOutputsResponse> {
+        let params = SubmitToolOutputsParams {
+            execution_id: execution_id.0,
+            body: body.0,
+        };
+        const SCOPES: &[&str] = &["execute:agents"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(SubmitToolOutputsResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(SubmitToolOutputsResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(SubmitToolOutputsResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self
+            .0
+            .submit_tool_outputs(caller, params)
             .await
             .unwrap_or_else(Into::into))
     }

@@ -519,6 +519,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["execute:agents"]),
     },
     OperationInfo {
+        id: "submitToolOutputs",
+        method: "POST",
+        path: "/v1/executions/{execution_id}/tool-outputs",
+        scopes: Some(&["execute:agents"]),
+    },
+    OperationInfo {
         id: "getExecutionLogs",
         method: "GET",
         path: "/v1/executions/{execution_id}/logs",

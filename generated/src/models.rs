@@ -621,6 +621,9 @@ pub struct AgentConfiguration {
     /// Most tokens to generate per answer.
     #[oai(rename = "max_tokens", skip_serializing_if_is_none)]
     pub max_tokens: Option<i64>,
+    /// Most model turns (each may call tools) or flow nodes one execution may run (default 8); past it the execution fails with `MAX_STEPS_EXCEEDED`.
+    #[oai(rename = "max_steps", skip_serializing_if_is_none)]
+    pub max_steps: Option<i64>,
 }
 /// A CodexOS flow graph.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
@@ -633,31 +636,212 @@ pub struct AgentFlow {
     #[oai(rename = "edges")]
     pub edges: Vec<crate::models::FlowEdge>,
 }
-#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
-#[oai(rename = "FlowNode", deny_unknown_fields)]
-pub struct FlowNode {
-    /// The node's id, unique in the flow.
-    #[oai(rename = "id")]
-    pub id: String,
-    /// The node's kind (`llm`, `tool`, `condition`, ...).
-    #[oai(rename = "type")]
-    pub type_: String,
-    /// Settings of the node.
-    #[oai(rename = "config", skip_serializing_if_is_none)]
-    pub config: Option<serde_json::Value>,
-}
+/// A step of a flow, by `type`: `input` (the execution's input), `llm` (a model call, which may call tools), `retrieval` (search knowledge bases), `tool` (call one tool), `condition` (route on a JSONLogic expression), `template` (render text), `output` (the flow's answer). A node with no incoming edge follows the entry.
+pub type FlowNode = serde_json::Value;
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "FlowEdge", deny_unknown_fields)]
 pub struct FlowEdge {
-    /// The id of the node the edge leaves.
+    /// The id of the node the edge leaves (`entry` for the flow's input when no `input` node is declared).
     #[oai(rename = "source")]
     pub source: String,
     /// The id of the node the edge enters.
     #[oai(rename = "target")]
     pub target: String,
-    /// When the edge is taken.
+    /// For an edge leaving a `condition` node, the value of the expression it is followed on (`true`, `false`, …).
+    #[oai(rename = "branch", skip_serializing_if_is_none)]
+    pub branch: Option<String>,
+    /// Free text kept for CodexOS compatibility; routing uses `branch`.
     #[oai(rename = "condition", skip_serializing_if_is_none)]
     pub condition: Option<String>,
+}
+/// The node's id, unique in the flow (`entry` names the flow's input when no `input` node is declared).
+pub type FlowNodeId = String;
+/// Text with `{{input}}` (the execution's input), `{{nodes.<id>.output}}` (an upstream node's output) and the execution's `{{parameters}}` by name.
+pub type FlowTemplate = String;
+/// The flow's entry: its output is the execution's input.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "InputNode", deny_unknown_fields)]
+pub struct InputNode {
+    /// The node's id, unique in the flow (`entry` names the flow's input when no `input` node is declared).
+    #[oai(rename = "id")]
+    pub id: crate::models::FlowNodeId,
+    /// A label for people.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// `input`
+    #[oai(rename = "type")]
+    pub type_: String,
+    #[oai(rename = "config", skip_serializing_if_is_none)]
+    pub config: Option<crate::models::InputNodeConfig>,
+}
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "InputNodeConfig", deny_unknown_fields)]
+pub struct InputNodeConfig {
+    /// What the flow expects as input.
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<String>,
+}
+/// A model call; its output is the answer.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "LlmNode", deny_unknown_fields)]
+pub struct LlmNode {
+    /// The node's id, unique in the flow (`entry` names the flow's input when no `input` node is declared).
+    #[oai(rename = "id")]
+    pub id: crate::models::FlowNodeId,
+    /// A label for people.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// `llm`
+    #[oai(rename = "type")]
+    pub type_: String,
+    #[oai(rename = "config")]
+    pub config: crate::models::LlmNodeConfig,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "LlmNodeConfig", deny_unknown_fields)]
+pub struct LlmNodeConfig {
+    /// A registered model's id (`model_…`, of the organization), or a model name such as `gpt-4`, recorded and run on the agent's model (default the agent's model).
+    #[oai(rename = "model", skip_serializing_if_is_none)]
+    pub model: Option<String>,
+    /// Text with `{{input}}` (the execution's input), `{{nodes.<id>.output}}` (an upstream node's output) and the execution's `{{parameters}}` by name.
+    #[oai(rename = "prompt")]
+    pub prompt: crate::models::FlowTemplate,
+    /// Text with `{{input}}` (the execution's input), `{{nodes.<id>.output}}` (an upstream node's output) and the execution's `{{parameters}}` by name.
+    #[oai(rename = "system", skip_serializing_if_is_none)]
+    pub system: Option<crate::models::FlowTemplate>,
+    /// Sampling temperature.
+    #[oai(rename = "temperature", skip_serializing_if_is_none)]
+    pub temperature: Option<f64>,
+    /// Most tokens to generate.
+    #[oai(rename = "max_tokens", skip_serializing_if_is_none)]
+    pub max_tokens: Option<i64>,
+    /// Ids of tools the model may call in this node.
+    #[oai(rename = "tools", skip_serializing_if_is_none)]
+    pub tools: Option<Vec<String>>,
+}
+/// A search of knowledge bases; its output is the passages found, one per line.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "RetrievalNode", deny_unknown_fields)]
+pub struct RetrievalNode {
+    /// The node's id, unique in the flow (`entry` names the flow's input when no `input` node is declared).
+    #[oai(rename = "id")]
+    pub id: crate::models::FlowNodeId,
+    /// A label for people.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// `retrieval`
+    #[oai(rename = "type")]
+    pub type_: String,
+    #[oai(rename = "config")]
+    pub config: crate::models::RetrievalNodeConfig,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "RetrievalNodeConfig", deny_unknown_fields)]
+pub struct RetrievalNodeConfig {
+    /// The knowledge bases searched (of the organization).
+    #[oai(rename = "knowledge_base_ids")]
+    pub knowledge_base_ids: Vec<String>,
+    /// Text with `{{input}}` (the execution's input), `{{nodes.<id>.output}}` (an upstream node's output) and the execution's `{{parameters}}` by name.
+    #[oai(rename = "query", skip_serializing_if_is_none)]
+    pub query: Option<crate::models::FlowTemplate>,
+    /// Passages at most (default 5).
+    #[oai(rename = "top_k", skip_serializing_if_is_none)]
+    pub top_k: Option<i64>,
+}
+/// One call of a tool (not a `function` tool: a flow does not pause); its output is the tool's result.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ToolNode", deny_unknown_fields)]
+pub struct ToolNode {
+    /// The node's id, unique in the flow (`entry` names the flow's input when no `input` node is declared).
+    #[oai(rename = "id")]
+    pub id: crate::models::FlowNodeId,
+    /// A label for people.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// `tool`
+    #[oai(rename = "type")]
+    pub type_: String,
+    #[oai(rename = "config")]
+    pub config: crate::models::ToolNodeConfig,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ToolNodeConfig", deny_unknown_fields)]
+pub struct ToolNodeConfig {
+    /// The tool called (of the organization).
+    #[oai(rename = "tool_id")]
+    pub tool_id: String,
+    /// The arguments; string values are templates (`{{input}}`, `{{nodes.<id>.output}}`).
+    #[oai(rename = "arguments", skip_serializing_if_is_none)]
+    pub arguments: Option<serde_json::Value>,
+}
+/// A branch: its output is what `expression` evaluates to, and only the outgoing edges whose `branch` equals it (as text: `true`, `false`, or any value) are followed, with edges that name no branch.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ConditionNode", deny_unknown_fields)]
+pub struct ConditionNode {
+    /// The node's id, unique in the flow (`entry` names the flow's input when no `input` node is declared).
+    #[oai(rename = "id")]
+    pub id: crate::models::FlowNodeId,
+    /// A label for people.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// `condition`
+    #[oai(rename = "type")]
+    pub type_: String,
+    #[oai(rename = "config")]
+    pub config: crate::models::ConditionNodeConfig,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ConditionNodeConfig", deny_unknown_fields)]
+pub struct ConditionNodeConfig {
+    /// A JSONLogic expression (jsonlogic.com) over `{input, parameters, nodes: {<id>: {output}}}`, e.g. `{"in": ["refund", {"var": "input"}]}`.
+    #[oai(rename = "expression")]
+    pub expression: serde_json::Value,
+}
+/// Rendered text; its output is the text.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "TemplateNode", deny_unknown_fields)]
+pub struct TemplateNode {
+    /// The node's id, unique in the flow (`entry` names the flow's input when no `input` node is declared).
+    #[oai(rename = "id")]
+    pub id: crate::models::FlowNodeId,
+    /// A label for people.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// `template`
+    #[oai(rename = "type")]
+    pub type_: String,
+    #[oai(rename = "config")]
+    pub config: crate::models::TemplateNodeConfig,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "TemplateNodeConfig", deny_unknown_fields)]
+pub struct TemplateNodeConfig {
+    /// Text with `{{input}}` (the execution's input), `{{nodes.<id>.output}}` (an upstream node's output) and the execution's `{{parameters}}` by name.
+    #[oai(rename = "template")]
+    pub template: crate::models::FlowTemplate,
+}
+/// The flow's answer: the execution's output is the value of the output node reached (its `value`, else its upstream node's output).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "OutputNode", deny_unknown_fields)]
+pub struct OutputNode {
+    /// The node's id, unique in the flow (`entry` names the flow's input when no `input` node is declared).
+    #[oai(rename = "id")]
+    pub id: crate::models::FlowNodeId,
+    /// A label for people.
+    #[oai(rename = "name", skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// `output`
+    #[oai(rename = "type")]
+    pub type_: String,
+    #[oai(rename = "config", skip_serializing_if_is_none)]
+    pub config: Option<crate::models::OutputNodeConfig>,
+}
+#[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
+#[oai(rename = "OutputNodeConfig", deny_unknown_fields)]
+pub struct OutputNodeConfig {
+    /// Text with `{{input}}` (the execution's input), `{{nodes.<id>.output}}` (an upstream node's output) and the execution's `{{parameters}}` by name.
+    #[oai(rename = "value", skip_serializing_if_is_none)]
+    pub value: Option<crate::models::FlowTemplate>,
 }
 /// An Agent Launchpad (elizaOS) character.
 #[derive(Debug, Clone, PartialEq, Default, poem_openapi::Object)]
@@ -2566,7 +2750,7 @@ pub struct KnowledgeResults {
     #[oai(rename = "total")]
     pub total: i64,
 }
-/// `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint.
+/// `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint, `function` is run by the caller (the execution pauses in `requires_action` until its output is posted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ToolType")]
 pub enum ToolType {
@@ -2576,16 +2760,24 @@ pub enum ToolType {
     Retrieval,
     #[oai(rename = "api")]
     Api,
+    #[oai(rename = "function")]
+    Function,
 }
 impl ToolType {
     /// Every value, in the order the spec lists them.
-    pub const ALL: &'static [ToolType] = &[ToolType::Rag, ToolType::Retrieval, ToolType::Api];
+    pub const ALL: &'static [ToolType] = &[
+        ToolType::Rag,
+        ToolType::Retrieval,
+        ToolType::Api,
+        ToolType::Function,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
             ToolType::Rag => "rag",
             ToolType::Retrieval => "retrieval",
             ToolType::Api => "api",
+            ToolType::Function => "function",
         }
     }
     /// Parses the wire form.
@@ -2594,6 +2786,7 @@ impl ToolType {
             "rag" => Some(ToolType::Rag),
             "retrieval" => Some(ToolType::Retrieval),
             "api" => Some(ToolType::Api),
+            "function" => Some(ToolType::Function),
             _ => None,
         }
     }
@@ -2752,6 +2945,28 @@ pub struct ApiToolInput {
     /// How long a call may take (default 10000).
     #[oai(rename = "timeout_ms", skip_serializing_if_is_none)]
     pub timeout_ms: Option<i64>,
+    /// The JSON Schema (an `object` schema) of the arguments a model passes when it calls the tool, sent to the model as the function's `parameters`. `rag` and `retrieval` tools always take `{query, top_k?, filters?}`; an `api` tool's arguments fill `{name}` placeholders of its URL, then its query (GET, DELETE) or JSON body (others); a `function` tool's go to the caller as they are.
+    #[oai(rename = "parameters", skip_serializing_if_is_none)]
+    pub parameters: Option<crate::models::ToolParameters>,
+}
+/// The JSON Schema (an `object` schema) of the arguments a model passes when it calls the tool, sent to the model as the function's `parameters`. `rag` and `retrieval` tools always take `{query, top_k?, filters?}`; an `api` tool's arguments fill `{name}` placeholders of its URL, then its query (GET, DELETE) or JSON body (others); a `function` tool's go to the caller as they are.
+pub type ToolParameters = serde_json::Value;
+/// A `function` tool, run by the caller (OpenAI's function tools with `submit_tool_outputs`).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "FunctionToolInput", deny_unknown_fields)]
+pub struct FunctionToolInput {
+    /// `function`
+    #[oai(rename = "type")]
+    pub type_: String,
+    /// The tool's name.
+    #[oai(rename = "name")]
+    pub name: crate::models::ToolName,
+    /// What the tool does (shown to agents choosing tools).
+    #[oai(rename = "description", skip_serializing_if_is_none)]
+    pub description: Option<crate::models::ToolDescription>,
+    /// The JSON Schema (an `object` schema) of the arguments a model passes when it calls the tool, sent to the model as the function's `parameters`. `rag` and `retrieval` tools always take `{query, top_k?, filters?}`; an `api` tool's arguments fill `{name}` placeholders of its URL, then its query (GET, DELETE) or JSON body (others); a `function` tool's go to the caller as they are.
+    #[oai(rename = "parameters")]
+    pub parameters: crate::models::ToolParameters,
 }
 /// A tool to create or, with PUT, its new state.
 pub type ToolInput = serde_json::Value;
@@ -2765,7 +2980,7 @@ pub struct Tool {
     /// The tool's name.
     #[oai(rename = "name")]
     pub name: String,
-    /// `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint.
+    /// `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint, `function` is run by the caller (the execution pauses in `requires_action` until its output is posted).
     #[oai(rename = "type")]
     pub type_: crate::models::ToolType,
     /// What the tool does.
@@ -2798,6 +3013,9 @@ pub struct Tool {
     /// For `api` tools, the call timeout.
     #[oai(rename = "timeout_ms", skip_serializing_if_is_none)]
     pub timeout_ms: Option<i64>,
+    /// The JSON Schema of the tool's arguments, as models see it (for `rag` and `retrieval` tools the fixed `{query, top_k?, filters?}`).
+    #[oai(rename = "parameters", skip_serializing_if_is_none)]
+    pub parameters: Option<serde_json::Value>,
     /// Bumped by every change; the `ETag`.
     #[oai(rename = "version")]
     pub version: i64,
@@ -5233,7 +5451,7 @@ pub struct MarketplaceInstallRequest {
     #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
     pub knowledge_bases: Option<Vec<String>>,
 }
-/// Where an execution is: `queued` (accepted, waiting for a worker), `running`, or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`).
+/// Where an execution is: `queued` (accepted, waiting for a worker), `running`, `requires_action` (paused until the caller posts the outputs of its `function` tool calls to `/tool-outputs`), or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`), `expired` (paused for outputs past `options.timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ExecutionStatus")]
 pub enum ExecutionStatus {
@@ -5241,6 +5459,8 @@ pub enum ExecutionStatus {
     Queued,
     #[oai(rename = "running")]
     Running,
+    #[oai(rename = "requires_action")]
+    RequiresAction,
     #[oai(rename = "succeeded")]
     Succeeded,
     #[oai(rename = "failed")]
@@ -5249,26 +5469,32 @@ pub enum ExecutionStatus {
     Cancelled,
     #[oai(rename = "timed_out")]
     TimedOut,
+    #[oai(rename = "expired")]
+    Expired,
 }
 impl ExecutionStatus {
     /// Every value, in the order the spec lists them.
     pub const ALL: &'static [ExecutionStatus] = &[
         ExecutionStatus::Queued,
         ExecutionStatus::Running,
+        ExecutionStatus::RequiresAction,
         ExecutionStatus::Succeeded,
         ExecutionStatus::Failed,
         ExecutionStatus::Cancelled,
         ExecutionStatus::TimedOut,
+        ExecutionStatus::Expired,
     ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
             ExecutionStatus::Queued => "queued",
             ExecutionStatus::Running => "running",
+            ExecutionStatus::RequiresAction => "requires_action",
             ExecutionStatus::Succeeded => "succeeded",
             ExecutionStatus::Failed => "failed",
             ExecutionStatus::Cancelled => "cancelled",
             ExecutionStatus::TimedOut => "timed_out",
+            ExecutionStatus::Expired => "expired",
         }
     }
     /// Parses the wire form.
@@ -5276,10 +5502,12 @@ impl ExecutionStatus {
         match value {
             "queued" => Some(ExecutionStatus::Queued),
             "running" => Some(ExecutionStatus::Running),
+            "requires_action" => Some(ExecutionStatus::RequiresAction),
             "succeeded" => Some(ExecutionStatus::Succeeded),
             "failed" => Some(ExecutionStatus::Failed),
             "cancelled" => Some(ExecutionStatus::Cancelled),
             "timed_out" => Some(ExecutionStatus::TimedOut),
+            "expired" => Some(ExecutionStatus::Expired),
             _ => None,
         }
     }
@@ -5348,14 +5576,92 @@ pub struct ExecuteRequest {
     #[oai(rename = "options", skip_serializing_if_is_none)]
     pub options: Option<crate::models::ExecuteOptions>,
 }
-/// One step of a run (`template`, `retrieval`, `model_call`) with its timing.
+/// One call of a tool the model (or a flow's `tool` node) asked for.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ToolCall", deny_unknown_fields)]
+pub struct ToolCall {
+    /// The call's id (`call_…`), quoted back in its output.
+    #[oai(rename = "id")]
+    pub id: String,
+    /// The tool called.
+    #[oai(rename = "tool_id", skip_serializing_if_is_none)]
+    pub tool_id: Option<String>,
+    /// The function name the model used (the tool's name as a function name).
+    #[oai(rename = "name")]
+    pub name: String,
+    /// The arguments, as the tool's `parameters` describe them.
+    #[oai(rename = "arguments")]
+    pub arguments: serde_json::Value,
+}
+/// Always `submit_tool_outputs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
+#[oai(rename = "RequiredActionType")]
+pub enum RequiredActionType {
+    #[oai(rename = "submit_tool_outputs")]
+    SubmitToolOutputs,
+}
+impl RequiredActionType {
+    /// Every value, in the order the spec lists them.
+    pub const ALL: &'static [RequiredActionType] = &[RequiredActionType::SubmitToolOutputs];
+    /// The value as it appears on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RequiredActionType::SubmitToolOutputs => "submit_tool_outputs",
+        }
+    }
+    /// Parses the wire form.
+    pub fn from_wire(value: &str) -> Option<Self> {
+        match value {
+            "submit_tool_outputs" => Some(RequiredActionType::SubmitToolOutputs),
+            _ => None,
+        }
+    }
+}
+impl std::fmt::Display for RequiredActionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+/// What a paused execution waits for (OpenAI's `required_action`).
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "RequiredAction", deny_unknown_fields)]
+pub struct RequiredAction {
+    /// Always `submit_tool_outputs`.
+    #[oai(rename = "type")]
+    pub type_: crate::models::RequiredActionType,
+    /// The calls of `function` tools to run and answer, in the order the model made them.
+    #[oai(rename = "tool_calls")]
+    pub tool_calls: Vec<crate::models::ToolCall>,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ToolOutput", deny_unknown_fields)]
+pub struct ToolOutput {
+    /// The pending call this answers.
+    #[oai(rename = "tool_call_id")]
+    pub tool_call_id: String,
+    /// What the tool returned, as text (JSON is fine); given to the model as the call's result.
+    #[oai(rename = "output")]
+    pub output: String,
+}
+/// The outputs of every pending call of a paused execution.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "ToolOutputs", deny_unknown_fields)]
+pub struct ToolOutputs {
+    /// One output per pending call.
+    #[oai(rename = "tool_outputs")]
+    pub tool_outputs: Vec<crate::models::ToolOutput>,
+}
+/// One step of a run with its timing. An agent without a flow runs `template`, `retrieval`, then `model_call`s with a `tool_call` step for every tool the model calls; a flow agent runs one `node` step per node it reaches, named by `node_id`.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "ExecutionStep", deny_unknown_fields)]
 pub struct ExecutionStep {
-    /// The step.
+    /// The step (`template`, `retrieval`, `model_call`, `tool_call`, `node`).
     #[oai(rename = "name")]
     pub name: String,
-    /// `succeeded` or `failed`.
+    /// For a flow's steps, the node that ran.
+    #[oai(rename = "node_id", skip_serializing_if_is_none)]
+    pub node_id: Option<String>,
+    /// `succeeded`, `failed`, or for a `function` tool call `requires_action` until its output is posted.
     #[oai(rename = "status")]
     pub status: String,
     /// When the step started.
@@ -5364,7 +5670,7 @@ pub struct ExecutionStep {
     /// How long it took.
     #[oai(rename = "duration_ms")]
     pub duration_ms: i64,
-    /// What the step did (variables rendered, passages retrieved with scores, model and tokens) or its error.
+    /// What the step did or its error: variables rendered, passages retrieved with scores, model and tokens; for `tool_call` the `tool_id`, `name`, `call_id`, `arguments` and a `result` summary; for `node` the node's `type`, `input` and `output`.
     #[oai(rename = "detail")]
     pub detail: serde_json::Value,
 }
@@ -5406,7 +5712,7 @@ pub struct ExecutionUsage {
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "ExecutionError", deny_unknown_fields)]
 pub struct ExecutionError {
-    /// `EXECUTION_FAILED`, `INTERRUPTED`, `TIMED_OUT` or `CANCELLED`.
+    /// `EXECUTION_FAILED`, `INTERRUPTED`, `TIMED_OUT`, `CANCELLED`, `MAX_STEPS_EXCEEDED` or `EXPIRED`.
     #[oai(rename = "code")]
     pub code: String,
     /// A human-readable explanation.
@@ -5426,7 +5732,7 @@ pub struct Execution {
     /// The conversation the run answered a message of, if any.
     #[oai(rename = "conversation_id", skip_serializing_if_is_none)]
     pub conversation_id: Option<String>,
-    /// Where an execution is: `queued` (accepted, waiting for a worker), `running`, or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`).
+    /// Where an execution is: `queued` (accepted, waiting for a worker), `running`, `requires_action` (paused until the caller posts the outputs of its `function` tool calls to `/tool-outputs`), or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`), `expired` (paused for outputs past `options.timeout`).
     #[oai(rename = "status")]
     pub status: crate::models::ExecutionStatus,
     /// The input as given (`input`, else `query`).
@@ -5441,6 +5747,9 @@ pub struct Execution {
     /// Why an execution did not succeed.
     #[oai(rename = "error", skip_serializing_if_is_none)]
     pub error: Option<crate::models::ExecutionError>,
+    /// What a paused execution waits for (OpenAI's `required_action`).
+    #[oai(rename = "required_action", skip_serializing_if_is_none)]
+    pub required_action: Option<crate::models::RequiredAction>,
     /// Tokens and cost of the execution.
     #[oai(rename = "usage")]
     pub usage: crate::models::ExecutionUsage,
@@ -5532,7 +5841,7 @@ pub struct ExecutionLogs {
     #[oai(rename = "data")]
     pub data: Vec<crate::models::ExecutionLog>,
 }
-/// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+/// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), `tool_call.started` / `tool_call.completed` / `tool_call.failed` (a tool call, its step in `step`), `node.started` / `node.completed` / `node.failed` (a flow node, its step in `step`), then one of `execution.completed`, `execution.failed` (failed, cancelled, timed out or expired: see the execution's status) or `execution.requires_action` (paused for tool outputs: the stream ends, and following the execution again after posting them resumes it), the last event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "ExecutionEventType")]
 pub enum ExecutionEventType {
@@ -5542,10 +5851,24 @@ pub enum ExecutionEventType {
     Step,
     #[oai(rename = "token")]
     Token,
+    #[oai(rename = "tool_call.started")]
+    ToolCallStarted,
+    #[oai(rename = "tool_call.completed")]
+    ToolCallCompleted,
+    #[oai(rename = "tool_call.failed")]
+    ToolCallFailed,
+    #[oai(rename = "node.started")]
+    NodeStarted,
+    #[oai(rename = "node.completed")]
+    NodeCompleted,
+    #[oai(rename = "node.failed")]
+    NodeFailed,
     #[oai(rename = "execution.completed")]
     ExecutionCompleted,
     #[oai(rename = "execution.failed")]
     ExecutionFailed,
+    #[oai(rename = "execution.requires_action")]
+    ExecutionRequiresAction,
 }
 impl ExecutionEventType {
     /// Every value, in the order the spec lists them.
@@ -5553,8 +5876,15 @@ impl ExecutionEventType {
         ExecutionEventType::ExecutionStarted,
         ExecutionEventType::Step,
         ExecutionEventType::Token,
+        ExecutionEventType::ToolCallStarted,
+        ExecutionEventType::ToolCallCompleted,
+        ExecutionEventType::ToolCallFailed,
+        ExecutionEventType::NodeStarted,
+        ExecutionEventType::NodeCompleted,
+        ExecutionEventType::NodeFailed,
         ExecutionEventType::ExecutionCompleted,
         ExecutionEventType::ExecutionFailed,
+        ExecutionEventType::ExecutionRequiresAction,
     ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
@@ -5562,8 +5892,15 @@ impl ExecutionEventType {
             ExecutionEventType::ExecutionStarted => "execution.started",
             ExecutionEventType::Step => "step",
             ExecutionEventType::Token => "token",
+            ExecutionEventType::ToolCallStarted => "tool_call.started",
+            ExecutionEventType::ToolCallCompleted => "tool_call.completed",
+            ExecutionEventType::ToolCallFailed => "tool_call.failed",
+            ExecutionEventType::NodeStarted => "node.started",
+            ExecutionEventType::NodeCompleted => "node.completed",
+            ExecutionEventType::NodeFailed => "node.failed",
             ExecutionEventType::ExecutionCompleted => "execution.completed",
             ExecutionEventType::ExecutionFailed => "execution.failed",
+            ExecutionEventType::ExecutionRequiresAction => "execution.requires_action",
         }
     }
     /// Parses the wire form.
@@ -5572,8 +5909,15 @@ impl ExecutionEventType {
             "execution.started" => Some(ExecutionEventType::ExecutionStarted),
             "step" => Some(ExecutionEventType::Step),
             "token" => Some(ExecutionEventType::Token),
+            "tool_call.started" => Some(ExecutionEventType::ToolCallStarted),
+            "tool_call.completed" => Some(ExecutionEventType::ToolCallCompleted),
+            "tool_call.failed" => Some(ExecutionEventType::ToolCallFailed),
+            "node.started" => Some(ExecutionEventType::NodeStarted),
+            "node.completed" => Some(ExecutionEventType::NodeCompleted),
+            "node.failed" => Some(ExecutionEventType::NodeFailed),
             "execution.completed" => Some(ExecutionEventType::ExecutionCompleted),
             "execution.failed" => Some(ExecutionEventType::ExecutionFailed),
+            "execution.requires_action" => Some(ExecutionEventType::ExecutionRequiresAction),
             _ => None,
         }
     }
@@ -5587,7 +5931,7 @@ impl std::fmt::Display for ExecutionEventType {
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "ExecutionEvent", deny_unknown_fields)]
 pub struct ExecutionEvent {
-    /// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+    /// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), `tool_call.started` / `tool_call.completed` / `tool_call.failed` (a tool call, its step in `step`), `node.started` / `node.completed` / `node.failed` (a flow node, its step in `step`), then one of `execution.completed`, `execution.failed` (failed, cancelled, timed out or expired: see the execution's status) or `execution.requires_action` (paused for tool outputs: the stream ends, and following the execution again after posting them resumes it), the last event.
     #[oai(rename = "type")]
     pub type_: crate::models::ExecutionEventType,
     /// The execution.
@@ -5596,7 +5940,7 @@ pub struct ExecutionEvent {
     /// The event's position in this stream, from 0.
     #[oai(rename = "sequence")]
     pub sequence: i64,
-    /// One step of a run (`template`, `retrieval`, `model_call`) with its timing.
+    /// One step of a run with its timing. An agent without a flow runs `template`, `retrieval`, then `model_call`s with a `tool_call` step for every tool the model calls; a flow agent runs one `node` step per node it reaches, named by `node_id`.
     #[oai(rename = "step", skip_serializing_if_is_none)]
     pub step: Option<crate::models::ExecutionStep>,
     /// For `token`, the next piece of the answer.
@@ -5613,7 +5957,7 @@ pub struct ExecutionEvent {
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "ExecutionEventFrame")]
 pub struct ExecutionEventFrame {
-    /// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+    /// `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), `tool_call.started` / `tool_call.completed` / `tool_call.failed` (a tool call, its step in `step`), `node.started` / `node.completed` / `node.failed` (a flow node, its step in `step`), then one of `execution.completed`, `execution.failed` (failed, cancelled, timed out or expired: see the execution's status) or `execution.requires_action` (paused for tool outputs: the stream ends, and following the execution again after posting them resumes it), the last event.
     #[oai(rename = "event")]
     pub event: crate::models::ExecutionEventType,
     /// One `ExecutionEvent`, serialized as JSON on a single line.

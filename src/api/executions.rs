@@ -342,6 +342,26 @@ impl ExecutionsApi for Handlers {
         Ok(GetExecutionResponse::Ok(Json(Execution::from(&row)), tag))
     }
 
+    async fn submit_tool_outputs(
+        &self,
+        caller: Caller,
+        params: SubmitToolOutputsParams,
+    ) -> Result<SubmitToolOutputsResponse, ApiError> {
+        let rid = caller.request_id.as_str();
+        let row = self.execution_row(&caller, params.execution_id).await?;
+        Err(Failure::new(
+            Kind::Conflict,
+            "EXECUTION_NOT_WAITING",
+            format!(
+                "execution {} is {}, not waiting for tool outputs",
+                row.id,
+                row.status.as_str()
+            ),
+            rid,
+        )
+        .into())
+    }
+
     async fn cancel_execution(
         &self,
         caller: Caller,

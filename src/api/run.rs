@@ -36,7 +36,7 @@ const FOLLOW_POLL: Duration = Duration::from_millis(250);
 const WAIT_GRACE: Duration = Duration::from_secs(5);
 
 same_variants!(ExecutionStatus <=> models::ExecutionStatus {
-    Queued, Running, Succeeded, Failed, Cancelled, TimedOut,
+    Queued, Running, Succeeded, Failed, Cancelled, TimedOut, RequiresAction, Expired,
 });
 
 impl From<&Step> for ExecutionStep {
@@ -44,6 +44,7 @@ impl From<&Step> for ExecutionStep {
         ExecutionStep {
             name: s.name.as_str().to_string(),
             status: s.status.as_str().to_string(),
+            node_id: None,
             started_at: s.started_at.clone(),
             duration_ms: s.duration_ms,
             detail: match &s.detail {
@@ -96,6 +97,7 @@ impl From<&ExecutionRow> for Execution {
                 total_tokens: tokens,
                 cost_usd: cost,
             },
+            required_action: None,
             steps: row.steps.iter().map(ExecutionStep::from).collect(),
             created_at: row.created_at.clone(),
             started_at: row.started_at.clone(),

@@ -210,6 +210,7 @@ impl Resource for Tool {
                 .and_then(|h| serde_json::from_value(h.clone()).ok()),
             secret_header_names: strings("secret_header_names"),
             timeout_ms: body.get("timeout_ms").and_then(Value::as_i64),
+            parameters: None,
             version: row.version,
             created_at: row.created_at.clone(),
             updated_at: row.updated_at.clone(),

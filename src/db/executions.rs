@@ -29,13 +29,18 @@ text_enum! {
         Failed = "failed",
         Cancelled = "cancelled",
         TimedOut = "timed_out",
+        RequiresAction = "requires_action",
+        Expired = "expired",
     }
 }
 
 impl ExecutionStatus {
     /// Whether it is a final status (no change follows).
     pub fn is_finished(self) -> bool {
-        !matches!(self, ExecutionStatus::Queued | ExecutionStatus::Running)
+        !matches!(
+            self,
+            ExecutionStatus::Queued | ExecutionStatus::Running | ExecutionStatus::RequiresAction
+        )
     }
 }
 

@@ -505,12 +505,18 @@ pub fn announce(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> 
                 row.id, row.input_tokens, row.output_tokens
             ),
         ),
+        ExecutionStatus::RequiresAction => (
+            "execution.requires_action",
+            "info",
+            format!("execution {} is waiting for tool outputs", row.id),
+        ),
         ExecutionStatus::Cancelled => (
             "execution.failed",
             "warn",
             format!("execution {} cancelled: {reason}", row.id),
         ),
-        other @ (ExecutionStatus::Failed | ExecutionStatus::TimedOut) => (
+        other
+        @ (ExecutionStatus::Failed | ExecutionStatus::TimedOut | ExecutionStatus::Expired) => (
             "execution.failed",
             "error",
             format!("execution {} {other}: {reason}", row.id),
@@ -521,7 +527,10 @@ pub fn announce(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> 
         "agent_id": row.agent_id,
         "status": row.status,
     });
-    if event_type != "execution.started" {
+    if !matches!(
+        event_type,
+        "execution.started" | "execution.requires_action"
+    ) {
         data["usage"] = json!({
             "input_tokens": row.input_tokens,
             "output_tokens": row.output_tokens,

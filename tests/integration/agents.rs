@@ -28,7 +28,7 @@ fn as_json(agent: &Agent) -> Value {
 backend_test!(seed_examples_create_read_update_replace_delete, |app| {
     let api = app.api();
     let examples = seed_examples();
-    assert_eq!(examples.len(), 4, "one example per seed");
+    assert_eq!(examples.len(), 5, "one example per seed, and a branching CodexOS flow");
     for (name, body) in examples {
         let input: AgentInput = typed(body.clone());
         let resp = api.create_agent().body(input).send().await.expect("create");

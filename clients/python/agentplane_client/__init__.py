@@ -79,6 +79,9 @@ __all__ = [
     "BuildInfo",
     "CaseResult",
     "ComponentHealth",
+    "ConditionNode",
+    "ConditionNodeConfig",
+    "ConditionNodeConfigExpression",
     "Conversation",
     "ConversationAnalytics",
     "ConversationInput",
@@ -131,12 +134,15 @@ __all__ = [
     "ExecutionUsage",
     "FlowEdge",
     "FlowNode",
+    "FunctionToolInput",
     "GithubSourceInput",
     "Health",
     "HealthComponents",
     "HealthState",
     "IngestRequest",
     "IngestResult",
+    "InputNode",
+    "InputNodeConfig",
     "KnowledgeBase",
     "KnowledgeBaseInput",
     "KnowledgeBaseList",
@@ -158,6 +164,8 @@ __all__ = [
     "KnowledgeSyncEventData",
     "KnowledgeToolInput",
     "LatencyPercentiles",
+    "LlmNode",
+    "LlmNodeConfig",
     "LogLevel",
     "MarketplaceCategory",
     "MarketplaceInstallRequest",
@@ -181,6 +189,8 @@ __all__ = [
     "NotificationPreferences",
     "NotificationPreferencesPatch",
     "Organization",
+    "OutputNode",
+    "OutputNodeConfig",
     "Pagination",
     "PassCriteria",
     "Percentiles",
@@ -197,6 +207,9 @@ __all__ = [
     "RateLimitPolicy",
     "RenderRequest",
     "RenderedPrompt",
+    "RequiredAction",
+    "RetrievalNode",
+    "RetrievalNodeConfig",
     "Role",
     "ScaleRequest",
     "Scope",
@@ -229,12 +242,19 @@ __all__ = [
     "SystemMetricsProcess",
     "SystemMetricsRequests",
     "SystemStatus",
+    "TemplateNode",
+    "TemplateNodeConfig",
     "TestCase",
     "TextSourceInput",
     "TokenCounts",
     "Tool",
+    "ToolCall",
     "ToolInput",
     "ToolList",
+    "ToolNode",
+    "ToolNodeConfig",
+    "ToolOutput",
+    "ToolOutputs",
     "ToolQuery",
     "ToolTestInput",
     "ToolTestResult",
@@ -342,6 +362,9 @@ from agentplane_client.models.batch_result import BatchResult as BatchResult
 from agentplane_client.models.build_info import BuildInfo as BuildInfo
 from agentplane_client.models.case_result import CaseResult as CaseResult
 from agentplane_client.models.component_health import ComponentHealth as ComponentHealth
+from agentplane_client.models.condition_node import ConditionNode as ConditionNode
+from agentplane_client.models.condition_node_config import ConditionNodeConfig as ConditionNodeConfig
+from agentplane_client.models.condition_node_config_expression import ConditionNodeConfigExpression as ConditionNodeConfigExpression
 from agentplane_client.models.conversation import Conversation as Conversation
 from agentplane_client.models.conversation_analytics import ConversationAnalytics as ConversationAnalytics
 from agentplane_client.models.conversation_input import ConversationInput as ConversationInput
@@ -394,12 +417,15 @@ from agentplane_client.models.execution_step import ExecutionStep as ExecutionSt
 from agentplane_client.models.execution_usage import ExecutionUsage as ExecutionUsage
 from agentplane_client.models.flow_edge import FlowEdge as FlowEdge
 from agentplane_client.models.flow_node import FlowNode as FlowNode
+from agentplane_client.models.function_tool_input import FunctionToolInput as FunctionToolInput
 from agentplane_client.models.github_source_input import GithubSourceInput as GithubSourceInput
 from agentplane_client.models.health import Health as Health
 from agentplane_client.models.health_components import HealthComponents as HealthComponents
 from agentplane_client.models.health_state import HealthState as HealthState
 from agentplane_client.models.ingest_request import IngestRequest as IngestRequest
 from agentplane_client.models.ingest_result import IngestResult as IngestResult
+from agentplane_client.models.input_node import InputNode as InputNode
+from agentplane_client.models.input_node_config import InputNodeConfig as InputNodeConfig
 from agentplane_client.models.knowledge_base import KnowledgeBase as KnowledgeBase
 from agentplane_client.models.knowledge_base_input import KnowledgeBaseInput as KnowledgeBaseInput
 from agentplane_client.models.knowledge_base_list import KnowledgeBaseList as KnowledgeBaseList
@@ -421,6 +447,8 @@ from agentplane_client.models.knowledge_source_type import KnowledgeSourceType a
 from agentplane_client.models.knowledge_sync_event_data import KnowledgeSyncEventData as KnowledgeSyncEventData
 from agentplane_client.models.knowledge_tool_input import KnowledgeToolInput as KnowledgeToolInput
 from agentplane_client.models.latency_percentiles import LatencyPercentiles as LatencyPercentiles
+from agentplane_client.models.llm_node import LlmNode as LlmNode
+from agentplane_client.models.llm_node_config import LlmNodeConfig as LlmNodeConfig
 from agentplane_client.models.log_level import LogLevel as LogLevel
 from agentplane_client.models.marketplace_category import MarketplaceCategory as MarketplaceCategory
 from agentplane_client.models.marketplace_install_request import MarketplaceInstallRequest as MarketplaceInstallRequest
@@ -444,6 +472,8 @@ from agentplane_client.models.new_user import NewUser as NewUser
 from agentplane_client.models.notification_preferences import NotificationPreferences as NotificationPreferences
 from agentplane_client.models.notification_preferences_patch import NotificationPreferencesPatch as NotificationPreferencesPatch
 from agentplane_client.models.organization import Organization as Organization
+from agentplane_client.models.output_node import OutputNode as OutputNode
+from agentplane_client.models.output_node_config import OutputNodeConfig as OutputNodeConfig
 from agentplane_client.models.pagination import Pagination as Pagination
 from agentplane_client.models.pass_criteria import PassCriteria as PassCriteria
 from agentplane_client.models.percentiles import Percentiles as Percentiles
@@ -460,6 +490,9 @@ from agentplane_client.models.rate_limit_input import RateLimitInput as RateLimi
 from agentplane_client.models.rate_limit_policy import RateLimitPolicy as RateLimitPolicy
 from agentplane_client.models.render_request import RenderRequest as RenderRequest
 from agentplane_client.models.rendered_prompt import RenderedPrompt as RenderedPrompt
+from agentplane_client.models.required_action import RequiredAction as RequiredAction
+from agentplane_client.models.retrieval_node import RetrievalNode as RetrievalNode
+from agentplane_client.models.retrieval_node_config import RetrievalNodeConfig as RetrievalNodeConfig
 from agentplane_client.models.role import Role as Role
 from agentplane_client.models.scale_request import ScaleRequest as ScaleRequest
 from agentplane_client.models.scope import Scope as Scope
@@ -492,12 +525,19 @@ from agentplane_client.models.system_metrics_executions import SystemMetricsExec
 from agentplane_client.models.system_metrics_process import SystemMetricsProcess as SystemMetricsProcess
 from agentplane_client.models.system_metrics_requests import SystemMetricsRequests as SystemMetricsRequests
 from agentplane_client.models.system_status import SystemStatus as SystemStatus
+from agentplane_client.models.template_node import TemplateNode as TemplateNode
+from agentplane_client.models.template_node_config import TemplateNodeConfig as TemplateNodeConfig
 from agentplane_client.models.test_case import TestCase as TestCase
 from agentplane_client.models.text_source_input import TextSourceInput as TextSourceInput
 from agentplane_client.models.token_counts import TokenCounts as TokenCounts
 from agentplane_client.models.tool import Tool as Tool
+from agentplane_client.models.tool_call import ToolCall as ToolCall
 from agentplane_client.models.tool_input import ToolInput as ToolInput
 from agentplane_client.models.tool_list import ToolList as ToolList
+from agentplane_client.models.tool_node import ToolNode as ToolNode
+from agentplane_client.models.tool_node_config import ToolNodeConfig as ToolNodeConfig
+from agentplane_client.models.tool_output import ToolOutput as ToolOutput
+from agentplane_client.models.tool_outputs import ToolOutputs as ToolOutputs
 from agentplane_client.models.tool_query import ToolQuery as ToolQuery
 from agentplane_client.models.tool_test_input import ToolTestInput as ToolTestInput
 from agentplane_client.models.tool_test_result import ToolTestResult as ToolTestResult

@@ -787,6 +787,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/executions/{execution_id}/tool-outputs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Submit the outputs of client-side tool calls
+         * @description An execution in `requires_action` waits for the caller to run its `function` tools (OpenAI's `submit_tool_outputs`). Post one output for every pending call in `required_action.tool_calls`; the execution is queued again and goes on from where it paused (poll it, wait for it, or follow its stream). A call id that is not pending, or a pending call left without an output, is a 422 naming it; an execution that is not waiting for outputs answers 409.
+         */
+        post: operations["submitToolOutputs"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/executions/{execution_id}/logs": {
         parameters: {
             query?: never;
@@ -2404,6 +2427,11 @@ export interface components {
              * @description Most tokens to generate per answer.
              */
             max_tokens?: number;
+            /**
+             * Format: int64
+             * @description Most model turns (each may call tools) or flow nodes one execution may run (default 8); past it the execution fails with `MAX_STEPS_EXCEEDED`.
+             */
+            max_steps?: number;
         };
         /** @description A CodexOS flow graph. */
         AgentFlow: {
@@ -2412,23 +2440,154 @@ export interface components {
             /** @description Connections between steps. */
             edges: components["schemas"]["FlowEdge"][];
         };
-        FlowNode: {
-            /** @description The node's id, unique in the flow. */
-            id: string;
-            /** @description The node's kind (`llm`, `tool`, `condition`, ...). */
-            type: string;
-            /** @description Settings of the node. */
-            config?: {
-                [key: string]: unknown;
-            };
-        };
+        /** @description A step of a flow, by `type`: `input` (the execution's input), `llm` (a model call, which may call tools), `retrieval` (search knowledge bases), `tool` (call one tool), `condition` (route on a JSONLogic expression), `template` (render text), `output` (the flow's answer). A node with no incoming edge follows the entry. */
+        FlowNode: components["schemas"]["InputNode"] | components["schemas"]["LlmNode"] | components["schemas"]["RetrievalNode"] | components["schemas"]["ToolNode"] | components["schemas"]["ConditionNode"] | components["schemas"]["TemplateNode"] | components["schemas"]["OutputNode"];
         FlowEdge: {
-            /** @description The id of the node the edge leaves. */
+            /** @description The id of the node the edge leaves (`entry` for the flow's input when no `input` node is declared). */
             source: string;
             /** @description The id of the node the edge enters. */
             target: string;
-            /** @description When the edge is taken. */
+            /** @description For an edge leaving a `condition` node, the value of the expression it is followed on (`true`, `false`, …). */
+            branch?: string;
+            /** @description Free text kept for CodexOS compatibility; routing uses `branch`. */
             condition?: string;
+        };
+        /** @description The node's id, unique in the flow (`entry` names the flow's input when no `input` node is declared). */
+        FlowNodeId: string;
+        /** @description Text with `{{input}}` (the execution's input), `{{nodes.<id>.output}}` (an upstream node's output) and the execution's `{{parameters}}` by name. */
+        FlowTemplate: string;
+        /** @description The flow's entry: its output is the execution's input. */
+        InputNode: {
+            id: components["schemas"]["FlowNodeId"];
+            /** @description A label for people. */
+            name?: string;
+            /**
+             * @description `input`
+             * @constant
+             */
+            type: "input";
+            config?: components["schemas"]["InputNodeConfig"];
+        };
+        InputNodeConfig: {
+            /** @description What the flow expects as input. */
+            description?: string;
+        };
+        /** @description A model call; its output is the answer. */
+        LlmNode: {
+            id: components["schemas"]["FlowNodeId"];
+            /** @description A label for people. */
+            name?: string;
+            /**
+             * @description `llm`
+             * @constant
+             */
+            type: "llm";
+            config: components["schemas"]["LlmNodeConfig"];
+        };
+        LlmNodeConfig: {
+            /** @description A registered model's id (`model_…`, of the organization), or a model name such as `gpt-4`, recorded and run on the agent's model (default the agent's model). */
+            model?: string;
+            prompt: components["schemas"]["FlowTemplate"];
+            system?: components["schemas"]["FlowTemplate"];
+            /** @description Sampling temperature. */
+            temperature?: number;
+            /**
+             * Format: int64
+             * @description Most tokens to generate.
+             */
+            max_tokens?: number;
+            /** @description Ids of tools the model may call in this node. */
+            tools?: string[];
+        };
+        /** @description A search of knowledge bases; its output is the passages found, one per line. */
+        RetrievalNode: {
+            id: components["schemas"]["FlowNodeId"];
+            /** @description A label for people. */
+            name?: string;
+            /**
+             * @description `retrieval`
+             * @constant
+             */
+            type: "retrieval";
+            config: components["schemas"]["RetrievalNodeConfig"];
+        };
+        RetrievalNodeConfig: {
+            /** @description The knowledge bases searched (of the organization). */
+            knowledge_base_ids: string[];
+            query?: components["schemas"]["FlowTemplate"];
+            /**
+             * Format: int64
+             * @description Passages at most (default 5).
+             */
+            top_k?: number;
+        };
+        /** @description One call of a tool (not a `function` tool: a flow does not pause); its output is the tool's result. */
+        ToolNode: {
+            id: components["schemas"]["FlowNodeId"];
+            /** @description A label for people. */
+            name?: string;
+            /**
+             * @description `tool`
+             * @constant
+             */
+            type: "tool";
+            config: components["schemas"]["ToolNodeConfig"];
+        };
+        ToolNodeConfig: {
+            /** @description The tool called (of the organization). */
+            tool_id: string;
+            /** @description The arguments; string values are templates (`{{input}}`, `{{nodes.<id>.output}}`). */
+            arguments?: {
+                [key: string]: unknown;
+            };
+        };
+        /** @description A branch: its output is what `expression` evaluates to, and only the outgoing edges whose `branch` equals it (as text: `true`, `false`, or any value) are followed, with edges that name no branch. */
+        ConditionNode: {
+            id: components["schemas"]["FlowNodeId"];
+            /** @description A label for people. */
+            name?: string;
+            /**
+             * @description `condition`
+             * @constant
+             */
+            type: "condition";
+            config: components["schemas"]["ConditionNodeConfig"];
+        };
+        ConditionNodeConfig: {
+            /** @description A JSONLogic expression (jsonlogic.com) over `{input, parameters, nodes: {<id>: {output}}}`, e.g. `{"in": ["refund", {"var": "input"}]}`. */
+            expression: {
+                [key: string]: unknown;
+            } | boolean;
+        };
+        /** @description Rendered text; its output is the text. */
+        TemplateNode: {
+            id: components["schemas"]["FlowNodeId"];
+            /** @description A label for people. */
+            name?: string;
+            /**
+             * @description `template`
+             * @constant
+             */
+            type: "template";
+            config: components["schemas"]["TemplateNodeConfig"];
+        };
+        TemplateNodeConfig: {
+            template: components["schemas"]["FlowTemplate"];
+        };
+        /** @description The flow's answer: the execution's output is the value of the output node reached (its `value`, else its upstream node's output). */
+        OutputNode: {
+            id: components["schemas"]["FlowNodeId"];
+            /** @description A label for people. */
+            name?: string;
+            /**
+             * @description `output`
+             * @constant
+             */
+            type: "output";
+            config?: components["schemas"]["OutputNodeConfig"];
+        };
+        OutputNodeConfig: {
+            value?: components["schemas"]["FlowTemplate"];
         };
         /** @description An Agent Launchpad (elizaOS) character. */
         Personality: {
@@ -3381,10 +3540,10 @@ export interface components {
             total: number;
         };
         /**
-         * @description `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint.
+         * @description `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint, `function` is run by the caller (the execution pauses in `requires_action` until its output is posted).
          * @enum {string}
          */
-        ToolType: "rag" | "retrieval" | "api";
+        ToolType: "rag" | "retrieval" | "api" | "function";
         /** @description The tool's name. */
         ToolName: string;
         /** @description What the tool does (shown to agents choosing tools). */
@@ -3441,9 +3600,25 @@ export interface components {
              * @description How long a call may take (default 10000).
              */
             timeout_ms?: number;
+            parameters?: components["schemas"]["ToolParameters"];
+        };
+        /** @description The JSON Schema (an `object` schema) of the arguments a model passes when it calls the tool, sent to the model as the function's `parameters`. `rag` and `retrieval` tools always take `{query, top_k?, filters?}`; an `api` tool's arguments fill `{name}` placeholders of its URL, then its query (GET, DELETE) or JSON body (others); a `function` tool's go to the caller as they are. */
+        ToolParameters: {
+            [key: string]: unknown;
+        };
+        /** @description A `function` tool, run by the caller (OpenAI's function tools with `submit_tool_outputs`). */
+        FunctionToolInput: {
+            /**
+             * @description `function`
+             * @constant
+             */
+            type: "function";
+            name: components["schemas"]["ToolName"];
+            description?: components["schemas"]["ToolDescription"];
+            parameters: components["schemas"]["ToolParameters"];
         };
         /** @description A tool to create or, with PUT, its new state. */
-        ToolInput: components["schemas"]["KnowledgeToolInput"] | components["schemas"]["ApiToolInput"];
+        ToolInput: components["schemas"]["KnowledgeToolInput"] | components["schemas"]["ApiToolInput"] | components["schemas"]["FunctionToolInput"];
         /** @description A tool. Fields beyond the common ones depend on its `type`. */
         Tool: {
             /** @description The tool's id (`tool_…`). */
@@ -3479,6 +3654,10 @@ export interface components {
              * @description For `api` tools, the call timeout.
              */
             timeout_ms?: number;
+            /** @description The JSON Schema of the tool's arguments, as models see it (for `rag` and `retrieval` tools the fixed `{query, top_k?, filters?}`). */
+            parameters?: {
+                [key: string]: unknown;
+            };
             /**
              * Format: int64
              * @description Bumped by every change; the `ETag`.
@@ -4552,10 +4731,10 @@ export interface components {
             knowledge_bases?: string[];
         };
         /**
-         * @description Where an execution is: `queued` (accepted, waiting for a worker), `running`, or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`).
+         * @description Where an execution is: `queued` (accepted, waiting for a worker), `running`, `requires_action` (paused until the caller posts the outputs of its `function` tool calls to `/tool-outputs`), or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`), `expired` (paused for outputs past `options.timeout`).
          * @enum {string}
          */
-        ExecutionStatus: "queued" | "running" | "succeeded" | "failed" | "cancelled" | "timed_out";
+        ExecutionStatus: "queued" | "running" | "requires_action" | "succeeded" | "failed" | "cancelled" | "timed_out" | "expired";
         /** @description How to run and answer. */
         ExecuteOptions: {
             /** @description Answer with a `text/event-stream` of progress events (as `Accept: text/event-stream` does). */
@@ -4612,11 +4791,47 @@ export interface components {
             context?: components["schemas"]["ExecuteContext"];
             options?: components["schemas"]["ExecuteOptions"];
         };
-        /** @description One step of a run (`template`, `retrieval`, `model_call`) with its timing. */
-        ExecutionStep: {
-            /** @description The step. */
+        /** @description One call of a tool the model (or a flow's `tool` node) asked for. */
+        ToolCall: {
+            /** @description The call's id (`call_…`), quoted back in its output. */
+            id: string;
+            /** @description The tool called. */
+            tool_id?: string;
+            /** @description The function name the model used (the tool's name as a function name). */
             name: string;
-            /** @description `succeeded` or `failed`. */
+            /** @description The arguments, as the tool's `parameters` describe them. */
+            arguments: {
+                [key: string]: unknown;
+            };
+        };
+        /** @description What a paused execution waits for (OpenAI's `required_action`). */
+        RequiredAction: {
+            /**
+             * @description Always `submit_tool_outputs`.
+             * @enum {string}
+             */
+            type: "submit_tool_outputs";
+            /** @description The calls of `function` tools to run and answer, in the order the model made them. */
+            tool_calls: components["schemas"]["ToolCall"][];
+        };
+        ToolOutput: {
+            /** @description The pending call this answers. */
+            tool_call_id: string;
+            /** @description What the tool returned, as text (JSON is fine); given to the model as the call's result. */
+            output: string;
+        };
+        /** @description The outputs of every pending call of a paused execution. */
+        ToolOutputs: {
+            /** @description One output per pending call. */
+            tool_outputs: components["schemas"]["ToolOutput"][];
+        };
+        /** @description One step of a run with its timing. An agent without a flow runs `template`, `retrieval`, then `model_call`s with a `tool_call` step for every tool the model calls; a flow agent runs one `node` step per node it reaches, named by `node_id`. */
+        ExecutionStep: {
+            /** @description The step (`template`, `retrieval`, `model_call`, `tool_call`, `node`). */
+            name: string;
+            /** @description For a flow's steps, the node that ran. */
+            node_id?: string;
+            /** @description `succeeded`, `failed`, or for a `function` tool call `requires_action` until its output is posted. */
             status: string;
             /**
              * Format: date-time
@@ -4628,7 +4843,7 @@ export interface components {
              * @description How long it took.
              */
             duration_ms: number;
-            /** @description What the step did (variables rendered, passages retrieved with scores, model and tokens) or its error. */
+            /** @description What the step did or its error: variables rendered, passages retrieved with scores, model and tokens; for `tool_call` the `tool_id`, `name`, `call_id`, `arguments` and a `result` summary; for `node` the node's `type`, `input` and `output`. */
             detail: {
                 [key: string]: unknown;
             };
@@ -4675,7 +4890,7 @@ export interface components {
         };
         /** @description Why an execution did not succeed. */
         ExecutionError: {
-            /** @description `EXECUTION_FAILED`, `INTERRUPTED`, `TIMED_OUT` or `CANCELLED`. */
+            /** @description `EXECUTION_FAILED`, `INTERRUPTED`, `TIMED_OUT`, `CANCELLED`, `MAX_STEPS_EXCEEDED` or `EXPIRED`. */
             code: string;
             /** @description A human-readable explanation. */
             message: string;
@@ -4699,6 +4914,7 @@ export interface components {
             };
             result?: components["schemas"]["ExecutionResult"];
             error?: components["schemas"]["ExecutionError"];
+            required_action?: components["schemas"]["RequiredAction"];
             usage: components["schemas"]["ExecutionUsage"];
             /** @description The steps run so far, in order, with their timings. */
             steps: components["schemas"]["ExecutionStep"][];
@@ -4754,10 +4970,10 @@ export interface components {
             data: components["schemas"]["ExecutionLog"][];
         };
         /**
-         * @description `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+         * @description `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), `tool_call.started` / `tool_call.completed` / `tool_call.failed` (a tool call, its step in `step`), `node.started` / `node.completed` / `node.failed` (a flow node, its step in `step`), then one of `execution.completed`, `execution.failed` (failed, cancelled, timed out or expired: see the execution's status) or `execution.requires_action` (paused for tool outputs: the stream ends, and following the execution again after posting them resumes it), the last event.
          * @enum {string}
          */
-        ExecutionEventType: "execution.started" | "step" | "token" | "execution.completed" | "execution.failed";
+        ExecutionEventType: "execution.started" | "step" | "token" | "tool_call.started" | "tool_call.completed" | "tool_call.failed" | "node.started" | "node.completed" | "node.failed" | "execution.completed" | "execution.failed" | "execution.requires_action";
         /** @description The `data:` of one server-sent event; the SSE `event:` field repeats `type`. The last event carries the execution, and in a conversation the assistant's reply as `message`. */
         ExecutionEvent: {
             type: components["schemas"]["ExecutionEventType"];
@@ -7610,6 +7826,56 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    submitToolOutputs: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The execution's id. */
+                execution_id: components["parameters"]["ExecutionId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "tool_outputs": [
+                 *         {
+                 *           "tool_call_id": "call_01jh8k2m3n4p5q6r7s8t9v0w1x",
+                 *           "output": "{\"temperature_c\": 18}"
+                 *         }
+                 *       ]
+                 *     }
+                 */
+                "application/json": components["schemas"]["ToolOutputs"];
+            };
+        };
+        responses: {
+            /** @description The execution, queued again with the outputs. */
+            202: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Execution"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["UnprocessableEntity"];
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["ServiceUnavailable"];
         };

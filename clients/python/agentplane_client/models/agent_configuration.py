@@ -31,7 +31,8 @@ class AgentConfiguration(BaseModel):
     model: Optional[Annotated[str, Field(min_length=1, strict=True, max_length=200)]] = Field(default=None, description="The model name, e.g. `gpt-4`.")
     temperature: Optional[Union[Annotated[float, Field(le=2, strict=True, ge=0)], Annotated[int, Field(le=2, strict=True, ge=0)]]] = Field(default=None, description="Sampling temperature.")
     max_tokens: Optional[Annotated[int, Field(le=1000000, strict=True, ge=1)]] = Field(default=None, description="Most tokens to generate per answer.")
-    __properties: ClassVar[List[str]] = ["model", "temperature", "max_tokens"]
+    max_steps: Optional[Annotated[int, Field(le=100, strict=True, ge=1)]] = Field(default=None, description="Most model turns (each may call tools) or flow nodes one execution may run (default 8); past it the execution fails with `MAX_STEPS_EXCEEDED`.")
+    __properties: ClassVar[List[str]] = ["model", "temperature", "max_tokens", "max_steps"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -86,7 +87,8 @@ class AgentConfiguration(BaseModel):
         _obj = cls.model_validate({
             "model": obj.get("model"),
             "temperature": obj.get("temperature"),
-            "max_tokens": obj.get("max_tokens")
+            "max_tokens": obj.get("max_tokens"),
+            "max_steps": obj.get("max_steps")
         })
         return _obj
 

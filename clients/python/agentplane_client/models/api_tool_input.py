@@ -36,7 +36,8 @@ class ApiToolInput(BaseModel):
     headers: Optional[Dict[str, Annotated[str, Field(strict=True, max_length=4096)]]] = Field(default=None, description="HTTP headers by name.")
     secret_headers: Optional[Dict[str, Annotated[str, Field(strict=True, max_length=4096)]]] = Field(default=None, description="HTTP headers by name.")
     timeout_ms: Optional[Annotated[int, Field(le=30000, strict=True, ge=100)]] = Field(default=None, description="How long a call may take (default 10000).")
-    __properties: ClassVar[List[str]] = ["type", "name", "description", "method", "url", "headers", "secret_headers", "timeout_ms"]
+    parameters: Optional[Dict[str, Any]] = Field(default=None, description="The JSON Schema (an `object` schema) of the arguments a model passes when it calls the tool, sent to the model as the function's `parameters`. `rag` and `retrieval` tools always take `{query, top_k?, filters?}`; an `api` tool's arguments fill `{name}` placeholders of its URL, then its query (GET, DELETE) or JSON body (others); a `function` tool's go to the caller as they are.")
+    __properties: ClassVar[List[str]] = ["type", "name", "description", "method", "url", "headers", "secret_headers", "timeout_ms", "parameters"]
 
     @field_validator('type')
     def type_validate_enum(cls, value):
@@ -137,7 +138,8 @@ class ApiToolInput(BaseModel):
             "url": obj.get("url"),
             "headers": obj.get("headers"),
             "secret_headers": obj.get("secret_headers"),
-            "timeout_ms": obj.get("timeout_ms")
+            "timeout_ms": obj.get("timeout_ms"),
+            "parameters": obj.get("parameters")
         })
         return _obj
 

@@ -26,6 +26,7 @@ from agentplane_client.models.execution_result import ExecutionResult
 from agentplane_client.models.execution_status import ExecutionStatus
 from agentplane_client.models.execution_step import ExecutionStep
 from agentplane_client.models.execution_usage import ExecutionUsage
+from agentplane_client.models.required_action import RequiredAction
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -42,13 +43,14 @@ class Execution(BaseModel):
     parameters: Optional[Dict[str, StrictStr]] = Field(default=None, description="The template variables given.")
     result: Optional[ExecutionResult] = None
     error: Optional[ExecutionError] = None
+    required_action: Optional[RequiredAction] = None
     usage: ExecutionUsage
     steps: List[ExecutionStep] = Field(description="The steps run so far, in order, with their timings.")
     created_at: datetime = Field(description="When it was accepted.")
     started_at: Optional[datetime] = Field(default=None, description="When a worker started it.")
     completed_at: Optional[datetime] = Field(default=None, description="When it finished.")
     duration_ms: Optional[StrictInt] = Field(default=None, description="From start to finish.")
-    __properties: ClassVar[List[str]] = ["id", "agent_id", "conversation_id", "status", "input", "parameters", "result", "error", "usage", "steps", "created_at", "started_at", "completed_at", "duration_ms"]
+    __properties: ClassVar[List[str]] = ["id", "agent_id", "conversation_id", "status", "input", "parameters", "result", "error", "required_action", "usage", "steps", "created_at", "started_at", "completed_at", "duration_ms"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -98,6 +100,9 @@ class Execution(BaseModel):
         # override the default output from pydantic by calling `to_dict()` of error
         if self.error:
             _dict['error'] = self.error.to_dict()
+        # override the default output from pydantic by calling `to_dict()` of required_action
+        if self.required_action:
+            _dict['required_action'] = self.required_action.to_dict()
         # override the default output from pydantic by calling `to_dict()` of usage
         if self.usage:
             _dict['usage'] = self.usage.to_dict()
@@ -127,6 +132,7 @@ class Execution(BaseModel):
             "parameters": obj.get("parameters"),
             "result": ExecutionResult.from_dict(obj["result"]) if obj.get("result") is not None else None,
             "error": ExecutionError.from_dict(obj["error"]) if obj.get("error") is not None else None,
+            "required_action": RequiredAction.from_dict(obj["required_action"]) if obj.get("required_action") is not None else None,
             "usage": ExecutionUsage.from_dict(obj["usage"]) if obj.get("usage") is not None else None,
             "steps": [ExecutionStep.from_dict(_item) for _item in obj["steps"]] if obj.get("steps") is not None else None,
             "created_at": obj.get("created_at"),

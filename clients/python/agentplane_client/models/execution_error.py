@@ -27,7 +27,7 @@ class ExecutionError(BaseModel):
     """
     Why an execution did not succeed.
     """ # noqa: E501
-    code: StrictStr = Field(description="`EXECUTION_FAILED`, `INTERRUPTED`, `TIMED_OUT` or `CANCELLED`.")
+    code: StrictStr = Field(description="`EXECUTION_FAILED`, `INTERRUPTED`, `TIMED_OUT`, `CANCELLED`, `MAX_STEPS_EXCEEDED` or `EXPIRED`.")
     message: StrictStr = Field(description="A human-readable explanation.")
     __properties: ClassVar[List[str]] = ["code", "message"]
 

@@ -20,7 +20,7 @@ from typing_extensions import Self
 
 class ExecutionEventType(str, Enum):
     """
-    `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), then one of `execution.completed` or `execution.failed` (failed, cancelled or timed out: see the execution's status), the last event.
+    `execution.started` (a worker took it), `step` (a step finished), `token` (a piece of the answer), `tool_call.started` / `tool_call.completed` / `tool_call.failed` (a tool call, its step in `step`), `node.started` / `node.completed` / `node.failed` (a flow node, its step in `step`), then one of `execution.completed`, `execution.failed` (failed, cancelled, timed out or expired: see the execution's status) or `execution.requires_action` (paused for tool outputs: the stream ends, and following the execution again after posting them resumes it), the last event.
     """
 
     """
@@ -29,8 +29,15 @@ class ExecutionEventType(str, Enum):
     EXECUTION_DOT_STARTED = 'execution.started'
     STEP = 'step'
     TOKEN = 'token'
+    TOOL_CALL_DOT_STARTED = 'tool_call.started'
+    TOOL_CALL_DOT_COMPLETED = 'tool_call.completed'
+    TOOL_CALL_DOT_FAILED = 'tool_call.failed'
+    NODE_DOT_STARTED = 'node.started'
+    NODE_DOT_COMPLETED = 'node.completed'
+    NODE_DOT_FAILED = 'node.failed'
     EXECUTION_DOT_COMPLETED = 'execution.completed'
     EXECUTION_DOT_FAILED = 'execution.failed'
+    EXECUTION_DOT_REQUIRES_ACTION = 'execution.requires_action'
 
     @classmethod
     def from_json(cls, json_str: str) -> Self:

@@ -20,7 +20,7 @@ from typing_extensions import Self
 
 class ExecutionStatus(str, Enum):
     """
-    Where an execution is: `queued` (accepted, waiting for a worker), `running`, or finished: `succeeded`, `failed` (including \"interrupted\" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`).
+    Where an execution is: `queued` (accepted, waiting for a worker), `running`, `requires_action` (paused until the caller posts the outputs of its `function` tool calls to `/tool-outputs`), or finished: `succeeded`, `failed` (including \"interrupted\" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`), `expired` (paused for outputs past `options.timeout`).
     """
 
     """
@@ -28,10 +28,12 @@ class ExecutionStatus(str, Enum):
     """
     QUEUED = 'queued'
     RUNNING = 'running'
+    REQUIRES_ACTION = 'requires_action'
     SUCCEEDED = 'succeeded'
     FAILED = 'failed'
     CANCELLED = 'cancelled'
     TIMED_OUT = 'timed_out'
+    EXPIRED = 'expired'
 
     @classmethod
     def from_json(cls, json_str: str) -> Self:

@@ -19,21 +19,22 @@ import json
 
 from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
-from typing import Any, ClassVar, Dict, List
+from typing import Any, ClassVar, Dict, List, Optional
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
 
 class ExecutionStep(BaseModel):
     """
-    One step of a run (`template`, `retrieval`, `model_call`) with its timing.
+    One step of a run with its timing. An agent without a flow runs `template`, `retrieval`, then `model_call`s with a `tool_call` step for every tool the model calls; a flow agent runs one `node` step per node it reaches, named by `node_id`.
     """ # noqa: E501
-    name: StrictStr = Field(description="The step.")
-    status: StrictStr = Field(description="`succeeded` or `failed`.")
+    name: StrictStr = Field(description="The step (`template`, `retrieval`, `model_call`, `tool_call`, `node`).")
+    node_id: Optional[StrictStr] = Field(default=None, description="For a flow's steps, the node that ran.")
+    status: StrictStr = Field(description="`succeeded`, `failed`, or for a `function` tool call `requires_action` until its output is posted.")
     started_at: datetime = Field(description="When the step started.")
     duration_ms: StrictInt = Field(description="How long it took.")
-    detail: Dict[str, Any] = Field(description="What the step did (variables rendered, passages retrieved with scores, model and tokens) or its error.")
-    __properties: ClassVar[List[str]] = ["name", "status", "started_at", "duration_ms", "detail"]
+    detail: Dict[str, Any] = Field(description="What the step did or its error: variables rendered, passages retrieved with scores, model and tokens; for `tool_call` the `tool_id`, `name`, `call_id`, `arguments` and a `result` summary; for `node` the node's `type`, `input` and `output`.")
+    __properties: ClassVar[List[str]] = ["name", "node_id", "status", "started_at", "duration_ms", "detail"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -87,6 +88,7 @@ class ExecutionStep(BaseModel):
 
         _obj = cls.model_validate({
             "name": obj.get("name"),
+            "node_id": obj.get("node_id"),
             "status": obj.get("status"),
             "started_at": obj.get("started_at"),
             "duration_ms": obj.get("duration_ms"),

@@ -28,10 +28,11 @@ class FlowEdge(BaseModel):
     """
     FlowEdge
     """ # noqa: E501
-    source: Annotated[str, Field(min_length=1, strict=True, max_length=100)] = Field(description="The id of the node the edge leaves.")
+    source: Annotated[str, Field(min_length=1, strict=True, max_length=100)] = Field(description="The id of the node the edge leaves (`entry` for the flow's input when no `input` node is declared).")
     target: Annotated[str, Field(min_length=1, strict=True, max_length=100)] = Field(description="The id of the node the edge enters.")
-    condition: Optional[Annotated[str, Field(strict=True, max_length=1000)]] = Field(default=None, description="When the edge is taken.")
-    __properties: ClassVar[List[str]] = ["source", "target", "condition"]
+    branch: Optional[Annotated[str, Field(strict=True, max_length=200)]] = Field(default=None, description="For an edge leaving a `condition` node, the value of the expression it is followed on (`true`, `false`, …).")
+    condition: Optional[Annotated[str, Field(strict=True, max_length=1000)]] = Field(default=None, description="Free text kept for CodexOS compatibility; routing uses `branch`.")
+    __properties: ClassVar[List[str]] = ["source", "target", "branch", "condition"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -86,6 +87,7 @@ class FlowEdge(BaseModel):
         _obj = cls.model_validate({
             "source": obj.get("source"),
             "target": obj.get("target"),
+            "branch": obj.get("branch"),
             "condition": obj.get("condition")
         })
         return _obj

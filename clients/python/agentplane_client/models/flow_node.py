@@ -13,81 +13,195 @@
 
 
 from __future__ import annotations
-import pprint
-import re  # noqa: F401
 import json
+import pprint
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+from typing import Any, List, Optional
+from agentplane_client.models.condition_node import ConditionNode
+from agentplane_client.models.input_node import InputNode
+from agentplane_client.models.llm_node import LlmNode
+from agentplane_client.models.output_node import OutputNode
+from agentplane_client.models.retrieval_node import RetrievalNode
+from agentplane_client.models.template_node import TemplateNode
+from agentplane_client.models.tool_node import ToolNode
+from pydantic import StrictStr, Field
+from typing import Union, List, Set, Optional, Dict
+from typing_extensions import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
-from typing import Any, ClassVar, Dict, List, Optional
-from typing_extensions import Annotated
-from typing import Optional, Set
-from typing_extensions import Self
-from pydantic_core import to_jsonable_python
+FLOWNODE_ONE_OF_SCHEMAS = ["ConditionNode", "InputNode", "LlmNode", "OutputNode", "RetrievalNode", "TemplateNode", "ToolNode"]
 
 class FlowNode(BaseModel):
     """
-    FlowNode
-    """ # noqa: E501
-    id: Annotated[str, Field(min_length=1, strict=True, max_length=100)] = Field(description="The node's id, unique in the flow.")
-    type: Annotated[str, Field(min_length=1, strict=True, max_length=100)] = Field(description="The node's kind (`llm`, `tool`, `condition`, ...).")
-    config: Optional[Dict[str, Any]] = Field(default=None, description="Settings of the node.")
-    __properties: ClassVar[List[str]] = ["id", "type", "config"]
+    A step of a flow, by `type`: `input` (the execution's input), `llm` (a model call, which may call tools), `retrieval` (search knowledge bases), `tool` (call one tool), `condition` (route on a JSONLogic expression), `template` (render text), `output` (the flow's answer). A node with no incoming edge follows the entry.
+    """
+    # data type: InputNode
+    oneof_schema_1_validator: Optional[InputNode] = None
+    # data type: LlmNode
+    oneof_schema_2_validator: Optional[LlmNode] = None
+    # data type: RetrievalNode
+    oneof_schema_3_validator: Optional[RetrievalNode] = None
+    # data type: ToolNode
+    oneof_schema_4_validator: Optional[ToolNode] = None
+    # data type: ConditionNode
+    oneof_schema_5_validator: Optional[ConditionNode] = None
+    # data type: TemplateNode
+    oneof_schema_6_validator: Optional[TemplateNode] = None
+    # data type: OutputNode
+    oneof_schema_7_validator: Optional[OutputNode] = None
+    actual_instance: Optional[Union[ConditionNode, InputNode, LlmNode, OutputNode, RetrievalNode, TemplateNode, ToolNode]] = None
+    one_of_schemas: Set[str] = { "ConditionNode", "InputNode", "LlmNode", "OutputNode", "RetrievalNode", "TemplateNode", "ToolNode" }
 
     model_config = ConfigDict(
-        validate_by_name=True,
-        validate_by_alias=True,
         validate_assignment=True,
         protected_namespaces=(),
     )
 
 
-    def to_str(self) -> str:
-        """Returns the string representation of the model using alias"""
-        return pprint.pformat(self.model_dump(by_alias=True))
+    def __init__(self, *args, **kwargs) -> None:
+        if args:
+            if len(args) > 1:
+                raise ValueError("If a position argument is used, only 1 is allowed to set `actual_instance`")
+            if kwargs:
+                raise ValueError("If a position argument is used, keyword arguments cannot be used.")
+            super().__init__(actual_instance=args[0])
+        else:
+            super().__init__(**kwargs)
+
+    @field_validator('actual_instance')
+    def actual_instance_must_validate_oneof(cls, v):
+        instance = FlowNode.model_construct()
+        error_messages = []
+        match = 0
+        # validate data type: InputNode
+        if not isinstance(v, InputNode):
+            error_messages.append(f"Error! Input type `{type(v)}` is not `InputNode`")
+        else:
+            match += 1
+        # validate data type: LlmNode
+        if not isinstance(v, LlmNode):
+            error_messages.append(f"Error! Input type `{type(v)}` is not `LlmNode`")
+        else:
+            match += 1
+        # validate data type: RetrievalNode
+        if not isinstance(v, RetrievalNode):
+            error_messages.append(f"Error! Input type `{type(v)}` is not `RetrievalNode`")
+        else:
+            match += 1
+        # validate data type: ToolNode
+        if not isinstance(v, ToolNode):
+            error_messages.append(f"Error! Input type `{type(v)}` is not `ToolNode`")
+        else:
+            match += 1
+        # validate data type: ConditionNode
+        if not isinstance(v, ConditionNode):
+            error_messages.append(f"Error! Input type `{type(v)}` is not `ConditionNode`")
+        else:
+            match += 1
+        # validate data type: TemplateNode
+        if not isinstance(v, TemplateNode):
+            error_messages.append(f"Error! Input type `{type(v)}` is not `TemplateNode`")
+        else:
+            match += 1
+        # validate data type: OutputNode
+        if not isinstance(v, OutputNode):
+            error_messages.append(f"Error! Input type `{type(v)}` is not `OutputNode`")
+        else:
+            match += 1
+        if match > 1:
+            # more than 1 match
+            raise ValueError("Multiple matches found when setting `actual_instance` in FlowNode with oneOf schemas: ConditionNode, InputNode, LlmNode, OutputNode, RetrievalNode, TemplateNode, ToolNode. Details: " + ", ".join(error_messages))
+        elif match == 0:
+            # no match
+            raise ValueError("No match found when setting `actual_instance` in FlowNode with oneOf schemas: ConditionNode, InputNode, LlmNode, OutputNode, RetrievalNode, TemplateNode, ToolNode. Details: " + ", ".join(error_messages))
+        else:
+            return v
+
+    @classmethod
+    def from_dict(cls, obj: Union[str, Dict[str, Any]]) -> Self:
+        return cls.from_json(json.dumps(obj))
+
+    @classmethod
+    def from_json(cls, json_str: str) -> Self:
+        """Returns the object represented by the json string"""
+        instance = cls.model_construct()
+        error_messages = []
+        match = 0
+
+        # deserialize data into InputNode
+        try:
+            instance.actual_instance = InputNode.from_json(json_str)
+            match += 1
+        except (ValidationError, ValueError) as e:
+            error_messages.append(str(e))
+        # deserialize data into LlmNode
+        try:
+            instance.actual_instance = LlmNode.from_json(json_str)
+            match += 1
+        except (ValidationError, ValueError) as e:
+            error_messages.append(str(e))
+        # deserialize data into RetrievalNode
+        try:
+            instance.actual_instance = RetrievalNode.from_json(json_str)
+            match += 1
+        except (ValidationError, ValueError) as e:
+            error_messages.append(str(e))
+        # deserialize data into ToolNode
+        try:
+            instance.actual_instance = ToolNode.from_json(json_str)
+            match += 1
+        except (ValidationError, ValueError) as e:
+            error_messages.append(str(e))
+        # deserialize data into ConditionNode
+        try:
+            instance.actual_instance = ConditionNode.from_json(json_str)
+            match += 1
+        except (ValidationError, ValueError) as e:
+            error_messages.append(str(e))
+        # deserialize data into TemplateNode
+        try:
+            instance.actual_instance = TemplateNode.from_json(json_str)
+            match += 1
+        except (ValidationError, ValueError) as e:
+            error_messages.append(str(e))
+        # deserialize data into OutputNode
+        try:
+            instance.actual_instance = OutputNode.from_json(json_str)
+            match += 1
+        except (ValidationError, ValueError) as e:
+            error_messages.append(str(e))
+
+        if match > 1:
+            # more than 1 match
+            raise ValueError("Multiple matches found when deserializing the JSON string into FlowNode with oneOf schemas: ConditionNode, InputNode, LlmNode, OutputNode, RetrievalNode, TemplateNode, ToolNode. Details: " + ", ".join(error_messages))
+        elif match == 0:
+            # no match
+            raise ValueError("No match found when deserializing the JSON string into FlowNode with oneOf schemas: ConditionNode, InputNode, LlmNode, OutputNode, RetrievalNode, TemplateNode, ToolNode. Details: " + ", ".join(error_messages))
+        else:
+            return instance
 
     def to_json(self) -> str:
-        """Returns the JSON representation of the model using alias"""
-        return json.dumps(to_jsonable_python(self.to_dict()))
+        """Returns the JSON representation of the actual instance"""
+        if self.actual_instance is None:
+            return "null"
 
-    @classmethod
-    def from_json(cls, json_str: str) -> Optional[Self]:
-        """Create an instance of FlowNode from a JSON string"""
-        return cls.from_dict(json.loads(json_str))
+        if hasattr(self.actual_instance, "to_json") and callable(self.actual_instance.to_json):
+            return self.actual_instance.to_json()
+        else:
+            return json.dumps(self.actual_instance)
 
-    def to_dict(self) -> Dict[str, Any]:
-        """Return the dictionary representation of the model using alias.
-
-        This has the following differences from calling pydantic's
-        `self.model_dump(by_alias=True)`:
-
-        * `None` is only added to the output dict for nullable fields that
-          were set at model initialization. Other fields with value `None`
-          are ignored.
-        """
-        excluded_fields: Set[str] = set([
-        ])
-
-        _dict = self.model_dump(
-            by_alias=True,
-            exclude=excluded_fields,
-            exclude_none=True,
-        )
-        return _dict
-
-    @classmethod
-    def from_dict(cls, obj: Optional[Dict[str, Any]]) -> Optional[Self]:
-        """Create an instance of FlowNode from a dict"""
-        if obj is None:
+    def to_dict(self) -> Optional[Union[Dict[str, Any], ConditionNode, InputNode, LlmNode, OutputNode, RetrievalNode, TemplateNode, ToolNode]]:
+        """Returns the dict representation of the actual instance"""
+        if self.actual_instance is None:
             return None
 
-        if not isinstance(obj, dict):
-            return cls.model_validate(obj)
+        if hasattr(self.actual_instance, "to_dict") and callable(self.actual_instance.to_dict):
+            return self.actual_instance.to_dict()
+        else:
+            # primitive type
+            return self.actual_instance
 
-        _obj = cls.model_validate({
-            "id": obj.get("id"),
-            "type": obj.get("type"),
-            "config": obj.get("config")
-        })
-        return _obj
+    def to_str(self) -> str:
+        """Returns the string representation of the actual instance"""
+        return pprint.pformat(self.model_dump())
 
 

@@ -42,10 +42,11 @@ class Tool(BaseModel):
     headers: Optional[Dict[str, StrictStr]] = Field(default=None, description="For `api` tools, the plain headers.")
     secret_header_names: Optional[List[StrictStr]] = Field(default=None, description="For `api` tools, the names of the secret headers stored (their values are never returned).")
     timeout_ms: Optional[StrictInt] = Field(default=None, description="For `api` tools, the call timeout.")
+    parameters: Optional[Dict[str, Any]] = Field(default=None, description="The JSON Schema of the tool's arguments, as models see it (for `rag` and `retrieval` tools the fixed `{query, top_k?, filters?}`).")
     version: StrictInt = Field(description="Bumped by every change; the `ETag`.")
     created_at: datetime = Field(description="When it was created.")
     updated_at: datetime = Field(description="When it last changed.")
-    __properties: ClassVar[List[str]] = ["id", "name", "type", "description", "knowledge_base_ids", "top_k", "min_score", "embedding_model", "method", "url", "headers", "secret_header_names", "timeout_ms", "version", "created_at", "updated_at"]
+    __properties: ClassVar[List[str]] = ["id", "name", "type", "description", "knowledge_base_ids", "top_k", "min_score", "embedding_model", "method", "url", "headers", "secret_header_names", "timeout_ms", "parameters", "version", "created_at", "updated_at"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -111,6 +112,7 @@ class Tool(BaseModel):
             "headers": obj.get("headers"),
             "secret_header_names": obj.get("secret_header_names"),
             "timeout_ms": obj.get("timeout_ms"),
+            "parameters": obj.get("parameters"),
             "version": obj.get("version"),
             "created_at": obj.get("created_at"),
             "updated_at": obj.get("updated_at")

@@ -18,12 +18,13 @@ import pprint
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 from typing import Any, List, Optional
 from agentplane_client.models.api_tool_input import ApiToolInput
+from agentplane_client.models.function_tool_input import FunctionToolInput
 from agentplane_client.models.knowledge_tool_input import KnowledgeToolInput
 from pydantic import StrictStr, Field
 from typing import Union, List, Set, Optional, Dict
 from typing_extensions import Literal, Self
 
-TOOLINPUT_ONE_OF_SCHEMAS = ["ApiToolInput", "KnowledgeToolInput"]
+TOOLINPUT_ONE_OF_SCHEMAS = ["ApiToolInput", "FunctionToolInput", "KnowledgeToolInput"]
 
 class ToolInput(BaseModel):
     """
@@ -33,8 +34,10 @@ class ToolInput(BaseModel):
     oneof_schema_1_validator: Optional[KnowledgeToolInput] = None
     # data type: ApiToolInput
     oneof_schema_2_validator: Optional[ApiToolInput] = None
-    actual_instance: Optional[Union[ApiToolInput, KnowledgeToolInput]] = None
-    one_of_schemas: Set[str] = { "ApiToolInput", "KnowledgeToolInput" }
+    # data type: FunctionToolInput
+    oneof_schema_3_validator: Optional[FunctionToolInput] = None
+    actual_instance: Optional[Union[ApiToolInput, FunctionToolInput, KnowledgeToolInput]] = None
+    one_of_schemas: Set[str] = { "ApiToolInput", "FunctionToolInput", "KnowledgeToolInput" }
 
     model_config = ConfigDict(
         validate_assignment=True,
@@ -67,12 +70,17 @@ class ToolInput(BaseModel):
             error_messages.append(f"Error! Input type `{type(v)}` is not `ApiToolInput`")
         else:
             match += 1
+        # validate data type: FunctionToolInput
+        if not isinstance(v, FunctionToolInput):
+            error_messages.append(f"Error! Input type `{type(v)}` is not `FunctionToolInput`")
+        else:
+            match += 1
         if match > 1:
             # more than 1 match
-            raise ValueError("Multiple matches found when setting `actual_instance` in ToolInput with oneOf schemas: ApiToolInput, KnowledgeToolInput. Details: " + ", ".join(error_messages))
+            raise ValueError("Multiple matches found when setting `actual_instance` in ToolInput with oneOf schemas: ApiToolInput, FunctionToolInput, KnowledgeToolInput. Details: " + ", ".join(error_messages))
         elif match == 0:
             # no match
-            raise ValueError("No match found when setting `actual_instance` in ToolInput with oneOf schemas: ApiToolInput, KnowledgeToolInput. Details: " + ", ".join(error_messages))
+            raise ValueError("No match found when setting `actual_instance` in ToolInput with oneOf schemas: ApiToolInput, FunctionToolInput, KnowledgeToolInput. Details: " + ", ".join(error_messages))
         else:
             return v
 
@@ -99,13 +107,19 @@ class ToolInput(BaseModel):
             match += 1
         except (ValidationError, ValueError) as e:
             error_messages.append(str(e))
+        # deserialize data into FunctionToolInput
+        try:
+            instance.actual_instance = FunctionToolInput.from_json(json_str)
+            match += 1
+        except (ValidationError, ValueError) as e:
+            error_messages.append(str(e))
 
         if match > 1:
             # more than 1 match
-            raise ValueError("Multiple matches found when deserializing the JSON string into ToolInput with oneOf schemas: ApiToolInput, KnowledgeToolInput. Details: " + ", ".join(error_messages))
+            raise ValueError("Multiple matches found when deserializing the JSON string into ToolInput with oneOf schemas: ApiToolInput, FunctionToolInput, KnowledgeToolInput. Details: " + ", ".join(error_messages))
         elif match == 0:
             # no match
-            raise ValueError("No match found when deserializing the JSON string into ToolInput with oneOf schemas: ApiToolInput, KnowledgeToolInput. Details: " + ", ".join(error_messages))
+            raise ValueError("No match found when deserializing the JSON string into ToolInput with oneOf schemas: ApiToolInput, FunctionToolInput, KnowledgeToolInput. Details: " + ", ".join(error_messages))
         else:
             return instance
 
@@ -119,7 +133,7 @@ class ToolInput(BaseModel):
         else:
             return json.dumps(self.actual_instance)
 
-    def to_dict(self) -> Optional[Union[Dict[str, Any], ApiToolInput, KnowledgeToolInput]]:
+    def to_dict(self) -> Optional[Union[Dict[str, Any], ApiToolInput, FunctionToolInput, KnowledgeToolInput]]:
         """Returns the dict representation of the actual instance"""
         if self.actual_instance is None:
             return None

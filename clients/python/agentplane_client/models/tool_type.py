@@ -20,7 +20,7 @@ from typing_extensions import Self
 
 class ToolType(str, Enum):
     """
-    `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint.
+    `rag` answers from knowledge bases, `retrieval` returns their passages, `api` calls an HTTP endpoint, `function` is run by the caller (the execution pauses in `requires_action` until its output is posted).
     """
 
     """
@@ -29,6 +29,7 @@ class ToolType(str, Enum):
     RAG = 'rag'
     RETRIEVAL = 'retrieval'
     API = 'api'
+    FUNCTION = 'function'
 
     @classmethod
     def from_json(cls, json_str: str) -> Self:
