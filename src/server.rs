@@ -67,16 +67,13 @@ pub struct Bound {
     pub addr: std::net::SocketAddr,
 }
 
-/// Opens the database, runs migrations, creates the first admin key on an empty database
-/// (returned so the caller can print it once) and binds the listener.
+/// Opens the database, runs migrations, loads the master key, binds the listener and, last,
+/// creates the first admin key on an empty database (returned so the caller can print it
+/// once).
 pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
     let url = config.database_url.clone();
     let pool = config.pool_size;
     let store = tokio::task::spawn_blocking(move || Store::open(&url, pool)).await??;
-    let bootstrap = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.run_blocking(crate::auth::bootstrap)).await??
-    };
     let crypto = Crypto::load(
         config.master_key.as_deref(),
         config.master_key_file.as_deref(),
@@ -104,6 +101,12 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
         .first()
         .and_then(|a| a.as_socket_addr().copied())
         .context("the listener has no address")?;
+    // Last, once nothing else can fail: a start that fails after writing the first admin
+    // key would lose it (the next start sees a key and prints nothing).
+    let bootstrap = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.run_blocking(crate::auth::bootstrap)).await??
+    };
     Ok((
         Bound {
             acceptor,
