@@ -56,6 +56,9 @@ pub enum CaseKind {
     Positive,
     /// Schema-invalid data: the server must reject it.
     Negative,
+    /// A syntactically broken body (a lone NUL, truncated JSON, or a Content-Type the
+    /// operation does not take): the server must answer 4xx, as documented.
+    MalformedBody,
     /// A secured operation called without credentials.
     Unauthenticated,
     /// A POST answered 201; `follow_up` reads the created resource.
@@ -96,6 +99,11 @@ pub struct CheckContext<'a> {
     pub before: Option<&'a Exchange>,
     /// For [`CaseKind::ListPage`] and [`CaseKind::PageWalk`]: the pages fetched, in order.
     pub pages: &'a [Exchange],
+    /// The methods the spec documents on the operation's path (upper case).
+    pub path_methods: &'a [String],
+    /// The operation is secured and the request carried no credentials: a 401 or 403 is
+    /// then implied by the spec's security scheme, documented or not.
+    pub without_credentials: bool,
 }
 
 /// A check's answer.
@@ -176,7 +184,7 @@ pub const ALL: &[Check] = &[
     Check {
         name: "ensure_resource_availability",
         severity: Severity::Error,
-        summary: "after a POST answered 201, reading the created resource answers 2xx",
+        summary: "after a POST answered 200 or 201, reading the created resource answers 2xx",
         run: ensure_resource_availability,
     },
     Check {
@@ -194,7 +202,7 @@ pub const ALL: &[Check] = &[
     Check {
         name: "unsupported_method",
         severity: Severity::Error,
-        summary: "a method the spec does not document on a known path is answered 405 with Allow",
+        summary: "a method the spec does not document on a known path is answered 405 with an Allow listing the documented ones",
         run: unsupported_method,
     },
     Check {
@@ -249,7 +257,10 @@ pub fn status_matches(pattern: &str, status: u16) -> bool {
 fn is_own_request(kind: CaseKind) -> bool {
     matches!(
         kind,
-        CaseKind::Positive | CaseKind::Negative | CaseKind::Unauthenticated
+        CaseKind::Positive
+            | CaseKind::Negative
+            | CaseKind::MalformedBody
+            | CaseKind::Unauthenticated
     )
 }
 
@@ -275,7 +286,9 @@ fn status_code_conformance(ctx: &CheckContext<'_>) -> Verdict {
         return Verdict::NotApplicable;
     }
     let status = ctx.exchange.status;
-    if ctx.responses.find(status).is_some() {
+    if ctx.responses.find(status).is_some()
+        || (ctx.without_credentials && matches!(status, 401 | 403))
+    {
         Verdict::Pass
     } else {
         Verdict::Fail(format!(
@@ -420,14 +433,16 @@ fn response_schema_conformance(ctx: &CheckContext<'_>) -> Verdict {
 }
 
 fn negative_data_rejection(ctx: &CheckContext<'_>) -> Verdict {
-    if ctx.kind != CaseKind::Negative {
-        return Verdict::NotApplicable;
-    }
+    let what = match ctx.kind {
+        CaseKind::Negative => "schema-invalid data",
+        CaseKind::MalformedBody => "a syntactically broken body",
+        _ => return Verdict::NotApplicable,
+    };
     let status = ctx.exchange.status;
     if (400..500).contains(&status) {
         Verdict::Pass
     } else {
-        Verdict::Fail(format!("schema-invalid data answered {status}, not 4xx"))
+        Verdict::Fail(format!("{what} answered {status}, not 4xx"))
     }
 }
 
@@ -521,13 +536,32 @@ fn unsupported_method(ctx: &CheckContext<'_>) -> Verdict {
     if ctx.kind != CaseKind::UnsupportedMethod {
         return Verdict::NotApplicable;
     }
-    match ctx.exchange.status {
-        405 if ctx.exchange.header("allow").is_none() => Verdict::Fail(format!(
+    match (ctx.exchange.status, ctx.exchange.header("allow")) {
+        (405, None) => Verdict::Fail(format!(
             "the undocumented method {} answered 405 without an Allow header (RFC 9110)",
             ctx.exchange.method
         )),
-        405 => Verdict::Pass,
-        s => Verdict::Fail(format!(
+        (405, Some(allow)) => {
+            let listed: Vec<String> = allow
+                .split(',')
+                .map(|m| m.trim().to_ascii_uppercase())
+                .collect();
+            let missing: Vec<&str> = ctx
+                .path_methods
+                .iter()
+                .filter(|m| !listed.contains(m))
+                .map(String::as_str)
+                .collect();
+            if missing.is_empty() {
+                Verdict::Pass
+            } else {
+                Verdict::Fail(format!(
+                    "the 405's Allow header ({allow}) leaves out the documented {}",
+                    missing.join(", ")
+                ))
+            }
+        }
+        (s, _) => Verdict::Fail(format!(
             "the undocumented method {} answered {s}, not 405",
             ctx.exchange.method
         )),

@@ -18,6 +18,7 @@ use proptest::test_runner::TestRunner;
 use serde_json::{Map, Number, Value};
 
 use crate::spec::{deref, walk_schemas_mut};
+use crate::validate::integer_format_range;
 
 /// Which way a message travels; decides whether `readOnly` or `writeOnly` properties drop out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -712,6 +713,13 @@ impl<'d> Generator<'d> {
                     json_number(inside(m, min.or(ex_min), false)),
                 );
             }
+            if integer {
+                // The edges of the integer's width; those outside the schema's own bounds
+                // are dropped with every other invalid candidate.
+                for (what, edge) in integer_edges(s.get("format").and_then(Value::as_str)) {
+                    push(what, Value::from(edge));
+                }
+            }
         }
         if has("string") {
             if (s.contains_key("format") || s.contains_key("pattern"))
@@ -934,6 +942,23 @@ impl<'d> Generator<'d> {
             }
             if let Some(max) = f64_of(&s, "exclusiveMaximum") {
                 push(format!("at exclusiveMaximum {max}"), json_number(max));
+            }
+            let range = s
+                .get("format")
+                .and_then(Value::as_str)
+                .and_then(|f| integer_format_range(f).map(|r| (f, r)));
+            if let (true, Some((format, (lo, hi)))) = (integer, range) {
+                // Just outside the format, unless the schema's own bounds already are.
+                #[expect(clippy::cast_precision_loss, reason = "a comparison with a bound")]
+                let (lo_f, hi_f) = (lo as f64, hi as f64);
+                if f64_of(&s, "maximum").is_none_or(|m| m >= hi_f)
+                    && let Ok(hi) = u64::try_from(hi)
+                {
+                    push(format!("above the {format} range"), Value::from(hi + 1));
+                }
+                if lo > i64::MIN && f64_of(&s, "minimum").is_none_or(|m| m <= lo_f) {
+                    push(format!("below the {format} range"), Value::from(lo - 1));
+                }
             }
             if let Some(m) = f64_of(&s, "multipleOf")
                 && m > 0.0
@@ -1181,6 +1206,22 @@ fn any_simple() -> SBoxedStrategy<Value> {
         "[a-zA-Z0-9 ]{0,12}".prop_map(Value::String),
     ]
     .sboxed()
+}
+
+/// The edges of an integer's width the coverage phase sends: ±(2^31−1) for an `int32`,
+/// ±2^53 (beyond which a double loses integers) and ±(2^63−1) otherwise.
+fn integer_edges(format: Option<&str>) -> Vec<(&'static str, i64)> {
+    const TWO_53: i64 = 1 << 53;
+    let int32 = i64::from(i32::MAX);
+    if format == Some("int32") {
+        return vec![("int32 maximum", int32), ("int32 minimum", -int32)];
+    }
+    vec![
+        ("2^53", TWO_53),
+        ("-2^53", -TWO_53),
+        ("int64 maximum", i64::MAX),
+        ("int64 minimum", -i64::MAX),
+    ]
 }
 
 fn integer_bounds(s: &Map<String, Value>) -> (i64, i64) {
@@ -1531,6 +1572,65 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn integer_widths_have_edges_and_negatives_outside_the_format() {
+        let doc = json!({"openapi": "3.1.0"});
+        let g = Generator::new(&doc, Direction::Request);
+        let values = |schema: &Value| {
+            let mut r = runner(5);
+            let b: Vec<Value> = g
+                .boundaries(schema, &mut r)
+                .into_iter()
+                .map(|b| b.value)
+                .collect();
+            let n: Vec<Value> = g
+                .negatives(schema, &mut r)
+                .into_iter()
+                .map(|n| n.value)
+                .collect();
+            (b, n)
+        };
+        let (b, n) = values(&json!({"type": "integer", "format": "int32"}));
+        assert!(
+            b.contains(&json!(2_147_483_647)) && b.contains(&json!(-2_147_483_647)),
+            "{b:?}"
+        );
+        assert!(
+            n.contains(&json!(2_147_483_648_i64)) && n.contains(&json!(-2_147_483_649_i64)),
+            "{n:?}"
+        );
+        let (b, n) = values(&json!({"type": "integer", "format": "int64", "minimum": 0}));
+        assert!(
+            b.contains(&json!(1_i64 << 53)) && b.contains(&json!(i64::MAX)),
+            "{b:?}"
+        );
+        assert!(
+            !b.iter().any(|v| v.as_i64().is_some_and(|v| v < 0)),
+            "within the schema's bounds: {b:?}"
+        );
+        assert!(n.contains(&json!(1_u64 << 63)), "{n:?}");
+        let (b, n) = values(&json!({"type": "integer"}));
+        assert!(
+            b.contains(&json!(-(1_i64 << 53))) && b.contains(&json!(-i64::MAX)),
+            "{b:?}"
+        );
+        assert!(
+            !n.iter().any(|v| v.as_u64().is_some_and(|v| v > 1 << 53)),
+            "no format, no range to leave: {n:?}"
+        );
+        let (b, n) =
+            values(&json!({"type": "integer", "format": "int32", "minimum": 1, "maximum": 100}));
+        assert!(
+            b.iter()
+                .all(|v| v.as_i64().is_some_and(|v| (1..=100).contains(&v))),
+            "{b:?}"
+        );
+        assert!(
+            n.iter().filter_map(Value::as_i64).all(|v| v < 1_000),
+            "its own bounds are tighter: {n:?}"
+        );
     }
 
     #[test]

@@ -282,7 +282,8 @@ pub struct Exchange {
     pub method: String,
     pub url: String,
     pub request_headers: Vec<(String, String)>,
-    pub request_body: Option<Value>,
+    /// The request body as sent.
+    pub request_body: Option<Vec<u8>>,
     pub status: u16,
     /// Response headers, names in lower case.
     pub headers: Vec<(String, String)>,
@@ -324,7 +325,7 @@ impl Exchange {
             out.push_str(&format!(" -H {}", quote(&format!("{name}: {shown}"))));
         }
         if let Some(body) = &self.request_body {
-            out.push_str(&format!(" -d {}", quote(&body.to_string())));
+            out.push_str(&format!(" -d {}", quote(&String::from_utf8_lossy(body))));
         }
         out
     }

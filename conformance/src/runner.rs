@@ -7,12 +7,20 @@
 //! negative request), `fuzzing` sends random
 //! schema-valid requests, `negative` sends requests that break exactly one constraint, and
 //! `stateful` follows create → read → update → delete chains (from OpenAPI `links`, or by
-//! convention: a POST on a collection whose response has an `id`, and the operations on
-//! `{collection}/{param}`). Every response goes through the enabled [`checks`](crate::checks).
+//! convention: a POST on a collection answering 201 or 200 with an `id`, and the operations
+//! on `{collection}/{param}`). Every response goes through the enabled [`checks`](crate::checks).
 //!
-//! Some checks send requests of their own: the negative phase probes each path with the
-//! methods it does not document (`unsupported_method`) and leaves out required headers
-//! (`missing_required_header`); the stateful phase sends conditional requests with the
+//! Bodies are generated for JSON, `application/x-www-form-urlencoded` and
+//! `multipart/form-data` request bodies (a form's fields are judged as the server reads
+//! them back: text, read by each property's type). Integers include the edges of their
+//! width (±2^53 and ±(2^63−1), or ±(2^31−1) for an `int32`) within the schema's bounds, and
+//! the first value outside an `int32`/`int64` format as a negative request.
+//!
+//! Some checks send requests of their own: the negative phase probes every path, with
+//! valid path values, with the methods it does not document (`unsupported_method`), leaves
+//! out required headers (`missing_required_header`) and sends syntactically broken bodies
+//! to operations that take JSON (a lone NUL, truncated JSON, a Content-Type the operation
+//! does not take), whose answers must be documented 4xx errors; the stateful phase sends conditional requests with the
 //! created resource's `ETag` (`conditional_requests`) and, with [`Config::other_headers`],
 //! the same operations as another identity (`cross_tenant_isolation`); after every phase,
 //! list operations with `page`/`per_page` are walked page by page (`pagination_totals`).
@@ -49,7 +57,7 @@ use crate::checks::{self, CaseKind, Check, CheckContext, Failure, Severity, Verd
 use crate::generate::{Direction, Generator, prepare_doc, sample};
 use crate::response::{Exchange, Responses, is_json};
 use crate::spec::{deref, escape_pointer};
-use crate::validate::{coerce_scalar, compile_schema};
+use crate::validate::{coerce_scalar, compile_schema, form_fields, form_value};
 
 /// A phase of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -192,7 +200,7 @@ pub struct OperationReport {
 pub struct Report {
     pub seed: u64,
     pub operations: Vec<OperationReport>,
-    /// Distinct failures (same operation, check and message counted once, with occurrences).
+    /// Distinct failures: one per operation, check and status, with its occurrences.
     pub failures: Vec<Failure>,
     pub cases: usize,
     pub elapsed: Duration,
@@ -228,8 +236,27 @@ struct Param {
     examples: Vec<Value>,
 }
 
+/// How a request body is serialized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BodyEncoding {
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// `multipart/form-data`; the file fields (`format: binary`) and the media type each is
+    /// sent as (its `encoding.contentType`, else `application/octet-stream`).
+    Multipart {
+        files: Vec<(String, String)>,
+    },
+}
+
 struct Body {
     media_type: String,
+    encoding: BodyEncoding,
+    /// For a form: its fields' schemas, as the server reads the fields back.
+    fields: Map<String, Value>,
+    /// A Content-Type the operation does not take (for a broken-body request), unless it
+    /// takes any.
+    wrong_media: Option<String>,
     required: bool,
     schema: Value,
     validator: Validator,
@@ -242,6 +269,8 @@ struct Op {
     label: String,
     method: String,
     template: String,
+    /// The methods the spec documents on this path (upper case), for a 405's `Allow`.
+    path_methods: Vec<String>,
     secured: bool,
     params: Vec<Param>,
     body: Option<Body>,
@@ -260,6 +289,9 @@ struct Op {
 struct Case {
     values: Vec<(usize, Value)>,
     body: Option<Value>,
+    /// A body sent as it is instead of `body` (a syntactically broken one): its
+    /// Content-Type and bytes.
+    raw: Option<(String, Vec<u8>)>,
 }
 
 struct Shared {
@@ -414,12 +446,7 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
     for (op, outcome) in shared.ops.iter().zip(outcomes) {
         report.cases += outcome.cases;
         for f in outcome.failures {
-            match distinct.iter_mut().find(|d| {
-                d.operation == f.operation && d.check == f.check && d.message == f.message
-            }) {
-                Some(d) => d.occurrences += 1,
-                None => distinct.push(f),
-            }
+            group_failure(&mut distinct, f);
         }
         report.operations.push(OperationReport {
             operation: op.label.clone(),
@@ -445,6 +472,25 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
         })?;
     }
     Ok(report)
+}
+
+/// Adds a failure to the distinct ones: one finding is one check failing on one operation
+/// with one status, however many methods, phases or values showed it. The group keeps the
+/// shortest reproducing request (and its message) and counts the occurrences.
+fn group_failure(distinct: &mut Vec<Failure>, f: Failure) {
+    match distinct
+        .iter_mut()
+        .find(|d| d.operation == f.operation && d.check == f.check && d.status == f.status)
+    {
+        Some(d) => {
+            let occurrences = d.occurrences + f.occurrences;
+            if f.curl.len() < d.curl.len() {
+                *d = f;
+            }
+            d.occurrences = occurrences;
+        }
+        None => distinct.push(f),
+    }
 }
 
 fn auth_header_names(doc: &Value) -> Vec<String> {
@@ -570,22 +616,38 @@ fn compile_ops(
             if let Some(rb) = op.get("requestBody") {
                 let rb = deref(doc, rb);
                 let content = rb.get("content").and_then(Value::as_object);
-                let json = content.and_then(|c| c.iter().find(|(mt, _)| is_json(mt)));
-                match json {
-                    Some((media_type, media)) => {
+                match content.and_then(|c| body_media(request_doc, c)) {
+                    Some((media_type, media, encoding)) => {
                         let schema = media.get("schema").cloned().unwrap_or(Value::Bool(true));
                         let validator = compile_schema(request_doc, &schema, &pointer)?;
                         let mut examples = examples_of(media, doc);
                         examples.extend(examples_of(deref(doc, &schema), doc));
+                        let fields = match encoding {
+                            BodyEncoding::Json => Map::new(),
+                            _ => form_fields(request_doc, &schema),
+                        };
+                        let taken = content.into_iter().flat_map(|c| c.keys());
+                        let wrong_media = taken
+                            .clone()
+                            .all(|mt| !mt.contains('*') && !mt.starts_with("text/plain"))
+                            .then(|| "text/plain".to_string());
                         body = Some(Body {
                             media_type: media_type.clone(),
+                            encoding,
+                            fields,
+                            wrong_media,
                             required: rb.get("required").and_then(Value::as_bool) == Some(true),
                             schema,
                             validator,
                             examples,
                         });
                     }
-                    None => skipped = Some("the request body is not JSON".to_string()),
+                    None => {
+                        skipped = Some(
+                            "the request body is not JSON, a form or multipart/form-data"
+                                .to_string(),
+                        );
+                    }
                 }
             }
             let security = op.get("security").or(global_security);
@@ -598,12 +660,18 @@ fn compile_ops(
             let responses = Responses::compile(response_doc, op, &pointer)?;
             let mut positive = positive_statuses.to_vec();
             positive.extend(business_rule_statuses(op));
+            let path_methods = crate::METHODS
+                .iter()
+                .filter(|m| item.get(**m).is_some())
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
             ops.push(Op {
                 index: ops.len(),
                 id,
                 label,
                 method: method.to_ascii_uppercase(),
                 template: template.clone(),
+                path_methods,
                 secured,
                 params,
                 body,
@@ -632,6 +700,175 @@ fn business_rule_statuses(op: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The media type of a request body the runner builds requests for: JSON first, then a
+/// URL-encoded form, then `multipart/form-data`.
+fn body_media<'a>(
+    doc: &Value,
+    content: &'a Map<String, Value>,
+) -> Option<(&'a String, &'a Value, BodyEncoding)> {
+    if let Some((mt, media)) = content.iter().find(|(mt, _)| is_json(mt)) {
+        return Some((mt, media, BodyEncoding::Json));
+    }
+    let essence = |mt: &str| {
+        mt.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    if let Some((mt, media)) = content
+        .iter()
+        .find(|(mt, _)| essence(mt) == "application/x-www-form-urlencoded")
+    {
+        return Some((mt, media, BodyEncoding::Form));
+    }
+    let (mt, media) = content
+        .iter()
+        .find(|(mt, _)| essence(mt) == "multipart/form-data")?;
+    let schema = media.get("schema").cloned().unwrap_or(Value::Bool(true));
+    let files = form_fields(doc, &schema)
+        .into_iter()
+        .filter(|(_, prop)| {
+            prop.get("format").and_then(Value::as_str) == Some("binary")
+                || prop.get("contentMediaType").is_some()
+        })
+        .map(|(name, prop)| {
+            let declared = media
+                .pointer(&format!("/encoding/{}/contentType", escape_pointer(&name)))
+                .and_then(Value::as_str)
+                .or_else(|| prop.get("contentMediaType").and_then(Value::as_str));
+            let media_type = declared
+                .and_then(|d| d.split(',').map(str::trim).find(|m| !m.contains('*')))
+                .unwrap_or("application/octet-stream")
+                .to_string();
+            (name, media_type)
+        })
+        .collect();
+    Some((mt, media, BodyEncoding::Multipart { files }))
+}
+
+/// The boundary of the `multipart/form-data` bodies the runner sends.
+const MULTIPART_BOUNDARY: &str = "agentplane-conform-boundary";
+
+/// A file name for a file part of `media_type`, with the extension servers read it by.
+fn file_name(media_type: &str) -> String {
+    let ext = match media_type {
+        "text/plain" => "txt",
+        "text/markdown" => "md",
+        "text/html" => "html",
+        "application/json" => "json",
+        "image/png" => "png",
+        "image/jpeg" => "jpg",
+        "application/pdf" => "pdf",
+        _ => "bin",
+    };
+    format!("file.{ext}")
+}
+
+/// A form field's text: a scalar as itself, an object or array as JSON.
+fn field_text(value: &Value) -> String {
+    match value {
+        Value::Object(_) | Value::Array(_) => value.to_string(),
+        other => scalar_text(other).unwrap_or_default(),
+    }
+}
+
+/// A body value serialized for its media type: the Content-Type and the bytes.
+fn encode_body(body: &Body, value: &Value) -> (String, Vec<u8>) {
+    let fields: Vec<(&String, &Value)> = match value {
+        Value::Object(map) => map.iter().collect(),
+        _ => Vec::new(),
+    };
+    // An array field is repeated, once per item.
+    let pairs = || {
+        fields.iter().flat_map(|(name, v)| match v {
+            Value::Array(items) => items.iter().map(|i| (*name, i)).collect::<Vec<_>>(),
+            other => vec![(*name, *other)],
+        })
+    };
+    match &body.encoding {
+        BodyEncoding::Json => (body.media_type.clone(), value.to_string().into_bytes()),
+        BodyEncoding::Form => {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            for (name, v) in pairs() {
+                form.append_pair(name, &field_text(v));
+            }
+            (body.media_type.clone(), form.finish().into_bytes())
+        }
+        BodyEncoding::Multipart { files } => {
+            let mut out = Vec::new();
+            for (name, v) in pairs() {
+                out.extend_from_slice(format!("--{MULTIPART_BOUNDARY}\r\n").as_bytes());
+                let disposition = format!("Content-Disposition: form-data; name=\"{name}\"");
+                match files.iter().find(|(f, _)| f == name) {
+                    Some((_, media_type)) => out.extend_from_slice(
+                        format!(
+                            "{disposition}; filename=\"{}\"\r\nContent-Type: {media_type}\r\n\r\n",
+                            file_name(media_type)
+                        )
+                        .as_bytes(),
+                    ),
+                    None => out.extend_from_slice(format!("{disposition}\r\n\r\n").as_bytes()),
+                }
+                out.extend_from_slice(field_text(v).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(format!("--{MULTIPART_BOUNDARY}--\r\n").as_bytes());
+            (
+                format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+                out,
+            )
+        }
+    }
+}
+
+/// Whether the server, reading a body value back from its serialization, sees something
+/// the schema rejects: JSON as it is; a form's fields as text, read back by their types.
+fn body_rejected(body: &Body, value: &Value) -> bool {
+    !body.validator.is_valid(value)
+        && (body.encoding == BodyEncoding::Json
+            || !body.validator.is_valid(&form_view(body, value)))
+}
+
+/// Whether a body value is one the server must accept, serialized as it is sent.
+fn body_valid(body: &Body, value: &Value) -> bool {
+    if !body.validator.is_valid(value) {
+        return false;
+    }
+    body.encoding == BodyEncoding::Json || body.validator.is_valid(&form_view(body, value))
+}
+
+/// A form body value as the server reads it back ([`form_value`]).
+fn form_view(body: &Body, value: &Value) -> Value {
+    let pairs = match value {
+        Value::Object(map) => map
+            .iter()
+            .flat_map(|(name, v)| match v {
+                Value::Array(items) => items
+                    .iter()
+                    .map(|i| (name.clone(), field_text(i)))
+                    .collect::<Vec<_>>(),
+                other => vec![(name.clone(), field_text(other))],
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    form_value(&body.fields, pairs)
+}
+
+/// The body a case sends: its Content-Type and bytes.
+fn payload(op: &Op, case: &Case) -> Option<(String, Vec<u8>)> {
+    if let Some(raw) = &case.raw {
+        return Some(raw.clone());
+    }
+    Some(encode_body(op.body.as_ref()?, case.body.as_ref()?))
+}
+
+/// The bytes of [`payload`].
+fn body_bytes(op: &Op, case: &Case) -> Option<Vec<u8>> {
+    payload(op, case).map(|(_, bytes)| bytes)
 }
 
 /// A proptest runner whose RNG is a function of the run seed, a position and a phase tag,
@@ -821,7 +1058,7 @@ impl<'a> CaseFactory<'a> {
         if let (Some(body), Some(strategy)) = (&self.op.body, &self.body_strategy) {
             let value = (0..10).find_map(|_| {
                 let tree = strategy.new_tree(runner).ok()?;
-                body.validator.is_valid(&tree.current()).then_some(tree)
+                body_valid(body, &tree.current()).then_some(tree)
             });
             match value {
                 Some(v) => case.body = Some(v),
@@ -848,6 +1085,7 @@ impl Drawn {
         Case {
             values: self.values.iter().map(|(i, t)| (*i, t.current())).collect(),
             body: self.body.as_ref().map(|t| t.current()),
+            raw: None,
         }
     }
 
@@ -933,7 +1171,7 @@ fn case_is_valid(op: &Op, case: &Case) -> bool {
             .get(*i)
             .is_some_and(|p| valid_after_round_trip(p, v))
     }) && match (&case.body, &op.body) {
-        (Some(v), Some(b)) => b.validator.is_valid(v),
+        (Some(v), Some(b)) => body_valid(b, v),
         (None, _) => true,
         (Some(_), None) => false,
     }
@@ -998,7 +1236,7 @@ async fn still_fails(
     case: &Case,
 ) -> Option<(Exchange, String)> {
     let (url, headers) = build_request(shared, op, case, true);
-    let ex = exchange(shared, &op.method, url, headers, case.body.clone())
+    let ex = exchange(shared, &op.method, url, headers, body_bytes(op, case))
         .await
         .ok()?;
     let ctx = CheckContext {
@@ -1010,6 +1248,8 @@ async fn still_fails(
         positive_statuses: &op.positive_statuses,
         before: None,
         pages: &[],
+        path_methods: &op.path_methods,
+        without_credentials: without_credentials(shared, op, &ex),
     };
     match (check.run)(&ctx) {
         Verdict::Fail(message) => Some((ex, message)),
@@ -1197,7 +1437,7 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
                 .map(|b| {
                     b.examples
                         .iter()
-                        .filter(|e| b.validator.is_valid(e))
+                        .filter(|e| body_valid(b, e))
                         .cloned()
                         .collect()
                 })
@@ -1243,8 +1483,10 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
                     negative_cases(shared, op, &base, &mut runner)
                         .into_iter()
                         .partition(|(_, k)| *k == CaseKind::MissingHeader);
-                let room = max.saturating_sub(missing.len()).max(1);
+                let malformed = malformed_cases(shared, op, &base);
+                let room = max.saturating_sub(missing.len() + malformed.len()).max(1);
                 cases.extend(missing);
+                cases.extend(malformed);
                 cases.extend(spread(&negatives, room));
             }
         }
@@ -1295,7 +1537,7 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
         .await;
     }
     if phase == Phase::Negative {
-        probe_unsupported_methods(shared, op, &cases, &mut outcome).await;
+        probe_unsupported_methods(shared, op, &factory, &mut runner, &cases, &mut outcome).await;
     }
     if !shared.config.progress_per_operation {
         progress(shared, &op_line(phase.as_str(), &op.label, &outcome));
@@ -1306,38 +1548,39 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
 /// Methods `unsupported_method` tries on a path that does not document them.
 const PROBED_METHODS: &[&str] = &["GET", "PUT", "POST", "DELETE", "PATCH"];
 
-/// Sends, once per path (from its first operation), every method of [`PROBED_METHODS`]
-/// the path does not document, with the path parameters of a valid case and no body.
+/// Sends, once per path (from its first operation the run tests), every method of
+/// [`PROBED_METHODS`] the path does not document, with the path parameters of a valid case
+/// and no body.
 async fn probe_unsupported_methods(
     shared: &Shared,
     op: &Op,
+    factory: &CaseFactory<'_>,
+    runner: &mut TestRunner,
     cases: &[(Case, CaseKind)],
     outcome: &mut OpOutcome,
 ) {
     if !shared.checks.iter().any(|c| c.name == "unsupported_method") {
         return;
     }
-    let siblings: Vec<&Op> = shared
+    let first = shared
         .ops
         .iter()
-        .filter(|o| o.template == op.template)
-        .collect();
-    if siblings.first().map(|o| o.index) != Some(op.index) {
+        .find(|o| o.template == op.template && o.skipped.is_none());
+    if first.map(|o| o.index) != Some(op.index) {
         return;
     }
-    let base = cases
-        .iter()
-        .find(|(_, k)| *k == CaseKind::Positive)
-        .or_else(|| cases.first())
-        .map(|(c, _)| c.clone());
+    let base = factory
+        .positive(runner, &shared.auth_headers)
+        .or_else(|| cases.first().map(|(c, _)| c.clone()));
     let Some(mut case) = base else {
         return;
     };
     // Only the path parameters: the other operations' parameters mean nothing here.
     case.values.retain(|(i, _)| op.params[*i].loc == Loc::Path);
     case.body = None;
+    case.raw = None;
     for method in PROBED_METHODS {
-        if siblings.iter().any(|o| o.method == *method) {
+        if op.path_methods.iter().any(|m| m == method) {
             continue;
         }
         outcome.cases += 1;
@@ -1532,7 +1775,7 @@ fn coverage_cases(
     }
     if let Some(body) = &op.body {
         for b in generator.boundaries(&body.schema, runner) {
-            if body.validator.is_valid(&b.value) && base.body.as_ref() != Some(&b.value) {
+            if body_valid(body, &b.value) && base.body.as_ref() != Some(&b.value) {
                 let mut case = base.clone();
                 case.body = Some(b.value);
                 positives.push(case);
@@ -1554,6 +1797,48 @@ fn coverage_cases(
         .collect()
 }
 
+/// Requests whose body is syntactically broken, for an operation that takes JSON: a lone
+/// NUL, the valid body cut in half, and the valid body under a Content-Type the operation
+/// does not take. Each must be answered 4xx, with a documented status and error body.
+fn malformed_cases(shared: &Shared, op: &Op, base: &Case) -> Vec<(Case, CaseKind)> {
+    let Some(body) = op
+        .body
+        .as_ref()
+        .filter(|b| b.encoding == BodyEncoding::Json)
+    else {
+        return Vec::new();
+    };
+    let valid = base.body.clone().unwrap_or_else(|| {
+        Generator::new(&shared.request_doc, Direction::Request).plain(&body.schema)
+    });
+    let text = valid.to_string();
+    let mut cut = text.len() / 2;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let truncated = match &text[..cut] {
+        t if !t.is_empty() && serde_json::from_str::<Value>(t).is_err() => t.to_string(),
+        _ => "{\"".to_string(),
+    };
+    let mut raws = vec![
+        (body.media_type.clone(), b"\0".to_vec()),
+        (body.media_type.clone(), truncated.into_bytes()),
+    ];
+    if let Some(wrong) = &body.wrong_media {
+        raws.push((wrong.clone(), text.into_bytes()));
+    }
+    raws.into_iter()
+        .map(|raw| {
+            let case = Case {
+                values: base.values.clone(),
+                body: None,
+                raw: Some(raw),
+            };
+            (case, CaseKind::MalformedBody)
+        })
+        .collect()
+}
+
 fn negative_cases(
     shared: &Shared,
     op: &Op,
@@ -1564,7 +1849,7 @@ fn negative_cases(
     let mut out = Vec::new();
     if let Some(body) = &op.body {
         for n in generator.negatives(&body.schema, runner) {
-            if !body.validator.is_valid(&n.value) {
+            if body_rejected(body, &n.value) {
                 let mut case = base.clone();
                 case.body = Some(n.value);
                 out.push((case, CaseKind::Negative));
@@ -1690,8 +1975,8 @@ fn build_request(
     if !cookies.is_empty() {
         headers.push(("Cookie".into(), cookies.join("; ")));
     }
-    if let (Some(_), Some(body)) = (&case.body, &op.body) {
-        headers.push(("Content-Type".into(), body.media_type.clone()));
+    if let Some((content_type, _)) = payload(op, case) {
+        headers.push(("Content-Type".into(), content_type));
     }
     (url, headers)
 }
@@ -1702,7 +1987,7 @@ async fn exchange(
     method: &str,
     url: String,
     headers: Vec<(String, String)>,
-    body: Option<Value>,
+    body: Option<Vec<u8>>,
 ) -> Result<Exchange, String> {
     exchange_recorded(shared, method, url, headers, body)
         .await
@@ -1716,7 +2001,7 @@ async fn exchange_recorded(
     method: &str,
     url: String,
     headers: Vec<(String, String)>,
-    body: Option<Value>,
+    body: Option<Vec<u8>>,
 ) -> (Result<Exchange, String>, Option<usize>) {
     let Some(recorder) = &shared.recorder else {
         return (
@@ -1743,7 +2028,7 @@ async fn exchange_recorded(
         method: method.to_string(),
         uri: url,
         request_headers: headers,
-        request_body: body.map(|b| b.to_string()),
+        request_body: body.map(|b| String::from_utf8_lossy(&b).into_owned()),
         response: result.as_ref().ok().map(|(ex, version)| RecordedResponse {
             status: ex.status,
             headers: ex.headers.clone(),
@@ -1763,7 +2048,7 @@ async fn send_raw(
     method: &str,
     url: String,
     headers: Vec<(String, String)>,
-    body: Option<Value>,
+    body: Option<Vec<u8>>,
 ) -> Result<(Exchange, String), String> {
     let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
     let sent = tokio::time::Instant::now();
@@ -1772,7 +2057,7 @@ async fn send_raw(
         request = request.header(name.as_str(), value.as_str());
     }
     if let Some(b) = &body {
-        request = request.body(b.to_string());
+        request = request.body(b.clone());
     }
     let partial = Exchange {
         method: method.to_string(),
@@ -1893,7 +2178,7 @@ async fn send_and_check(
     outcome.cases += 1;
     let (url, headers) = build_request(shared, op, case, with_auth);
     let (result, slot) =
-        exchange_recorded(shared, &op.method, url, headers, case.body.clone()).await;
+        exchange_recorded(shared, &op.method, url, headers, body_bytes(op, case)).await;
     match result {
         Ok(ex) => {
             let records = judge(shared, op, kind, &ex, None, outcome);
@@ -1912,6 +2197,16 @@ async fn send_and_check(
             None
         }
     }
+}
+
+/// Whether a request to a secured operation went without any credentials (no header the
+/// run counts as one: `Authorization`, `Cookie`, an API key's).
+fn without_credentials(shared: &Shared, op: &Op, exchange: &Exchange) -> bool {
+    op.secured
+        && !exchange
+            .request_headers
+            .iter()
+            .any(|(name, _)| shared.auth_headers.contains(&name.to_ascii_lowercase()))
 }
 
 fn judge(
@@ -1947,6 +2242,8 @@ fn judge_with(
         positive_statuses: &op.positive_statuses,
         before,
         pages,
+        path_methods: &op.path_methods,
+        without_credentials: without_credentials(shared, op, exchange),
     };
     for check in &shared.checks {
         match (check.run)(&ctx) {
@@ -2032,7 +2329,12 @@ fn find_chains(ops: &[Op]) -> Vec<Chain> {
         }
         if targets.is_empty() {
             // Convention: `{collection}/{param}` with the created body's `id`.
-            let has_id = create.responses.entries.iter().any(|r| r.status == "201");
+            // A create answers 201, or (many APIs) 200.
+            let has_id = create
+                .responses
+                .entries
+                .iter()
+                .any(|r| r.status == "201" || r.status == "200");
             let prefix = format!("{}/{{", create.template.trim_end_matches('/'));
             for target in ops.iter().filter(|o| o.skipped.is_none()) {
                 let Some(rest) = target.template.strip_prefix(&prefix) else {
@@ -2150,7 +2452,7 @@ async fn run_chain(shared: &Shared, chain: &Chain) -> Vec<(usize, OpOutcome)> {
                 .and_then(|base| with_links(op, base, &body, params))
         };
         let mut first_read: Option<(Case, Exchange)> = None;
-        if created.status == 201
+        if matches!(created.status, 200 | 201)
             && let Some((target, params)) = &read
             && let Some(case) = read_case(&mut runner, *target, params)
         {
@@ -2275,7 +2577,7 @@ async fn send_with_headers(
     let (url, mut headers) = build_request(shared, op, case, with_auth);
     headers.retain(|(n, _)| !replace.iter().any(|(r, _)| r.eq_ignore_ascii_case(n)));
     headers.extend(replace.iter().cloned());
-    match exchange(shared, &op.method, url, headers, case.body.clone()).await {
+    match exchange(shared, &op.method, url, headers, body_bytes(op, case)).await {
         Ok(ex) => Some(ex),
         Err(e) => {
             outcome.failures.push(network_failure(op, e));
@@ -2455,6 +2757,7 @@ mod tests {
         let case = |n: i64| Case {
             values: vec![(0, json!(n))],
             body: Some(json!({"text": "x"})),
+            raw: None,
         };
         assert!(case_complexity(&case(50)) < case_complexity(&case(51)));
     }

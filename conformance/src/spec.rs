@@ -577,63 +577,66 @@ fn downconvert_schema(schema: &mut Map<String, Value>) {
     }
 }
 
+/// Calls `f` on one schema object and every schema nested inside it, depth-first, children
+/// after their parent.
+pub fn walk_schema_mut(value: &mut Value, f: &mut dyn FnMut(&mut Map<String, Value>)) {
+    let Value::Object(map) = value else { return };
+    f(map);
+    for key in [
+        "properties",
+        "patternProperties",
+        "$defs",
+        "definitions",
+        "dependentSchemas",
+    ] {
+        if let Some(Value::Object(children)) = map.get_mut(key) {
+            for child in children.values_mut() {
+                walk_schema_mut(child, f);
+            }
+        }
+    }
+    for key in [
+        "items",
+        "additionalProperties",
+        "not",
+        "propertyNames",
+        "contains",
+        "if",
+        "then",
+        "else",
+        "unevaluatedProperties",
+        "additionalItems",
+    ] {
+        if let Some(child) = map.get_mut(key) {
+            match child {
+                Value::Array(list) => list.iter_mut().for_each(|c| walk_schema_mut(c, f)),
+                other => walk_schema_mut(other, f),
+            }
+        }
+    }
+    for key in ["allOf", "anyOf", "oneOf", "prefixItems"] {
+        if let Some(Value::Array(list)) = map.get_mut(key) {
+            list.iter_mut().for_each(|c| walk_schema_mut(c, f));
+        }
+    }
+}
+
 /// Calls `f` on every schema object of the document (components, parameters, bodies,
 /// responses, headers, and everything nested inside those schemas), depth-first, children
 /// after their parent.
 pub fn walk_schemas_mut(doc: &mut Value, f: &mut dyn FnMut(&mut Map<String, Value>)) {
-    fn schema(value: &mut Value, f: &mut dyn FnMut(&mut Map<String, Value>)) {
-        let Value::Object(map) = value else { return };
-        f(map);
-        for key in [
-            "properties",
-            "patternProperties",
-            "$defs",
-            "definitions",
-            "dependentSchemas",
-        ] {
-            if let Some(Value::Object(children)) = map.get_mut(key) {
-                for child in children.values_mut() {
-                    schema(child, f);
-                }
-            }
-        }
-        for key in [
-            "items",
-            "additionalProperties",
-            "not",
-            "propertyNames",
-            "contains",
-            "if",
-            "then",
-            "else",
-            "unevaluatedProperties",
-            "additionalItems",
-        ] {
-            if let Some(child) = map.get_mut(key) {
-                match child {
-                    Value::Array(list) => list.iter_mut().for_each(|c| schema(c, f)),
-                    other => schema(other, f),
-                }
-            }
-        }
-        for key in ["allOf", "anyOf", "oneOf", "prefixItems"] {
-            if let Some(Value::Array(list)) = map.get_mut(key) {
-                list.iter_mut().for_each(|c| schema(c, f));
-            }
-        }
-    }
     fn media(content: &mut Value, f: &mut dyn FnMut(&mut Map<String, Value>)) {
         if let Some(Value::Object(types)) = content.get_mut("content") {
             for mt in types.values_mut() {
                 if let Some(s) = mt.get_mut("schema") {
-                    schema(s, f);
+                    walk_schema_mut(s, f);
                 }
             }
         }
     }
     fn parameter(p: &mut Value, f: &mut dyn FnMut(&mut Map<String, Value>)) {
         if let Some(s) = p.get_mut("schema") {
-            schema(s, f);
+            walk_schema_mut(s, f);
         }
         media(p, f);
     }
@@ -670,7 +673,7 @@ pub fn walk_schemas_mut(doc: &mut Value, f: &mut dyn FnMut(&mut Map<String, Valu
     }
     if let Some(Value::Object(components)) = doc.get_mut("components") {
         if let Some(Value::Object(s)) = components.get_mut("schemas") {
-            s.values_mut().for_each(|v| schema(v, f));
+            s.values_mut().for_each(|v| walk_schema_mut(v, f));
         }
         if let Some(Value::Object(ps)) = components.get_mut("parameters") {
             ps.values_mut().for_each(|p| parameter(p, f));

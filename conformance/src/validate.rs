@@ -13,7 +13,7 @@ use jsonschema::{Draft, Validator, error::ValidationErrorKind};
 use serde_json::{Map, Value};
 
 use crate::router::{PathRouter, parse_query};
-use crate::spec::{SpecError, deref, escape_pointer, unescape_pointer};
+use crate::spec::{SpecError, deref, escape_pointer, unescape_pointer, walk_schema_mut};
 
 /// Where a parameter lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +87,9 @@ struct Param {
 #[derive(Debug)]
 struct Body {
     required: bool,
-    /// Media type → schema validator (None: anything goes).
-    media: Vec<(String, Option<Validator>)>,
+    /// Media type → schema validator (None: anything goes) and, for form bodies, the
+    /// fields' schemas ([`form_fields`]).
+    media: Vec<(String, Option<Validator>, Map<String, Value>)>,
 }
 
 /// A compiled operation.
@@ -133,8 +134,15 @@ impl std::fmt::Debug for RequestValidator {
 pub fn compile_schema(doc: &Value, schema: &Value, pointer: &str) -> Result<Validator, SpecError> {
     let mut root = Map::new();
     root.insert("$ref".into(), Value::String("#/x-agentplane-target".into()));
-    root.insert("x-agentplane-target".into(), schema.clone());
-    let components = referenced_components(doc, schema);
+    let mut target = schema.clone();
+    walk_schema_mut(&mut target, &mut bound_integer_format);
+    root.insert("x-agentplane-target".into(), target);
+    let mut components = referenced_components(doc, schema);
+    if let Some(Value::Object(schemas)) = components.get_mut("schemas") {
+        for s in schemas.values_mut() {
+            walk_schema_mut(s, &mut bound_integer_format);
+        }
+    }
     if !components.is_empty() {
         root.insert("components".into(), Value::Object(components));
     }
@@ -143,6 +151,57 @@ pub fn compile_schema(doc: &Value, schema: &Value, pointer: &str) -> Result<Vali
         .should_validate_formats(true)
         .build(&Value::Object(root))
         .map_err(|e| SpecError::invalid("", pointer, format!("invalid schema: {e}")))
+}
+
+/// The range an integer `format` allows: `int32` and `int64` (OpenAPI's data types).
+pub fn integer_format_range(format: &str) -> Option<(i64, i64)> {
+    match format {
+        "int32" => Some((i64::from(i32::MIN), i64::from(i32::MAX))),
+        "int64" => Some((i64::MIN, i64::MAX)),
+        _ => None,
+    }
+}
+
+/// Turns an integer schema's `format: int32`/`int64` into the `minimum`/`maximum` it
+/// implies (keeping a tighter bound the schema states): JSON Schema validators treat these
+/// formats as annotations, so a value above 2^31−1 would otherwise pass as an `int32`.
+fn bound_integer_format(schema: &mut Map<String, Value>) {
+    let Some((lo, hi)) = schema
+        .get("format")
+        .and_then(Value::as_str)
+        .and_then(integer_format_range)
+    else {
+        return;
+    };
+    let numeric = match schema.get("type") {
+        Some(Value::String(t)) => t == "integer" || t == "number",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer" || t == "number"),
+        _ => false,
+    };
+    if !numeric {
+        return;
+    }
+    let exact = |v: &Value| -> Option<i128> {
+        v.as_i64()
+            .map(i128::from)
+            .or_else(|| v.as_u64().map(i128::from))
+    };
+    // A stated bound is kept when it is at least as tight as the format's.
+    let tighter = |v: &Value, bound: i64, low: bool| match (exact(v), v.as_f64()) {
+        (Some(n), _) => (n >= i128::from(bound)) == low,
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a comparison with a float bound"
+        )]
+        (None, Some(f)) => (f >= bound as f64) == low,
+        (None, None) => false,
+    };
+    if !schema.get("minimum").is_some_and(|v| tighter(v, lo, true)) {
+        schema.insert("minimum".into(), Value::from(lo));
+    }
+    if !schema.get("maximum").is_some_and(|v| tighter(v, hi, false)) {
+        schema.insert("maximum".into(), Value::from(hi));
+    }
 }
 
 /// The components `schema` reaches through `#/components/...` references, transitively, in
@@ -352,9 +411,9 @@ fn check_body(body: &Body, req: &Request<'_>) -> BodyCheck {
     let matched = body
         .media
         .iter()
-        .find(|(mt, _)| media_matches(mt, &essence));
-    let Some((media, validator)) = matched else {
-        let expected: Vec<&str> = body.media.iter().map(|(m, _)| m.as_str()).collect();
+        .find(|(mt, _, _)| media_matches(mt, &essence));
+    let Some((media, validator, fields)) = matched else {
+        let expected: Vec<&str> = body.media.iter().map(|(m, _, _)| m.as_str()).collect();
         return Err((
             400,
             vec![Violation {
@@ -366,7 +425,13 @@ fn check_body(body: &Body, req: &Request<'_>) -> BodyCheck {
         ));
     };
     if media.eq_ignore_ascii_case("multipart/form-data") {
-        return check_multipart(&content_type, req.body, validator.as_ref());
+        return check_multipart(&content_type, req.body, validator.as_ref(), fields);
+    }
+    if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        let pairs = url::form_urlencoded::parse(req.body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        return check_form(form_value(fields, pairs), validator.as_ref());
     }
     let is_json = media.contains("json") || media == "*/*" && essence.contains("json");
     if !is_json {
@@ -451,7 +516,12 @@ pub fn multipart_parts(content_type: &str, body: &[u8]) -> Result<Vec<(String, V
 /// Checks a `multipart/form-data` body: well-formed, and its parts (as strings) against the
 /// schema, so a missing required part names itself. Nothing is handed on: the typed decoder
 /// reads the form.
-fn check_multipart(content_type: &str, body: &[u8], validator: Option<&Validator>) -> BodyCheck {
+fn check_multipart(
+    content_type: &str,
+    body: &[u8],
+    validator: Option<&Validator>,
+    fields: &Map<String, Value>,
+) -> BodyCheck {
     let parts = multipart_parts(content_type, body).map_err(|message| {
         (
             400,
@@ -463,15 +533,19 @@ fn check_multipart(content_type: &str, body: &[u8], validator: Option<&Validator
             }],
         )
     })?;
+    let pairs = parts
+        .into_iter()
+        .map(|(name, content)| (name, String::from_utf8_lossy(&content).into_owned()))
+        .collect();
+    check_form(form_value(fields, pairs), validator)
+}
+
+/// Judges a form body, read back as [`form_value`], against its schema. Nothing is handed
+/// on: the typed decoder reads the form.
+fn check_form(value: Value, validator: Option<&Validator>) -> BodyCheck {
     let Some(validator) = validator else {
         return Ok(None);
     };
-    let mut form = Map::new();
-    for (name, content) in parts {
-        form.entry(name)
-            .or_insert_with(|| Value::String(String::from_utf8_lossy(&content).into_owned()));
-    }
-    let value = Value::Object(form);
     let mut violations = Vec::new();
     for error in validator.iter_errors(&value) {
         push_violations(Location::Body, "", &error, &mut violations);
@@ -481,6 +555,62 @@ fn check_multipart(content_type: &str, body: &[u8], validator: Option<&Validator
     } else {
         Err((422, violations))
     }
+}
+
+/// The top-level property schemas of a form body's schema, by name (`$ref`s and one level of
+/// `allOf` resolved): a form's fields arrive as text, and each is read back as its
+/// property's type.
+pub fn form_fields(doc: &Value, schema: &Value) -> Map<String, Value> {
+    let mut out = Map::new();
+    let schema = deref(doc, schema);
+    let parts = schema.get("allOf").and_then(Value::as_array);
+    for s in std::iter::once(schema).chain(parts.into_iter().flatten().map(|s| deref(doc, s))) {
+        if let Some(Value::Object(props)) = s.get("properties") {
+            for (name, prop) in props {
+                let mut prop = deref(doc, prop).clone();
+                if let Some(items) = prop.get("items").map(|i| deref(doc, i).clone()) {
+                    prop["items"] = items;
+                }
+                out.entry(name.clone()).or_insert(prop);
+            }
+        }
+    }
+    out
+}
+
+/// A form's fields (`application/x-www-form-urlencoded` pairs or `multipart/form-data` parts,
+/// as text) as the JSON value its schema judges: each field read as its property's type
+/// (an object from its JSON text), the values of an array property (a repeated field)
+/// gathered; of another repeated field the first counts.
+pub fn form_value(fields: &Map<String, Value>, pairs: Vec<(String, String)>) -> Value {
+    let mut out = Map::new();
+    let any = Value::Bool(true);
+    for (name, text) in pairs {
+        let schema = fields.get(&name).unwrap_or(&any);
+        let types = schema_types(schema);
+        let read = |schema: &Value, text: &str| {
+            if schema_types(schema)
+                .iter()
+                .any(|t| t == "object" || t == "array")
+                && let Ok(v) = serde_json::from_str::<Value>(text)
+                && (v.is_object() || v.is_array())
+            {
+                return v;
+            }
+            coerce_scalar(text, schema)
+        };
+        if types.iter().any(|t| t == "array") {
+            let items = schema.get("items").unwrap_or(&any);
+            if let Value::Array(list) = out.entry(name).or_insert_with(|| Value::Array(Vec::new()))
+            {
+                list.push(read(items, &text));
+            }
+        } else if !out.contains_key(&name) {
+            let v = read(schema, &text);
+            out.insert(name, v);
+        }
+    }
+    Value::Object(out)
 }
 
 /// Rewrites numbers with a zero fraction (`26.0`) as integers, in place; true when any
@@ -839,7 +969,11 @@ fn compile_operation(
                         )?),
                         None => None,
                     };
-                    media.push((mt.clone(), v));
+                    let fields = m
+                        .get("schema")
+                        .map(|s| form_fields(doc, s))
+                        .unwrap_or_default();
+                    media.push((mt.clone(), v, fields));
                 }
             }
             Some(Body {
@@ -1000,6 +1134,39 @@ mod tests {
         assert_eq!(
             run(&v, "POST", "/items", "", ""),
             Err((400, vec![("body".into(), "required".into())]))
+        );
+    }
+
+    #[test]
+    fn integer_formats_bound_their_values() {
+        let doc = json!({"openapi": "3.1.0", "components": {"schemas": {
+            "Count": {"type": "integer", "format": "int32", "minimum": 0}
+        }}});
+        let v = compile_schema(&doc, &json!({"$ref": "#/components/schemas/Count"}), "")
+            .expect("compiles");
+        assert!(v.is_valid(&json!(2_147_483_647)));
+        assert!(!v.is_valid(&json!(2_147_483_648_i64)));
+        assert!(
+            !v.is_valid(&json!(-1)),
+            "the schema's tighter minimum stays"
+        );
+        let v = compile_schema(
+            &doc,
+            &json!({"type": ["integer", "null"], "format": "int64"}),
+            "",
+        )
+        .expect("compiles");
+        assert!(
+            v.is_valid(&json!(i64::MAX))
+                && v.is_valid(&json!(i64::MIN))
+                && v.is_valid(&Value::Null)
+        );
+        assert!(!v.is_valid(&json!(1_u64 << 63)));
+        let v = compile_schema(&doc, &json!({"type": "string", "format": "int32"}), "")
+            .expect("compiles");
+        assert!(
+            v.is_valid(&json!("99999999999")),
+            "only integers are bounded"
         );
     }
 

@@ -10,12 +10,14 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod common;
+
+use common::{error, json_response};
 use conformance::RequestValidator;
 use conformance::runner::{self, Config, Report};
 use conformance::validate::{Outcome, Request as ValidatedRequest};
+use poem::Response;
 use poem::http::StatusCode;
-use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{Response, Server};
 use serde_json::{Value, json};
 
 fn spec() -> Value {
@@ -203,24 +205,15 @@ struct State {
     validator: RequestValidator,
 }
 
-fn json_response(status: u16, body: &Value) -> Response {
-    Response::builder()
-        .status(StatusCode::from_u16(status).expect("status"))
-        .content_type("application/json")
-        .body(body.to_string())
-}
-
-fn error(status: u16, message: &str) -> Response {
-    json_response(status, &json!({"message": message}))
-}
-
-async fn handle(state: Arc<State>, mut req: poem::Request) -> Response {
+async fn handle(state: Arc<State>, req: poem::Request) -> Response {
     let fault = state.fault;
-    let method = req.method().as_str().to_string();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let headers = req.headers().clone();
-    let body = req.take_body().into_vec().await.unwrap_or_default();
+    let common::Incoming {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    } = common::incoming(req).await;
     let tenant = match headers.get("authorization").and_then(|v| v.to_str().ok()) {
         Some("Bearer secret") => "a",
         Some("Bearer other") => "b",
@@ -426,20 +419,11 @@ async fn start(fault: Fault) -> String {
         next: AtomicU64::new(1),
         validator: RequestValidator::new(&doc).expect("spec compiles"),
     });
-    let acceptor = TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .expect("bind");
-    let addr = acceptor.local_addr()[0]
-        .as_socket_addr()
-        .copied()
-        .expect("a socket address");
     let app = poem::endpoint::make(move |req: poem::Request| {
         let state = state.clone();
         async move { handle(state, req).await }
     });
-    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
-    format!("http://{addr}")
+    common::serve(app).await
 }
 
 async fn conform(fault: Fault) -> Report {
@@ -754,14 +738,6 @@ fn threshold_spec() -> Value {
 }
 
 async fn start_threshold_server() -> String {
-    let acceptor = TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .expect("bind");
-    let addr = acceptor.local_addr()[0]
-        .as_socket_addr()
-        .copied()
-        .expect("a socket address");
     let app = poem::endpoint::make(|mut req: poem::Request| async move {
         let query = req.uri().query().unwrap_or("").to_string();
         let body = req.take_body().into_vec().await.unwrap_or_default();
@@ -776,8 +752,7 @@ async fn start_threshold_server() -> String {
         }
         json_response(200, &json!({}))
     });
-    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
-    format!("http://{addr}")
+    common::serve(app).await
 }
 
 async fn fuzz_threshold_server(seed: u64) -> Report {
@@ -873,20 +848,12 @@ fn business_rule_spec(declared: bool) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_business_rule_statuses_are_accepted_for_valid_input() {
-    let acceptor = TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .expect("bind");
-    let addr = acceptor.local_addr()[0]
-        .as_socket_addr()
-        .copied()
-        .expect("a socket address");
     let app = poem::endpoint::make(|_req: poem::Request| async move {
         json_response(422, &json!({"error": "unknown model"}))
     });
-    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+    let base = common::serve(app).await;
     let acceptance_failures = |declared: bool| {
-        let base = format!("http://{addr}");
+        let base = base.clone();
         async move {
             let mut config = Config::new(base);
             config.max_examples = 5;

@@ -222,6 +222,22 @@ async fn a_broken_request_gets_the_documented_error_or_a_problem() {
     )
     .await;
     assert_eq!(status, 400);
+    // `limit` is an int32: 2^31−1 is valid, 2^31 is outside the format.
+    for (limit, expected) in [
+        ("2147483647", 200),
+        ("2147483648", 400),
+        ("-2147483649", 400),
+    ] {
+        let (status, body) = json_of(
+            client()
+                .get(format!("{}/pets?limit={limit}", pets.base))
+                .send()
+                .await
+                .expect("get"),
+        )
+        .await;
+        assert_eq!(status, expected, "limit={limit}: {body}");
+    }
 }
 
 #[tokio::test]

@@ -152,6 +152,8 @@ pub fn judge_response(op: &MockOperation, method: &str, url: &str, answer: &Answ
         positive_statuses: &[],
         before: None,
         pages: &[],
+        path_methods: &[],
+        without_credentials: false,
     };
     checks::ALL
         .iter()

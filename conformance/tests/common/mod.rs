@@ -1,0 +1,52 @@
+//! What the broken-server test suites share: answering JSON, and serving an endpoint on
+//! 127.0.0.1 with a port from the OS.
+
+use poem::http::StatusCode;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{Endpoint, Response, Server};
+use serde_json::{Value, json};
+
+pub fn json_response(status: u16, body: &Value) -> Response {
+    Response::builder()
+        .status(StatusCode::from_u16(status).expect("status"))
+        .content_type("application/json")
+        .body(body.to_string())
+}
+
+/// The error body every test spec documents: `{"message": …}`.
+pub fn error(status: u16, message: &str) -> Response {
+    json_response(status, &json!({"message": message}))
+}
+
+/// Serves `app` in the background; its base URL.
+pub async fn serve(app: impl Endpoint + 'static) -> String {
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let addr = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .copied()
+        .expect("a socket address");
+    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+    format!("http://{addr}")
+}
+
+/// What a test server reads of a request.
+pub struct Incoming {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: poem::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+pub async fn incoming(mut req: poem::Request) -> Incoming {
+    Incoming {
+        method: req.method().as_str().to_string(),
+        path: req.uri().path().to_string(),
+        query: req.uri().query().unwrap_or("").to_string(),
+        headers: req.headers().clone(),
+        body: req.take_body().into_vec().await.unwrap_or_default(),
+    }
+}

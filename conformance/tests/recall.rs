@@ -1,0 +1,431 @@
+//! Recall on servers nobody here wrote: the faults conform used to miss (issue 20), each
+//! built into a small server that must be caught, beside a correct server that must pass.
+//!
+//! Every server implements the same spec (integers of both widths, a JSON create answered
+//! 200, a URL-encoded form, a multipart upload, a path without parameters, a bearer scheme
+//! whose 401 no operation documents) and breaks it in one way. The harness must catch each
+//! fault with the check meant for it, on the operation meant, and count it once.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+mod common;
+
+use common::{error, json_response};
+use conformance::RequestValidator;
+use conformance::runner::{self, Config, Report};
+use conformance::validate::{Outcome, Request as ValidatedRequest};
+use poem::Response;
+use poem::http::StatusCode;
+use serde_json::{Value, json};
+
+fn spec() -> Value {
+    let error = json!({"description": "An error.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let ok = |schema: Value| json!({"description": "OK.", "content": {"application/json": {"schema": schema}}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "recall", "version": "1"},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/health": {"get": {
+                "operationId": "health",
+                "responses": {"200": ok(json!({"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}))}
+            }},
+            "/counts": {"get": {
+                "operationId": "count",
+                "parameters": [{"name": "n", "in": "query", "required": true, "schema": {"type": "integer", "format": "int64"}}],
+                "responses": {"200": ok(json!({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer", "format": "int64"}}})), "400": error}
+            }},
+            "/sizes": {"get": {
+                "operationId": "size",
+                "parameters": [{"name": "size", "in": "query", "required": true, "schema": {"type": "integer", "format": "int32", "minimum": 0}}],
+                "responses": {"200": ok(json!({"type": "object", "required": ["size"], "properties": {"size": {"type": "integer"}}})), "400": error}
+            }},
+            "/widgets": {"post": {
+                "operationId": "createWidget",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 10},
+                        "weight": {"type": "integer", "format": "int32", "minimum": 0}
+                    }
+                }}}},
+                "responses": {"200": ok(json!({"$ref": "#/components/schemas/Widget"})), "400": error, "422": error}
+            }},
+            "/widgets/{id}": {"get": {
+                "operationId": "getWidget",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 20}}],
+                "responses": {"200": ok(json!({"$ref": "#/components/schemas/Widget"})), "400": error, "404": error}
+            }},
+            "/login": {"post": {
+                "operationId": "login",
+                "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {
+                    "type": "object", "required": ["user"], "additionalProperties": false, "properties": {
+                        "user": {"type": "string", "pattern": "^[a-z]{1,8}$"},
+                        "remember": {"type": "boolean"},
+                        "tries": {"type": "integer", "minimum": 1, "maximum": 3}
+                    }
+                }}}},
+                "responses": {"200": ok(json!({"type": "object", "required": ["user"], "properties": {"user": {"type": "string"}}})), "400": error, "422": error}
+            }},
+            "/uploads": {"post": {
+                "operationId": "upload",
+                "requestBody": {"required": true, "content": {"multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "additionalProperties": false, "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "title": {"type": "string", "minLength": 1, "maxLength": 10}
+                    }},
+                    "encoding": {"file": {"contentType": "text/plain"}}
+                }}},
+                "responses": {"200": ok(json!({"type": "object", "required": ["size"], "properties": {"size": {"type": "integer"}}})), "400": error, "415": error, "422": error}
+            }}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Widget": {"type": "object", "required": ["id", "name"], "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "weight": {"type": "integer"}
+                }},
+                "Error": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}}
+            }
+        }
+    })
+}
+
+/// The spec as a validator that knows nothing of integer formats saw it.
+fn without_integer_formats(mut doc: Value) -> Value {
+    conformance::spec::walk_schemas_mut(&mut doc, &mut |s| {
+        if s.get("format")
+            .is_some_and(|f| f == "int32" || f == "int64")
+        {
+            s.remove("format");
+        }
+    });
+    doc
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// Rejects a valid int64 beyond ±2^53 (a server that reads integers as doubles).
+    LosesInt64Precision,
+    /// Accepts an int32 above 2^31−1.
+    AcceptsInt32Overflow,
+    /// Answers broken JSON with a 400 in text/plain, where JSON is documented.
+    PlainTextSyntaxError,
+    /// Reads a JSON body sent under any Content-Type.
+    IgnoresContentType,
+    /// Answers any method on a path without parameters.
+    AnyMethodOnPlainPath,
+    /// Answers 405 with an `Allow` that leaves out documented methods.
+    IncompleteAllow,
+    /// Does not validate its URL-encoded form.
+    FormUnvalidated,
+    /// Does not validate its multipart upload.
+    MultipartUnvalidated,
+    /// Answers a create 200 but never stores it.
+    CreatedNotReadable,
+    /// Answers a request without credentials 418.
+    UnauthenticatedTeapot,
+}
+
+/// Every fault, the check meant to find it and the operation it must be found on.
+const CATALOG: &[(Fault, &str, &str)] = &[
+    (
+        Fault::LosesInt64Precision,
+        "positive_data_acceptance",
+        "GET /counts",
+    ),
+    (
+        Fault::AcceptsInt32Overflow,
+        "negative_data_rejection",
+        "GET /sizes",
+    ),
+    (
+        Fault::PlainTextSyntaxError,
+        "content_type_conformance",
+        "POST /widgets",
+    ),
+    (
+        Fault::IgnoresContentType,
+        "negative_data_rejection",
+        "POST /widgets",
+    ),
+    (
+        Fault::AnyMethodOnPlainPath,
+        "unsupported_method",
+        "GET /health",
+    ),
+    (Fault::IncompleteAllow, "unsupported_method", "GET /health"),
+    (
+        Fault::FormUnvalidated,
+        "negative_data_rejection",
+        "POST /login",
+    ),
+    (
+        Fault::MultipartUnvalidated,
+        "negative_data_rejection",
+        "POST /uploads",
+    ),
+    (
+        Fault::CreatedNotReadable,
+        "ensure_resource_availability",
+        "POST /widgets",
+    ),
+    (Fault::UnauthenticatedTeapot, "ignored_auth", "GET /health"),
+];
+
+struct State {
+    fault: Fault,
+    widgets: Mutex<BTreeMap<String, Value>>,
+    next: AtomicU64,
+    validator: RequestValidator,
+    /// Set once a valid form, and a valid multipart upload, arrived.
+    saw_form: AtomicBool,
+    saw_multipart: AtomicBool,
+}
+
+async fn handle(state: Arc<State>, req: poem::Request) -> Response {
+    let fault = state.fault;
+    let common::Incoming {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    } = common::incoming(req).await;
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer secret") {
+        return match fault {
+            Fault::UnauthenticatedTeapot => error(418, "teapot"),
+            _ => error(401, "no credentials"),
+        };
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let request = ValidatedRequest {
+        method: &method,
+        path: &path,
+        query: &query,
+        header: &header,
+        body: &body,
+    };
+    match state.validator.validate(&request) {
+        Outcome::NoRoute => return error(404, "no route"),
+        Outcome::MethodNotAllowed { .. }
+            if fault == Fault::AnyMethodOnPlainPath && path == "/health" =>
+        {
+            return json_response(200, &json!({"status": "ok"}));
+        }
+        Outcome::MethodNotAllowed { allow } => {
+            let allow = if fault == Fault::IncompleteAllow {
+                "OPTIONS".to_string()
+            } else {
+                allow.join(", ")
+            };
+            let mut r = error(405, "method");
+            if let Ok(v) = allow.parse() {
+                r.headers_mut().insert("allow", v);
+            }
+            return r;
+        }
+        Outcome::Invalid {
+            status, violations, ..
+        } => {
+            let code = |c: &str| violations.iter().all(|v| v.code == c);
+            let unvalidated = (fault == Fault::FormUnvalidated && path == "/login")
+                || (fault == Fault::MultipartUnvalidated && path == "/uploads")
+                || (fault == Fault::IgnoresContentType && code("content_type"));
+            if fault == Fault::PlainTextSyntaxError && code("invalid_json") {
+                return Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .content_type("text/plain")
+                    .body("bad JSON");
+            }
+            if !unvalidated {
+                return error(status, "invalid");
+            }
+        }
+        Outcome::Valid { .. } => {
+            if path == "/login" {
+                state.saw_form.store(true, Ordering::SeqCst);
+            }
+            if path == "/uploads" {
+                state.saw_multipart.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    let param = |name: &str| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", ["health"]) => json_response(200, &json!({"status": "ok"})),
+        ("GET", ["counts"]) => {
+            let n: i64 = param("n").and_then(|n| n.parse().ok()).unwrap_or(0);
+            if fault == Fault::LosesInt64Precision && n.unsigned_abs() > 1 << 53 {
+                return error(400, "not a safe integer");
+            }
+            json_response(200, &json!({"n": n}))
+        }
+        ("GET", ["sizes"]) => {
+            let size: i64 = param("size").and_then(|n| n.parse().ok()).unwrap_or(0);
+            json_response(200, &json!({"size": size}))
+        }
+        ("POST", ["widgets"]) => {
+            let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let id = format!("w{}", state.next.fetch_add(1, Ordering::SeqCst));
+            let mut widget = json!({"id": id, "name": input["name"].as_str().unwrap_or("")});
+            if let Some(w) = input["weight"].as_i64() {
+                widget["weight"] = json!(w);
+            }
+            if fault != Fault::CreatedNotReadable {
+                state
+                    .widgets
+                    .lock()
+                    .expect("lock")
+                    .insert(id, widget.clone());
+            }
+            json_response(200, &widget)
+        }
+        ("GET", ["widgets", id]) => match state.widgets.lock().expect("lock").get(*id) {
+            Some(w) => json_response(200, w),
+            None => error(404, "not found"),
+        },
+        ("POST", ["login"]) => {
+            let user = url::form_urlencoded::parse(&body)
+                .find(|(k, _)| k == "user")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            json_response(200, &json!({"user": user}))
+        }
+        ("POST", ["uploads"]) => json_response(200, &json!({"size": body.len()})),
+        _ => error(404, "no route"),
+    }
+}
+
+async fn start(fault: Fault) -> (String, Arc<State>) {
+    let doc = if fault == Fault::AcceptsInt32Overflow {
+        without_integer_formats(spec())
+    } else {
+        spec()
+    };
+    let state = Arc::new(State {
+        fault,
+        widgets: Mutex::new(BTreeMap::new()),
+        next: AtomicU64::new(1),
+        validator: RequestValidator::new(&doc).expect("spec compiles"),
+        saw_form: AtomicBool::new(false),
+        saw_multipart: AtomicBool::new(false),
+    });
+    let served = state.clone();
+    let app = poem::endpoint::make(move |req: poem::Request| {
+        let state = served.clone();
+        async move { handle(state, req).await }
+    });
+    (common::serve(app).await, state)
+}
+
+async fn conform(fault: Fault) -> (Report, Arc<State>) {
+    let (base, state) = start(fault).await;
+    let mut config = Config::new(base);
+    config.headers = vec![("Authorization".into(), "Bearer secret".into())];
+    config.seed = 20;
+    config.max_examples = 10;
+    config.workers = 2;
+    let report = runner::run(&spec(), config)
+        .await
+        .expect("the spec is usable");
+    (report, state)
+}
+
+fn passed(report: &Report, operation: &str, check: &str) -> usize {
+    report
+        .operations
+        .iter()
+        .filter(|o| o.operation == operation)
+        .filter_map(|o| o.checks.get(check))
+        .map(|c| c.passed)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correct_server_passes_and_every_class_is_exercised() {
+    let (report, state) = conform(Fault::None).await;
+    let summary = conformance::report::summary(&report);
+    // A 401 no operation documents, answering the request sent without credentials, is
+    // implied by the security scheme: no undocumented status.
+    assert!(report.failures.is_empty(), "{summary}");
+    assert!(
+        report.operations.iter().all(|o| o.skipped.is_none()),
+        "forms and multipart bodies are generated: {summary}"
+    );
+    assert!(
+        state.saw_form.load(Ordering::SeqCst),
+        "a valid form was sent"
+    );
+    assert!(
+        state.saw_multipart.load(Ordering::SeqCst),
+        "a valid upload was sent"
+    );
+    for (operation, check) in [
+        ("GET /health", "unsupported_method"),
+        ("GET /health", "ignored_auth"),
+        ("POST /widgets", "ensure_resource_availability"),
+        ("POST /widgets", "negative_data_rejection"),
+        ("POST /login", "negative_data_rejection"),
+        ("POST /uploads", "negative_data_rejection"),
+        ("GET /sizes", "negative_data_rejection"),
+    ] {
+        assert!(
+            passed(&report, operation, check) > 0,
+            "{operation} [{check}] never ran\n{summary}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_is_found_once_by_its_check() {
+    let mut table = String::new();
+    let mut missed = Vec::new();
+    for (fault, check, operation) in CATALOG.iter().copied() {
+        let (report, _) = conform(fault).await;
+        let found: Vec<_> = report
+            .failures
+            .iter()
+            .filter(|f| f.check == check && f.operation == operation)
+            .collect();
+        let all: Vec<String> = report
+            .failures
+            .iter()
+            .map(|f| format!("{} [{}] x{}", f.operation, f.check, f.occurrences))
+            .collect();
+        table.push_str(&format!("{fault:?} → {}\n", all.join(", ")));
+        let statuses: std::collections::BTreeSet<_> = found.iter().map(|f| f.status).collect();
+        if found.is_empty() || found.len() != statuses.len() {
+            missed.push(format!(
+                "{fault:?}: expected {operation} [{check}] once per status\n{}",
+                conformance::report::summary(&report)
+            ));
+        }
+    }
+    eprintln!("{table}");
+    assert!(missed.is_empty(), "{}", missed.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_finding_on_many_methods_counts_once() {
+    let (report, _) = conform(Fault::AnyMethodOnPlainPath).await;
+    let found: Vec<_> = report
+        .failures
+        .iter()
+        .filter(|f| f.check == "unsupported_method")
+        .collect();
+    assert_eq!(found.len(), 1, "{}", conformance::report::summary(&report));
+    assert!(found[0].occurrences >= 4, "PUT, POST, DELETE and PATCH");
+}
