@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
         created_at: now.clone(),
         updated_at: now,
     };
-    store.run_blocking(|conn| store::insert_kb(conn, &kb))?;
+    store.run_blocking(|conn| store::insert(conn, &kb))?;
     let options = ChunkOptions {
         chunk_size: 500,
         overlap: 50,

@@ -182,7 +182,6 @@ impl Handlers {
     }
 
     async fn start_run(&self, caller: &Caller, id: String) -> Result<RunRow, Failure> {
-        let rid = caller.request_id.as_str();
         let evaluation = self.row::<Evaluation>(caller, id).await?;
         let run = RunRow {
             id: crate::ids::new_id("evrun"),
@@ -197,15 +196,13 @@ impl Handlers {
             finished_at: None,
         };
         let queued = run.clone();
-        self.store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    store::insert_run(conn, &queued)?;
-                    eval::enqueue(conn, &queued)
-                })
+        self.run_for(caller, Evaluation::NOT_FOUND, move |conn, _| {
+            crate::db::write_transaction(conn, |conn| {
+                store::insert_run(conn, &queued)?;
+                eval::enqueue(conn, &queued)
             })
-            .await
-            .map_err(store_error(Evaluation::NOT_FOUND, rid))?;
+        })
+        .await?;
         self.background.wake();
         Ok(run)
     }
@@ -227,12 +224,9 @@ impl Handlers {
                 rid,
             ));
         };
-        let org = caller.org_id.clone();
-        let row = self
-            .store
-            .run(move |conn| store::get_run(conn, &org, &evaluation.id, &run_id))
-            .await
-            .map_err(store_error(RUN_NOT_FOUND, rid))?;
+        let row: RunRow = self
+            .child(caller, evaluation.id, run_id, RUN_NOT_FOUND)
+            .await?;
         row_to_run(&row, true).map_err(store_error(RUN_NOT_FOUND, rid))
     }
 }

@@ -15,26 +15,27 @@ use agentplane_api::models::{
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
-use poem_openapi::types::{MaybeUndefined, ToJSON};
+use poem_openapi::types::MaybeUndefined;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::Handlers;
 use super::idem;
-use super::paging::{PageRequest, etag, etag_matches, not_modified};
+use super::paging::PageRequest;
+use super::resource::{Resource, created};
 use crate::auth::Caller;
+use crate::db::crud::{Child, Stored};
 use crate::db::knowledge::{
-    self as store, ChunkRow, DocumentRow, KbBody, KbChanges, KbFilter, KbRow, ProcessingBody,
-    SourceBody, SourceRow, SourceStatus, SyncRow,
+    self as store, ChunkRow, CountedKb, DocumentRow, KbBody, KbChanges, KbFilter, KbRow,
+    ProcessingBody, SourceBody, SourceRow, SourceStatus, SyncRow,
 };
 use crate::db::types::same_variants;
-use crate::db::{DbConnection, StoreError};
-use crate::error::{Failure, Kind, detail, store_error};
+use crate::db::{DbConnection, Found, StoreError};
+use crate::error::{Failure, Kind, detail};
 use crate::knowledge::sync::{self, chunk_options_of};
 use crate::knowledge::text::ContentKind;
 use crate::knowledge::{ChunkOptions, SearchOptions};
 
-const KB_NOT_FOUND: &str = "KNOWLEDGE_BASE_NOT_FOUND";
 const SOURCE_NOT_FOUND: &str = "KNOWLEDGE_SOURCE_NOT_FOUND";
 const DOCUMENT_NOT_FOUND: &str = "KNOWLEDGE_DOCUMENT_NOT_FOUND";
 const SYNC_NOT_FOUND: &str = "KNOWLEDGE_SYNC_NOT_FOUND";
@@ -61,6 +62,16 @@ same_variants!(store::SyncStatus <=> SyncStatus {
     Queued, Running, Succeeded, Failed
 });
 
+impl Resource for KnowledgeBase {
+    type Row = CountedKb;
+    const NOT_FOUND: &'static str = "KNOWLEDGE_BASE_NOT_FOUND";
+
+    fn from_row(kb: &CountedKb) -> Result<KnowledgeBase, StoreError> {
+        Ok(kb_model(&kb.row, kb.counts))
+    }
+}
+
+/// A knowledge base with its counts of documents, chunks and sources.
 fn kb_model(row: &KbRow, counts: (i64, i64, i64)) -> KnowledgeBase {
     let body = row.body();
     let options = chunk_options_of(&row.body);
@@ -152,12 +163,10 @@ pub(crate) fn knowledge_bases_among(
     org_id: &str,
     ids: &[String],
 ) -> Result<std::collections::BTreeMap<String, KnowledgeBase>, StoreError> {
-    use crate::db::Found;
     let mut found = std::collections::BTreeMap::new();
     for id in ids {
-        if let Some(row) = store::get_kb(conn, org_id, id).found()? {
-            let counts = store::kb_counts(conn, &row.id)?;
-            found.insert(id.clone(), kb_model(&row, counts));
+        if let Some(kb) = CountedKb::get(conn, org_id, id).found()? {
+            found.insert(id.clone(), KnowledgeBase::from_row(&kb)?);
         }
     }
     Ok(found)
@@ -398,14 +407,24 @@ fn same_fetch(old: &SourceRow, new: &SourceRow) -> bool {
 /// Writes planned sources (inside a transaction).
 fn write_sources(conn: &mut DbConnection, planned: &[PlannedSource]) -> Result<(), StoreError> {
     for p in planned {
-        store::insert_source(conn, &p.source)?;
+        SourceRow::insert(conn, &p.source)?;
         crate::knowledge::write(conn, &p.documents)?;
         if let Some(s) = &p.sync {
-            store::insert_sync(conn, s)?;
+            SyncRow::insert(conn, s)?;
             crate::knowledge::sync::enqueue(conn, s)?;
         }
     }
     Ok(())
+}
+
+/// What a new knowledge base holds once `planned` is written: documents, chunks, sources.
+fn planned_counts(planned: &[PlannedSource]) -> (i64, i64, i64) {
+    let documents = || planned.iter().flat_map(|p| p.documents.iter());
+    (
+        to_i64(documents().count()),
+        to_i64(documents().map(|(_, chunks)| chunks.len()).sum()),
+        to_i64(planned.len()),
+    )
 }
 
 // Knowledge-base bodies.
@@ -665,7 +684,7 @@ fn replace_source_row(
 ) -> Result<Option<SourceRow>, StoreError> {
     // Serializes with a sync being queued (which reads the row, then marks it).
     crate::db::lock_row(conn, "knowledge_sources", org, source_id)?;
-    let old = store::get_source(conn, org, kb_id, source_id)?;
+    let old = SourceRow::get(conn, org, kb_id, source_id)?;
     if old.status == SourceStatus::Syncing {
         return Ok(None);
     }
@@ -693,7 +712,7 @@ fn queue_sync(
 ) -> Result<SyncRow, StoreError> {
     // Serializes with a replace (which reads the row's status, then writes it).
     crate::db::lock_row(conn, "knowledge_sources", org, source_id)?;
-    let source = store::get_source(conn, org, kb_id, source_id)?;
+    let source = SourceRow::get(conn, org, kb_id, source_id)?;
     let row = SyncRow {
         id: crate::ids::new_id("sync"),
         org_id: org.to_string(),
@@ -707,64 +726,20 @@ fn queue_sync(
         started_at: None,
         finished_at: None,
     };
-    store::insert_sync(conn, &row)?;
+    SyncRow::insert(conn, &row)?;
     crate::knowledge::sync::enqueue(conn, &row)?;
     store::set_source_status(conn, &source.id, SourceStatus::Syncing, None)?;
     Ok(row)
 }
 
 impl Handlers {
-    async fn kb_with_counts(
-        &self,
-        caller: &Caller,
-        id: String,
-    ) -> Result<(KbRow, KnowledgeBase), Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| {
-                let row = store::get_kb(conn, &org, &id)?;
-                let counts = store::kb_counts(conn, &row.id)?;
-                let model = kb_model(&row, counts);
-                Ok((row, model))
-            })
-            .await
-            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))
-    }
-
-    async fn change_kb(
-        &self,
-        caller: &Caller,
-        id: String,
-        if_match: Option<String>,
-        change: impl FnOnce(&KbRow) -> KbChanges + Send + 'static,
-    ) -> Result<(KbRow, KnowledgeBase), Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| {
-                let row = store::update_kb(conn, &org, &id, |current| {
-                    if let Some(h) = &if_match
-                        && !etag_matches(h, &etag(current.version))
-                    {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    Ok(change(current))
-                })
-                .and_then(|inner| inner)?;
-                let counts = store::kb_counts(conn, &row.id)?;
-                let model = kb_model(&row, counts);
-                Ok((row, model))
-            })
-            .await
-            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))
-    }
-
-    /// The knowledge base `kb_id` of the caller (404 otherwise).
+    /// The knowledge base `kb_id` of the caller (404 otherwise), without its counts.
     async fn require_kb(&self, caller: &Caller, kb_id: &str) -> Result<KbRow, Failure> {
-        let (org, id) = (caller.org_id.clone(), kb_id.to_string());
-        self.store
-            .run(move |conn| store::get_kb(conn, &org, &id))
-            .await
-            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))
+        let id = kb_id.to_string();
+        self.run_for(caller, KnowledgeBase::NOT_FOUND, move |conn, org| {
+            store::get(conn, org, &id)
+        })
+        .await
     }
 
     async fn retrieve(
@@ -775,13 +750,12 @@ impl Handlers {
         options: SearchOptions,
         include_metadata: bool,
     ) -> Result<KnowledgeResults, Failure> {
-        let org = caller.org_id.clone();
         let q = query.clone();
         let hits = self
-            .store
-            .run(move |conn| crate::knowledge::search(conn, &org, &kb_ids, &q, &options))
-            .await
-            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))?;
+            .run_for(caller, KnowledgeBase::NOT_FOUND, move |conn, org| {
+                crate::knowledge::search(conn, org, &kb_ids, &q, &options)
+            })
+            .await?;
         let results: Vec<KnowledgeResult> = hits
             .into_iter()
             .map(|h| KnowledgeResult {
@@ -800,74 +774,30 @@ impl Handlers {
         })
     }
 
-    async fn list_kbs(
-        &self,
-        caller: &Caller,
-        params: ListKnowledgeBasesParams,
-    ) -> Result<KnowledgeBaseList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let filter = KbFilter {
-            kb_type: params.type_,
-            search: params.search,
-        };
-        let (org, q) = (caller.org_id.clone(), page.page());
-        let (data, total) = self
-            .store
-            .run(move |conn| {
-                let (rows, total) = store::list_kbs(conn, &org, &filter, &q)?;
-                let mut data = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    data.push(kb_model(row, store::kb_counts(conn, &row.id)?));
-                }
-                Ok((data, total))
-            })
-            .await
-            .map_err(store_error(KB_NOT_FOUND, rid))?;
-        Ok(KnowledgeBaseList {
-            pagination: page.pagination(data.len(), data.last().map(|k| k.id.as_str()), total),
-            data,
-        })
-    }
-
-    /// Creates a knowledge base with its first sources, once per `Idempotency-Key`.
+    /// Creates a knowledge base with its first sources, once per `Idempotency-Key`: the
+    /// knowledge base, its `Location` and its ETag.
     async fn create_kb(
         &self,
         caller: &Caller,
-        params: CreateKnowledgeBaseParams,
-    ) -> Result<(KbRow, KnowledgeBase), Failure> {
+        params: &CreateKnowledgeBaseParams,
+    ) -> Result<(KnowledgeBase, String, String), Failure> {
         let rid = caller.request_id.as_str();
-        let input = params.body;
-        let request_hash = idem::request_hash(&input.to_json().unwrap_or_default());
-        let row = new_kb_row(&caller.org_id, &input);
+        let input = &params.body;
+        let row = new_kb_row(&caller.org_id, input);
         let options = chunk_options_of(&row.body);
         let planned = plan_sources(&row, input.sources.iter().flatten(), options, false, rid)?;
-        let keyed = idem::NewKeyed {
-            org_id: row.org_id.clone(),
-            operation: "createKnowledgeBase",
-            key: params.idempotency_key,
-            request_hash,
-            resource_id: row.id.clone(),
+        let kb = CountedKb {
+            counts: planned_counts(&planned),
+            row,
         };
-        let org = row.org_id.clone();
-        let (row, counts) = idem::create_resource(
-            &self.store,
-            keyed,
-            move |conn| {
-                store::insert_kb(conn, &row)?;
-                write_sources(conn, &planned)?;
-                Ok((row.clone(), store::kb_counts(conn, &row.id)?))
-            },
-            move |conn, id| {
-                let row = store::get_kb(conn, &org, id)?;
-                Ok((row, store::kb_counts(conn, id)?))
-            },
-            KB_NOT_FOUND,
-            rid,
-        )
-        .await?;
-        let kb = kb_model(&row, counts);
-        Ok((row, kb))
+        let insert = move |conn: &mut DbConnection, kb: &CountedKb| {
+            CountedKb::insert(conn, kb)?;
+            write_sources(conn, &planned)
+        };
+        let kb = self
+            .create_row::<KnowledgeBase>(caller, params, kb, insert)
+            .await?;
+        created(params, &kb, rid)
     }
 
     /// Searches every knowledge base of the caller's organization (of one type, if asked).
@@ -876,19 +806,37 @@ impl Handlers {
         caller: &Caller,
         params: SearchKnowledgeParams,
     ) -> Result<KnowledgeResults, Failure> {
-        let org = caller.org_id.clone();
         let kb_type = params.type_;
         let ids = self
-            .store
-            .run(move |conn| store::kb_ids(conn, &org, kb_type.as_deref()))
-            .await
-            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))?;
+            .run_for(caller, KnowledgeBase::NOT_FOUND, move |conn, org| {
+                store::kb_ids(conn, org, kb_type.as_deref())
+            })
+            .await?;
         let options = SearchOptions {
             top_k: usize::try_from(params.max_results).unwrap_or(10),
             min_score: params.min_score,
             filters: Map::new(),
         };
         self.retrieve(caller, ids, params.q, options, true).await
+    }
+
+    /// Writes `documents` and `planned` sources into the knowledge base `kb_id` in one
+    /// transaction (nothing when it is gone by then).
+    async fn write_into(
+        &self,
+        caller: &Caller,
+        kb_id: String,
+        documents: Vec<(DocumentRow, Vec<ChunkRow>)>,
+        planned: Vec<PlannedSource>,
+    ) -> Result<(), Failure> {
+        self.run_for(caller, KnowledgeBase::NOT_FOUND, move |conn, org| {
+            crate::db::write_transaction(conn, |conn| {
+                store::get(conn, org, &kb_id)?;
+                crate::knowledge::write(conn, &documents)?;
+                write_sources(conn, &planned)
+            })
+        })
+        .await
     }
 
     /// Writes an ingest's documents and sources in one transaction.
@@ -910,43 +858,11 @@ impl Handlers {
             .collect();
         let result = ingest_result(&documents, &planned);
         let syncs_queued = planned.iter().any(|p| p.sync.is_some());
-        let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
-        self.store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    store::get_kb(conn, &org, &kb_id)?;
-                    crate::knowledge::write(conn, &documents)?;
-                    write_sources(conn, &planned)
-                })
-            })
-            .await
-            .map_err(store_error(KB_NOT_FOUND, rid))?;
+        self.write_into(caller, kb.id, documents, planned).await?;
         if syncs_queued {
             self.pool.wake();
         }
         Ok(result)
-    }
-
-    async fn list_sources(
-        &self,
-        caller: &Caller,
-        params: ListKnowledgeSourcesParams,
-    ) -> Result<KnowledgeSourceList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let (org, kb_id, q) = (caller.org_id.clone(), params.kb_id, page.page());
-        let (rows, total) = self
-            .store
-            .run(move |conn| {
-                store::get_kb(conn, &org, &kb_id)?;
-                store::list_sources(conn, &org, &kb_id, &q)
-            })
-            .await
-            .map_err(store_error(KB_NOT_FOUND, rid))?;
-        Ok(KnowledgeSourceList {
-            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data: rows.iter().map(source_model).collect(),
-        })
     }
 
     /// Adds a source to a knowledge base, once per `Idempotency-Key`.
@@ -957,29 +873,24 @@ impl Handlers {
     ) -> Result<SourceRow, Failure> {
         let rid = caller.request_id.as_str();
         let kb = self.require_kb(caller, &params.kb_id).await?;
-        let request_hash = idem::request_hash(&params.body);
         let spec = parse_source(&params.body, "body", rid)?;
         self.outbound("url", params.body["url"].as_str(), rid)?;
         let planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
-        let keyed = idem::NewKeyed {
-            org_id: kb.org_id.clone(),
-            operation: "createKnowledgeSource",
-            key: params.idempotency_key,
-            request_hash,
-            resource_id: planned.source.id.clone(),
+        let keyed = idem::NewKeyed::of(&params, &kb.org_id, &planned.source.id);
+        let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
+        let insert = move |conn: &mut DbConnection| {
+            store::get(conn, &org, &kb_id)?;
+            write_sources(conn, std::slice::from_ref(&planned))?;
+            Ok(planned.source.clone())
         };
-        let (org, kb_id) = (kb.org_id, kb.id);
-        let (fetch_org, fetch_kb) = (org.clone(), kb_id.clone());
+        let fetch =
+            move |conn: &mut DbConnection, id: &str| SourceRow::get(conn, &kb.org_id, &kb.id, id);
         idem::create_resource(
             &self.store,
             keyed,
-            move |conn| {
-                store::get_kb(conn, &org, &kb_id)?;
-                write_sources(conn, std::slice::from_ref(&planned))?;
-                Ok(planned.source.clone())
-            },
-            move |conn, id| store::get_source(conn, &fetch_org, &fetch_kb, id),
-            KB_NOT_FOUND,
+            insert,
+            fetch,
+            KnowledgeBase::NOT_FOUND,
             rid,
         )
         .await
@@ -1004,16 +915,8 @@ impl Handlers {
         let mut planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
         label_as_file(&mut planned, &file_name);
         let source = planned.source.clone();
-        let (org, kb_id) = (kb.org_id, kb.id);
-        self.store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    store::get_kb(conn, &org, &kb_id)?;
-                    write_sources(conn, std::slice::from_ref(&planned))
-                })
-            })
-            .await
-            .map_err(store_error(KB_NOT_FOUND, rid))?;
+        self.write_into(caller, kb.id, Vec::new(), vec![planned])
+            .await?;
         Ok(source)
     }
 
@@ -1027,16 +930,14 @@ impl Handlers {
         let spec = parse_source(&params.body, "body", rid)?;
         self.outbound("url", params.body["url"].as_str(), rid)?;
         let options = chunk_options_of(&kb.body);
-        let (org, kb_id, source_id) = (kb.org_id, kb.id, params.source_id);
+        let (kb_id, source_id) = (kb.id, params.source_id);
         let replaced = self
-            .store
-            .run(move |conn| {
+            .run_for(caller, SOURCE_NOT_FOUND, move |conn, org| {
                 crate::db::write_transaction(conn, |conn| {
-                    replace_source_row(conn, &org, &kb_id, &source_id, spec, options)
+                    replace_source_row(conn, org, &kb_id, &source_id, spec, options)
                 })
             })
-            .await
-            .map_err(store_error(SOURCE_NOT_FOUND, rid))?;
+            .await?;
         replaced.ok_or_else(|| {
             Failure::new(
                 Kind::Conflict,
@@ -1044,33 +945,6 @@ impl Handlers {
                 "the source is being synced; replace it once the sync has ended",
                 rid,
             )
-        })
-    }
-
-    async fn list_documents(
-        &self,
-        caller: &Caller,
-        params: ListKnowledgeDocumentsParams,
-    ) -> Result<KnowledgeDocumentList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let (org, kb_id, q, source) = (
-            caller.org_id.clone(),
-            params.kb_id,
-            page.page(),
-            params.source_id,
-        );
-        let (rows, total) = self
-            .store
-            .run(move |conn| {
-                store::get_kb(conn, &org, &kb_id)?;
-                store::list_documents(conn, &org, &kb_id, source.as_deref(), &q)
-            })
-            .await
-            .map_err(store_error(KB_NOT_FOUND, rid))?;
-        Ok(KnowledgeDocumentList {
-            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data: rows.iter().map(document_model).collect(),
         })
     }
 
@@ -1082,15 +956,13 @@ impl Handlers {
     ) -> Result<KnowledgeChunkList, Failure> {
         let rid = caller.request_id.as_str();
         let page = PageRequest::new(params.page, params.per_page, None, None, rid)?;
-        let (org, offset, limit) = (caller.org_id.clone(), page.offset, page.limit);
+        let (kb_id, document_id) = (params.kb_id, params.document_id);
         let (rows, total) = self
-            .store
-            .run(move |conn| {
-                let doc = store::get_document(conn, &org, &params.kb_id, &params.document_id)?;
-                store::list_chunks(conn, &doc.id, offset, limit)
+            .rows_on(caller, &page, DOCUMENT_NOT_FOUND, move |conn, org, q| {
+                let doc = DocumentRow::get(conn, org, &kb_id, &document_id)?;
+                store::list_chunks(conn, &doc.id, q.offset, q.limit)
             })
-            .await
-            .map_err(store_error(DOCUMENT_NOT_FOUND, rid))?;
+            .await?;
         Ok(KnowledgeChunkList {
             pagination: page.pagination(rows.len(), None, total),
             data: rows.iter().map(chunk_model).collect(),
@@ -1104,7 +976,18 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: ListKnowledgeBasesParams,
     ) -> Result<ListKnowledgeBasesResponse, ApiError> {
-        let list = self.list_kbs(&caller, params).await?;
+        let filter = KbFilter {
+            kb_type: params.type_.clone(),
+            search: params.search.clone(),
+        };
+        let (data, pagination) = self
+            .list_page::<KnowledgeBase>(&caller, &params, move |conn, org, page| {
+                let (rows, total) = store::list_kbs(conn, org, &filter, page)?;
+                let counted = rows.into_iter().map(|row| CountedKb::of(conn, row));
+                Ok((counted.collect::<Result<_, _>>()?, total))
+            })
+            .await?;
+        let list = KnowledgeBaseList { data, pagination };
         Ok(ListKnowledgeBasesResponse::Ok(Json(list)))
     }
 
@@ -1113,11 +996,11 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: CreateKnowledgeBaseParams,
     ) -> Result<CreateKnowledgeBaseResponse, ApiError> {
-        let (row, kb) = self.create_kb(&caller, params).await?;
+        let (kb, location, tag) = self.create_kb(&caller, &params).await?;
         Ok(CreateKnowledgeBaseResponse::Created(
             Json(kb),
-            format!("/v1/knowledge/{}", row.id),
-            etag(row.version),
+            location,
+            tag,
         ))
     }
 
@@ -1135,12 +1018,9 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: GetKnowledgeBaseParams,
     ) -> Result<GetKnowledgeBaseResponse, ApiError> {
-        let (row, kb) = self.kb_with_counts(&caller, params.kb_id).await?;
-        let tag = etag(row.version);
-        if not_modified(params.if_none_match.as_deref(), &tag) {
-            return Ok(GetKnowledgeBaseResponse::NotModified(tag));
-        }
-        Ok(GetKnowledgeBaseResponse::Ok(Json(kb), tag))
+        let (id, if_none_match) = (params.kb_id, params.if_none_match);
+        let answer = self.item_if_changed::<KnowledgeBase>(&caller, id, if_none_match);
+        Ok(answer.await?.into())
     }
 
     async fn replace_knowledge_base(
@@ -1149,13 +1029,11 @@ impl KnowledgeApi for Handlers {
         params: ReplaceKnowledgeBaseParams,
     ) -> Result<ReplaceKnowledgeBaseResponse, ApiError> {
         let changes = kb_changes(&params.body);
-        let (row, kb) = self
-            .change_kb(&caller, params.kb_id, params.if_match, move |_| changes)
+        let (id, if_match) = (params.kb_id, params.if_match);
+        let (kb, tag) = self
+            .replace::<KnowledgeBase>(&caller, id, if_match, |_, _| Ok(Ok(changes)))
             .await?;
-        Ok(ReplaceKnowledgeBaseResponse::Ok(
-            Json(kb),
-            etag(row.version),
-        ))
+        Ok(ReplaceKnowledgeBaseResponse::Ok(Json(kb), tag))
     }
 
     async fn update_knowledge_base(
@@ -1163,13 +1041,13 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: UpdateKnowledgeBaseParams,
     ) -> Result<UpdateKnowledgeBaseResponse, ApiError> {
-        let patch = params.body;
-        let (row, kb) = self
-            .change_kb(&caller, params.kb_id, params.if_match, move |current| {
-                patched_kb(&patch, current)
+        let (id, if_match, patch) = (params.kb_id, params.if_match, params.body);
+        let (kb, tag) = self
+            .replace::<KnowledgeBase>(&caller, id, if_match, move |_, current| {
+                Ok(Ok(patched_kb(&patch, &current.row)))
             })
             .await?;
-        Ok(UpdateKnowledgeBaseResponse::Ok(Json(kb), etag(row.version)))
+        Ok(UpdateKnowledgeBaseResponse::Ok(Json(kb), tag))
     }
 
     async fn delete_knowledge_base(
@@ -1177,12 +1055,7 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: DeleteKnowledgeBaseParams,
     ) -> Result<DeleteKnowledgeBaseResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let id = params.kb_id;
-        self.store
-            .run(move |conn| store::delete_kb(conn, &org, &id))
-            .await
-            .map_err(store_error(KB_NOT_FOUND, &caller.request_id))?;
+        self.remove::<KnowledgeBase>(&caller, params.kb_id).await?;
         Ok(DeleteKnowledgeBaseResponse::NoContent)
     }
 
@@ -1214,7 +1087,16 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: ListKnowledgeSourcesParams,
     ) -> Result<ListKnowledgeSourcesResponse, ApiError> {
-        let list = self.list_sources(&caller, params).await?;
+        let kb_id = params.kb_id.clone();
+        let list = move |conn: &mut DbConnection, org: &str, page: &_| {
+            store::get(conn, org, &kb_id)?;
+            store::list_sources(conn, org, &kb_id, page)
+        };
+        let not_found = KnowledgeBase::NOT_FOUND;
+        let (data, pagination) = self
+            .page_of(&caller, &params, not_found, list, |r| Ok(source_model(r)))
+            .await?;
+        let list = KnowledgeSourceList { data, pagination };
         Ok(ListKnowledgeSourcesResponse::Ok(Json(list)))
     }
 
@@ -1249,12 +1131,8 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: GetKnowledgeSourceParams,
     ) -> Result<GetKnowledgeSourceResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let row = self
-            .store
-            .run(move |conn| store::get_source(conn, &org, &params.kb_id, &params.source_id))
-            .await
-            .map_err(store_error(SOURCE_NOT_FOUND, &caller.request_id))?;
+        let (kb_id, id) = (params.kb_id, params.source_id);
+        let row: SourceRow = self.child(&caller, kb_id, id, SOURCE_NOT_FOUND).await?;
         Ok(GetKnowledgeSourceResponse::Ok(Json(source_model(&row))))
     }
 
@@ -1272,11 +1150,11 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: DeleteKnowledgeSourceParams,
     ) -> Result<DeleteKnowledgeSourceResponse, ApiError> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::delete_source(conn, &org, &params.kb_id, &params.source_id))
-            .await
-            .map_err(store_error(SOURCE_NOT_FOUND, &caller.request_id))?;
+        let (kb_id, id) = (params.kb_id, params.source_id);
+        self.run_for(&caller, SOURCE_NOT_FOUND, move |conn, org| {
+            store::delete_source(conn, org, &kb_id, &id)
+        })
+        .await?;
         Ok(DeleteKnowledgeSourceResponse::NoContent)
     }
 
@@ -1285,16 +1163,12 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: SyncKnowledgeSourceParams,
     ) -> Result<SyncKnowledgeSourceResponse, ApiError> {
-        let org = caller.org_id.clone();
+        let (kb_id, id) = (params.kb_id, params.source_id);
         let row = self
-            .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    queue_sync(conn, &org, &params.kb_id, &params.source_id)
-                })
+            .run_for(&caller, SOURCE_NOT_FOUND, move |conn, org| {
+                crate::db::write_transaction(conn, |conn| queue_sync(conn, org, &kb_id, &id))
             })
-            .await
-            .map_err(store_error(SOURCE_NOT_FOUND, &caller.request_id))?;
+            .await?;
         self.pool.wake();
         let location = format!("/v1/knowledge/{}/syncs/{}", row.kb_id, row.id);
         Ok(SyncKnowledgeSourceResponse::Accepted(
@@ -1308,12 +1182,8 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: GetKnowledgeSyncParams,
     ) -> Result<GetKnowledgeSyncResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let row = self
-            .store
-            .run(move |conn| store::get_sync(conn, &org, &params.kb_id, &params.sync_id))
-            .await
-            .map_err(store_error(SYNC_NOT_FOUND, &caller.request_id))?;
+        let (kb_id, id) = (params.kb_id, params.sync_id);
+        let row: SyncRow = self.child(&caller, kb_id, id, SYNC_NOT_FOUND).await?;
         Ok(GetKnowledgeSyncResponse::Ok(Json(sync_model(&row))))
     }
 
@@ -1322,7 +1192,16 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: ListKnowledgeDocumentsParams,
     ) -> Result<ListKnowledgeDocumentsResponse, ApiError> {
-        let list = self.list_documents(&caller, params).await?;
+        let (kb_id, source) = (params.kb_id.clone(), params.source_id.clone());
+        let list = move |conn: &mut DbConnection, org: &str, page: &_| {
+            store::get(conn, org, &kb_id)?;
+            store::list_documents(conn, org, &kb_id, source.as_deref(), page)
+        };
+        let not_found = KnowledgeBase::NOT_FOUND;
+        let (data, pagination) = self
+            .page_of(&caller, &params, not_found, list, |r| Ok(document_model(r)))
+            .await?;
+        let list = KnowledgeDocumentList { data, pagination };
         Ok(ListKnowledgeDocumentsResponse::Ok(Json(list)))
     }
 
@@ -1331,12 +1210,8 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: GetKnowledgeDocumentParams,
     ) -> Result<GetKnowledgeDocumentResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let row = self
-            .store
-            .run(move |conn| store::get_document(conn, &org, &params.kb_id, &params.document_id))
-            .await
-            .map_err(store_error(DOCUMENT_NOT_FOUND, &caller.request_id))?;
+        let (kb_id, id) = (params.kb_id, params.document_id);
+        let row: DocumentRow = self.child(&caller, kb_id, id, DOCUMENT_NOT_FOUND).await?;
         Ok(GetKnowledgeDocumentResponse::Ok(Json(document_model(&row))))
     }
 
@@ -1345,11 +1220,11 @@ impl KnowledgeApi for Handlers {
         caller: Caller,
         params: DeleteKnowledgeDocumentParams,
     ) -> Result<DeleteKnowledgeDocumentResponse, ApiError> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::delete_document(conn, &org, &params.kb_id, &params.document_id))
-            .await
-            .map_err(store_error(DOCUMENT_NOT_FOUND, &caller.request_id))?;
+        let (kb_id, id) = (params.kb_id, params.document_id);
+        self.run_for(&caller, DOCUMENT_NOT_FOUND, move |conn, org| {
+            DocumentRow::delete(conn, org, &kb_id, &id)
+        })
+        .await?;
         Ok(DeleteKnowledgeDocumentResponse::NoContent)
     }
 

@@ -13,7 +13,7 @@ use super::Handlers;
 use super::idem;
 use super::paging::{PageRequest, etag, etag_matches, not_modified};
 use crate::auth::Caller;
-use crate::db::crud::{Identified, Stored, Versioned};
+use crate::db::crud::{Child, Identified, Stored, Versioned};
 use crate::db::sql::Page;
 use crate::db::{DbConnection, StoreError, StoreResult};
 use crate::error::{Failure, store_error};
@@ -35,17 +35,45 @@ pub(crate) type Changes<R> =
     StoreResult<Result<<<R as Resource>::Row as Versioned>::Changes, Failure>>;
 
 impl Handlers {
+    /// Runs `f` on the store for the caller's organization; a storage failure is answered with
+    /// `not_found` (the code of what `f` finds missing) or its own failure.
+    pub(crate) async fn run_for<T: Send + 'static>(
+        &self,
+        caller: &Caller,
+        not_found: &str,
+        f: impl FnOnce(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let org = caller.org_id.clone();
+        self.store
+            .run(move |conn| f(conn, &org))
+            .await
+            .map_err(store_error(not_found, &caller.request_id))
+    }
+
     /// The caller's row `id`.
     pub(crate) async fn row<R: Resource>(
         &self,
         caller: &Caller,
         id: String,
     ) -> Result<R::Row, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| R::Row::get(conn, &org, &id))
-            .await
-            .map_err(store_error(R::NOT_FOUND, &caller.request_id))
+        self.run_for(caller, R::NOT_FOUND, move |conn, org| {
+            R::Row::get(conn, org, &id)
+        })
+        .await
+    }
+
+    /// The caller's row `id` of a child table, under `parent_id` (`not_found` otherwise).
+    pub(crate) async fn child<Row: Child>(
+        &self,
+        caller: &Caller,
+        parent_id: String,
+        id: String,
+        not_found: &str,
+    ) -> Result<Row, Failure> {
+        self.run_for(caller, not_found, move |conn, org| {
+            Row::get(conn, org, &parent_id, &id)
+        })
+        .await
     }
 
     /// The caller's item `id`.
@@ -125,11 +153,9 @@ impl Handlers {
         + Send
         + 'static,
     ) -> Result<(Vec<Row>, i64), Failure> {
-        let (org, q) = (caller.org_id.clone(), page.page());
-        self.store
-            .run(move |conn| list(conn, &org, &q))
+        let q = page.page();
+        self.run_for(caller, not_found, move |conn, org| list(conn, org, &q))
             .await
-            .map_err(store_error(not_found, &caller.request_id))
     }
 
     /// Creates `row` (written by `insert`, which may first check what the row refers to, in
@@ -185,11 +211,9 @@ impl Handlers {
         R::Row: Versioned,
     {
         let rid = caller.request_id.as_str();
-        let org = caller.org_id.clone();
         let row = self
-            .store
-            .run(move |conn| {
-                R::Row::update(conn, &org, &id, |conn, current| {
+            .run_for(caller, R::NOT_FOUND, move |conn, org| {
+                R::Row::update(conn, org, &id, |conn, current| {
                     if let Some(h) = &if_match
                         && !etag_matches(h, &etag(current.version()))
                     {
@@ -198,8 +222,7 @@ impl Handlers {
                     changes(conn, current)
                 })
             })
-            .await
-            .map_err(store_error(R::NOT_FOUND, rid))??;
+            .await??;
         let item = R::from_row(&row).map_err(store_error(R::NOT_FOUND, rid))?;
         Ok((item, etag(row.version())))
     }
@@ -210,11 +233,10 @@ impl Handlers {
         caller: &Caller,
         id: String,
     ) -> Result<(), Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| R::Row::delete(conn, &org, &id))
-            .await
-            .map_err(store_error(R::NOT_FOUND, &caller.request_id))
+        self.run_for(caller, R::NOT_FOUND, move |conn, org| {
+            R::Row::delete(conn, org, &id)
+        })
+        .await
     }
 }
 

@@ -17,6 +17,7 @@ use super::Handlers;
 use super::idem::{self, Created, NewKeyed};
 use super::resource::Resource;
 use crate::auth::Caller;
+use crate::db::crud::Child;
 use crate::db::sql::Page;
 use crate::db::twins::{self as store, SimulationRow, TwinChanges, TwinRow};
 use crate::db::{DbConnection, StoreError, StoreResult};
@@ -413,7 +414,7 @@ impl Handlers {
                 }
                 Ok(row.clone())
             },
-            move |conn, id| store::get_simulation(conn, &org, &twin_id, id),
+            move |conn, id| SimulationRow::get(conn, &org, &twin_id, id),
         )
         .await
     }
@@ -517,16 +518,10 @@ impl TwinsApi for Handlers {
         caller: Caller,
         params: GetTwinSimulationParams,
     ) -> Result<GetTwinSimulationResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let GetTwinSimulationParams {
-            twin_id,
-            simulation_id,
-        } = params;
-        let row = self
-            .store
-            .run(move |conn| store::get_simulation(conn, &org, &twin_id, &simulation_id))
-            .await
-            .map_err(store_error(SIMULATION_NOT_FOUND, &caller.request_id))?;
+        let (twin_id, id) = (params.twin_id, params.simulation_id);
+        let row: SimulationRow = self
+            .child(&caller, twin_id, id, SIMULATION_NOT_FOUND)
+            .await?;
         let s = row_to_simulation(&row)
             .map_err(store_error(SIMULATION_NOT_FOUND, &caller.request_id))?;
         Ok(GetTwinSimulationResponse::Ok(Json(s)))

@@ -15,6 +15,7 @@ use super::Handlers;
 use super::paging::etag;
 use super::resource::Resource;
 use crate::auth::Caller;
+use crate::db::crud::Stored;
 use crate::db::vault::{
     self as store, CredentialChanges, CredentialFilter, CredentialRow, TokenRow,
 };
@@ -225,12 +226,12 @@ impl Handlers {
         token: String,
     ) -> Result<VaultCredential, Failure> {
         let rid = caller.request_id.as_str();
-        let (org, crypto) = (caller.org_id.clone(), self.crypto.clone());
+        let crypto = self.crypto.clone();
         let (row, value) = self
-            .store
-            .run(move |conn| decrypted_read(conn, &crypto, &org, &id, &token))
-            .await
-            .map_err(store_error(VaultCredential::NOT_FOUND, rid))?
+            .run_for(caller, VaultCredential::NOT_FOUND, move |conn, org| {
+                decrypted_read(conn, &crypto, org, &id, &token)
+            })
+            .await?
             .map_err(|problem| problem.failure(rid))?;
         let credential = row_to_credential(&row, Some(value))
             .map_err(store_error(VaultCredential::NOT_FOUND, rid))?;
@@ -267,10 +268,10 @@ impl Handlers {
             revoked_at: None,
         };
         let stored = row.clone();
-        self.store
-            .run(move |conn| store::insert_token(conn, &stored))
-            .await
-            .map_err(store_error(TOKEN_NOT_FOUND, &caller.request_id))?;
+        self.run_for(caller, TOKEN_NOT_FOUND, move |conn, _| {
+            TokenRow::insert(conn, &stored)
+        })
+        .await?;
         let t = token_of(&row);
         Ok(VaultTokenCreated {
             id: t.id,
@@ -426,12 +427,12 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: GetVaultTokenParams,
     ) -> Result<GetVaultTokenResponse, ApiError> {
-        let (org, id) = (caller.org_id.clone(), params.token_id);
+        let id = params.token_id;
         let row = self
-            .store
-            .run(move |conn| store::get_token(conn, &org, &id))
-            .await
-            .map_err(store_error(TOKEN_NOT_FOUND, &caller.request_id))?;
+            .run_for(&caller, TOKEN_NOT_FOUND, move |conn, org| {
+                TokenRow::get(conn, org, &id)
+            })
+            .await?;
         Ok(GetVaultTokenResponse::Ok(Json(token_of(&row))))
     }
 
@@ -440,16 +441,12 @@ impl VaultApi for Handlers {
         caller: Caller,
         params: RevokeVaultTokenParams,
     ) -> Result<RevokeVaultTokenResponse, ApiError> {
-        let (org, id, now) = (caller.org_id.clone(), params.token_id, crate::ids::now());
+        let (id, now) = (params.token_id, crate::ids::now());
         let row = self
-            .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    store::revoke_token(conn, &org, &id, &now)
-                })
+            .run_for(&caller, TOKEN_NOT_FOUND, move |conn, org| {
+                crate::db::write_transaction(conn, |conn| store::revoke_token(conn, org, &id, &now))
             })
-            .await
-            .map_err(store_error(TOKEN_NOT_FOUND, &caller.request_id))?;
+            .await?;
         Ok(RevokeVaultTokenResponse::Ok(Json(token_of(&row))))
     }
 }

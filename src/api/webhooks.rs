@@ -16,6 +16,7 @@ use super::Handlers;
 use super::paging::etag;
 use super::resource::{Resource, location};
 use crate::auth::Caller;
+use crate::db::crud::Child;
 use crate::db::events::EventRow;
 use crate::db::sql::Page;
 use crate::db::webhooks::{self as store, DeliveryRow, WebhookChanges, WebhookRow};
@@ -195,23 +196,19 @@ impl Handlers {
         + Send
         + 'static,
     ) -> Result<WebhookDelivery, Failure> {
-        let rid = caller.request_id.as_str();
-        let org = caller.org_id.clone();
         let row = self
-            .store
-            .run(move |conn| {
+            .run_for(caller, Webhook::NOT_FOUND, move |conn, org| {
                 crate::db::write_transaction(conn, |conn| {
-                    let hook = store::get(conn, &org, &webhook_id)?;
+                    let hook = store::get(conn, org, &webhook_id)?;
                     let event = event_of(conn, &hook)?;
                     let delivery = crate::events::new_delivery(&event, Some(hook.id), None);
                     store::insert_delivery(conn, &delivery)?;
                     Ok(delivery)
                 })
             })
-            .await
-            .map_err(store_error(Webhook::NOT_FOUND, rid))?;
+            .await?;
         self.events.wake();
-        row_to_delivery(&row).map_err(store_error(Webhook::NOT_FOUND, rid))
+        row_to_delivery(&row).map_err(store_error(Webhook::NOT_FOUND, &caller.request_id))
     }
 }
 
@@ -301,14 +298,12 @@ impl WebhooksApi for Handlers {
         caller: Caller,
         params: GetWebhookDeliveryParams,
     ) -> Result<GetWebhookDeliveryResponse, ApiError> {
-        let org = caller.org_id.clone();
         let (hook, id) = (params.webhook_id, params.delivery_id);
         let delivery = self
-            .store
-            .run(move |conn| store::get_delivery(conn, &org, &hook, &id))
-            .await
-            .and_then(|row| row_to_delivery(&row))
-            .map_err(store_error(DELIVERY_NOT_FOUND, &caller.request_id))?;
+            .run_for(&caller, DELIVERY_NOT_FOUND, move |conn, org| {
+                row_to_delivery(&DeliveryRow::get(conn, org, &hook, &id)?)
+            })
+            .await?;
         Ok(GetWebhookDeliveryResponse::Ok(Json(delivery)))
     }
 
@@ -320,7 +315,7 @@ impl WebhooksApi for Handlers {
         let (org, delivery_id) = (caller.org_id.clone(), params.delivery_id);
         let delivery = self
             .queue_for(&caller, params.webhook_id, move |conn, hook| {
-                let old = store::get_delivery(conn, &org, &hook.id, &delivery_id)?;
+                let old = DeliveryRow::get(conn, &org, &hook.id, &delivery_id)?;
                 crate::db::events::get(conn, &org, &old.event_id)
             })
             .await?;

@@ -2,10 +2,13 @@
 //! organization (`org_id`, `id`) gets `insert`, `get` and `delete` from [`resource_table!`],
 //! and, when it has a `version` and an `updated_at`, an `update` under a row lock that bumps
 //! both. Its rows implement [`Stored`] (and [`Versioned`]), which the handlers' one CRUD shape
-//! is generic over. Lists page newest first through [`newest_first!`].
+//! is generic over; [`stored_table!`] gives a module's second such table [`Stored`] alone.
+//! A table whose rows also belong to a parent row (a knowledge base's sources, a twin's
+//! simulations, a webhook's deliveries) is a [`child_table!`]: its rows implement [`Child`].
+//! Lists page newest first through [`newest_first!`].
 
 use super::sql::Page;
-use super::{DbConnection, Found, StoreResult};
+use super::{DbConnection, Found, StoreError, StoreResult};
 
 /// A row with an id: what a page of a list needs to hand out its cursor.
 pub trait Identified {
@@ -37,6 +40,20 @@ pub trait Versioned: Stored {
     ) -> StoreResult<Result<Self, E>>;
 }
 
+/// A row of a child table: one item of one organization under one parent row (a knowledge
+/// base's sources, documents and syncs; a twin's simulations), which [`child_table!`] stamps.
+pub trait Child: Identified + Sized + Clone + Send + 'static {
+    /// Inserts a new row.
+    fn insert(conn: &mut DbConnection, row: &Self) -> StoreResult<()>;
+    /// The organization's row `id` under `parent_id` ([`StoreError::NotFound`] otherwise).
+    fn get(conn: &mut DbConnection, org_id: &str, parent_id: &str, id: &str) -> StoreResult<Self>;
+    /// Deletes the organization's row `id` under `parent_id` ([`StoreError::NotFound`] when
+    /// none was).
+    fn delete(conn: &mut DbConnection, org_id: &str, parent_id: &str, id: &str) -> StoreResult<()>;
+    /// The row `id`, whichever organization's (what a background job holds).
+    fn by_id(conn: &mut DbConnection, id: &str) -> StoreResult<Self>;
+}
+
 /// `page`, except that a cursor naming no stored row (a deleted one, or an item no row holds)
 /// pages by its offset instead.
 pub fn stored_cursor<R: Stored>(
@@ -61,16 +78,14 @@ pub fn stored_cursor<R: Stored>(
 /// `versioned $changes`, also `update` and [`Versioned`].
 macro_rules! resource_table {
     ($table:ident, $row:ty) => {
+        $crate::db::crud::stored_table!($table, $row);
+
         /// Inserts a new row.
         pub fn insert(
             conn: &mut $crate::db::DbConnection,
             row: &$row,
         ) -> $crate::db::StoreResult<()> {
-            use diesel::prelude::*;
-            diesel::insert_into($crate::db::schema::$table::table)
-                .values(row)
-                .execute(conn)?;
-            Ok(())
+            <$row as $crate::db::crud::Stored>::insert(conn, row)
         }
 
         /// The organization's row `id`.
@@ -79,13 +94,7 @@ macro_rules! resource_table {
             org_id: &str,
             id: &str,
         ) -> $crate::db::StoreResult<$row> {
-            use diesel::prelude::*;
-            use $crate::db::schema::$table as t;
-            Ok(t::table
-                .filter(t::org_id.eq(org_id))
-                .filter(t::id.eq(id))
-                .select(<$row>::as_select())
-                .first(conn)?)
+            <$row as $crate::db::crud::Stored>::get(conn, org_id, id)
         }
 
         /// Deletes the organization's row `id`; `NotFound` when there was none.
@@ -94,39 +103,7 @@ macro_rules! resource_table {
             org_id: &str,
             id: &str,
         ) -> $crate::db::StoreResult<()> {
-            use diesel::prelude::*;
-            use $crate::db::schema::$table as t;
-            let n = diesel::delete(t::table.filter(t::org_id.eq(org_id)).filter(t::id.eq(id)))
-                .execute(conn)?;
-            if n == 0 {
-                return Err($crate::db::StoreError::NotFound);
-            }
-            Ok(())
-        }
-
-        $crate::db::crud::identified!($row);
-
-        impl $crate::db::crud::Stored for $row {
-            fn insert(
-                conn: &mut $crate::db::DbConnection,
-                row: &Self,
-            ) -> $crate::db::StoreResult<()> {
-                insert(conn, row)
-            }
-            fn get(
-                conn: &mut $crate::db::DbConnection,
-                org_id: &str,
-                id: &str,
-            ) -> $crate::db::StoreResult<Self> {
-                get(conn, org_id, id)
-            }
-            fn delete(
-                conn: &mut $crate::db::DbConnection,
-                org_id: &str,
-                id: &str,
-            ) -> $crate::db::StoreResult<()> {
-                delete(conn, org_id, id)
-            }
+            <$row as $crate::db::crud::Stored>::delete(conn, org_id, id)
         }
     };
     ($table:ident, $row:ty, versioned $changes:ty) => {
@@ -183,6 +160,105 @@ macro_rules! resource_table {
     };
 }
 
+/// [`Stored`] (and [`Identified`]) for the rows `$row` of the table `$table` (a module of
+/// [`super::schema`]), without the module functions of [`resource_table!`]: for a second
+/// table of one module (a vault's tokens beside its credentials).
+macro_rules! stored_table {
+    ($table:ident, $row:ty) => {
+        $crate::db::crud::identified!($row);
+
+        impl $crate::db::crud::Stored for $row {
+            $crate::db::crud::one_row!($table, $row, org_id = org_id, id = id);
+        }
+    };
+}
+
+/// [`Child`] (and [`Identified`]) for the rows `$row` of the table `$table` (a module of
+/// [`super::schema`]), which belong to an organization and to the row of another table that
+/// `$parent` (a column of `$table`) names: a knowledge base's sources, a twin's simulations.
+macro_rules! child_table {
+    ($table:ident, $parent:ident, $row:ty) => {
+        $crate::db::crud::identified!($row);
+
+        impl $crate::db::crud::Child for $row {
+            $crate::db::crud::one_row!($table, $row, org_id = org_id, $parent = parent_id, id = id);
+
+            fn by_id(
+                conn: &mut $crate::db::DbConnection,
+                id: &str,
+            ) -> $crate::db::StoreResult<Self> {
+                use diesel::prelude::*;
+                use $crate::db::schema::$table as t;
+                Ok(t::table
+                    .filter(t::id.eq(id))
+                    .select(<$row>::as_select())
+                    .first(conn)?)
+            }
+        }
+
+        impl $row {
+            /// The organization's rows under `parent_id`, as a query to narrow and page.
+            pub fn under<'a>(
+                org_id: &'a str,
+                parent_id: &'a str,
+            ) -> $crate::db::schema::$table::BoxedQuery<'a, $crate::db::MultiBackend> {
+                use diesel::prelude::*;
+                use $crate::db::schema::$table as t;
+                t::table
+                    .filter(t::org_id.eq(org_id))
+                    .filter(t::$parent.eq(parent_id))
+                    .into_boxed()
+            }
+        }
+    };
+}
+
+/// `insert`, and the `get` and `delete` of the one row whose columns `$column` equal the
+/// arguments `$arg`, of the table `$table` whose rows are `$row`: the methods [`Stored`] and
+/// [`Child`] share.
+macro_rules! one_row {
+    ($table:ident, $row:ty, $($column:ident = $arg:ident),+) => {
+        fn insert(
+            conn: &mut $crate::db::DbConnection,
+            row: &Self,
+        ) -> $crate::db::StoreResult<()> {
+            use diesel::prelude::*;
+            diesel::insert_into($crate::db::schema::$table::table)
+                .values(row)
+                .execute(conn)?;
+            Ok(())
+        }
+        fn get(
+            conn: &mut $crate::db::DbConnection,
+            $($arg: &str),+
+        ) -> $crate::db::StoreResult<Self> {
+            use diesel::prelude::*;
+            use $crate::db::schema::$table as t;
+            Ok(t::table
+                $(.filter(t::$column.eq($arg)))+
+                .select(<$row>::as_select())
+                .first(conn)?)
+        }
+        fn delete(
+            conn: &mut $crate::db::DbConnection,
+            $($arg: &str),+
+        ) -> $crate::db::StoreResult<()> {
+            use diesel::prelude::*;
+            use $crate::db::schema::$table as t;
+            let rows = t::table $(.filter(t::$column.eq($arg)))+;
+            $crate::db::crud::deleted(diesel::delete(rows).execute(conn)?)
+        }
+    };
+}
+
+/// What a delete of one row answers, from the number of rows it deleted: `NotFound` for none.
+pub fn deleted(rows: usize) -> StoreResult<()> {
+    if rows == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
 /// Implements [`Identified`] for rows with an `id` field.
 macro_rules! identified {
     ($($row:ty),+) => {
@@ -197,26 +273,52 @@ macro_rules! identified {
 /// The page `$page` of the rows of `$table` (a table module in scope) that the boxed query
 /// `$filtered()` selects, newest first (ids sort by creation time), and how many it selects:
 /// the rows after the page's cursor id, else from its offset. Evaluates to a
-/// `StoreResult<(Vec<$row>, i64)>`.
+/// `StoreResult<(Vec<$row>, i64)>`. With `by created_at`, newest by `created_at` (then id),
+/// the rows after the cursor's row while the list holds it, else from the page's offset.
 macro_rules! newest_first {
-    ($conn:expr, $table:ident, $row:ty, $filtered:expr, $page:expr) => {{
+    ($conn:expr, $table:ident, $row:ty, $filtered:expr, $page:expr) => {
+        $crate::db::crud::newest_first!(@by $conn, $table, $row, $filtered, $page, false)
+    };
+    ($conn:expr, $table:ident, $row:ty, $filtered:expr, $page:expr, by created_at) => {
+        $crate::db::crud::newest_first!(@by $conn, $table, $row, $filtered, $page, true)
+    };
+    (@by $conn:expr, $table:ident, $row:ty, $filtered:expr, $page:expr, $by_created:expr) => {{
         fn newest_first<'a>(
             conn: &mut $crate::db::DbConnection,
             filtered: impl Fn() -> $table::BoxedQuery<'a, $crate::db::MultiBackend>,
             page: &$crate::db::sql::Page,
+            by_created: bool,
         ) -> $crate::db::StoreResult<(Vec<$row>, i64)> {
             use diesel::prelude::*;
             let total: i64 = filtered().count().get_result(conn)?;
-            let mut q = filtered().order($table::id.desc()).limit(page.limit);
-            match &page.after_id {
-                Some(id) => q = q.filter($table::id.lt(id.clone())),
-                None if page.offset > 0 => q = q.offset(page.offset),
-                None => {}
-            }
+            // The cursor's id, and by creation time where its row stands while the list holds it.
+            let after: Option<(Option<String>, String)> = match &page.after_id {
+                Some(id) if by_created => filtered()
+                    .filter($table::id.eq(id.clone()))
+                    .select(($table::created_at, $table::id))
+                    .first::<(String, String)>(conn)
+                    .optional()?
+                    .map(|(at, id)| (Some(at), id)),
+                Some(id) => Some((None, id.clone())),
+                None => None,
+            };
+            let mut q = filtered().limit(page.limit);
+            q = match after {
+                Some((Some(at), id)) => {
+                    let same_time = $table::created_at.eq(at.clone()).and($table::id.lt(id));
+                    q.filter($table::created_at.lt(at).or(same_time))
+                }
+                Some((None, id)) => q.filter($table::id.lt(id)),
+                None => q.offset(page.offset),
+            };
+            q = match by_created {
+                true => q.order(($table::created_at.desc(), $table::id.desc())),
+                false => q.order($table::id.desc()),
+            };
             Ok((q.select(<$row>::as_select()).load(conn)?, total))
         }
-        newest_first($conn, $filtered, $page)
+        newest_first($conn, $filtered, $page, $by_created)
     }};
 }
 
-pub(crate) use {identified, newest_first, resource_table};
+pub(crate) use {child_table, identified, newest_first, one_row, resource_table, stored_table};

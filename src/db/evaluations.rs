@@ -2,9 +2,10 @@
 
 use diesel::prelude::*;
 
+use super::crud::Child;
 use super::schema::{evaluation_runs as r, evaluations as t};
-use super::sql::Page;
-use super::{DbConnection, StoreError, StoreResult};
+use super::sql::{FilterIf, Page};
+use super::{DbConnection, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = t)]
@@ -38,7 +39,7 @@ pub struct RunRow {
 }
 
 super::crud::resource_table!(evaluations, EvaluationRow);
-super::crud::identified!(RunRow);
+super::crud::child_table!(evaluation_runs, evaluation_id, RunRow);
 
 /// A page of the organization's evaluations, newest first, and how many match.
 pub fn list(
@@ -48,11 +49,8 @@ pub fn list(
     page: &Page,
 ) -> StoreResult<(Vec<EvaluationRow>, i64)> {
     let filtered = || {
-        let mut q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
-        if let Some(target) = target_id {
-            q = q.filter(t::target_id.eq(target));
-        }
-        q
+        let q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
+        q.filter_if(target_id.map(|target| t::target_id.eq(target)))
     };
     super::crud::newest_first!(conn, t, EvaluationRow, filtered, page)
 }
@@ -60,7 +58,7 @@ pub fn list(
 /// Queues a run and records it as the evaluation's latest (inside the caller's transaction,
 /// which also queues its job).
 pub fn insert_run(conn: &mut DbConnection, row: &RunRow) -> StoreResult<()> {
-    diesel::insert_into(r::table).values(row).execute(conn)?;
+    RunRow::insert(conn, row)?;
     diesel::update(t::table.filter(t::id.eq(&row.evaluation_id)))
         .set((
             t::latest_run_id.eq(&row.id),
@@ -72,26 +70,7 @@ pub fn insert_run(conn: &mut DbConnection, row: &RunRow) -> StoreResult<()> {
 
 /// A run by id, whichever organization's (what its job holds).
 pub fn run_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<RunRow> {
-    r::table
-        .filter(r::id.eq(id))
-        .select(RunRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
-
-pub fn get_run(
-    conn: &mut DbConnection,
-    org_id: &str,
-    evaluation_id: &str,
-    run_id: &str,
-) -> StoreResult<RunRow> {
-    r::table
-        .filter(r::org_id.eq(org_id))
-        .filter(r::evaluation_id.eq(evaluation_id))
-        .filter(r::id.eq(run_id))
-        .select(RunRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
+    RunRow::by_id(conn, id)
 }
 
 /// A page of an evaluation's runs, newest first, and how many it has.
@@ -101,12 +80,7 @@ pub fn list_runs(
     evaluation_id: &str,
     page: &Page,
 ) -> StoreResult<(Vec<RunRow>, i64)> {
-    let filtered = || {
-        r::table
-            .filter(r::org_id.eq(org_id))
-            .filter(r::evaluation_id.eq(evaluation_id))
-            .into_boxed()
-    };
+    let filtered = || RunRow::under(org_id, evaluation_id);
     super::crud::newest_first!(conn, r, RunRow, filtered, page)
 }
 

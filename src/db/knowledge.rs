@@ -9,13 +9,13 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::crud::Child;
 use super::schema::{
     knowledge_bases, knowledge_chunks, knowledge_documents, knowledge_sources, knowledge_syncs,
 };
-use super::sql::Page;
-use super::sql::{like_pattern, lower};
+use super::sql::{FilterIf, Page, like_pattern, lower};
 use super::types::text_enum;
-use super::{DbConnection, Found, StoreError, StoreResult};
+use super::{DbConnection, StoreResult};
 
 text_enum! {
     /// Where a source is: `pending` until first synced, `syncing` while a sync runs, then
@@ -199,59 +199,33 @@ pub struct KbFilter {
     pub search: Option<String>,
 }
 
-macro_rules! newest_first_page {
-    ($table:ident, $base:expr, $anchor:expr, $page:expr) => {{
-        let mut query = $base;
-        if let Some((created, id)) = $anchor {
-            query = query.filter(
-                $table::created_at
-                    .lt(created.clone())
-                    .or($table::created_at.eq(created).and($table::id.lt(id))),
-            );
-        }
-        let mut query = query
-            .order(($table::created_at.desc(), $table::id.desc()))
-            .limit($page.limit);
-        if $anchor.is_none() && $page.offset > 0 {
-            query = query.offset($page.offset);
-        }
-        query
-    }};
-}
+// Deleting a knowledge base deletes its sources, documents (and their chunks) and syncs
+// (`ON DELETE CASCADE`).
+super::crud::resource_table!(knowledge_bases, KbRow, versioned KbChanges);
+super::crud::child_table!(knowledge_sources, kb_id, SourceRow);
+super::crud::child_table!(knowledge_documents, kb_id, DocumentRow);
+super::crud::child_table!(knowledge_syncs, kb_id, SyncRow);
 
+/// The organization's knowledge base `id` (what other areas name it by).
+pub use self::get as get_kb;
+
+/// A page of knowledge bases, newest first, and the number matching.
 pub fn list_kbs(
     conn: &mut DbConnection,
     org_id: &str,
     filter: &KbFilter,
     page: &Page,
 ) -> StoreResult<(Vec<KbRow>, i64)> {
-    let base = || {
-        let mut q = knowledge_bases::table
-            .filter(knowledge_bases::org_id.eq(org_id.to_string()))
-            .into_boxed();
-        if let Some(t) = &filter.kb_type {
-            q = q.filter(knowledge_bases::kb_type.eq(t.clone()));
-        }
-        if let Some(s) = &filter.search {
-            q = q.filter(
-                lower(knowledge_bases::name)
-                    .like(like_pattern(s))
-                    .escape('\\'),
-            );
-        }
-        q
+    use knowledge_bases as kb;
+    let named = |s: &String| lower(kb::name).like(like_pattern(s)).escape('\\');
+    let filtered = || {
+        kb::table
+            .filter(kb::org_id.eq(org_id))
+            .into_boxed()
+            .filter_if(filter.kb_type.as_ref().map(|t| kb::kb_type.eq(t)))
+            .filter_if(filter.search.as_ref().map(named))
     };
-    let total: i64 = base().count().get_result(conn)?;
-    let anchor = match &page.after_id {
-        Some(id) => get_kb(conn, org_id, id)
-            .found()?
-            .map(|row| (row.created_at, row.id)),
-        None => None,
-    };
-    let rows = newest_first_page!(knowledge_bases, base(), anchor.clone(), page)
-        .select(KbRow::as_select())
-        .load(conn)?;
-    Ok((rows, total))
+    super::crud::newest_first!(conn, kb, KbRow, filtered, page, by created_at)
 }
 
 /// The ids of the organization's knowledge bases, optionally of one type.
@@ -260,30 +234,12 @@ pub fn kb_ids(
     org_id: &str,
     kb_type: Option<&str>,
 ) -> StoreResult<Vec<String>> {
-    let mut q = knowledge_bases::table
+    let q = knowledge_bases::table
         .filter(knowledge_bases::org_id.eq(org_id))
         .select(knowledge_bases::id)
         .into_boxed();
-    if let Some(t) = kb_type {
-        q = q.filter(knowledge_bases::kb_type.eq(t));
-    }
-    q.load(conn).map_err(StoreError::from)
-}
-
-pub fn insert_kb(conn: &mut DbConnection, row: &KbRow) -> StoreResult<()> {
-    diesel::insert_into(knowledge_bases::table)
-        .values(row)
-        .execute(conn)?;
-    Ok(())
-}
-
-pub fn get_kb(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<KbRow> {
-    knowledge_bases::table
-        .filter(knowledge_bases::org_id.eq(org_id))
-        .filter(knowledge_bases::id.eq(id))
-        .select(KbRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
+    let q = q.filter_if(kb_type.map(|t| knowledge_bases::kb_type.eq(t)));
+    Ok(q.load(conn)?)
 }
 
 /// The columns a knowledge-base update writes.
@@ -296,55 +252,61 @@ pub struct KbChanges {
     pub body: String,
 }
 
-/// Updates a knowledge base under a row lock: `change` sees the current row and may refuse.
-pub fn update_kb<E>(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
-    change: impl FnOnce(&KbRow) -> Result<KbChanges, E>,
-) -> StoreResult<Result<KbRow, E>> {
-    super::write_transaction(conn, |conn| {
-        super::lock_row(conn, "knowledge_bases", org_id, id)?;
-        let current = get_kb(conn, org_id, id)?;
-        let changes = match change(&current) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        diesel::update(
-            knowledge_bases::table
-                .filter(knowledge_bases::org_id.eq(org_id))
-                .filter(knowledge_bases::id.eq(id)),
-        )
-        .set((
-            &changes,
-            knowledge_bases::version.eq(current.version + 1),
-            knowledge_bases::updated_at.eq(crate::ids::now()),
-        ))
-        .execute(conn)?;
-        get_kb(conn, org_id, id).map(Ok)
-    })
+/// A knowledge base as the API shows it: its row and how much it holds.
+#[derive(Debug, Clone)]
+pub struct CountedKb {
+    pub row: KbRow,
+    /// Documents, chunks and sources.
+    pub counts: (i64, i64, i64),
 }
 
-/// Deletes a knowledge base with its sources, documents, chunks and sync jobs.
-pub fn delete_kb(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    super::write_transaction(conn, |conn| {
-        get_kb(conn, org_id, id)?;
-        diesel::delete(knowledge_chunks::table.filter(knowledge_chunks::kb_id.eq(id)))
-            .execute(conn)?;
-        diesel::delete(knowledge_documents::table.filter(knowledge_documents::kb_id.eq(id)))
-            .execute(conn)?;
-        diesel::delete(knowledge_syncs::table.filter(knowledge_syncs::kb_id.eq(id)))
-            .execute(conn)?;
-        diesel::delete(knowledge_sources::table.filter(knowledge_sources::kb_id.eq(id)))
-            .execute(conn)?;
-        diesel::delete(
-            knowledge_bases::table
-                .filter(knowledge_bases::org_id.eq(org_id))
-                .filter(knowledge_bases::id.eq(id)),
-        )
-        .execute(conn)?;
-        Ok(())
-    })
+impl CountedKb {
+    /// `row` with its counts as stored.
+    pub fn of(conn: &mut DbConnection, row: KbRow) -> StoreResult<Self> {
+        let counts = kb_counts(conn, &row.id)?;
+        Ok(CountedKb { row, counts })
+    }
+}
+
+impl super::crud::Identified for CountedKb {
+    fn id(&self) -> &str {
+        &self.row.id
+    }
+}
+
+impl super::crud::Stored for CountedKb {
+    fn insert(conn: &mut DbConnection, kb: &Self) -> StoreResult<()> {
+        insert(conn, &kb.row)
+    }
+    fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Self> {
+        let row = get(conn, org_id, id)?;
+        Self::of(conn, row)
+    }
+    fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
+        delete(conn, org_id, id)
+    }
+}
+
+impl super::crud::Versioned for CountedKb {
+    type Changes = KbChanges;
+    fn version(&self) -> i64 {
+        self.row.version
+    }
+    fn update<E>(
+        conn: &mut DbConnection,
+        org_id: &str,
+        id: &str,
+        change: impl FnOnce(&mut DbConnection, &Self) -> StoreResult<Result<KbChanges, E>>,
+    ) -> StoreResult<Result<Self, E>> {
+        let updated = update(conn, org_id, id, |conn, row| {
+            let current = Self::of(conn, row.clone())?;
+            change(conn, &current)
+        })?;
+        match updated {
+            Ok(row) => Self::of(conn, row).map(Ok),
+            Err(refused) => Ok(Err(refused)),
+        }
+    }
 }
 
 /// Chunk and document counts of a knowledge base.
@@ -366,13 +328,6 @@ pub fn kb_counts(conn: &mut DbConnection, kb_id: &str) -> StoreResult<(i64, i64,
 
 // Sources.
 
-pub fn insert_source(conn: &mut DbConnection, row: &SourceRow) -> StoreResult<()> {
-    diesel::insert_into(knowledge_sources::table)
-        .values(row)
-        .execute(conn)?;
-    Ok(())
-}
-
 /// Writes `row` over the source of its id: configuration, status, last sync.
 pub fn replace_source(conn: &mut DbConnection, row: &SourceRow) -> StoreResult<()> {
     diesel::update(knowledge_sources::table.filter(knowledge_sources::id.eq(&row.id)))
@@ -388,44 +343,15 @@ pub fn replace_source(conn: &mut DbConnection, row: &SourceRow) -> StoreResult<(
     Ok(())
 }
 
-pub fn get_source(
-    conn: &mut DbConnection,
-    org_id: &str,
-    kb_id: &str,
-    id: &str,
-) -> StoreResult<SourceRow> {
-    knowledge_sources::table
-        .filter(knowledge_sources::org_id.eq(org_id))
-        .filter(knowledge_sources::kb_id.eq(kb_id))
-        .filter(knowledge_sources::id.eq(id))
-        .select(SourceRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
-
+/// A page of a knowledge base's sources, newest first, and how many it has.
 pub fn list_sources(
     conn: &mut DbConnection,
     org_id: &str,
     kb_id: &str,
     page: &Page,
 ) -> StoreResult<(Vec<SourceRow>, i64)> {
-    let base = || {
-        knowledge_sources::table
-            .filter(knowledge_sources::org_id.eq(org_id.to_string()))
-            .filter(knowledge_sources::kb_id.eq(kb_id.to_string()))
-            .into_boxed()
-    };
-    let total: i64 = base().count().get_result(conn)?;
-    let anchor = match &page.after_id {
-        Some(id) => get_source(conn, org_id, kb_id, id)
-            .found()?
-            .map(|row| (row.created_at, row.id)),
-        None => None,
-    };
-    let rows = newest_first_page!(knowledge_sources, base(), anchor.clone(), page)
-        .select(SourceRow::as_select())
-        .load(conn)?;
-    Ok((rows, total))
+    let filtered = || SourceRow::under(org_id, kb_id);
+    super::crud::newest_first!(conn, knowledge_sources, SourceRow, filtered, page, by created_at)
 }
 
 /// Records a source's state after a sync (or a change of its status).
@@ -475,24 +401,15 @@ pub fn delete_source(
     id: &str,
 ) -> StoreResult<()> {
     super::write_transaction(conn, |conn| {
-        get_source(conn, org_id, kb_id, id)?;
+        SourceRow::get(conn, org_id, kb_id, id)?;
         delete_source_documents(conn, id)?;
         diesel::delete(knowledge_syncs::table.filter(knowledge_syncs::source_id.eq(id)))
             .execute(conn)?;
-        diesel::delete(knowledge_sources::table.filter(knowledge_sources::id.eq(id)))
-            .execute(conn)?;
-        Ok(())
+        SourceRow::delete(conn, org_id, kb_id, id)
     })
 }
 
 // Documents and chunks.
-
-pub fn insert_document(conn: &mut DbConnection, row: &DocumentRow) -> StoreResult<()> {
-    diesel::insert_into(knowledge_documents::table)
-        .values(row)
-        .execute(conn)?;
-    Ok(())
-}
 
 /// Rows per multi-row INSERT: 7 columns each stays far below both engines' bind limits.
 const CHUNK_BATCH: usize = 500;
@@ -529,21 +446,8 @@ pub fn insert_chunks(conn: &mut DbConnection, rows: &[ChunkRow]) -> StoreResult<
     Ok(())
 }
 
-pub fn get_document(
-    conn: &mut DbConnection,
-    org_id: &str,
-    kb_id: &str,
-    id: &str,
-) -> StoreResult<DocumentRow> {
-    knowledge_documents::table
-        .filter(knowledge_documents::org_id.eq(org_id))
-        .filter(knowledge_documents::kb_id.eq(kb_id))
-        .filter(knowledge_documents::id.eq(id))
-        .select(DocumentRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
-
+/// A page of a knowledge base's documents (of one source, if given), newest first, and how
+/// many there are.
 pub fn list_documents(
     conn: &mut DbConnection,
     org_id: &str,
@@ -551,43 +455,10 @@ pub fn list_documents(
     source_id: Option<&str>,
     page: &Page,
 ) -> StoreResult<(Vec<DocumentRow>, i64)> {
-    let base = || {
-        let mut q = knowledge_documents::table
-            .filter(knowledge_documents::org_id.eq(org_id.to_string()))
-            .filter(knowledge_documents::kb_id.eq(kb_id.to_string()))
-            .into_boxed();
-        if let Some(s) = source_id {
-            q = q.filter(knowledge_documents::source_id.eq(s.to_string()));
-        }
-        q
-    };
-    let total: i64 = base().count().get_result(conn)?;
-    let anchor = match &page.after_id {
-        Some(id) => get_document(conn, org_id, kb_id, id)
-            .found()?
-            .map(|row| (row.created_at, row.id)),
-        None => None,
-    };
-    let rows = newest_first_page!(knowledge_documents, base(), anchor.clone(), page)
-        .select(DocumentRow::as_select())
-        .load(conn)?;
-    Ok((rows, total))
-}
-
-pub fn delete_document(
-    conn: &mut DbConnection,
-    org_id: &str,
-    kb_id: &str,
-    id: &str,
-) -> StoreResult<()> {
-    super::write_transaction(conn, |conn| {
-        get_document(conn, org_id, kb_id, id)?;
-        diesel::delete(knowledge_chunks::table.filter(knowledge_chunks::document_id.eq(id)))
-            .execute(conn)?;
-        diesel::delete(knowledge_documents::table.filter(knowledge_documents::id.eq(id)))
-            .execute(conn)?;
-        Ok(())
-    })
+    use knowledge_documents as d;
+    let filtered =
+        || DocumentRow::under(org_id, kb_id).filter_if(source_id.map(|s| d::source_id.eq(s)));
+    super::crud::newest_first!(conn, d, DocumentRow, filtered, page, by created_at)
 }
 
 /// A document's chunks in order, from `offset`.
@@ -612,37 +483,6 @@ pub fn list_chunks(
 }
 
 // Sync jobs.
-
-pub fn insert_sync(conn: &mut DbConnection, row: &SyncRow) -> StoreResult<()> {
-    diesel::insert_into(knowledge_syncs::table)
-        .values(row)
-        .execute(conn)?;
-    Ok(())
-}
-
-pub fn get_sync(
-    conn: &mut DbConnection,
-    org_id: &str,
-    kb_id: &str,
-    id: &str,
-) -> StoreResult<SyncRow> {
-    knowledge_syncs::table
-        .filter(knowledge_syncs::org_id.eq(org_id))
-        .filter(knowledge_syncs::kb_id.eq(kb_id))
-        .filter(knowledge_syncs::id.eq(id))
-        .select(SyncRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
-
-/// A sync by id, whichever organization's (what its job holds).
-pub fn sync_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<SyncRow> {
-    knowledge_syncs::table
-        .filter(knowledge_syncs::id.eq(id))
-        .select(SyncRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
 
 /// Marks a sync running.
 pub fn start_sync(conn: &mut DbConnection, id: &str) -> StoreResult<()> {

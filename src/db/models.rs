@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 
 use super::schema::models as m;
-use super::sql::Page;
+use super::sql::{FilterIf, Page};
 use super::{DbConnection, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -48,11 +48,8 @@ pub fn list(
 ) -> StoreResult<(Vec<ModelRow>, i64)> {
     let page = super::crud::stored_cursor::<ModelRow>(conn, org_id, page)?;
     let filtered = || {
-        let mut q = m::table.filter(m::org_id.eq(org_id)).into_boxed();
-        if let Some(p) = provider {
-            q = q.filter(m::provider.eq(p));
-        }
-        q
+        let q = m::table.filter(m::org_id.eq(org_id)).into_boxed();
+        q.filter_if(provider.map(|p| m::provider.eq(p)))
     };
     super::crud::newest_first!(conn, m, ModelRow, filtered, &page)
 }

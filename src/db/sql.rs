@@ -1,4 +1,4 @@
-//! What every store shares: the page of a list, `lower()` and `LIKE` patterns.
+//! What every store shares: the page of a list, `lower()`, `LIKE` patterns and optional filters.
 
 /// A page of a list, newest first: skip `offset` rows or start after the row `after_id`.
 #[derive(Debug, Clone, Default)]
@@ -31,4 +31,25 @@ pub fn like_pattern(needle: &str) -> String {
     }
     out.push('%');
     out
+}
+
+/// Narrows a query by a filter when there is one: what an optional list parameter (`?type=`,
+/// `?status=`) does to a boxed list query.
+pub trait FilterIf: Sized {
+    /// `self`, filtered by `predicate` when it is `Some`.
+    fn filter_if<P>(self, predicate: Option<P>) -> Self
+    where
+        Self: diesel::query_dsl::methods::FilterDsl<P, Output = Self>;
+}
+
+impl<Q> FilterIf for Q {
+    fn filter_if<P>(self, predicate: Option<P>) -> Self
+    where
+        Self: diesel::query_dsl::methods::FilterDsl<P, Output = Self>,
+    {
+        match predicate {
+            Some(p) => diesel::query_dsl::methods::FilterDsl::filter(self, p),
+            None => self,
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 
 use super::schema::prompt_templates as t;
-use super::sql::Page;
+use super::sql::{FilterIf, Page};
 use super::{DbConnection, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -53,9 +53,7 @@ pub fn list(
     let page = super::crud::stored_cursor::<TemplateRow>(conn, org_id, page)?;
     let filtered = || {
         let mut q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
-        if let Some(ty) = &f.template_type {
-            q = q.filter(t::template_type.eq(ty));
-        }
+        q = q.filter_if(f.template_type.as_ref().map(|ty| t::template_type.eq(ty)));
         if let Some(s) = &f.search {
             let pattern = super::sql::like_pattern(s);
             q = q.filter(

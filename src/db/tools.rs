@@ -5,8 +5,8 @@
 use diesel::prelude::*;
 
 use super::schema::tools;
-use super::sql::Page;
-use super::{DbConnection, Found, StoreResult};
+use super::sql::{FilterIf, Page};
+use super::{DbConnection, StoreResult};
 
 /// One row of `tools`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -44,36 +44,9 @@ pub fn list(
     tool_type: Option<&str>,
     page: &Page,
 ) -> StoreResult<(Vec<ToolRow>, i64)> {
-    let base = || {
-        let mut q = tools::table
-            .filter(tools::org_id.eq(org_id.to_string()))
-            .into_boxed();
-        if let Some(t) = tool_type {
-            q = q.filter(tools::tool_type.eq(t.to_string()));
-        }
-        q
+    let filtered = || {
+        let q = tools::table.filter(tools::org_id.eq(org_id)).into_boxed();
+        q.filter_if(tool_type.map(|t| tools::tool_type.eq(t)))
     };
-    let total: i64 = base().count().get_result(conn)?;
-    let anchor = match &page.after_id {
-        Some(id) => get(conn, org_id, id)
-            .found()?
-            .map(|row| (row.created_at, row.id)),
-        None => None,
-    };
-    let mut query = base();
-    if let Some((created, id)) = &anchor {
-        query = query.filter(
-            tools::created_at.lt(created.clone()).or(tools::created_at
-                .eq(created.clone())
-                .and(tools::id.lt(id.clone()))),
-        );
-    }
-    let mut query = query
-        .order((tools::created_at.desc(), tools::id.desc()))
-        .limit(page.limit);
-    if anchor.is_none() && page.offset > 0 {
-        query = query.offset(page.offset);
-    }
-    let rows = query.select(ToolRow::as_select()).load(conn)?;
-    Ok((rows, total))
+    super::crud::newest_first!(conn, tools, ToolRow, filtered, page, by created_at)
 }

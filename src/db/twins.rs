@@ -4,9 +4,10 @@
 
 use diesel::prelude::*;
 
+use super::crud::Child;
 use super::schema::{simulations as s, twins as t};
-use super::sql::Page;
-use super::{DbConnection, StoreError, StoreResult};
+use super::sql::{FilterIf, Page};
+use super::{DbConnection, StoreResult};
 
 /// One row of `twins`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -63,7 +64,7 @@ pub struct SimulationRow {
 
 // Deleting a twin deletes its simulations (`ON DELETE CASCADE`).
 super::crud::resource_table!(twins, TwinRow, versioned TwinChanges);
-super::crud::identified!(SimulationRow);
+super::crud::child_table!(simulations, twin_id, SimulationRow);
 
 /// A page of twins, newest first, and the number matching.
 pub fn list(
@@ -73,35 +74,17 @@ pub fn list(
     page: &Page,
 ) -> StoreResult<(Vec<TwinRow>, i64)> {
     let filtered = || {
-        let mut q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
-        if let Some(ty) = twin_type {
-            q = q.filter(t::twin_type.eq(ty));
-        }
-        q
+        let q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
+        q.filter_if(twin_type.map(|ty| t::twin_type.eq(ty)))
     };
     super::crud::newest_first!(conn, t, TwinRow, filtered, page)
 }
 
 // Simulations.
 
+/// Inserts a new simulation.
 pub fn insert_simulation(conn: &mut DbConnection, row: &SimulationRow) -> StoreResult<()> {
-    diesel::insert_into(s::table).values(row).execute(conn)?;
-    Ok(())
-}
-
-pub fn get_simulation(
-    conn: &mut DbConnection,
-    org_id: &str,
-    twin_id: &str,
-    id: &str,
-) -> StoreResult<SimulationRow> {
-    s::table
-        .filter(s::org_id.eq(org_id))
-        .filter(s::twin_id.eq(twin_id))
-        .filter(s::id.eq(id))
-        .select(SimulationRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
+    SimulationRow::insert(conn, row)
 }
 
 /// A page of a twin's simulations, newest first, and the number matching; 404 without the twin.
@@ -113,16 +96,8 @@ pub fn list_simulations(
     page: &Page,
 ) -> StoreResult<(Vec<SimulationRow>, i64)> {
     get(conn, org_id, twin_id)?;
-    let filtered = || {
-        let mut q = s::table
-            .filter(s::org_id.eq(org_id))
-            .filter(s::twin_id.eq(twin_id))
-            .into_boxed();
-        if let Some(st) = status {
-            q = q.filter(s::status.eq(st));
-        }
-        q
-    };
+    let filtered =
+        || SimulationRow::under(org_id, twin_id).filter_if(status.map(|st| s::status.eq(st)));
     super::crud::newest_first!(conn, s, SimulationRow, filtered, page)
 }
 
@@ -153,18 +128,10 @@ pub fn finish_simulation(
             s::finished_at.eq(at),
         ))
         .execute(conn)?;
-    s::table
-        .filter(s::id.eq(id))
-        .select(SimulationRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
+    simulation_by_id(conn, id)
 }
 
 /// A simulation by id, whichever organization's (what its job holds).
 pub fn simulation_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<SimulationRow> {
-    s::table
-        .filter(s::id.eq(id))
-        .select(SimulationRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
+    SimulationRow::by_id(conn, id)
 }

@@ -3,8 +3,9 @@
 
 use diesel::prelude::*;
 
+use super::crud::Stored;
 use super::schema::{vault_credentials as vc, vault_tokens as vt};
-use super::sql::Page;
+use super::sql::{FilterIf, Page};
 use super::{DbConnection, StoreError, StoreResult};
 
 /// One row of `vault_credentials`.
@@ -64,7 +65,7 @@ pub struct CredentialFilter {
 }
 
 super::crud::resource_table!(vault_credentials, CredentialRow, versioned CredentialChanges);
-super::crud::identified!(TokenRow);
+super::crud::stored_table!(vault_tokens, TokenRow);
 
 /// `s` with `LIKE`'s wildcards escaped (`\`), its case kept (unlike [`super::sql::like_pattern`]).
 fn escape_like(s: &str) -> String {
@@ -85,22 +86,17 @@ pub fn list(
     f: &CredentialFilter,
     page: &Page,
 ) -> StoreResult<(Vec<CredentialRow>, i64)> {
+    let tagged = |tag: &String| {
+        let pattern = format!("%\"tags\":[%\"{}\"%", escape_like(tag));
+        vc::body.like(pattern).escape('\\')
+    };
     let filtered = || {
-        let mut q = vc::table.filter(vc::org_id.eq(org_id)).into_boxed();
-        if let Some(t) = &f.cred_type {
-            q = q.filter(vc::cred_type.eq(t));
-        }
-        if let Some(e) = &f.environment {
-            q = q.filter(vc::environment.eq(e));
-        }
-        if let Some(tag) = &f.tag {
-            q = q.filter(
-                vc::body
-                    .like(format!("%\"tags\":[%\"{}\"%", escape_like(tag)))
-                    .escape('\\'),
-            );
-        }
-        q
+        vc::table
+            .filter(vc::org_id.eq(org_id))
+            .into_boxed()
+            .filter_if(f.cred_type.as_ref().map(|t| vc::cred_type.eq(t)))
+            .filter_if(f.environment.as_ref().map(|e| vc::environment.eq(e)))
+            .filter_if(f.tag.as_ref().map(tagged))
     };
     super::crud::newest_first!(conn, vc, CredentialRow, filtered, page)
 }
@@ -114,20 +110,6 @@ pub fn touch_credential(conn: &mut DbConnection, id: &str, at: &str) -> StoreRes
 }
 
 // Tokens.
-
-pub fn insert_token(conn: &mut DbConnection, row: &TokenRow) -> StoreResult<()> {
-    diesel::insert_into(vt::table).values(row).execute(conn)?;
-    Ok(())
-}
-
-pub fn get_token(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<TokenRow> {
-    vt::table
-        .filter(vt::org_id.eq(org_id))
-        .filter(vt::id.eq(id))
-        .select(TokenRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
 
 /// The token with this hash, in any organization.
 pub fn token_by_hash(conn: &mut DbConnection, hash: &str) -> StoreResult<Option<TokenRow>> {
@@ -164,7 +146,7 @@ pub fn revoke_token(
     )
     .set(vt::revoked_at.eq(at))
     .execute(conn)?;
-    get_token(conn, org_id, id)
+    TokenRow::get(conn, org_id, id)
 }
 
 /// Records a token's use.

@@ -2,8 +2,9 @@
 
 use diesel::prelude::*;
 
+use super::crud::Child;
 use super::schema::{webhook_deliveries as d, webhooks as w};
-use super::sql::Page;
+use super::sql::{FilterIf, Page};
 use super::{DbConnection, StoreError, StoreResult};
 
 /// One row of `webhooks`.
@@ -64,7 +65,7 @@ pub const SUCCEEDED: &str = "succeeded";
 pub const FAILED: &str = "failed";
 
 super::crud::resource_table!(webhooks, WebhookRow, versioned WebhookChanges);
-super::crud::identified!(DeliveryRow);
+super::crud::child_table!(webhook_deliveries, webhook_id, DeliveryRow);
 
 /// A page of webhooks, newest first, and how many the organization has.
 pub fn list(
@@ -109,25 +110,9 @@ pub fn active(conn: &mut DbConnection, org_id: &str) -> StoreResult<Vec<WebhookR
         .collect())
 }
 
+/// Inserts a new delivery.
 pub fn insert_delivery(conn: &mut DbConnection, row: &DeliveryRow) -> StoreResult<()> {
-    diesel::insert_into(d::table).values(row).execute(conn)?;
-    Ok(())
-}
-
-/// A delivery of one webhook of the organization.
-pub fn get_delivery(
-    conn: &mut DbConnection,
-    org_id: &str,
-    webhook_id: &str,
-    id: &str,
-) -> StoreResult<DeliveryRow> {
-    d::table
-        .filter(d::org_id.eq(org_id))
-        .filter(d::webhook_id.eq(webhook_id))
-        .filter(d::id.eq(id))
-        .select(DeliveryRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
+    DeliveryRow::insert(conn, row)
 }
 
 /// A page of one webhook's deliveries, newest first, and how many match.
@@ -138,16 +123,8 @@ pub fn list_deliveries(
     status: Option<&str>,
     page: &Page,
 ) -> StoreResult<(Vec<DeliveryRow>, i64)> {
-    let filtered = || {
-        let mut q = d::table
-            .filter(d::org_id.eq(org_id))
-            .filter(d::webhook_id.eq(webhook_id))
-            .into_boxed();
-        if let Some(s) = status {
-            q = q.filter(d::status.eq(s));
-        }
-        q
-    };
+    let filtered =
+        || DeliveryRow::under(org_id, webhook_id).filter_if(status.map(|s| d::status.eq(s)));
     super::crud::newest_first!(conn, d, DeliveryRow, filtered, page)
 }
 

@@ -14,6 +14,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Double, Text};
 use serde_json::{Map, Value};
 
+use crate::db::crud::Child;
 use crate::db::knowledge::{self as store, ChunkRow, DocumentRow};
 use crate::db::{DbConnection, StoreError};
 
@@ -100,86 +101,118 @@ pub fn search(
     if kb_ids.is_empty() || words.is_empty() || options.top_k == 0 {
         return Ok(Vec::new());
     }
-    let filters: Vec<(String, String)> = options
-        .filters
-        .iter()
-        .filter(|(k, _)| valid_filter_key(k))
-        .map(|(k, v)| (k.clone(), v.to_string()))
-        .collect();
-    if filters.len() != options.filters.len() {
+    let Some(filters) = metadata_filters(&options.filters) else {
         // A key no chunk can have matches nothing.
         return Ok(Vec::new());
-    }
-    let limit = i64::try_from(options.top_k.min(1000)).unwrap_or(1000);
-    let rows: Vec<HitRow> = match conn {
-        DbConnection::Sqlite(c) => {
-            let fts = words
-                .iter()
-                .map(|w| format!("\"{w}\""))
-                .collect::<Vec<_>>()
-                .join(" OR ");
-            let mut sql = String::from(
-                "SELECT c.id AS id, c.kb_id AS kb_id, c.document_id AS document_id, c.text AS text, \
-                 c.metadata AS metadata, -bm25(knowledge_chunks_fts) AS raw \
-                 FROM knowledge_chunks_fts JOIN knowledge_chunks c ON c.seq = knowledge_chunks_fts.rowid \
-                 WHERE knowledge_chunks_fts MATCH ? AND c.org_id = ? AND c.kb_id IN (",
-            );
-            sql.push_str(&vec!["?"; kb_ids.len()].join(", "));
-            sql.push(')');
-            for _ in &filters {
-                sql.push_str(" AND json_extract(c.metadata, ?) IS json_extract(?, '$')");
-            }
-            sql.push_str(" ORDER BY bm25(knowledge_chunks_fts), c.id LIMIT ?");
-            let mut q = diesel::sql_query(sql)
-                .into_boxed::<diesel::sqlite::Sqlite>()
-                .bind::<Text, _>(fts)
-                .bind::<Text, _>(org_id.to_string());
-            for id in kb_ids {
-                q = q.bind::<Text, _>(id.clone());
-            }
-            for (k, v) in &filters {
-                q = q
-                    .bind::<Text, _>(format!("$.\"{k}\""))
-                    .bind::<Text, _>(v.clone());
-            }
-            q.bind::<diesel::sql_types::BigInt, _>(limit).load(c)?
-        }
-        DbConnection::Postgres(c) => {
-            let tsquery = words.join(" | ");
-            let mut sql = String::from(
-                "SELECT c.id AS id, c.kb_id AS kb_id, c.document_id AS document_id, c.text AS text, \
-                 c.metadata AS metadata, ts_rank_cd(c.tsv, q)::float8 AS raw \
-                 FROM knowledge_chunks c, to_tsquery('english', $1) q \
-                 WHERE c.tsv @@ q AND c.org_id = $2 AND c.kb_id = ANY($3)",
-            );
-            let mut n = 4;
-            // `jsonb` refuses the escape `\u0000`, which JSON (and a document's metadata) may
-            // hold: both sides swap it for a private-use character before the cast, so a
-            // filter on such metadata compares instead of failing the query.
-            for _ in &filters {
-                sql.push_str(&format!(
-                    " AND (replace(c.metadata, E'\\\\u0000', E'\\\\uf8ff')::jsonb -> ${}) \
-                     = replace(${}, E'\\\\u0000', E'\\\\uf8ff')::jsonb",
-                    n,
-                    n + 1
-                ));
-                n += 2;
-            }
-            sql.push_str(&format!(" ORDER BY raw DESC, c.id LIMIT ${n}"));
-            let mut q = diesel::sql_query(sql)
-                .into_boxed::<diesel::pg::Pg>()
-                .bind::<Text, _>(tsquery)
-                .bind::<Text, _>(org_id.to_string())
-                .bind::<diesel::sql_types::Array<Text>, _>(kb_ids.to_vec());
-            for (k, v) in &filters {
-                q = q.bind::<Text, _>(k.clone()).bind::<Text, _>(v.clone());
-            }
-            q.bind::<diesel::sql_types::BigInt, _>(limit).load(c)?
-        }
     };
-    let min = options.min_score.unwrap_or(f64::NEG_INFINITY);
-    Ok(rows
-        .into_iter()
+    let ranked = Ranked {
+        org_id,
+        kb_ids,
+        words: &words,
+        filters: &filters,
+        limit: i64::try_from(options.top_k.min(1000)).unwrap_or(1000),
+    };
+    let rows = match conn {
+        DbConnection::Sqlite(c) => ranked.sqlite(c)?,
+        DbConnection::Postgres(c) => ranked.postgres(c)?,
+    };
+    Ok(scored(rows, options.min_score))
+}
+
+/// The metadata filters as keys and JSON texts, or `None` when a key is not one a chunk can
+/// have ([`valid_filter_key`]).
+fn metadata_filters(filters: &Map<String, Value>) -> Option<Vec<(String, String)>> {
+    filters
+        .iter()
+        .map(|(k, v)| valid_filter_key(k).then(|| (k.clone(), v.to_string())))
+        .collect()
+}
+
+/// One ranked full-text query: the best `limit` chunks of the organization's knowledge bases
+/// `kb_ids` matching any of `words` and each of `filters`.
+struct Ranked<'a> {
+    org_id: &'a str,
+    kb_ids: &'a [String],
+    words: &'a [String],
+    filters: &'a [(String, String)],
+    limit: i64,
+}
+
+impl Ranked<'_> {
+    /// On SQLite: FTS5 ranked by `bm25()`.
+    fn sqlite(&self, c: &mut diesel::SqliteConnection) -> QueryResult<Vec<HitRow>> {
+        let fts = self
+            .words
+            .iter()
+            .map(|w| format!("\"{w}\""))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let mut sql = String::from(
+            "SELECT c.id AS id, c.kb_id AS kb_id, c.document_id AS document_id, c.text AS text, \
+             c.metadata AS metadata, -bm25(knowledge_chunks_fts) AS raw \
+             FROM knowledge_chunks_fts JOIN knowledge_chunks c ON c.seq = knowledge_chunks_fts.rowid \
+             WHERE knowledge_chunks_fts MATCH ? AND c.org_id = ? AND c.kb_id IN (",
+        );
+        sql.push_str(&vec!["?"; self.kb_ids.len()].join(", "));
+        sql.push(')');
+        for _ in self.filters {
+            sql.push_str(" AND json_extract(c.metadata, ?) IS json_extract(?, '$')");
+        }
+        sql.push_str(" ORDER BY bm25(knowledge_chunks_fts), c.id LIMIT ?");
+        let mut q = diesel::sql_query(sql)
+            .into_boxed::<diesel::sqlite::Sqlite>()
+            .bind::<Text, _>(fts)
+            .bind::<Text, _>(self.org_id.to_string());
+        for id in self.kb_ids {
+            q = q.bind::<Text, _>(id.clone());
+        }
+        for (k, v) in self.filters {
+            q = q
+                .bind::<Text, _>(format!("$.\"{k}\""))
+                .bind::<Text, _>(v.clone());
+        }
+        q.bind::<diesel::sql_types::BigInt, _>(self.limit).load(c)
+    }
+
+    /// On PostgreSQL: the chunks' `tsvector` ranked by `ts_rank_cd()`.
+    fn postgres(&self, c: &mut diesel::PgConnection) -> QueryResult<Vec<HitRow>> {
+        let tsquery = self.words.join(" | ");
+        let mut sql = String::from(
+            "SELECT c.id AS id, c.kb_id AS kb_id, c.document_id AS document_id, c.text AS text, \
+             c.metadata AS metadata, ts_rank_cd(c.tsv, q)::float8 AS raw \
+             FROM knowledge_chunks c, to_tsquery('english', $1) q \
+             WHERE c.tsv @@ q AND c.org_id = $2 AND c.kb_id = ANY($3)",
+        );
+        let mut n = 4;
+        // `jsonb` refuses the escape `\u0000`, which JSON (and a document's metadata) may
+        // hold: both sides swap it for a private-use character before the cast, so a
+        // filter on such metadata compares instead of failing the query.
+        for _ in self.filters {
+            sql.push_str(&format!(
+                " AND (replace(c.metadata, E'\\\\u0000', E'\\\\uf8ff')::jsonb -> ${}) \
+                 = replace(${}, E'\\\\u0000', E'\\\\uf8ff')::jsonb",
+                n,
+                n + 1
+            ));
+            n += 2;
+        }
+        sql.push_str(&format!(" ORDER BY raw DESC, c.id LIMIT ${n}"));
+        let mut q = diesel::sql_query(sql)
+            .into_boxed::<diesel::pg::Pg>()
+            .bind::<Text, _>(tsquery)
+            .bind::<Text, _>(self.org_id.to_string())
+            .bind::<diesel::sql_types::Array<Text>, _>(self.kb_ids.to_vec());
+        for (k, v) in self.filters {
+            q = q.bind::<Text, _>(k.clone()).bind::<Text, _>(v.clone());
+        }
+        q.bind::<diesel::sql_types::BigInt, _>(self.limit).load(c)
+    }
+}
+
+/// The hits of ranked rows, scored `r / (1 + r)`, those under `min_score` left out.
+fn scored(rows: Vec<HitRow>, min_score: Option<f64>) -> Vec<Hit> {
+    let min = min_score.unwrap_or(f64::NEG_INFINITY);
+    rows.into_iter()
         .map(|r| {
             let raw = r.raw.max(0.0);
             Hit {
@@ -192,7 +225,7 @@ pub fn search(
             }
         })
         .filter(|h| h.score >= min)
-        .collect())
+        .collect()
 }
 
 /// How documents are cut.
@@ -288,7 +321,7 @@ pub fn write(
     prepared: &[(DocumentRow, Vec<ChunkRow>)],
 ) -> Result<(), StoreError> {
     for (doc, _) in prepared {
-        store::insert_document(conn, doc)?;
+        DocumentRow::insert(conn, doc)?;
     }
     let chunks: Vec<ChunkRow> = prepared
         .iter()

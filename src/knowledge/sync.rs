@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use super::text::{self, ContentKind};
 use super::{ChunkOptions, NewDocument};
+use crate::db::crud::Child;
 use crate::db::knowledge::{self as store, SourceRow, SourceStatus, SyncRow};
 use crate::db::{Store, StoreError};
 
@@ -68,7 +69,7 @@ impl crate::jobs::Job for SyncRunner {
             let id = job.id.clone();
             let sync = runner
                 .store
-                .run(move |conn| store::sync_by_id(conn, &id))
+                .run(move |conn| SyncRow::by_id(conn, &id))
                 .await
                 .map_err(|e| format!("cannot load sync {}: {e}", job.id))?;
             let _permit = runner
@@ -92,7 +93,7 @@ impl crate::jobs::Job for SyncRunner {
             let id = job.id.clone();
             match runner
                 .store
-                .run(move |conn| store::sync_by_id(conn, &id))
+                .run(move |conn| SyncRow::by_id(conn, &id))
                 .await
             {
                 Ok(sync) if !sync.status.is_finished() => {
@@ -144,8 +145,8 @@ impl SyncRunner {
             .store
             .run(move |conn| {
                 store::start_sync(conn, &id)?;
-                let source = store::get_source(conn, &org, &kb, &src)?;
-                let kb = store::get_kb(conn, &org, &kb)?;
+                let source = SourceRow::get(conn, &org, &kb, &src)?;
+                let kb = store::get(conn, &org, &kb)?;
                 Ok((source, kb))
             })
             .await;
@@ -231,7 +232,7 @@ impl SyncRunner {
             .run(move |conn| {
                 crate::db::write_transaction(conn, |conn| {
                     // The knowledge base or source may be gone by now: then nothing is written.
-                    store::get_source(conn, &org, &kb, &source_id)?;
+                    SourceRow::get(conn, &org, &kb, &source_id)?;
                     store::delete_source_documents(conn, &source_id)?;
                     super::write(conn, &prepared)
                 })

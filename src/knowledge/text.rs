@@ -166,91 +166,106 @@ fn decode_entities(s: &str) -> String {
     out
 }
 
+/// Elements that start a new line of text.
+const BLOCK_ELEMENTS: &[&str] = &[
+    "p",
+    "div",
+    "br",
+    "li",
+    "ul",
+    "ol",
+    "tr",
+    "table",
+    "section",
+    "article",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "pre",
+    "blockquote",
+    "header",
+    "footer",
+    "nav",
+];
+
+/// Elements whose content is not visible text.
+const HIDDEN_ELEMENTS: &[&str] = &["script", "style", "title", "noscript"];
+
 /// The visible text of an HTML page (block elements become line breaks) and its `<title>`.
 pub fn html_to_text(html: &str) -> (String, Option<String>) {
     let lower = html.to_ascii_lowercase();
-    let title = lower.find("<title").and_then(|start| {
-        let open_end = start + lower[start..].find('>')? + 1;
-        let close = open_end + lower[open_end..].find("</title")?;
-        let t = decode_entities(html.get(open_end..close)?)
-            .trim()
-            .to_string();
-        (!t.is_empty()).then_some(t)
-    });
     let mut out = String::with_capacity(html.len() / 2);
     let mut i = 0;
-    let bytes = html.as_bytes();
+    let len = html.len();
     let mut text_start = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'<' {
+    while i < len {
+        if html.as_bytes()[i] != b'<' {
             i += 1;
             continue;
         }
         out.push_str(&decode_entities(&html[text_start..i]));
-        // Skip comments, and the whole of script/style/head-title elements.
-        if lower[i..].starts_with("<!--") {
-            i = lower[i..].find("-->").map_or(bytes.len(), |e| i + e + 3);
-            text_start = i;
-            continue;
-        }
-        let tag_end = lower[i..].find('>').map_or(bytes.len(), |e| i + e + 1);
-        let name: String = lower[i + 1..tag_end.min(lower.len())]
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect();
-        let closing = lower[i + 1..].starts_with('/');
-        if !closing && matches!(name.as_str(), "script" | "style" | "title" | "noscript") {
-            let close = format!("</{name}");
-            i = lower[tag_end..]
-                .find(&close)
-                .and_then(|e| {
-                    let c = tag_end + e;
-                    lower[c..].find('>').map(|g| c + g + 1)
-                })
-                .unwrap_or(bytes.len());
-            text_start = i;
-            continue;
-        }
-        if matches!(
-            name.as_str(),
-            "p" | "div"
-                | "br"
-                | "li"
-                | "ul"
-                | "ol"
-                | "tr"
-                | "table"
-                | "section"
-                | "article"
-                | "h1"
-                | "h2"
-                | "h3"
-                | "h4"
-                | "h5"
-                | "h6"
-                | "pre"
-                | "blockquote"
-                | "header"
-                | "footer"
-                | "nav"
-        ) {
-            out.push('\n');
-        }
-        i = tag_end;
+        i = if lower[i..].starts_with("<!--") {
+            lower[i..].find("-->").map_or(len, |e| i + e + 3)
+        } else {
+            past_tag(&lower, i, &mut out)
+        };
         text_start = i;
     }
-    if text_start < bytes.len() {
+    if text_start < len {
         out.push_str(&decode_entities(&html[text_start..]));
     }
-    // Collapse runs of blank space, keep line structure.
-    let text = out
-        .lines()
+    (collapse_blank_space(&out), html_title(html, &lower))
+}
+
+/// The decoded, trimmed `<title>` of an HTML page (`lower` is the page lower-cased), if any.
+fn html_title(html: &str, lower: &str) -> Option<String> {
+    let start = lower.find("<title")?;
+    let open_end = start + lower[start..].find('>')? + 1;
+    let close = open_end + lower[open_end..].find("</title")?;
+    let t = decode_entities(html.get(open_end..close)?)
+        .trim()
+        .to_string();
+    (!t.is_empty()).then_some(t)
+}
+
+/// Where the text goes on after the tag at `i` of the lower-cased page: after the tag, or
+/// after the whole element when its content is hidden. A block element breaks the line in
+/// `out`.
+fn past_tag(lower: &str, i: usize, out: &mut String) -> usize {
+    let len = lower.len();
+    let tag_end = lower[i..].find('>').map_or(len, |e| i + e + 1);
+    let name: String = lower[i + 1..tag_end.min(len)]
+        .trim_start_matches('/')
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let closing = lower[i + 1..].starts_with('/');
+    if !closing && HIDDEN_ELEMENTS.contains(&name.as_str()) {
+        let close = format!("</{name}");
+        return lower[tag_end..]
+            .find(&close)
+            .and_then(|e| {
+                let c = tag_end + e;
+                lower[c..].find('>').map(|g| c + g + 1)
+            })
+            .unwrap_or(len);
+    }
+    if BLOCK_ELEMENTS.contains(&name.as_str()) {
+        out.push('\n');
+    }
+    tag_end
+}
+
+/// `text` with runs of blank space collapsed and blank lines dropped; lines kept.
+fn collapse_blank_space(text: &str) -> String {
+    text.lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join("\n");
-    (text, title)
+        .join("\n")
 }
 
 /// One chunk: its text and where it sits in the document (character offsets).

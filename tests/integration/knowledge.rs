@@ -554,7 +554,7 @@ async fn url_and_github_sources_sync_from_local_servers(backend: Backend) {
     let org = kb_org(&app, &kb_id).await;
     app.store
         .run(move |conn| {
-            agentplane::db::knowledge::insert_sync(
+            <agentplane::db::knowledge::SyncRow as agentplane::db::crud::Child>::insert(
                 conn,
                 &agentplane::db::knowledge::SyncRow {
                     id: "sync_interrupted".into(),
@@ -958,11 +958,16 @@ backend_test!(files_upload_as_multipart_sources, |app| {
 /// The texts of a query's results.
 async fn found(app: &TestApp, kb: &str, words: &str) -> Vec<String> {
     let r = query(app, kb, json!({"query": words})).await;
-    r["results"]
+    strings_at(&r, "results", "content")
+}
+
+/// The `field` of each item of the array `list` of `value`.
+fn strings_at(value: &Value, list: &str, field: &str) -> Vec<String> {
+    value[list]
         .as_array()
-        .expect("results")
+        .expect(list)
         .iter()
-        .filter_map(|h| h["content"].as_str().map(str::to_string))
+        .filter_map(|item| item[field].as_str().map(str::to_string))
         .collect()
 }
 
@@ -1166,4 +1171,79 @@ backend_test!(concurrent_keyed_creates_make_one_kb, |app| {
     let (status, list) = json(app.get("/v1/knowledge").await).await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["pagination"]["total"], 1, "{list}");
+});
+
+/// The ids of a list page.
+fn ids_of(page: &Value) -> Vec<String> {
+    strings_at(page, "data", "id")
+}
+
+backend_test!(lists_page_by_cursor_as_by_page_number, |app| {
+    let kb = create_kb(&app, json!({"name": "Paged"})).await;
+    let kb_id = kb["id"].as_str().expect("id");
+    let documents: Vec<Value> = ["Alpha", "Beta", "Gamma"]
+        .iter()
+        .map(|t| json!({"title": t, "text": format!("{t} text")}))
+        .collect();
+    ingest(&app, kb_id, json!({"documents": documents})).await;
+    for t in ["one", "two", "three"] {
+        let path = format!("/v1/knowledge/{kb_id}/sources");
+        let body = json!({"type": "text", "name": t, "text": format!("{t} text")});
+        assert_eq!(
+            app.send_json(Method::POST, &path, &body).await.status(),
+            201
+        );
+    }
+
+    for list in ["documents", "sources"] {
+        let base = format!("/v1/knowledge/{kb_id}/{list}");
+        let (_, all) = json(app.get(&base).await).await;
+        let order = ids_of(&all);
+        assert_eq!(
+            order.len(),
+            if list == "documents" { 6 } else { 3 },
+            "{all}"
+        );
+        // Page numbers and cursors walk the same order, newest first.
+        let mut by_cursor = Vec::new();
+        let mut next = format!("{base}?per_page=2");
+        loop {
+            let (status, page) = json(app.get(&next).await).await;
+            assert_eq!(status, 200, "{page}");
+            by_cursor.extend(ids_of(&page));
+            let Some(cursor) = page["pagination"]["next_cursor"].as_str() else {
+                break;
+            };
+            next = format!("{base}?cursor={cursor}&limit=2");
+        }
+        assert_eq!(by_cursor, order, "{list} by cursor");
+        let (_, second) = json(app.get(&format!("{base}?page=2&per_page=2")).await).await;
+        assert_eq!(
+            ids_of(&second),
+            order[2..order.len().min(4)].to_vec(),
+            "{list} page 2"
+        );
+        assert_eq!(second["pagination"]["total"], order.len());
+    }
+
+    // A cursor naming a row that is gone pages by its offset.
+    let base = format!("/v1/knowledge/{kb_id}/documents");
+    let (_, first) = json(app.get(&format!("{base}?per_page=1")).await).await;
+    let cursor = first["pagination"]["next_cursor"]
+        .as_str()
+        .expect("cursor")
+        .to_string();
+    let gone = &ids_of(&first)[0];
+    let resp = app
+        .req(Method::DELETE, &format!("{base}/{gone}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 204);
+    let (_, rest) = json(app.get(&base).await).await;
+    let (_, after) = json(app.get(&format!("{base}?cursor={cursor}&limit=1")).await).await;
+    assert_eq!(ids_of(&after), ids_of(&rest)[1..2].to_vec(), "{after}");
+
+    let (status, bad) = json(app.get(&format!("{base}?cursor=nonsense")).await).await;
+    assert_eq!((status, fields(&bad)), (400, vec!["cursor".to_string()]));
 });
