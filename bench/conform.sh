@@ -11,7 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 MAX_EXAMPLES=${MAX_EXAMPLES:-40}
-PORT=${PORT:-18311}
 SCHEMATHESIS=${SCHEMATHESIS:-$ROOT/.tools/venv/bin/schemathesis}
 WORK=$(mktemp -d /tmp/agentplane-bench-conform.XXXXXX)
 PIDS=()
@@ -22,15 +21,17 @@ trap cleanup EXIT
 echo "==> building (release)"
 cargo build --release --quiet --bin agentplane
 
-echo "==> starting agentplane on SQLite (127.0.0.1:$PORT)"
-AGENTPLANE_LOG=warn ./target/release/agentplane serve --listen "127.0.0.1:$PORT" \
+echo "==> starting agentplane on SQLite (a port the OS picks)"
+AGENTPLANE_LOG=warn ./target/release/agentplane serve --listen "127.0.0.1:0" \
   --database "sqlite://$WORK/bench.db" >"$WORK/ap.out" 2>"$WORK/ap.err" &
 PIDS+=($!)
 for _ in $(seq 1 100); do grep -q listening "$WORK/ap.out" 2>/dev/null && break; sleep 0.1; done
 KEY=$(grep -o 'ap_[A-Za-z0-9]*' "$WORK/ap.out" | head -n1)
+ADDR=$(grep -o 'listening on http://[0-9.:]*' "$WORK/ap.out" | head -n1 | sed 's|.*http://||')
+[ -n "$ADDR" ] || { cat "$WORK/ap.err"; echo "the server did not say where it listens" >&2; exit 1; }
 [ -n "$KEY" ] || { cat "$WORK/ap.err"; echo "no admin key printed" >&2; exit 1; }
-SPEC="http://127.0.0.1:$PORT/openapi.json"
-BASE="http://127.0.0.1:$PORT"
+SPEC="http://$ADDR/openapi.json"
+BASE="http://$ADDR"
 
 now() { python3 -c 'import time; print(time.monotonic())'; }
 

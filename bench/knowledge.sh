@@ -7,12 +7,12 @@
 #
 #   bench/knowledge.sh                      # 10,000 chunks, 1,000 queries
 #   CHUNKS=50000 QUERIES=2000 bench/knowledge.sh
-#   PG_PORT=58432 bench/knowledge.sh        # the throw-away PostgreSQL's port
+#   PG_PORT=58432 bench/knowledge.sh        # the throw-away PostgreSQL's port (default: one the OS hands out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHUNKS=${CHUNKS:-10000}
 QUERIES=${QUERIES:-1000}
-PG_PORT=${PG_PORT:-55440}
+PG_PORT=${PG_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 TARGET=${CARGO_TARGET_DIR:-target}
 WORK=$(mktemp -d /tmp/agentplane-kbench.XXXXXX)
 chmod 755 "$WORK"

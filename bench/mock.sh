@@ -18,7 +18,8 @@ PRISM=$ROOT/.tools/node/node_modules/.bin/prism
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}
-PORT=${PORT:-18610}
+# A port the OS hands out (the machines are shared: never a fixed number).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d /tmp/agentplane-bench-mock.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -106,7 +107,8 @@ RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 run() {
   local tool=$1 spec_name=$2 path=$3 header=$4; shift 4
-  local port=$((PORT++))
+  local port
+  port=$(free_port)
   local url="http://127.0.0.1:$port$path"
   local cmd=()
   for arg in "$@"; do cmd+=("${arg//@PORT@/$port}"); done
