@@ -38,7 +38,8 @@ now() { python3 -c 'import time; print(time.monotonic())'; }
 echo "==> schemathesis $("$SCHEMATHESIS" --version | awk '{print $NF}') --phases fuzzing --max-examples $MAX_EXAMPLES"
 start=$(now)
 set +e
-"$SCHEMATHESIS" run "$SPEC" --url "$BASE" -H "Authorization: Bearer $KEY" \
+python3 scripts/schemathesis_config.py schemathesis.toml generated/openapi.json >"$WORK/schemathesis.toml"
+"$SCHEMATHESIS" --config-file "$WORK/schemathesis.toml" run "$SPEC" --url "$BASE" -H "Authorization: Bearer $KEY" \
   --checks all --phases fuzzing --mode all --max-examples "$MAX_EXAMPLES" --seed 1 \
   --suppress-health-check all --no-color \
   --report junit --report-dir "$WORK/schemathesis" >"$WORK/st.out" 2>&1
@@ -79,7 +80,8 @@ with open(out + ".md", "w") as f:
     f.write(f"# agentplane conform vs Schemathesis, {out.rsplit('/', 1)[-1].removeprefix('conform-')}\n\n")
     f.write(f"Both on the same fresh `agentplane serve` (release build, SQLite, loopback, {cpus} CPUs), "
             f"the spec it publishes, `--phases fuzzing --max-examples {examples} --seed 1`. "
-            "Schemathesis: `--checks all --mode all --suppress-health-check all` (positive and negative data, 1 worker). "
+            "Schemathesis: the configuration CI gives it (`schemathesis.toml` and the spec's business-rule statuses, "
+            "`scripts/schemathesis_config.py`), `--checks all --mode all --suppress-health-check all` (positive and negative data, 1 worker). "
             "agentplane conform: defaults (all checks, positive data in this phase, 4 workers). "
             "Schemathesis runs first, so conform meets the data it created. Wall time includes start-up and "
             "fetching the spec. Cases are Schemathesis's `N generated` and conform's request count, which includes "

@@ -11,7 +11,8 @@
 #   scripts/clients.sh --update   regenerate and keep the result (commit it), then run every suite
 #
 # Artifacts land in $CARGO_TARGET_DIR/clients/ (or target/clients/): swagger-ui.png,
-# api-reference.html, the generators' logs.
+# conform-coverage.html/.json/.png (a quick conform run's coverage page, screenshotted by the
+# same browser test), api-reference.html, the generators' logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -174,10 +175,11 @@ if [ -n "${AGENTPLANE_TEST_POSTGRES:-}" ]; then
   (export AGENTPLANE_E2E_DATABASE=$db && run_python)
 fi
 
-log "Swagger UI in Chromium (playwright-core)"
+log "Swagger UI and the conform coverage page in Chromium (playwright-core)"
 CLIENTS_NODE_TOOLS=$NODE_TOOLS CHROMIUM=$CHROMIUM node --test clients/browser/swagger-ui.test.mjs
 [ -s "$OUT/swagger-ui.png" ] || fail "no screenshot at $OUT/swagger-ui.png"
-echo "screenshot: $OUT/swagger-ui.png"
+[ -s "$OUT/conform-coverage.png" ] || fail "no screenshot at $OUT/conform-coverage.png"
+echo "screenshots: $OUT/swagger-ui.png $OUT/conform-coverage.png"
 
 log "static API reference (redocly build-docs $REDOCLY_VERSION)"
 REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true \

@@ -146,6 +146,15 @@ struct ConformArgs {
     /// credentials redacted).
     #[arg(long)]
     cassette: Option<std::path::PathBuf>,
+    /// Write the coverage report here: JSON for a `.json` name, else a static HTML page
+    /// (repeatable, one per format). Per operation: statuses observed and never observed,
+    /// parameters and body properties sent, response properties seen, links followed.
+    #[arg(long)]
+    coverage: Vec<std::path::PathBuf>,
+    /// Exit 1 when fewer than N percent of the documented (operation, status) pairs were
+    /// observed.
+    #[arg(long, value_name = "N")]
+    min_coverage: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -375,6 +384,8 @@ async fn conform(args: ConformArgs) -> u8 {
         junit: args.junit,
         report: args.report,
         cassette: args.cassette,
+        coverage: args.coverage,
+        min_coverage: args.min_coverage,
     })
     .await
 }

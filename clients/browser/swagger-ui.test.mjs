@@ -1,31 +1,33 @@
 // Swagger UI in a real browser: Debian's Chromium, driven by playwright-core, opens /docs/ on
 // a server this test starts, authorizes with an API key, runs "Try it out" on listAgents and
-// sees a 200 with data. The screenshot is saved under $CARGO_TARGET_DIR/clients/ (or
-// target/clients/) as a CI artifact.
+// sees a 200 with data. It then runs a quick `agentplane conform --coverage` against a
+// second fresh server and opens the coverage page it wrote (a static file, no script). The
+// screenshots are saved under $CARGO_TARGET_DIR/clients/ (or target/clients/) as CI
+// artifacts: swagger-ui.png, swagger-ui-page.png, conform-coverage.png.
 //
 // Environment: CLIENTS_NODE_TOOLS (the folder where scripts/clients.sh installed
 // playwright-core), AGENTPLANE_BIN (the server binary), CHROMIUM (default /usr/bin/chromium).
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
 const target = process.env.CARGO_TARGET_DIR ?? join(root, "target");
 const tools = process.env.CLIENTS_NODE_TOOLS ?? join(root, ".tools/clients-node");
 const { chromium } = createRequire(join(tools, "package.json"))("playwright-core");
+const bin = process.env.AGENTPLANE_BIN ?? join(target, "debug", "agentplane");
 
 let server;
 let browser;
 
 async function startServer() {
   const dir = mkdtempSync(join(tmpdir(), "agentplane-ui-"));
-  const bin = process.env.AGENTPLANE_BIN ?? join(target, "debug", "agentplane");
   const child = spawn(bin, ["serve", "--listen", "127.0.0.1:0", "--database", `sqlite://${dir}/db`], {
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -56,6 +58,20 @@ async function startServer() {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Runs a command to its end (killed after `timeout` ms): its exit status and stderr. */
+function runToEnd(command, args, timeout) {
+  return new Promise((ok) => {
+    const child = spawn(command, args, { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeout);
+    child.once("exit", (status) => {
+      clearTimeout(timer);
+      ok({ status, stderr });
+    });
+  });
 }
 
 before(async () => {
@@ -152,4 +168,52 @@ test("Swagger UI: authorize with a key, Try it out on listAgents, 200 with data"
   await page.screenshot({ path: join(shots, "swagger-ui-page.png"), fullPage: true });
   assert.deepEqual(failures, [], "every request the page made succeeded");
   passed = true;
+});
+
+test("conform coverage page: every operation listed, readable without script", async () => {
+  const shots = join(target, "clients");
+  mkdirSync(shots, { recursive: true });
+  const html = join(shots, "conform-coverage.html");
+  const json = join(shots, "conform-coverage.json");
+  for (const stale of [html, json, join(shots, "conform-coverage.png")]) rmSync(stale, { force: true });
+  // A server of its own: the conform run creates resources the Swagger UI test counts.
+  const own = await startServer();
+  try {
+    // Two requests per operation and phase, no boundary or negative phase: a few seconds,
+    // and every operation exercised.
+    // Asynchronously: a blocked event loop would stop draining the server's output pipes.
+    const run = await runToEnd(
+      bin,
+      [
+        "conform", "--spec", `${own.url}/openapi.json`, "--url", own.url,
+        "-H", `Authorization: Bearer ${own.key}`, "--seed", "1", "--max-examples", "2",
+        "--phases", "examples,fuzzing,stateful", "--coverage", html, "--coverage", json,
+      ],
+      120_000,
+    );
+    // Exit 1 would be a failed check, which scripts/test.sh judges; 2 is a broken run.
+    assert.ok(run.status === 0 || run.status === 1, `conform exited ${run.status}:\n${run.stderr}`);
+  } finally {
+    await own.stop();
+  }
+  assert.ok(existsSync(html), "conform wrote the coverage page");
+  const report = JSON.parse(readFileSync(json, "utf8"));
+  const ops = report.totals.operations;
+  assert.ok(ops.documented > 0);
+  assert.equal(ops.covered, ops.documented, "every operation exercised");
+
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1200 }, javaScriptEnabled: false });
+  const external = [];
+  page.on("request", (r) => {
+    if (!r.url().startsWith("file:")) external.push(r.url());
+  });
+  await page.goto(pathToFileURL(html).href);
+  await page.getByRole("heading", { name: "Conformance coverage" }).waitFor();
+  assert.equal(await page.locator("h2", { hasText: "Per tag" }).count(), 1);
+  // One row per operation across the per-tag tables (an operation with two tags shows twice).
+  const rows = await page.locator("table.ops tbody tr").count();
+  assert.ok(rows >= report.totals.operations.documented, `${rows} rows`);
+  assert.ok((await page.locator("svg.bar").count()) > 0, "a bar per tag");
+  await page.screenshot({ path: join(shots, "conform-coverage.png") });
+  assert.deepEqual(external, [], "the page loads nothing from anywhere");
 });

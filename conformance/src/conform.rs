@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::coverage::Coverage;
 use crate::report;
 use crate::runner::{self, Config, Phase};
 use crate::spec;
@@ -44,6 +45,11 @@ pub struct CommandOptions {
     pub report: Option<PathBuf>,
     /// Record every interaction here as a Schemathesis-compatible VCR cassette.
     pub cassette: Option<PathBuf>,
+    /// Write the coverage report to each path: JSON for a `.json` name, else HTML.
+    pub coverage: Vec<PathBuf>,
+    /// Fail the run (exit 1) when fewer than this percent of the documented
+    /// (operation, status) pairs were observed.
+    pub min_coverage: Option<f64>,
 }
 
 /// Parses a `Name: value` header line.
@@ -169,6 +175,17 @@ pub async fn run_command(options: CommandOptions) -> u8 {
     config.phases = phases;
     config.checks = checks;
     config.cassette = options.cassette.clone();
+    if options.min_coverage.is_some_and(|m| m.is_nan() || m < 0.0) {
+        return usage("--min-coverage takes a percentage, 0 or more".into());
+    }
+    let coverage = (!options.coverage.is_empty() || options.min_coverage.is_some()).then(|| {
+        let coverage = Arc::new(Coverage::new(&doc));
+        let observer = coverage.clone();
+        config.observer = Some(Arc::new(move |op: &str, ex: &crate::response::Exchange| {
+            observer.observe(op, ex);
+        }));
+        coverage
+    });
     config.progress = Some(Arc::new(|line: &str| eprintln!("{line}")));
     // A terminal gets a line per operation and phase; a log file or pipe at most one line
     // per operation (and per stateful chain).
@@ -193,9 +210,29 @@ pub async fn run_command(options: CommandOptions) -> u8 {
             return usage(format!("cannot write {}: {e}", path.display()));
         }
     }
-    if report.passed() {
-        EXIT_PASSED
-    } else {
-        EXIT_FAILED
+    let mut passed = report.passed();
+    if let Some(coverage) = coverage {
+        let covered = coverage.finish(&report);
+        println!("{}", covered.summary_line());
+        for path in &options.coverage {
+            let text = if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+            {
+                serde_json::to_string_pretty(&covered.to_json()).unwrap_or_default()
+            } else {
+                covered.to_html(&format!("{} against {base}", options.spec))
+            };
+            if let Err(e) = std::fs::write(path, text) {
+                return usage(format!("cannot write {}: {e}", path.display()));
+            }
+        }
+        if let Some(min) = options.min_coverage
+            && let Err(message) = covered.check_min(min)
+        {
+            eprintln!("agentplane conform: {message}");
+            passed = false;
+        }
     }
+    if passed { EXIT_PASSED } else { EXIT_FAILED }
 }

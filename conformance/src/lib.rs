@@ -6,13 +6,14 @@
 //! handler runs; `codegen` bundles with it; the mock and the conformance runner build on it.
 //! The conformance harness (`agentplane conform`) generates data from schemas ([`generate`]),
 //! sends it ([`runner`]), judges the responses with named [`checks`] and renders a
-//! [`report`], and can record every interaction as a Schemathesis-compatible
-//! [`cassette`]. The mock server (`agentplane mock`, [`mock`]) serves any spec from the same
+//! [`report`] and a [`coverage`] report of what it exercised, and can record every
+//! interaction as a Schemathesis-compatible [`cassette`]. The mock server (`agentplane mock`, [`mock`]) serves any spec from the same
 //! loader, router, validator and generator.
 
 pub mod cassette;
 pub mod checks;
 pub mod conform;
+pub mod coverage;
 pub mod diff;
 pub mod generate;
 pub mod mock;

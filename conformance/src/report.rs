@@ -112,7 +112,9 @@ pub fn to_json(report: &Report) -> Value {
     })
 }
 
-fn xml_escape(s: &str) -> String {
+/// Escapes text for XML or HTML (attributes included); drops control characters XML 1.0
+/// cannot hold.
+pub(crate) fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -106,6 +106,8 @@ impl Phase {
 
 /// A progress callback: one line per finished unit of work.
 pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+/// An observer of every judged exchange and its operation (`METHOD /path`).
+pub type Observer = Arc<dyn Fn(&str, &Exchange) + Send + Sync>;
 
 /// What to run and against what.
 #[derive(Clone)]
@@ -135,6 +137,8 @@ pub struct Config {
     pub progress_per_operation: bool,
     /// Record every interaction into this file as a Schemathesis-compatible VCR cassette.
     pub cassette: Option<PathBuf>,
+    /// Called with every judged exchange, for [`crate::coverage`].
+    pub observer: Option<Observer>,
 }
 
 impl std::fmt::Debug for Config {
@@ -171,6 +175,7 @@ impl Config {
             progress: None,
             progress_per_operation: false,
             cassette: None,
+            observer: None,
         }
     }
 }
@@ -2232,6 +2237,9 @@ fn judge_with(
     pages: &[Exchange],
     outcome: &mut OpOutcome,
 ) -> Vec<CheckRecord> {
+    if let Some(observe) = &shared.config.observer {
+        observe(&op.label, exchange);
+    }
     let mut records = Vec::new();
     let ctx = CheckContext {
         operation: &op.label,
