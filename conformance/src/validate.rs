@@ -656,9 +656,11 @@ fn media_matches(declared: &str, actual: &str) -> bool {
         && actual.ends_with("+json")
 }
 
-/// Adds the violations of one schema error. A failed `oneOf`/`anyOf` where only one branch
-/// could have been meant (the others fail on the type alone, like the `null` branch of a
-/// nullable object) reports that branch's errors, which name the real field.
+/// Adds the violations of one schema error. A failed `oneOf`/`anyOf` reports what names the
+/// real field: when only one branch could have been meant (the others fail on the type alone,
+/// like the `null` branch of a nullable object, or on the `const` of a tag property such as a
+/// node's `type`), that branch's errors; else the errors every candidate branch shares (a
+/// missing or unknown tag: `nodes[0].type`); else the `oneOf` itself.
 fn push_violations(
     location: Location,
     base: &str,
@@ -672,10 +674,11 @@ fn push_violations(
         let plausible: Vec<&Vec<jsonschema::ValidationError<'static>>> = context
             .iter()
             .filter(|branch| {
-                !branch.iter().all(|e| {
+                let wrong_type = branch.iter().all(|e| {
                     matches!(e.kind(), ValidationErrorKind::Type { .. })
                         && e.instance_path().as_str() == parent
-                })
+                });
+                !wrong_type && !branch.iter().any(|e| wrong_tag(parent, e))
             })
             .collect();
         if let [branch] = plausible.as_slice() {
@@ -684,8 +687,52 @@ fn push_violations(
             }
             return;
         }
+        let candidates: Vec<&Vec<jsonschema::ValidationError<'static>>> = if plausible.is_empty() {
+            context.iter().collect()
+        } else {
+            plausible
+        };
+        if let Some((first, rest)) = candidates.split_first() {
+            let shared: Vec<&jsonschema::ValidationError<'static>> = first
+                .iter()
+                .filter(|e| rest.iter().all(|b| b.iter().any(|o| same_error(e, o))))
+                .collect();
+            if !shared.is_empty() {
+                for e in shared {
+                    out.push(to_violation(location, base, e));
+                }
+                return;
+            }
+        }
     }
     out.push(to_violation(location, base, error));
+}
+
+/// Whether `e` is a `const`/`enum` failure of a direct property of the object at `parent`: the
+/// branch is for another value of a tag (a node of another `type`).
+fn wrong_tag(parent: &str, e: &jsonschema::ValidationError<'_>) -> bool {
+    let path = e.instance_path().as_str();
+    let is_child = path
+        .strip_prefix(parent)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'));
+    is_child && matches!(e.kind().keyword(), "const" | "enum")
+}
+
+/// Whether two errors say the same thing of the same place.
+fn same_error(a: &jsonschema::ValidationError<'_>, b: &jsonschema::ValidationError<'_>) -> bool {
+    if a.instance_path().as_str() != b.instance_path().as_str()
+        || a.kind().keyword() != b.kind().keyword()
+    {
+        return false;
+    }
+    match (a.kind(), b.kind()) {
+        (
+            ValidationErrorKind::Required { property: p },
+            ValidationErrorKind::Required { property: q },
+        ) => p == q,
+        _ => true,
+    }
 }
 
 /// Turns a schema error into a violation whose field is a dotted path under `base`.

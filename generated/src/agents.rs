@@ -423,7 +423,7 @@ pub trait AgentsApi: crate::Authenticate {
     ) -> impl std::future::Future<Output = Result<ListAgentsResponse, crate::ApiError>> + Send;
     /// Create an agent
     ///
-    /// Creates an agent in the caller's organization. Platform tokens are stored and never returned.
+    /// Creates an agent in the caller's organization. Platform tokens are stored and never returned. Its `model_id`, `prompt_template_id`, `knowledge_bases` and `tools` must name objects of the caller's organization (a model may also be named, like `gpt-4`), and a `flow` must be a valid graph whose nodes reference such objects; otherwise the answer is **422** naming each field (`knowledge_bases[1]`, `flow.nodes[2].config.tool_id`). The same holds for replace, patch, bulk patch and marketplace installs.
     fn create_agent(
         &self,
         caller: Self::Caller,
@@ -576,7 +576,7 @@ impl<T: AgentsApi> AgentsRoutes<T> {
     }
     /// Create an agent
     ///
-    /// Creates an agent in the caller's organization. Platform tokens are stored and never returned.
+    /// Creates an agent in the caller's organization. Platform tokens are stored and never returned. Its `model_id`, `prompt_template_id`, `knowledge_bases` and `tools` must name objects of the caller's organization (a model may also be named, like `gpt-4`), and a `flow` must be a valid graph whose nodes reference such objects; otherwise the answer is **422** naming each field (`knowledge_bases[1]`, `flow.nodes[2].config.tool_id`). The same holds for replace, patch, bulk patch and marketplace installs.
     #[oai(path = "/v1/agents", method = "post", operation_id = "createAgent")]
     async fn create_agent(
         &self,

@@ -3,6 +3,11 @@
 //! Rows and API types meet in the wire format: a row becomes the JSON the spec describes and
 //! is parsed into the generated type, and a request body is split back into columns. So a new
 //! field in the spec needs no change here unless it must be a column of its own.
+//!
+//! Agents follow the one CRUD shape ([`super::resource`]) where they can: reads, lists and
+//! creates go through it. What is their own: every write publishes an event in its
+//! transaction, a save checks what the agent refers to ([`refs`]), and lists sort on any of
+//! several fields (keyset paging on that field, with the shared cursor).
 
 use agentplane_api::models::{
     self, Agent, AgentBulkResult, AgentBulkUpdate, AgentField, AgentFieldset, AgentList,
@@ -14,13 +19,18 @@ use poem_openapi::types::{ParseFromJSON, ToJSON};
 use serde_json::{Map, Value};
 
 use super::Handlers;
-use super::idem::{self, Created};
-use super::paging::{PageRequest, etag, etag_matches, not_modified};
+use super::idem::{self, NewKeyed};
+use super::paging::{etag, etag_matches};
+use super::resource::{Resource, created};
 use crate::auth::Caller;
-use crate::db::StoreError;
 use crate::db::agents::{self as store, AgentChanges, AgentRow, AgentStatus, ListQuery, SortField};
+use crate::db::crud::Identified;
+use crate::db::sql::Page;
 use crate::db::types::same_variants;
+use crate::db::{DbConnection, StoreError, StoreResult};
 use crate::error::{Failure, Kind, detail, store_error};
+
+mod refs;
 
 pub(crate) const NOT_FOUND: &str = "AGENT_NOT_FOUND";
 /// Fields that are columns of their own; everything else lives in the `body` document.
@@ -68,6 +78,28 @@ pub(crate) fn row_to_agent(row: &AgentRow) -> Result<Agent, StoreError> {
     Agent::parse_from_json(Some(Value::Object(obj))).map_err(|e| corrupt(row, e.message()))
 }
 
+impl Resource for Agent {
+    type Row = AgentRow;
+    const NOT_FOUND: &'static str = NOT_FOUND;
+
+    fn from_row(row: &AgentRow) -> Result<Agent, StoreError> {
+        row_to_agent(row)
+    }
+}
+
+/// An agent of a list page: its row, its JSON, and what `expand` found for it.
+struct Listed {
+    row: AgentRow,
+    json: Map<String, Value>,
+    expanded: Option<Value>,
+}
+
+impl Identified for Listed {
+    fn id(&self) -> &str {
+        &self.row.id
+    }
+}
+
 /// `row`'s JSON (`obj`, as [`row_to_json`] reads it) with only `fields`, and `expanded`.
 fn row_to_fieldset(
     row: &AgentRow,
@@ -100,7 +132,7 @@ fn linked_ids(agent: &Map<String, Value>, key: &str) -> Vec<String> {
 /// `expanded` for each of `agents` (their JSON): the knowledge bases and tools their ids
 /// name, each looked up once for the page, in the order the agent lists them.
 fn expansions(
-    conn: &mut crate::db::DbConnection,
+    conn: &mut DbConnection,
     org_id: &str,
     agents: &[Map<String, Value>],
     expand: &[ListAgentsExpandItem],
@@ -216,21 +248,10 @@ fn to_object(value: Option<Value>) -> Map<String, Value> {
     }
 }
 
-const CREATE_OPERATION: &str = "createAgent";
-
-/// The 409 of a reused key, in the words agents have always used.
-fn key_reused(request_id: &str) -> Failure {
-    let mut failure = idem::key_reused(request_id);
-    failure.envelope.error.message = "this Idempotency-Key was used with a different request \
-        body, or for an agent since deleted"
-        .to_string();
-    failure
-}
-
 /// Publishes `agent.created` or `agent.updated` with the agent as its data, in the caller's
 /// transaction.
-pub(crate) fn publish_agent(
-    conn: &mut crate::db::DbConnection,
+fn publish_agent(
+    conn: &mut DbConnection,
     event_type: &str,
     row: &AgentRow,
 ) -> Result<(), StoreError> {
@@ -285,12 +306,8 @@ fn time_bound(
         .transpose()
 }
 
-/// The storage query of a list request for `page`.
-fn list_query(
-    params: &ListAgentsParams,
-    page: &PageRequest,
-    request_id: &str,
-) -> Result<ListQuery, Failure> {
+/// The storage query of a list request (for its first page: the list sets the page).
+fn list_query(params: &ListAgentsParams, request_id: &str) -> Result<ListQuery, Failure> {
     let (sort, descending) = sort_of(params);
     let created_gte = params.filter_created_at_gte.as_deref();
     let created_lte = params.filter_created_at_lte.as_deref();
@@ -302,9 +319,7 @@ fn list_query(
         created_lte: time_bound("filter[created_at][lte]", created_lte, request_id)?,
         sort,
         descending,
-        after_id: page.after_id.clone(),
-        offset: page.offset,
-        limit: page.limit,
+        page: Page::default(),
     })
 }
 
@@ -334,7 +349,7 @@ fn check_expand_scopes(caller: &Caller, expand: &[ListAgentsExpandItem]) -> Resu
 }
 
 /// The new row of an agent created from `changes` in `org_id`.
-fn new_row(org_id: &str, changes: AgentChanges) -> AgentRow {
+pub(crate) fn new_row(org_id: &str, changes: AgentChanges) -> AgentRow {
     let now = crate::ids::now();
     AgentRow {
         id: crate::ids::new_id("agent"),
@@ -352,132 +367,76 @@ fn new_row(org_id: &str, changes: AgentChanges) -> AgentRow {
 }
 
 impl Handlers {
-    async fn agents_page(
+    /// Creates `row` once per the `Idempotency-Key` of `keyed`, after `also` (in the same
+    /// transaction; the marketplace writes the agent's prompt template there), when what
+    /// `request` (the fields the caller set) refers to exists; publishes `agent.created`.
+    pub(crate) async fn insert_agent(
         &self,
         caller: &Caller,
-        params: ListAgentsParams,
-    ) -> Result<AgentList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let query = list_query(&params, &page, rid)?;
-        let expand = params.expand.clone().unwrap_or_default();
-        check_expand_scopes(caller, &expand)?;
-        let org = caller.org_id.clone();
-        let (rows, total, agents, expanded) = self
-            .store
-            .run(move |conn| {
-                let (rows, total) = store::list(conn, &org, &query)?;
-                let agents = rows
-                    .iter()
-                    .map(row_to_json)
-                    .collect::<Result<Vec<_>, _>>()?;
-                let expanded = expansions(conn, &org, &agents, &expand)?;
-                Ok((rows, total, agents, expanded))
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .zip(agents.into_iter().zip(expanded))
-            .map(|(row, (agent, expanded))| {
-                row_to_fieldset(row, agent, params.fields.as_deref(), expanded)
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(NOT_FOUND, rid))?;
-        Ok(AgentList {
-            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
-    }
-
-    /// Inserts the agent (and publishes `agent.created` with it), or replays the one created
-    /// under the same Idempotency-Key.
-    async fn insert_agent(
-        &self,
-        caller: &Caller,
-        params: CreateAgentParams,
+        keyed: NewKeyed,
+        row: AgentRow,
+        request: Map<String, Value>,
+        also: impl Fn(&mut DbConnection) -> StoreResult<()> + Send + 'static,
     ) -> Result<AgentRow, Failure> {
-        let rid = caller.request_id.as_str();
-        let body = params.body.to_json();
-        let request_hash = idem::request_hash(body.as_ref().unwrap_or(&Value::Null));
-        let changes = split(to_object(body), "{}").map_err(store_error(NOT_FOUND, rid))?;
-        let row = new_row(&caller.org_id, changes);
-        let keyed = idem::NewKeyed {
-            org_id: row.org_id.clone(),
-            operation: CREATE_OPERATION,
-            key: params.idempotency_key,
-            request_hash,
-            resource_id: row.id.clone(),
-        };
-        let org = row.org_id.clone();
-        let created = idem::create_keyed(
+        let (org, rid) = (caller.org_id.clone(), caller.request_id.clone());
+        let fetch_org = org.clone();
+        idem::create_resource_then(
             &self.store,
             keyed,
             move |conn| {
+                if let Err(refused) = refs::check(conn, &org, &request, &rid)? {
+                    return Ok(Err(refused));
+                }
+                also(conn)?;
                 store::insert(conn, &row)?;
                 publish_agent(conn, "agent.created", &row)?;
-                Ok(row.clone())
+                Ok(Ok(row.clone()))
             },
-            move |conn, id| store::get(conn, &org, id),
+            move |conn, id| store::get(conn, &fetch_org, id),
+            |_| self.events.wake(),
+            NOT_FOUND,
+            &caller.request_id,
         )
         .await
-        .map_err(store_error(NOT_FOUND, rid))?;
-        match created {
-            Created::New(row) => {
-                self.events.wake();
-                Ok(row)
-            }
-            Created::Replayed(row) => Ok(row),
-            Created::KeyReused => Err(key_reused(rid)),
-        }
     }
 
-    async fn agent_row(&self, caller: &Caller, id: String) -> Result<AgentRow, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
-    /// Applies `merge` (current JSON → new JSON) under the `If-Match` precondition.
+    /// Applies `merge` (current JSON → new JSON) under the `If-Match` precondition, when what
+    /// `request` (the fields the caller set) refers to exists; publishes `agent.updated`.
     async fn change_agent(
         &self,
         caller: &Caller,
         id: String,
         if_match: Option<String>,
-        merge: impl Fn(Map<String, Value>) -> Map<String, Value> + Send + 'static,
-    ) -> Result<(Agent, AgentRow), Failure> {
-        let rid = caller.request_id.as_str();
-        let org = caller.org_id.clone();
+        request: Map<String, Value>,
+        merge: impl FnOnce(Map<String, Value>) -> Map<String, Value> + Send + 'static,
+    ) -> Result<(Agent, String), Failure> {
+        let rid = caller.request_id.clone();
         let row = self
-            .store
-            .run(move |conn| {
-                store::update(
-                    conn,
-                    &org,
-                    &id,
-                    |current| {
-                        if let Some(header) = &if_match
-                            && !etag_matches(header, &etag(current.version))
-                        {
-                            return Err(StoreError::PreconditionFailed);
-                        }
-                        let merged = merge(row_to_json(current)?);
-                        split(merged, &current.secrets)
-                    },
-                    |conn, row| publish_agent(conn, "agent.updated", row),
-                )
-                .and_then(|inner| inner)
+            .run_for(caller, NOT_FOUND, move |conn, org| {
+                let change = |conn: &mut DbConnection, current: &AgentRow| {
+                    if let Some(header) = &if_match
+                        && !etag_matches(header, &etag(current.version))
+                    {
+                        return Err(StoreError::PreconditionFailed);
+                    }
+                    if let Err(refused) = refs::check(conn, org, &request, &rid)? {
+                        return Ok(Err(refused));
+                    }
+                    split(merge(row_to_json(current)?), &current.secrets).map(Ok)
+                };
+                let publish = |conn: &mut DbConnection, row: &AgentRow| {
+                    publish_agent(conn, "agent.updated", row)
+                };
+                store::update_then(conn, org, &id, change, publish)
             })
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
+            .await??;
         self.events.wake();
-        let agent = row_to_agent(&row).map_err(store_error(NOT_FOUND, rid))?;
-        Ok((agent, row))
+        let agent = row_to_agent(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        Ok((agent, etag(row.version)))
     }
 
-    /// Merges `body.updates` into every agent `body.filter` matches, all or none.
+    /// Merges `body.updates` into every agent `body.filter` matches, all or none, when what
+    /// the updates refer to exists.
     async fn bulk_change_agents(
         &self,
         caller: &Caller,
@@ -489,12 +448,15 @@ impl Handlers {
             status: body.filter.status.map(Into::into),
             search: body.filter.search,
         };
-        let merge = patch_merger(to_object(body.updates.to_json()));
-        let org = caller.org_id.clone();
+        let updates = to_object(body.updates.to_json());
+        let merge = patch_merger(updates.clone());
+        let rid = caller.request_id.clone();
         let outcome = self
-            .store
-            .run(move |conn| {
-                store::bulk_update(conn, &org, &filter, |current| {
+            .run_for(caller, NOT_FOUND, move |conn, org| {
+                if let Err(refused) = refs::check(conn, org, &updates, &rid)? {
+                    return Ok(Err(refused));
+                }
+                store::bulk_update(conn, org, &filter, |current| {
                     let changes = split(merge(row_to_json(current)?), &current.secrets)?;
                     let same = changes.name == current.name
                         && changes.agent_type == current.agent_type
@@ -505,9 +467,9 @@ impl Handlers {
                     Ok::<_, StoreError>((!same).then_some(changes))
                 })
                 .and_then(|inner| inner)
+                .map(Ok)
             })
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+            .await??;
         Ok(AgentBulkResult {
             matched: outcome.matched,
             updated: i64::try_from(outcome.updated.len()).unwrap_or(i64::MAX),
@@ -517,18 +479,15 @@ impl Handlers {
 
     /// Deletes the agent and publishes `agent.deleted`.
     async fn remove_agent(&self, caller: &Caller, id: String) -> Result<(), Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    let row = store::get(conn, &org, &id)?;
-                    store::delete(conn, &org, &id)?;
-                    let data = serde_json::json!({"id": row.id, "name": row.name});
-                    crate::events::publish(conn, &org, "agent.deleted", Some(&id), data)
-                })
+        self.run_for(caller, NOT_FOUND, move |conn, org| {
+            crate::db::write_transaction(conn, |conn| {
+                let row = store::get(conn, org, &id)?;
+                store::delete(conn, org, &id)?;
+                let data = serde_json::json!({"id": row.id, "name": row.name});
+                crate::events::publish(conn, org, "agent.deleted", Some(&id), data)
             })
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        })
+        .await?;
         self.events.wake();
         Ok(())
     }
@@ -540,8 +499,41 @@ impl AgentsApi for Handlers {
         caller: Caller,
         params: ListAgentsParams,
     ) -> Result<ListAgentsResponse, ApiError> {
-        let list = self.agents_page(&caller, params).await?;
-        Ok(ListAgentsResponse::Ok(Json(list)))
+        let query = list_query(&params, &caller.request_id)?;
+        let expand = params.expand.clone().unwrap_or_default();
+        check_expand_scopes(&caller, &expand)?;
+        let list = move |conn: &mut DbConnection, org: &str, page: &Page| {
+            let query = ListQuery {
+                page: page.clone(),
+                ..query
+            };
+            let (rows, total) = store::list(conn, org, &query)?;
+            let agents = rows
+                .iter()
+                .map(row_to_json)
+                .collect::<Result<Vec<_>, _>>()?;
+            let expanded = expansions(conn, org, &agents, &expand)?;
+            let listed = rows.into_iter().zip(agents.into_iter().zip(expanded));
+            let listed = listed.map(|(row, (json, expanded))| Listed {
+                row,
+                json,
+                expanded,
+            });
+            Ok((listed.collect::<Vec<_>>(), total))
+        };
+        let fields = params.fields.clone();
+        let fieldset = |l: &Listed| {
+            row_to_fieldset(
+                &l.row,
+                l.json.clone(),
+                fields.as_deref(),
+                l.expanded.clone(),
+            )
+        };
+        let (data, pagination) = self
+            .page_of(&caller, &params, NOT_FOUND, list, fieldset)
+            .await?;
+        Ok(ListAgentsResponse::Ok(Json(AgentList { data, pagination })))
     }
 
     async fn create_agent(
@@ -549,13 +541,17 @@ impl AgentsApi for Handlers {
         caller: Caller,
         params: CreateAgentParams,
     ) -> Result<CreateAgentResponse, ApiError> {
-        let row = self.insert_agent(&caller, params).await?;
-        let agent = row_to_agent(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(CreateAgentResponse::Created(
-            Json(agent),
-            format!("/v1/agents/{}", row.id),
-            etag(row.version),
-        ))
+        let rid = caller.request_id.as_str();
+        let request = to_object(params.body.to_json());
+        let changes = split(request.clone(), "{}").map_err(store_error(NOT_FOUND, rid))?;
+        let row = new_row(&caller.org_id, changes);
+        let keyed = NewKeyed::of(&params, &caller.org_id, &row.id);
+        let no_more = |_: &mut DbConnection| Ok(());
+        let row = self
+            .insert_agent(&caller, keyed, row, request, no_more)
+            .await?;
+        let (agent, location, tag) = created::<Agent>(&params, &row, rid)?;
+        Ok(CreateAgentResponse::Created(Json(agent), location, tag))
     }
 
     async fn get_agent(
@@ -563,13 +559,8 @@ impl AgentsApi for Handlers {
         caller: Caller,
         params: GetAgentParams,
     ) -> Result<GetAgentResponse, ApiError> {
-        let row = self.agent_row(&caller, params.agent_id).await?;
-        let tag = etag(row.version);
-        if not_modified(params.if_none_match.as_deref(), &tag) {
-            return Ok(GetAgentResponse::NotModified(tag));
-        }
-        let agent = row_to_agent(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(GetAgentResponse::Ok(Json(agent), tag))
+        let answer = self.item_if_changed::<Agent>(&caller, params.agent_id, params.if_none_match);
+        Ok(answer.await?.into())
     }
 
     async fn replace_agent(
@@ -578,11 +569,11 @@ impl AgentsApi for Handlers {
         params: ReplaceAgentParams,
     ) -> Result<ReplaceAgentResponse, ApiError> {
         let replacement = to_object(params.body.to_json());
-        let merge = move |_| replacement.clone();
-        let (agent, row) = self
-            .change_agent(&caller, params.agent_id, params.if_match, merge)
+        let (request, merge) = (replacement.clone(), move |_| replacement);
+        let (agent, tag) = self
+            .change_agent(&caller, params.agent_id, params.if_match, request, merge)
             .await?;
-        Ok(ReplaceAgentResponse::Ok(Json(agent), etag(row.version)))
+        Ok(ReplaceAgentResponse::Ok(Json(agent), tag))
     }
 
     async fn update_agent(
@@ -590,11 +581,12 @@ impl AgentsApi for Handlers {
         caller: Caller,
         params: UpdateAgentParams,
     ) -> Result<UpdateAgentResponse, ApiError> {
-        let merge = patch_merger(to_object(params.body.to_json()));
-        let (agent, row) = self
-            .change_agent(&caller, params.agent_id, params.if_match, merge)
+        let patch = to_object(params.body.to_json());
+        let merge = patch_merger(patch.clone());
+        let (agent, tag) = self
+            .change_agent(&caller, params.agent_id, params.if_match, patch, merge)
             .await?;
-        Ok(UpdateAgentResponse::Ok(Json(agent), etag(row.version)))
+        Ok(UpdateAgentResponse::Ok(Json(agent), tag))
     }
 
     async fn bulk_update_agents(
@@ -619,6 +611,7 @@ impl AgentsApi for Handlers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::paging::PageRequest;
 
     #[test]
     fn etags_match_lists_weak_forms_and_stars() {

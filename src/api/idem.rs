@@ -51,8 +51,23 @@ pub fn create_once<T>(
     conn: &mut DbConnection,
     k: &Keyed<'_>,
     mut insert: impl FnMut(&mut DbConnection) -> StoreResult<T>,
-    mut fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T>,
+    fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T>,
 ) -> StoreResult<Created<T>> {
+    let refusable = |conn: &mut DbConnection| insert(conn).map(Ok::<T, std::convert::Infallible>);
+    match create_once_or_refuse(conn, k, refusable, fetch)? {
+        Ok(created) => Ok(created),
+        Err(never) => match never {},
+    }
+}
+
+/// [`create_once`] whose `insert` may refuse with an `R` before it writes anything: then
+/// nothing is kept, not even the key, and the refusal is the answer.
+fn create_once_or_refuse<T, R>(
+    conn: &mut DbConnection,
+    k: &Keyed<'_>,
+    mut insert: impl FnMut(&mut DbConnection) -> StoreResult<Result<T, R>>,
+    mut fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T>,
+) -> StoreResult<Result<Created<T>, R>> {
     let mut last = None;
     for _ in 0..2 {
         let attempt = crate::db::write_transaction(conn, |conn| {
@@ -60,15 +75,18 @@ pub fn create_once<T>(
                 && let Some(found) = idempotency::find(conn, k.org_id, k.operation, key)?
             {
                 if found.request_hash != k.request_hash {
-                    return Ok(Created::KeyReused);
+                    return Ok(Ok(Created::KeyReused));
                 }
                 return match fetch(conn, &found.resource_id) {
-                    Ok(existing) => Ok(Created::Replayed(existing)),
-                    Err(StoreError::NotFound) => Ok(Created::KeyReused),
+                    Ok(existing) => Ok(Ok(Created::Replayed(existing))),
+                    Err(StoreError::NotFound) => Ok(Ok(Created::KeyReused)),
                     Err(e) => Err(e),
                 };
             }
-            let created = insert(conn)?;
+            let created = match insert(conn)? {
+                Ok(created) => created,
+                Err(refused) => return Ok(Err(refused)),
+            };
             if let Some(key) = k.key {
                 idempotency::insert(
                     conn,
@@ -82,7 +100,7 @@ pub fn create_once<T>(
                     },
                 )?;
             }
-            Ok(Created::New(created))
+            Ok(Ok(Created::New(created)))
         });
         match attempt {
             Err(StoreError::Conflict(reason)) if k.key.is_some() => {
@@ -114,6 +132,16 @@ impl NewKeyed {
             resource_id: resource_id.to_string(),
         }
     }
+
+    fn keyed(&self) -> Keyed<'_> {
+        Keyed {
+            org_id: &self.org_id,
+            operation: self.operation,
+            key: self.key.as_deref(),
+            request_hash: &self.request_hash,
+            resource_id: &self.resource_id,
+        }
+    }
 }
 
 /// [`create_once`] on the store's blocking pool.
@@ -124,16 +152,7 @@ pub async fn create_keyed<T: Send + 'static>(
     fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
 ) -> StoreResult<Created<T>> {
     store
-        .run(move |conn| {
-            let keyed = Keyed {
-                org_id: &k.org_id,
-                operation: k.operation,
-                key: k.key.as_deref(),
-                request_hash: &k.request_hash,
-                resource_id: &k.resource_id,
-            };
-            create_once(conn, &keyed, insert, fetch)
-        })
+        .run(move |conn| create_once(conn, &k.keyed(), insert, fetch))
         .await
 }
 
@@ -142,16 +161,39 @@ pub async fn create_keyed<T: Send + 'static>(
 pub async fn create_resource<T: Send + 'static>(
     store: &Store,
     k: NewKeyed,
-    insert: impl FnMut(&mut DbConnection) -> StoreResult<T> + Send + 'static,
+    mut insert: impl FnMut(&mut DbConnection) -> StoreResult<T> + Send + 'static,
     fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
     not_found: &str,
     request_id: &str,
 ) -> Result<T, Failure> {
-    match create_keyed(store, k, insert, fetch)
+    let refusable = move |conn: &mut DbConnection| insert(conn).map(Ok);
+    let answer = |_: &T| {};
+    create_resource_then(store, k, refusable, fetch, answer, not_found, request_id).await
+}
+
+/// [`create_resource`] whose `insert` may refuse with a [`Failure`] (a 422, say) before it
+/// writes anything, in the create's transaction (nothing is kept, not even the key), and
+/// whose `on_new` runs once a new resource is committed, not on a replay (to wake what the
+/// create queued).
+pub async fn create_resource_then<T: Send + 'static>(
+    store: &Store,
+    k: NewKeyed,
+    insert: impl FnMut(&mut DbConnection) -> StoreResult<Result<T, Failure>> + Send + 'static,
+    fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
+    on_new: impl FnOnce(&T),
+    not_found: &str,
+    request_id: &str,
+) -> Result<T, Failure> {
+    let created = store
+        .run(move |conn| create_once_or_refuse(conn, &k.keyed(), insert, fetch))
         .await
-        .map_err(|e| Failure::from_store(e, not_found, request_id))?
-    {
-        Created::New(t) | Created::Replayed(t) => Ok(t),
+        .map_err(|e| Failure::from_store(e, not_found, request_id))??;
+    match created {
+        Created::New(t) => {
+            on_new(&t);
+            Ok(t)
+        }
+        Created::Replayed(t) => Ok(t),
         Created::KeyReused => Err(key_reused(request_id)),
     }
 }

@@ -2,23 +2,25 @@
 //! search over the shipped catalog, and installs that create an agent and its prompt
 //! template in one transaction.
 
-use agentplane_api::models::{MarketplaceSort, MarketplaceTemplate, MarketplaceTemplateList};
+use agentplane_api::models::{
+    Agent, MarketplaceSort, MarketplaceTemplate, MarketplaceTemplateList,
+};
 use agentplane_api::*;
 use poem_openapi::payload::Json;
 use poem_openapi::types::ToJSON;
 use serde_json::{Map, Value};
 
 use super::Handlers;
-use super::agents::{NOT_FOUND as AGENT_NOT_FOUND, publish_agent, row_to_agent, split};
-use super::idem::{self, Created};
-use super::paging::{PageRequest, etag};
+use super::agents::{new_row, split};
+use super::idem::{self, NewKeyed};
+use super::paging::PageRequest;
+use super::resource::created;
 use crate::auth::Caller;
-use crate::db::agents::{self as agents_db, AgentRow};
+use crate::db::agents::AgentRow;
 use crate::db::templates::{self as templates_db, TemplateRow};
 use crate::error::{Failure, Kind, store_error};
 
 const NOT_FOUND: &str = "TEMPLATE_NOT_FOUND";
-const INSTALL_OPERATION: &str = "installMarketplaceTemplate";
 
 fn not_found(rid: &str) -> Failure {
     Failure::new(
@@ -73,12 +75,13 @@ fn search(params: &SearchMarketplaceParams) -> Vec<&'static MarketplaceTemplate>
     found
 }
 
-/// The agent and prompt template rows an install creates.
+/// The agent and prompt template rows an install creates, and the agent's fields whose
+/// references must exist (all but its new prompt template, written beside it).
 fn install_rows(
     t: &MarketplaceTemplate,
     caller: &Caller,
     body: &Value,
-) -> Result<(AgentRow, TemplateRow), crate::db::StoreError> {
+) -> Result<(AgentRow, TemplateRow, Map<String, Value>), crate::db::StoreError> {
     let now = crate::ids::now();
     let template = TemplateRow {
         id: crate::ids::new_id("tpl"),
@@ -122,21 +125,10 @@ fn install_rows(
         metadata.insert("workspace_id".into(), ws.into());
     }
     agent.insert("metadata".into(), Value::Object(metadata));
-    let changes = split(agent, "{}")?;
-    let row = AgentRow {
-        id: crate::ids::new_id("agent"),
-        org_id: caller.org_id.clone(),
-        name: changes.name,
-        agent_type: changes.agent_type,
-        status: changes.status,
-        description: changes.description,
-        body: changes.body,
-        secrets: changes.secrets,
-        version: 1,
-        created_at: now.clone(),
-        updated_at: now,
-    };
-    Ok((row, template))
+    let mut checked = agent.clone();
+    checked.remove("prompt_template_id");
+    let row = new_row(&caller.org_id, split(agent, "{}")?);
+    Ok((row, template, checked))
 }
 
 /// A page of the search results. Cursors resume after the item they name when it is still
@@ -179,43 +171,20 @@ impl Handlers {
     async fn install_template(
         &self,
         caller: &Caller,
-        params: InstallMarketplaceTemplateParams,
+        params: &InstallMarketplaceTemplateParams,
     ) -> Result<AgentRow, Failure> {
         let rid = caller.request_id.as_str();
         let t = find(&params.template_id).ok_or_else(|| not_found(rid))?;
         let body = params.body.to_json().unwrap_or(Value::Object(Map::new()));
-        let hash = idem::request_hash(&serde_json::json!({"template": t.id, "body": body}));
-        let (agent, template) =
+        let (agent, template, checked) =
             install_rows(t, caller, &body).map_err(store_error(NOT_FOUND, rid))?;
-        let keyed = idem::NewKeyed {
-            org_id: agent.org_id.clone(),
-            operation: INSTALL_OPERATION,
-            key: params.idempotency_key,
-            request_hash: hash,
-            resource_id: agent.id.clone(),
+        let keyed = NewKeyed {
+            // One key for another template is another request.
+            request_hash: idem::request_hash(&serde_json::json!({"template": t.id, "body": body})),
+            ..NewKeyed::of(params, &caller.org_id, &agent.id)
         };
-        let org = agent.org_id.clone();
-        let created = idem::create_keyed(
-            &self.store,
-            keyed,
-            move |conn| {
-                templates_db::insert(conn, &template)?;
-                agents_db::insert(conn, &agent)?;
-                publish_agent(conn, "agent.created", &agent)?;
-                Ok(agent.clone())
-            },
-            move |conn, id| agents_db::get(conn, &org, id),
-        )
-        .await
-        .map_err(store_error(AGENT_NOT_FOUND, rid))?;
-        match created {
-            Created::New(row) => {
-                self.events.wake();
-                Ok(row)
-            }
-            Created::Replayed(row) => Ok(row),
-            Created::KeyReused => Err(idem::key_reused(rid)),
-        }
+        let also = move |conn: &mut crate::db::DbConnection| templates_db::insert(conn, &template);
+        self.insert_agent(caller, keyed, agent, checked, also).await
     }
 }
 
@@ -243,12 +212,14 @@ impl MarketplaceApi for Handlers {
         caller: Caller,
         params: InstallMarketplaceTemplateParams,
     ) -> Result<InstallMarketplaceTemplateResponse, ApiError> {
-        let row = self.install_template(&caller, params).await?;
-        let agent = row_to_agent(&row).map_err(store_error(AGENT_NOT_FOUND, &caller.request_id))?;
+        let row = self.install_template(&caller, &params).await?;
+        // The Location is the agent's, not the install's.
+        let (agent, _, tag) = created::<Agent>(&params, &row, &caller.request_id)?;
+        let location = format!("/v1/agents/{}", row.id);
         Ok(InstallMarketplaceTemplateResponse::Created(
             Json(agent),
-            format!("/v1/agents/{}", row.id),
-            etag(row.version),
+            location,
+            tag,
         ))
     }
 }

@@ -7,9 +7,11 @@
 use diesel::prelude::*;
 
 use super::schema::agents;
-use super::sql::{like_pattern, lower, lower_nullable};
+use super::sql::{Page, like_pattern, lower, lower_nullable};
 use super::types::text_enum;
 use super::{DbConnection, Found, MultiBackend, StoreError, StoreResult};
+
+super::crud::resource_table!(agents, AgentRow);
 
 text_enum! {
     /// Whether an agent is in service.
@@ -38,7 +40,7 @@ pub struct AgentRow {
     pub updated_at: String,
 }
 
-/// The columns an update writes; `version` and `updated_at` are set by [`update`].
+/// The columns an update writes; `version` and `updated_at` are set by [`update_then`].
 #[derive(Debug, Clone, AsChangeset)]
 #[diesel(table_name = agents, treat_none_as_null = true)]
 pub struct AgentChanges {
@@ -97,12 +99,9 @@ pub struct ListQuery {
     pub created_lte: Option<String>,
     pub sort: SortField,
     pub descending: bool,
-    /// Keyset position: the id of the last row of the previous page. When that row is gone,
-    /// paging falls back to `offset`.
-    pub after_id: Option<String>,
-    /// Rows to skip (when paging by page number, or when `after_id` is gone).
-    pub offset: i64,
-    pub limit: i64,
+    /// The page: after the row its cursor names (keyset, on `sort`) while that row exists,
+    /// else from its offset.
+    pub page: Page,
 }
 
 type Boxed<'a> = agents::BoxedQuery<'a, MultiBackend>;
@@ -160,7 +159,7 @@ pub fn list(
     q: &ListQuery,
 ) -> StoreResult<(Vec<AgentRow>, i64)> {
     let total: i64 = filtered(org_id, q).count().get_result(conn)?;
-    let anchor = match &q.after_id {
+    let anchor = match &q.page.after_id {
         Some(id) => get(conn, org_id, id)
             .found()?
             .map(|row| (q.sort.value_of(&row).to_string(), row.id)),
@@ -172,28 +171,12 @@ pub fn list(
         SortField::CreatedAt => keyset!(base, agents::created_at, q, &anchor),
         SortField::UpdatedAt => keyset!(base, agents::updated_at, q, &anchor),
     };
-    let mut query = sorted.limit(q.limit);
-    if anchor.is_none() && q.offset > 0 {
-        query = query.offset(q.offset);
+    let mut query = sorted.limit(q.page.limit);
+    if anchor.is_none() && q.page.offset > 0 {
+        query = query.offset(q.page.offset);
     }
     let rows = query.select(AgentRow::as_select()).load(conn)?;
     Ok((rows, total))
-}
-
-pub fn insert(conn: &mut DbConnection, row: &AgentRow) -> StoreResult<()> {
-    diesel::insert_into(agents::table)
-        .values(row)
-        .execute(conn)?;
-    Ok(())
-}
-
-pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<AgentRow> {
-    agents::table
-        .filter(agents::org_id.eq(org_id))
-        .filter(agents::id.eq(id))
-        .select(AgentRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
 }
 
 /// Writes `changes` over `current` as its next version, only if it still is at
@@ -219,47 +202,54 @@ fn write_version(
     Ok(written > 0)
 }
 
-/// How often [`update`] retries when another writer changed the agent between its read and
-/// its write.
+/// How often [`bulk_update`] retries when another writer changed a matched agent between its
+/// read and its write.
 const UPDATE_ATTEMPTS: usize = 8;
 
-/// Updates an agent: loads it, asks `change` for the new columns (it may refuse, e.g. on a
-/// stale `If-Match`), and writes them with the version bumped, only if no other writer bumped
-/// it meanwhile. When one did, the whole step runs again on the newer version, so concurrent
-/// updates all land and `change` always judges the version it replaces.
-///
-/// `on_written` runs in the same transaction with the updated row (to publish its event).
-pub fn update<E>(
+/// Updates an agent under a row lock: `change` sees the current row (for `If-Match`, and what
+/// the request leaves out) and may refuse with an `E`, which writes nothing; else the changes
+/// are written with the version bumped and `on_written` runs with the new row in the same
+/// transaction (to publish its event). Writers queue on the lock, so concurrent updates all
+/// land and `change` always judges the version it replaces.
+pub fn update_then<E>(
     conn: &mut DbConnection,
     org_id: &str,
     id: &str,
-    mut change: impl FnMut(&AgentRow) -> Result<AgentChanges, E>,
-    mut on_written: impl FnMut(&mut DbConnection, &AgentRow) -> StoreResult<()>,
+    change: impl FnOnce(&mut DbConnection, &AgentRow) -> StoreResult<Result<AgentChanges, E>>,
+    on_written: impl FnOnce(&mut DbConnection, &AgentRow) -> StoreResult<()>,
 ) -> StoreResult<Result<AgentRow, E>> {
-    for _ in 0..UPDATE_ATTEMPTS {
-        let attempt = super::write_transaction(conn, |conn| {
-            // Writers queue on the row instead of racing (SQLite's BEGIN IMMEDIATE already
-            // serializes them).
-            super::lock_row(conn, "agents", org_id, id)?;
-            let current = get(conn, org_id, id)?;
-            let changes = match change(&current) {
-                Ok(c) => c,
-                Err(e) => return Ok(Some(Err(e))),
-            };
-            if !write_version(conn, &current, &changes, &crate::ids::now())? {
-                return Ok(None); // lost the race: read again
-            }
-            let row = get(conn, org_id, id)?;
-            on_written(conn, &row)?;
-            Ok(Some(Ok(row)))
-        })?;
-        if let Some(done) = attempt {
-            return Ok(done);
+    super::write_transaction(conn, |conn| {
+        // SQLite's BEGIN IMMEDIATE already serializes writers.
+        super::lock_row(conn, "agents", org_id, id)?;
+        let current = get(conn, org_id, id)?;
+        let changes = match change(conn, &current)? {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        if !write_version(conn, &current, &changes, &crate::ids::now())? {
+            return Err(StoreError::Unavailable(format!(
+                "agent {id} changed under its row lock"
+            )));
         }
+        let row = get(conn, org_id, id)?;
+        on_written(conn, &row)?;
+        Ok(Ok(row))
+    })
+}
+
+impl super::crud::Versioned for AgentRow {
+    type Changes = AgentChanges;
+    fn version(&self) -> i64 {
+        self.version
     }
-    Err(StoreError::Unavailable(format!(
-        "agent {id} kept changing under {UPDATE_ATTEMPTS} attempts to update it"
-    )))
+    fn update<E>(
+        conn: &mut DbConnection,
+        org_id: &str,
+        id: &str,
+        change: impl FnOnce(&mut DbConnection, &Self) -> StoreResult<Result<AgentChanges, E>>,
+    ) -> StoreResult<Result<Self, E>> {
+        update_then(conn, org_id, id, change, |_, _| Ok(()))
+    }
 }
 
 /// Which agents a bulk update touches; every condition given must hold.
@@ -296,9 +286,11 @@ pub fn bulk_update<E>(
         created_lte: None,
         sort: SortField::CreatedAt,
         descending: false,
-        after_id: None,
-        offset: 0,
-        limit: i64::MAX,
+        page: Page {
+            after_id: None,
+            offset: 0,
+            limit: i64::MAX,
+        },
     };
     for _ in 0..UPDATE_ATTEMPTS {
         let attempt = super::write_transaction(conn, |conn| {
@@ -338,20 +330,6 @@ pub fn bulk_update<E>(
     Err(StoreError::Unavailable(format!(
         "agents kept changing under {UPDATE_ATTEMPTS} attempts to update them in bulk"
     )))
-}
-
-pub fn delete(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<()> {
-    let n = diesel::delete(
-        agents::table
-            .filter(agents::org_id.eq(org_id))
-            .filter(agents::id.eq(id)),
-    )
-    .execute(conn)?;
-    if n == 0 {
-        Err(StoreError::NotFound)
-    } else {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -529,12 +529,19 @@ mod tests {
     }
 
     #[test]
-    fn only_queued_and_running_executions_can_still_change() {
+    fn only_queued_running_and_waiting_executions_can_still_change() {
         let open: Vec<_> = ExecutionStatus::ALL
             .iter()
             .filter(|s| !s.is_finished())
             .collect();
-        assert_eq!(open, [&ExecutionStatus::Queued, &ExecutionStatus::Running]);
+        assert_eq!(
+            open,
+            [
+                &ExecutionStatus::Queued,
+                &ExecutionStatus::Running,
+                &ExecutionStatus::RequiresAction
+            ]
+        );
         assert_eq!(ExecutionStatus::TimedOut.as_str(), "timed_out");
     }
 }

@@ -17,17 +17,26 @@ backend_test!(agents_keep_knowledge_bases_and_prompt_template, |app| {
     )
     .await;
     assert_eq!(status, 201);
+    let mut kbs = Vec::new();
+    for name in ["Manuals", "FAQ"] {
+        let (_, kb) = json(
+            app.send_json(Method::POST, "/v1/knowledge", &json!({"name": name}))
+                .await,
+        )
+        .await;
+        kbs.push(kb["id"].clone());
+    }
     let created = app
         .create_agent(json!({
             "name": "Support",
             "model_id": "model_local",
             "system_prompt": "Be brief.",
-            "knowledge_bases": ["kb_manuals", "kb_faq"],
+            "knowledge_bases": kbs,
             "prompt_template_id": tpl["id"],
             "configuration": {"temperature": 0.2, "max_tokens": 200}
         }))
         .await;
-    assert_eq!(created["knowledge_bases"], json!(["kb_manuals", "kb_faq"]));
+    assert_eq!(created["knowledge_bases"], json!(kbs));
     assert_eq!(created["prompt_template_id"], tpl["id"]);
     let path = format!("/v1/agents/{}", created["id"].as_str().expect("id"));
     let (status, patched) = json(
@@ -72,24 +81,23 @@ backend_test!(lists_expand_knowledge_bases_and_tools, |app| {
     )
     .await;
     assert_eq!(status, 201, "{tool}");
-    // Another organization's knowledge base, and one that never existed, are not expanded.
-    let other = crate::support::other_admin(&app).await;
-    let theirs = crate::support::send_as(
-        &app,
-        &other,
-        Method::POST,
-        "/v1/knowledge",
-        Some(&json!({"name": "Theirs"})),
+    // A knowledge base deleted since the agent was saved is not expanded. (Another
+    // organization's cannot be linked: saving the agent is a 422.)
+    let (_, gone) = json(
+        app.send_json(Method::POST, "/v1/knowledge", &json!({"name": "Gone"}))
+            .await,
     )
     .await;
-    let (_, theirs) = json(theirs).await;
     let agent = app
         .create_agent(json!({
             "name": "Linked",
-            "knowledge_bases": ["kb_gone", kb["id"], theirs["id"]],
+            "knowledge_bases": [gone["id"], kb["id"]],
             "tools": [tool["id"]]
         }))
         .await;
+    let gone_path = format!("/v1/knowledge/{}", gone["id"].as_str().expect("id"));
+    let resp = app.req(Method::DELETE, &gone_path).send().await.expect("req");
+    assert_eq!(resp.status(), 204);
     app.create_agent(json!({"name": "Plain"})).await;
 
     let (status, list) = json(
@@ -100,10 +108,7 @@ backend_test!(lists_expand_knowledge_bases_and_tools, |app| {
     assert_eq!(status, 200, "{list}");
     let linked = &list["data"][0];
     assert_eq!(linked["id"], agent["id"]);
-    assert_eq!(
-        linked["knowledge_bases"],
-        json!(["kb_gone", kb["id"], theirs["id"]])
-    );
+    assert_eq!(linked["knowledge_bases"], json!([gone["id"], kb["id"]]));
     let kbs = linked["expanded"]["knowledge_bases"]
         .as_array()
         .expect("kbs");

@@ -28,8 +28,18 @@ fn as_json(agent: &Agent) -> Value {
 backend_test!(seed_examples_create_read_update_replace_delete, |app| {
     let api = app.api();
     let examples = seed_examples();
-    assert_eq!(examples.len(), 5, "one example per seed, and a branching CodexOS flow");
-    for (name, body) in examples {
+    assert_eq!(
+        examples.len(),
+        5,
+        "one example per seed, and a branching CodexOS flow"
+    );
+    // A saved agent's tools must exist in the organization: the seeds name theirs
+    // (`rag_tool_1`), which here become a tool this test creates.
+    let tool = crate::agents_references::rag_tool(&app, "rag_tool_1").await;
+    for (name, mut body) in examples {
+        if let Some(tools) = body.get_mut("tools").and_then(Value::as_array_mut) {
+            tools.iter_mut().for_each(|t| *t = json!(tool));
+        }
         let input: AgentInput = typed(body.clone());
         let resp = api.create_agent().body(input).send().await.expect("create");
         assert_eq!(resp.status(), 201);

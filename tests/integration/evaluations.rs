@@ -242,9 +242,18 @@ backend_test!(
 backend_test!(
     a_case_the_agent_fails_on_is_a_failed_case_with_its_error,
     |app| {
+        // The agent's knowledge base is deleted after it was linked (a missing one cannot be).
+        let (_, kb) = json(
+            app.send_json(Method::POST, "/v1/knowledge", &json!({"name": "Gone"}))
+                .await,
+        )
+        .await;
         let agent = app
-            .create_agent(json!({"name": "Broken", "knowledge_bases": ["kb_does_not_exist"]}))
+            .create_agent(json!({"name": "Broken", "knowledge_bases": [kb["id"]]}))
             .await;
+        let kb_path = format!("/v1/knowledge/{}", kb["id"].as_str().expect("id"));
+        let resp = app.req(Method::DELETE, &kb_path).send().await.expect("req");
+        assert_eq!(resp.status(), 204);
         let (_, evaluation) = json(
         app.send_json(
             Method::POST,
@@ -282,7 +291,7 @@ backend_test!(
         assert!(
             case["error"]
                 .as_str()
-                .is_some_and(|e| e.contains("kb_does_not_exist")),
+                .is_some_and(|e| e.contains(kb["id"].as_str().expect("id"))),
             "{case}"
         );
     }

@@ -3,6 +3,7 @@
 
 mod agent_links;
 mod agents;
+mod agents_references;
 mod bootstrap;
 mod conform;
 mod conversations;

@@ -72,10 +72,17 @@ backend_test!(search_get_and_install_marketplace_templates, |app| {
     assert_eq!(status, 404);
 
     // Install: a prompt template and an agent linked to it, in the caller's organization.
+    let (status, kb) = json(
+        app.send_json(Method::POST, "/v1/knowledge", &json!({"name": "Docs"}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{kb}");
+    let kb_docs = kb["id"].clone();
     let send = || {
         app.req(Method::POST, "/v1/marketplace/install/support-kb-assistant")
             .header("idempotency-key", "install-1")
-            .json(&json!({"name": "My Copy of Template", "workspace_id": "ws_123", "knowledge_bases": ["kb_docs"]}))
+            .json(&json!({"name": "My Copy of Template", "workspace_id": "ws_123", "knowledge_bases": [kb_docs]}))
             .send()
     };
     let resp = send().await.expect("req");
@@ -91,7 +98,7 @@ backend_test!(search_get_and_install_marketplace_templates, |app| {
     );
     assert_eq!(agent["name"], "My Copy of Template");
     assert_eq!(agent["type"], "conversational");
-    assert_eq!(agent["knowledge_bases"], json!(["kb_docs"]));
+    assert_eq!(agent["knowledge_bases"], json!([kb_docs]));
     assert_eq!(agent["metadata"]["workspace_id"], "ws_123");
     assert_eq!(
         agent["metadata"]["marketplace_template_id"],
@@ -182,4 +189,79 @@ backend_test!(search_get_and_install_marketplace_templates, |app| {
         .await
         .expect("req");
     assert_eq!(resp.status(), 403, "install needs write:templates too");
+});
+
+backend_test!(
+    every_template_installs_and_links_only_its_own_knowledge,
+    |app| {
+        // The catalog's agents (their flows too) are valid as shipped.
+        let (status, all) = json(app.get("/v1/marketplace/search?per_page=100").await).await;
+        assert_eq!(status, 200, "{all}");
+        let templates = all["data"].as_array().expect("templates");
+        assert!(!templates.is_empty());
+        for t in templates {
+            let id = t["id"].as_str().expect("id");
+            let path = format!("/v1/marketplace/install/{id}");
+            let (status, agent) = json(app.send_json(Method::POST, &path, &json!({})).await).await;
+            assert_eq!(status, 201, "{id}: {agent}");
+        }
+        // A knowledge base of another organization, or of none, is not linked.
+        let theirs = crate::agents_references::theirs_kb(&app).await;
+        let body = json!({"knowledge_bases": [theirs, "kb_none"]});
+        let path = "/v1/marketplace/install/support-kb-assistant";
+        let (status, err) = json(app.send_json(Method::POST, path, &body).await).await;
+        assert_eq!(status, 422, "{err}");
+        let fields: Vec<&str> = err["error"]["details"]
+            .as_array()
+            .expect("details")
+            .iter()
+            .filter_map(|d| d["field"].as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            ["knowledge_bases[0]", "knowledge_bases[1]"],
+            "{err}"
+        );
+        let (_, agents) = json(app.get("/v1/agents").await).await;
+        assert_eq!(
+            agents["pagination"]["total"],
+            json!(templates.len()),
+            "a refused install creates nothing"
+        );
+    }
+);
+
+backend_test!(concurrent_installs_with_one_key_replay_the_first, |app| {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let req = app
+            .req(Method::POST, "/v1/marketplace/install/code-reviewer")
+            .header("idempotency-key", "install-race")
+            .json(&json!({"name": "Raced"}));
+        tasks.push(tokio::spawn(async move {
+            json(req.send().await.expect("req")).await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for task in tasks {
+        let (status, agent) = task.await.expect("join");
+        assert_eq!(status, 201, "{agent}");
+        ids.insert(agent["id"].to_string());
+    }
+    assert_eq!(ids.len(), 1, "concurrent retries agree on one agent");
+    let (_, templates) = json(app.get("/v1/prompt-templates").await).await;
+    assert_eq!(templates["pagination"]["total"], 1);
+    // The key for another template is another request.
+    let resp = app
+        .req(Method::POST, "/v1/marketplace/install/support-kb-assistant")
+        .header("idempotency-key", "install-race")
+        .json(&json!({"name": "Raced"}))
+        .send()
+        .await
+        .expect("req");
+    let (status, err) = json(resp).await;
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (409, &json!("IDEMPOTENCY_KEY_REUSED"))
+    );
 });

@@ -297,15 +297,38 @@ backend_test!(
             json!({"type": "api", "name": "admin", "url": "http://127.0.0.1:9/admin"}),
         )
         .await;
+        // References that name nothing cannot be saved: these are deleted after the agent
+        // was, as a model, template or knowledge base can be.
+        let gone_model = created(
+            &app,
+            "/v1/models",
+            json!({"name": "gone", "provider": "local", "model_id": "local-extractive-1"}),
+        )
+        .await;
+        let gone_tpl = created(
+            &app,
+            "/v1/prompt-templates",
+            json!({"name": "gone", "template": "Hi"}),
+        )
+        .await;
+        let gone_kb = created(&app, "/v1/knowledge", json!({"name": "gone"})).await;
         let broken = app
             .create_agent(json!({
                 "name": "broken",
-                "model_id": "model_doesnotexist",
-                "prompt_template_id": "tpl_doesnotexist",
-                "knowledge_bases": [kb, "kb_doesnotexist"],
+                "model_id": gone_model,
+                "prompt_template_id": gone_tpl,
+                "knowledge_bases": [kb, gone_kb],
                 "tools": [tool],
             }))
             .await;
+        for path in [
+            format!("/v1/models/{gone_model}"),
+            format!("/v1/prompt-templates/{gone_tpl}"),
+            format!("/v1/knowledge/{gone_kb}"),
+        ] {
+            let resp = app.req(Method::DELETE, &path).send().await.expect("req");
+            assert_eq!(resp.status(), 204, "{path}");
+        }
         let broken_id = broken["id"].as_str().expect("id");
         let (status, body, _) = scan(&app, &app.admin_key, broken_id).await;
         assert_eq!(status, 201, "{body}");
