@@ -89,7 +89,7 @@ export interface paths {
         put?: never;
         /**
          * Create an agent
-         * @description Creates an agent in the caller's organization. Platform tokens are stored and never returned.
+         * @description Creates an agent in the caller's organization. Platform tokens are stored and never returned. Its `model_id`, `prompt_template_id`, `knowledge_bases` and `tools` must name objects of the caller's organization (a model may also be named, like `gpt-4`), and a `flow` must be a valid graph whose nodes reference such objects; otherwise the answer is **422** naming each field (`knowledge_bases[1]`, `flow.nodes[2].config.tool_id`). The same holds for replace, patch, bulk patch and marketplace installs.
          */
         post: operations["createAgent"];
         delete?: never;
