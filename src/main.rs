@@ -155,6 +155,10 @@ struct ConformArgs {
     /// observed.
     #[arg(long, value_name = "N")]
     min_coverage: Option<f64>,
+    /// Re-send a failure's request(s) and re-run the checks: its id (printed beside it),
+    /// read from the run's --cassette, or a cassette's path for every failure in it.
+    #[arg(long, value_name = "ID|CASSETTE")]
+    replay: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -386,6 +390,7 @@ async fn conform(args: ConformArgs) -> u8 {
         cassette: args.cassette,
         coverage: args.coverage,
         min_coverage: args.min_coverage,
+        replay: args.replay,
     })
     .await
 }

@@ -86,6 +86,125 @@ impl Interaction {
     }
 }
 
+/// One request of a failure's replay script, as sent, with the body its response had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayStep {
+    /// What the request was to the check: `setup`, `before`, `request`, `follow_up` or
+    /// `page`.
+    pub role: String,
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
+    /// The response body then: values it held (a created resource's `id`) are replaced in
+    /// later steps by what the re-sent request answers now.
+    pub response_body: Option<String>,
+}
+
+/// What `agentplane conform --replay` needs to re-check one failure: the check, the
+/// operation, what kind of request it was and the requests that showed it, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayScript {
+    /// The failure's id ([`crate::checks::failure_id`]).
+    pub id: String,
+    pub check: String,
+    /// `METHOD /path/template`.
+    pub operation: String,
+    /// [`crate::checks::CaseKind::as_str`].
+    pub kind: String,
+    pub steps: Vec<ReplayStep>,
+}
+
+/// The top-level key of a cassette's replay scripts. VCR readers ignore keys they do not
+/// know; Schemathesis's own reader reads only `http_interactions`.
+pub const REPLAY_KEY: &str = "x-agentplane-replay";
+
+fn write_replay(out: &mut String, scripts: &[ReplayScript], secret: &[String]) {
+    if scripts.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{REPLAY_KEY}:");
+    for script in scripts {
+        let _ = writeln!(out, "- id: {}", quote(&script.id));
+        let _ = writeln!(out, "  check: {}", quote(&script.check));
+        let _ = writeln!(out, "  operation: {}", quote(&script.operation));
+        let _ = writeln!(out, "  kind: {}", quote(&script.kind));
+        out.push_str("  steps:\n");
+        for step in &script.steps {
+            let _ = writeln!(out, "  - role: {}", quote(&step.role));
+            let _ = writeln!(out, "    method: {}", quote(&step.method));
+            let _ = writeln!(out, "    uri: {}", quote(&step.uri));
+            out.push_str("    headers:");
+            write_headers(out, &step.headers, secret);
+            if let Some(body) = &step.body {
+                let _ = writeln!(out, "    body: {}", quote(body));
+            }
+            if let Some(body) = &step.response_body {
+                let _ = writeln!(out, "    response_body: {}", quote(body));
+            }
+        }
+    }
+}
+
+/// The replay scripts of a cassette written by [`render`] (none in a cassette without
+/// failures or from another tool).
+pub fn parse_replay(text: &str) -> Result<Vec<ReplayScript>, String> {
+    let doc: serde_json::Value =
+        yaml_serde::from_str(text).map_err(|e| format!("not a cassette: {e}"))?;
+    if !doc.is_object() {
+        return Err("not a cassette: no mapping at the top".into());
+    }
+    let text_of = |v: &serde_json::Value, key: &str| {
+        v.get(key)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    };
+    let mut scripts = Vec::new();
+    for entry in doc
+        .get(REPLAY_KEY)
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let field =
+            |key: &str| text_of(entry, key).ok_or_else(|| format!("a replay entry without {key}"));
+        let mut steps = Vec::new();
+        for step in entry
+            .get("steps")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let mut headers = Vec::new();
+            if let Some(map) = step.get("headers").and_then(serde_json::Value::as_object) {
+                for (name, values) in map {
+                    for value in values.as_array().into_iter().flatten() {
+                        if let Some(value) = value.as_str() {
+                            headers.push((name.clone(), value.to_string()));
+                        }
+                    }
+                }
+            }
+            steps.push(ReplayStep {
+                role: text_of(step, "role").unwrap_or_else(|| "request".into()),
+                method: text_of(step, "method").ok_or("a replay step without method")?,
+                uri: text_of(step, "uri").ok_or("a replay step without uri")?,
+                headers,
+                body: text_of(step, "body"),
+                response_body: text_of(step, "response_body"),
+            });
+        }
+        scripts.push(ReplayScript {
+            id: field("id")?,
+            check: field("check")?,
+            operation: field("operation")?,
+            kind: field("kind")?,
+            steps,
+        });
+    }
+    Ok(scripts)
+}
+
 /// Writes `text` as a YAML double-quoted scalar: `"`, `\` and every character outside
 /// YAML's printable set (plus the ones readers treat as line breaks or a BOM) escaped.
 pub fn quote(text: &str) -> String {
@@ -177,11 +296,13 @@ fn write_headers(out: &mut String, headers: &[(String, String)], secret: &[Strin
 }
 
 /// Renders a whole cassette. `secret_headers` are header names (lower case) whose values are
-/// redacted on top of the usual credential headers.
+/// redacted on top of the usual credential headers; `replay` holds one script per failure
+/// (written under [`REPLAY_KEY`]).
 pub fn render(
     command: &str,
     seed: u64,
     interactions: &[Interaction],
+    replay: &[ReplayScript],
     secret_headers: &[String],
 ) -> String {
     let mut out = String::new();
@@ -192,6 +313,7 @@ pub fn render(
         quote(&format!("agentplane {}", env!("CARGO_PKG_VERSION")))
     );
     let _ = writeln!(out, "seed: {seed}");
+    write_replay(&mut out, replay, secret_headers);
     if interactions.is_empty() {
         out.push_str("http_interactions: []\n");
         return out;
@@ -301,7 +423,32 @@ mod tests {
                 http_version: "1.1".into(),
             }),
         };
-        let text = render("agentplane conform", 7, &[interaction], &["x-token".into()]);
+        let script = ReplayScript {
+            id: "0123456789ab".into(),
+            check: "not_a_server_error".into(),
+            operation: "POST /x".into(),
+            kind: "positive".into(),
+            steps: vec![ReplayStep {
+                role: "request".into(),
+                method: "POST".into(),
+                uri: "http://127.0.0.1:1/x".into(),
+                headers: vec![("Authorization".into(), "Bearer secret".into())],
+                body: Some(nasty.into()),
+                response_body: Some(nasty.into()),
+            }],
+        };
+        let text = render(
+            "agentplane conform",
+            7,
+            &[interaction],
+            std::slice::from_ref(&script),
+            &["x-token".into()],
+        );
+        let replay = parse_replay(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(replay.len(), 1);
+        assert_eq!(replay[0].steps[0].body.as_deref(), Some(nasty));
+        assert_eq!(replay[0].steps[0].headers[0].1, REDACTED);
+        assert_eq!(replay[0].id, script.id);
         assert!(!text.contains("secret") && !text.contains("t0k"), "{text}");
         let doc: Value = yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let i = &doc["http_interactions"][0];

@@ -47,6 +47,45 @@ pub struct Failure {
     pub status: Option<u16>,
     /// How many requests showed the same failure.
     pub occurrences: usize,
+    /// A stable name for it (see [`failure_id`]): `agentplane conform --replay <id>`
+    /// re-sends its request(s) from the run's cassette.
+    pub id: String,
+}
+
+/// A failure's stable id: 12 hex digits of an FNV-1a hash of the check, the operation, the
+/// status and the failing request's shape (the query parameters' names, the Content-Type
+/// and the JSON body's top-level field names; never their values), so the same fault gets
+/// the same id from one run to the next, whatever values showed it.
+pub fn failure_id(check: &str, operation: &str, status: Option<u16>, request: &Exchange) -> String {
+    let mut query: Vec<String> = url::Url::parse(&request.url)
+        .map(|u| u.query_pairs().map(|(k, _)| k.into_owned()).collect())
+        .unwrap_or_default();
+    query.sort();
+    query.dedup();
+    let content_type = request
+        .request_headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        .map_or("", |(_, v)| v.split(';').next().unwrap_or("").trim());
+    let mut fields: Vec<String> = request
+        .request_body
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v.as_object().map(|m| m.keys().cloned().collect()))
+        .unwrap_or_default();
+    fields.sort();
+    let shape = format!(
+        "{check}\n{operation}\n{}\n{}\n{content_type}\n{}",
+        status.map_or_else(String::new, |s| s.to_string()),
+        query.join("&"),
+        fields.join(",")
+    );
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in shape.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:012x}", hash >> 16)
 }
 
 /// What a request was meant to show.
@@ -73,16 +112,71 @@ pub enum CaseKind {
     UnsupportedMethod,
     /// A re-read with `If-None-Match: <its ETag>`: the server must answer 304.
     ConditionalRead,
-    /// An update with `If-Match: <a stale ETag>`: the server must answer 412; `before` is
-    /// the resource read before it, `follow_up` the resource read after it.
+    /// A PUT, PATCH or DELETE with `If-Match: <a stale ETag>`: the server must answer 412;
+    /// `before` is the resource read before it, `follow_up` the resource read after it.
     ConditionalUpdate,
+    /// A PUT or PATCH answered 2xx; `before` is the resource read before it, `follow_up` a
+    /// GET of it right after.
+    Updated,
     /// One page of a list; `pages` holds it (per-page invariants).
     ListPage,
-    /// A walk over the pages of a list; `pages` holds every page fetched, in order.
+    /// A walk over every page of a list, to its end; `pages` holds them in order, and
+    /// `follow_up`, when there is one, the whole list fetched as one page.
     PageWalk,
+    /// A walk cut short by the page budget: `pages` holds the pages fetched, in order.
+    PartialWalk,
     /// A resource of the main identity requested by the other identity (must answer 404);
     /// `follow_up` reads it with the main identity afterwards (must answer 2xx).
     CrossTenant,
+}
+
+impl CaseKind {
+    /// Every kind, for [`CaseKind::parse`].
+    pub const ALL: [CaseKind; 16] = [
+        CaseKind::Positive,
+        CaseKind::Negative,
+        CaseKind::MalformedBody,
+        CaseKind::Unauthenticated,
+        CaseKind::Created,
+        CaseKind::LocationFollowed,
+        CaseKind::Deleted,
+        CaseKind::MissingHeader,
+        CaseKind::UnsupportedMethod,
+        CaseKind::ConditionalRead,
+        CaseKind::ConditionalUpdate,
+        CaseKind::Updated,
+        CaseKind::ListPage,
+        CaseKind::PageWalk,
+        CaseKind::PartialWalk,
+        CaseKind::CrossTenant,
+    ];
+
+    /// The kind's name in a cassette's replay section (`conditional_update`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseKind::Positive => "positive",
+            CaseKind::Negative => "negative",
+            CaseKind::MalformedBody => "malformed_body",
+            CaseKind::Unauthenticated => "unauthenticated",
+            CaseKind::Created => "created",
+            CaseKind::LocationFollowed => "location_followed",
+            CaseKind::Deleted => "deleted",
+            CaseKind::MissingHeader => "missing_header",
+            CaseKind::UnsupportedMethod => "unsupported_method",
+            CaseKind::ConditionalRead => "conditional_read",
+            CaseKind::ConditionalUpdate => "conditional_update",
+            CaseKind::Updated => "updated",
+            CaseKind::ListPage => "list_page",
+            CaseKind::PageWalk => "page_walk",
+            CaseKind::PartialWalk => "partial_walk",
+            CaseKind::CrossTenant => "cross_tenant",
+        }
+    }
+
+    /// Parses [`CaseKind::as_str`].
+    pub fn parse(name: &str) -> Option<CaseKind> {
+        CaseKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
 }
 
 /// Everything a check may look at.
@@ -208,13 +302,19 @@ pub const ALL: &[Check] = &[
     Check {
         name: "conditional_requests",
         severity: Severity::Error,
-        summary: "If-None-Match with the current ETag answers 304; If-Match with a stale one 412 and changes nothing",
+        summary: "If-None-Match with the current ETag answers 304; a PUT, PATCH or DELETE with a stale If-Match 412, and changes nothing",
         run: conditional_requests,
+    },
+    Check {
+        name: "read_after_write",
+        severity: Severity::Error,
+        summary: "the fields a PUT or PATCH answers as changed are what a GET right after shows",
+        run: read_after_write,
     },
     Check {
         name: "pagination_totals",
         severity: Severity::Error,
-        summary: "a page holds at most per_page items, pages = ceil(total / per_page), and the pages add up to total",
+        summary: "a page holds at most per_page items, pages = ceil(total / per_page); a walk of every page (page numbers, offsets, cursors or Link) repeats no item, loses none and adds up to total",
         run: pagination_totals,
     },
     Check {
@@ -577,15 +677,21 @@ fn conditional_requests(ctx: &CheckContext<'_>) -> Verdict {
             )),
         },
         CaseKind::ConditionalUpdate => {
+            let method = &ctx.exchange.method;
             if ctx.exchange.status != 412 {
                 return Verdict::Fail(format!(
-                    "an update with If-Match set to a stale ETag answered {}, not 412",
+                    "a {method} with If-Match set to a stale ETag answered {}, not 412",
                     ctx.exchange.status
                 ));
             }
             match (ctx.before, ctx.follow_up) {
-                (Some(before), Some(after)) if before.json() != after.json() => {
-                    Verdict::Fail("an update refused with 412 still changed the resource".into())
+                (Some(before), Some(after))
+                    if before.status != after.status || before.json() != after.json() =>
+                {
+                    Verdict::Fail(format!(
+                        "a {method} refused with 412 still changed the resource (a GET after it answered {})",
+                        after.status
+                    ))
                 }
                 _ => Verdict::Pass,
             }
@@ -594,22 +700,146 @@ fn conditional_requests(ctx: &CheckContext<'_>) -> Verdict {
     }
 }
 
-/// `(data length, total, per_page, pages)` of a paginated list body.
-fn page_numbers(exchange: &Exchange) -> Option<(u64, u64, u64, u64)> {
-    let body = exchange.json()?;
-    let data = body.get("data")?.as_array()?;
-    let p = body.get("pagination")?;
-    let n = |k: &str| p.get(k).and_then(serde_json::Value::as_u64);
-    Some((data.len() as u64, n("total")?, n("per_page")?, n("pages")?))
+/// One page of a list, read in whichever common shape the server uses: the items as a bare
+/// array or under `data`, `items` or `results`; the total as `total`, `total_count`,
+/// `count`, `pagination.total`, `meta.total` or an `X-Total-Count` header; the page size and
+/// page count beside it or under `pagination`/`meta`; the next page as a cursor
+/// (`next_cursor`, `pagination.next_cursor`, `meta.next_cursor`, `cursor.next`) or a `Link`
+/// header's `rel="next"`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListPage {
+    pub items: Vec<serde_json::Value>,
+    pub total: Option<u64>,
+    pub per_page: Option<u64>,
+    pub pages: Option<u64>,
+    pub next_cursor: Option<String>,
+    /// The `rel="next"` target of a `Link` header, as written.
+    pub next_link: Option<String>,
+    /// An explicit `has_more`: false on the last page.
+    pub has_more: Option<bool>,
 }
 
-fn page_violation(exchange: &Exchange) -> Option<String> {
-    let (len, total, per_page, pages) = page_numbers(exchange)?;
+impl ListPage {
+    /// Whether the page says another one follows (a cursor, a `Link` or `has_more`).
+    pub fn has_next(&self) -> bool {
+        self.has_more != Some(false) && (self.next_cursor.is_some() || self.next_link.is_some())
+    }
+}
+
+/// The `rel="next"` target of an RFC 8288 `Link` header.
+pub fn link_next(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        params
+            .split(';')
+            .filter_map(|p| p.trim().split_once('='))
+            .any(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("rel")
+                    && v.trim()
+                        .trim_matches('"')
+                        .split_ascii_whitespace()
+                        .any(|r| r.eq_ignore_ascii_case("next"))
+            })
+            .then(|| target.to_string())
+    })
+}
+
+/// The list page an exchange holds, when its body is a list in a shape [`ListPage`] knows
+/// and says something about paging (a total, a page count, a cursor, a `Link`).
+pub fn list_page(exchange: &Exchange) -> Option<ListPage> {
+    use serde_json::Value;
+    let body = exchange.json()?;
+    let number = |v: Option<&Value>| {
+        v.and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+    };
+    let text = |v: Option<&Value>| {
+        v.and_then(|v| match v {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let mut page = ListPage {
+        next_link: exchange.header("link").and_then(link_next),
+        total: number(
+            exchange
+                .header("x-total-count")
+                .map(|t| Value::from(t.trim()))
+                .as_ref(),
+        ),
+        ..ListPage::default()
+    };
+    let holders: Vec<&Value> = match &body {
+        Value::Array(items) => {
+            page.items = items.clone();
+            Vec::new()
+        }
+        Value::Object(map) => {
+            page.items = ["data", "items", "results"]
+                .iter()
+                .find_map(|k| map.get(*k).and_then(Value::as_array))?
+                .clone();
+            ["pagination", "meta", "page_info"]
+                .iter()
+                .filter_map(|k| map.get(*k).filter(|v| v.is_object()))
+                .chain(std::iter::once(&body))
+                .collect()
+        }
+        _ => return None,
+    };
+    for holder in holders {
+        let get = |keys: &[&str]| keys.iter().find_map(|k| holder.get(*k));
+        page.total = page
+            .total
+            .or_else(|| number(get(&["total", "total_count", "totalCount", "count"])));
+        page.per_page = page.per_page.or_else(|| {
+            number(get(&[
+                "per_page",
+                "page_size",
+                "perPage",
+                "pageSize",
+                "limit",
+            ]))
+        });
+        page.pages = page
+            .pages
+            .or_else(|| number(get(&["pages", "total_pages", "totalPages", "page_count"])));
+        page.next_cursor = page.next_cursor.or_else(|| {
+            text(get(&[
+                "next_cursor",
+                "nextCursor",
+                "next_page_token",
+                "nextPageToken",
+            ]))
+            .or_else(|| text(holder.pointer("/cursor/next")))
+        });
+        page.has_more = page
+            .has_more
+            .or_else(|| get(&["has_more", "hasMore"]).and_then(Value::as_bool));
+    }
+    let paged = page.total.is_some()
+        || page.pages.is_some()
+        || page.next_cursor.is_some()
+        || page.next_link.is_some()
+        || page.has_more.is_some();
+    paged.then_some(page)
+}
+
+fn page_violation(page: &ListPage) -> Option<String> {
+    let len = page.items.len() as u64;
+    let per_page = page.per_page?;
     if len > per_page {
         return Some(format!(
             "a page holds {len} items but per_page is {per_page}"
         ));
     }
+    let (Some(total), Some(pages)) = (page.total, page.pages) else {
+        return None;
+    };
     let expected = if per_page == 0 {
         0
     } else {
@@ -624,35 +854,128 @@ fn page_violation(exchange: &Exchange) -> Option<String> {
     None
 }
 
+/// What tells two items of a list apart: their `id`, else the whole item.
+pub fn item_key(item: &serde_json::Value) -> String {
+    match item.get("id") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(id) if !id.is_null() => id.to_string(),
+        _ => item.to_string(),
+    }
+}
+
 fn pagination_totals(ctx: &CheckContext<'_>) -> Verdict {
     match ctx.kind {
-        CaseKind::ListPage | CaseKind::PageWalk => {}
+        CaseKind::ListPage | CaseKind::PageWalk | CaseKind::PartialWalk => {}
         _ => return Verdict::NotApplicable,
     }
-    if ctx.pages.iter().all(|p| page_numbers(p).is_none()) {
+    let pages: Vec<ListPage> = ctx.pages.iter().filter_map(list_page).collect();
+    if pages.is_empty() {
         return Verdict::NotApplicable;
     }
-    if let Some(v) = ctx.pages.iter().find_map(page_violation) {
+    if let Some(v) = pages.iter().find_map(page_violation) {
         return Verdict::Fail(v);
     }
-    if ctx.kind == CaseKind::PageWalk {
-        let numbers: Vec<_> = ctx.pages.iter().filter_map(page_numbers).collect();
-        let Some(&(_, total, _, pages)) = numbers.first() else {
-            return Verdict::NotApplicable;
-        };
-        if numbers.iter().any(|n| n.1 != total) {
-            return Verdict::Fail("total changed between pages of one walk".into());
-        }
-        if numbers.len() as u64 >= pages {
-            let sum: u64 = numbers.iter().take(pages as usize).map(|n| n.0).sum();
-            if sum != total {
+    if ctx.kind == CaseKind::ListPage {
+        return Verdict::Pass;
+    }
+    let totals: Vec<u64> = pages.iter().filter_map(|p| p.total).collect();
+    if totals.windows(2).any(|w| w[0] != w[1]) {
+        return Verdict::Fail(format!(
+            "total changed between pages of one walk ({})",
+            totals
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" → ")
+        ));
+    }
+    let mut seen: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (n, page) in pages.iter().enumerate() {
+        for item in &page.items {
+            if let Some(first) = seen.insert(item_key(item), n + 1) {
                 return Verdict::Fail(format!(
-                    "the {pages} pages hold {sum} items but total is {total}"
+                    "item {} is on page {first} and again on page {} of one walk",
+                    item_key(item),
+                    n + 1
                 ));
             }
         }
     }
+    if ctx.kind == CaseKind::PartialWalk {
+        return Verdict::Pass;
+    }
+    let held = seen.len() as u64;
+    if let Some(&total) = totals.first()
+        && held != total
+    {
+        return Verdict::Fail(format!(
+            "a walk of all {} pages holds {held} items but total is {total}",
+            pages.len()
+        ));
+    }
+    // The whole list in one page, when the runner could fetch it: nothing of it may be
+    // missing from the walk.
+    if let Some(all) = ctx.follow_up.and_then(list_page)
+        && let Some(lost) = all.items.iter().find(|i| !seen.contains_key(&item_key(i)))
+    {
+        return Verdict::Fail(format!(
+            "item {} of the list is on no page of a walk of all {} pages",
+            item_key(lost),
+            pages.len()
+        ));
+    }
     Verdict::Pass
+}
+
+/// The top-level fields an update's answer says it changed: those sent in the request body
+/// whose value in the answer differs from the resource read before.
+fn claimed_changes<'v>(
+    sent: &'v serde_json::Value,
+    answer: &'v serde_json::Value,
+    before: &'v serde_json::Value,
+) -> Vec<(&'v str, &'v serde_json::Value)> {
+    let Some(sent) = sent.as_object() else {
+        return Vec::new();
+    };
+    sent.keys()
+        .filter_map(|k| {
+            let now = answer.get(k)?;
+            (before.get(k) != Some(now)).then_some((k.as_str(), now))
+        })
+        .collect()
+}
+
+fn read_after_write(ctx: &CheckContext<'_>) -> Verdict {
+    if ctx.kind != CaseKind::Updated || !(200..300).contains(&ctx.exchange.status) {
+        return Verdict::NotApplicable;
+    }
+    let (Some(sent), Some(answer), Some(before), Some(after)) = (
+        ctx.exchange
+            .request_body
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok()),
+        ctx.exchange.json(),
+        ctx.before.and_then(Exchange::json),
+        ctx.follow_up
+            .filter(|f| (200..300).contains(&f.status))
+            .and_then(Exchange::json),
+    ) else {
+        return Verdict::NotApplicable;
+    };
+    let changes = claimed_changes(&sent, &answer, &before);
+    if changes.is_empty() {
+        return Verdict::NotApplicable;
+    }
+    match changes.iter().find(|(k, now)| after.get(*k) != Some(*now)) {
+        None => Verdict::Pass,
+        Some((k, now)) => Verdict::Fail(format!(
+            "{} answered {k} = {now} but a GET right after shows {}",
+            ctx.exchange.method,
+            after
+                .get(*k)
+                .map_or_else(|| "no such field".to_string(), |v| v.to_string())
+        )),
+    }
 }
 
 fn cross_tenant_isolation(ctx: &CheckContext<'_>) -> Verdict {

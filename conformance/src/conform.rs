@@ -50,6 +50,9 @@ pub struct CommandOptions {
     /// Fail the run (exit 1) when fewer than this percent of the documented
     /// (operation, status) pairs were observed.
     pub min_coverage: Option<f64>,
+    /// Re-send one failure's requests (its id, read from the `cassette` of the run that
+    /// found it) or every failure of a cassette (its path), and re-run the checks.
+    pub replay: Option<String>,
 }
 
 /// Parses a `Name: value` header line.
@@ -186,6 +189,10 @@ pub async fn run_command(options: CommandOptions) -> u8 {
         }));
         coverage
     });
+    if let Some(wanted) = &options.replay {
+        return crate::runner::replay_command(&doc, config, wanted, options.cassette.as_deref())
+            .await;
+    }
     config.progress = Some(Arc::new(|line: &str| eprintln!("{line}")));
     // A terminal gets a line per operation and phase; a log file or pipe at most one line
     // per operation (and per stateful chain).

@@ -65,11 +65,12 @@ pub fn summary(report: &Report) -> String {
             };
             let _ = writeln!(
                 out,
-                "\n{}. {} [{}] {}{times}\n   {}",
+                "\n{}. {} [{}] {}{times}  (id {})\n   {}",
                 i + 1,
                 f.operation,
                 f.check,
                 f.message,
+                f.id,
                 f.curl.replace('\n', "\n   ")
             );
         }
@@ -101,6 +102,7 @@ pub fn to_json(report: &Report) -> Value {
             "checks": o.checks.iter().map(|(k, c)| (k.clone(), json!({"passed": c.passed, "failed": c.failed}))).collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),
         "failures": report.failures.iter().map(|f| json!({
+            "id": f.id,
             "operation": f.operation,
             "check": f.check,
             "message": f.message,

@@ -21,9 +21,18 @@
 //! out required headers (`missing_required_header`) and sends syntactically broken bodies
 //! to operations that take JSON (a lone NUL, truncated JSON, a Content-Type the operation
 //! does not take), whose answers must be documented 4xx errors; the stateful phase sends conditional requests with the
-//! created resource's `ETag` (`conditional_requests`) and, with [`Config::other_headers`],
-//! the same operations as another identity (`cross_tenant_isolation`); after every phase,
-//! list operations with `page`/`per_page` are walked page by page (`pagination_totals`).
+//! created resource's `ETag` and a PUT, PATCH and DELETE with a stale `If-Match` wherever
+//! 412 is documented (`conditional_requests`), reads the resource right after each PUT and
+//! PATCH (`read_after_write`) and, with [`Config::other_headers`], sends the same
+//! operations as another identity (`cross_tenant_isolation`); after every phase, list
+//! operations are walked page by page, by page number, offset, cursor or `Link`
+//! (`pagination_totals`).
+//!
+//! A 429 with a `Retry-After` of at most [`MAX_RETRY_WAIT`] is waited out and the request
+//! sent again (up to [`MAX_RETRIES`] times), not judged. Every failure carries a stable id
+//! ([`checks::failure_id`]); with a cassette, the requests that showed it are kept in it as a
+//! replay script, and [`replay_failures`] (`agentplane conform --replay <id|cassette>`)
+//! re-sends them and re-runs the checks.
 //!
 //! A fuzzing-phase failure of a check that judges one request and its response alone
 //! (`not_a_server_error`, `status_code_conformance`, `content_type_conformance`,
@@ -52,7 +61,7 @@ use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, Tes
 use serde_json::{Map, Value};
 
 use crate::SpecError;
-use crate::cassette::{CheckRecord, Interaction, RecordedResponse};
+use crate::cassette::{CheckRecord, Interaction, RecordedResponse, ReplayScript, ReplayStep};
 use crate::checks::{self, CaseKind, Check, CheckContext, Failure, Severity, Verdict};
 use crate::generate::{Direction, Generator, prepare_doc, sample};
 use crate::response::{Exchange, Responses, is_json};
@@ -314,6 +323,8 @@ struct Shared {
     recorder: Option<Mutex<Vec<Interaction>>>,
     /// Interactions recorded so far (ids).
     recorded: AtomicUsize,
+    /// One replay script per failure id, when a cassette is written.
+    scripts: Option<Mutex<Vec<ReplayScript>>>,
 }
 
 #[derive(Default)]
@@ -338,15 +349,7 @@ impl OpOutcome {
 /// Runs the conformance suite; `Err` only for a spec or configuration it cannot use.
 pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
     let started = Instant::now();
-    let checks = checks::select(&config.checks).map_err(|m| SpecError::invalid("", "", m))?;
-    let request_doc = prepare_doc(doc, Direction::Request);
-    let response_doc = prepare_doc(doc, Direction::Response);
-    let ops = compile_ops(doc, &request_doc, &response_doc, &config.positive_statuses)?;
-    let client = reqwest::Client::builder()
-        .timeout(config.request_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| SpecError::invalid("", "", format!("HTTP client: {e}")))?;
+    let (checks, request_doc, ops, client) = prepare(doc, &config)?;
     let auth_headers = auth_header_names(doc);
     let testable = ops.iter().filter(|o| o.skipped.is_none()).count();
     let per_op_phases = config
@@ -382,6 +385,7 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
         phase: AtomicUsize::new(0),
         recorder: config.cassette.as_ref().map(|_| Mutex::new(Vec::new())),
         recorded: AtomicUsize::new(0),
+        scripts: config.cassette.as_ref().map(|_| Mutex::new(Vec::new())),
     });
     let mut outcomes: Vec<OpOutcome> = shared.ops.iter().map(|_| OpOutcome::default()).collect();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(config.workers.max(1)));
@@ -465,10 +469,18 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
     report.elapsed = started.elapsed();
     if let (Some(path), Some(recorder)) = (&config.cassette, &shared.recorder) {
         let interactions = recorder.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut scripts = shared
+            .scripts
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).clone())
+            .unwrap_or_default();
+        // Only the failures the report shows, so every id it prints replays.
+        scripts.retain(|s| report.failures.iter().any(|f| f.id == s.id));
         let text = crate::cassette::render(
             &format!("agentplane conform --url {}", config.base_url),
             config.seed,
             &interactions,
+            &scripts,
             &shared.auth_headers,
         );
         std::fs::write(path, text).map_err(|source| SpecError::Io {
@@ -477,6 +489,24 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
         })?;
     }
     Ok(report)
+}
+
+/// What a run and a replay share: the enabled checks, the spec prepared for requests, its
+/// compiled operations and the HTTP client.
+fn prepare(
+    doc: &Value,
+    config: &Config,
+) -> Result<(Vec<Check>, Value, Vec<Op>, reqwest::Client), SpecError> {
+    let checks = checks::select(&config.checks).map_err(|m| SpecError::invalid("", "", m))?;
+    let request_doc = prepare_doc(doc, Direction::Request);
+    let response_doc = prepare_doc(doc, Direction::Response);
+    let ops = compile_ops(doc, &request_doc, &response_doc, &config.positive_statuses)?;
+    let client = reqwest::Client::builder()
+        .timeout(config.request_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| SpecError::invalid("", "", format!("HTTP client: {e}")))?;
+    Ok((checks, request_doc, ops, client))
 }
 
 /// Adds a failure to the distinct ones: one finding is one check failing on one operation
@@ -1601,11 +1631,78 @@ async fn probe_unsupported_methods(
 
 /// Pages a list walk fetches at most.
 const MAX_WALKED_PAGES: u64 = 5;
+/// The page sizes a walk and a whole-list read try at most.
+const MAX_PAGE_SIZE: u64 = 100;
 
-/// For a GET whose 200 answer is `{data: [...], pagination: {total, per_page, pages}}` and
-/// that takes `page` and `per_page` query parameters: reads one page to learn the total,
-/// then walks the pages with a `per_page` that needs at most [`MAX_WALKED_PAGES`], and runs
-/// `pagination_totals` on the walk.
+/// Query parameters that set a page's size, in the order they are looked for.
+const SIZE_PARAMS: &[&str] = &[
+    "per_page",
+    "page_size",
+    "limit",
+    "size",
+    "pageSize",
+    "perPage",
+];
+/// Query parameters that take the previous page's cursor.
+const CURSOR_PARAMS: &[&str] = &[
+    "cursor",
+    "after",
+    "page_token",
+    "pageToken",
+    "starting_after",
+];
+
+/// How a walk moves from one page to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paging {
+    /// `page=1, 2, …`.
+    Numbers,
+    /// `offset=0, size, 2·size, …`.
+    Offsets,
+    /// The previous page's cursor, or its `Link: <…>; rel="next"`.
+    Next,
+}
+
+/// A list operation's paging parameters (indices into its parameters).
+struct ListParams {
+    size: Option<usize>,
+    page: Option<usize>,
+    offset: Option<usize>,
+    cursor: Option<usize>,
+}
+
+impl ListParams {
+    fn of(op: &Op) -> Self {
+        let find = |names: &[&str]| {
+            names.iter().find_map(|name| {
+                op.params
+                    .iter()
+                    .position(|p| p.loc == Loc::Query && p.name == *name)
+            })
+        };
+        ListParams {
+            size: find(SIZE_PARAMS),
+            page: find(&["page"]),
+            offset: find(&["offset"]),
+            cursor: find(CURSOR_PARAMS),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = usize> {
+        [self.size, self.page, self.offset, self.cursor]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// Walks a list GET's pages (`pagination_totals`) in every way it pages: page numbers
+/// (`page` and a size), offsets (`offset` and `limit`), and cursors or `Link` headers
+/// when its first page carries one. A first page read with the smallest size judges the
+/// per-page invariants and gives the total; each walk then reads up to
+/// [`MAX_WALKED_PAGES`] pages with a size that covers the total in that many, and is judged
+/// as a whole (no item twice, none lost, the total held) when it reached the last page, or
+/// for repeats only when the budget ran out. The whole list read as one page, when one
+/// page can hold it, is what no walk may lose an item of.
 async fn walk_pages(
     shared: &Shared,
     op: &Op,
@@ -1616,83 +1713,183 @@ async fn walk_pages(
     if op.method != "GET" || !shared.checks.iter().any(|c| c.name == "pagination_totals") {
         return;
     }
-    let find = |name: &str| {
-        op.params
-            .iter()
-            .position(|p| p.loc == Loc::Query && p.name == name)
-    };
-    let (Some(page), Some(per_page)) = (find("page"), find("per_page")) else {
+    let params = ListParams::of(op);
+    if params.page.is_none() && params.offset.is_none() && params.cursor.is_none() {
         return;
-    };
+    }
     let Some(mut base) = factory.positive(runner, &shared.auth_headers) else {
         return;
     };
+    let paging: Vec<usize> = params.all().collect();
     base.values
-        .retain(|(i, _)| op.params[*i].required && *i != page && *i != per_page);
+        .retain(|(i, _)| op.params[*i].required && !paging.contains(i));
     let accepts = |i: usize, n: u64| valid_after_round_trip(&op.params[i], &Value::from(n));
-    let fetch = |page_no: u64, size: u64| {
-        let mut case = base.clone();
-        case.values.push((page, Value::from(page_no)));
-        case.values.push((per_page, Value::from(size)));
+    let size_from = |from: u64| match params.size {
+        Some(i) => (from..=MAX_PAGE_SIZE.max(from)).find(|n| accepts(i, *n)),
+        None => Some(0),
+    };
+    let Some(first_size) = size_from(1) else {
+        return;
+    };
+    let with = |case: &Case, i: Option<usize>, value: Value| {
+        let mut case = case.clone();
+        if let Some(i) = i {
+            case.values.retain(|(j, _)| *j != i);
+            case.values.push((i, value));
+        }
         case
     };
-    let Some(first_size) = (1..=100).find(|n| accepts(per_page, *n)) else {
+    let sized = |size: u64| {
+        if size == 0 {
+            base.clone()
+        } else {
+            with(&base, params.size, Value::from(size))
+        }
+    };
+    let Some(first) = get_page(shared, op, &sized(first_size), outcome).await else {
         return;
     };
-    if !accepts(page, 1) {
+    let Some(page) = checks::list_page(&first) else {
         return;
+    };
+    let seen = Seen {
+        pages: std::slice::from_ref(&first),
+        ..Seen::new(CaseKind::ListPage, &first)
+    };
+    judge_with(shared, op, &seen, outcome);
+    let wanted = match page.total {
+        Some(total) => total.div_ceil(MAX_WALKED_PAGES).max(first_size).max(1),
+        None => first_size.max(2),
+    };
+    let Some(size) = size_from(wanted) else {
+        return;
+    };
+    // The whole list as one page, when one can hold it.
+    let whole = match (params.size, page.total) {
+        (Some(_), Some(total)) if total > size => match size_from(total) {
+            Some(all) => get_page(shared, op, &sized(all), outcome)
+                .await
+                .filter(|ex| checks::list_page(ex).is_some_and(|p| p.items.len() as u64 == total)),
+            None => None,
+        },
+        _ => None,
+    };
+    let mut ways = Vec::new();
+    if params.page.is_some() && params.size.is_some() {
+        ways.push(Paging::Numbers);
     }
+    if params.offset.is_some() && params.size.is_some() {
+        ways.push(Paging::Offsets);
+    }
+    if page.next_link.is_some() || (page.next_cursor.is_some() && params.cursor.is_some()) {
+        ways.push(Paging::Next);
+    }
+    for way in ways {
+        let mut pages: Vec<Exchange> = Vec::new();
+        let mut complete = false;
+        let mut next: Option<(Option<String>, Option<String>)> = None;
+        for n in 0..MAX_WALKED_PAGES {
+            let fetched = match (way, &next) {
+                (Paging::Next, Some((Some(link), _))) => {
+                    let url = resolve_location(pages.last().map_or("", |p| p.url.as_str()), link);
+                    outcome.cases += 1;
+                    match exchange(shared, "GET", url, auth_headers(shared), None).await {
+                        Ok(ex) if ex.status == 200 => Some(ex),
+                        Ok(_) => None,
+                        Err(e) => {
+                            outcome.failures.push(network_failure(op, e));
+                            None
+                        }
+                    }
+                }
+                (Paging::Next, Some((None, Some(cursor)))) => {
+                    let case = with(&sized(size), params.cursor, Value::from(cursor.clone()));
+                    get_page(shared, op, &case, outcome).await
+                }
+                (Paging::Next, _) => get_page(shared, op, &sized(size), outcome).await,
+                (Paging::Numbers, _) => {
+                    if !params.page.is_some_and(|i| accepts(i, n + 1)) {
+                        break;
+                    }
+                    get_page(
+                        shared,
+                        op,
+                        &with(&sized(size), params.page, Value::from(n + 1)),
+                        outcome,
+                    )
+                    .await
+                }
+                (Paging::Offsets, _) => {
+                    if !params.offset.is_some_and(|i| accepts(i, n * size)) {
+                        break;
+                    }
+                    get_page(
+                        shared,
+                        op,
+                        &with(&sized(size), params.offset, Value::from(n * size)),
+                        outcome,
+                    )
+                    .await
+                }
+            };
+            let Some(ex) = fetched else {
+                break;
+            };
+            let Some(this) = checks::list_page(&ex) else {
+                break;
+            };
+            pages.push(ex);
+            let held = this.items.len() as u64;
+            let last = match way {
+                Paging::Next => {
+                    next = Some((this.next_link.clone(), this.next_cursor.clone()));
+                    !this.has_next()
+                }
+                _ => match this.total {
+                    Some(total) => (n + 1) * size >= total,
+                    None => held < size || held == 0,
+                },
+            };
+            if last {
+                complete = true;
+                break;
+            }
+        }
+        let Some(last) = pages.last() else {
+            continue;
+        };
+        let seen = Seen {
+            pages: &pages,
+            follow_up: whole.as_ref().filter(|_| complete),
+            ..Seen::new(
+                if complete {
+                    CaseKind::PageWalk
+                } else {
+                    CaseKind::PartialWalk
+                },
+                last,
+            )
+        };
+        judge_with(shared, op, &seen, outcome);
+    }
+}
+
+/// Reads one page of a list; the exchange when it answered 200.
+async fn get_page(
+    shared: &Shared,
+    op: &Op,
+    case: &Case,
+    outcome: &mut OpOutcome,
+) -> Option<Exchange> {
     outcome.cases += 1;
-    let (url, headers) = build_request(shared, op, &fetch(1, first_size), true);
-    let first = match exchange(shared, "GET", url, headers, None).await {
-        Ok(ex) => ex,
-        Err(e) => return outcome.failures.push(network_failure(op, e)),
-    };
-    let total = first
-        .json()
-        .and_then(|b| b.pointer("/pagination/total").and_then(Value::as_u64));
-    let Some(total) = total.filter(|_| first.status == 200) else {
-        return;
-    };
-    judge_with(
-        shared,
-        op,
-        CaseKind::ListPage,
-        &first,
-        None,
-        None,
-        std::slice::from_ref(&first),
-        outcome,
-    );
-    let wanted = total.div_ceil(MAX_WALKED_PAGES).max(first_size);
-    let Some(size) = (wanted..wanted + 100).find(|n| accepts(per_page, *n)) else {
-        return;
-    };
-    let pages = total.div_ceil(size).clamp(1, MAX_WALKED_PAGES);
-    let mut walked = Vec::new();
-    for page_no in 1..=pages {
-        if !accepts(page, page_no) {
-            return;
+    let (url, headers) = build_request(shared, op, case, true);
+    match exchange(shared, "GET", url, headers, None).await {
+        Ok(ex) if ex.status == 200 => Some(ex),
+        Ok(_) => None,
+        Err(e) => {
+            outcome.failures.push(network_failure(op, e));
+            None
         }
-        outcome.cases += 1;
-        let (url, headers) = build_request(shared, op, &fetch(page_no, size), true);
-        match exchange(shared, "GET", url, headers, None).await {
-            Ok(ex) if ex.status == 200 => walked.push(ex),
-            Ok(_) => return,
-            Err(e) => return outcome.failures.push(network_failure(op, e)),
-        }
-    }
-    if let Some(last) = walked.last() {
-        judge_with(
-            shared,
-            op,
-            CaseKind::PageWalk,
-            last,
-            None,
-            None,
-            &walked,
-            outcome,
-        );
     }
 }
 
@@ -2056,14 +2253,17 @@ async fn send_raw(
     body: Option<Vec<u8>>,
 ) -> Result<(Exchange, String), String> {
     let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
-    let sent = tokio::time::Instant::now();
-    let mut request = shared.client.request(m, &url);
-    for (name, value) in &headers {
-        request = request.header(name.as_str(), value.as_str());
-    }
-    if let Some(b) = &body {
-        request = request.body(b.clone());
-    }
+    let mut sent = tokio::time::Instant::now();
+    let build = || {
+        let mut request = shared.client.request(m.clone(), &url);
+        for (name, value) in &headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some(b) = &body {
+            request = request.body(b.clone());
+        }
+        request
+    };
     let partial = Exchange {
         method: method.to_string(),
         url: url.clone(),
@@ -2073,10 +2273,22 @@ async fn send_raw(
         headers: Vec::new(),
         body: Vec::new(),
     };
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("{e} ({})", partial.curl()))?;
+    let mut retries = 0;
+    let response = loop {
+        let response = build()
+            .send()
+            .await
+            .map_err(|e| format!("{e} ({})", partial.curl()))?;
+        // A 429 with a Retry-After the run can wait: back off and send it again.
+        match retry_after(&response).filter(|_| retries < MAX_RETRIES) {
+            Some(wait) => {
+                retries += 1;
+                tokio::time::sleep(wait).await;
+                sent = tokio::time::Instant::now();
+            }
+            None => break response,
+        }
+    };
     let status = response.status().as_u16();
     let version = match response.version() {
         reqwest::Version::HTTP_09 => "0.9",
@@ -2116,6 +2328,64 @@ async fn send_raw(
         },
         version,
     ))
+}
+
+/// Times one request is sent again after a 429 with `Retry-After`.
+pub const MAX_RETRIES: usize = 3;
+/// The longest `Retry-After` the run waits; a longer one leaves the 429 as the answer.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a 429 asks to wait (`Retry-After` in seconds or as an HTTP date), when the
+/// run waits that long.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let value = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate_in(value)?,
+    };
+    (wait <= MAX_RETRY_WAIT).then_some(wait)
+}
+
+/// The time until an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`); zero when it is past.
+fn httpdate_in(value: &str) -> Option<Duration> {
+    let parts: Vec<&str> = value.split_ascii_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m == month)? as i64 + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, mi, se] = hms.as_slice() else {
+        return None;
+    };
+    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let at = u64::try_from(days * 86_400 + h * 3600 + mi * 60 + se).ok()?;
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(at.saturating_sub(now)))
 }
 
 /// Events of a stream read before it counts as seen (as Schemathesis does).
@@ -2161,6 +2431,15 @@ fn complete_events(body: &[u8]) -> (usize, usize) {
 }
 
 fn network_failure(op: &Op, message: String) -> Failure {
+    let request = Exchange {
+        method: op.method.clone(),
+        url: String::new(),
+        request_headers: Vec::new(),
+        request_body: None,
+        status: 0,
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
     Failure {
         operation: op.label.clone(),
         check: "network_error".into(),
@@ -2169,6 +2448,7 @@ fn network_failure(op: &Op, message: String) -> Failure {
         curl: String::new(),
         status: None,
         occurrences: 1,
+        id: checks::failure_id("network_error", &op.label, None, &request),
     }
 }
 
@@ -2222,21 +2502,99 @@ fn judge(
     follow_up: Option<&Exchange>,
     outcome: &mut OpOutcome,
 ) -> Vec<CheckRecord> {
-    judge_with(shared, op, kind, exchange, follow_up, None, &[], outcome)
+    let seen = Seen {
+        follow_up,
+        ..Seen::new(kind, exchange)
+    };
+    judge_with(shared, op, &seen, outcome)
 }
 
-/// [`judge`] with the extra context some checks need.
-#[allow(clippy::too_many_arguments)]
+/// What a check judges: the request's kind, its exchange, and the exchanges around it.
+struct Seen<'a> {
+    kind: CaseKind,
+    exchange: &'a Exchange,
+    follow_up: Option<&'a Exchange>,
+    before: Option<&'a Exchange>,
+    pages: &'a [Exchange],
+    /// The request that made what this one works on (a stateful chain's create), for a
+    /// replay.
+    setup: Option<&'a Exchange>,
+}
+
+impl<'a> Seen<'a> {
+    fn new(kind: CaseKind, exchange: &'a Exchange) -> Self {
+        Seen {
+            kind,
+            exchange,
+            follow_up: None,
+            before: None,
+            pages: &[],
+            setup: None,
+        }
+    }
+
+    /// The requests that showed a failure, in the order they were sent, with their roles.
+    fn steps(&self) -> Vec<(&'static str, &'a Exchange)> {
+        let mut steps = Vec::new();
+        if let Some(setup) = self.setup {
+            steps.push(("setup", setup));
+        }
+        if let Some(before) = self.before {
+            steps.push(("before", before));
+        }
+        if self.pages.is_empty() {
+            steps.push(("request", self.exchange));
+        } else {
+            steps.extend(self.pages.iter().map(|p| ("page", p)));
+        }
+        if let Some(follow_up) = self.follow_up {
+            steps.push(("follow_up", follow_up));
+        }
+        steps
+    }
+}
+
+/// Keeps the replay script of a failure for the cassette, once per id.
+fn keep_script(shared: &Shared, op: &Op, check: &str, id: &str, seen: &Seen<'_>) {
+    let Some(scripts) = &shared.scripts else {
+        return;
+    };
+    let mut scripts = scripts.lock().unwrap_or_else(PoisonError::into_inner);
+    if scripts.iter().any(|s| s.id == id) {
+        return;
+    }
+    let steps = seen
+        .steps()
+        .into_iter()
+        .map(|(role, ex)| ReplayStep {
+            role: role.to_string(),
+            method: ex.method.clone(),
+            uri: ex.url.clone(),
+            headers: ex.request_headers.clone(),
+            body: ex
+                .request_body
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+            response_body: Some(String::from_utf8_lossy(&ex.body).into_owned()),
+        })
+        .collect();
+    scripts.push(ReplayScript {
+        id: id.to_string(),
+        check: check.to_string(),
+        operation: op.label.clone(),
+        kind: seen.kind.as_str().to_string(),
+        steps,
+    });
+}
+
+/// Runs the enabled checks on what was seen; counts and keeps the failures.
 fn judge_with(
     shared: &Shared,
     op: &Op,
-    kind: CaseKind,
-    exchange: &Exchange,
-    follow_up: Option<&Exchange>,
-    before: Option<&Exchange>,
-    pages: &[Exchange],
+    seen: &Seen<'_>,
     outcome: &mut OpOutcome,
 ) -> Vec<CheckRecord> {
+    let exchange = seen.exchange;
     if let Some(observe) = &shared.config.observer {
         observe(&op.label, exchange);
     }
@@ -2244,12 +2602,12 @@ fn judge_with(
     let ctx = CheckContext {
         operation: &op.label,
         responses: &op.responses,
-        kind,
+        kind: seen.kind,
         exchange,
-        follow_up,
+        follow_up: seen.follow_up,
         positive_statuses: &op.positive_statuses,
-        before,
-        pages,
+        before: seen.before,
+        pages: seen.pages,
         path_methods: &op.path_methods,
         without_credentials: without_credentials(shared, op, exchange),
     };
@@ -2271,17 +2629,21 @@ fn judge_with(
                     passed: false,
                     message: Some(message.clone()),
                 });
+                let status = Some(exchange.status);
+                let id = checks::failure_id(check.name, &op.label, status, exchange);
+                keep_script(shared, op, check.name, &id, seen);
                 outcome.failures.push(Failure {
                     operation: op.label.clone(),
                     check: check.name.into(),
                     message,
                     severity: check.severity,
-                    curl: follow_up.map_or_else(
+                    curl: seen.follow_up.map_or_else(
                         || exchange.curl(),
                         |f| format!("{}\n{}", exchange.curl(), f.curl()),
                     ),
-                    status: Some(exchange.status),
+                    status,
                     occurrences: 1,
+                    id,
                 });
             }
         }
@@ -2486,6 +2848,7 @@ async fn run_chain(shared: &Shared, chain: &Chain) -> Vec<(usize, OpOutcome)> {
                 op: &shared.ops[*read_target],
                 case: read_case_fixed,
                 before: read_ex,
+                created: &created,
             };
             let mut cases = Vec::new();
             for (target, params) in &chain.targets {
@@ -2505,10 +2868,43 @@ async fn run_chain(shared: &Shared, chain: &Chain) -> Vec<(usize, OpOutcome)> {
                 continue;
             };
             let out = outcomes.entry(*target).or_default();
+            // read_after_write: what the resource is just before the update.
+            let reader = match (&read, &first_read) {
+                (Some((read_target, _)), Some((read_case_fixed, read_ex)))
+                    if matches!(op.method.as_str(), "PUT" | "PATCH")
+                        && shared.ops[*read_target].template == op.template
+                        && (200..300).contains(&read_ex.status)
+                        && shared.checks.iter().any(|c| c.name == "read_after_write") =>
+                {
+                    Some(Reader {
+                        op: &shared.ops[*read_target],
+                        case: read_case_fixed,
+                        before: read_ex,
+                        created: &created,
+                    })
+                }
+                _ => None,
+            };
+            let before = match &reader {
+                Some(reader) => reader.read(shared, out).await,
+                None => None,
+            };
             let Some(ex) = send_and_check(shared, op, &case, CaseKind::Positive, true, out).await
             else {
                 continue;
             };
+            if let (Some(reader), Some(before)) = (&reader, &before)
+                && (200..300).contains(&ex.status)
+                && let Some(after) = reader.read(shared, out).await
+            {
+                let seen = Seen {
+                    follow_up: Some(&after),
+                    before: Some(before),
+                    setup: Some(&created),
+                    ..Seen::new(CaseKind::Updated, &ex)
+                };
+                judge_with(shared, op, &seen, out);
+            }
             if op.method == "DELETE"
                 && (200..300).contains(&ex.status)
                 && let Some((read_target, read_params)) = &read
@@ -2555,6 +2951,8 @@ struct Reader<'a> {
     case: &'a Case,
     /// The first successful read.
     before: &'a Exchange,
+    /// The create that made the resource.
+    created: &'a Exchange,
 }
 
 impl Reader<'_> {
@@ -2607,8 +3005,10 @@ fn documents(op: &Op, status: &str) -> bool {
 /// The made-up ETag `conditional_requests` sends in `If-Match`.
 const STALE_ETAG: &str = "\"stale-etag-0\"";
 
-/// `conditional_requests`: a re-read with `If-None-Match: <ETag>` must answer 304, and an
-/// update with `If-Match: <stale ETag>` must answer 412 and leave the resource as it was.
+/// `conditional_requests`: a re-read with `If-None-Match: <ETag>` must answer 304, and a
+/// PUT, PATCH or DELETE of the resource with `If-Match: <stale ETag>` must answer 412 and
+/// leave it as it was, wherever the operation documents 412 and takes `If-Match` (a declared
+/// header parameter, or the resource came with an `ETag`).
 async fn conditional_requests(
     shared: &Shared,
     reader: &Reader<'_>,
@@ -2622,11 +3022,11 @@ async fn conditional_requests(
     {
         return;
     }
-    let Some(etag) = reader.before.header("etag").map(str::to_string) else {
-        return;
-    };
+    let etag = reader.before.header("etag").map(str::to_string);
     let read_op = reader.op;
-    if documents(read_op, "304") || has_header_param(read_op, "If-None-Match") {
+    if let Some(etag) = etag.clone()
+        && (documents(read_op, "304") || has_header_param(read_op, "If-None-Match"))
+    {
         let out = outcomes.entry(read_op.index).or_default();
         let replace = [("If-None-Match".to_string(), etag)];
         if let Some(ex) = send_with_headers(shared, read_op, reader.case, true, &replace, out).await
@@ -2634,31 +3034,39 @@ async fn conditional_requests(
             judge(shared, read_op, CaseKind::ConditionalRead, &ex, None, out);
         }
     }
-    for (target, case) in cases {
+    // Deletes last: a server that ignores If-Match on one deletes the resource.
+    let mut writes: Vec<&(usize, Case)> = cases
+        .iter()
+        .filter(|(t, _)| {
+            let op = &shared.ops[*t];
+            matches!(op.method.as_str(), "PUT" | "PATCH" | "DELETE")
+                && op.template == read_op.template
+                && documents(op, "412")
+                && (has_header_param(op, "If-Match") || etag.is_some())
+        })
+        .collect();
+    writes.sort_by_key(|(t, _)| shared.ops[*t].method == "DELETE");
+    for (target, case) in writes {
         let op = &shared.ops[*target];
-        if !matches!(op.method.as_str(), "PUT" | "PATCH")
-            || op.template != read_op.template
-            || !has_header_param(op, "If-Match")
-            || !documents(op, "412")
-        {
-            continue;
-        }
         let out = outcomes.entry(*target).or_default();
+        let Some(before) = reader.read(shared, out).await else {
+            continue;
+        };
         let replace = [("If-Match".to_string(), STALE_ETAG.to_string())];
         let Some(ex) = send_with_headers(shared, op, case, true, &replace, out).await else {
             continue;
         };
         let after = reader.read(shared, out).await;
-        judge_with(
-            shared,
-            op,
-            CaseKind::ConditionalUpdate,
-            &ex,
-            after.as_ref(),
-            Some(reader.before),
-            &[],
-            out,
-        );
+        let seen = Seen {
+            follow_up: after.as_ref(),
+            before: Some(&before),
+            setup: Some(reader.created),
+            ..Seen::new(CaseKind::ConditionalUpdate, &ex)
+        };
+        judge_with(shared, op, &seen, out);
+        if after.is_some_and(|a| !(200..300).contains(&a.status)) {
+            return;
+        }
     }
 }
 
@@ -2719,6 +3127,382 @@ pub fn operation_labels(doc: &Value) -> Vec<String> {
     out
 }
 
+/// What re-sending one failure's requests showed.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// The failure's id, as the run that found it printed it.
+    pub id: String,
+    pub check: String,
+    pub operation: String,
+    /// The failure's own check now: passed (fixed), failed (with why), or not applicable
+    /// (the requests no longer reach what it judges: a resource gone, a non-200 page).
+    pub verdict: Verdict,
+    /// The re-sent requests as `curl` lines.
+    pub curl: String,
+}
+
+impl Replayed {
+    /// Whether the failure is gone.
+    pub fn fixed(&self) -> bool {
+        !matches!(self.verdict, Verdict::Fail(_))
+    }
+}
+
+/// Re-sends each script's requests (`agentplane conform --replay`) to
+/// [`Config::base_url`]'s origin, with the credentials of [`Config::headers`] (and for
+/// `cross_tenant_isolation`, [`Config::other_headers`]) in place of the cassette's filtered
+/// ones, a value a re-sent request answers differently (a new resource's `id`) replaced in
+/// the requests after it, and re-runs the checks on them. The report holds what failed
+/// now; one [`Replayed`] per script says whether its own failure is fixed.
+pub async fn replay_failures(
+    doc: &Value,
+    config: Config,
+    scripts: &[ReplayScript],
+) -> Result<(Report, Vec<Replayed>), SpecError> {
+    let started = Instant::now();
+    let (checks, request_doc, ops, client) = prepare(doc, &config)?;
+    let shared = Shared {
+        request_doc,
+        ops,
+        checks,
+        auth_headers: auth_header_names(doc),
+        config,
+        client,
+        done: AtomicUsize::new(0),
+        total: scripts.len(),
+        phase: AtomicUsize::new(0),
+        recorder: None,
+        recorded: AtomicUsize::new(0),
+        scripts: None,
+    };
+    let mut outcomes: BTreeMap<usize, OpOutcome> = BTreeMap::new();
+    let mut replayed = Vec::new();
+    for script in scripts {
+        let Some(op) = shared.ops.iter().find(|o| o.label == script.operation) else {
+            return Err(SpecError::invalid(
+                "",
+                "",
+                format!(
+                    "the failure {} is on {}, which the spec does not document",
+                    script.id, script.operation
+                ),
+            ));
+        };
+        let mut kind = CaseKind::parse(&script.kind).unwrap_or(CaseKind::Positive);
+        let out = outcomes.entry(op.index).or_default();
+        let mut sent = resend(&shared, script, kind, out).await;
+        let mut pages: Vec<Exchange> = sent
+            .iter()
+            .filter(|(r, _)| r == "page")
+            .map(|(_, e)| e.clone())
+            .collect();
+        if matches!(kind, CaseKind::PageWalk | CaseKind::PartialWalk)
+            && let Some((walked, complete)) = rewalk(&shared, op, &pages, out).await
+        {
+            sent.retain(|(r, _)| r != "page");
+            sent.extend(walked.iter().map(|p| ("page".to_string(), p.clone())));
+            pages = walked;
+            kind = if complete {
+                CaseKind::PageWalk
+            } else {
+                CaseKind::PartialWalk
+            };
+        }
+        let by_role = |role: &str| sent.iter().find(|(r, _)| r == role).map(|(_, e)| e);
+        let Some(exchange) = by_role("request").or(pages.last()) else {
+            replayed.push(Replayed {
+                id: script.id.clone(),
+                check: script.check.clone(),
+                operation: script.operation.clone(),
+                verdict: Verdict::Fail("the request could not be sent".into()),
+                curl: String::new(),
+            });
+            continue;
+        };
+        let seen = Seen {
+            follow_up: by_role("follow_up"),
+            before: by_role("before"),
+            pages: &pages,
+            setup: by_role("setup"),
+            ..Seen::new(kind, exchange)
+        };
+        let records = judge_with(&shared, op, &seen, out);
+        let verdict =
+            records
+                .iter()
+                .find(|r| r.name == script.check)
+                .map_or(Verdict::NotApplicable, |r| match &r.message {
+                    Some(m) if !r.passed => Verdict::Fail(m.clone()),
+                    _ => Verdict::Pass,
+                });
+        replayed.push(Replayed {
+            id: script.id.clone(),
+            check: script.check.clone(),
+            operation: script.operation.clone(),
+            verdict,
+            curl: sent
+                .iter()
+                .map(|(_, e)| e.curl())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        });
+    }
+    let mut report = Report {
+        seed: shared.config.seed,
+        ..Report::default()
+    };
+    for (index, outcome) in outcomes {
+        let op = &shared.ops[index];
+        report.cases += outcome.cases;
+        for f in outcome.failures {
+            group_failure(&mut report.failures, f);
+        }
+        report.operations.push(OperationReport {
+            operation: op.label.clone(),
+            operation_id: op.id.clone(),
+            cases: outcome.cases,
+            skipped: None,
+            checks: outcome.checks,
+        });
+    }
+    report.elapsed = started.elapsed();
+    Ok((report, replayed))
+}
+
+/// `agentplane conform --replay <id|cassette>`: `wanted` is a cassette's path (every
+/// failure in it) or a failure id (read from `cassette`). Prints one line per failure
+/// (`fixed` or `still fails`) and the summary of what was re-sent; exits 0 when every
+/// replayed failure is fixed, 1 when one is not, 2 when nothing can be replayed.
+pub async fn replay_command(
+    doc: &Value,
+    config: Config,
+    wanted: &str,
+    cassette: Option<&std::path::Path>,
+) -> u8 {
+    use crate::conform::{EXIT_FAILED, EXIT_PASSED, EXIT_USAGE};
+    let usage = |message: String| {
+        eprintln!("agentplane conform: {message}");
+        EXIT_USAGE
+    };
+    let as_path = std::path::Path::new(wanted);
+    let (path, id) = if as_path.is_file() {
+        (as_path, None)
+    } else {
+        match cassette {
+            Some(path) => (path, Some(wanted)),
+            None => {
+                return usage(format!(
+                    "--replay {wanted}: not a file, so a failure id; give the run's --cassette to read it from"
+                ));
+            }
+        }
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return usage(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut scripts = match crate::cassette::parse_replay(&text) {
+        Ok(s) => s,
+        Err(e) => return usage(format!("{}: {e}", path.display())),
+    };
+    if let Some(id) = id {
+        scripts.retain(|s| s.id == id);
+        if scripts.is_empty() {
+            return usage(format!(
+                "no failure {id} in {} (ids are printed beside each failure)",
+                path.display()
+            ));
+        }
+    } else if scripts.is_empty() {
+        eprintln!(
+            "agentplane conform: {} records no failures to replay",
+            path.display()
+        );
+        return EXIT_PASSED;
+    }
+    let (report, replayed) = match replay_failures(doc, config, &scripts).await {
+        Ok(r) => r,
+        Err(e) => return usage(e.to_string()),
+    };
+    for r in &replayed {
+        let state = match &r.verdict {
+            Verdict::Pass => "fixed".to_string(),
+            Verdict::NotApplicable => "fixed (the check no longer applies)".to_string(),
+            Verdict::Fail(why) => format!("still fails: {why}"),
+        };
+        println!(
+            "{} {} [{}] {state}\n   {}",
+            r.id,
+            r.operation,
+            r.check,
+            r.curl.replace('\n', "\n   ")
+        );
+    }
+    println!("\n{}", crate::report::summary(&report));
+    if replayed.iter().all(Replayed::fixed) {
+        EXIT_PASSED
+    } else {
+        EXIT_FAILED
+    }
+}
+
+/// A replayed walk that went by cursor or `Link` goes by what the server answers now, not
+/// by the recorded cursors: from the first page, it follows each page's `Link` or cursor
+/// (put in the cursor parameter the recorded walk used) to the end, or for at most
+/// [`MAX_WALKED_PAGES`] pages. `None` for a walk by page numbers or offsets, which is
+/// re-sent as recorded; else the pages and whether the walk reached the end.
+async fn rewalk(
+    shared: &Shared,
+    op: &Op,
+    recorded: &[Exchange],
+    outcome: &mut OpOutcome,
+) -> Option<(Vec<Exchange>, bool)> {
+    let first = recorded.first()?.clone();
+    let cursor_param = recorded.get(1).and_then(|p| {
+        url::Url::parse(&p.url)
+            .ok()?
+            .query_pairs()
+            .find_map(|(k, _)| CURSOR_PARAMS.contains(&k.as_ref()).then(|| k.into_owned()))
+    });
+    let page = checks::list_page(&first)?;
+    if page.next_link.is_none() && cursor_param.is_none() {
+        return None;
+    }
+    let mut pages = vec![first];
+    let mut complete = false;
+    while (pages.len() as u64) < MAX_WALKED_PAGES {
+        let Some(last) = pages.last().and_then(|p| Some((p, checks::list_page(p)?))) else {
+            break;
+        };
+        let (last, this) = last;
+        if !this.has_next() {
+            complete = true;
+            break;
+        }
+        let url = match (&this.next_link, &this.next_cursor, &cursor_param) {
+            (Some(link), _, _) => resolve_location(&last.url, link),
+            (None, Some(cursor), Some(name)) => {
+                let Ok(mut url) = url::Url::parse(&pages[0].url) else {
+                    break;
+                };
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .filter(|(k, _)| k != name.as_str())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                url.query_pairs_mut()
+                    .clear()
+                    .extend_pairs(pairs)
+                    .append_pair(name, cursor);
+                url.to_string()
+            }
+            _ => break,
+        };
+        outcome.cases += 1;
+        let headers = pages[0].request_headers.clone();
+        match exchange(shared, "GET", url, headers, None).await {
+            Ok(ex) if ex.status == 200 => pages.push(ex),
+            Ok(_) => break,
+            Err(e) => {
+                outcome.failures.push(network_failure(op, e));
+                break;
+            }
+        }
+    }
+    if !complete
+        && pages
+            .last()
+            .and_then(checks::list_page)
+            .is_some_and(|p| !p.has_next())
+    {
+        complete = true;
+    }
+    Some((pages, complete))
+}
+
+/// Re-sends a script's steps in order; each sent one with its role.
+async fn resend(
+    shared: &Shared,
+    script: &ReplayScript,
+    kind: CaseKind,
+    outcome: &mut OpOutcome,
+) -> Vec<(String, Exchange)> {
+    let base = url::Url::parse(&shared.config.base_url).ok();
+    let mut renamed: Vec<(String, String)> = Vec::new();
+    let mut sent = Vec::new();
+    for step in &script.steps {
+        let credentials = if kind == CaseKind::CrossTenant && step.role == "request" {
+            &shared.config.other_headers
+        } else {
+            &shared.config.headers
+        };
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for (name, value) in &step.headers {
+            if value != crate::cassette::REDACTED {
+                headers.push((name.clone(), value.clone()));
+            } else if let Some((_, v)) = credentials
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                headers.push((name.clone(), v.clone()));
+            }
+        }
+        for (name, value) in credentials {
+            if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+                && shared.auth_headers.contains(&name.to_ascii_lowercase())
+                && step
+                    .headers
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                headers.push((name.clone(), value.clone()));
+            }
+        }
+        let rename = |text: &str| {
+            renamed
+                .iter()
+                .fold(text.to_string(), |t, (old, new)| t.replace(old, new))
+        };
+        let mut uri = rename(&step.uri);
+        if let (Some(base), Ok(mut parsed)) = (&base, url::Url::parse(&uri)) {
+            let _ = parsed.set_scheme(base.scheme());
+            let _ = parsed.set_host(base.host_str());
+            let _ = parsed.set_port(base.port());
+            uri = parsed.to_string();
+        }
+        let body = step.body.as_deref().map(|b| rename(b).into_bytes());
+        outcome.cases += 1;
+        let (result, _) = exchange_recorded(shared, &step.method, uri, headers, body).await;
+        let Ok(ex) = result else {
+            break;
+        };
+        if let (Some(Value::Object(old)), Some(Value::Object(new))) = (
+            step.response_body
+                .as_deref()
+                .and_then(|b| serde_json::from_str::<Value>(b).ok()),
+            ex.json(),
+        ) {
+            for (key, was) in &old {
+                let text = |v: &Value| match v {
+                    Value::String(_) | Value::Number(_) => scalar_text(v),
+                    _ => None,
+                };
+                let (Some(was), Some(now)) = (
+                    text(was).filter(|t| t.len() >= 4),
+                    new.get(key).and_then(text),
+                ) else {
+                    continue;
+                };
+                if was != now && !renamed.iter().any(|(o, _)| *o == was) {
+                    renamed.push((was, now));
+                }
+            }
+        }
+        sent.push((step.role.clone(), ex));
+    }
+    sent
+}
+
 #[cfg(test)]
 mod progress_tests {
     #[test]
@@ -2733,6 +3517,29 @@ mod progress_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_after_date_is_read_as_the_time_until_it() {
+        assert_eq!(
+            httpdate_in("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = crate::cassette::timestamp(SystemTime::now() + Duration::from_secs(3600));
+        // 2026-12-04T15:00:00.000000+00:00 → Fri, 04 Dec 2026 15:00:00 GMT
+        let (date, time) = later.split_once('T').expect("a timestamp");
+        let ymd: Vec<&str> = date.split('-').collect();
+        let months = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let month = months[ymd[1].parse::<usize>().expect("month") - 1];
+        let imf = format!("Xxx, {} {month} {} {} GMT", ymd[2], ymd[0], &time[..8]);
+        let wait = httpdate_in(&imf).expect("parses");
+        assert!(
+            wait > Duration::from_secs(3590) && wait <= Duration::from_secs(3600),
+            "{wait:?}"
+        );
+        assert_eq!(httpdate_in("soon"), None);
+    }
 
     #[test]
     fn an_endless_event_stream_is_cut_after_its_complete_events() {

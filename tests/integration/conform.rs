@@ -57,6 +57,7 @@ backend_test!(conform_finds_no_failures, |app| {
     for check in [
         "cross_tenant_isolation",
         "conditional_requests",
+        "read_after_write",
         "pagination_totals",
     ] {
         let passed: usize = report

@@ -716,6 +716,7 @@ async fn conform_finds_every_answer_of_a_mock_of_our_spec_valid() {
         "ensure_resource_availability",
         "cross_tenant_isolation",
         "conditional_requests",
+        "read_after_write",
         "pagination_totals",
     ] {
         let passed: usize = report

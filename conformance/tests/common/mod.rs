@@ -50,3 +50,30 @@ pub async fn incoming(mut req: poem::Request) -> Incoming {
         body: req.take_body().into_vec().await.unwrap_or_default(),
     }
 }
+
+// Each suite compiles this module on its own, and not every suite validates.
+#[allow(dead_code)]
+impl Incoming {
+    /// A request header's value, when it is text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    /// What `validator` makes of the request.
+    pub fn validate<'v>(
+        &self,
+        validator: &'v conformance::RequestValidator,
+    ) -> conformance::Outcome<'v> {
+        let header = |name: &str| self.header(name);
+        validator.validate(&conformance::validate::Request {
+            method: &self.method,
+            path: &self.path,
+            query: &self.query,
+            header: &header,
+            body: &self.body,
+        })
+    }
+}
