@@ -12,6 +12,7 @@ mod model;
 mod run;
 mod shape;
 mod validate;
+mod violation;
 
 #[cfg(test)]
 mod tests;

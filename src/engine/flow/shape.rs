@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::model::NodeType;
-use super::validate::{Violation, code};
+use super::violation::{Violation, code};
 
 /// What one field must be.
 #[derive(Clone, Copy)]
