@@ -228,8 +228,24 @@ pub fn parse_url(url: &str) -> (Backend, String) {
     }
 }
 
+/// Creates the SQLite file readable by its owner only (0600) when it does not exist yet: its
+/// rows hold hashes, sealed secrets and every tenant's data. SQLite gives its `-wal` and
+/// `-shm` files the database file's mode.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Store {
-    /// Connects, creating the SQLite file's directory if needed, and runs pending migrations.
+    /// Connects, creating the SQLite file (0600) and its directory if needed, and runs pending
+    /// migrations.
     pub fn open(url: &str, pool_size: u32) -> anyhow::Result<Self> {
         let (backend, target) = parse_url(url);
         if backend == Backend::Sqlite
@@ -238,6 +254,9 @@ impl Store {
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir)?;
+        }
+        if backend == Backend::Sqlite && target != ":memory:" {
+            create_private(std::path::Path::new(&target))?;
         }
         let manager = Manager { backend, target };
         let pool = r2d2::Pool::builder()

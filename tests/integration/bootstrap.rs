@@ -57,3 +57,27 @@ fn a_failed_first_start_leaves_the_bootstrap_to_the_next() {
         "the first successful start prints the first admin key"
     );
 }
+
+/// The SQLite database and its WAL are readable by their owner only.
+#[cfg(unix)]
+#[test]
+fn the_database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("agentplane-private-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = dir.join("private.db");
+    let store = agentplane::db::Store::open(db.to_str().expect("path"), 2).expect("open");
+    store
+        .run_blocking(|conn| agentplane::auth::bootstrap(conn))
+        .expect("a write");
+    for file in [db.clone(), dir.join("private.db-wal")] {
+        let mode = std::fs::metadata(&file)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
