@@ -96,7 +96,11 @@ backend_test!(lists_expand_knowledge_bases_and_tools, |app| {
         }))
         .await;
     let gone_path = format!("/v1/knowledge/{}", gone["id"].as_str().expect("id"));
-    let resp = app.req(Method::DELETE, &gone_path).send().await.expect("req");
+    let resp = app
+        .req(Method::DELETE, &gone_path)
+        .send()
+        .await
+        .expect("req");
     assert_eq!(resp.status(), 204);
     app.create_agent(json!({"name": "Plain"})).await;
 
