@@ -68,7 +68,7 @@ fn the_database_files_are_private() {
     let db = dir.join("private.db");
     let store = agentplane::db::Store::open(db.to_str().expect("path"), 2).expect("open");
     store
-        .run_blocking(|conn| agentplane::auth::bootstrap(conn))
+        .run_blocking(agentplane::auth::bootstrap)
         .expect("a write");
     for file in [db.clone(), dir.join("private.db-wal")] {
         let mode = std::fs::metadata(&file)
