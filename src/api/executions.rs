@@ -19,11 +19,22 @@ use super::idem;
 use super::paging::{PageRequest, not_modified};
 use super::run::{Listening, NOT_FOUND, Start, follow, follow_events, wait_limit};
 use crate::auth::Caller;
+use crate::db::executions::ExecutionStatus;
 use crate::db::executions::{
     self as store, ExecutionQuery, ExecutionRequest, ExecutionRow, RunOptions, StepStatus,
 };
+use crate::engine::act::{self, Continuation};
 use crate::engine::runner::{self, LiveEvent};
+use crate::engine::tools::{ResumeError, ToolOutput};
 use crate::error::{Failure, Kind, detail, store_error};
+use crate::jobs;
+
+/// Why tool outputs were refused.
+enum Refused {
+    /// The execution does not wait for outputs (as it is now).
+    NotWaiting(Box<ExecutionRow>),
+    Outputs(ResumeError),
+}
 
 const EXECUTE_OPERATION: &str = "executeAgent";
 
@@ -64,7 +75,11 @@ fn logs_of(execution: &Execution) -> Vec<ExecutionLog> {
     }
     for s in &execution.steps {
         let failed = s.status != StepStatus::Succeeded.as_str();
-        let mut message = format!("{} {} in {} ms", s.name, s.status, s.duration_ms);
+        let name = match &s.node_id {
+            Some(node) => format!("{} `{node}`", s.name),
+            None => s.name.clone(),
+        };
+        let mut message = format!("{name} {} in {} ms", s.status, s.duration_ms);
         if let Some(e) = s.detail.get("error").and_then(Value::as_str) {
             message.push_str(&format!(": {e}"));
         }
@@ -227,6 +242,84 @@ impl Handlers {
         Ok((row, heard))
     }
 
+    /// Answers the pending calls of paused execution `id` with `outputs` and queues it again:
+    /// 409 when it is not waiting, 422 naming an output whose call is not pending (or a
+    /// pending call without one).
+    async fn resume(
+        &self,
+        caller: &Caller,
+        id: String,
+        outputs: Vec<ToolOutput>,
+    ) -> Result<ExecutionRow, Failure> {
+        let rid = caller.request_id.as_str();
+        let org = caller.org_id.clone();
+        let outcome = self
+            .store
+            .run(move |conn| {
+                crate::db::write_transaction(conn, |conn| {
+                    let row = store::get(conn, &org, &id)?;
+                    let waiting =
+                        match store::continuation(conn, &row.id)?.and_then(Continuation::of) {
+                            Some(Continuation::Waiting { paused })
+                                if row.status == ExecutionStatus::RequiresAction =>
+                            {
+                                paused
+                            }
+                            _ => return Ok(Err(Refused::NotWaiting(Box::new(row)))),
+                        };
+                    let (state, answered) = match waiting.resume(&outputs) {
+                        Ok(resumed) => resumed,
+                        Err(e) => return Ok(Err(Refused::Outputs(e))),
+                    };
+                    let steps = act::answer_steps(&row.steps, &answered);
+                    let next = Continuation::Resume { state }.to_value();
+                    if !store::requeue_in(conn, &row.id, &steps, &next)? {
+                        return Ok(Err(Refused::NotWaiting(Box::new(row))));
+                    }
+                    jobs::enqueue(conn, &runner::job_for(&row))?;
+                    store::get(conn, &org, &row.id).map(Ok)
+                })
+            })
+            .await
+            .map_err(store_error(NOT_FOUND, rid))?;
+        match outcome {
+            Ok(row) => {
+                self.pool.wake();
+                self.runner.live.publish(&row.id, LiveEvent::Changed);
+                Ok(row)
+            }
+            Err(Refused::NotWaiting(row)) => Err(Failure::with_details(
+                Kind::Conflict,
+                "EXECUTION_NOT_WAITING",
+                format!(
+                    "execution {} is {}, not waiting for tool outputs",
+                    row.id,
+                    row.status.as_str()
+                ),
+                vec![detail(
+                    "execution_id",
+                    "not_waiting",
+                    "only an execution in requires_action takes tool outputs",
+                )],
+                rid,
+            )),
+            Err(Refused::Outputs(e)) => {
+                let code = match e {
+                    ResumeError::NotPending { .. } => "not_pending",
+                    ResumeError::Duplicate { .. } => "duplicate",
+                    ResumeError::Missing { .. } => "missing",
+                };
+                Err(Failure::with_details(
+                    Kind::Unprocessable,
+                    "INVALID_TOOL_OUTPUTS",
+                    e.to_string(),
+                    vec![detail(&e.field(), code, e.to_string())],
+                    rid,
+                ))
+            }
+        }
+    }
+
     async fn cancel(&self, caller: &Caller, id: String) -> Result<ExecutionRow, Failure> {
         let rid = caller.request_id.as_str();
         let org = caller.org_id.clone();
@@ -311,7 +404,7 @@ impl ExecutionsApi for Handlers {
             row
         };
         let execution = Execution::from(&row);
-        if row.is_finished() {
+        if row.is_settled() {
             return Ok(ExecuteAgentResponse::Ok(Json(execution)));
         }
         Ok(ExecuteAgentResponse::Accepted(
@@ -347,19 +440,19 @@ impl ExecutionsApi for Handlers {
         caller: Caller,
         params: SubmitToolOutputsParams,
     ) -> Result<SubmitToolOutputsResponse, ApiError> {
-        let rid = caller.request_id.as_str();
-        let row = self.execution_row(&caller, params.execution_id).await?;
-        Err(Failure::new(
-            Kind::Conflict,
-            "EXECUTION_NOT_WAITING",
-            format!(
-                "execution {} is {}, not waiting for tool outputs",
-                row.id,
-                row.status.as_str()
-            ),
-            rid,
-        )
-        .into())
+        let outputs: Vec<ToolOutput> = params
+            .body
+            .tool_outputs
+            .into_iter()
+            .map(|o| ToolOutput {
+                tool_call_id: o.tool_call_id,
+                output: o.output,
+            })
+            .collect();
+        let row = self.resume(&caller, params.execution_id, outputs).await?;
+        Ok(SubmitToolOutputsResponse::Accepted(Json(Execution::from(
+            &row,
+        ))))
     }
 
     async fn cancel_execution(

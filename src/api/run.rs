@@ -9,7 +9,8 @@ use std::time::Duration;
 use agentplane_api::EventStreamOf;
 use agentplane_api::models::{
     self, Execution, ExecutionError, ExecutionEvent, ExecutionEventType, ExecutionResult,
-    ExecutionStep, ExecutionUsage, Message, MessageRole,
+    ExecutionStep, ExecutionUsage, Message, MessageRole, RequiredAction, RequiredActionType,
+    ToolCall,
 };
 use poem::web::sse::Event;
 use poem_openapi::payload::EventStream;
@@ -25,7 +26,7 @@ use crate::db::conversations::MessageRow;
 use crate::db::executions::{self as store, ExecutionRequest, ExecutionRow, ExecutionStatus, Step};
 use crate::db::types::same_variants;
 use crate::db::{Store, StoreError};
-use crate::engine::runner::{self, AgentSettings, Live, LiveEvent};
+use crate::engine::runner::{self, AgentSettings, Live, LiveEvent, StepEvent};
 use crate::error::{Failure, Kind, detail, store_error};
 use crate::jobs;
 
@@ -44,7 +45,7 @@ impl From<&Step> for ExecutionStep {
         ExecutionStep {
             name: s.name.as_str().to_string(),
             status: s.status.as_str().to_string(),
-            node_id: None,
+            node_id: s.node_id.clone(),
             started_at: s.started_at.clone(),
             duration_ms: s.duration_ms,
             detail: match &s.detail {
@@ -97,13 +98,45 @@ impl From<&ExecutionRow> for Execution {
                 total_tokens: tokens,
                 cost_usd: cost,
             },
-            required_action: None,
+            required_action: required_action(row),
             steps: row.steps.iter().map(ExecutionStep::from).collect(),
             created_at: row.created_at.clone(),
             started_at: row.started_at.clone(),
             completed_at: row.finished_at.clone(),
             duration_ms: duration_ms(row),
         }
+    }
+}
+
+/// What a paused execution waits for: the calls of its steps that wait for their output.
+fn required_action(row: &ExecutionRow) -> Option<RequiredAction> {
+    if row.status != ExecutionStatus::RequiresAction {
+        return None;
+    }
+    let tool_calls = crate::engine::act::pending_calls(&row.steps)
+        .into_iter()
+        .map(|c| ToolCall {
+            id: c.id,
+            tool_id: c.tool_id,
+            name: c.name,
+            arguments: c.arguments,
+        })
+        .collect();
+    Some(RequiredAction {
+        type_: RequiredActionType::SubmitToolOutputs,
+        tool_calls,
+    })
+}
+
+/// The event a step's live news is.
+fn event_type(event: StepEvent) -> ExecutionEventType {
+    match event {
+        StepEvent::ToolCallStarted => ExecutionEventType::ToolCallStarted,
+        StepEvent::ToolCallCompleted => ExecutionEventType::ToolCallCompleted,
+        StepEvent::ToolCallFailed => ExecutionEventType::ToolCallFailed,
+        StepEvent::NodeStarted => ExecutionEventType::NodeStarted,
+        StepEvent::NodeCompleted => ExecutionEventType::NodeCompleted,
+        StepEvent::NodeFailed => ExecutionEventType::NodeFailed,
     }
 }
 
@@ -281,6 +314,12 @@ impl Follower {
                 let _ = self.start().await;
                 self.token(piece).await.then_some(false)
             }
+            Some(Ok(LiveEvent::Step(event, step))) => {
+                let _ = self.start().await;
+                let mut e = self.event(event_type(event));
+                e.step = Some(ExecutionStep::from(&*step));
+                self.send(e).await.then_some(false)
+            }
             Some(Err(RecvError::Closed)) => {
                 tokio::time::sleep(FOLLOW_POLL).await;
                 Some(true)
@@ -298,15 +337,16 @@ impl Follower {
         if row.status != ExecutionStatus::Queued && !self.start().await {
             return Next::End;
         }
-        if row.is_finished() {
+        if row.is_settled() {
             self.finish(&row, execution, heard).await;
             return Next::End;
         }
         Next::Listen
     }
 
-    /// The end of a finished execution: the deltas heard before the end was read (in order),
-    /// its steps, then the last event with the execution (and the reply to a message).
+    /// The end of a finished (or paused) execution: the deltas heard before the end was read
+    /// (in order), its steps, then the last event with the execution (and the reply to a
+    /// message).
     async fn finish(
         &mut self,
         row: &ExecutionRow,
@@ -314,9 +354,16 @@ impl Follower {
         heard: &mut Receiver<LiveEvent>,
     ) {
         while let Ok(heard_before) = heard.try_recv() {
-            if let LiveEvent::Token(piece) = heard_before
-                && !self.token(piece).await
-            {
+            let sent = match heard_before {
+                LiveEvent::Token(piece) => self.token(piece).await,
+                LiveEvent::Step(event, step) => {
+                    let mut e = self.event(event_type(event));
+                    e.step = Some(ExecutionStep::from(&*step));
+                    self.send(e).await
+                }
+                LiveEvent::Changed => true,
+            };
+            if !sent {
                 return;
             }
         }
@@ -327,10 +374,10 @@ impl Follower {
                 return;
             }
         }
-        let kind = if row.status == ExecutionStatus::Succeeded {
-            ExecutionEventType::ExecutionCompleted
-        } else {
-            ExecutionEventType::ExecutionFailed
+        let kind = match row.status {
+            ExecutionStatus::Succeeded => ExecutionEventType::ExecutionCompleted,
+            ExecutionStatus::RequiresAction => ExecutionEventType::ExecutionRequiresAction,
+            _ => ExecutionEventType::ExecutionFailed,
         };
         let mut last = self.event(kind);
         last.execution = Some(execution);

@@ -1,14 +1,14 @@
-//! The tools resource: RAG, retrieval and API tools (Magnet AI) as one resource with a `type`.
+//! The tools resource: RAG, retrieval and API tools (Magnet AI), and `function` tools run by
+//! the caller, as one resource with a `type`.
 //!
 //! RAG and retrieval tools search their knowledge bases through [`crate::knowledge::search`];
-//! an API tool's test calls its endpoint for real. Secret headers are sealed with
-//! [`crate::crypto::Crypto`] and only ever opened to make that call.
+//! an API tool's test calls its endpoint for real, with the call executions make
+//! ([`crate::engine::tools::api`]). Secret headers are sealed with [`crate::crypto::Crypto`]
+//! and only ever opened to make that call. `parameters` is what a model calling the tool
+//! passes ([`crate::engine::tools::ToolSpec::of_row`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use reqwest::header::HeaderName;
 
 use agentplane_api::models::{
     KnowledgeResult, KnowledgeResults, RagAnswer, Tool, ToolList, ToolTestResult, ToolType,
@@ -24,13 +24,12 @@ use super::resource::{Resource, created};
 use crate::auth::Caller;
 use crate::db::tools::{self as store, ToolChanges, ToolRow};
 use crate::db::{DbConnection, StoreError};
+use crate::engine::tools::api::{self, open_secrets};
 use crate::error::{Failure, Kind, detail, store_error};
 use crate::knowledge::SearchOptions;
 
 /// Characters of an endpoint's answer a test reports.
 const EXCERPT_CHARS: usize = 2000;
-/// Bytes of an endpoint's answer a test reads.
-const MAX_TEST_BODY: usize = 64 * 1024;
 /// Characters of the best passage a RAG tool answers with.
 const ANSWER_CHARS: usize = 1000;
 
@@ -41,6 +40,7 @@ enum ToolSpec {
     Rag(KnowledgeTool),
     Retrieval(KnowledgeTool),
     Api(ApiTool),
+    Function(FunctionTool),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +64,15 @@ struct ApiTool {
     headers: Option<BTreeMap<String, String>>,
     secret_headers: Option<BTreeMap<String, String>>,
     timeout_ms: Option<i64>,
+    parameters: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionTool {
+    name: String,
+    description: Option<String>,
+    parameters: Map<String, Value>,
 }
 
 fn parse(value: &Value, rid: &str) -> Result<ToolSpec, Failure> {
@@ -75,7 +84,7 @@ fn parse(value: &Value, rid: &str) -> Result<ToolSpec, Failure> {
             vec![detail(
                 "body",
                 "oneOf",
-                format!("not a rag, retrieval or api tool: {e}"),
+                format!("not a rag, retrieval, api or function tool: {e}"),
             )],
             rid,
         )
@@ -122,6 +131,9 @@ fn changes(spec: &ToolSpec, crypto: &crate::crypto::Crypto, previous_secrets: &s
                 serde_json::to_value(a.headers.clone().unwrap_or_default()).unwrap_or(Value::Null),
             );
             body.insert("timeout_ms".into(), a.timeout_ms.unwrap_or(10_000).into());
+            if let Some(p) = &a.parameters {
+                body.insert("parameters".into(), Value::Object(p.clone()));
+            }
             let secrets = match &a.secret_headers {
                 Some(h) => {
                     let names: Vec<&String> = h.keys().collect();
@@ -146,20 +158,17 @@ fn changes(spec: &ToolSpec, crypto: &crate::crypto::Crypto, previous_secrets: &s
                 secrets,
             }
         }
+        ToolSpec::Function(f) => {
+            body.insert("parameters".into(), Value::Object(f.parameters.clone()));
+            ToolChanges {
+                name: f.name.clone(),
+                tool_type: "function".into(),
+                description: f.description.clone(),
+                body: Value::Object(body).to_string(),
+                secrets: String::new(),
+            }
+        }
     }
-}
-
-fn open_secrets(
-    crypto: &crate::crypto::Crypto,
-    sealed: &str,
-) -> Result<BTreeMap<String, String>, String> {
-    if sealed.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let bytes = crypto
-        .decrypt(sealed)
-        .map_err(|e| format!("the secret headers cannot be opened: {e}"))?;
-    serde_json::from_slice(&bytes).map_err(|_| "the secret headers are corrupt".to_string())
 }
 
 /// The organization's tools among `ids`, by id (ids it does not have are left out).
@@ -210,7 +219,7 @@ impl Resource for Tool {
                 .and_then(|h| serde_json::from_value(h.clone()).ok()),
             secret_header_names: strings("secret_header_names"),
             timeout_ms: body.get("timeout_ms").and_then(Value::as_i64),
-            parameters: None,
+            parameters: crate::engine::tools::ToolSpec::of_row(row).map(|t| t.parameters),
             version: row.version,
             created_at: row.created_at.clone(),
             updated_at: row.updated_at.clone(),
@@ -339,122 +348,40 @@ impl Handlers {
             .collect())
     }
 
-    /// Calls an API tool's endpoint once.
+    /// Calls an API tool's endpoint once, as its test.
     async fn call_api(
         &self,
         row: &ToolRow,
         input: Option<agentplane_api::models::ToolTestInput>,
     ) -> ToolTestResult {
-        let started = Instant::now();
-        let (req, timeout, secret) = match self.api_request(row, input) {
-            Ok(call) => call,
-            Err(error) => return failed_call(error, started),
+        let tool: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+        let request = api::Request {
+            query: input
+                .as_ref()
+                .and_then(|i| i.query.clone())
+                .map(|q| q.into_iter().collect())
+                .unwrap_or_default(),
+            body: input.and_then(|i| i.body),
+            ..api::Request::default()
         };
-        let started = Instant::now();
-        // Secret headers stay with the tool's origin: a redirect elsewhere drops them.
-        match self.egress.send(req, timeout, &secret).await {
-            Ok(resp) => read_answer(resp, started).await,
-            // Egress errors name neither the URL nor the headers.
-            Err(e) => failed_call(format!("the call failed: {e}"), started),
+        match api::call(&self.egress, &self.crypto, (&tool, &row.secrets), request).await {
+            Ok(answer) => ToolTestResult {
+                ok: answer.is_success(),
+                status: Some(i64::from(answer.status)),
+                latency_ms: answer.latency_ms,
+                body_excerpt: Some(answer.text().chars().take(EXCERPT_CHARS).collect()),
+                content_type: answer.content_type,
+                error: None,
+            },
+            Err(failed) => ToolTestResult {
+                ok: false,
+                status: None,
+                latency_ms: failed.latency_ms,
+                content_type: None,
+                body_excerpt: None,
+                error: Some(failed.error),
+            },
         }
-    }
-
-    /// The request an API tool's test sends: its method, URL (with the test's query), plain
-    /// and secret headers, and the test's body unless it is a GET; with the time it may take
-    /// and the names of its secret headers.
-    fn api_request(
-        &self,
-        row: &ToolRow,
-        input: Option<agentplane_api::models::ToolTestInput>,
-    ) -> Result<(reqwest::RequestBuilder, Duration, Vec<HeaderName>), String> {
-        let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
-        let (Some(url), method) = (
-            body.get("url").and_then(Value::as_str),
-            body.get("method").and_then(Value::as_str).unwrap_or("GET"),
-        ) else {
-            return Err("the tool has no URL".into());
-        };
-        let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
-            return Err(format!("unsupported method {method}"));
-        };
-        let secrets = open_secrets(&self.crypto, &row.secrets)?;
-        let timeout = body
-            .get("timeout_ms")
-            .and_then(Value::as_u64)
-            .unwrap_or(10_000);
-        let mut target =
-            reqwest::Url::parse(url).map_err(|e| format!("the tool's URL is not valid: {e}"))?;
-        if let Some(q) = input.as_ref().and_then(|i| i.query.as_ref()) {
-            let mut pairs = target.query_pairs_mut();
-            for (k, v) in q {
-                pairs.append_pair(k, v);
-            }
-        }
-        let mut req = self.egress.request(method.clone(), target);
-        let plain: BTreeMap<String, String> = body
-            .get("headers")
-            .and_then(|h| serde_json::from_value(h.clone()).ok())
-            .unwrap_or_default();
-        for (k, v) in plain.iter().chain(secrets.iter()) {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        if let Some(b) = input.and_then(|i| i.body)
-            && method != reqwest::Method::GET
-        {
-            req = req.json(&b);
-        }
-        let secret = secrets
-            .keys()
-            .filter_map(|k| HeaderName::from_bytes(k.as_bytes()).ok())
-            .collect();
-        Ok((req, Duration::from_millis(timeout), secret))
-    }
-}
-
-/// A test whose call did not get an answer.
-fn failed_call(error: String, started: Instant) -> ToolTestResult {
-    ToolTestResult {
-        ok: false,
-        status: None,
-        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-        content_type: None,
-        body_excerpt: None,
-        error: Some(error),
-    }
-}
-
-/// What a test reports of an endpoint's answer: its status, type and the start of its body.
-async fn read_answer(mut resp: reqwest::Response, started: Instant) -> ToolTestResult {
-    let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let mut bytes = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(piece)) => {
-                bytes.extend_from_slice(&piece);
-                if bytes.len() >= MAX_TEST_BODY {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => return failed_call(format!("reading the answer failed: {e}"), started),
-        }
-    }
-    let excerpt: String = String::from_utf8_lossy(&bytes)
-        .chars()
-        .take(EXCERPT_CHARS)
-        .collect();
-    ToolTestResult {
-        ok: status.is_success(),
-        status: Some(i64::from(status.as_u16())),
-        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-        content_type,
-        body_excerpt: Some(excerpt),
-        error: None,
     }
 }
 

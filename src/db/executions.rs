@@ -1,8 +1,10 @@
 //! Execution rows, and the usage record each finished execution writes.
 //!
-//! Status moves `queued → running → succeeded | failed | cancelled | timed_out`, each move a
-//! conditional update on the current status, so a cancel and a finishing worker never both
-//! win: whichever writes first decides, the other sees zero rows changed.
+//! Status moves `queued → running → succeeded | failed | cancelled | timed_out`, or from
+//! `running` to `requires_action` (paused for the outputs of `function` tool calls), then
+//! `queued` again once they are posted, or `expired`. Each move is a conditional update on
+//! the current status, so a cancel and a finishing worker never both win: whichever writes
+//! first decides, the other sees zero rows changed.
 //!
 //! The JSON columns are typed: the accepted request ([`ExecutionRequest`]), the error
 //! ([`ExecutionError`]) and the steps ([`Step`]) are written and read by the same serde types.
@@ -16,7 +18,7 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::schema::{executions as e, usage_records as u};
+use super::schema::{execution_continuations as k, executions as e, usage_records as u};
 use super::types::{Flag, Json, text_enum};
 use super::{DbConnection, MultiBackend, StoreError, StoreResult};
 
@@ -45,7 +47,11 @@ impl ExecutionStatus {
 }
 
 /// The statuses an execution can still leave.
-const UNFINISHED: [ExecutionStatus; 2] = [ExecutionStatus::Queued, ExecutionStatus::Running];
+const UNFINISHED: [ExecutionStatus; 3] = [
+    ExecutionStatus::Queued,
+    ExecutionStatus::Running,
+    ExecutionStatus::RequiresAction,
+];
 
 /// What an execution was asked, as accepted (the `request` column).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -113,6 +119,8 @@ text_enum! {
         Template = "template",
         Retrieval = "retrieval",
         ModelCall = "model_call",
+        ToolCall = "tool_call",
+        Node = "node",
     }
 }
 
@@ -121,6 +129,11 @@ text_enum! {
     pub enum StepStatus {
         Succeeded = "succeeded",
         Failed = "failed",
+        /// A `function` tool call waiting for the caller's output.
+        RequiresAction = "requires_action",
+        /// Started, not finished: only in the live `tool_call.started` and `node.started`
+        /// events, never stored.
+        Running = "running",
     }
 }
 
@@ -128,6 +141,9 @@ text_enum! {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub name: StepName,
+    /// For a flow's `node` step, the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     pub status: StepStatus,
     pub started_at: String,
     pub duration_ms: i64,
@@ -193,6 +209,12 @@ impl ExecutionRow {
     /// Whether it has finished (no status change follows).
     pub fn is_finished(&self) -> bool {
         self.status.is_finished()
+    }
+
+    /// Whether it has finished or waits for the caller (`requires_action`): what a waiting
+    /// request answers with.
+    pub fn is_settled(&self) -> bool {
+        self.is_finished() || self.status == ExecutionStatus::RequiresAction
     }
 }
 
@@ -277,7 +299,7 @@ pub fn list(
 }
 
 /// `queued → running`, then `after` in the same transaction; `false` when it was no longer
-/// queued (cancelled meanwhile).
+/// queued (cancelled meanwhile). An execution resumed after a pause keeps its first start.
 pub fn mark_running(
     conn: &mut DbConnection,
     id: &str,
@@ -285,7 +307,12 @@ pub fn mark_running(
     after: &AfterChange,
 ) -> StoreResult<bool> {
     super::write_transaction(conn, |conn| {
-        let now = crate::ids::now();
+        let started: Option<Option<String>> = e::table
+            .filter(e::id.eq(id))
+            .select(e::started_at)
+            .first(conn)
+            .optional()?;
+        let started = started.flatten().unwrap_or_else(crate::ids::now);
         let n = diesel::update(
             e::table
                 .filter(e::id.eq(id))
@@ -293,7 +320,7 @@ pub fn mark_running(
         )
         .set((
             e::status.eq(ExecutionStatus::Running),
-            e::started_at.eq(&now),
+            e::started_at.eq(&started),
             e::model_id.eq(model_id),
         ))
         .execute(conn)?;
@@ -319,20 +346,30 @@ pub struct Finish {
     pub steps: Option<Vec<Step>>,
 }
 
-/// Ends a queued or running execution with `finish`, and records its usage (once a model
-/// was called), inside the caller's write transaction. `None` when it had already ended (a
+/// Ends an unfinished execution with `finish`, and records its usage (once a model was
+/// called), inside the caller's write transaction. `None` when it had already ended (a
 /// cancel won).
 pub fn finish_in(
     conn: &mut DbConnection,
     id: &str,
     finish: &Finish,
 ) -> StoreResult<Option<ExecutionRow>> {
+    finish_from(conn, id, finish, &UNFINISHED)
+}
+
+/// [`finish_in`], only from one of the statuses `from` (an expiry only ends a pause).
+pub fn finish_from(
+    conn: &mut DbConnection,
+    id: &str,
+    finish: &Finish,
+    from: &[ExecutionStatus],
+) -> StoreResult<Option<ExecutionRow>> {
     {
         let now = crate::ids::now();
         let n = diesel::update(
             e::table
                 .filter(e::id.eq(id))
-                .filter(e::status.eq_any(UNFINISHED)),
+                .filter(e::status.eq_any(from.to_vec())),
         )
         .set((
             e::status.eq(finish.status),
@@ -378,7 +415,97 @@ pub fn finish_in(
     }
 }
 
-/// Cancels a queued or running execution: `Ok(None)` when it had already finished.
+/// A running execution paused for tool outputs: its steps so far, the usage of its model
+/// calls so far, and where it goes on from.
+#[derive(Debug, Clone)]
+pub struct Pause {
+    pub steps: Vec<Step>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_nano_usd: i64,
+    pub continuation: Value,
+}
+
+/// `running → requires_action` with `pause`, inside the caller's write transaction; `None`
+/// when it was no longer running (a cancel won).
+pub fn pause_in(
+    conn: &mut DbConnection,
+    id: &str,
+    pause: &Pause,
+) -> StoreResult<Option<ExecutionRow>> {
+    let n = diesel::update(
+        e::table
+            .filter(e::id.eq(id))
+            .filter(e::status.eq(ExecutionStatus::Running)),
+    )
+    .set((
+        e::status.eq(ExecutionStatus::RequiresAction),
+        e::steps.eq(Json(pause.steps.clone())),
+        e::input_tokens.eq(pause.input_tokens),
+        e::output_tokens.eq(pause.output_tokens),
+        e::cost_nano_usd.eq(pause.cost_nano_usd),
+    ))
+    .execute(conn)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    put_continuation(conn, id, &pause.continuation)?;
+    get_any(conn, id).map(Some)
+}
+
+/// Stores where execution `id` goes on from.
+fn put_continuation(conn: &mut DbConnection, id: &str, state: &Value) -> StoreResult<()> {
+    let (state, now) = (state.to_string(), crate::ids::now());
+    diesel::delete(k::table.filter(k::execution_id.eq(id))).execute(conn)?;
+    diesel::insert_into(k::table)
+        .values((
+            k::execution_id.eq(id),
+            k::state.eq(state),
+            k::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Where execution `id` goes on from, if it ever paused.
+pub fn continuation(conn: &mut DbConnection, id: &str) -> StoreResult<Option<Value>> {
+    let text: Option<String> = k::table
+        .filter(k::execution_id.eq(id))
+        .select(k::state)
+        .first(conn)
+        .optional()?;
+    text.map(|t| {
+        serde_json::from_str(&t)
+            .map_err(|e| StoreError::Corrupt(format!("the continuation of {id}: {e}")))
+    })
+    .transpose()
+}
+
+/// `requires_action → queued` with the steps and continuation the outputs made, inside the
+/// caller's write transaction; `false` when it was no longer waiting.
+pub fn requeue_in(
+    conn: &mut DbConnection,
+    id: &str,
+    steps: &[Step],
+    continuation: &Value,
+) -> StoreResult<bool> {
+    let n = diesel::update(
+        e::table
+            .filter(e::id.eq(id))
+            .filter(e::status.eq(ExecutionStatus::RequiresAction)),
+    )
+    .set((
+        e::status.eq(ExecutionStatus::Queued),
+        e::steps.eq(Json(steps.to_vec())),
+    ))
+    .execute(conn)?;
+    if n == 1 {
+        put_continuation(conn, id, continuation)?;
+    }
+    Ok(n == 1)
+}
+
+/// Cancels an unfinished execution: `Ok(None)` when it had already finished.
 pub fn cancel(
     conn: &mut DbConnection,
     org_id: &str,
@@ -505,6 +632,7 @@ mod tests {
 
         let step = Step {
             name: StepName::ModelCall,
+            node_id: None,
             status: StepStatus::Failed,
             started_at: "2026-01-01T00:00:00.000000Z".into(),
             duration_ms: 12,

@@ -241,6 +241,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    execution_continuations (execution_id) {
+        execution_id -> Text,
+        state -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
     conversations (id) {
         id -> Text,
         org_id -> Text,

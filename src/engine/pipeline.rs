@@ -16,8 +16,21 @@ use crate::db::{DbConnection, Store, StoreError, StoreResult};
 
 /// Retrieval as the engine needs it. The `knowledge` area implements it over its search
 /// (`knowledge::search`) and the application hands it to the engine ([`crate::app`]); the
-/// engine knows nothing else of knowledge bases.
+/// engine knows nothing else of knowledge bases. An execution's retrieval step and its `rag`
+/// and `retrieval` tools search through it.
 pub trait Retriever: Send + Sync {
+    /// The passages of `kb_ids` (all of which must be the organization's) that match `query`
+    /// as `options` say, best first.
+    fn search(
+        &self,
+        conn: &mut DbConnection,
+        org_id: &str,
+        kb_ids: &[String],
+        query: &str,
+        options: &KnowledgeQuery,
+    ) -> StoreResult<Vec<Passage>>;
+
+    /// The `top_k` best passages, unfiltered.
     fn retrieve(
         &self,
         conn: &mut DbConnection,
@@ -25,7 +38,24 @@ pub trait Retriever: Send + Sync {
         kb_ids: &[String],
         query: &str,
         top_k: usize,
-    ) -> StoreResult<Vec<Passage>>;
+    ) -> StoreResult<Vec<Passage>> {
+        let options = KnowledgeQuery {
+            top_k,
+            ..KnowledgeQuery::default()
+        };
+        self.search(conn, org_id, kb_ids, query, &options)
+    }
+}
+
+/// How a search is narrowed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KnowledgeQuery {
+    /// At most this many passages.
+    pub top_k: usize,
+    /// Only passages scoring at least this.
+    pub min_score: Option<f64>,
+    /// Only passages whose metadata has each of these keys with exactly this value.
+    pub filters: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What to run.
@@ -76,39 +106,58 @@ fn elapsed_ms(t: Instant) -> i64 {
     i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Runs `plan`: template → retrieval → model. Token deltas go to `deltas` when given.
-pub async fn run<P: Provider>(
+/// A step of `name` that started at `at` (RFC 3339) and instant `t`.
+pub fn step(
+    name: StepName,
+    status: StepStatus,
+    (at, t): (String, Instant),
+    detail: serde_json::Value,
+) -> Step {
+    Step {
+        name,
+        node_id: None,
+        status,
+        started_at: at,
+        duration_ms: elapsed_ms(t),
+        detail,
+    }
+}
+
+/// What a run asks the model, once its template is rendered and its passages retrieved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// The `template` and `retrieval` steps.
+    pub steps: Vec<Step>,
+    /// System prompt (with the passages), history, and the input last.
+    pub messages: Vec<ChatMessage>,
+    pub passages: Vec<Passage>,
+}
+
+/// Renders the template and retrieves the passages of `plan`.
+pub async fn prepare(
     store: &Store,
     retriever: Arc<dyn Retriever>,
-    provider: &P,
     plan: &Plan,
-    deltas: Option<mpsc::Sender<String>>,
-) -> Result<Outcome, Failed> {
+) -> Result<Prepared, Failed> {
     let mut steps = Vec::new();
-    let fail = |steps: &mut Vec<Step>, step: Step, message: String| {
+    let fail = |mut steps: Vec<Step>, step: Step, message: String| {
         steps.push(step);
-        Failed {
-            message,
-            steps: std::mem::take(steps),
-        }
+        Failed { message, steps }
     };
 
     // 1. The system prompt: the agent's, then its rendered template.
-    let (t, at) = (Instant::now(), crate::ids::now());
+    let started = (crate::ids::now(), Instant::now());
     let mut system = plan.system_prompt.clone().unwrap_or_default();
     if let Some((text, declared)) = &plan.template {
-        let missing: Vec<&String> = declared
+        let missing: Vec<&str> = declared
             .iter()
             .filter(|v| !plan.variables.contains_key(*v))
+            .map(String::as_str)
             .collect();
         let rendered = if missing.is_empty() {
             template::render(text, &plan.variables).map_err(|m| m.join(", "))
         } else {
-            Err(missing
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", "))
+            Err(missing.join(", "))
         };
         match rendered {
             Ok(r) => {
@@ -116,19 +165,20 @@ pub async fn run<P: Provider>(
                     system.push_str("\n\n");
                 }
                 system.push_str(&r);
-                steps.push(Step { name: StepName::Template, status: StepStatus::Succeeded, started_at: at, duration_ms: elapsed_ms(t),
-                    detail: json!({"variables": plan.variables.keys().collect::<Vec<_>>(), "rendered_chars": r.chars().count()}) });
+                let detail = json!({"variables": plan.variables.keys().collect::<Vec<_>>(),
+                                    "rendered_chars": r.chars().count()});
+                steps.push(step(
+                    StepName::Template,
+                    StepStatus::Succeeded,
+                    started,
+                    detail,
+                ));
             }
             Err(missing) => {
                 let message = format!("the prompt template needs values for: {missing}");
-                let step = Step {
-                    name: StepName::Template,
-                    status: StepStatus::Failed,
-                    started_at: at,
-                    duration_ms: elapsed_ms(t),
-                    detail: json!({"error": message}),
-                };
-                return Err(fail(&mut steps, step, message));
+                let detail = json!({"error": message});
+                let failed = step(StepName::Template, StepStatus::Failed, started, detail);
+                return Err(fail(steps, failed, message));
             }
         }
     }
@@ -136,7 +186,7 @@ pub async fn run<P: Provider>(
     // 2. Retrieval.
     let mut passages = Vec::new();
     if !plan.knowledge_bases.is_empty() {
-        let (t, at) = (Instant::now(), crate::ids::now());
+        let started = (crate::ids::now(), Instant::now());
         let (org, kbs, query, k) = (
             plan.org_id.clone(),
             plan.knowledge_bases.clone(),
@@ -149,8 +199,17 @@ pub async fn run<P: Provider>(
             .await
         {
             Ok(found) => {
-                steps.push(Step { name: StepName::Retrieval, status: StepStatus::Succeeded, started_at: at, duration_ms: elapsed_ms(t),
-                    detail: json!({"knowledge_bases": plan.knowledge_bases, "passages": found.iter().map(|p| json!({"id": p.id, "source": p.source, "score": p.score})).collect::<Vec<_>>()}) });
+                let listed: Vec<_> = found
+                    .iter()
+                    .map(|p| json!({"id": p.id, "source": p.source, "score": p.score}))
+                    .collect();
+                let detail = json!({"knowledge_bases": plan.knowledge_bases, "passages": listed});
+                steps.push(step(
+                    StepName::Retrieval,
+                    StepStatus::Succeeded,
+                    started,
+                    detail,
+                ));
                 passages = found;
             }
             Err(e) => {
@@ -158,19 +217,14 @@ pub async fn run<P: Provider>(
                     StoreError::Unavailable(m) => m,
                     other => format!("retrieval failed: {other}"),
                 };
-                let step = Step {
-                    name: StepName::Retrieval,
-                    status: StepStatus::Failed,
-                    started_at: at,
-                    duration_ms: elapsed_ms(t),
-                    detail: json!({"error": message}),
-                };
-                return Err(fail(&mut steps, step, message));
+                let detail = json!({"error": message});
+                let failed = step(StepName::Retrieval, StepStatus::Failed, started, detail);
+                return Err(fail(steps, failed, message));
             }
         }
     }
 
-    // 3. The model call.
+    // 3. What the model is asked.
     if !passages.is_empty() {
         let listed: Vec<String> = passages
             .iter()
@@ -197,6 +251,26 @@ pub async fn run<P: Provider>(
         role: "user".into(),
         content: plan.input.clone(),
     });
+    Ok(Prepared {
+        steps,
+        messages,
+        passages,
+    })
+}
+
+/// Runs `plan`: template → retrieval → model. Token deltas go to `deltas` when given.
+pub async fn run<P: Provider>(
+    store: &Store,
+    retriever: Arc<dyn Retriever>,
+    provider: &P,
+    plan: &Plan,
+    deltas: Option<mpsc::Sender<String>>,
+) -> Result<Outcome, Failed> {
+    let Prepared {
+        mut steps,
+        messages,
+        passages,
+    } = prepare(store, retriever, plan).await?;
     let req = CompletionRequest {
         model: plan.model.clone(),
         messages,
@@ -204,15 +278,21 @@ pub async fn run<P: Provider>(
         temperature: plan.temperature,
         max_tokens: plan.max_tokens,
     };
-    let (t, at) = (Instant::now(), crate::ids::now());
+    let started = (crate::ids::now(), Instant::now());
     let answer = match deltas {
         Some(tx) => provider.stream(&req, tx).await,
         None => provider.complete(&req).await,
     };
     match answer {
         Ok(done) => {
-            steps.push(Step { name: StepName::ModelCall, status: StepStatus::Succeeded, started_at: at, duration_ms: elapsed_ms(t),
-                detail: json!({"model": plan.model, "input_tokens": done.input_tokens, "output_tokens": done.output_tokens}) });
+            let detail = json!({"model": plan.model, "input_tokens": done.input_tokens,
+                                "output_tokens": done.output_tokens});
+            steps.push(step(
+                StepName::ModelCall,
+                StepStatus::Succeeded,
+                started,
+                detail,
+            ));
             Ok(Outcome {
                 cost_nano_usd: cost_nano_usd(done.input_tokens, done.output_tokens, plan.pricing),
                 text: done.text,
@@ -223,14 +303,14 @@ pub async fn run<P: Provider>(
         }
         Err(e) => {
             let message = e.to_string();
-            let step = Step {
-                name: StepName::ModelCall,
-                status: StepStatus::Failed,
-                started_at: at,
-                duration_ms: elapsed_ms(t),
-                detail: json!({"model": plan.model, "error": message}),
-            };
-            Err(fail(&mut steps, step, message))
+            let detail = json!({"model": plan.model, "error": message});
+            steps.push(step(
+                StepName::ModelCall,
+                StepStatus::Failed,
+                started,
+                detail,
+            ));
+            Err(Failed { message, steps })
         }
     }
 }
@@ -244,15 +324,15 @@ mod tests {
     struct FixedRetriever(Vec<Passage>);
 
     impl Retriever for FixedRetriever {
-        fn retrieve(
+        fn search(
             &self,
             _: &mut DbConnection,
             _: &str,
             _: &[String],
             _: &str,
-            top_k: usize,
+            options: &KnowledgeQuery,
         ) -> StoreResult<Vec<Passage>> {
-            Ok(self.0.iter().take(top_k).cloned().collect())
+            Ok(self.0.iter().take(options.top_k).cloned().collect())
         }
     }
 
@@ -330,13 +410,13 @@ mod tests {
     struct RefusingRetriever;
 
     impl Retriever for RefusingRetriever {
-        fn retrieve(
+        fn search(
             &self,
             _: &mut DbConnection,
             _: &str,
             kb_ids: &[String],
             _: &str,
-            _: usize,
+            _: &KnowledgeQuery,
         ) -> StoreResult<Vec<Passage>> {
             Err(StoreError::Conflict(format!(
                 "the agent's knowledge bases {} do not exist",

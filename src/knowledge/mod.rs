@@ -388,13 +388,13 @@ mod tests {
 pub struct KnowledgeRetriever;
 
 impl crate::engine::pipeline::Retriever for KnowledgeRetriever {
-    fn retrieve(
+    fn search(
         &self,
         conn: &mut DbConnection,
         org_id: &str,
         kb_ids: &[String],
         query: &str,
-        top_k: usize,
+        options: &crate::engine::pipeline::KnowledgeQuery,
     ) -> crate::db::StoreResult<Vec<crate::engine::provider::Passage>> {
         let known = store::kb_ids(conn, org_id, None)?;
         let missing: Vec<&str> = kb_ids
@@ -409,9 +409,9 @@ impl crate::engine::pipeline::Retriever for KnowledgeRetriever {
             )));
         }
         let options = SearchOptions {
-            top_k,
-            min_score: None,
-            filters: Map::new(),
+            top_k: options.top_k,
+            min_score: options.min_score,
+            filters: options.filters.clone(),
         };
         Ok(search(conn, org_id, kb_ids, query, &options)?
             .into_iter()

@@ -10,9 +10,8 @@ use serde_json::{Value, json};
 use crate::backend_test;
 use crate::support::{TestApp, fields, json};
 
-/// A knowledge base with two documents, a template and an agent using both on a priced
-/// local model. Returns the agent id.
-async fn support_agent(app: &TestApp) -> String {
+/// A knowledge base of two documents (the router's warranty, shipping); its id.
+pub(crate) async fn manuals(app: &TestApp) -> String {
     let (status, kb) = json(
         app.send_json(Method::POST, "/v1/knowledge", &json!({"name": "Manuals"}))
             .await,
@@ -33,6 +32,13 @@ async fn support_agent(app: &TestApp) -> String {
     )
     .await;
     assert_eq!(status, 200, "{out}");
+    kb
+}
+
+/// A knowledge base with two documents, a template and an agent using both on a priced
+/// local model. Returns the agent id.
+async fn support_agent(app: &TestApp) -> String {
+    let kb = manuals(app).await;
     let (status, tpl) = json(
         app.send_json(
             Method::POST,
@@ -91,7 +97,7 @@ async fn until_running(app: &TestApp, id: &str) {
 }
 
 /// (event name, data) of an SSE body.
-fn events(body: &[u8]) -> Vec<(String, Value)> {
+pub(crate) fn events(body: &[u8]) -> Vec<(String, Value)> {
     conformance::response::sse_events(body)
         .into_iter()
         .map(|e| {

@@ -11,6 +11,7 @@ mod deployments;
 mod egress;
 mod evaluations;
 mod executions;
+mod executions_tools;
 mod identity;
 mod knowledge;
 mod marketplace;

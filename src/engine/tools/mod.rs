@@ -20,6 +20,7 @@
 //! The module is self-contained: it knows nothing of executions, the database or events;
 //! the runner hands it a model, the tools, an executor and a [`LoopSink`].
 
+pub mod api;
 pub mod local;
 pub mod openai;
 mod run;
@@ -96,6 +97,36 @@ impl ToolSpec {
             parameters,
             kind,
         }
+    }
+}
+
+impl ToolKind {
+    /// The kind of a tool of `type` (`rag`, `retrieval`, `api`, `function`).
+    pub fn of_type(tool_type: &str) -> Option<ToolKind> {
+        match tool_type {
+            "rag" | "retrieval" => Some(ToolKind::Knowledge),
+            "api" => Some(ToolKind::Api),
+            "function" => Some(ToolKind::Function),
+            _ => None,
+        }
+    }
+}
+
+impl ToolSpec {
+    /// A stored tool as the model sees it: its declared `parameters` (a knowledge tool's
+    /// fixed ones); `None` for a type no model can call.
+    pub fn of_row(row: &crate::db::tools::ToolRow) -> Option<ToolSpec> {
+        let kind = ToolKind::of_type(&row.tool_type)?;
+        let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+        let description = row.description.as_deref().unwrap_or_default();
+        let parameters = body.get("parameters").cloned();
+        Some(ToolSpec::new(
+            &row.id,
+            &row.name,
+            description,
+            parameters,
+            kind,
+        ))
     }
 }
 
