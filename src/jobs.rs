@@ -34,10 +34,24 @@ use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::db::schema::jobs;
+use crate::db::types::text_enum;
 use crate::db::{DbConnection, Store, StoreError, StoreResult};
 
 /// A boxed future, as the job handlers return them.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+text_enum! {
+    /// Where a job is.
+    pub enum JobStatus {
+        /// Waiting to be claimed (from `run_after` on).
+        Queued = "queued",
+        /// Claimed: its lease holder runs it.
+        Running = "running",
+        Succeeded = "succeeded",
+        /// Out of attempts.
+        Failed = "failed",
+    }
+}
 
 /// One row of `jobs`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -51,8 +65,7 @@ pub struct JobRow {
     pub agent_id: Option<String>,
     /// JSON the handler understands.
     pub payload: String,
-    /// `queued`, `running`, `succeeded` or `failed`.
-    pub status: String,
+    pub status: JobStatus,
     /// Claims so far, this one included.
     pub attempts: i64,
     pub max_attempts: i64,
@@ -117,7 +130,7 @@ pub fn enqueue_as<P: Serialize>(
         org_id: job.org_id.clone(),
         agent_id: job.agent_id.clone(),
         payload: payload.to_string(),
-        status: "queued".into(),
+        status: JobStatus::Queued,
         attempts: 0,
         max_attempts: job.max_attempts.max(1),
         lease_owner: None,
@@ -226,7 +239,7 @@ pub fn backlog(conn: &mut DbConnection) -> StoreResult<(i64, i64)> {
     let now = chrono::Utc::now();
     let due = || {
         jobs::table
-            .filter(jobs::status.eq("queued"))
+            .filter(jobs::status.eq(JobStatus::Queued))
             .filter(jobs::run_after.le(crate::ids::format_time(now)))
     };
     let count: i64 = due().count().get_result(conn)?;
@@ -337,7 +350,7 @@ pub fn claim(
         };
         diesel::update(jobs::table.filter(jobs::id.eq(&id)))
             .set((
-                jobs::status.eq("running"),
+                jobs::status.eq(JobStatus::Running),
                 jobs::attempts.eq(jobs::attempts + 1),
                 jobs::lease_owner.eq(owner),
                 jobs::lease_until.eq(&lease_until),
@@ -361,7 +374,7 @@ pub fn renew(conn: &mut DbConnection, id: &str, owner: &str, lease: Duration) ->
         jobs::table
             .filter(jobs::id.eq(id))
             .filter(jobs::lease_owner.eq(owner))
-            .filter(jobs::status.eq("running")),
+            .filter(jobs::status.eq(JobStatus::Running)),
     )
     .set((
         jobs::lease_until.eq(later(now_t, lease)),
@@ -385,15 +398,15 @@ pub fn finish(
     let held = jobs::table
         .filter(jobs::id.eq(id))
         .filter(jobs::lease_owner.eq(owner))
-        .filter(jobs::status.eq("running"));
+        .filter(jobs::status.eq(JobStatus::Running));
     let row: Option<JobRow> = held.select(JobRow::as_select()).first(conn).optional()?;
     let Some(row) = row else {
         return Ok(false);
     };
     let (status, run_after) = match error {
-        None => ("succeeded", row.run_after.clone()),
-        Some(_) if row.attempts < row.max_attempts => ("queued", later(now_t, retry_in)),
-        Some(_) => ("failed", row.run_after.clone()),
+        None => (JobStatus::Succeeded, row.run_after.clone()),
+        Some(_) if row.attempts < row.max_attempts => (JobStatus::Queued, later(now_t, retry_in)),
+        Some(_) => (JobStatus::Failed, row.run_after.clone()),
     };
     let written = diesel::update(held)
         .set((
@@ -975,7 +988,7 @@ mod tests {
                     let row = enqueue(conn, &j)?;
                     diesel::update(jobs::table.filter(jobs::id.eq(&row.id)))
                         .set((
-                            jobs::status.eq("running"),
+                            jobs::status.eq(JobStatus::Running),
                             jobs::attempts.eq(1),
                             jobs::lease_owner.eq("worker_dead"),
                             jobs::lease_until.eq("2000-01-01T00:00:00.000000Z"),
@@ -1053,7 +1066,7 @@ mod tests {
             org_id: "org_1".into(),
             agent_id: None,
             payload: payload.into(),
-            status: "running".into(),
+            status: JobStatus::Running,
             attempts: 1,
             max_attempts: 1,
             lease_owner: None,

@@ -21,6 +21,7 @@ use poem_openapi::types::ToJSON;
 use super::Handlers;
 use crate::auth::Caller;
 use crate::db::deployments as db;
+use crate::db::executions::ExecutionStatus;
 use crate::db::{StoreError, agents as agents_db};
 use crate::error::{Failure, Kind, detail, store_error};
 use crate::runtime::{AgentRef, Deployment, Health, State};
@@ -140,6 +141,14 @@ fn levels_from(lowest: LogLevel) -> Vec<&'static str> {
         .collect()
 }
 
+/// What the runtime is asked to do to an agent's deployment.
+enum Act {
+    /// Nothing: report it.
+    Status,
+    Scale(i64),
+    Restart,
+}
+
 /// What storage recorded of an agent's executions, for its metrics.
 struct Recorded {
     finished: Vec<db::FinishedExecution>,
@@ -156,9 +165,9 @@ fn metrics_of(
     recorded: Recorded,
 ) -> AgentMetrics {
     let finished = &recorded.finished;
-    let count = |status: &str| finished.iter().filter(|e| e.status == status).count() as i64;
+    let count = |status| finished.iter().filter(|e| e.status == status).count() as i64;
     let total = finished.len() as i64;
-    let succeeded = count("succeeded");
+    let succeeded = count(ExecutionStatus::Succeeded);
     let mut latencies: Vec<i64> = finished
         .iter()
         .filter_map(|e| {
@@ -177,9 +186,9 @@ fn metrics_of(
         executions: ExecutionCounts {
             total,
             succeeded,
-            failed: count("failed"),
-            cancelled: count("cancelled"),
-            timed_out: count("timed_out"),
+            failed: count(ExecutionStatus::Failed),
+            cancelled: count(ExecutionStatus::Cancelled),
+            timed_out: count(ExecutionStatus::TimedOut),
             queued: recorded.queued,
             running: recorded.running,
         },
@@ -205,12 +214,11 @@ fn metrics_of(
 impl Handlers {
     /// The agent, found in the caller's organization.
     async fn agent_ref(&self, caller: &Caller, agent_id: String) -> Result<AgentRef, Failure> {
-        let org = caller.org_id.clone();
         let row = self
-            .store
-            .run(move |conn| agents_db::get(conn, &org, &agent_id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+            .run_for(caller, NOT_FOUND, move |conn, org| {
+                agents_db::get(conn, org, &agent_id)
+            })
+            .await?;
         Ok(AgentRef {
             org_id: row.org_id,
             agent_id: row.id,
@@ -218,8 +226,23 @@ impl Handlers {
         })
     }
 
-    fn status_location(agent_id: &str) -> String {
-        format!("/v1/agents/{agent_id}/status")
+    /// The agent's deployment once the runtime has done `act`, as the API shows it, and where
+    /// to poll it.
+    async fn deployment(
+        &self,
+        caller: &Caller,
+        agent_id: String,
+        act: Act,
+    ) -> Result<(Json<AgentDeployment>, String), Failure> {
+        let agent = self.agent_ref(caller, agent_id).await?;
+        let d = match act {
+            Act::Status => self.runtime.status(&agent).await,
+            Act::Scale(replicas) => self.runtime.scale(&agent, replicas).await,
+            Act::Restart => self.runtime.restart(&agent).await,
+        }
+        .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        let location = format!("/v1/agents/{}/status", d.agent_id);
+        Ok((Json(to_model(d, Utc::now())), location))
     }
 
     async fn agent_metrics(
@@ -234,16 +257,14 @@ impl Handlers {
         let from = crate::ids::format_time(now - window);
         let (org, id, since) = (agent.org_id.clone(), agent.agent_id.clone(), from.clone());
         let recorded = self
-            .store
-            .run(move |conn| {
+            .run_for(caller, NOT_FOUND, move |conn, _| {
                 Ok(Recorded {
                     finished: db::finished_since(conn, &org, &id, &since)?,
                     queued: db::queued(conn, &id)?,
                     running: db::running(conn, &id, None)?.0,
                 })
             })
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
+            .await?;
         let window = (params.window.as_str(), window);
         Ok(metrics_of(agent.agent_id, window, from, now, recorded))
     }
@@ -267,10 +288,10 @@ impl Handlers {
         // A follower picks up from here: lines written after this read began.
         let read_at = crate::ids::now();
         let mut rows = self
-            .store
-            .run(move |conn| db::logs(conn, &id, &wanted, since.as_deref(), limit))
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
+            .run_for(caller, NOT_FOUND, move |conn, _| {
+                db::logs(conn, &id, &wanted, since.as_deref(), limit)
+            })
+            .await?;
         let truncated = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         rows.reverse();
@@ -390,13 +411,10 @@ impl DeploymentsApi for Handlers {
         caller: Caller,
         params: GetAgentStatusParams,
     ) -> Result<GetAgentStatusResponse, ApiError> {
-        let agent = self.agent_ref(&caller, params.agent_id).await?;
-        let d = self
-            .runtime
-            .status(&agent)
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(GetAgentStatusResponse::Ok(Json(to_model(d, Utc::now()))))
+        let (d, _) = self
+            .deployment(&caller, params.agent_id, Act::Status)
+            .await?;
+        Ok(GetAgentStatusResponse::Ok(d))
     }
 
     async fn scale_agent(
@@ -404,17 +422,9 @@ impl DeploymentsApi for Handlers {
         caller: Caller,
         params: ScaleAgentParams,
     ) -> Result<ScaleAgentResponse, ApiError> {
-        let agent = self.agent_ref(&caller, params.agent_id).await?;
-        let d = self
-            .runtime
-            .scale(&agent, params.body.replicas)
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        let location = Self::status_location(&d.agent_id);
-        Ok(ScaleAgentResponse::Accepted(
-            Json(to_model(d, Utc::now())),
-            location,
-        ))
+        let act = Act::Scale(params.body.replicas);
+        let (d, location) = self.deployment(&caller, params.agent_id, act).await?;
+        Ok(ScaleAgentResponse::Accepted(d, location))
     }
 
     async fn restart_agent(
@@ -422,17 +432,9 @@ impl DeploymentsApi for Handlers {
         caller: Caller,
         params: RestartAgentParams,
     ) -> Result<RestartAgentResponse, ApiError> {
-        let agent = self.agent_ref(&caller, params.agent_id).await?;
-        let d = self
-            .runtime
-            .restart(&agent)
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        let location = Self::status_location(&d.agent_id);
-        Ok(RestartAgentResponse::Accepted(
-            Json(to_model(d, Utc::now())),
-            location,
-        ))
+        let act = Act::Restart;
+        let (d, location) = self.deployment(&caller, params.agent_id, act).await?;
+        Ok(RestartAgentResponse::Accepted(d, location))
     }
 
     async fn get_agent_metrics(

@@ -11,23 +11,26 @@ use poem_openapi::types::ParseFromJSON;
 use serde_json::{Value, json};
 
 use super::Handlers;
-use super::paging::PageRequest;
+use super::resource::Resource;
 use crate::auth::Caller;
 use crate::db::StoreError;
 use crate::db::events::{self as store, EventFilter, EventRow};
-use crate::error::{Failure, Kind, store_error};
+use crate::error::{Failure, Kind};
 use crate::events::{EventBus, Tail, filter_of};
-
-const NOT_FOUND: &str = "EVENT_NOT_FOUND";
 /// How often a stream polls the log when nothing in this process woke it (events committed
 /// by another replica).
 const STREAM_POLL: Duration = Duration::from_secs(1);
 /// The subprotocol a browser names beside its `bearer.<key>` one.
 pub const STREAM_PROTOCOL: &str = "agentplane.v1";
 
-pub(crate) fn row_to_event(row: &EventRow) -> Result<Event, StoreError> {
-    Event::parse_from_json(Some(crate::events::to_json(row)))
-        .map_err(|e| StoreError::Corrupt(format!("event {}: {}", row.id, e.message())))
+impl Resource for Event {
+    type Row = EventRow;
+    const NOT_FOUND: &'static str = "EVENT_NOT_FOUND";
+
+    fn from_row(row: &EventRow) -> Result<Event, StoreError> {
+        Event::parse_from_json(Some(crate::events::to_json(row)))
+            .map_err(|e| StoreError::Corrupt(format!("event {}: {}", row.id, e.message())))
+    }
 }
 
 /// The 426 of a WebSocket operation asked without an upgrade.
@@ -149,48 +152,27 @@ async fn serve_socket(socket: WebSocketStream, mut session: Session, bus: EventB
     }
 }
 
-impl Handlers {
-    async fn events_page(
-        &self,
-        caller: &Caller,
-        params: ListEventsParams,
-    ) -> Result<EventList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let filter = match params.type_ {
-            Some(p) => filter_of(&[p.as_str().to_string()], params.subject_id),
-            None => Some(EventFilter {
-                types: None,
-                subject_id: params.subject_id,
-            }),
-        }
-        .unwrap_or_default();
-        let (org, q) = (caller.org_id.clone(), page.page());
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list(conn, &org, &filter, &q))
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        let data = rows
-            .iter()
-            .map(row_to_event)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(NOT_FOUND, rid))?;
-        Ok(EventList {
-            pagination: page.pagination(data.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
-    }
-}
-
 impl EventsApi for Handlers {
     async fn list_events(
         &self,
         caller: Caller,
         params: ListEventsParams,
     ) -> Result<ListEventsResponse, ApiError> {
-        let list = self.events_page(&caller, params).await?;
-        Ok(ListEventsResponse::Ok(Json(list)))
+        let subject_id = params.subject_id.clone();
+        let filter = match params.type_ {
+            Some(p) => filter_of(&[p.as_str().to_string()], subject_id),
+            None => Some(EventFilter {
+                types: None,
+                subject_id,
+            }),
+        }
+        .unwrap_or_default();
+        let (data, pagination) = self
+            .list_page::<Event>(&caller, &params, move |conn, org, page| {
+                store::list(conn, org, &filter, page)
+            })
+            .await?;
+        Ok(ListEventsResponse::Ok(Json(EventList { data, pagination })))
     }
 
     async fn get_event(
@@ -198,14 +180,7 @@ impl EventsApi for Handlers {
         caller: Caller,
         params: GetEventParams,
     ) -> Result<GetEventResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let id = params.event_id;
-        let event = self
-            .store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .and_then(|row| row_to_event(&row))
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        let event = self.item::<Event>(&caller, params.event_id).await?;
         Ok(GetEventResponse::Ok(Json(event)))
     }
 

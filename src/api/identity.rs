@@ -13,8 +13,9 @@ use poem_openapi::types::MaybeUndefined;
 use super::{Handlers, pagination};
 use crate::auth::{self, Caller};
 use crate::db::identity::{self as store, ApiKeyRow, OrganizationRow, UserRow};
+use crate::db::sql::Page;
 use crate::db::{DbConnection, StoreError, StoreResult};
-use crate::error::{Failure, Kind, detail, store_error};
+use crate::error::{Failure, Kind, detail};
 use crate::security::{Event, EventType, Severity};
 
 const NOT_FOUND: &str = "API_KEY_NOT_FOUND";
@@ -35,6 +36,12 @@ impl Actor {
             request_id: caller.request_id.clone(),
         }
     }
+}
+
+/// The user whose keys the caller may see and change: its own, or (`None`) every key of the
+/// organization for an admin.
+fn only_user(caller: &Caller) -> Option<String> {
+    (!caller.is_admin()).then(|| caller.user_id.clone())
 }
 
 /// Rate limits are an admin's to set, and never by the key they limit: a key that could
@@ -164,7 +171,7 @@ fn insert_new_key(conn: &mut DbConnection, key: &NewKey) -> StoreResult<(ApiKeyR
             store::insert_user(conn, &user)?;
             user
         }
-        None => store::user(conn, &key.caller_user)?,
+        None => store::user(conn, &key.org_id, &key.caller_user)?,
     };
     let (row, secret) = auth::insert_key(
         conn,
@@ -201,21 +208,14 @@ fn save_profile(
     change: &UserProfileUpdate,
 ) -> StoreResult<(UserRow, OrganizationRow)> {
     crate::db::write_transaction(conn, |conn| {
-        let user = store::user(conn, user_id)?;
-        let mut prefs = preferences(&user.preferences);
+        let user = store::user(conn, org_id, user_id)?;
+        let mut prefs = user.preferences.0;
         if let Some(n) = &change.notifications {
             prefs.email = n.email.unwrap_or(prefs.email);
             prefs.slack = n.slack.unwrap_or(prefs.slack);
         }
         let email = change.email.clone().unwrap_or(user.email);
-        let stored = serde_json::json!({"email": prefs.email, "slack": prefs.slack});
-        let user = store::update_profile(
-            conn,
-            user_id,
-            &email,
-            &stored.to_string(),
-            &crate::ids::now(),
-        )?;
+        let user = store::update_profile(conn, org_id, user_id, &email, prefs)?;
         Ok((user, store::organization(conn, org_id)?))
     })
 }
@@ -256,6 +256,27 @@ impl Handlers {
             })
     }
 
+    /// Changes the caller's live key `id` as `change` does (given the organization and the
+    /// user the caller is limited to) and records the event it names, in one transaction.
+    async fn change_key(
+        &self,
+        caller: &Caller,
+        id: String,
+        change: impl FnOnce(&mut DbConnection, &str, Option<&str>, &str) -> StoreResult<KeyChanged>
+        + Send
+        + 'static,
+    ) -> Result<ApiKeyRow, Failure> {
+        let (only_user, actor) = (only_user(caller), Actor::of(caller));
+        self.run_for(caller, NOT_FOUND, move |conn, org| {
+            crate::db::write_transaction(conn, |conn| {
+                let (row, event_type, message) = change(conn, org, only_user.as_deref(), &id)?;
+                key_event(conn, &row, event_type, &message, &actor)?;
+                Ok(row)
+            })
+        })
+        .await
+    }
+
     async fn patch_api_key(
         &self,
         caller: &Caller,
@@ -264,9 +285,7 @@ impl Handlers {
         if !params.body.rate_limit.is_undefined() {
             may_set_limits(caller, Some(&params.key_id))?;
         }
-        let org = caller.org_id.clone();
-        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
-        let (id, body) = (params.key_id, params.body);
+        let body = params.body;
         let (per_hour, burst) = match body.rate_limit {
             MaybeUndefined::Undefined => (None, None),
             MaybeUndefined::Null => (Some(None), Some(None)),
@@ -277,48 +296,28 @@ impl Handlers {
             rate_limit_per_hour: per_hour,
             rate_limit_burst: burst,
         };
-        let actor = Actor::of(caller);
-        self.store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    let row = store::update_key(conn, &org, only_user.as_deref(), &id, &change)?;
-                    key_event(
-                        conn,
-                        &row,
-                        EventType::ApiKeyUpdated,
-                        &format!("API key {} updated", row.id),
-                        &actor,
-                    )?;
-                    Ok(row)
-                })
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
+        self.change_key(caller, params.key_id, move |conn, org, user, id| {
+            let row = store::update_key(conn, org, user, id, &change)?;
+            let message = format!("API key {} updated", row.id);
+            Ok((row, EventType::ApiKeyUpdated, message))
+        })
+        .await
     }
 
     async fn revoke_live_key(&self, caller: &Caller, id: String) -> Result<(), Failure> {
-        let org = caller.org_id.clone();
-        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
         let now = crate::ids::now();
-        let actor = Actor::of(caller);
-        self.store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    let row = store::get_key(conn, &org, only_user.as_deref(), &id)?;
-                    store::revoke_key(conn, &org, only_user.as_deref(), &id, &now)?;
-                    key_event(
-                        conn,
-                        &row,
-                        EventType::ApiKeyRevoked,
-                        &format!("API key {} ({}) revoked", row.id, row.prefix),
-                        &actor,
-                    )
-                })
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
+        self.change_key(caller, id, move |conn, org, user, id| {
+            let row = store::revoke_key(conn, org, user, id, &now)?;
+            let message = format!("API key {} ({}) revoked", row.id, row.prefix);
+            Ok((row, EventType::ApiKeyRevoked, message))
+        })
+        .await
+        .map(|_| ())
     }
 }
+
+/// A changed key, the type of its event and the event's message.
+type KeyChanged = (ApiKeyRow, EventType, String);
 
 impl IdentityApi for Handlers {
     async fn list_api_keys(
@@ -326,15 +325,18 @@ impl IdentityApi for Handlers {
         caller: Caller,
         params: ListApiKeysParams,
     ) -> Result<ListApiKeysResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
+        let user = only_user(&caller);
         let (page, per_page) = (params.page, params.per_page);
-        let offset = (page - 1).saturating_mul(per_page);
+        let q = Page {
+            after_id: None,
+            offset: (page - 1).saturating_mul(per_page),
+            limit: per_page,
+        };
         let (rows, total) = self
-            .store
-            .run(move |conn| store::list_keys(conn, &org, only_user.as_deref(), offset, per_page))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+            .run_for(&caller, NOT_FOUND, move |conn, org| {
+                store::list_keys(conn, org, user.as_deref(), &q)
+            })
+            .await?;
         Ok(ListApiKeysResponse::Ok(Json(ApiKeyList {
             data: rows.iter().map(|r| to_api_key(r, self.limits)).collect(),
             pagination: pagination(page, per_page, total, None),
@@ -369,14 +371,12 @@ impl IdentityApi for Handlers {
         caller: Caller,
         params: GetApiKeyParams,
     ) -> Result<GetApiKeyResponse, ApiError> {
-        let org = caller.org_id.clone();
-        let only_user = (!caller.is_admin()).then(|| caller.user_id.clone());
-        let id = params.key_id;
+        let (user, id) = (only_user(&caller), params.key_id);
         let row = self
-            .store
-            .run(move |conn| store::get_key(conn, &org, only_user.as_deref(), &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+            .run_for(&caller, NOT_FOUND, move |conn, org| {
+                store::get_key(conn, org, user.as_deref(), &id)
+            })
+            .await?;
         Ok(GetApiKeyResponse::Ok(Json(to_api_key(&row, self.limits))))
     }
 
@@ -410,17 +410,15 @@ impl IdentityApi for Handlers {
         caller: Caller,
         _params: GetCurrentUserParams,
     ) -> Result<GetCurrentUserResponse, ApiError> {
-        let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
+        let user_id = caller.user_id.clone();
         let (user, org) = self
-            .store
-            .run(move |conn| {
+            .run_for(&caller, USER_NOT_FOUND, move |conn, org| {
                 Ok((
-                    store::user(conn, &user_id)?,
-                    store::organization(conn, &org_id)?,
+                    store::user(conn, org, &user_id)?,
+                    store::organization(conn, org)?,
                 ))
             })
-            .await
-            .map_err(store_error(USER_NOT_FOUND, &caller.request_id))?;
+            .await?;
         Ok(GetCurrentUserResponse::Ok(Json(profile(
             user, org, &caller,
         ))))
@@ -431,34 +429,25 @@ impl IdentityApi for Handlers {
         caller: Caller,
         params: UpdateCurrentUserParams,
     ) -> Result<UpdateCurrentUserResponse, ApiError> {
-        let (user_id, org_id) = (caller.user_id.clone(), caller.org_id.clone());
-        let change = params.body;
+        let (user_id, change) = (caller.user_id.clone(), params.body);
         let (user, org) = self
-            .store
-            .run(move |conn| save_profile(conn, &user_id, &org_id, &change))
-            .await
-            .map_err(store_error(USER_NOT_FOUND, &caller.request_id))?;
+            .run_for(&caller, USER_NOT_FOUND, move |conn, org| {
+                save_profile(conn, &user_id, org, &change)
+            })
+            .await?;
         Ok(UpdateCurrentUserResponse::Ok(Json(profile(
             user, org, &caller,
         ))))
     }
 }
 
-/// The stored notification preferences; unreadable or missing channels take the defaults.
-fn preferences(stored: &str) -> NotificationPreferences {
-    let value: serde_json::Value = serde_json::from_str(stored).unwrap_or_default();
-    let flag =
-        |name: &str, default: bool| value.get(name).and_then(|v| v.as_bool()).unwrap_or(default);
-    NotificationPreferences {
-        email: flag("email", true),
-        slack: flag("slack", false),
-    }
-}
-
 /// The caller's profile as the API shows it: the role and scopes are those of the key used.
 fn profile(user: UserRow, org: OrganizationRow, caller: &Caller) -> User {
     User {
-        notifications: preferences(&user.preferences),
+        notifications: NotificationPreferences {
+            email: user.preferences.email,
+            slack: user.preferences.slack,
+        },
         id: user.id,
         username: user.username,
         email: user.email,

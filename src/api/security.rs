@@ -11,27 +11,41 @@ use serde_json::{Map, Value, json};
 
 use super::Handlers;
 use super::idem;
-use super::paging::{PageRequest, etag, not_modified};
+use super::paging::{etag, not_modified};
+use super::resource::Resource;
 use crate::auth::Caller;
 use crate::db::security::{self as store, EventQuery, SecurityEventRow};
 use crate::db::security_scans::{self as scans, ScanQuery, ScanRow};
+use crate::db::types::same_variants;
 use crate::db::{DbConnection, StoreError, StoreResult};
 use crate::error::{Failure, Kind, detail, store_error};
 use crate::security::scan::{self, Finding, Reference, ReferenceKind, Subject};
 use crate::security::{self as events, Event, EventType};
 
-const SCAN_NOT_FOUND: &str = "SECURITY_SCAN_NOT_FOUND";
 const EVENT_NOT_FOUND: &str = "SECURITY_EVENT_NOT_FOUND";
 const SCAN_OPERATION: &str = "scanAgent";
 /// A scan never changes: every scan's version is its first.
 const SCAN_VERSION: i64 = 1;
 
-fn to_event(row: SecurityEventRow) -> Result<SecurityEvent, StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("security event {}: {what}", row.id));
+same_variants!(EventType <=> SecurityEventType {
+    AuthenticationFailed,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    ApiKeyUpdated,
+    PermissionDenied,
+    RateLimitExceeded,
+    SecurityScanFindings,
+    VaultSecretRead,
+});
+
+same_variants!(events::Severity <=> Severity { Low, Medium, High, Critical });
+
+fn to_event(row: &SecurityEventRow) -> Result<SecurityEvent, StoreError> {
+    let row = row.clone();
     Ok(SecurityEvent {
-        type_: SecurityEventType::from_wire(&row.event_type).ok_or_else(|| corrupt("type"))?,
-        severity: Severity::from_wire(&row.severity).ok_or_else(|| corrupt("severity"))?,
-        details: serde_json::from_str(&row.details).map_err(|_| corrupt("details"))?,
+        type_: row.event_type.into(),
+        severity: row.severity.into(),
+        details: row.details.0,
         id: row.id,
         message: row.message,
         key_id: row.key_id,
@@ -57,60 +71,6 @@ pub(super) fn since(value: Option<String>, rid: &str) -> Result<Option<String>, 
                 rid,
             )
         }),
-    }
-}
-
-impl Handlers {
-    async fn security_events(
-        &self,
-        caller: &Caller,
-        params: ListSecurityEventsParams,
-    ) -> Result<SecurityEventList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let query = EventQuery {
-            severity: params.severity.map(|s| s.as_str().to_string()),
-            event_type: params.type_.map(|t| t.as_str().to_string()),
-            since: since(params.since, rid)?,
-            after_id: page.after_id.clone(),
-            offset: page.offset,
-            limit: page.limit,
-        };
-        let org = caller.org_id.clone();
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list_events(conn, &org, &query))
-            .await
-            .map_err(store_error(EVENT_NOT_FOUND, rid))?;
-        let last = rows.last().map(|r| r.id.clone());
-        let data = rows
-            .into_iter()
-            .map(to_event)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(EVENT_NOT_FOUND, rid))?;
-        Ok(SecurityEventList {
-            pagination: page.pagination(data.len(), last.as_deref(), total),
-            data,
-        })
-    }
-}
-
-/// Severity as the rank `min_severity` filters on (0 is "nothing found").
-fn rank(severity: events::Severity) -> i64 {
-    match severity {
-        events::Severity::Low => 1,
-        events::Severity::Medium => 2,
-        events::Severity::High => 3,
-        events::Severity::Critical => 4,
-    }
-}
-
-fn wire_rank(severity: Severity) -> i64 {
-    match severity {
-        Severity::Low => 1,
-        Severity::Medium => 2,
-        Severity::High => 3,
-        Severity::Critical => 4,
     }
 }
 
@@ -265,7 +225,11 @@ fn scan_row(org: &str, agent_id: &str, agent_version: i64, findings: &[Finding])
         high_count: high,
         medium_count: medium,
         low_count: low,
-        max_severity: findings.iter().map(|f| rank(f.severity)).max().unwrap_or(0),
+        max_severity: findings
+            .iter()
+            .map(|f| f.severity.rank())
+            .max()
+            .unwrap_or(0),
         created_at: crate::ids::now(),
     }
 }
@@ -312,6 +276,15 @@ fn scan_event(row: &ScanRow, findings: &[Finding], caller: &Caller) -> Event {
     .request(&caller.request_id)
 }
 
+impl Resource for SecurityScan {
+    type Row = ScanRow;
+    const NOT_FOUND: &'static str = "SECURITY_SCAN_NOT_FOUND";
+
+    fn from_row(row: &ScanRow) -> Result<SecurityScan, StoreError> {
+        to_scan(row)
+    }
+}
+
 fn to_scan(row: &ScanRow) -> Result<SecurityScan, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("security scan {}: {what}", row.id));
     let stored: Vec<Finding> =
@@ -324,8 +297,7 @@ fn to_scan(row: &ScanRow) -> Result<SecurityScan, StoreError> {
         }
         findings.push(SecurityFinding {
             rule: SecurityScanRule::from_wire(f.rule.as_str()).ok_or_else(|| corrupt("rule"))?,
-            severity: Severity::from_wire(f.severity.as_str())
-                .ok_or_else(|| corrupt("severity"))?,
+            severity: f.severity.into(),
             location: f.location,
             message: f.message,
             recommendation: f.recommendation,
@@ -386,53 +358,16 @@ impl Handlers {
             resource_id: row.id.clone(),
         };
         let org = caller.org_id.clone();
-        idem::create_resource(
-            &self.store,
-            keyed,
-            move |conn| {
-                scans::insert(conn, &row)?;
-                if let Some(event) = &event {
-                    events::record(conn, Some(&row.org_id), event.clone())?;
-                }
-                Ok(row.clone())
-            },
-            move |conn, id| scans::get(conn, &org, id),
-            super::agents::NOT_FOUND,
-            rid,
-        )
-        .await
-    }
-
-    async fn security_scans(
-        &self,
-        caller: &Caller,
-        params: ListSecurityScansParams,
-    ) -> Result<SecurityScanList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let query = ScanQuery {
-            agent_id: params.agent_id,
-            min_severity: params.min_severity.map(wire_rank),
-            after_id: page.after_id.clone(),
-            offset: page.offset,
-            limit: page.limit,
+        let insert = move |conn: &mut DbConnection| {
+            scans::insert(conn, &row)?;
+            if let Some(event) = &event {
+                events::record(conn, Some(&row.org_id), event.clone())?;
+            }
+            Ok(row.clone())
         };
-        let org = caller.org_id.clone();
-        let (rows, total) = self
-            .store
-            .run(move |conn| scans::list(conn, &org, &query))
-            .await
-            .map_err(store_error(SCAN_NOT_FOUND, rid))?;
-        let last = rows.last().map(|r| r.id.clone());
-        let data = rows
-            .iter()
-            .map(to_scan)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(store_error(SCAN_NOT_FOUND, rid))?;
-        Ok(SecurityScanList {
-            pagination: page.pagination(data.len(), last.as_deref(), total),
-            data,
-        })
+        let fetch = move |conn: &mut DbConnection, id: &str| scans::get(conn, &org, id);
+        let not_found = super::agents::NOT_FOUND;
+        idem::create_resource(&self.store, keyed, insert, fetch, not_found, rid).await
     }
 }
 
@@ -443,7 +378,8 @@ impl SecurityApi for Handlers {
         params: ScanAgentParams,
     ) -> Result<ScanAgentResponse, ApiError> {
         let row = self.run_scan(&caller, params).await?;
-        let scan = to_scan(&row).map_err(store_error(SCAN_NOT_FOUND, &caller.request_id))?;
+        let not_found = SecurityScan::NOT_FOUND;
+        let scan = to_scan(&row).map_err(store_error(not_found, &caller.request_id))?;
         Ok(ScanAgentResponse::Created(
             Json(scan),
             format!("/v1/security/scans/{}", row.id),
@@ -456,7 +392,18 @@ impl SecurityApi for Handlers {
         caller: Caller,
         params: ListSecurityScansParams,
     ) -> Result<ListSecurityScansResponse, ApiError> {
-        let list = self.security_scans(&caller, params).await?;
+        let query = ScanQuery {
+            agent_id: params.agent_id.clone(),
+            min_severity: params
+                .min_severity
+                .map(|s| events::Severity::from(s).rank()),
+        };
+        let (data, pagination) = self
+            .list_page::<SecurityScan>(&caller, &params, move |conn, org, page| {
+                scans::list(conn, org, &query, page)
+            })
+            .await?;
+        let list = SecurityScanList { data, pagination };
         Ok(ListSecurityScansResponse::Ok(Json(list)))
     }
 
@@ -465,19 +412,13 @@ impl SecurityApi for Handlers {
         caller: Caller,
         params: GetSecurityScanParams,
     ) -> Result<GetSecurityScanResponse, ApiError> {
-        let rid = caller.request_id.as_str();
-        let org = caller.org_id.clone();
-        let id = params.scan_id;
-        let row = self
-            .store
-            .run(move |conn| scans::get(conn, &org, &id))
-            .await
-            .map_err(store_error(SCAN_NOT_FOUND, rid))?;
+        let row = self.row::<SecurityScan>(&caller, params.scan_id).await?;
         let tag = etag(SCAN_VERSION);
         if not_modified(params.if_none_match.as_deref(), &tag) {
             return Ok(GetSecurityScanResponse::NotModified(tag));
         }
-        let scan = to_scan(&row).map_err(store_error(SCAN_NOT_FOUND, rid))?;
+        let scan =
+            to_scan(&row).map_err(store_error(SecurityScan::NOT_FOUND, &caller.request_id))?;
         Ok(GetSecurityScanResponse::Ok(Json(scan), tag))
     }
 
@@ -486,7 +427,18 @@ impl SecurityApi for Handlers {
         caller: Caller,
         params: ListSecurityEventsParams,
     ) -> Result<ListSecurityEventsResponse, ApiError> {
-        let list = self.security_events(&caller, params).await?;
+        let query = EventQuery {
+            severity: params.severity.map(Into::into),
+            event_type: params.type_.map(Into::into),
+            since: since(params.since.clone(), &caller.request_id)?,
+        };
+        let list = move |conn: &mut DbConnection, org: &str, page: &crate::db::sql::Page| {
+            store::list_events(conn, org, &query, page)
+        };
+        let (data, pagination) = self
+            .page_of(&caller, &params, EVENT_NOT_FOUND, list, to_event)
+            .await?;
+        let list = SecurityEventList { data, pagination };
         Ok(ListSecurityEventsResponse::Ok(Json(list)))
     }
 }

@@ -19,7 +19,8 @@ use crate::auth::Caller;
 use crate::db::usage::{
     self as store, ConversationFigures, Group, GroupColumn, Totals, UsageFilter, Window,
 };
-use crate::error::{Failure, store_error};
+use crate::db::{DbConnection, StoreResult};
+use crate::error::Failure;
 
 /// The code of a storage failure (nothing here is looked up by id).
 const NOT_FOUND: &str = "NOT_FOUND";
@@ -69,6 +70,47 @@ pub fn window(
     }
 }
 
+/// The operations that read a period: `from`/`start_date` and `to`/`end_date`.
+trait Dated {
+    /// The period asked for, as [`window`] makes it.
+    fn window(&self) -> Window;
+
+    /// The usage records of the period, of `agent_id` or of an `entity` when given.
+    fn filter(
+        &self,
+        agent_id: Option<String>,
+        entity: Option<(GroupColumn, Option<String>)>,
+    ) -> UsageFilter {
+        let window = self.window();
+        UsageFilter {
+            window,
+            agent_id,
+            entity,
+        }
+    }
+}
+
+macro_rules! dated {
+    ($($params:ty),+) => {
+        $(impl Dated for $params {
+            fn window(&self) -> Window {
+                window(
+                    self.from.as_deref(),
+                    self.start_date.as_deref(),
+                    self.to.as_deref(),
+                    self.end_date.as_deref(),
+                )
+            }
+        })+
+    };
+}
+
+dated!(
+    GetUsageStatsParams,
+    GetUsageCostsParams,
+    GetConversationAnalyticsParams
+);
+
 fn period(w: &Window) -> UsagePeriod {
     UsagePeriod {
         start: w.start.clone(),
@@ -77,14 +119,15 @@ fn period(w: &Window) -> UsagePeriod {
 }
 
 fn group_of(g: &Group) -> UsageGroup {
+    let s = &g.sums;
     UsageGroup {
         key: g.group_key.clone(),
-        records: g.records,
-        input_tokens: g.input_tokens,
-        output_tokens: g.output_tokens,
-        total_tokens: g.input_tokens + g.output_tokens,
-        cost: usd(g.cost_nano_usd),
-        cost_nano_usd: g.cost_nano_usd,
+        records: s.records,
+        input_tokens: s.input_tokens,
+        output_tokens: s.output_tokens,
+        total_tokens: s.total_tokens(),
+        cost: usd(s.cost_nano_usd),
+        cost_nano_usd: s.cost_nano_usd,
     }
 }
 
@@ -118,27 +161,27 @@ fn stats_of(
     w: &Window,
     agent_id: &Option<String>,
     group_by: UsageGroupBy,
-    (t, breakdown, models): (Totals, Vec<Group>, Vec<Group>),
+    (t, breakdown, models): Figures,
 ) -> UsageStats {
-    let total_tokens = t.input_tokens + t.output_tokens;
+    let total_tokens = t.sums.total_tokens();
     UsageStats {
         period: period(w),
         agent_id: nullable(agent_id),
         group_by,
         usage: UsageTotals {
-            records: t.records,
+            records: t.sums.records,
             executions: t.executions,
             conversations: t.conversations,
             messages: t.messages,
-            input_tokens: t.input_tokens,
-            output_tokens: t.output_tokens,
+            input_tokens: t.sums.input_tokens,
+            output_tokens: t.sums.output_tokens,
             total_tokens,
         },
         total_tokens,
-        total_cost: usd(t.cost_nano_usd),
+        total_cost: usd(t.sums.cost_nano_usd),
         costs: UsageCostTotal {
-            total: usd(t.cost_nano_usd),
-            total_nano_usd: t.cost_nano_usd,
+            total: usd(t.sums.cost_nano_usd),
+            total_nano_usd: t.sums.cost_nano_usd,
         },
         breakdown: breakdown.iter().map(group_of).collect(),
         by_model: models
@@ -147,8 +190,8 @@ fn stats_of(
                 (
                     g.group_key.clone(),
                     ModelUsage {
-                        tokens: g.input_tokens + g.output_tokens,
-                        cost: usd(g.cost_nano_usd),
+                        tokens: g.sums.total_tokens(),
+                        cost: usd(g.sums.cost_nano_usd),
                     },
                 )
             })
@@ -160,33 +203,35 @@ fn costs_of(
     w: &Window,
     entity_type: UsageEntityType,
     entity_id: Option<String>,
-    (t, entries, days): (Totals, Vec<Group>, Vec<Group>),
+    (t, entries, days): Figures,
 ) -> UsageCosts {
     UsageCosts {
         entity_type,
         entity_id,
         period: period(w),
-        total_cost: usd(t.cost_nano_usd),
-        total_cost_nano_usd: t.cost_nano_usd,
+        total_cost: usd(t.sums.cost_nano_usd),
+        total_cost_nano_usd: t.sums.cost_nano_usd,
         entries: entries
             .iter()
+            .map(group_of)
             .map(|g| UsageCostEntry {
                 entity_type,
-                entity_id: g.group_key.clone(),
+                entity_id: g.key,
                 records: g.records,
                 input_tokens: g.input_tokens,
                 output_tokens: g.output_tokens,
-                total_tokens: g.input_tokens + g.output_tokens,
-                cost: usd(g.cost_nano_usd),
+                total_tokens: g.total_tokens,
+                cost: g.cost,
                 cost_nano_usd: g.cost_nano_usd,
             })
             .collect(),
         by_day: days
             .iter()
+            .map(group_of)
             .map(|g| DailyCost {
-                date: g.group_key.clone(),
-                total_tokens: g.input_tokens + g.output_tokens,
-                cost: usd(g.cost_nano_usd),
+                date: g.key,
+                total_tokens: g.total_tokens,
+                cost: g.cost,
                 cost_nano_usd: g.cost_nano_usd,
             })
             .collect(),
@@ -275,95 +320,41 @@ fn analytics_of(
     }
 }
 
+/// The totals of the matching usage records and two groupings of them.
+type Figures = (Totals, Vec<Group>, Vec<Group>);
+
+/// The figures of the records `filter` matches: its totals, its groups by `first` (at most
+/// `limit` of them) and its groups by `second` (the first ones again when they are the same).
+fn figures(
+    conn: &mut DbConnection,
+    org: &str,
+    filter: &UsageFilter,
+    (first, limit): (GroupColumn, Option<i64>),
+    second: GroupColumn,
+) -> StoreResult<Figures> {
+    let totals = store::totals(conn, org, filter)?;
+    let firsts = store::grouped(conn, org, filter, first, limit)?;
+    let seconds = if first == second && limit.is_none() {
+        firsts.clone()
+    } else {
+        store::grouped(conn, org, filter, second, None)?
+    };
+    Ok((totals, firsts, seconds))
+}
+
 impl Handlers {
-    async fn usage_stats(
+    /// [`figures`] of the caller's organization.
+    async fn usage_figures(
         &self,
         caller: &Caller,
-        params: GetUsageStatsParams,
-    ) -> Result<UsageStats, Failure> {
-        let w = window(
-            params.from.as_deref(),
-            params.start_date.as_deref(),
-            params.to.as_deref(),
-            params.end_date.as_deref(),
-        );
-        let group_by = params.group_by.unwrap_or(UsageGroupBy::Day);
-        let filter = UsageFilter {
-            window: w.clone(),
-            agent_id: params.agent_id.clone(),
-            entity: None,
-        };
-        let org = caller.org_id.clone();
-        let figures = self
-            .store
-            .run(move |conn| {
-                let totals = store::totals(conn, &org, &filter)?;
-                let breakdown =
-                    store::grouped(conn, &org, &filter, column_of_group(group_by), None)?;
-                let models = if group_by == UsageGroupBy::Model {
-                    breakdown.clone()
-                } else {
-                    store::grouped(conn, &org, &filter, GroupColumn::Model, None)?
-                };
-                Ok((totals, breakdown, models))
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(stats_of(&w, &params.agent_id, group_by, figures))
-    }
-
-    async fn usage_costs(
-        &self,
-        caller: &Caller,
-        params: GetUsageCostsParams,
-    ) -> Result<UsageCosts, Failure> {
-        let w = window(
-            params.from.as_deref(),
-            params.start_date.as_deref(),
-            params.to.as_deref(),
-            params.end_date.as_deref(),
-        );
-        let entity_type = params.entity_type.unwrap_or(UsageEntityType::Agent);
-        let column = column_of_entity(entity_type);
-        let filter = UsageFilter {
-            window: w.clone(),
-            agent_id: None,
-            entity: Some((column, params.entity_id.clone())),
-        };
-        let org = caller.org_id.clone();
-        let figures = self
-            .store
-            .run(move |conn| {
-                let totals = store::totals(conn, &org, &filter)?;
-                let entries = store::grouped(conn, &org, &filter, column, Some(MAX_ENTRIES))?;
-                let days = store::grouped(conn, &org, &filter, GroupColumn::Day, None)?;
-                Ok((totals, entries, days))
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(costs_of(&w, entity_type, params.entity_id, figures))
-    }
-
-    async fn conversation_analytics(
-        &self,
-        caller: &Caller,
-        params: GetConversationAnalyticsParams,
-    ) -> Result<ConversationAnalytics, Failure> {
-        let w = window(
-            params.from.as_deref(),
-            params.start_date.as_deref(),
-            params.to.as_deref(),
-            params.end_date.as_deref(),
-        );
-        let org = caller.org_id.clone();
-        let agent = params.agent_id.clone();
-        let win = w.clone();
-        let figures = self
-            .store
-            .run(move |conn| store::conversation_figures(conn, &org, &win, agent.as_deref()))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
-        Ok(analytics_of(&w, &params.agent_id, &figures))
+        filter: UsageFilter,
+        first: (GroupColumn, Option<i64>),
+        second: GroupColumn,
+    ) -> Result<Figures, Failure> {
+        self.run_for(caller, NOT_FOUND, move |conn, org| {
+            figures(conn, org, &filter, first, second)
+        })
+        .await
     }
 }
 
@@ -373,7 +364,14 @@ impl UsageApi for Handlers {
         caller: Caller,
         params: GetUsageStatsParams,
     ) -> Result<GetUsageStatsResponse, ApiError> {
-        let stats = self.usage_stats(&caller, params).await?;
+        let filter = params.filter(params.agent_id.clone(), None);
+        let w = filter.window.clone();
+        let group_by = params.group_by.unwrap_or(UsageGroupBy::Day);
+        let by = (column_of_group(group_by), None);
+        let figures = self
+            .usage_figures(&caller, filter, by, GroupColumn::Model)
+            .await?;
+        let stats = stats_of(&w, &params.agent_id, group_by, figures);
         Ok(GetUsageStatsResponse::Ok(Json(stats)))
     }
 
@@ -382,7 +380,15 @@ impl UsageApi for Handlers {
         caller: Caller,
         params: GetUsageCostsParams,
     ) -> Result<GetUsageCostsResponse, ApiError> {
-        let costs = self.usage_costs(&caller, params).await?;
+        let entity_type = params.entity_type.unwrap_or(UsageEntityType::Agent);
+        let column = column_of_entity(entity_type);
+        let filter = params.filter(None, Some((column, params.entity_id.clone())));
+        let w = filter.window.clone();
+        let by = (column, Some(MAX_ENTRIES));
+        let figures = self
+            .usage_figures(&caller, filter, by, GroupColumn::Day)
+            .await?;
+        let costs = costs_of(&w, entity_type, params.entity_id, figures);
         Ok(GetUsageCostsResponse::Ok(Json(costs)))
     }
 
@@ -391,7 +397,14 @@ impl UsageApi for Handlers {
         caller: Caller,
         params: GetConversationAnalyticsParams,
     ) -> Result<GetConversationAnalyticsResponse, ApiError> {
-        let analytics = self.conversation_analytics(&caller, params).await?;
+        let (w, agent) = (params.window(), params.agent_id.clone());
+        let win = w.clone();
+        let figures = self
+            .run_for(&caller, NOT_FOUND, move |conn, org| {
+                store::conversation_figures(conn, org, &win, agent.as_deref())
+            })
+            .await?;
+        let analytics = analytics_of(&w, &params.agent_id, &figures);
         Ok(GetConversationAnalyticsResponse::Ok(Json(analytics)))
     }
 }

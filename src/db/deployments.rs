@@ -3,8 +3,10 @@
 
 use diesel::prelude::*;
 
+use super::executions::ExecutionStatus;
 use super::schema::{agent_deployments as d, agent_logs as l, executions as e};
-use super::{DbConnection, StoreError, StoreResult};
+use super::sql::FilterIf;
+use super::{DbConnection, MultiBackend, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = d)]
@@ -38,12 +40,11 @@ pub fn scaled_to_zero(conn: &mut DbConnection, agent_id: &str) -> StoreResult<bo
 }
 
 pub fn get(conn: &mut DbConnection, agent_id: &str) -> StoreResult<Option<DeploymentRow>> {
-    d::table
-        .filter(d::agent_id.eq(agent_id))
+    let row = d::table.filter(d::agent_id.eq(agent_id));
+    Ok(row
         .select(DeploymentRow::as_select())
         .first(conn)
-        .optional()
-        .map_err(StoreError::from)
+        .optional()?)
 }
 
 pub fn insert(conn: &mut DbConnection, row: &DeploymentRow) -> StoreResult<()> {
@@ -80,16 +81,21 @@ pub fn save(
 
 /// The agents whose deployments are converging (`scaling`, `restarting`).
 pub fn converging(conn: &mut DbConnection) -> StoreResult<Vec<DeploymentRow>> {
-    d::table
-        .filter(d::state.eq_any(["scaling", "restarting"]))
-        .select(DeploymentRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from)
+    let rows = d::table.filter(d::state.eq_any(["scaling", "restarting"]));
+    Ok(rows.select(DeploymentRow::as_select()).load(conn)?)
 }
 
 pub fn insert_log(conn: &mut DbConnection, row: &LogRow) -> StoreResult<()> {
     diesel::insert_into(l::table).values(row).execute(conn)?;
     Ok(())
+}
+
+/// The agent's log lines at `levels`.
+fn lines<'a>(agent_id: &'a str, levels: &[&str]) -> l::BoxedQuery<'a, MultiBackend> {
+    l::table
+        .filter(l::agent_id.eq(agent_id))
+        .filter(l::level.eq_any(levels.iter().map(|l| l.to_string()).collect::<Vec<_>>()))
+        .into_boxed()
 }
 
 /// The agent's log lines at `levels`, from `since` on: the newest `limit + 1` of them, newest
@@ -101,19 +107,12 @@ pub fn logs(
     since: Option<&str>,
     limit: i64,
 ) -> StoreResult<Vec<LogRow>> {
-    let mut query = l::table
-        .filter(l::agent_id.eq(agent_id))
-        .filter(l::level.eq_any(levels.to_vec()))
-        .into_boxed();
-    if let Some(since) = since {
-        query = query.filter(l::created_at.ge(since));
-    }
-    query
+    Ok(lines(agent_id, levels)
+        .filter_if(since.map(|since| l::created_at.ge(since)))
         .order((l::created_at.desc(), l::id.desc()))
         .limit(limit + 1)
         .select(LogRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from)
+        .load(conn)?)
 }
 
 /// The agent's lines at `levels` written at or after `from`, oldest first, at most `limit`
@@ -125,15 +124,20 @@ pub fn logs_from(
     from: &str,
     limit: i64,
 ) -> StoreResult<Vec<LogRow>> {
-    l::table
-        .filter(l::agent_id.eq(agent_id))
-        .filter(l::level.eq_any(levels.to_vec()))
+    Ok(lines(agent_id, levels)
         .filter(l::created_at.ge(from))
         .order((l::created_at.asc(), l::id.asc()))
         .limit(limit)
         .select(LogRow::as_select())
-        .load(conn)
-        .map_err(StoreError::from)
+        .load(conn)?)
+}
+
+/// The agent's executions in `status`.
+fn executions_in(agent_id: &str, status: ExecutionStatus) -> e::BoxedQuery<'_, MultiBackend> {
+    e::table
+        .filter(e::agent_id.eq(agent_id))
+        .filter(e::status.eq(status))
+        .into_boxed()
 }
 
 /// How many of the agent's executions are `running`, and how many of those started before
@@ -143,16 +147,12 @@ pub fn running(
     agent_id: &str,
     before: Option<&str>,
 ) -> StoreResult<(i64, i64)> {
-    let all: i64 = e::table
-        .filter(e::agent_id.eq(agent_id))
-        .filter(e::status.eq("running"))
+    let all: i64 = executions_in(agent_id, ExecutionStatus::Running)
         .count()
         .get_result(conn)?;
     let old = match before {
         None => 0,
-        Some(before) => e::table
-            .filter(e::agent_id.eq(agent_id))
-            .filter(e::status.eq("running"))
+        Some(before) => executions_in(agent_id, ExecutionStatus::Running)
             .filter(e::started_at.lt(before).or(e::started_at.is_null()))
             .count()
             .get_result(conn)?,
@@ -162,18 +162,15 @@ pub fn running(
 
 /// How many of the agent's executions are `queued`.
 pub fn queued(conn: &mut DbConnection, agent_id: &str) -> StoreResult<i64> {
-    e::table
-        .filter(e::agent_id.eq(agent_id))
-        .filter(e::status.eq("queued"))
+    Ok(executions_in(agent_id, ExecutionStatus::Queued)
         .count()
-        .get_result(conn)
-        .map_err(StoreError::from)
+        .get_result(conn)?)
 }
 
 /// One finished execution, as the metrics read it.
 #[derive(Debug, Clone, Queryable)]
 pub struct FinishedExecution {
-    pub status: String,
+    pub status: ExecutionStatus,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub input_tokens: i64,
@@ -188,7 +185,7 @@ pub fn finished_since(
     agent_id: &str,
     from: &str,
 ) -> StoreResult<Vec<FinishedExecution>> {
-    e::table
+    Ok(e::table
         .filter(e::org_id.eq(org_id))
         .filter(e::agent_id.eq(agent_id))
         .filter(e::finished_at.ge(from))
@@ -200,6 +197,5 @@ pub fn finished_since(
             e::output_tokens,
             e::cost_nano_usd,
         ))
-        .load(conn)
-        .map_err(StoreError::from)
+        .load(conn)?)
 }

@@ -2,14 +2,14 @@
 
 use diesel::prelude::*;
 
-use super::schema::idempotency_keys;
-use super::{DbConnection, StoreError, StoreResult};
+use super::schema::idempotency_keys as i;
+use super::{DbConnection, StoreResult};
 
 /// How long a key is remembered.
 pub const RETENTION_HOURS: i64 = 24;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = idempotency_keys)]
+#[diesel(table_name = i)]
 pub struct IdempotencyRow {
     pub org_id: String,
     pub operation: String,
@@ -28,25 +28,19 @@ pub fn find(
 ) -> StoreResult<Option<IdempotencyRow>> {
     let cutoff =
         crate::ids::format_time(chrono::Utc::now() - chrono::Duration::hours(RETENTION_HOURS));
-    diesel::delete(
-        idempotency_keys::table
-            .filter(idempotency_keys::org_id.eq(org_id))
-            .filter(idempotency_keys::created_at.lt(&cutoff)),
-    )
-    .execute(conn)?;
-    idempotency_keys::table
-        .filter(idempotency_keys::org_id.eq(org_id))
-        .filter(idempotency_keys::operation.eq(operation))
-        .filter(idempotency_keys::idempotency_key.eq(key))
+    let org = i::table.filter(i::org_id.eq(org_id));
+    diesel::delete(org.filter(i::created_at.lt(&cutoff))).execute(conn)?;
+    let kept = org
+        .filter(i::operation.eq(operation))
+        .filter(i::idempotency_key.eq(key));
+    Ok(kept
         .select(IdempotencyRow::as_select())
         .first(conn)
-        .optional()
-        .map_err(StoreError::from)
+        .optional()?)
 }
 
+/// Remembers which resource a keyed request created.
 pub fn insert(conn: &mut DbConnection, row: &IdempotencyRow) -> StoreResult<()> {
-    diesel::insert_into(idempotency_keys::table)
-        .values(row)
-        .execute(conn)?;
+    diesel::insert_into(i::table).values(row).execute(conn)?;
     Ok(())
 }

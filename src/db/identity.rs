@@ -1,20 +1,46 @@
 //! Organizations, users and API keys.
 
 use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
 
-use super::schema::{api_keys, organizations, users};
-use super::{DbConnection, StoreError, StoreResult};
+use super::schema::{api_keys as k, organizations as o, users as u};
+use super::sql::Page;
+use super::types::Json;
+use super::{DbConnection, MultiBackend, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = organizations)]
+#[diesel(table_name = o)]
 pub struct OrganizationRow {
     pub id: String,
     pub name: String,
     pub created_at: String,
 }
 
+/// The channels a user is notified on; a channel never set takes its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preferences {
+    #[serde(default = "yes")]
+    pub email: bool,
+    #[serde(default)]
+    pub slack: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Notification preferences of a user who never changed them: email, not Slack.
+impl Default for Preferences {
+    fn default() -> Self {
+        Preferences {
+            email: true,
+            slack: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = users)]
+#[diesel(table_name = u)]
 pub struct UserRow {
     pub id: String,
     pub org_id: String,
@@ -22,13 +48,12 @@ pub struct UserRow {
     pub email: String,
     pub role: String,
     pub created_at: String,
-    /// Notification preferences, a JSON document (`{"email": bool, "slack": bool}`).
-    pub preferences: String,
+    /// Notification preferences (`{"email": bool, "slack": bool}`).
+    pub preferences: Json<Preferences>,
     pub updated_at: String,
 }
 
-/// Notification preferences of a user who never changed them.
-pub const DEFAULT_PREFERENCES: &str = r#"{"email":true,"slack":false}"#;
+super::crud::stored_table!(users, UserRow);
 
 impl UserRow {
     /// A new user of `org_id`, created now with the default preferences.
@@ -41,14 +66,14 @@ impl UserRow {
             email,
             role: role.to_string(),
             created_at: now.clone(),
-            preferences: DEFAULT_PREFERENCES.to_string(),
+            preferences: Json(Preferences::default()),
             updated_at: now,
         }
     }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = api_keys)]
+#[diesel(table_name = k)]
 pub struct ApiKeyRow {
     pub id: String,
     pub org_id: String,
@@ -68,46 +93,38 @@ pub struct ApiKeyRow {
     pub rate_limit_burst: Option<i64>,
 }
 
+super::crud::identified!(ApiKeyRow);
+
 pub fn count_organizations(conn: &mut DbConnection) -> StoreResult<i64> {
-    organizations::table
-        .count()
-        .get_result(conn)
-        .map_err(StoreError::from)
+    Ok(o::table.count().get_result(conn)?)
 }
 
 pub fn organization(conn: &mut DbConnection, id: &str) -> StoreResult<OrganizationRow> {
-    organizations::table
+    Ok(o::table
         .find(id)
         .select(OrganizationRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
+        .first(conn)?)
 }
 
 pub fn organization_by_name(
     conn: &mut DbConnection,
     name: &str,
 ) -> StoreResult<Option<OrganizationRow>> {
-    organizations::table
-        .filter(organizations::name.eq(name))
+    let named = o::table.filter(o::name.eq(name));
+    Ok(named
         .select(OrganizationRow::as_select())
         .first(conn)
-        .optional()
-        .map_err(StoreError::from)
+        .optional()?)
 }
 
 pub fn insert_organization(conn: &mut DbConnection, row: &OrganizationRow) -> StoreResult<()> {
-    diesel::insert_into(organizations::table)
-        .values(row)
-        .execute(conn)?;
+    diesel::insert_into(o::table).values(row).execute(conn)?;
     Ok(())
 }
 
-pub fn user(conn: &mut DbConnection, id: &str) -> StoreResult<UserRow> {
-    users::table
-        .find(id)
-        .select(UserRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
+/// The organization's user `id`.
+pub fn user(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<UserRow> {
+    <UserRow as super::crud::Stored>::get(conn, org_id, id)
 }
 
 pub fn user_by_name(
@@ -115,44 +132,38 @@ pub fn user_by_name(
     org_id: &str,
     username: &str,
 ) -> StoreResult<Option<UserRow>> {
-    users::table
-        .filter(users::org_id.eq(org_id))
-        .filter(users::username.eq(username))
-        .select(UserRow::as_select())
-        .first(conn)
-        .optional()
-        .map_err(StoreError::from)
+    let named = u::table
+        .filter(u::org_id.eq(org_id))
+        .filter(u::username.eq(username));
+    Ok(named.select(UserRow::as_select()).first(conn).optional()?)
 }
 
 pub fn insert_user(conn: &mut DbConnection, row: &UserRow) -> StoreResult<()> {
-    diesel::insert_into(users::table)
-        .values(row)
-        .execute(conn)?;
-    Ok(())
+    <UserRow as super::crud::Stored>::insert(conn, row)
 }
 
-/// Changes a user's email and preferences; returns the updated row.
+/// Changes the organization's user `id`'s email and preferences; returns the updated row.
 pub fn update_profile(
     conn: &mut DbConnection,
+    org_id: &str,
     id: &str,
     email: &str,
-    preferences: &str,
-    updated_at: &str,
+    preferences: Preferences,
 ) -> StoreResult<UserRow> {
-    diesel::update(users::table.find(id))
+    let user = u::table.filter(u::org_id.eq(org_id)).filter(u::id.eq(id));
+    let changed = diesel::update(user)
         .set((
-            users::email.eq(email),
-            users::preferences.eq(preferences),
-            users::updated_at.eq(updated_at),
+            u::email.eq(email),
+            u::preferences.eq(Json(preferences)),
+            u::updated_at.eq(crate::ids::now()),
         ))
         .execute(conn)?;
-    user(conn, id)
+    super::crud::deleted(changed)?;
+    self::user(conn, org_id, id)
 }
 
 pub fn insert_key(conn: &mut DbConnection, row: &ApiKeyRow) -> StoreResult<()> {
-    diesel::insert_into(api_keys::table)
-        .values(row)
-        .execute(conn)?;
+    diesel::insert_into(k::table).values(row).execute(conn)?;
     Ok(())
 }
 
@@ -161,72 +172,39 @@ pub fn key_by_hash(
     conn: &mut DbConnection,
     hash: &str,
 ) -> StoreResult<Option<(ApiKeyRow, UserRow)>> {
-    api_keys::table
-        .inner_join(users::table)
-        .filter(api_keys::key_hash.eq(hash))
-        .select((ApiKeyRow::as_select(), UserRow::as_select()))
-        .first(conn)
-        .optional()
-        .map_err(StoreError::from)
+    let found = k::table.inner_join(u::table).filter(k::key_hash.eq(hash));
+    let row = found.select((ApiKeyRow::as_select(), UserRow::as_select()));
+    Ok(row.first(conn).optional()?)
 }
 
 pub fn touch_key(conn: &mut DbConnection, id: &str, at: &str) -> StoreResult<()> {
-    diesel::update(api_keys::table.find(id))
-        .set(api_keys::last_used_at.eq(at))
+    diesel::update(k::table.find(id))
+        .set(k::last_used_at.eq(at))
         .execute(conn)?;
     Ok(())
 }
 
-/// Live (not revoked) keys of an organization, optionally of one user, newest first.
+/// The live (not revoked) keys of an organization, of one user when `user_id` is given.
+fn live_keys<'a>(org_id: &'a str, user_id: Option<&'a str>) -> k::BoxedQuery<'a, MultiBackend> {
+    let live = k::table
+        .filter(k::org_id.eq(org_id))
+        .filter(k::revoked_at.is_null());
+    match user_id {
+        Some(user) => live.filter(k::user_id.eq(user)).into_boxed(),
+        None => live.into_boxed(),
+    }
+}
+
+/// A page of the live keys of an organization (of one user when `user_id` is given), newest
+/// first, and how many there are.
 pub fn list_keys(
     conn: &mut DbConnection,
     org_id: &str,
     user_id: Option<&str>,
-    offset: i64,
-    limit: i64,
+    page: &Page,
 ) -> StoreResult<(Vec<ApiKeyRow>, i64)> {
-    let base = || {
-        let mut q = api_keys::table
-            .filter(api_keys::org_id.eq(org_id.to_string()))
-            .filter(api_keys::revoked_at.is_null())
-            .into_boxed();
-        if let Some(u) = user_id {
-            q = q.filter(api_keys::user_id.eq(u.to_string()));
-        }
-        q
-    };
-    let total: i64 = base().count().get_result(conn)?;
-    let rows = base()
-        .order((api_keys::created_at.desc(), api_keys::id.desc()))
-        .offset(offset)
-        .limit(limit)
-        .select(ApiKeyRow::as_select())
-        .load(conn)?;
-    Ok((rows, total))
-}
-
-/// Revokes a live key of the organization (of one user when `user_id` is given).
-pub fn revoke_key(
-    conn: &mut DbConnection,
-    org_id: &str,
-    user_id: Option<&str>,
-    id: &str,
-    at: &str,
-) -> StoreResult<()> {
-    let mut q = diesel::update(api_keys::table)
-        .filter(api_keys::org_id.eq(org_id))
-        .filter(api_keys::id.eq(id))
-        .filter(api_keys::revoked_at.is_null())
-        .into_boxed();
-    if let Some(u) = user_id {
-        q = q.filter(api_keys::user_id.eq(u));
-    }
-    let n = q.set(api_keys::revoked_at.eq(at)).execute(conn)?;
-    if n == 0 {
-        Err(StoreError::NotFound)
-    } else {
-        Ok(())
-    }
+    let filtered = || live_keys(org_id, user_id);
+    super::crud::newest_first!(conn, k, ApiKeyRow, filtered, page, by created_at)
 }
 
 /// A live key of the organization (of one user when `user_id` is given).
@@ -236,22 +214,31 @@ pub fn get_key(
     user_id: Option<&str>,
     id: &str,
 ) -> StoreResult<ApiKeyRow> {
-    let mut q = api_keys::table
-        .filter(api_keys::org_id.eq(org_id))
-        .filter(api_keys::id.eq(id))
-        .filter(api_keys::revoked_at.is_null())
-        .into_boxed();
-    if let Some(u) = user_id {
-        q = q.filter(api_keys::user_id.eq(u));
-    }
-    q.select(ApiKeyRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
+    let key = live_keys(org_id, user_id).filter(k::id.eq(id));
+    Ok(key.select(ApiKeyRow::as_select()).first(conn)?)
+}
+
+/// Revokes a live key of the organization (of one user when `user_id` is given); returns it
+/// as it was.
+pub fn revoke_key(
+    conn: &mut DbConnection,
+    org_id: &str,
+    user_id: Option<&str>,
+    id: &str,
+    at: &str,
+) -> StoreResult<ApiKeyRow> {
+    let row = get_key(conn, org_id, user_id, id)?;
+    let live = k::table.find(id).filter(k::revoked_at.is_null());
+    let revoked = diesel::update(live)
+        .set(k::revoked_at.eq(at))
+        .execute(conn)?;
+    super::crud::deleted(revoked)?;
+    Ok(row)
 }
 
 /// What an update changes of a key; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, AsChangeset)]
-#[diesel(table_name = api_keys)]
+#[diesel(table_name = k)]
 pub struct ApiKeyChange {
     pub name: Option<String>,
     pub rate_limit_per_hour: Option<Option<i64>>,
@@ -271,7 +258,7 @@ pub fn update_key(
         || change.rate_limit_per_hour.is_some()
         || change.rate_limit_burst.is_some()
     {
-        diesel::update(api_keys::table.find(&current.id))
+        diesel::update(k::table.find(&current.id))
             .set(change)
             .execute(conn)?;
     }

@@ -3,7 +3,8 @@
 use diesel::prelude::*;
 
 use super::schema::security_scans as s;
-use super::{DbConnection, StoreError, StoreResult};
+use super::sql::{FilterIf, Page};
+use super::{DbConnection, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = s)]
@@ -23,19 +24,7 @@ pub struct ScanRow {
     pub created_at: String,
 }
 
-pub fn insert(conn: &mut DbConnection, row: &ScanRow) -> StoreResult<()> {
-    diesel::insert_into(s::table).values(row).execute(conn)?;
-    Ok(())
-}
-
-pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<ScanRow> {
-    s::table
-        .filter(s::org_id.eq(org_id))
-        .filter(s::id.eq(id))
-        .select(ScanRow::as_select())
-        .first(conn)
-        .map_err(StoreError::from)
-}
+super::crud::resource_table!(security_scans, ScanRow);
 
 /// Which scans to list.
 #[derive(Debug, Clone, Default)]
@@ -43,9 +32,6 @@ pub struct ScanQuery {
     pub agent_id: Option<String>,
     /// Only scans whose worst finding is at least this (1 low … 4 critical).
     pub min_severity: Option<i64>,
-    pub after_id: Option<String>,
-    pub offset: i64,
-    pub limit: i64,
 }
 
 /// A page of the organization's scans, newest first, and how many match.
@@ -53,26 +39,14 @@ pub fn list(
     conn: &mut DbConnection,
     org_id: &str,
     q: &ScanQuery,
+    page: &Page,
 ) -> StoreResult<(Vec<ScanRow>, i64)> {
     let filtered = || {
-        let mut query = s::table
-            .filter(s::org_id.eq(org_id.to_string()))
-            .into_boxed();
-        if let Some(v) = &q.agent_id {
-            query = query.filter(s::agent_id.eq(v.clone()));
-        }
-        if let Some(v) = q.min_severity {
-            query = query.filter(s::max_severity.ge(v));
-        }
-        query
+        s::table
+            .filter(s::org_id.eq(org_id))
+            .into_boxed()
+            .filter_if(q.agent_id.as_deref().map(|v| s::agent_id.eq(v)))
+            .filter_if(q.min_severity.map(|v| s::max_severity.ge(v)))
     };
-    let total: i64 = filtered().count().get_result(conn)?;
-    let mut query = filtered().order(s::id.desc()).limit(q.limit);
-    match &q.after_id {
-        Some(id) => query = query.filter(s::id.lt(id.clone())),
-        None if q.offset > 0 => query = query.offset(q.offset),
-        None => {}
-    }
-    let rows = query.select(ScanRow::as_select()).load(conn)?;
-    Ok((rows, total))
+    super::crud::newest_first!(conn, s, ScanRow, filtered, page)
 }

@@ -1,5 +1,6 @@
-//! Usage records (written by execution, one per execution and per message that used a model)
-//! and the aggregations read from them and from conversations and messages.
+//! The aggregations read from usage records (which execution writes, one per execution and per
+//! message that used a model: [`super::executions::insert_usage`]) and from conversations and
+//! messages.
 //!
 //! Every aggregation is one `GROUP BY` in the database, written once as SQL both engines read
 //! (`SUBSTR` on the fixed-width RFC 3339 text buckets times; sums are cast back to BIGINT,
@@ -8,33 +9,7 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
-use super::schema::usage_records as u;
 use super::{DbConnection, StoreError, StoreResult};
-
-/// One row of `usage_records`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = u)]
-pub struct UsageRecord {
-    pub id: String,
-    pub org_id: String,
-    pub agent_id: String,
-    pub model_id: String,
-    pub execution_id: Option<String>,
-    pub conversation_id: Option<String>,
-    pub message_id: Option<String>,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    /// Billionths of a US dollar.
-    pub cost_nano_usd: i64,
-    pub created_at: String,
-}
-
-/// Records the usage of one execution or message. Execution calls this in the transaction
-/// that finishes the execution or stores the message.
-pub fn insert_usage_record(conn: &mut DbConnection, row: &UsageRecord) -> StoreResult<()> {
-    diesel::insert_into(u::table).values(row).execute(conn)?;
-    Ok(())
-}
 
 /// An inclusive time window in storage format; `None` bounds are open.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,15 +45,18 @@ impl Sql {
         self
     }
 
-    /// `AND column >= ? AND column <= ?` for the window's bounds.
-    fn window(&mut self, column: &str, w: &Window) -> &mut Self {
-        if let Some(s) = &w.start {
-            self.bind(&format!(" AND {column} >= ?"), s);
-        }
-        if let Some(e) = &w.end {
-            self.bind(&format!(" AND {column} <= ?"), e);
+    /// Appends `text` (holding one `?`) and its bind when there is a `value`.
+    fn bind_if(&mut self, text: &str, value: Option<&str>) -> &mut Self {
+        if let Some(v) = value {
+            self.bind(text, v);
         }
         self
+    }
+
+    /// `AND column >= ? AND column <= ?` for the window's bounds.
+    fn window(&mut self, column: &str, w: &Window) -> &mut Self {
+        self.bind_if(&format!(" AND {column} >= ?"), w.start.as_deref());
+        self.bind_if(&format!(" AND {column} <= ?"), w.end.as_deref())
     }
 
     fn load<T>(&self, conn: &mut DbConnection) -> StoreResult<Vec<T>>
@@ -122,17 +100,11 @@ fn numbered(sql: &str) -> String {
     out
 }
 
-/// What a set of usage records adds up to.
+/// The sums of a set of usage records ([`SUMS`]).
 #[derive(Debug, Clone, Default, PartialEq, QueryableByName)]
-pub struct Totals {
+pub struct Sums {
     #[diesel(sql_type = BigInt)]
     pub records: i64,
-    #[diesel(sql_type = BigInt)]
-    pub executions: i64,
-    #[diesel(sql_type = BigInt)]
-    pub conversations: i64,
-    #[diesel(sql_type = BigInt)]
-    pub messages: i64,
     #[diesel(sql_type = BigInt)]
     pub input_tokens: i64,
     #[diesel(sql_type = BigInt)]
@@ -141,19 +113,33 @@ pub struct Totals {
     pub cost_nano_usd: i64,
 }
 
+impl Sums {
+    /// Input and output tokens together.
+    pub fn total_tokens(&self) -> i64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+/// What a set of usage records adds up to.
+#[derive(Debug, Clone, Default, PartialEq, QueryableByName)]
+pub struct Totals {
+    #[diesel(embed)]
+    pub sums: Sums,
+    #[diesel(sql_type = BigInt)]
+    pub executions: i64,
+    #[diesel(sql_type = BigInt)]
+    pub conversations: i64,
+    #[diesel(sql_type = BigInt)]
+    pub messages: i64,
+}
+
 /// The usage of one group (an agent, a model, an entity, a time bucket).
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
 pub struct Group {
     #[diesel(sql_type = Text)]
     pub group_key: String,
-    #[diesel(sql_type = BigInt)]
-    pub records: i64,
-    #[diesel(sql_type = BigInt)]
-    pub input_tokens: i64,
-    #[diesel(sql_type = BigInt)]
-    pub output_tokens: i64,
-    #[diesel(sql_type = BigInt)]
-    pub cost_nano_usd: i64,
+    #[diesel(embed)]
+    pub sums: Sums,
 }
 
 const SUMS: &str = "COUNT(*) AS records, \
@@ -207,14 +193,10 @@ impl GroupColumn {
 fn usage_where(sql: &mut Sql, org_id: &str, f: &UsageFilter) {
     sql.bind(" FROM usage_records WHERE org_id = ?", org_id);
     sql.window("created_at", &f.window);
-    if let Some(a) = &f.agent_id {
-        sql.bind(" AND agent_id = ?", a);
-    }
+    sql.bind_if(" AND agent_id = ?", f.agent_id.as_deref());
     if let Some((column, value)) = &f.entity {
         sql.push(&format!(" AND {} IS NOT NULL", column.expr()));
-        if let Some(v) = value {
-            sql.bind(&format!(" AND {} = ?", column.expr()), v);
-        }
+        sql.bind_if(&format!(" AND {} = ?", column.expr()), value.as_deref());
     }
 }
 
@@ -273,23 +255,23 @@ pub struct Count {
     pub extra: i64,
 }
 
-/// Conversations started in the window per agent, with how many messages they hold.
-pub fn conversations_by_agent(
+/// Conversations started in the window, grouped by `by` (`c.agent_id` or a day of
+/// `c.created_at`) and listed in `order`, with how many messages they hold.
+fn conversations_by(
     conn: &mut DbConnection,
     org_id: &str,
     window: &Window,
     agent_id: Option<&str>,
+    (by, order): (&str, &str),
 ) -> StoreResult<Vec<Count>> {
-    let mut sql = Sql::new(
-        "SELECT c.agent_id AS group_key, COUNT(DISTINCT c.id) AS n, COUNT(m.id) AS extra \
-         FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id",
-    );
+    let mut sql = Sql::new(&format!(
+        "SELECT {by} AS group_key, COUNT(DISTINCT c.id) AS n, COUNT(m.id) AS extra \
+         FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id"
+    ));
     sql.bind(" WHERE c.org_id = ?", org_id);
     sql.window("c.created_at", window);
-    if let Some(a) = agent_id {
-        sql.bind(" AND c.agent_id = ?", a);
-    }
-    sql.push(" GROUP BY c.agent_id ORDER BY n DESC, group_key ASC");
+    sql.bind_if(" AND c.agent_id = ?", agent_id);
+    sql.push(&format!(" GROUP BY {by} ORDER BY {order}"));
     sql.load(conn)
 }
 
@@ -309,9 +291,7 @@ fn messages_by(
     ));
     sql.bind(" WHERE m.org_id = ?", org_id);
     sql.window("m.created_at", window);
-    if let Some(a) = agent_id {
-        sql.bind(" AND c.agent_id = ?", a);
-    }
+    sql.bind_if(" AND c.agent_id = ?", agent_id);
     sql.push(&format!(" GROUP BY {by} ORDER BY group_key ASC"));
     sql.load(conn)
 }
@@ -333,36 +313,18 @@ pub fn conversation_figures(
     window: &Window,
     agent_id: Option<&str>,
 ) -> StoreResult<ConversationFigures> {
-    let by_agent = conversations_by_agent(conn, org_id, window, agent_id)?;
-    let messages_by_agent = messages_by(conn, org_id, window, agent_id, "c.agent_id")?;
-    let messages_by_role = messages_by(conn, org_id, window, agent_id, "m.role")?;
-    let messages_by_day = messages_by(
-        conn,
-        org_id,
-        window,
-        agent_id,
-        "SUBSTR(m.created_at, 1, 10)",
-    )?;
-    let mut sql = Sql::new(
-        "SELECT SUBSTR(created_at, 1, 10) AS group_key, COUNT(*) AS n, CAST(0 AS BIGINT) AS extra \
-         FROM conversations",
-    );
-    sql.bind(" WHERE org_id = ?", org_id);
-    sql.window("created_at", window);
-    if let Some(a) = agent_id {
-        sql.bind(" AND agent_id = ?", a);
-    }
-    sql.push(" GROUP BY SUBSTR(created_at, 1, 10) ORDER BY group_key ASC");
-    let conversations_by_day = sql.load(conn)?;
+    let by_agent = ("c.agent_id", "n DESC, group_key ASC");
+    let by_day = ("SUBSTR(c.created_at, 1, 10)", "group_key ASC");
+    let messages =
+        |conn: &mut DbConnection, by: &str| messages_by(conn, org_id, window, agent_id, by);
     Ok(ConversationFigures {
-        by_agent,
-        messages_by_agent,
-        messages_by_role,
-        conversations_by_day,
-        messages_by_day,
+        by_agent: conversations_by(conn, org_id, window, agent_id, by_agent)?,
+        messages_by_agent: messages(conn, "c.agent_id")?,
+        messages_by_role: messages(conn, "m.role")?,
+        conversations_by_day: conversations_by(conn, org_id, window, agent_id, by_day)?,
+        messages_by_day: messages(conn, "SUBSTR(m.created_at, 1, 10)")?,
     })
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

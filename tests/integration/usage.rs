@@ -2,7 +2,7 @@
 //! records, conversations and messages: the same figures on both backends, windows, filters,
 //! isolation, scopes and bad input.
 
-use agentplane::db::usage::{UsageRecord, insert_usage_record};
+use agentplane::db::executions::{UsageRow, insert_usage};
 use agentplane::db::{DbConnection, StoreError, StoreResult};
 use agentplane_api::models::{Role, Scope};
 use diesel::prelude::*;
@@ -25,9 +25,9 @@ fn record(
     cost_nano_usd: i64,
     at: &str,
 ) -> StoreResult<()> {
-    insert_usage_record(
+    insert_usage(
         conn,
-        &UsageRecord {
+        &UsageRow {
             id: agentplane::ids::new_id("usage"),
             org_id: org.to_string(),
             agent_id: agent.to_string(),
