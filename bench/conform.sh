@@ -7,6 +7,7 @@
 #
 #   bench/conform.sh
 #   MAX_EXAMPLES=100 bench/conform.sh
+#   AGENTPLANE=/path/to/release/agentplane bench/conform.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,11 +19,15 @@ cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || 
 trap cleanup EXIT
 [ -x "$SCHEMATHESIS" ] || { echo "no schemathesis at $SCHEMATHESIS (scripts/test.sh installs it)" >&2; exit 1; }
 
-echo "==> building (release)"
-cargo build --release --quiet --bin agentplane
+# AGENTPLANE=<binary> skips the build (a release build of the same tree).
+if [ -z "${AGENTPLANE:-}" ]; then
+  echo "==> building (release)"
+  cargo build --release --quiet --bin agentplane
+  AGENTPLANE=./target/release/agentplane
+fi
 
 echo "==> starting agentplane on SQLite (a port the OS picks)"
-AGENTPLANE_LOG=warn ./target/release/agentplane serve --listen "127.0.0.1:0" \
+AGENTPLANE_LOG=warn "$AGENTPLANE" serve --listen "127.0.0.1:0" \
   --database "sqlite://$WORK/bench.db" >"$WORK/ap.out" 2>"$WORK/ap.err" &
 PIDS+=($!)
 for _ in $(seq 1 100); do grep -q listening "$WORK/ap.out" 2>/dev/null && break; sleep 0.1; done
@@ -54,7 +59,7 @@ tail -n 15 "$WORK/st.out"
 echo "==> agentplane conform --phases fuzzing --max-examples $MAX_EXAMPLES"
 start=$(now)
 set +e
-./target/release/agentplane conform --spec "$SPEC" --url "$BASE" -H "Authorization: Bearer $KEY" \
+"$AGENTPLANE" conform --spec "$SPEC" --url "$BASE" -H "Authorization: Bearer $KEY" \
   --phases fuzzing --seed 1 --max-examples "$MAX_EXAMPLES" \
   --junit "$WORK/conform.xml" --report "$WORK/conform.json" >"$WORK/ap-conform.out" 2>"$WORK/ap-conform.err"
 ap_rc=$?

@@ -49,6 +49,8 @@ pub struct Config {
     pub jobs: crate::jobs::PoolConfig,
     /// Limits on the calls the server makes on tenants' behalf.
     pub egress: crate::egress::Policy,
+    /// Timeouts and bounds on client connections.
+    pub connections: crate::server::ConnectionLimits,
 }
 
 impl Config {
@@ -88,6 +90,7 @@ impl Default for Config {
             webhooks: crate::webhooks::DeliveryPolicy::default(),
             jobs: crate::jobs::PoolConfig::default(),
             egress: crate::egress::Policy::default(),
+            connections: crate::server::ConnectionLimits::default(),
         }
     }
 }
@@ -154,13 +157,13 @@ impl App {
         );
         let cache = Arc::new(KeyCache::new(KEY_CACHE_TTL, KEY_CACHE_CAPACITY));
         let handlers = Handlers {
-            keys: Keys::new(store.clone(), cache),
+            keys: Keys::new(store.clone(), cache.clone()),
             runtime: Arc::new(crate::runtime::embedded::EmbeddedRuntime::new(
                 store.clone(),
             )),
             started: Instant::now(),
             started_at: crate::ids::now(),
-            metrics: crate::metrics::RequestMetrics::new(),
+            metrics: crate::metrics::RequestMetrics::with_keys(cache),
             limits: config.rate_limits,
             egress: egress.clone(),
             dispatcher: Default::default(),

@@ -642,18 +642,15 @@ mod tests {
     #[tokio::test]
     async fn nothing_connects_where_the_policy_refuses() {
         let (target, mut seen) = server(OK.into()).await;
-        let egress = Egress::new(Policy::default());
-        let refused = egress
-            .send(
-                get(&egress, format!("http://{target}/")),
-                Duration::from_secs(5),
-                &[],
-            )
-            .await;
-        assert!(
-            matches!(refused, Err(EgressError::Refused(_))),
-            "{refused:?}"
-        );
+        // Sends a GET to `url` through `policy`, which must refuse it.
+        async fn refused(policy: Policy, url: String) {
+            let egress = Egress::new(policy);
+            let answer = egress
+                .send(get(&egress, url), Duration::from_secs(5), &[])
+                .await;
+            assert!(matches!(answer, Err(EgressError::Refused(_))), "{answer:?}");
+        }
+        refused(Policy::default(), format!("http://{target}/")).await;
         // A redirect from an open address to a refused one stops at the hop.
         let (start, _) = server(redirect_to(&format!("http://{target}/"))).await;
         let only_start = Policy {
@@ -664,18 +661,7 @@ mod tests {
             ],
             ..Policy::default()
         };
-        let egress = Egress::new(only_start);
-        let refused = egress
-            .send(
-                get(&egress, format!("http://{start}/")),
-                Duration::from_secs(5),
-                &[],
-            )
-            .await;
-        assert!(
-            matches!(refused, Err(EgressError::Refused(_))),
-            "{refused:?}"
-        );
+        refused(only_start, format!("http://{start}/")).await;
         assert!(
             seen.try_recv().is_err(),
             "the refused server got a connection"

@@ -42,6 +42,7 @@ pub const CATALOG: &[&str] = &[
     "execution.started",
     "execution.completed",
     "execution.failed",
+    "execution.requires_action",
     "simulation.completed",
     "evaluation.completed",
     "webhook.ping",

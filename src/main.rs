@@ -72,6 +72,23 @@ enum Command {
         /// each with an optional port, comma-separated (`10.0.0.0/8,models.internal:8443`).
         #[arg(long, env = "AGENTPLANE_ALLOW_EGRESS", value_delimiter = ',', value_parser = parse_allowed)]
         allow_egress: Vec<agentplane::egress::Allowed>,
+        /// The longest a client may take to send a request's head (line and headers), from
+        /// its first byte: `10s`, `500ms`, `2m`.
+        #[arg(long, env = "AGENTPLANE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+        header_timeout: std::time::Duration,
+        /// How long a keep-alive connection may wait for its next request.
+        #[arg(long, env = "AGENTPLANE_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+        idle_timeout: std::time::Duration,
+        /// The longest a client may take to send a request's body, from the end of its head.
+        #[arg(long, env = "AGENTPLANE_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+        body_timeout: std::time::Duration,
+        /// Client connections open at once; past it new ones wait in the listen queue.
+        #[arg(long, env = "AGENTPLANE_MAX_CONNECTIONS", default_value_t = agentplane::server::ConnectionLimits::default().max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_connections: usize,
+        /// Client connections open at once from one IP address (0: no bound); past it new
+        /// ones are closed. Behind a proxy or load balancer, raise it or set 0.
+        #[arg(long, env = "AGENTPLANE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = agentplane::server::ConnectionLimits::default().max_per_address)]
+        max_connections_per_address: usize,
     },
     /// Contract-test a server against an OpenAPI spec (exit 0 passed, 1 failures, 2 usage).
     Conform(ConformArgs),
@@ -155,6 +172,10 @@ struct ConformArgs {
     /// observed.
     #[arg(long, value_name = "N")]
     min_coverage: Option<f64>,
+    /// Fail the `max_response_time` check for every answer slower than MS milliseconds
+    /// (off by default).
+    #[arg(long, value_name = "MS")]
+    max_response_time: Option<u64>,
     /// Re-send a failure's request(s) and re-run the checks: its id (printed beside it),
     /// read from the run's --cassette, or a cassette's path for every failure in it.
     #[arg(long, value_name = "ID|CASSETTE")]
@@ -251,6 +272,28 @@ enum KeysCommand {
     },
 }
 
+/// A duration as `500ms`, `10s`, `2m` or plain seconds (`10`); at least a millisecond.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 10s or 2m"))?;
+    let duration = match unit.trim() {
+        "ms" => std::time::Duration::from_millis(n),
+        "" | "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("`{text}`: the unit is ms, s or m")),
+    };
+    if duration.is_zero() {
+        return Err("a timeout of zero would close every connection".into());
+    }
+    Ok(duration)
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter =
@@ -302,6 +345,11 @@ async fn main() -> ExitCode {
             metrics_public,
             egress_timeout_ms,
             allow_egress,
+            header_timeout,
+            idle_timeout,
+            body_timeout,
+            max_connections,
+            max_connections_per_address,
         } => {
             let mut jobs = agentplane::jobs::PoolConfig::default();
             if let Some(n) = workers {
@@ -323,6 +371,13 @@ async fn main() -> ExitCode {
                 egress: agentplane::egress::Policy {
                     max_time: std::time::Duration::from_millis(egress_timeout_ms),
                     allow: allow_egress,
+                },
+                connections: agentplane::server::ConnectionLimits {
+                    header_timeout,
+                    idle_timeout,
+                    body_timeout,
+                    max_connections,
+                    max_per_address: max_connections_per_address,
                 },
                 ..Config::default()
             })
@@ -390,6 +445,7 @@ async fn conform(args: ConformArgs) -> u8 {
         cassette: args.cassette,
         coverage: args.coverage,
         min_coverage: args.min_coverage,
+        max_response_time: args.max_response_time,
         replay: args.replay,
     })
     .await

@@ -2,6 +2,7 @@
 //! middleware keeps, the process figures Linux's `/proc` gives, and both in Prometheus text
 //! format for `/metrics`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,12 @@ use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 const WINDOW: usize = 60;
 
 /// Request counters, shared by the middleware and the handlers. Cheap to clone.
+///
+/// Kept for the whole replica (`/metrics`, for operators) and per organization (what
+/// `/v1/system/metrics` shows a tenant: its own requests, never the server's). A request is
+/// an organization's when it presents a key of that organization that the replica's key
+/// cache knows (every key that authenticated in the last seconds); the cache is only read,
+/// so counting costs no database work.
 #[derive(Debug, Clone)]
 pub struct RequestMetrics {
     inner: Arc<Inner>,
@@ -21,12 +28,82 @@ pub struct RequestMetrics {
 #[derive(Debug)]
 struct Inner {
     started: Instant,
+    all: Counters,
+    /// Per organization, at most [`MAX_ORGANIZATIONS`] of them.
+    orgs: Mutex<HashMap<String, Arc<Counters>>>,
+    /// The key cache that names a request's organization.
+    keys: Option<Arc<crate::auth::KeyCache>>,
+}
+
+/// Organizations counted apart; requests of any further one count only server-wide.
+const MAX_ORGANIZATIONS: usize = 100_000;
+
+/// One set of counters (the replica's, or one organization's).
+#[derive(Debug)]
+struct Counters {
     total: AtomicU64,
     in_flight: AtomicU64,
     /// Answers by status class: 1xx..5xx at 0..4.
     classes: [AtomicU64; 5],
     /// `(second since start, requests answered in it)`, one slot per second of the window.
     recent: Mutex<[(u64, u64); WINDOW]>,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Self {
+            total: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            classes: Default::default(),
+            recent: Mutex::new([(u64::MAX, 0); WINDOW]),
+        }
+    }
+
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An answer with `status` in second `now`; `began` when [`Counters::begin`] counted it.
+    fn end(&self, status: u16, now: u64, began: bool) {
+        if began {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.classes[class].fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut recent) = self.recent.lock() {
+            let slot = &mut recent[usize::try_from(now % WINDOW as u64).unwrap_or(0)];
+            if slot.0 != now {
+                *slot = (now, 0);
+            }
+            slot.1 += 1;
+        }
+    }
+
+    fn figures(&self, now: u64) -> RequestFigures {
+        let last_minute = self.recent.lock().map_or(0, |recent| {
+            recent
+                .iter()
+                .filter(|(at, _)| *at != u64::MAX && now.saturating_sub(*at) < WINDOW as u64)
+                .map(|(_, n)| n)
+                .sum()
+        });
+        let by_class = (0..5)
+            .map(|c| {
+                (
+                    format!("{}xx", c + 1),
+                    self.classes[c].load(Ordering::Relaxed),
+                )
+            })
+            .filter(|(name, n)| *n > 0 || name != "1xx")
+            .collect();
+        RequestFigures {
+            total: self.total.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            last_minute,
+            by_class,
+        }
+    }
 }
 
 impl Default for RequestMetrics {
@@ -46,14 +123,24 @@ pub struct RequestFigures {
 }
 
 impl RequestMetrics {
+    /// Server-wide counters only (no request is attributed to an organization).
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// Counters that also count per organization, naming a request's organization from
+    /// `keys` (read only).
+    pub fn with_keys(keys: Arc<crate::auth::KeyCache>) -> Self {
+        Self::build(Some(keys))
+    }
+
+    fn build(keys: Option<Arc<crate::auth::KeyCache>>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 started: Instant::now(),
-                total: AtomicU64::new(0),
-                in_flight: AtomicU64::new(0),
-                classes: Default::default(),
-                recent: Mutex::new([(u64::MAX, 0); WINDOW]),
+                all: Counters::new(),
+                orgs: Mutex::new(HashMap::new()),
+                keys,
             }),
         }
     }
@@ -62,46 +149,42 @@ impl RequestMetrics {
         self.inner.started.elapsed().as_secs()
     }
 
-    fn begin(&self) {
-        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn end(&self, status: u16) {
-        let i = &self.inner;
-        i.in_flight.fetch_sub(1, Ordering::Relaxed);
-        i.total.fetch_add(1, Ordering::Relaxed);
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        i.classes[class].fetch_add(1, Ordering::Relaxed);
-        let now = self.second();
-        if let Ok(mut recent) = i.recent.lock() {
-            let slot = &mut recent[usize::try_from(now % WINDOW as u64).unwrap_or(0)];
-            if slot.0 != now {
-                *slot = (now, 0);
-            }
-            slot.1 += 1;
+    /// The counters of the organization whose key `secret` is, when the key cache knows it.
+    fn org_of(&self, secret: &str) -> Option<Arc<Counters>> {
+        let record = self
+            .inner
+            .keys
+            .as_ref()?
+            .get(&crate::secrets::hash_key(secret))?;
+        let mut orgs = self.inner.orgs.lock().ok()?;
+        if let Some(c) = orgs.get(&record.org_id) {
+            return Some(c.clone());
         }
+        if orgs.len() >= MAX_ORGANIZATIONS {
+            return None;
+        }
+        let counters = Arc::new(Counters::new());
+        orgs.insert(record.org_id, counters.clone());
+        Some(counters)
     }
 
-    /// The counters now.
+    /// The replica's counters now (all organizations, and requests without a key).
     pub fn figures(&self) -> RequestFigures {
-        let i = &self.inner;
+        self.inner.all.figures(self.second())
+    }
+
+    /// The counters of organization `org_id` now (zeros when it made no request here).
+    pub fn org_figures(&self, org_id: &str) -> RequestFigures {
         let now = self.second();
-        let last_minute = i.recent.lock().map_or(0, |recent| {
-            recent
-                .iter()
-                .filter(|(at, _)| *at != u64::MAX && now.saturating_sub(*at) < WINDOW as u64)
-                .map(|(_, n)| n)
-                .sum()
-        });
-        let by_class = (0..5)
-            .map(|c| (format!("{}xx", c + 1), i.classes[c].load(Ordering::Relaxed)))
-            .filter(|(name, n)| *n > 0 || name != "1xx")
-            .collect();
-        RequestFigures {
-            total: i.total.load(Ordering::Relaxed),
-            in_flight: i.in_flight.load(Ordering::Relaxed),
-            last_minute,
-            by_class,
+        let counters = self
+            .inner
+            .orgs
+            .lock()
+            .ok()
+            .and_then(|orgs| orgs.get(org_id).cloned());
+        match counters {
+            Some(c) => c.figures(now),
+            None => Counters::new().figures(now),
         }
     }
 
@@ -128,13 +211,35 @@ impl<E: Endpoint> Endpoint for TrackEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
-        self.1.begin();
+        let metrics = &self.1;
+        // The organization, when the key is known before the request (almost always: a key
+        // is cached from its first use); else after it, once authentication has cached it.
+        let secret = metrics
+            .inner
+            .keys
+            .is_some()
+            .then(|| crate::auth::credential(&req))
+            .flatten();
+        let before = secret.as_deref().and_then(|s| metrics.org_of(s));
+        metrics.inner.all.begin();
+        if let Some(org) = &before {
+            org.begin();
+        }
         let result = self.0.call(req).await.map(IntoResponse::into_response);
         let status = match &result {
             Ok(r) => r.status().as_u16(),
             Err(e) => e.status().as_u16(),
         };
-        self.1.end(status);
+        let now = metrics.second();
+        metrics.inner.all.end(status, now, true);
+        match before {
+            Some(org) => org.end(status, now, true),
+            None => {
+                if let Some(org) = secret.as_deref().and_then(|s| metrics.org_of(s)) {
+                    org.end(status, now, false);
+                }
+            }
+        }
         result
     }
 }
@@ -316,10 +421,10 @@ mod tests {
     fn counters_count_answers_by_class_and_recent_second() {
         let m = RequestMetrics::new();
         for status in [200, 201, 404, 503] {
-            m.begin();
-            m.end(status);
+            m.inner.all.begin();
+            m.inner.all.end(status, m.second(), true);
         }
-        m.begin();
+        m.inner.all.begin();
         let f = m.figures();
         assert_eq!((f.total, f.in_flight, f.last_minute), (4, 1, 4));
         let class = |c: &str| f.by_class.iter().find(|(n, _)| n == c).map(|(_, n)| *n);

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, Route, get};
 
 use crate::api::{AppEndpoint, Handlers};
@@ -14,6 +13,9 @@ pub use crate::app::Config;
 use crate::crypto::Crypto;
 use crate::db::Store;
 use crate::http::{RequestContext, SpecValidation};
+
+mod connections;
+pub use connections::ConnectionLimits;
 
 /// The application `app` as one endpoint: the spec's routes under `/v1` behind validation,
 /// rate limits and the request context, the docs and specs, and `/metrics` (open to callers
@@ -59,7 +61,7 @@ pub fn endpoint(app: &App, metrics_open: bool) -> anyhow::Result<Arc<AppEndpoint
 
 /// A bound server, not yet serving.
 pub struct Bound {
-    acceptor: poem::listener::TcpAcceptor,
+    listener: tokio::net::TcpListener,
     store: Store,
     crypto: Crypto,
     config: Config,
@@ -92,14 +94,11 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
             );
         }
     }
-    let acceptor = TcpListener::bind(config.listen.clone())
-        .into_acceptor()
+    let listener = tokio::net::TcpListener::bind(config.listen.as_str())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = acceptor
+    let addr = listener
         .local_addr()
-        .first()
-        .and_then(|a| a.as_socket_addr().copied())
         .context("the listener has no address")?;
     // Last, once nothing else can fail: a start that fails after writing the first admin
     // key would lose it (the next start sees a key and prints nothing).
@@ -109,7 +108,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
     };
     Ok((
         Bound {
-            acceptor,
+            listener,
             store,
             crypto,
             config: config.clone(),
@@ -120,7 +119,8 @@ pub async fn bind(config: &Config) -> anyhow::Result<(Bound, Option<String>)> {
 }
 
 impl Bound {
-    /// Serves until `shutdown` resolves; in-flight requests get 30 seconds to finish.
+    /// Serves until `shutdown` resolves; in-flight requests get 30 seconds to finish. Slow
+    /// and idle clients are cut off and connections bounded as `config.connections` says.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
@@ -129,11 +129,16 @@ impl Bound {
         let app = App::build(self.store, self.crypto, &self.config);
         let endpoint = endpoint(&app, metrics_open)?;
         let running = app.start();
-        let served = poem::Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(endpoint, shutdown, Some(Duration::from_secs(30)))
-            .await;
+        tracing::info!(addr = %self.addr, "server started");
+        connections::serve(
+            self.listener,
+            endpoint,
+            self.config.connections,
+            shutdown,
+            Duration::from_secs(30),
+        )
+        .await;
         running.stop().await;
-        served?;
         Ok(())
     }
 }

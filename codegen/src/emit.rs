@@ -877,6 +877,10 @@ fn lib(ir: &Ir) -> TokenStream {
             pub envelope: Box<#error>,
         }
 
+        /// What a handler answers: its operation's response, or the failure that answers one of
+        /// its documented error statuses. `async fn get_model(&self, …) -> Reply<GetModelResponse>`.
+        pub type Reply<T> = Result<T, ApiError>;
+
         /// The parameters of an operation that creates once per `Idempotency-Key`.
         pub trait Idempotent {
             /// The operation's id, what its keys are kept under (`createModel`).

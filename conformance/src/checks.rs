@@ -198,6 +198,8 @@ pub struct CheckContext<'a> {
     /// The operation is secured and the request carried no credentials: a 401 or 403 is
     /// then implied by the spec's security scheme, documented or not.
     pub without_credentials: bool,
+    /// The `max_response_time` budget (`--max-response-time`); `None` leaves it out.
+    pub max_response_time: Option<std::time::Duration>,
 }
 
 /// A check's answer.
@@ -318,6 +320,12 @@ pub const ALL: &[Check] = &[
         run: pagination_totals,
     },
     Check {
+        name: "max_response_time",
+        severity: Severity::Error,
+        summary: "every answer arrives within the --max-response-time budget (off unless set)",
+        run: max_response_time,
+    },
+    Check {
         name: "cross_tenant_isolation",
         severity: Severity::Error,
         summary: "another identity gets 404 for a resource it does not own, and the owner still reads it",
@@ -379,6 +387,37 @@ fn not_a_server_error(ctx: &CheckContext<'_>) -> Verdict {
         return Verdict::Fail(format!("server error {status}"));
     }
     Verdict::Pass
+}
+
+/// Each answer once: the kinds whose exchange was already judged as a positive request
+/// (a create, update or delete followed up) or as a page (a walk) are left out.
+fn max_response_time(ctx: &CheckContext<'_>) -> Verdict {
+    let Some(budget) = ctx.max_response_time else {
+        return Verdict::NotApplicable;
+    };
+    if ctx.exchange.status == 0
+        || matches!(
+            ctx.kind,
+            CaseKind::Created
+                | CaseKind::LocationFollowed
+                | CaseKind::Deleted
+                | CaseKind::Updated
+                | CaseKind::PageWalk
+                | CaseKind::PartialWalk
+        )
+    {
+        return Verdict::NotApplicable;
+    }
+    let elapsed = ctx.exchange.elapsed;
+    if elapsed > budget {
+        Verdict::Fail(format!(
+            "answered in {} ms, over the {} ms budget",
+            elapsed.as_millis(),
+            budget.as_millis()
+        ))
+    } else {
+        Verdict::Pass
+    }
 }
 
 fn status_code_conformance(ctx: &CheckContext<'_>) -> Verdict {

@@ -50,6 +50,8 @@ pub struct CommandOptions {
     /// Fail the run (exit 1) when fewer than this percent of the documented
     /// (operation, status) pairs were observed.
     pub min_coverage: Option<f64>,
+    /// The `max_response_time` budget in milliseconds: every slower answer fails it.
+    pub max_response_time: Option<u64>,
     /// Re-send one failure's requests (its id, read from the `cassette` of the run that
     /// found it) or every failure of a cassette (its path), and re-run the checks.
     pub replay: Option<String>,
@@ -178,6 +180,9 @@ pub async fn run_command(options: CommandOptions) -> u8 {
     config.phases = phases;
     config.checks = checks;
     config.cassette = options.cassette.clone();
+    config.max_response_time = options
+        .max_response_time
+        .map(std::time::Duration::from_millis);
     if options.min_coverage.is_some_and(|m| m.is_nan() || m < 0.0) {
         return usage("--min-coverage takes a percentage, 0 or more".into());
     }

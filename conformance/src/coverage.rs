@@ -1146,6 +1146,7 @@ mod tests {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body: response.as_bytes().to_vec(),
+            elapsed: std::time::Duration::ZERO,
         }
     }
 

@@ -312,7 +312,7 @@ impl<'d> Generator<'d> {
         match t {
             "null" => Just(Value::Null).sboxed(),
             "boolean" => any::<bool>().prop_map(Value::Bool).sboxed(),
-            "integer" => integer_strategy(s),
+            "integer" => integer_strategy(s, self.direction == Direction::Request),
             "number" => number_strategy(s),
             "string" => string_strategy(s),
             "array" => self.array_strategy(s, depth),
@@ -1208,8 +1208,10 @@ fn any_simple() -> SBoxedStrategy<Value> {
     .sboxed()
 }
 
-/// The edges of an integer's width the coverage phase sends: ±(2^31−1) for an `int32`,
-/// ±2^53 (beyond which a double loses integers) and ±(2^63−1) otherwise.
+/// The edges of an integer's width the coverage phase sends (and fuzzing draws now and
+/// then): ±(2^31−1) for an `int32`; otherwise ±2^53, ±(2^53+1) (the first integer a
+/// double cannot hold: a server that parses JSON numbers as doubles changes or refuses it)
+/// and ±(2^63−1).
 fn integer_edges(format: Option<&str>) -> Vec<(&'static str, i64)> {
     const TWO_53: i64 = 1 << 53;
     let int32 = i64::from(i32::MAX);
@@ -1219,9 +1221,47 @@ fn integer_edges(format: Option<&str>) -> Vec<(&'static str, i64)> {
     vec![
         ("2^53", TWO_53),
         ("-2^53", -TWO_53),
+        ("2^53+1", TWO_53 + 1),
+        ("-(2^53+1)", -(TWO_53 + 1)),
         ("int64 maximum", i64::MAX),
         ("int64 minimum", -i64::MAX),
     ]
+}
+
+/// [`integer_edges`] of a schema's `format: int32`/`int64` that its own bounds allow, for
+/// fuzzing. A schema without a format gets none: fuzzing keeps to ±1,000,000 around its
+/// bounds, and the coverage phase sends the wide edges.
+fn fuzz_integer_edges(s: &Map<String, Value>) -> Vec<i64> {
+    let format = s.get("format").and_then(Value::as_str);
+    if !matches!(format, Some("int32" | "int64")) {
+        return Vec::new();
+    }
+    // Compared exactly: as doubles, 2^53+1 would pass a `maximum: 9007199254740992`.
+    let cmp = |v: i64, key: &str| -> Option<std::cmp::Ordering> {
+        let bound = s.get(key)?;
+        let exact = bound
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| bound.as_u64().map(i128::from));
+        #[expect(clippy::cast_precision_loss, reason = "a fractional or huge bound")]
+        let ordering = match exact {
+            Some(b) => i128::from(v).cmp(&b),
+            None => (v as f64).partial_cmp(&bound.as_f64()?)?,
+        };
+        Some(ordering)
+    };
+    let allowed = |v: i64| {
+        use std::cmp::Ordering::{Greater, Less};
+        cmp(v, "minimum").is_none_or(|o| o != Less)
+            && cmp(v, "exclusiveMinimum").is_none_or(|o| o == Greater)
+            && cmp(v, "maximum").is_none_or(|o| o != Greater)
+            && cmp(v, "exclusiveMaximum").is_none_or(|o| o == Less)
+    };
+    integer_edges(format)
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|v| allowed(*v))
+        .collect()
 }
 
 fn integer_bounds(s: &Map<String, Value>) -> (i64, i64) {
@@ -1247,7 +1287,9 @@ fn integer_bounds(s: &Map<String, Value>) -> (i64, i64) {
     }
 }
 
-fn integer_strategy(s: &Map<String, Value>) -> SBoxedStrategy<Value> {
+/// `edges`: also draw [`fuzz_integer_edges`] now and then (requests only: a mock's answers
+/// keep to small numbers, which every client reads exactly).
+fn integer_strategy(s: &Map<String, Value>, edges: bool) -> SBoxedStrategy<Value> {
     let (lo, hi) = integer_bounds(s);
     #[expect(
         clippy::cast_possible_truncation,
@@ -1263,10 +1305,22 @@ fn integer_strategy(s: &Map<String, Value>) -> SBoxedStrategy<Value> {
             .prop_map(move |k| Value::from(k.saturating_mul(m)))
             .sboxed();
     }
-    prop_oneof![
+    let edges = if edges {
+        fuzz_integer_edges(s)
+    } else {
+        Vec::new()
+    };
+    let within = prop_oneof![
         1 => Just(lo),
         1 => Just(hi),
         6 => lo..=hi,
+    ];
+    if edges.is_empty() {
+        return within.prop_map(Value::from).sboxed();
+    }
+    prop_oneof![
+        8 => within,
+        1 => proptest::sample::select(edges),
     ]
     .prop_map(Value::from)
     .sboxed()
@@ -1575,6 +1629,48 @@ mod tests {
     }
 
     #[test]
+    fn fuzzing_draws_the_format_edges_its_bounds_allow() {
+        let doc = json!({"openapi": "3.1.0"});
+        let g = Generator::new(&doc, Direction::Request);
+        let draws = |schema: &Value| {
+            let strategy = g.strategy(schema);
+            let mut r = runner(7);
+            (0..400)
+                .filter_map(|_| sample(&strategy, &mut r).and_then(|v| v.as_i64()))
+                .collect::<Vec<i64>>()
+        };
+        let two_53 = 1_i64 << 53;
+        let v = draws(&json!({"type": "integer", "format": "int64"}));
+        for edge in [two_53 + 1, -(two_53 + 1), i64::MAX, -i64::MAX] {
+            assert!(v.contains(&edge), "{edge} never drawn");
+        }
+        let v =
+            draws(&json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": two_53}));
+        assert!(
+            v.iter().all(|v| (0..=two_53).contains(v)),
+            "exact bounds: {v:?}"
+        );
+        assert!(v.contains(&two_53), "the edge at its maximum is drawn");
+        let v = draws(&json!({"type": "integer", "format": "int32"}));
+        assert!(v.contains(&i64::from(i32::MAX)), "int32 edge never drawn");
+        assert!(v.iter().all(|v| i32::try_from(*v).is_ok()), "{v:?}");
+        let v = draws(&json!({"type": "integer"}));
+        assert!(
+            v.iter().all(|v| v.abs() <= 1_000_000),
+            "no format: within ±1,000,000"
+        );
+        let answers = Generator::new(&doc, Direction::Response);
+        let strategy = answers.strategy(&json!({"type": "integer", "format": "int64"}));
+        let mut r = runner(7);
+        assert!(
+            (0..400)
+                .filter_map(|_| sample(&strategy, &mut r).and_then(|v| v.as_i64()))
+                .all(|v| v.abs() <= 1_000_000),
+            "a mock's answers keep to small numbers"
+        );
+    }
+
+    #[test]
     fn integer_widths_have_edges_and_negatives_outside_the_format() {
         let doc = json!({"openapi": "3.1.0"});
         let g = Generator::new(&doc, Direction::Request);
@@ -1603,7 +1699,9 @@ mod tests {
         );
         let (b, n) = values(&json!({"type": "integer", "format": "int64", "minimum": 0}));
         assert!(
-            b.contains(&json!(1_i64 << 53)) && b.contains(&json!(i64::MAX)),
+            b.contains(&json!(1_i64 << 53))
+                && b.contains(&json!((1_i64 << 53) + 1))
+                && b.contains(&json!(i64::MAX)),
             "{b:?}"
         );
         assert!(

@@ -288,6 +288,9 @@ pub struct Exchange {
     /// Response headers, names in lower case.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// How long the answer took: from sending the request (again, after a 429's wait) to
+    /// its whole body, or to its headers for an event stream; zero when not measured.
+    pub elapsed: std::time::Duration,
 }
 
 /// Header names whose values never appear in a report.

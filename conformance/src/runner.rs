@@ -139,6 +139,9 @@ pub struct Config {
     /// Statuses `positive_data_acceptance` accepts (`2xx`, `404`, ...).
     pub positive_statuses: Vec<String>,
     pub request_timeout: Duration,
+    /// The `max_response_time` check's budget: an answer slower than this fails it. `None`
+    /// (the default) leaves the check out.
+    pub max_response_time: Option<Duration>,
     pub progress: Option<Progress>,
     /// When set, the progress callback gets one line per operation (after its last
     /// per-operation phase, with totals over all phases) and one per stateful chain, instead
@@ -181,6 +184,7 @@ impl Config {
                 .map(|s| (*s).to_string())
                 .collect(),
             request_timeout: Duration::from_secs(10),
+            max_response_time: None,
             progress: None,
             progress_per_operation: false,
             cassette: None,
@@ -955,7 +959,12 @@ fn representable(param: &Param, value: &Value) -> bool {
                 && text.trim() == text
                 && !(param.loc == Loc::Cookie && text.contains([';', '=']))
         }
-        Loc::Query => !param.deep || value.is_object(),
+        // An empty array sends no `name=` (or an empty one): a required parameter would be
+        // missing, which the server rightly refuses.
+        Loc::Query => {
+            (!param.deep || value.is_object())
+                && !(param.required && value.as_array().is_some_and(Vec::is_empty))
+        }
     }
 }
 
@@ -1285,6 +1294,7 @@ async fn still_fails(
         pages: &[],
         path_methods: &op.path_methods,
         without_credentials: without_credentials(shared, op, &ex),
+        max_response_time: shared.config.max_response_time,
     };
     match (check.run)(&ctx) {
         Verdict::Fail(message) => Some((ex, message)),
@@ -2272,6 +2282,7 @@ async fn send_raw(
         status: 0,
         headers: Vec::new(),
         body: Vec::new(),
+        elapsed: Duration::ZERO,
     };
     let mut retries = 0;
     let response = loop {
@@ -2313,17 +2324,22 @@ async fn send_raw(
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(crate::response::is_event_stream);
-    let body = if streamed {
+    let (body, elapsed) = if streamed {
+        let elapsed = sent.elapsed();
         // Most of the request timeout: the client's own timeout would fail the read.
-        read_event_stream(response, sent + shared.config.request_timeout.mul_f64(0.8)).await?
+        let body =
+            read_event_stream(response, sent + shared.config.request_timeout.mul_f64(0.8)).await?;
+        (body, elapsed)
     } else {
-        response.bytes().await.map_err(|e| e.to_string())?.to_vec()
+        let body = response.bytes().await.map_err(|e| e.to_string())?.to_vec();
+        (body, sent.elapsed())
     };
     Ok((
         Exchange {
             status,
             headers: response_headers,
             body,
+            elapsed,
             ..partial
         },
         version,
@@ -2439,6 +2455,7 @@ fn network_failure(op: &Op, message: String) -> Failure {
         status: 0,
         headers: Vec::new(),
         body: Vec::new(),
+        elapsed: Duration::ZERO,
     };
     Failure {
         operation: op.label.clone(),
@@ -2610,6 +2627,7 @@ fn judge_with(
         pages: seen.pages,
         path_methods: &op.path_methods,
         without_credentials: without_credentials(shared, op, exchange),
+        max_response_time: shared.config.max_response_time,
     };
     for check in &shared.checks {
         match (check.run)(&ctx) {

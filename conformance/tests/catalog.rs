@@ -155,7 +155,14 @@ enum Fault {
     IgnoresIfMatch,
     WrongPaginationTotal,
     LeaksAcrossTenants,
+    /// Answers one read of an item later than the run's `--max-response-time` budget.
+    SlowAnswer,
 }
+
+/// The `max_response_time` budget every catalog run sets, and how late
+/// [`Fault::SlowAnswer`] answers once.
+const RESPONSE_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
+const SLOW_ANSWER: std::time::Duration = std::time::Duration::from_millis(3_500);
 
 /// Set once a server saw a `filter[...]` (deepObject) query parameter.
 static SAW_DEEP_OBJECT: AtomicBool = AtomicBool::new(false);
@@ -195,6 +202,7 @@ const CATALOG: &[(Fault, &str)] = &[
     (Fault::IgnoresIfMatch, "conditional_requests"),
     (Fault::WrongPaginationTotal, "pagination_totals"),
     (Fault::LeaksAcrossTenants, "cross_tenant_isolation"),
+    (Fault::SlowAnswer, "max_response_time"),
 ];
 
 struct State {
@@ -203,6 +211,8 @@ struct State {
     items: Mutex<BTreeMap<String, (String, Value)>>,
     next: AtomicU64,
     validator: RequestValidator,
+    /// Set once [`Fault::SlowAnswer`] answered late.
+    slowed: AtomicBool,
 }
 
 async fn handle(state: Arc<State>, req: poem::Request) -> Response {
@@ -356,6 +366,9 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
             )
         }
         ("GET", ["items", id]) => {
+            if fault == Fault::SlowAnswer && !state.slowed.swap(true, Ordering::SeqCst) {
+                tokio::time::sleep(SLOW_ANSWER).await;
+            }
             let items = state.items.lock().expect("lock");
             match items.get(*id).filter(|(owner, _)| visible(owner)) {
                 Some((_, item)) => {
@@ -418,6 +431,7 @@ async fn start(fault: Fault) -> String {
         items: Mutex::new(BTreeMap::new()),
         next: AtomicU64::new(1),
         validator: RequestValidator::new(&doc).expect("spec compiles"),
+        slowed: AtomicBool::new(false),
     });
     let app = poem::endpoint::make(move |req: poem::Request| {
         let state = state.clone();
@@ -434,6 +448,7 @@ async fn conform(fault: Fault) -> Report {
     config.seed = 42;
     config.max_examples = 30;
     config.workers = 2;
+    config.max_response_time = Some(RESPONSE_BUDGET);
     runner::run(&spec(), config)
         .await
         .expect("the spec is usable")

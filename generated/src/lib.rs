@@ -70,6 +70,9 @@ pub struct ApiError {
     /// The body.
     pub envelope: Box<crate::models::ErrorEnvelope>,
 }
+/// What a handler answers: its operation's response, or the failure that answers one of
+/// its documented error statuses. `async fn get_model(&self, …) -> Reply<GetModelResponse>`.
+pub type Reply<T> = Result<T, ApiError>;
 /// The parameters of an operation that creates once per `Idempotency-Key`.
 pub trait Idempotent {
     /// The operation's id, what its keys are kept under (`createModel`).

@@ -127,7 +127,7 @@ pub struct Pagination {
     /// Items per page.
     #[oai(rename = "per_page")]
     pub per_page: i64,
-    /// Items matching the filters, over all pages.
+    /// Items matching the filters, over all pages, counted up to 1,000 (or, on a page beyond those, up to one past that page) so that a page costs about the same in a large organization as in a small one. At that figure there may be more (`pages` counts only those); walk them with `next_cursor`, which is null only on the last page.
     #[oai(rename = "total")]
     pub total: i64,
     /// Number of pages.
@@ -4061,6 +4061,7 @@ pub struct AgentLogs {
 /// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
 /// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
 /// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+/// | `execution.requires_action` | an execution pauses for the outputs of client-side tool calls (`POST /v1/executions/{execution_id}/tool-outputs` resumes it) | `ExecutionEventData` |
 /// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
 /// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
 /// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
@@ -4081,6 +4082,8 @@ pub enum EventType {
     ExecutionCompleted,
     #[oai(rename = "execution.failed")]
     ExecutionFailed,
+    #[oai(rename = "execution.requires_action")]
+    ExecutionRequiresAction,
     #[oai(rename = "simulation.completed")]
     SimulationCompleted,
     #[oai(rename = "evaluation.completed")]
@@ -4098,6 +4101,7 @@ impl EventType {
         EventType::ExecutionStarted,
         EventType::ExecutionCompleted,
         EventType::ExecutionFailed,
+        EventType::ExecutionRequiresAction,
         EventType::SimulationCompleted,
         EventType::EvaluationCompleted,
         EventType::WebhookPing,
@@ -4112,6 +4116,7 @@ impl EventType {
             EventType::ExecutionStarted => "execution.started",
             EventType::ExecutionCompleted => "execution.completed",
             EventType::ExecutionFailed => "execution.failed",
+            EventType::ExecutionRequiresAction => "execution.requires_action",
             EventType::SimulationCompleted => "simulation.completed",
             EventType::EvaluationCompleted => "evaluation.completed",
             EventType::WebhookPing => "webhook.ping",
@@ -4127,6 +4132,7 @@ impl EventType {
             "execution.started" => Some(EventType::ExecutionStarted),
             "execution.completed" => Some(EventType::ExecutionCompleted),
             "execution.failed" => Some(EventType::ExecutionFailed),
+            "execution.requires_action" => Some(EventType::ExecutionRequiresAction),
             "simulation.completed" => Some(EventType::SimulationCompleted),
             "evaluation.completed" => Some(EventType::EvaluationCompleted),
             "webhook.ping" => Some(EventType::WebhookPing),
@@ -4165,6 +4171,8 @@ pub enum EventPattern {
     ExecutionCompleted,
     #[oai(rename = "execution.failed")]
     ExecutionFailed,
+    #[oai(rename = "execution.requires_action")]
+    ExecutionRequiresAction,
     #[oai(rename = "simulation.*")]
     Simulation,
     #[oai(rename = "simulation.completed")]
@@ -4192,6 +4200,7 @@ impl EventPattern {
         EventPattern::ExecutionStarted,
         EventPattern::ExecutionCompleted,
         EventPattern::ExecutionFailed,
+        EventPattern::ExecutionRequiresAction,
         EventPattern::Simulation,
         EventPattern::SimulationCompleted,
         EventPattern::Evaluation,
@@ -4213,6 +4222,7 @@ impl EventPattern {
             EventPattern::ExecutionStarted => "execution.started",
             EventPattern::ExecutionCompleted => "execution.completed",
             EventPattern::ExecutionFailed => "execution.failed",
+            EventPattern::ExecutionRequiresAction => "execution.requires_action",
             EventPattern::Simulation => "simulation.*",
             EventPattern::SimulationCompleted => "simulation.completed",
             EventPattern::Evaluation => "evaluation.*",
@@ -4235,6 +4245,7 @@ impl EventPattern {
             "execution.started" => Some(EventPattern::ExecutionStarted),
             "execution.completed" => Some(EventPattern::ExecutionCompleted),
             "execution.failed" => Some(EventPattern::ExecutionFailed),
+            "execution.requires_action" => Some(EventPattern::ExecutionRequiresAction),
             "simulation.*" => Some(EventPattern::Simulation),
             "simulation.completed" => Some(EventPattern::SimulationCompleted),
             "evaluation.*" => Some(EventPattern::Evaluation),
@@ -4268,6 +4279,7 @@ pub struct Event {
     /// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
     /// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
     /// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+    /// | `execution.requires_action` | an execution pauses for the outputs of client-side tool calls (`POST /v1/executions/{execution_id}/tool-outputs` resumes it) | `ExecutionEventData` |
     /// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
     /// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
     /// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
@@ -4283,6 +4295,7 @@ pub struct Event {
     /// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
     /// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
     /// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+    /// | `execution.requires_action` | an execution pauses for the outputs of client-side tool calls (`POST /v1/executions/{execution_id}/tool-outputs` resumes it) | `ExecutionEventData` |
     /// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
     /// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
     /// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
@@ -4380,7 +4393,7 @@ pub struct KnowledgeSyncEventData {
     #[oai(rename = "error")]
     pub error: Option<String>,
 }
-/// The `data` of `execution.started`, `execution.completed` and `execution.failed`.
+/// The `data` of `execution.started`, `execution.completed`, `execution.failed` and `execution.requires_action`.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "ExecutionEventData")]
 pub struct ExecutionEventData {
@@ -4706,7 +4719,7 @@ pub struct Webhook {
     #[oai(rename = "updated_at")]
     pub updated_at: String,
 }
-/// A new webhook, with its signing secret. Shown once; store it now.
+/// A new webhook, with its signing secret when the server generated it (shown once; store it now). A secret the caller chose is never echoed.
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "WebhookCreated", deny_unknown_fields)]
 pub struct WebhookCreated {
@@ -4734,9 +4747,9 @@ pub struct WebhookCreated {
     /// When it last changed.
     #[oai(rename = "updated_at")]
     pub updated_at: String,
-    /// The signing secret (the one sent, or a generated `whsec_…`).
-    #[oai(rename = "secret")]
-    pub secret: String,
+    /// The generated signing secret (`whsec_…`), present only when the request sent no `secret` (a replay of that request shows it again).
+    #[oai(rename = "secret", skip_serializing_if_is_none)]
+    pub secret: Option<String>,
 }
 #[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
 #[oai(rename = "WebhookList", deny_unknown_fields)]
@@ -4816,6 +4829,7 @@ pub struct WebhookDelivery {
     /// | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
     /// | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
     /// | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+    /// | `execution.requires_action` | an execution pauses for the outputs of client-side tool calls (`POST /v1/executions/{execution_id}/tool-outputs` resumes it) | `ExecutionEventData` |
     /// | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
     /// | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
     /// | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
@@ -5447,9 +5461,12 @@ pub struct MarketplaceInstallRequest {
     /// A workspace label kept in the agent's `metadata.workspace_id` (CodexOS).
     #[oai(rename = "workspace_id", skip_serializing_if_is_none)]
     pub workspace_id: Option<String>,
-    /// Knowledge bases of the organization the agent retrieves from (a support agent's documentation, say).
+    /// Knowledge bases of the organization the agent retrieves from (a support agent's documentation, say). A flow template's `retrieval` nodes search them (the first ten); such a template (tagged `rag` and `flow`) needs at least one, else a 422 names `knowledge_bases`.
     #[oai(rename = "knowledge_bases", skip_serializing_if_is_none)]
     pub knowledge_bases: Option<Vec<String>>,
+    /// Tools of the organization a flow template's `tool` nodes call (the first one; a `function` tool cannot be). A template with a `tool` node needs one, else a 422 names `tools`; other templates ignore it.
+    #[oai(rename = "tools", skip_serializing_if_is_none)]
+    pub tools: Option<Vec<String>>,
 }
 /// Where an execution is: `queued` (accepted, waiting for a worker), `running`, `requires_action` (paused until the caller posts the outputs of its `function` tool calls to `/tool-outputs`), or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`), `expired` (paused for outputs past `options.timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]

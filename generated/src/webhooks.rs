@@ -87,7 +87,7 @@ impl crate::Idempotent for CreateWebhookParams {
 /// `POST /v1/webhooks` (createWebhook)
 #[derive(Debug, poem_openapi::ApiResponse)]
 pub enum CreateWebhookResponse {
-    /// The webhook was created; `secret` is shown this once.
+    /// The webhook was created; a generated `secret` is shown this once (a `secret` the request sent is not echoed).
     #[oai(status = 201u16)]
     Created(
         poem_openapi::payload::Json<crate::models::WebhookCreated>,
@@ -502,7 +502,8 @@ pub trait WebhooksApi: crate::Authenticate {
     /// Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then
     /// POSTed to it from a durable outbox, signed and retried (see `docs/webhooks.md`):
     /// `X-Agentplane-Signature: v1=<hex HMAC-SHA256(secret, "<X-Agentplane-Timestamp>.<body>")>`.
-    /// Without `secret` one is generated; the answer is the only place the secret is shown.
+    /// Without `secret` one is generated, and the answer is the only place it is shown; a
+    /// `secret` you send is never echoed.
     fn create_webhook(
         &self,
         caller: Self::Caller,
@@ -619,7 +620,8 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
     /// Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then
     /// POSTed to it from a durable outbox, signed and retried (see `docs/webhooks.md`):
     /// `X-Agentplane-Signature: v1=<hex HMAC-SHA256(secret, "<X-Agentplane-Timestamp>.<body>")>`.
-    /// Without `secret` one is generated; the answer is the only place the secret is shown.
+    /// Without `secret` one is generated, and the answer is the only place it is shown; a
+    /// `secret` you send is never echoed.
     #[oai(path = "/v1/webhooks", method = "post", operation_id = "createWebhook")]
     async fn create_webhook(
         &self,

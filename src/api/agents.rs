@@ -498,7 +498,7 @@ impl AgentsApi for Handlers {
         &self,
         caller: Caller,
         params: ListAgentsParams,
-    ) -> Result<ListAgentsResponse, ApiError> {
+    ) -> Reply<ListAgentsResponse> {
         let query = list_query(&params, &caller.request_id)?;
         let expand = params.expand.clone().unwrap_or_default();
         check_expand_scopes(&caller, &expand)?;
@@ -540,7 +540,7 @@ impl AgentsApi for Handlers {
         &self,
         caller: Caller,
         params: CreateAgentParams,
-    ) -> Result<CreateAgentResponse, ApiError> {
+    ) -> Reply<CreateAgentResponse> {
         let rid = caller.request_id.as_str();
         let request = to_object(params.body.to_json());
         let changes = split(request.clone(), "{}").map_err(store_error(NOT_FOUND, rid))?;
@@ -554,11 +554,7 @@ impl AgentsApi for Handlers {
         Ok(CreateAgentResponse::Created(Json(agent), location, tag))
     }
 
-    async fn get_agent(
-        &self,
-        caller: Caller,
-        params: GetAgentParams,
-    ) -> Result<GetAgentResponse, ApiError> {
+    async fn get_agent(&self, caller: Caller, params: GetAgentParams) -> Reply<GetAgentResponse> {
         let answer = self.item_if_changed::<Agent>(&caller, params.agent_id, params.if_none_match);
         Ok(answer.await?.into())
     }
@@ -567,7 +563,7 @@ impl AgentsApi for Handlers {
         &self,
         caller: Caller,
         params: ReplaceAgentParams,
-    ) -> Result<ReplaceAgentResponse, ApiError> {
+    ) -> Reply<ReplaceAgentResponse> {
         let replacement = to_object(params.body.to_json());
         let (request, merge) = (replacement.clone(), move |_| replacement);
         let (agent, tag) = self
@@ -580,7 +576,7 @@ impl AgentsApi for Handlers {
         &self,
         caller: Caller,
         params: UpdateAgentParams,
-    ) -> Result<UpdateAgentResponse, ApiError> {
+    ) -> Reply<UpdateAgentResponse> {
         let patch = to_object(params.body.to_json());
         let merge = patch_merger(patch.clone());
         let (agent, tag) = self
@@ -593,7 +589,7 @@ impl AgentsApi for Handlers {
         &self,
         caller: Caller,
         params: BulkUpdateAgentsParams,
-    ) -> Result<BulkUpdateAgentsResponse, ApiError> {
+    ) -> Reply<BulkUpdateAgentsResponse> {
         let result = self.bulk_change_agents(&caller, params.body).await?;
         Ok(BulkUpdateAgentsResponse::Ok(Json(result)))
     }
@@ -602,7 +598,7 @@ impl AgentsApi for Handlers {
         &self,
         caller: Caller,
         params: DeleteAgentParams,
-    ) -> Result<DeleteAgentResponse, ApiError> {
+    ) -> Reply<DeleteAgentResponse> {
         self.remove_agent(&caller, params.agent_id).await?;
         Ok(DeleteAgentResponse::NoContent)
     }

@@ -333,7 +333,7 @@ impl ConversationsApi for Handlers {
         &self,
         caller: Caller,
         params: ListConversationsParams,
-    ) -> Result<ListConversationsResponse, ApiError> {
+    ) -> Reply<ListConversationsResponse> {
         let list = self.list_convs(&caller, params).await?;
         Ok(ListConversationsResponse::Ok(Json(list)))
     }
@@ -342,7 +342,7 @@ impl ConversationsApi for Handlers {
         &self,
         caller: Caller,
         params: CreateConversationParams,
-    ) -> Result<CreateConversationResponse, ApiError> {
+    ) -> Reply<CreateConversationResponse> {
         let row = self.create_conv(&caller, params).await?;
         let conversation = row_to_conversation(&row, Some(&[]));
         Ok(CreateConversationResponse::Created(
@@ -356,7 +356,7 @@ impl ConversationsApi for Handlers {
         &self,
         caller: Caller,
         params: GetConversationParams,
-    ) -> Result<GetConversationResponse, ApiError> {
+    ) -> Reply<GetConversationResponse> {
         let (row, messages) = self
             .conversation_with_messages(&caller, params.conversation_id)
             .await?;
@@ -372,7 +372,7 @@ impl ConversationsApi for Handlers {
         &self,
         caller: Caller,
         params: UpdateConversationParams,
-    ) -> Result<UpdateConversationResponse, ApiError> {
+    ) -> Reply<UpdateConversationResponse> {
         let row = self.update_conv(&caller, params).await?;
         let conversation = row_to_conversation(&row, None);
         Ok(UpdateConversationResponse::Ok(
@@ -385,7 +385,7 @@ impl ConversationsApi for Handlers {
         &self,
         caller: Caller,
         params: DeleteConversationParams,
-    ) -> Result<DeleteConversationResponse, ApiError> {
+    ) -> Reply<DeleteConversationResponse> {
         let (org, id) = (caller.org_id.clone(), params.conversation_id);
         self.store
             .run(move |conn| store::delete(conn, &org, &id))
@@ -398,7 +398,7 @@ impl ConversationsApi for Handlers {
         &self,
         caller: Caller,
         params: ListMessagesParams,
-    ) -> Result<ListMessagesResponse, ApiError> {
+    ) -> Reply<ListMessagesResponse> {
         let list = self.list_msgs(&caller, params).await?;
         Ok(ListMessagesResponse::Ok(Json(list)))
     }
@@ -407,7 +407,7 @@ impl ConversationsApi for Handlers {
         &self,
         caller: Caller,
         params: SendMessageParams,
-    ) -> Result<SendMessageResponse, ApiError> {
+    ) -> Reply<SendMessageResponse> {
         let stream = params.body.stream.unwrap_or_else(|| {
             params
                 .accept

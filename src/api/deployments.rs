@@ -3,7 +3,7 @@
 //!
 //! [`Runtime`]: crate::runtime::Runtime
 
-use agentplane_api::ApiError;
+use agentplane_api::Reply;
 use agentplane_api::deployments::*;
 use agentplane_api::models::{
     AgentDeployment, AgentLogLine, AgentLogs, AgentMetrics, DeploymentHealth, DeploymentState,
@@ -410,7 +410,7 @@ impl DeploymentsApi for Handlers {
         &self,
         caller: Caller,
         params: GetAgentStatusParams,
-    ) -> Result<GetAgentStatusResponse, ApiError> {
+    ) -> Reply<GetAgentStatusResponse> {
         let (d, _) = self
             .deployment(&caller, params.agent_id, Act::Status)
             .await?;
@@ -421,7 +421,7 @@ impl DeploymentsApi for Handlers {
         &self,
         caller: Caller,
         params: ScaleAgentParams,
-    ) -> Result<ScaleAgentResponse, ApiError> {
+    ) -> Reply<ScaleAgentResponse> {
         let act = Act::Scale(params.body.replicas);
         let (d, location) = self.deployment(&caller, params.agent_id, act).await?;
         Ok(ScaleAgentResponse::Accepted(d, location))
@@ -431,7 +431,7 @@ impl DeploymentsApi for Handlers {
         &self,
         caller: Caller,
         params: RestartAgentParams,
-    ) -> Result<RestartAgentResponse, ApiError> {
+    ) -> Reply<RestartAgentResponse> {
         let act = Act::Restart;
         let (d, location) = self.deployment(&caller, params.agent_id, act).await?;
         Ok(RestartAgentResponse::Accepted(d, location))
@@ -441,7 +441,7 @@ impl DeploymentsApi for Handlers {
         &self,
         caller: Caller,
         params: GetAgentMetricsParams,
-    ) -> Result<GetAgentMetricsResponse, ApiError> {
+    ) -> Reply<GetAgentMetricsResponse> {
         let metrics = self.agent_metrics(&caller, params).await?;
         Ok(GetAgentMetricsResponse::Ok(Json(metrics)))
     }
@@ -450,7 +450,7 @@ impl DeploymentsApi for Handlers {
         &self,
         caller: Caller,
         params: GetAgentLogsParams,
-    ) -> Result<GetAgentLogsResponse, ApiError> {
+    ) -> Reply<GetAgentLogsResponse> {
         let follow = params.follow;
         let (logs, from) = self.agent_logs(&caller, params).await?;
         if follow {

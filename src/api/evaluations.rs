@@ -1,6 +1,6 @@
 //! The evaluations resource (Magnet AI): datasets of cases run through an agent, runs kept.
 
-use agentplane_api::ApiError;
+use agentplane_api::Reply;
 use agentplane_api::evaluations::*;
 use agentplane_api::models::{
     CaseResult, Evaluation, EvaluationInput, EvaluationList, EvaluationMetric, EvaluationRun,
@@ -251,7 +251,7 @@ impl EvaluationsApi for Handlers {
         &self,
         caller: Caller,
         params: ListEvaluationsParams,
-    ) -> Result<ListEvaluationsResponse, ApiError> {
+    ) -> Reply<ListEvaluationsResponse> {
         let target = params.target_id.clone();
         let (data, pagination) = self
             .list_page::<Evaluation>(&caller, &params, move |conn, org, page| {
@@ -268,7 +268,7 @@ impl EvaluationsApi for Handlers {
         &self,
         caller: Caller,
         params: CreateEvaluationParams,
-    ) -> Result<CreateEvaluationResponse, ApiError> {
+    ) -> Reply<CreateEvaluationResponse> {
         self.check_evaluation_target(&caller, params.body.target_id.clone())
             .await?;
         let row = new_row(&caller.org_id, &params.body);
@@ -288,7 +288,7 @@ impl EvaluationsApi for Handlers {
         &self,
         caller: Caller,
         params: GetEvaluationParams,
-    ) -> Result<GetEvaluationResponse, ApiError> {
+    ) -> Reply<GetEvaluationResponse> {
         let evaluation = self
             .item::<Evaluation>(&caller, params.evaluation_id)
             .await?;
@@ -299,7 +299,7 @@ impl EvaluationsApi for Handlers {
         &self,
         caller: Caller,
         params: DeleteEvaluationParams,
-    ) -> Result<DeleteEvaluationResponse, ApiError> {
+    ) -> Reply<DeleteEvaluationResponse> {
         self.remove::<Evaluation>(&caller, params.evaluation_id)
             .await?;
         Ok(DeleteEvaluationResponse::NoContent)
@@ -309,7 +309,7 @@ impl EvaluationsApi for Handlers {
         &self,
         caller: Caller,
         params: RunEvaluationParams,
-    ) -> Result<RunEvaluationResponse, ApiError> {
+    ) -> Reply<RunEvaluationResponse> {
         let row = self.start_run(&caller, params.evaluation_id).await?;
         let run = row_to_run(&row, true).map_err(store_error(RUN_NOT_FOUND, &caller.request_id))?;
         let location = format!("/v1/evaluations/{}/runs/{}", run.evaluation_id, run.id);
@@ -320,7 +320,7 @@ impl EvaluationsApi for Handlers {
         &self,
         caller: Caller,
         params: ListEvaluationRunsParams,
-    ) -> Result<ListEvaluationRunsResponse, ApiError> {
+    ) -> Reply<ListEvaluationRunsResponse> {
         let id = params.evaluation_id.clone();
         let list = move |conn: &mut DbConnection, org: &str, page: &Page| {
             store::get(conn, org, &id)?;
@@ -339,7 +339,7 @@ impl EvaluationsApi for Handlers {
         &self,
         caller: Caller,
         params: GetEvaluationRunParams,
-    ) -> Result<GetEvaluationRunResponse, ApiError> {
+    ) -> Reply<GetEvaluationRunResponse> {
         let run = self
             .run_of(&caller, params.evaluation_id, Some(params.run_id))
             .await?;
@@ -350,7 +350,7 @@ impl EvaluationsApi for Handlers {
         &self,
         caller: Caller,
         params: GetEvaluationResultsParams,
-    ) -> Result<GetEvaluationResultsResponse, ApiError> {
+    ) -> Reply<GetEvaluationResultsResponse> {
         let run = self.run_of(&caller, params.evaluation_id, None).await?;
         Ok(GetEvaluationResultsResponse::Ok(Json(run)))
     }

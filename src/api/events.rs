@@ -157,7 +157,7 @@ impl EventsApi for Handlers {
         &self,
         caller: Caller,
         params: ListEventsParams,
-    ) -> Result<ListEventsResponse, ApiError> {
+    ) -> Reply<ListEventsResponse> {
         let subject_id = params.subject_id.clone();
         let filter = match params.type_ {
             Some(p) => filter_of(&[p.as_str().to_string()], subject_id),
@@ -175,11 +175,7 @@ impl EventsApi for Handlers {
         Ok(ListEventsResponse::Ok(Json(EventList { data, pagination })))
     }
 
-    async fn get_event(
-        &self,
-        caller: Caller,
-        params: GetEventParams,
-    ) -> Result<GetEventResponse, ApiError> {
+    async fn get_event(&self, caller: Caller, params: GetEventParams) -> Reply<GetEventResponse> {
         let event = self.item::<Event>(&caller, params.event_id).await?;
         Ok(GetEventResponse::Ok(Json(event)))
     }
@@ -189,7 +185,7 @@ impl EventsApi for Handlers {
         caller: Caller,
         params: StreamEventsParams,
         upgrade: Option<WebSocket>,
-    ) -> Result<Upgraded<StreamEventsResponse>, ApiError> {
+    ) -> Reply<Upgraded<StreamEventsResponse>> {
         let Some(ws) = upgrade else {
             // Not through `?`: the 426 names the protocol to upgrade to.
             let f = upgrade_required(&caller.request_id);

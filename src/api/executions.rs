@@ -379,7 +379,7 @@ impl ExecutionsApi for Handlers {
         &self,
         caller: Caller,
         params: ExecuteAgentParams,
-    ) -> Result<ExecuteAgentResponse, ApiError> {
+    ) -> Reply<ExecuteAgentResponse> {
         let rid = caller.request_id.as_str();
         let options = params.body.options.clone().unwrap_or_default();
         let stream = wants_stream(options.stream, params.accept.as_deref());
@@ -417,7 +417,7 @@ impl ExecutionsApi for Handlers {
         &self,
         caller: Caller,
         params: ListExecutionsParams,
-    ) -> Result<ListExecutionsResponse, ApiError> {
+    ) -> Reply<ListExecutionsResponse> {
         let list = self.list(&caller, params).await?;
         Ok(ListExecutionsResponse::Ok(Json(list)))
     }
@@ -426,7 +426,7 @@ impl ExecutionsApi for Handlers {
         &self,
         caller: Caller,
         params: GetExecutionParams,
-    ) -> Result<GetExecutionResponse, ApiError> {
+    ) -> Reply<GetExecutionResponse> {
         let row = self.execution_row(&caller, params.execution_id).await?;
         let tag = execution_etag(&row);
         if not_modified(params.if_none_match.as_deref(), &tag) {
@@ -439,7 +439,7 @@ impl ExecutionsApi for Handlers {
         &self,
         caller: Caller,
         params: SubmitToolOutputsParams,
-    ) -> Result<SubmitToolOutputsResponse, ApiError> {
+    ) -> Reply<SubmitToolOutputsResponse> {
         let outputs: Vec<ToolOutput> = params
             .body
             .tool_outputs
@@ -459,7 +459,7 @@ impl ExecutionsApi for Handlers {
         &self,
         caller: Caller,
         params: CancelExecutionParams,
-    ) -> Result<CancelExecutionResponse, ApiError> {
+    ) -> Reply<CancelExecutionResponse> {
         let row = self.cancel(&caller, params.execution_id).await?;
         Ok(CancelExecutionResponse::Ok(Json(Execution::from(&row))))
     }
@@ -468,7 +468,7 @@ impl ExecutionsApi for Handlers {
         &self,
         caller: Caller,
         params: GetExecutionLogsParams,
-    ) -> Result<GetExecutionLogsResponse, ApiError> {
+    ) -> Reply<GetExecutionLogsResponse> {
         let row = self.execution_row(&caller, params.execution_id).await?;
         let execution = Execution::from(&row);
         Ok(GetExecutionLogsResponse::Ok(Json(ExecutionLogs {
@@ -481,7 +481,7 @@ impl ExecutionsApi for Handlers {
         &self,
         caller: Caller,
         params: StreamExecutionEventsParams,
-    ) -> Result<StreamExecutionEventsResponse, ApiError> {
+    ) -> Reply<StreamExecutionEventsResponse> {
         let live = self.runner.live.clone();
         let listening = Listening::new(live.clone(), params.execution_id.clone());
         let row = self.execution_row(&caller, params.execution_id).await?;
@@ -499,7 +499,7 @@ impl ExecutionsApi for Handlers {
         caller: Caller,
         params: StreamExecutionParams,
         upgrade: Option<poem::web::websocket::WebSocket>,
-    ) -> Result<Upgraded<StreamExecutionResponse>, ApiError> {
+    ) -> Reply<Upgraded<StreamExecutionResponse>> {
         let row = self.execution_row(&caller, params.execution_id).await?;
         let Some(ws) = upgrade else {
             let f = super::events::upgrade_required(&caller.request_id);

@@ -324,7 +324,7 @@ impl IdentityApi for Handlers {
         &self,
         caller: Caller,
         params: ListApiKeysParams,
-    ) -> Result<ListApiKeysResponse, ApiError> {
+    ) -> Reply<ListApiKeysResponse> {
         let user = only_user(&caller);
         let (page, per_page) = (params.page, params.per_page);
         let q = Page {
@@ -347,7 +347,7 @@ impl IdentityApi for Handlers {
         &self,
         caller: Caller,
         params: CreateApiKeyParams,
-    ) -> Result<CreateApiKeyResponse, ApiError> {
+    ) -> Reply<CreateApiKeyResponse> {
         let (row, secret) = self.create_key(&caller, params).await?;
         let key = to_api_key(&row, self.limits);
         let created = ApiKeyCreated {
@@ -370,7 +370,7 @@ impl IdentityApi for Handlers {
         &self,
         caller: Caller,
         params: GetApiKeyParams,
-    ) -> Result<GetApiKeyResponse, ApiError> {
+    ) -> Reply<GetApiKeyResponse> {
         let (user, id) = (only_user(&caller), params.key_id);
         let row = self
             .run_for(&caller, NOT_FOUND, move |conn, org| {
@@ -384,7 +384,7 @@ impl IdentityApi for Handlers {
         &self,
         caller: Caller,
         params: UpdateApiKeyParams,
-    ) -> Result<UpdateApiKeyResponse, ApiError> {
+    ) -> Reply<UpdateApiKeyResponse> {
         let forget = params.key_id.clone();
         let row = self.patch_api_key(&caller, params).await?;
         // This replica applies the new limits at once; others within the cache's TTL.
@@ -399,7 +399,7 @@ impl IdentityApi for Handlers {
         &self,
         caller: Caller,
         params: RevokeApiKeyParams,
-    ) -> Result<RevokeApiKeyResponse, ApiError> {
+    ) -> Reply<RevokeApiKeyResponse> {
         self.revoke_live_key(&caller, params.key_id.clone()).await?;
         self.keys.forget(&params.key_id);
         Ok(RevokeApiKeyResponse::NoContent)
@@ -409,7 +409,7 @@ impl IdentityApi for Handlers {
         &self,
         caller: Caller,
         _params: GetCurrentUserParams,
-    ) -> Result<GetCurrentUserResponse, ApiError> {
+    ) -> Reply<GetCurrentUserResponse> {
         let user_id = caller.user_id.clone();
         let (user, org) = self
             .run_for(&caller, USER_NOT_FOUND, move |conn, org| {
@@ -428,7 +428,7 @@ impl IdentityApi for Handlers {
         &self,
         caller: Caller,
         params: UpdateCurrentUserParams,
-    ) -> Result<UpdateCurrentUserResponse, ApiError> {
+    ) -> Reply<UpdateCurrentUserResponse> {
         let (user_id, change) = (caller.user_id.clone(), params.body);
         let (user, org) = self
             .run_for(&caller, USER_NOT_FOUND, move |conn, org| {

@@ -975,7 +975,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: ListKnowledgeBasesParams,
-    ) -> Result<ListKnowledgeBasesResponse, ApiError> {
+    ) -> Reply<ListKnowledgeBasesResponse> {
         let filter = KbFilter {
             kb_type: params.type_.clone(),
             search: params.search.clone(),
@@ -995,7 +995,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: CreateKnowledgeBaseParams,
-    ) -> Result<CreateKnowledgeBaseResponse, ApiError> {
+    ) -> Reply<CreateKnowledgeBaseResponse> {
         let (kb, location, tag) = self.create_kb(&caller, &params).await?;
         Ok(CreateKnowledgeBaseResponse::Created(
             Json(kb),
@@ -1008,7 +1008,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: SearchKnowledgeParams,
-    ) -> Result<SearchKnowledgeResponse, ApiError> {
+    ) -> Reply<SearchKnowledgeResponse> {
         let results = self.search_all(&caller, params).await?;
         Ok(SearchKnowledgeResponse::Ok(Json(results)))
     }
@@ -1017,7 +1017,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: GetKnowledgeBaseParams,
-    ) -> Result<GetKnowledgeBaseResponse, ApiError> {
+    ) -> Reply<GetKnowledgeBaseResponse> {
         let (id, if_none_match) = (params.kb_id, params.if_none_match);
         let answer = self.item_if_changed::<KnowledgeBase>(&caller, id, if_none_match);
         Ok(answer.await?.into())
@@ -1027,7 +1027,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: ReplaceKnowledgeBaseParams,
-    ) -> Result<ReplaceKnowledgeBaseResponse, ApiError> {
+    ) -> Reply<ReplaceKnowledgeBaseResponse> {
         let changes = kb_changes(&params.body);
         let (id, if_match) = (params.kb_id, params.if_match);
         let (kb, tag) = self
@@ -1040,7 +1040,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: UpdateKnowledgeBaseParams,
-    ) -> Result<UpdateKnowledgeBaseResponse, ApiError> {
+    ) -> Reply<UpdateKnowledgeBaseResponse> {
         let (id, if_match, patch) = (params.kb_id, params.if_match, params.body);
         let (kb, tag) = self
             .replace::<KnowledgeBase>(&caller, id, if_match, move |_, current| {
@@ -1054,7 +1054,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: DeleteKnowledgeBaseParams,
-    ) -> Result<DeleteKnowledgeBaseResponse, ApiError> {
+    ) -> Reply<DeleteKnowledgeBaseResponse> {
         self.remove::<KnowledgeBase>(&caller, params.kb_id).await?;
         Ok(DeleteKnowledgeBaseResponse::NoContent)
     }
@@ -1063,7 +1063,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: QueryKnowledgeBaseParams,
-    ) -> Result<QueryKnowledgeBaseResponse, ApiError> {
+    ) -> Reply<QueryKnowledgeBaseResponse> {
         let kb = self.require_kb(&caller, &params.kb_id).await?;
         let mut q = params.body;
         let (options, include) = query_options(&mut q);
@@ -1077,7 +1077,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: IngestKnowledgeParams,
-    ) -> Result<IngestKnowledgeResponse, ApiError> {
+    ) -> Reply<IngestKnowledgeResponse> {
         let result = self.ingest(&caller, params).await?;
         Ok(IngestKnowledgeResponse::Ok(Json(result)))
     }
@@ -1086,7 +1086,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: ListKnowledgeSourcesParams,
-    ) -> Result<ListKnowledgeSourcesResponse, ApiError> {
+    ) -> Reply<ListKnowledgeSourcesResponse> {
         let kb_id = params.kb_id.clone();
         let list = move |conn: &mut DbConnection, org: &str, page: &_| {
             store::get(conn, org, &kb_id)?;
@@ -1104,7 +1104,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: CreateKnowledgeSourceParams,
-    ) -> Result<CreateKnowledgeSourceResponse, ApiError> {
+    ) -> Reply<CreateKnowledgeSourceResponse> {
         let row = self.create_source(&caller, params).await?;
         let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
         Ok(CreateKnowledgeSourceResponse::Created(
@@ -1117,7 +1117,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: UploadKnowledgeFileParams,
-    ) -> Result<UploadKnowledgeFileResponse, ApiError> {
+    ) -> Reply<UploadKnowledgeFileResponse> {
         let row = self.upload_file(&caller, params).await?;
         let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
         Ok(UploadKnowledgeFileResponse::Created(
@@ -1130,7 +1130,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: GetKnowledgeSourceParams,
-    ) -> Result<GetKnowledgeSourceResponse, ApiError> {
+    ) -> Reply<GetKnowledgeSourceResponse> {
         let (kb_id, id) = (params.kb_id, params.source_id);
         let row: SourceRow = self.child(&caller, kb_id, id, SOURCE_NOT_FOUND).await?;
         Ok(GetKnowledgeSourceResponse::Ok(Json(source_model(&row))))
@@ -1140,7 +1140,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: ReplaceKnowledgeSourceParams,
-    ) -> Result<ReplaceKnowledgeSourceResponse, ApiError> {
+    ) -> Reply<ReplaceKnowledgeSourceResponse> {
         let row = self.replace_source(&caller, params).await?;
         Ok(ReplaceKnowledgeSourceResponse::Ok(Json(source_model(&row))))
     }
@@ -1149,7 +1149,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: DeleteKnowledgeSourceParams,
-    ) -> Result<DeleteKnowledgeSourceResponse, ApiError> {
+    ) -> Reply<DeleteKnowledgeSourceResponse> {
         let (kb_id, id) = (params.kb_id, params.source_id);
         self.run_for(&caller, SOURCE_NOT_FOUND, move |conn, org| {
             store::delete_source(conn, org, &kb_id, &id)
@@ -1162,7 +1162,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: SyncKnowledgeSourceParams,
-    ) -> Result<SyncKnowledgeSourceResponse, ApiError> {
+    ) -> Reply<SyncKnowledgeSourceResponse> {
         let (kb_id, id) = (params.kb_id, params.source_id);
         let row = self
             .run_for(&caller, SOURCE_NOT_FOUND, move |conn, org| {
@@ -1181,7 +1181,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: GetKnowledgeSyncParams,
-    ) -> Result<GetKnowledgeSyncResponse, ApiError> {
+    ) -> Reply<GetKnowledgeSyncResponse> {
         let (kb_id, id) = (params.kb_id, params.sync_id);
         let row: SyncRow = self.child(&caller, kb_id, id, SYNC_NOT_FOUND).await?;
         Ok(GetKnowledgeSyncResponse::Ok(Json(sync_model(&row))))
@@ -1191,7 +1191,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: ListKnowledgeDocumentsParams,
-    ) -> Result<ListKnowledgeDocumentsResponse, ApiError> {
+    ) -> Reply<ListKnowledgeDocumentsResponse> {
         let (kb_id, source) = (params.kb_id.clone(), params.source_id.clone());
         let list = move |conn: &mut DbConnection, org: &str, page: &_| {
             store::get(conn, org, &kb_id)?;
@@ -1209,7 +1209,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: GetKnowledgeDocumentParams,
-    ) -> Result<GetKnowledgeDocumentResponse, ApiError> {
+    ) -> Reply<GetKnowledgeDocumentResponse> {
         let (kb_id, id) = (params.kb_id, params.document_id);
         let row: DocumentRow = self.child(&caller, kb_id, id, DOCUMENT_NOT_FOUND).await?;
         Ok(GetKnowledgeDocumentResponse::Ok(Json(document_model(&row))))
@@ -1219,7 +1219,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: DeleteKnowledgeDocumentParams,
-    ) -> Result<DeleteKnowledgeDocumentResponse, ApiError> {
+    ) -> Reply<DeleteKnowledgeDocumentResponse> {
         let (kb_id, id) = (params.kb_id, params.document_id);
         self.run_for(&caller, DOCUMENT_NOT_FOUND, move |conn, org| {
             DocumentRow::delete(conn, org, &kb_id, &id)
@@ -1232,7 +1232,7 @@ impl KnowledgeApi for Handlers {
         &self,
         caller: Caller,
         params: ListKnowledgeChunksParams,
-    ) -> Result<ListKnowledgeChunksResponse, ApiError> {
+    ) -> Reply<ListKnowledgeChunksResponse> {
         let list = self.list_chunks(&caller, params).await?;
         Ok(ListKnowledgeChunksResponse::Ok(Json(list)))
     }

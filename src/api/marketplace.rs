@@ -3,7 +3,7 @@
 //! template in one transaction.
 
 use agentplane_api::models::{
-    Agent, MarketplaceSort, MarketplaceTemplate, MarketplaceTemplateList,
+    Agent, ErrorDetail, MarketplaceSort, MarketplaceTemplate, MarketplaceTemplateList,
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
@@ -18,9 +18,16 @@ use super::resource::created;
 use crate::auth::Caller;
 use crate::db::agents::AgentRow;
 use crate::db::templates::{self as templates_db, TemplateRow};
-use crate::error::{Failure, Kind, store_error};
+use crate::error::{Failure, Kind, detail, store_error};
 
 const NOT_FOUND: &str = "TEMPLATE_NOT_FOUND";
+
+/// The id a catalog flow's `retrieval` node names for "the install's `knowledge_bases`".
+const INSTALL_KNOWLEDGE_BASES: &str = "install-knowledge-bases";
+/// The id a catalog flow's `tool` node names for "the install's first tool".
+const INSTALL_TOOL: &str = "install-tool";
+/// Knowledge bases a `retrieval` node searches at most (the spec's `maxItems`).
+const NODE_KNOWLEDGE_BASES: usize = 10;
 
 fn not_found(rid: &str) -> Failure {
     Failure::new(
@@ -125,10 +132,75 @@ fn install_rows(
         metadata.insert("workspace_id".into(), ws.into());
     }
     agent.insert("metadata".into(), Value::Object(metadata));
+    fill_flow(&mut agent, body);
     let mut checked = agent.clone();
     checked.remove("prompt_template_id");
     let row = new_row(&caller.org_id, split(agent, "{}")?);
     Ok((row, template, checked))
+}
+
+/// Puts the install's `knowledge_bases` and first of `tools` where a catalog flow names
+/// [`INSTALL_KNOWLEDGE_BASES`] and [`INSTALL_TOOL`]; what is not given stays a placeholder,
+/// which [`missing_for_flow`] refuses first.
+fn fill_flow(agent: &mut Map<String, Value>, body: &Value) {
+    let kbs: Vec<Value> = body["knowledge_bases"]
+        .as_array()
+        .map(|a| a.iter().take(NODE_KNOWLEDGE_BASES).cloned().collect())
+        .unwrap_or_default();
+    let tool = body["tools"].as_array().and_then(|a| a.first()).cloned();
+    let Some(nodes) = agent
+        .get_mut("flow")
+        .and_then(|f| f.get_mut("nodes"))
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for node in nodes {
+        let Some(config) = node.get_mut("config").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let names_kbs = config
+            .get("knowledge_base_ids")
+            .and_then(Value::as_array)
+            .is_some_and(|ids| ids.iter().any(|id| id == INSTALL_KNOWLEDGE_BASES));
+        if names_kbs && !kbs.is_empty() {
+            config.insert("knowledge_base_ids".into(), Value::Array(kbs.clone()));
+        }
+        if config.get("tool_id").and_then(Value::as_str) == Some(INSTALL_TOOL)
+            && let Some(tool) = &tool
+        {
+            config.insert("tool_id".into(), tool.clone());
+        }
+    }
+}
+
+/// The install fields a template's flow needs and `body` lacks (`knowledge_bases` for its
+/// `retrieval` nodes, `tools` for its `tool` nodes), as error details.
+fn missing_for_flow(t: &MarketplaceTemplate, body: &Value) -> Vec<ErrorDetail> {
+    let flow = t.agent["flow"].to_string();
+    let given = |field: &str| body[field].as_array().is_some_and(|a| !a.is_empty());
+    let mut missing = Vec::new();
+    if flow.contains(INSTALL_KNOWLEDGE_BASES) && !given("knowledge_bases") {
+        missing.push(detail(
+            "knowledge_bases",
+            "required",
+            format!(
+                "the template {} searches knowledge bases: name at least one",
+                t.id
+            ),
+        ));
+    }
+    if flow.contains(INSTALL_TOOL) && !given("tools") {
+        missing.push(detail(
+            "tools",
+            "required",
+            format!(
+                "the template {} calls a tool: name one of this organization",
+                t.id
+            ),
+        ));
+    }
+    missing
 }
 
 /// A page of the search results. Cursors resume after the item they name when it is still
@@ -176,6 +248,17 @@ impl Handlers {
         let rid = caller.request_id.as_str();
         let t = find(&params.template_id).ok_or_else(|| not_found(rid))?;
         let body = params.body.to_json().unwrap_or(Value::Object(Map::new()));
+        let missing = missing_for_flow(t, &body);
+        if !missing.is_empty() {
+            let message = format!("{}: {}", missing[0].field, missing[0].message);
+            return Err(Failure::with_details(
+                Kind::Unprocessable,
+                "VALIDATION_ERROR",
+                message,
+                missing,
+                rid,
+            ));
+        }
         let (agent, template, checked) =
             install_rows(t, caller, &body).map_err(store_error(NOT_FOUND, rid))?;
         let keyed = NewKeyed {

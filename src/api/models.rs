@@ -202,7 +202,7 @@ impl ModelRegistryApi for Handlers {
         &self,
         caller: Caller,
         params: ListModelsParams,
-    ) -> Result<ListModelsResponse, ApiError> {
+    ) -> Reply<ListModelsResponse> {
         let list = self.list_models_page(&caller, params).await?;
         Ok(ListModelsResponse::Ok(Json(list)))
     }
@@ -211,7 +211,7 @@ impl ModelRegistryApi for Handlers {
         &self,
         caller: Caller,
         params: CreateModelParams,
-    ) -> Result<CreateModelResponse, ApiError> {
+    ) -> Reply<CreateModelResponse> {
         let rid = caller.request_id.as_str();
         self.outbound("endpoint", params.body.endpoint.as_deref(), rid)?;
         let changes = changes_of(&params.body, None, &self.crypto, rid)?;
@@ -220,11 +220,7 @@ impl ModelRegistryApi for Handlers {
         Ok(CreateModelResponse::Created(Json(model), location, tag))
     }
 
-    async fn get_model(
-        &self,
-        caller: Caller,
-        params: GetModelParams,
-    ) -> Result<GetModelResponse, ApiError> {
+    async fn get_model(&self, caller: Caller, params: GetModelParams) -> Reply<GetModelResponse> {
         let if_none_match = params.if_none_match;
         if params.model_id == BUILTIN_ID {
             let local = builtin();
@@ -239,7 +235,7 @@ impl ModelRegistryApi for Handlers {
         &self,
         caller: Caller,
         params: ReplaceModelParams,
-    ) -> Result<ReplaceModelResponse, ApiError> {
+    ) -> Reply<ReplaceModelResponse> {
         let ReplaceModelParams {
             model_id,
             if_match,
@@ -263,7 +259,7 @@ impl ModelRegistryApi for Handlers {
         &self,
         caller: Caller,
         params: DeleteModelParams,
-    ) -> Result<DeleteModelResponse, ApiError> {
+    ) -> Reply<DeleteModelResponse> {
         self.remove::<Model>(&caller, params.model_id).await?;
         Ok(DeleteModelResponse::NoContent)
     }

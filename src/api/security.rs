@@ -376,7 +376,7 @@ impl SecurityApi for Handlers {
         &self,
         caller: Caller,
         params: ScanAgentParams,
-    ) -> Result<ScanAgentResponse, ApiError> {
+    ) -> Reply<ScanAgentResponse> {
         let row = self.run_scan(&caller, params).await?;
         let not_found = SecurityScan::NOT_FOUND;
         let scan = to_scan(&row).map_err(store_error(not_found, &caller.request_id))?;
@@ -391,7 +391,7 @@ impl SecurityApi for Handlers {
         &self,
         caller: Caller,
         params: ListSecurityScansParams,
-    ) -> Result<ListSecurityScansResponse, ApiError> {
+    ) -> Reply<ListSecurityScansResponse> {
         let query = ScanQuery {
             agent_id: params.agent_id.clone(),
             min_severity: params
@@ -411,7 +411,7 @@ impl SecurityApi for Handlers {
         &self,
         caller: Caller,
         params: GetSecurityScanParams,
-    ) -> Result<GetSecurityScanResponse, ApiError> {
+    ) -> Reply<GetSecurityScanResponse> {
         let row = self.row::<SecurityScan>(&caller, params.scan_id).await?;
         let tag = etag(SCAN_VERSION);
         if not_modified(params.if_none_match.as_deref(), &tag) {
@@ -426,7 +426,7 @@ impl SecurityApi for Handlers {
         &self,
         caller: Caller,
         params: ListSecurityEventsParams,
-    ) -> Result<ListSecurityEventsResponse, ApiError> {
+    ) -> Reply<ListSecurityEventsResponse> {
         let query = EventQuery {
             severity: params.severity.map(Into::into),
             event_type: params.type_.map(Into::into),

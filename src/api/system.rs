@@ -68,10 +68,12 @@ fn queue_state(oldest: i64, limit: i64) -> HealthState {
 }
 
 impl Handlers {
-    fn system_metrics(&self, (agents, executions): StatusCounts) -> SystemMetrics {
+    /// Organization `org_id`'s figures: its agents, executions and requests (the replica's
+    /// request counters are on `/metrics`, for operators), and this process's.
+    fn system_metrics(&self, org_id: &str, (agents, executions): StatusCounts) -> SystemMetrics {
         let (agents_total, agents) = tally(agents);
         let (executions_total, executions) = tally(executions);
-        let requests = self.metrics.figures();
+        let requests = self.metrics.org_figures(org_id);
         let uptime = self.metrics.uptime_seconds();
         let (cpu, rss) = crate::metrics::process_usage();
         SystemMetrics {
@@ -177,7 +179,7 @@ impl SystemApi for Handlers {
             .await
             .map_err(store_error("NOT_FOUND", &caller.request_id))?;
         Ok(GetSystemMetricsResponse::Ok(Json(
-            self.system_metrics(counts),
+            self.system_metrics(&caller.org_id, counts),
         )))
     }
 

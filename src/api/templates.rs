@@ -170,7 +170,7 @@ impl TemplatesApi for Handlers {
         &self,
         caller: Caller,
         params: ListPromptTemplatesParams,
-    ) -> Result<ListPromptTemplatesResponse, ApiError> {
+    ) -> Reply<ListPromptTemplatesResponse> {
         let filter = TemplateFilter {
             template_type: params.type_.map(|t| t.as_str().to_string()),
             search: params.search.clone(),
@@ -188,7 +188,7 @@ impl TemplatesApi for Handlers {
         &self,
         caller: Caller,
         params: CreatePromptTemplateParams,
-    ) -> Result<CreatePromptTemplateResponse, ApiError> {
+    ) -> Reply<CreatePromptTemplateResponse> {
         let row = new_row(
             &caller.org_id,
             changes_of(&params.body, &caller.request_id)?,
@@ -205,7 +205,7 @@ impl TemplatesApi for Handlers {
         &self,
         caller: Caller,
         params: GetPromptTemplateParams,
-    ) -> Result<GetPromptTemplateResponse, ApiError> {
+    ) -> Reply<GetPromptTemplateResponse> {
         let (id, if_none_match) = (params.template_id, params.if_none_match);
         let answer = self.item_if_changed::<PromptTemplate>(&caller, id, if_none_match);
         Ok(answer.await?.into())
@@ -215,7 +215,7 @@ impl TemplatesApi for Handlers {
         &self,
         caller: Caller,
         params: ReplacePromptTemplateParams,
-    ) -> Result<ReplacePromptTemplateResponse, ApiError> {
+    ) -> Reply<ReplacePromptTemplateResponse> {
         let changes = changes_of(&params.body, &caller.request_id)?;
         let (id, if_match) = (params.template_id, params.if_match);
         let (tpl, tag) = self
@@ -228,7 +228,7 @@ impl TemplatesApi for Handlers {
         &self,
         caller: Caller,
         params: DeletePromptTemplateParams,
-    ) -> Result<DeletePromptTemplateResponse, ApiError> {
+    ) -> Reply<DeletePromptTemplateResponse> {
         self.remove::<PromptTemplate>(&caller, params.template_id)
             .await?;
         Ok(DeletePromptTemplateResponse::NoContent)
@@ -238,7 +238,7 @@ impl TemplatesApi for Handlers {
         &self,
         caller: Caller,
         params: RenderPromptTemplateParams,
-    ) -> Result<RenderPromptTemplateResponse, ApiError> {
+    ) -> Reply<RenderPromptTemplateResponse> {
         let rendered = self.render_template(&caller, params).await?;
         Ok(RenderPromptTemplateResponse::Ok(Json(rendered)))
     }

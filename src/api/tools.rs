@@ -390,7 +390,7 @@ impl ToolsApi for Handlers {
         &self,
         caller: Caller,
         params: ListToolsParams,
-    ) -> Result<ListToolsResponse, ApiError> {
+    ) -> Reply<ListToolsResponse> {
         let tool_type = params.type_.map(|t| t.as_str());
         let (data, pagination) = self
             .list_page::<Tool>(&caller, &params, move |conn, org, page| {
@@ -406,7 +406,7 @@ impl ToolsApi for Handlers {
         &self,
         caller: Caller,
         params: CreateToolParams,
-    ) -> Result<CreateToolResponse, ApiError> {
+    ) -> Reply<CreateToolResponse> {
         let rid = caller.request_id.as_str();
         let spec = parse(&params.body, rid)?;
         self.outbound("url", params.body.get("url").and_then(Value::as_str), rid)?;
@@ -429,11 +429,7 @@ impl ToolsApi for Handlers {
         Ok(CreateToolResponse::Created(Json(tool), location, tag))
     }
 
-    async fn get_tool(
-        &self,
-        caller: Caller,
-        params: GetToolParams,
-    ) -> Result<GetToolResponse, ApiError> {
+    async fn get_tool(&self, caller: Caller, params: GetToolParams) -> Reply<GetToolResponse> {
         let answer = self.item_if_changed::<Tool>(&caller, params.tool_id, params.if_none_match);
         Ok(answer.await?.into())
     }
@@ -442,7 +438,7 @@ impl ToolsApi for Handlers {
         &self,
         caller: Caller,
         params: ReplaceToolParams,
-    ) -> Result<ReplaceToolResponse, ApiError> {
+    ) -> Reply<ReplaceToolResponse> {
         let rid = caller.request_id.clone();
         let spec = parse(&params.body, &rid)?;
         self.outbound("url", params.body.get("url").and_then(Value::as_str), &rid)?;
@@ -467,7 +463,7 @@ impl ToolsApi for Handlers {
         &self,
         caller: Caller,
         params: DeleteToolParams,
-    ) -> Result<DeleteToolResponse, ApiError> {
+    ) -> Reply<DeleteToolResponse> {
         self.remove::<Tool>(&caller, params.tool_id).await?;
         Ok(DeleteToolResponse::NoContent)
     }
@@ -476,7 +472,7 @@ impl ToolsApi for Handlers {
         &self,
         caller: Caller,
         params: QueryToolParams,
-    ) -> Result<QueryToolResponse, ApiError> {
+    ) -> Reply<QueryToolResponse> {
         let row = self.tool_of_type(&caller, params.tool_id, "rag").await?;
         let query = params.body.query.clone();
         let results = self.tool_search(&caller, &row, params.body).await?;
@@ -494,7 +490,7 @@ impl ToolsApi for Handlers {
         &self,
         caller: Caller,
         params: SearchToolParams,
-    ) -> Result<SearchToolResponse, ApiError> {
+    ) -> Reply<SearchToolResponse> {
         let row = self
             .tool_of_type(&caller, params.tool_id, "retrieval")
             .await?;
@@ -507,11 +503,7 @@ impl ToolsApi for Handlers {
         })))
     }
 
-    async fn test_tool(
-        &self,
-        caller: Caller,
-        params: TestToolParams,
-    ) -> Result<TestToolResponse, ApiError> {
+    async fn test_tool(&self, caller: Caller, params: TestToolParams) -> Reply<TestToolResponse> {
         let row = self.tool_of_type(&caller, params.tool_id, "api").await?;
         Ok(TestToolResponse::Ok(Json(
             self.call_api(&row, Some(params.body)).await,

@@ -425,7 +425,7 @@ impl TwinsApi for Handlers {
         &self,
         caller: Caller,
         params: ListTwinsParams,
-    ) -> Result<ListTwinsResponse, ApiError> {
+    ) -> Reply<ListTwinsResponse> {
         let ty = params.type_.clone();
         let (data, pagination) = self
             .list_page::<Twin>(&caller, &params, move |conn, org, page| {
@@ -439,7 +439,7 @@ impl TwinsApi for Handlers {
         &self,
         caller: Caller,
         params: CreateTwinParams,
-    ) -> Result<CreateTwinResponse, ApiError> {
+    ) -> Reply<CreateTwinResponse> {
         let changes = changes_of(&params.body, "", &self.crypto)
             .map_err(store_error(Twin::NOT_FOUND, &caller.request_id))?;
         let row = new_row(&caller.org_id, changes);
@@ -447,11 +447,7 @@ impl TwinsApi for Handlers {
         Ok(CreateTwinResponse::Created(Json(twin), location, tag))
     }
 
-    async fn get_twin(
-        &self,
-        caller: Caller,
-        params: GetTwinParams,
-    ) -> Result<GetTwinResponse, ApiError> {
+    async fn get_twin(&self, caller: Caller, params: GetTwinParams) -> Reply<GetTwinResponse> {
         let answer = self.item_if_changed::<Twin>(&caller, params.twin_id, params.if_none_match);
         Ok(answer.await?.into())
     }
@@ -460,7 +456,7 @@ impl TwinsApi for Handlers {
         &self,
         caller: Caller,
         params: ReplaceTwinParams,
-    ) -> Result<ReplaceTwinResponse, ApiError> {
+    ) -> Reply<ReplaceTwinResponse> {
         let ReplaceTwinParams {
             twin_id,
             if_match,
@@ -479,7 +475,7 @@ impl TwinsApi for Handlers {
         &self,
         caller: Caller,
         params: DeleteTwinParams,
-    ) -> Result<DeleteTwinResponse, ApiError> {
+    ) -> Reply<DeleteTwinResponse> {
         self.remove::<Twin>(&caller, params.twin_id).await?;
         Ok(DeleteTwinResponse::NoContent)
     }
@@ -488,7 +484,7 @@ impl TwinsApi for Handlers {
         &self,
         caller: Caller,
         params: SimulateTwinParams,
-    ) -> Result<SimulateTwinResponse, ApiError> {
+    ) -> Reply<SimulateTwinResponse> {
         let (s, queued) = self.simulate(&caller, params).await?;
         let location = format!("/v1/twins/{}/simulations/{}", s.twin_id, s.id);
         if queued {
@@ -501,7 +497,7 @@ impl TwinsApi for Handlers {
         &self,
         caller: Caller,
         params: ListTwinSimulationsParams,
-    ) -> Result<ListTwinSimulationsResponse, ApiError> {
+    ) -> Reply<ListTwinSimulationsResponse> {
         let (twin_id, status) = (params.twin_id.clone(), params.status.map(|s| s.as_str()));
         let list = move |conn: &mut DbConnection, org: &str, page: &Page| {
             store::list_simulations(conn, org, &twin_id, status, page)
@@ -517,7 +513,7 @@ impl TwinsApi for Handlers {
         &self,
         caller: Caller,
         params: GetTwinSimulationParams,
-    ) -> Result<GetTwinSimulationResponse, ApiError> {
+    ) -> Reply<GetTwinSimulationResponse> {
         let (twin_id, id) = (params.twin_id, params.simulation_id);
         let row: SimulationRow = self
             .child(&caller, twin_id, id, SIMULATION_NOT_FOUND)

@@ -363,7 +363,7 @@ impl UsageApi for Handlers {
         &self,
         caller: Caller,
         params: GetUsageStatsParams,
-    ) -> Result<GetUsageStatsResponse, ApiError> {
+    ) -> Reply<GetUsageStatsResponse> {
         let filter = params.filter(params.agent_id.clone(), None);
         let w = filter.window.clone();
         let group_by = params.group_by.unwrap_or(UsageGroupBy::Day);
@@ -379,7 +379,7 @@ impl UsageApi for Handlers {
         &self,
         caller: Caller,
         params: GetUsageCostsParams,
-    ) -> Result<GetUsageCostsResponse, ApiError> {
+    ) -> Reply<GetUsageCostsResponse> {
         let entity_type = params.entity_type.unwrap_or(UsageEntityType::Agent);
         let column = column_of_entity(entity_type);
         let filter = params.filter(None, Some((column, params.entity_id.clone())));
@@ -396,7 +396,7 @@ impl UsageApi for Handlers {
         &self,
         caller: Caller,
         params: GetConversationAnalyticsParams,
-    ) -> Result<GetConversationAnalyticsResponse, ApiError> {
+    ) -> Reply<GetConversationAnalyticsResponse> {
         let (w, agent) = (params.window(), params.agent_id.clone());
         let win = w.clone();
         let figures = self

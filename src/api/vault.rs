@@ -31,7 +31,7 @@ pub const TOKEN_PREFIX: &str = crate::auth::VAULT_TOKEN_PREFIX;
 /// never the value.
 pub fn record_decrypted_read(
     conn: &mut DbConnection,
-    org_id: &str,
+    caller: &Caller,
     credential_id: &str,
     token_id: &str,
 ) -> StoreResult<()> {
@@ -41,9 +41,11 @@ pub fn record_decrypted_read(
         Severity::Medium,
         format!("vault credential {credential_id} was read decrypted with token {token_id}"),
     )
+    .by(&caller.key_id, &caller.user_id)
+    .request(&caller.request_id)
     .on("vault_credential", credential_id)
     .details(serde_json::json!({ "token_id": token_id }));
-    crate::security::record(conn, Some(org_id), event).map(|_| ())
+    crate::security::record(conn, Some(&caller.org_id), event).map(|_| ())
 }
 
 impl Resource for VaultCredential {
@@ -177,6 +179,7 @@ impl TokenProblem {
 fn decrypted_read(
     conn: &mut DbConnection,
     crypto: &crate::crypto::Crypto,
+    caller: &Caller,
     org_id: &str,
     credential_id: &str,
     token: &str,
@@ -210,10 +213,24 @@ fn decrypted_read(
             .map_err(|_| StoreError::Corrupt(format!("credential {}: not UTF-8", row.id)))?;
         store::touch_token(conn, &found.id, &now)?;
         store::touch_credential(conn, &row.id, &now)?;
-        record_decrypted_read(conn, org_id, &row.id, &found.id)?;
+        record_decrypted_read(conn, caller, &row.id, &found.id)?;
         let row = store::get(conn, org_id, credential_id)?;
         Ok(Ok((row, value)))
     })
+}
+
+/// Secret values are an admin's: a member's key gets 403 naming `field`.
+fn admin_only(caller: &Caller, field: &str, message: &str) -> Result<(), Failure> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    Err(Failure::with_details(
+        Kind::Forbidden,
+        "INSUFFICIENT_PERMISSIONS",
+        message,
+        vec![crate::error::detail(field, "forbidden", message)],
+        &caller.request_id,
+    ))
 }
 
 impl Handlers {
@@ -226,10 +243,16 @@ impl Handlers {
         token: String,
     ) -> Result<VaultCredential, Failure> {
         let rid = caller.request_id.as_str();
+        admin_only(
+            caller,
+            "x-vault-token",
+            "only an admin key can read a secret's value",
+        )?;
         let crypto = self.crypto.clone();
+        let reader = caller.clone();
         let (row, value) = self
             .run_for(caller, VaultCredential::NOT_FOUND, move |conn, org| {
-                decrypted_read(conn, &crypto, org, &id, &token)
+                decrypted_read(conn, &crypto, &reader, org, &id, &token)
             })
             .await?
             .map_err(|problem| problem.failure(rid))?;
@@ -249,6 +272,7 @@ impl Handlers {
         caller: &Caller,
         params: CreateVaultTokenParams,
     ) -> Result<VaultTokenCreated, Failure> {
+        admin_only(caller, "token", "only an admin key can mint vault tokens")?;
         let secret = crate::auth::generate_secret(TOKEN_PREFIX);
         let now = chrono::Utc::now();
         let expires_at = params

@@ -172,7 +172,7 @@ impl Handlers {
         let row = self
             .create_row::<Webhook>(caller, params, row, store::insert)
             .await?;
-        // A replay shows the secret the first request set.
+        // A replay (the same body) shows the secret the first request generated.
         let secret = self
             .crypto
             .decrypt(&row.secret_encrypted)
@@ -180,7 +180,10 @@ impl Handlers {
             .map_err(|e| corrupt("webhook", &row.id, e))
             .map_err(store_error(Webhook::NOT_FOUND, rid))?;
         let mut obj = webhook_json(&row).map_err(store_error(Webhook::NOT_FOUND, rid))?;
-        obj.insert("secret".into(), secret.into());
+        // A secret the caller chose is never echoed; a generated one is shown (once per key).
+        if body.get("secret").is_none_or(Value::is_null) {
+            obj.insert("secret".into(), secret.into());
+        }
         let created = WebhookCreated::parse_from_json(Some(Value::Object(obj)))
             .map_err(|e| corrupt("webhook", &row.id, e.message()))
             .map_err(store_error(Webhook::NOT_FOUND, rid))?;

@@ -235,10 +235,43 @@ pub struct UsageRow {
     pub created_at: String,
 }
 
+/// What marks a `result` stored escaped (see [`stored_text`]): a noncharacter, then a tag.
+const ESCAPED_TEXT: &str = "\u{FFFF}json:";
+
+/// The `result` column's text as stored. PostgreSQL's `TEXT` cannot hold a NUL character
+/// (SQLite's can), and an answer may quote one from the parameters, so a text with a NUL
+/// is stored as [`ESCAPED_TEXT`] and its JSON string literal (`\u0000` for the NUL), on both
+/// backends; so is a text that starts with the mark itself, so that reading back is exact.
+/// Every other text, and every row written before, is stored as is.
+fn stored_text(text: &str) -> String {
+    if text.contains('\0') || text.starts_with(ESCAPED_TEXT) {
+        format!("{ESCAPED_TEXT}{}", Value::String(text.to_string()))
+    } else {
+        text.to_string()
+    }
+}
+
+/// The text [`stored_text`] stored.
+fn read_text(stored: String) -> String {
+    match stored
+        .strip_prefix(ESCAPED_TEXT)
+        .and_then(|json| serde_json::from_str::<String>(json).ok())
+    {
+        Some(text) => text,
+        None => stored,
+    }
+}
+
+/// The row as read: its `result` unescaped.
+fn read_row(mut row: ExecutionRow) -> ExecutionRow {
+    row.result = row.result.map(read_text);
+    row
+}
+
 pub fn insert(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> {
-    diesel::insert_into(e::table)
-        .values(row.clone())
-        .execute(conn)?;
+    let mut stored = row.clone();
+    stored.result = stored.result.as_deref().map(stored_text);
+    diesel::insert_into(e::table).values(stored).execute(conn)?;
     Ok(())
 }
 
@@ -248,6 +281,7 @@ pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<Execu
         .filter(e::id.eq(id))
         .select(ExecutionRow::as_select())
         .first(conn)
+        .map(read_row)
         .map_err(StoreError::from)
 }
 
@@ -257,6 +291,7 @@ pub fn get_any(conn: &mut DbConnection, id: &str) -> StoreResult<ExecutionRow> {
         .filter(e::id.eq(id))
         .select(ExecutionRow::as_select())
         .first(conn)
+        .map(read_row)
         .map_err(StoreError::from)
 }
 
@@ -295,7 +330,7 @@ pub fn list(
         None => page.offset(q.offset),
     };
     let rows = page.select(ExecutionRow::as_select()).load(conn)?;
-    Ok((rows, total))
+    Ok((rows.into_iter().map(read_row).collect(), total))
 }
 
 /// `queued → running`, then `after` in the same transaction; `false` when it was no longer
@@ -373,7 +408,7 @@ pub fn finish_from(
         )
         .set((
             e::status.eq(finish.status),
-            e::result.eq(&finish.result),
+            e::result.eq(finish.result.as_deref().map(stored_text)),
             e::error.eq(finish.error.clone().map(Json)),
             e::input_tokens.eq(finish.input_tokens),
             e::output_tokens.eq(finish.output_tokens),
@@ -567,6 +602,29 @@ mod tests {
 
     fn text(v: &impl Serialize) -> String {
         serde_json::to_string(v).expect("serializes")
+    }
+
+    /// A result with a NUL is stored without one (PostgreSQL refuses it) and reads back
+    /// exactly; so does one that looks escaped; any other text is stored as is.
+    #[test]
+    fn results_with_a_nul_round_trip_without_one() {
+        for t in [
+            "Ac\0me",
+            "\0",
+            "\u{FFFF}json:\"x\"",
+            "\u{FFFF}json:not json",
+            "plain \\u0000 text",
+            "",
+        ] {
+            let stored = stored_text(t);
+            assert!(!stored.contains('\0'), "{stored:?}");
+            assert_eq!(read_text(stored), t);
+        }
+        assert_eq!(stored_text("plain"), "plain");
+        assert_eq!(
+            read_text("\u{FFFF}json:broken".into()),
+            "\u{FFFF}json:broken"
+        );
     }
 
     /// The typed columns write the bytes the `json!` documents they replace wrote, so rows

@@ -381,24 +381,44 @@ impl Streamed {
         data: &str,
         deltas: &mpsc::Sender<String>,
     ) -> Result<bool, ProviderError> {
-        if data.trim() == "[DONE]" {
+        let Some(v) = stream_event(data, &mut self.usage)? else {
             return Ok(true);
-        }
-        let v: Value = serde_json::from_str(data)
-            .map_err(|e| ProviderError::BadResponse(format!("a stream event is not JSON: {e}")))?;
-        if let Some(u) = usage_of(&v) {
-            self.usage = Some(u);
-        }
-        if let Some(delta) = v
-            .pointer("/choices/0/delta/content")
-            .and_then(Value::as_str)
-            && !delta.is_empty()
-        {
-            let delta = storable(delta);
-            self.text.push_str(&delta);
-            let _ = deltas.send(delta).await;
-        }
+        };
+        let delta = v.pointer("/choices/0/delta/content");
+        pass_on(delta, &mut self.text, deltas).await;
         Ok(false)
+    }
+}
+
+/// One stream event's data: `None` for `[DONE]`, else its JSON, whose usage (if it says one)
+/// replaces `usage`.
+pub(crate) fn stream_event(
+    data: &str,
+    usage: &mut Option<(i64, i64)>,
+) -> Result<Option<Value>, ProviderError> {
+    if data.trim() == "[DONE]" {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_str(data)
+        .map_err(|e| ProviderError::BadResponse(format!("a stream event is not JSON: {e}")))?;
+    if let Some(u) = usage_of(&v) {
+        *usage = Some(u);
+    }
+    Ok(Some(v))
+}
+
+/// Adds a delta's text (when it is a non-empty string) to `text` and passes it on.
+pub(crate) async fn pass_on(
+    delta: Option<&Value>,
+    text: &mut String,
+    deltas: &mpsc::Sender<String>,
+) {
+    if let Some(delta) = delta.and_then(Value::as_str)
+        && !delta.is_empty()
+    {
+        let delta = storable(delta);
+        text.push_str(&delta);
+        let _ = deltas.send(delta).await;
     }
 }
 

@@ -1004,8 +1004,8 @@ fn enqueue_due(conn: &mut DbConnection, row: &ExecutionRow, due: &str) -> StoreR
 
 /// Publishes an execution's change, in the caller's transaction: `execution.started` once it
 /// runs, `execution.completed` or `execution.failed` (failed, cancelled, timed out, expired)
-/// once it ended, to the event log (so to webhooks and `/v1/stream`), and a line to its
-/// agent's log (a pause for tool outputs too).
+/// once it ended, `execution.requires_action` once it paused for tool outputs, to the event
+/// log (so to webhooks and `/v1/stream`), and a line to its agent's log.
 pub fn announce(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> {
     let reason = row
         .error
@@ -1065,11 +1065,7 @@ pub fn announce(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> 
         data["error"] = json!(reason);
         data["error_code"] = json!(error.code);
     }
-    // A pause is no event of the log's catalog (the spec's `EventType`): it streams to the
-    // execution's followers as `execution.requires_action` and goes to the agent's log.
-    if crate::events::CATALOG.contains(&event_type) {
-        crate::events::publish(conn, &row.org_id, event_type, Some(&row.id), data)?;
-    }
+    crate::events::publish(conn, &row.org_id, event_type, Some(&row.id), data)?;
     crate::runtime::embedded::log_execution(
         conn,
         &row.org_id,

@@ -12,6 +12,7 @@ mod egress;
 mod evaluations;
 mod executions;
 mod executions_tools;
+mod hygiene;
 mod identity;
 mod knowledge;
 mod marketplace;

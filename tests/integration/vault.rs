@@ -121,6 +121,10 @@ backend_test!(credentials_open_only_with_a_vault_token, |app| {
     assert_eq!(reads.len(), 1, "{events}");
     assert_eq!(reads[0]["resource_id"], id.as_str(), "{events}");
     assert_eq!(reads[0]["details"]["token_id"], token_id, "{events}");
+    // It names who read it and in which request.
+    for field in ["key_id", "user_id", "request_id"] {
+        assert!(reads[0][field].is_string(), "{field}: {events}");
+    }
     assert!(
         !events.to_string().contains(secret),
         "the value never leaks: {events}"
@@ -306,6 +310,33 @@ backend_test!(vault_is_isolated_scoped_and_validated, |app| {
     )
     .await;
     assert_eq!(status, 403);
+    // A member stores credentials but neither mints vault tokens nor reads values: 403
+    // naming the field.
+    let member = app.key_for("default", "mo", Role::Member, None).await;
+    let (status, err) = json(
+        app.as_key(&member, Method::POST, "/v1/vault/tokens")
+            .json(&json!({"name": "x"}))
+            .send()
+            .await
+            .expect("r"),
+    )
+    .await;
+    assert_eq!(status, 403, "{err}");
+    assert_eq!(crate::support::fields(&err), ["token"], "{err}");
+    let (_, t) = json(
+        app.send_json(
+            Method::POST,
+            "/v1/vault/tokens",
+            &json!({"name": "admin's"}),
+        )
+        .await,
+    )
+    .await;
+    let token = t["token"].as_str().expect("token").to_string();
+    let (status, err) = read(&app, &member, &id, Some(&token)).await;
+    assert_eq!(status, 403, "{err}");
+    assert_eq!(crate::support::fields(&err), ["x-vault-token"], "{err}");
+    assert!(err.get("value").is_none(), "{err}");
     let agents_only = app
         .key_for("default", "ann", Role::Member, Some(&[Scope::ReadAgents]))
         .await;

@@ -420,9 +420,13 @@ hooks_test!(webhook_crud_bad_input_and_scopes, |app| {
         .to_string();
     let (status, hook) = json(resp).await;
     assert_eq!(status, 201);
-    assert_eq!(hook["secret"], "your-webhook-secret");
+    assert!(
+        hook.get("secret").is_none(),
+        "a chosen secret is never echoed: {hook}"
+    );
     let (status, replay) = json(send().await.expect("req")).await;
     assert_eq!((status, &replay["id"]), (201, &hook["id"]));
+    assert!(replay.get("secret").is_none(), "nor on a replay: {replay}");
     let (_, list) = json(app.get("/v1/webhooks").await).await;
     assert_eq!(list["pagination"]["total"], 1);
     assert!(list["data"][0].get("secret").is_none());
@@ -663,4 +667,71 @@ hooks_test!(a_finished_simulation_notifies_its_webhook_signed, |app| {
     let (status, events) = json(app.get("/v1/events?type=simulation.completed").await).await;
     assert_eq!(status, 200, "{events}");
     assert_eq!(events["data"].as_array().map(Vec::len), Some(2), "{events}");
+});
+
+hooks_test!(a_pause_for_tool_outputs_is_an_event_webhooks_hear, |app| {
+    let receiver = Receiver::start(0, 0).await;
+    let hook = create_hook(
+        &app,
+        json!({"url": receiver.url, "events": ["execution.requires_action"]}),
+    )
+    .await;
+    let hook_id = hook["id"].as_str().expect("id").to_string();
+    let (status, tool) = json(
+        app.send_json(
+            Method::POST,
+            "/v1/tools",
+            &json!({"type": "function", "name": "lookup_order", "description": "Look up an order",
+                   "parameters": {"type": "object",
+                                  "properties": {"order_id": {"type": "string"}}}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{tool}");
+    let agent = app
+        .create_agent(json!({"name": "Orders", "tools": [tool["id"]]}))
+        .await;
+    let path = format!("/v1/agents/{}/execute", agent["id"].as_str().expect("id"));
+    let (status, paused) = json(
+        app.send_json(
+            Method::POST,
+            &path,
+            &json!({"input": "Where is order 42?", "options": {"wait": true}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, paused["status"].as_str()),
+        (200, Some("requires_action")),
+        "{paused}"
+    );
+    let exec_id = paused["id"].as_str().expect("id").to_string();
+
+    let got = receiver.wait_for(1).await;
+    assert_eq!(
+        got[0].header("x-agentplane-event"),
+        "execution.requires_action"
+    );
+    let event = got[0].json();
+    assert_eq!(event["subject_id"], exec_id.as_str(), "{event}");
+    assert_eq!(event["data"]["execution_id"], exec_id.as_str());
+    assert_eq!(event["data"]["status"], "requires_action");
+    wait_all(&app, &hook_id, 1, "succeeded").await;
+
+    let (status, events) = json(app.get("/v1/events?type=execution.requires_action").await).await;
+    assert_eq!(status, 200, "{events}");
+    assert_eq!(events["data"].as_array().map(Vec::len), Some(1), "{events}");
+    assert_eq!(events["data"][0]["subject_id"], exec_id.as_str());
+    // `execution.*` includes it; the execution itself completed nothing.
+    let (_, all) = json(app.get("/v1/events?type=execution.*").await).await;
+    let types: Vec<&str> = all["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(types.contains(&"execution.requires_action"), "{types:?}");
+    assert!(!types.contains(&"execution.completed"), "{types:?}");
 });

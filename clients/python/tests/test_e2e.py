@@ -144,3 +144,51 @@ def test_a_key_is_shown_once_used_and_revoked(server, api):
         with pytest.raises(ApiException) as excinfo:
             AgentsApi(reader).list_agents()
         expect_error(excinfo, 401, "INVALID_API_KEY")
+
+
+def test_a_tool_call_pauses_for_its_output_then_resumes(api):
+    """A client-side (`function`) tool: the execution pauses in `requires_action` with the
+    call, and posting its output resumes it to an answer built from that output."""
+    from agentplane_client import ExecutionsApi, ToolsApi
+    from agentplane_client.models import ExecuteRequest, ToolInput, ToolOutputs
+
+    tool = ToolsApi(api).create_tool(ToolInput.from_dict({
+        "type": "function", "name": "lookup_order", "description": "Look up an order",
+        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+    }))
+    agent = AgentsApi(api).create_agent(AgentInput.from_dict({"name": "Orders", "tools": [tool.id]}))
+    runs = ExecutionsApi(api)
+    paused = runs.execute_agent(agent.id, ExecuteRequest.from_dict(
+        {"input": "Where is my order 42?", "options": {"wait": True}}))
+    assert paused.status.value == "requires_action", paused
+    calls = paused.required_action.tool_calls
+    assert [c.name for c in calls] == ["lookup_order"]
+    runs.submit_tool_outputs(paused.id, ToolOutputs.from_dict(
+        {"tool_outputs": [{"tool_call_id": calls[0].id, "output": "shipped"}]}))
+    import time
+    for _ in range(200):
+        done = runs.get_execution(paused.id)
+        if done.status.value != "requires_action" and done.status.value not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    assert done.status.value == "succeeded", done
+    assert "shipped" in done.result.output
+
+
+def test_a_flow_runs_node_by_node(api):
+    """A flow agent: one `node` step per node run, each with its `node_id`."""
+    from agentplane_client import ExecutionsApi
+    from agentplane_client.models import ExecuteRequest
+
+    agent = AgentsApi(api).create_agent(AgentInput.from_dict({"name": "Flow", "flow": {
+        "nodes": [
+            {"id": "draft", "type": "llm", "config": {"prompt": "Answer: {{input}}"}},
+            {"id": "out", "type": "output"},
+        ],
+        "edges": [{"source": "entry", "target": "draft"}, {"source": "draft", "target": "out"}],
+    }}))
+    done = ExecutionsApi(api).execute_agent(agent.id, ExecuteRequest.from_dict(
+        {"input": "hello", "options": {"wait": True}}))
+    assert done.status.value == "succeeded", done
+    nodes = [s.node_id for s in done.steps if s.name == "node"]
+    assert nodes == ["draft", "out"], done.steps

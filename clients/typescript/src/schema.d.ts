@@ -1609,7 +1609,8 @@ export interface paths {
          * @description Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then
          *     POSTed to it from a durable outbox, signed and retried (see `docs/webhooks.md`):
          *     `X-Agentplane-Signature: v1=<hex HMAC-SHA256(secret, "<X-Agentplane-Timestamp>.<body>")>`.
-         *     Without `secret` one is generated; the answer is the only place the secret is shown.
+         *     Without `secret` one is generated, and the answer is the only place it is shown; a
+         *     `secret` you send is never echoed.
          */
         post: operations["createWebhook"];
         delete?: never;
@@ -2189,7 +2190,7 @@ export interface components {
             per_page: number;
             /**
              * Format: int64
-             * @description Items matching the filters, over all pages.
+             * @description Items matching the filters, over all pages, counted up to 10,000 so that a page costs the same in a large organization as in a small one. At 10,000 there may be more (`pages` counts those 10,000); walk them with `next_cursor`, which is null only on the last page.
              */
             total: number;
             /**
@@ -4334,17 +4335,18 @@ export interface components {
          *     | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` |
          *     | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` |
          *     | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` |
+         *     | `execution.requires_action` | an execution pauses for the outputs of client-side tool calls (`POST /v1/executions/{execution_id}/tool-outputs` resumes it) | `ExecutionEventData` |
          *     | `simulation.completed` | a twin simulation ends | `SimulationEventData` |
          *     | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` |
          *     | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` |
          * @enum {string}
          */
-        EventType: "agent.created" | "agent.updated" | "agent.deleted" | "knowledge.sync.completed" | "execution.started" | "execution.completed" | "execution.failed" | "simulation.completed" | "evaluation.completed" | "webhook.ping";
+        EventType: "agent.created" | "agent.updated" | "agent.deleted" | "knowledge.sync.completed" | "execution.started" | "execution.completed" | "execution.failed" | "execution.requires_action" | "simulation.completed" | "evaluation.completed" | "webhook.ping";
         /**
          * @description An event type, a `<resource>.*` wildcard (every type that starts with `<resource>.`), or `*` (every type).
          * @enum {string}
          */
-        EventPattern: "*" | "agent.*" | "agent.created" | "agent.updated" | "agent.deleted" | "knowledge.*" | "knowledge.sync.completed" | "execution.*" | "execution.started" | "execution.completed" | "execution.failed" | "simulation.*" | "simulation.completed" | "evaluation.*" | "evaluation.completed" | "webhook.*" | "webhook.ping";
+        EventPattern: "*" | "agent.*" | "agent.created" | "agent.updated" | "agent.deleted" | "knowledge.*" | "knowledge.sync.completed" | "execution.*" | "execution.started" | "execution.completed" | "execution.failed" | "execution.requires_action" | "simulation.*" | "simulation.completed" | "evaluation.*" | "evaluation.completed" | "webhook.*" | "webhook.ping";
         /**
          * @description Something that happened in the organization. The same JSON is the body of a webhook
          *     delivery, a message of the `/v1/stream` WebSocket and an item of `GET /v1/events`.
@@ -4404,7 +4406,7 @@ export interface components {
             /** @description Why it failed. */
             error: string | null;
         };
-        /** @description The `data` of `execution.started`, `execution.completed` and `execution.failed`. */
+        /** @description The `data` of `execution.started`, `execution.completed`, `execution.failed` and `execution.requires_action`. */
         ExecutionEventData: {
             /** @description The execution. */
             execution_id: string;
@@ -4557,7 +4559,7 @@ export interface components {
              */
             readonly updated_at: string;
         };
-        /** @description A new webhook, with its signing secret. Shown once; store it now. */
+        /** @description A new webhook, with its signing secret when the server generated it (shown once; store it now). A secret the caller chose is never echoed. */
         WebhookCreated: {
             /** @description The webhook's id (`wh_…`). */
             readonly id: string;
@@ -4584,8 +4586,8 @@ export interface components {
              * @description When it last changed.
              */
             readonly updated_at: string;
-            /** @description The signing secret (the one sent, or a generated `whsec_…`). */
-            secret: string;
+            /** @description The generated signing secret (`whsec_…`), present only when the request sent no `secret` (a replay of that request shows it again). */
+            secret?: string;
         };
         WebhookList: {
             /** @description The webhooks on this page, newest first. */
@@ -4727,8 +4729,10 @@ export interface components {
             name?: string;
             /** @description A workspace label kept in the agent's `metadata.workspace_id` (CodexOS). */
             workspace_id?: string;
-            /** @description Knowledge bases of the organization the agent retrieves from (a support agent's documentation, say). */
+            /** @description Knowledge bases of the organization the agent retrieves from (a support agent's documentation, say). A flow template's `retrieval` nodes search them (the first ten); such a template (tagged `rag` and `flow`) needs at least one, else a 422 names `knowledge_bases`. */
             knowledge_bases?: string[];
+            /** @description Tools of the organization a flow template's `tool` nodes call (the first one; a `function` tool cannot be). A template with a `tool` node needs one, else a 422 names `tools`; other templates ignore it. */
+            tools?: string[];
         };
         /**
          * @description Where an execution is: `queued` (accepted, waiting for a worker), `running`, `requires_action` (paused until the caller posts the outputs of its `function` tool calls to `/tool-outputs`), or finished: `succeeded`, `failed` (including "interrupted" when the server running it stopped), `cancelled`, `timed_out` (ran past `options.timeout`), `expired` (paused for outputs past `options.timeout`).
@@ -9947,7 +9951,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The webhook was created; `secret` is shown this once. */
+            /** @description The webhook was created; a generated `secret` is shown this once (a `secret` the request sent is not echoed). */
             201: {
                 headers: {
                     "X-Request-Id": components["headers"]["RequestId"];

@@ -8,6 +8,7 @@ import {
   isErrorEnvelope,
   type AgentplaneClient,
   type ErrorEnvelope,
+  type Schemas,
 } from "../src/index.js";
 import { startServer, type RunningServer } from "./server.js";
 
@@ -155,5 +156,80 @@ describe("identity scenario", () => {
     assert.equal(revoked.response.status, 204);
     const after = await reader.GET("/v1/agents");
     expectError(after.error, 401, after.response.status, "INVALID_API_KEY");
+  });
+});
+
+describe("agents that act", () => {
+  // `execute` answers JSON or an event stream; with `wait` and no `Accept`, JSON.
+  const execution = (body: unknown) => body as Schemas["Execution"];
+
+  test("a tool call pauses for its output, then resumes", async () => {
+    const tool = await api.POST("/v1/tools", {
+      body: {
+        type: "function",
+        name: "lookup_order",
+        description: "Look up an order",
+        parameters: { type: "object", properties: { order_id: { type: "string" } } },
+      },
+    });
+    assert.equal(tool.response.status, 201);
+    assert.ok(tool.data);
+    const agent = await api.POST("/v1/agents", { body: { name: "Orders", tools: [tool.data.id] } });
+    assert.ok(agent.data);
+    const paused = await api.POST("/v1/agents/{agent_id}/execute", {
+      params: { path: { agent_id: agent.data.id } },
+      body: { input: "Where is my order 42?", options: { wait: true } },
+    });
+    const pausedRun = execution(paused.data);
+    assert.equal(pausedRun.status, "requires_action");
+    const calls = pausedRun.required_action?.tool_calls ?? [];
+    assert.deepEqual(calls.map((c) => c.name), ["lookup_order"]);
+    const call = calls[0];
+    assert.ok(call);
+    const posted = await api.POST("/v1/executions/{execution_id}/tool-outputs", {
+      params: { path: { execution_id: pausedRun.id } },
+      body: { tool_outputs: [{ tool_call_id: call.id, output: "shipped" }] },
+    });
+    assert.equal(posted.response.status, 202);
+    let status: string = "requires_action";
+    let output = "";
+    for (let i = 0; i < 200 && !["succeeded", "failed"].includes(status); i++) {
+      const got = await api.GET("/v1/executions/{execution_id}", {
+        params: { path: { execution_id: pausedRun.id } },
+      });
+      status = got.data?.status ?? status;
+      output = got.data?.result?.output ?? "";
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(status, "succeeded");
+    assert.ok(output.includes("shipped"), output);
+  });
+
+  test("a flow runs node by node", async () => {
+    const agent = await api.POST("/v1/agents", {
+      body: {
+        name: "Flow",
+        flow: {
+          nodes: [
+            { id: "draft", type: "llm", config: { prompt: "Answer: {{input}}" } },
+            { id: "out", type: "output" },
+          ],
+          edges: [
+            { source: "entry", target: "draft" },
+            { source: "draft", target: "out" },
+          ],
+        },
+      },
+    });
+    assert.equal(agent.response.status, 201);
+    assert.ok(agent.data);
+    const done = await api.POST("/v1/agents/{agent_id}/execute", {
+      params: { path: { agent_id: agent.data.id } },
+      body: { input: "hello", options: { wait: true } },
+    });
+    const run = execution(done.data);
+    assert.equal(run.status, "succeeded");
+    const nodes = run.steps.filter((s) => s.name === "node").map((s) => s.node_id);
+    assert.deepEqual(nodes, ["draft", "out"]);
   });
 });

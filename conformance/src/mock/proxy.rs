@@ -141,6 +141,7 @@ pub fn judge_response(op: &MockOperation, method: &str, url: &str, answer: &Answ
         status: answer.status,
         headers,
         body: answer.body.to_vec(),
+        elapsed: std::time::Duration::ZERO,
     };
     let label = op.label();
     let ctx = CheckContext {
@@ -154,6 +155,7 @@ pub fn judge_response(op: &MockOperation, method: &str, url: &str, answer: &Answ
         pages: &[],
         path_methods: &[],
         without_credentials: false,
+        max_response_time: None,
     };
     checks::ALL
         .iter()

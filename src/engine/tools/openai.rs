@@ -19,7 +19,9 @@ use super::{
     counted_tokens,
 };
 use crate::egress::Egress;
-use crate::engine::provider::{OpenAiCompatible, ProviderError, storable, usage_of};
+use crate::engine::provider::{
+    OpenAiCompatible, ProviderError, pass_on, storable, stream_event, usage_of,
+};
 
 /// An OpenAI-compatible chat-completions endpoint, asked with tools.
 #[derive(Debug, Clone)]
@@ -242,14 +244,9 @@ impl Streamed {
         data: &str,
         deltas: &mpsc::Sender<String>,
     ) -> Result<bool, ProviderError> {
-        if data.trim() == "[DONE]" {
+        let Some(v) = stream_event(data, &mut self.usage)? else {
             return Ok(true);
-        }
-        let v: Value = serde_json::from_str(data)
-            .map_err(|e| ProviderError::BadResponse(format!("a stream event is not JSON: {e}")))?;
-        if let Some(u) = usage_of(&v) {
-            self.usage = Some(u);
-        }
+        };
         let Some(delta) = v.pointer("/choices/0/delta") else {
             return Ok(false);
         };
@@ -258,13 +255,7 @@ impl Streamed {
                 self.add(position, call);
             }
         }
-        if let Some(text) = delta.get("content").and_then(Value::as_str)
-            && !text.is_empty()
-        {
-            let text = storable(text);
-            self.text.push_str(&text);
-            let _ = deltas.send(text).await;
-        }
+        pass_on(delta.get("content"), &mut self.text, deltas).await;
         Ok(false)
     }
 

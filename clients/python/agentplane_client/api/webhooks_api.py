@@ -65,7 +65,7 @@ class WebhooksApi:
     ) -> WebhookCreated:
         """Create a webhook
 
-        Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then POSTed to it from a durable outbox, signed and retried (see `docs/webhooks.md`): `X-Agentplane-Signature: v1=<hex HMAC-SHA256(secret, \"<X-Agentplane-Timestamp>.<body>\")>`. Without `secret` one is generated; the answer is the only place the secret is shown. 
+        Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then POSTed to it from a durable outbox, signed and retried (see `docs/webhooks.md`): `X-Agentplane-Signature: v1=<hex HMAC-SHA256(secret, \"<X-Agentplane-Timestamp>.<body>\")>`. Without `secret` one is generated, and the answer is the only place it is shown; a `secret` you send is never echoed. 
 
         :param webhook_input: (required)
         :type webhook_input: WebhookInput
@@ -143,7 +143,7 @@ class WebhooksApi:
     ) -> ApiResponse[WebhookCreated]:
         """Create a webhook
 
-        Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then POSTed to it from a durable outbox, signed and retried (see `docs/webhooks.md`): `X-Agentplane-Signature: v1=<hex HMAC-SHA256(secret, \"<X-Agentplane-Timestamp>.<body>\")>`. Without `secret` one is generated; the answer is the only place the secret is shown. 
+        Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then POSTed to it from a durable outbox, signed and retried (see `docs/webhooks.md`): `X-Agentplane-Signature: v1=<hex HMAC-SHA256(secret, \"<X-Agentplane-Timestamp>.<body>\")>`. Without `secret` one is generated, and the answer is the only place it is shown; a `secret` you send is never echoed. 
 
         :param webhook_input: (required)
         :type webhook_input: WebhookInput
@@ -221,7 +221,7 @@ class WebhooksApi:
     ) -> RESTResponseType:
         """Create a webhook
 
-        Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then POSTed to it from a durable outbox, signed and retried (see `docs/webhooks.md`): `X-Agentplane-Signature: v1=<hex HMAC-SHA256(secret, \"<X-Agentplane-Timestamp>.<body>\")>`. Without `secret` one is generated; the answer is the only place the secret is shown. 
+        Subscribes `url` to `events` (CodexOS `POST /webhooks`). Every matching event is then POSTed to it from a durable outbox, signed and retried (see `docs/webhooks.md`): `X-Agentplane-Signature: v1=<hex HMAC-SHA256(secret, \"<X-Agentplane-Timestamp>.<body>\")>`. Without `secret` one is generated, and the answer is the only place it is shown; a `secret` you send is never echoed. 
 
         :param webhook_input: (required)
         :type webhook_input: WebhookInput

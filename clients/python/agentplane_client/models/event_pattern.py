@@ -37,6 +37,7 @@ class EventPattern(str, Enum):
     EXECUTION_DOT_STARTED = 'execution.started'
     EXECUTION_DOT_COMPLETED = 'execution.completed'
     EXECUTION_DOT_FAILED = 'execution.failed'
+    EXECUTION_DOT_REQUIRES_ACTION = 'execution.requires_action'
     SIMULATION_DOT_STAR = 'simulation.*'
     SIMULATION_DOT_COMPLETED = 'simulation.completed'
     EVALUATION_DOT_STAR = 'evaluation.*'

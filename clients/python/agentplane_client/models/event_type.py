@@ -20,7 +20,7 @@ from typing_extensions import Self
 
 class EventType(str, Enum):
     """
-    The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each carries:  | type | emitted when | `data` | | --- | --- | --- | | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it | | `agent.updated` | an agent is replaced or patched | the agent after the change | | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` | | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` | | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` | | `simulation.completed` | a twin simulation ends | `SimulationEventData` | | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` | | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` | 
+    The type of an event, `<resource>.<what happened>`. The catalog, with the `data` each carries:  | type | emitted when | `data` | | --- | --- | --- | | `agent.created` | an agent is created (also by a marketplace install) | the agent, as `GET /v1/agents/{id}` returns it | | `agent.updated` | an agent is replaced or patched | the agent after the change | | `agent.deleted` | an agent is deleted | `AgentDeletedEventData` | | `knowledge.sync.completed` | a knowledge-source sync ends, successfully or not | `KnowledgeSyncEventData` | | `execution.started`, `execution.completed`, `execution.failed` | an execution changes state | `ExecutionEventData` | | `execution.requires_action` | an execution pauses for the outputs of client-side tool calls (`POST /v1/executions/{execution_id}/tool-outputs` resumes it) | `ExecutionEventData` | | `simulation.completed` | a twin simulation ends | `SimulationEventData` | | `evaluation.completed` | an evaluation run ends | `EvaluationEventData` | | `webhook.ping` | `POST /v1/webhooks/{webhook_id}/test` (delivered to that webhook only) | `WebhookPingEventData` | 
     """
 
     """
@@ -33,6 +33,7 @@ class EventType(str, Enum):
     EXECUTION_DOT_STARTED = 'execution.started'
     EXECUTION_DOT_COMPLETED = 'execution.completed'
     EXECUTION_DOT_FAILED = 'execution.failed'
+    EXECUTION_DOT_REQUIRES_ACTION = 'execution.requires_action'
     SIMULATION_DOT_COMPLETED = 'simulation.completed'
     EVALUATION_DOT_COMPLETED = 'evaluation.completed'
     WEBHOOK_DOT_PING = 'webhook.ping'

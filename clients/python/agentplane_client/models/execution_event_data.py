@@ -25,7 +25,7 @@ from pydantic_core import to_jsonable_python
 
 class ExecutionEventData(BaseModel):
     """
-    The `data` of `execution.started`, `execution.completed` and `execution.failed`.
+    The `data` of `execution.started`, `execution.completed`, `execution.failed` and `execution.requires_action`.
     """ # noqa: E501
     execution_id: StrictStr = Field(description="The execution.")
     agent_id: StrictStr = Field(description="Its agent.")

@@ -30,8 +30,9 @@ class MarketplaceInstallRequest(BaseModel):
     """ # noqa: E501
     name: Optional[Annotated[str, Field(min_length=1, strict=True, max_length=200)]] = Field(default=None, description="The created agent's name; the template's name by default.")
     workspace_id: Optional[Annotated[str, Field(min_length=1, strict=True, max_length=64)]] = Field(default=None, description="A workspace label kept in the agent's `metadata.workspace_id` (CodexOS).")
-    knowledge_bases: Optional[Annotated[List[Annotated[str, Field(strict=True)]], Field(max_length=50)]] = Field(default=None, description="Knowledge bases of the organization the agent retrieves from (a support agent's documentation, say).")
-    __properties: ClassVar[List[str]] = ["name", "workspace_id", "knowledge_bases"]
+    knowledge_bases: Optional[Annotated[List[Annotated[str, Field(strict=True)]], Field(max_length=50)]] = Field(default=None, description="Knowledge bases of the organization the agent retrieves from (a support agent's documentation, say). A flow template's `retrieval` nodes search them (the first ten); such a template (tagged `rag` and `flow`) needs at least one, else a 422 names `knowledge_bases`.")
+    tools: Optional[Annotated[List[Annotated[str, Field(strict=True)]], Field(max_length=10)]] = Field(default=None, description="Tools of the organization a flow template's `tool` nodes call (the first one; a `function` tool cannot be). A template with a `tool` node needs one, else a 422 names `tools`; other templates ignore it.")
+    __properties: ClassVar[List[str]] = ["name", "workspace_id", "knowledge_bases", "tools"]
 
     @field_validator('name', mode="before")
     def name_validate_regular_expression(cls, value):
@@ -106,7 +107,8 @@ class MarketplaceInstallRequest(BaseModel):
         _obj = cls.model_validate({
             "name": obj.get("name"),
             "workspace_id": obj.get("workspace_id"),
-            "knowledge_bases": obj.get("knowledge_bases")
+            "knowledge_bases": obj.get("knowledge_bases"),
+            "tools": obj.get("tools")
         })
         return _obj
 

@@ -27,7 +27,7 @@ from pydantic_core import to_jsonable_python
 
 class WebhookCreated(BaseModel):
     """
-    A new webhook, with its signing secret. Shown once; store it now.
+    A new webhook, with its signing secret when the server generated it (shown once; store it now). A secret the caller chose is never echoed.
     """ # noqa: E501
     id: StrictStr = Field(description="The webhook's id (`wh_…`).")
     url: StrictStr = Field(description="Where deliveries are POSTed.")
@@ -37,7 +37,7 @@ class WebhookCreated(BaseModel):
     version: Annotated[int, Field(strict=True, ge=1)] = Field(description="Incremented by every change; the `ETag` derives from it.")
     created_at: datetime = Field(description="When the webhook was created.")
     updated_at: datetime = Field(description="When it last changed.")
-    secret: StrictStr = Field(description="The signing secret (the one sent, or a generated `whsec_…`).")
+    secret: Optional[StrictStr] = Field(default=None, description="The generated signing secret (`whsec_…`), present only when the request sent no `secret` (a replay of that request shows it again).")
     __properties: ClassVar[List[str]] = ["id", "url", "events", "active", "description", "version", "created_at", "updated_at", "secret"]
 
     model_config = ConfigDict(
