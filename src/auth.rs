@@ -215,6 +215,21 @@ impl Keys {
         (!record.is_dead_at(&ids::now())).then_some(record)
     }
 
+    /// Looks up the key `req` presents once for the whole request: the answer is kept in the
+    /// request's extensions, where [`Keys::authenticate`] finds it rather than looking again.
+    /// Returns the live key (not revoked, not expired), if any; `None` also when the key
+    /// cannot be checked now (nothing is kept then, and authentication reports it).
+    pub async fn look_up(&self, req: &mut poem::Request) -> Option<KeyRecord> {
+        let secret = credential(req)?;
+        let record = self.record(hash_key(&secret)).await.ok()?;
+        let live = record
+            .as_ref()
+            .filter(|r| !r.is_dead_at(&ids::now()))
+            .cloned();
+        req.extensions_mut().insert(LookedUp { secret, record });
+        live
+    }
+
     /// The key with this hash: from the cache, else from the database (recording its use).
     pub async fn record(&self, hash: String) -> StoreResult<Option<KeyRecord>> {
         if let Some(record) = self.cache.get(&hash) {
@@ -224,27 +239,41 @@ impl Keys {
         let lookup = hash.clone();
         let found = self
             .store
-            .run(move |conn| {
-                let found = identity::key_by_hash(conn, &lookup)?;
-                if let Some((key, _)) = &found {
-                    // Record use at most once a minute, so reads stay reads.
-                    let stale = key
-                        .last_used_at
-                        .as_deref()
-                        .is_none_or(|t| t.get(..16) != now.get(..16));
-                    if stale && key.revoked_at.is_none() {
-                        identity::touch_key(conn, &key.id, &now)?;
-                    }
-                }
-                Ok(found)
-            })
+            .lookup(move |conn| identity::key_by_hash(conn, &lookup))
             .await?;
+        if let Some((key, _)) = &found {
+            // Record use at most once a minute (and only on a cache miss), so reads stay
+            // reads: the lookup itself never waits for the writer.
+            let stale = key
+                .last_used_at
+                .as_deref()
+                .is_none_or(|t| t.get(..16) != now.get(..16));
+            if stale && key.revoked_at.is_none() {
+                let id = key.id.clone();
+                let touched = self
+                    .store
+                    .run(move |conn| identity::touch_key(conn, &id, &now))
+                    .await;
+                if let Err(e) = touched {
+                    // The key was found: a missed `last_used_at` must not refuse the request.
+                    tracing::warn!(error = %e, key_id = %key.id, "cannot record a key's use");
+                }
+            }
+        }
         Ok(found.map(|(key, user)| {
             let record = KeyRecord::new(&key, &user);
             self.cache.put(hash, record.clone());
             record
         }))
     }
+}
+
+/// What [`Keys::look_up`] found for a request's credential (`None`: no such key), kept in
+/// the request's extensions so that authentication does not look the key up again.
+#[derive(Clone)]
+struct LookedUp {
+    secret: String,
+    record: Option<KeyRecord>,
 }
 
 /// Why a request was not authenticated; the HTTP layer answers it with the error envelope.
@@ -273,7 +302,16 @@ impl Keys {
                 "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
             ));
         };
-        let record = match self.record(hash_key(&secret)).await {
+        let looked_up = req
+            .extensions()
+            .get::<LookedUp>()
+            .filter(|l| l.secret == secret)
+            .map(|l| l.record.clone());
+        let found = match looked_up {
+            Some(record) => Ok(record),
+            None => self.record(hash_key(&secret)).await,
+        };
+        let record = match found {
             Ok(Some(record)) => record,
             Ok(None) => {
                 // An unknown key names no organization.

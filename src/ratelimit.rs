@@ -1,6 +1,9 @@
 //! Rate limits per API key: an hourly window limit and a one-second burst limit, counted in
 //! memory so that a request costs no database write.
 //!
+//! The middleware looks the request's key up once ([`Keys::look_up`]); authentication
+//! takes the answer from the request rather than looking again.
+//!
 //! Every authenticated `/v1` response carries `X-RateLimit-Limit`, `-Remaining`, `-Reset` and
 //! `-Window` of the hourly window; a request past either limit answers 429 with `Retry-After`
 //! in the error envelope. The first request refused in a window (by any replica) and the
@@ -375,8 +378,8 @@ impl<E: Endpoint> Middleware<E> for RateLimit {
 impl RateLimit {
     /// Counts the request against its API key's limits: `None` when no live key is presented
     /// (authentication answers that) or the database cannot lease permits.
-    async fn check(&self, ledger: &Ledger, req: &poem::Request) -> Option<Verdict> {
-        let record = self.keys.live(req).await?;
+    async fn check(&self, ledger: &Ledger, req: &mut poem::Request) -> Option<Verdict> {
+        let record = self.keys.look_up(req).await?;
         let limits = Limits {
             requests_per_hour: record
                 .rate_limit_per_hour
@@ -488,11 +491,11 @@ fn set(resp: &mut Response, name: &'static str, value: i64) {
 impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
     type Output = Response;
 
-    async fn call(&self, req: Request) -> poem::Result<Response> {
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
         if !req.uri().path().starts_with("/v1/") {
             return self.inner.call(req).await.map(IntoResponse::into_response);
         }
-        let verdict = match self.limiter.check(&self.ledger, &req).await {
+        let verdict = match self.limiter.check(&self.ledger, &mut req).await {
             Some(v) => v,
             None => return self.inner.call(req).await.map(IntoResponse::into_response),
         };

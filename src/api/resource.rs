@@ -50,16 +50,31 @@ impl Handlers {
             .map_err(store_error(not_found, &caller.request_id))
     }
 
-    /// The caller's row `id`.
+    /// [`Handlers::run_for`] of read-only work, on the store's read pool.
+    pub(crate) async fn read_for<T: Send + 'static>(
+        &self,
+        caller: &Caller,
+        not_found: &str,
+        f: impl FnOnce(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let org = caller.org_id.clone();
+        self.store
+            .read(move |conn| f(conn, &org))
+            .await
+            .map_err(store_error(not_found, &caller.request_id))
+    }
+
+    /// The caller's row `id` (a point read: [`crate::db::Store::lookup`]).
     pub(crate) async fn row<R: Resource>(
         &self,
         caller: &Caller,
         id: String,
     ) -> Result<R::Row, Failure> {
-        self.run_for(caller, R::NOT_FOUND, move |conn, org| {
-            R::Row::get(conn, org, &id)
-        })
-        .await
+        let org = caller.org_id.clone();
+        self.store
+            .lookup(move |conn| R::Row::get(conn, &org, &id))
+            .await
+            .map_err(store_error(R::NOT_FOUND, &caller.request_id))
     }
 
     /// The caller's row `id` of a child table, under `parent_id` (`not_found` otherwise).
@@ -70,7 +85,7 @@ impl Handlers {
         id: String,
         not_found: &str,
     ) -> Result<Row, Failure> {
-        self.run_for(caller, not_found, move |conn, org| {
+        self.read_for(caller, not_found, move |conn, org| {
             Row::get(conn, org, &parent_id, &id)
         })
         .await
@@ -154,7 +169,7 @@ impl Handlers {
         + 'static,
     ) -> Result<(Vec<Row>, i64), Failure> {
         let q = page.page();
-        self.run_for(caller, not_found, move |conn, org| list(conn, org, &q))
+        self.read_for(caller, not_found, move |conn, org| list(conn, org, &q))
             .await
     }
 

@@ -159,11 +159,14 @@ pub(crate) fn lock_row(
     Ok(())
 }
 
-/// Opens connections for the pool, choosing the backend from the URL.
+/// Opens connections for a pool, choosing the backend from the URL.
 #[derive(Debug, Clone)]
 struct Manager {
     backend: Backend,
     target: String,
+    /// SQLite connections of the read pool: `query_only`, so a write sent there by mistake
+    /// fails rather than taking the write lock.
+    read_only: bool,
 }
 
 impl ManageConnection for Manager {
@@ -175,13 +178,16 @@ impl ManageConnection for Manager {
             Backend::Sqlite => {
                 let mut conn = diesel::SqliteConnection::establish(&self.target)
                     .map_err(r2d2::Error::ConnectionError)?;
-                // The busy timeout first: the pool opens its connections at once, and on a
-                // new database switching to WAL takes a lock the others must wait for (they
-                // failed with "database is locked" and were retried by the pool).
-                conn.batch_execute(
-                    "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                )
+                // WAL is switched on once, before the pools open ([`sqlite_wal`]): switching
+                // takes a lock that the pool's other connections, opened at the same time,
+                // failed on ("database is locked", retried by the pool).
+                conn.batch_execute(if self.read_only {
+                    "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
+                     PRAGMA query_only = ON;"
+                } else {
+                    "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; \
+                     PRAGMA foreign_keys = ON;"
+                })
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConnection::Sqlite(conn))
             }
@@ -200,10 +206,36 @@ impl ManageConnection for Manager {
     }
 }
 
-/// The database: a pool of connections to one backend.
+/// Puts a SQLite database file in WAL mode (it stays so), where readers never wait for the
+/// writer nor it for them.
+fn sqlite_wal(target: &str) -> anyhow::Result<()> {
+    let mut conn = diesel::SqliteConnection::establish(target)?;
+    conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;")?;
+    Ok(())
+}
+
+/// Builds a pool of `size` connections.
+fn build_pool(manager: Manager, size: u32) -> anyhow::Result<r2d2::Pool<Manager>> {
+    let backend = manager.backend;
+    r2d2::Pool::builder()
+        .max_size(size.max(1))
+        .connection_timeout(Duration::from_secs(5))
+        // A broken connection shows as a failed query (503) and is then discarded;
+        // pinging on every checkout would double the queries of every request.
+        .test_on_check_out(false)
+        .build(manager)
+        .map_err(|e| anyhow::anyhow!("cannot connect to the {} database: {e}", backend.as_str()))
+}
+
+/// The database: a pool of connections to one backend, and on a SQLite file a second pool
+/// for read-only work ([`Store::read`]), so that reads never queue behind writes for a
+/// connection (in WAL mode SQLite's readers do not wait for its writer either).
 #[derive(Clone)]
 pub struct Store {
     pool: r2d2::Pool<Manager>,
+    /// The read pool; `None` on PostgreSQL and on an in-memory SQLite database (its
+    /// connections would each see a database of their own), where reads use `pool`.
+    reads: Option<r2d2::Pool<Manager>>,
     backend: Backend,
 }
 
@@ -255,20 +287,17 @@ impl Store {
         {
             std::fs::create_dir_all(dir)?;
         }
-        if backend == Backend::Sqlite && target != ":memory:" {
+        let file = backend == Backend::Sqlite && target != ":memory:";
+        if file {
             create_private(std::path::Path::new(&target))?;
+            sqlite_wal(&target)?;
         }
-        let manager = Manager { backend, target };
-        let pool = r2d2::Pool::builder()
-            .max_size(pool_size.max(1))
-            .connection_timeout(Duration::from_secs(5))
-            // A broken connection shows as a failed query (503) and is then discarded;
-            // pinging on every checkout would double the queries of every request.
-            .test_on_check_out(false)
-            .build(manager)
-            .map_err(|e| {
-                anyhow::anyhow!("cannot connect to the {} database: {e}", backend.as_str())
-            })?;
+        let manager = Manager {
+            backend,
+            target,
+            read_only: false,
+        };
+        let pool = build_pool(manager.clone(), pool_size)?;
         let mut conn = pool.get()?;
         let applied = match &mut *conn {
             DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
@@ -280,7 +309,22 @@ impl Store {
         if applied > 0 {
             tracing::info!(applied, backend = backend.as_str(), "database migrated");
         }
-        Ok(Self { pool, backend })
+        drop(conn);
+        // Opened after the migrations, so that no read connection sees an older schema.
+        let reads = if file {
+            let readers = Manager {
+                read_only: true,
+                ..manager
+            };
+            Some(build_pool(readers, pool_size)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            pool,
+            reads,
+            backend,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -299,15 +343,35 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> StoreResult<T> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool
-                .get()
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+        on_pool(self.pool.clone(), f).await
+    }
+
+    /// Runs read-only storage work like [`Store::run`], on a connection of the read pool
+    /// where there is one (a SQLite file): it never waits for a connection that a write
+    /// holds. A write in `f` fails there (`query_only`).
+    pub async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> StoreResult<T> + Send + 'static,
+    {
+        let pool = self.reads.as_ref().unwrap_or(&self.pool).clone();
+        on_pool(pool, f).await
+    }
+
+    /// Runs a point read (a row by its key: microseconds on SQLite) like [`Store::read`], but
+    /// on a SQLite file inline, on the calling thread, with an idle connection of the read
+    /// pool: handing so short a query to the blocking pool and back costs more than the
+    /// query. When no read connection is idle (and on PostgreSQL, where a query is a network
+    /// round trip) it goes to the blocking pool like any read. Never for work that scans.
+    pub async fn lookup<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> StoreResult<T> + Send + 'static,
+    {
+        if let Some(mut conn) = self.reads.as_ref().and_then(|pool| pool.try_get()) {
+            return f(&mut conn);
+        }
+        self.read(f).await
     }
 
     /// Runs blocking storage work on the current thread (CLI commands, start-up).
@@ -326,5 +390,86 @@ impl Store {
     pub async fn ping(&self) -> StoreResult<()> {
         self.run(|conn| conn.batch_execute("SELECT 1").map_err(StoreError::from))
             .await
+    }
+}
+
+/// Runs `f` with a connection of `pool` on tokio's blocking pool.
+async fn on_pool<T, F>(pool: r2d2::Pool<Manager>, f: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut DbConnection) -> StoreResult<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let mut conn = pool
+            .get()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        f(&mut conn)
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sqlite_file_reads_on_its_own_read_only_pool() {
+        let dir = std::env::temp_dir().join(crate::ids::new_id("store_test"));
+        let path = dir.join("db.sqlite");
+        let store = Store::open(&path.to_string_lossy(), 2).expect("the store opens");
+        let write = |conn: &mut DbConnection| {
+            conn.batch_execute(
+                "INSERT INTO organizations (id, name, created_at) VALUES ('org_x', 'x', 'now')",
+            )
+            .map_err(StoreError::from)
+        };
+        // A write sent to the read pool fails rather than taking the write lock.
+        assert!(store.read(write).await.is_err());
+        assert_eq!(
+            store.read(identity::count_organizations).await.ok(),
+            Some(0)
+        );
+        store.run(write).await.expect("the write pool writes");
+        // Point reads run inline on an idle read connection and see the write.
+        assert_eq!(
+            store.lookup(identity::count_organizations).await.ok(),
+            Some(1)
+        );
+        assert_eq!(
+            store.read(identity::count_organizations).await.ok(),
+            Some(1)
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn counts_stop_at_their_limit() {
+        use super::schema::organizations as o;
+        use super::sql::{COUNT_UP_TO, CountOf, Page, count_limit};
+        let store = Store::open(":memory:", 1).expect("the store opens");
+        let counted = store.run_blocking(|conn| {
+            for i in 0..3 {
+                diesel::insert_into(o::table)
+                    .values((
+                        o::id.eq(format!("org_{i}")),
+                        o::name.eq("x"),
+                        o::created_at.eq("now"),
+                    ))
+                    .execute(conn)?;
+            }
+            let up_to_two: i64 = CountOf(o::table.select(o::id).limit(2)).get_result(conn)?;
+            let all: i64 = CountOf(o::table.select(o::id).limit(10)).get_result(conn)?;
+            Ok((up_to_two, all))
+        });
+        assert_eq!(counted.ok(), Some((2, 3)));
+        // A page far past the bound counts one past its end, so a next page still shows.
+        assert_eq!(count_limit(0, 20), COUNT_UP_TO);
+        let deep = Page {
+            after_id: None,
+            offset: 20_000,
+            limit: 20,
+        };
+        assert_eq!(deep.count_limit(), 20_021);
     }
 }
