@@ -239,7 +239,7 @@ impl Keys {
         let lookup = hash.clone();
         let found = self
             .store
-            .read(move |conn| identity::key_by_hash(conn, &lookup))
+            .lookup(move |conn| identity::key_by_hash(conn, &lookup))
             .await?;
         if let Some((key, _)) = &found {
             // Record use at most once a minute (and only on a cache miss), so reads stay

@@ -64,16 +64,17 @@ impl Handlers {
             .map_err(store_error(not_found, &caller.request_id))
     }
 
-    /// The caller's row `id`.
+    /// The caller's row `id` (a point read: [`crate::db::Store::lookup`]).
     pub(crate) async fn row<R: Resource>(
         &self,
         caller: &Caller,
         id: String,
     ) -> Result<R::Row, Failure> {
-        self.read_for(caller, R::NOT_FOUND, move |conn, org| {
-            R::Row::get(conn, org, &id)
-        })
-        .await
+        let org = caller.org_id.clone();
+        self.store
+            .lookup(move |conn| R::Row::get(conn, &org, &id))
+            .await
+            .map_err(store_error(R::NOT_FOUND, &caller.request_id))
     }
 
     /// The caller's row `id` of a child table, under `parent_id` (`not_found` otherwise).

@@ -7,7 +7,7 @@
 use diesel::prelude::*;
 
 use super::schema::agents;
-use super::sql::{Page, like_pattern, lower, lower_nullable};
+use super::sql::{CountOf, Page, like_pattern, lower, lower_nullable};
 use super::types::text_enum;
 use super::{DbConnection, Found, MultiBackend, StoreError, StoreResult};
 
@@ -158,7 +158,10 @@ pub fn list(
     org_id: &str,
     q: &ListQuery,
 ) -> StoreResult<(Vec<AgentRow>, i64)> {
-    let total: i64 = filtered(org_id, q).count().get_result(conn)?;
+    let counted = filtered(org_id, q)
+        .select(agents::id)
+        .limit(q.page.count_limit());
+    let total: i64 = CountOf(counted).get_result(conn)?;
     let anchor = match &q.page.after_id {
         Some(id) => get(conn, org_id, id)
             .found()?

@@ -4,6 +4,7 @@
 use diesel::prelude::*;
 
 use super::schema::{conversations as c, messages as m, usage_records as u};
+use super::sql::{CountOf, count_limit};
 use super::types::Json;
 use super::{DbConnection, MultiBackend, StoreError, StoreResult};
 use crate::db::executions::{ExecutionRow, ExecutionStatus};
@@ -72,7 +73,10 @@ pub fn list(
     limit: i64,
     after_id: Option<&str>,
 ) -> StoreResult<(Vec<ConversationRow>, i64)> {
-    let total: i64 = filtered(org_id, agent_id).count().get_result(conn)?;
+    let counted = filtered(org_id, agent_id)
+        .select(c::id)
+        .limit(count_limit(offset, limit));
+    let total: i64 = CountOf(counted).get_result(conn)?;
     let mut q = filtered(org_id, agent_id).order(c::id.desc()).limit(limit);
     q = match after_id {
         Some(after) => q.filter(c::id.lt(after.to_string())),

@@ -290,7 +290,8 @@ macro_rules! newest_first {
             by_created: bool,
         ) -> $crate::db::StoreResult<(Vec<$row>, i64)> {
             use diesel::prelude::*;
-            let total: i64 = filtered().count().get_result(conn)?;
+            let counted = filtered().select($table::id).limit(page.count_limit());
+            let total: i64 = $crate::db::sql::CountOf(counted).get_result(conn)?;
             // The cursor's id, and by creation time where its row stands while the list holds it.
             let after: Option<(Option<String>, String)> = match &page.after_id {
                 Some(id) if by_created => filtered()

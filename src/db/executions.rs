@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::schema::{execution_continuations as k, executions as e, usage_records as u};
+use super::sql::{CountOf, count_limit};
 use super::types::{Flag, Json, text_enum};
 use super::{DbConnection, MultiBackend, StoreError, StoreResult};
 
@@ -323,7 +324,10 @@ pub fn list(
     org_id: &str,
     q: &ExecutionQuery,
 ) -> StoreResult<(Vec<ExecutionRow>, i64)> {
-    let total: i64 = filtered(org_id, q).count().get_result(conn)?;
+    let counted = filtered(org_id, q)
+        .select(e::id)
+        .limit(count_limit(q.offset, q.limit));
+    let total: i64 = CountOf(counted).get_result(conn)?;
     let mut page = filtered(org_id, q).order(e::id.desc()).limit(q.limit);
     page = match &q.after_id {
         Some(after) => page.filter(e::id.lt(after.clone())),

@@ -358,6 +358,22 @@ impl Store {
         on_pool(pool, f).await
     }
 
+    /// Runs a point read (a row by its key: microseconds on SQLite) like [`Store::read`], but
+    /// on a SQLite file inline, on the calling thread, with an idle connection of the read
+    /// pool: handing so short a query to the blocking pool and back costs more than the
+    /// query. When no read connection is idle (and on PostgreSQL, where a query is a network
+    /// round trip) it goes to the blocking pool like any read. Never for work that scans.
+    pub async fn lookup<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> StoreResult<T> + Send + 'static,
+    {
+        if let Some(mut conn) = self.reads.as_ref().and_then(|pool| pool.try_get()) {
+            return f(&mut conn);
+        }
+        self.read(f).await
+    }
+
     /// Runs blocking storage work on the current thread (CLI commands, start-up).
     pub fn run_blocking<T>(
         &self,
@@ -415,10 +431,45 @@ mod tests {
             Some(0)
         );
         store.run(write).await.expect("the write pool writes");
+        // Point reads run inline on an idle read connection and see the write.
+        assert_eq!(
+            store.lookup(identity::count_organizations).await.ok(),
+            Some(1)
+        );
         assert_eq!(
             store.read(identity::count_organizations).await.ok(),
             Some(1)
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn counts_stop_at_their_limit() {
+        use super::schema::organizations as o;
+        use super::sql::{COUNT_UP_TO, CountOf, Page, count_limit};
+        let store = Store::open(":memory:", 1).expect("the store opens");
+        let counted = store.run_blocking(|conn| {
+            for i in 0..3 {
+                diesel::insert_into(o::table)
+                    .values((
+                        o::id.eq(format!("org_{i}")),
+                        o::name.eq("x"),
+                        o::created_at.eq("now"),
+                    ))
+                    .execute(conn)?;
+            }
+            let up_to_two: i64 = CountOf(o::table.select(o::id).limit(2)).get_result(conn)?;
+            let all: i64 = CountOf(o::table.select(o::id).limit(10)).get_result(conn)?;
+            Ok((up_to_two, all))
+        });
+        assert_eq!(counted.ok(), Some((2, 3)));
+        // A page far past the bound counts one past its end, so a next page still shows.
+        assert_eq!(count_limit(0, 20), COUNT_UP_TO);
+        let deep = Page {
+            after_id: None,
+            offset: 20_000,
+            limit: 20,
+        };
+        assert_eq!(deep.count_limit(), 20_021);
     }
 }

@@ -1,4 +1,5 @@
-//! What every store shares: the page of a list, `lower()`, `LIKE` patterns and optional filters.
+//! What every store shares: the page of a list and its bounded count, `lower()`, `LIKE`
+//! patterns and optional filters.
 
 /// A page of a list, newest first: skip `offset` rows or start after the row `after_id`.
 #[derive(Debug, Clone, Default)]
@@ -51,5 +52,50 @@ impl<Q> FilterIf for Q {
             Some(p) => diesel::query_dsl::methods::FilterDsl::filter(self, p),
             None => self,
         }
+    }
+}
+
+/// At most how many matching rows a list counts for its `total` (as GitHub search stops at
+/// 1,000 results; Elasticsearch counts to 10,000 by default): counting is the part of a list
+/// page that grows with the organization, and beyond this a page costs the same in a large
+/// organization as in a small one.
+pub const COUNT_UP_TO: i64 = 1_000;
+
+impl Page {
+    /// How far a list counts its matching rows for this page ([`count_limit`]).
+    pub fn count_limit(&self) -> i64 {
+        count_limit(self.offset, self.limit)
+    }
+}
+
+/// How far a list counts its matching rows for the page at `offset`: [`COUNT_UP_TO`], or one
+/// past the page's end when it lies beyond, so that `total > end` still tells of a next page.
+pub fn count_limit(offset: i64, limit: i64) -> i64 {
+    COUNT_UP_TO.max(offset.saturating_add(limit).saturating_add(1))
+}
+
+/// `SELECT COUNT(*) FROM (<query>) AS counted`: the rows of a query that carries its own
+/// `LIMIT` ([`Page::count_limit`]), counted by the database without loading them.
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+pub struct CountOf<Q>(pub Q);
+
+impl<Q> diesel::query_builder::Query for CountOf<Q> {
+    type SqlType = diesel::sql_types::BigInt;
+}
+
+impl<Q, Conn> diesel::RunQueryDsl<Conn> for CountOf<Q> {}
+
+impl<Q> diesel::query_builder::QueryFragment<super::MultiBackend> for CountOf<Q>
+where
+    Q: diesel::query_builder::QueryFragment<super::MultiBackend>,
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, super::MultiBackend>,
+    ) -> diesel::QueryResult<()> {
+        out.push_sql("SELECT COUNT(*) FROM (");
+        self.0.walk_ast(out.reborrow())?;
+        out.push_sql(") AS counted");
+        Ok(())
     }
 }
