@@ -419,7 +419,8 @@ async fn tenant_metrics(backend: Backend) {
         .filter(|l| l.starts_with("agentplane_http_requests_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!(served >= 25.0, "{text}");
+    // Both organizations' answered requests: 20 + 2 + 2 metrics reads.
+    assert!(served >= 24.0, "{text}");
 }
 both!(
     system_metrics_show_the_callers_organization_only,

@@ -2190,7 +2190,7 @@ export interface components {
             per_page: number;
             /**
              * Format: int64
-             * @description Items matching the filters, over all pages, counted up to 10,000 so that a page costs the same in a large organization as in a small one. At 10,000 there may be more (`pages` counts those 10,000); walk them with `next_cursor`, which is null only on the last page.
+             * @description Items matching the filters, over all pages, counted up to 1,000 (or, on a page beyond those, up to one past that page) so that a page costs about the same in a large organization as in a small one. At that figure there may be more (`pages` counts only those); walk them with `next_cursor`, which is null only on the last page.
              */
             total: number;
             /**

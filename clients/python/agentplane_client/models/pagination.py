@@ -30,7 +30,7 @@ class Pagination(BaseModel):
     """ # noqa: E501
     page: Annotated[int, Field(strict=True, ge=1)] = Field(description="This page's number, from 1.")
     per_page: Annotated[int, Field(strict=True, ge=1)] = Field(description="Items per page.")
-    total: Annotated[int, Field(strict=True, ge=0)] = Field(description="Items matching the filters, over all pages, counted up to 10,000 so that a page costs the same in a large organization as in a small one. At 10,000 there may be more (`pages` counts those 10,000); walk them with `next_cursor`, which is null only on the last page.")
+    total: Annotated[int, Field(strict=True, ge=0)] = Field(description="Items matching the filters, over all pages, counted up to 1,000 (or, on a page beyond those, up to one past that page) so that a page costs about the same in a large organization as in a small one. At that figure there may be more (`pages` counts only those); walk them with `next_cursor`, which is null only on the last page.")
     pages: Annotated[int, Field(strict=True, ge=0)] = Field(description="Number of pages.")
     next_cursor: Optional[StrictStr] = Field(description="Pass as `cursor` for the next page; null on the last page.")
     __properties: ClassVar[List[str]] = ["page", "per_page", "total", "pages", "next_cursor"]
