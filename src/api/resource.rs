@@ -34,20 +34,44 @@ pub(crate) trait Resource: Sized + Send + 'static {
 pub(crate) type Changes<R> =
     StoreResult<Result<<<R as Resource>::Row as Versioned>::Changes, Failure>>;
 
+/// How a store call reaches its connection: the writer, the read pool, or a point read
+/// ([`crate::db::Store::run`], [`crate::db::Store::read`], [`crate::db::Store::lookup`]).
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    Write,
+    Read,
+    Point,
+}
+
 impl Handlers {
-    /// Runs `f` on the store for the caller's organization; a storage failure is answered with
-    /// `not_found` (the code of what `f` finds missing) or its own failure.
+    /// Runs `f` on the store for the caller's organization, as `access` says; a storage
+    /// failure is answered with `not_found` (the code of what `f` finds missing) or its own
+    /// failure.
+    async fn for_org<T: Send + 'static>(
+        &self,
+        caller: &Caller,
+        not_found: &str,
+        access: Access,
+        f: impl FnOnce(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let org = caller.org_id.clone();
+        let work = move |conn: &mut DbConnection| f(conn, &org);
+        let done = match access {
+            Access::Write => self.store.run(work).await,
+            Access::Read => self.store.read(work).await,
+            Access::Point => self.store.lookup(work).await,
+        };
+        done.map_err(store_error(not_found, &caller.request_id))
+    }
+
+    /// Runs `f` on the store for the caller's organization ([`Handlers::for_org`]).
     pub(crate) async fn run_for<T: Send + 'static>(
         &self,
         caller: &Caller,
         not_found: &str,
         f: impl FnOnce(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
     ) -> Result<T, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| f(conn, &org))
-            .await
-            .map_err(store_error(not_found, &caller.request_id))
+        self.for_org(caller, not_found, Access::Write, f).await
     }
 
     /// [`Handlers::run_for`] of read-only work, on the store's read pool.
@@ -57,24 +81,17 @@ impl Handlers {
         not_found: &str,
         f: impl FnOnce(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
     ) -> Result<T, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .read(move |conn| f(conn, &org))
-            .await
-            .map_err(store_error(not_found, &caller.request_id))
+        self.for_org(caller, not_found, Access::Read, f).await
     }
 
-    /// The caller's row `id` (a point read: [`crate::db::Store::lookup`]).
+    /// The caller's row `id` (a point read).
     pub(crate) async fn row<R: Resource>(
         &self,
         caller: &Caller,
         id: String,
     ) -> Result<R::Row, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .lookup(move |conn| R::Row::get(conn, &org, &id))
-            .await
-            .map_err(store_error(R::NOT_FOUND, &caller.request_id))
+        let get = move |conn: &mut DbConnection, org: &str| R::Row::get(conn, org, &id);
+        self.for_org(caller, R::NOT_FOUND, Access::Point, get).await
     }
 
     /// The caller's row `id` of a child table, under `parent_id` (`not_found` otherwise).
