@@ -230,10 +230,7 @@ impl Running {
 /// The runner of executions: the engine with what it needs of the other areas (a
 /// conversation's history and reply, the knowledge bases' search).
 fn execution_runner(
-    store: &Store,
-    crypto: &Crypto,
-    events: &EventBus,
-    egress: &Egress,
+    store: &Store, crypto: &Crypto, events: &EventBus, egress: &Egress,
 ) -> ExecutionRunner {
     ExecutionRunner {
         store: store.clone(),

@@ -103,10 +103,7 @@ impl Caller {
 
 /// Inserts a key for `user` and returns its secret.
 pub fn insert_key(
-    conn: &mut DbConnection,
-    user: &UserRow,
-    name: &str,
-    scopes: &BTreeSet<Scope>,
+    conn: &mut DbConnection, user: &UserRow, name: &str, scopes: &BTreeSet<Scope>,
     expires_at: Option<String>,
 ) -> StoreResult<(ApiKeyRow, String)> {
     let secret = generate_key();
@@ -132,11 +129,7 @@ pub fn insert_key(
 /// Finds or creates an organization by name, and a user in it by name, in the caller's
 /// transaction.
 pub fn ensure_user(
-    conn: &mut DbConnection,
-    org_name: &str,
-    username: &str,
-    email: &str,
-    role: Role,
+    conn: &mut DbConnection, org_name: &str, username: &str, email: &str, role: Role,
 ) -> StoreResult<UserRow> {
     let org = match identity::organization_by_name(conn, org_name)? {
         Some(org) => org,
@@ -292,10 +285,7 @@ impl Keys {
     /// scope of `scopes`. A refused key (unknown, revoked, expired, lacking a scope) is
     /// recorded as a security event; the secret itself never is.
     pub async fn authenticate(
-        &self,
-        req: &poem::Request,
-        scopes: &[&'static str],
-        rid: &str,
+        &self, req: &poem::Request, scopes: &[&'static str], rid: &str,
     ) -> Result<Caller, Failure> {
         let Some(secret) = credential(req) else {
             return Err(Failure::Unauthorized(
@@ -361,11 +351,7 @@ impl Keys {
     /// Records a refused key (`authentication_failed`): of `record`'s organization when the
     /// key is known.
     async fn refused(
-        &self,
-        req: &poem::Request,
-        rid: &str,
-        record: Option<&KeyRecord>,
-        reason: &str,
+        &self, req: &poem::Request, rid: &str, record: Option<&KeyRecord>, reason: &str,
     ) {
         use crate::security::{Event, EventType, Severity};
         let mut event = Event::new(

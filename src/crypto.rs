@@ -61,9 +61,7 @@ impl Crypto {
     /// The master key: the given base64 text, else the given key file, else `master.key` in
     /// `data_dir` (created with a fresh random key, mode 0600, when missing).
     pub fn load(
-        key_base64: Option<&str>,
-        key_file: Option<&Path>,
-        data_dir: &Path,
+        key_base64: Option<&str>, key_file: Option<&Path>, data_dir: &Path,
     ) -> anyhow::Result<Self> {
         if let Some(text) = key_base64.filter(|t| !t.trim().is_empty()) {
             return Self::from_base64(text);

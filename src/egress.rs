@@ -359,28 +359,20 @@ impl Egress {
     /// `Authorization` and `Cookie`, dropped once a hop leaves the first origin), within
     /// `wanted` capped by the policy.
     pub async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-        wanted: Duration,
-        secret: &[HeaderName],
+        &self, request: reqwest::RequestBuilder, wanted: Duration, secret: &[HeaderName],
     ) -> Result<reqwest::Response, EgressError> {
         self.hops(request, wanted, secret, MAX_REDIRECTS).await
     }
 
     /// Sends `request` without following a redirect (a webhook's receiver answers itself).
     pub async fn send_once(
-        &self,
-        request: reqwest::RequestBuilder,
-        wanted: Duration,
+        &self, request: reqwest::RequestBuilder, wanted: Duration,
     ) -> Result<reqwest::Response, EgressError> {
         self.hops(request, wanted, &[], 0).await
     }
 
     async fn hops(
-        &self,
-        request: reqwest::RequestBuilder,
-        wanted: Duration,
-        secret: &[HeaderName],
+        &self, request: reqwest::RequestBuilder, wanted: Duration, secret: &[HeaderName],
         redirects: usize,
     ) -> Result<reqwest::Response, EgressError> {
         let limit = self.policy.time_for(wanted);
@@ -452,9 +444,7 @@ fn redirect_target(answer: &reqwest::Response) -> Option<url::Url> {
 /// Reads `answer`'s body up to `max` bytes: `Err(TooLarge)` past it, unless `truncate`, which
 /// keeps the first `max` bytes.
 pub async fn read_capped(
-    mut answer: reqwest::Response,
-    max: usize,
-    truncate: bool,
+    mut answer: reqwest::Response, max: usize, truncate: bool,
 ) -> Result<Vec<u8>, EgressError> {
     let mut body = Vec::new();
     while let Some(piece) = answer.chunk().await.map_err(|e| {

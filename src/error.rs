@@ -82,11 +82,7 @@ pub struct Failure {
 
 /// Builds an error envelope.
 pub fn envelope(
-    kind: Kind,
-    code: &str,
-    message: impl Into<String>,
-    details: Vec<ErrorDetail>,
-    request_id: &str,
+    kind: Kind, code: &str, message: impl Into<String>, details: Vec<ErrorDetail>, request_id: &str,
 ) -> ErrorEnvelope {
     ErrorEnvelope {
         error: ErrorBody {
@@ -119,10 +115,7 @@ impl Failure {
     }
 
     pub fn with_details(
-        kind: Kind,
-        code: &str,
-        message: impl Into<String>,
-        details: Vec<ErrorDetail>,
+        kind: Kind, code: &str, message: impl Into<String>, details: Vec<ErrorDetail>,
         request_id: &str,
     ) -> Self {
         Failure {
@@ -186,8 +179,7 @@ impl From<Failure> for agentplane_api::ApiError {
 /// `map_err` for a storage result in a handler: a missing row is `not_found` (the resource's
 /// code, `AGENT_NOT_FOUND`), anything else its [`Failure::from_store`].
 pub fn store_error<'a>(
-    not_found: &'a str,
-    request_id: &'a str,
+    not_found: &'a str, request_id: &'a str,
 ) -> impl FnOnce(StoreError) -> Failure + 'a {
     move |e| Failure::from_store(e, not_found, request_id)
 }

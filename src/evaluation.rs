@@ -121,10 +121,7 @@ pub struct CaseOutput {
 /// Runs one input through an agent: the seam between evaluations and the execution engine.
 pub trait CaseRunner: Send + Sync + std::fmt::Debug {
     fn run_case<'a>(
-        &'a self,
-        org_id: &'a str,
-        agent_id: &'a str,
-        input: &'a str,
+        &'a self, org_id: &'a str, agent_id: &'a str, input: &'a str,
     ) -> BoxFuture<'a, Result<CaseOutput, String>>;
 }
 
@@ -178,11 +175,7 @@ pub struct Tokens {
 
 /// Scores one output against its case.
 pub fn score(
-    index: usize,
-    case: &Case,
-    criteria: Criteria,
-    out: CaseOutput,
-    latency_ms: i64,
+    index: usize, case: &Case, criteria: Criteria, out: CaseOutput, latency_ms: i64,
 ) -> CaseResult {
     let exact = exact_match(&out.text, &case.expected_output);
     let within = contains(&out.text, &case.expected_output);
@@ -334,9 +327,7 @@ impl crate::jobs::Job for RunJobs {
     type Payload = crate::jobs::RowPayload;
 
     fn run(
-        &self,
-        job: crate::jobs::Claimed<crate::jobs::RowPayload>,
-        _: crate::jobs::JobContext,
+        &self, job: crate::jobs::Claimed<crate::jobs::RowPayload>, _: crate::jobs::JobContext,
     ) -> crate::jobs::BoxFuture<Result<(), String>> {
         let jobs = self.clone();
         Box::pin(async move {
@@ -383,8 +374,7 @@ impl crate::jobs::Job for RunJobs {
     }
 
     fn abandon(
-        &self,
-        job: crate::jobs::Claimed<Option<crate::jobs::RowPayload>>,
+        &self, job: crate::jobs::Claimed<Option<crate::jobs::RowPayload>>,
     ) -> crate::jobs::BoxFuture<()> {
         let jobs = self.clone();
         Box::pin(async move {
@@ -398,12 +388,8 @@ impl crate::jobs::Job for RunJobs {
 /// publishes `evaluation.completed`. A case the agent fails on is a failed case with its
 /// error; only storage failing fails the run.
 pub async fn run(
-    store: Store,
-    runner: Arc<dyn CaseRunner>,
-    events: crate::events::EventBus,
-    target: RunTarget,
-    cases: Vec<Case>,
-    criteria: Criteria,
+    store: Store, runner: Arc<dyn CaseRunner>, events: crate::events::EventBus, target: RunTarget,
+    cases: Vec<Case>, criteria: Criteria,
 ) -> StoreResult<()> {
     let RunTarget {
         org_id,
@@ -588,10 +574,7 @@ impl std::fmt::Debug for PooledCases {
 
 impl CaseRunner for PooledCases {
     fn run_case<'a>(
-        &'a self,
-        org_id: &'a str,
-        agent_id: &'a str,
-        input: &'a str,
+        &'a self, org_id: &'a str, agent_id: &'a str, input: &'a str,
     ) -> BoxFuture<'a, Result<CaseOutput, String>> {
         use crate::db::executions::{self as exec, ExecutionRow};
         use crate::engine::runner;

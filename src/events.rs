@@ -135,11 +135,7 @@ pub fn to_json(row: &EventRow) -> Value {
 /// Records an event and queues its deliveries, in the caller's transaction. Call
 /// [`EventBus::wake`] after the commit.
 pub fn publish(
-    conn: &mut DbConnection,
-    org_id: &str,
-    event_type: &str,
-    subject_id: Option<&str>,
-    data: Value,
+    conn: &mut DbConnection, org_id: &str, event_type: &str, subject_id: Option<&str>, data: Value,
 ) -> StoreResult<EventRow> {
     let row = EventRow {
         id: crate::ids::new_id("evt"),
@@ -161,9 +157,7 @@ pub fn publish(
 
 /// A pending delivery of `event`, due now.
 pub fn new_delivery(
-    event: &EventRow,
-    webhook_id: Option<String>,
-    target: Option<String>,
+    event: &EventRow, webhook_id: Option<String>, target: Option<String>,
 ) -> DeliveryRow {
     let now = crate::ids::now();
     DeliveryRow {

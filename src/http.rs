@@ -35,11 +35,8 @@ mod serde_like {
 }
 
 fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    details: Vec<agentplane_api::models::ErrorDetail>,
-    rid: &str,
+    status: StatusCode, code: &str, message: &str,
+    details: Vec<agentplane_api::models::ErrorDetail>, rid: &str,
 ) -> Response {
     let kind = Kind::from_status(status.as_u16());
     json_response(status, &envelope(kind, code, message, details, rid))

@@ -117,9 +117,7 @@ pub fn enqueue<P: Serialize>(conn: &mut DbConnection, job: &NewJob<P>) -> StoreR
 
 /// [`enqueue`] under the id `id`.
 pub fn enqueue_as<P: Serialize>(
-    conn: &mut DbConnection,
-    id: &str,
-    job: &NewJob<P>,
+    conn: &mut DbConnection, id: &str, job: &NewJob<P>,
 ) -> StoreResult<JobRow> {
     let now = crate::ids::now();
     let payload = serde_json::to_value(&job.payload)
@@ -160,9 +158,7 @@ pub struct RowPayload {
 /// row. It runs once: a row whose server died is failed by the kind's `abandon`, and running
 /// it again is the user's call.
 pub fn enqueue_row<J: Job<Payload = RowPayload>>(
-    conn: &mut DbConnection,
-    org_id: &str,
-    row_id: &str,
+    conn: &mut DbConnection, org_id: &str, row_id: &str,
 ) -> StoreResult<()> {
     enqueue_for_row(conn, J::KIND, org_id, row_id)
 }
@@ -170,10 +166,7 @@ pub fn enqueue_row<J: Job<Payload = RowPayload>>(
 /// [`enqueue_row`] by the kind's name, unchecked: the row job of any kind (tests forge rows
 /// with it).
 pub fn enqueue_for_row(
-    conn: &mut DbConnection,
-    kind: &str,
-    org_id: &str,
-    row_id: &str,
+    conn: &mut DbConnection, kind: &str, org_id: &str, row_id: &str,
 ) -> StoreResult<()> {
     let job = NewJob {
         kind: kind.into(),
@@ -295,11 +288,7 @@ fn in_flight_limit(limits: &ClaimLimits) -> Option<String> {
 /// Claims the next due job of one of `kinds` for `owner`, leased for `lease`: a queued job
 /// whose `run_after` has come, or a running one whose lease ran out (its holder died).
 pub fn claim(
-    conn: &mut DbConnection,
-    owner: &str,
-    lease: Duration,
-    kinds: &[String],
-    limits: &ClaimLimits,
+    conn: &mut DbConnection, owner: &str, lease: Duration, kinds: &[String], limits: &ClaimLimits,
 ) -> StoreResult<Option<JobRow>> {
     if kinds.is_empty() {
         return Ok(None);
@@ -387,11 +376,7 @@ pub fn renew(conn: &mut DbConnection, id: &str, owner: &str, lease: Duration) ->
 /// Ends job `id` held by `owner`: `succeeded`, or on `error` queued again after `retry_in`
 /// while attempts remain, else `failed`. `false` when `owner` no longer held it.
 pub fn finish(
-    conn: &mut DbConnection,
-    id: &str,
-    owner: &str,
-    error: Option<&str>,
-    retry_in: Duration,
+    conn: &mut DbConnection, id: &str, owner: &str, error: Option<&str>, retry_in: Duration,
 ) -> StoreResult<bool> {
     let now_t = chrono::Utc::now();
     let now = crate::ids::format_time(now_t);

@@ -469,8 +469,7 @@ async fn mock(args: MockArgs) -> u8 {
 /// The master key secrets are sealed under now, and the file it was read from (`None` when
 /// it came from `AGENTPLANE_MASTER_KEY`).
 fn current_master_key(
-    args: &RotateArgs,
-    data_dir: &std::path::Path,
+    args: &RotateArgs, data_dir: &std::path::Path,
 ) -> anyhow::Result<(agentplane::crypto::Crypto, Option<std::path::PathBuf>)> {
     use agentplane::crypto::Crypto;
     let env_key = args.master_key.as_deref().filter(|k| !k.trim().is_empty());
@@ -494,8 +493,7 @@ type Staged = (std::path::PathBuf, std::path::PathBuf);
 /// current `key_file` (to replace it after), or in `--new-key-file` (generated there when the
 /// file does not exist, which is then returned to be removed if the rotation fails).
 fn new_master_key(
-    args: &RotateArgs,
-    key_file: Option<&std::path::PathBuf>,
+    args: &RotateArgs, key_file: Option<&std::path::PathBuf>,
 ) -> anyhow::Result<(String, Option<Staged>, Option<std::path::PathBuf>)> {
     use agentplane::crypto::Crypto;
     match &args.new_key_file {
@@ -576,12 +574,7 @@ fn rotate_master_key(args: RotateArgs) -> anyhow::Result<()> {
 }
 
 fn create_key(
-    database: String,
-    org: String,
-    user: String,
-    email: Option<String>,
-    role: String,
-    name: String,
+    database: String, org: String, user: String, email: Option<String>, role: String, name: String,
     scopes: Vec<String>,
 ) -> anyhow::Result<()> {
     let role = Role::from_wire(&role)

@@ -294,11 +294,8 @@ fn parse_rss_bytes(status: &str) -> Option<i64> {
 /// The replica's figures in Prometheus text exposition format (version 0.0.4), encoded by
 /// `prometheus-client`.
 pub fn prometheus_text(
-    requests: &RequestFigures,
-    uptime_seconds: u64,
-    process: (Option<f64>, Option<i64>),
-    jobs_queued: i64,
-    deliveries_pending: i64,
+    requests: &RequestFigures, uptime_seconds: u64, process: (Option<f64>, Option<i64>),
+    jobs_queued: i64, deliveries_pending: i64,
 ) -> String {
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(Scrape {
@@ -328,9 +325,7 @@ struct Scrape {
 
 /// Encodes one unlabelled gauge.
 fn gauge(
-    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
-    name: &str,
-    help: &str,
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder, name: &str, help: &str,
     value: impl prometheus_client::encoding::EncodeGaugeValue,
 ) -> std::fmt::Result {
     use prometheus_client::encoding::EncodeMetric;
@@ -340,8 +335,7 @@ fn gauge(
 
 impl prometheus_client::collector::Collector for Scrape {
     fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+        &self, mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> std::fmt::Result {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::MetricType;

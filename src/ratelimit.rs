@@ -436,11 +436,7 @@ impl RateLimit {
     /// Leases the next block of `key_id`'s permits (one lease at a time per key: a request
     /// that waited for another's lease takes from its block) and takes a permit from it.
     async fn lease(
-        &self,
-        budget: &Budget,
-        key_id: &str,
-        limit: i64,
-        window_start: i64,
+        &self, budget: &Budget, key_id: &str, limit: i64, window_start: i64,
     ) -> Option<Hourly> {
         if budget.failing() {
             return None;

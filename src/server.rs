@@ -122,8 +122,7 @@ impl Bound {
     /// Serves until `shutdown` resolves; in-flight requests get 30 seconds to finish. Slow
     /// and idle clients are cut off and connections bounded as `config.connections` says.
     pub async fn serve(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send,
+        self, shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let metrics_open = self.config.metrics_public || self.addr.ip().is_loopback();
         let app = App::build(self.store, self.crypto, &self.config);

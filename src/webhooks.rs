@@ -49,10 +49,7 @@ pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
 /// signature of `timestamp` and `body` under `secret`. Compares in constant time. Receivers
 /// should also refuse timestamps far from their clock (replays).
 pub fn verify_signature(
-    secret: &[u8],
-    timestamp: &str,
-    body: &[u8],
-    signature_header: &str,
+    secret: &[u8], timestamp: &str, body: &[u8], signature_header: &str,
 ) -> bool {
     signature_header
         .split(',')
@@ -83,11 +80,7 @@ pub fn generate_secret() -> String {
 /// `notification_webhook`), in the caller's transaction, signed with `secret` (sealed here).
 /// Call [`EventBus::wake`] after the commit.
 pub fn enqueue_adhoc(
-    conn: &mut DbConnection,
-    crypto: &Crypto,
-    event: &EventRow,
-    url: &str,
-    secret: &str,
+    conn: &mut DbConnection, crypto: &Crypto, event: &EventRow, url: &str, secret: &str,
 ) -> StoreResult<DeliveryRow> {
     let target = json!({"url": url, "secret_encrypted": crypto.encrypt(secret.as_bytes())});
     let row = crate::events::new_delivery(event, None, Some(target.to_string()));
@@ -165,10 +158,7 @@ struct Target {
 
 impl DeliveryWorker {
     pub fn new(
-        store: Store,
-        crypto: Crypto,
-        bus: EventBus,
-        policy: DeliveryPolicy,
+        store: Store, crypto: Crypto, bus: EventBus, policy: DeliveryPolicy,
         egress: crate::egress::Egress,
     ) -> Self {
         Self {
@@ -238,9 +228,7 @@ impl DeliveryWorker {
 
     /// Where the delivery goes and the secret to sign with.
     fn target(
-        &self,
-        conn: &mut DbConnection,
-        row: &DeliveryRow,
+        &self, conn: &mut DbConnection, row: &DeliveryRow,
     ) -> StoreResult<Result<Target, String>> {
         let (url, sealed) = match (&row.webhook_id, &row.target) {
             (Some(id), _) => {
@@ -341,10 +329,7 @@ impl DeliveryWorker {
 
     /// POSTs the event; the receiver's status, or why there is none, and what was wrong.
     async fn send(
-        &self,
-        row: &DeliveryRow,
-        event: &EventRow,
-        target: &Target,
+        &self, row: &DeliveryRow, event: &EventRow, target: &Target,
     ) -> (Option<i64>, Option<String>) {
         let body = crate::events::to_json(event).to_string();
         let timestamp = chrono::Utc::now().timestamp().to_string();

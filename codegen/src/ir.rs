@@ -415,11 +415,7 @@ impl Builder<'_> {
     }
 
     fn enum_model(
-        &mut self,
-        name: &str,
-        doc: Option<String>,
-        schema: &Value,
-        ptr: &str,
+        &mut self, name: &str, doc: Option<String>, schema: &Value, ptr: &str,
     ) -> Result<()> {
         let values = schema
             .get("enum")
@@ -449,12 +445,8 @@ impl Builder<'_> {
 
     /// Merges `allOf` members (and the schema's own properties) into one property list.
     fn object_parts(
-        &self,
-        schema: &Value,
-        ptr: &str,
-        props: &mut Vec<(String, Value)>,
-        required: &mut Vec<String>,
-        deny: &mut Option<bool>,
+        &self, schema: &Value, ptr: &str, props: &mut Vec<(String, Value)>,
+        required: &mut Vec<String>, deny: &mut Option<bool>,
     ) -> Result<()> {
         let schema = deref(self.doc, schema);
         if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
@@ -485,11 +477,7 @@ impl Builder<'_> {
     }
 
     fn struct_model(
-        &mut self,
-        name: &str,
-        doc: Option<String>,
-        schema: &Value,
-        ptr: &str,
+        &mut self, name: &str, doc: Option<String>, schema: &Value, ptr: &str,
     ) -> Result<()> {
         let mut props = Vec::new();
         let mut required = Vec::new();
@@ -644,12 +632,7 @@ impl Builder<'_> {
     }
 
     fn operation(
-        &mut self,
-        path: &str,
-        method: &str,
-        item: &Value,
-        op: &Value,
-        ptr: &str,
+        &mut self, path: &str, method: &str, item: &Value, op: &Value, ptr: &str,
     ) -> Result<Operation> {
         let id = text(op, "operationId")
             .ok_or_else(|| anyhow!("#{ptr}: every operation needs an operationId"))?;

@@ -299,10 +299,7 @@ fn write_headers(out: &mut String, headers: &[(String, String)], secret: &[Strin
 /// redacted on top of the usual credential headers; `replay` holds one script per failure
 /// (written under [`REPLAY_KEY`]).
 pub fn render(
-    command: &str,
-    seed: u64,
-    interactions: &[Interaction],
-    replay: &[ReplayScript],
+    command: &str, seed: u64, interactions: &[Interaction], replay: &[ReplayScript],
     secret_headers: &[String],
 ) -> String {
     let mut out = String::new();

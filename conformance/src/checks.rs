@@ -969,9 +969,7 @@ fn pagination_totals(ctx: &CheckContext<'_>) -> Verdict {
 /// The top-level fields an update's answer says it changed: those sent in the request body
 /// whose value in the answer differs from the resource read before.
 fn claimed_changes<'v>(
-    sent: &'v serde_json::Value,
-    answer: &'v serde_json::Value,
-    before: &'v serde_json::Value,
+    sent: &'v serde_json::Value, answer: &'v serde_json::Value, before: &'v serde_json::Value,
 ) -> Vec<(&'v str, &'v serde_json::Value)> {
     let Some(sent) = sent.as_object() else {
         return Vec::new();

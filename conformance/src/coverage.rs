@@ -424,12 +424,7 @@ fn op_doc(doc: &Value, template: &str, item: &Value, method: &str, op: &Value) -
 /// Adds the property paths a schema documents under `prefix` (`a.b`, `items[].id`),
 /// leaving out properties flagged `skip` (`readOnly` in requests, `writeOnly` in responses).
 fn schema_paths(
-    doc: &Value,
-    schema: &Value,
-    prefix: &str,
-    depth: usize,
-    skip: &str,
-    out: &mut BTreeSet<String>,
+    doc: &Value, schema: &Value, prefix: &str, depth: usize, skip: &str, out: &mut BTreeSet<String>,
 ) {
     if depth > MAX_DEPTH {
         return;
@@ -474,10 +469,7 @@ fn join(prefix: &str, name: &str) -> String {
 
 /// Adds the documented paths `value` holds under `prefix`.
 fn json_paths(
-    value: &Value,
-    prefix: &str,
-    depth: usize,
-    documented: &BTreeSet<String>,
+    value: &Value, prefix: &str, depth: usize, documented: &BTreeSet<String>,
     out: &mut BTreeSet<String>,
 ) {
     if depth > MAX_DEPTH {
@@ -505,10 +497,7 @@ fn json_paths(
 
 /// The documented body properties a request body holds (JSON or a form).
 fn body_paths(
-    content_type: &str,
-    body: &[u8],
-    documented: &BTreeSet<String>,
-    out: &mut BTreeSet<String>,
+    content_type: &str, body: &[u8], documented: &BTreeSet<String>, out: &mut BTreeSet<String>,
 ) {
     if documented.is_empty() {
         return;
@@ -1132,11 +1121,7 @@ mod tests {
     }
 
     fn exchange(
-        method: &str,
-        url: &str,
-        body: Option<&str>,
-        status: u16,
-        response: &str,
+        method: &str, url: &str, body: Option<&str>, status: u16, response: &str,
     ) -> Exchange {
         Exchange {
             method: method.into(),

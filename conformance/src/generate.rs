@@ -625,11 +625,7 @@ impl<'d> Generator<'d> {
     }
 
     fn boundaries_at(
-        &self,
-        schema: &Value,
-        runner: &mut TestRunner,
-        at: &str,
-        depth: usize,
+        &self, schema: &Value, runner: &mut TestRunner, at: &str, depth: usize,
         out: &mut Vec<Boundary>,
     ) {
         if depth > 4 {
@@ -841,11 +837,7 @@ impl<'d> Generator<'d> {
     }
 
     fn negatives_at(
-        &self,
-        schema: &Value,
-        runner: &mut TestRunner,
-        at: &str,
-        depth: usize,
+        &self, schema: &Value, runner: &mut TestRunner, at: &str, depth: usize,
         out: &mut Vec<Negative>,
     ) {
         if depth > 4 {

@@ -48,8 +48,7 @@ pub struct EventValidators {
 /// A `schema` of `type: string` describes the body as text, the honest 3.0 way to say
 /// "a stream", and is not taken as the per-event schema.
 pub fn event_schemas<'a>(
-    doc: &'a Value,
-    media: &'a Value,
+    doc: &'a Value, media: &'a Value,
 ) -> (Option<&'a Value>, Option<&'a Value>) {
     let item = media.get("itemSchema").or_else(|| {
         media

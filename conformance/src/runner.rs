@@ -498,8 +498,7 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
 /// What a run and a replay share: the enabled checks, the spec prepared for requests, its
 /// compiled operations and the HTTP client.
 fn prepare(
-    doc: &Value,
-    config: &Config,
+    doc: &Value, config: &Config,
 ) -> Result<(Vec<Check>, Value, Vec<Op>, reqwest::Client), SpecError> {
     let checks = checks::select(&config.checks).map_err(|m| SpecError::invalid("", "", m))?;
     let request_doc = prepare_doc(doc, Direction::Request);
@@ -580,10 +579,7 @@ pub fn named_examples(holder: &Value, doc: &Value) -> Vec<(Option<String>, Value
 }
 
 fn compile_ops(
-    doc: &Value,
-    request_doc: &Value,
-    response_doc: &Value,
-    positive_statuses: &[String],
+    doc: &Value, request_doc: &Value, response_doc: &Value, positive_statuses: &[String],
 ) -> Result<Vec<Op>, SpecError> {
     let mut ops = Vec::new();
     let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
@@ -744,8 +740,7 @@ fn business_rule_statuses(op: &Value) -> Vec<String> {
 /// The media type of a request body the runner builds requests for: JSON first, then a
 /// URL-encoded form, then `multipart/form-data`.
 fn body_media<'a>(
-    doc: &Value,
-    content: &'a Map<String, Value>,
+    doc: &Value, content: &'a Map<String, Value>,
 ) -> Option<(&'a String, &'a Value, BodyEncoding)> {
     if let Some((mt, media)) = content.iter().find(|(mt, _)| is_json(mt)) {
         return Some((mt, media, BodyEncoding::Json));
@@ -1225,10 +1220,7 @@ fn case_is_valid(op: &Op, case: &Case) -> bool {
 /// then makes one more move; the case after it, when the tree moved. Value trees are not
 /// `Send`, so they are rebuilt from the seed instead of being kept across requests.
 fn replay(
-    factory: &CaseFactory<'_>,
-    rng: &TestRng,
-    skip: &[String],
-    moves: &[(usize, bool)],
+    factory: &CaseFactory<'_>, rng: &TestRng, skip: &[String], moves: &[(usize, bool)],
     next: Option<(usize, bool)>,
 ) -> Option<(Case, usize)> {
     let mut runner = TestRunner::new_with_rng(ProptestConfig::default(), rng.clone());
@@ -1274,10 +1266,7 @@ struct ShrinkEntry {
 /// Sends a shrunk case and runs `check` on its exchange: the exchange and message when it
 /// still fails (a network error counts as not failing).
 async fn still_fails(
-    shared: &Shared,
-    op: &Op,
-    check: &Check,
-    case: &Case,
+    shared: &Shared, op: &Op, check: &Check, case: &Case,
 ) -> Option<(Exchange, String)> {
     let (url, headers) = build_request(shared, op, case, true);
     let ex = exchange(shared, &op.method, url, headers, body_bytes(op, case))
@@ -1307,13 +1296,8 @@ async fn still_fails(
 /// when no tree moves or after the request budget. The message says how many requests
 /// (steps) shrinking sent.
 async fn shrink(
-    shared: &Shared,
-    op: &Op,
-    factory: &CaseFactory<'_>,
-    rng: &TestRng,
-    check: &Check,
-    failed: &Case,
-    outcome: &mut OpOutcome,
+    shared: &Shared, op: &Op, factory: &CaseFactory<'_>, rng: &TestRng, check: &Check,
+    failed: &Case, outcome: &mut OpOutcome,
 ) -> Option<Shrunk> {
     let skip = &shared.auth_headers;
     let budget = shrink_budget(op);
@@ -1372,14 +1356,9 @@ async fn shrink(
 /// occurrence of a distinct failure reports the same smallest case.
 #[allow(clippy::too_many_arguments)]
 async fn send_fuzzed(
-    shared: &Shared,
-    op: &Op,
-    factory: &CaseFactory<'_>,
-    case: &Case,
-    rng: &TestRng,
+    shared: &Shared, op: &Op, factory: &CaseFactory<'_>, case: &Case, rng: &TestRng,
     shrunk: &mut BTreeMap<(String, String), ShrinkEntry>,
-    patches: &mut Vec<(usize, (String, String))>,
-    outcome: &mut OpOutcome,
+    patches: &mut Vec<(usize, (String, String))>, outcome: &mut OpOutcome,
 ) {
     let before = outcome.failures.len();
     send_and_check(shared, op, case, CaseKind::Positive, true, outcome).await;
@@ -1433,8 +1412,7 @@ async fn send_fuzzed(
 
 /// Gives every shrunk failure the smallest case found for its distinct failure.
 fn apply_shrinks(
-    shrunk: &BTreeMap<(String, String), ShrinkEntry>,
-    patches: &[(usize, (String, String))],
+    shrunk: &BTreeMap<(String, String), ShrinkEntry>, patches: &[(usize, (String, String))],
     outcome: &mut OpOutcome,
 ) {
     for (n, key) in patches {
@@ -1597,12 +1575,8 @@ const PROBED_METHODS: &[&str] = &["GET", "PUT", "POST", "DELETE", "PATCH"];
 /// [`PROBED_METHODS`] the path does not document, with the path parameters of a valid case
 /// and no body.
 async fn probe_unsupported_methods(
-    shared: &Shared,
-    op: &Op,
-    factory: &CaseFactory<'_>,
-    runner: &mut TestRunner,
-    cases: &[(Case, CaseKind)],
-    outcome: &mut OpOutcome,
+    shared: &Shared, op: &Op, factory: &CaseFactory<'_>, runner: &mut TestRunner,
+    cases: &[(Case, CaseKind)], outcome: &mut OpOutcome,
 ) {
     if !shared.checks.iter().any(|c| c.name == "unsupported_method") {
         return;
@@ -1714,10 +1688,7 @@ impl ListParams {
 /// for repeats only when the budget ran out. The whole list read as one page, when one
 /// page can hold it, is what no walk may lose an item of.
 async fn walk_pages(
-    shared: &Shared,
-    op: &Op,
-    factory: &CaseFactory<'_>,
-    runner: &mut TestRunner,
+    shared: &Shared, op: &Op, factory: &CaseFactory<'_>, runner: &mut TestRunner,
     outcome: &mut OpOutcome,
 ) {
     if op.method != "GET" || !shared.checks.iter().any(|c| c.name == "pagination_totals") {
@@ -1886,10 +1857,7 @@ async fn walk_pages(
 
 /// Reads one page of a list; the exchange when it answered 200.
 async fn get_page(
-    shared: &Shared,
-    op: &Op,
-    case: &Case,
-    outcome: &mut OpOutcome,
+    shared: &Shared, op: &Op, case: &Case, outcome: &mut OpOutcome,
 ) -> Option<Exchange> {
     outcome.cases += 1;
     let (url, headers) = build_request(shared, op, case, true);
@@ -1948,10 +1916,7 @@ const COVERAGE_MAX_POSITIVE: usize = 40;
 /// and absent, then the value just outside each constraint (negative). Deterministic for
 /// a seed, and at most [`COVERAGE_MAX_CASES`].
 fn coverage_cases(
-    shared: &Shared,
-    op: &Op,
-    factory: &CaseFactory<'_>,
-    runner: &mut TestRunner,
+    shared: &Shared, op: &Op, factory: &CaseFactory<'_>, runner: &mut TestRunner,
 ) -> Vec<(Case, CaseKind)> {
     let Some(base) = factory.positive(runner, &shared.auth_headers) else {
         return Vec::new();
@@ -2052,10 +2017,7 @@ fn malformed_cases(shared: &Shared, op: &Op, base: &Case) -> Vec<(Case, CaseKind
 }
 
 fn negative_cases(
-    shared: &Shared,
-    op: &Op,
-    base: &Case,
-    runner: &mut TestRunner,
+    shared: &Shared, op: &Op, base: &Case, runner: &mut TestRunner,
 ) -> Vec<(Case, CaseKind)> {
     let generator = Generator::new(&shared.request_doc, Direction::Request);
     let mut out = Vec::new();
@@ -2120,10 +2082,7 @@ pub fn encode_segment(text: &str) -> String {
 
 /// The URL and headers of a case.
 fn build_request(
-    shared: &Shared,
-    op: &Op,
-    case: &Case,
-    with_auth: bool,
+    shared: &Shared, op: &Op, case: &Case, with_auth: bool,
 ) -> (String, Vec<(String, String)>) {
     let mut path = op.template.clone();
     let mut query = url::form_urlencoded::Serializer::new(String::new());
@@ -2195,10 +2154,7 @@ fn build_request(
 
 /// Sends one request and records it for the cassette (without checks).
 async fn exchange(
-    shared: &Shared,
-    method: &str,
-    url: String,
-    headers: Vec<(String, String)>,
+    shared: &Shared, method: &str, url: String, headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
 ) -> Result<Exchange, String> {
     exchange_recorded(shared, method, url, headers, body)
@@ -2209,10 +2165,7 @@ async fn exchange(
 /// Sends one request; when a cassette is being written, records the interaction and
 /// returns its position so that check results can be attached to it.
 async fn exchange_recorded(
-    shared: &Shared,
-    method: &str,
-    url: String,
-    headers: Vec<(String, String)>,
+    shared: &Shared, method: &str, url: String, headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
 ) -> (Result<Exchange, String>, Option<usize>) {
     let Some(recorder) = &shared.recorder else {
@@ -2256,10 +2209,7 @@ async fn exchange_recorded(
 
 /// Sends one request; the exchange and the response's HTTP version (`1.1`, `2`).
 async fn send_raw(
-    shared: &Shared,
-    method: &str,
-    url: String,
-    headers: Vec<(String, String)>,
+    shared: &Shared, method: &str, url: String, headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
 ) -> Result<(Exchange, String), String> {
     let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
@@ -2413,8 +2363,7 @@ const STREAM_IDLE: Duration = Duration::from_secs(1);
 /// end, after [`MAX_STREAM_EVENTS`] events, after [`STREAM_IDLE`] of silence or at
 /// `deadline`, keeping the complete events: they are what the checks judge.
 async fn read_event_stream(
-    mut response: reqwest::Response,
-    deadline: tokio::time::Instant,
+    mut response: reqwest::Response, deadline: tokio::time::Instant,
 ) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     loop {
@@ -2470,12 +2419,7 @@ fn network_failure(op: &Op, message: String) -> Failure {
 }
 
 async fn send_and_check(
-    shared: &Shared,
-    op: &Op,
-    case: &Case,
-    kind: CaseKind,
-    with_auth: bool,
-    outcome: &mut OpOutcome,
+    shared: &Shared, op: &Op, case: &Case, kind: CaseKind, with_auth: bool, outcome: &mut OpOutcome,
 ) -> Option<Exchange> {
     outcome.cases += 1;
     let (url, headers) = build_request(shared, op, case, with_auth);
@@ -2512,11 +2456,7 @@ fn without_credentials(shared: &Shared, op: &Op, exchange: &Exchange) -> bool {
 }
 
 fn judge(
-    shared: &Shared,
-    op: &Op,
-    kind: CaseKind,
-    exchange: &Exchange,
-    follow_up: Option<&Exchange>,
+    shared: &Shared, op: &Op, kind: CaseKind, exchange: &Exchange, follow_up: Option<&Exchange>,
     outcome: &mut OpOutcome,
 ) -> Vec<CheckRecord> {
     let seen = Seen {
@@ -2606,10 +2546,7 @@ fn keep_script(shared: &Shared, op: &Op, check: &str, id: &str, seen: &Seen<'_>)
 
 /// Runs the enabled checks on what was seen; counts and keeps the failures.
 fn judge_with(
-    shared: &Shared,
-    op: &Op,
-    seen: &Seen<'_>,
-    outcome: &mut OpOutcome,
+    shared: &Shared, op: &Op, seen: &Seen<'_>, outcome: &mut OpOutcome,
 ) -> Vec<CheckRecord> {
     let exchange = seen.exchange;
     if let Some(observe) = &shared.config.observer {
@@ -2990,11 +2927,7 @@ impl Reader<'_> {
 
 /// Sends a case with some headers replaced; `None` (and a network failure) when it fails.
 async fn send_with_headers(
-    shared: &Shared,
-    op: &Op,
-    case: &Case,
-    with_auth: bool,
-    replace: &[(String, String)],
+    shared: &Shared, op: &Op, case: &Case, with_auth: bool, replace: &[(String, String)],
     outcome: &mut OpOutcome,
 ) -> Option<Exchange> {
     outcome.cases += 1;
@@ -3028,9 +2961,7 @@ const STALE_ETAG: &str = "\"stale-etag-0\"";
 /// leave it as it was, wherever the operation documents 412 and takes `If-Match` (a declared
 /// header parameter, or the resource came with an `ETag`).
 async fn conditional_requests(
-    shared: &Shared,
-    reader: &Reader<'_>,
-    cases: &[(usize, Case)],
+    shared: &Shared, reader: &Reader<'_>, cases: &[(usize, Case)],
     outcomes: &mut BTreeMap<usize, OpOutcome>,
 ) {
     if !shared
@@ -3091,9 +3022,7 @@ async fn conditional_requests(
 /// `cross_tenant_isolation`: every operation on the created resource, sent with the other
 /// identity's credentials, must answer 404, and the owner must still read the resource.
 async fn cross_tenant(
-    shared: &Shared,
-    reader: &Reader<'_>,
-    cases: &[(usize, Case)],
+    shared: &Shared, reader: &Reader<'_>, cases: &[(usize, Case)],
     outcomes: &mut BTreeMap<usize, OpOutcome>,
 ) {
     if shared.config.other_headers.is_empty()
@@ -3173,9 +3102,7 @@ impl Replayed {
 /// the requests after it, and re-runs the checks on them. The report holds what failed
 /// now; one [`Replayed`] per script says whether its own failure is fixed.
 pub async fn replay_failures(
-    doc: &Value,
-    config: Config,
-    scripts: &[ReplayScript],
+    doc: &Value, config: Config, scripts: &[ReplayScript],
 ) -> Result<(Report, Vec<Replayed>), SpecError> {
     let started = Instant::now();
     let (checks, request_doc, ops, client) = prepare(doc, &config)?;
@@ -3292,10 +3219,7 @@ pub async fn replay_failures(
 /// (`fixed` or `still fails`) and the summary of what was re-sent; exits 0 when every
 /// replayed failure is fixed, 1 when one is not, 2 when nothing can be replayed.
 pub async fn replay_command(
-    doc: &Value,
-    config: Config,
-    wanted: &str,
-    cassette: Option<&std::path::Path>,
+    doc: &Value, config: Config, wanted: &str, cassette: Option<&std::path::Path>,
 ) -> u8 {
     use crate::conform::{EXIT_FAILED, EXIT_PASSED, EXIT_USAGE};
     let usage = |message: String| {
@@ -3370,10 +3294,7 @@ pub async fn replay_command(
 /// [`MAX_WALKED_PAGES`] pages. `None` for a walk by page numbers or offsets, which is
 /// re-sent as recorded; else the pages and whether the walk reached the end.
 async fn rewalk(
-    shared: &Shared,
-    op: &Op,
-    recorded: &[Exchange],
-    outcome: &mut OpOutcome,
+    shared: &Shared, op: &Op, recorded: &[Exchange], outcome: &mut OpOutcome,
 ) -> Option<(Vec<Exchange>, bool)> {
     let first = recorded.first()?.clone();
     let cursor_param = recorded.get(1).and_then(|p| {
@@ -3440,10 +3361,7 @@ async fn rewalk(
 
 /// Re-sends a script's steps in order; each sent one with its role.
 async fn resend(
-    shared: &Shared,
-    script: &ReplayScript,
-    kind: CaseKind,
-    outcome: &mut OpOutcome,
+    shared: &Shared, script: &ReplayScript, kind: CaseKind, outcome: &mut OpOutcome,
 ) -> Vec<(String, Exchange)> {
     let base = url::Url::parse(&shared.config.base_url).ok();
     let mut renamed: Vec<(String, String)> = Vec::new();

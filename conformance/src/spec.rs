@@ -31,9 +31,7 @@ pub enum SpecError {
 
 impl SpecError {
     pub fn invalid(
-        file: impl Into<String>,
-        pointer: impl Into<String>,
-        msg: impl Into<String>,
+        file: impl Into<String>, pointer: impl Into<String>, msg: impl Into<String>,
     ) -> Self {
         SpecError::Invalid {
             file: file.into(),
@@ -204,12 +202,8 @@ impl Bundler {
     /// Rewrites every `$ref` under `value` (which lives in `file`) so that it is local to the
     /// bundled root document.
     fn rewrite(
-        &mut self,
-        file: &Path,
-        value: &mut Value,
-        pointer: &str,
-        stack: &mut Vec<(PathBuf, String)>,
-        in_root: bool,
+        &mut self, file: &Path, value: &mut Value, pointer: &str,
+        stack: &mut Vec<(PathBuf, String)>, in_root: bool,
     ) -> Result<(), SpecError> {
         match value {
             Value::Object(map) => {
@@ -250,11 +244,7 @@ impl Bundler {
     }
 
     fn inline(
-        &mut self,
-        file: &Path,
-        value: &mut Value,
-        key: &(PathBuf, String),
-        pointer: &str,
+        &mut self, file: &Path, value: &mut Value, key: &(PathBuf, String), pointer: &str,
         stack: &mut Vec<(PathBuf, String)>,
     ) -> Result<(), SpecError> {
         if stack.contains(key) {

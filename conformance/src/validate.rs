@@ -313,10 +313,7 @@ impl RequestValidator {
     }
 
     fn check<'a>(
-        &'a self,
-        operation: &'a Operation,
-        path_params: &[(&str, String)],
-        req: &Request<'_>,
+        &'a self, operation: &'a Operation, path_params: &[(&str, String)], req: &Request<'_>,
     ) -> Outcome<'a> {
         let mut violations = Vec::new();
         let query = parse_query(req.query);
@@ -517,10 +514,7 @@ pub fn multipart_parts(content_type: &str, body: &[u8]) -> Result<Vec<(String, V
 /// schema, so a missing required part names itself. Nothing is handed on: the typed decoder
 /// reads the form.
 fn check_multipart(
-    content_type: &str,
-    body: &[u8],
-    validator: Option<&Validator>,
-    fields: &Map<String, Value>,
+    content_type: &str, body: &[u8], validator: Option<&Validator>, fields: &Map<String, Value>,
 ) -> BodyCheck {
     let parts = multipart_parts(content_type, body).map_err(|message| {
         (
@@ -662,9 +656,7 @@ fn media_matches(declared: &str, actual: &str) -> bool {
 /// node's `type`), that branch's errors; else the errors every candidate branch shares (a
 /// missing or unknown tag: `nodes[0].type`); else the `oneOf` itself.
 fn push_violations(
-    location: Location,
-    base: &str,
-    error: &jsonschema::ValidationError<'_>,
+    location: Location, base: &str, error: &jsonschema::ValidationError<'_>,
     out: &mut Vec<Violation>,
 ) {
     if let ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } =
@@ -737,9 +729,7 @@ fn same_error(a: &jsonschema::ValidationError<'_>, b: &jsonschema::ValidationErr
 
 /// Turns a schema error into a violation whose field is a dotted path under `base`.
 fn to_violation(
-    location: Location,
-    base: &str,
-    error: &jsonschema::ValidationError<'_>,
+    location: Location, base: &str, error: &jsonschema::ValidationError<'_>,
 ) -> Violation {
     let mut field = base.to_string();
     for segment in error.instance_path().iter() {
@@ -908,12 +898,7 @@ fn query_value(param: &Param, query: &[(String, String)]) -> Option<Value> {
 }
 
 fn compile_operation(
-    doc: &Value,
-    template: &str,
-    method: &str,
-    op: &Value,
-    shared: &[Value],
-    pointer: &str,
+    doc: &Value, template: &str, method: &str, op: &Value, shared: &[Value], pointer: &str,
 ) -> Result<Operation, SpecError> {
     let id = op
         .get("operationId")
@@ -1077,11 +1062,7 @@ mod tests {
     }
 
     fn run(
-        v: &RequestValidator,
-        method: &str,
-        path: &str,
-        query: &str,
-        body: &str,
+        v: &RequestValidator, method: &str, path: &str, query: &str, body: &str,
     ) -> Result<String, (u16, Vec<(String, String)>)> {
         let header = |name: &str| (name == "content-type").then(|| "application/json".to_string());
         let req = Request {

@@ -417,17 +417,13 @@ pub trait AgentsApi: crate::Authenticate {
     /// (ids the organization no longer has are left out; expanding needs `read:knowledge` or
     /// `read:tools` as well).
     fn list_agents(
-        &self,
-        caller: Self::Caller,
-        params: ListAgentsParams,
+        &self, caller: Self::Caller, params: ListAgentsParams,
     ) -> impl std::future::Future<Output = Result<ListAgentsResponse, crate::ApiError>> + Send;
     /// Create an agent
     ///
     /// Creates an agent in the caller's organization. Platform tokens are stored and never returned. Its `model_id`, `prompt_template_id`, `knowledge_bases` and `tools` must name objects of the caller's organization (a model may also be named, like `gpt-4`), and a `flow` must be a valid graph whose nodes reference such objects; otherwise the answer is **422** naming each field (`knowledge_bases[1]`, `flow.nodes[2].config.tool_id`). The same holds for replace, patch, bulk patch and marketplace installs.
     fn create_agent(
-        &self,
-        caller: Self::Caller,
-        params: CreateAgentParams,
+        &self, caller: Self::Caller, params: CreateAgentParams,
     ) -> impl std::future::Future<Output = Result<CreateAgentResponse, crate::ApiError>> + Send;
     /// Update many agents at once
     ///
@@ -437,41 +433,31 @@ pub trait AgentsApi: crate::Authenticate {
     /// that changes gets a new `version` (and so a new `ETag`), as with a single update; one
     /// the updates leave as it was is matched but not updated.
     fn bulk_update_agents(
-        &self,
-        caller: Self::Caller,
-        params: BulkUpdateAgentsParams,
+        &self, caller: Self::Caller, params: BulkUpdateAgentsParams,
     ) -> impl std::future::Future<Output = Result<BulkUpdateAgentsResponse, crate::ApiError>> + Send;
     /// Get an agent
     ///
     /// Returns the agent with its `ETag`; with a matching `If-None-Match` answers 304 and no body.
     fn get_agent(
-        &self,
-        caller: Self::Caller,
-        params: GetAgentParams,
+        &self, caller: Self::Caller, params: GetAgentParams,
     ) -> impl std::future::Future<Output = Result<GetAgentResponse, crate::ApiError>> + Send;
     /// Replace an agent
     ///
     /// Replaces the agent as a whole; fields left out return to their defaults. With `If-Match`, answers 412 when the agent changed since that `ETag`.
     fn replace_agent(
-        &self,
-        caller: Self::Caller,
-        params: ReplaceAgentParams,
+        &self, caller: Self::Caller, params: ReplaceAgentParams,
     ) -> impl std::future::Future<Output = Result<ReplaceAgentResponse, crate::ApiError>> + Send;
     /// Delete an agent
     ///
     /// Deletes the agent; later reads answer 404.
     fn delete_agent(
-        &self,
-        caller: Self::Caller,
-        params: DeleteAgentParams,
+        &self, caller: Self::Caller, params: DeleteAgentParams,
     ) -> impl std::future::Future<Output = Result<DeleteAgentResponse, crate::ApiError>> + Send;
     /// Update an agent partially
     ///
     /// Changes only the fields given (as CodexOS does). `null` clears a field that may be empty. With `If-Match`, answers 412 when the agent changed since that `ETag`.
     fn update_agent(
-        &self,
-        caller: Self::Caller,
-        params: UpdateAgentParams,
+        &self, caller: Self::Caller, params: UpdateAgentParams,
     ) -> impl std::future::Future<Output = Result<UpdateAgentResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -490,8 +476,7 @@ impl<T: AgentsApi> AgentsRoutes<T> {
     /// `read:tools` as well).
     #[oai(path = "/v1/agents", method = "get", operation_id = "listAgents")]
     async fn list_agents(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -579,8 +564,7 @@ impl<T: AgentsApi> AgentsRoutes<T> {
     /// Creates an agent in the caller's organization. Platform tokens are stored and never returned. Its `model_id`, `prompt_template_id`, `knowledge_bases` and `tools` must name objects of the caller's organization (a model may also be named, like `gpt-4`), and a `flow` must be a valid graph whose nodes reference such objects; otherwise the answer is **422** naming each field (`knowledge_bases[1]`, `flow.nodes[2].config.tool_id`). The same holds for replace, patch, bulk patch and marketplace installs.
     #[oai(path = "/v1/agents", method = "post", operation_id = "createAgent")]
     async fn create_agent(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
         >,
@@ -628,8 +612,7 @@ impl<T: AgentsApi> AgentsRoutes<T> {
         operation_id = "bulkUpdateAgents"
     )]
     async fn bulk_update_agents(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         body: poem_openapi::payload::Json<crate::models::AgentBulkUpdate>,
     ) -> poem::Result<BulkUpdateAgentsResponse> {
         let params = BulkUpdateAgentsParams { body: body.0 };
@@ -667,8 +650,7 @@ impl<T: AgentsApi> AgentsRoutes<T> {
         operation_id = "getAgent"
     )]
     async fn get_agent(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
     ) -> poem::Result<GetAgentResponse> {
@@ -708,8 +690,7 @@ impl<T: AgentsApi> AgentsRoutes<T> {
         operation_id = "replaceAgent"
     )]
     async fn replace_agent(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::AgentInput>,
@@ -753,8 +734,7 @@ impl<T: AgentsApi> AgentsRoutes<T> {
         operation_id = "deleteAgent"
     )]
     async fn delete_agent(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeleteAgentResponse> {
         let params = DeleteAgentParams {
@@ -794,8 +774,7 @@ impl<T: AgentsApi> AgentsRoutes<T> {
         operation_id = "updateAgent"
     )]
     async fn update_agent(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::AgentPatch>,

@@ -424,49 +424,37 @@ pub trait ConversationsApi: crate::Authenticate {
     ///
     /// Lists the organization's conversations, newest first, optionally with one agent. Page with `page`/`per_page` or `cursor`/`limit`.
     fn list_conversations(
-        &self,
-        caller: Self::Caller,
-        params: ListConversationsParams,
+        &self, caller: Self::Caller, params: ListConversationsParams,
     ) -> impl std::future::Future<Output = Result<ListConversationsResponse, crate::ApiError>> + Send;
     /// Create a conversation
     ///
     /// Starts a conversation with an agent of the organization. An `agent_id` naming no agent of the organization answers 422 (`details[].field` = `agent_id`).
     fn create_conversation(
-        &self,
-        caller: Self::Caller,
-        params: CreateConversationParams,
+        &self, caller: Self::Caller, params: CreateConversationParams,
     ) -> impl std::future::Future<Output = Result<CreateConversationResponse, crate::ApiError>> + Send;
     /// Get a conversation
     ///
     /// The conversation with its latest 100 messages, oldest first, and its `ETag`; with a matching `If-None-Match` answers 304.
     fn get_conversation(
-        &self,
-        caller: Self::Caller,
-        params: GetConversationParams,
+        &self, caller: Self::Caller, params: GetConversationParams,
     ) -> impl std::future::Future<Output = Result<GetConversationResponse, crate::ApiError>> + Send;
     /// Delete a conversation
     ///
     /// Deletes the conversation and its messages; later reads answer 404. Its executions and usage records stay.
     fn delete_conversation(
-        &self,
-        caller: Self::Caller,
-        params: DeleteConversationParams,
+        &self, caller: Self::Caller, params: DeleteConversationParams,
     ) -> impl std::future::Future<Output = Result<DeleteConversationResponse, crate::ApiError>> + Send;
     /// Update a conversation
     ///
     /// Changes its title or metadata. With `If-Match`, answers 412 when it changed since that `ETag`.
     fn update_conversation(
-        &self,
-        caller: Self::Caller,
-        params: UpdateConversationParams,
+        &self, caller: Self::Caller, params: UpdateConversationParams,
     ) -> impl std::future::Future<Output = Result<UpdateConversationResponse, crate::ApiError>> + Send;
     /// List a conversation's messages
     ///
     /// The messages, oldest first. Page with `page`/`per_page` or `cursor`/`limit`.
     fn list_messages(
-        &self,
-        caller: Self::Caller,
-        params: ListMessagesParams,
+        &self, caller: Self::Caller, params: ListMessagesParams,
     ) -> impl std::future::Future<Output = Result<ListMessagesResponse, crate::ApiError>> + Send;
     /// Send a message
     ///
@@ -479,9 +467,7 @@ pub trait ConversationsApi: crate::Authenticate {
     /// (`details[].field` = `parameters.<name>`); an agent whose deployment is scaled to 0
     /// replicas answers 409 (`AGENT_NOT_SERVING`).
     fn send_message(
-        &self,
-        caller: Self::Caller,
-        params: SendMessageParams,
+        &self, caller: Self::Caller, params: SendMessageParams,
     ) -> impl std::future::Future<Output = Result<SendMessageResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -498,8 +484,7 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
         operation_id = "listConversations"
     )]
     async fn list_conversations(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -547,8 +532,7 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
         operation_id = "createConversation"
     )]
     async fn create_conversation(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
         >,
@@ -592,8 +576,7 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
         operation_id = "getConversation"
     )]
     async fn get_conversation(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "conversation_id")] conversation_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
     ) -> poem::Result<GetConversationResponse> {
@@ -635,8 +618,7 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
         operation_id = "deleteConversation"
     )]
     async fn delete_conversation(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "conversation_id")] conversation_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeleteConversationResponse> {
         let params = DeleteConversationParams {
@@ -676,8 +658,7 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
         operation_id = "updateConversation"
     )]
     async fn update_conversation(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "conversation_id")] conversation_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::ConversationPatch>,
@@ -721,8 +702,7 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
         operation_id = "listMessages"
     )]
     async fn list_messages(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "conversation_id")] conversation_id: poem_openapi::param::Path<String>,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
@@ -777,8 +757,7 @@ impl<T: ConversationsApi> ConversationsRoutes<T> {
         operation_id = "sendMessage"
     )]
     async fn send_message(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "conversation_id")] conversation_id: poem_openapi::param::Path<String>,
         body: poem_openapi::payload::Json<crate::models::SendMessage>,
     ) -> poem::Result<SendMessageResponse> {

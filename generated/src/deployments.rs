@@ -253,41 +253,31 @@ pub trait DeploymentsApi: crate::Authenticate {
     ///
     /// The agent's deployment in its runtime (Agent Launchpad `GET /api/agents/{agentId}/status`): state, target and ready replicas, executions in flight, health, revision and uptime. In the embedded runtime each replica is a worker slot serving the agent's executions; an agent is deployed with one replica when it is created.
     fn get_agent_status(
-        &self,
-        caller: Self::Caller,
-        params: GetAgentStatusParams,
+        &self, caller: Self::Caller, params: GetAgentStatusParams,
     ) -> impl std::future::Future<Output = Result<GetAgentStatusResponse, crate::ApiError>> + Send;
     /// Scale an agent
     ///
     /// Sets how many of the agent's executions may run at once (its replicas, 0 to 16). Answers 202 with the deployment while it converges: scaling up opens slots at once; scaling down lets executions already running finish, and 0 stops the agent (its executions wait, queued, until it is scaled up again).
     fn scale_agent(
-        &self,
-        caller: Self::Caller,
-        params: ScaleAgentParams,
+        &self, caller: Self::Caller, params: ScaleAgentParams,
     ) -> impl std::future::Future<Output = Result<ScaleAgentResponse, crate::ApiError>> + Send;
     /// Restart an agent
     ///
     /// Drains the agent's work in flight (no new execution starts until the executions already running finish) and starts a new revision. Answers 202 with the deployment in state `restarting`; the status turns `deployed` with `revision` one higher once drained.
     fn restart_agent(
-        &self,
-        caller: Self::Caller,
-        params: RestartAgentParams,
+        &self, caller: Self::Caller, params: RestartAgentParams,
     ) -> impl std::future::Future<Output = Result<RestartAgentResponse, crate::ApiError>> + Send;
     /// Get an agent's metrics
     ///
     /// Computed from the agent's recorded executions that finished within `window` (counts by outcome, rate, latency percentiles by nearest rank, tokens and cost) plus those queued or running now. Nothing is sampled or estimated.
     fn get_agent_metrics(
-        &self,
-        caller: Self::Caller,
-        params: GetAgentMetricsParams,
+        &self, caller: Self::Caller, params: GetAgentMetricsParams,
     ) -> impl std::future::Future<Output = Result<GetAgentMetricsResponse, crate::ApiError>> + Send;
     /// Get an agent's logs
     ///
     /// The agent's log, from storage: lifecycle events (deployed, scaled, restarted) and its executions' events, oldest first, the last `lines` of them. With `follow=true` the answer is `text/event-stream` (`curl -N`): those lines, then each new line as any replica writes it, one `log` event per line with a `: keep-alive` comment every 15 seconds, until the client disconnects (the stream does not end by itself).
     fn get_agent_logs(
-        &self,
-        caller: Self::Caller,
-        params: GetAgentLogsParams,
+        &self, caller: Self::Caller, params: GetAgentLogsParams,
     ) -> impl std::future::Future<Output = Result<GetAgentLogsResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -304,8 +294,7 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
         operation_id = "getAgentStatus"
     )]
     async fn get_agent_status(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetAgentStatusResponse> {
         let params = GetAgentStatusParams {
@@ -345,8 +334,7 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
         operation_id = "scaleAgent"
     )]
     async fn scale_agent(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
         body: poem_openapi::payload::Json<crate::models::ScaleRequest>,
     ) -> poem::Result<ScaleAgentResponse> {
@@ -388,8 +376,7 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
         operation_id = "restartAgent"
     )]
     async fn restart_agent(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<RestartAgentResponse> {
         let params = RestartAgentParams {
@@ -429,8 +416,7 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
         operation_id = "getAgentMetrics"
     )]
     async fn get_agent_metrics(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
         #[oai(name = "window")] window: poem_openapi::param::Query<Option<String>>,
     ) -> poem::Result<GetAgentMetricsResponse> {
@@ -472,8 +458,7 @@ impl<T: DeploymentsApi> DeploymentsRoutes<T> {
         operation_id = "getAgentLogs"
     )]
     async fn get_agent_logs(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
         #[oai(name = "lines")] lines: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "since")] since: poem_openapi::param::Query<Option<String>>,

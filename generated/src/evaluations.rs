@@ -413,65 +413,49 @@ pub trait EvaluationsApi: crate::Authenticate {
     ///
     /// Lists the organization's evaluations, newest first; filter by the agent they evaluate with `target_id`.
     fn list_evaluations(
-        &self,
-        caller: Self::Caller,
-        params: ListEvaluationsParams,
+        &self, caller: Self::Caller, params: ListEvaluationsParams,
     ) -> impl std::future::Future<Output = Result<ListEvaluationsResponse, crate::ApiError>> + Send;
     /// Create an evaluation
     ///
     /// An agent and a dataset of cases (`input`, `expected_output`) to run it on, and how a case passes. `target_id` must name an agent of the organization (else 422 naming `target_id`).
     fn create_evaluation(
-        &self,
-        caller: Self::Caller,
-        params: CreateEvaluationParams,
+        &self, caller: Self::Caller, params: CreateEvaluationParams,
     ) -> impl std::future::Future<Output = Result<CreateEvaluationResponse, crate::ApiError>> + Send;
     /// Get an evaluation
     ///
     /// The evaluation, its cases and its latest run's id.
     fn get_evaluation(
-        &self,
-        caller: Self::Caller,
-        params: GetEvaluationParams,
+        &self, caller: Self::Caller, params: GetEvaluationParams,
     ) -> impl std::future::Future<Output = Result<GetEvaluationResponse, crate::ApiError>> + Send;
     /// Delete an evaluation
     ///
     /// Deletes the evaluation and its runs.
     fn delete_evaluation(
-        &self,
-        caller: Self::Caller,
-        params: DeleteEvaluationParams,
+        &self, caller: Self::Caller, params: DeleteEvaluationParams,
     ) -> impl std::future::Future<Output = Result<DeleteEvaluationResponse, crate::ApiError>> + Send;
     /// Run an evaluation
     ///
     /// Runs every case through the agent, in the background: answers 202 with the run to poll. Runs are kept, so results can be compared across runs.
     fn run_evaluation(
-        &self,
-        caller: Self::Caller,
-        params: RunEvaluationParams,
+        &self, caller: Self::Caller, params: RunEvaluationParams,
     ) -> impl std::future::Future<Output = Result<RunEvaluationResponse, crate::ApiError>> + Send;
     /// List an evaluation's runs
     ///
     /// Its runs, newest first, with their summaries (results per case: get the run).
     fn list_evaluation_runs(
-        &self,
-        caller: Self::Caller,
-        params: ListEvaluationRunsParams,
+        &self, caller: Self::Caller, params: ListEvaluationRunsParams,
     ) -> impl std::future::Future<Output = Result<ListEvaluationRunsResponse, crate::ApiError>> + Send;
     /// Get an evaluation run
     ///
     /// One run: status, summary and the result of every case.
     fn get_evaluation_run(
-        &self,
-        caller: Self::Caller,
-        params: GetEvaluationRunParams,
+        &self, caller: Self::Caller, params: GetEvaluationRunParams,
     ) -> impl std::future::Future<Output = Result<GetEvaluationRunResponse, crate::ApiError>> + Send;
     /// Get an evaluation's results
     ///
     /// The latest run (Magnet AI `GET /api/evaluations/{id}/results`): per case output, pass/fail, exact match, contains, token F1, latency, tokens and cost, with the aggregates. 404 `NO_RUNS` before the first run.
     fn get_evaluation_results(
-        &self,
-        caller: Self::Caller,
-        params: GetEvaluationResultsParams,
+        &self, caller: Self::Caller, params: GetEvaluationResultsParams,
     ) -> impl std::future::Future<Output = Result<GetEvaluationResultsResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -488,8 +472,7 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
         operation_id = "listEvaluations"
     )]
     async fn list_evaluations(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -537,8 +520,7 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
         operation_id = "createEvaluation"
     )]
     async fn create_evaluation(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
         >,
@@ -582,8 +564,7 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
         operation_id = "getEvaluation"
     )]
     async fn get_evaluation(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "evaluation_id")] evaluation_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetEvaluationResponse> {
         let params = GetEvaluationParams {
@@ -623,8 +604,7 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
         operation_id = "deleteEvaluation"
     )]
     async fn delete_evaluation(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "evaluation_id")] evaluation_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeleteEvaluationResponse> {
         let params = DeleteEvaluationParams {
@@ -664,8 +644,7 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
         operation_id = "runEvaluation"
     )]
     async fn run_evaluation(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "evaluation_id")] evaluation_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<RunEvaluationResponse> {
         let params = RunEvaluationParams {
@@ -705,8 +684,7 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
         operation_id = "listEvaluationRuns"
     )]
     async fn list_evaluation_runs(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "evaluation_id")] evaluation_id: poem_openapi::param::Path<String>,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
@@ -754,8 +732,7 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
         operation_id = "getEvaluationRun"
     )]
     async fn get_evaluation_run(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "evaluation_id")] evaluation_id: poem_openapi::param::Path<String>,
         #[oai(name = "run_id")] run_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetEvaluationRunResponse> {
@@ -797,8 +774,7 @@ impl<T: EvaluationsApi> EvaluationsRoutes<T> {
         operation_id = "getEvaluationResults"
     )]
     async fn get_evaluation_results(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "evaluation_id")] evaluation_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetEvaluationResultsResponse> {
         let params = GetEvaluationResultsParams {

@@ -161,17 +161,13 @@ pub trait EventsApi: crate::Authenticate {
     ///
     /// Lists the organization's events, newest first (the event log behind webhooks and `/v1/stream`). Filter with `type` and `subject_id`; page with `page`/`per_page` or `cursor`/`limit`.
     fn list_events(
-        &self,
-        caller: Self::Caller,
-        params: ListEventsParams,
+        &self, caller: Self::Caller, params: ListEventsParams,
     ) -> impl std::future::Future<Output = Result<ListEventsResponse, crate::ApiError>> + Send;
     /// Get an event
     ///
     /// Returns one event of the organization, as webhooks and the stream deliver it.
     fn get_event(
-        &self,
-        caller: Self::Caller,
-        params: GetEventParams,
+        &self, caller: Self::Caller, params: GetEventParams,
     ) -> impl std::future::Future<Output = Result<GetEventResponse, crate::ApiError>> + Send;
     /// Stream events over a WebSocket
     ///
@@ -190,9 +186,7 @@ pub trait EventsApi: crate::Authenticate {
     ///
     /// `upgrade` is the WebSocket handshake when the request asked for one.
     fn stream_events(
-        &self,
-        caller: Self::Caller,
-        params: StreamEventsParams,
+        &self, caller: Self::Caller, params: StreamEventsParams,
         upgrade: Option<poem::web::websocket::WebSocket>,
     ) -> impl std::future::Future<
         Output = Result<crate::Upgraded<StreamEventsResponse>, crate::ApiError>,
@@ -208,8 +202,7 @@ impl<T: EventsApi> EventsRoutes<T> {
     /// Lists the organization's events, newest first (the event log behind webhooks and `/v1/stream`). Filter with `type` and `subject_id`; page with `page`/`per_page` or `cursor`/`limit`.
     #[oai(path = "/v1/events", method = "get", operation_id = "listEvents")]
     async fn list_events(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -261,8 +254,7 @@ impl<T: EventsApi> EventsRoutes<T> {
         operation_id = "getEvent"
     )]
     async fn get_event(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "event_id")] event_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetEventResponse> {
         let params = GetEventParams {
@@ -307,9 +299,7 @@ impl<T: EventsApi> EventsRoutes<T> {
     /// selects `agentplane.v1`). A plain HTTP request without a WebSocket upgrade answers 426.
     #[oai(path = "/v1/stream", method = "get", operation_id = "streamEvents")]
     async fn stream_events(
-        &self,
-        req: &poem::Request,
-        upgrade: Option<poem::web::websocket::WebSocket>,
+        &self, req: &poem::Request, upgrade: Option<poem::web::websocket::WebSocket>,
         #[oai(name = "events")] events: poem_openapi::param::Query<Option<String>>,
         #[oai(name = "access_token")] access_token: poem_openapi::param::Query<Option<String>>,
     ) -> poem::Result<crate::Upgraded<StreamEventsResponse>> {

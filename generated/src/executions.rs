@@ -472,57 +472,43 @@ pub trait ExecutionsApi: crate::Authenticate {
     /// deployment is scaled to 0 replicas answers **409** (`AGENT_NOT_SERVING`); its replicas
     /// are the executions it runs at once, the others wait `queued`.
     fn execute_agent(
-        &self,
-        caller: Self::Caller,
-        params: ExecuteAgentParams,
+        &self, caller: Self::Caller, params: ExecuteAgentParams,
     ) -> impl std::future::Future<Output = Result<ExecuteAgentResponse, crate::ApiError>> + Send;
     /// List executions
     ///
     /// Lists the organization's executions, newest first, optionally of one agent or in one status. Page with `page`/`per_page` or `cursor`/`limit`.
     fn list_executions(
-        &self,
-        caller: Self::Caller,
-        params: ListExecutionsParams,
+        &self, caller: Self::Caller, params: ListExecutionsParams,
     ) -> impl std::future::Future<Output = Result<ListExecutionsResponse, crate::ApiError>> + Send;
     /// Get an execution
     ///
     /// The execution: status, result, tokens and cost, duration and step logs (template rendering, retrieval, model call, each timed). Its `ETag` changes as it progresses; with a matching `If-None-Match` answers 304.
     fn get_execution(
-        &self,
-        caller: Self::Caller,
-        params: GetExecutionParams,
+        &self, caller: Self::Caller, params: GetExecutionParams,
     ) -> impl std::future::Future<Output = Result<GetExecutionResponse, crate::ApiError>> + Send;
     /// Cancel an execution
     ///
     /// Cancels a queued or running execution (a running one stops at once, on whichever server runs it). A finished execution answers 409.
     fn cancel_execution(
-        &self,
-        caller: Self::Caller,
-        params: CancelExecutionParams,
+        &self, caller: Self::Caller, params: CancelExecutionParams,
     ) -> impl std::future::Future<Output = Result<CancelExecutionResponse, crate::ApiError>> + Send;
     /// Submit the outputs of client-side tool calls
     ///
     /// An execution in `requires_action` waits for the caller to run its `function` tools (OpenAI's `submit_tool_outputs`). Post one output for every pending call in `required_action.tool_calls`; the execution is queued again and goes on from where it paused (poll it, wait for it, or follow its stream). A call id that is not pending, or a pending call left without an output, is a 422 naming it; an execution that is not waiting for outputs answers 409.
     fn submit_tool_outputs(
-        &self,
-        caller: Self::Caller,
-        params: SubmitToolOutputsParams,
+        &self, caller: Self::Caller, params: SubmitToolOutputsParams,
     ) -> impl std::future::Future<Output = Result<SubmitToolOutputsResponse, crate::ApiError>> + Send;
     /// Get an execution's logs
     ///
     /// The execution's log lines, oldest first (CodexOS `logs`), built from its steps.
     fn get_execution_logs(
-        &self,
-        caller: Self::Caller,
-        params: GetExecutionLogsParams,
+        &self, caller: Self::Caller, params: GetExecutionLogsParams,
     ) -> impl std::future::Future<Output = Result<GetExecutionLogsResponse, crate::ApiError>> + Send;
     /// Follow an execution
     ///
     /// Its progress as server-sent events (the events of `executeAgent` with `options.stream`), from any server: it follows the stored execution, so it works whichever replica runs it, and ends after the last event. A finished execution answers its steps and last event at once. Token deltas reach only streams on the replica that runs it.
     fn stream_execution_events(
-        &self,
-        caller: Self::Caller,
-        params: StreamExecutionEventsParams,
+        &self, caller: Self::Caller, params: StreamExecutionEventsParams,
     ) -> impl std::future::Future<Output = Result<StreamExecutionEventsResponse, crate::ApiError>> + Send;
     /// Follow an execution over a WebSocket
     ///
@@ -536,9 +522,7 @@ pub trait ExecutionsApi: crate::Authenticate {
     ///
     /// `upgrade` is the WebSocket handshake when the request asked for one.
     fn stream_execution(
-        &self,
-        caller: Self::Caller,
-        params: StreamExecutionParams,
+        &self, caller: Self::Caller, params: StreamExecutionParams,
         upgrade: Option<poem::web::websocket::WebSocket>,
     ) -> impl std::future::Future<
         Output = Result<crate::Upgraded<StreamExecutionResponse>, crate::ApiError>,
@@ -575,8 +559,7 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         operation_id = "executeAgent"
     )]
     async fn execute_agent(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
@@ -627,8 +610,7 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         operation_id = "listExecutions"
     )]
     async fn list_executions(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -680,8 +662,7 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         operation_id = "getExecution"
     )]
     async fn get_execution(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "execution_id")] execution_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
     ) -> poem::Result<GetExecutionResponse> {
@@ -723,8 +704,7 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         operation_id = "cancelExecution"
     )]
     async fn cancel_execution(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "execution_id")] execution_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<CancelExecutionResponse> {
         let params = CancelExecutionParams {
@@ -764,8 +744,7 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         operation_id = "submitToolOutputs"
     )]
     async fn submit_tool_outputs(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "execution_id")] execution_id: poem_openapi::param::Path<String>,
         body: poem_openapi::payload::Json<crate::models::ToolOutputs>,
     ) -> poem::Result<SubmitToolOutputsResponse> {
@@ -807,8 +786,7 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         operation_id = "getExecutionLogs"
     )]
     async fn get_execution_logs(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "execution_id")] execution_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetExecutionLogsResponse> {
         let params = GetExecutionLogsParams {
@@ -848,8 +826,7 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         operation_id = "streamExecutionEvents"
     )]
     async fn stream_execution_events(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "execution_id")] execution_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<StreamExecutionEventsResponse> {
         let params = StreamExecutionEventsParams {
@@ -900,9 +877,7 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         operation_id = "streamExecution"
     )]
     async fn stream_execution(
-        &self,
-        req: &poem::Request,
-        upgrade: Option<poem::web::websocket::WebSocket>,
+        &self, req: &poem::Request, upgrade: Option<poem::web::websocket::WebSocket>,
         #[oai(name = "execution_id")] execution_id: poem_openapi::param::Path<String>,
         #[oai(name = "access_token")] access_token: poem_openapi::param::Query<Option<String>>,
     ) -> poem::Result<crate::Upgraded<StreamExecutionResponse>> {

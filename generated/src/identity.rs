@@ -292,9 +292,7 @@ pub trait IdentityApi: crate::Authenticate {
     ///
     /// Admins see every key of the organization; others see their own. Secrets are never returned.
     fn list_api_keys(
-        &self,
-        caller: Self::Caller,
-        params: ListApiKeysParams,
+        &self, caller: Self::Caller, params: ListApiKeysParams,
     ) -> impl std::future::Future<Output = Result<ListApiKeysResponse, crate::ApiError>> + Send;
     /// Generate an API key
     ///
@@ -302,41 +300,31 @@ pub trait IdentityApi: crate::Authenticate {
     /// `user`, as Agent Launchpad's generate-key does. The secret `key` is shown in this response
     /// only; it is stored hashed. A key's scopes cannot exceed what its user's role allows.
     fn create_api_key(
-        &self,
-        caller: Self::Caller,
-        params: CreateApiKeyParams,
+        &self, caller: Self::Caller, params: CreateApiKeyParams,
     ) -> impl std::future::Future<Output = Result<CreateApiKeyResponse, crate::ApiError>> + Send;
     /// Get an API key
     ///
     /// A live key of the caller, or for admins of the whole organization. The secret is never returned; revoked keys answer 404.
     fn get_api_key(
-        &self,
-        caller: Self::Caller,
-        params: GetApiKeyParams,
+        &self, caller: Self::Caller, params: GetApiKeyParams,
     ) -> impl std::future::Future<Output = Result<GetApiKeyResponse, crate::ApiError>> + Send;
     /// Revoke an API key
     ///
     /// The key stops working at once on the replica that revokes it, and within 5 seconds on every other replica (they cache keys that briefly). Admins may revoke any key of the organization; others their own.
     fn revoke_api_key(
-        &self,
-        caller: Self::Caller,
-        params: RevokeApiKeyParams,
+        &self, caller: Self::Caller, params: RevokeApiKeyParams,
     ) -> impl std::future::Future<Output = Result<RevokeApiKeyResponse, crate::ApiError>> + Send;
     /// Update an API key
     ///
     /// Renames a key or sets its own rate limits (`rate_limit`; `null` returns it to the server's defaults). Admins may update any key of the organization; others their own. Only admins set rate limits, and never on the key they call with (403). The change applies within 5 seconds on every replica.
     fn update_api_key(
-        &self,
-        caller: Self::Caller,
-        params: UpdateApiKeyParams,
+        &self, caller: Self::Caller, params: UpdateApiKeyParams,
     ) -> impl std::future::Future<Output = Result<UpdateApiKeyResponse, crate::ApiError>> + Send;
     /// The calling user's profile
     ///
     /// The user the key belongs to, its organization and role, and the scopes this key grants.
     fn get_current_user(
-        &self,
-        caller: Self::Caller,
-        params: GetCurrentUserParams,
+        &self, caller: Self::Caller, params: GetCurrentUserParams,
     ) -> impl std::future::Future<Output = Result<GetCurrentUserResponse, crate::ApiError>> + Send;
     /// Update the calling user's profile
     ///
@@ -345,9 +333,7 @@ pub trait IdentityApi: crate::Authenticate {
     /// key may edit its own user's profile, whatever its role; the username and role are
     /// not editable here.
     fn update_current_user(
-        &self,
-        caller: Self::Caller,
-        params: UpdateCurrentUserParams,
+        &self, caller: Self::Caller, params: UpdateCurrentUserParams,
     ) -> impl std::future::Future<Output = Result<UpdateCurrentUserResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -360,8 +346,7 @@ impl<T: IdentityApi> IdentityRoutes<T> {
     /// Admins see every key of the organization; others see their own. Secrets are never returned.
     #[oai(path = "/v1/auth/keys", method = "get", operation_id = "listApiKeys")]
     async fn list_api_keys(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
     ) -> poem::Result<ListApiKeysResponse> {
@@ -401,9 +386,7 @@ impl<T: IdentityApi> IdentityRoutes<T> {
     /// only; it is stored hashed. A key's scopes cannot exceed what its user's role allows.
     #[oai(path = "/v1/auth/keys", method = "post", operation_id = "createApiKey")]
     async fn create_api_key(
-        &self,
-        req: &poem::Request,
-        body: poem_openapi::payload::Json<crate::models::ApiKeyInput>,
+        &self, req: &poem::Request, body: poem_openapi::payload::Json<crate::models::ApiKeyInput>,
     ) -> poem::Result<CreateApiKeyResponse> {
         let params = CreateApiKeyParams { body: body.0 };
         const SCOPES: &[&str] = &["write:keys"];
@@ -440,8 +423,7 @@ impl<T: IdentityApi> IdentityRoutes<T> {
         operation_id = "getApiKey"
     )]
     async fn get_api_key(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "key_id")] key_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetApiKeyResponse> {
         let params = GetApiKeyParams { key_id: key_id.0 };
@@ -477,8 +459,7 @@ impl<T: IdentityApi> IdentityRoutes<T> {
         operation_id = "revokeApiKey"
     )]
     async fn revoke_api_key(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "key_id")] key_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<RevokeApiKeyResponse> {
         let params = RevokeApiKeyParams { key_id: key_id.0 };
@@ -516,8 +497,7 @@ impl<T: IdentityApi> IdentityRoutes<T> {
         operation_id = "updateApiKey"
     )]
     async fn update_api_key(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "key_id")] key_id: poem_openapi::param::Path<String>,
         body: poem_openapi::payload::Json<crate::models::ApiKeyPatch>,
     ) -> poem::Result<UpdateApiKeyResponse> {
@@ -593,8 +573,7 @@ impl<T: IdentityApi> IdentityRoutes<T> {
         operation_id = "updateCurrentUser"
     )]
     async fn update_current_user(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         body: poem_openapi::payload::Json<crate::models::UserProfileUpdate>,
     ) -> poem::Result<UpdateCurrentUserResponse> {
         let params = UpdateCurrentUserParams { body: body.0 };

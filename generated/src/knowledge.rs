@@ -1124,169 +1124,127 @@ pub trait KnowledgeApi: crate::Authenticate {
     ///
     /// Lists the organization's knowledge bases, newest first. Page with `page`/`per_page` or `cursor`/`limit`; filter with `type` and `search` (name).
     fn list_knowledge_bases(
-        &self,
-        caller: Self::Caller,
-        params: ListKnowledgeBasesParams,
+        &self, caller: Self::Caller, params: ListKnowledgeBasesParams,
     ) -> impl std::future::Future<Output = Result<ListKnowledgeBasesResponse, crate::ApiError>> + Send;
     /// Create a knowledge base
     ///
     /// Creates a knowledge base (a CodexOS RAG collection), with its first sources: inline `text` is chunked and indexed at once; `url` and `github` sources are recorded (`pending`) until synced.
     fn create_knowledge_base(
-        &self,
-        caller: Self::Caller,
-        params: CreateKnowledgeBaseParams,
+        &self, caller: Self::Caller, params: CreateKnowledgeBaseParams,
     ) -> impl std::future::Future<Output = Result<CreateKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Search every knowledge base
     ///
     /// Full-text search over the chunks of all the organization's knowledge bases (of one `type` when given), best first. Scores are in [0, 1), higher is better, comparable within one search.
     fn search_knowledge(
-        &self,
-        caller: Self::Caller,
-        params: SearchKnowledgeParams,
+        &self, caller: Self::Caller, params: SearchKnowledgeParams,
     ) -> impl std::future::Future<Output = Result<SearchKnowledgeResponse, crate::ApiError>> + Send;
     /// Get a knowledge base
     ///
     /// Returns the knowledge base with its counts and `ETag`; with a matching `If-None-Match` answers 304.
     fn get_knowledge_base(
-        &self,
-        caller: Self::Caller,
-        params: GetKnowledgeBaseParams,
+        &self, caller: Self::Caller, params: GetKnowledgeBaseParams,
     ) -> impl std::future::Future<Output = Result<GetKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Replace a knowledge base
     ///
     /// Replaces name, type, description, processing options and metadata (absent ones return to defaults); documents stay. With `If-Match`, answers 412 when it changed since that `ETag`.
     fn replace_knowledge_base(
-        &self,
-        caller: Self::Caller,
-        params: ReplaceKnowledgeBaseParams,
+        &self, caller: Self::Caller, params: ReplaceKnowledgeBaseParams,
     ) -> impl std::future::Future<Output = Result<ReplaceKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Delete a knowledge base
     ///
     /// Deletes the knowledge base with its sources, documents, chunks and syncs.
     fn delete_knowledge_base(
-        &self,
-        caller: Self::Caller,
-        params: DeleteKnowledgeBaseParams,
+        &self, caller: Self::Caller, params: DeleteKnowledgeBaseParams,
     ) -> impl std::future::Future<Output = Result<DeleteKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Update a knowledge base partially
     ///
     /// Changes only the fields given; `null` clears `description`. With `If-Match`, answers 412 when it changed since that `ETag`.
     fn update_knowledge_base(
-        &self,
-        caller: Self::Caller,
-        params: UpdateKnowledgeBaseParams,
+        &self, caller: Self::Caller, params: UpdateKnowledgeBaseParams,
     ) -> impl std::future::Future<Output = Result<UpdateKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Query a knowledge base
     ///
     /// Retrieves the chunks that best match `query` (AIMatrix query, CodexOS collection search), ranked by the database's full-text engine. Scores are in [0, 1), higher is better, comparable within one query. `filters` match chunk metadata exactly.
     fn query_knowledge_base(
-        &self,
-        caller: Self::Caller,
-        params: QueryKnowledgeBaseParams,
+        &self, caller: Self::Caller, params: QueryKnowledgeBaseParams,
     ) -> impl std::future::Future<Output = Result<QueryKnowledgeBaseResponse, crate::ApiError>> + Send;
     /// Ingest documents and sources
     ///
     /// Chunks and indexes `documents` at once (in one transaction) and adds `sources`: inline text is ingested too, `url` and `github` sources get a queued sync each (the CodexOS ingest). `chunk_size` and `overlap` override the knowledge base's processing options.
     fn ingest_knowledge(
-        &self,
-        caller: Self::Caller,
-        params: IngestKnowledgeParams,
+        &self, caller: Self::Caller, params: IngestKnowledgeParams,
     ) -> impl std::future::Future<Output = Result<IngestKnowledgeResponse, crate::ApiError>> + Send;
     /// List a knowledge base's sources
     ///
     /// Lists the sources, newest first, with their status and last sync.
     fn list_knowledge_sources(
-        &self,
-        caller: Self::Caller,
-        params: ListKnowledgeSourcesParams,
+        &self, caller: Self::Caller, params: ListKnowledgeSourcesParams,
     ) -> impl std::future::Future<Output = Result<ListKnowledgeSourcesResponse, crate::ApiError>> + Send;
     /// Add a source
     ///
     /// Adds a source (Magnet AI knowledge source): inline `text` is ingested at once (`active`); `url` and `github` sources are recorded (`pending`) until `POST …/sync`.
     fn create_knowledge_source(
-        &self,
-        caller: Self::Caller,
-        params: CreateKnowledgeSourceParams,
+        &self, caller: Self::Caller, params: CreateKnowledgeSourceParams,
     ) -> impl std::future::Future<Output = Result<CreateKnowledgeSourceResponse, crate::ApiError>> + Send;
     /// Get a source
     ///
     /// Returns the source with its status and last sync.
     fn get_knowledge_source(
-        &self,
-        caller: Self::Caller,
-        params: GetKnowledgeSourceParams,
+        &self, caller: Self::Caller, params: GetKnowledgeSourceParams,
     ) -> impl std::future::Future<Output = Result<GetKnowledgeSourceResponse, crate::ApiError>> + Send;
     /// Replace a source
     ///
     /// Replaces the source's configuration, keeping its id (Magnet AI `PUT /api/knowledge-sources/{id}`). Inline `text` replaces the source's documents at once (`active`). A `url` or `github` source that fetches the same thing as before (same page; same repository, branch and paths) keeps its documents and status and only takes the new name and metadata; one that fetches something else drops the documents the old configuration produced and is `pending` until `POST …/sync`. A file source may be replaced by any of these. A source being synced answers 409 `SOURCE_SYNCING` until the sync ends. All in one transaction.
     fn replace_knowledge_source(
-        &self,
-        caller: Self::Caller,
-        params: ReplaceKnowledgeSourceParams,
+        &self, caller: Self::Caller, params: ReplaceKnowledgeSourceParams,
     ) -> impl std::future::Future<Output = Result<ReplaceKnowledgeSourceResponse, crate::ApiError>> + Send;
     /// Delete a source
     ///
     /// Deletes the source with the documents and chunks it produced and its syncs.
     fn delete_knowledge_source(
-        &self,
-        caller: Self::Caller,
-        params: DeleteKnowledgeSourceParams,
+        &self, caller: Self::Caller, params: DeleteKnowledgeSourceParams,
     ) -> impl std::future::Future<Output = Result<DeleteKnowledgeSourceResponse, crate::ApiError>> + Send;
     /// Sync a source
     ///
     /// Starts fetching the source again (a web page by HTTP GET, a GitHub repository through the contents API; inline text and files are re-ingested from what was stored) and answers 202 with the sync to poll. A successful sync replaces the source's documents.
     fn sync_knowledge_source(
-        &self,
-        caller: Self::Caller,
-        params: SyncKnowledgeSourceParams,
+        &self, caller: Self::Caller, params: SyncKnowledgeSourceParams,
     ) -> impl std::future::Future<Output = Result<SyncKnowledgeSourceResponse, crate::ApiError>> + Send;
     /// Get a sync
     ///
     /// Returns the sync: its status, counts and error.
     fn get_knowledge_sync(
-        &self,
-        caller: Self::Caller,
-        params: GetKnowledgeSyncParams,
+        &self, caller: Self::Caller, params: GetKnowledgeSyncParams,
     ) -> impl std::future::Future<Output = Result<GetKnowledgeSyncResponse, crate::ApiError>> + Send;
     /// Upload a file
     ///
     /// Uploads a file as a `file` source and ingests it at once (Magnet AI file knowledge sources, AIMatrix `file` sources): `.txt`, `.md`, `.html` and `.json` (or those content types), at most 4 MiB. A file of another type answers 415. Re-syncing the source re-ingests the stored text.
     fn upload_knowledge_file(
-        &self,
-        caller: Self::Caller,
-        params: UploadKnowledgeFileParams,
+        &self, caller: Self::Caller, params: UploadKnowledgeFileParams,
     ) -> impl std::future::Future<Output = Result<UploadKnowledgeFileResponse, crate::ApiError>> + Send;
     /// List documents
     ///
     /// Lists the documents, newest first; `source_id` narrows to one source's.
     fn list_knowledge_documents(
-        &self,
-        caller: Self::Caller,
-        params: ListKnowledgeDocumentsParams,
+        &self, caller: Self::Caller, params: ListKnowledgeDocumentsParams,
     ) -> impl std::future::Future<Output = Result<ListKnowledgeDocumentsResponse, crate::ApiError>> + Send;
     /// Get a document
     ///
     /// Returns the document.
     fn get_knowledge_document(
-        &self,
-        caller: Self::Caller,
-        params: GetKnowledgeDocumentParams,
+        &self, caller: Self::Caller, params: GetKnowledgeDocumentParams,
     ) -> impl std::future::Future<Output = Result<GetKnowledgeDocumentResponse, crate::ApiError>> + Send;
     /// Delete a document
     ///
     /// Deletes the document and its chunks.
     fn delete_knowledge_document(
-        &self,
-        caller: Self::Caller,
-        params: DeleteKnowledgeDocumentParams,
+        &self, caller: Self::Caller, params: DeleteKnowledgeDocumentParams,
     ) -> impl std::future::Future<Output = Result<DeleteKnowledgeDocumentResponse, crate::ApiError>> + Send;
     /// List a document's chunks
     ///
     /// Lists the chunks in document order, with their metadata.
     fn list_knowledge_chunks(
-        &self,
-        caller: Self::Caller,
-        params: ListKnowledgeChunksParams,
+        &self, caller: Self::Caller, params: ListKnowledgeChunksParams,
     ) -> impl std::future::Future<Output = Result<ListKnowledgeChunksResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -1303,8 +1261,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "listKnowledgeBases"
     )]
     async fn list_knowledge_bases(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -1356,8 +1313,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "createKnowledgeBase"
     )]
     async fn create_knowledge_base(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
         >,
@@ -1401,9 +1357,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "searchKnowledge"
     )]
     async fn search_knowledge(
-        &self,
-        req: &poem::Request,
-        #[oai(name = "q")] q: poem_openapi::param::Query<String>,
+        &self, req: &poem::Request, #[oai(name = "q")] q: poem_openapi::param::Query<String>,
         #[oai(name = "type")] type_: poem_openapi::param::Query<
             Option<crate::models::KnowledgeBaseType>,
         >,
@@ -1450,8 +1404,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "getKnowledgeBase"
     )]
     async fn get_knowledge_base(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
     ) -> poem::Result<GetKnowledgeBaseResponse> {
@@ -1493,8 +1446,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "replaceKnowledgeBase"
     )]
     async fn replace_knowledge_base(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::KnowledgeBaseInput>,
@@ -1538,9 +1490,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "deleteKnowledgeBase"
     )]
     async fn delete_knowledge_base(
-        &self,
-        req: &poem::Request,
-        #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
+        &self, req: &poem::Request, #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeleteKnowledgeBaseResponse> {
         let params = DeleteKnowledgeBaseParams { kb_id: kb_id.0 };
         const SCOPES: &[&str] = &["write:knowledge"];
@@ -1577,8 +1527,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "updateKnowledgeBase"
     )]
     async fn update_knowledge_base(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::KnowledgeBasePatch>,
@@ -1622,8 +1571,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "queryKnowledgeBase"
     )]
     async fn query_knowledge_base(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         body: poem_openapi::payload::Json<crate::models::KnowledgeQuery>,
     ) -> poem::Result<QueryKnowledgeBaseResponse> {
@@ -1665,8 +1613,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "ingestKnowledge"
     )]
     async fn ingest_knowledge(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         body: poem_openapi::payload::Json<crate::models::IngestRequest>,
     ) -> poem::Result<IngestKnowledgeResponse> {
@@ -1708,8 +1655,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "listKnowledgeSources"
     )]
     async fn list_knowledge_sources(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
@@ -1757,8 +1703,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "createKnowledgeSource"
     )]
     async fn create_knowledge_source(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
@@ -1804,8 +1749,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "getKnowledgeSource"
     )]
     async fn get_knowledge_source(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "source_id")] source_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetKnowledgeSourceResponse> {
@@ -1847,8 +1791,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "replaceKnowledgeSource"
     )]
     async fn replace_knowledge_source(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "source_id")] source_id: poem_openapi::param::Path<String>,
         body: poem_openapi::payload::Json<crate::models::KnowledgeSourceInput>,
@@ -1892,8 +1835,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "deleteKnowledgeSource"
     )]
     async fn delete_knowledge_source(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "source_id")] source_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeleteKnowledgeSourceResponse> {
@@ -1935,8 +1877,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "syncKnowledgeSource"
     )]
     async fn sync_knowledge_source(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "source_id")] source_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<SyncKnowledgeSourceResponse> {
@@ -1978,8 +1919,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "getKnowledgeSync"
     )]
     async fn get_knowledge_sync(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "sync_id")] sync_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetKnowledgeSyncResponse> {
@@ -2021,8 +1961,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "uploadKnowledgeFile"
     )]
     async fn upload_knowledge_file(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         form: UploadKnowledgeFileForm,
     ) -> poem::Result<UploadKnowledgeFileResponse> {
@@ -2066,8 +2005,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "listKnowledgeDocuments"
     )]
     async fn list_knowledge_documents(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
@@ -2117,8 +2055,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "getKnowledgeDocument"
     )]
     async fn get_knowledge_document(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "document_id")] document_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetKnowledgeDocumentResponse> {
@@ -2160,8 +2097,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "deleteKnowledgeDocument"
     )]
     async fn delete_knowledge_document(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "document_id")] document_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeleteKnowledgeDocumentResponse> {
@@ -2203,8 +2139,7 @@ impl<T: KnowledgeApi> KnowledgeRoutes<T> {
         operation_id = "listKnowledgeChunks"
     )]
     async fn list_knowledge_chunks(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "kb_id")] kb_id: poem_openapi::param::Path<String>,
         #[oai(name = "document_id")] document_id: poem_openapi::param::Path<String>,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,

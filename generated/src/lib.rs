@@ -114,9 +114,7 @@ pub trait Authenticate: Send + Sync + 'static {
     fn anonymous(&self, req: &poem::Request) -> Self::Anonymous;
     /// Checks the credentials of `req` and that they carry every scope in `scopes`.
     fn authenticate(
-        &self,
-        req: &poem::Request,
-        scopes: &'static [&'static str],
+        &self, req: &poem::Request, scopes: &'static [&'static str],
     ) -> impl std::future::Future<Output = Result<Self::Caller, AuthRejection>> + Send;
 }
 /// Every handler trait of the API.
@@ -224,8 +222,7 @@ pub fn service<T: Api>(
 }
 /// Parses a comma-separated (`style: form, explode: false`) list parameter.
 pub fn parse_csv<T: poem_openapi::types::ParseFromParameter>(
-    name: &'static str,
-    raw: &str,
+    name: &'static str, raw: &str,
 ) -> poem::Result<Vec<T>> {
     if raw.is_empty() {
         return Ok(Vec::new());
@@ -1026,8 +1023,7 @@ pub struct UploadedFile {
 }
 /// Reads the file part `name` whole.
 pub async fn read_upload(
-    name: &'static str,
-    upload: poem_openapi::types::multipart::Upload,
+    name: &'static str, upload: poem_openapi::types::multipart::Upload,
 ) -> poem::Result<UploadedFile> {
     let file_name = upload.file_name().map(str::to_string);
     let content_type = upload.content_type().map(str::to_string);

@@ -193,25 +193,19 @@ pub trait MarketplaceApi: crate::Authenticate {
     ///
     /// Searches the catalog of agent templates shipped with the server (CodexOS `GET /marketplace/search`). `q` matches name, description and tags (every word must match); `category`, `tags` (every tag given) and `price` filter; `sort` orders (`popular` by default).
     fn search_marketplace(
-        &self,
-        caller: Self::Caller,
-        params: SearchMarketplaceParams,
+        &self, caller: Self::Caller, params: SearchMarketplaceParams,
     ) -> impl std::future::Future<Output = Result<SearchMarketplaceResponse, crate::ApiError>> + Send;
     /// Get a marketplace template
     ///
     /// Returns one template of the catalog, with its agent configuration and prompt.
     fn get_marketplace_template(
-        &self,
-        caller: Self::Caller,
-        params: GetMarketplaceTemplateParams,
+        &self, caller: Self::Caller, params: GetMarketplaceTemplateParams,
     ) -> impl std::future::Future<Output = Result<GetMarketplaceTemplateResponse, crate::ApiError>> + Send;
     /// Install a marketplace template
     ///
     /// Creates, in one transaction, the template's prompt template and an agent linked to it (`prompt_template_id`) in the caller's organization (CodexOS `POST /marketplace/install/{template_id}`), and answers 201 with the agent. An `agent.created` event follows. Needs `write:agents` and `write:templates`.
     fn install_marketplace_template(
-        &self,
-        caller: Self::Caller,
-        params: InstallMarketplaceTemplateParams,
+        &self, caller: Self::Caller, params: InstallMarketplaceTemplateParams,
     ) -> impl std::future::Future<
         Output = Result<InstallMarketplaceTemplateResponse, crate::ApiError>,
     > + Send;
@@ -230,8 +224,7 @@ impl<T: MarketplaceApi> MarketplaceRoutes<T> {
         operation_id = "searchMarketplace"
     )]
     async fn search_marketplace(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "q")] q: poem_openapi::param::Query<Option<String>>,
         #[oai(name = "category")] category: poem_openapi::param::Query<
             Option<crate::models::MarketplaceCategory>,
@@ -298,8 +291,7 @@ impl<T: MarketplaceApi> MarketplaceRoutes<T> {
         operation_id = "getMarketplaceTemplate"
     )]
     async fn get_marketplace_template(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "template_id")] template_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetMarketplaceTemplateResponse> {
         let params = GetMarketplaceTemplateParams {
@@ -339,8 +331,7 @@ impl<T: MarketplaceApi> MarketplaceRoutes<T> {
         operation_id = "installMarketplaceTemplate"
     )]
     async fn install_marketplace_template(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "template_id")] template_id: poem_openapi::param::Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,

@@ -294,41 +294,31 @@ pub trait ModelRegistryApi: crate::Authenticate {
     ///
     /// Lists the organization's registered models, newest first, then the built-in `model_local`. Filter with `provider`.
     fn list_models(
-        &self,
-        caller: Self::Caller,
-        params: ListModelsParams,
+        &self, caller: Self::Caller, params: ListModelsParams,
     ) -> impl std::future::Future<Output = Result<ListModelsResponse, crate::ApiError>> + Send;
     /// Register a model
     ///
     /// Registers a model. The `api_key` is stored encrypted and never returned (`api_key_set` tells whether one is stored). An `openai-compatible` model without an `endpoint` uses `https://api.openai.com/v1`.
     fn create_model(
-        &self,
-        caller: Self::Caller,
-        params: CreateModelParams,
+        &self, caller: Self::Caller, params: CreateModelParams,
     ) -> impl std::future::Future<Output = Result<CreateModelResponse, crate::ApiError>> + Send;
     /// Get a model
     ///
     /// Returns the model with its `ETag` (`model_local` is the built-in one); with a matching `If-None-Match` answers 304.
     fn get_model(
-        &self,
-        caller: Self::Caller,
-        params: GetModelParams,
+        &self, caller: Self::Caller, params: GetModelParams,
     ) -> impl std::future::Future<Output = Result<GetModelResponse, crate::ApiError>> + Send;
     /// Replace a model
     ///
     /// Replaces the model; an `api_key` left out keeps the stored one. The built-in `model_local` cannot be changed (404). With `If-Match`, answers 412 when it changed since that `ETag`.
     fn replace_model(
-        &self,
-        caller: Self::Caller,
-        params: ReplaceModelParams,
+        &self, caller: Self::Caller, params: ReplaceModelParams,
     ) -> impl std::future::Future<Output = Result<ReplaceModelResponse, crate::ApiError>> + Send;
     /// Delete a model
     ///
     /// Deletes the model; agents that name it fail their model step until changed. The built-in `model_local` cannot be deleted (404).
     fn delete_model(
-        &self,
-        caller: Self::Caller,
-        params: DeleteModelParams,
+        &self, caller: Self::Caller, params: DeleteModelParams,
     ) -> impl std::future::Future<Output = Result<DeleteModelResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -341,8 +331,7 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
     /// Lists the organization's registered models, newest first, then the built-in `model_local`. Filter with `provider`.
     #[oai(path = "/v1/models", method = "get", operation_id = "listModels")]
     async fn list_models(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -388,8 +377,7 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
     /// Registers a model. The `api_key` is stored encrypted and never returned (`api_key_set` tells whether one is stored). An `openai-compatible` model without an `endpoint` uses `https://api.openai.com/v1`.
     #[oai(path = "/v1/models", method = "post", operation_id = "createModel")]
     async fn create_model(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
         >,
@@ -433,8 +421,7 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
         operation_id = "getModel"
     )]
     async fn get_model(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "model_id")] model_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
     ) -> poem::Result<GetModelResponse> {
@@ -474,8 +461,7 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
         operation_id = "replaceModel"
     )]
     async fn replace_model(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "model_id")] model_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::ModelInput>,
@@ -519,8 +505,7 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
         operation_id = "deleteModel"
     )]
     async fn delete_model(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "model_id")] model_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeleteModelResponse> {
         let params = DeleteModelParams {

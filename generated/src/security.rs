@@ -261,9 +261,7 @@ pub trait SecurityApi: crate::Authenticate {
     /// locations) and decrypted vault reads (`vault_secret_read`). Filter with `severity`, `type` and `since`; page with
     /// `page`/`per_page` or `cursor`/`limit`. Events never contain a secret.
     fn list_security_events(
-        &self,
-        caller: Self::Caller,
-        params: ListSecurityEventsParams,
+        &self, caller: Self::Caller, params: ListSecurityEventsParams,
     ) -> impl std::future::Future<Output = Result<ListSecurityEventsResponse, crate::ApiError>> + Send;
     /// Scan an agent's configuration
     ///
@@ -281,9 +279,7 @@ pub trait SecurityApi: crate::Authenticate {
     /// found; a scan that did not pass records a `security_scan_findings` security event.
     /// Another organization's agent answers 404.
     fn scan_agent(
-        &self,
-        caller: Self::Caller,
-        params: ScanAgentParams,
+        &self, caller: Self::Caller, params: ScanAgentParams,
     ) -> impl std::future::Future<Output = Result<ScanAgentResponse, crate::ApiError>> + Send;
     /// List security scans
     ///
@@ -291,17 +287,13 @@ pub trait SecurityApi: crate::Authenticate {
     /// `min_severity` (scans with at least one finding that serious or worse); page with
     /// `page`/`per_page` or `cursor`/`limit`.
     fn list_security_scans(
-        &self,
-        caller: Self::Caller,
-        params: ListSecurityScansParams,
+        &self, caller: Self::Caller, params: ListSecurityScansParams,
     ) -> impl std::future::Future<Output = Result<ListSecurityScansResponse, crate::ApiError>> + Send;
     /// Get a security scan
     ///
     /// Returns the scan with its `ETag` (a scan never changes); with a matching `If-None-Match` answers 304 and no body.
     fn get_security_scan(
-        &self,
-        caller: Self::Caller,
-        params: GetSecurityScanParams,
+        &self, caller: Self::Caller, params: GetSecurityScanParams,
     ) -> impl std::future::Future<Output = Result<GetSecurityScanResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -324,8 +316,7 @@ impl<T: SecurityApi> SecurityRoutes<T> {
         operation_id = "listSecurityEvents"
     )]
     async fn list_security_events(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -393,8 +384,7 @@ impl<T: SecurityApi> SecurityRoutes<T> {
         operation_id = "scanAgent"
     )]
     async fn scan_agent(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "agent_id")] agent_id: poem_openapi::param::Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
@@ -438,8 +428,7 @@ impl<T: SecurityApi> SecurityRoutes<T> {
         operation_id = "listSecurityScans"
     )]
     async fn list_security_scans(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -491,8 +480,7 @@ impl<T: SecurityApi> SecurityRoutes<T> {
         operation_id = "getSecurityScan"
     )]
     async fn get_security_scan(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "scan_id")] scan_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
     ) -> poem::Result<GetSecurityScanResponse> {

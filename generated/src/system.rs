@@ -111,17 +111,13 @@ pub trait SystemApi: crate::Authenticate {
     ///
     /// Reports the overall health and the health of each component (the database, with its round-trip latency). Answers 503 when a component is down so load balancers can take the replica out.
     fn get_health(
-        &self,
-        ctx: Self::Anonymous,
-        params: GetHealthParams,
+        &self, ctx: Self::Anonymous, params: GetHealthParams,
     ) -> impl std::future::Future<Output = GetHealthResponse> + Send;
     /// System status
     ///
     /// Version, build and uptime of the answering replica.
     fn get_status(
-        &self,
-        ctx: Self::Anonymous,
-        params: GetStatusParams,
+        &self, ctx: Self::Anonymous, params: GetStatusParams,
     ) -> impl std::future::Future<Output = GetStatusResponse> + Send;
     /// System metrics
     ///
@@ -131,9 +127,7 @@ pub trait SystemApi: crate::Authenticate {
     /// figures are exported in Prometheus text format at `/metrics` (outside `/v1`; open on a
     /// loopback bind or with `--metrics-public`, else it needs an API key).
     fn get_system_metrics(
-        &self,
-        caller: Self::Caller,
-        params: GetSystemMetricsParams,
+        &self, caller: Self::Caller, params: GetSystemMetricsParams,
     ) -> impl std::future::Future<Output = Result<GetSystemMetricsResponse, crate::ApiError>> + Send;
     /// Run several requests in one
     ///
@@ -144,9 +138,7 @@ pub trait SystemApi: crate::Authenticate {
     /// alone, the others run. The answer lists each operation's status, headers and body in
     /// the order given. A batch inside a batch is refused (that operation answers 400).
     fn run_batch(
-        &self,
-        caller: Self::Caller,
-        params: RunBatchParams,
+        &self, caller: Self::Caller, params: RunBatchParams,
     ) -> impl std::future::Future<Output = Result<RunBatchResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -185,8 +177,7 @@ impl<T: SystemApi> SystemRoutes<T> {
         operation_id = "getSystemMetrics"
     )]
     async fn get_system_metrics(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
     ) -> poem::Result<GetSystemMetricsResponse> {
         let params = GetSystemMetricsParams {};
         const SCOPES: &[&str] = &["read:agents"];
@@ -224,9 +215,7 @@ impl<T: SystemApi> SystemRoutes<T> {
     /// the order given. A batch inside a batch is refused (that operation answers 400).
     #[oai(path = "/v1/batch", method = "post", operation_id = "runBatch")]
     async fn run_batch(
-        &self,
-        req: &poem::Request,
-        body: poem_openapi::payload::Json<crate::models::BatchRequest>,
+        &self, req: &poem::Request, body: poem_openapi::payload::Json<crate::models::BatchRequest>,
     ) -> poem::Result<RunBatchResponse> {
         let params = RunBatchParams { body: body.0 };
         const SCOPES: &[&str] = &[];

@@ -347,49 +347,37 @@ pub trait TemplatesApi: crate::Authenticate {
     ///
     /// Lists the organization's prompt templates, newest first. Page with `page`/`per_page` or `cursor`/`limit`; filter with `type` and `search` (name and description).
     fn list_prompt_templates(
-        &self,
-        caller: Self::Caller,
-        params: ListPromptTemplatesParams,
+        &self, caller: Self::Caller, params: ListPromptTemplatesParams,
     ) -> impl std::future::Future<Output = Result<ListPromptTemplatesResponse, crate::ApiError>> + Send;
     /// Create a prompt template
     ///
     /// Creates a template. A variable the text uses but `variables` does not declare answers 422 `UNDECLARED_VARIABLE` naming it (`details[].field` = `variables`); a reused `Idempotency-Key` with another body answers 409.
     fn create_prompt_template(
-        &self,
-        caller: Self::Caller,
-        params: CreatePromptTemplateParams,
+        &self, caller: Self::Caller, params: CreatePromptTemplateParams,
     ) -> impl std::future::Future<Output = Result<CreatePromptTemplateResponse, crate::ApiError>> + Send;
     /// Get a prompt template
     ///
     /// Returns the template with its `ETag`; with a matching `If-None-Match` answers 304 and no body.
     fn get_prompt_template(
-        &self,
-        caller: Self::Caller,
-        params: GetPromptTemplateParams,
+        &self, caller: Self::Caller, params: GetPromptTemplateParams,
     ) -> impl std::future::Future<Output = Result<GetPromptTemplateResponse, crate::ApiError>> + Send;
     /// Replace a prompt template
     ///
     /// Replaces the template as a whole. With `If-Match`, answers 412 when it changed since that `ETag`; a used but undeclared variable answers 422 as on create.
     fn replace_prompt_template(
-        &self,
-        caller: Self::Caller,
-        params: ReplacePromptTemplateParams,
+        &self, caller: Self::Caller, params: ReplacePromptTemplateParams,
     ) -> impl std::future::Future<Output = Result<ReplacePromptTemplateResponse, crate::ApiError>> + Send;
     /// Delete a prompt template
     ///
     /// Deletes the template; later reads answer 404. Agents that referenced it fail their template step until changed.
     fn delete_prompt_template(
-        &self,
-        caller: Self::Caller,
-        params: DeletePromptTemplateParams,
+        &self, caller: Self::Caller, params: DeletePromptTemplateParams,
     ) -> impl std::future::Future<Output = Result<DeletePromptTemplateResponse, crate::ApiError>> + Send;
     /// Render a prompt template
     ///
     /// Replaces every `{{variable}}` with its value. A declared variable without a value answers 422 `MISSING_VARIABLES` with one detail per missing variable (`details[].field` = `variables.<name>`).
     fn render_prompt_template(
-        &self,
-        caller: Self::Caller,
-        params: RenderPromptTemplateParams,
+        &self, caller: Self::Caller, params: RenderPromptTemplateParams,
     ) -> impl std::future::Future<Output = Result<RenderPromptTemplateResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -406,8 +394,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         operation_id = "listPromptTemplates"
     )]
     async fn list_prompt_templates(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -459,8 +446,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         operation_id = "createPromptTemplate"
     )]
     async fn create_prompt_template(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
         >,
@@ -504,8 +490,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         operation_id = "getPromptTemplate"
     )]
     async fn get_prompt_template(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "template_id")] template_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
     ) -> poem::Result<GetPromptTemplateResponse> {
@@ -547,8 +532,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         operation_id = "replacePromptTemplate"
     )]
     async fn replace_prompt_template(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "template_id")] template_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::PromptTemplateInput>,
@@ -592,8 +576,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         operation_id = "deletePromptTemplate"
     )]
     async fn delete_prompt_template(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "template_id")] template_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeletePromptTemplateResponse> {
         let params = DeletePromptTemplateParams {
@@ -633,8 +616,7 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         operation_id = "renderPromptTemplate"
     )]
     async fn render_prompt_template(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "template_id")] template_id: poem_openapi::param::Path<String>,
         body: poem_openapi::payload::Json<crate::models::RenderRequest>,
     ) -> poem::Result<RenderPromptTemplateResponse> {

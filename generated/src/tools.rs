@@ -451,65 +451,49 @@ pub trait ToolsApi: crate::Authenticate {
     ///
     /// Lists the organization's tools, newest first; `type` narrows to one kind (Magnet AI's rag-tools, retrieval-tools and api-tools lists).
     fn list_tools(
-        &self,
-        caller: Self::Caller,
-        params: ListToolsParams,
+        &self, caller: Self::Caller, params: ListToolsParams,
     ) -> impl std::future::Future<Output = Result<ListToolsResponse, crate::ApiError>> + Send;
     /// Create a tool
     ///
     /// Creates a RAG, retrieval or API tool. The knowledge bases a RAG or retrieval tool names must exist in the organization (else 404). An API tool's `secret_headers` are sealed at rest and never returned.
     fn create_tool(
-        &self,
-        caller: Self::Caller,
-        params: CreateToolParams,
+        &self, caller: Self::Caller, params: CreateToolParams,
     ) -> impl std::future::Future<Output = Result<CreateToolResponse, crate::ApiError>> + Send;
     /// Get a tool
     ///
     /// Returns the tool with its `ETag`; with a matching `If-None-Match` answers 304.
     fn get_tool(
-        &self,
-        caller: Self::Caller,
-        params: GetToolParams,
+        &self, caller: Self::Caller, params: GetToolParams,
     ) -> impl std::future::Future<Output = Result<GetToolResponse, crate::ApiError>> + Send;
     /// Replace a tool
     ///
     /// Replaces the tool (its type may change). An API tool's secret headers are kept unless `secret_headers` is given. With `If-Match`, answers 412 when it changed since that `ETag`.
     fn replace_tool(
-        &self,
-        caller: Self::Caller,
-        params: ReplaceToolParams,
+        &self, caller: Self::Caller, params: ReplaceToolParams,
     ) -> impl std::future::Future<Output = Result<ReplaceToolResponse, crate::ApiError>> + Send;
     /// Delete a tool
     ///
     /// Deletes the tool; its knowledge bases stay.
     fn delete_tool(
-        &self,
-        caller: Self::Caller,
-        params: DeleteToolParams,
+        &self, caller: Self::Caller, params: DeleteToolParams,
     ) -> impl std::future::Future<Output = Result<DeleteToolResponse, crate::ApiError>> + Send;
     /// Query a RAG tool
     ///
     /// Retrieves the passages of the tool's knowledge bases that best match `query` and answers with the best one (extractive). Answers 409 for a tool that is not a `rag` tool.
     fn query_tool(
-        &self,
-        caller: Self::Caller,
-        params: QueryToolParams,
+        &self, caller: Self::Caller, params: QueryToolParams,
     ) -> impl std::future::Future<Output = Result<QueryToolResponse, crate::ApiError>> + Send;
     /// Search with a retrieval tool
     ///
     /// Returns the passages of the tool's knowledge bases that best match `query`, best first; scores are in [0, 1), comparable within one search. Answers 409 for a tool that is not a `retrieval` tool.
     fn search_tool(
-        &self,
-        caller: Self::Caller,
-        params: SearchToolParams,
+        &self, caller: Self::Caller, params: SearchToolParams,
     ) -> impl std::future::Future<Output = Result<SearchToolResponse, crate::ApiError>> + Send;
     /// Test an API tool
     ///
     /// Calls the tool's endpoint for real, with its headers and secret headers, and reports status, latency and the start of the answer. An endpoint that fails or cannot be reached is a test result (`ok: false`), not an error. Answers 409 for a tool that is not an `api` tool.
     fn test_tool(
-        &self,
-        caller: Self::Caller,
-        params: TestToolParams,
+        &self, caller: Self::Caller, params: TestToolParams,
     ) -> impl std::future::Future<Output = Result<TestToolResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -522,8 +506,7 @@ impl<T: ToolsApi> ToolsRoutes<T> {
     /// Lists the organization's tools, newest first; `type` narrows to one kind (Magnet AI's rag-tools, retrieval-tools and api-tools lists).
     #[oai(path = "/v1/tools", method = "get", operation_id = "listTools")]
     async fn list_tools(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -565,8 +548,7 @@ impl<T: ToolsApi> ToolsRoutes<T> {
     /// Creates a RAG, retrieval or API tool. The knowledge bases a RAG or retrieval tool names must exist in the organization (else 404). An API tool's `secret_headers` are sealed at rest and never returned.
     #[oai(path = "/v1/tools", method = "post", operation_id = "createTool")]
     async fn create_tool(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
         >,
@@ -606,8 +588,7 @@ impl<T: ToolsApi> ToolsRoutes<T> {
     /// Returns the tool with its `ETag`; with a matching `If-None-Match` answers 304.
     #[oai(path = "/v1/tools/:tool_id", method = "get", operation_id = "getTool")]
     async fn get_tool(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "tool_id")] tool_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
     ) -> poem::Result<GetToolResponse> {
@@ -647,8 +628,7 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         operation_id = "replaceTool"
     )]
     async fn replace_tool(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "tool_id")] tool_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::ToolInput>,
@@ -692,8 +672,7 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         operation_id = "deleteTool"
     )]
     async fn delete_tool(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "tool_id")] tool_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeleteToolResponse> {
         let params = DeleteToolParams { tool_id: tool_id.0 };
@@ -731,8 +710,7 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         operation_id = "queryTool"
     )]
     async fn query_tool(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "tool_id")] tool_id: poem_openapi::param::Path<String>,
         body: poem_openapi::payload::Json<crate::models::ToolQuery>,
     ) -> poem::Result<QueryToolResponse> {
@@ -772,8 +750,7 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         operation_id = "searchTool"
     )]
     async fn search_tool(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "tool_id")] tool_id: poem_openapi::param::Path<String>,
         body: poem_openapi::payload::Json<crate::models::ToolQuery>,
     ) -> poem::Result<SearchToolResponse> {
@@ -815,8 +792,7 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         operation_id = "testTool"
     )]
     async fn test_tool(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "tool_id")] tool_id: poem_openapi::param::Path<String>,
         body: poem_openapi::payload::Json<crate::models::ToolTestInput>,
     ) -> poem::Result<TestToolResponse> {

@@ -479,41 +479,31 @@ pub trait TwinsApi: crate::Authenticate {
     ///
     /// Lists the organization's digital twins, newest first; `type` narrows to one kind.
     fn list_twins(
-        &self,
-        caller: Self::Caller,
-        params: ListTwinsParams,
+        &self, caller: Self::Caller, params: ListTwinsParams,
     ) -> impl std::future::Future<Output = Result<ListTwinsResponse, crate::ApiError>> + Send;
     /// Create a digital twin
     ///
     /// Creates a digital twin. Data sources' `connection_string`s are encrypted at rest and never returned (`connection_string_set` tells whether one is stored).
     fn create_twin(
-        &self,
-        caller: Self::Caller,
-        params: CreateTwinParams,
+        &self, caller: Self::Caller, params: CreateTwinParams,
     ) -> impl std::future::Future<Output = Result<CreateTwinResponse, crate::ApiError>> + Send;
     /// Get a digital twin
     ///
     /// Returns the twin with its `ETag`; with a matching `If-None-Match` answers 304.
     fn get_twin(
-        &self,
-        caller: Self::Caller,
-        params: GetTwinParams,
+        &self, caller: Self::Caller, params: GetTwinParams,
     ) -> impl std::future::Future<Output = Result<GetTwinResponse, crate::ApiError>> + Send;
     /// Replace a digital twin
     ///
     /// Replaces the twin; a data source sent without `connection_string` keeps the one stored at the same position. With `If-Match`, answers 412 when it changed since that `ETag`.
     fn replace_twin(
-        &self,
-        caller: Self::Caller,
-        params: ReplaceTwinParams,
+        &self, caller: Self::Caller, params: ReplaceTwinParams,
     ) -> impl std::future::Future<Output = Result<ReplaceTwinResponse, crate::ApiError>> + Send;
     /// Delete a digital twin
     ///
     /// Deletes the twin and its simulations.
     fn delete_twin(
-        &self,
-        caller: Self::Caller,
-        params: DeleteTwinParams,
+        &self, caller: Self::Caller, params: DeleteTwinParams,
     ) -> impl std::future::Future<Output = Result<DeleteTwinResponse, crate::ApiError>> + Send;
     /// Run a simulation
     ///
@@ -524,25 +514,19 @@ pub trait TwinsApi: crate::Authenticate {
     /// same numbers. A model the twin does not enable, or a parameter the model does not know
     /// (or of the wrong type or range), answers 422 naming it.
     fn simulate_twin(
-        &self,
-        caller: Self::Caller,
-        params: SimulateTwinParams,
+        &self, caller: Self::Caller, params: SimulateTwinParams,
     ) -> impl std::future::Future<Output = Result<SimulateTwinResponse, crate::ApiError>> + Send;
     /// List a twin's simulations
     ///
     /// Lists the twin's simulations, newest first, with their results.
     fn list_twin_simulations(
-        &self,
-        caller: Self::Caller,
-        params: ListTwinSimulationsParams,
+        &self, caller: Self::Caller, params: ListTwinSimulationsParams,
     ) -> impl std::future::Future<Output = Result<ListTwinSimulationsResponse, crate::ApiError>> + Send;
     /// Get a simulation
     ///
     /// Returns the simulation; poll until `status` is `completed` (with `results`) or `failed` (with `error`).
     fn get_twin_simulation(
-        &self,
-        caller: Self::Caller,
-        params: GetTwinSimulationParams,
+        &self, caller: Self::Caller, params: GetTwinSimulationParams,
     ) -> impl std::future::Future<Output = Result<GetTwinSimulationResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -555,8 +539,7 @@ impl<T: TwinsApi> TwinsRoutes<T> {
     /// Lists the organization's digital twins, newest first; `type` narrows to one kind.
     #[oai(path = "/v1/twins", method = "get", operation_id = "listTwins")]
     async fn list_twins(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -598,8 +581,7 @@ impl<T: TwinsApi> TwinsRoutes<T> {
     /// Creates a digital twin. Data sources' `connection_string`s are encrypted at rest and never returned (`connection_string_set` tells whether one is stored).
     #[oai(path = "/v1/twins", method = "post", operation_id = "createTwin")]
     async fn create_twin(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
         >,
@@ -639,8 +621,7 @@ impl<T: TwinsApi> TwinsRoutes<T> {
     /// Returns the twin with its `ETag`; with a matching `If-None-Match` answers 304.
     #[oai(path = "/v1/twins/:twin_id", method = "get", operation_id = "getTwin")]
     async fn get_twin(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "twin_id")] twin_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
     ) -> poem::Result<GetTwinResponse> {
@@ -680,8 +661,7 @@ impl<T: TwinsApi> TwinsRoutes<T> {
         operation_id = "replaceTwin"
     )]
     async fn replace_twin(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "twin_id")] twin_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::TwinInput>,
@@ -725,8 +705,7 @@ impl<T: TwinsApi> TwinsRoutes<T> {
         operation_id = "deleteTwin"
     )]
     async fn delete_twin(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "twin_id")] twin_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeleteTwinResponse> {
         let params = DeleteTwinParams { twin_id: twin_id.0 };
@@ -769,8 +748,7 @@ impl<T: TwinsApi> TwinsRoutes<T> {
         operation_id = "simulateTwin"
     )]
     async fn simulate_twin(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "twin_id")] twin_id: poem_openapi::param::Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
@@ -816,8 +794,7 @@ impl<T: TwinsApi> TwinsRoutes<T> {
         operation_id = "listTwinSimulations"
     )]
     async fn list_twin_simulations(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "twin_id")] twin_id: poem_openapi::param::Path<String>,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
@@ -869,8 +846,7 @@ impl<T: TwinsApi> TwinsRoutes<T> {
         operation_id = "getTwinSimulation"
     )]
     async fn get_twin_simulation(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "twin_id")] twin_id: poem_openapi::param::Path<String>,
         #[oai(name = "simulation_id")] simulation_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetTwinSimulationResponse> {

@@ -155,9 +155,7 @@ pub trait UsageApi: crate::Authenticate {
     /// and cost in US dollars, aggregated by the database. Covers CodexOS `GET /usage/stats`
     /// and Magnet AI `GET /api/usage/stats`.
     fn get_usage_stats(
-        &self,
-        caller: Self::Caller,
-        params: GetUsageStatsParams,
+        &self, caller: Self::Caller, params: GetUsageStatsParams,
     ) -> impl std::future::Future<Output = Result<GetUsageStatsResponse, crate::ApiError>> + Send;
     /// Cost analysis
     ///
@@ -165,17 +163,13 @@ pub trait UsageApi: crate::Authenticate {
     /// usage in the period, most expensive first, or only `entity_id`; with the cost per day.
     /// Magnet AI's `GET /api/usage/costs?entity_type=agent&entity_id=…`.
     fn get_usage_costs(
-        &self,
-        caller: Self::Caller,
-        params: GetUsageCostsParams,
+        &self, caller: Self::Caller, params: GetUsageCostsParams,
     ) -> impl std::future::Future<Output = Result<GetUsageCostsResponse, crate::ApiError>> + Send;
     /// Conversation analytics
     ///
     /// Conversations started and messages sent in the period, average conversation and message length, per agent and per day (Magnet AI `GET /api/analytics/conversations`).
     fn get_conversation_analytics(
-        &self,
-        caller: Self::Caller,
-        params: GetConversationAnalyticsParams,
+        &self, caller: Self::Caller, params: GetConversationAnalyticsParams,
     ) -> impl std::future::Future<Output = Result<GetConversationAnalyticsResponse, crate::ApiError>>
     + Send;
 }
@@ -196,8 +190,7 @@ impl<T: UsageApi> UsageRoutes<T> {
         operation_id = "getUsageStats"
     )]
     async fn get_usage_stats(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "from")] from: poem_openapi::param::Query<Option<String>>,
         #[oai(name = "to")] to: poem_openapi::param::Query<Option<String>>,
         #[oai(name = "start_date")] start_date: poem_openapi::param::Query<Option<String>>,
@@ -251,8 +244,7 @@ impl<T: UsageApi> UsageRoutes<T> {
         operation_id = "getUsageCosts"
     )]
     async fn get_usage_costs(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "entity_type")] entity_type: poem_openapi::param::Query<
             Option<crate::models::UsageEntityType>,
         >,
@@ -304,8 +296,7 @@ impl<T: UsageApi> UsageRoutes<T> {
         operation_id = "getConversationAnalytics"
     )]
     async fn get_conversation_analytics(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "from")] from: poem_openapi::param::Query<Option<String>>,
         #[oai(name = "to")] to: poem_openapi::param::Query<Option<String>>,
         #[oai(name = "start_date")] start_date: poem_openapi::param::Query<Option<String>>,

@@ -486,17 +486,13 @@ pub trait VaultApi: crate::Authenticate {
     ///
     /// Lists the organization's credentials, newest first, without their values. Filter with `type`, `environment` or `tag`.
     fn list_vault_credentials(
-        &self,
-        caller: Self::Caller,
-        params: ListVaultCredentialsParams,
+        &self, caller: Self::Caller, params: ListVaultCredentialsParams,
     ) -> impl std::future::Future<Output = Result<ListVaultCredentialsResponse, crate::ApiError>> + Send;
     /// Store a credential
     ///
     /// Stores a credential; `value` is encrypted at rest under the master key and never returned except to a read with a valid `X-Vault-Token`.
     fn create_vault_credential(
-        &self,
-        caller: Self::Caller,
-        params: CreateVaultCredentialParams,
+        &self, caller: Self::Caller, params: CreateVaultCredentialParams,
     ) -> impl std::future::Future<Output = Result<CreateVaultCredentialResponse, crate::ApiError>> + Send;
     /// Get a credential (decrypted with a vault token)
     ///
@@ -505,33 +501,25 @@ pub trait VaultApi: crate::Authenticate {
     /// carries the decrypted `value`, and the read is recorded as a security event. An unknown,
     /// revoked or expired vault token answers 401; a token of another organization 403.
     fn get_vault_credential(
-        &self,
-        caller: Self::Caller,
-        params: GetVaultCredentialParams,
+        &self, caller: Self::Caller, params: GetVaultCredentialParams,
     ) -> impl std::future::Future<Output = Result<GetVaultCredentialResponse, crate::ApiError>> + Send;
     /// Replace a credential
     ///
     /// Replaces the credential; a `value` left out keeps the stored secret. With `If-Match`, answers 412 when it changed since that `ETag`.
     fn replace_vault_credential(
-        &self,
-        caller: Self::Caller,
-        params: ReplaceVaultCredentialParams,
+        &self, caller: Self::Caller, params: ReplaceVaultCredentialParams,
     ) -> impl std::future::Future<Output = Result<ReplaceVaultCredentialResponse, crate::ApiError>> + Send;
     /// Delete a credential
     ///
     /// Deletes the credential and its encrypted value.
     fn delete_vault_credential(
-        &self,
-        caller: Self::Caller,
-        params: DeleteVaultCredentialParams,
+        &self, caller: Self::Caller, params: DeleteVaultCredentialParams,
     ) -> impl std::future::Future<Output = Result<DeleteVaultCredentialResponse, crate::ApiError>> + Send;
     /// List vault tokens
     ///
     /// Lists the organization's vault tokens, newest first, revoked ones included. Secrets are never returned.
     fn list_vault_tokens(
-        &self,
-        caller: Self::Caller,
-        params: ListVaultTokensParams,
+        &self, caller: Self::Caller, params: ListVaultTokensParams,
     ) -> impl std::future::Future<Output = Result<ListVaultTokensResponse, crate::ApiError>> + Send;
     /// Issue a vault token
     ///
@@ -540,25 +528,19 @@ pub trait VaultApi: crate::Authenticate {
     /// and stored hashed, so the operation takes no `Idempotency-Key`: a replay could not show it
     /// again. `ttl_seconds` makes it expire.
     fn create_vault_token(
-        &self,
-        caller: Self::Caller,
-        params: CreateVaultTokenParams,
+        &self, caller: Self::Caller, params: CreateVaultTokenParams,
     ) -> impl std::future::Future<Output = Result<CreateVaultTokenResponse, crate::ApiError>> + Send;
     /// Get a vault token
     ///
     /// Returns the token's metadata (never its secret).
     fn get_vault_token(
-        &self,
-        caller: Self::Caller,
-        params: GetVaultTokenParams,
+        &self, caller: Self::Caller, params: GetVaultTokenParams,
     ) -> impl std::future::Future<Output = Result<GetVaultTokenResponse, crate::ApiError>> + Send;
     /// Revoke a vault token
     ///
     /// Revokes the token at once; it stays listed with `revoked_at`. Revoking a revoked token keeps its first `revoked_at`.
     fn revoke_vault_token(
-        &self,
-        caller: Self::Caller,
-        params: RevokeVaultTokenParams,
+        &self, caller: Self::Caller, params: RevokeVaultTokenParams,
     ) -> impl std::future::Future<Output = Result<RevokeVaultTokenResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -575,8 +557,7 @@ impl<T: VaultApi> VaultRoutes<T> {
         operation_id = "listVaultCredentials"
     )]
     async fn list_vault_credentials(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -630,8 +611,7 @@ impl<T: VaultApi> VaultRoutes<T> {
         operation_id = "createVaultCredential"
     )]
     async fn create_vault_credential(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
         >,
@@ -678,8 +658,7 @@ impl<T: VaultApi> VaultRoutes<T> {
         operation_id = "getVaultCredential"
     )]
     async fn get_vault_credential(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "credential_id")] credential_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
         #[oai(name = "X-Vault-Token")] x_vault_token: poem_openapi::param::Header<Option<String>>,
@@ -723,8 +702,7 @@ impl<T: VaultApi> VaultRoutes<T> {
         operation_id = "replaceVaultCredential"
     )]
     async fn replace_vault_credential(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "credential_id")] credential_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::VaultCredentialReplace>,
@@ -768,8 +746,7 @@ impl<T: VaultApi> VaultRoutes<T> {
         operation_id = "deleteVaultCredential"
     )]
     async fn delete_vault_credential(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "credential_id")] credential_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeleteVaultCredentialResponse> {
         let params = DeleteVaultCredentialParams {
@@ -809,8 +786,7 @@ impl<T: VaultApi> VaultRoutes<T> {
         operation_id = "listVaultTokens"
     )]
     async fn list_vault_tokens(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -859,8 +835,7 @@ impl<T: VaultApi> VaultRoutes<T> {
         operation_id = "createVaultToken"
     )]
     async fn create_vault_token(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         body: poem_openapi::payload::Json<crate::models::VaultTokenInput>,
     ) -> poem::Result<CreateVaultTokenResponse> {
         let params = CreateVaultTokenParams { body: body.0 };
@@ -898,8 +873,7 @@ impl<T: VaultApi> VaultRoutes<T> {
         operation_id = "getVaultToken"
     )]
     async fn get_vault_token(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "token_id")] token_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetVaultTokenResponse> {
         let params = GetVaultTokenParams {
@@ -939,8 +913,7 @@ impl<T: VaultApi> VaultRoutes<T> {
         operation_id = "revokeVaultToken"
     )]
     async fn revoke_vault_token(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "token_id")] token_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<RevokeVaultTokenResponse> {
         let params = RevokeVaultTokenParams {

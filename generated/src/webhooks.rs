@@ -493,9 +493,7 @@ pub trait WebhooksApi: crate::Authenticate {
     ///
     /// Lists the organization's webhook subscriptions, newest first. Secrets are never returned.
     fn list_webhooks(
-        &self,
-        caller: Self::Caller,
-        params: ListWebhooksParams,
+        &self, caller: Self::Caller, params: ListWebhooksParams,
     ) -> impl std::future::Future<Output = Result<ListWebhooksResponse, crate::ApiError>> + Send;
     /// Create a webhook
     ///
@@ -505,66 +503,50 @@ pub trait WebhooksApi: crate::Authenticate {
     /// Without `secret` one is generated, and the answer is the only place it is shown; a
     /// `secret` you send is never echoed.
     fn create_webhook(
-        &self,
-        caller: Self::Caller,
-        params: CreateWebhookParams,
+        &self, caller: Self::Caller, params: CreateWebhookParams,
     ) -> impl std::future::Future<Output = Result<CreateWebhookResponse, crate::ApiError>> + Send;
     /// Get a webhook
     ///
     /// Returns the webhook (never its secret) with its `ETag`; with a matching `If-None-Match` answers 304.
     fn get_webhook(
-        &self,
-        caller: Self::Caller,
-        params: GetWebhookParams,
+        &self, caller: Self::Caller, params: GetWebhookParams,
     ) -> impl std::future::Future<Output = Result<GetWebhookResponse, crate::ApiError>> + Send;
     /// Delete a webhook
     ///
     /// Deletes the subscription and its queued deliveries; later reads answer 404.
     fn delete_webhook(
-        &self,
-        caller: Self::Caller,
-        params: DeleteWebhookParams,
+        &self, caller: Self::Caller, params: DeleteWebhookParams,
     ) -> impl std::future::Future<Output = Result<DeleteWebhookResponse, crate::ApiError>> + Send;
     /// Update a webhook
     ///
     /// Changes the fields sent. With `If-Match`, answers 412 when the webhook changed since that `ETag`. Deliveries already queued keep going; a new `secret` signs every attempt from now on.
     fn update_webhook(
-        &self,
-        caller: Self::Caller,
-        params: UpdateWebhookParams,
+        &self, caller: Self::Caller, params: UpdateWebhookParams,
     ) -> impl std::future::Future<Output = Result<UpdateWebhookResponse, crate::ApiError>> + Send;
     /// List a webhook's deliveries
     ///
     /// Lists the deliveries of this webhook from the outbox, newest first, with status and attempts. Filter with `status`.
     fn list_webhook_deliveries(
-        &self,
-        caller: Self::Caller,
-        params: ListWebhookDeliveriesParams,
+        &self, caller: Self::Caller, params: ListWebhookDeliveriesParams,
     ) -> impl std::future::Future<Output = Result<ListWebhookDeliveriesResponse, crate::ApiError>> + Send;
     /// Get a delivery
     ///
     /// Returns one delivery of this webhook with its status and attempts.
     fn get_webhook_delivery(
-        &self,
-        caller: Self::Caller,
-        params: GetWebhookDeliveryParams,
+        &self, caller: Self::Caller, params: GetWebhookDeliveryParams,
     ) -> impl std::future::Future<Output = Result<GetWebhookDeliveryResponse, crate::ApiError>> + Send;
     /// Redeliver an event
     ///
     /// Queues the delivery's event again for this webhook, as a new delivery with fresh attempts (the old one is kept), and answers 202 with it.
     fn redeliver_webhook_delivery(
-        &self,
-        caller: Self::Caller,
-        params: RedeliverWebhookDeliveryParams,
+        &self, caller: Self::Caller, params: RedeliverWebhookDeliveryParams,
     ) -> impl std::future::Future<Output = Result<RedeliverWebhookDeliveryResponse, crate::ApiError>>
     + Send;
     /// Send a test event
     ///
     /// Queues a `webhook.ping` event for this webhook alone (whatever its `events` and `active`) and answers 202 with the delivery to poll.
     fn test_webhook(
-        &self,
-        caller: Self::Caller,
-        params: TestWebhookParams,
+        &self, caller: Self::Caller, params: TestWebhookParams,
     ) -> impl std::future::Future<Output = Result<TestWebhookResponse, crate::ApiError>> + Send;
 }
 /// The poem-openapi routes of this tag, calling a
@@ -577,8 +559,7 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
     /// Lists the organization's webhook subscriptions, newest first. Secrets are never returned.
     #[oai(path = "/v1/webhooks", method = "get", operation_id = "listWebhooks")]
     async fn list_webhooks(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "cursor")] cursor: poem_openapi::param::Query<Option<String>>,
@@ -624,8 +605,7 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
     /// `secret` you send is never echoed.
     #[oai(path = "/v1/webhooks", method = "post", operation_id = "createWebhook")]
     async fn create_webhook(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "Idempotency-Key")] idempotency_key: poem_openapi::param::Header<
             Option<String>,
         >,
@@ -669,8 +649,7 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
         operation_id = "getWebhook"
     )]
     async fn get_webhook(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "webhook_id")] webhook_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: poem_openapi::param::Header<Option<String>>,
     ) -> poem::Result<GetWebhookResponse> {
@@ -712,8 +691,7 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
         operation_id = "deleteWebhook"
     )]
     async fn delete_webhook(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "webhook_id")] webhook_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<DeleteWebhookResponse> {
         let params = DeleteWebhookParams {
@@ -753,8 +731,7 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
         operation_id = "updateWebhook"
     )]
     async fn update_webhook(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "webhook_id")] webhook_id: poem_openapi::param::Path<String>,
         #[oai(name = "If-Match")] if_match: poem_openapi::param::Header<Option<String>>,
         body: poem_openapi::payload::Json<crate::models::WebhookPatch>,
@@ -798,8 +775,7 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
         operation_id = "listWebhookDeliveries"
     )]
     async fn list_webhook_deliveries(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "webhook_id")] webhook_id: poem_openapi::param::Path<String>,
         #[oai(name = "page")] page: poem_openapi::param::Query<Option<i64>>,
         #[oai(name = "per_page")] per_page: poem_openapi::param::Query<Option<i64>>,
@@ -851,8 +827,7 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
         operation_id = "getWebhookDelivery"
     )]
     async fn get_webhook_delivery(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "webhook_id")] webhook_id: poem_openapi::param::Path<String>,
         #[oai(name = "delivery_id")] delivery_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<GetWebhookDeliveryResponse> {
@@ -894,8 +869,7 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
         operation_id = "redeliverWebhookDelivery"
     )]
     async fn redeliver_webhook_delivery(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "webhook_id")] webhook_id: poem_openapi::param::Path<String>,
         #[oai(name = "delivery_id")] delivery_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<RedeliverWebhookDeliveryResponse> {
@@ -937,8 +911,7 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
         operation_id = "testWebhook"
     )]
     async fn test_webhook(
-        &self,
-        req: &poem::Request,
+        &self, req: &poem::Request,
         #[oai(name = "webhook_id")] webhook_id: poem_openapi::param::Path<String>,
     ) -> poem::Result<TestWebhookResponse> {
         let params = TestWebhookParams {

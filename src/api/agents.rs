@@ -102,9 +102,7 @@ impl Identified for Listed {
 
 /// `row`'s JSON (`obj`, as [`row_to_json`] reads it) with only `fields`, and `expanded`.
 fn row_to_fieldset(
-    row: &AgentRow,
-    mut obj: Map<String, Value>,
-    fields: Option<&[AgentField]>,
+    row: &AgentRow, mut obj: Map<String, Value>, fields: Option<&[AgentField]>,
     expanded: Option<Value>,
 ) -> Result<AgentFieldset, StoreError> {
     if let Some(fields) = fields {
@@ -132,9 +130,7 @@ fn linked_ids(agent: &Map<String, Value>, key: &str) -> Vec<String> {
 /// `expanded` for each of `agents` (their JSON): the knowledge bases and tools their ids
 /// name, each looked up once for the page, in the order the agent lists them.
 fn expansions(
-    conn: &mut DbConnection,
-    org_id: &str,
-    agents: &[Map<String, Value>],
+    conn: &mut DbConnection, org_id: &str, agents: &[Map<String, Value>],
     expand: &[ListAgentsExpandItem],
 ) -> Result<Vec<Option<Value>>, StoreError> {
     if expand.is_empty() {
@@ -170,8 +166,7 @@ fn expansions(
 /// Splits the spec's JSON of an agent (as sent, or merged for a patch) into columns. Platform
 /// tokens move to `secrets`; a platform sent without a token keeps the one stored before.
 pub(crate) fn split(
-    mut obj: Map<String, Value>,
-    previous_secrets: &str,
+    mut obj: Map<String, Value>, previous_secrets: &str,
 ) -> Result<AgentChanges, StoreError> {
     let text = |obj: &mut Map<String, Value>, key: &str| match obj.remove(key) {
         Some(Value::String(s)) => Some(s),
@@ -251,9 +246,7 @@ fn to_object(value: Option<Value>) -> Map<String, Value> {
 /// Publishes `agent.created` or `agent.updated` with the agent as its data, in the caller's
 /// transaction.
 fn publish_agent(
-    conn: &mut DbConnection,
-    event_type: &str,
-    row: &AgentRow,
+    conn: &mut DbConnection, event_type: &str, row: &AgentRow,
 ) -> Result<(), StoreError> {
     let data = Value::Object(row_to_json(row)?);
     crate::events::publish(conn, &row.org_id, event_type, Some(&row.id), data).map(|_| ())
@@ -293,9 +286,7 @@ fn bad_parameter(field: &str, code: &str, message: &str, request_id: &str) -> Fa
 
 /// A `filter[created_at]` bound as stored; anything but an RFC 3339 date-time is a 400.
 fn time_bound(
-    field: &str,
-    value: Option<&str>,
-    request_id: &str,
+    field: &str, value: Option<&str>, request_id: &str,
 ) -> Result<Option<String>, Failure> {
     value
         .map(|v| {
@@ -371,11 +362,7 @@ impl Handlers {
     /// transaction; the marketplace writes the agent's prompt template there), when what
     /// `request` (the fields the caller set) refers to exists; publishes `agent.created`.
     pub(crate) async fn insert_agent(
-        &self,
-        caller: &Caller,
-        keyed: NewKeyed,
-        row: AgentRow,
-        request: Map<String, Value>,
+        &self, caller: &Caller, keyed: NewKeyed, row: AgentRow, request: Map<String, Value>,
         also: impl Fn(&mut DbConnection) -> StoreResult<()> + Send + 'static,
     ) -> Result<AgentRow, Failure> {
         let (org, rid) = (caller.org_id.clone(), caller.request_id.clone());
@@ -403,11 +390,7 @@ impl Handlers {
     /// Applies `merge` (current JSON → new JSON) under the `If-Match` precondition, when what
     /// `request` (the fields the caller set) refers to exists; publishes `agent.updated`.
     async fn change_agent(
-        &self,
-        caller: &Caller,
-        id: String,
-        if_match: Option<String>,
-        request: Map<String, Value>,
+        &self, caller: &Caller, id: String, if_match: Option<String>, request: Map<String, Value>,
         merge: impl FnOnce(Map<String, Value>) -> Map<String, Value> + Send + 'static,
     ) -> Result<(Agent, String), Failure> {
         let rid = caller.request_id.clone();
@@ -438,9 +421,7 @@ impl Handlers {
     /// Merges `body.updates` into every agent `body.filter` matches, all or none, when what
     /// the updates refer to exists.
     async fn bulk_change_agents(
-        &self,
-        caller: &Caller,
-        body: AgentBulkUpdate,
+        &self, caller: &Caller, body: AgentBulkUpdate,
     ) -> Result<AgentBulkResult, Failure> {
         let filter = store::BulkFilter {
             ids: body.filter.ids,
@@ -495,9 +476,7 @@ impl Handlers {
 
 impl AgentsApi for Handlers {
     async fn list_agents(
-        &self,
-        caller: Caller,
-        params: ListAgentsParams,
+        &self, caller: Caller, params: ListAgentsParams,
     ) -> Reply<ListAgentsResponse> {
         let query = list_query(&params, &caller.request_id)?;
         let expand = params.expand.clone().unwrap_or_default();
@@ -537,9 +516,7 @@ impl AgentsApi for Handlers {
     }
 
     async fn create_agent(
-        &self,
-        caller: Caller,
-        params: CreateAgentParams,
+        &self, caller: Caller, params: CreateAgentParams,
     ) -> Reply<CreateAgentResponse> {
         let rid = caller.request_id.as_str();
         let request = to_object(params.body.to_json());
@@ -560,9 +537,7 @@ impl AgentsApi for Handlers {
     }
 
     async fn replace_agent(
-        &self,
-        caller: Caller,
-        params: ReplaceAgentParams,
+        &self, caller: Caller, params: ReplaceAgentParams,
     ) -> Reply<ReplaceAgentResponse> {
         let replacement = to_object(params.body.to_json());
         let (request, merge) = (replacement.clone(), move |_| replacement);
@@ -573,9 +548,7 @@ impl AgentsApi for Handlers {
     }
 
     async fn update_agent(
-        &self,
-        caller: Caller,
-        params: UpdateAgentParams,
+        &self, caller: Caller, params: UpdateAgentParams,
     ) -> Reply<UpdateAgentResponse> {
         let patch = to_object(params.body.to_json());
         let merge = patch_merger(patch.clone());
@@ -586,18 +559,14 @@ impl AgentsApi for Handlers {
     }
 
     async fn bulk_update_agents(
-        &self,
-        caller: Caller,
-        params: BulkUpdateAgentsParams,
+        &self, caller: Caller, params: BulkUpdateAgentsParams,
     ) -> Reply<BulkUpdateAgentsResponse> {
         let result = self.bulk_change_agents(&caller, params.body).await?;
         Ok(BulkUpdateAgentsResponse::Ok(Json(result)))
     }
 
     async fn delete_agent(
-        &self,
-        caller: Caller,
-        params: DeleteAgentParams,
+        &self, caller: Caller, params: DeleteAgentParams,
     ) -> Reply<DeleteAgentResponse> {
         self.remove_agent(&caller, params.agent_id).await?;
         Ok(DeleteAgentResponse::NoContent)

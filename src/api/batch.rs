@@ -172,9 +172,7 @@ async fn result_of(op: &BatchOperation, resp: Response) -> BatchOperationResult 
 
 impl super::Handlers {
     pub(super) async fn run_batch_operations(
-        &self,
-        caller: Caller,
-        params: RunBatchParams,
+        &self, caller: Caller, params: RunBatchParams,
     ) -> RunBatchResponse {
         let Some(app) = self.dispatcher.app() else {
             let body = envelope(

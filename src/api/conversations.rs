@@ -47,9 +47,7 @@ fn row_to_conversation(row: &ConversationRow, messages: Option<&[MessageRow]>) -
 /// The title and metadata of `current` changed by `patch`, when `if_match` (if any) names
 /// its version.
 fn patched(
-    current: &ConversationRow,
-    patch: &ConversationPatch,
-    if_match: Option<&str>,
+    current: &ConversationRow, patch: &ConversationPatch, if_match: Option<&str>,
 ) -> Result<(Option<String>, JsonText<serde_json::Value>), StoreError> {
     if let Some(h) = if_match
         && !etag_matches(h, &etag(current.version))
@@ -70,9 +68,7 @@ fn patched(
 
 impl Handlers {
     async fn conversation_row(
-        &self,
-        caller: &Caller,
-        id: String,
+        &self, caller: &Caller, id: String,
     ) -> Result<ConversationRow, Failure> {
         let org = caller.org_id.clone();
         self.store
@@ -82,9 +78,7 @@ impl Handlers {
     }
 
     async fn conversation_with_messages(
-        &self,
-        caller: &Caller,
-        id: String,
+        &self, caller: &Caller, id: String,
     ) -> Result<(ConversationRow, Vec<MessageRow>), Failure> {
         let org = caller.org_id.clone();
         self.store
@@ -98,9 +92,7 @@ impl Handlers {
     }
 
     async fn list_convs(
-        &self,
-        caller: &Caller,
-        params: ListConversationsParams,
+        &self, caller: &Caller, params: ListConversationsParams,
     ) -> Result<ConversationList, Failure> {
         let rid = caller.request_id.as_str();
         let page = PageRequest::of(&params, rid)?;
@@ -147,9 +139,7 @@ impl Handlers {
     }
 
     async fn create_conv(
-        &self,
-        caller: &Caller,
-        params: CreateConversationParams,
+        &self, caller: &Caller, params: CreateConversationParams,
     ) -> Result<ConversationRow, Failure> {
         let body = params.body;
         let hash = idem::request_hash(&body.to_json().unwrap_or_default());
@@ -187,9 +177,7 @@ impl Handlers {
     }
 
     async fn update_conv(
-        &self,
-        caller: &Caller,
-        params: UpdateConversationParams,
+        &self, caller: &Caller, params: UpdateConversationParams,
     ) -> Result<ConversationRow, Failure> {
         let (org, id, if_match, patch) = (
             caller.org_id.clone(),
@@ -208,9 +196,7 @@ impl Handlers {
     }
 
     async fn list_msgs(
-        &self,
-        caller: &Caller,
-        params: ListMessagesParams,
+        &self, caller: &Caller, params: ListMessagesParams,
     ) -> Result<MessageList, Failure> {
         let rid = caller.request_id.as_str();
         let page = PageRequest::of(&params, rid)?;
@@ -232,11 +218,7 @@ impl Handlers {
     /// Asks the conversation's agent `body`: the user's message (stored with the execution's
     /// start, linked to it) and the execution answering it, listened to.
     async fn ask(
-        &self,
-        caller: &Caller,
-        conversation: &ConversationRow,
-        body: SendMessage,
-        timeout: i64,
+        &self, caller: &Caller, conversation: &ConversationRow, body: SendMessage, timeout: i64,
     ) -> Result<(ExecutionRow, MessageRow, Receiver<LiveEvent>), Failure> {
         let parameters = body.parameters.unwrap_or_default();
         let request = ExecutionRequest {
@@ -286,10 +268,7 @@ impl Handlers {
     /// What a waited message answers: the message asked and the reply, as stored by
     /// `finished`, the execution that answered.
     async fn exchange(
-        &self,
-        caller: &Caller,
-        finished: ExecutionRow,
-        user_message: MessageRow,
+        &self, caller: &Caller, finished: ExecutionRow, user_message: MessageRow,
     ) -> Result<MessageExchange, Failure> {
         let rid = caller.request_id.as_str();
         let eid = finished.id.clone();
@@ -330,18 +309,14 @@ fn agent_gone(f: Failure, rid: &str) -> Failure {
 
 impl ConversationsApi for Handlers {
     async fn list_conversations(
-        &self,
-        caller: Caller,
-        params: ListConversationsParams,
+        &self, caller: Caller, params: ListConversationsParams,
     ) -> Reply<ListConversationsResponse> {
         let list = self.list_convs(&caller, params).await?;
         Ok(ListConversationsResponse::Ok(Json(list)))
     }
 
     async fn create_conversation(
-        &self,
-        caller: Caller,
-        params: CreateConversationParams,
+        &self, caller: Caller, params: CreateConversationParams,
     ) -> Reply<CreateConversationResponse> {
         let row = self.create_conv(&caller, params).await?;
         let conversation = row_to_conversation(&row, Some(&[]));
@@ -353,9 +328,7 @@ impl ConversationsApi for Handlers {
     }
 
     async fn get_conversation(
-        &self,
-        caller: Caller,
-        params: GetConversationParams,
+        &self, caller: Caller, params: GetConversationParams,
     ) -> Reply<GetConversationResponse> {
         let (row, messages) = self
             .conversation_with_messages(&caller, params.conversation_id)
@@ -369,9 +342,7 @@ impl ConversationsApi for Handlers {
     }
 
     async fn update_conversation(
-        &self,
-        caller: Caller,
-        params: UpdateConversationParams,
+        &self, caller: Caller, params: UpdateConversationParams,
     ) -> Reply<UpdateConversationResponse> {
         let row = self.update_conv(&caller, params).await?;
         let conversation = row_to_conversation(&row, None);
@@ -382,9 +353,7 @@ impl ConversationsApi for Handlers {
     }
 
     async fn delete_conversation(
-        &self,
-        caller: Caller,
-        params: DeleteConversationParams,
+        &self, caller: Caller, params: DeleteConversationParams,
     ) -> Reply<DeleteConversationResponse> {
         let (org, id) = (caller.org_id.clone(), params.conversation_id);
         self.store
@@ -395,18 +364,14 @@ impl ConversationsApi for Handlers {
     }
 
     async fn list_messages(
-        &self,
-        caller: Caller,
-        params: ListMessagesParams,
+        &self, caller: Caller, params: ListMessagesParams,
     ) -> Reply<ListMessagesResponse> {
         let list = self.list_msgs(&caller, params).await?;
         Ok(ListMessagesResponse::Ok(Json(list)))
     }
 
     async fn send_message(
-        &self,
-        caller: Caller,
-        params: SendMessageParams,
+        &self, caller: Caller, params: SendMessageParams,
     ) -> Reply<SendMessageResponse> {
         let stream = params.body.stream.unwrap_or_else(|| {
             params

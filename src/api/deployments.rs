@@ -158,10 +158,7 @@ struct Recorded {
 
 /// The metrics of `recorded` over `window`, from `from` to `now`.
 fn metrics_of(
-    agent_id: String,
-    window: (&str, chrono::Duration),
-    from: String,
-    now: DateTime<Utc>,
+    agent_id: String, window: (&str, chrono::Duration), from: String, now: DateTime<Utc>,
     recorded: Recorded,
 ) -> AgentMetrics {
     let finished = &recorded.finished;
@@ -229,10 +226,7 @@ impl Handlers {
     /// The agent's deployment once the runtime has done `act`, as the API shows it, and where
     /// to poll it.
     async fn deployment(
-        &self,
-        caller: &Caller,
-        agent_id: String,
-        act: Act,
+        &self, caller: &Caller, agent_id: String, act: Act,
     ) -> Result<(Json<AgentDeployment>, String), Failure> {
         let agent = self.agent_ref(caller, agent_id).await?;
         let d = match act {
@@ -246,9 +240,7 @@ impl Handlers {
     }
 
     async fn agent_metrics(
-        &self,
-        caller: &Caller,
-        params: GetAgentMetricsParams,
+        &self, caller: &Caller, params: GetAgentMetricsParams,
     ) -> Result<AgentMetrics, Failure> {
         let rid = caller.request_id.as_str();
         let window = window_of(&params.window, rid)?;
@@ -270,9 +262,7 @@ impl Handlers {
     }
 
     async fn agent_logs(
-        &self,
-        caller: &Caller,
-        params: GetAgentLogsParams,
+        &self, caller: &Caller, params: GetAgentLogsParams,
     ) -> Result<(AgentLogs, LogFollow), Failure> {
         let rid = caller.request_id.as_str();
         let since = since_of(params.since.as_deref(), rid)?;
@@ -348,9 +338,7 @@ struct LogFollow {
 /// `first` as server-sent events, then every new line any replica writes, polled from
 /// storage, until the client goes away.
 fn follow_logs(
-    store: crate::db::Store,
-    first: Vec<AgentLogLine>,
-    mut follow: LogFollow,
+    store: crate::db::Store, first: Vec<AgentLogLine>, mut follow: LogFollow,
 ) -> EventStream<EventStreamOf<AgentLogLine>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<AgentLogLine>(64);
     tokio::spawn(async move {
@@ -407,9 +395,7 @@ fn follow_logs(
 
 impl DeploymentsApi for Handlers {
     async fn get_agent_status(
-        &self,
-        caller: Caller,
-        params: GetAgentStatusParams,
+        &self, caller: Caller, params: GetAgentStatusParams,
     ) -> Reply<GetAgentStatusResponse> {
         let (d, _) = self
             .deployment(&caller, params.agent_id, Act::Status)
@@ -418,9 +404,7 @@ impl DeploymentsApi for Handlers {
     }
 
     async fn scale_agent(
-        &self,
-        caller: Caller,
-        params: ScaleAgentParams,
+        &self, caller: Caller, params: ScaleAgentParams,
     ) -> Reply<ScaleAgentResponse> {
         let act = Act::Scale(params.body.replicas);
         let (d, location) = self.deployment(&caller, params.agent_id, act).await?;
@@ -428,9 +412,7 @@ impl DeploymentsApi for Handlers {
     }
 
     async fn restart_agent(
-        &self,
-        caller: Caller,
-        params: RestartAgentParams,
+        &self, caller: Caller, params: RestartAgentParams,
     ) -> Reply<RestartAgentResponse> {
         let act = Act::Restart;
         let (d, location) = self.deployment(&caller, params.agent_id, act).await?;
@@ -438,18 +420,14 @@ impl DeploymentsApi for Handlers {
     }
 
     async fn get_agent_metrics(
-        &self,
-        caller: Caller,
-        params: GetAgentMetricsParams,
+        &self, caller: Caller, params: GetAgentMetricsParams,
     ) -> Reply<GetAgentMetricsResponse> {
         let metrics = self.agent_metrics(&caller, params).await?;
         Ok(GetAgentMetricsResponse::Ok(Json(metrics)))
     }
 
     async fn get_agent_logs(
-        &self,
-        caller: Caller,
-        params: GetAgentLogsParams,
+        &self, caller: Caller, params: GetAgentLogsParams,
     ) -> Reply<GetAgentLogsResponse> {
         let follow = params.follow;
         let (logs, from) = self.agent_logs(&caller, params).await?;

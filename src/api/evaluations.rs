@@ -158,9 +158,7 @@ fn row_to_run(row: &RunRow, with_results: bool) -> Result<EvaluationRun, StoreEr
 impl Handlers {
     /// The evaluated agent must be the caller's; another organization's is as unknown (422).
     async fn check_evaluation_target(
-        &self,
-        caller: &Caller,
-        target_id: String,
+        &self, caller: &Caller, target_id: String,
     ) -> Result<(), Failure> {
         let rid = caller.request_id.as_str();
         let org = caller.org_id.clone();
@@ -209,10 +207,7 @@ impl Handlers {
 
     /// The run `run_id`, or the evaluation's latest when `None`.
     async fn run_of(
-        &self,
-        caller: &Caller,
-        evaluation_id: String,
-        run_id: Option<String>,
+        &self, caller: &Caller, evaluation_id: String, run_id: Option<String>,
     ) -> Result<EvaluationRun, Failure> {
         let rid = caller.request_id.as_str();
         let evaluation = self.row::<Evaluation>(caller, evaluation_id).await?;
@@ -248,9 +243,7 @@ fn new_row(org_id: &str, input: &EvaluationInput) -> EvaluationRow {
 
 impl EvaluationsApi for Handlers {
     async fn list_evaluations(
-        &self,
-        caller: Caller,
-        params: ListEvaluationsParams,
+        &self, caller: Caller, params: ListEvaluationsParams,
     ) -> Reply<ListEvaluationsResponse> {
         let target = params.target_id.clone();
         let (data, pagination) = self
@@ -265,9 +258,7 @@ impl EvaluationsApi for Handlers {
     }
 
     async fn create_evaluation(
-        &self,
-        caller: Caller,
-        params: CreateEvaluationParams,
+        &self, caller: Caller, params: CreateEvaluationParams,
     ) -> Reply<CreateEvaluationResponse> {
         self.check_evaluation_target(&caller, params.body.target_id.clone())
             .await?;
@@ -285,9 +276,7 @@ impl EvaluationsApi for Handlers {
     }
 
     async fn get_evaluation(
-        &self,
-        caller: Caller,
-        params: GetEvaluationParams,
+        &self, caller: Caller, params: GetEvaluationParams,
     ) -> Reply<GetEvaluationResponse> {
         let evaluation = self
             .item::<Evaluation>(&caller, params.evaluation_id)
@@ -296,9 +285,7 @@ impl EvaluationsApi for Handlers {
     }
 
     async fn delete_evaluation(
-        &self,
-        caller: Caller,
-        params: DeleteEvaluationParams,
+        &self, caller: Caller, params: DeleteEvaluationParams,
     ) -> Reply<DeleteEvaluationResponse> {
         self.remove::<Evaluation>(&caller, params.evaluation_id)
             .await?;
@@ -306,9 +293,7 @@ impl EvaluationsApi for Handlers {
     }
 
     async fn run_evaluation(
-        &self,
-        caller: Caller,
-        params: RunEvaluationParams,
+        &self, caller: Caller, params: RunEvaluationParams,
     ) -> Reply<RunEvaluationResponse> {
         let row = self.start_run(&caller, params.evaluation_id).await?;
         let run = row_to_run(&row, true).map_err(store_error(RUN_NOT_FOUND, &caller.request_id))?;
@@ -317,9 +302,7 @@ impl EvaluationsApi for Handlers {
     }
 
     async fn list_evaluation_runs(
-        &self,
-        caller: Caller,
-        params: ListEvaluationRunsParams,
+        &self, caller: Caller, params: ListEvaluationRunsParams,
     ) -> Reply<ListEvaluationRunsResponse> {
         let id = params.evaluation_id.clone();
         let list = move |conn: &mut DbConnection, org: &str, page: &Page| {
@@ -336,9 +319,7 @@ impl EvaluationsApi for Handlers {
     }
 
     async fn get_evaluation_run(
-        &self,
-        caller: Caller,
-        params: GetEvaluationRunParams,
+        &self, caller: Caller, params: GetEvaluationRunParams,
     ) -> Reply<GetEvaluationRunResponse> {
         let run = self
             .run_of(&caller, params.evaluation_id, Some(params.run_id))
@@ -347,9 +328,7 @@ impl EvaluationsApi for Handlers {
     }
 
     async fn get_evaluation_results(
-        &self,
-        caller: Caller,
-        params: GetEvaluationResultsParams,
+        &self, caller: Caller, params: GetEvaluationResultsParams,
     ) -> Reply<GetEvaluationResultsResponse> {
         let run = self.run_of(&caller, params.evaluation_id, None).await?;
         Ok(GetEvaluationResultsResponse::Ok(Json(run)))

@@ -154,9 +154,7 @@ async fn serve_socket(socket: WebSocketStream, mut session: Session, bus: EventB
 
 impl EventsApi for Handlers {
     async fn list_events(
-        &self,
-        caller: Caller,
-        params: ListEventsParams,
+        &self, caller: Caller, params: ListEventsParams,
     ) -> Reply<ListEventsResponse> {
         let subject_id = params.subject_id.clone();
         let filter = match params.type_ {
@@ -181,10 +179,7 @@ impl EventsApi for Handlers {
     }
 
     async fn stream_events(
-        &self,
-        caller: Caller,
-        params: StreamEventsParams,
-        upgrade: Option<WebSocket>,
+        &self, caller: Caller, params: StreamEventsParams, upgrade: Option<WebSocket>,
     ) -> Reply<Upgraded<StreamEventsResponse>> {
         let Some(ws) = upgrade else {
             // Not through `?`: the 426 names the protocol to upgrade to.

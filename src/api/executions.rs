@@ -142,8 +142,7 @@ fn wants_stream(option: Option<bool>, accept: Option<&str>) -> bool {
 /// Forwards an execution's events to a WebSocket as text frames, then closes it. A client
 /// that goes away ends the forwarding.
 async fn forward_to_socket(
-    socket: poem::web::websocket::WebSocketStream,
-    mut events: EventStreamOf<ExecutionEvent>,
+    socket: poem::web::websocket::WebSocketStream, mut events: EventStreamOf<ExecutionEvent>,
 ) {
     use futures_util::{SinkExt, StreamExt};
     use poem::web::websocket::Message;
@@ -212,9 +211,7 @@ impl Handlers {
     /// Starts the execution an execute asks for, listening to it (to the first request's
     /// execution on a replay).
     async fn start_execute(
-        &self,
-        caller: &Caller,
-        params: ExecuteAgentParams,
+        &self, caller: &Caller, params: ExecuteAgentParams,
     ) -> Result<(ExecutionRow, Receiver<LiveEvent>), Failure> {
         let hash = idem::request_hash(&params.body.to_json().unwrap_or_default());
         let (request, parameters) = accepted(&params.body);
@@ -246,10 +243,7 @@ impl Handlers {
     /// 409 when it is not waiting, 422 naming an output whose call is not pending (or a
     /// pending call without one).
     async fn resume(
-        &self,
-        caller: &Caller,
-        id: String,
-        outputs: Vec<ToolOutput>,
+        &self, caller: &Caller, id: String, outputs: Vec<ToolOutput>,
     ) -> Result<ExecutionRow, Failure> {
         let rid = caller.request_id.as_str();
         let org = caller.org_id.clone();
@@ -347,9 +341,7 @@ impl Handlers {
     }
 
     async fn list(
-        &self,
-        caller: &Caller,
-        params: ListExecutionsParams,
+        &self, caller: &Caller, params: ListExecutionsParams,
     ) -> Result<ExecutionList, Failure> {
         let rid = caller.request_id.as_str();
         let page = PageRequest::of(&params, rid)?;
@@ -376,9 +368,7 @@ impl Handlers {
 
 impl ExecutionsApi for Handlers {
     async fn execute_agent(
-        &self,
-        caller: Caller,
-        params: ExecuteAgentParams,
+        &self, caller: Caller, params: ExecuteAgentParams,
     ) -> Reply<ExecuteAgentResponse> {
         let rid = caller.request_id.as_str();
         let options = params.body.options.clone().unwrap_or_default();
@@ -414,18 +404,14 @@ impl ExecutionsApi for Handlers {
     }
 
     async fn list_executions(
-        &self,
-        caller: Caller,
-        params: ListExecutionsParams,
+        &self, caller: Caller, params: ListExecutionsParams,
     ) -> Reply<ListExecutionsResponse> {
         let list = self.list(&caller, params).await?;
         Ok(ListExecutionsResponse::Ok(Json(list)))
     }
 
     async fn get_execution(
-        &self,
-        caller: Caller,
-        params: GetExecutionParams,
+        &self, caller: Caller, params: GetExecutionParams,
     ) -> Reply<GetExecutionResponse> {
         let row = self.execution_row(&caller, params.execution_id).await?;
         let tag = execution_etag(&row);
@@ -436,9 +422,7 @@ impl ExecutionsApi for Handlers {
     }
 
     async fn submit_tool_outputs(
-        &self,
-        caller: Caller,
-        params: SubmitToolOutputsParams,
+        &self, caller: Caller, params: SubmitToolOutputsParams,
     ) -> Reply<SubmitToolOutputsResponse> {
         let outputs: Vec<ToolOutput> = params
             .body
@@ -456,18 +440,14 @@ impl ExecutionsApi for Handlers {
     }
 
     async fn cancel_execution(
-        &self,
-        caller: Caller,
-        params: CancelExecutionParams,
+        &self, caller: Caller, params: CancelExecutionParams,
     ) -> Reply<CancelExecutionResponse> {
         let row = self.cancel(&caller, params.execution_id).await?;
         Ok(CancelExecutionResponse::Ok(Json(Execution::from(&row))))
     }
 
     async fn get_execution_logs(
-        &self,
-        caller: Caller,
-        params: GetExecutionLogsParams,
+        &self, caller: Caller, params: GetExecutionLogsParams,
     ) -> Reply<GetExecutionLogsResponse> {
         let row = self.execution_row(&caller, params.execution_id).await?;
         let execution = Execution::from(&row);
@@ -478,9 +458,7 @@ impl ExecutionsApi for Handlers {
     }
 
     async fn stream_execution_events(
-        &self,
-        caller: Caller,
-        params: StreamExecutionEventsParams,
+        &self, caller: Caller, params: StreamExecutionEventsParams,
     ) -> Reply<StreamExecutionEventsResponse> {
         let live = self.runner.live.clone();
         let listening = Listening::new(live.clone(), params.execution_id.clone());
@@ -495,9 +473,7 @@ impl ExecutionsApi for Handlers {
     }
 
     async fn stream_execution(
-        &self,
-        caller: Caller,
-        params: StreamExecutionParams,
+        &self, caller: Caller, params: StreamExecutionParams,
         upgrade: Option<poem::web::websocket::WebSocket>,
     ) -> Reply<Upgraded<StreamExecutionResponse>> {
         let row = self.execution_row(&caller, params.execution_id).await?;

@@ -48,8 +48,7 @@ pub struct Keyed<'a> {
 /// Runs `insert` once per key: concurrent requests with one key agree on one resource (the
 /// loser's key insert conflicts and its second pass finds the winner's resource).
 pub fn create_once<T>(
-    conn: &mut DbConnection,
-    k: &Keyed<'_>,
+    conn: &mut DbConnection, k: &Keyed<'_>,
     mut insert: impl FnMut(&mut DbConnection) -> StoreResult<T>,
     fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T>,
 ) -> StoreResult<Created<T>> {
@@ -63,8 +62,7 @@ pub fn create_once<T>(
 /// [`create_once`] whose `insert` may refuse with an `R` before it writes anything: then
 /// nothing is kept, not even the key, and the refusal is the answer.
 fn create_once_or_refuse<T, R>(
-    conn: &mut DbConnection,
-    k: &Keyed<'_>,
+    conn: &mut DbConnection, k: &Keyed<'_>,
     mut insert: impl FnMut(&mut DbConnection) -> StoreResult<Result<T, R>>,
     mut fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T>,
 ) -> StoreResult<Result<Created<T>, R>> {
@@ -146,8 +144,7 @@ impl NewKeyed {
 
 /// [`create_once`] on the store's blocking pool.
 pub async fn create_keyed<T: Send + 'static>(
-    store: &Store,
-    k: NewKeyed,
+    store: &Store, k: NewKeyed,
     insert: impl FnMut(&mut DbConnection) -> StoreResult<T> + Send + 'static,
     fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
 ) -> StoreResult<Created<T>> {
@@ -159,11 +156,9 @@ pub async fn create_keyed<T: Send + 'static>(
 /// [`create_keyed`] for a plain create: the new or replayed resource, or the 409 of a reused
 /// key; storage errors become `not_found` (a fetch of a gone resource) or their failure.
 pub async fn create_resource<T: Send + 'static>(
-    store: &Store,
-    k: NewKeyed,
+    store: &Store, k: NewKeyed,
     mut insert: impl FnMut(&mut DbConnection) -> StoreResult<T> + Send + 'static,
-    fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
-    not_found: &str,
+    fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static, not_found: &str,
     request_id: &str,
 ) -> Result<T, Failure> {
     let refusable = move |conn: &mut DbConnection| insert(conn).map(Ok);
@@ -176,13 +171,10 @@ pub async fn create_resource<T: Send + 'static>(
 /// whose `on_new` runs once a new resource is committed, not on a replay (to wake what the
 /// create queued).
 pub async fn create_resource_then<T: Send + 'static>(
-    store: &Store,
-    k: NewKeyed,
+    store: &Store, k: NewKeyed,
     insert: impl FnMut(&mut DbConnection) -> StoreResult<Result<T, Failure>> + Send + 'static,
     fetch: impl FnMut(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
-    on_new: impl FnOnce(&T),
-    not_found: &str,
-    request_id: &str,
+    on_new: impl FnOnce(&T), not_found: &str, request_id: &str,
 ) -> Result<T, Failure> {
     let created = store
         .run(move |conn| create_once_or_refuse(conn, &k.keyed(), insert, fetch))

@@ -67,11 +67,7 @@ fn may_set_limits(caller: &Caller, key_id: Option<&str>) -> Result<(), Failure> 
 
 /// Records a key's life-cycle event in the transaction that changed the key.
 fn key_event(
-    conn: &mut DbConnection,
-    row: &ApiKeyRow,
-    event_type: EventType,
-    message: &str,
-    actor: &Actor,
+    conn: &mut DbConnection, row: &ApiKeyRow, event_type: EventType, message: &str, actor: &Actor,
 ) -> Result<(), StoreError> {
     let event = Event::new(event_type, Severity::Low, message)
         .by(&actor.key_id, &actor.user_id)
@@ -202,10 +198,7 @@ fn insert_new_key(conn: &mut DbConnection, key: &NewKey) -> StoreResult<(ApiKeyR
 /// Changes the caller's email and notification preferences; returns the user and their
 /// organization.
 fn save_profile(
-    conn: &mut DbConnection,
-    user_id: &str,
-    org_id: &str,
-    change: &UserProfileUpdate,
+    conn: &mut DbConnection, user_id: &str, org_id: &str, change: &UserProfileUpdate,
 ) -> StoreResult<(UserRow, OrganizationRow)> {
     crate::db::write_transaction(conn, |conn| {
         let user = store::user(conn, org_id, user_id)?;
@@ -222,9 +215,7 @@ fn save_profile(
 
 impl Handlers {
     async fn create_key(
-        &self,
-        caller: &Caller,
-        params: CreateApiKeyParams,
+        &self, caller: &Caller, params: CreateApiKeyParams,
     ) -> Result<(ApiKeyRow, String), Failure> {
         let rid = caller.request_id.as_str();
         let body = params.body;
@@ -259,9 +250,7 @@ impl Handlers {
     /// Changes the caller's live key `id` as `change` does (given the organization and the
     /// user the caller is limited to) and records the event it names, in one transaction.
     async fn change_key(
-        &self,
-        caller: &Caller,
-        id: String,
+        &self, caller: &Caller, id: String,
         change: impl FnOnce(&mut DbConnection, &str, Option<&str>, &str) -> StoreResult<KeyChanged>
         + Send
         + 'static,
@@ -278,9 +267,7 @@ impl Handlers {
     }
 
     async fn patch_api_key(
-        &self,
-        caller: &Caller,
-        params: UpdateApiKeyParams,
+        &self, caller: &Caller, params: UpdateApiKeyParams,
     ) -> Result<ApiKeyRow, Failure> {
         if !params.body.rate_limit.is_undefined() {
             may_set_limits(caller, Some(&params.key_id))?;
@@ -321,9 +308,7 @@ type KeyChanged = (ApiKeyRow, EventType, String);
 
 impl IdentityApi for Handlers {
     async fn list_api_keys(
-        &self,
-        caller: Caller,
-        params: ListApiKeysParams,
+        &self, caller: Caller, params: ListApiKeysParams,
     ) -> Reply<ListApiKeysResponse> {
         let user = only_user(&caller);
         let (page, per_page) = (params.page, params.per_page);
@@ -344,9 +329,7 @@ impl IdentityApi for Handlers {
     }
 
     async fn create_api_key(
-        &self,
-        caller: Caller,
-        params: CreateApiKeyParams,
+        &self, caller: Caller, params: CreateApiKeyParams,
     ) -> Reply<CreateApiKeyResponse> {
         let (row, secret) = self.create_key(&caller, params).await?;
         let key = to_api_key(&row, self.limits);
@@ -367,9 +350,7 @@ impl IdentityApi for Handlers {
     }
 
     async fn get_api_key(
-        &self,
-        caller: Caller,
-        params: GetApiKeyParams,
+        &self, caller: Caller, params: GetApiKeyParams,
     ) -> Reply<GetApiKeyResponse> {
         let (user, id) = (only_user(&caller), params.key_id);
         let row = self
@@ -381,9 +362,7 @@ impl IdentityApi for Handlers {
     }
 
     async fn update_api_key(
-        &self,
-        caller: Caller,
-        params: UpdateApiKeyParams,
+        &self, caller: Caller, params: UpdateApiKeyParams,
     ) -> Reply<UpdateApiKeyResponse> {
         let forget = params.key_id.clone();
         let row = self.patch_api_key(&caller, params).await?;
@@ -396,9 +375,7 @@ impl IdentityApi for Handlers {
     }
 
     async fn revoke_api_key(
-        &self,
-        caller: Caller,
-        params: RevokeApiKeyParams,
+        &self, caller: Caller, params: RevokeApiKeyParams,
     ) -> Reply<RevokeApiKeyResponse> {
         self.revoke_live_key(&caller, params.key_id.clone()).await?;
         self.keys.forget(&params.key_id);
@@ -406,9 +383,7 @@ impl IdentityApi for Handlers {
     }
 
     async fn get_current_user(
-        &self,
-        caller: Caller,
-        _params: GetCurrentUserParams,
+        &self, caller: Caller, _params: GetCurrentUserParams,
     ) -> Reply<GetCurrentUserResponse> {
         let user_id = caller.user_id.clone();
         let (user, org) = self
@@ -425,9 +400,7 @@ impl IdentityApi for Handlers {
     }
 
     async fn update_current_user(
-        &self,
-        caller: Caller,
-        params: UpdateCurrentUserParams,
+        &self, caller: Caller, params: UpdateCurrentUserParams,
     ) -> Reply<UpdateCurrentUserResponse> {
         let (user_id, change) = (caller.user_id.clone(), params.body);
         let (user, org) = self

@@ -159,9 +159,7 @@ fn sync_model(row: &SyncRow) -> SyncJob {
 
 /// The organization's knowledge bases among `ids`, by id (ids it does not have are left out).
 pub(crate) fn knowledge_bases_among(
-    conn: &mut DbConnection,
-    org_id: &str,
-    ids: &[String],
+    conn: &mut DbConnection, org_id: &str, ids: &[String],
 ) -> Result<std::collections::BTreeMap<String, KnowledgeBase>, StoreError> {
     let mut found = std::collections::BTreeMap::new();
     for id in ids {
@@ -221,11 +219,7 @@ struct PlannedSource {
 }
 
 fn plan_source(
-    org_id: &str,
-    kb_id: &str,
-    spec: SourceSpec,
-    options: ChunkOptions,
-    queue_sync: bool,
+    org_id: &str, kb_id: &str, spec: SourceSpec, options: ChunkOptions, queue_sync: bool,
 ) -> PlannedSource {
     let id = crate::ids::new_id("src");
     plan_source_as(org_id, kb_id, spec, options, queue_sync, id)
@@ -233,11 +227,7 @@ fn plan_source(
 
 /// [`plan_source`] for the source `id` (a new one, or one being replaced).
 fn plan_source_as(
-    org_id: &str,
-    kb_id: &str,
-    spec: SourceSpec,
-    options: ChunkOptions,
-    queue_sync: bool,
+    org_id: &str, kb_id: &str, spec: SourceSpec, options: ChunkOptions, queue_sync: bool,
     id: String,
 ) -> PlannedSource {
     let now = crate::ids::now();
@@ -357,9 +347,7 @@ fn source_body(spec: &SourceSpec) -> PlannedBody {
 
 /// The document (and its chunks) of an inline text source; none for fetched sources.
 fn text_documents(
-    spec: SourceSpec,
-    source: &SourceRow,
-    metadata: Option<Map<String, Value>>,
+    spec: SourceSpec, source: &SourceRow, metadata: Option<Map<String, Value>>,
     options: ChunkOptions,
 ) -> Vec<(DocumentRow, Vec<ChunkRow>)> {
     let SourceSpec::Text {
@@ -457,10 +445,7 @@ fn kb_changes(input: &KnowledgeBaseInput) -> KbChanges {
 /// Plans the sources of a request body (`sources[i]`), refusing the first one that is not a
 /// source.
 fn plan_sources<'a>(
-    kb: &KbRow,
-    values: impl Iterator<Item = &'a Value>,
-    options: ChunkOptions,
-    queue_sync: bool,
+    kb: &KbRow, values: impl Iterator<Item = &'a Value>, options: ChunkOptions, queue_sync: bool,
     rid: &str,
 ) -> Result<Vec<PlannedSource>, Failure> {
     values
@@ -555,9 +540,7 @@ fn ingest_options(kb: &KbRow, chunk_size: Option<i64>, overlap: Option<i64>) -> 
 
 /// An ingested document, extracted and chunked.
 fn inline_document(
-    kb: &KbRow,
-    d: DocumentInput,
-    options: ChunkOptions,
+    kb: &KbRow, d: DocumentInput, options: ChunkOptions,
 ) -> (DocumentRow, Vec<ChunkRow>) {
     let kind = d
         .content_type
@@ -588,8 +571,7 @@ fn inline_document(
 
 /// What an ingest answers: its documents (inline ones first), sources and queued syncs.
 fn ingest_result(
-    documents: &[(DocumentRow, Vec<ChunkRow>)],
-    planned: &[PlannedSource],
+    documents: &[(DocumentRow, Vec<ChunkRow>)], planned: &[PlannedSource],
 ) -> IngestResult {
     let source_documents = || planned.iter().flat_map(|p| p.documents.iter());
     IngestResult {
@@ -675,11 +657,7 @@ fn label_as_file(planned: &mut PlannedSource, file_name: &str) {
 
 /// Replaces a source in place (inside a transaction); `None` while it is being synced.
 fn replace_source_row(
-    conn: &mut DbConnection,
-    org: &str,
-    kb_id: &str,
-    source_id: &str,
-    spec: SourceSpec,
+    conn: &mut DbConnection, org: &str, kb_id: &str, source_id: &str, spec: SourceSpec,
     options: ChunkOptions,
 ) -> Result<Option<SourceRow>, StoreError> {
     // Serializes with a sync being queued (which reads the row, then marks it).
@@ -705,10 +683,7 @@ fn replace_source_row(
 
 /// Queues a sync of a source (inside a transaction) and marks the source as syncing.
 fn queue_sync(
-    conn: &mut DbConnection,
-    org: &str,
-    kb_id: &str,
-    source_id: &str,
+    conn: &mut DbConnection, org: &str, kb_id: &str, source_id: &str,
 ) -> Result<SyncRow, StoreError> {
     // Serializes with a replace (which reads the row's status, then writes it).
     crate::db::lock_row(conn, "knowledge_sources", org, source_id)?;
@@ -743,11 +718,7 @@ impl Handlers {
     }
 
     async fn retrieve(
-        &self,
-        caller: &Caller,
-        kb_ids: Vec<String>,
-        query: String,
-        options: SearchOptions,
+        &self, caller: &Caller, kb_ids: Vec<String>, query: String, options: SearchOptions,
         include_metadata: bool,
     ) -> Result<KnowledgeResults, Failure> {
         let q = query.clone();
@@ -777,9 +748,7 @@ impl Handlers {
     /// Creates a knowledge base with its first sources, once per `Idempotency-Key`: the
     /// knowledge base, its `Location` and its ETag.
     async fn create_kb(
-        &self,
-        caller: &Caller,
-        params: &CreateKnowledgeBaseParams,
+        &self, caller: &Caller, params: &CreateKnowledgeBaseParams,
     ) -> Result<(KnowledgeBase, String, String), Failure> {
         let rid = caller.request_id.as_str();
         let input = &params.body;
@@ -802,9 +771,7 @@ impl Handlers {
 
     /// Searches every knowledge base of the caller's organization (of one type, if asked).
     async fn search_all(
-        &self,
-        caller: &Caller,
-        params: SearchKnowledgeParams,
+        &self, caller: &Caller, params: SearchKnowledgeParams,
     ) -> Result<KnowledgeResults, Failure> {
         let kb_type = params.type_;
         let ids = self
@@ -823,10 +790,7 @@ impl Handlers {
     /// Writes `documents` and `planned` sources into the knowledge base `kb_id` in one
     /// transaction (nothing when it is gone by then).
     async fn write_into(
-        &self,
-        caller: &Caller,
-        kb_id: String,
-        documents: Vec<(DocumentRow, Vec<ChunkRow>)>,
+        &self, caller: &Caller, kb_id: String, documents: Vec<(DocumentRow, Vec<ChunkRow>)>,
         planned: Vec<PlannedSource>,
     ) -> Result<(), Failure> {
         self.run_for(caller, KnowledgeBase::NOT_FOUND, move |conn, org| {
@@ -841,9 +805,7 @@ impl Handlers {
 
     /// Writes an ingest's documents and sources in one transaction.
     async fn ingest(
-        &self,
-        caller: &Caller,
-        params: IngestKnowledgeParams,
+        &self, caller: &Caller, params: IngestKnowledgeParams,
     ) -> Result<IngestResult, Failure> {
         let rid = caller.request_id.as_str();
         let kb = self.require_kb(caller, &params.kb_id).await?;
@@ -867,9 +829,7 @@ impl Handlers {
 
     /// Adds a source to a knowledge base, once per `Idempotency-Key`.
     async fn create_source(
-        &self,
-        caller: &Caller,
-        params: CreateKnowledgeSourceParams,
+        &self, caller: &Caller, params: CreateKnowledgeSourceParams,
     ) -> Result<SourceRow, Failure> {
         let rid = caller.request_id.as_str();
         let kb = self.require_kb(caller, &params.kb_id).await?;
@@ -898,9 +858,7 @@ impl Handlers {
 
     /// Adds an uploaded file as a source of its own.
     async fn upload_file(
-        &self,
-        caller: &Caller,
-        params: UploadKnowledgeFileParams,
+        &self, caller: &Caller, params: UploadKnowledgeFileParams,
     ) -> Result<SourceRow, Failure> {
         let rid = caller.request_id.as_str();
         let kb = self.require_kb(caller, &params.kb_id).await?;
@@ -921,9 +879,7 @@ impl Handlers {
     }
 
     async fn replace_source(
-        &self,
-        caller: &Caller,
-        params: ReplaceKnowledgeSourceParams,
+        &self, caller: &Caller, params: ReplaceKnowledgeSourceParams,
     ) -> Result<SourceRow, Failure> {
         let rid = caller.request_id.as_str();
         let kb = self.require_kb(caller, &params.kb_id).await?;
@@ -950,9 +906,7 @@ impl Handlers {
 
     /// A page of a document's chunks, in order (by page number only).
     async fn list_chunks(
-        &self,
-        caller: &Caller,
-        params: ListKnowledgeChunksParams,
+        &self, caller: &Caller, params: ListKnowledgeChunksParams,
     ) -> Result<KnowledgeChunkList, Failure> {
         let rid = caller.request_id.as_str();
         let page = PageRequest::new(params.page, params.per_page, None, None, rid)?;
@@ -972,9 +926,7 @@ impl Handlers {
 
 impl KnowledgeApi for Handlers {
     async fn list_knowledge_bases(
-        &self,
-        caller: Caller,
-        params: ListKnowledgeBasesParams,
+        &self, caller: Caller, params: ListKnowledgeBasesParams,
     ) -> Reply<ListKnowledgeBasesResponse> {
         let filter = KbFilter {
             kb_type: params.type_.clone(),
@@ -992,9 +944,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn create_knowledge_base(
-        &self,
-        caller: Caller,
-        params: CreateKnowledgeBaseParams,
+        &self, caller: Caller, params: CreateKnowledgeBaseParams,
     ) -> Reply<CreateKnowledgeBaseResponse> {
         let (kb, location, tag) = self.create_kb(&caller, &params).await?;
         Ok(CreateKnowledgeBaseResponse::Created(
@@ -1005,18 +955,14 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn search_knowledge(
-        &self,
-        caller: Caller,
-        params: SearchKnowledgeParams,
+        &self, caller: Caller, params: SearchKnowledgeParams,
     ) -> Reply<SearchKnowledgeResponse> {
         let results = self.search_all(&caller, params).await?;
         Ok(SearchKnowledgeResponse::Ok(Json(results)))
     }
 
     async fn get_knowledge_base(
-        &self,
-        caller: Caller,
-        params: GetKnowledgeBaseParams,
+        &self, caller: Caller, params: GetKnowledgeBaseParams,
     ) -> Reply<GetKnowledgeBaseResponse> {
         let (id, if_none_match) = (params.kb_id, params.if_none_match);
         let answer = self.item_if_changed::<KnowledgeBase>(&caller, id, if_none_match);
@@ -1024,9 +970,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn replace_knowledge_base(
-        &self,
-        caller: Caller,
-        params: ReplaceKnowledgeBaseParams,
+        &self, caller: Caller, params: ReplaceKnowledgeBaseParams,
     ) -> Reply<ReplaceKnowledgeBaseResponse> {
         let changes = kb_changes(&params.body);
         let (id, if_match) = (params.kb_id, params.if_match);
@@ -1037,9 +981,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn update_knowledge_base(
-        &self,
-        caller: Caller,
-        params: UpdateKnowledgeBaseParams,
+        &self, caller: Caller, params: UpdateKnowledgeBaseParams,
     ) -> Reply<UpdateKnowledgeBaseResponse> {
         let (id, if_match, patch) = (params.kb_id, params.if_match, params.body);
         let (kb, tag) = self
@@ -1051,18 +993,14 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn delete_knowledge_base(
-        &self,
-        caller: Caller,
-        params: DeleteKnowledgeBaseParams,
+        &self, caller: Caller, params: DeleteKnowledgeBaseParams,
     ) -> Reply<DeleteKnowledgeBaseResponse> {
         self.remove::<KnowledgeBase>(&caller, params.kb_id).await?;
         Ok(DeleteKnowledgeBaseResponse::NoContent)
     }
 
     async fn query_knowledge_base(
-        &self,
-        caller: Caller,
-        params: QueryKnowledgeBaseParams,
+        &self, caller: Caller, params: QueryKnowledgeBaseParams,
     ) -> Reply<QueryKnowledgeBaseResponse> {
         let kb = self.require_kb(&caller, &params.kb_id).await?;
         let mut q = params.body;
@@ -1074,18 +1012,14 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn ingest_knowledge(
-        &self,
-        caller: Caller,
-        params: IngestKnowledgeParams,
+        &self, caller: Caller, params: IngestKnowledgeParams,
     ) -> Reply<IngestKnowledgeResponse> {
         let result = self.ingest(&caller, params).await?;
         Ok(IngestKnowledgeResponse::Ok(Json(result)))
     }
 
     async fn list_knowledge_sources(
-        &self,
-        caller: Caller,
-        params: ListKnowledgeSourcesParams,
+        &self, caller: Caller, params: ListKnowledgeSourcesParams,
     ) -> Reply<ListKnowledgeSourcesResponse> {
         let kb_id = params.kb_id.clone();
         let list = move |conn: &mut DbConnection, org: &str, page: &_| {
@@ -1101,9 +1035,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn create_knowledge_source(
-        &self,
-        caller: Caller,
-        params: CreateKnowledgeSourceParams,
+        &self, caller: Caller, params: CreateKnowledgeSourceParams,
     ) -> Reply<CreateKnowledgeSourceResponse> {
         let row = self.create_source(&caller, params).await?;
         let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
@@ -1114,9 +1046,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn upload_knowledge_file(
-        &self,
-        caller: Caller,
-        params: UploadKnowledgeFileParams,
+        &self, caller: Caller, params: UploadKnowledgeFileParams,
     ) -> Reply<UploadKnowledgeFileResponse> {
         let row = self.upload_file(&caller, params).await?;
         let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
@@ -1127,9 +1057,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn get_knowledge_source(
-        &self,
-        caller: Caller,
-        params: GetKnowledgeSourceParams,
+        &self, caller: Caller, params: GetKnowledgeSourceParams,
     ) -> Reply<GetKnowledgeSourceResponse> {
         let (kb_id, id) = (params.kb_id, params.source_id);
         let row: SourceRow = self.child(&caller, kb_id, id, SOURCE_NOT_FOUND).await?;
@@ -1137,18 +1065,14 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn replace_knowledge_source(
-        &self,
-        caller: Caller,
-        params: ReplaceKnowledgeSourceParams,
+        &self, caller: Caller, params: ReplaceKnowledgeSourceParams,
     ) -> Reply<ReplaceKnowledgeSourceResponse> {
         let row = self.replace_source(&caller, params).await?;
         Ok(ReplaceKnowledgeSourceResponse::Ok(Json(source_model(&row))))
     }
 
     async fn delete_knowledge_source(
-        &self,
-        caller: Caller,
-        params: DeleteKnowledgeSourceParams,
+        &self, caller: Caller, params: DeleteKnowledgeSourceParams,
     ) -> Reply<DeleteKnowledgeSourceResponse> {
         let (kb_id, id) = (params.kb_id, params.source_id);
         self.run_for(&caller, SOURCE_NOT_FOUND, move |conn, org| {
@@ -1159,9 +1083,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn sync_knowledge_source(
-        &self,
-        caller: Caller,
-        params: SyncKnowledgeSourceParams,
+        &self, caller: Caller, params: SyncKnowledgeSourceParams,
     ) -> Reply<SyncKnowledgeSourceResponse> {
         let (kb_id, id) = (params.kb_id, params.source_id);
         let row = self
@@ -1178,9 +1100,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn get_knowledge_sync(
-        &self,
-        caller: Caller,
-        params: GetKnowledgeSyncParams,
+        &self, caller: Caller, params: GetKnowledgeSyncParams,
     ) -> Reply<GetKnowledgeSyncResponse> {
         let (kb_id, id) = (params.kb_id, params.sync_id);
         let row: SyncRow = self.child(&caller, kb_id, id, SYNC_NOT_FOUND).await?;
@@ -1188,9 +1108,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn list_knowledge_documents(
-        &self,
-        caller: Caller,
-        params: ListKnowledgeDocumentsParams,
+        &self, caller: Caller, params: ListKnowledgeDocumentsParams,
     ) -> Reply<ListKnowledgeDocumentsResponse> {
         let (kb_id, source) = (params.kb_id.clone(), params.source_id.clone());
         let list = move |conn: &mut DbConnection, org: &str, page: &_| {
@@ -1206,9 +1124,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn get_knowledge_document(
-        &self,
-        caller: Caller,
-        params: GetKnowledgeDocumentParams,
+        &self, caller: Caller, params: GetKnowledgeDocumentParams,
     ) -> Reply<GetKnowledgeDocumentResponse> {
         let (kb_id, id) = (params.kb_id, params.document_id);
         let row: DocumentRow = self.child(&caller, kb_id, id, DOCUMENT_NOT_FOUND).await?;
@@ -1216,9 +1132,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn delete_knowledge_document(
-        &self,
-        caller: Caller,
-        params: DeleteKnowledgeDocumentParams,
+        &self, caller: Caller, params: DeleteKnowledgeDocumentParams,
     ) -> Reply<DeleteKnowledgeDocumentResponse> {
         let (kb_id, id) = (params.kb_id, params.document_id);
         self.run_for(&caller, DOCUMENT_NOT_FOUND, move |conn, org| {
@@ -1229,9 +1143,7 @@ impl KnowledgeApi for Handlers {
     }
 
     async fn list_knowledge_chunks(
-        &self,
-        caller: Caller,
-        params: ListKnowledgeChunksParams,
+        &self, caller: Caller, params: ListKnowledgeChunksParams,
     ) -> Reply<ListKnowledgeChunksResponse> {
         let list = self.list_chunks(&caller, params).await?;
         Ok(ListKnowledgeChunksResponse::Ok(Json(list)))

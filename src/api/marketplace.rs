@@ -85,9 +85,7 @@ fn search(params: &SearchMarketplaceParams) -> Vec<&'static MarketplaceTemplate>
 /// The agent and prompt template rows an install creates, and the agent's fields whose
 /// references must exist (all but its new prompt template, written beside it).
 fn install_rows(
-    t: &MarketplaceTemplate,
-    caller: &Caller,
-    body: &Value,
+    t: &MarketplaceTemplate, caller: &Caller, body: &Value,
 ) -> Result<(AgentRow, TemplateRow, Map<String, Value>), crate::db::StoreError> {
     let now = crate::ids::now();
     let template = TemplateRow {
@@ -207,8 +205,7 @@ fn missing_for_flow(t: &MarketplaceTemplate, body: &Value) -> Vec<ErrorDetail> {
 /// in the results; cursor ids spell a template id's `-` as `_` (the shared cursor pattern has
 /// no `-`; template ids have no `_`).
 fn search_page(
-    params: &SearchMarketplaceParams,
-    rid: &str,
+    params: &SearchMarketplaceParams, rid: &str,
 ) -> Result<MarketplaceTemplateList, Failure> {
     let page = PageRequest::of(params, rid)?;
     let found = search(params);
@@ -241,9 +238,7 @@ impl Handlers {
     /// Installs the template `params` names once per `Idempotency-Key`: its new (or, on a
     /// retry, first) agent.
     async fn install_template(
-        &self,
-        caller: &Caller,
-        params: &InstallMarketplaceTemplateParams,
+        &self, caller: &Caller, params: &InstallMarketplaceTemplateParams,
     ) -> Result<AgentRow, Failure> {
         let rid = caller.request_id.as_str();
         let t = find(&params.template_id).ok_or_else(|| not_found(rid))?;
@@ -273,27 +268,21 @@ impl Handlers {
 
 impl MarketplaceApi for Handlers {
     async fn search_marketplace(
-        &self,
-        caller: Caller,
-        params: SearchMarketplaceParams,
+        &self, caller: Caller, params: SearchMarketplaceParams,
     ) -> Result<SearchMarketplaceResponse, ApiError> {
         let list = search_page(&params, &caller.request_id)?;
         Ok(SearchMarketplaceResponse::Ok(Json(list)))
     }
 
     async fn get_marketplace_template(
-        &self,
-        caller: Caller,
-        params: GetMarketplaceTemplateParams,
+        &self, caller: Caller, params: GetMarketplaceTemplateParams,
     ) -> Result<GetMarketplaceTemplateResponse, ApiError> {
         let t = find(&params.template_id).ok_or_else(|| not_found(&caller.request_id))?;
         Ok(GetMarketplaceTemplateResponse::Ok(Json(t.clone())))
     }
 
     async fn install_marketplace_template(
-        &self,
-        caller: Caller,
-        params: InstallMarketplaceTemplateParams,
+        &self, caller: Caller, params: InstallMarketplaceTemplateParams,
     ) -> Result<InstallMarketplaceTemplateResponse, ApiError> {
         let row = self.install_template(&caller, &params).await?;
         // The Location is the agent's, not the install's.

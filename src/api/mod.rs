@@ -85,10 +85,7 @@ impl Handlers {
     /// internal address, `localhost`); a name that resolves to one is refused when called.
     /// A URL that does not parse is left to the field's own validation.
     pub(crate) fn outbound(
-        &self,
-        field: &str,
-        url: Option<&str>,
-        rid: &str,
+        &self, field: &str, url: Option<&str>, rid: &str,
     ) -> Result<(), crate::error::Failure> {
         let Some(parsed) = url.and_then(|u| url::Url::parse(u).ok()) else {
             return Ok(());
@@ -123,9 +120,7 @@ impl Authenticate for Handlers {
     }
 
     async fn authenticate(
-        &self,
-        req: &poem::Request,
-        scopes: &'static [&'static str],
+        &self, req: &poem::Request, scopes: &'static [&'static str],
     ) -> Result<Caller, AuthRejection> {
         let rid = request_id(req);
         self.keys
@@ -164,10 +159,7 @@ fn rejection(failure: auth::Failure, rid: &str) -> AuthRejection {
 
 /// The pagination block of a list answer.
 pub(crate) fn pagination(
-    page: i64,
-    per_page: i64,
-    total: i64,
-    next_cursor: Option<String>,
+    page: i64, per_page: i64, total: i64, next_cursor: Option<String>,
 ) -> Pagination {
     Pagination {
         page,

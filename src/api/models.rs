@@ -82,10 +82,7 @@ impl Resource for Model {
 
 /// The columns of a model as sent; a key left out keeps `previous_key`.
 fn changes_of(
-    input: &ModelInput,
-    previous_key: Option<String>,
-    crypto: &crate::crypto::Crypto,
-    rid: &str,
+    input: &ModelInput, previous_key: Option<String>, crypto: &crate::crypto::Crypto, rid: &str,
 ) -> Result<ModelChanges, Failure> {
     if let Some(e) = &input.endpoint
         && url_is_bad(e)
@@ -166,9 +163,7 @@ impl Handlers {
     /// A page of the organization's models; the built-in one is the last item of the last
     /// page (of every list it matches).
     async fn list_models_page(
-        &self,
-        caller: &Caller,
-        params: ListModelsParams,
+        &self, caller: &Caller, params: ListModelsParams,
     ) -> Result<ModelList, Failure> {
         let rid = caller.request_id.as_str();
         let page = PageRequest::of(&params, rid)?;
@@ -199,18 +194,14 @@ impl Handlers {
 
 impl ModelRegistryApi for Handlers {
     async fn list_models(
-        &self,
-        caller: Caller,
-        params: ListModelsParams,
+        &self, caller: Caller, params: ListModelsParams,
     ) -> Reply<ListModelsResponse> {
         let list = self.list_models_page(&caller, params).await?;
         Ok(ListModelsResponse::Ok(Json(list)))
     }
 
     async fn create_model(
-        &self,
-        caller: Caller,
-        params: CreateModelParams,
+        &self, caller: Caller, params: CreateModelParams,
     ) -> Reply<CreateModelResponse> {
         let rid = caller.request_id.as_str();
         self.outbound("endpoint", params.body.endpoint.as_deref(), rid)?;
@@ -232,9 +223,7 @@ impl ModelRegistryApi for Handlers {
     }
 
     async fn replace_model(
-        &self,
-        caller: Caller,
-        params: ReplaceModelParams,
+        &self, caller: Caller, params: ReplaceModelParams,
     ) -> Reply<ReplaceModelResponse> {
         let ReplaceModelParams {
             model_id,
@@ -256,9 +245,7 @@ impl ModelRegistryApi for Handlers {
     }
 
     async fn delete_model(
-        &self,
-        caller: Caller,
-        params: DeleteModelParams,
+        &self, caller: Caller, params: DeleteModelParams,
     ) -> Reply<DeleteModelResponse> {
         self.remove::<Model>(&caller, params.model_id).await?;
         Ok(DeleteModelResponse::NoContent)

@@ -31,11 +31,7 @@ impl PageRequest {
 
     /// From the shared `page`, `per_page`, `cursor` and `limit` parameters.
     pub fn new(
-        page: i64,
-        per_page: i64,
-        cursor: Option<&str>,
-        limit: Option<i64>,
-        request_id: &str,
+        page: i64, per_page: i64, cursor: Option<&str>, limit: Option<i64>, request_id: &str,
     ) -> Result<Self, Failure> {
         let limit = limit.unwrap_or(per_page).max(1);
         match cursor {

@@ -48,10 +48,7 @@ impl Handlers {
     /// failure is answered with `not_found` (the code of what `f` finds missing) or its own
     /// failure.
     async fn for_org<T: Send + 'static>(
-        &self,
-        caller: &Caller,
-        not_found: &str,
-        access: Access,
+        &self, caller: &Caller, not_found: &str, access: Access,
         f: impl FnOnce(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
     ) -> Result<T, Failure> {
         let org = caller.org_id.clone();
@@ -66,9 +63,7 @@ impl Handlers {
 
     /// Runs `f` on the store for the caller's organization ([`Handlers::for_org`]).
     pub(crate) async fn run_for<T: Send + 'static>(
-        &self,
-        caller: &Caller,
-        not_found: &str,
+        &self, caller: &Caller, not_found: &str,
         f: impl FnOnce(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
     ) -> Result<T, Failure> {
         self.for_org(caller, not_found, Access::Write, f).await
@@ -76,9 +71,7 @@ impl Handlers {
 
     /// [`Handlers::run_for`] of read-only work, on the store's read pool.
     pub(crate) async fn read_for<T: Send + 'static>(
-        &self,
-        caller: &Caller,
-        not_found: &str,
+        &self, caller: &Caller, not_found: &str,
         f: impl FnOnce(&mut DbConnection, &str) -> StoreResult<T> + Send + 'static,
     ) -> Result<T, Failure> {
         self.for_org(caller, not_found, Access::Read, f).await
@@ -86,9 +79,7 @@ impl Handlers {
 
     /// The caller's row `id` (a point read).
     pub(crate) async fn row<R: Resource>(
-        &self,
-        caller: &Caller,
-        id: String,
+        &self, caller: &Caller, id: String,
     ) -> Result<R::Row, Failure> {
         let get = move |conn: &mut DbConnection, org: &str| R::Row::get(conn, org, &id);
         self.for_org(caller, R::NOT_FOUND, Access::Point, get).await
@@ -96,11 +87,7 @@ impl Handlers {
 
     /// The caller's row `id` of a child table, under `parent_id` (`not_found` otherwise).
     pub(crate) async fn child<Row: Child>(
-        &self,
-        caller: &Caller,
-        parent_id: String,
-        id: String,
-        not_found: &str,
+        &self, caller: &Caller, parent_id: String, id: String, not_found: &str,
     ) -> Result<Row, Failure> {
         self.read_for(caller, not_found, move |conn, org| {
             Row::get(conn, org, &parent_id, &id)
@@ -110,9 +97,7 @@ impl Handlers {
 
     /// The caller's item `id`.
     pub(crate) async fn item<R: Resource>(
-        &self,
-        caller: &Caller,
-        id: String,
+        &self, caller: &Caller, id: String,
     ) -> Result<R, Failure> {
         let row = self.row::<R>(caller, id).await?;
         R::from_row(&row).map_err(store_error(R::NOT_FOUND, &caller.request_id))
@@ -120,10 +105,7 @@ impl Handlers {
 
     /// The caller's item `id`, or only its ETag when `If-None-Match` names it (a 304).
     pub(crate) async fn item_if_changed<R: Resource>(
-        &self,
-        caller: &Caller,
-        id: String,
-        if_none_match: Option<String>,
+        &self, caller: &Caller, id: String, if_none_match: Option<String>,
     ) -> Result<Conditional<R>, Failure>
     where
         R::Row: Versioned,
@@ -140,9 +122,7 @@ impl Handlers {
     /// The page of the caller's items that `params` asks for, as `list` reads their rows (for
     /// the organization, on the storage page given), and its pagination block.
     pub(crate) async fn list_page<R: Resource>(
-        &self,
-        caller: &Caller,
-        params: &impl Paged,
+        &self, caller: &Caller, params: &impl Paged,
         list: impl FnOnce(&mut DbConnection, &str, &Page) -> StoreResult<(Vec<R::Row>, i64)>
         + Send
         + 'static,
@@ -154,10 +134,7 @@ impl Handlers {
     /// [`Handlers::list_page`] of any rows (a resource's runs, deliveries, …): `item` shows a
     /// row, `not_found` is the code of what `list` finds missing.
     pub(crate) async fn page_of<Row: Identified + Send + 'static, T>(
-        &self,
-        caller: &Caller,
-        params: &impl Paged,
-        not_found: &str,
+        &self, caller: &Caller, params: &impl Paged, not_found: &str,
         list: impl FnOnce(&mut DbConnection, &str, &Page) -> StoreResult<(Vec<Row>, i64)>
         + Send
         + 'static,
@@ -177,10 +154,7 @@ impl Handlers {
 
     /// The caller's rows on `page`, as `list` reads them, and how many there are in all.
     pub(crate) async fn rows_on<Row: Send + 'static>(
-        &self,
-        caller: &Caller,
-        page: &PageRequest,
-        not_found: &str,
+        &self, caller: &Caller, page: &PageRequest, not_found: &str,
         list: impl FnOnce(&mut DbConnection, &str, &Page) -> StoreResult<(Vec<Row>, i64)>
         + Send
         + 'static,
@@ -194,10 +168,7 @@ impl Handlers {
     /// the same transaction) once per `Idempotency-Key` of the create `params`: a retry with
     /// the key answers the row the first request created; the key with another body is a 409.
     pub(crate) async fn create_row<R: Resource>(
-        &self,
-        caller: &Caller,
-        params: &impl Idempotent,
-        row: R::Row,
+        &self, caller: &Caller, params: &impl Idempotent, row: R::Row,
         insert: impl Fn(&mut DbConnection, &R::Row) -> StoreResult<()> + Send + 'static,
     ) -> Result<R::Row, Failure> {
         let keyed = idem::NewKeyed::of(params, &caller.org_id, row.id());
@@ -216,10 +187,7 @@ impl Handlers {
     /// [`Handlers::create_row`] of a plain insert, answered as a create answers: the item, its
     /// `Location` and its ETag.
     pub(crate) async fn create<R: Resource>(
-        &self,
-        caller: &Caller,
-        params: &impl Idempotent,
-        row: R::Row,
+        &self, caller: &Caller, params: &impl Idempotent, row: R::Row,
     ) -> Result<(R, String, String), Failure>
     where
         R::Row: Versioned,
@@ -233,10 +201,7 @@ impl Handlers {
     /// Replaces the caller's item `id` when `if_match` (if any) names its ETag (else a 412):
     /// `changes` sees the current row under its lock.
     pub(crate) async fn replace<R: Resource>(
-        &self,
-        caller: &Caller,
-        id: String,
-        if_match: Option<String>,
+        &self, caller: &Caller, id: String, if_match: Option<String>,
         changes: impl FnOnce(&mut DbConnection, &R::Row) -> Changes<R> + Send + 'static,
     ) -> Result<(R, String), Failure>
     where
@@ -261,9 +226,7 @@ impl Handlers {
 
     /// Deletes the caller's item `id`.
     pub(crate) async fn remove<R: Resource>(
-        &self,
-        caller: &Caller,
-        id: String,
+        &self, caller: &Caller, id: String,
     ) -> Result<(), Failure> {
         self.run_for(caller, R::NOT_FOUND, move |conn, org| {
             R::Row::delete(conn, org, &id)
@@ -279,9 +242,7 @@ pub(crate) fn location<P: Idempotent>(_params: &P, id: &str) -> String {
 
 /// What a create answers: the item of `row`, its `Location` and its ETag.
 pub(crate) fn created<R: Resource>(
-    params: &impl Idempotent,
-    row: &R::Row,
-    rid: &str,
+    params: &impl Idempotent, row: &R::Row, rid: &str,
 ) -> Result<(R, String, String), Failure>
 where
     R::Row: Versioned,

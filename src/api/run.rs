@@ -195,11 +195,7 @@ impl Drop for Listening {
 /// An execution's events as an SSE body: follows the stored row (any replica) and, on the
 /// replica running it, its token deltas. Ends after `execution.completed`/`failed`.
 pub(crate) fn follow(
-    store: Store,
-    live: Arc<Live>,
-    org_id: String,
-    id: String,
-    heard: Receiver<LiveEvent>,
+    store: Store, live: Arc<Live>, org_id: String, id: String, heard: Receiver<LiveEvent>,
 ) -> EventStream<EventStreamOf<ExecutionEvent>> {
     EventStream::new(follow_events(store, live, org_id, id, heard))
         .keep_alive(Duration::from_secs(15))
@@ -212,11 +208,7 @@ pub(crate) fn follow(
 /// An execution's events, ending after the last (the stream behind SSE and WebSocket
 /// followers alike).
 pub(crate) fn follow_events(
-    store: Store,
-    live: Arc<Live>,
-    org_id: String,
-    id: String,
-    heard: Receiver<LiveEvent>,
+    store: Store, live: Arc<Live>, org_id: String, id: String, heard: Receiver<LiveEvent>,
 ) -> EventStreamOf<ExecutionEvent> {
     let (tx, rx) = mpsc::channel::<ExecutionEvent>(64);
     let follower = Follower {
@@ -348,10 +340,7 @@ impl Follower {
     /// (in order), its steps, then the last event with the execution (and the reply to a
     /// message).
     async fn finish(
-        &mut self,
-        row: &ExecutionRow,
-        execution: Execution,
-        heard: &mut Receiver<LiveEvent>,
+        &mut self, row: &ExecutionRow, execution: Execution, heard: &mut Receiver<LiveEvent>,
     ) {
         while let Ok(heard_before) = heard.try_recv() {
             let sent = match heard_before {
@@ -417,11 +406,7 @@ pub(crate) struct Start {
 impl Handlers {
     /// Waits until execution `id` finishes or `limit` passes; the row as last read.
     pub(crate) async fn wait_for(
-        &self,
-        org: &str,
-        id: &str,
-        heard: Receiver<LiveEvent>,
-        limit: Duration,
+        &self, org: &str, id: &str, heard: Receiver<LiveEvent>, limit: Duration,
     ) -> Result<ExecutionRow, StoreError> {
         runner::wait_finished(&self.store, org, id, heard, limit).await
     }
@@ -430,9 +415,7 @@ impl Handlers {
     /// execution and its job in one transaction (once per `Idempotency-Key`: a retry answers
     /// the first execution, another id).
     pub(crate) async fn start_execution(
-        &self,
-        caller: &Caller,
-        start: Start,
+        &self, caller: &Caller, start: Start,
     ) -> Result<ExecutionRow, Failure> {
         self.check_runnable(caller, &start.agent_id, start.parameters)
             .await?;
@@ -478,10 +461,7 @@ impl Handlers {
     /// Whether the agent can run with `given`: it serves (not scaled to 0 replicas), and
     /// every variable of its prompt template has a value.
     async fn check_runnable(
-        &self,
-        caller: &Caller,
-        agent_id: &str,
-        given: BTreeMap<String, String>,
+        &self, caller: &Caller, agent_id: &str, given: BTreeMap<String, String>,
     ) -> Result<(), Failure> {
         let rid = caller.request_id.as_str();
         let (org, a) = (caller.org_id.clone(), agent_id.to_string());

@@ -87,10 +87,7 @@ fn document(pairs: Vec<(&str, Value)>, body: &str) -> Value {
 
 /// A reference, looked up in the organization (`None` when it does not exist).
 fn lookup(
-    conn: &mut DbConnection,
-    org: &str,
-    kind: ReferenceKind,
-    id: &str,
+    conn: &mut DbConnection, org: &str, kind: ReferenceKind, id: &str,
 ) -> StoreResult<Option<Value>> {
     let found = match kind {
         ReferenceKind::Model => crate::db::models::get(conn, org, id).map(|m| {
@@ -324,9 +321,7 @@ fn to_scan(row: &ScanRow) -> Result<SecurityScan, StoreError> {
 impl Handlers {
     /// Scans the agent as stored now: the row to store and its findings.
     async fn scan_of(
-        &self,
-        caller: &Caller,
-        agent_id: String,
+        &self, caller: &Caller, agent_id: String,
     ) -> Result<(ScanRow, Vec<Finding>), Failure> {
         let org = caller.org_id.clone();
         self.store
@@ -373,9 +368,7 @@ impl Handlers {
 
 impl SecurityApi for Handlers {
     async fn scan_agent(
-        &self,
-        caller: Caller,
-        params: ScanAgentParams,
+        &self, caller: Caller, params: ScanAgentParams,
     ) -> Reply<ScanAgentResponse> {
         let row = self.run_scan(&caller, params).await?;
         let not_found = SecurityScan::NOT_FOUND;
@@ -388,9 +381,7 @@ impl SecurityApi for Handlers {
     }
 
     async fn list_security_scans(
-        &self,
-        caller: Caller,
-        params: ListSecurityScansParams,
+        &self, caller: Caller, params: ListSecurityScansParams,
     ) -> Reply<ListSecurityScansResponse> {
         let query = ScanQuery {
             agent_id: params.agent_id.clone(),
@@ -408,9 +399,7 @@ impl SecurityApi for Handlers {
     }
 
     async fn get_security_scan(
-        &self,
-        caller: Caller,
-        params: GetSecurityScanParams,
+        &self, caller: Caller, params: GetSecurityScanParams,
     ) -> Reply<GetSecurityScanResponse> {
         let row = self.row::<SecurityScan>(&caller, params.scan_id).await?;
         let tag = etag(SCAN_VERSION);
@@ -423,9 +412,7 @@ impl SecurityApi for Handlers {
     }
 
     async fn list_security_events(
-        &self,
-        caller: Caller,
-        params: ListSecurityEventsParams,
+        &self, caller: Caller, params: ListSecurityEventsParams,
     ) -> Reply<ListSecurityEventsResponse> {
         let query = EventQuery {
             severity: params.severity.map(Into::into),

@@ -30,8 +30,7 @@ const DELIVERY_WAIT_DEGRADED_S: i64 = 300;
 type StatusCounts = (Vec<(String, i64)>, Vec<(String, i64)>);
 
 fn status_counts(
-    conn: &mut crate::db::DbConnection,
-    org: &str,
+    conn: &mut crate::db::DbConnection, org: &str,
 ) -> crate::db::StoreResult<StatusCounts> {
     use crate::db::schema::{agents as a, executions as e};
     use diesel::prelude::*;
@@ -168,9 +167,7 @@ impl Handlers {
 
 impl SystemApi for Handlers {
     async fn get_system_metrics(
-        &self,
-        caller: crate::auth::Caller,
-        _params: GetSystemMetricsParams,
+        &self, caller: crate::auth::Caller, _params: GetSystemMetricsParams,
     ) -> Result<GetSystemMetricsResponse, ApiError> {
         let org = caller.org_id.clone();
         let counts = self
@@ -184,9 +181,7 @@ impl SystemApi for Handlers {
     }
 
     async fn run_batch(
-        &self,
-        caller: crate::auth::Caller,
-        params: RunBatchParams,
+        &self, caller: crate::auth::Caller, params: RunBatchParams,
     ) -> Result<RunBatchResponse, ApiError> {
         Ok(self.run_batch_operations(caller, params).await)
     }

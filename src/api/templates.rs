@@ -97,9 +97,7 @@ fn new_row(org_id: &str, c: TemplateChanges) -> TemplateRow {
 
 impl Handlers {
     async fn render_template(
-        &self,
-        caller: &Caller,
-        params: RenderPromptTemplateParams,
+        &self, caller: &Caller, params: RenderPromptTemplateParams,
     ) -> Result<RenderedPrompt, Failure> {
         let tpl = self
             .item::<PromptTemplate>(caller, params.template_id)
@@ -117,9 +115,7 @@ impl Handlers {
 /// Renders `tpl` with `values`; every declared variable without a value is a 422 detail
 /// `<prefix>.<name>`.
 pub(crate) fn render_declared(
-    tpl: &PromptTemplate,
-    values: &std::collections::BTreeMap<String, String>,
-    prefix: &str,
+    tpl: &PromptTemplate, values: &std::collections::BTreeMap<String, String>, prefix: &str,
     rid: &str,
 ) -> Result<String, Failure> {
     let mut missing: Vec<String> = tpl
@@ -167,9 +163,7 @@ pub(crate) fn render_declared(
 
 impl TemplatesApi for Handlers {
     async fn list_prompt_templates(
-        &self,
-        caller: Caller,
-        params: ListPromptTemplatesParams,
+        &self, caller: Caller, params: ListPromptTemplatesParams,
     ) -> Reply<ListPromptTemplatesResponse> {
         let filter = TemplateFilter {
             template_type: params.type_.map(|t| t.as_str().to_string()),
@@ -185,9 +179,7 @@ impl TemplatesApi for Handlers {
     }
 
     async fn create_prompt_template(
-        &self,
-        caller: Caller,
-        params: CreatePromptTemplateParams,
+        &self, caller: Caller, params: CreatePromptTemplateParams,
     ) -> Reply<CreatePromptTemplateResponse> {
         let row = new_row(
             &caller.org_id,
@@ -202,9 +194,7 @@ impl TemplatesApi for Handlers {
     }
 
     async fn get_prompt_template(
-        &self,
-        caller: Caller,
-        params: GetPromptTemplateParams,
+        &self, caller: Caller, params: GetPromptTemplateParams,
     ) -> Reply<GetPromptTemplateResponse> {
         let (id, if_none_match) = (params.template_id, params.if_none_match);
         let answer = self.item_if_changed::<PromptTemplate>(&caller, id, if_none_match);
@@ -212,9 +202,7 @@ impl TemplatesApi for Handlers {
     }
 
     async fn replace_prompt_template(
-        &self,
-        caller: Caller,
-        params: ReplacePromptTemplateParams,
+        &self, caller: Caller, params: ReplacePromptTemplateParams,
     ) -> Reply<ReplacePromptTemplateResponse> {
         let changes = changes_of(&params.body, &caller.request_id)?;
         let (id, if_match) = (params.template_id, params.if_match);
@@ -225,9 +213,7 @@ impl TemplatesApi for Handlers {
     }
 
     async fn delete_prompt_template(
-        &self,
-        caller: Caller,
-        params: DeletePromptTemplateParams,
+        &self, caller: Caller, params: DeletePromptTemplateParams,
     ) -> Reply<DeletePromptTemplateResponse> {
         self.remove::<PromptTemplate>(&caller, params.template_id)
             .await?;
@@ -235,9 +221,7 @@ impl TemplatesApi for Handlers {
     }
 
     async fn render_prompt_template(
-        &self,
-        caller: Caller,
-        params: RenderPromptTemplateParams,
+        &self, caller: Caller, params: RenderPromptTemplateParams,
     ) -> Reply<RenderPromptTemplateResponse> {
         let rendered = self.render_template(&caller, params).await?;
         Ok(RenderPromptTemplateResponse::Ok(Json(rendered)))

@@ -173,9 +173,7 @@ fn changes(spec: &ToolSpec, crypto: &crate::crypto::Crypto, previous_secrets: &s
 
 /// The organization's tools among `ids`, by id (ids it does not have are left out).
 pub(crate) fn tools_among(
-    conn: &mut DbConnection,
-    org_id: &str,
-    ids: &[String],
+    conn: &mut DbConnection, org_id: &str, ids: &[String],
 ) -> Result<BTreeMap<String, Tool>, StoreError> {
     use crate::db::Found;
     let mut found = BTreeMap::new();
@@ -229,9 +227,7 @@ impl Resource for Tool {
 
 /// The first knowledge base a tool names that is not the organization's (as a 404).
 fn check_knowledge_bases(
-    conn: &mut DbConnection,
-    org_id: &str,
-    spec: &ToolSpec,
+    conn: &mut DbConnection, org_id: &str, spec: &ToolSpec,
 ) -> Result<Option<(usize, String)>, StoreError> {
     let (ToolSpec::Rag(k) | ToolSpec::Retrieval(k)) = spec else {
         return Ok(None);
@@ -293,10 +289,7 @@ fn new_row(org_id: &str, c: &ToolChanges) -> ToolRow {
 impl Handlers {
     /// The tool `id`, which must be of type `wanted` (a 409 otherwise).
     async fn tool_of_type(
-        &self,
-        caller: &Caller,
-        id: String,
-        wanted: &str,
+        &self, caller: &Caller, id: String, wanted: &str,
     ) -> Result<ToolRow, Failure> {
         let row = self.row::<Tool>(caller, id).await?;
         if row.tool_type != wanted {
@@ -307,10 +300,7 @@ impl Handlers {
 
     /// Searches a knowledge tool's knowledge bases.
     async fn tool_search(
-        &self,
-        caller: &Caller,
-        row: &ToolRow,
-        q: agentplane_api::models::ToolQuery,
+        &self, caller: &Caller, row: &ToolRow, q: agentplane_api::models::ToolQuery,
     ) -> Result<Vec<KnowledgeResult>, Failure> {
         let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
         let kb_ids: Vec<String> = body
@@ -350,9 +340,7 @@ impl Handlers {
 
     /// Calls an API tool's endpoint once, as its test.
     async fn call_api(
-        &self,
-        row: &ToolRow,
-        input: Option<agentplane_api::models::ToolTestInput>,
+        &self, row: &ToolRow, input: Option<agentplane_api::models::ToolTestInput>,
     ) -> ToolTestResult {
         let tool: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
         let request = api::Request {
@@ -387,9 +375,7 @@ impl Handlers {
 
 impl ToolsApi for Handlers {
     async fn list_tools(
-        &self,
-        caller: Caller,
-        params: ListToolsParams,
+        &self, caller: Caller, params: ListToolsParams,
     ) -> Reply<ListToolsResponse> {
         let tool_type = params.type_.map(|t| t.as_str());
         let (data, pagination) = self
@@ -403,9 +389,7 @@ impl ToolsApi for Handlers {
     /// Creates a tool, once per `Idempotency-Key`; a knowledge base it names that is not the
     /// organization's is a 404 naming it, and creates nothing.
     async fn create_tool(
-        &self,
-        caller: Caller,
-        params: CreateToolParams,
+        &self, caller: Caller, params: CreateToolParams,
     ) -> Reply<CreateToolResponse> {
         let rid = caller.request_id.as_str();
         let spec = parse(&params.body, rid)?;
@@ -435,9 +419,7 @@ impl ToolsApi for Handlers {
     }
 
     async fn replace_tool(
-        &self,
-        caller: Caller,
-        params: ReplaceToolParams,
+        &self, caller: Caller, params: ReplaceToolParams,
     ) -> Reply<ReplaceToolResponse> {
         let rid = caller.request_id.clone();
         let spec = parse(&params.body, &rid)?;
@@ -460,18 +442,14 @@ impl ToolsApi for Handlers {
     }
 
     async fn delete_tool(
-        &self,
-        caller: Caller,
-        params: DeleteToolParams,
+        &self, caller: Caller, params: DeleteToolParams,
     ) -> Reply<DeleteToolResponse> {
         self.remove::<Tool>(&caller, params.tool_id).await?;
         Ok(DeleteToolResponse::NoContent)
     }
 
     async fn query_tool(
-        &self,
-        caller: Caller,
-        params: QueryToolParams,
+        &self, caller: Caller, params: QueryToolParams,
     ) -> Reply<QueryToolResponse> {
         let row = self.tool_of_type(&caller, params.tool_id, "rag").await?;
         let query = params.body.query.clone();
@@ -487,9 +465,7 @@ impl ToolsApi for Handlers {
     }
 
     async fn search_tool(
-        &self,
-        caller: Caller,
-        params: SearchToolParams,
+        &self, caller: Caller, params: SearchToolParams,
     ) -> Reply<SearchToolResponse> {
         let row = self
             .tool_of_type(&caller, params.tool_id, "retrieval")

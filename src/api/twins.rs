@@ -74,9 +74,7 @@ impl Resource for Twin {
 /// The columns of a twin as sent. A data source without a connection string keeps the one
 /// stored at its position in `previous_secrets`.
 fn changes_of(
-    input: &TwinInput,
-    previous_secrets: &str,
-    crypto: &crate::crypto::Crypto,
+    input: &TwinInput, previous_secrets: &str, crypto: &crate::crypto::Crypto,
 ) -> StoreResult<TwinChanges> {
     let previous: Vec<Option<String>> = if previous_secrets.is_empty() {
         Vec::new()
@@ -201,9 +199,7 @@ fn unprocessable(rejections: Vec<sim::Rejection>, rid: &str) -> Failure {
 /// The model a simulation runs: the one asked for, which the twin must enable, else the
 /// twin's first.
 fn chosen_model(
-    twin: &Twin,
-    asked: Option<SimulationModel>,
-    rid: &str,
+    twin: &Twin, asked: Option<SimulationModel>, rid: &str,
 ) -> Result<SimulationModel, Failure> {
     let not_enabled = |message: String| {
         Failure::with_details(
@@ -230,10 +226,7 @@ fn chosen_model(
 
 /// The built-in model's plan for the twin's state and the request's parameters.
 fn plan_of(
-    model: SimulationModel,
-    twin: &Twin,
-    parameters: &Value,
-    rid: &str,
+    model: SimulationModel, twin: &Twin, parameters: &Value, rid: &str,
 ) -> Result<sim::Plan, Failure> {
     let sim_model = sim::Model::from_name(model.as_str()).ok_or_else(|| {
         Failure::with_details(
@@ -260,9 +253,7 @@ struct NewSimulation {
 
 /// The queued row of a simulate request on `twin`, checked against it.
 fn new_simulation(
-    caller: &Caller,
-    twin: &Twin,
-    body: &SimulationRequest,
+    caller: &Caller, twin: &Twin, body: &SimulationRequest,
 ) -> Result<NewSimulation, Failure> {
     let rid = caller.request_id.as_str();
     let model = chosen_model(twin, body.model, rid)?;
@@ -343,9 +334,7 @@ impl Handlers {
     /// Checks the request against the twin, then runs it (or queues it): the simulation,
     /// whether it is queued, and the notification secret generated for it (shown once).
     async fn simulate(
-        &self,
-        caller: &Caller,
-        params: SimulateTwinParams,
+        &self, caller: &Caller, params: SimulateTwinParams,
     ) -> Result<(Simulation, bool), Failure> {
         let rid = caller.request_id.as_str();
         let twin = self.item::<Twin>(caller, params.twin_id).await?;
@@ -382,9 +371,7 @@ impl Handlers {
     /// Stores a simulation once per `Idempotency-Key`: queued with its job, or finished with
     /// its notification.
     async fn record_simulation(
-        &self,
-        new: NewSimulation,
-        key: Option<String>,
+        &self, new: NewSimulation, key: Option<String>,
     ) -> StoreResult<Created<SimulationRow>> {
         let NewSimulation {
             row,
@@ -422,9 +409,7 @@ impl Handlers {
 
 impl TwinsApi for Handlers {
     async fn list_twins(
-        &self,
-        caller: Caller,
-        params: ListTwinsParams,
+        &self, caller: Caller, params: ListTwinsParams,
     ) -> Reply<ListTwinsResponse> {
         let ty = params.type_.clone();
         let (data, pagination) = self
@@ -436,9 +421,7 @@ impl TwinsApi for Handlers {
     }
 
     async fn create_twin(
-        &self,
-        caller: Caller,
-        params: CreateTwinParams,
+        &self, caller: Caller, params: CreateTwinParams,
     ) -> Reply<CreateTwinResponse> {
         let changes = changes_of(&params.body, "", &self.crypto)
             .map_err(store_error(Twin::NOT_FOUND, &caller.request_id))?;
@@ -453,9 +436,7 @@ impl TwinsApi for Handlers {
     }
 
     async fn replace_twin(
-        &self,
-        caller: Caller,
-        params: ReplaceTwinParams,
+        &self, caller: Caller, params: ReplaceTwinParams,
     ) -> Reply<ReplaceTwinResponse> {
         let ReplaceTwinParams {
             twin_id,
@@ -472,18 +453,14 @@ impl TwinsApi for Handlers {
     }
 
     async fn delete_twin(
-        &self,
-        caller: Caller,
-        params: DeleteTwinParams,
+        &self, caller: Caller, params: DeleteTwinParams,
     ) -> Reply<DeleteTwinResponse> {
         self.remove::<Twin>(&caller, params.twin_id).await?;
         Ok(DeleteTwinResponse::NoContent)
     }
 
     async fn simulate_twin(
-        &self,
-        caller: Caller,
-        params: SimulateTwinParams,
+        &self, caller: Caller, params: SimulateTwinParams,
     ) -> Reply<SimulateTwinResponse> {
         let (s, queued) = self.simulate(&caller, params).await?;
         let location = format!("/v1/twins/{}/simulations/{}", s.twin_id, s.id);
@@ -494,9 +471,7 @@ impl TwinsApi for Handlers {
     }
 
     async fn list_twin_simulations(
-        &self,
-        caller: Caller,
-        params: ListTwinSimulationsParams,
+        &self, caller: Caller, params: ListTwinSimulationsParams,
     ) -> Reply<ListTwinSimulationsResponse> {
         let (twin_id, status) = (params.twin_id.clone(), params.status.map(|s| s.as_str()));
         let list = move |conn: &mut DbConnection, org: &str, page: &Page| {
@@ -510,9 +485,7 @@ impl TwinsApi for Handlers {
     }
 
     async fn get_twin_simulation(
-        &self,
-        caller: Caller,
-        params: GetTwinSimulationParams,
+        &self, caller: Caller, params: GetTwinSimulationParams,
     ) -> Reply<GetTwinSimulationResponse> {
         let (twin_id, id) = (params.twin_id, params.simulation_id);
         let row: SimulationRow = self

@@ -54,10 +54,7 @@ pub fn bound(text: &str, end: bool) -> String {
 
 /// The window of `from`/`start_date` and `to`/`end_date`: the later start, the earlier end.
 pub fn window(
-    from: Option<&str>,
-    start_date: Option<&str>,
-    to: Option<&str>,
-    end_date: Option<&str>,
+    from: Option<&str>, start_date: Option<&str>, to: Option<&str>, end_date: Option<&str>,
 ) -> Window {
     let starts = [from, start_date]
         .into_iter()
@@ -77,9 +74,7 @@ trait Dated {
 
     /// The usage records of the period, of `agent_id` or of an `entity` when given.
     fn filter(
-        &self,
-        agent_id: Option<String>,
-        entity: Option<(GroupColumn, Option<String>)>,
+        &self, agent_id: Option<String>, entity: Option<(GroupColumn, Option<String>)>,
     ) -> UsageFilter {
         let window = self.window();
         UsageFilter {
@@ -158,10 +153,7 @@ fn nullable(v: &Option<String>) -> MaybeUndefined<String> {
 }
 
 fn stats_of(
-    w: &Window,
-    agent_id: &Option<String>,
-    group_by: UsageGroupBy,
-    (t, breakdown, models): Figures,
+    w: &Window, agent_id: &Option<String>, group_by: UsageGroupBy, (t, breakdown, models): Figures,
 ) -> UsageStats {
     let total_tokens = t.sums.total_tokens();
     UsageStats {
@@ -200,9 +192,7 @@ fn stats_of(
 }
 
 fn costs_of(
-    w: &Window,
-    entity_type: UsageEntityType,
-    entity_id: Option<String>,
+    w: &Window, entity_type: UsageEntityType, entity_id: Option<String>,
     (t, entries, days): Figures,
 ) -> UsageCosts {
     UsageCosts {
@@ -271,8 +261,7 @@ fn conversations_by_agent(figures: &ConversationFigures) -> Vec<AgentConversatio
 
 /// The figures of `date`, zero until counted.
 fn day<'a>(
-    days: &'a mut BTreeMap<String, DailyConversationStats>,
-    date: &str,
+    days: &'a mut BTreeMap<String, DailyConversationStats>, date: &str,
 ) -> &'a mut DailyConversationStats {
     days.entry(date.to_string())
         .or_insert_with(|| DailyConversationStats {
@@ -295,9 +284,7 @@ fn conversations_by_day(figures: &ConversationFigures) -> Vec<DailyConversationS
 }
 
 fn analytics_of(
-    w: &Window,
-    agent_id: &Option<String>,
-    figures: &ConversationFigures,
+    w: &Window, agent_id: &Option<String>, figures: &ConversationFigures,
 ) -> ConversationAnalytics {
     let total_conversations: i64 = figures.by_agent.iter().map(|c| c.n).sum();
     let messages_in_started: i64 = figures.by_agent.iter().map(|c| c.extra).sum();
@@ -326,11 +313,8 @@ type Figures = (Totals, Vec<Group>, Vec<Group>);
 /// The figures of the records `filter` matches: its totals, its groups by `first` (at most
 /// `limit` of them) and its groups by `second` (the first ones again when they are the same).
 fn figures(
-    conn: &mut DbConnection,
-    org: &str,
-    filter: &UsageFilter,
-    (first, limit): (GroupColumn, Option<i64>),
-    second: GroupColumn,
+    conn: &mut DbConnection, org: &str, filter: &UsageFilter,
+    (first, limit): (GroupColumn, Option<i64>), second: GroupColumn,
 ) -> StoreResult<Figures> {
     let totals = store::totals(conn, org, filter)?;
     let firsts = store::grouped(conn, org, filter, first, limit)?;
@@ -345,10 +329,7 @@ fn figures(
 impl Handlers {
     /// [`figures`] of the caller's organization.
     async fn usage_figures(
-        &self,
-        caller: &Caller,
-        filter: UsageFilter,
-        first: (GroupColumn, Option<i64>),
+        &self, caller: &Caller, filter: UsageFilter, first: (GroupColumn, Option<i64>),
         second: GroupColumn,
     ) -> Result<Figures, Failure> {
         self.run_for(caller, NOT_FOUND, move |conn, org| {
@@ -360,9 +341,7 @@ impl Handlers {
 
 impl UsageApi for Handlers {
     async fn get_usage_stats(
-        &self,
-        caller: Caller,
-        params: GetUsageStatsParams,
+        &self, caller: Caller, params: GetUsageStatsParams,
     ) -> Reply<GetUsageStatsResponse> {
         let filter = params.filter(params.agent_id.clone(), None);
         let w = filter.window.clone();
@@ -376,9 +355,7 @@ impl UsageApi for Handlers {
     }
 
     async fn get_usage_costs(
-        &self,
-        caller: Caller,
-        params: GetUsageCostsParams,
+        &self, caller: Caller, params: GetUsageCostsParams,
     ) -> Reply<GetUsageCostsResponse> {
         let entity_type = params.entity_type.unwrap_or(UsageEntityType::Agent);
         let column = column_of_entity(entity_type);
@@ -393,9 +370,7 @@ impl UsageApi for Handlers {
     }
 
     async fn get_conversation_analytics(
-        &self,
-        caller: Caller,
-        params: GetConversationAnalyticsParams,
+        &self, caller: Caller, params: GetConversationAnalyticsParams,
     ) -> Reply<GetConversationAnalyticsResponse> {
         let (w, agent) = (params.window(), params.agent_id.clone());
         let win = w.clone();

@@ -30,10 +30,7 @@ pub const TOKEN_PREFIX: &str = crate::auth::VAULT_TOKEN_PREFIX;
 /// returned only if its event is recorded. The event names the credential and the token,
 /// never the value.
 pub fn record_decrypted_read(
-    conn: &mut DbConnection,
-    caller: &Caller,
-    credential_id: &str,
-    token_id: &str,
+    conn: &mut DbConnection, caller: &Caller, credential_id: &str, token_id: &str,
 ) -> StoreResult<()> {
     use crate::security::{Event, EventType, Severity};
     let event = Event::new(
@@ -60,8 +57,7 @@ impl Resource for VaultCredential {
 
 /// The credential of `row` with `value` in clear, if given.
 fn row_to_credential(
-    row: &CredentialRow,
-    value: Option<String>,
+    row: &CredentialRow, value: Option<String>,
 ) -> Result<VaultCredential, StoreError> {
     let corrupt = |what: String| StoreError::Corrupt(format!("credential {}: {what}", row.id));
     let body: Map<String, Value> =
@@ -101,8 +97,7 @@ fn row_to_credential(
 /// The stored body of a credential: metadata, then tags (last, so a tag filter can match
 /// inside the tags array only).
 fn body_of(
-    metadata: Option<&agentplane_api::models::VaultMetadata>,
-    tags: Option<&Vec<String>>,
+    metadata: Option<&agentplane_api::models::VaultMetadata>, tags: Option<&Vec<String>>,
 ) -> String {
     let mut body = Map::new();
     body.insert(
@@ -125,9 +120,7 @@ fn body_of(
 
 /// The columns a replace writes; the sealed value stays unless a new one is sent.
 fn replaced(
-    input: &VaultCredentialReplace,
-    sealed: Option<&String>,
-    current: &CredentialRow,
+    input: &VaultCredentialReplace, sealed: Option<&String>, current: &CredentialRow,
 ) -> CredentialChanges {
     CredentialChanges {
         name: input.name.clone(),
@@ -177,12 +170,8 @@ impl TokenProblem {
 /// Checks the token, reads the credential, opens its value and records the read, all in one
 /// transaction: nothing is returned unless the read is recorded.
 fn decrypted_read(
-    conn: &mut DbConnection,
-    crypto: &crate::crypto::Crypto,
-    caller: &Caller,
-    org_id: &str,
-    credential_id: &str,
-    token: &str,
+    conn: &mut DbConnection, crypto: &crate::crypto::Crypto, caller: &Caller, org_id: &str,
+    credential_id: &str, token: &str,
 ) -> StoreResult<Result<(CredentialRow, String), TokenProblem>> {
     let hash = crate::auth::hash_key(token);
     crate::db::write_transaction(conn, |conn| {
@@ -237,10 +226,7 @@ impl Handlers {
     /// The credential with its value in clear, for a valid vault token of the organization;
     /// the read is recorded.
     async fn decrypted_credential(
-        &self,
-        caller: &Caller,
-        id: String,
-        token: String,
+        &self, caller: &Caller, id: String, token: String,
     ) -> Result<VaultCredential, Failure> {
         let rid = caller.request_id.as_str();
         admin_only(
@@ -268,9 +254,7 @@ impl Handlers {
 
     /// A new vault token of the caller, with its secret (shown once).
     async fn issue_token(
-        &self,
-        caller: &Caller,
-        params: CreateVaultTokenParams,
+        &self, caller: &Caller, params: CreateVaultTokenParams,
     ) -> Result<VaultTokenCreated, Failure> {
         admin_only(caller, "token", "only an admin key can mint vault tokens")?;
         let secret = crate::auth::generate_secret(TOKEN_PREFIX);
@@ -332,9 +316,7 @@ fn new_row(org_id: &str, input: &VaultCredentialInput, value_sealed: String) -> 
 
 impl VaultApi for Handlers {
     async fn list_vault_credentials(
-        &self,
-        caller: Caller,
-        params: ListVaultCredentialsParams,
+        &self, caller: Caller, params: ListVaultCredentialsParams,
     ) -> Result<ListVaultCredentialsResponse, ApiError> {
         let filter = CredentialFilter {
             cred_type: params.type_.map(|t| t.as_str().to_string()),
@@ -351,9 +333,7 @@ impl VaultApi for Handlers {
     }
 
     async fn create_vault_credential(
-        &self,
-        caller: Caller,
-        params: CreateVaultCredentialParams,
+        &self, caller: Caller, params: CreateVaultCredentialParams,
     ) -> Result<CreateVaultCredentialResponse, ApiError> {
         let sealed = self.crypto.encrypt(params.body.value.as_bytes());
         let row = new_row(&caller.org_id, &params.body, sealed);
@@ -369,9 +349,7 @@ impl VaultApi for Handlers {
 
     /// With an `X-Vault-Token`, the value in clear (never a 304); else without it.
     async fn get_vault_credential(
-        &self,
-        caller: Caller,
-        params: GetVaultCredentialParams,
+        &self, caller: Caller, params: GetVaultCredentialParams,
     ) -> Result<GetVaultCredentialResponse, ApiError> {
         let id = params.credential_id;
         let answer = match params.x_vault_token {
@@ -389,9 +367,7 @@ impl VaultApi for Handlers {
     }
 
     async fn replace_vault_credential(
-        &self,
-        caller: Caller,
-        params: ReplaceVaultCredentialParams,
+        &self, caller: Caller, params: ReplaceVaultCredentialParams,
     ) -> Result<ReplaceVaultCredentialResponse, ApiError> {
         let ReplaceVaultCredentialParams {
             credential_id,
@@ -411,9 +387,7 @@ impl VaultApi for Handlers {
     }
 
     async fn delete_vault_credential(
-        &self,
-        caller: Caller,
-        params: DeleteVaultCredentialParams,
+        &self, caller: Caller, params: DeleteVaultCredentialParams,
     ) -> Result<DeleteVaultCredentialResponse, ApiError> {
         self.remove::<VaultCredential>(&caller, params.credential_id)
             .await?;
@@ -421,9 +395,7 @@ impl VaultApi for Handlers {
     }
 
     async fn list_vault_tokens(
-        &self,
-        caller: Caller,
-        params: ListVaultTokensParams,
+        &self, caller: Caller, params: ListVaultTokensParams,
     ) -> Result<ListVaultTokensResponse, ApiError> {
         let (data, pagination) = self
             .page_of(&caller, &params, TOKEN_NOT_FOUND, store::list_tokens, |r| {
@@ -437,9 +409,7 @@ impl VaultApi for Handlers {
     }
 
     async fn create_vault_token(
-        &self,
-        caller: Caller,
-        params: CreateVaultTokenParams,
+        &self, caller: Caller, params: CreateVaultTokenParams,
     ) -> Result<CreateVaultTokenResponse, ApiError> {
         let created = self.issue_token(&caller, params).await?;
         let location = format!("/v1/vault/tokens/{}", created.id);
@@ -447,9 +417,7 @@ impl VaultApi for Handlers {
     }
 
     async fn get_vault_token(
-        &self,
-        caller: Caller,
-        params: GetVaultTokenParams,
+        &self, caller: Caller, params: GetVaultTokenParams,
     ) -> Result<GetVaultTokenResponse, ApiError> {
         let id = params.token_id;
         let row = self
@@ -461,9 +429,7 @@ impl VaultApi for Handlers {
     }
 
     async fn revoke_vault_token(
-        &self,
-        caller: Caller,
-        params: RevokeVaultTokenParams,
+        &self, caller: Caller, params: RevokeVaultTokenParams,
     ) -> Result<RevokeVaultTokenResponse, ApiError> {
         let (id, now) = (params.token_id, crate::ids::now());
         let row = self

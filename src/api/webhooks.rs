@@ -130,9 +130,7 @@ fn patched(patch: &Value, sealed: Option<&String>, current: &WebhookRow) -> Webh
 /// The test event of a webhook: recorded in the log like any event, delivered to this webhook
 /// only (a ping matches no wildcard, and `publish` is not used).
 fn ping_event(
-    conn: &mut DbConnection,
-    org_id: &str,
-    hook: &WebhookRow,
+    conn: &mut DbConnection, org_id: &str, hook: &WebhookRow,
 ) -> Result<EventRow, StoreError> {
     let data = json!({
         "webhook_id": hook.id,
@@ -153,9 +151,7 @@ fn ping_event(
 impl Handlers {
     /// The created (or replayed) webhook with its secret in clear, and its row.
     async fn create_webhook_row(
-        &self,
-        caller: &Caller,
-        params: &CreateWebhookParams,
+        &self, caller: &Caller, params: &CreateWebhookParams,
     ) -> Result<(WebhookCreated, WebhookRow), Failure> {
         let rid = caller.request_id.as_str();
         let body = params.request_json();
@@ -192,9 +188,7 @@ impl Handlers {
 
     /// Queues one delivery of `event_of(conn)` for the webhook, in one transaction.
     async fn queue_for(
-        &self,
-        caller: &Caller,
-        webhook_id: String,
+        &self, caller: &Caller, webhook_id: String,
         event_of: impl FnOnce(&mut DbConnection, &WebhookRow) -> Result<EventRow, StoreError>
         + Send
         + 'static,
@@ -217,9 +211,7 @@ impl Handlers {
 
 impl WebhooksApi for Handlers {
     async fn list_webhooks(
-        &self,
-        caller: Caller,
-        params: ListWebhooksParams,
+        &self, caller: Caller, params: ListWebhooksParams,
     ) -> Result<ListWebhooksResponse, ApiError> {
         let (data, pagination) = self
             .list_page::<Webhook>(&caller, &params, store::list)
@@ -231,9 +223,7 @@ impl WebhooksApi for Handlers {
     }
 
     async fn create_webhook(
-        &self,
-        caller: Caller,
-        params: CreateWebhookParams,
+        &self, caller: Caller, params: CreateWebhookParams,
     ) -> Result<CreateWebhookResponse, ApiError> {
         let (created, row) = self.create_webhook_row(&caller, &params).await?;
         let (location, tag) = (location(&params, &row.id), etag(row.version));
@@ -241,9 +231,7 @@ impl WebhooksApi for Handlers {
     }
 
     async fn get_webhook(
-        &self,
-        caller: Caller,
-        params: GetWebhookParams,
+        &self, caller: Caller, params: GetWebhookParams,
     ) -> Result<GetWebhookResponse, ApiError> {
         let (id, if_none_match) = (params.webhook_id, params.if_none_match);
         let answer = self.item_if_changed::<Webhook>(&caller, id, if_none_match);
@@ -251,9 +239,7 @@ impl WebhooksApi for Handlers {
     }
 
     async fn update_webhook(
-        &self,
-        caller: Caller,
-        params: UpdateWebhookParams,
+        &self, caller: Caller, params: UpdateWebhookParams,
     ) -> Result<UpdateWebhookResponse, ApiError> {
         let patch = params.body.to_json().unwrap_or(Value::Null);
         self.outbound("url", patch["url"].as_str(), &caller.request_id)?;
@@ -270,18 +256,14 @@ impl WebhooksApi for Handlers {
     }
 
     async fn delete_webhook(
-        &self,
-        caller: Caller,
-        params: DeleteWebhookParams,
+        &self, caller: Caller, params: DeleteWebhookParams,
     ) -> Result<DeleteWebhookResponse, ApiError> {
         self.remove::<Webhook>(&caller, params.webhook_id).await?;
         Ok(DeleteWebhookResponse::NoContent)
     }
 
     async fn list_webhook_deliveries(
-        &self,
-        caller: Caller,
-        params: ListWebhookDeliveriesParams,
+        &self, caller: Caller, params: ListWebhookDeliveriesParams,
     ) -> Result<ListWebhookDeliveriesResponse, ApiError> {
         let hook = params.webhook_id.clone();
         let status = params.status.map(|s| s.as_str());
@@ -297,9 +279,7 @@ impl WebhooksApi for Handlers {
     }
 
     async fn get_webhook_delivery(
-        &self,
-        caller: Caller,
-        params: GetWebhookDeliveryParams,
+        &self, caller: Caller, params: GetWebhookDeliveryParams,
     ) -> Result<GetWebhookDeliveryResponse, ApiError> {
         let (hook, id) = (params.webhook_id, params.delivery_id);
         let delivery = self
@@ -311,9 +291,7 @@ impl WebhooksApi for Handlers {
     }
 
     async fn redeliver_webhook_delivery(
-        &self,
-        caller: Caller,
-        params: RedeliverWebhookDeliveryParams,
+        &self, caller: Caller, params: RedeliverWebhookDeliveryParams,
     ) -> Result<RedeliverWebhookDeliveryResponse, ApiError> {
         let (org, delivery_id) = (caller.org_id.clone(), params.delivery_id);
         let delivery = self
@@ -330,9 +308,7 @@ impl WebhooksApi for Handlers {
     }
 
     async fn test_webhook(
-        &self,
-        caller: Caller,
-        params: TestWebhookParams,
+        &self, caller: Caller, params: TestWebhookParams,
     ) -> Result<TestWebhookResponse, ApiError> {
         let org = caller.org_id.clone();
         let delivery = self

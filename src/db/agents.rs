@@ -154,9 +154,7 @@ macro_rules! keyset {
 
 /// A page of agents and the number of agents matching the filters.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    q: &ListQuery,
+    conn: &mut DbConnection, org_id: &str, q: &ListQuery,
 ) -> StoreResult<(Vec<AgentRow>, i64)> {
     let counted = filtered(org_id, q)
         .select(agents::id)
@@ -185,10 +183,7 @@ pub fn list(
 /// Writes `changes` over `current` as its next version, only if it still is at
 /// `current.version`; `false` when another writer got there first.
 fn write_version(
-    conn: &mut DbConnection,
-    current: &AgentRow,
-    changes: &AgentChanges,
-    now: &str,
+    conn: &mut DbConnection, current: &AgentRow, changes: &AgentChanges, now: &str,
 ) -> StoreResult<bool> {
     let written = diesel::update(
         agents::table
@@ -215,9 +210,7 @@ const UPDATE_ATTEMPTS: usize = 8;
 /// transaction (to publish its event). Writers queue on the lock, so concurrent updates all
 /// land and `change` always judges the version it replaces.
 pub fn update_then<E>(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
+    conn: &mut DbConnection, org_id: &str, id: &str,
     change: impl FnOnce(&mut DbConnection, &AgentRow) -> StoreResult<Result<AgentChanges, E>>,
     on_written: impl FnOnce(&mut DbConnection, &AgentRow) -> StoreResult<()>,
 ) -> StoreResult<Result<AgentRow, E>> {
@@ -246,9 +239,7 @@ impl super::crud::Versioned for AgentRow {
         self.version
     }
     fn update<E>(
-        conn: &mut DbConnection,
-        org_id: &str,
-        id: &str,
+        conn: &mut DbConnection, org_id: &str, id: &str,
         change: impl FnOnce(&mut DbConnection, &Self) -> StoreResult<Result<AgentChanges, E>>,
     ) -> StoreResult<Result<Self, E>> {
         update_then(conn, org_id, id, change, |_, _| Ok(()))
@@ -276,9 +267,7 @@ pub struct BulkOutcome {
 /// `None` for an agent it leaves as it was. A concurrent writer that bumps a matched agent
 /// between the read and the write makes the whole step run again on the newer versions.
 pub fn bulk_update<E>(
-    conn: &mut DbConnection,
-    org_id: &str,
-    filter: &BulkFilter,
+    conn: &mut DbConnection, org_id: &str, filter: &BulkFilter,
     mut change: impl FnMut(&AgentRow) -> Result<Option<AgentChanges>, E>,
 ) -> StoreResult<Result<BulkOutcome, E>> {
     let query = ListQuery {

@@ -66,11 +66,7 @@ fn filtered<'a>(org_id: &'a str, agent_id: Option<&'a str>) -> c::BoxedQuery<'a,
 
 /// A page, newest first, and the number of matching rows.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    agent_id: Option<&str>,
-    offset: i64,
-    limit: i64,
+    conn: &mut DbConnection, org_id: &str, agent_id: Option<&str>, offset: i64, limit: i64,
     after_id: Option<&str>,
 ) -> StoreResult<(Vec<ConversationRow>, i64)> {
     let counted = filtered(org_id, agent_id)
@@ -88,9 +84,7 @@ pub fn list(
 
 /// Changes title and metadata when `check` accepts the current row (an `If-Match`).
 pub fn update(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
+    conn: &mut DbConnection, org_id: &str, id: &str,
     change: impl FnOnce(&ConversationRow) -> StoreResult<(Option<String>, Json<serde_json::Value>)>,
 ) -> StoreResult<ConversationRow> {
     super::write_transaction(conn, |conn| {
@@ -134,11 +128,7 @@ pub fn add_message(conn: &mut DbConnection, row: &MessageRow) -> StoreResult<()>
 
 /// A page of messages, oldest first, and their number.
 pub fn messages(
-    conn: &mut DbConnection,
-    conversation_id: &str,
-    offset: i64,
-    limit: i64,
-    after_id: Option<&str>,
+    conn: &mut DbConnection, conversation_id: &str, offset: i64, limit: i64, after_id: Option<&str>,
 ) -> StoreResult<(Vec<MessageRow>, i64)> {
     let total: i64 = m::table
         .filter(m::conversation_id.eq(conversation_id))
@@ -159,9 +149,7 @@ pub fn messages(
 
 /// The latest `limit` messages, oldest first.
 pub fn latest(
-    conn: &mut DbConnection,
-    conversation_id: &str,
-    limit: i64,
+    conn: &mut DbConnection, conversation_id: &str, limit: i64,
 ) -> StoreResult<Vec<MessageRow>> {
     let mut rows: Vec<MessageRow> = m::table
         .filter(m::conversation_id.eq(conversation_id))
@@ -175,9 +163,7 @@ pub fn latest(
 
 /// The message of `role` an execution wrote or answered.
 pub fn message_of(
-    conn: &mut DbConnection,
-    execution_id: &str,
-    role: &str,
+    conn: &mut DbConnection, execution_id: &str, role: &str,
 ) -> StoreResult<Option<MessageRow>> {
     m::table
         .filter(m::execution_id.eq(execution_id))

@@ -33,9 +33,7 @@ pub trait Versioned: Stored {
     /// Updates the row under a row lock: `change` sees the current row (for `If-Match`, and to
     /// keep what the request leaves out) and may refuse with an `E`, which writes nothing.
     fn update<E>(
-        conn: &mut DbConnection,
-        org_id: &str,
-        id: &str,
+        conn: &mut DbConnection, org_id: &str, id: &str,
         change: impl FnOnce(&mut DbConnection, &Self) -> StoreResult<Result<Self::Changes, E>>,
     ) -> StoreResult<Result<Self, E>>;
 }
@@ -57,9 +55,7 @@ pub trait Child: Identified + Sized + Clone + Send + 'static {
 /// `page`, except that a cursor naming no stored row (a deleted one, or an item no row holds)
 /// pages by its offset instead.
 pub fn stored_cursor<R: Stored>(
-    conn: &mut DbConnection,
-    org_id: &str,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, page: &Page,
 ) -> StoreResult<Page> {
     let after_id = match &page.after_id {
         Some(id) => R::get(conn, org_id, id)
@@ -82,26 +78,21 @@ macro_rules! resource_table {
 
         /// Inserts a new row.
         pub fn insert(
-            conn: &mut $crate::db::DbConnection,
-            row: &$row,
+            conn: &mut $crate::db::DbConnection, row: &$row,
         ) -> $crate::db::StoreResult<()> {
             <$row as $crate::db::crud::Stored>::insert(conn, row)
         }
 
         /// The organization's row `id`.
         pub fn get(
-            conn: &mut $crate::db::DbConnection,
-            org_id: &str,
-            id: &str,
+            conn: &mut $crate::db::DbConnection, org_id: &str, id: &str,
         ) -> $crate::db::StoreResult<$row> {
             <$row as $crate::db::crud::Stored>::get(conn, org_id, id)
         }
 
         /// Deletes the organization's row `id`; `NotFound` when there was none.
         pub fn delete(
-            conn: &mut $crate::db::DbConnection,
-            org_id: &str,
-            id: &str,
+            conn: &mut $crate::db::DbConnection, org_id: &str, id: &str,
         ) -> $crate::db::StoreResult<()> {
             <$row as $crate::db::crud::Stored>::delete(conn, org_id, id)
         }
@@ -112,9 +103,7 @@ macro_rules! resource_table {
         /// Updates the organization's row `id` under a row lock, bumping its `version` and
         /// `updated_at`: `change` sees the current row and may refuse, writing nothing.
         pub fn update<E>(
-            conn: &mut $crate::db::DbConnection,
-            org_id: &str,
-            id: &str,
+            conn: &mut $crate::db::DbConnection, org_id: &str, id: &str,
             change: impl FnOnce(
                 &mut $crate::db::DbConnection,
                 &$row,
@@ -146,9 +135,7 @@ macro_rules! resource_table {
                 self.version
             }
             fn update<E>(
-                conn: &mut $crate::db::DbConnection,
-                org_id: &str,
-                id: &str,
+                conn: &mut $crate::db::DbConnection, org_id: &str, id: &str,
                 change: impl FnOnce(
                     &mut $crate::db::DbConnection,
                     &Self,
@@ -184,8 +171,7 @@ macro_rules! child_table {
             $crate::db::crud::one_row!($table, $row, org_id = org_id, $parent = parent_id, id = id);
 
             fn by_id(
-                conn: &mut $crate::db::DbConnection,
-                id: &str,
+                conn: &mut $crate::db::DbConnection, id: &str,
             ) -> $crate::db::StoreResult<Self> {
                 use diesel::prelude::*;
                 use $crate::db::schema::$table as t;
@@ -199,8 +185,7 @@ macro_rules! child_table {
         impl $row {
             /// The organization's rows under `parent_id`, as a query to narrow and page.
             pub fn under<'a>(
-                org_id: &'a str,
-                parent_id: &'a str,
+                org_id: &'a str, parent_id: &'a str,
             ) -> $crate::db::schema::$table::BoxedQuery<'a, $crate::db::MultiBackend> {
                 use diesel::prelude::*;
                 use $crate::db::schema::$table as t;

@@ -55,9 +55,7 @@ pub fn insert(conn: &mut DbConnection, row: &DeploymentRow) -> StoreResult<()> {
 /// Writes `next` over the stored row if it is still `prev` (another server may have moved
 /// it meanwhile); answers whether it did.
 pub fn save(
-    conn: &mut DbConnection,
-    prev: &DeploymentRow,
-    next: &DeploymentRow,
+    conn: &mut DbConnection, prev: &DeploymentRow, next: &DeploymentRow,
 ) -> StoreResult<bool> {
     let changed = diesel::update(
         d::table
@@ -101,11 +99,7 @@ fn lines<'a>(agent_id: &'a str, levels: &[&str]) -> l::BoxedQuery<'a, MultiBacke
 /// The agent's log lines at `levels`, from `since` on: the newest `limit + 1` of them, newest
 /// first (one more than asked, so the caller knows whether older lines were left out).
 pub fn logs(
-    conn: &mut DbConnection,
-    agent_id: &str,
-    levels: &[&str],
-    since: Option<&str>,
-    limit: i64,
+    conn: &mut DbConnection, agent_id: &str, levels: &[&str], since: Option<&str>, limit: i64,
 ) -> StoreResult<Vec<LogRow>> {
     Ok(lines(agent_id, levels)
         .filter_if(since.map(|since| l::created_at.ge(since)))
@@ -118,11 +112,7 @@ pub fn logs(
 /// The agent's lines at `levels` written at or after `from`, oldest first, at most `limit`
 /// (what a followed log polls for).
 pub fn logs_from(
-    conn: &mut DbConnection,
-    agent_id: &str,
-    levels: &[&str],
-    from: &str,
-    limit: i64,
+    conn: &mut DbConnection, agent_id: &str, levels: &[&str], from: &str, limit: i64,
 ) -> StoreResult<Vec<LogRow>> {
     Ok(lines(agent_id, levels)
         .filter(l::created_at.ge(from))
@@ -143,9 +133,7 @@ fn executions_in(agent_id: &str, status: ExecutionStatus) -> e::BoxedQuery<'_, M
 /// How many of the agent's executions are `running`, and how many of those started before
 /// `before` (the old revision's, during a restart).
 pub fn running(
-    conn: &mut DbConnection,
-    agent_id: &str,
-    before: Option<&str>,
+    conn: &mut DbConnection, agent_id: &str, before: Option<&str>,
 ) -> StoreResult<(i64, i64)> {
     let all: i64 = executions_in(agent_id, ExecutionStatus::Running)
         .count()
@@ -180,10 +168,7 @@ pub struct FinishedExecution {
 
 /// The agent's executions that finished at or after `from`.
 pub fn finished_since(
-    conn: &mut DbConnection,
-    org_id: &str,
-    agent_id: &str,
-    from: &str,
+    conn: &mut DbConnection, org_id: &str, agent_id: &str, from: &str,
 ) -> StoreResult<Vec<FinishedExecution>> {
     Ok(e::table
         .filter(e::org_id.eq(org_id))

@@ -43,10 +43,7 @@ super::crud::child_table!(evaluation_runs, evaluation_id, RunRow);
 
 /// A page of the organization's evaluations, newest first, and how many match.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    target_id: Option<&str>,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, target_id: Option<&str>, page: &Page,
 ) -> StoreResult<(Vec<EvaluationRow>, i64)> {
     let filtered = || {
         let q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
@@ -75,10 +72,7 @@ pub fn run_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<RunRow> {
 
 /// A page of an evaluation's runs, newest first, and how many it has.
 pub fn list_runs(
-    conn: &mut DbConnection,
-    org_id: &str,
-    evaluation_id: &str,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, evaluation_id: &str, page: &Page,
 ) -> StoreResult<(Vec<RunRow>, i64)> {
     let filtered = || RunRow::under(org_id, evaluation_id);
     super::crud::newest_first!(conn, r, RunRow, filtered, page)
@@ -94,13 +88,8 @@ pub fn start_run(conn: &mut DbConnection, run_id: &str, at: &str) -> StoreResult
 
 /// Records how a run ended.
 pub fn finish_run(
-    conn: &mut DbConnection,
-    run_id: &str,
-    status: &str,
-    summary: Option<&str>,
-    results: &str,
-    error: Option<&str>,
-    at: &str,
+    conn: &mut DbConnection, run_id: &str, status: &str, summary: Option<&str>, results: &str,
+    error: Option<&str>, at: &str,
 ) -> StoreResult<()> {
     diesel::update(r::table.filter(r::id.eq(run_id)))
         .set((

@@ -47,10 +47,7 @@ pub fn by_id(conn: &mut DbConnection, id: &str) -> StoreResult<EventRow> {
 
 /// A page of events, newest first, and the number matching.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    f: &EventFilter,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, f: &EventFilter, page: &Page,
 ) -> StoreResult<(Vec<EventRow>, i64)> {
     super::crud::newest_first!(conn, e, EventRow, || filtered(org_id, f), page)
 }
@@ -58,11 +55,7 @@ pub fn list(
 /// Events created at or after `since`, oldest first (tailing). Callers drop the ones they
 /// have seen: a transaction that committed late can add an event older than the newest seen.
 pub fn since(
-    conn: &mut DbConnection,
-    org_id: &str,
-    f: &EventFilter,
-    since: &str,
-    limit: i64,
+    conn: &mut DbConnection, org_id: &str, f: &EventFilter, since: &str, limit: i64,
 ) -> StoreResult<Vec<EventRow>> {
     Ok(filtered(org_id, f)
         .filter(e::created_at.ge(since))

@@ -320,9 +320,7 @@ fn filtered<'a>(org_id: &'a str, q: &'a ExecutionQuery) -> e::BoxedQuery<'a, Mul
 /// A page, newest first, and the number of matching rows. Paging by cursor continues
 /// right after `after_id` (ids sort by creation time); by page number at `offset`.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    q: &ExecutionQuery,
+    conn: &mut DbConnection, org_id: &str, q: &ExecutionQuery,
 ) -> StoreResult<(Vec<ExecutionRow>, i64)> {
     let counted = filtered(org_id, q)
         .select(e::id)
@@ -340,10 +338,7 @@ pub fn list(
 /// `queued → running`, then `after` in the same transaction; `false` when it was no longer
 /// queued (cancelled meanwhile). An execution resumed after a pause keeps its first start.
 pub fn mark_running(
-    conn: &mut DbConnection,
-    id: &str,
-    model_id: &str,
-    after: &AfterChange,
+    conn: &mut DbConnection, id: &str, model_id: &str, after: &AfterChange,
 ) -> StoreResult<bool> {
     super::write_transaction(conn, |conn| {
         let started: Option<Option<String>> = e::table
@@ -389,19 +384,14 @@ pub struct Finish {
 /// called), inside the caller's write transaction. `None` when it had already ended (a
 /// cancel won).
 pub fn finish_in(
-    conn: &mut DbConnection,
-    id: &str,
-    finish: &Finish,
+    conn: &mut DbConnection, id: &str, finish: &Finish,
 ) -> StoreResult<Option<ExecutionRow>> {
     finish_from(conn, id, finish, &UNFINISHED)
 }
 
 /// [`finish_in`], only from one of the statuses `from` (an expiry only ends a pause).
 pub fn finish_from(
-    conn: &mut DbConnection,
-    id: &str,
-    finish: &Finish,
-    from: &[ExecutionStatus],
+    conn: &mut DbConnection, id: &str, finish: &Finish, from: &[ExecutionStatus],
 ) -> StoreResult<Option<ExecutionRow>> {
     {
         let now = crate::ids::now();
@@ -468,9 +458,7 @@ pub struct Pause {
 /// `running → requires_action` with `pause`, inside the caller's write transaction; `None`
 /// when it was no longer running (a cancel won).
 pub fn pause_in(
-    conn: &mut DbConnection,
-    id: &str,
-    pause: &Pause,
+    conn: &mut DbConnection, id: &str, pause: &Pause,
 ) -> StoreResult<Option<ExecutionRow>> {
     let n = diesel::update(
         e::table
@@ -523,10 +511,7 @@ pub fn continuation(conn: &mut DbConnection, id: &str) -> StoreResult<Option<Val
 /// `requires_action → queued` with the steps and continuation the outputs made, inside the
 /// caller's write transaction; `false` when it was no longer waiting.
 pub fn requeue_in(
-    conn: &mut DbConnection,
-    id: &str,
-    steps: &[Step],
-    continuation: &Value,
+    conn: &mut DbConnection, id: &str, steps: &[Step], continuation: &Value,
 ) -> StoreResult<bool> {
     let n = diesel::update(
         e::table
@@ -546,10 +531,7 @@ pub fn requeue_in(
 
 /// Cancels an unfinished execution: `Ok(None)` when it had already finished.
 pub fn cancel(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
-    after: &AfterChange,
+    conn: &mut DbConnection, org_id: &str, id: &str, after: &AfterChange,
 ) -> StoreResult<Result<ExecutionRow, ExecutionRow>> {
     super::write_transaction(conn, |conn| {
         let current = get(conn, org_id, id)?;

@@ -21,10 +21,7 @@ pub struct IdempotencyRow {
 
 /// The live record of a key, forgetting it when it is older than the retention.
 pub fn find(
-    conn: &mut DbConnection,
-    org_id: &str,
-    operation: &str,
-    key: &str,
+    conn: &mut DbConnection, org_id: &str, operation: &str, key: &str,
 ) -> StoreResult<Option<IdempotencyRow>> {
     let cutoff =
         crate::ids::format_time(chrono::Utc::now() - chrono::Duration::hours(RETENTION_HOURS));

@@ -107,8 +107,7 @@ pub fn organization(conn: &mut DbConnection, id: &str) -> StoreResult<Organizati
 }
 
 pub fn organization_by_name(
-    conn: &mut DbConnection,
-    name: &str,
+    conn: &mut DbConnection, name: &str,
 ) -> StoreResult<Option<OrganizationRow>> {
     let named = o::table.filter(o::name.eq(name));
     Ok(named
@@ -128,9 +127,7 @@ pub fn user(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<User
 }
 
 pub fn user_by_name(
-    conn: &mut DbConnection,
-    org_id: &str,
-    username: &str,
+    conn: &mut DbConnection, org_id: &str, username: &str,
 ) -> StoreResult<Option<UserRow>> {
     let named = u::table
         .filter(u::org_id.eq(org_id))
@@ -144,11 +141,7 @@ pub fn insert_user(conn: &mut DbConnection, row: &UserRow) -> StoreResult<()> {
 
 /// Changes the organization's user `id`'s email and preferences; returns the updated row.
 pub fn update_profile(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
-    email: &str,
-    preferences: Preferences,
+    conn: &mut DbConnection, org_id: &str, id: &str, email: &str, preferences: Preferences,
 ) -> StoreResult<UserRow> {
     let user = u::table.filter(u::org_id.eq(org_id)).filter(u::id.eq(id));
     let changed = diesel::update(user)
@@ -169,8 +162,7 @@ pub fn insert_key(conn: &mut DbConnection, row: &ApiKeyRow) -> StoreResult<()> {
 
 /// The key with this hash and its user, whatever its state (the caller checks revocation and expiry).
 pub fn key_by_hash(
-    conn: &mut DbConnection,
-    hash: &str,
+    conn: &mut DbConnection, hash: &str,
 ) -> StoreResult<Option<(ApiKeyRow, UserRow)>> {
     let found = k::table.inner_join(u::table).filter(k::key_hash.eq(hash));
     let row = found.select((ApiKeyRow::as_select(), UserRow::as_select()));
@@ -198,10 +190,7 @@ fn live_keys<'a>(org_id: &'a str, user_id: Option<&'a str>) -> k::BoxedQuery<'a,
 /// A page of the live keys of an organization (of one user when `user_id` is given), newest
 /// first, and how many there are.
 pub fn list_keys(
-    conn: &mut DbConnection,
-    org_id: &str,
-    user_id: Option<&str>,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, user_id: Option<&str>, page: &Page,
 ) -> StoreResult<(Vec<ApiKeyRow>, i64)> {
     let filtered = || live_keys(org_id, user_id);
     super::crud::newest_first!(conn, k, ApiKeyRow, filtered, page, by created_at)
@@ -209,10 +198,7 @@ pub fn list_keys(
 
 /// A live key of the organization (of one user when `user_id` is given).
 pub fn get_key(
-    conn: &mut DbConnection,
-    org_id: &str,
-    user_id: Option<&str>,
-    id: &str,
+    conn: &mut DbConnection, org_id: &str, user_id: Option<&str>, id: &str,
 ) -> StoreResult<ApiKeyRow> {
     let key = live_keys(org_id, user_id).filter(k::id.eq(id));
     Ok(key.select(ApiKeyRow::as_select()).first(conn)?)
@@ -221,11 +207,7 @@ pub fn get_key(
 /// Revokes a live key of the organization (of one user when `user_id` is given); returns it
 /// as it was.
 pub fn revoke_key(
-    conn: &mut DbConnection,
-    org_id: &str,
-    user_id: Option<&str>,
-    id: &str,
-    at: &str,
+    conn: &mut DbConnection, org_id: &str, user_id: Option<&str>, id: &str, at: &str,
 ) -> StoreResult<ApiKeyRow> {
     let row = get_key(conn, org_id, user_id, id)?;
     let live = k::table.find(id).filter(k::revoked_at.is_null());
@@ -247,11 +229,7 @@ pub struct ApiKeyChange {
 
 /// Updates a live key of the organization (of one user when `user_id` is given).
 pub fn update_key(
-    conn: &mut DbConnection,
-    org_id: &str,
-    user_id: Option<&str>,
-    id: &str,
-    change: &ApiKeyChange,
+    conn: &mut DbConnection, org_id: &str, user_id: Option<&str>, id: &str, change: &ApiKeyChange,
 ) -> StoreResult<ApiKeyRow> {
     let current = get_key(conn, org_id, user_id, id)?;
     if change.name.is_some()

@@ -211,10 +211,7 @@ pub use self::get as get_kb;
 
 /// A page of knowledge bases, newest first, and the number matching.
 pub fn list_kbs(
-    conn: &mut DbConnection,
-    org_id: &str,
-    filter: &KbFilter,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, filter: &KbFilter, page: &Page,
 ) -> StoreResult<(Vec<KbRow>, i64)> {
     use knowledge_bases as kb;
     let named = |s: &String| lower(kb::name).like(like_pattern(s)).escape('\\');
@@ -230,9 +227,7 @@ pub fn list_kbs(
 
 /// The ids of the organization's knowledge bases, optionally of one type.
 pub fn kb_ids(
-    conn: &mut DbConnection,
-    org_id: &str,
-    kb_type: Option<&str>,
+    conn: &mut DbConnection, org_id: &str, kb_type: Option<&str>,
 ) -> StoreResult<Vec<String>> {
     let q = knowledge_bases::table
         .filter(knowledge_bases::org_id.eq(org_id))
@@ -293,9 +288,7 @@ impl super::crud::Versioned for CountedKb {
         self.row.version
     }
     fn update<E>(
-        conn: &mut DbConnection,
-        org_id: &str,
-        id: &str,
+        conn: &mut DbConnection, org_id: &str, id: &str,
         change: impl FnOnce(&mut DbConnection, &Self) -> StoreResult<Result<KbChanges, E>>,
     ) -> StoreResult<Result<Self, E>> {
         let updated = update(conn, org_id, id, |conn, row| {
@@ -345,10 +338,7 @@ pub fn replace_source(conn: &mut DbConnection, row: &SourceRow) -> StoreResult<(
 
 /// A page of a knowledge base's sources, newest first, and how many it has.
 pub fn list_sources(
-    conn: &mut DbConnection,
-    org_id: &str,
-    kb_id: &str,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, kb_id: &str, page: &Page,
 ) -> StoreResult<(Vec<SourceRow>, i64)> {
     let filtered = || SourceRow::under(org_id, kb_id);
     super::crud::newest_first!(conn, knowledge_sources, SourceRow, filtered, page, by created_at)
@@ -356,10 +346,7 @@ pub fn list_sources(
 
 /// Records a source's state after a sync (or a change of its status).
 pub fn set_source_status(
-    conn: &mut DbConnection,
-    id: &str,
-    status: SourceStatus,
-    last_sync_at: Option<&str>,
+    conn: &mut DbConnection, id: &str, status: SourceStatus, last_sync_at: Option<&str>,
 ) -> StoreResult<()> {
     let now = crate::ids::now();
     match last_sync_at {
@@ -395,10 +382,7 @@ pub fn delete_source_documents(conn: &mut DbConnection, source_id: &str) -> Stor
 
 /// Deletes a source with its documents, chunks and sync jobs.
 pub fn delete_source(
-    conn: &mut DbConnection,
-    org_id: &str,
-    kb_id: &str,
-    id: &str,
+    conn: &mut DbConnection, org_id: &str, kb_id: &str, id: &str,
 ) -> StoreResult<()> {
     super::write_transaction(conn, |conn| {
         SourceRow::get(conn, org_id, kb_id, id)?;
@@ -449,11 +433,7 @@ pub fn insert_chunks(conn: &mut DbConnection, rows: &[ChunkRow]) -> StoreResult<
 /// A page of a knowledge base's documents (of one source, if given), newest first, and how
 /// many there are.
 pub fn list_documents(
-    conn: &mut DbConnection,
-    org_id: &str,
-    kb_id: &str,
-    source_id: Option<&str>,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, kb_id: &str, source_id: Option<&str>, page: &Page,
 ) -> StoreResult<(Vec<DocumentRow>, i64)> {
     use knowledge_documents as d;
     let filtered =
@@ -463,10 +443,7 @@ pub fn list_documents(
 
 /// A document's chunks in order, from `offset`.
 pub fn list_chunks(
-    conn: &mut DbConnection,
-    document_id: &str,
-    offset: i64,
-    limit: i64,
+    conn: &mut DbConnection, document_id: &str, offset: i64, limit: i64,
 ) -> StoreResult<(Vec<ChunkRow>, i64)> {
     let total: i64 = knowledge_chunks::table
         .filter(knowledge_chunks::document_id.eq(document_id))
@@ -497,11 +474,7 @@ pub fn start_sync(conn: &mut DbConnection, id: &str) -> StoreResult<()> {
 
 /// Records how a sync ended.
 pub fn finish_sync(
-    conn: &mut DbConnection,
-    id: &str,
-    error: Option<&str>,
-    documents: i64,
-    chunks: i64,
+    conn: &mut DbConnection, id: &str, error: Option<&str>, documents: i64, chunks: i64,
 ) -> StoreResult<()> {
     let status = if error.is_some() {
         SyncStatus::Failed

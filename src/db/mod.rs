@@ -118,8 +118,7 @@ impl<T> Found<T> for StoreResult<T> {
 /// writer got in between; `BEGIN IMMEDIATE` waits (up to `busy_timeout`) instead.
 /// `f` must not open transactions of its own.
 pub fn write_transaction<T>(
-    conn: &mut DbConnection,
-    f: impl FnOnce(&mut DbConnection) -> StoreResult<T>,
+    conn: &mut DbConnection, f: impl FnOnce(&mut DbConnection) -> StoreResult<T>,
 ) -> StoreResult<T> {
     if !matches!(conn, DbConnection::Sqlite(_)) {
         return conn.transaction(f);
@@ -143,10 +142,7 @@ pub fn write_transaction<T>(
 /// `SELECT … FOR UPDATE` of one row of `table` on PostgreSQL (SQLite's write transaction
 /// already holds the lock). `table` is a constant of the caller, never user input.
 pub(crate) fn lock_row(
-    conn: &mut DbConnection,
-    table: &str,
-    org_id: &str,
-    id: &str,
+    conn: &mut DbConnection, table: &str, org_id: &str, id: &str,
 ) -> StoreResult<()> {
     if let DbConnection::Postgres(pg) = conn {
         diesel::sql_query(format!(
@@ -376,8 +372,7 @@ impl Store {
 
     /// Runs blocking storage work on the current thread (CLI commands, start-up).
     pub fn run_blocking<T>(
-        &self,
-        f: impl FnOnce(&mut DbConnection) -> StoreResult<T>,
+        &self, f: impl FnOnce(&mut DbConnection) -> StoreResult<T>,
     ) -> StoreResult<T> {
         let mut conn = self
             .pool

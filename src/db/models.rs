@@ -41,10 +41,7 @@ super::crud::resource_table!(models, ModelRow, versioned ModelChanges);
 /// A page, newest first, and the number of matching rows. A cursor whose id is not a stored
 /// model (the built-in one, or a deleted one) pages by its offset.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    provider: Option<&str>,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, provider: Option<&str>, page: &Page,
 ) -> StoreResult<(Vec<ModelRow>, i64)> {
     let page = super::crud::stored_cursor::<ModelRow>(conn, org_id, page)?;
     let filtered = || {

@@ -70,11 +70,7 @@ static POSTGRES: std::sync::LazyLock<String> =
 /// Leases up to `want` (at least 1) of the next permits of `key_id` in the window starting at
 /// `window_start` (Unix second), under a limit of `limit` permits per window.
 pub fn lease(
-    conn: &mut DbConnection,
-    key_id: &str,
-    window_start: i64,
-    want: i64,
-    limit: i64,
+    conn: &mut DbConnection, key_id: &str, window_start: i64, want: i64, limit: i64,
 ) -> StoreResult<Grant> {
     let sql: &str = match conn {
         DbConnection::Sqlite(_) => &SQLITE,

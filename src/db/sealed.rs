@@ -185,10 +185,7 @@ fn write_value(conn: &mut DbConnection, c: SealedColumn, id: &str, value: &str) 
 /// Re-encrypts every value of every column of `columns` from `old` to `new` in one
 /// transaction; a value `old` cannot open aborts it all (naming the table, column and row).
 pub fn rotate_columns(
-    conn: &mut DbConnection,
-    columns: &[SealedColumn],
-    old: &Crypto,
-    new: &Crypto,
+    conn: &mut DbConnection, columns: &[SealedColumn], old: &Crypto, new: &Crypto,
 ) -> StoreResult<Rotation> {
     super::write_transaction(conn, |conn| {
         let mut rotation = Rotation::default();
@@ -215,9 +212,7 @@ pub fn rotate_columns(
 
 /// Re-encrypts every sealed column ([`SEALED_COLUMNS`]) from `old` to `new`.
 pub fn rotate_master_key(
-    conn: &mut DbConnection,
-    old: &Crypto,
-    new: &Crypto,
+    conn: &mut DbConnection, old: &Crypto, new: &Crypto,
 ) -> StoreResult<Rotation> {
     rotate_columns(conn, SEALED_COLUMNS, old, new)
 }

@@ -82,10 +82,7 @@ pub struct EventQuery {
 
 /// A page of the organization's events, newest first, and how many match.
 pub fn list_events(
-    conn: &mut DbConnection,
-    org_id: &str,
-    q: &EventQuery,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, q: &EventQuery, page: &Page,
 ) -> StoreResult<(Vec<SecurityEventRow>, i64)> {
     let filtered = || {
         e::table

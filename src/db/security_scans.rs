@@ -36,10 +36,7 @@ pub struct ScanQuery {
 
 /// A page of the organization's scans, newest first, and how many match.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    q: &ScanQuery,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, q: &ScanQuery, page: &Page,
 ) -> StoreResult<(Vec<ScanRow>, i64)> {
     let filtered = || {
         s::table

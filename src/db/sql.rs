@@ -90,8 +90,7 @@ where
     Q: diesel::query_builder::QueryFragment<super::MultiBackend>,
 {
     fn walk_ast<'b>(
-        &'b self,
-        mut out: diesel::query_builder::AstPass<'_, 'b, super::MultiBackend>,
+        &'b self, mut out: diesel::query_builder::AstPass<'_, 'b, super::MultiBackend>,
     ) -> diesel::QueryResult<()> {
         out.push_sql("SELECT COUNT(*) FROM (");
         self.0.walk_ast(out.reborrow())?;

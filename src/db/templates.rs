@@ -45,10 +45,7 @@ super::crud::resource_table!(prompt_templates, TemplateRow, versioned TemplateCh
 /// A page, newest first, and the number of matching templates. A cursor whose id is not a
 /// stored template (a deleted one) pages by its offset.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    f: &TemplateFilter,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, f: &TemplateFilter, page: &Page,
 ) -> StoreResult<(Vec<TemplateRow>, i64)> {
     let page = super::crud::stored_cursor::<TemplateRow>(conn, org_id, page)?;
     let filtered = || {

@@ -39,10 +39,7 @@ super::crud::resource_table!(tools, ToolRow, versioned ToolChanges);
 
 /// A page of tools, newest first, optionally of one type.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    tool_type: Option<&str>,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, tool_type: Option<&str>, page: &Page,
 ) -> StoreResult<(Vec<ToolRow>, i64)> {
     let filtered = || {
         let q = tools::table.filter(tools::org_id.eq(org_id)).into_boxed();

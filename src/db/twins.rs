@@ -68,10 +68,7 @@ super::crud::child_table!(simulations, twin_id, SimulationRow);
 
 /// A page of twins, newest first, and the number matching.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    twin_type: Option<&str>,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, twin_type: Option<&str>, page: &Page,
 ) -> StoreResult<(Vec<TwinRow>, i64)> {
     let filtered = || {
         let q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
@@ -89,11 +86,7 @@ pub fn insert_simulation(conn: &mut DbConnection, row: &SimulationRow) -> StoreR
 
 /// A page of a twin's simulations, newest first, and the number matching; 404 without the twin.
 pub fn list_simulations(
-    conn: &mut DbConnection,
-    org_id: &str,
-    twin_id: &str,
-    status: Option<&str>,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, twin_id: &str, status: Option<&str>, page: &Page,
 ) -> StoreResult<(Vec<SimulationRow>, i64)> {
     get(conn, org_id, twin_id)?;
     let filtered =
@@ -111,10 +104,7 @@ pub fn start_simulation(conn: &mut DbConnection, id: &str, at: &str) -> StoreRes
 
 /// Records how a simulation ended: results, or an error.
 pub fn finish_simulation(
-    conn: &mut DbConnection,
-    id: &str,
-    outcome: Result<String, String>,
-    at: &str,
+    conn: &mut DbConnection, id: &str, outcome: Result<String, String>, at: &str,
 ) -> StoreResult<SimulationRow> {
     let (status, results, error) = match outcome {
         Ok(r) => ("completed", Some(r), None),

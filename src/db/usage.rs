@@ -219,11 +219,7 @@ pub fn totals(conn: &mut DbConnection, org_id: &str, f: &UsageFilter) -> StoreRe
 /// The matching usage records grouped by `by`: time buckets in time order, others most
 /// expensive first; at most `limit` groups.
 pub fn grouped(
-    conn: &mut DbConnection,
-    org_id: &str,
-    f: &UsageFilter,
-    by: GroupColumn,
-    limit: Option<i64>,
+    conn: &mut DbConnection, org_id: &str, f: &UsageFilter, by: GroupColumn, limit: Option<i64>,
 ) -> StoreResult<Vec<Group>> {
     let mut sql = Sql::new(&format!("SELECT {} AS group_key, ", by.expr()));
     sql.push(SUMS);
@@ -258,10 +254,7 @@ pub struct Count {
 /// Conversations started in the window, grouped by `by` (`c.agent_id` or a day of
 /// `c.created_at`) and listed in `order`, with how many messages they hold.
 fn conversations_by(
-    conn: &mut DbConnection,
-    org_id: &str,
-    window: &Window,
-    agent_id: Option<&str>,
+    conn: &mut DbConnection, org_id: &str, window: &Window, agent_id: Option<&str>,
     (by, order): (&str, &str),
 ) -> StoreResult<Vec<Count>> {
     let mut sql = Sql::new(&format!(
@@ -278,11 +271,7 @@ fn conversations_by(
 /// Messages sent in the window, grouped by `by` (`c.agent_id`, `m.role` or a day of
 /// `m.created_at`), with their characters.
 fn messages_by(
-    conn: &mut DbConnection,
-    org_id: &str,
-    window: &Window,
-    agent_id: Option<&str>,
-    by: &str,
+    conn: &mut DbConnection, org_id: &str, window: &Window, agent_id: Option<&str>, by: &str,
 ) -> StoreResult<Vec<Count>> {
     let mut sql = Sql::new(&format!(
         "SELECT {by} AS group_key, COUNT(*) AS n, \
@@ -308,10 +297,7 @@ pub struct ConversationFigures {
 
 /// Conversation and message counts of the window.
 pub fn conversation_figures(
-    conn: &mut DbConnection,
-    org_id: &str,
-    window: &Window,
-    agent_id: Option<&str>,
+    conn: &mut DbConnection, org_id: &str, window: &Window, agent_id: Option<&str>,
 ) -> StoreResult<ConversationFigures> {
     let by_agent = ("c.agent_id", "n DESC, group_key ASC");
     let by_day = ("SUBSTR(c.created_at, 1, 10)", "group_key ASC");

@@ -81,10 +81,7 @@ fn escape_like(s: &str) -> String {
 
 /// A page of credentials, newest first, and the number matching.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    f: &CredentialFilter,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, f: &CredentialFilter, page: &Page,
 ) -> StoreResult<(Vec<CredentialRow>, i64)> {
     let tagged = |tag: &String| {
         let pattern = format!("%\"tags\":[%\"{}\"%", escape_like(tag));
@@ -123,9 +120,7 @@ pub fn token_by_hash(conn: &mut DbConnection, hash: &str) -> StoreResult<Option<
 
 /// A page of tokens, newest first, and the number of tokens.
 pub fn list_tokens(
-    conn: &mut DbConnection,
-    org_id: &str,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, page: &Page,
 ) -> StoreResult<(Vec<TokenRow>, i64)> {
     let filtered = || vt::table.filter(vt::org_id.eq(org_id)).into_boxed();
     super::crud::newest_first!(conn, vt, TokenRow, filtered, page)
@@ -133,10 +128,7 @@ pub fn list_tokens(
 
 /// Revokes a token (keeping the first revocation time) and returns it.
 pub fn revoke_token(
-    conn: &mut DbConnection,
-    org_id: &str,
-    id: &str,
-    at: &str,
+    conn: &mut DbConnection, org_id: &str, id: &str, at: &str,
 ) -> StoreResult<TokenRow> {
     diesel::update(
         vt::table

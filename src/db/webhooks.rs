@@ -69,9 +69,7 @@ super::crud::child_table!(webhook_deliveries, webhook_id, DeliveryRow);
 
 /// A page of webhooks, newest first, and how many the organization has.
 pub fn list(
-    conn: &mut DbConnection,
-    org_id: &str,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, page: &Page,
 ) -> StoreResult<(Vec<WebhookRow>, i64)> {
     let filtered = || w::table.filter(w::org_id.eq(org_id)).into_boxed();
     super::crud::newest_first!(conn, w, WebhookRow, filtered, page)
@@ -117,11 +115,7 @@ pub fn insert_delivery(conn: &mut DbConnection, row: &DeliveryRow) -> StoreResul
 
 /// A page of one webhook's deliveries, newest first, and how many match.
 pub fn list_deliveries(
-    conn: &mut DbConnection,
-    org_id: &str,
-    webhook_id: &str,
-    status: Option<&str>,
-    page: &Page,
+    conn: &mut DbConnection, org_id: &str, webhook_id: &str, status: Option<&str>, page: &Page,
 ) -> StoreResult<(Vec<DeliveryRow>, i64)> {
     let filtered =
         || DeliveryRow::under(org_id, webhook_id).filter_if(status.map(|s| d::status.eq(s)));
@@ -134,11 +128,7 @@ pub fn list_deliveries(
 /// workers skip each other's rows (`FOR UPDATE SKIP LOCKED`); SQLite has one writer at a time
 /// (`BEGIN IMMEDIATE`).
 pub fn claim_due(
-    conn: &mut DbConnection,
-    owner: &str,
-    now: &str,
-    lease_until: &str,
-    limit: i64,
+    conn: &mut DbConnection, owner: &str, now: &str, lease_until: &str, limit: i64,
 ) -> StoreResult<Vec<DeliveryRow>> {
     super::write_transaction(conn, |conn| {
         let ids: Vec<String> = match conn {
@@ -209,10 +199,7 @@ pub struct AttemptOutcome {
 /// lease expired and was reclaimed must not overwrite the newer attempt). Returns whether it
 /// was recorded.
 pub fn finish_attempt(
-    conn: &mut DbConnection,
-    id: &str,
-    owner: &str,
-    outcome: &AttemptOutcome,
+    conn: &mut DbConnection, id: &str, owner: &str, outcome: &AttemptOutcome,
 ) -> StoreResult<bool> {
     let n = diesel::update(
         d::table

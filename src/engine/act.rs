@@ -119,10 +119,7 @@ pub struct Toolbox {
 impl Toolbox {
     /// The toolbox of `rows` (the agent's tools, in the agent's order).
     pub fn new(
-        org_id: &str,
-        rows: Vec<ToolRow>,
-        store: Store,
-        retriever: Arc<dyn Retriever>,
+        org_id: &str, rows: Vec<ToolRow>, store: Store, retriever: Arc<dyn Retriever>,
         (egress, crypto): (crate::egress::Egress, crate::crypto::Crypto),
     ) -> Toolbox {
         let specs = rows.iter().filter_map(ToolSpec::of_row).collect();
@@ -167,10 +164,7 @@ impl Toolbox {
 
     /// Searches knowledge bases (a flow's `retrieval` node and knowledge tools).
     pub async fn search(
-        &self,
-        kb_ids: Vec<String>,
-        query: String,
-        options: KnowledgeQuery,
+        &self, kb_ids: Vec<String>, query: String, options: KnowledgeQuery,
     ) -> Result<Vec<super::provider::Passage>, String> {
         let (org, retriever) = (self.org_id.clone(), self.retriever.clone());
         self.store
@@ -267,10 +261,7 @@ impl ToolModel for AgentModel {
     }
 
     async fn turn(
-        &self,
-        messages: &[Message],
-        tools: &Tools,
-        deltas: Option<&mpsc::Sender<String>>,
+        &self, messages: &[Message], tools: &Tools, deltas: Option<&mpsc::Sender<String>>,
     ) -> Result<ModelTurn, ProviderError> {
         match self {
             AgentModel::Local(m) => m.turn(messages, tools, deltas).await,

@@ -22,22 +22,13 @@ pub trait Retriever: Send + Sync {
     /// The passages of `kb_ids` (all of which must be the organization's) that match `query`
     /// as `options` say, best first.
     fn search(
-        &self,
-        conn: &mut DbConnection,
-        org_id: &str,
-        kb_ids: &[String],
-        query: &str,
+        &self, conn: &mut DbConnection, org_id: &str, kb_ids: &[String], query: &str,
         options: &KnowledgeQuery,
     ) -> StoreResult<Vec<Passage>>;
 
     /// The `top_k` best passages, unfiltered.
     fn retrieve(
-        &self,
-        conn: &mut DbConnection,
-        org_id: &str,
-        kb_ids: &[String],
-        query: &str,
-        top_k: usize,
+        &self, conn: &mut DbConnection, org_id: &str, kb_ids: &[String], query: &str, top_k: usize,
     ) -> StoreResult<Vec<Passage>> {
         let options = KnowledgeQuery {
             top_k,
@@ -108,10 +99,7 @@ fn elapsed_ms(t: Instant) -> i64 {
 
 /// A step of `name` that started at `at` (RFC 3339) and instant `t`.
 pub fn step(
-    name: StepName,
-    status: StepStatus,
-    (at, t): (String, Instant),
-    detail: serde_json::Value,
+    name: StepName, status: StepStatus, (at, t): (String, Instant), detail: serde_json::Value,
 ) -> Step {
     Step {
         name,
@@ -135,9 +123,7 @@ pub struct Prepared {
 
 /// Renders the template and retrieves the passages of `plan`.
 pub async fn prepare(
-    store: &Store,
-    retriever: Arc<dyn Retriever>,
-    plan: &Plan,
+    store: &Store, retriever: Arc<dyn Retriever>, plan: &Plan,
 ) -> Result<Prepared, Failed> {
     let mut steps = Vec::new();
     let fail = |mut steps: Vec<Step>, step: Step, message: String| {
@@ -260,10 +246,7 @@ pub async fn prepare(
 
 /// Runs `plan`: template → retrieval → model. Token deltas go to `deltas` when given.
 pub async fn run<P: Provider>(
-    store: &Store,
-    retriever: Arc<dyn Retriever>,
-    provider: &P,
-    plan: &Plan,
+    store: &Store, retriever: Arc<dyn Retriever>, provider: &P, plan: &Plan,
     deltas: Option<mpsc::Sender<String>>,
 ) -> Result<Outcome, Failed> {
     let Prepared {
@@ -325,12 +308,7 @@ mod tests {
 
     impl Retriever for FixedRetriever {
         fn search(
-            &self,
-            _: &mut DbConnection,
-            _: &str,
-            _: &[String],
-            _: &str,
-            options: &KnowledgeQuery,
+            &self, _: &mut DbConnection, _: &str, _: &[String], _: &str, options: &KnowledgeQuery,
         ) -> StoreResult<Vec<Passage>> {
             Ok(self.0.iter().take(options.top_k).cloned().collect())
         }
@@ -411,12 +389,7 @@ mod tests {
 
     impl Retriever for RefusingRetriever {
         fn search(
-            &self,
-            _: &mut DbConnection,
-            _: &str,
-            kb_ids: &[String],
-            _: &str,
-            _: &KnowledgeQuery,
+            &self, _: &mut DbConnection, _: &str, kb_ids: &[String], _: &str, _: &KnowledgeQuery,
         ) -> StoreResult<Vec<Passage>> {
             Err(StoreError::Conflict(format!(
                 "the agent's knowledge bases {} do not exist",

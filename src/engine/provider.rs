@@ -67,14 +67,11 @@ pub enum ProviderError {
 /// returned completion holds the whole text and the token counts either way).
 pub trait Provider: Send + Sync {
     fn complete(
-        &self,
-        req: &CompletionRequest,
+        &self, req: &CompletionRequest,
     ) -> impl std::future::Future<Output = Result<Completion, ProviderError>> + Send;
 
     fn stream(
-        &self,
-        req: &CompletionRequest,
-        deltas: mpsc::Sender<String>,
+        &self, req: &CompletionRequest, deltas: mpsc::Sender<String>,
     ) -> impl std::future::Future<Output = Result<Completion, ProviderError>> + Send;
 }
 
@@ -243,9 +240,7 @@ impl Provider for LocalProvider {
     }
 
     async fn stream(
-        &self,
-        req: &CompletionRequest,
-        deltas: mpsc::Sender<String>,
+        &self, req: &CompletionRequest, deltas: mpsc::Sender<String>,
     ) -> Result<Completion, ProviderError> {
         let done = self.complete(req).await?;
         for piece in split_deltas(&done.text) {
@@ -269,10 +264,7 @@ pub struct OpenAiCompatible {
 impl OpenAiCompatible {
     /// A client of `endpoint`, calling it through `egress` (whose policy may refuse it).
     pub fn new(
-        endpoint: &str,
-        api_key: Option<String>,
-        timeout: Duration,
-        egress: crate::egress::Egress,
+        endpoint: &str, api_key: Option<String>, timeout: Duration, egress: crate::egress::Egress,
     ) -> Self {
         Self {
             endpoint: endpoint.trim_end_matches('/').to_string(),
@@ -377,9 +369,7 @@ impl Streamed {
     /// Reads one event's data (a chunk of JSON, or `[DONE]`), passing its delta on; `true`
     /// once the stream says it is done.
     async fn read(
-        &mut self,
-        data: &str,
-        deltas: &mpsc::Sender<String>,
+        &mut self, data: &str, deltas: &mpsc::Sender<String>,
     ) -> Result<bool, ProviderError> {
         let Some(v) = stream_event(data, &mut self.usage)? else {
             return Ok(true);
@@ -393,8 +383,7 @@ impl Streamed {
 /// One stream event's data: `None` for `[DONE]`, else its JSON, whose usage (if it says one)
 /// replaces `usage`.
 pub(crate) fn stream_event(
-    data: &str,
-    usage: &mut Option<(i64, i64)>,
+    data: &str, usage: &mut Option<(i64, i64)>,
 ) -> Result<Option<Value>, ProviderError> {
     if data.trim() == "[DONE]" {
         return Ok(None);
@@ -409,9 +398,7 @@ pub(crate) fn stream_event(
 
 /// Adds a delta's text (when it is a non-empty string) to `text` and passes it on.
 pub(crate) async fn pass_on(
-    delta: Option<&Value>,
-    text: &mut String,
-    deltas: &mpsc::Sender<String>,
+    delta: Option<&Value>, text: &mut String, deltas: &mpsc::Sender<String>,
 ) {
     if let Some(delta) = delta.and_then(Value::as_str)
         && !delta.is_empty()
@@ -447,9 +434,7 @@ impl Provider for OpenAiCompatible {
     }
 
     async fn stream(
-        &self,
-        req: &CompletionRequest,
-        deltas: mpsc::Sender<String>,
+        &self, req: &CompletionRequest, deltas: mpsc::Sender<String>,
     ) -> Result<Completion, ProviderError> {
         let resp = self.send(&Self::body(req, true)).await?;
         let mut body = resp.bytes_stream();

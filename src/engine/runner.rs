@@ -70,9 +70,7 @@ impl Provider for ModelClient {
     }
 
     async fn stream(
-        &self,
-        req: &CompletionRequest,
-        deltas: mpsc::Sender<String>,
+        &self, req: &CompletionRequest, deltas: mpsc::Sender<String>,
     ) -> Result<Completion, ProviderError> {
         match self {
             ModelClient::Local(p) => p.stream(req, deltas).await,
@@ -148,9 +146,7 @@ impl AgentSettings {
 
 /// The template (text, declared variables) of `settings`, if it has one.
 pub fn template_of(
-    conn: &mut DbConnection,
-    org_id: &str,
-    settings: &AgentSettings,
+    conn: &mut DbConnection, org_id: &str, settings: &AgentSettings,
 ) -> StoreResult<Option<(String, Vec<String>)>> {
     let Some(id) = &settings.prompt_template_id else {
         return Ok(None);
@@ -162,9 +158,7 @@ pub fn template_of(
 
 /// The declared template variables `given` lacks (the 422 of execute and messages).
 pub fn missing_variables(
-    conn: &mut DbConnection,
-    org_id: &str,
-    settings: &AgentSettings,
+    conn: &mut DbConnection, org_id: &str, settings: &AgentSettings,
     given: &BTreeMap<String, String>,
 ) -> StoreResult<Vec<String>> {
     match template_of(conn, org_id, settings) {
@@ -206,9 +200,7 @@ pub struct ResolvedModel {
 impl ResolvedModel {
     /// The model as the tools loop calls it, answering without tools from `passages`.
     pub fn tool_model(
-        &self,
-        settings: ModelSettings,
-        passages: Vec<super::provider::Passage>,
+        &self, settings: ModelSettings, passages: Vec<super::provider::Passage>,
         egress: &crate::egress::Egress,
     ) -> AgentModel {
         match &self.client {
@@ -227,11 +219,8 @@ impl ResolvedModel {
 /// The model `model_id` of `org_id` (the built-in one for [`BUILTIN_MODEL`]); `Err` is why it
 /// cannot be called.
 pub fn model_of(
-    conn: &mut DbConnection,
-    (crypto, egress): (&crate::crypto::Crypto, &crate::egress::Egress),
-    org_id: &str,
-    model_id: &str,
-    timeout: Duration,
+    conn: &mut DbConnection, (crypto, egress): (&crate::crypto::Crypto, &crate::egress::Egress),
+    org_id: &str, model_id: &str, timeout: Duration,
 ) -> StoreResult<Result<ResolvedModel, String>> {
     if model_id == BUILTIN_MODEL {
         return Ok(Ok(ResolvedModel {
@@ -287,11 +276,8 @@ pub fn model_of(
 /// Resolves the agent's template, knowledge bases, model, tools and flow for `row`; `Err` is
 /// why the execution cannot run.
 pub fn resolve(
-    conn: &mut DbConnection,
-    (crypto, egress): (&crate::crypto::Crypto, &crate::egress::Egress),
-    row: &ExecutionRow,
-    request: &ExecutionRequest,
-    history: Vec<ChatMessage>,
+    conn: &mut DbConnection, (crypto, egress): (&crate::crypto::Crypto, &crate::egress::Egress),
+    row: &ExecutionRow, request: &ExecutionRequest, history: Vec<ChatMessage>,
 ) -> StoreResult<Result<Resolved, String>> {
     use crate::db::Found;
     let agent = match crate::db::agents::get(conn, &row.org_id, &row.agent_id) {
@@ -411,10 +397,7 @@ impl std::fmt::Debug for ExecutionRunner {
 
 /// An end other than success: no result, no tokens billed.
 fn unsuccessful(
-    status: ExecutionStatus,
-    code: &str,
-    message: String,
-    steps: Option<Vec<Step>>,
+    status: ExecutionStatus, code: &str, message: String, steps: Option<Vec<Step>>,
 ) -> Finish {
     Finish {
         status,
@@ -468,10 +451,7 @@ impl ExecutionRunner {
 
     /// Ends execution `id` with `finish` (only from the statuses `from`, when given).
     async fn end_from(
-        &self,
-        id: &str,
-        finish: Finish,
-        from: Option<&'static [ExecutionStatus]>,
+        &self, id: &str, finish: Finish, from: Option<&'static [ExecutionStatus]>,
     ) -> Result<(), String> {
         let (i, after) = (id.to_string(), self.after_finish.clone());
         let done = self
@@ -525,9 +505,7 @@ impl ExecutionRunner {
     /// Ends a paused execution `expired` once its pause has lasted `options.timeout`; a job of
     /// an earlier pause, due before the current one's end, does nothing.
     async fn expire_if_due(
-        &self,
-        row: &ExecutionRow,
-        paused_at: Option<&str>,
+        &self, row: &ExecutionRow, paused_at: Option<&str>,
     ) -> Result<(), String> {
         let timeout_ms = timeout_ms(&row.request);
         let due = paused_at
@@ -949,10 +927,7 @@ impl flow::NodeEnv for FlowEnv<'_> {
     }
 
     async fn retrieve(
-        &self,
-        knowledge_base_ids: &[String],
-        query: &str,
-        top_k: usize,
+        &self, knowledge_base_ids: &[String], query: &str, top_k: usize,
     ) -> Result<Vec<String>, String> {
         let options = pipeline::KnowledgeQuery {
             top_k: top_k.max(1),
@@ -1145,10 +1120,7 @@ const WAIT_POLL: Duration = Duration::from_millis(250);
 /// when `limit` has passed: woken by what `heard` hears on this replica, else re-read every
 /// [`WAIT_POLL`].
 pub async fn wait_finished(
-    store: &Store,
-    org_id: &str,
-    id: &str,
-    mut heard: broadcast::Receiver<LiveEvent>,
+    store: &Store, org_id: &str, id: &str, mut heard: broadcast::Receiver<LiveEvent>,
     limit: Duration,
 ) -> StoreResult<ExecutionRow> {
     let deadline = tokio::time::Instant::now() + limit;

@@ -91,11 +91,7 @@ struct HitRow {
 /// Best chunks of these knowledge bases (all of the org's when `kb_ids` is empty is NOT
 /// wanted: empty means none) for `query`, best first.
 pub fn search(
-    conn: &mut DbConnection,
-    org_id: &str,
-    kb_ids: &[String],
-    query: &str,
-    options: &SearchOptions,
+    conn: &mut DbConnection, org_id: &str, kb_ids: &[String], query: &str, options: &SearchOptions,
 ) -> Result<Vec<Hit>, StoreError> {
     let words = terms(query);
     if kb_ids.is_empty() || words.is_empty() || options.top_k == 0 {
@@ -262,10 +258,7 @@ pub struct NewDocument {
 
 /// Rows for one document and its chunks, built outside any transaction.
 pub fn prepare(
-    org_id: &str,
-    kb_id: &str,
-    doc: NewDocument,
-    options: ChunkOptions,
+    org_id: &str, kb_id: &str, doc: NewDocument, options: ChunkOptions,
 ) -> (DocumentRow, Vec<ChunkRow>) {
     let document_id = crate::ids::new_id("doc");
     let pieces = text::chunk(&doc.text, options.chunk_size, options.overlap);
@@ -317,8 +310,7 @@ pub fn prepare(
 
 /// Writes prepared documents and their chunks (call inside a transaction).
 pub fn write(
-    conn: &mut DbConnection,
-    prepared: &[(DocumentRow, Vec<ChunkRow>)],
+    conn: &mut DbConnection, prepared: &[(DocumentRow, Vec<ChunkRow>)],
 ) -> Result<(), StoreError> {
     for (doc, _) in prepared {
         DocumentRow::insert(conn, doc)?;
@@ -389,11 +381,7 @@ pub struct KnowledgeRetriever;
 
 impl crate::engine::pipeline::Retriever for KnowledgeRetriever {
     fn search(
-        &self,
-        conn: &mut DbConnection,
-        org_id: &str,
-        kb_ids: &[String],
-        query: &str,
+        &self, conn: &mut DbConnection, org_id: &str, kb_ids: &[String], query: &str,
         options: &crate::engine::pipeline::KnowledgeQuery,
     ) -> crate::db::StoreResult<Vec<crate::engine::provider::Passage>> {
         let known = store::kb_ids(conn, org_id, None)?;

@@ -60,9 +60,7 @@ impl crate::jobs::Job for SyncRunner {
     type Payload = crate::jobs::RowPayload;
 
     fn run(
-        &self,
-        job: crate::jobs::Claimed<crate::jobs::RowPayload>,
-        _: crate::jobs::JobContext,
+        &self, job: crate::jobs::Claimed<crate::jobs::RowPayload>, _: crate::jobs::JobContext,
     ) -> crate::jobs::BoxFuture<Result<(), String>> {
         let runner = self.clone();
         Box::pin(async move {
@@ -85,8 +83,7 @@ impl crate::jobs::Job for SyncRunner {
     }
 
     fn abandon(
-        &self,
-        job: crate::jobs::Claimed<Option<crate::jobs::RowPayload>>,
+        &self, job: crate::jobs::Claimed<Option<crate::jobs::RowPayload>>,
     ) -> crate::jobs::BoxFuture<()> {
         let runner = self.clone();
         Box::pin(async move {
@@ -120,9 +117,7 @@ pub fn body_text(source: &SourceRow, key: &str) -> Option<String> {
 
 impl SyncRunner {
     pub fn new(
-        store: Store,
-        github_api: &str,
-        events: crate::events::EventBus,
+        store: Store, github_api: &str, events: crate::events::EventBus,
         egress: crate::egress::Egress,
     ) -> Self {
         Self {
@@ -210,10 +205,7 @@ impl SyncRunner {
     }
 
     async fn ingest(
-        &self,
-        source: &SourceRow,
-        docs: Vec<NewDocument>,
-        options: ChunkOptions,
+        &self, source: &SourceRow, docs: Vec<NewDocument>, options: ChunkOptions,
     ) -> Result<(i64, i64), String> {
         let (org, kb, source_id) = (
             source.org_id.clone(),
@@ -290,9 +282,7 @@ impl SyncRunner {
     }
 
     async fn get(
-        &self,
-        url: &str,
-        headers: &[(&str, &str)],
+        &self, url: &str, headers: &[(&str, &str)],
     ) -> Result<(Vec<u8>, Option<String>), String> {
         let target = url::Url::parse(url).map_err(|e| format!("{url} is not a URL: {e}"))?;
         let mut req = self.egress.request(reqwest::Method::GET, target);
@@ -333,10 +323,7 @@ impl SyncRunner {
     }
 
     async fn fetch_github(
-        &self,
-        source: &SourceRow,
-        body: &Value,
-        metadata: Map<String, Value>,
+        &self, source: &SourceRow, body: &Value, metadata: Map<String, Value>,
     ) -> Result<Vec<NewDocument>, String> {
         let repository = body
             .get("repository")
@@ -421,13 +408,8 @@ fn encode_path(s: &str) -> String {
 
 /// A document from raw content: extracted, titled, labelled with its source.
 pub fn document(
-    raw: &str,
-    kind: ContentKind,
-    title: Option<String>,
-    label: &str,
-    source_type: &str,
-    source: &SourceRow,
-    metadata: Map<String, Value>,
+    raw: &str, kind: ContentKind, title: Option<String>, label: &str, source_type: &str,
+    source: &SourceRow, metadata: Map<String, Value>,
 ) -> NewDocument {
     // Content that does not parse as its kind (JSON, say) is indexed as plain text.
     let (plain, found_title, kind) = match text::extract(raw, kind) {

@@ -51,8 +51,7 @@ impl EmbeddedRuntime {
     }
 
     async fn with_row<T: Send + 'static>(
-        &self,
-        agent: &AgentRef,
+        &self, agent: &AgentRef,
         f: impl FnOnce(&mut DbConnection, DeploymentRow, &str) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let agent = agent.clone();
@@ -88,9 +87,7 @@ impl Runtime for EmbeddedRuntime {
     }
 
     fn scale<'a>(
-        &'a self,
-        agent: &'a AgentRef,
-        replicas: i64,
+        &'a self, agent: &'a AgentRef, replicas: i64,
     ) -> BoxFuture<'a, StoreResult<Deployment>> {
         self.with_row(agent, move |conn, row, now| {
             let mut next = row.clone();
@@ -187,9 +184,7 @@ fn ensure(conn: &mut DbConnection, agent: &AgentRef) -> StoreResult<DeploymentRo
 
 /// Moves a converging deployment along as far as the executions allow.
 pub fn reconcile(
-    conn: &mut DbConnection,
-    row: DeploymentRow,
-    now: &str,
+    conn: &mut DbConnection, row: DeploymentRow, now: &str,
 ) -> StoreResult<DeploymentRow> {
     let (running, old) = db::running(conn, &row.agent_id, row.drain_before.as_deref())?;
     let settled = |target: i64| {
@@ -285,12 +280,8 @@ fn deployment(conn: &mut DbConnection, row: &DeploymentRow) -> StoreResult<Deplo
 
 /// Appends a line to the agent's log, in the deployment's current revision.
 fn log(
-    conn: &mut DbConnection,
-    row: &DeploymentRow,
-    level: &str,
-    message: &str,
-    execution_id: Option<&str>,
-    at: &str,
+    conn: &mut DbConnection, row: &DeploymentRow, level: &str, message: &str,
+    execution_id: Option<&str>, at: &str,
 ) -> StoreResult<()> {
     db::insert_log(
         conn,
@@ -310,11 +301,7 @@ fn log(
 /// Appends a line about one of the agent's executions (the worker pool calls this as
 /// executions start and finish).
 pub fn log_execution(
-    conn: &mut DbConnection,
-    org_id: &str,
-    agent_id: &str,
-    level: &str,
-    message: &str,
+    conn: &mut DbConnection, org_id: &str, agent_id: &str, level: &str, message: &str,
     execution_id: &str,
 ) -> StoreResult<()> {
     let revision = db::get(conn, agent_id)?.map_or(1, |r| r.revision);

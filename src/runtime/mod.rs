@@ -114,9 +114,7 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     fn status<'a>(&'a self, agent: &'a AgentRef) -> BoxFuture<'a, StoreResult<Deployment>>;
     /// Asks for `replicas` (0..=[`MAX_REPLICAS`]); answers at once, while it converges.
     fn scale<'a>(
-        &'a self,
-        agent: &'a AgentRef,
-        replicas: i64,
+        &'a self, agent: &'a AgentRef, replicas: i64,
     ) -> BoxFuture<'a, StoreResult<Deployment>>;
     /// Drains the work in flight and starts a new revision; answers at once.
     fn restart<'a>(&'a self, agent: &'a AgentRef) -> BoxFuture<'a, StoreResult<Deployment>>;

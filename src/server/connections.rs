@@ -71,11 +71,8 @@ impl Default for ConnectionLimits {
 /// Serves `endpoint` on `listener` until `shutdown` resolves; connections then finish their
 /// requests within `grace` (keep-alive ones close at once).
 pub async fn serve(
-    listener: TcpListener,
-    endpoint: Arc<AppEndpoint>,
-    limits: ConnectionLimits,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-    grace: Duration,
+    listener: TcpListener, endpoint: Arc<AppEndpoint>, limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send, grace: Duration,
 ) {
     let local = listener.local_addr().ok();
     let slots = Arc::new(Semaphore::new(
@@ -303,8 +300,7 @@ impl http_body::Body for Tracked {
     type Error = std::io::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        mut self: Pin<&mut Self>, cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
@@ -330,9 +326,7 @@ struct Io {
 
 impl AsyncRead for Io {
     fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.slots.stream).poll_read(cx, buf);
@@ -345,17 +339,13 @@ impl AsyncRead for Io {
 
 impl AsyncWrite for Io {
     fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
+        mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.slots.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
+        mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.slots.stream).poll_write_vectored(cx, bufs)
     }
@@ -375,8 +365,7 @@ impl AsyncWrite for Io {
 
 /// Resolves, with the reason, when the connection's current phase outlasts its timeout.
 async fn watchdog(
-    mut activity: watch::Receiver<Activity>,
-    limits: ConnectionLimits,
+    mut activity: watch::Receiver<Activity>, limits: ConnectionLimits,
 ) -> &'static str {
     loop {
         let current = *activity.borrow_and_update();
@@ -407,12 +396,8 @@ async fn watchdog(
 /// Serves one connection: HTTP/1.1 (with upgrades) or HTTP/2, each request through the poem
 /// endpoint, until it closes, times out, or the server stops.
 async fn connection(
-    slots: Slots,
-    local: SocketAddr,
-    remote: SocketAddr,
-    endpoint: Arc<AppEndpoint>,
-    limits: ConnectionLimits,
-    mut stopping: watch::Receiver<bool>,
+    slots: Slots, local: SocketAddr, remote: SocketAddr, endpoint: Arc<AppEndpoint>,
+    limits: ConnectionLimits, mut stopping: watch::Receiver<bool>,
 ) {
     let tracker = Tracker::new();
     let activity = tracker.0.subscribe();

@@ -35,10 +35,7 @@ pub struct Payload {
 /// Queues the simulation `row` (inside the transaction that writes it), to run `plan` and sign
 /// its notification with `secret`.
 pub fn enqueue(
-    conn: &mut DbConnection,
-    crypto: &Crypto,
-    row: &SimulationRow,
-    plan: &model::Plan,
+    conn: &mut DbConnection, crypto: &Crypto, row: &SimulationRow, plan: &model::Plan,
     secret: Option<&str>,
 ) -> StoreResult<()> {
     let payload = Payload {
@@ -55,10 +52,7 @@ pub fn enqueue(
 /// Called inside the transaction that records the outcome, so the notification is queued
 /// exactly when the outcome is stored; wake the event bus after the commit.
 pub fn finished(
-    conn: &mut DbConnection,
-    crypto: &Crypto,
-    row: &SimulationRow,
-    secret: Option<&str>,
+    conn: &mut DbConnection, crypto: &Crypto, row: &SimulationRow, secret: Option<&str>,
 ) -> StoreResult<()> {
     let mut data = serde_json::json!({
         "simulation_id": row.id,
@@ -116,10 +110,7 @@ impl SimulationRunner {
 
     /// [`Self::finish`] once; whether storage took it.
     async fn record(
-        &self,
-        id: String,
-        outcome: Result<String, String>,
-        secret: Option<String>,
+        &self, id: String, outcome: Result<String, String>, secret: Option<String>,
     ) -> bool {
         let crypto = self.crypto.clone();
         let log_id = id.clone();

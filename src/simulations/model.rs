@@ -111,10 +111,7 @@ pub struct Results {
 }
 
 fn number(
-    params: &serde_json::Map<String, Value>,
-    name: &str,
-    range: (f64, f64),
-    integer: bool,
+    params: &serde_json::Map<String, Value>, name: &str, range: (f64, f64), integer: bool,
     out: &mut Vec<Rejection>,
 ) -> Option<f64> {
     let value = params.get(name)?;
@@ -147,10 +144,7 @@ fn number(
 }
 
 fn state_value(
-    state: &BTreeMap<String, f64>,
-    name: &str,
-    default: f64,
-    range: (f64, f64),
+    state: &BTreeMap<String, f64>, name: &str, default: f64, range: (f64, f64),
     out: &mut Vec<Rejection>,
 ) -> f64 {
     let value = state.get(name).copied().unwrap_or(default);
@@ -169,9 +163,7 @@ fn state_value(
 
 /// Rejects the parameters `model` does not read.
 fn unknown_parameters(
-    model: Model,
-    params: &serde_json::Map<String, Value>,
-    out: &mut Vec<Rejection>,
+    model: Model, params: &serde_json::Map<String, Value>, out: &mut Vec<Rejection>,
 ) {
     for key in params.keys() {
         if !model.parameters().contains(&key.as_str()) {
@@ -190,8 +182,7 @@ fn unknown_parameters(
 
 /// The `affected_regions` parameter (none when absent).
 fn affected_regions(
-    params: &serde_json::Map<String, Value>,
-    out: &mut Vec<Rejection>,
+    params: &serde_json::Map<String, Value>, out: &mut Vec<Rejection>,
 ) -> Vec<String> {
     let mut regions: Vec<String> = Vec::new();
     match params.get("affected_regions") {
@@ -233,9 +224,7 @@ fn affected_share(state: &BTreeMap<String, f64>, regions: &[String]) -> f64 {
 
 /// Checks the scenario's parameters and the twin's state for `model`.
 pub fn plan(
-    model: Model,
-    state: &BTreeMap<String, f64>,
-    parameters: &Value,
+    model: Model, state: &BTreeMap<String, f64>, parameters: &Value,
 ) -> Result<Plan, Vec<Rejection>> {
     let mut out = Vec::new();
     let empty = serde_json::Map::new();

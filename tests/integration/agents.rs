@@ -492,9 +492,7 @@ backend_test!(concurrent_updates_all_land, |app| {
 backend_test!(idempotency_keys_replay_the_first_create, |app| {
     let api = app.api();
     fn post<'a>(
-        api: &'a agentplane_client::Client,
-        key: &str,
-        name: &str,
+        api: &'a agentplane_client::Client, key: &str, name: &str,
     ) -> agentplane_client::builder::CreateAgent<'a> {
         api.create_agent()
             .idempotency_key(key)

@@ -51,8 +51,7 @@ async fn connect(app: &TestApp) -> TcpStream {
 /// Reads until the server closes the connection (at most `limit`): what was read, and when
 /// it closed (`None` when it was still open at `limit`).
 async fn read_until_closed(
-    read: &mut OwnedReadHalf,
-    limit: Duration,
+    read: &mut OwnedReadHalf, limit: Duration,
 ) -> (Vec<u8>, Option<Instant>) {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];

@@ -300,10 +300,7 @@ async fn kb_and_tool(app: &crate::support::TestApp) -> (String, String) {
 /// Installs `template` with `body`, runs the agent on `input` (waiting) with the built-in
 /// model; the execution, succeeded, and the `node_id`s of its node steps in order.
 async fn install_and_run(
-    app: &crate::support::TestApp,
-    template: &str,
-    body: serde_json::Value,
-    input: &str,
+    app: &crate::support::TestApp, template: &str, body: serde_json::Value, input: &str,
 ) -> (serde_json::Value, Vec<String>) {
     let path = format!("/v1/marketplace/install/{template}");
     let (status, agent) = json(app.send_json(Method::POST, &path, &body).await).await;

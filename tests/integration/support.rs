@@ -95,8 +95,7 @@ impl TestApp {
 
     /// Starts a server on `backend` with `configure` applied to its configuration.
     pub async fn start_with(
-        backend: Backend,
-        configure: impl FnOnce(&mut Config),
+        backend: Backend, configure: impl FnOnce(&mut Config),
     ) -> Option<TestApp> {
         let database_url = fresh_database(backend)?;
         // Server errors (a storage failure behind a 503) show in a failing test's output;
@@ -241,11 +240,7 @@ impl TestApp {
 
     /// A key for `user` in organization `org` (both created when missing).
     pub async fn key_for(
-        &self,
-        org: &str,
-        user: &str,
-        role: Role,
-        scopes: Option<&[Scope]>,
+        &self, org: &str, user: &str, role: Role, scopes: Option<&[Scope]>,
     ) -> String {
         let (org, user) = (org.to_string(), user.to_string());
         let scopes: BTreeSet<Scope> = match scopes {
@@ -299,11 +294,7 @@ impl TestApp {
 
 /// Sends `body` (if any) as JSON with `key`.
 pub async fn send_as(
-    app: &TestApp,
-    key: &str,
-    method: Method,
-    path: &str,
-    body: Option<&Value>,
+    app: &TestApp, key: &str, method: Method, path: &str, body: Option<&Value>,
 ) -> Response {
     let mut req = app.as_key(key, method, path);
     if let Some(body) = body {

@@ -364,9 +364,7 @@ backend_test!(twins_are_isolated_and_scoped, |app| {
 /// Inserts simulation `id` of `twin_id` as running, with no job: what a server that ran it
 /// left behind.
 fn insert_running_simulation(
-    conn: &mut agentplane::db::DbConnection,
-    id: &str,
-    twin_id: &str,
+    conn: &mut agentplane::db::DbConnection, id: &str, twin_id: &str,
 ) -> agentplane::db::StoreResult<agentplane::db::twins::SimulationRow> {
     let row = agentplane::db::twins::SimulationRow {
         id: id.to_string(),

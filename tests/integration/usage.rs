@@ -15,15 +15,8 @@ use crate::twins::agentplane_org;
 
 #[allow(clippy::too_many_arguments)]
 fn record(
-    conn: &mut DbConnection,
-    org: &str,
-    agent: &str,
-    model: &str,
-    execution: Option<&str>,
-    conversation: Option<&str>,
-    tokens: (i64, i64),
-    cost_nano_usd: i64,
-    at: &str,
+    conn: &mut DbConnection, org: &str, agent: &str, model: &str, execution: Option<&str>,
+    conversation: Option<&str>, tokens: (i64, i64), cost_nano_usd: i64, at: &str,
 ) -> StoreResult<()> {
     insert_usage(
         conn,
@@ -44,11 +37,7 @@ fn record(
 }
 
 fn conversation(
-    conn: &mut DbConnection,
-    org: &str,
-    id: &str,
-    agent: &str,
-    at: &str,
+    conn: &mut DbConnection, org: &str, id: &str, agent: &str, at: &str,
     messages: &[(&str, &str, &str)],
 ) -> StoreResult<()> {
     use agentplane::db::schema::{conversations as c, messages as m};

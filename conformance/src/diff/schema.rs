@@ -310,10 +310,7 @@ struct Branch<'a> {
 }
 
 fn branches<'a>(
-    doc: &Document<'a>,
-    schema: &'a Value,
-    pointer: &str,
-    key: &str,
+    doc: &Document<'a>, schema: &'a Value, pointer: &str, key: &str,
 ) -> Vec<Branch<'a>> {
     let Some(list) = schema.get(key).and_then(Value::as_array) else {
         return Vec::new();
@@ -348,8 +345,7 @@ fn branches<'a>(
 /// Pairs old and new branches: same `$ref` or title first, then equal inline schemas, then
 /// the remaining inline ones in order. Returns the pairs and the unpaired on each side.
 fn pair_branches<'b, 'a>(
-    old: &'b [Branch<'a>],
-    new: &'b [Branch<'a>],
+    old: &'b [Branch<'a>], new: &'b [Branch<'a>],
 ) -> (
     Vec<(&'b Branch<'a>, &'b Branch<'a>)>,
     Vec<&'b Branch<'a>>,
@@ -889,12 +885,7 @@ impl<'a> Differ<'a> {
     }
 
     fn bound(
-        &mut self,
-        side: Side,
-        label: &Label,
-        old: &View<'a>,
-        new: &View<'a>,
-        kind: BoundKind,
+        &mut self, side: Side, label: &Label, old: &View<'a>, new: &View<'a>, kind: BoundKind,
     ) {
         let name = kind.name();
         let s = side.word();

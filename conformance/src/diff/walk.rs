@@ -911,10 +911,7 @@ struct Parameter<'a> {
 /// location and name; path parameters by their position in the template, so renaming one
 /// changes nothing; header names case-insensitively.
 fn parameters<'a>(
-    doc: &Document<'a>,
-    item: &At<'a>,
-    op: &At<'a>,
-    template: &str,
+    doc: &Document<'a>, item: &At<'a>, op: &At<'a>, template: &str,
 ) -> BTreeMap<(String, String), Parameter<'a>> {
     let names = template_names(template);
     let mut out = BTreeMap::new();
@@ -976,10 +973,7 @@ fn parameter_schema<'a>(doc: &Document<'a>, at: &At<'a>) -> Option<At<'a>> {
 /// The schemas of a media type on both sides; a side without one has the empty schema
 /// (anything goes), so a schema that appears or disappears compares as one.
 fn media_schemas<'a>(
-    old_doc: &Document<'a>,
-    old: &At<'a>,
-    new_doc: &Document<'a>,
-    new: &At<'a>,
+    old_doc: &Document<'a>, old: &At<'a>, new_doc: &Document<'a>, new: &At<'a>,
 ) -> Option<(At<'a>, At<'a>)> {
     static ANYTHING: std::sync::LazyLock<Value> =
         std::sync::LazyLock::new(|| Value::Object(serde_json::Map::new()));

@@ -47,10 +47,7 @@ impl Answer {
     /// The documented response `entry` answered with `status`, its headers, and `body` in
     /// `media_type` (`None`: no body).
     pub fn documented(
-        entry: &MockResponse,
-        status: u16,
-        media_type: Option<&str>,
-        body: Bytes,
+        entry: &MockResponse, status: u16, media_type: Option<&str>, body: Bytes,
     ) -> Self {
         Self {
             status,
@@ -94,11 +91,7 @@ pub fn problem(status: u16, title: &str, detail: &str, violations: &[Violation])
 /// then `default`), its body filled in with `detail` and the violations where the schema
 /// allows, else an RFC 7807 problem.
 pub fn error(
-    op: Option<&MockOperation>,
-    status: u16,
-    title: &str,
-    detail: &str,
-    violations: &[Violation],
+    op: Option<&MockOperation>, status: u16, title: &str, detail: &str, violations: &[Violation],
 ) -> Answer {
     let Some(op) = op else {
         return problem(status, title, detail, violations);
@@ -154,11 +147,7 @@ fn ascii(text: &str) -> String {
 /// strings, a numeric status, and (with `with_list`) a details array, one item per violation
 /// shaped like the body's own first item.
 fn inject(
-    value: &mut Value,
-    status: u16,
-    title: &str,
-    detail: &str,
-    violations: &[Violation],
+    value: &mut Value, status: u16, title: &str, detail: &str, violations: &[Violation],
     with_list: bool,
 ) {
     let Value::Object(map) = value else { return };

@@ -269,12 +269,7 @@ impl MockSpec {
     /// `(seed, counter)` RNG and checked against the compiled schema; `None` when no draw
     /// validates.
     pub fn generate(
-        &self,
-        op: &MockOperation,
-        key: &str,
-        media: &MockMedia,
-        seed: u64,
-        counter: usize,
+        &self, op: &MockOperation, key: &str, media: &MockMedia, seed: u64, counter: usize,
     ) -> Option<Value> {
         let schema = media.schema.as_ref()?;
         let generator = Generator::new(&self.response_doc, Direction::Response);
@@ -288,15 +283,8 @@ impl MockSpec {
 
 #[expect(clippy::too_many_arguments, reason = "one call site, all context")]
 fn compile_operation(
-    doc: &Value,
-    response_doc: &Value,
-    template: &str,
-    method: &str,
-    op: &Value,
-    pointer: &str,
-    index: usize,
-    templates: &[&str],
-    paths: &Map<String, Value>,
+    doc: &Value, response_doc: &Value, template: &str, method: &str, op: &Value, pointer: &str,
+    index: usize, templates: &[&str], paths: &Map<String, Value>,
 ) -> Result<MockOperation, SpecError> {
     let id = op.get("operationId").and_then(Value::as_str).map_or_else(
         || format!("{} {template}", method.to_ascii_uppercase()),
@@ -586,9 +574,7 @@ fn compile_security(doc: &Value, op: &Value) -> Vec<Vec<Credential>> {
 
 /// The JSON object schema of an operation's first 2xx JSON response, flattened.
 fn success_object(
-    response_doc: &Value,
-    op: &Value,
-    generator: &Generator<'_>,
+    response_doc: &Value, op: &Value, generator: &Generator<'_>,
 ) -> Option<Map<String, Value>> {
     let responses = op.get("responses")?.as_object()?;
     let (_, response) = responses
@@ -609,12 +595,8 @@ fn success_object(
 /// `POST /security/scan/{agent_id}` and listed at `/security/scans`) an item GET answering the
 /// schema that a free-standing POST's 201 answers.
 fn collection_item(
-    doc: &Value,
-    response_doc: &Value,
-    collection: &str,
-    templates: &[&str],
-    paths: &Map<String, Value>,
-    generator: &Generator<'_>,
+    doc: &Value, response_doc: &Value, collection: &str, templates: &[&str],
+    paths: &Map<String, Value>, generator: &Generator<'_>,
 ) -> Option<Collection> {
     let item = templates.iter().find(|t| {
         t.strip_prefix(collection)
@@ -676,10 +658,7 @@ fn created_ref(doc: &Value, op: &Value) -> Option<String> {
 /// A free-standing POST (no prefix of its path is a path with a POST of its own, so it creates
 /// nothing nested) whose 201 answers the schema `$ref`, if there is one.
 fn created_elsewhere<'t>(
-    doc: &Value,
-    templates: &[&'t str],
-    paths: &Map<String, Value>,
-    schema_ref: &str,
+    doc: &Value, templates: &[&'t str], paths: &Map<String, Value>, schema_ref: &str,
 ) -> Option<&'t str> {
     let has_post = |template: &str| {
         paths
@@ -718,11 +697,7 @@ fn success_ref(doc: &Value, op: &Value, status: &str) -> Option<String> {
 /// collection's items are (a scan of a thing listed among the scans), creates into that
 /// collection.
 fn infer_resource(
-    doc: &Value,
-    response_doc: &Value,
-    template: &str,
-    method: &str,
-    templates: &[&str],
+    doc: &Value, response_doc: &Value, template: &str, method: &str, templates: &[&str],
     paths: &Map<String, Value>,
 ) -> Option<Resource> {
     let generator = Generator::new(response_doc, Direction::Response);

@@ -274,8 +274,7 @@ impl Mock {
 
     /// Serves until `shutdown` resolves, reloading the spec on change when watching.
     pub async fn serve(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send,
+        self, shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
         let watcher = self
             .shared

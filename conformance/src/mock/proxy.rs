@@ -75,9 +75,7 @@ pub fn request_violations(violations: &[Violation]) -> Vec<Value> {
 
 /// Sends `out` to `upstream`; a network failure is a 502 problem.
 pub async fn forward(
-    client: &reqwest::Client,
-    upstream: &str,
-    out: Outgoing<'_>,
+    client: &reqwest::Client, upstream: &str, out: Outgoing<'_>,
 ) -> Result<Answer, Answer> {
     let url = format!("{}{}", upstream.trim_end_matches('/'), out.path_and_query);
     let method = reqwest::Method::from_bytes(out.method.as_bytes())

@@ -108,13 +108,8 @@ fn tenant(op: &MockOperation, headers: &[(String, String)], query: &str) -> Stri
 }
 
 async fn handle(
-    shared: &Shared,
-    spec: &MockSpec,
-    method: &str,
-    path: &str,
-    query: &str,
-    headers: &[(String, String)],
-    body: Bytes,
+    shared: &Shared, spec: &MockSpec, method: &str, path: &str, query: &str,
+    headers: &[(String, String)], body: Bytes,
 ) -> Answer {
     let outcome = {
         let header_fn = |name: &str| lookup(headers, name).map(str::to_string);
@@ -258,13 +253,8 @@ fn unauthenticated(op: &MockOperation) -> Answer {
 
 /// The stateless answer: the preferred or documented success response, static or fresh.
 fn respond(
-    shared: &Shared,
-    spec: &MockSpec,
-    op: &MockOperation,
-    prefer: &Prefer,
-    dynamic: bool,
-    accept: Option<&str>,
-    counter: usize,
+    shared: &Shared, spec: &MockSpec, op: &MockOperation, prefer: &Prefer, dynamic: bool,
+    accept: Option<&str>, counter: usize,
 ) -> Answer {
     let (mut entry, mut status) = match prefer.code {
         Some(code)
@@ -356,15 +346,8 @@ fn respond(
 
 #[expect(clippy::too_many_arguments, reason = "the request, taken apart once")]
 async fn proxied(
-    shared: &Shared,
-    spec: &MockSpec,
-    upstream: &str,
-    outcome: Outcome<'_>,
-    method: &str,
-    path: &str,
-    query: &str,
-    headers: &[(String, String)],
-    body: Bytes,
+    shared: &Shared, spec: &MockSpec, upstream: &str, outcome: Outcome<'_>, method: &str,
+    path: &str, query: &str, headers: &[(String, String)], body: Bytes,
 ) -> Answer {
     let label = format!("{method} {path}");
     let mut violations = Vec::new();

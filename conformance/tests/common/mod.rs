@@ -64,8 +64,7 @@ impl Incoming {
 
     /// What `validator` makes of the request.
     pub fn validate<'v>(
-        &self,
-        validator: &'v conformance::RequestValidator,
+        &self, validator: &'v conformance::RequestValidator,
     ) -> conformance::Outcome<'v> {
         let header = |name: &str| self.header(name);
         validator.validate(&conformance::validate::Request {

@@ -97,9 +97,7 @@ fn named(agent: &Map<String, Value>) -> Vec<(String, Target, &str)> {
 
 /// The violations of the flow `flow`, its references looked up in `org`.
 fn flow_violations(
-    conn: &mut DbConnection,
-    org: &str,
-    flow: &Value,
+    conn: &mut DbConnection, org: &str, flow: &Value,
 ) -> StoreResult<Vec<flow::Violation>> {
     let conn = RefCell::new(conn);
     let failed = RefCell::new(None);
@@ -121,10 +119,7 @@ fn flow_violations(
 /// Checks what `agent` (the fields a request sets) refers to in the organization `org`, and
 /// its flow: a 422 naming every field that is wrong.
 pub(super) fn check(
-    conn: &mut DbConnection,
-    org: &str,
-    agent: &Map<String, Value>,
-    rid: &str,
+    conn: &mut DbConnection, org: &str, agent: &Map<String, Value>, rid: &str,
 ) -> StoreResult<Result<(), Failure>> {
     let mut details = Vec::new();
     for (field, target, id) in named(agent) {

@@ -181,16 +181,11 @@ pub trait NodeEnv: Sync {
     fn complete(&self, call: LlmCall) -> impl Future<Output = Result<Completion, String>> + Send;
     /// Calls one tool with `arguments`; its result.
     fn call_tool(
-        &self,
-        tool_id: &str,
-        arguments: Value,
+        &self, tool_id: &str, arguments: Value,
     ) -> impl Future<Output = Result<Value, String>> + Send;
     /// Searches knowledge bases; the passages' texts, best first.
     fn retrieve(
-        &self,
-        knowledge_base_ids: &[String],
-        query: &str,
-        top_k: usize,
+        &self, knowledge_base_ids: &[String], query: &str, top_k: usize,
     ) -> impl Future<Output = Result<Vec<String>, String>> + Send;
     /// A node started (`node.started`).
     fn node_started(&self, node_id: &str, node_type: NodeType);
@@ -202,10 +197,7 @@ pub trait NodeEnv: Sync {
 
 /// Runs `flow` on `input`.
 pub async fn run<E: NodeEnv>(
-    flow: &Flow,
-    input: &FlowInput,
-    env: &E,
-    limits: Limits,
+    flow: &Flow, input: &FlowInput, env: &E, limits: Limits,
 ) -> Result<FlowOutcome, FlowFailure> {
     let mut run = Run::new(flow, input, limits);
     let mut running = FuturesUnordered::new();

@@ -185,10 +185,7 @@ fn check_node(node: &Value, path: &str, out: &mut Vec<Violation>) {
 
 /// Checks `value` is an object with `fields` and no others; the object when it is one.
 fn fields<'v>(
-    value: &'v Value,
-    path: &str,
-    fields: &[Field],
-    out: &mut Vec<Violation>,
+    value: &'v Value, path: &str, fields: &[Field], out: &mut Vec<Violation>,
 ) -> Option<&'v Map<String, Value>> {
     let Some(map) = value.as_object() else {
         out.push(Violation::new(path, code::TYPE, "must be an object"));
@@ -289,10 +286,7 @@ fn text_length(s: &str, min: usize, max: usize, fail: &mut impl FnMut(&'static s
 }
 
 fn range<N: PartialOrd + std::fmt::Display>(
-    n: N,
-    min: N,
-    max: N,
-    fail: &mut impl FnMut(&'static str, String),
+    n: N, min: N, max: N, fail: &mut impl FnMut(&'static str, String),
 ) {
     if n < min {
         fail(code::MINIMUM, format!("must be at least {min}"));

@@ -333,10 +333,7 @@ impl NodeEnv for FakeEnv {
     }
 
     async fn retrieve(
-        &self,
-        kb_ids: &[String],
-        query: &str,
-        top_k: usize,
+        &self, kb_ids: &[String], query: &str, top_k: usize,
     ) -> Result<Vec<String>, String> {
         self.note(format!("retrieve:{}:{query}:{top_k}", kb_ids.join(",")));
         Ok(vec![

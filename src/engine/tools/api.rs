@@ -99,10 +99,7 @@ pub struct CallFailed {
 
 /// Calls the `api` tool whose `body` column is `tool` and `secrets` column `sealed` once.
 pub async fn call(
-    egress: &Egress,
-    crypto: &Crypto,
-    (tool, sealed): (&Value, &str),
-    request: Request,
+    egress: &Egress, crypto: &Crypto, (tool, sealed): (&Value, &str), request: Request,
 ) -> Result<Answer, CallFailed> {
     let started = Instant::now();
     let failed = |error: String, started: Instant| CallFailed {
@@ -137,10 +134,7 @@ pub async fn call(
 
 /// The request to send, the time it may take and the names of its secret headers.
 fn build(
-    egress: &Egress,
-    crypto: &Crypto,
-    (tool, sealed): (&Value, &str),
-    request: Request,
+    egress: &Egress, crypto: &Crypto, (tool, sealed): (&Value, &str), request: Request,
 ) -> Result<(reqwest::RequestBuilder, Duration, Vec<HeaderName>), String> {
     let (Some(url), method) = (
         tool.get("url").and_then(Value::as_str),

@@ -98,10 +98,7 @@ impl ToolModel for LocalToolModel {
     }
 
     async fn turn(
-        &self,
-        messages: &[Message],
-        tools: &Tools,
-        deltas: Option<&mpsc::Sender<String>>,
+        &self, messages: &[Message], tools: &Tools, deltas: Option<&mpsc::Sender<String>>,
     ) -> Result<ModelTurn, ProviderError> {
         let (text, calls) = self.decide(messages, tools);
         let (input, output) = counted_tokens(messages, &text, &calls);

@@ -78,11 +78,7 @@ impl ToolSpec {
     /// A tool; a knowledge tool always takes [`knowledge_parameters`], whatever `parameters`
     /// says, and a missing schema is an object without properties.
     pub fn new(
-        tool_id: &str,
-        name: &str,
-        description: &str,
-        parameters: Option<Value>,
-        kind: ToolKind,
+        tool_id: &str, name: &str, description: &str, parameters: Option<Value>, kind: ToolKind,
     ) -> ToolSpec {
         let parameters = match (kind, parameters) {
             (ToolKind::Knowledge, _) => knowledge_parameters(),
@@ -351,10 +347,7 @@ pub trait ToolModel: Sync {
     fn model_name(&self) -> &str;
 
     fn turn(
-        &self,
-        messages: &[Message],
-        tools: &Tools,
-        deltas: Option<&mpsc::Sender<String>>,
+        &self, messages: &[Message], tools: &Tools, deltas: Option<&mpsc::Sender<String>>,
     ) -> impl Future<Output = Result<ModelTurn, ProviderError>> + Send;
 }
 
@@ -362,9 +355,7 @@ pub trait ToolModel: Sync {
 /// search and the egress client. An `Err` is the tool's failure, given to the model.
 pub trait ToolExecutor: Sync {
     fn execute(
-        &self,
-        tool: &ToolSpec,
-        call: &ToolCall,
+        &self, tool: &ToolSpec, call: &ToolCall,
     ) -> impl Future<Output = Result<Value, String>> + Send;
 }
 

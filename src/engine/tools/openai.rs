@@ -34,10 +34,7 @@ pub struct OpenAiToolModel {
 impl OpenAiToolModel {
     /// A client of `endpoint` (the base URL, `…/v1`) calling it through `egress`.
     pub fn new(
-        endpoint: &str,
-        api_key: Option<String>,
-        timeout: Duration,
-        egress: Egress,
+        endpoint: &str, api_key: Option<String>, timeout: Duration, egress: Egress,
         settings: ModelSettings,
     ) -> OpenAiToolModel {
         OpenAiToolModel {
@@ -77,10 +74,7 @@ impl OpenAiToolModel {
 
     /// The turn's usage: as the server reported it, else counted.
     fn usage(
-        &self,
-        reported: Option<(i64, i64)>,
-        messages: &[Message],
-        text: &str,
+        &self, reported: Option<(i64, i64)>, messages: &[Message], text: &str,
         calls: &[RequestedCall],
     ) -> Usage {
         let (input, output) = reported.unwrap_or_else(|| counted_tokens(messages, text, calls));
@@ -88,9 +82,7 @@ impl OpenAiToolModel {
     }
 
     async fn complete(
-        &self,
-        messages: &[Message],
-        tools: &Tools,
+        &self, messages: &[Message], tools: &Tools,
     ) -> Result<ModelTurn, ProviderError> {
         let resp = self.client.send(&self.body(messages, tools, false)).await?;
         let v: Value = resp.json().await.map_err(|e| self.read_failed(e))?;
@@ -115,10 +107,7 @@ impl OpenAiToolModel {
     }
 
     async fn stream(
-        &self,
-        messages: &[Message],
-        tools: &Tools,
-        deltas: &mpsc::Sender<String>,
+        &self, messages: &[Message], tools: &Tools, deltas: &mpsc::Sender<String>,
     ) -> Result<ModelTurn, ProviderError> {
         let resp = self.client.send(&self.body(messages, tools, true)).await?;
         let mut body = resp.bytes_stream();
@@ -156,10 +145,7 @@ impl ToolModel for OpenAiToolModel {
     }
 
     async fn turn(
-        &self,
-        messages: &[Message],
-        tools: &Tools,
-        deltas: Option<&mpsc::Sender<String>>,
+        &self, messages: &[Message], tools: &Tools, deltas: Option<&mpsc::Sender<String>>,
     ) -> Result<ModelTurn, ProviderError> {
         match deltas {
             Some(deltas) => self.stream(messages, tools, deltas).await,
@@ -240,9 +226,7 @@ impl Streamed {
     /// Reads one event's data (a chunk of JSON, or `[DONE]`), passing text on; `true` once
     /// the stream says it is done.
     async fn read(
-        &mut self,
-        data: &str,
-        deltas: &mpsc::Sender<String>,
+        &mut self, data: &str, deltas: &mpsc::Sender<String>,
     ) -> Result<bool, ProviderError> {
         let Some(v) = stream_event(data, &mut self.usage)? else {
             return Ok(true);

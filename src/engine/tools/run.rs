@@ -218,8 +218,7 @@ impl Paused {
     /// order of the pending calls, and a completed step for each call (timed from the pause).
     /// Every pending call needs exactly one output.
     pub fn resume(
-        self,
-        outputs: &[ToolOutput],
+        self, outputs: &[ToolOutput],
     ) -> Result<(LoopState, Vec<ToolCallStep>), ResumeError> {
         let mut answered: BTreeMap<&str, &str> = BTreeMap::new();
         for (index, o) in outputs.iter().enumerate() {
@@ -313,12 +312,7 @@ pub struct LoopFailure {
 /// model answers without calling a tool, calls a `function` tool (a pause), or has taken
 /// `limits.max_steps` turns.
 pub async fn run_with_tools<M: ToolModel, E: ToolExecutor, S: LoopSink>(
-    model: &M,
-    state: LoopState,
-    tools: &Tools,
-    executor: &E,
-    limits: Limits,
-    sink: &S,
+    model: &M, state: LoopState, tools: &Tools, executor: &E, limits: Limits, sink: &S,
 ) -> Result<LoopOutcome, LoopFailure> {
     let mut run = Run {
         state,
@@ -388,10 +382,7 @@ impl Run {
 
     /// One model turn, its step recorded and reported; its calls' ids made unique.
     async fn call_model<M: ToolModel, S: LoopSink>(
-        &mut self,
-        model: &M,
-        tools: &Tools,
-        sink: &S,
+        &mut self, model: &M, tools: &Tools, sink: &S,
     ) -> Result<ModelTurn, LoopFailure> {
         let (t, at) = (Instant::now(), crate::ids::now());
         let answer = model.turn(&self.state.messages, tools, sink.deltas()).await;
@@ -428,11 +419,7 @@ impl Run {
     /// Runs one turn's calls, all at once; their results are appended as `tool` messages in
     /// the order of the calls. The `function` calls are returned, not run.
     async fn run_calls<E: ToolExecutor, S: LoopSink>(
-        &mut self,
-        calls: &[RequestedCall],
-        tools: &Tools,
-        executor: &E,
-        sink: &S,
+        &mut self, calls: &[RequestedCall], tools: &Tools, executor: &E, sink: &S,
     ) -> Vec<ToolCall> {
         let handled = join_all(
             calls
@@ -545,9 +532,7 @@ enum Handled {
 }
 
 async fn handle<E: ToolExecutor, S: LoopSink>(
-    resolved: Resolved<'_>,
-    executor: &E,
-    sink: &S,
+    resolved: Resolved<'_>, executor: &E, sink: &S,
 ) -> Handled {
     let (t, at) = (Instant::now(), crate::ids::now());
     let (call, result) = match resolved {

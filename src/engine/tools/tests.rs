@@ -243,10 +243,7 @@ impl LoopSink for Recorder {
 
 /// Runs the loop on the scripted server for `question`, with the default limits.
 async fn ask_openai(
-    url: &str,
-    question: &str,
-    executor: &FakeTools,
-    sink: &Recorder,
+    url: &str, question: &str, executor: &FakeTools, sink: &Recorder,
 ) -> Result<LoopOutcome, LoopFailure> {
     let limits = Limits::default();
     run_with_tools(
