@@ -147,7 +147,8 @@ pub fn publish(
     };
     store::insert(conn, &row)?;
     for webhook in hooks::active(conn, org_id)? {
-        let patterns: Vec<String> = serde_json::from_str(&webhook.events).unwrap_or_default();
+        let patterns: Vec<String> =
+            serde_json::from_str(&webhook.content.events).unwrap_or_default();
         if patterns.iter().any(|p| matches(p, event_type)) {
             hooks::insert_delivery(conn, &new_delivery(&row, Some(webhook.id), None))?;
         }

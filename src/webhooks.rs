@@ -233,7 +233,7 @@ impl DeliveryWorker {
         let (url, sealed) = match (&row.webhook_id, &row.target) {
             (Some(id), _) => {
                 let hook = store::get(conn, &row.org_id, id)?;
-                (hook.url, hook.secret_encrypted)
+                (hook.content.url, hook.content.secret_encrypted)
             }
             (None, Some(target)) => {
                 let v: serde_json::Value = serde_json::from_str(target)

@@ -59,12 +59,12 @@ same_variants!(AgentStatus <=> models::AgentStatus {
 /// The agent as the spec's JSON.
 pub(crate) fn row_to_json(row: &AgentRow) -> Result<Map<String, Value>, StoreError> {
     let mut obj: Map<String, Value> =
-        serde_json::from_str(&row.body).map_err(|e| corrupt(row, &e.to_string()))?;
+        serde_json::from_str(&row.content.body).map_err(|e| corrupt(row, &e.to_string()))?;
     obj.insert("id".into(), row.id.clone().into());
-    obj.insert("name".into(), row.name.clone().into());
-    obj.insert("type".into(), row.agent_type.clone().into());
-    obj.insert("status".into(), row.status.as_str().into());
-    if let Some(d) = &row.description {
+    obj.insert("name".into(), row.content.name.clone().into());
+    obj.insert("type".into(), row.content.agent_type.clone().into());
+    obj.insert("status".into(), row.content.status.as_str().into());
+    if let Some(d) = &row.content.description {
         obj.insert("description".into(), d.clone().into());
     }
     obj.insert("version".into(), row.version.into());
@@ -341,20 +341,7 @@ fn check_expand_scopes(caller: &Caller, expand: &[ListAgentsExpandItem]) -> Resu
 
 /// The new row of an agent created from `changes` in `org_id`.
 pub(crate) fn new_row(org_id: &str, changes: AgentChanges) -> AgentRow {
-    let now = crate::ids::now();
-    AgentRow {
-        id: crate::ids::new_id("agent"),
-        org_id: org_id.to_string(),
-        name: changes.name,
-        agent_type: changes.agent_type,
-        status: changes.status,
-        description: changes.description,
-        body: changes.body,
-        secrets: changes.secrets,
-        version: 1,
-        created_at: now.clone(),
-        updated_at: now,
-    }
+    AgentRow::new(org_id, crate::ids::new_id("agent"), changes)
 }
 
 impl Handlers {
@@ -405,7 +392,7 @@ impl Handlers {
                     if let Err(refused) = refs::check(conn, org, &request, &rid)? {
                         return Ok(Err(refused));
                     }
-                    split(merge(row_to_json(current)?), &current.secrets).map(Ok)
+                    split(merge(row_to_json(current)?), &current.content.secrets).map(Ok)
                 };
                 let publish = |conn: &mut DbConnection, row: &AgentRow| {
                     publish_agent(conn, "agent.updated", row)
@@ -438,13 +425,13 @@ impl Handlers {
                     return Ok(Err(refused));
                 }
                 store::bulk_update(conn, org, &filter, |current| {
-                    let changes = split(merge(row_to_json(current)?), &current.secrets)?;
-                    let same = changes.name == current.name
-                        && changes.agent_type == current.agent_type
-                        && changes.status == current.status
-                        && changes.description == current.description
-                        && changes.body == current.body
-                        && changes.secrets == current.secrets;
+                    let changes = split(merge(row_to_json(current)?), &current.content.secrets)?;
+                    let same = changes.name == current.content.name
+                        && changes.agent_type == current.content.agent_type
+                        && changes.status == current.content.status
+                        && changes.description == current.content.description
+                        && changes.body == current.content.body
+                        && changes.secrets == current.content.secrets;
                     Ok::<_, StoreError>((!same).then_some(changes))
                 })
                 .and_then(|inner| inner)
@@ -464,7 +451,7 @@ impl Handlers {
             crate::db::write_transaction(conn, |conn| {
                 let row = store::get(conn, org, &id)?;
                 store::delete(conn, org, &id)?;
-                let data = serde_json::json!({"id": row.id, "name": row.name});
+                let data = serde_json::json!({"id": row.id, "name": row.content.name});
                 crate::events::publish(conn, org, "agent.deleted", Some(&id), data)
             })
         })

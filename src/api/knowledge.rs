@@ -74,12 +74,12 @@ impl Resource for KnowledgeBase {
 /// A knowledge base with its counts of documents, chunks and sources.
 fn kb_model(row: &KbRow, counts: (i64, i64, i64)) -> KnowledgeBase {
     let body = row.body();
-    let options = chunk_options_of(&row.body);
+    let options = chunk_options_of(&row.content.body);
     KnowledgeBase {
         id: row.id.clone(),
-        name: row.name.clone(),
-        type_: row.kb_type.clone(),
-        description: row.description.clone(),
+        name: row.content.name.clone(),
+        type_: row.content.kb_type.clone(),
+        description: row.content.description.clone(),
         embedding_model: body.embedding_model,
         processing_options: ProcessingOptions {
             chunk_size: Some(to_i64(options.chunk_size)),
@@ -459,19 +459,7 @@ fn plan_sources<'a>(
 
 /// A new knowledge base of `org_id` as sent.
 fn new_kb_row(org_id: &str, input: &KnowledgeBaseInput) -> KbRow {
-    let changes = kb_changes(input);
-    let now = crate::ids::now();
-    KbRow {
-        id: crate::ids::new_id("kb"),
-        org_id: org_id.to_string(),
-        name: changes.name,
-        kb_type: changes.kb_type,
-        description: changes.description,
-        body: changes.body,
-        version: 1,
-        created_at: now.clone(),
-        updated_at: now,
-    }
+    KbRow::new(org_id, crate::ids::new_id("kb"), kb_changes(input))
 }
 
 /// The columns of `current` with a PATCH applied: fields not sent keep their value, and
@@ -479,7 +467,7 @@ fn new_kb_row(org_id: &str, input: &KnowledgeBaseInput) -> KbRow {
 fn patched_kb(patch: &KnowledgeBasePatch, current: &KbRow) -> KbChanges {
     let mut body = current.body();
     if let Some(o) = &patch.processing_options {
-        let old = chunk_options_of(&current.body);
+        let old = chunk_options_of(&current.content.body);
         let merged = ProcessingOptions {
             chunk_size: o.chunk_size.or(Some(to_i64(old.chunk_size))),
             overlap: o.overlap.or(Some(to_i64(old.overlap))),
@@ -494,13 +482,16 @@ fn patched_kb(patch: &KnowledgeBasePatch, current: &KbRow) -> KbChanges {
         body.embedding_model = Some(m.clone());
     }
     KbChanges {
-        name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
+        name: patch
+            .name
+            .clone()
+            .unwrap_or_else(|| current.content.name.clone()),
         kb_type: patch
             .type_
             .clone()
-            .unwrap_or_else(|| current.kb_type.clone()),
+            .unwrap_or_else(|| current.content.kb_type.clone()),
         description: match &patch.description {
-            MaybeUndefined::Undefined => current.description.clone(),
+            MaybeUndefined::Undefined => current.content.description.clone(),
             MaybeUndefined::Null => None,
             MaybeUndefined::Value(d) => Some(d.clone()),
         },
@@ -527,7 +518,7 @@ fn query_options(q: &mut KnowledgeQuery) -> (SearchOptions, bool) {
 
 /// The knowledge base's chunking, with an ingest's own size and overlap.
 fn ingest_options(kb: &KbRow, chunk_size: Option<i64>, overlap: Option<i64>) -> ChunkOptions {
-    let mut options = chunk_options_of(&kb.body);
+    let mut options = chunk_options_of(&kb.content.body);
     if let Some(size) = chunk_size {
         options.chunk_size = usize::try_from(size).unwrap_or(options.chunk_size);
     }
@@ -753,7 +744,7 @@ impl Handlers {
         let rid = caller.request_id.as_str();
         let input = &params.body;
         let row = new_kb_row(&caller.org_id, input);
-        let options = chunk_options_of(&row.body);
+        let options = chunk_options_of(&row.content.body);
         let planned = plan_sources(&row, input.sources.iter().flatten(), options, false, rid)?;
         let kb = CountedKb {
             counts: planned_counts(&planned),
@@ -835,7 +826,13 @@ impl Handlers {
         let kb = self.require_kb(caller, &params.kb_id).await?;
         let spec = parse_source(&params.body, "body", rid)?;
         self.outbound("url", params.body["url"].as_str(), rid)?;
-        let planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
+        let planned = plan_source(
+            &kb.org_id,
+            &kb.id,
+            spec,
+            chunk_options_of(&kb.content.body),
+            false,
+        );
         let keyed = idem::NewKeyed::of(&params, &kb.org_id, &planned.source.id);
         let (org, kb_id) = (kb.org_id.clone(), kb.id.clone());
         let insert = move |conn: &mut DbConnection| {
@@ -870,7 +867,13 @@ impl Handlers {
             content_type: Some(kind.mime().to_string()),
             metadata: None,
         };
-        let mut planned = plan_source(&kb.org_id, &kb.id, spec, chunk_options_of(&kb.body), false);
+        let mut planned = plan_source(
+            &kb.org_id,
+            &kb.id,
+            spec,
+            chunk_options_of(&kb.content.body),
+            false,
+        );
         label_as_file(&mut planned, &file_name);
         let source = planned.source.clone();
         self.write_into(caller, kb.id, Vec::new(), vec![planned])
@@ -885,7 +888,7 @@ impl Handlers {
         let kb = self.require_kb(caller, &params.kb_id).await?;
         let spec = parse_source(&params.body, "body", rid)?;
         self.outbound("url", params.body["url"].as_str(), rid)?;
-        let options = chunk_options_of(&kb.body);
+        let options = chunk_options_of(&kb.content.body);
         let (kb_id, source_id) = (kb.id, params.source_id);
         let replaced = self
             .run_for(caller, SOURCE_NOT_FOUND, move |conn, org| {

@@ -17,7 +17,7 @@ use super::paging::PageRequest;
 use super::resource::created;
 use crate::auth::Caller;
 use crate::db::agents::AgentRow;
-use crate::db::templates::{self as templates_db, TemplateRow};
+use crate::db::templates::{self as templates_db, TemplateChanges, TemplateRow};
 use crate::error::{Failure, Kind, detail, store_error};
 
 const NOT_FOUND: &str = "TEMPLATE_NOT_FOUND";
@@ -87,19 +87,14 @@ fn search(params: &SearchMarketplaceParams) -> Vec<&'static MarketplaceTemplate>
 fn install_rows(
     t: &MarketplaceTemplate, caller: &Caller, body: &Value,
 ) -> Result<(AgentRow, TemplateRow, Map<String, Value>), crate::db::StoreError> {
-    let now = crate::ids::now();
-    let template = TemplateRow {
-        id: crate::ids::new_id("tpl"),
-        org_id: caller.org_id.clone(),
+    let prompt = TemplateChanges {
         name: t.prompt.name.clone(),
         description: Some(format!("Installed from the marketplace template {}", t.id)),
         template_type: t.prompt.type_.as_str().to_string(),
         template: t.prompt.template.clone(),
         variables: Value::from(t.prompt.variables.clone()).to_string(),
-        version: 1,
-        created_at: now.clone(),
-        updated_at: now.clone(),
     };
+    let template = TemplateRow::new(&caller.org_id, crate::ids::new_id("tpl"), prompt);
     let mut agent: Map<String, Value> = match &t.agent {
         Value::Object(o) => o.clone(),
         _ => Map::new(),

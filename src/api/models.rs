@@ -52,20 +52,20 @@ impl Resource for Model {
     fn from_row(row: &ModelRow) -> Result<Model, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("model {}: {what}", row.id));
         let body: Map<String, Value> =
-            serde_json::from_str(&row.body).map_err(|e| corrupt(e.to_string()))?;
+            serde_json::from_str(&row.content.body).map_err(|e| corrupt(e.to_string()))?;
         let pricing = body.get("pricing").cloned().unwrap_or(Value::Null);
         Ok(Model {
             id: row.id.clone(),
-            name: row.name.clone(),
+            name: row.content.name.clone(),
             description: body
                 .get("description")
                 .and_then(Value::as_str)
                 .map(str::to_string),
-            provider: ModelProvider::from_wire(&row.provider)
+            provider: ModelProvider::from_wire(&row.content.provider)
                 .ok_or_else(|| corrupt("unknown provider".into()))?,
-            model_id: row.model_name.clone(),
-            endpoint: row.endpoint.clone(),
-            api_key_set: row.api_key_encrypted.is_some(),
+            model_id: row.content.model_name.clone(),
+            endpoint: row.content.endpoint.clone(),
+            api_key_set: row.content.api_key_encrypted.is_some(),
             pricing: ModelPricing {
                 input_per_1k: pricing["input_per_1k"].as_f64().unwrap_or(0.0),
                 output_per_1k: pricing["output_per_1k"].as_f64().unwrap_or(0.0),
@@ -143,20 +143,7 @@ fn url_is_bad(text: &str) -> bool {
 
 /// A new model of `org_id` with the columns `c`.
 fn new_row(org_id: &str, c: ModelChanges) -> ModelRow {
-    let now = crate::ids::now();
-    ModelRow {
-        id: crate::ids::new_id("model"),
-        org_id: org_id.to_string(),
-        name: c.name,
-        provider: c.provider,
-        model_name: c.model_name,
-        endpoint: c.endpoint,
-        api_key_encrypted: c.api_key_encrypted,
-        body: c.body,
-        version: 1,
-        created_at: now.clone(),
-        updated_at: now,
-    }
+    ModelRow::new(org_id, crate::ids::new_id("model"), c)
 }
 
 impl Handlers {
@@ -237,7 +224,7 @@ impl ModelRegistryApi for Handlers {
         let crypto = self.crypto.clone();
         let (model, tag) = self
             .replace::<Model>(&caller, model_id, if_match, move |_, current| {
-                let key = current.api_key_encrypted.clone();
+                let key = current.content.api_key_encrypted.clone();
                 Ok(changes_of(&body, key, &crypto, &rid))
             })
             .await?;

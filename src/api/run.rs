@@ -470,8 +470,12 @@ impl Handlers {
             .run(move |conn| {
                 let agent = crate::db::agents::get(conn, &org, &a)?;
                 let stopped = crate::db::deployments::scaled_to_zero(conn, &a)?;
-                let missing =
-                    runner::missing_variables(conn, &org, &AgentSettings::of(&agent.body), &given)?;
+                let missing = runner::missing_variables(
+                    conn,
+                    &org,
+                    &AgentSettings::of(&agent.content.body),
+                    &given,
+                )?;
                 Ok((missing, stopped))
             })
             .await

@@ -93,33 +93,33 @@ fn lookup(
         ReferenceKind::Model => crate::db::models::get(conn, org, id).map(|m| {
             document(
                 vec![
-                    ("name", m.name.into()),
-                    ("provider", m.provider.into()),
-                    ("model_name", m.model_name.into()),
-                    ("endpoint", m.endpoint.into()),
+                    ("name", m.content.name.into()),
+                    ("provider", m.content.provider.into()),
+                    ("model_name", m.content.model_name.into()),
+                    ("endpoint", m.content.endpoint.into()),
                 ],
-                &m.body,
+                &m.content.body,
             )
         }),
         ReferenceKind::PromptTemplate => crate::db::templates::get(conn, org, id)
-            .map(|t| json!({"name": t.name, "description": t.description, "template": t.template})),
+            .map(|t| json!({"name": t.content.name, "description": t.content.description, "template": t.content.template})),
         ReferenceKind::KnowledgeBase => crate::db::knowledge::get_kb(conn, org, id).map(|k| {
             document(
                 vec![
-                    ("name", k.name.into()),
-                    ("description", k.description.into()),
+                    ("name", k.content.name.into()),
+                    ("description", k.content.description.into()),
                 ],
-                &k.body,
+                &k.content.body,
             )
         }),
         ReferenceKind::Tool => crate::db::tools::get(conn, org, id).map(|t| {
             document(
                 vec![
-                    ("name", t.name.into()),
-                    ("type", t.tool_type.into()),
-                    ("description", t.description.into()),
+                    ("name", t.content.name.into()),
+                    ("type", t.content.tool_type.into()),
+                    ("description", t.content.description.into()),
                 ],
-                &t.body,
+                &t.content.body,
             )
         }),
     };

@@ -22,11 +22,12 @@ impl Resource for PromptTemplate {
         let corrupt = |what: &str| StoreError::Corrupt(format!("template {}: {what}", row.id));
         Ok(PromptTemplate {
             id: row.id.clone(),
-            name: row.name.clone(),
-            description: row.description.clone(),
-            template: row.template.clone(),
-            variables: serde_json::from_str(&row.variables).map_err(|e| corrupt(&e.to_string()))?,
-            type_: PromptTemplateType::from_wire(&row.template_type)
+            name: row.content.name.clone(),
+            description: row.content.description.clone(),
+            template: row.content.template.clone(),
+            variables: serde_json::from_str(&row.content.variables)
+                .map_err(|e| corrupt(&e.to_string()))?,
+            type_: PromptTemplateType::from_wire(&row.content.template_type)
                 .ok_or_else(|| corrupt("unknown type"))?,
             version: row.version,
             created_at: row.created_at.clone(),
@@ -80,19 +81,7 @@ fn changes_of(input: &PromptTemplateInput, rid: &str) -> Result<TemplateChanges,
 
 /// A new template of `org_id` with the columns `c`.
 fn new_row(org_id: &str, c: TemplateChanges) -> TemplateRow {
-    let now = crate::ids::now();
-    TemplateRow {
-        id: crate::ids::new_id("tpl"),
-        org_id: org_id.to_string(),
-        name: c.name,
-        description: c.description,
-        template_type: c.template_type,
-        template: c.template,
-        variables: c.variables,
-        version: 1,
-        created_at: now.clone(),
-        updated_at: now,
-    }
+    TemplateRow::new(org_id, crate::ids::new_id("tpl"), c)
 }
 
 impl Handlers {

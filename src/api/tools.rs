@@ -191,7 +191,7 @@ impl Resource for Tool {
 
     /// The tool as stored; secret headers show by name only.
     fn from_row(row: &ToolRow) -> Result<Tool, StoreError> {
-        let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+        let body: Value = serde_json::from_str(&row.content.body).unwrap_or(Value::Null);
         let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
         let strings = |k: &str| {
             body.get(k).and_then(Value::as_array).map(|a| {
@@ -203,9 +203,9 @@ impl Resource for Tool {
         };
         Ok(Tool {
             id: row.id.clone(),
-            name: row.name.clone(),
-            type_: ToolType::from_wire(&row.tool_type).unwrap_or(ToolType::Api),
-            description: row.description.clone(),
+            name: row.content.name.clone(),
+            type_: ToolType::from_wire(&row.content.tool_type).unwrap_or(ToolType::Api),
+            description: row.content.description.clone(),
             knowledge_base_ids: strings("knowledge_base_ids"),
             top_k: body.get("top_k").and_then(Value::as_i64),
             min_score: body.get("min_score").and_then(Value::as_f64),
@@ -263,7 +263,7 @@ fn wrong_type(row: &ToolRow, wanted: &str, rid: &str) -> Failure {
         "TOOL_TYPE_MISMATCH",
         format!(
             "tool {} is a {} tool; this operation needs a {wanted} tool",
-            row.id, row.tool_type
+            row.id, row.content.tool_type
         ),
         rid,
     )
@@ -271,19 +271,7 @@ fn wrong_type(row: &ToolRow, wanted: &str, rid: &str) -> Failure {
 
 /// A new tool of `org_id` with the columns `c`.
 fn new_row(org_id: &str, c: &ToolChanges) -> ToolRow {
-    let now = crate::ids::now();
-    ToolRow {
-        id: crate::ids::new_id("tool"),
-        org_id: org_id.to_string(),
-        name: c.name.clone(),
-        tool_type: c.tool_type.clone(),
-        description: c.description.clone(),
-        body: c.body.clone(),
-        secrets: c.secrets.clone(),
-        version: 1,
-        created_at: now.clone(),
-        updated_at: now,
-    }
+    ToolRow::new(org_id, crate::ids::new_id("tool"), c.clone())
 }
 
 impl Handlers {
@@ -292,7 +280,7 @@ impl Handlers {
         &self, caller: &Caller, id: String, wanted: &str,
     ) -> Result<ToolRow, Failure> {
         let row = self.row::<Tool>(caller, id).await?;
-        if row.tool_type != wanted {
+        if row.content.tool_type != wanted {
             return Err(wrong_type(&row, wanted, &caller.request_id));
         }
         Ok(row)
@@ -302,7 +290,7 @@ impl Handlers {
     async fn tool_search(
         &self, caller: &Caller, row: &ToolRow, q: agentplane_api::models::ToolQuery,
     ) -> Result<Vec<KnowledgeResult>, Failure> {
-        let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+        let body: Value = serde_json::from_str(&row.content.body).unwrap_or(Value::Null);
         let kb_ids: Vec<String> = body
             .get("knowledge_base_ids")
             .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -342,7 +330,7 @@ impl Handlers {
     async fn call_api(
         &self, row: &ToolRow, input: Option<agentplane_api::models::ToolTestInput>,
     ) -> ToolTestResult {
-        let tool: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+        let tool: Value = serde_json::from_str(&row.content.body).unwrap_or(Value::Null);
         let request = api::Request {
             query: input
                 .as_ref()
@@ -352,7 +340,14 @@ impl Handlers {
             body: input.and_then(|i| i.body),
             ..api::Request::default()
         };
-        match api::call(&self.egress, &self.crypto, (&tool, &row.secrets), request).await {
+        match api::call(
+            &self.egress,
+            &self.crypto,
+            (&tool, &row.content.secrets),
+            request,
+        )
+        .await
+        {
             Ok(answer) => ToolTestResult {
                 ok: answer.is_success(),
                 status: Some(i64::from(answer.status)),
@@ -434,7 +429,7 @@ impl ToolsApi for Handlers {
                     if let Some((i, id)) = check_knowledge_bases(conn, &org, &spec)? {
                         return Ok(Err(missing_kb(i, &id, &rid)));
                     }
-                    Ok(Ok(changes(&spec, &crypto, &current.secrets)))
+                    Ok(Ok(changes(&spec, &crypto, &current.content.secrets)))
                 },
             )
             .await?;

@@ -42,7 +42,8 @@ impl Resource for Twin {
 
     fn from_row(row: &TwinRow) -> Result<Twin, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("twin {}: {what}", row.id));
-        let body: Value = serde_json::from_str(&row.body).map_err(|e| corrupt(e.to_string()))?;
+        let body: Value =
+            serde_json::from_str(&row.content.body).map_err(|e| corrupt(e.to_string()))?;
         let parse = |key: &str| body.get(key).cloned().unwrap_or(Value::Null);
         let data_sources = Vec::<DataSource>::parse_from_json(Some(parse("data_sources")))
             .map_err(|e| corrupt(e.into_message()))?;
@@ -53,9 +54,9 @@ impl Resource for Twin {
             .map_err(|e| corrupt(e.into_message()))?;
         Ok(Twin {
             id: row.id.clone(),
-            name: row.name.clone(),
-            type_: row.twin_type.clone(),
-            description: row.description.clone(),
+            name: row.content.name.clone(),
+            type_: row.content.twin_type.clone(),
+            description: row.content.description.clone(),
             data_sources,
             update_frequency: body
                 .get("update_frequency")
@@ -315,19 +316,7 @@ async fn run_now(row: &mut SimulationRow, plan: sim::Plan) {
 
 /// A new twin of `org_id` with the columns `c`.
 fn new_row(org_id: &str, c: TwinChanges) -> TwinRow {
-    let now = crate::ids::now();
-    TwinRow {
-        id: crate::ids::new_id("twin"),
-        org_id: org_id.to_string(),
-        name: c.name,
-        twin_type: c.twin_type,
-        description: c.description,
-        body: c.body,
-        secrets: c.secrets,
-        version: 1,
-        created_at: now.clone(),
-        updated_at: now,
-    }
+    TwinRow::new(org_id, crate::ids::new_id("twin"), c)
 }
 
 impl Handlers {
@@ -446,7 +435,7 @@ impl TwinsApi for Handlers {
         let crypto = self.crypto.clone();
         let (twin, tag) = self
             .replace::<Twin>(&caller, twin_id, if_match, move |_, current| {
-                changes_of(&body, &current.secrets, &crypto).map(Ok)
+                changes_of(&body, &current.content.secrets, &crypto).map(Ok)
             })
             .await?;
         Ok(ReplaceTwinResponse::Ok(Json(twin), tag))

@@ -61,7 +61,7 @@ fn row_to_credential(
 ) -> Result<VaultCredential, StoreError> {
     let corrupt = |what: String| StoreError::Corrupt(format!("credential {}: {what}", row.id));
     let body: Map<String, Value> =
-        serde_json::from_str(&row.body).map_err(|e| corrupt(e.to_string()))?;
+        serde_json::from_str(&row.content.body).map_err(|e| corrupt(e.to_string()))?;
     let metadata = match body.get("metadata") {
         Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         _ => Default::default(),
@@ -76,13 +76,13 @@ fn row_to_credential(
     };
     Ok(VaultCredential {
         id: row.id.clone(),
-        name: row.name.clone(),
-        type_: VaultCredentialType::from_wire(&row.cred_type)
+        name: row.content.name.clone(),
+        type_: VaultCredentialType::from_wire(&row.content.cred_type)
             .ok_or_else(|| corrupt("unknown type".into()))?,
-        description: row.description.clone(),
+        description: row.content.description.clone(),
         metadata,
         tags,
-        environment: row.environment.clone(),
+        environment: row.content.environment.clone(),
         value,
         last_accessed_at: match &row.last_accessed_at {
             Some(t) => MaybeUndefined::Value(t.clone()),
@@ -128,7 +128,7 @@ fn replaced(
         environment: input.environment.clone(),
         description: input.description.clone(),
         body: body_of(input.metadata.as_ref(), input.tags.as_ref()),
-        value_sealed: sealed.map_or_else(|| current.value_sealed.clone(), String::clone),
+        value_sealed: sealed.map_or_else(|| current.content.value_sealed.clone(), String::clone),
     }
 }
 
@@ -196,7 +196,7 @@ fn decrypted_read(
         }
         let row = store::get(conn, org_id, credential_id)?;
         let plain = crypto
-            .decrypt(&row.value_sealed)
+            .decrypt(&row.content.value_sealed)
             .map_err(|e| StoreError::Corrupt(format!("credential {}: {e}", row.id)))?;
         let value = String::from_utf8(plain)
             .map_err(|_| StoreError::Corrupt(format!("credential {}: not UTF-8", row.id)))?;
@@ -297,21 +297,15 @@ impl Handlers {
 
 /// A new credential of `org_id` as sent, its value sealed as `value_sealed`.
 fn new_row(org_id: &str, input: &VaultCredentialInput, value_sealed: String) -> CredentialRow {
-    let now = crate::ids::now();
-    CredentialRow {
-        id: crate::ids::new_id("cred"),
-        org_id: org_id.to_string(),
+    let content = CredentialChanges {
         name: input.name.clone(),
         cred_type: input.type_.as_str().to_string(),
         environment: input.environment.clone(),
         description: input.description.clone(),
         body: body_of(input.metadata.as_ref(), input.tags.as_ref()),
         value_sealed,
-        last_accessed_at: None,
-        version: 1,
-        created_at: now.clone(),
-        updated_at: now,
-    }
+    };
+    CredentialRow::new(org_id, crate::ids::new_id("cred"), content)
 }
 
 impl VaultApi for Handlers {

@@ -31,13 +31,13 @@ fn corrupt(what: &str, id: &str, e: impl std::fmt::Display) -> StoreError {
 
 fn webhook_json(row: &WebhookRow) -> Result<Map<String, Value>, StoreError> {
     let events: Value =
-        serde_json::from_str(&row.events).map_err(|e| corrupt("webhook", &row.id, e))?;
+        serde_json::from_str(&row.content.events).map_err(|e| corrupt("webhook", &row.id, e))?;
     let mut obj = Map::new();
     obj.insert("id".into(), row.id.clone().into());
-    obj.insert("url".into(), row.url.clone().into());
+    obj.insert("url".into(), row.content.url.clone().into());
     obj.insert("events".into(), events);
-    obj.insert("active".into(), (row.active != 0).into());
-    if let Some(d) = &row.description {
+    obj.insert("active".into(), (row.content.active != 0).into());
+    if let Some(d) = &row.content.description {
         obj.insert("description".into(), d.clone().into());
     }
     obj.insert("version".into(), row.version.into());
@@ -90,19 +90,14 @@ fn patterns_text(events: &Value) -> String {
 
 /// The new row of a create: the body's fields, its secret (or a generated one) sealed.
 fn new_webhook(org_id: &str, body: &Value, secret_encrypted: String) -> WebhookRow {
-    let now = crate::ids::now();
-    WebhookRow {
-        id: crate::ids::new_id("wh"),
-        org_id: org_id.to_string(),
+    let content = WebhookChanges {
         url: body["url"].as_str().unwrap_or_default().to_string(),
         events: patterns_text(&body["events"]),
         secret_encrypted,
         active: i64::from(body["active"].as_bool().unwrap_or(true)),
         description: body["description"].as_str().map(str::to_string),
-        version: 1,
-        created_at: now.clone(),
-        updated_at: now,
-    }
+    };
+    WebhookRow::new(org_id, crate::ids::new_id("wh"), content)
 }
 
 /// The columns a patch writes: what it sends, else what `current` has (`description: null`
@@ -111,18 +106,21 @@ fn patched(patch: &Value, sealed: Option<&String>, current: &WebhookRow) -> Webh
     let description = match patch.get("description") {
         Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        _ => current.description.clone(),
+        _ => current.content.description.clone(),
     };
     WebhookChanges {
         url: patch["url"]
             .as_str()
-            .map_or_else(|| current.url.clone(), str::to_string),
+            .map_or_else(|| current.content.url.clone(), str::to_string),
         events: match patch.get("events") {
             Some(events @ Value::Array(_)) => patterns_text(events),
-            _ => current.events.clone(),
+            _ => current.content.events.clone(),
         },
-        secret_encrypted: sealed.map_or_else(|| current.secret_encrypted.clone(), String::clone),
-        active: patch["active"].as_bool().map_or(current.active, i64::from),
+        secret_encrypted: sealed
+            .map_or_else(|| current.content.secret_encrypted.clone(), String::clone),
+        active: patch["active"]
+            .as_bool()
+            .map_or(current.content.active, i64::from),
         description,
     }
 }
@@ -171,7 +169,7 @@ impl Handlers {
         // A replay (the same body) shows the secret the first request generated.
         let secret = self
             .crypto
-            .decrypt(&row.secret_encrypted)
+            .decrypt(&row.content.secret_encrypted)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .map_err(|e| corrupt("webhook", &row.id, e))
             .map_err(store_error(Webhook::NOT_FOUND, rid))?;

@@ -12,6 +12,7 @@ use super::types::text_enum;
 use super::{DbConnection, Found, MultiBackend, StoreError, StoreResult};
 
 super::crud::resource_table!(agents, AgentRow);
+super::crud::versioned_row!(AgentRow, AgentChanges);
 
 text_enum! {
     /// Whether an agent is in service.
@@ -29,19 +30,16 @@ text_enum! {
 pub struct AgentRow {
     pub id: String,
     pub org_id: String,
-    pub name: String,
-    pub agent_type: String,
-    pub status: AgentStatus,
-    pub description: Option<String>,
-    pub body: String,
-    pub secrets: String,
+    /// The columns an update writes.
+    #[diesel(embed)]
+    pub content: AgentChanges,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
 }
 
 /// The columns an update writes; `version` and `updated_at` are set by [`update_then`].
-#[derive(Debug, Clone, AsChangeset)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = agents, treat_none_as_null = true)]
 pub struct AgentChanges {
     pub name: String,
@@ -81,7 +79,7 @@ impl SortField {
     /// The value of this field in `row`, as stored.
     pub fn value_of(self, row: &AgentRow) -> &str {
         match self {
-            SortField::Name => &row.name,
+            SortField::Name => &row.content.name,
             SortField::CreatedAt => &row.created_at,
             SortField::UpdatedAt => &row.updated_at,
         }

@@ -71,7 +71,7 @@ pub fn stored_cursor<R: Stored>(
 
 /// Stamps out the storage of the resource table `$table` (a module of [`super::schema`]) whose
 /// rows are `$row`: `insert`, `get` and `delete`, and [`Stored`] for `$row`; with
-/// `versioned $changes`, also `update` and [`Versioned`].
+/// `versioned $changes`, also `update`, [`Versioned`] and [`versioned_row!`]'s `new`.
 macro_rules! resource_table {
     ($table:ident, $row:ty) => {
         $crate::db::crud::stored_table!($table, $row);
@@ -97,8 +97,9 @@ macro_rules! resource_table {
             <$row as $crate::db::crud::Stored>::delete(conn, org_id, id)
         }
     };
-    ($table:ident, $row:ty, versioned $changes:ty) => {
+    ($table:ident, $row:ident, versioned $changes:ty $(, $extra:ident = $default:expr)*) => {
         $crate::db::crud::resource_table!($table, $row);
+        $crate::db::crud::versioned_row!($row, $changes $(, $extra = $default)*);
 
         /// Updates the organization's row `id` under a row lock, bumping its `version` and
         /// `updated_at`: `change` sees the current row and may refuse, writing nothing.
@@ -142,6 +143,29 @@ macro_rules! resource_table {
                 ) -> $crate::db::StoreResult<Result<$changes, E>>,
             ) -> $crate::db::StoreResult<Result<Self, E>> {
                 update(conn, org_id, id, change)
+            }
+        }
+    };
+}
+
+/// `$row::new`, the first version of a versioned row whose content (the columns an update
+/// writes) is `$changes`: it has the fields `id`, `org_id`, `content` (embedded), `version`,
+/// `created_at` and `updated_at`, and any `$extra` field starts as `$default`.
+macro_rules! versioned_row {
+    ($row:ident, $changes:ty $(, $extra:ident = $default:expr)*) => {
+        impl $row {
+            /// Version 1, created now, of the organization's row `id` with `content`.
+            pub fn new(org_id: &str, id: String, content: $changes) -> Self {
+                let now = $crate::ids::now();
+                $row {
+                    id,
+                    org_id: org_id.to_string(),
+                    content,
+                    $($extra: $default,)*
+                    version: 1,
+                    created_at: now.clone(),
+                    updated_at: now,
+                }
             }
         }
     };
@@ -307,4 +331,6 @@ macro_rules! newest_first {
     }};
 }
 
-pub(crate) use {child_table, identified, newest_first, one_row, resource_table, stored_table};
+pub(crate) use {
+    child_table, identified, newest_first, one_row, resource_table, stored_table, versioned_row,
+};

@@ -102,7 +102,7 @@ fn lenient<T: serde::de::DeserializeOwned + Default>(stored: &str) -> T {
 impl KbRow {
     /// Its `body`, typed.
     pub fn body(&self) -> KbBody {
-        lenient(&self.body)
+        lenient(&self.content.body)
     }
 }
 
@@ -119,11 +119,9 @@ impl SourceRow {
 pub struct KbRow {
     pub id: String,
     pub org_id: String,
-    pub name: String,
-    pub kb_type: String,
-    pub description: Option<String>,
-    /// JSON: [`KbBody`].
-    pub body: String,
+    /// The columns an update writes.
+    #[diesel(embed)]
+    pub content: KbChanges,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
@@ -238,12 +236,13 @@ pub fn kb_ids(
 }
 
 /// The columns a knowledge-base update writes.
-#[derive(Debug, Clone, AsChangeset)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = knowledge_bases, treat_none_as_null = true)]
 pub struct KbChanges {
     pub name: String,
     pub kb_type: String,
     pub description: Option<String>,
+    /// JSON: [`KbBody`].
     pub body: String,
 }
 

@@ -12,20 +12,16 @@ use super::{DbConnection, StoreResult};
 pub struct ModelRow {
     pub id: String,
     pub org_id: String,
-    pub name: String,
-    pub provider: String,
-    pub model_name: String,
-    pub endpoint: Option<String>,
-    pub api_key_encrypted: Option<String>,
-    /// JSON: description, pricing, context_window, max_output_tokens.
-    pub body: String,
+    /// The columns an update writes.
+    #[diesel(embed)]
+    pub content: ModelChanges,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
 }
 
 /// The columns a replace writes.
-#[derive(Debug, Clone, AsChangeset)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = m, treat_none_as_null = true)]
 pub struct ModelChanges {
     pub name: String,
@@ -33,6 +29,7 @@ pub struct ModelChanges {
     pub model_name: String,
     pub endpoint: Option<String>,
     pub api_key_encrypted: Option<String>,
+    /// JSON: description, pricing, context_window, max_output_tokens.
     pub body: String,
 }
 

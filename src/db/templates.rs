@@ -11,25 +11,23 @@ use super::{DbConnection, StoreResult};
 pub struct TemplateRow {
     pub id: String,
     pub org_id: String,
-    pub name: String,
-    pub description: Option<String>,
-    pub template_type: String,
-    pub template: String,
-    /// JSON array of variable names.
-    pub variables: String,
+    /// The columns an update writes.
+    #[diesel(embed)]
+    pub content: TemplateChanges,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
 }
 
 /// The columns a replace writes.
-#[derive(Debug, Clone, AsChangeset)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = t, treat_none_as_null = true)]
 pub struct TemplateChanges {
     pub name: String,
     pub description: Option<String>,
     pub template_type: String,
     pub template: String,
+    /// JSON array of variable names.
     pub variables: String,
 }
 

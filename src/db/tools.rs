@@ -14,18 +14,16 @@ use super::{DbConnection, StoreResult};
 pub struct ToolRow {
     pub id: String,
     pub org_id: String,
-    pub name: String,
-    pub tool_type: String,
-    pub description: Option<String>,
-    pub body: String,
-    pub secrets: String,
+    /// The columns an update writes.
+    #[diesel(embed)]
+    pub content: ToolChanges,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
 }
 
 /// The columns an update writes.
-#[derive(Debug, Clone, AsChangeset)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = tools, treat_none_as_null = true)]
 pub struct ToolChanges {
     pub name: String,

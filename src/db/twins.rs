@@ -15,26 +15,24 @@ use super::{DbConnection, StoreResult};
 pub struct TwinRow {
     pub id: String,
     pub org_id: String,
-    pub name: String,
-    pub twin_type: String,
-    pub description: Option<String>,
-    /// JSON: data_sources (without connection strings), update_frequency, simulation_models, state.
-    pub body: String,
-    /// Sealed JSON array of the data sources' connection strings (null where none), or empty.
-    pub secrets: String,
+    /// The columns an update writes.
+    #[diesel(embed)]
+    pub content: TwinChanges,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
 }
 
 /// The columns a replace writes.
-#[derive(Debug, Clone, AsChangeset)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = t, treat_none_as_null = true)]
 pub struct TwinChanges {
     pub name: String,
     pub twin_type: String,
     pub description: Option<String>,
+    /// JSON: data_sources (without connection strings), update_frequency, simulation_models, state.
     pub body: String,
+    /// Sealed JSON array of the data sources' connection strings (null where none), or empty.
     pub secrets: String,
 }
 

@@ -14,13 +14,9 @@ use super::{DbConnection, StoreError, StoreResult};
 pub struct CredentialRow {
     pub id: String,
     pub org_id: String,
-    pub name: String,
-    pub cred_type: String,
-    pub environment: Option<String>,
-    pub description: Option<String>,
-    /// JSON: metadata and tags.
-    pub body: String,
-    pub value_sealed: String,
+    /// The columns an update writes.
+    #[diesel(embed)]
+    pub content: CredentialChanges,
     pub last_accessed_at: Option<String>,
     pub version: i64,
     pub created_at: String,
@@ -28,13 +24,14 @@ pub struct CredentialRow {
 }
 
 /// The columns a replace writes.
-#[derive(Debug, Clone, AsChangeset)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = vc, treat_none_as_null = true)]
 pub struct CredentialChanges {
     pub name: String,
     pub cred_type: String,
     pub environment: Option<String>,
     pub description: Option<String>,
+    /// JSON: metadata and tags.
     pub body: String,
     pub value_sealed: String,
 }
@@ -64,7 +61,9 @@ pub struct CredentialFilter {
     pub tag: Option<String>,
 }
 
-super::crud::resource_table!(vault_credentials, CredentialRow, versioned CredentialChanges);
+super::crud::resource_table!(
+    vault_credentials, CredentialRow, versioned CredentialChanges, last_accessed_at = None
+);
 super::crud::stored_table!(vault_tokens, TokenRow);
 
 /// `s` with `LIKE`'s wildcards escaped (`\`), its case kept (unlike [`super::sql::like_pattern`]).

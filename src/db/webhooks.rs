@@ -13,24 +13,22 @@ use super::{DbConnection, StoreError, StoreResult};
 pub struct WebhookRow {
     pub id: String,
     pub org_id: String,
-    pub url: String,
-    /// JSON array of event patterns.
-    pub events: String,
-    /// The signing secret, sealed with [`crate::crypto::Crypto`].
-    pub secret_encrypted: String,
-    pub active: i64,
-    pub description: Option<String>,
+    /// The columns an update writes.
+    #[diesel(embed)]
+    pub content: WebhookChanges,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
 }
 
 /// The columns a patch writes.
-#[derive(Debug, Clone, AsChangeset)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = w, treat_none_as_null = true)]
 pub struct WebhookChanges {
     pub url: String,
+    /// JSON array of event patterns.
     pub events: String,
+    /// The signing secret, sealed with [`crate::crypto::Crypto`].
     pub secret_encrypted: String,
     pub active: i64,
     pub description: Option<String>,

@@ -177,7 +177,7 @@ impl Toolbox {
     }
 
     async fn knowledge(&self, row: &ToolRow, arguments: &Value) -> Result<Value, String> {
-        let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+        let body: Value = serde_json::from_str(&row.content.body).unwrap_or(Value::Null);
         let kb_ids: Vec<String> = body
             .get("knowledge_base_ids")
             .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -214,13 +214,18 @@ impl Toolbox {
     }
 
     async fn api(&self, row: &ToolRow, arguments: &Value) -> Result<Value, String> {
-        let tool: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+        let tool: Value = serde_json::from_str(&row.content.body).unwrap_or(Value::Null);
         let url = tool.get("url").and_then(Value::as_str).unwrap_or_default();
         let method = tool.get("method").and_then(Value::as_str).unwrap_or("GET");
         let request = api::Request::from_arguments(url, method, arguments);
-        let answer = api::call(&self.egress, &self.crypto, (&tool, &row.secrets), request)
-            .await
-            .map_err(|failed| failed.error)?;
+        let answer = api::call(
+            &self.egress,
+            &self.crypto,
+            (&tool, &row.content.secrets),
+            request,
+        )
+        .await
+        .map_err(|failed| failed.error)?;
         let text = answer.text();
         if !answer.is_success() {
             return Err(format!(

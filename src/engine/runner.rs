@@ -152,8 +152,8 @@ pub fn template_of(
         return Ok(None);
     };
     let row = crate::db::templates::get(conn, org_id, id)?;
-    let declared: Vec<String> = serde_json::from_str(&row.variables).unwrap_or_default();
-    Ok(Some((row.template, declared)))
+    let declared: Vec<String> = serde_json::from_str(&row.content.variables).unwrap_or_default();
+    Ok(Some((row.content.template, declared)))
 }
 
 /// The declared template variables `given` lacks (the 422 of execute and messages).
@@ -238,13 +238,13 @@ pub fn model_of(
         }
         Err(e) => return Err(e),
     };
-    let body: Value = serde_json::from_str(&model.body).unwrap_or(Value::Null);
+    let body: Value = serde_json::from_str(&model.content.body).unwrap_or(Value::Null);
     let pricing = (
         body["pricing"]["input_per_1k"].as_f64().unwrap_or(0.0),
         body["pricing"]["output_per_1k"].as_f64().unwrap_or(0.0),
     );
-    let client = if model.provider == ModelProvider::OpenaiCompatible.as_str() {
-        let key = match &model.api_key_encrypted {
+    let client = if model.content.provider == ModelProvider::OpenaiCompatible.as_str() {
+        let key = match &model.content.api_key_encrypted {
             Some(sealed) => match crypto.decrypt(sealed) {
                 Ok(k) => Some(String::from_utf8_lossy(&k).into_owned()),
                 Err(_) => {
@@ -258,7 +258,7 @@ pub fn model_of(
         // The execution's own timeout ends it as `timed_out` first; the client's is a
         // backstop.
         ModelClient::OpenAi(OpenAiCompatible::new(
-            model.endpoint.as_deref().unwrap_or_default(),
+            model.content.endpoint.as_deref().unwrap_or_default(),
             key,
             timeout + Duration::from_secs(1),
             egress.clone(),
@@ -268,7 +268,7 @@ pub fn model_of(
     };
     Ok(Ok(ResolvedModel {
         client,
-        name: model.model_name,
+        name: model.content.model_name,
         pricing,
     }))
 }
@@ -287,7 +287,7 @@ pub fn resolve(
         }
         Err(e) => return Err(e),
     };
-    let settings = AgentSettings::of(&agent.body);
+    let settings = AgentSettings::of(&agent.content.body);
     let template = match template_of(conn, &row.org_id, &settings) {
         Ok(t) => t,
         Err(StoreError::NotFound) => {

@@ -147,7 +147,7 @@ impl SyncRunner {
             .await;
         let outcome = match loaded {
             Ok((source, kb)) => {
-                let options = chunk_options_of(&kb.body);
+                let options = chunk_options_of(&kb.content.body);
                 match self.fetch(&source).await {
                     Ok(docs) => self.ingest(&source, docs, options).await,
                     Err(e) => Err(e),

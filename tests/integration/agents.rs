@@ -441,8 +441,11 @@ backend_test!(platform_tokens_are_stored_and_never_returned, |app| {
     .await
     .expect("join")
     .expect("row");
-    assert!(stored.secrets.contains(secret), "the token is stored");
-    assert!(!stored.body.contains(secret));
+    assert!(
+        stored.content.secrets.contains(secret),
+        "the token is stored"
+    );
+    assert!(!stored.content.body.contains(secret));
 });
 
 fn agent_org(conn: &mut agentplane::db::DbConnection) -> String {

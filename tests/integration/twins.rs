@@ -60,7 +60,7 @@ backend_test!(twins_keep_connection_strings_sealed, |app| {
     .await
     .expect("join")
     .expect("row");
-    assert!(sealed.secrets.starts_with("v1:") && !sealed.body.contains("s3cret"));
+    assert!(sealed.content.secrets.starts_with("v1:") && !sealed.content.body.contains("s3cret"));
     let id = sealed.id;
 
     // Defaults, list, ETag.

@@ -51,7 +51,7 @@ fn exists(conn: &mut DbConnection, org: &str, target: Target, id: &str) -> Store
         Target::Tool => tools::get(conn, org, id).found()?.is_some(),
         Target::FlowTool => tools::get(conn, org, id)
             .found()?
-            .is_some_and(|t| t.tool_type != "function"),
+            .is_some_and(|t| t.content.tool_type != "function"),
     })
 }
 

@@ -112,13 +112,13 @@ impl ToolSpec {
     /// A stored tool as the model sees it: its declared `parameters` (a knowledge tool's
     /// fixed ones); `None` for a type no model can call.
     pub fn of_row(row: &crate::db::tools::ToolRow) -> Option<ToolSpec> {
-        let kind = ToolKind::of_type(&row.tool_type)?;
-        let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
-        let description = row.description.as_deref().unwrap_or_default();
+        let kind = ToolKind::of_type(&row.content.tool_type)?;
+        let body: Value = serde_json::from_str(&row.content.body).unwrap_or(Value::Null);
+        let description = row.content.description.as_deref().unwrap_or_default();
         let parameters = body.get("parameters").cloned();
         Some(ToolSpec::new(
             &row.id,
-            &row.name,
+            &row.content.name,
             description,
             parameters,
             kind,
