@@ -163,7 +163,7 @@ impl App {
             )),
             started: Instant::now(),
             started_at: crate::ids::now(),
-            metrics: crate::metrics::RequestMetrics::with_keys(cache),
+            metrics: crate::metrics::RequestMetrics::new(),
             limits: config.rate_limits,
             egress: egress.clone(),
             dispatcher: Default::default(),

@@ -269,6 +269,13 @@ struct LookedUp {
     record: Option<KeyRecord>,
 }
 
+/// The organization of the key the request presented, when the rate-limit middleware has
+/// looked it up (from memory: no second lookup, no hashing).
+pub fn looked_up_org(req: &poem::Request) -> Option<&str> {
+    let looked_up = req.extensions().get::<LookedUp>()?;
+    looked_up.record.as_ref().map(|r| r.org_id.as_str())
+}
+
 /// Why a request was not authenticated; the HTTP layer answers it with the error envelope.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Failure {

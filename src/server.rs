@@ -44,6 +44,7 @@ pub fn endpoint(app: &App, metrics_open: bool) -> anyhow::Result<Arc<AppEndpoint
             )
             .nest_no_strip("/v1", service)
             .with(SpecValidation(validator))
+            .with(crate::metrics::TrackOrganization(handlers.metrics.clone()))
             .with(crate::ratelimit::RateLimit {
                 keys: handlers.keys.clone(),
                 store: handlers.store.clone(),
