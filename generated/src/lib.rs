@@ -309,6 +309,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["read:security"]),
     },
     OperationInfo {
+        id: "getSecurityEvent",
+        method: "GET",
+        path: "/v1/security/events/{event_id}",
+        scopes: Some(&["read:security"]),
+    },
+    OperationInfo {
         id: "scanAgent",
         method: "POST",
         path: "/v1/security/scan/{agent_id}",
