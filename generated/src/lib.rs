@@ -867,6 +867,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["read:webhooks"]),
     },
     OperationInfo {
+        id: "listWebhookDeliveryAttempts",
+        method: "GET",
+        path: "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/attempts",
+        scopes: Some(&["read:webhooks"]),
+    },
+    OperationInfo {
         id: "redeliverWebhookDelivery",
         method: "POST",
         path: "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",

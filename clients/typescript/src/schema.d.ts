@@ -1723,6 +1723,34 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/attempts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * List a delivery's attempts
+         * @description Every attempt of one delivery, first first, as GitHub's recent deliveries show them:
+         *     when it started, how long it took, the status the receiver answered and why it failed.
+         *     A delivery is attempted at most `max_attempts` times; a redelivery is a new delivery
+         *     with attempts of its own.
+         */
+        get: operations["listWebhookDeliveryAttempts"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver": {
         parameters: {
             query?: never;
@@ -4676,6 +4704,35 @@ export interface components {
             /** @description The deliveries on this page, newest first. */
             data: components["schemas"]["WebhookDelivery"][];
             pagination: components["schemas"]["Pagination"];
+        };
+        /** @description One attempt of a delivery, as the receiver answered it. */
+        WebhookDeliveryAttempt: {
+            /**
+             * Format: int64
+             * @description Its number, from 1.
+             */
+            attempt: number;
+            /**
+             * Format: date-time
+             * @description When the attempt started.
+             */
+            started_at: string;
+            /**
+             * Format: int64
+             * @description How long it took, until the receiver's answer or the failure.
+             */
+            duration_ms: number;
+            /**
+             * Format: int64
+             * @description The HTTP status the receiver answered (`null` when none came).
+             */
+            response_status: number | null;
+            /** @description Why the attempt failed (a non-2xx status, a timeout, a refused connection, a destination the egress policy refuses); `null` when it succeeded. */
+            error: string | null;
+        };
+        WebhookDeliveryAttemptList: {
+            /** @description Every attempt of the delivery, first first (at most its `max_attempts`). */
+            data: components["schemas"]["WebhookDeliveryAttempt"][];
         };
         /**
          * @description What kind of work a template's agent does.
@@ -10238,6 +10295,42 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listWebhookDeliveryAttempts: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The attempts. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryAttemptList"];
                 };
             };
             400: components["responses"]["BadRequest"];
