@@ -19,8 +19,10 @@
 //! Some checks send requests of their own: the negative phase probes every path, with
 //! valid path values, with the methods it does not document (`unsupported_method`), leaves
 //! out required headers (`missing_required_header`) and sends syntactically broken bodies
-//! to operations that take JSON (a lone NUL, truncated JSON, a Content-Type the operation
-//! does not take), whose answers must be documented 4xx errors; the stateful phase sends conditional requests with the
+//! in each operation's own media type (a lone NUL and truncated JSON; a multipart body
+//! without its boundary, under a wrong one and cut short; a Content-Type the operation
+//! does not take), whose answers must be documented 4xx errors, and URL-encoded forms with
+//! invalid percent-escapes, whose answers must be no server error and documented; the stateful phase sends conditional requests with the
 //! created resource's `ETag` and a PUT, PATCH and DELETE with a stale `If-Match` wherever
 //! 412 is documented (`conditional_requests`), reads the resource right after each PUT and
 //! PATCH (`read_after_write`) and, with [`Config::other_headers`], sends the same
@@ -785,6 +787,10 @@ fn body_media<'a>(
 
 /// The boundary of the `multipart/form-data` bodies the runner sends.
 const MULTIPART_BOUNDARY: &str = "agentplane-conform-boundary";
+
+/// A boundary a broken multipart request names in its Content-Type, which its body does
+/// not use (and which is no prefix of [`MULTIPART_BOUNDARY`]).
+const WRONG_MULTIPART_BOUNDARY: &str = "conform-wrong-boundary";
 
 /// A file name for a file part of `media_type`, with the extension servers read it by.
 fn file_name(media_type: &str) -> String {
@@ -1974,44 +1980,83 @@ fn coverage_cases(
         .collect()
 }
 
-/// Requests whose body is syntactically broken, for an operation that takes JSON: a lone
-/// NUL, the valid body cut in half, and the valid body under a Content-Type the operation
-/// does not take. Each must be answered 4xx, with a documented status and error body.
+/// Requests whose body is syntactically broken, in the operation's own media type: for
+/// JSON a lone NUL and the valid body cut in half; for `multipart/form-data` the valid body
+/// without a boundary in its Content-Type, under a wrong boundary, and cut in half (its
+/// last part never closed); and for any body, the valid body under a Content-Type the
+/// operation does not take. Each must be answered 4xx, with a documented status and error
+/// body. A URL-encoded form gets invalid percent-escapes (`%zz`, a cut `%A`, bytes that are
+/// not UTF-8), which a reader may keep as they are ([`CaseKind::LenientBody`]): any answer
+/// but a server error, and a documented one.
 fn malformed_cases(shared: &Shared, op: &Op, base: &Case) -> Vec<(Case, CaseKind)> {
-    let Some(body) = op
-        .body
-        .as_ref()
-        .filter(|b| b.encoding == BodyEncoding::Json)
-    else {
+    let Some(body) = op.body.as_ref() else {
         return Vec::new();
     };
     let valid = base.body.clone().unwrap_or_else(|| {
         Generator::new(&shared.request_doc, Direction::Request).plain(&body.schema)
     });
-    let text = valid.to_string();
-    let mut cut = text.len() / 2;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let truncated = match &text[..cut] {
-        t if !t.is_empty() && serde_json::from_str::<Value>(t).is_err() => t.to_string(),
-        _ => "{\"".to_string(),
+    let (content_type, bytes) = encode_body(body, &valid);
+    let mut raws = match &body.encoding {
+        BodyEncoding::Json => {
+            let text = valid.to_string();
+            let mut cut = text.len() / 2;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let truncated = match &text[..cut] {
+                t if !t.is_empty() && serde_json::from_str::<Value>(t).is_err() => t.to_string(),
+                _ => "{\"".to_string(),
+            };
+            vec![
+                (
+                    body.media_type.clone(),
+                    b"\0".to_vec(),
+                    CaseKind::MalformedBody,
+                ),
+                (
+                    body.media_type.clone(),
+                    truncated.into_bytes(),
+                    CaseKind::MalformedBody,
+                ),
+            ]
+        }
+        BodyEncoding::Form => {
+            let name = body.fields.keys().next().map_or("field", String::as_str);
+            let mut broken = bytes.clone();
+            if !broken.is_empty() {
+                broken.push(b'&');
+            }
+            broken.extend_from_slice(format!("{name}=%zz%FF%FE%A").as_bytes());
+            vec![(content_type, broken, CaseKind::LenientBody)]
+        }
+        BodyEncoding::Multipart { .. } => {
+            let truncated = bytes[..bytes.len() / 2].to_vec();
+            vec![
+                (
+                    "multipart/form-data".to_string(),
+                    bytes.clone(),
+                    CaseKind::MalformedBody,
+                ),
+                (
+                    format!("multipart/form-data; boundary={WRONG_MULTIPART_BOUNDARY}"),
+                    bytes.clone(),
+                    CaseKind::MalformedBody,
+                ),
+                (content_type, truncated, CaseKind::MalformedBody),
+            ]
+        }
     };
-    let mut raws = vec![
-        (body.media_type.clone(), b"\0".to_vec()),
-        (body.media_type.clone(), truncated.into_bytes()),
-    ];
     if let Some(wrong) = &body.wrong_media {
-        raws.push((wrong.clone(), text.into_bytes()));
+        raws.push((wrong.clone(), bytes, CaseKind::MalformedBody));
     }
     raws.into_iter()
-        .map(|raw| {
+        .map(|(media, bytes, kind)| {
             let case = Case {
                 values: base.values.clone(),
                 body: None,
-                raw: Some(raw),
+                raw: Some((media, bytes)),
             };
-            (case, CaseKind::MalformedBody)
+            (case, kind)
         })
         .collect()
 }

@@ -127,6 +127,12 @@ enum Fault {
     CreatedNotReadable,
     /// Answers a request without credentials 418.
     UnauthenticatedTeapot,
+    /// Fails with 500 on a malformed multipart body (Prism 5 does, on a missing boundary).
+    MultipartCrash,
+    /// Answers a malformed multipart body 400 in text/plain, where JSON is documented.
+    MultipartPlainTextError,
+    /// Fails with 500 on a form with invalid percent-escapes (a strict decoder that throws).
+    FormEscapeCrash,
 }
 
 /// Every fault, the check meant to find it and the operation it must be found on.
@@ -173,7 +179,28 @@ const CATALOG: &[(Fault, &str, &str)] = &[
         "POST /widgets",
     ),
     (Fault::UnauthenticatedTeapot, "ignored_auth", "GET /health"),
+    (Fault::MultipartCrash, "not_a_server_error", "POST /uploads"),
+    (
+        Fault::MultipartPlainTextError,
+        "content_type_conformance",
+        "POST /uploads",
+    ),
+    (Fault::FormEscapeCrash, "not_a_server_error", "POST /login"),
 ];
+
+/// Whether a URL-encoded body holds a `%` not followed by two hex digits, or escapes bytes
+/// that are not UTF-8: what a strict decoder refuses.
+fn broken_escapes(body: &[u8]) -> bool {
+    let invalid = body.iter().enumerate().any(|(i, b)| {
+        *b == b'%'
+            && !body
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    invalid
+        || url::form_urlencoded::parse(body)
+            .any(|(k, v)| k.contains('\u{fffd}') || v.contains('\u{fffd}'))
+}
 
 struct State {
     fault: Fault,
@@ -183,6 +210,9 @@ struct State {
     /// Set once a valid form, and a valid multipart upload, arrived.
     saw_form: AtomicBool,
     saw_multipart: AtomicBool,
+    /// Set once a form with broken percent-escapes, and a malformed multipart body, arrived.
+    saw_broken_form: AtomicBool,
+    saw_broken_multipart: AtomicBool,
 }
 
 async fn handle(state: Arc<State>, req: poem::Request) -> Response {
@@ -206,6 +236,12 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    if method == "POST" && path == "/login" && broken_escapes(&body) {
+        state.saw_broken_form.store(true, Ordering::SeqCst);
+        if fault == Fault::FormEscapeCrash {
+            return error(500, "URIError: URI malformed");
+        }
+    }
     let request = ValidatedRequest {
         method: &method,
         path: &path,
@@ -239,6 +275,19 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
             let unvalidated = (fault == Fault::FormUnvalidated && path == "/login")
                 || (fault == Fault::MultipartUnvalidated && path == "/uploads")
                 || (fault == Fault::IgnoresContentType && code("content_type"));
+            if code("invalid_multipart") {
+                state.saw_broken_multipart.store(true, Ordering::SeqCst);
+                match fault {
+                    Fault::MultipartCrash => return error(500, "Unexpected end of form"),
+                    Fault::MultipartPlainTextError => {
+                        return Response::builder()
+                            .status(StatusCode::BAD_REQUEST)
+                            .content_type("text/plain")
+                            .body("bad multipart");
+                    }
+                    _ => {}
+                }
+            }
             if fault == Fault::PlainTextSyntaxError && code("invalid_json") {
                 return Response::builder()
                     .status(StatusCode::BAD_REQUEST)
@@ -322,6 +371,8 @@ async fn start(fault: Fault) -> (String, Arc<State>) {
         validator: RequestValidator::new(&doc).expect("spec compiles"),
         saw_form: AtomicBool::new(false),
         saw_multipart: AtomicBool::new(false),
+        saw_broken_form: AtomicBool::new(false),
+        saw_broken_multipart: AtomicBool::new(false),
     });
     let served = state.clone();
     let app = poem::endpoint::make(move |req: poem::Request| {
@@ -372,6 +423,14 @@ async fn a_correct_server_passes_and_every_class_is_exercised() {
     assert!(
         state.saw_multipart.load(Ordering::SeqCst),
         "a valid upload was sent"
+    );
+    assert!(
+        state.saw_broken_form.load(Ordering::SeqCst),
+        "a form with broken percent-escapes was sent"
+    );
+    assert!(
+        state.saw_broken_multipart.load(Ordering::SeqCst),
+        "a malformed multipart body was sent"
     );
     for (operation, check) in [
         ("GET /health", "unsupported_method"),
