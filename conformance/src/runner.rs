@@ -21,7 +21,7 @@
 //! out required headers (`missing_required_header`) and sends syntactically broken bodies
 //! in each operation's own media type (a lone NUL and truncated JSON; a multipart body
 //! without its boundary, under a wrong one and cut short; a Content-Type the operation
-//! does not take), whose answers must be documented 4xx errors, and URL-encoded forms with
+//! does not take, `text/plain` and a multipart form), whose answers must be documented 4xx errors, and URL-encoded forms with
 //! invalid percent-escapes, whose answers must be no server error and documented; the stateful phase sends conditional requests with the
 //! created resource's `ETag` and a PUT, PATCH and DELETE with a stale `If-Match` wherever
 //! 412 is documented (`conditional_requests`), reads the resource right after each PUT and
@@ -277,6 +277,9 @@ struct Body {
     /// A Content-Type the operation does not take (for a broken-body request), unless it
     /// takes any.
     wrong_media: Option<String>,
+    /// The operation takes neither `multipart/form-data` nor a wildcard: the valid body is
+    /// also sent as a multipart form, which the server must refuse, not parse.
+    foreign_multipart: bool,
     required: bool,
     schema: Value,
     validator: Validator,
@@ -668,11 +671,15 @@ fn compile_ops(
                             .clone()
                             .all(|mt| !mt.contains('*') && !mt.starts_with("text/plain"))
                             .then(|| "text/plain".to_string());
+                        let foreign_multipart = taken.clone().all(|mt| {
+                            !mt.contains('*') && !mt.to_ascii_lowercase().starts_with("multipart/")
+                        });
                         body = Some(Body {
                             media_type: media_type.clone(),
                             encoding,
                             fields,
                             wrong_media,
+                            foreign_multipart,
                             required: rb.get("required").and_then(Value::as_bool) == Some(true),
                             schema,
                             validator,
@@ -837,31 +844,43 @@ fn encode_body(body: &Body, value: &Value) -> (String, Vec<u8>) {
             }
             (body.media_type.clone(), form.finish().into_bytes())
         }
-        BodyEncoding::Multipart { files } => {
-            let mut out = Vec::new();
-            for (name, v) in pairs() {
-                out.extend_from_slice(format!("--{MULTIPART_BOUNDARY}\r\n").as_bytes());
-                let disposition = format!("Content-Disposition: form-data; name=\"{name}\"");
-                match files.iter().find(|(f, _)| f == name) {
-                    Some((_, media_type)) => out.extend_from_slice(
-                        format!(
-                            "{disposition}; filename=\"{}\"\r\nContent-Type: {media_type}\r\n\r\n",
-                            file_name(media_type)
-                        )
-                        .as_bytes(),
-                    ),
-                    None => out.extend_from_slice(format!("{disposition}\r\n\r\n").as_bytes()),
-                }
-                out.extend_from_slice(field_text(v).as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(format!("--{MULTIPART_BOUNDARY}--\r\n").as_bytes());
-            (
-                format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
-                out,
-            )
-        }
+        BodyEncoding::Multipart { files } => (
+            format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+            multipart_bytes(value, files),
+        ),
     }
+}
+
+/// A body value as a `multipart/form-data` body under [`MULTIPART_BOUNDARY`]: a part per
+/// field (an array field once per item), the `files` as file parts of their media type.
+fn multipart_bytes(value: &Value, files: &[(String, String)]) -> Vec<u8> {
+    let fields: Vec<(&String, &Value)> = match value {
+        Value::Object(map) => map.iter().collect(),
+        _ => Vec::new(),
+    };
+    let pairs = fields.iter().flat_map(|(name, v)| match v {
+        Value::Array(items) => items.iter().map(|i| (*name, i)).collect::<Vec<_>>(),
+        other => vec![(*name, *other)],
+    });
+    let mut out = Vec::new();
+    for (name, v) in pairs {
+        out.extend_from_slice(format!("--{MULTIPART_BOUNDARY}\r\n").as_bytes());
+        let disposition = format!("Content-Disposition: form-data; name=\"{name}\"");
+        match files.iter().find(|(f, _)| f == name) {
+            Some((_, media_type)) => out.extend_from_slice(
+                format!(
+                    "{disposition}; filename=\"{}\"\r\nContent-Type: {media_type}\r\n\r\n",
+                    file_name(media_type)
+                )
+                .as_bytes(),
+            ),
+            None => out.extend_from_slice(format!("{disposition}\r\n\r\n").as_bytes()),
+        }
+        out.extend_from_slice(field_text(v).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("--{MULTIPART_BOUNDARY}--\r\n").as_bytes());
+    out
 }
 
 /// Whether the server, reading a body value back from its serialization, sees something
@@ -1984,7 +2003,8 @@ fn coverage_cases(
 /// JSON a lone NUL and the valid body cut in half; for `multipart/form-data` the valid body
 /// without a boundary in its Content-Type, under a wrong boundary, and cut in half (its
 /// last part never closed); and for any body, the valid body under a Content-Type the
-/// operation does not take. Each must be answered 4xx, with a documented status and error
+/// operation does not take: `text/plain`, and as a multipart form (a server whose
+/// multipart parser reads what it should refuse, or crashes on it, as Prism 5 does). Each must be answered 4xx, with a documented status and error
 /// body. A URL-encoded form gets invalid percent-escapes (`%zz`, a cut `%A`, bytes that are
 /// not UTF-8), which a reader may keep as they are ([`CaseKind::LenientBody`]): any answer
 /// but a server error, and a documented one.
@@ -2046,6 +2066,13 @@ fn malformed_cases(shared: &Shared, op: &Op, base: &Case) -> Vec<(Case, CaseKind
             ]
         }
     };
+    if body.foreign_multipart {
+        raws.push((
+            format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+            multipart_bytes(&valid, &[]),
+            CaseKind::MalformedBody,
+        ));
+    }
     if let Some(wrong) = &body.wrong_media {
         raws.push((wrong.clone(), bytes, CaseKind::MalformedBody));
     }

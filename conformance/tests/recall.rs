@@ -133,6 +133,9 @@ enum Fault {
     MultipartPlainTextError,
     /// Fails with 500 on a form with invalid percent-escapes (a strict decoder that throws).
     FormEscapeCrash,
+    /// Fails with 500 on a multipart body sent where JSON is taken (Prism 5's process dies
+    /// on a multipart body sent to an operation that takes another media type).
+    ForeignMultipartCrash,
 }
 
 /// Every fault, the check meant to find it and the operation it must be found on.
@@ -186,6 +189,11 @@ const CATALOG: &[(Fault, &str, &str)] = &[
         "POST /uploads",
     ),
     (Fault::FormEscapeCrash, "not_a_server_error", "POST /login"),
+    (
+        Fault::ForeignMultipartCrash,
+        "not_a_server_error",
+        "POST /widgets",
+    ),
 ];
 
 /// Whether a URL-encoded body holds a `%` not followed by two hex digits, or escapes bytes
@@ -213,6 +221,8 @@ struct State {
     /// Set once a form with broken percent-escapes, and a malformed multipart body, arrived.
     saw_broken_form: AtomicBool,
     saw_broken_multipart: AtomicBool,
+    /// Set once a multipart body arrived where JSON is taken.
+    saw_foreign_multipart: AtomicBool,
 }
 
 async fn handle(state: Arc<State>, req: poem::Request) -> Response {
@@ -240,6 +250,19 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
         state.saw_broken_form.store(true, Ordering::SeqCst);
         if fault == Fault::FormEscapeCrash {
             return error(500, "URIError: URI malformed");
+        }
+    }
+    let multipart = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("multipart/"));
+    if path == "/widgets" && multipart {
+        state.saw_foreign_multipart.store(true, Ordering::SeqCst);
+        if fault == Fault::ForeignMultipartCrash {
+            return error(
+                500,
+                "TypeError: Cannot read properties of undefined (reading 'trim')",
+            );
         }
     }
     let request = ValidatedRequest {
@@ -373,6 +396,7 @@ async fn start(fault: Fault) -> (String, Arc<State>) {
         saw_multipart: AtomicBool::new(false),
         saw_broken_form: AtomicBool::new(false),
         saw_broken_multipart: AtomicBool::new(false),
+        saw_foreign_multipart: AtomicBool::new(false),
     });
     let served = state.clone();
     let app = poem::endpoint::make(move |req: poem::Request| {
@@ -431,6 +455,10 @@ async fn a_correct_server_passes_and_every_class_is_exercised() {
     assert!(
         state.saw_broken_multipart.load(Ordering::SeqCst),
         "a malformed multipart body was sent"
+    );
+    assert!(
+        state.saw_foreign_multipart.load(Ordering::SeqCst),
+        "a multipart body was sent where JSON is taken"
     );
     for (operation, check) in [
         ("GET /health", "unsupported_method"),
