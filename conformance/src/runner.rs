@@ -12,7 +12,8 @@
 //!
 //! Bodies are generated for JSON, `application/x-www-form-urlencoded` and
 //! `multipart/form-data` request bodies (a form's fields are judged as the server reads
-//! them back: text, read by each property's type). Integers include the edges of their
+//! them back: text, read by each property's type), and as raw bytes for any other media
+//! type whose schema is a string (`application/octet-stream`, `text/plain`). Integers include the edges of their
 //! width (±2^53 and ±(2^63−1), or ±(2^31−1) for an `int32`) within the schema's bounds, and
 //! the first value outside an `int32`/`int64` format as a negative request.
 //!
@@ -266,6 +267,11 @@ enum BodyEncoding {
     /// sent as (its `encoding.contentType`, else `application/octet-stream`).
     Multipart {
         files: Vec<(String, String)>,
+    },
+    /// Any other media type whose schema is a string (`format: binary`, say) or absent:
+    /// the string's bytes, sent as `media_type` (a wildcard key's usual concrete type).
+    Raw {
+        media_type: String,
     },
 }
 
@@ -663,7 +669,7 @@ fn compile_ops(
                         let mut examples = examples_of(media, doc);
                         examples.extend(examples_of(deref(doc, &schema), doc));
                         let fields = match encoding {
-                            BodyEncoding::Json => Map::new(),
+                            BodyEncoding::Json | BodyEncoding::Raw { .. } => Map::new(),
                             _ => form_fields(request_doc, &schema),
                         };
                         let taken = content.into_iter().flat_map(|c| c.keys());
@@ -688,7 +694,7 @@ fn compile_ops(
                     }
                     None => {
                         skipped = Some(
-                            "the request body is not JSON, a form or multipart/form-data"
+                            "the request body is not JSON, a form, multipart/form-data or a string"
                                 .to_string(),
                         );
                     }
@@ -747,7 +753,8 @@ fn business_rule_statuses(op: &Value) -> Vec<String> {
 }
 
 /// The media type of a request body the runner builds requests for: JSON first, then a
-/// URL-encoded form, then `multipart/form-data`.
+/// URL-encoded form, then `multipart/form-data`, then any other media type whose schema is
+/// a string or absent (`application/octet-stream`, `text/plain`, …), sent as raw bytes.
 fn body_media<'a>(
     doc: &Value, content: &'a Map<String, Value>,
 ) -> Option<(&'a String, &'a Value, BodyEncoding)> {
@@ -767,9 +774,31 @@ fn body_media<'a>(
     {
         return Some((mt, media, BodyEncoding::Form));
     }
-    let (mt, media) = content
+    let Some((mt, media)) = content
         .iter()
-        .find(|(mt, _)| essence(mt) == "multipart/form-data")?;
+        .find(|(mt, _)| essence(mt) == "multipart/form-data")
+    else {
+        return content.iter().find_map(|(mt, media)| {
+            let media_type = match essence(mt).as_str() {
+                "*/*" | "application/*" => "application/octet-stream".to_string(),
+                "text/*" => "text/plain".to_string(),
+                e if e.contains('*') || e.starts_with("multipart/") => return None,
+                _ => mt.clone(),
+            };
+            let stringy = media.get("schema").is_none_or(|schema| {
+                let schema = deref(doc, schema);
+                let types = match schema.get("type") {
+                    Some(Value::String(t)) => vec![t.as_str()],
+                    Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                schema == &Value::Bool(true)
+                    || (types.contains(&"string")
+                        && types.iter().all(|t| *t == "string" || *t == "null"))
+            });
+            stringy.then_some((mt, media, BodyEncoding::Raw { media_type }))
+        });
+    };
     let schema = media.get("schema").cloned().unwrap_or(Value::Bool(true));
     let files = form_fields(doc, &schema)
         .into_iter()
@@ -848,6 +877,13 @@ fn encode_body(body: &Body, value: &Value) -> (String, Vec<u8>) {
             format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
             multipart_bytes(value, files),
         ),
+        BodyEncoding::Raw { media_type } => {
+            let bytes = match value {
+                Value::String(text) => text.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            (media_type.clone(), bytes)
+        }
     }
 }
 
@@ -885,10 +921,15 @@ fn multipart_bytes(value: &Value, files: &[(String, String)]) -> Vec<u8> {
 
 /// Whether the server, reading a body value back from its serialization, sees something
 /// the schema rejects: JSON as it is; a form's fields as text, read back by their types.
+///
+/// A raw body is never counted as rejected: its bytes are read as nothing but bytes, and
+/// servers rightly take any (its negative requests would be false alarms).
 fn body_rejected(body: &Body, value: &Value) -> bool {
-    !body.validator.is_valid(value)
-        && (body.encoding == BodyEncoding::Json
-            || !body.validator.is_valid(&form_view(body, value)))
+    match body.encoding {
+        BodyEncoding::Raw { .. } => false,
+        BodyEncoding::Json => !body.validator.is_valid(value),
+        _ => !body.validator.is_valid(value) && !body.validator.is_valid(&form_view(body, value)),
+    }
 }
 
 /// Whether a body value is one the server must accept, serialized as it is sent.
@@ -896,7 +937,15 @@ fn body_valid(body: &Body, value: &Value) -> bool {
     if !body.validator.is_valid(value) {
         return false;
     }
-    body.encoding == BodyEncoding::Json || body.validator.is_valid(&form_view(body, value))
+    match body.encoding {
+        BodyEncoding::Json => true,
+        // No bytes is no body: a required one is then missing.
+        BodyEncoding::Raw { .. } => match value {
+            Value::String(text) => !(body.required && text.is_empty()),
+            _ => true,
+        },
+        _ => body.validator.is_valid(&form_view(body, value)),
+    }
 }
 
 /// A form body value as the server reads it back ([`form_value`]).
@@ -2049,6 +2098,8 @@ fn malformed_cases(shared: &Shared, op: &Op, base: &Case) -> Vec<(Case, CaseKind
             broken.extend_from_slice(format!("{name}=%zz%FF%FE%A").as_bytes());
             vec![(content_type, broken, CaseKind::LenientBody)]
         }
+        // Raw bytes have no syntax to break; only the media types below apply.
+        BodyEncoding::Raw { .. } => Vec::new(),
         BodyEncoding::Multipart { .. } => {
             let truncated = bytes[..bytes.len() / 2].to_vec();
             vec![

@@ -2,7 +2,8 @@
 //! built into a small server that must be caught, beside a correct server that must pass.
 //!
 //! Every server implements the same spec (integers of both widths, a JSON create answered
-//! 200, a URL-encoded form, a multipart upload, a path without parameters, a bearer scheme
+//! 200, a URL-encoded form, a multipart upload, an `application/octet-stream` upload, a
+//! path without parameters, a bearer scheme
 //! whose 401 no operation documents) and breaks it in one way. The harness must catch each
 //! fault with the check meant for it, on the operation meant, and count it once.
 
@@ -67,6 +68,11 @@ fn spec() -> Value {
                     }
                 }}}},
                 "responses": {"200": ok(json!({"type": "object", "required": ["user"], "properties": {"user": {"type": "string"}}})), "400": error, "422": error}
+            }},
+            "/avatars": {"put": {
+                "operationId": "putAvatar",
+                "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"200": ok(json!({"type": "object", "required": ["size"], "properties": {"size": {"type": "integer"}}})), "400": error, "415": error}
             }},
             "/uploads": {"post": {
                 "operationId": "upload",
@@ -136,6 +142,9 @@ enum Fault {
     /// Fails with 500 on a multipart body sent where JSON is taken (Prism 5's process dies
     /// on a multipart body sent to an operation that takes another media type).
     ForeignMultipartCrash,
+    /// Fails with 500 on a multipart body sent to an upload that takes
+    /// `application/octet-stream` (the operation Prism 5 died on).
+    OctetStreamMultipartCrash,
 }
 
 /// Every fault, the check meant to find it and the operation it must be found on.
@@ -194,6 +203,11 @@ const CATALOG: &[(Fault, &str, &str)] = &[
         "not_a_server_error",
         "POST /widgets",
     ),
+    (
+        Fault::OctetStreamMultipartCrash,
+        "not_a_server_error",
+        "PUT /avatars",
+    ),
 ];
 
 /// Whether a URL-encoded body holds a `%` not followed by two hex digits, or escapes bytes
@@ -223,6 +237,8 @@ struct State {
     saw_broken_multipart: AtomicBool,
     /// Set once a multipart body arrived where JSON is taken.
     saw_foreign_multipart: AtomicBool,
+    /// Set once a valid `application/octet-stream` upload arrived.
+    saw_avatar: AtomicBool,
 }
 
 async fn handle(state: Arc<State>, req: poem::Request) -> Response {
@@ -256,6 +272,12 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("multipart/"));
+    if path == "/avatars" && multipart && fault == Fault::OctetStreamMultipartCrash {
+        return error(
+            500,
+            "TypeError: Cannot read properties of undefined (reading 'trim')",
+        );
+    }
     if path == "/widgets" && multipart {
         state.saw_foreign_multipart.store(true, Ordering::SeqCst);
         if fault == Fault::ForeignMultipartCrash {
@@ -328,6 +350,9 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
             if path == "/uploads" {
                 state.saw_multipart.store(true, Ordering::SeqCst);
             }
+            if path == "/avatars" {
+                state.saw_avatar.store(true, Ordering::SeqCst);
+            }
         }
     }
     let param = |name: &str| {
@@ -376,7 +401,9 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
                 .unwrap_or_default();
             json_response(200, &json!({"user": user}))
         }
-        ("POST", ["uploads"]) => json_response(200, &json!({"size": body.len()})),
+        ("POST", ["uploads"]) | ("PUT", ["avatars"]) => {
+            json_response(200, &json!({"size": body.len()}))
+        }
         _ => error(404, "no route"),
     }
 }
@@ -397,6 +424,7 @@ async fn start(fault: Fault) -> (String, Arc<State>) {
         saw_broken_form: AtomicBool::new(false),
         saw_broken_multipart: AtomicBool::new(false),
         saw_foreign_multipart: AtomicBool::new(false),
+        saw_avatar: AtomicBool::new(false),
     });
     let served = state.clone();
     let app = poem::endpoint::make(move |req: poem::Request| {
@@ -459,6 +487,10 @@ async fn a_correct_server_passes_and_every_class_is_exercised() {
     assert!(
         state.saw_foreign_multipart.load(Ordering::SeqCst),
         "a multipart body was sent where JSON is taken"
+    );
+    assert!(
+        state.saw_avatar.load(Ordering::SeqCst),
+        "a valid octet-stream upload was sent"
     );
     for (operation, check) in [
         ("GET /health", "unsupported_method"),
