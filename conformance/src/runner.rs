@@ -3576,6 +3576,7 @@ mod progress_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_retry_after_date_is_read_as_the_time_until_it() {
@@ -3634,5 +3635,71 @@ mod tests {
             raw: None,
         };
         assert!(case_complexity(&case(50)) < case_complexity(&case(51)));
+    }
+
+    #[test]
+    fn a_body_of_another_media_type_is_raw_when_its_schema_is_a_string() {
+        let doc = json!({});
+        let raw = |content: Value| {
+            let content = content.as_object().cloned().expect("a content map");
+            body_media(&doc, &content).map(|(_, _, encoding)| encoding)
+        };
+        let octets = |t: &str| BodyEncoding::Raw {
+            media_type: t.to_string(),
+        };
+        assert_eq!(
+            raw(
+                json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
+            ),
+            Some(octets("application/octet-stream"))
+        );
+        assert_eq!(
+            raw(json!({"*/*": {}})),
+            Some(octets("application/octet-stream"))
+        );
+        assert_eq!(
+            raw(json!({"text/*": {"schema": {"type": ["string", "null"]}}})),
+            Some(octets("text/plain"))
+        );
+        assert_eq!(
+            raw(json!({"application/xml": {"schema": {"type": "object"}}})),
+            None
+        );
+        assert_eq!(raw(json!({"image/*": {}})), None);
+        // JSON, a form and multipart come first.
+        assert_eq!(
+            raw(json!({"text/plain": {}, "application/json": {}})),
+            Some(BodyEncoding::Json)
+        );
+    }
+
+    #[test]
+    fn broken_bodies_are_broken_in_the_operations_own_media_type() {
+        let multipart = multipart_bytes(&json!({"title": "a", "tags": ["x", "y"]}), &[]);
+        let parts = crate::validate::multipart_parts(
+            &format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+            &multipart,
+        )
+        .expect("the valid form parses");
+        assert_eq!(parts.len(), 3);
+        // Cut in half, under a wrong boundary or none, it does not.
+        for (content_type, body) in [
+            (
+                format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+                &multipart[..multipart.len() / 2],
+            ),
+            (
+                format!("multipart/form-data; boundary={WRONG_MULTIPART_BOUNDARY}"),
+                &multipart[..],
+            ),
+            ("multipart/form-data".to_string(), &multipart[..]),
+        ] {
+            assert!(
+                crate::validate::multipart_parts(&content_type, body).is_err(),
+                "{content_type}: {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(!MULTIPART_BOUNDARY.starts_with(WRONG_MULTIPART_BOUNDARY));
     }
 }
