@@ -21,7 +21,7 @@
 //! valid path values, with the methods it does not document (`unsupported_method`), leaves
 //! out required headers (`missing_required_header`) and sends syntactically broken bodies
 //! in each operation's own media type (a lone NUL and truncated JSON; a multipart body
-//! without its boundary, under a wrong one and cut short; a Content-Type the operation
+//! without its boundary, under a wrong one, cut short, and a part without a name; a Content-Type the operation
 //! does not take, `text/plain` and a multipart form), whose answers must be documented 4xx errors, and URL-encoded forms with
 //! invalid percent-escapes, whose answers must be no server error and documented; the stateful phase sends conditional requests with the
 //! created resource's `ETag` and a PUT, PATCH and DELETE with a stale `If-Match` wherever
@@ -2050,8 +2050,9 @@ fn coverage_cases(
 
 /// Requests whose body is syntactically broken, in the operation's own media type: for
 /// JSON a lone NUL and the valid body cut in half; for `multipart/form-data` the valid body
-/// without a boundary in its Content-Type, under a wrong boundary, and cut in half (its
-/// last part never closed); and for any body, the valid body under a Content-Type the
+/// without a boundary in its Content-Type, under a wrong boundary, cut in half (its last
+/// part never closed), and a part without a `Content-Disposition` (Prism 5's process dies
+/// on one); and for any body, the valid body under a Content-Type the
 /// operation does not take: `text/plain`, and as a multipart form (a server whose
 /// multipart parser reads what it should refuse, or crashes on it, as Prism 5 does). Each must be answered 4xx, with a documented status and error
 /// body. A URL-encoded form gets invalid percent-escapes (`%zz`, a cut `%A`, bytes that are
@@ -2113,7 +2114,15 @@ fn malformed_cases(shared: &Shared, op: &Op, base: &Case) -> Vec<(Case, CaseKind
                     bytes.clone(),
                     CaseKind::MalformedBody,
                 ),
-                (content_type, truncated, CaseKind::MalformedBody),
+                (content_type.clone(), truncated, CaseKind::MalformedBody),
+                (
+                    content_type,
+                    format!(
+                        "--{MULTIPART_BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nno name\r\n--{MULTIPART_BOUNDARY}--\r\n"
+                    )
+                    .into_bytes(),
+                    CaseKind::MalformedBody,
+                ),
             ]
         }
     };
@@ -3693,6 +3702,11 @@ mod tests {
                 &multipart[..],
             ),
             ("multipart/form-data".to_string(), &multipart[..]),
+            (
+                format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+                format!("--{MULTIPART_BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nx\r\n--{MULTIPART_BOUNDARY}--\r\n")
+                    .as_bytes(),
+            ),
         ] {
             assert!(
                 crate::validate::multipart_parts(&content_type, body).is_err(),
