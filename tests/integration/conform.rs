@@ -11,8 +11,8 @@ use crate::backend_test;
 /// that no longer occurs, so the list cannot go stale.
 const KNOWN: &[(&str, &str)] = &[];
 
-/// Operations the harness skips, each with the reason it gives (JSON, URL-encoded and
-/// multipart bodies are all generated: none today).
+/// Operations the harness skips, each with the reason it gives (JSON, URL-encoded,
+/// multipart and raw string bodies are all generated: none today).
 const SKIPPED: &[(&str, &str)] = &[];
 
 backend_test!(conform_finds_no_failures, |app| {
