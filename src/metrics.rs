@@ -15,11 +15,11 @@ const WINDOW: usize = 60;
 
 /// Request counters, shared by the middlewares and the handlers. Cheap to clone.
 ///
-/// Kept for the whole replica (`/metrics`, for operators, by [`Track`]) and per organization
-/// (what `/v1/system/metrics` shows a tenant: its own requests, never the server's, by
-/// [`TrackOrganization`]). Counting takes no lock shared by all requests: the replica's
-/// counters are atomics, and an organization's are found in a sharded map by the
-/// organization the rate-limit middleware already looked up.
+/// Kept for the whole replica (`/metrics`, for operators) and per organization (what
+/// `/v1/system/metrics` shows a tenant: its own requests, never the server's), by two
+/// [`Track`] layers. Counting takes no lock shared by all requests: the replica's counters
+/// are atomics, and an organization's are found in a sharded map by the organization the
+/// rate-limit middleware already looked up.
 #[derive(Debug, Clone)]
 pub struct RequestMetrics {
     inner: Arc<Inner>,
@@ -193,48 +193,38 @@ impl RequestMetrics {
     }
 }
 
-/// Counts every request and its answer's status, for the whole replica.
-pub struct Track(pub RequestMetrics);
+/// Which counters a [`Track`] middleware keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every request and its answer's status, for the whole replica (the outermost layer).
+    Replica,
+    /// The request of the organization whose key it presents. Sits inside the rate-limit
+    /// middleware, whose key lookup names the organization: requests that middleware refuses
+    /// (429) count on the replica's counters only.
+    Organization,
+}
+
+/// Counts requests and their answers' statuses in `.0`, for `.1`.
+pub struct Track(pub RequestMetrics, pub Scope);
 
 impl<E: Endpoint> Middleware<E> for Track {
     type Output = TrackEndpoint<E>;
 
     fn transform(&self, ep: E) -> Self::Output {
-        TrackEndpoint(ep, self.0.clone())
+        TrackEndpoint(ep, self.0.clone(), self.1)
     }
 }
 
-pub struct TrackEndpoint<E>(E, RequestMetrics);
+pub struct TrackEndpoint<E>(E, RequestMetrics, Scope);
 
 impl<E: Endpoint> Endpoint for TrackEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
         let metrics = &self.1;
-        metrics.count(&metrics.inner.all, &self.0, req).await
-    }
-}
-
-/// Counts a request for the organization whose key it presents. Sits inside the rate-limit
-/// middleware, whose key lookup names the organization: requests that middleware refuses
-/// (429) count on the replica's counters only.
-pub struct TrackOrganization(pub RequestMetrics);
-
-impl<E: Endpoint> Middleware<E> for TrackOrganization {
-    type Output = TrackOrganizationEndpoint<E>;
-
-    fn transform(&self, ep: E) -> Self::Output {
-        TrackOrganizationEndpoint(ep, self.0.clone())
-    }
-}
-
-pub struct TrackOrganizationEndpoint<E>(E, RequestMetrics);
-
-impl<E: Endpoint> Endpoint for TrackOrganizationEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> poem::Result<Response> {
-        let metrics = &self.1;
+        if self.2 == Scope::Replica {
+            return metrics.count(&metrics.inner.all, &self.0, req).await;
+        }
         match crate::auth::looked_up_org(&req).and_then(|org| metrics.org(org)) {
             Some(counters) => metrics.count(&counters, &self.0, req).await,
             None => self.0.call(req).await.map(IntoResponse::into_response),

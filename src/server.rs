@@ -13,6 +13,7 @@ pub use crate::app::Config;
 use crate::crypto::Crypto;
 use crate::db::Store;
 use crate::http::{RequestContext, SpecValidation};
+use crate::metrics::{Scope, Track};
 
 mod connections;
 pub use connections::ConnectionLimits;
@@ -44,7 +45,7 @@ pub fn endpoint(app: &App, metrics_open: bool) -> anyhow::Result<Arc<AppEndpoint
             )
             .nest_no_strip("/v1", service)
             .with(SpecValidation(validator))
-            .with(crate::metrics::TrackOrganization(handlers.metrics.clone()))
+            .with(Track(handlers.metrics.clone(), Scope::Organization))
             .with(crate::ratelimit::RateLimit {
                 keys: handlers.keys.clone(),
                 store: handlers.store.clone(),
@@ -55,7 +56,7 @@ pub fn endpoint(app: &App, metrics_open: bool) -> anyhow::Result<Arc<AppEndpoint
             .with(poem::middleware::CatchPanic::new().with_handler(crate::http::panic_response))
             .with(RequestContext)
             .with(crate::http::Compression)
-            .with(crate::metrics::Track(handlers.metrics.clone())),
+            .with(Track(handlers.metrics.clone(), Scope::Replica)),
     ));
     handlers.dispatcher.set(&endpoint);
     Ok(endpoint)
