@@ -22,6 +22,7 @@ use crate::evaluation::{CaseRunner, PooledCases, RunJobs};
 use crate::events::EventBus;
 use crate::jobs::{PoolConfig, Registry, WorkerPool};
 use crate::knowledge::sync::SyncRunner;
+use crate::security::failures::FailedAuth;
 use crate::simulations::SimulationRunner;
 
 /// How the server is configured.
@@ -51,6 +52,8 @@ pub struct Config {
     pub egress: crate::egress::Policy,
     /// Timeouts and bounds on client connections.
     pub connections: crate::server::ConnectionLimits,
+    /// How failed authentications are summed and their sources throttled.
+    pub auth_failures: crate::security::failures::FailurePolicy,
 }
 
 impl Config {
@@ -91,6 +94,7 @@ impl Default for Config {
             jobs: crate::jobs::PoolConfig::default(),
             egress: crate::egress::Policy::default(),
             connections: crate::server::ConnectionLimits::default(),
+            auth_failures: crate::security::failures::FailurePolicy::default(),
         }
     }
 }
@@ -110,6 +114,7 @@ const KEY_CACHE_CAPACITY: usize = 100_000;
 pub struct App {
     pub handlers: Arc<Handlers>,
     deliveries: crate::webhooks::DeliveryWorker,
+    failures: FailedAuth,
 }
 
 impl App {
@@ -156,14 +161,15 @@ impl App {
             Registry::new().register(runs),
         );
         let cache = Arc::new(KeyCache::new(KEY_CACHE_TTL, KEY_CACHE_CAPACITY));
+        let failures = FailedAuth::new(store.clone(), config.auth_failures);
         let handlers = Handlers {
-            keys: Keys::new(store.clone(), cache.clone()),
+            keys: Keys::new(store.clone(), cache.clone(), failures.clone()),
             runtime: Arc::new(crate::runtime::embedded::EmbeddedRuntime::new(
                 store.clone(),
             )),
             started: Instant::now(),
             started_at: crate::ids::now(),
-            metrics: crate::metrics::RequestMetrics::with_keys(cache),
+            metrics: crate::metrics::RequestMetrics::new(),
             limits: config.rate_limits,
             egress: egress.clone(),
             dispatcher: Default::default(),
@@ -186,6 +192,7 @@ impl App {
         Self {
             handlers: Arc::new(handlers),
             deliveries,
+            failures,
         }
     }
 
@@ -194,6 +201,7 @@ impl App {
     /// deliveries.
     pub fn start(self) -> Running {
         let (stop, stopped) = watch::channel(false);
+        let failures = tokio::spawn(self.failures.run(stopped.clone()));
         let deliveries = tokio::spawn(self.deliveries.run(stopped));
         let pools = [self.handlers.pool.clone(), self.handlers.background.clone()];
         for pool in &pools {
@@ -203,6 +211,7 @@ impl App {
             pools,
             stop,
             deliveries,
+            failures,
         }
     }
 }
@@ -213,6 +222,7 @@ pub struct Running {
     pools: [WorkerPool; 2],
     stop: watch::Sender<bool>,
     deliveries: tokio::task::JoinHandle<()>,
+    failures: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -224,6 +234,7 @@ impl Running {
         }
         let _ = self.stop.send(true);
         let _ = self.deliveries.await;
+        let _ = self.failures.await;
     }
 }
 

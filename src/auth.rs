@@ -189,11 +189,33 @@ pub fn bootstrap(conn: &mut DbConnection) -> StoreResult<Option<String>> {
 pub struct Keys {
     store: crate::db::Store,
     cache: std::sync::Arc<KeyCache>,
+    /// Failed authentications per source: summed, and throttled past their limit.
+    failures: crate::security::failures::FailedAuth,
 }
 
 impl Keys {
-    pub fn new(store: crate::db::Store, cache: std::sync::Arc<KeyCache>) -> Self {
-        Self { store, cache }
+    pub fn new(
+        store: crate::db::Store, cache: std::sync::Arc<KeyCache>,
+        failures: crate::security::failures::FailedAuth,
+    ) -> Self {
+        Self {
+            store,
+            cache,
+            failures,
+        }
+    }
+
+    /// Seconds until the source of `req` may present unknown keys again, when it has failed
+    /// too often lately and the key it presents now is not one this replica knows live (a
+    /// memory check: a refused source costs no database work).
+    pub fn throttled(&self, req: &poem::Request) -> Option<u64> {
+        let secret = credential(req)?;
+        let wait = self.failures.throttled(source(req))?;
+        let known = self
+            .cache
+            .get(&hash_key(&secret))
+            .is_some_and(|r| !r.is_dead_at(&ids::now()));
+        (!known).then_some(wait)
     }
 
     /// Drops a key from this replica's cache (it was revoked or changed).
@@ -267,6 +289,18 @@ impl Keys {
 struct LookedUp {
     secret: String,
     record: Option<KeyRecord>,
+}
+
+/// The address the request's connection came from (a proxy's, behind one).
+fn source(req: &poem::Request) -> Option<std::net::IpAddr> {
+    req.remote_addr().as_socket_addr().map(|a| a.ip())
+}
+
+/// The organization of the key the request presented, when the rate-limit middleware has
+/// looked it up (from memory: no second lookup, no hashing).
+pub fn looked_up_org(req: &poem::Request) -> Option<&str> {
+    let looked_up = req.extensions().get::<LookedUp>()?;
+    looked_up.record.as_ref().map(|r| r.org_id.as_str())
 }
 
 /// Why a request was not authenticated; the HTTP layer answers it with the error envelope.
@@ -353,7 +387,14 @@ impl Keys {
     async fn refused(
         &self, req: &poem::Request, rid: &str, record: Option<&KeyRecord>, reason: &str,
     ) {
+        use crate::security::failures::{Verdict, prefix_of};
         use crate::security::{Event, EventType, Severity};
+        let org = record.map(|r| r.org_id.as_str());
+        let prefix = credential(req).map(|s| prefix_of(&s));
+        if self.failures.failed(source(req), org, prefix, reason) == Verdict::Counted {
+            // Summed into the source's one event for the window.
+            return;
+        }
         let mut event = Event::new(
             EventType::AuthenticationFailed,
             Severity::Medium,
@@ -363,6 +404,7 @@ impl Keys {
             "reason": reason,
             "method": req.method().as_str(),
             "path": req.uri().path(),
+            "source": source(req).map(|ip| ip.to_string()),
         }))
         .request(rid);
         if let Some(record) = record {

@@ -57,6 +57,10 @@ enum Command {
         /// Requests per second (the burst limit) an API key may make unless it has its own.
         #[arg(long, env = "AGENTPLANE_RATE_LIMIT_BURST", default_value_t = agentplane::ratelimit::Limits::default().burst, value_parser = clap::value_parser!(i64).range(1..))]
         rate_limit_burst: i64,
+        /// Failed authentications one client address may make in a minute before its requests
+        /// with unknown keys are refused (429) until the minute ends; 0: never refused.
+        #[arg(long, env = "AGENTPLANE_AUTH_FAILURES_PER_MINUTE", default_value_t = agentplane::security::failures::FailurePolicy::default().per_window)]
+        auth_failures_per_minute: u32,
         /// Serve `/metrics` without an API key on a non-loopback address too.
         #[arg(long, env = "AGENTPLANE_METRICS_PUBLIC")]
         metrics_public: bool,
@@ -341,6 +345,7 @@ async fn main() -> ExitCode {
             master_key_file,
             rate_limit_per_hour,
             rate_limit_burst,
+            auth_failures_per_minute,
             workers,
             metrics_public,
             egress_timeout_ms,
@@ -378,6 +383,10 @@ async fn main() -> ExitCode {
                     body_timeout,
                     max_connections,
                     max_per_address: max_connections_per_address,
+                },
+                auth_failures: agentplane::security::failures::FailurePolicy {
+                    per_window: auth_failures_per_minute,
+                    ..Default::default()
                 },
                 ..Config::default()
             })

@@ -2,9 +2,9 @@
 //! middleware keeps, the process figures Linux's `/proc` gives, and both in Prometheus text
 //! format for `/metrics`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
+
+use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -13,13 +13,13 @@ use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 /// Seconds of per-second counts kept for the recent rate.
 const WINDOW: usize = 60;
 
-/// Request counters, shared by the middleware and the handlers. Cheap to clone.
+/// Request counters, shared by the middlewares and the handlers. Cheap to clone.
 ///
 /// Kept for the whole replica (`/metrics`, for operators) and per organization (what
-/// `/v1/system/metrics` shows a tenant: its own requests, never the server's). A request is
-/// an organization's when it presents a key of that organization that the replica's key
-/// cache knows (every key that authenticated in the last seconds); the cache is only read,
-/// so counting costs no database work.
+/// `/v1/system/metrics` shows a tenant: its own requests, never the server's), by two
+/// [`Track`] layers. Counting takes no lock shared by all requests: the replica's counters
+/// are atomics, and an organization's are found in a sharded map by the organization the
+/// rate-limit middleware already looked up.
 #[derive(Debug, Clone)]
 pub struct RequestMetrics {
     inner: Arc<Inner>,
@@ -30,9 +30,7 @@ struct Inner {
     started: Instant,
     all: Counters,
     /// Per organization, at most [`MAX_ORGANIZATIONS`] of them.
-    orgs: Mutex<HashMap<String, Arc<Counters>>>,
-    /// The key cache that names a request's organization.
-    keys: Option<Arc<crate::auth::KeyCache>>,
+    orgs: DashMap<String, Arc<Counters>>,
 }
 
 /// Organizations counted apart; requests of any further one count only server-wide.
@@ -45,9 +43,18 @@ struct Counters {
     in_flight: AtomicU64,
     /// Answers by status class: 1xx..5xx at 0..4.
     classes: [AtomicU64; 5],
-    /// `(second since start, requests answered in it)`, one slot per second of the window.
-    recent: Mutex<[(u64, u64); WINDOW]>,
+    /// One slot per second of the window: the second (high 32 bits) and the requests
+    /// answered in it (low 32 bits), updated without a lock.
+    recent: [AtomicU64; WINDOW],
 }
+
+/// A `recent` slot's second and count, packed.
+fn slot(second: u64, count: u64) -> u64 {
+    (second << 32) | (count & 0xffff_ffff)
+}
+
+/// A slot no second has used yet.
+const EMPTY_SLOT: u64 = u64::MAX;
 
 impl Counters {
     fn new() -> Self {
@@ -55,7 +62,7 @@ impl Counters {
             total: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             classes: Default::default(),
-            recent: Mutex::new([(u64::MAX, 0); WINDOW]),
+            recent: std::array::from_fn(|_| AtomicU64::new(EMPTY_SLOT)),
         }
     }
 
@@ -63,31 +70,34 @@ impl Counters {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An answer with `status` in second `now`; `began` when [`Counters::begin`] counted it.
-    fn end(&self, status: u16, now: u64, began: bool) {
-        if began {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
+    /// An answer with `status` in second `now`.
+    fn end(&self, status: u16, now: u64) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.classes[class].fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut recent) = self.recent.lock() {
-            let slot = &mut recent[usize::try_from(now % WINDOW as u64).unwrap_or(0)];
-            if slot.0 != now {
-                *slot = (now, 0);
-            }
-            slot.1 += 1;
-        }
+        let now = now & 0xffff_ffff;
+        let cell = &self.recent[usize::try_from(now % WINDOW as u64).unwrap_or(0)];
+        // A slot still holding an older second starts over at this one.
+        let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+            Some(if packed != EMPTY_SLOT && packed >> 32 == now {
+                packed + 1
+            } else {
+                slot(now, 1)
+            })
+        });
     }
 
     fn figures(&self, now: u64) -> RequestFigures {
-        let last_minute = self.recent.lock().map_or(0, |recent| {
-            recent
-                .iter()
-                .filter(|(at, _)| *at != u64::MAX && now.saturating_sub(*at) < WINDOW as u64)
-                .map(|(_, n)| n)
-                .sum()
-        });
+        let now = now & 0xffff_ffff;
+        let last_minute = self
+            .recent
+            .iter()
+            .map(|cell| cell.load(Ordering::Relaxed))
+            .filter(|packed| *packed != EMPTY_SLOT)
+            .filter(|packed| now.saturating_sub(packed >> 32) < WINDOW as u64)
+            .map(|packed| packed & 0xffff_ffff)
+            .sum();
         let by_class = (0..5)
             .map(|c| {
                 (
@@ -123,24 +133,12 @@ pub struct RequestFigures {
 }
 
 impl RequestMetrics {
-    /// Server-wide counters only (no request is attributed to an organization).
     pub fn new() -> Self {
-        Self::build(None)
-    }
-
-    /// Counters that also count per organization, naming a request's organization from
-    /// `keys` (read only).
-    pub fn with_keys(keys: Arc<crate::auth::KeyCache>) -> Self {
-        Self::build(Some(keys))
-    }
-
-    fn build(keys: Option<Arc<crate::auth::KeyCache>>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 started: Instant::now(),
                 all: Counters::new(),
-                orgs: Mutex::new(HashMap::new()),
-                keys,
+                orgs: DashMap::new(),
             }),
         }
     }
@@ -149,23 +147,16 @@ impl RequestMetrics {
         self.inner.started.elapsed().as_secs()
     }
 
-    /// The counters of the organization whose key `secret` is, when the key cache knows it.
-    fn org_of(&self, secret: &str) -> Option<Arc<Counters>> {
-        let record = self
-            .inner
-            .keys
-            .as_ref()?
-            .get(&crate::secrets::hash_key(secret))?;
-        let mut orgs = self.inner.orgs.lock().ok()?;
-        if let Some(c) = orgs.get(&record.org_id) {
+    /// The counters of organization `org_id`, made on its first request.
+    fn org(&self, org_id: &str) -> Option<Arc<Counters>> {
+        if let Some(c) = self.inner.orgs.get(org_id) {
             return Some(c.clone());
         }
-        if orgs.len() >= MAX_ORGANIZATIONS {
+        if self.inner.orgs.len() >= MAX_ORGANIZATIONS {
             return None;
         }
-        let counters = Arc::new(Counters::new());
-        orgs.insert(record.org_id, counters.clone());
-        Some(counters)
+        let entry = self.inner.orgs.entry(org_id.to_string());
+        Some(entry.or_insert_with(|| Arc::new(Counters::new())).clone())
     }
 
     /// The replica's counters now (all organizations, and requests without a key).
@@ -176,13 +167,7 @@ impl RequestMetrics {
     /// The counters of organization `org_id` now (zeros when it made no request here).
     pub fn org_figures(&self, org_id: &str) -> RequestFigures {
         let now = self.second();
-        let counters = self
-            .inner
-            .orgs
-            .lock()
-            .ok()
-            .and_then(|orgs| orgs.get(org_id).cloned());
-        match counters {
+        match self.inner.orgs.get(org_id).map(|c| c.clone()) {
             Some(c) => c.figures(now),
             None => Counters::new().figures(now),
         }
@@ -192,55 +177,58 @@ impl RequestMetrics {
     pub fn uptime_seconds(&self) -> u64 {
         self.second()
     }
+
+    /// Runs `ep` on `req` between `counters`' begin and end.
+    async fn count<E: Endpoint>(
+        &self, counters: &Counters, ep: &E, req: Request,
+    ) -> poem::Result<Response> {
+        counters.begin();
+        let result = ep.call(req).await.map(IntoResponse::into_response);
+        let status = match &result {
+            Ok(r) => r.status(),
+            Err(e) => e.status(),
+        };
+        counters.end(status.as_u16(), self.second());
+        result
+    }
 }
 
-/// Counts every request and its answer's status.
-pub struct Track(pub RequestMetrics);
+/// Which counters a [`Track`] middleware keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every request and its answer's status, for the whole replica (the outermost layer).
+    Replica,
+    /// The request of the organization whose key it presents. Sits inside the rate-limit
+    /// middleware, whose key lookup names the organization: requests that middleware refuses
+    /// (429) count on the replica's counters only.
+    Organization,
+}
+
+/// Counts requests and their answers' statuses in `.0`, for `.1`.
+pub struct Track(pub RequestMetrics, pub Scope);
 
 impl<E: Endpoint> Middleware<E> for Track {
     type Output = TrackEndpoint<E>;
 
     fn transform(&self, ep: E) -> Self::Output {
-        TrackEndpoint(ep, self.0.clone())
+        TrackEndpoint(ep, self.0.clone(), self.1)
     }
 }
 
-pub struct TrackEndpoint<E>(E, RequestMetrics);
+pub struct TrackEndpoint<E>(E, RequestMetrics, Scope);
 
 impl<E: Endpoint> Endpoint for TrackEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
         let metrics = &self.1;
-        // The organization, when the key is known before the request (almost always: a key
-        // is cached from its first use); else after it, once authentication has cached it.
-        let secret = metrics
-            .inner
-            .keys
-            .is_some()
-            .then(|| crate::auth::credential(&req))
-            .flatten();
-        let before = secret.as_deref().and_then(|s| metrics.org_of(s));
-        metrics.inner.all.begin();
-        if let Some(org) = &before {
-            org.begin();
+        if self.2 == Scope::Replica {
+            return metrics.count(&metrics.inner.all, &self.0, req).await;
         }
-        let result = self.0.call(req).await.map(IntoResponse::into_response);
-        let status = match &result {
-            Ok(r) => r.status().as_u16(),
-            Err(e) => e.status().as_u16(),
-        };
-        let now = metrics.second();
-        metrics.inner.all.end(status, now, true);
-        match before {
-            Some(org) => org.end(status, now, true),
-            None => {
-                if let Some(org) = secret.as_deref().and_then(|s| metrics.org_of(s)) {
-                    org.end(status, now, false);
-                }
-            }
+        match crate::auth::looked_up_org(&req).and_then(|org| metrics.org(org)) {
+            Some(counters) => metrics.count(&counters, &self.0, req).await,
+            None => self.0.call(req).await.map(IntoResponse::into_response),
         }
-        result
     }
 }
 
@@ -416,7 +404,7 @@ mod tests {
         let m = RequestMetrics::new();
         for status in [200, 201, 404, 503] {
             m.inner.all.begin();
-            m.inner.all.end(status, m.second(), true);
+            m.inner.all.end(status, m.second());
         }
         m.inner.all.begin();
         let f = m.figures();

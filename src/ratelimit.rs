@@ -361,6 +361,9 @@ pub struct RateLimit {
     pub keys: Keys,
     pub store: Store,
     pub limits: Limits,
+    /// The paths whose operations need no key (`security: []`): a key presented to them is
+    /// never refused for its address's failures (they document no 429).
+    pub public: Arc<std::collections::HashSet<String>>,
 }
 
 impl<E: Endpoint> Middleware<E> for RateLimit {
@@ -478,6 +481,32 @@ pub struct RateLimitEndpoint<E> {
     ledger: Arc<Ledger>,
 }
 
+/// A 429 with the error envelope saying `message` and `Retry-After: wait`.
+fn too_many(req: &Request, message: String, wait: i64) -> Response {
+    let rid = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let body = envelope(
+        Kind::TooManyRequests,
+        "RATE_LIMIT_EXCEEDED",
+        message,
+        Vec::new(),
+        &rid,
+    );
+    let mut resp = Response::builder()
+        .status(StatusCode::TOO_MANY_REQUESTS)
+        .content_type("application/json; charset=utf-8")
+        .body(
+            poem_openapi::types::ToJSON::to_json(&body)
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        );
+    set(&mut resp, "retry-after", wait);
+    resp
+}
+
 fn set(resp: &mut Response, name: &'static str, value: i64) {
     if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
         resp.headers_mut().insert(name, v);
@@ -491,17 +520,25 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
         if !req.uri().path().starts_with("/v1/") {
             return self.inner.call(req).await.map(IntoResponse::into_response);
         }
+        let public = self.limiter.public.contains(req.uri().path());
+        if let Some(wait) = self.limiter.keys.throttled(&req).filter(|_| !public) {
+            // Too many failed authentications from this source: refused before its key is
+            // looked up.
+            let message = format!(
+                "too many requests with invalid API keys from this address; retry in {wait} seconds"
+            );
+            return Ok(too_many(
+                &req,
+                message,
+                i64::try_from(wait).unwrap_or(i64::MAX),
+            ));
+        }
         let verdict = match self.limiter.check(&self.ledger, &mut req).await {
             Some(v) => v,
             None => return self.inner.call(req).await.map(IntoResponse::into_response),
         };
         let mut resp = match verdict.retry_after {
             Some(wait) => {
-                let rid = req
-                    .extensions()
-                    .get::<RequestId>()
-                    .map(|r| r.0.clone())
-                    .unwrap_or_default();
                 let message = match verdict.exceeded {
                     Some("burst") => {
                         "the API key passed its burst limit (requests per second); retry in 1 second"
@@ -512,23 +549,7 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
                         verdict.limit
                     ),
                 };
-                let body = envelope(
-                    Kind::TooManyRequests,
-                    "RATE_LIMIT_EXCEEDED",
-                    message,
-                    Vec::new(),
-                    &rid,
-                );
-                let mut resp = Response::builder()
-                    .status(StatusCode::TOO_MANY_REQUESTS)
-                    .content_type("application/json; charset=utf-8")
-                    .body(
-                        poem_openapi::types::ToJSON::to_json(&body)
-                            .map(|v| v.to_string())
-                            .unwrap_or_default(),
-                    );
-                set(&mut resp, "retry-after", wait);
-                resp
+                too_many(&req, message, wait)
             }
             None => self.inner.call(req).await?.into_response(),
         };

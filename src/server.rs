@@ -13,6 +13,7 @@ pub use crate::app::Config;
 use crate::crypto::Crypto;
 use crate::db::Store;
 use crate::http::{RequestContext, SpecValidation};
+use crate::metrics::{Scope, Track};
 
 mod connections;
 pub use connections::ConnectionLimits;
@@ -44,19 +45,39 @@ pub fn endpoint(app: &App, metrics_open: bool) -> anyhow::Result<Arc<AppEndpoint
             )
             .nest_no_strip("/v1", service)
             .with(SpecValidation(validator))
+            .with(Track(handlers.metrics.clone(), Scope::Organization))
             .with(crate::ratelimit::RateLimit {
                 keys: handlers.keys.clone(),
                 store: handlers.store.clone(),
                 limits: handlers.limits,
+                public: Arc::new(public_paths(&spec)),
             })
             .with(crate::http::ApiVersion)
             .with(poem::middleware::CatchPanic::new().with_handler(crate::http::panic_response))
             .with(RequestContext)
             .with(crate::http::Compression)
-            .with(crate::metrics::Track(handlers.metrics.clone())),
+            .with(Track(handlers.metrics.clone(), Scope::Replica)),
     ));
     handlers.dispatcher.set(&endpoint);
     Ok(endpoint)
+}
+
+/// The paths of `spec` (without parameters) whose every operation needs no credentials.
+fn public_paths(spec: &serde_json::Value) -> std::collections::HashSet<String> {
+    let methods = ["get", "put", "post", "delete", "patch", "head", "options"];
+    let Some(paths) = spec["paths"].as_object() else {
+        return Default::default();
+    };
+    paths
+        .iter()
+        .filter(|(path, item)| {
+            let mut ops = methods.iter().filter_map(|m| item.get(*m)).peekable();
+            !path.contains('{')
+                && ops.peek().is_some()
+                && ops.all(|op| op["security"].as_array().is_some_and(Vec::is_empty))
+        })
+        .map(|(path, _)| path.clone())
+        .collect()
 }
 
 /// A bound server, not yet serving.

@@ -24,7 +24,7 @@ use sha2::Sha256;
 
 use crate::crypto::Crypto;
 use crate::db::events::{self as events_db, EventRow};
-use crate::db::webhooks::{self as store, AttemptOutcome, DeliveryRow};
+use crate::db::webhooks::{self as store, AttemptOutcome, AttemptRow, DeliveryRow};
 use crate::db::{DbConnection, Store, StoreError, StoreResult};
 use crate::events::{EventBus, MAX_ATTEMPTS};
 
@@ -274,6 +274,7 @@ impl DeliveryWorker {
                 })
                 .await
         };
+        let started = std::time::Instant::now();
         let (status, error) = match loaded {
             Ok((event, Ok(target))) => self.send(&row, &event, &target).await,
             Ok((_, Err(reason))) => (None, Some(reason)),
@@ -285,9 +286,19 @@ impl DeliveryWorker {
             }
         };
         let now = crate::ids::now();
+        let attempt = AttemptRow {
+            delivery_id: row.id.clone(),
+            attempt: row.attempts,
+            org_id: row.org_id.clone(),
+            started_at: row.last_attempt_at.clone().unwrap_or_else(|| now.clone()),
+            duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            response_status: status,
+            error: error.clone(),
+        };
         let succeeded = status.is_some_and(|s| (200..300).contains(&s));
         let outcome = if succeeded {
             AttemptOutcome {
+                attempt,
                 response_status: status,
                 error: None,
                 status: store::SUCCEEDED,
@@ -296,6 +307,7 @@ impl DeliveryWorker {
             }
         } else if row.attempts >= MAX_ATTEMPTS {
             AttemptOutcome {
+                attempt,
                 response_status: status,
                 error,
                 status: store::FAILED,
@@ -304,6 +316,7 @@ impl DeliveryWorker {
             }
         } else {
             AttemptOutcome {
+                attempt,
                 response_status: status,
                 error,
                 status: store::PENDING,

@@ -95,9 +95,14 @@ pub enum CaseKind {
     Positive,
     /// Schema-invalid data: the server must reject it.
     Negative,
-    /// A syntactically broken body (a lone NUL, truncated JSON, or a Content-Type the
+    /// A syntactically broken body (a lone NUL, truncated JSON, a `multipart/form-data` body
+    /// without its boundary, under a wrong one or cut short, or a Content-Type the
     /// operation does not take): the server must answer 4xx, as documented.
     MalformedBody,
+    /// A body broken in a way a reader may tolerate: a URL-encoded form with invalid
+    /// percent-escapes, which the WHATWG form decoding keeps as they are. Any answer but a
+    /// server error will do, and an error answer must be documented.
+    LenientBody,
     /// A secured operation called without credentials.
     Unauthenticated,
     /// A POST answered 201; `follow_up` reads the created resource.
@@ -132,10 +137,11 @@ pub enum CaseKind {
 
 impl CaseKind {
     /// Every kind, for [`CaseKind::parse`].
-    pub const ALL: [CaseKind; 16] = [
+    pub const ALL: [CaseKind; 17] = [
         CaseKind::Positive,
         CaseKind::Negative,
         CaseKind::MalformedBody,
+        CaseKind::LenientBody,
         CaseKind::Unauthenticated,
         CaseKind::Created,
         CaseKind::LocationFollowed,
@@ -157,6 +163,7 @@ impl CaseKind {
             CaseKind::Positive => "positive",
             CaseKind::Negative => "negative",
             CaseKind::MalformedBody => "malformed_body",
+            CaseKind::LenientBody => "lenient_body",
             CaseKind::Unauthenticated => "unauthenticated",
             CaseKind::Created => "created",
             CaseKind::LocationFollowed => "location_followed",
@@ -368,6 +375,7 @@ fn is_own_request(kind: CaseKind) -> bool {
         CaseKind::Positive
             | CaseKind::Negative
             | CaseKind::MalformedBody
+            | CaseKind::LenientBody
             | CaseKind::Unauthenticated
     )
 }

@@ -12,15 +12,18 @@
 //!
 //! Bodies are generated for JSON, `application/x-www-form-urlencoded` and
 //! `multipart/form-data` request bodies (a form's fields are judged as the server reads
-//! them back: text, read by each property's type). Integers include the edges of their
+//! them back: text, read by each property's type), and as raw bytes for any other media
+//! type whose schema is a string (`application/octet-stream`, `text/plain`). Integers include the edges of their
 //! width (±2^53 and ±(2^63−1), or ±(2^31−1) for an `int32`) within the schema's bounds, and
 //! the first value outside an `int32`/`int64` format as a negative request.
 //!
 //! Some checks send requests of their own: the negative phase probes every path, with
 //! valid path values, with the methods it does not document (`unsupported_method`), leaves
 //! out required headers (`missing_required_header`) and sends syntactically broken bodies
-//! to operations that take JSON (a lone NUL, truncated JSON, a Content-Type the operation
-//! does not take), whose answers must be documented 4xx errors; the stateful phase sends conditional requests with the
+//! in each operation's own media type (a lone NUL and truncated JSON; a multipart body
+//! without its boundary, under a wrong one, cut short, and a part without a name; a Content-Type the operation
+//! does not take, `text/plain` and a multipart form), whose answers must be documented 4xx errors, and URL-encoded forms with
+//! invalid percent-escapes, whose answers must be no server error and documented; the stateful phase sends conditional requests with the
 //! created resource's `ETag` and a PUT, PATCH and DELETE with a stale `If-Match` wherever
 //! 412 is documented (`conditional_requests`), reads the resource right after each PUT and
 //! PATCH (`read_after_write`) and, with [`Config::other_headers`], sends the same
@@ -265,6 +268,11 @@ enum BodyEncoding {
     Multipart {
         files: Vec<(String, String)>,
     },
+    /// Any other media type whose schema is a string (`format: binary`, say) or absent:
+    /// the string's bytes, sent as `media_type` (a wildcard key's usual concrete type).
+    Raw {
+        media_type: String,
+    },
 }
 
 struct Body {
@@ -275,6 +283,9 @@ struct Body {
     /// A Content-Type the operation does not take (for a broken-body request), unless it
     /// takes any.
     wrong_media: Option<String>,
+    /// The operation takes neither `multipart/form-data` nor a wildcard: the valid body is
+    /// also sent as a multipart form, which the server must refuse, not parse.
+    foreign_multipart: bool,
     required: bool,
     schema: Value,
     validator: Validator,
@@ -658,7 +669,7 @@ fn compile_ops(
                         let mut examples = examples_of(media, doc);
                         examples.extend(examples_of(deref(doc, &schema), doc));
                         let fields = match encoding {
-                            BodyEncoding::Json => Map::new(),
+                            BodyEncoding::Json | BodyEncoding::Raw { .. } => Map::new(),
                             _ => form_fields(request_doc, &schema),
                         };
                         let taken = content.into_iter().flat_map(|c| c.keys());
@@ -666,11 +677,15 @@ fn compile_ops(
                             .clone()
                             .all(|mt| !mt.contains('*') && !mt.starts_with("text/plain"))
                             .then(|| "text/plain".to_string());
+                        let foreign_multipart = taken.clone().all(|mt| {
+                            !mt.contains('*') && !mt.to_ascii_lowercase().starts_with("multipart/")
+                        });
                         body = Some(Body {
                             media_type: media_type.clone(),
                             encoding,
                             fields,
                             wrong_media,
+                            foreign_multipart,
                             required: rb.get("required").and_then(Value::as_bool) == Some(true),
                             schema,
                             validator,
@@ -679,7 +694,7 @@ fn compile_ops(
                     }
                     None => {
                         skipped = Some(
-                            "the request body is not JSON, a form or multipart/form-data"
+                            "the request body is not JSON, a form, multipart/form-data or a string"
                                 .to_string(),
                         );
                     }
@@ -738,7 +753,8 @@ fn business_rule_statuses(op: &Value) -> Vec<String> {
 }
 
 /// The media type of a request body the runner builds requests for: JSON first, then a
-/// URL-encoded form, then `multipart/form-data`.
+/// URL-encoded form, then `multipart/form-data`, then any other media type whose schema is
+/// a string or absent (`application/octet-stream`, `text/plain`, …), sent as raw bytes.
 fn body_media<'a>(
     doc: &Value, content: &'a Map<String, Value>,
 ) -> Option<(&'a String, &'a Value, BodyEncoding)> {
@@ -758,9 +774,31 @@ fn body_media<'a>(
     {
         return Some((mt, media, BodyEncoding::Form));
     }
-    let (mt, media) = content
+    let Some((mt, media)) = content
         .iter()
-        .find(|(mt, _)| essence(mt) == "multipart/form-data")?;
+        .find(|(mt, _)| essence(mt) == "multipart/form-data")
+    else {
+        return content.iter().find_map(|(mt, media)| {
+            let media_type = match essence(mt).as_str() {
+                "*/*" | "application/*" => "application/octet-stream".to_string(),
+                "text/*" => "text/plain".to_string(),
+                e if e.contains('*') || e.starts_with("multipart/") => return None,
+                _ => mt.clone(),
+            };
+            let stringy = media.get("schema").is_none_or(|schema| {
+                let schema = deref(doc, schema);
+                let types = match schema.get("type") {
+                    Some(Value::String(t)) => vec![t.as_str()],
+                    Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                schema == &Value::Bool(true)
+                    || (types.contains(&"string")
+                        && types.iter().all(|t| *t == "string" || *t == "null"))
+            });
+            stringy.then_some((mt, media, BodyEncoding::Raw { media_type }))
+        });
+    };
     let schema = media.get("schema").cloned().unwrap_or(Value::Bool(true));
     let files = form_fields(doc, &schema)
         .into_iter()
@@ -785,6 +823,10 @@ fn body_media<'a>(
 
 /// The boundary of the `multipart/form-data` bodies the runner sends.
 const MULTIPART_BOUNDARY: &str = "agentplane-conform-boundary";
+
+/// A boundary a broken multipart request names in its Content-Type, which its body does
+/// not use (and which is no prefix of [`MULTIPART_BOUNDARY`]).
+const WRONG_MULTIPART_BOUNDARY: &str = "conform-wrong-boundary";
 
 /// A file name for a file part of `media_type`, with the extension servers read it by.
 fn file_name(media_type: &str) -> String {
@@ -831,39 +873,63 @@ fn encode_body(body: &Body, value: &Value) -> (String, Vec<u8>) {
             }
             (body.media_type.clone(), form.finish().into_bytes())
         }
-        BodyEncoding::Multipart { files } => {
-            let mut out = Vec::new();
-            for (name, v) in pairs() {
-                out.extend_from_slice(format!("--{MULTIPART_BOUNDARY}\r\n").as_bytes());
-                let disposition = format!("Content-Disposition: form-data; name=\"{name}\"");
-                match files.iter().find(|(f, _)| f == name) {
-                    Some((_, media_type)) => out.extend_from_slice(
-                        format!(
-                            "{disposition}; filename=\"{}\"\r\nContent-Type: {media_type}\r\n\r\n",
-                            file_name(media_type)
-                        )
-                        .as_bytes(),
-                    ),
-                    None => out.extend_from_slice(format!("{disposition}\r\n\r\n").as_bytes()),
-                }
-                out.extend_from_slice(field_text(v).as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(format!("--{MULTIPART_BOUNDARY}--\r\n").as_bytes());
-            (
-                format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
-                out,
-            )
+        BodyEncoding::Multipart { files } => (
+            format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+            multipart_bytes(value, files),
+        ),
+        BodyEncoding::Raw { media_type } => {
+            let bytes = match value {
+                Value::String(text) => text.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            (media_type.clone(), bytes)
         }
     }
 }
 
+/// A body value as a `multipart/form-data` body under [`MULTIPART_BOUNDARY`]: a part per
+/// field (an array field once per item), the `files` as file parts of their media type.
+fn multipart_bytes(value: &Value, files: &[(String, String)]) -> Vec<u8> {
+    let fields: Vec<(&String, &Value)> = match value {
+        Value::Object(map) => map.iter().collect(),
+        _ => Vec::new(),
+    };
+    let pairs = fields.iter().flat_map(|(name, v)| match v {
+        Value::Array(items) => items.iter().map(|i| (*name, i)).collect::<Vec<_>>(),
+        other => vec![(*name, *other)],
+    });
+    let mut out = Vec::new();
+    for (name, v) in pairs {
+        out.extend_from_slice(format!("--{MULTIPART_BOUNDARY}\r\n").as_bytes());
+        let disposition = format!("Content-Disposition: form-data; name=\"{name}\"");
+        match files.iter().find(|(f, _)| f == name) {
+            Some((_, media_type)) => out.extend_from_slice(
+                format!(
+                    "{disposition}; filename=\"{}\"\r\nContent-Type: {media_type}\r\n\r\n",
+                    file_name(media_type)
+                )
+                .as_bytes(),
+            ),
+            None => out.extend_from_slice(format!("{disposition}\r\n\r\n").as_bytes()),
+        }
+        out.extend_from_slice(field_text(v).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("--{MULTIPART_BOUNDARY}--\r\n").as_bytes());
+    out
+}
+
 /// Whether the server, reading a body value back from its serialization, sees something
 /// the schema rejects: JSON as it is; a form's fields as text, read back by their types.
+///
+/// A raw body is never counted as rejected: its bytes are read as nothing but bytes, and
+/// servers rightly take any (its negative requests would be false alarms).
 fn body_rejected(body: &Body, value: &Value) -> bool {
-    !body.validator.is_valid(value)
-        && (body.encoding == BodyEncoding::Json
-            || !body.validator.is_valid(&form_view(body, value)))
+    match body.encoding {
+        BodyEncoding::Raw { .. } => false,
+        BodyEncoding::Json => !body.validator.is_valid(value),
+        _ => !body.validator.is_valid(value) && !body.validator.is_valid(&form_view(body, value)),
+    }
 }
 
 /// Whether a body value is one the server must accept, serialized as it is sent.
@@ -871,7 +937,15 @@ fn body_valid(body: &Body, value: &Value) -> bool {
     if !body.validator.is_valid(value) {
         return false;
     }
-    body.encoding == BodyEncoding::Json || body.validator.is_valid(&form_view(body, value))
+    match body.encoding {
+        BodyEncoding::Json => true,
+        // No bytes is no body: a required one is then missing.
+        BodyEncoding::Raw { .. } => match value {
+            Value::String(text) => !(body.required && text.is_empty()),
+            _ => true,
+        },
+        _ => body.validator.is_valid(&form_view(body, value)),
+    }
 }
 
 /// A form body value as the server reads it back ([`form_value`]).
@@ -1974,44 +2048,102 @@ fn coverage_cases(
         .collect()
 }
 
-/// Requests whose body is syntactically broken, for an operation that takes JSON: a lone
-/// NUL, the valid body cut in half, and the valid body under a Content-Type the operation
-/// does not take. Each must be answered 4xx, with a documented status and error body.
+/// Requests whose body is syntactically broken, in the operation's own media type: for
+/// JSON a lone NUL and the valid body cut in half; for `multipart/form-data` the valid body
+/// without a boundary in its Content-Type, under a wrong boundary, cut in half (its last
+/// part never closed), and a part without a `Content-Disposition` (Prism 5's process dies
+/// on one); and for any body, the valid body under a Content-Type the
+/// operation does not take: `text/plain`, and as a multipart form (a server whose
+/// multipart parser reads what it should refuse, or crashes on it, as Prism 5 does). Each must be answered 4xx, with a documented status and error
+/// body. A URL-encoded form gets invalid percent-escapes (`%zz`, a cut `%A`, bytes that are
+/// not UTF-8), which a reader may keep as they are ([`CaseKind::LenientBody`]): any answer
+/// but a server error, and a documented one.
 fn malformed_cases(shared: &Shared, op: &Op, base: &Case) -> Vec<(Case, CaseKind)> {
-    let Some(body) = op
-        .body
-        .as_ref()
-        .filter(|b| b.encoding == BodyEncoding::Json)
-    else {
+    let Some(body) = op.body.as_ref() else {
         return Vec::new();
     };
     let valid = base.body.clone().unwrap_or_else(|| {
         Generator::new(&shared.request_doc, Direction::Request).plain(&body.schema)
     });
-    let text = valid.to_string();
-    let mut cut = text.len() / 2;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let truncated = match &text[..cut] {
-        t if !t.is_empty() && serde_json::from_str::<Value>(t).is_err() => t.to_string(),
-        _ => "{\"".to_string(),
+    let (content_type, bytes) = encode_body(body, &valid);
+    let mut raws = match &body.encoding {
+        BodyEncoding::Json => {
+            let text = valid.to_string();
+            let mut cut = text.len() / 2;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let truncated = match &text[..cut] {
+                t if !t.is_empty() && serde_json::from_str::<Value>(t).is_err() => t.to_string(),
+                _ => "{\"".to_string(),
+            };
+            vec![
+                (
+                    body.media_type.clone(),
+                    b"\0".to_vec(),
+                    CaseKind::MalformedBody,
+                ),
+                (
+                    body.media_type.clone(),
+                    truncated.into_bytes(),
+                    CaseKind::MalformedBody,
+                ),
+            ]
+        }
+        BodyEncoding::Form => {
+            let name = body.fields.keys().next().map_or("field", String::as_str);
+            let mut broken = bytes.clone();
+            if !broken.is_empty() {
+                broken.push(b'&');
+            }
+            broken.extend_from_slice(format!("{name}=%zz%FF%FE%A").as_bytes());
+            vec![(content_type, broken, CaseKind::LenientBody)]
+        }
+        // Raw bytes have no syntax to break; only the media types below apply.
+        BodyEncoding::Raw { .. } => Vec::new(),
+        BodyEncoding::Multipart { .. } => {
+            let truncated = bytes[..bytes.len() / 2].to_vec();
+            vec![
+                (
+                    "multipart/form-data".to_string(),
+                    bytes.clone(),
+                    CaseKind::MalformedBody,
+                ),
+                (
+                    format!("multipart/form-data; boundary={WRONG_MULTIPART_BOUNDARY}"),
+                    bytes.clone(),
+                    CaseKind::MalformedBody,
+                ),
+                (content_type.clone(), truncated, CaseKind::MalformedBody),
+                (
+                    content_type,
+                    format!(
+                        "--{MULTIPART_BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nno name\r\n--{MULTIPART_BOUNDARY}--\r\n"
+                    )
+                    .into_bytes(),
+                    CaseKind::MalformedBody,
+                ),
+            ]
+        }
     };
-    let mut raws = vec![
-        (body.media_type.clone(), b"\0".to_vec()),
-        (body.media_type.clone(), truncated.into_bytes()),
-    ];
+    if body.foreign_multipart {
+        raws.push((
+            format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+            multipart_bytes(&valid, &[]),
+            CaseKind::MalformedBody,
+        ));
+    }
     if let Some(wrong) = &body.wrong_media {
-        raws.push((wrong.clone(), text.into_bytes()));
+        raws.push((wrong.clone(), bytes, CaseKind::MalformedBody));
     }
     raws.into_iter()
-        .map(|raw| {
+        .map(|(media, bytes, kind)| {
             let case = Case {
                 values: base.values.clone(),
                 body: None,
-                raw: Some(raw),
+                raw: Some((media, bytes)),
             };
-            (case, CaseKind::MalformedBody)
+            (case, kind)
         })
         .collect()
 }
@@ -3453,6 +3585,7 @@ mod progress_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_retry_after_date_is_read_as_the_time_until_it() {
@@ -3511,5 +3644,76 @@ mod tests {
             raw: None,
         };
         assert!(case_complexity(&case(50)) < case_complexity(&case(51)));
+    }
+
+    #[test]
+    fn a_body_of_another_media_type_is_raw_when_its_schema_is_a_string() {
+        let doc = json!({});
+        let raw = |content: Value| {
+            let content = content.as_object().cloned().expect("a content map");
+            body_media(&doc, &content).map(|(_, _, encoding)| encoding)
+        };
+        let octets = |t: &str| BodyEncoding::Raw {
+            media_type: t.to_string(),
+        };
+        assert_eq!(
+            raw(
+                json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
+            ),
+            Some(octets("application/octet-stream"))
+        );
+        assert_eq!(
+            raw(json!({"*/*": {}})),
+            Some(octets("application/octet-stream"))
+        );
+        assert_eq!(
+            raw(json!({"text/*": {"schema": {"type": ["string", "null"]}}})),
+            Some(octets("text/plain"))
+        );
+        assert_eq!(
+            raw(json!({"application/xml": {"schema": {"type": "object"}}})),
+            None
+        );
+        assert_eq!(raw(json!({"image/*": {}})), None);
+        // JSON, a form and multipart come first.
+        assert_eq!(
+            raw(json!({"text/plain": {}, "application/json": {}})),
+            Some(BodyEncoding::Json)
+        );
+    }
+
+    #[test]
+    fn broken_bodies_are_broken_in_the_operations_own_media_type() {
+        let multipart = multipart_bytes(&json!({"title": "a", "tags": ["x", "y"]}), &[]);
+        let parts = crate::validate::multipart_parts(
+            &format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+            &multipart,
+        )
+        .expect("the valid form parses");
+        assert_eq!(parts.len(), 3);
+        // Cut in half, under a wrong boundary or none, it does not.
+        for (content_type, body) in [
+            (
+                format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+                &multipart[..multipart.len() / 2],
+            ),
+            (
+                format!("multipart/form-data; boundary={WRONG_MULTIPART_BOUNDARY}"),
+                &multipart[..],
+            ),
+            ("multipart/form-data".to_string(), &multipart[..]),
+            (
+                format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+                format!("--{MULTIPART_BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nx\r\n--{MULTIPART_BOUNDARY}--\r\n")
+                    .as_bytes(),
+            ),
+        ] {
+            assert!(
+                crate::validate::multipart_parts(&content_type, body).is_err(),
+                "{content_type}: {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(!MULTIPART_BOUNDARY.starts_with(WRONG_MULTIPART_BOUNDARY));
     }
 }

@@ -504,6 +504,29 @@ async fn every_fault_is_found_by_its_check() {
     assert!(missed.is_empty(), "{}", missed.join("\n"));
 }
 
+/// `docs/conformance-catalog.md` names every check of the registry, and every kind of
+/// request a check judges, so a check added without its line there fails here.
+#[test]
+fn the_catalog_page_lists_every_check() {
+    let page = include_str!("../../docs/conformance-catalog.md");
+    let missing: Vec<&str> = conformance::checks::ALL
+        .iter()
+        .map(|c| c.name)
+        .filter(|name| !page.contains(&format!("| `{name}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "checks without a row in docs/conformance-catalog.md: {missing:?}"
+    );
+    assert!(
+        page.contains(&format!("{} checks", conformance::checks::ALL.len())),
+        "the page's count of checks is stale"
+    );
+    for kind in ["malformed_body", "lenient_body"] {
+        assert!(page.contains(kind), "{kind} is not described");
+    }
+}
+
 #[test]
 fn reports_render_as_json_and_junit() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");

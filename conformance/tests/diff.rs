@@ -1158,3 +1158,63 @@ fn outputs_render_every_change() {
         "### API changes: `a` → `b`\n\nNo changes.\n"
     );
 }
+
+/// The CI step (`scripts/test.sh`: `agentplane diff openapi/baseline.json
+/// generated/openapi.json --fail-on breaking`) passes on today's bundle and fails, exit 1, on
+/// a pull request that removes a `/v1` operation; a bad `--fail-on` is a usage error; a
+/// `git:<rev>:<path>` source reads the committed file.
+#[tokio::test]
+async fn the_ci_step_fails_a_bundle_that_breaks_the_baseline() {
+    let baseline = root().join("openapi/baseline.json");
+    let bundle = root().join("generated/openapi.json");
+    let run = |old: &Path, new: &Path, fail_on: &str| diff::CommandOptions {
+        old: old.display().to_string(),
+        new: new.display().to_string(),
+        format: Some("markdown".into()),
+        fail_on: Some(fail_on.into()),
+    };
+    assert_eq!(
+        diff::run_command(run(&baseline, &bundle, "breaking")).await,
+        diff::EXIT_PASSED
+    );
+    let mut broken = load(&bundle);
+    let paths = broken["paths"].as_object_mut().expect("paths");
+    let (template, item) = paths
+        .iter_mut()
+        .find(|(_, item)| item.get("delete").is_some())
+        .expect("an operation to remove");
+    let template = template.clone();
+    item.as_object_mut().expect("a path item").remove("delete");
+    let file = std::env::temp_dir().join(format!("agentplane-diff-ci-{}.json", std::process::id()));
+    std::fs::write(&file, broken.to_string()).expect("writes");
+    let code = diff::run_command(run(&baseline, &file, "breaking")).await;
+    let changes = diff::diff(&load(&baseline), &broken);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, diff::EXIT_FAILED, "DELETE {template} removed");
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.id() == "api-removed" && c.severity() == Breaking),
+        "{}",
+        describe(&changes)
+    );
+    assert_eq!(
+        diff::run_command(run(&baseline, &bundle, "sometimes")).await,
+        diff::EXIT_USAGE
+    );
+    // A checkout without git history (a source archive) cannot read git: sources.
+    let in_git = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if in_git {
+        let fixture = "conformance/tests/fixtures/petstore-expanded.yaml";
+        let options = diff::CommandOptions {
+            old: format!("git:HEAD:{fixture}"),
+            new: root().join(fixture).display().to_string(),
+            format: Some("json".into()),
+            fail_on: Some("potential".into()),
+        };
+        assert_eq!(diff::run_command(options).await, diff::EXIT_PASSED);
+    }
+}

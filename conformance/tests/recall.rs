@@ -2,7 +2,8 @@
 //! built into a small server that must be caught, beside a correct server that must pass.
 //!
 //! Every server implements the same spec (integers of both widths, a JSON create answered
-//! 200, a URL-encoded form, a multipart upload, a path without parameters, a bearer scheme
+//! 200, a URL-encoded form, a multipart upload, an `application/octet-stream` upload, a
+//! path without parameters, a bearer scheme
 //! whose 401 no operation documents) and breaks it in one way. The harness must catch each
 //! fault with the check meant for it, on the operation meant, and count it once.
 
@@ -68,6 +69,11 @@ fn spec() -> Value {
                 }}}},
                 "responses": {"200": ok(json!({"type": "object", "required": ["user"], "properties": {"user": {"type": "string"}}})), "400": error, "422": error}
             }},
+            "/avatars": {"put": {
+                "operationId": "putAvatar",
+                "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"200": ok(json!({"type": "object", "required": ["size"], "properties": {"size": {"type": "integer"}}})), "400": error, "415": error}
+            }},
             "/uploads": {"post": {
                 "operationId": "upload",
                 "requestBody": {"required": true, "content": {"multipart/form-data": {
@@ -127,6 +133,18 @@ enum Fault {
     CreatedNotReadable,
     /// Answers a request without credentials 418.
     UnauthenticatedTeapot,
+    /// Fails with 500 on a malformed multipart body (Prism 5 does, on a missing boundary).
+    MultipartCrash,
+    /// Answers a malformed multipart body 400 in text/plain, where JSON is documented.
+    MultipartPlainTextError,
+    /// Fails with 500 on a form with invalid percent-escapes (a strict decoder that throws).
+    FormEscapeCrash,
+    /// Fails with 500 on a multipart body sent where JSON is taken (Prism 5's process dies
+    /// on a multipart body sent to an operation that takes another media type).
+    ForeignMultipartCrash,
+    /// Fails with 500 on a multipart body sent to an upload that takes
+    /// `application/octet-stream` (the operation Prism 5 died on).
+    OctetStreamMultipartCrash,
 }
 
 /// Every fault, the check meant to find it and the operation it must be found on.
@@ -173,7 +191,38 @@ const CATALOG: &[(Fault, &str, &str)] = &[
         "POST /widgets",
     ),
     (Fault::UnauthenticatedTeapot, "ignored_auth", "GET /health"),
+    (Fault::MultipartCrash, "not_a_server_error", "POST /uploads"),
+    (
+        Fault::MultipartPlainTextError,
+        "content_type_conformance",
+        "POST /uploads",
+    ),
+    (Fault::FormEscapeCrash, "not_a_server_error", "POST /login"),
+    (
+        Fault::ForeignMultipartCrash,
+        "not_a_server_error",
+        "POST /widgets",
+    ),
+    (
+        Fault::OctetStreamMultipartCrash,
+        "not_a_server_error",
+        "PUT /avatars",
+    ),
 ];
+
+/// Whether a URL-encoded body holds a `%` not followed by two hex digits, or escapes bytes
+/// that are not UTF-8: what a strict decoder refuses.
+fn broken_escapes(body: &[u8]) -> bool {
+    let invalid = body.iter().enumerate().any(|(i, b)| {
+        *b == b'%'
+            && !body
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    invalid
+        || url::form_urlencoded::parse(body)
+            .any(|(k, v)| k.contains('\u{fffd}') || v.contains('\u{fffd}'))
+}
 
 struct State {
     fault: Fault,
@@ -183,6 +232,13 @@ struct State {
     /// Set once a valid form, and a valid multipart upload, arrived.
     saw_form: AtomicBool,
     saw_multipart: AtomicBool,
+    /// Set once a form with broken percent-escapes, and a malformed multipart body, arrived.
+    saw_broken_form: AtomicBool,
+    saw_broken_multipart: AtomicBool,
+    /// Set once a multipart body arrived where JSON is taken.
+    saw_foreign_multipart: AtomicBool,
+    /// Set once a valid `application/octet-stream` upload arrived.
+    saw_avatar: AtomicBool,
 }
 
 async fn handle(state: Arc<State>, req: poem::Request) -> Response {
@@ -206,6 +262,31 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    if method == "POST" && path == "/login" && broken_escapes(&body) {
+        state.saw_broken_form.store(true, Ordering::SeqCst);
+        if fault == Fault::FormEscapeCrash {
+            return error(500, "URIError: URI malformed");
+        }
+    }
+    let multipart = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("multipart/"));
+    if path == "/avatars" && multipart && fault == Fault::OctetStreamMultipartCrash {
+        return error(
+            500,
+            "TypeError: Cannot read properties of undefined (reading 'trim')",
+        );
+    }
+    if path == "/widgets" && multipart {
+        state.saw_foreign_multipart.store(true, Ordering::SeqCst);
+        if fault == Fault::ForeignMultipartCrash {
+            return error(
+                500,
+                "TypeError: Cannot read properties of undefined (reading 'trim')",
+            );
+        }
+    }
     let request = ValidatedRequest {
         method: &method,
         path: &path,
@@ -239,6 +320,19 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
             let unvalidated = (fault == Fault::FormUnvalidated && path == "/login")
                 || (fault == Fault::MultipartUnvalidated && path == "/uploads")
                 || (fault == Fault::IgnoresContentType && code("content_type"));
+            if code("invalid_multipart") {
+                state.saw_broken_multipart.store(true, Ordering::SeqCst);
+                match fault {
+                    Fault::MultipartCrash => return error(500, "Unexpected end of form"),
+                    Fault::MultipartPlainTextError => {
+                        return Response::builder()
+                            .status(StatusCode::BAD_REQUEST)
+                            .content_type("text/plain")
+                            .body("bad multipart");
+                    }
+                    _ => {}
+                }
+            }
             if fault == Fault::PlainTextSyntaxError && code("invalid_json") {
                 return Response::builder()
                     .status(StatusCode::BAD_REQUEST)
@@ -255,6 +349,9 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
             }
             if path == "/uploads" {
                 state.saw_multipart.store(true, Ordering::SeqCst);
+            }
+            if path == "/avatars" {
+                state.saw_avatar.store(true, Ordering::SeqCst);
             }
         }
     }
@@ -304,7 +401,9 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
                 .unwrap_or_default();
             json_response(200, &json!({"user": user}))
         }
-        ("POST", ["uploads"]) => json_response(200, &json!({"size": body.len()})),
+        ("POST", ["uploads"]) | ("PUT", ["avatars"]) => {
+            json_response(200, &json!({"size": body.len()}))
+        }
         _ => error(404, "no route"),
     }
 }
@@ -322,6 +421,10 @@ async fn start(fault: Fault) -> (String, Arc<State>) {
         validator: RequestValidator::new(&doc).expect("spec compiles"),
         saw_form: AtomicBool::new(false),
         saw_multipart: AtomicBool::new(false),
+        saw_broken_form: AtomicBool::new(false),
+        saw_broken_multipart: AtomicBool::new(false),
+        saw_foreign_multipart: AtomicBool::new(false),
+        saw_avatar: AtomicBool::new(false),
     });
     let served = state.clone();
     let app = poem::endpoint::make(move |req: poem::Request| {
@@ -372,6 +475,22 @@ async fn a_correct_server_passes_and_every_class_is_exercised() {
     assert!(
         state.saw_multipart.load(Ordering::SeqCst),
         "a valid upload was sent"
+    );
+    assert!(
+        state.saw_broken_form.load(Ordering::SeqCst),
+        "a form with broken percent-escapes was sent"
+    );
+    assert!(
+        state.saw_broken_multipart.load(Ordering::SeqCst),
+        "a malformed multipart body was sent"
+    );
+    assert!(
+        state.saw_foreign_multipart.load(Ordering::SeqCst),
+        "a multipart body was sent where JSON is taken"
+    );
+    assert!(
+        state.saw_avatar.load(Ordering::SeqCst),
+        "a valid octet-stream upload was sent"
     );
     for (operation, check) in [
         ("GET /health", "unsupported_method"),

@@ -309,6 +309,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         scopes: Some(&["read:security"]),
     },
     OperationInfo {
+        id: "getSecurityEvent",
+        method: "GET",
+        path: "/v1/security/events/{event_id}",
+        scopes: Some(&["read:security"]),
+    },
+    OperationInfo {
         id: "scanAgent",
         method: "POST",
         path: "/v1/security/scan/{agent_id}",
@@ -858,6 +864,12 @@ pub const OPERATIONS: &[OperationInfo] = &[
         id: "getWebhookDelivery",
         method: "GET",
         path: "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}",
+        scopes: Some(&["read:webhooks"]),
+    },
+    OperationInfo {
+        id: "listWebhookDeliveryAttempts",
+        method: "GET",
+        path: "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/attempts",
         scopes: Some(&["read:webhooks"]),
     },
     OperationInfo {

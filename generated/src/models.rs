@@ -4872,6 +4872,33 @@ pub struct WebhookDeliveryList {
     #[oai(rename = "pagination")]
     pub pagination: crate::models::Pagination,
 }
+/// One attempt of a delivery, as the receiver answered it.
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookDeliveryAttempt", deny_unknown_fields)]
+pub struct WebhookDeliveryAttempt {
+    /// Its number, from 1.
+    #[oai(rename = "attempt")]
+    pub attempt: i64,
+    /// When the attempt started.
+    #[oai(rename = "started_at")]
+    pub started_at: String,
+    /// How long it took, until the receiver's answer or the failure.
+    #[oai(rename = "duration_ms")]
+    pub duration_ms: i64,
+    /// The HTTP status the receiver answered (`null` when none came).
+    #[oai(rename = "response_status")]
+    pub response_status: Option<i64>,
+    /// Why the attempt failed (a non-2xx status, a timeout, a refused connection, a destination the egress policy refuses); `null` when it succeeded.
+    #[oai(rename = "error")]
+    pub error: Option<String>,
+}
+#[derive(Debug, Clone, PartialEq, poem_openapi::Object)]
+#[oai(rename = "WebhookDeliveryAttemptList", deny_unknown_fields)]
+pub struct WebhookDeliveryAttemptList {
+    /// Every attempt of the delivery, first first (at most its `max_attempts`).
+    #[oai(rename = "data")]
+    pub data: Vec<crate::models::WebhookDeliveryAttempt>,
+}
 /// What kind of work a template's agent does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, poem_openapi::Enum)]
 #[oai(rename = "MarketplaceCategory")]

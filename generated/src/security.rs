@@ -69,6 +69,47 @@ impl From<crate::ApiError> for ListSecurityEventsResponse {
     }
 }
 /// The parameters and body of
+/// `GET /v1/security/events/{event_id}` (getSecurityEvent)
+#[derive(Debug, Clone)]
+pub struct GetSecurityEventParams {
+    /// The event's id (`sev_…`).
+    pub event_id: String,
+}
+/// Every documented answer of
+/// `GET /v1/security/events/{event_id}` (getSecurityEvent)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum GetSecurityEventResponse {
+    /// The event.
+    #[oai(status = 200u16)]
+    Ok(poem_openapi::payload::Json<crate::models::SecurityEvent>),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// No such resource in the caller's organization.
+    #[oai(status = 404u16)]
+    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for GetSecurityEventResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
+/// The parameters and body of
 /// `POST /v1/security/scan/{agent_id}` (scanAgent)
 #[derive(Debug, Clone)]
 pub struct ScanAgentParams {
@@ -263,6 +304,14 @@ pub trait SecurityApi: crate::Authenticate {
     fn list_security_events(
         &self, caller: Self::Caller, params: ListSecurityEventsParams,
     ) -> impl std::future::Future<Output = Result<ListSecurityEventsResponse, crate::ApiError>> + Send;
+    /// Get a security event
+    ///
+    /// One security event of the organization, as `listSecurityEvents` shows it: for linking
+    /// to an event from an alert or a ticket. Another organization's event is a 404, as an
+    /// event that does not exist.
+    fn get_security_event(
+        &self, caller: Self::Caller, params: GetSecurityEventParams,
+    ) -> impl std::future::Future<Output = Result<GetSecurityEventResponse, crate::ApiError>> + Send;
     /// Scan an agent's configuration
     ///
     /// Runs a static security review of the agent as stored (Agent Launchpad `POST
@@ -360,6 +409,48 @@ impl<T: SecurityApi> SecurityRoutes<T> {
         Ok(self
             .0
             .list_security_events(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
+    }
+    /// Get a security event
+    ///
+    /// One security event of the organization, as `listSecurityEvents` shows it: for linking
+    /// to an event from an alert or a ticket. Another organization's event is a 404, as an
+    /// event that does not exist.
+    #[oai(
+        path = "/v1/security/events/:event_id",
+        method = "get",
+        operation_id = "getSecurityEvent"
+    )]
+    async fn get_security_event(
+        &self, req: &poem::Request,
+        #[oai(name = "event_id")] event_id: poem_openapi::param::Path<String>,
+    ) -> poem::Result<GetSecurityEventResponse> {
+        let params = GetSecurityEventParams {
+            event_id: event_id.0,
+        };
+        const SCOPES: &[&str] = &["read:security"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(GetSecurityEventResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(GetSecurityEventResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(GetSecurityEventResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self
+            .0
+            .get_security_event(caller, params)
             .await
             .unwrap_or_else(Into::into))
     }

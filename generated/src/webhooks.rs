@@ -393,6 +393,49 @@ impl From<crate::ApiError> for GetWebhookDeliveryResponse {
     }
 }
 /// The parameters and body of
+/// `GET /v1/webhooks/{webhook_id}/deliveries/{delivery_id}/attempts` (listWebhookDeliveryAttempts)
+#[derive(Debug, Clone)]
+pub struct ListWebhookDeliveryAttemptsParams {
+    /// The webhook's id (`wh_…`).
+    pub webhook_id: String,
+    /// The delivery's id (`dlv_…`).
+    pub delivery_id: String,
+}
+/// Every documented answer of
+/// `GET /v1/webhooks/{webhook_id}/deliveries/{delivery_id}/attempts` (listWebhookDeliveryAttempts)
+#[derive(Debug, poem_openapi::ApiResponse)]
+pub enum ListWebhookDeliveryAttemptsResponse {
+    /// The attempts.
+    #[oai(status = 200u16)]
+    Ok(poem_openapi::payload::Json<crate::models::WebhookDeliveryAttemptList>),
+    /// A parameter or the body is malformed.
+    #[oai(status = 400u16)]
+    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key is missing, unknown, revoked or expired.
+    #[oai(status = 401u16)]
+    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The API key lacks a scope this operation needs.
+    #[oai(status = 403u16)]
+    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// No such resource in the caller's organization.
+    #[oai(status = 404u16)]
+    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    /// The service cannot answer now (the database is unreachable or saturated); retry later.
+    #[oai(status = 503u16)]
+    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+}
+impl From<crate::ApiError> for ListWebhookDeliveryAttemptsResponse {
+    fn from(e: crate::ApiError) -> Self {
+        match e.status {
+            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
+            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
+            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+        }
+    }
+}
+/// The parameters and body of
 /// `POST /v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver` (redeliverWebhookDelivery)
 #[derive(Debug, Clone)]
 pub struct RedeliverWebhookDeliveryParams {
@@ -535,6 +578,17 @@ pub trait WebhooksApi: crate::Authenticate {
     fn get_webhook_delivery(
         &self, caller: Self::Caller, params: GetWebhookDeliveryParams,
     ) -> impl std::future::Future<Output = Result<GetWebhookDeliveryResponse, crate::ApiError>> + Send;
+    /// List a delivery's attempts
+    ///
+    /// Every attempt of one delivery, first first, as GitHub's recent deliveries show them:
+    /// when it started, how long it took, the status the receiver answered and why it failed.
+    /// A delivery is attempted at most `max_attempts` times; a redelivery is a new delivery
+    /// with attempts of its own.
+    fn list_webhook_delivery_attempts(
+        &self, caller: Self::Caller, params: ListWebhookDeliveryAttemptsParams,
+    ) -> impl std::future::Future<
+        Output = Result<ListWebhookDeliveryAttemptsResponse, crate::ApiError>,
+    > + Send;
     /// Redeliver an event
     ///
     /// Queues the delivery's event again for this webhook, as a new delivery with fresh attempts (the old one is kept), and answers 202 with it.
@@ -857,6 +911,51 @@ impl<T: WebhooksApi> WebhooksRoutes<T> {
         Ok(self
             .0
             .get_webhook_delivery(caller, params)
+            .await
+            .unwrap_or_else(Into::into))
+    }
+    /// List a delivery's attempts
+    ///
+    /// Every attempt of one delivery, first first, as GitHub's recent deliveries show them:
+    /// when it started, how long it took, the status the receiver answered and why it failed.
+    /// A delivery is attempted at most `max_attempts` times; a redelivery is a new delivery
+    /// with attempts of its own.
+    #[oai(
+        path = "/v1/webhooks/:webhook_id/deliveries/:delivery_id/attempts",
+        method = "get",
+        operation_id = "listWebhookDeliveryAttempts"
+    )]
+    async fn list_webhook_delivery_attempts(
+        &self, req: &poem::Request,
+        #[oai(name = "webhook_id")] webhook_id: poem_openapi::param::Path<String>,
+        #[oai(name = "delivery_id")] delivery_id: poem_openapi::param::Path<String>,
+    ) -> poem::Result<ListWebhookDeliveryAttemptsResponse> {
+        let params = ListWebhookDeliveryAttemptsParams {
+            webhook_id: webhook_id.0,
+            delivery_id: delivery_id.0,
+        };
+        const SCOPES: &[&str] = &["read:webhooks"];
+        let caller = match self.0.authenticate(req, SCOPES).await {
+            Ok(caller) => caller,
+            Err(crate::AuthRejection::Unauthorized(e)) => {
+                return Ok(ListWebhookDeliveryAttemptsResponse::Unauthorized(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Forbidden(e)) => {
+                return Ok(ListWebhookDeliveryAttemptsResponse::Forbidden(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+            Err(crate::AuthRejection::Unavailable(e)) => {
+                return Ok(ListWebhookDeliveryAttemptsResponse::ServiceUnavailable(
+                    poem_openapi::payload::Json(e),
+                ));
+            }
+        };
+        Ok(self
+            .0
+            .list_webhook_delivery_attempts(caller, params)
             .await
             .unwrap_or_else(Into::into))
     }

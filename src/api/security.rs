@@ -411,6 +411,16 @@ impl SecurityApi for Handlers {
         Ok(GetSecurityScanResponse::Ok(Json(scan), tag))
     }
 
+    async fn get_security_event(
+        &self, caller: Caller, params: GetSecurityEventParams,
+    ) -> Reply<GetSecurityEventResponse> {
+        let id = params.event_id;
+        let get = move |conn: &mut DbConnection, org: &str| store::get_event(conn, org, &id);
+        let row = self.read_for(&caller, EVENT_NOT_FOUND, get).await?;
+        let event = to_event(&row).map_err(store_error(EVENT_NOT_FOUND, &caller.request_id))?;
+        Ok(GetSecurityEventResponse::Ok(Json(event)))
+    }
+
     async fn list_security_events(
         &self, caller: Caller, params: ListSecurityEventsParams,
     ) -> Reply<ListSecurityEventsResponse> {

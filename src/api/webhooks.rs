@@ -5,7 +5,8 @@
 //! [`crate::webhooks::DeliveryWorker`].
 
 use agentplane_api::models::{
-    Webhook, WebhookCreated, WebhookDelivery, WebhookDeliveryList, WebhookList,
+    Webhook, WebhookCreated, WebhookDelivery, WebhookDeliveryAttempt, WebhookDeliveryAttemptList,
+    WebhookDeliveryList, WebhookList,
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
@@ -19,7 +20,7 @@ use crate::auth::Caller;
 use crate::db::crud::Child;
 use crate::db::events::EventRow;
 use crate::db::sql::Page;
-use crate::db::webhooks::{self as store, DeliveryRow, WebhookChanges, WebhookRow};
+use crate::db::webhooks::{self as store, AttemptRow, DeliveryRow, WebhookChanges, WebhookRow};
 use crate::db::{DbConnection, StoreError};
 use crate::error::{Failure, store_error};
 
@@ -288,6 +289,22 @@ impl WebhooksApi for Handlers {
         Ok(GetWebhookDeliveryResponse::Ok(Json(delivery)))
     }
 
+    async fn list_webhook_delivery_attempts(
+        &self, caller: Caller, params: ListWebhookDeliveryAttemptsParams,
+    ) -> Reply<ListWebhookDeliveryAttemptsResponse> {
+        let (hook, id) = (params.webhook_id, params.delivery_id);
+        let rows = self
+            .read_for(&caller, DELIVERY_NOT_FOUND, move |conn, org| {
+                DeliveryRow::get(conn, org, &hook, &id)?;
+                store::attempts(conn, org, &id)
+            })
+            .await?;
+        let data = rows.into_iter().map(attempt_model).collect();
+        Ok(ListWebhookDeliveryAttemptsResponse::Ok(Json(
+            WebhookDeliveryAttemptList { data },
+        )))
+    }
+
     async fn redeliver_webhook_delivery(
         &self, caller: Caller, params: RedeliverWebhookDeliveryParams,
     ) -> Result<RedeliverWebhookDeliveryResponse, ApiError> {
@@ -316,5 +333,16 @@ impl WebhooksApi for Handlers {
             .await?;
         let location = delivery_location(&delivery);
         Ok(TestWebhookResponse::Accepted(Json(delivery), location))
+    }
+}
+
+/// An attempt as the API shows it.
+fn attempt_model(row: AttemptRow) -> WebhookDeliveryAttempt {
+    WebhookDeliveryAttempt {
+        attempt: row.attempt,
+        started_at: row.started_at,
+        duration_ms: row.duration_ms,
+        response_status: row.response_status,
+        error: row.error,
     }
 }

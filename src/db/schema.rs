@@ -396,6 +396,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhook_delivery_attempts (delivery_id, attempt) {
+        delivery_id -> Text,
+        attempt -> BigInt,
+        org_id -> Text,
+        started_at -> Text,
+        duration_ms -> BigInt,
+        response_status -> Nullable<BigInt>,
+        error -> Nullable<Text>,
+    }
+}
+
 // deployments
 
 diesel::table! {

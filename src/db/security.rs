@@ -94,3 +94,9 @@ pub fn list_events(
     };
     super::crud::newest_first!(conn, e, SecurityEventRow, filtered, page)
 }
+
+/// The organization's event `id`.
+pub fn get_event(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<SecurityEventRow> {
+    let q = e::table.filter(e::org_id.eq(org_id)).filter(e::id.eq(id));
+    Ok(q.select(SecurityEventRow::as_select()).first(conn)?)
+}

@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 
 use super::crud::Child;
-use super::schema::{webhook_deliveries as d, webhooks as w};
+use super::schema::{webhook_deliveries as d, webhook_delivery_attempts as a, webhooks as w};
 use super::sql::{FilterIf, Page};
 use super::{DbConnection, StoreError, StoreResult};
 
@@ -182,9 +182,25 @@ pub fn claim_due(
     })
 }
 
+/// One attempt of a delivery, kept beside it (the delivery row holds only the last one's).
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = a)]
+pub struct AttemptRow {
+    pub delivery_id: String,
+    /// Its number, from 1.
+    pub attempt: i64,
+    pub org_id: String,
+    pub started_at: String,
+    pub duration_ms: i64,
+    pub response_status: Option<i64>,
+    pub error: Option<String>,
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone)]
 pub struct AttemptOutcome {
+    /// The attempt itself, recorded with the outcome.
+    pub attempt: AttemptRow,
     pub response_status: Option<i64>,
     pub error: Option<String>,
     /// `succeeded`, `failed` (no attempts left) or `pending` (retry at `next_attempt_at`).
@@ -193,10 +209,35 @@ pub struct AttemptOutcome {
     pub completed_at: Option<String>,
 }
 
-/// Records an attempt's outcome, only while `owner` still holds the lease (a worker whose
-/// lease expired and was reclaimed must not overwrite the newer attempt). Returns whether it
-/// was recorded.
+/// Records an attempt and its outcome, only while `owner` still holds the lease (a worker
+/// whose lease expired and was reclaimed must not overwrite the newer attempt). Returns
+/// whether it was recorded.
 pub fn finish_attempt(
+    conn: &mut DbConnection, id: &str, owner: &str, outcome: &AttemptOutcome,
+) -> StoreResult<bool> {
+    super::write_transaction(conn, |conn| {
+        let recorded = record_outcome(conn, id, owner, outcome)?;
+        if recorded {
+            diesel::insert_into(a::table)
+                .values(&outcome.attempt)
+                .execute(conn)?;
+        }
+        Ok(recorded)
+    })
+}
+
+/// Every attempt of the organization's delivery `delivery_id`, first first.
+pub fn attempts(
+    conn: &mut DbConnection, org_id: &str, delivery_id: &str,
+) -> StoreResult<Vec<AttemptRow>> {
+    let q = a::table
+        .filter(a::org_id.eq(org_id))
+        .filter(a::delivery_id.eq(delivery_id))
+        .order(a::attempt.asc());
+    Ok(q.select(AttemptRow::as_select()).load(conn)?)
+}
+
+fn record_outcome(
     conn: &mut DbConnection, id: &str, owner: &str, outcome: &AttemptOutcome,
 ) -> StoreResult<bool> {
     let n = diesel::update(

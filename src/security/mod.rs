@@ -6,6 +6,7 @@
 
 use serde_json::Value;
 
+pub mod failures;
 pub mod scan;
 
 use crate::db::security::{self, SecurityEventRow};

@@ -10,23 +10,6 @@ use tokio::net::tcp::OwnedReadHalf;
 
 use crate::support::{Backend, TestApp};
 
-/// Runs `test` on SQLite and, when configured, on PostgreSQL.
-macro_rules! both {
-    ($name:ident, $test:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$test(super::Backend::Sqlite).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$test(super::Backend::Postgres).await;
-            }
-        }
-    };
-}
-
 const LIMITS: ConnectionLimits = ConnectionLimits {
     header_timeout: Duration::from_secs(2),
     idle_timeout: Duration::from_secs(3),
@@ -141,7 +124,7 @@ async fn header_drip(backend: Backend) {
     let mut other = connect(&app).await;
     assert!(health(&mut other).await.contains(" 200 "));
 }
-both!(a_header_drip_is_cut_off_at_the_header_timeout, header_drip);
+crate::both!(a_header_drip_is_cut_off_at_the_header_timeout, header_drip);
 
 /// A keep-alive connection is kept past the header timeout while idle, and closed at the
 /// idle timeout (3 s here) after its last answer.
@@ -168,7 +151,7 @@ async fn idle_keep_alive(backend: Backend) {
         answered_again.duration_since(answered)
     );
 }
-both!(
+crate::both!(
     an_idle_keep_alive_connection_is_closed_at_the_idle_timeout,
     idle_keep_alive
 );
@@ -204,7 +187,7 @@ async fn slow_body(backend: Backend) {
     );
     drip.abort();
 }
-both!(a_slow_body_is_cut_off_at_the_body_timeout, slow_body);
+crate::both!(a_slow_body_is_cut_off_at_the_body_timeout, slow_body);
 
 /// Past the per-address bound a new connection is closed at once; those within it work, and
 /// a closed one frees its slot.
@@ -245,7 +228,7 @@ async fn per_address_bound(backend: Backend) {
     let mut again = connect(&app).await;
     assert!(health(&mut again).await.contains(" 200 "));
 }
-both!(
+crate::both!(
     connections_past_the_per_address_bound_are_closed,
     per_address_bound
 );
@@ -288,7 +271,7 @@ async fn server_bound(backend: Backend) {
     );
     assert!(health(&mut second).await.contains(" 200 "));
 }
-both!(
+crate::both!(
     connections_past_the_server_bound_wait_for_a_slot,
     server_bound
 );
@@ -340,7 +323,7 @@ async fn nul_in_parameters(backend: Backend) {
     let (status, logs) = json(app.get(&format!("/v1/executions/{id}/logs")).await).await;
     assert_eq!(status, 200, "{logs}");
 }
-both!(a_nul_in_parameters_runs_on_both_backends, nul_in_parameters);
+crate::both!(a_nul_in_parameters_runs_on_both_backends, nul_in_parameters);
 
 /// `/v1/system/metrics` counts the caller's organization's requests only; the replica's
 /// counters stay on `/metrics`.
@@ -421,7 +404,7 @@ async fn tenant_metrics(backend: Backend) {
     // Both organizations' answered requests: 20 + 2 + 2 metrics reads.
     assert!(served >= 24.0, "{text}");
 }
-both!(
+crate::both!(
     system_metrics_show_the_callers_organization_only,
     tenant_metrics
 );

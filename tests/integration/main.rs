@@ -4,6 +4,7 @@
 mod agent_links;
 mod agents;
 mod agents_references;
+mod auth_flood;
 mod bootstrap;
 mod conform;
 mod conversations;

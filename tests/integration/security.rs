@@ -129,6 +129,42 @@ backend_test!(
     }
 );
 
+backend_test!(
+    one_security_event_is_read_by_its_id_in_its_organization_only,
+    |app| {
+        let narrow = app
+            .key_for(
+                "default",
+                "one-event",
+                Role::Member,
+                Some(&[Scope::ReadAgents]),
+            )
+            .await;
+        let body = json!({"name": "x"});
+        let denied = send_as(&app, &narrow, Method::POST, "/v1/agents", Some(&body)).await;
+        assert_eq!(denied.status(), 403);
+        let (_, listed) = events(&app, &app.admin_key, "?type=permission_denied").await;
+        let listed = listed["data"][0].clone();
+        let id = listed["id"].as_str().expect("an event id");
+
+        let (status, one) = events(&app, &app.admin_key, &format!("/{id}")).await;
+        assert_eq!(status, 200, "{one}");
+        assert_eq!(one, listed, "the event reads as the list shows it");
+        assert_eq!(one["details"]["missing_scopes"], json!(["write:agents"]));
+
+        let other = other_admin(&app).await;
+        let (status, theirs) = events(&app, &other, &format!("/{id}")).await;
+        assert_eq!(status, 404, "another organization's event: {theirs}");
+        assert_eq!(theirs["error"]["code"], "SECURITY_EVENT_NOT_FOUND");
+        assert_eq!(events(&app, &app.admin_key, "/sev_nope").await.0, 404);
+        assert_eq!(
+            events(&app, &narrow, &format!("/{id}")).await.0,
+            403,
+            "needs read:security"
+        );
+    }
+);
+
 const OPENAI_KEY: &str = "sk-proj-4fQ8xZ2LmN7pR1sT9vW3yB6dH0kJ5cE9f2a";
 
 async fn scan(app: &TestApp, key: &str, agent_id: &str) -> (u16, Value, Option<String>) {

@@ -386,6 +386,25 @@ pub fn fields(body: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Declares `NAME::sqlite` and `NAME::postgres` running `test(backend)`, for tests that
+/// start their own servers (a `test` returns early when its backend is not configured).
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $test:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$test($crate::support::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$test($crate::support::Backend::Postgres).await;
+            }
+        }
+    };
+}
+
 /// Declares one test per backend: `NAME::sqlite` and `NAME::postgres`.
 #[macro_export]
 macro_rules! backend_test {

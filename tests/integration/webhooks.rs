@@ -524,6 +524,38 @@ hooks_test!(
             "the two 503 answers are not recorded as received"
         );
         assert!(got[0].verifies(hook["secret"].as_str().expect("secret")));
+
+        // Every attempt is kept: two 503s, then the 204.
+        let delivery = list[0]["id"].as_str().expect("delivery id");
+        let path = format!("/v1/webhooks/{hook_id}/deliveries/{delivery}/attempts");
+        let (status, attempts) = crate::support::json(app.get(&path).await).await;
+        assert_eq!(status, 200, "{attempts}");
+        let attempts = attempts["data"].as_array().expect("data").clone();
+        let seen: Vec<(i64, i64)> = attempts
+            .iter()
+            .map(|a| {
+                let n = a["attempt"].as_i64().unwrap_or(0);
+                (n, a["response_status"].as_i64().unwrap_or(0))
+            })
+            .collect();
+        assert_eq!(seen, vec![(1, 503), (2, 503), (3, 204)], "{attempts:?}");
+        assert_eq!(attempts[0]["error"], "the receiver answered 503");
+        assert!(attempts[2]["error"].is_null());
+        assert!(
+            attempts
+                .iter()
+                .all(|a| a["duration_ms"].as_i64() >= Some(0))
+        );
+        assert!(attempts[0]["started_at"].as_str() < attempts[2]["started_at"].as_str());
+        let other = crate::support::other_admin(&app).await;
+        let theirs = app
+            .as_key(&other, Method::GET, &path)
+            .send()
+            .await
+            .expect("sends");
+        assert_eq!(theirs.status(), 404, "another organization's delivery");
+        let unknown = format!("/v1/webhooks/{hook_id}/deliveries/dlv_nope/attempts");
+        assert_eq!(app.get(&unknown).await.status(), 404);
     }
 );
 

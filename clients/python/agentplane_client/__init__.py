@@ -287,6 +287,8 @@ __all__ = [
     "Webhook",
     "WebhookCreated",
     "WebhookDelivery",
+    "WebhookDeliveryAttempt",
+    "WebhookDeliveryAttemptList",
     "WebhookDeliveryList",
     "WebhookDeliveryStatus",
     "WebhookInput",
@@ -570,6 +572,8 @@ from agentplane_client.models.vault_token_list import VaultTokenList as VaultTok
 from agentplane_client.models.webhook import Webhook as Webhook
 from agentplane_client.models.webhook_created import WebhookCreated as WebhookCreated
 from agentplane_client.models.webhook_delivery import WebhookDelivery as WebhookDelivery
+from agentplane_client.models.webhook_delivery_attempt import WebhookDeliveryAttempt as WebhookDeliveryAttempt
+from agentplane_client.models.webhook_delivery_attempt_list import WebhookDeliveryAttemptList as WebhookDeliveryAttemptList
 from agentplane_client.models.webhook_delivery_list import WebhookDeliveryList as WebhookDeliveryList
 from agentplane_client.models.webhook_delivery_status import WebhookDeliveryStatus as WebhookDeliveryStatus
 from agentplane_client.models.webhook_input import WebhookInput as WebhookInput

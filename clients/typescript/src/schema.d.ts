@@ -173,6 +173,31 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/security/events/{event_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The event's id (`sev_…`). */
+                event_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * Get a security event
+         * @description One security event of the organization, as `listSecurityEvents` shows it: for linking
+         *     to an event from an alert or a ticket. Another organization's event is a 404, as an
+         *     event that does not exist.
+         */
+        get: operations["getSecurityEvent"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/security/scan/{agent_id}": {
         parameters: {
             query?: never;
@@ -1690,6 +1715,34 @@ export interface paths {
          * @description Returns one delivery of this webhook with its status and attempts.
          */
         get: operations["getWebhookDelivery"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/attempts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * List a delivery's attempts
+         * @description Every attempt of one delivery, first first, as GitHub's recent deliveries show them:
+         *     when it started, how long it took, the status the receiver answered and why it failed.
+         *     A delivery is attempted at most `max_attempts` times; a redelivery is a new delivery
+         *     with attempts of its own.
+         */
+        get: operations["listWebhookDeliveryAttempts"];
         put?: never;
         post?: never;
         delete?: never;
@@ -4652,6 +4705,35 @@ export interface components {
             data: components["schemas"]["WebhookDelivery"][];
             pagination: components["schemas"]["Pagination"];
         };
+        /** @description One attempt of a delivery, as the receiver answered it. */
+        WebhookDeliveryAttempt: {
+            /**
+             * Format: int64
+             * @description Its number, from 1.
+             */
+            attempt: number;
+            /**
+             * Format: date-time
+             * @description When the attempt started.
+             */
+            started_at: string;
+            /**
+             * Format: int64
+             * @description How long it took, until the receiver's answer or the failure.
+             */
+            duration_ms: number;
+            /**
+             * Format: int64
+             * @description The HTTP status the receiver answered (`null` when none came).
+             */
+            response_status: number | null;
+            /** @description Why the attempt failed (a non-2xx status, a timeout, a refused connection, a destination the egress policy refuses); `null` when it succeeded. */
+            error: string | null;
+        };
+        WebhookDeliveryAttemptList: {
+            /** @description Every attempt of the delivery, first first (at most its `max_attempts`). */
+            data: components["schemas"]["WebhookDeliveryAttempt"][];
+        };
         /**
          * @description What kind of work a template's agent does.
          * @enum {string}
@@ -6351,6 +6433,40 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getSecurityEvent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The event's id (`sev_…`). */
+                event_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecurityEvent"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             429: components["responses"]["TooManyRequests"];
             503: components["responses"]["ServiceUnavailable"];
         };
@@ -10179,6 +10295,42 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    listWebhookDeliveryAttempts: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The webhook's id (`wh_…`). */
+                webhook_id: string;
+                /** @description The delivery's id (`dlv_…`). */
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The attempts. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["RequestId"];
+                    "X-RateLimit-Limit": components["headers"]["RateLimitLimit"];
+                    "X-RateLimit-Remaining": components["headers"]["RateLimitRemaining"];
+                    "X-RateLimit-Reset": components["headers"]["RateLimitReset"];
+                    "X-RateLimit-Window": components["headers"]["RateLimitWindow"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryAttemptList"];
                 };
             };
             400: components["responses"]["BadRequest"];

@@ -21,6 +21,7 @@ from typing_extensions import Annotated
 from agentplane_client.models.webhook import Webhook
 from agentplane_client.models.webhook_created import WebhookCreated
 from agentplane_client.models.webhook_delivery import WebhookDelivery
+from agentplane_client.models.webhook_delivery_attempt_list import WebhookDeliveryAttemptList
 from agentplane_client.models.webhook_delivery_list import WebhookDeliveryList
 from agentplane_client.models.webhook_delivery_status import WebhookDeliveryStatus
 from agentplane_client.models.webhook_input import WebhookInput
@@ -1579,6 +1580,301 @@ class WebhooksApi:
         return self.api_client.param_serialize(
             method='GET',
             resource_path='/v1/webhooks/{webhook_id}/deliveries',
+            path_params=_path_params,
+            query_params=_query_params,
+            header_params=_header_params,
+            body=_body_params,
+            post_params=_form_params,
+            files=_files,
+            auth_settings=_auth_settings,
+            collection_formats=_collection_formats,
+            _host=_host,
+            _request_auth=_request_auth
+        )
+
+
+
+
+    @validate_call
+    def list_webhook_delivery_attempts(
+        self,
+        webhook_id: Annotated[str, Field(strict=True, description="The webhook's id (`wh_…`).")],
+        delivery_id: Annotated[str, Field(strict=True, description="The delivery's id (`dlv_…`).")],
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> WebhookDeliveryAttemptList:
+        """List a delivery's attempts
+
+        Every attempt of one delivery, first first, as GitHub's recent deliveries show them: when it started, how long it took, the status the receiver answered and why it failed. A delivery is attempted at most `max_attempts` times; a redelivery is a new delivery with attempts of its own. 
+
+        :param webhook_id: The webhook's id (`wh_…`). (required)
+        :type webhook_id: str
+        :param delivery_id: The delivery's id (`dlv_…`). (required)
+        :type delivery_id: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._list_webhook_delivery_attempts_serialize(
+            webhook_id=webhook_id,
+            delivery_id=delivery_id,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "WebhookDeliveryAttemptList",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        ).data
+
+
+    @validate_call
+    def list_webhook_delivery_attempts_with_http_info(
+        self,
+        webhook_id: Annotated[str, Field(strict=True, description="The webhook's id (`wh_…`).")],
+        delivery_id: Annotated[str, Field(strict=True, description="The delivery's id (`dlv_…`).")],
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> ApiResponse[WebhookDeliveryAttemptList]:
+        """List a delivery's attempts
+
+        Every attempt of one delivery, first first, as GitHub's recent deliveries show them: when it started, how long it took, the status the receiver answered and why it failed. A delivery is attempted at most `max_attempts` times; a redelivery is a new delivery with attempts of its own. 
+
+        :param webhook_id: The webhook's id (`wh_…`). (required)
+        :type webhook_id: str
+        :param delivery_id: The delivery's id (`dlv_…`). (required)
+        :type delivery_id: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._list_webhook_delivery_attempts_serialize(
+            webhook_id=webhook_id,
+            delivery_id=delivery_id,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "WebhookDeliveryAttemptList",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        )
+
+
+    @validate_call
+    def list_webhook_delivery_attempts_without_preload_content(
+        self,
+        webhook_id: Annotated[str, Field(strict=True, description="The webhook's id (`wh_…`).")],
+        delivery_id: Annotated[str, Field(strict=True, description="The delivery's id (`dlv_…`).")],
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> RESTResponseType:
+        """List a delivery's attempts
+
+        Every attempt of one delivery, first first, as GitHub's recent deliveries show them: when it started, how long it took, the status the receiver answered and why it failed. A delivery is attempted at most `max_attempts` times; a redelivery is a new delivery with attempts of its own. 
+
+        :param webhook_id: The webhook's id (`wh_…`). (required)
+        :type webhook_id: str
+        :param delivery_id: The delivery's id (`dlv_…`). (required)
+        :type delivery_id: str
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._list_webhook_delivery_attempts_serialize(
+            webhook_id=webhook_id,
+            delivery_id=delivery_id,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '200': "WebhookDeliveryAttemptList",
+            '400': "ErrorEnvelope",
+            '401': "ErrorEnvelope",
+            '403': "ErrorEnvelope",
+            '404': "ErrorEnvelope",
+            '503': "ErrorEnvelope",
+            '429': "ErrorEnvelope",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        return response_data.response
+
+
+    def _list_webhook_delivery_attempts_serialize(
+        self,
+        webhook_id,
+        delivery_id,
+        _request_auth,
+        _content_type,
+        _headers,
+        _host_index,
+    ) -> RequestSerialized:
+
+        _host = None
+
+        _collection_formats: Dict[str, str] = {
+        }
+
+        _path_params: Dict[str, str] = {}
+        _query_params: List[Tuple[str, str]] = []
+        _header_params: Dict[str, Optional[str]] = _headers or {}
+        _form_params: List[Tuple[str, str]] = []
+        _files: Dict[
+            str, Union[str, bytes, List[str], List[bytes], List[Tuple[str, bytes]]]
+        ] = {}
+        _body_params: Optional[bytes] = None
+
+        # process the path parameters
+        if webhook_id is not None:
+            _path_params['webhook_id'] = webhook_id
+        if delivery_id is not None:
+            _path_params['delivery_id'] = delivery_id
+        # process the query parameters
+        # process the header parameters
+        # process the form parameters
+        # process the body parameter
+
+
+        # set the HTTP header `Accept`
+        if 'Accept' not in _header_params:
+            _header_params['Accept'] = self.api_client.select_header_accept(
+                [
+                    'application/json'
+                ]
+            )
+
+
+        # authentication setting
+        _auth_settings: List[str] = [
+            'apiKeyAuth', 
+            'bearerAuth'
+        ]
+
+        return self.api_client.param_serialize(
+            method='GET',
+            resource_path='/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/attempts',
             path_params=_path_params,
             query_params=_query_params,
             header_params=_header_params,

@@ -255,6 +255,8 @@ from agentplane_client.models.vault_token_list import VaultTokenList
 from agentplane_client.models.webhook import Webhook
 from agentplane_client.models.webhook_created import WebhookCreated
 from agentplane_client.models.webhook_delivery import WebhookDelivery
+from agentplane_client.models.webhook_delivery_attempt import WebhookDeliveryAttempt
+from agentplane_client.models.webhook_delivery_attempt_list import WebhookDeliveryAttemptList
 from agentplane_client.models.webhook_delivery_list import WebhookDeliveryList
 from agentplane_client.models.webhook_delivery_status import WebhookDeliveryStatus
 from agentplane_client.models.webhook_input import WebhookInput
