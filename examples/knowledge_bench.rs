@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use agentplane::db::knowledge::{self as store, KbRow};
+use agentplane::db::knowledge::{self as store, KbChanges, KbRow};
 use agentplane::db::{Store, StoreError};
 use agentplane::knowledge::{self, ChunkOptions, NewDocument, SearchOptions};
 use agentplane_api::models::Role;
@@ -70,18 +70,13 @@ fn main() -> anyhow::Result<()> {
     let user = store.run_blocking(|conn| {
         agentplane::auth::ensure_user(conn, "bench", "bench", "bench@localhost", Role::Admin)
     })?;
-    let now = agentplane::ids::now();
-    let kb = KbRow {
-        id: agentplane::ids::new_id("kb"),
-        org_id: user.org_id.clone(),
+    let content = KbChanges {
         name: "bench".into(),
         kb_type: "bench".into(),
         description: None,
         body: r#"{"processing_options":{"chunk_size":500,"overlap":50}}"#.into(),
-        version: 1,
-        created_at: now.clone(),
-        updated_at: now,
     };
+    let kb = KbRow::new(&user.org_id, agentplane::ids::new_id("kb"), content);
     store.run_blocking(|conn| store::insert(conn, &kb))?;
     let options = ChunkOptions {
         chunk_size: 500,
