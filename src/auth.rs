@@ -209,13 +209,21 @@ impl Keys {
     /// too often lately and the key it presents now is not one this replica knows live (a
     /// memory check: a refused source costs no database work).
     pub fn throttled(&self, req: &poem::Request) -> Option<u64> {
+        let from = source(req);
+        // No lock, no hashing while no source is past its limit (the common case).
+        let wait = self.failures.wait(from)?;
         let secret = credential(req)?;
-        let wait = self.failures.throttled(source(req))?;
         let known = self
             .cache
             .get(&hash_key(&secret))
             .is_some_and(|r| !r.is_dead_at(&ids::now()));
         (!known).then_some(wait)
+    }
+
+    /// Counts a request of `req`'s source refused for its failures (a [`Keys::throttled`]
+    /// answer acted on), for the window's summary.
+    pub fn refused_for_failures(&self, req: &poem::Request) {
+        self.failures.refused(source(req));
     }
 
     /// Drops a key from this replica's cache (it was revoked or changed).
@@ -389,9 +397,9 @@ impl Keys {
     ) {
         use crate::security::failures::{Verdict, prefix_of};
         use crate::security::{Event, EventType, Severity};
-        let org = record.map(|r| r.org_id.as_str());
+        let (org, from) = (record.map(|r| r.org_id.as_str()), source(req));
         let prefix = credential(req).map(|s| prefix_of(&s));
-        if self.failures.failed(source(req), org, prefix, reason) == Verdict::Counted {
+        if self.failures.failed(from, org, prefix, reason) == Verdict::Counted {
             // Summed into the source's one event for the window.
             return;
         }
@@ -404,7 +412,7 @@ impl Keys {
             "reason": reason,
             "method": req.method().as_str(),
             "path": req.uri().path(),
-            "source": source(req).map(|ip| ip.to_string()),
+            "source": from.map(|ip| ip.to_string()),
         }))
         .request(rid);
         if let Some(record) = record {

@@ -520,10 +520,12 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
         if !req.uri().path().starts_with("/v1/") {
             return self.inner.call(req).await.map(IntoResponse::into_response);
         }
-        let public = self.limiter.public.contains(req.uri().path());
-        if let Some(wait) = self.limiter.keys.throttled(&req).filter(|_| !public) {
+        let throttled = self.limiter.keys.throttled(&req);
+        // Checked only when throttled: the path lookup stays off the common path.
+        if let Some(wait) = throttled.filter(|_| !self.limiter.public.contains(req.uri().path())) {
             // Too many failed authentications from this source: refused before its key is
             // looked up.
+            self.limiter.keys.refused_for_failures(&req);
             let message = format!(
                 "too many requests with invalid API keys from this address; retry in {wait} seconds"
             );

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,6 +122,9 @@ pub struct FailedAuth {
     policy: FailurePolicy,
     store: Store,
     sources: Arc<Mutex<HashMap<Option<IpAddr>, Window>>>,
+    /// Windows at or past the limit: while none is, [`FailedAuth::wait`] answers without
+    /// taking the lock (it runs on every request).
+    over: Arc<AtomicUsize>,
 }
 
 /// What [`FailedAuth::failed`] decided about one failure.
@@ -138,6 +142,7 @@ impl FailedAuth {
             policy,
             store,
             sources: Arc::default(),
+            over: Arc::default(),
         }
     }
 
@@ -161,6 +166,9 @@ impl FailedAuth {
                 pending: Pending::default(),
             });
             window.failures += 1;
+            if self.policy.per_window > 0 && window.failures == u64::from(self.policy.per_window) {
+                self.over.fetch_add(1, Ordering::Relaxed);
+            }
             let verdict = if window.failures == 1 {
                 Verdict::Record
             } else {
@@ -174,24 +182,30 @@ impl FailedAuth {
         verdict
     }
 
-    /// Seconds until `source` may try keys again, when it has failed too often in its window
-    /// (the refusal is counted for the summary too).
-    pub fn throttled(&self, source: Option<IpAddr>) -> Option<u64> {
-        if self.policy.per_window == 0 {
+    /// Seconds until `source` may try keys again, when it has failed too often in its window.
+    pub fn wait(&self, source: Option<IpAddr>) -> Option<u64> {
+        if self.policy.per_window == 0 || self.over.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let window = sources.get_mut(&source)?;
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let window = sources.get(&source)?;
         let elapsed = window.started.elapsed();
         if window.failures < u64::from(self.policy.per_window) || elapsed >= self.policy.window {
             return None;
         }
-        window.failures += 1;
-        window
-            .pending
-            .add(None, None, "too many failed authentications");
         let left = self.policy.window.saturating_sub(elapsed);
         Some(left.as_secs().max(1))
+    }
+
+    /// Counts a request of `source` refused for its failures, for the window's summary.
+    pub fn refused(&self, source: Option<IpAddr>) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = sources.get_mut(&source) {
+            window.failures += 1;
+            window
+                .pending
+                .add(None, None, "too many failed authentications");
+        }
     }
 
     /// Writes the summaries of every window that has ended (the flusher calls it once a
@@ -230,6 +244,9 @@ impl FailedAuth {
             .into_iter()
             .filter_map(|k| {
                 let w = sources.remove(&k)?;
+                if self.policy.per_window > 0 && w.failures >= u64::from(self.policy.per_window) {
+                    self.over.fetch_sub(1, Ordering::Relaxed);
+                }
                 (w.pending.count > 0).then(|| Summary {
                     source: k.map_or_else(|| "other sources".to_string(), |ip| ip.to_string()),
                     org: w.pending.org.clone().flatten(),
@@ -279,16 +296,17 @@ mod tests {
             f.failed(ip, None, Some("ap_aaaa".into()), "unknown API key"),
             Verdict::Record
         );
-        assert_eq!(f.throttled(ip), None);
+        assert_eq!(f.wait(ip), None);
         for _ in 0..2 {
             assert_eq!(
                 f.failed(ip, None, Some("ap_bbbb".into()), "unknown API key"),
                 Verdict::Counted
             );
         }
-        let wait = f.throttled(ip).expect("throttled after 3 failures");
+        let wait = f.wait(ip).expect("throttled after 3 failures");
+        f.refused(ip);
         assert!((1..=60).contains(&wait), "{wait}");
-        assert_eq!(f.throttled(other), None, "another source is not");
+        assert_eq!(f.wait(other), None, "another source is not");
         assert_eq!(
             f.failed(other, None, None, "unknown API key"),
             Verdict::Record
@@ -312,6 +330,7 @@ mod tests {
         assert_eq!(details["key_prefixes"], json!(["ap_bbbb"]));
         assert_eq!(details["reasons"]["unknown API key"], 2);
         assert!(sources.is_empty(), "ended windows are forgotten");
+        assert_eq!(f.over.load(Ordering::Relaxed), 0, "and no longer throttle");
     }
 
     #[tokio::test]
@@ -320,7 +339,7 @@ mod tests {
         for i in 0..(MAX_SOURCES as u32 + 50) {
             let ip = Some(IpAddr::from(i.to_be_bytes()));
             f.failed(ip, Some("org_1"), None, "revoked API key");
-            assert_eq!(f.throttled(ip), None);
+            assert_eq!(f.wait(ip), None);
         }
         let sources = f.sources.lock().expect("lock");
         assert!(sources.len() <= MAX_SOURCES + 1, "{}", sources.len());
