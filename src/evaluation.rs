@@ -167,10 +167,31 @@ pub struct Percentiles {
     pub p99: Option<i64>,
 }
 
+impl Percentiles {
+    /// The 50th, 95th and 99th percentiles of sorted `values`, by nearest rank.
+    pub fn of(sorted: &[i64]) -> Percentiles {
+        Percentiles {
+            p50: nearest_rank(sorted, 0.50),
+            p95: nearest_rank(sorted, 0.95),
+            p99: nearest_rank(sorted, 0.99),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tokens {
     pub input: i64,
     pub output: i64,
+}
+
+impl Tokens {
+    /// The sums of `(input, output)` token counts.
+    pub fn total(counts: impl IntoIterator<Item = (i64, i64)>) -> Tokens {
+        let (input, output) = counts
+            .into_iter()
+            .fold((0, 0), |(input, output), (i, o)| (input + i, output + o));
+        Tokens { input, output }
+    }
 }
 
 /// Scores one output against its case.
@@ -203,7 +224,7 @@ pub fn score(
     }
 }
 
-/// The value at `q` of sorted `values`, by nearest rank.
+/// The value at `q` (0..1] of sorted `values`, by nearest rank.
 fn nearest_rank(sorted: &[i64], q: f64) -> Option<i64> {
     if sorted.is_empty() {
         return None;
@@ -236,15 +257,8 @@ pub fn summarize(results: &[CaseResult]) -> Summary {
         } else {
             results.iter().map(|r| r.token_f1).sum::<f64>() / n as f64
         },
-        latency_ms: Percentiles {
-            p50: nearest_rank(&latencies, 0.50),
-            p95: nearest_rank(&latencies, 0.95),
-            p99: nearest_rank(&latencies, 0.99),
-        },
-        tokens: Tokens {
-            input: results.iter().map(|r| r.input_tokens).sum(),
-            output: results.iter().map(|r| r.output_tokens).sum(),
-        },
+        latency_ms: Percentiles::of(&latencies),
+        tokens: Tokens::total(results.iter().map(|r| (r.input_tokens, r.output_tokens))),
         cost_usd: results.iter().map(|r| r.cost_usd).sum(),
     }
 }
@@ -461,6 +475,17 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&v, 0.50), Some(50));
+        assert_eq!(nearest_rank(&v, 0.95), Some(95));
+        assert_eq!(nearest_rank(&v, 0.99), Some(99));
+        assert_eq!(nearest_rank(&[7], 0.99), Some(7));
+        assert_eq!(nearest_rank(&[], 0.5), None);
+        assert_eq!(nearest_rank(&[1, 2, 3], 0.5), Some(2));
+    }
 
     #[test]
     fn exact_match_and_contains_normalize_case_and_space() {

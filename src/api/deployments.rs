@@ -7,7 +7,7 @@ use agentplane_api::Reply;
 use agentplane_api::deployments::*;
 use agentplane_api::models::{
     AgentDeployment, AgentLogLine, AgentLogs, AgentMetrics, DeploymentHealth, DeploymentState,
-    ExecutionCounts, LatencyPercentiles, LogLevel, TokenCounts,
+    ExecutionCounts, LogLevel,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +24,7 @@ use crate::db::deployments as db;
 use crate::db::executions::ExecutionStatus;
 use crate::db::{StoreError, agents as agents_db};
 use crate::error::{Failure, Kind, detail, store_error};
+use crate::evaluation::{Percentiles, Tokens};
 use crate::runtime::{AgentRef, Deployment, Health, State};
 
 const NOT_FOUND: &str = "AGENT_NOT_FOUND";
@@ -77,15 +78,6 @@ pub(crate) fn parse_duration(text: &str) -> Option<chrono::Duration> {
         'd' => chrono::Duration::days(n),
         _ => return None,
     })
-}
-
-/// The value at `q` (0..1] of sorted `values`, by nearest rank.
-fn nearest_rank(sorted: &[i64], q: f64) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
 /// A 400 on the query parameter `field`.
@@ -195,15 +187,8 @@ fn metrics_of(
             (total - succeeded) as f64 / total as f64
         },
         rate_per_minute: total as f64 / minutes,
-        latency_ms: LatencyPercentiles {
-            p50: nearest_rank(&latencies, 0.50),
-            p95: nearest_rank(&latencies, 0.95),
-            p99: nearest_rank(&latencies, 0.99),
-        },
-        tokens: TokenCounts {
-            input: finished.iter().map(|e| e.input_tokens).sum(),
-            output: finished.iter().map(|e| e.output_tokens).sum(),
-        },
+        latency_ms: Percentiles::of(&latencies).into(),
+        tokens: Tokens::total(finished.iter().map(|e| (e.input_tokens, e.output_tokens))).into(),
         cost_usd: finished.iter().map(|e| e.cost_nano_usd).sum::<i64>() as f64 / 1e9,
     }
 }
@@ -452,16 +437,5 @@ mod tests {
         for bad in ["", "m", "0m", "1w", "-1h", "1.5h", "h1"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let v: Vec<i64> = (1..=100).collect();
-        assert_eq!(nearest_rank(&v, 0.50), Some(50));
-        assert_eq!(nearest_rank(&v, 0.95), Some(95));
-        assert_eq!(nearest_rank(&v, 0.99), Some(99));
-        assert_eq!(nearest_rank(&[7], 0.99), Some(7));
-        assert_eq!(nearest_rank(&[], 0.5), None);
-        assert_eq!(nearest_rank(&[1, 2, 3], 0.5), Some(2));
     }
 }
