@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::schema::{execution_continuations as k, executions as e, usage_records as u};
-use super::sql::{CountOf, count_limit};
+use super::sql::Page;
 use super::types::{Flag, Json, text_enum};
 use super::{DbConnection, MultiBackend, StoreError, StoreResult};
 
@@ -269,6 +269,8 @@ fn read_row(mut row: ExecutionRow) -> ExecutionRow {
     row
 }
 
+super::crud::identified!(ExecutionRow);
+
 pub fn insert(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> {
     let mut stored = row.clone();
     stored.result = stored.result.as_deref().map(stored_text);
@@ -301,9 +303,6 @@ pub fn get_any(conn: &mut DbConnection, id: &str) -> StoreResult<ExecutionRow> {
 pub struct ExecutionQuery {
     pub agent_id: Option<String>,
     pub status: Option<ExecutionStatus>,
-    pub offset: i64,
-    pub limit: i64,
-    pub after_id: Option<String>,
 }
 
 fn filtered<'a>(org_id: &'a str, q: &'a ExecutionQuery) -> e::BoxedQuery<'a, MultiBackend> {
@@ -317,21 +316,12 @@ fn filtered<'a>(org_id: &'a str, q: &'a ExecutionQuery) -> e::BoxedQuery<'a, Mul
     b
 }
 
-/// A page, newest first, and the number of matching rows. Paging by cursor continues
-/// right after `after_id` (ids sort by creation time); by page number at `offset`.
+/// A page, newest first, and the number of matching rows.
 pub fn list(
-    conn: &mut DbConnection, org_id: &str, q: &ExecutionQuery,
+    conn: &mut DbConnection, org_id: &str, q: &ExecutionQuery, page: &Page,
 ) -> StoreResult<(Vec<ExecutionRow>, i64)> {
-    let counted = filtered(org_id, q)
-        .select(e::id)
-        .limit(count_limit(q.offset, q.limit));
-    let total: i64 = CountOf(counted).get_result(conn)?;
-    let mut page = filtered(org_id, q).order(e::id.desc()).limit(q.limit);
-    page = match &q.after_id {
-        Some(after) => page.filter(e::id.lt(after.clone())),
-        None => page.offset(q.offset),
-    };
-    let rows = page.select(ExecutionRow::as_select()).load(conn)?;
+    let filtered = || filtered(org_id, q);
+    let (rows, total) = super::crud::newest_first!(conn, e, ExecutionRow, filtered, page)?;
     Ok((rows.into_iter().map(read_row).collect(), total))
 }
 
