@@ -325,6 +325,19 @@ pub fn list(
     Ok((rows.into_iter().map(read_row).collect(), total))
 }
 
+/// Execution `id` while its status is one of `from`: what a change of status updates (no row
+/// once another change moved it on).
+fn while_in<'a>(id: &'a str, from: &[ExecutionStatus]) -> WhileIn<'a> {
+    e::table
+        .filter(e::id.eq(id))
+        .filter(e::status.eq_any(from.to_vec()))
+}
+
+type WhileIn<'a> = diesel::dsl::Filter<
+    diesel::dsl::Filter<e::table, diesel::dsl::Eq<e::id, &'a str>>,
+    diesel::dsl::EqAny<e::status, Vec<ExecutionStatus>>,
+>;
+
 /// `queued → running`, then `after` in the same transaction; `false` when it was no longer
 /// queued (cancelled meanwhile). An execution resumed after a pause keeps its first start.
 pub fn mark_running(
@@ -337,17 +350,13 @@ pub fn mark_running(
             .first(conn)
             .optional()?;
         let started = started.flatten().unwrap_or_else(crate::ids::now);
-        let n = diesel::update(
-            e::table
-                .filter(e::id.eq(id))
-                .filter(e::status.eq(ExecutionStatus::Queued)),
-        )
-        .set((
-            e::status.eq(ExecutionStatus::Running),
-            e::started_at.eq(&started),
-            e::model_id.eq(model_id),
-        ))
-        .execute(conn)?;
+        let n = diesel::update(while_in(id, &[ExecutionStatus::Queued]))
+            .set((
+                e::status.eq(ExecutionStatus::Running),
+                e::started_at.eq(&started),
+                e::model_id.eq(model_id),
+            ))
+            .execute(conn)?;
         if n != 1 {
             return Ok(false);
         }
@@ -385,21 +394,17 @@ pub fn finish_from(
 ) -> StoreResult<Option<ExecutionRow>> {
     {
         let now = crate::ids::now();
-        let n = diesel::update(
-            e::table
-                .filter(e::id.eq(id))
-                .filter(e::status.eq_any(from.to_vec())),
-        )
-        .set((
-            e::status.eq(finish.status),
-            e::result.eq(finish.result.as_deref().map(stored_text)),
-            e::error.eq(finish.error.clone().map(Json)),
-            e::input_tokens.eq(finish.input_tokens),
-            e::output_tokens.eq(finish.output_tokens),
-            e::cost_nano_usd.eq(finish.cost_nano_usd),
-            e::finished_at.eq(&now),
-        ))
-        .execute(conn)?;
+        let n = diesel::update(while_in(id, from))
+            .set((
+                e::status.eq(finish.status),
+                e::result.eq(finish.result.as_deref().map(stored_text)),
+                e::error.eq(finish.error.clone().map(Json)),
+                e::input_tokens.eq(finish.input_tokens),
+                e::output_tokens.eq(finish.output_tokens),
+                e::cost_nano_usd.eq(finish.cost_nano_usd),
+                e::finished_at.eq(&now),
+            ))
+            .execute(conn)?;
         if n == 0 {
             return Ok(None);
         }
@@ -450,19 +455,15 @@ pub struct Pause {
 pub fn pause_in(
     conn: &mut DbConnection, id: &str, pause: &Pause,
 ) -> StoreResult<Option<ExecutionRow>> {
-    let n = diesel::update(
-        e::table
-            .filter(e::id.eq(id))
-            .filter(e::status.eq(ExecutionStatus::Running)),
-    )
-    .set((
-        e::status.eq(ExecutionStatus::RequiresAction),
-        e::steps.eq(Json(pause.steps.clone())),
-        e::input_tokens.eq(pause.input_tokens),
-        e::output_tokens.eq(pause.output_tokens),
-        e::cost_nano_usd.eq(pause.cost_nano_usd),
-    ))
-    .execute(conn)?;
+    let n = diesel::update(while_in(id, &[ExecutionStatus::Running]))
+        .set((
+            e::status.eq(ExecutionStatus::RequiresAction),
+            e::steps.eq(Json(pause.steps.clone())),
+            e::input_tokens.eq(pause.input_tokens),
+            e::output_tokens.eq(pause.output_tokens),
+            e::cost_nano_usd.eq(pause.cost_nano_usd),
+        ))
+        .execute(conn)?;
     if n == 0 {
         return Ok(None);
     }
@@ -503,16 +504,12 @@ pub fn continuation(conn: &mut DbConnection, id: &str) -> StoreResult<Option<Val
 pub fn requeue_in(
     conn: &mut DbConnection, id: &str, steps: &[Step], continuation: &Value,
 ) -> StoreResult<bool> {
-    let n = diesel::update(
-        e::table
-            .filter(e::id.eq(id))
-            .filter(e::status.eq(ExecutionStatus::RequiresAction)),
-    )
-    .set((
-        e::status.eq(ExecutionStatus::Queued),
-        e::steps.eq(Json(steps.to_vec())),
-    ))
-    .execute(conn)?;
+    let n = diesel::update(while_in(id, &[ExecutionStatus::RequiresAction]))
+        .set((
+            e::status.eq(ExecutionStatus::Queued),
+            e::steps.eq(Json(steps.to_vec())),
+        ))
+        .execute(conn)?;
     if n == 1 {
         put_continuation(conn, id, continuation)?;
     }
@@ -533,18 +530,14 @@ pub fn cancel(
             code: "CANCELLED".into(),
             message: "cancelled on request".into(),
         };
-        diesel::update(
-            e::table
-                .filter(e::id.eq(id))
-                .filter(e::status.eq_any(UNFINISHED)),
-        )
-        .set((
-            e::status.eq(ExecutionStatus::Cancelled),
-            e::cancel_requested.eq(Flag(true)),
-            e::error.eq(Json(error)),
-            e::finished_at.eq(&now),
-        ))
-        .execute(conn)?;
+        diesel::update(while_in(id, &UNFINISHED))
+            .set((
+                e::status.eq(ExecutionStatus::Cancelled),
+                e::cancel_requested.eq(Flag(true)),
+                e::error.eq(Json(error)),
+                e::finished_at.eq(&now),
+            ))
+            .execute(conn)?;
         let row = get(conn, org_id, id)?;
         after(conn, &row)?;
         Ok(Ok(row))
