@@ -224,28 +224,6 @@ impl Handlers {
         Ok((Json(to_model(d, Utc::now())), location))
     }
 
-    async fn agent_metrics(
-        &self, caller: &Caller, params: GetAgentMetricsParams,
-    ) -> Result<AgentMetrics, Failure> {
-        let rid = caller.request_id.as_str();
-        let window = window_of(&params.window, rid)?;
-        let agent = self.agent_ref(caller, params.agent_id).await?;
-        let now = Utc::now();
-        let from = crate::ids::format_time(now - window);
-        let (org, id, since) = (agent.org_id.clone(), agent.agent_id.clone(), from.clone());
-        let recorded = self
-            .run_for(caller, NOT_FOUND, move |conn, _| {
-                Ok(Recorded {
-                    finished: db::finished_since(conn, &org, &id, &since)?,
-                    queued: db::queued(conn, &id)?,
-                    running: db::running(conn, &id, None)?.0,
-                })
-            })
-            .await?;
-        let window = (params.window.as_str(), window);
-        Ok(metrics_of(agent.agent_id, window, from, now, recorded))
-    }
-
     async fn agent_logs(
         &self, caller: &Caller, params: GetAgentLogsParams,
     ) -> Result<(AgentLogs, LogFollow), Failure> {
@@ -407,7 +385,23 @@ impl DeploymentsApi for Handlers {
     async fn get_agent_metrics(
         &self, caller: Caller, params: GetAgentMetricsParams,
     ) -> Reply<GetAgentMetricsResponse> {
-        let metrics = self.agent_metrics(&caller, params).await?;
+        let rid = caller.request_id.as_str();
+        let window = window_of(&params.window, rid)?;
+        let agent = self.agent_ref(&caller, params.agent_id).await?;
+        let now = Utc::now();
+        let from = crate::ids::format_time(now - window);
+        let (org, id, since) = (agent.org_id.clone(), agent.agent_id.clone(), from.clone());
+        let recorded = self
+            .run_for(&caller, NOT_FOUND, move |conn, _| {
+                Ok(Recorded {
+                    finished: db::finished_since(conn, &org, &id, &since)?,
+                    queued: db::queued(conn, &id)?,
+                    running: db::running(conn, &id, None)?.0,
+                })
+            })
+            .await?;
+        let window = (params.window.as_str(), window);
+        let metrics = metrics_of(agent.agent_id, window, from, now, recorded);
         Ok(GetAgentMetricsResponse::Ok(Json(metrics)))
     }
 
