@@ -96,6 +96,12 @@ fn kb_model(row: &KbRow, counts: (i64, i64, i64)) -> KnowledgeBase {
     }
 }
 
+/// What a new source answers: the source and its `Location`.
+fn created_source(row: &SourceRow) -> (Json<KnowledgeSource>, String) {
+    let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
+    (Json(source_model(row)), location)
+}
+
 fn source_model(row: &SourceRow) -> KnowledgeSource {
     let body = row.body();
     KnowledgeSource {
@@ -1028,22 +1034,16 @@ impl KnowledgeApi for Handlers {
         &self, caller: Caller, params: CreateKnowledgeSourceParams,
     ) -> Reply<CreateKnowledgeSourceResponse> {
         let row = self.create_source(&caller, params).await?;
-        let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
-        Ok(CreateKnowledgeSourceResponse::Created(
-            Json(source_model(&row)),
-            location,
-        ))
+        let (source, location) = created_source(&row);
+        Ok(CreateKnowledgeSourceResponse::Created(source, location))
     }
 
     async fn upload_knowledge_file(
         &self, caller: Caller, params: UploadKnowledgeFileParams,
     ) -> Reply<UploadKnowledgeFileResponse> {
         let row = self.upload_file(&caller, params).await?;
-        let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
-        Ok(UploadKnowledgeFileResponse::Created(
-            Json(source_model(&row)),
-            location,
-        ))
+        let (source, location) = created_source(&row);
+        Ok(UploadKnowledgeFileResponse::Created(source, location))
     }
 
     async fn get_knowledge_source(
