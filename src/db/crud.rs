@@ -331,6 +331,29 @@ macro_rules! newest_first {
     }};
 }
 
+/// `list`: the page `page` of the organization's rows `$row` of `$table` (a table module in
+/// scope), of one `$column` value when one is given, newest first ([`newest_first!`], by
+/// `created_at` with `by created_at`), and how many match.
+macro_rules! list_by {
+    ($table:ident, $row:ty, $column:ident $(, by $created_at:ident)?) => {
+        /// A page of the organization's rows (of one value of the column named as the
+        /// parameter, if given), newest first, and how many match.
+        pub fn list(
+            conn: &mut $crate::db::DbConnection, org_id: &str, $column: Option<&str>,
+            page: &$crate::db::sql::Page,
+        ) -> $crate::db::StoreResult<(Vec<$row>, i64)> {
+            use diesel::prelude::*;
+            use $crate::db::sql::FilterIf;
+            let filtered = || {
+                let q = $table::table.filter($table::org_id.eq(org_id)).into_boxed();
+                q.filter_if($column.map(|value| $table::$column.eq(value)))
+            };
+            $crate::db::crud::newest_first!(conn, $table, $row, filtered, page $(, by $created_at)?)
+        }
+    };
+}
+
 pub(crate) use {
-    child_table, identified, newest_first, one_row, resource_table, stored_table, versioned_row,
+    child_table, identified, list_by, newest_first, one_row, resource_table, stored_table,
+    versioned_row,
 };
