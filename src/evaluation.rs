@@ -336,65 +336,53 @@ impl RunJobs {
     }
 }
 
-impl crate::jobs::Job for RunJobs {
+impl crate::jobs::RowJob for RunJobs {
     const KIND: &'static str = KIND;
-    type Payload = crate::jobs::RowPayload;
 
-    fn run(
-        &self, job: crate::jobs::Claimed<crate::jobs::RowPayload>, _: crate::jobs::JobContext,
-    ) -> crate::jobs::BoxFuture<Result<(), String>> {
-        let jobs = self.clone();
-        Box::pin(async move {
-            let id = job.id.clone();
-            let loaded = jobs
-                .store
-                .run(move |conn| {
-                    let run = db::run_by_id(conn, &id)?;
-                    let evaluation = db::get(conn, &run.org_id, &run.evaluation_id)?;
-                    let s = stored(&evaluation)?;
-                    Ok((run, evaluation.target_id, s))
-                })
-                .await;
-            let (run, agent_id, s) = match loaded {
-                Ok(loaded) => loaded,
-                Err(e) => {
-                    jobs.fail(job.id.clone(), format!("the run could not start: {e}"))
-                        .await;
-                    return Ok(());
-                }
-            };
-            let target = RunTarget {
-                org_id: run.org_id.clone(),
-                agent_id,
-                evaluation_id: run.evaluation_id.clone(),
-                run_id: run.id.clone(),
-            };
-            let result = self::run(
-                jobs.store.clone(),
-                jobs.cases.clone(),
-                jobs.events.clone(),
-                target,
-                s.cases,
-                s.criteria,
-            )
+    async fn run_row(self, id: String) -> Result<(), String> {
+        let run_id = id.clone();
+        let loaded = self
+            .store
+            .run(move |conn| {
+                let run = db::run_by_id(conn, &run_id)?;
+                let evaluation = db::get(conn, &run.org_id, &run.evaluation_id)?;
+                let s = stored(&evaluation)?;
+                Ok((run, evaluation.target_id, s))
+            })
             .await;
-            if let Err(e) = result {
-                tracing::warn!(run = %run.id, error = %e, "evaluation run failed");
-                jobs.fail(run.id, format!("the run could not be recorded: {e}"))
-                    .await;
+        let (run, agent_id, s) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.fail(id, format!("the run could not start: {e}")).await;
+                return Ok(());
             }
-            Ok(())
-        })
+        };
+        let target = RunTarget {
+            org_id: run.org_id.clone(),
+            agent_id,
+            evaluation_id: run.evaluation_id.clone(),
+            run_id: run.id.clone(),
+        };
+        let result = self::run(
+            self.store.clone(),
+            self.cases.clone(),
+            self.events.clone(),
+            target,
+            s.cases,
+            s.criteria,
+        )
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(run = %run.id, error = %e, "evaluation run failed");
+            self.fail(run.id, format!("the run could not be recorded: {e}"))
+                .await;
+        }
+        Ok(())
     }
 
-    fn abandon(
-        &self, job: crate::jobs::Claimed<Option<crate::jobs::RowPayload>>,
-    ) -> crate::jobs::BoxFuture<()> {
-        let jobs = self.clone();
-        Box::pin(async move {
-            jobs.fail(job.id, "interrupted: the server running it stopped".into())
-                .await;
-        })
+    async fn abandon_row(self, id: String) {
+        self.fail(id, "interrupted: the server running it stopped".into())
+            .await;
     }
 }
 

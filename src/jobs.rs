@@ -455,6 +455,32 @@ pub trait Job: Send + Sync + 'static {
     }
 }
 
+/// A job that works on the row of its own id (a sync, an evaluation run): a [`Job`] whose
+/// payload is the [`RowPayload`], by what it does with that row.
+pub trait RowJob: Clone + Send + Sync + 'static {
+    /// The name of the kind ([`Job::KIND`]).
+    const KIND: &'static str;
+
+    /// Works on row `id`; `Err` is the reason the job failed.
+    fn run_row(self, id: String) -> impl Future<Output = Result<(), String>> + Send + 'static;
+
+    /// Records on row `id` that its job was lost ([`Job::abandon`]).
+    fn abandon_row(self, id: String) -> impl Future<Output = ()> + Send + 'static;
+}
+
+impl<J: RowJob> Job for J {
+    const KIND: &'static str = <J as RowJob>::KIND;
+    type Payload = RowPayload;
+
+    fn run(&self, job: Claimed<RowPayload>, _: JobContext) -> BoxFuture<Result<(), String>> {
+        Box::pin(self.clone().run_row(job.id))
+    }
+
+    fn abandon(&self, job: Claimed<Option<RowPayload>>) -> BoxFuture<()> {
+        Box::pin(self.clone().abandon_row(job.id))
+    }
+}
+
 /// A [`Job`] with its payload type erased, as a pool holds it.
 trait Erased: Send + Sync {
     fn run(&self, job: JobRow, ctx: JobContext) -> BoxFuture<Result<(), String>>;
