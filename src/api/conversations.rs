@@ -76,12 +76,12 @@ impl Handlers {
             .run(move |conn| crate::db::agents::get(conn, &org, &agent).map(|_| ()))
             .await;
         if let Err(StoreError::NotFound) = found {
-            let message = "no agent with this id in the organization";
-            return Err(Failure::with_details(
+            return Err(Failure::on_field(
                 Kind::Unprocessable,
                 "AGENT_NOT_FOUND",
-                message,
-                vec![detail("agent_id", "not_found", message)],
+                "agent_id",
+                "not_found",
+                "no agent with this id in the organization",
                 &caller.request_id,
             ));
         }

@@ -12,7 +12,7 @@ use super::resource::{Resource, items};
 use crate::auth::Caller;
 use crate::db::StoreError;
 use crate::db::models::{self as store, ModelChanges, ModelRow};
-use crate::error::{Failure, Kind, detail};
+use crate::error::{Failure, Kind};
 
 /// The id of the built-in local model, which every organization has.
 pub const BUILTIN_ID: &str = "model_local";
@@ -87,12 +87,12 @@ fn changes_of(
     if let Some(e) = &input.endpoint
         && url_is_bad(e)
     {
-        let message = "not an http(s) URL";
-        return Err(Failure::with_details(
+        return Err(Failure::on_field(
             Kind::Unprocessable,
             "VALIDATION_ERROR",
-            message,
-            vec![detail("endpoint", "format", message)],
+            "endpoint",
+            "format",
+            "not an http(s) URL",
             rid,
         ));
     }
