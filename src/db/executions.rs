@@ -279,23 +279,23 @@ pub fn insert(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> {
 }
 
 pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<ExecutionRow> {
-    e::table
-        .filter(e::org_id.eq(org_id))
-        .filter(e::id.eq(id))
-        .select(ExecutionRow::as_select())
-        .first(conn)
-        .map(read_row)
-        .map_err(StoreError::from)
+    read_first(conn, e::table.filter(e::org_id.eq(org_id)).into_boxed(), id)
 }
 
 /// The row by id alone (workers, which act for whichever organization queued it).
 pub fn get_any(conn: &mut DbConnection, id: &str) -> StoreResult<ExecutionRow> {
-    e::table
+    read_first(conn, e::table.into_boxed(), id)
+}
+
+/// The row `id` of the rows `q` selects, as read ([`read_row`]).
+fn read_first(
+    conn: &mut DbConnection, q: e::BoxedQuery<'_, MultiBackend>, id: &str,
+) -> StoreResult<ExecutionRow> {
+    let row = q
         .filter(e::id.eq(id))
         .select(ExecutionRow::as_select())
-        .first(conn)
-        .map(read_row)
-        .map_err(StoreError::from)
+        .first(conn)?;
+    Ok(read_row(row))
 }
 
 /// What a list asks for.
