@@ -353,7 +353,23 @@ macro_rules! list_by {
     };
 }
 
+/// The rows `$row` that the boxed query `$rows` (of `$table`, a table module in scope) selects
+/// created at or after `$from`, oldest first (by `created_at`, then id), at most `$limit`:
+/// what a tail polls for. Evaluates to a `StoreResult<Vec<$row>>`.
+macro_rules! oldest_from {
+    ($conn:expr, $table:ident, $row:ty, $rows:expr, $from:expr, $limit:expr) => {{
+        use diesel::prelude::*;
+        $rows
+            .filter($table::created_at.ge($from))
+            .order(($table::created_at.asc(), $table::id.asc()))
+            .limit($limit)
+            .select(<$row>::as_select())
+            .load($conn)
+            .map_err($crate::db::StoreError::from)
+    }};
+}
+
 pub(crate) use {
-    child_table, identified, list_by, newest_first, one_row, resource_table, stored_table,
-    versioned_row,
+    child_table, identified, list_by, newest_first, oldest_from, one_row, resource_table,
+    stored_table, versioned_row,
 };

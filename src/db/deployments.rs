@@ -114,12 +114,7 @@ pub fn logs(
 pub fn logs_from(
     conn: &mut DbConnection, agent_id: &str, levels: &[&str], from: &str, limit: i64,
 ) -> StoreResult<Vec<LogRow>> {
-    Ok(lines(agent_id, levels)
-        .filter(l::created_at.ge(from))
-        .order((l::created_at.asc(), l::id.asc()))
-        .limit(limit)
-        .select(LogRow::as_select())
-        .load(conn)?)
+    super::crud::oldest_from!(conn, l, LogRow, lines(agent_id, levels), from, limit)
 }
 
 /// The agent's executions in `status`.
