@@ -7,7 +7,7 @@ use agentplane_api::models::{
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
-use poem_openapi::types::{MaybeUndefined, ToJSON};
+use poem_openapi::types::MaybeUndefined;
 use serde_json::json;
 use tokio::sync::broadcast::Receiver;
 
@@ -25,7 +25,6 @@ use crate::engine::runner::{self, LiveEvent};
 use crate::error::{Failure, Kind, detail, store_error};
 
 pub(crate) const NOT_FOUND: &str = "CONVERSATION_NOT_FOUND";
-const CREATE_OPERATION: &str = "createConversation";
 /// Messages a single conversation carries.
 const EMBEDDED_MESSAGES: i64 = 100;
 
@@ -86,56 +85,6 @@ impl Handlers {
             ));
         }
         found.map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
-    async fn create_conv(
-        &self, caller: &Caller, params: CreateConversationParams,
-    ) -> Result<ConversationRow, Failure> {
-        let body = params.body;
-        let hash = idem::request_hash(&body.to_json().unwrap_or_default());
-        let now = crate::ids::now();
-        let row = ConversationRow {
-            id: crate::ids::new_id("conv"),
-            org_id: caller.org_id.clone(),
-            agent_id: body.agent_id,
-            user_id: body.user_id,
-            title: body.title,
-            metadata: JsonText(body.metadata.unwrap_or(json!({}))),
-            message_count: 0,
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        self.check_agent(caller, &row.agent_id).await?;
-        let keyed = idem::NewKeyed {
-            org_id: row.org_id.clone(),
-            operation: CREATE_OPERATION,
-            key: params.idempotency_key,
-            request_hash: hash,
-            resource_id: row.id.clone(),
-        };
-        let org = row.org_id.clone();
-        idem::create_resource(
-            &self.store,
-            keyed,
-            move |conn| store::insert(conn, &row).map(|()| row.clone()),
-            move |conn, id| store::get(conn, &org, id),
-            NOT_FOUND,
-            &caller.request_id,
-        )
-        .await
-    }
-
-    async fn update_conv(
-        &self, caller: &Caller, params: UpdateConversationParams,
-    ) -> Result<ConversationRow, Failure> {
-        let (id, if_match, patch) = (params.conversation_id, params.if_match, params.body);
-        self.run_for(caller, NOT_FOUND, move |conn, org| {
-            store::update(conn, org, &id, |current| {
-                patched(current, &patch, if_match.as_deref())
-            })
-        })
-        .await
     }
 
     /// Asks the conversation's agent `body`: the user's message (stored with the execution's
@@ -249,7 +198,33 @@ impl ConversationsApi for Handlers {
     async fn create_conversation(
         &self, caller: Caller, params: CreateConversationParams,
     ) -> Reply<CreateConversationResponse> {
-        let row = self.create_conv(&caller, params).await?;
+        let id = crate::ids::new_id("conv");
+        let keyed = idem::NewKeyed::of(&params, &caller.org_id, &id);
+        let body = params.body;
+        let now = crate::ids::now();
+        let row = ConversationRow {
+            id,
+            org_id: caller.org_id.clone(),
+            agent_id: body.agent_id,
+            user_id: body.user_id,
+            title: body.title,
+            metadata: JsonText(body.metadata.unwrap_or(json!({}))),
+            message_count: 0,
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        self.check_agent(&caller, &row.agent_id).await?;
+        let org = row.org_id.clone();
+        let row = idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| store::insert(conn, &row).map(|()| row.clone()),
+            move |conn, id| store::get(conn, &org, id),
+            NOT_FOUND,
+            &caller.request_id,
+        )
+        .await?;
         let conversation = row_to_conversation(&row, Some(&[]));
         Ok(CreateConversationResponse::Created(
             Json(conversation),
@@ -280,7 +255,14 @@ impl ConversationsApi for Handlers {
     async fn update_conversation(
         &self, caller: Caller, params: UpdateConversationParams,
     ) -> Reply<UpdateConversationResponse> {
-        let row = self.update_conv(&caller, params).await?;
+        let (id, if_match, patch) = (params.conversation_id, params.if_match, params.body);
+        let row = self
+            .run_for(&caller, NOT_FOUND, move |conn, org| {
+                store::update(conn, org, &id, |current| {
+                    patched(current, &patch, if_match.as_deref())
+                })
+            })
+            .await?;
         let conversation = row_to_conversation(&row, None);
         Ok(UpdateConversationResponse::Ok(
             Json(conversation),
