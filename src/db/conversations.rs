@@ -44,10 +44,7 @@ pub struct MessageRow {
 
 super::crud::identified!(ConversationRow, MessageRow);
 
-pub fn insert(conn: &mut DbConnection, row: &ConversationRow) -> StoreResult<()> {
-    diesel::insert_into(c::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::inserts!(insert, c, ConversationRow);
 
 pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<ConversationRow> {
     c::table

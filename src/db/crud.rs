@@ -369,7 +369,23 @@ macro_rules! oldest_from {
     }};
 }
 
+/// `pub fn $name(conn, row)`: inserts `row` into `$table` (a table module in scope), for a
+/// table of rows `$row` that are written once and read by queries of their own (logs, usage
+/// records, idempotency keys).
+macro_rules! inserts {
+    ($(#[$doc:meta])* $name:ident, $table:ident, $row:ty) => {
+        $(#[$doc])*
+        pub fn $name(
+            conn: &mut $crate::db::DbConnection, row: &$row,
+        ) -> $crate::db::StoreResult<()> {
+            use diesel::prelude::*;
+            diesel::insert_into($table::table).values(row).execute(conn)?;
+            Ok(())
+        }
+    };
+}
+
 pub(crate) use {
-    child_table, identified, list_by, newest_first, oldest_from, one_row, resource_table,
+    child_table, identified, inserts, list_by, newest_first, oldest_from, one_row, resource_table,
     stored_table, versioned_row,
 };

@@ -548,11 +548,12 @@ pub fn cancel(
 /// log: [`crate::engine::runner::announce`]).
 pub type AfterChange = dyn Fn(&mut DbConnection, &ExecutionRow) -> StoreResult<()> + Send + Sync;
 
-/// Records usage (tokens, cost, model) of an execution or a message.
-pub fn insert_usage(conn: &mut DbConnection, row: &UsageRow) -> StoreResult<()> {
-    diesel::insert_into(u::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::inserts!(
+    /// Records usage (tokens, cost, model) of an execution or a message.
+    insert_usage,
+    u,
+    UsageRow
+);
 
 /// The usage records of an execution (tests and the README's walk-through).
 pub fn usage_of(conn: &mut DbConnection, execution_id: &str) -> StoreResult<Vec<UsageRow>> {
