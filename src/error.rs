@@ -124,6 +124,17 @@ impl Failure {
         }
     }
 
+    /// A failure about one field (`field`, with the detail code `field_code`), whose detail
+    /// says what its message says.
+    pub fn on_field(
+        kind: Kind, code: &str, field: &str, field_code: &str, message: impl Into<String>,
+        request_id: &str,
+    ) -> Self {
+        let message = message.into();
+        let details = vec![detail(field, field_code, message.clone())];
+        Failure::with_details(kind, code, message, details, request_id)
+    }
+
     /// Maps a storage error; `not_found` is the code for a missing resource (`AGENT_NOT_FOUND`).
     pub fn from_store(e: StoreError, not_found: &str, request_id: &str) -> Self {
         match e {

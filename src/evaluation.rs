@@ -167,10 +167,31 @@ pub struct Percentiles {
     pub p99: Option<i64>,
 }
 
+impl Percentiles {
+    /// The 50th, 95th and 99th percentiles of sorted `values`, by nearest rank.
+    pub fn of(sorted: &[i64]) -> Percentiles {
+        Percentiles {
+            p50: nearest_rank(sorted, 0.50),
+            p95: nearest_rank(sorted, 0.95),
+            p99: nearest_rank(sorted, 0.99),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tokens {
     pub input: i64,
     pub output: i64,
+}
+
+impl Tokens {
+    /// The sums of `(input, output)` token counts.
+    pub fn total(counts: impl IntoIterator<Item = (i64, i64)>) -> Tokens {
+        let (input, output) = counts
+            .into_iter()
+            .fold((0, 0), |(input, output), (i, o)| (input + i, output + o));
+        Tokens { input, output }
+    }
 }
 
 /// Scores one output against its case.
@@ -203,7 +224,7 @@ pub fn score(
     }
 }
 
-/// The value at `q` of sorted `values`, by nearest rank.
+/// The value at `q` (0..1] of sorted `values`, by nearest rank.
 fn nearest_rank(sorted: &[i64], q: f64) -> Option<i64> {
     if sorted.is_empty() {
         return None;
@@ -236,15 +257,8 @@ pub fn summarize(results: &[CaseResult]) -> Summary {
         } else {
             results.iter().map(|r| r.token_f1).sum::<f64>() / n as f64
         },
-        latency_ms: Percentiles {
-            p50: nearest_rank(&latencies, 0.50),
-            p95: nearest_rank(&latencies, 0.95),
-            p99: nearest_rank(&latencies, 0.99),
-        },
-        tokens: Tokens {
-            input: results.iter().map(|r| r.input_tokens).sum(),
-            output: results.iter().map(|r| r.output_tokens).sum(),
-        },
+        latency_ms: Percentiles::of(&latencies),
+        tokens: Tokens::total(results.iter().map(|r| (r.input_tokens, r.output_tokens))),
         cost_usd: results.iter().map(|r| r.cost_usd).sum(),
     }
 }
@@ -322,65 +336,53 @@ impl RunJobs {
     }
 }
 
-impl crate::jobs::Job for RunJobs {
+impl crate::jobs::RowJob for RunJobs {
     const KIND: &'static str = KIND;
-    type Payload = crate::jobs::RowPayload;
 
-    fn run(
-        &self, job: crate::jobs::Claimed<crate::jobs::RowPayload>, _: crate::jobs::JobContext,
-    ) -> crate::jobs::BoxFuture<Result<(), String>> {
-        let jobs = self.clone();
-        Box::pin(async move {
-            let id = job.id.clone();
-            let loaded = jobs
-                .store
-                .run(move |conn| {
-                    let run = db::run_by_id(conn, &id)?;
-                    let evaluation = db::get(conn, &run.org_id, &run.evaluation_id)?;
-                    let s = stored(&evaluation)?;
-                    Ok((run, evaluation.target_id, s))
-                })
-                .await;
-            let (run, agent_id, s) = match loaded {
-                Ok(loaded) => loaded,
-                Err(e) => {
-                    jobs.fail(job.id.clone(), format!("the run could not start: {e}"))
-                        .await;
-                    return Ok(());
-                }
-            };
-            let target = RunTarget {
-                org_id: run.org_id.clone(),
-                agent_id,
-                evaluation_id: run.evaluation_id.clone(),
-                run_id: run.id.clone(),
-            };
-            let result = self::run(
-                jobs.store.clone(),
-                jobs.cases.clone(),
-                jobs.events.clone(),
-                target,
-                s.cases,
-                s.criteria,
-            )
+    async fn run_row(self, id: String) -> Result<(), String> {
+        let run_id = id.clone();
+        let loaded = self
+            .store
+            .run(move |conn| {
+                let run = db::run_by_id(conn, &run_id)?;
+                let evaluation = db::get(conn, &run.org_id, &run.evaluation_id)?;
+                let s = stored(&evaluation)?;
+                Ok((run, evaluation.target_id, s))
+            })
             .await;
-            if let Err(e) = result {
-                tracing::warn!(run = %run.id, error = %e, "evaluation run failed");
-                jobs.fail(run.id, format!("the run could not be recorded: {e}"))
-                    .await;
+        let (run, agent_id, s) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.fail(id, format!("the run could not start: {e}")).await;
+                return Ok(());
             }
-            Ok(())
-        })
+        };
+        let target = RunTarget {
+            org_id: run.org_id.clone(),
+            agent_id,
+            evaluation_id: run.evaluation_id.clone(),
+            run_id: run.id.clone(),
+        };
+        let result = self::run(
+            self.store.clone(),
+            self.cases.clone(),
+            self.events.clone(),
+            target,
+            s.cases,
+            s.criteria,
+        )
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(run = %run.id, error = %e, "evaluation run failed");
+            self.fail(run.id, format!("the run could not be recorded: {e}"))
+                .await;
+        }
+        Ok(())
     }
 
-    fn abandon(
-        &self, job: crate::jobs::Claimed<Option<crate::jobs::RowPayload>>,
-    ) -> crate::jobs::BoxFuture<()> {
-        let jobs = self.clone();
-        Box::pin(async move {
-            jobs.fail(job.id, "interrupted: the server running it stopped".into())
-                .await;
-        })
+    async fn abandon_row(self, id: String) {
+        self.fail(id, "interrupted: the server running it stopped".into())
+            .await;
     }
 }
 
@@ -461,6 +463,17 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&v, 0.50), Some(50));
+        assert_eq!(nearest_rank(&v, 0.95), Some(95));
+        assert_eq!(nearest_rank(&v, 0.99), Some(99));
+        assert_eq!(nearest_rank(&[7], 0.99), Some(7));
+        assert_eq!(nearest_rank(&[], 0.5), None);
+        assert_eq!(nearest_rank(&[1, 2, 3], 0.5), Some(2));
+    }
 
     #[test]
     fn exact_match_and_contains_normalize_case_and_space() {

@@ -254,15 +254,25 @@ mod tests {
 
     #[test]
     fn patterns_match_exact_types_wildcards_and_star() {
-        assert!(matches("agent.created", "agent.created"));
-        assert!(matches("agent.*", "agent.deleted"));
-        assert!(!matches("agent.*", "knowledge.sync.completed"));
-        assert!(matches("knowledge.*", "knowledge.sync.completed"));
-        assert!(matches("*", "execution.failed"));
-        assert!(!matches("agent.created", "agent.updated"));
-        // A ping reaches only the webhook tested, never through a wildcard.
-        assert!(!matches("*", "webhook.ping") && !matches("webhook.*", "webhook.ping"));
-        assert!(matches("webhook.ping", "webhook.ping"));
+        let cases = [
+            ("agent.created", "agent.created", true),
+            ("agent.*", "agent.deleted", true),
+            ("agent.*", "knowledge.sync.completed", false),
+            ("knowledge.*", "knowledge.sync.completed", true),
+            ("*", "execution.failed", true),
+            ("agent.created", "agent.updated", false),
+            // A ping reaches only the webhook tested, never through a wildcard.
+            ("*", "webhook.ping", false),
+            ("webhook.*", "webhook.ping", false),
+            ("webhook.ping", "webhook.ping", true),
+        ];
+        for (pattern, event_type, matched) in cases {
+            assert_eq!(
+                matches(pattern, event_type),
+                matched,
+                "{pattern} ~ {event_type}"
+            );
+        }
     }
 
     #[test]

@@ -455,6 +455,32 @@ pub trait Job: Send + Sync + 'static {
     }
 }
 
+/// A job that works on the row of its own id (a sync, an evaluation run): a [`Job`] whose
+/// payload is the [`RowPayload`], by what it does with that row.
+pub trait RowJob: Clone + Send + Sync + 'static {
+    /// The name of the kind ([`Job::KIND`]).
+    const KIND: &'static str;
+
+    /// Works on row `id`; `Err` is the reason the job failed.
+    fn run_row(self, id: String) -> impl Future<Output = Result<(), String>> + Send + 'static;
+
+    /// Records on row `id` that its job was lost ([`Job::abandon`]).
+    fn abandon_row(self, id: String) -> impl Future<Output = ()> + Send + 'static;
+}
+
+impl<J: RowJob> Job for J {
+    const KIND: &'static str = <J as RowJob>::KIND;
+    type Payload = RowPayload;
+
+    fn run(&self, job: Claimed<RowPayload>, _: JobContext) -> BoxFuture<Result<(), String>> {
+        Box::pin(self.clone().run_row(job.id))
+    }
+
+    fn abandon(&self, job: Claimed<Option<RowPayload>>) -> BoxFuture<()> {
+        Box::pin(self.clone().abandon_row(job.id))
+    }
+}
+
 /// A [`Job`] with its payload type erased, as a pool holds it.
 trait Erased: Send + Sync {
     fn run(&self, job: JobRow, ctx: JobContext) -> BoxFuture<Result<(), String>>;
@@ -783,6 +809,16 @@ mod tests {
         id
     }
 
+    /// Runs `test` on a connection of each store ([`stores`]), for a new organization.
+    fn on_each_store(test: impl Fn(&mut DbConnection, &str) -> StoreResult<()>) {
+        for store in stores() {
+            let org = org(&store);
+            store
+                .run_blocking(|conn| test(conn, &org))
+                .expect("the test's storage work");
+        }
+    }
+
     fn job(org: &str, agent: Option<&str>) -> NewJob<Count> {
         let mut job = NewJob::of::<Recorder>(org, Count { n: 1 });
         job.agent_id = agent.map(str::to_string);
@@ -796,125 +832,109 @@ mod tests {
 
     #[test]
     fn claims_lease_renew_finish_and_reclaim_expired_leases() {
-        for store in stores() {
-            let org = org(&store);
-            store
-                .run_blocking(|conn| {
-                    let a = enqueue(conn, &job(&org, None))?;
-                    let lease = Duration::from_secs(60);
-                    let none = ClaimLimits::default();
-                    let got = claim(conn, "w1", lease, &kinds(), &none)?.expect("claims");
-                    assert_eq!((got.id.as_str(), got.attempts), (a.id.as_str(), 1));
-                    assert_eq!(got.lease_owner.as_deref(), Some("w1"));
-                    // Leased: nobody else gets it, and other kinds never match.
-                    assert!(claim(conn, "w2", lease, &kinds(), &none)?.is_none());
-                    assert!(claim(conn, "w2", lease, &["other".into()], &none)?.is_none());
-                    assert!(renew(conn, &a.id, "w1", lease)?);
-                    assert!(!renew(conn, &a.id, "w2", lease)?);
-                    // The holder dies: its lease runs out and another replica reclaims it.
-                    diesel::update(jobs::table.filter(jobs::id.eq(&a.id)))
-                        .set(jobs::lease_until.eq("2000-01-01T00:00:00.000000Z"))
-                        .execute(conn)?;
-                    let again = claim(conn, "w2", lease, &kinds(), &none)?.expect("reclaims");
-                    assert_eq!(
-                        (again.attempts, again.lease_owner.as_deref()),
-                        (2, Some("w2"))
-                    );
-                    // The old holder can neither renew nor finish it any more.
-                    assert!(!renew(conn, &a.id, "w1", lease)?);
-                    assert!(!finish(conn, &a.id, "w1", None, Duration::ZERO)?);
-                    // A failure with no attempts left is final.
-                    assert!(finish(conn, &a.id, "w2", Some("boom"), Duration::ZERO)?);
-                    let row: JobRow = jobs::table
-                        .filter(jobs::id.eq(&a.id))
-                        .select(JobRow::as_select())
-                        .first(conn)?;
-                    assert_eq!(
-                        (row.status.as_str(), row.last_error.as_deref()),
-                        ("failed", Some("boom"))
-                    );
-                    // A failure with attempts left is queued again after the delay.
-                    let b = enqueue(conn, &job(&org, None))?;
-                    claim(conn, "w1", lease, &kinds(), &none)?.expect("b");
-                    assert!(finish(conn, &b.id, "w1", Some("flaky"), Duration::ZERO)?);
-                    let b2 = claim(conn, "w1", lease, &kinds(), &none)?.expect("retried");
-                    assert_eq!((b2.id, b2.attempts), (b.id, 2));
-                    Ok(())
-                })
-                .expect("jobs");
-        }
+        on_each_store(|conn, org| {
+            let a = enqueue(conn, &job(org, None))?;
+            let lease = Duration::from_secs(60);
+            let none = ClaimLimits::default();
+            let got = claim(conn, "w1", lease, &kinds(), &none)?.expect("claims");
+            assert_eq!((got.id.as_str(), got.attempts), (a.id.as_str(), 1));
+            assert_eq!(got.lease_owner.as_deref(), Some("w1"));
+            // Leased: nobody else gets it, and other kinds never match.
+            assert!(claim(conn, "w2", lease, &kinds(), &none)?.is_none());
+            assert!(claim(conn, "w2", lease, &["other".into()], &none)?.is_none());
+            assert!(renew(conn, &a.id, "w1", lease)?);
+            assert!(!renew(conn, &a.id, "w2", lease)?);
+            // The holder dies: its lease runs out and another replica reclaims it.
+            diesel::update(jobs::table.filter(jobs::id.eq(&a.id)))
+                .set(jobs::lease_until.eq("2000-01-01T00:00:00.000000Z"))
+                .execute(conn)?;
+            let again = claim(conn, "w2", lease, &kinds(), &none)?.expect("reclaims");
+            assert_eq!(
+                (again.attempts, again.lease_owner.as_deref()),
+                (2, Some("w2"))
+            );
+            // The old holder can neither renew nor finish it any more.
+            assert!(!renew(conn, &a.id, "w1", lease)?);
+            assert!(!finish(conn, &a.id, "w1", None, Duration::ZERO)?);
+            // A failure with no attempts left is final.
+            assert!(finish(conn, &a.id, "w2", Some("boom"), Duration::ZERO)?);
+            let row: JobRow = jobs::table
+                .filter(jobs::id.eq(&a.id))
+                .select(JobRow::as_select())
+                .first(conn)?;
+            assert_eq!(
+                (row.status.as_str(), row.last_error.as_deref()),
+                ("failed", Some("boom"))
+            );
+            // A failure with attempts left is queued again after the delay.
+            let b = enqueue(conn, &job(org, None))?;
+            claim(conn, "w1", lease, &kinds(), &none)?.expect("b");
+            assert!(finish(conn, &b.id, "w1", Some("flaky"), Duration::ZERO)?);
+            let b2 = claim(conn, "w1", lease, &kinds(), &none)?.expect("retried");
+            assert_eq!((b2.id, b2.attempts), (b.id, 2));
+            Ok(())
+        });
     }
 
     #[test]
     fn the_per_agent_limit_holds_back_an_agents_extra_jobs() {
-        for store in stores() {
-            let org = org(&store);
-            store
-                .run_blocking(|conn| {
-                    let one = ClaimLimits {
-                        per_agent_in_flight: Some(1),
-                        from_deployments: false,
-                    };
-                    let lease = Duration::from_secs(60);
-                    enqueue(conn, &job(&org, Some("agent_a")))?;
-                    enqueue(conn, &job(&org, Some("agent_a")))?;
-                    let b = enqueue(conn, &job(&org, Some("agent_b")))?;
-                    let first = claim(conn, "w", lease, &kinds(), &one)?.expect("a1");
-                    assert_eq!(first.agent_id.as_deref(), Some("agent_a"));
-                    let second = claim(conn, "w", lease, &kinds(), &one)?.expect("b");
-                    assert_eq!(second.id, b.id, "agent_a's second job waits");
-                    assert!(claim(conn, "w", lease, &kinds(), &one)?.is_none());
-                    assert!(finish(conn, &first.id, "w", None, Duration::ZERO)?);
-                    let third = claim(conn, "w", lease, &kinds(), &one)?.expect("a2");
-                    assert_eq!(third.agent_id.as_deref(), Some("agent_a"));
-                    Ok(())
-                })
-                .expect("limits");
-        }
+        on_each_store(|conn, org| {
+            let one = ClaimLimits {
+                per_agent_in_flight: Some(1),
+                from_deployments: false,
+            };
+            let lease = Duration::from_secs(60);
+            enqueue(conn, &job(org, Some("agent_a")))?;
+            enqueue(conn, &job(org, Some("agent_a")))?;
+            let b = enqueue(conn, &job(org, Some("agent_b")))?;
+            let first = claim(conn, "w", lease, &kinds(), &one)?.expect("a1");
+            assert_eq!(first.agent_id.as_deref(), Some("agent_a"));
+            let second = claim(conn, "w", lease, &kinds(), &one)?.expect("b");
+            assert_eq!(second.id, b.id, "agent_a's second job waits");
+            assert!(claim(conn, "w", lease, &kinds(), &one)?.is_none());
+            assert!(finish(conn, &first.id, "w", None, Duration::ZERO)?);
+            let third = claim(conn, "w", lease, &kinds(), &one)?.expect("a2");
+            assert_eq!(third.agent_id.as_deref(), Some("agent_a"));
+            Ok(())
+        });
     }
 
     #[test]
     fn an_agents_deployment_sets_its_slots() {
-        for store in stores() {
-            let org = org(&store);
-            store
-                .run_blocking(|conn| {
-                    let deployed = ClaimLimits {
-                        per_agent_in_flight: None,
-                        from_deployments: true,
-                    };
-                    let lease = Duration::from_secs(60);
-                    let deployment =
-                        |agent: &str, replicas: i64| crate::db::deployments::DeploymentRow {
-                            agent_id: agent.into(),
-                            org_id: org.clone(),
-                            state: "deployed".into(),
-                            target_replicas: replicas,
-                            revision: 1,
-                            drain_before: None,
-                            deployed_at: crate::ids::now(),
-                            last_updated: crate::ids::now(),
-                        };
-                    crate::db::deployments::insert(conn, &deployment("agent_zero", 0))?;
-                    crate::db::deployments::insert(conn, &deployment("agent_two", 2))?;
-                    enqueue(conn, &job(&org, Some("agent_zero")))?;
-                    for _ in 0..3 {
-                        enqueue(conn, &job(&org, Some("agent_two")))?;
-                    }
-                    // No deployment row yet: deployed with one replica, so one at a time.
-                    for _ in 0..2 {
-                        enqueue(conn, &job(&org, Some("agent_new")))?;
-                    }
-                    let mut claimed = Vec::new();
-                    while let Some(j) = claim(conn, "w", lease, &kinds(), &deployed)? {
-                        claimed.push(j.agent_id.unwrap_or_default());
-                    }
-                    claimed.sort();
-                    assert_eq!(claimed, ["agent_new", "agent_two", "agent_two"]);
-                    Ok(())
-                })
-                .expect("deployment slots");
-        }
+        on_each_store(|conn, org| {
+            let deployed = ClaimLimits {
+                per_agent_in_flight: None,
+                from_deployments: true,
+            };
+            let lease = Duration::from_secs(60);
+            let deployment = |agent: &str, replicas: i64| crate::db::deployments::DeploymentRow {
+                agent_id: agent.into(),
+                org_id: org.to_string(),
+                state: "deployed".into(),
+                target_replicas: replicas,
+                revision: 1,
+                drain_before: None,
+                deployed_at: crate::ids::now(),
+                last_updated: crate::ids::now(),
+            };
+            crate::db::deployments::insert(conn, &deployment("agent_zero", 0))?;
+            crate::db::deployments::insert(conn, &deployment("agent_two", 2))?;
+            enqueue(conn, &job(org, Some("agent_zero")))?;
+            for _ in 0..3 {
+                enqueue(conn, &job(org, Some("agent_two")))?;
+            }
+            // No deployment row yet: deployed with one replica, so one at a time.
+            for _ in 0..2 {
+                enqueue(conn, &job(org, Some("agent_new")))?;
+            }
+            let mut claimed = Vec::new();
+            while let Some(j) = claim(conn, "w", lease, &kinds(), &deployed)? {
+                claimed.push(j.agent_id.unwrap_or_default());
+            }
+            claimed.sort();
+            assert_eq!(claimed, ["agent_new", "agent_two", "agent_two"]);
+            Ok(())
+        });
     }
 
     struct Recorder {

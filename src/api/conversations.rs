@@ -7,24 +7,24 @@ use agentplane_api::models::{
 };
 use agentplane_api::*;
 use poem_openapi::payload::Json;
-use poem_openapi::types::{MaybeUndefined, ToJSON};
+use poem_openapi::types::MaybeUndefined;
 use serde_json::json;
 use tokio::sync::broadcast::Receiver;
 
 use super::Handlers;
 use super::idem;
-use super::paging::{PageRequest, etag, etag_matches, not_modified};
+use super::paging::{etag, etag_matches, not_modified};
 use super::run::{Listening, Start, follow, wait_limit};
 use crate::auth::Caller;
-use crate::db::StoreError;
 use crate::db::conversations::{self as store, ConversationRow, MessageRow};
 use crate::db::executions::{ExecutionRequest, ExecutionRow, RunOptions};
+use crate::db::sql::Page;
 use crate::db::types::Json as JsonText;
+use crate::db::{DbConnection, StoreError};
 use crate::engine::runner::{self, LiveEvent};
 use crate::error::{Failure, Kind, detail, store_error};
 
 pub(crate) const NOT_FOUND: &str = "CONVERSATION_NOT_FOUND";
-const CREATE_OPERATION: &str = "createConversation";
 /// Messages a single conversation carries.
 const EMBEDDED_MESSAGES: i64 = 100;
 
@@ -67,57 +67,6 @@ fn patched(
 }
 
 impl Handlers {
-    async fn conversation_row(
-        &self, caller: &Caller, id: String,
-    ) -> Result<ConversationRow, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
-    async fn conversation_with_messages(
-        &self, caller: &Caller, id: String,
-    ) -> Result<(ConversationRow, Vec<MessageRow>), Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| {
-                let row = store::get(conn, &org, &id)?;
-                let messages = store::latest(conn, &row.id, EMBEDDED_MESSAGES)?;
-                Ok((row, messages))
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
-    async fn list_convs(
-        &self, caller: &Caller, params: ListConversationsParams,
-    ) -> Result<ConversationList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let (org, agent, p) = (caller.org_id.clone(), params.agent_id, page.clone());
-        let (rows, total) = self
-            .store
-            .run(move |conn| {
-                store::list(
-                    conn,
-                    &org,
-                    agent.as_deref(),
-                    p.offset,
-                    p.limit,
-                    p.after_id.as_deref(),
-                )
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        let data: Vec<Conversation> = rows.iter().map(|r| row_to_conversation(r, None)).collect();
-        Ok(ConversationList {
-            pagination: page.pagination(data.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
-    }
-
     /// The 422 of a conversation for an agent the organization does not have.
     async fn check_agent(&self, caller: &Caller, agent_id: &str) -> Result<(), Failure> {
         let (org, agent) = (caller.org_id.clone(), agent_id.to_string());
@@ -126,93 +75,16 @@ impl Handlers {
             .run(move |conn| crate::db::agents::get(conn, &org, &agent).map(|_| ()))
             .await;
         if let Err(StoreError::NotFound) = found {
-            let message = "no agent with this id in the organization";
-            return Err(Failure::with_details(
+            return Err(Failure::on_field(
                 Kind::Unprocessable,
                 "AGENT_NOT_FOUND",
-                message,
-                vec![detail("agent_id", "not_found", message)],
+                "agent_id",
+                "not_found",
+                "no agent with this id in the organization",
                 &caller.request_id,
             ));
         }
         found.map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
-    async fn create_conv(
-        &self, caller: &Caller, params: CreateConversationParams,
-    ) -> Result<ConversationRow, Failure> {
-        let body = params.body;
-        let hash = idem::request_hash(&body.to_json().unwrap_or_default());
-        let now = crate::ids::now();
-        let row = ConversationRow {
-            id: crate::ids::new_id("conv"),
-            org_id: caller.org_id.clone(),
-            agent_id: body.agent_id,
-            user_id: body.user_id,
-            title: body.title,
-            metadata: JsonText(body.metadata.unwrap_or(json!({}))),
-            message_count: 0,
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        self.check_agent(caller, &row.agent_id).await?;
-        let keyed = idem::NewKeyed {
-            org_id: row.org_id.clone(),
-            operation: CREATE_OPERATION,
-            key: params.idempotency_key,
-            request_hash: hash,
-            resource_id: row.id.clone(),
-        };
-        let org = row.org_id.clone();
-        idem::create_resource(
-            &self.store,
-            keyed,
-            move |conn| store::insert(conn, &row).map(|()| row.clone()),
-            move |conn, id| store::get(conn, &org, id),
-            NOT_FOUND,
-            &caller.request_id,
-        )
-        .await
-    }
-
-    async fn update_conv(
-        &self, caller: &Caller, params: UpdateConversationParams,
-    ) -> Result<ConversationRow, Failure> {
-        let (org, id, if_match, patch) = (
-            caller.org_id.clone(),
-            params.conversation_id,
-            params.if_match,
-            params.body,
-        );
-        self.store
-            .run(move |conn| {
-                store::update(conn, &org, &id, |current| {
-                    patched(current, &patch, if_match.as_deref())
-                })
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
-    }
-
-    async fn list_msgs(
-        &self, caller: &Caller, params: ListMessagesParams,
-    ) -> Result<MessageList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let (org, id, p) = (caller.org_id.clone(), params.conversation_id, page.clone());
-        let (rows, total) = self
-            .store
-            .run(move |conn| {
-                let row = store::get(conn, &org, &id)?;
-                store::messages(conn, &row.id, p.offset, p.limit, p.after_id.as_deref())
-            })
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        Ok(MessageList {
-            pagination: page.pagination(rows.len(), rows.last().map(|r| r.id.as_str()), total),
-            data: rows.iter().map(Message::from).collect(),
-        })
     }
 
     /// Asks the conversation's agent `body`: the user's message (stored with the execution's
@@ -311,14 +183,48 @@ impl ConversationsApi for Handlers {
     async fn list_conversations(
         &self, caller: Caller, params: ListConversationsParams,
     ) -> Reply<ListConversationsResponse> {
-        let list = self.list_convs(&caller, params).await?;
+        let agent = params.agent_id.clone();
+        let list = move |conn: &mut DbConnection, org: &str, page: &Page| {
+            store::list(conn, org, agent.as_deref(), page)
+        };
+        let shown = |row: &ConversationRow| Ok(row_to_conversation(row, None));
+        let (data, pagination) = self
+            .page_of(&caller, &params, NOT_FOUND, list, shown)
+            .await?;
+        let list = ConversationList { data, pagination };
         Ok(ListConversationsResponse::Ok(Json(list)))
     }
 
     async fn create_conversation(
         &self, caller: Caller, params: CreateConversationParams,
     ) -> Reply<CreateConversationResponse> {
-        let row = self.create_conv(&caller, params).await?;
+        let id = crate::ids::new_id("conv");
+        let keyed = idem::NewKeyed::of(&params, &caller.org_id, &id);
+        let body = params.body;
+        let now = crate::ids::now();
+        let row = ConversationRow {
+            id,
+            org_id: caller.org_id.clone(),
+            agent_id: body.agent_id,
+            user_id: body.user_id,
+            title: body.title,
+            metadata: JsonText(body.metadata.unwrap_or(json!({}))),
+            message_count: 0,
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        self.check_agent(&caller, &row.agent_id).await?;
+        let org = row.org_id.clone();
+        let row = idem::create_resource(
+            &self.store,
+            keyed,
+            move |conn| store::insert(conn, &row).map(|()| row.clone()),
+            move |conn, id| store::get(conn, &org, id),
+            NOT_FOUND,
+            &caller.request_id,
+        )
+        .await?;
         let conversation = row_to_conversation(&row, Some(&[]));
         Ok(CreateConversationResponse::Created(
             Json(conversation),
@@ -330,8 +236,13 @@ impl ConversationsApi for Handlers {
     async fn get_conversation(
         &self, caller: Caller, params: GetConversationParams,
     ) -> Reply<GetConversationResponse> {
+        let id = params.conversation_id;
         let (row, messages) = self
-            .conversation_with_messages(&caller, params.conversation_id)
+            .run_for(&caller, NOT_FOUND, move |conn, org| {
+                let row = store::get(conn, org, &id)?;
+                let messages = store::latest(conn, &row.id, EMBEDDED_MESSAGES)?;
+                Ok((row, messages))
+            })
             .await?;
         let tag = etag(row.version);
         if not_modified(params.if_none_match.as_deref(), &tag) {
@@ -344,7 +255,14 @@ impl ConversationsApi for Handlers {
     async fn update_conversation(
         &self, caller: Caller, params: UpdateConversationParams,
     ) -> Reply<UpdateConversationResponse> {
-        let row = self.update_conv(&caller, params).await?;
+        let (id, if_match, patch) = (params.conversation_id, params.if_match, params.body);
+        let row = self
+            .run_for(&caller, NOT_FOUND, move |conn, org| {
+                store::update(conn, org, &id, |current| {
+                    patched(current, &patch, if_match.as_deref())
+                })
+            })
+            .await?;
         let conversation = row_to_conversation(&row, None);
         Ok(UpdateConversationResponse::Ok(
             Json(conversation),
@@ -355,19 +273,31 @@ impl ConversationsApi for Handlers {
     async fn delete_conversation(
         &self, caller: Caller, params: DeleteConversationParams,
     ) -> Reply<DeleteConversationResponse> {
-        let (org, id) = (caller.org_id.clone(), params.conversation_id);
-        self.store
-            .run(move |conn| store::delete(conn, &org, &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))?;
+        let id = params.conversation_id;
+        self.run_for(&caller, NOT_FOUND, move |conn, org| {
+            store::delete(conn, org, &id)
+        })
+        .await?;
         Ok(DeleteConversationResponse::NoContent)
     }
 
     async fn list_messages(
         &self, caller: Caller, params: ListMessagesParams,
     ) -> Reply<ListMessagesResponse> {
-        let list = self.list_msgs(&caller, params).await?;
-        Ok(ListMessagesResponse::Ok(Json(list)))
+        let id = params.conversation_id.clone();
+        let list = move |conn: &mut DbConnection, org: &str, page: &Page| {
+            let row = store::get(conn, org, &id)?;
+            store::messages(conn, &row.id, page)
+        };
+        let (data, pagination) = self
+            .page_of(&caller, &params, NOT_FOUND, list, |row| {
+                Ok(Message::from(row))
+            })
+            .await?;
+        Ok(ListMessagesResponse::Ok(Json(MessageList {
+            data,
+            pagination,
+        })))
     }
 
     async fn send_message(
@@ -380,8 +310,11 @@ impl ConversationsApi for Handlers {
                 .is_some_and(|a| a.contains("text/event-stream"))
         });
         let timeout = params.body.timeout.unwrap_or(runner::DEFAULT_TIMEOUT_MS);
+        let id = params.conversation_id;
         let conversation = self
-            .conversation_row(&caller, params.conversation_id)
+            .run_for(&caller, NOT_FOUND, move |conn, org| {
+                store::get(conn, org, &id)
+            })
             .await?;
         let (row, asked, heard) = self
             .ask(&caller, &conversation, params.body, timeout)

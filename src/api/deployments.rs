@@ -7,7 +7,7 @@ use agentplane_api::Reply;
 use agentplane_api::deployments::*;
 use agentplane_api::models::{
     AgentDeployment, AgentLogLine, AgentLogs, AgentMetrics, DeploymentHealth, DeploymentState,
-    ExecutionCounts, LatencyPercentiles, LogLevel, TokenCounts,
+    ExecutionCounts, LogLevel,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +24,7 @@ use crate::db::deployments as db;
 use crate::db::executions::ExecutionStatus;
 use crate::db::{StoreError, agents as agents_db};
 use crate::error::{Failure, Kind, detail, store_error};
+use crate::evaluation::{Percentiles, Tokens};
 use crate::runtime::{AgentRef, Deployment, Health, State};
 
 const NOT_FOUND: &str = "AGENT_NOT_FOUND";
@@ -77,15 +78,6 @@ pub(crate) fn parse_duration(text: &str) -> Option<chrono::Duration> {
         'd' => chrono::Duration::days(n),
         _ => return None,
     })
-}
-
-/// The value at `q` (0..1] of sorted `values`, by nearest rank.
-fn nearest_rank(sorted: &[i64], q: f64) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
 /// A 400 on the query parameter `field`.
@@ -195,15 +187,8 @@ fn metrics_of(
             (total - succeeded) as f64 / total as f64
         },
         rate_per_minute: total as f64 / minutes,
-        latency_ms: LatencyPercentiles {
-            p50: nearest_rank(&latencies, 0.50),
-            p95: nearest_rank(&latencies, 0.95),
-            p99: nearest_rank(&latencies, 0.99),
-        },
-        tokens: TokenCounts {
-            input: finished.iter().map(|e| e.input_tokens).sum(),
-            output: finished.iter().map(|e| e.output_tokens).sum(),
-        },
+        latency_ms: Percentiles::of(&latencies).into(),
+        tokens: Tokens::total(finished.iter().map(|e| (e.input_tokens, e.output_tokens))).into(),
         cost_usd: finished.iter().map(|e| e.cost_nano_usd).sum::<i64>() as f64 / 1e9,
     }
 }
@@ -237,28 +222,6 @@ impl Handlers {
         .map_err(store_error(NOT_FOUND, &caller.request_id))?;
         let location = format!("/v1/agents/{}/status", d.agent_id);
         Ok((Json(to_model(d, Utc::now())), location))
-    }
-
-    async fn agent_metrics(
-        &self, caller: &Caller, params: GetAgentMetricsParams,
-    ) -> Result<AgentMetrics, Failure> {
-        let rid = caller.request_id.as_str();
-        let window = window_of(&params.window, rid)?;
-        let agent = self.agent_ref(caller, params.agent_id).await?;
-        let now = Utc::now();
-        let from = crate::ids::format_time(now - window);
-        let (org, id, since) = (agent.org_id.clone(), agent.agent_id.clone(), from.clone());
-        let recorded = self
-            .run_for(caller, NOT_FOUND, move |conn, _| {
-                Ok(Recorded {
-                    finished: db::finished_since(conn, &org, &id, &since)?,
-                    queued: db::queued(conn, &id)?,
-                    running: db::running(conn, &id, None)?.0,
-                })
-            })
-            .await?;
-        let window = (params.window.as_str(), window);
-        Ok(metrics_of(agent.agent_id, window, from, now, recorded))
     }
 
     async fn agent_logs(
@@ -422,7 +385,23 @@ impl DeploymentsApi for Handlers {
     async fn get_agent_metrics(
         &self, caller: Caller, params: GetAgentMetricsParams,
     ) -> Reply<GetAgentMetricsResponse> {
-        let metrics = self.agent_metrics(&caller, params).await?;
+        let rid = caller.request_id.as_str();
+        let window = window_of(&params.window, rid)?;
+        let agent = self.agent_ref(&caller, params.agent_id).await?;
+        let now = Utc::now();
+        let from = crate::ids::format_time(now - window);
+        let (org, id, since) = (agent.org_id.clone(), agent.agent_id.clone(), from.clone());
+        let recorded = self
+            .run_for(&caller, NOT_FOUND, move |conn, _| {
+                Ok(Recorded {
+                    finished: db::finished_since(conn, &org, &id, &since)?,
+                    queued: db::queued(conn, &id)?,
+                    running: db::running(conn, &id, None)?.0,
+                })
+            })
+            .await?;
+        let window = (params.window.as_str(), window);
+        let metrics = metrics_of(agent.agent_id, window, from, now, recorded);
         Ok(GetAgentMetricsResponse::Ok(Json(metrics)))
     }
 
@@ -452,16 +431,5 @@ mod tests {
         for bad in ["", "m", "0m", "1w", "-1h", "1.5h", "h1"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let v: Vec<i64> = (1..=100).collect();
-        assert_eq!(nearest_rank(&v, 0.50), Some(50));
-        assert_eq!(nearest_rank(&v, 0.95), Some(95));
-        assert_eq!(nearest_rank(&v, 0.99), Some(99));
-        assert_eq!(nearest_rank(&[7], 0.99), Some(7));
-        assert_eq!(nearest_rank(&[], 0.5), None);
-        assert_eq!(nearest_rank(&[1, 2, 3], 0.5), Some(2));
     }
 }

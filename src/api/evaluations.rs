@@ -88,6 +88,25 @@ impl Resource for Evaluation {
     }
 }
 
+impl From<eval::Percentiles> for LatencyPercentiles {
+    fn from(p: eval::Percentiles) -> LatencyPercentiles {
+        LatencyPercentiles {
+            p50: p.p50,
+            p95: p.p95,
+            p99: p.p99,
+        }
+    }
+}
+
+impl From<eval::Tokens> for TokenCounts {
+    fn from(t: eval::Tokens) -> TokenCounts {
+        TokenCounts {
+            input: t.input,
+            output: t.output,
+        }
+    }
+}
+
 /// A run as the API shows it; `with_results` false leaves the per-case list empty (lists).
 fn row_to_run(row: &RunRow, with_results: bool) -> Result<EvaluationRun, StoreError> {
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("run {}: {e}", row.id));
@@ -104,15 +123,8 @@ fn row_to_run(row: &RunRow, with_results: bool) -> Result<EvaluationRun, StoreEr
                 exact_match_rate: s.exact_match_rate,
                 contains_rate: s.contains_rate,
                 mean_token_f1: s.mean_token_f1,
-                latency_ms: LatencyPercentiles {
-                    p50: s.latency_ms.p50,
-                    p95: s.latency_ms.p95,
-                    p99: s.latency_ms.p99,
-                },
-                tokens: TokenCounts {
-                    input: s.tokens.input,
-                    output: s.tokens.output,
-                },
+                latency_ms: s.latency_ms.into(),
+                tokens: s.tokens.into(),
                 cost_usd: s.cost_usd,
             })
         }

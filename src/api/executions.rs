@@ -16,13 +16,15 @@ use tokio::sync::broadcast::Receiver;
 
 use super::Handlers;
 use super::idem;
-use super::paging::{PageRequest, not_modified};
+use super::paging::not_modified;
 use super::run::{Listening, NOT_FOUND, Start, follow, follow_events, wait_limit};
 use crate::auth::Caller;
+use crate::db::DbConnection;
 use crate::db::executions::ExecutionStatus;
 use crate::db::executions::{
     self as store, ExecutionQuery, ExecutionRequest, ExecutionRow, RunOptions, StepStatus,
 };
+use crate::db::sql::Page;
 use crate::engine::act::{self, Continuation};
 use crate::engine::runner::{self, LiveEvent};
 use crate::engine::tools::{ResumeError, ToolOutput};
@@ -201,11 +203,10 @@ fn accepted(body: &ExecuteRequest) -> (ExecutionRequest, BTreeMap<String, String
 
 impl Handlers {
     async fn execution_row(&self, caller: &Caller, id: String) -> Result<ExecutionRow, Failure> {
-        let org = caller.org_id.clone();
-        self.store
-            .run(move |conn| store::get(conn, &org, &id))
-            .await
-            .map_err(store_error(NOT_FOUND, &caller.request_id))
+        self.run_for(caller, NOT_FOUND, move |conn, org| {
+            store::get(conn, org, &id)
+        })
+        .await
     }
 
     /// Starts the execution an execute asks for, listening to it (to the first request's
@@ -246,12 +247,10 @@ impl Handlers {
         &self, caller: &Caller, id: String, outputs: Vec<ToolOutput>,
     ) -> Result<ExecutionRow, Failure> {
         let rid = caller.request_id.as_str();
-        let org = caller.org_id.clone();
         let outcome = self
-            .store
-            .run(move |conn| {
+            .run_for(caller, NOT_FOUND, move |conn, org| {
                 crate::db::write_transaction(conn, |conn| {
-                    let row = store::get(conn, &org, &id)?;
+                    let row = store::get(conn, org, &id)?;
                     let waiting =
                         match store::continuation(conn, &row.id)?.and_then(Continuation::of) {
                             Some(Continuation::Waiting { paused })
@@ -271,11 +270,10 @@ impl Handlers {
                         return Ok(Err(Refused::NotWaiting(Box::new(row))));
                     }
                     jobs::enqueue(conn, &runner::job_for(&row))?;
-                    store::get(conn, &org, &row.id).map(Ok)
+                    store::get(conn, org, &row.id).map(Ok)
                 })
             })
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
+            .await?;
         match outcome {
             Ok(row) => {
                 self.pool.wake();
@@ -316,12 +314,11 @@ impl Handlers {
 
     async fn cancel(&self, caller: &Caller, id: String) -> Result<ExecutionRow, Failure> {
         let rid = caller.request_id.as_str();
-        let org = caller.org_id.clone();
         let outcome = self
-            .store
-            .run(move |conn| store::cancel(conn, &org, &id, &runner::announce))
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
+            .run_for(caller, NOT_FOUND, move |conn, org| {
+                store::cancel(conn, org, &id, &runner::announce)
+            })
+            .await?;
         let row = outcome.map_err(|finished| {
             Failure::with_details(
                 Kind::Conflict,
@@ -338,31 +335,6 @@ impl Handlers {
         self.runner.live.publish(&row.id, LiveEvent::Changed);
         self.events.wake();
         Ok(row)
-    }
-
-    async fn list(
-        &self, caller: &Caller, params: ListExecutionsParams,
-    ) -> Result<ExecutionList, Failure> {
-        let rid = caller.request_id.as_str();
-        let page = PageRequest::of(&params, rid)?;
-        let query = ExecutionQuery {
-            agent_id: params.agent_id,
-            status: params.status.map(Into::into),
-            offset: page.offset,
-            limit: page.limit,
-            after_id: page.after_id.clone(),
-        };
-        let org = caller.org_id.clone();
-        let (rows, total) = self
-            .store
-            .run(move |conn| store::list(conn, &org, &query))
-            .await
-            .map_err(store_error(NOT_FOUND, rid))?;
-        let data: Vec<Execution> = rows.iter().map(Execution::from).collect();
-        Ok(ExecutionList {
-            pagination: page.pagination(data.len(), rows.last().map(|r| r.id.as_str()), total),
-            data,
-        })
     }
 }
 
@@ -406,7 +378,19 @@ impl ExecutionsApi for Handlers {
     async fn list_executions(
         &self, caller: Caller, params: ListExecutionsParams,
     ) -> Reply<ListExecutionsResponse> {
-        let list = self.list(&caller, params).await?;
+        let query = ExecutionQuery {
+            agent_id: params.agent_id.clone(),
+            status: params.status.map(Into::into),
+        };
+        let list = move |conn: &mut DbConnection, org: &str, page: &Page| {
+            store::list(conn, org, &query, page)
+        };
+        let (data, pagination) = self
+            .page_of(&caller, &params, NOT_FOUND, list, |row| {
+                Ok(Execution::from(row))
+            })
+            .await?;
+        let list = ExecutionList { data, pagination };
         Ok(ListExecutionsResponse::Ok(Json(list)))
     }
 

@@ -48,11 +48,12 @@ fn only_user(caller: &Caller) -> Option<String> {
 /// change its own limits could lift them, or lock itself out.
 fn may_set_limits(caller: &Caller, key_id: Option<&str>) -> Result<(), Failure> {
     let refuse = |message: &str| {
-        Err(Failure::with_details(
+        Err(Failure::on_field(
             Kind::Forbidden,
             "INSUFFICIENT_PERMISSIONS",
+            "rate_limit",
+            "forbidden",
             message,
-            vec![detail("rate_limit", "forbidden", message)],
             &caller.request_id,
         ))
     };

@@ -96,6 +96,12 @@ fn kb_model(row: &KbRow, counts: (i64, i64, i64)) -> KnowledgeBase {
     }
 }
 
+/// What a new source answers: the source and its `Location`.
+fn created_source(row: &SourceRow) -> (Json<KnowledgeSource>, String) {
+    let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
+    (Json(source_model(row)), location)
+}
+
 fn source_model(row: &SourceRow) -> KnowledgeSource {
     let body = row.body();
     KnowledgeSource {
@@ -760,24 +766,6 @@ impl Handlers {
         created(params, &kb, rid)
     }
 
-    /// Searches every knowledge base of the caller's organization (of one type, if asked).
-    async fn search_all(
-        &self, caller: &Caller, params: SearchKnowledgeParams,
-    ) -> Result<KnowledgeResults, Failure> {
-        let kb_type = params.type_;
-        let ids = self
-            .run_for(caller, KnowledgeBase::NOT_FOUND, move |conn, org| {
-                store::kb_ids(conn, org, kb_type.as_deref())
-            })
-            .await?;
-        let options = SearchOptions {
-            top_k: usize::try_from(params.max_results).unwrap_or(10),
-            min_score: params.min_score,
-            filters: Map::new(),
-        };
-        self.retrieve(caller, ids, params.q, options, true).await
-    }
-
     /// Writes `documents` and `planned` sources into the knowledge base `kb_id` in one
     /// transaction (nothing when it is gone by then).
     async fn write_into(
@@ -792,30 +780,6 @@ impl Handlers {
             })
         })
         .await
-    }
-
-    /// Writes an ingest's documents and sources in one transaction.
-    async fn ingest(
-        &self, caller: &Caller, params: IngestKnowledgeParams,
-    ) -> Result<IngestResult, Failure> {
-        let rid = caller.request_id.as_str();
-        let kb = self.require_kb(caller, &params.kb_id).await?;
-        let body = params.body;
-        let options = ingest_options(&kb, body.chunk_size, body.overlap);
-        let planned = plan_sources(&kb, body.sources.iter().flatten(), options, true, rid)?;
-        let documents: Vec<(DocumentRow, Vec<ChunkRow>)> = body
-            .documents
-            .into_iter()
-            .flatten()
-            .map(|d| inline_document(&kb, d, options))
-            .collect();
-        let result = ingest_result(&documents, &planned);
-        let syncs_queued = planned.iter().any(|p| p.sync.is_some());
-        self.write_into(caller, kb.id, documents, planned).await?;
-        if syncs_queued {
-            self.pool.wake();
-        }
-        Ok(result)
     }
 
     /// Adds a source to a knowledge base, once per `Idempotency-Key`.
@@ -957,10 +921,22 @@ impl KnowledgeApi for Handlers {
         ))
     }
 
+    /// Searches every knowledge base of the caller's organization (of one type, if asked).
     async fn search_knowledge(
         &self, caller: Caller, params: SearchKnowledgeParams,
     ) -> Reply<SearchKnowledgeResponse> {
-        let results = self.search_all(&caller, params).await?;
+        let kb_type = params.type_;
+        let ids = self
+            .run_for(&caller, KnowledgeBase::NOT_FOUND, move |conn, org| {
+                store::kb_ids(conn, org, kb_type.as_deref())
+            })
+            .await?;
+        let options = SearchOptions {
+            top_k: usize::try_from(params.max_results).unwrap_or(10),
+            min_score: params.min_score,
+            filters: Map::new(),
+        };
+        let results = self.retrieve(&caller, ids, params.q, options, true).await?;
         Ok(SearchKnowledgeResponse::Ok(Json(results)))
     }
 
@@ -1014,10 +990,27 @@ impl KnowledgeApi for Handlers {
         Ok(QueryKnowledgeBaseResponse::Ok(Json(results)))
     }
 
+    /// Writes an ingest's documents and sources in one transaction.
     async fn ingest_knowledge(
         &self, caller: Caller, params: IngestKnowledgeParams,
     ) -> Reply<IngestKnowledgeResponse> {
-        let result = self.ingest(&caller, params).await?;
+        let rid = caller.request_id.as_str();
+        let kb = self.require_kb(&caller, &params.kb_id).await?;
+        let body = params.body;
+        let options = ingest_options(&kb, body.chunk_size, body.overlap);
+        let planned = plan_sources(&kb, body.sources.iter().flatten(), options, true, rid)?;
+        let documents: Vec<(DocumentRow, Vec<ChunkRow>)> = body
+            .documents
+            .into_iter()
+            .flatten()
+            .map(|d| inline_document(&kb, d, options))
+            .collect();
+        let result = ingest_result(&documents, &planned);
+        let syncs_queued = planned.iter().any(|p| p.sync.is_some());
+        self.write_into(&caller, kb.id, documents, planned).await?;
+        if syncs_queued {
+            self.pool.wake();
+        }
         Ok(IngestKnowledgeResponse::Ok(Json(result)))
     }
 
@@ -1041,22 +1034,16 @@ impl KnowledgeApi for Handlers {
         &self, caller: Caller, params: CreateKnowledgeSourceParams,
     ) -> Reply<CreateKnowledgeSourceResponse> {
         let row = self.create_source(&caller, params).await?;
-        let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
-        Ok(CreateKnowledgeSourceResponse::Created(
-            Json(source_model(&row)),
-            location,
-        ))
+        let (source, location) = created_source(&row);
+        Ok(CreateKnowledgeSourceResponse::Created(source, location))
     }
 
     async fn upload_knowledge_file(
         &self, caller: Caller, params: UploadKnowledgeFileParams,
     ) -> Reply<UploadKnowledgeFileResponse> {
         let row = self.upload_file(&caller, params).await?;
-        let location = format!("/v1/knowledge/{}/sources/{}", row.kb_id, row.id);
-        Ok(UploadKnowledgeFileResponse::Created(
-            Json(source_model(&row)),
-            location,
-        ))
+        let (source, location) = created_source(&row);
+        Ok(UploadKnowledgeFileResponse::Created(source, location))
     }
 
     async fn get_knowledge_source(

@@ -91,11 +91,12 @@ impl Handlers {
             return Ok(());
         };
         self.egress.policy().check_url(&parsed).map_err(|message| {
-            crate::error::Failure::with_details(
+            crate::error::Failure::on_field(
                 Kind::Unprocessable,
                 "VALIDATION_ERROR",
-                message.clone(),
-                vec![crate::error::detail(field, "egress", message)],
+                field,
+                "egress",
+                message,
                 rid,
             )
         })

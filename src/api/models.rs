@@ -12,7 +12,7 @@ use super::resource::{Resource, items};
 use crate::auth::Caller;
 use crate::db::StoreError;
 use crate::db::models::{self as store, ModelChanges, ModelRow};
-use crate::error::{Failure, Kind, detail};
+use crate::error::{Failure, Kind};
 
 /// The id of the built-in local model, which every organization has.
 pub const BUILTIN_ID: &str = "model_local";
@@ -87,12 +87,12 @@ fn changes_of(
     if let Some(e) = &input.endpoint
         && url_is_bad(e)
     {
-        let message = "not an http(s) URL";
-        return Err(Failure::with_details(
+        return Err(Failure::on_field(
             Kind::Unprocessable,
             "VALIDATION_ERROR",
-            message,
-            vec![detail("endpoint", "format", message)],
+            "endpoint",
+            "format",
+            "not an http(s) URL",
             rid,
         ));
     }
@@ -146,18 +146,18 @@ fn new_row(org_id: &str, c: ModelChanges) -> ModelRow {
     ModelRow::new(org_id, crate::ids::new_id("model"), c)
 }
 
-impl Handlers {
+impl ModelRegistryApi for Handlers {
     /// A page of the organization's models; the built-in one is the last item of the last
     /// page (of every list it matches).
-    async fn list_models_page(
-        &self, caller: &Caller, params: ListModelsParams,
-    ) -> Result<ModelList, Failure> {
+    async fn list_models(
+        &self, caller: Caller, params: ListModelsParams,
+    ) -> Reply<ListModelsResponse> {
         let rid = caller.request_id.as_str();
         let page = PageRequest::of(&params, rid)?;
         let provider = params.provider.map(|p| p.as_str().to_string());
         let with_builtin = provider.as_deref().is_none_or(|p| p == "local");
         let (rows, stored) = self
-            .rows_on(caller, &page, Model::NOT_FOUND, move |conn, org, q| {
+            .rows_on(&caller, &page, Model::NOT_FOUND, move |conn, org, q| {
                 store::list(conn, org, provider.as_deref(), q)
             })
             .await?;
@@ -172,19 +172,8 @@ impl Handlers {
             data.push(builtin());
         }
         let last = data.last().map(|m| m.id.clone());
-        Ok(ModelList {
-            pagination: page.pagination(data.len(), last.as_deref(), total),
-            data,
-        })
-    }
-}
-
-impl ModelRegistryApi for Handlers {
-    async fn list_models(
-        &self, caller: Caller, params: ListModelsParams,
-    ) -> Reply<ListModelsResponse> {
-        let list = self.list_models_page(&caller, params).await?;
-        Ok(ListModelsResponse::Ok(Json(list)))
+        let pagination = page.pagination(data.len(), last.as_deref(), total);
+        Ok(ListModelsResponse::Ok(Json(ModelList { data, pagination })))
     }
 
     async fn create_model(

@@ -18,7 +18,7 @@ use crate::db::security::{self as store, EventQuery, SecurityEventRow};
 use crate::db::security_scans::{self as scans, ScanQuery, ScanRow};
 use crate::db::types::same_variants;
 use crate::db::{DbConnection, StoreError, StoreResult};
-use crate::error::{Failure, Kind, detail, store_error};
+use crate::error::{Failure, Kind, store_error};
 use crate::security::scan::{self, Finding, Reference, ReferenceKind, Subject};
 use crate::security::{self as events, Event, EventType};
 
@@ -62,12 +62,12 @@ pub(super) fn since(value: Option<String>, rid: &str) -> Result<Option<String>, 
     match value {
         None => Ok(None),
         Some(text) => crate::ids::normalize_time(&text).map(Some).ok_or_else(|| {
-            let message = "not an RFC 3339 date-time";
-            Failure::with_details(
+            Failure::on_field(
                 Kind::BadRequest,
                 "VALIDATION_ERROR",
-                message,
-                vec![detail("since", "format", message)],
+                "since",
+                "format",
+                "not an RFC 3339 date-time",
                 rid,
             )
         }),

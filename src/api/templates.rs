@@ -84,23 +84,6 @@ fn new_row(org_id: &str, c: TemplateChanges) -> TemplateRow {
     TemplateRow::new(org_id, crate::ids::new_id("tpl"), c)
 }
 
-impl Handlers {
-    async fn render_template(
-        &self, caller: &Caller, params: RenderPromptTemplateParams,
-    ) -> Result<RenderedPrompt, Failure> {
-        let tpl = self
-            .item::<PromptTemplate>(caller, params.template_id)
-            .await?;
-        let values = params.body.variables.unwrap_or_default();
-        let rid = &caller.request_id;
-        render_declared(&tpl, &values, "variables", rid).map(|rendered| RenderedPrompt {
-            template_id: tpl.id.clone(),
-            rendered,
-            variables_used: template::variables_in(&tpl.template),
-        })
-    }
-}
-
 /// Renders `tpl` with `values`; every declared variable without a value is a 422 detail
 /// `<prefix>.<name>`.
 pub(crate) fn render_declared(
@@ -212,7 +195,16 @@ impl TemplatesApi for Handlers {
     async fn render_prompt_template(
         &self, caller: Caller, params: RenderPromptTemplateParams,
     ) -> Reply<RenderPromptTemplateResponse> {
-        let rendered = self.render_template(&caller, params).await?;
+        let tpl = self
+            .item::<PromptTemplate>(&caller, params.template_id)
+            .await?;
+        let values = params.body.variables.unwrap_or_default();
+        let rid = &caller.request_id;
+        let rendered = RenderedPrompt {
+            rendered: render_declared(&tpl, &values, "variables", rid)?,
+            template_id: tpl.id.clone(),
+            variables_used: template::variables_in(&tpl.template),
+        };
         Ok(RenderPromptTemplateResponse::Ok(Json(rendered)))
     }
 }

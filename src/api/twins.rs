@@ -203,11 +203,12 @@ fn chosen_model(
     twin: &Twin, asked: Option<SimulationModel>, rid: &str,
 ) -> Result<SimulationModel, Failure> {
     let not_enabled = |message: String| {
-        Failure::with_details(
+        Failure::on_field(
             Kind::Unprocessable,
             "SIMULATION_REJECTED",
-            message.clone(),
-            vec![detail("model", "not_enabled", message)],
+            "model",
+            "not_enabled",
+            message,
             rid,
         )
     };

@@ -213,11 +213,12 @@ fn admin_only(caller: &Caller, field: &str, message: &str) -> Result<(), Failure
     if caller.is_admin() {
         return Ok(());
     }
-    Err(Failure::with_details(
+    Err(Failure::on_field(
         Kind::Forbidden,
         "INSUFFICIENT_PERMISSIONS",
+        field,
+        "forbidden",
         message,
-        vec![crate::error::detail(field, "forbidden", message)],
         &caller.request_id,
     ))
 }

@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 
 use super::schema::{conversations as c, messages as m, usage_records as u};
-use super::sql::{CountOf, count_limit};
+use super::sql::Page;
 use super::types::Json;
 use super::{DbConnection, MultiBackend, StoreError, StoreResult};
 use crate::db::executions::{ExecutionRow, ExecutionStatus};
@@ -42,10 +42,9 @@ pub struct MessageRow {
     pub created_at: String,
 }
 
-pub fn insert(conn: &mut DbConnection, row: &ConversationRow) -> StoreResult<()> {
-    diesel::insert_into(c::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::identified!(ConversationRow, MessageRow);
+
+super::crud::inserts!(insert, c, ConversationRow);
 
 pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<ConversationRow> {
     c::table
@@ -66,20 +65,10 @@ fn filtered<'a>(org_id: &'a str, agent_id: Option<&'a str>) -> c::BoxedQuery<'a,
 
 /// A page, newest first, and the number of matching rows.
 pub fn list(
-    conn: &mut DbConnection, org_id: &str, agent_id: Option<&str>, offset: i64, limit: i64,
-    after_id: Option<&str>,
+    conn: &mut DbConnection, org_id: &str, agent_id: Option<&str>, page: &Page,
 ) -> StoreResult<(Vec<ConversationRow>, i64)> {
-    let counted = filtered(org_id, agent_id)
-        .select(c::id)
-        .limit(count_limit(offset, limit));
-    let total: i64 = CountOf(counted).get_result(conn)?;
-    let mut q = filtered(org_id, agent_id).order(c::id.desc()).limit(limit);
-    q = match after_id {
-        Some(after) => q.filter(c::id.lt(after.to_string())),
-        None => q.offset(offset),
-    };
-    let rows = q.select(ConversationRow::as_select()).load(conn)?;
-    Ok((rows, total))
+    let filtered = || filtered(org_id, agent_id);
+    super::crud::newest_first!(conn, c, ConversationRow, filtered, page)
 }
 
 /// Changes title and metadata when `check` accepts the current row (an `If-Match`).
@@ -128,7 +117,7 @@ pub fn add_message(conn: &mut DbConnection, row: &MessageRow) -> StoreResult<()>
 
 /// A page of messages, oldest first, and their number.
 pub fn messages(
-    conn: &mut DbConnection, conversation_id: &str, offset: i64, limit: i64, after_id: Option<&str>,
+    conn: &mut DbConnection, conversation_id: &str, page: &Page,
 ) -> StoreResult<(Vec<MessageRow>, i64)> {
     let total: i64 = m::table
         .filter(m::conversation_id.eq(conversation_id))
@@ -137,11 +126,11 @@ pub fn messages(
     let mut q = m::table
         .filter(m::conversation_id.eq(conversation_id))
         .order(m::id.asc())
-        .limit(limit)
+        .limit(page.limit)
         .into_boxed();
-    q = match after_id {
-        Some(after) => q.filter(m::id.gt(after.to_string())),
-        None => q.offset(offset),
+    q = match &page.after_id {
+        Some(after) => q.filter(m::id.gt(after.clone())),
+        None => q.offset(page.offset),
     };
     let rows = q.select(MessageRow::as_select()).load(conn)?;
     Ok((rows, total))

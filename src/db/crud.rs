@@ -333,6 +333,61 @@ macro_rules! newest_first {
     }};
 }
 
+/// `list`: the page `page` of the organization's rows `$row` of `$table` (a table module in
+/// scope), of one `$column` value when one is given, newest first ([`newest_first!`], by
+/// `created_at` with `by created_at`), and how many match.
+macro_rules! list_by {
+    ($table:ident, $row:ty, $column:ident $(, by $created_at:ident)?) => {
+        /// A page of the organization's rows (of one value of the column named as the
+        /// parameter, if given), newest first, and how many match.
+        pub fn list(
+            conn: &mut $crate::db::DbConnection, org_id: &str, $column: Option<&str>,
+            page: &$crate::db::sql::Page,
+        ) -> $crate::db::StoreResult<(Vec<$row>, i64)> {
+            use diesel::prelude::*;
+            use $crate::db::sql::FilterIf;
+            let filtered = || {
+                let q = $table::table.filter($table::org_id.eq(org_id)).into_boxed();
+                q.filter_if($column.map(|value| $table::$column.eq(value)))
+            };
+            $crate::db::crud::newest_first!(conn, $table, $row, filtered, page $(, by $created_at)?)
+        }
+    };
+}
+
+/// The rows `$row` that the boxed query `$rows` (of `$table`, a table module in scope) selects
+/// created at or after `$from`, oldest first (by `created_at`, then id), at most `$limit`:
+/// what a tail polls for. Evaluates to a `StoreResult<Vec<$row>>`.
+macro_rules! oldest_from {
+    ($conn:expr, $table:ident, $row:ty, $rows:expr, $from:expr, $limit:expr) => {{
+        use diesel::prelude::*;
+        $rows
+            .filter($table::created_at.ge($from))
+            .order(($table::created_at.asc(), $table::id.asc()))
+            .limit($limit)
+            .select(<$row>::as_select())
+            .load($conn)
+            .map_err($crate::db::StoreError::from)
+    }};
+}
+
+/// `pub fn $name(conn, row)`: inserts `row` into `$table` (a table module in scope), for a
+/// table of rows `$row` that are written once and read by queries of their own (logs, usage
+/// records, idempotency keys).
+macro_rules! inserts {
+    ($(#[$doc:meta])* $name:ident, $table:ident, $row:ty) => {
+        $(#[$doc])*
+        pub fn $name(
+            conn: &mut $crate::db::DbConnection, row: &$row,
+        ) -> $crate::db::StoreResult<()> {
+            use diesel::prelude::*;
+            diesel::insert_into($table::table).values(row).execute(conn)?;
+            Ok(())
+        }
+    };
+}
+
 pub(crate) use {
-    child_table, identified, newest_first, one_row, resource_table, stored_table, versioned_row,
+    child_table, identified, inserts, list_by, newest_first, oldest_from, one_row, resource_table,
+    stored_table, versioned_row,
 };

@@ -47,10 +47,7 @@ pub fn get(conn: &mut DbConnection, agent_id: &str) -> StoreResult<Option<Deploy
         .optional()?)
 }
 
-pub fn insert(conn: &mut DbConnection, row: &DeploymentRow) -> StoreResult<()> {
-    diesel::insert_into(d::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::inserts!(insert, d, DeploymentRow);
 
 /// Writes `next` over the stored row if it is still `prev` (another server may have moved
 /// it meanwhile); answers whether it did.
@@ -83,10 +80,7 @@ pub fn converging(conn: &mut DbConnection) -> StoreResult<Vec<DeploymentRow>> {
     Ok(rows.select(DeploymentRow::as_select()).load(conn)?)
 }
 
-pub fn insert_log(conn: &mut DbConnection, row: &LogRow) -> StoreResult<()> {
-    diesel::insert_into(l::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::inserts!(insert_log, l, LogRow);
 
 /// The agent's log lines at `levels`.
 fn lines<'a>(agent_id: &'a str, levels: &[&str]) -> l::BoxedQuery<'a, MultiBackend> {
@@ -114,12 +108,7 @@ pub fn logs(
 pub fn logs_from(
     conn: &mut DbConnection, agent_id: &str, levels: &[&str], from: &str, limit: i64,
 ) -> StoreResult<Vec<LogRow>> {
-    Ok(lines(agent_id, levels)
-        .filter(l::created_at.ge(from))
-        .order((l::created_at.asc(), l::id.asc()))
-        .limit(limit)
-        .select(LogRow::as_select())
-        .load(conn)?)
+    super::crud::oldest_from!(conn, l, LogRow, lines(agent_id, levels), from, limit)
 }
 
 /// The agent's executions in `status`.

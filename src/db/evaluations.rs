@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::crud::Child;
 use super::schema::{evaluation_runs as r, evaluations as t};
-use super::sql::{FilterIf, Page};
+use super::sql::Page;
 use super::{DbConnection, StoreResult};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -41,16 +41,7 @@ pub struct RunRow {
 super::crud::resource_table!(evaluations, EvaluationRow);
 super::crud::child_table!(evaluation_runs, evaluation_id, RunRow);
 
-/// A page of the organization's evaluations, newest first, and how many match.
-pub fn list(
-    conn: &mut DbConnection, org_id: &str, target_id: Option<&str>, page: &Page,
-) -> StoreResult<(Vec<EvaluationRow>, i64)> {
-    let filtered = || {
-        let q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
-        q.filter_if(target_id.map(|target| t::target_id.eq(target)))
-    };
-    super::crud::newest_first!(conn, t, EvaluationRow, filtered, page)
-}
+super::crud::list_by!(t, EvaluationRow, target_id);
 
 /// Queues a run and records it as the evaluation's latest (inside the caller's transaction,
 /// which also queues its job).

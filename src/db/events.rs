@@ -57,10 +57,5 @@ pub fn list(
 pub fn since(
     conn: &mut DbConnection, org_id: &str, f: &EventFilter, since: &str, limit: i64,
 ) -> StoreResult<Vec<EventRow>> {
-    Ok(filtered(org_id, f)
-        .filter(e::created_at.ge(since))
-        .order((e::created_at.asc(), e::id.asc()))
-        .limit(limit)
-        .select(EventRow::as_select())
-        .load(conn)?)
+    super::crud::oldest_from!(conn, e, EventRow, filtered(org_id, f), since, limit)
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::schema::{execution_continuations as k, executions as e, usage_records as u};
-use super::sql::{CountOf, count_limit};
+use super::sql::Page;
 use super::types::{Flag, Json, text_enum};
 use super::{DbConnection, MultiBackend, StoreError, StoreResult};
 
@@ -269,6 +269,8 @@ fn read_row(mut row: ExecutionRow) -> ExecutionRow {
     row
 }
 
+super::crud::identified!(ExecutionRow);
+
 pub fn insert(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> {
     let mut stored = row.clone();
     stored.result = stored.result.as_deref().map(stored_text);
@@ -277,23 +279,23 @@ pub fn insert(conn: &mut DbConnection, row: &ExecutionRow) -> StoreResult<()> {
 }
 
 pub fn get(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<ExecutionRow> {
-    e::table
-        .filter(e::org_id.eq(org_id))
-        .filter(e::id.eq(id))
-        .select(ExecutionRow::as_select())
-        .first(conn)
-        .map(read_row)
-        .map_err(StoreError::from)
+    read_first(conn, e::table.filter(e::org_id.eq(org_id)).into_boxed(), id)
 }
 
 /// The row by id alone (workers, which act for whichever organization queued it).
 pub fn get_any(conn: &mut DbConnection, id: &str) -> StoreResult<ExecutionRow> {
-    e::table
+    read_first(conn, e::table.into_boxed(), id)
+}
+
+/// The row `id` of the rows `q` selects, as read ([`read_row`]).
+fn read_first(
+    conn: &mut DbConnection, q: e::BoxedQuery<'_, MultiBackend>, id: &str,
+) -> StoreResult<ExecutionRow> {
+    let row = q
         .filter(e::id.eq(id))
         .select(ExecutionRow::as_select())
-        .first(conn)
-        .map(read_row)
-        .map_err(StoreError::from)
+        .first(conn)?;
+    Ok(read_row(row))
 }
 
 /// What a list asks for.
@@ -301,9 +303,6 @@ pub fn get_any(conn: &mut DbConnection, id: &str) -> StoreResult<ExecutionRow> {
 pub struct ExecutionQuery {
     pub agent_id: Option<String>,
     pub status: Option<ExecutionStatus>,
-    pub offset: i64,
-    pub limit: i64,
-    pub after_id: Option<String>,
 }
 
 fn filtered<'a>(org_id: &'a str, q: &'a ExecutionQuery) -> e::BoxedQuery<'a, MultiBackend> {
@@ -317,23 +316,27 @@ fn filtered<'a>(org_id: &'a str, q: &'a ExecutionQuery) -> e::BoxedQuery<'a, Mul
     b
 }
 
-/// A page, newest first, and the number of matching rows. Paging by cursor continues
-/// right after `after_id` (ids sort by creation time); by page number at `offset`.
+/// A page, newest first, and the number of matching rows.
 pub fn list(
-    conn: &mut DbConnection, org_id: &str, q: &ExecutionQuery,
+    conn: &mut DbConnection, org_id: &str, q: &ExecutionQuery, page: &Page,
 ) -> StoreResult<(Vec<ExecutionRow>, i64)> {
-    let counted = filtered(org_id, q)
-        .select(e::id)
-        .limit(count_limit(q.offset, q.limit));
-    let total: i64 = CountOf(counted).get_result(conn)?;
-    let mut page = filtered(org_id, q).order(e::id.desc()).limit(q.limit);
-    page = match &q.after_id {
-        Some(after) => page.filter(e::id.lt(after.clone())),
-        None => page.offset(q.offset),
-    };
-    let rows = page.select(ExecutionRow::as_select()).load(conn)?;
+    let filtered = || filtered(org_id, q);
+    let (rows, total) = super::crud::newest_first!(conn, e, ExecutionRow, filtered, page)?;
     Ok((rows.into_iter().map(read_row).collect(), total))
 }
+
+/// Execution `id` while its status is one of `from`: what a change of status updates (no row
+/// once another change moved it on).
+fn while_in<'a>(id: &'a str, from: &[ExecutionStatus]) -> WhileIn<'a> {
+    e::table
+        .filter(e::id.eq(id))
+        .filter(e::status.eq_any(from.to_vec()))
+}
+
+type WhileIn<'a> = diesel::dsl::Filter<
+    diesel::dsl::Filter<e::table, diesel::dsl::Eq<e::id, &'a str>>,
+    diesel::dsl::EqAny<e::status, Vec<ExecutionStatus>>,
+>;
 
 /// `queued → running`, then `after` in the same transaction; `false` when it was no longer
 /// queued (cancelled meanwhile). An execution resumed after a pause keeps its first start.
@@ -347,17 +350,13 @@ pub fn mark_running(
             .first(conn)
             .optional()?;
         let started = started.flatten().unwrap_or_else(crate::ids::now);
-        let n = diesel::update(
-            e::table
-                .filter(e::id.eq(id))
-                .filter(e::status.eq(ExecutionStatus::Queued)),
-        )
-        .set((
-            e::status.eq(ExecutionStatus::Running),
-            e::started_at.eq(&started),
-            e::model_id.eq(model_id),
-        ))
-        .execute(conn)?;
+        let n = diesel::update(while_in(id, &[ExecutionStatus::Queued]))
+            .set((
+                e::status.eq(ExecutionStatus::Running),
+                e::started_at.eq(&started),
+                e::model_id.eq(model_id),
+            ))
+            .execute(conn)?;
         if n != 1 {
             return Ok(false);
         }
@@ -395,21 +394,17 @@ pub fn finish_from(
 ) -> StoreResult<Option<ExecutionRow>> {
     {
         let now = crate::ids::now();
-        let n = diesel::update(
-            e::table
-                .filter(e::id.eq(id))
-                .filter(e::status.eq_any(from.to_vec())),
-        )
-        .set((
-            e::status.eq(finish.status),
-            e::result.eq(finish.result.as_deref().map(stored_text)),
-            e::error.eq(finish.error.clone().map(Json)),
-            e::input_tokens.eq(finish.input_tokens),
-            e::output_tokens.eq(finish.output_tokens),
-            e::cost_nano_usd.eq(finish.cost_nano_usd),
-            e::finished_at.eq(&now),
-        ))
-        .execute(conn)?;
+        let n = diesel::update(while_in(id, from))
+            .set((
+                e::status.eq(finish.status),
+                e::result.eq(finish.result.as_deref().map(stored_text)),
+                e::error.eq(finish.error.clone().map(Json)),
+                e::input_tokens.eq(finish.input_tokens),
+                e::output_tokens.eq(finish.output_tokens),
+                e::cost_nano_usd.eq(finish.cost_nano_usd),
+                e::finished_at.eq(&now),
+            ))
+            .execute(conn)?;
         if n == 0 {
             return Ok(None);
         }
@@ -460,19 +455,15 @@ pub struct Pause {
 pub fn pause_in(
     conn: &mut DbConnection, id: &str, pause: &Pause,
 ) -> StoreResult<Option<ExecutionRow>> {
-    let n = diesel::update(
-        e::table
-            .filter(e::id.eq(id))
-            .filter(e::status.eq(ExecutionStatus::Running)),
-    )
-    .set((
-        e::status.eq(ExecutionStatus::RequiresAction),
-        e::steps.eq(Json(pause.steps.clone())),
-        e::input_tokens.eq(pause.input_tokens),
-        e::output_tokens.eq(pause.output_tokens),
-        e::cost_nano_usd.eq(pause.cost_nano_usd),
-    ))
-    .execute(conn)?;
+    let n = diesel::update(while_in(id, &[ExecutionStatus::Running]))
+        .set((
+            e::status.eq(ExecutionStatus::RequiresAction),
+            e::steps.eq(Json(pause.steps.clone())),
+            e::input_tokens.eq(pause.input_tokens),
+            e::output_tokens.eq(pause.output_tokens),
+            e::cost_nano_usd.eq(pause.cost_nano_usd),
+        ))
+        .execute(conn)?;
     if n == 0 {
         return Ok(None);
     }
@@ -513,16 +504,12 @@ pub fn continuation(conn: &mut DbConnection, id: &str) -> StoreResult<Option<Val
 pub fn requeue_in(
     conn: &mut DbConnection, id: &str, steps: &[Step], continuation: &Value,
 ) -> StoreResult<bool> {
-    let n = diesel::update(
-        e::table
-            .filter(e::id.eq(id))
-            .filter(e::status.eq(ExecutionStatus::RequiresAction)),
-    )
-    .set((
-        e::status.eq(ExecutionStatus::Queued),
-        e::steps.eq(Json(steps.to_vec())),
-    ))
-    .execute(conn)?;
+    let n = diesel::update(while_in(id, &[ExecutionStatus::RequiresAction]))
+        .set((
+            e::status.eq(ExecutionStatus::Queued),
+            e::steps.eq(Json(steps.to_vec())),
+        ))
+        .execute(conn)?;
     if n == 1 {
         put_continuation(conn, id, continuation)?;
     }
@@ -543,18 +530,14 @@ pub fn cancel(
             code: "CANCELLED".into(),
             message: "cancelled on request".into(),
         };
-        diesel::update(
-            e::table
-                .filter(e::id.eq(id))
-                .filter(e::status.eq_any(UNFINISHED)),
-        )
-        .set((
-            e::status.eq(ExecutionStatus::Cancelled),
-            e::cancel_requested.eq(Flag(true)),
-            e::error.eq(Json(error)),
-            e::finished_at.eq(&now),
-        ))
-        .execute(conn)?;
+        diesel::update(while_in(id, &UNFINISHED))
+            .set((
+                e::status.eq(ExecutionStatus::Cancelled),
+                e::cancel_requested.eq(Flag(true)),
+                e::error.eq(Json(error)),
+                e::finished_at.eq(&now),
+            ))
+            .execute(conn)?;
         let row = get(conn, org_id, id)?;
         after(conn, &row)?;
         Ok(Ok(row))
@@ -565,11 +548,12 @@ pub fn cancel(
 /// log: [`crate::engine::runner::announce`]).
 pub type AfterChange = dyn Fn(&mut DbConnection, &ExecutionRow) -> StoreResult<()> + Send + Sync;
 
-/// Records usage (tokens, cost, model) of an execution or a message.
-pub fn insert_usage(conn: &mut DbConnection, row: &UsageRow) -> StoreResult<()> {
-    diesel::insert_into(u::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::inserts!(
+    /// Records usage (tokens, cost, model) of an execution or a message.
+    insert_usage,
+    u,
+    UsageRow
+);
 
 /// The usage records of an execution (tests and the README's walk-through).
 pub fn usage_of(conn: &mut DbConnection, execution_id: &str) -> StoreResult<Vec<UsageRow>> {

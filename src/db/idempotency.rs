@@ -36,8 +36,9 @@ pub fn find(
         .optional()?)
 }
 
-/// Remembers which resource a keyed request created.
-pub fn insert(conn: &mut DbConnection, row: &IdempotencyRow) -> StoreResult<()> {
-    diesel::insert_into(i::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::inserts!(
+    /// Remembers which resource a keyed request created.
+    insert,
+    i,
+    IdempotencyRow
+);

@@ -116,10 +116,7 @@ pub fn organization_by_name(
         .optional()?)
 }
 
-pub fn insert_organization(conn: &mut DbConnection, row: &OrganizationRow) -> StoreResult<()> {
-    diesel::insert_into(o::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::inserts!(insert_organization, o, OrganizationRow);
 
 /// The organization's user `id`.
 pub fn user(conn: &mut DbConnection, org_id: &str, id: &str) -> StoreResult<UserRow> {
@@ -155,10 +152,7 @@ pub fn update_profile(
     self::user(conn, org_id, id)
 }
 
-pub fn insert_key(conn: &mut DbConnection, row: &ApiKeyRow) -> StoreResult<()> {
-    diesel::insert_into(k::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::inserts!(insert_key, k, ApiKeyRow);
 
 /// The key with this hash and its user, whatever its state (the caller checks revocation and expiry).
 pub fn key_by_hash(

@@ -66,10 +66,7 @@ pub struct SecurityEventRow {
 
 super::crud::identified!(SecurityEventRow);
 
-pub fn insert_event(conn: &mut DbConnection, row: &SecurityEventRow) -> StoreResult<()> {
-    diesel::insert_into(e::table).values(row).execute(conn)?;
-    Ok(())
-}
+super::crud::inserts!(insert_event, e, SecurityEventRow);
 
 /// Which events to list.
 #[derive(Debug, Clone, Default)]

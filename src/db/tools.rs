@@ -5,8 +5,6 @@
 use diesel::prelude::*;
 
 use super::schema::tools;
-use super::sql::{FilterIf, Page};
-use super::{DbConnection, StoreResult};
 
 /// One row of `tools`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -35,13 +33,4 @@ pub struct ToolChanges {
 
 super::crud::resource_table!(tools, ToolRow, versioned ToolChanges);
 
-/// A page of tools, newest first, optionally of one type.
-pub fn list(
-    conn: &mut DbConnection, org_id: &str, tool_type: Option<&str>, page: &Page,
-) -> StoreResult<(Vec<ToolRow>, i64)> {
-    let filtered = || {
-        let q = tools::table.filter(tools::org_id.eq(org_id)).into_boxed();
-        q.filter_if(tool_type.map(|t| tools::tool_type.eq(t)))
-    };
-    super::crud::newest_first!(conn, tools, ToolRow, filtered, page, by created_at)
-}
+super::crud::list_by!(tools, ToolRow, tool_type, by created_at);

@@ -64,16 +64,7 @@ pub struct SimulationRow {
 super::crud::resource_table!(twins, TwinRow, versioned TwinChanges);
 super::crud::child_table!(simulations, twin_id, SimulationRow);
 
-/// A page of twins, newest first, and the number matching.
-pub fn list(
-    conn: &mut DbConnection, org_id: &str, twin_type: Option<&str>, page: &Page,
-) -> StoreResult<(Vec<TwinRow>, i64)> {
-    let filtered = || {
-        let q = t::table.filter(t::org_id.eq(org_id)).into_boxed();
-        q.filter_if(twin_type.map(|ty| t::twin_type.eq(ty)))
-    };
-    super::crud::newest_first!(conn, t, TwinRow, filtered, page)
-}
+super::crud::list_by!(t, TwinRow, twin_type);
 
 // Simulations.
 

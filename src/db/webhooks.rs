@@ -281,17 +281,13 @@ pub fn release_leases(conn: &mut DbConnection, owner: &str, now: &str) -> StoreR
 /// seconds the most overdue has been due.
 pub fn backlog(conn: &mut DbConnection) -> StoreResult<(i64, i64, i64)> {
     let now = chrono::Utc::now();
-    let pending: i64 = d::table
-        .filter(d::status.eq(PENDING))
-        .count()
-        .get_result(conn)?;
-    let retrying: i64 = d::table
-        .filter(d::status.eq(PENDING))
+    let pending_rows = || d::table.filter(d::status.eq(PENDING));
+    let pending: i64 = pending_rows().count().get_result(conn)?;
+    let retrying: i64 = pending_rows()
         .filter(d::attempts.gt(0))
         .count()
         .get_result(conn)?;
-    let oldest: Option<String> = d::table
-        .filter(d::status.eq(PENDING))
+    let oldest: Option<String> = pending_rows()
         .filter(d::next_attempt_at.le(crate::ids::format_time(now)))
         .select(diesel::dsl::min(d::next_attempt_at))
         .first::<Option<String>>(conn)?;

@@ -6,5 +6,6 @@ pub mod flow;
 pub mod pipeline;
 pub mod provider;
 pub mod runner;
+mod sse;
 pub mod template;
 pub mod tools;

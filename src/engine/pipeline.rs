@@ -398,33 +398,29 @@ mod tests {
         }
     }
 
+    /// Runs `plan` with the local model, every retrieval refused.
+    async fn run_refused(plan: &Plan) -> Result<Outcome, Failed> {
+        run(
+            &store(),
+            Arc::new(RefusingRetriever),
+            &LocalProvider,
+            plan,
+            None,
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn missing_variables_and_refused_retrievals_fail_their_step() {
         let mut p = plan();
         p.variables.clear();
-        let failed = run(
-            &store(),
-            Arc::new(RefusingRetriever),
-            &LocalProvider,
-            &p,
-            None,
-        )
-        .await
-        .expect_err("template");
+        let failed = run_refused(&p).await.expect_err("template");
         assert_eq!(
             failed.steps.last().map(|s| (s.name, s.status)),
             Some((StepName::Template, StepStatus::Failed))
         );
         assert!(failed.message.contains("product"));
-        let failed = run(
-            &store(),
-            Arc::new(RefusingRetriever),
-            &LocalProvider,
-            &plan(),
-            None,
-        )
-        .await
-        .expect_err("retrieval");
+        let failed = run_refused(&plan()).await.expect_err("retrieval");
         assert_eq!(
             failed.steps.last().map(|s| (s.name, s.status)),
             Some((StepName::Retrieval, StepStatus::Failed))
@@ -432,15 +428,7 @@ mod tests {
         assert!(failed.message.contains("kb_1"), "{}", failed.message);
         let mut no_kb = plan();
         no_kb.knowledge_bases.clear();
-        let out = run(
-            &store(),
-            Arc::new(RefusingRetriever),
-            &LocalProvider,
-            &no_kb,
-            None,
-        )
-        .await
-        .expect("skips retrieval");
+        let out = run_refused(&no_kb).await.expect("skips retrieval");
         assert_eq!(out.steps.len(), 2);
     }
 

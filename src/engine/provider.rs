@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use conformance::sse::SseParser;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+
+use super::sse;
 
 /// The provider name of the built-in model.
 pub const LOCAL_MODEL_NAME: &str = "local-extractive-1";
@@ -365,47 +365,14 @@ struct Streamed {
     usage: Option<(i64, i64)>,
 }
 
-impl Streamed {
-    /// Reads one event's data (a chunk of JSON, or `[DONE]`), passing its delta on; `true`
-    /// once the stream says it is done.
-    async fn read(
-        &mut self, data: &str, deltas: &mpsc::Sender<String>,
-    ) -> Result<bool, ProviderError> {
-        let Some(v) = stream_event(data, &mut self.usage)? else {
-            return Ok(true);
-        };
+impl sse::Chunks for Streamed {
+    fn usage(&mut self) -> &mut Option<(i64, i64)> {
+        &mut self.usage
+    }
+
+    async fn chunk(&mut self, v: &Value, deltas: &mpsc::Sender<String>) {
         let delta = v.pointer("/choices/0/delta/content");
-        pass_on(delta, &mut self.text, deltas).await;
-        Ok(false)
-    }
-}
-
-/// One stream event's data: `None` for `[DONE]`, else its JSON, whose usage (if it says one)
-/// replaces `usage`.
-pub(crate) fn stream_event(
-    data: &str, usage: &mut Option<(i64, i64)>,
-) -> Result<Option<Value>, ProviderError> {
-    if data.trim() == "[DONE]" {
-        return Ok(None);
-    }
-    let v: Value = serde_json::from_str(data)
-        .map_err(|e| ProviderError::BadResponse(format!("a stream event is not JSON: {e}")))?;
-    if let Some(u) = usage_of(&v) {
-        *usage = Some(u);
-    }
-    Ok(Some(v))
-}
-
-/// Adds a delta's text (when it is a non-empty string) to `text` and passes it on.
-pub(crate) async fn pass_on(
-    delta: Option<&Value>, text: &mut String, deltas: &mpsc::Sender<String>,
-) {
-    if let Some(delta) = delta.and_then(Value::as_str)
-        && !delta.is_empty()
-    {
-        let delta = storable(delta);
-        text.push_str(&delta);
-        let _ = deltas.send(delta).await;
+        sse::pass_on(delta, &mut self.text, deltas).await;
     }
 }
 
@@ -437,28 +404,8 @@ impl Provider for OpenAiCompatible {
         &self, req: &CompletionRequest, deltas: mpsc::Sender<String>,
     ) -> Result<Completion, ProviderError> {
         let resp = self.send(&Self::body(req, true)).await?;
-        let mut body = resp.bytes_stream();
-        let mut events = SseParser::default();
         let mut streamed = Streamed::default();
-        let mut finished = false;
-        while !finished && let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| self.read_failed(e))?;
-            for event in events.feed(&chunk) {
-                if streamed.read(&event.data, &deltas).await? {
-                    finished = true;
-                    break;
-                }
-            }
-        }
-        // A server that closes right after `data: [DONE]` without its blank line has finished.
-        if !finished && let Some(last) = events.finish() {
-            finished = streamed.read(&last.data, &deltas).await?;
-        }
-        if !finished {
-            return Err(ProviderError::BadResponse(
-                "the stream ended before [DONE]".into(),
-            ));
-        }
+        sse::read(resp, &mut streamed, &deltas, |e| self.read_failed(e)).await?;
         let Streamed { text, usage } = streamed;
         let (input_tokens, output_tokens) =
             usage.unwrap_or_else(|| (count_input_tokens(&req.messages), count_tokens(&text)));

@@ -449,57 +449,62 @@ impl ExecutionRunner {
         self.end_from(id, finish, None).await
     }
 
+    /// Ends execution `id` failed, with the error `code` and `message`.
+    async fn fail(&self, id: &str, code: &str, message: &str) -> Result<(), String> {
+        let finish = unsuccessful(ExecutionStatus::Failed, code, message.into(), None);
+        self.end(id, finish).await
+    }
+
     /// Ends execution `id` with `finish` (only from the statuses `from`, when given).
     async fn end_from(
         &self, id: &str, finish: Finish, from: Option<&'static [ExecutionStatus]>,
     ) -> Result<(), String> {
         let (i, after) = (id.to_string(), self.after_finish.clone());
-        let done = self
-            .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    let row = match from {
-                        Some(from) => store::finish_from(conn, &i, &finish, from)?,
-                        None => store::finish_in(conn, &i, &finish)?,
-                    };
-                    if let Some(row) = &row {
-                        after(conn, row)?;
-                        announce(conn, row)?;
-                    }
-                    Ok(row)
-                })
-            })
-            .await;
-        self.live.publish(id, LiveEvent::Changed);
-        if matches!(done, Ok(Some(_))) {
-            self.events.wake();
-        }
-        done.map(|_| ()).map_err(|e| e.to_string())
+        self.change(id, move |conn| {
+            let row = match from {
+                Some(from) => store::finish_from(conn, &i, &finish, from)?,
+                None => store::finish_in(conn, &i, &finish)?,
+            };
+            if let Some(row) = &row {
+                after(conn, row)?;
+                announce(conn, row)?;
+            }
+            Ok(row)
+        })
+        .await
     }
 
     /// Pauses execution `id` for tool outputs, and queues the job that expires the pause
     /// `timeout_ms` from now.
     async fn pause(&self, id: &str, pause: Pause, timeout_ms: i64) -> Result<(), String> {
         let i = id.to_string();
-        let paused = self
+        self.change(id, move |conn| {
+            let row = store::pause_in(conn, &i, &pause)?;
+            if let Some(row) = &row {
+                announce(conn, row)?;
+                let due = chrono::Utc::now() + chrono::Duration::milliseconds(timeout_ms);
+                enqueue_due(conn, row, &crate::ids::format_time(due))?;
+            }
+            Ok(row)
+        })
+        .await
+    }
+
+    /// Changes execution `id` by `change` in one write transaction, then tells its listeners;
+    /// the events' dispatcher is woken when `change` changed a row (and announced it).
+    async fn change(
+        &self, id: &str,
+        change: impl FnOnce(&mut DbConnection) -> StoreResult<Option<ExecutionRow>> + Send + 'static,
+    ) -> Result<(), String> {
+        let changed = self
             .store
-            .run(move |conn| {
-                crate::db::write_transaction(conn, |conn| {
-                    let row = store::pause_in(conn, &i, &pause)?;
-                    if let Some(row) = &row {
-                        announce(conn, row)?;
-                        let due = chrono::Utc::now() + chrono::Duration::milliseconds(timeout_ms);
-                        enqueue_due(conn, row, &crate::ids::format_time(due))?;
-                    }
-                    Ok(row)
-                })
-            })
+            .run(move |conn| crate::db::write_transaction(conn, change))
             .await;
         self.live.publish(id, LiveEvent::Changed);
-        if matches!(paused, Ok(Some(_))) {
+        if matches!(changed, Ok(Some(_))) {
             self.events.wake();
         }
-        paused.map(|_| ()).map_err(|e| e.to_string())
+        changed.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Ends a paused execution `expired` once its pause has lasted `options.timeout`; a job of
@@ -1068,13 +1073,8 @@ impl Job for ExecutionRunner {
             let outcome = runner.run_execution(id.clone(), ctx).await;
             if let Err(e) = &outcome {
                 // Runs are not retried: end the execution, or it would read `running` forever.
-                let finish = unsuccessful(
-                    ExecutionStatus::Failed,
-                    "INTERNAL_ERROR",
-                    "the execution could not be recorded; it was stopped".into(),
-                    None,
-                );
-                if let Err(end) = runner.end(&id, finish).await {
+                let why = "the execution could not be recorded; it was stopped";
+                if let Err(end) = runner.fail(&id, "INTERNAL_ERROR", why).await {
                     tracing::warn!(error = %e, end = %end, execution = %id, "cannot fail a broken execution");
                 }
             }
@@ -1088,13 +1088,8 @@ impl Job for ExecutionRunner {
             let Some(ExecutionJob { execution_id: id }) = job.payload else {
                 return;
             };
-            let finish = unsuccessful(
-                ExecutionStatus::Failed,
-                "INTERRUPTED",
-                "interrupted: the server restarted (or stopped) while running it".into(),
-                None,
-            );
-            if let Err(e) = runner.end(&id, finish).await {
+            let why = "interrupted: the server restarted (or stopped) while running it";
+            if let Err(e) = runner.fail(&id, "INTERRUPTED", why).await {
                 tracing::warn!(error = %e, execution = %id, "cannot fail an interrupted execution");
             }
         })

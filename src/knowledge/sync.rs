@@ -55,54 +55,34 @@ pub fn enqueue(conn: &mut crate::db::DbConnection, sync: &SyncRow) -> crate::db:
     crate::jobs::enqueue_row::<SyncRunner>(conn, &sync.org_id, &sync.id)
 }
 
-impl crate::jobs::Job for SyncRunner {
+impl crate::jobs::RowJob for SyncRunner {
     const KIND: &'static str = KIND;
-    type Payload = crate::jobs::RowPayload;
 
-    fn run(
-        &self, job: crate::jobs::Claimed<crate::jobs::RowPayload>, _: crate::jobs::JobContext,
-    ) -> crate::jobs::BoxFuture<Result<(), String>> {
-        let runner = self.clone();
-        Box::pin(async move {
-            let id = job.id.clone();
-            let sync = runner
-                .store
-                .run(move |conn| SyncRow::by_id(conn, &id))
-                .await
-                .map_err(|e| format!("cannot load sync {}: {e}", job.id))?;
-            let _permit = runner
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|e| e.to_string())?;
-            // How the sync went is on its row; the job itself is done either way.
-            runner.run(sync).await;
-            Ok(())
-        })
+    async fn run_row(self, id: String) -> Result<(), String> {
+        let loaded = self.load(id.clone()).await;
+        let sync = loaded.map_err(|e| format!("cannot load sync {id}: {e}"))?;
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        // How the sync went is on its row; the job itself is done either way.
+        self.run(sync).await;
+        Ok(())
     }
 
-    fn abandon(
-        &self, job: crate::jobs::Claimed<Option<crate::jobs::RowPayload>>,
-    ) -> crate::jobs::BoxFuture<()> {
-        let runner = self.clone();
-        Box::pin(async move {
-            let id = job.id.clone();
-            match runner
-                .store
-                .run(move |conn| SyncRow::by_id(conn, &id))
-                .await
-            {
-                Ok(sync) if !sync.status.is_finished() => {
-                    let interrupted = "interrupted: the server running it stopped".to_string();
-                    runner.record_end(sync, Err(interrupted)).await;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(sync = %job.id, error = %e, "cannot fail an abandoned sync")
-                }
+    async fn abandon_row(self, id: String) {
+        match self.load(id.clone()).await {
+            Ok(sync) if !sync.status.is_finished() => {
+                let interrupted = "interrupted: the server running it stopped".to_string();
+                self.record_end(sync, Err(interrupted)).await;
             }
-        })
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(sync = %id, error = %e, "cannot fail an abandoned sync")
+            }
+        }
     }
 }
 
@@ -127,6 +107,11 @@ impl SyncRunner {
             permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SYNCS)),
             events,
         }
+    }
+
+    /// Sync `id`, whichever organization's (what its job names).
+    async fn load(&self, id: String) -> crate::db::StoreResult<SyncRow> {
+        self.store.run(move |conn| SyncRow::by_id(conn, &id)).await
     }
 
     async fn run(&self, sync: SyncRow) {

@@ -54,7 +54,15 @@ fn violations(flow: Value) -> Vec<(String, &'static str)> {
 }
 
 fn one(field: &str, code: &'static str) -> Vec<(String, &'static str)> {
-    vec![(field.to_string(), code)]
+    named(&[(field, code)])
+}
+
+/// The violations of the `(field, code)` pairs `expected`, as [`violations`] lists them.
+fn named(expected: &[(&str, &'static str)]) -> Vec<(String, &'static str)> {
+    expected
+        .iter()
+        .map(|&(field, code)| (field.to_string(), code))
+        .collect()
 }
 
 #[test]
@@ -97,10 +105,10 @@ fn dangling_edges_name_their_missing_end() {
     });
     assert_eq!(
         violations(flow),
-        vec![
-            ("flow.edges[0].target".to_string(), code::NOT_FOUND),
-            ("flow.edges[1].source".to_string(), code::NOT_FOUND),
-        ]
+        named(&[
+            ("flow.edges[0].target", code::NOT_FOUND),
+            ("flow.edges[1].source", code::NOT_FOUND)
+        ])
     );
 }
 
@@ -129,10 +137,10 @@ fn a_flow_has_one_entry_and_nothing_enters_it() {
     });
     assert_eq!(
         violations(into_input),
-        vec![
-            ("flow.edges[0].target".to_string(), code::ENTRY),
-            ("flow.edges[1].source".to_string(), code::ENTRY),
-        ]
+        named(&[
+            ("flow.edges[0].target", code::ENTRY),
+            ("flow.edges[1].source", code::ENTRY)
+        ])
     );
 }
 
@@ -149,24 +157,15 @@ fn configs_are_checked_field_by_field() {
     });
     assert_eq!(
         violations(flow),
-        vec![
-            (
-                "flow.nodes[0].config.temperature".to_string(),
-                code::MAXIMUM
-            ),
-            (
-                "flow.nodes[0].config.colour".to_string(),
-                code::ADDITIONAL_PROPERTIES
-            ),
-            (
-                "flow.nodes[1].config.knowledge_base_ids".to_string(),
-                code::MIN_ITEMS
-            ),
-            ("flow.nodes[1].config.top_k".to_string(), code::MINIMUM),
-            ("flow.nodes[2].config.tool_id".to_string(), code::REQUIRED),
-            ("flow.nodes[3].id".to_string(), code::PATTERN),
-            ("flow.nodes[3].config".to_string(), code::REQUIRED),
-        ]
+        named(&[
+            ("flow.nodes[0].config.temperature", code::MAXIMUM),
+            ("flow.nodes[0].config.colour", code::ADDITIONAL_PROPERTIES),
+            ("flow.nodes[1].config.knowledge_base_ids", code::MIN_ITEMS),
+            ("flow.nodes[1].config.top_k", code::MINIMUM),
+            ("flow.nodes[2].config.tool_id", code::REQUIRED),
+            ("flow.nodes[3].id", code::PATTERN),
+            ("flow.nodes[3].config", code::REQUIRED)
+        ])
     );
     assert_eq!(
         violations(json!({"nodes": []})),
@@ -204,15 +203,15 @@ fn references_are_checked_through_the_caller() {
     });
     assert_eq!(
         violations(flow),
-        vec![
-            ("flow.nodes[1].config.model".to_string(), code::NOT_FOUND),
-            ("flow.nodes[1].config.tools[1]".to_string(), code::NOT_FOUND),
-            ("flow.nodes[2].config.tool_id".to_string(), code::NOT_FOUND),
+        named(&[
+            ("flow.nodes[1].config.model", code::NOT_FOUND),
+            ("flow.nodes[1].config.tools[1]", code::NOT_FOUND),
+            ("flow.nodes[2].config.tool_id", code::NOT_FOUND),
             (
-                "flow.nodes[3].config.knowledge_base_ids[1]".to_string(),
+                "flow.nodes[3].config.knowledge_base_ids[1]",
                 code::NOT_FOUND
-            ),
-        ]
+            )
+        ])
     );
 }
 
@@ -261,14 +260,11 @@ fn templates_name_only_upstream_nodes() {
     });
     assert_eq!(
         violations(flow),
-        vec![
-            ("flow.nodes[0].config.template".to_string(), code::UPSTREAM),
-            (
-                "flow.nodes[2].config.arguments.q[0]".to_string(),
-                code::NOT_FOUND
-            ),
-            ("flow.nodes[4].config.value".to_string(), code::PATTERN),
-        ]
+        named(&[
+            ("flow.nodes[0].config.template", code::UPSTREAM),
+            ("flow.nodes[2].config.arguments.q[0]", code::NOT_FOUND),
+            ("flow.nodes[4].config.value", code::PATTERN)
+        ])
     );
 }
 

@@ -9,8 +9,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use conformance::sse::SseParser;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -19,9 +17,8 @@ use super::{
     counted_tokens,
 };
 use crate::egress::Egress;
-use crate::engine::provider::{
-    OpenAiCompatible, ProviderError, pass_on, storable, stream_event, usage_of,
-};
+use crate::engine::provider::{OpenAiCompatible, ProviderError, storable, usage_of};
+use crate::engine::sse;
 
 /// An OpenAI-compatible chat-completions endpoint, asked with tools.
 #[derive(Debug, Clone)]
@@ -110,27 +107,8 @@ impl OpenAiToolModel {
         &self, messages: &[Message], tools: &Tools, deltas: &mpsc::Sender<String>,
     ) -> Result<ModelTurn, ProviderError> {
         let resp = self.client.send(&self.body(messages, tools, true)).await?;
-        let mut body = resp.bytes_stream();
-        let mut events = SseParser::default();
         let mut streamed = Streamed::default();
-        let mut finished = false;
-        while !finished && let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| self.read_failed(e))?;
-            for event in events.feed(&chunk) {
-                if streamed.read(&event.data, deltas).await? {
-                    finished = true;
-                    break;
-                }
-            }
-        }
-        // A server that closes right after `data: [DONE]` without its blank line has finished.
-        if !finished && let Some(last) = events.finish() {
-            finished = streamed.read(&last.data, deltas).await?;
-        }
-        if !finished {
-            let why = "the stream ended before [DONE]";
-            return Err(ProviderError::BadResponse(why.into()));
-        }
+        sse::read(resp, &mut streamed, deltas, |e| self.read_failed(e)).await?;
         let Streamed {
             text, calls, usage, ..
         } = streamed;
@@ -222,27 +200,25 @@ struct Streamed {
     usage: Option<(i64, i64)>,
 }
 
-impl Streamed {
-    /// Reads one event's data (a chunk of JSON, or `[DONE]`), passing text on; `true` once
-    /// the stream says it is done.
-    async fn read(
-        &mut self, data: &str, deltas: &mpsc::Sender<String>,
-    ) -> Result<bool, ProviderError> {
-        let Some(v) = stream_event(data, &mut self.usage)? else {
-            return Ok(true);
-        };
+impl sse::Chunks for Streamed {
+    fn usage(&mut self) -> &mut Option<(i64, i64)> {
+        &mut self.usage
+    }
+
+    async fn chunk(&mut self, v: &Value, deltas: &mpsc::Sender<String>) {
         let Some(delta) = v.pointer("/choices/0/delta") else {
-            return Ok(false);
+            return;
         };
         if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
             for (position, call) in calls.iter().enumerate() {
                 self.add(position, call);
             }
         }
-        pass_on(delta.get("content"), &mut self.text, deltas).await;
-        Ok(false)
+        sse::pass_on(delta.get("content"), &mut self.text, deltas).await;
     }
+}
 
+impl Streamed {
     /// Adds one `tool_calls[]` delta: the call at its `index` (its position in the delta when
     /// it has none) gets its id, and its name and arguments grow. A new id at an index in use
     /// starts another call (servers that number every call of a turn 0).

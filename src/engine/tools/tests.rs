@@ -264,6 +264,16 @@ fn answered(outcome: Result<LoopOutcome, LoopFailure>) -> (String, LoopState, Ve
     }
 }
 
+/// [`ask_openai`] with new tools and a new sink, which must answer: the answer's text, state
+/// and steps, and the tools and the sink to look into.
+async fn answered_fresh(
+    url: &str, question: &str,
+) -> (String, LoopState, Vec<LoopStep>, FakeTools, Recorder) {
+    let (executor, sink) = (FakeTools::default(), Recorder::default());
+    let (text, state, steps) = answered(ask_openai(url, question, &executor, &sink).await);
+    (text, state, steps, executor, sink)
+}
+
 fn tool_steps(steps: &[LoopStep]) -> Vec<&ToolCallStep> {
     steps
         .iter()
@@ -295,9 +305,7 @@ async fn a_tool_call_then_an_answer_sums_usage_and_sends_the_result_back() {
         answer("It is 18 °C in Paris.", (20, 7)),
     ])
     .await;
-    let (executor, sink) = (FakeTools::default(), Recorder::default());
-    let outcome = ask_openai(&url, "What is the weather in Paris?", &executor, &sink).await;
-    let (text, state, steps) = answered(outcome);
+    let (text, state, steps, _, sink) = answered_fresh(&url, "What is the weather in Paris?").await;
     assert_eq!(text, "It is 18 °C in Paris.");
     assert_eq!(state.turns, 2);
     let mut usage = Usage::priced(10, 5, PRICING);
@@ -461,9 +469,7 @@ async fn malformed_arguments_unknown_functions_and_failing_tools_are_told_to_the
         answer("Sorry, I could not check.", (40, 5)),
     ])
     .await;
-    let (executor, sink) = (FakeTools::default(), Recorder::default());
-    let outcome = ask_openai(&url, "Weather?", &executor, &sink).await;
-    let (text, _, steps) = answered(outcome);
+    let (text, _, steps, executor, sink) = answered_fresh(&url, "Weather?").await;
     assert_eq!(text, "Sorry, I could not check.");
     assert_eq!(executor.called(), [("broken".to_string(), json!({}))]);
     let steps = tool_steps(&steps);
