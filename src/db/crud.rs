@@ -202,7 +202,7 @@ macro_rules! child_table {
                 Ok(t::table
                     .filter(t::id.eq(id))
                     .select(<$row>::as_select())
-                    .get_result(conn)?)
+                    .first(conn)?)
             }
         }
 
@@ -243,12 +243,10 @@ macro_rules! one_row {
         ) -> $crate::db::StoreResult<Self> {
             use diesel::prelude::*;
             use $crate::db::schema::$table as t;
-            // Not `.first()`: its `LIMIT ?` makes SQLite re-prepare the cached statement on
-            // every bind (it plans with the bound limit), which cost a third of a `GET`.
             Ok(t::table
                 $(.filter(t::$column.eq($arg)))+
                 .select(<$row>::as_select())
-                .get_result(conn)?)
+                .first(conn)?)
         }
         fn delete(
             conn: &mut $crate::db::DbConnection,
