@@ -6,6 +6,7 @@
 # not run in CI: the numbers vary with the machine. DESIGN.md budgets the cases/s ratio.
 #
 #   bench/conform.sh
+#   NAME=2026-12-05-after bench/conform.sh  # writes conform-2026-12-05-after.md (default: the date)
 #   MAX_EXAMPLES=100 bench/conform.sh
 #   AGENTPLANE=/path/to/release/agentplane bench/conform.sh
 set -euo pipefail
@@ -70,7 +71,7 @@ ap_cases=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['requ
 tail -n 3 "$WORK/ap-conform.out"
 
 mkdir -p bench/results
-STAMP=$(date -u +%Y-%m-%d)
+STAMP=${NAME:-$(date -u +%Y-%m-%d)}
 python3 - "bench/results/conform-$STAMP" "$MAX_EXAMPLES" "$(nproc)" \
   "Schemathesis $("$SCHEMATHESIS" --version | awk '{print $NF}')" "$st_cases" "$st_secs" "$st_rc" \
   "agentplane conform" "$ap_cases" "$ap_secs" "$ap_rc" <<'PY'

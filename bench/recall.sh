@@ -9,6 +9,7 @@
 # answers are random, so the figures move a little from run to run.
 #
 #   bench/recall.sh
+#   NAME=2026-12-05-after bench/recall.sh   # writes recall-2026-12-05-after.md (default: the date)
 #   MAX_EXAMPLES=50 AGENTPLANE=target/debug/agentplane bench/recall.sh
 #
 # Tools: Prism and the spec collection @readme/oas-examples are installed from npm into
@@ -118,7 +119,7 @@ for entry in "${SPECS[@]}"; do
 done
 
 mkdir -p bench/results
-STAMP=$(date -u +%Y-%m-%d)
+STAMP=${NAME:-$(date -u +%Y-%m-%d)}
 OUT=bench/results/recall-$STAMP.md
 python3 - "$WORK/out" "$OUT" "$MAX_EXAMPLES" "$PRISM_VERSION" \
   "$("$SCHEMATHESIS" --version | awk '{print $NF}')" "${SPECS[@]%% *}" <<'PY'

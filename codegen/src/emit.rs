@@ -486,7 +486,7 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
             let mut parts = Vec::new();
             if let Some(body) = &r.body {
                 let b = ty_tokens(body);
-                parts.push(quote! { poem_openapi::payload::Json<#b> });
+                parts.push(quote! { crate::Json<#b> });
             }
             for h in &r.headers {
                 let wire = &h.wire;
@@ -543,7 +543,7 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                     fn from(c: crate::Conditional<#b>) -> Self {
                         match c {
                             crate::Conditional::Fresh(body, etag) => {
-                                Self::Ok(poem_openapi::payload::Json(body), etag)
+                                Self::Ok(crate::Json(body), etag)
                             }
                             crate::Conditional::NotModified(etag) => Self::NotModified(etag),
                         }
@@ -556,16 +556,19 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
         // the statuses the operation does not document.
         let fails = error_variants(ir, op);
         if !fails.is_empty() {
-            let arms = fails.iter().filter(|(s, ..)| *s != 503).map(|(status, v, headers)| {
-                let none = (0..*headers).map(|_| quote! { , None });
-                quote! { #status => Self::#v(poem_openapi::payload::Json(*e.envelope) #(#none)*), }
-            });
+            let arms = fails
+                .iter()
+                .filter(|(s, ..)| *s != 503)
+                .map(|(status, v, headers)| {
+                    let none = (0..*headers).map(|_| quote! { , None });
+                    quote! { #status => Self::#v(crate::Json(*e.envelope) #(#none)*), }
+                });
             items.push(quote! {
                 impl From<crate::ApiError> for #resp_name {
                     fn from(e: crate::ApiError) -> Self {
                         match e.status {
                             #(#arms)*
-                            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+                            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
                         }
                     }
                 }
@@ -597,13 +600,9 @@ fn tag_module(ir: &Ir, tag: &crate::ir::Tag, ops: &[&Operation]) -> Result<Token
                 if !has(401) || !has(503) {
                     bail!("{}: a secured operation must document 401 and 503", op.id);
                 }
-                let unauthorized =
-                    answer(quote! { #resp_name::Unauthorized(poem_openapi::payload::Json(e)) });
-                let forbidden_answer =
-                    answer(quote! { #resp_name::#forbidden(poem_openapi::payload::Json(e)) });
-                let unavailable = answer(
-                    quote! { #resp_name::ServiceUnavailable(poem_openapi::payload::Json(e)) },
-                );
+                let unauthorized = answer(quote! { #resp_name::Unauthorized(crate::Json(e)) });
+                let forbidden_answer = answer(quote! { #resp_name::#forbidden(crate::Json(e)) });
+                let unavailable = answer(quote! { #resp_name::ServiceUnavailable(crate::Json(e)) });
                 (
                     quote! { Self::Caller },
                     quote! { caller },
@@ -948,6 +947,58 @@ fn lib(ir: &Ir) -> TokenStream {
                     })
                 })
                 .collect()
+        }
+
+        /// A JSON answer: the typed value, serialized as poem-openapi's `Json` serializes it, or
+        /// JSON text a handler already wrote for it (a stored row served without rebuilding it
+        /// as typed values; the handler answers for the text matching `T`'s schema). Built with
+        /// [`Json()`] like poem-openapi's `Json`, or as `Json::Text(…)`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Json<T> {
+            /// The value, serialized when the answer is written.
+            Typed(T),
+            /// The value as JSON text already.
+            Text(String),
+        }
+
+        /// The typed JSON answer `value`.
+        #[allow(non_snake_case)]
+        pub fn Json<T>(value: T) -> Json<T> {
+            Json::Typed(value)
+        }
+
+        impl<T> Json<T> {
+            /// The typed value, when the answer holds one (tests look inside answers).
+            pub fn typed(&self) -> Option<&T> {
+                match self {
+                    Json::Typed(v) => Some(v),
+                    Json::Text(_) => None,
+                }
+            }
+        }
+
+        impl<T: poem_openapi::types::Type> poem_openapi::payload::Payload for Json<T> {
+            const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+            fn check_content_type(content_type: &str) -> bool {
+                <poem_openapi::payload::Json<T> as poem_openapi::payload::Payload>::check_content_type(content_type)
+            }
+            fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+                T::schema_ref()
+            }
+            fn register(registry: &mut poem_openapi::registry::Registry) {
+                T::register(registry);
+            }
+        }
+
+        impl<T: poem_openapi::types::ToJSON> poem::IntoResponse for Json<T> {
+            fn into_response(self) -> poem::Response {
+                match self {
+                    Json::Typed(v) => poem::IntoResponse::into_response(poem_openapi::payload::Json(v)),
+                    Json::Text(text) => poem::Response::builder()
+                        .content_type(<Self as poem_openapi::payload::Payload>::CONTENT_TYPE)
+                        .body(text),
+                }
+            }
         }
 
         /// The stream behind a `text/event-stream` answer: each item becomes one event whose

@@ -38,34 +38,34 @@ pub enum ExecuteAgentResponse {
     ),
     /// The finished execution (`options.wait`), or its progress as server-sent events (`options.stream` or an `Accept` of `text/event-stream`).
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::Execution>),
+    Ok(crate::Json<crate::models::Execution>),
     /// The execution was accepted; poll its `Location`.
     #[oai(status = 202u16)]
     Accepted(
-        poem_openapi::payload::Json<crate::models::Execution>,
+        crate::Json<crate::models::Execution>,
         #[oai(header = "Location")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The `Idempotency-Key` was already used with a different body (`IDEMPOTENCY_KEY_REUSED`), or the agent is scaled to 0 replicas (`AGENT_NOT_SERVING`).
     #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Conflict(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl std::fmt::Debug for ExecuteAgentResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,13 +76,13 @@ impl std::fmt::Debug for ExecuteAgentResponse {
 impl From<crate::ApiError> for ExecuteAgentResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            409u16 => Self::Conflict(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -126,27 +126,27 @@ impl crate::Paged for ListExecutionsParams {
 pub enum ListExecutionsResponse {
     /// A page of executions.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::ExecutionList>),
+    Ok(crate::Json<crate::models::ExecutionList>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for ListExecutionsResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -166,7 +166,7 @@ pub enum GetExecutionResponse {
     /// The execution.
     #[oai(status = 200u16)]
     Ok(
-        poem_openapi::payload::Json<crate::models::Execution>,
+        crate::Json<crate::models::Execution>,
         #[oai(header = "ETag")] String,
     ),
     /// The execution has not changed since the `ETag` given in `If-None-Match`.
@@ -174,26 +174,24 @@ pub enum GetExecutionResponse {
     NotModified(#[oai(header = "ETag")] String),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::Conditional<crate::models::Execution>> for GetExecutionResponse {
     fn from(c: crate::Conditional<crate::models::Execution>) -> Self {
         match c {
-            crate::Conditional::Fresh(body, etag) => {
-                Self::Ok(poem_openapi::payload::Json(body), etag)
-            }
+            crate::Conditional::Fresh(body, etag) => Self::Ok(crate::Json(body), etag),
             crate::Conditional::NotModified(etag) => Self::NotModified(etag),
         }
     }
@@ -201,11 +199,11 @@ impl From<crate::Conditional<crate::models::Execution>> for GetExecutionResponse
 impl From<crate::ApiError> for GetExecutionResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -222,35 +220,35 @@ pub struct CancelExecutionParams {
 pub enum CancelExecutionResponse {
     /// The execution, now `cancelled`.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::Execution>),
+    Ok(crate::Json<crate::models::Execution>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The request conflicts with an existing resource.
     #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Conflict(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for CancelExecutionResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            409u16 => Self::Conflict(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -269,39 +267,39 @@ pub struct SubmitToolOutputsParams {
 pub enum SubmitToolOutputsResponse {
     /// The execution, queued again with the outputs.
     #[oai(status = 202u16)]
-    Accepted(poem_openapi::payload::Json<crate::models::Execution>),
+    Accepted(crate::Json<crate::models::Execution>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The request conflicts with an existing resource.
     #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Conflict(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for SubmitToolOutputsResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            409u16 => Self::Conflict(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -318,31 +316,31 @@ pub struct GetExecutionLogsParams {
 pub enum GetExecutionLogsResponse {
     /// The log.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::ExecutionLogs>),
+    Ok(crate::Json<crate::models::ExecutionLogs>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for GetExecutionLogsResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -366,19 +364,19 @@ pub enum StreamExecutionEventsResponse {
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl std::fmt::Debug for StreamExecutionEventsResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -389,11 +387,11 @@ impl std::fmt::Debug for StreamExecutionEventsResponse {
 impl From<crate::ApiError> for StreamExecutionEventsResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -412,35 +410,35 @@ pub struct StreamExecutionParams {
 pub enum StreamExecutionResponse {
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The request did not ask for a WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`).
     #[oai(status = 426u16)]
     UpgradeRequired(
-        poem_openapi::payload::Json<crate::models::ErrorEnvelope>,
+        crate::Json<crate::models::ErrorEnvelope>,
         #[oai(header = "Upgrade")] Option<String>,
     ),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for StreamExecutionResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            426u16 => Self::UpgradeRequired(poem_openapi::payload::Json(*e.envelope), None),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            426u16 => Self::UpgradeRequired(crate::Json(*e.envelope), None),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -580,19 +578,13 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(ExecuteAgentResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ExecuteAgentResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(ExecuteAgentResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ExecuteAgentResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(ExecuteAgentResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ExecuteAgentResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -632,19 +624,13 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(ListExecutionsResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListExecutionsResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(ListExecutionsResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListExecutionsResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(ListExecutionsResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListExecutionsResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -674,19 +660,13 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(GetExecutionResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetExecutionResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(GetExecutionResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetExecutionResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(GetExecutionResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetExecutionResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -714,19 +694,13 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(CancelExecutionResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(CancelExecutionResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(CancelExecutionResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(CancelExecutionResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(CancelExecutionResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(CancelExecutionResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -756,19 +730,15 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(SubmitToolOutputsResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(SubmitToolOutputsResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(SubmitToolOutputsResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(SubmitToolOutputsResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(SubmitToolOutputsResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(SubmitToolOutputsResponse::ServiceUnavailable(crate::Json(
+                    e,
+                )));
             }
         };
         Ok(self
@@ -796,19 +766,13 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(GetExecutionLogsResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetExecutionLogsResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(GetExecutionLogsResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetExecutionLogsResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(GetExecutionLogsResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetExecutionLogsResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -841,18 +805,14 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(StreamExecutionEventsResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(StreamExecutionEventsResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(StreamExecutionEventsResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(StreamExecutionEventsResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
                 return Ok(StreamExecutionEventsResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
+                    crate::Json(e),
                 ));
             }
         };
@@ -890,17 +850,17 @@ impl<T: ExecutionsApi> ExecutionsRoutes<T> {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
                 return Ok(crate::Upgraded::Answer(
-                    StreamExecutionResponse::Unauthorized(poem_openapi::payload::Json(e)),
+                    StreamExecutionResponse::Unauthorized(crate::Json(e)),
                 ));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
                 return Ok(crate::Upgraded::Answer(StreamExecutionResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
+                    crate::Json(e),
                 )));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
                 return Ok(crate::Upgraded::Answer(
-                    StreamExecutionResponse::ServiceUnavailable(poem_openapi::payload::Json(e)),
+                    StreamExecutionResponse::ServiceUnavailable(crate::Json(e)),
                 ));
             }
         };

@@ -238,6 +238,55 @@ pub fn parse_csv<T: poem_openapi::types::ParseFromParameter>(
         })
         .collect()
 }
+/// A JSON answer: the typed value, serialized as poem-openapi's `Json` serializes it, or
+/// JSON text a handler already wrote for it (a stored row served without rebuilding it
+/// as typed values; the handler answers for the text matching `T`'s schema). Built with
+/// [`Json()`] like poem-openapi's `Json`, or as `Json::Text(…)`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json<T> {
+    /// The value, serialized when the answer is written.
+    Typed(T),
+    /// The value as JSON text already.
+    Text(String),
+}
+/// The typed JSON answer `value`.
+#[allow(non_snake_case)]
+pub fn Json<T>(value: T) -> Json<T> {
+    Json::Typed(value)
+}
+impl<T> Json<T> {
+    /// The typed value, when the answer holds one (tests look inside answers).
+    pub fn typed(&self) -> Option<&T> {
+        match self {
+            Json::Typed(v) => Some(v),
+            Json::Text(_) => None,
+        }
+    }
+}
+impl<T: poem_openapi::types::Type> poem_openapi::payload::Payload for Json<T> {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+    fn check_content_type(content_type: &str) -> bool {
+        <poem_openapi::payload::Json<T> as poem_openapi::payload::Payload>::check_content_type(
+            content_type,
+        )
+    }
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        T::schema_ref()
+    }
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        T::register(registry);
+    }
+}
+impl<T: poem_openapi::types::ToJSON> poem::IntoResponse for Json<T> {
+    fn into_response(self) -> poem::Response {
+        match self {
+            Json::Typed(v) => poem::IntoResponse::into_response(poem_openapi::payload::Json(v)),
+            Json::Text(text) => poem::Response::builder()
+                .content_type(<Self as poem_openapi::payload::Payload>::CONTENT_TYPE)
+                .body(text),
+        }
+    }
+}
 /// The stream behind a `text/event-stream` answer: each item becomes one event whose
 /// `data:` is the item as JSON.
 pub type EventStreamOf<T> = futures_util::stream::BoxStream<'static, T>;

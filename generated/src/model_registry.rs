@@ -40,27 +40,27 @@ impl crate::Paged for ListModelsParams {
 pub enum ListModelsResponse {
     /// A page of models.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::ModelList>),
+    Ok(crate::Json<crate::models::ModelList>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for ListModelsResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -92,38 +92,38 @@ pub enum CreateModelResponse {
     /// The model was registered.
     #[oai(status = 201u16)]
     Created(
-        poem_openapi::payload::Json<crate::models::Model>,
+        crate::Json<crate::models::Model>,
         #[oai(header = "Location")] String,
         #[oai(header = "ETag")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// The `Idempotency-Key` was already used with a different request body.
     #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Conflict(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for CreateModelResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            409u16 => Self::Conflict(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -143,7 +143,7 @@ pub enum GetModelResponse {
     /// The model.
     #[oai(status = 200u16)]
     Ok(
-        poem_openapi::payload::Json<crate::models::Model>,
+        crate::Json<crate::models::Model>,
         #[oai(header = "ETag")] String,
     ),
     /// The model has not changed since the `ETag` given in `If-None-Match`.
@@ -151,26 +151,24 @@ pub enum GetModelResponse {
     NotModified(#[oai(header = "ETag")] String),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::Conditional<crate::models::Model>> for GetModelResponse {
     fn from(c: crate::Conditional<crate::models::Model>) -> Self {
         match c {
-            crate::Conditional::Fresh(body, etag) => {
-                Self::Ok(poem_openapi::payload::Json(body), etag)
-            }
+            crate::Conditional::Fresh(body, etag) => Self::Ok(crate::Json(body), etag),
             crate::Conditional::NotModified(etag) => Self::NotModified(etag),
         }
     }
@@ -178,11 +176,11 @@ impl From<crate::Conditional<crate::models::Model>> for GetModelResponse {
 impl From<crate::ApiError> for GetModelResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -204,41 +202,41 @@ pub enum ReplaceModelResponse {
     /// The model after the update.
     #[oai(status = 200u16)]
     Ok(
-        poem_openapi::payload::Json<crate::models::Model>,
+        crate::Json<crate::models::Model>,
         #[oai(header = "ETag")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The resource changed since the `ETag` given in `If-Match`.
     #[oai(status = 412u16)]
-    PreconditionFailed(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    PreconditionFailed(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for ReplaceModelResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -258,28 +256,28 @@ pub enum DeleteModelResponse {
     NoContent,
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for DeleteModelResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -351,19 +349,13 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(ListModelsResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListModelsResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(ListModelsResponse::Forbidden(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(ListModelsResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(ListModelsResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListModelsResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -391,19 +383,13 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(CreateModelResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(CreateModelResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(CreateModelResponse::Forbidden(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(CreateModelResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(CreateModelResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(CreateModelResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -433,17 +419,13 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(GetModelResponse::Unauthorized(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(GetModelResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(GetModelResponse::Forbidden(poem_openapi::payload::Json(e)));
+                return Ok(GetModelResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(GetModelResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetModelResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -475,19 +457,13 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(ReplaceModelResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ReplaceModelResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(ReplaceModelResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ReplaceModelResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(ReplaceModelResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ReplaceModelResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -515,19 +491,13 @@ impl<T: ModelRegistryApi> ModelRegistryRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(DeleteModelResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(DeleteModelResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(DeleteModelResponse::Forbidden(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(DeleteModelResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(DeleteModelResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(DeleteModelResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self

@@ -44,27 +44,27 @@ impl crate::Paged for ListSecurityEventsParams {
 pub enum ListSecurityEventsResponse {
     /// A page of events.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::SecurityEventList>),
+    Ok(crate::Json<crate::models::SecurityEventList>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for ListSecurityEventsResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -81,31 +81,31 @@ pub struct GetSecurityEventParams {
 pub enum GetSecurityEventResponse {
     /// The event.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::SecurityEvent>),
+    Ok(crate::Json<crate::models::SecurityEvent>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for GetSecurityEventResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -127,38 +127,38 @@ pub enum ScanAgentResponse {
     /// The scan ran and was stored.
     #[oai(status = 201u16)]
     Created(
-        poem_openapi::payload::Json<crate::models::SecurityScan>,
+        crate::Json<crate::models::SecurityScan>,
         #[oai(header = "Location")] String,
         #[oai(header = "ETag")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The `Idempotency-Key` was already used with a different request body.
     #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Conflict(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for ScanAgentResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            409u16 => Self::Conflict(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -202,27 +202,27 @@ impl crate::Paged for ListSecurityScansParams {
 pub enum ListSecurityScansResponse {
     /// A page of scans.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::SecurityScanList>),
+    Ok(crate::Json<crate::models::SecurityScanList>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for ListSecurityScansResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -242,7 +242,7 @@ pub enum GetSecurityScanResponse {
     /// The scan.
     #[oai(status = 200u16)]
     Ok(
-        poem_openapi::payload::Json<crate::models::SecurityScan>,
+        crate::Json<crate::models::SecurityScan>,
         #[oai(header = "ETag")] String,
     ),
     /// The scan has not changed since the `ETag` given in `If-None-Match`.
@@ -250,26 +250,24 @@ pub enum GetSecurityScanResponse {
     NotModified(#[oai(header = "ETag")] String),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::Conditional<crate::models::SecurityScan>> for GetSecurityScanResponse {
     fn from(c: crate::Conditional<crate::models::SecurityScan>) -> Self {
         match c {
-            crate::Conditional::Fresh(body, etag) => {
-                Self::Ok(poem_openapi::payload::Json(body), etag)
-            }
+            crate::Conditional::Fresh(body, etag) => Self::Ok(crate::Json(body), etag),
             crate::Conditional::NotModified(etag) => Self::NotModified(etag),
         }
     }
@@ -277,11 +275,11 @@ impl From<crate::Conditional<crate::models::SecurityScan>> for GetSecurityScanRe
 impl From<crate::ApiError> for GetSecurityScanResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -391,19 +389,15 @@ impl<T: SecurityApi> SecurityRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(ListSecurityEventsResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListSecurityEventsResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(ListSecurityEventsResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListSecurityEventsResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(ListSecurityEventsResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListSecurityEventsResponse::ServiceUnavailable(crate::Json(
+                    e,
+                )));
             }
         };
         Ok(self
@@ -433,19 +427,13 @@ impl<T: SecurityApi> SecurityRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(GetSecurityEventResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetSecurityEventResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(GetSecurityEventResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetSecurityEventResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(GetSecurityEventResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetSecurityEventResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -489,17 +477,13 @@ impl<T: SecurityApi> SecurityRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(ScanAgentResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ScanAgentResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(ScanAgentResponse::Forbidden(poem_openapi::payload::Json(e)));
+                return Ok(ScanAgentResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(ScanAgentResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ScanAgentResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -541,19 +525,15 @@ impl<T: SecurityApi> SecurityRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(ListSecurityScansResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListSecurityScansResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(ListSecurityScansResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListSecurityScansResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(ListSecurityScansResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListSecurityScansResponse::ServiceUnavailable(crate::Json(
+                    e,
+                )));
             }
         };
         Ok(self
@@ -583,19 +563,13 @@ impl<T: SecurityApi> SecurityRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(GetSecurityScanResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetSecurityScanResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(GetSecurityScanResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetSecurityScanResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(GetSecurityScanResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetSecurityScanResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self

@@ -12,10 +12,10 @@ pub struct GetHealthParams {}
 pub enum GetHealthResponse {
     /// The platform is healthy.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::Health>),
+    Ok(crate::Json<crate::models::Health>),
     /// A component is unhealthy.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::Health>),
+    ServiceUnavailable(crate::Json<crate::models::Health>),
 }
 /// The parameters and body of
 /// `GET /v1/status` (getStatus)
@@ -27,7 +27,7 @@ pub struct GetStatusParams {}
 pub enum GetStatusResponse {
     /// The status of this replica.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::SystemStatus>),
+    Ok(crate::Json<crate::models::SystemStatus>),
 }
 /// The parameters and body of
 /// `GET /v1/system/metrics` (getSystemMetrics)
@@ -39,27 +39,27 @@ pub struct GetSystemMetricsParams {}
 pub enum GetSystemMetricsResponse {
     /// The metrics now.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::SystemMetrics>),
+    Ok(crate::Json<crate::models::SystemMetrics>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for GetSystemMetricsResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -76,27 +76,27 @@ pub struct RunBatchParams {
 pub enum RunBatchResponse {
     /// Each operation's answer, in order.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::BatchResult>),
+    Ok(crate::Json<crate::models::BatchResult>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for RunBatchResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -184,19 +184,13 @@ impl<T: SystemApi> SystemRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(GetSystemMetricsResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetSystemMetricsResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(GetSystemMetricsResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetSystemMetricsResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(GetSystemMetricsResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetSystemMetricsResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -222,19 +216,13 @@ impl<T: SystemApi> SystemRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(RunBatchResponse::Unauthorized(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(RunBatchResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(RunBatchResponse::Unauthorized(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(RunBatchResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(RunBatchResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(RunBatchResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self

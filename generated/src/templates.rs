@@ -42,27 +42,27 @@ impl crate::Paged for ListPromptTemplatesParams {
 pub enum ListPromptTemplatesResponse {
     /// A page of templates.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::PromptTemplateList>),
+    Ok(crate::Json<crate::models::PromptTemplateList>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for ListPromptTemplatesResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -94,38 +94,38 @@ pub enum CreatePromptTemplateResponse {
     /// The template was created.
     #[oai(status = 201u16)]
     Created(
-        poem_openapi::payload::Json<crate::models::PromptTemplate>,
+        crate::Json<crate::models::PromptTemplate>,
         #[oai(header = "Location")] String,
         #[oai(header = "ETag")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// The `Idempotency-Key` was already used with a different request body.
     #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Conflict(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for CreatePromptTemplateResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            409u16 => Self::Conflict(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -145,7 +145,7 @@ pub enum GetPromptTemplateResponse {
     /// The template.
     #[oai(status = 200u16)]
     Ok(
-        poem_openapi::payload::Json<crate::models::PromptTemplate>,
+        crate::Json<crate::models::PromptTemplate>,
         #[oai(header = "ETag")] String,
     ),
     /// The template has not changed since the `ETag` given in `If-None-Match`.
@@ -153,26 +153,24 @@ pub enum GetPromptTemplateResponse {
     NotModified(#[oai(header = "ETag")] String),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::Conditional<crate::models::PromptTemplate>> for GetPromptTemplateResponse {
     fn from(c: crate::Conditional<crate::models::PromptTemplate>) -> Self {
         match c {
-            crate::Conditional::Fresh(body, etag) => {
-                Self::Ok(poem_openapi::payload::Json(body), etag)
-            }
+            crate::Conditional::Fresh(body, etag) => Self::Ok(crate::Json(body), etag),
             crate::Conditional::NotModified(etag) => Self::NotModified(etag),
         }
     }
@@ -180,11 +178,11 @@ impl From<crate::Conditional<crate::models::PromptTemplate>> for GetPromptTempla
 impl From<crate::ApiError> for GetPromptTemplateResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -206,45 +204,45 @@ pub enum ReplacePromptTemplateResponse {
     /// The template after the update.
     #[oai(status = 200u16)]
     Ok(
-        poem_openapi::payload::Json<crate::models::PromptTemplate>,
+        crate::Json<crate::models::PromptTemplate>,
         #[oai(header = "ETag")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The request conflicts with an existing resource.
     #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Conflict(crate::Json<crate::models::ErrorEnvelope>),
     /// The resource changed since the `ETag` given in `If-Match`.
     #[oai(status = 412u16)]
-    PreconditionFailed(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    PreconditionFailed(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for ReplacePromptTemplateResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
-            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            409u16 => Self::Conflict(crate::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -264,28 +262,28 @@ pub enum DeletePromptTemplateResponse {
     NoContent,
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for DeletePromptTemplateResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -304,35 +302,35 @@ pub struct RenderPromptTemplateParams {
 pub enum RenderPromptTemplateResponse {
     /// The rendered text.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::RenderedPrompt>),
+    Ok(crate::Json<crate::models::RenderedPrompt>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for RenderPromptTemplateResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -416,18 +414,14 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(ListPromptTemplatesResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListPromptTemplatesResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(ListPromptTemplatesResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListPromptTemplatesResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
                 return Ok(ListPromptTemplatesResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
+                    crate::Json(e),
                 ));
             }
         };
@@ -460,18 +454,14 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(CreatePromptTemplateResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(CreatePromptTemplateResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(CreatePromptTemplateResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(CreatePromptTemplateResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
                 return Ok(CreatePromptTemplateResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
+                    crate::Json(e),
                 ));
             }
         };
@@ -502,19 +492,15 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(GetPromptTemplateResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetPromptTemplateResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(GetPromptTemplateResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetPromptTemplateResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(GetPromptTemplateResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetPromptTemplateResponse::ServiceUnavailable(crate::Json(
+                    e,
+                )));
             }
         };
         Ok(self
@@ -546,18 +532,14 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(ReplacePromptTemplateResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ReplacePromptTemplateResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(ReplacePromptTemplateResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ReplacePromptTemplateResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
                 return Ok(ReplacePromptTemplateResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
+                    crate::Json(e),
                 ));
             }
         };
@@ -586,18 +568,14 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(DeletePromptTemplateResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(DeletePromptTemplateResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(DeletePromptTemplateResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(DeletePromptTemplateResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
                 return Ok(DeletePromptTemplateResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
+                    crate::Json(e),
                 ));
             }
         };
@@ -628,18 +606,14 @@ impl<T: TemplatesApi> TemplatesRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(RenderPromptTemplateResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(RenderPromptTemplateResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(RenderPromptTemplateResponse::Forbidden(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(RenderPromptTemplateResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
                 return Ok(RenderPromptTemplateResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
+                    crate::Json(e),
                 ));
             }
         };

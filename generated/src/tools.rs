@@ -40,27 +40,27 @@ impl crate::Paged for ListToolsParams {
 pub enum ListToolsResponse {
     /// A page of tools.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::ToolList>),
+    Ok(crate::Json<crate::models::ToolList>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for ListToolsResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -92,42 +92,42 @@ pub enum CreateToolResponse {
     /// The tool was created.
     #[oai(status = 201u16)]
     Created(
-        poem_openapi::payload::Json<crate::models::Tool>,
+        crate::Json<crate::models::Tool>,
         #[oai(header = "Location")] String,
         #[oai(header = "ETag")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The `Idempotency-Key` was already used with a different request body.
     #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Conflict(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for CreateToolResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            409u16 => Self::Conflict(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -147,7 +147,7 @@ pub enum GetToolResponse {
     /// The tool.
     #[oai(status = 200u16)]
     Ok(
-        poem_openapi::payload::Json<crate::models::Tool>,
+        crate::Json<crate::models::Tool>,
         #[oai(header = "ETag")] String,
     ),
     /// Unchanged since the `ETag` given in `If-None-Match`.
@@ -155,26 +155,24 @@ pub enum GetToolResponse {
     NotModified(#[oai(header = "ETag")] String),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::Conditional<crate::models::Tool>> for GetToolResponse {
     fn from(c: crate::Conditional<crate::models::Tool>) -> Self {
         match c {
-            crate::Conditional::Fresh(body, etag) => {
-                Self::Ok(poem_openapi::payload::Json(body), etag)
-            }
+            crate::Conditional::Fresh(body, etag) => Self::Ok(crate::Json(body), etag),
             crate::Conditional::NotModified(etag) => Self::NotModified(etag),
         }
     }
@@ -182,11 +180,11 @@ impl From<crate::Conditional<crate::models::Tool>> for GetToolResponse {
 impl From<crate::ApiError> for GetToolResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -208,41 +206,41 @@ pub enum ReplaceToolResponse {
     /// The tool after the update.
     #[oai(status = 200u16)]
     Ok(
-        poem_openapi::payload::Json<crate::models::Tool>,
+        crate::Json<crate::models::Tool>,
         #[oai(header = "ETag")] String,
     ),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The resource changed since the `ETag` given in `If-Match`.
     #[oai(status = 412u16)]
-    PreconditionFailed(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    PreconditionFailed(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for ReplaceToolResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            412u16 => Self::PreconditionFailed(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            412u16 => Self::PreconditionFailed(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -262,28 +260,28 @@ pub enum DeleteToolResponse {
     NoContent,
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for DeleteToolResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -302,39 +300,39 @@ pub struct QueryToolParams {
 pub enum QueryToolResponse {
     /// The answer and its passages.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::RagAnswer>),
+    Ok(crate::Json<crate::models::RagAnswer>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The request conflicts with an existing resource.
     #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Conflict(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for QueryToolResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            409u16 => Self::Conflict(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -353,39 +351,39 @@ pub struct SearchToolParams {
 pub enum SearchToolResponse {
     /// Passages, best first.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::KnowledgeResults>),
+    Ok(crate::Json<crate::models::KnowledgeResults>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The request conflicts with an existing resource.
     #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Conflict(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for SearchToolResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            409u16 => Self::Conflict(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -404,39 +402,39 @@ pub struct TestToolParams {
 pub enum TestToolResponse {
     /// How the call went.
     #[oai(status = 200u16)]
-    Ok(poem_openapi::payload::Json<crate::models::ToolTestResult>),
+    Ok(crate::Json<crate::models::ToolTestResult>),
     /// A parameter or the body is malformed.
     #[oai(status = 400u16)]
-    BadRequest(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    BadRequest(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key is missing, unknown, revoked or expired.
     #[oai(status = 401u16)]
-    Unauthorized(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Unauthorized(crate::Json<crate::models::ErrorEnvelope>),
     /// The API key lacks a scope this operation needs.
     #[oai(status = 403u16)]
-    Forbidden(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Forbidden(crate::Json<crate::models::ErrorEnvelope>),
     /// No such resource in the caller's organization.
     #[oai(status = 404u16)]
-    NotFound(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    NotFound(crate::Json<crate::models::ErrorEnvelope>),
     /// The request conflicts with an existing resource.
     #[oai(status = 409u16)]
-    Conflict(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    Conflict(crate::Json<crate::models::ErrorEnvelope>),
     /// The body is well-formed JSON but breaks the schema; `details` names each field.
     #[oai(status = 422u16)]
-    UnprocessableEntity(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    UnprocessableEntity(crate::Json<crate::models::ErrorEnvelope>),
     /// The service cannot answer now (the database is unreachable or saturated); retry later.
     #[oai(status = 503u16)]
-    ServiceUnavailable(poem_openapi::payload::Json<crate::models::ErrorEnvelope>),
+    ServiceUnavailable(crate::Json<crate::models::ErrorEnvelope>),
 }
 impl From<crate::ApiError> for TestToolResponse {
     fn from(e: crate::ApiError) -> Self {
         match e.status {
-            400u16 => Self::BadRequest(poem_openapi::payload::Json(*e.envelope)),
-            401u16 => Self::Unauthorized(poem_openapi::payload::Json(*e.envelope)),
-            403u16 => Self::Forbidden(poem_openapi::payload::Json(*e.envelope)),
-            404u16 => Self::NotFound(poem_openapi::payload::Json(*e.envelope)),
-            409u16 => Self::Conflict(poem_openapi::payload::Json(*e.envelope)),
-            422u16 => Self::UnprocessableEntity(poem_openapi::payload::Json(*e.envelope)),
-            _ => Self::ServiceUnavailable(poem_openapi::payload::Json(*e.envelope)),
+            400u16 => Self::BadRequest(crate::Json(*e.envelope)),
+            401u16 => Self::Unauthorized(crate::Json(*e.envelope)),
+            403u16 => Self::Forbidden(crate::Json(*e.envelope)),
+            404u16 => Self::NotFound(crate::Json(*e.envelope)),
+            409u16 => Self::Conflict(crate::Json(*e.envelope)),
+            422u16 => Self::UnprocessableEntity(crate::Json(*e.envelope)),
+            _ => Self::ServiceUnavailable(crate::Json(*e.envelope)),
         }
     }
 }
@@ -524,17 +522,13 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(ListToolsResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListToolsResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(ListToolsResponse::Forbidden(poem_openapi::payload::Json(e)));
+                return Ok(ListToolsResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(ListToolsResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ListToolsResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -562,19 +556,13 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(CreateToolResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(CreateToolResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(CreateToolResponse::Forbidden(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(CreateToolResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(CreateToolResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(CreateToolResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -600,17 +588,13 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(GetToolResponse::Unauthorized(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(GetToolResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(GetToolResponse::Forbidden(poem_openapi::payload::Json(e)));
+                return Ok(GetToolResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(GetToolResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(GetToolResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -642,19 +626,13 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(ReplaceToolResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ReplaceToolResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(ReplaceToolResponse::Forbidden(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(ReplaceToolResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(ReplaceToolResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(ReplaceToolResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -680,19 +658,13 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(DeleteToolResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(DeleteToolResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(DeleteToolResponse::Forbidden(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(DeleteToolResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(DeleteToolResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(DeleteToolResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -722,17 +694,13 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(QueryToolResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(QueryToolResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(QueryToolResponse::Forbidden(poem_openapi::payload::Json(e)));
+                return Ok(QueryToolResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(QueryToolResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(QueryToolResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -762,19 +730,13 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(SearchToolResponse::Unauthorized(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(SearchToolResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(SearchToolResponse::Forbidden(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(SearchToolResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(SearchToolResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(SearchToolResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self
@@ -804,17 +766,13 @@ impl<T: ToolsApi> ToolsRoutes<T> {
         let caller = match self.0.authenticate(req, SCOPES).await {
             Ok(caller) => caller,
             Err(crate::AuthRejection::Unauthorized(e)) => {
-                return Ok(TestToolResponse::Unauthorized(poem_openapi::payload::Json(
-                    e,
-                )));
+                return Ok(TestToolResponse::Unauthorized(crate::Json(e)));
             }
             Err(crate::AuthRejection::Forbidden(e)) => {
-                return Ok(TestToolResponse::Forbidden(poem_openapi::payload::Json(e)));
+                return Ok(TestToolResponse::Forbidden(crate::Json(e)));
             }
             Err(crate::AuthRejection::Unavailable(e)) => {
-                return Ok(TestToolResponse::ServiceUnavailable(
-                    poem_openapi::payload::Json(e),
-                ));
+                return Ok(TestToolResponse::ServiceUnavailable(crate::Json(e)));
             }
         };
         Ok(self

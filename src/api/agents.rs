@@ -9,12 +9,12 @@
 //! transaction, a save checks what the agent refers to ([`refs`]), and lists sort on any of
 //! several fields (keyset paging on that field, with the shared cursor).
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     self, Agent, AgentBulkResult, AgentBulkUpdate, AgentField, AgentFieldset, AgentList,
     ListAgentsExpandItem, ListAgentsOrder, Scope,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use poem_openapi::types::{ParseFromJSON, ToJSON};
 use serde_json::{Map, Value};
 
@@ -78,6 +78,67 @@ pub(crate) fn row_to_agent(row: &AgentRow) -> Result<Agent, StoreError> {
     Agent::parse_from_json(Some(Value::Object(obj))).map_err(|e| corrupt(row, e.message()))
 }
 
+/// `row` as the JSON text of its [`Agent`], written straight from the row (its columns, then
+/// the stored body's members) instead of parsed into typed values and serialized again: the
+/// body was written from a validated agent ([`split`]) and holds none of the columns. A body
+/// holding a `null` (which the typed answer leaves out) takes the typed way. Debug builds
+/// check that both ways give the same JSON.
+pub(crate) fn agent_json(row: &AgentRow) -> Result<Json<Agent>, StoreError> {
+    let body = row.content.body.trim();
+    let members = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .filter(|_| !body.contains("null"));
+    let Some(members) = members else {
+        return row_to_agent(row).map(Json);
+    };
+    let text = |s: &str| Value::from(s).to_string();
+    let mut out = String::with_capacity(body.len() + 160 + row.content.name.len());
+    out.push_str("{\"id\":");
+    out.push_str(&text(&row.id));
+    out.push_str(",\"name\":");
+    out.push_str(&text(&row.content.name));
+    out.push_str(",\"type\":");
+    out.push_str(&text(&row.content.agent_type));
+    out.push_str(",\"status\":");
+    out.push_str(&text(row.content.status.as_str()));
+    if let Some(d) = &row.content.description {
+        out.push_str(",\"description\":");
+        out.push_str(&text(d));
+    }
+    out.push_str(&format!(",\"version\":{}", row.version));
+    out.push_str(",\"created_at\":");
+    out.push_str(&text(&row.created_at));
+    out.push_str(",\"updated_at\":");
+    out.push_str(&text(&row.updated_at));
+    if !members.trim().is_empty() {
+        out.push(',');
+        out.push_str(members);
+    }
+    out.push('}');
+    #[cfg(debug_assertions)]
+    {
+        let written: Value =
+            serde_json::from_str(&out).map_err(|e| corrupt(row, &e.to_string()))?;
+        let typed = row_to_agent(row)?.to_json();
+        assert_eq!(
+            Some(written),
+            typed,
+            "agent {}: the written JSON differs from the typed",
+            row.id
+        );
+    }
+    Ok(Json::Text(out))
+}
+
+/// The text of a JSON answer.
+fn json_text<T: ToJSON>(json: Json<T>) -> String {
+    match json {
+        Json::Text(text) => text,
+        Json::Typed(value) => value.to_json().unwrap_or_default().to_string(),
+    }
+}
+
 impl Resource for Agent {
     type Row = AgentRow;
     const NOT_FOUND: &'static str = NOT_FOUND;
@@ -87,10 +148,9 @@ impl Resource for Agent {
     }
 }
 
-/// An agent of a list page: its row, its JSON, and what `expand` found for it.
+/// An agent of a list page: its row, and what `expand` found for it.
 struct Listed {
     row: AgentRow,
-    json: Map<String, Value>,
     expanded: Option<Value>,
 }
 
@@ -474,32 +534,41 @@ impl AgentsApi for Handlers {
                 ..query
             };
             let (rows, total) = store::list(conn, org, &query)?;
-            let agents = rows
-                .iter()
-                .map(row_to_json)
-                .collect::<Result<Vec<_>, _>>()?;
-            let expanded = expansions(conn, org, &agents, &expand)?;
-            let listed = rows.into_iter().zip(agents.into_iter().zip(expanded));
-            let listed = listed.map(|(row, (json, expanded))| Listed {
-                row,
-                json,
-                expanded,
-            });
+            let expanded = if expand.is_empty() {
+                vec![None; rows.len()]
+            } else {
+                let agents = rows
+                    .iter()
+                    .map(row_to_json)
+                    .collect::<Result<Vec<_>, _>>()?;
+                expansions(conn, org, &agents, &expand)?
+            };
+            let listed = rows.into_iter().zip(expanded);
+            let listed = listed.map(|(row, expanded)| Listed { row, expanded });
             Ok((listed.collect::<Vec<_>>(), total))
         };
         let fields = params.fields.clone();
-        let fieldset = |l: &Listed| {
-            row_to_fieldset(
-                &l.row,
-                l.json.clone(),
-                fields.as_deref(),
-                l.expanded.clone(),
-            )
+        // Each agent as JSON text: written from its row ([`agent_json`]) unless `fields` or
+        // `expand` shape it, and the page around them, so no agent is rebuilt as typed values.
+        let item = |l: &Listed| -> Result<String, StoreError> {
+            let whole = l.expanded.is_none() && fields.is_none();
+            if whole {
+                return Ok(json_text(agent_json(&l.row)?));
+            }
+            let obj = row_to_json(&l.row)?;
+            let expanded = l.expanded.clone();
+            let fieldset = row_to_fieldset(&l.row, obj, fields.as_deref(), expanded)?;
+            Ok(json_text(Json(fieldset)))
         };
         let (data, pagination) = self
-            .page_of(&caller, &params, NOT_FOUND, list, fieldset)
+            .page_of(&caller, &params, NOT_FOUND, list, item)
             .await?;
-        Ok(ListAgentsResponse::Ok(Json(AgentList { data, pagination })))
+        let pagination = json_text(Json(pagination));
+        let page = format!(
+            "{{\"data\":[{}],\"pagination\":{pagination}}}",
+            data.join(",")
+        );
+        Ok(ListAgentsResponse::Ok(Json::<AgentList>::Text(page)))
     }
 
     async fn create_agent(
@@ -519,8 +588,14 @@ impl AgentsApi for Handlers {
     }
 
     async fn get_agent(&self, caller: Caller, params: GetAgentParams) -> Reply<GetAgentResponse> {
-        let answer = self.item_if_changed::<Agent>(&caller, params.agent_id, params.if_none_match);
-        Ok(answer.await?.into())
+        let answer = self.row_if_changed::<Agent>(&caller, params.agent_id, params.if_none_match);
+        Ok(match answer.await? {
+            Conditional::Fresh(row, tag) => {
+                let agent = agent_json(&row).map_err(store_error(NOT_FOUND, &caller.request_id))?;
+                GetAgentResponse::Ok(agent, tag)
+            }
+            Conditional::NotModified(tag) => GetAgentResponse::NotModified(tag),
+        })
     }
 
     async fn replace_agent(

@@ -4,11 +4,11 @@
 
 use std::sync::{Arc, OnceLock, Weak};
 
+use agentplane_api::Json;
 use agentplane_api::models::{BatchOperation, BatchOperationResult, BatchResult};
 use agentplane_api::{RunBatchParams, RunBatchResponse};
 use poem::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use poem::{Endpoint, Request, Response};
-use poem_openapi::payload::Json;
 use serde_json::Value;
 
 use super::AppEndpoint;

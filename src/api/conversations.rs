@@ -1,12 +1,12 @@
 //! Conversations (Magnet AI): CRUD, and messages the agent answers with the history, as
 //! an execution on the worker pool (waited for, or streamed).
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     Conversation, ConversationList, ConversationPatch, Execution, Message, MessageExchange,
     MessageList, SendMessage,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use serde_json::json;
 use tokio::sync::broadcast::Receiver;

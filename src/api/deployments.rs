@@ -13,9 +13,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use agentplane_api::EventStreamOf;
+use agentplane_api::Json;
 use chrono::{DateTime, Utc};
 use poem::web::sse::Event;
-use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::payload::EventStream;
 use poem_openapi::types::ToJSON;
 
 use super::Handlers;

@@ -1,5 +1,6 @@
 //! The evaluations resource (Magnet AI): datasets of cases run through an agent, runs kept.
 
+use agentplane_api::Json;
 use agentplane_api::Reply;
 use agentplane_api::evaluations::*;
 use agentplane_api::models::{
@@ -7,7 +8,6 @@ use agentplane_api::models::{
     EvaluationRunList, EvaluationRunStatus, EvaluationSummary, EvaluationType, LatencyPercentiles,
     PassCriteria, TestCase, TokenCounts,
 };
-use poem_openapi::payload::Json;
 use serde_json::{Value, json};
 
 use super::Handlers;

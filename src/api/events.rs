@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use agentplane_api::Json;
 use agentplane_api::models::{Event, EventList, StreamClientMessage, StreamClientMessageType};
 use agentplane_api::*;
 use futures_util::{SinkExt, StreamExt};
 use poem::web::websocket::{Message, WebSocket, WebSocketStream};
-use poem_openapi::payload::Json;
 use poem_openapi::types::ParseFromJSON;
 use serde_json::{Value, json};
 

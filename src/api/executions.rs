@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     ExecuteRequest, Execution, ExecutionEvent, ExecutionList, ExecutionLog, ExecutionLogLevel,
     ExecutionLogs,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use poem_openapi::types::ToJSON;
 use serde_json::Value;
 use sha2::Digest;

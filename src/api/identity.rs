@@ -2,12 +2,12 @@
 
 use std::collections::BTreeSet;
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     ApiKey, ApiKeyCreated, ApiKeyInput, ApiKeyList, NotificationPreferences, Organization,
     RateLimitPolicy, Role, Scope, User, UserProfileUpdate,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 
 use super::{Handlers, pagination};

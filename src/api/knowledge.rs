@@ -6,6 +6,7 @@
 //! transaction, so a failure leaves nothing half-written. Retrieval goes through
 //! [`crate::knowledge::search`], the same function the execution engine uses.
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     DocumentInput, IngestResult, KnowledgeBase, KnowledgeBaseInput, KnowledgeBaseList,
     KnowledgeBasePatch, KnowledgeChunk, KnowledgeChunkList, KnowledgeDocument,
@@ -14,7 +15,6 @@ use agentplane_api::models::{
     SyncStatus,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use serde::Deserialize;
 use serde_json::{Map, Value};

@@ -2,11 +2,11 @@
 //! search over the shipped catalog, and installs that create an agent and its prompt
 //! template in one transaction.
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     Agent, ErrorDetail, MarketplaceSort, MarketplaceTemplate, MarketplaceTemplateList,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use poem_openapi::types::ToJSON;
 use serde_json::{Map, Value};
 

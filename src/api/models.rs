@@ -1,9 +1,9 @@
 //! The model registry (Magnet AI models). `api_key` is write-only: sealed with
 //! [`crate::crypto::Crypto`] into its own column, reported only as `api_key_set`.
 
+use agentplane_api::Json;
 use agentplane_api::models::{Model, ModelInput, ModelList, ModelPricing, ModelProvider};
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use serde_json::{Map, Value, json};
 
 use super::Handlers;

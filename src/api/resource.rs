@@ -110,13 +110,29 @@ impl Handlers {
     where
         R::Row: Versioned,
     {
+        match self.row_if_changed::<R>(caller, id, if_none_match).await? {
+            Conditional::Fresh(row, tag) => {
+                let item =
+                    R::from_row(&row).map_err(store_error(R::NOT_FOUND, &caller.request_id))?;
+                Ok(Conditional::Fresh(item, tag))
+            }
+            Conditional::NotModified(tag) => Ok(Conditional::NotModified(tag)),
+        }
+    }
+
+    /// [`Handlers::item_if_changed`]'s row, for a handler that writes the item itself.
+    pub(crate) async fn row_if_changed<R: Resource>(
+        &self, caller: &Caller, id: String, if_none_match: Option<String>,
+    ) -> Result<Conditional<R::Row>, Failure>
+    where
+        R::Row: Versioned,
+    {
         let row = self.row::<R>(caller, id).await?;
         let tag = etag(row.version());
         if not_modified(if_none_match.as_deref(), &tag) {
             return Ok(Conditional::NotModified(tag));
         }
-        let item = R::from_row(&row).map_err(store_error(R::NOT_FOUND, &caller.request_id))?;
-        Ok(Conditional::Fresh(item, tag))
+        Ok(Conditional::Fresh(row, tag))
     }
 
     /// The page of the caller's items that `params` asks for, as `list` reads their rows (for

@@ -1,12 +1,12 @@
 //! `GET /v1/security/events` and the security scans of agents
 //! (`POST /v1/security/scan/{agent_id}`, `GET /v1/security/scans[/{scan_id}]`).
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     SecurityEvent, SecurityEventList, SecurityEventType, SecurityFinding, SecurityScan,
     SecurityScanList, SecurityScanRule, SecurityScanStatus, Severity, SeverityCounts,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use serde_json::{Map, Value, json};
 
 use super::Handlers;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use agentplane_api::ApiError;
+use agentplane_api::Json;
 use agentplane_api::models::{
     BuildInfo, ComponentHealth, DatabaseInfo, DeliveryQueueHealth, Health, HealthComponents,
     HealthState, SystemMetrics, SystemMetricsAgents, SystemMetricsExecutions, SystemMetricsProcess,
@@ -14,7 +15,6 @@ use agentplane_api::{
     GetHealthParams, GetHealthResponse, GetStatusParams, GetStatusResponse, GetSystemMetricsParams,
     GetSystemMetricsResponse, RunBatchParams, RunBatchResponse, SystemApi,
 };
-use poem_openapi::payload::Json;
 
 use super::{Handlers, RequestMeta};
 use crate::error::store_error;

@@ -1,10 +1,10 @@
 //! The prompt templates resource (Magnet AI prompt templates).
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     PromptTemplate, PromptTemplateInput, PromptTemplateList, PromptTemplateType, RenderedPrompt,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 
 use super::Handlers;
 use super::resource::Resource;

@@ -10,11 +10,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     KnowledgeResult, KnowledgeResults, RagAnswer, Tool, ToolList, ToolTestResult, ToolType,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     DataSource, Simulation, SimulationList, SimulationModel, SimulationRequest, SimulationResults,
     SimulationStatus, Twin, TwinInput, TwinList, UpdateFrequency,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use poem_openapi::types::{MaybeUndefined, ParseFromJSON, ToJSON};
 use serde_json::{Map, Value, json};
 

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     AgentConversationStats, ConversationAnalytics, DailyConversationStats, DailyCost, ModelUsage,
     UsageCostEntry, UsageCostTotal, UsageCosts, UsageEntityType, UsageGroup, UsageGroupBy,
     UsagePeriod, UsageStats, UsageTotals,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 
 use super::Handlers;

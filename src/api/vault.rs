@@ -2,12 +2,12 @@
 //! only by a read that carries a valid `X-Vault-Token`; vault tokens issued, listed and
 //! revoked through the API, stored hashed like API keys.
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     VaultCredential, VaultCredentialInput, VaultCredentialList, VaultCredentialReplace,
     VaultCredentialType, VaultToken, VaultTokenCreated, VaultTokenList,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use serde_json::{Map, Value};
 

@@ -4,12 +4,12 @@
 //! answer (and its idempotent replays). Deliveries themselves are made by
 //! [`crate::webhooks::DeliveryWorker`].
 
+use agentplane_api::Json;
 use agentplane_api::models::{
     Webhook, WebhookCreated, WebhookDelivery, WebhookDeliveryAttempt, WebhookDeliveryAttemptList,
     WebhookDeliveryList, WebhookList,
 };
 use agentplane_api::*;
-use poem_openapi::payload::Json;
 use poem_openapi::types::{ParseFromJSON, ToJSON};
 use serde_json::{Map, Value, json};
 
