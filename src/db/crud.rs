@@ -243,10 +243,14 @@ macro_rules! one_row {
         ) -> $crate::db::StoreResult<Self> {
             use diesel::prelude::*;
             use $crate::db::schema::$table as t;
-            Ok(t::table
-                $(.filter(t::$column.eq($arg)))+
-                .select(<$row>::as_select())
-                .first(conn)?)
+            let query = t::table $(.filter(t::$column.eq($arg)))+;
+            // On the backend's own connection: diesel finds the prepared statement by the
+            // query's type there, where through `MultiConnection` it renders the SQL again on
+            // every call to look it up (a fifth of a `GET`).
+            Ok(match conn {
+                $crate::db::DbConnection::Sqlite(c) => query.select(<$row>::as_select()).first(c)?,
+                $crate::db::DbConnection::Postgres(c) => query.select(<$row>::as_select()).first(c)?,
+            })
         }
         fn delete(
             conn: &mut $crate::db::DbConnection,
