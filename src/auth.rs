@@ -559,7 +559,8 @@ impl KeyRecord {
 pub struct KeyCache {
     ttl: std::time::Duration,
     capacity: usize,
-    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, KeyRecord)>>,
+    /// Sharded: a lookup locks one shard, never a lock every request shares.
+    entries: dashmap::DashMap<String, (std::time::Instant, KeyRecord)>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -578,29 +579,26 @@ impl KeyCache {
     }
 
     pub fn get(&self, hash: &str) -> Option<KeyRecord> {
-        let entries = self.entries.lock().ok()?;
-        let (at, record) = entries.get(hash)?;
+        let entry = self.entries.get(hash)?;
+        let (at, record) = entry.value();
         (at.elapsed() < self.ttl).then(|| record.clone())
     }
 
     pub fn put(&self, hash: String, record: KeyRecord) {
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= self.capacity {
-                let ttl = self.ttl;
-                entries.retain(|_, (at, _)| at.elapsed() < ttl);
-                if entries.len() >= self.capacity {
-                    entries.clear();
-                }
+        if self.entries.len() >= self.capacity {
+            let ttl = self.ttl;
+            self.entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            if self.entries.len() >= self.capacity {
+                self.entries.clear();
             }
-            entries.insert(hash, (std::time::Instant::now(), record));
         }
+        self.entries
+            .insert(hash, (std::time::Instant::now(), record));
     }
 
     /// Drops the entry of a key (after revocation).
     pub fn forget(&self, key_id: &str) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|_, (_, r)| r.key_id != key_id);
-        }
+        self.entries.retain(|_, (_, r)| r.key_id != key_id);
     }
 }
 
@@ -632,7 +630,7 @@ mod cache_tests {
         for i in 0..5 {
             cache.put(format!("h{i}"), record(&format!("k{i}")));
         }
-        assert!(cache.entries.lock().map(|e| e.len()).unwrap_or(0) <= 2);
+        assert!(cache.entries.len() <= 2);
         let short = KeyCache::new(std::time::Duration::from_millis(0), 2);
         short.put("h".into(), record("k"));
         assert!(short.get("h").is_none());
