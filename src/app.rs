@@ -51,7 +51,7 @@ pub struct Config {
     /// Limits on the calls the server makes on tenants' behalf.
     pub egress: crate::egress::Policy,
     /// Timeouts and bounds on client connections.
-    pub connections: crate::server::ConnectionLimits,
+    pub connections: ConnectionLimits,
     /// How failed authentications are summed and their sources throttled.
     pub auth_failures: crate::security::failures::FailurePolicy,
 }
@@ -93,7 +93,7 @@ impl Default for Config {
             webhooks: crate::webhooks::DeliveryPolicy::default(),
             jobs: crate::jobs::PoolConfig::default(),
             egress: crate::egress::Policy::default(),
-            connections: crate::server::ConnectionLimits::default(),
+            connections: ConnectionLimits::default(),
             auth_failures: crate::security::failures::FailurePolicy::default(),
         }
     }
@@ -297,5 +297,37 @@ mod tests {
             Some(("retrieval", "failed"))
         );
         assert!(failed.message.contains("kb_1"), "{}", failed.message);
+    }
+}
+
+/// How long clients may take and how many connections they may hold (`serve` flags
+/// `--header-timeout`, `--idle-timeout`, `--body-timeout`, `--max-connections`,
+/// `--max-connections-per-address`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From the first byte of a request until its head (request line and headers) is in.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// From the end of a request's head until its whole body is in.
+    pub body_timeout: Duration,
+    /// Connections open at once; past it the listener waits for one to close.
+    pub max_connections: usize,
+    /// Connections open at once from one client IP address (0: no bound); past it a new one
+    /// is closed as soon as it is accepted. Behind a proxy every client has its address.
+    pub max_per_address: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            // Longer than the 60 s idle timeout of common load balancers, so that they, not
+            // the server, close an idle connection (no request lost to a race).
+            idle_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_per_address: 256,
+        }
     }
 }

@@ -6,6 +6,5 @@ pub mod flow;
 pub mod pipeline;
 pub mod provider;
 pub mod runner;
-mod sse;
 pub mod template;
 pub mod tools;

@@ -2,12 +2,12 @@
 //! offline) and an **openai-compatible** HTTP client (`POST {endpoint}/chat/completions`,
 //! with `stream: true` parsed as SSE).
 
+pub(crate) mod sse;
+
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-
-use super::sse;
 
 /// The provider name of the built-in model.
 pub const LOCAL_MODEL_NAME: &str = "local-extractive-1";

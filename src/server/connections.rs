@@ -32,41 +32,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::api::AppEndpoint;
+pub use crate::app::ConnectionLimits;
 
 /// poem's body type, which its requests and responses convert to and from.
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
-
-/// How long clients may take and how many connections they may hold (`serve` flags
-/// `--header-timeout`, `--idle-timeout`, `--body-timeout`, `--max-connections`,
-/// `--max-connections-per-address`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// From the first byte of a request until its head (request line and headers) is in.
-    pub header_timeout: Duration,
-    /// How long a keep-alive connection may wait for its next request.
-    pub idle_timeout: Duration,
-    /// From the end of a request's head until its whole body is in.
-    pub body_timeout: Duration,
-    /// Connections open at once; past it the listener waits for one to close.
-    pub max_connections: usize,
-    /// Connections open at once from one client IP address (0: no bound); past it a new one
-    /// is closed as soon as it is accepted. Behind a proxy every client has its address.
-    pub max_per_address: usize,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        Self {
-            header_timeout: Duration::from_secs(10),
-            // Longer than the 60 s idle timeout of common load balancers, so that they, not
-            // the server, close an idle connection (no request lost to a race).
-            idle_timeout: Duration::from_secs(75),
-            body_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
-            max_per_address: 256,
-        }
-    }
-}
 
 /// Serves `endpoint` on `listener` until `shutdown` resolves; connections then finish their
 /// requests within `grace` (keep-alive ones close at once).

@@ -17,8 +17,8 @@ use super::{
     counted_tokens,
 };
 use crate::egress::Egress;
+use crate::engine::provider::sse;
 use crate::engine::provider::{OpenAiCompatible, ProviderError, storable, usage_of};
-use crate::engine::sse;
 
 /// An OpenAI-compatible chat-completions endpoint, asked with tools.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::provider::{ProviderError, storable, usage_of};
+use super::{ProviderError, storable, usage_of};
 
 /// What a stream's chunks have said so far.
 pub(crate) trait Chunks {
