@@ -76,8 +76,9 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
             .map(str::to_string)
             .unwrap_or_else(|| crate::ids::new_id("req"));
         req.extensions_mut().insert(RequestId(rid.clone()));
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        // What the access log names, kept only when it is written.
+        let logged = tracing::enabled!(target: "agentplane::access", tracing::Level::INFO)
+            .then(|| (req.method().clone(), req.uri().path().to_string()));
         let mut resp = match self.0.call(req).await {
             Ok(r) => r.into_response(),
             Err(e) => {
@@ -109,14 +110,16 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         if let Ok(v) = HeaderValue::from_str(&rid) {
             resp.headers_mut().insert("x-request-id", v);
         }
-        tracing::info!(
-            target: "agentplane::access",
-            %method,
-            path,
-            status = resp.status().as_u16(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            request_id = %rid,
-        );
+        if let Some((method, path)) = logged {
+            tracing::info!(
+                target: "agentplane::access",
+                %method,
+                path,
+                status = resp.status().as_u16(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                request_id = %rid,
+            );
+        }
         Ok(resp)
     }
 }

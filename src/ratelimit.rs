@@ -508,9 +508,7 @@ fn too_many(req: &Request, message: String, wait: i64) -> Response {
 }
 
 fn set(resp: &mut Response, name: &'static str, value: i64) {
-    if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
-        resp.headers_mut().insert(name, v);
-    }
+    resp.headers_mut().insert(name, HeaderValue::from(value));
 }
 
 impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
