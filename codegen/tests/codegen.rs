@@ -334,7 +334,10 @@ fn event_stream_responses_become_streamed_variants_beside_json() {
         .expect("body");
     // One status, two media types: a JSON variant and a streamed one.
     assert!(execute.contains("OkEventStream(\n        poem_openapi::payload::EventStream<crate::EventStreamOf<crate::models::ExecutionEvent>>,"), "{execute}");
-    assert!(execute.contains("Ok(poem_openapi::payload::Json<crate::models::Execution>)"));
+    assert!(
+        execute.contains("Ok(crate::Json<crate::models::Execution>)"),
+        "{execute}"
+    );
     // A stream-only answer has just the streamed variant.
     let follow = module
         .split("pub enum StreamExecutionEventsResponse {")
@@ -344,10 +347,7 @@ fn event_stream_responses_become_streamed_variants_beside_json() {
         .next()
         .expect("body");
     assert!(follow.contains("OkEventStream("), "{follow}");
-    assert!(
-        !follow.contains("Ok(poem_openapi::payload::Json"),
-        "{follow}"
-    );
+    assert!(!follow.contains("Ok(crate::Json"), "{follow}");
     assert!(module.contains("impl std::fmt::Debug for StreamExecutionEventsResponse"));
     // The handler negotiates JSON or a stream from `Accept`.
     assert!(module.contains("pub accept: Option<String>,"));
