@@ -57,19 +57,32 @@ same_variants!(AgentStatus <=> models::AgentStatus {
 });
 
 /// The agent as the spec's JSON.
+/// The agent's fields that are columns of their own ([`COLUMNS`]), as the spec names them;
+/// `None` for an absent description.
+fn column_values(row: &AgentRow) -> [(&'static str, Option<Value>); 8] {
+    [
+        ("id", Some(row.id.clone().into())),
+        ("name", Some(row.content.name.clone().into())),
+        ("type", Some(row.content.agent_type.clone().into())),
+        ("status", Some(row.content.status.as_str().into())),
+        (
+            "description",
+            row.content.description.clone().map(Value::from),
+        ),
+        ("version", Some(row.version.into())),
+        ("created_at", Some(row.created_at.clone().into())),
+        ("updated_at", Some(row.updated_at.clone().into())),
+    ]
+}
+
 pub(crate) fn row_to_json(row: &AgentRow) -> Result<Map<String, Value>, StoreError> {
     let mut obj: Map<String, Value> =
         serde_json::from_str(&row.content.body).map_err(|e| corrupt(row, &e.to_string()))?;
-    obj.insert("id".into(), row.id.clone().into());
-    obj.insert("name".into(), row.content.name.clone().into());
-    obj.insert("type".into(), row.content.agent_type.clone().into());
-    obj.insert("status".into(), row.content.status.as_str().into());
-    if let Some(d) = &row.content.description {
-        obj.insert("description".into(), d.clone().into());
+    for (key, value) in column_values(row) {
+        if let Some(value) = value {
+            obj.insert(key.into(), value);
+        }
     }
-    obj.insert("version".into(), row.version.into());
-    obj.insert("created_at".into(), row.created_at.clone().into());
-    obj.insert("updated_at".into(), row.updated_at.clone().into());
     Ok(obj)
 }
 
@@ -92,25 +105,13 @@ pub(crate) fn agent_json(row: &AgentRow) -> Result<Json<Agent>, StoreError> {
     let Some(members) = members else {
         return row_to_agent(row).map(Json);
     };
-    let text = |s: &str| Value::from(s).to_string();
     let mut out = String::with_capacity(body.len() + 160 + row.content.name.len());
-    out.push_str("{\"id\":");
-    out.push_str(&text(&row.id));
-    out.push_str(",\"name\":");
-    out.push_str(&text(&row.content.name));
-    out.push_str(",\"type\":");
-    out.push_str(&text(&row.content.agent_type));
-    out.push_str(",\"status\":");
-    out.push_str(&text(row.content.status.as_str()));
-    if let Some(d) = &row.content.description {
-        out.push_str(",\"description\":");
-        out.push_str(&text(d));
+    for (key, value) in column_values(row) {
+        if let Some(value) = value {
+            out.push(if out.is_empty() { '{' } else { ',' });
+            out.push_str(&format!("\"{key}\":{value}"));
+        }
     }
-    out.push_str(&format!(",\"version\":{}", row.version));
-    out.push_str(",\"created_at\":");
-    out.push_str(&text(&row.created_at));
-    out.push_str(",\"updated_at\":");
-    out.push_str(&text(&row.updated_at));
     if !members.trim().is_empty() {
         out.push(',');
         out.push_str(members);
@@ -187,15 +188,18 @@ fn linked_ids(agent: &Map<String, Value>, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `expanded` for each of `agents` (their JSON): the knowledge bases and tools their ids
+/// `expanded` for each of `rows` (read as JSON): the knowledge bases and tools their ids
 /// name, each looked up once for the page, in the order the agent lists them.
 fn expansions(
-    conn: &mut DbConnection, org_id: &str, agents: &[Map<String, Value>],
-    expand: &[ListAgentsExpandItem],
+    conn: &mut DbConnection, org_id: &str, rows: &[AgentRow], expand: &[ListAgentsExpandItem],
 ) -> Result<Vec<Option<Value>>, StoreError> {
     if expand.is_empty() {
-        return Ok(vec![None; agents.len()]);
+        return Ok(vec![None; rows.len()]);
     }
+    let agents = rows
+        .iter()
+        .map(row_to_json)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out: Vec<Map<String, Value>> = vec![Map::new(); agents.len()];
     for item in expand {
         let key = item.as_str();
@@ -534,15 +538,7 @@ impl AgentsApi for Handlers {
                 ..query
             };
             let (rows, total) = store::list(conn, org, &query)?;
-            let expanded = if expand.is_empty() {
-                vec![None; rows.len()]
-            } else {
-                let agents = rows
-                    .iter()
-                    .map(row_to_json)
-                    .collect::<Result<Vec<_>, _>>()?;
-                expansions(conn, org, &agents, &expand)?
-            };
+            let expanded = expansions(conn, org, &rows, &expand)?;
             let listed = rows.into_iter().zip(expanded);
             let listed = listed.map(|(row, expanded)| Listed { row, expanded });
             Ok((listed.collect::<Vec<_>>(), total))
