@@ -250,6 +250,8 @@ struct Param {
     explode: bool,
     /// `style: deepObject`: an object serialized as `name[key]=value`.
     deep: bool,
+    /// `allowEmptyValue`: a query parameter that may be sent as `name=`.
+    allow_empty: bool,
     /// The schema with `$ref`s and `allOf` resolved at the top level.
     flat: Value,
     schema: Value,
@@ -407,6 +409,28 @@ pub async fn run(doc: &Value, config: Config) -> Result<Report, SpecError> {
     let mut phases = config.phases.clone();
     phases.sort();
     phases.dedup();
+    // Undocumented methods are probed on every path before any phase: a later request (a
+    // broken body, say) may take a fragile server down, and the probes must not go with it.
+    if let Some(first) = phases.iter().find(|p| **p != Phase::Stateful) {
+        let phase_index = Phase::ALL.iter().position(|p| p == first).unwrap_or(0);
+        shared.phase.store(phase_index, Ordering::SeqCst);
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in path_firsts(&shared.ops) {
+            let shared = shared.clone();
+            let semaphore = semaphore.clone();
+            tasks.spawn(async move {
+                let _permit = semaphore.acquire_owned().await;
+                (index, probe_unsupported_methods(&shared, index).await)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((index, outcome)) = joined
+                && let Some(slot) = outcomes.get_mut(index)
+            {
+                slot.merge(outcome);
+            }
+        }
+    }
     for phase in phases {
         let phase_index = Phase::ALL.iter().position(|p| *p == phase).unwrap_or(0);
         shared.phase.store(phase_index, Ordering::SeqCst);
@@ -647,6 +671,7 @@ fn compile_ops(
                     required: loc == Loc::Path
                         || p.get("required").and_then(Value::as_bool) == Some(true),
                     deep: style == "deepObject",
+                    allow_empty: p.get("allowEmptyValue").and_then(Value::as_bool) == Some(true),
                     explode: p
                         .get("explode")
                         .and_then(Value::as_bool)
@@ -1633,9 +1658,6 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
         )
         .await;
     }
-    if phase == Phase::Negative {
-        probe_unsupported_methods(shared, op, &factory, &mut runner, &cases, &mut outcome).await;
-    }
     if !shared.config.progress_per_operation {
         progress(shared, &op_line(phase.as_str(), &op.label, &outcome));
     }
@@ -1645,28 +1667,27 @@ async fn run_phase(shared: &Shared, index: usize, phase: Phase) -> Vec<(usize, O
 /// Methods `unsupported_method` tries on a path that does not document them.
 const PROBED_METHODS: &[&str] = &["GET", "PUT", "POST", "DELETE", "PATCH"];
 
-/// Sends, once per path (from its first operation the run tests), every method of
-/// [`PROBED_METHODS`] the path does not document, with the path parameters of a valid case
-/// and no body.
-async fn probe_unsupported_methods(
-    shared: &Shared, op: &Op, factory: &CaseFactory<'_>, runner: &mut TestRunner,
-    cases: &[(Case, CaseKind)], outcome: &mut OpOutcome,
-) {
+/// The index of each path's first operation the run tests.
+fn path_firsts(ops: &[Op]) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    ops.iter()
+        .filter(|o| o.skipped.is_none() && seen.insert(o.template.as_str()))
+        .map(|o| o.index)
+        .collect()
+}
+
+/// Sends every method of [`PROBED_METHODS`] that the path of operation `index` does not
+/// document, with the path parameters of a valid case of that operation and no body.
+async fn probe_unsupported_methods(shared: &Shared, index: usize) -> OpOutcome {
+    let mut outcome = OpOutcome::default();
+    let op = &shared.ops[index];
     if !shared.checks.iter().any(|c| c.name == "unsupported_method") {
-        return;
+        return outcome;
     }
-    let first = shared
-        .ops
-        .iter()
-        .find(|o| o.template == op.template && o.skipped.is_none());
-    if first.map(|o| o.index) != Some(op.index) {
-        return;
-    }
-    let base = factory
-        .positive(runner, &shared.auth_headers)
-        .or_else(|| cases.first().map(|(c, _)| c.clone()));
-    let Some(mut case) = base else {
-        return;
+    let mut runner = seeded_runner(shared.config.seed, index, 7);
+    let factory = CaseFactory::new(shared, op);
+    let Some(mut case) = factory.positive(&mut runner, &shared.auth_headers) else {
+        return outcome;
     };
     // Only the path parameters: the other operations' parameters mean nothing here.
     case.values.retain(|(i, _)| op.params[*i].loc == Loc::Path);
@@ -1680,11 +1701,19 @@ async fn probe_unsupported_methods(
         let (url, headers) = build_request(shared, op, &case, true);
         match exchange(shared, method, url, headers, None).await {
             Ok(ex) => {
-                judge(shared, op, CaseKind::UnsupportedMethod, &ex, None, outcome);
+                judge(
+                    shared,
+                    op,
+                    CaseKind::UnsupportedMethod,
+                    &ex,
+                    None,
+                    &mut outcome,
+                );
             }
             Err(e) => outcome.failures.push(network_failure(op, e)),
         }
     }
+    outcome
 }
 
 /// Pages a list walk fetches at most.
@@ -2185,13 +2214,20 @@ fn negative_cases(
             };
             out.push((case, kind));
         }
-        for n in generator.negatives(&param.schema, runner) {
-            let rejected = representable(param, &n.value)
-                && round_trip(param, &n.value).is_some_and(|v| !param.validator.is_valid(&v));
+        // An empty query value (`limit=`), which a server may take for an absent one.
+        let scalar = !param.deep
+            && !is_array_schema(&param.flat)
+            && param.flat.get("type").is_none_or(|t| t != "object");
+        let empty = (param.loc == Loc::Query && scalar && !param.allow_empty)
+            .then(|| Value::String(String::new()));
+        let values = generator.negatives(&param.schema, runner).into_iter();
+        for value in values.map(|n| n.value).chain(empty) {
+            let rejected = representable(param, &value)
+                && round_trip(param, &value).is_some_and(|v| !param.validator.is_valid(&v));
             if rejected {
                 let mut case = base.clone();
                 case.values.retain(|(j, _)| *j != i);
-                case.values.push((i, n.value));
+                case.values.push((i, value));
                 out.push((case, CaseKind::Negative));
             }
         }

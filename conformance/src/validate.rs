@@ -79,6 +79,8 @@ struct Param {
     location: Location,
     required: bool,
     explode: bool,
+    /// `allowEmptyValue`: `name=` in the query counts as absent.
+    allow_empty: bool,
     style: String,
     schema: Value,
     validator: Validator,
@@ -894,6 +896,9 @@ fn query_value(param: &Param, query: &[(String, String)]) -> Option<Value> {
         };
         return Some(Value::Array(parts));
     }
+    if param.allow_empty && values[0].is_empty() {
+        return None;
+    }
     Some(coerce_scalar(values[0], &param.schema))
 }
 
@@ -978,6 +983,7 @@ fn compile_operation(
             required: location == Location::Path
                 || p.get("required").and_then(Value::as_bool).unwrap_or(false),
             explode,
+            allow_empty: p.get("allowEmptyValue").and_then(Value::as_bool) == Some(true),
             style: style.to_string(),
             validator: compile_schema(doc, &schema, &format!("{ptr}/schema"))?,
             schema: resolved_schema,

@@ -145,6 +145,11 @@ enum Fault {
     /// Fails with 500 on a multipart body sent to an upload that takes
     /// `application/octet-stream` (the operation Prism 5 died on).
     OctetStreamMultipartCrash,
+    /// Exits on a malformed multipart body (as Prism 5's process does): no request after it
+    /// is answered, and every path must have been probed for undocumented methods before.
+    DiesOnBrokenMultipart,
+    /// Takes an empty integer (`size=`) for zero (Prism 5 takes `limit=` for no limit).
+    AcceptsEmptyInteger,
 }
 
 /// Every fault, the check meant to find it and the operation it must be found on.
@@ -208,6 +213,11 @@ const CATALOG: &[(Fault, &str, &str)] = &[
         "not_a_server_error",
         "PUT /avatars",
     ),
+    (
+        Fault::AcceptsEmptyInteger,
+        "negative_data_rejection",
+        "GET /sizes",
+    ),
 ];
 
 /// Whether a URL-encoded body holds a `%` not followed by two hex digits, or escapes bytes
@@ -239,6 +249,8 @@ struct State {
     saw_foreign_multipart: AtomicBool,
     /// Set once a valid `application/octet-stream` upload arrived.
     saw_avatar: AtomicBool,
+    /// Notified when the server exits.
+    exit: tokio::sync::Notify,
 }
 
 async fn handle(state: Arc<State>, req: poem::Request) -> Response {
@@ -319,11 +331,19 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
             let code = |c: &str| violations.iter().all(|v| v.code == c);
             let unvalidated = (fault == Fault::FormUnvalidated && path == "/login")
                 || (fault == Fault::MultipartUnvalidated && path == "/uploads")
-                || (fault == Fault::IgnoresContentType && code("content_type"));
+                || (fault == Fault::IgnoresContentType && code("content_type"))
+                || (fault == Fault::AcceptsEmptyInteger
+                    && path == "/sizes"
+                    && url::form_urlencoded::parse(query.as_bytes())
+                        .any(|(k, v)| k == "size" && v.is_empty()));
             if code("invalid_multipart") {
                 state.saw_broken_multipart.store(true, Ordering::SeqCst);
                 match fault {
                     Fault::MultipartCrash => return error(500, "Unexpected end of form"),
+                    Fault::DiesOnBrokenMultipart => {
+                        state.exit.notify_one();
+                        return error(500, "Unexpected end of form");
+                    }
                     Fault::MultipartPlainTextError => {
                         return Response::builder()
                             .status(StatusCode::BAD_REQUEST)
@@ -425,13 +445,16 @@ async fn start(fault: Fault) -> (String, Arc<State>) {
         saw_broken_multipart: AtomicBool::new(false),
         saw_foreign_multipart: AtomicBool::new(false),
         saw_avatar: AtomicBool::new(false),
+        exit: tokio::sync::Notify::new(),
     });
     let served = state.clone();
     let app = poem::endpoint::make(move |req: poem::Request| {
         let state = served.clone();
         async move { handle(state, req).await }
     });
-    (common::serve(app).await, state)
+    let exiting = state.clone();
+    let exit = async move { exiting.exit.notified().await };
+    (common::serve_until(app, exit).await, state)
 }
 
 async fn conform(fault: Fault) -> (Report, Arc<State>) {
@@ -547,4 +570,32 @@ async fn one_finding_on_many_methods_counts_once() {
         .collect();
     assert_eq!(found.len(), 1, "{}", conformance::report::summary(&report));
     assert!(found[0].occurrences >= 4, "PUT, POST, DELETE and PATCH");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_is_probed_before_a_body_that_kills_the_server() {
+    let (report, _) = conform(Fault::DiesOnBrokenMultipart).await;
+    let summary = conformance::report::summary(&report);
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.check == "not_a_server_error" && f.operation == "POST /uploads"),
+        "the server died on the broken upload: {summary}"
+    );
+    for operation in [
+        "GET /health",
+        "GET /counts",
+        "GET /sizes",
+        "POST /widgets",
+        "GET /widgets/{id}",
+        "POST /login",
+        "PUT /avatars",
+        "POST /uploads",
+    ] {
+        assert!(
+            passed(&report, operation, "unsupported_method") > 0,
+            "{operation} was not probed for undocumented methods before the server died\n{summary}"
+        );
+    }
 }

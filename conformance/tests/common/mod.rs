@@ -5,6 +5,7 @@ use poem::http::StatusCode;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{Endpoint, Response, Server};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 pub fn json_response(status: u16, body: &Value) -> Response {
     Response::builder()
@@ -19,7 +20,16 @@ pub fn error(status: u16, message: &str) -> Response {
 }
 
 /// Serves `app` in the background; its base URL.
+#[allow(dead_code)] // not every suite serves forever
 pub async fn serve(app: impl Endpoint + 'static) -> String {
+    serve_until(app, std::future::pending()).await
+}
+
+/// Serves `app` in the background until `exit` completes; then the listener closes and open
+/// connections drop at once, as a dead process's do. Its base URL.
+pub async fn serve_until(
+    app: impl Endpoint + 'static, exit: impl Future<Output = ()> + Send + 'static,
+) -> String {
     let acceptor = TcpListener::bind("127.0.0.1:0")
         .into_acceptor()
         .await
@@ -28,7 +38,8 @@ pub async fn serve(app: impl Endpoint + 'static) -> String {
         .as_socket_addr()
         .copied()
         .expect("a socket address");
-    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+    let server = Server::new_with_acceptor(acceptor);
+    tokio::spawn(server.run_with_graceful_shutdown(app, exit, Some(Duration::ZERO)));
     format!("http://{addr}")
 }
 
