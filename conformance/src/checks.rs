@@ -540,12 +540,14 @@ fn response_schema_conformance(ctx: &CheckContext<'_>) -> Verdict {
     if !is_json(actual) {
         return Verdict::NotApplicable;
     }
-    let Some(validator) = response
+    let Some(media) = response
         .content
         .iter()
         .find(|m| media_matches(&m.media_type, actual))
-        .and_then(|m| m.validator.as_ref())
     else {
+        return Verdict::NotApplicable;
+    };
+    let Some(validator) = media.validator.as_ref() else {
         return Verdict::NotApplicable;
     };
     if ctx.exchange.body.is_empty() {
@@ -558,7 +560,21 @@ fn response_schema_conformance(ctx: &CheckContext<'_>) -> Verdict {
         return Verdict::Fail("the body is not valid JSON".into());
     };
     match validator.iter_errors(&body).next() {
-        None => Verdict::Pass,
+        None => {
+            let mut carried = Vec::new();
+            if let Some(write_only) = &media.write_only {
+                write_only.carried(&body, "", &mut carried);
+            }
+            match carried.is_empty() {
+                true => Verdict::Pass,
+                false => Verdict::Fail(format!(
+                    "the {} body carries writeOnly propert{} {}, which an answer never holds",
+                    ctx.exchange.status,
+                    if carried.len() == 1 { "y" } else { "ies" },
+                    carried.join(", ")
+                )),
+            }
+        }
         Some(e) => {
             let at = e.instance_path().to_string();
             let mut message = e.to_string();

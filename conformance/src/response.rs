@@ -7,6 +7,8 @@
 //! compiled from a document prepared for [`Direction::Response`](crate::generate::Direction),
 //! so `writeOnly` properties are never required in a response.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use jsonschema::Validator;
 use serde_json::Value;
 
@@ -28,6 +30,8 @@ pub struct HeaderSpec {
 pub struct MediaSpec {
     pub media_type: String,
     pub validator: Option<Validator>,
+    /// The `writeOnly` properties of its schema, which no answer may carry.
+    pub write_only: Option<WriteOnly>,
     /// For `text/event-stream`: how each event of the stream is judged.
     pub events: Option<EventValidators>,
 }
@@ -141,6 +145,7 @@ impl Responses {
                     content.push(MediaSpec {
                         media_type: media_type.to_ascii_lowercase(),
                         validator,
+                        write_only: media.get("schema").and_then(|s| WriteOnly::of(doc, s, 0)),
                         events,
                     });
                 }
@@ -193,6 +198,150 @@ impl Responses {
     /// The documented status keys, for messages.
     pub fn documented(&self) -> Vec<&str> {
         self.entries.iter().map(|r| r.status.as_str()).collect()
+    }
+}
+
+/// Where a schema marks properties `writeOnly` (values "never present when the instance is
+/// retrieved", in JSON Schema's words): only the parts of the schema that lead to one.
+#[derive(Debug, Default)]
+pub struct WriteOnly {
+    /// Properties that every schema declaring them marks `writeOnly`.
+    hidden: BTreeSet<String>,
+    /// Below the other properties.
+    below: BTreeMap<String, WriteOnly>,
+    /// Below array items, and below properties no schema declares (`additionalProperties`).
+    items: Option<Box<WriteOnly>>,
+    extra: Option<Box<WriteOnly>>,
+}
+
+/// How deep [`WriteOnly::of`] follows a schema (recursive schemas end somewhere).
+const WRITE_ONLY_DEPTH: usize = 12;
+
+impl WriteOnly {
+    /// The `writeOnly` properties of `schema`, through `$ref`s, compositions, items and
+    /// `additionalProperties`; `None` when it has none.
+    pub fn of(doc: &Value, schema: &Value, depth: usize) -> Option<WriteOnly> {
+        if depth > WRITE_ONLY_DEPTH {
+            return None;
+        }
+        let mut branches = Vec::new();
+        flatten_branches(doc, schema, 0, &mut branches);
+        let mut declared: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+        let mut hidden_in: BTreeMap<&str, usize> = BTreeMap::new();
+        let (mut items, mut extra) = (Vec::new(), Vec::new());
+        for branch in &branches {
+            if let Some(props) = branch.get("properties").and_then(Value::as_object) {
+                for (name, p) in props {
+                    if is_write_only(doc, p) {
+                        *hidden_in.entry(name).or_default() += 1;
+                    } else {
+                        declared.entry(name).or_default().push(p);
+                    }
+                }
+            }
+            items.extend(branch.get("items").filter(|i| i.is_object()));
+            extra.extend(branch.get("additionalProperties").filter(|i| i.is_object()));
+        }
+        let any_of = |schemas: Vec<&Value>| {
+            let schemas: Vec<Value> = schemas.into_iter().cloned().collect();
+            WriteOnly::of(doc, &serde_json::json!({ "anyOf": schemas }), depth + 1)
+        };
+        let out = WriteOnly {
+            hidden: hidden_in
+                .keys()
+                .filter(|name| !declared.contains_key(*name))
+                .map(|name| name.to_string())
+                .collect(),
+            below: declared
+                .into_iter()
+                .filter_map(|(name, schemas)| Some((name.to_string(), any_of(schemas)?)))
+                .collect(),
+            items: (!items.is_empty())
+                .then(|| any_of(items))
+                .flatten()
+                .map(Box::new),
+            extra: (!extra.is_empty())
+                .then(|| any_of(extra))
+                .flatten()
+                .map(Box::new),
+        };
+        let empty = out.hidden.is_empty()
+            && out.below.is_empty()
+            && out.items.is_none()
+            && out.extra.is_none();
+        (!empty).then_some(out)
+    }
+
+    /// Removes the `writeOnly` properties `instance` carries.
+    pub fn strip(&self, instance: &mut Value) {
+        match instance {
+            Value::Object(map) => {
+                map.retain(|key, _| !self.hidden.contains(key));
+                for (key, value) in map.iter_mut() {
+                    if let Some(below) = self.below.get(key) {
+                        below.strip(value);
+                    } else if let Some(extra) = &self.extra {
+                        extra.strip(value);
+                    }
+                }
+            }
+            Value::Array(values) => {
+                if let Some(items) = &self.items {
+                    values.iter_mut().for_each(|v| items.strip(v));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The JSON pointers of the `writeOnly` properties `instance` carries.
+    pub fn carried(&self, instance: &Value, at: &str, out: &mut Vec<String>) {
+        match instance {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    let here = format!("{at}/{}", escape_pointer(key));
+                    if self.hidden.contains(key) {
+                        out.push(here);
+                    } else if let Some(below) = self.below.get(key) {
+                        below.carried(value, &here, out);
+                    } else if let Some(extra) = &self.extra {
+                        extra.carried(value, &here, out);
+                    }
+                }
+            }
+            Value::Array(values) => {
+                if let Some(items) = &self.items {
+                    for (i, value) in values.iter().enumerate() {
+                        items.carried(value, &format!("{at}/{i}"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_write_only(doc: &Value, schema: &Value) -> bool {
+    let flagged = |s: &Value| s.get("writeOnly").and_then(Value::as_bool) == Some(true);
+    flagged(schema) || flagged(deref(doc, schema))
+}
+
+/// `schema` and, through `$ref`s, every branch of its `allOf`, `anyOf` and `oneOf`.
+fn flatten_branches<'a>(doc: &'a Value, schema: &'a Value, depth: usize, out: &mut Vec<&'a Value>) {
+    let schema = deref(doc, schema);
+    if depth > WRITE_ONLY_DEPTH || !schema.is_object() {
+        return;
+    }
+    out.push(schema);
+    for key in ["allOf", "anyOf", "oneOf"] {
+        for branch in schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            flatten_branches(doc, branch, depth + 1, out);
+        }
     }
 }
 
@@ -336,6 +485,46 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_only_properties_are_found_through_refs_compositions_and_items() {
+        let doc = serde_json::json!({"components": {"schemas": {
+            "Card": {"properties": {"cvc": {"type": "integer", "writeOnly": true}, "name": {"type": "string"}}},
+            "Bank": {"properties": {"number": {"type": "string"}, "pin": {"writeOnly": true}}},
+            "Payment": {"properties": {
+                "source": {"anyOf": [{"$ref": "#/components/schemas/Card"}, {"$ref": "#/components/schemas/Bank"}]},
+                "history": {"type": "array", "items": {"$ref": "#/components/schemas/Card"}},
+                "token": {"type": "string"}
+            }}
+        }}});
+        let schema = serde_json::json!({"allOf": [{"$ref": "#/components/schemas/Payment"}]});
+        let write_only = WriteOnly::of(&doc, &schema, 0).expect("it has writeOnly properties");
+        let body = serde_json::json!({
+            "source": {"cvc": 123, "name": "x"},
+            "history": [{"name": "a"}, {"cvc": 1}],
+            "token": "t"
+        });
+        let mut carried = Vec::new();
+        write_only.carried(&body, "", &mut carried);
+        assert_eq!(carried, ["/source/cvc", "/history/1/cvc"]);
+        // A property one branch marks writeOnly and another does not is left alone.
+        let both = serde_json::json!({"anyOf": [
+            {"properties": {"pin": {"writeOnly": true}}},
+            {"properties": {"pin": {"type": "string"}}}
+        ]});
+        let mut carried = Vec::new();
+        if let Some(w) = WriteOnly::of(&doc, &both, 0) {
+            w.carried(&serde_json::json!({"pin": "1"}), "", &mut carried);
+        }
+        assert!(carried.is_empty());
+        assert!(WriteOnly::of(&doc, &serde_json::json!({"type": "string"}), 0).is_none());
+        let mut stripped = body.clone();
+        write_only.strip(&mut stripped);
+        assert_eq!(
+            stripped,
+            serde_json::json!({"source": {"name": "x"}, "history": [{"name": "a"}, {}], "token": "t"})
+        );
+    }
 
     #[test]
     fn sse_bodies_split_into_events_and_validate_each_data_line() {

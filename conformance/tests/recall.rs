@@ -48,7 +48,8 @@ fn spec() -> Value {
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
                         "name": {"type": "string", "minLength": 1, "maxLength": 10},
-                        "weight": {"type": "integer", "format": "int32", "minimum": 0}
+                        "weight": {"type": "integer", "format": "int32", "minimum": 0},
+                        "secret": {"type": "string", "writeOnly": true}
                     }
                 }}}},
                 "responses": {"200": ok(json!({"$ref": "#/components/schemas/Widget"})), "400": error, "422": error}
@@ -90,7 +91,8 @@ fn spec() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Widget": {"type": "object", "required": ["id", "name"], "properties": {
-                    "id": {"type": "string"}, "name": {"type": "string"}, "weight": {"type": "integer"}
+                    "id": {"type": "string"}, "name": {"type": "string"}, "weight": {"type": "integer"},
+                    "secret": {"type": "string", "writeOnly": true}
                 }},
                 "Error": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}}
             }
@@ -150,6 +152,8 @@ enum Fault {
     DiesOnBrokenMultipart,
     /// Takes an empty integer (`size=`) for zero (Prism 5 takes `limit=` for no limit).
     AcceptsEmptyInteger,
+    /// Answers a create with its `writeOnly` secret (Prism 5 answers a card's CVC).
+    EchoesWriteOnly,
 }
 
 /// Every fault, the check meant to find it and the operation it must be found on.
@@ -217,6 +221,11 @@ const CATALOG: &[(Fault, &str, &str)] = &[
         Fault::AcceptsEmptyInteger,
         "negative_data_rejection",
         "GET /sizes",
+    ),
+    (
+        Fault::EchoesWriteOnly,
+        "response_schema_conformance",
+        "POST /widgets",
     ),
 ];
 
@@ -401,14 +410,18 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
             if let Some(w) = input["weight"].as_i64() {
                 widget["weight"] = json!(w);
             }
+            let answer = match fault {
+                Fault::EchoesWriteOnly => {
+                    let mut echoed = widget.clone();
+                    echoed["secret"] = json!("s3cret");
+                    echoed
+                }
+                _ => widget.clone(),
+            };
             if fault != Fault::CreatedNotReadable {
-                state
-                    .widgets
-                    .lock()
-                    .expect("lock")
-                    .insert(id, widget.clone());
+                state.widgets.lock().expect("lock").insert(id, widget);
             }
-            json_response(200, &widget)
+            json_response(200, &answer)
         }
         ("GET", ["widgets", id]) => match state.widgets.lock().expect("lock").get(*id) {
             Some(w) => json_response(200, w),

@@ -181,6 +181,27 @@ impl MockOperation {
             .as_ref()
     }
 
+    /// `value` without the `writeOnly` properties the response `key` in `media_type` never
+    /// shows.
+    pub fn without_write_only(&self, key: &str, media_type: &str, value: &Value) -> Value {
+        let mut shown = value.clone();
+        let write_only = self
+            .responses
+            .entries
+            .iter()
+            .find(|r| r.status == key)
+            .and_then(|r| {
+                r.content
+                    .iter()
+                    .find(|m| m.media_type == media_type.to_ascii_lowercase())
+            })
+            .and_then(|m| m.write_only.as_ref());
+        if let Some(w) = write_only {
+            w.strip(&mut shown);
+        }
+        shown
+    }
+
     /// Whether `value` is a valid body for the response `key` in `media_type`.
     pub fn body_is_valid(&self, key: &str, media_type: &str, value: &Value) -> bool {
         self.body_validator(key, media_type)
@@ -344,13 +365,21 @@ fn compile_operation(
                 for (media_type, m) in content {
                     let media_type = media_type.to_ascii_lowercase();
                     let schema = m.get("schema").cloned();
-                    let validator = spec
-                        .content
-                        .iter()
-                        .find(|c| c.media_type == media_type)
-                        .and_then(|c| c.validator.as_ref());
+                    let compiled = spec.content.iter().find(|c| c.media_type == media_type);
+                    let validator = compiled.and_then(|c| c.validator.as_ref());
                     let valid = |v: &Value| validator.is_none_or(|val| val.is_valid(v));
-                    let named = named_examples(m, doc);
+                    // An example may show what a response never holds (a card's CVC).
+                    let write_only = compiled.and_then(|c| c.write_only.as_ref());
+                    let shown = |mut v: Value| {
+                        if let Some(w) = write_only {
+                            w.strip(&mut v);
+                        }
+                        v
+                    };
+                    let named: Vec<(Option<String>, Value)> = named_examples(m, doc)
+                        .into_iter()
+                        .map(|(n, v)| (n, shown(v)))
+                        .collect();
                     let examples: Vec<(String, Value)> = named
                         .iter()
                         .filter_map(|(n, v)| Some((n.clone()?, v.clone())))
@@ -366,7 +395,7 @@ fn compile_operation(
                             .map(|(_, v)| v.clone()),
                     );
                     if let Some(schema) = &schema {
-                        candidates.extend(schema_examples(doc, schema));
+                        candidates.extend(schema_examples(doc, schema).into_iter().map(shown));
                         candidates.push(generator.plain(schema));
                     }
                     let mut value = candidates.into_iter().find(|v| valid(v));

@@ -381,6 +381,7 @@ impl Store {
                     return None;
                 }
                 let valid = |v: &Value| op.body_is_valid(&entry.key, &media.media_type, v);
+                let value = &op.without_write_only(&entry.key, &media.media_type, value);
                 let shown = if valid(value) {
                     value.clone()
                 } else {
@@ -493,6 +494,7 @@ impl Store {
             _ => return None,
         }
         let media_type = media.media_type.clone();
+        let body = op.without_write_only(&entry.key, &media_type, &body);
         if !op.body_is_valid(&entry.key, &media_type, &body) {
             return None;
         }
