@@ -24,6 +24,7 @@ pub mod runner;
 pub mod spec;
 pub mod sse;
 pub mod validate;
+pub mod xml;
 
 pub use spec::SpecError;
 pub use validate::{Outcome, RequestValidator, Violation};

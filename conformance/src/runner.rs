@@ -288,6 +288,9 @@ struct Body {
     /// The operation takes neither `multipart/form-data` nor a wildcard: the valid body is
     /// also sent as a multipart form, which the server must refuse, not parse.
     foreign_multipart: bool,
+    /// An XML media type the operation also takes beside JSON, and its schema: a valid body
+    /// is sent in it too.
+    xml: Option<(String, Value)>,
     required: bool,
     schema: Value,
     validator: Validator,
@@ -705,12 +708,22 @@ fn compile_ops(
                         let foreign_multipart = taken.clone().all(|mt| {
                             !mt.contains('*') && !mt.to_ascii_lowercase().starts_with("multipart/")
                         });
+                        let xml = content
+                            .filter(|_| encoding == BodyEncoding::Json)
+                            .into_iter()
+                            .flatten()
+                            .find(|(mt, _)| is_xml(mt))
+                            .map(|(mt, m)| {
+                                let schema = m.get("schema").unwrap_or(&schema);
+                                (mt.clone(), schema.clone())
+                            });
                         body = Some(Body {
                             media_type: media_type.clone(),
                             encoding,
                             fields,
                             wrong_media,
                             foreign_multipart,
+                            xml,
                             required: rb.get("required").and_then(Value::as_bool) == Some(true),
                             schema,
                             validator,
@@ -780,6 +793,17 @@ fn business_rule_statuses(op: &Value) -> Vec<String> {
 /// The media type of a request body the runner builds requests for: JSON first, then a
 /// URL-encoded form, then `multipart/form-data`, then any other media type whose schema is
 /// a string or absent (`application/octet-stream`, `text/plain`, …), sent as raw bytes.
+/// Whether a media type is XML: `application/xml`, `text/xml` or a `+xml` suffix.
+fn is_xml(media_type: &str) -> bool {
+    let essence = media_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/xml" || essence == "text/xml" || essence.ends_with("+xml")
+}
+
 fn body_media<'a>(
     doc: &Value, content: &'a Map<String, Value>,
 ) -> Option<(&'a String, &'a Value, BodyEncoding)> {
@@ -2068,7 +2092,15 @@ fn coverage_cases(
         }
     }
     let negatives = negative_cases(shared, op, &base, runner);
-    let positives = spread(&positives, COVERAGE_MAX_POSITIVE);
+    let mut positives = spread(&positives, COVERAGE_MAX_POSITIVE);
+    if let Some(body) = &op.body
+        && let (Some((media_type, schema)), Some(value)) = (&body.xml, &base.body)
+    {
+        let mut case = base.clone();
+        let xml = crate::xml::to_xml(&shared.request_doc, schema, value);
+        case.raw = Some((media_type.clone(), xml.into_bytes()));
+        positives.push(case);
+    }
     let room = COVERAGE_MAX_CASES.saturating_sub(positives.len());
     positives
         .into_iter()

@@ -45,13 +45,10 @@ fn spec() -> Value {
             }},
             "/widgets": {"post": {
                 "operationId": "createWidget",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-                        "name": {"type": "string", "minLength": 1, "maxLength": 10},
-                        "weight": {"type": "integer", "format": "int32", "minimum": 0},
-                        "secret": {"type": "string", "writeOnly": true}
-                    }
-                }}}},
+                "requestBody": {"required": true, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/NewWidget"}},
+                    "application/xml": {"schema": {"$ref": "#/components/schemas/NewWidget"}}
+                }},
                 "responses": {"200": ok(json!({"$ref": "#/components/schemas/Widget"})), "400": error, "422": error}
             }},
             "/widgets/{id}": {"get": {
@@ -90,6 +87,15 @@ fn spec() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
+                "NewWidget": {
+                    "type": "object", "required": ["name"], "additionalProperties": false,
+                    "xml": {"name": "widget"},
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 10},
+                        "weight": {"type": "integer", "format": "int32", "minimum": 0},
+                        "secret": {"type": "string", "writeOnly": true}
+                    }
+                },
                 "Widget": {"type": "object", "required": ["id", "name"], "properties": {
                     "id": {"type": "string"}, "name": {"type": "string"}, "weight": {"type": "integer"},
                     "secret": {"type": "string", "writeOnly": true}
@@ -154,6 +160,8 @@ enum Fault {
     AcceptsEmptyInteger,
     /// Answers a create with its `writeOnly` secret (Prism 5 answers a card's CVC).
     EchoesWriteOnly,
+    /// Refuses the XML body it documents beside JSON (Prism 5 reads it as a string).
+    RejectsXml,
 }
 
 /// Every fault, the check meant to find it and the operation it must be found on.
@@ -227,7 +235,22 @@ const CATALOG: &[(Fault, &str, &str)] = &[
         "response_schema_conformance",
         "POST /widgets",
     ),
+    (
+        Fault::RejectsXml,
+        "positive_data_acceptance",
+        "POST /widgets",
+    ),
 ];
+
+/// The text of the first `<name>` element of an XML body (escapes left as they are).
+fn xml_text(body: &[u8], name: &str) -> String {
+    let text = String::from_utf8_lossy(body);
+    let open = format!("<{name}>");
+    text.split_once(open.as_str())
+        .and_then(|(_, rest)| rest.split_once(&format!("</{name}>")))
+        .map(|(inner, _)| inner.to_string())
+        .unwrap_or_default()
+}
 
 /// Whether a URL-encoded body holds a `%` not followed by two hex digits, or escapes bytes
 /// that are not UTF-8: what a strict decoder refuses.
@@ -260,6 +283,8 @@ struct State {
     saw_avatar: AtomicBool,
     /// Notified when the server exits.
     exit: tokio::sync::Notify,
+    /// Set once a valid XML widget arrived.
+    saw_xml: AtomicBool,
 }
 
 async fn handle(state: Arc<State>, req: poem::Request) -> Response {
@@ -404,7 +429,19 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
             json_response(200, &json!({"size": size}))
         }
         ("POST", ["widgets"]) => {
-            let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let xml = header("content-type").is_some_and(|t| t.contains("xml"));
+            if xml && fault == Fault::RejectsXml {
+                return error(400, "request.body Request body must be object");
+            }
+            let input: Value = match xml {
+                true => {
+                    if String::from_utf8_lossy(&body).contains("<widget>") {
+                        state.saw_xml.store(true, Ordering::SeqCst);
+                    }
+                    json!({"name": xml_text(&body, "name")})
+                }
+                false => serde_json::from_slice(&body).unwrap_or(Value::Null),
+            };
             let id = format!("w{}", state.next.fetch_add(1, Ordering::SeqCst));
             let mut widget = json!({"id": id, "name": input["name"].as_str().unwrap_or("")});
             if let Some(w) = input["weight"].as_i64() {
@@ -459,6 +496,7 @@ async fn start(fault: Fault) -> (String, Arc<State>) {
         saw_foreign_multipart: AtomicBool::new(false),
         saw_avatar: AtomicBool::new(false),
         exit: tokio::sync::Notify::new(),
+        saw_xml: AtomicBool::new(false),
     });
     let served = state.clone();
     let app = poem::endpoint::make(move |req: poem::Request| {
@@ -527,6 +565,10 @@ async fn a_correct_server_passes_and_every_class_is_exercised() {
     assert!(
         state.saw_avatar.load(Ordering::SeqCst),
         "a valid octet-stream upload was sent"
+    );
+    assert!(
+        state.saw_xml.load(Ordering::SeqCst),
+        "a valid widget was sent as XML"
     );
     for (operation, check) in [
         ("GET /health", "unsupported_method"),
