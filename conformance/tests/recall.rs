@@ -2,9 +2,9 @@
 //! built into a small server that must be caught, beside a correct server that must pass.
 //!
 //! Every server implements the same spec (integers of both widths, a JSON create answered
-//! 200, a URL-encoded form, a multipart upload, an `application/octet-stream` upload, a
-//! path without parameters, a bearer scheme
-//! whose 401 no operation documents) and breaks it in one way. The harness must catch each
+//! 200 that also takes XML, a URL-encoded form, a multipart upload, an
+//! `application/octet-stream` upload, a path without parameters, an operation that documents
+//! no success, a bearer scheme whose 401 no operation documents) and breaks it in one way. The harness must catch each
 //! fault with the check meant for it, on the operation meant, and count it once.
 
 use std::collections::BTreeMap;
@@ -55,6 +55,11 @@ fn spec() -> Value {
                 "operationId": "getWidget",
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 20}}],
                 "responses": {"200": ok(json!({"$ref": "#/components/schemas/Widget"})), "400": error, "404": error}
+            }},
+            "/archive": {"post": {
+                "operationId": "archive",
+                "description": "Documents no success: every answer is an error.",
+                "responses": {"400": error}
             }},
             "/login": {"post": {
                 "operationId": "login",
@@ -417,6 +422,7 @@ async fn handle(state: Arc<State>, req: poem::Request) -> Response {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["health"]) => json_response(200, &json!({"status": "ok"})),
+        ("POST", ["archive"]) => error(400, "nothing to archive"),
         ("GET", ["counts"]) => {
             let n: i64 = param("n").and_then(|n| n.parse().ok()).unwrap_or(0);
             if fault == Fault::LosesInt64Precision && n.unsigned_abs() > 1 << 53 {
@@ -639,6 +645,7 @@ async fn every_path_is_probed_before_a_body_that_kills_the_server() {
         "the server died on the broken upload: {summary}"
     );
     for operation in [
+        "POST /archive",
         "GET /health",
         "GET /counts",
         "GET /sizes",
