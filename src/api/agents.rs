@@ -56,22 +56,45 @@ same_variants!(AgentStatus <=> models::AgentStatus {
     Active, Inactive, Training, Error
 });
 
-/// The agent as the spec's JSON.
+/// A column's value, borrowed from its row.
+#[derive(Debug, Clone, Copy)]
+enum Column<'a> {
+    Text(&'a str),
+    Integer(i64),
+}
+
+impl Column<'_> {
+    fn value(self) -> Value {
+        match self {
+            Column::Text(s) => s.into(),
+            Column::Integer(n) => n.into(),
+        }
+    }
+
+    /// Appends the value as JSON.
+    fn write(self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        match self {
+            Column::Text(s) => serde_json::to_writer(out, s),
+            Column::Integer(n) => serde_json::to_writer(out, &n),
+        }
+    }
+}
+
 /// The agent's fields that are columns of their own ([`COLUMNS`]), as the spec names them;
 /// `None` for an absent description.
-fn column_values(row: &AgentRow) -> [(&'static str, Option<Value>); 8] {
+fn column_values(row: &AgentRow) -> [(&'static str, Option<Column<'_>>); 8] {
     [
-        ("id", Some(row.id.clone().into())),
-        ("name", Some(row.content.name.clone().into())),
-        ("type", Some(row.content.agent_type.clone().into())),
-        ("status", Some(row.content.status.as_str().into())),
+        ("id", Some(Column::Text(&row.id))),
+        ("name", Some(Column::Text(&row.content.name))),
+        ("type", Some(Column::Text(&row.content.agent_type))),
+        ("status", Some(Column::Text(row.content.status.as_str()))),
         (
             "description",
-            row.content.description.clone().map(Value::from),
+            row.content.description.as_deref().map(Column::Text),
         ),
-        ("version", Some(row.version.into())),
-        ("created_at", Some(row.created_at.clone().into())),
-        ("updated_at", Some(row.updated_at.clone().into())),
+        ("version", Some(Column::Integer(row.version))),
+        ("created_at", Some(Column::Text(&row.created_at))),
+        ("updated_at", Some(Column::Text(&row.updated_at))),
     ]
 }
 
@@ -80,7 +103,7 @@ pub(crate) fn row_to_json(row: &AgentRow) -> Result<Map<String, Value>, StoreErr
         serde_json::from_str(&row.content.body).map_err(|e| corrupt(row, &e.to_string()))?;
     for (key, value) in column_values(row) {
         if let Some(value) = value {
-            obj.insert(key.into(), value);
+            obj.insert(key.into(), value.value());
         }
     }
     Ok(obj)
@@ -105,18 +128,25 @@ pub(crate) fn agent_json(row: &AgentRow) -> Result<Json<Agent>, StoreError> {
     let Some(members) = members else {
         return row_to_agent(row).map(Json);
     };
-    let mut out = String::with_capacity(body.len() + 160 + row.content.name.len());
+    let mut out = Vec::with_capacity(body.len() + 200 + row.content.name.len());
     for (key, value) in column_values(row) {
         if let Some(value) = value {
-            out.push(if out.is_empty() { '{' } else { ',' });
-            out.push_str(&format!("\"{key}\":{value}"));
+            out.push(if out.is_empty() { b'{' } else { b',' });
+            out.push(b'"');
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            value
+                .write(&mut out)
+                .map_err(|e| corrupt(row, &e.to_string()))?;
         }
     }
     if !members.trim().is_empty() {
-        out.push(',');
-        out.push_str(members);
+        out.push(b',');
+        out.extend_from_slice(members.as_bytes());
     }
-    out.push('}');
+    out.push(b'}');
+    // Every piece was UTF-8 text.
+    let out = String::from_utf8(out).map_err(|e| corrupt(row, &e.to_string()))?;
     #[cfg(debug_assertions)]
     {
         let written: Value =

@@ -358,7 +358,8 @@ impl Store {
     /// on a SQLite file inline, on the calling thread, with an idle connection of the read
     /// pool: handing so short a query to the blocking pool and back costs more than the
     /// query. When no read connection is idle (and on PostgreSQL, where a query is a network
-    /// round trip) it goes to the blocking pool like any read. Never for work that scans.
+    /// round trip) it goes to the blocking pool like any read. Never for work that scans
+    /// without a bound (a list page is bounded: it counts at most `sql::COUNT_UP_TO` rows).
     pub async fn lookup<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
