@@ -13,7 +13,7 @@ use jsonschema::Validator;
 use serde_json::Value;
 
 use crate::SpecError;
-use crate::spec::{deref, escape_pointer};
+use crate::spec::{composed, deref, escape_pointer};
 use crate::validate::{coerce_scalar, compile_schema};
 
 /// A header a response documents.
@@ -224,8 +224,7 @@ impl WriteOnly {
         if depth > WRITE_ONLY_DEPTH {
             return None;
         }
-        let mut branches = Vec::new();
-        flatten_branches(doc, schema, 0, &mut branches);
+        let branches = composed(doc, schema);
         let mut declared: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
         let mut hidden_in: BTreeMap<&str, usize> = BTreeMap::new();
         let (mut items, mut extra) = (Vec::new(), Vec::new());
@@ -324,25 +323,6 @@ impl WriteOnly {
 fn is_write_only(doc: &Value, schema: &Value) -> bool {
     let flagged = |s: &Value| s.get("writeOnly").and_then(Value::as_bool) == Some(true);
     flagged(schema) || flagged(deref(doc, schema))
-}
-
-/// `schema` and, through `$ref`s, every branch of its `allOf`, `anyOf` and `oneOf`.
-fn flatten_branches<'a>(doc: &'a Value, schema: &'a Value, depth: usize, out: &mut Vec<&'a Value>) {
-    let schema = deref(doc, schema);
-    if depth > WRITE_ONLY_DEPTH || !schema.is_object() {
-        return;
-    }
-    out.push(schema);
-    for key in ["allOf", "anyOf", "oneOf"] {
-        for branch in schema
-            .get(key)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            flatten_branches(doc, branch, depth + 1, out);
-        }
-    }
 }
 
 /// Whether a declared media type (maybe with wildcards) covers an actual one (essence only).

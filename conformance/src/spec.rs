@@ -93,6 +93,31 @@ pub fn resolve_local<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
 }
 
 /// Follows `$ref` chains (local only) until a non-reference value.
+/// `schema` and, through `$ref`s, every branch of its `allOf`, `anyOf` and `oneOf`, nested
+/// ones too (up to a depth that recursive schemas cannot pass).
+pub fn composed<'a>(doc: &'a Value, schema: &'a Value) -> Vec<&'a Value> {
+    fn walk<'a>(doc: &'a Value, schema: &'a Value, depth: usize, out: &mut Vec<&'a Value>) {
+        let schema = deref(doc, schema);
+        if depth > 12 || !schema.is_object() {
+            return;
+        }
+        out.push(schema);
+        for key in ["allOf", "anyOf", "oneOf"] {
+            for branch in schema
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                walk(doc, branch, depth + 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(doc, schema, 0, &mut out);
+    out
+}
+
 pub fn deref<'a>(doc: &'a Value, mut value: &'a Value) -> &'a Value {
     for _ in 0..64 {
         match value.get("$ref").and_then(Value::as_str) {

@@ -8,10 +8,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::spec::deref;
-
-/// How deep compositions and `$ref`s are followed to gather a schema's properties.
-const MAX_DEPTH: usize = 12;
+use crate::report::xml_escape as escape;
+use crate::spec::{composed, deref};
 
 /// `value` as an XML document described by `schema` (a schema of `doc`).
 pub fn to_xml(doc: &Value, schema: &Value, value: &Value) -> String {
@@ -44,32 +42,18 @@ fn xml_flag(doc: &Value, schema: &Value, field: &str) -> bool {
 }
 
 /// The properties `schema` declares, with those of its `allOf`, `anyOf` and `oneOf`
-/// branches, and its `items` schema.
-fn shape(doc: &Value, schema: &Value, depth: usize, props: &mut Map<String, Value>) -> Value {
-    let schema = deref(doc, schema);
-    let mut items = schema.get("items").cloned().unwrap_or(Value::Bool(true));
-    if depth > MAX_DEPTH {
-        return items;
-    }
-    if let Some(own) = schema.get("properties").and_then(Value::as_object) {
-        for (k, v) in own {
-            props.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-    }
-    for key in ["allOf", "anyOf", "oneOf"] {
-        for branch in schema
-            .get(key)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let found = shape(doc, branch, depth + 1, props);
-            if items == Value::Bool(true) {
-                items = found;
+/// branches (the first declaration of a name wins), and its first `items` schema.
+fn shape(doc: &Value, schema: &Value, props: &mut Map<String, Value>) -> Value {
+    let mut items = None;
+    for branch in composed(doc, schema) {
+        if let Some(own) = branch.get("properties").and_then(Value::as_object) {
+            for (k, v) in own {
+                props.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
+        items = items.or_else(|| branch.get("items").cloned());
     }
-    items
+    items.unwrap_or(Value::Bool(true))
 }
 
 /// The element's qualified name and its namespace declaration, if any.
@@ -92,7 +76,7 @@ fn element(doc: &Value, schema: &Value, name: &str, value: &Value, out: &mut Str
     out.push_str(&name);
     out.push_str(namespace.as_deref().unwrap_or(""));
     let mut props = Map::new();
-    let items = shape(doc, schema, 0, &mut props);
+    let items = shape(doc, schema, &mut props);
     let prop = |k: &str| props.get(k).cloned().unwrap_or(Value::Bool(true));
     let children: Vec<(&String, &Value)> = match value {
         Value::Object(map) => {
@@ -142,7 +126,7 @@ fn child(doc: &Value, schema: &Value, key: &str, value: &Value, out: &mut String
         element(doc, schema, &name, value, out, depth);
         return;
     };
-    let items = shape(doc, schema, 0, &mut Map::new());
+    let items = shape(doc, schema, &mut Map::new());
     let item_name = xml_field(doc, &items, "name").unwrap_or_else(|| name.clone());
     let wrapped = xml_flag(doc, schema, "wrapped");
     let (wrapper, namespace) = qualified(doc, schema, &name);
@@ -163,24 +147,6 @@ fn text(value: &Value) -> String {
         Value::Null => String::new(),
         other => other.to_string(),
     }
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Characters XML 1.0 cannot hold at all are left out.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
-            '\u{FFFE}' | '\u{FFFF}' => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
