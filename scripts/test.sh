@@ -122,7 +122,7 @@ schemathesis_run() {
   log "agentplane conform on $name"
   mkdir -p "$TARGET/conform"
   local other
-  other=$("$TARGET/debug/agentplane" keys create --database "$url" --org other-org --user eve 2>/dev/null)
+  other=$("$TARGET/debug/agentplane" keys create --database "$url" --org other-org --user eve)
   "$TARGET/debug/agentplane" conform --spec "http://127.0.0.1:$port/openapi.json" \
     --url "http://127.0.0.1:$port" -H "Authorization: Bearer $key" \
     --other-header "Authorization: Bearer $other" \

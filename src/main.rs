@@ -607,9 +607,10 @@ fn create_key(
     };
     let store = agentplane::db::Store::open(&database, 1)?;
     let email = email.unwrap_or_else(|| format!("{user}@localhost"));
+    // The write lock up front: a running server writes the same file, and a transaction that
+    // reads, then writes, fails at once when the server wrote in between.
     let secret = store.run_blocking(|conn| {
-        use diesel::Connection;
-        conn.transaction(|conn| {
+        agentplane::db::write_transaction(conn, |conn| {
             let user = agentplane::auth::ensure_user(conn, &org, &user, &email, role)?;
             agentplane::auth::insert_key(conn, &user, &name, &scopes, None)
         })

@@ -426,3 +426,44 @@ backend_test!(the_cli_creates_working_keys, |app| {
     assert_eq!(me.organization.name, "cli-org");
     assert_eq!(me.scopes, vec![agentplane_client::types::Scope::ReadAgents]);
 });
+
+backend_test!(the_cli_creates_keys_while_the_server_writes, |app| {
+    // A CLI transaction that read, then wrote, failed at once ("database is locked") when the
+    // server wrote to the SQLite file in between; it now takes the write lock up front.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let writer = |w: usize| {
+        let done = &done;
+        let app = &app;
+        async move {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let name = format!("busy {w}.{n}");
+                app.create_agent(json!({"name": name, "type": "assistant"}))
+                    .await;
+                n += 1;
+            }
+        }
+    };
+    let writes = futures_util::future::join_all((0..8).map(writer));
+    let keys = async {
+        for i in 0..20 {
+            let url = app.database_url.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_agentplane"))
+                    .args(["keys", "create", "--database", &url])
+                    .args(["--org", &format!("busy-org-{i}"), "--user", "dana"])
+                    .output()
+            })
+            .await
+            .expect("join")
+            .expect("run agentplane keys create");
+            assert!(
+                out.status.success(),
+                "key {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    tokio::join!(writes, keys);
+});
