@@ -977,6 +977,17 @@ fn lib(ir: &Ir) -> TokenStream {
             }
         }
 
+        impl<T: poem_openapi::types::ToJSON> Json<T> {
+            /// The answer as JSON text (the typed value serialized as poem-openapi's `Json`
+            /// serializes it), to be written into a larger answer.
+            pub fn into_text(self) -> String {
+                match self {
+                    Json::Typed(v) => v.to_json().unwrap_or_default().to_string(),
+                    Json::Text(text) => text,
+                }
+            }
+        }
+
         impl<T: poem_openapi::types::Type> poem_openapi::payload::Payload for Json<T> {
             const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
             fn check_content_type(content_type: &str) -> bool {

@@ -162,14 +162,6 @@ pub(crate) fn agent_json(row: &AgentRow) -> Result<Json<Agent>, StoreError> {
     Ok(Json::Text(out))
 }
 
-/// The text of a JSON answer.
-fn json_text<T: ToJSON>(json: Json<T>) -> String {
-    match json {
-        Json::Text(text) => text,
-        Json::Typed(value) => value.to_json().unwrap_or_default().to_string(),
-    }
-}
-
 impl Resource for Agent {
     type Row = AgentRow;
     const NOT_FOUND: &'static str = NOT_FOUND;
@@ -579,17 +571,17 @@ impl AgentsApi for Handlers {
         let item = |l: &Listed| -> Result<String, StoreError> {
             let whole = l.expanded.is_none() && fields.is_none();
             if whole {
-                return Ok(json_text(agent_json(&l.row)?));
+                return Ok(agent_json(&l.row)?.into_text());
             }
             let obj = row_to_json(&l.row)?;
             let expanded = l.expanded.clone();
             let fieldset = row_to_fieldset(&l.row, obj, fields.as_deref(), expanded)?;
-            Ok(json_text(Json(fieldset)))
+            Ok(Json(fieldset).into_text())
         };
         let (data, pagination) = self
             .page_of(&caller, &params, NOT_FOUND, list, item)
             .await?;
-        let pagination = json_text(Json(pagination));
+        let pagination = Json(pagination).into_text();
         let page = format!(
             "{{\"data\":[{}],\"pagination\":{pagination}}}",
             data.join(",")

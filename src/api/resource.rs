@@ -181,9 +181,10 @@ impl Handlers {
         // organization): on SQLite it runs inline, like a point read, instead of paying the
         // blocking pool's hand-off, which costs a third as much as the page itself. Tasks
         // queued behind it meanwhile are stolen by the other workers.
-        let access = match q.count_limit() <= COUNT_UP_TO {
-            true => Access::Point,
-            false => Access::Read,
+        let access = if q.count_limit() <= COUNT_UP_TO {
+            Access::Point
+        } else {
+            Access::Read
         };
         self.for_org(caller, not_found, access, move |conn, org| {
             list(conn, org, &q)
