@@ -565,14 +565,15 @@ fn response_schema_conformance(ctx: &CheckContext<'_>) -> Verdict {
             if let Some(write_only) = &media.write_only {
                 write_only.carried(&body, "", &mut carried);
             }
-            match carried.is_empty() {
-                true => Verdict::Pass,
-                false => Verdict::Fail(format!(
+            if carried.is_empty() {
+                Verdict::Pass
+            } else {
+                Verdict::Fail(format!(
                     "the {} body carries writeOnly propert{} {}, which an answer never holds",
                     ctx.exchange.status,
                     if carried.len() == 1 { "y" } else { "ies" },
                     carried.join(", ")
-                )),
+                ))
             }
         }
         Some(e) => {

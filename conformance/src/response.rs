@@ -226,13 +226,13 @@ impl WriteOnly {
         }
         let branches = composed(doc, schema);
         let mut declared: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-        let mut hidden_in: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut flagged: BTreeSet<&str> = BTreeSet::new();
         let (mut items, mut extra) = (Vec::new(), Vec::new());
         for branch in &branches {
             if let Some(props) = branch.get("properties").and_then(Value::as_object) {
                 for (name, p) in props {
                     if is_write_only(doc, p) {
-                        *hidden_in.entry(name).or_default() += 1;
+                        flagged.insert(name);
                     } else {
                         declared.entry(name).or_default().push(p);
                     }
@@ -242,27 +242,24 @@ impl WriteOnly {
             extra.extend(branch.get("additionalProperties").filter(|i| i.is_object()));
         }
         let any_of = |schemas: Vec<&Value>| {
+            if schemas.is_empty() {
+                return None;
+            }
             let schemas: Vec<Value> = schemas.into_iter().cloned().collect();
             WriteOnly::of(doc, &serde_json::json!({ "anyOf": schemas }), depth + 1)
         };
         let out = WriteOnly {
-            hidden: hidden_in
-                .keys()
-                .filter(|name| !declared.contains_key(*name))
-                .map(|name| name.to_string())
+            hidden: flagged
+                .into_iter()
+                .filter(|name| !declared.contains_key(name))
+                .map(str::to_string)
                 .collect(),
             below: declared
                 .into_iter()
                 .filter_map(|(name, schemas)| Some((name.to_string(), any_of(schemas)?)))
                 .collect(),
-            items: (!items.is_empty())
-                .then(|| any_of(items))
-                .flatten()
-                .map(Box::new),
-            extra: (!extra.is_empty())
-                .then(|| any_of(extra))
-                .flatten()
-                .map(Box::new),
+            items: any_of(items).map(Box::new),
+            extra: any_of(extra).map(Box::new),
         };
         let empty = out.hidden.is_empty()
             && out.below.is_empty()
@@ -325,20 +322,19 @@ fn is_write_only(doc: &Value, schema: &Value) -> bool {
     flagged(schema) || flagged(deref(doc, schema))
 }
 
+/// A media type's essence: type and subtype, lower-cased, without parameters.
+pub fn essence(media_type: &str) -> String {
+    media_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Whether a declared media type (maybe with wildcards) covers an actual one (essence only).
 pub fn media_matches(declared: &str, actual: &str) -> bool {
-    let declared = declared
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let actual = actual
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let (declared, actual) = (essence(declared), essence(actual));
     if declared == actual || declared == "*/*" {
         return true;
     }
@@ -350,15 +346,19 @@ pub fn media_matches(declared: &str, actual: &str) -> bool {
 
 /// Whether a media type is JSON (`application/json`, `application/problem+json`, ...).
 pub fn is_json(media_type: &str) -> bool {
-    let essence = media_type.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json")
-        || essence.to_ascii_lowercase().ends_with("+json")
+    let essence = essence(media_type);
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+/// Whether a media type is XML (`application/xml`, `text/xml`, `application/atom+xml`, ...).
+pub fn is_xml(media_type: &str) -> bool {
+    let essence = essence(media_type);
+    essence == "application/xml" || essence == "text/xml" || essence.ends_with("+xml")
 }
 
 /// Whether a media type is a server-sent event stream.
 pub fn is_event_stream(media_type: &str) -> bool {
-    let essence = media_type.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("text/event-stream")
+    essence(media_type) == "text/event-stream"
 }
 
 pub use crate::sse::{SseEvent, sse_events};

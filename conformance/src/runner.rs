@@ -67,7 +67,7 @@ use crate::SpecError;
 use crate::cassette::{CheckRecord, Interaction, RecordedResponse, ReplayScript, ReplayStep};
 use crate::checks::{self, CaseKind, Check, CheckContext, Failure, Severity, Verdict};
 use crate::generate::{Direction, Generator, prepare_doc, sample};
-use crate::response::{Exchange, Responses, is_json};
+use crate::response::{Exchange, Responses, essence, is_json, is_xml};
 use crate::spec::{deref, escape_pointer};
 use crate::validate::{coerce_scalar, compile_schema, form_fields, form_value};
 
@@ -793,30 +793,12 @@ fn business_rule_statuses(op: &Value) -> Vec<String> {
 /// The media type of a request body the runner builds requests for: JSON first, then a
 /// URL-encoded form, then `multipart/form-data`, then any other media type whose schema is
 /// a string or absent (`application/octet-stream`, `text/plain`, …), sent as raw bytes.
-/// Whether a media type is XML: `application/xml`, `text/xml` or a `+xml` suffix.
-fn is_xml(media_type: &str) -> bool {
-    let essence = media_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/xml" || essence == "text/xml" || essence.ends_with("+xml")
-}
-
 fn body_media<'a>(
     doc: &Value, content: &'a Map<String, Value>,
 ) -> Option<(&'a String, &'a Value, BodyEncoding)> {
     if let Some((mt, media)) = content.iter().find(|(mt, _)| is_json(mt)) {
         return Some((mt, media, BodyEncoding::Json));
     }
-    let essence = |mt: &str| {
-        mt.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-    };
     if let Some((mt, media)) = content
         .iter()
         .find(|(mt, _)| essence(mt) == "application/x-www-form-urlencoded")

@@ -92,7 +92,6 @@ pub fn resolve_local<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
     doc.pointer(pointer)
 }
 
-/// Follows `$ref` chains (local only) until a non-reference value.
 /// `schema` and, through `$ref`s, every branch of its `allOf`, `anyOf` and `oneOf`, nested
 /// ones too (up to a depth that recursive schemas cannot pass).
 pub fn composed<'a>(doc: &'a Value, schema: &'a Value) -> Vec<&'a Value> {
@@ -118,6 +117,7 @@ pub fn composed<'a>(doc: &'a Value, schema: &'a Value) -> Vec<&'a Value> {
     out
 }
 
+/// Follows `$ref` chains (local only) until a non-reference value.
 pub fn deref<'a>(doc: &'a Value, mut value: &'a Value) -> &'a Value {
     for _ in 0..64 {
         match value.get("$ref").and_then(Value::as_str) {

@@ -17,7 +17,7 @@ use jsonschema::Validator;
 use serde_json::{Map, Value};
 
 use crate::generate::{Direction, Generator, prepare_doc, sample};
-use crate::response::{Responses, is_json, media_matches};
+use crate::response::{MediaSpec, Responses, is_json, media_matches};
 use crate::runner::{named_examples, scalar_text, seeded_runner};
 use crate::spec::{SpecError, deref, escape_pointer};
 use crate::validate::RequestValidator;
@@ -168,35 +168,30 @@ impl MockOperation {
         self.entry(status).is_some_and(|r| r.key != "DEFAULT")
     }
 
-    /// The compiled validator of a response body, by documented key and media type.
-    pub fn body_validator(&self, key: &str, media_type: &str) -> Option<&Validator> {
+    /// The compiled media type `media_type` of the response `key` (as documented).
+    fn media(&self, key: &str, media_type: &str) -> Option<&MediaSpec> {
         self.responses
             .entries
             .iter()
             .find(|r| r.status == key)?
             .content
             .iter()
-            .find(|m| m.media_type == media_type.to_ascii_lowercase())?
-            .validator
-            .as_ref()
+            .find(|m| m.media_type == media_type.to_ascii_lowercase())
+    }
+
+    /// The compiled validator of a response body, by documented key and media type.
+    pub fn body_validator(&self, key: &str, media_type: &str) -> Option<&Validator> {
+        self.media(key, media_type)?.validator.as_ref()
     }
 
     /// `value` without the `writeOnly` properties the response `key` in `media_type` never
     /// shows.
     pub fn without_write_only(&self, key: &str, media_type: &str, value: &Value) -> Value {
         let mut shown = value.clone();
-        let write_only = self
-            .responses
-            .entries
-            .iter()
-            .find(|r| r.status == key)
-            .and_then(|r| {
-                r.content
-                    .iter()
-                    .find(|m| m.media_type == media_type.to_ascii_lowercase())
-            })
-            .and_then(|m| m.write_only.as_ref());
-        if let Some(w) = write_only {
+        if let Some(w) = self
+            .media(key, media_type)
+            .and_then(|m| m.write_only.as_ref())
+        {
             w.strip(&mut shown);
         }
         shown
