@@ -6,6 +6,7 @@
 //! role allows, so demoting a user narrows every key they hold at once.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use agentplane_api::models::{Role, Scope};
 
@@ -216,7 +217,7 @@ impl Keys {
         let known = self
             .cache
             .get(&hash_key(&secret))
-            .is_some_and(|r| !r.is_dead_at(&ids::now()));
+            .is_some_and(|r| !r.is_dead());
         (!known).then_some(wait)
     }
 
@@ -232,29 +233,26 @@ impl Keys {
     }
 
     /// The live API key (not revoked, not expired) the request presents, if any.
-    pub async fn live(&self, req: &poem::Request) -> Option<KeyRecord> {
+    pub async fn live(&self, req: &poem::Request) -> Option<Arc<KeyRecord>> {
         let secret = credential(req)?;
         let record = self.record(hash_key(&secret)).await.ok()??;
-        (!record.is_dead_at(&ids::now())).then_some(record)
+        (!record.is_dead()).then_some(record)
     }
 
     /// Looks up the key `req` presents once for the whole request: the answer is kept in the
     /// request's extensions, where [`Keys::authenticate`] finds it rather than looking again.
     /// Returns the live key (not revoked, not expired), if any; `None` also when the key
     /// cannot be checked now (nothing is kept then, and authentication reports it).
-    pub async fn look_up(&self, req: &mut poem::Request) -> Option<KeyRecord> {
+    pub async fn look_up(&self, req: &mut poem::Request) -> Option<Arc<KeyRecord>> {
         let secret = credential(req)?;
         let record = self.record(hash_key(&secret)).await.ok()?;
-        let live = record
-            .as_ref()
-            .filter(|r| !r.is_dead_at(&ids::now()))
-            .cloned();
+        let live = record.as_ref().filter(|r| !r.is_dead()).cloned();
         req.extensions_mut().insert(LookedUp { secret, record });
         live
     }
 
     /// The key with this hash: from the cache, else from the database (recording its use).
-    pub async fn record(&self, hash: String) -> StoreResult<Option<KeyRecord>> {
+    pub async fn record(&self, hash: String) -> StoreResult<Option<Arc<KeyRecord>>> {
         if let Some(record) = self.cache.get(&hash) {
             return Ok(Some(record));
         }
@@ -284,7 +282,7 @@ impl Keys {
             }
         }
         Ok(found.map(|(key, user)| {
-            let record = KeyRecord::new(&key, &user);
+            let record = Arc::new(KeyRecord::new(&key, &user));
             self.cache.put(hash, record.clone());
             record
         }))
@@ -296,7 +294,7 @@ impl Keys {
 #[derive(Clone)]
 struct LookedUp {
     secret: String,
-    record: Option<KeyRecord>,
+    record: Option<Arc<KeyRecord>>,
 }
 
 /// The address the request's connection came from (a proxy's, behind one).
@@ -357,17 +355,13 @@ impl Keys {
         };
         let dead = if record.revoked {
             Some(("revoked API key", "the API key has been revoked"))
-        } else if record
-            .expires_at
-            .as_deref()
-            .is_some_and(|t| t <= ids::now().as_str())
-        {
+        } else if record.is_expired() {
             Some(("expired API key", "the API key has expired"))
         } else {
             None
         };
         if let Some((reason, message)) = dead {
-            self.refused(req, rid, Some(&record), reason).await;
+            self.refused(req, rid, Some(record.as_ref()), reason).await;
             return Err(Failure::Unauthorized(message));
         }
         let missing: Vec<&'static str> = scopes
@@ -381,11 +375,11 @@ impl Keys {
         }
         Ok(Caller {
             request_id: rid.to_string(),
-            org_id: record.org_id,
-            user_id: record.user_id,
-            key_id: record.key_id,
+            org_id: record.org_id.clone(),
+            user_id: record.user_id.clone(),
+            key_id: record.key_id.clone(),
             role: record.role,
-            scopes: record.scopes,
+            scopes: record.scopes.clone(),
             credential: Presented(secret),
         })
     }
@@ -524,7 +518,8 @@ pub struct KeyRecord {
     pub user_id: String,
     pub role: Role,
     pub scopes: BTreeSet<Scope>,
-    pub expires_at: Option<String>,
+    /// When the key stops working (an unreadable stored time: already).
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub revoked: bool,
     /// The key's own limits (`None`: the server's defaults).
     pub rate_limit_per_hour: Option<i64>,
@@ -532,9 +527,14 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
-    /// Whether the key is revoked or past its expiry at `now` (RFC 3339).
-    pub fn is_dead_at(&self, now: &str) -> bool {
-        self.revoked || self.expires_at.as_deref().is_some_and(|t| t <= now)
+    /// Whether the key is revoked or past its expiry.
+    pub fn is_dead(&self) -> bool {
+        self.revoked || self.is_expired()
+    }
+
+    /// Whether the key is past its expiry.
+    pub fn is_expired(&self) -> bool {
+        self.expires_at.is_some_and(|t| t <= chrono::Utc::now())
     }
 
     pub fn new(key: &ApiKeyRow, user: &UserRow) -> Self {
@@ -544,7 +544,10 @@ impl KeyRecord {
             user_id: key.user_id.clone(),
             role: Role::from_wire(&user.role).unwrap_or(Role::Viewer),
             scopes: effective_scopes(key, user),
-            expires_at: key.expires_at.clone(),
+            expires_at: key.expires_at.as_deref().map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map_or(chrono::DateTime::<chrono::Utc>::MIN_UTC, |t| t.to_utc())
+            }),
             revoked: key.revoked_at.is_some(),
             rate_limit_per_hour: key.rate_limit_per_hour,
             rate_limit_burst: key.rate_limit_burst,
@@ -560,7 +563,7 @@ pub struct KeyCache {
     ttl: std::time::Duration,
     capacity: usize,
     /// Sharded: a lookup locks one shard, never a lock every request shares.
-    entries: dashmap::DashMap<String, (std::time::Instant, KeyRecord)>,
+    entries: dashmap::DashMap<String, (std::time::Instant, Arc<KeyRecord>)>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -578,13 +581,13 @@ impl KeyCache {
         }
     }
 
-    pub fn get(&self, hash: &str) -> Option<KeyRecord> {
+    pub fn get(&self, hash: &str) -> Option<Arc<KeyRecord>> {
         let entry = self.entries.get(hash)?;
         let (at, record) = entry.value();
         (at.elapsed() < self.ttl).then(|| record.clone())
     }
 
-    pub fn put(&self, hash: String, record: KeyRecord) {
+    pub fn put(&self, hash: String, record: Arc<KeyRecord>) {
         if self.entries.len() >= self.capacity {
             let ttl = self.ttl;
             self.entries.retain(|_, (at, _)| at.elapsed() < ttl);
@@ -606,8 +609,8 @@ impl KeyCache {
 mod cache_tests {
     use super::*;
 
-    fn record(id: &str) -> KeyRecord {
-        KeyRecord {
+    fn record(id: &str) -> Arc<KeyRecord> {
+        Arc::new(KeyRecord {
             key_id: id.into(),
             org_id: "org".into(),
             user_id: "user".into(),
@@ -617,7 +620,7 @@ mod cache_tests {
             revoked: false,
             rate_limit_per_hour: None,
             rate_limit_burst: None,
-        }
+        })
     }
 
     #[test]

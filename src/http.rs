@@ -49,6 +49,9 @@ fn valid_incoming_id(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
+/// `X-Request-Id`, parsed once.
+static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
 /// Outermost layer: gives every request an id (its own `X-Request-Id` when sane), puts it on
 /// every response, turns framework errors into error envelopes, and logs the request.
 pub struct RequestContext;
@@ -108,7 +111,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
             }
         };
         if let Ok(v) = HeaderValue::from_str(&rid) {
-            resp.headers_mut().insert("x-request-id", v);
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }
         if let Some((method, path)) = logged {
             tracing::info!(

@@ -9,6 +9,10 @@ use agentplane::server::{self, Config};
 use agentplane_api::models::{Role, Scope};
 use clap::{Parser, Subcommand};
 
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "agentplane",

@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use poem::http::{HeaderValue, StatusCode};
+use poem::http::{HeaderName, HeaderValue, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 
 use crate::auth::Keys;
@@ -503,11 +503,17 @@ fn too_many(req: &Request, message: String, wait: i64) -> Response {
                 .map(|v| v.to_string())
                 .unwrap_or_default(),
         );
-    set(&mut resp, "retry-after", wait);
+    set(&mut resp, header::RETRY_AFTER, wait);
     resp
 }
 
-fn set(resp: &mut Response, name: &'static str, value: i64) {
+/// The headers every counted answer carries, parsed once.
+static LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static WINDOW: HeaderName = HeaderName::from_static("x-ratelimit-window");
+
+fn set(resp: &mut Response, name: HeaderName, value: i64) {
     resp.headers_mut().insert(name, HeaderValue::from(value));
 }
 
@@ -553,10 +559,10 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
             }
             None => self.inner.call(req).await?.into_response(),
         };
-        set(&mut resp, "x-ratelimit-limit", verdict.limit);
-        set(&mut resp, "x-ratelimit-remaining", verdict.remaining);
-        set(&mut resp, "x-ratelimit-reset", verdict.reset);
-        set(&mut resp, "x-ratelimit-window", WINDOW_SECONDS);
+        set(&mut resp, LIMIT.clone(), verdict.limit);
+        set(&mut resp, REMAINING.clone(), verdict.remaining);
+        set(&mut resp, RESET.clone(), verdict.reset);
+        set(&mut resp, WINDOW.clone(), WINDOW_SECONDS);
         Ok(resp)
     }
 }

@@ -7,7 +7,7 @@
 use diesel::prelude::*;
 
 use super::schema::agents;
-use super::sql::{CountOf, Page, like_pattern, lower, lower_nullable};
+use super::sql::{CountOf, Page, folded, like_pattern};
 use super::types::text_enum;
 use super::{DbConnection, Found, MultiBackend, StoreError, StoreResult};
 
@@ -115,12 +115,10 @@ fn filtered<'a>(org_id: &'a str, q: &'a ListQuery) -> Boxed<'a> {
     if let Some(search) = &q.search {
         let pattern = like_pattern(search);
         query = query.filter(
-            lower(agents::name)
+            folded(agents::name)
                 .like(pattern.clone())
                 .escape('\\')
-                .or(lower_nullable(agents::description)
-                    .like(pattern)
-                    .escape('\\')),
+                .or(folded(agents::description).like(pattern).escape('\\')),
         );
     }
     if let Some(t) = &q.created_gte {

@@ -13,7 +13,7 @@ use super::crud::Child;
 use super::schema::{
     knowledge_bases, knowledge_chunks, knowledge_documents, knowledge_sources, knowledge_syncs,
 };
-use super::sql::{FilterIf, Page, like_pattern, lower};
+use super::sql::{FilterIf, Page, folded, like_pattern};
 use super::types::text_enum;
 use super::{DbConnection, StoreResult};
 
@@ -212,7 +212,7 @@ pub fn list_kbs(
     conn: &mut DbConnection, org_id: &str, filter: &KbFilter, page: &Page,
 ) -> StoreResult<(Vec<KbRow>, i64)> {
     use knowledge_bases as kb;
-    let named = |s: &String| lower(kb::name).like(like_pattern(s)).escape('\\');
+    let named = |s: &String| folded(kb::name).like(like_pattern(s)).escape('\\');
     let filtered = || {
         kb::table
             .filter(kb::org_id.eq(org_id))

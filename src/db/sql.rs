@@ -1,4 +1,4 @@
-//! What every store shares: the page of a list and its bounded count, `lower()`, `LIKE`
+//! What every store shares: the page of a list and its bounded count, case-folded `LIKE`
 //! patterns and optional filters.
 
 /// A page of a list, newest first: skip `offset` rows or start after the row `after_id`.
@@ -9,15 +9,51 @@ pub struct Page {
     pub limit: i64,
 }
 
-diesel::define_sql_function! {
-    /// SQL `lower()`.
-    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
+/// `x` as `LIKE` compares it ignoring case, for a [`like_pattern`]: `lower(x)` on PostgreSQL,
+/// whose `LIKE` is case-sensitive; `x` itself on SQLite, whose `LIKE` already ignores ASCII
+/// case and whose `lower()` folds nothing more, so both match the same rows there without a
+/// call and a copy of every value the filter reads.
+pub fn folded<X>(x: X) -> Folded<X> {
+    Folded(x)
 }
 
-diesel::define_sql_function! {
-    /// SQL `lower()` of a nullable column.
-    #[sql_name = "lower"]
-    fn lower_nullable(x: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
+/// See [`folded`].
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId, diesel::expression::ValidGrouping)]
+pub struct Folded<X>(X);
+
+impl<X: diesel::Expression> diesel::Expression for Folded<X> {
+    type SqlType = X::SqlType;
+}
+
+impl<X, QS> diesel::AppearsOnTable<QS> for Folded<X>
+where
+    X: diesel::AppearsOnTable<QS>,
+    Self: diesel::Expression,
+{
+}
+
+impl<X, QS> diesel::SelectableExpression<QS> for Folded<X>
+where
+    X: diesel::SelectableExpression<QS>,
+    Self: diesel::AppearsOnTable<QS>,
+{
+}
+
+impl<X> diesel::query_builder::QueryFragment<super::MultiBackend> for Folded<X>
+where
+    X: diesel::query_builder::QueryFragment<super::MultiBackend>,
+{
+    fn walk_ast<'b>(
+        &'b self, mut out: diesel::query_builder::AstPass<'_, 'b, super::MultiBackend>,
+    ) -> diesel::QueryResult<()> {
+        if matches!(out.backend(), super::MultiBackend::Sqlite(_)) {
+            return self.0.walk_ast(out);
+        }
+        out.push_sql("lower(");
+        self.0.walk_ast(out.reborrow())?;
+        out.push_sql(")");
+        Ok(())
+    }
 }
 
 /// A `LIKE '%…%'` pattern (escape `\`) matching `needle` lower-cased, anywhere.

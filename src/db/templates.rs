@@ -52,10 +52,10 @@ pub fn list(
         if let Some(s) = &f.search {
             let pattern = super::sql::like_pattern(s);
             q = q.filter(
-                super::sql::lower(t::name)
+                super::sql::folded(t::name)
                     .like(pattern.clone())
                     .escape('\\')
-                    .or(super::sql::lower_nullable(t::description)
+                    .or(super::sql::folded(t::description)
                         .like(pattern)
                         .escape('\\')),
             );
