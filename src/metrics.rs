@@ -28,7 +28,7 @@ pub struct RequestMetrics {
 #[derive(Debug)]
 struct Inner {
     started: Instant,
-    all: Counters,
+    all: Arc<Counters>,
     /// Per organization, at most [`MAX_ORGANIZATIONS`] of them.
     orgs: DashMap<String, Arc<Counters>>,
 }
@@ -137,7 +137,7 @@ impl RequestMetrics {
         Self {
             inner: Arc::new(Inner {
                 started: Instant::now(),
-                all: Counters::new(),
+                all: Arc::new(Counters::new()),
                 orgs: DashMap::new(),
             }),
         }
@@ -177,20 +177,6 @@ impl RequestMetrics {
     pub fn uptime_seconds(&self) -> u64 {
         self.second()
     }
-
-    /// Runs `ep` on `req` between `counters`' begin and end.
-    async fn count<E: Endpoint>(
-        &self, counters: &Counters, ep: &E, req: Request,
-    ) -> poem::Result<Response> {
-        counters.begin();
-        let result = ep.call(req).await.map(IntoResponse::into_response);
-        let status = match &result {
-            Ok(r) => r.status(),
-            Err(e) => e.status(),
-        };
-        counters.end(status.as_u16(), self.second());
-        result
-    }
 }
 
 /// Which counters a [`Track`] middleware keeps.
@@ -220,15 +206,29 @@ pub struct TrackEndpoint<E>(E, RequestMetrics, Scope);
 impl<E: Endpoint> Endpoint for TrackEndpoint<E> {
     type Output = Response;
 
+    // One `await` of the inner endpoint: each await site, and each nested `async fn` taking
+    // the request, holds another copy of the inner future (the whole stack's is kilobytes,
+    // moved whenever it is built).
     async fn call(&self, req: Request) -> poem::Result<Response> {
         let metrics = &self.1;
-        if self.2 == Scope::Replica {
-            return metrics.count(&metrics.inner.all, &self.0, req).await;
+        let counters = match self.2 {
+            Scope::Replica => Some(metrics.inner.all.clone()),
+            Scope::Organization => {
+                crate::auth::looked_up_org(&req).and_then(|org| metrics.org(org))
+            }
+        };
+        if let Some(counters) = &counters {
+            counters.begin();
         }
-        match crate::auth::looked_up_org(&req).and_then(|org| metrics.org(org)) {
-            Some(counters) => metrics.count(&counters, &self.0, req).await,
-            None => self.0.call(req).await.map(IntoResponse::into_response),
+        let answer = self.0.call(req).await.map(IntoResponse::into_response);
+        if let Some(counters) = counters {
+            let status = match &answer {
+                Ok(r) => r.status(),
+                Err(e) => e.status(),
+            };
+            counters.end(status.as_u16(), metrics.second());
         }
+        answer
     }
 }
 
