@@ -28,7 +28,7 @@ pub struct RequestMetrics {
 #[derive(Debug)]
 struct Inner {
     started: Instant,
-    all: Arc<Counters>,
+    all: Counters,
     /// Per organization, at most [`MAX_ORGANIZATIONS`] of them.
     orgs: DashMap<String, Arc<Counters>>,
 }
@@ -137,7 +137,7 @@ impl RequestMetrics {
         Self {
             inner: Arc::new(Inner {
                 started: Instant::now(),
-                all: Arc::new(Counters::new()),
+                all: Counters::new(),
                 orgs: DashMap::new(),
             }),
         }
@@ -206,18 +206,20 @@ pub struct TrackEndpoint<E>(E, RequestMetrics, Scope);
 impl<E: Endpoint> Endpoint for TrackEndpoint<E> {
     type Output = Response;
 
-    // One `await` of the inner endpoint: each await site, and each nested `async fn` taking
-    // the request, holds another copy of the inner future (the whole stack's is kilobytes,
-    // moved whenever it is built).
+    // One `await` of the inner endpoint, in this function: a nested `async fn` taking the
+    // request (a `count()` helper did) holds a second copy of it and of the inner future,
+    // and the stack's future is kilobytes, moved whenever it is built.
     async fn call(&self, req: Request) -> poem::Result<Response> {
         let metrics = &self.1;
+        let org;
         let counters = match self.2 {
-            Scope::Replica => Some(metrics.inner.all.clone()),
+            Scope::Replica => Some(&metrics.inner.all),
             Scope::Organization => {
-                crate::auth::looked_up_org(&req).and_then(|org| metrics.org(org))
+                org = crate::auth::looked_up_org(&req).and_then(|org| metrics.org(org));
+                org.as_deref()
             }
         };
-        if let Some(counters) = &counters {
+        if let Some(counters) = counters {
             counters.begin();
         }
         let answer = self.0.call(req).await.map(IntoResponse::into_response);
