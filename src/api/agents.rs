@@ -582,10 +582,18 @@ impl AgentsApi for Handlers {
             .page_of(&caller, &params, NOT_FOUND, list, item)
             .await?;
         let pagination = Json(pagination).into_text();
-        let page = format!(
-            "{{\"data\":[{}],\"pagination\":{pagination}}}",
-            data.join(",")
-        );
+        let items: usize = data.iter().map(|d| d.len() + 1).sum();
+        let mut page = String::with_capacity(items + pagination.len() + 32);
+        page.push_str("{\"data\":[");
+        for (i, item) in data.iter().enumerate() {
+            if i > 0 {
+                page.push(',');
+            }
+            page.push_str(item);
+        }
+        page.push_str("],\"pagination\":");
+        page.push_str(&pagination);
+        page.push('}');
         Ok(ListAgentsResponse::Ok(Json::<AgentList>::Text(page)))
     }
 

@@ -152,10 +152,6 @@ macro_rules! keyset {
 pub fn list(
     conn: &mut DbConnection, org_id: &str, q: &ListQuery,
 ) -> StoreResult<(Vec<AgentRow>, i64)> {
-    let counted = filtered(org_id, q)
-        .select(agents::id)
-        .limit(q.page.count_limit());
-    let total: i64 = CountOf(counted).get_result(conn)?;
     let anchor = match &q.page.after_id {
         Some(id) => get(conn, org_id, id)
             .found()?
@@ -172,7 +168,13 @@ pub fn list(
     if anchor.is_none() && q.page.offset > 0 {
         query = query.offset(q.page.offset);
     }
-    let rows = query.select(AgentRow::as_select()).load(conn)?;
+    let rows: Vec<AgentRow> = query.select(AgentRow::as_select()).load(conn)?;
+    let total = q.page.total(rows.len(), || {
+        let counted = filtered(org_id, q)
+            .select(agents::id)
+            .limit(q.page.count_limit());
+        CountOf(counted).get_result::<i64>(conn)
+    })?;
     Ok((rows, total))
 }
 

@@ -303,8 +303,6 @@ macro_rules! newest_first {
             by_created: bool,
         ) -> $crate::db::StoreResult<(Vec<$row>, i64)> {
             use diesel::prelude::*;
-            let counted = filtered().select($table::id).limit(page.count_limit());
-            let total: i64 = $crate::db::sql::CountOf(counted).get_result(conn)?;
             // The cursor's id, and by creation time where its row stands while the list holds it.
             let after: Option<(Option<String>, String)> = match &page.after_id {
                 Some(id) if by_created => filtered()
@@ -329,7 +327,12 @@ macro_rules! newest_first {
                 true => q.order(($table::created_at.desc(), $table::id.desc())),
                 false => q.order($table::id.desc()),
             };
-            Ok((q.select(<$row>::as_select()).load(conn)?, total))
+            let rows: Vec<$row> = q.select(<$row>::as_select()).load(conn)?;
+            let total = page.total(rows.len(), || {
+                let counted = filtered().select($table::id).limit(page.count_limit());
+                $crate::db::sql::CountOf(counted).get_result::<i64>(conn)
+            })?;
+            Ok((rows, total))
         }
         newest_first($conn, $filtered, $page, $by_created)
     }};

@@ -102,6 +102,25 @@ impl Page {
     pub fn count_limit(&self) -> i64 {
         count_limit(self.offset, self.limit)
     }
+
+    /// The number of matching rows when this page of `len` rows already tells it, so that no
+    /// count need run: a page by offset that is shorter than its limit is the end of the list
+    /// (unless it is empty past the first page, when the list may end anywhere before it). A
+    /// page after a cursor does not tell: the cursor's offset is where the list stood when it
+    /// was handed out.
+    pub fn total_shown(&self, len: usize) -> Option<i64> {
+        let len = i64::try_from(len).ok()?;
+        let short = len < self.limit && (len > 0 || self.offset == 0);
+        (self.after_id.is_none() && short).then(|| self.offset.saturating_add(len))
+    }
+
+    /// How many rows match: [`Page::total_shown`] by this page of `len` rows, else `count()`.
+    pub fn total<E>(&self, len: usize, count: impl FnOnce() -> Result<i64, E>) -> Result<i64, E> {
+        match self.total_shown(len) {
+            Some(total) => Ok(total),
+            None => count(),
+        }
+    }
 }
 
 /// How far a list counts its matching rows for the page at `offset`: [`COUNT_UP_TO`], or one
@@ -132,5 +151,33 @@ where
         self.0.walk_ast(out.reborrow())?;
         out.push_sql(") AS counted");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Page;
+
+    fn page(offset: i64, limit: i64, after_id: Option<&str>) -> Page {
+        Page {
+            after_id: after_id.map(str::to_string),
+            offset,
+            limit,
+        }
+    }
+
+    #[test]
+    fn a_short_page_by_offset_tells_the_total() {
+        assert_eq!(page(0, 20, None).total_shown(0), Some(0));
+        assert_eq!(page(0, 20, None).total_shown(7), Some(7));
+        assert_eq!(page(40, 20, None).total_shown(3), Some(43));
+        // A full page, an empty page past the first, a page after a cursor: count.
+        assert_eq!(page(0, 20, None).total_shown(20), None);
+        assert_eq!(page(40, 20, None).total_shown(0), None);
+        assert_eq!(page(40, 20, Some("agent_x")).total_shown(3), None);
+        let counted = page(0, 20, None).total(20, || Ok::<_, ()>(1_000));
+        assert_eq!(counted, Ok(1_000));
+        let shown = page(0, 20, None).total(5, || Err(()));
+        assert_eq!(shown, Ok(5));
     }
 }
