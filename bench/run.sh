@@ -166,7 +166,7 @@ run() { # server backend cores loadlist pid case url [wrk args]: pid is the serv
 : >"$WORK/results.tsv"
 LOAD=$(load1)
 echo "==> wrk -c$CONNS -d$DURATION; server cores: ${CORES:-all}; backends: $BACKENDS; load now $LOAD"
-# The first server's agent JSON is what the bare handler serves.
+# The first server's agent and filtered list page are what the bare handler serves.
 first=${SERVERS%% *}
 for cores in ${CORES:-all}; do
   read -r slist llist <<<"$(cpus "$cores")"
@@ -248,14 +248,13 @@ with open(out + ".md", "w") as f:
             rule += " ---: |"
         f.write(head + "\n" + rule + "\n")
         for c in cores:
-            if c in bare:
-                r = bare[c]
-                line = f"| {c} ({where(c)}) | bare poem, same bytes | {float(r[4]):,.0f} | {r[5]} | 1.00 | {r[8]} | {r[7]}% |"
-                line += " | | | | |" * (len(servers) - 1) + (" |" if len(servers) == 2 else "")
-                f.write(line + "\n")
-            if c in bare_list:
-                r = bare_list[c]
-                line = f"| {c} | bare poem, the filtered list page's bytes | {float(r[4]):,.0f} | {r[5]} | {ratio(c, float(r[4]))} | {r[8]} | {r[7]}% |"
+            peers = ((f"{c} ({where(c)})", "bare poem, same bytes", bare),
+                     (c, "bare poem, the filtered list page's bytes", bare_list))
+            for label, name, rows_of in peers:
+                if c not in rows_of:
+                    continue
+                r = rows_of[c]
+                line = f"| {label} | {name} | {float(r[4]):,.0f} | {r[5]} | {ratio(c, float(r[4]))} | {r[8]} | {r[7]}% |"
                 line += " | | | | |" * (len(servers) - 1) + (" |" if len(servers) == 2 else "")
                 f.write(line + "\n")
             for case in cases:

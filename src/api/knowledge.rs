@@ -881,7 +881,7 @@ impl Handlers {
         let (rows, total) = self
             .rows_on(caller, &page, DOCUMENT_NOT_FOUND, move |conn, org, q| {
                 let doc = DocumentRow::get(conn, org, &kb_id, &document_id)?;
-                store::list_chunks(conn, &doc.id, q.offset, q.limit)
+                store::list_chunks(conn, &doc.id, q)
             })
             .await?;
         Ok(KnowledgeChunkList {

@@ -119,10 +119,6 @@ pub fn add_message(conn: &mut DbConnection, row: &MessageRow) -> StoreResult<()>
 pub fn messages(
     conn: &mut DbConnection, conversation_id: &str, page: &Page,
 ) -> StoreResult<(Vec<MessageRow>, i64)> {
-    let total: i64 = m::table
-        .filter(m::conversation_id.eq(conversation_id))
-        .count()
-        .get_result(conn)?;
     let mut q = m::table
         .filter(m::conversation_id.eq(conversation_id))
         .order(m::id.asc())
@@ -132,7 +128,13 @@ pub fn messages(
         Some(after) => q.filter(m::id.gt(after.clone())),
         None => q.offset(page.offset),
     };
-    let rows = q.select(MessageRow::as_select()).load(conn)?;
+    let rows: Vec<MessageRow> = q.select(MessageRow::as_select()).load(conn)?;
+    let total = page.total(rows.len(), || {
+        m::table
+            .filter(m::conversation_id.eq(conversation_id))
+            .count()
+            .get_result::<i64>(conn)
+    })?;
     Ok((rows, total))
 }
 

@@ -440,21 +440,23 @@ pub fn list_documents(
     super::crud::newest_first!(conn, d, DocumentRow, filtered, page, by created_at)
 }
 
-/// A document's chunks in order, from `offset`.
+/// A document's chunks in order, the page at `page`'s offset, and how many it has.
 pub fn list_chunks(
-    conn: &mut DbConnection, document_id: &str, offset: i64, limit: i64,
+    conn: &mut DbConnection, document_id: &str, page: &Page,
 ) -> StoreResult<(Vec<ChunkRow>, i64)> {
-    let total: i64 = knowledge_chunks::table
-        .filter(knowledge_chunks::document_id.eq(document_id))
-        .count()
-        .get_result(conn)?;
-    let rows = knowledge_chunks::table
+    let rows: Vec<ChunkRow> = knowledge_chunks::table
         .filter(knowledge_chunks::document_id.eq(document_id))
         .order(knowledge_chunks::position.asc())
-        .offset(offset)
-        .limit(limit)
+        .offset(page.offset)
+        .limit(page.limit)
         .select(ChunkRow::as_select())
         .load(conn)?;
+    let total = page.total(rows.len(), || {
+        knowledge_chunks::table
+            .filter(knowledge_chunks::document_id.eq(document_id))
+            .count()
+            .get_result::<i64>(conn)
+    })?;
     Ok((rows, total))
 }
 
